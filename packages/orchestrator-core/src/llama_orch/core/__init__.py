@@ -1,0 +1,1 @@
+"""llama-orch-core: the pure domain of llama-orch (no I/O; stdlib and msgspec only)."""

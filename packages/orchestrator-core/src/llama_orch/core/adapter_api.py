@@ -1,0 +1,211 @@
+"""The worker-adapter API: the one contract an engine adapter implements.
+
+An adapter talks to **one engine replica** (one ``llama-server`` process, one
+vLLM server, ...) and hides its wire protocol. Third parties publish adapters
+as their own distributions that depend on ``llama-orch-core`` only and
+register a :class:`WorkerAdapter` subclass under the entry-point group
+``llama_orch.adapters``; the entry-point name is the engine id users write in
+config (ORCH-3001). The daemons obtain adapters only through
+:func:`load_adapter_class` (ORCH-3002).
+
+Lifecycle: ``adapter = cls(target)``; ``await adapter.health()`` until ready;
+``await adapter.props()``; then any number of concurrent ``generate`` calls;
+``await adapter.aclose()`` at the end.
+
+Contract (ORCH-3003..ORCH-3009), each checked by the adapter's own tests:
+
+* ``health()`` never raises for an engine that is loading or down: it returns
+  :class:`Health` with ``ready=False`` and a ``detail``.
+* ``props()`` reports slots, per-slot ctx, ``engine_version``,
+  ``model_digest`` and capabilities (:class:`Capability`).
+* ``generate(req)`` is an async iterator of :class:`TokenChunk` events
+  followed by exactly one :class:`Finished`. The concatenated ``text`` of the
+  chunks is exactly the engine's output. Errors are raised as
+  :mod:`llama_orch.core.errors` exceptions: ``PoolUnready`` (loading),
+  ``InvalidParams`` (e.g. context overflow), ``WorkerReset`` (connection lost
+  or error inside the stream), ``DecodeTimeout`` (no progress in time).
+* Closing the iterator (``aclose()``, or cancelling the task consuming it)
+  **must abort upstream generation** and free the engine slot; ``cancel``
+  does the same for a request identified by ``task_id``.
+* ``tokenize(text)`` counts tokens with the engine's own tokenizer.
+* ``metrics()`` returns a normalised scrape of the engine's counters.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator
+from enum import StrEnum
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import msgspec
+
+__all__ = [
+    "ADAPTER_ENTRY_POINT_GROUP",
+    "AdapterEvent",
+    "AdapterLoadError",
+    "AdapterTarget",
+    "Capability",
+    "EngineMetrics",
+    "EngineProps",
+    "Finished",
+    "GenerateRequest",
+    "Health",
+    "TokenChunk",
+    "WorkerAdapter",
+    "available_adapters",
+    "load_adapter_class",
+]
+
+ADAPTER_ENTRY_POINT_GROUP = "llama_orch.adapters"
+_log = logging.getLogger(__name__)
+
+
+class Capability(StrEnum):
+    INTERRUPTIBLE_DECODE = "interruptible_decode"  # a running decode can be paused/resumed
+    TOKENIZE = "tokenize"  # tokenize() uses the engine's tokenizer
+    METRICS = "metrics"  # metrics() scrapes real engine counters
+    SEEDED_SAMPLING = "seeded_sampling"  # a per-request seed reproduces a stream
+    CHAT_TEMPLATE = "chat_template"  # the engine can apply the model's chat template
+
+
+class AdapterTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a replica lives and what the pool manager knows about it."""
+
+    replica_id: str
+    base_url: str = ""
+    model_ref: str = ""
+    model_digest: str = ""
+    engine_version: str = ""
+    options: dict[str, Any] = {}
+
+
+class Health(msgspec.Struct, frozen=True):
+    live: bool
+    ready: bool
+    detail: str = ""
+
+
+class EngineProps(msgspec.Struct, frozen=True, kw_only=True):
+    engine: str
+    engine_version: str
+    model_ref: str
+    model_digest: str
+    slots: int
+    ctx: int  # per-slot context window, in tokens
+    capabilities: frozenset[Capability] = frozenset()
+
+
+class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What the orchestrator asks an engine to do. ``prompt`` is final text
+    (a chat template, if any, was already applied)."""
+
+    task_id: str
+    prompt: str
+    max_tokens: int
+    seed: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    cache_prompt: bool = True
+
+
+class TokenChunk(msgspec.Struct, frozen=True, tag="token"):
+    """Newly generated text; ``n_tokens`` engine tokens produced it (>= 1)."""
+
+    text: str
+    n_tokens: int = 1
+
+
+class Finished(msgspec.Struct, frozen=True, tag="finished", kw_only=True):
+    """End of a successful generation. ``reason`` is ``eos``, ``stop`` or ``length``."""
+
+    reason: str
+    tokens_generated: int
+    prompt_tokens: int = 0
+
+
+AdapterEvent = TokenChunk | Finished
+
+
+class EngineMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """A normalised scrape; ``None`` where the engine does not say."""
+
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    prompt_tokens_total: float | None = None
+    generated_tokens_total: float | None = None
+    kv_cache_usage_ratio: float | None = None
+    raw: dict[str, float] = {}
+
+
+class WorkerAdapter(abc.ABC):
+    """Base class of every engine adapter. See the module docstring."""
+
+    engine: ClassVar[str]
+
+    def __init__(self, target: AdapterTarget) -> None:
+        self.target = target
+
+    @abc.abstractmethod
+    async def health(self) -> Health: ...
+
+    @abc.abstractmethod
+    async def props(self) -> EngineProps: ...
+
+    @abc.abstractmethod
+    def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]: ...
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def tokenize(self, text: str) -> list[int]: ...
+
+    async def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """Render chat ``messages`` into a prompt (engines with a chat template)."""
+        from .errors import InvalidParams
+
+        raise InvalidParams(f"engine {self.engine} does not support the chat workload")
+
+    @abc.abstractmethod
+    async def metrics(self) -> EngineMetrics: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Default: nothing to release."""
+
+
+class AdapterLoadError(Exception):
+    """A configured adapter is missing or is not a :class:`WorkerAdapter`."""
+
+
+def load_adapter_class(engine: str) -> type[WorkerAdapter]:
+    """Load the adapter registered as ``engine`` (fails loudly, ORCH-3002)."""
+    matches = entry_points(group=ADAPTER_ENTRY_POINT_GROUP, name=engine)
+    if not matches:
+        known = sorted(ep.name for ep in entry_points(group=ADAPTER_ENTRY_POINT_GROUP))
+        raise AdapterLoadError(f"no adapter registered for engine {engine!r}; installed: {known}")
+    ep = next(iter(matches))
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise AdapterLoadError(f"adapter {engine!r} ({ep.value}) failed to import: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, WorkerAdapter)):
+        raise AdapterLoadError(f"adapter {engine!r} ({ep.value}) is not a WorkerAdapter subclass")
+    return cls
+
+
+def available_adapters() -> dict[str, type[WorkerAdapter]]:
+    """Every loadable adapter; a broken one is skipped with a log line."""
+    found: dict[str, type[WorkerAdapter]] = {}
+    for ep in entry_points(group=ADAPTER_ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = load_adapter_class(ep.name)
+        except AdapterLoadError as exc:
+            _log.warning("skipping adapter %s: %s", ep.name, exc)
+    return found

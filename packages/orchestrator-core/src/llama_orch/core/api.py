@@ -1,0 +1,132 @@
+"""OrchQueue v1 wire types (``contracts/openapi/data.yaml``).
+
+Requests we accept forbid unknown fields and carry their constraints in their
+types (ORCH-1001); responses and SSE events are plain structs; SSE payloads
+form a tagged union keyed by the SSE ``event:`` name (ORCH-1201).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "API_VERSION",
+    "ChatMessage",
+    "EndEvent",
+    "ErrorEvent",
+    "MetricsEvent",
+    "SessionInfo",
+    "StartedEvent",
+    "StreamEvent",
+    "TaskAccepted",
+    "TaskRequest",
+    "TokenEvent",
+    "derive_seed",
+]
+
+API_VERSION = "1.0.0"
+
+Priority = Literal["interactive", "batch"]
+Workload = Literal["completion", "chat"]
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Meta(max_length=1_000_000)]
+
+
+class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+    workload: Workload = "completion"
+    pool_id: str | None = None
+    model_ref: str | None = None
+    engine: str | None = None
+    ctx: Annotated[int, Meta(ge=1)] | None = None
+    priority: Priority = "interactive"
+    seed: Annotated[int, Meta(ge=0, le=2**32 - 2)] | None = None
+    determinism: Literal["strict", "best_effort"] = "best_effort"
+    sampler_profile_version: str | None = None
+    prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    messages: list[ChatMessage] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    deadline_ms: Annotated[int, Meta(ge=1)] | None = None
+    expected_tokens: Annotated[int, Meta(ge=1)] | None = None
+    kv_hint: Literal["reuse", "cold"] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=5)] = 0.0
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Meta(ge=0)] = 0
+    min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    repeat_penalty: Annotated[float, Meta(gt=0)] = 1.0
+    stop: Annotated[list[str], Meta(max_length=8)] = []
+
+
+class TaskAccepted(msgspec.Struct):
+    task_id: str
+    queue_position: int
+    predicted_start_ms: int
+    backoff_ms: int
+
+
+class StartedEvent(msgspec.Struct, tag="started", kw_only=True):
+    queue_position: int
+    predicted_start_ms: int
+    queue_wait_ms: int
+    pool_id: str
+    replica_id: str
+    engine: str
+    engine_version: str
+    model_digest: str
+
+
+class TokenEvent(msgspec.Struct, tag="token"):
+    t: str
+    i: int
+
+
+class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=True):
+    queue_depth: int | None = None
+    tokens_out: int | None = None
+    tokens_per_s: float | None = None
+    kv_warmth: bool | None = None
+    on_time_probability: float | None = None
+
+
+class EndEvent(msgspec.Struct, tag="end", kw_only=True):
+    tokens_out: int
+    decode_ms: int
+    reason: Literal["eos", "stop", "length", "canceled"]
+    tokens_in: int = 0
+    queue_wait_ms: int = 0
+    first_token_ms: int | None = None
+
+
+class ErrorEvent(msgspec.Struct, tag="error", kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    engine: str | None = None
+    pool_id: str | None = None
+    retriable: bool | None = None
+
+
+StreamEvent = StartedEvent | TokenEvent | MetricsEvent | EndEvent | ErrorEvent
+
+
+class SessionInfo(msgspec.Struct, kw_only=True):
+    session_id: str
+    ttl_ms_remaining: int
+    turns: int
+    max_turns: int
+    kv_bytes: int
+    kv_warmth: bool
+    tokens_in: int
+    tokens_out: int
+
+
+def derive_seed(task_id: uuid.UUID) -> int:
+    """Default seed when the client gives none: stable per ``task_id`` (ORCH-1003)."""
+    return task_id.int % (2**31 - 1)

