@@ -1,0 +1,102 @@
+"""Server-Sent Events framing: an incremental parser and an encoder (ORCH-1201).
+
+Pure code, shared by orchestratord (encoding), the CLI client and the engine
+adapters (parsing). The parser follows the WHATWG event-stream rules that
+matter in practice: ``\\n``, ``\\r\\n`` and ``\\r`` line endings, comment
+lines starting with ``:``, one optional space after the colon, multi-line
+``data`` joined with ``\\n``, events split across arbitrary reads, and a
+field without a colon meaning an empty value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SSEMessage", "SSEParser", "encode_event"]
+
+
+@dataclass(frozen=True, slots=True)
+class SSEMessage:
+    event: str
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEParser:
+    """Feed bytes in, get complete messages out."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._saw_cr = False
+        self.last_event_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEMessage]:
+        if self._saw_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the \n of a \r\n split across reads
+        self._saw_cr = chunk.endswith(b"\r")
+        buf = self._buf + chunk
+        out: list[SSEMessage] = []
+        start = 0
+        n = len(buf)
+        i = 0
+        while i < n:
+            c = buf[i]
+            if c == 0x0A or c == 0x0D:  # \n or \r
+                line = buf[start:i]
+                if c == 0x0D and i + 1 < n and buf[i + 1] == 0x0A:
+                    i += 1
+                start = i + 1
+                msg = self._line(line.decode("utf-8", errors="replace"))
+                if msg is not None:
+                    out.append(msg)
+            i += 1
+        self._buf = buf[start:]
+        return out
+
+    def _line(self, line: str) -> SSEMessage | None:
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self._id = value
+        elif name == "retry":
+            if value.isdigit():
+                self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> SSEMessage | None:
+        if self._id is not None:
+            self.last_event_id = self._id
+        if not self._data:
+            self._event = ""
+            self._retry = None
+            return None
+        msg = SSEMessage(self._event or "message", "\n".join(self._data), self._id, self._retry)
+        self._event, self._data, self._retry = "", [], None
+        return msg
+
+
+def encode_event(event: str, data: bytes, event_id: int | None = None) -> bytes:
+    """One SSE frame: ``id:``, ``event:``, ``data:`` lines and a blank line.
+
+    ``data`` must be single-line JSON (msgspec output never contains a raw
+    newline), so one ``data:`` line is exact.
+    """
+    head = f"id: {event_id}\nevent: {event}\ndata: " if event_id is not None else (
+        f"event: {event}\ndata: "
+    )
+    return head.encode() + data + b"\n\n"
