@@ -1,0 +1,1 @@
+"""orchestratord: the llama-orch daemon (OrchQueue v1 data plane, control plane, SSE, metrics)."""

@@ -1,0 +1,88 @@
+"""Console script: ``orchestratord --config FILE``.
+
+Logs are JSON lines on stderr (ORCH-1504) with a ``msg`` field and the task
+fields of ARCHITECTURE §8 when present. Signals only set an event; the
+lifespan in :mod:`.serve` does all cleanup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+import msgspec
+
+from llama_orch.core.adapter_api import AdapterLoadError
+from llama_orch.core.config import Config, load_config
+
+from .errors import StartupError
+from .serve import serve
+
+__all__ = ["main"]
+
+_FIELDS = ("job_id", "session_id", "engine", "pool_id", "replica_id", "model_id", "state",
+           "queue_time_ms", "decode_time_ms", "tokens_in", "tokens_out", "kv_warmth")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in _FIELDS:
+            if key in record.__dict__:
+                out[key] = record.__dict__[key]
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+
+
+async def _run(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(config, shutdown_trigger=stop.wait)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orchestratord", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML or JSON config file")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    log = logging.getLogger("llama_orch.orchestratord")
+    try:
+        config = load_config(args.config)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        log.error("invalid config %s: %s", args.config, exc)
+        return 2
+    started = time.monotonic()
+    try:
+        asyncio.run(_run(config))
+    except (StartupError, AdapterLoadError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("stopped after %.1fs", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The one lifespan of orchestratord (STYLE rule 8).
+
+``serve(config, shutdown_trigger=...)`` acquires everything in an
+``AsyncExitStack`` and releases it in reverse: the HTTP listener comes up
+first (so health and progress are visible while engines provision), the
+embedded pool manager starts in the background, and on shutdown admission
+stops, running tasks get ``shutdown_grace_s`` to finish, open streams end
+with a final event, and every engine process is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import msgspec
+from collections.abc import Awaitable, Callable
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from llama_orch.core.adapter_api import load_adapter_class
+from llama_orch.core.config import Config
+
+from .app import build_app
+from .endpoints import connect_endpoints
+from .errors import StartupError
+from .service import Orchestrator
+
+__all__ = ["serve"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    on_listening: Callable[[str, Orchestrator], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    for pool_cfg in config.pools:
+        load_adapter_class(pool_cfg.engine)  # a missing adapter fails at startup (ORCH-3002)
+    orch = Orchestrator(config)
+    embedded = [p for p in config.pools if not p.endpoints]
+    stop = asyncio.Event()
+    trigger = shutdown_trigger or stop.wait
+
+    async with contextlib.AsyncExitStack() as stack:
+        sock = _bind(config.server.host, config.server.port)
+        host, port = sock.getsockname()[:2]
+        url = f"http://{host}:{port}"
+
+        orch.start()
+        background: list[asyncio.Task[None]] = []
+        for pool in orch.pools.values():
+            if pool.config.endpoints:
+                background.append(asyncio.create_task(connect_endpoints(pool)))
+
+        manager = None
+        if embedded:
+            try:
+                from llama_orch.pool_managerd.pool import PoolManager
+            except ImportError as exc:
+                raise StartupError(
+                    "the config lists pools without endpoints, which need the embedded pool "
+                    "manager: pip install 'llama-orch-orchestratord[embedded]'"
+                ) from exc
+            managed = msgspec.structs.replace(config, pools=embedded)
+            manager = PoolManager(managed, on_change=orch.on_replica_change,
+                                  progress=progress or (lambda m: _log.info(m)))
+            background.append(asyncio.create_task(manager.start(), name="pool-manager-start"))
+
+        async def shutdown_all() -> None:
+            await orch.shutdown(config.server.shutdown_grace_s)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if manager is not None:
+                await manager.stop()
+
+        stack.push_async_callback(shutdown_all)
+
+        hc = HypercornConfig()
+        # Hypercorn adopts the descriptor and closes it at shutdown.
+        hc.bind = [f"fd://{sock.detach()}"]
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        hc.graceful_timeout = 1.0
+        hc.keep_alive_timeout = 30.0
+        _log.info("orchestratord listening on %s", url)
+        if on_listening is not None:
+            on_listening(url, orch)
+
+        async def drain_then_close() -> None:
+            # Streams end with their final event before the listener closes.
+            await trigger()
+            _log.info("shutting down: admission stopped, draining")
+            await orch.shutdown(config.server.shutdown_grace_s)
+
+        await hypercorn_serve(build_app(orch), hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
+
