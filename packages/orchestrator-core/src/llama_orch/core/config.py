@@ -68,6 +68,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     engine_flags: list[str] = []
     continuous_batching: bool = True
     endpoints: list[str] = []
+    # sha256 of the model behind ``endpoints`` (engines do not report it);
+    # pools the pool manager launches get it from provisioning.
+    model_digest: str | None = None
+    engine_version: str | None = None
     adapter_options: dict[str, str | int | float | bool] = {}
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
 

@@ -33,6 +33,7 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
     cfg = pool.config
     adapter = load_adapter_class(cfg.engine)(
         AdapterTarget(replica_id=replica_id, base_url=url, model_ref=cfg.model,
+                      model_digest=cfg.model_digest or "", engine_version=cfg.engine_version or "",
                       options=dict(cfg.adapter_options))
     )
     base = ReplicaState(pool_id=cfg.id, replica_id=replica_id, engine=cfg.engine,
