@@ -24,6 +24,25 @@ from .errors import ReplicaStartError
 __all__ = ["EngineProcess", "LlamaServerSpec", "free_port", "wait_healthy"]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the parent dies (Linux).
+
+    Engines run in their own session so they can be stopped as a group; this
+    makes sure a SIGKILLed orchestratord/pool-managerd does not leave them
+    running either (ORCH-POOL-3010).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: group stop on shutdown still applies
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -109,6 +128,7 @@ class EngineProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._reader = asyncio.create_task(self._read_output(), name=f"{self.name}-output")
 

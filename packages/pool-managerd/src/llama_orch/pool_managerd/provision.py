@@ -140,8 +140,21 @@ def _engine_version(path: Path, digest: str, package_version: str | None) -> str
     return f"{tag}+sha256.{digest[:12]}"
 
 
+def _provisioned_version(binary: Path) -> str | None:
+    """The package version of a binary built by us, wherever it was found from."""
+    try:
+        record = json.loads((binary.parent.parent / "provision.json").read_text())
+    except (OSError, ValueError):
+        return None
+    version = record.get("version") if isinstance(record, dict) else None
+    return version if isinstance(version, str) else None
+
+
 def _record(binary: Path, source: str, package_version: str | None) -> EngineBinary:
     digest = sha256_file(binary)
+    # The same binary must get the same engine_version whether it came from the
+    # config, LLAMA_SERVER_BIN, PATH or the cache (replica-set keys compare it).
+    package_version = package_version or _provisioned_version(binary)
     return EngineBinary(binary, source, digest, _engine_version(binary, digest, package_version))
 
 

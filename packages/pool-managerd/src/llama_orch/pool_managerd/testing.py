@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from .engine import LlamaServerSpec, free_port
+from .engine import LlamaServerSpec, die_with_parent, free_port
 from .errors import PoolManagerError
 from .provision import EngineBinary, provision_llama_server, provision_model
 
@@ -114,7 +114,7 @@ def _launch(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             spec.command(), stdout=log, stderr=subprocess.STDOUT, env=spec.env(),
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
         )
     server = RunningLlamaServer(spec.base_url, proc, binary, model[0], model[1], spec, log_path)
     deadline = time.monotonic() + 120

