@@ -1,0 +1,124 @@
+"""ORCH-1101..1106: queue semantics, full policies and their invariants (Hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from llama_orch.core.errors import AdmissionRejected, ErrorCode
+from llama_orch.core.queue import AdmissionQueue, DrainRate
+
+
+def test_fifo_within_priority_and_weighted_between():
+    q: AdmissionQueue[str] = AdmissionQueue(100, weights={"interactive": 2, "batch": 1})
+    for n in range(4):
+        q.push(f"i{n}", "interactive")
+        q.push(f"b{n}", "batch")
+    order = [q.pop() for _ in range(8)]
+    assert order == ["i0", "i1", "b0", "i2", "i3", "b1", "b2", "b3"]
+    assert q.pop() is None
+
+
+def test_reject_policy_refuses_newcomer():
+    q: AdmissionQueue[str] = AdmissionQueue(2)
+    q.push("a", "batch")
+    q.push("b", "batch")
+    with pytest.raises(AdmissionRejected) as info:
+        q.push("c", "interactive")
+    assert info.value.policy_label == "reject"
+    assert list(q) == ["a", "b"]
+
+
+def test_drop_lru_displaces_oldest_not_outranking():
+    q: AdmissionQueue[str] = AdmissionQueue(2, "drop-lru")
+    q.push("i-old", "interactive")
+    q.push("b-old", "batch")
+    displaced = q.push("b-new", "batch")
+    assert [(d.item, d.code) for d in displaced] == [("b-old", ErrorCode.QUEUE_FULL_DROP_LRU)]
+    displaced = q.push("i-new", "interactive")
+    assert [d.item for d in displaced] == ["i-old"]
+    q2: AdmissionQueue[str] = AdmissionQueue(1, "drop-lru")
+    q2.push("i", "interactive")
+    with pytest.raises(AdmissionRejected):
+        q2.push("b", "batch")  # every queued task outranks the newcomer
+
+
+def test_shed_low_priority_displaces_newest_lower():
+    q: AdmissionQueue[str] = AdmissionQueue(3, "shed-low-priority")
+    q.push("b1", "batch")
+    q.push("b2", "batch")
+    q.push("i1", "interactive")
+    displaced = q.push("i2", "interactive")
+    assert [(d.item, d.code) for d in displaced] == [("b2", ErrorCode.ADMISSION_REJECT)]
+    q.push("i3", "interactive")  # displaces b1
+    with pytest.raises(AdmissionRejected):
+        q.push("i4", "interactive")  # nothing lower left
+
+
+def test_position_matches_pop_order():
+    q: AdmissionQueue[str] = AdmissionQueue(10)
+    for item, prio in [("a", "batch"), ("b", "interactive"), ("c", "batch"), ("d", "interactive")]:
+        q.push(item, prio)
+    expected = list(q)
+    assert [q.position(x) for x in expected] == list(range(4))
+    assert [q.pop() for _ in range(4)] == expected
+
+
+def test_drain_rate_prior_then_measured():
+    d = DrainRate(slots=2, prior_ms_per_token=10)
+    assert d.predicted_start_ms(ahead=0, running=0, max_tokens=100) == 0
+    assert d.predicted_start_ms(ahead=0, running=2, max_tokens=100) == 500
+    d.observe(service_ms=2000, tokens=100)
+    assert d.predicted_start_ms(ahead=1, running=2, max_tokens=5) == 2000
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """Every pushed item ends exactly once: popped, removed, displaced, or still queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q: AdmissionQueue[int] = AdmissionQueue(3, "drop-lru")
+        self.n = 0
+        self.live: set[int] = set()
+        self.ended: list[int] = []
+
+    @rule(prio=st.sampled_from(["interactive", "batch"]),
+          policy=st.sampled_from(["reject", "drop-lru", "shed-low-priority"]))
+    def push(self, prio: str, policy: str) -> None:
+        self.q.policy = policy  # type: ignore[assignment]
+        self.n += 1
+        try:
+            displaced = self.q.push(self.n, prio)
+        except AdmissionRejected:
+            return
+        self.live.add(self.n)
+        for d in displaced:
+            self.live.remove(d.item)
+            self.ended.append(d.item)
+
+    @precondition(lambda self: len(self.live) > 0)
+    @rule()
+    def pop(self) -> None:
+        item = self.q.pop()
+        assert item in self.live
+        self.live.remove(item)
+        self.ended.append(item)
+
+    @precondition(lambda self: len(self.live) > 0)
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        item = data.draw(st.sampled_from(sorted(self.live)))
+        assert self.q.remove(item)
+        self.live.remove(item)
+        self.ended.append(item)
+
+    @invariant()
+    def bounded_and_consistent(self) -> None:
+        assert len(self.q) <= 3
+        assert set(self.q) == self.live
+        assert len(self.ended) == len(set(self.ended))
+        assert not (set(self.ended) & self.live)
+
+
+TestQueueMachine = QueueMachine.TestCase
