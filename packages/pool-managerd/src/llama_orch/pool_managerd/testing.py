@@ -79,13 +79,37 @@ def _progress(msg: str) -> None:
     print(f"[llama-orch provision] {msg}", file=sys.stderr, flush=True)
 
 
+_provisioned: dict[str, EngineBinary | PoolManagerError] = {}
+
+
+def _provision_engine() -> EngineBinary | PoolManagerError:
+    if "engine" not in _provisioned:
+        try:
+            _provisioned["engine"] = provision_llama_server(progress=_progress)
+        except PoolManagerError as exc:
+            _provisioned["engine"] = exc
+    return _provisioned["engine"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build or find llama-server once, before any test runs.
+
+    The first build takes minutes; doing it here keeps it outside every
+    per-test timeout, and the progress is visible in the terminal.
+    """
+    if any(item.get_closest_marker("real_engine") for item in session.items):
+        result = _provision_engine()
+        if isinstance(result, PoolManagerError):
+            _progress(f"llama-server unavailable: {result}")
+
+
 @pytest.fixture(scope="session")
 def llama_server_binary() -> EngineBinary:
-    try:
-        return provision_llama_server(progress=_progress)
-    except PoolManagerError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable
+    result = _provision_engine()
+    if isinstance(result, PoolManagerError):
+        _unavailable(str(result))
+        raise result  # unreachable: _unavailable skips or fails
+    return result
 
 
 def _model(ref: str) -> tuple[Path, str]:
