@@ -1,0 +1,276 @@
+"""Typed async client for the OrchQueue v1 API of orchestratord.
+
+One :class:`OrchClient` owns one aiohttp session. Requests are
+``llama_orch.core.api`` structs encoded with msgspec; answers are decoded
+into the same structs; every non-2xx answer becomes :class:`ApiError` and
+every transport failure :class:`ConnectionFailed`, so no aiohttp exception
+leaves this module (STYLE rule 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiohttp
+import msgspec
+from llama_orch.core.api import (
+    EndEvent,
+    ErrorEvent,
+    MetricsEvent,
+    SessionInfo,
+    StartedEvent,
+    StreamEvent,
+    TaskAccepted,
+    TaskRequest,
+    TokenEvent,
+)
+from llama_orch.core.errors import ErrorBody
+from llama_orch.core.sse import SSEParser
+
+from .errors import ApiError, ConnectionFailed, InvalidRequest, ProtocolError, StreamInterrupted
+from .models import Capabilities, PoolHealth, TaskStatus
+
+__all__ = ["DEFAULT_URL", "OrchClient"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+CORRELATION_HEADER = "X-Correlation-Id"
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_error_body = msgspec.json.Decoder(ErrorBody)
+_any = msgspec.json.Decoder()
+# The SSE ``event:`` name is the tag of the StreamEvent union (ORCH-1201).
+_event_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    cls.__struct_config__.tag: msgspec.json.Decoder(cls)  # type: ignore[misc]
+    for cls in (StartedEvent, TokenEvent, MetricsEvent, EndEvent, ErrorEvent)
+}
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls)
+    for cls in (TaskAccepted, TaskStatus, SessionInfo, Capabilities, PoolHealth)
+}
+
+
+class OrchClient:
+    """``async with OrchClient(url) as orch: accepted = await orch.submit(prompt="hi")``."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        correlation_id: str | None = None,
+        timeout: float = 30.0,
+        reconnect_delay: float = 0.5,
+        max_reconnects: int = 10,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.correlation_id = correlation_id
+        self.last_correlation_id: str | None = None
+        self._timeout = timeout
+        self._reconnect_delay = reconnect_delay
+        self._max_reconnects = max_reconnects
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        headers = {CORRELATION_HEADER: self.correlation_id} if self.correlation_id else {}
+        self._http = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # -- data plane ---------------------------------------------------------
+
+    async def submit(self, **fields: Any) -> TaskAccepted:
+        """``POST /v1/tasks`` with the given :class:`TaskRequest` fields."""
+        try:
+            request = msgspec.convert(fields, TaskRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        return await self._call("POST", "/v1/tasks", TaskAccepted, body=_encoder.encode(request))
+
+    async def task(self, task_id: str) -> TaskStatus:
+        return await self._call("GET", f"/v1/tasks/{task_id}", TaskStatus)
+
+    async def cancel(self, task_id: str) -> None:
+        await self._call("POST", f"/v1/tasks/{task_id}/cancel", None)
+
+    async def session(self, session_id: str) -> SessionInfo:
+        return await self._call("GET", f"/v1/sessions/{session_id}", SessionInfo)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._call("DELETE", f"/v1/sessions/{session_id}", None)
+
+    async def stream(
+        self, task_id: str, last_event_id: int | None = None, *, resume: bool = False
+    ) -> AsyncIterator[tuple[int, StreamEvent]]:
+        """Yield ``(event id, event)`` until ``end`` or ``error`` (inclusive).
+
+        With ``resume=True`` a dropped connection is reopened with
+        ``Last-Event-ID`` set to the last id received, and any event the
+        server repeats is skipped, so every event arrives exactly once and in
+        order (ORCH-5004). Without it a drop raises :class:`StreamInterrupted`.
+        """
+        last_id = last_event_id
+        failures = 0
+        while True:
+            try:
+                async with contextlib.aclosing(self._stream_once(task_id, last_id)) as frames:
+                    async for event_id, event in frames:
+                        if last_id is not None and event_id <= last_id:
+                            continue  # already delivered before the reconnect
+                        last_id, failures = event_id, 0
+                        yield event_id, event
+                        if isinstance(event, EndEvent | ErrorEvent):
+                            return
+                reason = "the stream closed before its end event"
+            except ConnectionFailed as exc:
+                reason = str(exc)
+            failures += 1
+            if not resume or failures > self._max_reconnects:
+                raise StreamInterrupted(
+                    f"stream of task {task_id} interrupted: {reason}", last_event_id=last_id
+                )
+            await asyncio.sleep(self._reconnect_delay * min(failures, 4))
+
+    async def _stream_once(
+        self, task_id: str, last_id: int | None
+    ) -> AsyncIterator[tuple[int, StreamEvent]]:
+        headers = {"Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = str(last_id)
+        # No total or read timeout: a task may wait in the queue for a long time.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
+        url = f"{self.base_url}/v1/tasks/{task_id}/stream"
+        try:
+            async with self._session.get(url, headers=headers, timeout=timeout) as resp:
+                self._note_correlation(resp.headers)
+                if resp.status != 200:
+                    raise self._api_error(resp.status, resp.headers, await resp.read())
+                parser = SSEParser()
+                async for chunk in resp.content.iter_any():
+                    for msg in parser.feed(chunk):
+                        decoder = _event_decoders.get(msg.event)
+                        if decoder is None:
+                            continue  # an event kind this client does not know yet
+                        if msg.id is None or not msg.id.isdigit():
+                            raise ProtocolError(f"SSE {msg.event!r} frame without numeric id")
+                        try:
+                            event = decoder.decode(msg.data)
+                        except msgspec.DecodeError as exc:
+                            raise ProtocolError(f"bad {msg.event!r} event: {exc}") from exc
+                        yield int(msg.id), event
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise ConnectionFailed(_describe(exc, url)) from exc
+
+    # -- control plane ------------------------------------------------------
+
+    async def capabilities(self) -> Capabilities:
+        return await self._call("GET", "/v1/capabilities", Capabilities)
+
+    async def pool_health(self, pool_id: str) -> PoolHealth:
+        """Health of one pool; a 503 that carries a health document is not an error."""
+        path = f"/v1/pools/{pool_id}/health"
+        status, headers, raw = await self._request("GET", path)
+        if status == 503:
+            with contextlib.suppress(ProtocolError):
+                return self._decode(PoolHealth, raw, f"GET {path}")
+        if status >= 300:
+            raise self._api_error(status, headers, raw)
+        return self._decode(PoolHealth, raw, f"GET {path}")
+
+    # -- plumbing -----------------------------------------------------------
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("use OrchClient as an async context manager")
+        return self._http
+
+    async def _call(
+        self, method: str, path: str, type_: type[T] | None, *, body: bytes | None = None
+    ) -> T:
+        status, headers, raw = await self._request(method, path, body)
+        if status >= 300:
+            raise self._api_error(status, headers, raw)
+        if type_ is None:
+            return None  # type: ignore[return-value]
+        return self._decode(type_, raw, f"{method} {path}")
+
+    async def _request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        url = self.base_url + path
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            async with self._session.request(method, url, data=body, headers=headers) as resp:
+                self._note_correlation(resp.headers)
+                return resp.status, resp.headers, await resp.read()
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise ConnectionFailed(_describe(exc, url)) from exc
+
+    @staticmethod
+    def _decode(type_: type[T], raw: bytes, what: str) -> T:
+        try:
+            return _decoders[type_].decode(raw)  # type: ignore[no-any-return]
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"{what}: unexpected answer: {exc}") from exc
+
+    def _note_correlation(self, headers: Mapping[str, str]) -> None:
+        self.last_correlation_id = headers.get(CORRELATION_HEADER, self.last_correlation_id)
+
+    @staticmethod
+    def _api_error(status: int, headers: Mapping[str, str], raw: bytes) -> ApiError:
+        body: ErrorBody | None = None
+        code, message = f"HTTP_{status}", raw.decode(errors="replace")[:500]
+        try:
+            body = _error_body.decode(raw)
+            code, message = str(body.code), body.message
+        except msgspec.DecodeError:
+            # An envelope with a code this client does not know is still useful.
+            with contextlib.suppress(msgspec.DecodeError):
+                doc = _any.decode(raw)
+                if isinstance(doc, dict) and "code" in doc:
+                    code, message = str(doc["code"]), str(doc.get("message", ""))
+        return ApiError(
+            status,
+            code=code,
+            message=message,
+            body=body,
+            retry_after_s=_number(headers.get("Retry-After"), float),
+            backoff_ms=_number(headers.get("X-Backoff-Ms"), int),
+            correlation_id=headers.get(CORRELATION_HEADER),
+        )
+
+
+def _number(value: str | None, kind: type[T]) -> T | None:
+    if value is None:
+        return None
+    try:
+        return kind(value)  # type: ignore[call-arg]
+    except ValueError:
+        return None  # e.g. an HTTP-date Retry-After; the body's retry_after_ms still counts
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {url}: {exc.os_error or exc}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out talking to {url}"
+    return f"{type(exc).__name__} from {url}: {exc}"

@@ -1,0 +1,193 @@
+"""``llorch demo``: a real model answering a real request, in one command (ORCH-5003).
+
+It writes a one-pool config, starts ``orchestratord`` on it, shows the
+daemon's log as progress while the engine is provisioned (the first run
+builds ``llama-server`` and can take about six minutes), waits for the pool to
+report ready, runs the Haiku task of ARCHITECTURE §10 with live tokens, and
+always stops the daemon again, on success, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.markup import escape
+
+from ._daemon import Orchestratord, find_orchestratord
+from ._render import follow_task, print_summary, stderr_console
+from .client import OrchClient
+from .errors import (
+    EXIT_FAILURE,
+    ApiError,
+    ClientError,
+    ConnectionFailed,
+    OrchestratordExited,
+    PoolFailed,
+    ProtocolError,
+    ReadinessTimeout,
+    exit_code_for,
+    exit_code_for_error_code,
+)
+from .haiku import check_haiku, haiku_prompt, make_nonce, minute_words, now_minute
+from .models import PoolHealth
+
+__all__ = ["DEMO_MODEL", "DEMO_POOL", "demo_config_yaml", "run_demo", "wait_ready"]
+
+DEMO_POOL = "default"
+DEMO_MODEL = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
+READY_TIMEOUT_S = 45 * 60.0
+HEARTBEAT_S = 30.0
+
+
+def demo_config_yaml(*, port: int, model: str = DEMO_MODEL) -> str:
+    """The demo's orchestratord config: one CPU pool with one single-slot replica."""
+    quoted = json.dumps  # a JSON string is a valid YAML double-quoted scalar
+    return (
+        "# Written by `llorch demo`; CPU inference is for development only.\n"
+        "server:\n"
+        "  host: 127.0.0.1\n"
+        f"  port: {port}\n"
+        "allow_cpu_inference: true\n"
+        "pools:\n"
+        f"  - id: {DEMO_POOL}\n"
+        "    engine: llamacpp-http\n"
+        f"    model: {quoted(model)}\n"
+        "    replicas: 1\n"
+        "    slots: 1\n"
+        "    ctx: 2048\n"
+        "    threads: 2\n"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_ready(
+    orch: OrchClient,
+    daemon: Orchestratord,
+    console: Console,
+    *,
+    pool_id: str = DEMO_POOL,
+    timeout_s: float = READY_TIMEOUT_S,
+    poll_s: float = 1.0,
+) -> PoolHealth:
+    """Poll pool health until ready; fail early if the daemon exits or the pool fails."""
+    started = time.monotonic()
+    next_heartbeat = started + HEARTBEAT_S
+    health: PoolHealth | None = None
+    assert daemon.exited is not None
+    while True:
+        if daemon.returncode is not None:
+            raise OrchestratordExited(daemon.returncode, daemon.output_tail())
+        try:
+            health = await orch.pool_health(pool_id)
+        except (ConnectionFailed, ApiError, ProtocolError):
+            pass  # not listening yet, or the pool is not registered yet
+        else:
+            if health.ready:
+                return health
+            if health.last_error and health.failed_replicas():
+                raise PoolFailed(pool_id, health.last_error)
+        now = time.monotonic()
+        if now - started > timeout_s:
+            detail = f"; last_error: {health.last_error}" if health and health.last_error else ""
+            raise ReadinessTimeout(
+                f"pool {pool_id!r} not ready after {timeout_s / 60:.0f} min{detail}"
+            )
+        if now >= next_heartbeat:
+            next_heartbeat += HEARTBEAT_S
+            elapsed = int(now - started)
+            console.print(
+                f"[llorch] waiting for pool {pool_id!r} to become ready "
+                f"({elapsed // 60}m{elapsed % 60:02d}s; the first run builds the engine, "
+                "about 6 min)",
+                markup=False,
+            )
+        await asyncio.wait({daemon.exited}, timeout=poll_s)  # wakes at once on daemon exit
+
+
+async def run_haiku(orch: OrchClient, console: Console, *, out: TextIO | None = None) -> int:
+    words, nonce = minute_words(now_minute()), make_nonce()
+    console.print(f"[bold]Haiku task[/bold]: minute words {words!r}, nonce {nonce!r}")
+    submitted_at = time.monotonic()
+    accepted = await orch.submit(
+        workload="chat",
+        messages=[{"role": "user", "content": haiku_prompt(words, nonce)}],
+        temperature=0.0,
+        seed=42,
+        max_tokens=64,
+        pool_id=DEMO_POOL,
+    )
+    outcome = await follow_task(orch, accepted.task_id, submitted_at, out=out)
+    check = check_haiku(outcome.text, words, nonce)
+    started = outcome.started
+    rows = [
+        ("engine", started.engine if started else "n/a"),
+        ("engine_version", started.engine_version if started else "n/a"),
+        ("model_digest", started.model_digest if started else "n/a"),
+        ("minute words", f"{'yes' if check.has_minute_words else 'no'} ({words})"),
+        ("nonce", f"{'yes' if check.has_nonce else 'no'} ({nonce})"),
+        ("lines", str(check.non_empty_lines)),
+    ]
+    print_summary(console, outcome, rows)
+    if outcome.end is None:
+        return exit_code_for_error_code(outcome.error.code) if outcome.error else EXIT_FAILURE
+    verdict = "accepted" if check.accepted else "streamed, but the haiku misses a requirement"
+    console.print(f"[bold green]demo complete[/bold green]: {verdict}")
+    return 0
+
+
+async def run_demo(
+    *,
+    model: str = DEMO_MODEL,
+    port: int = 0,
+    keep_config: bool = False,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    out: TextIO | None = None,
+) -> int:
+    console = stderr_console()
+    try:
+        executable = find_orchestratord()
+    except ClientError as exc:
+        console.print(str(exc), markup=False)
+        return exit_code_for(exc)
+    workdir = Path(tempfile.mkdtemp(prefix="llorch-demo-"))
+    config_path = workdir / "orchestratord.yaml"
+    port = port or free_port()
+    config_path.write_text(demo_config_yaml(port=port, model=model), encoding="utf-8")
+    url = f"http://127.0.0.1:{port}"
+    console.print(f"[llorch] starting {executable} on {url} (model {model})", markup=False)
+    daemon = Orchestratord(executable, config_path, console)
+    try:
+        await daemon.start()
+        async with OrchClient(url) as orch:
+            await wait_ready(orch, daemon, console, timeout_s=ready_timeout_s)
+            console.print(f"[llorch] pool {DEMO_POOL!r} is ready", markup=False)
+            return await run_haiku(orch, console, out=out)
+    except OrchestratordExited as exc:
+        console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
+        if exc.output_tail:
+            console.print(exc.output_tail, markup=False)
+        return EXIT_FAILURE
+    except ClientError as exc:
+        console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
+        return exit_code_for(exc)
+    finally:
+        code = await daemon.stop()
+        if code is not None:
+            console.print(f"[llorch] orchestratord stopped (exit code {code})", markup=False)
+        if keep_config:
+            console.print(f"[llorch] config kept at {config_path}", markup=False)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

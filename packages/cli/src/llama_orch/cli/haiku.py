@@ -1,0 +1,76 @@
+"""The Haiku task of ``llorch demo`` (ARCHITECTURE §10).
+
+The prompt asks for the current Amsterdam minute in English words and a fresh
+random nonce, so a correct answer cannot come from a cache or a fixture: it
+proves a real model read this very request.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+__all__ = ["HaikuCheck", "check_haiku", "haiku_prompt", "make_nonce", "minute_words", "now_minute"]
+
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = {20: "twenty", 30: "thirty", 40: "forty", 50: "fifty"}
+
+
+def minute_words(minute: int) -> str:
+    """English words for ``minute`` in 0..59: 0 → "zero", 37 → "thirty-seven"."""
+    if not 0 <= minute <= 59:
+        raise ValueError(f"minute must be in 0..59, got {minute}")
+    if minute < 20:
+        return _ONES[minute]
+    tens, ones = divmod(minute, 10)
+    word = _TENS[tens * 10]
+    return word if ones == 0 else f"{word}-{_ONES[ones]}"
+
+
+def now_minute(now: datetime | None = None) -> int:
+    """The current minute in Europe/Amsterdam (``now`` may be any aware datetime)."""
+    moment = now.astimezone(AMSTERDAM) if now is not None else datetime.now(AMSTERDAM)
+    return moment.minute
+
+
+def make_nonce(length: int = 8) -> str:
+    """``length`` random lowercase ASCII letters from a CSPRNG."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(length))
+
+
+def haiku_prompt(words: str, nonce: str) -> str:
+    return (
+        "Write a haiku (3 lines). "
+        f'Include this exact English minute phrase: "{words}". '
+        f'Also include this nonce verbatim: "{nonce}". '
+        "Output only the poem."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HaikuCheck:
+    has_minute_words: bool
+    has_nonce: bool
+    non_empty_lines: int
+
+    @property
+    def accepted(self) -> bool:
+        return self.has_minute_words and self.has_nonce and self.non_empty_lines >= 3
+
+
+def check_haiku(text: str, words: str, nonce: str) -> HaikuCheck:
+    """Apply the §10 acceptance rules to the model's output."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return HaikuCheck(
+        has_minute_words=words.lower() in text.lower(),
+        has_nonce=nonce in text,
+        non_empty_lines=len(lines),
+    )

