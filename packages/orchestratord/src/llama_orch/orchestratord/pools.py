@@ -113,4 +113,5 @@ class Pool:
             # Not ready any more: stop placing on it. Running tasks fail on
             # their own through the adapter (connection reset).
             current.state = state
-            _log.warning("replica %s is %s: %s", state.replica_id, state.status, state.last_error)
+            if state.status == "failed":
+                _log.warning("replica %s failed: %s", state.replica_id, state.last_error)

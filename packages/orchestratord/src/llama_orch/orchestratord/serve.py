@@ -82,8 +82,9 @@ async def serve(
                     "manager: pip install 'llama-orch-orchestratord[embedded]'"
                 ) from exc
             managed = msgspec.structs.replace(config, pools=embedded)
-            manager = PoolManager(managed, on_change=orch.on_replica_change,
-                                  progress=progress or (lambda m: _log.info(m)))
+            # The pool manager logs its own progress; ``progress`` is for callers
+            # that show it elsewhere.
+            manager = PoolManager(managed, on_change=orch.on_replica_change, progress=progress)
             background.append(asyncio.create_task(manager.start(), name="pool-manager-start"))
 
         async def shutdown_all() -> None:
