@@ -9,6 +9,7 @@ cites an ID that the specs do not define.
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 from types import ModuleType
@@ -168,3 +169,15 @@ def test_citations_ranges_and_unknown_ids(spec_extract: ModuleType) -> None:
     hits, missing = spec_extract.cited_ids(f"{_id(11)}..0015", defined)
     assert hits == {_id(11), _id(12), _id(14)}
     assert missing == {_id(15)}
+
+
+def test_committed_requirements_are_current(repo_root: Path) -> None:
+    """ORCH-6004: requirements/*.yaml matches the specs and the citations in the tree."""
+    proc = subprocess.run(
+        [str(repo_root / "tools" / "spec-extract"), "--check"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

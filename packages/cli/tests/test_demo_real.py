@@ -33,8 +33,13 @@ def test_demo_streams_a_real_haiku_and_leaves_nothing_running(llama_server_binar
     tag = uuid.uuid4().hex
     llorch = Path(sys.executable).with_name("llorch")
     env = {**os.environ, "LLORCH_TEST_TAG": tag}
-    proc = subprocess.Popen([str(llorch), "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(llorch), "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=280)
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
 from llama_orch.core.adapter_api import AdapterLoadError, WorkerAdapter, load_adapter_class
 from llama_orch.core.config import parse_config
 
@@ -15,12 +14,15 @@ def test_yaml_config_with_defaults():
     assert cfg.admission.full_policy == "reject" and cfg.server.host == "127.0.0.1"
 
 
-@pytest.mark.parametrize("doc,needle", [
-    ("pools:\n  - id: a\n    replicaz: 2\n", "replicaz"),
-    ("admission:\n  full_policy: yolo\n", "full_policy"),
-    ("pools:\n  - id: a\n  - id: a\n", "unique"),
-    ("pools:\n  - id: 'Bad Id'\n", "id"),
-])
+@pytest.mark.parametrize(
+    "doc,needle",
+    [
+        ("pools:\n  - id: a\n    replicaz: 2\n", "replicaz"),
+        ("admission:\n  full_policy: yolo\n", "full_policy"),
+        ("pools:\n  - id: a\n  - id: a\n", "unique"),
+        ("pools:\n  - id: 'Bad Id'\n", "id"),
+    ],
+)
 def test_config_errors_are_loud(doc: str, needle: str):
     with pytest.raises(msgspec.ValidationError, match=needle):
         parse_config(doc)

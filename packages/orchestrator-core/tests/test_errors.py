@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
 from llama_orch.core.errors import HTTP_STATUS, ErrorBody, ErrorCode, OrchError, error_for_code
 
 EXPECTED = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.queue import AdmissionQueue, DrainRate
 
@@ -83,8 +82,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.live: set[int] = set()
         self.ended: list[int] = []
 
-    @rule(prio=st.sampled_from(["interactive", "batch"]),
-          policy=st.sampled_from(["reject", "drop-lru", "shed-low-priority"]))
+    @rule(
+        prio=st.sampled_from(["interactive", "batch"]),
+        policy=st.sampled_from(["reject", "drop-lru", "shed-low-priority"]),
+    )
     def push(self, prio: str, policy: str) -> None:
         self.q.policy = policy  # type: ignore[assignment]
         self.n += 1

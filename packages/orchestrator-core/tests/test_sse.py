@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from llama_orch.core.sse import SSEMessage, SSEParser, encode_event
 
 
@@ -16,7 +15,7 @@ def test_encode_frame_exact_bytes():
 
 def test_comments_crlf_optional_space_and_multiline():
     p = SSEParser()
-    out = p.feed(b": keep-alive\r\n\r\ndata:{\"a\":1}\r\n\r\nevent: x\ndata: l1\ndata: l2\n\n")
+    out = p.feed(b': keep-alive\r\n\r\ndata:{"a":1}\r\n\r\nevent: x\ndata: l1\ndata: l2\n\n')
     assert out == [SSEMessage("message", '{"a":1}'), SSEMessage("x", "l1\nl2")]
 
 
@@ -26,8 +25,12 @@ def test_id_persists_and_last_event_id_tracks():
     assert [m.id for m in out] == ["7", "7"] and p.last_event_id == "7"
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), max_size=30),
-                max_size=20), st.data())
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), max_size=30), max_size=20
+    ),
+    st.data(),
+)
 def test_any_split_of_encoded_frames_parses_back(payloads: list[str], data: st.DataObject):
     wire = b"".join(encode_event("token", p.encode(), i) for i, p in enumerate(payloads))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))

@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-
 from llama_orch.core.config import Config
 from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.serve import serve
@@ -30,8 +29,9 @@ class Running:
         await resp.read()
         return resp
 
-    async def events(self, task_id: str, last_event_id: int | None = None,
-                     limit: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+    async def events(
+        self, task_id: str, last_event_id: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, str, dict[str, Any]]]:
         """Read the SSE stream (to its end, or ``limit`` events) as (id, event, data)."""
         headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
         out: list[tuple[int, str, dict[str, Any]]] = []
@@ -58,8 +58,16 @@ def _mock_config(**pool: Any) -> Config:
     doc = {
         "server": {"port": 0, "shutdown_grace_s": 2.0},
         "admission": admission,
-        "pools": [{"id": "mock", "engine": "mock", "model": "mock-model",
-                   "endpoints": ["mock://0"], "adapter_options": options, **pool}],
+        "pools": [
+            {
+                "id": "mock",
+                "engine": "mock",
+                "model": "mock-model",
+                "endpoints": ["mock://0"],
+                "adapter_options": options,
+                **pool,
+            }
+        ],
     }
     return msgspec.convert(doc, Config)
 
@@ -76,11 +84,16 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
 
     async def start(config: Config) -> Running:
         stop = asyncio.Event()
-        listening: asyncio.Future[tuple[str, Orchestrator]] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(serve(
-            config, shutdown_trigger=stop.wait,
-            on_listening=lambda url, orch: listening.set_result((url, orch)),
-        ))
+        listening: asyncio.Future[tuple[str, Orchestrator]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        task = asyncio.create_task(
+            serve(
+                config,
+                shutdown_trigger=stop.wait,
+                on_listening=lambda url, orch: listening.set_result((url, orch)),
+            )
+        )
         done, _ = await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()

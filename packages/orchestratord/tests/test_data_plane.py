@@ -8,7 +8,6 @@ import re
 import uuid
 
 
-
 async def test_submit_stream_started_tokens_end(start_orchestrator, mock_config):
     """ORCH-1201: started, token*, metrics*, end; ids 0..n; tokens_out == #token events."""
     run = await start_orchestrator(mock_config())
@@ -149,9 +148,12 @@ async def test_queue_full_429_with_backoff(start_orchestrator, mock_config):
 
 async def test_drop_lru_displaces_oldest_with_terminal_error(start_orchestrator, mock_config):
     """ORCH-1103: the displaced task gets QUEUE_FULL_DROP_LRU, never disappears."""
-    run = await start_orchestrator(mock_config(
-        admission={"queue_capacity": 1, "full_policy": "drop-lru"},
-        adapter_options={"token_delay_ms": 20}))
+    run = await start_orchestrator(
+        mock_config(
+            admission={"queue_capacity": 1, "full_policy": "drop-lru"},
+            adapter_options={"token_delay_ms": 20},
+        )
+    )
     running = (await (await run.submit(max_tokens=100)).json())["task_id"]
     old = (await (await run.submit(max_tokens=5)).json())["task_id"]
     new = await run.submit(max_tokens=5)
@@ -194,7 +196,9 @@ async def test_metrics_match_what_happened(start_orchestrator, mock_config):
         tid = (await (await run.submit(max_tokens=5)).json())["task_id"]
         await run.events(tid)
     text = await run.metrics_text()
-    assert re.search(r'tasks_enqueued_total\{[^}]*engine="mock"[^}]*pool_id="mock"[^}]*\} 2\.0', text)
+    assert re.search(
+        r'tasks_enqueued_total\{[^}]*engine="mock"[^}]*pool_id="mock"[^}]*\} 2\.0', text
+    )
     assert re.search(r'tasks_started_total\{[^}]*engine_version="mock-1"[^}]*\} 2\.0', text)
     assert re.search(r'tokens_out_total\{[^}]*replica_id="mock-e0"[^}]*\} 10\.0', text)
     assert re.search(r'queue_depth\{[^}]*priority="interactive"[^}]*\} 0\.0', text)

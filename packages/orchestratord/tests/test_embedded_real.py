@@ -8,7 +8,6 @@ import os
 import aiohttp
 import msgspec
 import pytest
-
 from llama_orch.core.config import Config
 from llama_orch.orchestratord.serve import serve
 
@@ -26,17 +25,32 @@ def _alive(pid: int) -> bool:
 async def test_embedded_pool_serves_and_stops_cleanly(llama_server_binary, smollm2_model):
     """ORCH-POOL-3004/3005/3010 through orchestratord: the pool manager starts a real
     llama-server, the task streams, shutdown leaves no engine process."""
-    config = msgspec.convert({
-        "server": {"port": 0, "shutdown_grace_s": 2.0},
-        "allow_cpu_inference": True,
-        "pools": [{"id": "smol", "engine": "llamacpp-http",
-                   "model": "pypi:smollm2-135m-instruct-q4_1", "ctx": 1024, "slots": 1,
-                   "threads": 2}],
-    }, Config)
+    config = msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "allow_cpu_inference": True,
+            "pools": [
+                {
+                    "id": "smol",
+                    "engine": "llamacpp-http",
+                    "model": "pypi:smollm2-135m-instruct-q4_1",
+                    "ctx": 1024,
+                    "slots": 1,
+                    "threads": 2,
+                }
+            ],
+        },
+        Config,
+    )
     stop = asyncio.Event()
     listening: asyncio.Future[tuple[str, object]] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(config, shutdown_trigger=stop.wait,
-                                       on_listening=lambda u, o: listening.set_result((u, o))))
+    server = asyncio.create_task(
+        serve(
+            config,
+            shutdown_trigger=stop.wait,
+            on_listening=lambda u, o: listening.set_result((u, o)),
+        )
+    )
     pids: list[int] = []
     try:
         url, _ = await asyncio.wait_for(listening, 30)
@@ -57,10 +71,15 @@ async def test_embedded_pool_serves_and_stops_cleanly(llama_server_binary, smoll
             async with http.get(f"{url}/v1/capabilities") as r:
                 caps = await r.json()
             assert caps["cpu_inference"] is True and caps["pools"][0]["replicas_ready"] == 1
-            async with http.post(f"{url}/v1/tasks", json={
-                "workload": "chat", "messages": [{"role": "user", "content": "Say hello."}],
-                "max_tokens": 16, "seed": 1,
-            }) as r:
+            async with http.post(
+                f"{url}/v1/tasks",
+                json={
+                    "workload": "chat",
+                    "messages": [{"role": "user", "content": "Say hello."}],
+                    "max_tokens": 16,
+                    "seed": 1,
+                },
+            ) as r:
                 assert r.status == 202, await r.text()
                 tid = (await r.json())["task_id"]
             async with http.get(f"{url}/v1/tasks/{tid}/stream") as r:

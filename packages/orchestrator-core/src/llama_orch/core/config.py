@@ -35,7 +35,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class AdmissionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    queue_capacity: PositiveInt = 64  # per pool and priority (ORCH-1101)
+    queue_capacity: PositiveInt = 64  # queued tasks per pool, all priorities (ORCH-1101)
     full_policy: FullPolicy = "reject"
     default_max_tokens: PositiveInt = 256
     max_tokens_limit: PositiveInt = 8192

@@ -207,9 +207,19 @@ class NotFound(OrchError):
 _BY_CODE: dict[ErrorCode, type[OrchError]] = {
     cls.code: cls
     for cls in (
-        AdmissionRejected, QueueFullDropLru, InvalidParams, PoolUnready, PoolUnavailable,
-        ReplicaExhausted, DecodeTimeout, WorkerReset, InternalError, DeadlineUnmet,
-        ModelDeprecated, UntrustedArtifact, NotFound,
+        AdmissionRejected,
+        QueueFullDropLru,
+        InvalidParams,
+        PoolUnready,
+        PoolUnavailable,
+        ReplicaExhausted,
+        DecodeTimeout,
+        WorkerReset,
+        InternalError,
+        DeadlineUnmet,
+        ModelDeprecated,
+        UntrustedArtifact,
+        NotFound,
     )
 }
 

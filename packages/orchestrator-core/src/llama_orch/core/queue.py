@@ -171,13 +171,13 @@ class DrainRate:
 
     def observe(self, service_ms: float, tokens: int) -> None:
         a = self._alpha
-        self.service_ms = service_ms if self.service_ms is None else (
-            a * service_ms + (1 - a) * self.service_ms
+        self.service_ms = (
+            service_ms if self.service_ms is None else (a * service_ms + (1 - a) * self.service_ms)
         )
         if tokens > 0:
             per = service_ms / tokens
-            self.ms_per_token = per if self.ms_per_token is None else (
-                a * per + (1 - a) * self.ms_per_token
+            self.ms_per_token = (
+                per if self.ms_per_token is None else (a * per + (1 - a) * self.ms_per_token)
             )
 
     def task_ms(self, max_tokens: int) -> float:

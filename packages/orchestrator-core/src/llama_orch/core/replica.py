@@ -38,7 +38,7 @@ class ReplicaState(msgspec.Struct, kw_only=True):
     slots: int = 0
     ctx: int = 0
     pid: int | None = None
-    cpu_inference: bool = True
+    cpu_inference: bool = False
     last_error: str | None = None
     ready_at: float | None = None  # time.time() when it became ready
 

@@ -96,7 +96,9 @@ def encode_event(event: str, data: bytes, event_id: int | None = None) -> bytes:
     ``data`` must be single-line JSON (msgspec output never contains a raw
     newline), so one ``data:`` line is exact.
     """
-    head = f"id: {event_id}\nevent: {event}\ndata: " if event_id is not None else (
-        f"event: {event}\ndata: "
+    head = (
+        f"id: {event_id}\nevent: {event}\ndata: "
+        if event_id is not None
+        else (f"event: {event}\ndata: ")
     )
     return head.encode() + data + b"\n\n"

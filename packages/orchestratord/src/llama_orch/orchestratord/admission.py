@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import TaskRequest, derive_seed
 from llama_orch.core.config import AdmissionConfig
@@ -55,9 +54,7 @@ def resolve_pool(req: TaskRequest, pools: dict[str, Pool]) -> Pool:
     if req.model_ref is not None:
         candidates = [p for p in candidates if p.config.model == req.model_ref]
     if not candidates:
-        raise InvalidParams(
-            "no pool serves the requested engine/model_ref - at `$.model_ref`"
-        )
+        raise InvalidParams("no pool serves the requested engine/model_ref - at `$.model_ref`")
     # Prefer a pool that can serve now; among those, the shortest queue.
     return min(candidates, key=lambda p: (not p.ready_replicas(), len(p.queue)))
 
@@ -74,14 +71,17 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
     adapter = pool.any_adapter()
     if adapter is None:
         raise PoolUnready(
-            f"pool {pool.id} has no Ready replica yet", pool_id=pool.id, engine=pool.engine,
+            f"pool {pool.id} has no Ready replica yet",
+            pool_id=pool.id,
+            engine=pool.engine,
             retry_after_ms=1000,
         )
     ctx_max = pool.ctx_max()
     if req.ctx is not None and req.ctx > ctx_max:
         raise InvalidParams(
             f"ctx {req.ctx} exceeds the model limit {ctx_max} of pool {pool.id} - at `$.ctx`",
-            pool_id=pool.id, engine=pool.engine,
+            pool_id=pool.id,
+            engine=pool.engine,
         )
     ctx = req.ctx or ctx_max
     max_tokens = req.max_tokens or min(limits.default_max_tokens, ctx)
@@ -103,7 +103,8 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
         raise InvalidParams(
             f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds ctx {ctx}"
             " - at `$.max_tokens`",
-            pool_id=pool.id, engine=pool.engine,
+            pool_id=pool.id,
+            engine=pool.engine,
         )
     tid = req.task_id or uuid.uuid4()
     seed = req.seed if req.seed is not None else derive_seed(tid)

@@ -12,16 +12,22 @@ import math
 import uuid
 
 import msgspec
+from llama_orch.core.adapter_api import available_adapters
+from llama_orch.core.api import (
+    API_VERSION,
+    Capabilities,
+    Limits,
+    PoolCapability,
+    PoolHealth,
+    TaskStatus,
+)
+from llama_orch.core.errors import ErrorCode, NotFound, OrchError, error_for_code
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from llama_orch.core.adapter_api import available_adapters
-from llama_orch.core.api import API_VERSION
-from llama_orch.core.errors import ErrorCode, NotFound, OrchError, error_for_code
 
 from .service import Orchestrator
 
@@ -31,7 +37,9 @@ _json = msgspec.json.Encoder()
 _PROM = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
 
@@ -77,12 +85,17 @@ def build_app(orch: Orchestrator) -> ASGIApp:
     async def task_status(request: Request) -> Response:
         rec = orch.get(request.path_params["task_id"])
         pool = orch.pools[rec.pool_id]
-        return _json_response({
-            "task_id": rec.task_id, "state": rec.state, "pool_id": rec.pool_id,
-            "replica_id": rec.replica_id,
-            "queue_position": pool.queue.position(rec) if rec.state == "queued" else None,
-            "tokens_out": rec.tokens_out, "created_ms": int(rec.created_wall * 1000),
-        })
+        return _json_response(
+            TaskStatus(
+                task_id=rec.task_id,
+                state=rec.state,
+                pool_id=rec.pool_id,
+                replica_id=rec.replica_id,
+                queue_position=pool.queue.position(rec) if rec.state == "queued" else None,
+                tokens_out=rec.tokens_out,
+                created_ms=int(rec.created_wall * 1000),
+            )
+        )
 
     async def stream(request: Request) -> Response:
         rec = orch.get(request.path_params["task_id"])
@@ -93,9 +106,11 @@ def build_app(orch: Orchestrator) -> ASGIApp:
                 start = int(last) + 1
             except ValueError as exc:
                 raise error_for_code(ErrorCode.INVALID_PARAMS)(
-                    f"Last-Event-ID must be an event number, got {last!r}") from exc
+                    f"Last-Event-ID must be an event number, got {last!r}"
+                ) from exc
         return StreamingResponse(
-            rec.frames(start), media_type="text/event-stream",
+            rec.frames(start),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -117,23 +132,35 @@ def build_app(orch: Orchestrator) -> ASGIApp:
         return Response(status_code=204)
 
     async def capabilities(request: Request) -> Response:
-        pools = [{
-            "id": p.id, "engine": p.engine, "model_ref": p.config.model, "ctx_max": p.ctx_max(),
-            "slots": p.total_slots(), "replicas_ready": len(p.ready_replicas()),
-        } for p in orch.pools.values()]
+        pools = [
+            PoolCapability(
+                id=p.id,
+                engine=p.engine,
+                model_ref=p.config.model,
+                ctx_max=p.ctx_max(),
+                slots=p.total_slots(),
+                replicas_ready=len(p.ready_replicas()),
+            )
+            for p in orch.pools.values()
+        ]
         cpu = any(s.cpu_inference for p in orch.pools.values() for s in p.states.values())
         adm = orch.config.admission
-        return _json_response({
-            "api_version": API_VERSION,
-            "engines": sorted(available_adapters()),
-            "workloads": ["completion", "chat"],
-            "cpu_inference": cpu,
-            "allow_cpu_inference": orch.config.allow_cpu_inference,
-            "pools": pools,
-            "limits": {"queue_capacity": adm.queue_capacity, "full_policy": adm.full_policy,
-                       "max_tokens_limit": adm.max_tokens_limit},
-            "features": ["sse-resume", "cancel", "sessions", "backpressure-computed"],
-        })
+        return _json_response(
+            Capabilities(
+                api_version=API_VERSION,
+                engines=sorted(available_adapters()),
+                workloads=["completion", "chat"],
+                cpu_inference=cpu,
+                allow_cpu_inference=orch.config.allow_cpu_inference,
+                pools=pools,
+                limits=Limits(
+                    queue_capacity=adm.queue_capacity,
+                    full_policy=adm.full_policy,
+                    max_tokens_limit=adm.max_tokens_limit,
+                ),
+                features=["sse-resume", "cancel", "sessions", "backpressure-computed"],
+            )
+        )
 
     async def pool_health(request: Request) -> Response:
         pid = request.path_params["pool_id"]
@@ -142,15 +169,17 @@ def build_app(orch: Orchestrator) -> ASGIApp:
             raise NotFound(f"unknown pool {pid}")
         states = sorted(pool.states.values(), key=lambda s: s.replica_id)
         errors = [s.last_error for s in states if s.last_error]
-        return _json_response({
-            "pool_id": pid,
-            "live": any(s.status in ("starting", "ready", "draining") for s in states),
-            "ready": any(s.ready for s in states),
-            "draining": pool.draining,
-            "last_error": errors[-1] if errors else None,
-            "queue_depth": len(pool.queue),
-            "replicas": states,
-        })
+        return _json_response(
+            PoolHealth(
+                pool_id=pid,
+                live=any(s.status in ("starting", "ready", "draining") for s in states),
+                ready=any(s.ready for s in states),
+                draining=pool.draining,
+                last_error=errors[-1] if errors else None,
+                queue_depth=len(pool.queue),
+                replicas=states,
+            )
+        )
 
     async def metrics(request: Request) -> Response:
         return Response(orch.metrics.render(), media_type=_PROM)

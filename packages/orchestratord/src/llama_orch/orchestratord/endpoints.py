@@ -1,7 +1,7 @@
 """Replicas given as ``endpoints`` in config: engines orchestratord did not start.
 
 Each endpoint is probed through its adapter until Ready (health, then props),
-then reported to the pool like a pool-manager snapshot (ORCH-1303).
+then reported to the pool like a pool-manager snapshot (ORCH-POOL-3013).
 """
 
 from __future__ import annotations
@@ -24,20 +24,32 @@ _log = logging.getLogger("llama_orch.orchestratord")
 
 async def connect_endpoints(pool: Pool, *, poll_s: float = 0.2) -> None:
     cfg: PoolConfig = pool.config
-    await asyncio.gather(*(
-        _connect(pool, f"{cfg.id}-e{n}", url, poll_s) for n, url in enumerate(cfg.endpoints)
-    ))
+    await asyncio.gather(
+        *(_connect(pool, f"{cfg.id}-e{n}", url, poll_s) for n, url in enumerate(cfg.endpoints))
+    )
 
 
 async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None:
     cfg = pool.config
     adapter = load_adapter_class(cfg.engine)(
-        AdapterTarget(replica_id=replica_id, base_url=url, model_ref=cfg.model,
-                      model_digest=cfg.model_digest or "", engine_version=cfg.engine_version or "",
-                      options=dict(cfg.adapter_options))
+        AdapterTarget(
+            replica_id=replica_id,
+            base_url=url,
+            model_ref=cfg.model,
+            model_digest=cfg.model_digest or "",
+            engine_version=cfg.engine_version or "",
+            options=dict(cfg.adapter_options),
+        )
     )
-    base = ReplicaState(pool_id=cfg.id, replica_id=replica_id, engine=cfg.engine,
-                        status="starting", base_url=url, model_ref=cfg.model, cpu_inference=False)
+    base = ReplicaState(
+        pool_id=cfg.id,
+        replica_id=replica_id,
+        engine=cfg.engine,
+        status="starting",
+        base_url=url,
+        model_ref=cfg.model,
+        cpu_inference=False,
+    )
     pool.update(base)
     deadline = time.monotonic() + cfg.startup_timeout_s
     detail = ""
@@ -47,10 +59,18 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
             if health.ready:
                 props = await adapter.props()
                 state = ReplicaState(
-                    pool_id=cfg.id, replica_id=replica_id, engine=cfg.engine, status="ready",
-                    base_url=url, model_ref=cfg.model, model_digest=props.model_digest,
-                    engine_version=props.engine_version, slots=props.slots, ctx=props.ctx,
-                    cpu_inference=False, ready_at=time.time(),
+                    pool_id=cfg.id,
+                    replica_id=replica_id,
+                    engine=cfg.engine,
+                    status="ready",
+                    base_url=url,
+                    model_ref=cfg.model,
+                    model_digest=props.model_digest,
+                    engine_version=props.engine_version,
+                    slots=props.slots,
+                    ctx=props.ctx,
+                    cpu_inference=False,
+                    ready_at=time.time(),
                 )
                 pool.update(state, adapter=adapter)
                 _log.info("endpoint replica %s ready at %s", replica_id, url)
@@ -60,6 +80,15 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
     except OrchError as exc:
         detail = exc.message
     await adapter.aclose()
-    pool.update(ReplicaState(pool_id=cfg.id, replica_id=replica_id, engine=cfg.engine,
-                             status="failed", base_url=url, model_ref=cfg.model,
-                             cpu_inference=False, last_error=detail or "not ready in time"))
+    pool.update(
+        ReplicaState(
+            pool_id=cfg.id,
+            replica_id=replica_id,
+            engine=cfg.engine,
+            status="failed",
+            base_url=url,
+            model_ref=cfg.model,
+            cpu_inference=False,
+            last_error=detail or "not ready in time",
+        )
+    )

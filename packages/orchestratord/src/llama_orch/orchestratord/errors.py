@@ -1,7 +1,7 @@
 """Errors of orchestratord itself (client-visible errors live in llama_orch.core.errors).
 
-    OrchestratordError
-    └── StartupError     config or environment prevents the daemon from starting
+OrchestratordError
+└── StartupError     config or environment prevents the daemon from starting
 """
 
 from __future__ import annotations

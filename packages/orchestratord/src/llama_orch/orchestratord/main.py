@@ -16,7 +16,6 @@ import sys
 import time
 
 import msgspec
-
 from llama_orch.core.adapter_api import AdapterLoadError
 from llama_orch.core.config import Config, load_config
 
@@ -25,8 +24,20 @@ from .serve import serve
 
 __all__ = ["main"]
 
-_FIELDS = ("job_id", "session_id", "engine", "pool_id", "replica_id", "model_id", "state",
-           "queue_time_ms", "decode_time_ms", "tokens_in", "tokens_out", "kv_warmth")
+_FIELDS = (
+    "job_id",
+    "session_id",
+    "engine",
+    "pool_id",
+    "replica_id",
+    "model_id",
+    "state",
+    "queue_time_ms",
+    "decode_time_ms",
+    "tokens_in",
+    "tokens_out",
+    "kv_warmth",
+)
 
 
 class JsonFormatter(logging.Formatter):

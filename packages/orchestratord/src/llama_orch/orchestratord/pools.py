@@ -75,15 +75,15 @@ class Pool:
         return ready[0].adapter if ready else None
 
     def place(self, session_replica: str | None = None) -> Replica | None:
-        """Least-loaded ready replica with a free slot; session affinity breaks ties."""
+        """Ready replica with the most free slots, then session affinity, then the
+        lowest ``replica_id``: deterministic for a given state (ORCH-1303, ORCH-1404)."""
         best: Replica | None = None
-        for r in self.replicas.values():
-            if r.free_slots <= 0:
-                continue
-            if best is None or r.free_slots > best.free_slots or (
-                r.free_slots == best.free_slots and r.state.replica_id == session_replica
-            ):
-                best = r
+        best_key = (0, False)
+        for rid in sorted(self.replicas):  # ascending: ties keep the lowest id
+            r = self.replicas[rid]
+            key = (r.free_slots, rid == session_replica)  # free_slots is 0 unless Ready
+            if key[0] > 0 and key > best_key:
+                best, best_key = r, key
         return best
 
     def update(self, state: ReplicaState, adapter: WorkerAdapter | None = None) -> None:
@@ -104,7 +104,9 @@ class Pool:
                 )
                 if current is not None:
                     asyncio.get_running_loop().create_task(current.adapter.aclose())
-                self.replicas[state.replica_id] = Replica(state, adapter, current.busy if current else 0)
+                self.replicas[state.replica_id] = Replica(
+                    state, adapter, current.busy if current else 0
+                )
             else:
                 current.state = state
             self.drain.slots = max(1, self.total_slots())

@@ -14,13 +14,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-
-import msgspec
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
-
 from llama_orch.core.adapter_api import load_adapter_class
 from llama_orch.core.config import Config
 
@@ -115,4 +113,3 @@ async def serve(
             await orch.shutdown(config.server.shutdown_grace_s)
 
         await hypercorn_serve(build_app(orch), hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
-

@@ -66,7 +66,9 @@ class Orchestrator:
 
     def start(self) -> None:
         for pool in self.pools.values():
-            self._loops.append(asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}"))
+            self._loops.append(
+                asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}")
+            )
 
     def on_replica_change(self, state: ReplicaState) -> None:
         pool = self.pools.get(state.pool_id)
@@ -87,8 +89,15 @@ class Orchestrator:
         for rec in self.tasks.active():
             pool = self.pools[rec.pool_id]
             pool.queue.remove(rec)
-            rec.finish(ErrorEvent(code=ErrorCode.POOL_UNAVAILABLE, message="orchestratord is shutting down",
-                                  engine=rec.engine, pool_id=rec.pool_id, retriable=True))
+            rec.finish(
+                ErrorEvent(
+                    code=ErrorCode.POOL_UNAVAILABLE,
+                    message="orchestratord is shutting down",
+                    engine=rec.engine,
+                    pool_id=rec.pool_id,
+                    retriable=True,
+                )
+            )
             if rec.runner is not None:
                 rec.runner.cancel()
         runners = [t.runner for t in self.tasks.active() if t.runner]
@@ -119,9 +128,13 @@ class Orchestrator:
             if sid is not None:
                 self.sessions.begin_turn(sid)
             rec = TaskRecord(
-                task_id=prepared.task_id, pool_id=pool.id, engine=pool.engine,
-                priority=req.priority, request=prepared.request,
-                prompt_tokens=prepared.prompt_tokens, session_id=sid,
+                task_id=prepared.task_id,
+                pool_id=pool.id,
+                engine=pool.engine,
+                priority=req.priority,
+                request=prepared.request,
+                prompt_tokens=prepared.prompt_tokens,
+                session_id=sid,
             )
             try:
                 displaced = pool.queue.push(rec, req.priority)
@@ -132,35 +145,54 @@ class Orchestrator:
                 raise
             for victim in displaced:
                 self._backpressure(pool)
-                victim.item.finish(ErrorEvent(
-                    code=victim.code, message=f"displaced by the {pool.queue.policy} policy",
-                    engine=pool.engine, pool_id=pool.id, retriable=True))
+                victim.item.finish(
+                    ErrorEvent(
+                        code=victim.code,
+                        message=f"displaced by the {pool.queue.policy} policy",
+                        engine=pool.engine,
+                        pool_id=pool.id,
+                        retriable=True,
+                    )
+                )
             self.tasks.add(rec)
         except OrchError as exc:
-            self.metrics.tasks_rejected.add(1, {
-                "reason": exc.code.value, "pool_id": pool.id if pool else "", "engine": pool.engine if pool else "",
-            })
+            self.metrics.tasks_rejected.add(
+                1,
+                {
+                    "reason": exc.code.value,
+                    "pool_id": pool.id if pool else "",
+                    "engine": pool.engine if pool else "",
+                },
+            )
             raise
-        self.metrics.tasks_enqueued.add(1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority})
+        self.metrics.tasks_enqueued.add(
+            1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority}
+        )
         rec.queue_position = pool.queue.position(rec)
         rec.predicted_start_ms = pool.drain.predicted_start_ms(
             rec.queue_position, pool.running(), rec.request.max_tokens
         )
         pool.wakeup.set()
-        return TaskAccepted(rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms)
+        return TaskAccepted(
+            rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
+        )
 
     def _retry_after_ms(self, pool: Pool, max_tokens: int) -> int:
         # Time until the next slot frees, from the measured drain rate (ORCH-1105).
-        return max(100, pool.drain.predicted_start_ms(0, max(pool.running(), pool.drain.slots), max_tokens))
+        return max(
+            100, pool.drain.predicted_start_ms(0, max(pool.running(), pool.drain.slots), max_tokens)
+        )
 
     def _backpressure(self, pool: Pool) -> None:
-        self.metrics.backpressure.add(1, {"engine": pool.engine, "pool_id": pool.id,
-                                          "policy": pool.queue.policy})
+        self.metrics.backpressure.add(
+            1, {"engine": pool.engine, "pool_id": pool.id, "policy": pool.queue.policy}
+        )
 
     def _queue_depths(self) -> list[tuple[int, dict[str, str]]]:
         return [
             (pool.queue.depth(p), {"engine": pool.engine, "pool_id": pool.id, "priority": p})
-            for pool in self.pools.values() for p in PRIORITIES
+            for pool in self.pools.values()
+            for p in PRIORITIES
         ]
 
     # ------------------------------------------------------------------ cancel
@@ -179,14 +211,18 @@ class Orchestrator:
         pool = self.pools[rec.pool_id]
         pool.queue.remove(rec)  # a queued task never reaches the engine
         now = time.monotonic()
-        rec.finish(EndEvent(
-            tokens_out=rec.tokens_out,
-            decode_ms=_ms(now - rec.first_token) if rec.first_token else 0,
-            reason="canceled", tokens_in=rec.prompt_tokens,
-            queue_wait_ms=_ms((rec.dispatched or now) - rec.created),
-        ))
-        self.metrics.tasks_canceled.add(1, {"engine": rec.engine, "pool_id": rec.pool_id,
-                                            "priority": rec.priority})
+        rec.finish(
+            EndEvent(
+                tokens_out=rec.tokens_out,
+                decode_ms=_ms(now - rec.first_token) if rec.first_token else 0,
+                reason="canceled",
+                tokens_in=rec.prompt_tokens,
+                queue_wait_ms=_ms((rec.dispatched or now) - rec.created),
+            )
+        )
+        self.metrics.tasks_canceled.add(
+            1, {"engine": rec.engine, "pool_id": rec.pool_id, "priority": rec.priority}
+        )
         if rec.runner is not None:
             rec.runner.cancel()  # closes the engine stream: upstream generation aborts
 
@@ -208,41 +244,75 @@ class Orchestrator:
                 rec.state, rec.replica_id = "running", replica.state.replica_id
                 rec.engine_version = replica.state.engine_version
                 rec.dispatched = time.monotonic()
-                rec.runner = asyncio.create_task(self._run(pool, replica, rec), name=f"task-{rec.task_id}")
-                rec.runner.add_done_callback(lambda _t, p=pool, r=replica, t=rec: self._release(p, r, t))
+                rec.runner = asyncio.create_task(
+                    self._run(pool, replica, rec), name=f"task-{rec.task_id}"
+                )
+                rec.runner.add_done_callback(
+                    lambda _t, p=pool, r=replica, t=rec: self._release(p, r, t)
+                )
 
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         # A done-callback runs even when the runner was cancelled before it started.
         replica.busy -= 1
         if not rec.terminal:  # defensive: every dispatched task ends exactly once
-            rec.finish(ErrorEvent(code=ErrorCode.INTERNAL, message="task ended without outcome",
-                                  engine=rec.engine, pool_id=rec.pool_id))
-        attrs = {"engine": rec.engine, "engine_version": rec.engine_version,
-                 "pool_id": rec.pool_id, "replica_id": replica.state.replica_id}
+            rec.finish(
+                ErrorEvent(
+                    code=ErrorCode.INTERNAL,
+                    message="task ended without outcome",
+                    engine=rec.engine,
+                    pool_id=rec.pool_id,
+                )
+            )
+        attrs = {
+            "engine": rec.engine,
+            "engine_version": rec.engine_version,
+            "pool_id": rec.pool_id,
+            "replica_id": replica.state.replica_id,
+        }
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
         if rec.dispatched is not None and rec.state == "completed":
             pool.drain.observe(_ms(time.monotonic() - rec.dispatched), rec.tokens_out)
         if rec.session_id:
-            self.sessions.record(rec.session_id, replica.state.replica_id, rec.prompt_tokens, rec.tokens_out)
+            self.sessions.record(
+                rec.session_id, replica.state.replica_id, rec.prompt_tokens, rec.tokens_out
+            )
         pool.wakeup.set()
 
     async def _run(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         st = replica.state
-        attrs = {"engine": rec.engine, "engine_version": st.engine_version, "pool_id": pool.id,
-                 "replica_id": st.replica_id, "priority": rec.priority}
+        attrs = {
+            "engine": rec.engine,
+            "engine_version": st.engine_version,
+            "pool_id": pool.id,
+            "replica_id": st.replica_id,
+            "priority": rec.priority,
+        }
         assert rec.dispatched is not None
         queue_wait_ms = _ms(rec.dispatched - rec.created)
-        rec.append(StartedEvent(
-            queue_position=rec.queue_position, predicted_start_ms=rec.predicted_start_ms,
-            queue_wait_ms=queue_wait_ms, pool_id=pool.id, replica_id=st.replica_id,
-            engine=rec.engine, engine_version=st.engine_version, model_digest=st.model_digest,
-        ))
+        rec.append(
+            StartedEvent(
+                queue_position=rec.queue_position,
+                predicted_start_ms=rec.predicted_start_ms,
+                queue_wait_ms=queue_wait_ms,
+                pool_id=pool.id,
+                replica_id=st.replica_id,
+                engine=rec.engine,
+                engine_version=st.engine_version,
+                model_digest=st.model_digest,
+            )
+        )
         session = self.sessions.get(rec.session_id) if rec.session_id else None
-        rec.append(MetricsEvent(queue_depth=len(pool.queue),
-                                kv_warmth=bool(session and session.replica_id == st.replica_id)))
+        rec.append(
+            MetricsEvent(
+                queue_depth=len(pool.queue),
+                kv_warmth=bool(session and session.replica_id == st.replica_id),
+            )
+        )
         self.metrics.tasks_started.add(1, attrs)
-        self.metrics.tokens_in.add(rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"})
+        self.metrics.tokens_in.add(
+            rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
+        )
         finished: Finished | None = None
         try:
             stream = replica.adapter.generate(rec.request)
@@ -251,7 +321,9 @@ class Orchestrator:
                     if isinstance(ev, TokenChunk):
                         if rec.first_token is None:
                             rec.first_token = time.monotonic()
-                            self.metrics.first_token_ms.record(_ms(rec.first_token - rec.dispatched), attrs)
+                            self.metrics.first_token_ms.record(
+                                _ms(rec.first_token - rec.dispatched), attrs
+                            )
                         if not rec.append(TokenEvent(ev.text, rec.tokens_out)):
                             break  # canceled meanwhile: stop reading, close upstream
                         rec.tokens_out += 1
@@ -263,24 +335,53 @@ class Orchestrator:
                 raise OrchError("engine stream ended without a final event", engine=rec.engine)
             end = time.monotonic()
             decode_ms = _ms(end - rec.first_token) if rec.first_token else 0
-            if rec.finish(EndEvent(
-                tokens_out=rec.tokens_out, decode_ms=decode_ms, reason=finished.reason,  # type: ignore[arg-type]
-                tokens_in=rec.prompt_tokens, queue_wait_ms=queue_wait_ms,
-                first_token_ms=_ms(rec.first_token - rec.dispatched) if rec.first_token else None,
-            )):
+            if rec.finish(
+                EndEvent(
+                    tokens_out=rec.tokens_out,
+                    decode_ms=decode_ms,
+                    reason=finished.reason,  # type: ignore[arg-type]
+                    tokens_in=rec.prompt_tokens,
+                    queue_wait_ms=queue_wait_ms,
+                    first_token_ms=_ms(rec.first_token - rec.dispatched)
+                    if rec.first_token
+                    else None,
+                )
+            ):
                 self.metrics.decode_ms.record(decode_ms, attrs)
         except asyncio.CancelledError:
             pass  # cancel() or shutdown already appended the terminal event
         except OrchError as exc:
-            rec.finish(ErrorEvent(code=exc.code.value, message=exc.message, engine=rec.engine,
-                                  pool_id=pool.id, retriable=exc.retriable))
-        except Exception as exc:  # noqa: BLE001 - one bad task must not kill the daemon
+            rec.finish(
+                ErrorEvent(
+                    code=exc.code,
+                    message=exc.message,
+                    engine=rec.engine,
+                    pool_id=pool.id,
+                    retriable=exc.retriable,
+                )
+            )
+        except Exception as exc:
             _log.exception("task %s failed", rec.task_id)
-            rec.finish(ErrorEvent(code=ErrorCode.INTERNAL, message=f"internal error: {exc!r}",
-                                  engine=rec.engine, pool_id=pool.id, retriable=False))
-        _log.info("task finished", extra={"job_id": rec.task_id, "session_id": rec.session_id,
-                                         "engine": rec.engine, "pool_id": pool.id,
-                                         "replica_id": st.replica_id, "state": rec.state,
-                                         "queue_time_ms": queue_wait_ms, "tokens_in": rec.prompt_tokens,
-                                         "tokens_out": rec.tokens_out})
-
+            rec.finish(
+                ErrorEvent(
+                    code=ErrorCode.INTERNAL,
+                    message=f"internal error: {exc!r}",
+                    engine=rec.engine,
+                    pool_id=pool.id,
+                    retriable=False,
+                )
+            )
+        _log.info(
+            "task finished",
+            extra={
+                "job_id": rec.task_id,
+                "session_id": rec.session_id,
+                "engine": rec.engine,
+                "pool_id": pool.id,
+                "replica_id": st.replica_id,
+                "state": rec.state,
+                "queue_time_ms": queue_wait_ms,
+                "tokens_in": rec.prompt_tokens,
+                "tokens_out": rec.tokens_out,
+            },
+        )

@@ -53,7 +53,9 @@ class SessionTable:
         s.expires_at = now + self._cfg.ttl_ms / 1000
         return s
 
-    def record(self, session_id: str, replica_id: str | None, tokens_in: int, tokens_out: int) -> None:
+    def record(
+        self, session_id: str, replica_id: str | None, tokens_in: int, tokens_out: int
+    ) -> None:
         s = self._sessions.get(session_id)
         if s is None:
             return

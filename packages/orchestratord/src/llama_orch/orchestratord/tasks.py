@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
-
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
 from llama_orch.core.sse import encode_event

@@ -68,12 +68,17 @@ class LlamaServerSpec:
     def command(self) -> list[str]:
         cmd = [
             str(self.binary),
-            "--host", self.host,
-            "--port", str(self.port),
-            "-m", str(self.model_path),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "-m",
+            str(self.model_path),
             # -c is the total KV size; llama-server splits it across slots.
-            "-c", str(self.ctx_per_slot * self.slots),
-            "-np", str(self.slots),
+            "-c",
+            str(self.ctx_per_slot * self.slots),
+            "-np",
+            str(self.slots),
             "--metrics",
             "--slots",
         ]

@@ -137,8 +137,13 @@ def _launch(
     log_path = log_dir / f"llama-server-{spec.port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            spec.command(), stdout=log, stderr=subprocess.STDOUT, env=spec.env(),
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
+            spec.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=spec.env(),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     server = RunningLlamaServer(spec.base_url, proc, binary, model[0], model[1], spec, log_path)
     deadline = time.monotonic() + 120
@@ -180,8 +185,12 @@ def smollm2_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningLlamaServer]:
     server = _launch(
-        llama_server_binary, smollm2_model, tmp_path_factory.mktemp("smollm2"),
-        slots=2, ctx_per_slot=1024, threads=2,
+        llama_server_binary,
+        smollm2_model,
+        tmp_path_factory.mktemp("smollm2"),
+        slots=2,
+        ctx_per_slot=1024,
+        threads=2,
     )
     try:
         yield server

