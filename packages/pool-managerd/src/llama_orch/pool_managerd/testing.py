@@ -91,6 +91,48 @@ def _provision_engine() -> EngineBinary | PoolManagerError:
     return _provisioned["engine"]
 
 
+_SESSION_TAG = "LLAMA_ORCH_TEST_SESSION"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Every process a test starts inherits this tag, so leftovers can be
+    # found precisely at the end (never by process name).
+    os.environ.setdefault(_SESSION_TAG, f"{os.getpid()}-{time.time_ns()}")
+
+
+def _tagged_processes(tag: str) -> list[tuple[int, str]]:
+    needle = f"{_SESSION_TAG}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append((int(entry.name), cmd.strip()))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """ORCH-6008: a test run leaves no process behind; leftovers fail the run."""
+    tag = os.environ.get(_SESSION_TAG)
+    if not tag or not Path("/proc").is_dir():
+        return
+    deadline = time.monotonic() + 5
+    left = _tagged_processes(tag)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = _tagged_processes(tag)
+    if left:
+        for pid, cmd in left:
+            print(f"[llama-orch] process left running by the tests: {pid} {cmd}", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build or find llama-server once, before any test runs.
 
