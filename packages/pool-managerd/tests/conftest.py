@@ -62,9 +62,12 @@ class FakeAdapter(WorkerAdapter):
 
     async def props(self) -> EngineProps:
         return EngineProps(
-            engine=self.engine, engine_version=self.target.engine_version,
-            model_ref=self.target.model_ref, model_digest=self.target.model_digest,
-            slots=int(self.target.options.get("slots", 2)), ctx=512,
+            engine=self.engine,
+            engine_version=self.target.engine_version,
+            model_ref=self.target.model_ref,
+            model_digest=self.target.model_digest,
+            slots=int(self.target.options.get("slots", 2)),
+            ctx=512,
         )
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]:

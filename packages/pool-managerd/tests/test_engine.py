@@ -9,8 +9,9 @@ from llama_orch.pool_managerd.engine import LlamaServerSpec, free_port
 
 
 def _spec(**kw: object) -> LlamaServerSpec:
-    return LlamaServerSpec(binary=Path("/opt/llama-server"), model_path=Path("/m/x.gguf"),
-                           port=4242, **kw)  # type: ignore[arg-type]
+    return LlamaServerSpec(
+        binary=Path("/opt/llama-server"), model_path=Path("/m/x.gguf"), port=4242, **kw
+    )  # type: ignore[arg-type]
 
 
 def _flag(cmd: list[str], name: str) -> str:
@@ -18,8 +19,9 @@ def _flag(cmd: list[str], name: str) -> str:
 
 
 def test_command_carries_binary_model_port_slots_and_total_ctx() -> None:
-    cmd = _spec(slots=3, ctx_per_slot=1024, threads=2, alias="pypi:m",
-                extra_flags=("--temp", "0")).command()
+    cmd = _spec(
+        slots=3, ctx_per_slot=1024, threads=2, alias="pypi:m", extra_flags=("--temp", "0")
+    ).command()
     assert cmd[0] == "/opt/llama-server"
     assert _flag(cmd, "--host") == "127.0.0.1"
     assert _flag(cmd, "--port") == "4242"

@@ -42,8 +42,10 @@ def test_an_invalid_config_exits_two(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.real_engine
 async def test_pool_managerd_prints_ready_lines_and_stops_on_sigint(
-    llama_server_binary: EngineBinary, tmp_path: Path,
-    pid_alive: Callable[[int], bool], reap_pids: list[int],
+    llama_server_binary: EngineBinary,
+    tmp_path: Path,
+    pid_alive: Callable[[int], bool],
+    reap_pids: list[int],
 ) -> None:
     """ORCH-POOL-3004 / ORCH-POOL-3010 through the console script."""
     try:
@@ -61,8 +63,13 @@ async def test_pool_managerd_prints_ready_lines_and_stops_on_sigint(
     )
     stderr = (tmp_path / "stderr.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        *_script(), "--config", str(cfg), stdout=asyncio.subprocess.PIPE, stderr=stderr,
-        stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+        *_script(),
+        "--config",
+        str(cfg),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
     )
     reap_pids.append(proc.pid)
     ready: dict[str, ReplicaState] = {}

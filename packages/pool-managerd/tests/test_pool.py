@@ -18,8 +18,13 @@ Alive = Callable[[int], bool]
 
 
 def _config(engine: Path, model: Path, *, allow_cpu: bool = True, **pool: object) -> Config:
-    fields: dict[str, object] = {"id": "p", "model": str(model), "engine_binary": str(engine),
-                                 "replicas": 2, "startup_timeout_s": 20.0}
+    fields: dict[str, object] = {
+        "id": "p",
+        "model": str(model),
+        "engine_binary": str(engine),
+        "replicas": 2,
+        "startup_timeout_s": 20.0,
+    }
     fields.update(pool)
     return Config(allow_cpu_inference=allow_cpu, pools=[PoolConfig(**fields)])  # type: ignore[arg-type]
 
@@ -61,10 +66,13 @@ async def test_cpu_pool_is_refused_unless_allowed(fake_engine: Path, fake_model:
 async def test_only_llamacpp_can_be_launched_and_remote_pools_are_skipped(
     fake_engine: Path, fake_model: Path
 ) -> None:
-    cfg = Config(allow_cpu_inference=True, pools=[
-        PoolConfig(id="v", engine="vllm-http", model=str(fake_model)),
-        PoolConfig(id="remote", endpoints=["http://127.0.0.1:9"]),
-    ])
+    cfg = Config(
+        allow_cpu_inference=True,
+        pools=[
+            PoolConfig(id="v", engine="vllm-http", model=str(fake_model)),
+            PoolConfig(id="remote", endpoints=["http://127.0.0.1:9"]),
+        ],
+    )
     async with PoolManager(cfg) as pm:
         (state,) = pm.replicas()
     assert state.replica_id == "v-r0" and state.status == "failed"
@@ -72,8 +80,12 @@ async def test_only_llamacpp_can_be_launched_and_remote_pools_are_skipped(
 
 
 async def test_replicas_become_ready_and_stop_leaves_no_process(
-    fake_engine: Path, fake_model: Path, fake_adapter: object, pid_alive: Alive,
-    reap_pids: list[int], caplog: pytest.LogCaptureFixture,
+    fake_engine: Path,
+    fake_model: Path,
+    fake_adapter: object,
+    pid_alive: Alive,
+    reap_pids: list[int],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """ORCH-POOL-3004 gate passes; ORCH-POOL-3010 every process group is gone after stop()."""
     rec, progress = Recorder(), []
@@ -98,8 +110,11 @@ async def test_replicas_become_ready_and_stop_leaves_no_process(
 
 
 async def test_an_engine_that_exits_fails_with_its_output(
-    fake_engine: Path, fake_model: Path, fake_adapter: object,
-    monkeypatch: pytest.MonkeyPatch, pid_alive: Alive,
+    fake_engine: Path,
+    fake_model: Path,
+    fake_adapter: object,
+    monkeypatch: pytest.MonkeyPatch,
+    pid_alive: Alive,
 ) -> None:
     monkeypatch.setenv("FAKE_ENGINE_MODE", "crash")
     async with PoolManager(_config(fake_engine, fake_model, replicas=1)) as pm:
@@ -111,8 +126,12 @@ async def test_an_engine_that_exits_fails_with_its_output(
 
 
 async def test_startup_timeout_stops_the_engine(
-    fake_engine: Path, fake_model: Path, fake_adapter: object,
-    monkeypatch: pytest.MonkeyPatch, pid_alive: Alive, reap_pids: list[int],
+    fake_engine: Path,
+    fake_model: Path,
+    fake_adapter: object,
+    monkeypatch: pytest.MonkeyPatch,
+    pid_alive: Alive,
+    reap_pids: list[int],
 ) -> None:
     monkeypatch.setenv("FAKE_ENGINE_MODE", "hang")
     pm = PoolManager(_config(fake_engine, fake_model, replicas=1, startup_timeout_s=0.5))
@@ -152,8 +171,12 @@ async def test_watcher_marks_a_dead_engine_failed(
 
 
 async def test_cancelling_start_leaves_no_process(
-    fake_engine: Path, fake_model: Path, fake_adapter: object,
-    monkeypatch: pytest.MonkeyPatch, pid_alive: Alive, reap_pids: list[int],
+    fake_engine: Path,
+    fake_model: Path,
+    fake_adapter: object,
+    monkeypatch: pytest.MonkeyPatch,
+    pid_alive: Alive,
+    reap_pids: list[int],
 ) -> None:
     """ORCH-POOL-3010: Ctrl-C during startup stops every engine already spawned."""
     monkeypatch.setenv("FAKE_ENGINE_MODE", "hang")

@@ -36,8 +36,14 @@ def engine(llama_server_binary: EngineBinary) -> EngineBinary:
 
 def _config(binary: EngineBinary, **pool: object) -> Config:
     fields: dict[str, object] = {
-        "id": "smol", "model": SMOLLM2, "engine_binary": str(binary.path), "replicas": 2,
-        "slots": 2, "ctx": 512, "threads": 1, "startup_timeout_s": 60.0,
+        "id": "smol",
+        "model": SMOLLM2,
+        "engine_binary": str(binary.path),
+        "replicas": 2,
+        "slots": 2,
+        "ctx": 512,
+        "threads": 1,
+        "startup_timeout_s": 60.0,
     }
     fields.update(pool)
     return Config(allow_cpu_inference=True, pools=[PoolConfig(**fields)])  # type: ignore[arg-type]
@@ -59,7 +65,10 @@ async def test_two_real_replicas_become_ready_and_stop_cleanly(
             assert s.pid is not None and pid_alive(s.pid)
             assert s.cpu_inference and s.ready_at is not None
             assert [x.status for x in seen if x.replica_id == s.replica_id] == [
-                "provisioning", "starting", "ready"]
+                "provisioning",
+                "starting",
+                "ready",
+            ]
     assert len(reap_pids) == 2
     assert not any(pid_alive(pid) for pid in reap_pids)
     for pid in reap_pids:
@@ -72,10 +81,15 @@ async def test_a_bad_model_fails_the_replica_and_leaves_no_process(
 ) -> None:
     garbage = tmp_path / "not-a-model.gguf"
     garbage.write_bytes(b"this is not a GGUF file\n" * 100)
-    cfg = Config(allow_cpu_inference=True, pools=[
-        _config(engine, id="garbage", model=str(garbage), replicas=1).pools[0],
-        _config(engine, id="missing", model=str(tmp_path / "missing.gguf"), replicas=1).pools[0],
-    ])
+    cfg = Config(
+        allow_cpu_inference=True,
+        pools=[
+            _config(engine, id="garbage", model=str(garbage), replicas=1).pools[0],
+            _config(engine, id="missing", model=str(tmp_path / "missing.gguf"), replicas=1).pools[
+                0
+            ],
+        ],
+    )
     async with PoolManager(cfg) as pm:
         bad, missing = pm.replicas()
     assert bad.status == "failed" and bad.pid is not None

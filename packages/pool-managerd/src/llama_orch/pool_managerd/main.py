@@ -71,8 +71,7 @@ async def serve(
                 if starting.done():
                     starting.result()  # surface a bug in start(); replica failures are states
                     ready = sum(s.ready for s in manager.replicas())
-                    _progress(f"{ready}/{len(manager.replicas())} replica(s) ready; "
-                              "Ctrl-C to stop")
+                    _progress(f"{ready}/{len(manager.replicas())} replica(s) ready; Ctrl-C to stop")
                     await shutdown
             finally:
                 for task in (starting, shutdown):
@@ -90,14 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Provision, start and supervise llama-orch engine replicas in the "
         "foreground. Prints one JSON line per replica state change to stdout.",
     )
-    parser.add_argument("--config", required=True, metavar="FILE",
-                        help="the YAML (or .json) config file orchestratord uses")
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log level for stderr (default: WARNING)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the YAML (or .json) config file orchestratord uses",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level for stderr (default: WARNING)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = load_config(args.config)
     except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:

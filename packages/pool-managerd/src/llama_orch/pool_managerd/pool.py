@@ -46,7 +46,7 @@ def launch_blocker(pool: PoolConfig, config: Config) -> str | None:
             f"pool {pool.id} has no `devices` (it would run on the CPU) and CPU inference "
             "is disabled; to allow it (development and CI only) set "
             "`allow_cpu_inference: true` at the top level of the config, or give the pool "
-            "a GPU mask such as `devices: \"0\"`"
+            'a GPU mask such as `devices: "0"`'
         )
     return None
 
@@ -76,10 +76,16 @@ class PoolManager:
         for pool in self._pools:
             for n in range(pool.replicas):
                 rid = f"{pool.id}-r{n}"
-                self._replicas[rid] = _Replica(ReplicaState(
-                    pool_id=pool.id, replica_id=rid, engine=pool.engine, status="provisioning",
-                    model_ref=pool.model, cpu_inference=pool.devices is None,
-                ))
+                self._replicas[rid] = _Replica(
+                    ReplicaState(
+                        pool_id=pool.id,
+                        replica_id=rid,
+                        engine=pool.engine,
+                        status="provisioning",
+                        model_ref=pool.model,
+                        cpu_inference=pool.devices is None,
+                    )
+                )
         self._engines: list[EngineProcess] = []
         self._spawning: set[asyncio.Task[None]] = set()
         self._pool_tasks: list[asyncio.Task[None]] = []
@@ -185,7 +191,8 @@ class PoolManager:
         if pool.devices is None:
             log.warning(
                 "pool %s runs on the CPU (allow_cpu_inference: true): development and CI "
-                "only, expect low throughput", pool.id,
+                "only, expect low throughput",
+                pool.id,
             )
         try:
             adapter_cls = load_adapter_class(pool.engine)
@@ -201,8 +208,10 @@ class PoolManager:
         else:
             self._report(f"pool {pool.id}: starting {len(reps)} replica(s) of {binary.path}")
             await asyncio.gather(
-                *(self._start_replica(pool, rep, adapter_cls, binary, model_path, digest)
-                  for rep in reps)
+                *(
+                    self._start_replica(pool, rep, adapter_cls, binary, model_path, digest)
+                    for rep in reps
+                )
             )
             return
         log.error("pool %s cannot start: %s", pool.id, error)
@@ -223,27 +232,49 @@ class PoolManager:
         await asyncio.shield(task)
 
     async def _start_replica(
-        self, pool: PoolConfig, rep: _Replica, adapter_cls: Any,
-        binary: EngineBinary, model_path: Any, digest: str,
+        self,
+        pool: PoolConfig,
+        rep: _Replica,
+        adapter_cls: Any,
+        binary: EngineBinary,
+        model_path: Any,
+        digest: str,
     ) -> None:
         rid = rep.state.replica_id
         spec = LlamaServerSpec(
-            binary=binary.path, model_path=model_path, port=self._port(), slots=pool.slots,
-            ctx_per_slot=pool.ctx, threads=pool.threads,
-            continuous_batching=pool.continuous_batching, devices=pool.devices,
-            alias=pool.model, extra_flags=tuple(pool.engine_flags),
+            binary=binary.path,
+            model_path=model_path,
+            port=self._port(),
+            slots=pool.slots,
+            ctx_per_slot=pool.ctx,
+            threads=pool.threads,
+            continuous_batching=pool.continuous_batching,
+            devices=pool.devices,
+            alias=pool.model,
+            extra_flags=tuple(pool.engine_flags),
         )
         engine = rep.engine = EngineProcess(spec.command(), env=spec.env(), name=rid)
         target = AdapterTarget(
-            replica_id=rid, base_url=spec.base_url, model_ref=pool.model, model_digest=digest,
-            engine_version=binary.engine_version, options=dict(pool.adapter_options),
+            replica_id=rid,
+            base_url=spec.base_url,
+            model_ref=pool.model,
+            model_digest=digest,
+            engine_version=binary.engine_version,
+            options=dict(pool.adapter_options),
         )
         try:
             await self._spawn(engine)
-            self._set(rep, status="starting", base_url=spec.base_url, pid=engine.pid,
-                      engine_version=binary.engine_version, model_digest=digest)
-            props = await readiness_gate(engine, adapter_cls, target,
-                                         timeout=pool.startup_timeout_s)
+            self._set(
+                rep,
+                status="starting",
+                base_url=spec.base_url,
+                pid=engine.pid,
+                engine_version=binary.engine_version,
+                model_digest=digest,
+            )
+            props = await readiness_gate(
+                engine, adapter_cls, target, timeout=pool.startup_timeout_s
+            )
         except TimeoutError:
             error = f"{rid} not ready within startup_timeout_s={pool.startup_timeout_s:g}"
         except (PoolManagerError, OrchError, OSError) as exc:
@@ -267,7 +298,11 @@ class PoolManager:
         if self._stopping or rep.state.status != "ready":
             return
         # Restarts (with backoff) come later; for now the failure is reported.
-        log.error("replica %s: engine exited with code %s:\n%s",
-                  rep.state.replica_id, code, engine.output_tail())
+        log.error(
+            "replica %s: engine exited with code %s:\n%s",
+            rep.state.replica_id,
+            code,
+            engine.output_tail(),
+        )
         await engine.stop()  # reap anything left in its process group
         self._set(rep, status="failed", last_error=f"engine exited with code {code}")

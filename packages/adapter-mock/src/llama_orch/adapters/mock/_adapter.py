@@ -122,8 +122,11 @@ class MockAdapter(WorkerAdapter):
                 if gen.closed_by_adapter is not None:
                     raise gen.closed_by_adapter  # queued tokens are moot
                 if gen.cancelled:  # cancel(task_id) already freed the slot
-                    yield Finished(reason=CANCELLED, tokens_generated=gen.produced,
-                                   prompt_tokens=gen.prompt_tokens)
+                    yield Finished(
+                        reason=CANCELLED,
+                        tokens_generated=gen.produced,
+                        prompt_tokens=gen.prompt_tokens,
+                    )
                     return
                 if isinstance(item, OrchError):
                     raise item
