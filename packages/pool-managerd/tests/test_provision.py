@@ -170,3 +170,32 @@ def test_an_assembly_with_the_wrong_digest_is_rejected(
         provision_model(bad.ref)
     folder = provision.cache_root() / "models" / ("0" * 16)
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
+def test_abort_builds_stops_a_running_build_promptly() -> None:
+    """ORCH-POOL-3010: a first-time build does not hold up shutdown."""
+    import threading
+    import time as _time
+
+    from llama_orch.pool_managerd import provision
+
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            provision._run(["sh", "-c", "echo '[  1%] compiling'; sleep 60"], "build", seen.append)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=build)
+    started = _time.monotonic()
+    worker.start()
+    while not provision._builds and _time.monotonic() - started < 10:
+        _time.sleep(0.01)
+    provision.abort_builds()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert _time.monotonic() - started < 10
+    assert errors and isinstance(errors[0], provision.ProvisionError)
+    assert not provision._builds

