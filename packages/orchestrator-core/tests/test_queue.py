@@ -123,3 +123,17 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 TestQueueMachine = QueueMachine.TestCase
+
+
+def test_position_order_equals_pop_order_after_solo_service():
+    """ORCH-1101: the advertised order is the served order, also after a band was served alone."""
+    q: AdmissionQueue[str] = AdmissionQueue(50, weights={"interactive": 3, "batch": 1})
+    q.push("b0", "batch")
+    assert q.pop() == "b0"  # served alone: no credit spent
+    for n in range(5):
+        q.push(f"i{n}", "interactive")
+    q.push("b1", "batch")
+    q.push("b2", "batch")
+    advertised = list(q)
+    assert [q.pop() for _ in range(len(advertised))] == advertised
+    assert advertised.index("b1") <= 3  # batch waits at most the interactive weight

@@ -40,3 +40,26 @@ def test_any_split_of_encoded_frames_parses_back(payloads: list[str], data: st.D
         got += parser.feed(wire[prev:cut])
         prev = cut
     assert [(m.id, m.data) for m in got] == [(str(i), p) for i, p in enumerate(payloads)]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["data: x", "data:é✓", "event: e", "id: 4", ": c", "", "data"]),
+            st.sampled_from(["\n", "\r\n", "\r"]),
+        ),
+        max_size=25,
+    ),
+    st.data(),
+)
+def test_mixed_line_endings_parse_the_same_under_any_split(
+    lines: list[tuple[str, str]], data: st.DataObject
+):
+    wire = "".join(text + end for text, end in lines).encode()
+    whole = SSEParser().feed(wire)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    parser, got, prev = SSEParser(), [], 0
+    for cut in [*cuts, len(wire)]:
+        got += parser.feed(wire[prev:cut])
+        prev = cut
+    assert got == whole

@@ -41,6 +41,8 @@ if mode == "hang":
 
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if mode == "slow-health":
+            time.sleep(0.4)  # a busy engine: slow, but it answers
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
         self.wfile.write(b'{"status":"ok"}')

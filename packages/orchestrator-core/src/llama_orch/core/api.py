@@ -57,6 +57,8 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     engine: str | None = None
     ctx: Annotated[int, Meta(ge=1)] | None = None
     priority: Priority = "interactive"
+    # Set by auth once it exists; until then the client names itself (ORCH-1110).
+    tenant: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     seed: Annotated[int, Meta(ge=0, le=2**32 - 2)] | None = None
     determinism: Literal["strict", "best_effort"] = "best_effort"
     sampler_profile_version: str | None = None
@@ -103,6 +105,9 @@ class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=Tr
     tokens_per_s: float | None = None
     kv_warmth: bool | None = None
     on_time_probability: float | None = None
+    preempted: bool | None = None
+    budget_tokens_remaining: int | None = None
+    budget_time_ms_remaining: int | None = None
 
 
 class EndEvent(msgspec.Struct, tag="end", kw_only=True):

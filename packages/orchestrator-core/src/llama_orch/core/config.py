@@ -46,6 +46,44 @@ class AdmissionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class SessionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ttl_ms: PositiveInt = 600_000
     max_turns: PositiveInt = 8
+    # Per-session budgets enforced at admission (ORCH-1405); None = unlimited.
+    token_budget: PositiveInt | None = None  # prompt + generated tokens over all turns
+    time_budget_ms: PositiveInt | None = None  # engine time (dispatch to end) over all turns
+
+
+class RateLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A token bucket: ``rps`` requests per second, ``burst`` banked (default ceil(rps))."""
+
+    rps: Annotated[float, Meta(gt=0)] | None = None
+    burst: PositiveInt | None = None
+
+
+class TenantConfig(RateLimit, forbid_unknown_fields=True, kw_only=True):
+    """Fair-share weight and quotas of one tenant (ORCH-1110, ORCH-1114)."""
+
+    weight: PositiveInt = 1
+    max_concurrent: PositiveInt | None = None  # queued + running tasks
+
+
+class WatchdogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Stuck-task limits (ORCH-1115); None disables a limit."""
+
+    wall_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # dispatch to end
+    idle_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # between engine events
+
+
+class SchedulingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Weighted fair queuing, quotas, deadlines and the watchdog (ARCHITECTURE §6)."""
+
+    priority_weights: dict[str, PositiveInt] = msgspec.field(
+        default_factory=lambda: {"interactive": 8, "batch": 1}
+    )
+    tenants: dict[str, TenantConfig] = {}
+    default_tenant: TenantConfig = msgspec.field(default_factory=TenantConfig)
+    priority_limits: dict[str, RateLimit] = {}
+    share_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.01  # admission_share EWMA
+    deadline_cv: Annotated[float, Meta(gt=0)] = 0.25  # spread assumed by on_time_probability
+    watchdog: WatchdogConfig = msgspec.field(default_factory=WatchdogConfig)
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -74,12 +112,28 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     engine_version: str | None = None
     adapter_options: dict[str, str | int | float | bool] = {}
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    # Supervision (ORCH-POOL-3007, 3015-3017): restarts back off exponentially
+    # with jitter; ``breaker_failures`` failures within ``breaker_window_s``
+    # open the circuit (the replica stays ``failed`` until a reload).
+    restart_backoff_initial_s: Annotated[float, Meta(gt=0)] = 1.0
+    restart_backoff_max_s: Annotated[float, Meta(gt=0)] = 30.0
+    restart_jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    breaker_failures: PositiveInt = 5
+    breaker_window_s: Annotated[float, Meta(gt=0)] = 300.0
+    # Liveness probes of a Ready engine; their timeout is independent of
+    # request timeouts so that a busy engine does not flap.
+    health_probe_interval_s: Annotated[float, Meta(gt=0)] = 2.0
+    health_probe_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
+    health_probe_failures: PositiveInt = 3
+    # Preload: MemAvailable must exceed model size x this factor (0 = off).
+    ram_headroom_factor: Annotated[float, Meta(ge=0)] = 1.2
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     admission: AdmissionConfig = msgspec.field(default_factory=AdmissionConfig)
     sessions: SessionConfig = msgspec.field(default_factory=SessionConfig)
+    scheduling: SchedulingConfig = msgspec.field(default_factory=SchedulingConfig)
     allow_cpu_inference: bool = False
     pools: list[PoolConfig] = []
 
@@ -90,6 +144,10 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
         cfg = msgspec.json.decode(data, type=Config)
     else:
         cfg = msgspec.yaml.decode(data, type=Config)
+    unknown = set(cfg.scheduling.priority_weights) | set(cfg.scheduling.priority_limits)
+    unknown -= {"interactive", "batch"}
+    if unknown:
+        raise msgspec.ValidationError(f"unknown priorities {sorted(unknown)} in `scheduling`")
     ids = [p.id for p in cfg.pools]
     if len(ids) != len(set(ids)):
         raise msgspec.ValidationError(f"pool ids must be unique, got {ids}")

@@ -1,10 +1,16 @@
-"""Bounded admission queue of one pool, with full-queue policies (ORCH-1101..1106).
+"""Bounded admission queue of one pool: WFQ, EDF and full policies (ORCH-1101..1106, ORCH-1110).
 
 Pure code: no I/O, no asyncio, the clock is passed in.
 
 Semantics (normative text in ``.specs/10-orchestratord.md``):
 
-* One FIFO per priority; arrival order is kept within a priority.
+* One *band* per priority and, inside a band, one *flow* per tenant.
+* ``pop`` serves bands by weighted round robin (defaults interactive 8,
+  batch 1) and, inside a band, tenants by deficit round robin with their
+  configured weights (ORCH-1110), so no band or tenant is starved: a flow
+  with queued work is served at least once in every round of its band.
+* Within a flow, tasks with a deadline are served first, earliest deadline
+  first (EDF, ORCH-1111); tasks without one keep arrival order (FIFO).
 * ``capacity`` bounds the number of queued (not running) tasks of the pool.
 * When a push finds the pool full, the policy decides:
 
@@ -16,12 +22,15 @@ Semantics (normative text in ``.specs/10-orchestratord.md``):
     strictly below the new one is displaced (``ADMISSION_REJECT``); if there
     is none, the new one is refused.
 
-* ``pop`` serves priorities by weighted round robin (defaults interactive 8,
-  batch 1) so batch work is never starved outright.
+Cost: push, pop, peek and remove are amortised O(1) (O(log n) for tasks
+with deadlines); removed entries are dropped lazily and compacted when they
+outnumber live ones. ``position`` and iteration simulate the serving order
+and cost O(n log n); they are for small queues and status reports.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,11 +38,13 @@ from typing import Generic, TypeVar
 
 from .config import FullPolicy
 from .errors import AdmissionRejected, ErrorCode
+from .predict import DrainRate
 
-__all__ = ["PRIORITIES", "AdmissionQueue", "Displaced", "DrainRate"]
+__all__ = ["DEFAULT_TENANT", "PRIORITIES", "AdmissionQueue", "Displaced", "DrainRate"]
 
 PRIORITIES: tuple[str, ...] = ("interactive", "batch")  # highest first
 DEFAULT_WEIGHTS: Mapping[str, int] = {"interactive": 8, "batch": 1}
+DEFAULT_TENANT = "default"
 
 T = TypeVar("T", bound=Hashable)
 
@@ -46,146 +57,288 @@ class Displaced(Generic[T]):
     code: ErrorCode
 
 
+class _Entry:
+    __slots__ = ("alive", "band", "deadline", "flow", "item", "seq")
+
+    def __init__(self, item: object, band: _Band, flow: _Flow, seq: int, deadline: float | None):
+        self.item = item
+        self.band = band
+        self.flow = flow
+        self.seq = seq
+        self.deadline = deadline
+        self.alive = True
+
+
+class _Flow:
+    """One tenant inside one band."""
+
+    __slots__ = ("active", "credit", "edf", "fifo", "live", "tenant", "weight")
+
+    def __init__(self, tenant: str, weight: int) -> None:
+        self.tenant = tenant
+        self.weight = weight
+        self.credit = weight
+        self.fifo: deque[_Entry] = deque()
+        self.edf: list[tuple[float, int, _Entry]] = []
+        self.live = 0
+        self.active = False
+
+    def head(self) -> _Entry:
+        edf, fifo = self.edf, self.fifo
+        while edf and not edf[0][2].alive:
+            heapq.heappop(edf)
+        if edf:
+            return edf[0][2]
+        while not fifo[0].alive:
+            fifo.popleft()
+        return fifo[0]
+
+    def ordered(self) -> list[_Entry]:
+        first = [e for _, _, e in sorted(self.edf) if e.alive]
+        return first + [e for e in self.fifo if e.alive]
+
+
+class _Band:
+    """One priority: its tenants' flows in round-robin order."""
+
+    __slots__ = ("active", "arrivals", "credit", "flows", "live", "name", "rank", "weight")
+
+    def __init__(self, name: str, rank: int, weight: int) -> None:
+        self.name = name
+        self.rank = rank
+        self.weight = weight
+        self.credit = weight
+        self.flows: dict[str, _Flow] = {}
+        self.active: deque[_Flow] = deque()
+        self.arrivals: deque[_Entry] = deque()  # arrival order, for the full policies
+        self.live = 0
+
+    def head_flow(self) -> _Flow:
+        active = self.active
+        while active[0].live == 0:
+            self._retire(active.popleft())
+        return active[0]
+
+    def _retire(self, flow: _Flow) -> None:
+        flow.active = False
+        flow.credit = flow.weight
+        if flow.live == 0:
+            del self.flows[flow.tenant]
+
+
 class AdmissionQueue(Generic[T]):
     def __init__(
         self,
         capacity: int,
         policy: FullPolicy = "reject",
         weights: Mapping[str, int] = DEFAULT_WEIGHTS,
+        tenant_weights: Mapping[str, int] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
         self.policy = policy
-        self._weights = {p: max(1, int(weights.get(p, 1))) for p in PRIORITIES}
-        self._fifos: dict[str, deque[T]] = {p: deque() for p in PRIORITIES}
-        self._prio_of: dict[T, str] = {}
-        self._seq: dict[T, int] = {}
+        self._bands = {
+            p: _Band(p, n, max(1, int(weights.get(p, 1)))) for n, p in enumerate(PRIORITIES)
+        }
+        self._order = list(self._bands.values())
+        self._tenant_weights = dict(tenant_weights or {})
+        self._entries: dict[T, _Entry] = {}
         self._next_seq = 0
-        self._credit = dict(self._weights)
+        self._dead = 0  # stale references left in deques by pop/remove
 
     def __len__(self) -> int:
-        return len(self._prio_of)
+        return len(self._entries)
 
     def __contains__(self, item: object) -> bool:
-        return item in self._prio_of
+        return item in self._entries
 
     def __iter__(self) -> Iterator[T]:
         """Queued items in the order ``pop`` would serve them if nothing changed."""
-        fifos = {p: list(q) for p, q in self._fifos.items()}
-        credit = dict(self._credit)
-        while any(fifos.values()):
-            p = self._choose(fifos, credit)
-            credit[p] -= 1
-            yield fifos[p].pop(0)
+        bands = []
+        for b in self._order:
+            flows = [[f.weight, f.credit, deque(f.ordered())] for f in b.active if f.live]
+            bands.append([b, b.credit, deque(flows)])
+        while True:
+            ready = [x for x in bands if x[2]]
+            if not ready:
+                return
+            if all(x[1] <= 0 for x in ready):
+                for x in bands:
+                    x[1] = x[0].weight
+            band = next((x for x in ready if x[1] > 0), ready[0])
+            if len(ready) > 1:  # same rule as pop(): credit is spent only when contested
+                band[1] -= 1
+            flow = band[2][0]
+            yield flow[2].popleft().item  # type: ignore[misc]
+            flow[1] -= 1
+            if not flow[2]:
+                band[2].popleft()
+            elif flow[1] <= 0:
+                flow[1] = flow[0]
+                band[2].rotate(-1)
 
     def depth(self, priority: str) -> int:
-        return len(self._fifos[priority])
+        return self._bands[priority].live
 
-    def push(self, item: T, priority: str) -> list[Displaced[T]]:
+    def tenant_weight(self, tenant: str) -> int:
+        return max(1, int(self._tenant_weights.get(tenant, 1)))
+
+    def push(
+        self,
+        item: T,
+        priority: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        deadline: float | None = None,
+    ) -> list[Displaced[T]]:
         """Enqueue ``item``; return what the policy displaced, or raise."""
-        if priority not in self._fifos:
+        band = self._bands.get(priority)
+        if band is None:
             raise ValueError(f"unknown priority {priority!r}")
+        if item in self._entries:
+            raise ValueError("item is already queued")
         displaced: list[Displaced[T]] = []
-        if len(self) >= self.capacity:
-            victim = self._victim(priority)
+        if len(self._entries) >= self.capacity:
+            victim = self._victim(band)
             if victim is None:
                 raise AdmissionRejected(
                     f"queue full ({self.capacity} queued)", policy_label=self.policy
                 )
             self.remove(victim.item)
             displaced.append(victim)
-        self._fifos[priority].append(item)
-        self._prio_of[item] = priority
-        self._seq[item] = self._next_seq
-        self._next_seq += 1
+        flow = band.flows.get(tenant)
+        if flow is None:
+            flow = band.flows[tenant] = _Flow(tenant, self.tenant_weight(tenant))
+        if not flow.active:
+            flow.active = True
+            band.active.append(flow)
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        entry = _Entry(item, band, flow, seq, deadline)
+        if deadline is None:
+            flow.fifo.append(entry)
+        else:
+            heapq.heappush(flow.edf, (deadline, seq, entry))
+        band.arrivals.append(entry)
+        band.live += 1
+        flow.live += 1
+        self._entries[item] = entry
         return displaced
 
-    def _victim(self, priority: str) -> Displaced[T] | None:
-        rank = PRIORITIES.index(priority)
+    def _victim(self, band: _Band) -> Displaced[T] | None:
         if self.policy == "drop-lru":
-            # FIFOs are in arrival order, so the oldest eligible task is the
-            # head with the smallest arrival sequence number.
-            heads = [q[0] for p in PRIORITIES[rank:] if (q := self._fifos[p])]
-            if not heads:
+            oldest: _Entry | None = None
+            for b in self._order[band.rank :]:
+                arr = b.arrivals
+                while arr and not arr[0].alive:
+                    arr.popleft()
+                    self._dead -= 1
+                if arr and (oldest is None or arr[0].seq < oldest.seq):
+                    oldest = arr[0]
+            if oldest is None:
                 return None
-            oldest = min(heads, key=self._seq.__getitem__)
-            return Displaced(oldest, ErrorCode.QUEUE_FULL_DROP_LRU)
+            return Displaced(oldest.item, ErrorCode.QUEUE_FULL_DROP_LRU)  # type: ignore[arg-type]
         if self.policy == "shed-low-priority":
-            for p in reversed(PRIORITIES[rank + 1 :]):
-                if self._fifos[p]:
-                    return Displaced(self._fifos[p][-1], ErrorCode.ADMISSION_REJECT)
+            for b in reversed(self._order[band.rank + 1 :]):
+                arr = b.arrivals
+                while arr and not arr[-1].alive:
+                    arr.pop()
+                    self._dead -= 1
+                if arr:
+                    return Displaced(arr[-1].item, ErrorCode.ADMISSION_REJECT)  # type: ignore[arg-type]
             return None
         return None
 
     def remove(self, item: T) -> bool:
-        prio = self._prio_of.pop(item, None)
-        if prio is None:
+        entry = self._entries.pop(item, None)
+        if entry is None:
             return False
-        del self._seq[item]
-        self._fifos[prio].remove(item)
+        self._unlink(entry)
+        self._dead += 2  # its flow deque and its band's arrivals
+        if self._dead > 2 * len(self._entries) + 1024:
+            self._compact()
         return True
 
-    def pop(self) -> T | None:
-        if not self._prio_of:
-            return None
-        p = self._choose(self._fifos, self._credit)
-        self._credit[p] -= 1
-        item = self._fifos[p].popleft()
-        del self._prio_of[item]
-        del self._seq[item]
-        return item
+    def _unlink(self, entry: _Entry) -> None:
+        entry.alive = False
+        entry.band.live -= 1
+        entry.flow.live -= 1
 
-    def _choose(self, fifos: Mapping[str, object], credit: dict[str, int]) -> str:
-        ready = [p for p in PRIORITIES if fifos[p]]
-        if all(credit[p] <= 0 for p in ready):
-            for p in PRIORITIES:
-                credit[p] = self._weights[p]
-        for p in ready:
-            if credit[p] > 0:
-                return p
+    def _choose(self) -> _Band:
+        ready = [b for b in self._order if b.live]
+        for b in ready:
+            if b.credit > 0:
+                return b
+        for b in self._order:
+            b.credit = b.weight
         return ready[0]
+
+    def peek(self) -> T | None:
+        """The item ``pop`` would return now, without removing it."""
+        if not self._entries:
+            return None
+        return self._choose().head_flow().head().item  # type: ignore[return-value]
+
+    def peek_meta(self) -> tuple[str, str] | None:
+        """``(priority, tenant)`` of the item ``pop`` would return now."""
+        if not self._entries:
+            return None
+        band = self._choose()
+        return band.name, band.head_flow().tenant
+
+    def pop(self) -> T | None:
+        if not self._entries:
+            return None
+        band = self._choose()
+        if any(b.live for b in self._order if b is not band):
+            # Credit is spent only while another band waits: serving a band
+            # alone must not cost it its turn later (WRR starvation bound).
+            band.credit -= 1
+        flow = band.head_flow()
+        entry = flow.head()
+        if entry.deadline is None:
+            flow.fifo.popleft()
+        else:
+            heapq.heappop(flow.edf)
+        del self._entries[entry.item]  # type: ignore[arg-type]
+        self._unlink(entry)
+        arr = band.arrivals
+        self._dead += 1
+        while arr and not arr[0].alive:
+            arr.popleft()
+            self._dead -= 1
+        flow.credit -= 1
+        if flow.live == 0:
+            band._retire(band.active.popleft())
+        elif flow.credit <= 0:
+            flow.credit = flow.weight
+            band.active.rotate(-1)
+        if self._dead > 2 * len(self._entries) + 1024:
+            self._compact()
+        return entry.item  # type: ignore[return-value]
+
+    def _compact(self) -> None:
+        for band in self._order:
+            band.arrivals = deque(e for e in band.arrivals if e.alive)
+            for flow in list(band.flows.values()):
+                flow.fifo = deque(e for e in flow.fifo if e.alive)
+                flow.edf = [x for x in flow.edf if x[2].alive]
+                heapq.heapify(flow.edf)
+            for flow in band.active:
+                if flow.live == 0:
+                    flow.active = False
+                    flow.credit = flow.weight
+            band.active = deque(f for f in band.active if f.live)
+            for tenant in [t for t, f in band.flows.items() if f.live == 0]:
+                del band.flows[tenant]
+        self._dead = 0
 
     def position(self, item: T) -> int:
         """0-based position in serving order, or -1 when not queued."""
+        if item not in self._entries:
+            return -1
         for n, it in enumerate(self):
             if it == item:
                 return n
-        return -1
-
-
-class DrainRate:
-    """How fast a pool finishes tasks, to compute backoff (ORCH-1105).
-
-    Keeps an EWMA of task service time (dispatch → terminal) and the number
-    of slots serving in parallel; before any task finished it uses a prior
-    derived from the requested token budget.
-    """
-
-    def __init__(self, slots: int, *, alpha: float = 0.3, prior_ms_per_token: float = 25.0):
-        self.slots = max(1, slots)
-        self._alpha = alpha
-        self._prior = prior_ms_per_token
-        self.service_ms: float | None = None
-        self.ms_per_token: float | None = None
-
-    def observe(self, service_ms: float, tokens: int) -> None:
-        a = self._alpha
-        self.service_ms = (
-            service_ms if self.service_ms is None else (a * service_ms + (1 - a) * self.service_ms)
-        )
-        if tokens > 0:
-            per = service_ms / tokens
-            self.ms_per_token = (
-                per if self.ms_per_token is None else (a * per + (1 - a) * self.ms_per_token)
-            )
-
-    def task_ms(self, max_tokens: int) -> float:
-        if self.service_ms is not None:
-            return self.service_ms
-        return max_tokens * (self.ms_per_token or self._prior)
-
-    def predicted_start_ms(self, ahead: int, running: int, max_tokens: int) -> int:
-        """Time until a task with ``ahead`` queued tasks before it gets a slot."""
-        busy = max(0, running + ahead - self.slots + 1)
-        return int(busy * self.task_ms(max_tokens) / self.slots)
+        return -1  # pragma: no cover - unreachable: the item is queued

@@ -24,6 +24,7 @@ class ReplicaSetKey(msgspec.Struct, frozen=True):
     ctx: int
     engine_version: str
     sampler_profile_version: str = "v1"
+    quant: str = ""
 
 
 class ReplicaState(msgspec.Struct, kw_only=True):
@@ -41,6 +42,9 @@ class ReplicaState(msgspec.Struct, kw_only=True):
     cpu_inference: bool = False
     last_error: str | None = None
     ready_at: float | None = None  # time.time() when it became ready
+    restarts: int = 0  # supervised restarts so far (ORCH-POOL-3007)
+    backoff_ms: int = 0  # delay before the next restart, 0 when none is pending
+    circuit_open: bool = False  # too many failures: no restart until a reload
 
     @property
     def ready(self) -> bool:

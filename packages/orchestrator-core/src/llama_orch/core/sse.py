@@ -36,26 +36,29 @@ class SSEParser:
         self.last_event_id: str | None = None
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
+        if not chunk:
+            return []  # an empty read must not forget a pending \r
         if self._saw_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the \n of a \r\n split across reads
         self._saw_cr = chunk.endswith(b"\r")
-        buf = self._buf + chunk
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            # The carried-over tail never holds a line ending, so normalising
+            # the joined buffer is exact: \r\n and a lone \r both end a line.
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = buf.rfind(b"\n")
+        if end < 0:
+            self._buf = buf
+            return []
+        self._buf = buf[end + 1 :]
+        # Line-wise in C (split/decode), not byte-wise in Python: this runs once
+        # per engine chunk on the token path. A multi-byte character never
+        # spans a \n, so decoding the complete lines at once equals per line.
         out: list[SSEMessage] = []
-        start = 0
-        n = len(buf)
-        i = 0
-        while i < n:
-            c = buf[i]
-            if c == 0x0A or c == 0x0D:  # \n or \r
-                line = buf[start:i]
-                if c == 0x0D and i + 1 < n and buf[i + 1] == 0x0A:
-                    i += 1
-                start = i + 1
-                msg = self._line(line.decode("utf-8", errors="replace"))
-                if msg is not None:
-                    out.append(msg)
-            i += 1
-        self._buf = buf[start:]
+        for line in buf[:end].decode("utf-8", errors="replace").split("\n"):
+            msg = self._line(line)
+            if msg is not None:
+                out.append(msg)
         return out
 
     def _line(self, line: str) -> SSEMessage | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from typing import Any
 
 import msgspec
 from llama_orch.core.adapter_api import available_adapters
@@ -29,6 +30,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .control import control_routes
 from .service import Orchestrator
 
 __all__ = ["build_app"]
@@ -77,10 +79,12 @@ class CorrelationId:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(orch: Orchestrator) -> ASGIApp:
+def build_app(orch: Orchestrator, manager: Any = None) -> ASGIApp:
     async def submit(request: Request) -> Response:
         accepted = await orch.submit(await request.body())
-        return _json_response(accepted, 202, {"Location": f"/v1/tasks/{accepted.task_id}"})
+        headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
+        headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
+        return _json_response(accepted, 202, headers)
 
     async def task_status(request: Request) -> Response:
         rec = orch.get(request.path_params["task_id"])
@@ -205,6 +209,7 @@ def build_app(orch: Orchestrator) -> ASGIApp:
         Route("/v1/pools/{pool_id}/health", pool_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    routes += control_routes(orch, manager)  # drain, reload, replica sets
     app = Starlette(
         routes=routes,
         exception_handlers={OrchError: on_orch_error, HTTPException: on_http_error},

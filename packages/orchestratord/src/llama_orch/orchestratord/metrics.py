@@ -22,7 +22,13 @@ _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 
 
 class Metrics:
-    def __init__(self, *, queue_depths: Callable[[], Iterable[tuple[int, Attrs]]]) -> None:
+    def __init__(
+        self,
+        *,
+        queue_depths: Callable[[], Iterable[tuple[int, Attrs]]],
+        shares: Callable[[], Iterable[tuple[float, Attrs]]] = list,
+        deadlines_met: Callable[[], Iterable[tuple[float, Attrs]]] = list,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reader = PrometheusMetricReader(disable_target_info=True, registry=self.registry)
         buckets = ExplicitBucketHistogramAggregation(boundaries=_LATENCY_BUCKETS_MS)
@@ -61,6 +67,30 @@ class Metrics:
         )
         self.decode_ms = meter.create_histogram(
             "latency_decode_ms", description="First token to end of decode, milliseconds."
+        )
+
+        self.preemptions = meter.create_counter(
+            "preemptions_total", description="Tasks preempted, by mode (soft | hard)."
+        )
+        self.resumptions = meter.create_counter(
+            "resumptions_total", description="Preempted tasks resumed on an engine."
+        )
+
+        def observe_shares(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(v, attrs) for v, attrs in shares()]
+
+        def observe_deadlines(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(v, attrs) for v, attrs in deadlines_met()]
+
+        meter.create_observable_gauge(
+            "admission_share",
+            callbacks=[observe_shares],
+            description="EWMA share of dispatches per tenant and priority (ORCH-1113).",
+        )
+        meter.create_observable_gauge(
+            "deadlines_met_ratio",
+            callbacks=[observe_deadlines],
+            description="Finished tasks with a deadline that met it, per priority (ORCH-1112).",
         )
 
         def observe_depth(_: CallbackOptions) -> Iterable[Observation]:

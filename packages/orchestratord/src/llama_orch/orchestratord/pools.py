@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass, field
 
 from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapter_class
-from llama_orch.core.config import AdmissionConfig, PoolConfig
+from llama_orch.core.config import AdmissionConfig, PoolConfig, SchedulingConfig
+from llama_orch.core.placement import ReplicaView, place
 from llama_orch.core.queue import AdmissionQueue, DrainRate
-from llama_orch.core.replica import ReplicaState
+from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .tasks import TaskRecord
 
@@ -33,6 +34,15 @@ class Replica:
     def free_slots(self) -> int:
         return max(0, self.state.slots - self.busy) if self.state.ready else 0
 
+    def view(self) -> ReplicaView:
+        return ReplicaView(
+            self.state.replica_id,
+            self.state.set_key(),
+            self.state.ready,
+            self.state.slots,
+            self.busy,
+        )
+
 
 @dataclass(eq=False)
 class Pool:
@@ -44,9 +54,16 @@ class Pool:
     states: dict[str, ReplicaState] = field(default_factory=dict)  # every replica, any status
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
 
     def __post_init__(self) -> None:
-        self.queue = AdmissionQueue(self.admission.queue_capacity, self.admission.full_policy)
+        sched = self.scheduling
+        self.queue = AdmissionQueue(
+            self.admission.queue_capacity,
+            self.admission.full_policy,
+            weights=sched.priority_weights,
+            tenant_weights={t: c.weight for t, c in sched.tenants.items()},
+        )
         self.drain = DrainRate(self.config.slots * self.config.replicas)
 
     @property
@@ -74,24 +91,27 @@ class Pool:
         ready = self.ready_replicas()
         return ready[0].adapter if ready else None
 
-    def place(self, session_replica: str | None = None) -> Replica | None:
-        """Ready replica with the most free slots, then session affinity, then the
-        lowest ``replica_id``: deterministic for a given state (ORCH-1303, ORCH-1404)."""
-        best: Replica | None = None
-        best_key = (0, False)
-        for rid in sorted(self.replicas):  # ascending: ties keep the lowest id
-            r = self.replicas[rid]
-            key = (r.free_slots, rid == session_replica)  # free_slots is 0 unless Ready
-            if key[0] > 0 and key > best_key:
-                best, best_key = r, key
-        return best
+    def views(self) -> list[ReplicaView]:
+        return [r.view() for r in self.replicas.values()]
+
+    def place(
+        self, session_replica: str | None = None, pin: ReplicaSetKey | None = None
+    ) -> Replica | None:
+        """Ready replica of the set with the most free slots (or of ``pin``), most free
+        slots first, then session affinity, then the lowest ``replica_id`` (ORCH-1303,
+        ORCH-1404, ORCH-1116)."""
+        view = place(self.views(), pin, session_replica)
+        return self.replicas[view.replica_id] if view is not None else None
 
     def update(self, state: ReplicaState, adapter: WorkerAdapter | None = None) -> None:
         """Apply a pool-manager snapshot; ready replicas get an adapter."""
         self.states[state.replica_id] = state
         current = self.replicas.get(state.replica_id)
         if state.ready:
-            if current is None or current.state.base_url != state.base_url:
+            # Compare with the address the adapter talks to, not the last
+            # snapshot: a restarted engine may publish its new port only when
+            # it becomes ready again (ORCH-POOL-3015).
+            if current is None or current.adapter.target.base_url != state.base_url:
                 adapter = adapter or load_adapter_class(self.engine)(
                     AdapterTarget(
                         replica_id=state.replica_id,

@@ -112,4 +112,4 @@ async def serve(
             _log.info("shutting down: admission stopped, draining")
             await orch.shutdown(config.server.shutdown_grace_s)
 
-        await hypercorn_serve(build_app(orch), hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
+        await hypercorn_serve(build_app(orch, manager), hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]

@@ -24,20 +24,25 @@ from llama_orch.core.api import (
 from llama_orch.core.config import Config
 from llama_orch.core.errors import (
     AdmissionRejected,
+    DeadlineUnmet,
     ErrorCode,
     InvalidParams,
     NotFound,
     OrchError,
     PoolUnavailable,
 )
-from llama_orch.core.queue import PRIORITIES
-from llama_orch.core.replica import ReplicaState
+from llama_orch.core.placement import Orphaned, choose_set, next_dispatch
+from llama_orch.core.predict import ShareTracker, on_time_probability
+from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES
+from llama_orch.core.quota import Quotas
+from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .admission import decode_request, prepare, resolve_pool
 from .metrics import Metrics
 from .pools import Pool, Replica
-from .sessions import SessionTable
+from .sessions import Session, SessionTable
 from .tasks import TaskRecord, TaskStore
+from .watchdog import watchdog_loop
 
 __all__ = ["Orchestrator"]
 
@@ -48,16 +53,34 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def _pin_of(rec: TaskRecord) -> ReplicaSetKey | None:
+    return rec.set_key  # set while queued only for pinned tasks (ORCH-1302)
+
+
 class Orchestrator:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pools: dict[str, Pool] = {p.id: Pool(p, config.admission) for p in config.pools}
+        sched = config.scheduling
+        self.pools: dict[str, Pool] = {
+            p.id: Pool(p, config.admission, scheduling=sched) for p in config.pools
+        }
+        self.quotas = Quotas(sched.tenants, sched.default_tenant, sched.priority_limits)
+        self.shares = ShareTracker(sched.share_alpha)
+        self._deadlines: dict[str, list[int]] = {p: [0, 0] for p in PRIORITIES}  # met, total
         self.tasks = TaskStore(
             retention_s=config.admission.event_log_retention_s,
             max_tasks=config.admission.max_retained_tasks,
         )
         self.sessions = SessionTable(config.sessions)
-        self.metrics = Metrics(queue_depths=self._queue_depths)
+        self.metrics = Metrics(
+            queue_depths=self._queue_depths,
+            shares=lambda: [(v, {"tenant": t, "priority": p}) for t, p, v in self.shares.items()],
+            deadlines_met=lambda: [
+                (met / total, {"priority": p})
+                for p, (met, total) in self._deadlines.items()
+                if total
+            ],
+        )
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -69,6 +92,9 @@ class Orchestrator:
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}")
             )
+        wd = self.config.scheduling.watchdog
+        if wd.wall_timeout_s is not None or wd.idle_timeout_s is not None:
+            self._loops.append(asyncio.create_task(watchdog_loop(self, wd), name="watchdog"))
 
     def on_replica_change(self, state: ReplicaState) -> None:
         pool = self.pools.get(state.pool_id)
@@ -124,9 +150,26 @@ class Orchestrator:
             prepared = await prepare(req, pool, self.config.admission)
             if self.tasks.get(prepared.task_id) is not None:
                 raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
+            now = time.monotonic()
+            max_tokens = prepared.request.max_tokens
+            self._check_deadline(pool, req.deadline_ms, req.expected_tokens or max_tokens)
+            tenant = req.tenant or DEFAULT_TENANT
+            in_flight = sum(1 for t in self.tasks.active() if t.tenant == tenant)
+            try:
+                self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
+            except AdmissionRejected as exc:
+                exc.pool_id, exc.engine = pool.id, pool.engine
+                if exc.retry_after_ms is None:
+                    exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
+                self._backpressure(pool, "quota")
+                raise
             sid = str(req.session_id) if req.session_id else None
+            pin = None
             if sid is not None:
-                self.sessions.begin_turn(sid)
+                session = self.sessions.begin_turn(sid, prepared.prompt_tokens + max_tokens)
+                pin = session.set_key
+            if pin is None and req.determinism == "strict":
+                pin = choose_set(pool.views())  # ORCH-1302: strict tasks stay in one set
             rec = TaskRecord(
                 task_id=prepared.task_id,
                 pool_id=pool.id,
@@ -135,11 +178,14 @@ class Orchestrator:
                 request=prepared.request,
                 prompt_tokens=prepared.prompt_tokens,
                 session_id=sid,
+                tenant=tenant,
+                deadline=None if req.deadline_ms is None else now + req.deadline_ms / 1000,
+                set_key=pin,
             )
             try:
-                displaced = pool.queue.push(rec, req.priority)
+                displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
             except AdmissionRejected as exc:
-                exc.retry_after_ms = self._retry_after_ms(pool, prepared.request.max_tokens)
+                exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 self._backpressure(pool)
                 raise
@@ -160,6 +206,7 @@ class Orchestrator:
                 1,
                 {
                     "reason": exc.code.value,
+                    "policy": exc.policy_label or "",
                     "pool_id": pool.id if pool else "",
                     "engine": pool.engine if pool else "",
                 },
@@ -177,15 +224,38 @@ class Orchestrator:
             rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
         )
 
-    def _retry_after_ms(self, pool: Pool, max_tokens: int) -> int:
-        # Time until the next slot frees, from the measured drain rate (ORCH-1105).
-        return max(
-            100, pool.drain.predicted_start_ms(0, max(pool.running(), pool.drain.slots), max_tokens)
-        )
+    def _check_deadline(self, pool: Pool, deadline_ms: int | None, tokens: int) -> None:
+        """ORCH-1006: refuse when the predicted finish is past the deadline. Until the
+        pool measured a task there is no rate to predict from, and the task is admitted."""
+        if deadline_ms is None or not pool.drain.measured:
+            return
+        start = pool.drain.predicted_start_ms(len(pool.queue), pool.running(), tokens)
+        finish = start + pool.drain.decode_ms(tokens)
+        if finish > deadline_ms:
+            raise DeadlineUnmet(
+                f"predicted finish in {finish:.0f} ms (start in {start} ms) exceeds"
+                f" deadline_ms={deadline_ms} - at `$.deadline_ms`",
+                pool_id=pool.id,
+                engine=pool.engine,
+            )
 
-    def _backpressure(self, pool: Pool) -> None:
+    def budget_headers(self, task_id: str) -> dict[str, str]:
+        """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""
+        rec = self.tasks.get(task_id)
+        s = self.sessions.get(rec.session_id) if rec and rec.session_id else None
+        if s is None:
+            return {}
+        tokens, ms = self.sessions.remaining(s)
+        headers = {"X-Budget-Turns-Remaining": str(max(0, self.sessions.max_turns - s.turns))}
+        if tokens is not None:
+            headers["X-Budget-Tokens-Remaining"] = str(tokens)
+        if ms is not None:
+            headers["X-Budget-Time-Ms-Remaining"] = str(ms)
+        return headers
+
+    def _backpressure(self, pool: Pool, policy: str | None = None) -> None:
         self.metrics.backpressure.add(
-            1, {"engine": pool.engine, "pool_id": pool.id, "policy": pool.queue.policy}
+            1, {"engine": pool.engine, "pool_id": pool.id, "policy": policy or pool.queue.policy}
         )
 
     def _queue_depths(self) -> list[tuple[int, dict[str, str]]]:
@@ -232,14 +302,37 @@ class Orchestrator:
         while True:
             await pool.wakeup.wait()
             pool.wakeup.clear()
-            while len(pool.queue) and pool.place() is not None:
-                rec = pool.queue.pop()
-                assert rec is not None
-                affinity = None
-                if rec.session_id and (s := self.sessions.get(rec.session_id)):
-                    affinity = s.replica_id
-                replica = pool.place(affinity)
-                assert replica is not None
+            while True:
+                step = next_dispatch(pool.queue, pool.views(), _pin_of, self._affinity)
+                if step is None:
+                    break
+                rec = step.item
+                if isinstance(step, Orphaned):
+                    rec.finish(
+                        ErrorEvent(
+                            code=ErrorCode.POOL_UNAVAILABLE,
+                            message="no Ready replica is left in the task's replica set",
+                            engine=rec.engine,
+                            pool_id=pool.id,
+                            retriable=True,
+                        )
+                    )
+                    continue
+                if rec.deadline is not None and time.monotonic() > rec.deadline:
+                    rec.finish(  # ORCH-1006: expired in the queue, never reaches an engine
+                        ErrorEvent(
+                            code=ErrorCode.DEADLINE_UNMET,
+                            message="deadline passed while queued",
+                            engine=rec.engine,
+                            pool_id=pool.id,
+                            retriable=False,
+                        )
+                    )
+                    self._deadlines[rec.priority][1] += 1
+                    continue
+                replica = pool.replicas[step.replica_id]
+                rec.set_key = step.set_key
+                self.shares.observe(rec.priority, rec.tenant)
                 replica.busy += 1
                 rec.state, rec.replica_id = "running", replica.state.replica_id
                 rec.engine_version = replica.state.engine_version
@@ -271,13 +364,48 @@ class Orchestrator:
         }
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
+        engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
         if rec.dispatched is not None and rec.state == "completed":
-            pool.drain.observe(_ms(time.monotonic() - rec.dispatched), rec.tokens_out)
+            pool.drain.observe(engine_ms, rec.tokens_out)
+        if rec.deadline is not None:
+            stats = self._deadlines[rec.priority]
+            stats[1] += 1
+            stats[0] += rec.state == "completed" and (rec.finished_at or 0) <= rec.deadline
         if rec.session_id:
             self.sessions.record(
-                rec.session_id, replica.state.replica_id, rec.prompt_tokens, rec.tokens_out
+                rec.session_id,
+                replica.state.replica_id,
+                rec.prompt_tokens,
+                rec.tokens_out,
+                reserved=rec.prompt_tokens + rec.request.max_tokens,
+                engine_ms=engine_ms,
+                set_key=rec.set_key,
             )
         pool.wakeup.set()
+
+    def _affinity(self, rec: TaskRecord) -> str | None:
+        s = self.sessions.get(rec.session_id) if rec.session_id else None
+        return s.replica_id if s else None
+
+    def _dispatch_metrics(
+        self, pool: Pool, rec: TaskRecord, session: Session | None, replica_id: str
+    ) -> MetricsEvent:
+        """The first ``metrics`` frame: queue, KV warmth, deadline odds, budgets."""
+        on_time = None
+        if rec.deadline is not None:
+            remaining = (rec.deadline - time.monotonic()) * 1000
+            expected = pool.drain.decode_ms(rec.request.max_tokens)
+            on_time = on_time_probability(remaining, expected, self.config.scheduling.deadline_cv)
+        tokens = ms = None
+        if session is not None:
+            tokens, ms = self.sessions.remaining(session)
+        return MetricsEvent(
+            queue_depth=len(pool.queue),
+            kv_warmth=bool(session and session.replica_id == replica_id),
+            on_time_probability=on_time,
+            budget_tokens_remaining=tokens,
+            budget_time_ms_remaining=ms,
+        )
 
     async def _run(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         st = replica.state
@@ -303,12 +431,7 @@ class Orchestrator:
             )
         )
         session = self.sessions.get(rec.session_id) if rec.session_id else None
-        rec.append(
-            MetricsEvent(
-                queue_depth=len(pool.queue),
-                kv_warmth=bool(session and session.replica_id == st.replica_id),
-            )
-        )
+        rec.append(self._dispatch_metrics(pool, rec, session, st.replica_id))
         self.metrics.tasks_started.add(1, attrs)
         self.metrics.tokens_in.add(
             rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
@@ -318,6 +441,7 @@ class Orchestrator:
             stream = replica.adapter.generate(rec.request)
             try:
                 async for ev in stream:
+                    rec.last_progress = time.monotonic()
                     if isinstance(ev, TokenChunk):
                         if rec.first_token is None:
                             rec.first_token = time.monotonic()

@@ -1,4 +1,4 @@
-"""Session table: TTL, turn count, token totals and replica affinity (ORCH-1401..1403)."""
+"""Session table: TTL, turns, budgets, token totals and replica affinity (ORCH-1401..1405)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from llama_orch.core.api import SessionInfo
 from llama_orch.core.config import SessionConfig
 from llama_orch.core.errors import InvalidParams
+from llama_orch.core.replica import ReplicaSetKey
 
 __all__ = ["Session", "SessionTable"]
 
@@ -20,6 +21,9 @@ class Session:
     tokens_in: int = 0
     tokens_out: int = 0
     replica_id: str | None = None  # where the KV of the last turn lives
+    set_key: ReplicaSetKey | None = None  # every turn stays in one replica set (ORCH-1302)
+    engine_ms: int = 0  # dispatch-to-end time over all turns, for the time budget
+    reserved_tokens: int = 0  # prompt + max_tokens of turns admitted but not finished
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -27,6 +31,10 @@ class SessionTable:
     def __init__(self, config: SessionConfig) -> None:
         self._cfg = config
         self._sessions: dict[str, Session] = {}
+
+    @property
+    def max_turns(self) -> int:
+        return self._cfg.max_turns
 
     def _expire(self, now: float) -> None:
         for sid in [s for s, v in self._sessions.items() if v.expires_at <= now]:
@@ -36,8 +44,19 @@ class SessionTable:
         self._expire(time.monotonic())
         return self._sessions.get(session_id)
 
-    def begin_turn(self, session_id: str) -> Session:
-        """Count a new turn; refuse beyond ``max_turns`` (ORCH-1402)."""
+    def remaining(self, s: Session) -> tuple[int | None, int | None]:
+        """(tokens, time ms) left in the session's budgets; None = unlimited (ORCH-1405)."""
+        cfg = self._cfg
+        tokens = None
+        if cfg.token_budget is not None:
+            used = s.tokens_in + s.tokens_out + s.reserved_tokens
+            tokens = max(0, cfg.token_budget - used)
+        ms = None if cfg.time_budget_ms is None else max(0, cfg.time_budget_ms - s.engine_ms)
+        return tokens, ms
+
+    def begin_turn(self, session_id: str, tokens: int = 0) -> Session:
+        """Count a new turn of ``tokens`` (prompt + max_tokens); refuse beyond ``max_turns``
+        (ORCH-1402) or the session's token or time budget (ORCH-1405)."""
         now = time.monotonic()
         self._expire(now)
         s = self._sessions.get(session_id)
@@ -48,21 +67,42 @@ class SessionTable:
                 f"session {session_id} reached max_turns={self._cfg.max_turns}; "
                 "delete it or start a new session"
             )
+        tok_left, ms_left = self.remaining(s)
+        if tok_left is not None and tokens > tok_left:
+            raise InvalidParams(
+                f"session {session_id} has {tok_left} tokens left in its budget,"
+                f" the task needs up to {tokens} - at `$.max_tokens`"
+            )
+        if ms_left == 0:
+            raise InvalidParams(f"session {session_id} used up its time budget")
+        s.reserved_tokens += tokens
         s.turns += 1
         s.last_used = now
         s.expires_at = now + self._cfg.ttl_ms / 1000
         return s
 
     def record(
-        self, session_id: str, replica_id: str | None, tokens_in: int, tokens_out: int
+        self,
+        session_id: str,
+        replica_id: str | None,
+        tokens_in: int,
+        tokens_out: int,
+        *,
+        reserved: int = 0,
+        engine_ms: int = 0,
+        set_key: ReplicaSetKey | None = None,
     ) -> None:
         s = self._sessions.get(session_id)
         if s is None:
             return
         s.tokens_in += tokens_in
         s.tokens_out += tokens_out
+        s.reserved_tokens = max(0, s.reserved_tokens - reserved)
+        s.engine_ms += engine_ms
         if replica_id is not None:
             s.replica_id = replica_id
+        if set_key is not None:
+            s.set_key = set_key
 
     def delete(self, session_id: str) -> Session | None:
         return self._sessions.pop(session_id, None)

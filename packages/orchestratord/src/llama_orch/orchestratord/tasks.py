@@ -23,6 +23,7 @@ from typing import Literal
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
+from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.sse import encode_event
 
 __all__ = ["TaskRecord", "TaskState", "TaskStore"]
@@ -40,6 +41,9 @@ class TaskRecord:
     request: GenerateRequest
     prompt_tokens: int
     session_id: str | None = None
+    tenant: str = "default"
+    deadline: float | None = None  # monotonic seconds (ORCH-1006, ORCH-1111)
+    set_key: ReplicaSetKey | None = None  # pinned replica set (ORCH-1302), else free
     state: TaskState = "queued"
     replica_id: str | None = None
     engine_version: str = ""
@@ -51,6 +55,7 @@ class TaskRecord:
     first_token: float | None = None
     finished_at: float | None = None
     tokens_out: int = 0
+    last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     runner: asyncio.Task[None] | None = None
     _frames: list[bytes] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)

@@ -169,6 +169,11 @@ class EngineProcess:
                 await asyncio.wait_for(self._reader, 2.0)
         return proc.returncode
 
+    async def kill(self) -> int | None:
+        """SIGKILL the whole group at once (also works on a SIGSTOPped engine)."""
+        self.kill_now()
+        return await self.stop(timeout=5.0)
+
     def kill_now(self) -> None:
         """Synchronous last resort (atexit, signal paths)."""
         if self._proc is not None and self._proc.returncode is None:

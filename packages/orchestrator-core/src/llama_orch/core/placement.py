@@ -1,0 +1,126 @@
+"""Placement over replica sets: pure functions of a snapshot (ORCH-1301..1304, ORCH-1116).
+
+A replica set is every Ready replica with one :class:`ReplicaSetKey`; replicas
+whose engine version (or digest, quant, ctx, sampler profile) differ never
+share a set. A task is either *pinned* to a set (``determinism: strict``
+tasks and later turns of a session, ORCH-1302) or free; a free task goes to
+the set with the most free slots. Within the set the replica with the most
+free slots wins, then the session's previous replica (KV warmth,
+ORCH-1404), then the lowest ``replica_id`` — deterministic for a state.
+
+:func:`next_dispatch` is the one dispatch decision: look at the head of the
+queue and say whether to start it (where), fail it (its pinned set has no
+Ready replica left) or wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .queue import AdmissionQueue
+from .replica import ReplicaSetKey
+
+__all__ = ["Dispatch", "Orphaned", "ReplicaView", "choose_set", "next_dispatch", "place"]
+
+T = TypeVar("T", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    replica_id: str
+    set_key: ReplicaSetKey
+    ready: bool
+    slots: int
+    busy: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.slots - self.busy) if self.ready else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch(Generic[T]):
+    item: T
+    replica_id: str
+    set_key: ReplicaSetKey
+
+
+@dataclass(frozen=True, slots=True)
+class Orphaned(Generic[T]):
+    """The head task is pinned to a set that has no Ready replica any more."""
+
+    item: T
+
+
+def _set_free(replicas: Iterable[ReplicaView]) -> dict[ReplicaSetKey, int]:
+    free: dict[ReplicaSetKey, int] = {}
+    for r in replicas:
+        if r.ready:
+            free[r.set_key] = free.get(r.set_key, 0) + r.free
+    return free
+
+
+def choose_set(
+    replicas: Iterable[ReplicaView], prefer: ReplicaSetKey | None = None
+) -> ReplicaSetKey | None:
+    """The Ready set with the most free slots (``prefer`` on ties, then the lowest key)."""
+    free = _set_free(replicas)
+    if not free:
+        return None
+    return max(free, key=lambda k: (free[k], k == prefer, _neg(k)))
+
+
+def _neg(key: ReplicaSetKey) -> tuple[int, ...]:
+    # max() with "lowest key wins" on ties: negate the ordinal of each character.
+    return tuple(-ord(c) for c in repr(key))
+
+
+def place(
+    replicas: Iterable[ReplicaView],
+    pin: ReplicaSetKey | None = None,
+    affinity: str | None = None,
+) -> ReplicaView | None:
+    """The replica to start a task on now, or None (stay queued, ORCH-1304)."""
+    views = [r for r in replicas if r.ready and (pin is None or r.set_key == pin)]
+    if not views:
+        return None
+    if pin is None:
+        warm = next((r.set_key for r in views if r.replica_id == affinity), None)
+        key = choose_set(views, prefer=warm)
+        views = [r for r in views if r.set_key == key]
+    best: ReplicaView | None = None
+    best_rank = (0, False)
+    for r in sorted(views, key=lambda v: v.replica_id):  # ties keep the lowest id
+        rank = (r.free, r.replica_id == affinity)
+        if rank[0] > 0 and rank > best_rank:
+            best, best_rank = r, rank
+    return best
+
+
+def next_dispatch(
+    queue: AdmissionQueue[T],
+    replicas: Iterable[ReplicaView],
+    pin_of: Callable[[T], ReplicaSetKey | None],
+    affinity_of: Callable[[T], str | None],
+) -> Dispatch[T] | Orphaned[T] | None:
+    """Pop and place the head task, pop it as orphaned, or return None to wait.
+
+    The head blocks the queue while its pinned set is full: serving order is
+    the WFQ order, never reshuffled by placement (ORCH-1116).
+    """
+    head = queue.peek()
+    if head is None:
+        return None
+    views = list(replicas)
+    pin = pin_of(head)
+    if pin is not None and not any(r.ready and r.set_key == pin for r in views):
+        queue.pop()
+        return Orphaned(head)
+    replica = place(views, pin, affinity_of(head))
+    if replica is None:
+        return None
+    popped = queue.pop()
+    assert popped is head
+    return Dispatch(head, replica.replica_id, replica.set_key)

@@ -1,0 +1,99 @@
+"""Admission quotas: token buckets per tenant and per priority, concurrency caps (ORCH-1114).
+
+Pure code: the caller passes ``now`` (seconds, monotonic). A refusal raises
+:class:`~llama_orch.core.errors.AdmissionRejected` with ``policy_label``
+``"quota"`` and ``retry_after_ms`` set to the time until a token is back,
+so every quota refusal is a typed, counted 429.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from .config import RateLimit, TenantConfig
+from .errors import AdmissionRejected
+
+__all__ = ["QUOTA_LABEL", "Quotas", "TokenBucket"]
+
+QUOTA_LABEL = "quota"
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` banked; starts full."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait_ms(self, now: float) -> int:
+        """0 when a token is available now, else milliseconds until one is."""
+        self._refill(now)
+        if self.tokens >= 1:
+            return 0
+        return max(1, math.ceil((1 - self.tokens) / self.rate * 1000))
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
+
+
+class Quotas:
+    """All quota state of one orchestrator."""
+
+    def __init__(
+        self,
+        tenants: Mapping[str, TenantConfig],
+        default_tenant: TenantConfig,
+        priorities: Mapping[str, RateLimit],
+    ) -> None:
+        self._tenants = dict(tenants)
+        self._default = default_tenant
+        self._priorities = dict(priorities)
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def tenant_config(self, tenant: str) -> TenantConfig:
+        return self._tenants.get(tenant, self._default)
+
+    def _bucket(self, key: tuple[str, str], limit: RateLimit, now: float) -> TokenBucket:
+        b = self._buckets.get(key)
+        if b is None:
+            burst = limit.burst or max(1, math.ceil(limit.rps))
+            b = self._buckets[key] = TokenBucket(limit.rps, burst, now)
+        return b
+
+    def admit(self, tenant: str, priority: str, in_flight: int, now: float) -> None:
+        """Charge one request or raise ``AdmissionRejected`` (nothing is charged then)."""
+        cfg = self.tenant_config(tenant)
+        if cfg.max_concurrent is not None and in_flight >= cfg.max_concurrent:
+            raise AdmissionRejected(
+                f"tenant {tenant!r} has {in_flight} tasks in flight"
+                f" (max_concurrent={cfg.max_concurrent})",
+                policy_label=QUOTA_LABEL,
+                retry_after_ms=None,
+            )
+        buckets: list[tuple[str, TokenBucket]] = []
+        if cfg.rps is not None:
+            buckets.append((f"tenant {tenant!r}", self._bucket(("t", tenant), cfg, now)))
+        plimit = self._priorities.get(priority)
+        if plimit is not None and plimit.rps is not None:
+            buckets.append((f"priority {priority!r}", self._bucket(("p", priority), plimit, now)))
+        for what, b in buckets:
+            wait = b.wait_ms(now)
+            if wait:
+                raise AdmissionRejected(
+                    f"{what} exceeded its rate ({b.rate:g}/s, burst {b.burst})",
+                    policy_label=QUOTA_LABEL,
+                    retry_after_ms=wait,
+                )
+        for _, b in buckets:
+            b.take(now)

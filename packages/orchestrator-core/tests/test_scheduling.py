@@ -1,0 +1,305 @@
+"""ORCH-1110..1116, ORCH-1301..1304: WFQ, EDF, quotas, predictions and placement.
+
+The state machine drives queue + placement (:func:`next_dispatch`) through
+enqueue / dispatch / complete / cancel / replica lost / replica ready / tick
+and checks the invariants of ORCH-1702 and ORCH-1709 after every step.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from llama_orch.core.config import RateLimit, TenantConfig
+from llama_orch.core.errors import AdmissionRejected
+from llama_orch.core.placement import (
+    Dispatch,
+    Orphaned,
+    ReplicaView,
+    choose_set,
+    next_dispatch,
+    place,
+)
+from llama_orch.core.predict import DrainRate, ShareTracker, on_time_probability
+from llama_orch.core.queue import AdmissionQueue
+from llama_orch.core.quota import Quotas
+from llama_orch.core.replica import ReplicaSetKey
+
+V1 = ReplicaSetKey("mock", "d", 2048, "v1")
+V2 = ReplicaSetKey("mock", "d", 2048, "v2")
+
+
+def test_tenants_share_by_weight_and_keep_fifo():
+    """ORCH-1110: deficit round robin across tenants inside a priority."""
+    q: AdmissionQueue[str] = AdmissionQueue(100, tenant_weights={"a": 3})
+    for n in range(6):
+        q.push(f"a{n}", "batch", tenant="a")
+        q.push(f"b{n}", "batch", tenant="b")
+    order = [q.pop() for _ in range(8)]
+    assert order == ["a0", "a1", "a2", "b0", "a3", "a4", "a5", "b1"]
+    assert [q.pop() for _ in range(5)] == ["b2", "b3", "b4", "b5", None]
+
+
+def test_edf_within_flow_before_fifo():
+    """ORCH-1111: deadline tasks first, earliest deadline first; the rest FIFO."""
+    q: AdmissionQueue[str] = AdmissionQueue(10)
+    q.push("plain1", "interactive")
+    q.push("late", "interactive", deadline=50.0)
+    q.push("plain2", "interactive")
+    q.push("soon", "interactive", deadline=10.0)
+    assert list(q) == ["soon", "late", "plain1", "plain2"]
+    assert q.position("late") == 1 and q.peek() == "soon"
+    assert [q.pop() for _ in range(4)] == ["soon", "late", "plain1", "plain2"]
+
+
+def test_removed_entries_are_compacted():
+    q: AdmissionQueue[int] = AdmissionQueue(10_000)
+    for n in range(5000):
+        q.push(n, "batch", tenant=f"t{n % 7}")
+    for n in range(0, 5000, 2):
+        assert q.remove(n)
+    assert [q.pop() for _ in range(3)] == [7, 1, 9]  # t0, t1, t2 round robin
+    assert len(q) == 2497 and q.depth("batch") == 2497
+    for n in range(11, 4990, 2):
+        assert q.remove(n)
+    assert q._dead < 1100  # compacted on the way, not ~7500 stale references
+    assert sorted(q) == [3, 5, 4991, 4993, 4995, 4997, 4999]
+
+
+def test_shares_under_saturation_match_weights():
+    """ORCH-1113 acceptance: tenants 3:1 and priorities 8:1 within ±10 % of the weights."""
+    q: AdmissionQueue[tuple[str, str, int]] = AdmissionQueue(
+        10_000, tenant_weights={"a": 3, "b": 1}
+    )
+    shares = ShareTracker(alpha=0.01)
+    queued = dict.fromkeys([(p, t) for p in ("interactive", "batch") for t in "ab"], 0)
+    n = 0
+    for _ in range(5000):
+        for (prio, tenant), depth in queued.items():
+            for _ in range(depth, 20):  # saturation: every class always has work
+                n += 1
+                q.push((prio, tenant, n), prio, tenant=tenant)
+            queued[prio, tenant] = 20
+        prio, tenant, _ = q.pop()  # type: ignore[misc]
+        queued[prio, tenant] -= 1
+        shares.observe(prio, tenant)
+    assert shares.priorities["interactive"] == pytest.approx(8 / 9, rel=0.1)
+    assert shares.priorities["batch"] == pytest.approx(1 / 9, rel=0.1)
+    for prio in ("interactive", "batch"):
+        assert shares.tenants[prio]["a"] == pytest.approx(0.75, rel=0.1)
+        assert shares.tenants[prio]["b"] == pytest.approx(0.25, rel=0.1)
+    total = sum(s for _, _, s in shares.items())
+    assert total == pytest.approx(1.0)
+    assert shares.share("a", "interactive") == pytest.approx(8 / 9 * 0.75, rel=0.1)
+
+
+def test_quota_token_bucket_and_max_concurrent():
+    """ORCH-1114: rps+burst per tenant and per priority, max_concurrent per tenant."""
+    quotas = Quotas(
+        {"a": TenantConfig(rps=2, burst=2, max_concurrent=5)},
+        TenantConfig(),
+        {"batch": RateLimit(rps=1, burst=1)},
+    )
+    quotas.admit("a", "interactive", 0, now=0.0)
+    quotas.admit("a", "interactive", 1, now=0.0)
+    with pytest.raises(AdmissionRejected) as info:
+        quotas.admit("a", "interactive", 2, now=0.0)
+    assert info.value.policy_label == "quota" and info.value.retry_after_ms == 500
+    quotas.admit("a", "interactive", 2, now=0.5)
+    with pytest.raises(AdmissionRejected) as info:
+        quotas.admit("a", "interactive", 5, now=10.0)
+    assert "max_concurrent" in info.value.message
+    quotas.admit("z", "batch", 0, now=0.0)
+    with pytest.raises(AdmissionRejected):
+        quotas.admit("y", "batch", 0, now=0.1)  # priority bucket is shared by tenants
+    quotas.admit("y", "interactive", 0, now=0.1)  # unlimited default tenant
+
+
+def test_predictions_from_measured_rate():
+    """ORCH-1105/1112: prior first, then measured; deadline probability is monotone."""
+    d = DrainRate(slots=2, prior_ms_per_token=10)
+    assert d.predicted_start_ms(ahead=0, running=0, max_tokens=100) == 0
+    assert d.predicted_start_ms(ahead=0, running=2, max_tokens=100) == 500
+    d.observe(service_ms=2000, tokens=100)
+    assert d.predicted_start_ms(ahead=1, running=2, max_tokens=5) == 2000
+    assert d.retry_after_ms(running=2, max_tokens=5) == 1000
+    assert d.decode_ms(50) == 1000
+    probs = [on_time_probability(r, 1000) for r in (0, 500, 1000, 1500, 3000)]
+    assert probs == sorted(probs) and probs[0] == 0 and probs[2] == 0.5 and probs[-1] > 0.99
+
+
+def test_placement_sets_least_loaded_and_affinity():
+    """ORCH-1116/1303/1404: set with most free slots; versions never mix; affinity breaks ties."""
+    views = [
+        ReplicaView("r0", V1, True, 2, 1),
+        ReplicaView("r1", V1, True, 2, 0),
+        ReplicaView("r2", V2, True, 4, 0),
+        ReplicaView("r3", V1, False, 8, 0),
+    ]
+    assert choose_set(views) == V2
+    assert place(views).replica_id == "r2"  # type: ignore[union-attr]
+    assert place(views, pin=V1).replica_id == "r1"  # type: ignore[union-attr]
+    even = [ReplicaView("r0", V1, True, 2, 0), ReplicaView("r1", V1, True, 2, 0)]
+    assert place(even).replica_id == "r0"  # type: ignore[union-attr]
+    assert place(even, affinity="r1").replica_id == "r1"  # type: ignore[union-attr]
+    assert place([ReplicaView("r0", V1, True, 1, 1)]) is None
+
+
+# --------------------------------------------------------------------- machine
+
+PRIO_W = {"interactive": 3, "batch": 1}
+TENANT_W = {"a": 2, "b": 1}
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q: AdmissionQueue[int] = AdmissionQueue(4, "reject", PRIO_W, TENANT_W)
+        self.replicas: dict[str, ReplicaView] = {
+            "r0": ReplicaView("r0", V1, True, 1, 0),
+            "r1": ReplicaView("r1", V1, False, 2, 0),
+            "r2": ReplicaView("r2", V2, False, 1, 0),
+        }
+        self.n = 0
+        self.now = 0.0
+        self.meta: dict[int, tuple[str, str, bool]] = {}  # prio, tenant, has deadline
+        self.pin: dict[int, ReplicaSetKey | None] = {}
+        self.running: dict[int, str] = {}
+        self.outcomes: dict[int, list[str]] = {}
+        self.served: dict[tuple[str, str], list[int]] = {}
+        self.waited: dict[str, int] = {"interactive": 0, "batch": 0}
+        self.waited_t: dict[tuple[str, str], int] = {}
+
+    def _set(self, rid: str, **kw: object) -> None:
+        r = self.replicas[rid]
+        self.replicas[rid] = ReplicaView(
+            rid,
+            r.set_key,
+            kw.get("ready", r.ready),
+            r.slots,
+            kw.get("busy", r.busy),  # type: ignore[arg-type]
+        )
+
+    def _end(self, item: int, outcome: str) -> None:
+        self.outcomes.setdefault(item, []).append(outcome)
+
+    @rule(
+        prio=st.sampled_from(["interactive", "batch"]),
+        tenant=st.sampled_from(["a", "b"]),
+        strict=st.booleans(),
+        deadline=st.none() | st.floats(0, 100),
+        policy=st.sampled_from(["reject", "drop-lru", "shed-low-priority"]),
+    )
+    def enqueue(
+        self, prio: str, tenant: str, strict: bool, deadline: float | None, policy: str
+    ) -> None:
+        self.q.policy = policy  # type: ignore[assignment]
+        self.n += 1
+        item = self.n
+        try:
+            displaced = self.q.push(
+                item,
+                prio,
+                tenant=tenant,
+                deadline=None if deadline is None else self.now + deadline,
+            )
+        except AdmissionRejected:
+            return
+        for d in displaced:
+            self._end(d.item, "displaced")
+        self.meta[item] = (prio, tenant, deadline is not None)
+        self.pin[item] = choose_set(self.replicas.values()) if strict else None
+
+    @rule()
+    def dispatch(self) -> None:
+        while True:
+            before = {p: self.q.depth(p) for p in PRIO_W}
+            flows = {
+                (p, t)
+                for i in self.q
+                for p, t, _ in [self.meta[i]]  # flows with queued work
+            }
+            step = next_dispatch(
+                self.q, self.replicas.values(), self.pin.__getitem__, lambda _i: None
+            )
+            if step is None:
+                return
+            prio, tenant, has_deadline = self.meta[step.item]
+            for p in PRIO_W:  # band starvation bound (WRR)
+                self.waited[p] = 0 if p == prio or not before[p] else self.waited[p] + 1
+                assert self.waited[p] <= sum(w for q, w in PRIO_W.items() if q != p)
+            for f in flows:  # tenant starvation bound (DRR), counted in band pops
+                if f[0] != prio:
+                    continue
+                self.waited_t[f] = 0 if f == (prio, tenant) else self.waited_t.get(f, 0) + 1
+                assert self.waited_t[f] <= sum(w for t, w in TENANT_W.items() if t != f[1])
+            if not has_deadline:
+                self.served.setdefault((prio, tenant), []).append(step.item)
+            if isinstance(step, Orphaned):
+                self._end(step.item, "orphaned")
+                continue
+            assert isinstance(step, Dispatch)
+            r = self.replicas[step.replica_id]
+            assert r.ready and r.free > 0, "dispatch to a non-Ready or full replica"
+            pin = self.pin[step.item]
+            assert pin is None or r.set_key == pin == step.set_key, "wrong replica set"
+            self._set(r.replica_id, busy=r.busy + 1)
+            self.running[step.item] = r.replica_id
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        item = data.draw(st.sampled_from(sorted(self.running)))
+        rid = self.running.pop(item)
+        self._set(rid, busy=self.replicas[rid].busy - 1)
+        self._end(item, "completed")
+
+    @precondition(lambda self: self.n)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        item = data.draw(st.integers(1, self.n))
+        if self.q.remove(item):
+            self._end(item, "canceled")
+        elif item in self.running:
+            rid = self.running.pop(item)
+            self._set(rid, busy=self.replicas[rid].busy - 1)
+            self._end(item, "canceled")
+
+    @rule(rid=st.sampled_from(["r0", "r1", "r2"]))
+    def replica_lost(self, rid: str) -> None:
+        for item, where in list(self.running.items()):
+            if where == rid:
+                del self.running[item]
+                self._end(item, "worker_reset")
+        self._set(rid, ready=False, busy=0)
+
+    @rule(rid=st.sampled_from(["r0", "r1", "r2"]))
+    def replica_ready(self, rid: str) -> None:
+        self._set(rid, ready=True)
+
+    @rule(dt=st.floats(0, 10))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+
+    @invariant()
+    def capacity_never_exceeded(self) -> None:
+        assert len(self.q) <= self.q.capacity
+        for r in self.replicas.values():
+            assert 0 <= r.busy <= r.slots
+
+    @invariant()
+    def fifo_within_priority_and_tenant(self) -> None:
+        for order in self.served.values():
+            assert order == sorted(order)
+
+    @invariant()
+    def one_terminal_outcome_each(self) -> None:
+        for item, outs in self.outcomes.items():
+            assert len(outs) == 1, (item, outs)
+            assert item not in self.q and item not in self.running
+        assert not set(self.q) & set(self.running)
+
+
+SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40)
+TestSchedulerMachine = SchedulerMachine.TestCase

@@ -1,0 +1,239 @@
+"""Control plane: drain with a deadline, atomic reload, replica sets (ORCH-1604..1606).
+
+Documented in ``contracts/openapi/control.yaml``. Drain and reload act on the
+orchestrator's view (admission, placement, running tasks) and, for pools the
+embedded pool manager runs, on the engines themselves. Tasks still running
+when a deadline passes end with one typed ``POOL_UNAVAILABLE`` error event
+(retriable), never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from llama_orch.core.api import ErrorEvent
+from llama_orch.core.errors import (
+    ErrorCode,
+    InvalidParams,
+    NotFound,
+    PoolUnavailable,
+    PoolUnready,
+    UntrustedArtifact,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .pools import Pool
+from .service import Orchestrator
+
+if TYPE_CHECKING:
+    from llama_orch.pool_managerd.pool import PoolManager
+
+__all__ = ["DrainResult", "ReloadResult", "ReplicaSet", "control_routes", "drain_tasks"]
+
+_json = msgspec.json.Encoder()
+
+
+class DrainRequest(msgspec.Struct, forbid_unknown_fields=True):
+    deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+
+
+class ReloadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    new_model_ref: Annotated[str, msgspec.Meta(min_length=1)]
+    model_digest: str | None = None  # expected sha256; a mismatch rolls back
+    drain_deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+
+
+class DrainResult(msgspec.Struct):
+    pool_id: str
+    finished: int  # running tasks that finished before the deadline
+    ended: int  # tasks ended with POOL_UNAVAILABLE at the deadline
+    waited_ms: int
+
+
+class ReloadResult(msgspec.Struct):
+    pool_id: str
+    model_ref: str
+    model_digest: str
+    replicas: list[str]
+    drain: DrainResult
+
+
+class ReplicaSet(msgspec.Struct):
+    engine: str
+    model_digest: str
+    ctx: int
+    engine_version: str
+    sampler_profile_version: str
+    pool_ids: list[str]
+    replicas: list[str]
+    slots: int
+    busy: int
+    load: float  # busy / slots
+    queued: int  # tasks queued in the pools this set serves
+
+
+def _decode(body: bytes, typ: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body or b"{}", type=typ)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidParams(str(exc)) from exc
+
+
+def _end(orch: Orchestrator, pool: Pool, rec: Any, why: str) -> None:
+    pool.queue.remove(rec)
+    rec.finish(
+        ErrorEvent(
+            code=ErrorCode.POOL_UNAVAILABLE,
+            message=why,
+            engine=rec.engine,
+            pool_id=pool.id,
+            retriable=True,
+        )
+    )
+    if rec.runner is not None:
+        rec.runner.cancel()
+
+
+async def drain_tasks(
+    orch: Orchestrator,
+    pool: Pool,
+    deadline_s: float,
+    *,
+    replica_ids: list[str] | None = None,
+) -> DrainResult:
+    """Let running tasks (on ``replica_ids``, or the whole pool) finish until the
+    deadline, then end what remains with ``POOL_UNAVAILABLE``. A whole-pool
+    drain also ends the queued tasks at the deadline (ORCH-1604)."""
+    started = time.monotonic()
+    deadline = started + deadline_s
+
+    def mine() -> list[Any]:
+        return [
+            t
+            for t in orch.tasks.active()
+            if t.pool_id == pool.id
+            and (
+                (replica_ids is None and t.state in ("queued", "running"))
+                or (t.state == "running" and replica_ids and t.replica_id in replica_ids)
+            )
+        ]
+
+    initial = {t.task_id for t in mine() if t.state == "running"}
+    while (left := mine()) and time.monotonic() < deadline:
+        if replica_ids is None and all(t.state == "queued" for t in left):
+            break  # nothing left to finish: queued tasks never get placed on a draining pool
+        await asyncio.sleep(0.05)
+    ended = 0
+    for rec in mine():
+        _end(orch, pool, rec, f"pool {pool.id} drain deadline reached")
+        ended += 1
+    finished = sum(
+        1 for tid in initial if (t := orch.tasks.get(tid)) is not None and t.state == "completed"
+    )
+    return DrainResult(pool.id, finished, ended, int((time.monotonic() - started) * 1000))
+
+
+def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> list[Route]:
+    def pool_of(request: Request) -> Pool:
+        pid = request.path_params["pool_id"]
+        pool = orch.pools.get(pid)
+        if pool is None:
+            raise NotFound(f"unknown pool {pid}")
+        return pool
+
+    def managed(pool: Pool) -> bool:
+        return manager is not None and pool.id in manager.pool_ids()
+
+    async def drain(request: Request) -> Response:
+        pool = pool_of(request)
+        req: DrainRequest = _decode(await request.body(), DrainRequest)
+        pool.draining = True  # admission refuses new tasks at once
+        result: list[DrainResult] = []
+
+        async def wait(ids: list[str]) -> None:
+            result.append(await drain_tasks(orch, pool, req.deadline_ms / 1000))
+
+        if managed(pool):
+            assert manager is not None
+            await manager.drain(pool.id, wait=wait)
+        else:
+            for state in list(pool.states.values()):
+                if state.status in ("ready", "starting"):
+                    orch.on_replica_change(msgspec.structs.replace(state, status="draining"))
+            await wait([])
+        return Response(_json.encode(result[0]), 200, media_type="application/json")
+
+    async def reload(request: Request) -> Response:
+        from llama_orch.pool_managerd.errors import ReloadError
+
+        pool = pool_of(request)
+        req: ReloadRequest = _decode(await request.body(), ReloadRequest)
+        if not managed(pool):
+            raise PoolUnavailable(
+                f"pool {pool.id} is not run by the embedded pool manager; reload it where "
+                "its engines run",
+                pool_id=pool.id,
+            )
+        assert manager is not None
+        drained: list[DrainResult] = []
+
+        async def wait(ids: list[str]) -> None:
+            drained.append(
+                await drain_tasks(orch, pool, req.drain_deadline_ms / 1000, replica_ids=ids)
+            )
+
+        try:
+            states = await manager.reload(
+                pool.id, req.new_model_ref, expected_digest=req.model_digest, drain=wait
+            )
+        except ReloadError as exc:
+            if exc.verification:
+                raise UntrustedArtifact(str(exc), pool_id=pool.id) from exc
+            raise PoolUnready(str(exc), pool_id=pool.id) from exc
+        pool.config = msgspec.structs.replace(pool.config, model=req.new_model_ref)
+        pool.draining = False
+        body = ReloadResult(
+            pool_id=pool.id,
+            model_ref=req.new_model_ref,
+            model_digest=states[0].model_digest if states else "",
+            replicas=[s.replica_id for s in states],
+            drain=drained[0] if drained else DrainResult(pool.id, 0, 0, 0),
+        )
+        return Response(_json.encode(body), 200, media_type="application/json")
+
+    async def replicasets(request: Request) -> Response:
+        sets: dict[Any, ReplicaSet] = {}
+        for pool in orch.pools.values():
+            for rid in sorted(pool.replicas):
+                replica = pool.replicas[rid]
+                if not replica.state.ready:
+                    continue
+                key = replica.state.set_key()
+                rs = sets.get(key)
+                if rs is None:
+                    rs = sets[key] = ReplicaSet(
+                        key.engine, key.model_digest, key.ctx, key.engine_version,
+                        key.sampler_profile_version, [], [], 0, 0, 0.0, 0,
+                    )  # fmt: skip
+                if pool.id not in rs.pool_ids:
+                    rs.pool_ids.append(pool.id)
+                    rs.queued += len(pool.queue)
+                rs.replicas.append(rid)
+                rs.slots += replica.state.slots
+                rs.busy += replica.busy
+        for rs in sets.values():
+            rs.load = round(rs.busy / rs.slots, 4) if rs.slots else 0.0
+        return Response(
+            _json.encode({"replica_sets": list(sets.values())}), 200, media_type="application/json"
+        )
+
+    return [
+        Route("/v1/pools/{pool_id}/drain", drain, methods=["POST"]),
+        Route("/v1/pools/{pool_id}/reload", reload, methods=["POST"]),
+        Route("/v1/replicasets", replicasets, methods=["GET"]),
+    ]
