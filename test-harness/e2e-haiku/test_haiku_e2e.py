@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llama_orch.cli.haiku import AMSTERDAM, check_haiku, haiku_prompt, make_nonce, minute_words
+from llama_orch.cli.haiku import (
+    AMSTERDAM,
+    check_haiku,
+    haiku_messages,
+    haiku_prompt,
+    make_nonce,
+    minute_words,
+)
 from orch_harness import REPO_ROOT, config, mock_pool, prometheus_samples
 
 QWEN_REF = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
@@ -148,7 +155,7 @@ async def run_protocol(harness: Any, pool_id: str, repo_root: Path) -> HaikuRun:
     run.counter_before = await asyncio.to_thread(engine_counter, base_url)
     status, body, _ = await harness.submit(
         workload="chat",
-        messages=[{"role": "user", "content": run.prompt}],
+        messages=haiku_messages(run.minute_words, run.nonce),
         max_tokens=MAX_TOKENS,
         temperature=0.0,
         seed=SEED,

@@ -36,7 +36,7 @@ from .errors import (
     exit_code_for,
     exit_code_for_error_code,
 )
-from .haiku import check_haiku, haiku_prompt, make_nonce, minute_words, now_minute
+from .haiku import check_haiku, haiku_messages, make_nonce, minute_words, now_minute
 from .models import PoolHealth
 
 __all__ = ["DEMO_MODEL", "DEMO_POOL", "demo_config_yaml", "run_demo", "wait_ready"]
@@ -123,7 +123,7 @@ async def run_haiku(orch: OrchClient, console: Console, *, out: TextIO | None = 
     submitted_at = time.monotonic()
     accepted = await orch.submit(
         workload="chat",
-        messages=[{"role": "user", "content": haiku_prompt(words, nonce)}],
+        messages=haiku_messages(words, nonce),
         temperature=0.0,
         seed=42,
         max_tokens=64,
