@@ -154,7 +154,7 @@ class Orchestrator:
             max_tokens = prepared.request.max_tokens
             self._check_deadline(pool, req.deadline_ms, req.expected_tokens or max_tokens)
             tenant = req.tenant or DEFAULT_TENANT
-            in_flight = sum(1 for t in self.tasks.active() if t.tenant == tenant)
+            in_flight = self.tasks.in_flight(tenant)
             try:
                 self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
             except AdmissionRejected as exc:

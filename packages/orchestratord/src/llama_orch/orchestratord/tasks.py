@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +59,7 @@ class TaskRecord:
     runner: asyncio.Task[None] | None = None
     _frames: list[bytes] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _on_finish: Callable[[TaskRecord], None] | None = None
 
     def __hash__(self) -> int:
         return hash(self.task_id)
@@ -90,6 +91,8 @@ class TaskRecord:
             self.state = "completed"
         self.finished_at = time.monotonic()
         self._push(event)
+        if self._on_finish is not None:
+            self._on_finish(self)
         return True
 
     def _push(self, event: StreamEvent) -> None:
@@ -118,10 +121,18 @@ class TaskRecord:
 
 
 class TaskStore:
-    """All known tasks; finished ones are evicted by age and count."""
+    """All known tasks; finished ones are evicted by age and count.
+
+    Active tasks and per-tenant in-flight counts are kept incrementally, and
+    finished tasks are evicted in finish order from a deque, so admission
+    costs O(1) however many tasks are retained (found by profiling, issue #5).
+    """
 
     def __init__(self, *, retention_s: float, max_tasks: int) -> None:
-        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._tasks: dict[str, TaskRecord] = {}
+        self._active: dict[str, TaskRecord] = {}
+        self._finished: deque[TaskRecord] = deque()
+        self._in_flight: Counter[str] = Counter()
         self._retention_s = retention_s
         self._max = max_tasks
 
@@ -134,18 +145,35 @@ class TaskStore:
     def add(self, record: TaskRecord) -> None:
         self._evict()
         self._tasks[record.task_id] = record
+        if record.terminal:
+            self._finished.append(record)
+            return
+        self._active[record.task_id] = record
+        self._in_flight[record.tenant] += 1
+        record._on_finish = self._finished_one
+
+    def _finished_one(self, record: TaskRecord) -> None:
+        if self._active.pop(record.task_id, None) is not None:
+            self._in_flight[record.tenant] -= 1
+            if self._in_flight[record.tenant] <= 0:
+                del self._in_flight[record.tenant]
+        self._finished.append(record)
 
     def active(self) -> list[TaskRecord]:
-        return [t for t in self._tasks.values() if not t.terminal]
+        return list(self._active.values())
+
+    def in_flight(self, tenant: str) -> int:
+        """Queued plus running tasks of ``tenant``."""
+        return self._in_flight.get(tenant, 0)
 
     def _evict(self) -> None:
         now = time.monotonic()
-        for tid, rec in list(self._tasks.items()):
-            too_many = len(self._tasks) >= self._max
-            expired = rec.finished_at is not None and now - rec.finished_at > self._retention_s
-            if not rec.terminal:
-                continue
-            if too_many or expired:
-                del self._tasks[tid]
-            elif not too_many:
+        finished = self._finished
+        while finished:
+            oldest = finished[0]
+            assert oldest.finished_at is not None
+            if len(self._tasks) < self._max and now - oldest.finished_at <= self._retention_s:
                 break
+            finished.popleft()
+            if self._tasks.get(oldest.task_id) is oldest:
+                del self._tasks[oldest.task_id]
