@@ -202,3 +202,15 @@ async def test_metrics_match_what_happened(start_orchestrator, mock_config):
     assert re.search(r'tasks_started_total\{[^}]*engine_version="mock-1"[^}]*\} 2\.0', text)
     assert re.search(r'tokens_out_total\{[^}]*replica_id="mock-e0"[^}]*\} 10\.0', text)
     assert re.search(r'queue_depth\{[^}]*priority="interactive"[^}]*\} 0\.0', text)
+
+
+async def test_unreachable_engine_requeues_then_fails_once(start_orchestrator, mock_config):
+    """ORCH-1117: a task that never reached its engine is retried at most twice, then ends
+    with one WORKER_RESET; its stream shows one `started` and one terminal event."""
+    run = await start_orchestrator(mock_config(adapter_options={"fail": "error_at_start"}))
+    tid = (await (await run.submit(max_tokens=5)).json())["task_id"]
+    events = await run.events(tid)
+    names = [e[1] for e in events]
+    assert names.count("started") == 1 and names[-1] == "error", events
+    assert events[-1][2]["code"] == "WORKER_RESET"
+    assert run.orch.get(tid).attempts == 2

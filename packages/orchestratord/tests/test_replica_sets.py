@@ -14,9 +14,7 @@ import uuid
 import msgspec
 
 
-async def test_engine_versions_split_sets_and_strict_sessions_stay(
-    start_orchestrator, mock_config
-):
+async def test_engine_versions_split_sets_and_strict_sessions_stay(start_orchestrator, mock_config):
     cfg = mock_config(endpoints=["mock://0", "mock://1"], adapter_options={"token_delay_ms": 5})
     run = await start_orchestrator(cfg)
     pool = run.orch.pools["mock"]

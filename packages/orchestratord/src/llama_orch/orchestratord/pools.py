@@ -11,6 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import msgspec
 from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapter_class
 from llama_orch.core.config import AdmissionConfig, PoolConfig, SchedulingConfig
 from llama_orch.core.placement import ReplicaView, place
@@ -54,6 +55,7 @@ class Pool:
     states: dict[str, ReplicaState] = field(default_factory=dict)  # every replica, any status
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    _probes: set[asyncio.Task[None]] = field(default_factory=set)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
 
     def __post_init__(self) -> None:
@@ -102,6 +104,32 @@ class Pool:
         ORCH-1404, ORCH-1116)."""
         view = place(self.views(), pin, session_replica)
         return self.replicas[view.replica_id] if view is not None else None
+
+    def suspect(self, replica_id: str, reason: str, *, probe_s: float = 0.25) -> None:
+        """Stop placing on a replica that failed to answer; re-admit it when its
+        health check passes, unless a newer snapshot arrived meanwhile (ORCH-1117)."""
+        replica = self.replicas.get(replica_id)
+        if replica is None or not replica.state.ready:
+            return
+        suspect = msgspec.structs.replace(replica.state, status="starting", last_error=reason)
+        replica.state = suspect
+        self.states[replica_id] = suspect
+
+        async def probe() -> None:
+            for _ in range(int(120 / probe_s)):
+                await asyncio.sleep(probe_s)
+                if replica.state is not suspect or self.replicas.get(replica_id) is not replica:
+                    return  # the pool manager reported something newer
+                health = await replica.adapter.health()
+                if health.ready:
+                    back = msgspec.structs.replace(suspect, status="ready", last_error=None)
+                    replica.state = back
+                    self.states[replica_id] = back
+                    self.wakeup.set()
+                    return
+
+        self._probes.add(task := asyncio.get_running_loop().create_task(probe()))
+        task.add_done_callback(self._probes.discard)
 
     def update(self, state: ReplicaState, adapter: WorkerAdapter | None = None) -> None:
         """Apply a pool-manager snapshot; ready replicas get an adapter."""

@@ -30,6 +30,8 @@ from llama_orch.core.errors import (
     NotFound,
     OrchError,
     PoolUnavailable,
+    PoolUnready,
+    WorkerReset,
 )
 from llama_orch.core.placement import Orphaned, choose_set, next_dispatch
 from llama_orch.core.predict import ShareTracker, on_time_probability
@@ -331,6 +333,7 @@ class Orchestrator:
                     self._deadlines[rec.priority][1] += 1
                     continue
                 replica = pool.replicas[step.replica_id]
+                rec.pinned = rec.set_key is not None
                 rec.set_key = step.set_key
                 self.shares.observe(rec.priority, rec.tenant)
                 replica.busy += 1
@@ -344,9 +347,45 @@ class Orchestrator:
                     lambda _t, p=pool, r=replica, t=rec: self._release(p, r, t)
                 )
 
+    def _requeue(self, pool: Pool, replica: Replica, rec: TaskRecord, exc: OrchError) -> bool:
+        """Put a task that never reached its engine back in the queue (ORCH-1117).
+
+        A replica can die between the pool manager's last report and a dispatch;
+        such a task failed only to connect, so it is retried (once more at most)
+        on another replica, and the replica is kept out of placement until it
+        answers again.
+        """
+        if rec.attempts >= 2:
+            return False
+        rec.attempts += 1
+        pool.suspect(replica.state.replica_id, exc.message)
+        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
+        if not rec.pinned:
+            rec.set_key = None  # free again: any Ready set may take it
+        try:
+            displaced = pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline)
+        except AdmissionRejected:
+            rec.state = "running"
+            return False
+        for victim in displaced:
+            victim.item.finish(
+                ErrorEvent(
+                    code=victim.code,
+                    message=f"displaced by the {pool.queue.policy} policy",
+                    engine=pool.engine,
+                    pool_id=pool.id,
+                    retriable=True,
+                )
+            )
+        _log.warning("task %s requeued: replica %s unreachable", rec.task_id, rec.engine)
+        return True
+
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         # A done-callback runs even when the runner was cancelled before it started.
         replica.busy -= 1
+        if rec.state == "queued":  # requeued by _requeue: it will be dispatched again
+            pool.wakeup.set()
+            return
         if not rec.terminal:  # defensive: every dispatched task ends exactly once
             rec.finish(
                 ErrorEvent(
@@ -418,30 +457,39 @@ class Orchestrator:
         }
         assert rec.dispatched is not None
         queue_wait_ms = _ms(rec.dispatched - rec.created)
-        rec.append(
-            StartedEvent(
-                queue_position=rec.queue_position,
-                predicted_start_ms=rec.predicted_start_ms,
-                queue_wait_ms=queue_wait_ms,
-                pool_id=pool.id,
-                replica_id=st.replica_id,
-                engine=rec.engine,
-                engine_version=st.engine_version,
-                model_digest=st.model_digest,
+        started = False
+
+        def start() -> None:
+            # ``started`` is appended when the engine answered, so a task whose
+            # replica turned out to be gone can go back to the queue unseen.
+            rec.append(
+                StartedEvent(
+                    queue_position=rec.queue_position,
+                    predicted_start_ms=rec.predicted_start_ms,
+                    queue_wait_ms=queue_wait_ms,
+                    pool_id=pool.id,
+                    replica_id=st.replica_id,
+                    engine=rec.engine,
+                    engine_version=st.engine_version,
+                    model_digest=st.model_digest,
+                )
             )
-        )
-        session = self.sessions.get(rec.session_id) if rec.session_id else None
-        rec.append(self._dispatch_metrics(pool, rec, session, st.replica_id))
-        self.metrics.tasks_started.add(1, attrs)
-        self.metrics.tokens_in.add(
-            rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
-        )
+            session = self.sessions.get(rec.session_id) if rec.session_id else None
+            rec.append(self._dispatch_metrics(pool, rec, session, st.replica_id))
+            self.metrics.tasks_started.add(1, attrs)
+            self.metrics.tokens_in.add(
+                rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
+            )
+
         finished: Finished | None = None
         try:
             stream = replica.adapter.generate(rec.request)
             try:
                 async for ev in stream:
                     rec.last_progress = time.monotonic()
+                    if not started:
+                        started = True
+                        start()
                     if isinstance(ev, TokenChunk):
                         if rec.first_token is None:
                             rec.first_token = time.monotonic()
@@ -474,7 +522,22 @@ class Orchestrator:
                 self.metrics.decode_ms.record(decode_ms, attrs)
         except asyncio.CancelledError:
             pass  # cancel() or shutdown already appended the terminal event
+        except (WorkerReset, PoolUnready) as exc:
+            if started or rec.terminal or not self._requeue(pool, replica, rec, exc):
+                if not started:
+                    start()
+                rec.finish(
+                    ErrorEvent(
+                        code=exc.code,
+                        message=exc.message,
+                        engine=rec.engine,
+                        pool_id=pool.id,
+                        retriable=exc.retriable,
+                    )
+                )
         except OrchError as exc:
+            if not started:
+                start()
             rec.finish(
                 ErrorEvent(
                     code=exc.code,

@@ -54,6 +54,8 @@ class TaskRecord:
     dispatched: float | None = None
     first_token: float | None = None
     finished_at: float | None = None
+    attempts: int = 0  # dispatches that failed before reaching the engine (ORCH-1117)
+    pinned: bool = False  # set_key was fixed at admission, not by a dispatch
     tokens_out: int = 0
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     runner: asyncio.Task[None] | None = None
