@@ -51,6 +51,9 @@ shopt -u nullglob
 stamp="$(date +%Y-%m-%d)"
 target="$done_dir/TODO-$stamp-$((highest + 1)).md"
 mv "$todo" "$target"
+# The archive lives two levels down: keep its relative links pointing at the
+# same files (http(s), mailto, anchors and absolute paths are left alone).
+sed -E -i 's#\]\(([^)#:/][^):]*)\)#](../../\1)#g' "$target"
 
 cat > "$todo" <<'SKELETON'
 # TODO — active tracker

@@ -76,3 +76,18 @@ def test_archive_moves_a_finished_tracker_and_numbers_it(tmp_path: Path) -> None
     assert archived.read_text() == "# T\n- [x] one\n  * [X] two\n"
     fresh = (tmp_path / "TODO.md").read_text()
     assert "- [ ]" in fresh and "## Proofs" in fresh
+
+
+def test_archive_keeps_relative_links_valid(tmp_path: Path) -> None:
+    """ORCH-6007: links in the archived tracker still point at the same files."""
+    (tmp_path / "a.md").write_text("x\n")
+    (tmp_path / "TODO.md").write_text(
+        "- [x] see [a](a.md), [web](https://x.org/y), [here](#proofs), [abs](/etc/hosts)\n"
+    )
+    result = _run("archive_todo.sh", tmp_path)
+    assert result.returncode == 0, result.stderr
+    (archived,) = (tmp_path / ".docs" / "DONE").glob("TODO-*.md")
+    assert archived.read_text() == (
+        "- [x] see [a](../../a.md), [web](https://x.org/y), [here](#proofs), [abs](/etc/hosts)\n"
+    )
+    assert _run("check_links.sh", tmp_path).returncode == 0
