@@ -22,236 +22,29 @@ import datetime as dt
 import json
 import os
 import platform
-import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PY = sys.executable
-BIN = Path(PY).parent
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama-orch" / "bench"
-LITELLM_VERSION = "1.106.2"
-TOOLS = ["matplotlib==3.11.*", "py-spy", "pyinstrument"]  # tools venv: plot, profile
-
-LEVELS = (1, 16, 64, 256)
-REQS = {1: 200, 16: 1000, 64: 2000, 256: 2000}
-LITELLM_REQS = {1: 100, 16: 200, 64: 200, 256: 256}
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
-
-
-class Procs:
-    """Every process the bench starts; stopped by process group, in reverse."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(
-        self,
-        name: str,
-        cmd: list[str],
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        logf = (self.logdir / f"{name}.log").open("wb")
-        p = subprocess.Popen(
-            cmd,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            cwd=ROOT,
-        )
-        self.procs.append((name, p))
-        return p
-
-    def stop(self, p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        self.procs = [(n, q) for n, q in self.procs if q is not p]
-
-    def stop_all(self) -> None:
-        for _, p in reversed(list(self.procs)):
-            self.stop(p)
-
-    def wait_ready(
-        self,
-        p: subprocess.Popen[bytes],
-        url: str,
-        timeout: float,
-        check: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if p.poll() is not None:
-                name = next((n for n, q in self.procs if q is p), "?")
-                tail = (self.logdir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited {p.returncode}:\n{tail}")
-            with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-                body = http_get(url, headers=headers)
-                if check is None or check(body):
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{url} not ready in {timeout}s")
-
-
-# --------------------------------------------------------------------------- components
-
-
-def start_fake(procs: Procs, name: str, delay_ms: float, slots: int = 512) -> tuple[str, int]:
-    port = free_port()
-    p = procs.start(
-        name,
-        [
-            PY,
-            str(HERE / "fake_engine.py"),
-            "--port",
-            str(port),
-            "--token-delay-ms",
-            str(delay_ms),
-            "--slots",
-            str(slots),
-        ],
-    )
-    url = f"http://127.0.0.1:{port}"
-    procs.wait_ready(p, url + "/health", 30)
-    return url, p.pid
-
-
-def start_orch(
-    procs: Procs,
-    name: str,
-    engine_url: str,
-    tmp: Path,
-    *,
-    queue_capacity: int = 8192,
-    prefix: list[str] | None = None,
-    pythonpath: str | None = None,
-) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    cfg = {
-        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
-        "admission": {"queue_capacity": queue_capacity},
-        "allow_cpu_inference": True,
-        "pools": [
-            {
-                "id": "bench",
-                "engine": "llamacpp-http",
-                "model": "fake-model",
-                "endpoints": [engine_url],
-            }
-        ],
-    }
-    path = tmp / f"{name}.json"
-    path.write_text(json.dumps(cfg))
-    env = None
-    if pythonpath:  # an overlay of other sources (the "before" of a change), first on the path
-        env = dict(os.environ, PYTHONPATH=pythonpath)
-    p = procs.start(
-        name, [*(prefix or []), str(BIN / "orchestratord"), "--config", str(path)], env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    procs.wait_ready(
-        p, url + "/v1/pools/bench/health", 60, check=lambda b: json.loads(b).get("ready") is True
-    )
-    return url, p
-
-
-def ensure_venv(name: str, packages: list[str], probe: str) -> Path:
-    """A throwaway venv under the user cache (never a project dependency)."""
-    venv = CACHE / name
-    py = venv / "bin" / "python"
-    stamp = venv / ".bench-packages"
-    want = " ".join(packages)
-    if py.exists() and stamp.exists() and stamp.read_text() == want:
-        return venv
-    log(f"installing {want} into {venv} (one time)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    with (CACHE / f"{name}-install.log").open("wb") as out:
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "-q", *packages],
-            check=True,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    probe_env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")  # no remote fetch
-    subprocess.run([str(py), "-c", probe], check=True, env=probe_env)
-    stamp.write_text(want)
-    log(f"installed in {time.monotonic() - t0:.0f}s")
-    return venv
-
-
-def start_litellm(procs: Procs, tmp: Path, backends: dict[str, str]) -> tuple[str, int, str]:
-    venv = ensure_venv("litellm-venv", [f"litellm[proxy]=={LITELLM_VERSION}"], "import litellm")
-    key = "sk-bench-" + secrets.token_hex(8)  # trap 1: no master key -> refuses to start
-    lines = ["model_list:"]
-    for model, url in backends.items():
-        lines += [
-            f"  - model_name: {model}",
-            "    litellm_params:",
-            "      model: openai/fake-model",
-            f"      api_base: {url}/v1",
-            "      api_key: sk-dummy",
-        ]
-    cfg = tmp / "litellm.yaml"
-    cfg.write_text("\n".join(lines) + "\n")
-    port = free_port()
-    env = dict(
-        os.environ, LITELLM_MASTER_KEY=key, LITELLM_LOCAL_MODEL_COST_MAP="True"
-    )  # trap 2: offline cost-map fetch
-    p = procs.start(
-        "litellm",
-        [
-            str(venv / "bin" / "litellm"),
-            "--config",
-            str(cfg),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    procs.wait_ready(p, url + "/health/liveliness", 180)
-    return url, p.pid, key
+from procs import (
+    HERE,
+    LEVELS,
+    LITELLM_REQS,
+    LITELLM_VERSION,
+    PY,
+    REQS,
+    Procs,
+    free_port,
+    log,
+    start_fake,
+    start_litellm,
+    start_orch,
+)
 
 
 def loadgen(
