@@ -377,7 +377,9 @@ class Orchestrator:
                     retriable=True,
                 )
             )
-        _log.warning("task %s requeued: replica %s unreachable", rec.task_id, rec.engine)
+        _log.warning(
+            "task %s requeued: replica %s unreachable", rec.task_id, replica.state.replica_id
+        )
         return True
 
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
@@ -522,8 +524,14 @@ class Orchestrator:
                 self.metrics.decode_ms.record(decode_ms, attrs)
         except asyncio.CancelledError:
             pass  # cancel() or shutdown already appended the terminal event
-        except (WorkerReset, PoolUnready) as exc:
-            if started or rec.terminal or not self._requeue(pool, replica, rec, exc):
+        except OrchError as exc:
+            requeued = (
+                isinstance(exc, (WorkerReset, PoolUnready))
+                and not started
+                and not rec.terminal
+                and self._requeue(pool, replica, rec, exc)
+            )
+            if not requeued:
                 if not started:
                     start()
                 rec.finish(
@@ -535,18 +543,6 @@ class Orchestrator:
                         retriable=exc.retriable,
                     )
                 )
-        except OrchError as exc:
-            if not started:
-                start()
-            rec.finish(
-                ErrorEvent(
-                    code=exc.code,
-                    message=exc.message,
-                    engine=rec.engine,
-                    pool_id=pool.id,
-                    retriable=exc.retriable,
-                )
-            )
         except Exception as exc:
             _log.exception("task %s failed", rec.task_id)
             rec.finish(
