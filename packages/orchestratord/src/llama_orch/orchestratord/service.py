@@ -35,7 +35,7 @@ from llama_orch.core.errors import (
 )
 from llama_orch.core.placement import Orphaned, choose_set, next_dispatch
 from llama_orch.core.predict import ShareTracker, on_time_probability
-from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES
+from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
@@ -191,17 +191,7 @@ class Orchestrator:
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 self._backpressure(pool)
                 raise
-            for victim in displaced:
-                self._backpressure(pool)
-                victim.item.finish(
-                    ErrorEvent(
-                        code=victim.code,
-                        message=f"displaced by the {pool.queue.policy} policy",
-                        engine=pool.engine,
-                        pool_id=pool.id,
-                        retriable=True,
-                    )
-                )
+            self._displace(pool, displaced)
             self.tasks.add(rec)
         except OrchError as exc:
             self.metrics.tasks_rejected.add(
@@ -367,7 +357,16 @@ class Orchestrator:
         except AdmissionRejected:
             rec.state = "running"
             return False
+        self._displace(pool, displaced)
+        _log.warning(
+            "task %s requeued: replica %s unreachable", rec.task_id, replica.state.replica_id
+        )
+        return True
+
+    def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]]) -> None:
+        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)."""
         for victim in displaced:
+            self._backpressure(pool)
             victim.item.finish(
                 ErrorEvent(
                     code=victim.code,
@@ -377,10 +376,6 @@ class Orchestrator:
                     retriable=True,
                 )
             )
-        _log.warning(
-            "task %s requeued: replica %s unreachable", rec.task_id, replica.state.replica_id
-        )
-        return True
 
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         # A done-callback runs even when the runner was cancelled before it started.
