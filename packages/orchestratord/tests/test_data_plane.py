@@ -139,6 +139,8 @@ async def test_queue_full_429_with_backoff(start_orchestrator, mock_config):
     assert err["retriable"] is True and err["retry_after_ms"] >= 100
     assert int(resp.headers["Retry-After"]) >= 1
     assert int(resp.headers["X-Backoff-Ms"]) == err["retry_after_ms"]
+    assert resp.headers["X-Queue-Position"] == "2"  # behind the two queued tasks
+    assert resp.headers["X-Queue-ETA-Ms"] == resp.headers["X-Backoff-Ms"]
     for tid in ok:
         events = await run.events(tid)
         assert [e[1] for e in events].count("end") + [e[1] for e in events].count("error") == 1

@@ -124,6 +124,7 @@ class OrchError(Exception):
         pool_id: str | None = None,
         retry_after_ms: int | None = None,
         policy_label: str | None = None,
+        queue_position: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -131,6 +132,8 @@ class OrchError(Exception):
         self.pool_id = pool_id
         self.retry_after_ms = retry_after_ms
         self.policy_label = policy_label
+        # Not part of the envelope: rendered as ``X-Queue-Position`` on a 429.
+        self.queue_position = queue_position
 
     @property
     def status_code(self) -> int:

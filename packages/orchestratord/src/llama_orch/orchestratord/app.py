@@ -51,6 +51,9 @@ def _error_response(exc: OrchError) -> Response:
         ms = exc.retry_after_ms if exc.retry_after_ms is not None else 1000
         headers["Retry-After"] = str(max(1, math.ceil(ms / 1000)))
         headers["X-Backoff-Ms"] = str(ms)
+        if exc.queue_position is not None:
+            headers["X-Queue-Position"] = str(exc.queue_position)
+            headers["X-Queue-ETA-Ms"] = str(ms)
     return _json_response(exc.body(), exc.status_code, headers)
 
 

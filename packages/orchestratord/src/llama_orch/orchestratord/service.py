@@ -189,6 +189,7 @@ class Orchestrator:
             except AdmissionRejected as exc:
                 exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
                 exc.pool_id, exc.engine = pool.id, pool.engine
+                exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 self._backpressure(pool)
                 raise
             self._displace(pool, displaced)
