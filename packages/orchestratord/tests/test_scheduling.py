@@ -128,6 +128,29 @@ async def test_session_token_budget(start_orchestrator, mock_config):
     assert resp.status == 400 and "budget" in (await resp.json())["message"]
 
 
+async def test_queued_session_task_that_ends_unrun_returns_its_reservation(
+    start_orchestrator, mock_config
+):
+    """ORCH-1405: canceling a queued session turn gives its reserved tokens back."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 10})
+    cfg.sessions.token_budget = 100
+    run = await start_orchestrator(cfg)
+    blocker = await _tid(run, max_tokens=200)  # holds the only slot
+    sid = str(uuid.uuid4())
+    resp = await run.submit(session_id=sid, prompt="a b", max_tokens=40)
+    queued = (await resp.json())["task_id"]
+    before = int(resp.headers["X-Budget-Tokens-Remaining"])
+    assert run.orch.get(queued).state == "queued"
+    async with run.http.post(f"{run.url}/v1/tasks/{queued}/cancel") as r:
+        assert r.status == 204
+    resp = await run.submit(session_id=sid, prompt="a b", max_tokens=40)
+    assert resp.status == 202
+    # the canceled turn's reservation came back: the same cost leaves the same budget
+    assert int(resp.headers["X-Budget-Tokens-Remaining"]) == before
+    async with run.http.post(f"{run.url}/v1/tasks/{blocker}/cancel") as r:
+        assert r.status == 204
+
+
 async def test_predictions_within_factor_two_of_observed(start_orchestrator, mock_config):
     """ORCH-1105 acceptance: predicted_start_ms and X-Backoff-Ms vs observed waits."""
     run = await start_orchestrator(

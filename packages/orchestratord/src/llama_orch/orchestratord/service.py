@@ -72,6 +72,7 @@ class Orchestrator:
         self.tasks = TaskStore(
             retention_s=config.admission.event_log_retention_s,
             max_tasks=config.admission.max_retained_tasks,
+            on_finish=self._ended_unrun,
         )
         self.sessions = SessionTable(config.sessions)
         self.metrics = Metrics(
@@ -376,6 +377,15 @@ class Orchestrator:
                     pool_id=pool.id,
                     retriable=True,
                 )
+            )
+
+    def _ended_unrun(self, rec: TaskRecord) -> None:
+        """A task that ended while queued (canceled, displaced, expired, orphaned) gives
+        its session back the tokens reserved at admission (ORCH-1405); tasks that ran
+        settle their session in ``_release``."""
+        if rec.session_id and rec.dispatched is None:
+            self.sessions.record(
+                rec.session_id, None, 0, 0, reserved=rec.prompt_tokens + rec.request.max_tokens
             )
 
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:

@@ -130,7 +130,14 @@ class TaskStore:
     costs O(1) however many tasks are retained (found by profiling, issue #5).
     """
 
-    def __init__(self, *, retention_s: float, max_tasks: int) -> None:
+    def __init__(
+        self,
+        *,
+        retention_s: float,
+        max_tasks: int,
+        on_finish: Callable[[TaskRecord], None] | None = None,
+    ) -> None:
+        self._on_finish = on_finish
         self._tasks: dict[str, TaskRecord] = {}
         self._active: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
@@ -160,6 +167,8 @@ class TaskStore:
             if self._in_flight[record.tenant] <= 0:
                 del self._in_flight[record.tenant]
         self._finished.append(record)
+        if self._on_finish is not None:
+            self._on_finish(record)
 
     def active(self) -> list[TaskRecord]:
         return list(self._active.values())
