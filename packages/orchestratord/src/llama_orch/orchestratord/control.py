@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from llama_orch.core.api import ErrorEvent
 from llama_orch.core.errors import (
     ErrorCode,
     InvalidParams,
@@ -86,15 +85,7 @@ def _decode(body: bytes, typ: type[Any]) -> Any:
 
 def _end(orch: Orchestrator, pool: Pool, rec: Any, why: str) -> None:
     pool.queue.remove(rec)
-    rec.finish(
-        ErrorEvent(
-            code=ErrorCode.POOL_UNAVAILABLE,
-            message=why,
-            engine=rec.engine,
-            pool_id=pool.id,
-            retriable=True,
-        )
-    )
+    rec.fail(ErrorCode.POOL_UNAVAILABLE, why, retriable=True)
     if rec.runner is not None:
         rec.runner.cancel()
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+import msgspec
 from llama_orch.core.adapter_api import AdapterTarget, load_adapter_class
 from llama_orch.core.config import PoolConfig
 from llama_orch.core.errors import OrchError
@@ -58,18 +59,13 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
             health = await adapter.health()
             if health.ready:
                 props = await adapter.props()
-                state = ReplicaState(
-                    pool_id=cfg.id,
-                    replica_id=replica_id,
-                    engine=cfg.engine,
+                state = msgspec.structs.replace(
+                    base,
                     status="ready",
-                    base_url=url,
-                    model_ref=cfg.model,
                     model_digest=props.model_digest,
                     engine_version=props.engine_version,
                     slots=props.slots,
                     ctx=props.ctx,
-                    cpu_inference=False,
                     ready_at=time.time(),
                 )
                 pool.update(state, adapter=adapter)
@@ -81,14 +77,5 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
         detail = exc.message
     await adapter.aclose()
     pool.update(
-        ReplicaState(
-            pool_id=cfg.id,
-            replica_id=replica_id,
-            engine=cfg.engine,
-            status="failed",
-            base_url=url,
-            model_ref=cfg.model,
-            cpu_inference=False,
-            last_error=detail or "not ready in time",
-        )
+        msgspec.structs.replace(base, status="failed", last_error=detail or "not ready in time")
     )

@@ -118,15 +118,7 @@ class Orchestrator:
         for rec in self.tasks.active():
             pool = self.pools[rec.pool_id]
             pool.queue.remove(rec)
-            rec.finish(
-                ErrorEvent(
-                    code=ErrorCode.POOL_UNAVAILABLE,
-                    message="orchestratord is shutting down",
-                    engine=rec.engine,
-                    pool_id=rec.pool_id,
-                    retriable=True,
-                )
-            )
+            rec.fail(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down", retriable=True)
             if rec.runner is not None:
                 rec.runner.cancel()
         runners = [t.runner for t in self.tasks.active() if t.runner]
@@ -302,25 +294,16 @@ class Orchestrator:
                     break
                 rec = step.item
                 if isinstance(step, Orphaned):
-                    rec.finish(
-                        ErrorEvent(
-                            code=ErrorCode.POOL_UNAVAILABLE,
-                            message="no Ready replica is left in the task's replica set",
-                            engine=rec.engine,
-                            pool_id=pool.id,
-                            retriable=True,
-                        )
+                    rec.fail(
+                        ErrorCode.POOL_UNAVAILABLE,
+                        "no Ready replica is left in the task's replica set",
+                        retriable=True,
                     )
                     continue
                 if rec.deadline is not None and time.monotonic() > rec.deadline:
-                    rec.finish(  # ORCH-1006: expired in the queue, never reaches an engine
-                        ErrorEvent(
-                            code=ErrorCode.DEADLINE_UNMET,
-                            message="deadline passed while queued",
-                            engine=rec.engine,
-                            pool_id=pool.id,
-                            retriable=False,
-                        )
+                    # ORCH-1006: expired in the queue, never reaches an engine
+                    rec.fail(
+                        ErrorCode.DEADLINE_UNMET, "deadline passed while queued", retriable=False
                     )
                     self._deadlines[rec.priority][1] += 1
                     continue
@@ -369,14 +352,8 @@ class Orchestrator:
         """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)."""
         for victim in displaced:
             self._backpressure(pool)
-            victim.item.finish(
-                ErrorEvent(
-                    code=victim.code,
-                    message=f"displaced by the {pool.queue.policy} policy",
-                    engine=pool.engine,
-                    pool_id=pool.id,
-                    retriable=True,
-                )
+            victim.item.fail(
+                victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
             )
 
     def _ended_unrun(self, rec: TaskRecord) -> None:
@@ -540,26 +517,10 @@ class Orchestrator:
             if not requeued:
                 if not started:
                     start()
-                rec.finish(
-                    ErrorEvent(
-                        code=exc.code,
-                        message=exc.message,
-                        engine=rec.engine,
-                        pool_id=pool.id,
-                        retriable=exc.retriable,
-                    )
-                )
+                rec.fail(exc.code, exc.message, retriable=exc.retriable)
         except Exception as exc:
             _log.exception("task %s failed", rec.task_id)
-            rec.finish(
-                ErrorEvent(
-                    code=ErrorCode.INTERNAL,
-                    message=f"internal error: {exc!r}",
-                    engine=rec.engine,
-                    pool_id=pool.id,
-                    retriable=False,
-                )
-            )
+            rec.fail(ErrorCode.INTERNAL, f"internal error: {exc!r}", retriable=False)
         _log.info(
             "task finished",
             extra={

@@ -23,6 +23,7 @@ from typing import Literal
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
+from llama_orch.core.errors import ErrorCode
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.sse import encode_event
 
@@ -96,6 +97,18 @@ class TaskRecord:
         if self._on_finish is not None:
             self._on_finish(self)
         return True
+
+    def fail(self, code: ErrorCode, message: str, *, retriable: bool) -> bool:
+        """End the task with an ``error`` event carrying its engine and pool."""
+        return self.finish(
+            ErrorEvent(
+                code=code,
+                message=message,
+                engine=self.engine,
+                pool_id=self.pool_id,
+                retriable=retriable,
+            )
+        )
 
     def _push(self, event: StreamEvent) -> None:
         tag = type(event).__struct_config__.tag

@@ -13,7 +13,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from llama_orch.core.api import ErrorEvent
 from llama_orch.core.config import WatchdogConfig
 from llama_orch.core.errors import ErrorCode
 
@@ -47,14 +46,6 @@ async def watchdog_loop(orch: Orchestrator, cfg: WatchdogConfig) -> None:
             reason = stuck_reason(now, rec.dispatched, rec.last_progress, cfg)
             if reason is None:
                 continue
-            rec.finish(
-                ErrorEvent(
-                    code=ErrorCode.DECODE_TIMEOUT,
-                    message=reason,
-                    engine=rec.engine,
-                    pool_id=rec.pool_id,
-                    retriable=True,
-                )
-            )
+            rec.fail(ErrorCode.DECODE_TIMEOUT, reason, retriable=True)
             if rec.runner is not None:
                 rec.runner.cancel()  # closes the engine stream; _release frees the slot
