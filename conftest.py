@@ -1,3 +1,6 @@
 """Workspace-wide pytest setup: real-engine fixtures come from pool-managerd."""
 
-pytest_plugins = ["llama_orch.pool_managerd.testing"]
+pytest_plugins = [
+    "llama_orch.pool_managerd.testing",
+    "llama_orch.pool_managerd.testing_engines",
+]

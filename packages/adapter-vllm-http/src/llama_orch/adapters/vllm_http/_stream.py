@@ -1,0 +1,131 @@
+"""Decode an OpenAI completions SSE stream into adapter events (pure, no I/O).
+
+Wire facts this relies on (vLLM 0.32 CPU and llama-server's ``/v1``; see README):
+
+* Each event is ``data: <json>``; SSE framing (comments, optional space,
+  events split across reads) is :class:`llama_orch.core.sse.SSEParser`'s job.
+* ``choices[0].text`` is a delta; one chunk may carry several tokens and
+  chunks with empty text occur, so tokens are never counted by chunks:
+  vLLM's ``token_ids`` (asked with ``return_token_ids``) give the exact count
+  per chunk; without them a chunk with text counts as one token, and the
+  ``usage`` chunk (``stream_options.include_usage``) fixes the total.
+* ``finish_reason`` rides on the last delta (vLLM) or an extra empty chunk
+  (llama-server); ``usage`` comes in a chunk of its own or on that extra
+  chunk; ``data: [DONE]`` ends a successful stream.
+* ``data: {"error": ...}`` is a failure **even if ``[DONE]`` follows** (vLLM
+  sends both); nothing is decoded after it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
+from llama_orch.core.errors import WorkerReset
+from llama_orch.core.sse import SSEParser
+
+from ._errors import ENGINE, error_message
+from ._wire import Choice, StreamChunk, stream_chunk_decoder
+
+__all__ = ["CompletionsStream", "finish_reason"]
+
+
+def finish_reason(choice: Choice, asked_stop: bool) -> str:
+    """Map an OpenAI ``finish_reason`` (+ vLLM ``stop_reason``) to ``Finished.reason``."""
+    reason = choice.finish_reason
+    if reason == "length":
+        return "length"
+    if reason == "stop":
+        if choice.stop_reason is msgspec.UNSET:
+            # llama-server: no stop_reason at all. Only a request with stop
+            # strings can have stopped on one; EOS is then indistinguishable.
+            return "stop" if asked_stop else "eos"
+        return "eos" if choice.stop_reason is None else "stop"
+    if reason == "abort":
+        raise WorkerReset("engine aborted the request (finish_reason=abort)", engine=ENGINE)
+    # Newer vLLM defines more reasons (e.g. "repetition"): the model stopped itself.
+    return "stop"
+
+
+class CompletionsStream:
+    """Feed raw bytes; get :class:`TokenChunk` events, then one :class:`Finished`.
+
+    A failure does not discard text that arrived before it in the same read:
+    :meth:`feed` returns those events and records the error in
+    :attr:`failure`, to be raised once they are delivered.
+    """
+
+    def __init__(self, *, asked_stop: bool = False) -> None:
+        self._sse = SSEParser()
+        self._asked_stop = asked_stop
+        self._reason: str | None = None
+        self._pending = 0  # tokens of empty-text chunks, attributed to the next text
+        self.counted = 0  # tokens attributed to yielded chunks
+        self.usage_completion: int | None = None
+        self.prompt_tokens = 0
+        self.finished: Finished | None = None
+        self.failure: WorkerReset | None = None
+
+    @property
+    def tokens_generated(self) -> int:
+        if self.usage_completion is not None:
+            return self.usage_completion
+        return self.counted + self._pending
+
+    def feed(self, data: bytes) -> list[AdapterEvent]:
+        events: list[AdapterEvent] = []
+        for msg in self._sse.feed(data):
+            if self.finished is not None or self.failure is not None:
+                break
+            try:
+                if msg.data.strip() == "[DONE]":
+                    events.append(self._finish("[DONE]"))
+                    continue
+                try:
+                    chunk = stream_chunk_decoder.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    raise WorkerReset(
+                        f"unparseable stream event from engine: {msg.data[:200]!r}", engine=ENGINE
+                    ) from exc
+                events.extend(self._on_chunk(chunk))
+            except WorkerReset as exc:
+                self.failure = exc
+        return events
+
+    def end_of_body(self) -> Finished:
+        """The body ended without ``[DONE]``: fine only after a finish_reason."""
+        return self._finish("end of body")
+
+    def _finish(self, how: str) -> Finished:
+        if self._reason is None:
+            raise WorkerReset(f"stream ended ({how}) before any finish_reason", engine=ENGINE)
+        self.finished = Finished(
+            reason=self._reason,
+            tokens_generated=self.tokens_generated,
+            prompt_tokens=self.prompt_tokens,
+        )
+        return self.finished
+
+    def _on_chunk(self, chunk: StreamChunk) -> list[AdapterEvent]:
+        if chunk.error is not None:
+            raise WorkerReset(
+                f"engine error inside the stream: {error_message(chunk.error, 'unknown error')}",
+                engine=ENGINE,
+            )
+        if chunk.usage is not None:
+            self.prompt_tokens = chunk.usage.prompt_tokens
+            self.usage_completion = chunk.usage.completion_tokens
+        out: list[AdapterEvent] = []
+        for choice in chunk.choices:
+            if choice.index != 0:
+                raise WorkerReset(f"unexpected choice index {choice.index} (n=1)", engine=ENGINE)
+            n = len(choice.token_ids) if choice.token_ids is not None else int(bool(choice.text))
+            if choice.text:
+                n_tokens = max(1, n + self._pending)
+                self._pending = 0
+                self.counted += n_tokens
+                out.append(TokenChunk(choice.text, n_tokens))
+            else:
+                self._pending += n
+            if choice.finish_reason is not None:
+                self._reason = finish_reason(choice, self._asked_stop)
+        return out

