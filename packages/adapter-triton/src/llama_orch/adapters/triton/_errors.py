@@ -28,6 +28,8 @@ from ._wire import error_decoder
 __all__ = ["ENGINE", "error_from_response", "short_error"]
 
 ENGINE = "triton"
+# How Triton words "the server or model is not ready" in a 400 answer.
+_NOT_READY = ("not ready", "not at ready state")
 
 
 def short_error(message: str) -> str:
@@ -51,7 +53,8 @@ def _parse(body: bytes) -> str:
 def error_from_response(status: int, body: bytes, what: str) -> OrchError:
     detail = _parse(body)
     message = f"{what}: HTTP {status}: {detail}" if detail else f"{what}: HTTP {status}"
-    if status == 503 or (status == 400 and "not ready" in detail.lower()):
+    low = detail.lower()
+    if status == 503 or (status == 400 and any(m in low for m in _NOT_READY)):
         return PoolUnready(message, engine=ENGINE)
     if status in (400, 422):
         return InvalidParams(detail or message, engine=ENGINE)
