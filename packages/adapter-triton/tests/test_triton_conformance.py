@@ -41,6 +41,9 @@ def make_adapter(triton, **options: object) -> TritonAdapter:  # type: ignore[no
         "slots": triton.llama.spec.slots,
         "metrics_url": triton.metrics_url + "/metrics",
         "access_token": triton.access_token,
+        # A cancelled generation runs to its end inside the model (README), and
+        # on a loaded machine the next request may wait for it.
+        "idle_timeout_s": 120,
         **options,
     }
     return TritonAdapter(

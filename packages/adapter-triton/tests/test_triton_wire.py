@@ -8,12 +8,12 @@ import pytest
 from llama_orch.adapters.triton import (
     GenerateStream,
     TritonAdapter,
-    parse_prometheus,
     to_engine_metrics,
 )
 from llama_orch.adapters.triton._errors import error_from_response
 from llama_orch.core.adapter_api import AdapterTarget, Finished, TokenChunk
 from llama_orch.core.errors import InvalidParams, PoolUnready, WorkerReset
+from llama_orch.core.prometheus import parse_prometheus
 
 
 def ev(**fields: object) -> bytes:

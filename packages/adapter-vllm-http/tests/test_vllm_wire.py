@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from llama_orch.adapters.vllm_http import CompletionsStream, parse_prometheus, to_engine_metrics
+from llama_orch.adapters.vllm_http import CompletionsStream, to_engine_metrics
 from llama_orch.adapters.vllm_http._errors import error_from_response
 from llama_orch.adapters.vllm_http._options import parse_options
 from llama_orch.core.adapter_api import Finished, TokenChunk
 from llama_orch.core.errors import InvalidParams, PoolUnready, WorkerReset
+from llama_orch.core.prometheus import parse_prometheus
 
 
 def ev(choice: dict | None = None, **extra: object) -> bytes:

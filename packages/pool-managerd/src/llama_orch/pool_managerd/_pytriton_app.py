@@ -26,8 +26,10 @@ error out of Triton on demand.
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -38,6 +40,29 @@ from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 _FLOAT = ("temperature", "top_p", "min_p", "repeat_penalty")
 _INT = ("seed", "top_k")
 _FAIL = "FAIL_AFTER="
+
+
+def _read_engine(resp, out: queue.Queue) -> None:
+    """Read the engine's whole stream into ``out`` (a thread of its own).
+
+    Triton does not tell this model about a client disconnect and PyTriton
+    may then stop pulling from the generator without closing it; reading the
+    engine to its end here keeps its slot from being held open forever: the
+    generation runs to its end (``max_tokens``), as the README says.
+    """
+    try:
+        with resp:
+            for raw in resp:
+                line = raw.decode("utf-8").strip()
+                if line.startswith("data:"):
+                    chunk = json.loads(line[5:])
+                    out.put(chunk)
+                    if "error" in chunk or chunk.get("stop"):
+                        break
+    except Exception as exc:  # handed to the generator
+        out.put(exc)
+    finally:
+        out.put(None)
 
 
 def _engine_stream(base_url: str, body: dict):
@@ -53,16 +78,16 @@ def _engine_stream(base_url: str, body: dict):
         raise RuntimeError(
             f"engine HTTP {exc.code}: {exc.read().decode(errors='replace')}"
         ) from None
-    with resp:
-        for raw in resp:
-            line = raw.decode("utf-8").strip()
-            if line.startswith("data:"):
-                chunk = json.loads(line[5:])
-                if "error" in chunk:
-                    raise RuntimeError(f"engine error: {chunk['error']}")
-                yield chunk
-                if chunk.get("stop"):
-                    return
+    chunks: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_engine, args=(resp, chunks), daemon=True).start()
+    while (chunk := chunks.get()) is not None:
+        if isinstance(chunk, Exception):
+            raise RuntimeError(f"engine stream broken: {chunk}")
+        if "error" in chunk:
+            raise RuntimeError(f"engine error: {chunk['error']}")
+        yield chunk
+        if chunk.get("stop"):
+            return
 
 
 def _response(text: str, n_tokens: int, n_input: int, finish: str) -> dict:

@@ -46,6 +46,7 @@ from .engine_venvs import (
 )
 from .errors import PoolManagerError
 from .provision import EngineBinary
+from .specs import VllmSpec
 from .testing import RunningLlamaServer, _launch, _progress, _unavailable
 
 __all__ = ["RunningTriton", "RunningVllm", "stop_group"]
@@ -179,8 +180,19 @@ def vllm_server(vllm_engine: PythonEngine, vllm_model: tuple[Path, str]) -> Iter
     port = free_port()
     scratch = Path(tempfile.mkdtemp(prefix="llorch-vllm-"))
     log_path = scratch / "vllm.log"
+    # pool-managerd's own launch spec (specs.VllmSpec), proven here on a real vLLM.
+    spec = VllmSpec(
+        model_dir=vllm_model[0],
+        port=port,
+        served_model_name="smollm2",
+        max_model_len=512,
+        max_num_seqs=4,
+        dtype="bfloat16",
+        python=str(vllm_engine.python),
+        extra_flags=("--enforce-eager",),
+    )
     env = {
-        **os.environ,
+        **spec.env(),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -192,28 +204,7 @@ def vllm_server(vllm_engine: PythonEngine, vllm_model: tuple[Path, str]) -> Iter
         "OMP_NUM_THREADS": "2",
     }
     env.pop("VIRTUAL_ENV", None)
-    cmd = [
-        str(vllm_engine.python),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(vllm_model[0]),
-        "--served-model-name",
-        "smollm2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--max-model-len",
-        "512",
-        "--max-num-seqs",
-        "4",
-        "--dtype",
-        "bfloat16",
-        "--enforce-eager",
-        "--seed",
-        "0",
-    ]
+    cmd = spec.command()
     started = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -227,7 +218,7 @@ def vllm_server(vllm_engine: PythonEngine, vllm_model: tuple[Path, str]) -> Iter
             preexec_fn=die_with_parent,
         )
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = spec.base_url
         _wait_http(base + "/health", proc, log_path, "vLLM", 280)
         server = RunningVllm(
             base,
@@ -271,15 +262,15 @@ def triton_server(
 ) -> Iterator[RunningTriton]:
     """One real Triton 2.51 (nvidia-pytriton) for the test session (ORCH-4053).
 
-    Its model wraps a llama-server of its own (2 slots of 256 tokens): Triton
-    does not tell the model about a client disconnect, so a cancelled
-    generation runs to its end there; a small context keeps that short and
-    keeps it away from the session's shared ``smollm2_server``.
+    Its model wraps a llama-server of its own (4 slots of 128 tokens, one
+    model instance per slot): Triton does not tell the model about a client
+    disconnect, so a cancelled generation runs to its end there; a small
+    context keeps that short and away from the shared ``smollm2_server``.
     """
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     scratch = Path(tempfile.mkdtemp(prefix="llorch-triton-"))
     llama = _launch(
-        llama_server_binary, smollm2_model, scratch, slots=2, ctx_per_slot=256, threads=2
+        llama_server_binary, smollm2_model, scratch, slots=4, ctx_per_slot=128, threads=2
     )
     log_path = scratch / "triton.log"
     token = secrets.token_urlsafe(16)

@@ -6,7 +6,7 @@ README.md for the model contract, the mapping and the limits.
 """
 
 from ._adapter import CANCELLED, TritonAdapter
-from ._metrics import parse_prometheus, to_engine_metrics
+from ._metrics import to_engine_metrics
 from ._options import TritonOptions
 from ._stream import GenerateStream
 
@@ -15,6 +15,5 @@ __all__ = [
     "GenerateStream",
     "TritonAdapter",
     "TritonOptions",
-    "parse_prometheus",
     "to_engine_metrics",
 ]

@@ -13,29 +13,7 @@ from __future__ import annotations
 
 from llama_orch.core.adapter_api import EngineMetrics
 
-__all__ = ["parse_prometheus", "to_engine_metrics"]
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            close = line.rfind("}")
-            if close < 0:
-                continue
-            name, rest = line[: close + 1], line[close + 1 :].split()
-        else:
-            name, *rest = line.split()
-        if not rest:
-            continue
-        try:
-            samples[name] = float(rest[0])
-        except ValueError:
-            continue
-    return samples
+__all__ = ["to_engine_metrics"]
 
 
 def _sum(samples: dict[str, float], name: str, model: str, label: str = "") -> float | None:

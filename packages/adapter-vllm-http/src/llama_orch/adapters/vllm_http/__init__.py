@@ -6,7 +6,7 @@ routes of llama-server's ``/v1`` API; see README.md for the mapping and limits.
 """
 
 from ._adapter import CANCELLED, VllmHttpAdapter
-from ._metrics import parse_prometheus, to_engine_metrics
+from ._metrics import to_engine_metrics
 from ._options import VllmOptions
 from ._stream import CompletionsStream
 
@@ -15,6 +15,5 @@ __all__ = [
     "CompletionsStream",
     "VllmHttpAdapter",
     "VllmOptions",
-    "parse_prometheus",
     "to_engine_metrics",
 ]

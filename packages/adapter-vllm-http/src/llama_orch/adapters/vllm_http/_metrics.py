@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llama_orch.core.adapter_api import EngineMetrics
 
-__all__ = ["NORMALISED", "parse_prometheus", "to_engine_metrics"]
+__all__ = ["NORMALISED", "to_engine_metrics"]
 
 # metric name -> EngineMetrics field; earlier names win when several exist.
 NORMALISED: dict[str, str] = {
@@ -25,29 +25,6 @@ NORMALISED: dict[str, str] = {
     "llamacpp:tokens_predicted_total": "generated_tokens_total",
     "llamacpp:kv_cache_usage_ratio": "kv_cache_usage_ratio",
 }
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """``{"name{labels}": value}`` for every sample line (``#`` lines skipped)."""
-    samples: dict[str, float] = {}
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            close = line.rfind("}")
-            if close < 0:
-                continue
-            name, rest = line[: close + 1], line[close + 1 :].split()
-        else:
-            name, *rest = line.split()
-        if not rest:
-            continue
-        try:
-            samples[name] = float(rest[0])
-        except ValueError:
-            continue
-    return samples
 
 
 def _base(name: str) -> str:
