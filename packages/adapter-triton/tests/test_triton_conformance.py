@@ -34,10 +34,17 @@ CHAT_EOS = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_sta
 FAIL_PROMPT = "FAIL_AFTER=2\nOnce upon a time, in a small village by the sea,"
 
 
+def engine_ctx(triton) -> int:  # type: ignore[no-untyped-def]
+    """The per-slot context of the engine behind the model, as that engine reports it
+    (llama-server may give a slot more than ``-c / --parallel``)."""
+    props = triton.llama.get_json("/props")
+    return int(props["default_generation_settings"]["n_ctx"])
+
+
 def make_adapter(triton, **options: object) -> TritonAdapter:  # type: ignore[no-untyped-def]
     opts: dict[str, object] = {
         "model": triton.model,
-        "ctx": triton.llama.spec.ctx_per_slot,
+        "ctx": engine_ctx(triton),
         "slots": triton.llama.spec.slots,
         "metrics_url": triton.metrics_url + "/metrics",
         "access_token": triton.access_token,
@@ -96,7 +103,7 @@ class TestTritonRealConformance(AdapterConformance):
             make_adapter=lambda: make_adapter(triton_server),
             expect=Expectations(
                 slots=triton_server.llama.spec.slots,
-                ctx=triton_server.llama.spec.ctx_per_slot,
+                ctx=engine_ctx(triton_server),
                 engine_version="triton-2.51.0",
                 model_digest=triton_server.llama.model_digest,
                 capabilities=frozenset({Capability.METRICS, Capability.SEEDED_SAMPLING}),
