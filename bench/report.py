@@ -370,7 +370,7 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
 def _plot(json_path: Path, png: Path) -> bool:
     try:
         sys.path.insert(0, str(HERE))
-        from run import TOOLS, ensure_venv
+        from procs import TOOLS, ensure_venv
 
         venv = ensure_venv("tools-venv", TOOLS, "import matplotlib")
         subprocess.run(
