@@ -40,7 +40,8 @@ class TaskRecord:
     engine: str
     priority: str
     request: GenerateRequest
-    prompt_tokens: int
+    prompt_tokens: int  # the engine's count; 0 until known when not counted at admission
+    prompt_counted: bool = True  # False: skipped at admission, taken from the engine (ORCH-1118)
     session_id: str | None = None
     tenant: str = "default"
     deadline: float | None = None  # monotonic seconds (ORCH-1006, ORCH-1111)
