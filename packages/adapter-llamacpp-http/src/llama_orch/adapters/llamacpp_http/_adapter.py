@@ -109,7 +109,11 @@ class LlamaCppHttpAdapter(WorkerAdapter):
             # No connection cap: the pool's slot accounting bounds concurrency.
             # aiohttp's default (100) silently queued every stream beyond 100
             # inside the adapter, with the slot already counted as busy.
-            connector = aiohttp.TCPConnector(limit=0)
+            # force_close: llama-server closes a connection soon after a
+            # stream ends, but aiohttp pools it at EOF; the next POST then
+            # failed with "Cannot write to closing transport" (found by the
+            # conformance suite's back-to-back generations).
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)
             self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
@@ -254,7 +258,7 @@ class LlamaCppHttpAdapter(WorkerAdapter):
                 if stream.failure is not None:
                     raise stream.failure
         finally:
-            self._done(req.task_id, inflight, force_close=True)
+            self._done(req.task_id, inflight)
 
     async def _open_stream(self, req: GenerateRequest) -> aiohttp.ClientResponse:
         what = "POST /completion"
@@ -312,14 +316,9 @@ class LlamaCppHttpAdapter(WorkerAdapter):
                 f"stream from engine broken: {type(exc).__name__}: {exc}", engine=ENGINE
             ) from exc
 
-    def _done(self, task_id: str, inflight: _InFlight, *, force_close: bool = False) -> None:
+    def _done(self, task_id: str, inflight: _InFlight) -> None:
         inflight.disarm()
         if self._inflight.get(task_id) is inflight:
             del self._inflight[task_id]
-        resp = inflight.resp
-        if resp.closed:
-            return
-        if not force_close and resp.content.at_eof():
-            resp.release()  # fully read: the connection may be reused
-        else:
-            resp.close()  # drop the socket: llama-server sees the disconnect
+        if not inflight.resp.closed:
+            inflight.resp.close()  # drop the socket: llama-server sees the disconnect
