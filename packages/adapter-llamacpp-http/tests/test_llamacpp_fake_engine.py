@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from llama_orch.adapters.llamacpp_http import CANCELLED, LlamaCppHttpAdapter
+from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
 from llama_orch.core.adapter_api import (
     AdapterEvent,
     AdapterTarget,
@@ -23,7 +23,7 @@ from llama_orch.core.adapter_api import (
     GenerateRequest,
     TokenChunk,
 )
-from llama_orch.core.errors import DecodeTimeout, InvalidParams, PoolUnready, WorkerReset
+from llama_orch.core.errors import DecodeTimeout, InvalidParams, WorkerReset
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
@@ -125,38 +125,6 @@ async def drain(it: AsyncIterator[AdapterEvent]) -> list[AdapterEvent]:
     return [ev async for ev in it]
 
 
-async def test_loading_engine_is_not_ready_and_generate_is_pool_unready(fake_engine) -> None:
-    """ORCH-3003/3007: 503 "Loading model" on every route."""
-
-    async def loading(request: web.Request) -> web.Response:
-        return web.json_response(LOADING, status=503)
-
-    engine = await fake_engine({"GET /health": loading, "POST /completion": loading})
-    a = engine.adapter()
-    try:
-        h = await a.health()
-        assert h.live and not h.ready and h.detail == "Loading model"
-        with pytest.raises(PoolUnready, match="Loading model"):
-            await drain(a.generate(request()))
-    finally:
-        await a.aclose()
-
-
-async def test_unreachable_engine_is_not_live(fake_engine) -> None:
-    """ORCH-3003: connection refused means not live; health never raises."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound but not listening: connections are refused
-        a = LlamaCppHttpAdapter(AdapterTarget(replica_id="x", base_url=f"http://127.0.0.1:{port}"))
-        try:
-            h = await a.health()
-            assert not h.live and not h.ready and h.detail
-            with pytest.raises(WorkerReset):
-                await drain(a.generate(request()))
-        finally:
-            await a.aclose()
-
-
 async def test_request_body_and_one_byte_writes(fake_engine) -> None:
     """ORCH-3005: n_predict always sent; a stream written 1 byte at a time, with
     comments and without [DONE], decodes to the exact text."""
@@ -204,49 +172,6 @@ async def test_request_body_and_one_byte_writes(fake_engine) -> None:
         "cache_prompt": False,
         "stream": True,
     }
-
-
-async def test_error_event_mid_stream_is_worker_reset(fake_engine) -> None:
-    """ORCH-3007: data: {"error": ...} after tokens."""
-
-    async def completion(request: web.Request) -> web.StreamResponse:
-        resp = await sse_response(request)
-        await resp.write(chunk(" a", 1))
-        await resp.write(
-            b'data: {"error":{"code":500,"message":"decode failed","type":"server_error"}}\n\n'
-        )
-        await resp.write_eof()
-        return resp
-
-    engine = await fake_engine({"POST /completion": completion})
-    a = engine.adapter()
-    seen: list[AdapterEvent] = []
-    try:
-        with pytest.raises(WorkerReset, match="decode failed"):
-            async for ev in a.generate(request()):
-                seen.append(ev)
-    finally:
-        await a.aclose()
-    assert seen == [TokenChunk(" a", 1)]
-
-
-async def test_connection_dropped_mid_stream_is_worker_reset(fake_engine) -> None:
-    """ORCH-3007: the engine dies after one token (no stop chunk)."""
-
-    async def completion(request: web.Request) -> web.StreamResponse:
-        resp = await sse_response(request)
-        await resp.write(chunk(" a", 1))
-        assert request.transport is not None
-        request.transport.abort()
-        return resp
-
-    engine = await fake_engine({"POST /completion": completion})
-    a = engine.adapter()
-    try:
-        with pytest.raises(WorkerReset):
-            await drain(a.generate(request()))
-    finally:
-        await a.aclose()
 
 
 async def test_clean_close_without_stop_chunk_is_worker_reset(fake_engine) -> None:
@@ -361,51 +286,6 @@ def endless_stream(engine_box: list[FakeEngine]) -> Handler:
         return resp
 
     return completion
-
-
-async def test_aclose_drops_the_connection(fake_engine) -> None:
-    """ORCH-3006: closing the iterator closes the socket; the engine sees the disconnect."""
-    box: list[FakeEngine] = []
-    engine = await fake_engine({"POST /completion": endless_stream(box)})
-    box.append(engine)
-    a = engine.adapter()
-    try:
-        it = a.generate(request(max_tokens=10_000))
-        for _ in range(3):
-            assert isinstance(await anext(it), TokenChunk)
-        await it.aclose()
-        await asyncio.wait_for(engine.disconnected.wait(), 2.0)
-    finally:
-        await a.aclose()
-
-
-async def test_cancel_by_task_id_drops_the_connection(fake_engine) -> None:
-    """ORCH-3006: cancel(task_id) from another task ends the stream and the request."""
-    box: list[FakeEngine] = []
-    engine = await fake_engine({"POST /completion": endless_stream(box)})
-    box.append(engine)
-    a = engine.adapter()
-    three = asyncio.Event()
-
-    async def consume() -> list[AdapterEvent]:
-        out: list[AdapterEvent] = []
-        async for ev in a.generate(request(max_tokens=10_000, task_id="victim")):
-            out.append(ev)
-            if len(out) == 3:
-                three.set()
-        return out
-
-    try:
-        task = asyncio.create_task(consume())
-        await three.wait()
-        await a.cancel("victim")
-        events = await asyncio.wait_for(task, 2.0)
-        await asyncio.wait_for(engine.disconnected.wait(), 2.0)
-    finally:
-        await a.aclose()
-    last = events[-1]
-    assert isinstance(last, Finished) and last.reason == CANCELLED
-    assert last.tokens_generated >= 3
 
 
 async def test_task_cancellation_drops_the_connection(fake_engine) -> None:
