@@ -12,7 +12,6 @@ import pytest
 from llama_orch.adapters.llamacpp_http import (
     CompletionStream,
     LlamaCppHttpAdapter,
-    parse_prometheus,
 )
 from llama_orch.adapters.llamacpp_http._errors import error_from_response
 from llama_orch.adapters.llamacpp_http._metrics import to_engine_metrics
@@ -24,6 +23,7 @@ from llama_orch.core.adapter_api import (
     load_adapter_class,
 )
 from llama_orch.core.errors import InvalidParams, PoolUnready, WorkerReset
+from llama_orch.core.prometheus import parse_prometheus
 
 
 def test_entry_point_loads_llamacpp_adapter() -> None:

@@ -292,18 +292,25 @@ class AdapterConformance:
         self, engine_under_test: EngineUnderTest, adapter: WorkerAdapter
     ) -> None:
         """ORCH-3005: chunks concatenate to the engine's output; every engine token
-        is counted once (the n_tokens of the chunks add up to tokens_generated)."""
+        is counted once (the chunks' n_tokens add up to tokens_generated when the
+        stream ends on length, and never exceed it)."""
         eut = engine_under_test
         req = self.request(eut)
         r = await self.run(eut, adapter, req, "streaming")
         if not r.chunks or not r.text:
             _fail("streaming", f"no text streamed for {req.prompt!r}: {r.finished!r}")
         counted = sum(c.n_tokens for c in r.chunks)
-        if counted != r.finished.tokens_generated:
+        # Tokens that produce no text (an eos token, text held back for a stop
+        # string) are counted only in Finished; a length-ended stream has none.
+        exact = r.finished.reason == "length"
+        if counted > r.finished.tokens_generated or (
+            exact and counted != r.finished.tokens_generated
+        ):
             _fail(
                 "streaming: token indices",
                 f"chunks account for {counted} tokens, Finished says "
-                f"tokens_generated={r.finished.tokens_generated} (gap or double count)",
+                f"tokens_generated={r.finished.tokens_generated} with reason "
+                f"{r.finished.reason!r} (gap or double count)",
             )
         if r.finished.tokens_generated > req.max_tokens:
             n = r.finished.tokens_generated
@@ -542,10 +549,10 @@ class AdapterConformance:
                 for _ in range(_STABLE_POLLS):
                     answers.append(await a.health())
                     await asyncio.sleep(_POLL_S)
-                if any(h.ready for h in answers) or not all(h.live and h.detail for h in answers):
+                if any(h.ready for h in answers) or not all(h.detail for h in answers):
                     _fail(
                         "health: loading -> not ready",
-                        f"a loading engine must be live, not ready, with a detail: {answers}",
+                        f"a loading engine must be not ready, with a detail: {answers}",
                     )
                 await self.expect_error(
                     eut,

@@ -6,7 +6,6 @@ for how each wire field and trap is mapped.
 """
 
 from ._adapter import CANCELLED, LlamaCppHttpAdapter
-from ._metrics import parse_prometheus
 from ._options import LlamaCppOptions
 from ._stream import CompletionStream
 
@@ -15,5 +14,4 @@ __all__ = [
     "CompletionStream",
     "LlamaCppHttpAdapter",
     "LlamaCppOptions",
-    "parse_prometheus",
 ]

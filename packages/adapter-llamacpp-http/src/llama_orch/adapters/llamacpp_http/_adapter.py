@@ -31,9 +31,10 @@ from llama_orch.core.adapter_api import (
     WorkerAdapter,
 )
 from llama_orch.core.errors import DecodeTimeout, InvalidParams, WorkerReset
+from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response, parse_error_body
-from ._metrics import parse_prometheus, to_engine_metrics
+from ._metrics import to_engine_metrics
 from ._options import LlamaCppOptions, parse_options
 from ._stream import CompletionStream
 from ._wire import (

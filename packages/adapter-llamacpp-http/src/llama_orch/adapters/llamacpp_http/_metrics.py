@@ -1,15 +1,13 @@
-"""Parse llama-server's Prometheus text exposition into :class:`EngineMetrics`.
+"""Normalise llama-server's ``/metrics`` samples into :class:`EngineMetrics`.
 
-The parser is deliberately small: it skips ``#`` lines and blank lines and
-reads ``name{labels} value [timestamp]`` samples. Keys of ``raw`` are the
-sample names with their label set as written by the engine.
+Parsing is :func:`llama_orch.core.prometheus.parse_prometheus`.
 """
 
 from __future__ import annotations
 
 from llama_orch.core.adapter_api import EngineMetrics
 
-__all__ = ["NORMALISED", "parse_prometheus", "to_engine_metrics"]
+__all__ = ["NORMALISED", "to_engine_metrics"]
 
 # llama-server metric -> EngineMetrics field. kv_cache_usage_ratio only
 # exists in older builds; it stays None when absent.
@@ -20,28 +18,6 @@ NORMALISED: dict[str, str] = {
     "llamacpp:tokens_predicted_total": "generated_tokens_total",
     "llamacpp:kv_cache_usage_ratio": "kv_cache_usage_ratio",
 }
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            close = line.rfind("}")
-            if close < 0:
-                continue
-            name, rest = line[: close + 1], line[close + 1 :].split()
-        else:
-            name, *rest = line.split()
-        if not rest:
-            continue
-        try:
-            samples[name] = float(rest[0])  # float() accepts NaN, +Inf, -Inf
-        except ValueError:
-            continue
-    return samples
 
 
 def to_engine_metrics(samples: dict[str, float]) -> EngineMetrics:
