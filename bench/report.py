@@ -167,7 +167,8 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         "delay before each token. *direct* = client → fake `/completion` (llama.cpp SSE). "
         "*llama-orch* = `POST /v1/tasks` then `GET /v1/tasks/{id}/stream` on one "
         "`orchestratord` process whose pool's endpoint is the same fake (adapter "
-        "`llamacpp-http`, which also calls `/tokenize` at admission). *LiteLLM* = client → "
+        "`llamacpp-http`; admission calls `/tokenize` only when the prompt's bytes "
+        "could overflow ctx, ORCH-1118). *LiteLLM* = client → "
         "proxy → fake OpenAI route; its *direct* is the fake's OpenAI route. TTFT = request "
         "sent → first token event; total = → end of stream. Latencies in ms, p50/p95/p99. "
         "CPU = utime+stime of the server process (tree) during the measured phase "
@@ -286,7 +287,7 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
             rss = (a["rss_peak_kb"]["orch"] - a["rss_start_kb"]["orch"]) / max(1, a["ok"])
             L.append(
                 f"- `POST /v1/tasks` alone (one engine slot, so every task stays queued; "
-                f"c=32; includes the `/tokenize` call to the engine): **{a['req_per_s']:.0f} "
+                f"c=32; short prompts, so no `/tokenize` call: ORCH-1118): **{a['req_per_s']:.0f} "
                 f"admissions/s**, latency p50/p95/p99 {ppp(a['total_ms'])} ms, {a['ok']} "
                 f"accepted, {a['errors']} errors; orchestratord CPU "
                 f"{_f(cpu_ms_per_req(a, 'orch'), 2)} ms per admission."
@@ -370,7 +371,7 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
 def _plot(json_path: Path, png: Path) -> bool:
     try:
         sys.path.insert(0, str(HERE))
-        from run import TOOLS, ensure_venv
+        from procs import TOOLS, ensure_venv
 
         venv = ensure_venv("tools-venv", TOOLS, "import matplotlib")
         subprocess.run(

@@ -215,6 +215,36 @@ async def test_stalled_engine_is_decode_timeout(fake_engine, stall_before_header
         await a.aclose()
 
 
+async def test_slow_but_steady_stream_is_not_a_timeout(fake_engine) -> None:
+    """ORCH-3007: the idle timeout is per gap between bytes, not per stream.
+
+    Tokens 0.1 s apart for 0.8 s in all, with idle_timeout_s=0.3: the lazily
+    re-armed timer (issue #5) must not fire; then a stall ends it typed.
+    """
+    engine_box: list[FakeEngine] = []
+
+    async def completion(request: web.Request) -> web.StreamResponse:
+        resp = await sse_response(request)
+        for i in range(8):
+            await resp.write(chunk(f" t{i}", i + 1))
+            await asyncio.sleep(0.1)
+        await engine_box[0].release.wait()  # then stall
+        return resp
+
+    engine = await fake_engine({"POST /completion": completion})
+    engine_box.append(engine)
+    a = engine.adapter(idle_timeout_s=0.3)
+    got: list[str] = []
+    try:
+        with pytest.raises(DecodeTimeout):
+            async for ev in a.generate(request()):
+                assert isinstance(ev, TokenChunk)
+                got.append(ev.text)
+    finally:
+        await a.aclose()
+    assert got == [f" t{i}" for i in range(8)]
+
+
 async def test_http_400_is_invalid_params(fake_engine) -> None:
     async def completion(request: web.Request) -> web.Response:
         return web.json_response(

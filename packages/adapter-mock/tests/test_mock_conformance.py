@@ -26,9 +26,9 @@ from llama_orch.testing import (
 
 OPTIONS = {
     "slots": 2,
-    "ctx": 4096,
+    "ctx": 1024,
     "token_delay_ms": 1,
-    "eos_after": 2000,
+    "eos_after": 600,
     "engine_version": "mock-7",
     "model_digest": "sha256:mock",
 }
@@ -81,12 +81,12 @@ _EUT = EngineUnderTest(
     make_adapter=make,
     expect=Expectations(
         slots=2,
-        ctx=4096,
+        ctx=1024,
         engine_version="mock-7",
         model_digest="sha256:mock",
         model_ref="mock-model",
         capabilities=frozenset(Capability),
-        eos_request=GenerateRequest(task_id="eos", prompt="hi", max_tokens=2100, seed=1),
+        eos_request=GenerateRequest(task_id="eos", prompt="hi", max_tokens=700, seed=1),
         greedy_at_zero_temperature=False,  # the mock's text is a hash of the seed
         metrics_fields=frozenset(
             {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
@@ -137,3 +138,35 @@ def test_position_order_equals_pop_order_after_solo_service():
     advertised = list(q)
     assert [q.pop() for _ in range(len(advertised))] == advertised
     assert advertised.index("b1") <= 3  # batch waits at most the interactive weight
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "push", "pop", "remove"]),
+            st.sampled_from(["interactive", "batch"]),
+            st.sampled_from(["a", "b"]),
+            st.one_of(st.none(), st.floats(0, 10)),
+        ),
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_position_of_every_task_is_its_place_in_serving_order(ops, one_flow: bool):
+    """ORCH-1101: ``position`` (with its O(1) path for the newest task of the only
+    queued flow, issue #5) equals the place in the order ``pop`` serves."""
+    q: AdmissionQueue[int] = AdmissionQueue(1000)
+    n = 0
+    for op, prio, tenant, deadline in ops:
+        if op == "push":
+            if one_flow:
+                prio, tenant = "batch", "a"
+            q.push(n, prio, tenant=tenant, deadline=deadline)
+            n += 1
+        elif op == "pop":
+            q.pop()
+        elif len(q):
+            q.remove(next(iter(q)))
+        order = list(q)
+        assert [q.position(x) for x in order] == list(range(len(order)))
+    assert q.position(-1) == -1

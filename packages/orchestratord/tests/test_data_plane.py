@@ -216,3 +216,38 @@ async def test_unreachable_engine_requeues_then_fails_once(start_orchestrator, m
     assert names.count("started") == 1 and names[-1] == "error", events
     assert events[-1][2]["code"] == "WORKER_RESET"
     assert run.orch.get(tid).attempts == 2
+
+
+async def test_tokenizer_skipped_only_when_bytes_bound_the_count(start_orchestrator, mock_config):
+    """ORCH-1118: a short sessionless prompt is not sent to the tokenizer, and its
+    tokens_in is the engine's own count; a prompt whose bytes could overflow ctx,
+    and any session task, are counted before admission (ORCH-1002 still holds)."""
+    run = await start_orchestrator(mock_config(adapter_options={"ctx": 256}))
+    counted: list[str] = []
+    for replica in run.orch.pools["mock"].replicas.values():
+        real = replica.adapter.tokenize
+
+        async def spy(text: str, real=real) -> list[int]:
+            counted.append(text)
+            return await real(text)
+
+        replica.adapter.tokenize = spy  # type: ignore[method-assign]
+
+    tid = (await (await run.submit(prompt="one two three", max_tokens=8)).json())["task_id"]
+    events = await run.events(tid)
+    assert counted == []
+    assert events[-1][1] == "end" and events[-1][2]["tokens_in"] == 4  # BOS + 3 words
+    assert re.search(r"tokens_in_total\{[^}]*\} 4\.0", await run.metrics_text())
+
+    long_prompt = "w " * 120  # 240 bytes + 16 + 8 > 256: could overflow, so it is counted
+    tid = (await (await run.submit(prompt=long_prompt, max_tokens=8)).json())["task_id"]
+    assert counted == [long_prompt]
+    assert (await run.events(tid))[-1][2]["tokens_in"] == 121
+    resp = await run.submit(prompt="w " * 250, max_tokens=8)  # 251 tokens + 8 > 256
+    assert resp.status == 400 and "exceeds ctx" in (await resp.json())["message"]
+
+    counted.clear()
+    sid = str(uuid.uuid4())
+    tid = (await (await run.submit(prompt="hi", session_id=sid, max_tokens=4)).json())["task_id"]
+    assert counted == ["hi"]
+    assert (await run.events(tid))[-1][2]["tokens_in"] == 2

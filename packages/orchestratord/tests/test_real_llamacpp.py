@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import time
 import urllib.request
@@ -16,7 +17,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
+from llama_orch.core.adapter_api import AdapterTarget
 from llama_orch.core.config import Config
+from llama_orch.orchestratord.admission import SPECIAL_TOKENS_MARGIN
+from llama_orch.pool_managerd.provision import provision_model
 
 pytestmark = pytest.mark.real_engine
 
@@ -204,3 +209,39 @@ async def test_resume_mid_stream_and_metrics(start_orchestrator, smollm2_server)
         pass
     text = await run.metrics_text()
     assert re.search(r'tasks_canceled_total\{[^}]*pool_id="smol"[^}]*\} 1\.0', text)
+
+
+def _hostile_texts() -> list[str]:
+    """Strings that stress tokenizers: emoji, CJK, combining marks, lone
+    spaces and newlines, special-token spellings, digits, mixed scripts."""
+    rng = random.Random(1118)
+    pieces = [
+        " ", "  ", "\n", "\t", "a", "The", " the", "🙂", "👩‍💻", "漢字", "ñ", "e\u0301",
+        "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<bos>", "1234567", "Ü", "\u200b",
+        "ــ", "ﷺ", "x" * 7, ".", "!?", "\r\n",
+    ]  # fmt: skip
+    texts = ["", " ", "\n", "<|im_start|>", "<bos>", "🙂", " a"]
+    for _ in range(60):
+        texts.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))))
+    return texts
+
+
+@pytest.mark.parametrize(
+    "model_ref", ["pypi:smollm2-135m-instruct-q4_1", "pypi:gemma3-270m-q4_k_m"]
+)
+async def test_token_count_is_bounded_by_utf8_bytes(model_ref: str, start_llama_server) -> None:
+    """ORCH-1118: every token covers at least one byte, so tokens <= bytes + a small
+    margin for special tokens (BOS/EOS, a dummy-prefix space). This is what lets
+    orchestratord skip the tokenizer for short sessionless prompts. Checked on a
+    byte-level BPE (SmolLM2) and a SentencePiece (Gemma 3) tokenizer."""
+    server = start_llama_server(provision_model(model_ref), slots=1, ctx_per_slot=512)
+    a = LlamaCppHttpAdapter(AdapterTarget(replica_id="tok-0", base_url=server.base_url))
+    worst = 0
+    try:
+        for text in _hostile_texts():
+            n = len(await a.tokenize(text))
+            worst = max(worst, n - len(text.encode()))
+    finally:
+        await a.aclose()
+    print(f"{model_ref}: worst tokens - bytes = {worst}")
+    assert worst <= 3 < SPECIAL_TOKENS_MARGIN, worst

@@ -24,8 +24,9 @@ Semantics (normative text in ``.specs/10-orchestratord.md``):
 
 Cost: push, pop, peek and remove are amortised O(1) (O(log n) for tasks
 with deadlines); removed entries are dropped lazily and compacted when they
-outnumber live ones. ``position`` and iteration simulate the serving order
-and cost O(n log n); they are for small queues and status reports.
+outnumber live ones. Iteration simulates the serving order and costs O(n log n);
+``position`` does too, except for the newest task of the only queued flow
+(the common admission), which is O(1).
 """
 
 from __future__ import annotations
@@ -336,8 +337,14 @@ class AdmissionQueue(Generic[T]):
 
     def position(self, item: T) -> int:
         """0-based position in serving order, or -1 when not queued."""
-        if item not in self._entries:
+        entry = self._entries.get(item)
+        if entry is None:
             return -1
+        flow = entry.flow
+        if entry.deadline is None and flow.live == len(self._entries) and flow.fifo[-1] is entry:
+            # The newest FIFO task of the only queued flow: everything queued
+            # is served before it. O(1) for the common admission (issue #5).
+            return flow.live - 1
         for n, it in enumerate(self):
             if it == item:
                 return n

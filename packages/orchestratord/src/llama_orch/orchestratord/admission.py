@@ -59,15 +59,20 @@ def resolve_pool(req: TaskRequest, pools: dict[str, Pool]) -> Pool:
     return min(candidates, key=lambda p: (not p.ready_replicas(), len(p.queue)))
 
 
+# ORCH-1118: a token covers at least one byte; BOS/EOS and a tokenizer's
+# dummy-prefix token are the only ones that cover none.
+SPECIAL_TOKENS_MARGIN = 16
+
+
 class Prepared(msgspec.Struct, frozen=True):
     task_id: str
     request: GenerateRequest
-    prompt_tokens: int
+    prompt_tokens: int | None  # None: bounded by bytes, not counted (ORCH-1118)
     ctx: int
 
 
 async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prepared:
-    """Everything that needs the engine (tokenizer, chat template), ORCH-1002."""
+    """Everything that needs the engine (tokenizer, chat template), ORCH-1002, ORCH-1118."""
     adapter = pool.any_adapter()
     if adapter is None:
         raise PoolUnready(
@@ -98,8 +103,11 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
     else:
         assert req.prompt is not None
         prompt = req.prompt
-    prompt_tokens = len(await adapter.tokenize(prompt))
-    if prompt_tokens + max_tokens > ctx:
+    if req.session_id is None and len(prompt.encode()) + SPECIAL_TOKENS_MARGIN + max_tokens <= ctx:
+        prompt_tokens: int | None = None  # fits whatever the count: skip the round trip
+    else:
+        prompt_tokens = len(await adapter.tokenize(prompt))
+    if prompt_tokens is not None and prompt_tokens + max_tokens > ctx:
         raise InvalidParams(
             f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds ctx {ctx}"
             " - at `$.max_tokens`",

@@ -161,6 +161,7 @@ class Orchestrator:
             sid = str(req.session_id) if req.session_id else None
             pin = None
             if sid is not None:
+                assert prepared.prompt_tokens is not None  # sessions are counted (ORCH-1118)
                 session = self.sessions.begin_turn(sid, prepared.prompt_tokens + max_tokens)
                 pin = session.set_key
             if pin is None and req.determinism == "strict":
@@ -171,7 +172,8 @@ class Orchestrator:
                 engine=pool.engine,
                 priority=req.priority,
                 request=prepared.request,
-                prompt_tokens=prepared.prompt_tokens,
+                prompt_tokens=prepared.prompt_tokens or 0,
+                prompt_counted=prepared.prompt_tokens is not None,
                 session_id=sid,
                 tenant=tenant,
                 deadline=None if req.deadline_ms is None else now + req.deadline_ms / 1000,
@@ -462,9 +464,10 @@ class Orchestrator:
             session = self.sessions.get(rec.session_id) if rec.session_id else None
             rec.append(self._dispatch_metrics(pool, rec, session, st.replica_id))
             self.metrics.tasks_started.add(1, attrs)
-            self.metrics.tokens_in.add(
-                rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
-            )
+            if rec.prompt_counted:
+                self.metrics.tokens_in.add(
+                    rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
+                )
 
         finished: Finished | None = None
         try:
@@ -486,6 +489,11 @@ class Orchestrator:
                         rec.tokens_out += 1
                     else:
                         finished = ev
+                        if not rec.prompt_counted and ev.prompt_tokens:
+                            rec.prompt_tokens, rec.prompt_counted = ev.prompt_tokens, True
+                            self.metrics.tokens_in.add(
+                                ev.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
+                            )
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
             if finished is None:

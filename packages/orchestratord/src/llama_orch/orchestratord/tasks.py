@@ -40,7 +40,8 @@ class TaskRecord:
     engine: str
     priority: str
     request: GenerateRequest
-    prompt_tokens: int
+    prompt_tokens: int  # the engine's count; 0 until known when not counted at admission
+    prompt_counted: bool = True  # False: skipped at admission, taken from the engine (ORCH-1118)
     session_id: str | None = None
     tenant: str = "default"
     deadline: float | None = None  # monotonic seconds (ORCH-1006, ORCH-1111)
@@ -61,7 +62,7 @@ class TaskRecord:
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     runner: asyncio.Task[None] | None = None
     _frames: list[bytes] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
     _on_finish: Callable[[TaskRecord], None] | None = None
 
     def __hash__(self) -> int:
@@ -114,8 +115,11 @@ class TaskRecord:
         tag = type(event).__struct_config__.tag
         assert isinstance(tag, str)
         self._frames.append(encode_event(tag, _encoder.encode(event), len(self._frames)))
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._waiters:  # wake the readers parked in frames(); none most of the time
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
 
     async def frames(self, start: int = 0) -> AsyncIterator[bytes]:
         """Yield frames from index ``start`` on, waiting for new ones, until the end.
@@ -132,7 +136,9 @@ class TaskRecord:
                 continue
             if self.terminal:
                 return
-            await self._changed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
 
 class TaskStore:

@@ -350,7 +350,7 @@ class AdapterConformance:
         text = full.text
         stop, at = _pick_stop(text)
         if not stop:
-            pytest.skip(f"greedy output too short to pick a stop string from: {text!r}")
+            pytest.skip(f"no 3-character stop string occurs first after the start of {text!r}")
         r = await self.run(
             eut, adapter, self.request(eut, stop=(stop,), **greedy), "stop reason: stop"
         )
@@ -403,10 +403,10 @@ class AdapterConformance:
         a2 = await self.run(eut, adapter, self.request(eut, seed=1234), b)
         if a1.text != a2.text:
             _fail(b, f"seed 1234 twice gave different text:\n  {a1.text!r}\n  {a2.text!r}")
-        others = [
-            (await self.run(eut, adapter, self.request(eut, seed=s), b)).text for s in (1, 2, 3)
-        ]
-        if all(o == a1.text for o in others):
+        for s in (1, 2, 3):  # one differing seed is enough; stop there
+            if (await self.run(eut, adapter, self.request(eut, seed=s), b)).text != a1.text:
+                break
+        else:
             _fail(b, f"seeds 1, 2, 3 and 1234 all gave {a1.text!r}: the seed is not forwarded")
 
     async def test_temperature_zero_is_greedy(
@@ -725,9 +725,10 @@ def _fields(req: GenerateRequest) -> dict[str, Any]:
 
 
 def _pick_stop(text: str) -> tuple[str, int]:
-    """A 3-character stop string from the second half of ``text`` whose first
-    occurrence is where it was taken, and that is not pure whitespace."""
-    for at in range(max(1, len(text) // 2), len(text) - 3):
+    """A 3-character stop string, preferably from the second half of ``text``,
+    whose first occurrence is where it was taken and that is not whitespace."""
+    half = max(1, len(text) // 2)
+    for at in [*range(half, len(text) - 3), *range(1, half)]:
         cand = text[at : at + 3]
         if cand.strip() and text.find(cand) == at:
             return cand, at

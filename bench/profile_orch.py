@@ -1,0 +1,110 @@
+"""Profile one orchestratord under load from ``bench/loadgen.py`` (issue #5).
+
+    uv run bench/profile_orch.py --delay-ms 5 -c 64 --seconds 10
+
+Starts a fake engine, one orchestratord and the load generator (each in its
+own process group, all stopped in a ``finally``), records the orchestratord
+process with py-spy (installed into the bench tools venv under the user
+cache) and prints the top frames by self and inclusive share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from procs import PY, TOOLS, Procs, ensure_venv, log, start_fake, start_orch
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--delay-ms", type=float, default=5.0)
+    ap.add_argument("-c", "--concurrency", type=int, default=64)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    tools = ensure_venv("tools-venv", TOOLS, "import matplotlib")
+    tmp = Path(tempfile.mkdtemp(prefix="llorch-prof-"))
+    procs = Procs(tmp)
+    try:
+        engine, _ = start_fake(procs, "fake", args.delay_ms)
+        url, orch = start_orch(procs, "orch", engine, tmp)
+        load = procs.start(
+            "loadgen",
+            [
+                PY,
+                str(HERE / "loadgen.py"),
+                "--mode",
+                "orch",
+                "--url",
+                url,
+                "--concurrency",
+                str(args.concurrency),
+                "--requests",
+                "1000000",
+                "--max-tokens",
+                str(args.max_tokens),
+                "--cap-s",
+                str(args.seconds + 8),
+            ],
+        )
+        raw = tmp / "profile.txt"
+        timer = threading.Timer(3.0, lambda: None)
+        timer.start()
+        timer.join()
+        subprocess.run(
+            [
+                str(tools / "bin" / "py-spy"),
+                "record",
+                "-p",
+                str(orch.pid),
+                "-d",
+                str(args.seconds),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        procs.stop(load)
+        report(raw, args.top)
+    finally:
+        procs.stop_all()
+    return 0
+
+
+def report(raw: Path, top: int) -> None:
+    self_c: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        count = int(n)
+        frames = stack.split(";")
+        total += count
+        self_c[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+    log(f"{total} samples")
+    print("## self")
+    for f, n in self_c.most_common(top):
+        print(f"{100 * n / total:5.1f} %  {f}")
+    print("## inclusive")
+    for f, n in incl.most_common(top * 2):
+        print(f"{100 * n / total:5.1f} %  {f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Install a distribution alone into a fresh venv and run its tests there (ORCH-4016).
+
+Used by ``tools/tests/test_standalone_install.py`` and the third-party
+adapter test; also runnable by hand::
+
+    uv run python tools/standalone.py packages/adapter-tgi-http
+
+Steps for one package directory:
+
+1. build its wheel, and the wheels of the workspace distributions it or its
+   ``test`` dependency group needs, with ``uv build --package X --no-sources``
+   (cached under ``~/.cache/llama-orch/standalone/wheels/<name>-<source hash>``);
+2. create a fresh venv and install **only the package** from those wheels
+   (third-party dependencies such as aiohttp come from PyPI through the uv
+   cache), then import it and load its adapter by entry-point name;
+3. install the ``test`` dependency group, copy ``tests/`` to a scratch
+   directory (so nothing of the workspace is importable) and run pytest with
+   the workspace's pytest settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "ROOT",
+    "Package",
+    "build_wheel",
+    "clean_env",
+    "install",
+    "make_venv",
+    "read_package",
+    "run_package_tests",
+    "wheels_for",
+    "workspace_members",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-orch"
+WHEELS = CACHE / "standalone" / "wheels"
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def uv() -> str:
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        raise RuntimeError("uv is not on PATH (install it: python3 -m pip install uv)")
+    return found
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for child processes: no workspace venv, no downloads of Pythons."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def req_name(requirement: str) -> str:
+    m = _NAME.match(requirement)
+    assert m, f"unparseable requirement {requirement!r}"
+    return m.group(1).lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    path: Path
+    dependencies: tuple[str, ...]
+    test_group: tuple[str, ...]
+    entry_points: tuple[str, ...]  # names in llama_orch.adapters
+
+
+def read_package(path: Path) -> Package:
+    data = tomllib.loads((path / "pyproject.toml").read_text())
+    project = data["project"]
+    eps = project.get("entry-points", {}).get("llama_orch.adapters", {})
+    return Package(
+        name=project["name"],
+        path=path,
+        dependencies=tuple(project.get("dependencies", [])),
+        test_group=tuple(data.get("dependency-groups", {}).get("test", [])),
+        entry_points=tuple(eps),
+    )
+
+
+def workspace_members() -> dict[str, Package]:
+    out = {}
+    for pyproject in sorted((ROOT / "packages").glob("*/pyproject.toml")):
+        pkg = read_package(pyproject.parent)
+        out[pkg.name] = pkg
+    return out
+
+
+def _source_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path)
+        if f.is_dir() or "__pycache__" in rel.parts or rel.parts[0] in ("tests", ".venv"):
+            continue
+        h.update(str(rel).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_wheel(pkg: Package) -> Path:
+    """The package's wheel, built with ``--no-sources`` once per source state."""
+    slot = WHEELS / f"{pkg.name}-{_source_hash(pkg.path)}"
+    found = sorted(slot.glob("*.whl"))
+    if found:
+        return found[0]
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{pkg.name}-", dir=WHEELS))
+    try:
+        if pkg.path.is_relative_to(ROOT / "packages"):
+            cmd = [uv(), "build", "--package", pkg.name, "--no-sources", "--wheel", "-o", str(tmp)]
+            _run(cmd, ROOT, f"uv build {pkg.name}")
+        else:  # a project outside the workspace (examples/third-party-adapter)
+            cmd = [uv(), "build", "--no-sources", "--wheel", "-o", str(tmp), str(pkg.path)]
+            _run(cmd, pkg.path, f"uv build {pkg.name}")
+        try:
+            tmp.rename(slot)  # atomic: a concurrent builder of the same state may win
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(slot.glob("*.whl"))[0]
+
+
+def wheels_for(requirements: list[str], members: dict[str, Package]) -> list[Path]:
+    """Wheels of every workspace distribution the requirements need, transitively."""
+    todo = [req_name(r) for r in requirements]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in members:
+            continue
+        seen.add(name)
+        todo.extend(req_name(r) for r in members[name].dependencies)
+    return [build_wheel(members[n]) for n in sorted(seen)]
+
+
+def make_venv(path: Path) -> Path:
+    base = getattr(sys, "_base_executable", sys.executable)
+    _run([uv(), "venv", "-q", "--python", base, str(path)], path.parent, "uv venv")
+    return path / "bin" / "python"
+
+
+def install(python: Path, requirements: list[str], wheels: list[Path]) -> None:
+    """Install from the local wheels plus PyPI (through the uv cache)."""
+    links: list[str] = []
+    for d in sorted({w.parent for w in wheels}):
+        links += ["--find-links", str(d)]
+    cmd = [uv(), "pip", "install", "-q", "--python", str(python), *links, *requirements]
+    _run(cmd, python.parent, "uv pip install")
+
+
+def installed(python: Path) -> dict[str, str]:
+    proc = _run(
+        [uv(), "pip", "list", "--python", str(python), "--format", "freeze"],
+        python.parent,
+        "uv pip list",
+    )
+    return dict(line.split("==", 1) for line in proc.stdout.split() if "==" in line)
+
+
+def pytest_ini(path: Path) -> None:
+    """The workspace's pytest settings, for a run outside the workspace."""
+    opts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    lines = ["[pytest]"]
+    for key in ("addopts", "filterwarnings", "markers"):
+        lines.append(f"{key} =")
+        lines += [f"    {v}" for v in opts[key]]
+    for key in ("xfail_strict", "asyncio_mode", "asyncio_default_fixture_loop_scope", "timeout"):
+        lines.append(f"{key} = {str(opts[key]).lower()}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_package_tests(
+    pkg: Package,
+    scratch: Path,
+    *,
+    plugins: tuple[str, ...] = (),
+    markexpr: str = "",
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """Steps 1-3 of the module docstring; returns pytest's result and the venv's dists."""
+    members = workspace_members()
+    python = make_venv(scratch / "venv")
+    own = wheels_for([pkg.name], {**members, pkg.name: pkg})
+    install(python, [pkg.name], own)
+    for ep in pkg.entry_points:  # the package alone imports and registers itself
+        code = (
+            "from llama_orch.core.adapter_api import load_adapter_class as l; "
+            f"print(l({ep!r}).__module__)"
+        )
+        _run([str(python), "-c", code], scratch, f"load adapter {ep!r} alone")
+    alone = installed(python)
+    install(python, list(pkg.test_group), own + wheels_for(list(pkg.test_group), members))
+    run = scratch / "run"
+    shutil.copytree(pkg.path / "tests", run / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    pytest_ini(run / "pytest.ini")
+    cmd = [
+        str(python),
+        "-m",
+        "pytest",
+        "-c",
+        str(run / "pytest.ini"),
+        "--rootdir",
+        str(run),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+    for p in plugins:
+        cmd += ["-p", p]
+    if markexpr:
+        cmd += ["-m", markexpr]
+    cmd.append(str(run / "tests"))
+    proc = subprocess.run(
+        cmd, cwd=run, env=clean_env(), capture_output=True, text=True, timeout=600
+    )
+    return proc, alone
+
+
+if __name__ == "__main__":
+    target = read_package(Path(sys.argv[1]).resolve())
+    with tempfile.TemporaryDirectory() as d:
+        result, dists = run_package_tests(target, Path(d), markexpr="not real_engine")
+        print(result.stdout[-3000:], result.stderr[-3000:])
+        sys.exit(result.returncode)
