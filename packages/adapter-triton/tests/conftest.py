@@ -1,6 +1,8 @@
 """Fake Triton endpoints for what the real Triton cannot produce on demand:
 a model that is still loading, a connection cut mid-stream, a stall, and SSE
 framing variants. Wire shapes from Triton 2.51's HTTP server (engines.md §4).
+Tests reach them through the ``triton_fakes`` fixture (no sibling imports:
+test modules are copied out of the workspace for the standalone-install run).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
+import pytest
 from aiohttp import web
 from llama_orch.adapters.triton import TritonAdapter
 from llama_orch.core.adapter_api import AdapterTarget
@@ -128,3 +132,15 @@ async def sse_framing() -> AsyncIterator[FaultCase]:
 
     async with _serve(handler) as (_fake, a):
         yield FaultCase(adapter=a, expected_text="".join(DELTAS))
+
+
+@pytest.fixture
+def triton_fakes() -> SimpleNamespace:
+    """The fault factories above, by name."""
+    return SimpleNamespace(
+        loading=loading,
+        unreachable=unreachable,
+        reset_mid_stream=reset_mid_stream,
+        stall_mid_stream=stall_mid_stream,
+        sse_framing=sse_framing,
+    )
