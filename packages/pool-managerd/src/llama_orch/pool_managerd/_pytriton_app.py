@@ -45,10 +45,11 @@ _FAIL = "FAIL_AFTER="
 def _read_engine(resp, out: queue.Queue) -> None:
     """Read the engine's whole stream into ``out`` (a thread of its own).
 
-    Triton does not tell this model about a client disconnect and PyTriton
-    may then stop pulling from the generator without closing it; reading the
-    engine to its end here keeps its slot from being held open forever: the
-    generation runs to its end (``max_tokens``), as the README says.
+    Triton does not tell this model about a client disconnect; reading the
+    engine to its end here, independently of whether anyone still pulls
+    responses from the generator, bounds what a cancelled request costs the
+    engine to its ``max_tokens`` (a safeguard: whether PyTriton keeps pulling
+    from such a generator was not established).
     """
     try:
         with resp:
