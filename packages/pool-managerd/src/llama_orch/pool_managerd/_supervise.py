@@ -78,6 +78,8 @@ class Counters:
     preload_failed: int = 0
     start_failures: int = 0  # readiness gate failures and timeouts
     breaker_opened: int = 0
+    breaker_resets: int = 0  # replicas restarted by reset() (ORCH-3026)
+    provision_retries: int = 0  # failed provisionings tried again (ORCH-3027)
     driver_resets: int = 0  # NVML-reported GPU resets (0 without GPUs)
     reloads: int = 0
     reload_rollbacks: int = 0
