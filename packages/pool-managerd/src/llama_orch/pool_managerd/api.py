@@ -154,7 +154,9 @@ def build_api(manager: PoolManager, registry: Registry, token: str) -> web.Appli
         pid = request.match_info["pool_id"]
         if pid not in manager.pool_ids():
             raise web.HTTPNotFound(
-                body=_json.encode(ApiError("NOT_FOUND", f"pool {pid} is not managed here")),
+                text=_json.encode(
+                    ApiError("NOT_FOUND", f"pool {pid} is not managed here")
+                ).decode(),
                 content_type="application/json",
             )
         return pid
@@ -164,7 +166,7 @@ def build_api(manager: PoolManager, registry: Registry, token: str) -> web.Appli
             return msgspec.json.decode((await request.read()) or b"{}", type=typ)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise web.HTTPBadRequest(
-                body=_json.encode(ApiError("INVALID_PARAMS", str(exc))),
+                text=_json.encode(ApiError("INVALID_PARAMS", str(exc))).decode(),
                 content_type="application/json",
             ) from exc
 

@@ -108,12 +108,14 @@ async def _serve_api(
     token: str,
     config: Config,
 ) -> None:
-    runner = web.AppRunner(build_api(manager, registry, token), access_log=None)
+    runner = web.AppRunner(
+        build_api(manager, registry, token), access_log=None, shutdown_timeout=2.0
+    )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     stack.callback(registry.closed.set)  # open streams end before the runner waits for them
     cfg = config.pool_managerd
-    site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=2.0)
+    site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
     host, port = runner.addresses[0][:2]
     _progress(f"HTTP API listening on http://{host}:{port}")
