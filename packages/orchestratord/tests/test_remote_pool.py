@@ -38,6 +38,8 @@ class FakePoolManagerd:
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.auth_seen: list[str] = []
         self.drained = asyncio.Event()
+        self.generation = 0
+        self.epoch = 0  # bumped by a restart: open streams end
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -47,6 +49,7 @@ class FakePoolManagerd:
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         await self.running.wait()  # a stopped process answers nothing
+        epoch = self.epoch
         ttl = int(request.query["lease_ttl_ms"])
         resp = web.StreamResponse()
         resp.content_type = "application/x-ndjson"
@@ -61,6 +64,8 @@ class FakePoolManagerd:
             except TimeoutError:
                 msg = {"type": "lease", "lease_ttl_ms": ttl}
             await self.running.wait()
+            if epoch != self.epoch:
+                return resp  # restarted: this stream ends
             try:
                 await resp.write(_json.encode(msg) + b"\n")
             except ConnectionError:
@@ -82,25 +87,31 @@ class FakePoolManagerd:
             self.drained.set()
             return web.json_response({"pool_id": pid, "released": True})
         # reload: start new, switch, wait for the consumer's drain report
-        old = [self.replicas[r] for r in mine]
+        self.generation += 1
+        gen = self.generation
+        old = [self.replicas[r] for r in mine if self.replicas[r].status != "stopped"]
         new = msgspec.structs.replace(
-            old[0], replica_id=f"{pid}-g1-r0", model_ref=body["new_model_ref"], model_digest="d2"
+            _replica(f"{pid}-g{gen}-r0"),
+            model_ref=body["new_model_ref"],
+            model_digest=f"d{gen + 1}",
         )
+        self.drained.clear()
         self.change(new)
         for s in old:
             self.change(msgspec.structs.replace(s, status="draining"))
-        async with asyncio.timeout(body["drain_deadline_ms"] / 1000):
-            await self.drained.wait()
+        if old:
+            async with asyncio.timeout(body["drain_deadline_ms"] / 1000):
+                await self.drained.wait()
         for s in old:
             self.change(msgspec.structs.replace(s, status="stopped"))
         return web.json_response(
             {
                 "pool_id": pid,
                 "model_ref": body["new_model_ref"],
-                "model_digest": "d2",
+                "model_digest": new.model_digest,
                 "replicas": [new.replica_id],
                 "retired": [s.replica_id for s in old],
-                "drained_early": True,
+                "drained_early": bool(old),
             }
         )
 
@@ -237,11 +248,9 @@ async def test_a_frozen_pool_managerd_loses_its_lease_and_gets_it_back(
     expired = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lease expired")]
     assert len(expired) == 1 and "pool-managerd a " in expired[0]
 
-    # A replica the new snapshot no longer reports is stopped.
-    a.running.clear()
-    await _until(lambda: not pool.states["a/rp-r0"].ready, timeout=5)
+    # A replica the snapshot of a restarted pool-managerd no longer reports is stopped.
     a.replicas.clear()
-    a.running.set()
+    a.epoch += 1
     await _until(lambda: pool.states["a/rp-r0"].status == "stopped", timeout=10)
 
 
@@ -301,6 +310,21 @@ async def test_drain_reload_and_reset_go_to_the_pool_managerd(
         assert r.status == 200, await r.text()
     assert a.commands[-1] == ("/v1/pools/rp/drain", {"deadline_ms": 0})
     await _until(lambda: pool.states["a/rp-g1-r0"].status == "stopped")
+
+    # A reload brings a drained pool back into service (its new replica is placed).
+    async with orch.http.post(f"{orch.url}/v1/pools/rp/reload", json=req) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["replicas"] == ["a/rp-g2-r0"]
+    assert a.commands[-1][0] == "/v1/pools/rp/reload"  # nothing old to report drained
+    assert [r.state.replica_id for r in pool.ready_replicas()] == ["a/rp-g2-r0"]
+    assert (await _run_task(orch))["replica_id"] == "a/rp-g2-r0"
+
+    # The pool-managerd is gone: the tasks are drained, the stop is reported as 503.
+    await a.stop()
+    async with orch.http.post(f"{orch.url}/v1/pools/rp/drain", json={"deadline_ms": 0}) as r:
+        body = await r.read()
+        check_response("drainPool", r.status, r.headers, body, problems)
+        assert r.status == 503 and msgspec.json.decode(body)["code"] == "POOL_UNAVAILABLE"
     assert problems == []
 
 

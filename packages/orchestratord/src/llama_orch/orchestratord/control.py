@@ -243,7 +243,7 @@ def control_routes(
                 client.status(rid) not in ("draining", "stopped", "failed") for rid in old
             ):
                 await asyncio.sleep(0.05)
-            if not job.done():
+            if old and not job.done():
                 part = await drain_tasks(orch, pool, deadline_s, replica_ids=old)
                 drained = DrainResult(
                     pool.id,
@@ -257,6 +257,8 @@ def control_routes(
             digest = doc["model_digest"]
         pool.config = msgspec.structs.replace(pool.config, model=req.new_model_ref)
         pool.draining = False
+        for client in remote(pool):
+            client.republish(pool.id)  # replicas held as draining while the pool was
         body = ReloadResult(pool.id, req.new_model_ref, digest, new, drained)
         return Response(_json.encode(body), 200, media_type="application/json")
 

@@ -80,9 +80,9 @@ class RemotePoolManagerClient:
     def replica_ids(self, pool_id: str) -> list[str]:
         return sorted(rid for rid, s in self._known.items() if s.pool_id == pool_id)
 
-    def status(self, replica_id: str) -> str | None:
+    def status(self, replica_id: str) -> str:
         state = self._known.get(replica_id)
-        return state.status if state is not None else None
+        return state.status if state is not None else "stopped"
 
     # ------------------------------------------------------------------ stream
 
@@ -167,9 +167,18 @@ class RemotePoolManagerClient:
             )
             return rid
         state = _replace(remote, replica_id=rid)
-        self._known[rid] = state
+        if state.status == "stopped":
+            self._known.pop(rid, None)  # gone for good: nothing to restore later
+        else:
+            self._known[rid] = state
         self._publish(state)
         return rid
+
+    def republish(self, pool_id: str) -> None:
+        """Apply the last states of ``pool_id`` again (its draining flag changed)."""
+        for state in list(self._known.values()):
+            if state.pool_id == pool_id and not self.expired:
+                self._publish(state)
 
     def _publish(self, state: ReplicaState) -> None:
         pool = self._orch.pools.get(state.pool_id)

@@ -234,6 +234,8 @@ def build_api(manager: PoolManager, registry: Registry, token: str) -> web.Appli
 
         async def wait(old_ids: list[str]) -> None:
             retired.extend(old_ids)
+            if not old_ids:
+                return  # nothing serves the old model: nothing to drain
             released = draining[pid] = asyncio.Event()
             try:
                 async with asyncio.timeout(req.drain_deadline_ms / 1000):
