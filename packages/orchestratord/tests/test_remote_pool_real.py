@@ -143,6 +143,9 @@ async def _wave(run: Any, n: int) -> list[str]:
 async def test_two_pool_managerds_leases_expire_on_sigstop_and_return_on_sigcont(
     pool_managerds: Callable[[str], Any], start_orchestrator: Any, tmp_path: Path
 ) -> None:
+    """ORCH-3021..3024: tasks land on both hosts; SIGSTOP of one pool-managerd expires
+    its lease (its engine still healthy) and all tasks go to the other; SIGCONT brings
+    its replica back."""
     a = await pool_managerds("a")
     b = await pool_managerds("b")
     run = await start_orchestrator(_config([a, b], tmp_path / "token"), wait_ready=False)
