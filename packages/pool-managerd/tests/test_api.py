@@ -64,8 +64,10 @@ def _deref(node: dict[str, Any]) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, url: str, http: aiohttp.ClientSession, pm: PoolManager) -> None:
-        self.url, self.http, self.pm = url, http, pm
+    def __init__(
+        self, url: str, http: aiohttp.ClientSession, pm: PoolManager, registry: Registry
+    ) -> None:
+        self.url, self.http, self.pm, self.registry = url, http, pm, registry
         self.seen: set[tuple[str, str]] = set()
         self.problems: list[str] = []
 
@@ -142,7 +144,7 @@ async def start_api(fake_engine: Path, fake_adapter: object) -> AsyncIterator[Ca
         cleanups.append((pm, registry, runner, http))
         await pm.start()
         host, port = runner.addresses[0][:2]
-        return Api(f"http://{host}:{port}", http, pm)
+        return Api(f"http://{host}:{port}", http, pm, registry)
 
     yield start
     for pm, registry, runner, http in cleanups:
@@ -308,4 +310,21 @@ async def test_reset_restarts_only_replicas_whose_circuit_is_open(
     assert api.pm.counters.breaker_resets == 1 and api.pm.counters.reloads == 0
     assert (await api.call("resetPool", 200))["replicas"] == []  # closed: left alone
     assert api.pm.replicas()[0].pid == back.pid
+    assert api.problems == []
+
+
+async def test_a_shutdown_delivers_the_stopped_states_then_ends_the_stream(
+    start_api: Callable[..., Any], fake_engine: Path, fake_model: Path
+) -> None:
+    """ORCH-3022/3024: the consumer learns of the stop at once, not by lease expiry."""
+    api: Api = await start_api(_config(fake_engine, fake_model, replicas=2, **FAST))
+    url = api.url + "/v1/replicas/stream?lease_ttl_ms=60000"
+    async with api.http.get(url, headers=AUTH) as resp:
+        assert api.check_message(await resp.content.readline())["type"] == "snapshot"
+        await api.pm.stop()  # the daemon's shutdown order: engines, then streams
+        api.registry.closed.set()
+        async with asyncio.timeout(5):
+            rest = [api.check_message(line) async for line in resp.content]
+    stopped = {m["state"]["replica_id"] for m in rest if m["state"]["status"] == "stopped"}
+    assert stopped == {"p-r0", "p-r1"} and {m["type"] for m in rest} == {"replica"}
     assert api.problems == []

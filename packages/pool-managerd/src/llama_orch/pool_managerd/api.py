@@ -188,6 +188,7 @@ def build_api(manager: PoolManager, registry: Registry, token: str) -> web.Appli
             await resp.write(_json.encode(first) + b"\n")
             overflow = asyncio.ensure_future(sub.overflowed.wait())
             closed = asyncio.ensure_future(registry.closed.wait())
+            nxt: asyncio.Future[ReplicaState] | None = None
             try:
                 while True:
                     nxt = asyncio.ensure_future(sub.queue.get())
@@ -196,22 +197,27 @@ def build_api(manager: PoolManager, registry: Registry, token: str) -> web.Appli
                         timeout=ttl_ms / 3000,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
-                    if overflow in done or closed in done:
-                        nxt.cancel()
-                        if overflow in done:
-                            log.warning("registry stream consumer too slow: disconnected")
+                    if overflow in done:
+                        log.warning("registry stream consumer too slow: disconnected")
                         break
-                    if nxt in done:
-                        msg: object = ReplicaChanged(lease_ttl_ms=ttl_ms, state=nxt.result())
-                    else:
-                        nxt.cancel()
-                        msg = Lease(lease_ttl_ms=ttl_ms)
-                    await resp.write(_json.encode(msg) + b"\n")
-            except (ConnectionResetError, ConnectionError):
+                    states = [nxt.result()] if nxt in done else []
+                    nxt.cancel()  # a pending get would swallow the next state
+                    if closed in done:
+                        # Shutdown: deliver what is queued (the ``stopped`` states)
+                        # so the consumer need not wait for the lease to expire.
+                        while not sub.queue.empty():
+                            states.append(sub.queue.get_nowait())
+                    msgs = [ReplicaChanged(lease_ttl_ms=ttl_ms, state=st) for st in states]
+                    for msg in msgs or [Lease(lease_ttl_ms=ttl_ms)]:
+                        await resp.write(_json.encode(msg) + b"\n")
+                    if closed in done:
+                        break
+            except ConnectionError:
                 pass  # the consumer went away
             finally:
-                overflow.cancel()
-                closed.cancel()
+                for fut in (overflow, closed, nxt):
+                    if fut is not None:
+                        fut.cancel()
         return resp
 
     async def drain(request: web.Request) -> web.Response:

@@ -113,7 +113,10 @@ async def _serve_api(
     )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    stack.callback(registry.closed.set)  # open streams end before the runner waits for them
+    # In reverse: the engines stop (their ``stopped`` states reach the open
+    # streams), the streams end, then the runner waits for them.
+    stack.callback(registry.closed.set)
+    stack.push_async_callback(manager.stop)
     cfg = config.pool_managerd
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
