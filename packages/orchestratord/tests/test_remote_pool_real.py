@@ -114,6 +114,14 @@ def _config(managers: list[PoolManagerd], token: Path) -> Config:
     return msgspec.convert(doc, Config)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 async def _until(pred: Callable[[], bool], timeout: float, what: str) -> float:
     t0 = time.monotonic()
     while not pred():
@@ -143,9 +151,9 @@ async def _wave(run: Any, n: int) -> list[str]:
 async def test_two_pool_managerds_leases_expire_on_sigstop_and_return_on_sigcont(
     pool_managerds: Callable[[str], Any], start_orchestrator: Any, tmp_path: Path
 ) -> None:
-    """ORCH-3021..3024: tasks land on both hosts; SIGSTOP of one pool-managerd expires
+    """ORCH-3021..3025: tasks land on both hosts; SIGSTOP of one pool-managerd expires
     its lease (its engine still healthy) and all tasks go to the other; SIGCONT brings
-    its replica back."""
+    its replica back; a shutdown is reported at once; a drain goes through the API."""
     a = await pool_managerds("a")
     b = await pool_managerds("b")
     run = await start_orchestrator(_config([a, b], tmp_path / "token"), wait_ready=False)
@@ -177,6 +185,18 @@ async def test_two_pool_managerds_leases_expire_on_sigstop_and_return_on_sigcont
     back_s = await _until(lambda: pool.states["a/p-r0"].ready, 30, "the lease to return")
     assert pool.states["a/p-r0"].base_url == engine_a.base_url  # the same engine, never restarted
     assert set(await _wave(run, 4)) == {"a/p-r0", "b/p-r0"}
+
+    # A pool-managerd that shuts down reports its replicas stopped (no lease wait).
+    os.killpg(b.proc.pid, signal.SIGTERM)
+    await _until(lambda: pool.states["b/p-r0"].status == "stopped", 20, "b's stop")
+    assert await asyncio.wait_for(b.proc.wait(), 20) == 0
+    # A drain on orchestratord stops a's engine through a's API (ORCH-3025); b is
+    # gone, which the answer says.
+    async with run.http.post(run.url + "/v1/pools/p/drain", json={"deadline_ms": 1000}) as r:
+        body = await r.json()
+        assert r.status == 503 and "pool-managerd b " in body["message"], body
+    await _until(lambda: pool.states["a/p-r0"].status == "stopped", 10, "a's drained replica")
+    await _until(lambda: not _alive(engine_a.pid or 0), 10, "a's engine to exit")
     print(
         f"\nSIGSTOP → out of placement {gone_s:.2f}s (lease TTL {LEASE_TTL_S}s); "
         f"SIGCONT → back {back_s:.2f}s (measured from SIGCONT at +{t1 - t0:.1f}s)"

@@ -186,9 +186,14 @@ def control_routes(
                 if state.status in ("ready", "starting"):
                     orch.on_replica_change(msgspec.structs.replace(state, status="draining"))
             await wait([])
-            # Remote pool-managerds stop the engines once the tasks are done (ORCH-3025).
-            for client in remote(pool):
-                await client.drain(pool.id)
+            # Remote pool-managerds stop the engines once the tasks are done
+            # (ORCH-3025); one that does not answer does not spare the others.
+            outcomes = await asyncio.gather(
+                *(client.drain(pool.id) for client in remote(pool)), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         return Response(_json.encode(result[0]), 200, media_type="application/json")
 
     async def reload(request: Request) -> Response:
