@@ -71,7 +71,6 @@ class RemotePoolManagerClient:
         self._known: dict[str, ReplicaState] = {}  # local id → last state the remote sent
         self.lease_expires = 0.0  # time.monotonic() deadline
         self.expired = True  # no lease until the first message
-        self.leases_expired = 0  # how often the lease ran out (tests, logs)
         self._renewed = asyncio.Event()
 
     def serves(self, pool_id: str) -> bool:
@@ -203,7 +202,6 @@ class RemotePoolManagerClient:
 
     def _expire(self) -> None:
         self.expired = True
-        self.leases_expired += 1
         why = (
             f"lease expired: pool-managerd {self.name} at {self._base} sent nothing within "
             f"{self.cfg.lease_ttl_s:g}s"
