@@ -116,7 +116,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
     # Supervision (ORCH-POOL-3007, 3015-3017): restarts back off exponentially
     # with jitter; ``breaker_failures`` failures within ``breaker_window_s``
-    # open the circuit (the replica stays ``failed`` until a reload).
+    # open the circuit (the replica stays ``failed`` until a reload or a reset).
     restart_backoff_initial_s: Annotated[float, Meta(gt=0)] = 1.0
     restart_backoff_max_s: Annotated[float, Meta(gt=0)] = 30.0
     restart_jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2

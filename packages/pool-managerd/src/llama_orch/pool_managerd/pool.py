@@ -10,7 +10,8 @@ engine, gates it, then watches both the process (crash) and liveness probes
 (hang). A failure publishes ``failed`` with ``last_error`` and
 ``backoff_ms``, waits with exponential backoff and jitter, and launches again
 on a new port; ``breaker_failures`` failures within ``breaker_window_s``
-open the circuit and the replica stays ``failed`` until a reload.
+open the circuit and the replica stays ``failed`` until a reload or a
+``reset()`` (ORCH-3026).
 ``stop()`` leaves no engine process behind, also when ``start()`` is
 cancelled (ORCH-POOL-3010).
 """
@@ -495,8 +496,8 @@ class PoolManager:
                         circuit_open=True,
                         last_error=(
                             f"circuit open: {len(breaker.failures)} failures within "
-                            f"{pool.breaker_window_s:g}s, no more restarts until a reload; "
-                            f"last: {error}"
+                            f"{pool.breaker_window_s:g}s, no more restarts until a reload "
+                            f"or a reset; last: {error}"
                         ),
                     )
                     return
