@@ -273,7 +273,11 @@ async def test_drain_under_load_with_a_deadline(
         assert run.orch.get(tid).tokens_out < 1500
     assert {s.status for s in pool.states.values()} == {"stopped"}
     assert not any(_alive(p) for p in pids)
-    print(f"\ndrain with {deadline_ms} ms deadline under load: {result}, {drain_s:.2f}s")
+    ended_at = [run.orch.get(t).tokens_out for t in long]
+    print(
+        f"\ndrain with {deadline_ms} ms deadline under load: {result}, {drain_s:.2f}s; "
+        f"long tasks ended after {ended_at} tokens"
+    )
 
 
 async def test_an_engine_failing_at_start_backs_off_opens_the_breaker_and_resets(
