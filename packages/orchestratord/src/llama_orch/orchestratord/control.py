@@ -135,9 +135,17 @@ async def drain_tasks(
             break  # nothing left to finish: queued tasks never get placed on a draining pool
         await asyncio.sleep(0.05)
     ended = 0
+    runners = []
     for rec in mine():
+        if rec.runner is not None:
+            runners.append(rec.runner)
         _end(orch, pool, rec, f"pool {pool.id} drain deadline reached")
         ended += 1
+    # Let the cancelled runners close their engine connections before the
+    # engines are stopped: llama-server holds off SIGTERM while a stream is
+    # open (measured: 10 s until SIGKILL), but exits at once without one.
+    if runners:
+        await asyncio.wait(runners, timeout=5.0)
     finished = sum(
         1 for tid in initial if (t := orch.tasks.get(tid)) is not None and t.state == "completed"
     )

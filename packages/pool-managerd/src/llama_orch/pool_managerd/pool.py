@@ -37,7 +37,13 @@ from llama_orch.core.replica import ReplicaState
 from ._gate import readiness_gate
 from ._preload import preload_check
 from ._reload import reload_pool
-from ._supervise import Backoff, CircuitBreaker, Counters, probe_until_unresponsive
+from ._supervise import (
+    Backoff,
+    CircuitBreaker,
+    Counters,
+    probe_until_unresponsive,
+    wait_idle,
+)
 from .engine import EngineProcess, LlamaServerSpec, free_port
 from .errors import (
     PoolManagerError,
@@ -276,6 +282,9 @@ class PoolManager:
             task.cancel()
         await asyncio.gather(*sups, return_exceptions=True)
         engines = [r.engine for r in reps if r.engine is not None]
+        # Drained engines may still be finishing a slot whose client is gone.
+        urls = [r.state.base_url for r in reps if r.engine is not None and r.state.base_url]
+        await asyncio.gather(*(wait_idle(u) for u in urls), return_exceptions=True)
         await asyncio.gather(*(e.stop() for e in engines), return_exceptions=True)
         for engine in engines:
             self._forget(engine)
