@@ -49,7 +49,7 @@ def _fields(struct: type[msgspec.Struct]) -> set[str]:
     return {f.encode_name for f in msgspec.structs.fields(struct)}
 
 
-@pytest.mark.parametrize("name", DOCS)
+@pytest.mark.parametrize("name", [*DOCS, "pool-managerd.yaml"])
 def test_document_is_valid_openapi_3_1(name: str) -> None:
     doc = _doc(name)
     assert doc["openapi"] == "3.1.0"
@@ -104,6 +104,7 @@ def test_error_envelopes_from_code_validate() -> None:
         ("EndEvent", api.EndEvent, "data.yaml"),
         ("ErrorEvent", api.ErrorEvent, "data.yaml"),
         ("ReplicaState", replica.ReplicaState, "control.yaml"),
+        ("ReplicaState", replica.ReplicaState, "pool-managerd.yaml"),
     ],
 )
 def test_schema_properties_are_the_struct_fields(

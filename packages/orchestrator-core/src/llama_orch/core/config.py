@@ -18,6 +18,8 @@ __all__ = [
     "Config",
     "FullPolicy",
     "PoolConfig",
+    "PoolManagerdConfig",
+    "RemotePoolManager",
     "ServerConfig",
     "SessionConfig",
     "load_config",
@@ -114,7 +116,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
     # Supervision (ORCH-POOL-3007, 3015-3017): restarts back off exponentially
     # with jitter; ``breaker_failures`` failures within ``breaker_window_s``
-    # open the circuit (the replica stays ``failed`` until a reload).
+    # open the circuit (the replica stays ``failed`` until a reload or a reset).
     restart_backoff_initial_s: Annotated[float, Meta(gt=0)] = 1.0
     restart_backoff_max_s: Annotated[float, Meta(gt=0)] = 30.0
     restart_jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
@@ -127,6 +129,34 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     health_probe_failures: PositiveInt = 3
     # Preload: MemAvailable must exceed model size x this factor (0 = off).
     ram_headroom_factor: Annotated[float, Meta(ge=0)] = 1.2
+    # A failed provisioning is retried with the restart backoff (ORCH-3027).
+    provision_retries: Annotated[int, Meta(ge=0)] = 3
+
+
+class PoolManagerdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``pool-managerd`` daemon's HTTP API (ORCH-3021); served only with a token.
+
+    The token is ``token``, else the contents of ``token_file``, else
+    ``$LLAMA_ORCH_POOL_TOKEN``.
+    """
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8090  # 0 = pick a free port
+    token: str | None = None
+    token_file: str | None = None
+
+
+class RemotePoolManager(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A ``pool-managerd`` on another host that serves some of the pools (ORCH-3023)."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    url: Annotated[str, Meta(pattern=r"^https?://")]
+    pools: Annotated[list[str], Meta(min_length=1)]
+    token: str | None = None
+    token_file: str | None = None
+    # Replicas leave placement when no message arrived for this long (ORCH-3024).
+    lease_ttl_s: Annotated[float, Meta(ge=0.5, le=60)] = 5.0
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 2.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -136,6 +166,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scheduling: SchedulingConfig = msgspec.field(default_factory=SchedulingConfig)
     allow_cpu_inference: bool = False
     pools: list[PoolConfig] = []
+    # Remote pool-managerd daemons; pools they serve are not started embedded.
+    pool_managers: list[RemotePoolManager] = []
+    # Used by the ``pool-managerd`` daemon only.
+    pool_managerd: PoolManagerdConfig = msgspec.field(default_factory=PoolManagerdConfig)
 
 
 def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") -> Config:
@@ -151,6 +185,18 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
     ids = [p.id for p in cfg.pools]
     if len(ids) != len(set(ids)):
         raise msgspec.ValidationError(f"pool ids must be unique, got {ids}")
+    names = [m.name for m in cfg.pool_managers]
+    if len(names) != len(set(names)):
+        raise msgspec.ValidationError(f"pool_managers names must be unique, got {names}")
+    by_id = {p.id: p for p in cfg.pools}
+    for m in cfg.pool_managers:
+        for pid in m.pools:
+            if pid not in by_id:
+                raise msgspec.ValidationError(f"pool_managers[{m.name}] lists unknown pool {pid}")
+            if by_id[pid].endpoints:
+                raise msgspec.ValidationError(
+                    f"pool_managers[{m.name}] lists pool {pid}, which has `endpoints`"
+                )
     return cfg
 
 

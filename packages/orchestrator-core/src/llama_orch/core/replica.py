@@ -44,7 +44,7 @@ class ReplicaState(msgspec.Struct, kw_only=True):
     ready_at: float | None = None  # time.time() when it became ready
     restarts: int = 0  # supervised restarts so far (ORCH-POOL-3007)
     backoff_ms: int = 0  # delay before the next restart, 0 when none is pending
-    circuit_open: bool = False  # too many failures: no restart until a reload
+    circuit_open: bool = False  # too many failures: no restart until a reload or reset
 
     @property
     def ready(self) -> bool:

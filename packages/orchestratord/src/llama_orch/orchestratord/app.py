@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -82,7 +83,7 @@ class CorrelationId:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(orch: Orchestrator, manager: Any = None) -> ASGIApp:
+def build_app(orch: Orchestrator, manager: Any = None, remotes: Sequence[Any] = ()) -> ASGIApp:
     async def submit(request: Request) -> Response:
         accepted = await orch.submit(await request.body())
         headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
@@ -212,7 +213,7 @@ def build_app(orch: Orchestrator, manager: Any = None) -> ASGIApp:
         Route("/v1/pools/{pool_id}/health", pool_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    routes += control_routes(orch, manager)  # drain, reload, replica sets
+    routes += control_routes(orch, manager, remotes)  # drain, reload, reset, replica sets
     app = Starlette(
         routes=routes,
         exception_handlers={OrchError: on_orch_error, HTTPException: on_http_error},

@@ -1,8 +1,9 @@
-"""Control plane: drain with a deadline, atomic reload, replica sets (ORCH-1604..1606).
+"""Control plane: drain with a deadline, atomic reload, breaker reset, replica sets
+(ORCH-1604..1606, ORCH-3025, ORCH-3026).
 
 Documented in ``contracts/openapi/control.yaml``. Drain and reload act on the
 orchestrator's view (admission, placement, running tasks) and, for pools the
-embedded pool manager runs, on the engines themselves. Tasks still running
+embedded pool manager or remote pool-managerds run, on the engines themselves. Tasks still running
 when a deadline passes end with one typed ``POOL_UNAVAILABLE`` error event
 (retriable), never silently.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -27,12 +29,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .pools import Pool
+from .remote import RemotePoolManagerClient
 from .service import Orchestrator
 
 if TYPE_CHECKING:
     from llama_orch.pool_managerd.pool import PoolManager
 
-__all__ = ["DrainResult", "ReloadResult", "ReplicaSet", "control_routes", "drain_tasks"]
+__all__ = [
+    "DrainResult",
+    "ReloadResult",
+    "ReplicaSet",
+    "ResetResult",
+    "control_routes",
+    "drain_tasks",
+]
 
 _json = msgspec.json.Encoder()
 
@@ -60,6 +70,11 @@ class ReloadResult(msgspec.Struct):
     model_digest: str
     replicas: list[str]
     drain: DrainResult
+
+
+class ResetResult(msgspec.Struct):
+    pool_id: str
+    replicas: list[str]  # replicas whose open circuit was reset (restarting now)
 
 
 class ReplicaSet(msgspec.Struct):
@@ -120,16 +135,28 @@ async def drain_tasks(
             break  # nothing left to finish: queued tasks never get placed on a draining pool
         await asyncio.sleep(0.05)
     ended = 0
+    runners = []
     for rec in mine():
+        if rec.runner is not None:
+            runners.append(rec.runner)
         _end(orch, pool, rec, f"pool {pool.id} drain deadline reached")
         ended += 1
+    # Let the cancelled runners close their engine connections before the
+    # engines are stopped: llama-server holds off SIGTERM while a stream is
+    # open (measured: 10 s until SIGKILL), but exits at once without one.
+    if runners:
+        await asyncio.wait(runners, timeout=5.0)
     finished = sum(
         1 for tid in initial if (t := orch.tasks.get(tid)) is not None and t.state == "completed"
     )
     return DrainResult(pool.id, finished, ended, int((time.monotonic() - started) * 1000))
 
 
-def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> list[Route]:
+def control_routes(
+    orch: Orchestrator,
+    manager: PoolManager | None = None,
+    remotes: Sequence[RemotePoolManagerClient] = (),
+) -> list[Route]:
     def pool_of(request: Request) -> Pool:
         pid = request.path_params["pool_id"]
         pool = orch.pools.get(pid)
@@ -139,6 +166,16 @@ def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
 
     def managed(pool: Pool) -> bool:
         return manager is not None and pool.id in manager.pool_ids()
+
+    def remote(pool: Pool) -> list[RemotePoolManagerClient]:
+        return [r for r in remotes if r.serves(pool.id)]
+
+    def not_here(pool: Pool, what: str) -> PoolUnavailable:
+        return PoolUnavailable(
+            f"pool {pool.id} is not run by the embedded pool manager nor a configured "
+            f"pool-managerd; {what} it where its engines run",
+            pool_id=pool.id,
+        )
 
     async def drain(request: Request) -> Response:
         pool = pool_of(request)
@@ -157,6 +194,14 @@ def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
                 if state.status in ("ready", "starting"):
                     orch.on_replica_change(msgspec.structs.replace(state, status="draining"))
             await wait([])
+            # Remote pool-managerds stop the engines once the tasks are done
+            # (ORCH-3025); one that does not answer does not spare the others.
+            outcomes = await asyncio.gather(
+                *(client.drain(pool.id) for client in remote(pool)), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         return Response(_json.encode(result[0]), 200, media_type="application/json")
 
     async def reload(request: Request) -> Response:
@@ -164,12 +209,10 @@ def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
 
         pool = pool_of(request)
         req: ReloadRequest = _decode(await request.body(), ReloadRequest)
+        if remote(pool):
+            return await reload_remote(pool, req)
         if not managed(pool):
-            raise PoolUnavailable(
-                f"pool {pool.id} is not run by the embedded pool manager; reload it where "
-                "its engines run",
-                pool_id=pool.id,
-            )
+            raise not_here(pool, "reload")
         assert manager is not None
         drained: list[DrainResult] = []
 
@@ -196,6 +239,54 @@ def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
             drain=drained[0] if drained else DrainResult(pool.id, 0, 0, 0),
         )
         return Response(_json.encode(body), 200, media_type="application/json")
+
+    async def reload_remote(pool: Pool, req: ReloadRequest) -> Response:
+        """One pool-managerd after the other, so the others keep serving (ORCH-3025)."""
+        deadline_s = req.drain_deadline_ms / 1000
+        new: list[str] = []
+        digest = ""
+        drained = DrainResult(pool.id, 0, 0, 0)
+        for client in remote(pool):
+            old = client.replica_ids(pool.id)
+            job = asyncio.create_task(
+                client.reload(pool.id, req.new_model_ref, req.model_digest, req.drain_deadline_ms)
+            )
+            # The switch shows on the stream: old replicas turn draining.
+            while not job.done() and any(
+                client.status(rid) not in ("draining", "stopped", "failed") for rid in old
+            ):
+                await asyncio.sleep(0.05)
+            if old and not job.done():
+                part = await drain_tasks(orch, pool, deadline_s, replica_ids=old)
+                drained = DrainResult(
+                    pool.id,
+                    drained.finished + part.finished,
+                    drained.ended + part.ended,
+                    drained.waited_ms + part.waited_ms,
+                )
+                await client.drained(pool.id)
+            doc = await job  # a refusal or rollback raises its typed error
+            new += doc["replicas"]
+            digest = doc["model_digest"]
+        pool.config = msgspec.structs.replace(pool.config, model=req.new_model_ref)
+        pool.draining = False
+        for client in remote(pool):
+            client.republish(pool.id)  # replicas held as draining while the pool was
+        body = ReloadResult(pool.id, req.new_model_ref, digest, new, drained)
+        return Response(_json.encode(body), 200, media_type="application/json")
+
+    async def reset(request: Request) -> Response:
+        pool = pool_of(request)
+        ids: list[str] = []
+        if managed(pool):
+            assert manager is not None
+            ids = await manager.reset(pool.id)
+        elif remote(pool):
+            for client in remote(pool):
+                ids += await client.reset(pool.id)
+        else:
+            raise not_here(pool, "reset")
+        return Response(_json.encode(ResetResult(pool.id, ids)), 200, media_type="application/json")
 
     async def replicasets(request: Request) -> Response:
         sets: dict[Any, ReplicaSet] = {}
@@ -226,5 +317,6 @@ def control_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
     return [
         Route("/v1/pools/{pool_id}/drain", drain, methods=["POST"]),
         Route("/v1/pools/{pool_id}/reload", reload, methods=["POST"]),
+        Route("/v1/pools/{pool_id}/reset", reset, methods=["POST"]),
         Route("/v1/replicasets", replicasets, methods=["GET"]),
     ]

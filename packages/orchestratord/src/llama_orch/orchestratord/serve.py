@@ -25,6 +25,7 @@ from llama_orch.core.config import Config
 from .app import build_app
 from .endpoints import connect_endpoints
 from .errors import StartupError
+from .remote import RemotePoolManagerClient
 from .service import Orchestrator
 
 __all__ = ["serve"]
@@ -55,7 +56,10 @@ async def serve(
     for pool_cfg in config.pools:
         load_adapter_class(pool_cfg.engine)  # a missing adapter fails at startup (ORCH-3002)
     orch = Orchestrator(config)
-    embedded = [p for p in config.pools if not p.endpoints]
+    remote_ids = {pid for m in config.pool_managers for pid in m.pools}
+    embedded = [p for p in config.pools if not p.endpoints and p.id not in remote_ids]
+    # Token errors fail startup before anything listens (ORCH-3023).
+    remotes = [RemotePoolManagerClient(m, orch) for m in config.pool_managers]
     stop = asyncio.Event()
     trigger = shutdown_trigger or stop.wait
 
@@ -69,6 +73,8 @@ async def serve(
         for pool in orch.pools.values():
             if pool.config.endpoints:
                 background.append(asyncio.create_task(connect_endpoints(pool)))
+        for remote in remotes:
+            background.append(asyncio.create_task(remote.run(), name=f"remote-{remote.name}"))
 
         manager = None
         if embedded:
@@ -112,4 +118,5 @@ async def serve(
             _log.info("shutting down: admission stopped, draining")
             await orch.shutdown(config.server.shutdown_grace_s)
 
-        await hypercorn_serve(build_app(orch, manager), hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
+        app = build_app(orch, manager, remotes)
+        await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-__all__ = ["Backoff", "CircuitBreaker", "Counters", "probe_until_unresponsive"]
+__all__ = ["Backoff", "CircuitBreaker", "Counters", "probe_until_unresponsive", "wait_idle"]
 
 
 @dataclass
@@ -78,6 +78,8 @@ class Counters:
     preload_failed: int = 0
     start_failures: int = 0  # readiness gate failures and timeouts
     breaker_opened: int = 0
+    breaker_resets: int = 0  # replicas restarted by reset() (ORCH-3026)
+    provision_retries: int = 0  # failed provisionings tried again (ORCH-3027)
     driver_resets: int = 0  # NVML-reported GPU resets (0 without GPUs)
     reloads: int = 0
     reload_rollbacks: int = 0
@@ -119,3 +121,28 @@ async def probe_until_unresponsive(
             consecutive += 1
             if consecutive >= failures:
                 return f"{consecutive} consecutive liveness probes failed ({last})"
+
+
+async def wait_idle(base_url: str, *, timeout_s: float = 3.0, poll_s: float = 0.05) -> bool:
+    """Wait until llama-server's ``/slots`` shows no slot processing; False on timeout.
+
+    llama-server holds off SIGTERM while a slot still streams to a client
+    (measured: 10 s until our SIGKILL) and notices a closed client only at its
+    next token; a drained engine is given that moment before it is stopped.
+    Any error (no ``/slots``, engine gone) ends the wait at once.
+    """
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(base_url + "/slots") as resp:
+                    if resp.status != 200:
+                        return True
+                    slots = await resp.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return True
+            if not any(isinstance(s, dict) and s.get("is_processing") for s in slots):
+                return True
+            await asyncio.sleep(poll_s)
+    return False

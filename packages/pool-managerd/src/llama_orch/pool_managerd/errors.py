@@ -2,6 +2,7 @@
 
 PoolManagerError
 ├── ProvisionError      an engine or model could not be found, built or verified
+│   └── VerificationError   a digest did not match its pin (never retried, ORCH-3027)
 ├── PreloadError        the host cannot hold the model (RAM/VRAM headroom)
 ├── ReplicaStartError   an engine process did not become Ready
 └── ReloadError         a reload was refused or rolled back; the old replicas serve on
@@ -15,6 +16,7 @@ __all__ = [
     "ProvisionError",
     "ReloadError",
     "ReplicaStartError",
+    "VerificationError",
 ]
 
 
@@ -24,6 +26,10 @@ class PoolManagerError(Exception):
 
 class ProvisionError(PoolManagerError):
     """An engine binary or a model could not be provisioned."""
+
+
+class VerificationError(ProvisionError):
+    """A downloaded or local artifact does not have its pinned or expected sha256."""
 
 
 class ReplicaStartError(PoolManagerError):

@@ -2,8 +2,11 @@
 
 Every replica state change is printed to stdout as one JSON line
 (:class:`~llama_orch.core.replica.ReplicaState`); provisioning progress and
-logs go to stderr. SIGINT and SIGTERM only set an event; the lifespan in
-:func:`serve` stops every engine before the process exits (ORCH-POOL-3010).
+logs go to stderr. With a token (``pool_managerd`` config section or
+``$LLAMA_ORCH_POOL_TOKEN``) the daemon also serves its authenticated HTTP API
+(:mod:`.api`, ORCH-3021) for a remote orchestratord. SIGINT and SIGTERM only
+set an event; the lifespan in :func:`serve` stops every engine before the
+process exits (ORCH-POOL-3010).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO
 
 import msgspec
+from aiohttp import web
 from llama_orch.core.config import Config, load_config
 from llama_orch.core.replica import ReplicaState
 
+from .api import Registry, build_api, resolve_token
+from .errors import PoolManagerError
 from .pool import PoolManager
 
 __all__ = ["main", "serve"]
@@ -43,10 +49,14 @@ async def serve(
     Without ``shutdown_trigger`` the process waits for SIGINT or SIGTERM.
     """
     stream = out if out is not None else sys.stdout.buffer
+    token = resolve_token(config.pool_managerd)
+    registry: Registry | None = None
 
     def on_change(state: ReplicaState) -> None:
         stream.write(_encoder.encode(state) + b"\n")
         stream.flush()
+        if registry is not None:
+            registry.publish(state)
 
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -64,6 +74,14 @@ async def serve(
         async with contextlib.AsyncExitStack() as stack:
             manager = PoolManager(config, on_change=on_change, progress=_progress)
             stack.push_async_callback(manager.stop)
+            if token:
+                registry = Registry(manager.replicas)
+                await _serve_api(stack, manager, registry, token, config)
+            else:
+                _progress(
+                    "HTTP API not served: no token (pool_managerd.token, token_file or "
+                    "$LLAMA_ORCH_POOL_TOKEN)"
+                )
             starting = asyncio.create_task(manager.start(), name="pool-managerd-start")
             shutdown = asyncio.ensure_future(shutdown_trigger())
             try:
@@ -81,6 +99,29 @@ async def serve(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def _serve_api(
+    stack: contextlib.AsyncExitStack,
+    manager: PoolManager,
+    registry: Registry,
+    token: str,
+    config: Config,
+) -> None:
+    runner = web.AppRunner(
+        build_api(manager, registry, token), access_log=None, shutdown_timeout=2.0
+    )
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    # In reverse: the engines stop (their ``stopped`` states reach the open
+    # streams), the streams end, then the runner waits for them.
+    stack.callback(registry.closed.set)
+    stack.push_async_callback(manager.stop)
+    cfg = config.pool_managerd
+    site = web.TCPSite(runner, cfg.host, cfg.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    _progress(f"HTTP API listening on http://{host}:{port}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         print(f"pool-managerd: invalid config {args.config}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (OSError, PoolManagerError) as exc:  # port in use, unreadable token_file
+        print(f"pool-managerd: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

