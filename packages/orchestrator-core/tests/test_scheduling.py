@@ -21,7 +21,13 @@ from llama_orch.core.placement import (
     next_dispatch,
     place,
 )
-from llama_orch.core.predict import DrainRate, ShareTracker, on_time_probability
+from llama_orch.core.predict import (
+    DrainRate,
+    ReplicaForecast,
+    ShareTracker,
+    forecast_ms,
+    on_time_probability,
+)
 from llama_orch.core.queue import AdmissionQueue
 from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey
@@ -144,6 +150,58 @@ def test_placement_sets_least_loaded_and_affinity():
     assert place(even).replica_id == "r0"  # type: ignore[union-attr]
     assert place(even, affinity="r1").replica_id == "r1"  # type: ignore[union-attr]
     assert place([ReplicaView("r0", V1, True, 1, 1)]) is None
+
+
+def test_placement_prefers_least_assigned_work():
+    """ORCH-1907: equal free slots → affinity, then the least assigned work, then the id."""
+    views = [ReplicaView("r0", V1, True, 2, 1, load=200), ReplicaView("r1", V1, True, 2, 1, load=5)]
+    assert place(views).replica_id == "r1"  # type: ignore[union-attr]
+    assert place(views, affinity="r0").replica_id == "r0"  # type: ignore[union-attr]
+    more_free = [ReplicaView("r0", V1, True, 2, 0, load=0), ReplicaView("r1", V1, True, 2, 1)]
+    assert place(more_free).replica_id == "r0"  # type: ignore[union-attr]
+    sets = [ReplicaView("r0", V1, True, 1, 0, load=90), ReplicaView("r1", V2, True, 1, 0, load=3)]
+    assert choose_set(sets) == V2
+
+
+def test_push_front_puts_a_preempted_task_back_first():
+    """ORCH-1908: front=True goes ahead of its flow, ignores capacity and the policy."""
+    q: AdmissionQueue[str] = AdmissionQueue(2, "shed-low-priority")
+    q.push("b1", "batch")
+    q.push("b2", "batch")
+    assert q.push("b0", "batch", front=True) == []  # over capacity, nothing displaced
+    assert len(q) == 3
+    assert [q.pop() for _ in range(3)] == ["b0", "b1", "b2"]
+    q.push("x", "batch")
+    q.push("y", "batch")
+    displaced = q.push("i", "interactive")  # shed the newest batch task, not the front one
+    assert [d.item for d in displaced] == ["y"]
+
+
+def test_forecast_uses_each_replica_rate_and_work_ahead():
+    """ORCH-1905: slots free after their running work at their replica's own rate."""
+    fast = ReplicaForecast(ms_per_token=5.0, slots=1, running=[])
+    slow = ReplicaForecast(ms_per_token=60.0, slots=1, running=[])
+    assert forecast_ms([fast, slow], [], 40) == (0.0, 200.0)  # the fast replica wins
+    # 100 tokens queued ahead take the fast slot (free at 0, busy until 500); the
+    # new task still finishes first there: 500 + 200 < 40 x 60 on the slow one
+    assert forecast_ms([fast, slow], [100], 40) == (500.0, 700.0)
+    assert forecast_ms([fast, slow], [1000], 40) == (0.0, 2400.0)  # now the slow one
+    busy = ReplicaForecast(ms_per_token=5.0, slots=2, running=[200, 10])
+    assert forecast_ms([busy], [], 4) == (50.0, 70.0)
+    # free at 1000 and 50; the two tasks ahead run 50..200 and 200..350 on the second
+    assert forecast_ms([busy], [30, 30], 4) == (350.0, 370.0)
+    assert forecast_ms([], [], 4) is None
+
+
+def test_share_tracker_is_not_biased_by_the_first_dispatch():
+    """ORCH-1113: a few observations already give the observed share, whatever came first."""
+    shares = ShareTracker(alpha=0.01)
+    shares.observe("batch", "b")
+    for _ in range(10):
+        for tenant in "aaab":
+            shares.observe("batch", tenant)
+    assert shares.tenants["batch"]["b"] == pytest.approx(11 / 41, rel=0.05)
+    assert sum(shares.tenants["batch"].values()) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------- machine
