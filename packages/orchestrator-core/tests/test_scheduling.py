@@ -228,6 +228,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.served: dict[tuple[str, str], list[int]] = {}
         self.waited: dict[str, int] = {"interactive": 0, "batch": 0}
         self.waited_t: dict[tuple[str, str], int] = {}
+        self.deadlines: dict[int, float | None] = {}
+        self.preempted: set[int] = set()  # put back in front, queued (ORCH-1908)
 
     def _set(self, rid: str, **kw: object) -> None:
         r = self.replicas[rid]
@@ -266,7 +268,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         for d in displaced:
             self._end(d.item, "displaced")
+            self.preempted.discard(d.item)
         self.meta[item] = (prio, tenant, deadline is not None)
+        self.deadlines[item] = None if deadline is None else self.now + deadline
         self.pin[item] = choose_set(self.replicas.values()) if strict else None
 
     @rule()
@@ -292,8 +296,15 @@ class SchedulerMachine(RuleBasedStateMachine):
                     continue
                 self.waited_t[f] = 0 if f == (prio, tenant) else self.waited_t.get(f, 0) + 1
                 assert self.waited_t[f] <= sum(w for t, w in TENANT_W.items() if t != f[1])
-            if not has_deadline:
+            resumed = step.item in self.preempted
+            self.preempted.discard(step.item)
+            if not has_deadline and not resumed:
                 self.served.setdefault((prio, tenant), []).append(step.item)
+                # a preempted task of the flow is served before the flow's other tasks
+                assert not any(
+                    self.meta[i][:2] == (prio, tenant) and not self.meta[i][2]
+                    for i in self.preempted
+                ), "preempted task overtaken in its flow"
             if isinstance(step, Orphaned):
                 self._end(step.item, "orphaned")
                 continue
@@ -313,11 +324,24 @@ class SchedulerMachine(RuleBasedStateMachine):
         self._set(rid, busy=self.replicas[rid].busy - 1)
         self._end(item, "completed")
 
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def preempt(self, data: st.DataObject) -> None:
+        """Hard preemption: a running task goes back to the front of its flow."""
+        item = data.draw(st.sampled_from(sorted(self.running)))
+        rid = self.running.pop(item)
+        self._set(rid, busy=self.replicas[rid].busy - 1)
+        prio, tenant, _ = self.meta[item]
+        pushed = self.q.push(item, prio, tenant=tenant, deadline=self.deadlines[item], front=True)
+        assert pushed == []
+        self.preempted.add(item)
+
     @precondition(lambda self: self.n)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         item = data.draw(st.integers(1, self.n))
         if self.q.remove(item):
+            self.preempted.discard(item)
             self._end(item, "canceled")
         elif item in self.running:
             rid = self.running.pop(item)
@@ -326,7 +350,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(rid=st.sampled_from(["r0", "r1", "r2"]))
     def replica_lost(self, rid: str) -> None:
-        for item, where in list(self.running.items()):
+        for item, where in list(self.running.items()):  # running tasks there fail
             if where == rid:
                 del self.running[item]
                 self._end(item, "worker_reset")
@@ -342,7 +366,8 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def capacity_never_exceeded(self) -> None:
-        assert len(self.q) <= self.q.capacity
+        # only tasks put back by a preemption may exceed the capacity (ORCH-1908)
+        assert len(self.q) <= self.q.capacity + len(self.preempted)
         for r in self.replicas.values():
             assert 0 <= r.busy <= r.slots
 

@@ -170,10 +170,12 @@ async def test_predictions_within_factor_two_of_observed(start_orchestrator, moc
     waited_ms = (asyncio.get_running_loop().time() - t0) * 1000
     assert first_end[-1][1] == "end"
     assert waited_ms / 2 <= backoff <= waited_ms * 2 + 20
+    print(f"X-Backoff-Ms {backoff} vs observed {waited_ms:.0f} ms")
     for acc in accepted[1:]:
         started = (await run.events(acc["task_id"]))[0][2]
         observed, predicted = started["queue_wait_ms"], acc["predicted_start_ms"]
         assert observed / 2 <= predicted <= observed * 2, (observed, predicted)
+        print(f"predicted_start_ms {predicted} vs queue_wait_ms {observed}")
 
 
 async def test_saturation_shares_through_http(start_orchestrator, mock_config):
