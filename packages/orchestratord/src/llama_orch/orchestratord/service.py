@@ -412,7 +412,9 @@ class Orchestrator:
         for victim in displaced:
             self._backpressure(pool)
             if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
-                self.metrics.preemptions.add(1, {"mode": "soft", "engine": pool.engine})
+                self.metrics.preemptions.add(
+                    1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id}
+                )
             victim.item.fail(
                 victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
             )
@@ -500,7 +502,9 @@ class Orchestrator:
         on_time = None
         if rec.deadline is not None:
             remaining = (rec.deadline - time.monotonic()) * 1000
-            expected = pool.drain.decode_ms(rec.request.max_tokens)
+            own = self._rates.get((pool.id, replica_id))  # the replica it runs on (ORCH-1905)
+            per_token = own.ms_per_token if own and own.ms_per_token else pool.drain.decode_ms(1)
+            expected = per_token * _remaining(rec)
             on_time = on_time_probability(remaining, expected, self.config.scheduling.deadline_cv)
         tokens = ms = cost = None
         if session is not None:
@@ -571,7 +575,15 @@ class Orchestrator:
             victim.preempt_requested = True
             self._preempting.add(pool.id)
             victim.runner.cancel()
-            self.metrics.preemptions.add(1, {"mode": "hard", "engine": pool.engine})
+            self.metrics.preemptions.add(
+                1,
+                {
+                    "mode": "hard",
+                    "engine": pool.engine,
+                    "engine_version": victim.engine_version,
+                    "pool_id": pool.id,
+                },
+            )
             return
 
     def _requeue_preempted(self, pool: Pool, rec: TaskRecord) -> None:
@@ -621,7 +633,10 @@ class Orchestrator:
             # replica turned out to be gone can go back to the queue unseen.
             if resuming:  # ORCH-1903: announced once more as a metrics event only
                 rec.append(MetricsEvent(preempted=False, queue_depth=len(pool.queue)))
-                self.metrics.resumptions.add(1, {"engine": rec.engine})
+                self.metrics.resumptions.add(
+                    1,
+                    {"engine": rec.engine, "engine_version": st.engine_version, "pool_id": pool.id},
+                )
                 return
             rec.append(
                 StartedEvent(
