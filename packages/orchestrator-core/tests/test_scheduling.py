@@ -230,6 +230,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.waited_t: dict[tuple[str, str], int] = {}
         self.deadlines: dict[int, float | None] = {}
         self.preempted: set[int] = set()  # put back in front, queued (ORCH-1908)
+        self.excess = 0  # queued beyond capacity, only ever created by preempt
 
     def _set(self, rid: str, **kw: object) -> None:
         r = self.replicas[rid]
@@ -291,6 +292,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             for p in PRIO_W:  # band starvation bound (WRR)
                 self.waited[p] = 0 if p == prio or not before[p] else self.waited[p] + 1
                 assert self.waited[p] <= sum(w for q, w in PRIO_W.items() if q != p)
+            for f in list(self.waited_t):  # a flow that ran empty starts over
+                if f not in flows:
+                    self.waited_t[f] = 0
             for f in flows:  # tenant starvation bound (DRR), counted in band pops
                 if f[0] != prio:
                     continue
@@ -335,6 +339,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         pushed = self.q.push(item, prio, tenant=tenant, deadline=self.deadlines[item], front=True)
         assert pushed == []
         self.preempted.add(item)
+        self.excess = max(0, len(self.q) - self.q.capacity)
 
     @precondition(lambda self: self.n)
     @rule(data=st.data())
@@ -366,8 +371,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def capacity_never_exceeded(self) -> None:
-        # only tasks put back by a preemption may exceed the capacity (ORCH-1908)
-        assert len(self.q) <= self.q.capacity + len(self.preempted)
+        # only tasks put back by a preemption may exceed the capacity; other pushes
+        # and pops never grow the excess (ORCH-1908)
+        assert len(self.q) <= self.q.capacity + self.excess
+        self.excess = max(0, len(self.q) - self.q.capacity)
         for r in self.replicas.values():
             assert 0 <= r.busy <= r.slots
 

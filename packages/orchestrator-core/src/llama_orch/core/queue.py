@@ -204,7 +204,8 @@ class AdmissionQueue(Generic[T]):
         ``front=True`` puts back a task that was already admitted (a preempted
         one, ORCH-1908): it goes ahead of its flow's queued tasks and is
         never refused or displaces anything, so ``capacity`` may be exceeded
-        by the number of tasks put back this way.
+        by the tasks put back this way; a later push into a queue at or over
+        capacity displaces one task or is refused, so it never grows the excess.
         """
         band = self._bands.get(priority)
         if band is None:
