@@ -56,14 +56,18 @@ class Harness:
             body = await resp.json() if "json" in ctype else await resp.text()
             return resp.status, body
 
-    async def wait_ready(self, pool_id: str, timeout_s: float = 180.0) -> dict[str, Any]:
-        """Poll ``/v1/pools/{id}/health`` until ready (or a replica failed)."""
+    async def wait_ready(
+        self, pool_id: str, timeout_s: float = 180.0, replicas: int = 1
+    ) -> dict[str, Any]:
+        """Poll ``/v1/pools/{id}/health`` until ``replicas`` replicas are ready
+        (or a replica failed)."""
         health: dict[str, Any] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             _, health = await self.get(f"/v1/pools/{pool_id}/health")
-            if health.get("ready") or health.get("last_error"):
+            ready = sum(r.get("status") == "ready" for r in health.get("replicas", []))
+            if (health.get("ready") and ready >= replicas) or health.get("last_error"):
                 break
             await asyncio.sleep(0.05)
         assert health.get("ready"), f"pool {pool_id} not ready: {health}"

@@ -137,7 +137,7 @@ async def test_two_replicas_stream_identical_bytes_per_seed(
             }
         )
     )
-    health = await harness.wait_ready(POOL)
+    health = await harness.wait_ready(POOL, replicas=2)
     replicas = {r["replica_id"] for r in health["replicas"] if r["status"] == "ready"}
     assert len(replicas) == 2, health
     sampler = corpus["sampler"]

@@ -21,7 +21,13 @@ from llama_orch.core.placement import (
     next_dispatch,
     place,
 )
-from llama_orch.core.predict import DrainRate, ShareTracker, on_time_probability
+from llama_orch.core.predict import (
+    DrainRate,
+    ReplicaForecast,
+    ShareTracker,
+    forecast_ms,
+    on_time_probability,
+)
 from llama_orch.core.queue import AdmissionQueue
 from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey
@@ -146,6 +152,58 @@ def test_placement_sets_least_loaded_and_affinity():
     assert place([ReplicaView("r0", V1, True, 1, 1)]) is None
 
 
+def test_placement_prefers_least_assigned_work():
+    """ORCH-1907: equal free slots → affinity, then the least assigned work, then the id."""
+    views = [ReplicaView("r0", V1, True, 2, 1, load=200), ReplicaView("r1", V1, True, 2, 1, load=5)]
+    assert place(views).replica_id == "r1"  # type: ignore[union-attr]
+    assert place(views, affinity="r0").replica_id == "r0"  # type: ignore[union-attr]
+    more_free = [ReplicaView("r0", V1, True, 2, 0, load=0), ReplicaView("r1", V1, True, 2, 1)]
+    assert place(more_free).replica_id == "r0"  # type: ignore[union-attr]
+    sets = [ReplicaView("r0", V1, True, 1, 0, load=90), ReplicaView("r1", V2, True, 1, 0, load=3)]
+    assert choose_set(sets) == V2
+
+
+def test_push_front_puts_a_preempted_task_back_first():
+    """ORCH-1908: front=True goes ahead of its flow, ignores capacity and the policy."""
+    q: AdmissionQueue[str] = AdmissionQueue(2, "shed-low-priority")
+    q.push("b1", "batch")
+    q.push("b2", "batch")
+    assert q.push("b0", "batch", front=True) == []  # over capacity, nothing displaced
+    assert len(q) == 3
+    assert [q.pop() for _ in range(3)] == ["b0", "b1", "b2"]
+    q.push("x", "batch")
+    q.push("y", "batch")
+    displaced = q.push("i", "interactive")  # shed the newest batch task, not the front one
+    assert [d.item for d in displaced] == ["y"]
+
+
+def test_forecast_uses_each_replica_rate_and_work_ahead():
+    """ORCH-1905: slots free after their running work at their replica's own rate."""
+    fast = ReplicaForecast(ms_per_token=5.0, slots=1, running=[])
+    slow = ReplicaForecast(ms_per_token=60.0, slots=1, running=[])
+    assert forecast_ms([fast, slow], [], 40) == (0.0, 200.0)  # the fast replica wins
+    # 100 tokens queued ahead take the fast slot (free at 0, busy until 500); the
+    # new task still finishes first there: 500 + 200 < 40 x 60 on the slow one
+    assert forecast_ms([fast, slow], [100], 40) == (500.0, 700.0)
+    assert forecast_ms([fast, slow], [1000], 40) == (0.0, 2400.0)  # now the slow one
+    busy = ReplicaForecast(ms_per_token=5.0, slots=2, running=[200, 10])
+    assert forecast_ms([busy], [], 4) == (50.0, 70.0)
+    # free at 1000 and 50; the two tasks ahead run 50..200 and 200..350 on the second
+    assert forecast_ms([busy], [30, 30], 4) == (350.0, 370.0)
+    assert forecast_ms([], [], 4) is None
+
+
+def test_share_tracker_is_not_biased_by_the_first_dispatch():
+    """ORCH-1113: a few observations already give the observed share, whatever came first."""
+    shares = ShareTracker(alpha=0.01)
+    shares.observe("batch", "b")
+    for _ in range(10):
+        for tenant in "aaab":
+            shares.observe("batch", tenant)
+    assert shares.tenants["batch"]["b"] == pytest.approx(11 / 41, rel=0.05)
+    assert sum(shares.tenants["batch"].values()) == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------- machine
 
 PRIO_W = {"interactive": 3, "batch": 1}
@@ -170,6 +228,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.served: dict[tuple[str, str], list[int]] = {}
         self.waited: dict[str, int] = {"interactive": 0, "batch": 0}
         self.waited_t: dict[tuple[str, str], int] = {}
+        self.deadlines: dict[int, float | None] = {}
+        self.preempted: set[int] = set()  # put back in front, queued (ORCH-1908)
+        self.excess = 0  # queued beyond capacity, only ever created by preempt
 
     def _set(self, rid: str, **kw: object) -> None:
         r = self.replicas[rid]
@@ -208,7 +269,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         for d in displaced:
             self._end(d.item, "displaced")
+            self.preempted.discard(d.item)
         self.meta[item] = (prio, tenant, deadline is not None)
+        self.deadlines[item] = None if deadline is None else self.now + deadline
         self.pin[item] = choose_set(self.replicas.values()) if strict else None
 
     @rule()
@@ -229,13 +292,23 @@ class SchedulerMachine(RuleBasedStateMachine):
             for p in PRIO_W:  # band starvation bound (WRR)
                 self.waited[p] = 0 if p == prio or not before[p] else self.waited[p] + 1
                 assert self.waited[p] <= sum(w for q, w in PRIO_W.items() if q != p)
+            for f in list(self.waited_t):  # a flow that ran empty starts over
+                if f not in flows:
+                    self.waited_t[f] = 0
             for f in flows:  # tenant starvation bound (DRR), counted in band pops
                 if f[0] != prio:
                     continue
                 self.waited_t[f] = 0 if f == (prio, tenant) else self.waited_t.get(f, 0) + 1
                 assert self.waited_t[f] <= sum(w for t, w in TENANT_W.items() if t != f[1])
-            if not has_deadline:
+            resumed = step.item in self.preempted
+            self.preempted.discard(step.item)
+            if not has_deadline and not resumed:
                 self.served.setdefault((prio, tenant), []).append(step.item)
+                # a preempted task of the flow is served before the flow's other tasks
+                assert not any(
+                    self.meta[i][:2] == (prio, tenant) and not self.meta[i][2]
+                    for i in self.preempted
+                ), "preempted task overtaken in its flow"
             if isinstance(step, Orphaned):
                 self._end(step.item, "orphaned")
                 continue
@@ -255,11 +328,25 @@ class SchedulerMachine(RuleBasedStateMachine):
         self._set(rid, busy=self.replicas[rid].busy - 1)
         self._end(item, "completed")
 
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def preempt(self, data: st.DataObject) -> None:
+        """Hard preemption: a running task goes back to the front of its flow."""
+        item = data.draw(st.sampled_from(sorted(self.running)))
+        rid = self.running.pop(item)
+        self._set(rid, busy=self.replicas[rid].busy - 1)
+        prio, tenant, _ = self.meta[item]
+        pushed = self.q.push(item, prio, tenant=tenant, deadline=self.deadlines[item], front=True)
+        assert pushed == []
+        self.preempted.add(item)
+        self.excess = max(0, len(self.q) - self.q.capacity)
+
     @precondition(lambda self: self.n)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         item = data.draw(st.integers(1, self.n))
         if self.q.remove(item):
+            self.preempted.discard(item)
             self._end(item, "canceled")
         elif item in self.running:
             rid = self.running.pop(item)
@@ -268,7 +355,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(rid=st.sampled_from(["r0", "r1", "r2"]))
     def replica_lost(self, rid: str) -> None:
-        for item, where in list(self.running.items()):
+        for item, where in list(self.running.items()):  # running tasks there fail
             if where == rid:
                 del self.running[item]
                 self._end(item, "worker_reset")
@@ -284,7 +371,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def capacity_never_exceeded(self) -> None:
-        assert len(self.q) <= self.q.capacity
+        # only tasks put back by a preemption may exceed the capacity; other pushes
+        # and pops never grow the excess (ORCH-1908)
+        assert len(self.q) <= self.q.capacity + self.excess
+        self.excess = max(0, len(self.q) - self.q.capacity)
         for r in self.replicas.values():
             assert 0 <= r.busy <= r.slots
 

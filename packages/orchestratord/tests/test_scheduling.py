@@ -170,7 +170,63 @@ async def test_predictions_within_factor_two_of_observed(start_orchestrator, moc
     waited_ms = (asyncio.get_running_loop().time() - t0) * 1000
     assert first_end[-1][1] == "end"
     assert waited_ms / 2 <= backoff <= waited_ms * 2 + 20
+    print(f"X-Backoff-Ms {backoff} vs observed {waited_ms:.0f} ms")
     for acc in accepted[1:]:
         started = (await run.events(acc["task_id"]))[0][2]
         observed, predicted = started["queue_wait_ms"], acc["predicted_start_ms"]
         assert observed / 2 <= predicted <= observed * 2, (observed, predicted)
+        print(f"predicted_start_ms {predicted} vs queue_wait_ms {observed}")
+
+
+async def test_saturation_shares_through_http(start_orchestrator, mock_config):
+    """ORCH-1113 acceptance through orchestratord: tenants 3:1 and priorities 8:1 under
+    saturation; dispatch counts and the exported admission_share within ±10 %."""
+    cfg = mock_config(
+        admission={"queue_capacity": 400},
+        adapter_options={"token_delay_ms": 1, "ctx": 9000},
+    )
+    cfg.scheduling.tenants = {"a": msgspec_tenant(3), "b": msgspec_tenant(1)}
+    run = await start_orchestrator(cfg)
+    blocker = await _tid(run, tenant="z", max_tokens=8000)  # holds the only slot
+    weights = {
+        ("interactive", "a"): 8 / 9 * 3 / 4,
+        ("interactive", "b"): 8 / 9 * 1 / 4,
+        ("batch", "a"): 1 / 9 * 3 / 4,
+        ("batch", "b"): 1 / 9 * 1 / 4,
+    }
+    total = 360  # proportional backlogs: every class stays backlogged to the end
+    bodies = [
+        {"priority": p, "tenant": t, "max_tokens": 1}
+        for (p, t), w in weights.items()
+        for _ in range(round(w * total))
+    ]
+    ids: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(bodies), 20):
+        chunk = bodies[start : start + 20]
+        got = await asyncio.gather(*(_tid(run, **b) for b in chunk))
+        ids.update({tid: (b["priority"], b["tenant"]) for tid, b in zip(got, chunk, strict=True)})
+    assert run.orch.get(blocker).state == "running"  # saturated: nothing else ran yet
+    async with run.http.post(f"{run.url}/v1/tasks/{blocker}/cancel") as r:
+        assert r.status == 204
+    await _wait_all_done(run, ids)
+    order = sorted(ids, key=lambda t: run.orch.get(t).dispatched or 0.0)
+    window = 300  # while every class still had queued work
+    for cls, w in weights.items():
+        count = sum(1 for t in order[:window] if ids[t] == cls)
+        assert abs(count - w * window) <= 0.1 * w * window + 0.5, (cls, count, w * window)
+    text = await run.metrics_text()
+    for (prio, tenant), w in weights.items():
+        m = re.search(
+            rf'admission_share\{{[^}}]*priority="{prio}",tenant="{tenant}"[^}}]*\}} ([0-9.e-]+)',
+            text,
+        )
+        assert m is not None, text
+        assert abs(float(m.group(1)) - w) <= 0.1 * w, (prio, tenant, m.group(1), w)
+
+
+async def _wait_all_done(run, ids) -> None:
+    for _ in range(3000):
+        if all(run.orch.get(t).terminal for t in ids):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("saturation tasks did not finish")

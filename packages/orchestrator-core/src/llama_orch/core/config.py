@@ -51,6 +51,8 @@ class SessionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Per-session budgets enforced at admission (ORCH-1405); None = unlimited.
     token_budget: PositiveInt | None = None  # prompt + generated tokens over all turns
     time_budget_ms: PositiveInt | None = None  # engine time (dispatch to end) over all turns
+    # Cost units over all turns; a token costs ``pools[].cost_per_token[priority]`` (ORCH-1906).
+    cost_budget: Annotated[float, Meta(gt=0)] | None = None
 
 
 class RateLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -85,6 +87,9 @@ class SchedulingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     priority_limits: dict[str, RateLimit] = {}
     share_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.01  # admission_share EWMA
     deadline_cv: Annotated[float, Meta(gt=0)] = 0.25  # spread assumed by on_time_probability
+    # ``hard`` interrupts running lower-priority work, only on adapters that declare
+    # ``interruptible_decode``; ``soft`` never interrupts (ORCH-1901).
+    preemption: Literal["soft", "hard"] = "soft"
     watchdog: WatchdogConfig = msgspec.field(default_factory=WatchdogConfig)
 
 
@@ -113,6 +118,9 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model_digest: str | None = None
     engine_version: str | None = None
     adapter_options: dict[str, str | int | float | bool] = {}
+    # Cost units per prompt or generated token, by priority, for session cost budgets
+    # (ORCH-1906); a priority not listed costs 0.
+    cost_per_token: dict[str, Annotated[float, Meta(ge=0)]] = {}
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
     # Supervision (ORCH-POOL-3007, 3015-3017): restarts back off exponentially
     # with jitter; ``breaker_failures`` failures within ``breaker_window_s``
@@ -179,9 +187,13 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
     else:
         cfg = msgspec.yaml.decode(data, type=Config)
     unknown = set(cfg.scheduling.priority_weights) | set(cfg.scheduling.priority_limits)
+    for pool in cfg.pools:
+        unknown |= set(pool.cost_per_token)
     unknown -= {"interactive", "batch"}
     if unknown:
-        raise msgspec.ValidationError(f"unknown priorities {sorted(unknown)} in `scheduling`")
+        raise msgspec.ValidationError(
+            f"unknown priorities {sorted(unknown)} in `scheduling` or `cost_per_token`"
+        )
     ids = [p.id for p in cfg.pools]
     if len(ids) != len(set(ids)):
         raise msgspec.ValidationError(f"pool ids must be unique, got {ids}")

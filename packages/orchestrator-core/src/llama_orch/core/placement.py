@@ -4,9 +4,11 @@ A replica set is every Ready replica with one :class:`ReplicaSetKey`; replicas
 whose engine version (or digest, quant, ctx, sampler profile) differ never
 share a set. A task is either *pinned* to a set (``determinism: strict``
 tasks and later turns of a session, ORCH-1302) or free; a free task goes to
-the set with the most free slots. Within the set the replica with the most
-free slots wins, then the session's previous replica (KV warmth,
-ORCH-1404), then the lowest ``replica_id`` — deterministic for a state.
+the set with the most free slots (then the least assigned work). Within the
+set the replica with the most free slots wins, then the session's previous
+replica (KV warmth, ORCH-1404), then the least assigned work (``load``: the
+remaining tokens of the tasks running on it, ORCH-1907), then the lowest
+``replica_id`` — deterministic for a state.
 
 :func:`next_dispatch` is the one dispatch decision: look at the head of the
 queue and say whether to start it (where), fail it (its pinned set has no
@@ -34,6 +36,7 @@ class ReplicaView:
     ready: bool
     slots: int
     busy: int
+    load: int = 0  # remaining tokens of the tasks running on it (ORCH-1907)
 
     @property
     def free(self) -> int:
@@ -54,22 +57,25 @@ class Orphaned(Generic[T]):
     item: T
 
 
-def _set_free(replicas: Iterable[ReplicaView]) -> dict[ReplicaSetKey, int]:
-    free: dict[ReplicaSetKey, int] = {}
+def _set_free(replicas: Iterable[ReplicaView]) -> dict[ReplicaSetKey, tuple[int, int]]:
+    """Free slots and negated assigned work of each Ready set."""
+    free: dict[ReplicaSetKey, tuple[int, int]] = {}
     for r in replicas:
         if r.ready:
-            free[r.set_key] = free.get(r.set_key, 0) + r.free
+            slots, neg_load = free.get(r.set_key, (0, 0))
+            free[r.set_key] = (slots + r.free, neg_load - r.load)
     return free
 
 
 def choose_set(
     replicas: Iterable[ReplicaView], prefer: ReplicaSetKey | None = None
 ) -> ReplicaSetKey | None:
-    """The Ready set with the most free slots (``prefer`` on ties, then the lowest key)."""
+    """The Ready set with the most free slots (``prefer`` on ties, then the least
+    assigned work, then the lowest key)."""
     free = _set_free(replicas)
     if not free:
         return None
-    return max(free, key=lambda k: (free[k], k == prefer, _neg(k)))
+    return max(free, key=lambda k: (free[k][0], k == prefer, free[k][1], _neg(k)))
 
 
 def _neg(key: ReplicaSetKey) -> tuple[int, ...]:
@@ -91,10 +97,10 @@ def place(
         key = choose_set(views, prefer=warm)
         views = [r for r in views if r.set_key == key]
     best: ReplicaView | None = None
-    best_rank = (0, False)
+    best_rank: tuple[int, bool, int] = (0, False, 0)
     for r in sorted(views, key=lambda v: v.replica_id):  # ties keep the lowest id
-        rank = (r.free, r.replica_id == affinity)
-        if rank[0] > 0 and rank > best_rank:
+        rank = (r.free, r.replica_id == affinity, -r.load)
+        if rank[0] > 0 and (best is None or rank > best_rank):
             best, best_rank = r, rank
     return best
 

@@ -5,9 +5,12 @@ Pure code: every function takes the quantities it needs; nothing reads a clock.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
-__all__ = ["DrainRate", "ShareTracker", "on_time_probability"]
+__all__ = ["DrainRate", "ReplicaForecast", "ShareTracker", "forecast_ms", "on_time_probability"]
 
 
 class DrainRate:
@@ -59,6 +62,42 @@ class DrainRate:
         return max(100, self.predicted_start_ms(0, max(running, self.slots), max_tokens))
 
 
+class ReplicaForecast(NamedTuple):
+    """What :func:`forecast_ms` needs to know about one Ready replica."""
+
+    ms_per_token: float  # its own measured rate (or the pool's, or the prior)
+    slots: int
+    running: Sequence[int]  # remaining tokens of each task running on it
+
+
+def forecast_ms(
+    replicas: Sequence[ReplicaForecast], ahead: Iterable[int], tokens: int
+) -> tuple[float, float] | None:
+    """``(start, finish)`` of a new task of ``tokens`` tokens, in ms from now (ORCH-1905).
+
+    Every slot of every replica is free after the remaining tokens of the task
+    it runs times its replica's rate; the tasks queued ahead (their token
+    counts, in serving order) each take the earliest free slot; the new task
+    takes the slot where it would finish first. None when no replica is Ready.
+    Cost O((slots + ahead) log slots).
+    """
+    free: list[tuple[float, int]] = []
+    for idx, r in enumerate(replicas):
+        busy = sorted(r.running)
+        for k in range(max(1, r.slots)):
+            free.append((busy[k] * r.ms_per_token if k < len(busy) else 0.0, idx))
+    if not free:
+        return None
+    heapq.heapify(free)
+    for n in ahead:
+        t, idx = free[0]
+        heapq.heapreplace(free, (t + n * replicas[idx].ms_per_token, idx))
+    start, finish = min(
+        ((t, t + tokens * replicas[idx].ms_per_token) for t, idx in free), key=lambda x: x[1]
+    )
+    return start, finish
+
+
 def on_time_probability(remaining_ms: float, expected_ms: float, cv: float = 0.25) -> float:
     """P(finish within ``remaining_ms``) if service time is normal around ``expected_ms``
     with coefficient of variation ``cv`` (ORCH-1112)."""
@@ -75,28 +114,33 @@ class ShareTracker:
 
     Two levels, as the queue schedules: the share of each priority among all
     dispatches, and the share of each tenant among its priority's
-    dispatches; ``share(tenant, priority)`` is their product. Each level
-    moves toward the class just served by ``alpha``, so the shares of a level
-    sum to 1 once anything was observed. Cost is O(#classes) per observation.
+    dispatches; ``share(tenant, priority)`` is their product. Each level is a
+    bias-corrected EWMA (factor ``alpha``): the weights of the observations
+    are normalised by their sum, so the first dispatch of a level does not
+    dominate it while few were observed (a plain EWMA started at 1.0 for the
+    first class seen would). The shares of a level sum to 1 once anything was
+    observed. Cost is O(#classes) per observation.
     """
 
     def __init__(self, alpha: float = 0.01) -> None:
         self.alpha = alpha
         self.priorities: dict[str, float] = {}
         self.tenants: dict[str, dict[str, float]] = {}
+        self._norm: dict[str | None, float] = {}  # 1 - (1 - alpha)^n per level
 
-    def _step(self, shares: dict[str, float], cls: str) -> None:
-        if not shares:
-            shares[cls] = 1.0
-            return
-        keep = 1 - self.alpha
+    def _step(self, level: str | None, shares: dict[str, float], cls: str) -> None:
+        a = self.alpha
+        norm = self._norm.get(level, 0.0)
+        new = norm * (1 - a) + a
+        keep = norm * (1 - a) / new
         for k in shares:
             shares[k] *= keep
-        shares[cls] = shares.get(cls, 0.0) + self.alpha
+        shares[cls] = shares.get(cls, 0.0) + a / new
+        self._norm[level] = new
 
     def observe(self, priority: str, tenant: str) -> None:
-        self._step(self.priorities, priority)
-        self._step(self.tenants.setdefault(priority, {}), tenant)
+        self._step(None, self.priorities, priority)
+        self._step(priority, self.tenants.setdefault(priority, {}), tenant)
 
     def share(self, tenant: str, priority: str) -> float:
         return self.priorities.get(priority, 0.0) * self.tenants.get(priority, {}).get(tenant, 0.0)

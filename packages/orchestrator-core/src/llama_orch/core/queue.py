@@ -146,6 +146,7 @@ class AdmissionQueue(Generic[T]):
         self._tenant_weights = dict(tenant_weights or {})
         self._entries: dict[T, _Entry] = {}
         self._next_seq = 0
+        self._front_seq = 0  # decreasing: tasks put back in front (ORCH-1908)
         self._dead = 0  # stale references left in deques by pop/remove
 
     def __len__(self) -> int:
@@ -179,6 +180,10 @@ class AdmissionQueue(Generic[T]):
                 flow[1] = flow[0]
                 band[2].rotate(-1)
 
+    def queued(self) -> Iterator[T]:
+        """Queued items in arrival order (not serving order); O(n), for forecasts."""
+        return iter(self._entries)
+
     def depth(self, priority: str) -> int:
         return self._bands[priority].live
 
@@ -192,15 +197,23 @@ class AdmissionQueue(Generic[T]):
         *,
         tenant: str = DEFAULT_TENANT,
         deadline: float | None = None,
+        front: bool = False,
     ) -> list[Displaced[T]]:
-        """Enqueue ``item``; return what the policy displaced, or raise."""
+        """Enqueue ``item``; return what the policy displaced, or raise.
+
+        ``front=True`` puts back a task that was already admitted (a preempted
+        one, ORCH-1908): it goes ahead of its flow's queued tasks and is
+        never refused or displaces anything, so ``capacity`` may be exceeded
+        by the tasks put back this way; a later push into a queue at or over
+        capacity displaces one task or is refused, so it never grows the excess.
+        """
         band = self._bands.get(priority)
         if band is None:
             raise ValueError(f"unknown priority {priority!r}")
         if item in self._entries:
             raise ValueError("item is already queued")
         displaced: list[Displaced[T]] = []
-        if len(self._entries) >= self.capacity:
+        if not front and len(self._entries) >= self.capacity:
             victim = self._victim(band)
             if victim is None:
                 raise AdmissionRejected(
@@ -214,14 +227,22 @@ class AdmissionQueue(Generic[T]):
         if not flow.active:
             flow.active = True
             band.active.append(flow)
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        entry = _Entry(item, band, flow, seq, deadline)
-        if deadline is None:
-            flow.fifo.append(entry)
+        if front:
+            seq = self._front_seq = self._front_seq - 1  # older than any arrival
         else:
+            seq = self._next_seq
+            self._next_seq = seq + 1
+        entry = _Entry(item, band, flow, seq, deadline)
+        if deadline is not None:
             heapq.heappush(flow.edf, (deadline, seq, entry))
-        band.arrivals.append(entry)
+        elif front:
+            flow.fifo.appendleft(entry)
+        else:
+            flow.fifo.append(entry)
+        if front:
+            band.arrivals.appendleft(entry)
+        else:
+            band.arrivals.append(entry)
         band.live += 1
         flow.live += 1
         self._entries[item] = entry

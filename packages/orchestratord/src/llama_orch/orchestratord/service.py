@@ -9,10 +9,13 @@ in the same step, so no interleaving can emit a token after a terminal event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+import weakref
 
-from llama_orch.core.adapter_api import Finished, TokenChunk
+import msgspec
+from llama_orch.core.adapter_api import Capability, Finished, TokenChunk, WorkerAdapter
 from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
@@ -33,8 +36,14 @@ from llama_orch.core.errors import (
     PoolUnready,
     WorkerReset,
 )
-from llama_orch.core.placement import Orphaned, choose_set, next_dispatch
-from llama_orch.core.predict import ShareTracker, on_time_probability
+from llama_orch.core.placement import Orphaned, ReplicaView, choose_set, next_dispatch
+from llama_orch.core.predict import (
+    DrainRate,
+    ReplicaForecast,
+    ShareTracker,
+    forecast_ms,
+    on_time_probability,
+)
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
@@ -57,6 +66,14 @@ def _ms(seconds: float) -> int:
 
 def _pin_of(rec: TaskRecord) -> ReplicaSetKey | None:
     return rec.set_key  # set while queued only for pinned tasks (ORCH-1302)
+
+
+def _remaining(rec: TaskRecord) -> int:
+    """Tokens a task is still expected to generate (ORCH-1905, ORCH-1907)."""
+    budget = rec.request.max_tokens
+    if rec.expected_tokens is not None:
+        budget = min(budget, rec.expected_tokens)
+    return max(0, budget - rec.engine_tokens)
 
 
 class Orchestrator:
@@ -84,6 +101,13 @@ class Orchestrator:
                 if total
             ],
         )
+        # Tasks running on each (pool, replica) and each replica's own rate (ORCH-1905).
+        self._running: dict[tuple[str, str], set[TaskRecord]] = {}
+        self._rates: dict[tuple[str, str], DrainRate] = {}
+        self._interruptible: weakref.WeakKeyDictionary[WorkerAdapter, bool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._preempting: set[str] = set()  # pools with a hard preemption in flight
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -147,7 +171,9 @@ class Orchestrator:
                 raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
             now = time.monotonic()
             max_tokens = prepared.request.max_tokens
-            self._check_deadline(pool, req.deadline_ms, req.expected_tokens or max_tokens)
+            self._check_deadline(
+                pool, req.deadline_ms, req.expected_tokens or max_tokens, req.priority
+            )
             tenant = req.tenant or DEFAULT_TENANT
             in_flight = self.tasks.in_flight(tenant)
             try:
@@ -160,9 +186,11 @@ class Orchestrator:
                 raise
             sid = str(req.session_id) if req.session_id else None
             pin = None
+            rate = pool.config.cost_per_token.get(req.priority, 0.0)
             if sid is not None:
                 assert prepared.prompt_tokens is not None  # sessions are counted (ORCH-1118)
-                session = self.sessions.begin_turn(sid, prepared.prompt_tokens + max_tokens)
+                reserve = prepared.prompt_tokens + max_tokens
+                session = self.sessions.begin_turn(sid, reserve, reserve * rate)
                 pin = session.set_key
             if pin is None and req.determinism == "strict":
                 pin = choose_set(pool.views())  # ORCH-1302: strict tasks stay in one set
@@ -178,6 +206,8 @@ class Orchestrator:
                 tenant=tenant,
                 deadline=None if req.deadline_ms is None else now + req.deadline_ms / 1000,
                 set_key=pin,
+                expected_tokens=req.expected_tokens,
+                cost_per_token=rate,
             )
             try:
                 displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
@@ -187,7 +217,7 @@ class Orchestrator:
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 self._backpressure(pool)
                 raise
-            self._displace(pool, displaced)
+            self._displace(pool, displaced, rec.priority)
             self.tasks.add(rec)
         except OrchError as exc:
             self.metrics.tasks_rejected.add(
@@ -212,16 +242,36 @@ class Orchestrator:
             rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
         )
 
-    def _check_deadline(self, pool: Pool, deadline_ms: int | None, tokens: int) -> None:
-        """ORCH-1006: refuse when the predicted finish is past the deadline. Until the
-        pool measured a task there is no rate to predict from, and the task is admitted."""
+    def _check_deadline(
+        self, pool: Pool, deadline_ms: int | None, tokens: int, priority: str
+    ) -> None:
+        """ORCH-1006, ORCH-1905: refuse when the predicted finish is past the deadline,
+        forecast from each replica's own rate, the work running on it and the work
+        queued ahead. Until the pool measured a task there is no rate to predict
+        from, and the task is admitted."""
         if deadline_ms is None or not pool.drain.measured:
             return
-        start = pool.drain.predicted_start_ms(len(pool.queue), pool.running(), tokens)
-        finish = start + pool.drain.decode_ms(tokens)
+        pool_rate = pool.drain.decode_ms(1)
+        replicas = []
+        for rid, r in pool.replicas.items():
+            if r.state.ready:
+                own = self._rates.get((pool.id, rid))
+                replicas.append(
+                    ReplicaForecast(
+                        own.ms_per_token if own and own.ms_per_token else pool_rate,
+                        r.state.slots,
+                        [_remaining(t) for t in self._running.get((pool.id, rid), ())],
+                    )
+                )
+        rank = PRIORITIES.index(priority)
+        ahead = (_remaining(t) for t in pool.queue.queued() if PRIORITIES.index(t.priority) <= rank)
+        forecast = forecast_ms(replicas, ahead, tokens)
+        if forecast is None:
+            return
+        start, finish = forecast
         if finish > deadline_ms:
             raise DeadlineUnmet(
-                f"predicted finish in {finish:.0f} ms (start in {start} ms) exceeds"
+                f"predicted finish in {finish:.0f} ms (start in {start:.0f} ms) exceeds"
                 f" deadline_ms={deadline_ms} - at `$.deadline_ms`",
                 pool_id=pool.id,
                 engine=pool.engine,
@@ -239,6 +289,9 @@ class Orchestrator:
             headers["X-Budget-Tokens-Remaining"] = str(tokens)
         if ms is not None:
             headers["X-Budget-Time-Ms-Remaining"] = str(ms)
+        cost = self.sessions.cost_remaining(s)
+        if cost is not None:
+            headers["X-Budget-Cost-Remaining"] = f"{cost:g}"  # ORCH-1906
         return headers
 
     def _backpressure(self, pool: Pool, policy: str | None = None) -> None:
@@ -291,8 +344,9 @@ class Orchestrator:
             await pool.wakeup.wait()
             pool.wakeup.clear()
             while True:
-                step = next_dispatch(pool.queue, pool.views(), _pin_of, self._affinity)
+                step = next_dispatch(pool.queue, self._views(pool), _pin_of, self._affinity)
                 if step is None:
+                    await self._maybe_preempt(pool)
                     break
                 rec = step.item
                 if isinstance(step, Orphaned):
@@ -317,6 +371,8 @@ class Orchestrator:
                 rec.state, rec.replica_id = "running", replica.state.replica_id
                 rec.engine_version = replica.state.engine_version
                 rec.dispatched = time.monotonic()
+                rec.last_progress = None
+                self._running.setdefault((pool.id, rec.replica_id), set()).add(rec)
                 rec.runner = asyncio.create_task(
                     self._run(pool, replica, rec), name=f"task-{rec.task_id}"
                 )
@@ -344,16 +400,21 @@ class Orchestrator:
         except AdmissionRejected:
             rec.state = "running"
             return False
-        self._displace(pool, displaced)
+        self._displace(pool, displaced, rec.priority)
         _log.warning(
             "task %s requeued: replica %s unreachable", rec.task_id, replica.state.replica_id
         )
         return True
 
-    def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]]) -> None:
-        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)."""
+    def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]], priority: str) -> None:
+        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106);
+        pushed out for a more urgent task, it counts as a soft preemption (ORCH-1904)."""
         for victim in displaced:
             self._backpressure(pool)
+            if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
+                self.metrics.preemptions.add(
+                    1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id}
+                )
             victim.item.fail(
                 victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
             )
@@ -363,14 +424,27 @@ class Orchestrator:
         its session back the tokens reserved at admission (ORCH-1405); tasks that ran
         settle their session in ``_release``."""
         if rec.session_id and rec.dispatched is None:
+            ran = rec.preemptions > 0  # a preempted task ran before it was requeued
             self.sessions.record(
-                rec.session_id, None, 0, 0, reserved=rec.prompt_tokens + rec.request.max_tokens
+                rec.session_id,
+                None,
+                rec.prompt_tokens if ran else 0,
+                rec.tokens_out,
+                reserved=rec.prompt_tokens + rec.request.max_tokens,
+                engine_ms=rec.engine_ms_before,
+                cost_per_token=rec.cost_per_token,
             )
 
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         # A done-callback runs even when the runner was cancelled before it started.
         replica.busy -= 1
-        if rec.state == "queued":  # requeued by _requeue: it will be dispatched again
+        running = self._running.get((pool.id, replica.state.replica_id))
+        if running is not None:
+            running.discard(rec)
+        if rec.preempt_requested:
+            rec.preempt_requested = False
+            self._preempting.discard(pool.id)
+        if rec.state == "queued":  # requeued or preempted: it will be dispatched again
             pool.wakeup.set()
             return
         if not rec.terminal:  # defensive: every dispatched task ends exactly once
@@ -391,8 +465,15 @@ class Orchestrator:
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
         engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
+        engine_ms += rec.engine_ms_before
         if rec.dispatched is not None and rec.state == "completed":
             pool.drain.observe(engine_ms, rec.tokens_out)
+            if rec.preemptions == 0 and rec.tokens_out:  # one uninterrupted run (ORCH-1905)
+                key = (pool.id, replica.state.replica_id)
+                rate = self._rates.get(key)
+                if rate is None:
+                    rate = self._rates[key] = DrainRate(replica.state.slots)
+                rate.observe(engine_ms, rec.engine_tokens)
         if rec.deadline is not None:
             stats = self._deadlines[rec.priority]
             stats[1] += 1
@@ -406,6 +487,7 @@ class Orchestrator:
                 reserved=rec.prompt_tokens + rec.request.max_tokens,
                 engine_ms=engine_ms,
                 set_key=rec.set_key,
+                cost_per_token=rec.cost_per_token,
             )
         pool.wakeup.set()
 
@@ -420,18 +502,115 @@ class Orchestrator:
         on_time = None
         if rec.deadline is not None:
             remaining = (rec.deadline - time.monotonic()) * 1000
-            expected = pool.drain.decode_ms(rec.request.max_tokens)
+            own = self._rates.get((pool.id, replica_id))  # the replica it runs on (ORCH-1905)
+            per_token = own.ms_per_token if own and own.ms_per_token else pool.drain.decode_ms(1)
+            expected = per_token * _remaining(rec)
             on_time = on_time_probability(remaining, expected, self.config.scheduling.deadline_cv)
-        tokens = ms = None
+        tokens = ms = cost = None
         if session is not None:
             tokens, ms = self.sessions.remaining(session)
+            cost = self.sessions.cost_remaining(session)
         return MetricsEvent(
             queue_depth=len(pool.queue),
             kv_warmth=bool(session and session.replica_id == replica_id),
             on_time_probability=on_time,
             budget_tokens_remaining=tokens,
             budget_time_ms_remaining=ms,
+            budget_cost_remaining=cost,
         )
+
+    def _views(self, pool: Pool) -> list[ReplicaView]:
+        """Replica views with each replica's assigned work (ORCH-1907)."""
+        views = pool.views()
+        for n, v in enumerate(views):
+            tasks = self._running.get((pool.id, v.replica_id))
+            if tasks:
+                views[n] = dataclasses.replace(v, load=sum(_remaining(t) for t in tasks))
+        return views
+
+    async def _is_interruptible(self, replica: Replica) -> bool:
+        """Whether the replica's adapter declares ``interruptible_decode`` (cached)."""
+        known = self._interruptible.get(replica.adapter)
+        if known is None:
+            try:
+                props = await replica.adapter.props()
+            except OrchError:
+                return False  # unknown for now; asked again next time
+            known = Capability.INTERRUPTIBLE_DECODE in props.capabilities
+            self._interruptible[replica.adapter] = known
+        return known
+
+    async def _maybe_preempt(self, pool: Pool) -> None:
+        """Hard preemption (ORCH-1901, ORCH-1902): the head cannot be placed; interrupt
+        the most recently dispatched running task of a strictly lower priority on an
+        eligible replica whose adapter declares ``interruptible_decode``."""
+        if self.config.scheduling.preemption != "hard" or pool.id in self._preempting:
+            return
+        head, meta = pool.queue.peek(), pool.queue.peek_meta()
+        if head is None or meta is None:
+            return
+        rank, pin = PRIORITIES.index(meta[0]), _pin_of(head)
+        victims = sorted(
+            (
+                t
+                for (pid, _rid), tasks in self._running.items()
+                if pid == pool.id
+                for t in tasks
+                if PRIORITIES.index(t.priority) > rank and (pin is None or t.set_key == pin)
+            ),
+            key=lambda t: t.dispatched or 0.0,
+            reverse=True,
+        )
+        for victim in victims:
+            replica = pool.replicas.get(victim.replica_id or "")
+            if replica is None or not replica.state.ready:
+                continue
+            if not await self._is_interruptible(replica):
+                continue
+            # props() may have yielded: act only if nothing changed meanwhile
+            if pool.queue.peek() is not head or victim.state != "running":
+                return
+            if victim.runner is None or pool.id in self._preempting:
+                return
+            victim.preempt_requested = True
+            self._preempting.add(pool.id)
+            victim.runner.cancel()
+            self.metrics.preemptions.add(
+                1,
+                {
+                    "mode": "hard",
+                    "engine": pool.engine,
+                    "engine_version": victim.engine_version,
+                    "pool_id": pool.id,
+                },
+            )
+            return
+
+    def _requeue_preempted(self, pool: Pool, rec: TaskRecord) -> None:
+        """Put an interrupted task back at the front of its flow (ORCH-1902); it keeps
+        its replica set so that its continuation comes from the same model."""
+        assert rec.dispatched is not None
+        rec.engine_ms_before += _ms(time.monotonic() - rec.dispatched)
+        rec.preemptions += 1
+        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
+        rec.append(MetricsEvent(preempted=True, queue_depth=len(pool.queue)))
+        pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
+        _log.info("task %s preempted after %d tokens", rec.task_id, rec.tokens_out)
+
+    def _complete(self, rec: TaskRecord, finished: Finished, attrs: dict[str, str]) -> None:
+        end = time.monotonic()
+        decode_ms = _ms(end - rec.first_token) if rec.first_token else 0
+        if rec.finish(
+            EndEvent(
+                tokens_out=rec.tokens_out,
+                decode_ms=decode_ms,
+                reason=finished.reason,  # type: ignore[arg-type]
+                tokens_in=rec.prompt_tokens,
+                queue_wait_ms=rec.queue_wait_ms,
+                first_token_ms=rec.first_token_ms,
+            )
+        ):
+            self.metrics.decode_ms.record(decode_ms, attrs)
 
     async def _run(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         st = replica.state
@@ -443,12 +622,22 @@ class Orchestrator:
             "priority": rec.priority,
         }
         assert rec.dispatched is not None
-        queue_wait_ms = _ms(rec.dispatched - rec.created)
-        started = False
+        resuming = rec.preemptions > 0
+        if not resuming:
+            rec.queue_wait_ms = _ms(rec.dispatched - rec.created)
+        queue_wait_ms = rec.queue_wait_ms
+        answered = False  # the engine sent its first event
 
         def start() -> None:
             # ``started`` is appended when the engine answered, so a task whose
             # replica turned out to be gone can go back to the queue unseen.
+            if resuming:  # ORCH-1903: announced once more as a metrics event only
+                rec.append(MetricsEvent(preempted=False, queue_depth=len(pool.queue)))
+                self.metrics.resumptions.add(
+                    1,
+                    {"engine": rec.engine, "engine_version": st.engine_version, "pool_id": pool.id},
+                )
+                return
             rec.append(
                 StartedEvent(
                     queue_position=rec.queue_position,
@@ -469,27 +658,35 @@ class Orchestrator:
                     rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
                 )
 
+        request = rec.request
+        if resuming:  # ORCH-1903: continue from the text the client already has
+            request = msgspec.structs.replace(
+                request,
+                prompt=request.prompt + "".join(rec.text_out),
+                max_tokens=max(1, request.max_tokens - rec.engine_tokens),
+            )
         finished: Finished | None = None
         try:
-            stream = replica.adapter.generate(rec.request)
+            stream = replica.adapter.generate(request)
             try:
                 async for ev in stream:
                     rec.last_progress = time.monotonic()
-                    if not started:
-                        started = True
+                    if not answered:
+                        answered = True
                         start()
                     if isinstance(ev, TokenChunk):
                         if rec.first_token is None:
                             rec.first_token = time.monotonic()
-                            self.metrics.first_token_ms.record(
-                                _ms(rec.first_token - rec.dispatched), attrs
-                            )
+                            rec.first_token_ms = _ms(rec.first_token - rec.dispatched)
+                            self.metrics.first_token_ms.record(rec.first_token_ms, attrs)
                         if not rec.append(TokenEvent(ev.text, rec.tokens_out)):
                             break  # canceled meanwhile: stop reading, close upstream
                         rec.tokens_out += 1
+                        rec.engine_tokens += ev.n_tokens
+                        rec.text_out.append(ev.text)
                     else:
                         finished = ev
-                        if not rec.prompt_counted and ev.prompt_tokens:
+                        if not rec.prompt_counted and ev.prompt_tokens and not resuming:
                             rec.prompt_tokens, rec.prompt_counted = ev.prompt_tokens, True
                             self.metrics.tokens_in.add(
                                 ev.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
@@ -498,32 +695,24 @@ class Orchestrator:
                 await stream.aclose()  # type: ignore[attr-defined]
             if finished is None:
                 raise OrchError("engine stream ended without a final event", engine=rec.engine)
-            end = time.monotonic()
-            decode_ms = _ms(end - rec.first_token) if rec.first_token else 0
-            if rec.finish(
-                EndEvent(
-                    tokens_out=rec.tokens_out,
-                    decode_ms=decode_ms,
-                    reason=finished.reason,  # type: ignore[arg-type]
-                    tokens_in=rec.prompt_tokens,
-                    queue_wait_ms=queue_wait_ms,
-                    first_token_ms=_ms(rec.first_token - rec.dispatched)
-                    if rec.first_token
-                    else None,
-                )
-            ):
-                self.metrics.decode_ms.record(decode_ms, attrs)
+            self._complete(rec, finished, attrs)
         except asyncio.CancelledError:
-            pass  # cancel() or shutdown already appended the terminal event
+            # cancel() or shutdown already appended the terminal event; a hard
+            # preemption did not, and the task goes back to the queue.
+            if rec.preempt_requested and not rec.terminal:
+                if finished is not None:  # the engine was done before the interrupt
+                    self._complete(rec, finished, attrs)
+                else:
+                    self._requeue_preempted(pool, rec)
         except OrchError as exc:
             requeued = (
                 isinstance(exc, (WorkerReset, PoolUnready))
-                and not started
+                and not answered
                 and not rec.terminal
                 and self._requeue(pool, replica, rec, exc)
             )
             if not requeued:
-                if not started:
+                if not answered:
                     start()
                 rec.fail(exc.code, exc.message, retriable=exc.retriable)
         except Exception as exc:

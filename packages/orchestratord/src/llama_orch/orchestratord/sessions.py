@@ -24,6 +24,8 @@ class Session:
     set_key: ReplicaSetKey | None = None  # every turn stays in one replica set (ORCH-1302)
     engine_ms: int = 0  # dispatch-to-end time over all turns, for the time budget
     reserved_tokens: int = 0  # prompt + max_tokens of turns admitted but not finished
+    cost: float = 0.0  # cost units of finished turns (ORCH-1906)
+    reserved_cost: float = 0.0  # cost of prompt + max_tokens of unfinished turns
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -44,6 +46,12 @@ class SessionTable:
         self._expire(time.monotonic())
         return self._sessions.get(session_id)
 
+    def cost_remaining(self, s: Session) -> float | None:
+        """Cost units left in the session's budget; None = unlimited (ORCH-1906)."""
+        if self._cfg.cost_budget is None:
+            return None
+        return max(0.0, self._cfg.cost_budget - s.cost - s.reserved_cost)
+
     def remaining(self, s: Session) -> tuple[int | None, int | None]:
         """(tokens, time ms) left in the session's budgets; None = unlimited (ORCH-1405)."""
         cfg = self._cfg
@@ -54,9 +62,10 @@ class SessionTable:
         ms = None if cfg.time_budget_ms is None else max(0, cfg.time_budget_ms - s.engine_ms)
         return tokens, ms
 
-    def begin_turn(self, session_id: str, tokens: int = 0) -> Session:
-        """Count a new turn of ``tokens`` (prompt + max_tokens); refuse beyond ``max_turns``
-        (ORCH-1402) or the session's token or time budget (ORCH-1405)."""
+    def begin_turn(self, session_id: str, tokens: int = 0, cost: float = 0.0) -> Session:
+        """Count a new turn of ``tokens`` (prompt + max_tokens) costing up to ``cost``;
+        refuse beyond ``max_turns`` (ORCH-1402) or the session's token, time
+        (ORCH-1405) or cost (ORCH-1906) budget."""
         now = time.monotonic()
         self._expire(now)
         s = self._sessions.get(session_id)
@@ -75,7 +84,14 @@ class SessionTable:
             )
         if ms_left == 0:
             raise InvalidParams(f"session {session_id} used up its time budget")
+        cost_left = self.cost_remaining(s)
+        if cost_left is not None and cost > cost_left:
+            raise InvalidParams(
+                f"session {session_id} has {cost_left:g} cost units left in its budget,"
+                f" the task may cost up to {cost:g} - at `$.max_tokens`"
+            )
         s.reserved_tokens += tokens
+        s.reserved_cost += cost
         s.turns += 1
         s.last_used = now
         s.expires_at = now + self._cfg.ttl_ms / 1000
@@ -91,13 +107,18 @@ class SessionTable:
         reserved: int = 0,
         engine_ms: int = 0,
         set_key: ReplicaSetKey | None = None,
+        cost_per_token: float = 0.0,
     ) -> None:
+        """Settle a finished turn: its real usage replaces its reservation of
+        ``reserved`` tokens (at ``cost_per_token``)."""
         s = self._sessions.get(session_id)
         if s is None:
             return
         s.tokens_in += tokens_in
         s.tokens_out += tokens_out
         s.reserved_tokens = max(0, s.reserved_tokens - reserved)
+        s.cost += (tokens_in + tokens_out) * cost_per_token
+        s.reserved_cost = max(0.0, s.reserved_cost - reserved * cost_per_token)
         s.engine_ms += engine_ms
         if replica_id is not None:
             s.replica_id = replica_id

@@ -59,6 +59,17 @@ class TaskRecord:
     attempts: int = 0  # dispatches that failed before reaching the engine (ORCH-1117)
     pinned: bool = False  # set_key was fixed at admission, not by a dispatch
     tokens_out: int = 0
+    expected_tokens: int | None = None  # the client's estimate, for forecasts (ORCH-1905)
+    cost_per_token: float = 0.0  # of its pool and priority (ORCH-1906)
+    # Hard preemption (ORCH-1902, ORCH-1903): text streamed so far (the resumption
+    # continues from it), engine tokens generated, engine time of earlier runs.
+    text_out: list[str] = field(default_factory=list)
+    engine_tokens: int = 0
+    engine_ms_before: int = 0
+    queue_wait_ms: int = 0
+    first_token_ms: int | None = None  # dispatch to first token of the first run
+    preempt_requested: bool = False
+    preemptions: int = 0
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     runner: asyncio.Task[None] | None = None
     _frames: list[bytes] = field(default_factory=list)
