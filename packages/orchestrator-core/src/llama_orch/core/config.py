@@ -17,6 +17,7 @@ __all__ = [
     "AdmissionConfig",
     "Config",
     "FullPolicy",
+    "ObservabilityConfig",
     "PoolConfig",
     "PoolManagerdConfig",
     "RemotePoolManager",
@@ -167,11 +168,22 @@ class RemotePoolManager(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     reconnect_max_s: Annotated[float, Meta(gt=0)] = 2.0
 
 
+class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Engine scrapes, traces and startup self-tests (ORCH-7003, ORCH-7040..7061)."""
+
+    engine_scrape_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+    # OTLP/HTTP trace export, e.g. "http://127.0.0.1:4318/v1/traces"; None = no export.
+    otlp_traces_endpoint: str | None = None
+    self_test: bool = True  # preload, decode, cancel, telemetry checks before Ready
+    self_test_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     admission: AdmissionConfig = msgspec.field(default_factory=AdmissionConfig)
     sessions: SessionConfig = msgspec.field(default_factory=SessionConfig)
     scheduling: SchedulingConfig = msgspec.field(default_factory=SchedulingConfig)
+    observability: ObservabilityConfig = msgspec.field(default_factory=ObservabilityConfig)
     allow_cpu_inference: bool = False
     pools: list[PoolConfig] = []
     # Remote pool-managerd daemons; pools they serve are not started embedded.

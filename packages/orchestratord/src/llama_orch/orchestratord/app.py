@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .control import control_routes
 from .service import Orchestrator
+from .tracing import CORRELATION_ID
 
 __all__ = ["build_app"]
 
@@ -74,6 +75,7 @@ class CorrelationId:
                 cid = value[:128]
                 break
         cid = cid or uuid.uuid4().hex.encode()
+        CORRELATION_ID.set(cid.decode("latin-1"))  # log lines and traces (ORCH-7031)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] != 204:

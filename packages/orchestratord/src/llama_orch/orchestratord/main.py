@@ -1,7 +1,8 @@
 """Console script: ``orchestratord --config FILE``.
 
-Logs are JSON lines on stderr (ORCH-1504) with a ``msg`` field and the task
-fields of ARCHITECTURE §8 when present. Signals only set an event; the
+Logs are JSON lines on stderr (ORCH-1504, ORCH-7030) with a ``msg`` field,
+the task fields of ARCHITECTURE §8 when present and the request's
+``correlation_id``. Signals only set an event; the
 lifespan in :mod:`.serve` does all cleanup.
 """
 
@@ -21,23 +22,12 @@ from llama_orch.core.config import Config, load_config
 
 from .errors import StartupError
 from .serve import serve
+from .telemetry import TASK_LOG_FIELDS
+from .tracing import CorrelationFilter
 
 __all__ = ["main"]
 
-_FIELDS = (
-    "job_id",
-    "session_id",
-    "engine",
-    "pool_id",
-    "replica_id",
-    "model_id",
-    "state",
-    "queue_time_ms",
-    "decode_time_ms",
-    "tokens_in",
-    "tokens_out",
-    "kv_warmth",
-)
+_FIELDS = (*TASK_LOG_FIELDS, "check", "ok", "detail")
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,6 +49,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(CorrelationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,8 +1,11 @@
-"""Prometheus metrics through the OpenTelemetry SDK (ORCH-1501..ORCH-1503).
+"""Prometheus metrics through the OpenTelemetry SDK (ORCH-1501..ORCH-1505, ORCH-7001..ORCH-7008).
 
-Names and labels follow ARCHITECTURE §8 and ``ci/metrics.lint.yaml``.
-Each :class:`Metrics` owns its own Prometheus registry so that several
-orchestrators (tests) never share counters.
+Names, types and labels are the contract of ARCHITECTURE §8, listed in
+``ci/metrics.lint.json`` and documented in ``.specs/metrics/``. Each
+:class:`Metrics` owns its own Prometheus registry so that several
+orchestrators (tests) never share counters. Instruments carry no OTel
+``unit``: the Prometheus exporter would append a unit suffix and break the
+contract names; units are stated in the lint file and the descriptions.
 """
 
 from __future__ import annotations
@@ -15,22 +18,35 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from prometheus_client import CollectorRegistry, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["Attrs", "Metrics", "Samples"]
 
 Attrs = dict[str, str]
+Samples = Callable[[], Iterable[tuple[float, Attrs]]]
 _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 
+def _none() -> list[tuple[float, Attrs]]:
+    return []
+
+
 class Metrics:
+    """Every instrument of the contract. Gauges read their values at scrape time."""
+
     def __init__(
         self,
         *,
-        queue_depths: Callable[[], Iterable[tuple[int, Attrs]]],
-        shares: Callable[[], Iterable[tuple[float, Attrs]]] = list,
-        deadlines_met: Callable[[], Iterable[tuple[float, Attrs]]] = list,
+        queue_depths: Samples,
+        shares: Samples = _none,
+        deadlines_met: Samples = _none,
+        kv_usage: Samples = _none,
+        model_states: Samples = _none,
+        gpu_utilization: Samples = _none,
+        vram_used: Samples = _none,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusMetricReader(disable_target_info=True, registry=self.registry)
+        reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=self.registry
+        )
         buckets = ExplicitBucketHistogramAggregation(boundaries=_LATENCY_BUCKETS_MS)
         self._provider = MeterProvider(
             metric_readers=[reader],
@@ -40,35 +56,37 @@ class Metrics:
             ],
         )
         meter = self._provider.get_meter("llama_orch.orchestratord")
+        # -- admission counters: engine, pool_id (+ priority | reason/policy)
         self.tasks_enqueued = meter.create_counter(
             "tasks_enqueued_total", description="Tasks accepted into a queue (202)."
-        )
-        self.tasks_started = meter.create_counter(
-            "tasks_started_total", description="Tasks dispatched to an engine replica."
         )
         self.tasks_canceled = meter.create_counter(
             "tasks_canceled_total", description="Tasks ended by an explicit cancel."
         )
         self.tasks_rejected = meter.create_counter(
-            "tasks_rejected_total", description="Submissions refused at admission, by reason."
-        )
-        self.tokens_in = meter.create_counter(
-            "tokens_in_total", description="Prompt tokens of dispatched tasks."
-        )
-        self.tokens_out = meter.create_counter(
-            "tokens_out_total", description="Token events streamed to clients."
+            "tasks_rejected_total",
+            description="Submissions refused at admission or displaced from a queue, by reason.",
         )
         self.backpressure = meter.create_counter(
             "admission_backpressure_events_total",
-            description="Full-queue policy decisions (rejections and displacements).",
+            description="Full-queue and quota policy decisions (429s and displacements).",
+        )
+        # -- per-replica counters and histograms: engine, engine_version, pool_id, replica_id
+        self.tasks_started = meter.create_counter(
+            "tasks_started_total", description="Tasks dispatched to an engine replica."
+        )
+        self.tokens_in = meter.create_counter(
+            "tokens_in_total", description="Prompt tokens of dispatched tasks (tokens)."
+        )
+        self.tokens_out = meter.create_counter(
+            "tokens_out_total", description="Tokens streamed to clients (tokens)."
         )
         self.first_token_ms = meter.create_histogram(
-            "latency_first_token_ms", description="Dispatch to first token, milliseconds."
+            "latency_first_token_ms", description="Dispatch to first token (milliseconds)."
         )
         self.decode_ms = meter.create_histogram(
-            "latency_decode_ms", description="First token to end of decode, milliseconds."
+            "latency_decode_ms", description="First token to end of decode (milliseconds)."
         )
-
         self.preemptions = meter.create_counter(
             "preemptions_total", description="Tasks preempted, by mode (soft | hard)."
         )
@@ -76,29 +94,35 @@ class Metrics:
             "resumptions_total", description="Preempted tasks resumed on an engine."
         )
 
-        def observe_shares(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, attrs) for v, attrs in shares()]
+        def gauge(name: str, samples: Samples, description: str) -> None:
+            def observe(_: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(v, attrs) for v, attrs in samples()]
 
-        def observe_deadlines(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, attrs) for v, attrs in deadlines_met()]
+            meter.create_observable_gauge(name, callbacks=[observe], description=description)
 
-        meter.create_observable_gauge(
+        gauge("queue_depth", queue_depths, "Queued tasks per pool and priority (tasks).")
+        gauge(
             "admission_share",
-            callbacks=[observe_shares],
-            description="EWMA share of dispatches per tenant and priority (ORCH-1113).",
+            shares,
+            "EWMA share of dispatches per tenant and priority (ratio, ORCH-1113).",
         )
-        meter.create_observable_gauge(
+        gauge(
             "deadlines_met_ratio",
-            callbacks=[observe_deadlines],
-            description="Finished tasks with a deadline that met it, per priority (ORCH-1112).",
+            deadlines_met,
+            "Finished tasks with a deadline that met it, per pool and priority (ratio).",
         )
-
-        def observe_depth(_: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, attrs) for v, attrs in queue_depths()]
-
-        meter.create_observable_gauge(
-            "queue_depth", callbacks=[observe_depth], description="Queued tasks per pool."
+        gauge(
+            "kv_cache_usage_ratio",
+            kv_usage,
+            "KV cache in use per replica, from the engine's own scrape (ratio).",
         )
+        gauge(
+            "model_state",
+            model_states,
+            "1 for the replica's current state, 0 for the others (one-hot by state).",
+        )
+        gauge("gpu_utilization", gpu_utilization, "NVML GPU utilization per device (ratio).")
+        gauge("vram_used_bytes", vram_used, "NVML memory in use per device (bytes).")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,6 +53,8 @@ from .metrics import Metrics
 from .pools import Pool, Replica
 from .sessions import Session, SessionTable
 from .tasks import TaskRecord, TaskStore
+from .telemetry import EngineScraper, Gpu, log_task_end, model_state_samples
+from .tracing import CORRELATION_ID, Tracing
 from .watchdog import watchdog_loop
 
 __all__ = ["Orchestrator"]
@@ -85,21 +87,33 @@ class Orchestrator:
         }
         self.quotas = Quotas(sched.tenants, sched.default_tenant, sched.priority_limits)
         self.shares = ShareTracker(sched.share_alpha)
-        self._deadlines: dict[str, list[int]] = {p: [0, 0] for p in PRIORITIES}  # met, total
+        # (pool_id, priority) -> [met, total] (ORCH-1112, ORCH-7006)
+        self._deadlines: dict[tuple[str, str], list[int]] = {
+            (pool, p): [0, 0] for pool in self.pools for p in PRIORITIES
+        }
         self.tasks = TaskStore(
             retention_s=config.admission.event_log_retention_s,
             max_tasks=config.admission.max_retained_tasks,
             on_finish=self._ended_unrun,
         )
         self.sessions = SessionTable(config.sessions)
+        self.scraper = EngineScraper(
+            self.pools.values(), config.observability.engine_scrape_interval_s
+        )
+        self.gpu = Gpu()
+        self.tracing = Tracing(config.observability.otlp_traces_endpoint)
         self.metrics = Metrics(
             queue_depths=self._queue_depths,
             shares=lambda: [(v, {"tenant": t, "priority": p}) for t, p, v in self.shares.items()],
             deadlines_met=lambda: [
-                (met / total, {"priority": p})
-                for p, (met, total) in self._deadlines.items()
+                (met / total, {"engine": self.pools[pid].engine, "pool_id": pid, "priority": p})
+                for (pid, p), (met, total) in self._deadlines.items()
                 if total
             ],
+            kv_usage=self.scraper.kv_usage,
+            model_states=lambda: model_state_samples(self.pools.values()),
+            gpu_utilization=lambda: self.gpu.read(self.pools.values())[0],
+            vram_used=lambda: self.gpu.read(self.pools.values())[1],
         )
         # Tasks running on each (pool, replica) and each replica's own rate (ORCH-1905).
         self._running: dict[tuple[str, str], set[TaskRecord]] = {}
@@ -119,6 +133,7 @@ class Orchestrator:
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}")
             )
+        self._loops.append(asyncio.create_task(self.scraper.run(), name="engine-scrape"))
         wd = self.config.scheduling.watchdog
         if wd.wall_timeout_s is not None or wd.idle_timeout_s is not None:
             self._loops.append(asyncio.create_task(watchdog_loop(self, wd), name="watchdog"))
@@ -153,12 +168,15 @@ class Orchestrator:
             for replica in pool.replicas.values():
                 await replica.adapter.aclose()
         self.metrics.shutdown()
+        self.gpu.close()
+        self.tracing.shutdown()
 
     # ------------------------------------------------------------------ admission
 
     async def submit(self, body: bytes) -> TaskAccepted:
         """Admit one task or raise the OrchError that explains why not."""
         pool: Pool | None = None
+        submitted_ns = time.time_ns()
         try:
             if not self.accepting:
                 raise PoolUnavailable("orchestratord is shutting down", retry_after_ms=1000)
@@ -208,6 +226,7 @@ class Orchestrator:
                 set_key=pin,
                 expected_tokens=req.expected_tokens,
                 cost_per_token=rate,
+                correlation_id=CORRELATION_ID.get(),
             )
             try:
                 displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
@@ -219,14 +238,15 @@ class Orchestrator:
                 raise
             self._displace(pool, displaced, rec.priority)
             self.tasks.add(rec)
+            self.tracing.admitted(rec, submitted_ns)
         except OrchError as exc:
             self.metrics.tasks_rejected.add(
                 1,
                 {
                     "reason": exc.code.value,
-                    "policy": exc.policy_label or "",
-                    "pool_id": pool.id if pool else "",
-                    "engine": pool.engine if pool else "",
+                    "policy": exc.policy_label or "none",
+                    "pool_id": pool.id if pool else "none",
+                    "engine": pool.engine if pool else "none",
                 },
             )
             raise
@@ -361,7 +381,7 @@ class Orchestrator:
                     rec.fail(
                         ErrorCode.DEADLINE_UNMET, "deadline passed while queued", retriable=False
                     )
-                    self._deadlines[rec.priority][1] += 1
+                    self._deadlines[pool.id, rec.priority][1] += 1
                     continue
                 replica = pool.replicas[step.replica_id]
                 rec.pinned = rec.set_key is not None
@@ -373,6 +393,7 @@ class Orchestrator:
                 rec.dispatched = time.monotonic()
                 rec.last_progress = None
                 self._running.setdefault((pool.id, rec.replica_id), set()).add(rec)
+                self.tracing.dispatched(rec, replica.state.replica_id, rec.engine_version)
                 rec.runner = asyncio.create_task(
                     self._run(pool, replica, rec), name=f"task-{rec.task_id}"
                 )
@@ -393,6 +414,7 @@ class Orchestrator:
         rec.attempts += 1
         pool.suspect(replica.state.replica_id, exc.message)
         rec.state, rec.replica_id, rec.dispatched = "queued", None, None
+        self.tracing.requeued(rec, exc.message)
         if not rec.pinned:
             rec.set_key = None  # free again: any Ready set may take it
         try:
@@ -422,7 +444,9 @@ class Orchestrator:
     def _ended_unrun(self, rec: TaskRecord) -> None:
         """A task that ended while queued (canceled, displaced, expired, orphaned) gives
         its session back the tokens reserved at admission (ORCH-1405); tasks that ran
-        settle their session in ``_release``."""
+        settle their session in ``_release``. Every task's end is logged (ORCH-7030)."""
+        log_task_end(rec, self.pools[rec.pool_id])
+        self.tracing.ended(rec)
         if rec.session_id and rec.dispatched is None:
             ran = rec.preemptions > 0  # a preempted task ran before it was requeued
             self.sessions.record(
@@ -475,7 +499,7 @@ class Orchestrator:
                     rate = self._rates[key] = DrainRate(replica.state.slots)
                 rate.observe(engine_ms, rec.engine_tokens)
         if rec.deadline is not None:
-            stats = self._deadlines[rec.priority]
+            stats = self._deadlines[pool.id, rec.priority]
             stats[1] += 1
             stats[0] += rec.state == "completed" and (rec.finished_at or 0) <= rec.deadline
         if rec.session_id:
@@ -651,7 +675,9 @@ class Orchestrator:
                 )
             )
             session = self.sessions.get(rec.session_id) if rec.session_id else None
-            rec.append(self._dispatch_metrics(pool, rec, session, st.replica_id))
+            first = self._dispatch_metrics(pool, rec, session, st.replica_id)
+            rec.kv_warmth = first.kv_warmth
+            rec.append(first)
             self.metrics.tasks_started.add(1, attrs)
             if rec.prompt_counted:
                 self.metrics.tokens_in.add(
@@ -718,17 +744,3 @@ class Orchestrator:
         except Exception as exc:
             _log.exception("task %s failed", rec.task_id)
             rec.fail(ErrorCode.INTERNAL, f"internal error: {exc!r}", retriable=False)
-        _log.info(
-            "task finished",
-            extra={
-                "job_id": rec.task_id,
-                "session_id": rec.session_id,
-                "engine": rec.engine,
-                "pool_id": pool.id,
-                "replica_id": st.replica_id,
-                "state": rec.state,
-                "queue_time_ms": queue_wait_ms,
-                "tokens_in": rec.prompt_tokens,
-                "tokens_out": rec.tokens_out,
-            },
-        )

@@ -30,11 +30,11 @@ from llama_orch.core.adapter_api import (
     Health,
     WorkerAdapter,
 )
-from llama_orch.core.errors import DecodeTimeout, InvalidParams, WorkerReset
+from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, WorkerReset
 from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response, parse_error_body
-from ._metrics import to_engine_metrics
+from ._metrics import kv_usage_from_slots, to_engine_metrics
 from ._options import LlamaCppOptions, parse_options
 from ._stream import CompletionStream
 from ._wire import (
@@ -212,7 +212,18 @@ class LlamaCppHttpAdapter(WorkerAdapter):
     async def metrics(self) -> EngineMetrics:
         """ORCH-3009: needs ``--metrics`` (else 501 -> InvalidParams)."""
         payload = await self._call("GET", "/metrics")
-        return to_engine_metrics(parse_prometheus(payload.decode("utf-8", "replace")))
+        m = to_engine_metrics(parse_prometheus(payload.decode("utf-8", "replace")))
+        if m.kv_cache_usage_ratio is None:
+            # Current builds dropped llamacpp:kv_cache_usage_ratio: derive it from the
+            # engine's own /slots report (ORCH-7003).
+            try:
+                slots = await self._call("GET", "/slots")
+            except OrchError:
+                return m
+            ratio = kv_usage_from_slots(slots)
+            if ratio is not None:
+                m = msgspec.structs.replace(m, kv_cache_usage_ratio=ratio)
+        return m
 
     # -- streaming --------------------------------------------------------
     async def cancel(self, task_id: str) -> None:

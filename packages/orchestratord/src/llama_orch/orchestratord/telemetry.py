@@ -1,0 +1,210 @@
+"""Sources for the scrape-time gauges: engine scrapes, replica states, NVML.
+
+- :class:`EngineScraper` polls each Ready replica's adapter ``metrics()`` and
+  keeps its ``kv_cache_usage_ratio`` (ORCH-7003); a replica that stops being
+  Ready or whose engine does not report the ratio has no series.
+- :func:`model_state_samples` is the one-hot ``model_state`` gauge (ORCH-7004).
+- :class:`Gpu` reads utilization and memory through NVML (``nvidia-ml-py``)
+  only when a driver and devices exist; otherwise it reports nothing and the
+  GPU series are absent (ORCH-7005).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from llama_orch.core.errors import OrchError
+from llama_orch.core.replica import ReplicaState
+
+from .metrics import Attrs
+from .pools import Pool
+from .tasks import TaskRecord
+
+__all__ = [
+    "REPLICA_STATES",
+    "TASK_LOG_FIELDS",
+    "EngineScraper",
+    "Gpu",
+    "log_task_end",
+    "model_state_samples",
+    "replica_attrs",
+]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+
+REPLICA_STATES = ("provisioning", "starting", "ready", "draining", "stopped", "failed")
+
+
+# The fields of the one ``task ended`` log line (ORCH-7030); main.JsonFormatter emits them.
+TASK_LOG_FIELDS = (
+    "job_id",
+    "session_id",
+    "tenant",
+    "correlation_id",
+    "engine",
+    "engine_version",
+    "pool_id",
+    "replica_id",
+    "model_id",
+    "ctx",
+    "kv_warmth",
+    "priority",
+    "state",
+    "queue_time_ms",
+    "decode_time_ms",
+    "tokens_in",
+    "tokens_out",
+    "queue_position",
+    "predicted_start_ms",
+)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def log_task_end(rec: TaskRecord, pool: Pool) -> None:
+    """One JSON log line per terminal task with the fields of ORCH-7030; never the
+    prompt, never a header (ORCH-1504)."""
+    st = pool.states.get(rec.replica_id) if rec.replica_id else None
+    end = rec.finished_at or rec.created
+    fields: dict[str, object] = {
+        "job_id": rec.task_id,
+        "session_id": rec.session_id,
+        "tenant": rec.tenant,
+        "correlation_id": rec.correlation_id,
+        "engine": rec.engine,
+        "engine_version": rec.engine_version or None,
+        "pool_id": rec.pool_id,
+        "replica_id": rec.replica_id,
+        "model_id": st.model_ref if st else pool.config.model,
+        "ctx": st.ctx if st and st.ctx else pool.config.ctx,
+        "kv_warmth": rec.kv_warmth,
+        "priority": rec.priority,
+        "state": rec.state,
+        "queue_time_ms": _ms((rec.dispatched or end) - rec.created),
+        "decode_time_ms": _ms(end - rec.first_token) if rec.first_token else 0,
+        "tokens_in": rec.prompt_tokens,
+        "tokens_out": rec.tokens_out,
+        "queue_position": rec.queue_position,
+        "predicted_start_ms": rec.predicted_start_ms,
+    }
+    _log.info("task ended", extra=fields)
+
+
+def replica_attrs(state: ReplicaState) -> Attrs:
+    return {
+        "engine": state.engine,
+        "engine_version": state.engine_version,
+        "pool_id": state.pool_id,
+        "replica_id": state.replica_id,
+    }
+
+
+def model_state_samples(pools: Iterable[Pool]) -> list[tuple[float, Attrs]]:
+    out: list[tuple[float, Attrs]] = []
+    for pool in pools:
+        for st in pool.states.values():
+            base = replica_attrs(st) | {
+                "breaker": "open" if st.circuit_open else "closed",
+                "cpu_inference": "true" if st.cpu_inference else "false",
+            }
+            out.extend((float(st.status == s), base | {"state": s}) for s in REPLICA_STATES)
+    return out
+
+
+class EngineScraper:
+    """Background poll of every Ready replica's engine metrics."""
+
+    def __init__(self, pools: Iterable[Pool], interval_s: float) -> None:
+        self._pools = list(pools)
+        self.interval_s = interval_s
+        self._kv: dict[tuple[str, str], tuple[float, Attrs]] = {}
+        self._warned: set[str] = set()
+
+    def kv_usage(self) -> list[tuple[float, Attrs]]:
+        return list(self._kv.values())
+
+    async def scrape_once(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for pool in self._pools:
+            for replica in pool.ready_replicas():
+                st = replica.state
+                key = (pool.id, st.replica_id)
+                try:
+                    m = await replica.adapter.metrics()
+                except OrchError as exc:
+                    if st.replica_id not in self._warned:
+                        self._warned.add(st.replica_id)
+                        _log.info("engine scrape of %s failed: %s", st.replica_id, exc.message)
+                    continue
+                if m.kv_cache_usage_ratio is not None:
+                    seen.add(key)
+                    self._kv[key] = (m.kv_cache_usage_ratio, replica_attrs(st))
+        for key in set(self._kv) - seen:
+            del self._kv[key]
+
+    async def run(self) -> None:
+        while True:
+            await self.scrape_once()
+            await asyncio.sleep(self.interval_s)
+
+
+class Gpu:
+    """NVML probe; ``available`` is False when there is no library, driver or device."""
+
+    def __init__(self, nvml: Any | None = None) -> None:
+        self.available = False
+        self._nvml = nvml
+        if self._nvml is None:
+            try:
+                self._nvml = importlib.import_module("pynvml")  # nvidia-ml-py
+            except ImportError:
+                _log.info("NVML: nvidia-ml-py is not installed; no GPU metrics")
+                return
+        try:
+            self._nvml.nvmlInit()
+            count = int(self._nvml.nvmlDeviceGetCount())
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            _log.info("NVML: no GPU available (%s); no GPU metrics", exc)
+            return
+        self.available = count > 0
+        if not self.available:
+            _log.info("NVML: no GPU device; no GPU metrics")
+
+    def read(self, pools: Iterable[Pool]) -> tuple[list[tuple[float, Attrs]], ...]:
+        """(utilization samples, vram samples) for each device of each Ready replica's pool."""
+        util: list[tuple[float, Attrs]] = []
+        vram: list[tuple[float, Attrs]] = []
+        if not self.available:
+            return util, vram
+        nvml = self._nvml
+        for pool in pools:
+            mask = pool.config.devices
+            if not mask:
+                continue
+            for replica in pool.ready_replicas():
+                for dev in (d.strip() for d in mask.split(",") if d.strip()):
+                    try:
+                        handle = nvml.nvmlDeviceGetHandleByIndex(int(dev))
+                        rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+                        mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+                    except Exception as exc:
+                        _log.warning("NVML: device %s unreadable: %s", dev, exc)
+                        continue
+                    attrs = replica_attrs(replica.state) | {"device": dev}
+                    util.append((float(rates.gpu) / 100.0, attrs))
+                    vram.append((float(mem.used), attrs))
+        return util, vram
+
+    def close(self) -> None:
+        if self.available:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:  # shutting down: nothing left to report to
+                pass
+            self.available = False
