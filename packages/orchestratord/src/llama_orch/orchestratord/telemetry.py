@@ -137,10 +137,11 @@ class EngineScraper:
                 key = (pool.id, st.replica_id)
                 try:
                     m = await replica.adapter.metrics()
-                except OrchError as exc:
+                except Exception as exc:  # a scrape never takes the loop down
                     if st.replica_id not in self._warned:
                         self._warned.add(st.replica_id)
-                        _log.info("engine scrape of %s failed: %s", st.replica_id, exc.message)
+                        detail = exc.message if isinstance(exc, OrchError) else repr(exc)
+                        _log.info("engine scrape of %s failed: %s", st.replica_id, detail)
                     continue
                 if m.kv_cache_usage_ratio is not None:
                     seen.add(key)

@@ -169,6 +169,8 @@ class MockAdapter(WorkerAdapter):
             requests_waiting=0.0,
             prompt_tokens_total=float(self.prompt_tokens_total),
             generated_tokens_total=float(self.generated_tokens_total),
+            # the mock holds no KV cache: a busy slot counts as a full one (ORCH-7003)
+            kv_cache_usage_ratio=running / self.options.slots,
             raw=raw,
         )
 

@@ -1,0 +1,128 @@
+"""The metrics lint (ORCH-7010..ORCH-7014) on a live mock run, and proof that it fails.
+
+The scrape comes from a real orchestratord (mock engine) after a task ran, a
+task was canceled and one submission was refused. The lint passes on it, and
+fails on the same page with a renamed metric, a missing ``engine`` label, an
+unlisted label, a wrong type, or a label budget exceeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+import msgspec
+import pytest
+from llama_orch.core.config import Config
+
+_CONTRACT_NAMES = {
+    # ORCH-1502 and ORCH-1505 / ARCHITECTURE §8: every name is in the lint file
+    "tasks_enqueued_total", "tasks_started_total", "tasks_canceled_total",
+    "tasks_rejected_total", "tokens_in_total", "tokens_out_total",
+    "admission_backpressure_events_total", "catalog_verifications_total",
+    "preemptions_total", "resumptions_total", "queue_depth", "kv_cache_usage_ratio",
+    "gpu_utilization", "vram_used_bytes", "model_state", "admission_share",
+    "deadlines_met_ratio", "latency_first_token_ms", "latency_decode_ms",
+}  # fmt: skip
+
+
+def _config() -> Config:
+    return msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "observability": {"engine_scrape_interval_s": 0.1},
+            "pools": [
+                {
+                    "id": "main",
+                    "engine": "mock",
+                    "model": "mock-model",
+                    "endpoints": ["mock://0"],
+                    "adapter_options": {"token_delay_ms": 2, "eos_after": 6},
+                }
+            ],
+        },
+        Config,
+    )
+
+
+@pytest.fixture
+async def scrape(start_orchestrator) -> str:
+    orch = await start_orchestrator(_config())
+    await orch.wait_ready("main")
+    status, body, _ = await orch.submit(
+        prompt="hello", max_tokens=6, deadline_ms=60_000, priority="interactive"
+    )
+    assert status == 202, body
+    events = await orch.events(body["task_id"])
+    assert events[-1][1] == "end"
+    status, body, _ = await orch.submit(prompt="x", max_tokens=10**9)  # refused: 400
+    assert status == 400, body
+    tid = str(uuid.uuid4())
+    status, body, _ = await orch.submit(task_id=tid, prompt="x", max_tokens=200)
+    assert status == 202, body
+    async with orch.http.post(f"{orch.url}/v1/tasks/{tid}/cancel") as resp:
+        assert resp.status == 204
+    await asyncio.sleep(0.5)  # engine scrapes run every 0.1 s: let one see the Ready replica
+    status, text = await orch.get("/metrics")
+    assert status == 200
+    return text
+
+
+def test_lint_file_lists_the_contract(lint_doc):
+    """ORCH-7010: the lint file names exactly the metrics of ARCHITECTURE §8."""
+    assert set(lint_doc["metrics"]) == _CONTRACT_NAMES
+    for name, spec in lint_doc["metrics"].items():
+        if spec["presence"] not in ("reserved",) and name not in ("admission_share",):
+            assert "engine" in spec["labels"], name  # per-engine series carry engine
+        for label in spec["labels"]:
+            assert label in lint_doc["label_budgets"] or label == "result", (name, label)
+
+
+async def test_live_scrape_passes_the_lint(scrape, metrics_lint, lint_doc):
+    """ORCH-7011 on a mock run: no unlisted, mislabelled or over-budget series."""
+    problems = metrics_lint.lint(scrape, lint_doc, {"always", "after_task"})
+    assert problems == []
+    types, _ = metrics_lint.parse(scrape)
+    for name in ("tasks_canceled_total", "tasks_rejected_total", "deadlines_met_ratio"):
+        assert name in types  # the on_event metrics this run triggered
+    assert "gpu_utilization" not in types and "vram_used_bytes" not in types  # no GPU here
+
+
+async def test_lint_fails_on_a_renamed_metric(scrape, metrics_lint, lint_doc):
+    """ORCH-7012: renaming a metric is caught twice: unlisted name, missing contract name."""
+    renamed = re.sub(r"\btasks_enqueued_total\b", "tasks_enqueued_count_total", scrape)
+    assert renamed != scrape
+    problems = metrics_lint.lint(renamed, lint_doc, {"always", "after_task"})
+    assert any(p.startswith("tasks_enqueued_count_total: not in the lint file") for p in problems)
+    assert "tasks_enqueued_total: missing (presence after_task)" in problems
+
+
+async def test_lint_fails_on_a_missing_engine_label(scrape, metrics_lint, lint_doc):
+    """ORCH-7012: a series without its ``engine`` label is caught."""
+    lines = scrape.splitlines()
+    idx = next(i for i, line in enumerate(lines) if line.startswith("tokens_out_total{"))
+    lines[idx] = re.sub(r'engine="[^"]*",?', "", lines[idx], count=1)
+    assert 'engine="' not in lines[idx]
+    problems = metrics_lint.lint("\n".join(lines), lint_doc, {"always", "after_task"})
+    assert len(problems) == 1 and "tokens_out_total" in problems[0]
+    assert "lacks the label 'engine'" in problems[0]
+
+
+async def test_lint_fails_on_extra_label_type_and_budget(scrape, metrics_lint, lint_doc):
+    """ORCH-7013: unlisted label, wrong type and an exceeded cardinality budget are caught."""
+    extra = scrape.replace("queue_depth{", 'queue_depth{prompt="secret",', 1)
+    assert any("unlisted label 'prompt'" in p for p in metrics_lint.lint(extra, lint_doc, set()))
+    retyped = scrape.replace("# TYPE queue_depth gauge", "# TYPE queue_depth counter")
+    assert any(
+        p == "queue_depth: type counter, the lint file says gauge"
+        for p in metrics_lint.lint(retyped, lint_doc, set())
+    )
+    line = next(x for x in scrape.splitlines() if x.startswith("tasks_started_total{"))
+    many = [re.sub(r'replica_id="[^"]*"', f'replica_id="r{n}"', line) for n in range(128)]
+    problems = metrics_lint.lint(scrape + "\n".join(many) + "\n", lint_doc, set())
+    assert problems == ["label 'replica_id': 129 values exceed its budget 128"]
+    line = next(x for x in scrape.splitlines() if x.startswith("tasks_enqueued_total{"))
+    many = [re.sub(r'pool_id="[^"]*"', f'pool_id="p{n}"', line) for n in range(64)]
+    problems = metrics_lint.lint(scrape + "\n".join(many) + "\n", lint_doc, set())
+    assert "tasks_enqueued_total: 65 series exceed max_series 64" in problems
