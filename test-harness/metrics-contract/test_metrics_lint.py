@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from pathlib import Path
 
 import msgspec
 import pytest
 from llama_orch.core.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _CONTRACT_NAMES = {
     # ORCH-1502 and ORCH-1505 / ARCHITECTURE §8: every name is in the lint file
@@ -126,3 +129,29 @@ async def test_lint_fails_on_extra_label_type_and_budget(scrape, metrics_lint, l
     many = [re.sub(r'pool_id="[^"]*"', f'pool_id="p{n}"', line) for n in range(64)]
     problems = metrics_lint.lint(scrape + "\n".join(many) + "\n", lint_doc, set())
     assert "tasks_enqueued_total: 65 series exceed max_series 64" in problems
+
+
+def test_spec_table_matches_the_lint_file(lint_doc):
+    """ORCH-7010: .specs/metrics/contract.md and ci/metrics.lint.json agree."""
+    spec = (ROOT / ".specs" / "metrics" / "contract.md").read_text(encoding="utf-8")
+    short = {"E": "engine", "V": "engine_version", "P": "pool_id", "R": "replica_id"}
+    rows = {}
+    for line in spec.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            name, kind, unit, labels, presence = cells
+            rows[name.strip("`")] = {
+                "type": kind,
+                "unit": unit,
+                "labels": [short.get(x, x.strip("`")) for x in labels.split()],
+                "presence": presence,
+            }
+    want = {
+        name: {k: spec[k] for k in ("type", "unit", "labels", "presence")}
+        for name, spec in lint_doc["metrics"].items()
+    }
+    assert rows == want
+    budgets = re.search(r"Label budgets \(distinct values per scrape\): (.*?)\.\s*$", spec, re.S)
+    assert budgets is not None
+    pairs = re.findall(r"`(\w+)` (\d+)", budgets[1])
+    assert {k: int(v) for k, v in pairs} == lint_doc["label_budgets"]

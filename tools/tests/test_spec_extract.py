@@ -127,6 +127,28 @@ def test_stale_output_is_removed(spec_extract: ModuleType, tmp_path: Path) -> No
     assert sorted(p.name for p in (root / "requirements").iterdir()) == ["a.yaml"]
 
 
+def test_specs_in_subdirectories(spec_extract: ModuleType, tmp_path: Path) -> None:
+    """Specs under ``.specs/<dir>/`` are read; their output mirrors the directory, and a
+    duplicate ID across directories still fails."""
+    root = _repo(
+        tmp_path,
+        {"a.md": f"- [{_id(1)}] MUST.\n", "metrics/contract.md": f"- [{_id(2)}] MUST b.\n"},
+        {"ci/x.py": f"# {_id(2)}\n"},
+    )
+    assert spec_extract.main(["--root", str(root)]) == 0
+    out = root / "requirements" / "metrics" / "contract.yaml"
+    doc = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert doc["spec"] == ".specs/metrics/contract.md"
+    assert doc["requirements"][0]["cited_by"] == ["ci/x.py"]
+    assert spec_extract.main(["--check", "--root", str(root)]) == 0
+    (root / ".specs" / "metrics" / "contract.md").unlink()
+    assert spec_extract.main(["--check", "--root", str(root)]) == 1
+    assert spec_extract.main(["--root", str(root)]) == 0
+    assert not (root / "requirements" / "metrics").exists()
+    (root / ".specs" / "metrics" / "dup.md").write_text(f"- [{_id(1)}] MUST c.\n")
+    assert spec_extract.main(["--root", str(root)]) == 1
+
+
 def test_duplicate_ids_fail(spec_extract: ModuleType, tmp_path: Path) -> None:
     root = _repo(tmp_path, {"a.md": f"- [{_id(7)}] MUST a.\n", "b.md": f"- [{_id(7)}] MUST b.\n"})
     with pytest.raises(spec_extract.SpecError, match="duplicate"):

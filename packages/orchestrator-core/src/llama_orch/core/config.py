@@ -169,7 +169,7 @@ class RemotePoolManager(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 
 
 class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Engine scrapes, traces and startup self-tests (ORCH-7003, ORCH-7040..7061)."""
+    """Engine scrapes, traces and startup self-tests (ORCH-7003, ORCH-7042)."""
 
     engine_scrape_interval_s: Annotated[float, Meta(gt=0)] = 5.0
     # OTLP/HTTP trace export, e.g. "http://127.0.0.1:4318/v1/traces"; None = no export.

@@ -17,6 +17,7 @@ from llama_orch.core.errors import OrchError
 from llama_orch.core.replica import ReplicaState
 
 from .pools import Pool
+from .telemetry import safe_url
 
 __all__ = ["connect_endpoints"]
 
@@ -69,7 +70,7 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
                     ready_at=time.time(),
                 )
                 pool.update(state, adapter=adapter)
-                _log.info("endpoint replica %s ready at %s", replica_id, url)
+                _log.info("endpoint replica %s ready at %s", replica_id, safe_url(url))
                 return
             detail = health.detail
             await asyncio.sleep(poll_s)

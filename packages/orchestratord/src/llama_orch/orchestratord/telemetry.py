@@ -32,6 +32,7 @@ __all__ = [
     "log_task_end",
     "model_state_samples",
     "replica_attrs",
+    "safe_url",
 ]
 
 _log = logging.getLogger("llama_orch.orchestratord")
@@ -94,6 +95,15 @@ def log_task_end(rec: TaskRecord, pool: Pool) -> None:
         "predicted_start_ms": rec.predicted_start_ms,
     }
     _log.info("task ended", extra=fields)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its user-info part (``user:password@``), for logs (ORCH-7032)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
 
 
 def replica_attrs(state: ReplicaState) -> Attrs:
