@@ -316,3 +316,61 @@ def test_kv_usage_from_llama_server_slots():
     assert kv_usage_from_slots(json.dumps(slots).encode()) == pytest.approx(128 / 1024)
     assert kv_usage_from_slots(b"[]") is None
     assert kv_usage_from_slots(b'{"error": 1}') is None
+
+
+async def test_otlp_export_reaches_a_collector(start_orchestrator, mock_config):
+    """ORCH-7042: with ``otlp_traces_endpoint`` set, spans are POSTed as OTLP/HTTP protobuf."""
+    import http.server
+    import threading
+
+    bodies: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            bodies.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cfg = mock_config(adapter_options={"eos_after": 2})
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        cfg = msgspec.structs.replace(
+            cfg,
+            observability=msgspec.structs.replace(cfg.observability, otlp_traces_endpoint=endpoint),
+        )
+        run = await start_orchestrator(cfg)
+        async with run.http.post(
+            run.url + "/v1/tasks",
+            json={"prompt": "hi", "max_tokens": 3},
+            headers={"X-Correlation-Id": "corr-otlp-1"},
+        ) as resp:
+            task_id = (await resp.json())["task_id"]
+        await run.events(task_id)
+        assert await asyncio.to_thread(run.orch.tracing.provider.force_flush, 10_000)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert bodies, "no OTLP request reached the collector"
+    payload = b"".join(b for _, _, b in bodies)
+    assert {(p, c) for p, c, _ in bodies} == {("/v1/traces", "application/x-protobuf")}
+    for needle in (b"engine.request", b"stream.end", b"corr-otlp-1", task_id.encode()):
+        assert needle in payload
+
+
+def test_otlp_endpoint_without_the_extra_fails_at_startup(monkeypatch):
+    """ORCH-7042: a configured endpoint without the exporter names the extra to install."""
+    from llama_orch.orchestratord.errors import StartupError
+    from llama_orch.orchestratord.tracing import Tracing
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(StartupError, match=r"llama-orch-orchestratord\[otlp\]"):
+        Tracing("http://127.0.0.1:1/v1/traces")

@@ -169,7 +169,7 @@ class Orchestrator:
                 await replica.adapter.aclose()
         self.metrics.shutdown()
         self.gpu.close()
-        self.tracing.shutdown()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes OTLP off the event loop
 
     # ------------------------------------------------------------------ admission
 
