@@ -43,6 +43,10 @@ async def test_real_run_passes_the_metrics_lint(
     )
     orch = await start_orchestrator(config)
     await orch.wait_ready("smol")
+    status, caps = await orch.get("/v1/capabilities")
+    [report] = caps["self_tests"]  # ORCH-7050, ORCH-7052: checked on the real engine
+    assert report["passed"], report
+    assert [c["name"] for c in report["checks"]] == ["preload", "decode", "cancel", "telemetry"]
     common = {"prompt": "Count from one to fifty:", "seed": 7, "temperature": 0.0}
     status, a, _ = await orch.submit(
         **common, max_tokens=64, deadline_ms=120_000, priority="interactive"

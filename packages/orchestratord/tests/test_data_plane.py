@@ -7,6 +7,8 @@ import asyncio
 import re
 import uuid
 
+import msgspec
+
 
 async def test_submit_stream_started_tokens_end(start_orchestrator, mock_config):
     """ORCH-1201: started, token*, metrics*, end; ids 0..n; tokens_out == #token events."""
@@ -209,7 +211,12 @@ async def test_metrics_match_what_happened(start_orchestrator, mock_config):
 async def test_unreachable_engine_requeues_then_fails_once(start_orchestrator, mock_config):
     """ORCH-1117: a task that never reached its engine is retried at most twice, then ends
     with one WORKER_RESET; its stream shows one `started` and one terminal event."""
-    run = await start_orchestrator(mock_config(adapter_options={"fail": "error_at_start"}))
+    cfg = mock_config(adapter_options={"fail": "error_at_start"})
+    # the startup self-test (ORCH-7050) would keep this broken engine out of the pool
+    cfg = msgspec.structs.replace(
+        cfg, observability=msgspec.structs.replace(cfg.observability, self_test=False)
+    )
+    run = await start_orchestrator(cfg)
     tid = (await (await run.submit(max_tokens=5)).json())["task_id"]
     events = await run.events(tid)
     names = [e[1] for e in events]

@@ -374,3 +374,86 @@ def test_otlp_endpoint_without_the_extra_fails_at_startup(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(StartupError, match=r"llama-orch-orchestratord\[otlp\]"):
         Tracing("http://127.0.0.1:1/v1/traces")
+
+
+# -- startup self-tests -----------------------------------------------------------
+
+
+async def test_self_tests_pass_and_are_reported(start_orchestrator, mock_config, caplog):
+    """ORCH-7050..7052: preload, decode, cancel, telemetry run before Ready; logged and
+    listed in /v1/capabilities."""
+    caplog.set_level(logging.INFO, logger="llama_orch.orchestratord")
+    run = await start_orchestrator(mock_config(adapter_options={"token_delay_ms": 2}))
+    assert run.orch.pools["mock"].ready_replicas()
+    async with run.http.get(run.url + "/v1/capabilities") as r:
+        caps = await r.json()
+    [report] = caps["self_tests"]
+    assert report["pool_id"] == "mock" and report["replica_id"] == "mock-e0"
+    assert report["passed"] is True
+    assert [c["name"] for c in report["checks"]] == ["preload", "decode", "cancel", "telemetry"]
+    assert all(c["ok"] and c["duration_ms"] >= 0 and c["detail"] for c in report["checks"])
+    lines = _json_lines(caplog, "self-test")
+    assert [(x["check"], x["ok"], x["replica_id"]) for x in lines] == [
+        ("preload", True, "mock-e0"),
+        ("decode", True, "mock-e0"),
+        ("cancel", True, "mock-e0"),
+        ("telemetry", True, "mock-e0"),
+    ]
+    assert all(x["engine_version"] == "mock-1" for x in lines)
+    # the self-test's generations are not tasks: no task metric moved
+    async with run.http.get(run.url + "/metrics") as r:
+        text = await r.text()
+    assert "tasks_started_total{" not in text and "tokens_out_total{" not in text
+
+
+async def test_failed_self_test_keeps_the_pool_unready(mock_config):
+    """ORCH-7053: an engine that cannot decode stays out of the pool with the reason."""
+    from llama_orch.orchestratord.serve import serve
+
+    stop = asyncio.Event()
+    listening: asyncio.Future = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        serve(
+            mock_config(adapter_options={"fail": "error_at_start"}),
+            shutdown_trigger=stop.wait,
+            on_listening=lambda u, o: listening.set_result((u, o)),
+        )
+    )
+    try:
+        url, orch = await asyncio.wait_for(listening, 30)
+        pool = orch.pools["mock"]
+        async with aiohttp.ClientSession() as http:
+            health: dict = {}
+            for _ in range(200):
+                async with http.get(url + "/v1/pools/mock/health") as r:
+                    health = await r.json()
+                if "self-test decode failed" in (health["last_error"] or ""):
+                    break
+                await asyncio.sleep(0.05)
+            assert not pool.ready_replicas()
+            assert health["ready"] is False
+            assert health["last_error"].startswith("self-test decode failed: ")
+            async with http.get(url + "/v1/capabilities") as r:
+                [report] = (await r.json())["self_tests"]
+            assert report["passed"] is False
+            assert [(c["name"], c["ok"]) for c in report["checks"]] == [
+                ("preload", True),
+                ("decode", False),
+            ]
+            async with http.post(url + "/v1/tasks", json={"prompt": "x", "max_tokens": 4}) as r:
+                assert r.status == 503 and (await r.json())["code"] == "POOL_UNREADY"
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 30)
+
+
+async def test_self_test_off_lets_ready_through(start_orchestrator, mock_config):
+    """ORCH-7050: with ``observability.self_test: false`` nothing is checked or reported."""
+    cfg = mock_config()
+    cfg = msgspec.structs.replace(
+        cfg, observability=msgspec.structs.replace(cfg.observability, self_test=False)
+    )
+    run = await start_orchestrator(cfg)
+    assert run.orch.pools["mock"].ready_replicas()
+    async with run.http.get(run.url + "/v1/capabilities") as r:
+        assert (await r.json())["self_tests"] == []

@@ -27,6 +27,8 @@ __all__ = [
     "MetricsEvent",
     "PoolCapability",
     "PoolHealth",
+    "SelfTestCheck",
+    "SelfTestReport",
     "SessionInfo",
     "StartedEvent",
     "StreamEvent",
@@ -167,6 +169,25 @@ class Limits(msgspec.Struct, kw_only=True):
     max_tokens_limit: int
 
 
+class SelfTestCheck(msgspec.Struct, kw_only=True):
+    """One startup self-test step of a replica (ORCH-7050)."""
+
+    name: Literal["preload", "decode", "cancel", "telemetry"]
+    ok: bool
+    detail: str
+    duration_ms: int
+
+
+class SelfTestReport(msgspec.Struct, kw_only=True):
+    """The startup self-tests of one replica, in order; the first failure ends them."""
+
+    pool_id: str
+    replica_id: str
+    passed: bool
+    checks: list[SelfTestCheck]
+    at_ms: int  # wall clock when the checks began, ms since the epoch
+
+
 class Capabilities(msgspec.Struct, kw_only=True):
     api_version: str
     engines: list[str]
@@ -176,6 +197,7 @@ class Capabilities(msgspec.Struct, kw_only=True):
     pools: list[PoolCapability]
     limits: Limits
     features: list[str]
+    self_tests: list[SelfTestReport] = []
 
 
 class PoolHealth(msgspec.Struct, kw_only=True):

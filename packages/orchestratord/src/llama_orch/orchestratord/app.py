@@ -169,6 +169,9 @@ def build_app(orch: Orchestrator, manager: Any = None, remotes: Sequence[Any] = 
                     max_tokens_limit=adm.max_tokens_limit,
                 ),
                 features=["sse-resume", "cancel", "sessions", "backpressure-computed"],
+                self_tests=sorted(
+                    orch.self_tests.reports.values(), key=lambda r: (r.pool_id, r.replica_id)
+                ),  # ORCH-7052
             )
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -57,6 +58,8 @@ class Pool:
     draining: bool = False
     _probes: set[asyncio.Task[None]] = field(default_factory=set)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    # Holds a Ready snapshot back until it returns True (startup self-tests, ORCH-7050).
+    gate: Callable[[Pool, ReplicaState, WorkerAdapter | None], bool] | None = None
 
     def __post_init__(self) -> None:
         sched = self.scheduling
@@ -131,8 +134,22 @@ class Pool:
         self._probes.add(task := asyncio.get_running_loop().create_task(probe()))
         task.add_done_callback(self._probes.discard)
 
+    def new_adapter(self, state: ReplicaState) -> WorkerAdapter:
+        return load_adapter_class(self.engine)(
+            AdapterTarget(
+                replica_id=state.replica_id,
+                base_url=state.base_url,
+                model_ref=state.model_ref,
+                model_digest=state.model_digest,
+                engine_version=state.engine_version,
+                options=dict(self.config.adapter_options),
+            )
+        )
+
     def update(self, state: ReplicaState, adapter: WorkerAdapter | None = None) -> None:
         """Apply a pool-manager snapshot; ready replicas get an adapter."""
+        if state.ready and self.gate is not None and not self.gate(self, state, adapter):
+            return  # the gate applies it after its checks
         self.states[state.replica_id] = state
         current = self.replicas.get(state.replica_id)
         if state.ready:
@@ -140,16 +157,7 @@ class Pool:
             # snapshot: a restarted engine may publish its new port only when
             # it becomes ready again (ORCH-POOL-3015).
             if current is None or current.adapter.target.base_url != state.base_url:
-                adapter = adapter or load_adapter_class(self.engine)(
-                    AdapterTarget(
-                        replica_id=state.replica_id,
-                        base_url=state.base_url,
-                        model_ref=state.model_ref,
-                        model_digest=state.model_digest,
-                        engine_version=state.engine_version,
-                        options=dict(self.config.adapter_options),
-                    )
-                )
+                adapter = adapter or self.new_adapter(state)
                 if current is not None:
                     asyncio.get_running_loop().create_task(current.adapter.aclose())
                 self.replicas[state.replica_id] = Replica(

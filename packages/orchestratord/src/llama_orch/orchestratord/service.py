@@ -51,6 +51,7 @@ from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 from .admission import decode_request, prepare, resolve_pool
 from .metrics import Metrics
 from .pools import Pool, Replica
+from .selftest import SelfTests
 from .sessions import Session, SessionTable
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, log_task_end, model_state_samples
@@ -122,6 +123,13 @@ class Orchestrator:
             weakref.WeakKeyDictionary()
         )
         self._preempting: set[str] = set()  # pools with a hard preemption in flight
+        self.self_tests = SelfTests(
+            enabled=config.observability.self_test,
+            timeout_s=config.observability.self_test_timeout_s,
+            telemetry_page=self.metrics.render,
+        )
+        for pool in self.pools.values():
+            pool.gate = self.self_tests.gate  # ORCH-7050: checks before Ready
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -161,6 +169,7 @@ class Orchestrator:
             if rec.runner is not None:
                 rec.runner.cancel()
         runners = [t.runner for t in self.tasks.active() if t.runner]
+        await self.self_tests.aclose()
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, *runners, return_exceptions=True)

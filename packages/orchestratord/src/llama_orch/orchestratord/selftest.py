@@ -1,0 +1,212 @@
+"""Startup self-tests of each replica before it takes traffic (ORCH-7050..ORCH-7053).
+
+When a replica is first reported Ready (for a given address, model digest
+and engine version) the pool keeps it out of placement, reported as
+``starting`` with ``last_error: "self-test running"``, and these checks run
+against it through its adapter:
+
+1. ``preload``: the engine answers health as Ready and its props name a model;
+2. ``decode``: a one-token generation reaches its final event;
+3. ``cancel``: a generation is abandoned after its first event, and the slot
+   it held takes a one-token generation again;
+4. ``telemetry``: the engine's metrics scrape answers and the replica's
+   ``model_state`` series is in the orchestrator's own ``/metrics`` page.
+
+Each check is logged (``self-test`` lines with ``check``, ``ok``, ``detail``)
+and kept for ``/v1/capabilities``. All passing, the Ready state is applied;
+one failing keeps the replica not Ready with the failed check as its
+``last_error``, so the pool stays Unready with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import msgspec
+from llama_orch.core.adapter_api import Finished, GenerateRequest, WorkerAdapter
+from llama_orch.core.api import SelfTestCheck, SelfTestReport
+from llama_orch.core.replica import ReplicaState
+
+from .pools import Pool
+
+__all__ = ["SelfTests"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+CHECKS = ("preload", "decode", "cancel", "telemetry")
+
+
+class SelfTestFailed(Exception):
+    pass
+
+
+def _request(max_tokens: int) -> GenerateRequest:
+    return GenerateRequest(
+        task_id=f"selftest-{uuid.uuid4().hex}",
+        prompt="Hello",
+        max_tokens=max_tokens,
+        seed=1,
+        cache_prompt=False,
+    )
+
+
+async def _decode(adapter: WorkerAdapter) -> str:
+    stream = adapter.generate(_request(1))
+    finished = None
+    try:
+        async for ev in stream:
+            if isinstance(ev, Finished):
+                finished = ev
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    if finished is None:
+        raise SelfTestFailed("the engine stream ended without a final event")
+    return f"finished ({finished.reason})"
+
+
+async def _cancel(adapter: WorkerAdapter) -> str:
+    req = _request(32)
+    stream = adapter.generate(req)
+    try:
+        first = await anext(stream)  # type: ignore[call-overload]
+    finally:
+        await adapter.cancel(req.task_id)
+        await stream.aclose()  # type: ignore[attr-defined]
+    await _decode(adapter)  # the canceled generation's slot serves again
+    return f"canceled after the first {type(first).__name__}; slot free again"
+
+
+class SelfTests:
+    def __init__(
+        self, *, enabled: bool, timeout_s: float, telemetry_page: Callable[[], bytes]
+    ) -> None:
+        self.enabled = enabled
+        self.timeout_s = timeout_s
+        self._page = telemetry_page
+        self.reports: dict[tuple[str, str], SelfTestReport] = {}
+        self._passed: set[tuple[str, ...]] = set()
+        self._running: dict[tuple[str, str], ReplicaState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def _identity(state: ReplicaState) -> tuple[str, ...]:
+        return (
+            state.pool_id,
+            state.replica_id,
+            state.base_url,
+            state.model_digest,
+            state.engine_version,
+        )
+
+    def gate(self, pool: Pool, state: ReplicaState, adapter: WorkerAdapter | None) -> bool:
+        """Called by :meth:`Pool.update` for a Ready state: True lets it through now."""
+        if not self.enabled or self._identity(state) in self._passed:
+            return True
+        key = (state.pool_id, state.replica_id)
+        if key in self._running:
+            self._running[key] = state  # newest Ready snapshot, applied after the checks
+            return False
+        self._running[key] = state
+        holding = msgspec.structs.replace(state, status="starting", last_error="self-test running")
+        pool.update(holding)
+        task = asyncio.get_running_loop().create_task(
+            self._run(pool, state, adapter), name=f"selftest-{state.replica_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return False
+
+    async def _run(self, pool: Pool, state: ReplicaState, given: WorkerAdapter | None) -> None:
+        key = (state.pool_id, state.replica_id)
+        adapter = given or pool.new_adapter(state)
+        checks: list[SelfTestCheck] = []
+        started = time.time()
+        try:
+
+            async def preload() -> str:
+                health = await adapter.health()
+                if not health.ready:
+                    raise SelfTestFailed(f"health not ready: {health.detail}")
+                props = await adapter.props()
+                if not props.model_digest and not state.model_digest:
+                    raise SelfTestFailed("props name no model")
+                return f"ready; ctx {props.ctx}, {props.slots} slot(s)"
+
+            async def telemetry() -> str:
+                await adapter.metrics()
+                page = self._page().decode()
+                if f'replica_id="{state.replica_id}"' not in page or "model_state{" not in page:
+                    raise SelfTestFailed("model_state of the replica is missing from /metrics")
+                return "engine scrape answered; model_state exported"
+
+            steps = {
+                "preload": preload,
+                "decode": lambda: _decode(adapter),
+                "cancel": lambda: _cancel(adapter),
+                "telemetry": telemetry,
+            }
+            for name in CHECKS:
+                t0 = time.monotonic()
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        detail = await steps[name]()
+                    ok = True
+                except TimeoutError:
+                    ok, detail = False, f"no answer within {self.timeout_s:g}s"
+                except Exception as exc:
+                    ok = False
+                    detail = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                check = SelfTestCheck(
+                    name=name, ok=ok, detail=detail, duration_ms=int((time.monotonic() - t0) * 1000)
+                )
+                checks.append(check)
+                _log.log(
+                    logging.INFO if ok else logging.ERROR,
+                    "self-test",
+                    extra={
+                        "pool_id": state.pool_id,
+                        "replica_id": state.replica_id,
+                        "engine": state.engine,
+                        "engine_version": state.engine_version,
+                        "check": name,
+                        "ok": ok,
+                        "detail": detail,
+                    },
+                )
+                if not ok:
+                    break
+        finally:
+            if given is None:
+                await adapter.aclose()
+        passed = len(checks) == len(CHECKS) and all(c.ok for c in checks)
+        self.reports[key] = SelfTestReport(
+            pool_id=state.pool_id,
+            replica_id=state.replica_id,
+            passed=passed,
+            checks=checks,
+            at_ms=int(started * 1000),
+        )
+        latest = self._running.pop(key, state)
+        current = pool.states.get(state.replica_id)
+        if current is None or current.last_error != "self-test running":
+            return  # a newer not-Ready snapshot arrived meanwhile: it stands
+        if passed:
+            self._passed.add(self._identity(latest))
+            pool.update(latest, adapter=given)
+        else:
+            bad = checks[-1]
+            pool.update(
+                msgspec.structs.replace(
+                    latest,
+                    status="starting",
+                    last_error=f"self-test {bad.name} failed: {bad.detail}",
+                )
+            )
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
