@@ -5,7 +5,7 @@ and engine version) the pool keeps it out of placement, reported as
 ``starting`` with ``last_error: "self-test running"``, and these checks run
 against it through its adapter:
 
-1. ``preload``: the engine answers health as Ready and its props name a model;
+1. ``preload``: the engine answers health as Ready and its props report slots and ctx;
 2. ``decode``: a one-token generation reaches its final event;
 3. ``cancel``: a generation is abandoned after its first event, and the slot
    it held takes a one-token generation again;
@@ -131,8 +131,8 @@ class SelfTests:
                 if not health.ready:
                     raise SelfTestFailed(f"health not ready: {health.detail}")
                 props = await adapter.props()
-                if not props.model_digest and not state.model_digest:
-                    raise SelfTestFailed("props name no model")
+                if props.slots < 1 or props.ctx < 1:
+                    raise SelfTestFailed(f"props report {props.slots} slots, ctx {props.ctx}")
                 return f"ready; ctx {props.ctx}, {props.slots} slot(s)"
 
             async def telemetry() -> str:
@@ -156,6 +156,8 @@ class SelfTests:
                     ok = True
                 except TimeoutError:
                     ok, detail = False, f"no answer within {self.timeout_s:g}s"
+                except SelfTestFailed as exc:
+                    ok, detail = False, str(exc)
                 except Exception as exc:
                     ok = False
                     detail = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
