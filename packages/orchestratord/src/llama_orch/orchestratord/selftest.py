@@ -2,8 +2,7 @@
 
 When a replica is first reported Ready (for a given address, model digest
 and engine version) the pool keeps it out of placement, reported as
-``starting`` with ``last_error: "self-test running"``, and these checks run
-against it through its adapter:
+``starting``, and these checks run against it through adapters of its own:
 
 1. ``preload``: the engine answers health as Ready and its props report slots and ctx;
 2. ``decode``: a one-token generation reaches its final event;
@@ -24,7 +23,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from llama_orch.core.adapter_api import Finished, GenerateRequest, WorkerAdapter
@@ -67,7 +66,7 @@ async def _decode(adapter: WorkerAdapter) -> str:
     return f"finished ({finished.reason})"
 
 
-async def _cancel(adapter: WorkerAdapter) -> str:
+async def _cancel(adapter: WorkerAdapter, fresh: Callable[[], WorkerAdapter]) -> str:
     req = _request(32)
     stream = adapter.generate(req)
     try:
@@ -75,7 +74,11 @@ async def _cancel(adapter: WorkerAdapter) -> str:
     finally:
         await adapter.cancel(req.task_id)
         await stream.aclose()  # type: ignore[attr-defined]
-    await _decode(adapter)  # the canceled generation's slot serves again
+    again = fresh()  # the canceled generation's slot serves a new client again
+    try:
+        await _decode(again)
+    finally:
+        await again.aclose()
     return f"canceled after the first {type(first).__name__}; slot free again"
 
 
@@ -110,20 +113,39 @@ class SelfTests:
             self._running[key] = state  # newest Ready snapshot, applied after the checks
             return False
         self._running[key] = state
-        holding = msgspec.structs.replace(state, status="starting", last_error="self-test running")
+        holding = msgspec.structs.replace(state, status="starting", last_error=None)
         pool.update(holding)
         task = asyncio.get_running_loop().create_task(
-            self._run(pool, state, adapter), name=f"selftest-{state.replica_id}"
+            self._run(pool, state, adapter, holding), name=f"selftest-{state.replica_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return False
 
-    async def _run(self, pool: Pool, state: ReplicaState, given: WorkerAdapter | None) -> None:
+    async def _run(
+        self,
+        pool: Pool,
+        state: ReplicaState,
+        given: WorkerAdapter | None,
+        holding: ReplicaState,
+    ) -> None:
         key = (state.pool_id, state.replica_id)
-        adapter = given or pool.new_adapter(state)
+        # Own adapters, one per step: the checks never share connections with each other
+        # or with the adapter that will serve tasks.
+        adapter = pool.new_adapter(state)
         checks: list[SelfTestCheck] = []
         started = time.time()
+
+        def fresh() -> WorkerAdapter:
+            return pool.new_adapter(state)
+
+        async def isolated(step: Callable[[WorkerAdapter], Awaitable[str]]) -> str:
+            own = fresh()
+            try:
+                return await step(own)
+            finally:
+                await own.aclose()
+
         try:
 
             async def preload() -> str:
@@ -144,8 +166,8 @@ class SelfTests:
 
             steps = {
                 "preload": preload,
-                "decode": lambda: _decode(adapter),
-                "cancel": lambda: _cancel(adapter),
+                "decode": lambda: isolated(_decode),
+                "cancel": lambda: isolated(lambda a: _cancel(a, fresh)),
                 "telemetry": telemetry,
             }
             for name in CHECKS:
@@ -181,8 +203,7 @@ class SelfTests:
                 if not ok:
                     break
         finally:
-            if given is None:
-                await adapter.aclose()
+            await adapter.aclose()
         passed = len(checks) == len(CHECKS) and all(c.ok for c in checks)
         self.reports[key] = SelfTestReport(
             pool_id=state.pool_id,
@@ -192,8 +213,7 @@ class SelfTests:
             at_ms=int(started * 1000),
         )
         latest = self._running.pop(key, state)
-        current = pool.states.get(state.replica_id)
-        if current is None or current.last_error != "self-test running":
+        if pool.states.get(state.replica_id) is not holding:
             return  # a newer not-Ready snapshot arrived meanwhile: it stands
         if passed:
             self._passed.add(self._identity(latest))
