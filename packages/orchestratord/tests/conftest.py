@@ -103,7 +103,8 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
         # wait until every pool has a Ready replica (or failed)
         for _ in range(600 if wait_ready else 0):
             if all(p.ready_replicas() for p in orch.pools.values()):
-                break
+                if not orch.self_tests.running:  # other replicas' checks done (ORCH-7050)
+                    break
             await asyncio.sleep(0.05)
         return Running(url, orch, http)
 

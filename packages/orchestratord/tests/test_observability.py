@@ -404,6 +404,12 @@ async def test_self_tests_pass_and_are_reported(start_orchestrator, mock_config,
     async with run.http.get(run.url + "/metrics") as r:
         text = await r.text()
     assert "tasks_started_total{" not in text and "tokens_out_total{" not in text
+    # past startup a new identity (here an engine upgrade) is not gated again
+    pool = run.orch.pools["mock"]
+    upgraded = msgspec.structs.replace(pool.states["mock-e0"], engine_version="mock-2")
+    run.orch.on_replica_change(upgraded)
+    assert [r.state.engine_version for r in pool.ready_replicas()] == ["mock-2"]
+    assert len(run.orch.self_tests.reports) == 1
 
 
 async def test_failed_self_test_keeps_the_pool_unready(mock_config):

@@ -1,7 +1,8 @@
 """Startup self-tests of each replica before it takes traffic (ORCH-7050..ORCH-7053).
 
-When a replica is first reported Ready (for a given address, model digest
-and engine version) the pool keeps it out of placement, reported as
+Until a pool has one replica that passed (startup), a replica reported
+Ready (for a given address, model digest and engine version) is kept out of
+placement, reported as
 ``starting``, and these checks run against it through adapters of its own:
 
 1. ``preload``: the engine answers health as Ready and its props report slots and ctx;
@@ -91,6 +92,8 @@ class SelfTests:
         self._page = telemetry_page
         self.reports: dict[tuple[str, str], SelfTestReport] = {}
         self._passed: set[tuple[str, ...]] = set()
+        self._failed: set[tuple[str, ...]] = set()
+        self._pools_passed: set[str] = set()  # startup is over for these pools
         self._running: dict[tuple[str, str], ReplicaState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -106,8 +109,11 @@ class SelfTests:
 
     def gate(self, pool: Pool, state: ReplicaState, adapter: WorkerAdapter | None) -> bool:
         """Called by :meth:`Pool.update` for a Ready state: True lets it through now."""
-        if not self.enabled or self._identity(state) in self._passed:
-            return True
+        ident = self._identity(state)
+        if not self.enabled or ident in self._passed or state.pool_id in self._pools_passed:
+            return True  # tested, or the pool is past startup (restarts, reloads)
+        if ident in self._failed:
+            return False  # stays out with its reason until another identity shows up
         key = (state.pool_id, state.replica_id)
         if key in self._running:
             self._running[key] = state  # newest Ready snapshot, applied after the checks
@@ -217,8 +223,10 @@ class SelfTests:
             return  # a newer not-Ready snapshot arrived meanwhile: it stands
         if passed:
             self._passed.add(self._identity(latest))
+            self._pools_passed.add(state.pool_id)
             pool.update(latest, adapter=given)
         else:
+            self._failed.add(self._identity(state))
             bad = checks[-1]
             pool.update(
                 msgspec.structs.replace(
@@ -227,6 +235,10 @@ class SelfTests:
                     last_error=f"self-test {bad.name} failed: {bad.detail}",
                 )
             )
+
+    @property
+    def running(self) -> bool:
+        return bool(self._running)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
