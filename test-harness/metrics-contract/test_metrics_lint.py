@@ -155,3 +155,34 @@ def test_spec_table_matches_the_lint_file(lint_doc):
     assert budgets is not None
     pairs = re.findall(r"`(\w+)` (\d+)", budgets[1])
     assert {k: int(v) for k, v in pairs} == lint_doc["label_budgets"]
+
+
+async def test_soft_preemption_series_pass_the_lint(start_orchestrator, metrics_lint, lint_doc):
+    """ORCH-7002, ORCH-7011: a displacement by a more urgent task (soft preemption) is
+    exported with the lint's label set."""
+    cfg = msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "admission": {"queue_capacity": 1, "full_policy": "shed-low-priority"},
+            "pools": [
+                {
+                    "id": "main",
+                    "engine": "mock",
+                    "model": "mock-model",
+                    "endpoints": ["mock://0"],
+                    "adapter_options": {"token_delay_ms": 20},
+                }
+            ],
+        },
+        Config,
+    )
+    orch = await start_orchestrator(cfg)
+    await orch.wait_ready("main")
+    codes = []
+    for priority in ("batch", "batch", "interactive"):  # running, queued, displaces it
+        status, _, _ = await orch.submit(prompt="x", max_tokens=30, priority=priority)
+        codes.append(status)
+    assert codes == [202, 202, 202]
+    status, text = await orch.get("/metrics")
+    assert 'preemptions_total{engine="mock",mode="soft",pool_id="main"} 1.0' in text
+    assert metrics_lint.lint(text, lint_doc, set()) == []  # labels, types, budgets

@@ -613,8 +613,7 @@ class Orchestrator:
                 {
                     "mode": "hard",
                     "engine": pool.engine,
-                    "engine_version": victim.engine_version,
-                    "pool_id": pool.id,
+                    "pool_id": pool.id,  # one label set for both modes (ORCH-7002)
                 },
             )
             return
