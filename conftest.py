@@ -1,6 +1,60 @@
-"""Workspace-wide pytest setup: real-engine fixtures come from pool-managerd."""
+"""Workspace-wide pytest setup: real-engine fixtures come from pool-managerd, and
+every log record of the run is scanned for API keys (ORCH-8008)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
 
 pytest_plugins = [
     "llama_orch.pool_managerd.testing",
     "llama_orch.pool_managerd.testing_engines",
 ]
+
+# Keys look like `llo_` + URL-safe base64 (orchestratord keygen); tests use the same prefix.
+_KEY = re.compile(r"llo_[A-Za-z0-9_-]{16,}|Bearer\s+llo_")
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class _SecretScan(logging.Handler):
+    """Collects every record that carries something shaped like an API key."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is the logging call's problem, not a leak
+            text = str(record.msg)
+        text += repr(record.args) + (record.exc_text or "")
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD:
+                text += repr(value)  # extras
+        if _KEY.search(text):
+            self.hits.append(f"{record.name}: {text[:300]}")
+
+
+_scan = _SecretScan()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = logging.getLogger()
+    root.addHandler(_scan)
+    # INFO so the daemons' task and auth logs are produced and scanned
+    root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _scan.hits:
+        session.exitstatus = 1
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"ORCH-8008: {len(_scan.hits)} log record(s) hold an API key:", red=True
+            )
+            for hit in _scan.hits[:20]:
+                reporter.write_line("  " + hit, red=True)

@@ -149,6 +149,7 @@ def start_orch(
     port = free_port()
     cfg = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
+        "auth": {"enabled": False},  # loopback benchmark; auth cost is not measured here
         "admission": {"queue_capacity": queue_capacity},
         "allow_cpu_inference": True,
         "pools": [

@@ -87,6 +87,7 @@ def prometheus_samples(text: str) -> dict[str, float]:
 
 def config(doc: dict[str, Any]) -> Config:
     doc.setdefault("server", {"port": 0, "shutdown_grace_s": 2.0})
+    doc.setdefault("auth", {"enabled": False})  # ORCH-8001: explicit, tests only
     return msgspec.convert(doc, Config)
 
 

@@ -174,6 +174,7 @@ def _mock(pool_id: str, **options: Any) -> dict[str, Any]:
 
 def _start(world: World, doc: dict[str, Any], pools: list[str]) -> None:
     doc["server"] = {"port": 0, "shutdown_grace_s": 2.0}
+    doc.setdefault("auth", {"enabled": False})  # ORCH-8001: explicit, tests only
     world.orch = Orchestratord(msgspec.convert(doc, Config))
     for pool in pools:
         for _ in range(1200):

@@ -79,6 +79,7 @@ async def test_orchestratord_discovers_and_uses_the_installed_adapter(tmp_path: 
     port = _free_port()
     config = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
+        "auth": {"enabled": False},  # adapter discovery is under test, not keys (ORCH-8001)
         "pools": [
             {"id": "echo", "engine": "echo", "model": "echo-model", "endpoints": ["echo://0"]}
         ],

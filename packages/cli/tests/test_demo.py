@@ -23,9 +23,16 @@ from llama_orch.core.config import parse_config
 FAKE_DAEMON = Path(__file__).with_name("fake_orchestratord.py")
 
 
+HASH = "sha256:" + "ab" * 32
+
+
 def test_demo_config_is_accepted_by_core_parse_config() -> None:
-    cfg = parse_config(demo_config_yaml(port=18123))
+    """ORCH-8021: auth stays on; the config holds only the key's hash."""
+    cfg = parse_config(demo_config_yaml(port=18123, key_hash=HASH))
     assert cfg.server.host == "127.0.0.1" and cfg.server.port == 18123
+    assert cfg.auth.enabled and [(k.role, k.tenant, k.hash) for k in cfg.auth.keys] == [
+        ("tenant", "demo", HASH)
+    ]
     assert cfg.allow_cpu_inference is True
     (pool,) = cfg.pools
     assert pool.id == "default" and pool.engine == "llamacpp-http"
@@ -34,7 +41,9 @@ def test_demo_config_is_accepted_by_core_parse_config() -> None:
 
 
 def test_demo_config_quotes_the_model_override() -> None:
-    cfg = parse_config(demo_config_yaml(port=1, model='file:/tmp/my "odd": model.gguf'))
+    cfg = parse_config(
+        demo_config_yaml(port=1, key_hash=HASH, model='file:/tmp/my "odd": model.gguf')
+    )
     assert cfg.pools[0].model == 'file:/tmp/my "odd": model.gguf'
 
 

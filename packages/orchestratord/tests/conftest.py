@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from llama_orch.core.config import Config
 from llama_orch.core.sse import SSEParser
+from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.serve import serve
 from llama_orch.orchestratord.service import Orchestrator
 
@@ -23,17 +24,24 @@ class Running:
     orch: Orchestrator
     http: aiohttp.ClientSession
 
-    async def submit(self, **body: Any) -> aiohttp.ClientResponse:
+    async def submit(self, *, key: str | None = None, **body: Any) -> aiohttp.ClientResponse:
         body.setdefault("prompt", "hello world")
-        resp = await self.http.post(self.url + "/v1/tasks", json=body)
+        resp = await self.http.post(self.url + "/v1/tasks", json=body, headers=bearer(key))
         await resp.read()
         return resp
 
     async def events(
-        self, task_id: str, last_event_id: int | None = None, limit: int | None = None
+        self,
+        task_id: str,
+        last_event_id: int | None = None,
+        limit: int | None = None,
+        *,
+        key: str | None = None,
     ) -> list[tuple[int, str, dict[str, Any]]]:
         """Read the SSE stream (to its end, or ``limit`` events) as (id, event, data)."""
-        headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+        headers = bearer(key)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
         out: list[tuple[int, str, dict[str, Any]]] = []
         parser = SSEParser()
         async with self.http.get(f"{self.url}/v1/tasks/{task_id}/stream", headers=headers) as resp:
@@ -47,16 +55,37 @@ class Running:
                         return out
         return out
 
-    async def metrics_text(self) -> str:
-        async with self.http.get(self.url + "/metrics") as resp:
+    async def metrics_text(self, key: str | None = None) -> str:
+        async with self.http.get(self.url + "/metrics", headers=bearer(key)) as resp:
+            assert resp.status == 200, await resp.text()
             return await resp.text()
+
+
+def _tenant_keys(*tenants: str, **auth: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """An ``auth`` section with one ``tenant`` key per name plus an ``admin`` key,
+    and the plaintext keys by name (tests only; config holds the hashes)."""
+    keys = {name: f"llo_test-{name}-{'k' * 40}" for name in (*tenants, "admin")}
+    entries = [
+        {"id": f"key-{name}", "role": "tenant", "tenant": name, "hash": hash_key(keys[name])}
+        for name in tenants
+    ]
+    entries.append({"id": "key-admin", "role": "admin", "hash": hash_key(keys["admin"])})
+    return {"enabled": True, "keys": entries, **auth}, keys
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
 
 
 def _mock_config(**pool: Any) -> Config:
     admission = pool.pop("admission", {})
+    auth = pool.pop("auth", {"enabled": False})  # other features are tested without keys
+    limits = pool.pop("limits", {})
     options = pool.pop("adapter_options", {})
     doc = {
         "server": {"port": 0, "shutdown_grace_s": 2.0},
+        "auth": auth,
+        "limits": limits,
         "admission": admission,
         "pools": [
             {
@@ -73,8 +102,15 @@ def _mock_config(**pool: Any) -> Config:
 
 
 @pytest.fixture
+def tenant_keys() -> Callable[..., tuple[dict[str, Any], dict[str, str]]]:
+    """``tenant_keys("a", "b", public_metrics=True)`` → (auth section, plaintext keys)."""
+    return _tenant_keys
+
+
+@pytest.fixture
 def mock_config() -> Callable[..., Config]:
-    """Config with one pool ``mock`` of one mock replica; kwargs override pool fields."""
+    """Config with one pool ``mock`` of one mock replica; kwargs override pool fields,
+    and ``admission``, ``auth``, ``limits`` set those sections (auth off by default, ORCH-8001)."""
     return _mock_config
 
 

@@ -28,6 +28,7 @@ async def test_embedded_pool_serves_and_stops_cleanly(llama_server_binary, smoll
     config = msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "auth": {"enabled": False},  # other features are tested without keys (ORCH-8001)
             "allow_cpu_inference": True,
             "pools": [
                 {

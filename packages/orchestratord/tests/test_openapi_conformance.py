@@ -29,6 +29,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from llama_orch.core.config import Config
 from llama_orch.core.sse import SSEParser
+from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.serve import serve
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -144,6 +145,12 @@ async def _orchestratord(config: Config) -> AsyncIterator[str]:
             await asyncio.wait_for(task, 60)
 
 
+TENANT_KEY = "llo_conformance-tenant-" + "t" * 32
+ADMIN_KEY = "llo_conformance-admin-" + "a" * 32
+DATA_OPS = {"submitTask", "getTask", "streamTask", "cancelTask", "getSession", "deleteSession"}
+EITHER_ROLE = {"getCapabilities", "getPoolHealth"}
+
+
 def _config() -> Config:
     def mock(pool_id: str, **options: Any) -> dict[str, Any]:
         return {
@@ -159,6 +166,13 @@ def _config() -> Config:
         {
             "server": {"port": 0, "shutdown_grace_s": 2.0},
             "admission": {"queue_capacity": 1},
+            "auth": {
+                "keys": [
+                    {"id": "t", "role": "tenant", "tenant": "alpha", "hash": hash_key(TENANT_KEY)},
+                    {"id": "a", "role": "admin", "hash": hash_key(ADMIN_KEY)},
+                ]
+            },
+            "limits": {"max_body_bytes": 4096, "max_streams_per_tenant": 1},
             "pools": [
                 mock("main", token_delay_ms=5, eos_after=6),
                 mock("slow", token_delay_ms=100),
@@ -187,9 +201,16 @@ class Walk:
         json: Any = None,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = "",
     ) -> Any:
+        """``key=""``: the right role's key for the operation; ``None``: no key."""
         _, method, path, _ = OPERATIONS[op_id]
         url = self.url + path.format(**(params or {}))
+        if key == "":
+            key = TENANT_KEY if op_id in DATA_OPS | EITHER_ROLE else ADMIN_KEY
+        headers = dict(headers or {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
         async with self.http.request(method, url, json=json, data=data, headers=headers) as r:
             body = await r.read()
             status, resp_headers = r.status, r.headers
@@ -202,8 +223,9 @@ class Walk:
 
 
 async def _wait_ready(walk: Walk, pool: str) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     for _ in range(400):
-        async with walk.http.get(f"{walk.url}/v1/pools/{pool}/health") as r:
+        async with walk.http.get(f"{walk.url}/v1/pools/{pool}/health", headers=auth) as r:
             if (await r.json())["ready"]:
                 return
         await asyncio.sleep(0.05)
@@ -211,8 +233,9 @@ async def _wait_ready(walk: Walk, pool: str) -> None:
 
 
 async def _wait_running(walk: Walk, task_id: str) -> None:
+    auth = {"Authorization": f"Bearer {TENANT_KEY}"}
     for _ in range(400):
-        async with walk.http.get(f"{walk.url}/v1/tasks/{task_id}") as r:
+        async with walk.http.get(f"{walk.url}/v1/tasks/{task_id}", headers=auth) as r:
             if (await r.json())["state"] == "running":
                 return
         await asyncio.sleep(0.05)
@@ -247,10 +270,29 @@ async def test_every_operation_answers_as_documented():
         await w.call("getSession", 404, params={"session_id": missing})
         await w.call("deleteSession", 204, params={"session_id": sid})
         await w.call("deleteSession", 404, params={"session_id": sid})
+        # -- auth (ORCH-8003): every operation without a key, data ops with an admin key
+        params = {"task_id": tid, "session_id": sid, "pool_id": "main"}
+        for op_id in OPERATIONS:
+            await w.call(op_id, 431, params=params, headers={"X-Pad": "p" * 20_000})
+            await w.call(op_id, 401, params=params, key=None)
+            await w.call(op_id, 401, params=params, key="llo_not-a-configured-key-" + "x" * 20)
+        for op_id in DATA_OPS:
+            await w.call(op_id, 403, params=params, key=ADMIN_KEY, json={"prompt": "x"})
+        for op_id in ("drainPool", "resetPool", "getReplicaSets", "getMetrics"):
+            await w.call(op_id, 403, params=params, key=TENANT_KEY, json={})
+        big = b'{"prompt": "' + b"x" * 5000 + b'"}'
+        for op_id in ("submitTask", "drainPool", "reloadPool"):
+            await w.call(op_id, 413, params=params, data=big)
         # backpressure: one running + one queued fill pool "slow" (capacity 1)
         slow = {"prompt": "x", "max_tokens": 500, "pool_id": "slow"}
         running = await w.call("submitTask", 202, json=slow)
         await _wait_running(w, running["task_id"])
+        # one open stream is the tenant's limit here (ORCH-8013): a second one is a 429
+        auth = {"Authorization": f"Bearer {TENANT_KEY}"}
+        first = await http.get(f"{url}/v1/tasks/{running['task_id']}/stream", headers=auth)
+        assert first.status == 200
+        await w.call("streamTask", 429, params={"task_id": running["task_id"]})
+        first.close()
         queued = await w.call("submitTask", 202, json=slow)
         await w.call("submitTask", 429, json=slow)
         for t in (running, queued):

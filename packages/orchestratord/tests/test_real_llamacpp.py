@@ -30,6 +30,7 @@ def _config(server: Any, **admission: Any) -> Config:
     return msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "auth": {"enabled": False},  # other features are tested without keys (ORCH-8001)
             "admission": admission,
             "pools": [
                 {

@@ -37,19 +37,20 @@ async def test_least_loaded_placement_and_session_affinity(start_orchestrator, m
     assert len(set(seen)) == 1
 
 
-async def test_tenants_share_by_weight(start_orchestrator, mock_config):
+async def test_tenants_share_by_weight(start_orchestrator, mock_config, tenant_keys):
     """ORCH-1110/1113: tenants 3:1 inside a priority; admission_share is exported."""
-    cfg = mock_config(adapter_options={"token_delay_ms": 2})
+    auth, keys = tenant_keys("a", "b", public_metrics=True)  # the tenant comes from the key
+    cfg = mock_config(adapter_options={"token_delay_ms": 2}, auth=auth)
     cfg.scheduling.tenants = {"a": msgspec_tenant(3), "b": msgspec_tenant(1)}
     run = await start_orchestrator(cfg)
-    blocker = await _tid(run, max_tokens=40)
+    blocker = await _tid(run, max_tokens=40, key=keys["a"])
     ids = {}
     for _n in range(6):
         for tenant in ("a", "b"):
-            ids[await _tid(run, max_tokens=2, tenant=tenant, priority="batch")] = tenant
+            ids[await _tid(run, max_tokens=2, key=keys[tenant], priority="batch")] = tenant
     for tid in ids:
-        await run.events(tid)
-    await run.events(blocker)
+        await run.events(tid, key=keys[ids[tid]])
+    await run.events(blocker, key=keys["a"])
     order = sorted(ids, key=lambda t: run.orch.get(t).dispatched)
     assert [ids[t] for t in order][:8] == ["a", "a", "a", "b", "a", "a", "a", "b"]
     text = await run.metrics_text()
@@ -78,18 +79,19 @@ async def test_deadline_unmet_at_admission(start_orchestrator, mock_config):
     assert re.search(r'tasks_rejected_total\{[^}]*reason="DEADLINE_UNMET"[^}]*\} 1\.0', text)
 
 
-async def test_quota_rejections_are_typed_and_counted(start_orchestrator, mock_config):
+async def test_quota_rejections_are_typed_and_counted(start_orchestrator, mock_config, tenant_keys):
     """ORCH-1114: rps+burst and max_concurrent per tenant → 429 with policy_label quota."""
-    cfg = mock_config()
+    auth, keys = tenant_keys("slow", "other", public_metrics=True)
+    cfg = mock_config(auth=auth)
     cfg.scheduling.tenants = {"slow": msgspec_tenant(1, rps=0.01, burst=1)}
     run = await start_orchestrator(cfg)
-    await _tid(run, tenant="slow", max_tokens=2)
-    resp = await run.submit(tenant="slow", max_tokens=2)
+    await _tid(run, key=keys["slow"], max_tokens=2)
+    resp = await run.submit(key=keys["slow"], max_tokens=2)
     assert resp.status == 429
     err = await resp.json()
     assert err["code"] == "ADMISSION_REJECT" and err["policy_label"] == "quota"
     assert int(resp.headers["X-Backoff-Ms"]) > 90_000  # 1 token per 100 s
-    assert (await run.submit(tenant="other", max_tokens=2)).status == 202
+    assert (await run.submit(key=keys["other"], max_tokens=2)).status == 202
     text = await run.metrics_text()
     assert re.search(r'tasks_rejected_total\{[^}]*policy="quota"[^}]*\} 1\.0', text)
     assert re.search(r'admission_backpressure_events_total\{[^}]*policy="quota"[^}]*\} 1', text)

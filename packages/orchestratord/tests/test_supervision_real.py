@@ -31,6 +31,7 @@ SUPERVISION = {
 def _config(model: str, **pool: Any) -> Config:
     doc = {
         "server": {"port": 0, "shutdown_grace_s": 2.0},
+        "auth": {"enabled": False},  # other features are tested without keys (ORCH-8001)
         "allow_cpu_inference": True,
         "pools": [
             {

@@ -56,19 +56,21 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
 
 
 class OrchClient:
-    """``async with OrchClient(url) as orch: accepted = await orch.submit(prompt="hi")``."""
+    """``async with OrchClient(url, api_key=key) as orch: await orch.submit(prompt="hi")``."""
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         *,
         correlation_id: str | None = None,
+        api_key: str | None = None,
         timeout: float = 30.0,
         reconnect_delay: float = 0.5,
         max_reconnects: int = 10,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.correlation_id = correlation_id
+        self._api_key = api_key  # sent, never printed or logged (ORCH-8020)
         self.last_correlation_id: str | None = None
         self._timeout = timeout
         self._reconnect_delay = reconnect_delay
@@ -77,6 +79,8 @@ class OrchClient:
 
     async def __aenter__(self) -> Self:
         headers = {CORRELATION_HEADER: self.correlation_id} if self.correlation_id else {}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         self._http = aiohttp.ClientSession(
             headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
         )

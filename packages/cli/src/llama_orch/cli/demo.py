@@ -10,7 +10,9 @@ always stops the daemon again, on success, error or Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import secrets
 import shutil
 import socket
 import tempfile
@@ -47,14 +49,21 @@ READY_TIMEOUT_S = 45 * 60.0
 HEARTBEAT_S = 30.0
 
 
-def demo_config_yaml(*, port: int, model: str = DEMO_MODEL) -> str:
-    """The demo's orchestratord config: one CPU pool with one single-slot replica."""
+def demo_config_yaml(*, port: int, key_hash: str, model: str = DEMO_MODEL) -> str:
+    """The demo's orchestratord config: one CPU pool with one single-slot replica, and
+    one tenant key stored as its hash (ORCH-8021)."""
     quoted = json.dumps  # a JSON string is a valid YAML double-quoted scalar
     return (
         "# Written by `llorch demo`; CPU inference is for development only.\n"
         "server:\n"
         "  host: 127.0.0.1\n"
         f"  port: {port}\n"
+        "auth:\n"
+        "  keys:\n"
+        "    - id: demo\n"
+        "      role: tenant\n"
+        "      tenant: demo\n"
+        f"      hash: {key_hash}\n"
         "allow_cpu_inference: true\n"
         "pools:\n"
         f"  - id: {DEMO_POOL}\n"
@@ -165,13 +174,17 @@ async def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="llorch-demo-"))
     config_path = workdir / "orchestratord.yaml"
     port = port or free_port()
-    config_path.write_text(demo_config_yaml(port=port, model=model), encoding="utf-8")
+    key = "llo_" + secrets.token_urlsafe(32)  # this run only; config holds its hash
+    key_hash = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    config_path.write_text(
+        demo_config_yaml(port=port, key_hash=key_hash, model=model), encoding="utf-8"
+    )
     url = f"http://127.0.0.1:{port}"
     console.print(f"[llorch] starting {executable} on {url} (model {model})", markup=False)
     daemon = Orchestratord(executable, config_path, console)
     try:
         await daemon.start()
-        async with OrchClient(url) as orch:
+        async with OrchClient(url, api_key=key) as orch:
             await wait_ready(orch, daemon, console, timeout_s=ready_timeout_s)
             console.print(f"[llorch] pool {DEMO_POOL!r} is ready", markup=False)
             return await run_haiku(orch, console, out=out)

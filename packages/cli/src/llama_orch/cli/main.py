@@ -32,6 +32,14 @@ __all__ = ["build_parser", "main", "run_cancel", "run_submit"]
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 
+API_KEY_ENV = "LLORCH_API_KEY"
+
+
+def api_key() -> str | None:
+    """The key from ``$LLORCH_API_KEY`` (ORCH-8020); never a flag: argv is public."""
+    return os.environ.get(API_KEY_ENV) or None
+
+
 def report_failure(exc: ClientError) -> int:
     console = stderr_console()
     if isinstance(exc, ApiError):
@@ -62,7 +70,7 @@ async def run_submit(args: argparse.Namespace, *, out: TextIO | None = None) -> 
     console = stderr_console()
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
-        async with OrchClient(args.url) as orch:
+        async with OrchClient(args.url, api_key=api_key()) as orch:
             submitted_at = time.monotonic()
             accepted = await orch.submit(**task_fields(args, prompt))
             if args.no_stream:
@@ -84,7 +92,7 @@ async def run_submit(args: argparse.Namespace, *, out: TextIO | None = None) -> 
 async def run_cancel(args: argparse.Namespace) -> int:
     """``llorch cancel``: ``POST /v1/tasks/{id}/cancel`` (ORCH-5002)."""
     try:
-        async with OrchClient(args.url) as orch:
+        async with OrchClient(args.url, api_key=api_key()) as orch:
             await orch.cancel(args.task_id)
     except ClientError as exc:
         return report_failure(exc)
@@ -102,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llorch", description="Command-line client for the llama-orch orchestrator."
     )
+    parser.epilog = f"An API key is read from ${API_KEY_ENV} when set."
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     url = argparse.ArgumentParser(add_help=False)
     url.add_argument(

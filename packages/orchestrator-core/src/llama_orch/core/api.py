@@ -59,8 +59,6 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     engine: str | None = None
     ctx: Annotated[int, Meta(ge=1)] | None = None
     priority: Priority = "interactive"
-    # Set by auth once it exists; until then the client names itself (ORCH-1110).
-    tenant: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     seed: Annotated[int, Meta(ge=0, le=2**32 - 2)] | None = None
     determinism: Literal["strict", "best_effort"] = "best_effort"
     sampler_profile_version: str | None = None

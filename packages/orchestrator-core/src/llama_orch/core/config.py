@@ -15,14 +15,19 @@ from msgspec import Meta
 
 __all__ = [
     "AdmissionConfig",
+    "ApiKey",
+    "AuthConfig",
     "Config",
     "FullPolicy",
+    "LimitsConfig",
     "ObservabilityConfig",
     "PoolConfig",
     "PoolManagerdConfig",
     "RemotePoolManager",
+    "Role",
     "ServerConfig",
     "SessionConfig",
+    "check_api_keys",
     "load_config",
     "parse_config",
 ]
@@ -31,10 +36,51 @@ FullPolicy = Literal["reject", "drop-lru", "shed-low-priority"]
 PositiveInt = Annotated[int, Meta(ge=1)]
 
 
+Role = Literal["admin", "tenant"]
+TenantName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# "sha256:" + 64 lowercase hex digits of the key's SHA-256 (ORCH-8002).
+KeyHash = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080  # 0 = pick a free port
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 10.0
+    # TLS (ORCH-8030): PEM files handed to Hypercorn; both or neither.
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class ApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One API key, stored only as its hash (ORCH-8002)."""
+
+    id: TenantName  # names the key in logs; never the key itself
+    hash: KeyHash
+    role: Role = "tenant"
+    tenant: TenantName | None = None  # required for role ``tenant``
+
+
+class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """API keys and roles (ORCH-8001..8008). On unless ``enabled: false``."""
+
+    enabled: bool = True
+    keys: list[ApiKey] = []
+    # A YAML or JSON file holding a list of ``ApiKey`` entries (a secret mount).
+    keys_file: str | None = None
+    public_metrics: bool = False  # /metrics without a key (ORCH-8006)
+    public_health: bool = False  # /v1/pools/{id}/health without a key
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Bounds on what one client can make the server hold (ORCH-8010..8016)."""
+
+    max_body_bytes: PositiveInt = 1_048_576
+    max_prompt_bytes: PositiveInt = 524_288  # UTF-8 bytes of prompt or all messages
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 16_384  # request line + headers
+    max_streams_per_tenant: PositiveInt = 32
+    # A stream whose client accepts no bytes for this long is cut (ORCH-8015).
+    stream_stall_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    stream_chunk_bytes: Annotated[int, Meta(ge=1024)] = 65_536
 
 
 class AdmissionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -184,12 +230,24 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sessions: SessionConfig = msgspec.field(default_factory=SessionConfig)
     scheduling: SchedulingConfig = msgspec.field(default_factory=SchedulingConfig)
     observability: ObservabilityConfig = msgspec.field(default_factory=ObservabilityConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     allow_cpu_inference: bool = False
     pools: list[PoolConfig] = []
     # Remote pool-managerd daemons; pools they serve are not started embedded.
     pool_managers: list[RemotePoolManager] = []
     # Used by the ``pool-managerd`` daemon only.
     pool_managerd: PoolManagerdConfig = msgspec.field(default_factory=PoolManagerdConfig)
+
+
+def check_api_keys(keys: list[ApiKey]) -> None:
+    """Key ids are unique and every ``tenant`` key names its tenant (ORCH-8001)."""
+    ids = [k.id for k in keys]
+    if len(ids) != len(set(ids)):
+        raise msgspec.ValidationError(f"auth key ids must be unique, got {ids}")
+    for k in keys:
+        if k.role == "tenant" and k.tenant is None:
+            raise msgspec.ValidationError(f"auth key {k.id!r} has role tenant but no `tenant`")
 
 
 def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") -> Config:
@@ -206,6 +264,9 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
         raise msgspec.ValidationError(
             f"unknown priorities {sorted(unknown)} in `scheduling` or `cost_per_token`"
         )
+    if (cfg.server.certfile is None) != (cfg.server.keyfile is None):
+        raise msgspec.ValidationError("`server.certfile` and `server.keyfile` go together")
+    check_api_keys(cfg.auth.keys)
     ids = [p.id for p in cfg.pools]
     if len(ids) != len(set(ids)):
         raise msgspec.ValidationError(f"pool ids must be unique, got {ids}")

@@ -16,7 +16,11 @@ maps to exactly one HTTP status through :data:`HTTP_STATUS` (ORCH-2002)::
     ├── DeadlineUnmet               DEADLINE_UNMET          400
     ├── ModelDeprecated             MODEL_DEPRECATED        410
     ├── UntrustedArtifact           UNTRUSTED_ARTIFACT      403
-    └── NotFound                    NOT_FOUND               404
+    ├── NotFound                    NOT_FOUND               404
+    ├── Unauthenticated             UNAUTHENTICATED         401
+    ├── Forbidden                   FORBIDDEN               403
+    ├── RequestTooLarge             REQUEST_TOO_LARGE       413
+    └── HeadersTooLarge             HEADERS_TOO_LARGE       431
 
 Adapters raise these at their boundary (``raise WorkerReset(...) from exc``)
 so no transport exception ever leaks into the orchestrator (STYLE rule 5).
@@ -37,6 +41,8 @@ __all__ = [
     "DecodeTimeout",
     "ErrorBody",
     "ErrorCode",
+    "Forbidden",
+    "HeadersTooLarge",
     "InternalError",
     "InvalidParams",
     "ModelDeprecated",
@@ -46,6 +52,8 @@ __all__ = [
     "PoolUnready",
     "QueueFullDropLru",
     "ReplicaExhausted",
+    "RequestTooLarge",
+    "Unauthenticated",
     "UntrustedArtifact",
     "WorkerReset",
     "error_for_code",
@@ -66,6 +74,10 @@ class ErrorCode(StrEnum):
     MODEL_DEPRECATED = "MODEL_DEPRECATED"
     UNTRUSTED_ARTIFACT = "UNTRUSTED_ARTIFACT"
     NOT_FOUND = "NOT_FOUND"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
 
 
 # ORCH-2002: one status per code. 429 only for "try again later because of
@@ -84,6 +96,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_DEPRECATED: 410,
     ErrorCode.UNTRUSTED_ARTIFACT: 403,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNAUTHENTICATED: 401,  # ORCH-8003
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.REQUEST_TOO_LARGE: 413,  # ORCH-8010
+    ErrorCode.HEADERS_TOO_LARGE: 431,  # ORCH-8012
 }
 
 RETRIABLE: frozenset[ErrorCode] = frozenset(
@@ -207,6 +223,30 @@ class NotFound(OrchError):
     code = ErrorCode.NOT_FOUND
 
 
+class Unauthenticated(OrchError):
+    """No API key, or one that matches no configured key (ORCH-8003)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(OrchError):
+    """A valid key whose role may not use the endpoint (ORCH-8003)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class RequestTooLarge(OrchError):
+    """A request body beyond ``limits.max_body_bytes`` (ORCH-8010)."""
+
+    code = ErrorCode.REQUEST_TOO_LARGE
+
+
+class HeadersTooLarge(OrchError):
+    """A request line plus headers beyond ``limits.max_header_bytes`` (ORCH-8012)."""
+
+    code = ErrorCode.HEADERS_TOO_LARGE
+
+
 _BY_CODE: dict[ErrorCode, type[OrchError]] = {
     cls.code: cls
     for cls in (
@@ -223,6 +263,10 @@ _BY_CODE: dict[ErrorCode, type[OrchError]] = {
         ModelDeprecated,
         UntrustedArtifact,
         NotFound,
+        Unauthenticated,
+        Forbidden,
+        RequestTooLarge,
+        HeadersTooLarge,
     )
 }
 

@@ -4,10 +4,15 @@ Documented in ``contracts/openapi/data.yaml`` and ``control.yaml``. Every
 error goes through one handler that renders the envelope of
 :mod:`llama_orch.core.errors` (ORCH-2001); every response except 204 carries
 ``X-Correlation-Id`` (ORCH-2003).
+
+Every route sits behind :meth:`Authenticator.guard` with the access it needs
+(ORCH-8003); a tenant sees only its own tasks and sessions, and another
+tenant's answer 404 exactly like unknown ones (ORCH-8005).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Sequence
@@ -23,20 +28,32 @@ from llama_orch.core.api import (
     PoolHealth,
     TaskStatus,
 )
-from llama_orch.core.errors import ErrorCode, NotFound, OrchError, error_for_code
+from llama_orch.core.errors import (
+    AdmissionRejected,
+    ErrorCode,
+    InternalError,
+    InvalidParams,
+    NotFound,
+    OrchError,
+    error_for_code,
+)
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import Access, Authenticator, Principal, load_keys
 from .control import control_routes
+from .limits import BodyLimit, StreamCounter, TaskStream
 from .service import Orchestrator
 from .tracing import CORRELATION_ID
+from .tasks import TaskRecord
 
 __all__ = ["build_app"]
 
+_log = logging.getLogger("llama_orch.orchestratord")
 _json = msgspec.json.Encoder()
 _PROM = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,6 +73,8 @@ def _error_response(exc: OrchError) -> Response:
         if exc.queue_position is not None:
             headers["X-Queue-Position"] = str(exc.queue_position)
             headers["X-Queue-ETA-Ms"] = str(ms)
+    if exc.code == ErrorCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="llama-orch"'  # RFC 6750
     return _json_response(exc.body(), exc.status_code, headers)
 
 
@@ -85,15 +104,67 @@ class CorrelationId:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(orch: Orchestrator, manager: Any = None, remotes: Sequence[Any] = ()) -> ASGIApp:
+def _principal(request: Request) -> Principal:
+    who: Principal = request.state.principal
+    return who
+
+
+def _prompt_bytes(body: bytes) -> int:
+    """UTF-8 size of ``prompt`` or of every message's ``content`` (0 if undecodable:
+    strict decoding reports the real problem later)."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return 0
+    if not isinstance(doc, dict):
+        return 0
+    size = len(doc["prompt"].encode()) if isinstance(doc.get("prompt"), str) else 0
+    messages = doc.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                size += len(m["content"].encode())
+    return size
+
+
+def build_app(
+    orch: Orchestrator,
+    manager: Any = None,
+    remotes: Sequence[Any] = (),
+    *,
+    auth: Authenticator | None = None,
+) -> ASGIApp:
+    limits = orch.config.limits
+    if auth is None:
+        auth = Authenticator(orch.config.auth, load_keys(orch.config.auth))
+    streams = StreamCounter()
+
+    def own_task(request: Request) -> TaskRecord:
+        """The task if it is the caller's; another tenant's is "unknown" (ORCH-8005)."""
+        task_id = request.path_params["task_id"]
+        rec = orch.tasks.get(task_id)
+        who = _principal(request)
+        if rec is None or (who.role is not None and rec.tenant != who.tenant):
+            raise NotFound(f"unknown task {task_id}")
+        return rec
+
     async def submit(request: Request) -> Response:
-        accepted = await orch.submit(await request.body())
+        body = await request.body()
+        # JSON escapes only shrink when decoded, so a body within the bound holds a
+        # prompt within it: the second decode is skipped on the common path.
+        size = _prompt_bytes(body) if len(body) > limits.max_prompt_bytes else 0
+        if size > limits.max_prompt_bytes:  # ORCH-8011: refused before any tokenizing
+            raise InvalidParams(
+                f"prompt of {size} bytes exceeds limits.max_prompt_bytes="
+                f"{limits.max_prompt_bytes} - at `$.prompt`"
+            )
+        accepted = await orch.submit(body, _principal(request).tenant)
         headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
         headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
         return _json_response(accepted, 202, headers)
 
     async def task_status(request: Request) -> Response:
-        rec = orch.get(request.path_params["task_id"])
+        rec = own_task(request)
         pool = orch.pools[rec.pool_id]
         return _json_response(
             TaskStatus(
@@ -108,7 +179,7 @@ def build_app(orch: Orchestrator, manager: Any = None, remotes: Sequence[Any] = 
         )
 
     async def stream(request: Request) -> Response:
-        rec = orch.get(request.path_params["task_id"])
+        rec = own_task(request)
         start = 0
         last = request.headers.get("last-event-id")
         if last is not None:
@@ -118,28 +189,43 @@ def build_app(orch: Orchestrator, manager: Any = None, remotes: Sequence[Any] = 
                 raise error_for_code(ErrorCode.INVALID_PARAMS)(
                     f"Last-Event-ID must be an event number, got {last!r}"
                 ) from exc
-        return StreamingResponse(
-            rec.frames(start),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        tenant = rec.tenant
+        if streams[tenant] >= limits.max_streams_per_tenant:  # ORCH-8013
+            raise AdmissionRejected(
+                f"tenant {tenant!r} has {streams[tenant]} streams open"
+                f" (limits.max_streams_per_tenant={limits.max_streams_per_tenant})",
+                policy_label="quota",
+                retry_after_ms=1000,
+            )
+        return TaskStream(
+            rec.frames(start, limits.stream_chunk_bytes),
+            task_id=rec.task_id,
+            tenant=tenant,
+            counter=streams,
+            stall_timeout_s=limits.stream_stall_timeout_s,
         )
 
     async def cancel(request: Request) -> Response:
-        orch.cancel(request.path_params["task_id"])
+        orch.cancel(own_task(request).task_id)
         return Response(status_code=204)
 
     async def get_session(request: Request) -> Response:
         sid = request.path_params["session_id"]
-        s = orch.sessions.get(sid)
+        s = orch.sessions.get((_principal(request).tenant, sid))
         if s is None:
             raise NotFound(f"unknown session {sid}")
         return _json_response(orch.sessions.info(s))
 
     async def delete_session(request: Request) -> Response:
         sid = request.path_params["session_id"]
-        if orch.sessions.delete(sid) is None:
+        if orch.sessions.delete((_principal(request).tenant, sid)) is None:
             raise NotFound(f"unknown session {sid}")
         return Response(status_code=204)
+
+    async def session(request: Request) -> Response:
+        if request.method == "DELETE":
+            return await delete_session(request)
+        return await get_session(request)
 
     async def capabilities(request: Request) -> Response:
         pools = [
@@ -205,22 +291,41 @@ def build_app(orch: Orchestrator, manager: Any = None, remotes: Sequence[Any] = 
         assert isinstance(exc, HTTPException)
         code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_PARAMS
         err = error_for_code(code)(str(exc.detail))
-        return _json_response(err.body(), exc.status_code)
+        # a 405 keeps Starlette's Allow header (RFC 9110; found by schemathesis)
+        return _json_response(err.body(), exc.status_code, dict(exc.headers or {}))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # ORCH-2006: the envelope says nothing about the fault; the log has it.
+        _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error_response(InternalError("internal error; see the server log"))
+
+    def route(path: str, endpoint: Any, method: str, access: Access) -> Route:
+        return Route(path, auth.guard(endpoint, access), methods=[method])
 
     routes = [
-        Route("/v1/tasks", submit, methods=["POST"]),
-        Route("/v1/tasks/{task_id}", task_status, methods=["GET"]),
-        Route("/v1/tasks/{task_id}/stream", stream, methods=["GET"]),
-        Route("/v1/tasks/{task_id}/cancel", cancel, methods=["POST"]),
-        Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
-        Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
-        Route("/v1/capabilities", capabilities, methods=["GET"]),
-        Route("/v1/pools/{pool_id}/health", pool_health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        route("/v1/tasks", submit, "POST", "tenant"),
+        route("/v1/tasks/{task_id}", task_status, "GET", "tenant"),
+        route("/v1/tasks/{task_id}/stream", stream, "GET", "tenant"),
+        route("/v1/tasks/{task_id}/cancel", cancel, "POST", "tenant"),
+        # one route for both methods, so a 405 lists both in Allow (found by schemathesis)
+        Route(
+            "/v1/sessions/{session_id}",
+            auth.guard(session, "tenant"),
+            methods=["GET", "DELETE"],
+        ),
+        route("/v1/capabilities", capabilities, "GET", "any"),
+        route("/v1/pools/{pool_id}/health", pool_health, "GET", "health"),
+        route("/metrics", metrics, "GET", "metrics"),
     ]
-    routes += control_routes(orch, manager, remotes)  # drain, reload, reset, replica sets
+    # drain, reload, reset, replica sets: admin only
+    for r in control_routes(orch, manager, remotes):
+        routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
     app = Starlette(
         routes=routes,
-        exception_handlers={OrchError: on_orch_error, HTTPException: on_http_error},
+        exception_handlers={
+            OrchError: on_orch_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
     )
-    return CorrelationId(app)
+    return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))

@@ -1,4 +1,5 @@
-"""Console script: ``orchestratord --config FILE``.
+"""Console script: ``orchestratord --config FILE``, ``orchestratord keygen``,
+``orchestratord hash-key``.
 
 Logs are JSON lines on stderr (ORCH-1504, ORCH-7030) with a ``msg`` field,
 the task fields of ARCHITECTURE §8 when present and the request's
@@ -20,6 +21,7 @@ import msgspec
 from llama_orch.core.adapter_api import AdapterLoadError
 from llama_orch.core.config import Config, load_config
 
+from .auth import MIN_KEY_LENGTH, hash_key, new_key
 from .errors import StartupError
 from .serve import serve
 from .telemetry import TASK_LOG_FIELDS
@@ -64,7 +66,56 @@ async def _run(config: Config) -> None:
     await serve(config, shutdown_trigger=stop.wait)
 
 
+def keygen(argv: list[str]) -> int:
+    """Print a new key (stdout) and the config entry holding only its hash (stderr)."""
+    parser = argparse.ArgumentParser(
+        prog="orchestratord keygen",
+        description="Make an API key; config stores only its hash (ORCH-8002).",
+    )
+    parser.add_argument("--id", required=True, help="key id shown in logs")
+    parser.add_argument("--role", choices=["tenant", "admin"], default="tenant")
+    parser.add_argument("--tenant", help="tenant of a role-tenant key")
+    args = parser.parse_args(argv)
+    if args.role == "tenant" and not args.tenant:
+        parser.error("--tenant is required for --role tenant")
+    key = new_key()
+    entry = f"  - id: {args.id}\n    role: {args.role}\n"
+    if args.tenant:
+        entry += f"    tenant: {args.tenant}\n"
+    entry += f"    hash: {hash_key(key)}\n"
+    print(
+        f"# add under `auth.keys:`; hand the key on stdout to its owner\n{entry}",
+        end="",
+        file=sys.stderr,
+    )
+    print(key)
+    return 0
+
+
+def hash_key_command(argv: list[str]) -> int:
+    """Hash a key read from stdin (never argv: it would show in the process list)."""
+    argparse.ArgumentParser(
+        prog="orchestratord hash-key",
+        description="Read an API key on stdin and print its `sha256:` hash for config.",
+    ).parse_args(argv)
+    key = sys.stdin.readline().strip()
+    if len(key) < MIN_KEY_LENGTH:
+        print(
+            f"a key must have at least {MIN_KEY_LENGTH} characters; "
+            "make one with `orchestratord keygen`",
+            file=sys.stderr,
+        )
+        return 2
+    print(hash_key(key))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        return keygen(argv[1:])
+    if argv[:1] == ["hash-key"]:
+        return hash_key_command(argv[1:])
     parser = argparse.ArgumentParser(prog="orchestratord", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML or JSON config file")
     parser.add_argument("--log-level", default="INFO")

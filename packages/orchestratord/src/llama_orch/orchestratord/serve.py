@@ -23,6 +23,7 @@ from llama_orch.core.adapter_api import load_adapter_class
 from llama_orch.core.config import Config
 
 from .app import build_app
+from .auth import Authenticator, load_keys
 from .endpoints import connect_endpoints
 from .errors import StartupError
 from .remote import RemotePoolManagerClient
@@ -55,6 +56,9 @@ async def serve(
 ) -> None:
     for pool_cfg in config.pools:
         load_adapter_class(pool_cfg.engine)  # a missing adapter fails at startup (ORCH-3002)
+    auth = Authenticator(config.auth, load_keys(config.auth))  # no keys: no start (ORCH-8001)
+    if not config.auth.enabled:
+        _log.warning("authentication is disabled (auth.enabled: false): development only")
     orch = Orchestrator(config)
     remote_ids = {pid for m in config.pool_managers for pid in m.pools}
     embedded = [p for p in config.pools if not p.endpoints and p.id not in remote_ids]
@@ -108,6 +112,16 @@ async def serve(
         hc.errorlog = logging.getLogger("hypercorn.error")
         hc.graceful_timeout = 1.0
         hc.keep_alive_timeout = 30.0
+        hc.h11_max_incomplete_size = config.limits.max_header_bytes  # ORCH-8012
+        hc.h2_max_header_list_size = config.limits.max_header_bytes
+        hc.include_server_header = False
+        if config.server.certfile is not None:  # ORCH-8030
+            hc.certfile, hc.keyfile = config.server.certfile, config.server.keyfile
+            try:
+                hc.create_ssl_context()
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"TLS certfile/keyfile unusable: {exc}") from exc
+            url = f"https://{host}:{port}"
         _log.info("orchestratord listening on %s", url)
         if on_listening is not None:
             on_listening(url, orch)
@@ -118,5 +132,5 @@ async def serve(
             _log.info("shutting down: admission stopped, draining")
             await orch.shutdown(config.server.shutdown_grace_s)
 
-        app = build_app(orch, manager, remotes)
+        app = build_app(orch, manager, remotes, auth=auth)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]

@@ -182,8 +182,9 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ admission
 
-    async def submit(self, body: bytes) -> TaskAccepted:
-        """Admit one task or raise the OrchError that explains why not."""
+    async def submit(self, body: bytes, tenant: str = DEFAULT_TENANT) -> TaskAccepted:
+        """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
+        OrchError that explains why not."""
         pool: Pool | None = None
         submitted_ns = time.time_ns()
         try:
@@ -201,7 +202,6 @@ class Orchestrator:
             self._check_deadline(
                 pool, req.deadline_ms, req.expected_tokens or max_tokens, req.priority
             )
-            tenant = req.tenant or DEFAULT_TENANT
             in_flight = self.tasks.in_flight(tenant)
             try:
                 self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
@@ -217,7 +217,7 @@ class Orchestrator:
             if sid is not None:
                 assert prepared.prompt_tokens is not None  # sessions are counted (ORCH-1118)
                 reserve = prepared.prompt_tokens + max_tokens
-                session = self.sessions.begin_turn(sid, reserve, reserve * rate)
+                session = self.sessions.begin_turn((tenant, sid), reserve, reserve * rate)
                 pin = session.set_key
             if pin is None and req.determinism == "strict":
                 pin = choose_set(pool.views())  # ORCH-1302: strict tasks stay in one set
@@ -309,7 +309,7 @@ class Orchestrator:
     def budget_headers(self, task_id: str) -> dict[str, str]:
         """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""
         rec = self.tasks.get(task_id)
-        s = self.sessions.get(rec.session_id) if rec and rec.session_id else None
+        s = self.sessions.get(rec.session_key) if rec and rec.session_key else None
         if s is None:
             return {}
         tokens, ms = self.sessions.remaining(s)
@@ -456,10 +456,10 @@ class Orchestrator:
         settle their session in ``_release``. Every task's end is logged (ORCH-7030)."""
         log_task_end(rec, self.pools[rec.pool_id])
         self.tracing.ended(rec)
-        if rec.session_id and rec.dispatched is None:
+        if rec.session_key and rec.dispatched is None:
             ran = rec.preemptions > 0  # a preempted task ran before it was requeued
             self.sessions.record(
-                rec.session_id,
+                rec.session_key,
                 None,
                 rec.prompt_tokens if ran else 0,
                 rec.tokens_out,
@@ -511,9 +511,9 @@ class Orchestrator:
             stats = self._deadlines[pool.id, rec.priority]
             stats[1] += 1
             stats[0] += rec.state == "completed" and (rec.finished_at or 0) <= rec.deadline
-        if rec.session_id:
+        if rec.session_key:
             self.sessions.record(
-                rec.session_id,
+                rec.session_key,
                 replica.state.replica_id,
                 rec.prompt_tokens,
                 rec.tokens_out,
@@ -525,7 +525,7 @@ class Orchestrator:
         pool.wakeup.set()
 
     def _affinity(self, rec: TaskRecord) -> str | None:
-        s = self.sessions.get(rec.session_id) if rec.session_id else None
+        s = self.sessions.get(rec.session_key) if rec.session_key else None
         return s.replica_id if s else None
 
     def _dispatch_metrics(
@@ -682,7 +682,7 @@ class Orchestrator:
                     model_digest=st.model_digest,
                 )
             )
-            session = self.sessions.get(rec.session_id) if rec.session_id else None
+            session = self.sessions.get(rec.session_key) if rec.session_key else None
             first = self._dispatch_metrics(pool, rec, session, st.replica_id)
             rec.kv_warmth = first.kv_warmth
             rec.append(first)

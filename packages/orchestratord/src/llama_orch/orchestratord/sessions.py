@@ -1,4 +1,9 @@
-"""Session table: TTL, turns, budgets, token totals and replica affinity (ORCH-1401..1405)."""
+"""Session table: TTL, turns, budgets, token totals and replica affinity (ORCH-1401..1405).
+
+Sessions are keyed by ``(tenant, session_id)``: a session belongs to the tenant
+of the key that opened it, and the same ID sent by another tenant names another
+session, so no tenant can read, extend or evict another's (ORCH-8005).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from llama_orch.core.config import SessionConfig
 from llama_orch.core.errors import InvalidParams
 from llama_orch.core.replica import ReplicaSetKey
 
-__all__ = ["Session", "SessionTable"]
+__all__ = ["Session", "SessionKey", "SessionTable"]
+
+SessionKey = tuple[str, str]  # (tenant, session_id)
 
 
 @dataclass
 class Session:
-    session_id: str
+    key: SessionKey
     expires_at: float
     turns: int = 0
     tokens_in: int = 0
@@ -32,7 +39,7 @@ class Session:
 class SessionTable:
     def __init__(self, config: SessionConfig) -> None:
         self._cfg = config
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[SessionKey, Session] = {}
 
     @property
     def max_turns(self) -> int:
@@ -42,9 +49,9 @@ class SessionTable:
         for sid in [s for s, v in self._sessions.items() if v.expires_at <= now]:
             del self._sessions[sid]
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, key: SessionKey) -> Session | None:
         self._expire(time.monotonic())
-        return self._sessions.get(session_id)
+        return self._sessions.get(key)
 
     def cost_remaining(self, s: Session) -> float | None:
         """Cost units left in the session's budget; None = unlimited (ORCH-1906)."""
@@ -62,15 +69,16 @@ class SessionTable:
         ms = None if cfg.time_budget_ms is None else max(0, cfg.time_budget_ms - s.engine_ms)
         return tokens, ms
 
-    def begin_turn(self, session_id: str, tokens: int = 0, cost: float = 0.0) -> Session:
+    def begin_turn(self, key: SessionKey, tokens: int = 0, cost: float = 0.0) -> Session:
         """Count a new turn of ``tokens`` (prompt + max_tokens) costing up to ``cost``;
         refuse beyond ``max_turns`` (ORCH-1402) or the session's token, time
         (ORCH-1405) or cost (ORCH-1906) budget."""
         now = time.monotonic()
         self._expire(now)
-        s = self._sessions.get(session_id)
+        session_id = key[1]
+        s = self._sessions.get(key)
         if s is None:
-            s = self._sessions[session_id] = Session(session_id, now + self._cfg.ttl_ms / 1000)
+            s = self._sessions[key] = Session(key, now + self._cfg.ttl_ms / 1000)
         if s.turns >= self._cfg.max_turns:
             raise InvalidParams(
                 f"session {session_id} reached max_turns={self._cfg.max_turns}; "
@@ -99,7 +107,7 @@ class SessionTable:
 
     def record(
         self,
-        session_id: str,
+        key: SessionKey,
         replica_id: str | None,
         tokens_in: int,
         tokens_out: int,
@@ -111,7 +119,7 @@ class SessionTable:
     ) -> None:
         """Settle a finished turn: its real usage replaces its reservation of
         ``reserved`` tokens (at ``cost_per_token``)."""
-        s = self._sessions.get(session_id)
+        s = self._sessions.get(key)
         if s is None:
             return
         s.tokens_in += tokens_in
@@ -125,13 +133,13 @@ class SessionTable:
         if set_key is not None:
             s.set_key = set_key
 
-    def delete(self, session_id: str) -> Session | None:
-        return self._sessions.pop(session_id, None)
+    def delete(self, key: SessionKey) -> Session | None:
+        return self._sessions.pop(key, None)
 
     def info(self, s: Session) -> SessionInfo:
         remaining = max(0, int((s.expires_at - time.monotonic()) * 1000))
         return SessionInfo(
-            session_id=s.session_id,
+            session_id=s.key[1],
             ttl_ms_remaining=remaining,
             turns=s.turns,
             max_turns=self._cfg.max_turns,

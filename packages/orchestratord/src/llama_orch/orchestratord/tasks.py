@@ -82,6 +82,11 @@ class TaskRecord:
         return hash(self.task_id)
 
     @property
+    def session_key(self) -> tuple[str, str] | None:
+        """Sessions belong to a tenant: the same ID names different sessions (ORCH-8005)."""
+        return (self.tenant, self.session_id) if self.session_id else None
+
+    @property
     def terminal(self) -> bool:
         return self.state in ("completed", "failed", "canceled")
 
@@ -134,17 +139,22 @@ class TaskRecord:
                 if not w.done():
                     w.set_result(None)
 
-    async def frames(self, start: int = 0) -> AsyncIterator[bytes]:
+    async def frames(self, start: int = 0, max_chunk: int = 65_536) -> AsyncIterator[bytes]:
         """Yield frames from index ``start`` on, waiting for new ones, until the end.
 
-        Frames already available are joined into one chunk so a late reader
-        gets its replay in one write.
+        Frames already available are joined into chunks of about ``max_chunk``
+        bytes (at least one frame), so a late reader gets its replay in few
+        writes and a stalled one pins at most one chunk (ORCH-8014).
         """
         idx = max(0, start)
         while True:
             if idx < len(self._frames):
-                chunk = b"".join(self._frames[idx:])
-                idx = len(self._frames)
+                end, size = idx, 0
+                while end < len(self._frames) and (end == idx or size < max_chunk):
+                    size += len(self._frames[end])
+                    end += 1
+                chunk = b"".join(self._frames[idx:end])
+                idx = end
                 yield chunk
                 continue
             if self.terminal:

@@ -1,0 +1,163 @@
+"""API keys, roles and the per-route guard (ORCH-8001..8008).
+
+Keys are random tokens handed out by ``orchestratord keygen``; config holds
+only ``sha256:<hex>`` of each key. SHA-256 and not a slow password hash
+(scrypt, argon2): a key carries 256 random bits, so no dictionary or brute
+force applies to its hash, and a slow hash would cost tens of milliseconds of
+CPU on every request. A presented key is hashed once and compared with every
+configured hash by :func:`hmac.compare_digest`, without stopping at a match,
+so the time taken does not tell which key (or how much of one) matched.
+
+Roles: ``tenant`` keys use the data plane for their own tenant's tasks and
+sessions; ``admin`` keys use the control plane. Capabilities and pool health
+accept either role; ``/metrics`` wants ``admin``. ``auth.public_metrics`` and
+``auth.public_health`` open those two without a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from llama_orch.core.config import ApiKey, AuthConfig, check_api_keys
+from llama_orch.core.errors import Forbidden, Unauthenticated
+from llama_orch.core.queue import DEFAULT_TENANT
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import StartupError
+
+__all__ = [
+    "ANONYMOUS",
+    "KEY_PREFIX",
+    "MIN_KEY_LENGTH",
+    "Access",
+    "Authenticator",
+    "Principal",
+    "hash_key",
+    "load_keys",
+    "new_key",
+]
+
+_log = logging.getLogger("llama_orch.orchestratord.auth")
+
+KEY_PREFIX = "llo_"  # lets secret scanners recognise a leaked key
+MIN_KEY_LENGTH = 32
+Access = Literal["tenant", "admin", "any", "metrics", "health"]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    role: Literal["admin", "tenant"] | None  # None: auth disabled, every role
+    tenant: str
+
+
+ANONYMOUS = Principal(key_id="", role=None, tenant=DEFAULT_TENANT)
+
+
+def new_key() -> str:
+    """A fresh key: the prefix plus 32 random bytes, URL-safe base64."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """The form config stores (ORCH-8002)."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+_key_list = msgspec.json.Decoder(list[ApiKey])
+
+
+def load_keys(auth: AuthConfig) -> list[ApiKey]:
+    """Keys from config plus ``auth.keys_file``; raises StartupError when unusable."""
+    keys = list(auth.keys)
+    if auth.keys_file is not None:
+        try:
+            with open(auth.keys_file, "rb") as fh:
+                raw = fh.read()
+            if auth.keys_file.endswith(".json"):
+                keys += _key_list.decode(raw)
+            else:
+                keys += msgspec.yaml.decode(raw, type=list[ApiKey])
+        except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise StartupError(f"auth.keys_file {auth.keys_file}: {exc}") from exc
+    try:
+        check_api_keys(keys)
+    except msgspec.ValidationError as exc:
+        raise StartupError(str(exc)) from exc
+    if auth.enabled and not keys:
+        raise StartupError(
+            "auth is enabled but no API key is configured: add `auth.keys` or "
+            "`auth.keys_file` (hashes from `orchestratord keygen`), or set "
+            "`auth.enabled: false` for development only"
+        )
+    return keys
+
+
+class Authenticator:
+    def __init__(self, auth: AuthConfig, keys: list[ApiKey]) -> None:
+        self.enabled = auth.enabled
+        self._public: set[Access] = set()
+        if auth.public_metrics:
+            self._public.add("metrics")
+        if auth.public_health:
+            self._public.add("health")
+        self._keys = [(bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in keys]
+
+    def identify(self, authorization: str | None) -> Principal:
+        """The key's principal, or :class:`Unauthenticated` (ORCH-8003)."""
+        if authorization is None:
+            raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("the Authorization header must be `Bearer <key>`")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found: ApiKey | None = None
+        for stored, key in self._keys:  # every key, no early exit (ORCH-8002)
+            if hmac.compare_digest(digest, stored):
+                found = key
+        if found is None:
+            raise Unauthenticated("the API key is not valid")
+        return Principal(found.id, found.role, found.tenant or DEFAULT_TENANT)
+
+    def check(self, request: Request, access: Access) -> Principal:
+        if not self.enabled or access in self._public:
+            return ANONYMOUS
+        who = self.identify(request.headers.get("authorization"))
+        allowed = {
+            "tenant": who.role == "tenant",
+            "admin": who.role == "admin",
+            "any": True,
+            "health": True,
+            "metrics": who.role == "admin",
+        }[access]
+        if not allowed:
+            _log.warning(
+                "forbidden: key %s (role %s) on %s %s",
+                who.key_id,
+                who.role,
+                request.method,
+                request.url.path,
+            )
+            need = "tenant" if access == "tenant" else "admin"
+            raise Forbidden(f"this endpoint needs a key with role {need!r}, not {who.role!r}")
+        return who
+
+    def guard(self, endpoint: Endpoint, access: Access) -> Endpoint:
+        """``endpoint`` behind the check; the principal lands in ``request.state``."""
+
+        async def guarded(request: Request) -> Response:
+            request.state.principal = self.check(request, access)
+            return await endpoint(request)
+
+        guarded.__name__ = getattr(endpoint, "__name__", "endpoint")
+        return guarded

@@ -1,0 +1,187 @@
+"""What one client can make the server hold: head and body size, open streams, stalled readers.
+
+``BodyLimit`` answers a head beyond ``limits.max_header_bytes`` with 431
+(ORCH-8012), and a declared ``Content-Length`` beyond
+``limits.max_body_bytes`` with 413 before reading anything, and stops a body
+without a length at the same bound (ORCH-8010). ``TaskStream`` is the SSE
+response: it counts open streams per tenant (ORCH-8013) and cuts a stream
+whose client accepted nothing for ``limits.stream_stall_timeout_s`` (ORCH-8015).
+The task itself keeps running: its event log is bounded by its own
+``max_tokens`` (ORCH-1202), and a client that comes back resumes with
+``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import msgspec
+from llama_orch.core.errors import HeadersTooLarge, OrchError, RequestTooLarge
+from starlette.responses import StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyLimit", "StreamCounter", "TaskStream"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+_json = msgspec.json.Encoder()
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
+
+    def _too_large(self, size: str) -> RequestTooLarge:
+        return RequestTooLarge(f"request body of {size} bytes exceeds {self.max_bytes}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > self.max_header_bytes:  # ORCH-8012: a head that arrived complete
+            await _send_error(
+                send,
+                HeadersTooLarge(
+                    f"request line and headers of {head} bytes exceed {self.max_header_bytes}"
+                ),
+            )
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    err = self._too_large(value.decode("latin-1")[:20])
+                    await _send_error(send, err)
+                    return
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._too_large(f"at least {seen}")  # rendered by the app's handler
+            return message
+
+        await self.app(scope, bounded, send)
+
+
+async def _send_error(send: Send, err: OrchError) -> None:
+    body = _json.encode(err.body())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class StreamCounter:
+    """Open SSE streams per tenant."""
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+
+    def __getitem__(self, tenant: str) -> int:
+        return self._open.get(tenant, 0)
+
+    def opened(self, tenant: str) -> None:
+        self._open[tenant] += 1
+
+    def closed(self, tenant: str) -> None:
+        self._open[tenant] -= 1
+        if self._open[tenant] <= 0:
+            del self._open[tenant]
+
+
+class TaskStream(StreamingResponse):
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        *,
+        task_id: str,
+        tenant: str,
+        counter: StreamCounter,
+        stall_timeout_s: float,
+    ) -> None:
+        super().__init__(
+            frames,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._task_id = task_id
+        self._tenant = tenant
+        self._counter = counter
+        self._stall_s = stall_timeout_s
+        # Counted from here: the endpoint checked the limit with no await since.
+        counter.opened(tenant)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._counter.closed(self._tenant)
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def stream_response(self, send: Send) -> None:
+        # One watchdog timer per stream instead of a timeout per write: a
+        # per-chunk ``wait_for`` costs about 40 us on the token path, this costs
+        # two attribute writes. The watchdog cancels this task when one write has
+        # been blocked for ``stall_timeout_s``, i.e. within 1.25 times that.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        sending_since: float | None = None
+        cut = False
+        period = self._stall_s / 4
+
+        def watch() -> None:
+            nonlocal cut, timer
+            if sending_since is not None and loop.time() - sending_since >= self._stall_s:
+                cut = True
+                task.cancel()
+                return
+            timer = loop.call_later(period, watch)
+
+        timer = loop.call_later(period, watch)
+        try:
+            sending_since = loop.time()
+            await send(
+                {"type": "http.response.start", "status": self.status_code,
+                 "headers": self.raw_headers}
+            )  # fmt: skip
+            sending_since = None
+            async for chunk in self.body_iterator:
+                # The server's send waits while the socket buffer is full: a reader
+                # that stopped reading blocks it here, with at most one chunk pending.
+                sending_since = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sending_since = None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not cut:
+                raise
+            task.uncancel()
+            _log.warning(
+                "stream of task %s cut: its client read nothing for %.0f s",
+                self._task_id,
+                self._stall_s,
+                extra={"job_id": self._task_id},
+            )
+            # no final chunk: the connection closes and the client sees a cut
+        finally:
+            timer.cancel()
