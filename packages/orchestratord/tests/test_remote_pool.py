@@ -159,6 +159,7 @@ def _config(managers: list[dict[str, Any]]) -> Config:
     return msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "auth": {"enabled": False},  # other features are tested without keys (ORCH-8001)
             "pools": [
                 {
                     "id": "rp",

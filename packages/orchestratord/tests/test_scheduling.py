@@ -180,16 +180,18 @@ async def test_predictions_within_factor_two_of_observed(start_orchestrator, moc
         print(f"predicted_start_ms {predicted} vs queue_wait_ms {observed}")
 
 
-async def test_saturation_shares_through_http(start_orchestrator, mock_config):
+async def test_saturation_shares_through_http(start_orchestrator, mock_config, tenant_keys):
     """ORCH-1113 acceptance through orchestratord: tenants 3:1 and priorities 8:1 under
     saturation; dispatch counts and the exported admission_share within ±10 %."""
+    auth, keys = tenant_keys("a", "b", "z", public_metrics=True)  # tenants come from keys
     cfg = mock_config(
         admission={"queue_capacity": 400},
         adapter_options={"token_delay_ms": 1, "ctx": 9000},
+        auth=auth,
     )
     cfg.scheduling.tenants = {"a": msgspec_tenant(3), "b": msgspec_tenant(1)}
     run = await start_orchestrator(cfg)
-    blocker = await _tid(run, tenant="z", max_tokens=8000)  # holds the only slot
+    blocker = await _tid(run, key=keys["z"], max_tokens=8000)  # holds the only slot
     weights = {
         ("interactive", "a"): 8 / 9 * 3 / 4,
         ("interactive", "b"): 8 / 9 * 1 / 4,
@@ -197,18 +199,17 @@ async def test_saturation_shares_through_http(start_orchestrator, mock_config):
         ("batch", "b"): 1 / 9 * 1 / 4,
     }
     total = 360  # proportional backlogs: every class stays backlogged to the end
-    bodies = [
-        {"priority": p, "tenant": t, "max_tokens": 1}
-        for (p, t), w in weights.items()
-        for _ in range(round(w * total))
-    ]
+    classes = [(p, t) for (p, t), w in weights.items() for _ in range(round(w * total))]
     ids: dict[str, tuple[str, str]] = {}
-    for start in range(0, len(bodies), 20):
-        chunk = bodies[start : start + 20]
-        got = await asyncio.gather(*(_tid(run, **b) for b in chunk))
-        ids.update({tid: (b["priority"], b["tenant"]) for tid, b in zip(got, chunk, strict=True)})
+    for start in range(0, len(classes), 20):
+        chunk = classes[start : start + 20]
+        got = await asyncio.gather(
+            *(_tid(run, key=keys[t], priority=p, max_tokens=1) for p, t in chunk)
+        )
+        ids.update(dict(zip(got, chunk, strict=True)))
     assert run.orch.get(blocker).state == "running"  # saturated: nothing else ran yet
-    async with run.http.post(f"{run.url}/v1/tasks/{blocker}/cancel") as r:
+    cancel_as_z = {"Authorization": f"Bearer {keys['z']}"}
+    async with run.http.post(f"{run.url}/v1/tasks/{blocker}/cancel", headers=cancel_as_z) as r:
         assert r.status == 204
     await _wait_all_done(run, ids)
     order = sorted(ids, key=lambda t: run.orch.get(t).dispatched or 0.0)

@@ -70,6 +70,7 @@ async def test_hard_preemption_is_not_used_on_llamacpp(
     cfg = msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "auth": {"enabled": False},  # other features are tested without keys (ORCH-8001)
             "scheduling": {"preemption": "hard"},
             "pools": [
                 {

@@ -692,6 +692,9 @@ class Orchestrator:
                     rec.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
                 )
 
+        # Keeping every token's text costs about as much memory as the event log;
+        # only hard preemption (ORCH-1903) needs it (found by the stalled-reader test).
+        hard_preemption = self.config.scheduling.preemption == "hard"
         request = rec.request
         if resuming:  # ORCH-1903: continue from the text the client already has
             request = msgspec.structs.replace(
@@ -717,7 +720,8 @@ class Orchestrator:
                             break  # canceled meanwhile: stop reading, close upstream
                         rec.tokens_out += 1
                         rec.engine_tokens += ev.n_tokens
-                        rec.text_out.append(ev.text)
+                        if hard_preemption:  # only a resumption reads it (ORCH-8016)
+                            rec.text_out.append(ev.text)
                     else:
                         finished = ev
                         if not rec.prompt_counted and ev.prompt_tokens and not resuming:
