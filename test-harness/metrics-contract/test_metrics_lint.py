@@ -34,6 +34,7 @@ def _config() -> Config:
     return msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "auth": {"enabled": False},
             "observability": {"engine_scrape_interval_s": 0.1},
             "pools": [
                 {
@@ -163,6 +164,7 @@ async def test_soft_preemption_series_pass_the_lint(start_orchestrator, metrics_
     cfg = msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "auth": {"enabled": False},  # ORCH-8001: explicit, tests only
             "admission": {"queue_capacity": 1, "full_policy": "shed-low-priority"},
             "pools": [
                 {

@@ -25,6 +25,7 @@ async def test_real_run_passes_the_metrics_lint(
     config = msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "auth": {"enabled": False},  # ORCH-8001: explicit, tests only
             "allow_cpu_inference": True,
             "admission": {"queue_capacity": 1, "full_policy": "reject"},
             "observability": {"engine_scrape_interval_s": 0.2},

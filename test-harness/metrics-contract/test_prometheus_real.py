@@ -83,6 +83,7 @@ async def test_prometheus_scrapes_tasks_enqueued_total(
     config = msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "auth": {"enabled": False},  # ORCH-8001: explicit, tests only
             "pools": [
                 {
                     "id": "main",

@@ -116,7 +116,7 @@ async def test_in_process_logs_hold_no_key(start_orchestrator, mock_config):
         root.setLevel(old)
     text = "\n".join(collect.texts)
     assert "forbidden: key key-admin" in text  # the scan sees the auth logs ...
-    assert "task finished" in text  # ... and the task logs
+    assert "task ended" in text  # ... and the task logs
     assert _leaks(text) == []
     assert _leaks(f"x Bearer {KEYS['a']}") and _leaks(KEYS["b"])  # the scanner is not blind
 

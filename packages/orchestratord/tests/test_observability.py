@@ -40,19 +40,23 @@ def _json_lines(caplog: pytest.LogCaptureFixture, msg: str) -> list[dict]:
     return out
 
 
-async def test_task_end_log_carries_every_field(start_orchestrator, mock_config, caplog):
-    """ORCH-7030, ORCH-7031: one ``task ended`` JSON line per task, with every field."""
+async def test_task_end_log_carries_every_field(
+    start_orchestrator, mock_config, tenant_keys, caplog
+):
+    """ORCH-7030, ORCH-7031: one ``task ended`` JSON line per task, with every field;
+    the tenant is the one of the API key (ORCH-8004)."""
     caplog.set_level(logging.INFO, logger="llama_orch.orchestratord")
-    run = await start_orchestrator(mock_config(adapter_options={"eos_after": 5}))
+    auth, keys = tenant_keys("acme")
+    run = await start_orchestrator(mock_config(auth=auth, adapter_options={"eos_after": 5}))
     sid = str(uuid.uuid4())
     async with run.http.post(
         run.url + "/v1/tasks",
-        json={"prompt": "hi", "max_tokens": 8, "session_id": sid, "tenant": "acme"},
-        headers={"X-Correlation-Id": "corr-log-1"},
+        json={"prompt": "hi", "max_tokens": 8, "session_id": sid},
+        headers={"X-Correlation-Id": "corr-log-1", "Authorization": f"Bearer {keys['acme']}"},
     ) as resp:
-        assert resp.status == 202
+        assert resp.status == 202, await resp.text()
         task_id = (await resp.json())["task_id"]
-    events = await run.events(task_id)
+    events = await run.events(task_id, key=keys["acme"])
     assert events[-1][1] == "end"
     lines = [x for x in _json_lines(caplog, "task ended") if x["job_id"] == task_id]
     assert len(lines) == 1
@@ -103,6 +107,7 @@ async def test_no_secret_reaches_a_log_line(tmp_path: Path):
     port = _free_port()
     cfg = {
         "server": {"port": port, "shutdown_grace_s": 1.0},
+        "auth": {"enabled": False},
         "pools": [
             {
                 "id": "main",

@@ -48,8 +48,8 @@ from .auth import Access, Authenticator, Principal, load_keys
 from .control import control_routes
 from .limits import BodyLimit, StreamCounter, TaskStream
 from .service import Orchestrator
-from .tracing import CORRELATION_ID
 from .tasks import TaskRecord
+from .tracing import CORRELATION_ID
 
 __all__ = ["build_app"]
 
