@@ -151,7 +151,8 @@ async def test_queue_full_429_with_backoff(start_orchestrator, mock_config):
 
 
 async def test_drop_lru_displaces_oldest_with_terminal_error(start_orchestrator, mock_config):
-    """ORCH-1103: the displaced task gets QUEUE_FULL_DROP_LRU, never disappears."""
+    """ORCH-1103: the displaced task gets QUEUE_FULL_DROP_LRU, never disappears;
+    ORCH-1108: it is counted in tasks_rejected_total with that reason."""
     run = await start_orchestrator(
         mock_config(
             admission={"queue_capacity": 1, "full_policy": "drop-lru"},
@@ -165,6 +166,11 @@ async def test_drop_lru_displaces_oldest_with_terminal_error(start_orchestrator,
     events = await run.events(old)
     assert [e[1] for e in events] == ["error"]
     assert events[0][2]["code"] == "QUEUE_FULL_DROP_LRU"
+    assert re.search(
+        r'tasks_rejected_total\{[^}]*policy="drop-lru"[^}]*'
+        r'reason="QUEUE_FULL_DROP_LRU"[^}]*\} 1\.0',
+        await run.metrics_text(),
+    )
     async with run.http.post(f"{run.url}/v1/tasks/{running}/cancel"):
         pass
 

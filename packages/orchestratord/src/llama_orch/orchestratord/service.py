@@ -438,10 +438,20 @@ class Orchestrator:
         return True
 
     def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]], priority: str) -> None:
-        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106);
-        pushed out for a more urgent task, it counts as a soft preemption (ORCH-1904)."""
+        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)
+        and counts as rejected (ORCH-1108); pushed out for a more urgent task, it counts
+        as a soft preemption (ORCH-1904)."""
         for victim in displaced:
             self._backpressure(pool)
+            self.metrics.tasks_rejected.add(
+                1,
+                {
+                    "reason": victim.code.value,
+                    "policy": pool.queue.policy,
+                    "pool_id": pool.id,
+                    "engine": pool.engine,
+                },
+            )
             if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
                 self.metrics.preemptions.add(
                     1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id}
