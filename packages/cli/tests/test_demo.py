@@ -135,3 +135,23 @@ async def test_ctrl_c_while_waiting_stops_the_daemon(fake_daemon, monkeypatch, c
     # SIGTERM may land before the daemon installs its handler: 0 or -15 are both clean.
     assert re.search(r"orchestratord stopped \(exit code (0|-15)\)", err)
     assert "killing it" not in err
+
+
+async def test_daemon_log_lines_wait_while_a_stream_is_printed(tmp_path):
+    """ORCH-5003: the demo's streamed text is never cut by a daemon log line; the
+    held lines are shown afterwards, in order."""
+    import io
+
+    from llama_orch.cli._daemon import Orchestratord
+    from rich.console import Console
+
+    buf = io.StringIO()
+    daemon = Orchestratord("orchestratord", tmp_path / "c.yaml", Console(file=buf))
+    reader = asyncio.StreamReader()
+    with daemon.hold_logs():
+        reader.feed_data(b"first line\nsecond line\n")
+        reader.feed_eof()
+        await daemon._pump(reader)
+        assert "first line" not in buf.getvalue()
+    shown = buf.getvalue()
+    assert shown.index("first line") < shown.index("second line")

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -71,6 +72,7 @@ class Orchestratord:
         self.command = [executable, "--config", str(config_path)]
         self._console = console
         self._proc: asyncio.subprocess.Process | None = None
+        self._held: list[str] | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._tail: deque[str] = deque(maxlen=30)
         self.exited: asyncio.Future[int] | None = None
@@ -111,7 +113,25 @@ class Orchestratord:
             text = line.decode(errors="replace").rstrip()
             if text:
                 self._tail.append(text)
-                self._console.print(f"[dim]\\[orchestratord][/dim] {escape(format_log_line(text))}")
+                if self._held is not None:
+                    self._held.append(text)
+                else:
+                    self._show(text)
+
+    def _show(self, text: str) -> None:
+        self._console.print(f"[dim]\\[orchestratord][/dim] {escape(format_log_line(text))}")
+
+    @contextlib.contextmanager
+    def hold_logs(self) -> Iterator[None]:
+        """Keep the daemon's log lines back while a stream is printed, so they never
+        land in the middle of the streamed text; show them afterwards, in order."""
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for text in held:
+                self._show(text)
 
     async def stop(self, grace_s: float = 20.0) -> int | None:
         """SIGTERM the process group, wait ``grace_s``, then SIGKILL it."""

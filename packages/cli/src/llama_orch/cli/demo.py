@@ -187,7 +187,8 @@ async def run_demo(
         async with OrchClient(url, api_key=key) as orch:
             await wait_ready(orch, daemon, console, timeout_s=ready_timeout_s)
             console.print(f"[llorch] pool {DEMO_POOL!r} is ready", markup=False)
-            return await run_haiku(orch, console, out=out)
+            with daemon.hold_logs():
+                return await run_haiku(orch, console, out=out)
     except OrchestratordExited as exc:
         console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
         if exc.output_tail:
