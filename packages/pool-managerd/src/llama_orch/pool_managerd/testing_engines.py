@@ -132,6 +132,22 @@ def pytriton_engine() -> PythonEngine:
     return _get("pytriton", _build_pytriton)  # type: ignore[return-value]
 
 
+def _wait_http_or_exit(
+    url: str, proc: subprocess.Popen[bytes], log: Path, what: str, limit: float
+) -> bool:
+    """Like :func:`_wait_http`, but False (instead of a failure) when ``proc`` exits."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None:
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready in {limit:.0f}s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.25)
+    return False
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, limit: float) -> None:
     deadline = time.monotonic() + limit
     while True:
@@ -267,22 +283,12 @@ def triton_server(
     disconnect, so a cancelled generation runs to its end there; a small
     context keeps that short and away from the shared ``smollm2_server``.
     """
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     scratch = Path(tempfile.mkdtemp(prefix="llorch-triton-"))
     llama = _launch(
         llama_server_binary, smollm2_model, scratch, slots=4, ctx_per_slot=128, threads=2
     )
     log_path = scratch / "triton.log"
     token = secrets.token_urlsafe(16)
-    cfg = {
-        "http_port": http_port,
-        "grpc_port": grpc_port,
-        "metrics_port": metrics_port,
-        "access_token": token,
-        "model_name": TRITON_MODEL,
-        "llama_base_url": llama.base_url,
-        "instances": llama.spec.slots,
-    }
     lib = str(python_lib_dir())
     env = {
         **os.environ,
@@ -293,20 +299,42 @@ def triton_server(
     }
     env.pop("VIRTUAL_ENV", None)
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(pytriton_engine.python), str(_APP), json.dumps(cfg)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=scratch,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        base = f"http://127.0.0.1:{http_port}"
-        _wait_http(f"{base}/v2/models/{TRITON_MODEL}/ready", proc, log_path, "Triton", 120)
+        # A second try with new ports when the app exits during start-up: its
+        # handshake with tritonserver was seen refused once on a loaded machine,
+        # and ports picked by free_port() can be taken before tritonserver binds.
+        for attempt in (1, 2):
+            http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+            cfg = {
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "access_token": token,
+                "model_name": TRITON_MODEL,
+                "llama_base_url": llama.base_url,
+                "instances": llama.spec.slots,
+            }
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    [str(pytriton_engine.python), str(_APP), json.dumps(cfg)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=scratch,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+            base = f"http://127.0.0.1:{http_port}"
+            url = f"{base}/v2/models/{TRITON_MODEL}/ready"
+            if attempt == 1 and not _wait_http_or_exit(url, proc, log_path, "Triton", 120):
+                _progress(f"Triton exited {proc.returncode} during start-up; trying again")
+                stop_group(proc, signal.SIGINT, grace=20)
+                continue
+            _wait_http(url, proc, log_path, "Triton", 120)
+            break
+        assert proc is not None
         server = RunningTriton(
             base,
             f"http://127.0.0.1:{metrics_port}",
@@ -321,6 +349,7 @@ def triton_server(
         yield server
     finally:
         # pytriton shuts tritonserver down on SIGINT; SIGTERM would orphan it.
-        stop_group(proc, signal.SIGINT, grace=20)
+        if proc is not None:
+            stop_group(proc, signal.SIGINT, grace=20)
         llama.stop()
         shutil.rmtree(scratch, ignore_errors=True)
