@@ -70,6 +70,10 @@ def test_log_lines_show_their_msg() -> None:
         format_log_line('{"level":"error","msg":"spawn failed","error":"ENOENT"}')
         == "error: spawn failed error=ENOENT"
     )
+    assert (
+        format_log_line('{"level":"info","msg":"self-test","check":"decode","ok":true}')
+        == "self-test check=decode"
+    )
     assert format_log_line("plain text") == "plain text"
     assert format_log_line("[1, 2]") == "[1, 2]"
 

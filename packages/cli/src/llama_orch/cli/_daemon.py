@@ -35,7 +35,7 @@ INSTALL_HINT = (
 )
 
 _log_line = msgspec.json.Decoder()
-_DETAIL_KEYS = ("error", "last_error", "exc_info")
+_DETAIL_KEYS = ("check", "detail", "error", "last_error", "exc_info")
 
 
 def find_orchestratord() -> str:
