@@ -9,17 +9,32 @@ max_tokens ≤ ctx → session turn budget → queue push (full policy).
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
-from llama_orch.core.api import TaskRequest, derive_seed
-from llama_orch.core.config import AdmissionConfig
-from llama_orch.core.errors import InvalidParams, PoolUnready
+from llama_orch.core.api import TaskAccepted, TaskRequest, derive_seed
+from llama_orch.core.config import AdmissionConfig, Config
+from llama_orch.core.errors import (
+    AdmissionRejected,
+    InvalidParams,
+    OrchError,
+    PoolUnavailable,
+    PoolUnready,
+)
+from llama_orch.core.placement import choose_set
+from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
+from llama_orch.core.quota import Quotas
 
+from .metrics import Metrics
 from .pools import Pool
+from .sessions import SessionTable
+from .tasks import TaskRecord, TaskStore
+from .tracing import CORRELATION_ID, Tracing
+from .workload import Workload
 
-__all__ = ["Prepared", "decode_request", "prepare", "resolve_pool"]
+__all__ = ["AdmissionMixin", "Prepared", "decode_request", "prepare", "resolve_pool"]
 
 _decoder = msgspec.json.Decoder(TaskRequest)
 
@@ -131,3 +146,153 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
         cache_prompt=req.determinism != "strict" and req.kv_hint != "cold",
     )
     return Prepared(str(tid), gen, prompt_tokens, ctx)
+
+
+class AdmissionMixin:
+    """The admission step of :class:`~llama_orch.orchestratord.service.Orchestrator`:
+    submit, the full-queue policy's displacements and the 202's budget headers.
+    The attributes below are the orchestrator's."""
+
+    accepting: bool
+    config: Config
+    pools: dict[str, Pool]
+    tasks: TaskStore
+    quotas: Quotas
+    sessions: SessionTable
+    metrics: Metrics
+    tracing: Tracing
+    workload: Workload
+
+    async def submit(self, body: bytes, tenant: str = DEFAULT_TENANT) -> TaskAccepted:
+        """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
+        OrchError that explains why not."""
+        pool: Pool | None = None
+        submitted_ns = time.time_ns()
+        try:
+            if not self.accepting:
+                raise PoolUnavailable("orchestratord is shutting down", retry_after_ms=1000)
+            req = decode_request(body)
+            pool = resolve_pool(req, self.pools)
+            if pool.draining:
+                raise PoolUnavailable(f"pool {pool.id} is draining", pool_id=pool.id)
+            prepared = await prepare(req, pool, self.config.admission)
+            if self.tasks.get(prepared.task_id) is not None:
+                raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
+            now = time.monotonic()
+            max_tokens = prepared.request.max_tokens
+            self.workload.check_deadline(
+                pool, req.deadline_ms, req.expected_tokens or max_tokens, req.priority
+            )
+            in_flight = self.tasks.in_flight(tenant)
+            try:
+                self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
+            except AdmissionRejected as exc:
+                exc.pool_id, exc.engine = pool.id, pool.engine
+                if exc.retry_after_ms is None:
+                    exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
+                self._backpressure(pool, "quota")
+                raise
+            sid = str(req.session_id) if req.session_id else None
+            pin = None
+            rate = pool.config.cost_per_token.get(req.priority, 0.0)
+            if sid is not None:
+                assert prepared.prompt_tokens is not None  # sessions are counted (ORCH-1118)
+                reserve = prepared.prompt_tokens + max_tokens
+                session = self.sessions.begin_turn((tenant, sid), reserve, reserve * rate)
+                pin = session.set_key
+            if pin is None and req.determinism == "strict":
+                pin = choose_set(pool.views())  # ORCH-1302: strict tasks stay in one set
+            rec = TaskRecord(
+                task_id=prepared.task_id,
+                pool_id=pool.id,
+                engine=pool.engine,
+                priority=req.priority,
+                request=prepared.request,
+                prompt_tokens=prepared.prompt_tokens or 0,
+                prompt_counted=prepared.prompt_tokens is not None,
+                session_id=sid,
+                tenant=tenant,
+                deadline=None if req.deadline_ms is None else now + req.deadline_ms / 1000,
+                set_key=pin,
+                expected_tokens=req.expected_tokens,
+                cost_per_token=rate,
+                correlation_id=CORRELATION_ID.get(),
+            )
+            try:
+                displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
+            except AdmissionRejected as exc:
+                exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
+                exc.pool_id, exc.engine = pool.id, pool.engine
+                exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
+                self._backpressure(pool)
+                raise
+            self._displace(pool, displaced, rec.priority)
+            self.tasks.add(rec)
+            self.tracing.admitted(rec, submitted_ns)
+        except OrchError as exc:
+            self.metrics.tasks_rejected.add(
+                1,
+                {
+                    "reason": exc.code.value,
+                    "policy": exc.policy_label or "none",
+                    "pool_id": pool.id if pool else "none",
+                    "engine": pool.engine if pool else "none",
+                },
+            )
+            raise
+        self.metrics.tasks_enqueued.add(
+            1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority}
+        )
+        rec.queue_position = pool.queue.position(rec)
+        rec.predicted_start_ms = pool.drain.predicted_start_ms(
+            rec.queue_position, pool.running(), rec.request.max_tokens
+        )
+        pool.wakeup.set()
+        return TaskAccepted(
+            rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
+        )
+
+    def budget_headers(self, task_id: str) -> dict[str, str]:
+        """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""
+        rec = self.tasks.get(task_id)
+        s = self.sessions.get(rec.session_key) if rec and rec.session_key else None
+        if s is None:
+            return {}
+        tokens, ms = self.sessions.remaining(s)
+        headers = {"X-Budget-Turns-Remaining": str(max(0, self.sessions.max_turns - s.turns))}
+        if tokens is not None:
+            headers["X-Budget-Tokens-Remaining"] = str(tokens)
+        if ms is not None:
+            headers["X-Budget-Time-Ms-Remaining"] = str(ms)
+        cost = self.sessions.cost_remaining(s)
+        if cost is not None:
+            headers["X-Budget-Cost-Remaining"] = f"{cost:g}"  # ORCH-1906
+        return headers
+
+    def _backpressure(self, pool: Pool, policy: str | None = None) -> None:
+        self.metrics.backpressure.add(
+            1, {"engine": pool.engine, "pool_id": pool.id, "policy": policy or pool.queue.policy}
+        )
+
+    def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]], priority: str) -> None:
+        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)
+        and counts as rejected (ORCH-1108); pushed out for a more urgent task, it counts
+        as a soft preemption (ORCH-1904)."""
+        for victim in displaced:
+            self._backpressure(pool)
+            self.metrics.tasks_rejected.add(
+                1,
+                {
+                    "reason": victim.code.value,
+                    "policy": pool.queue.policy,
+                    "pool_id": pool.id,
+                    "engine": pool.engine,
+                },
+            )
+            if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
+                self.metrics.preemptions.add(
+                    1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id}
+                )
+            victim.item.fail(
+                victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
+            )

@@ -9,54 +9,47 @@ in the same step, so no interleaving can emit a token after a terminal event
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-import weakref
 
 import msgspec
-from llama_orch.core.adapter_api import Capability, Finished, TokenChunk, WorkerAdapter
+from llama_orch.core.adapter_api import Finished, TokenChunk
 from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
     MetricsEvent,
     StartedEvent,
-    TaskAccepted,
     TokenEvent,
 )
 from llama_orch.core.config import Config
 from llama_orch.core.errors import (
     AdmissionRejected,
-    DeadlineUnmet,
     ErrorCode,
-    InvalidParams,
     NotFound,
     OrchError,
-    PoolUnavailable,
     PoolUnready,
     WorkerReset,
 )
-from llama_orch.core.placement import Orphaned, ReplicaView, choose_set, next_dispatch
+from llama_orch.core.placement import Orphaned, next_dispatch
 from llama_orch.core.predict import (
-    DrainRate,
-    ReplicaForecast,
     ShareTracker,
-    forecast_ms,
     on_time_probability,
 )
-from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
+from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
-from .admission import decode_request, prepare, resolve_pool
+from .admission import AdmissionMixin
 from .metrics import Metrics
 from .pools import Pool, Replica
+from .preemption import Preemptor
 from .selftest import SelfTests
 from .sessions import Session, SessionTable
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, log_task_end, model_state_samples
-from .tracing import CORRELATION_ID, Tracing
+from .tracing import Tracing
 from .watchdog import watchdog_loop
+from .workload import Workload, tokens_left
 
 __all__ = ["Orchestrator"]
 
@@ -71,15 +64,7 @@ def _pin_of(rec: TaskRecord) -> ReplicaSetKey | None:
     return rec.set_key  # set while queued only for pinned tasks (ORCH-1302)
 
 
-def _remaining(rec: TaskRecord) -> int:
-    """Tokens a task is still expected to generate (ORCH-1905, ORCH-1907)."""
-    budget = rec.request.max_tokens
-    if rec.expected_tokens is not None:
-        budget = min(budget, rec.expected_tokens)
-    return max(0, budget - rec.engine_tokens)
-
-
-class Orchestrator:
+class Orchestrator(AdmissionMixin):
     def __init__(self, config: Config) -> None:
         self.config = config
         sched = config.scheduling
@@ -116,13 +101,10 @@ class Orchestrator:
             gpu_utilization=lambda: self.gpu.read(self.pools.values())[0],
             vram_used=lambda: self.gpu.read(self.pools.values())[1],
         )
-        # Tasks running on each (pool, replica) and each replica's own rate (ORCH-1905).
-        self._running: dict[tuple[str, str], set[TaskRecord]] = {}
-        self._rates: dict[tuple[str, str], DrainRate] = {}
-        self._interruptible: weakref.WeakKeyDictionary[WorkerAdapter, bool] = (
-            weakref.WeakKeyDictionary()
+        self.workload = Workload()
+        self.preemptor = Preemptor(
+            config.scheduling.preemption, self.workload.running, self.metrics
         )
-        self._preempting: set[str] = set()  # pools with a hard preemption in flight
         self.self_tests = SelfTests(
             enabled=config.observability.self_test,
             timeout_s=config.observability.self_test_timeout_s,
@@ -180,154 +162,6 @@ class Orchestrator:
         self.gpu.close()
         await asyncio.to_thread(self.tracing.shutdown)  # flushes OTLP off the event loop
 
-    # ------------------------------------------------------------------ admission
-
-    async def submit(self, body: bytes, tenant: str = DEFAULT_TENANT) -> TaskAccepted:
-        """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
-        OrchError that explains why not."""
-        pool: Pool | None = None
-        submitted_ns = time.time_ns()
-        try:
-            if not self.accepting:
-                raise PoolUnavailable("orchestratord is shutting down", retry_after_ms=1000)
-            req = decode_request(body)
-            pool = resolve_pool(req, self.pools)
-            if pool.draining:
-                raise PoolUnavailable(f"pool {pool.id} is draining", pool_id=pool.id)
-            prepared = await prepare(req, pool, self.config.admission)
-            if self.tasks.get(prepared.task_id) is not None:
-                raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
-            now = time.monotonic()
-            max_tokens = prepared.request.max_tokens
-            self._check_deadline(
-                pool, req.deadline_ms, req.expected_tokens or max_tokens, req.priority
-            )
-            in_flight = self.tasks.in_flight(tenant)
-            try:
-                self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
-            except AdmissionRejected as exc:
-                exc.pool_id, exc.engine = pool.id, pool.engine
-                if exc.retry_after_ms is None:
-                    exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
-                self._backpressure(pool, "quota")
-                raise
-            sid = str(req.session_id) if req.session_id else None
-            pin = None
-            rate = pool.config.cost_per_token.get(req.priority, 0.0)
-            if sid is not None:
-                assert prepared.prompt_tokens is not None  # sessions are counted (ORCH-1118)
-                reserve = prepared.prompt_tokens + max_tokens
-                session = self.sessions.begin_turn((tenant, sid), reserve, reserve * rate)
-                pin = session.set_key
-            if pin is None and req.determinism == "strict":
-                pin = choose_set(pool.views())  # ORCH-1302: strict tasks stay in one set
-            rec = TaskRecord(
-                task_id=prepared.task_id,
-                pool_id=pool.id,
-                engine=pool.engine,
-                priority=req.priority,
-                request=prepared.request,
-                prompt_tokens=prepared.prompt_tokens or 0,
-                prompt_counted=prepared.prompt_tokens is not None,
-                session_id=sid,
-                tenant=tenant,
-                deadline=None if req.deadline_ms is None else now + req.deadline_ms / 1000,
-                set_key=pin,
-                expected_tokens=req.expected_tokens,
-                cost_per_token=rate,
-                correlation_id=CORRELATION_ID.get(),
-            )
-            try:
-                displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
-            except AdmissionRejected as exc:
-                exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
-                exc.pool_id, exc.engine = pool.id, pool.engine
-                exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
-                self._backpressure(pool)
-                raise
-            self._displace(pool, displaced, rec.priority)
-            self.tasks.add(rec)
-            self.tracing.admitted(rec, submitted_ns)
-        except OrchError as exc:
-            self.metrics.tasks_rejected.add(
-                1,
-                {
-                    "reason": exc.code.value,
-                    "policy": exc.policy_label or "none",
-                    "pool_id": pool.id if pool else "none",
-                    "engine": pool.engine if pool else "none",
-                },
-            )
-            raise
-        self.metrics.tasks_enqueued.add(
-            1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority}
-        )
-        rec.queue_position = pool.queue.position(rec)
-        rec.predicted_start_ms = pool.drain.predicted_start_ms(
-            rec.queue_position, pool.running(), rec.request.max_tokens
-        )
-        pool.wakeup.set()
-        return TaskAccepted(
-            rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
-        )
-
-    def _check_deadline(
-        self, pool: Pool, deadline_ms: int | None, tokens: int, priority: str
-    ) -> None:
-        """ORCH-1006, ORCH-1905: refuse when the predicted finish is past the deadline,
-        forecast from each replica's own rate, the work running on it and the work
-        queued ahead. Until the pool measured a task there is no rate to predict
-        from, and the task is admitted."""
-        if deadline_ms is None or not pool.drain.measured:
-            return
-        pool_rate = pool.drain.decode_ms(1)
-        replicas = []
-        for rid, r in pool.replicas.items():
-            if r.state.ready:
-                own = self._rates.get((pool.id, rid))
-                replicas.append(
-                    ReplicaForecast(
-                        own.ms_per_token if own and own.ms_per_token else pool_rate,
-                        r.state.slots,
-                        [_remaining(t) for t in self._running.get((pool.id, rid), ())],
-                    )
-                )
-        rank = PRIORITIES.index(priority)
-        ahead = (_remaining(t) for t in pool.queue.queued() if PRIORITIES.index(t.priority) <= rank)
-        forecast = forecast_ms(replicas, ahead, tokens)
-        if forecast is None:
-            return
-        start, finish = forecast
-        if finish > deadline_ms:
-            raise DeadlineUnmet(
-                f"predicted finish in {finish:.0f} ms (start in {start:.0f} ms) exceeds"
-                f" deadline_ms={deadline_ms} - at `$.deadline_ms`",
-                pool_id=pool.id,
-                engine=pool.engine,
-            )
-
-    def budget_headers(self, task_id: str) -> dict[str, str]:
-        """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""
-        rec = self.tasks.get(task_id)
-        s = self.sessions.get(rec.session_key) if rec and rec.session_key else None
-        if s is None:
-            return {}
-        tokens, ms = self.sessions.remaining(s)
-        headers = {"X-Budget-Turns-Remaining": str(max(0, self.sessions.max_turns - s.turns))}
-        if tokens is not None:
-            headers["X-Budget-Tokens-Remaining"] = str(tokens)
-        if ms is not None:
-            headers["X-Budget-Time-Ms-Remaining"] = str(ms)
-        cost = self.sessions.cost_remaining(s)
-        if cost is not None:
-            headers["X-Budget-Cost-Remaining"] = f"{cost:g}"  # ORCH-1906
-        return headers
-
-    def _backpressure(self, pool: Pool, policy: str | None = None) -> None:
-        self.metrics.backpressure.add(
-            1, {"engine": pool.engine, "pool_id": pool.id, "policy": policy or pool.queue.policy}
-        )
-
     def _queue_depths(self) -> list[tuple[int, dict[str, str]]]:
         return [
             (pool.queue.depth(p), {"engine": pool.engine, "pool_id": pool.id, "priority": p})
@@ -373,9 +207,9 @@ class Orchestrator:
             await pool.wakeup.wait()
             pool.wakeup.clear()
             while True:
-                step = next_dispatch(pool.queue, self._views(pool), _pin_of, self._affinity)
+                step = next_dispatch(pool.queue, self.workload.views(pool), _pin_of, self._affinity)
                 if step is None:
-                    await self._maybe_preempt(pool)
+                    await self.preemptor.maybe_preempt(pool)
                     break
                 rec = step.item
                 if isinstance(step, Orphaned):
@@ -401,7 +235,7 @@ class Orchestrator:
                 rec.engine_version = replica.state.engine_version
                 rec.dispatched = time.monotonic()
                 rec.last_progress = None
-                self._running.setdefault((pool.id, rec.replica_id), set()).add(rec)
+                self.workload.started(pool.id, rec.replica_id, rec)
                 self.tracing.dispatched(rec, replica.state.replica_id, rec.engine_version)
                 rec.runner = asyncio.create_task(
                     self._run(pool, replica, rec), name=f"task-{rec.task_id}"
@@ -437,29 +271,6 @@ class Orchestrator:
         )
         return True
 
-    def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]], priority: str) -> None:
-        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)
-        and counts as rejected (ORCH-1108); pushed out for a more urgent task, it counts
-        as a soft preemption (ORCH-1904)."""
-        for victim in displaced:
-            self._backpressure(pool)
-            self.metrics.tasks_rejected.add(
-                1,
-                {
-                    "reason": victim.code.value,
-                    "policy": pool.queue.policy,
-                    "pool_id": pool.id,
-                    "engine": pool.engine,
-                },
-            )
-            if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
-                self.metrics.preemptions.add(
-                    1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id}
-                )
-            victim.item.fail(
-                victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
-            )
-
     def _ended_unrun(self, rec: TaskRecord) -> None:
         """A task that ended while queued (canceled, displaced, expired, orphaned) gives
         its session back the tokens reserved at admission (ORCH-1405); tasks that ran
@@ -481,12 +292,8 @@ class Orchestrator:
     def _release(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         # A done-callback runs even when the runner was cancelled before it started.
         replica.busy -= 1
-        running = self._running.get((pool.id, replica.state.replica_id))
-        if running is not None:
-            running.discard(rec)
-        if rec.preempt_requested:
-            rec.preempt_requested = False
-            self._preempting.discard(pool.id)
+        self.workload.ended(pool.id, replica.state.replica_id, rec)
+        self.preemptor.released(pool, rec)
         if rec.state == "queued":  # requeued or preempted: it will be dispatched again
             pool.wakeup.set()
             return
@@ -512,11 +319,13 @@ class Orchestrator:
         if rec.dispatched is not None and rec.state == "completed":
             pool.drain.observe(engine_ms, rec.tokens_out)
             if rec.preemptions == 0 and rec.tokens_out:  # one uninterrupted run (ORCH-1905)
-                key = (pool.id, replica.state.replica_id)
-                rate = self._rates.get(key)
-                if rate is None:
-                    rate = self._rates[key] = DrainRate(replica.state.slots)
-                rate.observe(engine_ms, rec.engine_tokens)
+                self.workload.observe(
+                    pool.id,
+                    replica.state.replica_id,
+                    replica.state.slots,
+                    engine_ms,
+                    rec.engine_tokens,
+                )
         if rec.deadline is not None:
             stats = self._deadlines[pool.id, rec.priority]
             stats[1] += 1
@@ -545,9 +354,8 @@ class Orchestrator:
         on_time = None
         if rec.deadline is not None:
             remaining = (rec.deadline - time.monotonic()) * 1000
-            own = self._rates.get((pool.id, replica_id))  # the replica it runs on (ORCH-1905)
-            per_token = own.ms_per_token if own and own.ms_per_token else pool.drain.decode_ms(1)
-            expected = per_token * _remaining(rec)
+            # the rate of the replica it runs on (ORCH-1905)
+            expected = self.workload.ms_per_token(pool, replica_id) * tokens_left(rec)
             on_time = on_time_probability(remaining, expected, self.config.scheduling.deadline_cv)
         tokens = ms = cost = None
         if session is not None:
@@ -561,83 +369,6 @@ class Orchestrator:
             budget_time_ms_remaining=ms,
             budget_cost_remaining=cost,
         )
-
-    def _views(self, pool: Pool) -> list[ReplicaView]:
-        """Replica views with each replica's assigned work (ORCH-1907)."""
-        views = pool.views()
-        for n, v in enumerate(views):
-            tasks = self._running.get((pool.id, v.replica_id))
-            if tasks:
-                views[n] = dataclasses.replace(v, load=sum(_remaining(t) for t in tasks))
-        return views
-
-    async def _is_interruptible(self, replica: Replica) -> bool:
-        """Whether the replica's adapter declares ``interruptible_decode`` (cached)."""
-        known = self._interruptible.get(replica.adapter)
-        if known is None:
-            try:
-                props = await replica.adapter.props()
-            except OrchError:
-                return False  # unknown for now; asked again next time
-            known = Capability.INTERRUPTIBLE_DECODE in props.capabilities
-            self._interruptible[replica.adapter] = known
-        return known
-
-    async def _maybe_preempt(self, pool: Pool) -> None:
-        """Hard preemption (ORCH-1901, ORCH-1902): the head cannot be placed; interrupt
-        the most recently dispatched running task of a strictly lower priority on an
-        eligible replica whose adapter declares ``interruptible_decode``."""
-        if self.config.scheduling.preemption != "hard" or pool.id in self._preempting:
-            return
-        head, meta = pool.queue.peek(), pool.queue.peek_meta()
-        if head is None or meta is None:
-            return
-        rank, pin = PRIORITIES.index(meta[0]), _pin_of(head)
-        victims = sorted(
-            (
-                t
-                for (pid, _rid), tasks in self._running.items()
-                if pid == pool.id
-                for t in tasks
-                if PRIORITIES.index(t.priority) > rank and (pin is None or t.set_key == pin)
-            ),
-            key=lambda t: t.dispatched or 0.0,
-            reverse=True,
-        )
-        for victim in victims:
-            replica = pool.replicas.get(victim.replica_id or "")
-            if replica is None or not replica.state.ready:
-                continue
-            if not await self._is_interruptible(replica):
-                continue
-            # props() may have yielded: act only if nothing changed meanwhile
-            if pool.queue.peek() is not head or victim.state != "running":
-                return
-            if victim.runner is None or pool.id in self._preempting:
-                return
-            victim.preempt_requested = True
-            self._preempting.add(pool.id)
-            victim.runner.cancel()
-            self.metrics.preemptions.add(
-                1,
-                {
-                    "mode": "hard",
-                    "engine": pool.engine,
-                    "pool_id": pool.id,  # one label set for both modes (ORCH-7002)
-                },
-            )
-            return
-
-    def _requeue_preempted(self, pool: Pool, rec: TaskRecord) -> None:
-        """Put an interrupted task back at the front of its flow (ORCH-1902); it keeps
-        its replica set so that its continuation comes from the same model."""
-        assert rec.dispatched is not None
-        rec.engine_ms_before += _ms(time.monotonic() - rec.dispatched)
-        rec.preemptions += 1
-        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
-        rec.append(MetricsEvent(preempted=True, queue_depth=len(pool.queue)))
-        pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
-        _log.info("task %s preempted after %d tokens", rec.task_id, rec.tokens_out)
 
     def _complete(self, rec: TaskRecord, finished: Finished, attrs: dict[str, str]) -> None:
         end = time.monotonic()
@@ -751,7 +482,7 @@ class Orchestrator:
                 if finished is not None:  # the engine was done before the interrupt
                     self._complete(rec, finished, attrs)
                 else:
-                    self._requeue_preempted(pool, rec)
+                    self.preemptor.requeue(pool, rec)
         except OrchError as exc:
             requeued = (
                 isinstance(exc, (WorkerReset, PoolUnready))

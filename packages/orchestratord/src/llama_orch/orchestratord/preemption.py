@@ -1,0 +1,116 @@
+"""Hard preemption (ORCH-1901..1903): interrupt lower-priority work for urgent work.
+
+Used only when ``scheduling.preemption`` is ``hard`` and the replica's adapter
+declares ``interruptible_decode``. At most one interruption per pool is in
+flight; the interrupted task goes back to the front of its flow and resumes
+as a continuation (ORCH-1902).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+
+from llama_orch.core.adapter_api import Capability, WorkerAdapter
+from llama_orch.core.api import MetricsEvent
+from llama_orch.core.errors import OrchError
+from llama_orch.core.queue import PRIORITIES
+
+from .metrics import Metrics
+from .pools import Pool, Replica
+from .tasks import TaskRecord
+
+__all__ = ["Preemptor"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+
+
+class Preemptor:
+    def __init__(
+        self,
+        mode: str,
+        running: dict[tuple[str, str], set[TaskRecord]],
+        metrics: Metrics,
+    ) -> None:
+        self.mode = mode
+        self._running = running  # the orchestrator's tasks per (pool, replica)
+        self._metrics = metrics
+        self._interruptible: weakref.WeakKeyDictionary[WorkerAdapter, bool] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._in_flight: set[str] = set()  # pools with a hard preemption in flight
+
+    async def _is_interruptible(self, replica: Replica) -> bool:
+        """Whether the replica's adapter declares ``interruptible_decode`` (cached)."""
+        known = self._interruptible.get(replica.adapter)
+        if known is None:
+            try:
+                props = await replica.adapter.props()
+            except OrchError:
+                return False  # unknown for now; asked again next time
+            known = Capability.INTERRUPTIBLE_DECODE in props.capabilities
+            self._interruptible[replica.adapter] = known
+        return known
+
+    async def maybe_preempt(self, pool: Pool) -> None:
+        """Hard preemption (ORCH-1901, ORCH-1902): the head cannot be placed; interrupt
+        the most recently dispatched running task of a strictly lower priority on an
+        eligible replica whose adapter declares ``interruptible_decode``."""
+        if self.mode != "hard" or pool.id in self._in_flight:
+            return
+        head, meta = pool.queue.peek(), pool.queue.peek_meta()
+        if head is None or meta is None:
+            return
+        rank, pin = PRIORITIES.index(meta[0]), head.set_key
+        victims = sorted(
+            (
+                t
+                for (pid, _rid), tasks in self._running.items()
+                if pid == pool.id
+                for t in tasks
+                if PRIORITIES.index(t.priority) > rank and (pin is None or t.set_key == pin)
+            ),
+            key=lambda t: t.dispatched or 0.0,
+            reverse=True,
+        )
+        for victim in victims:
+            replica = pool.replicas.get(victim.replica_id or "")
+            if replica is None or not replica.state.ready:
+                continue
+            if not await self._is_interruptible(replica):
+                continue
+            # props() may have yielded: act only if nothing changed meanwhile
+            if pool.queue.peek() is not head or victim.state != "running":
+                return
+            if victim.runner is None or pool.id in self._in_flight:
+                return
+            victim.preempt_requested = True
+            self._in_flight.add(pool.id)
+            victim.runner.cancel()
+            self._metrics.preemptions.add(
+                1,
+                {
+                    "mode": "hard",
+                    "engine": pool.engine,
+                    "pool_id": pool.id,  # one label set for both modes (ORCH-7002)
+                },
+            )
+            return
+
+    def released(self, pool: Pool, rec: TaskRecord) -> None:
+        """The task's runner ended: a preemption of it is no longer in flight."""
+        if rec.preempt_requested:
+            rec.preempt_requested = False
+            self._in_flight.discard(pool.id)
+
+    def requeue(self, pool: Pool, rec: TaskRecord) -> None:
+        """Put an interrupted task back at the front of its flow (ORCH-1902); it keeps
+        its replica set so that its continuation comes from the same model."""
+        assert rec.dispatched is not None
+        rec.engine_ms_before += int((time.monotonic() - rec.dispatched) * 1000)
+        rec.preemptions += 1
+        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
+        rec.append(MetricsEvent(preempted=True, queue_depth=len(pool.queue)))
+        pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
+        _log.info("task %s preempted after %d tokens", rec.task_id, rec.tokens_out)
