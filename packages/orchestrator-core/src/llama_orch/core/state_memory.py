@@ -1,0 +1,317 @@
+"""The ``memory`` state store: one process, built on the core's queue, quotas and placement.
+
+It is the reference the ``valkey`` backend is held to (ORCH-2502): the serving
+order comes from :class:`~llama_orch.core.queue.AdmissionQueue`, quotas from
+:class:`~llama_orch.core.quota.Quotas` and placement from
+:func:`~llama_orch.core.placement.next_dispatch`, so the two backends share
+one definition of WRR/DRR/EDF, the full policies, the token buckets and the
+placement rules. Time comes from the injected clock (seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .placement import Orphaned as _Orphaned
+from .placement import ReplicaView, next_dispatch
+from .queue import AdmissionQueue
+from .quota import Quotas
+from .replica import ReplicaSetKey
+from .state_store import (
+    TERMINAL_KINDS,
+    Admitted,
+    CancelOutcome,
+    Canceled,
+    Dispatched,
+    DuplicateTask,
+    Event,
+    Fenced,
+    LoggedEvent,
+    Orphaned,
+    Reaped,
+    SlotView,
+    StateOptions,
+    StateStore,
+    StoreConfig,
+    TaskEnded,
+    TaskSpec,
+    TaskView,
+    canceled_terminal,
+    displaced_terminal,
+    orphaned_terminal,
+)
+
+__all__ = ["MemoryStateStore"]
+
+
+@dataclass(slots=True)
+class _Task:
+    spec: TaskSpec
+    state: str = "queued"
+    epoch: int = 0
+    owner: str | None = None
+    replica: str | None = None
+    requeues: int = 0
+    canceled: bool = False
+    lease_until: float | None = None
+    ended_at: float | None = None
+    log: list[LoggedEvent] = field(default_factory=list)
+    changed: asyncio.Event | None = None
+
+
+class MemoryStateStore(StateStore):
+    backend = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._config: StoreConfig | None = None
+        self._queues: dict[str, AdmissionQueue[str]] = {}
+        self._quotas: Quotas | None = None
+        self._replicas: dict[str, dict[str, SlotView]] = {}
+        self._busy: dict[str, dict[str, int]] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._inflight: dict[str, int] = {}
+        self._sessions: dict[str, tuple[str, str, float]] = {}
+        self._epoch = 0
+        self._ended: deque[tuple[float, str]] = deque()  # (ended_at, task_id), for retention
+
+    @classmethod
+    def from_options(cls, options: StateOptions) -> MemoryStateStore:
+        return cls()
+
+    # ------------------------------------------------------------ config
+    async def configure(self, config: StoreConfig) -> None:
+        self._config = config
+        weights = {t: c.weight for t, c in config.tenants.items()}
+        for pool, p in config.pools.items():
+            if pool not in self._queues:
+                self._queues[pool] = AdmissionQueue(p.capacity, p.full_policy, p.priority_weights, weights)
+        self._quotas = Quotas(config.tenants, config.default_tenant, config.priorities)
+
+    async def set_replicas(self, pool: str, replicas: Sequence[SlotView]) -> None:
+        self._replicas[pool] = {r.replica_id: r for r in replicas}
+        busy = self._busy.setdefault(pool, {})
+        for r in replicas:
+            busy.setdefault(r.replica_id, 0)
+
+    # ------------------------------------------------------------ admission
+    async def submit(self, task: TaskSpec) -> Admitted:
+        assert self._quotas is not None, "configure() first"
+        self._purge()
+        if task.task_id in self._tasks:
+            raise DuplicateTask(f"task {task.task_id!r} already exists")
+        queue = self._queues[task.pool]
+        now = self._clock()
+        self._quotas.admit(task.tenant, task.priority, self._inflight.get(task.tenant, 0), now)
+        displaced = queue.push(
+            task.task_id, task.priority, tenant=task.tenant, deadline=task.deadline_ms
+        )
+        for d in displaced:
+            self._end(self._tasks[d.item], displaced_terminal(d.code))
+        self._tasks[task.task_id] = _Task(task)
+        self._inflight[task.tenant] = self._inflight.get(task.tenant, 0) + 1
+        return Admitted(
+            queue_position=queue.position(task.task_id),
+            displaced=[(d.item, d.code) for d in displaced],
+        )
+
+    # ------------------------------------------------------------ dispatch
+    def _views(self, pool: str) -> list[ReplicaView]:
+        busy = self._busy.get(pool, {})
+        return [
+            ReplicaView(r.replica_id, r.set_key, r.ready, r.slots, busy.get(r.replica_id, 0))  # type: ignore[arg-type]
+            for r in self._replicas.get(pool, {}).values()
+        ]
+
+    def _session(self, name: str | None) -> tuple[str, str] | None:
+        if name is None:
+            return None
+        got = self._sessions.get(name)
+        if got is None or got[2] <= self._clock():
+            return None
+        return got[0], got[1]
+
+    def _pin(self, task_id: str) -> ReplicaSetKey | None:
+        spec = self._tasks[task_id].spec
+        if spec.pin is not None:
+            return spec.pin  # type: ignore[return-value]
+        s = self._session(spec.session)
+        return s[0] if s else None  # type: ignore[return-value]
+
+    def _affinity(self, task_id: str) -> str | None:
+        s = self._session(self._tasks[task_id].spec.session)
+        return s[1] if s else None
+
+    async def dispatch(self, pool: str, instance: str, lease_ms: int) -> Dispatched | Orphaned | None:
+        queue = self._queues[pool]
+        step = next_dispatch(queue, self._views(pool), self._pin, self._affinity)
+        if step is None:
+            return None
+        rec = self._tasks[step.item]
+        if isinstance(step, _Orphaned):
+            self._end(rec, orphaned_terminal())
+            return Orphaned(task_id=step.item)
+        self._epoch += 1
+        now = self._clock()
+        rec.state, rec.epoch, rec.owner = "running", self._epoch, instance
+        rec.replica, rec.lease_until = step.replica_id, now + lease_ms / 1000
+        busy = self._busy.setdefault(pool, {})
+        busy[step.replica_id] = busy.get(step.replica_id, 0) + 1
+        if rec.spec.session is not None:
+            assert self._config is not None
+            self._sessions[rec.spec.session] = (
+                step.set_key,  # type: ignore[arg-type]
+                step.replica_id,
+                now + self._config.session_ttl_ms / 1000,
+            )
+        return Dispatched(
+            task=rec.spec,
+            replica_id=step.replica_id,
+            set_key=step.set_key,  # type: ignore[arg-type]
+            epoch=rec.epoch,
+            requeues=rec.requeues,
+        )
+
+    # ------------------------------------------------------------ event log
+    def _owned(self, task_id: str, epoch: int) -> _Task:
+        rec = self._tasks[task_id]
+        if rec.state == "ended":
+            raise Canceled(task_id) if rec.canceled else TaskEnded(task_id)
+        if rec.state != "running" or rec.epoch != epoch:
+            raise Fenced(f"task {task_id!r}: epoch {epoch} is not {rec.epoch}")
+        return rec
+
+    async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
+        rec = self._owned(task_id, epoch)
+        for n, ev in enumerate(events):
+            if ev.kind in TERMINAL_KINDS and n != len(events) - 1:
+                raise ValueError("a terminal event must be the last of its batch")
+        for ev in events:
+            if ev.kind in TERMINAL_KINDS:
+                self._end(rec, ev)
+            else:
+                self._log(rec, ev)
+        return len(rec.log)
+
+    def _log(self, rec: _Task, ev: Event) -> None:
+        rec.log.append(LoggedEvent(len(rec.log), ev.kind, ev.data))
+        if rec.changed is not None:
+            rec.changed.set()
+            rec.changed = None
+
+    def _end(self, rec: _Task, terminal: Event) -> None:
+        """The one path to a terminal: log it, free the slot and quota, drop the lease."""
+        spec = rec.spec
+        if rec.state == "queued":
+            self._queues[spec.pool].remove(spec.task_id)
+        elif rec.state == "running" and rec.replica is not None:
+            busy = self._busy[spec.pool]
+            busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
+        rec.state, rec.lease_until, rec.ended_at = "ended", None, self._clock()
+        self._ended.append((rec.ended_at, spec.task_id))
+        left = self._inflight.get(spec.tenant, 1) - 1
+        self._inflight[spec.tenant] = max(0, left)
+        self._log(rec, terminal)
+
+    async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
+        self._purge()
+        return list(self._tasks[task_id].log[after + 1 :])
+
+    async def tail(
+        self, task_id: str, after: int = -1, *, poll_s: float = 1.0
+    ) -> AsyncIterator[LoggedEvent]:
+        rec = self._tasks[task_id]
+        while True:
+            for ev in rec.log[after + 1 :]:
+                yield ev
+                after = ev.seq
+                if ev.kind in TERMINAL_KINDS:
+                    return
+            if rec.changed is None:
+                rec.changed = asyncio.Event()
+            await rec.changed.wait()
+
+    # ------------------------------------------------------------ cancel, leases
+    async def cancel(self, task_id: str, terminal: Event | None = None) -> CancelOutcome:
+        rec = self._tasks[task_id]
+        if rec.state == "ended":
+            return "ended"
+        was = rec.state
+        rec.canceled = True
+        self._end(rec, terminal or canceled_terminal())
+        return "queued" if was == "queued" else "running"
+
+    async def requeue(self, task_id: str, epoch: int) -> None:
+        rec = self._owned(task_id, epoch)
+        self._back_to_queue(rec)
+
+    def _back_to_queue(self, rec: _Task) -> None:
+        spec = rec.spec
+        if rec.replica is not None:
+            busy = self._busy[spec.pool]
+            busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
+        self._epoch += 1
+        rec.state, rec.epoch, rec.owner, rec.replica, rec.lease_until = (
+            "queued", self._epoch, None, None, None,
+        )
+        rec.requeues += 1
+        self._queues[spec.pool].push(
+            spec.task_id, spec.priority, tenant=spec.tenant, deadline=spec.deadline_ms, front=True
+        )
+
+    async def renew(self, instance: str, leases: Mapping[str, int], lease_ms: int) -> list[str]:
+        now, lost = self._clock(), []
+        for task_id, epoch in leases.items():
+            rec = self._tasks.get(task_id)
+            if rec is None or rec.state != "running" or rec.epoch != epoch or rec.owner != instance:
+                lost.append(task_id)
+            else:
+                rec.lease_until = now + lease_ms / 1000
+        return lost
+
+    async def reap(self, instance: str, lease_ms: int, max_requeues: int = 2) -> list[Reaped]:
+        now, out = self._clock(), []
+        expired = [
+            r for r in self._tasks.values()
+            if r.state == "running" and r.lease_until is not None and r.lease_until <= now
+        ]
+        for rec in sorted(expired, key=lambda r: (r.lease_until, r.spec.task_id)):
+            if not rec.log and rec.requeues < max_requeues:
+                self._back_to_queue(rec)
+                out.append(Reaped(task_id=rec.spec.task_id, outcome="requeued", epoch=rec.epoch,
+                                  task=rec.spec, next_seq=0))
+                continue
+            self._epoch += 1
+            rec.epoch, rec.owner, rec.lease_until = self._epoch, instance, now + lease_ms / 1000
+            out.append(Reaped(task_id=rec.spec.task_id, outcome="claimed", epoch=rec.epoch,
+                              task=rec.spec, next_seq=len(rec.log), replica_id=rec.replica))
+        return out
+
+    # ------------------------------------------------------------ views
+    async def task(self, task_id: str) -> TaskView | None:
+        self._purge()
+        rec = self._tasks.get(task_id)
+        if rec is None:
+            return None
+        return TaskView(task=rec.spec, state=rec.state, epoch=rec.epoch, owner=rec.owner,  # type: ignore[arg-type]
+                        next_seq=len(rec.log), requeues=rec.requeues, replica_id=rec.replica,
+                        canceled=rec.canceled)
+
+    async def busy(self, pool: str) -> dict[str, int]:
+        return {k: v for k, v in self._busy.get(pool, {}).items() if v}
+
+    async def session_pin(self, session: str) -> tuple[str, str] | None:
+        return self._session(session)
+
+    def _purge(self) -> None:
+        """Forget ended tasks past their retention (ORCH-2517)."""
+        if self._config is None:
+            return
+        horizon = self._clock() - self._config.event_log_retention_ms / 1000
+        ended = self._ended
+        while ended and ended[0][0] <= horizon:
+            self._tasks.pop(ended.popleft()[1], None)

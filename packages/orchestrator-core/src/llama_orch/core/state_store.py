@@ -1,0 +1,360 @@
+"""The state-store seam: admission, dispatch, event logs, leases and fencing (ORCH-2501).
+
+One typed async protocol, :class:`StateStore`, holds everything several
+orchestratord instances must agree on (``.specs/25-state-store.md``):
+
+* **admission** — :meth:`StateStore.submit` applies ``max_concurrent``, the
+  tenant and priority token buckets (on the *store's* clock), the pool's
+  capacity and its full policy, and appends the terminal event of every task
+  it displaces in the same atomic step (ORCH-2504..2506);
+* **dispatch** — :meth:`StateStore.dispatch` picks the next task in WRR/DRR/EDF
+  order, places it on a replica with a free slot under its pin (strict
+  determinism or session), reserves that slot, and hands the caller a
+  **fencing epoch** and a lease (ORCH-2507, ORCH-2511);
+* **event log** — :meth:`append` / :meth:`read` / :meth:`tail`; 0-based ``seq``
+  values are the SSE ``id:`` values, identical from every instance, with
+  exactly one terminal event per task (ORCH-2508);
+* **fencing** — every write by the instance that runs a task carries the
+  epoch it got from ``dispatch`` or ``reap``; the store refuses a stale one with
+  :class:`Fenced` (ORCH-2509);
+* **cancel** — atomic at the store: the terminal is appended in the same step,
+  so no token can follow it whichever instance runs the task (ORCH-2510);
+* **leases** — :meth:`renew` and :meth:`reap` (ORCH-2511).
+
+Backends are plugins in the entry-point group ``llama_orch.state_stores``:
+``memory`` (this distribution, :mod:`llama_orch.core.state_memory`) and
+``valkey`` (``llama-orch-state-valkey``). This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .api import EndEvent, ErrorEvent
+from .config import FullPolicy, RateLimit, TenantConfig
+from .errors import ErrorCode, InvalidParams, PoolUnavailable
+
+__all__ = [
+    "STATE_STORE_ENTRY_POINT_GROUP",
+    "TERMINAL_KINDS",
+    "Admitted",
+    "CancelOutcome",
+    "Canceled",
+    "Dispatched",
+    "DuplicateTask",
+    "Event",
+    "Fenced",
+    "LoggedEvent",
+    "Orphaned",
+    "PoolPolicy",
+    "Reaped",
+    "SlotView",
+    "StateOptions",
+    "StateStore",
+    "StateStoreError",
+    "StoreConfig",
+    "StoreUnavailable",
+    "TaskEnded",
+    "TaskSpec",
+    "TaskView",
+    "UnknownStateStore",
+    "canceled_terminal",
+    "displaced_terminal",
+    "load_state_store_class",
+    "orphaned_terminal",
+]
+
+STATE_STORE_ENTRY_POINT_GROUP = "llama_orch.state_stores"
+TERMINAL_KINDS = frozenset({"end", "error"})
+
+# --------------------------------------------------------------------- errors
+#
+#     StateStoreError                 internal: never rendered to a client as such
+#     ├── Fenced                      stale epoch: the caller lost the task (ORCH-2509)
+#     ├── TaskEnded                   the task already has its terminal event (ORCH-2508)
+#     │   └── Canceled                ... and it was a cancel (ORCH-2510)
+#     └── UnknownStateStore           no such backend plugin (ORCH-2501)
+#     DuplicateTask(InvalidParams)    400: the task id is already known
+#     StoreUnavailable(PoolUnavailable) 503 + Retry-After (ORCH-2516)
+
+
+class StateStoreError(Exception):
+    """Base of the state store's internal errors."""
+
+
+class Fenced(StateStoreError):
+    """The epoch presented is not the task's current one: another instance owns it now."""
+
+
+class TaskEnded(StateStoreError):
+    """The task already has its terminal event; nothing may be appended any more."""
+
+
+class Canceled(TaskEnded):
+    """The task was canceled; its ``end{canceled}`` is already in the log."""
+
+
+class UnknownStateStore(StateStoreError):
+    """``state.backend`` names no installed ``llama_orch.state_stores`` plugin."""
+
+
+class DuplicateTask(InvalidParams):
+    """``task_id`` was already submitted (ORCH-1005)."""
+
+
+class StoreUnavailable(PoolUnavailable):
+    """The store cannot be reached: fail closed with 503 and ``Retry-After`` (ORCH-2516)."""
+
+    def __init__(self, message: str, *, retry_after_ms: int = 1000) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+# ------------------------------------------------------------------ the model
+
+Priority = Literal["interactive", "batch"]
+NonNegInt = Annotated[int, Meta(ge=0)]
+
+
+class PoolPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    capacity: Annotated[int, Meta(ge=1)]
+    full_policy: FullPolicy = "reject"
+    priority_weights: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"interactive": 8, "batch": 1}
+    )
+
+
+class StoreConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The admission rules every instance pushes at startup (same config ⇒ same rules)."""
+
+    pools: dict[str, PoolPolicy]
+    tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
+    default_tenant: TenantConfig = msgspec.field(default_factory=TenantConfig)
+    priorities: dict[str, RateLimit] = msgspec.field(default_factory=dict)
+    event_log_retention_ms: Annotated[int, Meta(ge=1)] = 600_000
+    session_ttl_ms: Annotated[int, Meta(ge=1)] = 600_000
+
+
+class StateOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``state:`` in the config: which backend, and where (None: embedded, ORCH-2513)."""
+
+    backend: str = "memory"
+    url: str | None = None
+    data_dir: str | None = None
+    key_prefix: str = "llorch"
+    lease_ms: Annotated[int, Meta(ge=100)] = 3000
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What admission needs to know about a task; ``request`` is opaque to the store
+    (the caller's encoded request, kept for continuation after a takeover)."""
+
+    task_id: str
+    pool: str
+    priority: Priority
+    tenant: str = "default"
+    deadline_ms: int | None = None  # EDF key, epoch ms (ORCH-1111)
+    pin: str | None = None  # replica-set key the task must run on (ORCH-1302)
+    session: str | None = None  # later turns are pinned to the session's set (ORCH-1116)
+    request: bytes = b""
+
+
+class SlotView(msgspec.Struct, frozen=True, kw_only=True):
+    """One replica as the store sees it; ``busy`` is the store's own count."""
+
+    replica_id: str
+    set_key: str
+    ready: bool
+    slots: NonNegInt
+
+
+class Admitted(msgspec.Struct, frozen=True, kw_only=True):
+    queue_position: int
+    displaced: list[tuple[str, ErrorCode]] = msgspec.field(default_factory=list)
+
+
+class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
+    task: TaskSpec
+    replica_id: str
+    set_key: str
+    epoch: int
+    requeues: int = 0
+
+
+class Orphaned(msgspec.Struct, frozen=True, kw_only=True):
+    """The head was pinned to a set with no Ready replica: ended with ``POOL_UNAVAILABLE``."""
+
+    task_id: str
+
+
+class Event(msgspec.Struct, frozen=True, array_like=True):
+    kind: str  # started | token | metrics | end | error
+    data: bytes
+
+
+class LoggedEvent(msgspec.Struct, frozen=True, array_like=True):
+    seq: int  # the SSE ``id:`` (ORCH-1201)
+    kind: str
+    data: bytes
+
+
+class Reaped(msgspec.Struct, frozen=True, kw_only=True):
+    """An expired lease: ``requeued`` (no event yet) or ``claimed`` by the reaper under
+    a new ``epoch`` for continuation or a typed end (ORCH-2511)."""
+
+    task_id: str
+    outcome: Literal["requeued", "claimed"]
+    epoch: int
+    task: TaskSpec
+    next_seq: int
+    replica_id: str | None = None
+
+
+CancelOutcome = Literal["queued", "running", "ended"]
+
+
+class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+    task: TaskSpec
+    state: Literal["queued", "running", "ended"]
+    epoch: int
+    owner: str | None
+    next_seq: int
+    requeues: int
+    replica_id: str | None
+    canceled: bool
+
+
+# ------------------------------------------------- store-generated terminals
+
+
+def displaced_terminal(code: ErrorCode) -> Event:
+    """The terminal a full policy appends to the task it displaces (ORCH-2506)."""
+    return Event(
+        "error",
+        msgspec.json.encode(
+            ErrorEvent(code=code, message="displaced by the pool's full policy", retriable=True)
+        ),
+    )
+
+
+def orphaned_terminal() -> Event:
+    return Event(
+        "error",
+        msgspec.json.encode(
+            ErrorEvent(
+                code=ErrorCode.POOL_UNAVAILABLE,
+                message="no Ready replica is left in the task's replica set",
+                retriable=True,
+            )
+        ),
+    )
+
+
+def canceled_terminal(tokens_out: int = 0) -> Event:
+    return Event(
+        "end", msgspec.json.encode(EndEvent(tokens_out=tokens_out, decode_ms=0, reason="canceled"))
+    )
+
+
+# ------------------------------------------------------------------ protocol
+
+
+class StateStore(abc.ABC):
+    """Shared task state. Every method is one atomic step at the store."""
+
+    backend: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_options(cls, options: StateOptions) -> StateStore:
+        """Build an unstarted store from ``state:`` config."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect (or provision); idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and anything ``start`` provisioned."""
+
+    @abc.abstractmethod
+    async def configure(self, config: StoreConfig) -> None:
+        """Install the admission rules (pools, weights, quotas). Idempotent."""
+
+    @abc.abstractmethod
+    async def set_replicas(self, pool: str, replicas: Sequence[SlotView]) -> None:
+        """Replace the pool's replicas; busy counts of kept replicas are preserved."""
+
+    @abc.abstractmethod
+    async def submit(self, task: TaskSpec) -> Admitted:
+        """Admit or raise ``AdmissionRejected`` / ``QueueFullDropLru`` semantics via
+        ``AdmissionRejected`` (``policy_label``) or :class:`DuplicateTask`."""
+
+    @abc.abstractmethod
+    async def dispatch(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> Dispatched | Orphaned | None:
+        """Pop and place the head task, orphan it, or None (nothing placeable now)."""
+
+    @abc.abstractmethod
+    async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
+        """Append events (one or a coalesced batch); return the next seq.
+
+        Raises :class:`Fenced`, :class:`TaskEnded` / :class:`Canceled`, ``KeyError``.
+        A batch holds at most one terminal event, as its last element."""
+
+    @abc.abstractmethod
+    async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
+        """Every logged event with ``seq > after`` (resume after ``Last-Event-ID``)."""
+
+    @abc.abstractmethod
+    def tail(self, task_id: str, after: int = -1, *, poll_s: float = 1.0) -> AsyncIterator[
+        LoggedEvent
+    ]:
+        """Events with ``seq > after`` as they are appended, up to the terminal one."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str, terminal: Event | None = None) -> CancelOutcome:
+        """Cancel: remove a queued task or end a running one, appending ``terminal``
+        (default :func:`canceled_terminal`) in the same step. ``KeyError`` if unknown."""
+
+    @abc.abstractmethod
+    async def requeue(self, task_id: str, epoch: int) -> None:
+        """The owner gives a running task without events back to the front (ORCH-1908)."""
+
+    @abc.abstractmethod
+    async def renew(self, instance: str, leases: Mapping[str, int], lease_ms: int) -> list[str]:
+        """Extend the leases ``{task_id: epoch}``; return the ids this instance lost."""
+
+    @abc.abstractmethod
+    async def reap(self, instance: str, lease_ms: int, max_requeues: int = 2) -> list[Reaped]:
+        """Handle every expired lease (ORCH-2511)."""
+
+    @abc.abstractmethod
+    async def task(self, task_id: str) -> TaskView | None: ...
+
+    @abc.abstractmethod
+    async def busy(self, pool: str) -> dict[str, int]:
+        """Reserved slots per replica (for reconciliation and tests)."""
+
+    @abc.abstractmethod
+    async def session_pin(self, session: str) -> tuple[str, str] | None:
+        """``(set_key, replica_id)`` a session is pinned to, if any."""
+
+
+def load_state_store_class(backend: str) -> type[StateStore]:
+    """The plugin class registered under ``backend`` (ORCH-2501)."""
+    matches = entry_points(group=STATE_STORE_ENTRY_POINT_GROUP, name=backend)
+    if not matches:
+        known = sorted(ep.name for ep in entry_points(group=STATE_STORE_ENTRY_POINT_GROUP))
+        raise UnknownStateStore(
+            f"no state store {backend!r} is installed (known: {', '.join(known) or 'none'})"
+        )
+    cls = next(iter(matches)).load()
+    if not (isinstance(cls, type) and issubclass(cls, StateStore)):
+        raise UnknownStateStore(f"state store {backend!r} is not a StateStore subclass")
+    return cls

@@ -1,0 +1,319 @@
+"""The ``valkey`` state store: every operation is one ``FCALL`` into the ``llorch`` library.
+
+The library (``llorch.lua``) is loaded with ``FUNCTION LOAD REPLACE`` at
+:meth:`ValkeyStateStore.start`; each call is atomic at the server, so WRR/DRR/EDF,
+capacity, the full policies, the token buckets (on the server's ``TIME``),
+``max_concurrent``, slot reservations and session pins stay exact whatever the
+number of clients (ORCH-2503, ORCH-2504). Transport failures surface as
+:class:`~llama_orch.core.state_store.StoreUnavailable` (ORCH-2516).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from importlib.resources import files
+from typing import Any, TypeVar
+
+import valkey.asyncio as valkey
+from llama_orch.core.errors import AdmissionRejected, ErrorCode
+from llama_orch.core.state_store import (
+    TERMINAL_KINDS,
+    Admitted,
+    CancelOutcome,
+    Canceled,
+    Dispatched,
+    DuplicateTask,
+    Event,
+    Fenced,
+    LoggedEvent,
+    Orphaned,
+    Reaped,
+    SlotView,
+    StateOptions,
+    StateStore,
+    StoreConfig,
+    StoreUnavailable,
+    TaskEnded,
+    TaskSpec,
+    TaskView,
+    canceled_terminal,
+    displaced_terminal,
+    orphaned_terminal,
+)
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
+from .server import EmbeddedServer
+
+__all__ = ["LIBRARY", "ValkeyStateStore"]
+
+LIBRARY = files(__package__).joinpath("llorch.lua").read_text(encoding="utf-8")
+_PRIORITIES = ("interactive", "batch")  # highest first, as core.queue.PRIORITIES
+_DISPLACED = json.dumps(
+    {c.value: displaced_terminal(c).data.decode() for c in (ErrorCode.QUEUE_FULL_DROP_LRU, ErrorCode.ADMISSION_REJECT)}
+)
+_ORPHANED = orphaned_terminal().data
+R = TypeVar("R")
+
+
+def _s(x: bytes | str | None) -> str | None:
+    if x is None:
+        return None
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def _config_json(config: StoreConfig) -> str:
+    def limit(x: Any) -> dict[str, Any]:
+        out = {"rps": x.rps, "burst": x.burst}
+        for k in ("weight", "max_concurrent"):
+            if hasattr(x, k):
+                out[k] = getattr(x, k)
+        return {k: v for k, v in out.items() if v is not None}
+
+    doc = {
+        "prios": list(_PRIORITIES),
+        "pools": {
+            name: {
+                "capacity": p.capacity,
+                "policy": p.full_policy,
+                "weights": {pr: max(1, int(p.priority_weights.get(pr, 1))) for pr in _PRIORITIES},
+            }
+            for name, p in config.pools.items()
+        },
+        "tenants": {t: limit(c) for t, c in config.tenants.items()},
+        "default_tenant": limit(config.default_tenant),
+        "priorities": {p: limit(r) for p, r in config.priorities.items()},
+        "retention_ms": config.event_log_retention_ms,
+        "session_ttl_ms": config.session_ttl_ms,
+    }
+    return json.dumps(doc)
+
+
+class ValkeyStateStore(StateStore):
+    backend = "valkey"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        data_dir: str | None = None,
+        key_prefix: str = "llorch",
+        client: valkey.Valkey | None = None,
+    ) -> None:
+        self._url = url
+        self._data_dir = data_dir
+        self._keys = [f"{{{key_prefix}}}:"]
+        self._client = client
+        self._server: EmbeddedServer | None = None
+
+    @classmethod
+    def from_options(cls, options: StateOptions) -> ValkeyStateStore:
+        return cls(options.url, data_dir=options.data_dir, key_prefix=options.key_prefix)
+
+    @property
+    def client(self) -> valkey.Valkey:
+        assert self._client is not None, "start() first"
+        return self._client
+
+    async def start(self) -> None:
+        if self._client is None:
+            if self._url is None:
+                self._server = EmbeddedServer(self._data_dir)
+                self._url = self._server.start()
+            self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
+        await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    async def _call(self, op: Callable[[], Awaitable[R]]) -> R:
+        try:
+            return await op()
+        except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"state store unreachable: {exc}") from exc
+
+    async def _fcall(self, name: str, *args: Any) -> Any:
+        return await self._call(lambda: self.client.fcall(name, 1, *self._keys, *args))  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ config
+    async def configure(self, config: StoreConfig) -> None:
+        await self._fcall("llorch_configure", _config_json(config))
+
+    async def set_replicas(self, pool: str, replicas: Sequence[SlotView]) -> None:
+        flat: list[Any] = []
+        for r in replicas:
+            flat += [r.replica_id, r.set_key, "1" if r.ready else "0", r.slots]
+        await self._fcall("llorch_set_replicas", pool, *flat)
+
+    # ------------------------------------------------------------ admission
+    async def submit(self, task: TaskSpec) -> Admitted:
+        r = await self._fcall(
+            "llorch_submit",
+            task.task_id,
+            task.pool,
+            task.priority,
+            task.tenant,
+            "" if task.deadline_ms is None else str(task.deadline_ms),
+            task.pin or "",
+            task.session or "",
+            task.request,
+            _DISPLACED,
+        )
+        tag = _s(r[0])
+        if tag == "OK":
+            victim = _s(r[2])
+            displaced = [(victim, ErrorCode(_s(r[3])))] if victim else []
+            return Admitted(queue_position=int(r[1]), displaced=displaced)  # type: ignore[arg-type]
+        if tag == "DUP":
+            raise DuplicateTask(f"task {task.task_id!r} already exists")
+        if tag == "QUOTA":
+            wait = _s(r[1])
+            raise AdmissionRejected(
+                _s(r[2]) or "quota", policy_label="quota", retry_after_ms=int(wait) if wait else None
+            )
+        if tag == "FULL":
+            raise AdmissionRejected(_s(r[2]) or "queue full", policy_label=_s(r[1]))
+        raise KeyError(f"unknown pool {task.pool!r}")
+
+    async def dispatch(self, pool: str, instance: str, lease_ms: int) -> Dispatched | Orphaned | None:
+        r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
+        tag = _s(r[0])
+        if tag == "ORPHAN":
+            return Orphaned(task_id=_s(r[1]))  # type: ignore[arg-type]
+        if tag != "OK":
+            return None
+        tid, replica, set_key, epoch = _s(r[1]), _s(r[2]), _s(r[3]), int(r[4])
+        spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])  # type: ignore[arg-type]
+        return Dispatched(task=spec, replica_id=replica, set_key=set_key, epoch=epoch,  # type: ignore[arg-type]
+                          requeues=int(r[11]))
+
+    @staticmethod
+    def _spec(tid: str, pool: str, prio: Any, tenant: Any, deadline: Any, pin: Any, session: Any,
+              req: Any) -> TaskSpec:
+        return TaskSpec(
+            task_id=tid, pool=pool, priority=_s(prio),  # type: ignore[arg-type]
+            tenant=_s(tenant) or "default",
+            deadline_ms=int(deadline) if deadline else None,
+            pin=_s(pin) or None, session=_s(session) or None, request=bytes(req or b""),
+        )
+
+    # ------------------------------------------------------------ event log
+    @staticmethod
+    def _raise(tag: str | None, task_id: str) -> None:
+        if tag == "FENCED":
+            raise Fenced(f"task {task_id!r}: stale epoch")
+        if tag == "CANCELED":
+            raise Canceled(task_id)
+        if tag == "ENDED":
+            raise TaskEnded(task_id)
+        if tag == "NOTASK":
+            raise KeyError(task_id)
+        if tag == "BADBATCH":
+            raise ValueError("a terminal event must be the last of its batch")
+
+    async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
+        flat: list[Any] = []
+        for ev in events:
+            flat += [ev.kind, ev.data]
+        r = await self._fcall("llorch_append", task_id, epoch, *flat)
+        self._raise(_s(r[0]), task_id)
+        return int(r[1])
+
+    def _log_key(self, task_id: str) -> str:
+        return f"{self._keys[0]}log:{task_id}"
+
+    @staticmethod
+    def _decode(entries: Sequence[Any]) -> list[LoggedEvent]:
+        out = []
+        for eid, fields in entries:
+            seq = int(_s(eid).split("-")[1]) - 1  # type: ignore[union-attr]
+            out.append(LoggedEvent(seq, _s(fields[b"k"]), bytes(fields[b"d"])))  # type: ignore[arg-type]
+        return out
+
+    async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
+        entries = await self._call(lambda: self.client.xrange(self._log_key(task_id), f"0-{after + 2}", "+"))
+        if not entries and not await self._call(lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")):
+            raise KeyError(task_id)
+        return self._decode(entries)
+
+    async def tail(
+        self, task_id: str, after: int = -1, *, poll_s: float = 1.0
+    ) -> AsyncIterator[LoggedEvent]:
+        for ev in await self.read(task_id, after):
+            yield ev
+            after = ev.seq
+            if ev.kind in TERMINAL_KINDS:
+                return
+        key = self._log_key(task_id)
+        while True:
+            # XREAD BLOCK on the caller's connection pool; socket timeout (10 s) > block.
+            got = await self._call(
+                lambda: self.client.xread({key: f"0-{after + 1}"}, block=int(poll_s * 1000))
+            )
+            for _, entries in got or []:
+                for ev in self._decode(entries):
+                    yield ev
+                    after = ev.seq
+                    if ev.kind in TERMINAL_KINDS:
+                        return
+            if not got and not await self._call(lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")):
+                raise KeyError(task_id)
+
+    # ------------------------------------------------------------ cancel, leases
+    async def cancel(self, task_id: str, terminal: Event | None = None) -> CancelOutcome:
+        ev = terminal or canceled_terminal()
+        r = await self._fcall("llorch_cancel", task_id, ev.kind, ev.data)
+        self._raise(_s(r[0]), task_id)
+        return _s(r[1])  # type: ignore[return-value]
+
+    async def requeue(self, task_id: str, epoch: int) -> None:
+        r = await self._fcall("llorch_requeue", task_id, epoch)
+        self._raise(_s(r[0]), task_id)
+
+    async def renew(self, instance: str, leases: Mapping[str, int], lease_ms: int) -> list[str]:
+        flat: list[Any] = []
+        for tid, epoch in leases.items():
+            flat += [tid, epoch]
+        return [_s(x) for x in await self._fcall("llorch_renew", instance, lease_ms, *flat)]  # type: ignore[misc]
+
+    async def reap(self, instance: str, lease_ms: int, max_requeues: int = 2) -> list[Reaped]:
+        out = []
+        for tid, outcome, epoch, next_seq, replica in await self._fcall(
+            "llorch_reap", instance, lease_ms, max_requeues
+        ):
+            view = await self.task(_s(tid))  # type: ignore[arg-type]
+            assert view is not None
+            out.append(Reaped(task_id=_s(tid), outcome=_s(outcome), epoch=int(epoch),  # type: ignore[arg-type]
+                              task=view.task, next_seq=int(next_seq), replica_id=_s(replica) or None))
+        return out
+
+    # ------------------------------------------------------------ views
+    async def task(self, task_id: str) -> TaskView | None:
+        h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}t:{task_id}"))
+        if not h:
+            return None
+        g = {_s(k): v for k, v in h.items()}
+        spec = self._spec(task_id, _s(g["pool"]), g["prio"], g["tenant"], _s(g["deadline"]),  # type: ignore[arg-type]
+                          g["pin"], g["session"], g["req"])
+        state = _s(g["state"])
+        return TaskView(
+            task=spec, state="ended" if state == "orphaned" else state,  # type: ignore[arg-type]
+            epoch=int(g["epoch"]), owner=_s(g.get("owner")), next_seq=int(g["next_seq"]),
+            requeues=int(g["requeues"]), replica_id=_s(g.get("replica")), canceled=g["cancel"] == b"1",
+        )
+
+    async def busy(self, pool: str) -> dict[str, int]:
+        h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}busy:{pool}"))
+        return {_s(k): int(v) for k, v in h.items() if int(v)}  # type: ignore[misc]
+
+    async def session_pin(self, session: str) -> tuple[str, str] | None:
+        s = await self._call(lambda: self.client.hmget(f"{self._keys[0]}sess:{session}", "set", "replica"))
+        if s[0] is None:
+            return None
+        return _s(s[0]), _s(s[1])  # type: ignore[return-value]

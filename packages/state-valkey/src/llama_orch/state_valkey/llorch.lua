@@ -1,0 +1,453 @@
+#!lua name=llorch
+-- llama-orch shared task state: one atomic function per StateStore operation
+-- (.specs/25-state-store.md, ORCH-2503). Every function takes KEYS[1] = the
+-- key prefix "{<tag>}:" so that all keys share one Cluster hash slot.
+-- The algorithms mirror llama_orch.core.queue / quota / placement step by step
+-- (ORCH-2504): the conformance suite replays the same operations on both
+-- backends and compares the serving order.
+
+local LIB_VERSION = '1'
+local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
+local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
+
+local function now_parts()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s + us / 1e6, s * 1000 + math.floor(us / 1000)
+end
+
+local function config(p)
+  local raw = redis.call('GET', p .. 'cfg')
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function member_of(seq, tid) return string.format('%015d', seq + SEQ_OFFSET) .. '|' .. tid end
+local function tid_of(member) return string.sub(member, 17) end
+
+local function qkey(p, pool, prio, tenant) return p .. 'q:' .. pool .. ':' .. prio .. ':' .. tenant end
+local function tweight(cfg, tenant)
+  local t = cfg.tenants[tenant]
+  if t and t.weight then return math.max(1, t.weight) end
+  return 1
+end
+
+-- ------------------------------------------------------------------ queue
+local function band_live(p, pool, prio) return redis.call('ZCARD', p .. 'arr:' .. pool .. ':' .. prio) end
+
+local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front)
+  local seq
+  if front then seq = redis.call('DECR', p .. 'fseq') else seq = redis.call('INCR', p .. 'aseq') end
+  local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
+  if redis.call('HEXISTS', tcred, tenant) == 0 then
+    redis.call('HSET', tcred, tenant, tweight(cfg, tenant))
+    redis.call('RPUSH', ring, tenant)
+  end
+  local m = member_of(seq, tid)
+  local score = FIFO_SCORE
+  if deadline then score = deadline end
+  redis.call('ZADD', qkey(p, pool, prio, tenant), score, m)
+  redis.call('ZADD', p .. 'arr:' .. pool .. ':' .. prio, seq, tid)
+  redis.call('INCR', p .. 'qlen:' .. pool)
+  redis.call('HSET', p .. 't:' .. tid, 'state', 'queued', 'member', m)
+end
+
+-- remove a queued task from its flow and band (flows retire lazily, as in core)
+local function qremove(p, tid)
+  local t = redis.call('HMGET', p .. 't:' .. tid, 'pool', 'prio', 'tenant', 'member')
+  redis.call('ZREM', qkey(p, t[1], t[2], t[3]), t[4])
+  redis.call('ZREM', p .. 'arr:' .. t[1] .. ':' .. t[2], tid)
+  redis.call('DECR', p .. 'qlen:' .. t[1])
+end
+
+local function choose_band(p, cfg, pool)
+  local prios, pc = cfg.prios, cfg.pools[pool]
+  local ready = {}
+  for _, prio in ipairs(prios) do
+    if band_live(p, pool, prio) > 0 then ready[#ready + 1] = prio end
+  end
+  if #ready == 0 then return nil, 0 end
+  local pcred = p .. 'pcred:' .. pool
+  for _, prio in ipairs(ready) do
+    if tonumber(redis.call('HGET', pcred, prio)) > 0 then return prio, #ready end
+  end
+  for _, prio in ipairs(prios) do redis.call('HSET', pcred, prio, pc.weights[prio]) end
+  return ready[1], #ready
+end
+
+local function head_flow(p, pool, prio)
+  local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
+  while true do
+    local tenant = redis.call('LINDEX', ring, 0)
+    if redis.call('ZCARD', qkey(p, pool, prio, tenant)) > 0 then return tenant end
+    redis.call('LPOP', ring)
+    redis.call('HDEL', tcred, tenant)
+  end
+end
+
+local function peek(p, cfg, pool)
+  local prio, nready = choose_band(p, cfg, pool)
+  if not prio then return nil end
+  local tenant = head_flow(p, pool, prio)
+  local m = redis.call('ZRANGE', qkey(p, pool, prio, tenant), 0, 0)[1]
+  return tid_of(m), prio, tenant, nready
+end
+
+local function pop(p, cfg, pool)
+  local tid, prio, tenant, nready = peek(p, cfg, pool)
+  if not tid then return nil end
+  if nready > 1 then redis.call('HINCRBY', p .. 'pcred:' .. pool, prio, -1) end
+  qremove(p, tid)
+  local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
+  local credit = redis.call('HINCRBY', tcred, tenant, -1)
+  if redis.call('ZCARD', qkey(p, pool, prio, tenant)) == 0 then
+    redis.call('LPOP', ring)
+    redis.call('HDEL', tcred, tenant)
+  elseif credit <= 0 then
+    redis.call('HSET', tcred, tenant, tweight(cfg, tenant))
+    redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+  end
+  return tid
+end
+
+local function victim(p, cfg, pool, prio)
+  local pc, prios, rank = cfg.pools[pool], cfg.prios, 0
+  for i, x in ipairs(prios) do if x == prio then rank = i end end
+  if pc.policy == 'drop-lru' then
+    local best, bestseq = nil, nil
+    for i = rank, #prios do
+      local got = redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prios[i], 0, 0, 'WITHSCORES')
+      if got[1] and (best == nil or tonumber(got[2]) < bestseq) then best, bestseq = got[1], tonumber(got[2]) end
+    end
+    return best, 'QUEUE_FULL_DROP_LRU'
+  elseif pc.policy == 'shed-low-priority' then
+    for i = #prios, rank + 1, -1 do
+      local got = redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prios[i], -1, -1)
+      if got[1] then return got[1], 'ADMISSION_REJECT' end
+    end
+  end
+  return nil, nil
+end
+
+-- ------------------------------------------------------------------ event log / end
+local function xadd(p, tid, seq, kind, data)
+  redis.call('XADD', p .. 'log:' .. tid, '0-' .. (seq + 1), 'k', kind, 'd', data)
+end
+
+-- The one path to a terminal event: free the slot and the quota, drop the lease,
+-- log the terminal and start the retention clock (ORCH-2508, ORCH-2517).
+local function finish(p, cfg, tid, kind, data)
+  local tk = p .. 't:' .. tid
+  local t = redis.call('HMGET', tk, 'state', 'pool', 'tenant', 'replica', 'next_seq')
+  if t[1] == 'queued' then
+    qremove(p, tid)
+  elseif t[1] == 'running' and t[4] then
+    local b = redis.call('HINCRBY', p .. 'busy:' .. t[2], t[4], -1)
+    if b < 0 then redis.call('HSET', p .. 'busy:' .. t[2], t[4], 0) end
+  end
+  if redis.call('HINCRBY', p .. 'inflight', t[3], -1) < 0 then redis.call('HSET', p .. 'inflight', t[3], 0) end
+  redis.call('ZREM', p .. 'leases', tid)
+  local seq = tonumber(t[5])
+  xadd(p, tid, seq, kind, data)
+  redis.call('HSET', tk, 'state', 'ended', 'next_seq', seq + 1)
+  redis.call('HDEL', tk, 'lease')
+  redis.call('PEXPIRE', tk, cfg.retention_ms)
+  redis.call('PEXPIRE', p .. 'log:' .. tid, cfg.retention_ms)
+end
+
+-- ------------------------------------------------------------------ functions
+local function f_configure(keys, args)
+  local p, cfg = keys[1], cjson.decode(args[1])
+  redis.call('SET', p .. 'cfg', args[1])
+  for pool, pc in pairs(cfg.pools) do
+    for _, prio in ipairs(cfg.prios) do redis.call('HSETNX', p .. 'pcred:' .. pool, prio, pc.weights[prio]) end
+  end
+  return LIB_VERSION
+end
+
+local function bucket(p, key, rps, burst, now)
+  local b = redis.call('HMGET', key, 'tok', 'ts')
+  local tok, ts = tonumber(b[1]), tonumber(b[2])
+  if not tok then tok, ts = burst, now end
+  if now > ts then tok = math.min(burst, tok + (now - ts) * rps); ts = now end
+  return { key = key, tok = tok, ts = ts, rps = rps, burst = burst }
+end
+
+-- args: tid pool prio tenant deadline|'' pin|'' session|'' request displaced_terminal
+local function f_submit(keys, args)
+  local p = keys[1]
+  local cfg = config(p)
+  local tid, pool, prio, tenant = args[1], args[2], args[3], args[4]
+  local deadline = tonumber(args[5])
+  local tk = p .. 't:' .. tid
+  if redis.call('EXISTS', tk) == 1 then return { 'DUP' } end
+  local pc = cfg.pools[pool]
+  if not pc then return { 'NOPOOL' } end
+  local now = now_parts()
+  -- quotas (core.quota.Quotas.admit)
+  local tc = cfg.tenants[tenant] or cfg.default_tenant
+  local inflight = tonumber(redis.call('HGET', p .. 'inflight', tenant) or '0')
+  if tc.max_concurrent ~= cjson.null and tc.max_concurrent and inflight >= tc.max_concurrent then
+    return { 'QUOTA', '', 'tenant ' .. tenant .. ' has ' .. inflight .. ' tasks in flight (max_concurrent=' .. tc.max_concurrent .. ')' }
+  end
+  local buckets = {}
+  if tc.rps ~= cjson.null and tc.rps then
+    local burst = (tc.burst ~= cjson.null and tc.burst) or math.max(1, math.ceil(tc.rps))
+    buckets[#buckets + 1] = bucket(p, p .. 'tb:t:' .. tenant, tc.rps, burst, now)
+  end
+  local pl = cfg.priorities[prio]
+  if pl and pl.rps ~= cjson.null and pl.rps then
+    local burst = (pl.burst ~= cjson.null and pl.burst) or math.max(1, math.ceil(pl.rps))
+    buckets[#buckets + 1] = bucket(p, p .. 'tb:p:' .. prio, pl.rps, burst, now)
+  end
+  for _, b in ipairs(buckets) do
+    redis.call('HSET', b.key, 'tok', string.format('%.17g', b.tok), 'ts', string.format('%.17g', b.ts))
+    if b.tok < 1 then
+      local wait = math.max(1, math.ceil((1 - b.tok) / b.rps * 1000))
+      return { 'QUOTA', tostring(wait), b.key .. ' exceeded its rate' }
+    end
+  end
+  for _, b in ipairs(buckets) do redis.call('HSET', b.key, 'tok', string.format('%.17g', b.tok - 1)) end
+  -- capacity and the full policy (core.queue.AdmissionQueue.push)
+  local displaced = {}
+  if tonumber(redis.call('GET', p .. 'qlen:' .. pool) or '0') >= pc.capacity then
+    local v, code = victim(p, cfg, pool, prio)
+    if not v then return { 'FULL', pc.policy, 'queue full (' .. pc.capacity .. ' queued)' } end
+    finish(p, cfg, v, 'error', cjson.decode(args[9])[code])
+    displaced = { v, code }
+  end
+  redis.call('HSET', tk, 'pool', pool, 'prio', prio, 'tenant', tenant, 'deadline', args[5], 'pin', args[6],
+    'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0)
+  qpush(p, cfg, pool, prio, tenant, tid, deadline, false)
+  redis.call('HINCRBY', p .. 'inflight', tenant, 1)
+  return { 'OK', tonumber(redis.call('GET', p .. 'qlen:' .. pool)) - 1, displaced[1] or '', displaced[2] or '' }
+end
+
+local function free_of(r, busy)
+  if not r.ready then return 0 end
+  return math.max(0, r.slots - busy)
+end
+
+-- core.placement.place (assigned work is not tracked by the store: load = 0)
+local function place(views, pin, affinity)
+  local eligible = {}
+  for _, r in ipairs(views) do
+    if r.ready and (pin == nil or r.set == pin) then eligible[#eligible + 1] = r end
+  end
+  if #eligible == 0 then return nil end
+  if pin == nil then
+    local warm, sets, order = nil, {}, {}
+    for _, r in ipairs(eligible) do
+      if r.id == affinity then warm = r.set end
+      if sets[r.set] == nil then sets[r.set] = 0; order[#order + 1] = r.set end
+      sets[r.set] = sets[r.set] + r.free
+    end
+    local key = nil
+    for _, k in ipairs(order) do
+      if key == nil then key = k
+      else
+        local a, b = sets[k], sets[key]
+        if a > b or (a == b and ((k == warm) and not (key == warm) or ((k == warm) == (key == warm) and k < key))) then key = k end
+      end
+    end
+    local kept = {}
+    for _, r in ipairs(eligible) do if r.set == key then kept[#kept + 1] = r end end
+    eligible = kept
+  end
+  table.sort(eligible, function(a, b) return a.id < b.id end)
+  local best = nil
+  for _, r in ipairs(eligible) do
+    if r.free > 0 then
+      if best == nil or r.free > best.free or (r.free == best.free and r.id == affinity and best.id ~= affinity) then best = r end
+    end
+  end
+  return best
+end
+
+-- args: pool instance lease_ms orphan_terminal
+local function f_dispatch(keys, args)
+  local p = keys[1]
+  local cfg = config(p)
+  local pool, instance, lease_ms = args[1], args[2], tonumber(args[3])
+  local tid = peek(p, cfg, pool)
+  if not tid then return { 'EMPTY' } end
+  local tk = p .. 't:' .. tid
+  local t = redis.call('HMGET', tk, 'pin', 'session')
+  local pin, affinity = nil, nil
+  if t[1] ~= '' then pin = t[1] end
+  local sk = nil
+  if t[2] ~= '' then
+    sk = p .. 'sess:' .. t[2]
+    local s = redis.call('HMGET', sk, 'set', 'replica')
+    if s[1] then
+      if pin == nil then pin = s[1] end
+      affinity = s[2]
+    end
+  end
+  local raw = redis.call('HGETALL', p .. 'rep:' .. pool)
+  local busy = p .. 'busy:' .. pool
+  local views, any_ready_pinned = {}, false
+  for i = 1, #raw, 2 do
+    local v = cjson.decode(raw[i + 1])
+    local r = { id = raw[i], set = v[1], ready = v[2], slots = v[3] }
+    r.free = free_of(r, tonumber(redis.call('HGET', busy, r.id) or '0'))
+    views[#views + 1] = r
+    if r.ready and r.set == pin then any_ready_pinned = true end
+  end
+  if pin ~= nil and not any_ready_pinned then
+    pop(p, cfg, pool)
+    redis.call('HSET', tk, 'state', 'orphaned')
+    finish(p, cfg, tid, 'error', args[4])
+    return { 'ORPHAN', tid }
+  end
+  local r = place(views, pin, affinity)
+  if r == nil then return { 'WAIT' } end
+  pop(p, cfg, pool)
+  local _, now_ms = now_parts()
+  local epoch = redis.call('INCR', p .. 'epoch')
+  redis.call('HSET', tk, 'state', 'running', 'epoch', epoch, 'owner', instance, 'replica', r.id, 'set', r.set,
+    'lease', now_ms + lease_ms)
+  redis.call('ZADD', p .. 'leases', now_ms + lease_ms, tid)
+  redis.call('HINCRBY', busy, r.id, 1)
+  if sk then
+    redis.call('HSET', sk, 'set', r.set, 'replica', r.id)
+    redis.call('PEXPIRE', sk, cfg.session_ttl_ms)
+  end
+  local s = redis.call('HMGET', tk, 'prio', 'tenant', 'deadline', 'pin', 'session', 'req', 'requeues')
+  return { 'OK', tid, r.id, r.set, epoch, s[1], s[2], s[3], s[4], s[5], s[6], tonumber(s[7]) }
+end
+
+local function owned(p, tid, epoch)
+  local t = redis.call('HMGET', p .. 't:' .. tid, 'state', 'epoch', 'cancel', 'next_seq')
+  if not t[1] then return 'NOTASK' end
+  if t[1] == 'ended' then
+    if t[3] == '1' then return 'CANCELED' end
+    return 'ENDED'
+  end
+  if t[1] ~= 'running' or tonumber(t[2]) ~= epoch then return 'FENCED' end
+  return nil, tonumber(t[4])
+end
+
+-- args: tid epoch kind1 data1 [kind2 data2 ...]; a terminal only as the last event
+local function f_append(keys, args)
+  local p = keys[1]
+  local tid = args[1]
+  local err, seq = owned(p, tid, tonumber(args[2]))
+  if err then return { err } end
+  local n = (#args - 2) / 2
+  for i = 1, n - 1 do
+    local kind = args[1 + 2 * i]
+    if kind == 'end' or kind == 'error' then return { 'BADBATCH' } end
+  end
+  for i = 1, n do
+    local kind, data = args[1 + 2 * i], args[2 + 2 * i]
+    if kind == 'end' or kind == 'error' then
+      redis.call('HSET', p .. 't:' .. tid, 'next_seq', seq)
+      finish(p, config(p), tid, kind, data)
+      return { 'OK', seq + 1 }
+    end
+    xadd(p, tid, seq, kind, data)
+    seq = seq + 1
+  end
+  redis.call('HSET', p .. 't:' .. tid, 'next_seq', seq)
+  return { 'OK', seq }
+end
+
+-- args: tid terminal_kind terminal_data
+local function f_cancel(keys, args)
+  local p = keys[1]
+  local tk = p .. 't:' .. args[1]
+  local state = redis.call('HGET', tk, 'state')
+  if not state then return { 'NOTASK' } end
+  if state == 'ended' then return { 'OK', 'ended' } end
+  redis.call('HSET', tk, 'cancel', 1)
+  finish(p, config(p), args[1], args[2], args[3])
+  return { 'OK', state }
+end
+
+local function back_to_queue(p, cfg, tid)
+  local tk = p .. 't:' .. tid
+  local t = redis.call('HMGET', tk, 'pool', 'prio', 'tenant', 'deadline', 'replica')
+  if t[5] then
+    local b = redis.call('HINCRBY', p .. 'busy:' .. t[1], t[5], -1)
+    if b < 0 then redis.call('HSET', p .. 'busy:' .. t[1], t[5], 0) end
+  end
+  local epoch = redis.call('INCR', p .. 'epoch')
+  redis.call('HDEL', tk, 'owner', 'replica', 'set', 'lease')
+  redis.call('HSET', tk, 'epoch', epoch)
+  redis.call('HINCRBY', tk, 'requeues', 1)
+  redis.call('ZREM', p .. 'leases', tid)
+  qpush(p, cfg, t[1], t[2], t[3], tid, tonumber(t[4]), true)
+  return epoch
+end
+
+local function f_requeue(keys, args)
+  local p = keys[1]
+  local err = owned(p, args[1], tonumber(args[2]))
+  if err then return { err } end
+  back_to_queue(p, config(p), args[1])
+  return { 'OK' }
+end
+
+-- args: instance lease_ms tid1 epoch1 ...; returns the ids this instance lost
+local function f_renew(keys, args)
+  local p = keys[1]
+  local _, now_ms = now_parts()
+  local lost = {}
+  for i = 3, #args, 2 do
+    local tid, tk = args[i], p .. 't:' .. args[i]
+    local t = redis.call('HMGET', tk, 'state', 'epoch', 'owner')
+    if t[1] == 'running' and tonumber(t[2]) == tonumber(args[i + 1]) and t[3] == args[1] then
+      redis.call('ZADD', p .. 'leases', now_ms + tonumber(args[2]), tid)
+      redis.call('HSET', tk, 'lease', now_ms + tonumber(args[2]))
+    else
+      lost[#lost + 1] = tid
+    end
+  end
+  return lost
+end
+
+-- args: instance lease_ms max_requeues
+local function f_reap(keys, args)
+  local p = keys[1]
+  local cfg = config(p)
+  local _, now_ms = now_parts()
+  local out = {}
+  for _, tid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms)) do
+    local tk = p .. 't:' .. tid
+    local t = redis.call('HMGET', tk, 'next_seq', 'requeues', 'replica')
+    local outcome, epoch
+    if tonumber(t[1]) == 0 and tonumber(t[2]) < tonumber(args[3]) then
+      outcome, epoch = 'requeued', back_to_queue(p, cfg, tid)
+      t[3] = false
+    else
+      outcome, epoch = 'claimed', redis.call('INCR', p .. 'epoch')
+      redis.call('HSET', tk, 'epoch', epoch, 'owner', args[1], 'lease', now_ms + tonumber(args[2]))
+      redis.call('ZADD', p .. 'leases', now_ms + tonumber(args[2]), tid)
+    end
+    out[#out + 1] = { tid, outcome, epoch, tonumber(t[1]), t[3] or '' }
+  end
+  return out
+end
+
+-- args: pool; then replica set_key ready(0/1) slots, repeated
+local function f_set_replicas(keys, args)
+  local p = keys[1]
+  local rk = p .. 'rep:' .. args[1]
+  redis.call('DEL', rk)
+  for i = 2, #args, 4 do
+    redis.call('HSET', rk, args[i], cjson.encode({ args[i + 1], args[i + 2] == '1', tonumber(args[i + 3]) }))
+  end
+  return 'OK'
+end
+
+redis.register_function('llorch_version', function() return LIB_VERSION end)
+redis.register_function('llorch_configure', f_configure)
+redis.register_function('llorch_set_replicas', f_set_replicas)
+redis.register_function('llorch_submit', f_submit)
+redis.register_function('llorch_dispatch', f_dispatch)
+redis.register_function('llorch_append', f_append)
+redis.register_function('llorch_cancel', f_cancel)
+redis.register_function('llorch_requeue', f_requeue)
+redis.register_function('llorch_renew', f_renew)
+redis.register_function('llorch_reap', f_reap)
