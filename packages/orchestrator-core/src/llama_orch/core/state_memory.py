@@ -24,8 +24,8 @@ from .replica import ReplicaSetKey
 from .state_store import (
     TERMINAL_KINDS,
     Admitted,
-    CancelOutcome,
     Canceled,
+    CancelOutcome,
     Dispatched,
     DuplicateTask,
     Event,
@@ -89,7 +89,9 @@ class MemoryStateStore(StateStore):
         weights = {t: c.weight for t, c in config.tenants.items()}
         for pool, p in config.pools.items():
             if pool not in self._queues:
-                self._queues[pool] = AdmissionQueue(p.capacity, p.full_policy, p.priority_weights, weights)
+                self._queues[pool] = AdmissionQueue(
+                    p.capacity, p.full_policy, p.priority_weights, weights
+                )
         self._quotas = Quotas(config.tenants, config.default_tenant, config.priorities)
 
     async def set_replicas(self, pool: str, replicas: Sequence[SlotView]) -> None:
@@ -146,7 +148,9 @@ class MemoryStateStore(StateStore):
         s = self._session(self._tasks[task_id].spec.session)
         return s[1] if s else None
 
-    async def dispatch(self, pool: str, instance: str, lease_ms: int) -> Dispatched | Orphaned | None:
+    async def dispatch(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> Dispatched | Orphaned | None:
         queue = self._queues[pool]
         step = next_dispatch(queue, self._views(pool), self._pin, self._affinity)
         if step is None:
@@ -256,7 +260,11 @@ class MemoryStateStore(StateStore):
             busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
         self._epoch += 1
         rec.state, rec.epoch, rec.owner, rec.replica, rec.lease_until = (
-            "queued", self._epoch, None, None, None,
+            "queued",
+            self._epoch,
+            None,
+            None,
+            None,
         )
         rec.requeues += 1
         self._queues[spec.pool].push(
@@ -276,19 +284,35 @@ class MemoryStateStore(StateStore):
     async def reap(self, instance: str, lease_ms: int, max_requeues: int = 2) -> list[Reaped]:
         now, out = self._clock(), []
         expired = [
-            r for r in self._tasks.values()
+            r
+            for r in self._tasks.values()
             if r.state == "running" and r.lease_until is not None and r.lease_until <= now
         ]
         for rec in sorted(expired, key=lambda r: (r.lease_until, r.spec.task_id)):
             if not rec.log and rec.requeues < max_requeues:
                 self._back_to_queue(rec)
-                out.append(Reaped(task_id=rec.spec.task_id, outcome="requeued", epoch=rec.epoch,
-                                  task=rec.spec, next_seq=0))
+                out.append(
+                    Reaped(
+                        task_id=rec.spec.task_id,
+                        outcome="requeued",
+                        epoch=rec.epoch,
+                        task=rec.spec,
+                        next_seq=0,
+                    )
+                )
                 continue
             self._epoch += 1
             rec.epoch, rec.owner, rec.lease_until = self._epoch, instance, now + lease_ms / 1000
-            out.append(Reaped(task_id=rec.spec.task_id, outcome="claimed", epoch=rec.epoch,
-                              task=rec.spec, next_seq=len(rec.log), replica_id=rec.replica))
+            out.append(
+                Reaped(
+                    task_id=rec.spec.task_id,
+                    outcome="claimed",
+                    epoch=rec.epoch,
+                    task=rec.spec,
+                    next_seq=len(rec.log),
+                    replica_id=rec.replica,
+                )
+            )
         return out
 
     # ------------------------------------------------------------ views
@@ -297,9 +321,16 @@ class MemoryStateStore(StateStore):
         rec = self._tasks.get(task_id)
         if rec is None:
             return None
-        return TaskView(task=rec.spec, state=rec.state, epoch=rec.epoch, owner=rec.owner,  # type: ignore[arg-type]
-                        next_seq=len(rec.log), requeues=rec.requeues, replica_id=rec.replica,
-                        canceled=rec.canceled)
+        return TaskView(
+            task=rec.spec,
+            state=rec.state,
+            epoch=rec.epoch,
+            owner=rec.owner,  # type: ignore[arg-type]
+            next_seq=len(rec.log),
+            requeues=rec.requeues,
+            replica_id=rec.replica,
+            canceled=rec.canceled,
+        )
 
     async def busy(self, pool: str) -> dict[str, int]:
         return {k: v for k, v in self._busy.get(pool, {}).items() if v}

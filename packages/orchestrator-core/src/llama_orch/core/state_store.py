@@ -312,9 +312,9 @@ class StateStore(abc.ABC):
         """Every logged event with ``seq > after`` (resume after ``Last-Event-ID``)."""
 
     @abc.abstractmethod
-    def tail(self, task_id: str, after: int = -1, *, poll_s: float = 1.0) -> AsyncIterator[
-        LoggedEvent
-    ]:
+    def tail(
+        self, task_id: str, after: int = -1, *, poll_s: float = 1.0
+    ) -> AsyncIterator[LoggedEvent]:
         """Events with ``seq > after`` as they are appended, up to the terminal one."""
 
     @abc.abstractmethod

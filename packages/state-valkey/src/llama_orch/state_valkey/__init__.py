@@ -7,4 +7,10 @@ See ``.specs/25-state-store.md``. The entry point ``valkey`` in the group
 from ._store import LIBRARY, ValkeyStateStore
 from .server import EmbeddedServer, ServerUnavailable, find_server_binary
 
-__all__ = ["LIBRARY", "EmbeddedServer", "ServerUnavailable", "ValkeyStateStore", "find_server_binary"]
+__all__ = [
+    "LIBRARY",
+    "EmbeddedServer",
+    "ServerUnavailable",
+    "ValkeyStateStore",
+    "find_server_binary",
+]

@@ -20,8 +20,8 @@ from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_store import (
     TERMINAL_KINDS,
     Admitted,
-    CancelOutcome,
     Canceled,
+    CancelOutcome,
     Dispatched,
     DuplicateTask,
     Event,
@@ -51,7 +51,10 @@ __all__ = ["LIBRARY", "ValkeyStateStore"]
 LIBRARY = files(__package__).joinpath("llorch.lua").read_text(encoding="utf-8")
 _PRIORITIES = ("interactive", "batch")  # highest first, as core.queue.PRIORITIES
 _DISPLACED = json.dumps(
-    {c.value: displaced_terminal(c).data.decode() for c in (ErrorCode.QUEUE_FULL_DROP_LRU, ErrorCode.ADMISSION_REJECT)}
+    {
+        c.value: displaced_terminal(c).data.decode()
+        for c in (ErrorCode.QUEUE_FULL_DROP_LRU, ErrorCode.ADMISSION_REJECT)
+    }
 )
 _ORPHANED = orphaned_terminal().data
 R = TypeVar("R")
@@ -175,13 +178,17 @@ class ValkeyStateStore(StateStore):
         if tag == "QUOTA":
             wait = _s(r[1])
             raise AdmissionRejected(
-                _s(r[2]) or "quota", policy_label="quota", retry_after_ms=int(wait) if wait else None
+                _s(r[2]) or "quota",
+                policy_label="quota",
+                retry_after_ms=int(wait) if wait else None,
             )
         if tag == "FULL":
             raise AdmissionRejected(_s(r[2]) or "queue full", policy_label=_s(r[1]))
         raise KeyError(f"unknown pool {task.pool!r}")
 
-    async def dispatch(self, pool: str, instance: str, lease_ms: int) -> Dispatched | Orphaned | None:
+    async def dispatch(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> Dispatched | Orphaned | None:
         r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
         tag = _s(r[0])
         if tag == "ORPHAN":
@@ -190,17 +197,27 @@ class ValkeyStateStore(StateStore):
             return None
         tid, replica, set_key, epoch = _s(r[1]), _s(r[2]), _s(r[3]), int(r[4])
         spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])  # type: ignore[arg-type]
-        return Dispatched(task=spec, replica_id=replica, set_key=set_key, epoch=epoch,  # type: ignore[arg-type]
-                          requeues=int(r[11]))
+        return Dispatched(
+            task=spec,
+            replica_id=replica,
+            set_key=set_key,
+            epoch=epoch,  # type: ignore[arg-type]
+            requeues=int(r[11]),
+        )
 
     @staticmethod
-    def _spec(tid: str, pool: str, prio: Any, tenant: Any, deadline: Any, pin: Any, session: Any,
-              req: Any) -> TaskSpec:
+    def _spec(
+        tid: str, pool: str, prio: Any, tenant: Any, deadline: Any, pin: Any, session: Any, req: Any
+    ) -> TaskSpec:
         return TaskSpec(
-            task_id=tid, pool=pool, priority=_s(prio),  # type: ignore[arg-type]
+            task_id=tid,
+            pool=pool,
+            priority=_s(prio),  # type: ignore[arg-type]
             tenant=_s(tenant) or "default",
             deadline_ms=int(deadline) if deadline else None,
-            pin=_s(pin) or None, session=_s(session) or None, request=bytes(req or b""),
+            pin=_s(pin) or None,
+            session=_s(session) or None,
+            request=bytes(req or b""),
         )
 
     # ------------------------------------------------------------ event log
@@ -237,8 +254,12 @@ class ValkeyStateStore(StateStore):
         return out
 
     async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
-        entries = await self._call(lambda: self.client.xrange(self._log_key(task_id), f"0-{after + 2}", "+"))
-        if not entries and not await self._call(lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")):
+        entries = await self._call(
+            lambda: self.client.xrange(self._log_key(task_id), f"0-{after + 2}", "+")
+        )
+        if not entries and not await self._call(
+            lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")
+        ):
             raise KeyError(task_id)
         return self._decode(entries)
 
@@ -253,8 +274,9 @@ class ValkeyStateStore(StateStore):
         key = self._log_key(task_id)
         while True:
             # XREAD BLOCK on the caller's connection pool; socket timeout (10 s) > block.
+            start = f"0-{after + 1}"
             got = await self._call(
-                lambda: self.client.xread({key: f"0-{after + 1}"}, block=int(poll_s * 1000))
+                lambda: self.client.xread({key: start}, block=int(poll_s * 1000))
             )
             for _, entries in got or []:
                 for ev in self._decode(entries):
@@ -262,7 +284,9 @@ class ValkeyStateStore(StateStore):
                     after = ev.seq
                     if ev.kind in TERMINAL_KINDS:
                         return
-            if not got and not await self._call(lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")):
+            if not got and not await self._call(
+                lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")
+            ):
                 raise KeyError(task_id)
 
     # ------------------------------------------------------------ cancel, leases
@@ -289,8 +313,16 @@ class ValkeyStateStore(StateStore):
         ):
             view = await self.task(_s(tid))  # type: ignore[arg-type]
             assert view is not None
-            out.append(Reaped(task_id=_s(tid), outcome=_s(outcome), epoch=int(epoch),  # type: ignore[arg-type]
-                              task=view.task, next_seq=int(next_seq), replica_id=_s(replica) or None))
+            out.append(
+                Reaped(
+                    task_id=_s(tid),
+                    outcome=_s(outcome),
+                    epoch=int(epoch),  # type: ignore[arg-type]
+                    task=view.task,
+                    next_seq=int(next_seq),
+                    replica_id=_s(replica) or None,
+                )
+            )
         return out
 
     # ------------------------------------------------------------ views
@@ -299,13 +331,26 @@ class ValkeyStateStore(StateStore):
         if not h:
             return None
         g = {_s(k): v for k, v in h.items()}
-        spec = self._spec(task_id, _s(g["pool"]), g["prio"], g["tenant"], _s(g["deadline"]),  # type: ignore[arg-type]
-                          g["pin"], g["session"], g["req"])
+        spec = self._spec(
+            task_id,
+            _s(g["pool"]),
+            g["prio"],
+            g["tenant"],
+            _s(g["deadline"]),  # type: ignore[arg-type]
+            g["pin"],
+            g["session"],
+            g["req"],
+        )
         state = _s(g["state"])
         return TaskView(
-            task=spec, state="ended" if state == "orphaned" else state,  # type: ignore[arg-type]
-            epoch=int(g["epoch"]), owner=_s(g.get("owner")), next_seq=int(g["next_seq"]),
-            requeues=int(g["requeues"]), replica_id=_s(g.get("replica")), canceled=g["cancel"] == b"1",
+            task=spec,
+            state="ended" if state == "orphaned" else state,  # type: ignore[arg-type]
+            epoch=int(g["epoch"]),
+            owner=_s(g.get("owner")),
+            next_seq=int(g["next_seq"]),
+            requeues=int(g["requeues"]),
+            replica_id=_s(g.get("replica")),
+            canceled=g["cancel"] == b"1",
         )
 
     async def busy(self, pool: str) -> dict[str, int]:
@@ -313,7 +358,9 @@ class ValkeyStateStore(StateStore):
         return {_s(k): int(v) for k, v in h.items() if int(v)}  # type: ignore[misc]
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
-        s = await self._call(lambda: self.client.hmget(f"{self._keys[0]}sess:{session}", "set", "replica"))
+        s = await self._call(
+            lambda: self.client.hmget(f"{self._keys[0]}sess:{session}", "set", "replica")
+        )
         if s[0] is None:
             return None
         return _s(s[0]), _s(s[1])  # type: ignore[return-value]

@@ -68,12 +68,20 @@ def _debian_binary(cache: Path = CACHE) -> tuple[Path, Path] | None:
             return binary, libs
         with tempfile.TemporaryDirectory() as tmp:
             for attempt in range(2):
-                proc = subprocess.run(["apt-get", "download", *_DEBS], cwd=tmp,
-                                      capture_output=True, text=True, timeout=600, check=False)
+                proc = subprocess.run(
+                    ["apt-get", "download", *_DEBS],
+                    cwd=tmp,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    check=False,
+                )
                 if proc.returncode == 0:
                     break
                 if attempt == 0:
-                    subprocess.run(["apt-get", "update"], capture_output=True, timeout=600, check=False)
+                    subprocess.run(
+                        ["apt-get", "update"], capture_output=True, timeout=600, check=False
+                    )
             else:
                 return None
             for deb in Path(tmp).glob("*.deb"):
@@ -124,7 +132,9 @@ def _ping(port: int) -> bool:
 class EmbeddedServer:
     """One private server: ``start()`` returns its URL, ``stop()`` ends it by PID."""
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None
+    ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="llorch-valkey-"))
         self.port = port
@@ -140,18 +150,40 @@ class EmbeddedServer:
         self.port = self.port or _free_port()
         log = self.data_dir / "server.log"
         args = [
-            str(binary), "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "", "--logfile", str(log), "--daemonize", "no", "--protected-mode", "yes",
+            str(binary),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--logfile",
+            str(log),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
         ]
         self.proc = subprocess.Popen(
-            args, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            args,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace")
+                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(
+                    errors="replace"
+                )
                 tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
                 self.proc = None
                 raise ServerUnavailable(f"{binary} exited at start: {err or tail}")

@@ -1,0 +1,500 @@
+"""The state-store conformance suite (ORCH-2514): one test class every backend runs.
+
+Subclass :class:`StateStoreConformance` and provide a ``store_under_test``
+fixture returning a :class:`StoreUnderTest`. Every test opens a fresh namespace,
+so backends sharing one server need no cleanup. The order test replays one
+seeded operation sequence on the backend and on the ``memory`` reference and
+compares every answer, so a backend is held to the core's definitions of
+WRR/DRR/EDF, the full policies and placement (ORCH-2504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+import pytest_asyncio
+from llama_orch.core.config import RateLimit, TenantConfig
+from llama_orch.core.errors import AdmissionRejected, ErrorCode
+from llama_orch.core.state_memory import MemoryStateStore
+from llama_orch.core.state_store import (
+    TERMINAL_KINDS,
+    Canceled,
+    Dispatched,
+    Event,
+    Fenced,
+    Orphaned,
+    PoolPolicy,
+    SlotView,
+    StateStore,
+    StoreConfig,
+    TaskEnded,
+    TaskSpec,
+    load_state_store_class,
+)
+
+__all__ = ["StateStoreConformance", "StoreUnderTest"]
+
+LEASE_MS = 200
+
+
+@dataclass
+class StoreUnderTest:
+    """``open()``: a started store on a fresh, empty namespace; ``peer(store)``: another
+    client on the same namespace (the same object for in-process stores);
+    ``advance(s)``: let ``s`` seconds pass on the store's clock."""
+
+    backend: str
+    open: Callable[[], Awaitable[StateStore]]
+    peer: Callable[[StateStore], Awaitable[StateStore]]
+    advance: Callable[[float], Awaitable[None]]
+
+
+def _spec(tid: str, prio: str = "batch", tenant: str = "default", **kw: Any) -> TaskSpec:
+    return TaskSpec(task_id=tid, pool="p", priority=prio, tenant=tenant, **kw)  # type: ignore[arg-type]
+
+
+def _cfg(capacity: int = 1000, policy: str = "reject", **kw: Any) -> StoreConfig:
+    pools = {"p": PoolPolicy(capacity=capacity, full_policy=policy)}  # type: ignore[arg-type]
+    return StoreConfig(pools=pools, **kw)
+
+
+def _slots(n: int = 1000, **sets: int) -> list[SlotView]:
+    if sets:
+        return [
+            SlotView(replica_id=r, set_key=r.split("-")[0], ready=True, slots=s)
+            for r, s in sets.items()
+        ]
+    return [SlotView(replica_id="r1", set_key="A", ready=True, slots=n)]
+
+
+async def _end(store: StateStore, d: Dispatched) -> None:
+    await store.append(d.task.task_id, d.epoch, [Event("end", b"{}")])
+
+
+class StateStoreConformance:
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
+
+    @pytest_asyncio.fixture
+    async def sut(self, store_under_test: StoreUnderTest) -> StoreUnderTest:
+        return store_under_test
+
+    @pytest_asyncio.fixture
+    async def store(self, sut: StoreUnderTest) -> AsyncIterator[StateStore]:
+        s = await sut.open()
+        try:
+            yield s
+        finally:
+            await s.close()
+
+    # ----------------------------------------------------------------- plugin
+    async def test_loads_by_entry_point_name(self, sut: StoreUnderTest) -> None:
+        """ORCH-2501: the backend is found by its name in ``llama_orch.state_stores``."""
+        assert load_state_store_class(sut.backend).backend == sut.backend
+
+    # ----------------------------------------------------------------- fairness
+    async def test_fairness_within_ten_percent_of_weights(self, store: StateStore) -> None:
+        """ORCH-2504: under backlog, dispatch shares follow WRR (8:1) and DRR (2:1:1)."""
+        tenants = {"a": TenantConfig(weight=2), "b": TenantConfig(), "c": TenantConfig()}
+        await store.configure(_cfg(tenants=tenants))
+        await store.set_replicas("p", _slots(1))
+        for n in range(120):
+            for t in "abc":
+                await store.submit(_spec(f"{t}{n}", "batch", t))
+            if n < 100:
+                await store.submit(_spec(f"i{n}", "interactive", "a"))
+        got: list[TaskSpec] = []
+        for _ in range(180):
+            d = await store.dispatch("p", "i1", 60_000)
+            assert isinstance(d, Dispatched)
+            got.append(d.task)
+            await _end(store, d)
+        prio = Counter(t.priority for t in got[:90])
+        assert abs(prio["interactive"] / 90 - 8 / 9) <= 0.10, prio
+        batch = [t.tenant for t in got if t.priority == "batch"][:40]
+        share = Counter(batch)
+        for t, w in (("a", 0.5), ("b", 0.25), ("c", 0.25)):
+            assert abs(share[t] / len(batch) - w) <= 0.10, share
+
+    async def test_edf_before_fifo_within_a_flow(self, store: StateStore) -> None:
+        """ORCH-2504 (ORCH-1111): deadline tasks first, earliest first; the rest FIFO."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots())
+        await store.submit(_spec("f1"))
+        await store.submit(_spec("d9", deadline_ms=1_900_000_000_900))
+        await store.submit(_spec("f2"))
+        await store.submit(_spec("d1", deadline_ms=1_900_000_000_100))
+        order = []
+        for _ in range(4):
+            d = await store.dispatch("p", "i1", 60_000)
+            assert isinstance(d, Dispatched)
+            order.append(d.task.task_id)
+        assert order == ["d1", "d9", "f1", "f2"]
+
+    @pytest.mark.parametrize("policy", ["reject", "drop-lru", "shed-low-priority"])
+    async def test_same_answers_as_the_memory_reference(
+        self, sut: StoreUnderTest, policy: str
+    ) -> None:
+        """ORCH-2504: one seeded sequence of submits (priorities, tenants, deadlines, pins,
+        a full queue), dispatches, ends and cancels gives the same answers on this
+        backend as on the memory store built on core.queue/quota/placement."""
+        expected = await _trace(MemoryStateStore(clock=lambda: 0.0), policy)
+        store = await sut.open()
+        try:
+            got = await _trace(store, policy)
+        finally:
+            await store.close()
+        assert sum(1 for x in expected if x[0] == "run") > 50, "the trace must exercise dispatch"
+        assert sum(1 for x in expected if x[0] == "admit" and x[1]) or policy == "reject"
+        assert any(x[0] == "dispatch" and x[1] for x in expected), "no pinned head was orphaned"
+        assert got == expected
+
+    # ----------------------------------------------------------------- full policies
+    async def test_reject_refuses_the_newcomer(self, store: StateStore) -> None:
+        """ORCH-2504 (ORCH-1102)."""
+        await store.configure(_cfg(2, "reject"))
+        await store.submit(_spec("a"))
+        await store.submit(_spec("b"))
+        with pytest.raises(AdmissionRejected) as info:
+            await store.submit(_spec("c", "interactive"))
+        assert info.value.policy_label == "reject"
+        assert await store.task("c") is None
+
+    async def test_drop_lru_displaces_oldest_with_one_terminal(self, store: StateStore) -> None:
+        """ORCH-2506 (ORCH-1103): the displaced task ends in the same step, exactly once."""
+        await store.configure(_cfg(2, "drop-lru"))
+        await store.submit(_spec("i-old", "interactive"))
+        await store.submit(_spec("b-old"))
+        got = await store.submit(_spec("b-new"))
+        assert got.displaced == [("b-old", ErrorCode.QUEUE_FULL_DROP_LRU)]
+        got = await store.submit(_spec("i-new", "interactive"))
+        assert got.displaced == [("i-old", ErrorCode.QUEUE_FULL_DROP_LRU)]
+        log = await store.read("b-old")
+        assert [e.kind for e in log] == ["error"]
+        assert msgspec.json.decode(log[0].data)["code"] == "QUEUE_FULL_DROP_LRU"
+
+    async def test_shed_low_priority_displaces_newest_lower(self, store: StateStore) -> None:
+        """ORCH-2506 (ORCH-1104)."""
+        await store.configure(_cfg(2, "shed-low-priority"))
+        await store.submit(_spec("b1"))
+        await store.submit(_spec("b2"))
+        got = await store.submit(_spec("i1", "interactive"))
+        assert got.displaced == [("b2", ErrorCode.ADMISSION_REJECT)]
+        with pytest.raises(AdmissionRejected):
+            await store.submit(_spec("b3"))
+        assert [e.kind for e in await store.read("b2")] == ["error"]
+
+    # ----------------------------------------------------------------- quotas
+    async def test_max_concurrent_counts_queued_and_running(self, store: StateStore) -> None:
+        """ORCH-2505: queued + running per tenant; freed by the terminal event."""
+        await store.configure(_cfg(tenants={"t": TenantConfig(max_concurrent=2)}))
+        await store.set_replicas("p", _slots())
+        await store.submit(_spec("t1", tenant="t"))
+        await store.submit(_spec("t2", tenant="t"))
+        with pytest.raises(AdmissionRejected) as info:
+            await store.submit(_spec("t3", tenant="t"))
+        assert info.value.policy_label == "quota" and info.value.retry_after_ms is None
+        d = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d, Dispatched)
+        await _end(store, d)
+        await store.submit(_spec("t3", tenant="t"))
+
+    async def test_token_buckets_on_the_store_clock(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2505: tenant and priority buckets; the refusal says when to retry."""
+        await store.configure(
+            _cfg(
+                tenants={
+                    "slow": TenantConfig(rps=0.1, burst=2),
+                    "fast": TenantConfig(rps=4, burst=1),
+                },
+                priorities={"interactive": RateLimit(rps=0.1, burst=1)},
+            )
+        )
+        await store.submit(_spec("s1", tenant="slow"))
+        await store.submit(_spec("s2", tenant="slow"))
+        with pytest.raises(AdmissionRejected) as info:
+            await store.submit(_spec("s3", tenant="slow"))
+        assert info.value.policy_label == "quota"
+        assert info.value.retry_after_ms is not None and 5000 < info.value.retry_after_ms <= 10_000
+        await store.submit(_spec("i1", "interactive"))
+        with pytest.raises(AdmissionRejected):
+            await store.submit(_spec("i2", "interactive", "other"))
+        started = time.monotonic()
+        await store.submit(_spec("f1", tenant="fast"))
+        try:
+            await store.submit(_spec("f2", tenant="fast"))
+            # Only legitimate when a refill (250 ms) really passed between the two calls.
+            assert time.monotonic() - started >= 0.25, "a second request within one refill passed"
+        except AdmissionRejected as exc:
+            assert exc.retry_after_ms is not None and exc.retry_after_ms <= 250
+            await sut.advance(exc.retry_after_ms / 1000 + 0.05)
+            await store.submit(_spec("f2", tenant="fast"))
+
+    # ----------------------------------------------------------------- placement
+    async def test_slots_never_oversubscribed_across_clients(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2507: concurrent dispatchers on several clients share the slots exactly."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(**{"A-1": 2, "A-2": 2}))
+        for n in range(20):
+            await store.submit(_spec(f"t{n}"))
+        clients = [store] + [await sut.peer(store) for _ in range(3)]
+        try:
+            got = await asyncio.gather(
+                *(c.dispatch("p", f"i{n}", 60_000) for n, c in enumerate(clients * 2))
+            )
+        finally:
+            for c in clients[1:]:
+                if c is not store:
+                    await c.close()
+        won = [d for d in got if isinstance(d, Dispatched)]
+        assert len(won) == 4 and len({d.task.task_id for d in won}) == 4
+        assert await store.busy("p") == {"A-1": 2, "A-2": 2}
+
+    async def test_pinned_head_waits_and_orphans(self, store: StateStore) -> None:
+        """ORCH-2507 (ORCH-1116): a pinned head blocks while its set is full and is
+        ended with POOL_UNAVAILABLE when its set is gone."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(**{"A-1": 1, "B-1": 1}))
+        first = await store.dispatch("p", "i1", 60_000)
+        assert first is None
+        await store.submit(_spec("b1", pin="B"))
+        await store.submit(_spec("b2", pin="B"))
+        await store.submit(_spec("free"))
+        d = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d, Dispatched) and d.replica_id == "B-1"
+        assert await store.dispatch("p", "i1", 60_000) is None  # b2 waits for B, head of line
+        await store.set_replicas("p", _slots(**{"A-1": 1}))
+        o = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(o, Orphaned) and o.task_id == "b2"
+        assert msgspec.json.decode((await store.read("b2"))[-1].data)["code"] == "POOL_UNAVAILABLE"
+        d2 = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d2, Dispatched) and d2.task.task_id == "free"
+
+    async def test_session_turns_follow_the_first_turn(self, store: StateStore) -> None:
+        """ORCH-2512: later turns of a session are pinned to its set, warm replica first."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(**{"A-1": 1, "A-2": 1, "B-1": 3}))
+        await store.submit(_spec("s1", session="chat"))
+        d = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d, Dispatched) and d.set_key == "B"
+        assert await store.session_pin("chat") == ("B", d.replica_id)
+        await _end(store, d)
+        await store.set_replicas("p", _slots(**{"A-1": 4, "A-2": 4, "B-1": 3}))
+        await store.submit(_spec("s2", session="chat"))
+        d2 = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d2, Dispatched) and d2.replica_id == "B-1"
+
+    # ----------------------------------------------------------------- event log
+    async def test_exactly_one_terminal_and_resume(self, store: StateStore) -> None:
+        """ORCH-2508: contiguous ids, one terminal, read after an id, tail to the end."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots())
+        await store.submit(_spec("t"))
+        d = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d, Dispatched)
+        nxt = await store.append("t", d.epoch, [Event("started", b"{}"), Event("token", b"a")])
+        assert nxt == 2
+        tail = asyncio.create_task(_collect(store.tail("t", 0)))
+        await store.append("t", d.epoch, [Event("token", b"b")])
+        await store.append("t", d.epoch, [Event("token", b"c"), Event("end", b"{}")])
+        with pytest.raises(TaskEnded):
+            await store.append("t", d.epoch, [Event("end", b"{}")])
+        assert await store.cancel("t") == "ended"
+        log = await store.read("t")
+        assert [e.seq for e in log] == [0, 1, 2, 3, 4]
+        assert [e.kind for e in log].count("end") == 1 and log[-1].kind == "end"
+        assert [e.seq for e in await store.read("t", after=2)] == [3, 4]
+        got = await asyncio.wait_for(tail, 30)
+        assert [e.seq for e in got] == [1, 2, 3, 4]
+        assert await store.busy("p") == {}
+
+    async def test_no_token_after_cancel(self, store: StateStore, sut: StoreUnderTest) -> None:
+        """ORCH-2510: cancel on another client ends the task atomically; the owner's
+        next token is refused and the slot is free."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        await store.submit(_spec("t"))
+        await store.submit(_spec("q"))
+        d = await store.dispatch("p", "owner", 60_000)
+        assert isinstance(d, Dispatched)
+        await store.append("t", d.epoch, [Event("started", b"{}"), Event("token", b"a")])
+        other = await sut.peer(store)
+        try:
+            assert await other.cancel("t") == "running"
+            assert await other.cancel("q") == "queued"
+        finally:
+            if other is not store:
+                await other.close()
+        with pytest.raises(Canceled):
+            await store.append("t", d.epoch, [Event("token", b"b")])
+        log = await store.read("t")
+        assert [e.kind for e in log] == ["started", "token", "end"]
+        assert msgspec.json.decode(log[-1].data)["reason"] == "canceled"
+        assert [e.kind for e in await store.read("q")] == ["end"]
+        assert await store.busy("p") == {}
+        assert await store.dispatch("p", "owner", 60_000) is None
+
+    # ----------------------------------------------------------------- leases, fencing
+    async def test_lease_expiry_requeues_a_task_without_events(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2511: dispatched, no event, lease expired → front of its queue, slot freed;
+        the old owner is fenced."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        await store.submit(_spec("t1"))
+        await store.submit(_spec("t2"))
+        long = await store.dispatch("p", "slow", 60_000)
+        assert isinstance(long, Dispatched)
+        assert await store.reap("alive", LEASE_MS) == []  # a live lease is never reaped
+        await store.requeue("t1", long.epoch)
+        d = await store.dispatch("p", "dead", LEASE_MS)
+        assert isinstance(d, Dispatched) and d.task.task_id == "t1"
+        await sut.advance(LEASE_MS / 1000 + 0.2)
+        reaped = await store.reap("alive", LEASE_MS)
+        assert [(r.task_id, r.outcome) for r in reaped] == [("t1", "requeued")]
+        assert await store.busy("p") == {}
+        with pytest.raises(Fenced):
+            await store.append("t1", d.epoch, [Event("started", b"{}")])
+        assert await store.renew("dead", {"t1": d.epoch}, LEASE_MS) == ["t1"]
+        again = await store.dispatch("p", "alive", 60_000)
+        assert isinstance(again, Dispatched) and again.task.task_id == "t1"
+        assert again.requeues == 2 and again.epoch > d.epoch
+
+    async def test_lease_expiry_mid_stream_is_claimed_for_continuation(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2511, ORCH-2509: a streaming task is handed to the reaper under a new
+        epoch with its log so far; the stale owner can never append again."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        await store.submit(_spec("t", request=b"prompt"))
+        d = await store.dispatch("p", "zombie", LEASE_MS)
+        assert isinstance(d, Dispatched)
+        await store.append("t", d.epoch, [Event("started", b"{}"), Event("token", b"a")])
+        assert await store.renew("zombie", {"t": d.epoch}, LEASE_MS) == []
+        await sut.advance(LEASE_MS / 1000 + 0.2)
+        (r,) = await store.reap("heir", LEASE_MS)
+        assert (r.outcome, r.next_seq, r.task.request, r.replica_id) == (
+            "claimed",
+            2,
+            b"prompt",
+            "r1",
+        )
+        assert r.epoch > d.epoch
+        with pytest.raises(Fenced):
+            await store.append("t", d.epoch, [Event("token", b"zombie")])
+        assert await store.append("t", r.epoch, [Event("token", b"b"), Event("end", b"{}")]) == 4
+        assert [e.data for e in await store.read("t")][1:3] == [b"a", b"b"]
+        assert await store.busy("p") == {}
+        view = await store.task("t")
+        assert view is not None and view.state == "ended" and view.owner == "heir"
+
+    async def test_requeue_gives_the_task_back_in_front(self, store: StateStore) -> None:
+        """ORCH-2511 (ORCH-1908): the owner puts a task back ahead of its flow; fenced after."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        await store.submit(_spec("t1"))
+        await store.submit(_spec("t2"))
+        d = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d, Dispatched)
+        await store.requeue("t1", d.epoch)
+        with pytest.raises(Fenced):
+            await store.requeue("t1", d.epoch)
+        d2 = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d2, Dispatched) and d2.task.task_id == "t1"
+
+    async def test_ended_task_is_forgotten_after_retention(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2517: the log and the record expire after the retention window."""
+        await store.configure(_cfg(event_log_retention_ms=200))
+        await store.submit(_spec("t"))
+        await store.cancel("t")
+        assert await store.task("t") is not None
+        await sut.advance(0.5)
+        await store.submit(_spec("u"))  # any operation lets the memory store purge
+        assert await store.task("t") is None
+        with pytest.raises(KeyError):
+            await store.read("t")
+
+
+async def _collect(it: AsyncIterator[Any]) -> list[Any]:
+    return [x async for x in it]
+
+
+async def _trace(store: StateStore, policy: str) -> list[Any]:
+    """Replay a seeded operation sequence; return every answer in a comparable form."""
+    rng = random.Random(2500)
+    tenants = {
+        "a": TenantConfig(weight=3),
+        "b": TenantConfig(weight=1),
+        "c": TenantConfig(weight=2),
+    }
+    pools = {
+        "p": PoolPolicy(
+            capacity=12, full_policy=policy, priority_weights={"interactive": 3, "batch": 1}
+        )
+    }  # type: ignore[arg-type]
+    await store.configure(StoreConfig(pools=pools, tenants=tenants))
+    await store.set_replicas("p", _slots(**{"A-1": 2, "A-2": 1, "B-1": 2}))
+    out: list[Any] = []
+    running: list[Dispatched] = []
+    known: list[str] = []
+    for n in range(400):
+        if n in (200, 300):  # set B disappears, then comes back: pinned heads are orphaned
+            sets = {"A-1": 2, "A-2": 1} if n == 200 else {"A-1": 2, "A-2": 1, "B-1": 2}
+            await store.set_replicas("p", _slots(**sets))
+        op = rng.random()
+        if op < 0.5:
+            tid = f"t{n}"
+            spec = TaskSpec(
+                task_id=tid,
+                pool="p",
+                priority=rng.choice(["interactive", "batch"]),
+                tenant=rng.choice("abc"),
+                deadline_ms=1_900_000_000_000 + rng.randrange(50) if rng.random() < 0.2 else None,
+                pin="B" if rng.random() < 0.25 else None,
+            )
+            try:
+                got = await store.submit(spec)
+                known.append(tid)
+                out.append(("admit", got.displaced))
+            except AdmissionRejected as exc:
+                out.append(("reject", exc.policy_label))
+        elif op < 0.75:
+            d = await store.dispatch("p", "i", 60_000)
+            if isinstance(d, Dispatched):
+                running.append(d)
+                out.append(("run", d.task.task_id, d.replica_id))
+            else:
+                out.append(("dispatch", None if d is None else d.task_id))
+        elif op < 0.9 and running:
+            d = running.pop(rng.randrange(len(running)))
+            try:
+                await _end(store, d)
+                out.append(("end", d.task.task_id))
+            except TaskEnded:
+                out.append(("end", "already"))
+        elif known:
+            tid = rng.choice(known)
+            out.append(("cancel", tid, await store.cancel(tid)))
+    for tid in known:
+        log = await store.read(tid)
+        kinds = [e.kind for e in log]
+        assert sum(k in TERMINAL_KINDS for k in kinds) <= 1 and (
+            not any(k in TERMINAL_KINDS for k in kinds) or kinds[-1] in TERMINAL_KINDS
+        ), (tid, kinds)
+    out.append(("busy", await store.busy("p")))
+    return out
