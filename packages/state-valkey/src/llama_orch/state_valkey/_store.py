@@ -11,6 +11,7 @@ number of clients (ORCH-2503, ORCH-2504). Transport failures surface as
 from __future__ import annotations
 
 import json
+from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, TypeVar
@@ -274,10 +275,8 @@ class ValkeyStateStore(StateStore):
         key = self._log_key(task_id)
         while True:
             # XREAD BLOCK on the caller's connection pool; socket timeout (10 s) > block.
-            start = f"0-{after + 1}"
-            got = await self._call(
-                lambda: self.client.xread({key: start}, block=int(poll_s * 1000))
-            )
+            streams = {key: f"0-{after + 1}"}
+            got = await self._call(partial(self.client.xread, streams, block=int(poll_s * 1000)))
             for _, entries in got or []:
                 for ev in self._decode(entries):
                     yield ev
