@@ -11,8 +11,8 @@ number of clients (ORCH-2503, ORCH-2504). Transport failures surface as
 from __future__ import annotations
 
 import json
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from importlib.resources import files
 from typing import Any, TypeVar
 
