@@ -36,7 +36,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from .api import EndEvent, ErrorEvent
+from .api import EndEvent, ErrorEvent, TokenEvent
 from .config import FullPolicy, RateLimit, TenantConfig
 from .errors import ErrorCode, InvalidParams, PoolUnavailable
 
@@ -65,6 +65,7 @@ __all__ = [
     "TaskView",
     "UnknownStateStore",
     "canceled_terminal",
+    "continuation",
     "displaced_terminal",
     "load_state_store_class",
     "orphaned_terminal",
@@ -260,6 +261,24 @@ def canceled_terminal(tokens_out: int = 0) -> Event:
     return Event(
         "end", msgspec.json.encode(EndEvent(tokens_out=tokens_out, decode_ms=0, reason="canceled"))
     )
+
+
+_token_decoder = msgspec.json.Decoder(TokenEvent)
+
+
+def continuation(events: Sequence[LoggedEvent]) -> tuple[str, int]:
+    """The text a claimed task streamed so far and its next token index (ORCH-2511).
+
+    With the task's ``request`` (in :class:`Reaped`), this is what a continuation
+    needs: original prompt + text so far, token indices going on from here."""
+    text: list[str] = []
+    nxt = 0
+    for ev in events:
+        if ev.kind == "token":
+            tok = _token_decoder.decode(ev.data)
+            text.append(tok.t)
+            nxt = tok.i + 1
+    return "".join(text), nxt
 
 
 # ------------------------------------------------------------------ protocol

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 import pytest_asyncio
+from llama_orch.core.api import TokenEvent
 from llama_orch.core.config import RateLimit, TenantConfig
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_memory import MemoryStateStore
@@ -37,6 +38,7 @@ from llama_orch.core.state_store import (
     StoreConfig,
     TaskEnded,
     TaskSpec,
+    continuation,
     load_state_store_class,
 )
 
@@ -382,21 +384,18 @@ class StateStoreConformance:
         await store.submit(_spec("t", request=b"prompt"))
         d = await store.dispatch("p", "zombie", LEASE_MS)
         assert isinstance(d, Dispatched)
-        await store.append("t", d.epoch, [Event("started", b"{}"), Event("token", b"a")])
+        started = [Event("started", b"{}"), _token("Hel", 0), _token("lo", 1)]
+        await store.append("t", d.epoch, started)
         assert await store.renew("zombie", {"t": d.epoch}, LEASE_MS) == []
         await sut.advance(LEASE_MS / 1000 + 0.2)
         (r,) = await store.reap("heir", LEASE_MS)
-        assert (r.outcome, r.next_seq, r.task.request, r.replica_id) == (
-            "claimed",
-            2,
-            b"prompt",
-            "r1",
-        )
-        assert r.epoch > d.epoch
+        assert (r.outcome, r.next_seq, r.task.request) == ("claimed", 3, b"prompt")
+        assert r.replica_id == "r1" and r.epoch > d.epoch
+        assert continuation(await store.read("t")) == ("Hello", 2)
         with pytest.raises(Fenced):
-            await store.append("t", d.epoch, [Event("token", b"zombie")])
-        assert await store.append("t", r.epoch, [Event("token", b"b"), Event("end", b"{}")]) == 4
-        assert [e.data for e in await store.read("t")][1:3] == [b"a", b"b"]
+            await store.append("t", d.epoch, [_token("zombie", 2)])
+        assert await store.append("t", r.epoch, [_token("!", 2), Event("end", b"{}")]) == 5
+        assert continuation(await store.read("t")) == ("Hello!", 3)
         assert await store.busy("p") == {}
         view = await store.task("t")
         assert view is not None and view.state == "ended" and view.owner == "heir"
@@ -428,6 +427,10 @@ class StateStoreConformance:
         assert await store.task("t") is None
         with pytest.raises(KeyError):
             await store.read("t")
+
+
+def _token(t: str, i: int) -> Event:
+    return Event("token", msgspec.json.encode(TokenEvent(t, i)))
 
 
 async def _collect(it: AsyncIterator[Any]) -> list[Any]:
