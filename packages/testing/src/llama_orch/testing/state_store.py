@@ -158,6 +158,46 @@ class StateStoreConformance:
         assert any(x[0] == "dispatch" and x[1] for x in expected), "no pinned head was orphaned"
         assert got == expected
 
+    async def test_concurrent_clients_keep_the_global_order(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2504: dispatches racing from four clients, ordered by the epochs the
+        store handed out, are exactly the memory reference's serving order."""
+        rng = random.Random(2504)
+        tenants = {"a": TenantConfig(weight=3), "b": TenantConfig(weight=2)}
+        specs = [
+            _spec(f"t{n}", rng.choice(["interactive", "batch"]), rng.choice("abc"))
+            for n in range(80)
+        ]
+        ref = MemoryStateStore(clock=lambda: 0.0)
+        for s in (ref, store):
+            await s.configure(_cfg(tenants=tenants))
+            await s.set_replicas("p", _slots())
+            for spec in specs:
+                await s.submit(spec)
+        expected = []
+        for _ in specs:
+            d = await ref.dispatch("p", "ref", 60_000)
+            assert isinstance(d, Dispatched)
+            expected.append(d.task.task_id)
+        clients = [store] + [await sut.peer(store) for _ in range(3)]
+
+        async def drain(c: StateStore) -> list[tuple[int, str]]:
+            got = []
+            for _ in range(len(specs) // len(clients)):
+                d = await c.dispatch("p", f"c{id(c)}", 60_000)
+                assert isinstance(d, Dispatched)
+                got.append((d.epoch, d.task.task_id))
+            return got
+
+        try:
+            runs = await asyncio.gather(*(drain(c) for c in clients))
+        finally:
+            for c in clients[1:]:
+                if c is not store:
+                    await c.close()
+        assert [tid for _, tid in sorted(x for run in runs for x in run)] == expected
+
     # ----------------------------------------------------------------- full policies
     async def test_reject_refuses_the_newcomer(self, store: StateStore) -> None:
         """ORCH-2504 (ORCH-1102)."""
