@@ -81,6 +81,13 @@ async def _pairs(store: StateStore, n: int, instance: str, end: bool) -> float:
     return time.perf_counter() - t0
 
 
+async def _server_cpu(store: StateStore) -> float:
+    if not isinstance(store, ValkeyStateStore):
+        return 0.0
+    cpu = await store.client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 async def _appends(store: StateStore, events: int, batch: int) -> float:
     await store.submit(_spec(1))
     d = await store.dispatch("p", "bench", 600_000)
@@ -100,9 +107,17 @@ async def _measure(
     try:
         await _prepare(store, 1000)
         await _pairs(store, 200, "warm", True)  # warm-up (connections, function cache)
+        cpu0, server0 = time.process_time(), await _server_cpu(store)
         out["pairs/s, 1 client, sequential"] = args.pairs / await _pairs(
             store, args.pairs, "i0", False
         )
+        # CPU per pair, so the figure can be read apart from this machine's load:
+        # the client process and (valkey) the server process, each per CPU-second.
+        client_cpu = time.process_time() - cpu0
+        server_cpu = await _server_cpu(store) - server0
+        out["pairs per client CPU-second"] = args.pairs / client_cpu
+        if server_cpu > 0:
+            out["pairs per server CPU-second"] = args.pairs / server_cpu
         out["tasks/s (pair + end), 1 client"] = args.pairs / await _pairs(
             store, args.pairs, "i0", True
         )
@@ -175,9 +190,12 @@ async def main() -> None:
     )
     print(f"# pairs = submit + dispatch (+ terminal append), backlog 1000; {vars(args)}")
     print(f"{'figure':40} {'memory':>12} {'valkey':>12} {'memory/valkey':>14}")
-    for key in results["memory"]:
-        m, v = results["memory"][key], results["valkey"][key]
-        print(f"{key:40} {m:12,.0f} {v:12,.0f} {m / v:14.1f}")
+    for key in results["valkey"]:
+        m, v = results["memory"].get(key), results["valkey"][key]
+        if m is None:
+            print(f"{key:40} {'-':>12} {v:12,.0f} {'-':>14}")
+        else:
+            print(f"{key:40} {m:12,.0f} {v:12,.0f} {m / v:14.1f}")
     print(
         f"bounds on this machine: PING round trips/s (same client) {ping:,.0f}; "
         f"server time per FCALL {fcall['usec_per_call']:.1f} us over {fcall['calls']:,} calls "

@@ -90,24 +90,26 @@ local function peek(p, cfg, pool)
   if not prio then return nil end
   local tenant = head_flow(p, pool, prio)
   local m = redis.call('ZRANGE', qkey(p, pool, prio, tenant), 0, 0)[1]
-  return tid_of(m), prio, tenant, nready
+  return { tid = tid_of(m), member = m, prio = prio, tenant = tenant, nready = nready }
 end
 
-local function pop(p, cfg, pool)
-  local tid, prio, tenant, nready = peek(p, cfg, pool)
-  if not tid then return nil end
-  if nready > 1 then redis.call('HINCRBY', p .. 'pcred:' .. pool, prio, -1) end
-  qremove(p, tid)
+-- pop the head that peek() just returned (core.queue.AdmissionQueue.pop)
+local function pop_head(p, cfg, pool, h)
+  local prio, tenant = h.prio, h.tenant
+  if h.nready > 1 then redis.call('HINCRBY', p .. 'pcred:' .. pool, prio, -1) end
+  local q = qkey(p, pool, prio, tenant)
+  redis.call('ZREM', q, h.member)
+  redis.call('ZREM', p .. 'arr:' .. pool .. ':' .. prio, h.tid)
+  redis.call('DECR', p .. 'qlen:' .. pool)
   local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
   local credit = redis.call('HINCRBY', tcred, tenant, -1)
-  if redis.call('ZCARD', qkey(p, pool, prio, tenant)) == 0 then
+  if redis.call('ZCARD', q) == 0 then
     redis.call('LPOP', ring)
     redis.call('HDEL', tcred, tenant)
   elseif credit <= 0 then
     redis.call('HSET', tcred, tenant, tweight(cfg, tenant))
     redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
   end
-  return tid
 end
 
 local function victim(p, cfg, pool, prio)
@@ -269,10 +271,11 @@ local function f_dispatch(keys, args)
   local p = keys[1]
   local cfg = config(p)
   local pool, instance, lease_ms = args[1], args[2], tonumber(args[3])
-  local tid = peek(p, cfg, pool)
-  if not tid then return { 'EMPTY' } end
+  local head = peek(p, cfg, pool)
+  if not head then return { 'EMPTY' } end
+  local tid = head.tid
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'pin', 'session')
+  local t = redis.call('HMGET', tk, 'pin', 'session', 'prio', 'tenant', 'deadline', 'req', 'requeues')
   local pin, affinity = nil, nil
   if t[1] ~= '' then pin = t[1] end
   local sk = nil
@@ -286,23 +289,25 @@ local function f_dispatch(keys, args)
   end
   local raw = redis.call('HGETALL', p .. 'rep:' .. pool)
   local busy = p .. 'busy:' .. pool
+  local used, braw = {}, redis.call('HGETALL', busy)
+  for i = 1, #braw, 2 do used[braw[i]] = tonumber(braw[i + 1]) end
   local views, any_ready_pinned = {}, false
   for i = 1, #raw, 2 do
     local v = cjson.decode(raw[i + 1])
     local r = { id = raw[i], set = v[1], ready = v[2], slots = v[3] }
-    r.free = free_of(r, tonumber(redis.call('HGET', busy, r.id) or '0'))
+    r.free = free_of(r, used[r.id] or 0)
     views[#views + 1] = r
     if r.ready and r.set == pin then any_ready_pinned = true end
   end
   if pin ~= nil and not any_ready_pinned then
-    pop(p, cfg, pool)
+    pop_head(p, cfg, pool, head)
     redis.call('HSET', tk, 'state', 'orphaned')
     finish(p, cfg, tid, 'error', args[4])
     return { 'ORPHAN', tid }
   end
   local r = place(views, pin, affinity)
   if r == nil then return { 'WAIT' } end
-  pop(p, cfg, pool)
+  pop_head(p, cfg, pool, head)
   local _, now_ms = now_parts()
   local epoch = redis.call('INCR', p .. 'epoch')
   redis.call('HSET', tk, 'state', 'running', 'epoch', epoch, 'owner', instance, 'replica', r.id, 'set', r.set,
@@ -313,8 +318,7 @@ local function f_dispatch(keys, args)
     redis.call('HSET', sk, 'set', r.set, 'replica', r.id)
     redis.call('PEXPIRE', sk, cfg.session_ttl_ms)
   end
-  local s = redis.call('HMGET', tk, 'prio', 'tenant', 'deadline', 'pin', 'session', 'req', 'requeues')
-  return { 'OK', tid, r.id, r.set, epoch, s[1], s[2], s[3], s[4], s[5], s[6], tonumber(s[7]) }
+  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]) }
 end
 
 local function owned(p, tid, epoch)
