@@ -11,6 +11,7 @@ from llama_orch.core.state_store import (
     Dispatched,
     PoolPolicy,
     SlotView,
+    StateStoreError,
     StoreConfig,
     StoreUnavailable,
     TaskSpec,
@@ -88,5 +89,16 @@ async def test_suite_servers_are_the_supported_ones(valkey_url: str) -> None:
         major, minor = (int(x) for x in str(version).split(".")[:2])
         assert (major, minor) >= (7, 0), version
         assert await store.client.fcall("llorch_version", 1, "{version}:") == b"1"
+    finally:
+        await store.close()
+
+
+async def test_server_errors_do_not_leak_client_exceptions(valkey_url: str) -> None:
+    """STYLE rule 5: a refused call (here: submit before configure) is a StateStoreError."""
+    store = ValkeyStateStore(valkey_url, key_prefix="unconfigured")
+    await store.start()
+    try:
+        with pytest.raises(StateStoreError, match="refused"):
+            await store.submit(TaskSpec(task_id="x", pool="p", priority="batch"))
     finally:
         await store.close()

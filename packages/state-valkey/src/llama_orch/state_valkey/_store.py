@@ -33,6 +33,7 @@ from llama_orch.core.state_store import (
     SlotView,
     StateOptions,
     StateStore,
+    StateStoreError,
     StoreConfig,
     StoreUnavailable,
     TaskEnded,
@@ -43,6 +44,7 @@ from llama_orch.core.state_store import (
     orphaned_terminal,
 )
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from .server import EmbeddedServer
@@ -141,6 +143,8 @@ class ValkeyStateStore(StateStore):
             return await op()
         except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"state store unreachable: {exc}") from exc
+        except ValkeyResponseError as exc:  # e.g. not configured, or a server < 7.0
+            raise StateStoreError(f"state store refused the call: {exc}") from exc
 
     async def _fcall(self, name: str, *args: Any) -> Any:
         return await self._call(lambda: self.client.fcall(name, 1, *self._keys, *args))  # type: ignore[no-any-return]
