@@ -78,6 +78,8 @@ class MemoryStateStore(StateStore):
         self._sessions: dict[str, tuple[str, str, float]] = {}
         self._epoch = 0
         self._ended: deque[tuple[float, str]] = deque()  # (ended_at, task_id), for retention
+        self._bells: dict[str, int] = {}
+        self._bell_events: dict[str, asyncio.Event] = {}
 
     @classmethod
     def from_options(cls, options: StateOptions) -> MemoryStateStore:
@@ -99,6 +101,7 @@ class MemoryStateStore(StateStore):
         busy = self._busy.setdefault(pool, {})
         for r in replicas:
             busy.setdefault(r.replica_id, 0)
+        self._ring(pool)
 
     # ------------------------------------------------------------ admission
     async def submit(self, task: TaskSpec) -> Admitted:
@@ -116,6 +119,7 @@ class MemoryStateStore(StateStore):
             self._end(self._tasks[d.item], displaced_terminal(d.code))
         self._tasks[task.task_id] = _Task(task)
         self._inflight[task.tenant] = self._inflight.get(task.tenant, 0) + 1
+        self._ring(task.pool)
         return Admitted(
             queue_position=queue.position(task.task_id),
             displaced=[(d.item, d.code) for d in displaced],
@@ -215,6 +219,7 @@ class MemoryStateStore(StateStore):
         elif rec.state == "running" and rec.replica is not None:
             busy = self._busy[spec.pool]
             busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
+            self._ring(spec.pool)
         rec.state, rec.lease_until, rec.ended_at = "ended", None, self._clock()
         self._ended.append((rec.ended_at, spec.task_id))
         left = self._inflight.get(spec.tenant, 1) - 1
@@ -270,6 +275,7 @@ class MemoryStateStore(StateStore):
         self._queues[spec.pool].push(
             spec.task_id, spec.priority, tenant=spec.tenant, deadline=spec.deadline_ms, front=True
         )
+        self._ring(spec.pool)
 
     async def renew(self, instance: str, leases: Mapping[str, int], lease_ms: int) -> list[str]:
         now, lost = self._clock(), []
@@ -314,6 +320,25 @@ class MemoryStateStore(StateStore):
                 )
             )
         return out
+
+    # ------------------------------------------------------------ doorbell
+    def _ring(self, pool: str) -> None:
+        self._bells[pool] = self._bells.get(pool, 0) + 1
+        ev = self._bell_events.pop(pool, None)
+        if ev is not None:
+            ev.set()
+
+    async def bell(self, pool: str) -> str:
+        return str(self._bells.get(pool, 0))
+
+    async def wait_bell(self, pool: str, cursor: str, timeout_s: float) -> str:
+        if str(self._bells.get(pool, 0)) == cursor:
+            ev = self._bell_events.setdefault(pool, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        return str(self._bells.get(pool, 0))
 
     # ------------------------------------------------------------ views
     async def task(self, task_id: str) -> TaskView | None:

@@ -357,6 +357,18 @@ class StateStore(abc.ABC):
     async def task(self, task_id: str) -> TaskView | None: ...
 
     @abc.abstractmethod
+    async def bell(self, pool: str) -> str:
+        """The pool's doorbell cursor now (ORCH-2518); pass it to :meth:`wait_bell`."""
+
+    @abc.abstractmethod
+    async def wait_bell(self, pool: str, cursor: str, timeout_s: float) -> str:
+        """Wait until the pool's doorbell rang after ``cursor`` (a submit, a requeue, a
+        freed slot, a replica change) or ``timeout_s`` passed; return the new cursor.
+
+        A dispatcher takes the cursor *before* a ``dispatch`` that returned None and
+        waits on it, so no ring is missed and nothing polls (ORCH-2518)."""
+
+    @abc.abstractmethod
     async def busy(self, pool: str) -> dict[str, int]:
         """Reserved slots per replica (for reconciliation and tests)."""
 

@@ -127,6 +127,7 @@ class ValkeyStateStore(StateStore):
             if self._url is None:
                 self._server = EmbeddedServer(self._data_dir)
                 self._url = self._server.start()
+            # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
             self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
         await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
 
@@ -355,6 +356,23 @@ class ValkeyStateStore(StateStore):
             replica_id=_s(g.get("replica")),
             canceled=g["cancel"] == b"1",
         )
+
+    async def bell(self, pool: str) -> str:
+        last = await self._call(
+            lambda: self.client.xrevrange(f"{self._keys[0]}bell:{pool}", count=1)
+        )
+        return _s(last[0][0]) if last else "0-0"  # type: ignore[return-value]
+
+    async def wait_bell(self, pool: str, cursor: str, timeout_s: float) -> str:
+        key = f"{self._keys[0]}bell:{pool}"
+        # At most 5 s per call: the socket timeout (10 s) must exceed the block time;
+        # a longer wait returns early with the same cursor (a spurious wake-up).
+        block = min(5000, max(1, int(timeout_s * 1000)))
+        got = await self._call(partial(self.client.xread, {key: cursor}, count=1000, block=block))
+        for _, entries in got or []:
+            if entries:
+                cursor = _s(entries[-1][0])  # type: ignore[assignment]
+        return cursor
 
     async def busy(self, pool: str) -> dict[str, int]:
         h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}busy:{pool}"))

@@ -32,6 +32,11 @@ local function tweight(cfg, tenant)
   return 1
 end
 
+-- the pool's doorbell (ORCH-2518): dispatchers XREAD BLOCK on it instead of polling
+local function ring_bell(p, pool, why)
+  redis.call('XADD', p .. 'bell:' .. pool, 'MAXLEN', '~', 100, '*', 'w', why)
+end
+
 -- ------------------------------------------------------------------ queue
 local function band_live(p, pool, prio) return redis.call('ZCARD', p .. 'arr:' .. pool .. ':' .. prio) end
 
@@ -50,6 +55,7 @@ local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front)
   redis.call('ZADD', p .. 'arr:' .. pool .. ':' .. prio, seq, tid)
   redis.call('INCR', p .. 'qlen:' .. pool)
   redis.call('HSET', p .. 't:' .. tid, 'state', 'queued', 'member', m)
+  ring_bell(p, pool, 'queued')
 end
 
 -- remove a queued task from its flow and band (flows retire lazily, as in core)
@@ -146,6 +152,7 @@ local function finish(p, cfg, tid, kind, data)
   elseif t[1] == 'running' and t[4] then
     local b = redis.call('HINCRBY', p .. 'busy:' .. t[2], t[4], -1)
     if b < 0 then redis.call('HSET', p .. 'busy:' .. t[2], t[4], 0) end
+    ring_bell(p, t[2], 'freed')
   end
   if redis.call('HINCRBY', p .. 'inflight', t[3], -1) < 0 then redis.call('HSET', p .. 'inflight', t[3], 0) end
   redis.call('ZREM', p .. 'leases', tid)
@@ -442,6 +449,7 @@ local function f_set_replicas(keys, args)
   for i = 2, #args, 4 do
     redis.call('HSET', rk, args[i], cjson.encode({ args[i + 1], args[i + 2] == '1', tonumber(args[i + 3]) }))
   end
+  ring_bell(p, args[1], 'replicas')
   return 'OK'
 end
 

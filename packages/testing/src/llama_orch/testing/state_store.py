@@ -338,6 +338,35 @@ class StateStoreConformance:
         d2 = await store.dispatch("p", "i1", 60_000)
         assert isinstance(d2, Dispatched) and d2.replica_id == "B-1"
 
+    async def test_doorbell_wakes_a_waiting_dispatcher(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2518: a dispatcher on another client waits on the pool's doorbell and is
+        woken by a submit and by a freed slot; with nothing new it times out."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        other = await sut.peer(store)
+        try:
+            cur = await other.bell("p")
+            assert await other.dispatch("p", "i", 60_000) is None
+            waiter = asyncio.create_task(other.wait_bell("p", cur, 30))
+            await store.submit(_spec("t1"))
+            await store.submit(_spec("t2"))
+            cur = await asyncio.wait_for(waiter, 30)
+            d = await other.dispatch("p", "i", 60_000)
+            assert isinstance(d, Dispatched)
+            cur = await other.bell("p")
+            assert await other.dispatch("p", "i", 60_000) is None  # the only slot is taken
+            assert await other.wait_bell("p", cur, 0.2) == cur  # nothing rang
+            waiter = asyncio.create_task(other.wait_bell("p", cur, 30))
+            await _end(store, d)
+            assert await asyncio.wait_for(waiter, 30) != cur
+            d2 = await other.dispatch("p", "i", 60_000)
+            assert isinstance(d2, Dispatched) and d2.task.task_id == "t2"
+        finally:
+            if other is not store:
+                await other.close()
+
     # ----------------------------------------------------------------- event log
     async def test_exactly_one_terminal_and_resume(self, store: StateStore) -> None:
         """ORCH-2508: contiguous ids, one terminal, read after an id, tail to the end."""
