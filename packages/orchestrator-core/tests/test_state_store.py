@@ -1,4 +1,4 @@
-"""The state-store seam in core: plugin loading and the continuation helper (ORCH-2501, ORCH-2511).
+"""The state-store seam in core: plugin loading, continuation, lease keeping (ORCH-2501, ORCH-2511).
 
 The behaviour of both backends is proven by the conformance suite
 (``llama_orch.testing.state_store``), run in packages/testing and packages/state-valkey.
@@ -6,14 +6,25 @@ The behaviour of both backends is proven by the conformance suite
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+
 import msgspec
 import pytest
 from llama_orch.core.api import TokenEvent
 from llama_orch.core.errors import ErrorCode
+from llama_orch.core.state_lease import LeaseKeeper
 from llama_orch.core.state_memory import MemoryStateStore
 from llama_orch.core.state_store import (
+    Dispatched,
+    Event,
     LoggedEvent,
+    PoolPolicy,
+    SlotView,
     StateOptions,
+    StoreConfig,
+    StoreUnavailable,
+    TaskSpec,
     UnknownStateStore,
     continuation,
     displaced_terminal,
@@ -49,3 +60,102 @@ def test_displaced_terminal_carries_the_policy_code() -> None:
     ev = displaced_terminal(ErrorCode.QUEUE_FULL_DROP_LRU)
     assert ev.kind == "error"
     assert msgspec.json.decode(ev.data)["code"] == "QUEUE_FULL_DROP_LRU"
+
+
+# ------------------------------------------------------------------ LeaseKeeper
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _running(store: MemoryStateStore, *ids: str) -> dict[str, int]:
+    await store.configure(StoreConfig(pools={"p": PoolPolicy(capacity=10)}))
+    await store.set_replicas("p", [SlotView(replica_id="r", set_key="A", ready=True, slots=9)])
+    out = {}
+    for tid in ids:
+        await store.submit(TaskSpec(task_id=tid, pool="p", priority="batch"))
+        d = await store.dispatch("p", "me", 1000)
+        assert isinstance(d, Dispatched)
+        out[tid] = d.epoch
+    return out
+
+
+async def test_held_leases_are_renewed_and_never_reaped() -> None:
+    """ORCH-2511: an instance renewing its leases keeps its tasks past the first lease."""
+    clock, lost = _Clock(), []
+    store = MemoryStateStore(clock=clock)
+    keeper = LeaseKeeper(store, "me", 1000, on_lost=lost.append, clock=clock)
+    for tid, epoch in (await _running(store, "a", "b")).items():
+        keeper.hold(tid, epoch)
+    for _ in range(5):
+        clock.now += 0.6
+        assert await keeper.renew_once() == []
+        assert await store.reap("other", 1000) == []
+    keeper.release("b")  # b is no longer renewed; a still is
+    clock.now += 0.6
+    await keeper.renew_once()
+    clock.now += 0.6
+    assert [r.task_id for r in await store.reap("other", 1000)] == ["b"]
+    assert lost == []
+
+
+async def test_a_taken_over_lease_is_reported_lost_once() -> None:
+    """ORCH-2511, ORCH-2509: after a takeover the old owner learns it lost the task."""
+    clock, lost = _Clock(), []
+    store = MemoryStateStore(clock=clock)
+    keeper = LeaseKeeper(store, "me", 1000, on_lost=lost.append, clock=clock)
+    epochs = await _running(store, "a")
+    keeper.hold("a", epochs["a"])
+    await store.append("a", epochs["a"], [Event("started", b"{}")])
+    clock.now += 2  # paused past the lease
+    heir = LeaseKeeper(store, "heir", 1000, on_lost=lambda t: None, clock=clock)
+    (r,) = await heir.reap_once()
+    assert r.outcome == "claimed" and heir.held == {"a": r.epoch}
+    assert await keeper.renew_once() == ["a"]
+    assert await keeper.renew_once() == []
+    assert lost == ["a"] and keeper.held == {}
+
+
+class _Unreachable(MemoryStateStore):
+    async def renew(self, instance: str, leases: Mapping[str, int], lease_ms: int) -> list[str]:
+        raise StoreUnavailable("down")
+
+
+async def test_store_unreachable_for_a_lease_loses_every_task() -> None:
+    """ORCH-2516: ownership that cannot be proven for one lease is given up."""
+    clock, lost = _Clock(), []
+    store = _Unreachable(clock=clock)
+    keeper = LeaseKeeper(store, "me", 1000, on_lost=lost.append, clock=clock)
+    for tid, epoch in (await _running(store, "a", "b")).items():
+        keeper.hold(tid, epoch)
+    clock.now += 0.5
+    assert await keeper.renew_once() == []  # within one lease: keep going
+    clock.now += 0.6
+    assert sorted(await keeper.renew_once()) == ["a", "b"]
+    assert sorted(lost) == ["a", "b"]
+
+
+async def test_run_renews_until_stopped() -> None:
+    """ORCH-2511: the loop renews each period and ends when its stop event is set."""
+    store = MemoryStateStore()
+    keeper = LeaseKeeper(store, "me", 1000, on_lost=lambda t: None)
+    for tid, epoch in (await _running(store, "a")).items():
+        keeper.hold(tid, epoch)
+    stop = asyncio.Event()
+    calls = []
+    real = store.renew
+
+    async def counting(*a: object, **k: object) -> list[str]:
+        calls.append(1)
+        if len(calls) == 3:
+            stop.set()
+        return await real(*a, **k)  # type: ignore[arg-type]
+
+    store.renew = counting  # type: ignore[method-assign]
+    await asyncio.wait_for(keeper.run(stop, every_s=0.01), 30)
+    assert len(calls) == 3
