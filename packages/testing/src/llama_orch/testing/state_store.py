@@ -157,6 +157,7 @@ class StateStoreConformance:
         assert sum(1 for x in expected if x[0] == "run") > 50, "the trace must exercise dispatch"
         assert sum(1 for x in expected if x[0] == "admit" and x[1]) or policy == "reject"
         assert any(x[0] == "dispatch" and x[1] for x in expected), "no pinned head was orphaned"
+        assert ("reject", "quota") in expected, "max_concurrent never refused"
         assert got == expected
 
     async def test_concurrent_clients_keep_the_global_order(
@@ -513,7 +514,7 @@ async def _trace(store: StateStore, policy: str, seed: int) -> list[Any]:
     tenants = {
         "a": TenantConfig(weight=3),
         "b": TenantConfig(weight=1),
-        "c": TenantConfig(weight=2),
+        "c": TenantConfig(weight=2, max_concurrent=4),  # time-free quota: comparable
     }
     pools = {
         "p": PoolPolicy(
