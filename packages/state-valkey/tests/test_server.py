@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from llama_orch.core.state_store import (
     Dispatched,
     PoolPolicy,
     SlotView,
+    StateOptions,
     StateStoreError,
     StoreConfig,
     StoreUnavailable,
@@ -102,3 +104,34 @@ async def test_server_errors_do_not_leak_client_exceptions(valkey_url: str) -> N
             await store.submit(TaskSpec(task_id="x", pool="p", priority="batch"))
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("appendfsync", ["everysec", "always"])
+async def test_acknowledged_admissions_survive_kill_9_of_the_server(
+    tmp_path: Path, appendfsync: str
+) -> None:
+    """ORCH-2513: the AOF is written before the reply, so SIGKILL of the server loses
+    no admission it acknowledged (``always`` also fsyncs: power loss, not tested here)."""
+    options = StateOptions(backend="valkey", data_dir=str(tmp_path), appendfsync=appendfsync)  # type: ignore[arg-type]
+    store = ValkeyStateStore.from_options(options)
+    await store.start()
+    try:
+        await store.configure(CFG)
+        for n in range(5):
+            await store.submit(TaskSpec(task_id=f"t{n}", pool="p", priority="batch"))
+        assert store._server is not None and store._server.proc is not None
+        proc = store._server.proc
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        await store.close()
+    again = ValkeyStateStore.from_options(options)
+    await again.start()
+    try:
+        await again.set_replicas("p", [SlotView(replica_id="r", set_key="A", ready=True, slots=9)])
+        got = [await again.dispatch("p", "i", 60_000) for _ in range(5)]
+        assert [d.task.task_id for d in got if isinstance(d, Dispatched)] == [
+            f"t{n}" for n in range(5)
+        ]
+    finally:
+        await again.close()

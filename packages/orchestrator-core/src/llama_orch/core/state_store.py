@@ -150,6 +150,10 @@ class StateOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     data_dir: str | None = None
     key_prefix: str = "llorch"
     lease_ms: Annotated[int, Meta(ge=100)] = 3000
+    # Embedded server only. Either way the AOF is written before a reply is sent, so
+    # kill -9 of the server loses no acknowledged write; "always" also fsyncs before
+    # the reply (survives a machine crash or power loss), "everysec" may lose ~1 s then.
+    appendfsync: Literal["everysec", "always"] = "everysec"
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):

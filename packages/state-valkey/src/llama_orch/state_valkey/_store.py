@@ -106,7 +106,9 @@ class ValkeyStateStore(StateStore):
         data_dir: str | None = None,
         key_prefix: str = "llorch",
         client: valkey.Valkey | None = None,
+        appendfsync: str = "everysec",
     ) -> None:
+        self._appendfsync = appendfsync
         self._url = url
         self._data_dir = data_dir
         self._keys = [f"{{{key_prefix}}}:"]
@@ -115,7 +117,12 @@ class ValkeyStateStore(StateStore):
 
     @classmethod
     def from_options(cls, options: StateOptions) -> ValkeyStateStore:
-        return cls(options.url, data_dir=options.data_dir, key_prefix=options.key_prefix)
+        return cls(
+            options.url,
+            data_dir=options.data_dir,
+            key_prefix=options.key_prefix,
+            appendfsync=options.appendfsync,
+        )
 
     @property
     def client(self) -> valkey.Valkey:
@@ -125,7 +132,7 @@ class ValkeyStateStore(StateStore):
     async def start(self) -> None:
         if self._client is None:
             if self._url is None:
-                self._server = EmbeddedServer(self._data_dir)
+                self._server = EmbeddedServer(self._data_dir, appendfsync=self._appendfsync)
                 self._url = self._server.start()
             # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
             self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)

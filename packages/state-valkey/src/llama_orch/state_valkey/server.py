@@ -144,7 +144,11 @@ class EmbeddedServer:
         *,
         port: int | None = None,
         binary: tuple[Path, dict[str, str]] | None = None,
+        appendfsync: str = "everysec",
     ) -> None:
+        if appendfsync not in ("everysec", "always"):
+            raise ValueError("appendfsync must be 'everysec' or 'always'")
+        self.appendfsync = appendfsync
         self._binary = binary  # (path, extra env); default: find_server_binary()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="llorch-valkey-"))
@@ -171,7 +175,7 @@ class EmbeddedServer:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--save",
             "",
             "--logfile",
