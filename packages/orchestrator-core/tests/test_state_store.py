@@ -51,8 +51,8 @@ def test_continuation_rebuilds_text_and_next_index() -> None:
         LoggedEvent(n + 1, "token", msgspec.json.encode(TokenEvent(t, n)))
         for n, t in enumerate(["The", " sky", " is"])
     ]
-    assert continuation(log) == ("The sky is", 3)
-    assert continuation([]) == ("", 0)
+    assert continuation(log) == ("The sky is", 3, True)
+    assert continuation([]) == ("", 0, False)
 
 
 def test_displaced_terminal_carries_the_policy_code() -> None:

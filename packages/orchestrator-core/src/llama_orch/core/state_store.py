@@ -31,7 +31,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -46,6 +46,7 @@ __all__ = [
     "Admitted",
     "CancelOutcome",
     "Canceled",
+    "Continuation",
     "Dispatched",
     "DuplicateTask",
     "Event",
@@ -270,19 +271,28 @@ def canceled_terminal(tokens_out: int = 0) -> Event:
 _token_decoder = msgspec.json.Decoder(TokenEvent)
 
 
-def continuation(events: Sequence[LoggedEvent]) -> tuple[str, int]:
-    """The text a claimed task streamed so far and its next token index (ORCH-2511).
+class Continuation(NamedTuple):
+    text: str  # the text streamed so far
+    next_index: int  # the next token index
+    started: bool  # a `started` event is already in the log (never send a second one)
+
+
+def continuation(events: Sequence[LoggedEvent]) -> Continuation:
+    """What a claimed task streamed so far (ORCH-2511).
 
     With the task's ``request`` (in :class:`Reaped`), this is what a continuation
     needs: original prompt + text so far, token indices going on from here."""
     text: list[str] = []
     nxt = 0
+    started = False
     for ev in events:
         if ev.kind == "token":
             tok = _token_decoder.decode(ev.data)
             text.append(tok.t)
             nxt = tok.i + 1
-    return "".join(text), nxt
+        elif ev.kind == "started":
+            started = True
+    return Continuation("".join(text), nxt, started)
 
 
 # ------------------------------------------------------------------ protocol
