@@ -159,3 +159,37 @@ def test_todo_links_into_plan_resolve() -> None:
         assert (ROOT / rel).is_file(), rel
     # every plan is linked from the tracker (no orphan plans)
     assert {p.relative_to(ROOT).as_posix() for p in plans} <= linked | {".plan/README.md"}
+
+
+# ---------------------------------------------------------------- ORCH-6205 compliance
+
+
+def test_compliance_is_generated_and_its_drift_fails(tmp_path: Path, capsys) -> None:
+    """ORCH-6205: requirement → tests → code; --check fails when COMPLIANCE.md is stale."""
+    spec_extract = _load("spec_extract")
+    rid = "-".join(["ORCH", "0042"])  # assembled so this file cites no undefined ID
+    (tmp_path / ".specs").mkdir()
+    (tmp_path / ".specs" / "a.md").write_text(f"## S\n\n- [{rid}] It MUST work.\n")
+    for rel in ("packages/p/src/mod.py", "packages/p/tests/test_mod.py", "contracts/x.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"# {rid}\n")
+    assert spec_extract.main(["--root", str(tmp_path)]) == 0
+    text = (tmp_path / "COMPLIANCE.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {rid} "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [
+        rid,
+        "MUST",
+        "[packages/p/tests/test_mod.py](packages/p/tests/test_mod.py)",
+        "[packages/p/src/mod.py](packages/p/src/mod.py)",
+        "[contracts/x.yaml](contracts/x.yaml)",
+    ]
+    assert "0 MUST requirement(s) cited by no test" in text
+    assert spec_extract.main(["--check", "--root", str(tmp_path)]) == 0
+    (tmp_path / "packages/p/tests/test_mod.py").write_text("# no citation\n")
+    capsys.readouterr()
+    assert spec_extract.main(["--check", "--root", str(tmp_path)]) == 1
+    assert "COMPLIANCE.md is out of date" in capsys.readouterr().err
+    assert (ROOT / "COMPLIANCE.md").read_text() == spec_extract.all_outputs()[
+        ROOT / "COMPLIANCE.md"
+    ]
