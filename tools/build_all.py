@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Build every distribution as a wheel and an sdist, then smoke-test them together (ORCH-6204).
 
-    uv run python tools/build_all.py                 # build into dist/, then smoke-test
-    uv run python tools/build_all.py --out DIR --no-smoke
+    python3 tools/build_all.py                       # build into dist/, smoke-test in a tmp venv
+    python3 tools/build_all.py --out DIR --no-smoke  # build only
+    python3 tools/build_all.py --venv /opt/llama-orch  # install into that venv (the Dockerfile)
 
 Step 1 runs ``uv build --all-packages --no-sources`` (the sdist first, then the
 wheel built from that sdist, so an sdist missing a file fails here) and checks
@@ -140,15 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="output directory")
     parser.add_argument("--no-smoke", action="store_true", help="build only")
+    parser.add_argument("--venv", type=Path, help="install into this new venv and keep it")
     args = parser.parse_args(argv)
     files = build(args.out.resolve())
     for f in files:
         print(f"built {f.name}")
     if args.no_smoke:
         return 0
+    wheels = [f for f in files if f.suffix == ".whl"]
     with tempfile.TemporaryDirectory(prefix="llorch-smoke-") as tmp:
-        bindir = venv_install(Path(tmp) / "venv", [f for f in files if f.suffix == ".whl"])
-        for name, text in smoke(bindir).items():
+        venv = args.venv.resolve() if args.venv else Path(tmp) / "venv"
+        for name, text in smoke(venv_install(venv, wheels)).items():
             print(f"{name} --help: ok ({text.splitlines()[0] if text else ''})")
     return 0
 

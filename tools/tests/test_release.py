@@ -89,9 +89,10 @@ def test_license_is_apache_and_every_distribution_says_so() -> None:
 # ---------------------------------------------------------------- ORCH-6204 build all
 
 
-def test_every_distribution_builds_and_installs_together(tmp_path: Path) -> None:
-    """ORCH-6204: wheel + sdist of every packages/*; all wheels in one fresh venv;
-    the three console scripts answer --help from it."""
+def test_every_distribution_builds_and_installs_together(image_install: dict[str, Path]) -> None:
+    """ORCH-6204: wheel + sdist of every packages/*; all wheels in one fresh venv (the
+    Dockerfile's build step, run by the ``image_install`` fixture); the three console
+    scripts answer --help from it."""
     dists = build_all.distributions()
     assert {d.name for d in dists} >= {
         "llama-orch-core",
@@ -99,10 +100,12 @@ def test_every_distribution_builds_and_installs_together(tmp_path: Path) -> None
         "llama-orch-pool-managerd",
         "llama-orch-cli",
     }
-    files = build_all.build(tmp_path / "dist")
-    wheels = [f for f in files if f.suffix == ".whl"]
-    assert len(wheels) == len(dists) and len(files) == 2 * len(dists)
-    bindir = build_all.venv_install(tmp_path / "venv", wheels)
+    built = sorted(p.name for p in image_install["dist"].iterdir() if not p.name.startswith("."))
+    want = sorted(
+        [f"{d.stem}-py3-none-any.whl" for d in dists] + [f"{d.stem}.tar.gz" for d in dists]
+    )
+    assert built == want
+    bindir = image_install["venv"] / "bin"
     listed = subprocess.run(
         ["uv", "pip", "list", "--python", str(bindir / "python"), "--format", "freeze"],
         capture_output=True,
@@ -118,7 +121,7 @@ def test_every_distribution_builds_and_installs_together(tmp_path: Path) -> None
     for name, text in helps.items():
         assert f"usage: {name}" in text, text[:500]
     # the installed code is the workspace's, not something else of the same name
-    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
+    site = next((image_install["venv"] / "lib").glob("python3*/site-packages"))
     api = "llama_orch/core/api.py"
     assert (site / api).read_bytes() == (ROOT / "packages/orchestrator-core/src" / api).read_bytes()
 
