@@ -91,9 +91,7 @@ def apply_json6902(doc: Doc, ops: list[dict[str, Any]]) -> Doc:
             elif kind == "remove":
                 del parent[int(last) if isinstance(parent, list) else last]
             else:
-                parent[int(last) if isinstance(parent, list) else last] = copy.deepcopy(
-                    op["value"]
-                )
+                parent[int(last) if isinstance(parent, list) else last] = copy.deepcopy(op["value"])
         else:
             raise KustomizeError(f"unsupported JSON 6902 op {kind!r}")
     return out

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import ROOT, _load
 
@@ -84,6 +85,9 @@ def test_license_is_apache_and_every_distribution_says_so() -> None:
         assert project.get("license") == "Apache-2.0", p.name
         # hatchling puts the package directory's LICENSE into the wheel and sdist
         assert (p / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes(), p.name
+    for doc in sorted((ROOT / "contracts" / "openapi").glob("*.yaml")):
+        info = yaml.safe_load(doc.read_text(encoding="utf-8"))["info"]
+        assert info["license"] == {"name": "Apache-2.0", "identifier": "Apache-2.0"}, doc.name
 
 
 # ---------------------------------------------------------------- ORCH-6204 build all
