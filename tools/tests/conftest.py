@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -62,5 +64,8 @@ def image_install(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     moved = {"/build/dist": tmp / "dist", "/opt/llama-orch": tmp / "opt-llama-orch"}
     args = [str(moved.get(a, a)) for a in argv[2:]]
     assert all(not a.startswith("/") or a.startswith(str(tmp)) for a in args), args
-    assert _load("build_all").main(args) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # main() smoke-tests --help from the venv
+        assert _load("build_all").main(args) == 0
+    (tmp / "build_all.out").write_text(printed.getvalue())
     return {"dist": moved["/build/dist"], "venv": moved["/opt/llama-orch"], "tmp": tmp}
