@@ -22,7 +22,7 @@ RUN python3 tools/build_all.py --out /build/dist --venv /opt/llama-orch
 RUN /opt/llama-orch/bin/python -m llama_orch.pool_managerd.provision_cli llama-server --copy-to /opt/llama-orch/engine
 
 FROM ${PYTHON_IMAGE} AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 libstdc++6 && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/llama-orch llama-orch
 COPY --from=build /opt/llama-orch /opt/llama-orch
 COPY deploy/docker/llama_orch_probe.py /usr/local/bin/llama-orch-probe

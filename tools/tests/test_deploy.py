@@ -332,7 +332,7 @@ EXPECTED_RUNS = [
     "python3 tools/build_all.py --out /build/dist --venv /opt/llama-orch",
     "/opt/llama-orch/bin/python -m llama_orch.pool_managerd.provision_cli llama-server"
     " --copy-to /opt/llama-orch/engine",
-    "apt-get update && apt-get install -y --no-install-recommends libgomp1"
+    "apt-get update && apt-get install -y --no-install-recommends libgomp1 libstdc++6"
     " && rm -rf /var/lib/apt/lists/*",
     "useradd --system --uid 10001 --create-home --home-dir /var/lib/llama-orch llama-orch",
 ]
