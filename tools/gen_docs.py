@@ -3,7 +3,8 @@
 
 * ``docs/reference/configuration.md`` from ``contracts/config/config.schema.json``
   (itself generated from the config structs): every section and field with its
-  type, default and constraints;
+  type, default and constraints, and the comment written next to the field in
+  ``llama_orch/core/config.py`` (the schema carries no field descriptions);
 * ``docs/reference/metrics.md`` from ``ci/metrics.lint.json``: every metric with
   its type, unit, labels, presence and series budget.
 
@@ -16,14 +17,18 @@ Standard library only; output is deterministic.
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import json
 import sys
+import tokenize
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = Path("contracts/config/config.schema.json")
 LINT = Path("ci/metrics.lint.json")
+CONFIG_PY = Path("packages/orchestrator-core/src/llama_orch/core/config.py")
 CONFIG_PAGE = Path("docs/reference/configuration.md")
 METRICS_PAGE = Path("docs/reference/metrics.md")
 
@@ -128,7 +133,35 @@ def _children(node: Schema) -> list[tuple[str, str]]:
     return out
 
 
-def render_configuration(schema: Schema) -> str:
+def field_comments(source: str) -> dict[str, dict[str, str]]:
+    """``{class: {field: comment}}``: a field's trailing comment, else the comment
+    lines right above it."""
+    comments = {
+        tok.start[0]: tok.string.lstrip("#").strip()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
+    lines = source.splitlines()
+    out: dict[str, dict[str, str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            text = comments.get(stmt.end_lineno or stmt.lineno, "")
+            if not text:
+                above, n = [], stmt.lineno - 1
+                while n in comments and lines[n - 1].lstrip().startswith("#"):
+                    above.insert(0, comments[n])
+                    n -= 1
+                text = " ".join(above)
+            if text:
+                out.setdefault(node.name, {})[stmt.target.id] = text
+    return out
+
+
+def render_configuration(schema: Schema, notes: dict[str, dict[str, str]]) -> str:
     defs = schema["$defs"]
     root = _ref_name(schema)
     assert root, "the schema's root must be a $ref"
@@ -140,7 +173,8 @@ def render_configuration(schema: Schema) -> str:
         "is generated from the msgspec structs in `llama_orch.core.config`; the same file "
         "configures `orchestratord` and `pool-managerd` (YAML, or JSON for a `.json` path). "
         "Unknown keys are an error. What the settings do is explained in the concept and "
-        "operations pages; the comments next to each field in `config.py` say more.\n",
+        "operations pages; the notes are the comments next to each field in "
+        "[config.py](../../packages/orchestrator-core/src/llama_orch/core/config.py).\n",
     ]
     for name, where in _walk(defs, root):
         struct = defs[name]
@@ -148,9 +182,16 @@ def render_configuration(schema: Schema) -> str:
         out.append(f"Path: `{where}`\n\n" if where != "top level" else "The top level.\n\n")
         if struct.get("description"):
             out.append(struct["description"].replace("``", "`") + "\n\n")
-        out.append("| key | type | default | constraints |\n|---|---|---|---|\n")
+        out.append("| key | type | default | constraints | notes |\n|---|---|---|---|---|\n")
         for field, node in sorted(struct.get("properties", {}).items()):
-            cells = [f"`{field}`", _type(node), _default(struct, field, node), _constraints(node)]
+            note = notes.get(name, {}).get(field, "").replace("``", "`")
+            cells = [
+                f"`{field}`",
+                _type(node),
+                _default(struct, field, node),
+                _constraints(node),
+                note,
+            ]
             out.append("| " + " | ".join(_cell(c) or "—" for c in cells) + " |\n")
     return "".join(out)
 
@@ -183,8 +224,9 @@ def render_metrics(lint: Schema) -> str:
 def outputs(root: Path = ROOT) -> dict[Path, str]:
     schema = json.loads((root / SCHEMA).read_text(encoding="utf-8"))
     lint = json.loads((root / LINT).read_text(encoding="utf-8"))
+    notes = field_comments((root / CONFIG_PY).read_text(encoding="utf-8"))
     return {
-        root / CONFIG_PAGE: render_configuration(schema),
+        root / CONFIG_PAGE: render_configuration(schema, notes),
         root / METRICS_PAGE: render_metrics(lint),
     }
 

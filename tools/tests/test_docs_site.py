@@ -119,7 +119,8 @@ def test_generated_references_are_current() -> None:
 def test_references_cover_the_sources_and_drift_fails(tmp_path: Path, capsys) -> None:
     """ORCH-6211: every config field and every metric is documented; changing the schema
     or the lint file makes the check fail."""
-    for rel in (gen_docs.SCHEMA, gen_docs.LINT, gen_docs.CONFIG_PAGE, gen_docs.METRICS_PAGE):
+    sources = (gen_docs.SCHEMA, gen_docs.LINT, gen_docs.CONFIG_PY)
+    for rel in (*sources, gen_docs.CONFIG_PAGE, gen_docs.METRICS_PAGE):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
     assert gen_docs.main(["--check", "--root", str(tmp_path)]) == 0
@@ -140,6 +141,14 @@ def test_references_cover_the_sources_and_drift_fails(tmp_path: Path, capsys) ->
     assert gen_docs.main(["--check", "--root", str(tmp_path)]) == 1
     assert "configuration.md is stale" in capsys.readouterr().err
     shutil.copy(ROOT / gen_docs.SCHEMA, tmp_path / gen_docs.SCHEMA)
+
+    # the notes column comes from the comments beside the fields in config.py
+    assert "| queued tasks per pool, all priorities (ORCH-1101) |" in config_page
+    config_py = tmp_path / gen_docs.CONFIG_PY
+    config_py.write_text(config_py.read_text().replace("queued tasks per pool", "tasks per pool"))
+    assert gen_docs.main(["--check", "--root", str(tmp_path)]) == 1
+    shutil.copy(ROOT / gen_docs.CONFIG_PY, config_py)
+    capsys.readouterr()
 
     lint["metrics"]["queue_depth_renamed"] = lint["metrics"].pop("queue_depth")
     (tmp_path / gen_docs.LINT).write_text(json.dumps(lint))
