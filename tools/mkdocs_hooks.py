@@ -77,7 +77,9 @@ def _rewrite(text: str, target: str, origin: Path, config: Any, page: str) -> st
     base = (config.get("extra") or {}).get("repo_blob_url")
     if base:
         return f"[{text}]({base.rstrip('/')}/{rel}{'#' + fragment if fragment else ''})"
-    return text if text.strip("`") == rel else f"{text} (`{rel}`)"
+    if text.strip("`").rstrip("/") == rel:
+        return f"`{rel}`"
+    return f"{text} (`{rel}`)"
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:

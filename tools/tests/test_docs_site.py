@@ -65,7 +65,7 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     home = (tmp_path / "site/index.html").read_text()
     assert 'href="guides/write-your-own-adapter/"' in home  # a link to .docs/ becomes the page
     kube = (tmp_path / "site/operations/kubernetes/index.html").read_text()
-    assert "<code>deploy/kubernetes/base/kustomization.yaml</code>" in kube
+    assert "<code>deploy/kubernetes</code>" in kube and "<code>Dockerfile</code>" in kube
 
 
 def _site(tmp_path: Path, pages: dict[str, str], nav: list[str]) -> Path:
