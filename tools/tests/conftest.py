@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -37,3 +39,33 @@ def spec_extract() -> ModuleType:
 @pytest.fixture(scope="session")
 def gen_config_schema() -> ModuleType:
     return _load("gen_config_schema")
+
+
+def dockerfile_runs(path: Path | None = None) -> list[str]:
+    """The ``RUN`` commands of the Dockerfile, continuation lines joined."""
+    text = (path or ROOT / "Dockerfile").read_text(encoding="utf-8")
+    text = text.replace("\\\n", " ")
+    return [
+        " ".join(line.split()[1:])
+        for line in text.splitlines()
+        if line.split() and line.split()[0] == "RUN"
+    ]
+
+
+@pytest.fixture(scope="session")
+def image_install(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The Dockerfile's build step, run here: ``tools/build_all.py`` with the image's
+    arguments, its paths moved into a temporary directory (ORCH-6204, ORCH-6222).
+    One build per test session, shared by test_release.py and test_deploy.py."""
+    tmp = tmp_path_factory.mktemp("image")
+    (step,) = [r for r in dockerfile_runs() if "tools/build_all.py" in r]
+    argv = step.split()
+    assert argv[:2] == ["python3", "tools/build_all.py"], step
+    moved = {"/build/dist": tmp / "dist", "/opt/llama-orch": tmp / "opt-llama-orch"}
+    args = [str(moved.get(a, a)) for a in argv[2:]]
+    assert all(not a.startswith("/") or a.startswith(str(tmp)) for a in args), args
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # main() smoke-tests --help from the venv
+        assert _load("build_all").main(args) == 0
+    (tmp / "build_all.out").write_text(printed.getvalue())
+    return {"dist": moved["/build/dist"], "venv": moved["/opt/llama-orch"], "tmp": tmp}

@@ -8,6 +8,7 @@ import re
 import uuid
 
 import msgspec
+from llama_orch.core.api import API_VERSION
 
 
 async def test_submit_stream_started_tokens_end(start_orchestrator, mock_config):
@@ -83,7 +84,7 @@ async def test_correlation_id_echoed_not_on_204(start_orchestrator, mock_config)
     async with run.http.get(run.url + "/v1/capabilities", headers={"X-Correlation-Id": "abc"}) as r:
         assert r.headers["X-Correlation-Id"] == "abc"
         caps = await r.json()
-        assert caps["api_version"] == "1.0.0" and "mock" in caps["engines"]
+        assert caps["api_version"] == API_VERSION and "mock" in caps["engines"]
     tid = (await (await run.submit(max_tokens=2)).json())["task_id"]
     async with run.http.post(f"{run.url}/v1/tasks/{tid}/cancel") as r:
         assert r.status == 204 and "X-Correlation-Id" not in r.headers

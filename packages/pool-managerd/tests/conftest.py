@@ -31,6 +31,7 @@ FAKE_ENGINE = """\
 import http.server, os, sys, time
 args = sys.argv[1:]
 port = int(args[args.index("--port") + 1])
+host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
 mode = os.environ.get("FAKE_ENGINE_MODE", "ok")
 print("fake engine", " ".join(args), flush=True)
 if mode == "crash":
@@ -50,7 +51,7 @@ class Health(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+http.server.HTTPServer((host, port), Health).serve_forever()
 """
 
 

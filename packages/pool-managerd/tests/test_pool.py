@@ -192,3 +192,38 @@ async def test_cancelling_start_leaves_no_process(
         await task
     assert not any(pid_alive(p) for p in pids)
     assert {s.status for s in pm.replicas()} == {"stopped"}
+
+
+@pytest.mark.parametrize("env_host", [None, "127.0.0.3"])
+async def test_engines_listen_and_are_reported_at_the_engine_host(
+    fake_engine: Path,
+    fake_model: Path,
+    fake_adapter: object,
+    reap_pids: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    env_host: str | None,
+) -> None:
+    """ORCH-6223: ``pool_managerd.engine_host`` is where the engine binds and what the
+    replica reports; ``$LLAMA_ORCH_ENGINE_HOST`` (a pod IP on Kubernetes) overrides it."""
+    from llama_orch.core.config import PoolManagerdConfig
+    from llama_orch.pool_managerd.pool import ENGINE_HOST_ENV
+
+    if env_host:
+        monkeypatch.setenv(ENGINE_HOST_ENV, env_host)
+    else:
+        monkeypatch.delenv(ENGINE_HOST_ENV, raising=False)
+    cfg = _config(fake_engine, fake_model, replicas=1)
+    cfg = Config(
+        allow_cpu_inference=True,
+        pools=cfg.pools,
+        pool_managerd=PoolManagerdConfig(engine_host="127.0.0.2"),
+    )
+    want = env_host or "127.0.0.2"
+    async with PoolManager(cfg) as pm:
+        (state,) = pm.replicas()
+        reap_pids.extend([state.pid] if state.pid else [])
+        assert state.status == "ready", state.last_error
+        assert state.base_url.startswith(f"http://{want}:")
+        with open(f"/proc/{state.pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        assert argv[argv.index(b"--host") + 1] == want.encode()

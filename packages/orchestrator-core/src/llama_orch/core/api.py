@@ -39,7 +39,7 @@ __all__ = [
     "derive_seed",
 ]
 
-API_VERSION = "1.0.0"
+API_VERSION = "0.2.0"
 
 Priority = Literal["interactive", "batch"]
 Workload = Literal["completion", "chat"]

@@ -199,6 +199,9 @@ class PoolManagerdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     port: Annotated[int, Meta(ge=0, le=65535)] = 8090  # 0 = pick a free port
     token: str | None = None
     token_file: str | None = None
+    # Address the engines listen on and are reported at; a remote orchestratord needs
+    # one it can reach (a pod IP). ``$LLAMA_ORCH_ENGINE_HOST`` overrides it (ORCH-6223).
+    engine_host: str = "127.0.0.1"
 
 
 class RemotePoolManager(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

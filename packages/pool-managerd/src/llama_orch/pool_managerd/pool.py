@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +31,7 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 from llama_orch.core.adapter_api import AdapterLoadError, AdapterTarget, load_adapter_class
-from llama_orch.core.config import Config, PoolConfig
+from llama_orch.core.config import Config, PoolConfig, PoolManagerdConfig
 from llama_orch.core.errors import OrchError
 from llama_orch.core.replica import ReplicaState
 
@@ -54,7 +55,14 @@ from .errors import (
 )
 from .provision import EngineBinary, abort_builds, provision_llama_server, provision_model
 
-__all__ = ["LAUNCHABLE_ENGINES", "Drain", "PoolManager", "launch_blocker"]
+__all__ = [
+    "ENGINE_HOST_ENV",
+    "LAUNCHABLE_ENGINES",
+    "Drain",
+    "PoolManager",
+    "engine_host",
+    "launch_blocker",
+]
 
 log = logging.getLogger("llama_orch.pool_managerd")
 LAUNCHABLE_ENGINES = frozenset({"llamacpp-http"})
@@ -98,6 +106,15 @@ class _Replica:
     retired: bool = False  # drained or replaced: never restarted again
 
 
+ENGINE_HOST_ENV = "LLAMA_ORCH_ENGINE_HOST"
+
+
+def engine_host(cfg: PoolManagerdConfig, environ: Mapping[str, str] | None = None) -> str:
+    """Where engines listen and are reported: ``$LLAMA_ORCH_ENGINE_HOST``, else
+    ``pool_managerd.engine_host`` (ORCH-6223; on Kubernetes the pod IP)."""
+    return (environ if environ is not None else os.environ).get(ENGINE_HOST_ENV) or cfg.engine_host
+
+
 class PoolManager:
     """Starts every pool of ``config`` whose ``endpoints`` list is empty."""
 
@@ -109,6 +126,7 @@ class PoolManager:
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
+        self._engine_host = engine_host(config.pool_managerd)
         self._on_change = on_change
         self._progress = progress
         self._pools = {p.id: p for p in config.pools if not p.endpoints}
@@ -363,7 +381,7 @@ class PoolManager:
             self._set(rep, status="failed", last_error=error, backoff_ms=0)
 
     def _port(self) -> int:
-        while (port := free_port()) in self._ports:
+        while (port := free_port(self._engine_host)) in self._ports:
             pass
         self._ports.add(port)
         return port
@@ -400,6 +418,7 @@ class PoolManager:
             binary=prep.binary.path,
             model_path=prep.model_path,
             port=self._port(),
+            host=self._engine_host,
             slots=pool.slots,
             ctx_per_slot=pool.ctx,
             threads=pool.threads,
