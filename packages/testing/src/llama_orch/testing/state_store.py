@@ -283,6 +283,38 @@ class StateStoreConformance:
             await sut.advance(exc.retry_after_ms / 1000 + 0.05)
             await store.submit(_spec("f2", tenant="fast"))
 
+    async def test_quotas_are_global_across_clients(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2505: one bucket (burst 3) and one max_concurrent (5) for every client:
+        twelve racing submits from four clients get exactly three accepted."""
+        await store.configure(
+            _cfg(
+                tenants={"q": TenantConfig(rps=0.01, burst=3), "m": TenantConfig(max_concurrent=5)}
+            )
+        )
+        clients = [store] + [await sut.peer(store) for _ in range(3)]
+
+        async def burst(c: StateStore, k: int, tenant: str) -> int:
+            ok = 0
+            for n in range(3):
+                try:
+                    await c.submit(_spec(f"{tenant}{k}-{n}", tenant=tenant))
+                    ok += 1
+                except AdmissionRejected as exc:
+                    assert exc.policy_label == "quota"
+            return ok
+
+        try:
+            q = await asyncio.gather(*(burst(c, k, "q") for k, c in enumerate(clients)))
+            m = await asyncio.gather(*(burst(c, k, "m") for k, c in enumerate(clients)))
+        finally:
+            for c in clients[1:]:
+                if c is not store:
+                    await c.close()
+        assert sum(q) == 3, q
+        assert sum(m) == 5, m
+
     # ----------------------------------------------------------------- placement
     async def test_slots_never_oversubscribed_across_clients(
         self, store: StateStore, sut: StoreUnderTest
