@@ -10,6 +10,7 @@ number of clients (ORCH-2503, ORCH-2504). Transport failures surface as
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -133,7 +134,8 @@ class ValkeyStateStore(StateStore):
         if self._client is None:
             if self._url is None:
                 self._server = EmbeddedServer(self._data_dir, appendfsync=self._appendfsync)
-                self._url = self._server.start()
+                # Provisioning may download and the readiness wait blocks: off the loop.
+                self._url = await asyncio.to_thread(self._server.start)
             # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
             self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
         await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
@@ -143,8 +145,8 @@ class ValkeyStateStore(StateStore):
             await self._client.aclose()
             self._client = None
         if self._server is not None:
-            self._server.stop()
-            self._server = None
+            server, self._server = self._server, None
+            await asyncio.to_thread(server.stop)
 
     async def _call(self, op: Callable[[], Awaitable[R]]) -> R:
         try:

@@ -26,7 +26,6 @@ from llama_orch.core.config import RateLimit, TenantConfig
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_memory import MemoryStateStore
 from llama_orch.core.state_store import (
-    TERMINAL_KINDS,
     Canceled,
     Dispatched,
     Event,
@@ -41,6 +40,8 @@ from llama_orch.core.state_store import (
     continuation,
     load_state_store_class,
 )
+
+from ._state_replay import replay
 
 __all__ = ["StateStoreConformance", "StoreUnderTest"]
 
@@ -148,10 +149,10 @@ class StateStoreConformance:
         """ORCH-2504: one seeded sequence of submits (priorities, tenants, deadlines, pins,
         a full queue), dispatches, ends and cancels gives the same answers on this
         backend as on the memory store built on core.queue/quota/placement."""
-        expected = await _trace(MemoryStateStore(clock=lambda: 0.0), policy, seed)
+        expected = await replay(MemoryStateStore(clock=lambda: 0.0), policy, seed)
         store = await sut.open()
         try:
-            got = await _trace(store, policy, seed)
+            got = await replay(store, policy, seed)
         finally:
             await store.close()
         assert sum(1 for x in expected if x[0] == "run") > 50, "the trace must exercise dispatch"
@@ -282,6 +283,38 @@ class StateStoreConformance:
             assert exc.retry_after_ms is not None and exc.retry_after_ms <= 250
             await sut.advance(exc.retry_after_ms / 1000 + 0.05)
             await store.submit(_spec("f2", tenant="fast"))
+
+    async def test_quotas_are_global_across_clients(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2505: one bucket (burst 3) and one max_concurrent (5) for every client:
+        twelve racing submits from four clients get exactly three accepted."""
+        await store.configure(
+            _cfg(
+                tenants={"q": TenantConfig(rps=0.01, burst=3), "m": TenantConfig(max_concurrent=5)}
+            )
+        )
+        clients = [store] + [await sut.peer(store) for _ in range(3)]
+
+        async def burst(c: StateStore, k: int, tenant: str) -> int:
+            ok = 0
+            for n in range(3):
+                try:
+                    await c.submit(_spec(f"{tenant}{k}-{n}", tenant=tenant))
+                    ok += 1
+                except AdmissionRejected as exc:
+                    assert exc.policy_label == "quota"
+            return ok
+
+        try:
+            q = await asyncio.gather(*(burst(c, k, "q") for k, c in enumerate(clients)))
+            m = await asyncio.gather(*(burst(c, k, "m") for k, c in enumerate(clients)))
+        finally:
+            for c in clients[1:]:
+                if c is not store:
+                    await c.close()
+        assert sum(q) == 3, q
+        assert sum(m) == 5, m
 
     # ----------------------------------------------------------------- placement
     async def test_slots_never_oversubscribed_across_clients(
@@ -506,69 +539,3 @@ def _token(t: str, i: int) -> Event:
 
 async def _collect(it: AsyncIterator[Any]) -> list[Any]:
     return [x async for x in it]
-
-
-async def _trace(store: StateStore, policy: str, seed: int) -> list[Any]:
-    """Replay a seeded operation sequence; return every answer in a comparable form."""
-    rng = random.Random(seed)
-    tenants = {
-        "a": TenantConfig(weight=3),
-        "b": TenantConfig(weight=1),
-        "c": TenantConfig(weight=2, max_concurrent=4),  # time-free quota: comparable
-    }
-    pools = {
-        "p": PoolPolicy(
-            capacity=12, full_policy=policy, priority_weights={"interactive": 3, "batch": 1}
-        )
-    }  # type: ignore[arg-type]
-    await store.configure(StoreConfig(pools=pools, tenants=tenants))
-    await store.set_replicas("p", _slots(**{"A-1": 2, "A-2": 1, "B-1": 2}))
-    out: list[Any] = []
-    running: list[Dispatched] = []
-    known: list[str] = []
-    for n in range(400):
-        if n in (200, 300):  # set B disappears, then comes back: pinned heads are orphaned
-            sets = {"A-1": 2, "A-2": 1} if n == 200 else {"A-1": 2, "A-2": 1, "B-1": 2}
-            await store.set_replicas("p", _slots(**sets))
-        op = rng.random()
-        if op < 0.5:
-            tid = f"t{n}"
-            spec = TaskSpec(
-                task_id=tid,
-                pool="p",
-                priority=rng.choice(["interactive", "batch"]),
-                tenant=rng.choice("abc"),
-                deadline_ms=1_900_000_000_000 + rng.randrange(50) if rng.random() < 0.2 else None,
-                pin="B" if rng.random() < 0.25 else None,
-            )
-            try:
-                got = await store.submit(spec)
-                known.append(tid)
-                out.append(("admit", got.displaced))
-            except AdmissionRejected as exc:
-                out.append(("reject", exc.policy_label))
-        elif op < 0.75:
-            d = await store.dispatch("p", "i", 60_000)
-            if isinstance(d, Dispatched):
-                running.append(d)
-                out.append(("run", d.task.task_id, d.replica_id))
-            else:
-                out.append(("dispatch", None if d is None else d.task_id))
-        elif op < 0.9 and running:
-            d = running.pop(rng.randrange(len(running)))
-            try:
-                await _end(store, d)
-                out.append(("end", d.task.task_id))
-            except TaskEnded:
-                out.append(("end", "already"))
-        elif known:
-            tid = rng.choice(known)
-            out.append(("cancel", tid, await store.cancel(tid)))
-    for tid in known:
-        log = await store.read(tid)
-        kinds = [e.kind for e in log]
-        assert sum(k in TERMINAL_KINDS for k in kinds) <= 1 and (
-            not any(k in TERMINAL_KINDS for k in kinds) or kinds[-1] in TERMINAL_KINDS
-        ), (tid, kinds)
-    out.append(("busy", await store.busy("p")))
-    return out
