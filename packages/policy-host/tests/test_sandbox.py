@@ -1,4 +1,4 @@
-"""Hostile policies, one test each (issue #16 acceptance; ORCH-8510..8516, ORCH-8513)."""
+"""Hostile policies, one test each (issue #16 acceptance; ORCH-8510..8515, ORCH-8513)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``policies:`` section of the config: which policies run at which hook (ORCH-8540..8547).
+"""The ``policies:`` section of the config: which policies run at which hook (ORCH-8540).
 
 A policy is a WebAssembly module (``path`` pinned by ``sha256``) or a native
 Python plugin (``entry_point``, a name in the ``llama_orch.policies`` group,

@@ -1,4 +1,4 @@
-"""The policy host: runs the configured policy of each hook (ORCH-8513, ORCH-8540..8552).
+"""The policy host: runs the configured policy of each hook (ORCH-8513, ORCH-8540..8550).
 
 Every call is counted (``policy_calls_total{policy,hook,outcome}``, timed in
 ``policy_decision_ms``); a failed call is counted in
@@ -29,6 +29,7 @@ from llama_orch.policy_sdk.abi import (
     PlacementDecision,
     PlacementSnapshot,
     Reject,
+    Rewrite,
     Snapshot,
 )
 
@@ -150,6 +151,8 @@ class PolicyHost:
         t0 = self._clock()
         try:
             decision: Decision | PolicyCallError = runner.decide(hook, snapshot, hc.budget_ms)
+            if isinstance(snapshot, AdmissionSnapshot) and isinstance(decision, Rewrite):
+                _check_rewrite(hc.policy, snapshot, decision)
         except PolicyCallError as exc:
             decision = exc
         ms = (self._clock() - t0) * 1000
@@ -223,6 +226,19 @@ class PolicyHost:
             best,
         )
         return PlacementResult(hc.policy, best)
+
+
+def _check_rewrite(policy: str, snapshot: AdmissionSnapshot, d: Rewrite) -> None:
+    """A rewrite may lower max_tokens and name only an offered pool (ORCH-8522)."""
+    if d.max_tokens is not None and d.max_tokens > snapshot.task.max_tokens:
+        raise PolicyCallError(
+            policy,
+            "output",
+            f"rewrite raises max_tokens to {d.max_tokens}"
+            f" (the task asked for {snapshot.task.max_tokens})",
+        )
+    if d.pool_id is not None and d.pool_id not in snapshot.pools:
+        raise PolicyCallError(policy, "output", f"rewrite names unknown pool {d.pool_id!r}")
 
 
 def _describe(d: Decision) -> str:

@@ -38,7 +38,7 @@ class _Runner(Protocol):
 class Vector(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     hook: str
     snapshot: msgspec.Raw
-    expect: msgspec.Raw | None = None
+    expect: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # empty: not given
     expect_replica: str | None = None
     budget_ms: float = 50.0
 
@@ -68,7 +68,7 @@ def run_vectors(runner: _Runner, directory: Path) -> VectorReport:
         try:
             v = msgspec.json.decode(f.read_bytes(), type=Vector)
             snap = decode_snapshot(v.hook, v.snapshot)
-            expect: Any = None if v.expect is None else decode_decision(v.hook, v.expect)
+            expect: Any = decode_decision(v.hook, v.expect) if len(v.expect) else None
         except (msgspec.ValidationError, msgspec.DecodeError, DecisionError, KeyError) as exc:
             report.failures.append((name, f"bad vector: {exc}"))
             continue

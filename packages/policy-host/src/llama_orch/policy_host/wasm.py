@@ -1,4 +1,4 @@
-"""A WebAssembly policy in its sandbox (ORCH-8510..8516).
+"""A WebAssembly policy in its sandbox (ORCH-8510..8515).
 
 Loading checks, in order: the file's sha256 against the pinned one, every
 import against what the config grants (anything else is refused, naming the

@@ -94,7 +94,7 @@ class TaskInfo(_Strict, kw_only=True):
     task_id: Name
     tenant: Name
     priority: Priority
-    workload: Literal["completion", "chat"]
+    workload: Literal["completion", "chat"] | None = None  # None at placement
     pool_id: Name
     max_tokens: NonNeg
     prompt_tokens: NonNeg | None = None  # None: not counted (short prompt)
@@ -137,6 +137,7 @@ class AdmissionSnapshot(_Strict, kw_only=True):
     pool: PoolLoad
     tenant: TenantBudget
     session: SessionBudget | None = None
+    pools: list[Name] = []  # the pools a rewrite may move the task to
 
 
 class ReplicaInfo(_Strict, kw_only=True):
