@@ -47,7 +47,7 @@ WASI_MODULE = "wasi_snapshot_preview1"
 MAX_LOG_BYTES = 1024
 # Signatures as (params, results) of i32/i64; a FuncType is built per use because
 # wasmtime-py hands its ownership to the linker.
-_HOST_SIGS = {
+_HOST_SIGS: dict[str, tuple[list[str], list[str]]] = {
     "log": (["i32", "i32"], []),
     "now_ms": ([], ["i64"]),
     "fetch": (["i32", "i32", "i32", "i32"], ["i32"]),
@@ -102,7 +102,7 @@ class WasmPolicy:
             if imp.module == WASI_MODULE and spec.wasi:
                 continue
             ok = imp.module == "llorch" and self._granted.get(imp.name or "", False)
-            if ok and str(imp.type) != str(_functype(imp.name or "")):
+            if ok and _signature(imp.type) != _HOST_SIGS[imp.name or ""]:
                 raise PolicyLoadError(self.name, f"import llorch.{imp.name} has the wrong type")
             if not ok:
                 raise ImportRefused(self.name, imp.module, imp.name or "")
@@ -251,6 +251,12 @@ class WasmPolicy:
             return decode_decision(hook, raw)
         except DecisionError as exc:
             raise PolicyCallError(self.name, "output", str(exc)) from exc
+
+
+def _signature(ty: object) -> tuple[list[str], list[str]] | None:
+    if not isinstance(ty, wasmtime.FuncType):
+        return None
+    return [str(p) for p in ty.params], [str(r) for r in ty.results]
 
 
 def _now_ms() -> int:
