@@ -147,7 +147,7 @@ def test_reload_swaps_atomically_and_keeps_the_running_set_on_failure(
             )
         )
         failing = module("malformed", vectors=str(vdir))
-        with pytest.raises(PolicyLoadError, match="must_reject.json"):
+        with pytest.raises(PolicyLoadError, match=r"must_reject\.json"):
             h.reload(PoliciesConfig(modules=[failing], admission=HookConfig(policy="malformed")))
         res = h.admission(admission(marked=True))
         assert res is not None and res.policy == "admit" and res.decision == Admit()

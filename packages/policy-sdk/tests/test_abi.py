@@ -10,8 +10,8 @@ import pytest
 from llama_orch.policy_sdk.abi import (
     ABI_VERSION,
     HOOK_IDS,
-    Admit,
     AdmissionSnapshot,
+    Admit,
     DecisionError,
     NativePolicy,
     PlacementDecision,
