@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import re
 import sys
@@ -38,10 +39,22 @@ def write_schemas(directory: Path) -> list[Path]:
     for hook in SNAPSHOT_TYPES:
         for what, types in (("snapshot", SNAPSHOT_TYPES), ("decision", DECISION_TYPES)):
             path = directory / f"{hook}.{what}.schema.json"
-            schema = msgspec.json.schema(types[hook])
+            schema = _clean(msgspec.json.schema(types[hook]))
             path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
             out.append(path)
     return out
+
+
+def _clean(node: Any) -> Any:
+    """Docstring descriptions dedented (msgspec versions differ in this)."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
 
 
 def _load(policy: str, args: argparse.Namespace) -> Any:
