@@ -47,7 +47,9 @@ class PolicyModule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class HookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     policy: PolicyName
     on_error: Literal["open", "closed"] = "open"
-    budget_ms: Annotated[float, Meta(gt=0, le=1000)] = 5.0  # epoch deadline per call
+    # Wall-clock epoch deadline per call; fuel stops CPU-bound loops far sooner, this
+    # bounds the rest (a preempted process, fuel off) without firing on a busy host.
+    budget_ms: Annotated[float, Meta(gt=0, le=1000)] = 20.0
 
 
 class PoliciesConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

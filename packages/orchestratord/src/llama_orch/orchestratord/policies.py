@@ -100,9 +100,14 @@ async def run_admission_policy(
     if not host.has_admission:
         return req, pool, prepared
     tcfg = orch.quotas.tenant_config(tenant)
-    pool_in_flight = sum(
-        1 for r in orch.tasks.active() if r.tenant == tenant and r.pool_id == pool.id
+    running = sum(
+        1
+        for (pid, _rid), recs in orch.workload.running.items()
+        if pid == pool.id
+        for r in recs
+        if r.tenant == tenant
     )
+    pool_in_flight = pool.queue.tenant_depth(tenant) + running
     session = None
     if req.session_id is not None:
         s = orch.sessions.get((tenant, str(req.session_id)))
