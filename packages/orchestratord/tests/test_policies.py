@@ -168,3 +168,43 @@ async def test_failing_policy_ends_in_the_hooks_outcome(
     assert outcome in text
     ok = await run.submit(max_tokens=2, key=keys["ok"])
     assert ok.status == 202, await ok.text()
+
+
+async def test_reload_through_the_control_plane_and_sighup(
+    start_orchestrator, mock_config, tmp_path
+):
+    """ORCH-8570: a module failing to verify never replaces the running one; a good
+    set swaps in; SIGHUP's handler reloads the config file's `policies`."""
+    from llama_orch.orchestratord.main import _reload_policies
+
+    shed = example_module("shed_batch")
+    cfg = mock_config(adapter_options={"token_delay_ms": 1})
+    cfg = with_policies(cfg, {"modules": [shed], "admission": {"policy": "shed-batch"}})
+    run = await start_orchestrator(cfg)
+    url = run.url + "/v1/policies/reload"
+    bad = {**example_module("tenant_clamp"), "sha256": "0" * 64}
+    async with run.http.post(
+        url, json={"modules": [bad], "admission": {"policy": "tenant-clamp"}}
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and "sha256" in body["message"], body
+    assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]
+    clamp = example_module("tenant_clamp")
+    async with run.http.post(
+        url, json={"modules": [clamp], "admission": {"policy": "tenant-clamp"}}
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    assert body["policies"] == [{"name": "tenant-clamp", "kind": "wasm", "sha256": clamp["sha256"]}]
+    await _tid(run, max_tokens=2)
+    assert run.orch.policies.calls["tenant-clamp", "admission", "admit"] == 1
+    # SIGHUP: the file names the shed policy again
+    path = tmp_path / "orch.json"
+    doc = msgspec.to_builtins(run.orch.config)
+    doc["policies"] = {"modules": [shed], "admission": {"policy": "shed-batch"}}
+    path.write_bytes(msgspec.json.encode(doc))
+    _reload_policies([run.orch], str(path))
+    assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]
+    path.write_text("{not json")
+    _reload_policies([run.orch], str(path))  # logged, running set kept
+    assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]

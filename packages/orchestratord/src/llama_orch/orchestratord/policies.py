@@ -9,6 +9,7 @@ only when the config names a policy.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from llama_orch.core.api import TaskRequest
 from llama_orch.core.config import Config
-from llama_orch.core.errors import AdmissionRejected, Forbidden, InternalError
+from llama_orch.core.errors import AdmissionRejected, Forbidden, InternalError, InvalidParams
 from llama_orch.core.placement import Dispatch
+from llama_orch.core.policy_config import PoliciesConfig, check_policies
 
 from .metrics import Metrics
 from .pools import Pool, Replica
@@ -30,7 +32,15 @@ if TYPE_CHECKING:
     from .service import Orchestrator
     from .tasks import TaskRecord
 
-__all__ = ["choose_replica", "make_policy_host", "run_admission_policy"]
+__all__ = [
+    "PolicyReloadResult",
+    "choose_replica",
+    "make_policy_host",
+    "reload_policies",
+    "run_admission_policy",
+]
+
+_log = logging.getLogger("llama_orch.orchestratord")
 
 
 class _Observer:
@@ -225,3 +235,43 @@ def choose_replica(
     if result.replica_id is None:
         return pool.replicas[step.replica_id]
     return pool.replicas[result.replica_id]
+
+
+class LoadedPolicy(msgspec.Struct, frozen=True):
+    name: str
+    kind: str  # wasm | native
+    sha256: str | None = None
+
+
+class PolicyReloadResult(msgspec.Struct, frozen=True):
+    policies: list[LoadedPolicy]
+
+
+def reload_policies(orch: Orchestrator, cfg: PoliciesConfig) -> PolicyReloadResult:
+    """Swap in ``cfg`` (ORCH-8570): the new set is loaded and verified completely
+    first; on any failure the running set stays and InvalidParams says why."""
+    try:
+        check_policies(cfg)
+        if cfg.admission is None and cfg.placement is None:
+            old, orch.policies = orch.policies, None
+            if old is not None:
+                old.close()
+        elif orch.policies is None:
+            orch.policies = make_policy_host(
+                msgspec.structs.replace(orch.config, policies=cfg), orch.metrics
+            )
+        else:
+            orch.policies.reload(cfg)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid policies: {exc}") from exc
+    except Exception as exc:
+        from llama_orch.policy_host import PolicyError
+
+        if isinstance(exc, PolicyError):
+            raise InvalidParams(f"policies not reloaded, the running set stays: {exc}") from exc
+        raise
+    orch.config = msgspec.structs.replace(orch.config, policies=cfg)
+    host = orch.policies
+    loaded = [] if host is None else host.loaded()
+    _log.info("policies reloaded: %s", [p[0] for p in loaded])
+    return PolicyReloadResult([LoadedPolicy(n, k, s) for n, k, s in loaded])

@@ -138,6 +138,10 @@ class PolicyHost:
             r.close()
         self._runners = {}
 
+    def loaded(self) -> list[tuple[str, str, str | None]]:
+        """(name, kind, sha256) of every running policy."""
+        return [(n, r.kind, getattr(r, "sha256", None)) for n, r in self._runners.items()]
+
     @property
     def has_admission(self) -> bool:
         return self.cfg.admission is not None
