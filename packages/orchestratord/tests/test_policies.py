@@ -173,7 +173,7 @@ async def test_failing_policy_ends_in_the_hooks_outcome(
 async def test_reload_through_the_control_plane_and_sighup(
     start_orchestrator, mock_config, tmp_path
 ):
-    """ORCH-8570: a module failing to verify never replaces the running one; a good
+    """ORCH-8570, ORCH-8571: a module failing to verify never replaces the running one; a good
     set swaps in; SIGHUP's handler reloads the config file's `policies`."""
     from llama_orch.orchestratord.main import _reload_policies
 
