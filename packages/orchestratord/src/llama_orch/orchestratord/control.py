@@ -318,7 +318,10 @@ def control_routes(
 
     async def reload_policies_route(request: Request) -> Response:
         """ORCH-8570: swap the policies atomically; a failure keeps the running set."""
-        cfg = _decode(await request.body(), PoliciesConfig)
+        body = await request.body()
+        if not body.strip():
+            raise InvalidParams("the body is the `policies` section (JSON); `{}` turns them off")
+        cfg = _decode(body, PoliciesConfig)
         result = reload_policies(orch, cfg)
         return Response(_json.encode(result), 200, media_type="application/json")
 
