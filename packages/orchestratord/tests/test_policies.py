@@ -208,3 +208,30 @@ async def test_reload_through_the_control_plane_and_sighup(
     path.write_text("{not json")
     _reload_policies([run.orch], str(path))  # logged, running set kept
     assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]
+
+
+async def test_policy_403_carries_its_label(start_orchestrator, mock_config, tmp_path):
+    """ORCH-8522, ORCH-8524: `status: 403` answers 403 FORBIDDEN with policy_label."""
+    fixtures = Path(__file__).resolve().parents[2] / "policy-host" / "tests" / "fixtures"
+    out = '{"action":"reject","reason":"not here","status":403}'
+    wat = tmp_path / "deny.wat"
+    wat.write_text(
+        (fixtures / "admit.wat")
+        .read_text()
+        .replace('"{\\"action\\":\\"admit\\"}"', '"' + out.replace('"', '\\"') + '"')
+        .replace("(i64.const 18)))\n)", f"(i64.const {len(out)})))\n)")
+        .replace('(data (i32.const 64) "{\\"action\\":\\"maybe\\"}")', "")  # overlaps
+    )
+    digest = hashlib.sha256(wat.read_bytes()).hexdigest()
+    cfg = with_policies(
+        mock_config(),
+        {
+            "modules": [{"name": "deny", "path": str(wat), "sha256": digest}],
+            "admission": {"policy": "deny"},
+        },
+    )
+    run = await start_orchestrator(cfg)
+    resp = await run.submit(max_tokens=2)
+    body = await resp.json()
+    assert resp.status == 403 and body["code"] == "FORBIDDEN", body
+    assert body["policy_label"] == "deny" and "not here" in body["message"]

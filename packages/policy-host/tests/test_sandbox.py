@@ -187,3 +187,18 @@ def test_compiled_module_is_cached_per_wasmtime_version_and_settings(cache_dir: 
     finally:
         p.close()
     assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_epoch_tick_comes_from_the_config(cache_dir: Path) -> None:
+    """ORCH-8512: the deadline is counted in ticks of `epoch_tick_ms`."""
+    from llama_orch.policy_host._engine import TICKER
+
+    p = WasmPolicy(module("spin", fuel=0), cache_dir=cache_dir, base_dir=FIXTURES, epoch_tick_ms=4)
+    try:
+        assert TICKER.tick_ms == 4
+        t0 = time.perf_counter()
+        with pytest.raises(PolicyCallError) as info:
+            p.decide("admission", admission(marked=True), 20.0)
+        assert info.value.code == "interrupt" and (time.perf_counter() - t0) * 1000 >= 15
+    finally:
+        p.close()

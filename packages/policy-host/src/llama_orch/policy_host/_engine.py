@@ -84,6 +84,7 @@ class EpochTicker:
     def acquire(self, tick_ms: float) -> None:
         with self._lock:
             self._users += 1
+            # the finest tick any holder asked for (a deadline is counted in ticks)
             self._tick_s = min(self._tick_s, tick_ms / 1000) if self._users > 1 else tick_ms / 1000
             if self._thread is None:
                 self._stop.clear()

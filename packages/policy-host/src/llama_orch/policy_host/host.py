@@ -74,11 +74,17 @@ class PlacementResult:
 
 
 def load_policy(
-    spec: PolicyModule, *, cache_dir: Path | None = None, base_dir: Path | None = None
+    spec: PolicyModule,
+    *,
+    cache_dir: Path | None = None,
+    base_dir: Path | None = None,
+    epoch_tick_ms: float = 1.0,
 ) -> Runner:
     if spec.entry_point is not None:
         return NativeRunner(spec)
-    return WasmPolicy(spec, cache_dir=cache_dir, base_dir=base_dir or Path.cwd())
+    return WasmPolicy(
+        spec, cache_dir=cache_dir, base_dir=base_dir or Path.cwd(), epoch_tick_ms=epoch_tick_ms
+    )
 
 
 class PolicyHost:
@@ -110,7 +116,9 @@ class PolicyHost:
             for spec in cfg.modules:
                 if spec.name not in used:
                     continue
-                runner = load_policy(spec, cache_dir=cache, base_dir=self.base_dir)
+                runner = load_policy(
+                    spec, cache_dir=cache, base_dir=self.base_dir, epoch_tick_ms=cfg.epoch_tick_ms
+                )
                 runners[spec.name] = runner
                 if spec.vectors is not None:
                     vdir = Path(spec.vectors)

@@ -70,7 +70,14 @@ class WasmPolicy:
 
     kind = "wasm"
 
-    def __init__(self, spec: PolicyModule, *, cache_dir: Path | None, base_dir: Path) -> None:
+    def __init__(
+        self,
+        spec: PolicyModule,
+        *,
+        cache_dir: Path | None,
+        base_dir: Path,
+        epoch_tick_ms: float = 1.0,
+    ) -> None:
         assert spec.path is not None
         self.name = spec.name
         self.spec = spec
@@ -114,7 +121,7 @@ class WasmPolicy:
         self._instance: dict[str, Any] | None = None
         self._store: wasmtime.Store | None = None
         self._ticker_held = False
-        TICKER.acquire(1.0)
+        TICKER.acquire(epoch_tick_ms)
         self._ticker_held = True
         try:
             self._instantiate()
