@@ -71,29 +71,28 @@ async def test_shed_policy_429_carries_policy_label_and_retry_after(
 async def test_clamp_policy_rewrites_a_crowding_tenants_interactive_work(
     start_orchestrator, mock_config, tenant_keys
 ):
-    """ORCH-8522: the C tenant clamp turns the crowding tenant's interactive tasks into
-    batch, so the other tenant's interactive task starts before them."""
+    """ORCH-8522: the C tenant clamp turns the crowding tenant's 3rd and 4th interactive
+    tasks into batch, so they start after the other tenant's; without it they
+    interleave (the same submissions, side by side)."""
     auth, keys = tenant_keys("hog", "fair")
-    cfg = mock_config(adapter_options={"token_delay_ms": 5}, auth=auth)
-    cfg = with_policies(
-        cfg, {"modules": [example_module("tenant_clamp")], "admission": {"policy": "tenant-clamp"}}
-    )
-    run = await start_orchestrator(cfg)
-    blocker = await _tid(run, max_tokens=60, key=keys["fair"], priority="batch")
-    hog = [await _tid(run, max_tokens=2, key=keys["hog"]) for _ in range(4)]
-    fair = await _tid(run, max_tokens=2, key=keys["fair"])
-    # in flight before each: 0 of 1, 1 of 2 (50 %, not above), 2 of 3, 3 of 4
-    assert [run.orch.get(t).priority for t in hog] == [
-        "interactive",
-        "interactive",
-        "batch",
-        "batch",
-    ]
-    for t in (blocker, *hog):
-        await run.events(t, key=keys["fair" if t == blocker else "hog"])
-    await run.events(fair, key=keys["fair"])
-    order = sorted([*hog, fair], key=lambda t: run.orch.get(t).dispatched)
-    assert order.index(fair) < min(order.index(hog[2]), order.index(hog[3])), order
+    clamp = {"modules": [example_module("tenant_clamp")], "admission": {"policy": "tenant-clamp"}}
+    orders = {}
+    for label, policies in (("plain", {}), ("clamp", clamp)):
+        cfg = with_policies(mock_config(adapter_options={"token_delay_ms": 5}, auth=auth), policies)
+        run = await start_orchestrator(cfg)
+        blocker = await _tid(run, max_tokens=60, key=keys["fair"], priority="batch")
+        hog = [await _tid(run, max_tokens=2, key=keys["hog"]) for _ in range(4)]
+        fair = [await _tid(run, max_tokens=2, key=keys["fair"]) for _ in range(3)]
+        names = {t: f"h{n + 1}" for n, t in enumerate(hog)}
+        names |= {t: f"f{n + 1}" for n, t in enumerate(fair)}
+        for t in (blocker, *hog, *fair):
+            await run.events(t, key=keys["hog" if t in hog else "fair"])
+        orders[label] = [names[t] for t in sorted(names, key=lambda t: run.orch.get(t).dispatched)]
+        if label == "clamp":
+            # in flight before each: 0 of 1, 1 of 2 (50 %, not above), 2 of 3, 3 of 4
+            assert [run.orch.get(t).priority for t in hog] == ["interactive"] * 2 + ["batch"] * 2
+    assert orders["plain"] == ["h1", "f1", "h2", "f2", "h3", "f3", "h4"], orders
+    assert orders["clamp"] == ["h1", "f1", "h2", "f2", "f3", "h3", "h4"], orders
 
 
 async def test_placement_policy_picks_the_labelled_replica(start_orchestrator, mock_config):
