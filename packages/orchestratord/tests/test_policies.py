@@ -5,7 +5,9 @@ ORCH-8521..8524, ORCH-8542, ORCH-8550). The real-engine acceptance is in
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,19 @@ from llama_orch.core.config import Config
 from llama_orch.core.policy_config import PoliciesConfig
 from llama_orch.policy_sdk.build import cached_build
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "policies"
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples" / "policies"
+
+
+def _metrics_lint() -> Any:
+    name = "llama_orch_tools_metrics_lint"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "metrics_lint.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def example_module(name: str, **kw: Any) -> dict[str, Any]:
@@ -167,6 +181,12 @@ async def test_failing_policy_ends_in_the_hooks_outcome(
     assert outcome in text
     ok = await run.submit(max_tokens=2, key=keys["ok"])
     assert ok.status == 202, await ok.text()
+    # ORCH-8542: the policy series pass the metrics lint (names, types, labels, budgets)
+    lint = _metrics_lint()
+    text = await run.metrics_text()
+    assert lint.lint(text, lint.load_lint(), set()) == []
+    types, _ = lint.parse(text)
+    assert {"policy_calls_total", "policy_decision_ms", "policy_traps_total"} <= set(types)
 
 
 async def test_reload_through_the_control_plane_and_sighup(
