@@ -27,6 +27,8 @@ _CONTRACT_NAMES = {
     "preemptions_total", "resumptions_total", "queue_depth", "kv_cache_usage_ratio",
     "gpu_utilization", "vram_used_bytes", "model_state", "admission_share",
     "deadlines_met_ratio", "latency_first_token_ms", "latency_decode_ms",
+    # ORCH-8542: policy decisions (issue #16)
+    "policy_calls_total", "policy_decision_ms", "policy_traps_total",
 }  # fmt: skip
 
 
@@ -77,7 +79,8 @@ def test_lint_file_lists_the_contract(lint_doc):
     """ORCH-7010: the lint file names exactly the metrics of ARCHITECTURE §8."""
     assert set(lint_doc["metrics"]) == _CONTRACT_NAMES
     for name, spec in lint_doc["metrics"].items():
-        if spec["presence"] not in ("reserved",) and name not in ("admission_share",):
+        per_engine = name != "admission_share" and not name.startswith("policy_")
+        if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
         for label in spec["labels"]:
             assert label in lint_doc["label_budgets"] or label == "result", (name, label)

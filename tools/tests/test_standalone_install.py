@@ -58,3 +58,27 @@ def test_adapter_installs_alone_and_passes_its_tests(adapter_dir: str, tmp_path:
     assert proc.returncode == 0, f"{pkg.name} tests failed in a standalone venv:\n{out[-6000:]}"
     passed = re.search(r"(\d+) passed", out)
     assert passed and int(passed.group(1)) > 0, out[-3000:]
+
+
+POLICY_PACKAGES = ("policy-sdk", "policy-host")
+
+
+@pytest.mark.parametrize("package_dir", POLICY_PACKAGES)
+def test_policy_distribution_installs_alone_and_passes_its_tests(
+    package_dir: str, tmp_path: Path
+) -> None:
+    """ORCH-0007, issue #16: the policy SDK needs only llama-orch-core; the host only
+    core and the SDK (plus wasmtime); each passes its own tests in that venv."""
+    members = standalone.workspace_members()
+    pkg = standalone.read_package(ROOT / "packages" / package_dir)
+    proc, alone = standalone.run_package_tests(pkg, tmp_path, markexpr="not real_engine")
+    ours = {n for n in alone if n.startswith("llama-orch-")}
+    assert ours == workspace_closure(pkg.name, members), (
+        f"installing {pkg.name} alone pulled {sorted(ours)}"
+    )
+    if package_dir == "policy-host":
+        assert "wasmtime" in alone
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{pkg.name} tests failed in a standalone venv:\n{out[-6000:]}"
+    passed = re.search(r"(\d+) passed", out)
+    assert passed and int(passed.group(1)) > 0, out[-3000:]

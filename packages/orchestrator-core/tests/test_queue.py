@@ -170,3 +170,17 @@ def test_position_of_every_task_is_its_place_in_serving_order(ops, one_flow: boo
         order = list(q)
         assert [q.position(x) for x in order] == list(range(len(order)))
     assert q.position(-1) == -1
+
+
+def test_tenant_depth_counts_queued_tasks_of_a_tenant_across_priorities() -> None:
+    """Used by the admission policy snapshot (ORCH-8521)."""
+    from llama_orch.core.queue import AdmissionQueue
+
+    q: AdmissionQueue[int] = AdmissionQueue(10)
+    q.push(1, "interactive", tenant="a")
+    q.push(2, "batch", tenant="a")
+    q.push(3, "batch", tenant="b")
+    assert (q.tenant_depth("a"), q.tenant_depth("b"), q.tenant_depth("c")) == (2, 1, 0)
+    q.remove(2)
+    assert q.tenant_depth("a") == 1
+    assert q.pop() == 1 and q.tenant_depth("a") == 0

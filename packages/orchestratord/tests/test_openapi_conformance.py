@@ -278,7 +278,7 @@ async def test_every_operation_answers_as_documented():
             await w.call(op_id, 401, params=params, key="llo_not-a-configured-key-" + "x" * 20)
         for op_id in DATA_OPS:
             await w.call(op_id, 403, params=params, key=ADMIN_KEY, json={"prompt": "x"})
-        for op_id in ("drainPool", "resetPool", "getReplicaSets", "getMetrics"):
+        for op_id in ("drainPool", "resetPool", "getReplicaSets", "getMetrics", "reloadPolicies"):
             await w.call(op_id, 403, params=params, key=TENANT_KEY, json={})
         big = b'{"prompt": "' + b"x" * 5000 + b'"}'
         for op_id in ("submitTask", "drainPool", "reloadPool"):
@@ -309,6 +309,9 @@ async def test_every_operation_answers_as_documented():
         await w.call("reloadPool", 503, params={"pool_id": "main"}, json={"new_model_ref": "m"})
         await w.call("resetPool", 404, params={"pool_id": "nope"})
         await w.call("resetPool", 503, params={"pool_id": "main"})
+        # policies (ORCH-8570): a hook naming no module is refused; none configured is fine
+        await w.call("reloadPolicies", 400, json={"admission": {"policy": "ghost"}})
+        await w.call("reloadPolicies", 200, json={})
         await w.call("drainPool", 400, params={"pool_id": "drainme"}, json={"deadline_ms": -1})
         await w.call("drainPool", 404, params={"pool_id": "nope"}, json={})
         await w.call("drainPool", 200, params={"pool_id": "drainme"}, json={"deadline_ms": 1000})

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from .policy_config import PoliciesConfig, check_policies
+
 __all__ = [
     "AdmissionConfig",
     "ApiKey",
@@ -241,6 +243,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_managers: list[RemotePoolManager] = []
     # Used by the ``pool-managerd`` daemon only.
     pool_managerd: PoolManagerdConfig = msgspec.field(default_factory=PoolManagerdConfig)
+    # Admission and placement policies (ORCH-8540, issue #16).
+    policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
 
 
 def check_api_keys(keys: list[ApiKey]) -> None:
@@ -270,6 +274,7 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
     if (cfg.server.certfile is None) != (cfg.server.keyfile is None):
         raise msgspec.ValidationError("`server.certfile` and `server.keyfile` go together")
     check_api_keys(cfg.auth.keys)
+    check_policies(cfg.policies)
     ids = [p.id for p in cfg.pools]
     if len(ids) != len(set(ids)):
         raise msgspec.ValidationError(f"pool ids must be unique, got {ids}")

@@ -187,6 +187,10 @@ class AdmissionQueue(Generic[T]):
     def depth(self, priority: str) -> int:
         return self._bands[priority].live
 
+    def tenant_depth(self, tenant: str) -> int:
+        """Queued tasks of ``tenant``, all priorities (O(priorities))."""
+        return sum(f.live for b in self._order if (f := b.flows.get(tenant)) is not None)
+
     def tenant_weight(self, tenant: str) -> int:
         return max(1, int(self._tenant_weights.get(tenant, 1)))
 

@@ -71,6 +71,15 @@ class Quotas:
             b = self._buckets[key] = TokenBucket(limit.rps, burst, now)
         return b
 
+    def bucket_tokens(self, tenant: str, now: float) -> float | None:
+        """Tokens left in the tenant's rps bucket, None when it has no rate limit."""
+        cfg = self.tenant_config(tenant)
+        if cfg.rps is None:
+            return None
+        b = self._bucket(("t", tenant), cfg, now)
+        b.wait_ms(now)  # refills to ``now``
+        return b.tokens
+
     def admit(self, tenant: str, priority: str, in_flight: int, now: float) -> None:
         """Charge one request or raise ``AdmissionRejected`` (nothing is charged then)."""
         cfg = self.tenant_config(tenant)

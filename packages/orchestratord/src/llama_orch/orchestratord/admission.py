@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
@@ -28,6 +29,7 @@ from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
 
 from .metrics import Metrics
+from .policies import run_admission_policy
 from .pools import Pool
 from .sessions import SessionTable
 from .tasks import TaskRecord, TaskStore
@@ -162,6 +164,7 @@ class AdmissionMixin:
     metrics: Metrics
     tracing: Tracing
     workload: Workload
+    policies: Any  # a llama_orch.policy_host.PolicyHost, or None
 
     async def submit(self, body: bytes, tenant: str = DEFAULT_TENANT) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
@@ -192,6 +195,9 @@ class AdmissionMixin:
                     exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
                 self._backpressure(pool, "quota")
                 raise
+            if self.policies is not None:  # ORCH-8521: the operators' admission policy
+                req, pool, prepared = await run_admission_policy(self, req, pool, prepared, tenant)
+                max_tokens = prepared.request.max_tokens
             sid = str(req.session_id) if req.session_id else None
             pin = None
             rate = pool.config.cost_per_token.get(req.priority, 0.0)

@@ -24,10 +24,12 @@ from llama_orch.core.errors import (
     PoolUnready,
     UntrustedArtifact,
 )
+from llama_orch.core.policy_config import PoliciesConfig
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .policies import reload_policies
 from .pools import Pool
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
@@ -314,7 +316,17 @@ def control_routes(
             _json.encode({"replica_sets": list(sets.values())}), 200, media_type="application/json"
         )
 
+    async def reload_policies_route(request: Request) -> Response:
+        """ORCH-8570: swap the policies atomically; a failure keeps the running set."""
+        body = await request.body()
+        if not body.strip():
+            raise InvalidParams("the body is the `policies` section (JSON); `{}` turns them off")
+        cfg = _decode(body, PoliciesConfig)
+        result = reload_policies(orch, cfg)
+        return Response(_json.encode(result), 200, media_type="application/json")
+
     return [
+        Route("/v1/policies/reload", reload_policies_route, methods=["POST"]),
         Route("/v1/pools/{pool_id}/drain", drain, methods=["POST"]),
         Route("/v1/pools/{pool_id}/reload", reload, methods=["POST"]),
         Route("/v1/pools/{pool_id}/reset", reset, methods=["POST"]),

@@ -20,10 +20,13 @@ import time
 import msgspec
 from llama_orch.core.adapter_api import AdapterLoadError
 from llama_orch.core.config import Config, load_config
+from llama_orch.core.errors import OrchError
 
 from .auth import MIN_KEY_LENGTH, hash_key, new_key
 from .errors import StartupError
+from .policies import reload_policies
 from .serve import serve
+from .service import Orchestrator
 from .telemetry import TASK_LOG_FIELDS
 from .tracing import CorrelationFilter
 
@@ -58,12 +61,25 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
 
 
-async def _run(config: Config) -> None:
+async def _run(config: Config, path: str | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve(config, shutdown_trigger=stop.wait)
+    running: list[Orchestrator] = []
+    if path is not None:  # SIGHUP: reload the config file's `policies` (ORCH-8570)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_policies(running, path))
+    await serve(config, shutdown_trigger=stop.wait, on_listening=lambda _url, o: running.append(o))
+
+
+def _reload_policies(running: list[Orchestrator], path: str) -> None:
+    log = logging.getLogger("llama_orch.orchestratord")
+    try:
+        cfg = load_config(path)
+        for orch in running:
+            reload_policies(orch, cfg.policies)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError, OrchError) as exc:
+        log.error("SIGHUP: policies not reloaded, the running set stays: %s", exc)
 
 
 def keygen(argv: list[str]) -> int:
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     try:
-        asyncio.run(_run(config))
+        asyncio.run(_run(config, args.config))
     except (StartupError, AdapterLoadError) as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -22,6 +22,8 @@ __all__ = ["Attrs", "Metrics", "Samples"]
 
 Attrs = dict[str, str]
 Samples = Callable[[], Iterable[tuple[float, Attrs]]]
+# Policy decisions take ~0.1 ms; a trap stops at the hook's budget (ORCH-8542).
+_POLICY_BUCKETS_MS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 25, 100, 1000)
 _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 
@@ -53,6 +55,10 @@ class Metrics:
             views=[
                 View(instrument_name="latency_first_token_ms", aggregation=buckets),
                 View(instrument_name="latency_decode_ms", aggregation=buckets),
+                View(
+                    instrument_name="policy_decision_ms",
+                    aggregation=ExplicitBucketHistogramAggregation(boundaries=_POLICY_BUCKETS_MS),
+                ),
             ],
         )
         meter = self._provider.get_meter("llama_orch.orchestratord")
@@ -92,6 +98,16 @@ class Metrics:
         )
         self.resumptions = meter.create_counter(
             "resumptions_total", description="Preempted tasks resumed on an engine."
+        )
+        # -- policies (ORCH-8542): policy, hook, outcome | code
+        self.policy_calls = meter.create_counter(
+            "policy_calls_total", description="Policy calls by policy, hook and outcome."
+        )
+        self.policy_decision_ms = meter.create_histogram(
+            "policy_decision_ms", description="Time of one policy decision (milliseconds)."
+        )
+        self.policy_traps = meter.create_counter(
+            "policy_traps_total", description="Failed policy calls by policy and failure code."
         )
 
         def gauge(name: str, samples: Samples, description: str) -> None:

@@ -41,6 +41,7 @@ from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .admission import AdmissionMixin
 from .metrics import Metrics
+from .policies import choose_replica, make_policy_host
 from .pools import Pool, Replica
 from .preemption import Preemptor
 from .selftest import SelfTests
@@ -102,6 +103,7 @@ class Orchestrator(AdmissionMixin):
             vram_used=lambda: self.gpu.read(self.pools.values())[1],
         )
         self.workload = Workload()
+        self.policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         self.preemptor = Preemptor(
             config.scheduling.preemption, self.workload.running, self.metrics
         )
@@ -159,6 +161,8 @@ class Orchestrator(AdmissionMixin):
             for replica in pool.replicas.values():
                 await replica.adapter.aclose()
         self.metrics.shutdown()
+        if self.policies is not None:
+            self.policies.close()
         self.gpu.close()
         await asyncio.to_thread(self.tracing.shutdown)  # flushes OTLP off the event loop
 
@@ -227,6 +231,16 @@ class Orchestrator(AdmissionMixin):
                     self._deadlines[pool.id, rec.priority][1] += 1
                     continue
                 replica = pool.replicas[step.replica_id]
+                if self.policies is not None:  # ORCH-8523: the placement policy's pick
+                    picked = choose_replica(self, pool, rec, step, self._affinity(rec))
+                    if picked is None:  # failed closed (ORCH-8550)
+                        rec.fail(
+                            ErrorCode.POOL_UNAVAILABLE,
+                            "the placement policy failed (on_error: closed)",
+                            retriable=True,
+                        )
+                        continue
+                    replica = picked
                 rec.pinned = rec.set_key is not None
                 rec.set_key = step.set_key
                 self.shares.observe(rec.priority, rec.tenant)
