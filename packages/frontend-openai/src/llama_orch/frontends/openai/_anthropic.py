@@ -7,7 +7,6 @@ streams as Anthropic's named events (``message_start`` ... ``message_stop``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -197,8 +196,10 @@ async def _stream(facade: Facade, rec: TaskRecord, model: str) -> AsyncIterator[
         "content_block_start",
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     )
-    delta_open = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
-    started = time.monotonic()
+    delta_open = (
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+    )
     async for _, ev in facade.host.events(rec):
         if isinstance(ev, TokenEvent):
             yield delta_open + _json.encode(ev.t) + b"}}\n\n"
@@ -223,4 +224,3 @@ async def _stream(facade: Facade, rec: TaskRecord, model: str) -> AsyncIterator[
             kind = _ERROR_TYPES.get(status, "api_error")
             yield _sse("error", {"type": "error", "error": {"type": kind, "message": message}})
             return
-    del started

@@ -52,6 +52,8 @@ def decode_body(body: bytes, lenient: type[T], strict: type[T], strict_mode: boo
     except msgspec.ValidationError as exc:
         msg = str(exc)
         param = msg.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in msg else None
+        if param is None and "unknown field `" in msg:
+            param = msg.split("unknown field `", 1)[1].split("`", 1)[0]
         raise ApiError(400, f"invalid request: {msg}", param=param, code="invalid_value") from exc
     except msgspec.DecodeError as exc:
         raise ApiError(
