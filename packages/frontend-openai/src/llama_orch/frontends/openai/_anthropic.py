@@ -109,6 +109,7 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
     async def messages(request: Request) -> Response:
         pool: Pool | None = None
         max_tokens = 1
+        facade.received()
         try:
             who = host.principal(request)
             req = decode_body(

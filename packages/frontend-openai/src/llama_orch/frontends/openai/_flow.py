@@ -16,6 +16,7 @@ from llama_orch.core.errors import HTTP_STATUS, ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
+from llama_orch.orchestratord.tracing import CORRELATION_ID
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -70,6 +71,15 @@ class Facade:
     render: ErrorRenderer
     schedule: RetrySchedule
 
+    def received(self) -> None:
+        """A DEBUG line per request: with the refusal lines, an operator (or a test)
+        sees when a client came back after being told to wait (ORCH-9111)."""
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "%s request received", self.api,
+                extra={"api": self.api, "correlation_id": CORRELATION_ID.get()},
+            )  # fmt: skip
+
     def strict(self, request: Request) -> bool:
         return request.headers.get("x-llorch-strict", "").lower() in ("1", "true")
 
@@ -98,7 +108,11 @@ class Facade:
                 self.api,
                 exc.code.value,
                 delay,
-                extra={"retry_after_ms": delay, "api": self.api},
+                extra={
+                    "retry_after_ms": delay,
+                    "api": self.api,
+                    "correlation_id": CORRELATION_ID.get(),
+                },
             )
         code = _ORCH_CODES.get(exc.code, exc.code.value.lower())
         if exc.code == ErrorCode.INVALID_PARAMS and "exceeds ctx" in exc.message:

@@ -176,6 +176,7 @@ def openai_routes(host: FrontendHost) -> list[Route]:
     async def generate(request: Request, chat: bool) -> Response:
         pool: Pool | None = None
         max_tokens = 1
+        facade.received()
         try:
             who = host.principal(request)
             body = await request.body()
