@@ -66,7 +66,9 @@ def _sync_calls(base: str, key: str) -> None:
         comp = client.completions.create(model="mock", prompt="once upon", max_tokens=4)
         assert comp.object == "text_completion" and comp.choices[0].text
         assert comp.usage is not None and comp.usage.completion_tokens == 4
-        pieces = list(client.completions.create(model="mock", prompt="a", max_tokens=4, stream=True))
+        pieces = list(
+            client.completions.create(model="mock", prompt="a", max_tokens=4, stream=True)
+        )
         assert "".join(p.choices[0].text for p in pieces if p.choices)
         assert pieces[-1].choices[0].finish_reason == "length"
 
