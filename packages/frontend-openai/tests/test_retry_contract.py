@@ -5,6 +5,7 @@ not a real model's; test_real_llamacpp.py repeats the disconnect on llama-server
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import defaultdict
 
@@ -58,7 +59,7 @@ async def test_burst_of_sdk_calls_completes_and_sleeps_match_retry_after(
     assert sorted(seen) == [f"call-{i}" for i in range(8)]
     sleeps = []
     for events in seen.values():
-        for (kind, at, wait), (nxt, back, _) in zip(events, events[1:], strict=False):
+        for (kind, at, wait), (nxt, back, _) in itertools.pairwise(events):
             if kind == "429":
                 assert nxt == "in"
                 sleeps.append((back - at, wait / 1000))
