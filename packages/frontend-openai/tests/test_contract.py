@@ -64,6 +64,11 @@ async def test_live_answers_match_the_document(start_daemon, config, key):
             "/v1/messages", json={"model": "mock", "messages": MSGS, "max_tokens": 3}
         )
         _check("Message", r.json())
+        r = await http.post(
+            "/v1/responses", json={"model": "mock", "input": "hi", "max_output_tokens": 3}
+        )
+        _check("ResponseObject", r.json())
+        _check("ResponseObject", (await http.get(f"/v1/responses/{r.json()['id']}")).json())
         r = await http.post("/v1/chat/completions", json={"model": "x", "messages": MSGS})
         assert r.status_code == 404
         _check("OpenAIError", r.json())

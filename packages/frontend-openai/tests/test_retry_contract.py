@@ -44,6 +44,11 @@ async def test_burst_of_sdk_calls_completes_and_sleeps_match_retry_after(
         )  # fmt: skip
         return done.choices[0].finish_reason
 
+    # The delays come from the pool's measured drain rate; before the first task ends
+    # only a prior (25 ms/token) exists, so one task runs first, as in steady state.
+    await call(-1)
+    assert d.orch.pools["mock"].drain.measured
+    caplog.clear()
     results = await asyncio.gather(*(call(i) for i in range(8)))
     await client.close()
     assert results == ["length"] * 8

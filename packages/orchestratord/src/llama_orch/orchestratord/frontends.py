@@ -151,6 +151,10 @@ class FrontendHost:
         async for frame in rec.frames(start, 1):  # one frame per chunk
             yield _decode_frame(frame)
 
+    def events_now(self, rec: TaskRecord) -> list[StreamEvent]:
+        """The task's events appended so far, without waiting."""
+        return [_decode_frame(f)[1] for f in rec._frames[: rec.event_count]]
+
     def cancel(self, rec: TaskRecord) -> None:
         """End the task now (``canceled``) and free its engine slot."""
         try:

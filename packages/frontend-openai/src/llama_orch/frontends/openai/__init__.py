@@ -14,15 +14,16 @@ from starlette.routing import BaseRoute
 
 from ._anthropic import anthropic_routes
 from ._openai import openai_routes
+from ._responses import responses_routes
 
 __all__ = ["OpenAIFrontend"]
 
 
 class OpenAIFrontend(Frontend):
-    """``/v1/chat/completions``, ``/v1/completions``, ``/v1/models`` and the
-    Anthropic ``/v1/messages``."""
+    """``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
+    ``/v1/responses`` and the Anthropic ``/v1/messages``."""
 
     name = "openai"
 
     def routes(self, host: FrontendHost) -> Sequence[BaseRoute]:
-        return [*openai_routes(host), *anthropic_routes(host)]
+        return [*openai_routes(host), *responses_routes(host), *anthropic_routes(host)]

@@ -18,6 +18,7 @@ __all__ = [
     "ChatRequest",
     "CompletionRequest",
     "MessagesRequest",
+    "ResponsesRequest",
     "StreamOptions",
     "TextPart",
     "Usage",
@@ -138,6 +139,42 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
 
 
 class StrictMessagesRequest(MessagesRequest, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ResponsesRequest(msgspec.Struct, kw_only=True):
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    background: bool = False
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    text: dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    conversation: Any = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = None
+    user: str | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    include: list[str] | None = None
+    stream_options: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # llama-orch extras
+    priority: Literal["interactive", "batch"] | None = None
+    deadline_ms: int | None = None
+    session_id: str | None = None
+    seed: int | None = None
+
+
+class StrictResponsesRequest(ResponsesRequest, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
