@@ -3,7 +3,7 @@
 Speaks two wire formats over one aiohttp server:
 
 * llama.cpp ``llama-server`` native API (what ``llamacpp-http`` calls):
-  ``GET /health``, ``GET /props``, ``POST /tokenize``, ``GET /metrics``,
+  ``GET /health``, ``GET /props``, ``POST /tokenize``, ``POST /apply-template``, ``GET /metrics``,
   ``POST /completion`` (SSE ``data: {...}`` chunks, no ``[DONE]``, a final
   chunk with ``"stop":true``, ``stop_type`` and the counters);
 * OpenAI: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (SSE
@@ -117,6 +117,16 @@ class FakeEngine:
                 "modalities": {"vision": False, "audio": False},
             }
         )
+
+    async def apply_template(self, request: web.Request) -> web.Response:
+        """llama-server's ``/apply-template``: chat messages to one ChatML prompt."""
+        body = await self._body(request)
+        turns = "".join(
+            f"<|im_start|>{m.get('role', '')}\n{m.get('content', '')}<|im_end|>\n"
+            for m in body.get("messages") or []
+            if isinstance(m, dict)
+        )
+        return web.json_response({"prompt": turns + "<|im_start|>assistant\n"})
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -267,6 +277,7 @@ def build_app(engine: FakeEngine) -> web.Application:
             web.get("/v1/health", engine.health),
             web.get("/props", engine.props),
             web.post("/tokenize", engine.tokenize),
+            web.post("/apply-template", engine.apply_template),
             web.get("/metrics", engine.metrics),
             web.post("/completion", engine.completion),
             web.post("/completions", engine.completion),

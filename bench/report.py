@@ -226,6 +226,38 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
                 f"{lt['rss_peak_kb'].get('litellm', 0) / 1024:.0f} | {errs(d, lt)} |"
             )
         L.append("")
+    if any("orch_openai" in r for r in res.get("fake", [])):
+        L.append("## OpenAI API: llama-orch facade vs the engine's own route vs LiteLLM")
+        L.append("")
+        L.append(
+            "The same streaming `/v1/chat/completions` request: straight to the fake engine, "
+            "through llama-orch's OpenAI frontend (each request a task), through LiteLLM. "
+            "Goals (issue #15): ΔTTFT p50 ≤ 2 ms at c=1, ≤ 1 ms CPU per request, "
+            "≥ 20× LiteLLM's req/s per process."
+        )
+        L.append("")
+        L.append(
+            "| ms/tok | c | n | TTFT direct | ΔTTFT llama-orch | ΔTTFT LiteLLM | req/s direct | "
+            "req/s llama-orch | req/s LiteLLM | orch/LiteLLM req/s | orch CPU ms/req | "
+            "LiteLLM CPU ms/req | errors d+o+l |"
+        )
+        L.append("|" + "---|" * 13)
+        for r in res["fake"]:
+            if "orch_openai" not in r:
+                continue
+            d, o, lt = r["direct_openai"], r["orch_openai"], r.get("litellm")
+            lt_rps = lt["req_per_s"] if lt else 0
+            L.append(
+                f"| {r['delay_ms']:g} | {r['c']} | {o['ok']} | {ppp(d['ttft_ms'])} | "
+                f"{delta(d['ttft_ms'], o['ttft_ms'])} | "
+                f"{delta(d['ttft_ms'], lt['ttft_ms']) if lt else '-'} | {d['req_per_s']:.0f} | "
+                f"{o['req_per_s']:.0f} | {lt_rps:.1f} | "
+                f"{o['req_per_s'] / lt_rps if lt_rps else 0:.1f}× | "
+                f"{_f(cpu_ms_per_req(o, 'orch'), 2)} | "
+                f"{_f(cpu_ms_per_req(lt, 'litellm'), 1) if lt else '-'} | "
+                f"{errs(d, o, *([lt] if lt else []))} |"
+            )
+        L.append("")
     if any("orch_before" in r for r in res.get("fake", [])):
         L.append("## Before/after the hot-path fix (same run, same fake engine)")
         L.append("")
@@ -345,7 +377,7 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
     errs_all = {
         f"{r['delay_ms']:g}ms c={r['c']} {k}": r[k]["error_samples"]
         for r in res.get("fake", [])
-        for k in ("direct", "orch", "direct_openai", "litellm")
+        for k in ("direct", "orch", "direct_openai", "orch_openai", "litellm")
         if k in r and r[k]["error_samples"]
     }
     if errs_all:

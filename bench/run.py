@@ -140,6 +140,16 @@ def stage_fake(
                     row["direct_openai"] = loadgen(
                         "openai", furl, c, n, cap_s=cap, watch={"engine": fpid}, extra=chat
                     )
+                    # the same OpenAI route through llama-orch's facade (issue #15)
+                    row["orch_openai"] = loadgen(
+                        "openai",
+                        ourl,
+                        c,
+                        n,
+                        cap_s=cap,
+                        watch={"orch": op.pid, "engine": fpid},
+                        extra=chat,
+                    )
                     row["litellm"] = loadgen(
                         "openai",
                         lurl,

@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Access, Authenticator, Principal, load_keys
 from .control import control_routes
+from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter, TaskStream
 from .service import Orchestrator
 from .tasks import TaskRecord
@@ -320,6 +321,10 @@ def build_app(
     # drain, reload, reset, replica sets: admin only
     for r in control_routes(orch, manager, remotes):
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
+    # other APIs on the same queue, from installed frontends (ORCH-9100)
+    host = FrontendHost(orch, auth)
+    for frontend in load_frontends():
+        routes.extend(frontend.routes(host))
     app = Starlette(
         routes=routes,
         exception_handlers={

@@ -73,6 +73,7 @@ class TaskRecord:
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
+    api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     runner: asyncio.Task[None] | None = None
     _frames: list[bytes] = field(default_factory=list)
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)

@@ -46,6 +46,7 @@ TASK_LOG_FIELDS = (
     "session_id",
     "tenant",
     "correlation_id",
+    "api",
     "engine",
     "engine_version",
     "pool_id",
@@ -78,6 +79,7 @@ def log_task_end(rec: TaskRecord, pool: Pool) -> None:
         "session_id": rec.session_id,
         "tenant": rec.tenant,
         "correlation_id": rec.correlation_id,
+        "api": rec.api,  # ORCH-9103
         "engine": rec.engine,
         "engine_version": rec.engine_version or None,
         "pool_id": rec.pool_id,

@@ -1,0 +1,227 @@
+"""The Anthropic facade: ``POST /v1/messages`` (ORCH-9130..ORCH-9132).
+
+Authenticated by ``x-api-key`` as well as ``Authorization: Bearer``; errors in
+Anthropic's shape ``{"type": "error", "error": {"type", "message"}}``;
+streams as Anthropic's named events (``message_start`` ... ``message_stop``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from llama_orch.core.api import ChatMessage as OrchMessage
+from llama_orch.core.api import EndEvent, ErrorEvent, TokenEvent
+from llama_orch.core.errors import ErrorCode, OrchError
+from llama_orch.orchestratord.frontends import FrontendHost
+from llama_orch.orchestratord.pools import Pool
+from llama_orch.orchestratord.tasks import TaskRecord
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ._common import (
+    ApiError,
+    RetrySchedule,
+    TaskResponse,
+    TaskStreamResponse,
+    extras_from,
+    resolve_model,
+)
+from ._flow import Facade, decode_body
+from ._wire import AnthropicPart, MessagesRequest, StrictMessagesRequest
+
+__all__ = ["anthropic_routes"]
+
+_json = msgspec.json.Encoder()
+_STOP = {"eos": "end_turn", "stop": "stop_sequence", "length": "max_tokens"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def render_error(
+    status: int, message: str, param: str | None, code: str, headers: dict[str, str]
+) -> Response:
+    kind = _ERROR_TYPES.get(status, "api_error")
+    text = f"{param}: {message}" if param and param not in message else message
+    body = {"type": "error", "error": {"type": kind, "message": text}}
+    return Response(_json.encode(body), status, headers, media_type="application/json")
+
+
+def _text(content: str | list[AnthropicPart] | None, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    out = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise ApiError(
+                400, f"content blocks of type {part.type!r} are not supported",
+                param=f"{where}.content.{j}.type", code="unsupported",
+            )  # fmt: skip
+        out.append(part.text)
+    return "".join(out)
+
+
+def _messages(req: MessagesRequest) -> list[OrchMessage]:
+    out = []
+    if req.system:
+        out.append(OrchMessage(role="system", content=_text(req.system, "system")))
+    for i, m in enumerate(req.messages):
+        if m.role not in ("user", "assistant"):
+            raise ApiError(
+                400, f"messages.{i}.role: must be 'user' or 'assistant'",
+                param=f"messages.{i}.role", code="invalid",
+            )  # fmt: skip
+        out.append(OrchMessage(role=m.role, content=_text(m.content, f"messages.{i}")))  # type: ignore[arg-type]
+    if not req.messages:
+        raise ApiError(
+            400, "messages: at least one message is required", param="messages", code="invalid"
+        )
+    return out
+
+
+def _unsupported(req: MessagesRequest) -> None:
+    for name in ("tools", "thinking"):
+        if getattr(req, name):
+            raise ApiError(
+                400, f"{name}: not supported by this pool's engine", param=name,
+                code="unsupported",
+            )  # fmt: skip
+    if req.tool_choice is not None:
+        raise ApiError(400, "tool_choice: needs tools", param="tool_choice", code="unsupported")
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _json.encode(data) + b"\n\n"
+
+
+def anthropic_routes(host: FrontendHost) -> list[Route]:
+    facade = Facade(host, "anthropic", render_error, RetrySchedule())
+
+    async def messages(request: Request) -> Response:
+        pool: Pool | None = None
+        max_tokens = 1
+        facade.received()
+        try:
+            who = host.principal(request)
+            req = decode_body(
+                await request.body(), MessagesRequest, StrictMessagesRequest,
+                facade.strict(request),
+            )  # fmt: skip
+            pool = resolve_model(host, req.model)
+            _unsupported(req)
+            meta = req.metadata or {}
+            extras = extras_from(
+                request,
+                {k: str(v) for k, v in meta.items() if k.startswith("llorch_")},
+                {"priority": req.priority, "deadline_ms": req.deadline_ms,
+                 "session_id": req.session_id},
+            )  # fmt: skip
+            max_tokens = req.max_tokens
+            fields = {
+                "workload": "chat",
+                "messages": _messages(req),
+                "max_tokens": req.max_tokens,
+                "temperature": 1.0 if req.temperature is None else req.temperature,
+                "top_p": req.top_p,
+                "top_k": req.top_k,
+                "seed": req.seed,
+                "stop": req.stop_sequences,
+            }
+            rec = await facade.admit(request, pool, extras, who.tenant, fields)
+        except ApiError as exc:
+            return facade.api_error(exc, pool)
+        except OrchError as exc:
+            return facade.orch_error(exc, pool, max_tokens)
+        headers = facade.task_headers(rec)
+        if req.stream:
+            return TaskStreamResponse(_stream(facade, rec, req.model), host, rec, headers)
+
+        async def produce() -> tuple[int, bytes, dict[str, str]]:
+            text: list[str] = []
+            end: EndEvent | None = None
+            err: ErrorEvent | None = None
+            async for _, ev in host.events(rec):
+                if isinstance(ev, TokenEvent):
+                    text.append(ev.t)
+                elif isinstance(ev, EndEvent):
+                    end = ev
+                elif isinstance(ev, ErrorEvent):
+                    err = ev
+            if end is None or end.reason == "canceled":
+                code: ErrorCode | None = err.code if err else None
+                message = err.message if err else "the task was canceled"
+                status, kind = facade.event_error(code, message)
+                resp = render_error(status, message, None, kind, headers)
+                return status, bytes(resp.body), headers
+            doc = {
+                "id": f"msg_{rec.task_id}",
+                "type": "message",
+                "role": "assistant",
+                "model": req.model,
+                "content": [{"type": "text", "text": "".join(text)}],
+                "stop_reason": _STOP.get(end.reason, "end_turn"),
+                "stop_sequence": None,
+                "usage": {"input_tokens": end.tokens_in, "output_tokens": end.tokens_out},
+            }
+            return 200, _json.encode(doc), headers
+
+        return TaskResponse(produce, host, rec)
+
+    return [Route("/v1/messages", messages, methods=["POST"])]
+
+
+async def _stream(facade: Facade, rec: TaskRecord, model: str) -> AsyncIterator[bytes]:
+    """ORCH-9131: message_start, one text block of deltas, message_delta, message_stop;
+    a failed task ends with an ``error`` event."""
+    yield _sse(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": f"msg_{rec.task_id}", "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": rec.prompt_tokens, "output_tokens": 0},
+            },
+        },
+    )  # fmt: skip
+    yield _sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    delta_open = (
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+    )
+    async for _, ev in facade.host.events(rec):
+        if isinstance(ev, TokenEvent):
+            yield delta_open + _json.encode(ev.t) + b"}}\n\n"
+        elif isinstance(ev, EndEvent) and ev.reason != "canceled":
+            yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": _STOP.get(ev.reason, "end_turn"),
+                        "stop_sequence": None,
+                    },
+                    "usage": {"input_tokens": ev.tokens_in, "output_tokens": ev.tokens_out},
+                },
+            )
+            yield _sse("message_stop", {"type": "message_stop"})
+        elif isinstance(ev, (EndEvent, ErrorEvent)):
+            code = ev.code if isinstance(ev, ErrorEvent) else None
+            message = ev.message if isinstance(ev, ErrorEvent) else "the task was canceled"
+            status, _ = facade.event_error(code, message)
+            kind = _ERROR_TYPES.get(status, "api_error")
+            yield _sse("error", {"type": "error", "error": {"type": kind, "message": message}})
+            return

@@ -1,0 +1,254 @@
+"""What the OpenAI and Anthropic facades share: llama-orch's own request
+conventions, model resolution, the retry contract of rejected requests, and the
+responses that cancel their task when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from llama_orch.core.errors import ErrorCode, OrchError
+from llama_orch.orchestratord.frontends import FrontendHost
+from llama_orch.orchestratord.pools import Pool
+from llama_orch.orchestratord.tasks import TaskRecord
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = [
+    "MAX_RETRY_AFTER_MS",
+    "TASK_ID_HEADER",
+    "ApiError",
+    "Extras",
+    "RetrySchedule",
+    "TaskResponse",
+    "TaskStreamResponse",
+    "error_param",
+    "extras_from",
+    "resolve_model",
+    "retry_headers",
+]
+
+_log = logging.getLogger("llama_orch.frontends.openai")
+
+TASK_ID_HEADER = "X-Llorch-Task-Id"  # ORCH-9110
+# The official SDKs honour a server delay only up to a bound (60 s in the
+# releases that published one, 120 s later) and otherwise back off on their
+# own, or stop retrying: 60 s is honoured by every release (ORCH-9111).
+MAX_RETRY_AFTER_MS = 60_000
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+class ApiError(Exception):
+    """An error found by a facade before admission, in facade terms."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_param(exc: OrchError) -> str | None:
+    """The field an llama-orch error names (`` - at `$.x` ``), if any."""
+    m = _AT.search(exc.message)
+    return m.group(1) or None if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    priority: str | None
+    deadline_ms: int | None
+    session_id: uuid.UUID | None
+
+
+def _int(value: str, field: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(
+            400, f"{field} must be an integer", param=field, code="invalid_value"
+        ) from None
+    if n < 1:
+        raise ApiError(400, f"{field} must be at least 1", param=field, code="invalid_value")
+    return n
+
+
+def extras_from(
+    request: Request, metadata: dict[str, str] | None, body: dict[str, object]
+) -> Extras:
+    """Priority, deadline and session of a request (ORCH-9110): ``X-Llorch-*``
+    headers first, then body extras (``priority``, ``deadline_ms``,
+    ``session_id``, what SDKs send as ``extra_body``), then ``metadata``
+    entries ``llorch_priority``, ``llorch_deadline_ms``, ``llorch_session_id``."""
+    meta = metadata or {}
+    h = request.headers
+
+    def pick(header: str, name: str) -> tuple[str | None, str]:
+        if (v := h.get(header)) is not None:
+            return v, header
+        if (b := body.get(name)) is not None:
+            return str(b), name
+        if (m := meta.get(f"llorch_{name}")) is not None:
+            return m, f"metadata.llorch_{name}"
+        return None, name
+
+    priority, where = pick("x-llorch-priority", "priority")
+    if priority is not None and priority not in ("interactive", "batch"):
+        raise ApiError(
+            400, f"{where} must be 'interactive' or 'batch'", param=where, code="invalid_value"
+        )
+    deadline, where = pick("x-llorch-deadline-ms", "deadline_ms")
+    deadline_ms = _int(deadline, where) if deadline is not None else None
+    sid, where = pick("x-llorch-session-id", "session_id")
+    session = None
+    if sid is not None:
+        try:
+            session = uuid.UUID(sid)
+        except ValueError:
+            raise ApiError(
+                400, f"{where} must be a UUID", param=where, code="invalid_value"
+            ) from None
+    return Extras(priority, deadline_ms, session)
+
+
+def resolve_model(host: FrontendHost, model: str) -> Pool:
+    """A pool by its id, else the pool serving model ``model`` (ORCH-9112)."""
+    pool = host.pools.get(model)
+    if pool is not None:
+        return pool
+    for pool in host.pools.values():
+        if pool.config.model == model:
+            return pool
+    raise ApiError(
+        404, f"The model `{model}` does not exist", param="model", code="model_not_found"
+    )
+
+
+class RetrySchedule:
+    """The delay each rejected request is told to wait (ORCH-9111).
+
+    Rejected requests that all came back after the same delay would meet a
+    queue with room for one of them: the others would be rejected again and
+    run out of retries. So each rejection of a pool gets its own turn: the
+    first one half a task after the next slot frees, each later one a task
+    later than the one before, computed from the pool's drain rate.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def delay_ms(self, pool: Pool, base_ms: int, max_tokens: int) -> int:
+        now = self._clock()
+        task_s = pool.drain.task_ms(max_tokens) / pool.drain.slots / 1000
+        turn = max(now + base_ms / 1000 + task_s / 2, self._last.get(pool.id, 0.0) + task_s)
+        self._last[pool.id] = turn
+        return max(1, math.ceil((turn - now) * 1000))
+
+
+def retry_headers(delay_ms: int) -> tuple[int, dict[str, str]]:
+    """Status and headers of a request to retry later: 429 within the SDKs' bound,
+    503 with the bound when the predicted wait is longer (ORCH-9111)."""
+    status = 429 if delay_ms <= MAX_RETRY_AFTER_MS else 503
+    sent = min(delay_ms, MAX_RETRY_AFTER_MS)
+    return status, {
+        "retry-after-ms": str(sent),
+        "retry-after": str(max(1, math.ceil(sent / 1000))),
+        "x-llorch-predicted-wait-ms": str(delay_ms),
+        "x-should-retry": "true",
+    }
+
+
+def is_retry_later(exc: OrchError) -> bool:
+    return exc.code in (
+        ErrorCode.ADMISSION_REJECT,
+        ErrorCode.QUEUE_FULL_DROP_LRU,
+        ErrorCode.POOL_UNREADY,
+        ErrorCode.POOL_UNAVAILABLE,
+    )
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class TaskStreamResponse(Response):
+    """An event stream of one task that cancels the task when its client goes
+    away before the end (ORCH-9113): the engine slot is freed, not left to
+    generate for nobody."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        host: FrontendHost,
+        rec: TaskRecord,
+        headers: dict[str, str],
+    ) -> None:
+        # not Response.__init__: it would announce an empty body (content-length: 0)
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        self._chunks, self._host, self._rec = chunks, host, rec
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send(
+                {"type": "http.response.start", "status": self.status_code,
+                 "headers": self.raw_headers}
+            )  # fmt: skip
+            async for chunk in self._chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await _race(pump(), receive, self._host, self._rec)
+
+
+class TaskResponse(Response):
+    """A whole-body answer computed when the task ends; the task is canceled if
+    the client goes away first (ORCH-9113)."""
+
+    def __init__(
+        self,
+        produce: Callable[[], Awaitable[tuple[int, bytes, dict[str, str]]]],
+        host: FrontendHost,
+        rec: TaskRecord,
+    ) -> None:
+        super().__init__(None, 200, media_type="application/json")
+        self._produce, self._host, self._rec = produce, host, rec
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def answer() -> None:
+            status, body, headers = await self._produce()
+            resp = Response(body, status, headers, media_type="application/json")
+            await resp(scope, receive, send)
+
+        await _race(answer(), receive, self._host, self._rec)
+
+
+async def _race(
+    work: Awaitable[None], receive: Receive, host: FrontendHost, rec: TaskRecord
+) -> None:
+    worker = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({worker, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (worker, watcher):
+            t.cancel()
+        # an exception of the worker (e.g. the socket closed under send) still ends the task
+        results = await asyncio.gather(worker, watcher, return_exceptions=True)
+        if not rec.terminal:
+            _log.info("client of task %s went away: canceling it", rec.task_id)
+            host.cancel(rec)
+    err = results[0]
+    if isinstance(err, BaseException) and not isinstance(err, asyncio.CancelledError):
+        if not isinstance(err, OSError):
+            raise err

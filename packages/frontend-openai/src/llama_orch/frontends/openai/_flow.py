@@ -1,0 +1,144 @@
+"""One facade request, from body to task: decode, authenticate, resolve the
+model, admit through the host, and render every failure in the facade's own
+error shape (ORCH-9114). Both facades use it; they differ in their wire types
+and in how an error looks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from llama_orch.core.api import TaskRequest
+from llama_orch.core.errors import HTTP_STATUS, ErrorCode, OrchError
+from llama_orch.orchestratord.frontends import FrontendHost
+from llama_orch.orchestratord.pools import Pool
+from llama_orch.orchestratord.tasks import TaskRecord
+from llama_orch.orchestratord.tracing import CORRELATION_ID
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ._common import (
+    TASK_ID_HEADER,
+    ApiError,
+    Extras,
+    RetrySchedule,
+    error_param,
+    is_retry_later,
+    retry_headers,
+)
+
+__all__ = ["ErrorRenderer", "Facade", "decode_body"]
+
+_log = logging.getLogger("llama_orch.frontends.openai")
+T = TypeVar("T")
+
+# (status, message, param, code, headers) -> the facade's error response
+ErrorRenderer = Callable[[int, str, "str | None", str, "dict[str, str]"], Response]
+
+_ORCH_CODES = {
+    ErrorCode.ADMISSION_REJECT: "rate_limit_exceeded",
+    ErrorCode.QUEUE_FULL_DROP_LRU: "rate_limit_exceeded",
+    ErrorCode.INVALID_PARAMS: "invalid_value",
+    ErrorCode.UNAUTHENTICATED: "invalid_api_key",
+}
+
+
+def decode_body(body: bytes, lenient: type[T], strict: type[T], strict_mode: bool) -> T:
+    """The request, or an ApiError naming the offending field."""
+    try:
+        return msgspec.json.decode(body, type=strict if strict_mode else lenient)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        param = msg.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in msg else None
+        if param is None and "unknown field `" in msg:
+            param = msg.split("unknown field `", 1)[1].split("`", 1)[0]
+        raise ApiError(400, f"invalid request: {msg}", param=param, code="invalid_value") from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError(
+            400, f"the body is not valid JSON: {exc}", param=None, code="invalid_json"
+        ) from exc
+
+
+@dataclass
+class Facade:
+    """The parts of a request's life both facades share."""
+
+    host: FrontendHost
+    api: str  # "openai" | "anthropic": logs and counters
+    render: ErrorRenderer
+    schedule: RetrySchedule
+
+    def received(self) -> None:
+        """A DEBUG line per request: with the refusal lines, an operator (or a test)
+        sees when a client came back after being told to wait (ORCH-9111)."""
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "%s request received", self.api,
+                extra={"api": self.api, "correlation_id": CORRELATION_ID.get()},
+            )  # fmt: skip
+
+    def strict(self, request: Request) -> bool:
+        return request.headers.get("x-llorch-strict", "").lower() in ("1", "true")
+
+    def task_headers(self, rec: TaskRecord) -> dict[str, str]:
+        return {TASK_ID_HEADER: rec.task_id, "x-request-id": rec.task_id}
+
+    def api_error(self, exc: ApiError, pool: Pool | None) -> Response:
+        self.host.rejected(
+            pool, ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_PARAMS
+        )
+        return self.render(
+            exc.status, exc.message, exc.param, exc.code, {"x-should-retry": "false"}
+        )
+
+    def orch_error(self, exc: OrchError, pool: Pool | None, max_tokens: int) -> Response:
+        """An admission refusal, already counted by the daemon, in facade terms."""
+        headers: dict[str, str] = {}
+        status = exc.status_code
+        if is_retry_later(exc):
+            target = self.host.pools.get(exc.pool_id or "") or pool
+            base = exc.retry_after_ms or 1000
+            delay = self.schedule.delay_ms(target, base, max_tokens) if target else base
+            status, headers = retry_headers(delay)
+            _log.info(
+                "%s request refused (%s): retry after %d ms",
+                self.api,
+                exc.code.value,
+                delay,
+                extra={
+                    "retry_after_ms": delay,
+                    "api": self.api,
+                    "correlation_id": CORRELATION_ID.get(),
+                },
+            )
+        code = _ORCH_CODES.get(exc.code, exc.code.value.lower())
+        if exc.code == ErrorCode.INVALID_PARAMS and "exceeds ctx" in exc.message:
+            code = "context_length_exceeded"
+        return self.render(status, exc.message, error_param(exc), code, headers)
+
+    def event_error(self, code: ErrorCode | None, message: str) -> tuple[int, str]:
+        """Status and facade code of a task that failed after admission; ``None``:
+        canceled (by its owner, through the task API): 400, so no SDK retries it."""
+        if code is None:
+            return 400, "task_canceled"
+        return HTTP_STATUS.get(code, 500), _ORCH_CODES.get(code, code.value.lower())
+
+    async def admit(
+        self,
+        request: Request,
+        pool: Pool,
+        extras: Extras,
+        tenant: str,
+        fields: dict[str, Any],
+    ) -> TaskRecord:
+        req = TaskRequest(
+            pool_id=pool.id,
+            priority=extras.priority or "interactive",  # type: ignore[arg-type]
+            deadline_ms=extras.deadline_ms,
+            session_id=extras.session_id,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        return await self.host.submit(req, tenant, api=self.api)

@@ -1,0 +1,380 @@
+"""The OpenAI facade: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``
+(ORCH-9120..ORCH-9126). Every request is one task; streams are the task's
+events rendered as OpenAI chunks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from llama_orch.core.api import ChatMessage as OrchMessage
+from llama_orch.core.api import EndEvent, ErrorEvent, TokenEvent
+from llama_orch.core.errors import ErrorCode, OrchError
+from llama_orch.orchestratord.frontends import FrontendHost
+from llama_orch.orchestratord.pools import Pool
+from llama_orch.orchestratord.tasks import TaskRecord
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ._common import (
+    ApiError,
+    RetrySchedule,
+    TaskResponse,
+    TaskStreamResponse,
+    extras_from,
+    resolve_model,
+)
+from ._flow import Facade, decode_body
+from ._wire import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    StrictChatRequest,
+    StrictCompletionRequest,
+    Usage,
+)
+
+__all__ = ["openai_routes"]
+
+_json = msgspec.json.Encoder()
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def render_error(
+    status: int, message: str, param: str | None, code: str, headers: dict[str, str]
+) -> Response:
+    """OpenAI's error shape: ``{"error": {message, type, param, code}}``."""
+    kind = _ERROR_TYPES.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return Response(_json.encode(body), status, headers, media_type="application/json")
+
+
+def _unsupported(req: ChatRequest | CompletionRequest) -> None:
+    """ORCH-9115: a field llama-orch cannot honour is refused by name, not ignored."""
+    if req.n is not None and req.n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n", code="invalid_value")
+    if req.logprobs:
+        raise ApiError(
+            400, "logprobs are not supported by this pool's engine", param="logprobs",
+            code="unsupported_parameter",
+        )  # fmt: skip
+    for name in ("logit_bias", "frequency_penalty", "presence_penalty"):
+        if getattr(req, name):
+            raise ApiError(
+                400, f"`{name}` is not supported by llama-orch", param=name,
+                code="unsupported_parameter",
+            )  # fmt: skip
+    if isinstance(req, ChatRequest):
+        if req.tools or req.functions:
+            name = "tools" if req.tools else "functions"
+            raise ApiError(
+                400, f"`{name}`: this pool's engine adapter does not pass tools to the engine",
+                param=name, code="unsupported_parameter",
+            )  # fmt: skip
+        if req.tool_choice not in (None, "none", "auto"):
+            raise ApiError(
+                400, "`tool_choice` needs tools, which this pool does not support",
+                param="tool_choice", code="unsupported_parameter",
+            )  # fmt: skip
+        rf = req.response_format
+        if rf is not None and rf.get("type") != "text":
+            raise ApiError(
+                400, "`response_format` other than text is not supported by this pool's engine",
+                param="response_format", code="unsupported_parameter",
+            )  # fmt: skip
+        if req.modalities not in (None, ["text"]) or req.audio is not None:
+            raise ApiError(
+                400, "only text output is supported", param="modalities",
+                code="unsupported_parameter",
+            )  # fmt: skip
+    elif req.echo or (req.best_of or 1) != 1 or req.suffix:
+        name = "echo" if req.echo else "best_of" if req.best_of else "suffix"
+        raise ApiError(400, f"`{name}` is not supported", param=name, code="unsupported_parameter")
+
+
+def _text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    out = []
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise ApiError(
+                400, f"content parts of type {part.type!r} are not supported",
+                param=f"{where}.content[{j}].type", code="unsupported_parameter",
+            )  # fmt: skip
+        out.append(part.text)
+    return "".join(out)
+
+
+def _messages(messages: list[ChatMessage]) -> list[OrchMessage]:
+    out = []
+    for i, m in enumerate(messages):
+        role = "system" if m.role == "developer" else m.role
+        if role not in ("system", "user", "assistant") or m.tool_calls:
+            raise ApiError(
+                400, f"messages with role {m.role!r} (tool use) are not supported",
+                param=f"messages[{i}].role", code="unsupported_parameter",
+            )  # fmt: skip
+        out.append(OrchMessage(role=role, content=_text(m.content, f"messages[{i}]")))  # type: ignore[arg-type]
+    if not out:
+        raise ApiError(400, "`messages` must not be empty", param="messages", code="invalid_value")
+    return out
+
+
+def _stops(stop: str | list[str] | None) -> list[str] | None:
+    return [stop] if isinstance(stop, str) else stop
+
+
+class _Events:
+    """A finished task's outcome, collected from its events."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.end: EndEvent | None = None
+        self.error: ErrorEvent | None = None
+
+    async def collect(self, host: FrontendHost, rec: TaskRecord) -> None:
+        async for _, ev in host.events(rec):
+            if isinstance(ev, TokenEvent):
+                self.text.append(ev.t)
+            elif isinstance(ev, EndEvent):
+                self.end = ev
+            elif isinstance(ev, ErrorEvent):
+                self.error = ev
+
+
+def openai_routes(host: FrontendHost) -> list[Route]:
+    facade = Facade(host, "openai", render_error, RetrySchedule())
+
+    async def models(request: Request) -> Response:
+        try:
+            host.principal(request)
+        except OrchError as exc:
+            return facade.orch_error(exc, None, 1)
+        data = [
+            {"id": p.id, "object": "model", "created": 0, "owned_by": "llama-orch",
+             "llorch_model_ref": p.config.model, "llorch_engine": p.engine}
+            for p in host.pools.values()
+        ]  # fmt: skip
+        return Response(
+            _json.encode({"object": "list", "data": data}), media_type="application/json"
+        )
+
+    async def generate(request: Request, chat: bool) -> Response:
+        pool: Pool | None = None
+        max_tokens = 1
+        facade.received()
+        try:
+            who = host.principal(request)
+            body = await request.body()
+            strict = facade.strict(request)
+            req: ChatRequest | CompletionRequest
+            if chat:
+                req = decode_body(body, ChatRequest, StrictChatRequest, strict)
+            else:
+                req = decode_body(body, CompletionRequest, StrictCompletionRequest, strict)
+            pool = resolve_model(host, req.model)
+            _unsupported(req)
+            extras = extras_from(
+                request,
+                req.metadata,
+                {"priority": req.priority, "deadline_ms": req.deadline_ms,
+                 "session_id": req.session_id},
+            )  # fmt: skip
+            fields: dict[str, Any] = {
+                "temperature": 1.0 if req.temperature is None else req.temperature,
+                "top_p": req.top_p,
+                "seed": req.seed,
+                "stop": _stops(req.stop),
+                "top_k": req.top_k,
+                "min_p": req.min_p,
+                "repeat_penalty": req.repeat_penalty,
+            }
+            if isinstance(req, ChatRequest):
+                fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
+                fields["workload"] = "chat"
+                fields["messages"] = _messages(req.messages)
+            else:
+                fields["max_tokens"] = req.max_tokens or 16  # the API's own default
+                prompt = req.prompt
+                if isinstance(prompt, list):
+                    if len(prompt) != 1:
+                        raise ApiError(
+                            400, "exactly one prompt is supported", param="prompt",
+                            code="invalid_value",
+                        )  # fmt: skip
+                    prompt = prompt[0]
+                fields["prompt"] = prompt
+            max_tokens = fields["max_tokens"] or 1
+            rec = await facade.admit(request, pool, extras, who.tenant, fields)
+        except ApiError as exc:
+            return facade.api_error(exc, pool)
+        except OrchError as exc:
+            return facade.orch_error(exc, pool, max_tokens)
+        created = int(time.time())
+        headers = facade.task_headers(rec)
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            chunks = _chat_chunks if chat else _completion_chunks
+            return TaskStreamResponse(
+                chunks(facade, rec, req.model, created, usage), host, rec, headers
+            )
+
+        async def produce() -> tuple[int, bytes, dict[str, str]]:
+            out = _Events()
+            await out.collect(host, rec)
+            if out.error is not None or out.end is None or out.end.reason == "canceled":
+                code, message = _failure(out)
+                status, kind = facade.event_error(code, message)
+                resp = render_error(status, message, None, kind, headers)
+                return status, bytes(resp.body), headers
+            end = out.end
+            text = "".join(out.text)
+            usage = Usage(
+                prompt_tokens=end.tokens_in,
+                completion_tokens=end.tokens_out,
+                total_tokens=end.tokens_in + end.tokens_out,
+            )
+            finish = _FINISH.get(end.reason, "stop")
+            if chat:
+                doc: dict[str, Any] = {
+                    "id": f"chatcmpl-{rec.task_id}",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": req.model,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None, "finish_reason": finish}
+                    ],
+                    "usage": usage,
+                }  # fmt: skip
+            else:
+                doc = {
+                    "id": f"cmpl-{rec.task_id}",
+                    "object": "text_completion",
+                    "created": created,
+                    "model": req.model,
+                    "choices": [
+                        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                    ],
+                    "usage": usage,
+                }
+            return 200, _json.encode(doc), headers
+
+        return TaskResponse(produce, host, rec)
+
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, True)
+
+    async def completions(request: Request) -> Response:
+        return await generate(request, False)
+
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]
+
+
+def _failure(out: _Events) -> tuple[ErrorCode | None, str]:
+    """The error of a task that did not complete; ``None``: it was canceled."""
+    if out.error is not None:
+        return out.error.code, out.error.message
+    return None, "the task was canceled before it finished"
+
+
+def _error_chunk(facade: Facade, code: ErrorCode | None, message: str) -> bytes:
+    status, kind = facade.event_error(code, message)
+    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"),
+                      "param": None, "code": kind}}  # fmt: skip
+    return b"data: " + _json.encode(body) + b"\n\n"
+
+
+async def _chat_chunks(
+    facade: Facade, rec: TaskRecord, model: str, created: int, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """ORCH-9121: role chunk, one chunk per token, a finish chunk, optional usage, [DONE].
+    A task that fails ends the stream with an error chunk and no [DONE]."""
+    head = (
+        b'data: {"id":"chatcmpl-' + rec.task_id.encode() + b'","object":"chat.completion.chunk",'
+        b'"created":' + str(created).encode() + b',"model":' + _json.encode(model)
+    )
+    usage_null = b',"usage":null' if include_usage else b""
+    token_open = head + usage_null + b',"choices":[{"index":0,"delta":{"content":'
+    token_close = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+    yield (
+        head + usage_null
+        + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+          b'"logprobs":null,"finish_reason":null}]}\n\n'
+    )  # fmt: skip
+    async for _, ev in facade.host.events(rec):
+        if isinstance(ev, TokenEvent):
+            yield token_open + _json.encode(ev.t) + token_close
+        elif isinstance(ev, EndEvent):
+            if ev.reason == "canceled":
+                yield _error_chunk(facade, None, "the task was canceled")
+                return
+            finish = _FINISH.get(ev.reason, "stop").encode()
+            yield (
+                head + usage_null + b',"choices":[{"index":0,"delta":{},"logprobs":null,'
+                b'"finish_reason":"' + finish + b'"}]}\n\n'
+            )  # fmt: skip
+            if include_usage:
+                usage = Usage(
+                    prompt_tokens=ev.tokens_in,
+                    completion_tokens=ev.tokens_out,
+                    total_tokens=ev.tokens_in + ev.tokens_out,
+                )
+                yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
+            yield b"data: [DONE]\n\n"
+        elif isinstance(ev, ErrorEvent):
+            yield _error_chunk(facade, ev.code, ev.message)
+            return
+
+
+async def _completion_chunks(
+    facade: Facade, rec: TaskRecord, model: str, created: int, include_usage: bool
+) -> AsyncIterator[bytes]:
+    head = (
+        b'data: {"id":"cmpl-' + rec.task_id.encode() + b'","object":"text_completion",'
+        b'"created":' + str(created).encode() + b',"model":' + _json.encode(model)
+    )
+    usage_null = b',"usage":null' if include_usage else b""
+    token_open = head + usage_null + b',"choices":[{"index":0,"text":'
+    token_close = b',"logprobs":null,"finish_reason":null}]}\n\n'
+    async for _, ev in facade.host.events(rec):
+        if isinstance(ev, TokenEvent):
+            yield token_open + _json.encode(ev.t) + token_close
+        elif isinstance(ev, EndEvent):
+            if ev.reason == "canceled":
+                yield _error_chunk(facade, None, "the task was canceled")
+                return
+            finish = _FINISH.get(ev.reason, "stop").encode()
+            yield (
+                head + usage_null + b',"choices":[{"index":0,"text":"","logprobs":null,'
+                b'"finish_reason":"' + finish + b'"}]}\n\n'
+            )  # fmt: skip
+            if include_usage:
+                usage = Usage(
+                    prompt_tokens=ev.tokens_in,
+                    completion_tokens=ev.tokens_out,
+                    total_tokens=ev.tokens_in + ev.tokens_out,
+                )
+                yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
+            yield b"data: [DONE]\n\n"
+        elif isinstance(ev, ErrorEvent):
+            yield _error_chunk(facade, ev.code, ev.message)
+            return

