@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .auth import Access, Authenticator, Principal, load_keys
 from .control import control_routes
 from .limits import BodyLimit, StreamCounter, TaskStream
+from .overview import overview_routes
 from .service import Orchestrator
 from .tasks import TaskRecord
 from .tracing import CORRELATION_ID
@@ -318,7 +319,7 @@ def build_app(
         route("/metrics", metrics, "GET", "metrics"),
     ]
     # drain, reload, reset, replica sets: admin only
-    for r in control_routes(orch, manager, remotes):
+    for r in [*control_routes(orch, manager, remotes), *overview_routes(orch)]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
     app = Starlette(
         routes=routes,
