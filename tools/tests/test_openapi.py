@@ -271,3 +271,13 @@ def test_backpressure_contract() -> None:
     required = resp["content"]["application/json"]["schema"]["allOf"][1]["required"]
     assert set(required) == {"policy_label", "retriable", "retry_after_ms"}
     _validator("ErrorBody").validate(resp["content"]["application/json"]["example"])
+
+
+def test_cli_json_schemas_are_current() -> None:
+    """ORCH-5114: packages/cli/schemas/ is generated from control.yaml and committed."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "gen_cli_schemas.py"
+    done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
