@@ -50,7 +50,7 @@ __all__ = ["DEMO_MODEL", "DEMO_POOL", "demo_config_yaml", "run_demo", "wait_read
 
 DEMO_POOL = "default"
 DEMO_MODEL = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
-DEMO_QUEUE_CAPACITY = 24
+DEMO_QUEUE_CAPACITY = 32
 READY_TIMEOUT_S = 45 * 60.0
 HEARTBEAT_S = 30.0
 
