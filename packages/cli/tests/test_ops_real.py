@@ -113,7 +113,8 @@ def _get(url: str, path: str, key: str) -> dict | None:
 def _submit(url: str, key: str, **body: object) -> str:
     import urllib.request
 
-    body.setdefault("prompt", "Tell me about lighthouses.")
+    body.setdefault("workload", "chat")
+    body.setdefault("messages", [{"role": "user", "content": "Tell me about lighthouses."}])
     req = urllib.request.Request(
         url + "/v1/tasks",
         data=json.dumps(body).encode(),
@@ -247,7 +248,7 @@ def test_keys_new_and_completion(capsys, monkeypatch) -> None:
     for shell in ("bash", "zsh", "tcsh"):
         code, out, _ = llorch(capsys, monkeypatch, "completion", shell)
         assert code == 0
-        for word in ("status", "tasks", "sessions", "pools", "keys", "--json"):
+        for word in ("status", "tasks", "sessions", "pools", "keys", "json", "deadline-ms"):
             assert word in out, (shell, word)
 
 
