@@ -32,9 +32,9 @@ __all__ = ["TENANTS", "Figures", "Showcase", "contended_shares"]
 
 # tenant -> fair-share weight; written into the demo config (scheduling.tenants)
 TENANTS: dict[str, int] = {"acme": 4, "globex": 2, "initech": 1}
-BATCH_PER_TENANT = 8
+BATCH_PER_TENANT = 6
 INTERACTIVE_PER_TENANT = 1
-WAVE_MAX_TOKENS = 8
+WAVE_MAX_TOKENS = 6
 LONG_MAX_TOKENS = 400
 BURST = 48
 POLL_S = 0.25
