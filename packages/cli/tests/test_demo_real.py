@@ -59,6 +59,7 @@ def test_demo_shows_orchestration_live_then_a_real_haiku(llama_server_binary, qw
     raw = child.before or ""
     text = _ANSI.sub("", raw)
     print(f"llorch demo wall time under a pty: {wall_s:.1f} s")
+    print(text[text.rfind("── orchestration ──") :][:1500])  # the measured figures, for the log
     assert child.exitstatus == 0, text[-4000:]
     assert "\x1b[" in raw  # a live view was drawn, not plain lines (ORCH-5101)
     assert "pool 'default' is ready" in text
