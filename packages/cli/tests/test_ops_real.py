@@ -252,6 +252,30 @@ def test_keys_new_and_completion(capsys, monkeypatch) -> None:
             assert word in out, (shell, word)
 
 
+def test_submit_and_cancel_as_a_tenant(daemon, capsys, monkeypatch) -> None:
+    """ORCH-5001, ORCH-5002 on the real engine, with the tenant's key."""
+    code, out, err = llorch(
+        capsys,
+        monkeypatch,
+        *("submit", "Say hello.", "--chat", "--max-tokens", "4", "--url", daemon.url),
+        key=TENANT,
+    )
+    assert code == 0, err
+    assert out.strip() and "end reason" in err
+    code, out, err = llorch(
+        capsys,
+        monkeypatch,
+        *("submit", "Tell a long story.", "--max-tokens", "400", "--no-stream"),
+        *("--url", daemon.url),
+        key=TENANT,
+    )
+    task_id = out.strip()
+    assert code == 0 and task_id, err
+    code, _, err = llorch(capsys, monkeypatch, "cancel", task_id, "--url", daemon.url, key=TENANT)
+    assert code == 0 and f"cancel sent for task {task_id}" in err
+    assert _wait_state(daemon.url, task_id, {"canceled"}, timeout_s=10)["state"] == "canceled"
+
+
 def test_pools_reset_reload_drain(daemon, capsys, monkeypatch) -> None:
     """ORCH-5112: each calls its control-plane endpoint and prints the result; the
     drain runs last because the pool admits nothing after it."""
