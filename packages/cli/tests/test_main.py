@@ -130,3 +130,25 @@ async def test_unreachable_server_exits_1(capsys) -> None:
 def test_url_defaults_to_llorch_url_env(monkeypatch) -> None:
     monkeypatch.setenv("LLORCH_URL", "http://orch.example:9000")
     assert build_parser().parse_args(["cancel", "x"]).url == "http://orch.example:9000"
+
+
+def test_help_is_written_for_people(capsys) -> None:
+    """ORCH-5131: what llorch does, its commands, where URL and key come from, examples."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for needle in (
+        "llorch demo",
+        "llorch submit",
+        "status",
+        "top",
+        "tasks",
+        "sessions",
+        "pools",
+        "keys",
+        "completion",
+        "$LLORCH_URL",
+        "$LLORCH_API_KEY",
+        "orchestratord init",
+    ):
+        assert needle in text, needle

@@ -32,7 +32,19 @@ OPENAPI = Path(__file__).resolve().parents[3] / "contracts" / "openapi"
 EXAMPLES = 60  # per operation; bounded so CI stays within seconds per operation
 TENANT = "llo_fuzz-tenant-" + "t" * 32
 ADMIN = "llo_fuzz-admin-" + "a" * 32
-ADMIN_OPS = {"drainPool", "reloadPool", "getReplicaSets", "getMetrics", "reloadPolicies"}
+ADMIN_OPS = {
+    "drainPool",
+    "reloadPool",
+    "getReplicaSets",
+    "getMetrics",
+    "getAdminStatus",
+    "listAdminTasks",
+    "getAdminTask",
+    "streamAdminTask",
+    "cancelAdminTask",
+    "listAdminSessions",
+    "reloadPolicies",
+}
 CASES: Counter[str] = Counter()
 _error = msgspec.json.Decoder(ErrorBody)
 

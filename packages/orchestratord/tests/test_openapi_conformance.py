@@ -149,6 +149,14 @@ TENANT_KEY = "llo_conformance-tenant-" + "t" * 32
 ADMIN_KEY = "llo_conformance-admin-" + "a" * 32
 DATA_OPS = {"submitTask", "getTask", "streamTask", "cancelTask", "getSession", "deleteSession"}
 EITHER_ROLE = {"getCapabilities", "getPoolHealth"}
+ADMIN_VIEWS = (
+    "getAdminStatus",
+    "listAdminTasks",
+    "getAdminTask",
+    "streamAdminTask",
+    "cancelAdminTask",
+    "listAdminSessions",
+)
 
 
 def _config() -> Config:
@@ -202,6 +210,7 @@ class Walk:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
         key: str | None = "",
+        query: dict[str, str] | None = None,
     ) -> Any:
         """``key=""``: the right role's key for the operation; ``None``: no key."""
         _, method, path, _ = OPERATIONS[op_id]
@@ -211,7 +220,9 @@ class Walk:
         headers = dict(headers or {})
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        async with self.http.request(method, url, json=json, data=data, headers=headers) as r:
+        async with self.http.request(
+            method, url, json=json, data=data, headers=headers, params=query
+        ) as r:
             body = await r.read()
             status, resp_headers = r.status, r.headers
         if status != expect:
@@ -278,7 +289,7 @@ async def test_every_operation_answers_as_documented():
             await w.call(op_id, 401, params=params, key="llo_not-a-configured-key-" + "x" * 20)
         for op_id in DATA_OPS:
             await w.call(op_id, 403, params=params, key=ADMIN_KEY, json={"prompt": "x"})
-        for op_id in ("drainPool", "resetPool", "getReplicaSets", "getMetrics", "reloadPolicies"):
+        for op_id in ("drainPool", "resetPool", "getReplicaSets", "getMetrics", "reloadPolicies", *ADMIN_VIEWS):
             await w.call(op_id, 403, params=params, key=TENANT_KEY, json={})
         big = b'{"prompt": "' + b"x" * 5000 + b'"}'
         for op_id in ("submitTask", "drainPool", "reloadPool"):
@@ -315,6 +326,17 @@ async def test_every_operation_answers_as_documented():
         await w.call("drainPool", 400, params={"pool_id": "drainme"}, json={"deadline_ms": -1})
         await w.call("drainPool", 404, params={"pool_id": "nope"}, json={})
         await w.call("drainPool", 200, params={"pool_id": "drainme"}, json={"deadline_ms": 1000})
+        # -- operator views (ORCH-5120..5124)
+        await w.call("getAdminStatus", 200)
+        await w.call("listAdminTasks", 200)
+        await w.call("listAdminTasks", 400, query={"limit": "0"})
+        await w.call("getAdminTask", 200, params={"task_id": tid})
+        await w.call("getAdminTask", 404, params={"task_id": missing})
+        await w.call("streamAdminTask", 200, params={"task_id": tid})
+        await w.call("streamAdminTask", 404, params={"task_id": missing})
+        await w.call("cancelAdminTask", 204, params={"task_id": tid})
+        await w.call("cancelAdminTask", 404, params={"task_id": missing})
+        await w.call("listAdminSessions", 200)
         documented = {
             (op_id, status)
             for op_id, (_, _, _, op) in OPERATIONS.items()

@@ -65,6 +65,15 @@ def format_log_line(raw: str) -> str:
     return " ".join([text, *details])
 
 
+def _is_warning(raw: str) -> bool:
+    try:
+        doc = _log_line.decode(raw)
+    except msgspec.DecodeError:
+        return True  # not a log record (a traceback, an engine's own output): show it
+    level = str(doc.get("level", "")).lower() if isinstance(doc, dict) else ""
+    return level in {"warning", "error", "critical"}
+
+
 class Orchestratord:
     """One supervised ``orchestratord --config FILE`` process."""
 
@@ -73,6 +82,7 @@ class Orchestratord:
         self._console = console
         self._proc: asyncio.subprocess.Process | None = None
         self._held: list[str] | None = None
+        self._quiet = False
         self._pumps: list[asyncio.Task[None]] = []
         self._tail: deque[str] = deque(maxlen=30)
         self.exited: asyncio.Future[int] | None = None
@@ -113,6 +123,8 @@ class Orchestratord:
             text = line.decode(errors="replace").rstrip()
             if text:
                 self._tail.append(text)
+                if self._quiet and not _is_warning(text):
+                    continue  # kept in the tail for an error report, not shown
                 if self._held is not None:
                     self._held.append(text)
                 else:
@@ -120,6 +132,16 @@ class Orchestratord:
 
     def _show(self, text: str) -> None:
         self._console.print(f"[dim]\\[orchestratord][/dim] {escape(format_log_line(text))}")
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Show only warnings and errors of the daemon meanwhile (the demo's live view
+        would otherwise scroll away under one INFO line per task)."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
 
     @contextlib.contextmanager
     def hold_logs(self) -> Iterator[None]:

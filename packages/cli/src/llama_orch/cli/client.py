@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import msgspec
@@ -122,7 +123,12 @@ class OrchClient:
         await self._call("DELETE", f"/v1/sessions/{session_id}", None)
 
     async def stream(
-        self, task_id: str, last_event_id: int | None = None, *, resume: bool = False
+        self,
+        task_id: str,
+        last_event_id: int | None = None,
+        *,
+        resume: bool = False,
+        admin: bool = False,
     ) -> AsyncIterator[tuple[int, StreamEvent]]:
         """Yield ``(event id, event)`` until ``end`` or ``error`` (inclusive).
 
@@ -130,12 +136,16 @@ class OrchClient:
         ``Last-Event-ID`` set to the last id received, and any event the
         server repeats is skipped, so every event arrives exactly once and in
         order (ORCH-5004). Without it a drop raises :class:`StreamInterrupted`.
+        ``admin=True`` reads any tenant's task through the operator route (ORCH-5122).
         """
+        prefix = "/v1/admin/tasks" if admin else "/v1/tasks"
         last_id = last_event_id
         failures = 0
         while True:
             try:
-                async with contextlib.aclosing(self._stream_once(task_id, last_id)) as frames:
+                async with contextlib.aclosing(
+                    self._stream_once(prefix, task_id, last_id)
+                ) as frames:
                     async for event_id, event in frames:
                         if last_id is not None and event_id <= last_id:
                             continue  # already delivered before the reconnect
@@ -154,14 +164,14 @@ class OrchClient:
             await asyncio.sleep(self._reconnect_delay * min(failures, 4))
 
     async def _stream_once(
-        self, task_id: str, last_id: int | None
+        self, prefix: str, task_id: str, last_id: int | None
     ) -> AsyncIterator[tuple[int, StreamEvent]]:
         headers = {"Accept": "text/event-stream"}
         if last_id is not None:
             headers["Last-Event-ID"] = str(last_id)
         # No total or read timeout: a task may wait in the queue for a long time.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
-        url = f"{self.base_url}/v1/tasks/{task_id}/stream"
+        url = f"{self.base_url}{prefix}/{task_id}/stream"
         try:
             async with self._session.get(url, headers=headers, timeout=timeout) as resp:
                 self._note_correlation(resp.headers)
@@ -199,6 +209,39 @@ class OrchClient:
             raise self._api_error(status, headers, raw)
         return self._decode(PoolHealth, raw, f"GET {path}")
 
+    async def drain(self, pool_id: str, deadline_ms: int | None = None) -> Any:
+        body = {} if deadline_ms is None else {"deadline_ms": deadline_ms}
+        return await self._json("POST", f"/v1/pools/{pool_id}/drain", body)
+
+    async def reload(self, pool_id: str, model_ref: str, digest: str | None = None) -> Any:
+        body: dict[str, Any] = {"new_model_ref": model_ref}
+        if digest is not None:
+            body["model_digest"] = digest
+        return await self._json("POST", f"/v1/pools/{pool_id}/reload", body)
+
+    async def reset(self, pool_id: str) -> Any:
+        return await self._json("POST", f"/v1/pools/{pool_id}/reset")
+
+    # -- operator views (admin key; ORCH-5120..5124) -------------------------
+    # Answered as plain JSON documents: the CLI prints them as they are with
+    # ``--json``, and their shapes are the schemas of control.yaml.
+
+    async def admin_status(self) -> Any:
+        return await self._json("GET", "/v1/admin/status")
+
+    async def admin_tasks(self, **filters: str | int | None) -> Any:
+        query = urlencode({k: v for k, v in filters.items() if v is not None})
+        return await self._json("GET", "/v1/admin/tasks" + (f"?{query}" if query else ""))
+
+    async def admin_task(self, task_id: str) -> Any:
+        return await self._json("GET", f"/v1/admin/tasks/{quote(task_id, safe='')}")
+
+    async def admin_cancel(self, task_id: str) -> None:
+        await self._call("POST", f"/v1/admin/tasks/{quote(task_id, safe='')}/cancel", None)
+
+    async def admin_sessions(self) -> Any:
+        return await self._json("GET", "/v1/admin/sessions")
+
     # -- plumbing -----------------------------------------------------------
 
     @property
@@ -228,6 +271,16 @@ class OrchClient:
                 return resp.status, resp.headers, await resp.read()
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise ConnectionFailed(_describe(exc, url)) from exc
+
+    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        raw_body = None if body is None else _encoder.encode(body)
+        status, headers, raw = await self._request(method, path, raw_body)
+        if status >= 300:
+            raise self._api_error(status, headers, raw)
+        try:
+            return _any.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"{method} {path}: unexpected answer: {exc}") from exc
 
     @staticmethod
     def _decode(type_: type[T], raw: bytes, what: str) -> T:

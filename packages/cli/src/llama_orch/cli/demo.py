@@ -1,10 +1,14 @@
-"""``llorch demo``: a real model answering a real request, in one command (ORCH-5003).
+"""``llorch demo``: llama-orch at work on a real model, in one command
+(ORCH-5003, ORCH-5100..ORCH-5102).
 
-It writes a one-pool config, starts ``orchestratord`` on it, shows the
-daemon's log as progress while the engine is provisioned (the first run
-builds ``llama-server`` and can take about six minutes), waits for the pool to
-report ready, runs the Haiku task of ARCHITECTURE §10 with live tokens, and
-always stops the daemon again, on success, error or Ctrl-C.
+It writes a one-pool config with three tenant keys and an admin key, starts
+``orchestratord`` on it, shows the daemon's log as progress while the engine
+is provisioned (the first run builds ``llama-server`` and can take about six
+minutes), waits for the pool to report ready, then shows orchestration (three
+weighted tenants at both priorities, a cancel that frees a slot, an overload
+burst answered with ``Retry-After``: :mod:`._showcase`), runs the Haiku task
+of ARCHITECTURE §10 with live tokens as the finale, prints the measured
+figures, and always stops the daemon again, on success, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from rich.markup import escape
 
 from ._daemon import Orchestratord, find_orchestratord
 from ._render import follow_task, print_summary, stderr_console
+from ._showcase import TENANTS, Figures, Showcase
 from .client import OrchClient
 from .errors import (
     EXIT_FAILURE,
@@ -45,14 +50,23 @@ __all__ = ["DEMO_MODEL", "DEMO_POOL", "demo_config_yaml", "run_demo", "wait_read
 
 DEMO_POOL = "default"
 DEMO_MODEL = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
+DEMO_QUEUE_CAPACITY = 32
 READY_TIMEOUT_S = 45 * 60.0
 HEARTBEAT_S = 30.0
 
 
-def demo_config_yaml(*, port: int, key_hash: str, model: str = DEMO_MODEL) -> str:
-    """The demo's orchestratord config: one CPU pool with one single-slot replica, and
-    one tenant key stored as its hash (ORCH-8021)."""
+def demo_config_yaml(
+    *, port: int, key_hashes: dict[str, str], admin_hash: str, model: str = DEMO_MODEL
+) -> str:
+    """The demo's orchestratord config: one CPU pool with one two-slot replica, a tenant
+    key per demo tenant with its weight, and an admin key, all stored as hashes
+    (ORCH-8021, ORCH-5102)."""
     quoted = json.dumps  # a JSON string is a valid YAML double-quoted scalar
+    keys = "".join(
+        f"    - {{id: {name}, role: tenant, tenant: {name}, hash: {digest}}}\n"
+        for name, digest in key_hashes.items()
+    )
+    weights = "".join(f"    {name}: {{weight: {TENANTS.get(name, 1)}}}\n" for name in key_hashes)
     return (
         "# Written by `llorch demo`; CPU inference is for development only.\n"
         "server:\n"
@@ -60,20 +74,29 @@ def demo_config_yaml(*, port: int, key_hash: str, model: str = DEMO_MODEL) -> st
         f"  port: {port}\n"
         "auth:\n"
         "  keys:\n"
-        "    - id: demo\n"
-        "      role: tenant\n"
-        "      tenant: demo\n"
-        f"      hash: {key_hash}\n"
+        f"{keys}"
+        f"    - {{id: operator, role: admin, hash: {admin_hash}}}\n"
         "allow_cpu_inference: true\n"
+        "admission:\n"
+        f"  queue_capacity: {DEMO_QUEUE_CAPACITY}\n"
+        "  full_policy: reject\n"
+        "scheduling:\n"
+        "  tenants:\n"
+        f"{weights}"
         "pools:\n"
         f"  - id: {DEMO_POOL}\n"
         "    engine: llamacpp-http\n"
         f"    model: {quoted(model)}\n"
         "    replicas: 1\n"
-        "    slots: 1\n"
+        "    slots: 2\n"
         "    ctx: 2048\n"
         "    threads: 2\n"
     )
+
+
+def _new_key() -> tuple[str, str]:
+    key = "llo_" + secrets.token_urlsafe(32)  # this run only; config holds its hash
+    return key, "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def free_port() -> int:
@@ -126,7 +149,10 @@ async def wait_ready(
         await asyncio.wait({daemon.exited}, timeout=poll_s)  # wakes at once on daemon exit
 
 
-async def run_haiku(orch: OrchClient, console: Console, *, out: TextIO | None = None) -> int:
+async def run_haiku(
+    orch: OrchClient, console: Console, *, out: TextIO | None = None
+) -> tuple[int, bool]:
+    """The finale: stream the Haiku; (exit code, accepted by the §10 check)."""
     words, nonce = minute_words(now_minute()), make_nonce()
     console.print(f"[bold]Haiku task[/bold]: minute words {words!r}, nonce {nonce!r}")
     submitted_at = time.monotonic()
@@ -151,10 +177,44 @@ async def run_haiku(orch: OrchClient, console: Console, *, out: TextIO | None = 
     ]
     print_summary(console, outcome, rows)
     if outcome.end is None:
-        return exit_code_for_error_code(outcome.error.code) if outcome.error else EXIT_FAILURE
-    verdict = "accepted" if check.accepted else "streamed, but the haiku misses a requirement"
-    console.print(f"[bold green]demo complete[/bold green]: {verdict}")
-    return 0
+        code = exit_code_for_error_code(outcome.error.code) if outcome.error else EXIT_FAILURE
+        return code, False
+    return 0, check.accepted
+
+
+def print_figures(console: Console, figures: Figures, wall_s: float) -> None:
+    """The end summary of the orchestration acts: only measured numbers."""
+    shares = figures.contended
+    total = sum(shares.values()) or 1
+    weight_total = sum(TENANTS.values())
+    rows = [
+        (
+            "fair share",
+            ", ".join(
+                f"{n} {shares[n] / total:.0%} (weight {w / weight_total:.0%})"
+                for n, w in TENANTS.items()
+            )
+            + f" of {sum(shares.values())} batch starts while all three waited",
+        ),
+    ]
+    for prio in ("interactive", "batch"):
+        waits = sorted(figures.wait_ms.get(prio, []))
+        if waits:
+            rows.append((f"wait {prio}", f"median {waits[len(waits) // 2]} ms, max {waits[-1]} ms"))
+    rows += [
+        ("peak running", str(figures.peak_running)),
+        ("peak tokens/s", f"{figures.peak_tokens_per_s:.1f}"),
+        ("wave", f"{sum(figures.submitted.values())} tasks in {figures.wave_s:.1f} s"),
+    ]
+    if figures.cancel_to_start_ms is not None:
+        rows.append(("cancel", f"freed slot reused after {figures.cancel_to_start_ms:.0f} ms"))
+    burst = f"{figures.burst_accepted} accepted, {figures.burst_refused} refused with 429"
+    if figures.retry_after_s is not None:
+        burst += f", Retry-After {figures.retry_after_s:g} s, X-Backoff-Ms {figures.backoff_ms}"
+    rows += [("burst", burst), ("demo wall time", f"{wall_s:.1f} s")]
+    console.print("[bold]── orchestration ──[/bold]")
+    for key, value in rows:
+        console.print(f"  [cyan]{key:<14}[/cyan] {escape(value)}")
 
 
 async def run_demo(
@@ -164,8 +224,12 @@ async def run_demo(
     keep_config: bool = False,
     ready_timeout_s: float = READY_TIMEOUT_S,
     out: TextIO | None = None,
+    showcase: bool = True,
 ) -> int:
+    """``showcase=False`` runs only the Haiku (the lifecycle tests' fake daemon has
+    no operator routes)."""
     console = stderr_console()
+    began = time.monotonic()
     try:
         executable = find_orchestratord()
     except ClientError as exc:
@@ -174,11 +238,18 @@ async def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="llorch-demo-"))
     config_path = workdir / "orchestratord.yaml"
     port = port or free_port()
-    key = "llo_" + secrets.token_urlsafe(32)  # this run only; config holds its hash
-    key_hash = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    tenant_keys = {name: _new_key() for name in TENANTS}
+    admin_key, admin_hash = _new_key()
     config_path.write_text(
-        demo_config_yaml(port=port, key_hash=key_hash, model=model), encoding="utf-8"
+        demo_config_yaml(
+            port=port,
+            key_hashes={name: digest for name, (_, digest) in tenant_keys.items()},
+            admin_hash=admin_hash,
+            model=model,
+        ),
+        encoding="utf-8",
     )
+    key = tenant_keys["acme"][0]
     url = f"http://127.0.0.1:{port}"
     console.print(f"[llorch] starting {executable} on {url} (model {model})", markup=False)
     daemon = Orchestratord(executable, config_path, console)
@@ -187,8 +258,26 @@ async def run_demo(
         async with OrchClient(url, api_key=key) as orch:
             await wait_ready(orch, daemon, console, timeout_s=ready_timeout_s)
             console.print(f"[llorch] pool {DEMO_POOL!r} is ready", markup=False)
+            figures = None
+            if showcase:
+                with daemon.quiet():  # warnings still show; the INFO lines would drown the view
+                    figures = await Showcase(
+                        url,
+                        {name: k for name, (k, _) in tenant_keys.items()},
+                        admin_key,
+                        console,
+                        pool_id=DEMO_POOL,
+                    ).run()
+                console.print("[bold]finale[/bold]: the Haiku task, streamed live", markup=True)
             with daemon.hold_logs():
-                return await run_haiku(orch, console, out=out)
+                code, accepted = await run_haiku(orch, console, out=out)
+            if code != 0:
+                return code
+            if figures is not None:
+                print_figures(console, figures, time.monotonic() - began)
+            verdict = "accepted" if accepted else "streamed, but the haiku misses a requirement"
+            console.print(f"[bold green]demo complete[/bold green]: {verdict}")
+            return 0
     except OrchestratordExited as exc:
         console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
         if exc.output_tail:

@@ -1,4 +1,4 @@
-"""``llorch``: submit and cancel tasks, and run a complete local demo.
+"""``llorch``: submit and cancel tasks, operate a daemon, and run a complete local demo.
 
 Exit codes: 0 success, 1 failure (connection, server or engine error),
 2 client error (a 4xx answer, invalid arguments, orchestratord missing),
@@ -17,36 +17,32 @@ from typing import Any, TextIO
 
 from rich.markup import escape
 
-from ._render import follow_task, print_api_error, print_summary, stderr_console
+from ._render import follow_task, print_summary, stderr_console
 from .client import DEFAULT_URL, OrchClient
-from .errors import (
-    EXIT_INTERRUPTED,
-    ApiError,
-    ClientError,
-    exit_code_for,
-    exit_code_for_error_code,
-)
+from .errors import EXIT_INTERRUPTED, ClientError, exit_code_for_error_code
+from .ops import API_KEY_ENV, add_operator_commands, api_key, report_failure
 
 __all__ = ["build_parser", "main", "run_cancel", "run_submit"]
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 
-API_KEY_ENV = "LLORCH_API_KEY"
+DESCRIPTION = """\
+llorch talks to a llama-orch orchestrator (orchestratord).
 
+  Try it:     llorch demo        (starts a local daemon with a small real model)
+  Use it:     llorch submit "Write a limerick about queues" --chat
+  Operate it: llorch status | top | tasks | sessions | pools   (admin key)
+"""
 
-def api_key() -> str | None:
-    """The key from ``$LLORCH_API_KEY`` (ORCH-8020); never a flag: argv is public."""
-    return os.environ.get(API_KEY_ENV) or None
-
-
-def report_failure(exc: ClientError) -> int:
-    console = stderr_console()
-    if isinstance(exc, ApiError):
-        print_api_error(console, exc)
-    else:
-        console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
-    return exit_code_for(exc)
+EPILOG = f"""\
+The daemon's URL comes from --url, else $LLORCH_URL, else {DEFAULT_URL}.
+The API key is read from ${API_KEY_ENV} (never from a flag: argv is public);
+submit and cancel need a tenant key, the operator commands an admin key.
+Make keys with `llorch keys new`; `orchestratord init` writes a starter config.
+Exit codes: 0 ok, 1 failure, 2 client error, 3 backpressure (429), 130 interrupted.
+Shell completion: eval "$(llorch completion bash)".
+"""
 
 
 def task_fields(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
@@ -82,7 +78,7 @@ async def run_submit(args: argparse.Namespace, *, out: TextIO | None = None) -> 
                 return 0
             outcome = await follow_task(orch, accepted.task_id, submitted_at, out=out)
     except ClientError as exc:
-        return report_failure(exc)
+        return report_failure(exc, args.url)
     print_summary(console, outcome)
     if outcome.error is not None:
         return exit_code_for_error_code(outcome.error.code)
@@ -95,7 +91,7 @@ async def run_cancel(args: argparse.Namespace) -> int:
         async with OrchClient(args.url, api_key=api_key()) as orch:
             await orch.cancel(args.task_id)
     except ClientError as exc:
-        return report_failure(exc)
+        return report_failure(exc, args.url)
     stderr_console().print(f"cancel sent for task {escape(args.task_id)}")
     return 0
 
@@ -108,9 +104,11 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llorch", description="Command-line client for the llama-orch orchestrator."
+        prog="llorch",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.epilog = f"An API key is read from ${API_KEY_ENV} when set."
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     url = argparse.ArgumentParser(add_help=False)
     url.add_argument(
@@ -139,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(run=run_cancel)
 
     demo = sub.add_parser(
-        "demo", help="start a local orchestratord with a tiny real model and run the Haiku task"
+        "demo",
+        help="see llama-orch at work: three tenants, cancel, backpressure, then a Haiku",
+        description="Start a local orchestratord with a small real model, show three "
+        "tenants sharing it by weight and priority, a cancel, an overload answered with "
+        "Retry-After, then stream the Haiku task; stops everything it started.",
     )
     demo.add_argument(
         "--model",
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-config", action="store_true", help="keep the generated config file and print it"
     )
     demo.set_defaults(run=run_demo)
+    add_operator_commands(sub, url)
     return parser
 
 

@@ -48,6 +48,7 @@ from .auth import Access, Authenticator, Principal, load_keys
 from .control import control_routes
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter, TaskStream
+from .overview import overview_routes
 from .service import Orchestrator
 from .tasks import TaskRecord
 from .tracing import CORRELATION_ID
@@ -319,7 +320,7 @@ def build_app(
         route("/metrics", metrics, "GET", "metrics"),
     ]
     # drain, reload, reset, replica sets: admin only
-    for r in control_routes(orch, manager, remotes):
+    for r in [*control_routes(orch, manager, remotes), *overview_routes(orch)]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)

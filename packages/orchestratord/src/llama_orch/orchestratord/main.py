@@ -1,5 +1,5 @@
-"""Console script: ``orchestratord --config FILE``, ``orchestratord keygen``,
-``orchestratord hash-key``.
+"""Console script: ``orchestratord --config FILE``, ``orchestratord init``,
+``orchestratord keygen``, ``orchestratord hash-key``.
 
 Logs are JSON lines on stderr (ORCH-1504, ORCH-7030) with a ``msg`` field,
 the task fields of ARCHITECTURE §8 when present and the request's
@@ -24,6 +24,7 @@ from llama_orch.core.errors import OrchError
 
 from .auth import MIN_KEY_LENGTH, hash_key, new_key
 from .errors import StartupError
+from .init import init_command
 from .policies import reload_policies
 from .serve import serve
 from .service import Orchestrator
@@ -126,15 +127,58 @@ def hash_key_command(argv: list[str]) -> int:
     return 0
 
 
+DESCRIPTION = """\
+orchestratord is the llama-orch daemon: it admits LLM tasks into fair,
+bounded queues, places them on replicas of real inference engines
+(llama.cpp, vLLM, TGI, Triton), streams tokens over SSE and cancels for real.
+By default it also runs the pool manager, which builds, starts and
+supervises the engines your config names.
+
+commands:
+  orchestratord --config FILE   run the daemon (Ctrl-C or SIGTERM drains and stops it)
+  orchestratord init            write a commented starter config with two keys
+  orchestratord keygen          make an API key (the config stores only its hash)
+  orchestratord hash-key        hash a key read from stdin
+"""
+
+EPILOG = """\
+first run:
+  orchestratord init                     # writes llama-orch.yaml, prints the keys once
+  orchestratord --config llama-orch.yaml
+  LLORCH_API_KEY=<admin key> llorch status
+
+Logs are JSON lines on stderr. Exit codes: 0 stopped cleanly, 2 bad config or
+startup failure. Config schema: contracts/config/config.schema.json.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["init"]:
+        return init_command(argv[1:])
     if argv[:1] == ["keygen"]:
         return keygen(argv[1:])
     if argv[:1] == ["hash-key"]:
         return hash_key_command(argv[1:])
-    parser = argparse.ArgumentParser(prog="orchestratord", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML or JSON config file")
-    parser.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(
+        prog="orchestratord",
+        usage="orchestratord --config FILE [--log-level LEVEL] | init | keygen | hash-key",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="YAML or JSON config file (`orchestratord init` writes one)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     log = logging.getLogger("llama_orch.orchestratord")

@@ -133,6 +133,11 @@ class SessionTable:
         if set_key is not None:
             s.set_key = set_key
 
+    def all(self) -> list[Session]:
+        """Every unexpired session of every tenant (admin listing, ORCH-5123)."""
+        self._expire(time.monotonic())
+        return list(self._sessions.values())
+
     def delete(self, key: SessionKey) -> Session | None:
         return self._sessions.pop(key, None)
 

@@ -216,6 +216,11 @@ class TaskStore:
     def active(self) -> list[TaskRecord]:
         return list(self._active.values())
 
+    def records(self) -> list[TaskRecord]:
+        """Every retained task, active or finished (admin listing, ORCH-5121)."""
+        self._evict()
+        return list(self._tasks.values())
+
     def in_flight(self, tenant: str) -> int:
         """Queued plus running tasks of ``tenant``."""
         return self._in_flight.get(tenant, 0)

@@ -124,11 +124,33 @@ async def _serve_api(
     _progress(f"HTTP API listening on http://{host}:{port}")
 
 
+DESCRIPTION = """\
+pool-managerd provisions, starts and supervises llama-orch engine replicas
+(llama-server, vLLM, Triton) for the pools of a config, in the foreground:
+it builds or finds the engine, assembles and verifies the model, gates each
+replica on readiness, restarts crashed ones with backoff and a circuit
+breaker, and stops every engine it started when it exits.
+
+You need it only on a host other than orchestratord's: by default
+orchestratord embeds the same pool manager. Run here, it prints one JSON line
+per replica state change on stdout; with a token (`pool_managerd.token_file`
+or $LLAMA_ORCH_POOL_TOKEN) it also serves the HTTP API a remote orchestratord
+uses (contracts/openapi/pool-managerd.yaml).
+"""
+
+EPILOG = """\
+example:
+  LLAMA_ORCH_POOL_TOKEN=$(cat token) pool-managerd --config gpu-host.yaml
+Exit codes: 0 stopped cleanly, 1 port in use or unreadable token, 2 bad config.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pool-managerd",
-        description="Provision, start and supervise llama-orch engine replicas in the "
-        "foreground. Prints one JSON line per replica state change to stdout.",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
