@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 from aiohttp import web
-from llama_orch.adapter_http import HttpAdapter, HttpTimeouts, SSEStream, parse_options
+from llama_orch.adapter_http import HttpAdapter, SSEStream
 from llama_orch.adapter_http._streams import InFlight
 from llama_orch.core.adapter_api import (
     CANCELED,
@@ -51,8 +51,7 @@ class Toy(HttpAdapter):
     engine = "toy"
 
     def __init__(self, url: str, **options: object) -> None:
-        target = AdapterTarget(replica_id="r", base_url=url, options=options)
-        super().__init__(target, parse_options(dict(options), HttpTimeouts, "toy"))
+        super().__init__(AdapterTarget(replica_id="r", base_url=url, options=options))
         self.reads = 0
 
     async def stream_request(self, req: GenerateRequest) -> tuple[str, object]:
@@ -61,7 +60,8 @@ class Toy(HttpAdapter):
     def new_decoder(self, req: GenerateRequest) -> ToyStream:
         return ToyStream()
 
-    def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
+    @staticmethod
+    def error_table(status: int, body: bytes, what: str) -> OrchError:
         return InvalidParams(f"{what}: HTTP {status}: {body.decode()}", engine="toy")
 
     async def _read(self, inflight: InFlight) -> bytes | None:

@@ -2,8 +2,8 @@
 
 A concrete adapter subclasses :class:`HttpAdapter` and keeps only its wire
 mapping: the request that opens a stream (:meth:`~HttpAdapter.stream_request`),
-the decoder of that stream (:meth:`~HttpAdapter.new_decoder`), its error
-table (:meth:`~HttpAdapter.error_from_response`), and ``props``,
+the decoder of that stream (:meth:`~HttpAdapter.new_decoder`), its options
+struct and error table (``options_type``, ``error_table``), and ``props``,
 ``tokenize`` and ``metrics`` written with :meth:`~HttpAdapter.call`.
 
 Connection policy: one :class:`aiohttp.ClientSession` per adapter, created
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -37,7 +37,7 @@ from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, Work
 
 from ._errors import map_transport_errors
 from ._streams import CancelledByCaller, IdleTimeout, InFlight
-from .options import HttpTimeouts
+from .options import HttpTimeouts, parse_options
 
 __all__ = ["HttpAdapter", "StreamDecoder"]
 
@@ -61,11 +61,17 @@ class StreamDecoder(Protocol):
 
 
 class HttpAdapter(WorkerAdapter):
-    health_path = "/health"
+    """Subclasses set ``engine``, ``options_type`` (an :class:`HttpTimeouts`
+    subclass, parsed from ``target.options``) and ``error_table`` (the
+    engine's ``(status, body, what) -> OrchError``, as a ``staticmethod``)."""
 
-    def __init__(self, target: AdapterTarget, options: HttpTimeouts) -> None:
+    health_path = "/health"
+    options_type: ClassVar[type[HttpTimeouts]] = HttpTimeouts
+    error_table: ClassVar[Callable[[int, bytes, str], OrchError]]
+
+    def __init__(self, target: AdapterTarget) -> None:
         super().__init__(target)
-        self.options = options
+        self.options = parse_options(dict(target.options), self.options_type, self.engine)
         self.base_url = target.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, InFlight] = {}
@@ -79,9 +85,9 @@ class HttpAdapter(WorkerAdapter):
     def new_decoder(self, req: GenerateRequest) -> StreamDecoder:
         """A fresh decoder for one stream."""
 
-    @abc.abstractmethod
     def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
         """The core error for a non-200 answer to ``what`` (e.g. ``"POST /completion"``)."""
+        return self.error_table(status, body, what)
 
     def not_ready_detail(self, status: int, body: bytes) -> str:
         """Health detail for a non-200 answer to ``health_path``."""

@@ -12,7 +12,6 @@ from typing import ClassVar
 import msgspec
 from llama_orch.adapter_http import HttpAdapter
 from llama_orch.core.adapter_api import (
-    AdapterTarget,
     Capability,
     EngineMetrics,
     EngineProps,
@@ -23,7 +22,7 @@ from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response, parse_error_body
 from ._metrics import kv_usage_from_slots, to_engine_metrics
-from ._options import LlamaCppOptions, parse_options
+from ._options import LlamaCppOptions
 from ._stream import CompletionStream
 from ._wire import CompletionRequest, apply_template_decoder, props_decoder, tokenize_decoder
 
@@ -33,12 +32,8 @@ __all__ = ["LlamaCppHttpAdapter"]
 class LlamaCppHttpAdapter(HttpAdapter):
     engine: ClassVar[str] = ENGINE
     options: LlamaCppOptions
-
-    def __init__(self, target: AdapterTarget) -> None:
-        super().__init__(target, parse_options(dict(target.options)))
-
-    def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
-        return error_from_response(status, body, what)
+    options_type = LlamaCppOptions
+    error_table = staticmethod(error_from_response)
 
     def not_ready_detail(self, status: int, body: bytes) -> str:
         err = parse_error_body(body)  # 503 = loading (live)

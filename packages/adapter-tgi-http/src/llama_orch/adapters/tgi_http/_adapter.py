@@ -12,17 +12,15 @@ from typing import ClassVar
 
 from llama_orch.adapter_http import HttpAdapter
 from llama_orch.core.adapter_api import (
-    AdapterTarget,
     Capability,
     EngineMetrics,
     EngineProps,
     GenerateRequest,
 )
-from llama_orch.core.errors import OrchError
 from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response, parse_error_body
-from ._options import TgiOptions, parse_options
+from ._options import TgiOptions
 from ._stream import GenerateStream
 from ._wire import GenerateBody, GenerateParameters, info_decoder, tokenize_decoder
 
@@ -68,12 +66,8 @@ def generate_parameters(req: GenerateRequest) -> GenerateParameters:
 class TgiHttpAdapter(HttpAdapter):
     engine: ClassVar[str] = ENGINE
     options: TgiOptions
-
-    def __init__(self, target: AdapterTarget) -> None:
-        super().__init__(target, parse_options(dict(target.options)))
-
-    def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
-        return error_from_response(status, body, what)
+    options_type = TgiOptions
+    error_table = staticmethod(error_from_response)
 
     def not_ready_detail(self, status: int, body: bytes) -> str:
         """ORCH-3003: 503 (unhealthy) = live, not ready; a refused connection

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from llama_orch.adapter_http import HttpTimeouts
-from llama_orch.adapter_http import parse_options as _parse
 
-__all__ = ["TgiOptions", "parse_options"]
+__all__ = ["TgiOptions"]
 
 
 class TgiOptions(HttpTimeouts, frozen=True, kw_only=True):
     pass
-
-
-def parse_options(raw: dict[str, object]) -> TgiOptions:
-    return _parse(raw, TgiOptions, "tgi-http")

@@ -24,12 +24,12 @@ from llama_orch.core.adapter_api import (
     GenerateRequest,
     Health,
 )
-from llama_orch.core.errors import InvalidParams, OrchError, WorkerReset
+from llama_orch.core.errors import InvalidParams, WorkerReset
 from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response
 from ._metrics import to_engine_metrics
-from ._options import TritonOptions, parse_options
+from ._options import TritonOptions
 from ._stream import GenerateStream
 from ._wire import encoder, model_metadata_decoder, server_metadata_decoder
 
@@ -41,16 +41,15 @@ _TOKEN_HEADER = "triton-access-token"
 class TritonAdapter(HttpAdapter):
     engine: ClassVar[str] = ENGINE
     options: TritonOptions
+    options_type = TritonOptions
+    error_table = staticmethod(error_from_response)
 
     def __init__(self, target: AdapterTarget) -> None:
-        super().__init__(target, parse_options(dict(target.options)))
+        super().__init__(target)
         model = self.options.model
         version = self.options.model_version
         self._model_path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
         self._metrics_url = self.options.metrics_url or _default_metrics_url(self.base_url)
-
-    def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
-        return error_from_response(status, body, what)
 
     async def health(self) -> Health:
         """ORCH-4071: server ready and model ready (200) → ready; 400 → live, not ready."""

@@ -11,9 +11,8 @@ from typing import Annotated
 
 import msgspec
 from llama_orch.adapter_http import HttpTimeouts, Positive
-from llama_orch.adapter_http import parse_options as _parse
 
-__all__ = ["TritonOptions", "parse_options"]
+__all__ = ["TritonOptions"]
 
 
 class TritonOptions(HttpTimeouts, frozen=True, kw_only=True):
@@ -25,7 +24,3 @@ class TritonOptions(HttpTimeouts, frozen=True, kw_only=True):
     metrics_url: str = ""
     # Triton restricts /v2/models/*/stats behind this header (PyTriton always does).
     access_token: str = ""
-
-
-def parse_options(raw: dict[str, object]) -> TritonOptions:
-    return _parse(raw, TritonOptions, "triton")

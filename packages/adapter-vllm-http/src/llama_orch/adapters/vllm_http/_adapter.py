@@ -17,12 +17,12 @@ from llama_orch.core.adapter_api import (
     EngineProps,
     GenerateRequest,
 )
-from llama_orch.core.errors import OrchError, WorkerReset
+from llama_orch.core.errors import WorkerReset
 from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response
 from ._metrics import to_engine_metrics
-from ._options import VllmOptions, parse_options
+from ._options import VllmOptions
 from ._stream import CompletionsStream
 from ._wire import (
     CompletionsRequest,
@@ -49,13 +49,13 @@ class VllmHttpAdapter(HttpAdapter):
 
     engine: ClassVar[str] = ENGINE
     options: VllmOptions
+    options_type = VllmOptions
+    error_table = staticmethod(error_from_response)
 
     def __init__(self, target: AdapterTarget) -> None:
-        super().__init__(target, parse_options(dict(target.options)))
+        super().__init__(target)
         self._model: ModelCard | None = None
-
-    def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
-        return error_from_response(status, body, what)
+        self._model: ModelCard | None = None
 
     async def _served_model(self) -> ModelCard:
         if self._model is None:
