@@ -1,4 +1,4 @@
-"""Workspace-wide pytest setup: real-engine fixtures come from pool-managerd, and
+"""Workspace-wide pytest setup: real-engine fixtures come from llama-orch-testing-engines, and
 every log record of the run is scanned for API keys (ORCH-8008)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import re
 import pytest
 
 pytest_plugins = [
-    "llama_orch.pool_managerd.testing",
-    "llama_orch.pool_managerd.testing_engines",
+    "llama_orch.testing_engines.llamacpp",
+    "llama_orch.testing_engines.python_engines",
 ]
 
 # Keys look like `llo_` + URL-safe base64 (orchestratord keygen); tests use the same prefix.

@@ -12,10 +12,12 @@ Steps for one package directory:
    (cached under ``~/.cache/llama-orch/standalone/wheels/<name>-<source hash>``);
 2. create a fresh venv and install **only the package** from those wheels
    (third-party dependencies such as aiohttp come from PyPI through the uv
-   cache), then import it and load its adapter by entry-point name;
+   cache), then import every module it ships and load its adapters by
+   entry-point name (ORCH-4111);
 3. install the ``test`` dependency group, copy ``tests/`` to a scratch
-   directory (so nothing of the workspace is importable) and run pytest with
-   the workspace's pytest settings.
+   directory laid out like the repository (``packages/<dir>/tests``, plus the
+   ``contracts/`` data its tests read; no source, so nothing of the workspace
+   is importable) and run pytest with the workspace's pytest settings.
 """
 
 from __future__ import annotations
@@ -194,6 +196,31 @@ def pytest_ini(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# Modules a wheel ships that are not imported in its own venv: the PyTriton app
+# runs inside the PyTriton venv (numpy, pytriton).
+NOT_IMPORTED = ("_pytriton_app",)
+
+_IMPORT_ALL = """
+import importlib, importlib.metadata as md, sys
+dist, skip = sys.argv[1], set(sys.argv[2:])
+names = []
+for f in md.files(dist) or ():
+    parts = f.parts
+    if f.suffix != ".py" or parts[0] != "llama_orch" or f.stem in skip:
+        continue
+    mod = ".".join(parts[:-1] + (() if f.stem == "__init__" else (f.stem,)))
+    importlib.import_module(mod)
+    names.append(mod)
+print(len(names))
+"""
+
+
+def import_all(python: Path, pkg: Package, cwd: Path) -> int:
+    """Import every module of ``pkg`` in ``python``'s venv; the number imported."""
+    cmd = [str(python), "-c", _IMPORT_ALL, pkg.name, *NOT_IMPORTED]
+    return int(_run(cmd, cwd, f"import every module of {pkg.name} alone").stdout.split()[-1])
+
+
 def run_package_tests(
     pkg: Package,
     scratch: Path,
@@ -206,6 +233,7 @@ def run_package_tests(
     python = make_venv(scratch / "venv")
     own = wheels_for([pkg.name], {**members, pkg.name: pkg})
     install(python, [pkg.name], own)
+    import_all(python, pkg, scratch)
     for ep in pkg.entry_points:  # the package alone imports and registers itself
         code = (
             "from llama_orch.core.adapter_api import load_adapter_class as l; "
@@ -215,7 +243,10 @@ def run_package_tests(
     alone = installed(python)
     install(python, list(pkg.test_group), own + wheels_for(list(pkg.test_group), members))
     run = scratch / "run"
-    shutil.copytree(pkg.path / "tests", run / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    tests = run / "packages" / pkg.path.name / "tests"
+    shutil.copytree(pkg.path / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
+    if (ROOT / "contracts").is_dir():  # data some tests check against (OpenAPI, pacts)
+        shutil.copytree(ROOT / "contracts", run / "contracts")
     pytest_ini(run / "pytest.ini")
     cmd = [
         str(python),
@@ -233,7 +264,7 @@ def run_package_tests(
         cmd += ["-p", p]
     if markexpr:
         cmd += ["-m", markexpr]
-    cmd.append(str(run / "tests"))
+    cmd.append(str(tests))
     proc = subprocess.run(
         cmd, cwd=run, env=clean_env(), capture_output=True, text=True, timeout=600
     )

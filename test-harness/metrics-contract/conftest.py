@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from llama_orch.pool_managerd.testing import real_engine_required
+from llama_orch.testing_engines.llamacpp import real_engine_required
 
 ROOT = Path(__file__).resolve().parents[2]
 

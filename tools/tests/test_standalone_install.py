@@ -1,16 +1,19 @@
-"""Every adapter distribution installs alone and passes its tests there (ORCH-4016).
+"""Every distribution installs alone and passes its tests there (ORCH-4016, ORCH-4111).
 
-Iterates over ``packages/adapter-*``, so a new adapter is covered without
+Iterates over ``packages/*``, so a new distribution is covered without
 touching this file. Wheels are built with ``uv build --package X
 --no-sources`` and cached per source state under the user cache dir; the
-venvs are fresh per run (the uv cache makes them cheap). Real-engine tests
-are deselected here: the workspace run already drives them against real
+venvs are fresh per run (the uv cache makes them cheap). In that venv the
+package alone must import every module it ships (and load its adapters by
+entry-point name) before its ``test`` group is added. Real-engine tests are
+deselected here: the workspace run already drives them against real
 engines; this run proves the packaging.
 """
 
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,10 @@ import pytest
 from .conftest import ROOT, _load
 
 standalone = _load("standalone")
-ADAPTERS = sorted(
-    p.name for p in (ROOT / "packages").glob("adapter-*") if (p / "pyproject.toml").is_file()
-)
+PACKAGES = sorted(p.name for p in (ROOT / "packages").glob("*") if (p / "pyproject.toml").is_file())
+# What only tests may ship: no daemon or library wheel carries test code (ORCH-4110).
+_PYTEST = re.compile(rb"^\s*(import|from) pytest\b", re.M)
+_TEST_CODE = re.compile(r"(^|/)(tests?|conftest\.py|testing_engines)(/|$)|(^|/)test_[^/]*\.py$")
 
 
 def workspace_closure(name: str, members: dict) -> set[str]:
@@ -34,16 +38,18 @@ def workspace_closure(name: str, members: dict) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("adapter_dir", ADAPTERS)
-def test_adapter_installs_alone_and_passes_its_tests(adapter_dir: str, tmp_path: Path) -> None:
-    """ORCH-4016, ORCH-3001: wheel + declared dependencies only; entry point
-    loads; its own tests (conformance suite included) pass in that venv."""
+@pytest.mark.parametrize("package_dir", PACKAGES)
+def test_distribution_installs_alone_and_passes_its_tests(package_dir: str, tmp_path: Path) -> None:
+    """ORCH-4016, ORCH-4111, ORCH-3001: wheel + declared dependencies only;
+    every module imports; entry points load; its own tests pass in that venv."""
     members = standalone.workspace_members()
-    pkg = standalone.read_package(ROOT / "packages" / adapter_dir)
-    assert pkg.entry_points, f"{pkg.name} registers no llama_orch.adapters entry point"
-    assert "llama-orch-testing" in {standalone.req_name(r) for r in pkg.test_group}, (
-        f"{pkg.name} must declare a [dependency-groups] test group with llama-orch-testing"
-    )
+    pkg = standalone.read_package(ROOT / "packages" / package_dir)
+    assert pkg.test_group, f"{pkg.name} must declare a [dependency-groups] test group"
+    if package_dir.startswith("adapter-") and package_dir != "adapter-http":
+        assert pkg.entry_points, f"{pkg.name} registers no llama_orch.adapters entry point"
+        assert "llama-orch-testing" in {standalone.req_name(r) for r in pkg.test_group}, (
+            f"{pkg.name} must run the conformance suite (llama-orch-testing in its test group)"
+        )
     proc, alone = standalone.run_package_tests(pkg, tmp_path, markexpr="not real_engine")
     ours = {n for n in alone if n.startswith("llama-orch-")}
     assert ours == workspace_closure(pkg.name, members), (
@@ -60,25 +66,14 @@ def test_adapter_installs_alone_and_passes_its_tests(adapter_dir: str, tmp_path:
     assert passed and int(passed.group(1)) > 0, out[-3000:]
 
 
-POLICY_PACKAGES = ("policy-sdk", "policy-host")
-
-
-@pytest.mark.parametrize("package_dir", POLICY_PACKAGES)
-def test_policy_distribution_installs_alone_and_passes_its_tests(
-    package_dir: str, tmp_path: Path
-) -> None:
-    """ORCH-0007, issue #16: the policy SDK needs only llama-orch-core; the host only
-    core and the SDK (plus wasmtime); each passes its own tests in that venv."""
-    members = standalone.workspace_members()
+@pytest.mark.parametrize("package_dir", [p for p in PACKAGES if not p.startswith("testing")])
+def test_product_wheels_ship_no_test_code(package_dir: str) -> None:
+    """ORCH-4110: fixtures, engine venvs and test apps live in test-support
+    distributions (``llama-orch-testing``, ``llama-orch-testing-engines``)."""
     pkg = standalone.read_package(ROOT / "packages" / package_dir)
-    proc, alone = standalone.run_package_tests(pkg, tmp_path, markexpr="not real_engine")
-    ours = {n for n in alone if n.startswith("llama-orch-")}
-    assert ours == workspace_closure(pkg.name, members), (
-        f"installing {pkg.name} alone pulled {sorted(ours)}"
-    )
-    if package_dir == "policy-host":
-        assert "wasmtime" in alone
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{pkg.name} tests failed in a standalone venv:\n{out[-6000:]}"
-    passed = re.search(r"(\d+) passed", out)
-    assert passed and int(passed.group(1)) > 0, out[-3000:]
+    with zipfile.ZipFile(standalone.build_wheel(pkg)) as whl:
+        sources = {n: whl.read(n) for n in whl.namelist() if n.endswith(".py")}
+    shipped = [n for n in sources if _TEST_CODE.search(n) or n.endswith("_pytriton_app.py")]
+    assert not shipped, f"{pkg.name}'s wheel ships test code: {shipped}"
+    uses_pytest = [n for n, text in sources.items() if _PYTEST.search(text)]
+    assert not uses_pytest, f"{pkg.name}'s wheel imports pytest in {uses_pytest}"

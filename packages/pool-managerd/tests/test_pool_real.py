@@ -14,7 +14,7 @@ from llama_orch.core.config import Config, PoolConfig
 from llama_orch.core.replica import ReplicaState
 from llama_orch.pool_managerd import PoolManager
 from llama_orch.pool_managerd.provision import KNOWN_MODELS, EngineBinary
-from llama_orch.pool_managerd.testing import real_engine_required
+from llama_orch.testing_engines.llamacpp import real_engine_required
 
 pytestmark = pytest.mark.real_engine
 

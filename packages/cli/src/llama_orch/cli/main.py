@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+from llama_orch.core.config import PRIORITIES
 from rich.markup import escape
 
 from ._render import follow_task, print_summary, stderr_console
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-tokens", type=int, metavar="N")
     submit.add_argument("--seed", type=int, metavar="N")
     submit.add_argument("--temperature", type=float, metavar="F")
-    submit.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    submit.add_argument("--priority", choices=PRIORITIES, default=PRIORITIES[0])
     submit.add_argument("--pool", metavar="ID", help="pool id (default: the server's choice)")
     submit.add_argument(
         "--no-stream", action="store_true", help="print the task id and return at once"

@@ -42,12 +42,13 @@ import logging
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import msgspec
 
 __all__ = [
     "ADAPTER_ENTRY_POINT_GROUP",
+    "CANCELED",
     "AdapterEvent",
     "AdapterLoadError",
     "AdapterTarget",
@@ -64,6 +65,8 @@ __all__ = [
 ]
 
 ADAPTER_ENTRY_POINT_GROUP = "llama_orch.adapters"
+# Finished.reason after cancel(task_id) (ORCH-3006): one spelling for every adapter.
+CANCELED: Final = "canceled"
 _log = logging.getLogger(__name__)
 
 

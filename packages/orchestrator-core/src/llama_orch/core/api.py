@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from .config import FullPolicy
+from .config import FullPolicy, Priority
 from .errors import ErrorCode
 from .replica import ReplicaState
 
@@ -41,7 +41,6 @@ __all__ = [
 
 API_VERSION = "0.2.0"
 
-Priority = Literal["interactive", "batch"]
 Workload = Literal["completion", "chat"]
 
 

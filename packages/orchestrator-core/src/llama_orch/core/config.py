@@ -8,7 +8,7 @@ Unknown keys are rejected so that a typo never silently changes behaviour.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -16,6 +16,7 @@ from msgspec import Meta
 from .policy_config import PoliciesConfig, check_policies
 
 __all__ = [
+    "PRIORITIES",
     "AdmissionConfig",
     "ApiKey",
     "AuthConfig",
@@ -25,6 +26,7 @@ __all__ = [
     "ObservabilityConfig",
     "PoolConfig",
     "PoolManagerdConfig",
+    "Priority",
     "RemotePoolManager",
     "Role",
     "ServerConfig",
@@ -33,6 +35,10 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+# The one definition of the priority classes, highest first (issue #14).
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 
 FullPolicy = Literal["reject", "drop-lru", "shed-low-priority"]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -266,7 +272,7 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
     unknown = set(cfg.scheduling.priority_weights) | set(cfg.scheduling.priority_limits)
     for pool in cfg.pools:
         unknown |= set(pool.cost_per_token)
-    unknown -= {"interactive", "batch"}
+    unknown -= set(PRIORITIES)
     if unknown:
         raise msgspec.ValidationError(
             f"unknown priorities {sorted(unknown)} in `scheduling` or `cost_per_token`"

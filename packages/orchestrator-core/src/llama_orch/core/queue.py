@@ -37,13 +37,12 @@ from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .config import FullPolicy
+from .config import PRIORITIES, FullPolicy
 from .errors import AdmissionRejected, ErrorCode
 from .predict import DrainRate
 
 __all__ = ["DEFAULT_TENANT", "PRIORITIES", "AdmissionQueue", "Displaced", "DrainRate"]
 
-PRIORITIES: tuple[str, ...] = ("interactive", "batch")  # highest first
 DEFAULT_WEIGHTS: Mapping[str, int] = {"interactive": 8, "batch": 1}
 DEFAULT_TENANT = "default"
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import msgspec
 from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapter_class
 from llama_orch.core.config import AdmissionConfig, PoolConfig, SchedulingConfig
-from llama_orch.core.placement import ReplicaView, place
+from llama_orch.core.placement import ReplicaView
 from llama_orch.core.queue import AdmissionQueue, DrainRate
-from llama_orch.core.replica import ReplicaSetKey, ReplicaState
+from llama_orch.core.replica import ReplicaState
 
 from .tasks import TaskRecord
 
@@ -98,15 +98,6 @@ class Pool:
 
     def views(self) -> list[ReplicaView]:
         return [r.view() for r in self.replicas.values()]
-
-    def place(
-        self, session_replica: str | None = None, pin: ReplicaSetKey | None = None
-    ) -> Replica | None:
-        """Ready replica of the set with the most free slots (or of ``pin``), most free
-        slots first, then session affinity, then the lowest ``replica_id`` (ORCH-1303,
-        ORCH-1404, ORCH-1116)."""
-        view = place(self.views(), pin, session_replica)
-        return self.replicas[view.replica_id] if view is not None else None
 
     def suspect(self, replica_id: str, reason: str, *, probe_s: float = 0.25) -> None:
         """Stop placing on a replica that failed to answer; re-admit it when its

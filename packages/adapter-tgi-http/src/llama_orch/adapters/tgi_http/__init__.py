@@ -4,8 +4,8 @@ Speaks TGI's native API (``/generate_stream``, ``/info``, ``/health``,
 ``/tokenize``, ``/metrics``); see README.md for the mapping and its limits.
 """
 
-from ._adapter import CANCELLED, TgiHttpAdapter, generate_parameters
+from ._adapter import TgiHttpAdapter, generate_parameters
 from ._options import TgiOptions
 from ._stream import GenerateStream
 
-__all__ = ["CANCELLED", "GenerateStream", "TgiHttpAdapter", "TgiOptions", "generate_parameters"]
+__all__ = ["GenerateStream", "TgiHttpAdapter", "TgiOptions", "generate_parameters"]

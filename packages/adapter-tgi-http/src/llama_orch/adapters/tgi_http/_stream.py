@@ -18,10 +18,8 @@ Wire facts (TGI docs and router source, see README):
 
 from __future__ import annotations
 
-import msgspec
+from llama_orch.adapter_http import SSEStream
 from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
-from llama_orch.core.errors import OrchError, WorkerReset
-from llama_orch.core.sse import SSEParser
 
 from ._errors import ENGINE, error_in_stream
 from ._wire import StreamEvent, stream_event_decoder
@@ -31,42 +29,15 @@ __all__ = ["FINISH_REASONS", "GenerateStream"]
 FINISH_REASONS: dict[str, str] = {"eos_token": "eos", "stop_sequence": "stop", "length": "length"}
 
 
-class GenerateStream:
-    """Feed raw response bytes; get :class:`TokenChunk` / :class:`Finished` events.
-
-    As in the llama.cpp adapter, text decoded before a failure in the same
-    read is returned first and the failure is kept in :attr:`failure`.
-    """
+class GenerateStream(SSEStream[StreamEvent]):
+    """Feed raw response bytes; get :class:`TokenChunk` / :class:`Finished` events."""
 
     def __init__(self) -> None:
-        self._sse = SSEParser()
+        super().__init__(stream_event_decoder, ENGINE)
         self.tokens_generated = 0
-        self.prompt_tokens = 0
         self._uncounted = 0  # tokens (special ones) not yet attributed to a chunk
-        self.finished: Finished | None = None
-        self.failure: OrchError | None = None
 
-    def feed(self, data: bytes) -> list[AdapterEvent]:
-        events: list[AdapterEvent] = []
-        for msg in self._sse.feed(data):
-            if self.finished is not None or self.failure is not None:
-                break
-            if msg.data.strip() == "[DONE]":
-                continue
-            try:
-                try:
-                    ev = stream_event_decoder.decode(msg.data)
-                except msgspec.DecodeError as exc:
-                    raise WorkerReset(
-                        f"unparseable stream event from engine: {msg.data[:200]!r}",
-                        engine=ENGINE,
-                    ) from exc
-                events.extend(self._on_event(ev))
-            except OrchError as exc:
-                self.failure = exc
-        return events
-
-    def _on_event(self, ev: StreamEvent) -> list[AdapterEvent]:
+    def on_event(self, ev: StreamEvent) -> list[AdapterEvent]:
         if ev.error is not None:
             raise error_in_stream(ev.error, ev.error_type, tokens_seen=self.tokens_generated)
         out: list[AdapterEvent] = []

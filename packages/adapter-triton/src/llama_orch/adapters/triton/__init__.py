@@ -5,13 +5,12 @@ KServe v2 health, metadata and statistics, the generate extension's
 README.md for the model contract, the mapping and the limits.
 """
 
-from ._adapter import CANCELLED, TritonAdapter
+from ._adapter import TritonAdapter
 from ._metrics import to_engine_metrics
 from ._options import TritonOptions
 from ._stream import GenerateStream
 
 __all__ = [
-    "CANCELLED",
     "GenerateStream",
     "TritonAdapter",
     "TritonOptions",

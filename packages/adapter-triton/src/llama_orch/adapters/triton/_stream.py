@@ -19,10 +19,9 @@ Wire facts (Triton 2.51, generate extension; see README):
 
 from __future__ import annotations
 
-import msgspec
+from llama_orch.adapter_http import SSEStream
 from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
 from llama_orch.core.errors import WorkerReset
-from llama_orch.core.sse import SSEParser
 
 from ._errors import ENGINE, short_error
 from ._wire import GenerateEvent, event_decoder
@@ -39,42 +38,23 @@ FINISH_REASONS: dict[str, str] = {
 }
 
 
-class GenerateStream:
+class GenerateStream(SSEStream[GenerateEvent]):
     """Feed raw bytes; get :class:`TokenChunk` events; :meth:`end_of_body` gives
     the :class:`Finished`. A failure is kept in :attr:`failure` after the
     events that preceded it in the same read."""
 
     def __init__(self, max_tokens: int) -> None:
-        self._sse = SSEParser()
+        super().__init__(event_decoder, ENGINE)
         self._max_tokens = max_tokens
         self._pending = 0
         self.counted = 0
-        self.prompt_tokens = 0
         self.reason: str | None = None
-        self.failure: WorkerReset | None = None
 
     @property
     def tokens_generated(self) -> int:
         return self.counted + self._pending
 
-    def feed(self, data: bytes) -> list[AdapterEvent]:
-        events: list[AdapterEvent] = []
-        for msg in self._sse.feed(data):
-            if self.failure is not None:
-                break
-            try:
-                try:
-                    event = event_decoder.decode(msg.data)
-                except msgspec.DecodeError as exc:
-                    raise WorkerReset(
-                        f"unparseable stream event from Triton: {msg.data[:200]!r}", engine=ENGINE
-                    ) from exc
-                events.extend(self._on_event(event))
-            except WorkerReset as exc:
-                self.failure = exc
-        return events
-
-    def _on_event(self, ev: GenerateEvent) -> list[AdapterEvent]:
+    def on_event(self, ev: GenerateEvent) -> list[AdapterEvent]:
         if ev.error is not None:
             raise WorkerReset(
                 f"Triton error inside the stream: {short_error(ev.error)}", engine=ENGINE

@@ -5,13 +5,12 @@ Speaks ``/v1/completions`` (streamed), ``/v1/models``, ``/version``,
 routes of llama-server's ``/v1`` API; see README.md for the mapping and limits.
 """
 
-from ._adapter import CANCELLED, VllmHttpAdapter
+from ._adapter import VllmHttpAdapter
 from ._metrics import to_engine_metrics
 from ._options import VllmOptions
 from ._stream import CompletionsStream
 
 __all__ = [
-    "CANCELLED",
     "CompletionsStream",
     "VllmHttpAdapter",
     "VllmOptions",

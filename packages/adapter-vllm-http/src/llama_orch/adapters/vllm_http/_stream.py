@@ -19,9 +19,9 @@ Wire facts this relies on (vLLM 0.32 CPU and llama-server's ``/v1``; see README)
 from __future__ import annotations
 
 import msgspec
+from llama_orch.adapter_http import SSEStream
 from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
 from llama_orch.core.errors import WorkerReset
-from llama_orch.core.sse import SSEParser
 
 from ._errors import ENGINE, error_message
 from ._wire import Choice, StreamChunk, stream_chunk_decoder
@@ -46,24 +46,16 @@ def finish_reason(choice: Choice, asked_stop: bool) -> str:
     return "stop"
 
 
-class CompletionsStream:
-    """Feed raw bytes; get :class:`TokenChunk` events, then one :class:`Finished`.
-
-    A failure does not discard text that arrived before it in the same read:
-    :meth:`feed` returns those events and records the error in
-    :attr:`failure`, to be raised once they are delivered.
-    """
+class CompletionsStream(SSEStream[StreamChunk]):
+    """Feed raw bytes; get :class:`TokenChunk` events, then one :class:`Finished`."""
 
     def __init__(self, *, asked_stop: bool = False) -> None:
-        self._sse = SSEParser()
+        super().__init__(stream_chunk_decoder, ENGINE)
         self._asked_stop = asked_stop
         self._reason: str | None = None
         self._pending = 0  # tokens of empty-text chunks, attributed to the next text
         self.counted = 0  # tokens attributed to yielded chunks
         self.usage_completion: int | None = None
-        self.prompt_tokens = 0
-        self.finished: Finished | None = None
-        self.failure: WorkerReset | None = None
 
     @property
     def tokens_generated(self) -> int:
@@ -71,25 +63,8 @@ class CompletionsStream:
             return self.usage_completion
         return self.counted + self._pending
 
-    def feed(self, data: bytes) -> list[AdapterEvent]:
-        events: list[AdapterEvent] = []
-        for msg in self._sse.feed(data):
-            if self.finished is not None or self.failure is not None:
-                break
-            try:
-                if msg.data.strip() == "[DONE]":
-                    events.append(self._finish("[DONE]"))
-                    continue
-                try:
-                    chunk = stream_chunk_decoder.decode(msg.data)
-                except msgspec.DecodeError as exc:
-                    raise WorkerReset(
-                        f"unparseable stream event from engine: {msg.data[:200]!r}", engine=ENGINE
-                    ) from exc
-                events.extend(self._on_chunk(chunk))
-            except WorkerReset as exc:
-                self.failure = exc
-        return events
+    def on_done(self) -> list[AdapterEvent]:
+        return [self._finish("[DONE]")]
 
     def end_of_body(self) -> Finished:
         """The body ended without ``[DONE]``: fine only after a finish_reason."""
@@ -105,7 +80,7 @@ class CompletionsStream:
         )
         return self.finished
 
-    def _on_chunk(self, chunk: StreamChunk) -> list[AdapterEvent]:
+    def on_event(self, chunk: StreamChunk) -> list[AdapterEvent]:
         if chunk.error is not None:
             raise WorkerReset(
                 f"engine error inside the stream: {error_message(chunk.error, 'unknown error')}",

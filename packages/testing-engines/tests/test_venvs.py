@@ -6,13 +6,13 @@ import json
 import subprocess
 
 import pytest
-from llama_orch.pool_managerd.engine_venvs import (
+from llama_orch.pool_managerd.provision import cache_root
+from llama_orch.testing_engines._venvs import (
     PYTRITON_VERSION,
     VLLM_CPU_VERSION,
     PythonEngine,
     provision_vllm,
 )
-from llama_orch.pool_managerd.provision import cache_root
 
 pytestmark = pytest.mark.real_engine
 

