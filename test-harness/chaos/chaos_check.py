@@ -169,7 +169,7 @@ def check(history: dict[str, Any]) -> list[Violation]:
                         )
                     )
     for eng, slots in (history.get("slots_after_run") or {}).items():
-        busy = [s.get("id") for s in slots if s.get("is_processing")]
+        busy = [s.get("id") for s in slots if s.get("is_processing") or s.get("error")]
         if busy:
             out.append(
                 Violation("slot_leak", None, f"engine {eng}: slots {busy} busy after the run")
@@ -383,8 +383,26 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
     return res
 
 
+def backoff_errors(history: dict[str, Any]) -> list[float]:
+    """The same error against the millisecond forecast (``X-Backoff-Ms``)."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        subs = r.get("submits", [])
+        first = next((s for s in subs if s.get("backoff_ms") is not None), None)
+        if first is None or not r.get("task_id"):
+            continue
+        out.append(abs(r["t_accepted"] - first["t_recv"] - first["backoff_ms"] / 1000))
+    return out
+
+
 def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, Any]:
     tasks = history["tasks"]
+    cancels: dict[str, int] = {}
+    for r in tasks:
+        if r.get("cancel"):
+            key = str(r["cancel"].get("status"))
+            cancels[key] = cancels.get(key, 0) + 1
+    bo = backoff_errors(history)
     counts: dict[str, int] = {}
     for r in tasks:
         o = outcome(r)
@@ -424,6 +442,8 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "max": None if not csf else round(1000 * max(csf), 1),
         },
         "retry_after_error_s": {"n": len(ra), "p50": _pct(ra, 50), "p90": _pct(ra, 90)},
+        "backoff_ms_error_s": {"n": len(bo), "p50": _pct(bo, 50), "p90": _pct(bo, 90)},
+        "cancel_answers": dict(sorted(cancels.items())),
         "recovery": rec,
         "engine_kill_to_worker_reset_s_max": max(kill_reset) if kill_reset else None,
         "fairness": fairness(history),

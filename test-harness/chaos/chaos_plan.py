@@ -25,7 +25,7 @@ FAULT_KINDS = (
     "overload",  # `burst` extra submissions within `duration_s`
 )
 # Seams: kinds that need a component this runner does not start yet. The plan
-# refuses them so that a profile cannot claim to have injected them.
+# refuses them so that a profile cannot claim to have injected them (ORCH-6101).
 PENDING_FAULT_KINDS = {
     "orchestratord_kill9": "needs the shared state store (not built yet)",
     "orchestratord_pause": "needs the shared state store (not built yet)",

@@ -101,6 +101,9 @@ def markdown(
         f"{_fmt(figs['engine_kill_to_worker_reset_s_max'])} |",
         f"| Retry-After error (s) p50 / p90 (n) | {_fmt(figs['retry_after_error_s']['p50'])} / "
         f"{_fmt(figs['retry_after_error_s']['p90'])} ({figs['retry_after_error_s']['n']}) |",
+        f"| same, against the `X-Backoff-Ms` forecast (s) p50 / p90 | "
+        f"{_fmt(figs['backoff_ms_error_s']['p50'])} / {_fmt(figs['backoff_ms_error_s']['p90'])} |",
+        f"| cancel answers (HTTP status: count) | {figs['cancel_answers']} |",
         f"| fairness deviation (dispatch share vs weight, backlogged tenants) | "
         f"{figs['fairness']['deviation']} over {figs['fairness']['samples']} dispatches; "
         f"observed {figs['fairness']['observed']}, expected {figs['fairness']['expected']} |",

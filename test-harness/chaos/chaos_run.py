@@ -7,7 +7,7 @@ as a daemon, a seeded load, faults on a schedule, then the invariant check and r
 Topology: N engines (SmolLM2-135M, a few slots each) ← one FaultProxy each ←
 orchestratord (pool ``chaos``, ``endpoints:`` = the proxies, auth with one key
 per tenant) ← the load clients. Every process is started in its own process
-group and stopped by PID group in a ``finally`` (never by name).
+group and stopped by PID group in a ``finally`` (never by name). ORCH-6100, ORCH-6104.
 """
 
 from __future__ import annotations
@@ -392,6 +392,7 @@ class Runner:
                     status = r.status
                     data = await r.json(content_type=None)
                     ra = r.headers.get("Retry-After")
+                    backoff = r.headers.get("X-Backoff-Ms")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 rec["submits"].append(
                     {
@@ -410,6 +411,7 @@ class Runner:
                 "status": status,
                 "code": data.get("code") if isinstance(data, dict) else None,
                 "retry_after": float(ra) if ra is not None else None,
+                "backoff_ms": int(backoff) if backoff is not None else None,
             }
             rec["submits"].append(sub)
             if status == 202:
@@ -452,8 +454,8 @@ class Runner:
         t_send = self.now()
         status = 0
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with http.delete(
-                self.orch_url + f"/v1/tasks/{tid}",
+            async with http.post(
+                self.orch_url + f"/v1/tasks/{tid}/cancel",
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(30),
             ) as r:
@@ -544,9 +546,13 @@ class Runner:
                 await asyncio.sleep(max(0.0, self.t0 + self.prof.duration_s - time.monotonic()))
                 t_load1 = self.now()
                 log("load phase over; draining")
-                done, pending = await asyncio.wait(
-                    clients, timeout=DRAIN_TIMEOUT_S + STREAM_TIMEOUT_S
-                )
+                pending = set(clients)
+                t_drain = time.monotonic()
+                while pending and time.monotonic() - t_drain < DRAIN_TIMEOUT_S + STREAM_TIMEOUT_S:
+                    _, pending = await asyncio.wait(pending, timeout=10)
+                    if pending:
+                        log(f"draining: {len(pending)} clients still running")
+                done = set(clients) - pending
                 for c in pending:
                     c.cancel()
                 for c in done:
@@ -557,9 +563,16 @@ class Runner:
                 for _ in range(150):
                     slots_after = {}
                     for e in self.engines:
-                        async with http.get(e.url + "/slots") as r:
-                            slots_after[str(e.index)] = await r.json()
-                    if not any(s["is_processing"] for v in slots_after.values() for s in v):
+                        try:
+                            async with http.get(e.url + "/slots") as r:
+                                slots_after[str(e.index)] = await r.json()
+                        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                            slots_after[str(e.index)] = [{"id": -1, "error": repr(exc)[:200]}]
+                    if not any(
+                        s.get("is_processing") or "error" in s
+                        for v in slots_after.values()
+                        for s in v
+                    ):
                         break
                     await asyncio.sleep(0.1)
                 self.stopping.set()
@@ -597,7 +610,14 @@ class Runner:
             "exchanges": [vars(x) for p in self.proxies for x in p.exchanges],
             "slot_samples": self.slot_samples,
             "slots_after_run": {
-                k: [{"id": s["id"], "is_processing": s["is_processing"]} for s in v]
+                k: [
+                    {
+                        "id": s["id"],
+                        "is_processing": s.get("is_processing"),
+                        "error": s.get("error"),
+                    }
+                    for s in v
+                ]
                 for k, v in slots_after.items()
             },
             "daemon_task_ends": ends,
