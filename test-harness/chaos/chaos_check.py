@@ -325,16 +325,46 @@ def cancel_slot_free(history: dict[str, Any]) -> list[float]:
     return out
 
 
-def retry_after_errors(history: dict[str, Any]) -> list[float]:
-    """|advertised Retry-After - actual wait to admission| of rejected-then-admitted arrivals."""
+def _first_backoff(r: dict[str, Any], field: str) -> dict[str, Any] | None:
+    return next((s for s in r.get("submits", []) if s.get(field) is not None), None)
+
+
+def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> list[float]:
+    """|advertised wait - actual wait until the tenant was admitted again| (seconds).
+
+    One sample per arrival that got a 429/503 with a forecast: from that answer
+    to the next 202 given to a request of the same tenant. Every rejected client
+    probes every 0.5 s, so the next admission marks when there was room again;
+    which of the waiting clients wins it is a lottery the forecast cannot know
+    (that per-client wait is ``retry_after_client_errors``).
+    """
+    scale = 1000.0 if field == "backoff_ms" else 1.0
+    admits: dict[str, list[float]] = {}
+    for r in history["tasks"]:
+        if r.get("task_id"):
+            admits.setdefault(r["tenant"], []).append(r["t_accepted"])
+    for v in admits.values():
+        v.sort()
     out: list[float] = []
     for r in history["tasks"]:
-        subs = r.get("submits", [])
-        first = next((s for s in subs if s.get("retry_after") is not None), None)
+        first = _first_backoff(r, field)
+        if first is None:
+            continue
+        nxt = next((t for t in admits.get(r["tenant"], []) if t > first["t_recv"]), None)
+        if nxt is None:
+            continue
+        out.append(abs(nxt - first["t_recv"] - float(first[field]) / scale))
+    return out
+
+
+def retry_after_client_errors(history: dict[str, Any]) -> list[float]:
+    """|Retry-After - this client's own wait to its 202| of rejected-then-admitted arrivals."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        first = _first_backoff(r, "retry_after")
         if first is None or not r.get("task_id"):
             continue
-        waited = r["t_accepted"] - first["t_recv"]
-        out.append(abs(waited - float(first["retry_after"])))
+        out.append(abs(r["t_accepted"] - first["t_recv"] - float(first["retry_after"])))
     return out
 
 
@@ -383,18 +413,6 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
     return res
 
 
-def backoff_errors(history: dict[str, Any]) -> list[float]:
-    """The same error against the millisecond forecast (``X-Backoff-Ms``)."""
-    out: list[float] = []
-    for r in history["tasks"]:
-        subs = r.get("submits", [])
-        first = next((s for s in subs if s.get("backoff_ms") is not None), None)
-        if first is None or not r.get("task_id"):
-            continue
-        out.append(abs(r["t_accepted"] - first["t_recv"] - first["backoff_ms"] / 1000))
-    return out
-
-
 def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, Any]:
     tasks = history["tasks"]
     cancels: dict[str, int] = {}
@@ -402,7 +420,8 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
         if r.get("cancel"):
             key = str(r["cancel"].get("status"))
             cancels[key] = cancels.get(key, 0) + 1
-    bo = backoff_errors(history)
+    bo = retry_after_errors(history, "backoff_ms")
+    rc = retry_after_client_errors(history)
     counts: dict[str, int] = {}
     for r in tasks:
         o = outcome(r)
@@ -443,6 +462,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
         },
         "retry_after_error_s": {"n": len(ra), "p50": _pct(ra, 50), "p90": _pct(ra, 90)},
         "backoff_ms_error_s": {"n": len(bo), "p50": _pct(bo, 50), "p90": _pct(bo, 90)},
+        "retry_after_client_error_s": {"n": len(rc), "p50": _pct(rc, 50), "p90": _pct(rc, 90)},
         "cancel_answers": dict(sorted(cancels.items())),
         "recovery": rec,
         "engine_kill_to_worker_reset_s_max": max(kill_reset) if kill_reset else None,

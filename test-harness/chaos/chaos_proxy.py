@@ -75,10 +75,11 @@ class _Conn:
             return
         cur.bytes_down += len(data)
         buf = self.down_tail + data
-        if cur.id_slot is None:
-            m = _SLOT.search(buf)
-            if m:
-                cur.id_slot = int(m.group(1))
+        if cur.id_slot is None or cur.id_slot < 0:  # early chunks may say -1
+            for m in _SLOT.finditer(buf):
+                if int(m.group(1)) >= 0:
+                    cur.id_slot = int(m.group(1))
+                    break
         if _STOP.search(buf):
             cur.final = True
         self.down_tail = buf[-64:]

@@ -56,6 +56,7 @@ def markdown(
 ) -> str:
     plan = history["plan"]
     csf = figs["cancel_slot_free_ms"]
+    rce = figs["retry_after_client_error_s"]
     w0, w1 = history["load_window"]
     L = [
         f"# Chaos run `{history['profile']}`, seed {history['seed']}",
@@ -99,10 +100,13 @@ def markdown(
         f"{_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} ({csf['n']}) |",
         f"| engine kill -9 → WORKER_RESET of its in-flight tasks, worst (s) | "
         f"{_fmt(figs['engine_kill_to_worker_reset_s_max'])} |",
-        f"| Retry-After error (s) p50 / p90 (n) | {_fmt(figs['retry_after_error_s']['p50'])} / "
+        f"| Retry-After error: advertised vs wait until the tenant was admitted again "
+        f"(s) p50 / p90 (n) | {_fmt(figs['retry_after_error_s']['p50'])} / "
         f"{_fmt(figs['retry_after_error_s']['p90'])} ({figs['retry_after_error_s']['n']}) |",
         f"| same, against the `X-Backoff-Ms` forecast (s) p50 / p90 | "
         f"{_fmt(figs['backoff_ms_error_s']['p50'])} / {_fmt(figs['backoff_ms_error_s']['p90'])} |",
+        f"| Retry-After vs that client's own wait to its 202 (s) p50 / p90 (n) | "
+        f"{_fmt(rce['p50'])} / {_fmt(rce['p90'])} ({rce['n']}) |",
         f"| cancel answers (HTTP status: count) | {figs['cancel_answers']} |",
         f"| fairness deviation (dispatch share vs weight, backlogged tenants) | "
         f"{figs['fairness']['deviation']} over {figs['fairness']['samples']} dispatches; "

@@ -45,6 +45,7 @@ SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 POOL = "chaos"
 STREAM_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 90.0
+ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack").split())
 
 
 def log(msg: str) -> None:
@@ -85,6 +86,11 @@ class Engine:
             slots=self.slots,
             ctx_per_slot=512,
             threads=1,
+            # The cached llama-server is built with GGML_NATIVE; on these VMs the CPU
+            # advertises AMX but the kernel traps its tile instructions (SIGILL/GPF in
+            # libggml-cpu during warmup). Weight repacking is what selects the AMX
+            # kernels; chaos does not measure it, so it is off.
+            extra_flags=ENGINE_FLAGS,
         )
         self.incarnation += 1
         logf = (self.logdir / f"engine{self.index}-{self.incarnation}.log").open("wb")
@@ -257,12 +263,18 @@ class Runner:
         series = self.slot_samples.setdefault(str(e.index), [])
         last: Any = None
         while not self.stopping.is_set():
-            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
                 async with http.get(e.url + "/slots", timeout=aiohttp.ClientTimeout(0.5)) as r:
                     body = await r.json()
                 t = self.now()
+                if not isinstance(body, list):  # an error answer (engine busy or stopping)
+                    raise ValueError(str(body)[:200])
                 slots = [
-                    {"id": s["id"], "is_processing": s["is_processing"], "id_task": s["id_task"]}
+                    {
+                        "id": s.get("id"),
+                        "is_processing": bool(s.get("is_processing")),
+                        "id_task": s.get("id_task") if s.get("is_processing") else None,
+                    }
                     for s in body
                 ]
                 if slots != last:
@@ -410,6 +422,7 @@ class Runner:
                 "t_recv": t_recv,
                 "status": status,
                 "code": data.get("code") if isinstance(data, dict) else None,
+                "message": str(data.get("message"))[:200] if isinstance(data, dict) else None,
                 "retry_after": float(ra) if ra is not None else None,
                 "backoff_ms": int(backoff) if backoff is not None else None,
             }
