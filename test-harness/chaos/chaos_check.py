@@ -175,6 +175,7 @@ def check(history: dict[str, Any]) -> list[Violation]:
                 Violation("slot_leak", None, f"engine {eng}: slots {busy} busy after the run")
             )
     out += _check_quota(history)
+    out += _check_session_turns(history)
     fair = fairness(history)
     if fair["samples"] >= FAIRNESS_MIN_SAMPLES and fair["deviation"] > FAIRNESS_BOUND:
         out.append(Violation("fairness", None, f"dispatch share deviation {fair}"))
@@ -189,6 +190,37 @@ def _after_terminal(rec: dict[str, Any], ev: list[Any]) -> bool:
         if e[2] in TERMINAL:
             seen = True
     return False
+
+
+def _check_session_turns(history: dict[str, Any]) -> list[Violation]:
+    """A session refuses a turn for ``max_turns`` only once that many were admitted
+    (a 429 is not a turn, ORCH-1402)."""
+    max_turns = history.get("max_turns")
+    if max_turns is None:
+        return []
+    out: list[Violation] = []
+    admitted: dict[tuple[str, int], list[float]] = {}
+    for r in history["tasks"]:
+        if r.get("session") is not None and r.get("task_id"):
+            admitted.setdefault((r["tenant"], r["session"]), []).append(r["t_accepted"])
+    for r in history["tasks"]:
+        if r.get("session") is None:
+            continue
+        for s in r.get("submits", []):
+            if "max_turns" in (s.get("message") or ""):
+                before = [
+                    t for t in admitted.get((r["tenant"], r["session"]), []) if t < s["t_send"]
+                ]
+                if len(before) < max_turns:
+                    out.append(
+                        Violation(
+                            "session_turns",
+                            r["n"],
+                            f"refused for max_turns={max_turns} after {len(before)} admitted turns",
+                        )
+                    )
+                break
+    return out
 
 
 def _check_quota(history: dict[str, Any]) -> list[Violation]:
@@ -287,8 +319,8 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 
 def cancel_slot_free(history: dict[str, Any]) -> list[float]:
-    """Seconds from a cancel's DELETE to its engine slot freed, for cancels of a
-    request the engine was running (its exchange was open, not final, at the DELETE)."""
+    """Seconds from a cancel request to its engine slot freed, for cancels of a
+    request the engine was running (its exchange open, not final, at the cancel)."""
     samples: dict[str, list[dict[str, Any]]] = history.get("slot_samples", {})
     out: list[float] = []
     for r in history["tasks"]:
@@ -301,7 +333,7 @@ def cancel_slot_free(history: dict[str, Any]) -> list[float]:
             if x["opened"] < c["t_send"]
             and (x.get("closed") is None or x["closed"] > c["t_send"])
             and not x.get("final")
-            and x.get("id_slot") is not None
+            and x.get("prompt_tokens") is not None
         ]
         if not xs:
             continue
@@ -310,13 +342,20 @@ def cancel_slot_free(history: dict[str, Any]) -> list[float]:
         before = [s for s in series if s["t"] <= c["t_send"]]
         if not before:
             continue
-        slot0 = next((s for s in before[-1]["slots"] if s["id"] == x["id_slot"]), None)
-        if slot0 is None or not slot0["is_processing"]:
+        # The engine's slot running this request: the only busy slot whose prompt
+        # length is the request's (llama-server names the slot in the final chunk only).
+        match = [
+            s
+            for s in before[-1]["slots"]
+            if s["is_processing"] and s.get("n_prompt_tokens") == x["prompt_tokens"]
+        ]
+        if len(match) != 1:
             continue
+        slot0 = match[0]
         for s in series:
             if s["t"] <= c["t_send"]:
                 continue
-            slot = next((q for q in s["slots"] if q["id"] == x["id_slot"]), None)
+            slot = next((q for q in s["slots"] if q["id"] == slot0["id"]), None)
             if slot is None:
                 break
             if not slot["is_processing"] or slot["id_task"] != slot0["id_task"]:

@@ -29,6 +29,7 @@ _REQ = re.compile(rb"(GET|POST|DELETE|PUT) (/[^ ]*) HTTP/1\.[01]")
 _MARK = re.compile(rb"\[chaos-(\d{6})\]")
 _SLOT = re.compile(rb'"id_slot"\s*:\s*(-?\d+)')
 _STOP = re.compile(rb'"stop"\s*:\s*true')
+_EVAL = re.compile(rb'"tokens_evaluated"\s*:\s*(\d+)')
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Exchange:
     arrival: int | None = None
     opened: float = field(default_factory=time.time)
     closed: float | None = None
-    id_slot: int | None = None
+    id_slot: int | None = None  # llama-server says it in the final chunk only
+    prompt_tokens: int | None = None  # "tokens_evaluated": ties the request to a /slots entry
     final: bool = False  # the engine sent its last chunk
     bytes_down: int = 0
     cut: str = ""  # why the proxy ended it: "upstream-eof", "reset", "blackhole", ...
@@ -80,6 +82,10 @@ class _Conn:
                 if int(m.group(1)) >= 0:
                     cur.id_slot = int(m.group(1))
                     break
+        if cur.prompt_tokens is None:
+            m = _EVAL.search(buf)
+            if m:
+                cur.prompt_tokens = int(m.group(1))
         if _STOP.search(buf):
             cur.final = True
         self.down_tail = buf[-64:]

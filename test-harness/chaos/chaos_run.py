@@ -274,6 +274,9 @@ class Runner:
                         "id": s.get("id"),
                         "is_processing": bool(s.get("is_processing")),
                         "id_task": s.get("id_task") if s.get("is_processing") else None,
+                        "n_prompt_tokens": s.get("n_prompt_tokens")
+                        if s.get("is_processing")
+                        else None,
                     }
                     for s in body
                 ]
@@ -618,6 +621,7 @@ class Runner:
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
             "load_window": [t_load0, t_load1],
             "weights": {t.name: t.weight for t in self.prof.tenants},
+            "max_turns": 8,  # the sessions section's default, which the config keeps
             "quotas": {t.name: t.max_concurrent for t in self.prof.tenants if t.max_concurrent},
             "tasks": [self.records[k] for k in sorted(self.records)],
             "exchanges": [vars(x) for p in self.proxies for x in p.exchanges],

@@ -267,3 +267,46 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
     assert figs["retry_after_error_s"]["n"] >= 3
     assert figs["retry_after_error_s"]["p50"] <= 1.0
     assert rc == 0
+
+
+def test_cancel_to_slot_free_is_measured_on_the_slot_of_the_request() -> None:
+    """The request's slot is the busy one with its prompt length; freed = not busy or
+    running another task."""
+    h = _history()
+    r = h["tasks"][0]
+    r["events"][-1][3] = {"tokens_out": 3, "reason": "canceled"}
+    r["cancel"] = {"t_send": 100.30, "t_recv": 100.31, "status": 204}
+    h["exchanges"][0] |= {"final": False, "prompt_tokens": 7, "closed": 100.32}
+
+    def sample(t: float, *slots: tuple[int, bool, int | None, int | None]) -> dict[str, Any]:
+        keys = ("id", "is_processing", "id_task", "n_prompt_tokens")
+        return {"t": t, "slots": [dict(zip(keys, s, strict=True)) for s in slots]}
+
+    h["slot_samples"] = {
+        "0": [
+            sample(100.0, (0, True, 5, 9), (1, True, 6, 7)),
+            sample(100.36, (0, True, 5, 9), (1, True, 6, 7)),  # still decoding ours
+            sample(100.42, (0, True, 5, 9), (1, True, 8, 12)),  # slot 1 took the next task
+        ]
+    }
+    assert chaos_check.cancel_slot_free(h) == [pytest.approx(0.12)]
+    h["slot_samples"]["0"][0]["slots"][0]["n_prompt_tokens"] = 7  # ambiguous: not measured
+    assert chaos_check.cancel_slot_free(h) == []
+
+
+def test_planted_session_turn_consumed_by_a_rejection_is_caught() -> None:
+    """The bug this harness found (#21): 429'd session turns counted as turns."""
+    h = _history()
+    h["max_turns"] = 2
+    for r in h["tasks"][:2]:
+        r["session"], r["tenant"] = 0, "alpha"
+    late = _task(5, t=102.0)
+    late |= {"session": 0, "task_id": None, "t_accepted": None, "events": [], "replay": None}
+    late["submits"] = [
+        {"t_send": 102.0, "t_recv": 102.01, "status": 400, "message": "reached max_turns=2"}
+    ]
+    h["tasks"].append(late)
+    h["quotas"] = {}
+    assert chaos_check.check(h) == []  # two admitted turns: the refusal is right
+    h["tasks"][1]["session"] = None
+    assert _checks(h) == {"session_turns"}
