@@ -347,7 +347,7 @@ def cancel_slot_free(history: dict[str, Any]) -> list[float]:
         match = [
             s
             for s in before[-1]["slots"]
-            if s["is_processing"] and s.get("n_prompt_tokens") == x["prompt_tokens"]
+            if s["is_processing"] and s.get("prompt_len") == x["prompt_tokens"]
         ]
         if len(match) != 1:
             continue
@@ -369,19 +369,21 @@ def _first_backoff(r: dict[str, Any], field: str) -> dict[str, Any] | None:
 
 
 def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> list[float]:
-    """|advertised wait - actual wait until the tenant was admitted again| (seconds).
+    """|advertised wait - actual wait until the limit that refused admitted again| (s).
 
     One sample per arrival that got a 429/503 with a forecast: from that answer
-    to the next 202 given to a request of the same tenant. Every rejected client
-    probes every 0.5 s, so the next admission marks when there was room again;
-    which of the waiting clients wins it is a lottery the forecast cannot know
-    (that per-client wait is ``retry_after_client_errors``).
+    to the next 202 under the same limit: of the same tenant for a quota refusal
+    (``policy_label`` ``quota``), of any tenant for a full queue or an unready
+    pool. Every refused client probes every 0.5 s, so that admission marks when
+    there was room again; which waiting client wins it is a lottery the forecast
+    cannot know (that per-client wait is ``retry_after_client_errors``).
     """
     scale = 1000.0 if field == "backoff_ms" else 1.0
     admits: dict[str, list[float]] = {}
     for r in history["tasks"]:
         if r.get("task_id"):
             admits.setdefault(r["tenant"], []).append(r["t_accepted"])
+            admits.setdefault("*", []).append(r["t_accepted"])
     for v in admits.values():
         v.sort()
     out: list[float] = []
@@ -389,7 +391,8 @@ def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> l
         first = _first_backoff(r, field)
         if first is None:
             continue
-        nxt = next((t for t in admits.get(r["tenant"], []) if t > first["t_recv"]), None)
+        scope = r["tenant"] if first.get("policy") == "quota" else "*"
+        nxt = next((t for t in admits.get(scope, []) if t > first["t_recv"]), None)
         if nxt is None:
             continue
         out.append(abs(nxt - first["t_recv"] - float(first[field]) / scale))

@@ -100,7 +100,7 @@ def markdown(
         f"{_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} ({csf['n']}) |",
         f"| engine kill -9 → WORKER_RESET of its in-flight tasks, worst (s) | "
         f"{_fmt(figs['engine_kill_to_worker_reset_s_max'])} |",
-        f"| Retry-After error: advertised vs wait until the tenant was admitted again "
+        f"| Retry-After error: advertised vs wait until the refusing limit admitted again "
         f"(s) p50 / p90 (n) | {_fmt(figs['retry_after_error_s']['p50'])} / "
         f"{_fmt(figs['retry_after_error_s']['p90'])} ({figs['retry_after_error_s']['n']}) |",
         f"| same, against the `X-Backoff-Ms` forecast (s) p50 / p90 | "

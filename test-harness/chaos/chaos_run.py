@@ -57,6 +57,16 @@ def _killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def _prompt_len(slot: dict[str, Any]) -> int | None:
+    """The prompt length of the request a busy slot runs: llama-server's
+    ``n_prompt_tokens`` counts the tokens decoded so far too."""
+    if not slot.get("is_processing"):
+        return None
+    with contextlib.suppress(KeyError, IndexError, TypeError):
+        return int(slot["n_prompt_tokens"]) - int(slot["next_token"][0]["n_decoded"])
+    return None
+
+
 class Engine:
     """One llama-server replica; restartable on a new port after a kill."""
 
@@ -157,6 +167,7 @@ class Runner:
         self.faults_done: list[dict[str, Any]] = []
         self.slot_samples: dict[str, list[dict[str, Any]]] = {}
         self.sessions: dict[tuple[str, int], asyncio.Lock] = {}
+        self.live: dict[int, list[Any]] = {}  # arrival -> [replica_id, tokens received]
         self.t0 = 0.0
         self.stopping = asyncio.Event()
 
@@ -274,9 +285,7 @@ class Runner:
                         "id": s.get("id"),
                         "is_processing": bool(s.get("is_processing")),
                         "id_task": s.get("id_task") if s.get("is_processing") else None,
-                        "n_prompt_tokens": s.get("n_prompt_tokens")
-                        if s.get("is_processing")
-                        else None,
+                        "prompt_len": _prompt_len(s),
                     }
                     for s in body
                 ]
@@ -301,10 +310,11 @@ class Runner:
             "planned_at_s": f.at_s,
         }
         if f.kind in ("engine_kill9", "engine_sigstop", "net_blackhole", "net_reset"):
-            # Inject while the target is serving, so the fault hits work (≤ 5 s wait).
-            for _ in range(100):
-                series = self.slot_samples.get(str(f.target)) or [{"slots": []}]
-                if any(s["is_processing"] for s in series[-1]["slots"]):
+            # Inject while a task streams tokens from the target, so the fault hits
+            # work (waits at most 10 s; the report says when it was injected).
+            rid = self.replica_id(f.target)
+            for _ in range(200):
+                if any(v[0] == rid and v[1] > 0 for v in self.live.values()):
                     break
                 await asyncio.sleep(0.05)
         rec["t_start"] = self.now()
@@ -426,6 +436,7 @@ class Runner:
                 "status": status,
                 "code": data.get("code") if isinstance(data, dict) else None,
                 "message": str(data.get("message"))[:200] if isinstance(data, dict) else None,
+                "policy": data.get("policy_label") if isinstance(data, dict) else None,
                 "retry_after": float(ra) if ra is not None else None,
                 "backoff_ms": int(backoff) if backoff is not None else None,
             }
@@ -507,7 +518,14 @@ class Runner:
                     for msg in parser.feed(chunk):
                         t = self.now()
                         eid = int(msg.id) if msg.id is not None else -1
-                        rec["events"].append([t, eid, msg.event, msgspec.json.decode(msg.data)])
+                        data = msgspec.json.decode(msg.data)
+                        rec["events"].append([t, eid, msg.event, data])
+                        if msg.event == "started":
+                            self.live[rec["n"]] = [data.get("replica_id"), 0]
+                        elif msg.event == "token" and rec["n"] in self.live:
+                            self.live[rec["n"]][1] += 1
+                        elif msg.event in chaos_check.TERMINAL:
+                            self.live.pop(rec["n"], None)
                         conn["n"] += 1
                         last = eid
                         if msg.event in chaos_check.TERMINAL:

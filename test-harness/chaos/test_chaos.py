@@ -279,7 +279,7 @@ def test_cancel_to_slot_free_is_measured_on_the_slot_of_the_request() -> None:
     h["exchanges"][0] |= {"final": False, "prompt_tokens": 7, "closed": 100.32}
 
     def sample(t: float, *slots: tuple[int, bool, int | None, int | None]) -> dict[str, Any]:
-        keys = ("id", "is_processing", "id_task", "n_prompt_tokens")
+        keys = ("id", "is_processing", "id_task", "prompt_len")
         return {"t": t, "slots": [dict(zip(keys, s, strict=True)) for s in slots]}
 
     h["slot_samples"] = {
@@ -290,7 +290,7 @@ def test_cancel_to_slot_free_is_measured_on_the_slot_of_the_request() -> None:
         ]
     }
     assert chaos_check.cancel_slot_free(h) == [pytest.approx(0.12)]
-    h["slot_samples"]["0"][0]["slots"][0]["n_prompt_tokens"] = 7  # ambiguous: not measured
+    h["slot_samples"]["0"][0]["slots"][0]["prompt_len"] = 7  # ambiguous: not measured
     assert chaos_check.cancel_slot_free(h) == []
 
 
