@@ -63,7 +63,7 @@ class Profile:
     tenants: tuple[Tenant, ...]
     faults: tuple[FaultSpec, ...]
     engines: int = 2
-    slots: int = 3
+    slots: int = 2
     queue_capacity: int = 12
     idle_timeout_s: float = 4.0
     p_batch: float = 0.4
@@ -230,7 +230,7 @@ TENANTS = (
 CI = Profile(
     name="ci",
     duration_s=100.0,
-    rate_per_s=1.6,
+    rate_per_s=0.8,
     tenants=TENANTS,
     faults=(
         FaultSpec("engine_kill9", at_s=15.0, duration_s=3.0),
@@ -263,7 +263,7 @@ def _long_faults(duration_s: float) -> tuple[FaultSpec, ...]:
 LONG = Profile(
     name="long",
     duration_s=1800.0,
-    rate_per_s=1.4,
+    rate_per_s=0.7,
     tenants=TENANTS,
     faults=_long_faults(1800.0),
 )

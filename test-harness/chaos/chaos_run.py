@@ -274,6 +274,7 @@ class Runner:
         series = self.slot_samples.setdefault(str(e.index), [])
         last: Any = None
         while not self.stopping.is_set():
+            t_sent = self.now()
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
                 async with http.get(e.url + "/slots", timeout=aiohttp.ClientTimeout(0.5)) as r:
                     body = await r.json()
@@ -290,7 +291,8 @@ class Runner:
                     for s in body
                 ]
                 if slots != last:
-                    series.append({"t": t, "slots": slots})
+                    # the state was seen between t_sent and t (an upper bound)
+                    series.append({"t": t, "t_sent": t_sent, "slots": slots})
                     last = slots
             await asyncio.sleep(0.04)
 
