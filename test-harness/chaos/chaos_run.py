@@ -103,16 +103,16 @@ class Engine:
             extra_flags=ENGINE_FLAGS,
         )
         self.incarnation += 1
-        logf = (self.logdir / f"engine{self.index}-{self.incarnation}.log").open("wb")
-        self.proc = subprocess.Popen(
-            spec.command(),
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=spec.env(),
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        with (self.logdir / f"engine{self.index}-{self.incarnation}.log").open("wb") as logf:
+            self.proc = subprocess.Popen(
+                spec.command(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=spec.env(),
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -227,14 +227,15 @@ class Runner:
         path.write_text(json.dumps(cfg, indent=1))
         exe = Path(sys.executable).parent / "orchestratord"
         self.orch_log = self.workdir / "orchestratord.log"
-        self.orch = subprocess.Popen(
-            [str(exe), "--config", str(path)],
-            stdout=self.orch_log.open("wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        with self.orch_log.open("wb") as logf:
+            self.orch = subprocess.Popen(
+                [str(exe), "--config", str(path)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         self.orch_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
