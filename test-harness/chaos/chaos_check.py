@@ -12,6 +12,7 @@ in ``test_chaos.py`` (ORCH-6105).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 TERMINAL = ("end", "error")
 CLEAN_REASONS = ("eos", "stop", "length")
 FAIRNESS_MIN_SAMPLES = 20
-FAIRNESS_BOUND = 0.25  # |observed - weighted share| of dispatches among backlogged tenants
+FAIRNESS_BOUND = 0.15  # |observed - expected| dispatch share of backlogged tenants (see fairness)
 
 
 @dataclass
@@ -261,8 +262,9 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
     """Dispatch shares among backlogged tenants of one priority, against their weights.
 
     Walks the ``started`` events in receive order; at each, the tenants with an
-    accepted, not yet started task of that priority are backlogged, and the
-    starting tenant's expected share is its weight over theirs. The deviation is
+    accepted, not yet started (nor ended) task of that priority are backlogged,
+    and each one's expected share is its weight, capped at its number of waiting
+    tasks (a round can serve no more), over the sum of theirs. The deviation is
     the largest |observed - expected| share over tenants (0 = exactly fair).
     """
     weights: dict[str, int] = history.get("weights", {})
@@ -277,23 +279,28 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
     starts.sort()
     accepted = {r["n"]: r["t_accepted"] for r in history["tasks"] if r.get("task_id")}
     started_at = {n: t for t, _, _, n in starts}
+    for r in history["tasks"]:  # a task that ended queued (canceled, expired) left then
+        if r.get("task_id") and r["n"] not in started_at:
+            term = next((e[0] for e in r.get("events", []) if e[2] in TERMINAL), None)
+            started_at[r["n"]] = term if term is not None else float("inf")
     by_n = {r["n"]: r for r in history["tasks"]}
     observed: dict[str, float] = {}
     expected: dict[str, float] = {}
     samples = 0
     for t, prio, tenant, _n in starts:
-        backlog = {
-            by_n[m]["tenant"]
-            for m, ta in accepted.items()
-            if ta < t and started_at.get(m, float("inf")) >= t and by_n[m]["priority"] == prio
-        }
-        backlog.add(tenant)
-        if len(backlog) < 2:
+        waiting: dict[str, int] = {}
+        for m, ta in accepted.items():
+            if ta < t and started_at.get(m, float("inf")) >= t and by_n[m]["priority"] == prio:
+                waiting[by_n[m]["tenant"]] = waiting.get(by_n[m]["tenant"], 0) + 1
+        waiting[tenant] = max(1, waiting.get(tenant, 0))
+        if len(waiting) < 2:
             continue
         samples += 1
-        total = sum(weights.get(x, 1) for x in backlog)
-        for x in backlog:
-            expected[x] = expected.get(x, 0.0) + weights.get(x, 1) / total
+        # Weighted round robin serves a tenant at most its queued tasks per round.
+        eff = {x: min(weights.get(x, 1), k) for x, k in waiting.items()}
+        total = sum(eff.values())
+        for x, w in eff.items():
+            expected[x] = expected.get(x, 0.0) + w / total
         observed[tenant] = observed.get(tenant, 0.0) + 1
     dev = 0.0
     if samples:
@@ -342,16 +349,30 @@ def cancel_slot_free(history: dict[str, Any]) -> list[float]:
         before = [s for s in series if s["t"] <= c["t_send"]]
         if not before:
             continue
-        # The engine's slot running this request: the only busy slot whose prompt
-        # length is the request's (llama-server names the slot in the final chunk only).
-        match = [
-            s
+
+        # The engine's slot running this request (llama-server names the slot in the
+        # final chunk only): a busy slot whose prompt length is the request's (±1:
+        # /slots counts the token being sampled or not) and whose task appeared when
+        # the request was opened; skipped when that does not single out one slot.
+        def appeared(slot: dict[str, Any], series: list[dict[str, Any]] = series) -> float:
+            return next(
+                s["t"]
+                for s in series
+                if any(
+                    q["id"] == slot["id"] and q["id_task"] == slot["id_task"] for q in s["slots"]
+                )
+            )
+
+        match = sorted(
+            (abs(appeared(s) - x["opened"]), s["id"], s)
             for s in before[-1]["slots"]
-            if s["is_processing"] and s.get("prompt_len") == x["prompt_tokens"]
-        ]
-        if len(match) != 1:
+            if s["is_processing"]
+            and s.get("prompt_len") is not None
+            and abs(s["prompt_len"] - x["prompt_tokens"]) <= 1
+        )
+        if not match or match[0][0] > 1.0 or (len(match) > 1 and match[1][0] - match[0][0] < 0.1):
             continue
-        slot0 = match[0]
+        slot0 = match[0][2]
         for s in series:
             if s["t"] <= c["t_send"]:
                 continue
@@ -455,6 +476,16 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
     return res
 
 
+def token_gaps(history: dict[str, Any]) -> list[float]:
+    """Seconds between consecutive tokens of one task as clients received them: about
+    one engine batch step, the floor under any cancel -> slot-free latency."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        ts = [e[0] for e in r.get("events", []) if e[2] == "token"]
+        out += [b - a for a, b in itertools.pairwise(ts)]
+    return out
+
+
 def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, Any]:
     tasks = history["tasks"]
     cancels: dict[str, int] = {}
@@ -463,6 +494,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             key = str(r["cancel"].get("status"))
             cancels[key] = cancels.get(key, 0) + 1
     bo = retry_after_errors(history, "backoff_ms")
+    gaps = token_gaps(history)
     rc = retry_after_client_errors(history)
     counts: dict[str, int] = {}
     for r in tasks:
@@ -501,6 +533,10 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "p50": None if not csf else round(1000 * statistics.median(csf), 1),
             "p99": None if not csf else round(1000 * (_pct(csf, 99) or 0), 1),
             "max": None if not csf else round(1000 * max(csf), 1),
+        },
+        "token_gap_ms": {
+            "p50": None if not gaps else round(1000 * (_pct(gaps, 50) or 0), 1),
+            "p99": None if not gaps else round(1000 * (_pct(gaps, 99) or 0), 1),
         },
         "retry_after_error_s": {"n": len(ra), "p50": _pct(ra, 50), "p90": _pct(ra, 90)},
         "backoff_ms_error_s": {"n": len(bo), "p50": _pct(bo, 50), "p90": _pct(bo, 90)},

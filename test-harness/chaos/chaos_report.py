@@ -68,6 +68,15 @@ def markdown(
         f"Command: `uv run --frozen python test-harness/chaos/chaos_run.py --profile "
         f"{history['profile']} --seed {history['seed']}`",
         "",
+        *(
+            [
+                f"Checked again from the recorded history on {history['rechecked']} "
+                "(`chaos_run.py --recheck`), after a change of the checker.",
+                "",
+            ]
+            if history.get("rechecked")
+            else []
+        ),
         "## Verdict",
         "",
         f"- lost: **{figs['lost']}** (must be 0)",
@@ -98,6 +107,9 @@ def markdown(
         "|---|---|",
         f"| cancel → engine slot free (ms) p50 / p99 / max (n) | "
         f"{_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} ({csf['n']}) |",
+        f"| gap between two tokens of a task at the client (ms) p50 / p99: about one engine "
+        f"step, the floor under cancel → slot free | {_fmt(figs['token_gap_ms']['p50'])} / "
+        f"{_fmt(figs['token_gap_ms']['p99'])} |",
         f"| engine kill -9 → WORKER_RESET of its in-flight tasks, worst (s) | "
         f"{_fmt(figs['engine_kill_to_worker_reset_s_max'])} |",
         f"| Retry-After error: advertised vs wait until the refusing limit admitted again "

@@ -310,3 +310,27 @@ def test_planted_session_turn_consumed_by_a_rejection_is_caught() -> None:
     assert chaos_check.check(h) == []  # two admitted turns: the refusal is right
     h["tasks"][1]["session"] = None
     assert _checks(h) == {"session_turns"}
+
+
+def test_planted_unfair_dispatch_order_is_caught() -> None:
+    """Alpha (weight 3) and beta (weight 1) both keep a deep backlog: serving only
+    beta first is far from a 3:1 share; interleaving 3:1 is fair."""
+
+    def run(order: list[str]) -> dict[str, Any]:
+        h = _history()
+        h["tasks"], h["exchanges"], h["quotas"] = [], [], {}
+        h.pop("daemon_task_ends")
+        for k, tenant in enumerate(order):
+            r = _task(k, 1, tenant=tenant, t=10.0)  # all accepted at once
+            r["events"][0][0] = 20.0 + k  # started one after the other
+            for e in r["events"][1:]:
+                e[0] = 20.5 + k
+            h["tasks"].append(r)
+            h["exchanges"].append({"arrival": k, "engine": 0, "opened": 20.0 + k, "final": True})
+        return h
+
+    fair = run((["alpha"] * 3 + ["beta"]) * 10)
+    assert chaos_check.fairness(fair)["deviation"] < 0.1
+    assert chaos_check.check(fair) == []
+    unfair = run(["beta"] * 24 + ["alpha"] * 24 + ["beta"])
+    assert _checks(unfair) == {"fairness"}
