@@ -476,6 +476,22 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
     return res
 
 
+def cancel_upstream_closed(history: dict[str, Any]) -> list[float]:
+    """Seconds from a cancel request to orchestratord closing the engine request
+    (the proxy saw the connection end): orchestratord's own part of a cancel."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        c = r.get("cancel")
+        if not c or c.get("status") != 204:
+            continue
+        for x in _exchanges_of(history, r["n"]):
+            closed = x.get("closed")
+            if x["opened"] < c["t_send"] and not x.get("final") and closed and closed > c["t_send"]:
+                if x.get("cut") == "client-eof":
+                    out.append(closed - c["t_send"])
+    return out
+
+
 def token_gaps(history: dict[str, Any]) -> list[float]:
     """Seconds between consecutive tokens of one task as clients received them: about
     one engine batch step, the floor under any cancel -> slot-free latency."""
@@ -495,6 +511,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             cancels[key] = cancels.get(key, 0) + 1
     bo = retry_after_errors(history, "backoff_ms")
     gaps = token_gaps(history)
+    cuc = cancel_upstream_closed(history)
     rc = retry_after_client_errors(history)
     counts: dict[str, int] = {}
     for r in tasks:
@@ -533,6 +550,11 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "p50": None if not csf else round(1000 * statistics.median(csf), 1),
             "p99": None if not csf else round(1000 * (_pct(csf, 99) or 0), 1),
             "max": None if not csf else round(1000 * max(csf), 1),
+        },
+        "cancel_upstream_closed_ms": {
+            "n": len(cuc),
+            "p50": None if not cuc else round(1000 * (_pct(cuc, 50) or 0), 1),
+            "p99": None if not cuc else round(1000 * (_pct(cuc, 99) or 0), 1),
         },
         "token_gap_ms": {
             "p50": None if not gaps else round(1000 * (_pct(gaps, 50) or 0), 1),

@@ -57,6 +57,7 @@ def markdown(
     plan = history["plan"]
     csf = figs["cancel_slot_free_ms"]
     rce = figs["retry_after_client_error_s"]
+    cuc = figs["cancel_upstream_closed_ms"]
     w0, w1 = history["load_window"]
     L = [
         f"# Chaos run `{history['profile']}`, seed {history['seed']}",
@@ -107,6 +108,8 @@ def markdown(
         "|---|---|",
         f"| cancel → engine slot free (ms) p50 / p99 / max (n) | "
         f"{_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} ({csf['n']}) |",
+        f"| cancel → orchestratord closed the engine request (ms) p50 / p99 (n) | "
+        f"{_fmt(cuc['p50'])} / {_fmt(cuc['p99'])} ({cuc['n']}) |",
         f"| gap between two tokens of a task at the client (ms) p50 / p99: about one engine "
         f"step, the floor under cancel → slot free | {_fmt(figs['token_gap_ms']['p50'])} / "
         f"{_fmt(figs['token_gap_ms']['p99'])} |",
