@@ -177,6 +177,7 @@ def check(history: dict[str, Any]) -> list[Violation]:
             )
     out += _check_quota(history)
     out += _check_session_turns(history)
+    out += _check_metrics(history)
     fair = fairness(history)
     if fair["samples"] >= FAIRNESS_MIN_SAMPLES and fair["deviation"] > FAIRNESS_BOUND:
         out.append(Violation("fairness", None, f"dispatch share deviation {fair}"))
@@ -191,6 +192,30 @@ def _after_terminal(rec: dict[str, Any], ev: list[Any]) -> bool:
         if e[2] in TERMINAL:
             seen = True
     return False
+
+
+def _metric_total(lines: list[str], name: str) -> float:
+    return sum(
+        float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith((name + "{", name + " "))
+    )
+
+
+def _check_metrics(history: dict[str, Any]) -> list[Violation]:
+    """orchestratord's own counters agree with what the clients saw."""
+    lines = history.get("orch_metrics_tasks")
+    if lines is None:
+        return []
+    out: list[Violation] = []
+    outcomes = [outcome(r) for r in history["tasks"]]
+    accepted = sum(1 for r in history["tasks"] if r.get("task_id"))
+    for name, want in (
+        ("tasks_enqueued_total", accepted),
+        ("tasks_canceled_total", outcomes.count("canceled")),
+    ):
+        got = _metric_total(lines, name)
+        if got != want:
+            out.append(Violation("daemon_metrics", None, f"{name} = {got:g}, clients saw {want}"))
+    return out
 
 
 def _check_session_turns(history: dict[str, Any]) -> list[Violation]:

@@ -669,7 +669,7 @@ class Runner:
                 for ln in orch_metrics.splitlines()
                 if ln.startswith(("llorch_tasks", "orchd_tasks", "tasks_"))
                 and not ln.startswith("#")
-            ][:60],
+            ][:400],
         }
         return history
 

@@ -334,3 +334,15 @@ def test_planted_unfair_dispatch_order_is_caught() -> None:
     assert chaos_check.check(fair) == []
     unfair = run(["beta"] * 24 + ["alpha"] * 24 + ["beta"])
     assert _checks(unfair) == {"fairness"}
+
+
+def test_planted_metrics_disagreement_is_caught() -> None:
+    h = _history()
+    h["orch_metrics_tasks"] = [
+        'tasks_enqueued_total{pool_id="chaos",priority="batch"} 2.0',
+        'tasks_enqueued_total{pool_id="chaos",priority="interactive"} 1.0',
+        'tasks_canceled_total{pool_id="chaos",priority="batch"} 0.0',
+    ]
+    assert chaos_check.check(h) == []
+    h["orch_metrics_tasks"][2] = 'tasks_canceled_total{pool_id="chaos",priority="batch"} 1.0'
+    assert _checks(h) == {"daemon_metrics"}
