@@ -109,7 +109,7 @@ def check(history: dict[str, Any]) -> list[Violation]:
             )
         out += _check_log(n, "live", live)
         replay = rec.get("replay")
-        if replay is not None:
+        if replay is not None and not _evicted(history, rec):
             rseq = _seq(replay)
             out += _check_log(n, "replay", rseq)
             if [(i, ev) for i, ev, _ in rseq] != [(i, ev) for i, ev, _ in live]:
@@ -128,7 +128,15 @@ def check(history: dict[str, Any]) -> list[Violation]:
                     Violation("no_token_after_cancel", n, f"{len(toks_after)} tokens after the end")
                 )
             for x in _exchanges_of(history, n):
-                if x["opened"] > cancel["t_recv"]:
+                # A request orchestratord was already sending when the cancel came and
+                # aborted at once (no byte back, closed within 250 ms) did no engine work;
+                # any other request seen after the 204 is a retry.
+                aborted = (
+                    not x.get("bytes_down")
+                    and x.get("closed") is not None
+                    and x["closed"] - x["opened"] <= 0.25
+                )
+                if x["opened"] > cancel["t_recv"] and not aborted:
                     out.append(
                         Violation(
                             "no_retry_after_cancel",
@@ -182,6 +190,20 @@ def check(history: dict[str, Any]) -> list[Violation]:
     if fair["samples"] >= FAIRNESS_MIN_SAMPLES and fair["deviation"] > FAIRNESS_BOUND:
         out.append(Violation("fairness", None, f"dispatch share deviation {fair}"))
     return out
+
+
+def _evicted(history: dict[str, Any], rec: dict[str, Any]) -> bool:
+    """The task's log was evicted by design before the replay (404 for a task that
+    ended more than ``event_log_retention_s`` before the replay at the end of the run);
+    histories without ``replay_status`` (older runners) are judged by the times."""
+    if rec.get("replay_status") is not None:
+        return rec["replay_status"] == 404
+    if rec.get("replay") != []:
+        return False
+    retention = float(history.get("event_log_retention_s", 600.0))
+    term = next((e[0] for e in rec.get("events", []) if e[2] in TERMINAL), None)
+    replayed_after = (history.get("load_window") or [0.0, 0.0])[1]
+    return term is not None and replayed_after - term > retention
 
 
 def _after_terminal(rec: dict[str, Any], ev: list[Any]) -> bool:
@@ -350,7 +372,18 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(xs[k], 4)
 
 
-def cancel_slot_free(history: dict[str, Any]) -> list[float]:
+def _under_fault(history: dict[str, Any], engine: int, t: float) -> bool:
+    """An engine fault (not overload) on ``engine`` was active around ``t`` (±1 s):
+    a stopped, cut or slowed engine cannot free a slot on time by construction."""
+    for f in history.get("faults", []):
+        if f["kind"] == "overload" or f.get("target") != engine:
+            continue
+        if f["t_start"] - 1.0 <= t <= (f.get("t_end") or f["t_start"]) + 1.0:
+            return True
+    return False
+
+
+def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -> list[float]:
     """Seconds from a cancel request to its engine slot freed, for cancels of a
     request the engine was running (its exchange open, not final, at the cancel)."""
     samples: dict[str, list[dict[str, Any]]] = history.get("slot_samples", {})
@@ -370,6 +403,8 @@ def cancel_slot_free(history: dict[str, Any]) -> list[float]:
         if not xs:
             continue
         x = xs[-1]
+        if _under_fault(history, x["engine"], c["t_send"]) != exclude_faults:
+            continue
         series = samples.get(str(x["engine"]), [])
         before = [s for s in series if s["t"] <= c["t_send"]]
         if not before:
@@ -466,11 +501,14 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
         rid = f.get("replica_id")
         item: dict[str, Any] = {"kind": f["kind"], "n": f["n"], "target": f.get("target")}
         if f["kind"] == "overload":
+            until = min(
+                (g["t_start"] for g in history["faults"] if g["t_start"] > t0), default=1e18
+            )
             rej = [
                 s["t_recv"]
                 for r in history["tasks"]
                 for s in r.get("submits", [])
-                if s["status"] == 429 and s["t_recv"] >= t0
+                if s["status"] == 429 and t0 <= s["t_recv"] < until and s.get("policy") != "quota"
             ]
             item["backpressure_s"] = round(max(rej) - t0, 3) if rej else 0.0
             item["rejected_429"] = len(rej)
@@ -546,6 +584,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
     failed = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("failed:")}
     rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
     csf = cancel_slot_free(history)
+    csf_fault = cancel_slot_free(history, exclude_faults=True)
     ra = retry_after_errors(history)
     rec = recoveries(history)
     kill_reset = [
@@ -575,6 +614,8 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "p50": None if not csf else round(1000 * statistics.median(csf), 1),
             "p99": None if not csf else round(1000 * (_pct(csf, 99) or 0), 1),
             "max": None if not csf else round(1000 * max(csf), 1),
+            "under_fault_n": len(csf_fault),
+            "under_fault_max": None if not csf_fault else round(1000 * max(csf_fault), 1),
         },
         "cancel_upstream_closed_ms": {
             "n": len(cuc),

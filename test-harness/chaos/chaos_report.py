@@ -108,6 +108,8 @@ def markdown(
         "|---|---|",
         f"| cancel → engine slot free (ms) p50 / p99 / max (n) | "
         f"{_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} ({csf['n']}) |",
+        f"| same, cancels on an engine under a fault (±1 s), not counted above: max (n) | "
+        f"{_fmt(csf.get('under_fault_max'))} ({csf.get('under_fault_n')}) |",
         f"| cancel → orchestratord closed the engine request (ms) p50 / p99 (n) | "
         f"{_fmt(cuc['p50'])} / {_fmt(cuc['p99'])} ({cuc['n']}) |",
         f"| gap between two tokens of a task at the client (ms) p50 / p99: about one engine "

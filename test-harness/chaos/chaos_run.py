@@ -556,6 +556,7 @@ class Runner:
                 headers={"Authorization": f"Bearer {self.keys[rec['tenant']]}"},
                 timeout=aiohttp.ClientTimeout(total=20),
             ) as r:
+                rec["replay_status"] = r.status
                 if r.status != 200:
                     rec["replay"] = []
                     return
@@ -645,7 +646,9 @@ class Runner:
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
             "load_window": [t_load0, t_load1],
             "weights": {t.name: t.weight for t in self.prof.tenants},
-            "max_turns": 8,  # the sessions section's default, which the config keeps
+            "max_turns": 8,
+            # the config keeps the defaults of max_turns and of the log retention
+            "event_log_retention_s": 600.0,
             "quotas": {t.name: t.max_concurrent for t in self.prof.tenants if t.max_concurrent},
             "tasks": [self.records[k] for k in sorted(self.records)],
             "exchanges": [vars(x) for p in self.proxies for x in p.exchanges],

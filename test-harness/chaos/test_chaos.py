@@ -117,8 +117,21 @@ def test_planted_retry_after_cancel_is_caught() -> None:
     r["cancel"] = {"t_send": 100.3, "t_recv": 100.31, "status": 204}
     h["daemon_task_ends"][0]["state"] = "canceled"
     assert chaos_check.check(h) == []
+    # a send orchestratord had begun and aborted at once (no byte back) did no work
+    aborted = {"arrival": 0, "engine": 1, "opened": 100.35, "closed": 100.36, "final": False}
+    h["exchanges"].append(aborted)
+    assert chaos_check.check(h) == []
     h["exchanges"].append({"arrival": 0, "engine": 1, "opened": 100.4, "final": False})
     assert _checks(h) == {"no_retry_after_cancel"}
+
+
+def test_a_replay_differing_is_caught_unless_the_log_was_evicted() -> None:
+    h = _history()
+    h["tasks"][0]["replay"] = []
+    h["tasks"][0]["replay_status"] = 200
+    assert _checks(h) == {"replay"}
+    h["tasks"][0]["replay_status"] = 404  # older than event_log_retention_s: by design
+    assert chaos_check.check(h) == []
 
 
 def test_planted_clean_end_from_a_cut_engine_stream_is_caught() -> None:
