@@ -200,6 +200,7 @@ class AdmissionMixin:
                 max_tokens = prepared.request.max_tokens
             sid = str(req.session_id) if req.session_id else None
             pin = None
+            reserve = 0
             rate = pool.config.cost_per_token.get(req.priority, 0.0)
             if sid is not None:
                 assert prepared.prompt_tokens is not None  # sessions are counted (ORCH-1118)
@@ -227,6 +228,8 @@ class AdmissionMixin:
             try:
                 displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
             except AdmissionRejected as exc:
+                if sid is not None:  # not admitted: the turn and its reservation go back
+                    self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
                 exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)

@@ -105,6 +105,16 @@ class SessionTable:
         s.expires_at = now + self._cfg.ttl_ms / 1000
         return s
 
+    def undo_turn(self, key: SessionKey, tokens: int = 0, cost: float = 0.0) -> None:
+        """Give back a turn ``begin_turn`` counted whose task was then not admitted
+        (a full queue): a rejected submission uses no turn and reserves nothing."""
+        s = self._sessions.get(key)
+        if s is None:
+            return
+        s.turns = max(0, s.turns - 1)
+        s.reserved_tokens = max(0, s.reserved_tokens - tokens)
+        s.reserved_cost = max(0.0, s.reserved_cost - cost)
+
     def record(
         self,
         key: SessionKey,

@@ -1,0 +1,742 @@
+"""Chaos and load runner: real llama-server engines behind fault proxies, orchestratord
+as a daemon, a seeded load, faults on a schedule, then the invariant check and report.
+
+    uv run --frozen python test-harness/chaos/chaos_run.py --profile ci --seed 7
+    nohup uv run --frozen python test-harness/chaos/chaos_run.py --long > chaos-long.log 2>&1 &
+
+Topology: N engines (SmolLM2-135M, a few slots each) ← one FaultProxy each ←
+orchestratord (pool ``chaos``, ``endpoints:`` = the proxies, auth with one key
+per tenant) ← the load clients. Every process is started in its own process
+group and stopped by PID group in a ``finally`` (never by name). ORCH-6100, ORCH-6104.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import chaos_check  # noqa: E402
+import chaos_plan  # noqa: E402
+import chaos_report  # noqa: E402
+from chaos_proxy import FaultProxy  # noqa: E402
+from llama_orch.core.sse import SSEParser  # noqa: E402
+from llama_orch.pool_managerd.engine import LlamaServerSpec, die_with_parent, free_port  # noqa: E402
+from llama_orch.pool_managerd.provision import provision_llama_server, provision_model  # noqa: E402
+
+SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
+POOL = "chaos"
+STREAM_TIMEOUT_S = 120.0
+DRAIN_TIMEOUT_S = 90.0
+ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack").split())
+
+
+def log(msg: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _killpg(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _prompt_len(slot: dict[str, Any]) -> int | None:
+    """The prompt length of the request a busy slot runs: llama-server's
+    ``n_prompt_tokens`` counts the tokens decoded so far too."""
+    if not slot.get("is_processing"):
+        return None
+    with contextlib.suppress(KeyError, IndexError, TypeError):
+        return int(slot["n_prompt_tokens"]) - int(slot["next_token"][0]["n_decoded"])
+    return None
+
+
+class Engine:
+    """One llama-server replica; restartable on a new port after a kill."""
+
+    def __init__(self, index: int, binary: Path, model: Path, slots: int, logdir: Path) -> None:
+        self.index, self.binary, self.model, self.slots, self.logdir = (
+            index,
+            binary,
+            model,
+            slots,
+            logdir,
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.incarnation = 0
+        self.counters: list[dict[str, float]] = []  # token counters of past incarnations
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        self.port = free_port()
+        spec = LlamaServerSpec(
+            binary=self.binary,
+            model_path=self.model,
+            port=self.port,
+            slots=self.slots,
+            ctx_per_slot=512,
+            threads=1,
+            # The cached llama-server is built with GGML_NATIVE; on these VMs the CPU
+            # advertises AMX but the kernel traps its tile instructions (SIGILL/GPF in
+            # libggml-cpu during warmup). Weight repacking is what selects the AMX
+            # kernels; chaos does not measure it, so it is off.
+            extra_flags=ENGINE_FLAGS,
+        )
+        self.incarnation += 1
+        with (self.logdir / f"engine{self.index}-{self.incarnation}.log").open("wb") as logf:
+            self.proc = subprocess.Popen(
+                spec.command(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=spec.env(),
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"engine {self.index} exited {self.proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.get(self.url + "/health", timeout=aiohttp.ClientTimeout(2)) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"engine {self.index} not healthy in 120 s")
+
+    async def token_counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
+        out: dict[str, float] = {}
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with http.get(self.url + "/metrics", timeout=aiohttp.ClientTimeout(3)) as r:
+                for line in (await r.text()).splitlines():
+                    if line.startswith("llamacpp:tokens_predicted_total") or line.startswith(
+                        "llamacpp:prompt_tokens_total"
+                    ):
+                        name, val = line.split()[:2]
+                        out[name] = float(val)
+        return out
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            _killpg(self.proc.pid, signal.SIGCONT)
+            _killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                _killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Runner:
+    def __init__(self, prof: chaos_plan.Profile, seed: int, outdir: Path, workdir: Path) -> None:
+        self.prof, self.seed = prof, seed
+        self.plan = chaos_plan.make_plan(prof, seed)
+        self.outdir, self.workdir = outdir, workdir
+        self.engines: list[Engine] = []
+        self.proxies: list[FaultProxy] = []
+        self.orch: subprocess.Popen[bytes] | None = None
+        self.orch_url = ""
+        self.keys = {t.name: f"llo_chaos-{t.name}-{'k' * 40}" for t in prof.tenants}
+        self.records: dict[int, dict[str, Any]] = {}
+        self.faults_done: list[dict[str, Any]] = []
+        self.slot_samples: dict[str, list[dict[str, Any]]] = {}
+        self.sessions: dict[tuple[str, int], asyncio.Lock] = {}
+        self.live: dict[int, list[Any]] = {}  # arrival -> [replica_id, tokens received]
+        self.t0 = 0.0
+        self.stopping = asyncio.Event()
+
+    # ----------------------------------------------------------------- topology
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        binary = provision_llama_server(progress=log)
+        model_path, digest = provision_model(SMOLLM2, progress=log)
+        for i in range(self.prof.engines):
+            e = Engine(i, binary.path, model_path, self.prof.slots, self.workdir)
+            self.engines.append(e)
+        await asyncio.gather(*(e.start(http) for e in self.engines))
+        for e in self.engines:
+            p = FaultProxy(e.index, e.port)
+            await p.start()
+            self.proxies.append(p)
+        from llama_orch.orchestratord.auth import hash_key
+
+        port = free_port()
+        cfg = {
+            "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 2.0},
+            "auth": {
+                "enabled": True,
+                "public_metrics": True,
+                "public_health": True,
+                "keys": [
+                    {"id": f"key-{t}", "role": "tenant", "tenant": t, "hash": hash_key(k)}
+                    for t, k in self.keys.items()
+                ],
+            },
+            "admission": {"queue_capacity": self.prof.queue_capacity},
+            "scheduling": {
+                "tenants": {
+                    t.name: {"weight": t.weight}
+                    | ({"max_concurrent": t.max_concurrent} if t.max_concurrent else {})
+                    for t in self.prof.tenants
+                }
+            },
+            "observability": {"self_test": False, "engine_scrape_interval_s": 1.0},
+            "allow_cpu_inference": True,
+            "pools": [
+                {
+                    "id": POOL,
+                    "engine": "llamacpp-http",
+                    "model": SMOLLM2,
+                    "model_digest": digest,
+                    "endpoints": [f"http://127.0.0.1:{p.port}" for p in self.proxies],
+                    "adapter_options": {
+                        "idle_timeout_s": self.prof.idle_timeout_s,
+                        "connect_timeout_s": 2.0,
+                        "request_timeout_s": 5.0,
+                    },
+                }
+            ],
+        }
+        path = self.workdir / "orchestratord.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        exe = Path(sys.executable).parent / "orchestratord"
+        self.orch_log = self.workdir / "orchestratord.log"
+        with self.orch_log.open("wb") as logf:
+            self.orch = subprocess.Popen(
+                [str(exe), "--config", str(path)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        self.orch_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.orch.poll() is not None:
+                raise RuntimeError(
+                    f"orchestratord exited {self.orch.returncode}:\n"
+                    f"{self.orch_log.read_text()[-3000:]}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.get(self.orch_url + f"/v1/pools/{POOL}/health") as r:
+                    body = await r.json()
+                    ready = [x for x in body.get("replicas", []) if x.get("status") == "ready"]
+                    if len(ready) == len(self.engines):
+                        return
+            await asyncio.sleep(0.2)
+        raise RuntimeError("orchestratord pool not ready in 120 s")
+
+    async def stop(self) -> None:
+        if self.orch is not None and self.orch.poll() is None:
+            _killpg(self.orch.pid, signal.SIGTERM)
+            try:
+                self.orch.wait(15)
+            except subprocess.TimeoutExpired:
+                _killpg(self.orch.pid, signal.SIGKILL)
+                self.orch.wait()
+        for p in self.proxies:
+            await p.close()
+        for e in self.engines:
+            e.stop()
+
+    def now(self) -> float:
+        return time.time()
+
+    # ----------------------------------------------------------------- monitors
+
+    async def monitor_slots(self, http: aiohttp.ClientSession, e: Engine) -> None:
+        series = self.slot_samples.setdefault(str(e.index), [])
+        last: Any = None
+        while not self.stopping.is_set():
+            t_sent = self.now()
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
+                # A poll waits for the engine's current batch step; a longer timeout keeps
+                # the answer right after a slow step instead of a gap in the series.
+                async with http.get(e.url + "/slots", timeout=aiohttp.ClientTimeout(5)) as r:
+                    body = await r.json()
+                t = self.now()
+                if not isinstance(body, list):  # an error answer (engine busy or stopping)
+                    raise ValueError(str(body)[:200])
+                slots = [
+                    {
+                        "id": s.get("id"),
+                        "is_processing": bool(s.get("is_processing")),
+                        "id_task": s.get("id_task") if s.get("is_processing") else None,
+                        "prompt_len": _prompt_len(s),
+                    }
+                    for s in body
+                ]
+                if slots != last:
+                    # the state was seen between t_sent and t (an upper bound)
+                    series.append({"t": t, "t_sent": t_sent, "slots": slots})
+                    last = slots
+            await asyncio.sleep(0.04)
+
+    # ----------------------------------------------------------------- faults
+
+    def replica_id(self, index: int) -> str:
+        return f"{POOL}-e{index}"
+
+    async def inject(self, http: aiohttp.ClientSession, f: chaos_plan.Fault) -> None:
+        await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
+        e, p = self.engines[f.target], self.proxies[f.target]
+        rec: dict[str, Any] = {
+            "n": f.n,
+            "kind": f.kind,
+            "target": f.target,
+            "replica_id": self.replica_id(f.target),
+            "planned_at_s": f.at_s,
+        }
+        if f.kind in ("engine_kill9", "engine_sigstop", "net_blackhole", "net_reset"):
+            # Inject while a task streams tokens from the target, so the fault hits
+            # work (waits at most 10 s; the report says when it was injected).
+            rid = self.replica_id(f.target)
+            for _ in range(200):
+                if any(v[0] == rid and v[1] > 0 for v in self.live.values()):
+                    break
+                await asyncio.sleep(0.05)
+        rec["t_start"] = self.now()
+        rec["at_s"] = round(time.monotonic() - self.t0, 3)
+        log(f"fault {f.n}: {f.kind} on engine {f.target} at {rec['at_s']}s")
+        if f.kind == "engine_kill9":
+            e.signal(signal.SIGKILL)
+            assert e.proc is not None
+            e.proc.wait()
+            await asyncio.sleep(f.duration_s)
+            await e.start(http)
+            p.upstream_port = e.port
+            rec["t_end"] = self.now()
+        elif f.kind == "engine_sigstop":
+            e.signal(signal.SIGSTOP)
+            await asyncio.sleep(f.duration_s)
+            e.signal(signal.SIGCONT)
+            rec["t_end"] = self.now()
+        elif f.kind == "net_blackhole":
+            p.blackhole(True)
+            await asyncio.sleep(f.duration_s)
+            p.blackhole(False)
+            rec["t_end"] = self.now()
+        elif f.kind == "net_latency":
+            p.latency(f.latency_ms)
+            await asyncio.sleep(f.duration_s)
+            p.latency(0)
+            rec["t_end"] = self.now()
+        elif f.kind == "net_reset":
+            p.reset()
+            rec["t_end"] = self.now()
+        elif f.kind == "overload":
+            rec["t_end"] = rec["t_start"] + f.duration_s
+            rec["burst"] = f.burst
+        self.faults_done.append(rec)
+
+    # ----------------------------------------------------------------- clients
+
+    async def client(self, http: aiohttp.ClientSession, a: chaos_plan.Arrival) -> None:
+        rec: dict[str, Any] = {
+            "n": a.n,
+            "tenant": a.tenant,
+            "priority": a.priority,
+            "behaviour": a.behaviour,
+            "burst": a.burst,
+            "session": a.session,
+            "api": a.api,
+            "max_tokens": a.max_tokens,
+            "submits": [],
+            "task_id": None,
+            "t_accepted": None,
+            "events": [],
+            "connections": [],
+            "cancel": None,
+        }
+        self.records[a.n] = rec
+        await asyncio.sleep(max(0.0, self.t0 + a.at_s - time.monotonic()))
+        if a.api != "tasks":
+            # Seam: the OpenAI-compatible API is being built by another issue; a profile
+            # with openai_share > 0 fails here instead of pretending to have sent it.
+            raise NotImplementedError("the OpenAI-compatible API client is not wired yet")
+        lock = None
+        if a.session is not None:
+            lock = self.sessions.setdefault((a.tenant, a.session), asyncio.Lock())
+            await lock.acquire()
+        try:
+            await self._task_client(http, a, rec)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _task_client(
+        self, http: aiohttp.ClientSession, a: chaos_plan.Arrival, rec: dict[str, Any]
+    ) -> None:
+        headers = {"Authorization": f"Bearer {self.keys[a.tenant]}"}
+        body: dict[str, Any] = {
+            "prompt": a.prompt,
+            "max_tokens": a.max_tokens,
+            "priority": a.priority,
+            "temperature": 0.7,
+            "seed": a.n,
+        }
+        if a.deadline_ms:
+            body["deadline_ms"] = a.deadline_ms
+        if a.session is not None:
+            body["session_id"] = str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"chaos/{self.seed}/{a.tenant}/{a.session}")
+            )
+        first_ra: float | None = None
+        t_first = 0.0
+        while True:
+            t_send = self.now()
+            try:
+                async with http.post(
+                    self.orch_url + "/v1/tasks",
+                    json=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(30),
+                ) as r:
+                    status = r.status
+                    data = await r.json(content_type=None)
+                    ra = r.headers.get("Retry-After")
+                    backoff = r.headers.get("X-Backoff-Ms")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                rec["submits"].append(
+                    {
+                        "t_send": t_send,
+                        "t_recv": self.now(),
+                        "status": 0,
+                        "code": repr(exc)[:80],
+                        "retry_after": None,
+                    }
+                )
+                return
+            t_recv = self.now()
+            sub = {
+                "t_send": t_send,
+                "t_recv": t_recv,
+                "status": status,
+                "code": data.get("code") if isinstance(data, dict) else None,
+                "message": str(data.get("message"))[:200] if isinstance(data, dict) else None,
+                "policy": data.get("policy_label") if isinstance(data, dict) else None,
+                "retry_after": float(ra) if ra is not None else None,
+                "backoff_ms": int(backoff) if backoff is not None else None,
+            }
+            rec["submits"].append(sub)
+            if status == 202:
+                rec["task_id"], rec["t_accepted"] = data["task_id"], t_recv
+                break
+            if ra is None or status not in (429, 503):
+                return
+            if first_ra is None:
+                first_ra, t_first = float(ra), t_recv
+            if t_recv - t_first > 3 * first_ra + 10 or self.stopping.is_set():
+                return
+            await asyncio.sleep(0.5)  # probe often: measures the real wait to admission
+        tid = rec["task_id"]
+        canceller = None
+        if a.behaviour == "cancel":
+            canceller = asyncio.create_task(self._cancel(http, tid, a.cancel_after_s, rec, headers))
+        last: int | None = None
+        limit = a.disconnect_after if a.behaviour == "disconnect" else None
+        for _attempt in range(6):
+            done, last = await self._stream(http, tid, headers, rec, last, limit)
+            if done:
+                break
+            if limit is not None:
+                limit = None
+                await asyncio.sleep(a.reconnect_after_s)
+            else:
+                await asyncio.sleep(0.5)
+        if canceller is not None:
+            await canceller
+
+    async def _cancel(
+        self,
+        http: aiohttp.ClientSession,
+        tid: str,
+        after: float,
+        rec: dict[str, Any],
+        headers: dict[str, str],
+    ) -> None:
+        await asyncio.sleep(after)
+        t_send = self.now()
+        status = 0
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with http.post(
+                self.orch_url + f"/v1/tasks/{tid}/cancel",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(30),
+            ) as r:
+                status = r.status
+                await r.read()
+        rec["cancel"] = {"t_send": t_send, "t_recv": self.now(), "status": status}
+
+    async def _stream(
+        self,
+        http: aiohttp.ClientSession,
+        tid: str,
+        headers: dict[str, str],
+        rec: dict[str, Any],
+        last: int | None,
+        limit: int | None,
+    ) -> tuple[bool, int | None]:
+        h = dict(headers)
+        if last is not None:
+            h["Last-Event-ID"] = str(last)
+        conn: dict[str, Any] = {"t_open": self.now(), "last_event_id": last, "n": 0, "error": None}
+        rec["connections"].append(conn)
+        parser = SSEParser()
+        try:
+            async with http.get(
+                self.orch_url + f"/v1/tasks/{tid}/stream",
+                headers=h,
+                timeout=aiohttp.ClientTimeout(total=STREAM_TIMEOUT_S, sock_read=STREAM_TIMEOUT_S),
+            ) as r:
+                if r.status != 200:
+                    conn["error"] = f"HTTP {r.status}"
+                    return False, last
+                async for chunk in r.content.iter_any():
+                    for msg in parser.feed(chunk):
+                        t = self.now()
+                        eid = int(msg.id) if msg.id is not None else -1
+                        data = msgspec.json.decode(msg.data)
+                        rec["events"].append([t, eid, msg.event, data])
+                        if msg.event == "started":
+                            self.live[rec["n"]] = [data.get("replica_id"), 0]
+                        elif msg.event == "token" and rec["n"] in self.live:
+                            self.live[rec["n"]][1] += 1
+                        elif msg.event in chaos_check.TERMINAL:
+                            self.live.pop(rec["n"], None)
+                        conn["n"] += 1
+                        last = eid
+                        if msg.event in chaos_check.TERMINAL:
+                            conn["t_close"] = self.now()
+                            return True, last
+                        if limit is not None and conn["n"] >= limit:
+                            conn["t_close"] = self.now()
+                            conn["error"] = "planned disconnect"
+                            return False, last
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            conn["error"] = repr(exc)[:120]
+        conn["t_close"] = self.now()
+        return False, last
+
+    async def replay(self, http: aiohttp.ClientSession, rec: dict[str, Any]) -> None:
+        tid = rec["task_id"]
+        out: list[list[Any]] = []
+        parser = SSEParser()
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with http.get(
+                self.orch_url + f"/v1/tasks/{tid}/stream",
+                headers={"Authorization": f"Bearer {self.keys[rec['tenant']]}"},
+                timeout=aiohttp.ClientTimeout(total=20),
+            ) as r:
+                rec["replay_status"] = r.status
+                if r.status != 200:
+                    rec["replay"] = []
+                    return
+                async for chunk in r.content.iter_any():
+                    for msg in parser.feed(chunk):
+                        out.append([int(msg.id or -1), msg.event, msgspec.json.decode(msg.data)])
+        rec["replay"] = out
+
+    # ----------------------------------------------------------------- run
+
+    async def run(self) -> dict[str, Any]:
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            try:
+                log(f"starting {self.prof.engines} engines and orchestratord")
+                await self.start(http)
+                log(
+                    f"ready; plan {self.plan.digest[:16]}: {len(self.plan.arrivals)} arrivals, "
+                    f"{len(self.plan.faults)} faults over {self.prof.duration_s:.0f}s"
+                )
+                monitors = [asyncio.create_task(self.monitor_slots(http, e)) for e in self.engines]
+                self.t0 = time.monotonic()
+                t_load0 = self.now()
+                clients = [asyncio.create_task(self.client(http, a)) for a in self.plan.arrivals]
+                faults = [asyncio.create_task(self.inject(http, f)) for f in self.plan.faults]
+                await asyncio.gather(*faults)
+                await asyncio.sleep(max(0.0, self.t0 + self.prof.duration_s - time.monotonic()))
+                t_load1 = self.now()
+                log("load phase over; draining")
+                pending = set(clients)
+                t_drain = time.monotonic()
+                while pending and time.monotonic() - t_drain < DRAIN_TIMEOUT_S + STREAM_TIMEOUT_S:
+                    _, pending = await asyncio.wait(pending, timeout=10)
+                    if pending:
+                        log(f"draining: {len(pending)} clients still running")
+                done = set(clients) - pending
+                for c in pending:
+                    c.cancel()
+                for c in done:
+                    if c.exception() is not None:
+                        raise c.exception()  # type: ignore[misc]
+                # No engine slot may stay busy once every client is done (≤ 15 s to settle).
+                slots_after: dict[str, Any] = {}
+                for _ in range(150):
+                    slots_after = {}
+                    for e in self.engines:
+                        try:
+                            async with http.get(e.url + "/slots") as r:
+                                slots_after[str(e.index)] = await r.json()
+                        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                            slots_after[str(e.index)] = [{"id": -1, "error": repr(exc)[:200]}]
+                    if not any(
+                        s.get("is_processing") or "error" in s
+                        for v in slots_after.values()
+                        for s in v
+                    ):
+                        break
+                    await asyncio.sleep(0.1)
+                self.stopping.set()
+                await asyncio.gather(*monitors)
+                sem = asyncio.Semaphore(8)
+
+                async def one(r: dict[str, Any]) -> None:
+                    async with sem:
+                        await self.replay(http, r)
+
+                await asyncio.gather(*(one(r) for r in self.records.values() if r["task_id"]))
+                counters = {str(e.index): await e.token_counters(http) for e in self.engines}
+                async with http.get(self.orch_url + "/metrics") as r:
+                    orch_metrics = await r.text()
+            finally:
+                self.stopping.set()
+                await self.stop()
+        ends = []
+        for line in self.orch_log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if doc.get("msg") == "task ended":
+                    ends.append(doc)
+        history = {
+            "profile": self.prof.name,
+            "seed": self.seed,
+            "plan_digest": self.plan.digest,
+            "plan": self.plan.to_json(),
+            "started": started,
+            "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
+            "load_window": [t_load0, t_load1],
+            "weights": {t.name: t.weight for t in self.prof.tenants},
+            "max_turns": 8,
+            # the config keeps the defaults of max_turns and of the log retention
+            "event_log_retention_s": 600.0,
+            "quotas": {t.name: t.max_concurrent for t in self.prof.tenants if t.max_concurrent},
+            "tasks": [self.records[k] for k in sorted(self.records)],
+            "exchanges": [vars(x) for p in self.proxies for x in p.exchanges],
+            "slot_samples": self.slot_samples,
+            "slots_after_run": {
+                k: [
+                    {
+                        "id": s["id"],
+                        "is_processing": s.get("is_processing"),
+                        "error": s.get("error"),
+                    }
+                    for s in v
+                ]
+                for k, v in slots_after.items()
+            },
+            "daemon_task_ends": ends,
+            "faults": self.faults_done,
+            "engine_token_counters_end": counters,
+            "orch_metrics_tasks": [
+                ln
+                for ln in orch_metrics.splitlines()
+                if ln.startswith(("llorch_tasks", "orchd_tasks", "tasks_"))
+                and not ln.startswith("#")
+            ][:400],
+        }
+        return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=sorted(chaos_plan.PROFILES), default="ci")
+    ap.add_argument("--long", action="store_true", help="the nightly profile (30 minutes)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=HERE / "reports")
+    ap.add_argument("--plan-only", action="store_true", help="print the plan digest and exit")
+    ap.add_argument(
+        "--recheck",
+        type=Path,
+        metavar="HISTORY",
+        help="check a recorded <base>.history.json.gz again and rewrite its report",
+    )
+    args = ap.parse_args(argv)
+    if args.recheck:
+        return recheck(args.recheck)
+    prof = chaos_plan.PROFILES["long" if args.long else args.profile]
+    if args.plan_only:
+        plan = chaos_plan.make_plan(prof, args.seed)
+        print(
+            json.dumps(
+                {
+                    "digest": plan.digest,
+                    "arrivals": len(plan.arrivals),
+                    "faults": [vars(f) for f in plan.faults],
+                }
+            )
+        )
+        return 0
+    rc, _ = run_profile(prof, args.seed, args.out)
+    return rc
+
+
+def recheck(path: Path) -> int:
+    """The checks and figures are pure functions of the history: run them again
+    (after a checker change) and rewrite the report; the report says so."""
+    with gzip.open(path, "rt") as f:
+        history = json.load(f)
+    history["rechecked"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    violations = chaos_check.check(history)
+    figs = chaos_check.figures(history, violations)
+    base = path.parent / path.name.removesuffix(".history.json.gz")
+    chaos_report.write(base, history, violations, figs)
+    log(f"report: {base}.md")
+    return 0 if not violations and figs["lost"] == 0 else 1
+
+
+def run_profile(prof: chaos_plan.Profile, seed: int, out: Path) -> tuple[int, Path]:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    work = out / "work" / f"{prof.name}-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    runner = Runner(prof, seed, out, work)
+    history = asyncio.run(runner.run())
+    violations = chaos_check.check(history)
+    figs = chaos_check.figures(history, violations)
+    base = out / f"{prof.name}-seed{seed}-{stamp}"
+    chaos_report.write(base, history, violations, figs)
+    log(f"report: {base}.md")
+    return (0 if not violations and figs["lost"] == 0 else 1), base
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Chaos and load harness (issue #21): the checker's self-tests, the seeded plan,
+the fault proxy, and the CI profile on real llama-server engines.
+
+ORCH-6100..6107 (`.specs/60-testing-and-ci.md` §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # --import-mode=importlib: load the harness by its folder
+    sys.path.insert(0, str(HERE))
+
+import chaos_check  # noqa: E402
+import chaos_plan  # noqa: E402
+from chaos_proxy import FaultProxy  # noqa: E402
+
+# --------------------------------------------------------------------------- synthetic histories
+
+
+def _task(n: int, tokens: int = 3, *, tenant: str = "alpha", t: float = 100.0) -> dict[str, Any]:
+    ev: list[list[Any]] = [[t + 0.1, 0, "started", {"replica_id": "chaos-e0"}]]
+    for i in range(tokens):
+        ev.append([t + 0.2 + i * 0.01, i + 1, "token", {"t": "x", "i": i}])
+    ev.append([t + 0.5, tokens + 1, "end", {"tokens_out": tokens, "reason": "eos"}])
+    return {
+        "n": n,
+        "tenant": tenant,
+        "priority": "interactive",
+        "submits": [{"t_send": t, "t_recv": t + 0.01, "status": 202, "retry_after": None}],
+        "task_id": f"task-{n}",
+        "t_accepted": t + 0.01,
+        "events": ev,
+        "replay": [e[1:] for e in ev],
+        "cancel": None,
+    }
+
+
+def _history() -> dict[str, Any]:
+    tasks = [_task(0), _task(1, tenant="gamma"), _task(2, 5, t=101.0)]
+    return {
+        "tasks": tasks,
+        "exchanges": [
+            {"arrival": r["n"], "engine": 0, "opened": 100.05, "closed": 100.6, "final": True}
+            for r in tasks
+        ],
+        "daemon_task_ends": [
+            {"job_id": r["task_id"], "state": "completed", "ts": 100.55} for r in tasks
+        ],
+        "slots_after_run": {"0": [{"id": 0, "is_processing": False}]},
+        "quotas": {"gamma": 1},
+        "weights": {"alpha": 3, "beta": 1, "gamma": 1},
+        "faults": [],
+    }
+
+
+def _checks(h: dict[str, Any]) -> set[str]:
+    return {v.check for v in chaos_check.check(h)}
+
+
+def test_a_clean_history_has_no_violation() -> None:
+    """ORCH-6105: the planted-bug tests below start from this clean history."""
+    assert chaos_check.check(_history()) == []
+
+
+def test_planted_second_terminal_event_is_caught() -> None:
+    h = _history()
+    ev = h["tasks"][0]["events"]
+    ev.append([ev[-1][0] + 0.1, len(ev), "error", {"code": "WORKER_RESET"}])
+    h["tasks"][0]["replay"] = [e[1:] for e in ev]
+    assert {"one_terminal", "terminal_last"} <= _checks(h)
+
+
+def test_planted_token_after_cancel_is_caught() -> None:
+    h = _history()
+    r = h["tasks"][0]
+    end = r["events"][-1]
+    end[3] = {"tokens_out": 3, "reason": "canceled"}
+    r["cancel"] = {"t_send": end[0] - 0.05, "t_recv": end[0] + 0.001, "status": 204}
+    r["events"].append([end[0] + 0.01, end[1] + 1, "token", {"t": "late", "i": 3}])
+    h["daemon_task_ends"][0]["state"] = "canceled"
+    assert "no_token_after_cancel" in _checks(h)
+
+
+def test_planted_leaked_slot_is_caught() -> None:
+    h = _history()
+    h["slots_after_run"]["1"] = [
+        {"id": 0, "is_processing": False},
+        {"id": 1, "is_processing": True},
+    ]
+    assert _checks(h) == {"slot_leak"}
+
+
+def test_planted_lost_task_is_caught_and_counted() -> None:
+    h = _history()
+    r = h["tasks"][1]
+    r["events"] = r["events"][:-1]  # the stream never delivered a terminal event
+    r["replay"] = r["replay"][:-1]
+    violations = chaos_check.check(h)
+    assert "lost" in {v.check for v in violations}
+    assert chaos_check.figures(h, violations)["lost"] == 1
+
+
+def test_planted_retry_after_cancel_is_caught() -> None:
+    h = _history()
+    r = h["tasks"][0]
+    r["events"][-1][3] = {"tokens_out": 3, "reason": "canceled"}
+    r["replay"] = [e[1:] for e in r["events"]]
+    r["cancel"] = {"t_send": 100.3, "t_recv": 100.31, "status": 204}
+    h["daemon_task_ends"][0]["state"] = "canceled"
+    assert chaos_check.check(h) == []
+    # a send orchestratord had begun and aborted at once (no byte back) did no work
+    aborted = {"arrival": 0, "engine": 1, "opened": 100.35, "closed": 100.36, "final": False}
+    h["exchanges"].append(aborted)
+    assert chaos_check.check(h) == []
+    h["exchanges"].append({"arrival": 0, "engine": 1, "opened": 100.4, "final": False})
+    assert _checks(h) == {"no_retry_after_cancel"}
+
+
+def test_a_replay_differing_is_caught_unless_the_log_was_evicted() -> None:
+    h = _history()
+    h["tasks"][0]["replay"] = []
+    h["tasks"][0]["replay_status"] = 200
+    assert _checks(h) == {"replay"}
+    h["tasks"][0]["replay_status"] = 404  # older than event_log_retention_s: by design
+    assert chaos_check.check(h) == []
+
+
+def test_planted_clean_end_from_a_cut_engine_stream_is_caught() -> None:
+    h = _history()
+    h["exchanges"][2]["final"] = False
+    h["exchanges"][2]["cut"] = "upstream-eof"
+    assert _checks(h) == {"clean_end_from_failed_engine"}
+
+
+def test_planted_gap_or_repeat_on_resume_is_caught() -> None:
+    h = _history()
+    ev = h["tasks"][2]["events"]
+    ev.insert(3, copy.deepcopy(ev[2]))  # a resume that replays one token again
+    assert {"event_ids", "token_indices"} <= _checks(h)
+    h = _history()
+    del h["tasks"][2]["events"][2]  # a resume that skipped one event
+    assert {"event_ids", "token_indices"} <= _checks(h)
+
+
+def test_planted_quota_breach_and_daemon_log_mismatch_are_caught() -> None:
+    h = _history()
+    extra = _task(3, tenant="gamma", t=100.2)  # admitted while task 1 still ran
+    h["tasks"].append(extra)
+    h["exchanges"].append({"arrival": 3, "engine": 0, "opened": 100.3, "final": True})
+    h["daemon_task_ends"].append({"job_id": "task-3", "state": "completed", "ts": 100.8})
+    assert _checks(h) == {"quota"}
+    h["daemon_task_ends"][-1]["state"] = "failed"
+    assert _checks(h) == {"quota", "daemon_log"}
+
+
+def test_figures_count_outcomes_and_retry_after_error() -> None:
+    h = _history()
+    r = h["tasks"][2]
+    r["submits"] = [
+        {"t_send": 99.0, "t_recv": 99.0, "status": 429, "retry_after": 2.0, "code": "QUEUE_FULL"},
+        {"t_send": 101.0, "t_recv": 101.01, "status": 202, "retry_after": None},
+    ]
+    r["t_accepted"] = 101.01
+    h["tasks"].append({"n": 9, "submits": [{"status": 429, "code": "QUEUE_FULL", "t_recv": 1}]})
+    figs = chaos_check.figures(h, [])
+    assert figs["accepted"] == 3 and figs["completed"] == 3 and figs["lost"] == 0
+    assert figs["rejected_by_code"] == {"QUEUE_FULL": 1}
+    assert figs["retry_after_error_s"]["n"] == 1
+    # the tenant was admitted again 1.01 s after the 429 (task 0), this client after 2.01 s
+    assert figs["retry_after_error_s"]["p50"] == pytest.approx(0.99, abs=1e-6)
+    assert figs["retry_after_client_error_s"]["p50"] == pytest.approx(0.01, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_the_same_seed_gives_the_same_load_and_fault_schedule() -> None:
+    """ORCH-6102."""
+    for prof in chaos_plan.PROFILES.values():
+        a, b = chaos_plan.make_plan(prof, 11), chaos_plan.make_plan(prof, 11)
+        assert a.to_json() == b.to_json() and a.digest == b.digest
+        assert chaos_plan.make_plan(prof, 12).digest != a.digest
+    ci = chaos_plan.make_plan(chaos_plan.CI, 7)
+    kinds = {f.kind for f in ci.faults}
+    assert {"engine_kill9", "engine_sigstop", "net_blackhole", "overload"} <= kinds
+    assert {a.behaviour for a in ci.arrivals} == {"read", "cancel", "disconnect"}
+    assert {a.priority for a in ci.arrivals} == {"interactive", "batch"}
+    assert len({a.tenant for a in ci.arrivals}) == 3
+    long = chaos_plan.make_plan(chaos_plan.LONG, 7)
+    assert long.duration_s >= 1800 and len(long.faults) > 2 * len(ci.faults)
+
+
+def test_pending_fault_kinds_are_refused_not_faked() -> None:
+    prof = chaos_plan.Profile(
+        name="x",
+        duration_s=10,
+        rate_per_s=1,
+        tenants=chaos_plan.TENANTS,
+        faults=(chaos_plan.FaultSpec("orchestratord_kill9", at_s=1.0),),
+    )
+    with pytest.raises(ValueError, match="state store"):
+        chaos_plan.make_plan(prof, 1)
+
+
+# --------------------------------------------------------------------------- proxy
+
+
+async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
+    """The proxy ties a /completion to its arrival marker, sees id_slot and the final
+    chunk, and a black hole drops every byte of connections open during it."""
+
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await r.read(4096):
+            w.write(b'HTTP/1.1 200 OK\r\n\r\ndata: {"id_slot":2,"stop":false}\n\n')
+            w.write(b'data: {"stop":true}\n\n')
+            await w.drain()
+        w.close()
+
+    srv = await asyncio.start_server(engine, "127.0.0.1", 0)
+    proxy = FaultProxy(0, srv.sockets[0].getsockname()[1])
+    port = await proxy.start()
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b'POST /completion HTTP/1.1\r\n\r\n{"prompt":"[chaos-000042] hi"}')
+        await w.drain()
+        got = b""
+        while b'"stop":true' not in got:
+            got += await asyncio.wait_for(r.read(4096), 5)
+        (x,) = proxy.exchanges
+        assert (x.arrival, x.id_slot, x.final, x.path) == (42, 2, True, "/completion")
+        proxy.blackhole(True)
+        w.write(b'POST /completion HTTP/1.1\r\n\r\n{"prompt":"[chaos-000043] hi"}')
+        await w.drain()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(r.read(4096), 0.5)
+        assert len(proxy.exchanges) == 1  # nothing reached the engine
+        w.close()
+    finally:
+        await proxy.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+# --------------------------------------------------------------------------- the CI profile
+
+
+@pytest.mark.real_engine
+@pytest.mark.timeout(420)
+def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
+    """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106: two real llama-server replicas,
+    engine kill -9, SIGSTOP, a network black hole and an overload burst under the
+    seeded load; nothing lost, no invariant violated, and the acceptance figures."""
+    import chaos_run
+
+    seed = 7
+    rc, base = chaos_run.run_profile(chaos_plan.CI, seed, HERE / "reports")
+    summary = json.loads(base.with_suffix(".json").read_text())
+    figs = summary["figures"]
+    print(f"\n{base}.md\n{json.dumps(figs, indent=1)}")
+    assert summary["plan_digest"] == chaos_plan.make_plan(chaos_plan.CI, seed).digest
+    kinds = [f["kind"] for f in summary["schedule"]]
+    assert sorted(kinds) == sorted(f.kind for f in chaos_plan.make_plan(chaos_plan.CI, seed).faults)
+    assert figs["lost"] == 0, summary["violations"]
+    assert figs["violations"] == 0, summary["violations"]
+    assert figs["accepted"] > 50 and figs["completed"] > 20
+    assert figs["rejected_by_code"], "the overload burst must have met backpressure"
+    assert figs["cancel_slot_free_ms"]["n"] >= 3
+    assert figs["cancel_slot_free_ms"]["p99"] <= 250
+    assert figs["engine_kill_to_worker_reset_s_max"] is not None
+    assert figs["engine_kill_to_worker_reset_s_max"] <= 2.0
+    assert figs["retry_after_error_s"]["n"] >= 3
+    assert figs["retry_after_error_s"]["p50"] <= 1.0
+    assert rc == 0
+
+
+def test_cancel_to_slot_free_is_measured_on_the_slot_of_the_request() -> None:
+    """The request's slot is the busy one with its prompt length; freed = not busy or
+    running another task."""
+    h = _history()
+    r = h["tasks"][0]
+    r["events"][-1][3] = {"tokens_out": 3, "reason": "canceled"}
+    r["cancel"] = {"t_send": 100.30, "t_recv": 100.31, "status": 204}
+    h["exchanges"][0] |= {"final": False, "prompt_tokens": 7, "closed": 100.32}
+
+    def sample(t: float, *slots: tuple[int, bool, int | None, int | None]) -> dict[str, Any]:
+        keys = ("id", "is_processing", "id_task", "prompt_len")
+        return {"t": t, "slots": [dict(zip(keys, s, strict=True)) for s in slots]}
+
+    h["slot_samples"] = {
+        "0": [
+            sample(100.0, (0, True, 5, 9), (1, True, 6, 7)),
+            sample(100.36, (0, True, 5, 9), (1, True, 6, 7)),  # still decoding ours
+            sample(100.42, (0, True, 5, 9), (1, True, 8, 12)),  # slot 1 took the next task
+        ]
+    }
+    assert chaos_check.cancel_slot_free(h) == [pytest.approx(0.12)]
+    h["slot_samples"]["0"][0]["slots"][0]["prompt_len"] = 7  # ambiguous: not measured
+    assert chaos_check.cancel_slot_free(h) == []
+
+
+def test_planted_session_turn_consumed_by_a_rejection_is_caught() -> None:
+    """The bug this harness found (#21): 429'd session turns counted as turns."""
+    h = _history()
+    h["max_turns"] = 2
+    for r in h["tasks"][:2]:
+        r["session"], r["tenant"] = 0, "alpha"
+    late = _task(5, t=102.0)
+    late |= {"session": 0, "task_id": None, "t_accepted": None, "events": [], "replay": None}
+    late["submits"] = [
+        {"t_send": 102.0, "t_recv": 102.01, "status": 400, "message": "reached max_turns=2"}
+    ]
+    h["tasks"].append(late)
+    h["quotas"] = {}
+    assert chaos_check.check(h) == []  # two admitted turns: the refusal is right
+    h["tasks"][1]["session"] = None
+    assert _checks(h) == {"session_turns"}
+
+
+def test_planted_unfair_dispatch_order_is_caught() -> None:
+    """Alpha (weight 3) and beta (weight 1) both keep a deep backlog: serving only
+    beta first is far from a 3:1 share; interleaving 3:1 is fair."""
+
+    def run(order: list[str]) -> dict[str, Any]:
+        h = _history()
+        h["tasks"], h["exchanges"], h["quotas"] = [], [], {}
+        h.pop("daemon_task_ends")
+        for k, tenant in enumerate(order):
+            r = _task(k, 1, tenant=tenant, t=10.0)  # all accepted at once
+            r["events"][0][0] = 20.0 + k  # started one after the other
+            for e in r["events"][1:]:
+                e[0] = 20.5 + k
+            h["tasks"].append(r)
+            h["exchanges"].append({"arrival": k, "engine": 0, "opened": 20.0 + k, "final": True})
+        return h
+
+    fair = run((["alpha"] * 3 + ["beta"]) * 10)
+    assert chaos_check.fairness(fair)["deviation"] < 0.1
+    assert chaos_check.check(fair) == []
+    unfair = run(["beta"] * 24 + ["alpha"] * 24 + ["beta"])
+    assert _checks(unfair) == {"fairness"}
+
+
+def test_planted_metrics_disagreement_is_caught() -> None:
+    h = _history()
+    h["orch_metrics_tasks"] = [
+        'tasks_enqueued_total{pool_id="chaos",priority="batch"} 2.0',
+        'tasks_enqueued_total{pool_id="chaos",priority="interactive"} 1.0',
+        'tasks_canceled_total{pool_id="chaos",priority="batch"} 0.0',
+    ]
+    assert chaos_check.check(h) == []
+    h["orch_metrics_tasks"][2] = 'tasks_canceled_total{pool_id="chaos",priority="batch"} 1.0'
+    assert _checks(h) == {"daemon_metrics"}
