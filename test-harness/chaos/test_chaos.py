@@ -1,7 +1,7 @@
 """Chaos and load harness (issue #21): the checker's self-tests, the seeded plan,
 the fault proxy, and the CI profile on real llama-server engines.
 
-ORCH-6100..6107 (`.specs/60-testing-and-ci.md` §5).
+ORCH-6100..6107 (`.specs/60-testing-and-ci.md` §7).
 """
 
 from __future__ import annotations
