@@ -289,7 +289,14 @@ async def test_every_operation_answers_as_documented():
             await w.call(op_id, 401, params=params, key="llo_not-a-configured-key-" + "x" * 20)
         for op_id in DATA_OPS:
             await w.call(op_id, 403, params=params, key=ADMIN_KEY, json={"prompt": "x"})
-        for op_id in ("drainPool", "resetPool", "getReplicaSets", "getMetrics", "reloadPolicies", *ADMIN_VIEWS):
+        for op_id in (
+            "drainPool",
+            "resetPool",
+            "getReplicaSets",
+            "getMetrics",
+            "reloadPolicies",
+            *ADMIN_VIEWS,
+        ):
             await w.call(op_id, 403, params=params, key=TENANT_KEY, json={})
         big = b'{"prompt": "' + b"x" * 5000 + b'"}'
         for op_id in ("submitTask", "drainPool", "reloadPool"):

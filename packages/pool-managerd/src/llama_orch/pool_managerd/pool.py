@@ -61,6 +61,7 @@ def engine_host(cfg: PoolManagerdConfig, environ: Mapping[str, str] | None = Non
     ``pool_managerd.engine_host`` (ORCH-6223; on Kubernetes the pod IP)."""
     return (environ if environ is not None else os.environ).get(ENGINE_HOST_ENV) or cfg.engine_host
 
+
 log = logging.getLogger("llama_orch.pool_managerd")
 _T = TypeVar("_T")
 
