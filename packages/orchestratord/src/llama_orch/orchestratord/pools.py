@@ -1,8 +1,8 @@
 """Runtime view of pools and replicas: queues, slots, adapters (ORCH-1301).
 
-A :class:`Pool` owns its admission queue, its drain-rate estimate and the
-replicas the pool manager (or the config's ``endpoints``) reported. Only
-replicas in status ``ready`` with a free slot are ever chosen.
+A :class:`Pool` owns its admission queue and the replicas the pool manager
+(or the config's ``endpoints``) reported. Only replicas in status ``ready`` with a
+free slot are ever chosen.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import msgspec
 from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapter_class
 from llama_orch.core.config import AdmissionConfig, PoolConfig, SchedulingConfig
 from llama_orch.core.placement import ReplicaView, place
-from llama_orch.core.queue import AdmissionQueue, DrainRate
+from llama_orch.core.queue import AdmissionQueue
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .tasks import TaskRecord
@@ -51,7 +51,6 @@ class Pool:
     config: PoolConfig
     admission: AdmissionConfig
     queue: AdmissionQueue[TaskRecord] = field(init=False)
-    drain: DrainRate = field(init=False)
     replicas: dict[str, Replica] = field(default_factory=dict)
     states: dict[str, ReplicaState] = field(default_factory=dict)  # every replica, any status
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,7 +68,6 @@ class Pool:
             weights=sched.priority_weights,
             tenant_weights={t: c.weight for t, c in sched.tenants.items()},
         )
-        self.drain = DrainRate(self.config.slots * self.config.replicas)
 
     @property
     def id(self) -> str:
@@ -165,7 +163,6 @@ class Pool:
                 )
             else:
                 current.state = state
-            self.drain.slots = max(1, self.total_slots())
             self.wakeup.set()
         elif current is not None:
             # Not ready any more: stop placing on it. Running tasks fail on
