@@ -76,8 +76,8 @@ class RobustLine:
 
     Sufficient statistics are kept with weights that halve every
     ``half_life_s``; the prior is two pseudo-points of total weight
-    ``prior_weight`` that never decay. ``a`` is clamped to ``[a_lo, a_hi]``
-    (the range of ``y`` seen, prior included) and ``b`` to ``[0, b_max(a)]``.
+    ``prior_weight`` that never decay. ``a`` is clamped to ``[0, y_hi]`` (the
+    largest ``y`` seen, prior included) and ``b`` to ``≥ 0``.
     """
 
     CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
@@ -93,7 +93,6 @@ class RobustLine:
         self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
         self._prior_res = 0.5 * max(abs(a0), abs(y_ref)) * prior_weight  # wide at first
         self._prior_weight = prior_weight
-        self.y_lo = min(a0, y_ref)
         self.y_hi = max(a0, y_ref)
         self.slope_hi = max(b0, 0.0)  # largest y/x seen (for lines through a 0 overhead)
 
@@ -129,7 +128,7 @@ class RobustLine:
         if b < 0:
             b = 0.0
         a = my - b * mx
-        a = min(max(a, self.y_lo), self.y_hi)
+        a = min(max(a, 0.0), self.y_hi)
         return a, b
 
     def predict(self, x: float, now: float) -> float:
@@ -150,7 +149,6 @@ class RobustLine:
         self._wy += y
         self._wxx += x * x
         self._wxy += x * y
-        self.y_lo = min(self.y_lo, y)
         self.y_hi = max(self.y_hi, y)
         if x > 0:
             self.slope_hi = max(self.slope_hi, y / x)
