@@ -110,6 +110,7 @@ class Orchestrator(AdmissionMixin):
         )
         for pool in self.pools.values():
             pool.gate = self.self_tests.gate  # ORCH-7050: checks before Ready
+        self.self_tests.on_decode = lambda engine, ms: self.workload.seed(engine, overhead_ms=ms)
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []

@@ -80,6 +80,9 @@ class Workload:
             prior = dataclasses.replace(prior, decode_ms_per_token=decode_ms)
         self._priors[engine] = prior
 
+    def prior(self, engine: str) -> Prior:
+        return self._priors.get(engine, Prior())
+
     def model(self, pool: Pool, replica_id: str, slots: int) -> ServiceModel:
         key = (pool.id, replica_id)
         m = self._models.get(key)
