@@ -12,7 +12,6 @@ import msgspec
 import pytest
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.servicetime import Prior
 from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.main import JsonFormatter
 from llama_orch.orchestratord.tasks import TaskRecord
