@@ -60,7 +60,7 @@ class Prior:
     prefill_ms_per_token: float = 2.0
     decode_ms_per_token: float = 25.0
     slowdown: float = 0.25  # relative decode slowdown per extra busy slot
-    weight: float = 0.25  # how many samples the prior is worth
+    weight: float = 0.1  # how many samples the prior is worth
 
 
 class ModelParams(NamedTuple):
