@@ -77,11 +77,12 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop: Annotated[list[str], Meta(max_length=8)] = []
 
 
-class TaskAccepted(msgspec.Struct):
+class TaskAccepted(msgspec.Struct, omit_defaults=True):
     task_id: str
     queue_position: int
     predicted_start_ms: int
     backoff_ms: int
+    predicted_finish_ms: int | None = None  # ORCH-1957
 
 
 class QueuedEvent(msgspec.Struct, tag="queued", kw_only=True):

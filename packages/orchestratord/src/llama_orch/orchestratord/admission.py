@@ -247,10 +247,15 @@ class AdmissionMixin:
             1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority}
         )
         rec.queue_position = pool.queue.position(rec)
-        rec.predicted_start_ms = self.workload.predicted_start_ms(pool, rec)  # ORCH-1957
+        forecast = self.workload.predicted(pool, rec)  # ORCH-1957
+        rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         pool.wakeup.set()
         return TaskAccepted(
-            rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
+            rec.task_id,
+            rec.queue_position,
+            rec.predicted_start_ms,
+            rec.predicted_start_ms,
+            int(forecast.finish_ms) if forecast else None,
         )
 
     def budget_headers(self, task_id: str) -> dict[str, str]:

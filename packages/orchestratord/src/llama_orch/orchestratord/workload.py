@@ -204,13 +204,13 @@ class Workload:
             return []
         return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
 
-    def predicted_start_ms(self, pool: Pool, rec: TaskRecord) -> int:
-        """Start of an admitted task: the forecast of its place in serving order."""
+    def predicted(self, pool: Pool, rec: TaskRecord) -> Slot | None:
+        """Start and finish of an admitted task: the forecast of its place in serving order."""
         now = time.monotonic()
         for t, _, slot in self.queue_forecast(pool, now):
             if t is rec:
-                return int(slot.start_ms)
-        return 0
+                return slot
+        return None
 
     def retry_after_ms(self, pool: Pool, job: Job | None = None) -> int:
         """Until a refused client can expect to be admitted: when the first slot frees
