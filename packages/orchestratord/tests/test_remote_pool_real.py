@@ -202,3 +202,48 @@ async def test_two_pool_managerds_leases_expire_on_sigstop_and_return_on_sigcont
         f"\nSIGSTOP → out of placement {gone_s:.2f}s (lease TTL {LEASE_TTL_S}s); "
         f"SIGCONT → back {back_s:.2f}s (measured from SIGCONT at +{t1 - t0:.1f}s)"
     )
+
+
+async def test_queued_tasks_end_when_the_pool_has_no_ready_replica(
+    pool_managerds: Callable[[str], Any],
+    start_orchestrator: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ORCH-1968 (issue #19): the only pool-managerd is killed (SIGKILL); once its lease
+    expired the pool has no Ready replica, and the tasks queued behind the running one
+    end with POOL_UNREADY within ``unready_timeout_s`` + 1 s, retriable, with the code
+    in their ``task ended`` log line."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="llama_orch.orchestratord")
+    a = await pool_managerds("a")
+    cfg = _config([a], tmp_path / "token")
+    cfg.scheduling.waiting.unready_timeout_s = 3.0
+    run = await start_orchestrator(cfg, wait_ready=False)
+    pool = run.orch.pools["p"]
+    await _until(lambda: len(pool.ready_replicas()) == 1, 240, "the remote replica Ready")
+    a.engine_pids.add(pool.states["a/p-r0"].pid or 0)
+    ids = []
+    for n in range(3):  # one runs on the only slot, two wait
+        resp = await run.submit(prompt=f"Count to {n + 50}.", max_tokens=300, pool_id="p")
+        assert resp.status == 202, await resp.text()
+        ids.append((await resp.json())["task_id"])
+    await _until(lambda: pool.running() == 1 and len(pool.queue) == 2, 30, "one running")
+    queued = [t for t in ids if run.orch.get(t).state == "queued"]
+    os.killpg(a.proc.pid, signal.SIGKILL)  # its engine has its own group and runs on
+    await _until(lambda: not pool.ready_replicas(), 4 * LEASE_TTL_S + 5, "no Ready replica")
+    gone = time.monotonic()
+    for tid in queued:
+        events = await run.events(tid)
+        assert events[-1][1] == "error", events[-1]
+        assert events[-1][2]["code"] == "POOL_UNREADY" and events[-1][2]["retriable"] is True
+    took = time.monotonic() - gone
+    assert took <= 3.0 + 1.0, took
+    codes = {
+        getattr(r, "job_id", None): getattr(r, "error_code", None)
+        for r in caplog.records
+        if r.getMessage() == "task ended"
+    }
+    assert all(codes.get(t) == "POOL_UNREADY" for t in queued), codes
+    print(f"queued tasks ended {took:.2f} s after the pool lost its last Ready replica")
