@@ -45,9 +45,8 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import BIN, HERE, Procs, free_port, log  # noqa: E402
-
-from llama_orch.core.sse import SSEParser  # noqa: E402
+from llama_orch.core.sse import SSEParser
+from procs import BIN, HERE, Procs, free_port, log
 
 MODEL = "pypi:smollm2-135m-instruct-q4_1"
 
@@ -297,12 +296,14 @@ def render(summary: dict[str, Any], cmd: str, started: str, took_s: float) -> st
         f"# Calibration of predictions — {started}",
         "",
         f"Command: `{cmd}` ({took_s / 60:.1f} min). Real `llama-server` (SmolLM2-135M Q4_1,",
-        "1 replica x 4 slots, 1 thread) behind orchestratord; 2-core machine shared with other jobs.",
+        "1 replica x 4 slots, 1 thread) behind orchestratord; 2-core machine shared with"
+        " other jobs.",
         "",
         f"Tasks: {s['tasks']}, admitted {s['admitted']}; refused {s['refused']};"
         f" end reasons {s['end_reasons']}; stream errors {s['errors']}.",
         "",
-        "| prediction | n | median abs rel. error | p90 abs rel. error | within 2x | median pred/actual | target |",
+        "| prediction | n | median abs rel. error | p90 abs rel. error | within 2x"
+        " | median pred/actual | target |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, key, target in (
@@ -320,10 +321,12 @@ def render(summary: dict[str, Any], cmd: str, started: str, took_s: float) -> st
         "",
         f"Retry-After (X-Backoff-Ms): {r['n']} refused clients; first retry admitted"
         f" {_f(r['first_retry_admitted'], True)}; median actual wait / advertised"
-        f" {_f(r['median_actual_over_advertised'])} (target: the median client is admitted at its first retry).",
+        f" {_f(r['median_actual_over_advertised'])} (target: the median client is admitted"
+        " at its first retry).",
         "",
         f"on_time_probability: {t['n']} tasks with a deadline; Brier score {_f(t['brier'])};"
-        f" tasks given p >= 0.9: {t['p_ge_0.9_n']}, on time {_f(t['p_ge_0.9_on_time'], True)} (target >= 85 %).",
+        f" tasks given p >= 0.9: {t['p_ge_0.9_n']}, on time"
+        f" {_f(t['p_ge_0.9_on_time'], True)} (target >= 85 %).",
         "",
         "| p bin | n | mean p | on time |",
         "|---|---|---|---|",
