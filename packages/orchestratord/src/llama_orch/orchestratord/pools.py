@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,9 @@ class Pool:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     # Holds a Ready snapshot back until it returns True (startup self-tests, ORCH-7050).
     gate: Callable[[Pool, ReplicaState, WorkerAdapter | None], bool] | None = None
+    # Since when the pool has had no Ready replica (None while it has one), noted at
+    # every readiness change rather than sampled, for bounded waits (ORCH-1965).
+    unready_since: float | None = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         sched = self.scheduling
@@ -115,6 +119,7 @@ class Pool:
         suspect = msgspec.structs.replace(replica.state, status="starting", last_error=reason)
         replica.state = suspect
         self.states[replica_id] = suspect
+        self._note_readiness()
 
         async def probe() -> None:
             for _ in range(int(120 / probe_s)):
@@ -126,6 +131,7 @@ class Pool:
                     back = msgspec.structs.replace(suspect, status="ready", last_error=None)
                     replica.state = back
                     self.states[replica_id] = back
+                    self._note_readiness()
                     self.wakeup.set()
                     return
 
@@ -170,3 +176,10 @@ class Pool:
             current.state = state
             if state.status == "failed":
                 _log.warning("replica %s failed: %s", state.replica_id, state.last_error)
+        self._note_readiness()
+
+    def _note_readiness(self) -> None:
+        if self.ready_replicas():
+            self.unready_since = None
+        elif self.unready_since is None:
+            self.unready_since = time.monotonic()

@@ -140,14 +140,12 @@ def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None
 
 
 async def waiting_loop(orch: Orchestrator, pool: Pool) -> None:
-    unready_since: float | None = None
     while True:
         await asyncio.sleep(TICK_S)  # a periodic scan: forecasts change with time itself
         now = time.monotonic()
-        if pool.ready_replicas():
-            unready_since = None
-        elif unready_since is None:
-            unready_since = now
+        # noted by the pool at each readiness change: a Ready spell shorter than a tick
+        # still restarts the clock (found by the remote kill test)
+        unready_since = None if pool.ready_replicas() else pool.unready_since
         if len(pool.queue):
             try:
                 tick(orch, pool, now, unready_since)
