@@ -28,6 +28,7 @@ from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
     MetricsEvent,
+    QueuedEvent,
     StartedEvent,
     StreamEvent,
     TaskAccepted,
@@ -135,6 +136,10 @@ class FakeOrchestratord:
             ),
             *(TokenEvent(t, i) for i, t in enumerate(tokens)),
         ]
+        if req.prompt == "wait":  # a task that waited: its position falls to 0 (ORCH-1961)
+            events[:0] = [
+                QueuedEvent(queue_position=n, predicted_start_ms=n * 1500) for n in (2, 1, 0)
+            ]
         if req.prompt == "fail":
             died = ErrorEvent(code="WORKER_RESET", message="engine died", engine="llamacpp-http")
             events.append(died)

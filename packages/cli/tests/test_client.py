@@ -12,7 +12,7 @@ from llama_orch.cli import (
     OrchClient,
     StreamInterrupted,
 )
-from llama_orch.core.api import EndEvent, StartedEvent, TokenEvent
+from llama_orch.core.api import EndEvent, QueuedEvent, StartedEvent, TokenEvent
 from llama_orch.core.errors import ErrorCode
 
 
@@ -53,6 +53,16 @@ async def test_submit_429_raises_api_error_with_backoff_headers(fake) -> None:
     assert err.backoff_ms == 1500
     assert err.retriable
     assert err.correlation_id and err.correlation_id.startswith("corr-")
+
+
+async def test_stream_decodes_queued_events(fake) -> None:
+    """ORCH-1963: the typed client yields ``queued`` events as QueuedEvent."""
+    async with OrchClient(fake.url) as orch:
+        accepted = await orch.submit(prompt="wait", max_tokens=1)
+        events = [e for _, e in await collect(orch, accepted.task_id)]
+    queued = [e for e in events if isinstance(e, QueuedEvent)]
+    assert [q.queue_position for q in queued] == [2, 1, 0]
+    assert isinstance(events[len(queued)], StartedEvent)
 
 
 async def test_invalid_fields_fail_locally_without_a_request(fake) -> None:

@@ -44,6 +44,20 @@ async def test_submit_streams_tokens_live_and_prints_summary(fake, capsys) -> No
     assert "end reason     length" in err
 
 
+async def test_submit_shows_the_live_queue_position(fake, capsys) -> None:
+    """ORCH-1963: each ``queued`` event is shown on stderr; stdout stays the text."""
+    out = LiveOut()
+    assert await run_submit(submit_args(fake.url, "--max-tokens", "2", prompt="wait"), out=out) == 0
+    assert out.getvalue() == "The quick\n"
+    err = capsys.readouterr().err
+    assert "queued position 2, starts in ~3.0 s" in err
+    assert (
+        err.index("position 2")
+        < err.index("position 1")
+        < err.index("position 0, starts in ~0.0 s")
+    )
+
+
 async def test_submit_chat_sends_a_user_message(fake) -> None:
     args = submit_args(fake.url, "--chat", "--priority", "batch")
     code = await run_submit(args, out=io.StringIO())

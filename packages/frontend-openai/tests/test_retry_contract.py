@@ -1,5 +1,5 @@
 """The SDK's own retries obey llama-orch (ORCH-9111), and a client that goes away
-cancels its task (ORCH-9113). Mock engine: the timing here is the drain rate's,
+cancels its task (ORCH-9113). Mock engine: the timing here is the service-time model's,
 not a real model's; test_real_llamacpp.py repeats the disconnect on llama-server."""
 
 from __future__ import annotations
@@ -44,10 +44,14 @@ async def test_burst_of_sdk_calls_completes_and_sleeps_match_retry_after(
         )  # fmt: skip
         return done.choices[0].finish_reason
 
-    # The delays come from the pool's measured drain rate; before the first task ends
-    # only a prior (25 ms/token) exists, so one task runs first, as in steady state.
+    # The delays come from the pool's service-time model (ORCH-1950); before the first
+    # task ends only the engine's prior exists, so one task runs first, as in steady state.
     await call(-1)
-    assert d.orch.pools["mock"].drain.measured
+    pool = d.orch.pools["mock"]
+    assert all(
+        d.orch.workload.model(pool, rid, r.state.slots).observations > 0
+        for rid, r in pool.replicas.items()
+    )
     caplog.clear()
     results = await asyncio.gather(*(call(i) for i in range(8)))
     await client.close()

@@ -17,7 +17,13 @@ async def test_submit_stream_started_tokens_end(start_orchestrator, mock_config)
     resp = await run.submit(prompt="one two three", max_tokens=12, seed=7)
     assert resp.status == 202
     body = await resp.json()
-    assert set(body) == {"task_id", "queue_position", "predicted_start_ms", "backoff_ms"}
+    assert set(body) == {
+        "task_id",
+        "queue_position",
+        "predicted_start_ms",
+        "backoff_ms",
+        "predicted_finish_ms",  # ORCH-1957
+    }
     assert resp.headers["X-Correlation-Id"]
     events = await run.events(body["task_id"])
     assert [e[0] for e in events] == list(range(len(events)))

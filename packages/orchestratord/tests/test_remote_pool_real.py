@@ -53,10 +53,10 @@ async def pool_managerds(
     token.write_text("a-long-shared-token\n")
     started: list[PoolManagerd] = []
 
-    async def start(name: str) -> PoolManagerd:
+    async def start(name: str, **pool_extra: Any) -> PoolManagerd:
         port = free_port()
         cfg = tmp_path / f"{name}.yaml"
-        pool = {**POOL, "engine_binary": str(llama_server_binary.path), "threads": 1}
+        pool = {**POOL, "engine_binary": str(llama_server_binary.path), "threads": 1, **pool_extra}
         doc = {
             "allow_cpu_inference": True,
             "pool_managerd": {"host": "127.0.0.1", "port": port, "token_file": str(token)},
@@ -202,3 +202,54 @@ async def test_two_pool_managerds_leases_expire_on_sigstop_and_return_on_sigcont
         f"\nSIGSTOP → out of placement {gone_s:.2f}s (lease TTL {LEASE_TTL_S}s); "
         f"SIGCONT → back {back_s:.2f}s (measured from SIGCONT at +{t1 - t0:.1f}s)"
     )
+
+
+async def test_queued_tasks_end_when_the_pool_has_no_ready_replica(
+    pool_managerds: Callable[[str], Any],
+    start_orchestrator: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ORCH-1968 (issue #19): the only pool-managerd is killed (SIGKILL; its engine dies
+    with it, so the running task's reset takes the replica out of placement at once, and
+    the lease expires later); the tasks queued behind the running one end with
+    POOL_UNREADY within ``unready_timeout_s`` + 1 s of the pool losing its last Ready
+    replica, retriable, with the code in their ``task ended`` log line. Costs ~5 s."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="llama_orch.orchestratord")
+    # ``--no-repack``: this build's weight-repacking path dies with SIGILL on these CPUs.
+    a = await pool_managerds("a", engine_flags=["--no-repack"])
+    cfg = _config([a], tmp_path / "token")
+    cfg.scheduling.waiting.unready_timeout_s = 3.0
+    run = await start_orchestrator(cfg, wait_ready=False)
+    pool = run.orch.pools["p"]
+    await _until(lambda: len(pool.ready_replicas()) == 1, 240, "the remote replica Ready")
+    a.engine_pids.add(pool.states["a/p-r0"].pid or 0)
+    ids = []
+    for n in range(3):  # one runs on the only slot, two wait
+        resp = await run.submit(prompt=f"Count to {n + 50}.", max_tokens=300, pool_id="p")
+        assert resp.status == 202, await resp.text()
+        ids.append((await resp.json())["task_id"])
+    await _until(lambda: pool.running() == 1 and len(pool.queue) == 2, 30, "one running")
+    queued = [t for t in ids if run.orch.get(t).state == "queued"]
+    killed = time.monotonic()
+    os.killpg(a.proc.pid, signal.SIGKILL)
+    await _until(lambda: not pool.ready_replicas(), 4 * LEASE_TTL_S + 5, "no Ready replica")
+    gone = time.monotonic()  # observed by this test: on a loaded machine it can lag
+    for tid in queued:
+        events = await run.events(tid)
+        assert events[-1][1] == "error", events[-1]
+        assert events[-1][2]["code"] == "POOL_UNREADY" and events[-1][2]["retriable"] is True
+    took, since_kill = time.monotonic() - gone, time.monotonic() - killed
+    assert took <= 3.0 + 1.0, took
+    # never before the bound; within the lease expiry (4 x TTL at most, as above) + bound + 1 s
+    assert 3.0 <= since_kill <= 4 * LEASE_TTL_S + 3.0 + 1.0, since_kill
+    codes = {
+        getattr(r, "job_id", None): getattr(r, "error_code", None)
+        for r in caplog.records
+        if r.getMessage() == "task ended"
+    }
+    assert all(codes.get(t) == "POOL_UNREADY" for t in queued), codes
+    print(f"queued tasks ended {took:.2f} s after the test saw no Ready replica,")
+    print(f"{since_kill:.2f} s after the SIGKILL: {events[-1][2]['message']}")

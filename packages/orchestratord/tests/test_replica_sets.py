@@ -50,7 +50,7 @@ async def test_engine_versions_split_sets_and_strict_sessions_stay(start_orchest
 
     second = await run.submit(session_id=session, determinism="strict", max_tokens=4, seed=2)
     second_events = await run.events((await second.json())["task_id"])
-    started = second_events[0][2]
+    started = next(e[2] for e in second_events if e[1] == "started")  # after `queued` events
     assert started["replica_id"] == home
     assert started["engine_version"] == home_version
     assert started["queue_wait_ms"] > 50  # it waited for its set, the other one was free

@@ -15,7 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from llama_orch.core.api import EndEvent, ErrorEvent, StartedEvent, StreamEvent, TokenEvent
+from llama_orch.core.api import (
+    EndEvent,
+    ErrorEvent,
+    QueuedEvent,
+    StartedEvent,
+    StreamEvent,
+    TokenEvent,
+)
 from rich.console import Console
 from rich.markup import escape
 
@@ -27,6 +34,7 @@ __all__ = [
     "consume_stream",
     "follow_task",
     "print_api_error",
+    "print_queued",
     "print_summary",
     "stderr_console",
 ]
@@ -52,6 +60,7 @@ class StreamOutcome:
     finished_at: float | None = None
     tokens_seen: int = 0
     parts: list[str] = field(default_factory=list)
+    queued: list[QueuedEvent] = field(default_factory=list)  # live position (ORCH-1963)
 
     @property
     def text(self) -> str:
@@ -87,10 +96,17 @@ async def consume_stream(
     *,
     out: TextIO | None = None,
     clock: Callable[[], float] = time.monotonic,
+    on_queued: Callable[[QueuedEvent], None] | None = None,
 ) -> StreamOutcome:
-    """Write each token to ``out`` as it arrives and record the terminal event."""
+    """Write each token to ``out`` as it arrives and record the terminal event;
+    ``on_queued`` sees each ``queued`` event while the task waits (ORCH-1963)."""
     out = out if out is not None else sys.stdout
     async for _, event in events:
+        if isinstance(event, QueuedEvent):
+            outcome.queued.append(event)
+            if on_queued is not None:
+                on_queued(event)
+            continue
         if isinstance(event, TokenEvent):
             if outcome.first_token_at is None:
                 outcome.first_token_at = clock()
@@ -136,6 +152,14 @@ def print_summary(
         console.print(f"  [cyan]{key:<14}[/cyan] {escape(value)}")
 
 
+def print_queued(console: Console, event: QueuedEvent) -> None:
+    """The live place of a waiting task, on stderr (ORCH-1963)."""
+    console.print(
+        f"[yellow]queued[/yellow] position {event.queue_position},"
+        f" starts in ~{event.predicted_start_ms / 1000:.1f} s"
+    )
+
+
 def print_api_error(console: Console, exc: ApiError) -> None:
     console.print(f"[bold red]error[/bold red] {escape(exc.code)}: {escape(exc.message)}")
     if exc.status == 429:
@@ -162,9 +186,12 @@ async def follow_task(
     client that merely disconnects does not cancel it (ORCH-5002).
     """
     outcome = StreamOutcome(task_id, submitted_at)
+    console = stderr_console()
     try:
         async with contextlib.aclosing(orch.stream(task_id, resume=True)) as events:
-            await consume_stream(events, outcome, out=out)
+            await consume_stream(
+                events, outcome, out=out, on_queued=lambda q: print_queued(console, q)
+            )
     except asyncio.CancelledError:
         stderr_console().print(f"\n[yellow]interrupted[/yellow]: canceling task {task_id}")
         with contextlib.suppress(ClientError, TimeoutError):

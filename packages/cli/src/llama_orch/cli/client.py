@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, get_args
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -21,13 +21,10 @@ import msgspec
 from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
-    MetricsEvent,
     SessionInfo,
-    StartedEvent,
     StreamEvent,
     TaskAccepted,
     TaskRequest,
-    TokenEvent,
 )
 from llama_orch.core.errors import ErrorBody
 from llama_orch.core.sse import SSEParser
@@ -48,7 +45,7 @@ _any = msgspec.json.Decoder()
 # The SSE ``event:`` name is the tag of the StreamEvent union (ORCH-1201).
 _event_decoders: dict[str, msgspec.json.Decoder[Any]] = {
     cls.__struct_config__.tag: msgspec.json.Decoder(cls)  # type: ignore[misc]
-    for cls in (StartedEvent, TokenEvent, MetricsEvent, EndEvent, ErrorEvent)
+    for cls in get_args(StreamEvent)
 }
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
     cls: msgspec.json.Decoder(cls)

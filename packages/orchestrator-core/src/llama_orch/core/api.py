@@ -27,6 +27,7 @@ __all__ = [
     "MetricsEvent",
     "PoolCapability",
     "PoolHealth",
+    "QueuedEvent",
     "SelfTestCheck",
     "SelfTestReport",
     "SessionInfo",
@@ -75,11 +76,19 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop: Annotated[list[str], Meta(max_length=8)] = []
 
 
-class TaskAccepted(msgspec.Struct):
+class TaskAccepted(msgspec.Struct, omit_defaults=True):
     task_id: str
     queue_position: int
     predicted_start_ms: int
     backoff_ms: int
+    predicted_finish_ms: int | None = None  # ORCH-1957
+
+
+class QueuedEvent(msgspec.Struct, tag="queued", kw_only=True):
+    """A queued task's place in serving order and forecast start (ORCH-1961)."""
+
+    queue_position: int
+    predicted_start_ms: int  # from now
 
 
 class StartedEvent(msgspec.Struct, tag="started", kw_only=True):
@@ -125,9 +134,10 @@ class ErrorEvent(msgspec.Struct, tag="error", kw_only=True, omit_defaults=True):
     engine: str | None = None
     pool_id: str | None = None
     retriable: bool | None = None
+    retry_after_ms: int | None = None  # when a retry can expect to be admitted (ORCH-1966)
 
 
-StreamEvent = StartedEvent | TokenEvent | MetricsEvent | EndEvent | ErrorEvent
+StreamEvent = QueuedEvent | StartedEvent | TokenEvent | MetricsEvent | EndEvent | ErrorEvent
 
 
 class SessionInfo(msgspec.Struct, kw_only=True):

@@ -89,6 +89,8 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # A stream whose client accepts no bytes for this long is cut (ORCH-8015).
     stream_stall_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     stream_chunk_bytes: Annotated[int, Meta(ge=1024)] = 65_536
+    # An SSE comment on every open stream that sent nothing for this long (ORCH-1962).
+    sse_keepalive_s: Annotated[float, Meta(gt=0)] = 15.0
 
 
 class AdmissionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -131,6 +133,23 @@ class WatchdogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_timeout_s: Annotated[float, Meta(gt=0)] | None = None  # between engine events
 
 
+class WaitingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The service-time model and what a queued task sees and how long it waits
+    (ORCH-1950..1969)."""
+
+    # Samples of the service-time model halve in weight every this many seconds (ORCH-1954).
+    model_half_life_s: Annotated[float, Meta(gt=0)] = 600.0
+    # Admission refuses a deadline only if finish x (1 - margin) > deadline (ORCH-1958).
+    deadline_margin: Annotated[float, Meta(ge=0, lt=1)] = 0.2
+    # A queued task's ``queued`` event is re-sent at most this often when it changed (ORCH-1961).
+    queued_event_interval_s: Annotated[float, Meta(gt=0)] = 1.0
+    # Bounded waits (ORCH-1965): longest time queued; longest time without a Ready replica.
+    queue_ttl_s: Annotated[float, Meta(gt=0)] | None = 600.0
+    unready_timeout_s: Annotated[float, Meta(gt=0)] | None = 30.0
+    # Retry-After carried by the terminal error of a task ended by these bounds.
+    expired_retry_after_ms: PositiveInt = 1000
+
+
 class SchedulingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Weighted fair queuing, quotas, deadlines and the watchdog (ARCHITECTURE §6)."""
 
@@ -146,6 +165,7 @@ class SchedulingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     # ``interruptible_decode``; ``soft`` never interrupts (ORCH-1901).
     preemption: Literal["soft", "hard"] = "soft"
     watchdog: WatchdogConfig = msgspec.field(default_factory=WatchdogConfig)
+    waiting: WaitingConfig = msgspec.field(default_factory=WaitingConfig)
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -24,6 +24,7 @@ from llama_orch.core.errors import (
     PoolUnavailable,
     PoolUnready,
 )
+from llama_orch.core.eta import Job
 from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
@@ -183,16 +184,18 @@ class AdmissionMixin:
                 raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
             now = time.monotonic()
             max_tokens = prepared.request.max_tokens
-            self.workload.check_deadline(
-                pool, req.deadline_ms, req.expected_tokens or max_tokens, req.priority
+            job = Job(  # ORCH-1958: the same forecast as every other prediction
+                prepared.prompt_tokens or len(prepared.request.prompt.encode()) // 4,
+                req.expected_tokens or max_tokens,
             )
+            self.workload.check_deadline(pool, req.deadline_ms, job, req.priority)
             in_flight = self.tasks.in_flight(tenant)
             try:
                 self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
             except AdmissionRejected as exc:
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 if exc.retry_after_ms is None:
-                    exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
                 self._backpressure(pool, "quota")
                 raise
             if self.policies is not None:  # ORCH-8521: the operators' admission policy
@@ -230,7 +233,7 @@ class AdmissionMixin:
             except AdmissionRejected as exc:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
-                exc.retry_after_ms = pool.drain.retry_after_ms(pool.running(), max_tokens)
+                exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 self._backpressure(pool)
@@ -253,12 +256,15 @@ class AdmissionMixin:
             1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority}
         )
         rec.queue_position = pool.queue.position(rec)
-        rec.predicted_start_ms = pool.drain.predicted_start_ms(
-            rec.queue_position, pool.running(), rec.request.max_tokens
-        )
+        forecast = self.workload.predicted(pool, rec)  # ORCH-1957
+        rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         pool.wakeup.set()
         return TaskAccepted(
-            rec.task_id, rec.queue_position, rec.predicted_start_ms, rec.predicted_start_ms
+            rec.task_id,
+            rec.queue_position,
+            rec.predicted_start_ms,
+            rec.predicted_start_ms,
+            int(forecast.finish_ms) if forecast else None,
         )
 
     def budget_headers(self, task_id: str) -> dict[str, str]:

@@ -200,7 +200,7 @@ def build_app(
                 retry_after_ms=1000,
             )
         return TaskStream(
-            rec.frames(start, limits.stream_chunk_bytes),
+            rec.frames(start, limits.stream_chunk_bytes, limits.sse_keepalive_s),
             task_id=rec.task_id,
             tenant=tenant,
             counter=streams,

@@ -73,6 +73,10 @@ class Metrics:
             "tasks_rejected_total",
             description="Submissions refused at admission or displaced from a queue, by reason.",
         )
+        self.tasks_expired = meter.create_counter(
+            "tasks_expired_total",
+            description="Queued tasks ended by a bounded wait, by reason (ORCH-1966).",
+        )
         self.backpressure = meter.create_counter(
             "admission_backpressure_events_total",
             description="Full-queue and quota policy decisions (429s and displacements).",

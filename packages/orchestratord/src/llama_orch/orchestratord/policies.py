@@ -158,7 +158,7 @@ async def run_admission_policy(
             raise Forbidden(msg, policy_label=result.policy, pool_id=pool.id, engine=pool.engine)
         retry = d.retry_after_ms
         if retry is None:
-            retry = pool.drain.retry_after_ms(pool.running(), prepared.request.max_tokens)
+            retry = orch.workload.retry_after_ms(pool)  # ORCH-1957
         orch._backpressure(pool, "policy")
         raise AdmissionRejected(
             msg,

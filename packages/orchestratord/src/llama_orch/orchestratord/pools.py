@@ -1,14 +1,15 @@
 """Runtime view of pools and replicas: queues, slots, adapters (ORCH-1301).
 
-A :class:`Pool` owns its admission queue, its drain-rate estimate and the
-replicas the pool manager (or the config's ``endpoints``) reported. Only
-replicas in status ``ready`` with a free slot are ever chosen.
+A :class:`Pool` owns its admission queue and the replicas the pool manager
+(or the config's ``endpoints``) reported. Only replicas in status ``ready`` with a
+free slot are ever chosen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,8 +17,8 @@ import msgspec
 from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapter_class
 from llama_orch.core.config import AdmissionConfig, PoolConfig, SchedulingConfig
 from llama_orch.core.placement import ReplicaView
-from llama_orch.core.queue import AdmissionQueue, DrainRate
-from llama_orch.core.replica import ReplicaState
+from llama_orch.core.queue import AdmissionQueue
+from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .tasks import TaskRecord
 
@@ -51,7 +52,6 @@ class Pool:
     config: PoolConfig
     admission: AdmissionConfig
     queue: AdmissionQueue[TaskRecord] = field(init=False)
-    drain: DrainRate = field(init=False)
     replicas: dict[str, Replica] = field(default_factory=dict)
     states: dict[str, ReplicaState] = field(default_factory=dict)  # every replica, any status
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -60,6 +60,9 @@ class Pool:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     # Holds a Ready snapshot back until it returns True (startup self-tests, ORCH-7050).
     gate: Callable[[Pool, ReplicaState, WorkerAdapter | None], bool] | None = None
+    # Since when the pool has had no Ready replica (None while it has one), noted at
+    # every readiness change rather than sampled, for bounded waits (ORCH-1965).
+    unready_since: float | None = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         sched = self.scheduling
@@ -69,7 +72,6 @@ class Pool:
             weights=sched.priority_weights,
             tenant_weights={t: c.weight for t, c in sched.tenants.items()},
         )
-        self.drain = DrainRate(self.config.slots * self.config.replicas)
 
     @property
     def id(self) -> str:
@@ -108,6 +110,7 @@ class Pool:
         suspect = msgspec.structs.replace(replica.state, status="starting", last_error=reason)
         replica.state = suspect
         self.states[replica_id] = suspect
+        self._note_readiness()
 
         async def probe() -> None:
             for _ in range(int(120 / probe_s)):
@@ -119,6 +122,7 @@ class Pool:
                     back = msgspec.structs.replace(suspect, status="ready", last_error=None)
                     replica.state = back
                     self.states[replica_id] = back
+                    self._note_readiness()
                     self.wakeup.set()
                     return
 
@@ -156,7 +160,6 @@ class Pool:
                 )
             else:
                 current.state = state
-            self.drain.slots = max(1, self.total_slots())
             self.wakeup.set()
         elif current is not None:
             # Not ready any more: stop placing on it. Running tasks fail on
@@ -164,3 +167,10 @@ class Pool:
             current.state = state
             if state.status == "failed":
                 _log.warning("replica %s failed: %s", state.replica_id, state.last_error)
+        self._note_readiness()
+
+    def _note_readiness(self) -> None:
+        if self.ready_replicas():
+            self.unready_since = None
+        elif self.unready_since is None:
+            self.unready_since = time.monotonic()

@@ -96,6 +96,9 @@ class SelfTests:
         self._pools_passed: set[str] = set()  # startup is over for these pools
         self._running: dict[tuple[str, str], ReplicaState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Told (engine, ms) of every passed ``decode`` check: seeds the service-time
+        # model's overhead prior of that engine (ORCH-1954).
+        self.on_decode: Callable[[str, float], None] | None = None
 
     @staticmethod
     def _identity(state: ReplicaState) -> tuple[str, ...]:
@@ -222,6 +225,8 @@ class SelfTests:
         if pool.states.get(state.replica_id) is not holding:
             return  # a newer not-Ready snapshot arrived meanwhile: it stands
         if passed:
+            if self.on_decode is not None:
+                self.on_decode(pool.engine, float(checks[CHECKS.index("decode")].duration_ms))
             self._passed.add(self._identity(latest))
             self._pools_passed.add(state.pool_id)
             pool.update(latest, adapter=given)

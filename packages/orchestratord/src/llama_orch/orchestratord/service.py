@@ -31,10 +31,7 @@ from llama_orch.core.errors import (
     WorkerReset,
 )
 from llama_orch.core.placement import Orphaned, next_dispatch
-from llama_orch.core.predict import (
-    ShareTracker,
-    on_time_probability,
-)
+from llama_orch.core.predict import ShareTracker
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
@@ -49,8 +46,9 @@ from .sessions import Session, SessionTable
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, log_task_end, model_state_samples
 from .tracing import Tracing
+from .waiting import waiting_loop
 from .watchdog import watchdog_loop
-from .workload import Workload, tokens_left
+from .workload import Workload
 
 __all__ = ["Orchestrator"]
 
@@ -102,7 +100,7 @@ class Orchestrator(AdmissionMixin):
             gpu_utilization=lambda: self.gpu.read(self.pools.values())[0],
             vram_used=lambda: self.gpu.read(self.pools.values())[1],
         )
-        self.workload = Workload()
+        self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
         self.policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         self.preemptor = Preemptor(
             config.scheduling.preemption, self.workload.running, self.metrics
@@ -114,6 +112,7 @@ class Orchestrator(AdmissionMixin):
         )
         for pool in self.pools.values():
             pool.gate = self.self_tests.gate  # ORCH-7050: checks before Ready
+        self.self_tests.on_decode = lambda engine, ms: self.workload.seed(engine, overhead_ms=ms)
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -124,6 +123,9 @@ class Orchestrator(AdmissionMixin):
         for pool in self.pools.values():
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}")
+            )
+            self._loops.append(  # ORCH-1961, ORCH-1965: queued events and bounded waits
+                asyncio.create_task(waiting_loop(self, pool), name=f"waiting-{pool.id}")
             )
         self._loops.append(asyncio.create_task(self.scraper.run(), name="engine-scrape"))
         wd = self.config.scheduling.watchdog
@@ -249,6 +251,9 @@ class Orchestrator(AdmissionMixin):
                 rec.engine_version = replica.state.engine_version
                 rec.dispatched = time.monotonic()
                 rec.last_progress = None
+                # this run's measurements for the service-time model (ORCH-1952)
+                rec.run_first_token = rec.last_token = None
+                rec.run_tokens_before, rec.busy_sum, rec.run_chunks = rec.engine_tokens, 0, 0
                 self.workload.started(pool.id, rec.replica_id, rec)
                 self.tracing.dispatched(rec, replica.state.replica_id, rec.engine_version)
                 rec.runner = asyncio.create_task(
@@ -330,16 +335,7 @@ class Orchestrator(AdmissionMixin):
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
         engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
         engine_ms += rec.engine_ms_before
-        if rec.dispatched is not None and rec.state == "completed":
-            pool.drain.observe(engine_ms, rec.tokens_out)
-            if rec.preemptions == 0 and rec.tokens_out:  # one uninterrupted run (ORCH-1905)
-                self.workload.observe(
-                    pool.id,
-                    replica.state.replica_id,
-                    replica.state.slots,
-                    engine_ms,
-                    rec.engine_tokens,
-                )
+        self.workload.observe(pool, replica, rec, time.monotonic())  # ORCH-1952
         if rec.deadline is not None:
             stats = self._deadlines[pool.id, rec.priority]
             stats[1] += 1
@@ -365,12 +361,8 @@ class Orchestrator(AdmissionMixin):
         self, pool: Pool, rec: TaskRecord, session: Session | None, replica_id: str
     ) -> MetricsEvent:
         """The first ``metrics`` frame: queue, KV warmth, deadline odds, budgets."""
-        on_time = None
-        if rec.deadline is not None:
-            remaining = (rec.deadline - time.monotonic()) * 1000
-            # the rate of the replica it runs on (ORCH-1905)
-            expected = self.workload.ms_per_token(pool, replica_id) * tokens_left(rec)
-            on_time = on_time_probability(remaining, expected, self.config.scheduling.deadline_cv)
+        # the model of the replica it runs on (ORCH-1959)
+        on_time = self.workload.dispatched(pool, pool.replicas[replica_id], rec, time.monotonic())
         tokens = ms = cost = None
         if session is not None:
             tokens, ms = self.sessions.remaining(session)
@@ -467,6 +459,12 @@ class Orchestrator(AdmissionMixin):
                         answered = True
                         start()
                     if isinstance(ev, TokenChunk):
+                        # ORCH-1952: each chunk's arrival and the replica's busy slots
+                        rec.last_token = rec.last_progress
+                        if rec.run_first_token is None:
+                            rec.run_first_token = rec.last_progress
+                        rec.busy_sum += replica.busy
+                        rec.run_chunks += 1
                         if rec.first_token is None:
                             rec.first_token = time.monotonic()
                             rec.first_token_ms = _ms(rec.first_token - rec.dispatched)

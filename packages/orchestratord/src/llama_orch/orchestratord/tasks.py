@@ -31,6 +31,13 @@ __all__ = ["TaskRecord", "TaskState", "TaskStore"]
 
 TaskState = Literal["queued", "running", "completed", "failed", "canceled"]
 _encoder = msgspec.json.Encoder()
+KEEPALIVE_FRAME = b": keep-alive\n\n"  # an SSE comment: clients ignore it (ORCH-1962)
+_KEEPALIVE = object()
+
+
+def _ping(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_KEEPALIVE)
 
 
 @dataclass(eq=False)
@@ -71,12 +78,24 @@ class TaskRecord:
     preempt_requested: bool = False
     preemptions: int = 0
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
+    # The current run, for the service-time model (ORCH-1952): its first and last
+    # token, engine tokens before it, busy slots summed over its token chunks.
+    run_first_token: float | None = None
+    last_token: float | None = None
+    run_tokens_before: int = 0
+    busy_sum: int = 0
+    run_chunks: int = 0
+    predicted_service_ms: float = 0.0
+    # What the last ``queued`` event said (ORCH-1961) and when it was sent.
+    queued_sent: tuple[int, int] | None = None
+    queued_sent_at: float = 0.0
     kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     runner: asyncio.Task[None] | None = None
+    error_code: ErrorCode | None = None
     _frames: list[bytes] = field(default_factory=list)
-    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    _waiters: list[asyncio.Future[object]] = field(default_factory=list)
     _on_finish: Callable[[TaskRecord], None] | None = None
 
     def __hash__(self) -> int:
@@ -108,6 +127,7 @@ class TaskRecord:
             return False
         if isinstance(event, ErrorEvent):
             self.state = "failed"
+            self.error_code = event.code  # for the end log line and trace (ORCH-1967)
         elif event.reason == "canceled":
             self.state = "canceled"
         else:
@@ -118,7 +138,9 @@ class TaskRecord:
             self._on_finish(self)
         return True
 
-    def fail(self, code: ErrorCode, message: str, *, retriable: bool) -> bool:
+    def fail(
+        self, code: ErrorCode, message: str, *, retriable: bool, retry_after_ms: int | None = None
+    ) -> bool:
         """End the task with an ``error`` event carrying its engine and pool."""
         return self.finish(
             ErrorEvent(
@@ -127,6 +149,7 @@ class TaskRecord:
                 engine=self.engine,
                 pool_id=self.pool_id,
                 retriable=retriable,
+                retry_after_ms=retry_after_ms,
             )
         )
 
@@ -140,12 +163,17 @@ class TaskRecord:
                 if not w.done():
                     w.set_result(None)
 
-    async def frames(self, start: int = 0, max_chunk: int = 65_536) -> AsyncIterator[bytes]:
+    async def frames(
+        self, start: int = 0, max_chunk: int = 65_536, keepalive_s: float | None = None
+    ) -> AsyncIterator[bytes]:
         """Yield frames from index ``start`` on, waiting for new ones, until the end.
 
         Frames already available are joined into chunks of about ``max_chunk``
         bytes (at least one frame), so a late reader gets its replay in few
-        writes and a stalled one pins at most one chunk (ORCH-8014).
+        writes and a stalled one pins at most one chunk (ORCH-8014). After
+        ``keepalive_s`` without a frame it yields an SSE comment, so that
+        proxies keep an idle stream open (ORCH-1962); the timer is one
+        ``call_later`` per wait, nothing on the token path.
         """
         idx = max(0, start)
         while True:
@@ -160,9 +188,21 @@ class TaskRecord:
                 continue
             if self.terminal:
                 return
-            waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
-            await waiter
+            timer = None if keepalive_s is None else loop.call_later(keepalive_s, _ping, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is _KEEPALIVE:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+                yield KEEPALIVE_FRAME
 
 
 class TaskStore:

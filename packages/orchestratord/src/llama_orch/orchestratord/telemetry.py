@@ -62,6 +62,7 @@ TASK_LOG_FIELDS = (
     "tokens_out",
     "queue_position",
     "predicted_start_ms",
+    "error_code",
 )
 
 
@@ -95,6 +96,7 @@ def log_task_end(rec: TaskRecord, pool: Pool) -> None:
         "tokens_out": rec.tokens_out,
         "queue_position": rec.queue_position,
         "predicted_start_ms": rec.predicted_start_ms,
+        "error_code": rec.error_code.value if rec.error_code else None,  # ORCH-1967
     }
     _log.info("task ended", extra=fields)
 

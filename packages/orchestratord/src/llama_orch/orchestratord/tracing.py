@@ -133,6 +133,9 @@ class Tracing:
             "llama_orch.state": rec.state,
             "llama_orch.tokens_out": rec.tokens_out,
         }
+        if rec.error_code is not None:  # ORCH-1967
+            attrs["llama_orch.error_code"] = rec.error_code.value
+            spans.root.set_attribute("llama_orch.error_code", rec.error_code.value)
         self._tracer.start_span("stream.end", context=spans.ctx, attributes=attrs).end()
         spans.root.set_attribute("llama_orch.state", rec.state)
         if failed:

@@ -1,24 +1,35 @@
 """What each replica is doing and how fast: the work-aware half of scheduling.
 
-The orchestrator records which tasks run on each (pool, replica) and each
-replica's own measured decode rate. From these come the replica loads that
-placement prefers (ORCH-1907), the deadline forecast at admission
-(ORCH-1006, ORCH-1905) and the per-token time of a replica (on-time odds).
+The orchestrator records which tasks run on each (pool, replica) and keeps a
+:class:`~llama_orch.core.servicetime.ServiceModel` per replica, learned from
+every run (ORCH-1950..1956). From these come the replica loads that placement
+prefers (ORCH-1907) and every prediction (ORCH-1957): ``predicted_start_ms``,
+backoff and ``Retry-After``, deadline feasibility at admission (ORCH-1006,
+ORCH-1958), ``on_time_probability`` and the ETA of every queued task.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
+from collections.abc import Iterator
 
+from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import DeadlineUnmet
+from llama_orch.core.eta import Job, ReplicaLoad, Slot, admits, best_slot, simulate
 from llama_orch.core.placement import ReplicaView
-from llama_orch.core.predict import DrainRate, ReplicaForecast, forecast_ms
+from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
+from llama_orch.core.replica import ReplicaSetKey
+from llama_orch.core.servicetime import Observation, Outcome, Prior, ServiceModel
 
-from .pools import Pool
+from .pools import Pool, Replica
 from .tasks import TaskRecord
 
-__all__ = ["Workload", "tokens_left"]
+__all__ = ["Workload", "job_of", "tokens_left"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
 
 
 def tokens_left(rec: TaskRecord) -> int:
@@ -29,11 +40,23 @@ def tokens_left(rec: TaskRecord) -> int:
     return max(0, budget - rec.engine_tokens)
 
 
+def _tokens_in(rec: TaskRecord) -> int:
+    # Uncounted prompts (ORCH-1118) are estimated at 4 bytes a token.
+    return rec.prompt_tokens if rec.prompt_counted else len(rec.request.prompt.encode()) // 4
+
+
+def job_of(rec: TaskRecord) -> Job:
+    return Job(_tokens_in(rec), tokens_left(rec))
+
+
 class Workload:
-    def __init__(self) -> None:
-        # Tasks running on each (pool, replica) and each replica's own rate (ORCH-1905).
+    def __init__(self, waiting: WaitingConfig | None = None, *, deadline_cv: float = 0.25) -> None:
+        self.cfg = waiting or WaitingConfig()
+        self.deadline_cv = deadline_cv
+        # Tasks running on each (pool, replica) and each replica's own model (ORCH-1950).
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
-        self._rates: dict[tuple[str, str], DrainRate] = {}
+        self._models: dict[tuple[str, str], ServiceModel] = {}
+        self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         self.running.setdefault((pool_id, replica_id), set()).add(rec)
@@ -43,18 +66,198 @@ class Workload:
         if running is not None:
             running.discard(rec)
 
-    def observe(self, pool_id: str, replica_id: str, slots: int, ms: int, tokens: int) -> None:
-        """One uninterrupted run of ``tokens`` tokens in ``ms`` on that replica."""
-        key = (pool_id, replica_id)
-        rate = self._rates.get(key)
-        if rate is None:
-            rate = self._rates[key] = DrainRate(slots)
-        rate.observe(ms, tokens)
+    # ---------------------------------------------------------------- the model
 
-    def ms_per_token(self, pool: Pool, replica_id: str) -> float:
-        """The replica's own measured rate, else its pool's (ORCH-1905)."""
-        own = self._rates.get((pool.id, replica_id))
-        return own.ms_per_token if own and own.ms_per_token else pool.drain.decode_ms(1)
+    def seed(
+        self, engine: str, *, overhead_ms: float | None = None, decode_ms: float | None = None
+    ) -> None:
+        """Set an engine's prior from its startup self-test (ORCH-1954); replicas
+        with no sample of their own restart from it."""
+        prior = self._priors.get(engine, Prior())
+        if overhead_ms is not None:
+            prior = dataclasses.replace(prior, overhead_ms=overhead_ms)
+        if decode_ms is not None:
+            prior = dataclasses.replace(prior, decode_ms_per_token=decode_ms)
+        self._priors[engine] = prior
+
+    def prior(self, engine: str) -> Prior:
+        return self._priors.get(engine, Prior())
+
+    def model(self, pool: Pool, replica_id: str, slots: int) -> ServiceModel:
+        key = (pool.id, replica_id)
+        m = self._models.get(key)
+        prior = self._priors.get(pool.engine, Prior())
+        if m is None or m.slots != max(1, slots) or (m.observations == 0 and m.prior != prior):
+            m = self._models[key] = ServiceModel(
+                prior, half_life_s=self.cfg.model_half_life_s, slots=slots
+            )
+        return m
+
+    def observe(self, pool: Pool, replica: Replica, rec: TaskRecord, now: float) -> None:
+        """Learn from the run of ``rec`` that just ended on ``replica`` (ORCH-1952)."""
+        if rec.dispatched is None:
+            return
+        outcome: Outcome = (
+            "completed"
+            if rec.state == "completed"
+            else "canceled"
+            if rec.state == "canceled"
+            else "failed"
+        )
+        tokens = rec.engine_tokens - rec.run_tokens_before
+        ttft = None
+        if rec.run_first_token is not None:
+            ttft = (rec.run_first_token - rec.dispatched) * 1000
+        decode = 0.0
+        if rec.run_first_token is not None and rec.last_token is not None:
+            decode = (rec.last_token - rec.run_first_token) * 1000
+        busy = rec.busy_sum / rec.run_chunks if rec.run_chunks else 1.0
+        model = self.model(pool, replica.state.replica_id, replica.state.slots)
+        model.observe(
+            Observation(
+                rec.prompt_tokens if rec.prompt_counted else 0, ttft, decode, tokens, busy, outcome
+            ),
+            now,
+        )
+        if (
+            outcome == "completed"
+            and rec.preemptions == 0
+            and rec.predicted_service_ms
+            and rec.last_token is not None
+        ):
+            model.observe_error(
+                rec.predicted_service_ms, (rec.last_token - rec.dispatched) * 1000, now
+            )
+
+    # ---------------------------------------------------------------- forecasts
+
+    def loads(self, pool: Pool, now: float, pin: ReplicaSetKey | None = None) -> list[ReplicaLoad]:
+        """Every Ready replica (of the set ``pin``) with the ms left of its running tasks."""
+        out = []
+        for rid, r in pool.replicas.items():
+            st = r.state
+            if not st.ready or (pin is not None and st.set_key() != pin):
+                continue
+            model = self.model(pool, rid, st.slots)
+            running = self.running.get((pool.id, rid), ())
+            busy = max(1, len(running))
+            left = []
+            for t in running:
+                per = model.decode_ms_per_token(busy, now)
+                ms = tokens_left(t) * per
+                if t.run_first_token is None and t.dispatched is not None:
+                    elapsed = (now - t.dispatched) * 1000
+                    ms += max(0.0, model.ttft_ms(_tokens_in(t), now) - elapsed) - per
+                left.append(max(0.0, ms))
+            out.append(ReplicaLoad(model, st.slots, left))
+        return out
+
+    def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
+        rank = PRIORITIES.index(priority) if priority is not None else len(PRIORITIES)
+        for t in pool.queue:
+            if PRIORITIES.index(t.priority) <= rank:
+                yield job_of(t)
+
+    def forecast(
+        self,
+        pool: Pool,
+        job: Job,
+        priority: str | None,
+        now: float | None = None,
+        pin: ReplicaSetKey | None = None,
+    ) -> Slot | None:
+        """Start and finish of a new task after the queued work of its priority and
+        above, on the replica where it finishes first (ORCH-1957)."""
+        now = time.monotonic() if now is None else now
+        return best_slot(self.loads(pool, now, pin), self._ahead(pool, priority), job, now)
+
+    def check_deadline(self, pool: Pool, deadline_ms: int | None, job: Job, priority: str) -> None:
+        """ORCH-1006, ORCH-1958: refuse when even a forecast ``deadline_margin`` too
+        pessimistic misses the deadline; the refusal logs the forecast's inputs."""
+        if deadline_ms is None:
+            return
+        now = time.monotonic()
+        slot = self.forecast(pool, job, priority, now)
+        if slot is None or admits(slot.finish_ms, deadline_ms, self.cfg.deadline_margin):
+            return
+        loads = self.loads(pool, now)
+        _log.info(
+            "deadline refused: predicted finish %.0f ms (start %.0f ms) > deadline %d ms"
+            " / (1 - margin %.2f); job %s; queued ahead %d; replicas %s",
+            slot.finish_ms, slot.start_ms, deadline_ms, self.cfg.deadline_margin,
+            job, sum(1 for _ in self._ahead(pool, priority)),
+            [(r.model.params(now), r.slots, [round(x) for x in r.running_ms]) for r in loads],
+            extra={"pool_id": pool.id},
+        )  # fmt: skip
+        raise DeadlineUnmet(
+            f"predicted finish in {slot.finish_ms:.0f} ms (start in {slot.start_ms:.0f} ms)"
+            f" exceeds deadline_ms={deadline_ms} - at `$.deadline_ms`",
+            pool_id=pool.id,
+            engine=pool.engine,
+        )
+
+    def queue_forecast(self, pool: Pool, now: float) -> list[tuple[TaskRecord, int, Slot]]:
+        """``(task, position, forecast)`` of every queued task, in serving order."""
+        queued = list(pool.queue)
+        slots = simulate(self.loads(pool, now), (job_of(t) for t in queued), now)
+        if slots is None:
+            return []
+        return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
+
+    def predicted(self, pool: Pool, rec: TaskRecord) -> Slot | None:
+        """Start and finish of an admitted task: the forecast of its place in serving order."""
+        now = time.monotonic()
+        for t, _, slot in self.queue_forecast(pool, now):
+            if t is rec:
+                return slot
+        return None
+
+    def task_turn_ms(self, pool: Pool, max_tokens: int) -> float:
+        """How often a slot of ``pool`` frees for tasks of ``max_tokens`` at full load:
+        one such task's forecast service time over the pool's Ready slots (ORCH-1957).
+        The OpenAI-compatible API spaces the retry turns it hands out by this."""
+        now = time.monotonic()
+        loads = self.loads(pool, now)
+        slots = sum(r.slots for r in loads)
+        if not slots:
+            return 1000.0
+        service = min(
+            r.model.service_ms(0, max(1, max_tokens), max(1, r.slots), now) for r in loads
+        )
+        return service / slots
+
+    def retry_after_ms(self, pool: Pool, job: Job | None = None) -> int:
+        """Until a refused client can expect to be admitted: when the first slot frees
+        after everything queued has started, i.e. when the queue gains room, at least
+        100 ms (ORCH-1957). The OpenAI-compatible API calls this for ``retry-after-ms``."""
+        now = time.monotonic()
+        loads = self.loads(pool, now)
+        if not loads:
+            return 1000
+        queued = [job_of(t) for t in pool.queue]
+        if not queued:
+            # full for another reason (quota): the next slot to free
+            ms = min(
+                min(r.running_ms, default=0.0) if len(r.running_ms) >= r.slots else 0.0
+                for r in loads
+            )
+            return max(100, int(ms))
+        slots = simulate(loads, queued, now)
+        assert slots is not None
+        return max(100, int(slots[0].start_ms))
+
+    def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord, now: float) -> float | None:
+        """Forecast the run that starts now on ``replica`` (kept to learn the forecast's
+        error) and return P(the task ends before its deadline), ORCH-1959."""
+        st = replica.state
+        model = self.model(pool, st.replica_id, st.slots)
+        busy = max(1, len(self.running.get((pool.id, st.replica_id), ())))
+        expected = model.service_ms(_tokens_in(rec), tokens_left(rec), busy, now)
+        rec.predicted_service_ms = expected
+        if rec.deadline is None:
+            return None
+        remaining = (rec.deadline - now) * 1000
+        return on_time_probability(remaining, expected, model.cv(self.deadline_cv, now))
 
     def views(self, pool: Pool) -> list[ReplicaView]:
         """Replica views with each replica's assigned work (ORCH-1907)."""
@@ -64,37 +267,3 @@ class Workload:
             if tasks:
                 views[n] = dataclasses.replace(v, load=sum(tokens_left(t) for t in tasks))
         return views
-
-    def check_deadline(
-        self, pool: Pool, deadline_ms: int | None, tokens: int, priority: str
-    ) -> None:
-        """ORCH-1006, ORCH-1905: refuse when the predicted finish is past the deadline,
-        forecast from each replica's own rate, the work running on it and the work
-        queued ahead. Until the pool measured a task there is no rate to predict
-        from, and the task is admitted."""
-        if deadline_ms is None or not pool.drain.measured:
-            return
-        replicas = [
-            ReplicaForecast(
-                self.ms_per_token(pool, rid),
-                r.state.slots,
-                [tokens_left(t) for t in self.running.get((pool.id, rid), ())],
-            )
-            for rid, r in pool.replicas.items()
-            if r.state.ready
-        ]
-        rank = PRIORITIES.index(priority)
-        ahead = (
-            tokens_left(t) for t in pool.queue.queued() if PRIORITIES.index(t.priority) <= rank
-        )
-        forecast = forecast_ms(replicas, ahead, tokens)
-        if forecast is None:
-            return
-        start, finish = forecast
-        if finish > deadline_ms:
-            raise DeadlineUnmet(
-                f"predicted finish in {finish:.0f} ms (start in {start:.0f} ms) exceeds"
-                f" deadline_ms={deadline_ms} - at `$.deadline_ms`",
-                pool_id=pool.id,
-                engine=pool.engine,
-            )

@@ -143,9 +143,10 @@ class RetrySchedule:
         self._clock = clock
         self._last: dict[str, float] = {}
 
-    def delay_ms(self, pool: Pool, base_ms: int, max_tokens: int) -> int:
+    def delay_ms(self, pool: Pool, turn_ms: float, base_ms: int) -> int:
+        """``turn_ms``: ``Workload.task_turn_ms`` of the refused task's size."""
         now = self._clock()
-        task_s = pool.drain.task_ms(max_tokens) / pool.drain.slots / 1000
+        task_s = turn_ms / 1000
         turn = max(now + base_ms / 1000 + task_s / 2, self._last.get(pool.id, 0.0) + task_s)
         self._last[pool.id] = turn
         return max(1, math.ceil((turn - now) * 1000))

@@ -101,7 +101,11 @@ class Facade:
         if is_retry_later(exc):
             target = self.host.pools.get(exc.pool_id or "") or pool
             base = exc.retry_after_ms or 1000
-            delay = self.schedule.delay_ms(target, base, max_tokens) if target else base
+            delay = (
+                self.schedule.delay_ms(target, self.host.task_turn_ms(target, max_tokens), base)
+                if target
+                else base
+            )
             status, headers = retry_headers(delay)
             _log.info(
                 "%s request refused (%s): retry after %d ms",

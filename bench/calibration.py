@@ -1,0 +1,426 @@
+"""Calibration of llama-orch's predictions against a real llama-server (issue #19, ORCH-1955).
+
+Drives orchestratord (its own process) in front of a real ``llama-server``
+(SmolLM2-135M) with a mixed, seeded workload and compares what the
+orchestrator predicted with what happened:
+
+- **start**: the 202's ``predicted_start_ms`` vs the ``started`` event's
+  ``queue_wait_ms`` (tasks that waited at least 100 ms);
+- **finish**: the 202's ``predicted_finish_ms`` vs submit → ``end`` measured
+  by the client (tasks that ran to their end);
+- **Retry-After**: a client refused with 429 waits the advertised
+  ``X-Backoff-Ms`` and retries; then it retries every 100 ms: the wait until
+  admission actually succeeded vs the advertised one, and how often the first
+  retry was admitted;
+- **on_time_probability**: the first ``metrics`` event's value for tasks with a
+  deadline vs whether they ended in time: Brier score and reliability table.
+
+Workload (``--seed``): prompts of 10-1,500 tokens (a counting sequence, which
+the model continues, so outputs mostly run to ``max_tokens``), outputs of
+4-400 tokens (log-uniform), phases of 1, 2, 4 and 8 concurrent clients,
+10 % of tasks canceled after a few tokens, 35 % with a deadline between 0.6
+and 3 times a rough size-based guess (the client's, not the model's).
+
+    uv run bench/calibration.py                 # ~6-10 min on 2 cores
+    uv run bench/calibration.py --tasks 40      # shorter
+
+Writes ``bench/results/<date>-calibration.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_orch.core.sse import SSEParser
+from procs import BIN, HERE, Procs, free_port, log
+
+MODEL = "pypi:smollm2-135m-instruct-q4_1"
+
+
+@dataclass
+class Spec:
+    prompt_numbers: int
+    max_tokens: int
+    cancel_after: int | None
+    deadline_ms: int | None
+
+
+@dataclass
+class Outcome:
+    spec: dict[str, Any]
+    concurrency: int
+    status: int = 0
+    code: str | None = None
+    retry_advertised_ms: int | None = None
+    retry_actual_ms: float | None = None
+    retry_first_ok: bool | None = None
+    predicted_start_ms: int | None = None
+    predicted_finish_ms: int | None = None
+    queue_wait_ms: int | None = None
+    finish_ms: float | None = None
+    end_reason: str | None = None
+    tokens_out: int | None = None
+    tokens_in: int | None = None
+    on_time_probability: float | None = None
+    on_time: bool | None = None
+    error: str | None = None
+
+
+def make_specs(n: int, seed: int) -> list[Spec]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        # 10..1500 prompt tokens: "1, 2, 3, ..." costs about 2-4 tokens a number
+        prompt_tokens = int(math.exp(rng.uniform(math.log(10), math.log(1500))))
+        numbers = max(3, prompt_tokens // 3)
+        max_tokens = int(math.exp(rng.uniform(math.log(4), math.log(400))))
+        cancel = rng.randint(1, max(1, max_tokens // 2)) if rng.random() < 0.10 else None
+        deadline = None
+        if cancel is None and rng.random() < 0.35:
+            guess_ms = 300 + prompt_tokens * 2 + max_tokens * 60  # the client's rough guess
+            deadline = int(guess_ms * rng.uniform(0.6, 3.0))
+        out.append(Spec(numbers, max_tokens, cancel, deadline))
+    return out
+
+
+def prompt_of(spec: Spec) -> str:
+    return ", ".join(str(i) for i in range(1, spec.prompt_numbers + 1)) + ","
+
+
+async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrency: int) -> Outcome:
+    o = Outcome(asdict(spec), concurrency)
+    body: dict[str, Any] = {
+        "prompt": prompt_of(spec),
+        "max_tokens": spec.max_tokens,
+        "temperature": 0.0,
+    }
+    if spec.deadline_ms is not None:
+        body["deadline_ms"] = spec.deadline_ms
+    first_429: float | None = None
+    attempt = 0
+    while True:
+        t0 = time.monotonic()
+        async with http.post(url + "/v1/tasks", json=body) as r:
+            payload = await r.json()
+            status = r.status
+            backoff = r.headers.get("X-Backoff-Ms")
+        if status == 429:
+            if first_429 is None:
+                first_429 = t0
+                o.retry_advertised_ms = int(backoff) if backoff else None
+                await asyncio.sleep((o.retry_advertised_ms or 1000) / 1000)
+            else:
+                await asyncio.sleep(0.1)
+            attempt += 1
+            if attempt > 600:
+                o.status, o.code = 429, "gave up"
+                return o
+            continue
+        if first_429 is not None:
+            o.retry_actual_ms = (t0 - first_429) * 1000
+            o.retry_first_ok = attempt == 1
+        o.status = status
+        if status != 202:
+            o.code = payload.get("code")
+            return o
+        break
+    submitted = t0
+    o.predicted_start_ms = payload["predicted_start_ms"]
+    o.predicted_finish_ms = payload.get("predicted_finish_ms")
+    tid = payload["task_id"]
+    parser = SSEParser()
+    tokens = 0
+    async with http.get(f"{url}/v1/tasks/{tid}/stream") as r:
+        async for chunk in r.content.iter_any():
+            for m in parser.feed(chunk):
+                data = json.loads(m.data)
+                if m.event == "started":
+                    o.queue_wait_ms = data["queue_wait_ms"]
+                elif m.event == "metrics" and o.on_time_probability is None:
+                    o.on_time_probability = data.get("on_time_probability")
+                elif m.event == "token":
+                    tokens += 1
+                    if spec.cancel_after is not None and tokens == spec.cancel_after:
+                        async with http.post(f"{url}/v1/tasks/{tid}/cancel") as c:
+                            await c.read()
+                elif m.event == "end":
+                    o.finish_ms = (time.monotonic() - submitted) * 1000
+                    o.end_reason = data["reason"]
+                    o.tokens_out = data["tokens_out"]
+                    o.tokens_in = data.get("tokens_in")
+                elif m.event == "error":
+                    o.finish_ms = (time.monotonic() - submitted) * 1000
+                    o.error = data["code"]
+    if spec.deadline_ms is not None and o.end_reason is not None:
+        o.on_time = o.end_reason != "canceled" and (o.finish_ms or 0) <= spec.deadline_ms
+    elif spec.deadline_ms is not None:
+        o.on_time = False
+    return o
+
+
+async def drive(url: str, specs: list[Spec], phases: list[int], out: list[Outcome]) -> None:
+    per = math.ceil(len(specs) / len(phases))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        for k, c in enumerate(phases):
+            todo = list(specs[k * per : (k + 1) * per])
+            log(f"phase: {c} concurrent clients, {len(todo)} tasks")
+
+            async def worker(todo: list[Spec] = todo, c: int = c) -> None:
+                while todo:
+                    out.append(await run_task(http, url, todo.pop(0), c))
+
+            await asyncio.gather(*(worker() for _ in range(c)))
+
+
+def _rel(pred: float, actual: float) -> float:
+    return abs(pred - actual) / actual
+
+
+def _pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * (len(xs) - 1) + 0.5))]
+
+
+def analyse(outs: list[Outcome]) -> dict[str, Any]:
+    ran = [o for o in outs if o.end_reason in ("length", "eos", "stop") and o.finish_ms]
+    finish = [
+        (o.predicted_finish_ms, o.finish_ms) for o in ran if o.predicted_finish_ms is not None
+    ]
+    finish_len = [
+        (o.predicted_finish_ms, o.finish_ms)
+        for o in ran
+        if o.predicted_finish_ms is not None and o.end_reason == "length"
+    ]
+    start = [
+        (o.predicted_start_ms, o.queue_wait_ms)
+        for o in outs
+        if o.queue_wait_ms is not None
+        and o.queue_wait_ms >= 100
+        and o.predicted_start_ms is not None
+    ]
+    retry = [o for o in outs if o.retry_advertised_ms is not None and o.retry_actual_ms is not None]
+    probs = [
+        (o.on_time_probability, o.on_time)
+        for o in outs
+        if o.on_time_probability is not None and o.on_time is not None
+    ]
+
+    def errs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        rel = [_rel(p, a) for p, a in pairs if a > 0]
+        ratio = [p / a for p, a in pairs if a > 0]
+        return {
+            "n": len(rel),
+            "median_rel_err": _pct(rel, 0.5),
+            "p90_rel_err": _pct(rel, 0.9),
+            "within_2x": (sum(1 for r in ratio if 0.5 <= r <= 2) / len(ratio)) if ratio else None,
+            "median_pred_over_actual": _pct(ratio, 0.5),
+        }
+
+    bins = []
+    for lo in [i / 10 for i in range(10)]:
+        hi = lo + 0.1
+        inb = [(p, t) for p, t in probs if lo <= p < hi or (hi >= 1.0 and p == 1.0)]
+        if inb:
+            bins.append(
+                {
+                    "bin": f"{lo:.1f}-{hi:.1f}",
+                    "n": len(inb),
+                    "mean_p": statistics.fmean(p for p, _ in inb),
+                    "on_time": sum(1 for _, t in inb if t) / len(inb),
+                }
+            )
+    confident = [t for p, t in probs if p >= 0.9]
+    return {
+        "tasks": len(outs),
+        "admitted": sum(1 for o in outs if o.status == 202),
+        "refused": {
+            c: sum(1 for o in outs if o.code == c) for c in {o.code for o in outs if o.code}
+        },
+        "end_reasons": {
+            r: sum(1 for o in outs if o.end_reason == r)
+            for r in {o.end_reason for o in outs if o.end_reason}
+        },
+        "errors": {
+            e: sum(1 for o in outs if o.error == e) for e in {o.error for o in outs if o.error}
+        },
+        "finish": errs(finish),
+        "finish_length_only": errs(finish_len),
+        "start": errs(start),
+        "retry": {
+            "n": len(retry),
+            "first_retry_admitted": (sum(1 for o in retry if o.retry_first_ok) / len(retry))
+            if retry
+            else None,
+            "median_actual_over_advertised": _pct(
+                [o.retry_actual_ms / max(1, o.retry_advertised_ms) for o in retry],
+                0.5,  # type: ignore[operator]
+            ),
+        },
+        "on_time": {
+            "n": len(probs),
+            "brier": statistics.fmean((p - (1.0 if t else 0.0)) ** 2 for p, t in probs)
+            if probs
+            else None,
+            "p_ge_0.9_n": len(confident),
+            "p_ge_0.9_on_time": (sum(confident) / len(confident)) if confident else None,
+            "reliability": bins,
+        },
+    }
+
+
+def _f(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.0f} %" if pct else f"{x:.2f}"
+
+
+def render(summary: dict[str, Any], cmd: str, started: str, took_s: float) -> str:
+    s = summary
+    lines = [
+        f"# Calibration of predictions — {started}",
+        "",
+        f"Command: `{cmd}` ({took_s / 60:.1f} min). Real `llama-server` (SmolLM2-135M Q4_1,",
+        "1 replica x 4 slots, 1 thread) behind orchestratord; 2-core machine shared with"
+        " other jobs.",
+        "",
+        f"Tasks: {s['tasks']}, admitted {s['admitted']}; refused {s['refused']};"
+        f" end reasons {s['end_reasons']}; stream errors {s['errors']}.",
+        "",
+        "| prediction | n | median abs rel. error | p90 abs rel. error | within 2x"
+        " | median pred/actual | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, key, target in (
+        ("finish (all that ended)", "finish", "median <= 25 %, p90 within 2x"),
+        ("finish (ran to max_tokens)", "finish_length_only", ""),
+        ("start (waited >= 100 ms)", "start", "median <= 25 %, p90 within 2x"),
+    ):
+        e = s[key]
+        lines.append(
+            f"| {name} | {e['n']} | {_f(e['median_rel_err'], True)} | {_f(e['p90_rel_err'], True)}"
+            f" | {_f(e['within_2x'], True)} | {_f(e['median_pred_over_actual'])} | {target} |"
+        )
+    r, t = s["retry"], s["on_time"]
+    lines += [
+        "",
+        f"Retry-After (X-Backoff-Ms): {r['n']} refused clients; first retry admitted"
+        f" {_f(r['first_retry_admitted'], True)}; median actual wait / advertised"
+        f" {_f(r['median_actual_over_advertised'])} (target: the median client is admitted"
+        " at its first retry).",
+        "",
+        f"on_time_probability: {t['n']} tasks with a deadline; Brier score {_f(t['brier'])};"
+        f" tasks given p >= 0.9: {t['p_ge_0.9_n']}, on time"
+        f" {_f(t['p_ge_0.9_on_time'], True)} (target >= 85 %).",
+        "",
+        "| p bin | n | mean p | on time |",
+        "|---|---|---|---|",
+    ]
+    for b in t["reliability"]:
+        lines.append(f"| {b['bin']} | {b['n']} | {b['mean_p']:.2f} | {100 * b['on_time']:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=80)
+    ap.add_argument("--seed", type=int, default=19)
+    ap.add_argument("--phases", default="1,2,4,8")
+    # 1 thread: on a shared 2-core machine 2 OpenMP threads per engine spin against
+    # each other (0.26 tokens/s measured with 2).
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-minutes", type=float, default=12.0, help="stop driving after this")
+    args = ap.parse_args(argv)
+
+    from llama_orch.pool_managerd.engine import LlamaServerSpec
+    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
+    tmp = Path(f"/tmp/llorch-calibration-{stamp}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs = Procs(tmp)
+    t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children in `finally`
+    try:
+        binary = provision_llama_server(progress=log)
+        model_path, digest = provision_model(MODEL, progress=log)
+        spec = LlamaServerSpec(
+            binary=binary.path,
+            model_path=model_path,
+            port=free_port(),
+            slots=4,
+            ctx_per_slot=2048,
+            threads=args.threads,
+            extra_flags=("--no-repack",),  # this build's repacking dies with SIGILL here
+        )
+        engine = procs.start("llama-server", spec.command(), env=spec.env())
+        procs.wait_ready(engine, spec.base_url + "/health", 120)
+        port = free_port()
+        cfg = {
+            "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
+            "auth": {"enabled": False},  # loopback bench
+            "admission": {"queue_capacity": 3, "max_tokens_limit": 4096},
+            "allow_cpu_inference": True,
+            "pools": [
+                {
+                    "id": "bench",
+                    "engine": "llamacpp-http",
+                    "model": MODEL,
+                    "endpoints": [spec.base_url],
+                    "ctx": 2048,
+                    "slots": 4,
+                    "model_digest": digest,
+                    "engine_version": binary.engine_version,
+                }
+            ],
+        }
+        path = tmp / "orch.json"
+        path.write_text(json.dumps(cfg))
+        orch = procs.start("orchestratord", [str(BIN / "orchestratord"), "--config", str(path)])
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_ready(
+            orch,
+            url + "/v1/pools/bench/health",
+            120,
+            check=lambda b: json.loads(b).get("ready") is True,
+        )
+        specs = make_specs(args.tasks, args.seed)
+        phases = [int(x) for x in args.phases.split(",")]
+        outs: list[Outcome] = []
+        try:
+            asyncio.run(asyncio.wait_for(drive(url, specs, phases, outs), args.max_minutes * 60))
+        except TimeoutError:
+            log(f"stopped after {args.max_minutes:g} min: {len(outs)} tasks done")
+    finally:
+        procs.stop_all()
+    took = time.monotonic() - t0
+    summary = analyse(outs)
+    cmd = "uv run bench/calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = render(summary, cmd.strip(), started, took)
+    out_dir = HERE / "results"
+    (out_dir / f"{stamp}-calibration.md").write_text(report)
+    (out_dir / f"{stamp}-calibration.json").write_text(
+        json.dumps({"summary": summary, "outcomes": [asdict(o) for o in outs]}, indent=1)
+    )
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

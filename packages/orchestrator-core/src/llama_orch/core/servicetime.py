@@ -1,0 +1,228 @@
+"""Service-time model of one replica, learned from what every task measures (ORCH-1950..1956).
+
+A task's service time on a replica is split into the parts that scale with
+different things, so that no kind of task can distort the others:
+
+- **first token** (``ttft``): dispatch → first token = ``overhead`` +
+  ``prefill`` x prompt tokens. Per-task overhead and prefill live here only:
+  a 4-token task with a slow first token raises the overhead, never the
+  per-token rate (issue #19's lockout came from dividing the whole service
+  time by few tokens).
+- **decode**: ms per output token after the first = ``decode`` x (1 +
+  ``slowdown`` x (busy - 1)), where ``busy`` is the mean number of busy slots
+  of the replica while the task decoded.
+
+Each part is a :class:`RobustLine`: a weighted least-squares line over
+exponentially decaying samples plus a fixed-weight prior (so without fresh
+samples it decays toward the prior), with each sample's residual clipped to a
+few times the running mean absolute residual (outliers move it little), and
+the fitted parameters clamped to the range the samples and the prior span.
+That clamp is what makes the idle forecast bounded by measurements
+(ORCH-1953): an idle replica's per-token decode time is never more than the
+slowest decode rate observed or the prior.
+
+Pure code: every method takes ``now`` (monotonic seconds); nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+__all__ = [
+    "ModelParams",
+    "Observation",
+    "Prior",
+    "RobustLine",
+    "ServiceModel",
+]
+
+Outcome = Literal["completed", "canceled", "failed"]
+
+
+class Observation(NamedTuple):
+    """What one run of a task measured on its replica."""
+
+    tokens_in: int  # prompt tokens (0 when unknown)
+    ttft_ms: float | None  # dispatch → first token; None: no token arrived
+    decode_ms: float  # first token → last token
+    tokens_out: int  # engine tokens generated
+    busy: float  # mean busy slots of the replica while it decoded (≥ 1)
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """Where a replica's model starts and decays back to (ORCH-1954)."""
+
+    overhead_ms: float = 50.0
+    prefill_ms_per_token: float = 2.0
+    decode_ms_per_token: float = 25.0
+    slowdown: float = 0.25  # relative decode slowdown per extra busy slot
+    weight: float = 0.1  # how many samples the prior is worth
+
+
+class ModelParams(NamedTuple):
+    overhead_ms: float
+    prefill_ms_per_token: float
+    decode_ms_per_token: float  # with one busy slot (idle replica)
+    slowdown: float
+    samples: float  # decayed weight of real samples behind the decode rate
+
+
+class RobustLine:
+    """``y ≈ a + b·x`` from decaying, clipped samples and a fixed prior (ORCH-1951).
+
+    Sufficient statistics are kept with weights that halve every
+    ``half_life_s``; the prior is two pseudo-points of total weight
+    ``prior_weight`` that never decay. ``a`` is clamped to ``[0, y_hi]`` (the
+    largest ``y`` seen, prior included) and ``b`` to ``≥ 0``.
+    """
+
+    CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
+
+    def __init__(
+        self, a0: float, b0: float, x_ref: float, prior_weight: float, half_life_s: float
+    ) -> None:
+        self._half_life = half_life_s
+        self._t: float | None = None
+        self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
+        self._res = 0.0  # decayed weighted sum of |residual|
+        y_ref = a0 + b0 * x_ref
+        self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
+        self._prior_res = 0.5 * max(abs(a0), abs(y_ref)) * prior_weight  # wide at first
+        self._prior_weight = prior_weight
+        self.y_hi = max(a0, y_ref)
+        self.slope_hi = max(b0, 0.0)  # largest y/x seen (for lines through a 0 overhead)
+
+    def _decay(self, now: float) -> None:
+        if self._t is not None and now > self._t:
+            k = 0.5 ** ((now - self._t) / self._half_life)
+            self._w *= k
+            self._wx *= k
+            self._wy *= k
+            self._wxx *= k
+            self._wxy *= k
+            self._res *= k
+        if self._t is None or now > self._t:
+            self._t = now
+
+    def weight(self, now: float) -> float:
+        self._decay(now)
+        return self._w
+
+    def params(self, now: float) -> tuple[float, float]:
+        """``(a, b)``, clamped (ORCH-1953)."""
+        self._decay(now)
+        w, wx, wy, wxx, wxy = self._w, self._wx, self._wy, self._wxx, self._wxy
+        for x, y, pw in self._prior:
+            w += pw
+            wx += pw * x
+            wy += pw * y
+            wxx += pw * x * x
+            wxy += pw * x * y
+        mx, my = wx / w, wy / w
+        var = wxx / w - mx * mx
+        b = (wxy / w - mx * my) / var if var > 1e-12 else 0.0
+        if b < 0:
+            b = 0.0
+        a = my - b * mx
+        a = min(max(a, 0.0), self.y_hi)
+        return a, b
+
+    def predict(self, x: float, now: float) -> float:
+        a, b = self.params(now)
+        return a + b * x
+
+    def observe(self, x: float, y: float, now: float) -> None:
+        if not (math.isfinite(x) and math.isfinite(y)) or y < 0 or x < 0:
+            return
+        pred = self.predict(x, now)  # decays first
+        scale = (self._res + self._prior_res) / (self._w + self._prior_weight)
+        limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
+        r = min(max(y - pred, -limit), limit)
+        y = pred + r
+        self._res += abs(r)
+        self._w += 1.0
+        self._wx += x
+        self._wy += y
+        self._wxx += x * x
+        self._wxy += x * y
+        self.y_hi = max(self.y_hi, y)
+        if x > 0:
+            self.slope_hi = max(self.slope_hi, y / x)
+
+
+class ServiceModel:
+    """The service-time model of one replica (ORCH-1950..1956)."""
+
+    def __init__(self, prior: Prior, *, half_life_s: float = 600.0, slots: int = 1) -> None:
+        self.prior = prior
+        self.slots = max(1, slots)
+        self.observations = 0
+        x_ref = 256.0
+        self._ttft = RobustLine(
+            prior.overhead_ms, prior.prefill_ms_per_token, x_ref, prior.weight, half_life_s
+        )
+        # decode ms/token against (busy - 1)
+        self._decode = RobustLine(
+            prior.decode_ms_per_token,
+            prior.decode_ms_per_token * prior.slowdown,
+            max(1.0, self.slots - 1.0),
+            prior.weight,
+            half_life_s,
+        )
+        # relative error of finish forecasts, for on_time_probability (ORCH-1956)
+        self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
+
+    # ---------------------------------------------------------------- learning
+
+    def observe(self, obs: Observation, now: float) -> None:
+        """Learn from one run (ORCH-1952). Failed runs teach nothing (an engine
+        fault is not a speed); a canceled run still measured its first token and
+        the pace of the tokens it got."""
+        if obs.outcome == "failed":
+            return
+        self.observations += 1
+        if obs.ttft_ms is not None:
+            self._ttft.observe(float(max(0, obs.tokens_in)), obs.ttft_ms, now)
+        need = 2 if obs.outcome == "completed" else 3
+        if obs.tokens_out >= need and obs.decode_ms > 0:
+            per = obs.decode_ms / (obs.tokens_out - 1)
+            busy = min(max(obs.busy, 1.0), float(self.slots))
+            self._decode.observe(busy - 1.0, per, now)
+
+    def observe_error(self, predicted_ms: float, actual_ms: float, now: float) -> None:
+        """How far a finish forecast was off (relative), for the on-time odds."""
+        if predicted_ms > 0 and actual_ms > 0:
+            self._err.observe(0.0, abs(math.log(actual_ms / predicted_ms)), now)
+
+    # ---------------------------------------------------------------- predicting
+
+    def params(self, now: float) -> ModelParams:
+        overhead, prefill = self._ttft.params(now)
+        prefill = min(prefill, self._ttft.slope_hi)
+        decode, slope = self._decode.params(now)
+        slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
+        return ModelParams(overhead, prefill, decode, slowdown, self._decode.weight(now))
+
+    def ttft_ms(self, tokens_in: int, now: float) -> float:
+        p = self.params(now)
+        return p.overhead_ms + p.prefill_ms_per_token * max(0, tokens_in)
+
+    def decode_ms_per_token(self, busy: float, now: float) -> float:
+        p = self.params(now)
+        busy = min(max(busy, 1.0), float(self.slots))
+        return p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
+
+    def service_ms(self, tokens_in: int, tokens_out: int, busy: float, now: float) -> float:
+        """Dispatch → last token of a task of that size at ``busy`` busy slots."""
+        return self.ttft_ms(tokens_in, now) + max(0, tokens_out - 1) * self.decode_ms_per_token(
+            busy, now
+        )
+
+    def cv(self, floor: float, now: float) -> float:
+        """Spread of finish forecasts: the mean |log error| seen, as a normal's sigma
+        (mean absolute deviation = 0.8 sigma), at least ``floor``."""
+        return max(floor, self._err.predict(0.0, now) / 0.8)

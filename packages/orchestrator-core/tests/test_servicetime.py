@@ -1,0 +1,144 @@
+"""The service-time model and the forecasts built on it (ORCH-1950..1959)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llama_orch.core.eta import Job, ReplicaLoad, admits, best_slot, simulate
+from llama_orch.core.predict import DrainRate
+from llama_orch.core.servicetime import Observation, Prior, ServiceModel
+
+
+def _model(slots: int = 2, **prior: float) -> ServiceModel:
+    return ServiceModel(Prior(**prior), half_life_s=600.0, slots=slots)
+
+
+def test_model_recovers_its_four_parts():
+    """ORCH-1950/1952: overhead, prefill, decode and slowdown learned separately."""
+    m = _model(slots=4)
+    t = 0.0
+    for n in range(200):
+        tokens_in = 10 + (n * 37) % 900
+        busy = 1 + n % 4
+        ttft = 30.0 + 0.5 * tokens_in
+        pace = 8.0 * (1 + 0.5 * (busy - 1))
+        tokens = 5 + n % 50
+        m.observe(Observation(tokens_in, ttft, pace * (tokens - 1), tokens, busy, "completed"), t)
+        t += 0.5
+    p = m.params(t)
+    assert math.isclose(p.overhead_ms, 30.0, rel_tol=0.05), p
+    assert math.isclose(p.prefill_ms_per_token, 0.5, rel_tol=0.05), p
+    assert math.isclose(p.decode_ms_per_token, 8.0, rel_tol=0.05), p
+    assert math.isclose(p.slowdown, 0.5, rel_tol=0.1), p
+    assert math.isclose(m.service_ms(100, 11, 1, t), 30 + 50 + 80, rel_tol=0.05)
+
+
+def test_short_tasks_do_not_inflate_the_per_token_rate():
+    """ORCH-1952, issue #19's lockout in miniature: 4-token tasks whose first token
+    is slow (contention, per-task overhead) raise the overhead, not the decode rate;
+    the old total-time / tokens average predicted a 48-token task far too slow."""
+    m, old = _model(slots=2), DrainRate(slots=4)
+    for i in range(11):
+        ttft, pace = 1500.0, 10.0  # a slow first token, then 10 ms per token
+        m.observe(Observation(20, ttft, pace * 3, 4, 2.0, "completed"), float(i))
+        old.observe(int(ttft + 3 * pace), 4)
+    idle = m.service_ms(20, 48, 1, 11.0)
+    assert idle < 1500 + 48 * 10 * 1.1, idle
+    assert old.decode_ms(48) > 5 * idle  # what the total-time / tokens rate predicted
+
+
+def test_outliers_move_the_fit_a_bounded_amount_and_failures_nothing():
+    """ORCH-1951/1952: one 100x decode sample after many good ones barely moves the
+    rate; failed runs are ignored; canceled runs count their pace."""
+    m = _model()
+    for i in range(30):
+        m.observe(Observation(50, 40.0, 10.0 * 19, 20, 1.0, "completed"), float(i))
+    before = m.decode_ms_per_token(1, 30.0)
+    m.observe(Observation(50, 40.0, 1000.0 * 19, 20, 1.0, "completed"), 30.0)
+    assert m.decode_ms_per_token(1, 30.0) < before * 1.5
+    n = m.observations
+    m.observe(Observation(50, 9e9, 9e9, 20, 1.0, "failed"), 31.0)
+    assert m.observations == n and m.decode_ms_per_token(1, 31.0) < before * 1.5
+    m.observe(Observation(50, 40.0, 10.0 * 2, 3, 1.0, "canceled"), 32.0)
+    assert m.observations == n + 1
+
+
+def test_decays_toward_the_prior_without_samples():
+    """ORCH-1954: the samples' weight halves every half-life, the prior's does not."""
+    m = ServiceModel(Prior(decode_ms_per_token=40.0), half_life_s=10.0, slots=1)
+    for i in range(5):
+        m.observe(Observation(10, 20.0, 5.0 * 9, 10, 1.0, "completed"), float(i))
+    fresh = m.decode_ms_per_token(1, 5.0)
+    assert fresh < 8
+    later = m.decode_ms_per_token(1, 5.0 + 200.0)
+    assert later > 35  # 20 half-lives later the prior dominates
+    assert math.isclose(ServiceModel(Prior(), slots=1).decode_ms_per_token(1, 0.0), 25.0)
+
+
+def test_simulate_assigns_queued_work_to_the_earliest_slot():
+    """ORCH-1957: slots free after running work; queued jobs in order; busy counts."""
+    flat = _model(slots=2, overhead_ms=0.0, prefill_ms_per_token=0.0, decode_ms_per_token=10.0)
+    flat_slowdown = flat.params(0.0).slowdown
+    r = ReplicaLoad(flat, 2, [100.0])
+    got = simulate([r], [Job(0, 11), Job(0, 11)], 0.0)
+    assert got is not None
+    busy2 = 10.0 * (1 + flat_slowdown) * 10
+    assert got[0].start_ms == 0.0 and math.isclose(got[0].finish_ms, busy2)
+    assert got[1].start_ms == 100.0  # the running task's slot
+    assert simulate([], [Job(0, 1)], 0.0) is None
+    idle = best_slot([ReplicaLoad(flat, 2, [])], [], Job(0, 11), 0.0)
+    assert idle is not None and idle.start_ms == 0 and math.isclose(idle.finish_ms, 100.0)
+
+
+_obs = st.builds(
+    Observation,
+    tokens_in=st.integers(0, 4000),
+    ttft_ms=st.none() | st.floats(0, 1e6, allow_nan=False),
+    decode_ms=st.floats(0, 1e7, allow_nan=False),
+    tokens_out=st.integers(0, 2000),
+    busy=st.floats(0, 16, allow_nan=False),
+    outcome=st.sampled_from(["completed", "canceled", "failed"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_obs, st.floats(0, 5000, allow_nan=False)), max_size=40),
+    st.integers(1, 8),
+    st.integers(0, 3000),
+    st.integers(1, 1000),
+    st.floats(0, 1e5, allow_nan=False),
+)
+def test_idle_forecast_is_bounded_by_measurements_and_admitted(history, slots, p, t, later):
+    """ORCH-1953 (no lockout by construction): whatever was observed, the forecast
+    finish of a task on an idle replica is at most ttft_max + P x prefill_max +
+    (T - 1) x decode_max of what was measured (prior included), and a deadline at that
+    bound is admitted (ORCH-1958)."""
+    prior = Prior()
+    m = ServiceModel(prior, half_life_s=300.0, slots=slots)
+    ttft_max = max(prior.overhead_ms, prior.overhead_ms + 256 * prior.prefill_ms_per_token)
+    prefill_max = prior.prefill_ms_per_token
+    full = prior.decode_ms_per_token * (1 + prior.slowdown * max(1, slots - 1))
+    decode_max = max(prior.decode_ms_per_token, full)
+    now = 0.0
+    for obs, dt in history:
+        now += dt
+        m.observe(obs, now)
+        # what a measurement can raise the bound to (clipped samples are lower still)
+        if obs.outcome != "failed":
+            if obs.ttft_ms is not None:
+                ttft_max = max(ttft_max, obs.ttft_ms)
+                if obs.tokens_in > 0:
+                    prefill_max = max(prefill_max, obs.ttft_ms / obs.tokens_in)
+            need = 2 if obs.outcome == "completed" else 3
+            if obs.tokens_out >= need and obs.decode_ms > 0:
+                decode_max = max(decode_max, obs.decode_ms / (obs.tokens_out - 1))
+    now += later
+    slot = best_slot([ReplicaLoad(m, slots, [])], [], Job(p, t), now)
+    assert slot is not None and slot.start_ms == 0.0
+    bound = ttft_max + p * prefill_max + (t - 1) * decode_max
+    assert slot.finish_ms <= bound * (1 + 1e-9) + 1e-6
+    assert admits(slot.finish_ms, math.ceil(bound) + 1, margin=0.2)
+    assert admits(slot.finish_ms, slot.finish_ms, margin=0.0)

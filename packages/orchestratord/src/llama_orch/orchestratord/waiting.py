@@ -1,0 +1,153 @@
+"""What a waiting client sees, and how long it can wait (ORCH-1961..1967).
+
+One loop per pool, every quarter second: it forecasts every queued task with
+the service-time model (ORCH-1957), appends a ``queued`` event to a task's
+stream when its position or ETA changed (at most once per
+``scheduling.waiting.queued_event_interval_s``), and ends a queued task with
+a typed, retriable error when waiting any longer cannot help:
+
+- ``deadline``: even a forecast ``deadline_margin`` too pessimistic finishes
+  after the deadline → ``DEADLINE_UNMET``;
+- ``queue_ttl``: queued longer than ``queue_ttl_s`` → ``ADMISSION_REJECT``;
+- ``pool_unready``: the pool has had no Ready replica for
+  ``unready_timeout_s`` → ``POOL_UNREADY``.
+
+A periodic scan, not an event: the forecasts change with time itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from llama_orch.core.api import QueuedEvent
+from llama_orch.core.config import WaitingConfig
+from llama_orch.core.errors import ErrorCode
+from llama_orch.core.eta import admits
+
+from .tasks import TaskRecord
+
+if TYPE_CHECKING:
+    from .pools import Pool
+    from .service import Orchestrator
+
+__all__ = ["TICK_S", "announce_queued", "expiry", "waiting_loop"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+
+TICK_S = 0.25
+
+
+def announce_queued(
+    rec: TaskRecord,
+    cfg: WaitingConfig,
+    position: int | None = None,
+    eta_ms: int | None = None,
+    now: float | None = None,
+) -> bool:
+    """Append a ``queued`` event if the position or ETA changed (the ETA by more than
+    10 % or 500 ms) and the last one is ``queued_event_interval_s`` old (ORCH-1961)."""
+    now = time.monotonic() if now is None else now
+    pos = rec.queue_position if position is None else position
+    eta = rec.predicted_start_ms if eta_ms is None else eta_ms
+    last = rec.queued_sent
+    if last is not None:
+        if now - rec.queued_sent_at < cfg.queued_event_interval_s * 0.95:
+            return False
+        if last[0] == pos and abs(last[1] - eta) <= max(500, 0.1 * last[1]):
+            return False
+    if not rec.append(QueuedEvent(queue_position=pos, predicted_start_ms=eta)):
+        return False
+    rec.queued_sent, rec.queued_sent_at = (pos, eta), now
+    rec.queue_position = pos
+    return True
+
+
+def expiry(
+    rec: TaskRecord,
+    now: float,
+    cfg: WaitingConfig,
+    finish_ms: float | None,
+    unready_since: float | None,
+) -> tuple[str, ErrorCode, str] | None:
+    """Why a queued task must end now, or None (ORCH-1965)."""
+    if unready_since is not None and cfg.unready_timeout_s is not None:
+        if now - unready_since >= cfg.unready_timeout_s:
+            return (
+                "pool_unready",
+                ErrorCode.POOL_UNREADY,
+                f"the pool has had no Ready replica for {cfg.unready_timeout_s:g} s",
+            )
+    if cfg.queue_ttl_s is not None and now - rec.created >= cfg.queue_ttl_s:
+        return (
+            "queue_ttl",
+            ErrorCode.ADMISSION_REJECT,
+            f"queued longer than {cfg.queue_ttl_s:g} s",
+        )
+    if rec.deadline is not None:
+        left_ms = (rec.deadline - now) * 1000
+        if left_ms <= 0 or (
+            finish_ms is not None and not admits(finish_ms, left_ms, cfg.deadline_margin)
+        ):
+            what = (
+                "passed"
+                if left_ms <= 0
+                else f"cannot be met (forecast finish in {finish_ms:.0f} ms)"
+            )
+            return ("deadline", ErrorCode.DEADLINE_UNMET, f"deadline {what} while queued")
+    return None
+
+
+def _expire(
+    orch: Orchestrator, pool: Pool, rec: TaskRecord, why: tuple[str, ErrorCode, str]
+) -> None:
+    reason, code, message = why
+    cfg = orch.workload.cfg
+    pool.queue.remove(rec)
+    if rec.fail(code, message, retriable=True, retry_after_ms=cfg.expired_retry_after_ms):
+        orch.metrics.tasks_expired.add(
+            1, {"engine": pool.engine, "pool_id": pool.id, "reason": reason}
+        )
+        if rec.deadline is not None:
+            orch._deadlines[pool.id, rec.priority][1] += 1  # ORCH-1112: a missed deadline
+        _log.info(
+            "task %s expired in the queue: %s", rec.task_id, message, extra={"job_id": rec.task_id}
+        )
+
+
+def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None) -> None:
+    cfg = orch.workload.cfg
+    forecasts = orch.workload.queue_forecast(pool, now) if unready_since is None else []
+    if forecasts:
+        for rec, pos, slot in forecasts:
+            why = expiry(rec, now, cfg, slot.finish_ms, None)
+            if why is not None:
+                _expire(orch, pool, rec, why)
+            else:
+                announce_queued(rec, cfg, pos, int(slot.start_ms), now)
+        return
+    for pos, rec in enumerate(list(pool.queue)):
+        why = expiry(rec, now, cfg, None, unready_since)
+        if why is not None:
+            _expire(orch, pool, rec, why)
+        elif unready_since is not None:
+            # no replica to forecast from: the position, and an ETA of the time
+            # until the unready bound (a client should not plan on less)
+            bound = cfg.unready_timeout_s or 0.0
+            announce_queued(rec, cfg, pos, int(max(0.0, bound - (now - unready_since)) * 1000), now)
+
+
+async def waiting_loop(orch: Orchestrator, pool: Pool) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)  # a periodic scan: forecasts change with time itself
+        now = time.monotonic()
+        # noted by the pool at each readiness change: a Ready spell shorter than a tick
+        # still restarts the clock (found by the remote kill test)
+        unready_since = None if pool.ready_replicas() else pool.unready_since
+        if len(pool.queue):
+            try:
+                tick(orch, pool, now, unready_since)
+            except Exception:  # never let the loop die: queued tasks depend on it
+                _log.exception("waiting loop of pool %s", pool.id)

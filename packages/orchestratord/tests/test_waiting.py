@@ -1,0 +1,162 @@
+"""What a waiting client sees and how long it waits, with the mock adapter
+(ORCH-1957, ORCH-1961, ORCH-1962, ORCH-1965..1967)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+import msgspec
+import pytest
+from llama_orch.core.config import WaitingConfig
+from llama_orch.core.errors import ErrorCode
+from llama_orch.core.sse import SSEParser
+from llama_orch.orchestratord.main import JsonFormatter
+from llama_orch.orchestratord.tasks import TaskRecord
+from llama_orch.orchestratord.waiting import expiry
+
+
+async def _tid(run, **body) -> str:
+    resp = await run.submit(**body)
+    assert resp.status == 202, await resp.text()
+    return (await resp.json())["task_id"]
+
+
+def _ended_lines(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    fmt = JsonFormatter()
+    return [json.loads(fmt.format(r)) for r in caplog.records if r.getMessage() == "task ended"]
+
+
+async def test_queued_events_count_down_to_started(start_orchestrator, mock_config):
+    """ORCH-1961: a waiting task's stream says where it is and when it will start,
+    whenever that changed; its position falls to 0 before ``started``; a task
+    dispatched at once sends no ``queued`` event."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 20})
+    cfg.scheduling.waiting.queued_event_interval_s = 0.2
+    run = await start_orchestrator(cfg)
+    first = await _tid(run, max_tokens=30)
+    queued = [await _tid(run, max_tokens=20) for _ in range(3)]
+    events = await run.events(queued[-1])
+    kinds = [e[1] for e in events]
+    assert kinds.index("started") > 0 and "queued" not in kinds[kinds.index("started") :]
+    positions = [e[2]["queue_position"] for e in events if e[1] == "queued"]
+    assert positions[0] == 2 and positions[-1] == 0, positions
+    assert positions == sorted(positions, reverse=True), positions
+    etas = [e[2]["predicted_start_ms"] for e in events if e[1] == "queued"]
+    assert etas[0] > 0 and all(x >= 0 for x in etas)
+    assert "queued" not in [e[1] for e in await run.events(first)]
+
+
+async def test_idle_streams_get_keepalive_comments(start_orchestrator, mock_config):
+    """ORCH-1962: an SSE comment after ``limits.sse_keepalive_s`` without a frame."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 50}, limits={"sse_keepalive_s": 0.2})
+    cfg.scheduling.waiting.queued_event_interval_s = 60
+    run = await start_orchestrator(cfg)
+    await _tid(run, max_tokens=40)  # 2 s on the only slot
+    waiting = await _tid(run, max_tokens=2)
+    raw = b""
+    parser = SSEParser()
+    kinds: list[str] = []
+    async with run.http.get(f"{run.url}/v1/tasks/{waiting}/stream") as resp:
+        async for chunk in resp.content.iter_any():
+            raw += chunk
+            kinds += [m.event for m in parser.feed(chunk)]
+            if kinds[-1:] in (["end"], ["error"]):
+                break
+    assert raw.count(b": keep-alive\n\n") >= 2, raw[:400]
+    assert kinds[0] == "queued" and kinds[-1] == "end"  # comments are not events
+
+
+async def test_queue_ttl_ends_a_waiting_task(start_orchestrator, mock_config, caplog):
+    """ORCH-1965/1966/1967: queued past ``queue_ttl_s`` → a retriable
+    ADMISSION_REJECT with ``retry_after_ms``, counted by reason, code in the log."""
+    caplog.set_level(logging.INFO, logger="llama_orch.orchestratord")
+    cfg = mock_config(adapter_options={"token_delay_ms": 40})
+    cfg.scheduling.waiting = WaitingConfig(queue_ttl_s=0.5, expired_retry_after_ms=1234)
+    run = await start_orchestrator(cfg)
+    await _tid(run, max_tokens=60)
+    waiting = await _tid(run, max_tokens=2)
+    last = (await run.events(waiting))[-1]
+    assert last[1] == "error"
+    assert last[2]["code"] == "ADMISSION_REJECT" and last[2]["retriable"] is True
+    assert last[2]["retry_after_ms"] == 1234
+    text = await run.metrics_text()
+    assert re.search(r'tasks_expired_total\{[^}]*reason="queue_ttl"[^}]*\} 1\.0', text), text
+    line = next(x for x in _ended_lines(caplog) if x["job_id"] == waiting)
+    assert line["state"] == "failed" and line["error_code"] == "ADMISSION_REJECT"
+
+
+async def test_pool_without_ready_replica_ends_queued_tasks(start_orchestrator, mock_config):
+    """ORCH-1965/1966: no Ready replica for ``unready_timeout_s`` → POOL_UNREADY,
+    within the bound plus 1 s."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 40})
+    cfg.scheduling.waiting = WaitingConfig(unready_timeout_s=0.5)
+    run = await start_orchestrator(cfg)
+    pool = run.orch.pools["mock"]
+    await _tid(run, max_tokens=100)
+    waiting = [await _tid(run, max_tokens=2) for _ in range(2)]
+    state = pool.states["mock-e0"]
+    pool.update(msgspec.structs.replace(state, status="stopped"))
+    gone = time.monotonic()
+    for tid in waiting:
+        last = (await run.events(tid))[-1]
+        assert last[1] == "error" and last[2]["code"] == "POOL_UNREADY"
+        assert last[2]["retriable"] is True
+    assert time.monotonic() - gone <= 0.5 + 1.0
+    text = await run.metrics_text()
+    assert re.search(r'tasks_expired_total\{[^}]*reason="pool_unready"[^}]*\} 2\.0', text)
+
+
+def _rec(deadline: float | None, created: float = 0.0) -> TaskRecord:
+    from llama_orch.core.adapter_api import GenerateRequest
+
+    req = GenerateRequest(task_id="t", prompt="p", max_tokens=4, seed=1)
+    return TaskRecord("t", "p", "mock", "interactive", req, 1, deadline=deadline, created=created)
+
+
+def test_expiry_rules():
+    """ORCH-1965: each bound and its order; the deadline rule uses the admission margin."""
+    cfg = WaitingConfig(queue_ttl_s=10, unready_timeout_s=5, deadline_margin=0.2)
+    assert expiry(_rec(None), 1.0, cfg, 100.0, None) is None
+    assert expiry(_rec(None), 11.0, cfg, 100.0, None)[1] == ErrorCode.ADMISSION_REJECT  # type: ignore[index]
+    assert expiry(_rec(None), 6.0, cfg, None, 0.5)[1] == ErrorCode.POOL_UNREADY  # type: ignore[index]
+    assert expiry(_rec(None), 4.0, cfg, None, 0.5) is None
+    # 1 s left: a forecast of 1.2 s is admitted (x 0.8 = 0.96 s), 1.3 s is not
+    assert expiry(_rec(deadline=2.0), 1.0, cfg, 1200.0, None) is None
+    why = expiry(_rec(deadline=2.0), 1.0, cfg, 1300.0, None)
+    assert why is not None and why[0] == "deadline" and "cannot be met" in why[2]
+    assert expiry(_rec(deadline=2.0), 2.5, cfg, None, None)[0] == "deadline"  # type: ignore[index]
+
+
+async def test_one_forecast_for_start_backoff_and_deadline(start_orchestrator, mock_config):
+    """ORCH-1957/1958: the 202's predicted start, the 429's backoff and the deadline
+    check agree: one forecast from the per-replica model."""
+    cfg = mock_config(admission={"queue_capacity": 2}, adapter_options={"token_delay_ms": 10})
+    run = await start_orchestrator(cfg)
+    for _ in range(3):
+        await run.events(await _tid(run, max_tokens=20))  # learn the mock's pace
+    await _tid(run, max_tokens=50)  # ~0.5 s running
+    a = await (await run.submit(max_tokens=20)).json()
+    b = await (await run.submit(max_tokens=20)).json()
+    assert 0 < a["predicted_start_ms"] < b["predicted_start_ms"]
+    full = await run.submit(max_tokens=20)
+    assert full.status == 429
+    backoff = int(full.headers["X-Backoff-Ms"])
+    # room appears when the first queued task starts: its predicted start
+    assert abs(backoff - a["predicted_start_ms"]) <= max(150, 0.5 * a["predicted_start_ms"])
+    pool = run.orch.pools["mock"]
+    assert run.orch.workload.retry_after_ms(pool) >= 100
+
+
+async def test_self_test_decode_seeds_the_engine_prior(start_orchestrator, mock_config):
+    """ORCH-1954: the startup self-test's one-token decode sets the overhead prior of
+    its engine; a replica with no sample of its own starts from it."""
+    run = await start_orchestrator(mock_config(adapter_options={"token_delay_ms": 80}))
+    report = run.orch.self_tests.reports["mock", "mock-e0"]
+    decode = next(c for c in report.checks if c.name == "decode")
+    prior = run.orch.workload.prior("mock")
+    assert prior.overhead_ms == float(decode.duration_ms) >= 80  # not the default 50
+    pool = run.orch.pools["mock"]
+    assert run.orch.workload.model(pool, "mock-e0", 1).prior == prior
