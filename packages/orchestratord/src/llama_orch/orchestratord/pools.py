@@ -18,7 +18,7 @@ from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapt
 from llama_orch.core.config import AdmissionConfig, PoolConfig, SchedulingConfig
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.queue import AdmissionQueue
-from llama_orch.core.replica import ReplicaSetKey, ReplicaState
+from llama_orch.core.replica import ReplicaState
 
 from .tasks import TaskRecord
 
