@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
-API_PY = Path("packages/orchestrator-core/src/llama_orch/core/api.py")
+API_PY = Path("packages/core/src/llama_orch/core/api.py")
 
 # Patterns whose group 2 is the version; the first match in a file is the one.
 _PYPROJECT = re.compile(r'(?m)^(version = ")([^"]+)(")$')

@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = Path("contracts/config/config.schema.json")
 LINT = Path("ci/metrics.lint.json")
-CONFIG_PY = Path("packages/orchestrator-core/src/llama_orch/core/config.py")
+CONFIG_PY = Path("packages/core/src/llama_orch/core/config.py")
 CONFIG_PAGE = Path("docs/reference/configuration.md")
 METRICS_PAGE = Path("docs/reference/metrics.md")
 
@@ -174,7 +174,7 @@ def render_configuration(schema: Schema, notes: dict[str, dict[str, str]]) -> st
         "configures `orchestratord` and `pool-managerd` (YAML, or JSON for a `.json` path). "
         "Unknown keys are an error. What the settings do is explained in the concept and "
         "operations pages; the notes are the comments next to each field in "
-        "[config.py](../../packages/orchestrator-core/src/llama_orch/core/config.py).\n",
+        "[config.py](../../packages/core/src/llama_orch/core/config.py).\n",
     ]
     for name, where in _walk(defs, root):
         struct = defs[name]

@@ -128,7 +128,7 @@ def test_every_distribution_builds_and_installs_together(image_install: dict[str
     # the installed code is the workspace's, not something else of the same name
     site = next((image_install["venv"] / "lib").glob("python3*/site-packages"))
     api = "llama_orch/core/api.py"
-    assert (site / api).read_bytes() == (ROOT / "packages/orchestrator-core/src" / api).read_bytes()
+    assert (site / api).read_bytes() == (ROOT / "packages/core/src" / api).read_bytes()
 
 
 def test_build_fails_when_a_distribution_is_missing(tmp_path: Path, monkeypatch) -> None:

@@ -56,7 +56,7 @@ def test_distribution_installs_alone_and_passes_its_tests(package_dir: str, tmp_
         f"installing {pkg.name} alone pulled {sorted(ours)}"
     )
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
-    core = ROOT / "packages/orchestrator-core/src/llama_orch/core/adapter_api.py"
+    core = ROOT / "packages/core/src/llama_orch/core/adapter_api.py"
     assert (site / "llama_orch/core/adapter_api.py").read_bytes() == core.read_bytes(), (
         "llama-orch-core in the venv is not the one built from this workspace"
     )
