@@ -25,7 +25,7 @@ from types import ModuleType
 import pytest
 from llama_orch.core.sse import SSEParser
 from llama_orch.pool_managerd.engine import free_port
-from llama_orch.pool_managerd.testing import real_engine_required
+from llama_orch.testing_engines.llamacpp import real_engine_required
 
 ROOT = Path(__file__).resolve().parents[3]
 
