@@ -247,6 +247,10 @@ def run_package_tests(
     shutil.copytree(pkg.path / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
     if (ROOT / "contracts").is_dir():  # data some tests check against (OpenAPI, pacts)
         shutil.copytree(ROOT / "contracts", run / "contracts")
+    # provisioning helpers some tests load by path (tools/nginx_tools.py for the proxy test)
+    (run / "tools").mkdir()
+    for helper in ROOT.glob("tools/*_tools.py"):
+        shutil.copy2(helper, run / "tools" / helper.name)
     pytest_ini(run / "pytest.ini")
     cmd = [
         str(python),

@@ -203,7 +203,10 @@ def choose_replica(
     infos = []
     for r in eligible:
         rid = r.state.replica_id
-        mpt = orch.workload.ms_per_token(pool, rid)
+        # the replica's service-time model at its current load (ORCH-1950)
+        busy = max(1, r.state.slots - r.free_slots)
+        model = orch.workload.model(pool, rid, r.state.slots)
+        mpt = model.decode_ms_per_token(busy, time.monotonic())
         infos.append(
             ReplicaInfo(
                 replica_id=rid,
