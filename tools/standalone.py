@@ -247,10 +247,18 @@ def run_package_tests(
     shutil.copytree(pkg.path / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
     if (ROOT / "contracts").is_dir():  # data some tests check against (OpenAPI, pacts)
         shutil.copytree(ROOT / "contracts", run / "contracts")
-    # provisioning helpers some tests load by path (tools/nginx_tools.py for the proxy test)
+    # repository data and helper scripts some tests load by path, as with contracts:
+    # tools/*.py (nginx provisioning, the metrics lint), examples/ (policy sources)
     (run / "tools").mkdir()
-    for helper in ROOT.glob("tools/*_tools.py"):
+    for helper in ROOT.glob("tools/*.py"):
         shutil.copy2(helper, run / "tools" / helper.name)
+    if (ROOT / "ci" / "metrics.lint.json").is_file():  # the metrics contract
+        (run / "ci").mkdir()
+        shutil.copy2(ROOT / "ci" / "metrics.lint.json", run / "ci" / "metrics.lint.json")
+    if (ROOT / "examples").is_dir():
+        shutil.copytree(
+            ROOT / "examples", run / "examples", ignore=shutil.ignore_patterns("__pycache__")
+        )
     pytest_ini(run / "pytest.ini")
     cmd = [
         str(python),

@@ -153,7 +153,7 @@ async def test_failing_policy_ends_in_the_hooks_outcome(
     """ORCH-8550, ORCH-8513: a spinning policy is stopped; open admits, closed rejects
     with the policy's label; the failure is counted in policy_traps_total; the next
     call succeeds in a fresh instance."""
-    fixtures = Path(__file__).resolve().parents[2] / "policy-host" / "tests" / "fixtures"
+    fixtures = Path(__file__).resolve().parent / "fixtures"  # copies of policy-host's
     # The fixture spins when the snapshot holds '~'; here: 'Z' (90), from tenant "Zed".
     spin = tmp_path / "spin.wat"
     spin.write_text(
@@ -231,7 +231,7 @@ async def test_reload_through_the_control_plane_and_sighup(
 
 async def test_policy_403_carries_its_label(start_orchestrator, mock_config, tmp_path):
     """ORCH-8522, ORCH-8524: `status: 403` answers 403 FORBIDDEN with policy_label."""
-    fixtures = Path(__file__).resolve().parents[2] / "policy-host" / "tests" / "fixtures"
+    fixtures = Path(__file__).resolve().parent / "fixtures"  # copies of policy-host's
     out = '{"action":"reject","reason":"not here","status":403}'
     wat = tmp_path / "deny.wat"
     wat.write_text(
