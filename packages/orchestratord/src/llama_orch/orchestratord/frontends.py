@@ -28,6 +28,7 @@ from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
     MetricsEvent,
+    QueuedEvent,
     StartedEvent,
     StreamEvent,
     TaskRequest,
@@ -54,6 +55,7 @@ _log = logging.getLogger("llama_orch.orchestratord")
 
 _encoder = msgspec.json.Encoder()
 _event_decoders: dict[bytes, msgspec.json.Decoder[StreamEvent]] = {
+    b"queued": msgspec.json.Decoder(QueuedEvent),  # position and ETA while waiting (ORCH-1961)
     b"started": msgspec.json.Decoder(StartedEvent),
     b"token": msgspec.json.Decoder(TokenEvent),
     b"metrics": msgspec.json.Decoder(MetricsEvent),
