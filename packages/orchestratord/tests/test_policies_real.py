@@ -111,6 +111,8 @@ async def _clamp_pattern(run, keys) -> tuple[list[str], tuple[list[str], list[st
     }
     for t in (blocker, *hog, *fair):
         events = await run.events(t, key=keys["hog" if t in hog else "fair"])
+        # a waiting task's stream opens with `queued` events (ORCH-1961)
+        events = [e for e in events if e[1] != "queued"]
         assert events[0][1] == "started" and events[-1][1] == "end"
     order = sorted(names, key=lambda t: run.orch.get(t).dispatched)
     return [names[t] for t in order], (hog, fair)
