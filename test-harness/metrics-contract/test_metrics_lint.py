@@ -29,6 +29,8 @@ _CONTRACT_NAMES = {
     "deadlines_met_ratio", "latency_first_token_ms", "latency_decode_ms",
     # ORCH-8542: policy decisions (issue #16)
     "policy_calls_total", "policy_decision_ms", "policy_traps_total",
+    # ORCH-1966: queued tasks ended by a bounded wait, by reason (issue #19)
+    "tasks_expired_total",
 }  # fmt: skip
 
 

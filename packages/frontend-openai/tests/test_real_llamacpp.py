@@ -84,9 +84,12 @@ def _sync_clients(base: str, url: str, key: str) -> None:
         max_tokens=8,
         temperature=0,  # type: ignore[arg-type]
     )
-    answer = llm.invoke("Say hi.")
-    assert isinstance(answer.content, str) and answer.content
-    assert "".join(str(c.content) for c in llm.stream("Say hi."))
+    try:
+        answer = llm.invoke("Say hi.")
+        assert isinstance(answer.content, str) and answer.content
+        assert "".join(str(c.content) for c in llm.stream("Say hi."))
+    finally:
+        llm.root_client.close()
     claude = anthropic.Anthropic(base_url=url, api_key=key)
     msg = claude.messages.create(model="smol", max_tokens=8, messages=ASK)
     assert msg.content[0].text and msg.usage.output_tokens > 0

@@ -44,6 +44,13 @@ async def test_burst_of_sdk_calls_completes_and_sleeps_match_retry_after(
         )  # fmt: skip
         return done.choices[0].finish_reason
 
+    try:
+        await _burst(d, client, call, caplog)
+    finally:
+        await client.close()
+
+
+async def _burst(d, client, call, caplog) -> None:
     # The delays come from the pool's service-time model (ORCH-1950); before the first
     # task ends only the engine's prior exists, so one task runs first, as in steady state.
     await call(-1)
