@@ -161,10 +161,8 @@ def test_references_cover_the_sources_and_drift_fails(tmp_path: Path, capsys) ->
 # Features that do not exist yet; a page that names one must call it planned and link
 # the plan or the tracker (ORCH-6212).
 PLANNED = {
-    "OpenAI-compatible": "frontend",
     "state store": "shared state",
-    "policy plugins": "policies",
-    "Policies as plugins": "policies",
+    "model catalog": "catalog",
 }
 
 
@@ -180,4 +178,4 @@ def test_pages_that_name_missing_features_call_them_planned() -> None:
             where = f"{page.relative_to(ROOT)}: {paragraph[:80]!r}"
             assert re.search(r"\bplanned\b", paragraph, re.IGNORECASE), where
             assert re.search(r"\]\([./]*(\.plan/wave-2\.md|TODO\.md)", paragraph), where
-    assert checked >= 4
+    assert checked >= 2
