@@ -33,6 +33,7 @@ from ._common import (
 __all__ = ["ErrorRenderer", "Facade", "decode_body"]
 
 _log = logging.getLogger("llama_orch.frontends.openai")
+POLICY_LABEL_HEADER = "x-llorch-policy-label"
 T = TypeVar("T")
 
 # (status, message, param, code, headers) -> the facade's error response
@@ -118,6 +119,9 @@ class Facade:
                     "correlation_id": CORRELATION_ID.get(),
                 },
             )
+        label = getattr(exc, "policy_label", None)
+        if label:  # ORCH-9116: the refusing policy (or quota) by name, as in the task API
+            headers[POLICY_LABEL_HEADER] = label
         code = _ORCH_CODES.get(exc.code, exc.code.value.lower())
         if exc.code == ErrorCode.INVALID_PARAMS and "exceeds ctx" in exc.message:
             code = "context_length_exceeded"
