@@ -45,43 +45,45 @@ async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon
     d = await start_daemon(_config(vllm_server.base_url, key))
     assert d.orch.pools["smol"].ready_replicas()
     client = openai.AsyncOpenAI(base_url=d.base, api_key=key, max_retries=0)
-    assert [m.id async for m in client.models.list()] == ["smol"]
-    done = await client.completions.create(
-        model="smol", prompt="The capital of France is", max_tokens=8, temperature=0, seed=42
-    )
-    assert done.choices[0].text and done.usage is not None
-    assert done.usage.completion_tokens > 0
-    streamed = "".join(
-        [
-            c.choices[0].text
-            async for c in await client.completions.create(
-                model="smol", prompt="The capital of France is", max_tokens=8, temperature=0,
-                seed=42, stream=True,
-            )
-            if c.choices
-        ]
-    )  # fmt: skip
-    assert streamed == done.choices[0].text
+    try:  # closed on failure too: a leaked client fails a later test (unraisable warning)
+        assert [m.id async for m in client.models.list()] == ["smol"]
+        done = await client.completions.create(
+            model="smol", prompt="The capital of France is", max_tokens=8, temperature=0, seed=42
+        )
+        assert done.choices[0].text and done.usage is not None
+        assert done.usage.completion_tokens > 0
+        streamed = "".join(
+            [
+                c.choices[0].text
+                async for c in await client.completions.create(
+                    model="smol", prompt="The capital of France is", max_tokens=8, temperature=0,
+                    seed=42, stream=True,
+                )
+                if c.choices
+            ]
+        )  # fmt: skip
+        assert streamed == done.choices[0].text
 
-    metric = "vllm:generation_tokens_total"
-    stream = await client.completions.create(
-        model="smol", prompt="Write a very long story about a lighthouse.", max_tokens=400,
-        temperature=0.8, stream=True,
-    )  # fmt: skip
-    async with stream:
-        tid = stream.response.headers["x-llorch-task-id"]
-        n = 0
-        async for _ in stream:
-            n += 1
-            if n == 5:
-                break
-    closed = time.monotonic()
-    while await asyncio.to_thread(vllm_server.metric, "vllm:num_requests_running") > 0:
-        assert time.monotonic() - closed < 2.0
-        await asyncio.sleep(0.05)
-    rec = d.orch.tasks.get(tid)
-    assert rec is not None and rec.state == "canceled" and rec.tokens_out < 400
-    frozen = await asyncio.to_thread(vllm_server.metric, metric)
-    await asyncio.sleep(0.5)
-    assert await asyncio.to_thread(vllm_server.metric, metric) == frozen
-    await client.close()
+        metric = "vllm:generation_tokens_total"
+        stream = await client.completions.create(
+            model="smol", prompt="Write a very long story about a lighthouse.", max_tokens=400,
+            temperature=0.8, stream=True,
+        )  # fmt: skip
+        async with stream:
+            tid = stream.response.headers["x-llorch-task-id"]
+            n = 0
+            async for _ in stream:
+                n += 1
+                if n == 5:
+                    break
+        closed = time.monotonic()
+        while await asyncio.to_thread(vllm_server.metric, "vllm:num_requests_running") > 0:
+            assert time.monotonic() - closed < 2.0
+            await asyncio.sleep(0.05)
+        rec = d.orch.tasks.get(tid)
+        assert rec is not None and rec.state == "canceled" and rec.tokens_out < 400
+        frozen = await asyncio.to_thread(vllm_server.metric, metric)
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(vllm_server.metric, metric) == frozen
+    finally:
+        await client.close()
