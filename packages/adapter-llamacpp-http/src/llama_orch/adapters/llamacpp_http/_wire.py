@@ -43,6 +43,11 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     stop: list[str]
     cache_prompt: bool
     stream: bool = True
+    # ORCH-3014: a progress chunk after every prompt batch. llama-server's HTTP
+    # thread checks for a closed connection only when a result arrives (or every
+    # 1 s); without these chunks a cancel during prefill reaches the engine only
+    # when the whole prompt is evaluated. Progress chunks carry no text.
+    return_progress: bool = True
 
 
 class EngineError(msgspec.Struct, kw_only=True):
