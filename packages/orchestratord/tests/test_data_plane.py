@@ -171,8 +171,10 @@ async def test_drop_lru_displaces_oldest_with_terminal_error(start_orchestrator,
     new = await run.submit(max_tokens=5)
     assert new.status == 202
     events = await run.events(old)
-    assert [e[1] for e in events] == ["error"]
-    assert events[0][2]["code"] == "QUEUE_FULL_DROP_LRU"
+    # A `queued` event (ORCH-1961) may precede it on a slow machine: the queue's
+    # forecast can change while `old` waits. Nothing else may: it never ran.
+    assert [e[1] for e in events if e[1] != "queued"] == ["error"]
+    assert events[-1][2]["code"] == "QUEUE_FULL_DROP_LRU"
     assert re.search(
         r'tasks_rejected_total\{[^}]*policy="drop-lru"[^}]*'
         r'reason="QUEUE_FULL_DROP_LRU"[^}]*\} 1\.0',
