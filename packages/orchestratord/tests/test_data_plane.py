@@ -273,3 +273,12 @@ async def test_tokenizer_skipped_only_when_bytes_bound_the_count(start_orchestra
     tid = (await (await run.submit(prompt="hi", session_id=sid, max_tokens=4)).json())["task_id"]
     assert counted == ["hi"]
     assert (await run.events(tid))[-1][2]["tokens_in"] == 2
+
+
+async def test_grammar_needs_an_engine_that_declares_it(start_orchestrator, mock_config):
+    """ORCH-1010: the mock engine does not declare `grammar`: 400 naming the field."""
+    run = await start_orchestrator(mock_config())
+    resp = await run.submit(prompt="hi", max_tokens=4, grammar='root ::= "a"')
+    body = await resp.json()
+    assert resp.status == 400 and body["code"] == "INVALID_PARAMS", body
+    assert "$.grammar" in body["message"]
