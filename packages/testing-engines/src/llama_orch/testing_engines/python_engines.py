@@ -3,7 +3,8 @@
 Load it beside ``llama_orch.testing_engines.llamacpp`` (root ``conftest.py``).
 
 * ``vllm_engine`` / ``pytriton_engine``: the engine venvs, built once per
-  machine in the user cache (:mod:`._venvs`, ORCH-4050, ORCH-4052).
+  machine in the user cache by pool-managerd's own
+  :mod:`llama_orch.pool_managerd.provision_python` (ORCH-4050, ORCH-4052).
 * ``vllm_model``: SmolLM2-135M as an HF directory (ORCH-4051).
 * ``vllm_server``: one real vLLM OpenAI server per test session.
 * ``triton_server``: one real Triton (PyTriton) per test session serving the
@@ -38,20 +39,21 @@ import pytest
 from llama_orch.pool_managerd.engine import die_with_parent, free_port
 from llama_orch.pool_managerd.errors import PoolManagerError
 from llama_orch.pool_managerd.provision import EngineBinary
-from llama_orch.pool_managerd.specs import VllmSpec
-
-from ._venvs import (
+from llama_orch.pool_managerd.provision_python import (
     PythonEngine,
+    provision_hf_model,
     provision_pytriton,
     provision_vllm,
-    provision_vllm_model,
     python_lib_dir,
 )
+from llama_orch.pool_managerd.specs import VllmSpec
+
 from .llamacpp import RunningLlamaServer, _launch, _progress, _unavailable
 
 __all__ = ["RunningTriton", "RunningVllm", "stop_group"]
 
 TRITON_MODEL = "smollm2"
+SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 _APP = Path(__file__).with_name("_pytriton_app.py")
 _cache: dict[str, object] = {}
 
@@ -100,7 +102,7 @@ def _build_vllm_model() -> tuple[Path, str]:
     if isinstance(engine, PoolManagerError):
         raise engine
     assert isinstance(engine, PythonEngine)
-    return provision_vllm_model(engine, progress=_progress)
+    return provision_hf_model(SMOLLM2, engine, progress=_progress)
 
 
 def _build_pytriton() -> PythonEngine:
