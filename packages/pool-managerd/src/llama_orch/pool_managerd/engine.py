@@ -29,6 +29,7 @@ from .errors import ReplicaStartError
 __all__ = [
     "EngineProcess",
     "LlamaServerSpec",
+    "descendants",
     "free_port",
     "process_table",
     "session_members",
@@ -62,8 +63,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def process_table() -> dict[int, tuple[int, int, int]]:
-    """``pid -> (ppid, session id, start time)`` of every process, from ``/proc``
-    (Linux; the start time in clock ticks tells a reused pid apart)."""
+    """``pid -> (ppid, session id, start time)`` of every live process, from
+    ``/proc`` (Linux; the start time in clock ticks tells a reused pid apart).
+    Zombies are left out: they run nothing and cannot be killed."""
     table: dict[int, tuple[int, int, int]] = {}
     try:
         entries = os.listdir("/proc")
@@ -80,7 +82,7 @@ def process_table() -> dict[int, tuple[int, int, int]]:
         # Fields after the command (which may contain spaces) in parentheses:
         # state ppid pgrp session ... starttime (field 22 of stat(5)).
         rest = stat.rsplit(")", 1)[-1].split()
-        if len(rest) >= 20:
+        if len(rest) >= 20 and rest[0] != "Z":
             table[int(entry)] = (int(rest[1]), int(rest[3]), int(rest[19]))
     return table
 
@@ -210,8 +212,19 @@ class EngineProcess:
             self._tail.append(line.decode(errors="replace").rstrip())
 
     async def wait(self) -> int:
-        assert self._proc is not None
-        return await self._proc.wait()
+        """The leader's exit status, as soon as it has exited.
+
+        Not ``Process.wait()``: asyncio resolves that only once every pipe is
+        closed too, and a child that outlives the leader (vLLM's EngineCore after
+        a kill -9 of the API server) holds stdout open, so a crash would look
+        like a hang (ORCH-POOL-3037). ``returncode`` is set when the child
+        watcher reaps the leader; nothing to await for that, hence the poll.
+        """
+        proc = self._proc
+        assert proc is not None
+        while proc.returncode is None:
+            await asyncio.sleep(0.05)
+        return proc.returncode
 
     def remember_children(self) -> None:
         """Record the engine's descendants now (after start-up, while the leader
@@ -241,11 +254,11 @@ class EngineProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, self.stop_signal)
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                await asyncio.wait_for(self.wait(), timeout)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                await self.wait()
         # A group's leader may be gone while members live on (kill -9 of the
         # leader), and a member may have left the group: sweep both.
         with contextlib.suppress(ProcessLookupError, PermissionError):

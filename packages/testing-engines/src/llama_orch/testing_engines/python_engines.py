@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from llama_orch.pool_managerd.engine import die_with_parent, free_port
+from llama_orch.pool_managerd.engine import descendants, die_with_parent, free_port, process_table
 from llama_orch.pool_managerd.errors import PoolManagerError
 from llama_orch.pool_managerd.provision import EngineBinary
 from llama_orch.pool_managerd.provision_python import (
@@ -61,7 +61,10 @@ _cache: dict[str, object] = {}
 def stop_group(
     proc: subprocess.Popen[bytes], first: int = signal.SIGTERM, grace: float = 15
 ) -> None:
-    """Stop ``proc``'s whole process group: ``first``, then SIGKILL after ``grace`` s."""
+    """Stop ``proc``'s whole process group: ``first``, then SIGKILL after ``grace`` s;
+    then every process left in the session it leads and every descendant seen
+    before the stop (vLLM's EngineCore once outlived its group: ORCH-POOL-3037)."""
+    seen = descendants(proc.pid) if proc.poll() is None else set()
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, first)
@@ -72,6 +75,12 @@ def stop_group(
     # Children (tritonserver, vLLM's engine core) may outlive the leader.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    table = process_table()
+    left = {pid for pid, (_, sid, _) in table.items() if sid == proc.pid}
+    left |= {pid for pid, start in seen if pid in table and table[pid][2] == start}
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
 
