@@ -116,6 +116,7 @@ async def _until(
     return time.monotonic() - t0
 
 
+@pytest.mark.timeout(900)  # three vLLM starts (CPU): 30-60 s each on a quiet machine
 async def test_vllm_and_llamacpp_pools_launch_serve_restart_reload_drain(
     tmp_path: Path, llama_server_binary: Any, smollm2_model: Any, vllm_model: Any
 ) -> None:
