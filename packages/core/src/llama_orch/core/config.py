@@ -171,7 +171,7 @@ class SchedulingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 class EngineLaunchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How pool-managerd launches a pool's engine beyond the shared pool fields
-    (ORCH-POOL-3030..3059). Keys that do not apply to the pool's engine are refused
+    (ORCH-POOL-3030..3037). Keys that do not apply to the pool's engine are refused
     at startup, so a setting is never silently ignored (ORCH-POOL-3034)."""
 
     # Shards per replica; None = one per device of ``devices`` (1 on the CPU).

@@ -1,4 +1,4 @@
-"""Per-engine provisioning and launch plans (ORCH-POOL-3030..3039).
+"""Per-engine provisioning and launch plans (ORCH-POOL-3030..3037).
 
 :func:`prepare` runs once per pool (in a worker thread): it provisions the
 engine's environment and the model in the format that engine loads, and

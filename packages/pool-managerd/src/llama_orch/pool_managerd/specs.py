@@ -1,4 +1,4 @@
-"""Launch specifications of vLLM, TGI and Triton (ORCH-POOL-3020, ORCH-POOL-3030..3039).
+"""Launch specifications of vLLM, TGI and Triton (ORCH-POOL-3020, ORCH-POOL-3030..3037).
 
 Only command and environment construction lives here, unit-tested without the
 engines; :mod:`.runtimes` fills them from a pool's config and what
