@@ -50,11 +50,12 @@ from llama_orch.pool_managerd.specs import VllmSpec
 
 from .llamacpp import RunningLlamaServer, _launch, _progress, _unavailable
 
-__all__ = ["RunningTriton", "RunningVllm", "stop_group"]
+__all__ = ["PYTRITON_APP", "RunningTriton", "RunningVllm", "stop_group"]
 
 TRITON_MODEL = "smollm2"
 SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
-_APP = Path(__file__).with_name("_pytriton_app.py")
+# The PyTriton app (run inside the PyTriton venv): a decoupled text model over llama-server.
+PYTRITON_APP = Path(__file__).with_name("_pytriton_app.py")
 _cache: dict[str, object] = {}
 
 
@@ -328,7 +329,7 @@ def triton_server(
             }
             with log_path.open("ab") as log:
                 proc = subprocess.Popen(
-                    [str(pytriton_engine.python), str(_APP), json.dumps(cfg)],
+                    [str(pytriton_engine.python), str(PYTRITON_APP), json.dumps(cfg)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
