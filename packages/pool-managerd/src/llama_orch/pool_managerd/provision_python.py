@@ -139,6 +139,7 @@ def _venv_engine(
         if home.exists():
             shutil.rmtree(home)
         home.mkdir(parents=True)
+        progress(f"building the {name} {version} venv in {home} (once per machine; minutes)")
         env = {**os.environ}
         env.pop("VIRTUAL_ENV", None)
         started = time.monotonic()

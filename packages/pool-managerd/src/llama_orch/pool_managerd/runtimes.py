@@ -145,7 +145,7 @@ def prepare(pool: PoolConfig, adapter_cls: Any, progress: Progress) -> Prepared:
         binary = provision_llama_server(pool.engine_binary, progress=progress)
         return Prepared(adapter_cls, binary.path, binary.engine_version, model, digest)
     if pool.engine == "vllm-http":
-        progress(f"pool {pool.id}: provisioning vLLM (first time: a ~2.5 GB venv, minutes)")
+        progress(f"pool {pool.id}: provisioning vLLM")
         vllm = (
             _configured_python(launch.python)
             if launch.python
