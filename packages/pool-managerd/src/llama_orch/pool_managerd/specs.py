@@ -174,6 +174,7 @@ class TritonSpec:
                 "--http-address", self.host,
                 "--http-port", str(self.http_port),
                 "--allow-grpc", "false",
+                "--metrics-address", self.host,
                 "--metrics-port", str(self.metrics_port),
                 "--model-control-mode", "none",
                 "--strict-readiness", "true",
