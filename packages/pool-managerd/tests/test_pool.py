@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from llama_orch.core.config import Config, PoolConfig
+from llama_orch.core.config import Config, EngineLaunchConfig, PoolConfig
 from llama_orch.core.replica import ReplicaState
 from llama_orch.pool_managerd import PoolManager
 
@@ -63,20 +63,32 @@ async def test_cpu_pool_is_refused_unless_allowed(fake_engine: Path, fake_model:
     await pm.stop()
 
 
-async def test_only_llamacpp_can_be_launched_and_remote_pools_are_skipped(
+async def test_unlaunchable_engines_and_misfit_launch_keys_fail_and_remote_pools_are_skipped(
     fake_engine: Path, fake_model: Path
 ) -> None:
+    """ORCH-POOL-3030, ORCH-POOL-3034: only the four launchable engines start; a
+    ``launch`` key that does not apply to the pool's engine is refused, not ignored."""
     cfg = Config(
         allow_cpu_inference=True,
         pools=[
-            PoolConfig(id="v", engine="vllm-http", model=str(fake_model)),
+            PoolConfig(id="m", engine="mock", model=str(fake_model)),
+            PoolConfig(
+                id="v",
+                engine="vllm-http",
+                model=str(fake_model),
+                launch=EngineLaunchConfig(trtllm_version="0.20.0"),
+            ),
             PoolConfig(id="remote", endpoints=["http://127.0.0.1:9"]),
         ],
     )
     async with PoolManager(cfg) as pm:
-        (state,) = pm.replicas()
-    assert state.replica_id == "v-r0" and state.status == "failed"
-    assert state.last_error == "engine vllm-http cannot be launched by pool-managerd yet"
+        states = {s.replica_id: s for s in pm.replicas()}
+    assert sorted(states) == ["m-r0", "v-r0"]
+    assert all(s.status == "failed" for s in states.values())
+    assert states["m-r0"].last_error == "engine mock cannot be launched by pool-managerd yet"
+    assert states["v-r0"].last_error == (
+        "pool v: launch.trtllm_version does not apply to vllm-http"
+    )
 
 
 async def test_replicas_become_ready_and_stop_leaves_no_process(

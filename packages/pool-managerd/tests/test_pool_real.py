@@ -85,9 +85,15 @@ async def test_a_bad_model_fails_the_replica_and_leaves_no_process(
         allow_cpu_inference=True,
         pools=[
             _config(engine, id="garbage", model=str(garbage), replicas=1).pools[0],
-            _config(engine, id="missing", model=str(tmp_path / "missing.gguf"), replicas=1).pools[
-                0
-            ],
+            # No provisioning retries: while they ran (1 + 2 + 4 s), the garbage
+            # replica kept restarting and could be caught `starting` by the stop.
+            _config(
+                engine,
+                id="missing",
+                model=str(tmp_path / "missing.gguf"),
+                replicas=1,
+                provision_retries=0,
+            ).pools[0],
         ],
     )
     async with PoolManager(cfg) as pm:

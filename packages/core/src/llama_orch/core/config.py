@@ -21,6 +21,7 @@ __all__ = [
     "ApiKey",
     "AuthConfig",
     "Config",
+    "EngineLaunchConfig",
     "FullPolicy",
     "LimitsConfig",
     "ObservabilityConfig",
@@ -168,6 +169,31 @@ class SchedulingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     waiting: WaitingConfig = msgspec.field(default_factory=WaitingConfig)
 
 
+class EngineLaunchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How pool-managerd launches a pool's engine beyond the shared pool fields
+    (ORCH-POOL-3030..3037). Keys that do not apply to the pool's engine are refused
+    at startup, so a setting is never silently ignored (ORCH-POOL-3034)."""
+
+    # Shards per replica; None = one per device of ``devices`` (1 on the CPU).
+    tensor_parallel: PositiveInt | None = None
+    dtype: str | None = None  # vllm-http, tgi-http: --dtype (vLLM on the CPU: bfloat16)
+    env: dict[str, str] = {}  # extra environment of the engine process
+    # vllm-http: the python of an existing vLLM install; None = the provisioned CPU venv.
+    python: str | None = None
+    # triton: `tritonserver` on `model_repository`, or `pytriton`: `pytriton_app` run in
+    # the provisioned PyTriton venv (it binds `triton_model` and serves it).
+    triton_server: Literal["tritonserver", "pytriton"] = "tritonserver"
+    model_repository: str | None = None
+    triton_model: str | None = None  # the decoupled text model the adapter calls
+    pytriton_app: str | None = None
+    triton_backend: Literal["python", "vllm", "tensorrtllm"] | None = None
+    # TensorRT-LLM (triton_backend: tensorrtllm): the version of the backend in the
+    # image, carried into engine_version; model-repository parameters are not edited.
+    trtllm_version: str | None = None
+    # tgi-http: --quantize (e.g. awq, gptq, bitsandbytes); None = as the model says.
+    quantize: str | None = None
+
+
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One pool of identical engine replicas.
 
@@ -214,6 +240,8 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ram_headroom_factor: Annotated[float, Meta(ge=0)] = 1.2
     # A failed provisioning is retried with the restart backoff (ORCH-3027).
     provision_retries: Annotated[int, Meta(ge=0)] = 3
+    # Engine-specific launch settings (vllm-http, triton, tgi-http: ORCH-POOL-3030).
+    launch: EngineLaunchConfig = msgspec.field(default_factory=EngineLaunchConfig)
 
 
 class PoolManagerdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

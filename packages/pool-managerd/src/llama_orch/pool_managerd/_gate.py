@@ -50,14 +50,21 @@ async def readiness_gate(
     target: AdapterTarget,
     *,
     timeout: float,
+    health_path: str = "/health",
 ) -> EngineProps:
     """Wait for health, decode one token, return the engine's props.
+
+    Until ``health_path`` answers 200 the engine is loading, not down, however
+    it answers meanwhile (ORCH-POOL-3035): llama-server 503, Triton 400, vLLM
+    and TGI refuse connections until their model is loaded. Only the process
+    exiting or ``timeout`` (the pool's ``startup_timeout_s``, the grace period)
+    fails the start.
 
     Raises :class:`ReplicaStartError` (or the adapter's ``OrchError``) when
     the engine fails, and ``TimeoutError`` when ``timeout`` runs out.
     """
     async with asyncio.timeout(timeout):
-        await wait_healthy(target.base_url, engine, timeout=timeout)
+        await wait_healthy(target.base_url, engine, timeout=timeout, path=health_path)
         adapter = adapter_cls(target)
         try:
             await _one_token(adapter, target.replica_id)

@@ -81,7 +81,12 @@ def preload_check(
     meminfo_path: Path = Path("/proc/meminfo"),
     nvml: Any | None = None,
 ) -> None:
-    size = model_path.stat().st_size
+    # A directory (HF model, model repository) weighs what its files weigh.
+    size = (
+        sum(p.stat().st_size for p in model_path.rglob("*") if p.is_file())
+        if model_path.is_dir()
+        else model_path.stat().st_size
+    )
     try:
         meminfo = meminfo_path.read_text()
     except OSError:

@@ -2,7 +2,11 @@
 
 Processes are started in their own process group (``start_new_session``) so
 that stopping one stops everything it spawned, by PID, never by name
-(ORCH-POOL-3010). Stopping sends SIGTERM to the group, waits, then SIGKILL.
+(ORCH-POOL-3010). Stopping sends the engine's stop signal (SIGTERM; PyTriton:
+SIGINT) to the group, waits, then SIGKILL. A child that left the group (vLLM's
+EngineCore was once seen to outlive its group's leader) is still found: by the
+session the engine leads, and by the descendants recorded while it ran
+(ORCH-POOL-3037).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -21,7 +26,15 @@ import aiohttp
 
 from .errors import ReplicaStartError
 
-__all__ = ["EngineProcess", "LlamaServerSpec", "free_port", "wait_healthy"]
+__all__ = [
+    "EngineProcess",
+    "LlamaServerSpec",
+    "descendants",
+    "free_port",
+    "process_table",
+    "session_members",
+    "wait_healthy",
+]
 
 
 _PR_SET_PDEATHSIG = 1
@@ -47,6 +60,57 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def process_table() -> dict[int, tuple[int, int, int]]:
+    """``pid -> (ppid, session id, start time)`` of every live process, from
+    ``/proc`` (Linux; the start time in clock ticks tells a reused pid apart).
+    Zombies are left out: they run nothing and cannot be killed."""
+    table: dict[int, tuple[int, int, int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        # Fields after the command (which may contain spaces) in parentheses:
+        # state ppid pgrp session ... starttime (field 22 of stat(5)).
+        rest = stat.rsplit(")", 1)[-1].split()
+        if len(rest) >= 20 and rest[0] != "Z":
+            table[int(entry)] = (int(rest[1]), int(rest[3]), int(rest[19]))
+    return table
+
+
+def session_members(sid: int) -> set[int]:
+    """Processes of session ``sid`` (an engine leads its own session)."""
+    return {pid for pid, (_, session, _) in process_table().items() if session == sid}
+
+
+def descendants(root: int) -> set[tuple[int, int]]:
+    """``(pid, start time)`` of every descendant of ``root``."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[tuple[int, int]] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if (child, table[child][2]) not in found:
+                found.add((child, table[child][2]))
+                todo.append(child)
+    return found
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +174,10 @@ class EngineProcess:
     command: list[str]
     env: dict[str, str] | None = None
     name: str = "engine"
+    stop_signal: int = signal.SIGTERM
+    cwd: Path | None = None
+    scratch: Path | None = None  # removed once the engine has stopped
+    _known: set[tuple[int, int]] = field(default_factory=set)  # (pid, start) seen running
     _proc: asyncio.subprocess.Process | None = None
     _tail: deque[str] = field(default_factory=lambda: deque(maxlen=60))
     _reader: asyncio.Task[None] | None = None
@@ -129,6 +197,7 @@ class EngineProcess:
         self._proc = await asyncio.create_subprocess_exec(
             *self.command,
             env=self.env,
+            cwd=self.cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -143,31 +212,67 @@ class EngineProcess:
             self._tail.append(line.decode(errors="replace").rstrip())
 
     async def wait(self) -> int:
+        """The leader's exit status, as soon as it has exited.
+
+        Not ``Process.wait()``: asyncio resolves that only once every pipe is
+        closed too, and a child that outlives the leader (vLLM's EngineCore after
+        a kill -9 of the API server) holds stdout open, so a crash would look
+        like a hang (ORCH-POOL-3037). ``returncode`` is set when the child
+        watcher reaps the leader; nothing to await for that, hence the poll.
+        """
+        proc = self._proc
+        assert proc is not None
+        while proc.returncode is None:
+            await asyncio.sleep(0.05)
+        return proc.returncode
+
+    def remember_children(self) -> None:
+        """Record the engine's descendants now (after start-up, while the leader
+        lives): one that leaves the group and the session is still stopped."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._known |= descendants(self._proc.pid)
+
+    def _sweep(self) -> None:
         assert self._proc is not None
-        return await self._proc.wait()
+        table = process_table()
+        sid = self._proc.pid
+        left = {pid for pid, (_, session, _) in table.items() if session == sid}
+        # A recorded descendant only if its pid was not reused since (same start).
+        left |= {pid for pid, start in self._known if pid in table and table[pid][2] == start}
+        for pid in left:
+            _kill(pid)
 
     async def stop(self, timeout: float = 10.0) -> int | None:
-        """Stop the process group: SIGTERM, then SIGKILL after ``timeout``."""
+        """Stop the process group: the stop signal, then SIGKILL after ``timeout``;
+        then whatever is left of the engine's session and recorded descendants."""
         proc = self._proc
         if proc is None:
+            self._remove_scratch()
             return None
         if proc.returncode is None:
+            self.remember_children()
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, self.stop_signal)
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                await asyncio.wait_for(self.wait(), timeout)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        else:
-            # The leader exited; make sure nothing it spawned survives.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                await self.wait()
+        # A group's leader may be gone while members live on (kill -9 of the
+        # leader), and a member may have left the group: sweep both.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        self._sweep()
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._reader, 2.0)
+        self._remove_scratch()
         return proc.returncode
+
+    def _remove_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     async def kill(self) -> int | None:
         """SIGKILL the whole group at once (also works on a SIGSTOPped engine)."""
@@ -176,9 +281,10 @@ class EngineProcess:
 
     def kill_now(self) -> None:
         """Synchronous last resort (atexit, signal paths)."""
-        if self._proc is not None and self._proc.returncode is None:
+        if self._proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
+            self._sweep()
 
 
 async def wait_healthy(

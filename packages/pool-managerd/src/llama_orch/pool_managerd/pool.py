@@ -25,7 +25,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import msgspec
 from llama_orch.core.adapter_api import AdapterLoadError, load_adapter_class
@@ -41,8 +41,9 @@ from ._supervise import (
 )
 from .engine import EngineProcess
 from .errors import PoolManagerError, ProvisionError, ReloadError, VerificationError
-from .launchers import LAUNCHABLE_ENGINES, Launched, LlamaServerLauncher, Prepared
-from .provision import abort_builds, provision_llama_server, provision_model
+from .launchers import LAUNCHABLE_ENGINES, EngineLauncher, Launched, Prepared
+from .provision import abort_builds
+from .runtimes import check_launch, prepare
 
 __all__ = [
     "ENGINE_HOST_ENV",
@@ -63,13 +64,14 @@ def engine_host(cfg: PoolManagerdConfig, environ: Mapping[str, str] | None = Non
 
 
 log = logging.getLogger("llama_orch.pool_managerd")
-_T = TypeVar("_T")
 
 
 def launch_blocker(pool: PoolConfig, config: Config) -> str | None:
     """Why this pool's replicas may not be launched here, or None (ORCH-POOL-3005)."""
     if pool.engine not in LAUNCHABLE_ENGINES:
         return f"engine {pool.engine} cannot be launched by pool-managerd yet"
+    if (misfit := check_launch(pool)) is not None:
+        return misfit
     if pool.devices is None and not config.allow_cpu_inference:
         return (
             f"pool {pool.id} has no `devices` (it would run on the CPU) and CPU inference "
@@ -119,7 +121,7 @@ class PoolManager:
         self._stopping = False
         self._stop_lock = asyncio.Lock()
         self.counters = Counters()
-        self._launcher = LlamaServerLauncher(self.counters, engine_host(config.pool_managerd))
+        self._launcher = EngineLauncher(self.counters, engine_host(config.pool_managerd))
 
     def _add_replica(self, pool: PoolConfig, rid: str) -> _Replica:
         rep = _Replica(
@@ -346,7 +348,9 @@ class PoolManager:
 
     # ------------------------------------------------------------------ start
 
-    async def _in_thread(self, fn: Callable[..., _T], arg: str | None) -> _T:
+    async def _prepare(self, pool: PoolConfig) -> Prepared:
+        """Provision the pool's engine and model in a worker thread (ORCH-POOL-3031)."""
+        adapter_cls = load_adapter_class(pool.engine)
         loop = asyncio.get_running_loop()
 
         def progress(msg: str) -> None:
@@ -354,15 +358,7 @@ class PoolManager:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(self._report, msg)
 
-        return await asyncio.to_thread(fn, arg, progress=progress)
-
-    async def _prepare(self, pool: PoolConfig) -> Prepared:
-        adapter_cls = load_adapter_class(pool.engine)
-        self._report(f"pool {pool.id}: provisioning model {pool.model}")
-        model_path, digest = await self._in_thread(provision_model, pool.model)
-        self._report(f"pool {pool.id}: provisioning llama-server")
-        binary = await self._in_thread(provision_llama_server, pool.engine_binary)
-        return Prepared(adapter_cls, binary, model_path, digest)
+        return await asyncio.to_thread(prepare, pool, adapter_cls, progress)
 
     async def _start_pool(self, pool: PoolConfig) -> None:
         reps = [r for r in self._replicas.values() if r.state.pool_id == pool.id]
@@ -395,7 +391,7 @@ class PoolManager:
             else:
                 self._prepared[pool.id] = prep
                 self._report(
-                    f"pool {pool.id}: starting {len(reps)} replica(s) of {prep.binary.path}"
+                    f"pool {pool.id}: starting {len(reps)} replica(s) of {prep.executable}"
                 )
                 for rep in reps:
                     self._supervise_start(rep, prep)

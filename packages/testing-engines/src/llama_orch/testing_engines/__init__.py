@@ -10,7 +10,8 @@ plugins, loaded by the workspace's root ``conftest.py``::
   ``qwen_model``, ``start_llama_server``, ``smollm2_server``; the
   leftover-process check of a run (ORCH-6008).
 * :mod:`.python_engines`: ``vllm_engine``, ``vllm_model``, ``vllm_server``,
-  ``pytriton_engine``, ``triton_server`` (venvs built by :mod:`._venvs`).
+  ``pytriton_engine``, ``triton_server`` (venvs built by
+  :mod:`llama_orch.pool_managerd.provision_python`).
 
 Missing engines skip, unless ``REQUIRE_REAL_LLAMA=1`` (ORCH-4001).
 

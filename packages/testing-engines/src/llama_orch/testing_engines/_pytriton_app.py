@@ -5,8 +5,9 @@ Run **inside the pytriton venv** (never imported by llama-orch itself)::
     python _pytriton_app.py CONFIG_JSON
 
 ``CONFIG_JSON`` names the ports, the model name, the access token for the
-restricted endpoints and the ``llama-server`` whose native ``/completion``
-stream the model wraps, so the text is real model output. The model is
+restricted endpoints, the number of model instances and the ``llama-server``
+whose native ``/completion`` stream the model wraps, so the text is real model
+output (``llama_base_url``, else ``$PYTRITON_APP_LLAMA_URL``). The model is
 decoupled: ``text_input`` (BYTES) in, one response per engine chunk with
 
 * ``text_output`` (BYTES): the delta text,
@@ -26,6 +27,7 @@ error out of Triton on demand.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import sys
@@ -147,6 +149,9 @@ def make_infer(base_url: str):
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
+    # From the config (the fixture), or from the environment when pool-managerd
+    # launches the app (its JSON argument carries ports, model and instances only).
+    llama_url = cfg.get("llama_base_url") or os.environ["PYTRITON_APP_LLAMA_URL"]
     # pytriton stops cleanly on SIGINT; a test harness may have set SIG_IGN.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     config = TritonConfig(
@@ -164,7 +169,7 @@ def main() -> None:
             # One instance per engine slot: a generation the model was not
             # told to stop (Triton does not pass disconnects on) then holds
             # one instance, not the whole model.
-            infer_func=[make_infer(cfg["llama_base_url"]) for _ in range(cfg["instances"])],
+            infer_func=[make_infer(llama_url) for _ in range(cfg["instances"])],
             inputs=[Tensor(name="text_input", dtype=bytes, shape=(1,))],
             outputs=[
                 Tensor(name="text_output", dtype=bytes, shape=(1,)),

