@@ -31,6 +31,8 @@ _CONTRACT_NAMES = {
     "policy_calls_total", "policy_decision_ms", "policy_traps_total",
     # ORCH-1966: queued tasks ended by a bounded wait, by reason (issue #19)
     "tasks_expired_total",
+    # ORCH-9212: embedding requests served through a frontend (issue #15)
+    "embeddings_total",
 }  # fmt: skip
 
 

@@ -114,6 +114,7 @@ class LlamaServerLauncher:
             continuous_batching=pool.continuous_batching,
             devices=pool.devices,
             alias=pool.model,
+            embeddings=pool.embeddings,
             extra_flags=tuple(pool.engine_flags),
         )
         engine = EngineProcess(spec.command(), env=spec.env(), name=rid)
