@@ -40,9 +40,7 @@ async def test_unsupported_engine_fields_are_refused_by_name(start_daemon, confi
     ]
     for extra, param in cases:
         with pytest.raises(openai.BadRequestError) as info:
-            await client.chat.completions.create(
-                model="mock", messages=CHAT, max_tokens=2, **extra
-            )
+            await client.chat.completions.create(model="mock", messages=CHAT, max_tokens=2, **extra)
         assert info.value.body["param"] == param, (extra, info.value.body)  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as info:
         await client.completions.create(model="mock", prompt="a", max_tokens=2, logprobs=0)
@@ -90,9 +88,7 @@ async def test_embeddings_hold_a_slot_and_retry_when_none_is_free(start_daemon, 
     assert [e.index for e in emb.data] == [0, 1, 2] and len(vecs[0]) == 8
     assert vecs[0] == pytest.approx(vecs[2]) and vecs[0] != pytest.approx(vecs[1])
     assert emb.usage.prompt_tokens > 0 and emb.model == "mock"
-    floats = await client.embeddings.create(
-        model="mock", input="red", encoding_format="float"
-    )
+    floats = await client.embeddings.create(model="mock", input="red", encoding_format="float")
     assert floats.data[0].embedding == pytest.approx(vecs[0], abs=1e-6)  # float32 round trip
     for bad, param in ((["a", ""], "input[1]"), ([[1, 2]], "input[0]"), ([], "input")):
         with pytest.raises(openai.BadRequestError) as info:

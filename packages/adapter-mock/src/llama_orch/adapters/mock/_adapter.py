@@ -160,9 +160,7 @@ class MockAdapter(WorkerAdapter):
         texts get equal vectors (ORCH-9210)."""
         if not self.options.embeddings:
             return await super().embed(texts)
-        vectors = [
-            [b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts
-        ]
+        vectors = [[b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
         return Embeddings(vectors=vectors, prompt_tokens=sum(len(tokenize_text(t)) for t in texts))
 
     async def apply_chat_template(self, messages: list[dict[str, str]]) -> str:

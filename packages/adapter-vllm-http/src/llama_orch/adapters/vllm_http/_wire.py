@@ -12,6 +12,7 @@ import msgspec
 __all__ = [
     "Choice",
     "CompletionsRequest",
+    "DetokenizeResponse",
     "EngineError",
     "ErrorEnvelope",
     "ModelCard",
@@ -21,6 +22,7 @@ __all__ = [
     "TokenizeResponse",
     "Usage",
     "VersionResponse",
+    "detokenize_decoder",
     "encoder",
     "error_decoder",
     "models_decoder",
@@ -112,9 +114,14 @@ class TokenizeResponse(msgspec.Struct):
     tokens: list[int]
 
 
+class DetokenizeResponse(msgspec.Struct):
+    prompt: str
+
+
 encoder = msgspec.json.Encoder()
 error_decoder = msgspec.json.Decoder(ErrorEnvelope)
 stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
 models_decoder = msgspec.json.Decoder(ModelsResponse)
 version_decoder = msgspec.json.Decoder(VersionResponse)
 tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
+detokenize_decoder = msgspec.json.Decoder(DetokenizeResponse)
