@@ -5,6 +5,7 @@ template vLLM renders (ORCH-9230)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import msgspec
@@ -40,7 +41,8 @@ def _config(url: str, key: str) -> Config:
 
 
 async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon, key):
-    """ORCH-9122, ORCH-9230, ORCH-9113 on vLLM: completions and chat, stream and not;
+    """ORCH-9122, ORCH-9230, ORCH-9231, ORCH-9113 on vLLM: completions and chat, stream
+    and not, a JSON schema and logprobs;
     closing the SDK stream mid-way cancels the task and vLLM stops generating
     within 2 s."""
     d = await start_daemon(_config(vllm_server.base_url, key))
@@ -91,6 +93,25 @@ async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon
             ]
         )  # fmt: skip
         assert chat_streamed == chat.choices[0].message.content
+
+        # ORCH-9231: vLLM's structured outputs and logprobs, through the same SDK calls
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                  "required": ["ok"], "additionalProperties": False}  # fmt: skip
+        held = await client.chat.completions.create(
+            model="smol", messages=ask, max_tokens=24, temperature=0,  # type: ignore[arg-type]
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "a", "schema": schema}},
+        )  # fmt: skip
+        assert held.choices[0].finish_reason == "stop", held
+        assert isinstance(json.loads(held.choices[0].message.content or "")["ok"], bool)
+        lp = await client.chat.completions.create(
+            model="smol", messages=ask, max_tokens=4, temperature=0, logprobs=True,  # type: ignore[arg-type]
+            top_logprobs=2,
+        )  # fmt: skip
+        content = lp.choices[0].logprobs.content  # type: ignore[union-attr]
+        assert lp.usage is not None and len(content) == lp.usage.completion_tokens  # type: ignore[arg-type]
+        assert "".join(t.token for t in content) == lp.choices[0].message.content  # type: ignore[union-attr]
+        assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)  # type: ignore[union-attr]
 
         metric = "vllm:generation_tokens_total"
         stream = await client.completions.create(

@@ -58,6 +58,7 @@ class VllmHttpAdapter(HttpAdapter):
         super().__init__(target)
         self._model: ModelCard | None = None
         self._chat: bool | None = None  # the engine renders chat templates (ORCH-9230)
+        self._vllm: bool | None = None  # GET /version answers: vLLM itself (ORCH-9231)
 
     async def _served_model(self) -> ModelCard:
         if self._model is None:
@@ -72,6 +73,15 @@ class VllmHttpAdapter(HttpAdapter):
                 )
             self._model = match[0]
         return self._model
+
+    async def _is_vllm(self) -> bool:
+        if self._vllm is None:
+            status, payload = await self.fetch("GET", "/version")
+            try:
+                self._vllm = status == 200 and bool(version_decoder.decode(payload).version)
+            except msgspec.DecodeError:
+                self._vllm = False
+        return self._vllm
 
     async def _engine_version(self) -> str:
         status, payload = await self.fetch("GET", "/version")
@@ -104,6 +114,12 @@ class VllmHttpAdapter(HttpAdapter):
             capabilities=frozenset(
                 {Capability.TOKENIZE, Capability.METRICS, Capability.SEEDED_SAMPLING}
                 | ({Capability.CHAT_TEMPLATE} if await self._renders_chat() else set())
+                # vLLM's own request fields (ORCH-9231), not llama-server's /v1 dialect
+                | (
+                    {Capability.JSON_SCHEMA, Capability.LOGPROBS}
+                    if await self._is_vllm()
+                    else set()
+                )
             ),
         )
 
@@ -187,7 +203,10 @@ class VllmHttpAdapter(HttpAdapter):
             repetition_penalty=penalty,
             repeat_penalty=penalty,
             cache_prompt=None if req.cache_prompt else False,
+            # logprobs=0 still reports the chosen token's; alternatives cut to N
+            logprobs=None if req.logprobs is None else max(1, req.logprobs),
+            structured_outputs=None if req.json_schema is None else {"json": req.json_schema},
         )
 
     def new_decoder(self, req: GenerateRequest) -> CompletionsStream:
-        return CompletionsStream(asked_stop=bool(req.stop))
+        return CompletionsStream(asked_stop=bool(req.stop), top_logprobs=req.logprobs)

@@ -7,6 +7,8 @@ engine that adds fields does not break the adapter (STYLE rule 6).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -57,6 +59,9 @@ class CompletionsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     repetition_penalty: float | None = None  # vLLM's name
     repeat_penalty: float | None = None  # llama-server's name
     cache_prompt: bool | None = None  # llama-server only (KV reuse can change logits)
+    # vLLM only (ORCH-9231): alternatives per token, and output held to a JSON schema
+    logprobs: int | None = None
+    structured_outputs: dict[str, Any] | None = None
 
 
 class EngineError(msgspec.Struct):
@@ -73,6 +78,14 @@ class ErrorEnvelope(msgspec.Struct):
     object: str = ""
 
 
+class ChoiceLogprobs(msgspec.Struct):
+    """The legacy completions ``logprobs`` of one chunk's tokens."""
+
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+
+
 class Choice(msgspec.Struct):
     index: int = 0
     text: str = ""
@@ -81,6 +94,7 @@ class Choice(msgspec.Struct):
     # on llama-server, which cannot tell EOS from a stop string here.
     stop_reason: str | int | msgspec.UnsetType | None = msgspec.UNSET
     token_ids: list[int] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Usage(msgspec.Struct):
