@@ -369,6 +369,28 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
             "`token` frame (llama-orch); both sides see the same chunks."
         )
         L.append("")
+        oa = [r for r in real if "orch_openai" in r and "direct_openai" in r]
+        if oa:
+            L.append(
+                "OpenAI route on the same engine, same run: llama-server's own "
+                "`/v1/chat/completions` vs llama-orch's facade (streaming, 16 tokens; issue #15)."
+            )
+            L.append("")
+            L.append(
+                "| c, order | n direct/orch | TTFT direct | TTFT llama-orch | ΔTTFT | "
+                "total direct | total llama-orch | orch CPU ms/req | errors |"
+            )
+            L.append("|" + "---|" * 9)
+            for r in oa:
+                d, o = r["direct_openai"], r["orch_openai"]
+                L.append(
+                    f"| {r['c']} {r.get('order', '')} | {d['ok']}/{o['ok']} | "
+                    f"{ppp(d['ttft_ms'])} | {ppp(o['ttft_ms'])} | "
+                    f"{delta(d['ttft_ms'], o['ttft_ms'])} | {ppp(d['total_ms'])} | "
+                    f"{ppp(o['total_ms'])} | {_f(cpu_ms_per_req(o, 'orch'), 2)} | "
+                    f"{errs(d, o)} |"
+                )
+            L.append("")
     elif res.get("real_error"):
         L.append(
             f"Real llama-server row not run here: {res['real_error'].strip().splitlines()[-1]}"

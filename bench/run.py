@@ -263,8 +263,14 @@ def stage_real(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict[s
         ourl, op = start_orch(procs, "orch-real", spec.base_url, tmp)
         try:
             # ABBA order: the engine shares a loaded machine, so each side runs
-            # first once; both rounds are reported.
-            for c, n, order in ((1, 6, "ab"), (4, 12, "ab"), (1, 6, "ba"), (4, 12, "ba")):
+            # first once; both rounds are reported. c/d: the OpenAI chat route,
+            # llama-server's own vs llama-orch's facade (issue #15).
+            for c, n, order in (
+                (1, 6, "abcd"),
+                (4, 12, "abcd"),
+                (1, 6, "dcba"),
+                (4, 12, "dcba"),
+            ):
                 log(f"real llama-server (SmolLM2-135M), c={c}, order {order}")
                 row = {"c": c, "max_tokens": 16, "order": order}
                 for side in order:
@@ -280,7 +286,7 @@ def stage_real(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict[s
                             warmup=1,
                             extra=["--no-keepalive"],
                         )
-                    else:
+                    elif side == "b":
                         row["orch"] = loadgen(
                             "orch",
                             ourl,
@@ -290,6 +296,30 @@ def stage_real(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict[s
                             max_tokens=16,
                             watch={"orch": op.pid, "engine": p.pid},
                             warmup=1,
+                        )
+                    elif side == "c":
+                        row["direct_openai"] = loadgen(
+                            "openai",
+                            spec.base_url,
+                            c,
+                            n,
+                            cap_s=45,
+                            max_tokens=16,
+                            watch={"engine": p.pid},
+                            warmup=1,
+                            extra=["--chat", "--no-keepalive"],
+                        )
+                    else:
+                        row["orch_openai"] = loadgen(
+                            "openai",
+                            ourl,
+                            c,
+                            n,
+                            cap_s=45,
+                            max_tokens=16,
+                            watch={"orch": op.pid, "engine": p.pid},
+                            warmup=1,
+                            extra=["--chat"],
                         )
                 rows.append(row)
         finally:

@@ -31,6 +31,8 @@ _CONTRACT_NAMES = {
     "policy_calls_total", "policy_decision_ms", "policy_traps_total",
     # ORCH-1966: queued tasks ended by a bounded wait, by reason (issue #19)
     "tasks_expired_total",
+    # ORCH-9212: embedding requests served through a frontend (issue #15)
+    "embeddings_total",
 }  # fmt: skip
 
 
@@ -132,9 +134,10 @@ async def test_lint_fails_on_extra_label_type_and_budget(scrape, metrics_lint, l
     problems = metrics_lint.lint(scrape + "\n".join(many) + "\n", lint_doc, set())
     assert problems == ["label 'replica_id': 129 values exceed its budget 128"]
     line = next(x for x in scrape.splitlines() if x.startswith("tasks_enqueued_total{"))
-    many = [re.sub(r'pool_id="[^"]*"', f'pool_id="p{n}"', line) for n in range(64)]
+    cap = lint_doc["metrics"]["tasks_enqueued_total"]["max_series"]
+    many = [re.sub(r'pool_id="[^"]*"', f'pool_id="p{n}"', line) for n in range(cap)]
     problems = metrics_lint.lint(scrape + "\n".join(many) + "\n", lint_doc, set())
-    assert "tasks_enqueued_total: 65 series exceed max_series 64" in problems
+    assert f"tasks_enqueued_total: {cap + 1} series exceed max_series {cap}" in problems
 
 
 def test_spec_table_matches_the_lint_file(lint_doc):

@@ -122,6 +122,7 @@ async def test_prometheus_scrapes_tasks_enqueued_total(
                 "engine": "mock",
                 "pool_id": "main",
                 "priority": "batch",
+                "api": "orchqueue",  # ORCH-9220
                 "instance": target,
                 "job": "orchestratord",
             }

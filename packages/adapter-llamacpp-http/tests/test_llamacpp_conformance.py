@@ -121,6 +121,8 @@ def real_engine(server: RunningLlamaServer) -> EngineUnderTest:
                     Capability.METRICS,
                     Capability.SEEDED_SAMPLING,
                     Capability.CHAT_TEMPLATE,
+                    Capability.JSON_SCHEMA,  # ORCH-9202
+                    Capability.LOGPROBS,
                 }
             ),
             eos_request=GenerateRequest(

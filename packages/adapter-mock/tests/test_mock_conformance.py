@@ -85,7 +85,9 @@ _EUT = EngineUnderTest(
         engine_version="mock-7",
         model_digest="sha256:mock",
         model_ref="mock-model",
-        capabilities=frozenset(Capability),
+        # engine fields and embeddings are real-engine features (ORCH-9202, ORCH-9211)
+        capabilities=frozenset(Capability)
+        - {Capability.JSON_SCHEMA, Capability.LOGPROBS, Capability.EMBED},
         eos_request=GenerateRequest(task_id="eos", prompt="hi", max_tokens=700, seed=1),
         greedy_at_zero_temperature=False,  # the mock's text is a hash of the seed
         metrics_fields=frozenset(

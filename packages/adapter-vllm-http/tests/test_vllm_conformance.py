@@ -102,7 +102,9 @@ class TestVllmRealConformance(AdapterConformance):
                 ctx=512,
                 engine_version="vllm-0.32.0",
                 model_digest=vllm_server.model_digest,
-                capabilities=CAPS,
+                # vLLM renders chat (ORCH-9230) and takes logprobs and schemas (ORCH-9231)
+                capabilities=CAPS
+                | {Capability.CHAT_TEMPLATE, Capability.JSON_SCHEMA, Capability.LOGPROBS},
                 eos_request=_eos_request(),
                 metrics_fields=METRICS | {"kv_cache_usage_ratio"},
                 timeout_s=120,

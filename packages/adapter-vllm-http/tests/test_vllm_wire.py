@@ -8,7 +8,7 @@ import pytest
 from llama_orch.adapters.vllm_http import CompletionsStream, to_engine_metrics
 from llama_orch.adapters.vllm_http._errors import error_from_response
 from llama_orch.adapters.vllm_http._options import parse_options
-from llama_orch.core.adapter_api import Finished, TokenChunk
+from llama_orch.core.adapter_api import Finished, TokenChunk, TokenLogprob
 from llama_orch.core.errors import InvalidParams, PoolUnready, WorkerReset
 from llama_orch.core.prometheus import parse_prometheus
 
@@ -40,6 +40,34 @@ def test_vllm_wire_shape_token_ids_and_usage() -> None:
         TokenChunk(", which is", 4),
         Finished(reason="length", tokens_generated=5, prompt_tokens=5),
     ]
+
+
+def test_logprobs_ride_on_the_chunk_with_their_text() -> None:
+    """ORCH-9231: the legacy logprobs of each chunk become TokenChunk.logprobs, the
+    alternatives cut to the N asked and sorted; an empty chunk's go with the next text."""
+    s = CompletionsStream(top_logprobs=1)
+    lp1 = {"tokens": [" Paris"], "token_logprobs": [-0.5],
+           "top_logprobs": [{" Paris": -0.5, " Lyon": -2.0}]}  # fmt: skip
+    lp2 = {"tokens": [","], "token_logprobs": [-0.1], "top_logprobs": [{",": -0.1}]}
+    lp3 = {"tokens": [" which"], "token_logprobs": [-1.0],
+           "top_logprobs": [{" that": -0.9, " which": -1.0}]}  # fmt: skip
+    events = s.feed(
+        ev(c(" Paris", token_ids=[1], logprobs=lp1))
+        + ev(c("", token_ids=[2], logprobs=lp2))
+        + ev(c(", which", "length", token_ids=[3], logprobs=lp3, stop_reason=None))
+        + b"data: [DONE]\n\n"
+    )
+    top = [TokenLogprob(token=" Paris", logprob=-0.5)]
+    assert events[0] == TokenChunk(
+        " Paris", 1, [TokenLogprob(token=" Paris", logprob=-0.5, top=top)]
+    )
+    assert events[1] == TokenChunk(
+        ", which", 2,
+        [TokenLogprob(token=",", logprob=-0.1, top=[TokenLogprob(token=",", logprob=-0.1)]),
+         TokenLogprob(token=" which", logprob=-1.0,
+                      top=[TokenLogprob(token=" that", logprob=-0.9)])],
+    )  # fmt: skip
+    assert CompletionsStream().feed(ev(c("x", logprobs=lp1)))[0] == TokenChunk("x", 1)
 
 
 @pytest.mark.parametrize(

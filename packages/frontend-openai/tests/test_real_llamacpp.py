@@ -169,3 +169,95 @@ async def test_disconnect_mid_stream_frees_the_slot(
     await asyncio.sleep(0.5)
     assert rec.tokens_out == out
     await client.close()
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s series that carry every label of ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _engine_fields(base: str, key: str) -> None:
+    with openai.OpenAI(base_url=base, api_key=key, max_retries=0) as client:
+        # ORCH-9200: the engine's grammar holds the output to the schema
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        }
+        done = client.chat.completions.create(
+            model="smol", messages=ASK, max_tokens=24, temperature=0,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "answer", "schema": schema}},
+        )  # fmt: skip
+        assert done.choices[0].finish_reason == "stop", done
+        assert isinstance(json.loads(done.choices[0].message.content or "")["ok"], bool)
+        # any object: the model may go on past max_tokens, but it must open one
+        obj = client.chat.completions.create(
+            model="smol", messages=ASK, max_tokens=4, temperature=0,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+        assert (obj.choices[0].message.content or "").lstrip().startswith("{"), obj
+        # ORCH-9201: one entry per generated token, the text is theirs, alternatives asked
+        lp = client.chat.completions.create(
+            model="smol", messages=ASK, max_tokens=6, temperature=0, logprobs=True,
+            top_logprobs=2,
+        )  # fmt: skip
+        content = lp.choices[0].logprobs.content  # type: ignore[union-attr]
+        assert lp.usage is not None and len(content) == lp.usage.completion_tokens  # type: ignore[arg-type]
+        assert "".join(t.token for t in content) == lp.choices[0].message.content  # type: ignore[union-attr]
+        assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)  # type: ignore[union-attr]
+        streamed = [
+            t
+            for c in client.chat.completions.create(
+                model="smol",
+                messages=ASK,
+                max_tokens=6,
+                temperature=0,
+                logprobs=True,
+                top_logprobs=2,
+                stream=True,
+            )
+            if c.choices and c.choices[0].logprobs
+            for t in c.choices[0].logprobs.content or []
+        ]
+        assert [t.token for t in streamed] == [t.token for t in content]  # type: ignore[union-attr]
+        comp = client.completions.create(
+            model="smol", prompt="def add(a, b):", max_tokens=4, temperature=0, logprobs=1
+        )
+        clp = comp.choices[0].logprobs
+        assert clp is not None and "".join(clp.tokens or []) == comp.choices[0].text
+        assert all(len(alt) == 1 for alt in clp.top_logprobs or [])
+        # ORCH-9210: the SDK asks for base64 by default and decodes it
+        emb = client.embeddings.create(model="smol", input=["red green blue", "a cat sat"])
+        floats = client.embeddings.create(
+            model="smol", input=["red green blue"], encoding_format="float"
+        )
+        assert [d.index for d in emb.data] == [0, 1] and emb.usage.prompt_tokens > 0
+        v0, v1, f0 = emb.data[0].embedding, emb.data[1].embedding, floats.data[0].embedding
+        assert len(v0) == len(v1) == len(f0) > 100
+        assert max(abs(a - b) for a, b in zip(v0, f0, strict=True)) < 1e-5  # same input
+        assert v0 != v1
+
+
+@pytest.mark.timeout(900)
+async def test_engine_fields_and_embeddings_on_real_llama_server(
+    start_llama_server, smollm2_model, start_daemon, key
+):
+    """ORCH-9200..9202, ORCH-9210..9213, ORCH-9220 with the unmodified openai SDK on a
+    real llama-server started with embeddings on: response_format (json_schema,
+    json_object) held by the engine's grammar, logprobs (chat stream and not,
+    completions), embeddings (base64 and float); counters labelled by api."""
+    server = start_llama_server(
+        smollm2_model, slots=1, ctx_per_slot=1024, threads=2, embeddings=True
+    )
+    d = await start_daemon(_config(server, key))
+    await asyncio.to_thread(_engine_fields, d.base, key)
+    text = d.orch.metrics.render().decode()
+    assert _metric(text, "embeddings_total", api="openai", pool_id="smol") == 2
+    assert _metric(text, "tasks_enqueued_total", api="openai", pool_id="smol") == 5
+    assert _metric(text, "tasks_enqueued_total", api="orchqueue") == 0

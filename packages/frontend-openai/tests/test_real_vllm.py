@@ -1,10 +1,11 @@
 """The facade on a real vLLM (CPU, SmolLM2-135M) through the vllm-http adapter,
-driven by the unmodified ``openai`` SDK. vLLM's adapter has no chat template, so
-this covers ``/v1/completions``; chat is proven on llama-server."""
+driven by the unmodified ``openai`` SDK: completions, and chat through the chat
+template vLLM renders (ORCH-9230)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import msgspec
@@ -40,8 +41,10 @@ def _config(url: str, key: str) -> Config:
 
 
 async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon, key):
-    """ORCH-9122, ORCH-9113 on vLLM: completions stream and not; closing the SDK stream
-    mid-way cancels the task and vLLM stops generating within 2 s."""
+    """ORCH-9122, ORCH-9230, ORCH-9231, ORCH-9113 on vLLM: completions and chat, stream
+    and not, a JSON schema and logprobs;
+    closing the SDK stream mid-way cancels the task and vLLM stops generating
+    within 2 s."""
     d = await start_daemon(_config(vllm_server.base_url, key))
     assert d.orch.pools["smol"].ready_replicas()
     client = openai.AsyncOpenAI(base_url=d.base, api_key=key, max_retries=0)
@@ -63,6 +66,54 @@ async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon
             ]
         )  # fmt: skip
         assert streamed == done.choices[0].text
+
+        # ORCH-9230: chat on a vLLM pool, the prompt rendered by vLLM's own template
+        ask = [{"role": "user", "content": "Name three colours."}]
+        raw = await client.chat.completions.with_raw_response.create(
+            model="smol",
+            messages=ask,
+            max_tokens=8,
+            temperature=0,
+            seed=1,  # type: ignore[arg-type]
+        )
+        chat = raw.parse()
+        rec = d.orch.tasks.get(raw.headers["x-llorch-task-id"])
+        assert rec is not None and "Name three colours." in rec.request.prompt
+        assert rec.request.prompt.rstrip().endswith("assistant")  # the generation prompt
+        assert chat.choices[0].message.content and chat.usage is not None
+        assert chat.usage.prompt_tokens > 10  # template tokens counted by vLLM
+        chat_streamed = "".join(
+            [
+                c.choices[0].delta.content or ""
+                async for c in await client.chat.completions.create(
+                    model="smol", messages=ask, max_tokens=8, temperature=0, seed=1,  # type: ignore[arg-type]
+                    stream=True,
+                )
+                if c.choices
+            ]
+        )  # fmt: skip
+        assert chat_streamed == chat.choices[0].message.content
+
+        # ORCH-9231: vLLM's structured outputs and logprobs, through the same SDK calls
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                  "required": ["ok"], "additionalProperties": False}  # fmt: skip
+        held = await client.chat.completions.create(
+            model="smol", messages=ask, max_tokens=24, temperature=0,  # type: ignore[arg-type]
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "a", "schema": schema}},
+        )  # fmt: skip
+        assert held.choices[0].finish_reason == "stop", held
+        assert isinstance(json.loads(held.choices[0].message.content or "")["ok"], bool)
+        lp = await client.chat.completions.create(
+            model="smol", messages=ask, max_tokens=4, temperature=0, logprobs=True,  # type: ignore[arg-type]
+            top_logprobs=2,
+        )  # fmt: skip
+        content = lp.choices[0].logprobs.content  # type: ignore[union-attr]
+        # one entry per engine token (vLLM may send several in one chunk, which the
+        # task's usage counts as one streamed token event)
+        assert lp.choices[0].finish_reason == "length" and len(content) == 4  # type: ignore[arg-type]
+        assert "".join(t.token for t in content) == lp.choices[0].message.content  # type: ignore[union-attr]
+        assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)  # type: ignore[union-attr]
 
         metric = "vllm:generation_tokens_total"
         stream = await client.completions.create(

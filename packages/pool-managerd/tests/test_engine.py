@@ -42,6 +42,15 @@ def test_command_defaults_and_no_continuous_batching() -> None:
     assert _spec().base_url == "http://127.0.0.1:4242"
 
 
+def test_embeddings_pool_starts_the_engine_with_embeddings_on() -> None:
+    """ORCH-9211: one vector per input needs a pooling type (mean) next to --embeddings;
+    the pool's own engine_flags still come last."""
+    cmd = _spec(embeddings=True, extra_flags=("--pooling", "cls")).command()
+    assert "--embeddings" in cmd and _flag(cmd, "--pooling") == "mean"
+    assert cmd[-2:] == ["--pooling", "cls"]
+    assert "--embeddings" not in _spec().command()
+
+
 @pytest.mark.parametrize(("devices", "visible"), [(None, ""), ("0", "0"), ("1,3", "1,3")])
 def test_env_applies_the_device_mask(
     devices: str | None, visible: str, monkeypatch: pytest.MonkeyPatch

@@ -32,6 +32,9 @@ Contract (ORCH-3003..ORCH-3009), each checked by the adapter's own tests:
   does the same for a request identified by ``task_id``, after which the
   iterator ends with ``Finished(reason="canceled")``.
 * ``tokenize(text)`` counts tokens with the engine's own tokenizer.
+* ``embed(texts)`` (capability ``embed``) returns one vector per text; the
+  request fields ``json_schema`` and ``logprobs`` are honoured only by an
+  adapter that declares ``json_schema`` / ``logprobs`` (ORCH-9200..9202).
 * ``metrics()`` returns a normalised scrape of the engine's counters.
 """
 
@@ -46,6 +49,8 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
+from .api import TokenLogprob
+
 __all__ = [
     "ADAPTER_ENTRY_POINT_GROUP",
     "CANCELED",
@@ -53,12 +58,14 @@ __all__ = [
     "AdapterLoadError",
     "AdapterTarget",
     "Capability",
+    "Embeddings",
     "EngineMetrics",
     "EngineProps",
     "Finished",
     "GenerateRequest",
     "Health",
     "TokenChunk",
+    "TokenLogprob",
     "WorkerAdapter",
     "available_adapters",
     "load_adapter_class",
@@ -77,6 +84,9 @@ class Capability(StrEnum):
     SEEDED_SAMPLING = "seeded_sampling"  # a per-request seed reproduces a stream
     CHAT_TEMPLATE = "chat_template"  # the engine can apply the model's chat template
     GRAMMAR = "grammar"  # GenerateRequest.grammar (GBNF) constrains the output (ORCH-1010)
+    JSON_SCHEMA = "json_schema"  # GenerateRequest.json_schema constrains the output (ORCH-9200)
+    LOGPROBS = "logprobs"  # GenerateRequest.logprobs fills TokenChunk.logprobs (ORCH-9201)
+    EMBED = "embed"  # embed() returns embeddings (ORCH-9210)
 
 
 class AdapterTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,13 +132,28 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     stop: tuple[str, ...] = ()
     cache_prompt: bool = True
     grammar: str | None = None  # GBNF, only for adapters declaring GRAMMAR (ORCH-1010)
+    # Only for adapters with the matching capability (ORCH-9200, ORCH-9201):
+    # a JSON schema the output must match, and the number of most likely
+    # alternatives to report per token (0: the chosen token's own logprob only).
+    json_schema: dict[str, Any] | None = None
+    logprobs: int | None = None
 
 
 class TokenChunk(msgspec.Struct, frozen=True, tag="token"):
-    """Newly generated text; ``n_tokens`` engine tokens produced it (>= 1)."""
+    """Newly generated text; ``n_tokens`` engine tokens produced it (>= 1);
+    ``logprobs`` of those tokens when the request asked for them."""
 
     text: str
     n_tokens: int = 1
+    logprobs: list[TokenLogprob] | None = None
+
+
+class Embeddings(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`WorkerAdapter.embed` returns: one vector per input, in order,
+    and the prompt tokens the engine counted for all of them."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 class Finished(msgspec.Struct, frozen=True, tag="finished", kw_only=True):
@@ -182,6 +207,12 @@ class WorkerAdapter(abc.ABC):
         from .errors import InvalidParams
 
         raise InvalidParams(f"engine {self.engine} does not support the chat workload")
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """Embed ``texts`` (engines with the ``embed`` capability, ORCH-9210)."""
+        from .errors import InvalidParams
+
+        raise InvalidParams(f"engine {self.engine} does not serve embeddings")
 
     @abc.abstractmethod
     async def metrics(self) -> EngineMetrics: ...

@@ -37,6 +37,7 @@ __all__ = [
     "TaskRequest",
     "TaskStatus",
     "TokenEvent",
+    "TokenLogprob",
     "derive_seed",
 ]
 
@@ -105,9 +106,22 @@ class StartedEvent(msgspec.Struct, tag="started", kw_only=True):
     model_digest: str
 
 
-class TokenEvent(msgspec.Struct, tag="token"):
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One generated token's log-probability and, when asked, the most likely
+    alternatives at its position (ORCH-9201)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[TokenLogprob] = []
+
+
+class TokenEvent(msgspec.Struct, tag="token", omit_defaults=True):
     t: str
     i: int
+    # Log-probabilities of the tokens behind ``t``, only for a task that asked for
+    # them through a frontend (ORCH-9201); absent otherwise.
+    lp: list[TokenLogprob] | None = None
 
 
 class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=True):

@@ -175,9 +175,12 @@ class AdmissionMixin:
     workload: Workload
     policies: Any  # a llama_orch.policy_host.PolicyHost, or None
 
-    async def submit(self, body: bytes, tenant: str = DEFAULT_TENANT) -> TaskAccepted:
+    async def submit(
+        self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
+    ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
-        OrchError that explains why not."""
+        OrchError that explains why not. ``api``: the API it came through, a label
+        of the admission counters (ORCH-9220)."""
         pool: Pool | None = None
         submitted_ns = time.time_ns()
         try:
@@ -235,6 +238,7 @@ class AdmissionMixin:
                 expected_tokens=req.expected_tokens,
                 cost_per_token=rate,
                 correlation_id=CORRELATION_ID.get(),
+                api=api,
             )
             try:
                 displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
@@ -257,11 +261,12 @@ class AdmissionMixin:
                     "policy": exc.policy_label or "none",
                     "pool_id": pool.id if pool else "none",
                     "engine": pool.engine if pool else "none",
+                    "api": api,
                 },
             )
             raise
         self.metrics.tasks_enqueued.add(
-            1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority}
+            1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority, "api": api}
         )
         rec.queue_position = pool.queue.position(rec)
         forecast = self.workload.predicted(pool, rec)  # ORCH-1957
@@ -310,6 +315,7 @@ class AdmissionMixin:
                     "policy": pool.queue.policy,
                     "pool_id": pool.id,
                     "engine": pool.engine,
+                    "api": victim.item.api,
                 },
             )
             if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):

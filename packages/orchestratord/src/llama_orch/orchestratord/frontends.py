@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import entry_points
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
+from llama_orch.core.adapter_api import Capability, Embeddings, WorkerAdapter
 from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
@@ -34,7 +37,7 @@ from llama_orch.core.api import (
     TaskRequest,
     TokenEvent,
 )
-from llama_orch.core.errors import ErrorCode, Forbidden, OrchError
+from llama_orch.core.errors import AdmissionRejected, ErrorCode, Forbidden, OrchError
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
@@ -101,6 +104,9 @@ class FrontendHost:
     def __init__(self, orch: Orchestrator, auth: Authenticator) -> None:
         self.orch = orch
         self._auth = auth
+        self._caps: weakref.WeakKeyDictionary[WorkerAdapter, frozenset[Capability]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def pools(self) -> dict[str, Pool]:
@@ -122,17 +128,34 @@ class FrontendHost:
             raise Forbidden(f"this endpoint needs a key with role 'tenant', not {who.role!r}")
         return who
 
-    async def submit(self, req: TaskRequest, tenant: str, *, api: str) -> TaskRecord:
+    async def submit(
+        self,
+        req: TaskRequest,
+        tenant: str,
+        *,
+        api: str,
+        json_schema: dict[str, Any] | None = None,
+        logprobs: int | None = None,
+    ) -> TaskRecord:
         """Admit ``req`` exactly as ``POST /v1/tasks`` would, or raise its OrchError
-        (counted as rejected by the daemon). ``api`` labels the task's end log."""
-        accepted = await self.orch.submit(_encoder.encode(req), tenant)
+        (counted as rejected by the daemon). ``api`` labels the admission counters
+        and the task's end log (ORCH-9103, ORCH-9220).
+
+        ``json_schema`` and ``logprobs`` are engine fields OrchQueue v1 does not
+        carry (ORCH-9104): they join the engine request right after admission,
+        before the dispatcher can run (no await in between). The caller checked
+        the pool's capabilities (:meth:`capabilities`)."""
+        accepted = await self.orch.submit(_encoder.encode(req), tenant, api=api)
         rec = self.orch.tasks.get(accepted.task_id)
         assert rec is not None  # added in the same step, nothing evicts an active task
-        rec.api = api
+        if json_schema is not None or logprobs is not None:
+            rec.request = msgspec.structs.replace(
+                rec.request, json_schema=json_schema, logprobs=logprobs
+            )
         return rec
 
-    def rejected(self, pool: Pool | None, code: ErrorCode) -> None:
-        """Count a request the frontend refused before admission (ORCH-9114)."""
+    def rejected(self, pool: Pool | None, code: ErrorCode, api: str) -> None:
+        """Count a request the frontend refused before admission (ORCH-9114, ORCH-9220)."""
         self.orch.metrics.tasks_rejected.add(
             1,
             {
@@ -140,8 +163,69 @@ class FrontendHost:
                 "policy": "none",
                 "pool_id": pool.id if pool else "none",
                 "engine": pool.engine if pool else "none",
+                "api": api,
             },
         )
+
+    async def capabilities(self, pool: Pool) -> frozenset[Capability] | None:
+        """What the pool's engine adapter declares (ORCH-9202), asked once per adapter;
+        ``None`` while the pool has no Ready replica (admission answers that)."""
+        adapter = pool.any_adapter()
+        if adapter is None:
+            return None
+        caps = self._caps.get(adapter)
+        if caps is None:
+            caps = self._caps[adapter] = (await adapter.props()).capabilities
+        return caps
+
+    async def embed(self, pool: Pool, texts: list[str], tenant: str, *, api: str) -> Embeddings:
+        """Embed ``texts`` on a Ready replica of ``pool`` with a free slot (ORCH-9212).
+
+        The request holds that slot while the engine works, so the dispatcher and
+        every forecast see it as load; it never waits in the queue: with no free
+        slot (or the tenant's quota spent) it raises AdmissionRejected with the
+        pool's retry delay. Counted in ``embeddings_total`` and ``tokens_in_total``;
+        refusals in ``tasks_rejected_total``.
+        """
+        replica = max(
+            (r for r in pool.replicas.values() if r.free_slots > 0),
+            key=lambda r: r.free_slots,
+            default=None,
+        )
+        try:
+            if replica is None:
+                raise AdmissionRejected(
+                    f"pool {pool.id} has no free slot for an embedding request",
+                    pool_id=pool.id,
+                    engine=pool.engine,
+                    retry_after_ms=self.orch.workload.retry_after_ms(pool),
+                )
+            self.orch.quotas.admit(
+                tenant, "interactive", self.orch.tasks.in_flight(tenant), time.monotonic()
+            )
+        except AdmissionRejected as exc:
+            exc.pool_id, exc.engine = pool.id, pool.engine
+            if exc.retry_after_ms is None:
+                exc.retry_after_ms = self.orch.workload.retry_after_ms(pool)
+            self.orch.metrics.tasks_rejected.add(
+                1,
+                {"reason": exc.code.value, "policy": exc.policy_label or "none",
+                 "pool_id": pool.id, "engine": pool.engine, "api": api},
+            )  # fmt: skip
+            raise
+        replica.busy += 1
+        try:
+            out = await replica.adapter.embed(texts)
+        finally:
+            replica.busy -= 1
+            pool.wakeup.set()  # the slot is free again for queued tasks
+        st = replica.state
+        attrs = {"engine": pool.engine, "engine_version": st.engine_version,
+                 "pool_id": pool.id, "replica_id": st.replica_id}  # fmt: skip
+        self.orch.metrics.embeddings.add(1, {"engine": pool.engine, "pool_id": pool.id, "api": api})
+        if out.prompt_tokens:
+            self.orch.metrics.tokens_in.add(out.prompt_tokens, attrs)
+        return out
 
     def task(self, task_id: str, tenant: str | None) -> TaskRecord | None:
         """The task if ``tenant`` owns it (``None``: auth disabled, any task)."""

@@ -62,7 +62,8 @@ class Metrics:
             ],
         )
         meter = self._provider.get_meter("llama_orch.orchestratord")
-        # -- admission counters: engine, pool_id (+ priority | reason/policy)
+        # -- admission counters: engine, pool_id (+ priority | reason/policy), and the
+        # API the task came through for enqueued/rejected (ORCH-9220)
         self.tasks_enqueued = meter.create_counter(
             "tasks_enqueued_total", description="Tasks accepted into a queue (202)."
         )
@@ -76,6 +77,10 @@ class Metrics:
         self.tasks_expired = meter.create_counter(
             "tasks_expired_total",
             description="Queued tasks ended by a bounded wait, by reason (ORCH-1966).",
+        )
+        self.embeddings = meter.create_counter(
+            "embeddings_total",
+            description="Embedding requests served by an engine (ORCH-9212).",
         )
         self.backpressure = meter.create_counter(
             "admission_backpressure_events_total",

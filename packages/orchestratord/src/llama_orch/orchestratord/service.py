@@ -469,7 +469,7 @@ class Orchestrator(AdmissionMixin):
                             rec.first_token = time.monotonic()
                             rec.first_token_ms = _ms(rec.first_token - rec.dispatched)
                             self.metrics.first_token_ms.record(rec.first_token_ms, attrs)
-                        if not rec.append(TokenEvent(ev.text, rec.tokens_out)):
+                        if not rec.append(TokenEvent(ev.text, rec.tokens_out, ev.logprobs)):
                             break  # canceled meanwhile: stop reading, close upstream
                         rec.tokens_out += 1
                         rec.engine_tokens += ev.n_tokens

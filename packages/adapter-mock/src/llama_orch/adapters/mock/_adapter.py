@@ -13,6 +13,7 @@ path of the adapter contract without a real engine (ORCH-3007).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -21,6 +22,7 @@ from llama_orch.core.adapter_api import (
     AdapterEvent,
     AdapterTarget,
     Capability,
+    Embeddings,
     EngineMetrics,
     EngineProps,
     Finished,
@@ -98,6 +100,8 @@ class MockAdapter(WorkerAdapter):
             Capability.SEEDED_SAMPLING,
             Capability.CHAT_TEMPLATE,
         }
+        if self.options.embeddings:
+            caps.add(Capability.EMBED)
         return EngineProps(
             engine=self.engine,
             engine_version=self.options.engine_version,
@@ -150,6 +154,14 @@ class MockAdapter(WorkerAdapter):
 
     async def tokenize(self, text: str) -> list[int]:
         return tokenize_text(text)
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """With option ``embeddings``: a vector per text from its SHA-256, so equal
+        texts get equal vectors (ORCH-9210)."""
+        if not self.options.embeddings:
+            return await super().embed(texts)
+        vectors = [[b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
+        return Embeddings(vectors=vectors, prompt_tokens=sum(len(tokenize_text(t)) for t in texts))
 
     async def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         for m in messages:

@@ -27,6 +27,7 @@ class MockOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     fail: str = "none"
     engine_version: str = "mock-1"
     model_digest: str = "mock-digest"
+    embeddings: bool = False  # declare ``embed``: 8-dim vectors derived from the text
 
     @property
     def fault(self) -> Fault:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import msgspec
 from llama_orch.adapter_http import HttpAdapter
 from llama_orch.core.adapter_api import (
     AdapterTarget,
@@ -17,7 +18,7 @@ from llama_orch.core.adapter_api import (
     EngineProps,
     GenerateRequest,
 )
-from llama_orch.core.errors import WorkerReset
+from llama_orch.core.errors import InvalidParams, WorkerReset
 from llama_orch.core.prometheus import parse_prometheus
 
 from ._errors import ENGINE, error_from_response
@@ -28,6 +29,7 @@ from ._wire import (
     CompletionsRequest,
     ModelCard,
     StreamOptions,
+    detokenize_decoder,
     models_decoder,
     tokenize_decoder,
     version_decoder,
@@ -55,7 +57,8 @@ class VllmHttpAdapter(HttpAdapter):
     def __init__(self, target: AdapterTarget) -> None:
         super().__init__(target)
         self._model: ModelCard | None = None
-        self._model: ModelCard | None = None
+        self._chat: bool | None = None  # the engine renders chat templates (ORCH-9230)
+        self._vllm: bool | None = None  # GET /version answers: vLLM itself (ORCH-9231)
 
     async def _served_model(self) -> ModelCard:
         if self._model is None:
@@ -70,6 +73,15 @@ class VllmHttpAdapter(HttpAdapter):
                 )
             self._model = match[0]
         return self._model
+
+    async def _is_vllm(self) -> bool:
+        if self._vllm is None:
+            status, payload = await self.fetch("GET", "/version")
+            try:
+                self._vllm = status == 200 and bool(version_decoder.decode(payload).version)
+            except msgspec.DecodeError:
+                self._vllm = False
+        return self._vllm
 
     async def _engine_version(self) -> str:
         status, payload = await self.fetch("GET", "/version")
@@ -101,8 +113,53 @@ class VllmHttpAdapter(HttpAdapter):
             ctx=ctx,
             capabilities=frozenset(
                 {Capability.TOKENIZE, Capability.METRICS, Capability.SEEDED_SAMPLING}
+                | ({Capability.CHAT_TEMPLATE} if await self._renders_chat() else set())
+                # vLLM's own request fields (ORCH-9231), not llama-server's /v1 dialect
+                | (
+                    {Capability.JSON_SCHEMA, Capability.LOGPROBS}
+                    if await self._is_vllm()
+                    else set()
+                )
             ),
         )
+
+    async def _render(self, messages: list[dict[str, str]]) -> tuple[int, bytes]:
+        """vLLM's ``/tokenize`` with ``messages`` applies the model's chat template
+        (generation prompt included); ``/detokenize`` gives the text back, special
+        tokens kept, which ``/v1/completions`` reads as the same tokens."""
+        card = await self._served_model()
+        body = {"model": card.id, "messages": messages, "add_generation_prompt": True}
+        status, payload = await self.fetch("POST", "/tokenize", body)
+        if status != 200:
+            return status, payload
+        tokens = self.decode(tokenize_decoder, payload, "POST /tokenize").tokens
+        return await self.fetch("POST", "/detokenize", {"model": card.id, "tokens": tokens})
+
+    async def _renders_chat(self) -> bool:
+        """ORCH-9230: asked once per engine process; an engine without the chat
+        form of ``/tokenize`` (or a model without a template) answers an error."""
+        if self._chat is None:
+            # llama-server's /tokenize ignores `messages` and answers 200: only a
+            # rendered prompt that holds the message counts
+            status, payload = await self._render([{"role": "user", "content": "ping-9230"}])
+            try:
+                rendered = detokenize_decoder.decode(payload).prompt if status == 200 else ""
+            except msgspec.DecodeError:
+                rendered = ""
+            self._chat = "ping-9230" in rendered
+        return self._chat
+
+    async def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """ORCH-9230: the prompt vLLM's own chat route would generate from."""
+        if not await self._renders_chat():
+            raise InvalidParams(
+                "this engine renders no chat template (vLLM's /tokenize with messages)",
+                engine=ENGINE,
+            )
+        status, payload = await self._render(messages)
+        if status != 200:
+            raise self.error_from_response(status, payload, "POST /tokenize (chat)")
+        return self.decode(detokenize_decoder, payload, "POST /detokenize").prompt
 
     async def tokenize(self, text: str) -> list[int]:
         """ORCH-4064: counted as a completions prompt is (special tokens added).
@@ -146,7 +203,10 @@ class VllmHttpAdapter(HttpAdapter):
             repetition_penalty=penalty,
             repeat_penalty=penalty,
             cache_prompt=None if req.cache_prompt else False,
+            # logprobs=0 still reports the chosen token's; alternatives cut to N
+            logprobs=None if req.logprobs is None else max(1, req.logprobs),
+            structured_outputs=None if req.json_schema is None else {"json": req.json_schema},
         )
 
     def new_decoder(self, req: GenerateRequest) -> CompletionsStream:
-        return CompletionsStream(asked_stop=bool(req.stop))
+        return CompletionsStream(asked_stop=bool(req.stop), top_logprobs=req.logprobs)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import msgspec
 from llama_orch.adapter_http import SSEStream
-from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
+from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk, TokenLogprob
 from llama_orch.core.errors import WorkerReset
 
 from ._errors import ENGINE, error_message
-from ._wire import Choice, StreamChunk, stream_chunk_decoder
+from ._wire import Choice, ChoiceLogprobs, StreamChunk, stream_chunk_decoder
 
 __all__ = ["CompletionsStream", "finish_reason"]
 
@@ -49,9 +49,13 @@ def finish_reason(choice: Choice, asked_stop: bool) -> str:
 class CompletionsStream(SSEStream[StreamChunk]):
     """Feed raw bytes; get :class:`TokenChunk` events, then one :class:`Finished`."""
 
-    def __init__(self, *, asked_stop: bool = False) -> None:
+    def __init__(self, *, asked_stop: bool = False, top_logprobs: int | None = None) -> None:
         super().__init__(stream_chunk_decoder, ENGINE)
         self._asked_stop = asked_stop
+        # ORCH-9231: alternatives kept per token (None: not asked); logprobs of
+        # chunks without text go with the next text, like their tokens
+        self._top = top_logprobs
+        self._probs: list[TokenLogprob] = []
         self._reason: str | None = None
         self._pending = 0  # tokens of empty-text chunks, attributed to the next text
         self.counted = 0  # tokens attributed to yielded chunks
@@ -62,6 +66,20 @@ class CompletionsStream(SSEStream[StreamChunk]):
         if self.usage_completion is not None:
             return self.usage_completion
         return self.counted + self._pending
+
+    def _logprobs(self, lp: ChoiceLogprobs) -> None:
+        top = self._top or 0
+        for i, token in enumerate(lp.tokens):
+            chosen = lp.token_logprobs[i] if i < len(lp.token_logprobs) else None
+            alts = (lp.top_logprobs[i] if i < len(lp.top_logprobs) else None) or {}
+            best = sorted(alts.items(), key=lambda kv: -kv[1])[:top]
+            self._probs.append(
+                TokenLogprob(
+                    token=token,
+                    logprob=chosen if chosen is not None else alts.get(token, 0.0),
+                    top=[TokenLogprob(token=t, logprob=v) for t, v in best],
+                )
+            )
 
     def on_done(self) -> list[AdapterEvent]:
         return [self._finish("[DONE]")]
@@ -94,11 +112,16 @@ class CompletionsStream(SSEStream[StreamChunk]):
             if choice.index != 0:
                 raise WorkerReset(f"unexpected choice index {choice.index} (n=1)", engine=ENGINE)
             n = len(choice.token_ids) if choice.token_ids is not None else int(bool(choice.text))
+            if self._top is not None and choice.logprobs is not None:
+                self._logprobs(choice.logprobs)
             if choice.text:
                 n_tokens = max(1, n + self._pending)
                 self._pending = 0
                 self.counted += n_tokens
-                out.append(TokenChunk(choice.text, n_tokens))
+                probs = None
+                if self._top is not None:
+                    probs, self._probs = self._probs, []
+                out.append(TokenChunk(choice.text, n_tokens, probs))
             else:
                 self._pending += n
             if choice.finish_reason is not None:

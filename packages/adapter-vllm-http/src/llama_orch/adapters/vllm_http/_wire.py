@@ -7,11 +7,14 @@ engine that adds fields does not break the adapter (STYLE rule 6).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
     "Choice",
     "CompletionsRequest",
+    "DetokenizeResponse",
     "EngineError",
     "ErrorEnvelope",
     "ModelCard",
@@ -21,6 +24,7 @@ __all__ = [
     "TokenizeResponse",
     "Usage",
     "VersionResponse",
+    "detokenize_decoder",
     "encoder",
     "error_decoder",
     "models_decoder",
@@ -55,6 +59,9 @@ class CompletionsRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     repetition_penalty: float | None = None  # vLLM's name
     repeat_penalty: float | None = None  # llama-server's name
     cache_prompt: bool | None = None  # llama-server only (KV reuse can change logits)
+    # vLLM only (ORCH-9231): alternatives per token, and output held to a JSON schema
+    logprobs: int | None = None
+    structured_outputs: dict[str, Any] | None = None
 
 
 class EngineError(msgspec.Struct):
@@ -71,6 +78,14 @@ class ErrorEnvelope(msgspec.Struct):
     object: str = ""
 
 
+class ChoiceLogprobs(msgspec.Struct):
+    """The legacy completions ``logprobs`` of one chunk's tokens."""
+
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+
+
 class Choice(msgspec.Struct):
     index: int = 0
     text: str = ""
@@ -79,6 +94,7 @@ class Choice(msgspec.Struct):
     # on llama-server, which cannot tell EOS from a stop string here.
     stop_reason: str | int | msgspec.UnsetType | None = msgspec.UNSET
     token_ids: list[int] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Usage(msgspec.Struct):
@@ -112,9 +128,14 @@ class TokenizeResponse(msgspec.Struct):
     tokens: list[int]
 
 
+class DetokenizeResponse(msgspec.Struct):
+    prompt: str
+
+
 encoder = msgspec.json.Encoder()
 error_decoder = msgspec.json.Decoder(ErrorEnvelope)
 stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
 models_decoder = msgspec.json.Decoder(ModelsResponse)
 version_decoder = msgspec.json.Decoder(VersionResponse)
 tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
+detokenize_decoder = msgspec.json.Decoder(DetokenizeResponse)

@@ -20,7 +20,7 @@ __all__ = ["OpenAIFrontend"]
 
 
 class OpenAIFrontend(Frontend):
-    """``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
+    """``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/v1/embeddings``,
     ``/v1/responses`` and the Anthropic ``/v1/messages``."""
 
     name = "openai"

@@ -29,6 +29,7 @@ from ._common import (
     is_retry_later,
     retry_headers,
 )
+from ._engine import EngineFields
 
 __all__ = ["ErrorRenderer", "Facade", "decode_body"]
 
@@ -89,7 +90,7 @@ class Facade:
 
     def api_error(self, exc: ApiError, pool: Pool | None) -> Response:
         self.host.rejected(
-            pool, ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_PARAMS
+            pool, ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_PARAMS, self.api
         )
         return self.render(
             exc.status, exc.message, exc.param, exc.code, {"x-should-retry": "false"}
@@ -141,6 +142,7 @@ class Facade:
         extras: Extras,
         tenant: str,
         fields: dict[str, Any],
+        engine: EngineFields | None = None,
     ) -> TaskRecord:
         req = TaskRequest(
             pool_id=pool.id,
@@ -149,4 +151,7 @@ class Facade:
             session_id=extras.session_id,
             **{k: v for k, v in fields.items() if v is not None},
         )
-        return await self.host.submit(req, tenant, api=self.api)
+        engine = engine or EngineFields()
+        return await self.host.submit(
+            req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs
+        )

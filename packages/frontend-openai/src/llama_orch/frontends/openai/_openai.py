@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 from llama_orch.core.api import ChatMessage as OrchMessage
-from llama_orch.core.api import EndEvent, ErrorEvent, TokenEvent
+from llama_orch.core.api import EndEvent, ErrorEvent, TokenEvent, TokenLogprob
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.pools import Pool
@@ -27,6 +27,8 @@ from ._common import (
     extras_from,
     resolve_model,
 )
+from ._embeddings import embeddings_route
+from ._engine import chat_logprobs, completion_logprobs, engine_fields
 from ._flow import Facade, decode_body
 from ._wire import (
     ChatMessage,
@@ -64,11 +66,6 @@ def _unsupported(req: ChatRequest | CompletionRequest) -> None:
     """ORCH-9115: a field llama-orch cannot honour is refused by name, not ignored."""
     if req.n is not None and req.n != 1:
         raise ApiError(400, "only n=1 is supported", param="n", code="invalid_value")
-    if req.logprobs:
-        raise ApiError(
-            400, "logprobs are not supported by this pool's engine", param="logprobs",
-            code="unsupported_parameter",
-        )  # fmt: skip
     for name in ("logit_bias", "frequency_penalty", "presence_penalty"):
         if getattr(req, name):
             raise ApiError(
@@ -86,12 +83,6 @@ def _unsupported(req: ChatRequest | CompletionRequest) -> None:
             raise ApiError(
                 400, "`tool_choice` needs tools, which this pool does not support",
                 param="tool_choice", code="unsupported_parameter",
-            )  # fmt: skip
-        rf = req.response_format
-        if rf is not None and rf.get("type") != "text":
-            raise ApiError(
-                400, "`response_format` other than text is not supported by this pool's engine",
-                param="response_format", code="unsupported_parameter",
             )  # fmt: skip
         if req.modalities not in (None, ["text"]) or req.audio is not None:
             raise ApiError(
@@ -143,6 +134,7 @@ class _Events:
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
         self.end: EndEvent | None = None
         self.error: ErrorEvent | None = None
 
@@ -150,6 +142,8 @@ class _Events:
         async for _, ev in host.events(rec):
             if isinstance(ev, TokenEvent):
                 self.text.append(ev.t)
+                if ev.lp:
+                    self.logprobs.extend(ev.lp)
             elif isinstance(ev, EndEvent):
                 self.end = ev
             elif isinstance(ev, ErrorEvent):
@@ -188,6 +182,7 @@ def openai_routes(host: FrontendHost) -> list[Route]:
                 req = decode_body(body, CompletionRequest, StrictCompletionRequest, strict)
             pool = resolve_model(host, req.model)
             _unsupported(req)
+            engine = await engine_fields(host, pool, req, facade.api)  # ORCH-9202
             extras = extras_from(
                 request,
                 req.metadata,
@@ -219,7 +214,7 @@ def openai_routes(host: FrontendHost) -> list[Route]:
                     prompt = prompt[0]
                 fields["prompt"] = prompt
             max_tokens = fields["max_tokens"] or 1
-            rec = await facade.admit(request, pool, extras, who.tenant, fields)
+            rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
         except ApiError as exc:
             return facade.api_error(exc, pool)
         except OrchError as exc:
@@ -229,8 +224,9 @@ def openai_routes(host: FrontendHost) -> list[Route]:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = _chat_chunks if chat else _completion_chunks
+            with_lp = engine.logprobs is not None
             return TaskStreamResponse(
-                chunks(facade, rec, req.model, created, usage), host, rec, headers
+                chunks(facade, rec, req.model, created, usage, with_lp), host, rec, headers
             )
 
         async def produce() -> tuple[int, bytes, dict[str, str]]:
@@ -249,6 +245,7 @@ def openai_routes(host: FrontendHost) -> list[Route]:
                 total_tokens=end.tokens_in + end.tokens_out,
             )
             finish = _FINISH.get(end.reason, "stop")
+            lps = out.logprobs if engine.logprobs is not None else None
             if chat:
                 doc: dict[str, Any] = {
                     "id": f"chatcmpl-{rec.task_id}",
@@ -257,7 +254,8 @@ def openai_routes(host: FrontendHost) -> list[Route]:
                     "model": req.model,
                     "choices": [
                         {"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish}
+                         "logprobs": None if lps is None else chat_logprobs(lps),
+                         "finish_reason": finish}
                     ],
                     "usage": usage,
                 }  # fmt: skip
@@ -268,7 +266,12 @@ def openai_routes(host: FrontendHost) -> list[Route]:
                     "created": created,
                     "model": req.model,
                     "choices": [
-                        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+                        {
+                            "index": 0,
+                            "text": text,
+                            "finish_reason": finish,
+                            "logprobs": None if lps is None else completion_logprobs(lps, 0),
+                        }
                     ],
                     "usage": usage,
                 }
@@ -286,6 +289,7 @@ def openai_routes(host: FrontendHost) -> list[Route]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        embeddings_route(host, facade),
     ]
 
 
@@ -304,7 +308,12 @@ def _error_chunk(facade: Facade, code: ErrorCode | None, message: str) -> bytes:
 
 
 async def _chat_chunks(
-    facade: Facade, rec: TaskRecord, model: str, created: int, include_usage: bool
+    facade: Facade,
+    rec: TaskRecord,
+    model: str,
+    created: int,
+    include_usage: bool,
+    with_logprobs: bool,
 ) -> AsyncIterator[bytes]:
     """ORCH-9121: role chunk, one chunk per token, a finish chunk, optional usage, [DONE].
     A task that fails ends the stream with an error chunk and no [DONE]."""
@@ -322,7 +331,13 @@ async def _chat_chunks(
     )  # fmt: skip
     async for _, ev in facade.host.events(rec):
         if isinstance(ev, TokenEvent):
-            yield token_open + _json.encode(ev.t) + token_close
+            if with_logprobs:  # ORCH-9201: this chunk's tokens
+                yield (
+                    token_open + _json.encode(ev.t) + b'},"logprobs":'
+                    + _json.encode(chat_logprobs(ev.lp or [])) + b',"finish_reason":null}]}\n\n'
+                )  # fmt: skip
+            else:
+                yield token_open + _json.encode(ev.t) + token_close
         elif isinstance(ev, EndEvent):
             if ev.reason == "canceled":
                 yield _error_chunk(facade, None, "the task was canceled")
@@ -346,7 +361,12 @@ async def _chat_chunks(
 
 
 async def _completion_chunks(
-    facade: Facade, rec: TaskRecord, model: str, created: int, include_usage: bool
+    facade: Facade,
+    rec: TaskRecord,
+    model: str,
+    created: int,
+    include_usage: bool,
+    with_logprobs: bool,
 ) -> AsyncIterator[bytes]:
     head = (
         b'data: {"id":"cmpl-' + rec.task_id.encode() + b'","object":"text_completion",'
@@ -355,9 +375,18 @@ async def _completion_chunks(
     usage_null = b',"usage":null' if include_usage else b""
     token_open = head + usage_null + b',"choices":[{"index":0,"text":'
     token_close = b',"logprobs":null,"finish_reason":null}]}\n\n'
+    offset = 0
     async for _, ev in facade.host.events(rec):
         if isinstance(ev, TokenEvent):
-            yield token_open + _json.encode(ev.t) + token_close
+            if with_logprobs:  # ORCH-9201: this chunk's tokens
+                yield (
+                    token_open + _json.encode(ev.t) + b',"logprobs":'
+                    + _json.encode(completion_logprobs(ev.lp or [], offset))
+                    + b',"finish_reason":null}]}\n\n'
+                )  # fmt: skip
+                offset += len(ev.t)
+            else:
+                yield token_open + _json.encode(ev.t) + token_close
         elif isinstance(ev, EndEvent):
             if ev.reason == "canceled":
                 yield _error_chunk(facade, None, "the task was canceled")

@@ -17,6 +17,7 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "CompletionRequest",
+    "EmbeddingsRequest",
     "MessagesRequest",
     "ResponsesRequest",
     "StreamOptions",
@@ -175,6 +176,18 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
 
 
 class StrictResponsesRequest(ResponsesRequest, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class EmbeddingsRequest(msgspec.Struct, kw_only=True):
+    model: str
+    input: str | list[Any]  # texts; token arrays are refused by name
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class StrictEmbeddingsRequest(EmbeddingsRequest, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
