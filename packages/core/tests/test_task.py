@@ -1,4 +1,4 @@
-"""The task lifecycle (ORCH-2400..2403), proven by a Hypothesis state machine."""
+"""The task lifecycle (ORCH-2400..2402), proven by a Hypothesis state machine."""
 
 from __future__ import annotations
 

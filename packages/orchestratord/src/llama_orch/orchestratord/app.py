@@ -165,7 +165,12 @@ def build_app(
         headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
         return _json_response(accepted, 202, headers)
 
+    async def hydrate(request: Request) -> None:
+        if orch.state is not None:  # ORCH-2526: a task any instance admitted
+            await orch.state.hydrate(request.path_params["task_id"])
+
     async def task_status(request: Request) -> Response:
+        await hydrate(request)
         rec = own_task(request)
         pool = orch.pools[rec.pool_id]
         return _json_response(
@@ -181,6 +186,7 @@ def build_app(
         )
 
     async def stream(request: Request) -> Response:
+        await hydrate(request)
         rec = own_task(request)
         start = 0
         last = request.headers.get("last-event-id")
@@ -199,8 +205,13 @@ def build_app(
                 policy_label="quota",
                 retry_after_ms=1000,
             )
+        frames = (
+            rec.frames(start, limits.stream_chunk_bytes, limits.sse_keepalive_s)
+            if orch.state is None
+            else orch.state.frames(rec.task_id, start)  # the store's log (ORCH-2526)
+        )
         return TaskStream(
-            rec.frames(start, limits.stream_chunk_bytes, limits.sse_keepalive_s),
+            frames,
             task_id=rec.task_id,
             tenant=tenant,
             counter=streams,
@@ -208,7 +219,11 @@ def build_app(
         )
 
     async def cancel(request: Request) -> Response:
-        orch.cancel(own_task(request).task_id)
+        await hydrate(request)
+        rec = own_task(request)
+        if orch.state is not None:
+            await orch.state.cancel(rec.task_id)  # ORCH-2510: on any instance
+        orch.cancel(rec.task_id)
         return Response(status_code=204)
 
     async def get_session(request: Request) -> Response:

@@ -43,6 +43,7 @@ from .pools import Pool, Replica
 from .preemption import Preemptor
 from .selftest import SelfTests
 from .sessions import Session, SessionTable
+from .stored import StoreBridge
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, log_task_end, model_state_samples
 from .tracing import Tracing
@@ -113,6 +114,8 @@ class Orchestrator(AdmissionMixin):
         for pool in self.pools.values():
             pool.gate = self.self_tests.gate  # ORCH-7050: checks before Ready
         self.self_tests.on_decode = lambda engine, ms: self.workload.seed(engine, overhead_ms=ms)
+        # ORCH-2520: with a `state:` section the store holds queues and event logs
+        self.state = StoreBridge(self, config.state) if config.state is not None else None
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -121,6 +124,8 @@ class Orchestrator(AdmissionMixin):
 
     def start(self) -> None:
         for pool in self.pools.values():
+            if self.state is not None:
+                continue  # the store bridge dispatches (ORCH-2523)
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}")
             )
@@ -143,12 +148,16 @@ class Orchestrator(AdmissionMixin):
             return
         self._stopped = True
         self.accepting = False
+        if self.state is not None:
+            self.state.stop_dispatching()  # queued tasks stay in the store (ORCH-2527)
         # ORCH-2413: woken by every phase change, no polling
         await self.tasks.wait_for(
             lambda: not any(t.state == "running" for t in self.tasks.active()), grace_s
         )
         runners = [t.runner for t in self.tasks.active() if t.runner]
         for rec in self.tasks.active():
+            if self.state is not None and rec.state == "queued":
+                continue  # still queued in the store: another instance, or the restart, runs it
             self.end(rec, self.error_event(rec, "orchestratord is shutting down"))
         await self.self_tests.aclose()
         for loop in self._loops:
@@ -291,6 +300,10 @@ class Orchestrator(AdmissionMixin):
             replica = picked
         rec.pinned = rec.set_key is not None
         rec.set_key = step.set_key
+        self.launch(pool, replica, rec)
+
+    def launch(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
+        """queued → running on ``replica``: reserve the slot and start the runner."""
         self.shares.observe(rec.priority, rec.tenant)
         replica.busy += 1
         try:
@@ -322,6 +335,10 @@ class Orchestrator(AdmissionMixin):
             return False
         rec.attempts += 1
         pool.suspect(replica.state.replica_id, exc.message)
+        if self.state is not None:  # the bridge gives it back to the store's front
+            rec.requeue()
+            self.tracing.requeued(rec, exc.message)
+            return True
         set_key = rec.set_key
         if not rec.pinned:
             rec.set_key = None  # free again: any Ready set may take it

@@ -102,6 +102,8 @@ class TaskRecord:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     # Called after every phase change; the TaskStore that holds the record sets it.
     on_change: Callable[[TaskRecord], None] | None = None
+    # With a state store, every appended event is also written there (ORCH-2524).
+    sink: Callable[[str, bytes], None] | None = None
     _frames: list[bytes] = field(default_factory=list)
     _waiters: list[asyncio.Future[object]] = field(default_factory=list)
 
@@ -185,7 +187,10 @@ class TaskRecord:
     def _push(self, event: StreamEvent) -> None:
         tag = type(event).__struct_config__.tag
         assert isinstance(tag, str)
-        self._frames.append(encode_event(tag, _encoder.encode(event), len(self._frames)))
+        data = _encoder.encode(event)
+        self._frames.append(encode_event(tag, data, len(self._frames)))
+        if self.sink is not None:
+            self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
             waiters, self._waiters = self._waiters, []
             for w in waiters:

@@ -1,0 +1,57 @@
+"""orchestratord on the state store seam, `memory` backend (ORCH-2520..2527)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from llama_orch.core.config import Config
+from llama_orch.core.state_memory import MemoryStateStore
+from llama_orch.core.state_store import StoreUnavailable
+
+
+def _with_state(config: Config, **state: Any) -> Config:
+    doc = msgspec.to_builtins(config)
+    doc["state"] = {"backend": "memory", **state}
+    return msgspec.convert(doc, Config)
+
+
+async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config: Any) -> None:
+    """Admission, dispatch, the event log, SSE resume and cancel go through the store;
+    the store's log is what clients read (ORCH-2522..2526), and an unreachable store
+    answers 503 with Retry-After (ORCH-2516)."""
+    run = await start_orchestrator(
+        _with_state(mock_config(adapter_options={"token_delay_ms": 2}), lease_ms=500)
+    )
+    bridge = run.orch.state
+    assert bridge is not None and isinstance(bridge.store, MemoryStateStore)
+    resp = await run.submit(max_tokens=5)
+    assert resp.status == 202
+    tid = (await resp.json())["task_id"]
+    events = await run.events(tid)
+    kinds = [e for _, e, _ in events]
+    assert kinds[0] == "started" and kinds[-1] == "end" and kinds.count("token") == 5
+    assert [i for i, _, _ in events] == list(range(len(events)))
+    logged = await bridge.store.read(tid)  # the same events, numbered the same, in the store
+    assert [(ev.seq, ev.kind) for ev in logged] == [(i, e) for i, e, _ in events]
+    assert [d["i"] for _, e, d in events if e == "token"] == [0, 1, 2, 3, 4]
+    resumed = await run.events(tid, last_event_id=2)  # Last-Event-ID from the store's log
+    assert resumed == events[3:]
+    assert not any((await bridge.store.busy("mock")).values())  # the slot is free again
+
+    # cancel: the store holds exactly one terminal, and it is the cancel
+    long = (await (await run.submit(max_tokens=1500)).json())["task_id"]
+    await run.orch.tasks.wait_for(lambda: run.orch.get(long).state == "running", 30)
+    async with run.http.post(f"{run.url}/v1/tasks/{long}/cancel") as resp:
+        assert resp.status == 204
+    tail = await run.events(long)
+    assert [e for _, e, _ in tail].count("end") == 1 and tail[-1][2]["reason"] == "canceled"
+    assert sum(ev.kind in ("end", "error") for ev in await bridge.store.read(long)) == 1
+
+    # the store cannot be reached: admission fails closed with 503 + Retry-After
+    async def unreachable(_spec: Any) -> Any:
+        raise StoreUnavailable("store down", retry_after_ms=2000)
+
+    bridge.store.submit = unreachable  # type: ignore[method-assign]
+    resp = await run.submit(max_tokens=5)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "2"
