@@ -48,6 +48,12 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     assert [e for _, e, _ in tail].count("end") == 1 and tail[-1][2]["reason"] == "canceled"
     assert sum(ev.kind in ("end", "error") for ev in await bridge.store.read(long)) == 1
 
+    # ORCH-2531: store latency per op, and the runner's write the cancel refused
+    text = await run.metrics_text()
+    for op in ("submit", "dispatch", "append", "cancel"):
+        assert f'state_store_op_ms_count{{op="{op}"}}' in text, op
+    assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in text
+
     # the store cannot be reached: admission fails closed with 503 + Retry-After
     async def unreachable(_spec: Any) -> Any:
         raise StoreUnavailable("store down", retry_after_ms=2000)

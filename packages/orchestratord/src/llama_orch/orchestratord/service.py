@@ -468,7 +468,7 @@ class Orchestrator(AdmissionMixin):
             "priority": rec.priority,
         }
         assert rec.dispatched is not None
-        resuming = rec.preemptions > 0
+        resuming = rec.preemptions > 0 or rec.takeover
         if not resuming:
             rec.queue_wait_ms = _ms(rec.dispatched - rec.created)
         queue_wait_ms = rec.queue_wait_ms
@@ -477,6 +477,10 @@ class Orchestrator(AdmissionMixin):
         def start() -> None:
             # ``started`` is appended when the engine answered, so a task whose
             # replica turned out to be gone can go back to the queue unseen.
+            if rec.takeover:  # ORCH-2530: continued here after a takeover
+                rec.takeover = False  # a later preemption resumes as usual
+                rec.append(MetricsEvent(resumed=True, tokens_out=rec.tokens_out))
+                return
             if resuming:  # ORCH-1903: announced once more as a metrics event only
                 rec.append(MetricsEvent(preempted=False, queue_depth=len(pool.queue)))
                 self.metrics.resumptions.add(

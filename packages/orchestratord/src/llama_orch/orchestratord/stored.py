@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -43,10 +43,11 @@ from llama_orch.core.state_store import (
     StoreUnavailable,
     TaskEnded,
     TaskSpec,
+    continuation,
     load_state_store_class,
 )
 
-from .pools import Pool
+from .pools import Pool, Replica
 from .tasks import TaskRecord
 
 if TYPE_CHECKING:
@@ -174,9 +175,14 @@ class _Writer:
         while self.pending and not self.dead:
             batch, self.pending = self.pending, []
             try:
-                await store.append(tid, self.epoch, batch)
+                with self.bridge.timed("append"):
+                    await store.append(tid, self.epoch, batch)
             except (Fenced, TaskEnded, KeyError) as exc:
                 # another instance owns it now, or it was canceled anywhere (ORCH-2525)
+                reason = "fenced" if isinstance(exc, Fenced) else "ended"
+                self.bridge.orch.metrics.store_writes_refused.add(
+                    1, {"pool_id": self.rec.pool_id, "reason": reason}
+                )
                 _log.info("task %s: the store refused an append (%s)", tid, type(exc).__name__)
                 self.bridge.lose(tid)
                 return
@@ -195,11 +201,22 @@ class StoreBridge:
         self.options = options
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.instance = uuid.uuid4().hex[:12]
-        self.leases = LeaseKeeper(self.store, self.instance, options.lease_ms, on_lost=self.lose)
+        self.leases = LeaseKeeper(
+            self.store, self.instance, options.lease_ms, on_lost=self._lease_lost
+        )
         self._writers: dict[str, _Writer] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()  # requeues handed to the store
         self._stop = asyncio.Event()
+
+    @contextlib.contextmanager
+    def timed(self, op: str) -> Iterator[None]:
+        """Record one store call's duration (ORCH-2531)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.orch.metrics.store_op_ms.record((time.perf_counter() - t0) * 1000, {"op": op})
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -236,7 +253,8 @@ class StoreBridge:
     async def submit(self, rec: TaskRecord) -> int:
         """Admit at the store (quotas, capacity, full policy: ORCH-2522); the queue
         position. Tasks the full policy displaced already have their terminal there."""
-        admitted = await self.store.submit(spec_of(rec))
+        with self.timed("submit"):
+            admitted = await self.store.submit(spec_of(rec))
         for tid, code in admitted.displaced:
             victim = self.orch.tasks.get(tid)
             if victim is not None and not victim.terminal:
@@ -254,7 +272,7 @@ class StoreBridge:
     async def cancel(self, task_id: str) -> None:
         """Cancel at the store first: the terminal is in the log in the same step,
         whichever instance runs the task (ORCH-2510); then end the local run."""
-        with contextlib.suppress(KeyError):
+        with contextlib.suppress(KeyError), self.timed("cancel"):
             await self.store.cancel(task_id)
 
     async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
@@ -284,7 +302,8 @@ class StoreBridge:
                     await self.store.set_replicas(pool.id, slots)
                     synced = slots
                 cursor = await self.store.bell(pool.id)
-                step = await self.store.dispatch(pool.id, self.instance, self.options.lease_ms)
+                with self.timed("dispatch"):
+                    step = await self.store.dispatch(pool.id, self.instance, self.options.lease_ms)
                 if isinstance(step, Dispatched):
                     self._run(pool, step)
                     continue
@@ -324,13 +343,16 @@ class StoreBridge:
             _log.warning("task %s dispatched to unknown replica %s", rec.task_id, d.replica_id)
             self._requeue(rec.task_id, d.epoch)
             return
-        self.leases.hold(rec.task_id, d.epoch)
-        writer = _Writer(self, rec, d.epoch)
+        self._go(pool, replica, rec, d.epoch)
+
+    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int) -> None:
+        self.leases.hold(rec.task_id, epoch)
+        writer = _Writer(self, rec, epoch)
         self._writers[rec.task_id] = writer
         rec.sink = writer.put
         self.orch.launch(pool, replica, rec)
         assert rec.runner is not None
-        rec.runner.add_done_callback(lambda _t: self._released(rec, d.epoch))
+        rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
 
     def _released(self, rec: TaskRecord, epoch: int) -> None:
         self.leases.release(rec.task_id)
@@ -345,6 +367,12 @@ class StoreBridge:
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
+    def _lease_lost(self, task_id: str) -> None:
+        rec = self.orch.tasks.get(task_id)
+        pool_id = rec.pool_id if rec is not None else "unknown"
+        self.orch.metrics.store_leases_lost.add(1, {"pool_id": pool_id})
+        self.lose(task_id)
+
     def lose(self, task_id: str) -> None:
         """This instance may no longer write for ``task_id``: stop its run (ORCH-2525)."""
         writer = self._writers.get(task_id)
@@ -358,21 +386,48 @@ class StoreBridge:
 
     async def _reap_loop(self) -> None:
         period = self.options.lease_ms / 2000
+        started = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), period)  # the reaper's period
             if self._stop.is_set():
                 return
+            if time.monotonic() - started < 30 and not all(
+                p.ready_replicas() for p in self.orch.pools.values()
+            ):
+                continue  # just started: leave expired leases to an instance that can run them
             try:
                 for reaped in await self.leases.reap_once():
+                    outcome = "requeued"
                     if reaped.outcome == "claimed":
-                        await self._claimed(reaped)
+                        outcome = await self._claimed(reaped)
+                    self.orch.metrics.store_takeovers.add(
+                        1, {"pool_id": reaped.task.pool, "outcome": outcome}
+                    )
             except Exception:
                 _log.exception("lease reaper failed")
 
-    async def _claimed(self, r: Reaped) -> None:
-        """A task whose instance died mid-stream: it ends with exactly one typed
-        error under the claim's epoch (ORCH-2528); continuation is not built yet."""
+    async def _claimed(self, r: Reaped) -> str:
+        """A task whose instance died mid-stream. On the same replica, if this
+        instance has it Ready, it continues (ORCH-2530): the original prompt plus the
+        text streamed so far, the same seed, the remaining ``max_tokens``, token
+        indices going on, announced by one ``metrics {resumed: true}``. Otherwise it
+        ends with exactly one typed error under the claim's epoch (ORCH-2528)."""
+        pool = self.orch.pools.get(r.task.pool)
+        replica = pool.replicas.get(r.replica_id or "") if pool is not None else None
+        if pool is not None and replica is not None and replica.state.ready:
+            sofar = continuation(await self.store.read(r.task_id))
+            rec = self.orch.tasks.get(r.task_id)
+            if rec is None or rec.state != "queued":
+                rec = record_of(r.task)
+                self.orch.tasks.add(rec)
+            rec.takeover = sofar.started
+            rec.tokens_out = rec.engine_tokens = sofar.next_index
+            rec.text_out = [sofar.text]
+            if rec.request.max_tokens > sofar.next_index:
+                _log.warning("task %s taken over: continuing it here", r.task_id)
+                self._go(pool, replica, rec, r.epoch)
+                return "continued"
         ev = ErrorEvent(
             code=ErrorCode.WORKER_RESET,
             message="the orchestratord instance that ran this task stopped",
@@ -383,3 +438,4 @@ class StoreBridge:
             await self.store.append(r.task_id, r.epoch, [Event("error", msgspec.json.encode(ev))])
         self.leases.release(r.task_id)
         _log.warning("task %s taken over after its instance stopped: ended typed", r.task_id)
+        return "ended"

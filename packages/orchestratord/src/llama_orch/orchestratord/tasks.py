@@ -80,6 +80,7 @@ class TaskRecord:
     queue_wait_ms: int = 0
     first_token_ms: int | None = None  # dispatch to first token of the first run
     preempt_requested: bool = False
+    takeover: bool = False  # continued after its instance stopped (ORCH-2530)
     preemptions: int = 0
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     # The current run, for the service-time model (ORCH-1952): its first and last
