@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ async def test_restart_on_embedded_valkey_loses_no_accepted_task(
             assert seen[0][1] == "started"
             ids = []
             for n in range(QUEUED):
-                body = {"prompt": f"Count to {n + 3}:", "max_tokens": 8, "seed": n}
+                body = {"prompt": f"Count to {n + 3}:", "max_tokens": 4, "seed": n}
                 async with http.post(url + "/v1/tasks", json=body) as r:
                     assert r.status == 202, await r.text()
                     ids.append((await r.json())["task_id"])
@@ -140,13 +141,16 @@ async def test_restart_on_embedded_valkey_loses_no_accepted_task(
 
             os.kill(procs[0].pid, signal.SIGKILL)  # kill -9 of orchestratord, by PID
             procs[0].wait(30)
+            killed = time.monotonic()
             procs.append(_start(config, log))  # the same config: the same data directory
             await _ready(http, url, procs[1])
+            ready = time.monotonic()
 
             # the task that was mid-stream was taken over and continues (ORCH-2530):
             # resumed by Last-Event-ID, one `metrics {resumed: true}`, then tokens
             # whose indices go on; canceled here so the test stays short
             rest = await _read(http, url, long_id, after=seen[-1][0], until=_resumed_then_token)
+            resumed_at = time.monotonic()
             assert rest[0][0] == seen[-1][0] + 1
             async with http.post(f"{url}/v1/tasks/{long_id}/cancel") as r:
                 assert r.status == 204
@@ -171,6 +175,11 @@ async def test_restart_on_embedded_valkey_loses_no_accepted_task(
                 assert [i for i, _, _ in events] == list(range(len(events)))
                 tokens = [d["i"] for _, e, d in events if e == "token"]
                 assert tokens == list(range(len(tokens))) and tokens
+            print(
+                f"\nrestart: ready {ready - killed:.1f} s after kill -9; long task resumed"
+                f" {resumed_at - ready:.1f} s later; the {QUEUED} queued tasks ended"
+                f" {time.monotonic() - resumed_at:.1f} s after that"
+            )
     finally:
         for proc in procs:
             if proc.poll() is None:

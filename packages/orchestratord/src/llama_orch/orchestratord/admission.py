@@ -248,7 +248,8 @@ class AdmissionMixin:
                 self._backpressure(pool)
                 raise
             self._displace(pool, displaced, rec.priority)
-            self.tasks.add(rec)
+            if self.tasks.get(rec.task_id) is None:  # a store dispatcher may have run it already
+                self.tasks.add(rec)
             self.tracing.admitted(rec, submitted_ns)
         except OrchError as exc:
             self.metrics.tasks_rejected.add(

@@ -179,7 +179,9 @@ def build_app(
                 state=rec.state,
                 pool_id=rec.pool_id,
                 replica_id=rec.replica_id,
-                queue_position=pool.queue.position(rec) if rec.state == "queued" else None,
+                queue_position=pool.queue.position(rec)
+                if rec.state == "queued" and orch.state is None  # the store's is not exact yet
+                else None,
                 tokens_out=rec.tokens_out,
                 created_ms=int(rec.created_wall * 1000),
             )
