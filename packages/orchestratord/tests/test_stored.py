@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
 from llama_orch.core.config import Config
 from llama_orch.core.state_memory import MemoryStateStore
 from llama_orch.core.state_store import StoreUnavailable
+from llama_orch.orchestratord import stored
 
 
 def _with_state(config: Config, **state: Any) -> Config:
@@ -61,3 +64,45 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     bridge.store.submit = unreachable  # type: ignore[method-assign]
     resp = await run.submit(max_tokens=5)
     assert resp.status == 503 and resp.headers["Retry-After"] == "2"
+
+
+async def test_two_instances_share_one_store(
+    start_orchestrator: Any, mock_config: Any, monkeypatch: Any
+) -> None:
+    """Two orchestratord instances on one store (ORCH-2526, ORCH-2527, ORCH-2525): a
+    task admitted on one streams with the same event ids from the other, a cancel on
+    the instance that does not run it ends it at the store at once, and the owner
+    stops its run at its next write, which the store refuses."""
+    shared = MemoryStateStore()
+
+    class Shared(MemoryStateStore):
+        @classmethod
+        def from_options(cls, options: Any) -> MemoryStateStore:
+            return shared
+
+    monkeypatch.setattr(stored, "load_state_store_class", lambda _name: Shared)
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 2}))
+    a, b = await start_orchestrator(cfg), await start_orchestrator(cfg)
+    resp = await a.submit(max_tokens=1500)
+    assert resp.status == 202
+    tid = (await resp.json())["task_id"]
+    async with contextlib.aclosing(shared.tail(tid)) as log:
+        await anext(log)  # the first event: a dispatcher of either instance ran it
+    view = await shared.task(tid)
+    assert view is not None and view.owner is not None
+    owner = a if view.owner == a.orch.state.instance else b
+    other = b if owner is a else a
+    head = await other.events(tid, limit=4)  # read on the instance that does not run it
+    assert [i for i, _, _ in head] == [0, 1, 2, 3] and head[0][1] == "started"
+    async with other.http.post(f"{other.url}/v1/tasks/{tid}/cancel") as r:
+        assert r.status == 204
+    logged = await shared.read(tid)
+    assert logged[-1].kind == "end" and sum(ev.kind in ("end", "error") for ev in logged) == 1
+    rec = owner.orch.get(tid)
+    await asyncio.wait_for(rec.ended.wait(), 30)  # the owner's run stopped
+    assert len(await shared.read(tid)) == len(logged)  # nothing after the cancel's end
+    events = await owner.events(tid)
+    assert [i for i, _, _ in events] == list(range(len(events))) and events[-1][1] == "end"
+    assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in (
+        await owner.metrics_text()
+    )
