@@ -28,6 +28,11 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     )
     bridge = run.orch.state
     assert bridge is not None and isinstance(bridge.store, MemoryStateStore)
+    async with run.http.get(run.url + "/v1/capabilities") as r:  # ORCH-2532
+        assert (await r.json())["state_store"] == {
+            "backend": "memory",
+            "instance_id": bridge.instance,
+        }
     resp = await run.submit(max_tokens=5)
     assert resp.status == 202
     tid = (await resp.json())["task_id"]

@@ -177,6 +177,13 @@ class Limits(msgspec.Struct, kw_only=True):
     max_tokens_limit: int
 
 
+class StateStoreInfo(msgspec.Struct, kw_only=True):
+    """The shared state store this instance uses (ORCH-2532)."""
+
+    backend: str
+    instance_id: str
+
+
 class SelfTestCheck(msgspec.Struct, kw_only=True):
     """One startup self-test step of a replica (ORCH-7050)."""
 
@@ -206,6 +213,7 @@ class Capabilities(msgspec.Struct, kw_only=True):
     limits: Limits
     features: list[str]
     self_tests: list[SelfTestReport] = []
+    state_store: StateStoreInfo | None = None  # None: tasks live in this process only
 
 
 class PoolHealth(msgspec.Struct, kw_only=True):

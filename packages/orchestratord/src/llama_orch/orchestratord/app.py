@@ -26,6 +26,7 @@ from llama_orch.core.api import (
     Limits,
     PoolCapability,
     PoolHealth,
+    StateStoreInfo,
     TaskStatus,
 )
 from llama_orch.core.errors import (
@@ -277,6 +278,11 @@ def build_app(
                 self_tests=sorted(
                     orch.self_tests.reports.values(), key=lambda r: (r.pool_id, r.replica_id)
                 ),  # ORCH-7052
+                state_store=None
+                if orch.state is None
+                else StateStoreInfo(  # ORCH-2532
+                    backend=orch.state.options.backend, instance_id=orch.state.instance
+                ),
             )
         )
 
