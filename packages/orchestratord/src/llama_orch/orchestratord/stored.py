@@ -168,6 +168,7 @@ class _Writer:
         self.pending.append(Event(kind, data))
         if self.flushing is None or self.flushing.done():
             self.flushing = asyncio.create_task(self._flush(), name=f"append-{self.rec.task_id}")
+            self.bridge.track(self.flushing)
 
     async def _flush(self) -> None:
         store, tid = self.bridge.store, self.rec.task_id
@@ -206,7 +207,9 @@ class StoreBridge:
         )
         self._writers: dict[str, _Writer] = {}
         self._loops: list[asyncio.Task[None]] = []
-        self._chores: set[asyncio.Task[None]] = set()  # requeues handed to the store
+        # writes and requeues in flight: close() lets them finish (a terminal event
+        # appended by shutdown must reach the store after its runner is gone)
+        self._chores: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
     @contextlib.contextmanager
@@ -243,9 +246,8 @@ class StoreBridge:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        flushing = [w.flushing for w in self._writers.values() if w.flushing is not None]
-        if flushing:  # the terminal events of the tasks shutdown ended
-            await asyncio.wait(flushing, timeout=5.0)
+        if self._chores:  # e.g. the terminal events of the tasks shutdown ended
+            await asyncio.wait(set(self._chores), timeout=5.0)
         await self.store.close()
 
     # ---------------------------------------------------------------- admission
@@ -362,10 +364,12 @@ class StoreBridge:
             # unreachable replica before any event (ORCH-1117): back to the store's front
             self._requeue(rec.task_id, epoch)
 
-    def _requeue(self, task_id: str, epoch: int) -> None:
-        task = asyncio.get_running_loop().create_task(self.store.requeue(task_id, epoch))
+    def track(self, task: asyncio.Task[None]) -> None:
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
+
+    def _requeue(self, task_id: str, epoch: int) -> None:
+        self.track(asyncio.get_running_loop().create_task(self.store.requeue(task_id, epoch)))
 
     def _lease_lost(self, task_id: str) -> None:
         rec = self.orch.tasks.get(task_id)
