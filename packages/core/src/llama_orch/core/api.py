@@ -131,6 +131,7 @@ class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=Tr
     kv_warmth: bool | None = None
     on_time_probability: float | None = None
     preempted: bool | None = None
+    resumed: bool | None = None  # continued by another instance after a takeover (ORCH-2530)
     budget_tokens_remaining: int | None = None
     budget_time_ms_remaining: int | None = None
     budget_cost_remaining: float | None = None
@@ -193,6 +194,13 @@ class Limits(msgspec.Struct, kw_only=True):
     max_tokens_limit: int
 
 
+class StateStoreInfo(msgspec.Struct, kw_only=True):
+    """The shared state store this instance uses (ORCH-2532)."""
+
+    backend: str
+    instance_id: str
+
+
 class SelfTestCheck(msgspec.Struct, kw_only=True):
     """One startup self-test step of a replica (ORCH-7050)."""
 
@@ -222,6 +230,7 @@ class Capabilities(msgspec.Struct, kw_only=True):
     limits: Limits
     features: list[str]
     self_tests: list[SelfTestReport] = []
+    state_store: StateStoreInfo | None = None  # None: tasks live in this process only
 
 
 class PoolHealth(msgspec.Struct, kw_only=True):

@@ -286,6 +286,24 @@ class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     self_test_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
+class StateOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``state:`` in the config: the shared state store (ORCH-2501, ORCH-2520).
+
+    Without a ``state:`` section orchestratord keeps its tasks in its own process
+    (no store). ``backend`` names a ``llama_orch.state_stores`` plugin; for ``valkey``
+    a missing ``url`` starts a private server under ``data_dir`` (ORCH-2513)."""
+
+    backend: str = "memory"
+    url: str | None = None
+    data_dir: str | None = None
+    key_prefix: str = "llorch"
+    lease_ms: Annotated[int, Meta(ge=100)] = 3000
+    # Embedded server only. Either way the AOF is written before a reply is sent, so
+    # kill -9 of the server loses no acknowledged write; "always" also fsyncs before
+    # the reply (survives a machine crash or power loss), "everysec" may lose ~1 s then.
+    appendfsync: Literal["everysec", "always"] = "everysec"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     admission: AdmissionConfig = msgspec.field(default_factory=AdmissionConfig)
@@ -302,6 +320,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_managerd: PoolManagerdConfig = msgspec.field(default_factory=PoolManagerdConfig)
     # Admission and placement policies (ORCH-8540, issue #16).
     policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
+    # The shared task state store (ORCH-2520, issue #13); None: in-process only.
+    state: StateOptions | None = None
 
 
 def check_api_keys(keys: list[ApiKey]) -> None:

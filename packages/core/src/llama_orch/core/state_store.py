@@ -37,7 +37,7 @@ import msgspec
 from msgspec import Meta
 
 from .api import EndEvent, ErrorEvent, TokenEvent
-from .config import FullPolicy, RateLimit, TenantConfig
+from .config import FullPolicy, RateLimit, StateOptions, TenantConfig
 from .errors import ErrorCode, InvalidParams, PoolUnavailable
 
 __all__ = [
@@ -141,20 +141,6 @@ class StoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     priorities: dict[str, RateLimit] = msgspec.field(default_factory=dict)
     event_log_retention_ms: Annotated[int, Meta(ge=1)] = 600_000
     session_ttl_ms: Annotated[int, Meta(ge=1)] = 600_000
-
-
-class StateOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``state:`` in the config: which backend, and where (None: embedded, ORCH-2513)."""
-
-    backend: str = "memory"
-    url: str | None = None
-    data_dir: str | None = None
-    key_prefix: str = "llorch"
-    lease_ms: Annotated[int, Meta(ge=100)] = 3000
-    # Embedded server only. Either way the AOF is written before a reply is sent, so
-    # kill -9 of the server loses no acknowledged write; "always" also fsyncs before
-    # the reply (survives a machine crash or power loss), "everysec" may lose ~1 s then.
-    appendfsync: Literal["everysec", "always"] = "everysec"
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):

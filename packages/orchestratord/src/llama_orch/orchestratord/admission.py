@@ -174,6 +174,7 @@ class AdmissionMixin:
     tracing: Tracing
     workload: Workload
     policies: Any  # a llama_orch.policy_host.PolicyHost, or None
+    state: Any  # a .stored.StoreBridge with a `state:` section, else None
 
     async def submit(
         self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
@@ -202,7 +203,8 @@ class AdmissionMixin:
             self.workload.check_deadline(pool, req.deadline_ms, job, req.priority)
             in_flight = self.tasks.in_flight(tenant)
             try:
-                self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
+                if self.state is None:  # with a store, quotas are the store's (ORCH-2522)
+                    self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
             except AdmissionRejected as exc:
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 if exc.retry_after_ms is None:
@@ -241,17 +243,25 @@ class AdmissionMixin:
                 api=api,
             )
             try:
-                displaced = pool.queue.push(rec, req.priority, tenant=tenant, deadline=rec.deadline)
+                if self.state is not None:  # ORCH-2522: admitted at the store
+                    rec.queue_position = await self.state.submit(rec)
+                    displaced = []
+                else:
+                    displaced = pool.queue.push(
+                        rec, req.priority, tenant=tenant, deadline=rec.deadline
+                    )
             except AdmissionRejected as exc:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
-                exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
+                if self.state is None or exc.retry_after_ms is None:  # a bucket's own wait
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 self._backpressure(pool)
                 raise
             self._displace(pool, displaced, rec.priority)
-            self.tasks.add(rec)
+            if self.tasks.get(rec.task_id) is None:  # a store dispatcher may have run it already
+                self.tasks.add(rec)
             self.tracing.admitted(rec, submitted_ns)
         except OrchError as exc:
             self.metrics.tasks_rejected.add(
@@ -268,7 +278,8 @@ class AdmissionMixin:
         self.metrics.tasks_enqueued.add(
             1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority, "api": api}
         )
-        rec.queue_position = pool.queue.position(rec)
+        if self.state is None:
+            rec.queue_position = pool.queue.position(rec)
         forecast = self.workload.predicted(pool, rec)  # ORCH-1957
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         pool.wakeup.set()

@@ -26,6 +26,7 @@ from llama_orch.core.api import (
     Limits,
     PoolCapability,
     PoolHealth,
+    StateStoreInfo,
     TaskStatus,
 )
 from llama_orch.core.errors import (
@@ -165,7 +166,12 @@ def build_app(
         headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
         return _json_response(accepted, 202, headers)
 
+    async def hydrate(request: Request) -> None:
+        if orch.state is not None:  # ORCH-2526: a task any instance admitted
+            await orch.state.hydrate(request.path_params["task_id"])
+
     async def task_status(request: Request) -> Response:
+        await hydrate(request)
         rec = own_task(request)
         pool = orch.pools[rec.pool_id]
         return _json_response(
@@ -174,13 +180,16 @@ def build_app(
                 state=rec.state,
                 pool_id=rec.pool_id,
                 replica_id=rec.replica_id,
-                queue_position=pool.queue.position(rec) if rec.state == "queued" else None,
+                queue_position=pool.queue.position(rec)
+                if rec.state == "queued" and orch.state is None  # the store's is not exact yet
+                else None,
                 tokens_out=rec.tokens_out,
                 created_ms=int(rec.created_wall * 1000),
             )
         )
 
     async def stream(request: Request) -> Response:
+        await hydrate(request)
         rec = own_task(request)
         start = 0
         last = request.headers.get("last-event-id")
@@ -199,8 +208,13 @@ def build_app(
                 policy_label="quota",
                 retry_after_ms=1000,
             )
+        frames = (
+            rec.frames(start, limits.stream_chunk_bytes, limits.sse_keepalive_s)
+            if orch.state is None
+            else orch.state.frames(rec.task_id, start)  # the store's log (ORCH-2526)
+        )
         return TaskStream(
-            rec.frames(start, limits.stream_chunk_bytes, limits.sse_keepalive_s),
+            frames,
             task_id=rec.task_id,
             tenant=tenant,
             counter=streams,
@@ -208,7 +222,11 @@ def build_app(
         )
 
     async def cancel(request: Request) -> Response:
-        orch.cancel(own_task(request).task_id)
+        await hydrate(request)
+        rec = own_task(request)
+        if orch.state is not None:
+            await orch.state.cancel(rec.task_id)  # ORCH-2510: on any instance
+        orch.cancel(rec.task_id)
         return Response(status_code=204)
 
     async def get_session(request: Request) -> Response:
@@ -260,6 +278,11 @@ def build_app(
                 self_tests=sorted(
                     orch.self_tests.reports.values(), key=lambda r: (r.pool_id, r.replica_id)
                 ),  # ORCH-7052
+                state_store=None
+                if orch.state is None
+                else StateStoreInfo(  # ORCH-2532
+                    backend=orch.state.options.backend, instance_id=orch.state.instance
+                ),
             )
         )
 

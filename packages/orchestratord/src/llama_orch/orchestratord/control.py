@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from llama_orch.core.errors import (
-    ErrorCode,
     InvalidParams,
     NotFound,
     PoolUnavailable,
@@ -100,13 +99,6 @@ def _decode(body: bytes, typ: type[Any]) -> Any:
         raise InvalidParams(str(exc)) from exc
 
 
-def _end(orch: Orchestrator, pool: Pool, rec: Any, why: str) -> None:
-    pool.queue.remove(rec)
-    rec.fail(ErrorCode.POOL_UNAVAILABLE, why, retriable=True)
-    if rec.runner is not None:
-        rec.runner.cancel()
-
-
 async def drain_tasks(
     orch: Orchestrator,
     pool: Pool,
@@ -132,16 +124,20 @@ async def drain_tasks(
         ]
 
     initial = {t.task_id for t in mine() if t.state == "running"}
-    while (left := mine()) and time.monotonic() < deadline:
-        if replica_ids is None and all(t.state == "queued" for t in left):
-            break  # nothing left to finish: queued tasks never get placed on a draining pool
-        await asyncio.sleep(0.05)
+
+    def settled() -> bool:
+        left = mine()
+        # a whole-pool drain stops waiting when only queued tasks are left: they
+        # are never placed on a draining pool
+        return not left or (replica_ids is None and all(t.state == "queued" for t in left))
+
+    await orch.tasks.wait_for(settled, deadline - time.monotonic())  # ORCH-2413: no polling
     ended = 0
     runners = []
     for rec in mine():
         if rec.runner is not None:
             runners.append(rec.runner)
-        _end(orch, pool, rec, f"pool {pool.id} drain deadline reached")
+        orch.end(rec, orch.error_event(rec, f"pool {pool.id} drain deadline reached"))  # ORCH-2411
         ended += 1
     # Let the cancelled runners close their engine connections before the
     # engines are stopped: llama-server holds off SIGTERM while a stream is

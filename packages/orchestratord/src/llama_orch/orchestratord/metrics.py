@@ -24,6 +24,8 @@ Attrs = dict[str, str]
 Samples = Callable[[], Iterable[tuple[float, Attrs]]]
 # Policy decisions take ~0.1 ms; a trap stops at the hook's budget (ORCH-8542).
 _POLICY_BUCKETS_MS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 25, 100, 1000)
+# One store call: ~0.1 ms in memory, ~0.3-2 ms over loopback to Valkey (ORCH-2531).
+_STORE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 
@@ -55,6 +57,10 @@ class Metrics:
             views=[
                 View(instrument_name="latency_first_token_ms", aggregation=buckets),
                 View(instrument_name="latency_decode_ms", aggregation=buckets),
+                View(
+                    instrument_name="state_store_op_ms",
+                    aggregation=ExplicitBucketHistogramAggregation(boundaries=_STORE_BUCKETS_MS),
+                ),
                 View(
                     instrument_name="policy_decision_ms",
                     aggregation=ExplicitBucketHistogramAggregation(boundaries=_POLICY_BUCKETS_MS),
@@ -114,6 +120,22 @@ class Metrics:
         )
         self.policy_decision_ms = meter.create_histogram(
             "policy_decision_ms", description="Time of one policy decision (milliseconds)."
+        )
+        # -- the shared state store (ORCH-2531, issue #13)
+        self.store_op_ms = meter.create_histogram(
+            "state_store_op_ms", description="Time of one state-store call, by op (milliseconds)."
+        )
+        self.store_writes_refused = meter.create_counter(
+            "state_store_appends_refused_total",
+            description="Event writes the store refused: fenced (taken over) or ended (canceled).",
+        )
+        self.store_leases_lost = meter.create_counter(
+            "state_store_leases_lost_total",
+            description="Leases this instance lost (taken over, ended, or store unreachable).",
+        )
+        self.store_takeovers = meter.create_counter(
+            "state_store_takeovers_total",
+            description="Expired leases this instance reaped, by outcome.",
         )
         self.policy_traps = meter.create_counter(
             "policy_traps_total", description="Failed policy calls by policy and failure code."

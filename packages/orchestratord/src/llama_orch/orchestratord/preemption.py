@@ -110,7 +110,7 @@ class Preemptor:
         assert rec.dispatched is not None
         rec.engine_ms_before += int((time.monotonic() - rec.dispatched) * 1000)
         rec.preemptions += 1
-        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
+        rec.requeue()
         rec.append(MetricsEvent(preempted=True, queue_depth=len(pool.queue)))
         pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
         _log.info("task %s preempted after %d tokens", rec.task_id, rec.tokens_out)

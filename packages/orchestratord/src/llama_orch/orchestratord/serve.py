@@ -72,6 +72,9 @@ async def serve(
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
 
+        if orch.state is not None:  # ORCH-2520: the store first, closed after shutdown
+            await orch.state.start()
+            stack.push_async_callback(orch.state.close)
         orch.start()
         background: list[asyncio.Task[None]] = []
         for pool in orch.pools.values():

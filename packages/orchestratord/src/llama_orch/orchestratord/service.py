@@ -30,7 +30,7 @@ from llama_orch.core.errors import (
     PoolUnready,
     WorkerReset,
 )
-from llama_orch.core.placement import Orphaned, next_dispatch
+from llama_orch.core.placement import Dispatch, Orphaned, next_dispatch
 from llama_orch.core.predict import ShareTracker
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.quota import Quotas
@@ -43,6 +43,7 @@ from .pools import Pool, Replica
 from .preemption import Preemptor
 from .selftest import SelfTests
 from .sessions import Session, SessionTable
+from .stored import StoreBridge
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, log_task_end, model_state_samples
 from .tracing import Tracing
@@ -79,7 +80,7 @@ class Orchestrator(AdmissionMixin):
         self.tasks = TaskStore(
             retention_s=config.admission.event_log_retention_s,
             max_tasks=config.admission.max_retained_tasks,
-            on_finish=self._ended_unrun,
+            on_finish=self.on_task_ended,
         )
         self.sessions = SessionTable(config.sessions)
         self.scraper = EngineScraper(
@@ -113,6 +114,8 @@ class Orchestrator(AdmissionMixin):
         for pool in self.pools.values():
             pool.gate = self.self_tests.gate  # ORCH-7050: checks before Ready
         self.self_tests.on_decode = lambda engine, ms: self.workload.seed(engine, overhead_ms=ms)
+        # ORCH-2520: with a `state:` section the store holds queues and event logs
+        self.state = StoreBridge(self, config.state) if config.state is not None else None
         self.accepting = True
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
@@ -121,6 +124,8 @@ class Orchestrator(AdmissionMixin):
 
     def start(self) -> None:
         for pool in self.pools.values():
+            if self.state is not None:
+                continue  # the store bridge dispatches (ORCH-2523)
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"dispatch-{pool.id}")
             )
@@ -143,18 +148,17 @@ class Orchestrator(AdmissionMixin):
             return
         self._stopped = True
         self.accepting = False
-        deadline = time.monotonic() + grace_s
-        while any(t.state == "running" for t in self.tasks.active()):
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
-        for rec in self.tasks.active():
-            pool = self.pools[rec.pool_id]
-            pool.queue.remove(rec)
-            rec.fail(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down", retriable=True)
-            if rec.runner is not None:
-                rec.runner.cancel()
+        if self.state is not None:
+            self.state.stop_dispatching()  # queued tasks stay in the store (ORCH-2527)
+        # ORCH-2413: woken by every phase change, no polling
+        await self.tasks.wait_for(
+            lambda: not any(t.state == "running" for t in self.tasks.active()), grace_s
+        )
         runners = [t.runner for t in self.tasks.active() if t.runner]
+        for rec in self.tasks.active():
+            if self.state is not None and rec.state == "queued":
+                continue  # still queued in the store: another instance, or the restart, runs it
+            self.end(rec, self.error_event(rec, "orchestratord is shutting down"))
         await self.self_tests.aclose()
         for loop in self._loops:
             loop.cancel()
@@ -186,25 +190,53 @@ class Orchestrator(AdmissionMixin):
     def cancel(self, task_id: str) -> None:
         """End the task now; the caller answers 204 only after this returned (ORCH-2004)."""
         rec = self.get(task_id)
-        if rec.terminal:
-            return
-        pool = self.pools[rec.pool_id]
-        pool.queue.remove(rec)  # a queued task never reaches the engine
         now = time.monotonic()
-        rec.finish(
-            EndEvent(
-                tokens_out=rec.tokens_out,
-                decode_ms=_ms(now - rec.first_token) if rec.first_token else 0,
-                reason="canceled",
-                tokens_in=rec.prompt_tokens,
-                queue_wait_ms=_ms((rec.dispatched or now) - rec.created),
+        canceled = EndEvent(
+            tokens_out=rec.tokens_out,
+            decode_ms=_ms(now - rec.first_token) if rec.first_token else 0,
+            reason="canceled",
+            tokens_in=rec.prompt_tokens,
+            queue_wait_ms=_ms((rec.dispatched or now) - rec.created),
+        )
+        if self.end(rec, canceled):
+            self.metrics.tasks_canceled.add(
+                1, {"engine": rec.engine, "pool_id": rec.pool_id, "priority": rec.priority}
             )
-        )
-        self.metrics.tasks_canceled.add(
-            1, {"engine": rec.engine, "pool_id": rec.pool_id, "priority": rec.priority}
-        )
+
+    # ------------------------------------------------------------------ the one end
+
+    def end(self, rec: TaskRecord, terminal: EndEvent | ErrorEvent) -> bool:
+        """End ``rec`` from outside its runner (ORCH-2411): cancel, drain, watchdog,
+        shutdown and bounded waits all come here. The terminal event is appended
+        first, so nothing can follow it (ORCH-1106, ORCH-2004); then the runner is
+        cancelled, which closes the engine stream and frees the slot in ``_release``.
+        False when the task had already ended."""
+        if rec.terminal:
+            return False
+        self.pools[rec.pool_id].queue.remove(rec)  # a queued task never reaches the engine
+        ended = rec.finish(terminal)
         if rec.runner is not None:
-            rec.runner.cancel()  # closes the engine stream: upstream generation aborts
+            rec.runner.cancel()
+        return ended
+
+    @staticmethod
+    def error_event(
+        rec: TaskRecord,
+        message: str,
+        code: ErrorCode = ErrorCode.POOL_UNAVAILABLE,
+        *,
+        retriable: bool = True,
+        retry_after_ms: int | None = None,
+    ) -> ErrorEvent:
+        """The ``error`` terminal of ``rec``, naming its engine and pool."""
+        return ErrorEvent(
+            code=code,
+            message=message,
+            engine=rec.engine,
+            pool_id=rec.pool_id,
+            retriable=retriable,
+            retry_after_ms=retry_after_ms,
+        )
 
     # ------------------------------------------------------------------ dispatch
 
@@ -212,56 +244,84 @@ class Orchestrator(AdmissionMixin):
         while True:
             await pool.wakeup.wait()
             pool.wakeup.clear()
-            while True:
-                step = next_dispatch(pool.queue, self.workload.views(pool), _pin_of, self._affinity)
-                if step is None:
-                    await self.preemptor.maybe_preempt(pool)
-                    break
-                rec = step.item
-                if isinstance(step, Orphaned):
-                    rec.fail(
-                        ErrorCode.POOL_UNAVAILABLE,
-                        "no Ready replica is left in the task's replica set",
-                        retriable=True,
-                    )
-                    continue
-                if rec.deadline is not None and time.monotonic() > rec.deadline:
-                    # ORCH-1006: expired in the queue, never reaches an engine
-                    rec.fail(
-                        ErrorCode.DEADLINE_UNMET, "deadline passed while queued", retriable=False
-                    )
-                    self._deadlines[pool.id, rec.priority][1] += 1
-                    continue
-                replica = pool.replicas[step.replica_id]
-                if self.policies is not None:  # ORCH-8523: the placement policy's pick
-                    picked = choose_replica(self, pool, rec, step, self._affinity(rec))
-                    if picked is None:  # failed closed (ORCH-8550)
-                        rec.fail(
-                            ErrorCode.POOL_UNAVAILABLE,
-                            "the placement policy failed (on_error: closed)",
-                            retriable=True,
+            try:
+                await self._dispatch_ready(pool)
+            except Exception:
+                # ORCH-2414: a bug in one step must not stop the pool's dispatching
+                # for good; the next wakeup (a submit, a freed slot) tries again.
+                _log.exception("dispatcher of pool %s: a dispatch step failed", pool.id)
+
+    async def _dispatch_ready(self, pool: Pool) -> None:
+        """Dispatch queued tasks of ``pool`` until none can be placed now."""
+        while True:
+            step = next_dispatch(pool.queue, self.workload.views(pool), _pin_of, self._affinity)
+            if step is None:
+                await self.preemptor.maybe_preempt(pool)
+                return
+            rec = step.item
+            try:
+                self._start(pool, step)
+            except Exception as exc:
+                # ORCH-2414: the task was taken off the queue; it gets its terminal
+                # event instead of being lost, and the next tasks go on.
+                _log.exception("dispatcher of pool %s: task %s failed", pool.id, rec.task_id)
+                if rec.runner is None:
+                    rec.finish(
+                        self.error_event(
+                            rec, f"internal error: {exc!r}", ErrorCode.INTERNAL, retriable=False
                         )
-                        continue
-                    replica = picked
-                rec.pinned = rec.set_key is not None
-                rec.set_key = step.set_key
-                self.shares.observe(rec.priority, rec.tenant)
-                replica.busy += 1
-                rec.state, rec.replica_id = "running", replica.state.replica_id
-                rec.engine_version = replica.state.engine_version
-                rec.dispatched = time.monotonic()
-                rec.last_progress = None
-                # this run's measurements for the service-time model (ORCH-1952)
-                rec.run_first_token = rec.last_token = None
-                rec.run_tokens_before, rec.busy_sum, rec.run_chunks = rec.engine_tokens, 0, 0
-                self.workload.started(pool.id, rec.replica_id, rec)
-                self.tracing.dispatched(rec, replica.state.replica_id, rec.engine_version)
-                rec.runner = asyncio.create_task(
-                    self._run(pool, replica, rec), name=f"task-{rec.task_id}"
+                    )
+
+    def _start(self, pool: Pool, step: Dispatch[TaskRecord] | Orphaned[TaskRecord]) -> None:
+        """Start one dispatch step: end an orphaned or expired task, or start its runner."""
+        rec = step.item
+        if isinstance(step, Orphaned):
+            rec.fail(
+                ErrorCode.POOL_UNAVAILABLE,
+                "no Ready replica is left in the task's replica set",
+                retriable=True,
+            )
+            return
+        if rec.deadline is not None and time.monotonic() > rec.deadline:
+            # ORCH-1006: expired in the queue, never reaches an engine
+            rec.fail(ErrorCode.DEADLINE_UNMET, "deadline passed while queued", retriable=False)
+            self._deadlines[pool.id, rec.priority][1] += 1
+            return
+        replica = pool.replicas[step.replica_id]
+        if self.policies is not None:  # ORCH-8523: the placement policy's pick
+            picked = choose_replica(self, pool, rec, step, self._affinity(rec))
+            if picked is None:  # failed closed (ORCH-8550)
+                rec.fail(
+                    ErrorCode.POOL_UNAVAILABLE,
+                    "the placement policy failed (on_error: closed)",
+                    retriable=True,
                 )
-                rec.runner.add_done_callback(
-                    lambda _t, p=pool, r=replica, t=rec: self._release(p, r, t)
-                )
+                return
+            replica = picked
+        rec.pinned = rec.set_key is not None
+        rec.set_key = step.set_key
+        self.launch(pool, replica, rec)
+
+    def launch(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
+        """queued → running on ``replica``: reserve the slot and start the runner."""
+        self.shares.observe(rec.priority, rec.tenant)
+        replica.busy += 1
+        try:
+            rec.dispatch(replica.state.replica_id)
+            rec.engine_version = replica.state.engine_version
+            rec.dispatched = time.monotonic()
+            rec.last_progress = None
+            # this run's measurements for the service-time model (ORCH-1952)
+            rec.run_first_token = rec.last_token = None
+            rec.run_tokens_before, rec.busy_sum, rec.run_chunks = rec.engine_tokens, 0, 0
+            self.workload.started(pool.id, replica.state.replica_id, rec)
+            self.tracing.dispatched(rec, replica.state.replica_id, rec.engine_version)
+        except BaseException:
+            replica.busy -= 1  # no runner will release the slot
+            self.workload.ended(pool.id, replica.state.replica_id, rec)
+            raise
+        rec.runner = asyncio.create_task(self._run(pool, replica, rec), name=f"task-{rec.task_id}")
+        rec.runner.add_done_callback(lambda _t, p=pool, r=replica, t=rec: self._release(p, r, t))
 
     def _requeue(self, pool: Pool, replica: Replica, rec: TaskRecord, exc: OrchError) -> bool:
         """Put a task that never reached its engine back in the queue (ORCH-1117).
@@ -275,25 +335,32 @@ class Orchestrator(AdmissionMixin):
             return False
         rec.attempts += 1
         pool.suspect(replica.state.replica_id, exc.message)
-        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
-        self.tracing.requeued(rec, exc.message)
+        if self.state is not None:  # the bridge gives it back to the store's front
+            rec.requeue()
+            self.tracing.requeued(rec, exc.message)
+            return True
+        set_key = rec.set_key
         if not rec.pinned:
             rec.set_key = None  # free again: any Ready set may take it
         try:
             displaced = pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline)
         except AdmissionRejected:
-            rec.state = "running"
+            rec.set_key = set_key
             return False
+        rec.requeue()
+        self.tracing.requeued(rec, exc.message)
         self._displace(pool, displaced, rec.priority)
         _log.warning(
             "task %s requeued: replica %s unreachable", rec.task_id, replica.state.replica_id
         )
         return True
 
-    def _ended_unrun(self, rec: TaskRecord) -> None:
-        """A task that ended while queued (canceled, displaced, expired, orphaned) gives
-        its session back the tokens reserved at admission (ORCH-1405); tasks that ran
-        settle their session in ``_release``. Every task's end is logged (ORCH-7030)."""
+    def on_task_ended(self, rec: TaskRecord) -> None:
+        """The one "task ended" hook (ORCH-2412), called once per task with its terminal
+        event: every end is logged (ORCH-7030) and traced. A task that ended while
+        queued (canceled, displaced, expired, orphaned) gives its session back the
+        tokens reserved at admission (ORCH-1405); a task that ran settles its session
+        when its runner is released (``_release``)."""
         log_task_end(rec, self.pools[rec.pool_id])
         self.tracing.ended(rec)
         if rec.session_key and rec.dispatched is None:
@@ -401,7 +468,7 @@ class Orchestrator(AdmissionMixin):
             "priority": rec.priority,
         }
         assert rec.dispatched is not None
-        resuming = rec.preemptions > 0
+        resuming = rec.preemptions > 0 or rec.takeover
         if not resuming:
             rec.queue_wait_ms = _ms(rec.dispatched - rec.created)
         queue_wait_ms = rec.queue_wait_ms
@@ -410,6 +477,10 @@ class Orchestrator(AdmissionMixin):
         def start() -> None:
             # ``started`` is appended when the engine answered, so a task whose
             # replica turned out to be gone can go back to the queue unseen.
+            if rec.takeover:  # ORCH-2530: continued here after a takeover
+                rec.takeover = False  # a later preemption resumes as usual
+                rec.append(MetricsEvent(resumed=True, tokens_out=rec.tokens_out))
+                return
             if resuming:  # ORCH-1903: announced once more as a metrics event only
                 rec.append(MetricsEvent(preempted=False, queue_depth=len(pool.queue)))
                 self.metrics.resumptions.add(

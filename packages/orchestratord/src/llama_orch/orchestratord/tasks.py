@@ -7,6 +7,9 @@ event exactly once. The log is bounded by the task's token budget.
 
 Exactly one terminal event per task: :meth:`TaskRecord.finish` is the only
 way to append ``end``/``error``; once it ran, every later append is dropped.
+The phase lives in a core :class:`~llama_orch.core.task.Lifecycle` and moves
+only through :meth:`dispatch`, :meth:`requeue` and :meth:`finish` (ORCH-2410);
+each move wakes :meth:`TaskStore.wait_for` and the end sets ``ended`` (ORCH-2413).
 That is what makes cancel race-free (ORCH-2004): the cancel handler finishes
 the record *before* answering 204, so no token can follow.
 """
@@ -26,6 +29,7 @@ from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.sse import encode_event
+from llama_orch.core.task import Lifecycle, Phase
 
 __all__ = ["TaskRecord", "TaskState", "TaskStore"]
 
@@ -53,7 +57,7 @@ class TaskRecord:
     tenant: str = "default"
     deadline: float | None = None  # monotonic seconds (ORCH-1006, ORCH-1111)
     set_key: ReplicaSetKey | None = None  # pinned replica set (ORCH-1302), else free
-    state: TaskState = "queued"
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
     replica_id: str | None = None
     engine_version: str = ""
     queue_position: int = 0
@@ -76,6 +80,7 @@ class TaskRecord:
     queue_wait_ms: int = 0
     first_token_ms: int | None = None  # dispatch to first token of the first run
     preempt_requested: bool = False
+    takeover: bool = False  # continued after its instance stopped (ORCH-2530)
     preemptions: int = 0
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     # The current run, for the service-time model (ORCH-1952): its first and last
@@ -94,9 +99,14 @@ class TaskRecord:
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     runner: asyncio.Task[None] | None = None
     error_code: ErrorCode | None = None
+    # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called after every phase change; the TaskStore that holds the record sets it.
+    on_change: Callable[[TaskRecord], None] | None = None
+    # With a state store, every appended event is also written there (ORCH-2524).
+    sink: Callable[[str, bytes], None] | None = None
     _frames: list[bytes] = field(default_factory=list)
     _waiters: list[asyncio.Future[object]] = field(default_factory=list)
-    _on_finish: Callable[[TaskRecord], None] | None = None
 
     def __hash__(self) -> int:
         return hash(self.task_id)
@@ -107,8 +117,28 @@ class TaskRecord:
         return (self.tenant, self.session_id) if self.session_id else None
 
     @property
+    def state(self) -> TaskState:
+        return self.lifecycle.phase.value  # type: ignore[return-value]
+
+    @property
     def terminal(self) -> bool:
-        return self.state in ("completed", "failed", "canceled")
+        return self.lifecycle.terminal
+
+    def dispatch(self, replica_id: str) -> None:
+        """queued → running on ``replica_id`` (ORCH-2401)."""
+        self.lifecycle.dispatch()
+        self.replica_id = replica_id
+        self._changed()
+
+    def requeue(self) -> None:
+        """running → queued: it will be dispatched again (ORCH-1117, ORCH-1902)."""
+        self.lifecycle.requeue()
+        self.replica_id, self.dispatched = None, None
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     @property
     def event_count(self) -> int:
@@ -123,19 +153,21 @@ class TaskRecord:
 
     def finish(self, event: EndEvent | ErrorEvent) -> bool:
         """Append the one terminal event. Returns False if the task already ended."""
-        if self.terminal:
+        if isinstance(event, ErrorEvent):
+            outcome = Phase.FAILED
+        elif event.reason == "canceled":
+            outcome = Phase.CANCELED
+        else:
+            outcome = Phase.COMPLETED
+        now = time.monotonic()
+        if not self.lifecycle.end(outcome, now):
             return False
         if isinstance(event, ErrorEvent):
-            self.state = "failed"
             self.error_code = event.code  # for the end log line and trace (ORCH-1967)
-        elif event.reason == "canceled":
-            self.state = "canceled"
-        else:
-            self.state = "completed"
-        self.finished_at = time.monotonic()
+        self.finished_at = now
         self._push(event)
-        if self._on_finish is not None:
-            self._on_finish(self)
+        self.ended.set()
+        self._changed()
         return True
 
     def fail(
@@ -156,7 +188,10 @@ class TaskRecord:
     def _push(self, event: StreamEvent) -> None:
         tag = type(event).__struct_config__.tag
         assert isinstance(tag, str)
-        self._frames.append(encode_event(tag, _encoder.encode(event), len(self._frames)))
+        data = _encoder.encode(event)
+        self._frames.append(encode_event(tag, data, len(self._frames)))
+        if self.sink is not None:
+            self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
             waiters, self._waiters = self._waiters, []
             for w in waiters:
@@ -221,6 +256,7 @@ class TaskStore:
         on_finish: Callable[[TaskRecord], None] | None = None,
     ) -> None:
         self._on_finish = on_finish
+        self._changed = asyncio.Event()  # replaced on every phase change (wait_for)
         self._tasks: dict[str, TaskRecord] = {}
         self._active: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
@@ -242,16 +278,33 @@ class TaskStore:
             return
         self._active[record.task_id] = record
         self._in_flight[record.tenant] += 1
-        record._on_finish = self._finished_one
+        record.on_change = self._phase_changed
 
-    def _finished_one(self, record: TaskRecord) -> None:
-        if self._active.pop(record.task_id, None) is not None:
+    def _phase_changed(self, record: TaskRecord) -> None:
+        if record.terminal and self._active.pop(record.task_id, None) is not None:
             self._in_flight[record.tenant] -= 1
             if self._in_flight[record.tenant] <= 0:
                 del self._in_flight[record.tenant]
-        self._finished.append(record)
-        if self._on_finish is not None:
-            self._on_finish(record)
+            self._finished.append(record)
+            if self._on_finish is not None:
+                self._on_finish(record)  # the one "task ended" hook (ORCH-2412)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after every phase change of any
+        task (ORCH-2413); False when ``timeout`` seconds passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return predicate()
+        return True
 
     def active(self) -> list[TaskRecord]:
         return list(self._active.values())

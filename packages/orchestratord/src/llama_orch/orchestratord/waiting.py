@@ -105,8 +105,8 @@ def _expire(
 ) -> None:
     reason, code, message = why
     cfg = orch.workload.cfg
-    pool.queue.remove(rec)
-    if rec.fail(code, message, retriable=True, retry_after_ms=cfg.expired_retry_after_ms):
+    terminal = orch.error_event(rec, message, code, retry_after_ms=cfg.expired_retry_after_ms)
+    if orch.end(rec, terminal):  # ORCH-2411
         orch.metrics.tasks_expired.add(
             1, {"engine": pool.engine, "pool_id": pool.id, "reason": reason}
         )

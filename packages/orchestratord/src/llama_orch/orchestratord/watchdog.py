@@ -46,6 +46,5 @@ async def watchdog_loop(orch: Orchestrator, cfg: WatchdogConfig) -> None:
             reason = stuck_reason(now, rec.dispatched, rec.last_progress, cfg)
             if reason is None:
                 continue
-            rec.fail(ErrorCode.DECODE_TIMEOUT, reason, retriable=True)
-            if rec.runner is not None:
-                rec.runner.cancel()  # closes the engine stream; _release frees the slot
+            # ORCH-2411: the one end path; the cancelled runner's release frees the slot
+            orch.end(rec, orch.error_event(rec, reason, ErrorCode.DECODE_TIMEOUT))

@@ -19,7 +19,9 @@ When none is found or it does not start, :class:`ServerUnavailable` says why.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -126,6 +128,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").is_dir() and b"Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1][:3]
+    except (OSError, IndexError):
+        return b""
+
+
 def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -154,14 +173,36 @@ class EmbeddedServer:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="llorch-valkey-"))
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.adopted_pid: int | None = None  # a server a killed predecessor left running
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / "server.json"
+
+    def _adopt(self) -> bool:
+        """ORCH-2529: the server an orchestratord killed with SIGKILL left running on
+        this data directory is taken over (never a second server on the same AOF)."""
+        try:
+            info = json.loads(self.pidfile.read_text())
+            pid, port = int(info["pid"]), int(info["port"])
+            # the server chdirs to --dir (and rewrites its cmdline): its cwd says it is ours
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if cwd != self.data_dir.resolve() or not _ping(port):
+            return False  # a reused PID, or a server that no longer answers
+        self.adopted_pid, self.port = pid, port
+        return True
+
     def start(self, timeout_s: float = 30.0) -> str:
-        binary, env = self._binary or find_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._adopt():
+            return self.url
+        binary, env = self._binary or find_server_binary()
         self.port = self.port or _free_port()
         log = self.data_dir / "server.log"
         args = [
@@ -203,12 +244,24 @@ class EmbeddedServer:
                 self.proc = None
                 raise ServerUnavailable(f"{binary} exited at start: {err or tail}")
             if _ping(self.port):
+                self.pidfile.write_text(json.dumps({"pid": self.proc.pid, "port": self.port}))
                 return self.url
             time.sleep(0.05)  # a child process has no event to await: poll its port
         self.stop()
         raise ServerUnavailable(f"{binary} did not answer PING within {timeout_s:g}s")
 
     def stop(self, grace_s: float = 10.0) -> None:
+        adopted, self.adopted_pid = self.adopted_pid, None
+        if adopted is not None:  # not our child: signal its group, wait for it to go
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(adopted, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while _alive(adopted) and time.monotonic() < deadline:
+                time.sleep(0.05)  # no child to wait(): poll its PID, bounded
+            if _alive(adopted):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(adopted, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -1,0 +1,445 @@
+"""orchestratord on a shared state store (ORCH-2520..2529, issue #13).
+
+With a ``state:`` section the store, not this process, holds the queues, quotas,
+slot reservations and event logs: admission is ``submit``, dispatch is
+``dispatch`` (woken by the pool's doorbell or a local replica change), every
+event a task's record appends is written through to the store under the
+task's fencing epoch (coalesced: tokens that arrive while a write is in flight
+go in the next one), and SSE streams and ``Last-Event-ID`` resumes read the
+store's log, so they answer the same on any instance and after a restart.
+A :class:`~llama_orch.core.state_lease.LeaseKeeper` renews the leases of the
+tasks this instance runs and reaps expired ones of any instance.
+
+Without a ``state:`` section none of this runs (today's in-process path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import msgspec
+from llama_orch.core.adapter_api import GenerateRequest
+from llama_orch.core.api import ErrorEvent
+from llama_orch.core.config import Config, StateOptions
+from llama_orch.core.errors import ErrorCode
+from llama_orch.core.sse import encode_event
+from llama_orch.core.state_lease import LeaseKeeper
+from llama_orch.core.state_store import (
+    Dispatched,
+    Event,
+    Fenced,
+    Orphaned,
+    PoolPolicy,
+    Reaped,
+    SlotView,
+    StateStore,
+    StoreConfig,
+    StoreUnavailable,
+    TaskEnded,
+    TaskSpec,
+    continuation,
+    load_state_store_class,
+)
+
+from .pools import Pool, Replica
+from .tasks import TaskRecord
+
+if TYPE_CHECKING:
+    from .service import Orchestrator
+
+__all__ = ["StoreBridge", "store_config"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+_BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
+
+
+class StoredTask(msgspec.Struct, frozen=True, kw_only=True):
+    """What the store keeps of a task beyond its TaskSpec, to run it anywhere."""
+
+    request: GenerateRequest
+    engine: str
+    prompt_tokens: int
+    prompt_counted: bool
+    expected_tokens: int | None = None
+    cost_per_token: float = 0.0
+    created_wall: float = 0.0
+    session_id: str | None = None
+    correlation_id: str | None = None
+
+
+_stored_decoder = msgspec.json.Decoder(StoredTask)
+
+
+def store_config(config: Config) -> StoreConfig:
+    """The admission rules this instance pushes to the store (ORCH-2521)."""
+    sched, adm = config.scheduling, config.admission
+    return StoreConfig(
+        pools={
+            p.id: PoolPolicy(
+                capacity=adm.queue_capacity,
+                full_policy=adm.full_policy,
+                priority_weights=dict(sched.priority_weights),
+            )
+            for p in config.pools
+        },
+        tenants=dict(sched.tenants),
+        default_tenant=sched.default_tenant,
+        priorities=dict(sched.priority_limits),
+        event_log_retention_ms=int(adm.event_log_retention_s * 1000),
+        session_ttl_ms=config.sessions.ttl_ms,
+    )
+
+
+def spec_of(rec: TaskRecord) -> TaskSpec:
+    stored = StoredTask(
+        request=rec.request,
+        engine=rec.engine,
+        prompt_tokens=rec.prompt_tokens,
+        prompt_counted=rec.prompt_counted,
+        expected_tokens=rec.expected_tokens,
+        cost_per_token=rec.cost_per_token,
+        created_wall=rec.created_wall,
+        session_id=rec.session_id,
+        correlation_id=rec.correlation_id,
+    )
+    return TaskSpec(
+        task_id=rec.task_id,
+        pool=rec.pool_id,
+        priority=rec.priority,  # type: ignore[arg-type]
+        tenant=rec.tenant,
+        deadline_ms=None if rec.deadline is None else _epoch_ms(rec.deadline),
+        session=f"{rec.tenant}/{rec.session_id}" if rec.session_id else None,
+        request=msgspec.json.encode(stored),
+    )
+
+
+def record_of(spec: TaskSpec) -> TaskRecord:
+    """A local record of a task admitted by any instance (after a restart, or elsewhere)."""
+    stored = _stored_decoder.decode(spec.request)
+    deadline = None
+    if spec.deadline_ms is not None:
+        deadline = time.monotonic() + (spec.deadline_ms - time.time() * 1000) / 1000
+    return TaskRecord(
+        task_id=spec.task_id,
+        pool_id=spec.pool,
+        engine=stored.engine,
+        priority=spec.priority,
+        request=stored.request,
+        prompt_tokens=stored.prompt_tokens,
+        prompt_counted=stored.prompt_counted,
+        session_id=stored.session_id,
+        tenant=spec.tenant,
+        deadline=deadline,
+        expected_tokens=stored.expected_tokens,
+        cost_per_token=stored.cost_per_token,
+        created_wall=stored.created_wall or time.time(),
+        correlation_id=stored.correlation_id,
+    )
+
+
+def _epoch_ms(monotonic_deadline: float) -> int:
+    return int((time.time() + monotonic_deadline - time.monotonic()) * 1000)
+
+
+def _set_key(pool: Pool, replica_id: str) -> str:
+    k = pool.replicas[replica_id].state.set_key()
+    return f"{k.engine}|{k.model_digest}|{k.ctx}|{k.engine_version}"
+
+
+class _Writer:
+    """Writes one running task's events to the store under its epoch, coalescing
+    the events that arrive while a write is in flight (ORCH-2524)."""
+
+    def __init__(self, bridge: StoreBridge, rec: TaskRecord, epoch: int) -> None:
+        self.bridge, self.rec, self.epoch = bridge, rec, epoch
+        self.pending: list[Event] = []
+        self.flushing: asyncio.Task[None] | None = None
+        self.dead = False  # fenced, ended at the store, or lease lost: write no more
+
+    def put(self, kind: str, data: bytes) -> None:
+        if self.dead:
+            return
+        self.pending.append(Event(kind, data))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush(), name=f"append-{self.rec.task_id}")
+            self.bridge.track(self.flushing)
+
+    async def _flush(self) -> None:
+        store, tid = self.bridge.store, self.rec.task_id
+        started = time.monotonic()
+        while self.pending and not self.dead:
+            batch, self.pending = self.pending, []
+            try:
+                with self.bridge.timed("append"):
+                    await store.append(tid, self.epoch, batch)
+            except (Fenced, TaskEnded, KeyError) as exc:
+                # another instance owns it now, or it was canceled anywhere (ORCH-2525)
+                reason = "fenced" if isinstance(exc, Fenced) else "ended"
+                self.bridge.orch.metrics.store_writes_refused.add(
+                    1, {"pool_id": self.rec.pool_id, "reason": reason}
+                )
+                _log.info("task %s: the store refused an append (%s)", tid, type(exc).__name__)
+                self.bridge.lose(tid)
+                return
+            except StoreUnavailable:
+                if (time.monotonic() - started) * 1000 > self.bridge.options.lease_ms:
+                    _log.warning("task %s: store unreachable for a lease; stopping it", tid)
+                    self.bridge.lose(tid)
+                    return
+                self.pending = batch + self.pending
+                await asyncio.sleep(0.1)  # a retry back-off, not a poll of state
+
+
+class StoreBridge:
+    def __init__(self, orch: Orchestrator, options: StateOptions) -> None:
+        self.orch = orch
+        self.options = options
+        self.store: StateStore = load_state_store_class(options.backend).from_options(options)
+        self.instance = uuid.uuid4().hex[:12]
+        self.leases = LeaseKeeper(
+            self.store, self.instance, options.lease_ms, on_lost=self._lease_lost
+        )
+        self._writers: dict[str, _Writer] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        # writes and requeues in flight: close() lets them finish (a terminal event
+        # appended by shutdown must reach the store after its runner is gone)
+        self._chores: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+
+    @contextlib.contextmanager
+    def timed(self, op: str) -> Iterator[None]:
+        """Record one store call's duration (ORCH-2531)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.orch.metrics.store_op_ms.record((time.perf_counter() - t0) * 1000, {"op": op})
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.store.configure(store_config(self.orch.config))
+        for pool in self.orch.pools.values():
+            self._loops.append(
+                asyncio.create_task(self._dispatch_loop(pool), name=f"store-dispatch-{pool.id}")
+            )
+        self._loops.append(asyncio.create_task(self.leases.run(self._stop), name="lease-renew"))
+        self._loops.append(asyncio.create_task(self._reap_loop(), name="lease-reap"))
+        _log.info("state store %s started (instance %s)", self.options.backend, self.instance)
+
+    def stop_dispatching(self) -> None:
+        """Shutdown: take no more work; queued tasks stay in the store (ORCH-2527)."""
+        self._stop.set()
+        for loop in self._loops:
+            if loop.get_name().startswith("store-dispatch-"):
+                loop.cancel()
+
+    async def close(self) -> None:
+        self.stop_dispatching()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._chores:  # e.g. the terminal events of the tasks shutdown ended
+            await asyncio.wait(set(self._chores), timeout=5.0)
+        await self.store.close()
+
+    # ---------------------------------------------------------------- admission
+
+    async def submit(self, rec: TaskRecord) -> int:
+        """Admit at the store (quotas, capacity, full policy: ORCH-2522); the queue
+        position. Tasks the full policy displaced already have their terminal there."""
+        with self.timed("submit"):
+            admitted = await self.store.submit(spec_of(rec))
+        for tid, code in admitted.displaced:
+            victim = self.orch.tasks.get(tid)
+            if victim is not None and not victim.terminal:
+                victim.finish(self.orch.error_event(victim, "displaced", code))
+        return admitted.queue_position
+
+    async def hydrate(self, task_id: str) -> None:
+        """Know a task another instance (or this one before a restart) admitted."""
+        if self.orch.tasks.get(task_id) is not None:
+            return
+        view = await self.store.task(task_id)
+        if view is not None and self.orch.tasks.get(task_id) is None:
+            self.orch.tasks.add(record_of(view.task))
+
+    async def cancel(self, task_id: str) -> None:
+        """Cancel at the store first: the terminal is in the log in the same step,
+        whichever instance runs the task (ORCH-2510); then end the local run."""
+        with contextlib.suppress(KeyError), self.timed("cancel"):
+            await self.store.cancel(task_id)
+
+    async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
+        """SSE frames from the store's log, from event ``start`` on (ORCH-2526)."""
+        async for ev in self.store.tail(task_id, start - 1):
+            yield encode_event(ev.kind, ev.data, ev.seq)
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _slots(self, pool: Pool) -> list[SlotView]:
+        return [
+            SlotView(
+                replica_id=rid,
+                set_key=_set_key(pool, rid),
+                ready=r.state.ready,  # a suspect replica reports `starting` (ORCH-1117)
+                slots=r.state.slots,
+            )
+            for rid, r in pool.replicas.items()
+        ]
+
+    async def _dispatch_loop(self, pool: Pool) -> None:
+        synced: list[SlotView] | None = None
+        while True:
+            try:
+                slots = self._slots(pool)
+                if slots != synced:
+                    await self.store.set_replicas(pool.id, slots)
+                    synced = slots
+                cursor = await self.store.bell(pool.id)
+                with self.timed("dispatch"):
+                    step = await self.store.dispatch(pool.id, self.instance, self.options.lease_ms)
+                if isinstance(step, Dispatched):
+                    self._run(pool, step)
+                    continue
+                if isinstance(step, Orphaned):
+                    self._orphaned(step.task_id)
+                    continue
+                pool.wakeup.clear()
+                bell = asyncio.ensure_future(self.store.wait_bell(pool.id, cursor, _BELL_WAIT_S))
+                local = asyncio.ensure_future(pool.wakeup.wait())
+                try:
+                    await asyncio.wait({bell, local}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (bell, local):
+                        t.cancel()
+                    await asyncio.gather(bell, local, return_exceptions=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # ORCH-2414: log and go on; a store outage retries after a pause
+                _log.exception("store dispatcher of pool %s: a step failed", pool.id)
+                await asyncio.sleep(1.0)
+
+    def _orphaned(self, task_id: str) -> None:
+        rec = self.orch.tasks.get(task_id)
+        if rec is not None and not rec.terminal:
+            rec.finish(
+                self.orch.error_event(rec, "no Ready replica is left in the task's replica set")
+            )
+
+    def _run(self, pool: Pool, d: Dispatched) -> None:
+        rec = self.orch.tasks.get(d.task.task_id)
+        if rec is None:
+            rec = record_of(d.task)
+            self.orch.tasks.add(rec)
+        replica = pool.replicas.get(d.replica_id)
+        if rec.terminal or replica is None:
+            _log.warning("task %s dispatched to unknown replica %s", rec.task_id, d.replica_id)
+            self._requeue(rec.task_id, d.epoch)
+            return
+        self._go(pool, replica, rec, d.epoch)
+
+    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int) -> None:
+        self.leases.hold(rec.task_id, epoch)
+        writer = _Writer(self, rec, epoch)
+        self._writers[rec.task_id] = writer
+        rec.sink = writer.put
+        self.orch.launch(pool, replica, rec)
+        assert rec.runner is not None
+        rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
+
+    def _released(self, rec: TaskRecord, epoch: int) -> None:
+        self.leases.release(rec.task_id)
+        writer = self._writers.pop(rec.task_id, None)
+        rec.sink = None
+        if rec.state == "queued" and writer is not None and not writer.dead:
+            # unreachable replica before any event (ORCH-1117): back to the store's front
+            self._requeue(rec.task_id, epoch)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _requeue(self, task_id: str, epoch: int) -> None:
+        self.track(asyncio.get_running_loop().create_task(self.store.requeue(task_id, epoch)))
+
+    def _lease_lost(self, task_id: str) -> None:
+        rec = self.orch.tasks.get(task_id)
+        pool_id = rec.pool_id if rec is not None else "unknown"
+        self.orch.metrics.store_leases_lost.add(1, {"pool_id": pool_id})
+        self.lose(task_id)
+
+    def lose(self, task_id: str) -> None:
+        """This instance may no longer write for ``task_id``: stop its run (ORCH-2525)."""
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            writer.dead = True
+        rec = self.orch.tasks.get(task_id)
+        if rec is not None and not rec.terminal:
+            self.orch.end(rec, self.orch.error_event(rec, "this instance lost the task"))
+
+    # ---------------------------------------------------------------- takeover
+
+    async def _reap_loop(self) -> None:
+        period = self.options.lease_ms / 2000
+        started = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), period)  # the reaper's period
+            if self._stop.is_set():
+                return
+            if time.monotonic() - started < 30 and not all(
+                p.ready_replicas() for p in self.orch.pools.values()
+            ):
+                continue  # just started: leave expired leases to an instance that can run them
+            try:
+                for reaped in await self.leases.reap_once():
+                    outcome = "requeued"
+                    if reaped.outcome == "claimed":
+                        outcome = await self._claimed(reaped)
+                    self.orch.metrics.store_takeovers.add(
+                        1, {"pool_id": reaped.task.pool, "outcome": outcome}
+                    )
+            except Exception:
+                _log.exception("lease reaper failed")
+
+    async def _claimed(self, r: Reaped) -> str:
+        """A task whose instance died mid-stream. On the same replica, if this
+        instance has it Ready, it continues (ORCH-2530): the original prompt plus the
+        text streamed so far, the same seed, the remaining ``max_tokens``, token
+        indices going on, announced by one ``metrics {resumed: true}``. Otherwise it
+        ends with exactly one typed error under the claim's epoch (ORCH-2528)."""
+        pool = self.orch.pools.get(r.task.pool)
+        replica = pool.replicas.get(r.replica_id or "") if pool is not None else None
+        if pool is not None and replica is not None and replica.state.ready:
+            sofar = continuation(await self.store.read(r.task_id))
+            rec = self.orch.tasks.get(r.task_id)
+            if rec is None or rec.state != "queued":
+                rec = record_of(r.task)
+                self.orch.tasks.add(rec)
+            rec.takeover = sofar.started
+            rec.tokens_out = rec.engine_tokens = sofar.next_index
+            rec.text_out = [sofar.text]
+            if rec.request.max_tokens > sofar.next_index:
+                _log.warning("task %s taken over: continuing it here", r.task_id)
+                self._go(pool, replica, rec, r.epoch)
+                return "continued"
+        ev = ErrorEvent(
+            code=ErrorCode.WORKER_RESET,
+            message="the orchestratord instance that ran this task stopped",
+            pool_id=r.task.pool,
+            retriable=True,
+        )
+        with contextlib.suppress(Fenced, TaskEnded, KeyError):
+            await self.store.append(r.task_id, r.epoch, [Event("error", msgspec.json.encode(ev))])
+        self.leases.release(r.task_id)
+        _log.warning("task %s taken over after its instance stopped: ended typed", r.task_id)
+        return "ended"

@@ -1,0 +1,113 @@
+"""orchestratord on the state store seam, `memory` backend (ORCH-2520..2527)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from llama_orch.core.config import Config
+from llama_orch.core.state_memory import MemoryStateStore
+from llama_orch.core.state_store import StoreUnavailable
+from llama_orch.orchestratord import stored
+
+
+def _with_state(config: Config, **state: Any) -> Config:
+    doc = msgspec.to_builtins(config)
+    doc["state"] = {"backend": "memory", **state}
+    return msgspec.convert(doc, Config)
+
+
+async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config: Any) -> None:
+    """Admission, dispatch, the event log, SSE resume and cancel go through the store;
+    the store's log is what clients read (ORCH-2522..2526), and an unreachable store
+    answers 503 with Retry-After (ORCH-2516)."""
+    run = await start_orchestrator(
+        _with_state(mock_config(adapter_options={"token_delay_ms": 2}), lease_ms=500)
+    )
+    bridge = run.orch.state
+    assert bridge is not None and isinstance(bridge.store, MemoryStateStore)
+    async with run.http.get(run.url + "/v1/capabilities") as r:  # ORCH-2532
+        assert (await r.json())["state_store"] == {
+            "backend": "memory",
+            "instance_id": bridge.instance,
+        }
+    resp = await run.submit(max_tokens=5)
+    assert resp.status == 202
+    tid = (await resp.json())["task_id"]
+    events = await run.events(tid)
+    kinds = [e for _, e, _ in events]
+    assert kinds[0] == "started" and kinds[-1] == "end" and kinds.count("token") == 5
+    assert [i for i, _, _ in events] == list(range(len(events)))
+    logged = await bridge.store.read(tid)  # the same events, numbered the same, in the store
+    assert [(ev.seq, ev.kind) for ev in logged] == [(i, e) for i, e, _ in events]
+    assert [d["i"] for _, e, d in events if e == "token"] == [0, 1, 2, 3, 4]
+    resumed = await run.events(tid, last_event_id=2)  # Last-Event-ID from the store's log
+    assert resumed == events[3:]
+    assert not any((await bridge.store.busy("mock")).values())  # the slot is free again
+
+    # cancel: the store holds exactly one terminal, and it is the cancel
+    long = (await (await run.submit(max_tokens=1500)).json())["task_id"]
+    await run.orch.tasks.wait_for(lambda: run.orch.get(long).state == "running", 30)
+    async with run.http.post(f"{run.url}/v1/tasks/{long}/cancel") as resp:
+        assert resp.status == 204
+    tail = await run.events(long)
+    assert [e for _, e, _ in tail].count("end") == 1 and tail[-1][2]["reason"] == "canceled"
+    assert sum(ev.kind in ("end", "error") for ev in await bridge.store.read(long)) == 1
+
+    # ORCH-2531: store latency per op, and the runner's write the cancel refused
+    text = await run.metrics_text()
+    for op in ("submit", "dispatch", "append", "cancel"):
+        assert f'state_store_op_ms_count{{op="{op}"}}' in text, op
+    assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in text
+
+    # the store cannot be reached: admission fails closed with 503 + Retry-After
+    async def unreachable(_spec: Any) -> Any:
+        raise StoreUnavailable("store down", retry_after_ms=2000)
+
+    bridge.store.submit = unreachable  # type: ignore[method-assign]
+    resp = await run.submit(max_tokens=5)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "2"
+
+
+async def test_two_instances_share_one_store(
+    start_orchestrator: Any, mock_config: Any, monkeypatch: Any
+) -> None:
+    """Two orchestratord instances on one store (ORCH-2526, ORCH-2527, ORCH-2525): a
+    task admitted on one streams with the same event ids from the other, a cancel on
+    the instance that does not run it ends it at the store at once, and the owner
+    stops its run at its next write, which the store refuses."""
+    shared = MemoryStateStore()
+
+    class Shared(MemoryStateStore):
+        @classmethod
+        def from_options(cls, options: Any) -> MemoryStateStore:
+            return shared
+
+    monkeypatch.setattr(stored, "load_state_store_class", lambda _name: Shared)
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 2}))
+    a, b = await start_orchestrator(cfg), await start_orchestrator(cfg)
+    resp = await a.submit(max_tokens=1500)
+    assert resp.status == 202
+    tid = (await resp.json())["task_id"]
+    async with contextlib.aclosing(shared.tail(tid)) as log:
+        await anext(log)  # the first event: a dispatcher of either instance ran it
+    view = await shared.task(tid)
+    assert view is not None and view.owner is not None
+    owner = a if view.owner == a.orch.state.instance else b
+    other = b if owner is a else a
+    head = await other.events(tid, limit=4)  # read on the instance that does not run it
+    assert [i for i, _, _ in head] == [0, 1, 2, 3] and head[0][1] == "started"
+    async with other.http.post(f"{other.url}/v1/tasks/{tid}/cancel") as r:
+        assert r.status == 204
+    logged = await shared.read(tid)
+    assert logged[-1].kind == "end" and sum(ev.kind in ("end", "error") for ev in logged) == 1
+    rec = owner.orch.get(tid)
+    await asyncio.wait_for(rec.ended.wait(), 30)  # the owner's run stopped
+    assert len(await shared.read(tid)) == len(logged)  # nothing after the cancel's end
+    events = await owner.events(tid)
+    assert [i for i, _, _ in events] == list(range(len(events))) and events[-1][1] == "end"
+    assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in (
+        await owner.metrics_text()
+    )
