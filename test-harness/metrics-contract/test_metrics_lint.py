@@ -31,6 +31,8 @@ _CONTRACT_NAMES = {
     "policy_calls_total", "policy_decision_ms", "policy_traps_total",
     # ORCH-1966: queued tasks ended by a bounded wait, by reason (issue #19)
     "tasks_expired_total",
+    # ORCH-2320, ORCH-2322, ORCH-2336: placement and migration (issue #17)
+    "placement_decisions_total", "migrations_total", "prefix_hit_ratio",
 }  # fmt: skip
 
 

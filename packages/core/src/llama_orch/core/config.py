@@ -13,6 +13,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
+from .placement_policy import PlacementConfig
 from .policy_config import PoliciesConfig, check_policies
 
 __all__ = [
@@ -214,6 +215,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ram_headroom_factor: Annotated[float, Meta(ge=0)] = 1.2
     # A failed provisioning is retried with the restart backoff (ORCH-3027).
     provision_retries: Annotated[int, Meta(ge=0)] = 3
+    # Placement policy inside a replica set (ORCH-2310) and how often one task may
+    # move to another replica when its replica dies mid-stream (ORCH-2330; 0: never).
+    placement: PlacementConfig = msgspec.field(default_factory=PlacementConfig)
+    migration_limit: Annotated[int, Meta(ge=0)] = 1
 
 
 class PoolManagerdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

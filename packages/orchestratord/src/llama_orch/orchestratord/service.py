@@ -38,6 +38,8 @@ from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .admission import AdmissionMixin
 from .metrics import Metrics
+from .migration import Migrator
+from .placer import Placer
 from .policies import choose_replica, make_policy_host
 from .pools import Pool, Replica
 from .preemption import Preemptor
@@ -99,7 +101,10 @@ class Orchestrator(AdmissionMixin):
             model_states=lambda: model_state_samples(self.pools.values()),
             gpu_utilization=lambda: self.gpu.read(self.pools.values())[0],
             vram_used=lambda: self.gpu.read(self.pools.values())[1],
+            prefix_hits=self.scraper.prefix_hits,  # ORCH-2322
         )
+        self.placer = Placer(self.pools, self.metrics)  # ORCH-2310 (issue #17)
+        self.migrator = Migrator(self.metrics)  # ORCH-2330 (issue #17)
         self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
         self.policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         self.preemptor = Preemptor(
@@ -213,7 +218,14 @@ class Orchestrator(AdmissionMixin):
             await pool.wakeup.wait()
             pool.wakeup.clear()
             while True:
-                step = next_dispatch(pool.queue, self.workload.views(pool), _pin_of, self._affinity)
+                step = next_dispatch(
+                    pool.queue,
+                    self.workload.views(pool),
+                    _pin_of,
+                    self._affinity,
+                    # ORCH-2310: the pool's placement policy picks inside the set
+                    lambda t, p=pool: self.placer.chooser(p, t, self._affinity(t)),
+                )
                 if step is None:
                     await self.preemptor.maybe_preempt(pool)
                     break
@@ -243,6 +255,7 @@ class Orchestrator(AdmissionMixin):
                         )
                         continue
                     replica = picked
+                self.placer.dispatched(pool, replica, rec)  # ORCH-2302, ORCH-2320
                 rec.pinned = rec.set_key is not None
                 rec.set_key = step.set_key
                 self.shares.observe(rec.priority, rec.tenant)
@@ -297,7 +310,7 @@ class Orchestrator(AdmissionMixin):
         log_task_end(rec, self.pools[rec.pool_id])
         self.tracing.ended(rec)
         if rec.session_key and rec.dispatched is None:
-            ran = rec.preemptions > 0  # a preempted task ran before it was requeued
+            ran = rec.preemptions > 0 or rec.migrations > 0  # it ran before it was requeued
             self.sessions.record(
                 rec.session_key,
                 None,
@@ -401,7 +414,7 @@ class Orchestrator(AdmissionMixin):
             "priority": rec.priority,
         }
         assert rec.dispatched is not None
-        resuming = rec.preemptions > 0
+        resuming = rec.preemptions > 0 or rec.migrations > 0  # ORCH-1903, ORCH-2330
         if not resuming:
             rec.queue_wait_ms = _ms(rec.dispatched - rec.created)
         queue_wait_ms = rec.queue_wait_ms
@@ -410,6 +423,8 @@ class Orchestrator(AdmissionMixin):
         def start() -> None:
             # ``started`` is appended when the engine answered, so a task whose
             # replica turned out to be gone can go back to the queue unseen.
+            if resuming and rec.migrations:  # ORCH-2331: the move was announced already
+                return
             if resuming:  # ORCH-1903: announced once more as a metrics event only
                 rec.append(MetricsEvent(preempted=False, queue_depth=len(pool.queue)))
                 self.metrics.resumptions.add(
@@ -496,6 +511,8 @@ class Orchestrator(AdmissionMixin):
                 else:
                     self.preemptor.requeue(pool, rec)
         except OrchError as exc:
+            if answered and self.migrator.migrate(pool, replica, rec, exc):  # ORCH-2330
+                return
             requeued = (
                 isinstance(exc, (WorkerReset, PoolUnready))
                 and not answered

@@ -77,6 +77,7 @@ class TaskRecord:
     first_token_ms: int | None = None  # dispatch to first token of the first run
     preempt_requested: bool = False
     preemptions: int = 0
+    migrations: int = 0  # moves to another replica after a mid-stream reset (ORCH-2330)
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     # The current run, for the service-time model (ORCH-1952): its first and last
     # token, engine tokens before it, busy slots summed over its token chunks.
