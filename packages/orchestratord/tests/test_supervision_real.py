@@ -353,9 +353,7 @@ async def _eight_tasks_kill_one_replica(run: Any) -> tuple[list[str], list[str]]
     victim_id = run.orch.get(tids[0]).replica_id
     on_victim = [t for t in tids if run.orch.get(t).replica_id == victim_id]
     assert len(on_victim) == 4, [run.orch.get(t).replica_id for t in tids]
-    await _until(
-        lambda: all(run.orch.get(t).tokens_out >= 2 for t in on_victim), 120, "4 streams"
-    )
+    await _until(lambda: all(run.orch.get(t).tokens_out >= 2 for t in on_victim), 120, "4 streams")
     assert not any(run.orch.get(t).terminal for t in on_victim)
     pid = pool.states[victim_id].pid
     assert pid is not None
@@ -371,7 +369,9 @@ async def test_kill_9_migrates_four_streams_and_limit_0_ends_them_worker_reset(
     """ORCH-2330..2336: with migration on, every stream of the killed replica ends
     with ``end``, indices contiguous with no repeat, one ``migrated`` event each;
     with ``migration_limit: 0`` they end ``WORKER_RESET``."""
-    run = await start_orchestrator(_config("pypi:smollm2-135m-instruct-q4_1", replicas=2, slots=4, ctx=256))
+    run = await start_orchestrator(
+        _config("pypi:smollm2-135m-instruct-q4_1", replicas=2, slots=4, ctx=256)
+    )
     pool = run.orch.pools["p"]
     await _until(lambda: len(pool.ready_replicas()) == 2, 180, "two Ready replicas")
 
