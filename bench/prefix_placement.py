@@ -28,7 +28,6 @@ import json
 import random
 import re
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -214,7 +213,7 @@ async def drive(
                     args.max_tokens,
                     i * args.stagger_s,
                     out,
-                )  # fmt: skip
+                )
                 for i in range(8)
             )
         )
@@ -281,8 +280,9 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "(goal >= 2x)",
         f"- TTFT p50 prefix-aware vs least-loaded: **"
         f"{(1 - pa['ttft_p50_ms'] / ll['ttft_p50_ms']) * 100:.0f} % lower** (goal >= 20 %)",
-        f"- output tokens/s prefix-aware / round-robin: {pa['tokens_per_s'] / rr['tokens_per_s']:.2f}, "
-        f"/ least-loaded: {pa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
+        "- output tokens/s prefix-aware / round-robin: "
+        f"{pa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
+        f"{pa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
         "",
         "TTFT is submit (POST /v1/tasks) to the first `token` event at the client, queue "
         "wait included. The engine hit ratio is the engines' own count of prompt tokens "
