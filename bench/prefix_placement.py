@@ -11,8 +11,9 @@ and the engines' own prefix-cache hit ratio over that policy's requests (from
 Fairness between the policies: orchestratord is restarted for each policy (an
 empty prefix index), and each policy's system prompt starts with its own
 nonce, so no policy finds another's prompts in the engines' caches. Tenants
-arrive staggered (``--stagger-s``) and each sends its next turn when the
-previous answer ended; answers are greedy (temperature 0).
+start one after the other (tenant *i* when tenant *i*-1 got its first token,
+so the shared prompt is in an engine's cache), then converse concurrently,
+each sending its next turn when the previous answer ended; answers are greedy.
 
     uv run --frozen python bench/prefix_placement.py           # ~4-6 min on 2 cores
     uv run --frozen python bench/prefix_placement.py --turns 3 # shorter
@@ -89,10 +90,12 @@ async def conversation(
     system: str,
     turns: int,
     max_tokens: int,
-    delay_s: float,
+    after: asyncio.Event | None,
+    started: asyncio.Event,
     out: list[dict[str, Any]],
 ) -> None:
-    await asyncio.sleep(delay_s)
+    if after is not None:  # the previous tenant's first prompt is in an engine's cache
+        await after.wait()
     topic = TOPICS[tenant % len(TOPICS)]
     session = f"00000000-0000-4000-8000-{tenant:012d}"
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
@@ -125,11 +128,13 @@ async def conversation(
                     elif m.event == "token":
                         if "ttft_ms" not in rec:
                             rec["ttft_ms"] = (time.monotonic() - t0) * 1000
+                            started.set()
                         text.append(data["t"])
                     elif m.event == "end":
                         rec |= {"tokens_out": data["tokens_out"], "tokens_in": data["tokens_in"]}
                     elif m.event == "error":
                         rec["error"] = data["code"]
+                        started.set()
         rec["done_ms"] = (time.monotonic() - t0) * 1000
         out.append(rec)
         messages.append({"role": "assistant", "content": "".join(text)})
@@ -178,6 +183,8 @@ def start_orch(
                 "model_digest": digest,
                 "engine_version": version,
                 "placement": {"policy": policy},
+                # a cold 1,000-token prompt on a loaded 2-core machine takes minutes
+                "adapter_options": {"idle_timeout_s": 900.0, "request_timeout_s": 900.0},
             }
         ],
     }
@@ -200,6 +207,7 @@ async def drive(
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    started = [asyncio.Event() for _ in range(8)]
     async with aiohttp.ClientSession(timeout=timeout) as http:
         await asyncio.gather(
             *(
@@ -211,7 +219,8 @@ async def drive(
                     system,
                     args.turns,
                     args.max_tokens,
-                    i * args.stagger_s,
+                    started[i - 1] if i else None,
+                    started[i],
                     out,
                 )
                 for i in range(8)
@@ -258,7 +267,8 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "orchestratord pool; 8 tenants (one key and one session each), "
         f"{meta['turns']} turns each, a shared system prompt of {meta['system_tokens']} tokens "
         f"(own nonce per policy), answers of at most {meta['max_tokens']} tokens, "
-        f"tenants arriving {meta['stagger_s']} s apart. Machine: {meta['machine']}.",
+        "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
+        f"in an engine's cache), then all conversing at once. Machine: {meta['machine']}.",
         "",
         "| policy | tasks | TTFT p50 ms | TTFT p99 ms | TTFT p50 turns 2+ ms | output tok/s "
         "| engine prefix-cache hit ratio | replica switches within a session |",
@@ -296,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--system-tokens", type=int, default=1000)
-    ap.add_argument("--stagger-s", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=17)
     args = ap.parse_args(argv)
@@ -327,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                 slots=4,
                 ctx_per_slot=2048,
                 threads=args.threads,
-                extra_flags=("--no-repack",),  # this build's repacking dies with SIGILL here
+                # this build's repacking dies with SIGILL here; 64-token batches so that
+                # progress chunks flow during a long prefill (ORCH-3028)
+                extra_flags=("--no-repack", "-b", "64", "-ub", "64"),
             )
             p = procs.start(f"llama-server-{i}", spec.command(), env=spec.env())
             procs.wait_ready(p, spec.base_url + "/health", 180)
@@ -374,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "turns": args.turns,
         "max_tokens": args.max_tokens,
-        "stagger_s": args.stagger_s,
         "system_tokens": system_tokens,
         "engine_version": binary.engine_version,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load avg "

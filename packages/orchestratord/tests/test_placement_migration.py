@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -97,14 +98,18 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
     first = await _submit(run, prompt=SYSTEM + "user: first question", max_tokens=200)
     await _until(lambda: run.orch.get(first).state == "running")
     warm = run.orch.get(first).replica_id
+    host = _SnapshotHost()
+    run.orch.policies = host  # ORCH-2315: what a placement policy would be shown
     second = await _submit(run, prompt=SYSTEM + "user: second question", max_tokens=2)
     other = await _submit(run, prompt="unrelated " * 40, max_tokens=2)
     await run.events(second)
     await run.events(other)
     assert run.orch.get(second).replica_id == warm
     assert run.orch.get(other).replica_id != warm  # no hit: least-loaded
-    hits = run.orch.placer.expected_hits(pool, run.orch.get(second))
-    assert hits[warm] >= len(SYSTEM) // 4 - 16 and max(hits.values()) == hits[warm]
+    run.orch.policies = None
+    shown = {r.replica_id: r.prefix_hit_tokens for r in host.snapshots[0].replicas}
+    assert shown[warm] >= len(SYSTEM) // 4 - 16 and max(shown.values()) == shown[warm]
+    assert min(shown.values()) == 0 and len(host.snapshots) == 2
     run.orch.cancel(first)
     text = await run.metrics_text()
     for decision in ("prefix", "load"):
@@ -113,6 +118,20 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
             f'placement="prefix-aware",pool_id="mock"}}'
         )
         assert series in text, (decision, text)
+
+
+class _SnapshotHost:
+    """Stands in for the policy host: records placement snapshots, scores none."""
+
+    has_admission = False
+
+    def __init__(self) -> None:
+        self.cfg = SimpleNamespace(placement="record", replica_labels={})
+        self.snapshots: list[Any] = []
+
+    def placement(self, snapshot: Any) -> Any:
+        self.snapshots.append(snapshot)
+        return SimpleNamespace(refused=False, replica_id=None)
 
 
 async def _until(pred: Any, timeout: float = 30.0) -> None:
