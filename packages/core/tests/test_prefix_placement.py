@@ -1,4 +1,4 @@
-"""ORCH-2301..2316: the prefix index and the placement policies inside a replica set."""
+"""ORCH-2301..2315: the prefix index and the placement policies inside a replica set."""
 
 from __future__ import annotations
 

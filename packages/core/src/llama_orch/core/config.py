@@ -215,9 +215,10 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ram_headroom_factor: Annotated[float, Meta(ge=0)] = 1.2
     # A failed provisioning is retried with the restart backoff (ORCH-3027).
     provision_retries: Annotated[int, Meta(ge=0)] = 3
-    # Placement policy inside a replica set (ORCH-2310) and how often one task may
-    # move to another replica when its replica dies mid-stream (ORCH-2330; 0: never).
+    # Placement policy inside a replica set (ORCH-2310, issue #17).
     placement: PlacementConfig = msgspec.field(default_factory=PlacementConfig)
+    # Moves of one running task to another replica of its set when its replica dies
+    # or resets mid-stream (ORCH-2330); 0 turns migration off.
     migration_limit: Annotated[int, Meta(ge=0)] = 1
 
 

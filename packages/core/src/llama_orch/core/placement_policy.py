@@ -1,4 +1,4 @@
-"""Placement policies within a replica set (ORCH-2310..2316).
+"""Placement policies within a replica set (ORCH-2310..2315).
 
 :func:`llama_orch.core.placement.place` picks the replica set; among its Ready
 replicas with a free slot, a pool's placement policy picks one:
@@ -50,7 +50,14 @@ DECISIONS: tuple[str, ...] = ("prefix", "guard", "load", "rotate")
 
 
 class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``pools[].placement``: how a task picks its replica inside its replica set."""
+    """``pools[].placement``: how a task picks its replica inside its replica set
+    (ORCH-2310). ``policy``: ``least-loaded``, ``prefix-aware`` or ``round-robin``.
+    The prefix index of ``prefix-aware`` hashes blocks of ``block_chars``
+    characters, counts ``chars_per_token`` characters per token and keeps per
+    replica the engine cache's worth of blocks: ``cache_tokens`` tokens (default
+    the replica's KV size, ctx x slots). Its load-imbalance guard places on the
+    least-loaded replica when the warm one runs more than ``imbalance_abs`` tasks
+    more and more than ``imbalance_rel`` times as many (ORCH-2312)."""
 
     policy: PlacementPolicy = "least-loaded"
     # Prefix index (ORCH-2301, ORCH-2302): characters per hashed block, the

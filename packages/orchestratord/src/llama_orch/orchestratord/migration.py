@@ -1,4 +1,4 @@
-"""Migration of running tasks whose replica dies or resets (ORCH-2330..2337).
+"""Migration of running tasks whose replica dies or resets (ORCH-2330..2336).
 
 When a task's engine stream fails with ``WORKER_RESET`` after the engine had
 answered, the task continues on another Ready replica of its replica set (same

@@ -1,4 +1,4 @@
-"""Each pool's placement policy and prefix index at dispatch (ORCH-2300..2324).
+"""Each pool's placement policy and prefix index at dispatch (ORCH-2301..2322).
 
 The dispatch loop asks :meth:`Placer.chooser` for the function that picks a
 replica inside the chosen replica set (``least-loaded``, ``round-robin`` or
