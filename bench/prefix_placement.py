@@ -41,6 +41,7 @@ from llama_orch.core.sse import SSEParser
 from procs import BIN, HERE, Procs, free_port, http_get, log
 
 MODEL = "pypi:smollm2-135m-instruct-q4_1"
+ADMIN_KEY = f"llo_bench-admin-{'k' * 40}"  # reads /metrics
 POLICIES = ("round-robin", "least-loaded", "prefix-aware")
 TOPICS = (
     "gardening", "bicycles", "bread", "rivers", "chess", "owls", "maps", "tea",
@@ -167,7 +168,8 @@ def start_orch(
             "keys": [
                 {"id": f"t{i}", "role": "tenant", "tenant": f"tenant{i}", "hash": hash_key(k)}
                 for i, k in enumerate(keys)
-            ],
+            ]
+            + [{"id": "admin", "role": "admin", "hash": hash_key(ADMIN_KEY)}],
         },
         "admission": {"queue_capacity": 64},
         "observability": {"self_test": False, "engine_scrape_interval_s": 1.0},
@@ -366,12 +368,23 @@ def main(argv: list[str] | None = None) -> int:
                 "cached": sum(after[u][0] - before[u][0] for u in engines),
                 "evaluated": sum(after[u][1] - before[u][1] for u in engines),
             }
-            with open(tmp / f"metrics-{policy}.txt", "wb") as f:
-                f.write(http_get(url + "/metrics", headers={"Authorization": f"Bearer {keys[0]}"}))
-            procs.stop(orch)
             results[policy] = summarise(recs, wall, cache)
             raw[policy] = recs
             log(f"{policy}: {json.dumps(results[policy])}")
+            (tmp / f"{policy}.json").write_text(
+                json.dumps({"summary": results[policy], "tasks": recs})
+            )
+            try:  # orchestratord's own view: placement decisions, prefix_hit_ratio
+                page = http_get(url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+                (tmp / f"metrics-{policy}.txt").write_bytes(page)
+                results[policy]["orchestrator_series"] = [
+                    line
+                    for line in page.decode().splitlines()
+                    if line.startswith(("placement_decisions_total{", "prefix_hit_ratio{"))
+                ]
+            except OSError as exc:
+                log(f"{policy}: /metrics not read: {exc}")
+            procs.stop(orch)
     finally:
         procs.stop_all()
     import os
