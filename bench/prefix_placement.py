@@ -299,7 +299,17 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "TTFT is submit (POST /v1/tasks) to the first `token` event at the client, queue "
         "wait included. The engine hit ratio is the engines' own count of prompt tokens "
         "taken from their cache over all prompt tokens of the policy's requests.",
+        "",
+        "orchestratord's placement decisions per policy (`placement_decisions_total`):",
+        "",
     ]
+    for p in POLICIES:
+        counts = []
+        for line in res[p].get("orchestrator_series", []):
+            m = re.match(r'placement_decisions_total\{.*decision="(\w+)".*\} ([0-9.]+)', line)
+            if m:
+                counts.append(f"{m.group(1)} {float(m.group(2)):.0f}")
+        lines.append(f"- {p}: {', '.join(counts) or 'not read'}")
     return "\n".join(lines) + "\n"
 
 
@@ -310,7 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--system-tokens", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--render", type=Path, help="re-render the report of a saved .json")
     args = ap.parse_args(argv)
+    if args.render:
+        doc = json.loads(args.render.read_text())
+        print(render(doc["results"], doc["meta"]))
+        return 0
 
     from llama_orch.pool_managerd.engine import LlamaServerSpec
     from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
