@@ -139,3 +139,32 @@ async def _until(pred: Any, timeout: float = 30.0) -> None:
     while not pred():
         assert time.monotonic() - t0 < timeout, "timed out"
         await asyncio.sleep(0.02)
+
+
+async def test_engine_prefix_counters_become_prefix_hit_ratio():
+    """ORCH-2322: the scrape turns an engine's own hit/query counters into the
+    per-replica ratio; an engine without them exports no series."""
+    from llama_orch.core.adapter_api import EngineMetrics
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.orchestratord.telemetry import EngineScraper
+
+    class _Adapter:
+        def __init__(self, m: EngineMetrics) -> None:
+            self.m = m
+
+        async def metrics(self) -> EngineMetrics:
+            return self.m
+
+    def _replica(rid: str, m: EngineMetrics) -> Any:
+        state = ReplicaState(pool_id="p", replica_id=rid, engine="llamacpp-http", status="ready")
+        return SimpleNamespace(state=state, adapter=_Adapter(m))
+
+    counted = EngineMetrics(prefix_cache_hits_total=242.0, prefix_cache_queries_total=485.0)
+    pool = SimpleNamespace(
+        id="p",
+        ready_replicas=lambda: [_replica("p-e0", counted), _replica("p-e1", EngineMetrics())],
+    )
+    scraper = EngineScraper([pool], 1.0)  # type: ignore[list-item]
+    await scraper.scrape_once()
+    ((ratio, attrs),) = scraper.prefix_hits()
+    assert ratio == pytest.approx(242 / 485) and attrs["replica_id"] == "p-e0"
