@@ -29,31 +29,35 @@ class Placer:
         self._metrics = metrics
         self._index: dict[str, PrefixIndex] = {}
         for pool in pools.values():
-            cfg = pool.config.placement
-            self._index[pool.id] = PrefixIndex(cfg.block_chars, cfg.chars_per_token)
+            self.index(pool)
         self._last: dict[str, str] = {}  # pool -> replica round-robin picked last
         # pool -> (task, decision, its prompt's block hashes) of the last choice; the
         # dispatch loop starts the task in the same step, so one entry per pool is enough
         self._pending: dict[str, tuple[str, Decision, list[bytes]]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
-        return self._index[pool.id]
+        """The pool's index (made on first use: pools may be added at run time)."""
+        index = self._index.get(pool.id)
+        if index is None:
+            cfg = pool.config.placement
+            index = self._index[pool.id] = PrefixIndex(cfg.block_chars, cfg.chars_per_token)
+        return index
 
     def _sync_epochs(self, pool: Pool) -> None:
-        index = self._index[pool.id]
+        index = self.index(pool)
         for rid, state in pool.states.items():
             # a restarted engine starts with an empty cache (ORCH-2304)
             index.observe_epoch(rid, (state.base_url, state.pid, state.restarts))
 
     def _hashes(self, pool: Pool, rec: TaskRecord) -> list[bytes]:
-        return self._index[pool.id].hashes(rec.request.prompt)
+        return self.index(pool).hashes(rec.request.prompt)
 
     def expected_hits(self, pool: Pool, rec: TaskRecord) -> dict[str, int]:
         """Expected prefix hit in tokens of the task's prompt on each replica (ORCH-2315)."""
         pending = self._pending.get(pool.id)
         hashes = pending[2] if pending and pending[0] == rec.task_id else []
         hashes = hashes or self._hashes(pool, rec)
-        index = self._index[pool.id]
+        index = self.index(pool)
         return {rid: index.tokens(index.match(rid, hashes)) for rid in pool.replicas}
 
     def chooser(self, pool: Pool, rec: TaskRecord, affinity: str | None) -> Chooser:
@@ -64,7 +68,7 @@ class Placer:
             hits: dict[str, int] | None = None
             if cfg.policy == "prefix-aware":
                 self._sync_epochs(pool)
-                index = self._index[pool.id]
+                index = self.index(pool)
                 hashes = self._hashes(pool, rec)
                 hits = {v.replica_id: index.match(v.replica_id, hashes) for v in views}
             picked = choose_in_set(
@@ -87,7 +91,7 @@ class Placer:
         if cfg.policy == "round-robin":
             self._last[pool.id] = rid
         if cfg.policy == "prefix-aware":
-            index = self._index[pool.id]
+            index = self.index(pool)
             if not hashes:
                 hashes = self._hashes(pool, rec)
             st = replica.state
