@@ -160,6 +160,11 @@ def test_prefix_aware_prefers_the_longest_hit_within_the_guard():
     assert choose_in_set(views, cfg, hits={"r0": 0, "r1": 0}) == (views[0], "load")
     assert choose_in_set(views, cfg, hits={"r0": 3, "r1": 9}) == (views[1], "prefix")
     assert choose_in_set(views, cfg, hits={"r0": 9, "r1": 9}) == (views[0], "prefix")
+    # equal hits: the session's previous replica first, even if busier
+    assert choose_in_set(views, cfg, hits={"r0": 9, "r1": 9}, affinity="r1") == (
+        views[1],
+        "prefix",
+    )
     loaded = [_view("r0", slots=8, busy=0), _view("r1", slots=8, busy=3)]
     assert choose_in_set(loaded, cfg, hits={"r1": 5}) == (loaded[0], "guard")
     # 3 vs 1 busy: difference 2 is within imbalance_abs

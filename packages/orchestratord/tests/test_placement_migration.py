@@ -100,7 +100,7 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
     warm = run.orch.get(first).replica_id
     host = _SnapshotHost()
     run.orch.policies = host  # ORCH-2315: what a placement policy would be shown
-    second = await _submit(run, prompt=SYSTEM + "user: second question", max_tokens=2)
+    second = await _submit(run, prompt=SYSTEM + "user: second question", max_tokens=40)
     other = await _submit(run, prompt="unrelated " * 40, max_tokens=2)
     await run.events(second)
     await run.events(other)
@@ -110,6 +110,20 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
     shown = {r.replica_id: r.prefix_hit_tokens for r in host.snapshots[0].replicas}
     assert shown[warm] >= len(SYSTEM) // 4 - 16 and max(shown.values()) == shown[warm]
     assert min(shown.values()) == 0 and len(host.snapshots) == 2
+    # ORCH-2302: the completed task's answer was learned too: a next turn that
+    # starts with prompt + answer matches beyond the prompt on that replica only
+    answer = "".join(e[2]["t"] for e in await run.events(second) if e[1] == "token")
+    assert answer
+    follow = SimpleNamespace(
+        task_id="next-turn",
+        request=SimpleNamespace(prompt=SYSTEM + "user: second question" + answer + "x" * 200),
+    )
+    grown = run.orch.placer.expected_hits(pool, follow)  # type: ignore[arg-type]
+    index = run.orch.placer.index(pool)
+    prompt_only = index.tokens(len(index.hashes(SYSTEM + "user: second question")))
+    assert grown[warm] > prompt_only and grown[warm] > max(
+        v for k, v in grown.items() if k != warm
+    )
     run.orch.cancel(first)
     text = await run.metrics_text()
     for decision in ("prefix", "load"):

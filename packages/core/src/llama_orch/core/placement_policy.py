@@ -8,7 +8,8 @@ replicas with a free slot, a pool's placement policy picks one:
 - ``round-robin``: the next replica after the one picked last, by
   ``replica_id``, skipping full ones (ORCH-2311).
 - ``prefix-aware``: the longest expected prefix hit from the
-  :class:`~llama_orch.core.prefix_index.PrefixIndex`, ties broken as
+  :class:`~llama_orch.core.prefix_index.PrefixIndex`; among equal hits the
+  session's previous replica (it also holds the session's last answer), then
   ``least-loaded``; with no hit anywhere, ``least-loaded``. The load-imbalance
   guard overrides the hit when the warm replica runs more than
   ``imbalance_abs`` tasks more than the least-loaded one *and* more than
@@ -63,7 +64,7 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Prefix index (ORCH-2301, ORCH-2302): characters per hashed block, the
     # characters assumed per token, and the engine's prompt cache per replica in
     # tokens (None: the replica's KV size, ctx x slots).
-    block_chars: Annotated[int, Meta(ge=16, le=65536)] = 256
+    block_chars: Annotated[int, Meta(ge=16, le=65536)] = 64
     chars_per_token: Annotated[float, Meta(gt=0, le=64)] = 4.0
     cache_tokens: Annotated[int, Meta(ge=1)] | None = None
     # Load-imbalance guard of prefix-aware (ORCH-2312), in running tasks.
@@ -127,7 +128,8 @@ def choose_in_set(
     top = max(hits.get(r.replica_id, 0) for r in free)
     if top <= 0:
         return coolest, "load"
-    warm = least_loaded([r for r in free if hits.get(r.replica_id, 0) == top], affinity)
+    tied = [r for r in free if hits.get(r.replica_id, 0) == top]
+    warm = next((r for r in tied if r.replica_id == affinity), None) or least_loaded(tied, affinity)
     if warm is not coolest and imbalanced(warm, coolest, cfg):
         return coolest, "guard"
     return warm, "prefix"

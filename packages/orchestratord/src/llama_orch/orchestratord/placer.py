@@ -18,6 +18,7 @@ from llama_orch.core.placement_policy import Decision, choose_in_set
 from llama_orch.core.prefix_index import PrefixIndex
 
 from .metrics import Metrics
+from .migration import streamed_text
 from .pools import Pool, Replica
 from .tasks import TaskRecord
 
@@ -100,3 +101,15 @@ class Placer:
         attrs = {"engine": pool.engine, "pool_id": pool.id}
         attrs |= {"placement": cfg.policy, "decision": decision}
         self._metrics.placement_decisions.add(1, attrs)
+
+    def finished(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
+        """A task completed on ``replica``: its engine now holds the prompt followed by
+        the generated text, which a session's next turn starts with (ORCH-2302)."""
+        cfg = pool.config.placement
+        if cfg.policy != "prefix-aware" or rec.state != "completed" or not rec.tokens_out:
+            return
+        index = self.index(pool)
+        st = replica.state
+        text = rec.request.prompt + "".join(streamed_text(rec))
+        cache_tokens = cfg.cache_tokens or max(1, st.ctx * max(1, st.slots))
+        index.record(st.replica_id, index.hashes(text), index.capacity_blocks(cache_tokens))

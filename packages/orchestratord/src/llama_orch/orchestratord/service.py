@@ -346,6 +346,7 @@ class Orchestrator(AdmissionMixin):
         }
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
+        self.placer.finished(pool, replica, rec)  # ORCH-2302: prompt + answer
         engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
         engine_ms += rec.engine_ms_before
         self.workload.observe(pool, replica, rec, time.monotonic())  # ORCH-1952
