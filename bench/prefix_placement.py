@@ -155,7 +155,13 @@ def engine_cache(urls: list[str]) -> dict[str, tuple[float, float]]:
 
 
 def start_orch(
-    procs: Procs, tmp: Path, policy: str, engines: list[str], digest: str, version: str
+    procs: Procs,
+    tmp: Path,
+    policy: str,
+    engines: list[str],
+    digest: str,
+    version: str,
+    imbalance_abs: int,
 ) -> tuple[str, list[str], Any]:
     from llama_orch.orchestratord.auth import hash_key
 
@@ -184,7 +190,9 @@ def start_orch(
                 "slots": 4,
                 "model_digest": digest,
                 "engine_version": version,
-                "placement": {"policy": policy},
+                # one engine thread: every extra running task slows the engine's
+                # others, so the guard is tighter than for batching GPU engines
+                "placement": {"policy": policy, "imbalance_abs": imbalance_abs},
                 # a cold 1,000-token prompt on a loaded 2-core machine takes minutes
                 "adapter_options": {"idle_timeout_s": 900.0, "request_timeout_s": 900.0},
             }
@@ -270,7 +278,9 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['turns']} turns each, a shared system prompt of {meta['system_tokens']} tokens "
         f"(own nonce per policy), answers of at most {meta['max_tokens']} tokens, "
         "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
-        f"in an engine's cache), then all conversing at once. Machine: {meta['machine']}.",
+        "in an engine's cache), then all conversing at once. prefix-aware: `learn: "
+        f"{meta.get('learn', 'dispatch')}`, `imbalance_abs: {meta.get('imbalance_abs', 2)}`. "
+        f"Machine: {meta['machine']}.",
         "",
         "| policy | tasks | TTFT p50 ms | TTFT p99 ms | TTFT p50 turns 2+ ms | output tok/s "
         "| engine prefix-cache hit ratio | replica switches within a session |",
@@ -320,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--system-tokens", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--imbalance-abs", type=int, default=1, help="prefix-aware's guard")
     ap.add_argument("--render", type=Path, help="re-render the report of a saved .json")
     args = ap.parse_args(argv)
     if args.render:
@@ -372,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         for policy in POLICIES:
             nonce = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
             system = system_prompt(nonce, args.system_tokens)
-            url, keys, orch = start_orch(procs, tmp, policy, engines, digest, binary.engine_version)
+            url, keys, orch = start_orch(
+                procs, tmp, policy, engines, digest, binary.engine_version, args.imbalance_abs
+            )
             before = engine_cache(engines)
             log(f"{policy}: driving")
             w0 = time.monotonic()
@@ -412,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "took_s": time.monotonic() - t0,
         "threads": args.threads,
         "turns": args.turns,
+        "imbalance_abs": args.imbalance_abs,
+        "learn": "completion",  # the PlacementConfig default since run 3
         "max_tokens": args.max_tokens,
         "system_tokens": system_tokens,
         "engine_version": binary.engine_version,

@@ -89,7 +89,7 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
     run = await start_orchestrator(
         _two_mocks(
             mock_config,
-            placement={"policy": "prefix-aware", "block_chars": 64},
+            placement={"policy": "prefix-aware", "block_chars": 64, "learn": "dispatch"},
             adapter_options={"token_delay_ms": 20, "slots": 4},
         )
     )
@@ -121,9 +121,7 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
     grown = run.orch.placer.expected_hits(pool, follow)  # type: ignore[arg-type]
     index = run.orch.placer.index(pool)
     prompt_only = index.tokens(len(index.hashes(SYSTEM + "user: second question")))
-    assert grown[warm] > prompt_only and grown[warm] > max(
-        v for k, v in grown.items() if k != warm
-    )
+    assert grown[warm] > prompt_only and grown[warm] > max(v for k, v in grown.items() if k != warm)
     run.orch.cancel(first)
     text = await run.metrics_text()
     for decision in ("prefix", "load"):

@@ -56,7 +56,10 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     The prefix index of ``prefix-aware`` hashes blocks of ``block_chars``
     characters, counts ``chars_per_token`` characters per token and keeps per
     replica the engine cache's worth of blocks: ``cache_tokens`` tokens (default
-    the replica's KV size, ctx x slots). Its load-imbalance guard places on the
+    the replica's KV size, ctx x slots). ``learn``: a replica holds a prompt from
+    the task's ``completion`` there (default; llama-server shares a prefix across
+    slots only once the slot that computed it is released) or from its
+    ``dispatch``. Its load-imbalance guard places on the
     least-loaded replica when the warm one runs more than ``imbalance_abs`` tasks
     more and more than ``imbalance_rel`` times as many (ORCH-2312)."""
 
@@ -67,6 +70,11 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     block_chars: Annotated[int, Meta(ge=16, le=65536)] = 64
     chars_per_token: Annotated[float, Meta(gt=0, le=64)] = 4.0
     cache_tokens: Annotated[int, Meta(ge=1)] | None = None
+    # When a replica is taken to hold a prompt (ORCH-2302): ``completion``, once
+    # the task that sent it completed there (llama-server shares a prefix between
+    # slots only after the slot that computed it is released), or ``dispatch``, as
+    # soon as it was sent (engines that share blocks of running requests).
+    learn: Literal["completion", "dispatch"] = "completion"
     # Load-imbalance guard of prefix-aware (ORCH-2312), in running tasks.
     imbalance_abs: Annotated[int, Meta(ge=0)] = 2
     imbalance_rel: Annotated[float, Meta(ge=1)] = 1.5

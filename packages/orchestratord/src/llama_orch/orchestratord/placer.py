@@ -91,7 +91,7 @@ class Placer:
             decision, hashes = "load", []
         if cfg.policy == "round-robin":
             self._last[pool.id] = rid
-        if cfg.policy == "prefix-aware":
+        if cfg.policy == "prefix-aware" and cfg.learn == "dispatch":
             index = self.index(pool)
             if not hashes:
                 hashes = self._hashes(pool, rec)
