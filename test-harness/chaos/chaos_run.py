@@ -224,6 +224,9 @@ class Runner:
                     "model": SMOLLM2,
                     "model_digest": digest,
                     "endpoints": [f"http://127.0.0.1:{p.port}" for p in self.proxies],
+                    # The profile measures kill -9 -> WORKER_RESET of in-flight tasks
+                    # (ORCH-6104); migration (ORCH-2330) is proven in its own tests.
+                    "migration_limit": 0,
                     "adapter_options": {
                         "idle_timeout_s": self.prof.idle_timeout_s,
                         "connect_timeout_s": 2.0,

@@ -36,6 +36,8 @@ _CONTRACT_NAMES = {
     # ORCH-2531: the shared state store (issue #13)
     "state_store_op_ms", "state_store_appends_refused_total", "state_store_leases_lost_total",
     "state_store_takeovers_total",
+    # ORCH-2320, ORCH-2322, ORCH-2336: placement and migration (issue #17)
+    "placement_decisions_total", "migrations_total", "prefix_hit_ratio",
 }  # fmt: skip
 
 

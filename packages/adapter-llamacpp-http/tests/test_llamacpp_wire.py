@@ -172,3 +172,14 @@ def test_prometheus_parsing_and_normalisation() -> None:
     assert (m.requests_running, m.requests_waiting) == (1, 2)
     assert m.kv_cache_usage_ratio is None  # gone from current builds
     assert to_engine_metrics({"llamacpp:kv_cache_usage_ratio": 0.25}).kv_cache_usage_ratio == 0.25
+
+
+def test_prefix_cache_counters_are_normalised() -> None:
+    """ORCH-2322: llama-server counts evaluated and cached prompt tokens apart;
+    queries are their sum (values as a real build reported them)."""
+    m = to_engine_metrics(
+        {"llamacpp:prompt_tokens_total": 243.0, "llamacpp:prompt_tokens_cached_total": 242.0}
+    )
+    assert (m.prefix_cache_hits_total, m.prefix_cache_queries_total) == (242.0, 485.0)
+    bare = to_engine_metrics({"llamacpp:prompt_tokens_total": 3.0})
+    assert bare.prefix_cache_hits_total is None and bare.prefix_cache_queries_total is None

@@ -176,3 +176,14 @@ def test_options_are_checked() -> None:
         parse_options({"slots": 0})
     with pytest.raises(InvalidParams):
         parse_options({"ctx": "big"})
+
+
+def test_prefix_cache_counters_are_normalised() -> None:
+    """ORCH-2322: vLLM's prefix-cache hits and queries (tokens), summed over labels."""
+    text = (
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 100.0\n'
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 64.0\n'
+        'vllm:prefix_cache_hits_created{engine="0",model_name="m"} 1.7e9\n'
+    )
+    m = to_engine_metrics(parse_prometheus(text))
+    assert (m.prefix_cache_hits_total, m.prefix_cache_queries_total) == (64.0, 100.0)

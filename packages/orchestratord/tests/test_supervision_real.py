@@ -1,7 +1,8 @@
 """Supervision with real llama-server replicas under orchestratord (issue #6 acceptance).
 
-kill -9 of a serving engine, SIGSTOP of an engine, and reload from Gemma
-270M to Qwen 0.5B under load, all through the embedded pool manager.
+kill -9 of a serving engine, SIGSTOP of an engine, reload from Gemma
+270M to Qwen 0.5B under load, and migration of the streams of a killed engine
+(ORCH-2335), all through the embedded pool manager.
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ async def test_kill_9_mid_stream_worker_reset_restart_and_recovery(
 ):
     """ORCH-POOL-3007, ORCH-POOL-3009: kill -9 → WORKER_RESET within 2 s, the other
     replica keeps serving, the killed one restarts Ready, queued tasks complete."""
-    run = await start_orchestrator(_config("pypi:smollm2-135m-instruct-q4_1", replicas=2))
+    # ORCH-2334: migration off, so the killed replica's stream ends WORKER_RESET as
+    # this test proves (with migration on it continues elsewhere: the migration test below)
+    run = await start_orchestrator(
+        _config("pypi:smollm2-135m-instruct-q4_1", replicas=2, migration_limit=0)
+    )
     pool = run.orch.pools["p"]
     await _until(lambda: len(pool.ready_replicas()) == 2, 180, "two Ready replicas")
     a = await _submit(run, prompt="Count from one to one thousand:", max_tokens=400)
@@ -327,3 +332,74 @@ async def test_an_engine_failing_at_start_backs_off_opens_the_breaker_and_resets
     )
     assert pool.states["p-r0"].restarts == 2 * (failures - 1)
     print(f"\nbreaker opened after {opened_s:.2f}s; after a reset it reopened in {reopened_s:.2f}s")
+
+
+# -- migration (ORCH-2335, issue #17): one engine start serves both halves: first with
+# the default migration_limit (1) every killed task continues on the other replica;
+# after the supervisor restarted the killed replica, the pool's limit is set to 0 (read
+# at each reset) and the same kill ends them WORKER_RESET. A second pair of engine
+# starts would cost CI half a minute.
+
+
+async def _eight_tasks_kill_one_replica(run: Any) -> tuple[list[str], list[str]]:
+    """Eight tasks over two 4-slot replicas; kill -9 the replica of the first one
+    once its four tasks stream. Returns (the killed replica's tasks, the others)."""
+    pool = run.orch.pools["p"]
+    tids = [
+        await _submit(run, prompt=f"Count slowly from {n} to one hundred:", max_tokens=48, seed=n)
+        for n in range(8)
+    ]
+    await _until(lambda: all(run.orch.get(t).replica_id for t in tids), 60, "8 tasks placed")
+    victim_id = run.orch.get(tids[0]).replica_id
+    on_victim = [t for t in tids if run.orch.get(t).replica_id == victim_id]
+    assert len(on_victim) == 4, [run.orch.get(t).replica_id for t in tids]
+    await _until(lambda: all(run.orch.get(t).tokens_out >= 2 for t in on_victim), 120, "4 streams")
+    assert not any(run.orch.get(t).terminal for t in on_victim)
+    pid = pool.states[victim_id].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await _until(lambda: all(run.orch.get(t).terminal for t in tids), 240, "every task to end")
+    return on_victim, [t for t in tids if t not in on_victim]
+
+
+@pytest.mark.timeout(600)
+async def test_kill_9_migrates_four_streams_and_limit_0_ends_them_worker_reset(
+    llama_server_binary, smollm2_model, start_orchestrator
+):
+    """ORCH-2330..2336: with migration on, every stream of the killed replica ends
+    with ``end``, indices contiguous with no repeat, one ``migrated`` event each;
+    with ``migration_limit: 0`` they end ``WORKER_RESET``."""
+    run = await start_orchestrator(
+        _config("pypi:smollm2-135m-instruct-q4_1", replicas=2, slots=4, ctx=256)
+    )
+    pool = run.orch.pools["p"]
+    await _until(lambda: len(pool.ready_replicas()) == 2, 180, "two Ready replicas")
+
+    moved, others = await _eight_tasks_kill_one_replica(run)
+    for tid in moved + others:
+        events = await run.events(tid)
+        kinds = [e[1] for e in events]
+        terminal = [e for e in events if e[1] in ("end", "error")]
+        assert len(terminal) == 1 and terminal[0][1] == "end", (tid, terminal)
+        indices = [e[2]["i"] for e in events if e[1] == "token"]
+        assert indices == list(range(len(indices))), (tid, indices)
+        assert kinds.count("started") == 1
+        migrated = [e for e in events if e[1] == "metrics" and e[2].get("migrated")]
+        assert len(migrated) == (1 if tid in moved else 0), (tid, kinds)
+        if tid in moved:
+            # the continuation picks up after the migrated event, on the other replica
+            assert kinds.index("metrics", kinds.index("token")) < len(kinds) - 1
+    text = await run.metrics_text()
+    assert 'migrations_total{engine="llamacpp-http",pool_id="p",result="migrated"} 4.0' in text
+
+    # The killed replica comes back Ready (supervision); then migration off.
+    await _until(lambda: len(pool.ready_replicas()) == 2, 180, "the restarted replica")
+    pool.config = msgspec.structs.replace(pool.config, migration_limit=0)
+    reset, survivors = await _eight_tasks_kill_one_replica(run)
+    for tid in reset:
+        events = await run.events(tid)
+        terminal = [e for e in events if e[1] in ("end", "error")]
+        assert len(terminal) == 1 and terminal[0][2].get("code") == "WORKER_RESET", terminal
+        assert not any(e[1] == "metrics" and e[2].get("migrated") for e in events)
+    for tid in survivors:
+        assert run.orch.get(tid).state == "completed"

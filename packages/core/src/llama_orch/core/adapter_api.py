@@ -176,6 +176,10 @@ class EngineMetrics(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens_total: float | None = None
     generated_tokens_total: float | None = None
     kv_cache_usage_ratio: float | None = None
+    # The engine's own prefix-cache counters, in prompt tokens (ORCH-2322): tokens
+    # served from its cache, and prompt tokens looked up in it (hits + misses).
+    prefix_cache_hits_total: float | None = None
+    prefix_cache_queries_total: float | None = None
     raw: dict[str, float] = {}
 
 

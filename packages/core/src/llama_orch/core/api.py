@@ -132,6 +132,7 @@ class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=Tr
     on_time_probability: float | None = None
     preempted: bool | None = None
     resumed: bool | None = None  # continued by another instance after a takeover (ORCH-2530)
+    migrated: bool | None = None  # moved to another replica mid-stream (ORCH-2331)
     budget_tokens_remaining: int | None = None
     budget_time_ms_remaining: int | None = None
     budget_cost_remaining: float | None = None

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
+from .placement_policy import PlacementConfig
 from .policy_config import PoliciesConfig, check_policies
 
 __all__ = [
@@ -245,6 +246,11 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     provision_retries: Annotated[int, Meta(ge=0)] = 3
     # Engine-specific launch settings (vllm-http, triton, tgi-http: ORCH-POOL-3030).
     launch: EngineLaunchConfig = msgspec.field(default_factory=EngineLaunchConfig)
+    # Placement policy inside a replica set (ORCH-2310, issue #17).
+    placement: PlacementConfig = msgspec.field(default_factory=PlacementConfig)
+    # Moves of one running task to another replica of its set when its replica dies
+    # or resets mid-stream (ORCH-2330); 0 turns migration off.
+    migration_limit: Annotated[int, Meta(ge=0)] = 1
 
 
 class PoolManagerdConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

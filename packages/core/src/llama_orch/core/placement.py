@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 from .queue import AdmissionQueue
 from .replica import ReplicaSetKey
 
-__all__ = ["Dispatch", "Orphaned", "ReplicaView", "choose_set", "next_dispatch", "place"]
+__all__ = ["Chooser", "Dispatch", "Orphaned", "ReplicaView", "choose_set", "next_dispatch", "place"]
 
 T = TypeVar("T", bound=Hashable)
 
@@ -83,10 +83,16 @@ def _neg(key: ReplicaSetKey) -> tuple[int, ...]:
     return tuple(-ord(c) for c in repr(key))
 
 
+# Picks among the Ready replicas of the chosen set (a pool's placement policy,
+# ORCH-2310); returns None when none of them has a free slot.
+Chooser = Callable[[list[ReplicaView]], "ReplicaView | None"]
+
+
 def place(
     replicas: Iterable[ReplicaView],
     pin: ReplicaSetKey | None = None,
     affinity: str | None = None,
+    choose: Chooser | None = None,
 ) -> ReplicaView | None:
     """The replica to start a task on now, or None (stay queued, ORCH-1304)."""
     views = [r for r in replicas if r.ready and (pin is None or r.set_key == pin)]
@@ -96,6 +102,8 @@ def place(
         warm = next((r.set_key for r in views if r.replica_id == affinity), None)
         key = choose_set(views, prefer=warm)
         views = [r for r in views if r.set_key == key]
+    if choose is not None:
+        return choose(views) if any(r.free > 0 for r in views) else None
     best: ReplicaView | None = None
     best_rank: tuple[int, bool, int] = (0, False, 0)
     for r in sorted(views, key=lambda v: v.replica_id):  # ties keep the lowest id
@@ -110,6 +118,7 @@ def next_dispatch(
     replicas: Iterable[ReplicaView],
     pin_of: Callable[[T], ReplicaSetKey | None],
     affinity_of: Callable[[T], str | None],
+    chooser_of: Callable[[T], Chooser | None] | None = None,
 ) -> Dispatch[T] | Orphaned[T] | None:
     """Pop and place the head task, pop it as orphaned, or return None to wait.
 
@@ -124,7 +133,8 @@ def next_dispatch(
     if pin is not None and not any(r.ready and r.set_key == pin for r in views):
         queue.pop()
         return Orphaned(head)
-    replica = place(views, pin, affinity_of(head))
+    chooser = chooser_of(head) if chooser_of is not None else None
+    replica = place(views, pin, affinity_of(head), chooser)
     if replica is None:
         return None
     popped = queue.pop()

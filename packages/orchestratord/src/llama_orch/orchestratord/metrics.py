@@ -46,6 +46,7 @@ class Metrics:
         model_states: Samples = _none,
         gpu_utilization: Samples = _none,
         vram_used: Samples = _none,
+        prefix_hits: Samples = _none,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reader = PrometheusMetricReader(
@@ -114,6 +115,15 @@ class Metrics:
         self.resumptions = meter.create_counter(
             "resumptions_total", description="Preempted tasks resumed on an engine."
         )
+        # -- placement and migration (ORCH-2320, ORCH-2336): engine, pool_id, ...
+        self.placement_decisions = meter.create_counter(
+            "placement_decisions_total",
+            description="Dispatches by placement policy and the rule that decided.",
+        )
+        self.migrations = meter.create_counter(
+            "migrations_total",
+            description="Running tasks moved to another replica after theirs failed, by outcome.",
+        )
         # -- policies (ORCH-8542): policy, hook, outcome | code
         self.policy_calls = meter.create_counter(
             "policy_calls_total", description="Policy calls by policy, hook and outcome."
@@ -167,6 +177,12 @@ class Metrics:
             "model_state",
             model_states,
             "1 for the replica's current state, 0 for the others (one-hot by state).",
+        )
+        gauge(
+            "prefix_hit_ratio",
+            prefix_hits,
+            "Prompt tokens served from the engine's prefix cache over those looked up,"
+            " per replica, from the engine's own counters (ratio, ORCH-2322).",
         )
         gauge("gpu_utilization", gpu_utilization, "NVML GPU utilization per device (ratio).")
         gauge("vram_used_bytes", vram_used, "NVML memory in use per device (bytes).")

@@ -200,6 +200,7 @@ def choose_replica(
     loads = {v.replica_id: v.load for v in orch.workload.views(pool)}
     kv = {a.get("replica_id"): v for v, a in orch.scraper.kv_usage() if a.get("pool_id") == pool.id}
     labels = host.cfg.replica_labels
+    hits = orch.placer.expected_hits(pool, rec)  # ORCH-2315
     infos = []
     for r in eligible:
         rid = r.state.replica_id
@@ -217,6 +218,7 @@ def choose_replica(
                 kv_usage=kv.get(rid),
                 session_pin=rid == affinity,
                 labels=labels.get(rid, {}),
+                prefix_hit_tokens=hits.get(rid, 0),
             )
         )
     snapshot = PlacementSnapshot(

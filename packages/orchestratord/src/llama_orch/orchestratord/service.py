@@ -38,6 +38,8 @@ from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .admission import AdmissionMixin
 from .metrics import Metrics
+from .migration import Migrator
+from .placer import Placer
 from .policies import choose_replica, make_policy_host
 from .pools import Pool, Replica
 from .preemption import Preemptor
@@ -100,7 +102,10 @@ class Orchestrator(AdmissionMixin):
             model_states=lambda: model_state_samples(self.pools.values()),
             gpu_utilization=lambda: self.gpu.read(self.pools.values())[0],
             vram_used=lambda: self.gpu.read(self.pools.values())[1],
+            prefix_hits=self.scraper.prefix_hits,  # ORCH-2322
         )
+        self.placer = Placer(self.pools, self.metrics)  # ORCH-2310 (issue #17)
+        self.migrator = Migrator(self.metrics)  # ORCH-2330 (issue #17)
         self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
         self.policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         self.preemptor = Preemptor(
@@ -254,7 +259,14 @@ class Orchestrator(AdmissionMixin):
     async def _dispatch_ready(self, pool: Pool) -> None:
         """Dispatch queued tasks of ``pool`` until none can be placed now."""
         while True:
-            step = next_dispatch(pool.queue, self.workload.views(pool), _pin_of, self._affinity)
+            step = next_dispatch(
+                pool.queue,
+                self.workload.views(pool),
+                _pin_of,
+                self._affinity,
+                # ORCH-2310: the pool's placement policy picks inside the set
+                lambda t, p=pool: self.placer.chooser(p, t, self._affinity(t)),
+            )
             if step is None:
                 await self.preemptor.maybe_preempt(pool)
                 return
@@ -298,6 +310,7 @@ class Orchestrator(AdmissionMixin):
                 )
                 return
             replica = picked
+        self.placer.dispatched(pool, replica, rec)  # ORCH-2302, ORCH-2320
         rec.pinned = rec.set_key is not None
         rec.set_key = step.set_key
         self.launch(pool, replica, rec)
@@ -364,7 +377,7 @@ class Orchestrator(AdmissionMixin):
         log_task_end(rec, self.pools[rec.pool_id])
         self.tracing.ended(rec)
         if rec.session_key and rec.dispatched is None:
-            ran = rec.preemptions > 0  # a preempted task ran before it was requeued
+            ran = rec.preemptions > 0 or rec.migrations > 0  # it ran before it was requeued
             self.sessions.record(
                 rec.session_key,
                 None,
@@ -400,6 +413,7 @@ class Orchestrator(AdmissionMixin):
         }
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
+        self.placer.finished(pool, replica, rec)  # ORCH-2302: prompt + answer
         engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
         engine_ms += rec.engine_ms_before
         self.workload.observe(pool, replica, rec, time.monotonic())  # ORCH-1952
@@ -468,7 +482,8 @@ class Orchestrator(AdmissionMixin):
             "priority": rec.priority,
         }
         assert rec.dispatched is not None
-        resuming = rec.preemptions > 0 or rec.takeover
+        # ORCH-1903, ORCH-2330, ORCH-2530
+        resuming = rec.preemptions > 0 or rec.migrations > 0 or rec.takeover
         if not resuming:
             rec.queue_wait_ms = _ms(rec.dispatched - rec.created)
         queue_wait_ms = rec.queue_wait_ms
@@ -480,6 +495,8 @@ class Orchestrator(AdmissionMixin):
             if rec.takeover:  # ORCH-2530: continued here after a takeover
                 rec.takeover = False  # a later preemption resumes as usual
                 rec.append(MetricsEvent(resumed=True, tokens_out=rec.tokens_out))
+                return
+            if resuming and rec.migrations:  # ORCH-2331: the move was announced already
                 return
             if resuming:  # ORCH-1903: announced once more as a metrics event only
                 rec.append(MetricsEvent(preempted=False, queue_depth=len(pool.queue)))
@@ -567,6 +584,8 @@ class Orchestrator(AdmissionMixin):
                 else:
                     self.preemptor.requeue(pool, rec)
         except OrchError as exc:
+            if answered and self.migrator.migrate(pool, replica, rec, exc):  # ORCH-2330
+                return
             requeued = (
                 isinstance(exc, (WorkerReset, PoolUnready))
                 and not answered

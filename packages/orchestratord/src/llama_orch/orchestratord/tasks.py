@@ -82,6 +82,7 @@ class TaskRecord:
     preempt_requested: bool = False
     takeover: bool = False  # continued after its instance stopped (ORCH-2530)
     preemptions: int = 0
+    migrations: int = 0  # moves to another replica after a mid-stream reset (ORCH-2330)
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     # The current run, for the service-time model (ORCH-1952): its first and last
     # token, engine tokens before it, busy slots summed over its token chunks.

@@ -138,10 +138,15 @@ class EngineScraper:
         self._pools = list(pools)
         self.interval_s = interval_s
         self._kv: dict[tuple[str, str], tuple[float, Attrs]] = {}
+        self._prefix: dict[tuple[str, str], tuple[float, Attrs]] = {}
         self._warned: set[str] = set()
 
     def kv_usage(self) -> list[tuple[float, Attrs]]:
         return list(self._kv.values())
+
+    def prefix_hits(self) -> list[tuple[float, Attrs]]:
+        """The engines' own prefix-cache hit ratio per replica (ORCH-2322)."""
+        return list(self._prefix.values())
 
     async def scrape_once(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -160,8 +165,14 @@ class EngineScraper:
                 if m.kv_cache_usage_ratio is not None:
                     seen.add(key)
                     self._kv[key] = (m.kv_cache_usage_ratio, replica_attrs(st))
+                hits, queries = m.prefix_cache_hits_total, m.prefix_cache_queries_total
+                if hits is not None and queries:  # ORCH-2322: only engines that count
+                    self._prefix[key] = (min(1.0, hits / queries), replica_attrs(st))
         for key in set(self._kv) - seen:
             del self._kv[key]
+        ready = {(p.id, r.state.replica_id) for p in self._pools for r in p.ready_replicas()}
+        for key in set(self._prefix) - ready:
+            del self._prefix[key]
 
     async def run(self) -> None:
         while True:

@@ -151,6 +151,9 @@ class ReplicaInfo(_Strict, kw_only=True):
     kv_usage: float | None = None  # 0..1 from the engine, None: unknown
     session_pin: bool = False  # the task's session ran here last (KV warm)
     labels: dict[str, str] = {}
+    # Expected prompt tokens this replica holds in its prefix cache, from the
+    # orchestrator's prefix index (ORCH-2315); 0 when unknown or none.
+    prefix_hit_tokens: NonNeg = 0
 
 
 class PlacementSnapshot(_Strict, kw_only=True):

@@ -22,7 +22,17 @@ NORMALISED: dict[str, str] = {
 
 
 def to_engine_metrics(samples: dict[str, float]) -> EngineMetrics:
-    fields = {field: samples[name] for name, field in NORMALISED.items() if name in samples}
+    fields: dict[str, float] = {
+        field: samples[name] for name, field in NORMALISED.items() if name in samples
+    }
+    # ORCH-2322: llamacpp:prompt_tokens_total counts the prompt tokens evaluated,
+    # llamacpp:prompt_tokens_cached_total those taken from the cache instead.
+    cached = samples.get("llamacpp:prompt_tokens_cached_total")
+    if cached is not None:
+        fields["prefix_cache_hits_total"] = cached
+        fields["prefix_cache_queries_total"] = cached + samples.get(
+            "llamacpp:prompt_tokens_total", 0.0
+        )
     return EngineMetrics(**fields, raw=samples)
 
 

@@ -19,6 +19,9 @@ NORMALISED: dict[str, str] = {
     "vllm:generation_tokens_total": "generated_tokens_total",
     "vllm:kv_cache_usage_perc": "kv_cache_usage_ratio",  # a 0..1 fraction despite the name
     "vllm:gpu_cache_usage_perc": "kv_cache_usage_ratio",  # V0 / older releases
+    # ORCH-2322: prefix-cache hits and lookups, in tokens
+    "vllm:prefix_cache_hits_total": "prefix_cache_hits_total",
+    "vllm:prefix_cache_queries_total": "prefix_cache_queries_total",
     "llamacpp:requests_processing": "requests_running",
     "llamacpp:requests_deferred": "requests_waiting",
     "llamacpp:prompt_tokens_total": "prompt_tokens_total",

@@ -1,0 +1,447 @@
+"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340).
+
+Multi-turn chat sessions of 8 tenants (one API key and one session each) share a
+system prompt of about 1,000 tokens. The same workload runs once per placement
+policy, ``round-robin``, ``least-loaded`` and ``prefix-aware``, in one run on the
+same two engines, and the table reports per policy the client-measured TTFT
+(submit to first token, p50/p99), output tokens/s over the policy's wall time,
+and the engines' own prefix-cache hit ratio over that policy's requests (from
+``llamacpp:prompt_tokens_cached_total`` / ``prompt_tokens_total``).
+
+Fairness between the policies: orchestratord is restarted for each policy (an
+empty prefix index), and each policy's system prompt starts with its own
+nonce, so no policy finds another's prompts in the engines' caches. Tenants
+start one after the other (tenant *i* when tenant *i*-1 got its first token,
+so the shared prompt is in an engine's cache), then converse concurrently,
+each sending its next turn when the previous answer ended; answers are greedy.
+
+    uv run --frozen python bench/prefix_placement.py           # ~4-6 min on 2 cores
+    uv run --frozen python bench/prefix_placement.py --turns 3 # shorter
+
+Writes ``bench/results/<date>-prefix-placement.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_orch.core.sse import SSEParser
+from procs import BIN, HERE, Procs, free_port, http_get, log
+
+MODEL = "pypi:smollm2-135m-instruct-q4_1"
+ADMIN_KEY = f"llo_bench-admin-{'k' * 40}"  # reads /metrics
+POLICIES = ("round-robin", "least-loaded", "prefix-aware")
+TOPICS = (
+    "gardening", "bicycles", "bread", "rivers", "chess", "owls", "maps", "tea",
+)  # fmt: skip
+QUESTIONS = (
+    "Give me one short tip about {t}.",
+    "Why does that matter for {t}?",
+    "Name a common mistake with {t}.",
+    "Summarise our talk about {t} in one line.",
+    "One more fact about {t}, please.",
+    "What should a beginner in {t} read first?",
+)
+
+
+def system_prompt(nonce: str, target_tokens: int) -> str:
+    """About ``target_tokens`` tokens of house rules (SmolLM2: ~4.5 chars per token)."""
+    rules = [
+        f"Rule {n}: answer politely, stay on topic, keep each answer short and concrete, "
+        f"avoid speculation, cite the rule number {n} when a user asks why."
+        for n in range(1, 400)
+    ]
+    text = f"Session {nonce}. You are the help desk assistant of a small library. "
+    out = [text]
+    size = len(text)
+    for r in rules:
+        if size >= target_tokens * 4.5:
+            break
+        out.append(r)
+        size += len(r) + 1
+    return "\n".join(out)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+async def conversation(
+    http: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    tenant: int,
+    system: str,
+    turns: int,
+    max_tokens: int,
+    after: asyncio.Event | None,
+    started: asyncio.Event,
+    out: list[dict[str, Any]],
+) -> None:
+    if after is not None:  # the previous tenant's first prompt is in an engine's cache
+        await after.wait()
+    topic = TOPICS[tenant % len(TOPICS)]
+    session = f"00000000-0000-4000-8000-{tenant:012d}"
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+    headers = {"Authorization": f"Bearer {key}"}
+    for turn in range(turns):
+        messages.append({"role": "user", "content": QUESTIONS[turn].format(t=topic)})
+        body = {
+            "workload": "chat",
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "session_id": session,
+            "temperature": 0.0,
+            "seed": tenant,
+        }
+        t0 = time.monotonic()
+        async with http.post(url + "/v1/tasks", json=body, headers=headers) as r:
+            payload = await r.json()
+            if r.status != 202:
+                raise RuntimeError(f"submit refused {r.status}: {payload}")
+        tid = payload["task_id"]
+        rec: dict[str, Any] = {"tenant": tenant, "turn": turn, "task_id": tid}
+        text: list[str] = []
+        parser = SSEParser()
+        async with http.get(f"{url}/v1/tasks/{tid}/stream", headers=headers) as r:
+            async for chunk in r.content.iter_any():
+                for m in parser.feed(chunk):
+                    data = json.loads(m.data)
+                    if m.event == "started":
+                        rec["replica_id"] = data["replica_id"]
+                    elif m.event == "token":
+                        if "ttft_ms" not in rec:
+                            rec["ttft_ms"] = (time.monotonic() - t0) * 1000
+                            started.set()
+                        text.append(data["t"])
+                    elif m.event == "end":
+                        rec |= {"tokens_out": data["tokens_out"], "tokens_in": data["tokens_in"]}
+                    elif m.event == "error":
+                        rec["error"] = data["code"]
+                        started.set()
+        rec["done_ms"] = (time.monotonic() - t0) * 1000
+        out.append(rec)
+        messages.append({"role": "assistant", "content": "".join(text)})
+
+
+def engine_cache(urls: list[str]) -> dict[str, tuple[float, float]]:
+    """(cached, evaluated) prompt tokens per engine, from its own /metrics."""
+    got = {}
+    for u in urls:
+        text = http_get(u + "/metrics").decode()
+        vals = {}
+        for name in ("llamacpp:prompt_tokens_cached_total", "llamacpp:prompt_tokens_total"):
+            m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+            vals[name] = float(m.group(1)) if m else 0.0
+        got[u] = (vals["llamacpp:prompt_tokens_cached_total"], vals["llamacpp:prompt_tokens_total"])
+    return got
+
+
+def start_orch(
+    procs: Procs,
+    tmp: Path,
+    policy: str,
+    engines: list[str],
+    digest: str,
+    version: str,
+    imbalance_abs: int,
+) -> tuple[str, list[str], Any]:
+    from llama_orch.orchestratord.auth import hash_key
+
+    keys = [f"llo_bench-tenant{i}-{'k' * 40}" for i in range(8)]
+    port = free_port()
+    cfg = {
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
+        "auth": {
+            "enabled": True,
+            "keys": [
+                {"id": f"t{i}", "role": "tenant", "tenant": f"tenant{i}", "hash": hash_key(k)}
+                for i, k in enumerate(keys)
+            ]
+            + [{"id": "admin", "role": "admin", "hash": hash_key(ADMIN_KEY)}],
+        },
+        "admission": {"queue_capacity": 64},
+        "observability": {"self_test": False, "engine_scrape_interval_s": 1.0},
+        "allow_cpu_inference": True,
+        "pools": [
+            {
+                "id": "bench",
+                "engine": "llamacpp-http",
+                "model": MODEL,
+                "endpoints": engines,
+                "ctx": 2048,
+                "slots": 4,
+                "model_digest": digest,
+                "engine_version": version,
+                # one engine thread: every extra running task slows the engine's
+                # others, so the guard is tighter than for batching GPU engines
+                "placement": {"policy": policy, "imbalance_abs": imbalance_abs},
+                # a cold 1,000-token prompt on a loaded 2-core machine takes minutes
+                "adapter_options": {"idle_timeout_s": 900.0, "request_timeout_s": 900.0},
+            }
+        ],
+    }
+    path = tmp / f"orch-{policy}.json"
+    path.write_text(json.dumps(cfg))
+    p = procs.start(f"orch-{policy}", [str(BIN / "orchestratord"), "--config", str(path)])
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_ready(
+        p,
+        url + "/v1/pools/bench/health",
+        120,
+        check=lambda b: sum(r["status"] == "ready" for r in json.loads(b)["replicas"]) == 2,
+        headers={"Authorization": f"Bearer {keys[0]}"},
+    )
+    return url, keys, p
+
+
+async def drive(
+    url: str, keys: list[str], system: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    started = [asyncio.Event() for _ in range(8)]
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        await asyncio.gather(
+            *(
+                conversation(
+                    http,
+                    url,
+                    keys[i],
+                    i,
+                    system,
+                    args.turns,
+                    args.max_tokens,
+                    started[i - 1] if i else None,
+                    started[i],
+                    out,
+                )
+                for i in range(8)
+            )
+        )
+    return out
+
+
+def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]) -> dict[str, Any]:
+    ttft = [r["ttft_ms"] for r in recs if "ttft_ms" in r]
+    later = [r["ttft_ms"] for r in recs if "ttft_ms" in r and r["turn"] > 0]
+    tokens = sum(r.get("tokens_out", 0) for r in recs)
+    return {
+        "tasks": len(recs),
+        "errors": sum(1 for r in recs if "error" in r),
+        "ttft_p50_ms": _pct(ttft, 0.5),
+        "ttft_p99_ms": _pct(ttft, 0.99),
+        "ttft_later_turns_p50_ms": _pct(later, 0.5),
+        "tokens_out": tokens,
+        "wall_s": wall_s,
+        "tokens_per_s": tokens / wall_s if wall_s else 0.0,
+        "engine_cached_tokens": cache["cached"],
+        "engine_evaluated_tokens": cache["evaluated"],
+        "engine_cache_hit_ratio": cache["cached"] / max(1.0, cache["cached"] + cache["evaluated"]),
+        "replica_switches": sum(
+            1
+            for r in recs
+            for p in recs
+            if p["tenant"] == r["tenant"]
+            and p["turn"] == r["turn"] - 1
+            and p.get("replica_id") != r.get("replica_id")
+        ),
+    }
+
+
+def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    rr, ll, pa = (res[p] for p in POLICIES)
+    lines = [
+        f"# Prefix-aware placement on two real llama-server replicas ({meta['started']})",
+        "",
+        f"Command: `{meta['command']}` ({meta['took_s'] / 60:.1f} min). "
+        f"Two `llama-server` replicas (SmolLM2-135M Q4_1, 4 slots x 2048 ctx, "
+        f"{meta['threads']} thread each, build {meta['engine_version']}) behind one "
+        "orchestratord pool; 8 tenants (one key and one session each), "
+        f"{meta['turns']} turns each, a shared system prompt of {meta['system_tokens']} tokens "
+        f"(own nonce per policy), answers of at most {meta['max_tokens']} tokens, "
+        "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
+        "in an engine's cache), then all conversing at once. prefix-aware: `learn: "
+        f"{meta.get('learn', 'dispatch')}`, `imbalance_abs: {meta.get('imbalance_abs', 2)}`. "
+        f"Machine: {meta['machine']}.",
+        "",
+        "| policy | tasks | TTFT p50 ms | TTFT p99 ms | TTFT p50 turns 2+ ms | output tok/s "
+        "| engine prefix-cache hit ratio | replica switches within a session |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in POLICIES:
+        r = res[p]
+        lines.append(
+            f"| {p} | {r['tasks']} ({r['errors']} errors) | {r['ttft_p50_ms']:.0f} "
+            f"| {r['ttft_p99_ms']:.0f} | {r['ttft_later_turns_p50_ms']:.0f} "
+            f"| {r['tokens_per_s']:.2f} | {r['engine_cache_hit_ratio']:.3f} "
+            f"| {r['replica_switches']} |"
+        )
+    lines += [
+        "",
+        "Ratios measured in this run:",
+        "",
+        f"- TTFT p50 round-robin / prefix-aware: **{rr['ttft_p50_ms'] / pa['ttft_p50_ms']:.2f}x** "
+        "(goal >= 2x)",
+        f"- TTFT p50 prefix-aware vs least-loaded: **"
+        f"{(1 - pa['ttft_p50_ms'] / ll['ttft_p50_ms']) * 100:.0f} % lower** (goal >= 20 %)",
+        "- output tokens/s prefix-aware / round-robin: "
+        f"{pa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
+        f"{pa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
+        "",
+        "TTFT is submit (POST /v1/tasks) to the first `token` event at the client, queue "
+        "wait included. The engine hit ratio is the engines' own count of prompt tokens "
+        "taken from their cache over all prompt tokens of the policy's requests.",
+        "",
+        "orchestratord's placement decisions per policy (`placement_decisions_total`):",
+        "",
+    ]
+    for p in POLICIES:
+        counts = []
+        for line in res[p].get("orchestrator_series", []):
+            m = re.match(r'placement_decisions_total\{.*decision="(\w+)".*\} ([0-9.]+)', line)
+            if m:
+                counts.append(f"{m.group(1)} {float(m.group(2)):.0f}")
+        lines.append(f"- {p}: {', '.join(counts) or 'not read'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--system-tokens", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--imbalance-abs", type=int, default=1, help="prefix-aware's guard")
+    ap.add_argument("--render", type=Path, help="re-render the report of a saved .json")
+    args = ap.parse_args(argv)
+    if args.render:
+        doc = json.loads(args.render.read_text())
+        print(render(doc["results"], doc["meta"]))
+        return 0
+
+    from llama_orch.pool_managerd.engine import LlamaServerSpec
+    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
+    tmp = Path(f"/tmp/llorch-prefix-{stamp}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs = Procs(tmp)
+    rng = random.Random(args.seed)
+    t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children in `finally`
+    results: dict[str, dict[str, Any]] = {}
+    raw: dict[str, list[dict[str, Any]]] = {}
+    system_tokens = 0
+    try:
+        binary = provision_llama_server(progress=log)
+        model_path, digest = provision_model(MODEL, progress=log)
+        engines = []
+        for i in range(2):
+            spec = LlamaServerSpec(
+                binary=binary.path,
+                model_path=model_path,
+                port=free_port(),
+                slots=4,
+                ctx_per_slot=2048,
+                threads=args.threads,
+                # this build's repacking dies with SIGILL here; 64-token batches so that
+                # progress chunks flow during a long prefill (ORCH-3028)
+                extra_flags=("--no-repack", "-b", "64", "-ub", "64"),
+            )
+            p = procs.start(f"llama-server-{i}", spec.command(), env=spec.env())
+            procs.wait_ready(p, spec.base_url + "/health", 180)
+            engines.append(spec.base_url)
+        import urllib.request
+
+        probe = system_prompt("probe", args.system_tokens)
+        req = urllib.request.Request(
+            engines[0] + "/tokenize", data=json.dumps({"content": probe}).encode()
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            system_tokens = len(json.loads(resp.read())["tokens"])
+        log(f"system prompt: {system_tokens} tokens")
+        for policy in POLICIES:
+            nonce = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
+            system = system_prompt(nonce, args.system_tokens)
+            url, keys, orch = start_orch(
+                procs, tmp, policy, engines, digest, binary.engine_version, args.imbalance_abs
+            )
+            before = engine_cache(engines)
+            log(f"{policy}: driving")
+            w0 = time.monotonic()
+            recs = asyncio.run(drive(url, keys, system, args))
+            wall = time.monotonic() - w0
+            after = engine_cache(engines)
+            cache = {
+                "cached": sum(after[u][0] - before[u][0] for u in engines),
+                "evaluated": sum(after[u][1] - before[u][1] for u in engines),
+            }
+            results[policy] = summarise(recs, wall, cache)
+            raw[policy] = recs
+            log(f"{policy}: {json.dumps(results[policy])}")
+            (tmp / f"{policy}.json").write_text(
+                json.dumps({"summary": results[policy], "tasks": recs})
+            )
+            try:  # orchestratord's own view: placement decisions, prefix_hit_ratio
+                page = http_get(url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+                (tmp / f"metrics-{policy}.txt").write_bytes(page)
+                results[policy]["orchestrator_series"] = [
+                    line
+                    for line in page.decode().splitlines()
+                    if line.startswith(("placement_decisions_total{", "prefix_hit_ratio{"))
+                ]
+            except OSError as exc:
+                log(f"{policy}: /metrics not read: {exc}")
+            procs.stop(orch)
+    finally:
+        procs.stop_all()
+    import os
+    import platform
+
+    meta = {
+        "started": started,
+        "command": "uv run --frozen python bench/prefix_placement.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "took_s": time.monotonic() - t0,
+        "threads": args.threads,
+        "turns": args.turns,
+        "imbalance_abs": args.imbalance_abs,
+        "learn": "completion",  # the PlacementConfig default since run 3
+        "max_tokens": args.max_tokens,
+        "system_tokens": system_tokens,
+        "engine_version": binary.engine_version,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load avg "
+        f"{os.getloadavg()[0]:.1f} at the end (shared with other jobs)",
+    }
+    report = render(results, meta)
+    out = HERE / "results"
+    (out / f"{stamp}-prefix-placement.md").write_text(report)
+    (out / f"{stamp}-prefix-placement.json").write_text(
+        json.dumps({"meta": meta, "results": results, "tasks": raw}, indent=1)
+    )
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Each pool's placement policy and prefix index at dispatch (ORCH-2301..2322).
+
+The dispatch loop asks :meth:`Placer.chooser` for the function that picks a
+replica inside the chosen replica set (``least-loaded``, ``round-robin`` or
+``prefix-aware``, :mod:`llama_orch.core.placement_policy`), and tells
+:meth:`Placer.dispatched` where the task went: the prompt's blocks are then
+recorded in that replica's part of the pool's
+:class:`~llama_orch.core.prefix_index.PrefixIndex` (learned from our own
+dispatches, ORCH-2302) and the decision is counted (ORCH-2320). The expected
+hit per replica is also what the policy host's placement hook sees
+(``ReplicaInfo.prefix_hit_tokens``, ORCH-2315).
+"""
+
+from __future__ import annotations
+
+from llama_orch.core.placement import Chooser, ReplicaView
+from llama_orch.core.placement_policy import Decision, choose_in_set
+from llama_orch.core.prefix_index import PrefixIndex
+
+from .metrics import Metrics
+from .migration import streamed_text
+from .pools import Pool, Replica
+from .tasks import TaskRecord
+
+__all__ = ["Placer"]
+
+
+class Placer:
+    def __init__(self, pools: dict[str, Pool], metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._index: dict[str, PrefixIndex] = {}
+        for pool in pools.values():
+            self.index(pool)
+        self._last: dict[str, str] = {}  # pool -> replica round-robin picked last
+        # pool -> (task, decision, its prompt's block hashes) of the last choice; the
+        # dispatch loop starts the task in the same step, so one entry per pool is enough
+        self._pending: dict[str, tuple[str, Decision, list[bytes]]] = {}
+
+    def index(self, pool: Pool) -> PrefixIndex:
+        """The pool's index (made on first use: pools may be added at run time)."""
+        index = self._index.get(pool.id)
+        if index is None:
+            cfg = pool.config.placement
+            index = self._index[pool.id] = PrefixIndex(cfg.block_chars, cfg.chars_per_token)
+        return index
+
+    def _sync_epochs(self, pool: Pool) -> None:
+        index = self.index(pool)
+        for rid, state in pool.states.items():
+            # a restarted engine starts with an empty cache (ORCH-2304)
+            index.observe_epoch(rid, (state.base_url, state.pid, state.restarts))
+
+    def _hashes(self, pool: Pool, rec: TaskRecord) -> list[bytes]:
+        return self.index(pool).hashes(rec.request.prompt)
+
+    def expected_hits(self, pool: Pool, rec: TaskRecord) -> dict[str, int]:
+        """Expected prefix hit in tokens of the task's prompt on each replica (ORCH-2315)."""
+        pending = self._pending.get(pool.id)
+        hashes = pending[2] if pending and pending[0] == rec.task_id else []
+        hashes = hashes or self._hashes(pool, rec)
+        index = self.index(pool)
+        return {rid: index.tokens(index.match(rid, hashes)) for rid in pool.replicas}
+
+    def chooser(self, pool: Pool, rec: TaskRecord, affinity: str | None) -> Chooser:
+        cfg = pool.config.placement
+
+        def choose(views: list[ReplicaView]) -> ReplicaView | None:
+            hashes: list[bytes] = []
+            hits: dict[str, int] | None = None
+            if cfg.policy == "prefix-aware":
+                self._sync_epochs(pool)
+                index = self.index(pool)
+                hashes = self._hashes(pool, rec)
+                hits = {v.replica_id: index.match(v.replica_id, hashes) for v in views}
+            picked = choose_in_set(
+                views, cfg, affinity=affinity, hits=hits, last=self._last.get(pool.id)
+            )
+            if picked is None:
+                return None
+            self._pending[pool.id] = (rec.task_id, picked[1], hashes)
+            return picked[0]
+
+        return choose
+
+    def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
+        """The task starts on ``replica``: learn its prompt there, count the decision."""
+        cfg = pool.config.placement
+        rid = replica.state.replica_id
+        task_id, decision, hashes = self._pending.pop(pool.id, ("", "load", []))
+        if task_id != rec.task_id:
+            decision, hashes = "load", []
+        if cfg.policy == "round-robin":
+            self._last[pool.id] = rid
+        if cfg.policy == "prefix-aware" and cfg.learn == "dispatch":
+            index = self.index(pool)
+            if not hashes:
+                hashes = self._hashes(pool, rec)
+            st = replica.state
+            cache_tokens = cfg.cache_tokens or max(1, st.ctx * max(1, st.slots))
+            index.record(rid, hashes, index.capacity_blocks(cache_tokens))
+        attrs = {"engine": pool.engine, "pool_id": pool.id}
+        attrs |= {"placement": cfg.policy, "decision": decision}
+        self._metrics.placement_decisions.add(1, attrs)
+
+    def finished(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
+        """A task completed on ``replica``: its engine now holds the prompt followed by
+        the generated text, which a session's next turn starts with (ORCH-2302)."""
+        cfg = pool.config.placement
+        if cfg.policy != "prefix-aware" or rec.state != "completed" or not rec.tokens_out:
+            return
+        index = self.index(pool)
+        st = replica.state
+        text = rec.request.prompt + "".join(streamed_text(rec))
+        cache_tokens = cfg.cache_tokens or max(1, st.ctx * max(1, st.slots))
+        index.record(st.replica_id, index.hashes(text), index.capacity_blocks(cache_tokens))
