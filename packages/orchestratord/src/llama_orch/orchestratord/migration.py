@@ -88,14 +88,13 @@ class Migrator:
         pool.suspect(dead, exc.message)
         rec.text_out = streamed_text(rec)
         rec.engine_ms_before += int((time.monotonic() - rec.dispatched) * 1000)
-        rec.migrations += 1
-        rec.state, rec.replica_id, rec.dispatched = "queued", None, None
         try:
             pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
         except AdmissionRejected:
-            rec.state = "running"
             self._count(pool, "no_target")
             return False
+        rec.migrations += 1
+        rec.requeue()  # running -> queued through the task's lifecycle (ORCH-2401)
         rec.append(MetricsEvent(migrated=True, queue_depth=len(pool.queue)))  # ORCH-2331
         self._count(pool, "migrated")
         _log.warning(
