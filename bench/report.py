@@ -386,6 +386,10 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         for k, v in errs_all.items():
             L.append(f"- {k}: `{v[0]}`")
         L.append("")
+    if res.get("baseline"):
+        from regress import markdown  # bench/regress.py
+
+        L += markdown(res["baseline"]["rows"], res["baseline"]["file"])
     for line in res.get("notes", []):
         L.append(line)
     if res.get("notes"):
