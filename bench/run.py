@@ -124,6 +124,10 @@ def stage_fake(
                 row["orch"] = loadgen(
                     "orch", ourl, c, n, cap_s=cap, watch={"orch": op.pid, "engine": fpid}
                 )
+                if not args.no_one_request:  # ORCH-2710: admit and stream in one request
+                    row["orch_stream"] = loadgen(
+                        "stream", ourl, c, n, cap_s=cap, watch={"orch": op.pid, "engine": fpid}
+                    )
                 if before is not None:
                     row["orch_before"] = loadgen(
                         "orch",
@@ -182,15 +186,18 @@ def stage_cpu_split(
         n = 300 if args.quick else 800
         log("cpu split: 1 vs 128 tokens, c=16")
         for toks in (1, 128):
-            out[f"orch_{toks}"] = loadgen(
-                "orch",
-                ourl,
-                16,
-                n,
-                cap_s=args.cap_s,
-                max_tokens=toks,
-                watch={"orch": op.pid, "engine": fpid},
-            )
+            for mode, key in (("orch", "orch"), ("stream", "orch_stream")):
+                if mode == "stream" and args.no_one_request:
+                    continue
+                out[f"{key}_{toks}"] = loadgen(
+                    mode,
+                    ourl,
+                    16,
+                    n,
+                    cap_s=args.cap_s,
+                    max_tokens=toks,
+                    watch={"orch": op.pid, "engine": fpid},
+                )
             if lite is not None:
                 lurl, lpid, key = lite
                 chat = ["--chat"] if args.litellm_route == "chat" else []
@@ -347,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-extras", action="store_true", help="skip cpu split and memory stages")
     ap.add_argument("--quick", action="store_true", help="fewer requests per level")
     ap.add_argument(
+        "--no-one-request",
+        action="store_true",
+        help="skip the one-request path (POST /v1/tasks with Accept: text/event-stream)",
+    )
+    ap.add_argument(
         "--compare-src",
         default=None,
         metavar="DIR",
@@ -390,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "litellm_route": args.litellm_route,
         "logs": str(tmp),
         "compare_src": args.compare_src,
+        "compare_ref": args.compare_ref,
     }
     t0 = time.monotonic()
     log(f"logs in {tmp}")
