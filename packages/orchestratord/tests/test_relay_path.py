@@ -76,9 +76,7 @@ async def test_streaming_submit_refusals_are_json_and_admit_nothing(
 ):
     """ORCH-2710/2711: a refused streaming submit answers the JSON envelope of the 202 path;
     one stream beyond the tenant's bound is 429 quota before anything is admitted."""
-    cfg = mock_config(
-        limits={"max_streams_per_tenant": 1}, adapter_options={"token_delay_ms": 50}
-    )
+    cfg = mock_config(limits={"max_streams_per_tenant": 1}, adapter_options={"token_delay_ms": 50})
     run = await start_orchestrator(cfg)
     async with run.http.post(
         run.url + "/v1/tasks", json={"prompt": "x", "max_tokens": 0}, headers=_SSE
