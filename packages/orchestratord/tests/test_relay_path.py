@@ -122,3 +122,17 @@ async def test_streaming_submit_disconnect_keeps_the_task(start_orchestrator, mo
     rest = await run.events(tid, last_event_id=last)
     assert rest[0][0] == last + 1 and rest[-1][1] == "end"
     assert rest[-1][2]["reason"] == "length" and rest[-1][2]["tokens_out"] == 20
+
+
+async def test_no_spans_are_built_without_an_exporter(start_orchestrator, mock_config):
+    """ORCH-2730: no exporter, no processor: a running task has no spans."""
+    run = await start_orchestrator(mock_config(adapter_options={"token_delay_ms": 20}))
+    assert run.orch.tracing.enabled is False
+    resp = await run.http.post(
+        run.url + "/v1/tasks", json={"prompt": "x", "max_tokens": 5}, headers=_SSE
+    )
+    tid = resp.headers["X-Task-Id"]
+    assert run.orch.tracing._spans == {}
+    events = await _read_sse(resp)
+    assert events[-1][1] == "end" and run.orch.tasks.get(tid) is not None
+    assert run.orch.tracing._spans == {}
