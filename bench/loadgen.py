@@ -6,6 +6,8 @@ Modes (what one "request" is):
 * ``llama``   — ``POST /completion`` (llama.cpp SSE) straight to an engine;
 * ``openai``  — ``POST /v1/completions`` stream (``--chat``: ``/v1/chat/completions``);
 * ``orch``    — ``POST /v1/tasks`` then ``GET /v1/tasks/{id}/stream`` on orchestratord;
+* ``stream``  — ``POST /v1/tasks`` with ``Accept: text/event-stream``: one request per
+  task (ORCH-2710);
 * ``admit``   — ``POST /v1/tasks`` only (admissions per second);
 * ``hold``    — orchestratord: open ``--requests`` streams, wait until every one
   has its first token, sample RSS of the watched processes, cancel them all.
@@ -225,19 +227,35 @@ class Client:
         async with self.http.get(f"{self.url}/v1/tasks/{tid}/stream") as resp:
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
-            buf = bytearray()
-            async for chunk in resp.content.iter_any():
-                for ev in _events(buf, chunk):
-                    if b"event: token" in ev:
-                        if r.ttft is None:
-                            r.ttft = time.perf_counter() - t0
-                        r.tokens += 1
-                    elif b"event: end" in ev:
-                        r.total = time.perf_counter() - t0
-                        return
-                    elif b"event: error" in ev:
-                        raise RuntimeError(ev[:300].decode(errors="replace"))
+            await self._read_orch_events(r, t0, resp)
+
+    @staticmethod
+    async def _read_orch_events(r: Result, t0: float, resp: aiohttp.ClientResponse) -> None:
+        buf = bytearray()
+        async for chunk in resp.content.iter_any():
+            for ev in _events(buf, chunk):
+                if b"event: token" in ev:
+                    if r.ttft is None:
+                        r.ttft = time.perf_counter() - t0
+                    r.tokens += 1
+                elif b"event: end" in ev:
+                    r.total = time.perf_counter() - t0
+                    return
+                elif b"event: error" in ev:
+                    raise RuntimeError(ev[:300].decode(errors="replace"))
         raise RuntimeError("stream ended without an end event")
+
+    async def _stream(self, r: Result, t0: float, n: int) -> None:
+        body = {"prompt": PROMPT, "max_tokens": self.a.max_tokens}
+        if self.a.pool_id:
+            body["pool_id"] = self.a.pool_id
+        headers = {**self.headers, "Accept": "text/event-stream"}
+        async with self.http.post(
+            self.url + "/v1/tasks", data=json.dumps(body), headers=headers
+        ) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            await self._read_orch_events(r, t0, resp)
 
     async def _admit(self, r: Result, t0: float, n: int) -> None:
         await self._submit()
@@ -361,7 +379,9 @@ async def amain(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", required=True, choices=["llama", "openai", "orch", "admit", "hold"])
+    ap.add_argument(
+        "--mode", required=True, choices=["llama", "openai", "orch", "stream", "admit", "hold"]
+    )
     ap.add_argument("--url", required=True)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--requests", type=int, default=200)

@@ -31,6 +31,7 @@ TOOLS = ["matplotlib==3.11.*", "py-spy", "pyinstrument"]  # tools venv: plot, pr
 LEVELS = (1, 16, 64, 256)
 REQS = {1: 200, 16: 1000, 64: 2000, 256: 2000}
 LITELLM_REQS = {1: 100, 16: 200, 64: 200, 256: 256}
+MAX_STREAMS = 4096  # open streams the bench may hold (hold stage: 1000; c <= 256)
 
 
 def log(msg: str) -> None:
@@ -147,10 +148,30 @@ def start_orch(
     pythonpath: str | None = None,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
+    # Every limit a stage depends on is set here, not left to the defaults
+    # (ORCH-2700): a default that changes must not change what the bench measures
+    # (issue #20: the default max_streams_per_tenant answered 429 to most requests).
     cfg = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
         "auth": {"enabled": False},  # loopback benchmark; auth cost is not measured here
-        "admission": {"queue_capacity": queue_capacity},
+        "admission": {
+            "queue_capacity": queue_capacity,
+            "full_policy": "reject",
+            "max_tokens_limit": 8192,  # the hold stage asks for 4000
+            "max_retained_tasks": 10_000,
+            "event_log_retention_s": 600.0,
+        },
+        "limits": {
+            "max_streams_per_tenant": MAX_STREAMS,  # > the largest c and the hold stage
+            "max_body_bytes": 1_048_576,
+            "max_prompt_bytes": 524_288,
+            "stream_stall_timeout_s": 60.0,
+            "sse_keepalive_s": 15.0,
+        },
+        "scheduling": {
+            "default_tenant": {"weight": 1},  # no rate limit, no max_concurrent
+            "waiting": {"queue_ttl_s": 600.0, "unready_timeout_s": 30.0},
+        },
         "allow_cpu_inference": True,
         "pools": [
             {

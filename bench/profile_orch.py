@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--mode", default="orch", choices=["orch", "stream"], help="loadgen mode")
     args = ap.parse_args()
     tools = ensure_venv("tools-venv", TOOLS, "import matplotlib")
     tmp = Path(tempfile.mkdtemp(prefix="llorch-prof-"))
@@ -43,7 +44,7 @@ def main() -> int:
                 PY,
                 str(HERE / "loadgen.py"),
                 "--mode",
-                "orch",
+                args.mode,
                 "--url",
                 url,
                 "--concurrency",

@@ -136,6 +136,46 @@ def goals(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def one_request_table(res: dict[str, Any]) -> list[str]:
+    """Issue #20: the two-step API vs one request per task (and the sources before)."""
+    ref = res.get("compare_ref") or res.get("compare_src")
+    L = [
+        "## One request per task (issue #20)",
+        "",
+        "*two-step* = `POST /v1/tasks` then `GET .../stream`; *one request* = `POST /v1/tasks` "
+        "with `Accept: text/event-stream` (ORCH-2710); *before* = the two-step API of the "
+        f"sources at `{ref}`, when measured. ΔTTFT against direct in the same level, p50/p99.",
+        "",
+        "| ms/tok | c | req/s direct | req/s before → two-step → one request "
+        "| one request / direct | CPU ms/req before → two-step → one request "
+        "| ΔTTFT before | ΔTTFT two-step | ΔTTFT one request | errors b+t+o |",
+        "|" + "---|" * 10,
+    ]
+
+    def d2(a: dict[str, Any], b: dict[str, Any] | None) -> str:
+        if b is None:
+            return "–"
+        x, y = a["ttft_ms"], b["ttft_ms"]
+        return "/".join(
+            _f(y[k] - x[k], 2) if x.get(k) is not None and y.get(k) is not None else "–"
+            for k in ("50", "99")
+        )
+
+    for r in res.get("fake", []):
+        if "orch_stream" not in r:
+            continue
+        d, t, o, b = r["direct"], r["orch"], r["orch_stream"], r.get("orch_before")
+        rps = " → ".join(f"{x['req_per_s']:.0f}" if x else "–" for x in (b, t, o))
+        cpu = " → ".join(_f(cpu_ms_per_req(x, "orch"), 2) if x else "–" for x in (b, t, o))
+        ratio = o["req_per_s"] / d["req_per_s"] * 100 if d["req_per_s"] else 0
+        L.append(
+            f"| {r['delay_ms']:g} | {r['c']} | {d['req_per_s']:.0f} | {rps} | {ratio:.0f} % | "
+            f"{cpu} | {d2(d, b)} | {d2(d, t)} | {d2(d, o)} | {errs(*(x for x in (b, t, o) if x))} |"
+        )
+    L.append("")
+    return L
+
+
 def write_report(res: dict[str, Any], base: Path) -> Path:
     m = res["machine"]
     L: list[str] = []
@@ -258,11 +298,18 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
                 f"{errs(d, o, *([lt] if lt else []))} |"
             )
         L.append("")
+    if any("orch_stream" in r for r in res.get("fake", [])):
+        L += one_request_table(res)
     if any("orch_before" in r for r in res.get("fake", [])):
-        L.append("## Before/after the hot-path fix (same run, same fake engine)")
+        L.append("## Before/after (same run, same fake engine)")
         L.append("")
+        before = (
+            f"the packages of git `{res['compare_ref']}`"
+            if res.get("compare_ref")
+            else f"`PYTHONPATH={res.get('compare_src')}`"
+        )
         L.append(
-            f"*before* = a second orchestratord with `PYTHONPATH={res.get('compare_src')}` "
+            f"*before* = a second orchestratord with {before} "
             f"({res.get('compare_note', 'the sources before the change')}), measured right "
             "after *after* at every level against the same fake engine. Low-c rows are "
             "within this machine's run-to-run noise (±10–30 %)."
@@ -300,9 +347,13 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
             "µs/token | req/s at 1 / 128 tokens |"
         )
         L.append("|---|---|---|---|---|---|")
-        for who, name in (("orch", "llama-orch"), ("litellm", "LiteLLM")):
-            if f"{who}_1" in cs and f"{who}_128" in cs:
-                a, b = cs[f"{who}_1"], cs[f"{who}_128"]
+        for key, who, name in (
+            ("orch", "orch", "llama-orch (submit, then stream)"),
+            ("orch_stream", "orch", "llama-orch (one request)"),
+            ("litellm", "litellm", "LiteLLM"),
+        ):
+            if f"{key}_1" in cs and f"{key}_128" in cs:
+                a, b = cs[f"{key}_1"], cs[f"{key}_128"]
                 s = split(a, b, who)
                 L.append(
                     f"| {name} | {_f(cpu_ms_per_req(a, who), 2)} | "
@@ -408,6 +459,10 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         for k, v in errs_all.items():
             L.append(f"- {k}: `{v[0]}`")
         L.append("")
+    if res.get("baseline"):
+        from regress import markdown  # bench/regress.py
+
+        L += markdown(res["baseline"]["rows"], res["baseline"]["file"])
     for line in res.get("notes", []):
         L.append(line)
     if res.get("notes"):

@@ -124,6 +124,10 @@ def stage_fake(
                 row["orch"] = loadgen(
                     "orch", ourl, c, n, cap_s=cap, watch={"orch": op.pid, "engine": fpid}
                 )
+                if not args.no_one_request:  # ORCH-2710: admit and stream in one request
+                    row["orch_stream"] = loadgen(
+                        "stream", ourl, c, n, cap_s=cap, watch={"orch": op.pid, "engine": fpid}
+                    )
                 if before is not None:
                     row["orch_before"] = loadgen(
                         "orch",
@@ -182,15 +186,18 @@ def stage_cpu_split(
         n = 300 if args.quick else 800
         log("cpu split: 1 vs 128 tokens, c=16")
         for toks in (1, 128):
-            out[f"orch_{toks}"] = loadgen(
-                "orch",
-                ourl,
-                16,
-                n,
-                cap_s=args.cap_s,
-                max_tokens=toks,
-                watch={"orch": op.pid, "engine": fpid},
-            )
+            for mode, key in (("orch", "orch"), ("stream", "orch_stream")):
+                if mode == "stream" and args.no_one_request:
+                    continue
+                out[f"{key}_{toks}"] = loadgen(
+                    mode,
+                    ourl,
+                    16,
+                    n,
+                    cap_s=args.cap_s,
+                    max_tokens=toks,
+                    watch={"orch": op.pid, "engine": fpid},
+                )
             if lite is not None:
                 lurl, lpid, key = lite
                 chat = ["--chat"] if args.litellm_route == "chat" else []
@@ -332,6 +339,18 @@ def stage_real(procs: Procs, tmp: Path, args: argparse.Namespace) -> list[dict[s
 # --------------------------------------------------------------------------- report
 
 
+def export_ref(ref: str) -> str:
+    """The packages of git ``ref`` in a temp dir, as a PYTHONPATH of their ``src`` dirs
+    (``llama_orch`` is a namespace package: the first entry holding a module wins)."""
+    dest = Path(tempfile.mkdtemp(prefix="llama-orch-bench-ref-"))
+    archive = subprocess.run(
+        ["git", "archive", ref, "packages"], cwd=HERE.parent, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    srcs = sorted(str(p) for p in (dest / "packages").glob("*/src"))
+    return os.pathsep.join(srcs)
+
+
 def machine() -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -365,14 +384,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-extras", action="store_true", help="skip cpu split and memory stages")
     ap.add_argument("--quick", action="store_true", help="fewer requests per level")
     ap.add_argument(
+        "--no-one-request",
+        action="store_true",
+        help="skip the one-request path (POST /v1/tasks with Accept: text/event-stream)",
+    )
+    ap.add_argument(
         "--compare-src",
         default=None,
         metavar="DIR",
         help="also measure an orchestratord whose PYTHONPATH starts with DIR "
         "(e.g. the sources before a change): before/after in one run",
     )
+    ap.add_argument(
+        "--compare-ref",
+        default=None,
+        metavar="GIT_REF",
+        help="like --compare-src with the packages of GIT_REF (git archive into a temp dir)",
+    )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        metavar="JSON",
+        help="results file to compare against (default: the newest committed one under "
+        "bench/results); exit 3 when a figure fell back by more than 25 %%",
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="no comparison, no exit 3")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     args = ap.parse_args(argv)
+    if args.compare_ref:
+        args.compare_src = export_ref(args.compare_ref)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.delays = [float(x) for x in args.delays.split(",")]
     command = "uv run bench/run.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
@@ -392,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "litellm_route": args.litellm_route,
         "logs": str(tmp),
         "compare_src": args.compare_src,
+        "compare_ref": args.compare_ref,
     }
     t0 = time.monotonic()
     log(f"logs in {tmp}")
@@ -424,12 +465,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
     results["duration_s"] = round(time.monotonic() - t0, 1)
+    fell_back = 0
+    if not args.no_baseline:  # ORCH-2702: regressions are flagged, in the table and exit 3
+        from regress import compare, latest_committed  # bench/regress.py
+
+        bpath = Path(args.baseline) if args.baseline else latest_committed(outdir)
+        if bpath is not None:
+            rows = compare(json.loads(bpath.read_text()), results)
+            fell_back = sum(r["worse"] for r in rows)
+            results["baseline"] = {"file": bpath.name, "rows": rows}
+            for r in rows:
+                if r["worse"]:
+                    log(f"FELL BACK: {r['figure']}: {r['baseline']:.3g} -> {r['now']:.3g}")
     base.with_suffix(".json").write_text(json.dumps(results, indent=1))
     from report import write_report  # bench/report.py
 
     md = write_report(results, base)
     log(f"wrote {md}")
-    return 1 if results.get("interrupted") else 0
+    if results.get("interrupted"):
+        return 1
+    if fell_back:
+        log(f"{fell_back} figure(s) fell back by more than 25 % against the baseline")
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -120,3 +120,38 @@ async def test_cancel_during_prefill_frees_the_slot_before_the_prompt_is_evaluat
     finally:
         await a.aclose()
         server.stop()
+
+
+async def test_pooled_connections_back_to_back_concurrent_and_after_idle(
+    smollm2_server: RunningLlamaServer,
+) -> None:
+    """ORCH-2720..2723 against llama-server: calls reuse keep-alive connections,
+    back-to-back and concurrent streams never meet a dead one (llama-server closes a
+    connection after each stream, so streams ask for `Connection: close`), and after
+    llama-server's own keep-alive timeout (5 s) closed the idle pool the next calls
+    still succeed (detected or retried)."""
+    a = LlamaCppHttpAdapter(
+        AdapterTarget(
+            replica_id="smollm2-0", base_url=smollm2_server.base_url, options={"keepalive_s": 30}
+        )
+    )
+
+    async def one(i: int) -> str:
+        req = GenerateRequest(task_id=f"pool-{i}", prompt="Count: 1, 2,", max_tokens=4, seed=i)
+        reason = ""
+        async for ev in a.generate(req):
+            reason = getattr(ev, "reason", reason)
+        return reason
+
+    try:
+        for i in range(3):
+            assert len(await a.tokenize("Count: 1, 2,")) > 0
+            assert await one(i) in ("length", "eos")
+        assert a.pooled_requests >= 2  # tokenize calls after the first were pooled
+        results = await asyncio.gather(*(one(10 + i) for i in range(4)), a.tokenize("x"))
+        assert all(reason in ("length", "eos") for reason in results[:4])
+        await asyncio.sleep(5.5)  # llama-server drops connections idle for 5 s
+        assert len(await a.tokenize("Count")) > 0
+        assert await one(20) in ("length", "eos")
+    finally:
+        await a.aclose()

@@ -104,7 +104,7 @@ class FakeOrchestratord:
     def _error(self, code: ErrorCode, status: int, message: str, **extra: Any) -> web.Response:
         return self._json(ErrorBody(code=code, message=message, **extra), status)
 
-    async def submit(self, request: web.Request) -> web.Response:
+    async def submit(self, request: web.Request) -> web.StreamResponse:
         try:
             req = _request.decode(await request.read())
         except msgspec.ValidationError as exc:
@@ -155,7 +155,11 @@ class FakeOrchestratord:
                     first_token_ms=40,
                 )
             )
-        self.tasks[task_id] = FakeTask(task_id, req, events)
+        task = self.tasks[task_id] = FakeTask(task_id, req, events)
+        if "text/event-stream" in request.headers.get("Accept", ""):  # ORCH-2710
+            self.stream_requests.append("submit")
+            extra = {"X-Task-Id": task_id, "Location": f"/v1/tasks/{task_id}"}
+            return await self._events(request, task, 0, extra)
         return self._json(TaskAccepted(task_id, 0, 0, 0), 202)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -167,8 +171,17 @@ class FakeOrchestratord:
         start = int(last) + 1 if last is not None else 0
         if last is not None and self.ignore_last_event_id_once:
             self.ignore_last_event_id_once, start = False, 0
+        return await self._events(request, task, start, {})
+
+    async def _events(
+        self, request: web.Request, task: FakeTask, start: int, extra: dict[str, str]
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "X-Correlation-Id": "corr-stream"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "X-Correlation-Id": "corr-stream",
+                **extra,
+            }
         )
         await resp.prepare(request)
         for event_id in range(start, len(task.events)):

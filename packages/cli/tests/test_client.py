@@ -153,3 +153,26 @@ async def test_unreachable_server_is_connection_failed() -> None:
     async with OrchClient(f"http://127.0.0.1:{port}", timeout=5) as orch:
         with pytest.raises(ConnectionFailed, match="cannot connect"):
             await orch.capabilities()
+
+
+async def test_submit_stream_is_one_request_and_resumes_on_the_stream_route(fake) -> None:
+    """ORCH-2713: admit and stream in one POST; a drop resumes with Last-Event-ID."""
+    async with OrchClient(fake.url, reconnect_delay=0) as orch:
+        task = await orch.submit_stream(prompt="hello")
+        events = [item async for item in task.events()]
+        assert fake.stream_requests == ["submit"]
+        assert [event for _, event in events] == fake.tasks[task.task_id].events
+        fake.drop_at = 4
+        task = await orch.submit_stream(prompt="hello")
+        events = [item async for item in task.events()]
+    assert fake.stream_requests == ["submit", "submit", "3"]
+    assert [event_id for event_id, _ in events] == list(range(len(events)))
+    assert [event for _, event in events] == fake.tasks[task.task_id].events
+
+
+async def test_submit_stream_refusal_raises_api_error(fake) -> None:
+    fake.busy = True
+    async with OrchClient(fake.url) as orch:
+        with pytest.raises(ApiError) as info:
+            await orch.submit_stream(prompt="hello")
+    assert info.value.status == 429 and info.value.backoff_ms == 1500

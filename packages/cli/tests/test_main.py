@@ -104,6 +104,7 @@ async def test_submit_resumes_over_a_dropped_connection(fake) -> None:
     out = io.StringIO()
     assert await run_submit(submit_args(fake.url), out=out) == 0
     assert out.getvalue() == "The quick brown fox jumps over the lazy dog.\n"
+    assert fake.stream_requests == ["submit", "2"]  # one request, then a resume (ORCH-2713)
 
 
 async def test_ctrl_c_during_stream_cancels_the_task(fake) -> None:

@@ -269,6 +269,11 @@ async def test_every_operation_answers_as_documented():
         )
         tid = task["task_id"]
         await w.call("submitTask", 400, json={"prompt": 1})
+        sse = {"Accept": "text/event-stream"}  # one request per task (ORCH-2710)
+        streamed = await w.call(
+            "submitTask", 200, json={"prompt": "hi", "max_tokens": 2}, headers=sse
+        )
+        assert b"event: end" in streamed
         await w.call("streamTask", 200, params={"task_id": tid})
         await w.call("streamTask", 200, params={"task_id": tid}, headers={"Last-Event-ID": "1"})
         await w.call("streamTask", 400, params={"task_id": tid}, headers={"Last-Event-ID": "x"})

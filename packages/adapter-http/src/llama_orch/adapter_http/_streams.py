@@ -32,6 +32,7 @@ class InFlight:
     last_data: float = 0.0
     cancelled: bool = False
     timer: asyncio.TimerHandle | None = None
+    released: bool = False  # the response was closed, released or handed to a drain
 
     def arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self.last_data = loop.time()

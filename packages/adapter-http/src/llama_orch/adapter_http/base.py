@@ -6,8 +6,13 @@ the decoder of that stream (:meth:`~HttpAdapter.new_decoder`), its options
 struct and error table (``options_type``, ``error_table``), and ``props``,
 ``tokenize`` and ``metrics`` written with :meth:`~HttpAdapter.call`.
 
-Connection policy: one :class:`aiohttp.ClientSession` per adapter, created
-lazily inside the running loop, closed by :meth:`~HttpAdapter.aclose`.
+Connection policy: one :class:`aiohttp.ClientSession` per adapter (so one
+keep-alive pool per replica), created lazily inside the running loop, closed by
+:meth:`~HttpAdapter.aclose` (ORCH-2720). A connection goes back to the pool only
+when the engine's answer was read to its end; pooled connections idle for
+``keepalive_s`` are dropped. A request on a pooled connection that the engine
+had already closed fails before any byte of an answer; that one, and only that
+one, is sent again (ORCH-2721): the engine never saw it.
 
 Cancellation (ORCH-3006): the engines here stop a request when its client
 disconnects. Closing the ``generate`` iterator, cancelling the task
@@ -20,6 +25,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import ClassVar, Protocol, TypeVar
 
 import aiohttp
@@ -43,7 +49,28 @@ __all__ = ["HttpAdapter", "StreamDecoder"]
 
 T = TypeVar("T")
 _JSON = {"Content-Type": "application/json"}
+_JSON_CLOSE = {**_JSON, "Connection": "close"}
 _encoder = msgspec.json.Encoder()
+_MAX_STALE = 2  # stale pooled connections skipped before the last try of a request
+_DRAIN_S = 0.05  # bound on reading the end of a finished stream to pool its connection
+_DRAIN_BYTES = 65_536
+
+
+class _Attempt:
+    """One try of a request; ``reused`` when it went out on a pooled connection."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _mark_reused(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
+) -> None:
+    attempt = ctx.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.reused = True
 
 
 class StreamDecoder(Protocol):
@@ -66,6 +93,9 @@ class HttpAdapter(WorkerAdapter):
     engine's ``(status, body, what) -> OrchError``, as a ``staticmethod``)."""
 
     health_path = "/health"
+    # False: the engine closes a connection after each streamed answer, so streams
+    # send `Connection: close` and are never pooled (ORCH-2720); other calls are.
+    pool_streams: ClassVar[bool] = True
     options_type: ClassVar[type[HttpTimeouts]] = HttpTimeouts
     error_table: ClassVar[Callable[[int, bytes, str], OrchError]]
 
@@ -75,6 +105,8 @@ class HttpAdapter(WorkerAdapter):
         self.base_url = target.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, InFlight] = {}
+        self.pooled_requests = 0  # answered on a connection taken from the pool
+        self.stale_retries = 0  # requests sent again after a stale pooled connection
 
     # -- what an adapter writes -------------------------------------------
     @abc.abstractmethod
@@ -100,14 +132,48 @@ class HttpAdapter(WorkerAdapter):
             # No connection cap: the pool's slot accounting bounds concurrency.
             # aiohttp's default (100) silently queued every stream beyond 100
             # inside the adapter, with the slot already counted as busy.
-            # force_close: engines close a connection soon after a stream
-            # ends, but aiohttp pools it at EOF; the next POST then failed with
-            # "Cannot write to closing transport" (found by the conformance
-            # suite's back-to-back generations). A loopback connect per
-            # request costs far less than that.
-            connector = aiohttp.TCPConnector(limit=0, force_close=True)
-            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+            keepalive = self.options.keepalive_s
+            connector = (
+                aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive)
+                if keepalive > 0
+                else aiohttp.TCPConnector(limit=0, force_close=True)
+            )
+            # Engines close idle keep-alive connections on their own clock; a
+            # request written to one that is closing fails with "Cannot write to
+            # closing transport" or a disconnect before any answer (found by the
+            # conformance suite's back-to-back generations when pooling was first
+            # tried). The trace marks which requests went out on a pooled
+            # connection, so exactly those failures are retried (_send).
+            trace = aiohttp.TraceConfig()
+            trace.on_connection_reuseconn.append(_mark_reused)
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=connector, trace_configs=[trace]
+            )
         return self._session
+
+    async def _send(
+        self, method: str, url: str, data: bytes | None, headers: dict[str, str] | None
+    ) -> aiohttp.ClientResponse:
+        """One request, its answer's head read; sent again only when it failed on a
+        pooled connection before any byte of an answer arrived (ORCH-2721)."""
+        for _ in range(_MAX_STALE):
+            attempt = _Attempt()
+            try:
+                resp = await self._http().request(
+                    method, url, data=data, headers=headers, trace_request_ctx=attempt
+                )
+                self.pooled_requests += attempt.reused
+                return resp
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # a failure on a new connection (connect errors included) is the
+                # engine's answer; on a pooled one the engine never saw the request
+                if not attempt.reused:
+                    raise
+                self.stale_retries += 1
+        # every try so far met a pooled connection the engine had closed: the last one
+        return await self._http().request(
+            method, url, data=data, headers=headers, trace_request_ctx=_Attempt()
+        )
 
     async def aclose(self) -> None:
         """Close every open stream (their readers get WorkerReset) and the session."""
@@ -137,9 +203,7 @@ class HttpAdapter(WorkerAdapter):
         timeout = self.options.request_timeout_s
         with map_transport_errors(f"{method} {path}", self.engine, timeout):
             async with asyncio.timeout(timeout):
-                async with self._http().request(
-                    method, self.url(path), data=data, headers=headers
-                ) as resp:
+                async with await self._send(method, self.url(path), data, headers) as resp:
                     return resp.status, await resp.read()
 
     async def call(
@@ -214,8 +278,16 @@ class HttpAdapter(WorkerAdapter):
                     return
                 for event in stream.feed(data):
                     if isinstance(event, Finished):
-                        self._done(req.task_id, inflight)
+                        inflight.disarm()
+                        self._inflight.pop(req.task_id, None)
                         yield event
+                        # The caller reads on to the end of the stream: the body's end
+                        # (the chunked terminator, usually right behind the final
+                        # event) is read within a bound so that the connection can go
+                        # back to the pool (ORCH-2720); else it is closed.
+                        if self.pool_streams:
+                            await _read_to_end(resp)
+                        self._done(req.task_id, inflight)
                         return
                     yield event
                 if stream.failure is not None:
@@ -230,7 +302,8 @@ class HttpAdapter(WorkerAdapter):
         # error is a plain HTTP error); idle_timeout_s bounds that wait too.
         with map_transport_errors(what, self.engine, idle, on_timeout=DecodeTimeout):
             async with asyncio.timeout(idle):
-                resp = await self._http().post(self.url(path), data=body, headers=_JSON)
+                headers = _JSON if self.pool_streams else _JSON_CLOSE
+                resp = await self._send("POST", self.url(path), body, headers)
         if resp.status == 200:
             return resp
         try:
@@ -266,10 +339,30 @@ class HttpAdapter(WorkerAdapter):
         inflight.disarm()
         if self._inflight.get(task_id) is inflight:
             del self._inflight[task_id]
+        if inflight.released:  # already released or draining after its final event
+            return
+        inflight.released = True
         resp = inflight.resp
         if resp.closed:
             return
-        if not force_close and resp.content.at_eof():
-            resp.release()
-        else:
+        if force_close:
             resp.close()  # drop the socket: the engine sees the disconnect and aborts
+        elif resp.content.at_eof():
+            resp.release()  # read to its end: the connection goes back to the pool
+        else:
+            resp.close()
+
+
+async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
+    """Read what is left of a finished stream, within ``_DRAIN_S`` and ``_DRAIN_BYTES``;
+    the caller pools the connection only if this reached the end."""
+    seen = 0
+    try:
+        async with asyncio.timeout(_DRAIN_S):
+            while not resp.content.at_eof() and seen <= _DRAIN_BYTES:
+                data = await resp.content.readany()
+                if not data:
+                    return
+                seen += len(data)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return  # not at its end: the caller closes the connection

@@ -26,6 +26,9 @@ class HttpTimeouts(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: PositiveSeconds = 10.0  # TCP connect
     request_timeout_s: PositiveSeconds = 30.0  # a whole non-streaming call
     health_timeout_s: PositiveSeconds = 5.0  # a slower health answer counts as not live
+    # Pooled engine connections are dropped after this long idle (ORCH-2721): below
+    # llama-server's and uvicorn's 5 s, so the engine rarely closes one first. 0 = no pool.
+    keepalive_s: Annotated[float, msgspec.Meta(ge=0)] = 4.0
 
 
 def parse_options(raw: dict[str, object], cls: type[Opts], engine: str) -> Opts:

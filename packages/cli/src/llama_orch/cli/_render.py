@@ -177,9 +177,17 @@ def print_api_error(console: Console, exc: ApiError) -> None:
 
 
 async def follow_task(
-    orch: OrchClient, task_id: str, submitted_at: float, *, out: TextIO | None = None
+    orch: OrchClient,
+    task_id: str,
+    submitted_at: float,
+    *,
+    out: TextIO | None = None,
+    events: AsyncIterator[tuple[int, StreamEvent]] | None = None,
 ) -> StreamOutcome:
     """Stream a task to ``out`` (resuming on drops) and return what was seen.
+
+    ``events``: the task's events already opened (``OrchClient.submit_stream``);
+    without it the stream route is opened here.
 
     Ctrl-C makes ``asyncio.run`` cancel the running task; before the
     cancellation propagates we ask the server to cancel the task too, since a
@@ -188,9 +196,10 @@ async def follow_task(
     outcome = StreamOutcome(task_id, submitted_at)
     console = stderr_console()
     try:
-        async with contextlib.aclosing(orch.stream(task_id, resume=True)) as events:
+        source = events if events is not None else orch.stream(task_id, resume=True)
+        async with contextlib.aclosing(source) as stream:
             await consume_stream(
-                events, outcome, out=out, on_queued=lambda q: print_queued(console, q)
+                stream, outcome, out=out, on_queued=lambda q: print_queued(console, q)
             )
     except asyncio.CancelledError:
         stderr_console().print(f"\n[yellow]interrupted[/yellow]: canceling task {task_id}")

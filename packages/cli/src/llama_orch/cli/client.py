@@ -32,7 +32,7 @@ from llama_orch.core.sse import SSEParser
 from .errors import ApiError, ConnectionFailed, InvalidRequest, ProtocolError, StreamInterrupted
 from .models import Capabilities, PoolHealth, TaskStatus
 
-__all__ = ["DEFAULT_URL", "OrchClient"]
+__all__ = ["DEFAULT_URL", "OrchClient", "SubmittedTask"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 CORRELATION_HEADER = "X-Correlation-Id"
@@ -107,6 +107,38 @@ class OrchClient:
             raise InvalidRequest(str(exc)) from exc
         return await self._call("POST", "/v1/tasks", TaskAccepted, body=_encoder.encode(request))
 
+    async def submit_stream(self, *, resume: bool = True, **fields: Any) -> SubmittedTask:
+        """``POST /v1/tasks`` with ``Accept: text/event-stream``: admit and stream in one
+        request (ORCH-2710, ORCH-2713). The answer's :meth:`SubmittedTask.events` yields
+        ``(event id, event)`` like :meth:`stream`; a dropped connection is resumed on the
+        stream route with ``Last-Event-ID`` when ``resume``. Refusals raise
+        :class:`ApiError` as :meth:`submit` does."""
+        try:
+            request = msgspec.convert(fields, TaskRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        url = self.base_url + "/v1/tasks"
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
+        try:
+            resp = await self._session.post(
+                url, data=_encoder.encode(request), headers=headers, timeout=timeout
+            )
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise ConnectionFailed(_describe(exc, url)) from exc
+        self._note_correlation(resp.headers)
+        if resp.status == 200 and "X-Task-Id" in resp.headers:
+            return SubmittedTask(self, resp.headers["X-Task-Id"], resp, resume=resume)
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise ConnectionFailed(_describe(exc, url)) from exc
+        finally:
+            resp.release()
+        if resp.status >= 300:
+            raise self._api_error(resp.status, resp.headers, raw)
+        raise ProtocolError(f"POST /v1/tasks: expected an event stream, got HTTP {resp.status}")
+
     async def task(self, task_id: str) -> TaskStatus:
         return await self._call("GET", f"/v1/tasks/{task_id}", TaskStatus)
 
@@ -174,19 +206,8 @@ class OrchClient:
                 self._note_correlation(resp.headers)
                 if resp.status != 200:
                     raise self._api_error(resp.status, resp.headers, await resp.read())
-                parser = SSEParser()
-                async for chunk in resp.content.iter_any():
-                    for msg in parser.feed(chunk):
-                        decoder = _event_decoders.get(msg.event)
-                        if decoder is None:
-                            continue  # an event kind this client does not know yet
-                        if msg.id is None or not msg.id.isdigit():
-                            raise ProtocolError(f"SSE {msg.event!r} frame without numeric id")
-                        try:
-                            event = decoder.decode(msg.data)
-                        except msgspec.DecodeError as exc:
-                            raise ProtocolError(f"bad {msg.event!r} event: {exc}") from exc
-                        yield int(msg.id), event
+                async for item in _frames(resp):
+                    yield item
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise ConnectionFailed(_describe(exc, url)) from exc
 
@@ -311,6 +332,62 @@ class OrchClient:
             backoff_ms=_number(headers.get("X-Backoff-Ms"), int),
             correlation_id=headers.get(CORRELATION_HEADER),
         )
+
+
+class SubmittedTask:
+    """A task admitted by :meth:`OrchClient.submit_stream`, its events in the same answer."""
+
+    def __init__(
+        self, client: OrchClient, task_id: str, resp: aiohttp.ClientResponse, *, resume: bool
+    ) -> None:
+        self.task_id = task_id
+        self._client = client
+        self._resp = resp
+        self._resume = resume
+
+    async def events(self) -> AsyncIterator[tuple[int, StreamEvent]]:
+        """``(event id, event)`` until ``end`` or ``error`` (inclusive), exactly once each."""
+        last_id: int | None = None
+        try:
+            async for event_id, event in _frames(self._resp):
+                last_id = event_id
+                yield event_id, event
+                if isinstance(event, EndEvent | ErrorEvent):
+                    return
+            reason = "the stream closed before its end event"
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            reason = _describe(exc, self._client.base_url + "/v1/tasks")
+        finally:
+            self._resp.close()
+        if not self._resume:
+            raise StreamInterrupted(
+                f"stream of task {self.task_id} interrupted: {reason}", last_event_id=last_id
+            )
+        async with contextlib.aclosing(
+            self._client.stream(self.task_id, last_id, resume=True)
+        ) as rest:
+            async for item in rest:
+                yield item
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+async def _frames(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[int, StreamEvent]]:
+    """The task events of one SSE response (ORCH-1201)."""
+    parser = SSEParser()
+    async for chunk in resp.content.iter_any():
+        for msg in parser.feed(chunk):
+            decoder = _event_decoders.get(msg.event)
+            if decoder is None:
+                continue  # an event kind this client does not know yet
+            if msg.id is None or not msg.id.isdigit():
+                raise ProtocolError(f"SSE {msg.event!r} frame without numeric id")
+            try:
+                event = decoder.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                raise ProtocolError(f"bad {msg.event!r} event: {exc}") from exc
+            yield int(msg.id), event
 
 
 def _number(value: str | None, kind: type[T]) -> T | None:

@@ -69,15 +69,19 @@ async def run_submit(args: argparse.Namespace, *, out: TextIO | None = None) -> 
     try:
         async with OrchClient(args.url, api_key=api_key()) as orch:
             submitted_at = time.monotonic()
-            accepted = await orch.submit(**task_fields(args, prompt))
             if args.no_stream:
+                accepted = await orch.submit(**task_fields(args, prompt))
                 print(accepted.task_id, file=out or sys.stdout)
                 console.print(
                     f"accepted at queue position {accepted.queue_position}, "
                     f"predicted start in {accepted.predicted_start_ms} ms"
                 )
                 return 0
-            outcome = await follow_task(orch, accepted.task_id, submitted_at, out=out)
+            # one request admits and streams (ORCH-2713)
+            task = await orch.submit_stream(**task_fields(args, prompt))
+            outcome = await follow_task(
+                orch, task.task_id, submitted_at, out=out, events=task.events()
+            )
     except ClientError as exc:
         return report_failure(exc, args.url)
     print_summary(console, outcome)

@@ -87,7 +87,7 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: PositiveInt = 1_048_576
     max_prompt_bytes: PositiveInt = 524_288  # UTF-8 bytes of prompt or all messages
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 16_384  # request line + headers
-    max_streams_per_tenant: PositiveInt = 32
+    max_streams_per_tenant: PositiveInt = 1024  # ORCH-2701: the reason is in the spec
     # A stream whose client accepts no bytes for this long is cut (ORCH-8015).
     stream_stall_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     stream_chunk_bytes: Annotated[int, Meta(ge=1024)] = 65_536

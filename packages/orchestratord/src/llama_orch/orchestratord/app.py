@@ -30,7 +30,6 @@ from llama_orch.core.api import (
     TaskStatus,
 )
 from llama_orch.core.errors import (
-    AdmissionRejected,
     ErrorCode,
     InternalError,
     InvalidParams,
@@ -48,9 +47,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .auth import Access, Authenticator, Principal, load_keys
 from .control import control_routes
 from .frontends import FrontendHost, load_frontends
-from .limits import BodyLimit, StreamCounter, TaskStream
+from .limits import BodyLimit, StreamCounter
 from .overview import overview_routes
 from .service import Orchestrator
+from .streaming import check_stream_quota, open_stream, wants_event_stream
 from .tasks import TaskRecord
 from .tracing import CORRELATION_ID
 
@@ -161,9 +161,19 @@ def build_app(
                 f"prompt of {size} bytes exceeds limits.max_prompt_bytes="
                 f"{limits.max_prompt_bytes} - at `$.prompt`"
             )
-        accepted = await orch.submit(body, _principal(request).tenant)
+        tenant = _principal(request).tenant
+        sse = wants_event_stream(request.headers.get("accept"))  # ORCH-2710
+        if sse:
+            check_stream_quota(streams, tenant, limits)  # ORCH-2711: before admitting
+        accepted = await orch.submit(body, tenant)
         headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
         headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
+        if sse:
+            rec = orch.tasks.get(accepted.task_id)
+            if rec is not None:  # retained: it was admitted with no await since
+                headers["X-Task-Id"] = accepted.task_id
+                frames = None if orch.state is None else orch.state.frames(rec.task_id, 0)
+                return open_stream(rec, streams, limits, headers=headers, frames=frames)
         return _json_response(accepted, 202, headers)
 
     async def hydrate(request: Request) -> None:
@@ -200,26 +210,9 @@ def build_app(
                 raise error_for_code(ErrorCode.INVALID_PARAMS)(
                     f"Last-Event-ID must be an event number, got {last!r}"
                 ) from exc
-        tenant = rec.tenant
-        if streams[tenant] >= limits.max_streams_per_tenant:  # ORCH-8013
-            raise AdmissionRejected(
-                f"tenant {tenant!r} has {streams[tenant]} streams open"
-                f" (limits.max_streams_per_tenant={limits.max_streams_per_tenant})",
-                policy_label="quota",
-                retry_after_ms=1000,
-            )
-        frames = (
-            rec.frames(start, limits.stream_chunk_bytes, limits.sse_keepalive_s)
-            if orch.state is None
-            else orch.state.frames(rec.task_id, start)  # the store's log (ORCH-2526)
-        )
-        return TaskStream(
-            frames,
-            task_id=rec.task_id,
-            tenant=tenant,
-            counter=streams,
-            stall_timeout_s=limits.stream_stall_timeout_s,
-        )
+        check_stream_quota(streams, rec.tenant, limits)  # ORCH-8013
+        frames = None if orch.state is None else orch.state.frames(rec.task_id, start)
+        return open_stream(rec, streams, limits, start=start, frames=frames)  # ORCH-2526
 
     async def cancel(request: Request) -> Response:
         await hydrate(request)

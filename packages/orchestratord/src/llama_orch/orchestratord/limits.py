@@ -115,11 +115,12 @@ class TaskStream(StreamingResponse):
         tenant: str,
         counter: StreamCounter,
         stall_timeout_s: float,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             frames,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
         )
         self._task_id = task_id
         self._tenant = tenant

@@ -42,6 +42,11 @@ class LlamaCppHttpAdapter(HttpAdapter):
     options: LlamaCppOptions
     options_type = LlamaCppOptions
     error_table = staticmethod(error_from_response)
+    # ORCH-2723: llama-server (11434) closes the connection after every streamed answer, with
+    # no `Connection: close` to say so: a pooled stream connection would be dead by
+    # the next request (measured with curl and aiohttp, issue #20). Streams ask
+    # for `Connection: close`; /tokenize, /props, /health and /metrics stay pooled.
+    pool_streams = False
 
     def __init__(self, target: AdapterTarget) -> None:
         super().__init__(target)

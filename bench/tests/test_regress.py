@@ -1,0 +1,53 @@
+"""ORCH-2702: the bench's fall-back check against a baseline result (no processes run).
+
+uv run pytest bench/tests -q
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from regress import compare, markdown
+
+
+def _run(cpu_s: float, rps: float, errors: int, kb: int) -> dict:
+    level = {"ok": 100, "tokens": 3200, "cpu_s": {"orch": cpu_s}, "req_per_s": rps}
+    return {
+        "machine": {},
+        "fake": [
+            {
+                "delay_ms": 0.0,
+                "c": 16,
+                "direct": {"req_per_s": 1000.0},
+                "orch": {**level, "errors": errors},
+            }
+        ],
+        "memory": {
+            "hold": {
+                "streams": 100,
+                "rss_before_kb": {"orch": 50_000},
+                "rss_during_kb": {"orch": 50_000 + 100 * kb},
+            }
+        },
+    }
+
+
+def test_figures_worse_by_more_than_a_quarter_fall_back() -> None:
+    base = _run(cpu_s=0.2, rps=200.0, errors=0, kb=40)
+    same = compare(base, copy.deepcopy(base))
+    assert same and not any(r["worse"] for r in same)
+    slightly = compare(base, _run(cpu_s=0.24, rps=170.0, errors=0, kb=48))  # 20 %, 15 %
+    assert not any(r["worse"] for r in slightly)
+    worse = {r["figure"] for r in compare(base, _run(0.3, 140.0, 3, 60)) if r["worse"]}
+    assert worse == {
+        "0ms c=16 orch CPU ms/req",
+        "0ms c=16 orch CPU µs/token",
+        "0ms c=16 orch req/s vs direct",
+        "0ms c=16 orch errors",
+        "KB per open stream",
+    }
+    table = "\n".join(markdown(compare(base, _run(0.3, 200.0, 0, 40)), "base.json"))
+    assert "**FELL BACK**" in table and "base.json" in table
