@@ -32,13 +32,13 @@ from pathlib import Path
 
 from llama_orch.pool_managerd.errors import ProvisionError
 from llama_orch.pool_managerd.provision import (
-    KNOWN_MODELS,
     FileLock,
     Progress,
     cache_root,
     provision_model,
     quiet,
 )
+from llama_orch.pool_managerd.sources.pypi import KNOWN_MODELS
 
 __all__ = [
     "PYTRITON_VERSION",
