@@ -179,3 +179,20 @@ def test_a_third_party_source_is_found_by_its_entry_point(
     got = cache.fetch("echo:hello")
     assert got.path.read_bytes() == b"GGUFhello" and got.source == "echo"
     assert got.path.parent.name == hashlib.sha256(b"GGUFhello").hexdigest()[:16]
+
+
+def test_registration_fetches_from_the_origin_when_only_the_caller_pins(
+    cache: ModelCache, origin: ModelFileServer, tmp_path: Path
+) -> None:
+    """ORCH-3310: with the genuine bytes cached, a tampered origin pinned to their
+    digest is still caught when ``from_origin`` (what registration uses)."""
+    cache.fetch(f"{origin.url}/files/m.gguf#sha256={DIGEST}")
+    bad = bytearray(PAYLOAD)
+    bad[10] ^= 1
+    (tmp_path / "bad.gguf").write_bytes(bytes(bad))
+    origin.add_file("bad.gguf", tmp_path / "bad.gguf")
+    url = f"{origin.url}/files/bad.gguf"
+    assert cache.fetch(url, expected_sha256=DIGEST).sha256 == DIGEST  # content-addressed hit
+    with pytest.raises(VerificationError, match=f"expected {DIGEST}"):
+        cache.fetch(url, expected_sha256=DIGEST, from_origin=True)
+    assert cache.lookup(DIGEST) is not None  # the genuine blob is untouched

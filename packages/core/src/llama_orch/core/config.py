@@ -13,6 +13,7 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
+from .catalog_config import CatalogConfig
 from .policy_config import PoliciesConfig, check_policies
 
 __all__ = [
@@ -271,6 +272,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool_managerd: PoolManagerdConfig = msgspec.field(default_factory=PoolManagerdConfig)
     # Admission and placement policies (ORCH-8540, issue #16).
     policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
+    # Model catalog and its trust policy (ORCH-3311..3320, issue #18).
+    catalog: CatalogConfig = msgspec.field(default_factory=CatalogConfig)
 
 
 def check_api_keys(keys: list[ApiKey]) -> None:

@@ -45,6 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Access, Authenticator, Principal, load_keys
+from .catalog_api import catalog_routes
 from .control import control_routes
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter, TaskStream
@@ -320,7 +321,11 @@ def build_app(
         route("/metrics", metrics, "GET", "metrics"),
     ]
     # drain, reload, reset, replica sets: admin only
-    for r in [*control_routes(orch, manager, remotes), *overview_routes(orch)]:
+    for r in [
+        *control_routes(orch, manager, remotes),
+        *overview_routes(orch),
+        *catalog_routes(orch, manager),  # ORCH-3321 (issue #18)
+    ]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)

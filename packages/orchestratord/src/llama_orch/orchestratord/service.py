@@ -37,6 +37,7 @@ from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .admission import AdmissionMixin
+from .catalog_api import CatalogService
 from .metrics import Metrics
 from .policies import choose_replica, make_policy_host
 from .pools import Pool, Replica
@@ -101,6 +102,7 @@ class Orchestrator(AdmissionMixin):
             vram_used=lambda: self.gpu.read(self.pools.values())[1],
         )
         self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
+        self.catalog = CatalogService(config.catalog, self.metrics)  # issue #18
         self.policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         self.preemptor = Preemptor(
             config.scheduling.preemption, self.workload.running, self.metrics

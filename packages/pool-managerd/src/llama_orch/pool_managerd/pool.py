@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -120,6 +122,9 @@ class PoolManager:
         self._stop_lock = asyncio.Lock()
         self.counters = Counters()
         self._launcher = LlamaServerLauncher(self.counters, engine_host(config.pool_managerd))
+        # provide(ref, engine=..., progress=...) -> (path, sha256); orchestratord's
+        # catalog sets it to check its trust policy before a model loads (ORCH-3313)
+        self.model_provider: Callable[..., tuple[Path, str]] | None = None
 
     def _add_replica(self, pool: PoolConfig, rid: str) -> _Replica:
         rep = _Replica(
@@ -359,7 +364,12 @@ class PoolManager:
     async def _prepare(self, pool: PoolConfig) -> Prepared:
         adapter_cls = load_adapter_class(pool.engine)
         self._report(f"pool {pool.id}: provisioning model {pool.model}")
-        model_path, digest = await self._in_thread(provision_model, pool.model)
+        provide = (
+            provision_model
+            if self.model_provider is None
+            else functools.partial(self.model_provider, engine=pool.engine)
+        )
+        model_path, digest = await self._in_thread(provide, pool.model)
         self._report(f"pool {pool.id}: provisioning llama-server")
         binary = await self._in_thread(provision_llama_server, pool.engine_binary)
         return Prepared(adapter_cls, binary, model_path, digest)

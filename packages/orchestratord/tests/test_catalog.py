@@ -1,0 +1,280 @@
+"""Model catalog, trust and lifecycle on mock pools (ORCH-3310..3333).
+
+Models are tiny files served by a local origin (https) or given by path; the
+real-engine journey is ``test_catalog_real.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from llama_orch.core.catalog_config import TrustConfig, TrustKey
+from llama_orch.core.config import Config
+from llama_orch.orchestratord.catalog import Catalog
+from llama_orch.orchestratord.trust import Signature, TrustPolicy, signed_message
+from llama_orch.testing.model_server import ModelFileServer
+
+V1 = b"GGUF" + os.urandom(300_000)
+V2 = b"GGUF" + os.urandom(300_000)
+V3 = b"GGUF" + os.urandom(300_000)
+D1, D2, D3 = (hashlib.sha256(v).hexdigest() for v in (V1, V2, V3))
+KEY = Ed25519PrivateKey.generate()
+OTHER = Ed25519PrivateKey.generate()
+
+
+def _pub(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def sign(digest: str, key: Ed25519PrivateKey = KEY, key_id: str = "release") -> dict[str, str]:
+    sig = base64.b64encode(key.sign(signed_message(digest))).decode()
+    return {"key_id": key_id, "signature": sig}
+
+
+def _trust(mode: str = "strict", **kw: Any) -> dict[str, Any]:
+    return {"mode": mode, "keys": [{"id": "release", "public_key": _pub(KEY)}], **kw}
+
+
+@pytest.fixture
+def origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelFileServer]:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "v1.gguf").write_bytes(V1)
+    (tmp_path / "o" / "v2.gguf").write_bytes(V2)
+    (tmp_path / "o" / "v3.gguf").write_bytes(V3)
+    tampered = bytearray(V2)
+    tampered[1000] ^= 0x01  # one byte changed
+    (tmp_path / "o" / "tampered.gguf").write_bytes(bytes(tampered))
+    with ModelFileServer() as server:
+        for name in ("v1.gguf", "v2.gguf", "v3.gguf", "tampered.gguf"):
+            server.add_file(name, tmp_path / "o" / name)
+        yield server
+
+
+def _config(tmp_path: Path, trust: dict[str, Any], **admission: Any) -> Config:
+    pool = {"engine": "mock", "endpoints": ["mock://0"], "adapter_options": {"token_delay_ms": 0}}
+    doc = {
+        "server": {"port": 0, "shutdown_grace_s": 2.0},
+        "auth": {"enabled": False},
+        "admission": admission,
+        "catalog": {"path": str(tmp_path / "catalog.sqlite3"), "trust": trust},
+        "pools": [
+            {"id": "stable", "model": "tiny:stable", **pool},
+            {"id": "canary", "model": "tiny:next", **pool},
+        ],
+    }
+    return msgspec.convert(doc, Config)
+
+
+def test_trust_policy_verdicts() -> None:
+    """ORCH-3311..3313: listed key passes; unsigned, unlisted, bad, disallowed do not."""
+    strict = TrustPolicy(msgspec.convert(_trust(allowed_sources=["https"]), TrustConfig))
+    ok = msgspec.convert(sign(D1), Signature)
+
+    def judge(policy: TrustPolicy, sigs: list[dict[str, str]], source: str = "https") -> Any:
+        return policy.judge(
+            source=source, digest=D1, signatures=[msgspec.convert(s, Signature) for s in sigs]
+        )
+
+    assert strict.judge(source="https", digest=D1, signatures=[ok]).result == "pass"
+    for sigs, reason in [
+        ([], "unsigned"),
+        ([sign(D1, OTHER, "stranger")], "unlisted_key"),
+        ([sign(D1, OTHER)], "bad_signature"),  # listed id, wrong key
+        ([sign(D2)], "bad_signature"),  # a signature over another digest
+        ([{"key_id": "release", "signature": "!!"}], "bad_signature"),
+    ]:
+        v = judge(strict, sigs)
+        assert (v.result, v.reason) == ("fail", reason), sigs
+    assert judge(strict, [sign(D1)], "pypi").reason == "source_not_allowed"
+    warn = TrustPolicy(
+        TrustConfig(mode="warn", keys=[TrustKey(id="release", public_key=_pub(KEY))])
+    )
+    assert (judge(warn, []).result, judge(warn, []).reason) == ("warn", "unsigned")
+    assert judge(TrustPolicy(TrustConfig(mode="off")), []).result == "pass"
+
+
+async def test_register_under_strict_verifies_and_refuses(
+    start_orchestrator, origin: ModelFileServer, tmp_path: Path
+) -> None:
+    """ORCH-3310, ORCH-3313, ORCH-3314, ORCH-3320..3322: a signed model registers with
+    its provenance and resolves by tag, digest and name; tampered, unsigned, unlisted,
+    malformed and half-downloaded ones are refused and leave nothing behind."""
+    run = await start_orchestrator(_config(tmp_path, _trust()))
+    api = run.url + "/v1/catalog/models"
+
+    async def post(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        resp = await run.http.post(api, json=body)
+        return resp.status, await resp.json()
+
+    v1 = f"{origin.url}/files/v1.gguf"
+    status, entry = await post(
+        {"name": "tiny", "ref": v1, "digest": D1, "tags": ["stable"], "signatures": [sign(D1)],
+         "license": "Apache-2.0", "ctx": 512, "state": "active"}
+    )  # fmt: skip
+    assert status == 201, entry
+    assert entry["id"] == D1[:16] and entry["digest"] == D1 and entry["size"] == len(V1)
+    assert entry["provenance"] == {
+        "source": "https", "source_url": v1, "version": None, "manifest_digest": None
+    }  # fmt: skip
+    assert entry["state"] == "active" and entry["history"][0]["to_state"] == "active"
+    cat = run.orch.catalog.catalog
+    assert cat.resolve("tiny:stable").id == cat.resolve(f"sha256:{D1}").id == D1[:16]
+    assert cat.resolve("tiny").id == D1[:16] and cat.resolve("tiny:nope") is None
+    got = await run.http.get(f"{api}/{D1[:16]}")
+    assert (await got.json())["digest"] == D1
+    verified = await run.http.post(f"{api}/{D1[:16]}/verify")
+    assert verified.status == 200 and (await verified.json())["result"] == "pass"
+
+    refused = [
+        # a tampered copy (one byte) of v2 pinned to v2's signed digest
+        ({"name": "tiny", "ref": f"{origin.url}/files/tampered.gguf", "digest": D2,
+          "signatures": [sign(D2)]}, 403, "UNTRUSTED_ARTIFACT", "expected " + D2),
+        # the same copy, not pinned: its digest has no valid signature
+        ({"name": "tiny", "ref": f"{origin.url}/files/tampered.gguf", "signatures": [sign(D2)]},
+         403, "UNTRUSTED_ARTIFACT", "does not verify"),
+        ({"name": "tiny", "ref": f"{origin.url}/files/v2.gguf"}, 403, "UNTRUSTED_ARTIFACT",
+         "no signature"),
+        ({"name": "tiny", "ref": f"{origin.url}/files/v2.gguf",
+          "signatures": [sign(D2, OTHER, "stranger")]}, 403, "UNTRUSTED_ARTIFACT", "stranger"),
+        ({"name": "tiny", "ref": "ftp:x/y.gguf"}, 400, "INVALID_PARAMS", "unknown model source"),
+        ({"name": "tiny", "ref": "hf:no-revision/x.gguf"}, 400, "INVALID_PARAMS", "owner/name@"),
+        ({"name": "tiny", "ref": v1, "digest": D1[:63]}, 400, "INVALID_PARAMS", "$.digest"),
+        ({"name": "Bad Name", "ref": v1}, 400, "INVALID_PARAMS", "$.name"),
+        ({"name": "tiny", "ref": v1, "digest": D1, "signatures": [sign(D1)]}, 400,
+         "INVALID_PARAMS", "already registered"),
+    ]  # fmt: skip
+    for body, want_status, code, text in refused:
+        status, err = await post(body)
+        assert (status, err["code"]) == (want_status, code), (body, err)
+        assert text in err["message"], (text, err)
+    # a download that stops half-way: a typed 4xx, resumable, nothing registered
+    origin.cut_after(100_000)
+    v3 = {"name": "tiny", "ref": f"{origin.url}/files/v3.gguf", "signatures": [sign(D3)]}
+    status, err = await post(v3)
+    assert status == 400 and "stopped at" in err["message"], err
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "llama-orch" / "models"
+    assert not (cache / D3[:16]).exists()  # never a partial file under the final name
+    origin.cut_after(None)
+    listed = await (await run.http.get(api)).json()
+    assert [m["id"] for m in listed["models"]] == [D1[:16]]
+    status, entry = await post({**v3, "tags": ["next"]})
+    assert status == 201 and (cache / D3[:16] / "v3.gguf").read_bytes() == V3
+    assert origin.state.requests[-1][2] == "bytes=100000-"  # resumed, not restarted
+
+    text = run.orch.metrics.render().decode()
+    for reason in ("ok", "digest_mismatch", "bad_signature", "unsigned", "unlisted_key"):
+        assert f'reason="{reason}"' in text and "catalog_verifications_total{" in text, reason
+    # persisted: a new catalog on the same file sees both entries and their history
+    again = Catalog(str(tmp_path / "catalog.sqlite3"))
+    assert {e.id for e in again.list()} == {D1[:16], D3[:16]}
+    assert again.get(D1[:16]).signatures[0].key_id == "release"
+
+
+async def test_canary_promote_rollback_deprecate_retire(
+    start_orchestrator, origin: ModelFileServer, tmp_path: Path
+) -> None:
+    """ORCH-3330..3333 on two mock pools, one per version of ``tiny``."""
+    run = await start_orchestrator(_config(tmp_path, {"mode": "warn"}, queue_capacity=512))
+    api = run.url + "/v1/catalog/models"
+    for data, tag, state in ((V1, "stable", "active"), (V2, "next", "draft")):
+        path = tmp_path / f"{tag}.gguf"
+        path.write_bytes(data)
+        resp = await run.http.post(
+            api, json={"name": "tiny", "ref": str(path), "tags": [tag], "state": state}
+        )
+        assert resp.status == 201, await resp.text()
+    i1, i2 = D1[:16], D2[:16]
+
+    async def state(mid: str, **body: Any) -> tuple[int, dict[str, Any]]:
+        resp = await run.http.post(f"{api}/{mid}/state", json=body)
+        return resp.status, await resp.json()
+
+    assert (await state(i2, state="canary"))[0] == 400  # a canary needs a weight
+    status, body = await state(i2, state="canary", weight=0.2)
+    assert status == 200 and body["model"]["state"] == "canary", body
+
+    async def burst(n: int) -> dict[str, int]:
+        ids = []
+        for _ in range(n):
+            resp = await run.submit(model_ref="tiny", max_tokens=2)
+            assert resp.status == 202, await resp.text()
+            ids.append((await resp.json())["task_id"])
+        split: dict[str, int] = {}
+        for tid in ids:  # every accepted task ends with exactly one terminal event
+            events = await run.events(tid)
+            assert [e[1] for e in events if e[1] in ("end", "error")] == ["end"]
+            pid = run.orch.get(tid).pool_id
+            split[pid] = split.get(pid, 0) + 1
+        return split
+
+    split = await burst(200)
+    assert 0.15 <= split["canary"] / 200 <= 0.25, split  # ORCH-3331: 20 % +- 5 %
+    text = run.orch.metrics.render().decode()
+    assert f'catalog_routed_total{{lifecycle="canary",model_id="{i2}"}} {split["canary"]}' in text
+    assert f'catalog_routed_total{{lifecycle="active",model_id="{i1}"}} {split["stable"]}' in text
+
+    promoted = await (await run.http.post(f"{api}/{i2}/promote")).json()
+    assert {m["id"]: m["state"] for m in promoted["models"]} == {i2: "active", i1: "deprecated"}
+    gone = await run.submit(model_ref="tiny:stable", max_tokens=2)
+    err = await gone.json()
+    assert gone.status == 410 and err["code"] == "MODEL_DEPRECATED", err
+    assert f"use tiny:next ({i2})" in err["message"]
+    assert await burst(5) == {"canary": 5}  # the promoted version serves the name
+
+    back = await (await run.http.post(f"{api}/{i2}/rollback")).json()
+    assert {m["id"]: m["state"] for m in back["models"]} == {i2: "canary", i1: "active"}
+    assert await burst(5) == {"stable": 5}  # rollback: all traffic on the old version
+
+    status, body = await state(i1, state="active")  # ORCH-3330: not a transition
+    assert status == 400 and "allowed next states" in body["message"]
+    status, body = await state(i2, state="retired", drain_deadline_ms=1000)
+    assert status == 200 and body["drained_pools"] == ["canary"], body
+    assert run.orch.pools["canary"].draining and not run.orch.pools["stable"].draining
+    status, body = await state(i2, state="active")
+    assert status == 400 and "allowed next states: none" in body["message"]
+    history = [(h.from_state, h.to_state) for h in run.orch.catalog.catalog.get(i2).history]
+    assert history == [
+        (None, "draft"), ("draft", "canary"), ("canary", "active"), ("active", "canary"),
+        ("canary", "retired"),
+    ]  # fmt: skip
+    deleted = await run.http.delete(f"{api}/{i2}")
+    assert deleted.status == 204
+    assert (await run.http.delete(f"{api}/{i1}")).status == 400  # active: kept
+    assert (await run.http.get(f"{api}/{i2}")).status == 404
+
+
+def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
+    """ORCH-3321: contracts/openapi/catalog.yaml is valid OpenAPI 3.1 and its schemas
+    list exactly the fields of the wire structs."""
+    import yaml
+    from llama_orch.orchestratord import catalog as cat_mod
+    from llama_orch.orchestratord import catalog_api
+    from openapi_spec_validator import validate
+
+    doc = yaml.safe_load(
+        (Path(__file__).resolve().parents[3] / "contracts/openapi/catalog.yaml").read_text()
+    )
+    validate(doc)
+    schemas = doc["components"]["schemas"]
+    for name, struct in [
+        ("CatalogEntry", cat_mod.Entry),
+        ("Provenance", cat_mod.Provenance),
+        ("Transition", cat_mod.Transition),
+        ("Signature", Signature),
+        ("RegisterRequest", catalog_api.RegisterRequest),
+        ("StateRequest", catalog_api.StateRequest),
+        ("VerifyResult", catalog_api.VerifyResult),
+    ]:
+        fields = {f.encode_name for f in msgspec.structs.fields(struct)}
+        assert set(schemas[name]["properties"]) == fields, name
