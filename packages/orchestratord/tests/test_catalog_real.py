@@ -93,6 +93,7 @@ async def test_catalog_journey_strict_on_real_llama_server(
             "server": {"port": 0, "shutdown_grace_s": 2.0},
             "auth": {"enabled": False},
             "allow_cpu_inference": True,
+            "observability": {"self_test": False},  # keep the CPU for the journey
             "catalog": {
                 "path": str(tmp_path / "catalog.sqlite3"),
                 "trust": {
