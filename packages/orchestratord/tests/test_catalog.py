@@ -258,8 +258,8 @@ def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
     """ORCH-3321: contracts/openapi/catalog.yaml is valid OpenAPI 3.1 and its schemas
     list exactly the fields of the wire structs."""
     import yaml
+    from llama_orch.orchestratord import artifacts, catalog_api
     from llama_orch.orchestratord import catalog as cat_mod
-    from llama_orch.orchestratord import catalog_api
     from openapi_spec_validator import validate
 
     doc = yaml.safe_load(
@@ -275,6 +275,56 @@ def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
         ("RegisterRequest", catalog_api.RegisterRequest),
         ("StateRequest", catalog_api.StateRequest),
         ("VerifyResult", catalog_api.VerifyResult),
+        ("ArtifactRequest", artifacts.ArtifactRequest),
+        ("Artifact", artifacts.Artifact),
     ]:
         fields = {f.encode_name for f in msgspec.structs.fields(struct)}
         assert set(schemas[name]["properties"]) == fields, name
+
+
+async def test_artifacts_are_content_addressed_per_tenant_with_lineage(
+    start_orchestrator, tenant_keys, tmp_path: Path
+) -> None:
+    """ORCH-3350..3352."""
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    auth, keys = tenant_keys("a", "b")
+    cfg = _config(tmp_path, {"mode": "warn"})
+    cfg = msgspec.structs.replace(
+        cfg,
+        auth=msgspec.convert(auth, type(cfg.auth)),
+        catalog=msgspec.structs.replace(cfg.catalog, artifact_max_bytes=64),
+    )
+    run = await start_orchestrator(cfg)
+    api = run.url + "/v1/artifacts"
+
+    async def post(key: str, **body: Any) -> tuple[int, dict[str, Any]]:
+        resp = await run.http.post(api, json=body, headers=bearer(keys[key]))
+        return resp.status, await resp.json()
+
+    status, plan = await post("a", content="step 1: think", tags={"kind": "plan"})
+    digest = hashlib.sha256(b"step 1: think").hexdigest()
+    assert status == 201 and plan["id"] == digest and plan["size"] == 13, plan
+    status, out = await post(
+        "a", content=base64.b64encode(b"\x00\xffout").decode(), encoding="base64",
+        parents=[digest], media_type="application/octet-stream",
+    )  # fmt: skip
+    assert status == 201 and out["parents"] == [digest]
+    status, again = await post("a", content="step 1: think", tags={"run": "7"})
+    assert status == 200 and again["tags"] == {"kind": "plan", "run": "7"}
+    got = await run.http.get(f"{api}/{out['id']}", headers=bearer(keys["a"]))
+    doc = await got.json()
+    assert got.status == 200 and base64.b64decode(doc["content"]) == b"\x00\xffout"
+    assert doc["encoding"] == "base64"
+    # another tenant: 404 like an unknown id, and it cannot use a's artifact as a parent
+    other = await run.http.get(f"{api}/{digest}", headers=bearer(keys["b"]))
+    assert other.status == 404
+    status, err = await post("b", content="x", parents=[digest])
+    assert status == 400 and "unknown parent" in err["message"]
+    status, err = await post("a", content="y" * 65)
+    assert (status, err["code"]) == (413, "REQUEST_TOO_LARGE")
+    status, err = await post("a", content="%%%", encoding="base64")
+    assert status == 400 and "base64" in err["message"]
+    assert (await run.http.post(api, json={"content": "x"})).status == 401

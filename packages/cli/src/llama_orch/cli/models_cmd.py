@@ -1,4 +1,4 @@
-"""``llorch models``: the model catalog from the command line (ORCH-3340..3342).
+"""``llorch models``: the model catalog from the command line (ORCH-3340, ORCH-3341).
 
 list | show | add | verify | promote | canary | deprecate | retire | rollback,
 each one call of ``contracts/openapi/catalog.yaml`` with the admin key.

@@ -33,3 +33,5 @@ class CatalogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # SQLite file; None = $XDG_DATA_HOME/llama-orch/catalog.sqlite3 (ORCH-3320)
     path: str | None = None
     trust: TrustConfig = msgspec.field(default_factory=TrustConfig)
+    # the largest artifact (prompt, plan, output) POST /v1/artifacts stores (ORCH-3351)
+    artifact_max_bytes: Annotated[int, Meta(ge=1, le=64 << 20)] = 1 << 20

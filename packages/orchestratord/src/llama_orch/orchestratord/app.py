@@ -44,6 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .artifacts import artifact_routes
 from .auth import Access, Authenticator, Principal, load_keys
 from .catalog_api import catalog_routes
 from .control import control_routes
@@ -327,6 +328,9 @@ def build_app(
         *catalog_routes(orch, manager),  # ORCH-3321 (issue #18)
     ]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
+    # artifacts: content-addressed, per tenant (ORCH-3350, issue #18)
+    for r in artifact_routes(orch.catalog.artifacts):
+        routes.append(Route(r.path, auth.guard(r.endpoint, "tenant"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)
     for frontend in load_frontends():

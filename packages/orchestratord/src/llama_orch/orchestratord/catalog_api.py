@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .artifacts import ArtifactStore
 from .catalog import Catalog, Entry, LifecycleState, Name, Provenance, Tag
 from .metrics import Metrics
 from .trust import Signature, TrustPolicy, Verdict, log_verification
@@ -73,6 +74,7 @@ class VerifyResult(msgspec.Struct):
 class CatalogService:
     def __init__(self, config: CatalogConfig, metrics: Metrics) -> None:
         self.catalog = Catalog(config.path)
+        self.artifacts = ArtifactStore(self.catalog.path, config.artifact_max_bytes)
         self.trust = TrustPolicy(config.trust)
         self._metrics = metrics
 
