@@ -8,7 +8,7 @@ for the cache, BLAKE2b for minisign) and parsing a second key format. Signing
 the sha256 digest we already compute costs one 64-byte verify, and
 ``cryptography`` is already in the dependency tree (TLS tests) and well kept.
 The signed message is the ASCII text ``sha256:<hex>``, so an operator signs
-with any Ed25519 tool, e.g. ``openssl pkeyutl -sign -rawin``.
+with any Ed25519 tool, e.g. ``openssl pkeyutl -sign -rawin -in msg`` (README).
 """
 
 from __future__ import annotations
