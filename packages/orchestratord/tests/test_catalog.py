@@ -248,6 +248,18 @@ async def test_canary_promote_rollback_deprecate_retire(
         (None, "draft"), ("draft", "canary"), ("canary", "active"), ("active", "canary"),
         ("canary", "retired"),
     ]  # fmt: skip
+    # ORCH-3334: a grace period serves with Deprecation/Sunset headers, then 410
+    status, body = await state(i1, state="deprecated", grace_ms=60_000)
+    assert status == 200 and body["model"]["grace_until_ms"] > 0
+    warned = await run.submit(model_ref="tiny:stable", max_tokens=2)
+    assert warned.status == 202, await warned.text()
+    assert warned.headers["Deprecation"].startswith("@") and "GMT" in warned.headers["Sunset"]
+    plain = await run.submit(max_tokens=2, pool_id="stable")
+    assert "Deprecation" not in plain.headers
+    assert (await state(i1, state="active"))[0] == 200
+    assert (await state(i1, state="deprecated"))[0] == 200  # no grace
+    gone = await run.submit(model_ref="tiny:stable", max_tokens=2)
+    assert gone.status == 410 and "Deprecation" not in gone.headers
     deleted = await run.http.delete(f"{api}/{i2}")
     assert deleted.status == 204
     assert (await run.http.delete(f"{api}/{i1}")).status == 400  # active: kept

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .artifacts import artifact_routes
 from .auth import Access, Authenticator, Principal, load_keys
-from .catalog_api import catalog_routes
+from .catalog_api import catalog_routes, deprecation_headers
 from .control import control_routes
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter, TaskStream
@@ -165,6 +165,7 @@ def build_app(
         accepted = await orch.submit(body, _principal(request).tenant)
         headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
         headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
+        headers.update(deprecation_headers())  # ORCH-3334
         return _json_response(accepted, 202, headers)
 
     async def task_status(request: Request) -> Response:

@@ -10,6 +10,7 @@ store of issue #13 (not done here).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import sqlite3
@@ -81,8 +82,16 @@ class Entry(msgspec.Struct, kw_only=True):
     state: LifecycleState = "draft"
     weight: float = 0.0  # canary share of the name's traffic (ORCH-3331)
     replacement: str | None = None  # named in MODEL_DEPRECATED (ORCH-3332)
+    grace_until_ms: int | None = None  # deprecated but served, with a warning, until then
     registered_ms: int = 0
     history: list[Transition] = []
+
+
+# Set while admitting a task for a Deprecated entry in its grace period: the
+# 202 carries Deprecation/Sunset headers (ORCH-3334).
+DEPRECATION: contextvars.ContextVar[Entry | None] = contextvars.ContextVar(
+    "llorch_deprecation", default=None
+)
 
 
 def default_catalog_path() -> Path:
@@ -166,6 +175,9 @@ class Catalog:
         e = self.resolve(ref)
         if e is None:
             return None
+        if e.state == "deprecated" and e.grace_until_ms and _now_ms() < e.grace_until_ms:
+            DEPRECATION.set(e)  # still served, with a warning (ORCH-3334)
+            return e
         if e.state in ("deprecated", "retired"):
             instead = self._entries.get(e.replacement or "")
             named = f"; use {instead.name}:{instead.id}" if instead else ""
@@ -223,6 +235,7 @@ class Catalog:
         weight: float | None = None,
         replacement: str | None = None,
         reason: str = "",
+        grace_ms: int | None = None,
     ) -> Entry:
         e = self.get(entry_id)
         if to not in ALLOWED[e.state] and not to == e.state == "canary":  # canary: new weight
@@ -242,6 +255,7 @@ class Catalog:
             state=to,
             weight=(weight if weight is not None else e.weight) if to == "canary" else 0.0,
             replacement=replacement if replacement is not None else e.replacement,
+            grace_until_ms=_now_ms() + grace_ms if to == "deprecated" and grace_ms else None,
             history=[*e.history, Transition(_now_ms(), e.state, to, reason)],
         )
         self._save(new)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .artifacts import ArtifactStore
-from .catalog import Catalog, Entry, LifecycleState, Name, Provenance, Tag
+from .catalog import DEPRECATION, Catalog, Entry, LifecycleState, Name, Provenance, Tag
 from .metrics import Metrics
 from .trust import Signature, TrustPolicy, Verdict, log_verification
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .pools import Pool
     from .service import Orchestrator
 
-__all__ = ["CatalogService", "catalog_routes"]
+__all__ = ["CatalogService", "catalog_routes", "deprecation_headers"]
 
 _json = msgspec.json.Encoder()
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -61,6 +62,8 @@ class StateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     replacement: str | None = None
     drain_deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
     reason: Annotated[str, msgspec.Meta(max_length=512)] = ""
+    # deprecated: keep serving with Deprecation/Sunset headers this long (ORCH-3334)
+    grace_ms: Annotated[int, msgspec.Meta(ge=0, le=90 * 86_400_000)] | None = None
 
 
 class VerifyResult(msgspec.Struct):
@@ -216,6 +219,19 @@ class CatalogService:
         return pools
 
 
+def deprecation_headers() -> dict[str, str]:
+    """``Deprecation``/``Sunset`` for a task admitted in a grace period (ORCH-3334)."""
+    e = DEPRECATION.get()
+    if e is None:
+        return {}
+    since = next((h.at_ms for h in reversed(e.history) if h.to_state == "deprecated"), 0)
+    until = e.grace_until_ms or 0
+    return {
+        "Deprecation": f"@{since // 1000}",  # RFC 9745
+        "Sunset": formatdate(until / 1000, usegmt=True),  # RFC 8594
+    }
+
+
 def _decode(body: bytes, typ: type[Any]) -> Any:
     try:
         return msgspec.json.decode(body or b"{}", type=typ)
@@ -261,7 +277,12 @@ def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
         mid = request.path_params["model_id"]
         req: StateRequest = _decode(await request.body(), StateRequest)
         entry = svc.catalog.transition(
-            mid, req.state, weight=req.weight, replacement=req.replacement, reason=req.reason
+            mid,
+            req.state,
+            weight=req.weight,
+            replacement=req.replacement,
+            reason=req.reason,
+            grace_ms=req.grace_ms,
         )
         drained: list[str] = []
         if req.state == "retired":  # ORCH-3332: its pools drain by the deadline
