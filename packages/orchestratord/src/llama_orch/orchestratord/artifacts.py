@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -59,14 +61,16 @@ class ArtifactStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def _db(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on a connection that is closed afterwards."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path)
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS artifacts (tenant TEXT NOT NULL, id TEXT NOT NULL,"
-            " doc BLOB NOT NULL, content BLOB NOT NULL, PRIMARY KEY (tenant, id))"
-        )
-        return db
+        with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS artifacts (tenant TEXT NOT NULL, id TEXT NOT NULL,"
+                " doc BLOB NOT NULL, content BLOB NOT NULL, PRIMARY KEY (tenant, id))"
+            )
+            yield db
 
     def put(self, tenant: str, req: ArtifactRequest) -> tuple[Artifact, bool]:
         if req.encoding == "base64":

@@ -10,12 +10,14 @@ store of issue #13 (not done here).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -115,11 +117,13 @@ class Catalog:
                     e = msgspec.json.decode(doc, type=Entry)
                     self._entries[e.id] = e
 
-    def _db(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on a connection that is closed afterwards."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path)
-        db.execute("CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, doc BLOB NOT NULL)")
-        return db
+        with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, doc BLOB NOT NULL)")
+            yield db
 
     def _save(self, *entries: Entry) -> None:
         with self._lock, self._db() as db:  # one transaction
@@ -127,8 +131,9 @@ class Catalog:
                 "INSERT OR REPLACE INTO models (id, doc) VALUES (?, ?)",
                 [(e.id, msgspec.json.encode(e)) for e in entries],
             )
-        for e in entries:
-            self._entries[e.id] = e
+            # copy-on-write: registration runs in a worker thread while admission
+            # iterates the entries on the event loop
+            self._entries = {**self._entries, **{e.id: e for e in entries}}
 
     # ------------------------------------------------------------------ reads
 
@@ -225,7 +230,7 @@ class Catalog:
             raise InvalidParams(f"{e.id} is {e.state}: only draft or retired entries are deleted")
         with self._lock, self._db() as db:
             db.execute("DELETE FROM models WHERE id = ?", (e.id,))
-        self._entries.pop(e.id, None)
+            self._entries = {k: v for k, v in self._entries.items() if k != e.id}
 
     def transition(
         self,
