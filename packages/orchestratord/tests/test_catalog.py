@@ -97,6 +97,8 @@ def test_trust_policy_verdicts() -> None:
         v = judge(strict, sigs)
         assert (v.result, v.reason) == ("fail", reason), sigs
     assert judge(strict, [sign(D1)], "pypi").reason == "source_not_allowed"
+    assert strict.source_verdict("https") is None
+    assert strict.source_verdict("pypi").refused  # type: ignore[union-attr]
     warn = TrustPolicy(
         TrustConfig(mode="warn", keys=[TrustKey(id="release", public_key=_pub(KEY))])
     )
@@ -260,6 +262,11 @@ async def test_canary_promote_rollback_deprecate_retire(
     assert (await state(i1, state="deprecated"))[0] == 200  # no grace
     gone = await run.submit(model_ref="tiny:stable", max_tokens=2)
     assert gone.status == 410 and "Deprecation" not in gone.headers
+    # no Active version left: the name itself answers 410 (newest entry: retired)
+    by_name = await run.submit(model_ref="tiny", max_tokens=2)
+    assert (
+        by_name.status == 410 and f"model tiny {i2} is retired" in (await by_name.json())["message"]
+    )
     deleted = await run.http.delete(f"{api}/{i2}")
     assert deleted.status == 204
     assert (await run.http.delete(f"{api}/{i1}")).status == 400  # active: kept

@@ -159,10 +159,16 @@ class Catalog:
         if _ID.match(ref) and ref in self._entries:
             return self._entries[ref]
         name, _, tag = ref.partition(":")
-        for e in self._entries.values():
-            if e.name == name and (tag in e.tags if tag else e.state == "active"):
-                return e
-        return None
+        mine = [e for e in self._entries.values() if e.name == name]
+        if tag:
+            return next((e for e in mine if tag in e.tags), None)
+        # the name: its Active entry; with none, its newest deprecated or retired one
+        # (so that a task for it learns why and what replaces it, ORCH-3332)
+        active = next((e for e in mine if e.state == "active"), None)
+        if active is not None:
+            return active
+        gone = [e for e in mine if e.state in ("deprecated", "retired")]
+        return max(gone, key=lambda e: e.registered_ms) if gone else None
 
     def canary_of(self, name: str) -> Entry | None:
         return next(

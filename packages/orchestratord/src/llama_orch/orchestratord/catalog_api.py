@@ -106,8 +106,8 @@ class CatalogService:
             source, _ = split_model_ref(req.ref)
         except MalformedModelRef as exc:
             raise InvalidParams(f"{exc} - at `$.ref`") from exc
-        pre = self.trust.judge(source=source, digest="", signatures=[])
-        if pre.refused and pre.reason == "source_not_allowed":  # before any byte moves
+        pre = self.trust.source_verdict(source)
+        if pre is not None and pre.refused:  # before any byte moves (ORCH-3312)
             self._count(pre, req.name, req.digest or "", "none", "register")
             raise UntrustedArtifact(f"{req.ref}: {pre.detail}")
         try:
@@ -198,7 +198,8 @@ class CatalogService:
     # ------------------------------------------------------------------ routing
 
     def serves(self, pool: Pool, entry: Entry) -> bool:
-        if self.catalog.resolve(pool.config.model) is entry:
+        mine = self.catalog.resolve(pool.config.model)
+        if mine is not None and mine.id == entry.id:
             return True
         return any(st.model_digest == entry.digest for st in pool.states.values())
 

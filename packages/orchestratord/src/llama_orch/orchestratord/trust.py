@@ -69,15 +69,23 @@ class TrustPolicy:
             for k in config.keys
         }
 
+    def source_verdict(self, source: str) -> Verdict | None:
+        """A refusal of ``source`` before any byte is fetched, or None (ORCH-3312)."""
+        if self.mode == "off" or self.allowed_sources is None:
+            return None
+        if source in self.allowed_sources:
+            return None
+        detail = f"source {source!r} is not in allowed_sources"
+        return Verdict("fail" if self.mode == "strict" else "warn", "source_not_allowed", detail)
+
     def judge(self, *, source: str, digest: str, signatures: list[Signature]) -> Verdict:
         """The verdict on an artifact whose bytes already match ``digest``."""
         if self.mode == "off":
             return Verdict("pass", "ok", "trust mode off")
-        finding: tuple[Reason, str] | None = None
-        if self.allowed_sources is not None and source not in self.allowed_sources:
-            finding = ("source_not_allowed", f"source {source!r} is not in allowed_sources")
-        else:
-            finding = self._signatures(digest, signatures)
+        refused = self.source_verdict(source)
+        if refused is not None:
+            return refused
+        finding = self._signatures(digest, signatures)
         if finding is None:
             return Verdict("pass", "ok", "signed by a listed key")
         reason, detail = finding
