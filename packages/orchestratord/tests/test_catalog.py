@@ -347,3 +347,33 @@ async def test_artifacts_are_content_addressed_per_tenant_with_lineage(
     status, err = await post("a", content="%%%", encoding="base64")
     assert status == 400 and "base64" in err["message"]
     assert (await run.http.post(api, json={"content": "x"})).status == 401
+
+
+def test_a_fetch_failure_at_load_is_retriable_not_untrusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORCH-3313: only a trust or digest finding is final (VerificationError); an
+    origin that cannot be reached at load is a ProvisionError the pool retries."""
+    import shutil
+
+    from llama_orch.core.catalog_config import CatalogConfig
+    from llama_orch.orchestratord.catalog_api import CatalogService, RegisterRequest
+    from llama_orch.orchestratord.metrics import Metrics
+    from llama_orch.pool_managerd.errors import ProvisionError, VerificationError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "v1.gguf").write_bytes(V1)
+    svc = CatalogService(
+        CatalogConfig(path=str(tmp_path / "c.sqlite3"), trust=TrustConfig(mode="warn")),
+        Metrics(queue_depths=list),
+    )
+    with ModelFileServer() as origin:
+        origin.add_file("v1.gguf", tmp_path / "v1.gguf")
+        req = RegisterRequest(name="tiny", ref=f"{origin.url}/files/v1.gguf", tags=["stable"])
+        svc.register(req, lambda _m: None)
+        path, digest = svc.provide("tiny:stable", engine="mock", progress=lambda _m: None)
+        assert digest == D1 and path.read_bytes() == V1
+    shutil.rmtree(tmp_path / "cache" / "llama-orch" / "models" / D1[:16])
+    with pytest.raises(ProvisionError) as info:
+        svc.provide("tiny:stable", engine="mock", progress=lambda _m: None)
+    assert not isinstance(info.value, VerificationError), info.value

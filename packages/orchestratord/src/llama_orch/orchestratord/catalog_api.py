@@ -173,15 +173,17 @@ class CatalogService:
         self, ref: str, *, engine: str, progress: Callable[[str], None]
     ) -> tuple[Path, str]:
         """The embedded pool manager's model provisioning (ORCH-3313: before load)."""
-        from llama_orch.pool_managerd.errors import VerificationError
+        from llama_orch.pool_managerd.errors import ProvisionError, VerificationError
         from llama_orch.pool_managerd.provision import provision_model
 
         entry = self.catalog.resolve(ref)
         if entry is not None:
             try:
                 return self.verify(entry, engine, "load"), entry.digest
-            except (UntrustedArtifact, InvalidParams) as exc:
+            except UntrustedArtifact as exc:  # never retried, never loaded
                 raise VerificationError(str(exc)) from exc
+            except InvalidParams as exc:  # the fetch failed: the pool retries it
+                raise ProvisionError(str(exc)) from exc
         path, digest = provision_model(ref, progress=progress)
         if self.trust.mode == "off":
             return path, digest
