@@ -1,35 +1,23 @@
 #!/usr/bin/env python3
 """Provision ``prometheus`` and ``promtool`` from Debian's ``prometheus`` package (ORCH-7020).
 
-Nothing is installed system-wide: ``apt-get download prometheus`` fetches the
-.deb into a temporary directory and ``dpkg-deb -x`` unpacks it under
-``~/.cache/llama-orch/tools/prometheus/<deb version>/``. The binaries are
-statically linked Go programs (they need only libc), so no other package is
-unpacked. A file lock serialises parallel test sessions; the first one
-provisions, the others reuse the cache. When ``apt-get download`` fails
-because the package lists are empty (a fresh machine), ``apt-get update``
-runs once and the download is retried.
+Unpacked into the user cache by ``debian_tools.py`` (no system install). The
+binaries are statically linked Go programs (they need only libc), so no other
+package is unpacked.
 
     tools/prometheus_tools.py     # prints the two paths, provisioning if needed
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama-orch" / "tools"
-PACKAGE = "prometheus"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from debian_tools import CACHE, ProvisionError, provision_deb
 
-
-class ProvisionError(Exception):
-    """apt or dpkg is missing, or the package could not be fetched or unpacked."""
+__all__ = ["PrometheusTools", "ProvisionError", "provision"]
 
 
 @dataclass(frozen=True)
@@ -39,57 +27,11 @@ class PrometheusTools:
     promtool: Path
 
 
-def _cached(root: Path) -> PrometheusTools | None:
-    if not root.is_dir():
-        return None
-    for vdir in sorted(root.iterdir(), reverse=True):
-        prom, tool = vdir / "usr" / "bin" / "prometheus", vdir / "usr" / "bin" / "promtool"
-        if prom.is_file() and tool.is_file() and (vdir / ".complete").is_file():
-            return PrometheusTools(vdir.name, prom, tool)
-    return None
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
-
-
 def provision(cache: Path = CACHE) -> PrometheusTools:
-    root = cache / PACKAGE
-    found = _cached(root)
-    if found is not None:
-        return found
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise ProvisionError(f"{tool} not found: cannot provision Debian's {PACKAGE} package")
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _cached(root)  # another session may have finished meanwhile
-        if found is not None:
-            return found
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            work = Path(tmp)
-            got = _run(["apt-get", "download", PACKAGE], work)
-            if got.returncode != 0:
-                _run(["apt-get", "update"], work)
-                got = _run(["apt-get", "download", PACKAGE], work)
-            debs = sorted(work.glob(f"{PACKAGE}_*.deb"))
-            if got.returncode != 0 or not debs:
-                raise ProvisionError(f"apt-get download {PACKAGE} failed: {got.stderr.strip()}")
-            version = debs[0].name.split("_")[1]
-            unpack = work / "x"
-            got = _run(["dpkg-deb", "-x", str(debs[0]), str(unpack)], work)
-            if got.returncode != 0:
-                raise ProvisionError(f"dpkg-deb -x failed: {got.stderr.strip()}")
-            (unpack / ".complete").write_text(debs[0].name + "\n")
-            dest = root / version
-            if dest.exists():
-                shutil.rmtree(dest)
-            unpack.rename(dest)
-    found = _cached(root)
-    if found is None:
-        raise ProvisionError(f"{PACKAGE} unpacked but its binaries are missing under {root}")
-    return found
+    version, (prom, tool) = provision_deb(
+        "prometheus", ("usr/bin/prometheus", "usr/bin/promtool"), cache
+    )
+    return PrometheusTools(version, prom, tool)
 
 
 def main() -> int:

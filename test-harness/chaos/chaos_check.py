@@ -66,10 +66,99 @@ def _check_log(n: int, where: str, seq: list[tuple[int, str, dict[str, Any]]]) -
 
 
 def terminal_of(rec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The task's terminal event: as its client received it (task API), or from the
+    task's log replayed after the run (OpenAI API: its chunks carry no event names)."""
+    if rec.get("api") == "openai":
+        for e in rec.get("replay") or []:
+            if e[1] in TERMINAL:
+                return e[1], e[2]
+        return None
     for e in rec.get("events", []):
         if e[2] in TERMINAL:
             return e[2], e[3]
     return None
+
+
+def cancel_of(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """The cancel of a task: the task API's cancel call, or an OpenAI client's close
+    of its stream (the API's only way to cancel) counted as an answered cancel."""
+    oa = rec.get("oa")
+    if oa is not None:
+        t = oa.get("closed")
+        return None if t is None else {"t_send": t, "t_recv": t, "status": 204, "by": "close"}
+    c: dict[str, Any] | None = rec.get("cancel")
+    return c
+
+
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+def _check_openai(
+    history: dict[str, Any], rec: dict[str, Any], ended_logs: dict[str, list[dict[str, Any]]]
+) -> list[Violation]:
+    """ORCH-6108: an OpenAI-API client's chunks against the task's own log.
+
+    The log (replayed after the run) must be well formed and end once; the client's
+    text chunks must be that log's tokens in order (all of them when it read to the
+    end); ``[DONE]`` only after a clean end whose ``finish_reason`` matches, never
+    after a failure (which ends with an error chunk); after a client's close no engine
+    request may start; and the daemon logs one matching ``task ended`` line.
+    """
+    n, oa = rec["n"], rec.get("oa") or {}
+    out: list[Violation] = []
+    replay = rec.get("replay")
+    if replay is None or _evicted(history, rec):
+        return out
+    rseq = _seq(replay)
+    out += _check_log(n, "replay", rseq)
+    term = terminal_of(rec)
+    if term is None:
+        out.append(Violation("lost", n, "OpenAI API: the task's log has no terminal event"))
+    closed, done, err = oa.get("closed"), oa.get("done"), oa.get("error")
+    if closed is None and done is None and err is None:
+        out.append(Violation("lost", n, "OpenAI API: the stream ended without [DONE] or error"))
+    tokens = [d.get("t") for _, ev, d in rseq if ev == "token"]
+    texts = [c[1] for c in oa.get("chunks", []) if c[2] is None]
+    finals = [c for c in oa.get("chunks", []) if c[2] is not None]
+    if texts != tokens[: len(texts)] or (closed is None and texts != tokens):
+        out.append(
+            Violation(
+                "openai_text", n, f"client chunks {len(texts)} vs log tokens {len(tokens)} differ"
+            )
+        )
+    if done is not None:
+        if term is None or term[0] != "end" or term[1].get("reason") not in CLEAN_REASONS:
+            out.append(
+                Violation("clean_end_from_failed_engine", n, f"[DONE] but the log ends {term}")
+            )
+        elif len(finals) != 1 or finals[0][2] != _FINISH[term[1]["reason"]]:
+            got = [c[2] for c in finals]
+            out.append(
+                Violation("openai_finish", n, f"finish_reason {got} for {term[1]['reason']}")
+            )
+        if err is not None or any(c[0] > done for c in oa.get("chunks", [])):
+            out.append(Violation("terminal_last", n, "OpenAI API: data after [DONE]"))
+    if closed is not None:
+        for x in _exchanges_of(history, n):
+            aborted = (
+                not x.get("bytes_down")
+                and x.get("closed") is not None
+                and x["closed"] - x["opened"] <= 0.25
+            )
+            if x["opened"] > closed + 0.25 and not aborted:
+                out.append(
+                    Violation(
+                        "no_retry_after_cancel",
+                        n,
+                        f"engine {x['engine']} request opened {x['opened'] - closed:.3f}s "
+                        "after the client closed its stream",
+                    )
+                )
+    if "daemon_task_ends" in history:
+        lines = ended_logs.get(rec["task_id"], [])
+        if len(lines) != 1:
+            out.append(Violation("daemon_log", n, f"{len(lines)} 'task ended' log lines"))
+    return out
 
 
 def outcome(rec: dict[str, Any]) -> str:
@@ -101,6 +190,9 @@ def check(history: dict[str, Any]) -> list[Violation]:
     for rec in tasks:
         n = rec["n"]
         if not rec.get("task_id"):
+            continue
+        if rec.get("api") == "openai":
+            out += _check_openai(history, rec, ended_logs)
             continue
         live = _seq(rec.get("events", []))
         if not any(ev in TERMINAL for _, ev, _ in live):
@@ -316,8 +408,21 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
     """
     weights: dict[str, int] = history.get("weights", {})
     starts: list[tuple[float, str, str, int]] = []  # (t, priority, tenant, n)
+    ended_ts = {
+        line.get("job_id"): float(line["ts"])
+        for line in history.get("daemon_task_ends", [])
+        if line.get("ts") is not None
+    }
     for r in history["tasks"]:
         if not r.get("task_id"):
+            continue
+        if r.get("api") == "openai":
+            # no event names in its chunks: the start from the replayed log's
+            # queue wait, counted from the answer's headers (sent at admission)
+            st = next((d for _, ev, d in _seq(r.get("replay") or []) if ev == "started"), None)
+            if st is not None:
+                t_start = r["t_accepted"] + st.get("queue_wait_ms", 0) / 1000
+                starts.append((t_start, r["priority"], r["tenant"], r["n"]))
             continue
         for e in r.get("events", []):
             if e[2] == "started":
@@ -329,6 +434,8 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
     for r in history["tasks"]:  # a task that ended queued (canceled, expired) left then
         if r.get("task_id") and r["n"] not in started_at:
             term = next((e[0] for e in r.get("events", []) if e[2] in TERMINAL), None)
+            if term is None:
+                term = ended_ts.get(r["task_id"])
             started_at[r["n"]] = term if term is not None else float("inf")
     by_n = {r["n"]: r for r in history["tasks"]}
     observed: dict[str, float] = {}
@@ -389,7 +496,7 @@ def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -
     samples: dict[str, list[dict[str, Any]]] = history.get("slot_samples", {})
     out: list[float] = []
     for r in history["tasks"]:
-        c = r.get("cancel")
+        c = cancel_of(r)
         if not c or c.get("status") != 204:
             continue
         xs = [
@@ -544,7 +651,7 @@ def cancel_upstream_closed(history: dict[str, Any]) -> list[float]:
     (the proxy saw the connection end): orchestratord's own part of a cancel."""
     out: list[float] = []
     for r in history["tasks"]:
-        c = r.get("cancel")
+        c = cancel_of(r)
         if not c or c.get("status") != 204:
             continue
         for x in _exchanges_of(history, r["n"]):
@@ -569,8 +676,9 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
     tasks = history["tasks"]
     cancels: dict[str, int] = {}
     for r in tasks:
-        if r.get("cancel"):
-            key = str(r["cancel"].get("status"))
+        c = cancel_of(r)
+        if c:
+            key = "close" if c.get("by") == "close" else str(c.get("status"))
             cancels[key] = cancels.get(key, 0) + 1
     bo = retry_after_errors(history, "backoff_ms")
     gaps = token_gaps(history)
@@ -590,11 +698,19 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
     kill_reset = [
         r["detect_s"] for r in rec if r["kind"] == "engine_kill9" and r["detect_s"] is not None
     ]
-    tokens = sum(1 for r in tasks for e in r.get("events", []) if e[2] == "token")
+    tokens = sum(1 for r in tasks for e in r.get("events", []) if e[2] == "token") + sum(
+        1 for r in tasks for c in (r.get("oa") or {}).get("chunks", []) if c[2] is None
+    )
+    by_api: dict[str, int] = {}
+    for r in tasks:
+        if r.get("task_id"):
+            api = r.get("api", "tasks")
+            by_api[api] = by_api.get(api, 0) + 1
     return {
         "arrivals": len(tasks),
         "submissions": sum(len(r.get("submits", [])) for r in tasks),
         "accepted": accepted,
+        "accepted_by_api": dict(sorted(by_api.items())),
         "completed": counts.get("completed", 0),
         "canceled": counts.get("canceled", 0),
         "failed_by_code": dict(sorted(failed.items())),

@@ -33,7 +33,7 @@ PENDING_FAULT_KINDS = {
     "pool_managerd_kill9": "needs a remote pool-managerd pool in the chaos topology",
     "restart_storm": "needs a supervised (pool-managerd) pool to open its breaker",
 }
-APIS = ("tasks", "openai")  # "openai": seam for the OpenAI-compatible API (not built yet)
+APIS = ("tasks", "openai")  # the task API; the OpenAI-compatible /v1/completions
 
 Behaviour = Literal["read", "cancel", "disconnect"]
 
@@ -71,7 +71,7 @@ class Profile:
     p_disconnect: float = 0.15
     p_deadline: float = 0.15
     p_session: float = 0.15
-    openai_share: float = 0.0  # fraction sent to the OpenAI-compatible API (seam)
+    openai_share: float = 0.25  # fraction sent to the OpenAI-compatible API
 
 
 @dataclass(frozen=True)

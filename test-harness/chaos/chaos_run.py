@@ -386,16 +386,17 @@ class Runner:
         }
         self.records[a.n] = rec
         await asyncio.sleep(max(0.0, self.t0 + a.at_s - time.monotonic()))
-        if a.api != "tasks":
-            # Seam: the OpenAI-compatible API is being built by another issue; a profile
-            # with openai_share > 0 fails here instead of pretending to have sent it.
-            raise NotImplementedError("the OpenAI-compatible API client is not wired yet")
+        if a.api not in chaos_plan.APIS:
+            raise ValueError(f"arrival {a.n}: unknown api {a.api!r}")
         lock = None
         if a.session is not None:
             lock = self.sessions.setdefault((a.tenant, a.session), asyncio.Lock())
             await lock.acquire()
         try:
-            await self._task_client(http, a, rec)
+            if a.api == "openai":
+                await self._openai_client(http, a, rec)
+            else:
+                await self._task_client(http, a, rec)
         finally:
             if lock is not None:
                 lock.release()
@@ -482,6 +483,125 @@ class Runner:
                 await asyncio.sleep(0.5)
         if canceller is not None:
             await canceller
+
+    async def _openai_client(
+        self, http: aiohttp.ClientSession, a: chaos_plan.Arrival, rec: dict[str, Any]
+    ) -> None:
+        """A streaming ``POST /v1/completions`` through the OpenAI-compatible frontend.
+
+        The API has no cancel call and no resume: a client that cancels closes its
+        stream (after ``cancel_after_s`` from the answer's headers, or after
+        ``disconnect_after`` chunks), which the frontend turns into a cancel of the task
+        (ORCH-9113). Every chunk is kept with its receive time; ``[DONE]``, an error
+        chunk and the close are recorded in ``rec["oa"]`` for the checker.
+        """
+        headers = {
+            "Authorization": f"Bearer {self.keys[a.tenant]}",
+            "x-llorch-priority": a.priority,
+        }
+        if a.deadline_ms:
+            headers["x-llorch-deadline-ms"] = str(a.deadline_ms)
+        if a.session is not None:
+            headers["x-llorch-session-id"] = str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"chaos/{self.seed}/{a.tenant}/{a.session}")
+            )
+        body = {
+            "model": POOL,
+            "prompt": a.prompt,
+            "max_tokens": a.max_tokens,
+            "temperature": 0.7,
+            "seed": a.n,
+            "stream": True,
+        }
+        oa: dict[str, Any] = {"chunks": [], "done": None, "error": None, "closed": None}
+        rec["oa"] = oa
+        first_ra: float | None = None
+        t_first = 0.0
+        timeout = aiohttp.ClientTimeout(total=STREAM_TIMEOUT_S, sock_read=STREAM_TIMEOUT_S)
+        while True:
+            t_send = self.now()
+            try:
+                async with http.post(
+                    self.orch_url + "/v1/completions", json=body, headers=headers, timeout=timeout
+                ) as r:
+                    status = r.status
+                    if status != 200:
+                        data = await r.json(content_type=None)
+                        err = data.get("error") if isinstance(data, dict) else None
+                        ra = r.headers.get("retry-after")
+                        ms = r.headers.get("retry-after-ms")
+                        rec["submits"].append(
+                            {
+                                "t_send": t_send,
+                                "t_recv": self.now(),
+                                "status": status,
+                                "code": (err or {}).get("code"),
+                                "message": str((err or {}).get("message"))[:200],
+                                "policy": r.headers.get("x-llorch-policy-label"),
+                                "retry_after": float(ra) if ra is not None else None,
+                                "backoff_ms": int(ms) if ms is not None else None,
+                            }
+                        )
+                    else:
+                        t_recv = self.now()
+                        rec["submits"].append(
+                            {"t_send": t_send, "t_recv": t_recv, "status": 200, "code": None,
+                             "retry_after": None}
+                        )  # fmt: skip
+                        rec["task_id"] = r.headers["x-llorch-task-id"]
+                        rec["t_accepted"] = t_recv
+                        await self._openai_read(r, a, oa)
+                        return
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if rec["task_id"] is not None:
+                    oa["broken"] = repr(exc)[:120]
+                    return
+                rec["submits"].append(
+                    {"t_send": t_send, "t_recv": self.now(), "status": 0,
+                     "code": repr(exc)[:80], "retry_after": None}
+                )  # fmt: skip
+                return
+            if ra is None or status not in (429, 503):
+                return
+            if first_ra is None:
+                first_ra, t_first = float(ra), self.now()
+            if self.now() - t_first > 3 * first_ra + 10 or self.stopping.is_set():
+                return
+            await asyncio.sleep(0.5)  # probe often: measures the real wait to admission
+
+    async def _openai_read(
+        self, r: aiohttp.ClientResponse, a: chaos_plan.Arrival, oa: dict[str, Any]
+    ) -> None:
+        parser = SSEParser()
+        limit = a.disconnect_after if a.behaviour == "disconnect" else None
+        close_at = (
+            asyncio.get_running_loop().time() + a.cancel_after_s
+            if a.behaviour == "cancel"
+            else None
+        )
+        try:
+            async with asyncio.timeout_at(close_at):
+                async for raw in r.content.iter_any():
+                    for msg in parser.feed(raw):
+                        t = self.now()
+                        if msg.data == "[DONE]":
+                            oa["done"] = t
+                            continue
+                        d = msgspec.json.decode(msg.data)
+                        if "error" in d:
+                            oa["error"] = [t, d["error"]]
+                            continue
+                        for c in d.get("choices", []):
+                            oa["chunks"].append([t, c.get("text", ""), c.get("finish_reason")])
+                        n_text = sum(1 for c in oa["chunks"] if c[2] is None)
+                        if limit is not None and n_text >= limit and oa["done"] is None:
+                            r.close()  # the disconnect: the frontend cancels the task
+                            oa["closed"] = self.now()
+                            return
+        except TimeoutError:
+            if oa["done"] is None and oa["error"] is None:
+                r.close()
+                oa["closed"] = self.now()
 
     async def _cancel(
         self,

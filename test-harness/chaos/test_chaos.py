@@ -125,6 +125,55 @@ def test_planted_retry_after_cancel_is_caught() -> None:
     assert _checks(h) == {"no_retry_after_cancel"}
 
 
+def _openai(rec: dict[str, Any]) -> dict[str, Any]:
+    """The same task as an OpenAI-API client saw it: one chunk per token, a finish
+    chunk, ``[DONE]``; the checker reads its events from the replayed log."""
+    ev = rec.pop("events")
+    toks = [e for e in ev if e[2] == "token"]
+    t_end = ev[-1][0]
+    rec["api"] = "openai"
+    rec["oa"] = {
+        "chunks": [[e[0], e[3]["t"], None] for e in toks] + [[t_end, "", "stop"]],
+        "done": t_end + 0.001,
+        "error": None,
+        "closed": None,
+    }
+    return rec
+
+
+def test_openai_clients_are_checked_against_the_task_log() -> None:
+    """ORCH-6108: each rule of the OpenAI-API check fails on its planted bug."""
+    h = _history()
+    _openai(h["tasks"][0])
+    assert chaos_check.check(h) == []
+    assert chaos_check.outcome(h["tasks"][0]) == "completed"
+
+    bad = copy.deepcopy(h)  # a chunk the task never produced
+    bad["tasks"][0]["oa"]["chunks"][1][1] = "y"
+    assert _checks(bad) == {"openai_text"}
+
+    bad = copy.deepcopy(h)  # the engine failed, the client still got a clean [DONE]
+    bad["tasks"][0]["replay"][-1] = [4, "error", {"code": "WORKER_RESET"}]
+    assert "clean_end_from_failed_engine" in _checks(bad)
+
+    bad = copy.deepcopy(h)  # finish_reason that does not match the end's reason
+    bad["tasks"][0]["replay"][-1][2]["reason"] = "length"
+    assert _checks(bad) == {"openai_finish"}
+
+    bad = copy.deepcopy(h)  # neither [DONE] nor an error nor a close: lost
+    bad["tasks"][0]["oa"]["done"] = None
+    assert "lost" in _checks(bad)
+
+    closed = copy.deepcopy(h)  # a close mid-stream; the task ends canceled
+    r = closed["tasks"][0]
+    r["oa"].update(chunks=r["oa"]["chunks"][:1], done=None, closed=100.25)
+    r["replay"][-1][2]["reason"] = "canceled"
+    assert chaos_check.check(closed) == []
+    assert chaos_check.cancel_of(r) is not None
+    closed["exchanges"].append({"arrival": 0, "engine": 1, "opened": 100.9, "final": False})
+    assert _checks(closed) == {"no_retry_after_cancel"}
+
+
 def test_a_replay_differing_is_caught_unless_the_log_was_evicted() -> None:
     h = _history()
     h["tasks"][0]["replay"] = []

@@ -21,15 +21,23 @@ import subprocess
 import time
 import urllib.request
 
-from llama_orch.cli.haiku import HAIKU_SYSTEM, check_haiku, haiku_prompt, make_nonce, minute_words
+from llama_orch.cli.haiku import (
+    HAIKU_GRAMMAR,
+    HAIKU_SYSTEM,
+    check_haiku,
+    haiku_prompt,
+    make_nonce,
+    minute_words,
+)
 from llama_orch.pool_managerd.engine import LlamaServerSpec, free_port
 from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
 
 QWEN = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
 SEED = 20240607  # the E2E test's seed
-VARIANTS = {
-    "current": HAIKU_SYSTEM,
-    "lines": HAIKU_SYSTEM + " Write the poem as three lines, one line per verse.",
+# name -> (system turn, grammar or None)
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "no-grammar": (HAIKU_SYSTEM, None),
+    "grammar": (HAIKU_SYSTEM, HAIKU_GRAMMAR),
 }
 
 
@@ -44,6 +52,7 @@ def _post(url: str, body: dict[str, object]) -> dict[str, object]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nonces", type=int, default=2, help="fresh nonces per minute")
+    ap.add_argument("--minutes", type=int, default=60, help="minutes 0..N-1 (at most 60)")
     args = ap.parse_args()
     binary = provision_llama_server()
     model = provision_model(QWEN)
@@ -67,12 +76,12 @@ def main() -> int:
         accepted = dict.fromkeys(VARIANTS, 0)
         failures: dict[str, list[tuple[int, str, str]]] = {k: [] for k in VARIANTS}
         total = 0
-        for minute in range(60):
+        for minute in range(min(60, args.minutes)):
             words = minute_words(minute)
             for _ in range(args.nonces):
                 nonce = make_nonce(8)
                 total += 1
-                for name, system in VARIANTS.items():
+                for name, (system, grammar) in VARIANTS.items():
                     messages = [
                         {"role": "system", "content": system},
                         {"role": "user", "content": haiku_prompt(words, nonce)},
@@ -86,6 +95,7 @@ def main() -> int:
                             "temperature": 0.0,
                             "seed": SEED,
                             "cache_prompt": False,
+                            **({"grammar": grammar} if grammar else {}),
                         },
                     )
                     text = str(out["content"])

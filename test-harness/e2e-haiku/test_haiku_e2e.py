@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from llama_orch.cli.haiku import (
     AMSTERDAM,
+    HAIKU_GRAMMAR,
     check_haiku,
     haiku_messages,
     haiku_prompt,
@@ -141,8 +142,11 @@ class HaikuRun:
         return problems
 
 
-async def run_protocol(harness: Any, pool_id: str, repo_root: Path) -> HaikuRun:
-    """ARCHITECTURE §10 through OrchQueue v1, with the anti-cheat scans."""
+async def run_protocol(
+    harness: Any, pool_id: str, repo_root: Path, grammar: str | None = HAIKU_GRAMMAR
+) -> HaikuRun:
+    """ARCHITECTURE §10 through OrchQueue v1, with the anti-cheat scans. ``grammar``
+    (ORCH-1010) gives the answer three lines and nothing of its content."""
     health = await harness.wait_ready(pool_id)
     base_url = health["replicas"][0]["base_url"]
     now = datetime.now(AMSTERDAM)
@@ -156,6 +160,7 @@ async def run_protocol(harness: Any, pool_id: str, repo_root: Path) -> HaikuRun:
     status, body, _ = await harness.submit(
         workload="chat",
         messages=haiku_messages(run.minute_words, run.nonce),
+        grammar=grammar,
         max_tokens=MAX_TOKENS,
         temperature=0.0,
         seed=SEED,
@@ -216,7 +221,7 @@ async def test_haiku_e2e_on_real_qwen(
 async def test_haiku_protocol_fails_on_the_mock_engine(start_orchestrator):
     """ORCH-4005: the same protocol against the mock adapter is never accepted."""
     harness = await start_orchestrator(config({"pools": [mock_pool("haiku")]}))
-    run = await run_protocol(harness, "haiku", REPO_ROOT)
+    run = await run_protocol(harness, "haiku", REPO_ROOT, grammar=None)  # mock: no grammar
     problems = run.assess()
     assert any("mock" in p for p in problems), problems
     assert any("/metrics absent" in p for p in problems), problems

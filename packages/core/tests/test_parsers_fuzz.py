@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llama_orch.core.config import Config, parse_config
 from llama_orch.core.sse import SSEMessage, SSEParser
@@ -28,7 +28,8 @@ def _feed_split(wire: bytes, cuts: list[int]) -> list[SSEMessage]:
     return got
 
 
-@settings(max_examples=300)
+# too_slow: input generation is slow only when the machine is loaded (seen at load 9)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_event, max_size=12), st.sampled_from(["\n", "\r\n", "\r"]), st.data())
 def test_any_events_any_line_ending_any_split(
     events: list[tuple[str, list[str], str | None]], eol: str, data: st.DataObject

@@ -81,7 +81,9 @@ async def test_status_lists_and_tails_tasks_of_every_tenant(
         async for line in r.content:
             if line.startswith(b"event: "):
                 events.append(line[7:].strip().decode())
-    assert events[0] == "started" and events[-1] == "end"
+    # beta's task waited behind alpha's: `queued` events (ORCH-1961) may come first
+    events = [e for e in events if e != "queued"]
+    assert events[0] == "started" and events[-1] == "end", events
     async with run.http.get(f"{run.url}/v1/admin/tasks/{a['task_id']}", headers=admin) as r:
         assert (await r.json())["state"] == "canceled"
     async with run.http.get(f"{run.url}/v1/admin/tasks/nope", headers=admin) as r:

@@ -107,6 +107,24 @@ async def test_stream_equals_engine_output(start_orchestrator, smollm2_server):
     assert "".join(tokens) == direct["content"]
 
 
+async def test_grammar_constrains_the_output_on_llama_server(start_orchestrator, smollm2_server):
+    """ORCH-1010: a task's GBNF grammar reaches llama-server: the answer is one of its words."""
+    run = await start_orchestrator(_config(smollm2_server))
+    grammar = 'root ::= ("yes" | "no") "."'
+    resp = await run.submit(
+        prompt="Is the sky green? Answer:", max_tokens=8, grammar=grammar, seed=3
+    )
+    assert resp.status == 202, await resp.text()
+    events = await run.events((await resp.json())["task_id"])
+    text = "".join(e[2]["t"] for e in events if e[1] == "token")
+    assert events[-1][1] == "end" and text in ("yes.", "no."), (text, events[-1])
+    # a grammar the engine cannot parse ends the task typed, after admission
+    bad = await run.submit(prompt="x", max_tokens=4, grammar="root ::= (")
+    assert bad.status == 202, await bad.text()
+    events = await run.events((await bad.json())["task_id"])
+    assert events[-1][1] == "error" and events[-1][2]["code"] == "INVALID_PARAMS", events
+
+
 async def test_cancel_mid_stream_frees_engine_slot(start_orchestrator, smollm2_server):
     """ORCH-2004 acceptance: no token after the 204; /slots idle within 2 s."""
     run = await start_orchestrator(_config(smollm2_server))

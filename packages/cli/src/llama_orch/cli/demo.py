@@ -43,7 +43,7 @@ from .errors import (
     exit_code_for,
     exit_code_for_error_code,
 )
-from .haiku import check_haiku, haiku_messages, make_nonce, minute_words, now_minute
+from .haiku import HAIKU_GRAMMAR, check_haiku, haiku_messages, make_nonce, minute_words, now_minute
 from .models import PoolHealth
 
 __all__ = ["DEMO_MODEL", "DEMO_POOL", "demo_config_yaml", "run_demo", "wait_ready"]
@@ -163,6 +163,7 @@ async def run_haiku(
         seed=42,
         max_tokens=64,
         pool_id=DEMO_POOL,
+        grammar=HAIKU_GRAMMAR,
     )
     outcome = await follow_task(orch, accepted.task_id, submitted_at, out=out)
     check = check_haiku(outcome.text, words, nonce)

@@ -14,6 +14,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 __all__ = [
+    "HAIKU_GRAMMAR",
     "HAIKU_SYSTEM",
     "HaikuCheck",
     "check_haiku",
@@ -63,6 +64,15 @@ HAIKU_SYSTEM = (
     "You are a careful poet. Copy every quoted string exactly as given, letter for "
     "letter, keeping its lowercase letters lowercase even at the start of a line."
 )
+
+
+# ORCH-1010: the engine's grammar gives the answer its form only: three lines, each
+# with a visible character. It never supplies the minute words or the nonce (the
+# model must still copy both); it removes the miss where the model answered on one
+# line (3 of the 4 misses in 120 pairs, TODO.md issue #3).
+HAIKU_GRAMMAR = r"""root ::= line "\n" line "\n" line
+line ::= [ \t]* [^ \t\n] [^\n]*
+"""
 
 
 def haiku_messages(words: str, nonce: str) -> list[dict[str, str]]:

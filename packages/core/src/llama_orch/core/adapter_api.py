@@ -76,6 +76,7 @@ class Capability(StrEnum):
     METRICS = "metrics"  # metrics() scrapes real engine counters
     SEEDED_SAMPLING = "seeded_sampling"  # a per-request seed reproduces a stream
     CHAT_TEMPLATE = "chat_template"  # the engine can apply the model's chat template
+    GRAMMAR = "grammar"  # GenerateRequest.grammar (GBNF) constrains the output (ORCH-1010)
 
 
 class AdapterTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +121,7 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     repeat_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     cache_prompt: bool = True
+    grammar: str | None = None  # GBNF, only for adapters declaring GRAMMAR (ORCH-1010)
 
 
 class TokenChunk(msgspec.Struct, frozen=True, tag="token"):

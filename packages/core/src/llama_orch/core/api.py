@@ -74,6 +74,9 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_p: Annotated[float, Meta(ge=0, le=1)] = 0.0
     repeat_penalty: Annotated[float, Meta(gt=0)] = 1.0
     stop: Annotated[list[str], Meta(max_length=8)] = []
+    # ORCH-1010: a GBNF grammar the output must follow, for pools whose engine
+    # declares the `grammar` capability (llama.cpp); 400 elsewhere.
+    grammar: Annotated[str, Meta(min_length=1, max_length=16_384)] | None = None
 
 
 class TaskAccepted(msgspec.Struct, omit_defaults=True):

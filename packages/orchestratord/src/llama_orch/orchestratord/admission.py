@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from llama_orch.core.adapter_api import GenerateRequest
+from llama_orch.core.adapter_api import Capability, GenerateRequest
 from llama_orch.core.api import TaskAccepted, TaskRequest, derive_seed
 from llama_orch.core.config import AdmissionConfig, Config
 from llama_orch.core.errors import (
@@ -136,6 +136,13 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
             pool_id=pool.id,
             engine=pool.engine,
         )
+    if req.grammar is not None and Capability.GRAMMAR not in (await adapter.props()).capabilities:
+        raise InvalidParams(
+            f"`grammar` is not supported by the engine of pool {pool.id} ({pool.engine})"
+            " - at `$.grammar`",
+            pool_id=pool.id,
+            engine=pool.engine,
+        )
     tid = req.task_id or uuid.uuid4()
     seed = req.seed if req.seed is not None else derive_seed(tid)
     gen = GenerateRequest(
@@ -151,6 +158,7 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
         stop=tuple(req.stop),
         # KV reuse can change logits: strict determinism turns it off.
         cache_prompt=req.determinism != "strict" and req.kv_hint != "cold",
+        grammar=req.grammar,
     )
     return Prepared(str(tid), gen, prompt_tokens, ctx)
 

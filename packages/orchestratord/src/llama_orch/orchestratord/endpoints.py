@@ -1,7 +1,10 @@
 """Replicas given as ``endpoints`` in config: engines orchestratord did not start.
 
 Each endpoint is probed through its adapter until Ready (health, then props),
-then reported to the pool like a pool-manager snapshot (ORCH-POOL-3013).
+then reported to the pool like a pool-manager snapshot (ORCH-POOL-3013). A Ready
+endpoint stays under liveness probes (ORCH-1119): after ``health_probe_failures``
+probes in a row without a ready answer within ``health_probe_timeout_s`` it leaves
+placement and is re-admitted when its health passes again (:meth:`Pool.suspect`).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
                 )
                 pool.update(state, adapter=adapter)
                 _log.info("endpoint replica %s ready at %s", replica_id, safe_url(url))
+                await _watch(pool, replica_id, adapter)
                 return
             detail = health.detail
             await asyncio.sleep(poll_s)
@@ -80,3 +84,34 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
     pool.update(
         msgspec.structs.replace(base, status="failed", last_error=detail or "not ready in time")
     )
+
+
+async def _watch(pool: Pool, replica_id: str, adapter: object) -> None:
+    """ORCH-1119: liveness of a Ready endpoint, for as long as it is this pool's replica
+    with this adapter (cancelled at shutdown). A probe that does not answer ready in
+    time is a miss; ``health_probe_failures`` misses in a row suspend placement."""
+    cfg = pool.config
+    misses = 0
+    while True:
+        await asyncio.sleep(cfg.health_probe_interval_s)
+        replica = pool.replicas.get(replica_id)
+        if replica is not None and replica.adapter is not adapter:
+            return  # replaced by a newer snapshot's adapter
+        if replica is None or not replica.state.ready:
+            # held by its self-tests (ORCH-7050), suspended (the suspect probe
+            # re-admits it) or draining
+            misses = 0
+            continue
+        try:
+            health = await asyncio.wait_for(replica.adapter.health(), cfg.health_probe_timeout_s)
+            reason = "" if health.ready else f"health not ready: {health.detail}"
+        except TimeoutError:
+            reason = f"health probe unanswered in {cfg.health_probe_timeout_s:g}s"
+        if not reason:
+            misses = 0
+            continue
+        misses += 1
+        if misses >= cfg.health_probe_failures:
+            _log.warning("endpoint replica %s leaves placement: %s", replica_id, reason)
+            pool.suspect(replica_id, reason, probe_s=cfg.health_probe_interval_s)
+            misses = 0

@@ -42,7 +42,12 @@ class LlamaCppHttpAdapter(HttpAdapter):
     async def props(self) -> EngineProps:
         """ORCH-3004: slots and per-slot ctx from the engine; version/digest from target."""
         p = self.decode(props_decoder, await self.call("GET", "/props"), "GET /props")
-        caps = {Capability.TOKENIZE, Capability.METRICS, Capability.SEEDED_SAMPLING}
+        caps = {
+            Capability.TOKENIZE,
+            Capability.METRICS,
+            Capability.SEEDED_SAMPLING,
+            Capability.GRAMMAR,
+        }
         if p.chat_template:
             caps.add(Capability.CHAT_TEMPLATE)
         t = self.target
@@ -101,6 +106,7 @@ class LlamaCppHttpAdapter(HttpAdapter):
             repeat_penalty=req.repeat_penalty,
             stop=list(req.stop),
             cache_prompt=req.cache_prompt,
+            grammar=msgspec.UNSET if req.grammar is None else req.grammar,
         )
 
     def new_decoder(self, req: GenerateRequest) -> CompletionStream:

@@ -48,6 +48,7 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     # 1 s); without these chunks a cancel during prefill reaches the engine only
     # when the whole prompt is evaluated. Progress chunks carry no text.
     return_progress: bool = True
+    grammar: str | msgspec.UnsetType = msgspec.UNSET  # GBNF (ORCH-1010)
 
 
 class EngineError(msgspec.Struct, kw_only=True):
