@@ -856,3 +856,73 @@ def breaker_open(world: World, rid: str) -> None:
 def reset_names(world: World, pool: str, rid: str) -> None:
     answer = http("POST", f"{world.url}/v1/pools/{pool}/reset", headers=_as("admin"))
     assert answer.status == 200 and answer.body["replicas"] == [rid], answer
+
+
+# -- model catalog (issue #18) --------------------------------------------------
+
+
+@step(
+    "given",
+    'an orchestratord with a catalog and pools "{a}" and "{b}" for model "{name}"',
+)
+def catalog_orchestratord(world: World, a: str, b: str, name: str, tmp_path: Any) -> None:
+    pools = [{**_mock(p, token_delay_ms=0), "model": f"{name}:{p}"} for p in (a, b)]
+    catalog = {"path": str(tmp_path / "catalog.sqlite3"), "trust": {"mode": "off"}}
+    world.notes["models"] = tmp_path
+    _start(world, {"catalog": catalog, "admission": {"queue_capacity": 64}, "pools": pools}, [a, b])
+
+
+@step("when", 'I register version "{tag}" of "{name}" as {state}')
+def register_version(world: World, tag: str, name: str, state: str) -> None:
+    path = world.notes["models"] / f"{tag}.gguf"
+    path.write_bytes(b"GGUF" + tag.encode() * 512)
+    body = {"name": name, "ref": str(path), "tags": [tag], "state": state}
+    world.answer = http("POST", world.url + "/v1/catalog/models", body)
+    assert world.answer.status == 201, world.answer
+    world.notes[tag] = world.answer.body["id"]
+
+
+@step("when", 'I make version "{tag}" a canary with weight {weight:g}')
+def make_canary(world: World, tag: str, weight: float) -> None:
+    url = f"{world.url}/v1/catalog/models/{world.notes[tag]}/state"
+    world.answer = http("POST", url, {"state": "canary", "weight": weight})
+    assert world.answer.status == 200, world.answer
+
+
+@step("when", 'I submit {n:d} tasks for model "{ref}"')
+def submit_for_model(world: World, n: int, ref: str) -> None:
+    ran: dict[str, int] = {}
+    for _ in range(n):
+        assert world.submit(prompt="x", max_tokens=2, model_ref=ref).status == 202, world.answer
+        events = read_events(world.stream_url())
+        assert [e for e, _ in events if e in ("end", "error")] == ["end"], events
+        pool = http("GET", f"{world.url}/v1/tasks/{world.task_id}").body["pool_id"]
+        ran[pool] = ran.get(pool, 0) + 1
+    world.notes["ran"] = ran
+
+
+@step("then", 'pool "{a}" ran {na:d} of them and pool "{b}" ran {nb:d}')
+def ran_split(world: World, a: str, na: int, b: str, nb: int) -> None:
+    assert world.notes["ran"] == {a: na, b: nb}, world.notes["ran"]
+
+
+@step("when", 'I {action} version "{tag}"')
+def catalog_action(world: World, action: str, tag: str) -> None:
+    verb = {"promote": "promote", "roll back": "rollback"}[action]
+    world.answer = http("POST", f"{world.url}/v1/catalog/models/{world.notes[tag]}/{verb}")
+    assert world.answer.status == 200, world.answer
+
+
+@step("when", 'I submit a task for model "{ref}"')
+def submit_one_for_model(world: World, ref: str) -> None:
+    world.submit(prompt="x", max_tokens=2, model_ref=ref)
+
+
+@step("then", 'the message names "{text}"')
+def message_names(world: World, text: str) -> None:
+    assert world.answer is not None and text in world.answer.body["message"], world.answer
+
+
+@step("then", "the task is accepted")
+def task_accepted(world: World) -> None:
+    assert world.answer is not None and world.answer.status == 202, world.answer

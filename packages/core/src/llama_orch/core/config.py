@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from .placement_policy import PlacementConfig
+from .catalog_config import CatalogConfig
 from .policy_config import PoliciesConfig, check_policies
 
 __all__ = [
@@ -328,6 +329,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
     # The shared task state store (ORCH-2520, issue #13); None: in-process only.
     state: StateOptions | None = None
+    # Model catalog and its trust policy (ORCH-3311..3320, issue #18).
+    catalog: CatalogConfig = msgspec.field(default_factory=CatalogConfig)
 
 
 def check_api_keys(keys: list[ApiKey]) -> None:

@@ -59,7 +59,7 @@ def decode_request(body: bytes) -> TaskRequest:
     return req
 
 
-def resolve_pool(req: TaskRequest, pools: dict[str, Pool]) -> Pool:
+def resolve_pool(req: TaskRequest, pools: dict[str, Pool], catalog: Any = None) -> Pool:
     if req.pool_id is not None:
         pool = pools.get(req.pool_id)
         if pool is None:
@@ -70,7 +70,11 @@ def resolve_pool(req: TaskRequest, pools: dict[str, Pool]) -> Pool:
     if req.engine is not None:
         candidates = [p for p in candidates if p.engine == req.engine]
     if req.model_ref is not None:
-        candidates = [p for p in candidates if p.config.model == req.model_ref]
+        # a catalog name, tag or digest picks its version's pools (ORCH-3322, ORCH-3331)
+        served = catalog.pools_for(req.model_ref, candidates) if catalog is not None else None
+        if served is None:
+            served = [p for p in candidates if p.config.model == req.model_ref]
+        candidates = served
     if not candidates:
         raise InvalidParams("no pool serves the requested engine/model_ref - at `$.model_ref`")
     # Prefer a pool that can serve now; among those, the shortest queue.
@@ -175,6 +179,7 @@ class AdmissionMixin:
     workload: Workload
     policies: Any  # a llama_orch.policy_host.PolicyHost, or None
     state: Any  # a .stored.StoreBridge with a `state:` section, else None
+    catalog: Any  # a CatalogService (issue #18)
 
     async def submit(
         self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
@@ -188,7 +193,7 @@ class AdmissionMixin:
             if not self.accepting:
                 raise PoolUnavailable("orchestratord is shutting down", retry_after_ms=1000)
             req = decode_request(body)
-            pool = resolve_pool(req, self.pools)
+            pool = resolve_pool(req, self.pools, self.catalog)
             if pool.draining:
                 raise PoolUnavailable(f"pool {pool.id} is draining", pool_id=pool.id)
             prepared = await prepare(req, pool, self.config.admission)

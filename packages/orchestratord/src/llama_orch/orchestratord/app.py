@@ -44,7 +44,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .artifacts import artifact_routes
 from .auth import Access, Authenticator, Principal, load_keys
+from .catalog_api import catalog_routes, deprecation_headers
 from .control import control_routes
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter
@@ -168,6 +170,7 @@ def build_app(
         accepted = await orch.submit(body, tenant)
         headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
         headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
+        headers.update(deprecation_headers())  # ORCH-3334
         if sse:
             rec = orch.tasks.get(accepted.task_id)
             if rec is not None:  # retained: it was admitted with no await since
@@ -336,8 +339,15 @@ def build_app(
         route("/metrics", metrics, "GET", "metrics"),
     ]
     # drain, reload, reset, replica sets: admin only
-    for r in [*control_routes(orch, manager, remotes), *overview_routes(orch)]:
+    for r in [
+        *control_routes(orch, manager, remotes),
+        *overview_routes(orch),
+        *catalog_routes(orch, manager),  # ORCH-3321 (issue #18)
+    ]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
+    # artifacts: content-addressed, per tenant (ORCH-3350, issue #18)
+    for r in artifact_routes(orch.catalog.artifacts):
+        routes.append(Route(r.path, auth.guard(r.endpoint, "tenant"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)
     for frontend in load_frontends():

@@ -33,7 +33,18 @@ from .tracing import CorrelationFilter
 
 __all__ = ["main"]
 
-_FIELDS = (*TASK_LOG_FIELDS, "check", "ok", "detail")
+# check/ok/detail: self-tests; model..reason: catalog verifications (ORCH-3314)
+_FIELDS = (
+    *TASK_LOG_FIELDS,
+    "check",
+    "ok",
+    "detail",
+    "model",
+    "digest",
+    "stage",
+    "result",
+    "reason",
+)
 
 
 class JsonFormatter(logging.Formatter):

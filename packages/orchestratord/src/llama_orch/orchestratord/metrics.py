@@ -93,6 +93,15 @@ class Metrics:
             "admission_backpressure_events_total",
             description="Full-queue and quota policy decisions (429s and displacements).",
         )
+        # -- model catalog (ORCH-3314, ORCH-3331)
+        self.catalog_verifications = meter.create_counter(
+            "catalog_verifications_total",
+            description="Trust verifications of models at register, verify and load.",
+        )
+        self.catalog_routed = meter.create_counter(
+            "catalog_routed_total",
+            description="Tasks routed to a catalog model version (active or canary).",
+        )
         # -- per-replica counters and histograms: engine, engine_version, pool_id, replica_id
         self.tasks_started = meter.create_counter(
             "tasks_started_total", description="Tasks dispatched to an engine replica."

@@ -96,6 +96,7 @@ async def serve(
             # The pool manager logs its own progress; ``progress`` is for callers
             # that show it elsewhere.
             manager = PoolManager(managed, on_change=orch.on_replica_change, progress=progress)
+            manager.model_provider = orch.catalog.provide  # trust before load (ORCH-3313)
             background.append(asyncio.create_task(manager.start(), name="pool-manager-start"))
 
         async def shutdown_all() -> None:

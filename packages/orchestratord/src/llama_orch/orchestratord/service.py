@@ -37,6 +37,7 @@ from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
 
 from .admission import AdmissionMixin
+from .catalog_api import CatalogService
 from .metrics import Metrics
 from .migration import Migrator
 from .placer import Placer
@@ -107,6 +108,7 @@ class Orchestrator(AdmissionMixin):
         self.placer = Placer(self.pools, self.metrics)  # ORCH-2310 (issue #17)
         self.migrator = Migrator(self.metrics)  # ORCH-2330 (issue #17)
         self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
+        self.catalog = CatalogService(config.catalog, self.metrics)  # issue #18
         self.policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         self.preemptor = Preemptor(
             config.scheduling.preemption, self.workload.running, self.metrics

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -122,6 +124,9 @@ class PoolManager:
         self._stop_lock = asyncio.Lock()
         self.counters = Counters()
         self._launcher = EngineLauncher(self.counters, engine_host(config.pool_managerd))
+        # provide(ref, engine=..., progress=...) -> (path, sha256); orchestratord's
+        # catalog sets it to check its trust policy before a model loads (ORCH-3313)
+        self.model_provider: Callable[..., tuple[Path, str]] | None = None
 
     def _add_replica(self, pool: PoolConfig, rid: str) -> _Replica:
         rep = _Replica(
@@ -358,7 +363,9 @@ class PoolManager:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(self._report, msg)
 
-        return await asyncio.to_thread(prepare, pool, adapter_cls, progress)
+        return await asyncio.to_thread(
+            prepare, pool, adapter_cls, progress, model_provider=self.model_provider
+        )
 
     async def _start_pool(self, pool: PoolConfig) -> None:
         reps = [r for r in self._replicas.values() if r.state.pool_id == pool.id]

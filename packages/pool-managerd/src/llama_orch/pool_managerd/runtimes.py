@@ -128,12 +128,24 @@ def _binary_version(path: Path, name: str, label: str = "") -> str:
     return f"{name}{label}+sha256.{sha256_file(path)[:12]}"
 
 
-def prepare(pool: PoolConfig, adapter_cls: Any, progress: Progress) -> Prepared:
-    """Provision ``pool``'s engine and model; blocking, run it in a thread."""
+def prepare(
+    pool: PoolConfig,
+    adapter_cls: Any,
+    progress: Progress,
+    *,
+    model_provider: Callable[..., tuple[Path, str]] | None = None,
+) -> Prepared:
+    """Provision ``pool``'s engine and model; blocking, run it in a thread.
+    ``model_provider(ref, engine=..., progress=...)`` replaces the model sources
+    for a GGUF model (orchestratord's catalog checks its trust policy there,
+    ORCH-3313)."""
     launch = pool.launch
     if pool.engine == "llamacpp-http":
         progress(f"pool {pool.id}: provisioning model {pool.model}")
-        model, digest = provision_model(pool.model, progress=progress)
+        if model_provider is None:
+            model, digest = provision_model(pool.model, progress=progress)
+        else:
+            model, digest = model_provider(pool.model, engine=pool.engine, progress=progress)
         progress(f"pool {pool.id}: provisioning llama-server")
         binary = provision_llama_server(pool.engine_binary, progress=progress)
         return Prepared(adapter_cls, binary.path, binary.engine_version, model, digest)

@@ -1,0 +1,337 @@
+"""The model catalog: entries, tags, lifecycle, persisted in SQLite (ORCH-3320..3333).
+
+Entries live in memory and are written through to one SQLite table (one row
+per entry, the entry as JSON), so reads on the admission path never touch
+the disk. The file is created on the first registration; an orchestratord
+that never registers a model leaves no file behind. One orchestratord owns a
+catalog file; several instances sharing one catalog need the shared state
+store of issue #13 (not done here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from llama_orch.core.errors import InvalidParams, ModelDeprecated, NotFound
+
+from .trust import Signature
+
+__all__ = [
+    "ALLOWED",
+    "Catalog",
+    "Entry",
+    "LifecycleState",
+    "Provenance",
+    "Transition",
+    "default_catalog_path",
+]
+
+LifecycleState = Literal["draft", "active", "canary", "deprecated", "retired"]
+# ORCH-3330: the transitions an operator may ask for
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "draft": ("active", "canary", "retired"),
+    "canary": ("active", "draft", "deprecated", "retired"),
+    "active": ("deprecated", "retired", "canary"),
+    "deprecated": ("active", "retired"),
+    "retired": (),
+}
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+Tag = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class Provenance(msgspec.Struct):
+    source: str
+    source_url: str
+    version: str | None = None
+    manifest_digest: str | None = None
+
+
+class Transition(msgspec.Struct):
+    at_ms: int
+    from_state: LifecycleState | None
+    to_state: LifecycleState
+    reason: str = ""
+    # promote: the entry that was Active before (rollback restores it)
+    previous_active: str | None = None
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    tags: list[str]
+    digest: str
+    size: int
+    format: str
+    ref: str  # the source reference the bytes are fetched from
+    provenance: Provenance
+    signatures: list[Signature] = []
+    sbom: str | None = None
+    license: str | None = None
+    chat_template: str | None = None
+    ctx: int | None = None
+    state: LifecycleState = "draft"
+    weight: float = 0.0  # canary share of the name's traffic (ORCH-3331)
+    replacement: str | None = None  # named in MODEL_DEPRECATED (ORCH-3332)
+    grace_until_ms: int | None = None  # deprecated but served, with a warning, until then
+    registered_ms: int = 0
+    history: list[Transition] = []
+
+
+# Set while admitting a task for a Deprecated entry in its grace period: the
+# 202 carries Deprecation/Sunset headers (ORCH-3334).
+DEPRECATION: contextvars.ContextVar[Entry | None] = contextvars.ContextVar(
+    "llorch_deprecation", default=None
+)
+
+
+def default_catalog_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llama-orch" / "catalog.sqlite3"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Catalog:
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path).expanduser() if path else default_catalog_path()
+        self._credit: dict[str, float] = {}  # canary share owed, per name
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        if self.path.is_file():
+            with self._db() as db:
+                for (doc,) in db.execute("SELECT doc FROM models"):
+                    e = msgspec.json.decode(doc, type=Entry)
+                    self._entries[e.id] = e
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on a connection that is closed afterwards."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, doc BLOB NOT NULL)")
+            yield db
+
+    def _save(self, *entries: Entry) -> None:
+        with self._lock, self._db() as db:  # one transaction
+            db.executemany(
+                "INSERT OR REPLACE INTO models (id, doc) VALUES (?, ?)",
+                [(e.id, msgspec.json.encode(e)) for e in entries],
+            )
+            # copy-on-write: registration runs in a worker thread while admission
+            # iterates the entries on the event loop
+            self._entries = {**self._entries, **{e.id: e for e in entries}}
+
+    # ------------------------------------------------------------------ reads
+
+    def list(self) -> list[Entry]:
+        return sorted(self._entries.values(), key=lambda e: (e.name, e.registered_ms, e.id))
+
+    def get(self, entry_id: str) -> Entry:
+        e = self._entries.get(entry_id)
+        if e is None:
+            raise NotFound(f"unknown catalog model {entry_id}")
+        return e
+
+    def by_digest(self, digest: str) -> Entry | None:
+        return self._entries.get(digest[:16]) if _DIGEST.match(digest) else None
+
+    def resolve(self, ref: str) -> Entry | None:
+        """``sha256:<hex>``, an id, ``name:tag`` or ``name`` -> entry (ORCH-3322)."""
+        if not self._entries:
+            return None
+        if m := _DIGEST.match(ref):
+            e = self._entries.get(m.group(1)[:16])
+            return e if e is not None and e.digest == m.group(1) else None
+        if _ID.match(ref) and ref in self._entries:
+            return self._entries[ref]
+        name, _, tag = ref.partition(":")
+        mine = [e for e in self._entries.values() if e.name == name]
+        if tag:
+            return next((e for e in mine if tag in e.tags), None)
+        # the name: its Active entry; with none, its newest deprecated or retired one
+        # (so that a task for it learns why and what replaces it, ORCH-3332)
+        active = next((e for e in mine if e.state == "active"), None)
+        if active is not None:
+            return active
+        gone = [e for e in mine if e.state in ("deprecated", "retired")]
+        return max(gone, key=lambda e: e.registered_ms) if gone else None
+
+    def canary_of(self, name: str) -> Entry | None:
+        return next(
+            (e for e in self._entries.values() if e.name == name and e.state == "canary"), None
+        )
+
+    def active_of(self, name: str) -> Entry | None:
+        return next(
+            (e for e in self._entries.values() if e.name == name and e.state == "active"), None
+        )
+
+    def choose(self, ref: str) -> Entry | None:
+        """The entry a task for ``ref`` runs on (ORCH-3331, ORCH-3332); None if ``ref``
+        is not a catalog reference."""
+        e = self.resolve(ref)
+        if e is None:
+            return None
+        if e.state == "deprecated" and e.grace_until_ms and _now_ms() < e.grace_until_ms:
+            DEPRECATION.set(e)  # still served, with a warning (ORCH-3334)
+            return e
+        if e.state in ("deprecated", "retired"):
+            instead = self._entries.get(e.replacement or "")
+            named = f"; use {instead.name}:{instead.id}" if instead else ""
+            if instead is not None and instead.tags:
+                named = f"; use {instead.name}:{instead.tags[0]} ({instead.id})"
+            raise ModelDeprecated(f"model {e.name} {e.id} is {e.state}{named}")
+        if e.state == "active":
+            canary = self.canary_of(e.name)
+            if canary is not None and canary.weight > 0:
+                # an accumulator, not a coin: weight 0.2 is exactly 1 task in 5 (ORCH-3331)
+                acc = self._credit.get(e.name, 0.0) + canary.weight
+                self._credit[e.name] = acc % 1.0
+                if acc >= 1.0:
+                    return canary
+        return e
+
+    # ------------------------------------------------------------------ writes
+
+    def add(self, entry: Entry) -> Entry:
+        same = self.by_digest(entry.digest)
+        if same is not None:
+            raise InvalidParams(
+                f"sha256 {entry.digest} is already registered as {same.name} ({same.id})"
+            )
+        if entry.state == "active" and (act := self.active_of(entry.name)) is not None:
+            raise InvalidParams(f"{entry.name} already has an Active entry {act.id}; use promote")
+        entry.registered_ms = _now_ms()
+        entry.history = [Transition(entry.registered_ms, None, entry.state, "registered")]
+        self._save(entry, *self._take_tags(entry))
+        return entry
+
+    def _take_tags(self, entry: Entry) -> list[Entry]:
+        """A tag is held by one entry of a name: tagging moves it (ORCH-3322)."""
+        changed = []
+        for other in self._entries.values():
+            if other.name == entry.name and other.id != entry.id:
+                kept = [t for t in other.tags if t not in entry.tags]
+                if kept != other.tags:
+                    changed.append(msgspec.structs.replace(other, tags=kept))
+        return changed
+
+    def delete(self, entry_id: str) -> None:
+        e = self.get(entry_id)
+        if e.state not in ("draft", "retired"):
+            raise InvalidParams(f"{e.id} is {e.state}: only draft or retired entries are deleted")
+        with self._lock, self._db() as db:
+            db.execute("DELETE FROM models WHERE id = ?", (e.id,))
+            self._entries = {k: v for k, v in self._entries.items() if k != e.id}
+
+    def transition(
+        self,
+        entry_id: str,
+        to: LifecycleState,
+        *,
+        weight: float | None = None,
+        replacement: str | None = None,
+        reason: str = "",
+        grace_ms: int | None = None,
+    ) -> Entry:
+        e = self.get(entry_id)
+        if to not in ALLOWED[e.state] and not to == e.state == "canary":  # canary: new weight
+            raise InvalidParams(
+                f"{e.id} is {e.state}; allowed next states: {list(ALLOWED[e.state]) or 'none'}"
+            )
+        if to in ("active", "canary"):
+            other = (self.active_of if to == "active" else self.canary_of)(e.name)
+            if other is not None and other.id != e.id:
+                raise InvalidParams(f"{e.name} already has a {to} entry {other.id}")
+        if replacement is not None:
+            self.get(replacement)
+        if to == "canary" and not 0 < (weight if weight is not None else e.weight) < 1:
+            raise InvalidParams("a canary needs 0 < weight < 1 - at `$.weight`")
+        new = msgspec.structs.replace(
+            e,
+            state=to,
+            weight=(weight if weight is not None else e.weight) if to == "canary" else 0.0,
+            replacement=replacement if replacement is not None else e.replacement,
+            grace_until_ms=_now_ms() + grace_ms if to == "deprecated" and grace_ms else None,
+            history=[*e.history, Transition(_now_ms(), e.state, to, reason)],
+        )
+        self._save(new)
+        return new
+
+    def promote(self, entry_id: str) -> list[Entry]:
+        """Canary -> Active; the previous Active -> Deprecated, replaced by it (ORCH-3333)."""
+        e = self.get(entry_id)
+        if e.state != "canary":
+            raise InvalidParams(f"{e.id} is {e.state}: only a canary is promoted")
+        old = self.active_of(e.name)
+        now = _now_ms()
+        new = msgspec.structs.replace(
+            e,
+            state="active",
+            weight=0.0,
+            history=[
+                *e.history,
+                Transition(now, "canary", "active", "promote", old.id if old else None),
+            ],
+        )
+        changed = [new]
+        if old is not None:
+            changed.append(
+                msgspec.structs.replace(
+                    old,
+                    state="deprecated",
+                    replacement=e.id,
+                    history=[*old.history, Transition(now, "active", "deprecated", "promote")],
+                )
+            )
+        self._save(*changed)
+        return changed
+
+    def rollback(self, entry_id: str) -> list[Entry]:
+        """Undo the last promote of ``entry_id``, or send a canary back to draft."""
+        e = self.get(entry_id)
+        now = _now_ms()
+        if e.state == "canary":
+            back = msgspec.structs.replace(
+                e,
+                state="draft",
+                weight=0.0,
+                history=[*e.history, Transition(now, "canary", "draft", "rollback")],
+            )
+            self._save(back)
+            return [back]
+        last = e.history[-1] if e.history else None
+        if e.state != "active" or last is None or last.reason != "promote":
+            raise InvalidParams(
+                f"{e.id} is {e.state} and was not just promoted: nothing to roll back"
+            )
+        changed = [
+            msgspec.structs.replace(
+                e, state="canary", weight=0.0,
+                history=[*e.history, Transition(now, "active", "canary", "rollback")],
+            )
+        ]  # fmt: skip
+        prev = self._entries.get(last.previous_active or "")
+        if prev is not None and prev.state == "deprecated":
+            changed.append(
+                msgspec.structs.replace(
+                    prev, state="active", replacement=None,
+                    history=[*prev.history, Transition(now, "deprecated", "active", "rollback")],
+                )
+            )  # fmt: skip
+        self._save(*changed)
+        return changed

@@ -1,0 +1,330 @@
+"""The catalog's HTTP surface, registration, trust at load and task routing
+(ORCH-3310..3333, ``contracts/openapi/catalog.yaml``).
+
+* Registration fetches the reference through pool-managerd's model sources
+  into the host's content-addressed cache, checks the digest and the trust
+  policy, and only then records an entry: a refusal leaves nothing behind.
+* :meth:`CatalogService.provide` replaces the embedded pool manager's model
+  provisioning: a catalog reference loads the entry's bytes with its digest
+  pinned, and the trust policy is applied again before any engine starts.
+* :meth:`CatalogService.pools_for` is admission's view: which pools serve the
+  model a task names, with canary weights, deprecation and retirement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from email.utils import formatdate
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from llama_orch.core.catalog_config import CatalogConfig
+from llama_orch.core.errors import InvalidParams, UntrustedArtifact
+from llama_orch.core.model_source_api import MalformedModelRef, split_model_ref
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .artifacts import ArtifactStore
+from .catalog import DEPRECATION, Catalog, Entry, LifecycleState, Name, Provenance, Tag
+from .metrics import Metrics
+from .trust import Signature, TrustPolicy, Verdict, log_verification
+
+if TYPE_CHECKING:
+    from .pools import Pool
+    from .service import Orchestrator
+
+__all__ = ["CatalogService", "catalog_routes", "deprecation_headers"]
+
+_json = msgspec.json.Encoder()
+Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    ref: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    digest: Digest | None = None
+    tags: list[Tag] = []
+    signatures: list[Signature] = []
+    license: str | None = None
+    sbom: str | None = None
+    chat_template: str | None = None
+    ctx: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    format: str = "gguf"
+    state: LifecycleState = "draft"
+
+
+class StateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    state: LifecycleState
+    weight: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
+    replacement: str | None = None
+    drain_deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+    reason: Annotated[str, msgspec.Meta(max_length=512)] = ""
+    # deprecated: keep serving with Deprecation/Sunset headers this long (ORCH-3334)
+    grace_ms: Annotated[int, msgspec.Meta(ge=0, le=90 * 86_400_000)] | None = None
+
+
+class VerifyResult(msgspec.Struct):
+    id: str
+    digest: str
+    result: str
+    reason: str
+    detail: str
+
+
+class CatalogService:
+    def __init__(self, config: CatalogConfig, metrics: Metrics) -> None:
+        self.catalog = Catalog(config.path)
+        self.artifacts = ArtifactStore(self.catalog.path, config.artifact_max_bytes)
+        self.trust = TrustPolicy(config.trust)
+        self._metrics = metrics
+
+    # ------------------------------------------------------------------ trust
+
+    def _count(self, verdict: Verdict, model: str, digest: str, engine: str, stage: str) -> None:
+        self._metrics.catalog_verifications.add(
+            1, {"result": verdict.result, "reason": verdict.reason, "engine": engine}
+        )
+        log_verification(model, digest, verdict, stage)
+
+    def _refuse(self, model: str, digest: str, engine: str, stage: str, exc: Exception) -> None:
+        verdict = Verdict("fail", "digest_mismatch", str(exc))
+        self._count(verdict, model, digest, engine, stage)
+
+    def register(self, req: RegisterRequest, progress: Callable[[str], None]) -> Entry:
+        """Fetch, verify, record (blocking: run it in a thread)."""
+        try:
+            from llama_orch.pool_managerd.errors import ProvisionError, VerificationError
+            from llama_orch.pool_managerd.sources import ModelCache, UnknownModelSource
+        except ImportError as exc:  # pragma: no cover - orchestratord without [embedded]
+            raise InvalidParams(
+                "registering models needs llama-orch-pool-managerd (the [embedded] extra)"
+            ) from exc
+        try:
+            source, _ = split_model_ref(req.ref)
+        except MalformedModelRef as exc:
+            raise InvalidParams(f"{exc} - at `$.ref`") from exc
+        pre = self.trust.source_verdict(source)
+        if pre is not None and pre.refused:  # before any byte moves (ORCH-3312)
+            self._count(pre, req.name, req.digest or "", "none", "register")
+            raise UntrustedArtifact(f"{req.ref}: {pre.detail}")
+        try:
+            got = ModelCache().fetch(
+                req.ref, expected_sha256=req.digest, progress=progress, from_origin=True
+            )
+        except UnknownModelSource as exc:
+            raise InvalidParams(f"{exc} - at `$.ref`") from exc
+        except VerificationError as exc:
+            self._refuse(req.name, req.digest or "", "none", "register", exc)
+            raise UntrustedArtifact(str(exc)) from exc
+        except ProvisionError as exc:
+            self._count(Verdict("fail", "fetch_failed", str(exc)), req.name, "", "none", "register")
+            raise InvalidParams(str(exc)) from exc
+        verdict = self.trust.judge(source=got.source, digest=got.sha256, signatures=req.signatures)
+        self._count(verdict, req.name, got.sha256, "none", "register")
+        if verdict.refused:
+            raise UntrustedArtifact(f"{req.name} ({got.sha256}): {verdict.detail}")
+        entry = Entry(
+            id=got.sha256[:16],
+            name=req.name,
+            tags=list(dict.fromkeys(req.tags)),
+            digest=got.sha256,
+            size=got.size,
+            format=req.format,
+            ref=req.ref,
+            provenance=Provenance(
+                got.source, got.meta.source_url, got.meta.version, got.meta.manifest_digest
+            ),
+            signatures=req.signatures,
+            sbom=req.sbom,
+            license=req.license or got.meta.license,
+            chat_template=req.chat_template,
+            ctx=req.ctx,
+            state=req.state,
+        )
+        return self.catalog.add(entry)
+
+    def verify(self, entry: Entry, engine: str = "none", stage: str = "verify") -> Path:
+        """Trust, then bytes (ORCH-3310, ORCH-3313); raises UntrustedArtifact."""
+        from llama_orch.pool_managerd.errors import ProvisionError, VerificationError
+        from llama_orch.pool_managerd.sources import ModelCache
+
+        verdict = self.trust.judge(
+            source=entry.provenance.source, digest=entry.digest, signatures=entry.signatures
+        )
+        if verdict.refused:
+            self._count(verdict, entry.name, entry.digest, engine, stage)
+            raise UntrustedArtifact(f"{entry.name} ({entry.id}): {verdict.detail}")
+        try:
+            got = ModelCache().fetch(entry.ref, expected_sha256=entry.digest)
+        except VerificationError as exc:
+            self._refuse(entry.name, entry.digest, engine, stage, exc)
+            raise UntrustedArtifact(f"{entry.name} ({entry.id}): {exc}") from exc
+        except ProvisionError as exc:
+            verdict = Verdict("fail", "fetch_failed", str(exc))
+            self._count(verdict, entry.name, entry.digest, engine, stage)
+            raise InvalidParams(str(exc)) from exc
+        self._count(verdict, entry.name, entry.digest, engine, stage)
+        return got.path
+
+    def provide(
+        self, ref: str, *, engine: str, progress: Callable[[str], None]
+    ) -> tuple[Path, str]:
+        """The embedded pool manager's model provisioning (ORCH-3313: before load)."""
+        from llama_orch.pool_managerd.errors import ProvisionError, VerificationError
+        from llama_orch.pool_managerd.provision import provision_model
+
+        entry = self.catalog.resolve(ref)
+        if entry is not None:
+            try:
+                return self.verify(entry, engine, "load"), entry.digest
+            except UntrustedArtifact as exc:  # never retried, never loaded
+                raise VerificationError(str(exc)) from exc
+            except InvalidParams as exc:  # the fetch failed: the pool retries it
+                raise ProvisionError(str(exc)) from exc
+        path, digest = provision_model(ref, progress=progress)
+        if self.trust.mode == "off":
+            return path, digest
+        known = self.catalog.by_digest(digest)
+        source = split_model_ref(ref)[0]
+        verdict = self.trust.judge(
+            source=source, digest=digest, signatures=known.signatures if known else []
+        )
+        self._count(verdict, ref, digest, engine, "load")
+        if verdict.refused:
+            raise VerificationError(f"{ref} ({digest}): {verdict.detail}")
+        return path, digest
+
+    # ------------------------------------------------------------------ routing
+
+    def serves(self, pool: Pool, entry: Entry) -> bool:
+        mine = self.catalog.resolve(pool.config.model)
+        if mine is not None and mine.id == entry.id:
+            return True
+        return any(st.model_digest == entry.digest for st in pool.states.values())
+
+    def pools_for(self, model_ref: str, candidates: Sequence[Pool]) -> list[Pool] | None:
+        """Pools serving the entry a task for ``model_ref`` runs on, or None when
+        ``model_ref`` is not a catalog reference (ORCH-3331, ORCH-3332)."""
+        chosen = self.catalog.choose(model_ref)
+        if chosen is None:
+            return None
+        pools = [p for p in candidates if self.serves(p, chosen)]
+        if not pools and chosen.state == "canary":  # no canary pool yet: the Active serves
+            active = self.catalog.active_of(chosen.name)
+            if active is not None:
+                chosen = active
+                pools = [p for p in candidates if self.serves(p, chosen)]
+        if pools:
+            self._metrics.catalog_routed.add(1, {"model_id": chosen.id, "lifecycle": chosen.state})
+        return pools
+
+
+def deprecation_headers() -> dict[str, str]:
+    """``Deprecation``/``Sunset`` for a task admitted in a grace period (ORCH-3334)."""
+    e = DEPRECATION.get()
+    if e is None:
+        return {}
+    since = next((h.at_ms for h in reversed(e.history) if h.to_state == "deprecated"), 0)
+    until = e.grace_until_ms or 0
+    return {
+        "Deprecation": f"@{since // 1000}",  # RFC 9745
+        "Sunset": formatdate(until / 1000, usegmt=True),  # RFC 8594
+    }
+
+
+def _decode(body: bytes, typ: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body or b"{}", type=typ)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidParams(str(exc)) from exc
+
+
+def _ok(body: object, status: int = 200) -> Response:
+    return Response(_json.encode(body), status, media_type="application/json")
+
+
+def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
+    svc: CatalogService = orch.catalog
+
+    async def models(request: Request) -> Response:
+        if request.method == "GET":
+            return _ok({"models": svc.catalog.list()})
+        req: RegisterRequest = _decode(await request.body(), RegisterRequest)
+        entry = await asyncio.to_thread(svc.register, req, lambda _m: None)
+        return _ok(entry, 201)
+
+    async def model(request: Request) -> Response:
+        mid = request.path_params["model_id"]
+        if request.method == "DELETE":
+            svc.catalog.delete(mid)
+            return Response(status_code=204)
+        return _ok(svc.catalog.get(mid))
+
+    async def verify(request: Request) -> Response:
+        entry = svc.catalog.get(request.path_params["model_id"])
+        try:
+            await asyncio.to_thread(svc.verify, entry)
+        except UntrustedArtifact as exc:
+            return _ok(VerifyResult(entry.id, entry.digest, "fail", "refused", str(exc)), 403)
+        verdict = svc.trust.judge(
+            source=entry.provenance.source, digest=entry.digest, signatures=entry.signatures
+        )
+        return _ok(
+            VerifyResult(entry.id, entry.digest, verdict.result, verdict.reason, verdict.detail)
+        )
+
+    async def state(request: Request) -> Response:
+        mid = request.path_params["model_id"]
+        req: StateRequest = _decode(await request.body(), StateRequest)
+        entry = svc.catalog.transition(
+            mid,
+            req.state,
+            weight=req.weight,
+            replacement=req.replacement,
+            reason=req.reason,
+            grace_ms=req.grace_ms,
+        )
+        drained: list[str] = []
+        if req.state == "retired":  # ORCH-3332: its pools drain by the deadline
+            drained = await _drain_serving(orch, manager, entry, req.drain_deadline_ms / 1000)
+        return _ok({"model": entry, "drained_pools": drained})
+
+    async def promote(request: Request) -> Response:
+        return _ok({"models": svc.catalog.promote(request.path_params["model_id"])})
+
+    async def rollback(request: Request) -> Response:
+        return _ok({"models": svc.catalog.rollback(request.path_params["model_id"])})
+
+    return [
+        Route("/v1/catalog/models", models, methods=["GET", "POST"]),
+        Route("/v1/catalog/models/{model_id}", model, methods=["GET", "DELETE"]),
+        Route("/v1/catalog/models/{model_id}/verify", verify, methods=["POST"]),
+        Route("/v1/catalog/models/{model_id}/state", state, methods=["POST"]),
+        Route("/v1/catalog/models/{model_id}/promote", promote, methods=["POST"]),
+        Route("/v1/catalog/models/{model_id}/rollback", rollback, methods=["POST"]),
+    ]
+
+
+async def _drain_serving(
+    orch: Orchestrator, manager: Any, entry: Entry, deadline_s: float
+) -> list[str]:
+    from .control import drain_tasks
+
+    pools = [p for p in orch.pools.values() if orch.catalog.serves(p, entry)]
+
+    async def one(pool: Pool) -> None:
+        pool.draining = True
+
+        async def wait(ids: list[str]) -> None:
+            await drain_tasks(orch, pool, deadline_s)
+
+        if manager is not None and pool.id in manager.pool_ids():
+            await manager.drain(pool.id, wait=wait)
+        else:
+            await wait([])
+
+    await asyncio.gather(*(one(p) for p in pools))
+    return [p.id for p in pools]
