@@ -13,8 +13,8 @@ from typing import Annotated, Literal, get_args
 import msgspec
 from msgspec import Meta
 
-from .placement_policy import PlacementConfig
 from .catalog_config import CatalogConfig
+from .placement_policy import PlacementConfig
 from .policy_config import PoliciesConfig, check_policies
 
 __all__ = [
