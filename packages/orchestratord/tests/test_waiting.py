@@ -160,3 +160,29 @@ async def test_self_test_decode_seeds_the_engine_prior(start_orchestrator, mock_
     assert prior.overhead_ms == float(decode.duration_ms) >= 80  # not the default 50
     pool = run.orch.pools["mock"]
     assert run.orch.workload.model(pool, "mock-e0", 1).prior == prior
+
+
+async def test_a_forecast_deep_in_the_queue_is_bounded_and_close_to_the_full_one(
+    start_orchestrator, mock_config, monkeypatch
+):
+    """ORCH-1957: an admitted task's forecast simulates at most PREDICT_HORIZON tasks
+    ahead of it; within the horizon it is the full simulation's, beyond it the rest
+    pass at the simulated pace, close to the full simulation for like tasks."""
+    from llama_orch.orchestratord import workload as wl
+
+    monkeypatch.setattr(wl, "PREDICT_HORIZON", 16)
+    cfg = mock_config(
+        admission={"queue_capacity": 200}, adapter_options={"token_delay_ms": 1000}
+    )
+    run = await start_orchestrator(cfg)
+    pool = run.orch.pools["mock"]
+    tids = [await _tid(run, max_tokens=8) for _ in range(60)]
+    recs = [run.orch.tasks.get(t) for t in tids]
+    full = {id(t): s for t, _, s in run.orch.workload.queue_forecast(pool, time.monotonic())}
+    for rec in recs[1:]:  # the first one runs
+        got = run.orch.workload.predicted(pool, rec)
+        want = full[id(rec)]
+        if pool.queue.position(rec) <= 16:
+            assert abs(got.start_ms - want.start_ms) < 5, (got, want)  # the same simulation
+        else:
+            assert abs(got.start_ms - want.start_ms) <= 0.1 * want.start_ms + 5, (got, want)

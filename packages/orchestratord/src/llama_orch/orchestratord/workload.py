@@ -11,6 +11,7 @@ ORCH-1958), ``on_time_probability`` and the ETA of every queued task.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -43,6 +44,10 @@ def tokens_left(rec: TaskRecord) -> int:
 def _tokens_in(rec: TaskRecord) -> int:
     # Uncounted prompts (ORCH-1118) are estimated at 4 bytes a token.
     return rec.prompt_tokens if rec.prompt_counted else len(rec.request.prompt.encode()) // 4
+
+
+# Tasks ahead of an admitted one that its forecast simulates exactly (ORCH-1957).
+PREDICT_HORIZON = 256
 
 
 def job_of(rec: TaskRecord) -> Job:
@@ -205,12 +210,31 @@ class Workload:
         return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
 
     def predicted(self, pool: Pool, rec: TaskRecord) -> Slot | None:
-        """Start and finish of an admitted task: the forecast of its place in serving order."""
+        """Start and finish of an admitted task: the forecast of its place in serving order.
+
+        The tasks ahead are simulated exactly up to ``PREDICT_HORIZON`` of them; beyond
+        that the rest are taken to pass at the simulated tasks' mean service time over
+        the pool's slots, so one admission costs O(horizon) simulated tasks instead of
+        the whole queue (ORCH-1957; with the whole queue, admission fell from 39 to 7
+        tasks/s between 1,000 and 6,000 queued tasks).
+        """
         now = time.monotonic()
-        for t, _, slot in self.queue_forecast(pool, now):
-            if t is rec:
-                return slot
-        return None
+        position = pool.queue.position(rec)
+        if position < 0:
+            return None
+        ahead = [job_of(t) for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))]
+        loads = self.loads(pool, now)
+        slots = simulate(loads, [*ahead, job_of(rec)], now)
+        if not slots:
+            return None
+        slot = slots[-1]
+        extra = position - len(ahead)
+        if extra > 0:
+            total = sum(max(1, r.slots) for r in loads)
+            mean = sum(s.finish_ms - s.start_ms for s in slots[:-1]) / max(1, len(ahead))
+            shift = extra * mean / max(1, total)
+            slot = Slot(slot.start_ms + shift, slot.finish_ms + shift, slot.replica)
+        return slot
 
     def task_turn_ms(self, pool: Pool, max_tokens: int) -> float:
         """How often a slot of ``pool`` frees for tasks of ``max_tokens`` at full load:
