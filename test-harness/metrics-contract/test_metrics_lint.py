@@ -38,6 +38,8 @@ _CONTRACT_NAMES = {
     "state_store_takeovers_total",
     # ORCH-2320, ORCH-2322, ORCH-2336: placement and migration (issue #17)
     "placement_decisions_total", "migrations_total", "prefix_hit_ratio",
+    # ORCH-3331: tasks routed to a catalog model version (issue #18)
+    "catalog_routed_total",
 }  # fmt: skip
 
 
@@ -89,7 +91,11 @@ def test_lint_file_lists_the_contract(lint_doc):
     assert set(lint_doc["metrics"]) == _CONTRACT_NAMES
     for name, spec in lint_doc["metrics"].items():
         # policy and state-store series are per instance, not per engine
-        per_engine = name != "admission_share" and not name.startswith(("policy_", "state_store_"))
+        # catalog_routed_total counts a routing decision made before a pool (and so an
+        # engine) is chosen: it is per model version (ORCH-3331)
+        per_engine = name not in ("admission_share", "catalog_routed_total") and not (
+            name.startswith(("policy_", "state_store_"))
+        )
         if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
         for label in spec["labels"]:

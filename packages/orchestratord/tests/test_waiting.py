@@ -171,9 +171,7 @@ async def test_a_forecast_deep_in_the_queue_is_bounded_and_close_to_the_full_one
     from llama_orch.orchestratord import workload as wl
 
     monkeypatch.setattr(wl, "PREDICT_HORIZON", 16)
-    cfg = mock_config(
-        admission={"queue_capacity": 200}, adapter_options={"token_delay_ms": 1000}
-    )
+    cfg = mock_config(admission={"queue_capacity": 200}, adapter_options={"token_delay_ms": 1000})
     run = await start_orchestrator(cfg)
     pool = run.orch.pools["mock"]
     tids = [await _tid(run, max_tokens=8) for _ in range(60)]
