@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llama-orch"
 WHEELS = CACHE / "standalone" / "wheels"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRAS = re.compile(r"^\s*[A-Za-z0-9][A-Za-z0-9._-]*\s*\[([^\]]*)\]")
 
 
 def uv() -> str:
@@ -89,6 +90,7 @@ class Package:
     dependencies: tuple[str, ...]
     test_group: tuple[str, ...]
     entry_points: tuple[str, ...]  # names in llama_orch.adapters
+    extras: dict[str, tuple[str, ...]]  # [project.optional-dependencies]
 
 
 def read_package(path: Path) -> Package:
@@ -101,6 +103,7 @@ def read_package(path: Path) -> Package:
         dependencies=tuple(project.get("dependencies", [])),
         test_group=tuple(data.get("dependency-groups", {}).get("test", [])),
         entry_points=tuple(eps),
+        extras={k: tuple(v) for k, v in project.get("optional-dependencies", {}).items()},
     )
 
 
@@ -149,14 +152,25 @@ def build_wheel(pkg: Package) -> Path:
 
 def wheels_for(requirements: list[str], members: dict[str, Package]) -> list[Path]:
     """Wheels of every workspace distribution the requirements need, transitively."""
-    todo = [req_name(r) for r in requirements]
+    todo = list(requirements)
     seen: set[str] = set()
+    followed: set[tuple[str, str]] = set()
     while todo:
-        name = todo.pop()
-        if name in seen or name not in members:
+        req = todo.pop()
+        name = req_name(req)
+        if name not in members:
+            continue
+        # the extras a requirement names pull in their own workspace dependencies
+        # (orchestratord[valkey] -> llama-orch-state-valkey)
+        for extra in _EXTRAS.findall(req.split(";")[0]):
+            for e in (x.strip() for x in extra.split(",")):
+                if (name, e) not in followed:
+                    followed.add((name, e))
+                    todo.extend(members[name].extras.get(e, ()))
+        if name in seen:
             continue
         seen.add(name)
-        todo.extend(req_name(r) for r in members[name].dependencies)
+        todo.extend(members[name].dependencies)
     return [build_wheel(members[n]) for n in sorted(seen)]
 
 

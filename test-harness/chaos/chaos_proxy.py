@@ -55,18 +55,26 @@ class _Conn:
         self.current: Exchange | None = None
         self.up_tail = b""
         self.down_tail = b""
+        self.req_head = b""  # the current request's first bytes (its arrival marker)
 
     def sniff_up(self, data: bytes) -> None:
         buf = self.up_tail + data
+        start = None  # where the newest request of this read begins in ``buf``
         for m in _REQ.finditer(buf):
             if m.end() > len(self.up_tail):  # not already seen
                 self._close_exchange("next-request")
                 self.current = Exchange(self.proxy.index, m.group(2).decode(errors="replace"))
+                self.req_head = b""
+                start = m.start()
                 if self.current.path.startswith("/completion"):
                     self.proxy.exchanges.append(self.current)
         cur = self.current
         if cur is not None and cur.arrival is None:
-            mark = _MARK.search(buf)
+            # Only this request's own bytes: on a kept-alive connection the tail of
+            # the previous request (another arrival's marker) is still in ``buf``.
+            own = buf[start:] if start is not None else data
+            self.req_head = (self.req_head + own)[:8192]
+            mark = _MARK.search(self.req_head)
             if mark:
                 cur.arrival = int(mark.group(1))
         self.up_tail = buf[-256:]

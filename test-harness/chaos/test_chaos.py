@@ -263,6 +263,39 @@ def test_pending_fault_kinds_are_refused_not_faked() -> None:
 # --------------------------------------------------------------------------- proxy
 
 
+async def test_fault_proxy_ties_each_request_of_a_kept_alive_connection_to_its_arrival() -> None:
+    """Engine connections are pooled (ORCH-2720): a request must not take the marker of
+    the previous one, still in the proxy's look-behind (a CI run counted two arrivals'
+    clean ends as "no engine request" that way)."""
+
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await r.read(4096):
+            w.write(b'HTTP/1.1 200 OK\r\n\r\ndata: {"id_slot":0,"stop":true}\n\n')
+            await w.drain()
+        w.close()
+
+    srv = await asyncio.start_server(engine, "127.0.0.1", 0)
+    proxy = FaultProxy(0, srv.sockets[0].getsockname()[1])
+    port = await proxy.start()
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for n in (7, 8):
+            w.write(b"POST /completion HTTP/1.1\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)  # the body in a read of its own
+            w.write(b'{"prompt":"[chaos-00000%d] short"}' % n)
+            await w.drain()
+            got = b""
+            while b'"stop":true' not in got:
+                got += await asyncio.wait_for(r.read(4096), 5)
+        assert [x.arrival for x in proxy.exchanges] == [7, 8]
+        w.close()
+    finally:
+        await proxy.close()
+        srv.close()
+        await srv.wait_closed()
+
+
 async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
     """The proxy ties a /completion to its arrival marker, sees id_slot and the final
     chunk, and a black hole drops every byte of connections open during it."""

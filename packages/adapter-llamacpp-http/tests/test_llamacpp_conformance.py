@@ -123,6 +123,7 @@ def real_engine(server: RunningLlamaServer) -> EngineUnderTest:
                     Capability.CHAT_TEMPLATE,
                     Capability.JSON_SCHEMA,  # ORCH-9202
                     Capability.LOGPROBS,
+                    Capability.GRAMMAR,  # ORCH-1010
                 }
             ),
             eos_request=GenerateRequest(
