@@ -530,12 +530,18 @@ def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -
                 )
             )
 
+        # A slot whose task appeared before the request was opened runs another
+        # request; during prefill /slots counts only the prompt tokens evaluated so far
+        # (a CI run matched a neighbour's 56-token prompt to this 55-token request,
+        # whose own slot showed 7, and reported that neighbour's end as 594 ms).
         match = sorted(
             (abs(appeared(s) - x["opened"]), s["id"], s)
             for s in before[-1]["slots"]
             if s["is_processing"]
             and s.get("prompt_len") is not None
-            and abs(s["prompt_len"] - x["prompt_tokens"]) <= 1
+            and s["prompt_len"] <= x["prompt_tokens"] + 1
+            and (s["prompt_len"] >= x["prompt_tokens"] - 1 or s["prompt_len"] < x["prompt_tokens"])
+            and appeared(s) >= x["opened"] - 0.05
         )
         if not match or match[0][0] > 1.0 or (len(match) > 1 and match[1][0] - match[0][0] < 0.1):
             continue

@@ -387,6 +387,15 @@ def test_cancel_to_slot_free_is_measured_on_the_slot_of_the_request() -> None:
     assert chaos_check.cancel_slot_free(h) == [pytest.approx(0.12)]
     h["slot_samples"]["0"][0]["slots"][0]["prompt_len"] = 7  # ambiguous: not measured
     assert chaos_check.cancel_slot_free(h) == []
+    # A neighbour busy since before the request opened, with a prompt of about the same
+    # length, is not the request's slot; ours shows its prefill so far (3 of 7 tokens).
+    h["slot_samples"]["0"] = [
+        sample(99.90, (0, False, None, None), (1, True, 4, 8)),
+        sample(100.10, (0, True, 5, 3), (1, True, 4, 8)),
+        sample(100.35, (0, False, None, None), (1, True, 4, 8)),
+        sample(100.90, (0, False, None, None), (1, False, None, None)),
+    ]
+    assert chaos_check.cancel_slot_free(h) == [pytest.approx(0.05)]
 
 
 def test_planted_session_turn_consumed_by_a_rejection_is_caught() -> None:
