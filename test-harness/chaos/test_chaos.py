@@ -354,7 +354,13 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
     assert figs["lost"] == 0, summary["violations"]
     assert figs["violations"] == 0, summary["violations"]
     assert figs["accepted"] > 50 and figs["completed"] > 20
-    assert figs["rejected_by_code"], "the overload burst must have met backpressure"
+    # Clients obey Retry-After and resubmit, so a 429 during the burst rarely becomes a
+    # final outcome (rejected_by_code); the backpressure is the burst's own 429s.
+    overload = [r for r in summary["figures"]["recovery"] if r["kind"] == "overload"]
+    assert overload and all(r["rejected_429"] > 0 for r in overload), (
+        "the overload burst must have met backpressure",
+        overload,
+    )
     assert figs["cancel_slot_free_ms"]["n"] >= 3
     assert figs["cancel_slot_free_ms"]["p99"] <= 250
     assert figs["engine_kill_to_worker_reset_s_max"] is not None
