@@ -95,12 +95,21 @@ class _Flow:
             fifo.popleft()
         return fifo[0]
 
-    def ordered(self) -> list[_Entry]:
-        first = [e for _, _, e in sorted(self.edf) if e.alive]
-        return first + [e for e in self.fifo if e.alive]
+    def lazy(self) -> Iterator[_Entry]:
+        """This flow's live entries in serving order, on demand: deadlines first (from a
+        copy of the heap), then the FIFO deque as it is."""
+        if self.edf_live:
+            heap = self.edf.copy()
+            while heap:
+                entry = heapq.heappop(heap)[2]
+                if entry.alive:
+                    yield entry
+        for entry in self.fifo:
+            if entry.alive:
+                yield entry
 
     def index(self, entry: _Entry) -> int:
-        """``entry``'s place in this flow's serving order (``ordered().index``): O(1) for
+        """``entry``'s place in this flow's serving order (``lazy()``): O(1) for
         the newest FIFO entry, else O(tasks of this flow)."""
         if entry.deadline is not None:
             key = (entry.deadline, entry.seq)
@@ -166,6 +175,23 @@ class _Band:
             del self.flows[flow.tenant]
 
 
+class _FlowCursor:
+    """A flow's state while ``AdmissionQueue.__iter__`` simulates serving order."""
+
+    __slots__ = ("credit", "entries", "left", "weight")
+
+    def __init__(self, flow: _Flow) -> None:
+        self.weight, self.credit, self.left = flow.weight, flow.credit, flow.live
+        self.entries = flow.lazy()
+
+
+class _BandCursor:
+    __slots__ = ("band", "credit", "flows")
+
+    def __init__(self, band: _Band, flows: list[_FlowCursor]) -> None:
+        self.band, self.credit, self.flows = band, band.credit, deque(flows)
+
+
 class AdmissionQueue(Generic[T]):
     def __init__(
         self,
@@ -195,29 +221,32 @@ class AdmissionQueue(Generic[T]):
         return item in self._entries
 
     def __iter__(self) -> Iterator[T]:
-        """Queued items in the order ``pop`` would serve them if nothing changed."""
-        bands = []
-        for b in self._order:
-            flows = [[f.weight, f.credit, deque(f.ordered())] for f in b.active if f.live]
-            bands.append([b, b.credit, deque(flows)])
+        """Queued items in the order ``pop`` would serve them if nothing changed.
+
+        Lazy: taking the first ``k`` items costs O(k + flows), not the whole queue
+        (admission forecasts take at most ``PREDICT_HORIZON``). Do not push, pop or
+        remove while iterating (a flow's deque raises if it changes under it).
+        """
+        bands = [_BandCursor(b, [_FlowCursor(f) for f in b.active if f.live]) for b in self._order]
         while True:
-            ready = [x for x in bands if x[2]]
+            ready = [x for x in bands if x.flows]
             if not ready:
                 return
-            if all(x[1] <= 0 for x in ready):
+            if all(x.credit <= 0 for x in ready):
                 for x in bands:
-                    x[1] = x[0].weight
-            band = next((x for x in ready if x[1] > 0), ready[0])
+                    x.credit = x.band.weight
+            band = next((x for x in ready if x.credit > 0), ready[0])
             if len(ready) > 1:  # same rule as pop(): credit is spent only when contested
-                band[1] -= 1
-            flow = band[2][0]
-            yield flow[2].popleft().item  # type: ignore[misc]
-            flow[1] -= 1
-            if not flow[2]:
-                band[2].popleft()
-            elif flow[1] <= 0:
-                flow[1] = flow[0]
-                band[2].rotate(-1)
+                band.credit -= 1
+            flow = band.flows[0]
+            yield next(flow.entries).item  # type: ignore[misc]
+            flow.credit -= 1
+            flow.left -= 1
+            if not flow.left:
+                band.flows.popleft()
+            elif flow.credit <= 0:
+                flow.credit = flow.weight
+                band.flows.rotate(-1)
 
     def queued(self) -> Iterator[T]:
         """Queued items in arrival order (not serving order); O(n), for forecasts."""
@@ -416,9 +445,7 @@ class AdmissionQueue(Generic[T]):
         flow, band = entry.flow, entry.band
         k = flow.index(entry)
         flows = [f for f in band.active if f.live]
-        k = _turns_before(
-            k, flows.index(flow), [(f.live, f.credit, f.weight) for f in flows]
-        )
+        k = _turns_before(k, flows.index(flow), [(f.live, f.credit, f.weight) for f in flows])
         bands = self._order
         return _turns_before(
             k,
