@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import re
 import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,8 +41,53 @@ def workspace_closure(name: str, members: dict) -> set[str]:
     return out
 
 
+_TEST = "test_distribution_installs_alone_and_passes_its_tests"
+
+
+@pytest.fixture(scope="module")
+def standalone_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], tuple[Any, dict[str, str], Path]]]:
+    """Runs the selected packages' standalone installs two at a time (one per core):
+    each is a separate venv and pytest process, and this test only waits on them, so
+    the wall time halves. Each case still checks its own run."""
+    selected = [
+        item.callspec.params["package_dir"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == _TEST
+    ]
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="standalone")
+    runs: dict[str, tuple[Future[Any], Path]] = {}
+
+    def start(name: str) -> None:
+        if name not in runs:
+            d = tmp_path_factory.mktemp(f"alone-{name}")
+            pkg = standalone.read_package(ROOT / "packages" / name)
+            fut = pool.submit(
+                standalone.run_package_tests, pkg, d, markexpr=standalone.STANDALONE_MARKEXPR
+            )
+            runs[name] = (fut, d)
+
+    # the longest runs first (by the size of their tests), so none is left alone at the end
+    selected.sort(key=lambda n: -sum(1 for _ in (ROOT / "packages" / n / "tests").rglob("*.py")))
+
+    def result(name: str) -> tuple[Any, dict[str, str], Path]:
+        for n in [name, *selected]:
+            start(n)
+        fut, d = runs[name]
+        proc, alone = fut.result()
+        return proc, alone, d
+
+    try:
+        yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.parametrize("package_dir", PACKAGES)
-def test_distribution_installs_alone_and_passes_its_tests(package_dir: str, tmp_path: Path) -> None:
+def test_distribution_installs_alone_and_passes_its_tests(
+    package_dir: str, standalone_runs: Callable[[str], tuple[Any, dict[str, str], Path]]
+) -> None:
     """ORCH-4016, ORCH-4111, ORCH-3001: wheel + declared dependencies only;
     every module imports; entry points load; its own tests pass in that venv."""
     members = standalone.workspace_members()
@@ -50,9 +98,7 @@ def test_distribution_installs_alone_and_passes_its_tests(package_dir: str, tmp_
         assert "llama-orch-testing" in {standalone.req_name(r) for r in pkg.test_group}, (
             f"{pkg.name} must run the conformance suite (llama-orch-testing in its test group)"
         )
-    proc, alone = standalone.run_package_tests(
-        pkg, tmp_path, markexpr=standalone.STANDALONE_MARKEXPR
-    )
+    proc, alone, tmp_path = standalone_runs(package_dir)
     ours = {n for n in alone if n.startswith("llama-orch-")}
     assert ours == workspace_closure(pkg.name, members), (
         f"installing {pkg.name} alone pulled {sorted(ours)}"
