@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from enum import StrEnum
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Final
@@ -198,7 +198,7 @@ class WorkerAdapter(abc.ABC):
     async def props(self) -> EngineProps: ...
 
     @abc.abstractmethod
-    def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]: ...
+    def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]: ...
 
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> None: ...

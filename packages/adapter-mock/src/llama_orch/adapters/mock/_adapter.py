@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -112,7 +112,7 @@ class MockAdapter(WorkerAdapter):
             capabilities=frozenset(caps),
         )
 
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]:
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]:
         """Admission errors are raised by the first ``__anext__``."""
         gen = self._admit(req)
         try:
