@@ -119,7 +119,7 @@ class TaskRecord:
 
     @property
     def state(self) -> TaskState:
-        return self.lifecycle.phase.value  # type: ignore[return-value]
+        return self.lifecycle.phase.value
 
     @property
     def terminal(self) -> bool:
