@@ -240,7 +240,10 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
             progress(f"extracting {filename}")
             with tarfile.open(sdist) as tar:
                 tar.extractall(wd, filter="data")
-            (src,) = [p / "llama.cpp" for p in wd.iterdir() if (p / "llama.cpp").is_dir()] or [None]
+            trees: list[Path | None] = [
+                p / "llama.cpp" for p in wd.iterdir() if (p / "llama.cpp").is_dir()
+            ]
+            (src,) = trees or [None]
             if src is None:
                 raise ProvisionError(f"{filename} holds no llama.cpp source tree")
             build = wd / "build"
