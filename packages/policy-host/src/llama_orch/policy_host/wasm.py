@@ -197,7 +197,8 @@ class WasmPolicy:
             init = ex.get("_initialize")
             if isinstance(init, wasmtime.Func):
                 init(store)
-            exports = {n: ex[n] for n in REQUIRED_EXPORTS}
+            # by name, as self._instance holds them (wasmtime's extern union is not callable)
+            exports: dict[str, Any] = {n: ex[n] for n in REQUIRED_EXPORTS}
             version = exports["llorch_abi_version"](store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise PolicyCallError(self.name, _code(exc), str(exc)) from exc
