@@ -466,7 +466,7 @@ class Orchestrator(AdmissionMixin):
             EndEvent(
                 tokens_out=rec.tokens_out,
                 decode_ms=decode_ms,
-                reason=finished.reason,  # type: ignore[arg-type]
+                reason=finished.reason,
                 tokens_in=rec.prompt_tokens,
                 queue_wait_ms=rec.queue_wait_ms,
                 first_token_ms=rec.first_token_ms,
