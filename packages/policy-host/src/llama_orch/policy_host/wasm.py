@@ -29,6 +29,7 @@ from llama_orch.policy_sdk.abi import (
     HOOK_IDS,
     Decision,
     DecisionError,
+    Hook,
     Snapshot,
     decode_decision,
     encode,
@@ -228,7 +229,7 @@ class WasmPolicy:
 
     # -- the call ---------------------------------------------------------------
 
-    def decide(self, hook: str, snapshot: Snapshot, budget_ms: float) -> Decision:
+    def decide(self, hook: Hook, snapshot: Snapshot, budget_ms: float) -> Decision:
         """One decision; a trap discards the instance and raises :class:`PolicyCallError`."""
         data = encode(snapshot)
         if self._instance is None:
