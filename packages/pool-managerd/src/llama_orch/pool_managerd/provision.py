@@ -35,6 +35,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from .errors import ProvisionError, VerificationError
 
@@ -344,7 +345,7 @@ class FileLock:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._fh: object | None = None
+        self._fh: TextIO | None = None
 
     def __enter__(self) -> FileLock:
         import fcntl
@@ -359,8 +360,8 @@ class FileLock:
 
         fh = self._fh
         assert fh is not None
-        fcntl.flock(fh, fcntl.LOCK_UN)  # type: ignore[arg-type]
-        fh.close()  # type: ignore[attr-defined]
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 # --------------------------------------------------------------------------- models
