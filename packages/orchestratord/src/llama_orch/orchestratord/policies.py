@@ -227,7 +227,7 @@ def choose_replica(
         task=TaskInfo(
             task_id=rec.task_id,
             tenant=rec.tenant,
-            priority=rec.priority,  # type: ignore[arg-type]
+            priority=rec.priority,
             pool_id=pool.id,
             max_tokens=rec.request.max_tokens,
             prompt_tokens=rec.prompt_tokens if rec.prompt_counted else None,
