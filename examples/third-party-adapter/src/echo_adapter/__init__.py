@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import ClassVar
 
 from llama_orch.core.adapter_api import (
@@ -76,7 +76,7 @@ class EchoAdapter(WorkerAdapter):
         if task_id in self.running:
             self.running[task_id] = True
 
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]:
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]:
         words = req.prompt.split()
         if len(words) >= self.ctx:
             raise InvalidParams(

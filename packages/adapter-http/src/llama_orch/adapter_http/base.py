@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator
 from types import SimpleNamespace
 from typing import ClassVar, Protocol, TypeVar
 
@@ -97,7 +97,7 @@ class HttpAdapter(WorkerAdapter):
     # send `Connection: close` and are never pooled (ORCH-2720); other calls are.
     pool_streams: ClassVar[bool] = True
     options_type: ClassVar[type[HttpTimeouts]] = HttpTimeouts
-    error_table: ClassVar[Callable[[int, bytes, str], OrchError]]
+    error_table: ClassVar[staticmethod[[int, bytes, str], OrchError]]
 
     def __init__(self, target: AdapterTarget) -> None:
         super().__init__(target)
@@ -249,7 +249,7 @@ class HttpAdapter(WorkerAdapter):
             inflight.cancelled = True
             inflight.cancel(CancelledByCaller(task_id))
 
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]:
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]:
         """ORCH-3005..3007. Errors surface from ``__anext__`` as core errors."""
         if req.task_id in self._inflight:
             raise InvalidParams(f"task {req.task_id!r} is already streaming", engine=self.engine)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -182,7 +182,7 @@ async def follow_task(
     submitted_at: float,
     *,
     out: TextIO | None = None,
-    events: AsyncIterator[tuple[int, StreamEvent]] | None = None,
+    events: AsyncGenerator[tuple[int, StreamEvent], None] | None = None,
 ) -> StreamOutcome:
     """Stream a task to ``out`` (resuming on drops) and return what was seen.
 

@@ -288,9 +288,9 @@ async def run_demo(
         console.print(f"[bold red]error[/bold red] {escape(str(exc))}")
         return exit_code_for(exc)
     finally:
-        code = await daemon.stop()
-        if code is not None:
-            console.print(f"[llorch] orchestratord stopped (exit code {code})", markup=False)
+        stopped = await daemon.stop()
+        if stopped is not None:
+            console.print(f"[llorch] orchestratord stopped (exit code {stopped})", markup=False)
         if keep_config:
             console.print(f"[llorch] config kept at {config_path}", markup=False)
         else:

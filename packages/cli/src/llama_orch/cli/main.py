@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
 from llama_orch.core.config import PRIORITIES
@@ -26,7 +26,7 @@ from .ops import API_KEY_ENV, add_operator_commands, api_key, report_failure
 
 __all__ = ["build_parser", "main", "run_cancel", "run_submit"]
 
-Command = Callable[[argparse.Namespace], Awaitable[int]]
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 DESCRIPTION = """\

@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from enum import StrEnum
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 import msgspec
 
@@ -64,6 +64,7 @@ __all__ = [
     "Finished",
     "GenerateRequest",
     "Health",
+    "StopReason",
     "TokenChunk",
     "TokenLogprob",
     "WorkerAdapter",
@@ -74,6 +75,8 @@ __all__ = [
 ADAPTER_ENTRY_POINT_GROUP = "llama_orch.adapters"
 # Finished.reason after cancel(task_id) (ORCH-3006): one spelling for every adapter.
 CANCELED: Final = "canceled"
+# Why a generation ended (Finished.reason; the task's `end` event carries it on).
+StopReason = Literal["eos", "stop", "length", "canceled"]
 _log = logging.getLogger(__name__)
 
 
@@ -160,7 +163,7 @@ class Finished(msgspec.Struct, frozen=True, tag="finished", kw_only=True):
     """End of a generation. ``reason`` is ``eos``, ``stop``, ``length`` (``max_tokens``
     reached or context full) or ``canceled`` (after :meth:`WorkerAdapter.cancel`)."""
 
-    reason: str
+    reason: StopReason
     tokens_generated: int
     prompt_tokens: int = 0
 
@@ -198,7 +201,7 @@ class WorkerAdapter(abc.ABC):
     async def props(self) -> EngineProps: ...
 
     @abc.abstractmethod
-    def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]: ...
+    def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]: ...
 
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> None: ...

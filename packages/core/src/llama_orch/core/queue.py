@@ -58,10 +58,12 @@ class Displaced(Generic[T]):
     code: ErrorCode
 
 
-class _Entry:
+class _Entry(Generic[T]):
     __slots__ = ("alive", "band", "deadline", "flow", "item", "seq")
 
-    def __init__(self, item: object, band: _Band, flow: _Flow, seq: int, deadline: float | None):
+    def __init__(
+        self, item: T, band: _Band[T], flow: _Flow[T], seq: int, deadline: float | None
+    ) -> None:
         self.item = item
         self.band = band
         self.flow = flow
@@ -70,7 +72,7 @@ class _Entry:
         self.alive = True
 
 
-class _Flow:
+class _Flow(Generic[T]):
     """One tenant inside one band."""
 
     __slots__ = ("active", "credit", "edf", "edf_live", "fifo", "live", "tenant", "weight")
@@ -79,13 +81,13 @@ class _Flow:
         self.tenant = tenant
         self.weight = weight
         self.credit = weight
-        self.fifo: deque[_Entry] = deque()
-        self.edf: list[tuple[float, int, _Entry]] = []
+        self.fifo: deque[_Entry[T]] = deque()
+        self.edf: list[tuple[float, int, _Entry[T]]] = []
         self.live = 0
         self.edf_live = 0  # live entries with a deadline (served before the FIFO ones)
         self.active = False
 
-    def head(self) -> _Entry:
+    def head(self) -> _Entry[T]:
         edf, fifo = self.edf, self.fifo
         while edf and not edf[0][2].alive:
             heapq.heappop(edf)
@@ -95,7 +97,7 @@ class _Flow:
             fifo.popleft()
         return fifo[0]
 
-    def lazy(self) -> Iterator[_Entry]:
+    def lazy(self) -> Iterator[_Entry[T]]:
         """This flow's live entries in serving order, on demand: deadlines first (from a
         copy of the heap), then the FIFO deque as it is."""
         if self.edf_live:
@@ -108,7 +110,7 @@ class _Flow:
             if entry.alive:
                 yield entry
 
-    def index(self, entry: _Entry) -> int:
+    def index(self, entry: _Entry[T]) -> int:
         """``entry``'s place in this flow's serving order (``lazy()``): O(1) for
         the newest FIFO entry, else O(tasks of this flow)."""
         if entry.deadline is not None:
@@ -147,7 +149,7 @@ def _turns_before(k: int, target: int, units: list[tuple[int, int, int]]) -> int
     return before
 
 
-class _Band:
+class _Band(Generic[T]):
     """One priority: its tenants' flows in round-robin order."""
 
     __slots__ = ("active", "arrivals", "credit", "flows", "live", "name", "rank", "weight")
@@ -157,38 +159,38 @@ class _Band:
         self.rank = rank
         self.weight = weight
         self.credit = weight
-        self.flows: dict[str, _Flow] = {}
-        self.active: deque[_Flow] = deque()
-        self.arrivals: deque[_Entry] = deque()  # arrival order, for the full policies
+        self.flows: dict[str, _Flow[T]] = {}
+        self.active: deque[_Flow[T]] = deque()
+        self.arrivals: deque[_Entry[T]] = deque()  # arrival order, for the full policies
         self.live = 0
 
-    def head_flow(self) -> _Flow:
+    def head_flow(self) -> _Flow[T]:
         active = self.active
         while active[0].live == 0:
             self._retire(active.popleft())
         return active[0]
 
-    def _retire(self, flow: _Flow) -> None:
+    def _retire(self, flow: _Flow[T]) -> None:
         flow.active = False
         flow.credit = flow.weight
         if flow.live == 0:
             del self.flows[flow.tenant]
 
 
-class _FlowCursor:
+class _FlowCursor(Generic[T]):
     """A flow's state while ``AdmissionQueue.__iter__`` simulates serving order."""
 
     __slots__ = ("credit", "entries", "left", "weight")
 
-    def __init__(self, flow: _Flow) -> None:
+    def __init__(self, flow: _Flow[T]) -> None:
         self.weight, self.credit, self.left = flow.weight, flow.credit, flow.live
         self.entries = flow.lazy()
 
 
-class _BandCursor:
+class _BandCursor(Generic[T]):
     __slots__ = ("band", "credit", "flows")
 
-    def __init__(self, band: _Band, flows: list[_FlowCursor]) -> None:
+    def __init__(self, band: _Band[T], flows: list[_FlowCursor[T]]) -> None:
         self.band, self.credit, self.flows = band, band.credit, deque(flows)
 
 
@@ -204,12 +206,12 @@ class AdmissionQueue(Generic[T]):
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
         self.policy = policy
-        self._bands = {
+        self._bands: dict[str, _Band[T]] = {
             p: _Band(p, n, max(1, int(weights.get(p, 1)))) for n, p in enumerate(PRIORITIES)
         }
         self._order = list(self._bands.values())
         self._tenant_weights = dict(tenant_weights or {})
-        self._entries: dict[T, _Entry] = {}
+        self._entries: dict[T, _Entry[T]] = {}
         self._next_seq = 0
         self._front_seq = 0  # decreasing: tasks put back in front (ORCH-1908)
         self._dead = 0  # stale references left in deques by pop/remove
@@ -239,7 +241,7 @@ class AdmissionQueue(Generic[T]):
             if len(ready) > 1:  # same rule as pop(): credit is spent only when contested
                 band.credit -= 1
             flow = band.flows[0]
-            yield next(flow.entries).item  # type: ignore[misc]
+            yield next(flow.entries).item
             flow.credit -= 1
             flow.left -= 1
             if not flow.left:
@@ -321,9 +323,9 @@ class AdmissionQueue(Generic[T]):
         self._entries[item] = entry
         return displaced
 
-    def _victim(self, band: _Band) -> Displaced[T] | None:
+    def _victim(self, band: _Band[T]) -> Displaced[T] | None:
         if self.policy == "drop-lru":
-            oldest: _Entry | None = None
+            oldest: _Entry[T] | None = None
             for b in self._order[band.rank :]:
                 arr = b.arrivals
                 while arr and not arr[0].alive:
@@ -333,7 +335,7 @@ class AdmissionQueue(Generic[T]):
                     oldest = arr[0]
             if oldest is None:
                 return None
-            return Displaced(oldest.item, ErrorCode.QUEUE_FULL_DROP_LRU)  # type: ignore[arg-type]
+            return Displaced(oldest.item, ErrorCode.QUEUE_FULL_DROP_LRU)
         if self.policy == "shed-low-priority":
             for b in reversed(self._order[band.rank + 1 :]):
                 arr = b.arrivals
@@ -341,7 +343,7 @@ class AdmissionQueue(Generic[T]):
                     arr.pop()
                     self._dead -= 1
                 if arr:
-                    return Displaced(arr[-1].item, ErrorCode.ADMISSION_REJECT)  # type: ignore[arg-type]
+                    return Displaced(arr[-1].item, ErrorCode.ADMISSION_REJECT)
             return None
         return None
 
@@ -355,14 +357,14 @@ class AdmissionQueue(Generic[T]):
             self._compact()
         return True
 
-    def _unlink(self, entry: _Entry) -> None:
+    def _unlink(self, entry: _Entry[T]) -> None:
         entry.alive = False
         entry.band.live -= 1
         entry.flow.live -= 1
         if entry.deadline is not None:
             entry.flow.edf_live -= 1
 
-    def _choose(self) -> _Band:
+    def _choose(self) -> _Band[T]:
         ready = [b for b in self._order if b.live]
         for b in ready:
             if b.credit > 0:
@@ -375,7 +377,7 @@ class AdmissionQueue(Generic[T]):
         """The item ``pop`` would return now, without removing it."""
         if not self._entries:
             return None
-        return self._choose().head_flow().head().item  # type: ignore[return-value]
+        return self._choose().head_flow().head().item
 
     def peek_meta(self) -> tuple[str, str] | None:
         """``(priority, tenant)`` of the item ``pop`` would return now."""
@@ -398,7 +400,7 @@ class AdmissionQueue(Generic[T]):
             flow.fifo.popleft()
         else:
             heapq.heappop(flow.edf)
-        del self._entries[entry.item]  # type: ignore[arg-type]
+        del self._entries[entry.item]
         self._unlink(entry)
         arr = band.arrivals
         self._dead += 1
@@ -413,7 +415,7 @@ class AdmissionQueue(Generic[T]):
             band.active.rotate(-1)
         if self._dead > 2 * len(self._entries) + 1024:
             self._compact()
-        return entry.item  # type: ignore[return-value]
+        return entry.item
 
     def _compact(self) -> None:
         for band in self._order:

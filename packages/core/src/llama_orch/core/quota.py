@@ -64,11 +64,12 @@ class Quotas:
     def tenant_config(self, tenant: str) -> TenantConfig:
         return self._tenants.get(tenant, self._default)
 
-    def _bucket(self, key: tuple[str, str], limit: RateLimit, now: float) -> TokenBucket:
+    def _bucket(
+        self, key: tuple[str, str], rps: float, burst: int | None, now: float
+    ) -> TokenBucket:
         b = self._buckets.get(key)
         if b is None:
-            burst = limit.burst or max(1, math.ceil(limit.rps))
-            b = self._buckets[key] = TokenBucket(limit.rps, burst, now)
+            b = self._buckets[key] = TokenBucket(rps, burst or max(1, math.ceil(rps)), now)
         return b
 
     def bucket_tokens(self, tenant: str, now: float) -> float | None:
@@ -76,7 +77,7 @@ class Quotas:
         cfg = self.tenant_config(tenant)
         if cfg.rps is None:
             return None
-        b = self._bucket(("t", tenant), cfg, now)
+        b = self._bucket(("t", tenant), cfg.rps, cfg.burst, now)
         b.wait_ms(now)  # refills to ``now``
         return b.tokens
 
@@ -92,10 +93,13 @@ class Quotas:
             )
         buckets: list[tuple[str, TokenBucket]] = []
         if cfg.rps is not None:
-            buckets.append((f"tenant {tenant!r}", self._bucket(("t", tenant), cfg, now)))
+            buckets.append(
+                (f"tenant {tenant!r}", self._bucket(("t", tenant), cfg.rps, cfg.burst, now))
+            )
         plimit = self._priorities.get(priority)
         if plimit is not None and plimit.rps is not None:
-            buckets.append((f"priority {priority!r}", self._bucket(("p", priority), plimit, now)))
+            bucket = self._bucket(("p", priority), plimit.rps, plimit.burst, now)
+            buckets.append((f"priority {priority!r}", bucket))
         for what, b in buckets:
             wait = b.wait_ms(now)
             if wait:

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .placement import Orphaned as _Orphaned
 from .placement import ReplicaView, next_dispatch
@@ -51,7 +52,7 @@ __all__ = ["MemoryStateStore"]
 @dataclass(slots=True)
 class _Task:
     spec: TaskSpec
-    state: str = "queued"
+    state: Literal["queued", "running", "ended"] = "queued"
     epoch: int = 0
     owner: str | None = None
     replica: str | None = None
@@ -129,6 +130,8 @@ class MemoryStateStore(StateStore):
     def _views(self, pool: str) -> list[ReplicaView]:
         busy = self._busy.get(pool, {})
         return [
+            # This store keys replica sets by an opaque string (SlotView.set_key);
+            # placement only hashes and compares keys, so it is used as the key as is.
             ReplicaView(r.replica_id, r.set_key, r.ready, r.slots, busy.get(r.replica_id, 0))  # type: ignore[arg-type]
             for r in self._replicas.get(pool, {}).values()
         ]
@@ -144,9 +147,9 @@ class MemoryStateStore(StateStore):
     def _pin(self, task_id: str) -> ReplicaSetKey | None:
         spec = self._tasks[task_id].spec
         if spec.pin is not None:
-            return spec.pin  # type: ignore[return-value]
+            return spec.pin  # type: ignore[return-value]  # opaque str set key, see _views
         s = self._session(spec.session)
-        return s[0] if s else None  # type: ignore[return-value]
+        return s[0] if s else None  # type: ignore[return-value]  # opaque str set key, see _views
 
     def _affinity(self, task_id: str) -> str | None:
         s = self._session(self._tasks[task_id].spec.session)
@@ -171,15 +174,16 @@ class MemoryStateStore(StateStore):
         busy[step.replica_id] = busy.get(step.replica_id, 0) + 1
         if rec.spec.session is not None:
             assert self._config is not None
-            self._sessions[rec.spec.session] = (
-                step.set_key,  # type: ignore[arg-type]
+            # the key is the string the replicas were registered with (see _views)
+            self._sessions[rec.spec.session] = (  # type: ignore[assignment]
+                step.set_key,
                 step.replica_id,
                 now + self._config.session_ttl_ms / 1000,
             )
         return Dispatched(
             task=rec.spec,
             replica_id=step.replica_id,
-            set_key=step.set_key,  # type: ignore[arg-type]
+            set_key=step.set_key,  # type: ignore[arg-type]  # opaque str set key, see _views
             epoch=rec.epoch,
             requeues=rec.requeues,
         )
@@ -350,7 +354,7 @@ class MemoryStateStore(StateStore):
             task=rec.spec,
             state=rec.state,
             epoch=rec.epoch,
-            owner=rec.owner,  # type: ignore[arg-type]
+            owner=rec.owner,
             next_seq=len(rec.log),
             requeues=rec.requeues,
             replica_id=rec.replica,

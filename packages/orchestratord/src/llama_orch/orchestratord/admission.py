@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from llama_orch.core.adapter_api import Capability, GenerateRequest
@@ -36,6 +36,12 @@ from .sessions import SessionTable
 from .tasks import TaskRecord, TaskStore
 from .tracing import CORRELATION_ID, Tracing
 from .workload import Workload
+
+if TYPE_CHECKING:
+    from llama_orch.policy_host import PolicyHost
+
+    from .catalog_api import CatalogService
+    from .stored import StoreBridge
 
 __all__ = ["AdmissionMixin", "Prepared", "decode_request", "prepare", "resolve_pool"]
 
@@ -177,9 +183,9 @@ class AdmissionMixin:
     metrics: Metrics
     tracing: Tracing
     workload: Workload
-    policies: Any  # a llama_orch.policy_host.PolicyHost, or None
-    state: Any  # a .stored.StoreBridge with a `state:` section, else None
-    catalog: Any  # a CatalogService (issue #18)
+    policies: PolicyHost | None
+    state: StoreBridge | None  # with a `state:` section
+    catalog: CatalogService  # issue #18
 
     async def submit(
         self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"

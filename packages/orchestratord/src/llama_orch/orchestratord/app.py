@@ -16,7 +16,7 @@ import logging
 import math
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from llama_orch.core.adapter_api import available_adapters
@@ -41,7 +41,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .artifacts import artifact_routes
@@ -55,6 +55,11 @@ from .service import Orchestrator
 from .streaming import check_stream_quota, open_stream, wants_event_stream
 from .tasks import TaskRecord
 from .tracing import CORRELATION_ID
+
+if TYPE_CHECKING:
+    from llama_orch.pool_managerd.pool import PoolManager
+
+    from .remote import RemotePoolManagerClient
 
 __all__ = ["build_app"]
 
@@ -134,8 +139,8 @@ def _prompt_bytes(body: bytes) -> int:
 
 def build_app(
     orch: Orchestrator,
-    manager: Any = None,
-    remotes: Sequence[Any] = (),
+    manager: PoolManager | None = None,
+    remotes: Sequence[RemotePoolManagerClient] = (),
     *,
     auth: Authenticator | None = None,
 ) -> ASGIApp:
@@ -323,7 +328,7 @@ def build_app(
     def route(path: str, endpoint: Any, method: str, access: Access) -> Route:
         return Route(path, auth.guard(endpoint, access), methods=[method])
 
-    routes = [
+    routes: list[BaseRoute] = [
         route("/v1/tasks", submit, "POST", "tenant"),
         route("/v1/tasks/{task_id}", task_status, "GET", "tenant"),
         route("/v1/tasks/{task_id}/stream", stream, "GET", "tenant"),

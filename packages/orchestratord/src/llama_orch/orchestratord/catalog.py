@@ -10,6 +10,7 @@ store of issue #13 (not done here).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import contextvars
 import os
@@ -220,7 +221,7 @@ class Catalog:
         self._save(entry, *self._take_tags(entry))
         return entry
 
-    def _take_tags(self, entry: Entry) -> list[Entry]:
+    def _take_tags(self, entry: Entry) -> builtins.list[Entry]:  # `list` is a method here
         """A tag is held by one entry of a name: tagging moves it (ORCH-3322)."""
         changed = []
         for other in self._entries.values():
@@ -272,7 +273,7 @@ class Catalog:
         self._save(new)
         return new
 
-    def promote(self, entry_id: str) -> list[Entry]:
+    def promote(self, entry_id: str) -> builtins.list[Entry]:
         """Canary -> Active; the previous Active -> Deprecated, replaced by it (ORCH-3333)."""
         e = self.get(entry_id)
         if e.state != "canary":
@@ -301,7 +302,7 @@ class Catalog:
         self._save(*changed)
         return changed
 
-    def rollback(self, entry_id: str) -> list[Entry]:
+    def rollback(self, entry_id: str) -> builtins.list[Entry]:
         """Undo the last promote of ``entry_id``, or send a canary back to draft."""
         e = self.get(entry_id)
         now = _now_ms()

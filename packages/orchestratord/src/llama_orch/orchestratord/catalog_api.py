@@ -33,6 +33,8 @@ from .metrics import Metrics
 from .trust import Signature, TrustPolicy, Verdict, log_verification
 
 if TYPE_CHECKING:
+    from llama_orch.pool_managerd.pool import PoolManager
+
     from .pools import Pool
     from .service import Orchestrator
 
@@ -246,7 +248,7 @@ def _ok(body: object, status: int = 200) -> Response:
     return Response(_json.encode(body), status, media_type="application/json")
 
 
-def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
+def catalog_routes(orch: Orchestrator, manager: PoolManager | None = None) -> list[Route]:
     svc: CatalogService = orch.catalog
 
     async def models(request: Request) -> Response:
@@ -309,7 +311,7 @@ def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
 
 
 async def _drain_serving(
-    orch: Orchestrator, manager: Any, entry: Entry, deadline_s: float
+    orch: Orchestrator, manager: PoolManager | None, entry: Entry, deadline_s: float
 ) -> list[str]:
     from .control import drain_tasks
 

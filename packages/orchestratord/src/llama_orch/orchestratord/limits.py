@@ -149,6 +149,7 @@ class TaskStream(StreamingResponse):
         sending_since: float | None = None
         cut = False
         period = self._stall_s / 4
+        timer: asyncio.TimerHandle  # set below, before watch() first runs
 
         def watch() -> None:
             nonlocal cut, timer

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .limits import StreamCounter, TaskStream
 from .service import Orchestrator
-from .tasks import TaskRecord
+from .tasks import TaskRecord, TaskState
 
 __all__ = [
     "OverviewPool",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _json = msgspec.json.Encoder()
-_STATES = ("queued", "running", "completed", "failed", "canceled")
+_STATES: tuple[TaskState, ...] = ("queued", "running", "completed", "failed", "canceled")
 MAX_LIST = 1000
 
 

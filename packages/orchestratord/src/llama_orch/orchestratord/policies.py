@@ -28,7 +28,7 @@ from .pools import Pool, Replica
 if TYPE_CHECKING:
     from llama_orch.policy_host import PolicyHost
 
-    from .admission import Prepared
+    from .admission import AdmissionMixin, Prepared
     from .service import Orchestrator
     from .tasks import TaskRecord
 
@@ -58,7 +58,9 @@ class _Observer:
         self.metrics.policy_traps.add(1, {"policy": policy, "code": code})
 
 
-def make_policy_host(config: Config, metrics: Metrics, base_dir: Path | None = None) -> Any:
+def make_policy_host(
+    config: Config, metrics: Metrics, base_dir: Path | None = None
+) -> PolicyHost | None:
     """A PolicyHost when the config names a hook policy, else None."""
     cfg = config.policies
     if cfg.admission is None and cfg.placement is None:
@@ -91,7 +93,7 @@ def _task_info(req: TaskRequest, rec_or_prepared: Any, tenant: str, pool_id: str
 
 
 async def run_admission_policy(
-    orch: Orchestrator, req: TaskRequest, pool: Pool, prepared: Prepared, tenant: str
+    orch: AdmissionMixin, req: TaskRequest, pool: Pool, prepared: Prepared, tenant: str
 ) -> tuple[TaskRequest, Pool, Prepared]:
     """Ask the admission policy (ORCH-8521); raise its rejection (ORCH-8522) or
     return the request, pool and prepared task with its rewrite applied."""
@@ -106,8 +108,8 @@ async def run_admission_policy(
 
     from .admission import prepare
 
-    host: PolicyHost = orch.policies
-    if not host.has_admission:
+    host = orch.policies  # the caller checked that a policy host is configured
+    if host is None or not host.has_admission:
         return req, pool, prepared
     tcfg = orch.quotas.tenant_config(tenant)
     running = sum(
@@ -189,8 +191,8 @@ def choose_replica(
     choice when it scores none, or None when it failed closed."""
     from llama_orch.policy_sdk.abi import PlacementSnapshot, ReplicaInfo, TaskInfo
 
-    host: PolicyHost = orch.policies
-    if host.cfg.placement is None:
+    host = orch.policies  # the caller checked that a policy host is configured
+    if host is None or host.cfg.placement is None:
         return pool.replicas[step.replica_id]
     eligible = [
         r
@@ -225,7 +227,7 @@ def choose_replica(
         task=TaskInfo(
             task_id=rec.task_id,
             tenant=rec.tenant,
-            priority=rec.priority,  # type: ignore[arg-type]
+            priority=rec.priority,
             pool_id=pool.id,
             max_tokens=rec.request.max_tokens,
             prompt_tokens=rec.prompt_tokens if rec.prompt_counted else None,

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import msgspec
 from llama_orch.core.adapter_api import Finished, GenerateRequest, WorkerAdapter
@@ -36,7 +37,9 @@ from .pools import Pool
 __all__ = ["SelfTests"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
-CHECKS = ("preload", "decode", "cancel", "telemetry")
+# the names SelfTestCheck.name accepts, in the order they run
+CheckName = Literal["preload", "decode", "cancel", "telemetry"]
+CHECKS: tuple[CheckName, ...] = ("preload", "decode", "cancel", "telemetry")
 
 
 class SelfTestFailed(Exception):
@@ -61,7 +64,7 @@ async def _decode(adapter: WorkerAdapter) -> str:
             if isinstance(ev, Finished):
                 finished = ev
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     if finished is None:
         raise SelfTestFailed("the engine stream ended without a final event")
     return f"finished ({finished.reason})"
@@ -71,10 +74,10 @@ async def _cancel(adapter: WorkerAdapter, fresh: Callable[[], WorkerAdapter]) ->
     req = _request(32)
     stream = adapter.generate(req)
     try:
-        first = await anext(stream)  # type: ignore[call-overload]
+        first = await anext(stream)
     finally:
         await adapter.cancel(req.task_id)
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     again = fresh()  # the canceled generation's slot serves a new client again
     try:
         await _decode(again)

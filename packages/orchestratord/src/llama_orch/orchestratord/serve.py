@@ -137,4 +137,5 @@ async def serve(
             await orch.shutdown(config.server.shutdown_grace_s)
 
         app = build_app(orch, manager, remotes, auth=auth)
+        # hypercorn's Framework union does not include Starlette's ASGIApp alias (same protocol)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]

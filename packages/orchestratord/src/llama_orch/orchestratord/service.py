@@ -267,7 +267,7 @@ class Orchestrator(AdmissionMixin):
                 _pin_of,
                 self._affinity,
                 # ORCH-2310: the pool's placement policy picks inside the set
-                lambda t, p=pool: self.placer.chooser(p, t, self._affinity(t)),
+                lambda t: self.placer.chooser(pool, t, self._affinity(t)),
             )
             if step is None:
                 await self.preemptor.maybe_preempt(pool)
@@ -336,7 +336,7 @@ class Orchestrator(AdmissionMixin):
             self.workload.ended(pool.id, replica.state.replica_id, rec)
             raise
         rec.runner = asyncio.create_task(self._run(pool, replica, rec), name=f"task-{rec.task_id}")
-        rec.runner.add_done_callback(lambda _t, p=pool, r=replica, t=rec: self._release(p, r, t))
+        rec.runner.add_done_callback(lambda _t: self._release(pool, replica, rec))
 
     def _requeue(self, pool: Pool, replica: Replica, rec: TaskRecord, exc: OrchError) -> bool:
         """Put a task that never reached its engine back in the queue (ORCH-1117).
@@ -466,7 +466,7 @@ class Orchestrator(AdmissionMixin):
             EndEvent(
                 tokens_out=rec.tokens_out,
                 decode_ms=decode_ms,
-                reason=finished.reason,  # type: ignore[arg-type]
+                reason=finished.reason,
                 tokens_in=rec.prompt_tokens,
                 queue_wait_ms=rec.queue_wait_ms,
                 first_token_ms=rec.first_token_ms,
@@ -573,7 +573,7 @@ class Orchestrator(AdmissionMixin):
                                 ev.prompt_tokens, {k: attrs[k] for k in attrs if k != "priority"}
                             )
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
             if finished is None:
                 raise OrchError("engine stream ended without a final event", engine=rec.engine)
             self._complete(rec, finished, attrs)

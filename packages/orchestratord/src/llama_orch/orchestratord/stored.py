@@ -111,7 +111,7 @@ def spec_of(rec: TaskRecord) -> TaskSpec:
     return TaskSpec(
         task_id=rec.task_id,
         pool=rec.pool_id,
-        priority=rec.priority,  # type: ignore[arg-type]
+        priority=rec.priority,
         tenant=rec.tenant,
         deadline_ms=None if rec.deadline is None else _epoch_ms(rec.deadline),
         session=f"{rec.tenant}/{rec.session_id}" if rec.session_id else None,

@@ -36,6 +36,7 @@ def wants_event_stream(accept: str | None) -> bool:
             if media == _JSON:
                 return False
             return _q(params) > 0
+    return False
 
 
 def _q(params: str) -> float:
@@ -47,7 +48,6 @@ def _q(params: str) -> float:
             except ValueError:
                 return 0.0
     return 1.0
-    return False
 
 
 def check_stream_quota(streams: StreamCounter, tenant: str, limits: LimitsConfig) -> None:

@@ -26,6 +26,7 @@ from typing import Literal
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
+from llama_orch.core.config import Priority
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.sse import encode_event
@@ -49,7 +50,7 @@ class TaskRecord:
     task_id: str
     pool_id: str
     engine: str
-    priority: str
+    priority: Priority
     request: GenerateRequest
     prompt_tokens: int  # the engine's count; 0 until known when not counted at admission
     prompt_counted: bool = True  # False: skipped at admission, taken from the engine (ORCH-1118)
@@ -119,7 +120,7 @@ class TaskRecord:
 
     @property
     def state(self) -> TaskState:
-        return self.lifecycle.phase.value  # type: ignore[return-value]
+        return self.lifecycle.phase.value
 
     @property
     def terminal(self) -> bool:

@@ -15,7 +15,7 @@ import asyncio
 import importlib
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Protocol, cast
 
 from llama_orch.core.errors import OrchError
 from llama_orch.core.replica import ReplicaState
@@ -180,15 +180,35 @@ class EngineScraper:
             await asyncio.sleep(self.interval_s)
 
 
+class _NvmlUtilization(Protocol):
+    gpu: int  # percent
+
+
+class _NvmlMemory(Protocol):
+    used: int  # bytes
+
+
+class Nvml(Protocol):
+    """The part of ``pynvml`` (nvidia-ml-py) that :class:`Gpu` uses."""
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> object: ...
+    def nvmlDeviceGetUtilizationRates(self, handle: object) -> _NvmlUtilization: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: object) -> _NvmlMemory: ...
+
+
 class Gpu:
     """NVML probe; ``available`` is False when there is no library, driver or device."""
 
-    def __init__(self, nvml: Any | None = None) -> None:
+    def __init__(self, nvml: Nvml | None = None) -> None:
         self.available = False
         self._nvml = nvml
         if self._nvml is None:
             try:
-                self._nvml = importlib.import_module("pynvml")  # nvidia-ml-py
+                # nvidia-ml-py ships no type information: Nvml says what is used of it
+                self._nvml = cast(Nvml, importlib.import_module("pynvml"))
             except ImportError:
                 _log.info("NVML: nvidia-ml-py is not installed; no GPU metrics")
                 return
@@ -206,9 +226,9 @@ class Gpu:
         """(utilization samples, vram samples) for each device of each Ready replica's pool."""
         util: list[tuple[float, Attrs]] = []
         vram: list[tuple[float, Attrs]] = []
-        if not self.available:
-            return util, vram
         nvml = self._nvml
+        if not self.available or nvml is None:  # available implies an NVML module
+            return util, vram
         for pool in pools:
             mask = pool.config.devices
             if not mask:
@@ -228,7 +248,7 @@ class Gpu:
         return util, vram
 
     def close(self) -> None:
-        if self.available:
+        if self.available and self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
             except Exception:  # shutting down: nothing left to report to

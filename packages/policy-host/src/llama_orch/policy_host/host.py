@@ -26,6 +26,7 @@ from llama_orch.policy_sdk.abi import (
     AdmissionSnapshot,
     Admit,
     Decision,
+    Hook,
     PlacementDecision,
     PlacementSnapshot,
     Reject,
@@ -49,7 +50,7 @@ class Runner(Protocol):
     name: str
     kind: str
 
-    def decide(self, hook: str, snapshot: Snapshot, budget_ms: float) -> Decision: ...
+    def decide(self, hook: Hook, snapshot: Snapshot, budget_ms: float) -> Decision: ...
     def discard(self) -> None: ...
     def close(self) -> None: ...
 
@@ -158,7 +159,7 @@ class PolicyHost:
     def has_placement(self) -> bool:
         return self.cfg.placement is not None
 
-    def _call(self, hook: str, hc: HookConfig, snapshot: Snapshot) -> Decision | PolicyCallError:
+    def _call(self, hook: Hook, hc: HookConfig, snapshot: Snapshot) -> Decision | PolicyCallError:
         runner = self._runners[hc.policy]
         t0 = self._clock()
         try:

@@ -16,6 +16,7 @@ from llama_orch.policy_sdk.abi import (
     ENTRY_POINT_GROUP,
     Admit,
     Decision,
+    Hook,
     NativePolicy,
     PlacementDecision,
     Reject,
@@ -67,9 +68,9 @@ class NativeRunner:
         except Exception as exc:
             raise PolicyLoadError(spec.name, f"constructor failed: {exc}") from exc
 
-    def decide(self, hook: str, snapshot: Snapshot, budget_ms: float) -> Decision:
+    def decide(self, hook: Hook, snapshot: Snapshot, budget_ms: float) -> Decision:
         try:
-            decision = self.policy.decide(hook, snapshot)  # type: ignore[arg-type]
+            decision = self.policy.decide(hook, snapshot)
         except Exception as exc:
             raise PolicyCallError(self.name, "exception", repr(exc)) from exc
         if not isinstance(decision, _TYPES[hook]):

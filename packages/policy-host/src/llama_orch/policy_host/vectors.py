@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 from llama_orch.policy_sdk.abi import (
     Decision,
     DecisionError,
+    Hook,
     PlacementDecision,
     PlacementSnapshot,
     Snapshot,
@@ -32,7 +33,7 @@ __all__ = ["VectorReport", "run_vectors"]
 
 
 class _Runner(Protocol):
-    def decide(self, hook: str, snapshot: Snapshot, budget_ms: float) -> Decision: ...
+    def decide(self, hook: Hook, snapshot: Snapshot, budget_ms: float) -> Decision: ...
 
 
 class Vector(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -73,7 +74,8 @@ def run_vectors(runner: _Runner, directory: Path) -> VectorReport:
             report.failures.append((name, f"bad vector: {exc}"))
             continue
         try:
-            got = runner.decide(v.hook, snap, v.budget_ms)
+            # decode_snapshot accepted v.hook, so it is one of the hooks
+            got = runner.decide(cast(Hook, v.hook), snap, v.budget_ms)
         except PolicyCallError as exc:
             report.failures.append((name, str(exc)))
             continue

@@ -29,6 +29,7 @@ from llama_orch.policy_sdk.abi import (
     HOOK_IDS,
     Decision,
     DecisionError,
+    Hook,
     Snapshot,
     decode_decision,
     encode,
@@ -197,7 +198,8 @@ class WasmPolicy:
             init = ex.get("_initialize")
             if isinstance(init, wasmtime.Func):
                 init(store)
-            exports = {n: ex[n] for n in REQUIRED_EXPORTS}
+            # by name, as self._instance holds them (wasmtime's extern union is not callable)
+            exports: dict[str, Any] = {n: ex[n] for n in REQUIRED_EXPORTS}
             version = exports["llorch_abi_version"](store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise PolicyCallError(self.name, _code(exc), str(exc)) from exc
@@ -227,7 +229,7 @@ class WasmPolicy:
 
     # -- the call ---------------------------------------------------------------
 
-    def decide(self, hook: str, snapshot: Snapshot, budget_ms: float) -> Decision:
+    def decide(self, hook: Hook, snapshot: Snapshot, budget_ms: float) -> Decision:
         """One decision; a trap discards the instance and raises :class:`PolicyCallError`."""
         data = encode(snapshot)
         if self._instance is None:

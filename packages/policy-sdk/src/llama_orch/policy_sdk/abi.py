@@ -32,7 +32,7 @@ missing field or a wrong type is a typed error (:func:`decode_decision`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 from llama_orch.core.config import Priority
@@ -213,13 +213,15 @@ def encode(value: Snapshot | Decision) -> bytes:
 
 
 def decode_snapshot(hook: str, data: bytes) -> Snapshot:
-    return _snapshot_decoders[hook].decode(data)  # type: ignore[no-any-return]
+    # one decoder per hook, each of its own snapshot type: a dict cannot say which
+    return cast(Snapshot, _snapshot_decoders[hook].decode(data))
 
 
 def decode_decision(hook: str, data: bytes) -> Decision:
     """Strictly decode a decision (ORCH-8504); raises :class:`DecisionError`."""
     try:
-        return _decision_decoders[hook].decode(data)  # type: ignore[no-any-return]
+        # one decoder per hook, each of its own decision type: a dict cannot say which
+        return cast(Decision, _decision_decoders[hook].decode(data))
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecisionError(f"invalid {hook} decision: {exc}") from exc
 

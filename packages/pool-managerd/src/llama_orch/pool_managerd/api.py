@@ -207,6 +207,7 @@ def build_api(manager: PoolManager, registry: Registry, token: str) -> web.Appli
                         # so the consumer need not wait for the lease to expire.
                         while not sub.queue.empty():
                             states.append(sub.queue.get_nowait())
+                    msgs: list[ReplicaChanged | Lease]
                     msgs = [ReplicaChanged(lease_ttl_ms=ttl_ms, state=st) for st in states]
                     for msg in msgs or [Lease(lease_ttl_ms=ttl_ms)]:
                         await resp.write(_json.encode(msg) + b"\n")

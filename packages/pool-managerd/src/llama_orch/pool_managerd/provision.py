@@ -35,6 +35,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from .errors import ProvisionError, VerificationError
 
@@ -240,7 +241,10 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
             progress(f"extracting {filename}")
             with tarfile.open(sdist) as tar:
                 tar.extractall(wd, filter="data")
-            (src,) = [p / "llama.cpp" for p in wd.iterdir() if (p / "llama.cpp").is_dir()] or [None]
+            trees: list[Path | None] = [
+                p / "llama.cpp" for p in wd.iterdir() if (p / "llama.cpp").is_dir()
+            ]
+            (src,) = trees or [None]
             if src is None:
                 raise ProvisionError(f"{filename} holds no llama.cpp source tree")
             build = wd / "build"
@@ -341,7 +345,7 @@ class FileLock:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._fh: object | None = None
+        self._fh: TextIO | None = None
 
     def __enter__(self) -> FileLock:
         import fcntl
@@ -356,8 +360,8 @@ class FileLock:
 
         fh = self._fh
         assert fh is not None
-        fcntl.flock(fh, fcntl.LOCK_UN)  # type: ignore[arg-type]
-        fh.close()  # type: ignore[attr-defined]
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 # --------------------------------------------------------------------------- models

@@ -147,8 +147,8 @@ def prepare(
         else:
             model, digest = model_provider(pool.model, engine=pool.engine, progress=progress)
         progress(f"pool {pool.id}: provisioning llama-server")
-        binary = provision_llama_server(pool.engine_binary, progress=progress)
-        return Prepared(adapter_cls, binary.path, binary.engine_version, model, digest)
+        server = provision_llama_server(pool.engine_binary, progress=progress)
+        return Prepared(adapter_cls, server.path, server.engine_version, model, digest)
     if pool.engine == "vllm-http":
         progress(f"pool {pool.id}: provisioning vLLM")
         if launch.python:

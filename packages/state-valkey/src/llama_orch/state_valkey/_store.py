@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from importlib.resources import files
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import valkey.asyncio as valkey
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
@@ -30,6 +30,7 @@ from llama_orch.core.state_store import (
     Fenced,
     LoggedEvent,
     Orphaned,
+    Priority,
     Reaped,
     SlotView,
     StateOptions,
@@ -62,9 +63,17 @@ _DISPLACED = json.dumps(
 )
 _ORPHANED = orphaned_terminal().data
 R = TypeVar("R")
+ReapOutcome = Literal["requeued", "claimed"]  # Reaped.outcome
+ViewState = Literal["queued", "running", "ended"]  # TaskView.state
 
 
-def _s(x: bytes | str | None) -> str | None:
+# Replies of the llorch library are untyped arrays (Lua tables); their fields are
+# read through _s (present: bulk string) and _opt (may be nil).
+def _s(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def _opt(x: bytes | str | None) -> str | None:
     if x is None:
         return None
     return x.decode() if isinstance(x, bytes) else x
@@ -148,16 +157,19 @@ class ValkeyStateStore(StateStore):
             server, self._server = self._server, None
             await asyncio.to_thread(server.stop)
 
-    async def _call(self, op: Callable[[], Awaitable[R]]) -> R:
+    async def _call(self, op: Callable[[], Awaitable[R] | R]) -> R:
         try:
-            return await op()
+            # valkey types each command for both clients (`Awaitable[T] | T`);
+            # the asyncio client's always return an awaitable.
+            return await cast(Awaitable[R], op())
         except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"state store unreachable: {exc}") from exc
         except ValkeyResponseError as exc:  # e.g. not configured, or a server < 7.0
             raise StateStoreError(f"state store refused the call: {exc}") from exc
 
     async def _fcall(self, name: str, *args: Any) -> Any:
-        return await self._call(lambda: self.client.fcall(name, 1, *self._keys, *args))  # type: ignore[no-any-return]
+        # valkey annotates fcall's *keys_and_args as lists: they are the keys and arguments
+        return await self._call(lambda: self.client.fcall(name, 1, *self._keys, *args))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ config
     async def configure(self, config: StoreConfig) -> None:
@@ -185,20 +197,20 @@ class ValkeyStateStore(StateStore):
         )
         tag = _s(r[0])
         if tag == "OK":
-            victim = _s(r[2])
+            victim = _opt(r[2])
             displaced = [(victim, ErrorCode(_s(r[3])))] if victim else []
-            return Admitted(queue_position=int(r[1]), displaced=displaced)  # type: ignore[arg-type]
+            return Admitted(queue_position=int(r[1]), displaced=displaced)
         if tag == "DUP":
             raise DuplicateTask(f"task {task.task_id!r} already exists")
         if tag == "QUOTA":
-            wait = _s(r[1])
+            wait = _opt(r[1])
             raise AdmissionRejected(
-                _s(r[2]) or "quota",
+                _opt(r[2]) or "quota",
                 policy_label="quota",
                 retry_after_ms=int(wait) if wait else None,
             )
         if tag == "FULL":
-            raise AdmissionRejected(_s(r[2]) or "queue full", policy_label=_s(r[1]))
+            raise AdmissionRejected(_opt(r[2]) or "queue full", policy_label=_opt(r[1]))
         raise KeyError(f"unknown pool {task.pool!r}")
 
     async def dispatch(
@@ -207,16 +219,16 @@ class ValkeyStateStore(StateStore):
         r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
         tag = _s(r[0])
         if tag == "ORPHAN":
-            return Orphaned(task_id=_s(r[1]))  # type: ignore[arg-type]
+            return Orphaned(task_id=_s(r[1]))
         if tag != "OK":
             return None
         tid, replica, set_key, epoch = _s(r[1]), _s(r[2]), _s(r[3]), int(r[4])
-        spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])  # type: ignore[arg-type]
+        spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])
         return Dispatched(
             task=spec,
             replica_id=replica,
             set_key=set_key,
-            epoch=epoch,  # type: ignore[arg-type]
+            epoch=epoch,
             requeues=int(r[11]),
         )
 
@@ -227,11 +239,12 @@ class ValkeyStateStore(StateStore):
         return TaskSpec(
             task_id=tid,
             pool=pool,
-            priority=_s(prio),  # type: ignore[arg-type]
-            tenant=_s(tenant) or "default",
+            # the library stores the priority it was given (a TaskSpec's)
+            priority=cast(Priority, _s(prio)),
+            tenant=_opt(tenant) or "default",
             deadline_ms=int(deadline) if deadline else None,
-            pin=_s(pin) or None,
-            session=_s(session) or None,
+            pin=_opt(pin) or None,
+            session=_opt(session) or None,
             request=bytes(req or b""),
         )
 
@@ -264,8 +277,8 @@ class ValkeyStateStore(StateStore):
     def _decode(entries: Sequence[Any]) -> list[LoggedEvent]:
         out = []
         for eid, fields in entries:
-            seq = int(_s(eid).split("-")[1]) - 1  # type: ignore[union-attr]
-            out.append(LoggedEvent(seq, _s(fields[b"k"]), bytes(fields[b"d"])))  # type: ignore[arg-type]
+            seq = int(_s(eid).split("-")[1]) - 1
+            out.append(LoggedEvent(seq, _s(fields[b"k"]), bytes(fields[b"d"])))
         return out
 
     async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
@@ -307,7 +320,8 @@ class ValkeyStateStore(StateStore):
         ev = terminal or canceled_terminal()
         r = await self._fcall("llorch_cancel", task_id, ev.kind, ev.data)
         self._raise(_s(r[0]), task_id)
-        return _s(r[1])  # type: ignore[return-value]
+        # the library answers one of CancelOutcome's values
+        return cast(CancelOutcome, _s(r[1]))
 
     async def requeue(self, task_id: str, epoch: int) -> None:
         r = await self._fcall("llorch_requeue", task_id, epoch)
@@ -317,23 +331,24 @@ class ValkeyStateStore(StateStore):
         flat: list[Any] = []
         for tid, epoch in leases.items():
             flat += [tid, epoch]
-        return [_s(x) for x in await self._fcall("llorch_renew", instance, lease_ms, *flat)]  # type: ignore[misc]
+        return [_s(x) for x in await self._fcall("llorch_renew", instance, lease_ms, *flat)]
 
     async def reap(self, instance: str, lease_ms: int, max_requeues: int = 2) -> list[Reaped]:
         out = []
         for tid, outcome, epoch, next_seq, replica in await self._fcall(
             "llorch_reap", instance, lease_ms, max_requeues
         ):
-            view = await self.task(_s(tid))  # type: ignore[arg-type]
+            view = await self.task(_s(tid))
             assert view is not None
             out.append(
                 Reaped(
                     task_id=_s(tid),
-                    outcome=_s(outcome),
-                    epoch=int(epoch),  # type: ignore[arg-type]
+                    # the library answers "requeued" or "claimed"
+                    outcome=cast(ReapOutcome, _s(outcome)),
+                    epoch=int(epoch),
                     task=view.task,
                     next_seq=int(next_seq),
-                    replica_id=_s(replica) or None,
+                    replica_id=_opt(replica) or None,
                 )
             )
         return out
@@ -349,7 +364,7 @@ class ValkeyStateStore(StateStore):
             _s(g["pool"]),
             g["prio"],
             g["tenant"],
-            _s(g["deadline"]),  # type: ignore[arg-type]
+            _s(g["deadline"]),
             g["pin"],
             g["session"],
             g["req"],
@@ -357,12 +372,13 @@ class ValkeyStateStore(StateStore):
         state = _s(g["state"])
         return TaskView(
             task=spec,
-            state="ended" if state == "orphaned" else state,  # type: ignore[arg-type]
+            # the library's states are TaskView's plus "orphaned" (ended, ORCH-1302)
+            state="ended" if state == "orphaned" else cast(ViewState, state),
             epoch=int(g["epoch"]),
-            owner=_s(g.get("owner")),
+            owner=_opt(g.get("owner")),
             next_seq=int(g["next_seq"]),
             requeues=int(g["requeues"]),
-            replica_id=_s(g.get("replica")),
+            replica_id=_opt(g.get("replica")),
             canceled=g["cancel"] == b"1",
         )
 
@@ -370,7 +386,7 @@ class ValkeyStateStore(StateStore):
         last = await self._call(
             lambda: self.client.xrevrange(f"{self._keys[0]}bell:{pool}", count=1)
         )
-        return _s(last[0][0]) if last else "0-0"  # type: ignore[return-value]
+        return _s(last[0][0]) if last else "0-0"
 
     async def wait_bell(self, pool: str, cursor: str, timeout_s: float) -> str:
         key = f"{self._keys[0]}bell:{pool}"
@@ -380,17 +396,17 @@ class ValkeyStateStore(StateStore):
         got = await self._call(partial(self.client.xread, {key: cursor}, count=1000, block=block))
         for _, entries in got or []:
             if entries:
-                cursor = _s(entries[-1][0])  # type: ignore[assignment]
+                cursor = _s(entries[-1][0])
         return cursor
 
     async def busy(self, pool: str) -> dict[str, int]:
         h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}busy:{pool}"))
-        return {_s(k): int(v) for k, v in h.items() if int(v)}  # type: ignore[misc]
+        return {_s(k): int(v) for k, v in h.items() if int(v)}
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         s = await self._call(
-            lambda: self.client.hmget(f"{self._keys[0]}sess:{session}", "set", "replica")
+            lambda: self.client.hmget(f"{self._keys[0]}sess:{session}", ["set", "replica"])
         )
         if s[0] is None:
             return None
-        return _s(s[0]), _s(s[1])  # type: ignore[return-value]
+        return _s(s[0]), _s(s[1])

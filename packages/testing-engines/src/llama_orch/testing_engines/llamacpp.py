@@ -175,6 +175,7 @@ def qwen_model() -> tuple[Path, str]:
 def _launch(
     binary: EngineBinary, model: tuple[Path, str], log_dir: Path, **kw: object
 ) -> RunningLlamaServer:
+    # kw: more LlamaServerSpec fields, each fixture's own (typed by the spec at run time)
     spec = LlamaServerSpec(binary=binary.path, model_path=model[0], port=free_port(), **kw)  # type: ignore[arg-type]
     log_path = log_dir / f"llama-server-{spec.port}.log"
     with log_path.open("wb") as log:

@@ -31,9 +31,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pytest
 from llama_orch.pool_managerd.engine import descendants, die_with_parent, free_port, process_table
@@ -57,6 +58,7 @@ SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 # The PyTriton app (run inside the PyTriton venv): a decoupled text model over llama-server.
 PYTRITON_APP = Path(__file__).with_name("_pytriton_app.py")
 _cache: dict[str, object] = {}
+T = TypeVar("T")
 
 
 def stop_group(
@@ -86,16 +88,17 @@ def stop_group(
         proc.wait(10)
 
 
-def _provisioned(name: str, build: object) -> object:
+def _provisioned(name: str, build: Callable[[], T]) -> T | PoolManagerError:
     if name not in _cache:
         try:
-            _cache[name] = build()  # type: ignore[operator]
+            _cache[name] = build()
         except PoolManagerError as exc:
             _cache[name] = exc
-    return _cache[name]
+    # one cache for every engine: a name is always built by the same builder
+    return cast(T | PoolManagerError, _cache[name])
 
 
-def _get(name: str, build: object) -> object:
+def _get(name: str, build: Callable[[], T]) -> T:
     result = _provisioned(name, build)
     if isinstance(result, PoolManagerError):
         _unavailable(f"{name}: {result}")
@@ -131,17 +134,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def vllm_engine() -> PythonEngine:
-    return _get("vllm-cpu", _build_vllm)  # type: ignore[return-value]
+    return _get("vllm-cpu", _build_vllm)
 
 
 @pytest.fixture(scope="session")
 def vllm_model(vllm_engine: PythonEngine) -> tuple[Path, str]:
-    return _get("vllm-model", _build_vllm_model)  # type: ignore[return-value]
+    return _get("vllm-model", _build_vllm_model)
 
 
 @pytest.fixture(scope="session")
 def pytriton_engine() -> PythonEngine:
-    return _get("pytriton", _build_pytriton)  # type: ignore[return-value]
+    return _get("pytriton", _build_pytriton)
 
 
 def _wait_http_or_exit(

@@ -8,14 +8,17 @@ fixtures and helpers defined there (``request``, ``run``, ``expect_error``,
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
-from llama_orch.core.adapter_api import WorkerAdapter
+from llama_orch.core.adapter_api import GenerateRequest, WorkerAdapter
 from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, PoolUnready, WorkerReset
 
 from ._engine import EngineUnderTest, Fault, FaultCase
 from ._util import (
     _POLL_S,
     _STABLE_POLLS,
+    StreamResult,
     _fail,
     _poll_until,
     _ready,
@@ -23,6 +26,30 @@ from ._util import (
 
 
 class ErrorChecks:
+    if TYPE_CHECKING:  # the helpers of AdapterConformance, which this class is mixed into
+
+        @staticmethod
+        def request(eut: EngineUnderTest, **overrides: Any) -> GenerateRequest: ...
+
+        @staticmethod
+        async def run(
+            eut: EngineUnderTest, adapter: WorkerAdapter, req: GenerateRequest, behaviour: str
+        ) -> StreamResult: ...
+
+        @staticmethod
+        async def expect_error(
+            eut: EngineUnderTest,
+            adapter: WorkerAdapter,
+            req: GenerateRequest,
+            error: type[OrchError],
+            behaviour: str,
+        ) -> tuple[str, OrchError]: ...
+
+        @staticmethod
+        async def fault_case(
+            eut: EngineUnderTest, fault: Fault
+        ) -> AbstractAsyncContextManager[FaultCase]: ...
+
     async def test_context_overflow_is_invalid_params(
         self, engine_under_test: EngineUnderTest, adapter: WorkerAdapter
     ) -> None:

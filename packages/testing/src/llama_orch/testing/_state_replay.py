@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from llama_orch.core.config import TenantConfig
+from llama_orch.core.config import FullPolicy, TenantConfig
 from llama_orch.core.errors import AdmissionRejected
 from llama_orch.core.state_store import (
     TERMINAL_KINDS,
@@ -29,7 +29,7 @@ def _slots(**sets: int) -> list[SlotView]:
     ]
 
 
-async def replay(store: StateStore, policy: str, seed: int) -> list[Any]:
+async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     """Replay a seeded operation sequence; return every answer in a comparable form."""
     rng = random.Random(seed)
     tenants = {
@@ -41,7 +41,7 @@ async def replay(store: StateStore, policy: str, seed: int) -> list[Any]:
         "p": PoolPolicy(
             capacity=12, full_policy=policy, priority_weights={"interactive": 3, "batch": 1}
         )
-    }  # type: ignore[arg-type]
+    }
     await store.configure(StoreConfig(pools=pools, tenants=tenants))
     await store.set_replicas("p", _slots(**{"A-1": 2, "A-2": 1, "B-1": 2}))
     out: list[Any] = []

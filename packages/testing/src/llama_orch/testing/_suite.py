@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, ClassVar
 
 import pytest
@@ -31,7 +31,7 @@ from llama_orch.core.errors import (
     OrchError,
 )
 
-from ._engine import EngineUnderTest, Fault
+from ._engine import EngineUnderTest, Fault, FaultCase
 from ._errors import ErrorChecks
 from ._util import (
     _POLL_S,
@@ -138,7 +138,9 @@ class AdapterConformance(ErrorChecks):
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def fault_case(eut: EngineUnderTest, fault: Fault) -> Any:
+    async def fault_case(
+        eut: EngineUnderTest, fault: Fault
+    ) -> AbstractAsyncContextManager[FaultCase]:
         factory = eut.faults.get(fault)
         if factory is None:
             pytest.skip(f"engine {eut.engine!r} provides no way to provoke fault {fault.value!r}")

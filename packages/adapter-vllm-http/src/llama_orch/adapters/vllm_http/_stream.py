@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import msgspec
 from llama_orch.adapter_http import SSEStream
-from llama_orch.core.adapter_api import AdapterEvent, Finished, TokenChunk, TokenLogprob
+from llama_orch.core.adapter_api import (
+    AdapterEvent,
+    Finished,
+    StopReason,
+    TokenChunk,
+    TokenLogprob,
+)
 from llama_orch.core.errors import WorkerReset
 
 from ._errors import ENGINE, error_message
@@ -29,7 +35,7 @@ from ._wire import Choice, ChoiceLogprobs, StreamChunk, stream_chunk_decoder
 __all__ = ["CompletionsStream", "finish_reason"]
 
 
-def finish_reason(choice: Choice, asked_stop: bool) -> str:
+def finish_reason(choice: Choice, asked_stop: bool) -> StopReason:
     """Map an OpenAI ``finish_reason`` (+ vLLM ``stop_reason``) to ``Finished.reason``."""
     reason = choice.finish_reason
     if reason == "length":
@@ -56,7 +62,7 @@ class CompletionsStream(SSEStream[StreamChunk]):
         # chunks without text go with the next text, like their tokens
         self._top = top_logprobs
         self._probs: list[TokenLogprob] = []
-        self._reason: str | None = None
+        self._reason: StopReason | None = None
         self._pending = 0  # tokens of empty-text chunks, attributed to the next text
         self.counted = 0  # tokens attributed to yielded chunks
         self.usage_completion: int | None = None

@@ -80,6 +80,7 @@ def _messages(req: MessagesRequest) -> list[OrchMessage]:
                 400, f"messages.{i}.role: must be 'user' or 'assistant'",
                 param=f"messages.{i}.role", code="invalid",
             )  # fmt: skip
+        # the role is "user" or "assistant" (checked above); mypy does not narrow str by `in`
         out.append(OrchMessage(role=m.role, content=_text(m.content, f"messages.{i}")))  # type: ignore[arg-type]
     if not req.messages:
         raise ApiError(

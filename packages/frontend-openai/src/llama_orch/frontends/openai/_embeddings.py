@@ -56,7 +56,7 @@ def _texts(req: EmbeddingsRequest) -> list[str]:
             raise ApiError(
                 400, "inputs must not be empty strings", param=f"input[{i}]", code="invalid_value"
             )
-    return texts  # type: ignore[return-value]
+    return texts
 
 
 def embeddings_route(host: FrontendHost, facade: Facade) -> Route:

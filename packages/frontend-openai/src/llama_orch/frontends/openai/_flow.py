@@ -146,6 +146,7 @@ class Facade:
     ) -> TaskRecord:
         req = TaskRequest(
             pool_id=pool.id,
+            # extras() let only "interactive" or "batch" through (a header is a str)
             priority=extras.priority or "interactive",  # type: ignore[arg-type]
             deadline_ms=extras.deadline_ms,
             session_id=extras.session_id,

@@ -119,6 +119,7 @@ def _messages(messages: list[ChatMessage]) -> list[OrchMessage]:
                 400, f"messages with role {m.role!r} (tool use) are not supported",
                 param=f"messages[{i}].role", code="unsupported_parameter",
             )  # fmt: skip
+        # the role is system, user or assistant (checked above); mypy does not narrow str by `in`
         out.append(OrchMessage(role=role, content=_text(m.content, f"messages[{i}]")))  # type: ignore[arg-type]
     if not out:
         raise ApiError(400, "`messages` must not be empty", param="messages", code="invalid_value")
