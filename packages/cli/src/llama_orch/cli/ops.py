@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
-import yaml
 from llama_orch.core.api import EndEvent, ErrorEvent, MetricsEvent, StartedEvent, TokenEvent
 from rich.console import Console
 from rich.live import Live
@@ -262,7 +261,7 @@ def policies_section(path: str) -> dict[str, Any]:
     """The ``policies`` section of a config file (YAML or JSON), or the file itself when it
     is the section; an empty file or section turns policies off."""
     text = Path(path).read_text(encoding="utf-8")
-    doc = msgspec.json.decode(text) if path.endswith(".json") else yaml.safe_load(text)
+    doc = msgspec.json.decode(text) if path.endswith(".json") else msgspec.yaml.decode(text)
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -299,7 +298,7 @@ async def _policies_show(orch: OrchClient, args: argparse.Namespace) -> int:
 async def _policies_reload(orch: OrchClient, args: argparse.Namespace) -> int:
     try:
         section = policies_section(args.file)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:  # msgspec.DecodeError is a ValueError
         raise InvalidRequest(f"cannot read {args.file}: {exc}") from exc
     try:
         doc = await orch.reload_policies(section)

@@ -18,6 +18,7 @@ from importlib.resources import files
 from typing import Any, Literal, TypeVar, cast
 
 import valkey.asyncio as valkey
+from llama_orch.core.config import Priority
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_store import (
     TERMINAL_KINDS,
@@ -30,7 +31,6 @@ from llama_orch.core.state_store import (
     Fenced,
     LoggedEvent,
     Orphaned,
-    Priority,
     Reaped,
     SlotView,
     StateOptions,
