@@ -28,6 +28,7 @@ from .trust import Signature
 
 __all__ = [
     "ALLOWED",
+    "LIFECYCLE",
     "Catalog",
     "Entry",
     "LifecycleState",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 LifecycleState = Literal["draft", "active", "canary", "deprecated", "retired"]
+LIFECYCLE: tuple[LifecycleState, ...] = ("draft", "active", "canary", "deprecated", "retired")
 # ORCH-3330: the transitions an operator may ask for
 ALLOWED: dict[str, tuple[str, ...]] = {
     "draft": ("active", "canary", "retired"),
@@ -301,6 +303,24 @@ class Catalog:
         self._save(*changed)
         return changed
 
+    @staticmethod
+    def _last_promote(e: Entry) -> Transition:
+        last = e.history[-1] if e.history else None
+        if e.state != "active" or last is None or last.reason != "promote":
+            raise InvalidParams(
+                f"{e.id} is {e.state} and was not just promoted: nothing to roll back"
+            )
+        return last
+
+    def rollback_target(self, e: Entry) -> Entry | None:
+        """The entry that is Active after rolling ``e`` back, when the rollback
+        changes the Active version (the pools following the name reload to it,
+        ORCH-3360); raises when there is nothing to roll back."""
+        if e.state == "canary":
+            return None
+        prev = self._entries.get(self._last_promote(e).previous_active or "")
+        return prev if prev is not None and prev.state == "deprecated" else None
+
     def rollback(self, entry_id: str) -> list[Entry]:
         """Undo the last promote of ``entry_id``, or send a canary back to draft."""
         e = self.get(entry_id)
@@ -314,11 +334,7 @@ class Catalog:
             )
             self._save(back)
             return [back]
-        last = e.history[-1] if e.history else None
-        if e.state != "active" or last is None or last.reason != "promote":
-            raise InvalidParams(
-                f"{e.id} is {e.state} and was not just promoted: nothing to roll back"
-            )
+        last = self._last_promote(e)
         changed = [
             msgspec.structs.replace(
                 e, state="canary", weight=0.0,

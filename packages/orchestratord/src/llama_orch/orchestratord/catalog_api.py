@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from pathlib import Path
@@ -21,14 +22,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from llama_orch.core.catalog_config import CatalogConfig
-from llama_orch.core.errors import InvalidParams, UntrustedArtifact
+from llama_orch.core.errors import InvalidParams, PoolUnready, UntrustedArtifact
 from llama_orch.core.model_source_api import MalformedModelRef, split_model_ref
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .artifacts import ArtifactStore
-from .catalog import DEPRECATION, Catalog, Entry, LifecycleState, Name, Provenance, Tag
+from .catalog import DEPRECATION, LIFECYCLE, Catalog, Entry, LifecycleState, Name, Provenance, Tag
 from .metrics import Metrics
 from .trust import Signature, TrustPolicy, Verdict, log_verification
 
@@ -66,6 +67,23 @@ class StateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     grace_ms: Annotated[int, msgspec.Meta(ge=0, le=90 * 86_400_000)] | None = None
 
 
+class SwitchRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Promote or rollback: how long the reloaded pools' running tasks may finish
+    on the version they started on (ORCH-3360)."""
+
+    drain_deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+
+
+class PoolSwitch(msgspec.Struct):
+    """One pool reloaded by a promote or rollback (ORCH-3360)."""
+
+    pool_id: str
+    model_digest: str  # the digest its replicas serve now
+    replicas: list[str]
+    finished: int  # tasks that ran on the previous version and finished during the switch
+    ended: int  # tasks ended with POOL_UNAVAILABLE at the drain deadline
+
+
 class VerifyResult(msgspec.Struct):
     id: str
     digest: str
@@ -80,6 +98,19 @@ class CatalogService:
         self.artifacts = ArtifactStore(self.catalog.path, config.artifact_max_bytes)
         self.trust = TrustPolicy(config.trust)
         self._metrics = metrics
+        metrics.gauge(
+            "catalog_model_state",
+            self._states,
+            "1 for a catalog model version's lifecycle state, 0 for the others (ORCH-3365).",
+        )
+
+    def _states(self) -> list[tuple[float, dict[str, str]]]:
+        """One-hot lifecycle per entry (ORCH-3365): every version shows all five states."""
+        return [
+            (1.0 if e.state == s else 0.0, {"model_id": e.id, "lifecycle": s})
+            for e in self.catalog.list()
+            for s in LIFECYCLE
+        ]
 
     # ------------------------------------------------------------------ trust
 
@@ -293,10 +324,23 @@ def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
         return _ok({"model": entry, "drained_pools": drained})
 
     async def promote(request: Request) -> Response:
-        return _ok({"models": svc.catalog.promote(request.path_params["model_id"])})
+        mid = request.path_params["model_id"]
+        req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+        entry = svc.catalog.get(mid)
+        if entry.state != "canary":  # refused before any engine starts
+            raise InvalidParams(f"{entry.id} is {entry.state}: only a canary is promoted")
+        switched = await _switch_followers(orch, manager, entry, req.drain_deadline_ms / 1000)
+        return _ok({"models": svc.catalog.promote(mid), "reloaded": switched})
 
     async def rollback(request: Request) -> Response:
-        return _ok({"models": svc.catalog.rollback(request.path_params["model_id"])})
+        mid = request.path_params["model_id"]
+        req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+        entry = svc.catalog.get(mid)
+        back = svc.catalog.rollback_target(entry)  # raises when there is nothing to undo
+        switched: list[PoolSwitch] = []
+        if back is not None:
+            switched = await _switch_followers(orch, manager, back, req.drain_deadline_ms / 1000)
+        return _ok({"models": svc.catalog.rollback(mid), "reloaded": switched})
 
     return [
         Route("/v1/catalog/models", models, methods=["GET", "POST"]),
@@ -306,6 +350,67 @@ def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
         Route("/v1/catalog/models/{model_id}/promote", promote, methods=["POST"]),
         Route("/v1/catalog/models/{model_id}/rollback", rollback, methods=["POST"]),
     ]
+
+
+def followers(orch: Orchestrator, manager: Any, name: str) -> list[Pool]:
+    """Pools that serve a model by its bare name, run by the embedded pool manager:
+    they follow its Active version (ORCH-3360). A pool pinned to a tag, id or
+    digest keeps the version it names."""
+    managed = set(manager.pool_ids()) if manager is not None else set()
+    return [p for p in orch.pools.values() if p.config.model == name and p.id in managed]
+
+
+async def _switch_followers(
+    orch: Orchestrator, manager: Any, target: Entry, deadline_s: float
+) -> list[PoolSwitch]:
+    """Reload every follower of ``target.name`` to ``target``'s bytes, before the
+    catalog changes (ORCH-3360): the pool manager's reload starts the new replicas
+    beside the old ones, switches placement once they are Ready, lets the running
+    tasks finish on the old ones and stops them; queued tasks wait for the new
+    ones. A reload that fails leaves its pool serving as before, puts back the
+    pools already switched, and the catalog is not changed."""
+    from llama_orch.pool_managerd.errors import ReloadError
+
+    from .control import drain_tasks
+
+    done: list[tuple[Pool, str]] = []  # (pool, the digest it served before)
+    switched: list[PoolSwitch] = []
+
+    async def reload(pool: Pool, digest: str) -> PoolSwitch:
+        drained = []
+
+        async def wait(ids: list[str]) -> None:
+            drained.append(await drain_tasks(orch, pool, deadline_s, replica_ids=ids))
+
+        states = await manager.reload(
+            pool.id, f"sha256:{digest}", expected_digest=digest, drain=wait
+        )
+        part = drained[0] if drained else None
+        return PoolSwitch(
+            pool.id,
+            digest,
+            [s.replica_id for s in states],
+            part.finished if part else 0,
+            part.ended if part else 0,
+        )
+
+    for pool in followers(orch, manager, target.name):
+        serving = {st.model_digest for st in pool.states.values() if st.ready}
+        if serving == {target.digest}:
+            continue  # already there
+        before = next(iter(serving), "")
+        try:
+            switched.append(await reload(pool, target.digest))
+        except ReloadError as exc:
+            for prev_pool, prev_digest in reversed(done):
+                if prev_digest:
+                    with contextlib.suppress(ReloadError):
+                        await reload(prev_pool, prev_digest)
+            if exc.verification:
+                raise UntrustedArtifact(str(exc), pool_id=pool.id) from exc
+            raise PoolUnready(str(exc), pool_id=pool.id) from exc
+        done.append((pool, before))
+    return switched
 
 
 async def _drain_serving(
