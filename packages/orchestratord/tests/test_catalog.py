@@ -232,6 +232,20 @@ async def test_canary_promote_rollback_deprecate_retire(
     err = await gone.json()
     assert gone.status == 410 and err["code"] == "MODEL_DEPRECATED", err
     assert f"use tiny:next ({i2})" in err["message"]
+    # ORCH-3370: override runs the Deprecated version anyway, on the pool still serving it
+    forced = await run.submit(model_ref="tiny:stable", max_tokens=2, override=True)
+    assert forced.status == 202, await forced.text()
+    assert forced.headers["Deprecation"].startswith("@") and "Sunset" not in forced.headers
+    forced_id = (await forced.json())["task_id"]
+    assert [e[1] for e in await run.events(forced_id) if e[1] in ("end", "error")] == ["end"]
+    assert run.orch.get(forced_id).pool_id == "stable"
+    text = run.orch.metrics.render().decode()
+    assert f'catalog_routed_total{{lifecycle="deprecated",model_id="{i1}"}} 1' in text
+    # ORCH-3365: every version's lifecycle, one-hot
+    for mid, now in ((i1, "deprecated"), (i2, "active")):
+        for lc in ("draft", "active", "canary", "deprecated", "retired"):
+            value = "1.0" if lc == now else "0.0"
+            assert f'catalog_model_state{{lifecycle="{lc}",model_id="{mid}"}} {value}' in text
     assert await burst(5) == {"canary": 5}  # the promoted version serves the name
 
     back = await (await run.http.post(f"{api}/{i2}/rollback")).json()
@@ -267,6 +281,8 @@ async def test_canary_promote_rollback_deprecate_retire(
     assert (
         by_name.status == 410 and f"model tiny {i2} is retired" in (await by_name.json())["message"]
     )
+    retired = await run.submit(model_ref="tiny:next", max_tokens=2, override=True)
+    assert retired.status == 410, await retired.text()  # ORCH-3370: never a Retired one
     deleted = await run.http.delete(f"{api}/{i2}")
     assert deleted.status == 204
     assert (await run.http.delete(f"{api}/{i1}")).status == 400  # active: kept
@@ -294,6 +310,8 @@ def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
         ("RegisterRequest", catalog_api.RegisterRequest),
         ("StateRequest", catalog_api.StateRequest),
         ("VerifyResult", catalog_api.VerifyResult),
+        ("SwitchRequest", catalog_api.SwitchRequest),
+        ("PoolSwitch", catalog_api.PoolSwitch),
         ("ArtifactRequest", artifacts.ArtifactRequest),
         ("Artifact", artifacts.Artifact),
     ]:

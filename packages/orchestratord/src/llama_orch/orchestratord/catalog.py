@@ -182,14 +182,16 @@ class Catalog:
             (e for e in self._entries.values() if e.name == name and e.state == "active"), None
         )
 
-    def choose(self, ref: str) -> Entry | None:
+    def choose(self, ref: str, *, override: bool = False) -> Entry | None:
         """The entry a task for ``ref`` runs on (ORCH-3331, ORCH-3332); None if ``ref``
-        is not a catalog reference."""
+        is not a catalog reference. ``override`` runs a Deprecated entry anyway
+        (ORCH-3370)."""
         e = self.resolve(ref)
         if e is None:
             return None
-        if e.state == "deprecated" and e.grace_until_ms and _now_ms() < e.grace_until_ms:
-            DEPRECATION.set(e)  # still served, with a warning (ORCH-3334)
+        in_grace = bool(e.grace_until_ms) and _now_ms() < (e.grace_until_ms or 0)
+        if e.state == "deprecated" and (in_grace or override):
+            DEPRECATION.set(e)  # still served, with a warning (ORCH-3334, ORCH-3370)
             return e
         if e.state in ("deprecated", "retired"):
             instead = self._entries.get(e.replacement or "")

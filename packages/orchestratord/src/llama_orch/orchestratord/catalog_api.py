@@ -236,10 +236,12 @@ class CatalogService:
             return True
         return any(st.model_digest == entry.digest for st in pool.states.values())
 
-    def pools_for(self, model_ref: str, candidates: Sequence[Pool]) -> list[Pool] | None:
+    def pools_for(
+        self, model_ref: str, candidates: Sequence[Pool], *, override: bool = False
+    ) -> list[Pool] | None:
         """Pools serving the entry a task for ``model_ref`` runs on, or None when
-        ``model_ref`` is not a catalog reference (ORCH-3331, ORCH-3332)."""
-        chosen = self.catalog.choose(model_ref)
+        ``model_ref`` is not a catalog reference (ORCH-3331, ORCH-3332, ORCH-3370)."""
+        chosen = self.catalog.choose(model_ref, override=override)
         if chosen is None:
             return None
         pools = [p for p in candidates if self.serves(p, chosen)]
@@ -259,11 +261,10 @@ def deprecation_headers() -> dict[str, str]:
     if e is None:
         return {}
     since = next((h.at_ms for h in reversed(e.history) if h.to_state == "deprecated"), 0)
-    until = e.grace_until_ms or 0
-    return {
-        "Deprecation": f"@{since // 1000}",  # RFC 9745
-        "Sunset": formatdate(until / 1000, usegmt=True),  # RFC 8594
-    }
+    headers = {"Deprecation": f"@{since // 1000}"}  # RFC 9745
+    if e.grace_until_ms:  # an override past or without a grace period has no end date
+        headers["Sunset"] = formatdate(e.grace_until_ms / 1000, usegmt=True)  # RFC 8594
+    return headers
 
 
 def _decode(body: bytes, typ: type[Any]) -> Any:
