@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from llama_orch.core.catalog_config import CatalogConfig
-from llama_orch.core.errors import InvalidParams, PoolUnready, UntrustedArtifact
+from llama_orch.core.errors import InvalidParams, OrchError, PoolUnready, UntrustedArtifact
 from llama_orch.core.model_source_api import MalformedModelRef, split_model_ref
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .artifacts import ArtifactStore
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["CatalogService", "catalog_routes", "deprecation_headers"]
 
 _json = msgspec.json.Encoder()
+_log = logging.getLogger(__name__)
+_jobs: set[asyncio.Task[None]] = set()  # streamed registrations running (ORCH-3375)
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -267,6 +270,59 @@ def deprecation_headers() -> dict[str, str]:
     return headers
 
 
+class RegisterProgress(msgspec.Struct):
+    """One ``progress`` event of a streamed registration (ORCH-3375)."""
+
+    message: str
+    done_bytes: int | None
+    total_bytes: int | None
+
+
+def _sse(event: str, data: object) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _json.encode(data) + b"\n\n"
+
+
+def _register_stream(svc: CatalogService, req: RegisterRequest) -> Response:
+    """Registration as a stream of ``progress`` events and one ``registered`` or
+    ``error`` event (ORCH-3375). The registration runs to its end even when the
+    client goes away: what it records (or refuses) does not depend on a reader."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def progress(msg: str) -> None:  # called in the worker thread
+        data = RegisterProgress(
+            str(msg), getattr(msg, "done_bytes", None), getattr(msg, "total_bytes", None)
+        )
+        loop.call_soon_threadsafe(events.put_nowait, _sse("progress", data))
+
+    async def run() -> None:
+        try:
+            entry = await asyncio.to_thread(svc.register, req, progress)
+            events.put_nowait(_sse("registered", entry))
+        except OrchError as exc:
+            body = msgspec.to_builtins(exc.body())
+            events.put_nowait(_sse("error", {**body, "status": exc.status_code}))
+        except Exception as exc:  # the stream must still end with one event
+            _log.exception("registration of %s failed", req.ref)
+            events.put_nowait(
+                _sse("error", {"code": "INTERNAL", "message": str(exc), "status": 500})
+            )
+        events.put_nowait(None)
+
+    job = asyncio.create_task(run(), name=f"register-{req.name}")
+    _jobs.add(job)  # held until done, whether or not a client still reads
+    job.add_done_callback(_jobs.discard)
+
+    async def body() -> AsyncIterator[bytes]:
+        while (frame := await events.get()) is not None:
+            yield frame
+        await job
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
+
+
 def _decode(body: bytes, typ: type[Any]) -> Any:
     try:
         return msgspec.json.decode(body or b"{}", type=typ)
@@ -285,6 +341,8 @@ def catalog_routes(orch: Orchestrator, manager: Any = None) -> list[Route]:
         if request.method == "GET":
             return _ok({"models": svc.catalog.list()})
         req: RegisterRequest = _decode(await request.body(), RegisterRequest)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return _register_stream(svc, req)  # ORCH-3375
         entry = await asyncio.to_thread(svc.register, req, lambda _m: None)
         return _ok(entry, 201)
 
