@@ -1,5 +1,5 @@
 """Promote and rollback switch the pool that serves a model by name, through the
-pool manager's reload, on real ``llama-server`` engines (ORCH-3360..3362, ORCH-3365).
+pool manager's reload, on real ``llama-server`` engines (ORCH-3360, ORCH-3361, ORCH-3362, ORCH-3365).
 
 Two real artifacts are two versions of one catalog name ``lm``: v1 is
 SmolLM2-135M-Instruct (pypi, 98 MB), v2 is Gemma 3 270M (pypi, 253 MB) — two
@@ -123,4 +123,25 @@ async def test_promote_and_rollback_reload_the_pool_serving_the_name(
     assert resp.status == 202, await resp.text()
     assert await _started_digest(run, (await resp.json())["task_id"]) == (smol_digest, ["end"])
     assert [r.state.model_digest for r in pool.ready_replicas()] == [smol_digest]
+
+    # a canary back to draft: the Active does not change, nothing reloads
+    resp = await run.http.post(f"{api}/{i2}/rollback")
+    body = await resp.json()
+    assert (resp.status, body["reloaded"]) == (200, []), body
+    # ORCH-3361: a promote whose reload fails changes nothing (the v3 file changed after
+    # registration: refused before any engine starts)
+    bad = tmp_path / "v3.gguf"
+    bad.write_bytes(b"GGUF" + b"v3" * 512)
+    resp = await run.http.post(api, json={"name": "lm", "ref": str(bad), "tags": ["v3"]})
+    i3 = (await resp.json())["id"]
+    resp = await run.http.post(f"{api}/{i3}/state", json={"state": "canary", "weight": 0.5})
+    assert resp.status == 200, await resp.text()
+    bad.write_bytes(b"GGUF" + b"v4" * 512)
+    v1_replicas = [(r.state.replica_id, r.state.pid) for r in pool.ready_replicas()]
+    resp = await run.http.post(f"{api}/{i3}/promote")
+    body = await resp.json()
+    assert (resp.status, body["code"]) == (403, "UNTRUSTED_ARTIFACT"), body
+    states = {e.id: e.state for e in run.orch.catalog.catalog.list()}
+    assert states == {i1: "active", i2: "draft", i3: "canary"}
+    assert [(r.state.replica_id, r.state.pid) for r in pool.ready_replicas()] == v1_replicas
     del gemma_path, smol_path
