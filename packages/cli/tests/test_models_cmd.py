@@ -126,7 +126,7 @@ def test_models_commands_walk_the_lifecycle(
     assert _run(capsys, "canary", nxt, "--weight", "0.25")[0] == 0
     code, out, _ = _run(capsys, "show", nxt)
     assert "canary 25%" in out
-    code, _, err = _run(capsys, "promote", nxt)
+    code, _, err = _run(capsys, "promote", nxt, "--drain-deadline-ms", "500")
     assert code == 0 and f"tiny {nxt} is active" in err and f"tiny {stable} is deprecated" in err
     code, _, err = _run(capsys, "rollback", nxt)
     assert code == 0 and f"tiny {stable} is active" in err and f"tiny {nxt} is canary" in err

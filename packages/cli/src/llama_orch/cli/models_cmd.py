@@ -171,9 +171,18 @@ def _state(state: str, **extra: Any) -> Runner:
 
 def _changes(action: str) -> Runner:
     async def run(orch: OrchClient, args: argparse.Namespace) -> int:
-        doc = await orch.catalog_action(args.model_id, action)
+        body = None
+        if args.drain_deadline_ms is not None:
+            body = {"drain_deadline_ms": args.drain_deadline_ms}
+        doc = await orch.catalog_action(args.model_id, action, body)
         for m in doc["models"]:
             stderr_console().print(escape(_summary(m)))
+        for p in doc["reloaded"]:  # pools that follow the name switched versions (ORCH-3362)
+            stderr_console().print(
+                f"pool {escape(p['pool_id'])} reloaded to sha256 {p['model_digest'][:12]}...: "
+                f"{p['finished']} running task(s) finished on the previous version, "
+                f"{p['ended']} ended at the deadline"
+            )
         return 0
 
     return run
@@ -225,7 +234,9 @@ def add_model_commands(
     add.add_argument("--license", metavar="SPDX")
     add.add_argument("--ctx", type=int, metavar="N")
     action("verify", _verify, "check trust policy and bytes again")
-    action("promote", _changes("promote"), "the canary becomes active (old active deprecated)")
+    promote = action(
+        "promote", _changes("promote"), "the canary becomes active (old active deprecated)"
+    )
     canary = action("canary", _state("canary", weight=None), "serve a share of the traffic")
     canary.add_argument("--weight", type=float, required=True, metavar="F", help="0 < F < 1")
     deprecate = action(
@@ -236,4 +247,11 @@ def add_model_commands(
         "retire", _state("retired", drain_deadline_ms=None), "retire and drain its pools"
     )
     retire.add_argument("--drain-deadline-ms", type=int, metavar="N")
-    action("rollback", _changes("rollback"), "undo the last promote (or end a canary)")
+    rollback = action("rollback", _changes("rollback"), "undo the last promote (or end a canary)")
+    for p in (promote, rollback):
+        p.add_argument(
+            "--drain-deadline-ms",
+            type=int,
+            metavar="N",
+            help="how long tasks running on the previous version may finish (30000)",
+        )
