@@ -1,5 +1,6 @@
 """Promote and rollback switch the pool that serves a model by name, through the
-pool manager's reload, on real ``llama-server`` engines (ORCH-3360, ORCH-3361, ORCH-3362, ORCH-3365).
+pool manager's reload, on real ``llama-server`` engines (ORCH-3360, ORCH-3361,
+ORCH-3362, ORCH-3365).
 
 Two real artifacts are two versions of one catalog name ``lm``: v1 is
 SmolLM2-135M-Instruct (pypi, 98 MB), v2 is Gemma 3 270M (pypi, 253 MB) — two
