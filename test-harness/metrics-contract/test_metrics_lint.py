@@ -40,6 +40,8 @@ _CONTRACT_NAMES = {
     "placement_decisions_total", "migrations_total", "prefix_hit_ratio",
     # ORCH-3331: tasks routed to a catalog model version (issue #18)
     "catalog_routed_total",
+    # ORCH-3365: the lifecycle state of each catalog model version (issue #18)
+    "catalog_model_state",
 }  # fmt: skip
 
 
@@ -93,9 +95,11 @@ def test_lint_file_lists_the_contract(lint_doc):
         # policy and state-store series are per instance, not per engine
         # catalog_routed_total counts a routing decision made before a pool (and so an
         # engine) is chosen: it is per model version (ORCH-3331)
-        per_engine = name not in ("admission_share", "catalog_routed_total") and not (
-            name.startswith(("policy_", "state_store_"))
-        )
+        per_engine = name not in (
+            "admission_share",
+            "catalog_routed_total",
+            "catalog_model_state",  # per catalog entry, not per engine (ORCH-3365)
+        ) and not (name.startswith(("policy_", "state_store_")))
         if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
         for label in spec["labels"]:

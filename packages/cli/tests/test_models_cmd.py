@@ -57,6 +57,7 @@ pools:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # downloads stay here
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -125,7 +126,7 @@ def test_models_commands_walk_the_lifecycle(
     assert _run(capsys, "canary", nxt, "--weight", "0.25")[0] == 0
     code, out, _ = _run(capsys, "show", nxt)
     assert "canary 25%" in out
-    code, _, err = _run(capsys, "promote", nxt)
+    code, _, err = _run(capsys, "promote", nxt, "--drain-deadline-ms", "500")
     assert code == 0 and f"tiny {nxt} is active" in err and f"tiny {stable} is deprecated" in err
     code, _, err = _run(capsys, "rollback", nxt)
     assert code == 0 and f"tiny {stable} is active" in err and f"tiny {nxt} is canary" in err
@@ -160,3 +161,22 @@ def test_models_json_output_matches_the_committed_schemas(
     show = json.loads(out)
     jsonschema.validate(show, json.loads((SCHEMAS / "models-show.schema.json").read_text()))
     assert show["id"] == mid and show["provenance"]["source"] == "file"
+
+
+def test_models_add_shows_the_download_progress(
+    llorch: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ORCH-3376: the daemon's progress arrives as it fetches (plain lines off a terminal)."""
+    from llama_orch.testing.model_server import ModelFileServer
+
+    blob = b"GGUF" + os.urandom(3 << 20)
+    (tmp_path / "web.gguf").write_bytes(blob)
+    with ModelFileServer() as origin:
+        origin.add_file("web.gguf", tmp_path / "web.gguf")
+        code, out, err = _run(capsys, "add", "web", f"{origin.url}/files/web.gguf")
+        assert code == 0, err
+        assert out.strip() == hashlib.sha256(blob).hexdigest()[:16]
+        assert "downloading web.gguf: 3 MiB (100%)" in err, err
+        origin.cut_after(1 << 20)  # a download that stops: the refusal, exit code 2
+        code, _, err = _run(capsys, "add", "web2", f"{origin.url}/files/web.gguf#sha256={'0' * 64}")
+        assert code == 2 and "stopped at" in err, err

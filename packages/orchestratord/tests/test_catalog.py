@@ -232,6 +232,20 @@ async def test_canary_promote_rollback_deprecate_retire(
     err = await gone.json()
     assert gone.status == 410 and err["code"] == "MODEL_DEPRECATED", err
     assert f"use tiny:next ({i2})" in err["message"]
+    # ORCH-3370: override runs the Deprecated version anyway, on the pool still serving it
+    forced = await run.submit(model_ref="tiny:stable", max_tokens=2, override=True)
+    assert forced.status == 202, await forced.text()
+    assert forced.headers["Deprecation"].startswith("@") and "Sunset" not in forced.headers
+    forced_id = (await forced.json())["task_id"]
+    assert [e[1] for e in await run.events(forced_id) if e[1] in ("end", "error")] == ["end"]
+    assert run.orch.get(forced_id).pool_id == "stable"
+    text = run.orch.metrics.render().decode()
+    assert f'catalog_routed_total{{lifecycle="deprecated",model_id="{i1}"}} 1' in text
+    # ORCH-3365: every version's lifecycle, one-hot
+    for mid, now in ((i1, "deprecated"), (i2, "active")):
+        for lc in ("draft", "active", "canary", "deprecated", "retired"):
+            value = "1.0" if lc == now else "0.0"
+            assert f'catalog_model_state{{lifecycle="{lc}",model_id="{mid}"}} {value}' in text
     assert await burst(5) == {"canary": 5}  # the promoted version serves the name
 
     back = await (await run.http.post(f"{api}/{i2}/rollback")).json()
@@ -267,6 +281,8 @@ async def test_canary_promote_rollback_deprecate_retire(
     assert (
         by_name.status == 410 and f"model tiny {i2} is retired" in (await by_name.json())["message"]
     )
+    retired = await run.submit(model_ref="tiny:next", max_tokens=2, override=True)
+    assert retired.status == 410, await retired.text()  # ORCH-3370: never a Retired one
     deleted = await run.http.delete(f"{api}/{i2}")
     assert deleted.status == 204
     assert (await run.http.delete(f"{api}/{i1}")).status == 400  # active: kept
@@ -294,6 +310,9 @@ def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
         ("RegisterRequest", catalog_api.RegisterRequest),
         ("StateRequest", catalog_api.StateRequest),
         ("VerifyResult", catalog_api.VerifyResult),
+        ("SwitchRequest", catalog_api.SwitchRequest),
+        ("PoolSwitch", catalog_api.PoolSwitch),
+        ("RegisterProgress", catalog_api.RegisterProgress),
         ("ArtifactRequest", artifacts.ArtifactRequest),
         ("Artifact", artifacts.Artifact),
     ]:
@@ -377,3 +396,47 @@ def test_a_fetch_failure_at_load_is_retriable_not_untrusted(
     with pytest.raises(ProvisionError) as info:
         svc.provide("tiny:stable", engine="mock", progress=lambda _m: None)
     assert not isinstance(info.value, VerificationError), info.value
+
+
+async def test_registration_streams_progress_then_one_result(
+    start_orchestrator, origin: ModelFileServer, tmp_path: Path
+) -> None:
+    """ORCH-3375: with Accept: text/event-stream, registration answers progress events
+    (byte counts of the download) and one terminal event; a refusal is an `error`
+    event with its status, and nothing is recorded."""
+    from llama_orch.core.sse import SSEParser
+
+    run = await start_orchestrator(_config(tmp_path, _trust()))
+    api = run.url + "/v1/catalog/models"
+
+    async def stream(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        headers = {"Accept": "text/event-stream"}
+        async with run.http.post(api, json=body, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            parser = SSEParser()
+            return [
+                (m.event, msgspec.json.decode(m.data))
+                for chunk in [await resp.read()]
+                for m in parser.feed(chunk)
+            ]
+
+    v2 = f"{origin.url}/files/v2.gguf"
+    events = await stream({"name": "tiny", "ref": v2, "signatures": [sign(D2)]})
+    assert [e for e, _ in events][-1] == "registered" and events[-1][1]["digest"] == D2
+    assert {e for e, _ in events[:-1]} == {"progress"}
+    sized = [d for e, d in events if e == "progress" and d["done_bytes"] is not None]
+    assert sized and sized[-1]["done_bytes"] == sized[-1]["total_bytes"] == len(V2), events
+    assert all(d["message"] for e, d in events if e == "progress")
+
+    tampered = {"name": "tiny", "ref": f"{origin.url}/files/tampered.gguf", "digest": D3}
+    events = await stream(tampered)
+    assert events[-1][0] == "error" and [e for e, _ in events].count("error") == 1
+    assert (events[-1][1]["status"], events[-1][1]["code"]) == (403, "UNTRUSTED_ARTIFACT")
+    events = await stream({"name": "tiny", "ref": "ftp:x/y.gguf"})
+    assert (events[-1][0], events[-1][1]["status"]) == ("error", 400)
+    # a malformed body is refused before any stream
+    resp = await run.http.post(api, json={"name": "Bad"}, headers={"Accept": "text/event-stream"})
+    assert resp.status == 400
+    listed = await (await run.http.get(api)).json()
+    assert [m["id"] for m in listed["models"]] == [D2[:16]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast, get_args, overload
 from urllib.parse import quote, urlencode
@@ -249,6 +249,38 @@ class OrchClient:
 
     async def catalog_add(self, **fields: Any) -> Any:
         return await self._json("POST", "/v1/catalog/models", fields)
+
+    async def catalog_add_stream(self, **fields: Any) -> AsyncIterator[tuple[str, Any]]:
+        """``POST /v1/catalog/models`` with ``Accept: text/event-stream`` (ORCH-3375):
+        yields ``("progress", {message, done_bytes, total_bytes})`` while the daemon
+        fetches and verifies, then ``("registered", entry)``; a refusal, before or
+        in the stream, raises :class:`ApiError` with the refusal's status."""
+        url = self.base_url + "/v1/catalog/models"
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        ended = False
+        try:
+            async with self._session.post(
+                url, data=_encoder.encode(fields), headers=headers
+            ) as resp:
+                self._note_correlation(resp.headers)
+                if resp.status >= 300:
+                    raise self._api_error(resp.status, resp.headers, await resp.read())
+                parser = SSEParser()
+                async for chunk in resp.content.iter_any():
+                    for msg in parser.feed(chunk):
+                        try:
+                            data = _any.decode(msg.data)
+                        except msgspec.DecodeError as exc:
+                            raise ProtocolError(f"POST {url}: bad event: {exc}") from exc
+                        if msg.event == "error":
+                            status = int(data.pop("status", 500))
+                            raise self._api_error(status, resp.headers, _encoder.encode(data))
+                        ended = msg.event == "registered"
+                        yield msg.event, data
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise ConnectionFailed(_describe(exc, url)) from exc
+        if not ended:
+            raise ProtocolError(f"POST {url}: the registration stream ended without its result")
 
     async def catalog_action(self, model_id: str, action: str, body: Any = None) -> Any:
         """``verify``, ``state``, ``promote`` or ``rollback`` of one entry."""

@@ -13,7 +13,17 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from ._render import stderr_console
 from .client import OrchClient
@@ -86,11 +96,55 @@ async def _add(orch: OrchClient, args: argparse.Namespace) -> int:
     }
     optional = {"digest": args.digest, "license": args.license, "ctx": args.ctx}
     fields |= {k: v for k, v in optional.items() if v is not None}
-    stderr_console().print(f"registering {escape(args.ref)}: the daemon fetches and verifies it")
-    doc = await orch.catalog_add(**fields)
-    stderr_console().print(f"{escape(_summary(doc))} (sha256 {doc['digest'][:12]}...)")
+    console = stderr_console()
+    console.print(f"registering {escape(args.ref)}: the daemon fetches and verifies it")
+    doc: dict[str, Any] = {}
+    with _ProgressView(console) as view:  # ORCH-3376
+        async for event, data in orch.catalog_add_stream(**fields):
+            if event == "progress":
+                view.show(data)
+            elif event == "registered":
+                doc = data
+    console.print(f"{escape(_summary(doc))} (sha256 {doc['digest'][:12]}...)")
     print(doc["id"])
     return 0
+
+
+class _ProgressView:
+    """The daemon's registration progress on stderr (ORCH-3376): a download bar on a
+    terminal, one line per event otherwise (logs, pipes, tests)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _ProgressView:
+        if self._console.is_terminal:
+            self._bar = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._bar.start()
+        return self
+
+    def show(self, event: dict[str, Any]) -> None:
+        done, total = event.get("done_bytes"), event.get("total_bytes")
+        if self._bar is None or done is None:
+            self._console.print(f"  {escape(str(event.get('message', '')))}")
+            return
+        if self._task is None:
+            self._task = self._bar.add_task("downloading", total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 async def _verify(orch: OrchClient, args: argparse.Namespace) -> int:
@@ -117,9 +171,18 @@ def _state(state: str, **extra: Any) -> Runner:
 
 def _changes(action: str) -> Runner:
     async def run(orch: OrchClient, args: argparse.Namespace) -> int:
-        doc = await orch.catalog_action(args.model_id, action)
+        body = None
+        if args.drain_deadline_ms is not None:
+            body = {"drain_deadline_ms": args.drain_deadline_ms}
+        doc = await orch.catalog_action(args.model_id, action, body)
         for m in doc["models"]:
             stderr_console().print(escape(_summary(m)))
+        for p in doc["reloaded"]:  # pools that follow the name switched versions (ORCH-3362)
+            stderr_console().print(
+                f"pool {escape(p['pool_id'])} reloaded to sha256 {p['model_digest'][:12]}...: "
+                f"{p['finished']} running task(s) finished on the previous version, "
+                f"{p['ended']} ended at the deadline"
+            )
         return 0
 
     return run
@@ -171,7 +234,9 @@ def add_model_commands(
     add.add_argument("--license", metavar="SPDX")
     add.add_argument("--ctx", type=int, metavar="N")
     action("verify", _verify, "check trust policy and bytes again")
-    action("promote", _changes("promote"), "the canary becomes active (old active deprecated)")
+    promote = action(
+        "promote", _changes("promote"), "the canary becomes active (old active deprecated)"
+    )
     canary = action("canary", _state("canary", weight=None), "serve a share of the traffic")
     canary.add_argument("--weight", type=float, required=True, metavar="F", help="0 < F < 1")
     deprecate = action(
@@ -182,4 +247,11 @@ def add_model_commands(
         "retire", _state("retired", drain_deadline_ms=None), "retire and drain its pools"
     )
     retire.add_argument("--drain-deadline-ms", type=int, metavar="N")
-    action("rollback", _changes("rollback"), "undo the last promote (or end a canary)")
+    rollback = action("rollback", _changes("rollback"), "undo the last promote (or end a canary)")
+    for p in (promote, rollback):
+        p.add_argument(
+            "--drain-deadline-ms",
+            type=int,
+            metavar="N",
+            help="how long tasks running on the previous version may finish (30000)",
+        )

@@ -78,6 +78,8 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # ORCH-1010: a GBNF grammar the output must follow, for pools whose engine
     # declares the `grammar` capability (llama.cpp); 400 elsewhere.
     grammar: Annotated[str, Meta(min_length=1, max_length=16_384)] | None = None
+    # ORCH-3370: run a Deprecated catalog model anyway (issue #18)
+    override: bool = False
 
 
 class TaskAccepted(msgspec.Struct, omit_defaults=True):

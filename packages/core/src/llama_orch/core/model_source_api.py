@@ -35,6 +35,7 @@ __all__ = [
     "ModelSource",
     "ModelSourceLoadError",
     "Progress",
+    "ProgressLine",
     "SourceMeta",
     "available_model_sources",
     "load_model_source",
@@ -43,6 +44,22 @@ __all__ = [
 
 MODEL_SOURCE_ENTRY_POINT_GROUP = "llama_orch.model_sources"
 Progress = Callable[[str], None]
+
+
+class ProgressLine(str):
+    """A progress message that also carries byte counts (ORCH-3375): a source
+    passes one to ``progress`` while it downloads, so that a caller can draw a
+    bar; callers that only print lines see a plain string."""
+
+    done_bytes: int | None
+    total_bytes: int | None
+
+    def __new__(cls, text: str, done_bytes: int | None, total_bytes: int | None) -> ProgressLine:
+        line = super().__new__(cls, text)
+        line.done_bytes, line.total_bytes = done_bytes, total_bytes
+        return line
+
+
 # "<source>:<locator>"; a reference without a source prefix is a local path.
 _SCHEME = re.compile(r"^([a-z][a-z0-9_-]{0,31}):(.*)$", re.S)
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

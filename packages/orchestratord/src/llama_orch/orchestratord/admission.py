@@ -77,7 +77,11 @@ def resolve_pool(req: TaskRequest, pools: dict[str, Pool], catalog: Any = None) 
         candidates = [p for p in candidates if p.engine == req.engine]
     if req.model_ref is not None:
         # a catalog name, tag or digest picks its version's pools (ORCH-3322, ORCH-3331)
-        served = catalog.pools_for(req.model_ref, candidates) if catalog is not None else None
+        served = (
+            catalog.pools_for(req.model_ref, candidates, override=req.override)  # ORCH-3370
+            if catalog is not None
+            else None
+        )
         if served is None:
             served = [p for p in candidates if p.config.model == req.model_ref]
         candidates = served

@@ -29,6 +29,7 @@ from .trust import Signature
 
 __all__ = [
     "ALLOWED",
+    "LIFECYCLE",
     "Catalog",
     "Entry",
     "LifecycleState",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 LifecycleState = Literal["draft", "active", "canary", "deprecated", "retired"]
+LIFECYCLE: tuple[LifecycleState, ...] = ("draft", "active", "canary", "deprecated", "retired")
 # ORCH-3330: the transitions an operator may ask for
 ALLOWED: dict[str, tuple[str, ...]] = {
     "draft": ("active", "canary", "retired"),
@@ -181,14 +183,16 @@ class Catalog:
             (e for e in self._entries.values() if e.name == name and e.state == "active"), None
         )
 
-    def choose(self, ref: str) -> Entry | None:
+    def choose(self, ref: str, *, override: bool = False) -> Entry | None:
         """The entry a task for ``ref`` runs on (ORCH-3331, ORCH-3332); None if ``ref``
-        is not a catalog reference."""
+        is not a catalog reference. ``override`` runs a Deprecated entry anyway
+        (ORCH-3370)."""
         e = self.resolve(ref)
         if e is None:
             return None
-        if e.state == "deprecated" and e.grace_until_ms and _now_ms() < e.grace_until_ms:
-            DEPRECATION.set(e)  # still served, with a warning (ORCH-3334)
+        in_grace = bool(e.grace_until_ms) and _now_ms() < (e.grace_until_ms or 0)
+        if e.state == "deprecated" and (in_grace or override):
+            DEPRECATION.set(e)  # still served, with a warning (ORCH-3334, ORCH-3370)
             return e
         if e.state in ("deprecated", "retired"):
             instead = self._entries.get(e.replacement or "")
@@ -302,6 +306,24 @@ class Catalog:
         self._save(*changed)
         return changed
 
+    @staticmethod
+    def _last_promote(e: Entry) -> Transition:
+        last = e.history[-1] if e.history else None
+        if e.state != "active" or last is None or last.reason != "promote":
+            raise InvalidParams(
+                f"{e.id} is {e.state} and was not just promoted: nothing to roll back"
+            )
+        return last
+
+    def rollback_target(self, e: Entry) -> Entry | None:
+        """The entry that is Active after rolling ``e`` back, when the rollback
+        changes the Active version (the pools following the name reload to it,
+        ORCH-3360); raises when there is nothing to roll back."""
+        if e.state == "canary":
+            return None
+        prev = self._entries.get(self._last_promote(e).previous_active or "")
+        return prev if prev is not None and prev.state == "deprecated" else None
+
     def rollback(self, entry_id: str) -> builtins.list[Entry]:
         """Undo the last promote of ``entry_id``, or send a canary back to draft."""
         e = self.get(entry_id)
@@ -315,11 +337,7 @@ class Catalog:
             )
             self._save(back)
             return [back]
-        last = e.history[-1] if e.history else None
-        if e.state != "active" or last is None or last.reason != "promote":
-            raise InvalidParams(
-                f"{e.id} is {e.state} and was not just promoted: nothing to roll back"
-            )
+        last = self._last_promote(e)
         changed = [
             msgspec.structs.replace(
                 e, state="canary", weight=0.0,

@@ -14,21 +14,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from llama_orch.core.catalog_config import CatalogConfig
-from llama_orch.core.errors import InvalidParams, UntrustedArtifact
+from llama_orch.core.errors import InvalidParams, OrchError, PoolUnready, UntrustedArtifact
 from llama_orch.core.model_source_api import MalformedModelRef, split_model_ref
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .artifacts import ArtifactStore
-from .catalog import DEPRECATION, Catalog, Entry, LifecycleState, Name, Provenance, Tag
+from .catalog import DEPRECATION, LIFECYCLE, Catalog, Entry, LifecycleState, Name, Provenance, Tag
 from .metrics import Metrics
 from .trust import Signature, TrustPolicy, Verdict, log_verification
 
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["CatalogService", "catalog_routes", "deprecation_headers"]
 
 _json = msgspec.json.Encoder()
+_log = logging.getLogger(__name__)
+_jobs: set[asyncio.Task[None]] = set()  # streamed registrations running (ORCH-3375)
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -68,6 +72,23 @@ class StateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     grace_ms: Annotated[int, msgspec.Meta(ge=0, le=90 * 86_400_000)] | None = None
 
 
+class SwitchRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Promote or rollback: how long the reloaded pools' running tasks may finish
+    on the version they started on (ORCH-3360)."""
+
+    drain_deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+
+
+class PoolSwitch(msgspec.Struct):
+    """One pool reloaded by a promote or rollback (ORCH-3360)."""
+
+    pool_id: str
+    model_digest: str  # the digest its replicas serve now
+    replicas: list[str]
+    finished: int  # tasks that ran on the previous version and finished during the switch
+    ended: int  # tasks ended with POOL_UNAVAILABLE at the drain deadline
+
+
 class VerifyResult(msgspec.Struct):
     id: str
     digest: str
@@ -82,6 +103,19 @@ class CatalogService:
         self.artifacts = ArtifactStore(self.catalog.path, config.artifact_max_bytes)
         self.trust = TrustPolicy(config.trust)
         self._metrics = metrics
+        metrics.gauge(
+            "catalog_model_state",
+            self._states,
+            "1 for a catalog model version's lifecycle state, 0 for the others (ORCH-3365).",
+        )
+
+    def _states(self) -> list[tuple[float, dict[str, str]]]:
+        """One-hot lifecycle per entry (ORCH-3365): every version shows all five states."""
+        return [
+            (1.0 if e.state == s else 0.0, {"model_id": e.id, "lifecycle": s})
+            for e in self.catalog.list()
+            for s in LIFECYCLE
+        ]
 
     # ------------------------------------------------------------------ trust
 
@@ -207,10 +241,12 @@ class CatalogService:
             return True
         return any(st.model_digest == entry.digest for st in pool.states.values())
 
-    def pools_for(self, model_ref: str, candidates: Sequence[Pool]) -> list[Pool] | None:
+    def pools_for(
+        self, model_ref: str, candidates: Sequence[Pool], *, override: bool = False
+    ) -> list[Pool] | None:
         """Pools serving the entry a task for ``model_ref`` runs on, or None when
-        ``model_ref`` is not a catalog reference (ORCH-3331, ORCH-3332)."""
-        chosen = self.catalog.choose(model_ref)
+        ``model_ref`` is not a catalog reference (ORCH-3331, ORCH-3332, ORCH-3370)."""
+        chosen = self.catalog.choose(model_ref, override=override)
         if chosen is None:
             return None
         pools = [p for p in candidates if self.serves(p, chosen)]
@@ -230,11 +266,63 @@ def deprecation_headers() -> dict[str, str]:
     if e is None:
         return {}
     since = next((h.at_ms for h in reversed(e.history) if h.to_state == "deprecated"), 0)
-    until = e.grace_until_ms or 0
-    return {
-        "Deprecation": f"@{since // 1000}",  # RFC 9745
-        "Sunset": formatdate(until / 1000, usegmt=True),  # RFC 8594
-    }
+    headers = {"Deprecation": f"@{since // 1000}"}  # RFC 9745
+    if e.grace_until_ms:  # an override past or without a grace period has no end date
+        headers["Sunset"] = formatdate(e.grace_until_ms / 1000, usegmt=True)  # RFC 8594
+    return headers
+
+
+class RegisterProgress(msgspec.Struct):
+    """One ``progress`` event of a streamed registration (ORCH-3375)."""
+
+    message: str
+    done_bytes: int | None
+    total_bytes: int | None
+
+
+def _sse(event: str, data: object) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _json.encode(data) + b"\n\n"
+
+
+def _register_stream(svc: CatalogService, req: RegisterRequest) -> Response:
+    """Registration as a stream of ``progress`` events and one ``registered`` or
+    ``error`` event (ORCH-3375). The registration runs to its end even when the
+    client goes away: what it records (or refuses) does not depend on a reader."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def progress(msg: str) -> None:  # called in the worker thread
+        data = RegisterProgress(
+            str(msg), getattr(msg, "done_bytes", None), getattr(msg, "total_bytes", None)
+        )
+        loop.call_soon_threadsafe(events.put_nowait, _sse("progress", data))
+
+    async def run() -> None:
+        try:
+            entry = await asyncio.to_thread(svc.register, req, progress)
+            events.put_nowait(_sse("registered", entry))
+        except OrchError as exc:
+            body = msgspec.to_builtins(exc.body())
+            events.put_nowait(_sse("error", {**body, "status": exc.status_code}))
+        except Exception as exc:  # the stream must still end with one event
+            _log.exception("registration of %s failed", req.ref)
+            events.put_nowait(
+                _sse("error", {"code": "INTERNAL", "message": str(exc), "status": 500})
+            )
+        events.put_nowait(None)
+
+    job = asyncio.create_task(run(), name=f"register-{req.name}")
+    _jobs.add(job)  # held until done, whether or not a client still reads
+    job.add_done_callback(_jobs.discard)
+
+    async def body() -> AsyncIterator[bytes]:
+        while (frame := await events.get()) is not None:
+            yield frame
+        await job
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
 
 
 def _decode(body: bytes, typ: type[Any]) -> Any:
@@ -255,6 +343,8 @@ def catalog_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
         if request.method == "GET":
             return _ok({"models": svc.catalog.list()})
         req: RegisterRequest = _decode(await request.body(), RegisterRequest)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return _register_stream(svc, req)  # ORCH-3375
         entry = await asyncio.to_thread(svc.register, req, lambda _m: None)
         return _ok(entry, 201)
 
@@ -295,10 +385,23 @@ def catalog_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
         return _ok({"model": entry, "drained_pools": drained})
 
     async def promote(request: Request) -> Response:
-        return _ok({"models": svc.catalog.promote(request.path_params["model_id"])})
+        mid = request.path_params["model_id"]
+        req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+        entry = svc.catalog.get(mid)
+        if entry.state != "canary":  # refused before any engine starts
+            raise InvalidParams(f"{entry.id} is {entry.state}: only a canary is promoted")
+        switched = await _switch_followers(orch, manager, entry, req.drain_deadline_ms / 1000)
+        return _ok({"models": svc.catalog.promote(mid), "reloaded": switched})
 
     async def rollback(request: Request) -> Response:
-        return _ok({"models": svc.catalog.rollback(request.path_params["model_id"])})
+        mid = request.path_params["model_id"]
+        req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+        entry = svc.catalog.get(mid)
+        back = svc.catalog.rollback_target(entry)  # raises when there is nothing to undo
+        switched: list[PoolSwitch] = []
+        if back is not None:
+            switched = await _switch_followers(orch, manager, back, req.drain_deadline_ms / 1000)
+        return _ok({"models": svc.catalog.rollback(mid), "reloaded": switched})
 
     return [
         Route("/v1/catalog/models", models, methods=["GET", "POST"]),
@@ -308,6 +411,67 @@ def catalog_routes(orch: Orchestrator, manager: PoolManager | None = None) -> li
         Route("/v1/catalog/models/{model_id}/promote", promote, methods=["POST"]),
         Route("/v1/catalog/models/{model_id}/rollback", rollback, methods=["POST"]),
     ]
+
+
+def followers(orch: Orchestrator, manager: Any, name: str) -> list[Pool]:
+    """Pools that serve a model by its bare name, run by the embedded pool manager:
+    they follow its Active version (ORCH-3360). A pool pinned to a tag, id or
+    digest keeps the version it names."""
+    managed = set(manager.pool_ids()) if manager is not None else set()
+    return [p for p in orch.pools.values() if p.config.model == name and p.id in managed]
+
+
+async def _switch_followers(
+    orch: Orchestrator, manager: Any, target: Entry, deadline_s: float
+) -> list[PoolSwitch]:
+    """Reload every follower of ``target.name`` to ``target``'s bytes, before the
+    catalog changes (ORCH-3360): the pool manager's reload starts the new replicas
+    beside the old ones, switches placement once they are Ready, lets the running
+    tasks finish on the old ones and stops them; queued tasks wait for the new
+    ones. A reload that fails leaves its pool serving as before, puts back the
+    pools already switched, and the catalog is not changed."""
+    from llama_orch.pool_managerd.errors import ReloadError
+
+    from .control import drain_tasks
+
+    done: list[tuple[Pool, str]] = []  # (pool, the digest it served before)
+    switched: list[PoolSwitch] = []
+
+    async def reload(pool: Pool, digest: str) -> PoolSwitch:
+        drained = []
+
+        async def wait(ids: list[str]) -> None:
+            drained.append(await drain_tasks(orch, pool, deadline_s, replica_ids=ids))
+
+        states = await manager.reload(
+            pool.id, f"sha256:{digest}", expected_digest=digest, drain=wait
+        )
+        part = drained[0] if drained else None
+        return PoolSwitch(
+            pool.id,
+            digest,
+            [s.replica_id for s in states],
+            part.finished if part else 0,
+            part.ended if part else 0,
+        )
+
+    for pool in followers(orch, manager, target.name):
+        serving = {st.model_digest for st in pool.states.values() if st.ready}
+        if serving == {target.digest}:
+            continue  # already there
+        before = next(iter(serving), "")
+        try:
+            switched.append(await reload(pool, target.digest))
+        except ReloadError as exc:
+            for prev_pool, prev_digest in reversed(done):
+                if prev_digest:
+                    with contextlib.suppress(ReloadError):
+                        await reload(prev_pool, prev_digest)
+            if exc.verification:
+                raise UntrustedArtifact(str(exc), pool_id=pool.id) from exc
+            raise PoolUnready(str(exc), pool_id=pool.id) from exc
+        done.append((pool, before))
+    return switched
 
 
 async def _drain_serving(

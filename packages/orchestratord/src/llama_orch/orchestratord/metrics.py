@@ -166,6 +166,8 @@ class Metrics:
 
             meter.create_observable_gauge(name, callbacks=[observe], description=description)
 
+        # a component that owns its samples registers its gauge itself (the catalog)
+        self.gauge = gauge
         gauge("queue_depth", queue_depths, "Queued tasks per pool and priority (tasks).")
         gauge(
             "admission_share",

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from llama_orch.core.model_source_api import ModelFetchError, Progress
+from llama_orch.core.model_source_api import ModelFetchError, Progress, ProgressLine
 
 __all__ = ["download_resumable"]
 
@@ -56,7 +56,7 @@ def download_resumable(
                     out.write(block)
                     done += len(block)
                     now = time.monotonic()
-                    if now - last > 2.0:
+                    if now - last >= 1.0:  # ORCH-3375: at least every 2 s
                         last = now
                         progress(_line(label, done, total))
         except (OSError, http.client.HTTPException) as exc:
@@ -70,9 +70,9 @@ def download_resumable(
     progress(_line(label, done, total))
 
 
-def _line(label: str, done: int, total: int | None) -> str:
+def _line(label: str, done: int, total: int | None) -> ProgressLine:
     pct = f" ({100 * done // total}%)" if total else ""
-    return f"downloading {label}: {done >> 20} MiB{pct}"
+    return ProgressLine(f"downloading {label}: {done >> 20} MiB{pct}", done, total)
 
 
 def _total_of_range(value: str | None) -> int | None:
