@@ -28,6 +28,7 @@ from .endpoints import connect_endpoints
 from .errors import StartupError
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
+from .tracing import INSTANCE_ID
 
 __all__ = ["serve"]
 
@@ -73,6 +74,7 @@ async def serve(
         url = f"http://{host}:{port}"
 
         if orch.state is not None:  # ORCH-2520: the store first, closed after shutdown
+            INSTANCE_ID.set(orch.state.instance)  # in every log line of this instance
             await orch.state.start()
             stack.push_async_callback(orch.state.close)
         orch.start()
