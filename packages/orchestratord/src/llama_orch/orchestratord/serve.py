@@ -61,6 +61,8 @@ async def serve(
     if not config.auth.enabled:
         _log.warning("authentication is disabled (auth.enabled: false): development only")
     orch = Orchestrator(config)
+    if orch.state is not None:  # ORCH-2544: in every log line of this instance from here on
+        INSTANCE_ID.set(orch.state.instance)
     remote_ids = {pid for m in config.pool_managers for pid in m.pools}
     embedded = [p for p in config.pools if not p.endpoints and p.id not in remote_ids]
     # Token errors fail startup before anything listens (ORCH-3023).
@@ -74,7 +76,6 @@ async def serve(
         url = f"http://{host}:{port}"
 
         if orch.state is not None:  # ORCH-2520: the store first, closed after shutdown
-            INSTANCE_ID.set(orch.state.instance)  # in every log line of this instance
             await orch.state.start()
             stack.push_async_callback(orch.state.close)
         orch.start()
