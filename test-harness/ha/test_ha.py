@@ -204,9 +204,7 @@ class Client:
         return bool(self.events) and self.events[-1][1] in TERMINAL
 
 
-async def _submit(
-    http: aiohttp.ClientSession, insts: list[Instance], c: Client, start: int
-) -> int:
+async def _submit(http: aiohttp.ClientSession, insts: list[Instance], c: Client, start: int) -> int:
     """POST to instance ``start`` (the next one when it cannot be reached); the status."""
     for n in range(len(insts)):
         inst = insts[(start + n) % len(insts)]
@@ -368,8 +366,7 @@ async def test_ha_three_instances_on_valkey(
             )
             assert statuses == [202] * 40, statuses
             readers = [
-                asyncio.create_task(_follow(http, insts, c, n + 1))
-                for n, c in enumerate(clients)
+                asyncio.create_task(_follow(http, insts, c, n + 1)) for n, c in enumerate(clients)
             ]
             ids = [c.task_id for c in clients]
 
@@ -398,7 +395,9 @@ async def test_ha_three_instances_on_valkey(
             assert sum(tokens) > 0
             report["reconnects"] = sum(c.reconnects for c in clients)
             resumed = sum(
-                1 for c in clients if any(e == "metrics" and d.get("resumed") for _, e, d in c.events)
+                1
+                for c in clients
+                if any(e == "metrics" and d.get("resumed") for _, e, d in c.events)
             )
             report["continued_after_kill"] = resumed
             for c in clients:  # the store's log is what every client reassembled
@@ -491,6 +490,7 @@ async def test_ha_three_instances_on_valkey(
             view = await _until(long_streams, 60, "the long task to stream")
             owner = next(i for i in live if i.id == view.owner)
             other = next(i for i in live if i is not owner)
+            assert not await _engines_idle(http, engines)  # its engine slot is busy now
             async with http.post(
                 f"{other.url}/v1/tasks/{lc.task_id}/cancel", headers=_auth("key-b")
             ) as r:
