@@ -61,7 +61,8 @@ pytestmark = pytest.mark.real_engine
 LEASE_MS = 1500
 SLOTS = 2  # per engine
 WEIGHTS = {"a": 2, "b": 1, "c": 1}
-IDLE_S = 4.0  # a stream silent this long counts as broken: reconnect elsewhere
+IDLE_S = 4.0  # zombie phase: a stream silent this long counts as broken (a stopped instance)
+IDLE_KILL_S = 20.0  # kill phase: a killed instance's streams break at once
 ADMIN = "key-admin"
 TERMINAL = ("end", "error")
 
@@ -121,7 +122,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def _config(valkey: str, engines: list[Any], port: int) -> dict[str, Any]:
     keys = [
         {"id": t, "hash": hash_key(f"key-{t}"), "role": "tenant", "tenant": t}
-        for t in (*WEIGHTS, "hammer")
+        for t in (*WEIGHTS, "hammer", "blk")
     ]
     keys.append({"id": "admin", "hash": hash_key(ADMIN), "role": "admin"})
     return {
@@ -221,11 +222,15 @@ async def _submit(http: aiohttp.ClientSession, insts: list[Instance], c: Client,
 
 
 async def _follow(
-    http: aiohttp.ClientSession, insts: list[Instance], c: Client, start: int
+    http: aiohttp.ClientSession,
+    insts: list[Instance],
+    c: Client,
+    start: int,
+    idle_s: float = IDLE_S,
 ) -> None:
     """Read the task's stream to its terminal, resuming on the next instance with
     ``Last-Event-ID`` whenever a stream breaks or stays silent (a stopped instance)."""
-    timeout = aiohttp.ClientTimeout(sock_connect=2, sock_read=IDLE_S)
+    timeout = aiohttp.ClientTimeout(sock_connect=2, sock_read=idle_s)
     n = start
     while not c.done:
         inst = insts[n % len(insts)]
@@ -268,12 +273,35 @@ def _check_stream(c: Client) -> int:
     return len(tokens)
 
 
-def _backlogged_shares(clients: list[Client]) -> tuple[Counter[str], int]:
-    """Batch dispatches (first ``started`` seen) made while every tenant had a batch
-    task accepted and not yet started: the tenants' shares under backlog."""
-    batch = [c for c in clients if c.body["priority"] == "batch" and c.started_at is not None]
+def _backlogged_shares(
+    clients: list[Client], epochs: dict[str, int]
+) -> tuple[Counter[str], int, str]:
+    """The tenants' shares of the batch dispatches made while every tenant still had a
+    batch task queued. Dispatch order is the store's: each dispatch takes the next
+    value of the store's epoch counter (a task continued after the kill took a later
+    one at its claim, so those few are left out). When every batch task was accepted
+    before the first batch dispatch, the window runs from the first dispatch until
+    one tenant's last batch task is dispatched ("exact"); otherwise a dispatch counts
+    when every tenant had a batch task accepted before it (client clock) and not yet
+    started ("clock")."""
+    batch = [
+        c
+        for c in clients
+        if c.body.get("priority") == "batch"
+        and c.started_at is not None
+        and not any(e == "metrics" and d.get("resumed") for _, e, d in c.events)
+    ]
+    order = sorted(batch, key=lambda c: epochs[c.task_id])
     counts: Counter[str] = Counter()
-    for c in sorted(batch, key=lambda c: c.started_at or 0.0):
+    if order and max(c.accepted_at for c in batch) < min(c.started_at or 0.0 for c in batch):
+        left = Counter(c.tenant for c in order)
+        for c in order:
+            if any(left[t] == 0 for t in WEIGHTS):
+                break
+            counts[c.tenant] += 1
+            left[c.tenant] -= 1
+        return counts, sum(counts.values()), "exact"
+    for c in order:
         t = c.started_at or 0.0
         waiting = {
             o.tenant
@@ -282,7 +310,7 @@ def _backlogged_shares(clients: list[Client]) -> tuple[Counter[str], int]:
         }
         if waiting | {c.tenant} >= set(WEIGHTS):
             counts[c.tenant] += 1
-    return counts, sum(counts.values())
+    return counts, sum(counts.values()), "clock"
 
 
 # ---------------------------------------------------------------- store views
@@ -349,9 +377,32 @@ async def test_ha_three_instances_on_valkey(
             report["startup_s"] = round(time.monotonic() - t_begin, 1)
 
             # ---------------------------------------------- 1. kill -9 under load
+            # four long tasks take every engine slot first, so the 40 queue behind them
+            blockers = [
+                Client(
+                    "blk",
+                    {
+                        "prompt": "Once upon a time, in a land far away, there lived a dragon who",
+                        "max_tokens": 48,
+                        "seed": k,
+                    },
+                )
+                for k in range(2 * SLOTS)
+            ]
+            assert [await _submit(http, insts, c, k) for k, c in enumerate(blockers)] == [202] * 4
+            readers = [
+                asyncio.create_task(_follow(http, insts, c, k + 1, IDLE_KILL_S))
+                for k, c in enumerate(blockers)
+            ]
+
+            async def slots_taken() -> bool:
+                views = [await store.task(c.task_id) for c in blockers]
+                return all(v is not None and v.state == "running" for v in views)
+
+            await _until(slots_taken, 60, "the four long tasks to take the engine slots")
             clients = []
             for n in range(40):
-                tenant = ("a", "a", "b", "c")[n % 4]
+                tenant = ("a", "b", "c")[n % 3]  # equal numbers: FIFO would give 1/3 each
                 prio = "interactive" if n % 5 == 0 else "batch"
                 body = {
                     "prompt": f"List {n % 7 + 3} colors:",
@@ -365,9 +416,11 @@ async def test_ha_three_instances_on_valkey(
                 *(_submit(http, insts, c, n) for n, c in enumerate(clients))
             )
             assert statuses == [202] * 40, statuses
-            readers = [
-                asyncio.create_task(_follow(http, insts, c, n + 1)) for n, c in enumerate(clients)
+            readers += [
+                asyncio.create_task(_follow(http, insts, c, n + 1, IDLE_KILL_S))
+                for n, c in enumerate(clients)
             ]
+            clients += blockers
             ids = [c.task_id for c in clients]
 
             async def victim_streams() -> Instance | None:
@@ -403,8 +456,14 @@ async def test_ha_three_instances_on_valkey(
             for c in clients:  # the store's log is what every client reassembled
                 logged = await store.read(c.task_id)
                 assert [(e.seq, e.kind) for e in logged] == [(i, k) for i, k, _ in c.events]
-            counts, n_backlog = _backlogged_shares(clients)
+            epochs = {}
+            for c in clients:
+                view = await store.task(c.task_id)
+                assert view is not None and view.state == "ended"
+                epochs[c.task_id] = view.epoch
+            counts, n_backlog, method = _backlogged_shares(clients, epochs)
             report["backlog_batch_dispatches"] = n_backlog
+            report["backlog_window"] = method
             report["backlog_shares"] = {
                 t: round(counts[t] / n_backlog, 3) if n_backlog else None for t in WEIGHTS
             }

@@ -83,6 +83,7 @@ class MemoryStateStore(StateStore):
         self._bells: dict[str, int] = {}
         self._bell_events: dict[str, asyncio.Event] = {}
         self._control: dict[str, list[Control]] = {}  # per instance (ORCH-2540)
+        self._control_base: dict[str, int] = {}  # cursor of each list's first message
         self._control_events: dict[str, asyncio.Event] = {}
         self._alive: dict[str, float] = {}  # instance -> heartbeat expiry (ORCH-2543)
 
@@ -351,20 +352,28 @@ class MemoryStateStore(StateStore):
         return str(self._bells.get(pool, 0))
 
     # ------------------------------------------------------------ control, liveness
+    def _control_end(self, instance: str) -> int:
+        return self._control_base.get(instance, 0) + len(self._control.get(instance, ()))
+
     async def control_cursor(self, instance: str) -> str:
-        return str(len(self._control.get(instance, ())))
+        return str(self._control_end(instance))
 
     async def wait_control(
         self, instance: str, cursor: str, timeout_s: float
     ) -> tuple[str, list[Control]]:
-        if str(len(self._control.get(instance, ()))) == cursor:
+        if self._control_end(instance) == int(cursor):
             ev = self._control_events.setdefault(instance, asyncio.Event())
             try:
                 await asyncio.wait_for(ev.wait(), timeout_s)
             except TimeoutError:
                 pass
         got = self._control.get(instance, [])
-        return str(len(got)), got[int(cursor) :]
+        base = self._control_base.get(instance, 0)
+        out = got[max(0, int(cursor) - base) :]
+        # one reader per instance: what it has read is dropped (bounded memory)
+        self._control_base[instance] = base + len(got)
+        self._control[instance] = []
+        return str(base + len(got)), out
 
     async def heartbeat(self, instance: str, ttl_ms: int) -> None:
         self._alive[instance] = self._clock() + ttl_ms / 1000

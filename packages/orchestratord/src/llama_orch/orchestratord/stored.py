@@ -255,6 +255,8 @@ class StoreBridge:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._chores:  # e.g. the terminal events of the tasks shutdown ended
             await asyncio.wait(set(self._chores), timeout=5.0)
+        with contextlib.suppress(StoreUnavailable):  # leave the live list now (ORCH-2543)
+            await self.store.heartbeat(self.instance, 0)
         await self.store.close()
 
     # ---------------------------------------------------------------- admission

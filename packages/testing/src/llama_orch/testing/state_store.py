@@ -493,6 +493,8 @@ class StateStoreConformance:
         assert 0 < live[0].expires_in_ms <= LEASE_MS < live[1].expires_in_ms <= 60_000
         await sut.advance(LEASE_MS / 1000 + 0.2)
         assert [v.instance_id for v in await store.instances()] == ["i-b"]
+        await store.heartbeat("i-b", 0)  # a shutdown leaves the list at once
+        assert await store.instances() == []
 
     # ----------------------------------------------------------------- leases, fencing
     async def test_lease_expiry_requeues_a_task_without_events(
