@@ -33,6 +33,8 @@ COMMANDS = {
     "tasks-ls": ("control.yaml", "/v1/admin/tasks", "get"),
     "tasks-show": ("control.yaml", "/v1/admin/tasks/{task_id}", "get"),
     "sessions": ("control.yaml", "/v1/admin/sessions", "get"),
+    "policies-show": ("control.yaml", "/v1/policies", "get"),
+    "policies-reload": ("control.yaml", "/v1/policies/reload", "post"),
     # the model catalog (issue #18)
     "models-list": ("catalog.yaml", "/v1/catalog/models", "get"),
     "models-show": ("catalog.yaml", "/v1/catalog/models/{model_id}", "get"),

@@ -198,6 +198,11 @@ def installed(python: Path) -> dict[str, str]:
     return dict(line.split("==", 1) for line in proc.stdout.split() if "==" in line)
 
 
+# Real-engine tests run in the workspace against real engines; workspace_only tests are
+# long behaviour tests that prove nothing about packaging beyond the package's others.
+STANDALONE_MARKEXPR = "not real_engine and not workspace_only"
+
+
 def pytest_ini(path: Path) -> None:
     """The workspace's pytest settings, for a run outside the workspace."""
     opts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
@@ -300,6 +305,6 @@ def run_package_tests(
 if __name__ == "__main__":
     target = read_package(Path(sys.argv[1]).resolve())
     with tempfile.TemporaryDirectory() as d:
-        result, dists = run_package_tests(target, Path(d), markexpr="not real_engine")
+        result, dists = run_package_tests(target, Path(d), markexpr=STANDALONE_MARKEXPR)
         print(result.stdout[-3000:], result.stderr[-3000:])
         sys.exit(result.returncode)

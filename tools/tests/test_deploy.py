@@ -31,7 +31,7 @@ from .conftest import ROOT, _load, dockerfile_runs
 
 k8s = _load("k8s_render")
 KUBE = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ["base", "overlays/gpu", "overlays/cpu-dev"]
+OVERLAYS = ["base", "overlays/gpu", "overlays/cpu-dev", "overlays/ha"]
 # oldest and newest schema sets kubernetes-validate bundles that we support, and one between
 K8S_VERSIONS = ["1.29.0", "1.33.0", "1.37.0"]
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -157,8 +157,9 @@ def test_renderer_agrees_with_kubectl_kustomize() -> None:
 
 
 def test_orchestratord_is_one_replica_with_probes_on_real_endpoints() -> None:
-    """ORCH-6221: one replica, Recreate; liveness on pool health, readiness through the
-    probe script; ports and pools agree with the config the pod reads."""
+    """ORCH-6221: one replica, Recreate (several only on the shared store, see the next
+    test); liveness on pool health, readiness through the probe script; ports and pools
+    agree with the config the pod reads."""
     control = yaml.safe_load((ROOT / "contracts/openapi/control.yaml").read_text())
     for overlay in OVERLAYS:
         docs = _docs(overlay)
@@ -166,7 +167,9 @@ def test_orchestratord_is_one_replica_with_probes_on_real_endpoints() -> None:
         assert cfg.auth.public_health, "the kubelet's probes carry no API key"
         pools = {p.id for p in cfg.pools}
         deploy = _one(docs, "Deployment", "orchestratord")
-        assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"]["type"] == "Recreate"
+        if cfg.state is None:  # per-process state: two instances would split the queue
+            assert deploy["spec"]["replicas"] == 1
+            assert deploy["spec"]["strategy"]["type"] == "Recreate"
         pod = deploy["spec"]["template"]["spec"]
         (c,) = pod["containers"]
         assert {p["containerPort"] for p in c["ports"]} == {cfg.server.port}
@@ -182,6 +185,40 @@ def test_orchestratord_is_one_replica_with_probes_on_real_endpoints() -> None:
         assert pdb["spec"]["selector"]["matchLabels"].items() <= (
             deploy["spec"]["template"]["metadata"]["labels"].items()
         )
+
+
+def test_ha_overlay_runs_several_instances_on_one_valkey() -> None:
+    """ORCH-6220, ORCH-2520: several orchestratord replicas only with a shared `state:`
+    store; the store's Service is the one the config names, AOF on a volume, only
+    orchestratord may reach it; rolling updates and evictions keep a quorum serving."""
+    docs = _docs("overlays/ha")
+    cfg = _config(docs)
+    assert cfg.state is not None and cfg.state.backend == "valkey" and cfg.state.url
+    url = cfg.state.url
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
+    svc = _one(docs, "Service", host)
+    sts = _one(docs, "StatefulSet", "valkey")
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    target = svc["spec"]["ports"][0]["targetPort"]
+    assert int(port) == svc["spec"]["ports"][0]["port"]
+    assert target in {p["name"] for p in c["ports"]}
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    args = c["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # never drop a task
+    data = args[args.index("--dir") + 1]
+    assert {"name": "data", "mountPath": data} in c["volumeMounts"]
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    netpol = _one(docs, "NetworkPolicy", "valkey")
+    (rule,) = netpol["spec"]["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orchestratord"}}}
+    ]
+    deploy = _one(docs, "Deployment", "orchestratord")
+    replicas = deploy["spec"]["replicas"]
+    assert replicas >= 2 and deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    pdb = _one(docs, "PodDisruptionBudget", "orchestratord")
+    assert 1 <= pdb["spec"]["minAvailable"] < replicas  # an eviction may proceed
 
 
 def test_pool_managerd_daemonset_on_gpu_nodes() -> None:

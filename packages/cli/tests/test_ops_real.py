@@ -248,7 +248,8 @@ def test_keys_new_and_completion(capsys, monkeypatch) -> None:
     for shell in ("bash", "zsh", "tcsh"):
         code, out, _ = llorch(capsys, monkeypatch, "completion", shell)
         assert code == 0
-        for word in ("status", "tasks", "sessions", "pools", "keys", "json", "deadline-ms"):
+        words = ("status", "tasks", "sessions", "pools", "policies", "keys", "json", "deadline-ms")
+        for word in words:
             assert word in out, (shell, word)
 
 
@@ -274,6 +275,69 @@ def test_submit_and_cancel_as_a_tenant(daemon, capsys, monkeypatch) -> None:
     code, _, err = llorch(capsys, monkeypatch, "cancel", task_id, "--url", daemon.url, key=TENANT)
     assert code == 0 and f"cancel sent for task {task_id}" in err
     assert _wait_state(daemon.url, task_id, {"canceled"}, timeout_s=10)["state"] == "canceled"
+
+
+def test_policies_show_and_reload(daemon, capsys, monkeypatch, tmp_path) -> None:
+    """ORCH-5140, ORCH-8572: reload from a YAML config's `policies` section, show it (JSON
+    per its schema and plain), a refused set keeps the running one, an empty one turns
+    policies off."""
+    import hashlib
+
+    wat = Path(__file__).resolve().parents[3] / "examples" / "policies" / "admit.wat"
+    digest = hashlib.sha256(wat.read_bytes()).hexdigest()
+    good = tmp_path / "orchestratord.yaml"
+    good.write_text(
+        "pools: []  # the rest of the config is ignored\n"
+        "policies:\n"
+        f"  modules: [{{name: admit, path: {wat}, sha256: {digest}}}]\n"
+        "  admission: {policy: admit, on_error: closed}\n"
+    )
+    code, out, err = llorch(
+        capsys, monkeypatch, "policies", "reload", str(good), "--url", daemon.url, "--json"
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    _schema("policies-reload.schema.json").validate(doc)
+    hook = {"policy": "admit", "on_error": "closed", "budget_ms": 20.0}
+    assert doc == {
+        "policies": [{"name": "admit", "kind": "wasm", "sha256": digest}],
+        "admission": hook,
+        "placement": None,
+    }
+    code, out, _ = llorch(capsys, monkeypatch, "policies", "show", "--url", daemon.url, "--json")
+    assert code == 0 and json.loads(out) == doc
+    _schema("policies-show.schema.json").validate(json.loads(out))
+    code, out, _ = llorch(capsys, monkeypatch, "policies", "show", "--url", daemon.url)
+    assert code == 0
+    assert "admission: admit (on_error closed, 20.0 ms)" in out and "placement: -" in out
+    assert f"policy admit: wasm sha256 {digest[:12]}" in out
+    task = _submit(daemon.url, TENANT, max_tokens=2)  # admitted through the policy
+    assert _wait_state(daemon.url, task, {"completed"})["state"] == "completed"
+
+    bad = tmp_path / "bad.json"  # the section itself, pinned to the wrong digest
+    bad.write_text(
+        json.dumps(
+            {
+                "modules": [{"name": "admit2", "path": str(wat), "sha256": "0" * 64}],
+                "admission": {"policy": "admit2"},
+            }
+        )
+    )
+    code, _, err = llorch(capsys, monkeypatch, "policies", "reload", str(bad), "--url", daemon.url)
+    assert code == 2 and "INVALID_PARAMS" in err and "sha256" in err
+    assert "the running set stays" in err
+    code, out, _ = llorch(capsys, monkeypatch, "policies", "show", "--url", daemon.url, "--json")
+    assert json.loads(out) == doc
+
+    off = tmp_path / "off.yaml"
+    off.write_text("policies: {}\n")
+    code, out, err = llorch(
+        capsys, monkeypatch, "policies", "reload", str(off), "--url", daemon.url
+    )
+    assert code == 0, err
+    assert "no policy loaded" in out and "admission: -" in out
+    code, _, err = llorch(capsys, monkeypatch, "policies", "show", "--url", daemon.url, key=TENANT)
+    assert code == 2 and "FORBIDDEN" in err
 
 
 def test_pools_reset_reload_drain(daemon, capsys, monkeypatch) -> None:

@@ -143,33 +143,45 @@ def test_position_order_equals_pop_order_after_solo_service():
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["push", "push", "push", "pop", "remove"]),
+            st.sampled_from(["push", "push", "push", "front", "pop", "remove"]),
             st.sampled_from(["interactive", "batch"]),
-            st.sampled_from(["a", "b"]),
+            st.sampled_from(["a", "b", "c"]),
             st.one_of(st.none(), st.floats(0, 10)),
+            st.integers(0, 1000),
         ),
-        max_size=40,
+        max_size=60,
     ),
     st.booleans(),
+    st.tuples(st.integers(1, 4), st.integers(1, 3)),
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(1, 3)),
 )
-def test_position_of_every_task_is_its_place_in_serving_order(ops, one_flow: bool):
-    """ORCH-1101: ``position`` (with its O(1) path for the newest task of the only
-    queued flow, issue #5) equals the place in the order ``pop`` serves."""
-    q: AdmissionQueue[int] = AdmissionQueue(1000)
+def test_position_of_every_task_is_its_place_in_serving_order(
+    ops, one_flow: bool, band_weights, tenant_weights
+):
+    """ORCH-1101, ORCH-1110: ``position`` (computed per flow and band, not simulated)
+    equals the place in the order ``pop`` serves, with band and tenant weights,
+    deadlines, tasks put back in front and removals anywhere in the queue."""
+    q: AdmissionQueue[int] = AdmissionQueue(
+        1000,
+        weights={"interactive": band_weights[0], "batch": band_weights[1]},
+        tenant_weights=tenant_weights,
+    )
     n = 0
-    for op, prio, tenant, deadline in ops:
-        if op == "push":
+    for op, prio, tenant, deadline, pick in ops:
+        if op in ("push", "front"):
             if one_flow:
                 prio, tenant = "batch", "a"
-            q.push(n, prio, tenant=tenant, deadline=deadline)
+            q.push(n, prio, tenant=tenant, deadline=deadline, front=op == "front")
             n += 1
         elif op == "pop":
             q.pop()
         elif len(q):
-            q.remove(next(iter(q)))
+            q.remove(sorted(q.queued())[pick % len(q)])
         order = list(q)
         assert [q.position(x) for x in order] == list(range(len(order)))
     assert q.position(-1) == -1
+    order = list(q)
+    assert [q.pop() for _ in order] == order  # the advertised order is the served order
 
 
 def test_tenant_depth_counts_queued_tasks_of_a_tenant_across_priorities() -> None:

@@ -83,7 +83,7 @@ def _mock_config(**pool: Any) -> Config:
     limits = pool.pop("limits", {})
     options = pool.pop("adapter_options", {})
     doc = {
-        "server": {"port": 0, "shutdown_grace_s": 2.0},
+        "server": {"port": 0, "shutdown_grace_s": 0.25},
         "auth": auth,
         "limits": limits,
         "admission": admission,

@@ -44,6 +44,7 @@ ADMIN_OPS = {
     "cancelAdminTask",
     "listAdminSessions",
     "reloadPolicies",
+    "getPolicies",
 }
 CASES: Counter[str] = Counter()
 _error = msgspec.json.Decoder(ErrorBody)

@@ -300,6 +300,7 @@ async def test_every_operation_answers_as_documented():
             "getReplicaSets",
             "getMetrics",
             "reloadPolicies",
+            "getPolicies",
             *ADMIN_VIEWS,
         ):
             await w.call(op_id, 403, params=params, key=TENANT_KEY, json={})
@@ -335,6 +336,7 @@ async def test_every_operation_answers_as_documented():
         # policies (ORCH-8570): a hook naming no module is refused; none configured is fine
         await w.call("reloadPolicies", 400, json={"admission": {"policy": "ghost"}})
         await w.call("reloadPolicies", 200, json={})
+        await w.call("getPolicies", 200)
         await w.call("drainPool", 400, params={"pool_id": "drainme"}, json={"deadline_ms": -1})
         await w.call("drainPool", 404, params={"pool_id": "nope"}, json={})
         await w.call("drainPool", 200, params={"pool_id": "drainme"}, json={"deadline_ms": 1000})

@@ -215,6 +215,10 @@ async def test_reload_through_the_control_plane_and_sighup(
         body = await resp.json()
         assert resp.status == 200, body
     assert body["policies"] == [{"name": "tenant-clamp", "kind": "wasm", "sha256": clamp["sha256"]}]
+    hook = {"policy": "tenant-clamp", "on_error": "open", "budget_ms": 20.0}
+    assert (body["admission"], body["placement"]) == (hook, None)
+    async with run.http.get(run.url + "/v1/policies") as resp:  # ORCH-8572
+        assert resp.status == 200 and await resp.json() == body
     await _tid(run, max_tokens=2)
     assert run.orch.policies.calls["tenant-clamp", "admission", "admit"] == 1
     # SIGHUP: the file names the shed policy again
@@ -227,6 +231,9 @@ async def test_reload_through_the_control_plane_and_sighup(
     path.write_text("{not json")
     _reload_policies([run.orch], str(path))  # logged, running set kept
     assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]
+    async with run.http.post(url, json={}) as resp:  # no hook: policies off
+        assert resp.status == 200
+        assert await resp.json() == {"policies": [], "admission": None, "placement": None}
 
 
 async def test_policy_403_carries_its_label(start_orchestrator, mock_config, tmp_path):

@@ -101,6 +101,7 @@ async def _state(http: aiohttp.ClientSession, url: str, tid: str) -> str:
         return str((await r.json())["state"])
 
 
+@pytest.mark.workspace_only
 async def test_stalled_readers_keep_memory_bounded(daemon):
     """ORCH-8016: RSS plateaus under 4 stalled readers while a fast engine keeps working."""
     proc, url = daemon

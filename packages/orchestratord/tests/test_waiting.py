@@ -176,9 +176,10 @@ async def test_a_forecast_deep_in_the_queue_is_bounded_and_close_to_the_full_one
     pool = run.orch.pools["mock"]
     tids = [await _tid(run, max_tokens=8) for _ in range(60)]
     recs = [run.orch.tasks.get(t) for t in tids]
-    full = {id(t): s for t, _, s in run.orch.workload.queue_forecast(pool, time.monotonic())}
+    now = time.monotonic()  # one clock for both, or the running task's remaining time drifts
+    full = {id(t): s for t, _, s in run.orch.workload.queue_forecast(pool, now)}
     for rec in recs[1:]:  # the first one runs
-        got = run.orch.workload.predicted(pool, rec)
+        got = run.orch.workload.predicted(pool, rec, now)
         want = full[id(rec)]
         if pool.queue.position(rec) <= 16:
             assert abs(got.start_ms - want.start_ms) < 5, (got, want)  # the same simulation

@@ -259,6 +259,14 @@ class OrchClient:
     # Answered as plain JSON documents: the CLI prints them as they are with
     # ``--json``, and their shapes are the schemas of control.yaml.
 
+    async def policies(self) -> Any:
+        """The running policies and hooks (ORCH-8572)."""
+        return await self._json("GET", "/v1/policies")
+
+    async def reload_policies(self, section: dict[str, Any]) -> Any:
+        """Swap in a ``policies`` section (ORCH-8571); the running set stays on a 400."""
+        return await self._json("POST", "/v1/policies/reload", section)
+
     async def admin_status(self) -> Any:
         return await self._json("GET", "/v1/admin/status")
 

@@ -18,8 +18,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
+import yaml
 from llama_orch.core.api import EndEvent, ErrorEvent, MetricsEvent, StartedEvent, TokenEvent
 from rich.console import Console
 from rich.live import Live
@@ -35,7 +38,7 @@ from ._views import (
     tasks_table,
 )
 from .client import OrchClient
-from .errors import ApiError, ClientError, ConnectionFailed, exit_code_for
+from .errors import ApiError, ClientError, ConnectionFailed, InvalidRequest, exit_code_for
 
 __all__ = [
     "API_KEY_ENV",
@@ -252,6 +255,65 @@ async def _pools_reset(orch: OrchClient, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- policies (ORCH-5140) -----------------------------------------------------
+
+
+def policies_section(path: str) -> dict[str, Any]:
+    """The ``policies`` section of a config file (YAML or JSON), or the file itself when it
+    is the section; an empty file or section turns policies off."""
+    text = Path(path).read_text(encoding="utf-8")
+    doc = msgspec.json.decode(text) if path.endswith(".json") else yaml.safe_load(text)
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"{path}: expected a mapping (a config or its policies section)")
+    section = doc["policies"] if "policies" in doc else doc
+    return {} if section is None else dict(section)
+
+
+def plain_policies(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for hook in ("admission", "placement"):
+        h = doc.get(hook)
+        if h:
+            lines.append(f"{hook}: {h['policy']} (on_error {h['on_error']}, {h['budget_ms']} ms)")
+        else:
+            lines.append(f"{hook}: -")
+    for p in doc["policies"]:
+        pin = f" sha256 {p['sha256'][:12]}" if p.get("sha256") else ""
+        lines.append(f"policy {p['name']}: {p['kind']}{pin}")
+    if not doc["policies"]:
+        lines.append("no policy loaded")
+    return lines
+
+
+async def _policies_show(orch: OrchClient, args: argparse.Namespace) -> int:
+    doc = await orch.policies()
+    if args.json:
+        _print_json(doc)
+    else:
+        print("\n".join(plain_policies(doc)))
+    return 0
+
+
+async def _policies_reload(orch: OrchClient, args: argparse.Namespace) -> int:
+    try:
+        section = policies_section(args.file)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"cannot read {args.file}: {exc}") from exc
+    try:
+        doc = await orch.reload_policies(section)
+    except ApiError:
+        stderr_console().print("policies not reloaded: the running set stays")
+        raise
+    if args.json:
+        _print_json(doc)
+    else:
+        stderr_console().print(f"policies reloaded from {escape(args.file)}")
+        print("\n".join(plain_policies(doc)))
+    return 0
+
+
 # -- keys and completion ------------------------------------------------------
 
 
@@ -368,6 +430,22 @@ def add_operator_commands(
     )
     reset.add_argument("pool_id", metavar="POOL")
     reset.set_defaults(run=_admin_command(_pools_reset))
+
+    policies = sub.add_parser(
+        "policies", help="show or reload the admission and placement policies (admin key)"
+    )
+    polsub = policies.add_subparsers(dest="policies_command", required=True, metavar="ACTION")
+    pshow = polsub.add_parser("show", parents=[url, js], help="the running policies and hooks")
+    pshow.set_defaults(run=_admin_command(_policies_show))
+    preload = polsub.add_parser(
+        "reload",
+        parents=[url, js],
+        help="swap in FILE's policies section atomically (a refused set changes nothing)",
+    )
+    preload.add_argument(
+        "file", metavar="FILE", help="a config file (YAML or JSON) or its policies section"
+    )
+    preload.set_defaults(run=_admin_command(_policies_reload))
 
     keys = sub.add_parser("keys", help="make API keys (no daemon needed)")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

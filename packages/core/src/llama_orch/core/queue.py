@@ -25,8 +25,9 @@ Semantics (normative text in ``.specs/10-orchestratord.md``):
 Cost: push, pop, peek and remove are amortised O(1) (O(log n) for tasks
 with deadlines); removed entries are dropped lazily and compacted when they
 outnumber live ones. Iteration simulates the serving order and costs O(n log n);
-``position`` does too, except for the newest task of the only queued flow
-(the common admission), which is O(1).
+``position`` computes one task's place in it with one pass over flows and bands:
+O(flows + bands) for the newest task of a flow (the common admission), else
+O(tasks of its flow).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class _Entry:
 class _Flow:
     """One tenant inside one band."""
 
-    __slots__ = ("active", "credit", "edf", "fifo", "live", "tenant", "weight")
+    __slots__ = ("active", "credit", "edf", "edf_live", "fifo", "live", "tenant", "weight")
 
     def __init__(self, tenant: str, weight: int) -> None:
         self.tenant = tenant
@@ -81,6 +82,7 @@ class _Flow:
         self.fifo: deque[_Entry] = deque()
         self.edf: list[tuple[float, int, _Entry]] = []
         self.live = 0
+        self.edf_live = 0  # live entries with a deadline (served before the FIFO ones)
         self.active = False
 
     def head(self) -> _Entry:
@@ -93,9 +95,56 @@ class _Flow:
             fifo.popleft()
         return fifo[0]
 
-    def ordered(self) -> list[_Entry]:
-        first = [e for _, _, e in sorted(self.edf) if e.alive]
-        return first + [e for e in self.fifo if e.alive]
+    def lazy(self) -> Iterator[_Entry]:
+        """This flow's live entries in serving order, on demand: deadlines first (from a
+        copy of the heap), then the FIFO deque as it is."""
+        if self.edf_live:
+            heap = self.edf.copy()
+            while heap:
+                entry = heapq.heappop(heap)[2]
+                if entry.alive:
+                    yield entry
+        for entry in self.fifo:
+            if entry.alive:
+                yield entry
+
+    def index(self, entry: _Entry) -> int:
+        """``entry``'s place in this flow's serving order (``lazy()``): O(1) for
+        the newest FIFO entry, else O(tasks of this flow)."""
+        if entry.deadline is not None:
+            key = (entry.deadline, entry.seq)
+            return sum(1 for d, s, e in self.edf if e.alive and (d, s) < key)
+        if self.fifo[-1] is entry:
+            return self.live - 1
+        n = self.edf_live
+        for e in self.fifo:
+            if e is entry:
+                return n
+            n += e.alive
+        raise AssertionError("entry not in its flow")  # pragma: no cover
+
+
+def _turns_before(k: int, target: int, units: list[tuple[int, int, int]]) -> int:
+    """Items served before the ``k``-th (0-based) item of unit ``target`` when units take
+    turns in list order, unit ``i`` serving up to ``first`` items in the first round and
+    ``weight`` in every later one, and leaving the rotation when its ``live`` run out.
+
+    ``units`` holds ``(live, first, weight)``. This is weighted round robin across bands
+    and deficit round robin across a band's flows as ``pop`` runs them (ORCH-1101,
+    ORCH-1110); one pass over the units instead of simulating every queued task.
+    """
+    _, first_t, weight_t = units[target]
+    rnd = 0 if k < first_t else 1 + (k - first_t) // weight_t
+
+    def served(i: int, rounds: int) -> int:
+        live, first, weight = units[i]
+        return 0 if rounds == 0 else min(live, first + (rounds - 1) * weight)
+
+    before = k
+    for i in range(len(units)):
+        if i != target:
+            before += served(i, rnd + 1 if i < target else rnd)
+    return before
 
 
 class _Band:
@@ -124,6 +173,23 @@ class _Band:
         flow.credit = flow.weight
         if flow.live == 0:
             del self.flows[flow.tenant]
+
+
+class _FlowCursor:
+    """A flow's state while ``AdmissionQueue.__iter__`` simulates serving order."""
+
+    __slots__ = ("credit", "entries", "left", "weight")
+
+    def __init__(self, flow: _Flow) -> None:
+        self.weight, self.credit, self.left = flow.weight, flow.credit, flow.live
+        self.entries = flow.lazy()
+
+
+class _BandCursor:
+    __slots__ = ("band", "credit", "flows")
+
+    def __init__(self, band: _Band, flows: list[_FlowCursor]) -> None:
+        self.band, self.credit, self.flows = band, band.credit, deque(flows)
 
 
 class AdmissionQueue(Generic[T]):
@@ -155,29 +221,32 @@ class AdmissionQueue(Generic[T]):
         return item in self._entries
 
     def __iter__(self) -> Iterator[T]:
-        """Queued items in the order ``pop`` would serve them if nothing changed."""
-        bands = []
-        for b in self._order:
-            flows = [[f.weight, f.credit, deque(f.ordered())] for f in b.active if f.live]
-            bands.append([b, b.credit, deque(flows)])
+        """Queued items in the order ``pop`` would serve them if nothing changed.
+
+        Lazy: taking the first ``k`` items costs O(k + flows), not the whole queue
+        (admission forecasts take at most ``PREDICT_HORIZON``). Do not push, pop or
+        remove while iterating (a flow's deque raises if it changes under it).
+        """
+        bands = [_BandCursor(b, [_FlowCursor(f) for f in b.active if f.live]) for b in self._order]
         while True:
-            ready = [x for x in bands if x[2]]
+            ready = [x for x in bands if x.flows]
             if not ready:
                 return
-            if all(x[1] <= 0 for x in ready):
+            if all(x.credit <= 0 for x in ready):
                 for x in bands:
-                    x[1] = x[0].weight
-            band = next((x for x in ready if x[1] > 0), ready[0])
+                    x.credit = x.band.weight
+            band = next((x for x in ready if x.credit > 0), ready[0])
             if len(ready) > 1:  # same rule as pop(): credit is spent only when contested
-                band[1] -= 1
-            flow = band[2][0]
-            yield flow[2].popleft().item  # type: ignore[misc]
-            flow[1] -= 1
-            if not flow[2]:
-                band[2].popleft()
-            elif flow[1] <= 0:
-                flow[1] = flow[0]
-                band[2].rotate(-1)
+                band.credit -= 1
+            flow = band.flows[0]
+            yield next(flow.entries).item  # type: ignore[misc]
+            flow.credit -= 1
+            flow.left -= 1
+            if not flow.left:
+                band.flows.popleft()
+            elif flow.credit <= 0:
+                flow.credit = flow.weight
+                band.flows.rotate(-1)
 
     def queued(self) -> Iterator[T]:
         """Queued items in arrival order (not serving order); O(n), for forecasts."""
@@ -238,6 +307,7 @@ class AdmissionQueue(Generic[T]):
         entry = _Entry(item, band, flow, seq, deadline)
         if deadline is not None:
             heapq.heappush(flow.edf, (deadline, seq, entry))
+            flow.edf_live += 1
         elif front:
             flow.fifo.appendleft(entry)
         else:
@@ -289,6 +359,8 @@ class AdmissionQueue(Generic[T]):
         entry.alive = False
         entry.band.live -= 1
         entry.flow.live -= 1
+        if entry.deadline is not None:
+            entry.flow.edf_live -= 1
 
     def _choose(self) -> _Band:
         ready = [b for b in self._order if b.live]
@@ -360,16 +432,23 @@ class AdmissionQueue(Generic[T]):
         self._dead = 0
 
     def position(self, item: T) -> int:
-        """0-based position in serving order, or -1 when not queued."""
+        """0-based position in serving order, or -1 when not queued.
+
+        Computed, not simulated: the task's place in its flow, then deficit round robin
+        over its band's flows, then weighted round robin over the bands, each one pass
+        over flows or bands (``_turns_before``). O(flows + bands) for the newest FIFO
+        task of a flow, the common admission; else O(tasks of its flow).
+        """
         entry = self._entries.get(item)
         if entry is None:
             return -1
-        flow = entry.flow
-        if entry.deadline is None and flow.live == len(self._entries) and flow.fifo[-1] is entry:
-            # The newest FIFO task of the only queued flow: everything queued
-            # is served before it. O(1) for the common admission (issue #5).
-            return flow.live - 1
-        for n, it in enumerate(self):
-            if it == item:
-                return n
-        return -1  # pragma: no cover - unreachable: the item is queued
+        flow, band = entry.flow, entry.band
+        k = flow.index(entry)
+        flows = [f for f in band.active if f.live]
+        k = _turns_before(k, flows.index(flow), [(f.live, f.credit, f.weight) for f in flows])
+        bands = self._order
+        return _turns_before(
+            k,
+            bands.index(band),
+            [(b.live, max(b.credit, 0) if b.live else 0, b.weight) for b in bands],
+        )

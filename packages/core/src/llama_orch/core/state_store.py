@@ -37,7 +37,7 @@ import msgspec
 from msgspec import Meta
 
 from .api import EndEvent, ErrorEvent, TokenEvent
-from .config import FullPolicy, RateLimit, StateOptions, TenantConfig
+from .config import FullPolicy, Priority, RateLimit, StateOptions, TenantConfig
 from .errors import ErrorCode, InvalidParams, PoolUnavailable
 
 __all__ = [
@@ -122,7 +122,6 @@ class StoreUnavailable(PoolUnavailable):
 
 # ------------------------------------------------------------------ the model
 
-Priority = Literal["interactive", "batch"]
 NonNegInt = Annotated[int, Meta(ge=0)]
 
 

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .policies import reload_policies
+from .policies import reload_policies, running_policies
 from .pools import Pool
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
@@ -321,7 +321,12 @@ def control_routes(
         result = reload_policies(orch, cfg)
         return Response(_json.encode(result), 200, media_type="application/json")
 
+    async def policies_route(request: Request) -> Response:
+        """ORCH-8572: the running policies and the hook that calls each."""
+        return Response(_json.encode(running_policies(orch)), 200, media_type="application/json")
+
     return [
+        Route("/v1/policies", policies_route, methods=["GET"]),
         Route("/v1/policies/reload", reload_policies_route, methods=["POST"]),
         Route("/v1/pools/{pool_id}/drain", drain, methods=["POST"]),
         Route("/v1/pools/{pool_id}/reload", reload, methods=["POST"]),

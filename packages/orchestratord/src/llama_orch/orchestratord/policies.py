@@ -20,7 +20,7 @@ from llama_orch.core.api import TaskRequest
 from llama_orch.core.config import Config
 from llama_orch.core.errors import AdmissionRejected, Forbidden, InternalError, InvalidParams
 from llama_orch.core.placement import Dispatch
-from llama_orch.core.policy_config import PoliciesConfig, check_policies
+from llama_orch.core.policy_config import HookConfig, PoliciesConfig, check_policies
 
 from .metrics import Metrics
 from .pools import Pool, Replica
@@ -248,8 +248,34 @@ class LoadedPolicy(msgspec.Struct, frozen=True):
     sha256: str | None = None
 
 
+class PolicyHookView(msgspec.Struct, frozen=True):
+    policy: str
+    on_error: str
+    budget_ms: float
+
+
 class PolicyReloadResult(msgspec.Struct, frozen=True):
+    """The running set (ORCH-8572): loaded policies and the hook that calls each."""
+
     policies: list[LoadedPolicy]
+    admission: PolicyHookView | None
+    placement: PolicyHookView | None
+
+
+def running_policies(orch: Orchestrator) -> PolicyReloadResult:
+    """What ``GET /v1/policies`` answers, and ``POST /v1/policies/reload`` after a swap."""
+    host = orch.policies
+    loaded = [] if host is None else host.loaded()
+    cfg = orch.config.policies
+
+    def hook(h: HookConfig | None) -> PolicyHookView | None:
+        if host is None or h is None:
+            return None
+        return PolicyHookView(h.policy, h.on_error, h.budget_ms)
+
+    return PolicyReloadResult(
+        [LoadedPolicy(n, k, s) for n, k, s in loaded], hook(cfg.admission), hook(cfg.placement)
+    )
 
 
 def reload_policies(orch: Orchestrator, cfg: PoliciesConfig) -> PolicyReloadResult:
@@ -276,7 +302,6 @@ def reload_policies(orch: Orchestrator, cfg: PoliciesConfig) -> PolicyReloadResu
             raise InvalidParams(f"policies not reloaded, the running set stays: {exc}") from exc
         raise
     orch.config = msgspec.structs.replace(orch.config, policies=cfg)
-    host = orch.policies
-    loaded = [] if host is None else host.loaded()
-    _log.info("policies reloaded: %s", [p[0] for p in loaded])
-    return PolicyReloadResult([LoadedPolicy(n, k, s) for n, k, s in loaded])
+    result = running_policies(orch)
+    _log.info("policies reloaded: %s", [p.name for p in result.policies])
+    return result

@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from llama_orch.core.config import Priority
 from msgspec import Meta
 
 __all__ = [
@@ -79,7 +80,6 @@ HOST_IMPORTS: dict[str, str] = {
     "fetch": "fetch(url_ptr, url_len, out_ptr, out_cap: i32) -> i32: mediated fetch",
 }
 
-Priority = Literal["interactive", "batch"]
 NonNeg = Annotated[int, Meta(ge=0)]
 Name = Annotated[str, Meta(max_length=256)]
 
