@@ -32,7 +32,9 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
         assert (await r.json())["state_store"] == {
             "backend": "memory",
             "instance_id": bridge.instance,
+            "instances": [bridge.instance],  # ORCH-2543
         }
+    assert run.orch.tracing.instance_id == bridge.instance  # span attribute (ORCH-2544)
     resp = await run.submit(max_tokens=5)
     assert resp.status == 202
     tid = (await resp.json())["task_id"]
@@ -74,10 +76,10 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
 async def test_two_instances_share_one_store(
     start_orchestrator: Any, mock_config: Any, monkeypatch: Any
 ) -> None:
-    """Two orchestratord instances on one store (ORCH-2526, ORCH-2527, ORCH-2525): a
+    """Two orchestratord instances on one store (ORCH-2526, ORCH-2527, ORCH-2540): a
     task admitted on one streams with the same event ids from the other, a cancel on
     the instance that does not run it ends it at the store at once, and the owner
-    stops its run at its next write, which the store refuses."""
+    stops its run (told on its control channel, or refused at its next write)."""
     shared = MemoryStateStore()
 
     class Shared(MemoryStateStore):
@@ -108,6 +110,59 @@ async def test_two_instances_share_one_store(
     assert len(await shared.read(tid)) == len(logged)  # nothing after the cancel's end
     events = await owner.events(tid)
     assert [i for i, _, _ in events] == list(range(len(events))) and events[-1][1] == "end"
-    assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in (
-        await owner.metrics_text()
+    async with a.http.get(a.url + "/v1/capabilities") as r:  # ORCH-2543: both are live
+        live = (await r.json())["state_store"]["instances"]
+    assert live == sorted([a.orch.state.instance, b.orch.state.instance])
+
+
+async def test_cancel_elsewhere_reaches_the_owner_at_once(
+    start_orchestrator: Any, mock_config: Any, monkeypatch: Any
+) -> None:
+    """ORCH-2540: the owner learns of a cancel accepted on another instance from its
+    control channel. The engine sends one token and then hangs, and the owner's
+    lease renewals are made to report nothing lost, so neither a refused write nor
+    a lost lease can stop the run: only the control channel can. The run ends, the
+    engine stream is closed and its slot freed, and nothing is logged after the
+    cancel's terminal."""
+    shared = MemoryStateStore()
+
+    class Shared(MemoryStateStore):
+        @classmethod
+        def from_options(cls, options: Any) -> MemoryStateStore:
+            return shared
+
+    monkeypatch.setattr(stored, "load_state_store_class", lambda _name: Shared)
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 5, "fail": "hang_after:1"}))
+    cfg = msgspec.structs.replace(  # the startup self-test would hang on the fault
+        cfg, observability=msgspec.structs.replace(cfg.observability, self_test=False)
     )
+    a, b = await start_orchestrator(cfg), await start_orchestrator(cfg)
+
+    async def nothing_lost() -> list[str]:
+        return []
+
+    for run in (a, b):
+        monkeypatch.setattr(run.orch.state.leases, "renew_once", nothing_lost)
+    tid = (await (await a.submit(max_tokens=50)).json())["task_id"]
+    async with contextlib.aclosing(shared.tail(tid)) as log:
+        kinds = [(await anext(log)).kind, (await anext(log)).kind]
+    assert "started" in kinds
+    view = await shared.task(tid)
+    assert view is not None and view.owner is not None and view.state == "running"
+    owner = a if view.owner == a.orch.state.instance else b
+    other = b if owner is a else a
+    rec = owner.orch.get(tid)
+    assert not rec.terminal
+    async with other.http.post(f"{other.url}/v1/tasks/{tid}/cancel") as r:
+        assert r.status == 204
+    at_cancel = await shared.read(tid)
+    assert at_cancel[-1].kind == "end"  # the cancel's terminal, last at the 204
+    await asyncio.wait_for(rec.ended.wait(), 30)  # the hung run stopped: told, not refused
+    assert rec.runner is not None
+    await asyncio.wait_for(asyncio.shield(rec.runner), 30)  # the engine stream is closed
+    (replica,) = owner.orch.pools["mock"].replicas.values()
+    assert replica.busy == 0  # the engine slot is free
+    logged = await shared.read(tid)
+    assert logged == at_cancel  # nothing after the cancel's terminal
+    text = await owner.metrics_text()
+    assert 'state_store_appends_refused_total{pool_id="mock"' not in text

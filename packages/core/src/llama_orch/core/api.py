@@ -202,6 +202,7 @@ class StateStoreInfo(msgspec.Struct, kw_only=True):
 
     backend: str
     instance_id: str
+    instances: list[str] = []  # every live instance by heartbeat, this one included (ORCH-2543)
 
 
 class SelfTestCheck(msgspec.Struct, kw_only=True):

@@ -27,10 +27,12 @@ from .state_store import (
     Admitted,
     Canceled,
     CancelOutcome,
+    Control,
     Dispatched,
     DuplicateTask,
     Event,
     Fenced,
+    InstanceView,
     LoggedEvent,
     Orphaned,
     Reaped,
@@ -81,6 +83,10 @@ class MemoryStateStore(StateStore):
         self._ended: deque[tuple[float, str]] = deque()  # (ended_at, task_id), for retention
         self._bells: dict[str, int] = {}
         self._bell_events: dict[str, asyncio.Event] = {}
+        self._control: dict[str, list[Control]] = {}  # per instance (ORCH-2540)
+        self._control_base: dict[str, int] = {}  # cursor of each list's first message
+        self._control_events: dict[str, asyncio.Event] = {}
+        self._alive: dict[str, float] = {}  # instance -> heartbeat expiry (ORCH-2543)
 
     @classmethod
     def from_options(cls, options: StateOptions) -> MemoryStateStore:
@@ -253,9 +259,14 @@ class MemoryStateStore(StateStore):
         rec = self._tasks[task_id]
         if rec.state == "ended":
             return "ended"
-        was = rec.state
+        was, owner = rec.state, rec.owner
         rec.canceled = True
         self._end(rec, terminal or canceled_terminal())
+        if was == "running" and owner is not None:  # tell the owner now (ORCH-2540)
+            self._control.setdefault(owner, []).append(Control("cancel", task_id))
+            ev = self._control_events.pop(owner, None)
+            if ev is not None:
+                ev.set()
         return "queued" if was == "queued" else "running"
 
     async def requeue(self, task_id: str, epoch: int) -> None:
@@ -343,6 +354,42 @@ class MemoryStateStore(StateStore):
             except TimeoutError:
                 pass
         return str(self._bells.get(pool, 0))
+
+    # ------------------------------------------------------------ control, liveness
+    def _control_end(self, instance: str) -> int:
+        return self._control_base.get(instance, 0) + len(self._control.get(instance, ()))
+
+    async def control_cursor(self, instance: str) -> str:
+        return str(self._control_end(instance))
+
+    async def wait_control(
+        self, instance: str, cursor: str, timeout_s: float
+    ) -> tuple[str, list[Control]]:
+        if self._control_end(instance) == int(cursor):
+            ev = self._control_events.setdefault(instance, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        got = self._control.get(instance, [])
+        base = self._control_base.get(instance, 0)
+        out = got[max(0, int(cursor) - base) :]
+        # one reader per instance: what it has read is dropped (bounded memory)
+        self._control_base[instance] = base + len(got)
+        self._control[instance] = []
+        return str(base + len(got)), out
+
+    async def heartbeat(self, instance: str, ttl_ms: int) -> None:
+        self._alive[instance] = self._clock() + ttl_ms / 1000
+
+    async def instances(self) -> list[InstanceView]:
+        now = self._clock()
+        for gone in [i for i, until in self._alive.items() if until <= now]:
+            del self._alive[gone]
+        return [
+            InstanceView(instance_id=i, expires_in_ms=int((until - now) * 1000))
+            for i, until in sorted(self._alive.items())
+        ]
 
     # ------------------------------------------------------------ views
     async def task(self, task_id: str) -> TaskView | None:

@@ -47,10 +47,12 @@ __all__ = [
     "CancelOutcome",
     "Canceled",
     "Continuation",
+    "Control",
     "Dispatched",
     "DuplicateTask",
     "Event",
     "Fenced",
+    "InstanceView",
     "LoggedEvent",
     "Orphaned",
     "PoolPolicy",
@@ -210,6 +212,21 @@ class Reaped(msgspec.Struct, frozen=True, kw_only=True):
 CancelOutcome = Literal["queued", "running", "ended"]
 
 
+class Control(msgspec.Struct, frozen=True, array_like=True):
+    """A message on an instance's control channel (ORCH-2540): ``cancel`` tells the
+    owner of ``task_id`` that the task was canceled elsewhere, so it aborts the run."""
+
+    op: Literal["cancel"]
+    task_id: str
+
+
+class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
+    """A live instance: it sent a heartbeat whose time-to-live has not run out (ORCH-2543)."""
+
+    instance_id: str
+    expires_in_ms: int
+
+
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     task: TaskSpec
     state: Literal["queued", "running", "ended"]
@@ -366,6 +383,27 @@ class StateStore(abc.ABC):
 
         A dispatcher takes the cursor *before* a ``dispatch`` that returned None and
         waits on it, so no ring is missed and nothing polls (ORCH-2518)."""
+
+    @abc.abstractmethod
+    async def control_cursor(self, instance: str) -> str:
+        """The cursor of ``instance``'s control channel now (ORCH-2540); take it before
+        the instance dispatches anything, then pass it to :meth:`wait_control`."""
+
+    @abc.abstractmethod
+    async def wait_control(
+        self, instance: str, cursor: str, timeout_s: float
+    ) -> tuple[str, list[Control]]:
+        """The control messages for ``instance`` after ``cursor`` (waiting up to
+        ``timeout_s`` for one) and the new cursor. :meth:`cancel` of a running task
+        sends ``Control("cancel", task_id)`` to its owner in the same atomic step."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, instance: str, ttl_ms: int) -> None:
+        """``instance`` is alive for ``ttl_ms`` more (store clock; ORCH-2543)."""
+
+    @abc.abstractmethod
+    async def instances(self) -> list[InstanceView]:
+        """The instances whose last heartbeat has not expired, by id."""
 
     @abc.abstractmethod
     async def busy(self, pool: str) -> dict[str, int]:

@@ -282,7 +282,9 @@ def build_app(
                 state_store=None
                 if orch.state is None
                 else StateStoreInfo(  # ORCH-2532
-                    backend=orch.state.options.backend, instance_id=orch.state.instance
+                    backend=orch.state.options.backend,
+                    instance_id=orch.state.instance,
+                    instances=await orch.state.live_instances(),  # ORCH-2543
                 ),
             )
         )

@@ -44,6 +44,7 @@ _FIELDS = (
     "stage",
     "result",
     "reason",
+    "instance_id",  # with a state store (ORCH-2544)
 )
 
 

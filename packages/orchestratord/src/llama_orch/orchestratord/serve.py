@@ -28,6 +28,7 @@ from .endpoints import connect_endpoints
 from .errors import StartupError
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
+from .tracing import INSTANCE_ID
 
 __all__ = ["serve"]
 
@@ -60,6 +61,8 @@ async def serve(
     if not config.auth.enabled:
         _log.warning("authentication is disabled (auth.enabled: false): development only")
     orch = Orchestrator(config)
+    if orch.state is not None:  # ORCH-2544: in every log line of this instance from here on
+        INSTANCE_ID.set(orch.state.instance)
     remote_ids = {pid for m in config.pool_managers for pid in m.pools}
     embedded = [p for p in config.pools if not p.endpoints and p.id not in remote_ids]
     # Token errors fail startup before anything listens (ORCH-3023).

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
-from llama_orch.core.api import ErrorEvent
+from llama_orch.core.api import EndEvent, ErrorEvent
 from llama_orch.core.config import Config, StateOptions
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.sse import encode_event
@@ -202,6 +202,7 @@ class StoreBridge:
         self.options = options
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.instance = uuid.uuid4().hex[:12]
+        orch.tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
         self.leases = LeaseKeeper(
             self.store, self.instance, options.lease_ms, on_lost=self._lease_lost
         )
@@ -211,6 +212,7 @@ class StoreBridge:
         # appended by shutdown must reach the store after its runner is gone)
         self._chores: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self.live: list[str] = [self.instance]  # last heartbeat round's view (ORCH-2543)
 
     @contextlib.contextmanager
     def timed(self, op: str) -> Iterator[None]:
@@ -226,6 +228,11 @@ class StoreBridge:
     async def start(self) -> None:
         await self.store.start()
         await self.store.configure(store_config(self.orch.config))
+        # ORCH-2540: the control cursor is taken before this instance owns any task
+        control = await self.store.control_cursor(self.instance)
+        self._loops.append(asyncio.create_task(self._control_loop(control), name="control"))
+        await self._heartbeat()
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         for pool in self.orch.pools.values():
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"store-dispatch-{pool.id}")
@@ -248,6 +255,8 @@ class StoreBridge:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._chores:  # e.g. the terminal events of the tasks shutdown ended
             await asyncio.wait(set(self._chores), timeout=5.0)
+        with contextlib.suppress(StoreUnavailable):  # leave the live list now (ORCH-2543)
+            await self.store.heartbeat(self.instance, 0)
         await self.store.close()
 
     # ---------------------------------------------------------------- admission
@@ -385,6 +394,66 @@ class StoreBridge:
         rec = self.orch.tasks.get(task_id)
         if rec is not None and not rec.terminal:
             self.orch.end(rec, self.orch.error_event(rec, "this instance lost the task"))
+
+    # ---------------------------------------------------------------- control, liveness
+
+    async def _control_loop(self, cursor: str) -> None:
+        """Messages other instances left on this instance's control channel (ORCH-2540):
+        a cancel accepted elsewhere aborts the engine stream here at once."""
+        while True:
+            try:
+                cursor, messages = await self.store.wait_control(self.instance, cursor, 5.0)
+                for msg in messages:
+                    if msg.op == "cancel":
+                        self._canceled_elsewhere(msg.task_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("control channel of instance %s failed", self.instance)
+                await asyncio.sleep(1.0)
+
+    def _canceled_elsewhere(self, task_id: str) -> None:
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            writer.dead = True  # the store already holds the cancel's terminal
+        rec = self.orch.tasks.get(task_id)
+        if rec is None or rec.terminal:
+            return
+        now = time.monotonic()
+        _log.info("task %s: canceled on another instance; aborting its run", task_id)
+        self.orch.end(
+            rec,
+            EndEvent(
+                tokens_out=rec.tokens_out,
+                decode_ms=int((now - rec.first_token) * 1000) if rec.first_token else 0,
+                reason="canceled",
+                tokens_in=rec.prompt_tokens,
+            ),
+        )
+
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(self.instance, self.options.lease_ms)
+        self.live = [v.instance_id for v in await self.store.instances()]
+
+    async def live_instances(self) -> list[str]:
+        """The instances with a running heartbeat, as the store says now; the last
+        heartbeat round's list when the store cannot be reached (ORCH-2543)."""
+        with contextlib.suppress(StoreUnavailable):
+            self.live = [v.instance_id for v in await self.store.instances()]
+        return list(self.live)
+
+    async def _heartbeat_loop(self) -> None:
+        """A heartbeat every third of a lease: the instance is listed while it lives
+        (ORCH-2543); the same round refreshes the list of live instances."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.options.lease_ms / 3000)
+            if self._stop.is_set():
+                return
+            try:
+                await self._heartbeat()
+            except Exception:
+                _log.warning("heartbeat of instance %s failed", self.instance, exc_info=True)
 
     # ---------------------------------------------------------------- takeover
 

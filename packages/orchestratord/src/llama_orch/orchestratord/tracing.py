@@ -24,16 +24,23 @@ from opentelemetry.trace import Span, Status, StatusCode
 from .errors import StartupError
 from .tasks import TaskRecord
 
-__all__ = ["CORRELATION_ID", "CorrelationFilter", "Tracing"]
+__all__ = ["CORRELATION_ID", "INSTANCE_ID", "CorrelationFilter", "Tracing"]
 
 # Set by the HTTP middleware for the duration of one request.
 CORRELATION_ID: ContextVar[str | None] = ContextVar("llama_orch_correlation_id", default=None)
+# Set by ``serve`` for everything an instance on a state store runs (ORCH-2544).
+INSTANCE_ID: ContextVar[str | None] = ContextVar("llama_orch_instance_id", default=None)
 
 
 class CorrelationFilter(logging.Filter):
-    """Adds ``correlation_id`` to every record logged while a request is handled."""
+    """Adds ``correlation_id`` to every record logged while a request is handled, and
+    ``instance_id`` to every record of an instance on a state store (ORCH-2544)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if "instance_id" not in record.__dict__:
+            iid = INSTANCE_ID.get()
+            if iid is not None:
+                record.instance_id = iid
         if "correlation_id" not in record.__dict__:
             cid = CORRELATION_ID.get()
             if cid is not None:
@@ -67,6 +74,7 @@ class Tracing:
             self.add_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
         self._tracer = self.provider.get_tracer("llama_orch.orchestratord")
         self._spans: dict[str, _TaskSpans] = {}
+        self.instance_id: str | None = None  # set with a state store (ORCH-2544)
         # ORCH-2730: without an exporter or processor no span is built at all (the
         # five spans per task cost about 3 % of the relay's CPU, issue #20 profile).
         self.enabled = bool(otlp_endpoint)
@@ -82,7 +90,7 @@ class Tracing:
             "llama_orch.pool_id": rec.pool_id,
             "llama_orch.engine": rec.engine,
             "llama_orch.priority": rec.priority,
-        }
+        } | ({"llama_orch.instance_id": self.instance_id} if self.instance_id else {})
 
     def admitted(self, rec: TaskRecord, submitted_ns: int) -> None:
         """Root and ``admission`` spans from the submission's arrival; ``queue`` opens."""

@@ -25,10 +25,12 @@ from llama_orch.core.state_store import (
     Admitted,
     Canceled,
     CancelOutcome,
+    Control,
     Dispatched,
     DuplicateTask,
     Event,
     Fenced,
+    InstanceView,
     LoggedEvent,
     Orphaned,
     Reaped,
@@ -398,6 +400,42 @@ class ValkeyStateStore(StateStore):
             if entries:
                 cursor = _s(entries[-1][0])
         return cursor
+
+    # ------------------------------------------------------------ control, liveness
+    def _ctl_key(self, instance: str) -> str:
+        return f"{self._keys[0]}ctl:{instance}"
+
+    async def control_cursor(self, instance: str) -> str:
+        last = await self._call(lambda: self.client.xrevrange(self._ctl_key(instance), count=1))
+        return _s(last[0][0]) if last else "0-0"
+
+    async def wait_control(
+        self, instance: str, cursor: str, timeout_s: float
+    ) -> tuple[str, list[Control]]:
+        # XREAD BLOCK, at most 5 s per call (under the 10 s socket timeout), as wait_bell
+        block = min(5000, max(1, int(timeout_s * 1000)))
+        key = self._ctl_key(instance)
+        got = await self._call(partial(self.client.xread, {key: cursor}, count=1000, block=block))
+        out: list[Control] = []
+        for _, entries in got or []:
+            for eid, fields in entries:
+                cursor = _s(eid)
+                if _s(fields[b"op"]) == "cancel":  # the only control message there is
+                    out.append(Control("cancel", _s(fields[b"t"])))
+        return cursor, out
+
+    async def heartbeat(self, instance: str, ttl_ms: int) -> None:
+        await self._fcall("llorch_heartbeat", instance, ttl_ms)
+
+    async def instances(self) -> list[InstanceView]:
+        flat = await self._fcall("llorch_instances")
+        return sorted(
+            (
+                InstanceView(instance_id=_s(flat[i]), expires_in_ms=int(flat[i + 1]))
+                for i in range(0, len(flat), 2)
+            ),
+            key=lambda v: v.instance_id,
+        )
 
     async def busy(self, pool: str) -> dict[str, int]:
         h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}busy:{pool}"))

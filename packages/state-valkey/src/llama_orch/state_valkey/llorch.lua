@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '1'
+local LIB_VERSION = '2'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -371,9 +371,39 @@ local function f_cancel(keys, args)
   local state = redis.call('HGET', tk, 'state')
   if not state then return { 'NOTASK' } end
   if state == 'ended' then return { 'OK', 'ended' } end
+  local owner = redis.call('HGET', tk, 'owner')
   redis.call('HSET', tk, 'cancel', 1)
-  finish(p, config(p), args[1], args[2], args[3])
+  local cfg = config(p)
+  finish(p, cfg, args[1], args[2], args[3])
+  if state == 'running' and owner then
+    -- the owner's control channel (ORCH-2540): it aborts the engine stream at once
+    local ck = p .. 'ctl:' .. owner
+    redis.call('XADD', ck, 'MAXLEN', '~', 1000, '*', 'op', 'cancel', 't', args[1])
+    redis.call('PEXPIRE', ck, cfg.retention_ms)
+  end
   return { 'OK', state }
+end
+
+-- args: instance ttl_ms (ORCH-2543): the instance is alive until now + ttl
+local function f_heartbeat(keys, args)
+  local p = keys[1]
+  local _, now_ms = now_parts()
+  redis.call('ZADD', p .. 'inst', now_ms + tonumber(args[2]), args[1])
+  redis.call('ZREMRANGEBYSCORE', p .. 'inst', '-inf', now_ms)
+  return 'OK'
+end
+
+-- returns { instance, ms_left, ... } of the live instances
+local function f_instances(keys, args)
+  local p = keys[1]
+  local _, now_ms = now_parts()
+  local out = {}
+  local live = redis.call('ZRANGEBYSCORE', p .. 'inst', '(' .. now_ms, '+inf', 'WITHSCORES')
+  for i = 1, #live, 2 do
+    out[#out + 1] = live[i]
+    out[#out + 1] = tonumber(live[i + 1]) - now_ms
+  end
+  return out
 end
 
 local function back_to_queue(p, cfg, tid)
@@ -463,3 +493,5 @@ redis.register_function('llorch_cancel', f_cancel)
 redis.register_function('llorch_requeue', f_requeue)
 redis.register_function('llorch_renew', f_renew)
 redis.register_function('llorch_reap', f_reap)
+redis.register_function('llorch_heartbeat', f_heartbeat)
+redis.register_function('llorch_instances', f_instances)

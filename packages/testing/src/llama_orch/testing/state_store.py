@@ -27,6 +27,7 @@ from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_memory import MemoryStateStore
 from llama_orch.core.state_store import (
     Canceled,
+    Control,
     Dispatched,
     Event,
     Fenced,
@@ -450,6 +451,50 @@ class StateStoreConformance:
         assert [e.kind for e in await store.read("q")] == ["end"]
         assert await store.busy("p") == {}
         assert await store.dispatch("p", "owner", 60_000) is None
+
+    async def test_cancel_reaches_the_owner_on_its_control_channel(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2540: a cancel on another client of a running task puts one
+        ``Control("cancel", id)`` on the owner's channel in the same step, waking a
+        waiting owner; a queued task's cancel and other instances' channels get none."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        await store.submit(_spec("t"))
+        await store.submit(_spec("q"))
+        cur = await store.control_cursor("owner")
+        quiet = await store.control_cursor("bystander")
+        d = await store.dispatch("p", "owner", 60_000)
+        assert isinstance(d, Dispatched)
+        waiter = asyncio.create_task(store.wait_control("owner", cur, 30))
+        await asyncio.sleep(0)  # let it block
+        other = await sut.peer(store)
+        try:
+            assert await other.cancel("q") == "queued"
+            assert await other.cancel("t") == "running"
+            assert await other.cancel("t") == "ended"  # a second cancel sends nothing
+        finally:
+            if other is not store:
+                await other.close()
+        cur2, got = await asyncio.wait_for(waiter, 30)
+        assert got == [Control("cancel", "t")] and cur2 != cur
+        assert await store.wait_control("owner", cur2, 0.2) == (cur2, [])
+        assert await store.wait_control("bystander", quiet, 0.2) == (quiet, [])
+
+    async def test_heartbeats_list_the_live_instances(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2543: an instance is listed while its heartbeat's ttl runs, then not."""
+        await store.configure(_cfg())
+        await store.heartbeat("i-b", 60_000)
+        await store.heartbeat("i-a", LEASE_MS)
+        live = await store.instances()
+        assert [v.instance_id for v in live] == ["i-a", "i-b"]
+        assert 0 < live[0].expires_in_ms <= LEASE_MS < live[1].expires_in_ms <= 60_000
+        await sut.advance(LEASE_MS / 1000 + 0.2)
+        assert [v.instance_id for v in await store.instances()] == ["i-b"]
+        await store.heartbeat("i-b", 0)  # a shutdown leaves the list at once
+        assert await store.instances() == []
 
     # ----------------------------------------------------------------- leases, fencing
     async def test_lease_expiry_requeues_a_task_without_events(
