@@ -161,9 +161,8 @@ def test_references_cover_the_sources_and_drift_fails(tmp_path: Path, capsys) ->
 # Features that do not exist yet; a page that names one must call it planned and link
 # the plan or the tracker (ORCH-6212).
 PLANNED = {
-    "several orchestratord": "several processes serving one queue",
-    "Several orchestratord": "several processes serving one queue",
-    "Several processes on one queue": "several processes serving one queue",
+    "in store mode": "features not applied with a shared state store yet",
+    "Sentinel": "a Sentinel client for the state store",
 }
 
 
