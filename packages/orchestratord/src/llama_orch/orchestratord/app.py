@@ -47,10 +47,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .artifacts import artifact_routes
 from .auth import Access, Authenticator, Principal, load_keys
 from .catalog_api import catalog_routes, deprecation_headers
-from .control import control_routes
+from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter
 from .overview import overview_routes
+from .pool_control import PoolControls
 from .service import Orchestrator
 from .streaming import check_stream_quota, open_stream, wants_event_stream
 from .tasks import TaskRecord
@@ -347,7 +348,7 @@ def build_app(
     ]
     # drain, reload, reset, replica sets: admin only
     for r in [
-        *control_routes(orch, manager, remotes),
+        *CONTROL_ROUTES,
         *overview_routes(orch),
         *catalog_routes(orch, manager),  # ORCH-3321 (issue #18)
     ]:
@@ -367,4 +368,5 @@ def build_app(
             Exception: on_unexpected,
         },
     )
+    app.state.control = ControlPlane(orch, PoolControls(manager, remotes))
     return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))

@@ -430,30 +430,15 @@ async def _switch_followers(
     tasks finish on the old ones and stops them; queued tasks wait for the new
     ones. A reload that fails leaves its pool serving as before, puts back the
     pools already switched, and the catalog is not changed."""
-    from llama_orch.pool_managerd.errors import ReloadError
+    from .pool_control import EmbeddedPools  # imports the service, which imports this
 
-    from .control import drain_tasks
-
+    embedded = EmbeddedPools(manager)
     done: list[tuple[Pool, str]] = []  # (pool, the digest it served before)
     switched: list[PoolSwitch] = []
 
     async def reload(pool: Pool, digest: str) -> PoolSwitch:
-        drained = []
-
-        async def wait(ids: list[str]) -> None:
-            drained.append(await drain_tasks(orch, pool, deadline_s, replica_ids=ids))
-
-        states = await manager.reload(
-            pool.id, f"sha256:{digest}", expected_digest=digest, drain=wait
-        )
-        part = drained[0] if drained else None
-        return PoolSwitch(
-            pool.id,
-            digest,
-            [s.replica_id for s in states],
-            part.finished if part else 0,
-            part.ended if part else 0,
-        )
+        r = await embedded.reload(orch, pool, f"sha256:{digest}", digest, deadline_s)
+        return PoolSwitch(pool.id, digest, r.replicas, r.drain.finished, r.drain.ended)
 
     for pool in followers(orch, manager, target.name):
         serving = {st.model_digest for st in pool.states.values() if st.ready}
@@ -462,14 +447,12 @@ async def _switch_followers(
         before = next(iter(serving), "")
         try:
             switched.append(await reload(pool, target.digest))
-        except ReloadError as exc:
+        except (UntrustedArtifact, PoolUnready):  # this pool keeps serving as before
             for prev_pool, prev_digest in reversed(done):
                 if prev_digest:
-                    with contextlib.suppress(ReloadError):
+                    with contextlib.suppress(UntrustedArtifact, PoolUnready):
                         await reload(prev_pool, prev_digest)
-            if exc.verification:
-                raise UntrustedArtifact(str(exc), pool_id=pool.id) from exc
-            raise PoolUnready(str(exc), pool_id=pool.id) from exc
+            raise
         done.append((pool, before))
     return switched
 
@@ -477,7 +460,7 @@ async def _switch_followers(
 async def _drain_serving(
     orch: Orchestrator, manager: PoolManager | None, entry: Entry, deadline_s: float
 ) -> list[str]:
-    from .control import drain_tasks
+    from .pool_control import drain_tasks  # imports the service, which imports this
 
     pools = [p for p in orch.pools.values() if orch.catalog.serves(p, entry)]
 
