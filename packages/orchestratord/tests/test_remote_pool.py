@@ -120,7 +120,7 @@ class FakePoolManagerd:
         header = request.headers.get("Authorization", "")
         self.auth_seen.append(header)
         if header != f"Bearer {self.token}":
-            return web.json_response({"code": "UNAUTHORIZED", "message": "no"}, status=401)
+            return web.json_response({"code": "UNAUTHENTICATED", "message": "no"}, status=401)
         return await handler(request)
 
     async def start(self) -> None:

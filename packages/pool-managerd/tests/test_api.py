@@ -190,7 +190,7 @@ async def test_every_request_needs_the_bearer_token(
     for op_id in OPERATIONS:
         for headers in wrong:
             body = await api.call(op_id, 401, headers=headers, json={})
-            assert body["code"] == "UNAUTHORIZED"
+            assert body["code"] == "UNAUTHENTICATED"
     async with api.http.get(api.url + "/nowhere") as resp:
         assert resp.status == 401
     assert api.problems == []
