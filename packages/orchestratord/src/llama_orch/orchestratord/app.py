@@ -16,6 +16,7 @@ import logging
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,6 +30,7 @@ from llama_orch.core.api import (
     StateStoreInfo,
     TaskStatus,
 )
+from llama_orch.core.config import LimitsConfig
 from llama_orch.core.errors import (
     ErrorCode,
     InternalError,
@@ -138,6 +140,243 @@ def _prompt_bytes(body: bytes) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class AppState:
+    """What the data-plane endpoints act on: ``app.state.data`` (set by ``build_app``)."""
+
+    orch: Orchestrator
+    streams: StreamCounter
+    limits: LimitsConfig
+
+
+def _app(request: Request) -> AppState:
+    data = request.app.state.data
+    assert isinstance(data, AppState)
+    return data
+
+
+def own_task(orch: Orchestrator, request: Request) -> TaskRecord:
+    """The task if it is the caller's; another tenant's is "unknown" (ORCH-8005)."""
+    task_id = request.path_params["task_id"]
+    rec = orch.tasks.get(task_id)
+    who = _principal(request)
+    if rec is None or (who.role is not None and rec.tenant != who.tenant):
+        raise NotFound(f"unknown task {task_id}")
+    return rec
+
+
+async def submit(request: Request) -> Response:
+    st = _app(request)
+    orch = st.orch
+    streams = st.streams
+    limits = st.limits
+    body = await request.body()
+    # JSON escapes only shrink when decoded, so a body within the bound holds a
+    # prompt within it: the second decode is skipped on the common path.
+    size = _prompt_bytes(body) if len(body) > limits.max_prompt_bytes else 0
+    if size > limits.max_prompt_bytes:  # ORCH-8011: refused before any tokenizing
+        raise InvalidParams(
+            f"prompt of {size} bytes exceeds limits.max_prompt_bytes="
+            f"{limits.max_prompt_bytes} - at `$.prompt`"
+        )
+    tenant = _principal(request).tenant
+    sse = wants_event_stream(request.headers.get("accept"))  # ORCH-2710
+    if sse:
+        check_stream_quota(streams, tenant, limits)  # ORCH-2711: before admitting
+    accepted = await orch.submit(body, tenant)
+    headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
+    headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
+    headers.update(deprecation_headers())  # ORCH-3334
+    if sse:
+        rec = orch.tasks.get(accepted.task_id)
+        if rec is not None:  # retained: it was admitted with no await since
+            headers["X-Task-Id"] = accepted.task_id
+            frames = None if orch.state is None else orch.state.frames(rec.task_id, 0)
+            return open_stream(rec, streams, limits, headers=headers, frames=frames)
+    return _json_response(accepted, 202, headers)
+
+
+async def hydrate(orch: Orchestrator, request: Request) -> None:
+    if orch.state is not None:  # ORCH-2526: a task any instance admitted
+        await orch.state.hydrate(request.path_params["task_id"])
+
+
+async def task_status(request: Request) -> Response:
+    orch = _app(request).orch
+    await hydrate(orch, request)
+    rec = own_task(orch, request)
+    pool = orch.pools[rec.pool_id]
+    return _json_response(
+        TaskStatus(
+            task_id=rec.task_id,
+            state=rec.state,
+            pool_id=rec.pool_id,
+            replica_id=rec.replica_id,
+            queue_position=pool.queue.position(rec)
+            if rec.state == "queued" and orch.state is None  # the store's is not exact yet
+            else None,
+            tokens_out=rec.tokens_out,
+            created_ms=int(rec.created_wall * 1000),
+        )
+    )
+
+
+async def stream(request: Request) -> Response:
+    st = _app(request)
+    orch = st.orch
+    streams = st.streams
+    limits = st.limits
+    await hydrate(orch, request)
+    rec = own_task(orch, request)
+    start = 0
+    last = request.headers.get("last-event-id")
+    if last is not None:
+        try:
+            start = int(last) + 1
+        except ValueError as exc:
+            raise error_for_code(ErrorCode.INVALID_PARAMS)(
+                f"Last-Event-ID must be an event number, got {last!r}"
+            ) from exc
+    check_stream_quota(streams, rec.tenant, limits)  # ORCH-8013
+    frames = None if orch.state is None else orch.state.frames(rec.task_id, start)
+    return open_stream(rec, streams, limits, start=start, frames=frames)  # ORCH-2526
+
+
+async def cancel(request: Request) -> Response:
+    orch = _app(request).orch
+    await hydrate(orch, request)
+    rec = own_task(orch, request)
+    if orch.state is not None:
+        await orch.state.cancel(rec.task_id)  # ORCH-2510: on any instance
+    orch.cancel(rec.task_id)
+    return Response(status_code=204)
+
+
+async def get_session(request: Request) -> Response:
+    orch = _app(request).orch
+    sid = request.path_params["session_id"]
+    s = orch.sessions.get((_principal(request).tenant, sid))
+    if s is None:
+        raise NotFound(f"unknown session {sid}")
+    return _json_response(orch.sessions.info(s))
+
+
+async def delete_session(request: Request) -> Response:
+    orch = _app(request).orch
+    sid = request.path_params["session_id"]
+    if orch.sessions.delete((_principal(request).tenant, sid)) is None:
+        raise NotFound(f"unknown session {sid}")
+    return Response(status_code=204)
+
+
+async def session(request: Request) -> Response:
+    if request.method == "DELETE":
+        return await delete_session(request)
+    return await get_session(request)
+
+
+async def capabilities(request: Request) -> Response:
+    orch = _app(request).orch
+    pools = [
+        PoolCapability(
+            id=p.id,
+            engine=p.engine,
+            model_ref=p.config.model,
+            ctx_max=p.ctx_max(),
+            slots=p.total_slots(),
+            replicas_ready=len(p.ready_replicas()),
+        )
+        for p in orch.pools.values()
+    ]
+    cpu = any(s.cpu_inference for p in orch.pools.values() for s in p.states.values())
+    adm = orch.config.admission
+    return _json_response(
+        Capabilities(
+            api_version=API_VERSION,
+            engines=sorted(available_adapters()),
+            workloads=["completion", "chat"],
+            cpu_inference=cpu,
+            allow_cpu_inference=orch.config.allow_cpu_inference,
+            pools=pools,
+            limits=Limits(
+                queue_capacity=adm.queue_capacity,
+                full_policy=adm.full_policy,
+                max_tokens_limit=adm.max_tokens_limit,
+            ),
+            features=["sse-resume", "cancel", "sessions", "backpressure-computed"],
+            self_tests=sorted(
+                orch.self_tests.reports.values(), key=lambda r: (r.pool_id, r.replica_id)
+            ),  # ORCH-7052
+            state_store=None
+            if orch.state is None
+            else StateStoreInfo(  # ORCH-2532
+                backend=orch.state.options.backend,
+                instance_id=orch.state.instance,
+                instances=await orch.state.live_instances(),  # ORCH-2543
+            ),
+        )
+    )
+
+
+async def pool_health(request: Request) -> Response:
+    orch = _app(request).orch
+    pid = request.path_params["pool_id"]
+    pool = orch.pools.get(pid)
+    if pool is None:
+        raise NotFound(f"unknown pool {pid}")
+    states = sorted(pool.states.values(), key=lambda s: s.replica_id)
+    errors = [s.last_error for s in states if s.last_error]
+    return _json_response(
+        PoolHealth(
+            pool_id=pid,
+            live=any(s.status in ("starting", "ready", "draining") for s in states),
+            ready=any(s.ready for s in states),
+            draining=pool.draining,
+            last_error=errors[-1] if errors else None,
+            queue_depth=len(pool.queue),
+            replicas=states,
+        )
+    )
+
+
+async def metrics(request: Request) -> Response:
+    orch = _app(request).orch
+    return Response(orch.metrics.render(), media_type=_PROM)
+
+
+async def on_orch_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OrchError)
+    return _error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_PARAMS
+    err = error_for_code(code)(str(exc.detail))
+    # a 405 keeps Starlette's Allow header (RFC 9110; found by schemathesis)
+    return _json_response(err.body(), exc.status_code, dict(exc.headers or {}))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    # ORCH-2006: the envelope says nothing about the fault; the log has it.
+    _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(InternalError("internal error; see the server log"))
+
+
+# The data plane, declared once: path, endpoint, methods, who may call it (ORCH-8003).
+DATA_ROUTES: list[tuple[str, Any, list[str], Access]] = [
+    ("/v1/tasks", submit, ["POST"], "tenant"),
+    ("/v1/tasks/{task_id}", task_status, ["GET"], "tenant"),
+    ("/v1/tasks/{task_id}/stream", stream, ["GET"], "tenant"),
+    ("/v1/tasks/{task_id}/cancel", cancel, ["POST"], "tenant"),
+    # one route for both methods, so a 405 lists both in Allow (found by schemathesis)
+    ("/v1/sessions/{session_id}", session, ["GET", "DELETE"], "tenant"),
+    ("/v1/capabilities", capabilities, ["GET"], "any"),
+    ("/v1/pools/{pool_id}/health", pool_health, ["GET"], "health"),
+    ("/metrics", metrics, ["GET"], "metrics"),
+]
+
+
 def build_app(
     orch: Orchestrator,
     manager: PoolManager | None = None,
@@ -148,203 +387,10 @@ def build_app(
     limits = orch.config.limits
     if auth is None:
         auth = Authenticator(orch.config.auth, load_keys(orch.config.auth))
-    streams = StreamCounter()
-
-    def own_task(request: Request) -> TaskRecord:
-        """The task if it is the caller's; another tenant's is "unknown" (ORCH-8005)."""
-        task_id = request.path_params["task_id"]
-        rec = orch.tasks.get(task_id)
-        who = _principal(request)
-        if rec is None or (who.role is not None and rec.tenant != who.tenant):
-            raise NotFound(f"unknown task {task_id}")
-        return rec
-
-    async def submit(request: Request) -> Response:
-        body = await request.body()
-        # JSON escapes only shrink when decoded, so a body within the bound holds a
-        # prompt within it: the second decode is skipped on the common path.
-        size = _prompt_bytes(body) if len(body) > limits.max_prompt_bytes else 0
-        if size > limits.max_prompt_bytes:  # ORCH-8011: refused before any tokenizing
-            raise InvalidParams(
-                f"prompt of {size} bytes exceeds limits.max_prompt_bytes="
-                f"{limits.max_prompt_bytes} - at `$.prompt`"
-            )
-        tenant = _principal(request).tenant
-        sse = wants_event_stream(request.headers.get("accept"))  # ORCH-2710
-        if sse:
-            check_stream_quota(streams, tenant, limits)  # ORCH-2711: before admitting
-        accepted = await orch.submit(body, tenant)
-        headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
-        headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
-        headers.update(deprecation_headers())  # ORCH-3334
-        if sse:
-            rec = orch.tasks.get(accepted.task_id)
-            if rec is not None:  # retained: it was admitted with no await since
-                headers["X-Task-Id"] = accepted.task_id
-                frames = None if orch.state is None else orch.state.frames(rec.task_id, 0)
-                return open_stream(rec, streams, limits, headers=headers, frames=frames)
-        return _json_response(accepted, 202, headers)
-
-    async def hydrate(request: Request) -> None:
-        if orch.state is not None:  # ORCH-2526: a task any instance admitted
-            await orch.state.hydrate(request.path_params["task_id"])
-
-    async def task_status(request: Request) -> Response:
-        await hydrate(request)
-        rec = own_task(request)
-        pool = orch.pools[rec.pool_id]
-        return _json_response(
-            TaskStatus(
-                task_id=rec.task_id,
-                state=rec.state,
-                pool_id=rec.pool_id,
-                replica_id=rec.replica_id,
-                queue_position=pool.queue.position(rec)
-                if rec.state == "queued" and orch.state is None  # the store's is not exact yet
-                else None,
-                tokens_out=rec.tokens_out,
-                created_ms=int(rec.created_wall * 1000),
-            )
-        )
-
-    async def stream(request: Request) -> Response:
-        await hydrate(request)
-        rec = own_task(request)
-        start = 0
-        last = request.headers.get("last-event-id")
-        if last is not None:
-            try:
-                start = int(last) + 1
-            except ValueError as exc:
-                raise error_for_code(ErrorCode.INVALID_PARAMS)(
-                    f"Last-Event-ID must be an event number, got {last!r}"
-                ) from exc
-        check_stream_quota(streams, rec.tenant, limits)  # ORCH-8013
-        frames = None if orch.state is None else orch.state.frames(rec.task_id, start)
-        return open_stream(rec, streams, limits, start=start, frames=frames)  # ORCH-2526
-
-    async def cancel(request: Request) -> Response:
-        await hydrate(request)
-        rec = own_task(request)
-        if orch.state is not None:
-            await orch.state.cancel(rec.task_id)  # ORCH-2510: on any instance
-        orch.cancel(rec.task_id)
-        return Response(status_code=204)
-
-    async def get_session(request: Request) -> Response:
-        sid = request.path_params["session_id"]
-        s = orch.sessions.get((_principal(request).tenant, sid))
-        if s is None:
-            raise NotFound(f"unknown session {sid}")
-        return _json_response(orch.sessions.info(s))
-
-    async def delete_session(request: Request) -> Response:
-        sid = request.path_params["session_id"]
-        if orch.sessions.delete((_principal(request).tenant, sid)) is None:
-            raise NotFound(f"unknown session {sid}")
-        return Response(status_code=204)
-
-    async def session(request: Request) -> Response:
-        if request.method == "DELETE":
-            return await delete_session(request)
-        return await get_session(request)
-
-    async def capabilities(request: Request) -> Response:
-        pools = [
-            PoolCapability(
-                id=p.id,
-                engine=p.engine,
-                model_ref=p.config.model,
-                ctx_max=p.ctx_max(),
-                slots=p.total_slots(),
-                replicas_ready=len(p.ready_replicas()),
-            )
-            for p in orch.pools.values()
-        ]
-        cpu = any(s.cpu_inference for p in orch.pools.values() for s in p.states.values())
-        adm = orch.config.admission
-        return _json_response(
-            Capabilities(
-                api_version=API_VERSION,
-                engines=sorted(available_adapters()),
-                workloads=["completion", "chat"],
-                cpu_inference=cpu,
-                allow_cpu_inference=orch.config.allow_cpu_inference,
-                pools=pools,
-                limits=Limits(
-                    queue_capacity=adm.queue_capacity,
-                    full_policy=adm.full_policy,
-                    max_tokens_limit=adm.max_tokens_limit,
-                ),
-                features=["sse-resume", "cancel", "sessions", "backpressure-computed"],
-                self_tests=sorted(
-                    orch.self_tests.reports.values(), key=lambda r: (r.pool_id, r.replica_id)
-                ),  # ORCH-7052
-                state_store=None
-                if orch.state is None
-                else StateStoreInfo(  # ORCH-2532
-                    backend=orch.state.options.backend,
-                    instance_id=orch.state.instance,
-                    instances=await orch.state.live_instances(),  # ORCH-2543
-                ),
-            )
-        )
-
-    async def pool_health(request: Request) -> Response:
-        pid = request.path_params["pool_id"]
-        pool = orch.pools.get(pid)
-        if pool is None:
-            raise NotFound(f"unknown pool {pid}")
-        states = sorted(pool.states.values(), key=lambda s: s.replica_id)
-        errors = [s.last_error for s in states if s.last_error]
-        return _json_response(
-            PoolHealth(
-                pool_id=pid,
-                live=any(s.status in ("starting", "ready", "draining") for s in states),
-                ready=any(s.ready for s in states),
-                draining=pool.draining,
-                last_error=errors[-1] if errors else None,
-                queue_depth=len(pool.queue),
-                replicas=states,
-            )
-        )
-
-    async def metrics(request: Request) -> Response:
-        return Response(orch.metrics.render(), media_type=_PROM)
-
-    async def on_orch_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, OrchError)
-        return _error_response(exc)
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_PARAMS
-        err = error_for_code(code)(str(exc.detail))
-        # a 405 keeps Starlette's Allow header (RFC 9110; found by schemathesis)
-        return _json_response(err.body(), exc.status_code, dict(exc.headers or {}))
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # ORCH-2006: the envelope says nothing about the fault; the log has it.
-        _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error_response(InternalError("internal error; see the server log"))
-
-    def route(path: str, endpoint: Any, method: str, access: Access) -> Route:
-        return Route(path, auth.guard(endpoint, access), methods=[method])
 
     routes: list[BaseRoute] = [
-        route("/v1/tasks", submit, "POST", "tenant"),
-        route("/v1/tasks/{task_id}", task_status, "GET", "tenant"),
-        route("/v1/tasks/{task_id}/stream", stream, "GET", "tenant"),
-        route("/v1/tasks/{task_id}/cancel", cancel, "POST", "tenant"),
-        # one route for both methods, so a 405 lists both in Allow (found by schemathesis)
-        Route(
-            "/v1/sessions/{session_id}",
-            auth.guard(session, "tenant"),
-            methods=["GET", "DELETE"],
-        ),
-        route("/v1/capabilities", capabilities, "GET", "any"),
-        route("/v1/pools/{pool_id}/health", pool_health, "GET", "health"),
-        route("/metrics", metrics, "GET", "metrics"),
+        Route(path, auth.guard(endpoint, access), methods=methods)
+        for path, endpoint, methods, access in DATA_ROUTES
     ]
     # drain, reload, reset, replica sets: admin only
     for r in [
@@ -368,5 +414,6 @@ def build_app(
             Exception: on_unexpected,
         },
     )
+    app.state.data = AppState(orch, StreamCounter(), limits)
     app.state.control = ControlPlane(orch, PoolControls(manager, remotes))
     return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))
