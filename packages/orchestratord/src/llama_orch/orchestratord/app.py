@@ -52,7 +52,7 @@ from .catalog_api import catalog_routes, deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter
-from .overview import overview_routes
+from .overview import OVERVIEW_ROUTES
 from .pool_control import PoolControls
 from .service import Orchestrator
 from .streaming import check_stream_quota, open_stream, wants_event_stream
@@ -395,7 +395,7 @@ def build_app(
     # drain, reload, reset, replica sets: admin only
     for r in [
         *CONTROL_ROUTES,
-        *overview_routes(orch),
+        *OVERVIEW_ROUTES,
         *catalog_routes(orch, manager),  # ORCH-3321 (issue #18)
     ]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))

@@ -10,7 +10,7 @@ when a deadline passes end with one typed ``POOL_UNAVAILABLE`` error event
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .limits import StreamCounter
 from .policies import reload_policies, running_policies
 from .pool_control import DrainResult, PoolControls, drain_tasks
 from .pools import Pool
@@ -89,6 +90,8 @@ class ControlPlane:
 
     orch: Orchestrator
     pools: PoolControls
+    # operators' tails of tasks; they do not count against a tenant's streams
+    admin_streams: StreamCounter = field(default_factory=StreamCounter)
 
 
 def _plane(request: Request) -> ControlPlane:

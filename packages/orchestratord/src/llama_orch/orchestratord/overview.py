@@ -20,18 +20,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .limits import StreamCounter, TaskStream
+from .control import ControlPlane
+from .limits import TaskStream
 from .service import Orchestrator
 from .tasks import TaskRecord, TaskState
 
 __all__ = [
+    "OVERVIEW_ROUTES",
     "OverviewPool",
     "OverviewReplica",
     "OverviewTenant",
     "SessionEntry",
     "Status",
     "TaskEntry",
-    "overview_routes",
     "status_of",
 ]
 
@@ -222,77 +223,94 @@ def _query(request: Request) -> _ListQuery:
     return query
 
 
-def overview_routes(orch: Orchestrator) -> list[Route]:
-    """Admin-only read routes; the caller wraps each in the ``admin`` guard."""
-    streams = StreamCounter()  # operators' tails do not count against a tenant's streams
+def _plane(request: Request) -> ControlPlane:
+    plane = request.app.state.control
+    assert isinstance(plane, ControlPlane)
+    return plane
 
-    def record(request: Request) -> TaskRecord:
-        task_id = request.path_params["task_id"]
-        rec = orch.tasks.get(task_id)
-        if rec is None:
-            raise NotFound(f"unknown task {task_id}")
-        return rec
 
-    async def status(request: Request) -> Response:
-        return Response(_json.encode(status_of(orch)), media_type="application/json")
+def record(orch: Orchestrator, request: Request) -> TaskRecord:
+    task_id = request.path_params["task_id"]
+    rec = orch.tasks.get(task_id)
+    if rec is None:
+        raise NotFound(f"unknown task {task_id}")
+    return rec
 
-    async def list_tasks(request: Request) -> Response:
-        q = _query(request)
-        now = time.monotonic()
-        found = [
-            t
-            for t in orch.tasks.records()
-            if (q.state is None or t.state == q.state or (q.state == "active" and not t.terminal))
-            and (q.tenant is None or t.tenant == q.tenant)
-            and (q.pool_id is None or t.pool_id == q.pool_id)
-        ]
-        found.sort(key=lambda t: t.created, reverse=True)  # newest first
-        body = {"tasks": [_entry(orch, t, now) for t in found[: q.limit]], "total": len(found)}
-        return Response(_json.encode(body), media_type="application/json")
 
-    async def show_task(request: Request) -> Response:
-        rec = record(request)
-        return Response(
-            _json.encode(_entry(orch, rec, time.monotonic())), media_type="application/json"
-        )
+async def status(request: Request) -> Response:
+    orch = _plane(request).orch
+    return Response(_json.encode(status_of(orch)), media_type="application/json")
 
-    async def tail_task(request: Request) -> Response:
-        rec = record(request)
-        limits = orch.config.limits
-        return TaskStream(
-            rec.frames(0, limits.stream_chunk_bytes),
-            task_id=rec.task_id,
-            tenant=rec.tenant,
-            counter=streams,
-            stall_timeout_s=limits.stream_stall_timeout_s,
-        )
 
-    async def cancel_task(request: Request) -> Response:
-        orch.cancel(record(request).task_id)
-        return Response(status_code=204)
-
-    async def list_sessions(request: Request) -> Response:
-        entries = [
-            SessionEntry(
-                tenant=s.key[0],
-                session_id=s.key[1],
-                turns=s.turns,
-                tokens_in=s.tokens_in,
-                tokens_out=s.tokens_out,
-                ttl_ms_remaining=info.ttl_ms_remaining,
-                replica_id=s.replica_id,
-            )
-            for s in orch.sessions.all()
-            for info in (orch.sessions.info(s),)
-        ]
-        entries.sort(key=lambda e: (e.tenant, e.session_id))
-        return Response(_json.encode({"sessions": entries}), media_type="application/json")
-
-    return [
-        Route("/v1/admin/status", status, methods=["GET"]),
-        Route("/v1/admin/tasks", list_tasks, methods=["GET"]),
-        Route("/v1/admin/tasks/{task_id}", show_task, methods=["GET"]),
-        Route("/v1/admin/tasks/{task_id}/stream", tail_task, methods=["GET"]),
-        Route("/v1/admin/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
-        Route("/v1/admin/sessions", list_sessions, methods=["GET"]),
+async def list_tasks(request: Request) -> Response:
+    orch = _plane(request).orch
+    q = _query(request)
+    now = time.monotonic()
+    found = [
+        t
+        for t in orch.tasks.records()
+        if (q.state is None or t.state == q.state or (q.state == "active" and not t.terminal))
+        and (q.tenant is None or t.tenant == q.tenant)
+        and (q.pool_id is None or t.pool_id == q.pool_id)
     ]
+    found.sort(key=lambda t: t.created, reverse=True)  # newest first
+    body = {"tasks": [_entry(orch, t, now) for t in found[: q.limit]], "total": len(found)}
+    return Response(_json.encode(body), media_type="application/json")
+
+
+async def show_task(request: Request) -> Response:
+    orch = _plane(request).orch
+    rec = record(orch, request)
+    return Response(
+        _json.encode(_entry(orch, rec, time.monotonic())), media_type="application/json"
+    )
+
+
+async def tail_task(request: Request) -> Response:
+    plane = _plane(request)
+    orch, streams = plane.orch, plane.admin_streams
+    rec = record(orch, request)
+    limits = orch.config.limits
+    return TaskStream(
+        rec.frames(0, limits.stream_chunk_bytes),
+        task_id=rec.task_id,
+        tenant=rec.tenant,
+        counter=streams,
+        stall_timeout_s=limits.stream_stall_timeout_s,
+    )
+
+
+async def cancel_task(request: Request) -> Response:
+    orch = _plane(request).orch
+    orch.cancel(record(orch, request).task_id)
+    return Response(status_code=204)
+
+
+async def list_sessions(request: Request) -> Response:
+    orch = _plane(request).orch
+    entries = [
+        SessionEntry(
+            tenant=s.key[0],
+            session_id=s.key[1],
+            turns=s.turns,
+            tokens_in=s.tokens_in,
+            tokens_out=s.tokens_out,
+            ttl_ms_remaining=info.ttl_ms_remaining,
+            replica_id=s.replica_id,
+        )
+        for s in orch.sessions.all()
+        for info in (orch.sessions.info(s),)
+    ]
+    entries.sort(key=lambda e: (e.tenant, e.session_id))
+    return Response(_json.encode({"sessions": entries}), media_type="application/json")
+
+
+# Admin only (build_app wraps each in the ``admin`` guard); they read ``app.state.control``.
+OVERVIEW_ROUTES = [
+    Route("/v1/admin/status", status, methods=["GET"]),
+    Route("/v1/admin/tasks", list_tasks, methods=["GET"]),
+    Route("/v1/admin/tasks/{task_id}", show_task, methods=["GET"]),
+    Route("/v1/admin/tasks/{task_id}/stream", tail_task, methods=["GET"]),
+    Route("/v1/admin/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/v1/admin/sessions", list_sessions, methods=["GET"]),
+]
