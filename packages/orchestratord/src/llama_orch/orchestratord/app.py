@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .artifacts import artifact_routes
 from .auth import Access, Authenticator, Principal, load_keys
-from .catalog_api import catalog_routes, deprecation_headers
+from .catalog_api import CATALOG_ROUTES, deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter
@@ -396,7 +396,7 @@ def build_app(
     for r in [
         *CONTROL_ROUTES,
         *OVERVIEW_ROUTES,
-        *catalog_routes(orch, manager),  # ORCH-3321 (issue #18)
+        *CATALOG_ROUTES,  # ORCH-3321 (issue #18)
     ]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
     # artifacts: content-addressed, per tenant (ORCH-3350, issue #18)

@@ -37,10 +37,11 @@ from .trust import Signature, TrustPolicy, Verdict, log_verification
 if TYPE_CHECKING:
     from llama_orch.pool_managerd.pool import PoolManager
 
+    from .control import ControlPlane
     from .pools import Pool
     from .service import Orchestrator
 
-__all__ = ["CatalogService", "catalog_routes", "deprecation_headers"]
+__all__ = ["CATALOG_ROUTES", "CatalogService", "deprecation_headers"]
 
 _json = msgspec.json.Encoder()
 _log = logging.getLogger(__name__)
@@ -336,81 +337,106 @@ def _ok(body: object, status: int = 200) -> Response:
     return Response(_json.encode(body), status, media_type="application/json")
 
 
-def catalog_routes(orch: Orchestrator, manager: PoolManager | None = None) -> list[Route]:
-    svc: CatalogService = orch.catalog
+def _plane(request: Request) -> ControlPlane:
+    from .control import ControlPlane  # imports the service, which imports this module
 
-    async def models(request: Request) -> Response:
-        if request.method == "GET":
-            return _ok({"models": svc.catalog.list()})
-        req: RegisterRequest = _decode(await request.body(), RegisterRequest)
-        if "text/event-stream" in request.headers.get("accept", ""):
-            return _register_stream(svc, req)  # ORCH-3375
-        entry = await asyncio.to_thread(svc.register, req, lambda _m: None)
-        return _ok(entry, 201)
+    plane = request.app.state.control
+    assert isinstance(plane, ControlPlane)
+    return plane
 
-    async def model(request: Request) -> Response:
-        mid = request.path_params["model_id"]
-        if request.method == "DELETE":
-            svc.catalog.delete(mid)
-            return Response(status_code=204)
-        return _ok(svc.catalog.get(mid))
 
-    async def verify(request: Request) -> Response:
-        entry = svc.catalog.get(request.path_params["model_id"])
-        try:
-            await asyncio.to_thread(svc.verify, entry)
-        except UntrustedArtifact as exc:
-            return _ok(VerifyResult(entry.id, entry.digest, "fail", "refused", str(exc)), 403)
-        verdict = svc.trust.judge(
-            source=entry.provenance.source, digest=entry.digest, signatures=entry.signatures
-        )
-        return _ok(
-            VerifyResult(entry.id, entry.digest, verdict.result, verdict.reason, verdict.detail)
-        )
+async def models(request: Request) -> Response:
+    svc = _plane(request).orch.catalog
+    if request.method == "GET":
+        return _ok({"models": svc.catalog.list()})
+    req: RegisterRequest = _decode(await request.body(), RegisterRequest)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return _register_stream(svc, req)  # ORCH-3375
+    entry = await asyncio.to_thread(svc.register, req, lambda _m: None)
+    return _ok(entry, 201)
 
-    async def state(request: Request) -> Response:
-        mid = request.path_params["model_id"]
-        req: StateRequest = _decode(await request.body(), StateRequest)
-        entry = svc.catalog.transition(
-            mid,
-            req.state,
-            weight=req.weight,
-            replacement=req.replacement,
-            reason=req.reason,
-            grace_ms=req.grace_ms,
-        )
-        drained: list[str] = []
-        if req.state == "retired":  # ORCH-3332: its pools drain by the deadline
-            drained = await _drain_serving(orch, manager, entry, req.drain_deadline_ms / 1000)
-        return _ok({"model": entry, "drained_pools": drained})
 
-    async def promote(request: Request) -> Response:
-        mid = request.path_params["model_id"]
-        req: SwitchRequest = _decode(await request.body(), SwitchRequest)
-        entry = svc.catalog.get(mid)
-        if entry.state != "canary":  # refused before any engine starts
-            raise InvalidParams(f"{entry.id} is {entry.state}: only a canary is promoted")
-        switched = await _switch_followers(orch, manager, entry, req.drain_deadline_ms / 1000)
-        return _ok({"models": svc.catalog.promote(mid), "reloaded": switched})
+async def model(request: Request) -> Response:
+    svc = _plane(request).orch.catalog
+    mid = request.path_params["model_id"]
+    if request.method == "DELETE":
+        svc.catalog.delete(mid)
+        return Response(status_code=204)
+    return _ok(svc.catalog.get(mid))
 
-    async def rollback(request: Request) -> Response:
-        mid = request.path_params["model_id"]
-        req: SwitchRequest = _decode(await request.body(), SwitchRequest)
-        entry = svc.catalog.get(mid)
-        back = svc.catalog.rollback_target(entry)  # raises when there is nothing to undo
-        switched: list[PoolSwitch] = []
-        if back is not None:
-            switched = await _switch_followers(orch, manager, back, req.drain_deadline_ms / 1000)
-        return _ok({"models": svc.catalog.rollback(mid), "reloaded": switched})
 
-    return [
-        Route("/v1/catalog/models", models, methods=["GET", "POST"]),
-        Route("/v1/catalog/models/{model_id}", model, methods=["GET", "DELETE"]),
-        Route("/v1/catalog/models/{model_id}/verify", verify, methods=["POST"]),
-        Route("/v1/catalog/models/{model_id}/state", state, methods=["POST"]),
-        Route("/v1/catalog/models/{model_id}/promote", promote, methods=["POST"]),
-        Route("/v1/catalog/models/{model_id}/rollback", rollback, methods=["POST"]),
-    ]
+async def verify(request: Request) -> Response:
+    svc = _plane(request).orch.catalog
+    entry = svc.catalog.get(request.path_params["model_id"])
+    try:
+        await asyncio.to_thread(svc.verify, entry)
+    except UntrustedArtifact as exc:
+        return _ok(VerifyResult(entry.id, entry.digest, "fail", "refused", str(exc)), 403)
+    verdict = svc.trust.judge(
+        source=entry.provenance.source, digest=entry.digest, signatures=entry.signatures
+    )
+    return _ok(VerifyResult(entry.id, entry.digest, verdict.result, verdict.reason, verdict.detail))
+
+
+async def state(request: Request) -> Response:
+    plane = _plane(request)
+    orch = plane.orch
+    manager = plane.pools.manager
+    svc = plane.orch.catalog
+    mid = request.path_params["model_id"]
+    req: StateRequest = _decode(await request.body(), StateRequest)
+    entry = svc.catalog.transition(
+        mid,
+        req.state,
+        weight=req.weight,
+        replacement=req.replacement,
+        reason=req.reason,
+        grace_ms=req.grace_ms,
+    )
+    drained: list[str] = []
+    if req.state == "retired":  # ORCH-3332: its pools drain by the deadline
+        drained = await _drain_serving(orch, manager, entry, req.drain_deadline_ms / 1000)
+    return _ok({"model": entry, "drained_pools": drained})
+
+
+async def promote(request: Request) -> Response:
+    plane = _plane(request)
+    orch = plane.orch
+    manager = plane.pools.manager
+    svc = plane.orch.catalog
+    mid = request.path_params["model_id"]
+    req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+    entry = svc.catalog.get(mid)
+    if entry.state != "canary":  # refused before any engine starts
+        raise InvalidParams(f"{entry.id} is {entry.state}: only a canary is promoted")
+    switched = await _switch_followers(orch, manager, entry, req.drain_deadline_ms / 1000)
+    return _ok({"models": svc.catalog.promote(mid), "reloaded": switched})
+
+
+async def rollback(request: Request) -> Response:
+    plane = _plane(request)
+    orch = plane.orch
+    manager = plane.pools.manager
+    svc = plane.orch.catalog
+    mid = request.path_params["model_id"]
+    req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+    entry = svc.catalog.get(mid)
+    back = svc.catalog.rollback_target(entry)  # raises when there is nothing to undo
+    switched: list[PoolSwitch] = []
+    if back is not None:
+        switched = await _switch_followers(orch, manager, back, req.drain_deadline_ms / 1000)
+    return _ok({"models": svc.catalog.rollback(mid), "reloaded": switched})
+
+
+# Admin only (build_app wraps each in the ``admin`` guard); they read ``app.state.control``.
+CATALOG_ROUTES = [
+    Route("/v1/catalog/models", models, methods=["GET", "POST"]),
+    Route("/v1/catalog/models/{model_id}", model, methods=["GET", "DELETE"]),
+    Route("/v1/catalog/models/{model_id}/verify", verify, methods=["POST"]),
+    Route("/v1/catalog/models/{model_id}/state", state, methods=["POST"]),
+    Route("/v1/catalog/models/{model_id}/promote", promote, methods=["POST"]),
+    Route("/v1/catalog/models/{model_id}/rollback", rollback, methods=["POST"]),
+]
 
 
 def followers(orch: Orchestrator, manager: Any, name: str) -> list[Pool]:
