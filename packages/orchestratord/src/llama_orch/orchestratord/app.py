@@ -46,7 +46,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .artifacts import artifact_routes
+from .artifacts import ARTIFACT_ROUTES
 from .auth import Access, Authenticator, Principal, load_keys
 from .catalog_api import CATALOG_ROUTES, deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
@@ -400,7 +400,7 @@ def build_app(
     ]:
         routes.append(Route(r.path, auth.guard(r.endpoint, "admin"), methods=r.methods))
     # artifacts: content-addressed, per tenant (ORCH-3350, issue #18)
-    for r in artifact_routes(orch.catalog.artifacts):
+    for r in ARTIFACT_ROUTES:
         routes.append(Route(r.path, auth.guard(r.endpoint, "tenant"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)
@@ -415,5 +415,6 @@ def build_app(
         },
     )
     app.state.data = AppState(orch, StreamCounter(), limits)
+    app.state.artifacts = orch.catalog.artifacts
     app.state.control = ControlPlane(orch, PoolControls(manager, remotes))
     return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))

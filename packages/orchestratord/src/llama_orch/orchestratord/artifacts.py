@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-__all__ = ["Artifact", "ArtifactStore", "artifact_routes"]
+__all__ = ["ARTIFACT_ROUTES", "Artifact", "ArtifactStore"]
 
 _json = msgspec.json.Encoder()
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -137,25 +137,29 @@ class ArtifactStore:
         )
 
 
-def artifact_routes(store: ArtifactStore) -> list[Route]:
-    """The app guards them with tenant access (ORCH-3350)."""
+def _store(request: Request) -> ArtifactStore:
+    store = request.app.state.artifacts  # set by build_app
+    assert isinstance(store, ArtifactStore)
+    return store
 
-    async def create(request: Request) -> Response:
-        try:
-            req = msgspec.json.decode(await request.body(), type=ArtifactRequest)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidParams(str(exc)) from exc
-        art, new = store.put(request.state.principal.tenant, req)
-        headers = {"Location": f"/v1/artifacts/{art.id}"}
-        return Response(
-            _json.encode(art), 201 if new else 200, headers, media_type="application/json"
-        )
 
-    async def fetch(request: Request) -> Response:
-        art = store.get(request.state.principal.tenant, request.path_params["artifact_id"])
-        return Response(_json.encode(art), 200, media_type="application/json")
+async def create(request: Request) -> Response:
+    try:
+        req = msgspec.json.decode(await request.body(), type=ArtifactRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidParams(str(exc)) from exc
+    art, new = _store(request).put(request.state.principal.tenant, req)
+    headers = {"Location": f"/v1/artifacts/{art.id}"}
+    return Response(_json.encode(art), 201 if new else 200, headers, media_type="application/json")
 
-    return [
-        Route("/v1/artifacts", create, methods=["POST"]),
-        Route("/v1/artifacts/{artifact_id}", fetch, methods=["GET"]),
-    ]
+
+async def fetch(request: Request) -> Response:
+    art = _store(request).get(request.state.principal.tenant, request.path_params["artifact_id"])
+    return Response(_json.encode(art), 200, media_type="application/json")
+
+
+# The app guards them with tenant access (ORCH-3350); they read ``app.state.artifacts``.
+ARTIFACT_ROUTES = [
+    Route("/v1/artifacts", create, methods=["POST"]),
+    Route("/v1/artifacts/{artifact_id}", fetch, methods=["GET"]),
+]
