@@ -251,7 +251,9 @@ class MemoryStateStore(StateStore):
             return "ended"
         was = rec.state
         rec.canceled = True
-        self._end(rec, terminal or canceled_terminal())
+        if terminal is None:  # its tokens_out: the tokens the log holds, in this same step
+            terminal = canceled_terminal(sum(1 for e in rec.log if e.kind == "token"))
+        self._end(rec, terminal)
         return "queued" if was == "queued" else "running"
 
     async def requeue(self, task_id: str, epoch: int) -> None:

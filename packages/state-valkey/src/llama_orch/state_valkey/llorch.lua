@@ -372,7 +372,19 @@ local function f_cancel(keys, args)
   if not state then return { 'NOTASK' } end
   if state == 'ended' then return { 'OK', 'ended' } end
   redis.call('HSET', tk, 'cancel', 1)
-  finish(p, config(p), args[1], args[2], args[3])
+  local data = args[3]
+  if args[4] == 'count' then
+    -- the default terminal: its tokens_out is the tokens the log holds, counted in
+    -- this same step (no append can come between the count and the end)
+    local n = 0
+    for _, e in ipairs(redis.call('XRANGE', p .. 'log:' .. args[1], '-', '+')) do
+      if e[2][2] == 'token' then n = n + 1 end
+    end
+    local ev = cjson.decode(data)
+    ev.tokens_out = n
+    data = cjson.encode(ev)
+  end
+  finish(p, config(p), args[1], args[2], data)
   return { 'OK', state }
 end
 
