@@ -155,6 +155,34 @@ def markdown(
         "detect: fault → the last of the target's in-flight tasks ended with an error; "
         "serving again: fault → first `started` on the target after the fault ended.",
         "",
+    ]
+    if figs.get("store_faults"):
+        L += [
+            "## Store and orchestratord faults (ORCH-6112)",
+            "",
+            "| # | kind | outage (s) | submits during | answers | outage → first 503 (s) "
+            "| longest answer (s) | back → first 202 (s) | streaming at the fault → outcome "
+            "| resumed | orchestratord Ready after start (s) |",
+            "|---:|---|---:|---:|---|---:|---:|---:|---|---:|---:|",
+        ]
+        for r in figs["store_faults"]:
+            L.append(
+                f"| {r['n']} | {r['kind']} | {r['outage_s']} | {r['submits']} | {r['answers']} "
+                f"| {_fmt(r['first_503_s'])} | {r['max_answer_s']} | "
+                f"{_fmt(r['first_202_after_s'])} | {r['in_flight']} → "
+                f"{r['in_flight_outcomes']} | {r['resumed']} | "
+                f"{_fmt(r['ready_after_start_s'])} |"
+            )
+        L += [
+            "",
+            "Submits during a store fault must be answered 202, 4xx or 503 + Retry-After "
+            f"within {chaos_check.STORE_ANSWER_BOUND_S:g} s (`store_outage_answer`); an "
+            "orchestratord kill -9 refuses connections until the restart (clients submit "
+            "again); streams reconnect with `Last-Event-ID`.",
+            "",
+        ]
+    L += [
+        "",
         f"![timeline]({base.name}.svg)",
         "",
         f"Full history (every event of every task, proxy exchanges, `/slots` samples, daemon "

@@ -171,6 +171,10 @@ class Runner:
         self.proxies: list[FaultProxy] = []
         self.orch: subprocess.Popen[bytes] | None = None
         self.orch_url = ""
+        self.orch_config = workdir / "orchestratord.json"
+        self.orch_log = workdir / "orchestratord.log"
+        self.orch_restarts = 0
+        self.store_server: Any = None  # llama_orch.state_valkey.EmbeddedServer
         self.keys = {t.name: f"llo_chaos-{t.name}-{'k' * 40}" for t in prof.tenants}
         self.records: dict[int, dict[str, Any]] = {}
         self.faults_done: list[dict[str, Any]] = []
@@ -235,20 +239,34 @@ class Runner:
                 }
             ],
         }
-        path = self.workdir / "orchestratord.json"
-        path.write_text(json.dumps(cfg, indent=1))
-        exe = Path(sys.executable).parent / "orchestratord"
+        if self.prof.store:
+            # ORCH-6110: a harness-owned valkey-server with its AOF under the run's
+            # directory, on a fixed port so that a restart after kill -9 keeps the URL
+            from llama_orch.state_valkey import EmbeddedServer
+
+            self.store_server = EmbeddedServer(self.workdir / "valkey", port=free_port())
+            url = self.store_server.start()
+            cfg["state"] = {"backend": "valkey", "url": url, "lease_ms": self.prof.lease_ms}
+        self.orch_config = self.workdir / "orchestratord.json"
+        self.orch_config.write_text(json.dumps(cfg, indent=1))
         self.orch_log = self.workdir / "orchestratord.log"
-        with self.orch_log.open("wb") as logf:
+        self.orch_url = f"http://127.0.0.1:{port}"
+        await self.start_orch(http)
+
+    async def start_orch(self, http: aiohttp.ClientSession) -> float:
+        """Start orchestratord (again, after a kill: the same config, the log appended);
+        the seconds until its pool had every replica Ready."""
+        t0 = time.monotonic()
+        exe = Path(sys.executable).parent / "orchestratord"
+        with self.orch_log.open("ab") as logf:
             self.orch = subprocess.Popen(
-                [str(exe), "--config", str(path)],
+                [str(exe), "--config", str(self.orch_config)],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
-        self.orch_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.orch.poll() is not None:
@@ -261,8 +279,8 @@ class Runner:
                     body = await r.json()
                     ready = [x for x in body.get("replicas", []) if x.get("status") == "ready"]
                     if len(ready) == len(self.engines):
-                        return
-            await asyncio.sleep(0.2)
+                        return time.monotonic() - t0
+            await asyncio.sleep(0.1)  # a child process has no event to await: poll, bounded
         raise RuntimeError("orchestratord pool not ready in 120 s")
 
     async def stop(self) -> None:
@@ -277,6 +295,10 @@ class Runner:
             await p.close()
         for e in self.engines:
             e.stop()
+        if self.store_server is not None:
+            if self.store_server.proc is not None:  # a paused store cannot take SIGTERM
+                _killpg(self.store_server.proc.pid, signal.SIGCONT)
+            self.store_server.stop()  # by PID (its process group), even after a restart
 
     def now(self) -> float:
         return time.time()
@@ -318,6 +340,9 @@ class Runner:
 
     async def inject(self, http: aiohttp.ClientSession, f: chaos_plan.Fault) -> None:
         await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
+        if f.kind in chaos_plan.STORE_FAULT_KINDS:
+            await self.inject_store(http, f)
+            return
         e, p = self.engines[f.target], self.proxies[f.target]
         rec: dict[str, Any] = {
             "n": f.n,
@@ -366,6 +391,55 @@ class Runner:
         elif f.kind == "overload":
             rec["t_end"] = rec["t_start"] + f.duration_s
             rec["burst"] = f.burst
+        self.faults_done.append(rec)
+
+    async def inject_store(self, http: aiohttp.ClientSession, f: chaos_plan.Fault) -> None:
+        """ORCH-6110: the store killed (restarted on its AOF, same port), the store
+        paused, orchestratord killed and restarted with the same config. Waits (at most
+        ``STORE_FAULT_WAIT_S``) for a task streaming tokens, so the fault hits running work."""
+        for _ in range(int(chaos_plan.STORE_FAULT_WAIT_S / 0.05)):
+            if any(v[1] > 0 for v in self.live.values()):
+                break
+            await asyncio.sleep(0.05)
+        rec: dict[str, Any] = {
+            "n": f.n,
+            "kind": f.kind,
+            "target": None,
+            "replica_id": None,
+            "planned_at_s": f.at_s,
+            "in_flight": sorted(self.live),
+        }
+        rec["t_start"] = self.now()
+        rec["at_s"] = round(time.monotonic() - self.t0, 3)
+        log(f"fault {f.n}: {f.kind} at {rec['at_s']}s ({len(self.live)} tasks streaming)")
+        srv = self.store_server
+        if f.kind == "store_kill9":
+            assert srv is not None and srv.proc is not None
+            _killpg(srv.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(srv.proc.wait)
+            if srv.proc.stderr is not None:  # the dead server's pipe
+                srv.proc.stderr.close()
+            await asyncio.sleep(f.duration_s)
+            from llama_orch.state_valkey import EmbeddedServer
+
+            self.store_server = EmbeddedServer(srv.data_dir, port=srv.port)
+            await asyncio.to_thread(self.store_server.start)  # replays the AOF
+            rec["t_end"] = self.now()
+        elif f.kind == "store_sigstop":
+            assert srv is not None and srv.proc is not None
+            _killpg(srv.proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(f.duration_s)
+            _killpg(srv.proc.pid, signal.SIGCONT)
+            rec["t_end"] = self.now()
+        elif f.kind == "orchestratord_kill9":
+            assert self.orch is not None
+            _killpg(self.orch.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.orch.wait)
+            rec["t_killed"] = self.now()
+            await asyncio.sleep(f.duration_s)
+            self.orch_restarts += 1
+            rec["ready_after_start_s"] = round(await self.start_orch(http), 3)
+            rec["t_end"] = self.now()
         self.faults_done.append(rec)
 
     # ----------------------------------------------------------------- clients
@@ -423,6 +497,7 @@ class Runner:
             )
         first_ra: float | None = None
         t_first = 0.0
+        t_send0 = self.now()
         while True:
             t_send = self.now()
             try:
@@ -446,6 +521,12 @@ class Runner:
                         "retry_after": None,
                     }
                 )
+                # orchestratord down (killed, restarting): nothing was sent, so a client
+                # may submit again; any other failure might have been admitted: stop
+                refused = isinstance(exc, aiohttp.ClientConnectorError)
+                if refused and self.now() - t_send0 < 20 and not self.stopping.is_set():
+                    await asyncio.sleep(0.5)
+                    continue
                 return
             t_recv = self.now()
             sub = {
@@ -475,9 +556,16 @@ class Runner:
             canceller = asyncio.create_task(self._cancel(http, tid, a.cancel_after_s, rec, headers))
         last: int | None = None
         limit = a.disconnect_after if a.behaviour == "disconnect" else None
-        for _attempt in range(6):
+        attempt = 0
+        while True:
             done, last = await self._stream(http, tid, headers, rec, last, limit)
+            attempt += 1
             if done:
+                break
+            # Reconnect with Last-Event-ID until the terminal: at least 6 times, and for
+            # as long as an event came in the last 45 s (orchestratord or its store may
+            # be restarting: ORCH-6110)
+            if attempt >= 6 and self.now() - self._last_event_t(rec) > 45:
                 break
             if limit is not None:
                 limit = None
@@ -615,17 +703,27 @@ class Runner:
         headers: dict[str, str],
     ) -> None:
         await asyncio.sleep(after)
-        t_send = self.now()
-        status = 0
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with http.post(
-                self.orch_url + f"/v1/tasks/{tid}/cancel",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(30),
-            ) as r:
-                status = r.status
-                await r.read()
-        rec["cancel"] = {"t_send": t_send, "t_recv": self.now(), "status": status}
+        t0 = self.now()
+        while True:
+            t_send = self.now()
+            status = 0
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.post(
+                    self.orch_url + f"/v1/tasks/{tid}/cancel",
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(30),
+                ) as r:
+                    status = r.status
+                    await r.read()
+            rec["cancel"] = {"t_send": t_send, "t_recv": self.now(), "status": status}
+            # orchestratord or its store down (503, or no answer): cancel again, 10 s at most
+            if status not in (0, 503) or self.now() - t0 > 10 or self.stopping.is_set():
+                return
+            await asyncio.sleep(0.5)
+
+    def _last_event_t(self, rec: dict[str, Any]) -> float:
+        ev = rec["events"]
+        return float(ev[-1][0]) if ev else float(rec["t_accepted"])
 
     async def _stream(
         self,
@@ -796,6 +894,13 @@ class Runner:
                 for k, v in slots_after.items()
             },
             "daemon_task_ends": ends,
+            # With the store, the daemon's own account (one task-end line per task, its
+            # counters) is not the task's: a kill -9 loses the log line and the counters,
+            # and a run this instance stopped (store unreachable for a lease) is continued
+            # from the store's log. The store's log is checked instead (ORCH-6111).
+            "daemon_account": not self.prof.store,
+            "store": self.prof.store,
+            "orchestratord_restarts": self.orch_restarts,
             "faults": self.faults_done,
             "engine_token_counters_end": counters,
             "orch_metrics_tasks": [
