@@ -24,6 +24,9 @@ FAIRNESS_BOUND = 0.15  # |observed - expected| dispatch share of backlogged tena
 # ORCH-6111: a submit sent while the store is down or paused is answered within the
 # store client's socket timeout (10 s) plus a margin: 202, a 4xx, or 503 + Retry-After.
 STORE_FAULTS = ("store_kill9", "store_sigstop")
+# ORCH-6115: the same answers while pool-managerd is down or every breaker is open.
+POOL_FAULTS = ("pool_managerd_kill9", "restart_storm")
+OUTAGE_FAULTS = (*STORE_FAULTS, *POOL_FAULTS)
 STORE_ANSWER_BOUND_S = 12.0
 
 
@@ -181,7 +184,7 @@ def outcome(rec: dict[str, Any]) -> str:
 
 
 def _exchanges_of(history: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    xs = [x for x in history.get("exchanges", []) if x.get("arrival") == n]
+    xs = [x for x in history.get("exchanges") or [] if x.get("arrival") == n]
     return sorted(xs, key=lambda x: x["opened"])
 
 
@@ -242,8 +245,17 @@ def check(history: dict[str, Any]) -> list[Violation]:
                             "after the cancel's 204",
                         )
                     )
-        # A cut engine stream is never a clean end.
-        if term is not None and term[0] == "end" and term[1].get("reason") in CLEAN_REASONS:
+        # A failure is typed: an error terminal carries its code (ORCH-6115).
+        if term is not None and term[0] == "error" and not term[1].get("code"):
+            out.append(Violation("typed_error", n, f"error terminal without a code: {term[1]}"))
+        # A cut engine stream is never a clean end (needs the proxies' exchanges).
+        proxied = history.get("exchanges", []) is not None
+        if (
+            proxied
+            and term is not None
+            and term[0] == "end"
+            and term[1].get("reason") in CLEAN_REASONS
+        ):
             xs = _exchanges_of(history, n)
             if not xs:
                 out.append(
@@ -280,6 +292,7 @@ def check(history: dict[str, Any]) -> list[Violation]:
                 Violation("slot_leak", None, f"engine {eng}: slots {busy} busy after the run")
             )
     out += _check_store_outage(history)
+    out += _check_pool_faults(history)
     out += _check_quota(history)
     out += _check_session_turns(history)
     out += _check_metrics(history)
@@ -338,7 +351,44 @@ def _check_metrics(history: dict[str, Any]) -> list[Violation]:
 
 
 def _store_windows(history: dict[str, Any]) -> list[dict[str, Any]]:
-    return [f for f in history.get("faults", []) if f["kind"] in STORE_FAULTS]
+    return [f for f in history.get("faults", []) if f["kind"] in OUTAGE_FAULTS]
+
+
+def _check_pool_faults(history: dict[str, Any]) -> list[Violation]:
+    """ORCH-6115: a restart storm opens every replica's breaker (ORCH-POOL-3015), the
+    pool is then reported unready by orchestratord, and a reset (ORCH-3026) brings it
+    back Ready; a pool-managerd killed with SIGKILL leaves no engine running and its
+    pool is Ready again after the restart."""
+    out: list[Violation] = []
+    for f in history.get("faults", []):
+        if f["kind"] == "restart_storm":
+            if not f.get("breakers_open"):
+                out.append(Violation("restart_storm", None, f"no breaker opened: {f}"))
+            if not f.get("unready_seen"):
+                out.append(Violation("restart_storm", None, "the pool was not reported unready"))
+            if f.get("reset_status") != 200 or f.get("ready_after_reset_s") is None:
+                out.append(
+                    Violation(
+                        "restart_storm",
+                        None,
+                        f"reset answered {f.get('reset_status')}, Ready again after "
+                        f"{f.get('ready_after_reset_s')} s",
+                    )
+                )
+        elif f["kind"] == "pool_managerd_kill9":
+            if f.get("engines_left_running"):
+                out.append(
+                    Violation(
+                        "pool_managerd_kill9",
+                        None,
+                        f"engines outlived their pool-managerd: {f['engines_left_running']}",
+                    )
+                )
+            if f.get("ready_after_start_s") is None:
+                out.append(
+                    Violation("pool_managerd_kill9", None, "the pool never became Ready again")
+                )
+    return out
 
 
 def _check_store_outage(history: dict[str, Any]) -> list[Violation]:
@@ -364,7 +414,7 @@ def _check_store_outage(history: dict[str, Any]) -> list[Violation]:
                 if bad:
                     out.append(
                         Violation(
-                            "store_outage_answer",
+                            "outage_answer",
                             r["n"],
                             f"submit during {f['kind']} (fault {f['n']}): {bad}",
                         )
@@ -372,14 +422,27 @@ def _check_store_outage(history: dict[str, Any]) -> list[Violation]:
     return out
 
 
-def store_figures(history: dict[str, Any]) -> list[dict[str, Any]]:
+_POOL_FIGURES = (
+    "open_after_s",
+    "kills",
+    "unready_seen",
+    "unready_after_open_s",
+    "ready_after_reset_s",
+    "reset_status",
+    "engines_left_running",
+)
+
+
+def store_figures(
+    history: dict[str, Any], kinds: tuple[str, ...] = (*STORE_FAULTS, "orchestratord_kill9")
+) -> list[dict[str, Any]]:
     """Per store or orchestratord fault (ORCH-6112): the submits sent during it and
     their answers, outage -> first 503, the longest answer, restart -> first 202, and
     what became of the tasks streaming when it hit."""
     out: list[dict[str, Any]] = []
     by_n = {r["n"]: r for r in history["tasks"]}
     for f in history.get("faults", []):
-        if f["kind"] not in (*STORE_FAULTS, "orchestratord_kill9"):
+        if f["kind"] not in kinds:
             continue
         t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
         subs = [
@@ -420,6 +483,7 @@ def store_figures(history: dict[str, Any]) -> list[dict[str, Any]]:
                 "resumed": resumed,
                 "ready_after_start_s": f.get("ready_after_start_s"),
             }
+            | {k: f[k] for k in _POOL_FIGURES if k in f}
         )
     return out
 
@@ -704,7 +768,7 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
     for f in history.get("faults", []):
         t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
         rid = f.get("replica_id")
-        if f["kind"] in (*STORE_FAULTS, "orchestratord_kill9"):
+        if f["kind"] in (*OUTAGE_FAULTS, "orchestratord_kill9"):
             continue  # no engine target: see store_figures
         item: dict[str, Any] = {"kind": f["kind"], "n": f["n"], "target": f.get("target")}
         if f["kind"] == "overload":
@@ -850,4 +914,5 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
         "engine_kill_to_worker_reset_s_max": max(kill_reset) if kill_reset else None,
         "fairness": fairness(history),
         "store_faults": store_figures(history),
+        "pool_faults": store_figures(history, POOL_FAULTS),
     }

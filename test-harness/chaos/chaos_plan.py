@@ -27,7 +27,13 @@ FAULT_KINDS = (
     "store_kill9",  # SIGKILL of valkey-server; restarted on its AOF after `duration_s`
     "store_sigstop",  # SIGSTOP of valkey-server for `duration_s`, then SIGCONT
     "orchestratord_kill9",  # SIGKILL of orchestratord; the same config restarted after `duration_s`
+    # With a remote pool-managerd serving the pool (``pool_managerd=True``, ORCH-6114):
+    "pool_managerd_kill9",  # SIGKILL of pool-managerd (its engines die with it); restarted
+    "restart_storm",  # engines killed as they come up until every breaker is open; held
+    # open `duration_s`, then a reset through orchestratord (ORCH-3026)
 )
+# Kinds that need a remote pool-managerd in the topology (ORCH-6114).
+POOL_FAULT_KINDS = ("pool_managerd_kill9", "restart_storm")
 # The runner waits at most this long for a task streaming tokens before a store fault.
 STORE_FAULT_WAIT_S = 1.5
 # Kinds that need the shared state store in the topology (ORCH-6110).
@@ -36,8 +42,6 @@ STORE_FAULT_KINDS = ("store_kill9", "store_sigstop", "orchestratord_kill9")
 # refuses them so that a profile cannot claim to have injected them (ORCH-6101).
 PENDING_FAULT_KINDS = {
     "orchestratord_pause": "needs a second orchestratord instance to take over (HA harness)",
-    "pool_managerd_kill9": "needs a remote pool-managerd pool in the chaos topology",
-    "restart_storm": "needs a supervised (pool-managerd) pool to open its breaker",
 }
 APIS = ("tasks", "openai")  # the task API; the OpenAI-compatible /v1/completions
 
@@ -82,6 +86,9 @@ class Profile:
     # (ORCH-6110); `lease_ms` is the store's lease (`state.lease_ms`)
     store: bool = False
     lease_ms: int = 1500
+    # the pool served by a harness-started remote pool-managerd (`engines` replicas it
+    # launches and supervises) instead of `endpoints:` behind fault proxies (ORCH-6114)
+    pool_managerd: bool = False
     max_tokens: tuple[int, ...] = (8, 16, 32, 48, 64, 96)
 
 
@@ -199,6 +206,10 @@ def make_plan(prof: Profile, seed: int) -> Plan:
             raise ValueError(f"unknown fault kind {spec.kind}")
         if spec.kind in STORE_FAULT_KINDS and not prof.store:
             raise ValueError(f"fault {spec.kind}: needs a profile with the state store")
+        if spec.kind in POOL_FAULT_KINDS and not prof.pool_managerd:
+            raise ValueError(f"fault {spec.kind}: needs a profile with a remote pool-managerd")
+        if prof.pool_managerd and spec.kind not in (*POOL_FAULT_KINDS, "overload"):
+            raise ValueError(f"fault {spec.kind}: the pool-managerd profile has no proxies")
     rng = random.Random(seed)
     plan = Plan(profile=prof.name, seed=seed, duration_s=prof.duration_s)
     faults: list[Fault] = []
@@ -230,7 +241,7 @@ def make_plan(prof: Profile, seed: int) -> Plan:
                 at = f.at_s + rng.uniform(0.0, f.duration_s)
                 arrivals.append(_arrival(rng, prof, n, at, burst=True))
                 n += 1
-        elif f.kind in STORE_FAULT_KINDS:
+        elif f.kind in (*STORE_FAULT_KINDS, *POOL_FAULT_KINDS):
             # submits while the store (or orchestratord) is down: spread over the fault,
             # which the runner injects at most STORE_FAULT_WAIT_S late (ORCH-6111)
             for k in range(f.burst):
@@ -308,4 +319,21 @@ STORE = Profile(
     max_tokens=(8, 16, 32, 48),
 )
 
-PROFILES = {"ci": CI, "long": LONG, "store": STORE}
+# A pool launched and supervised by a remote pool-managerd (ORCH-6114): pool-managerd
+# killed with SIGKILL and restarted, then a restart storm that opens every replica's
+# breaker (2 failures in 60 s), held open, then reset through orchestratord.
+POOL_PM = Profile(
+    name="pool",
+    duration_s=26.0,
+    rate_per_s=1.0,
+    tenants=(Tenant("alpha", weight=3, share=2.0), Tenant("beta", weight=1, share=1.0)),
+    faults=(
+        FaultSpec("pool_managerd_kill9", at_s=4.0, duration_s=0.5, burst=2),
+        FaultSpec("restart_storm", at_s=15.0, duration_s=3.0, burst=3),
+    ),
+    openai_share=0.0,
+    pool_managerd=True,
+    max_tokens=(8, 16, 32, 48),
+)
+
+PROFILES = {"ci": CI, "long": LONG, "store": STORE, "pool": POOL_PM}

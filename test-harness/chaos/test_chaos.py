@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -265,6 +266,16 @@ def test_pending_fault_kinds_are_refused_not_faked() -> None:
         with pytest.raises(ValueError, match="state store"):
             chaos_plan.make_plan(prof(kind), 1)
         assert chaos_plan.make_plan(prof(kind, store=True), 1).faults[0].kind == kind
+    for kind in chaos_plan.POOL_FAULT_KINDS:  # ORCH-6114: only with a pool-managerd
+        with pytest.raises(ValueError, match="remote pool-managerd"):
+            chaos_plan.make_plan(prof(kind), 1)
+    with pytest.raises(ValueError, match="no proxies"):  # its engines are not proxied
+        chaos_plan.make_plan(dataclasses.replace(prof("net_blackhole"), pool_managerd=True), 1)
+    plan = chaos_plan.make_plan(chaos_plan.POOL_PM, 7)
+    assert {f.kind for f in plan.faults} == set(chaos_plan.POOL_FAULT_KINDS)
+    for f in plan.faults:  # submits land inside each fault (ORCH-6115)
+        end = f.at_s + f.duration_s + chaos_plan.STORE_FAULT_WAIT_S
+        assert sum(1 for a in plan.arrivals if f.at_s <= a.at_s <= end) >= 2, f
 
 
 def test_the_store_profile_submits_during_every_store_fault() -> None:
@@ -355,7 +366,7 @@ def test_planted_bad_answer_during_a_store_outage_is_caught(
     in bounded time."""
     h = _store_history()
     h["tasks"][-1]["submits"][0] |= answer
-    assert _checks(h) == {"store_outage_answer"}, why
+    assert _checks(h) == {"outage_answer"}, why
 
 
 def test_planted_task_lost_across_an_orchestratord_restart_is_caught() -> None:
@@ -499,6 +510,110 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
     assert figs["engine_kill_to_worker_reset_s_max"] <= 2.0
     assert figs["retry_after_error_s"]["n"] >= 3
     assert figs["retry_after_error_s"]["p50"] <= 1.0
+    assert rc == 0
+
+
+def _pool_history() -> dict[str, Any]:
+    """A clean history of a pool-managerd run: no proxies (no exchanges), a
+    pool-managerd kill -9 whose running task ended WORKER_RESET, a restart storm that
+    opened both breakers, left the pool unready (a submit answered 503) and was reset."""
+    h = _history()
+    h["exchanges"] = None
+    h["quotas"] = {}
+    r = h["tasks"][1]
+    r["events"][-1] = [r["events"][-1][0], 4, "error", {"code": "WORKER_RESET"}]
+    r["replay"] = [e[1:] for e in r["events"]]
+    h["daemon_task_ends"][1]["state"] = "failed"
+    late = _task(9, 2, t=101.5)
+    late["submits"] = [
+        {"t_send": 101.05, "t_recv": 101.06, "status": 503, "retry_after": 1.0},
+        {"t_send": 101.5, "t_recv": 101.51, "status": 202, "retry_after": None},
+    ]
+    h["tasks"].append(late)
+    h["daemon_task_ends"].append({"job_id": "task-9", "state": "completed", "ts": 102.0})
+    h["faults"] = [
+        {"n": 0, "kind": "pool_managerd_kill9", "t_start": 100.3, "t_end": 100.9,
+         "in_flight": [1], "engines_left_running": [], "ready_after_start_s": 2.5},
+        {"n": 1, "kind": "restart_storm", "t_start": 101.02, "t_end": 101.3, "in_flight": [],
+         "t_open": 101.1, "kills": 4, "breakers_open": ["pm/chaos-r0", "pm/chaos-r1"],
+         "open_after_s": 0.08, "unready_seen": True, "unready_after_open_s": 0.1,
+         "reset_status": 200, "ready_after_reset_s": 1.2},
+    ]  # fmt: skip
+    return h
+
+
+def test_a_clean_pool_managerd_history_has_no_violation_and_its_figures() -> None:
+    """ORCH-6114, ORCH-6115: without proxies the clean-end rule has nothing to hold a
+    clean end against and is not run; the pool rules start from this clean history."""
+    h = _pool_history()
+    assert chaos_check.check(h) == []
+    figs = chaos_check.figures(h, [])
+    pf = {f["kind"]: f for f in figs["pool_faults"]}
+    assert pf["restart_storm"]["answers"] == {"503": 1}
+    assert pf["restart_storm"]["ready_after_reset_s"] == 1.2
+    assert pf["pool_managerd_kill9"]["in_flight_outcomes"] == {"failed:WORKER_RESET": 1}
+    h["exchanges"] = []  # with proxies, a clean end with no engine request is caught
+    assert _checks(h) == {"clean_end_from_failed_engine"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "change", "check"),
+    [
+        (1, {"breakers_open": []}, "restart_storm"),  # the breaker never opened
+        (1, {"unready_seen": False}, "restart_storm"),  # the pool still said Ready
+        (1, {"ready_after_reset_s": None}, "restart_storm"),  # no recovery after reset
+        (1, {"reset_status": 500}, "restart_storm"),
+        (0, {"engines_left_running": [4242]}, "pool_managerd_kill9"),  # orphaned engine
+        (0, {"ready_after_start_s": None}, "pool_managerd_kill9"),  # never came back
+    ],
+)
+def test_planted_pool_fault_outcomes_are_caught(
+    fault: int, change: dict[str, Any], check: str
+) -> None:
+    """ORCH-6115: each rule on a storm or a pool-managerd kill fails on its planted bug."""
+    h = _pool_history()
+    h["faults"][fault] |= change
+    assert _checks(h) == {check}
+
+
+def test_planted_untyped_failure_and_bad_answer_while_unready_are_caught() -> None:
+    """ORCH-6115: a task ends typed (an error with its code); a submit while every
+    breaker is open is answered 503 with Retry-After, not 500."""
+    h = _pool_history()
+    h["tasks"][1]["events"][-1][3] = {"message": "boom"}
+    h["tasks"][1]["replay"] = [e[1:] for e in h["tasks"][1]["events"]]
+    assert _checks(h) == {"typed_error"}
+    h = _pool_history()
+    h["tasks"][-1]["submits"][0] |= {"status": 500, "retry_after": None}
+    assert _checks(h) == {"outage_answer"}
+
+
+@pytest.mark.real_engine
+@pytest.mark.timeout(180)
+def test_pool_managerd_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
+    """ORCH-6114, ORCH-6115: a remote pool-managerd launches and supervises two real
+    llama-server replicas; pool-managerd killed with SIGKILL and restarted, then a
+    restart storm: every breaker opens, the pool is reported unready, submits are
+    answered 503 + Retry-After, the running tasks end typed, and a reset through
+    orchestratord brings the pool back; nothing lost, every invariant held."""
+    import chaos_run
+
+    seed = 7
+    rc, base = chaos_run.run_profile(chaos_plan.POOL_PM, seed, HERE / "reports" / "work")
+    summary = json.loads(base.with_suffix(".json").read_text())
+    figs = summary["figures"]
+    print(f"\n{base}.md\n{json.dumps(figs['pool_faults'], indent=1)}")
+    assert summary["plan_digest"] == chaos_plan.make_plan(chaos_plan.POOL_PM, seed).digest
+    assert sorted(f["kind"] for f in summary["schedule"]) == sorted(chaos_plan.POOL_FAULT_KINDS)
+    assert figs["lost"] == 0, summary["violations"]
+    assert figs["violations"] == 0, summary["violations"]
+    assert figs["accepted"] >= 20 and figs["completed"] >= 10
+    pf = {f["kind"]: f for f in figs["pool_faults"]}
+    storm = pf["restart_storm"]
+    assert storm["kills"] >= 2 and storm["unready_seen"] and storm["reset_status"] == 200
+    assert storm["answers"].get("503", 0) >= 1  # submits while unready: 503 + Retry-After
+    assert pf["pool_managerd_kill9"]["ready_after_start_s"] is not None
+    assert sum(f["in_flight"] for f in pf.values()) >= 1  # the faults hit running work
     assert rc == 0
 
 
