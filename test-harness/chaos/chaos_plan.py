@@ -324,12 +324,12 @@ STORE = Profile(
 # breaker (2 failures in 60 s), held open, then reset through orchestratord.
 POOL_PM = Profile(
     name="pool",
-    duration_s=26.0,
+    duration_s=22.0,
     rate_per_s=1.0,
     tenants=(Tenant("alpha", weight=3, share=2.0), Tenant("beta", weight=1, share=1.0)),
     faults=(
-        FaultSpec("pool_managerd_kill9", at_s=4.0, duration_s=0.5, burst=2),
-        FaultSpec("restart_storm", at_s=15.0, duration_s=3.0, burst=3),
+        FaultSpec("pool_managerd_kill9", at_s=3.5, duration_s=0.5, burst=2),
+        FaultSpec("restart_storm", at_s=13.0, duration_s=3.0, burst=3),
     ),
     openai_share=0.0,
     pool_managerd=True,

@@ -19,9 +19,11 @@ import gzip
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -289,6 +291,7 @@ class Runner:
         self.orch_restarts = 0
         self.store_server: Any = None  # llama_orch.state_valkey.EmbeddedServer
         self.pm: PoolManagerd | None = None
+        self.store_dir = workdir / "valkey"
         self.admin_key = f"llo_chaos-admin-{'k' * 40}"
         self.keys = {t.name: f"llo_chaos-{t.name}-{'k' * 40}" for t in prof.tenants}
         self.records: dict[int, dict[str, Any]] = {}
@@ -381,7 +384,10 @@ class Runner:
             # directory, on a fixed port so that a restart after kill -9 keeps the URL
             from llama_orch.state_valkey import EmbeddedServer
 
-            self.store_server = EmbeddedServer(self.workdir / "valkey", port=free_port())
+            # its data outside the repository (scratch; the AOF holds the llorch library,
+            # whose ORCH- ids tools/spec_extract.py would count as citations)
+            self.store_dir = Path(tempfile.mkdtemp(prefix="chaos-valkey-"))
+            self.store_server = EmbeddedServer(self.store_dir, port=free_port())
             url = self.store_server.start()
             cfg["state"] = {"backend": "valkey", "url": url, "lease_ms": self.prof.lease_ms}
         self.orch_config = self.workdir / "orchestratord.json"
@@ -440,6 +446,7 @@ class Runner:
             if self.store_server.proc is not None:  # a paused store cannot take SIGTERM
                 _killpg(self.store_server.proc.pid, signal.SIGCONT)
             self.store_server.stop()  # by PID (its process group), even after a restart
+            shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def now(self) -> float:
         return time.time()
