@@ -246,14 +246,15 @@ class MemoryStateStore(StateStore):
 
     # ------------------------------------------------------------ cancel, leases
     async def cancel(self, task_id: str, terminal: Event | None = None) -> CancelOutcome:
+        if terminal is None and task_id in self._tasks:  # tokens_out: the log's, this step
+            log = self._tasks[task_id].log
+            terminal = canceled_terminal(sum(1 for e in log if e.kind == "token"))
         rec = self._tasks[task_id]
         if rec.state == "ended":
             return "ended"
         was = rec.state
         rec.canceled = True
-        if terminal is None:  # its tokens_out: the tokens the log holds, in this same step
-            terminal = canceled_terminal(sum(1 for e in rec.log if e.kind == "token"))
-        self._end(rec, terminal)
+        self._end(rec, terminal or canceled_terminal())
         return "queued" if was == "queued" else "running"
 
     async def requeue(self, task_id: str, epoch: int) -> None:

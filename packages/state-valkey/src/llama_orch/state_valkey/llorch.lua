@@ -367,12 +367,6 @@ end
 -- args: tid terminal_kind terminal_data
 local function f_cancel(keys, args)
   local p = keys[1]
-  local tk = p .. 't:' .. args[1]
-  local state = redis.call('HGET', tk, 'state')
-  if not state then return { 'NOTASK' } end
-  if state == 'ended' then return { 'OK', 'ended' } end
-  redis.call('HSET', tk, 'cancel', 1)
-  local data = args[3]
   if args[4] == 'count' then
     -- the default terminal: its tokens_out is the tokens the log holds, counted in
     -- this same step (no append can come between the count and the end)
@@ -380,11 +374,16 @@ local function f_cancel(keys, args)
     for _, e in ipairs(redis.call('XRANGE', p .. 'log:' .. args[1], '-', '+')) do
       if e[2][2] == 'token' then n = n + 1 end
     end
-    local ev = cjson.decode(data)
+    local ev = cjson.decode(args[3])
     ev.tokens_out = n
-    data = cjson.encode(ev)
+    args[3] = cjson.encode(ev)
   end
-  finish(p, config(p), args[1], args[2], data)
+  local tk = p .. 't:' .. args[1]
+  local state = redis.call('HGET', tk, 'state')
+  if not state then return { 'NOTASK' } end
+  if state == 'ended' then return { 'OK', 'ended' } end
+  redis.call('HSET', tk, 'cancel', 1)
+  finish(p, config(p), args[1], args[2], args[3])
   return { 'OK', state }
 end
 
