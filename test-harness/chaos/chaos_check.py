@@ -114,6 +114,9 @@ def _check_openai(
     n, oa = rec["n"], rec.get("oa") or {}
     out: list[Violation] = []
     replay = rec.get("replay")
+    closed, done, err = oa.get("closed"), oa.get("done"), oa.get("error")
+    if closed is None and done is None and err is None:
+        out.append(Violation("lost", n, "OpenAI API: the stream ended without [DONE] or error"))
     if replay is None or _evicted(history, rec):
         return out
     rseq = _seq(replay)
@@ -121,9 +124,6 @@ def _check_openai(
     term = terminal_of(rec)
     if term is None:
         out.append(Violation("lost", n, "OpenAI API: the task's log has no terminal event"))
-    closed, done, err = oa.get("closed"), oa.get("done"), oa.get("error")
-    if closed is None and done is None and err is None:
-        out.append(Violation("lost", n, "OpenAI API: the stream ended without [DONE] or error"))
     tokens = [d.get("t") for _, ev, d in rseq if ev == "token"]
     texts = [c[1] for c in oa.get("chunks", []) if c[2] is None]
     finals = [c for c in oa.get("chunks", []) if c[2] is not None]
@@ -175,6 +175,18 @@ def outcome(rec: dict[str, Any]) -> str:
         last = subs[-1]
         return f"rejected:{last.get('code') or last.get('status')}"
     term = terminal_of(rec)
+    if term is None and rec.get("api") == "openai" and rec.get("replay_status") == 404:
+        # the task's log was evicted before the replay (event_log_retention_s): its
+        # outcome as the client saw it ([DONE], an error chunk, or its own close)
+        oa = rec.get("oa") or {}
+        if oa.get("error") is not None:
+            err = oa["error"][1] if isinstance(oa["error"], list) else oa["error"]
+            # the OpenAI frontend writes the task API's codes in lower case
+            return f"failed:{str((err or {}).get('code')).upper()}"
+        if oa.get("closed") is not None:
+            return "canceled"
+        if oa.get("done") is not None:
+            return "completed"
     if term is None:
         return "lost"
     ev, data = term

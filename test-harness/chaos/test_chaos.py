@@ -175,6 +175,25 @@ def test_openai_clients_are_checked_against_the_task_log() -> None:
     assert _checks(closed) == {"no_retry_after_cancel"}
 
 
+def test_an_openai_task_whose_log_was_evicted_counts_as_the_client_saw_it() -> None:
+    """The long run after ORCH-6108 counted 249 OpenAI-API tasks as lost: their logs
+    were evicted (event_log_retention_s) before the replay, so no terminal was found.
+    Their outcome is then the client's ([DONE], error chunk, close); a stream that
+    ended with none of these is still lost."""
+    h = _history()
+    r = _openai(h["tasks"][0])
+    r["replay"], r["replay_status"] = [], 404
+    assert chaos_check.outcome(r) == "completed"
+    assert chaos_check.check(h) == [] and chaos_check.figures(h, [])["lost"] == 0
+    r["oa"]["done"], r["oa"]["closed"] = None, 100.3
+    assert chaos_check.outcome(r) == "canceled"
+    r["oa"]["closed"], r["oa"]["error"] = None, [100.4, {"code": "WORKER_RESET"}]
+    assert chaos_check.outcome(r) == "failed:WORKER_RESET"
+    r["oa"]["error"] = None
+    assert chaos_check.outcome(r) == "lost"
+    assert _checks(h) == {"lost"}
+
+
 def test_a_replay_differing_is_caught_unless_the_log_was_evicted() -> None:
     h = _history()
     h["tasks"][0]["replay"] = []
