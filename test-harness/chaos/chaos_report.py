@@ -158,7 +158,7 @@ def markdown(
     ]
     if figs.get("pool_faults"):
         L += [
-            "## pool-managerd faults (ORCH-6114)",
+            "## pool-managerd faults",
             "",
             "| # | kind | outage (s) | submits during | answers | streaming at the fault → "
             "outcome | breakers open after (s), engine kills | pool unready at orchestratord "
@@ -176,7 +176,7 @@ def markdown(
         L += [""]
     if figs.get("store_faults"):
         L += [
-            "## Store and orchestratord faults (ORCH-6112)",
+            "## Store and orchestratord faults",
             "",
             "| # | kind | outage (s) | submits during | answers | outage → first 503 (s) "
             "| longest answer (s) | back → first 202 (s) | streaming at the fault → outcome "
