@@ -21,6 +21,13 @@ TERMINAL = ("end", "error")
 CLEAN_REASONS = ("eos", "stop", "length")
 FAIRNESS_MIN_SAMPLES = 20
 FAIRNESS_BOUND = 0.15  # |observed - expected| dispatch share of backlogged tenants (see fairness)
+# ORCH-6111: a submit sent while the store is down or paused is answered within the
+# store client's socket timeout (10 s) plus a margin: 202, a 4xx, or 503 + Retry-After.
+STORE_FAULTS = ("store_kill9", "store_sigstop")
+# ORCH-6115: the same answers while pool-managerd is down or every breaker is open.
+POOL_FAULTS = ("pool_managerd_kill9", "restart_storm")
+OUTAGE_FAULTS = (*STORE_FAULTS, *POOL_FAULTS)
+STORE_ANSWER_BOUND_S = 12.0
 
 
 @dataclass
@@ -107,6 +114,9 @@ def _check_openai(
     n, oa = rec["n"], rec.get("oa") or {}
     out: list[Violation] = []
     replay = rec.get("replay")
+    closed, done, err = oa.get("closed"), oa.get("done"), oa.get("error")
+    if closed is None and done is None and err is None:
+        out.append(Violation("lost", n, "OpenAI API: the stream ended without [DONE] or error"))
     if replay is None or _evicted(history, rec):
         return out
     rseq = _seq(replay)
@@ -114,9 +124,6 @@ def _check_openai(
     term = terminal_of(rec)
     if term is None:
         out.append(Violation("lost", n, "OpenAI API: the task's log has no terminal event"))
-    closed, done, err = oa.get("closed"), oa.get("done"), oa.get("error")
-    if closed is None and done is None and err is None:
-        out.append(Violation("lost", n, "OpenAI API: the stream ended without [DONE] or error"))
     tokens = [d.get("t") for _, ev, d in rseq if ev == "token"]
     texts = [c[1] for c in oa.get("chunks", []) if c[2] is None]
     finals = [c for c in oa.get("chunks", []) if c[2] is not None]
@@ -154,7 +161,7 @@ def _check_openai(
                         "after the client closed its stream",
                     )
                 )
-    if "daemon_task_ends" in history:
+    if "daemon_task_ends" in history and history.get("daemon_account", True):
         lines = ended_logs.get(rec["task_id"], [])
         if len(lines) != 1:
             out.append(Violation("daemon_log", n, f"{len(lines)} 'task ended' log lines"))
@@ -168,6 +175,18 @@ def outcome(rec: dict[str, Any]) -> str:
         last = subs[-1]
         return f"rejected:{last.get('code') or last.get('status')}"
     term = terminal_of(rec)
+    if term is None and rec.get("api") == "openai" and rec.get("replay_status") == 404:
+        # the task's log was evicted before the replay (event_log_retention_s): its
+        # outcome as the client saw it ([DONE], an error chunk, or its own close)
+        oa = rec.get("oa") or {}
+        if oa.get("error") is not None:
+            err = oa["error"][1] if isinstance(oa["error"], list) else oa["error"]
+            # the OpenAI frontend writes the task API's codes in lower case
+            return f"failed:{str((err or {}).get('code')).upper()}"
+        if oa.get("closed") is not None:
+            return "canceled"
+        if oa.get("done") is not None:
+            return "completed"
     if term is None:
         return "lost"
     ev, data = term
@@ -177,7 +196,7 @@ def outcome(rec: dict[str, Any]) -> str:
 
 
 def _exchanges_of(history: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    xs = [x for x in history.get("exchanges", []) if x.get("arrival") == n]
+    xs = [x for x in history.get("exchanges") or [] if x.get("arrival") == n]
     return sorted(xs, key=lambda x: x["opened"])
 
 
@@ -238,8 +257,17 @@ def check(history: dict[str, Any]) -> list[Violation]:
                             "after the cancel's 204",
                         )
                     )
-        # A cut engine stream is never a clean end.
-        if term is not None and term[0] == "end" and term[1].get("reason") in CLEAN_REASONS:
+        # A failure is typed: an error terminal carries its code (ORCH-6115).
+        if term is not None and term[0] == "error" and not term[1].get("code"):
+            out.append(Violation("typed_error", n, f"error terminal without a code: {term[1]}"))
+        # A cut engine stream is never a clean end (needs the proxies' exchanges).
+        proxied = history.get("exchanges", []) is not None
+        if (
+            proxied
+            and term is not None
+            and term[0] == "end"
+            and term[1].get("reason") in CLEAN_REASONS
+        ):
             xs = _exchanges_of(history, n)
             if not xs:
                 out.append(
@@ -255,7 +283,7 @@ def check(history: dict[str, Any]) -> list[Violation]:
                     )
                 )
         # The daemon's own account: one task-end log line, agreeing with the client.
-        if "daemon_task_ends" in history:
+        if "daemon_task_ends" in history and history.get("daemon_account", True):
             lines = ended_logs.get(rec["task_id"], [])
             if len(lines) != 1:
                 out.append(Violation("daemon_log", n, f"{len(lines)} 'task ended' log lines"))
@@ -275,6 +303,8 @@ def check(history: dict[str, Any]) -> list[Violation]:
             out.append(
                 Violation("slot_leak", None, f"engine {eng}: slots {busy} busy after the run")
             )
+    out += _check_store_outage(history)
+    out += _check_pool_faults(history)
     out += _check_quota(history)
     out += _check_session_turns(history)
     out += _check_metrics(history)
@@ -317,7 +347,7 @@ def _metric_total(lines: list[str], name: str) -> float:
 def _check_metrics(history: dict[str, Any]) -> list[Violation]:
     """orchestratord's own counters agree with what the clients saw."""
     lines = history.get("orch_metrics_tasks")
-    if lines is None:
+    if lines is None or not history.get("daemon_account", True):
         return []
     out: list[Violation] = []
     outcomes = [outcome(r) for r in history["tasks"]]
@@ -329,6 +359,144 @@ def _check_metrics(history: dict[str, Any]) -> list[Violation]:
         got = _metric_total(lines, name)
         if got != want:
             out.append(Violation("daemon_metrics", None, f"{name} = {got:g}, clients saw {want}"))
+    return out
+
+
+def _store_windows(history: dict[str, Any]) -> list[dict[str, Any]]:
+    return [f for f in history.get("faults", []) if f["kind"] in OUTAGE_FAULTS]
+
+
+def _check_pool_faults(history: dict[str, Any]) -> list[Violation]:
+    """ORCH-6115: a restart storm opens every replica's breaker (ORCH-POOL-3015), the
+    pool is then reported unready by orchestratord, and a reset (ORCH-3026) brings it
+    back Ready; a pool-managerd killed with SIGKILL leaves no engine running and its
+    pool is Ready again after the restart."""
+    out: list[Violation] = []
+    for f in history.get("faults", []):
+        if f["kind"] == "restart_storm":
+            if not f.get("breakers_open"):
+                out.append(Violation("restart_storm", None, f"no breaker opened: {f}"))
+            if not f.get("unready_seen"):
+                out.append(Violation("restart_storm", None, "the pool was not reported unready"))
+            if f.get("reset_status") != 200 or f.get("ready_after_reset_s") is None:
+                out.append(
+                    Violation(
+                        "restart_storm",
+                        None,
+                        f"reset answered {f.get('reset_status')}, Ready again after "
+                        f"{f.get('ready_after_reset_s')} s",
+                    )
+                )
+        elif f["kind"] == "pool_managerd_kill9":
+            if f.get("engines_left_running"):
+                out.append(
+                    Violation(
+                        "pool_managerd_kill9",
+                        None,
+                        f"engines outlived their pool-managerd: {f['engines_left_running']}",
+                    )
+                )
+            if f.get("ready_after_start_s") is None:
+                out.append(
+                    Violation("pool_managerd_kill9", None, "the pool never became Ready again")
+                )
+    return out
+
+
+def _check_store_outage(history: dict[str, Any]) -> list[Violation]:
+    """ORCH-6111 (ORCH-2516): a submit sent while the store was down or paused gets an
+    answer, in bounded time, that a client can act on: a 202 (the store answered in
+    time), a 4xx, or 503 with ``Retry-After``; never a 500, a 503 without
+    ``Retry-After``, no answer, or an answer after ``STORE_ANSWER_BOUND_S``."""
+    out: list[Violation] = []
+    for f in _store_windows(history):
+        t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
+        for r in history["tasks"]:
+            for s in r.get("submits", []):
+                if not t0 <= s["t_send"] <= t1:
+                    continue
+                st, took = s.get("status"), s["t_recv"] - s["t_send"]
+                bad = None
+                if st == 503 and s.get("retry_after") is None:
+                    bad = "503 without Retry-After"
+                elif st is None or st == 0 or (st >= 500 and st != 503):
+                    bad = f"answered {st} ({s.get('code')})"
+                elif took > STORE_ANSWER_BOUND_S:
+                    bad = f"answered {st} after {took:.1f} s"
+                if bad:
+                    out.append(
+                        Violation(
+                            "outage_answer",
+                            r["n"],
+                            f"submit during {f['kind']} (fault {f['n']}): {bad}",
+                        )
+                    )
+    return out
+
+
+_POOL_FIGURES = (
+    "open_after_s",
+    "kills",
+    "unready_seen",
+    "unready_after_open_s",
+    "ready_after_reset_s",
+    "reset_status",
+    "engines_left_running",
+)
+
+
+def store_figures(
+    history: dict[str, Any], kinds: tuple[str, ...] = (*STORE_FAULTS, "orchestratord_kill9")
+) -> list[dict[str, Any]]:
+    """Per store or orchestratord fault (ORCH-6112): the submits sent during it and
+    their answers, outage -> first 503, the longest answer, restart -> first 202, and
+    what became of the tasks streaming when it hit."""
+    out: list[dict[str, Any]] = []
+    by_n = {r["n"]: r for r in history["tasks"]}
+    for f in history.get("faults", []):
+        if f["kind"] not in kinds:
+            continue
+        t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
+        subs = [
+            s for r in history["tasks"] for s in r.get("submits", []) if t0 <= s["t_send"] <= t1
+        ]
+        codes: dict[str, int] = {}
+        for s in subs:
+            k = str(s.get("status") or s.get("code", "")[:24])
+            codes[k] = codes.get(k, 0) + 1
+        first503 = min((s["t_recv"] for s in subs if s.get("status") == 503), default=None)
+        after = [
+            s["t_recv"]
+            for r in history["tasks"]
+            for s in r.get("submits", [])
+            if s.get("status") == 202 and s["t_send"] >= t1
+        ]
+        outcomes: dict[str, int] = {}
+        resumed = 0
+        for n in f.get("in_flight", []):
+            r = by_n.get(n)
+            if r is None:
+                continue
+            o = outcome(r)
+            outcomes[o] = outcomes.get(o, 0) + 1
+            resumed += any(e[2] == "metrics" and e[3].get("resumed") for e in r.get("events", []))
+        out.append(
+            {
+                "kind": f["kind"],
+                "n": f["n"],
+                "outage_s": round(t1 - t0, 3),
+                "submits": len(subs),
+                "answers": dict(sorted(codes.items())),
+                "first_503_s": None if first503 is None else round(first503 - t0, 3),
+                "max_answer_s": round(max((s["t_recv"] - s["t_send"] for s in subs), default=0), 3),
+                "first_202_after_s": round(min(after) - t1, 3) if after else None,
+                "in_flight": len(f.get("in_flight", [])),
+                "in_flight_outcomes": dict(sorted(outcomes.items())),
+                "resumed": resumed,
+                "ready_after_start_s": f.get("ready_after_start_s"),
+            }
+            | {k: f[k] for k in _POOL_FIGURES if k in f}
+        )
     return out
 
 
@@ -612,6 +780,8 @@ def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
     for f in history.get("faults", []):
         t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
         rid = f.get("replica_id")
+        if f["kind"] in (*OUTAGE_FAULTS, "orchestratord_kill9"):
+            continue  # no engine target: see store_figures
         item: dict[str, Any] = {"kind": f["kind"], "n": f["n"], "target": f.get("target")}
         if f["kind"] == "overload":
             until = min(
@@ -755,4 +925,6 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
         "recovery": rec,
         "engine_kill_to_worker_reset_s_max": max(kill_reset) if kill_reset else None,
         "fairness": fairness(history),
+        "store_faults": store_figures(history),
+        "pool_faults": store_figures(history, POOL_FAULTS),
     }

@@ -23,15 +23,25 @@ FAULT_KINDS = (
     "net_latency",  # the proxy to one engine delays each chunk by `latency_ms`
     "net_reset",  # the proxy resets every open connection to one engine, once
     "overload",  # `burst` extra submissions within `duration_s`
+    # With the shared state store (a profile with ``store=True``, ORCH-6110):
+    "store_kill9",  # SIGKILL of valkey-server; restarted on its AOF after `duration_s`
+    "store_sigstop",  # SIGSTOP of valkey-server for `duration_s`, then SIGCONT
+    "orchestratord_kill9",  # SIGKILL of orchestratord; the same config restarted after `duration_s`
+    # With a remote pool-managerd serving the pool (``pool_managerd=True``, ORCH-6114):
+    "pool_managerd_kill9",  # SIGKILL of pool-managerd (its engines die with it); restarted
+    "restart_storm",  # engines killed as they come up until every breaker is open; held
+    # open `duration_s`, then a reset through orchestratord (ORCH-3026)
 )
+# Kinds that need a remote pool-managerd in the topology (ORCH-6114).
+POOL_FAULT_KINDS = ("pool_managerd_kill9", "restart_storm")
+# The runner waits at most this long for a task streaming tokens before a store fault.
+STORE_FAULT_WAIT_S = 1.5
+# Kinds that need the shared state store in the topology (ORCH-6110).
+STORE_FAULT_KINDS = ("store_kill9", "store_sigstop", "orchestratord_kill9")
 # Seams: kinds that need a component this runner does not start yet. The plan
 # refuses them so that a profile cannot claim to have injected them (ORCH-6101).
 PENDING_FAULT_KINDS = {
-    "orchestratord_kill9": "needs the shared state store (not built yet)",
-    "orchestratord_pause": "needs the shared state store (not built yet)",
-    "store_restart": "needs the shared state store (not built yet)",
-    "pool_managerd_kill9": "needs a remote pool-managerd pool in the chaos topology",
-    "restart_storm": "needs a supervised (pool-managerd) pool to open its breaker",
+    "orchestratord_pause": "needs a second orchestratord instance to take over (HA harness)",
 }
 APIS = ("tasks", "openai")  # the task API; the OpenAI-compatible /v1/completions
 
@@ -72,6 +82,14 @@ class Profile:
     p_deadline: float = 0.15
     p_session: float = 0.15
     openai_share: float = 0.25  # fraction sent to the OpenAI-compatible API
+    # orchestratord on the Valkey state store, a harness-owned valkey-server with AOF
+    # (ORCH-6110); `lease_ms` is the store's lease (`state.lease_ms`)
+    store: bool = False
+    lease_ms: int = 1500
+    # the pool served by a harness-started remote pool-managerd (`engines` replicas it
+    # launches and supervises) instead of `endpoints:` behind fault proxies (ORCH-6114)
+    pool_managerd: bool = False
+    max_tokens: tuple[int, ...] = (8, 16, 32, 48, 64, 96)
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,7 @@ def _arrival(rng: random.Random, prof: Profile, n: int, at: float, burst: bool) 
     tenants = prof.tenants
     tenant = rng.choices([t.name for t in tenants], weights=[t.share for t in tenants])[0]
     priority = "batch" if burst or rng.random() < prof.p_batch else "interactive"
-    max_tokens = rng.choice((8, 16, 32, 48, 64, 96))
+    max_tokens = rng.choice(prof.max_tokens)
     u = rng.random()
     behaviour: Behaviour = "read"
     if u < prof.p_cancel:
@@ -186,6 +204,12 @@ def make_plan(prof: Profile, seed: int) -> Plan:
             raise ValueError(f"fault {spec.kind}: {PENDING_FAULT_KINDS[spec.kind]}")
         if spec.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {spec.kind}")
+        if spec.kind in STORE_FAULT_KINDS and not prof.store:
+            raise ValueError(f"fault {spec.kind}: needs a profile with the state store")
+        if spec.kind in POOL_FAULT_KINDS and not prof.pool_managerd:
+            raise ValueError(f"fault {spec.kind}: needs a profile with a remote pool-managerd")
+        if prof.pool_managerd and spec.kind not in (*POOL_FAULT_KINDS, "overload"):
+            raise ValueError(f"fault {spec.kind}: the pool-managerd profile has no proxies")
     rng = random.Random(seed)
     plan = Plan(profile=prof.name, seed=seed, duration_s=prof.duration_s)
     faults: list[Fault] = []
@@ -215,6 +239,13 @@ def make_plan(prof: Profile, seed: int) -> Plan:
         if f.kind == "overload":
             for _ in range(f.burst):
                 at = f.at_s + rng.uniform(0.0, f.duration_s)
+                arrivals.append(_arrival(rng, prof, n, at, burst=True))
+                n += 1
+        elif f.kind in (*STORE_FAULT_KINDS, *POOL_FAULT_KINDS):
+            # submits while the store (or orchestratord) is down: spread over the fault,
+            # which the runner injects at most STORE_FAULT_WAIT_S late (ORCH-6111)
+            for k in range(f.burst):
+                at = f.at_s + (k + 0.5) * (f.duration_s + STORE_FAULT_WAIT_S) / f.burst
                 arrivals.append(_arrival(rng, prof, n, at, burst=True))
                 n += 1
     plan.arrivals = sorted(arrivals, key=lambda a: (a.at_s, a.n))
@@ -268,4 +299,41 @@ LONG = Profile(
     faults=_long_faults(1800.0),
 )
 
-PROFILES = {"ci": CI, "long": LONG}
+# orchestratord on the Valkey store (ORCH-6110): the store killed and restarted on its
+# AOF, the store paused, orchestratord killed and restarted with the same config.
+# Short (CI <= 45 s): few arrivals, no OpenAI-API clients (that API has no resume, so a
+# client of a killed orchestratord cannot reconnect), no quota tenant (the daemon's
+# end times, which the quota check needs, do not survive its kill -9).
+STORE = Profile(
+    name="store",
+    duration_s=22.0,
+    rate_per_s=1.0,
+    tenants=(Tenant("alpha", weight=3, share=2.0), Tenant("beta", weight=1, share=1.0)),
+    faults=(
+        FaultSpec("store_kill9", at_s=4.0, duration_s=2.0, burst=3),
+        FaultSpec("store_sigstop", at_s=10.5, duration_s=3.0, burst=3),
+        FaultSpec("orchestratord_kill9", at_s=17.0, duration_s=0.5, burst=2),
+    ),
+    openai_share=0.0,
+    store=True,
+    max_tokens=(8, 16, 32, 48),
+)
+
+# A pool launched and supervised by a remote pool-managerd (ORCH-6114): pool-managerd
+# killed with SIGKILL and restarted, then a restart storm that opens every replica's
+# breaker (2 failures in 60 s), held open, then reset through orchestratord.
+POOL_PM = Profile(
+    name="pool",
+    duration_s=22.0,
+    rate_per_s=1.0,
+    tenants=(Tenant("alpha", weight=3, share=2.0), Tenant("beta", weight=1, share=1.0)),
+    faults=(
+        FaultSpec("pool_managerd_kill9", at_s=3.5, duration_s=0.5, burst=2),
+        FaultSpec("restart_storm", at_s=13.0, duration_s=3.0, burst=3),
+    ),
+    openai_share=0.0,
+    pool_managerd=True,
+    max_tokens=(8, 16, 32, 48),
+)
+
+PROFILES = {"ci": CI, "long": LONG, "store": STORE, "pool": POOL_PM}

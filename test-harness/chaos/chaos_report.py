@@ -155,6 +155,52 @@ def markdown(
         "detect: fault → the last of the target's in-flight tasks ended with an error; "
         "serving again: fault → first `started` on the target after the fault ended.",
         "",
+    ]
+    if figs.get("pool_faults"):
+        L += [
+            "## pool-managerd faults",
+            "",
+            "| # | kind | outage (s) | submits during | answers | streaming at the fault → "
+            "outcome | breakers open after (s), engine kills | pool unready at orchestratord "
+            "| Ready again after restart / reset (s) |",
+            "|---:|---|---:|---:|---|---|---|---|---:|",
+        ]
+        for r in figs["pool_faults"]:
+            again = r.get("ready_after_start_s") or r.get("ready_after_reset_s")
+            L.append(
+                f"| {r['n']} | {r['kind']} | {r['outage_s']} | {r['submits']} | {r['answers']} "
+                f"| {r['in_flight']} → {r['in_flight_outcomes']} | "
+                f"{_fmt(r.get('open_after_s'))}, {_fmt(r.get('kills'))} | "
+                f"{_fmt(r.get('unready_seen'))} | {_fmt(again)} |"
+            )
+        L += [""]
+    if figs.get("store_faults"):
+        L += [
+            "## Store and orchestratord faults",
+            "",
+            "| # | kind | outage (s) | submits during | answers | outage → first 503 (s) "
+            "| longest answer (s) | back → first 202 (s) | streaming at the fault → outcome "
+            "| resumed | orchestratord Ready after start (s) |",
+            "|---:|---|---:|---:|---|---:|---:|---:|---|---:|---:|",
+        ]
+        for r in figs["store_faults"]:
+            L.append(
+                f"| {r['n']} | {r['kind']} | {r['outage_s']} | {r['submits']} | {r['answers']} "
+                f"| {_fmt(r['first_503_s'])} | {r['max_answer_s']} | "
+                f"{_fmt(r['first_202_after_s'])} | {r['in_flight']} → "
+                f"{r['in_flight_outcomes']} | {r['resumed']} | "
+                f"{_fmt(r['ready_after_start_s'])} |"
+            )
+        L += [
+            "",
+            "Submits during a store fault must be answered 202, 4xx or 503 + Retry-After "
+            f"within {chaos_check.STORE_ANSWER_BOUND_S:g} s (`outage_answer`); an "
+            "orchestratord kill -9 refuses connections until the restart (clients submit "
+            "again); streams reconnect with `Last-Event-ID`.",
+            "",
+        ]
+    L += [
+        "",
         f"![timeline]({base.name}.svg)",
         "",
         f"Full history (every event of every task, proxy exchanges, `/slots` samples, daemon "
@@ -167,7 +213,7 @@ def markdown(
         for v in violations[:50]:
             L += [f"### {v.check} — arrival {v.arrival}", "", v.detail, ""]
             if v.arrival is not None and v.arrival in tasks:
-                xs = [x for x in history["exchanges"] if x.get("arrival") == v.arrival]
+                xs = [x for x in history["exchanges"] or [] if x.get("arrival") == v.arrival]
                 doc = {"task": tasks[v.arrival], "engine_exchanges": xs}
                 L += ["```json", json.dumps(doc, indent=1)[:20000], "```", ""]
     return "\n".join(L)

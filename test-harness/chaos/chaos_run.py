@@ -19,9 +19,11 @@ import gzip
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -64,6 +66,20 @@ def log(msg: str) -> None:
 def _killpg(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(errors="replace").rsplit(")", 1)[-1].split()
+    except OSError:
+        return False
+    return bool(state) and state[0] != "Z"
 
 
 def _prompt_len(slot: dict[str, Any]) -> int | None:
@@ -162,6 +178,105 @@ class Engine:
                 self.proc.wait()
 
 
+class PoolManagerd:
+    """A remote ``pool-managerd`` daemon serving the pool (ORCH-6114): its own process
+    group; restartable with the same config (the same port) after a kill -9. Its
+    engines have their own groups (ORCH-POOL-3010): every PID it ever reported is
+    recorded and swept at the end."""
+
+    def __init__(self, workdir: Path, binary: Path, slots: int, replicas: int) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token_file = workdir / "pm-token"
+        self.token_file.write_text(f"chaos-{uuid.uuid4().hex}\n")
+        self.token = self.token_file.read_text().strip()
+        self.config = workdir / "pool-managerd.json"
+        pool = {
+            "id": POOL,
+            "engine": "llamacpp-http",
+            "model": SMOLLM2,
+            "engine_binary": str(binary),
+            "replicas": replicas,
+            "slots": slots,
+            "ctx": 512,
+            "threads": 1,
+            "engine_flags": list(ENGINE_FLAGS),
+            # a storm opens the breaker after 2 failures; restarts come back fast
+            "restart_backoff_initial_s": 0.2,
+            "restart_backoff_max_s": 1.0,
+            "breaker_failures": 2,
+            "breaker_window_s": 60.0,
+            "health_probe_interval_s": 0.5,
+            "health_probe_timeout_s": 2.0,
+            "health_probe_failures": 3,
+        }
+        doc = {
+            "allow_cpu_inference": True,
+            "pool_managerd": {"host": "127.0.0.1", "port": self.port,
+                              "token_file": str(self.token_file)},
+            "pools": [pool],
+        }  # fmt: skip
+        self.config.write_text(json.dumps(doc, indent=1))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.engine_pids: set[int] = set()
+        self.samples: list[dict[str, Any]] = []  # replica states over time
+
+    def start(self) -> None:
+        exe = Path(sys.executable).parent / "pool-managerd"
+        with (self.workdir / "pool-managerd.log").open("ab") as logf:
+            self.proc = subprocess.Popen(
+                [str(exe), "--config", str(self.config)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+    async def replicas(self, http: aiohttp.ClientSession) -> list[dict[str, Any]] | None:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            async with http.get(
+                self.url + "/v1/replicas",
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=aiohttp.ClientTimeout(3),
+            ) as r:
+                if r.status == 200:
+                    reps: list[dict[str, Any]] = (await r.json())["replicas"]
+                    for x in reps:
+                        if x.get("pid"):
+                            self.engine_pids.add(int(x["pid"]))
+                    return reps
+        return None
+
+    async def monitor(self, http: aiohttp.ClientSession, stopping: asyncio.Event) -> None:
+        last: Any = None
+        while not stopping.is_set():
+            reps = await self.replicas(http)
+            if reps is not None:
+                view = [
+                    {k: x.get(k) for k in ("replica_id", "status", "pid", "circuit_open",
+                                           "restarts", "last_error")}
+                    for x in reps
+                ]  # fmt: skip
+                if view != last:
+                    self.samples.append({"t": time.time(), "replicas": view})
+                    last = view
+            await asyncio.sleep(0.1)  # a remote daemon: poll its registry, bounded
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _killpg(self.proc.pid, signal.SIGCONT)
+            _killpg(self.proc.pid, signal.SIGTERM)  # it stops its engines itself
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                _killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for pid in self.engine_pids:  # engines have their own groups
+            _killpg(pid, signal.SIGKILL)
+
+
 class Runner:
     def __init__(self, prof: chaos_plan.Profile, seed: int, outdir: Path, workdir: Path) -> None:
         self.prof, self.seed = prof, seed
@@ -171,6 +286,13 @@ class Runner:
         self.proxies: list[FaultProxy] = []
         self.orch: subprocess.Popen[bytes] | None = None
         self.orch_url = ""
+        self.orch_config = workdir / "orchestratord.json"
+        self.orch_log = workdir / "orchestratord.log"
+        self.orch_restarts = 0
+        self.store_server: Any = None  # llama_orch.state_valkey.EmbeddedServer
+        self.pm: PoolManagerd | None = None
+        self.store_dir = workdir / "valkey"
+        self.admin_key = f"llo_chaos-admin-{'k' * 40}"
         self.keys = {t.name: f"llo_chaos-{t.name}-{'k' * 40}" for t in prof.tenants}
         self.records: dict[int, dict[str, Any]] = {}
         self.faults_done: list[dict[str, Any]] = []
@@ -185,14 +307,18 @@ class Runner:
     async def start(self, http: aiohttp.ClientSession) -> None:
         binary = provision_llama_server(progress=log)
         model_path, digest = provision_model(SMOLLM2, progress=log)
-        for i in range(self.prof.engines):
-            e = Engine(i, binary.path, model_path, self.prof.slots, self.workdir)
-            self.engines.append(e)
-        await asyncio.gather(*(e.start(http) for e in self.engines))
-        for e in self.engines:
-            p = FaultProxy(e.index, e.port)
-            await p.start()
-            self.proxies.append(p)
+        if self.prof.pool_managerd:
+            self.pm = PoolManagerd(self.workdir, binary.path, self.prof.slots, self.prof.engines)
+            self.pm.start()
+        else:
+            for i in range(self.prof.engines):
+                e = Engine(i, binary.path, model_path, self.prof.slots, self.workdir)
+                self.engines.append(e)
+            await asyncio.gather(*(e.start(http) for e in self.engines))
+            for e in self.engines:
+                p = FaultProxy(e.index, e.port)
+                await p.start()
+                self.proxies.append(p)
         from llama_orch.orchestratord.auth import hash_key
 
         port = free_port()
@@ -205,7 +331,8 @@ class Runner:
                 "keys": [
                     {"id": f"key-{t}", "role": "tenant", "tenant": t, "hash": hash_key(k)}
                     for t, k in self.keys.items()
-                ],
+                ]
+                + [{"id": "key-admin", "role": "admin", "hash": hash_key(self.admin_key)}],
             },
             "admission": {"queue_capacity": self.prof.queue_capacity},
             "scheduling": {
@@ -235,20 +362,54 @@ class Runner:
                 }
             ],
         }
-        path = self.workdir / "orchestratord.json"
-        path.write_text(json.dumps(cfg, indent=1))
-        exe = Path(sys.executable).parent / "orchestratord"
+        if self.pm is not None:
+            # ORCH-6114: the pool is the remote pool-managerd's (no endpoints, no proxies)
+            pool = cfg["pools"][0]
+            for k in ("endpoints", "model_digest"):
+                pool.pop(k)
+            pool |= {"replicas": self.prof.engines, "slots": self.prof.slots, "ctx": 512}
+            cfg["pool_managers"] = [
+                {
+                    "name": "pm",
+                    "url": self.pm.url,
+                    "token_file": str(self.pm.token_file),
+                    "pools": [POOL],
+                    "lease_ttl_s": 1.5,
+                }
+            ]
+            # queued tasks of a pool with no Ready replica end POOL_UNREADY after this
+            cfg["scheduling"]["waiting"] = {"unready_timeout_s": 6.0}
+        if self.prof.store:
+            # ORCH-6110: a harness-owned valkey-server with its AOF under the run's
+            # directory, on a fixed port so that a restart after kill -9 keeps the URL
+            from llama_orch.state_valkey import EmbeddedServer
+
+            # its data outside the repository (scratch; the AOF holds the llorch library,
+            # whose ORCH- ids tools/spec_extract.py would count as citations)
+            self.store_dir = Path(tempfile.mkdtemp(prefix="chaos-valkey-"))
+            self.store_server = EmbeddedServer(self.store_dir, port=free_port())
+            url = self.store_server.start()
+            cfg["state"] = {"backend": "valkey", "url": url, "lease_ms": self.prof.lease_ms}
+        self.orch_config = self.workdir / "orchestratord.json"
+        self.orch_config.write_text(json.dumps(cfg, indent=1))
         self.orch_log = self.workdir / "orchestratord.log"
-        with self.orch_log.open("wb") as logf:
+        self.orch_url = f"http://127.0.0.1:{port}"
+        await self.start_orch(http)
+
+    async def start_orch(self, http: aiohttp.ClientSession) -> float:
+        """Start orchestratord (again, after a kill: the same config, the log appended);
+        the seconds until its pool had every replica Ready."""
+        t0 = time.monotonic()
+        exe = Path(sys.executable).parent / "orchestratord"
+        with self.orch_log.open("ab") as logf:
             self.orch = subprocess.Popen(
-                [str(exe), "--config", str(path)],
+                [str(exe), "--config", str(self.orch_config)],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
-        self.orch_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.orch.poll() is not None:
@@ -260,10 +421,12 @@ class Runner:
                 async with http.get(self.orch_url + f"/v1/pools/{POOL}/health") as r:
                     body = await r.json()
                     ready = [x for x in body.get("replicas", []) if x.get("status") == "ready"]
-                    if len(ready) == len(self.engines):
-                        return
-            await asyncio.sleep(0.2)
-        raise RuntimeError("orchestratord pool not ready in 120 s")
+                    if len(ready) == self.prof.engines:
+                        return time.monotonic() - t0
+            await asyncio.sleep(0.1)  # a child process has no event to await: poll, bounded
+        pm_log = self.workdir / "pool-managerd.log"
+        tail = pm_log.read_text(errors="replace")[-2000:] if pm_log.is_file() else ""
+        raise RuntimeError(f"orchestratord pool not ready in 120 s\n{tail}")
 
     async def stop(self) -> None:
         if self.orch is not None and self.orch.poll() is None:
@@ -277,6 +440,13 @@ class Runner:
             await p.close()
         for e in self.engines:
             e.stop()
+        if self.pm is not None:
+            self.pm.stop()
+        if self.store_server is not None:
+            if self.store_server.proc is not None:  # a paused store cannot take SIGTERM
+                _killpg(self.store_server.proc.pid, signal.SIGCONT)
+            self.store_server.stop()  # by PID (its process group), even after a restart
+            shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def now(self) -> float:
         return time.time()
@@ -318,6 +488,12 @@ class Runner:
 
     async def inject(self, http: aiohttp.ClientSession, f: chaos_plan.Fault) -> None:
         await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.monotonic()))
+        if f.kind in chaos_plan.STORE_FAULT_KINDS:
+            await self.inject_store(http, f)
+            return
+        if f.kind in chaos_plan.POOL_FAULT_KINDS:
+            await self.inject_pool(http, f)
+            return
         e, p = self.engines[f.target], self.proxies[f.target]
         rec: dict[str, Any] = {
             "n": f.n,
@@ -366,6 +542,154 @@ class Runner:
         elif f.kind == "overload":
             rec["t_end"] = rec["t_start"] + f.duration_s
             rec["burst"] = f.burst
+        self.faults_done.append(rec)
+
+    async def inject_store(self, http: aiohttp.ClientSession, f: chaos_plan.Fault) -> None:
+        """ORCH-6110: the store killed (restarted on its AOF, same port), the store
+        paused, orchestratord killed and restarted with the same config. Waits (at most
+        ``STORE_FAULT_WAIT_S``) for a task streaming tokens, so the fault hits running work."""
+        for _ in range(int(chaos_plan.STORE_FAULT_WAIT_S / 0.05)):
+            if any(v[1] > 0 for v in self.live.values()):
+                break
+            await asyncio.sleep(0.05)
+        rec: dict[str, Any] = {
+            "n": f.n,
+            "kind": f.kind,
+            "target": None,
+            "replica_id": None,
+            "planned_at_s": f.at_s,
+            "in_flight": sorted(self.live),
+        }
+        rec["t_start"] = self.now()
+        rec["at_s"] = round(time.monotonic() - self.t0, 3)
+        log(f"fault {f.n}: {f.kind} at {rec['at_s']}s ({len(self.live)} tasks streaming)")
+        srv = self.store_server
+        if f.kind == "store_kill9":
+            assert srv is not None and srv.proc is not None
+            _killpg(srv.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(srv.proc.wait)
+            if srv.proc.stderr is not None:  # the dead server's pipe
+                srv.proc.stderr.close()
+            await asyncio.sleep(f.duration_s)
+            from llama_orch.state_valkey import EmbeddedServer
+
+            self.store_server = EmbeddedServer(srv.data_dir, port=srv.port)
+            await asyncio.to_thread(self.store_server.start)  # replays the AOF
+            rec["t_end"] = self.now()
+        elif f.kind == "store_sigstop":
+            assert srv is not None and srv.proc is not None
+            _killpg(srv.proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(f.duration_s)
+            _killpg(srv.proc.pid, signal.SIGCONT)
+            rec["t_end"] = self.now()
+        elif f.kind == "orchestratord_kill9":
+            assert self.orch is not None
+            _killpg(self.orch.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.orch.wait)
+            rec["t_killed"] = self.now()
+            await asyncio.sleep(f.duration_s)
+            self.orch_restarts += 1
+            rec["ready_after_start_s"] = round(await self.start_orch(http), 3)
+            rec["t_end"] = self.now()
+        self.faults_done.append(rec)
+
+    async def engine_urls(self, http: aiohttp.ClientSession) -> list[tuple[str, str]]:
+        """(name, base URL) of every engine now: ours, or the pool-managerd's."""
+        if self.pm is None:
+            return [(str(e.index), e.url) for e in self.engines]
+        reps = await self.pm.replicas(http) or []
+        return [(x["replica_id"], x["base_url"]) for x in reps if x.get("base_url")]
+
+    async def pool_health(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            async with http.get(
+                self.orch_url + f"/v1/pools/{POOL}/health", timeout=aiohttp.ClientTimeout(5)
+            ) as r:
+                body: dict[str, Any] = await r.json()
+                return body
+        return None
+
+    async def _until_ready(self, http: aiohttp.ClientSession, timeout: float) -> float | None:
+        """Seconds until orchestratord reports every replica of the pool Ready."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            body = await self.pool_health(http) or {}
+            ready = [x for x in body.get("replicas", []) if x.get("status") == "ready"]
+            if len(ready) == self.prof.engines:
+                return round(time.monotonic() - t0, 3)
+            await asyncio.sleep(0.1)  # a state of two daemons: poll, bounded
+        return None
+
+    async def inject_pool(self, http: aiohttp.ClientSession, f: chaos_plan.Fault) -> None:
+        """ORCH-6114: pool-managerd killed with SIGKILL (its engines die with it) and
+        restarted with the same config; a restart storm: every engine killed as it comes
+        up until every replica's breaker is open, which must leave the pool unready at
+        orchestratord; held open ``duration_s``, then reset through orchestratord's
+        ``POST /v1/pools/{id}/reset`` (ORCH-3026), and the time until it serves again."""
+        pm = self.pm
+        assert pm is not None and pm.proc is not None
+        for _ in range(int(chaos_plan.STORE_FAULT_WAIT_S / 0.05)):
+            if any(v[1] > 0 for v in self.live.values()):
+                break
+            await asyncio.sleep(0.05)
+        rec: dict[str, Any] = {
+            "n": f.n,
+            "kind": f.kind,
+            "target": None,
+            "replica_id": None,
+            "planned_at_s": f.at_s,
+            "in_flight": sorted(self.live),
+        }
+        rec["t_start"] = self.now()
+        rec["at_s"] = round(time.monotonic() - self.t0, 3)
+        log(f"fault {f.n}: {f.kind} at {rec['at_s']}s ({len(self.live)} tasks streaming)")
+        if f.kind == "pool_managerd_kill9":
+            engines = {p for p in pm.engine_pids if _pid_alive(p)}
+            os.kill(pm.proc.pid, signal.SIGKILL)  # the daemon only: engines die with it
+            await asyncio.to_thread(pm.proc.wait)
+            await asyncio.sleep(f.duration_s)
+            rec["engines_left_running"] = sorted(p for p in engines if _pid_alive(p))
+            pm.start()
+            rec["ready_after_start_s"] = await self._until_ready(http, 90)
+            rec["t_end"] = self.now()
+        elif f.kind == "restart_storm":
+            kills, t0 = 0, time.monotonic()
+            opened: list[str] = []
+            while time.monotonic() - t0 < 60:
+                reps = await pm.replicas(http) or []
+                if reps and all(x.get("circuit_open") for x in reps):
+                    opened = [x["replica_id"] for x in reps]
+                    break
+                for x in reps:
+                    if x.get("pid") and not x.get("circuit_open") and _pid_alive(x["pid"]):
+                        _killpg(int(x["pid"]), signal.SIGKILL)  # the engine "crashes"
+                        kills += 1
+                await asyncio.sleep(0.1)
+            rec["t_open"] = self.now()
+            rec["kills"], rec["breakers_open"] = kills, opened
+            rec["open_after_s"] = round(time.monotonic() - t0, 3)
+            # the pool must be reported unready (not ready, no Ready replica)
+            unready = None
+            for _ in range(50):
+                body = await self.pool_health(http)
+                if body is not None and not body.get("ready"):
+                    unready = self.now()
+                    break
+                await asyncio.sleep(0.1)
+            rec["unready_seen"] = unready is not None
+            rec["unready_after_open_s"] = (
+                None if unready is None else round(unready - rec["t_open"], 3)
+            )
+            await asyncio.sleep(f.duration_s)
+            rec["t_end"] = self.now()  # the reset: the end of the outage
+            async with http.post(
+                self.orch_url + f"/v1/pools/{POOL}/reset",
+                headers={"Authorization": f"Bearer {self.admin_key}"},
+                timeout=aiohttp.ClientTimeout(30),
+            ) as r:
+                rec["reset_status"] = r.status
+                rec["reset_answer"] = await r.json(content_type=None)
+            rec["ready_after_reset_s"] = await self._until_ready(http, 90)
         self.faults_done.append(rec)
 
     # ----------------------------------------------------------------- clients
@@ -423,6 +747,7 @@ class Runner:
             )
         first_ra: float | None = None
         t_first = 0.0
+        t_send0 = self.now()
         while True:
             t_send = self.now()
             try:
@@ -446,6 +771,12 @@ class Runner:
                         "retry_after": None,
                     }
                 )
+                # orchestratord down (killed, restarting): nothing was sent, so a client
+                # may submit again; any other failure might have been admitted: stop
+                refused = isinstance(exc, aiohttp.ClientConnectorError)
+                if refused and self.now() - t_send0 < 20 and not self.stopping.is_set():
+                    await asyncio.sleep(0.5)
+                    continue
                 return
             t_recv = self.now()
             sub = {
@@ -475,9 +806,16 @@ class Runner:
             canceller = asyncio.create_task(self._cancel(http, tid, a.cancel_after_s, rec, headers))
         last: int | None = None
         limit = a.disconnect_after if a.behaviour == "disconnect" else None
-        for _attempt in range(6):
+        attempt = 0
+        while True:
             done, last = await self._stream(http, tid, headers, rec, last, limit)
+            attempt += 1
             if done:
+                break
+            # Reconnect with Last-Event-ID until the terminal: at least 6 times, and for
+            # as long as an event came in the last 45 s (orchestratord or its store may
+            # be restarting: ORCH-6110)
+            if attempt >= 6 and self.now() - self._last_event_t(rec) > 45:
                 break
             if limit is not None:
                 limit = None
@@ -615,17 +953,27 @@ class Runner:
         headers: dict[str, str],
     ) -> None:
         await asyncio.sleep(after)
-        t_send = self.now()
-        status = 0
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with http.post(
-                self.orch_url + f"/v1/tasks/{tid}/cancel",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(30),
-            ) as r:
-                status = r.status
-                await r.read()
-        rec["cancel"] = {"t_send": t_send, "t_recv": self.now(), "status": status}
+        t0 = self.now()
+        while True:
+            t_send = self.now()
+            status = 0
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.post(
+                    self.orch_url + f"/v1/tasks/{tid}/cancel",
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(30),
+                ) as r:
+                    status = r.status
+                    await r.read()
+            rec["cancel"] = {"t_send": t_send, "t_recv": self.now(), "status": status}
+            # orchestratord or its store down (503, or no answer): cancel again, 10 s at most
+            if status not in (0, 503) or self.now() - t0 > 10 or self.stopping.is_set():
+                return
+            await asyncio.sleep(0.5)
+
+    def _last_event_t(self, rec: dict[str, Any]) -> float:
+        ev = rec["events"]
+        return float(ev[-1][0]) if ev else float(rec["t_accepted"])
 
     async def _stream(
         self,
@@ -710,6 +1058,8 @@ class Runner:
                     f"{len(self.plan.faults)} faults over {self.prof.duration_s:.0f}s"
                 )
                 monitors = [asyncio.create_task(self.monitor_slots(http, e)) for e in self.engines]
+                if self.pm is not None:
+                    monitors.append(asyncio.create_task(self.pm.monitor(http, self.stopping)))
                 self.t0 = time.monotonic()
                 t_load0 = self.now()
                 clients = [asyncio.create_task(self.client(http, a)) for a in self.plan.arrivals]
@@ -734,12 +1084,12 @@ class Runner:
                 slots_after: dict[str, Any] = {}
                 for _ in range(150):
                     slots_after = {}
-                    for e in self.engines:
+                    for name, url in await self.engine_urls(http):
                         try:
-                            async with http.get(e.url + "/slots") as r:
-                                slots_after[str(e.index)] = await r.json()
+                            async with http.get(url + "/slots") as r:
+                                slots_after[name] = await r.json()
                         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                            slots_after[str(e.index)] = [{"id": -1, "error": repr(exc)[:200]}]
+                            slots_after[name] = [{"id": -1, "error": repr(exc)[:200]}]
                     if not any(
                         s.get("is_processing") or "error" in s
                         for v in slots_after.values()
@@ -782,7 +1132,12 @@ class Runner:
             "event_log_retention_s": 600.0,
             "quotas": {t.name: t.max_concurrent for t in self.prof.tenants if t.max_concurrent},
             "tasks": [self.records[k] for k in sorted(self.records)],
-            "exchanges": [vars(x) for p in self.proxies for x in p.exchanges],
+            # no proxies in front of pool-managerd's engines: no exchanges recorded, and
+            # the checks that need them are not run (ORCH-6114)
+            "exchanges": None
+            if self.pm is not None
+            else [vars(x) for p in self.proxies for x in p.exchanges],
+            "pool_managerd_samples": None if self.pm is None else self.pm.samples,
             "slot_samples": self.slot_samples,
             "slots_after_run": {
                 k: [
@@ -796,6 +1151,13 @@ class Runner:
                 for k, v in slots_after.items()
             },
             "daemon_task_ends": ends,
+            # With the store, the daemon's own account (one task-end line per task, its
+            # counters) is not the task's: a kill -9 loses the log line and the counters,
+            # and a run this instance stopped (store unreachable for a lease) is continued
+            # from the store's log. The store's log is checked instead (ORCH-6111).
+            "daemon_account": not self.prof.store,
+            "store": self.prof.store,
+            "orchestratord_restarts": self.orch_restarts,
             "faults": self.faults_done,
             "engine_token_counters_end": counters,
             "orch_metrics_tasks": [

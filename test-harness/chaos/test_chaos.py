@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -174,6 +175,25 @@ def test_openai_clients_are_checked_against_the_task_log() -> None:
     assert _checks(closed) == {"no_retry_after_cancel"}
 
 
+def test_an_openai_task_whose_log_was_evicted_counts_as_the_client_saw_it() -> None:
+    """The long run after ORCH-6108 counted 249 OpenAI-API tasks as lost: their logs
+    were evicted (event_log_retention_s) before the replay, so no terminal was found.
+    Their outcome is then the client's ([DONE], error chunk, close); a stream that
+    ended with none of these is still lost."""
+    h = _history()
+    r = _openai(h["tasks"][0])
+    r["replay"], r["replay_status"] = [], 404
+    assert chaos_check.outcome(r) == "completed"
+    assert chaos_check.check(h) == [] and chaos_check.figures(h, [])["lost"] == 0
+    r["oa"]["done"], r["oa"]["closed"] = None, 100.3
+    assert chaos_check.outcome(r) == "canceled"
+    r["oa"]["closed"], r["oa"]["error"] = None, [100.4, {"code": "WORKER_RESET"}]
+    assert chaos_check.outcome(r) == "failed:WORKER_RESET"
+    r["oa"]["error"] = None
+    assert chaos_check.outcome(r) == "lost"
+    assert _checks(h) == {"lost"}
+
+
 def test_a_replay_differing_is_caught_unless_the_log_was_evicted() -> None:
     h = _history()
     h["tasks"][0]["replay"] = []
@@ -249,15 +269,157 @@ def test_the_same_seed_gives_the_same_load_and_fault_schedule() -> None:
 
 
 def test_pending_fault_kinds_are_refused_not_faked() -> None:
-    prof = chaos_plan.Profile(
-        name="x",
-        duration_s=10,
-        rate_per_s=1,
-        tenants=chaos_plan.TENANTS,
-        faults=(chaos_plan.FaultSpec("orchestratord_kill9", at_s=1.0),),
-    )
-    with pytest.raises(ValueError, match="state store"):
-        chaos_plan.make_plan(prof, 1)
+    def prof(kind: str, *, store: bool = False) -> chaos_plan.Profile:
+        return chaos_plan.Profile(
+            name="x",
+            duration_s=10,
+            rate_per_s=1,
+            tenants=chaos_plan.TENANTS,
+            faults=(chaos_plan.FaultSpec(kind, at_s=1.0),),
+            store=store,
+        )
+
+    with pytest.raises(ValueError, match="second orchestratord"):
+        chaos_plan.make_plan(prof("orchestratord_pause", store=True), 1)
+    for kind in chaos_plan.STORE_FAULT_KINDS:  # ORCH-6110: only with the store started
+        with pytest.raises(ValueError, match="state store"):
+            chaos_plan.make_plan(prof(kind), 1)
+        assert chaos_plan.make_plan(prof(kind, store=True), 1).faults[0].kind == kind
+    for kind in chaos_plan.POOL_FAULT_KINDS:  # ORCH-6114: only with a pool-managerd
+        with pytest.raises(ValueError, match="remote pool-managerd"):
+            chaos_plan.make_plan(prof(kind), 1)
+    with pytest.raises(ValueError, match="no proxies"):  # its engines are not proxied
+        chaos_plan.make_plan(dataclasses.replace(prof("net_blackhole"), pool_managerd=True), 1)
+    plan = chaos_plan.make_plan(chaos_plan.POOL_PM, 7)
+    assert {f.kind for f in plan.faults} == set(chaos_plan.POOL_FAULT_KINDS)
+    for f in plan.faults:  # submits land inside each fault (ORCH-6115)
+        end = f.at_s + f.duration_s + chaos_plan.STORE_FAULT_WAIT_S
+        assert sum(1 for a in plan.arrivals if f.at_s <= a.at_s <= end) >= 2, f
+
+
+def test_the_store_profile_submits_during_every_store_fault() -> None:
+    """ORCH-6110, ORCH-6111: the plan puts arrivals inside each store or orchestratord
+    fault's window (so the outage rule is exercised), sends no OpenAI-API client (no
+    resume there) and stays short (a CI test of at most 45 s)."""
+    plan = chaos_plan.make_plan(chaos_plan.STORE, 7)
+    assert plan.digest == chaos_plan.make_plan(chaos_plan.STORE, 7).digest
+    assert {f.kind for f in plan.faults} == set(chaos_plan.STORE_FAULT_KINDS)
+    for f in plan.faults:
+        end = f.at_s + f.duration_s + chaos_plan.STORE_FAULT_WAIT_S
+        assert sum(1 for a in plan.arrivals if f.at_s <= a.at_s <= end) >= 2, f
+    assert {a.api for a in plan.arrivals} == {"tasks"}
+    assert plan.duration_s <= 25 and len(plan.arrivals) <= 45
+
+
+# --------------------------------------------------------------------------- store faults
+
+
+def _store_history() -> dict[str, Any]:
+    """A clean history of a store run: task 0 streamed across an orchestratord kill -9
+    (its client reconnected with Last-Event-ID, the restarted instance continued it
+    with ``metrics {resumed: true}``); task 9 was submitted during a store outage."""
+    h = _history()
+    h["daemon_account"], h["store"], h["orchestratord_restarts"] = False, True, 1
+    h["quotas"] = {}
+    r = h["tasks"][0]
+    ev = r["events"]
+    ev.insert(3, [100.25, 3, "metrics", {"resumed": True}])
+    for k, e in enumerate(ev):
+        e[1] = k
+    ev[-1][3]["tokens_out"] = 3
+    r["replay"] = [e[1:] for e in ev]
+    r["connections"] = [
+        {"t_open": 100.02, "last_event_id": None, "n": 3, "error": "cut"},
+        {"t_open": 100.24, "last_event_id": 2, "n": 3, "error": None},
+    ]
+    h["exchanges"][0]["final"] = False  # the killed instance's engine request was cut
+    h["exchanges"].append({"arrival": 0, "engine": 0, "opened": 100.24, "final": True})
+    late = _task(9, 2, t=101.2)
+    late["submits"] = [
+        {"t_send": 101.05, "t_recv": 101.06, "status": 503, "retry_after": 1.0},
+        {"t_send": 101.2, "t_recv": 101.21, "status": 202, "retry_after": None},
+    ]
+    h["tasks"].append(late)
+    h["exchanges"].append({"arrival": 9, "engine": 0, "opened": 101.3, "final": True})
+    h["faults"] = [
+        {"n": 0, "kind": "store_kill9", "t_start": 101.02, "t_end": 101.1, "in_flight": [2]},
+        {"n": 1, "kind": "orchestratord_kill9", "t_start": 100.2, "t_end": 100.23,
+         "in_flight": [0], "ready_after_start_s": 0.7},
+    ]  # fmt: skip
+    # the daemon's account does not survive its kill -9: not checked with the store
+    h["daemon_task_ends"] = h["daemon_task_ends"][1:]
+    h["orch_metrics_tasks"] = ['tasks_enqueued_total{pool_id="chaos"} 1.0']
+    return h
+
+
+def test_a_clean_store_history_has_no_violation_and_its_figures() -> None:
+    """ORCH-6111, ORCH-6112: the store rules start from this clean history."""
+    h = _store_history()
+    assert chaos_check.check(h) == []
+    figs = chaos_check.figures(h, [])
+    assert figs["lost"] == 0
+    sf = {f["kind"]: f for f in figs["store_faults"]}
+    assert sf["store_kill9"]["answers"] == {"503": 1}
+    assert sf["store_kill9"]["first_503_s"] == pytest.approx(0.04)
+    assert sf["store_kill9"]["first_202_after_s"] == pytest.approx(0.11)
+    assert sf["orchestratord_kill9"]["resumed"] == 1
+    assert sf["orchestratord_kill9"]["in_flight_outcomes"] == {"completed": 1}
+    # without the store, the same daemon account is a violation (the rule is only off)
+    h["daemon_account"] = True
+    assert _checks(h) == {"daemon_log", "daemon_metrics"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ({"status": 500, "code": "INTERNAL"}, "a 500"),
+        ({"status": 503, "retry_after": None}, "a 503 without Retry-After"),
+        ({"status": 0, "code": "TimeoutError()"}, "no answer"),
+        ({"status": 202, "t_recv": 101.05 + chaos_check.STORE_ANSWER_BOUND_S + 1}, "a hang"),
+    ],
+)
+def test_planted_bad_answer_during_a_store_outage_is_caught(
+    answer: dict[str, Any], why: str
+) -> None:
+    """ORCH-6111: a submit during a store outage answers 503 + Retry-After (or 202/4xx)
+    in bounded time."""
+    h = _store_history()
+    h["tasks"][-1]["submits"][0] |= answer
+    assert _checks(h) == {"outage_answer"}, why
+
+
+def test_planted_task_lost_across_an_orchestratord_restart_is_caught() -> None:
+    """ORCH-6111: a 202-accepted task must end once across the restart: a stream that
+    never came back (no terminal after the reconnect) is lost, and a second terminal
+    (the killed instance's local end plus the takeover's) is caught."""
+    h = _store_history()
+    r = h["tasks"][0]
+    r["events"] = r["events"][:3]  # the reconnect after the kill got nothing more
+    r["replay"] = [e[1:] for e in r["events"]]
+    violations = chaos_check.check(h)
+    assert {v.check for v in violations} == {"lost"}
+    assert chaos_check.figures(h, violations)["lost"] == 1
+    h = _store_history()
+    ev = h["tasks"][0]["events"]
+    ev.insert(3, [100.21, 3, "error", {"code": "WORKER_RESET"}])
+    for k, e in enumerate(ev):
+        e[1] = k
+    h["tasks"][0]["replay"] = [e[1:] for e in ev]
+    assert {"one_terminal", "terminal_last"} <= _checks(h)
+
+
+def test_planted_token_repeat_after_a_takeover_is_caught() -> None:
+    """ORCH-6111: the continued run's token indices go on from the next one: a
+    takeover that streams the last logged token again is caught."""
+    h = _store_history()
+    ev = h["tasks"][0]["events"]
+    at = next(k for k, e in enumerate(ev) if e[2] == "metrics")
+    ev.insert(at + 1, [100.26, 0, "token", {"t": "x", "i": 1}])
+    for k, e in enumerate(ev):
+        e[1] = k
+    ev[-1][3]["tokens_out"] = 4
+    h["tasks"][0]["replay"] = [e[1:] for e in ev]
+    assert _checks(h) == {"token_indices"}
 
 
 # --------------------------------------------------------------------------- proxy
@@ -367,6 +529,142 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
     assert figs["engine_kill_to_worker_reset_s_max"] <= 2.0
     assert figs["retry_after_error_s"]["n"] >= 3
     assert figs["retry_after_error_s"]["p50"] <= 1.0
+    assert rc == 0
+
+
+def _pool_history() -> dict[str, Any]:
+    """A clean history of a pool-managerd run: no proxies (no exchanges), a
+    pool-managerd kill -9 whose running task ended WORKER_RESET, a restart storm that
+    opened both breakers, left the pool unready (a submit answered 503) and was reset."""
+    h = _history()
+    h["exchanges"] = None
+    h["quotas"] = {}
+    r = h["tasks"][1]
+    r["events"][-1] = [r["events"][-1][0], 4, "error", {"code": "WORKER_RESET"}]
+    r["replay"] = [e[1:] for e in r["events"]]
+    h["daemon_task_ends"][1]["state"] = "failed"
+    late = _task(9, 2, t=101.5)
+    late["submits"] = [
+        {"t_send": 101.05, "t_recv": 101.06, "status": 503, "retry_after": 1.0},
+        {"t_send": 101.5, "t_recv": 101.51, "status": 202, "retry_after": None},
+    ]
+    h["tasks"].append(late)
+    h["daemon_task_ends"].append({"job_id": "task-9", "state": "completed", "ts": 102.0})
+    h["faults"] = [
+        {"n": 0, "kind": "pool_managerd_kill9", "t_start": 100.3, "t_end": 100.9,
+         "in_flight": [1], "engines_left_running": [], "ready_after_start_s": 2.5},
+        {"n": 1, "kind": "restart_storm", "t_start": 101.02, "t_end": 101.3, "in_flight": [],
+         "t_open": 101.1, "kills": 4, "breakers_open": ["pm/chaos-r0", "pm/chaos-r1"],
+         "open_after_s": 0.08, "unready_seen": True, "unready_after_open_s": 0.1,
+         "reset_status": 200, "ready_after_reset_s": 1.2},
+    ]  # fmt: skip
+    return h
+
+
+def test_a_clean_pool_managerd_history_has_no_violation_and_its_figures() -> None:
+    """ORCH-6114, ORCH-6115: without proxies the clean-end rule has nothing to hold a
+    clean end against and is not run; the pool rules start from this clean history."""
+    h = _pool_history()
+    assert chaos_check.check(h) == []
+    figs = chaos_check.figures(h, [])
+    pf = {f["kind"]: f for f in figs["pool_faults"]}
+    assert pf["restart_storm"]["answers"] == {"503": 1}
+    assert pf["restart_storm"]["ready_after_reset_s"] == 1.2
+    assert pf["pool_managerd_kill9"]["in_flight_outcomes"] == {"failed:WORKER_RESET": 1}
+    h["exchanges"] = []  # with proxies, a clean end with no engine request is caught
+    assert _checks(h) == {"clean_end_from_failed_engine"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "change", "check"),
+    [
+        (1, {"breakers_open": []}, "restart_storm"),  # the breaker never opened
+        (1, {"unready_seen": False}, "restart_storm"),  # the pool still said Ready
+        (1, {"ready_after_reset_s": None}, "restart_storm"),  # no recovery after reset
+        (1, {"reset_status": 500}, "restart_storm"),
+        (0, {"engines_left_running": [4242]}, "pool_managerd_kill9"),  # orphaned engine
+        (0, {"ready_after_start_s": None}, "pool_managerd_kill9"),  # never came back
+    ],
+)
+def test_planted_pool_fault_outcomes_are_caught(
+    fault: int, change: dict[str, Any], check: str
+) -> None:
+    """ORCH-6115: each rule on a storm or a pool-managerd kill fails on its planted bug."""
+    h = _pool_history()
+    h["faults"][fault] |= change
+    assert _checks(h) == {check}
+
+
+def test_planted_untyped_failure_and_bad_answer_while_unready_are_caught() -> None:
+    """ORCH-6115: a task ends typed (an error with its code); a submit while every
+    breaker is open is answered 503 with Retry-After, not 500."""
+    h = _pool_history()
+    h["tasks"][1]["events"][-1][3] = {"message": "boom"}
+    h["tasks"][1]["replay"] = [e[1:] for e in h["tasks"][1]["events"]]
+    assert _checks(h) == {"typed_error"}
+    h = _pool_history()
+    h["tasks"][-1]["submits"][0] |= {"status": 500, "retry_after": None}
+    assert _checks(h) == {"outage_answer"}
+
+
+@pytest.mark.real_engine
+@pytest.mark.timeout(180)
+def test_pool_managerd_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
+    """ORCH-6114, ORCH-6115: a remote pool-managerd launches and supervises two real
+    llama-server replicas; pool-managerd killed with SIGKILL and restarted, then a
+    restart storm: every breaker opens, the pool is reported unready, submits are
+    answered 503 + Retry-After, the running tasks end typed, and a reset through
+    orchestratord brings the pool back; nothing lost, every invariant held."""
+    import chaos_run
+
+    seed = 7
+    rc, base = chaos_run.run_profile(chaos_plan.POOL_PM, seed, HERE / "reports" / "work")
+    summary = json.loads(base.with_suffix(".json").read_text())
+    figs = summary["figures"]
+    print(f"\n{base}.md\n{json.dumps(figs['pool_faults'], indent=1)}")
+    assert summary["plan_digest"] == chaos_plan.make_plan(chaos_plan.POOL_PM, seed).digest
+    assert sorted(f["kind"] for f in summary["schedule"]) == sorted(chaos_plan.POOL_FAULT_KINDS)
+    assert figs["lost"] == 0, summary["violations"]
+    assert figs["violations"] == 0, summary["violations"]
+    assert figs["accepted"] >= 20 and figs["completed"] >= 10
+    pf = {f["kind"]: f for f in figs["pool_faults"]}
+    storm = pf["restart_storm"]
+    assert storm["kills"] >= 2 and storm["unready_seen"] and storm["reset_status"] == 200
+    assert storm["answers"].get("503", 0) >= 1  # submits while unready: 503 + Retry-After
+    assert pf["pool_managerd_kill9"]["ready_after_start_s"] is not None
+    assert sum(f["in_flight"] for f in pf.values()) >= 1  # the faults hit running work
+    assert rc == 0
+
+
+@pytest.mark.real_engine
+@pytest.mark.timeout(180)
+def test_store_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
+    """ORCH-6110..6112: orchestratord on a harness-owned valkey-server (AOF) and two real
+    llama-server replicas under a short seeded load; the store killed and restarted on
+    its AOF, the store paused, orchestratord killed and restarted with the same config:
+    no accepted task lost, every invariant held (token indices contiguous across the
+    takeovers), submits during the outage answered 503 + Retry-After, and the figures."""
+    import chaos_run
+
+    seed = 7
+    rc, base = chaos_run.run_profile(chaos_plan.STORE, seed, HERE / "reports" / "work")
+    summary = json.loads(base.with_suffix(".json").read_text())
+    figs = summary["figures"]
+    print(f"\n{base}.md\n{json.dumps(figs['store_faults'], indent=1)}")
+    assert summary["plan_digest"] == chaos_plan.make_plan(chaos_plan.STORE, seed).digest
+    assert sorted(f["kind"] for f in summary["schedule"]) == sorted(chaos_plan.STORE_FAULT_KINDS)
+    assert figs["lost"] == 0, summary["violations"]
+    assert figs["violations"] == 0, summary["violations"]
+    assert figs["accepted"] >= 20 and figs["completed"] >= 10
+    sf = {f["kind"]: f for f in figs["store_faults"]}
+    kill = sf["store_kill9"]
+    # a killed store refuses connections: submits during it are answered 503 at once
+    assert kill["answers"].get("503", 0) >= 1 and kill["first_202_after_s"] is not None
+    assert set(kill["answers"]) <= {"503", "202"}
+    assert sf["store_sigstop"]["submits"] >= 1
+    assert sf["orchestratord_kill9"]["ready_after_start_s"] is not None
+    # the faults hit running work, and the restarted instance took over
+    assert sum(f["in_flight"] for f in sf.values()) >= 1
     assert rc == 0
 
 

@@ -256,6 +256,9 @@ class MemoryStateStore(StateStore):
 
     # ------------------------------------------------------------ cancel, leases
     async def cancel(self, task_id: str, terminal: Event | None = None) -> CancelOutcome:
+        if terminal is None and task_id in self._tasks:  # tokens_out: the log's, this step
+            log = self._tasks[task_id].log
+            terminal = canceled_terminal(sum(1 for e in log if e.kind == "token"))
         rec = self._tasks[task_id]
         if rec.state == "ended":
             return "ended"

@@ -320,7 +320,9 @@ class ValkeyStateStore(StateStore):
     # ------------------------------------------------------------ cancel, leases
     async def cancel(self, task_id: str, terminal: Event | None = None) -> CancelOutcome:
         ev = terminal or canceled_terminal()
-        r = await self._fcall("llorch_cancel", task_id, ev.kind, ev.data)
+        # the default terminal's tokens_out is counted at the server, in the same step
+        count = "" if terminal is not None else "count"
+        r = await self._fcall("llorch_cancel", task_id, ev.kind, ev.data, count)
         self._raise(_s(r[0]), task_id)
         # the library answers one of CancelOutcome's values
         return cast(CancelOutcome, _s(r[1]))

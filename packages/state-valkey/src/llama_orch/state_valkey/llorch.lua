@@ -367,6 +367,17 @@ end
 -- args: tid terminal_kind terminal_data
 local function f_cancel(keys, args)
   local p = keys[1]
+  if args[4] == 'count' then
+    -- the default terminal: its tokens_out is the tokens the log holds, counted in
+    -- this same step (no append can come between the count and the end)
+    local n = 0
+    for _, e in ipairs(redis.call('XRANGE', p .. 'log:' .. args[1], '-', '+')) do
+      if e[2][2] == 'token' then n = n + 1 end
+    end
+    local ev = cjson.decode(args[3])
+    ev.tokens_out = n
+    args[3] = cjson.encode(ev)
+  end
   local tk = p .. 't:' .. args[1]
   local state = redis.call('HGET', tk, 'state')
   if not state then return { 'NOTASK' } end
