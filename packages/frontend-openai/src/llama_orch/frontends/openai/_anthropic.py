@@ -26,6 +26,7 @@ from ._common import (
     RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
+    completion_tokens,
     extras_from,
     resolve_model,
 )
@@ -203,7 +204,10 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
                 "content": content,
                 "stop_reason": stop,
                 "stop_sequence": None,
-                "usage": {"input_tokens": end.tokens_in, "output_tokens": end.tokens_out},
+                "usage": {
+                    "input_tokens": end.tokens_in,
+                    "output_tokens": completion_tokens(rec, end),
+                },
             }
             return 200, _json.encode(doc), headers
 
@@ -279,7 +283,10 @@ async def _stream(
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": stop, "stop_sequence": None},
-                    "usage": {"input_tokens": ev.tokens_in, "output_tokens": ev.tokens_out},
+                    "usage": {
+                        "input_tokens": ev.tokens_in,
+                        "output_tokens": completion_tokens(rec, ev),
+                    },
                 },
             )
             yield _sse("message_stop", {"type": "message_stop"})

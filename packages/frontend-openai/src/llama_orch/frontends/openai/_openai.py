@@ -24,6 +24,7 @@ from ._common import (
     RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
+    completion_tokens,
     extras_from,
     resolve_model,
 )
@@ -269,8 +270,8 @@ def openai_routes(host: FrontendHost) -> list[Route]:
             text = "".join(out.text)
             usage = Usage(
                 prompt_tokens=end.tokens_in,
-                completion_tokens=end.tokens_out,
-                total_tokens=end.tokens_in + end.tokens_out,
+                completion_tokens=completion_tokens(rec, end),
+                total_tokens=end.tokens_in + completion_tokens(rec, end),
             )
             finish = _FINISH.get(end.reason, "stop")
             lps = out.logprobs if engine.logprobs is not None else None
@@ -412,8 +413,8 @@ async def _chat_chunks(
             if include_usage:
                 usage = Usage(
                     prompt_tokens=ev.tokens_in,
-                    completion_tokens=ev.tokens_out,
-                    total_tokens=ev.tokens_in + ev.tokens_out,
+                    completion_tokens=completion_tokens(rec, ev),
+                    total_tokens=ev.tokens_in + completion_tokens(rec, ev),
                 )
                 yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
             yield b"data: [DONE]\n\n"
@@ -461,8 +462,8 @@ async def _completion_chunks(
             if include_usage:
                 usage = Usage(
                     prompt_tokens=ev.tokens_in,
-                    completion_tokens=ev.tokens_out,
-                    total_tokens=ev.tokens_in + ev.tokens_out,
+                    completion_tokens=completion_tokens(rec, ev),
+                    total_tokens=ev.tokens_in + completion_tokens(rec, ev),
                 )
                 yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
             yield b"data: [DONE]\n\n"
