@@ -13,12 +13,15 @@ import itertools
 import json
 import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import anthropic
+import jsonschema
 import msgspec
 import openai
 import pytest
+import yaml
 from langchain_openai import ChatOpenAI
 from llama_orch.core.config import Config
 from llama_orch.orchestratord.auth import hash_key
@@ -47,6 +50,14 @@ TOOLS: list[Any] = [
     },
 ]  # fmt: skip
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+_DOC = Path(__file__).resolve().parents[3] / "contracts" / "openapi" / "openai.yaml"
+
+
+def _contract(name: str, body: object) -> None:
+    """``body`` validates against the schema ``name`` of the facade's OpenAPI document."""
+    doc = yaml.safe_load(_DOC.read_text(encoding="utf-8"))
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
 
 
 def _config(server: Any, key: str, **admission: Any) -> Config:
@@ -82,6 +93,7 @@ def _openai_tools(base: str, key: str, prompts: dict[str, str]) -> None:
             max_tokens=64, temperature=0,
         )  # fmt: skip
         done = raw.parse()
+        _contract("ChatCompletion", raw.http_response.json())
         choice = done.choices[0]
         assert choice.finish_reason == "tool_calls" and choice.message.content is None, done
         (call,) = choice.message.tool_calls or []
@@ -143,10 +155,12 @@ def _openai_tools(base: str, key: str, prompts: dict[str, str]) -> None:
 def _anthropic_tools(url: str, key: str) -> None:
     tools: list[Any] = [{"name": "get_weather", "description": "Weather", "input_schema": WEATHER}]
     with anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as claude:
-        msg = claude.messages.create(
+        raw = claude.messages.with_raw_response.create(
             model="smol", max_tokens=64, messages=ASK, tools=tools,  # type: ignore[arg-type]
             tool_choice={"type": "any"},
         )  # fmt: skip
+        msg = raw.parse()
+        _contract("Message", raw.http_response.json())
         assert msg.stop_reason == "tool_use", msg
         (block,) = msg.content
         assert block.type == "tool_use" and block.name == "get_weather"
