@@ -1,5 +1,5 @@
 """Tool calls on any engine that can hold its output to a JSON schema
-(ORCH-9240..ORCH-9249).
+(ORCH-9240..ORCH-9246).
 
 Models and chat templates disagree on how tools reach the prompt and how a
 call comes back (Qwen's template answers a fenced block through llama-server,
