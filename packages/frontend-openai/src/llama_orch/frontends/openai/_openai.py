@@ -136,6 +136,7 @@ def _messages(messages: list[ChatMessage]) -> list[OrchMessage]:
                 called[str(c.get("id", ""))] = fn["name"]
                 calls.append(call_text(fn["name"], fn.get("arguments", {})))
             text = "\n".join([text, *calls] if text else calls)
+        # the role is system, user or assistant (checked above); mypy does not narrow str by `in`
         out.append(OrchMessage(role=role, content=text))  # type: ignore[arg-type]
     if not out:
         raise ApiError(400, "`messages` must not be empty", param="messages", code="invalid_value")
