@@ -3,8 +3,7 @@ openai (sync and async), anthropic, LangChain.
 
 SmolLM2-135M-Instruct (a real instruct model with a chat template, the fastest
 here): these tests prove the protocol, not the answers' quality, and must stay
-cheap on a shared 2-core machine. Nothing here passes tools to the engine, so
-Qwen's tool support is not needed (tools get the clear 400 of ORCH-9115)."""
+cheap on a shared 2-core machine. Tool calls are proven in test_real_tools.py."""
 
 from __future__ import annotations
 
@@ -104,7 +103,8 @@ async def test_official_clients_on_real_llama_server(
     start_llama_server, smollm2_model, start_daemon, key
 ):
     """ORCH-9120..9123, ORCH-9130, ORCH-9131 on a real engine: openai (sync and async),
-    LangChain ChatOpenAI invoke/stream, anthropic messages; tools get the clear 400;
+    LangChain ChatOpenAI invoke/stream, anthropic messages; a tool_choice naming no
+    declared tool gets a 400 naming it;
     context overflow is refused before the engine."""
     server = start_llama_server(smollm2_model, slots=1, ctx_per_slot=1024, threads=2)
     d = await start_daemon(_config(server, key))
@@ -118,12 +118,13 @@ async def test_official_clients_on_real_llama_server(
     )  # fmt: skip
     chunks = [c async for c in stream]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
-    with pytest.raises(openai.BadRequestError) as info:
+    with pytest.raises(openai.BadRequestError) as info:  # ORCH-9242
         await client.chat.completions.create(
             model="smol", messages=ASK, max_tokens=8,
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )  # fmt: skip
-    assert info.value.body["param"] == "tools"  # type: ignore[index]
+    assert info.value.body["param"] == "tool_choice"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as info:
         await client.chat.completions.create(
             model="smol", messages=[{"role": "user", "content": "word " * 900}], max_tokens=300

@@ -109,9 +109,10 @@ async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon
             top_logprobs=2,
         )  # fmt: skip
         content = lp.choices[0].logprobs.content  # type: ignore[union-attr]
-        # one entry per engine token (vLLM may send several in one chunk, which the
-        # task's usage counts as one streamed token event)
+        # one entry per engine token (vLLM may send several in one chunk); usage counts
+        # the engine's tokens too, not the chunks (ORCH-9250)
         assert lp.choices[0].finish_reason == "length" and len(content) == 4  # type: ignore[arg-type]
+        assert lp.usage is not None and lp.usage.completion_tokens == 4
         assert "".join(t.token for t in content) == lp.choices[0].message.content  # type: ignore[union-attr]
         assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)  # type: ignore[union-attr]
 

@@ -26,10 +26,13 @@ from ._common import (
     RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
+    completion_tokens,
     extras_from,
     resolve_model,
 )
+from ._engine import tool_fields
 from ._flow import Facade, decode_body
+from ._tools import ToolCall, ToolPlan, anthropic_plan, call_text
 from ._wire import AnthropicPart, MessagesRequest, StrictMessagesRequest
 
 __all__ = ["anthropic_routes"]
@@ -56,32 +59,49 @@ def render_error(
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
 
-def _text(content: str | list[AnthropicPart] | None, where: str) -> str:
+def _text(
+    content: str | list[AnthropicPart] | None, where: str, called: dict[str, str] | None = None
+) -> str:
+    """A message's blocks as one turn's text; tool_use and tool_result blocks are
+    rendered as the facade asks the model to write and read calls (ORCH-9245)."""
     if content is None or isinstance(content, str):
         return content or ""
     out = []
     for j, part in enumerate(content):
-        if part.type != "text" or part.text is None:
+        if part.type == "text" and part.text is not None:
+            out.append(part.text)
+        elif part.type == "tool_use" and called is not None and part.name:
+            called[part.id or ""] = part.name
+            out.append(call_text(part.name, part.input or {}))
+        elif part.type == "tool_result" and called is not None:
+            name = called.get(part.tool_use_id or "", "the tool")
+            body = part.content
+            if isinstance(body, list):
+                body = "".join(str(b.get("text", "")) for b in body if b.get("type") == "text")
+            flag = " (error)" if part.is_error else ""
+            out.append(f"Result of {name}{flag}:\n{body or ''}")
+        else:
             raise ApiError(
                 400, f"content blocks of type {part.type!r} are not supported",
                 param=f"{where}.content.{j}.type", code="unsupported",
             )  # fmt: skip
-        out.append(part.text)
-    return "".join(out)
+    return "\n".join(out) if called is not None else "".join(out)
 
 
 def _messages(req: MessagesRequest) -> list[OrchMessage]:
     out = []
     if req.system:
         out.append(OrchMessage(role="system", content=_text(req.system, "system")))
+    called: dict[str, str] = {}
     for i, m in enumerate(req.messages):
         if m.role not in ("user", "assistant"):
             raise ApiError(
                 400, f"messages.{i}.role: must be 'user' or 'assistant'",
                 param=f"messages.{i}.role", code="invalid",
             )  # fmt: skip
+        text = _text(m.content, f"messages.{i}", called)
         # the role is "user" or "assistant" (checked above); mypy does not narrow str by `in`
-        out.append(OrchMessage(role=m.role, content=_text(m.content, f"messages.{i}")))  # type: ignore[arg-type]
+        out.append(OrchMessage(role=m.role, content=text))  # type: ignore[arg-type]
     if not req.messages:
         raise ApiError(
             400, "messages: at least one message is required", param="messages", code="invalid"
@@ -90,14 +110,20 @@ def _messages(req: MessagesRequest) -> list[OrchMessage]:
 
 
 def _unsupported(req: MessagesRequest) -> None:
-    for name in ("tools", "thinking"):
-        if getattr(req, name):
-            raise ApiError(
-                400, f"{name}: not supported by this pool's engine", param=name,
-                code="unsupported",
-            )  # fmt: skip
-    if req.tool_choice is not None:
-        raise ApiError(400, "tool_choice: needs tools", param="tool_choice", code="unsupported")
+    if req.thinking:
+        raise ApiError(
+            400, "thinking: not supported by this pool's engine", param="thinking",
+            code="unsupported",
+        )  # fmt: skip
+
+
+def _tool_use(call: ToolCall, task_id: str) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": f"toolu_{task_id.replace('-', '')[:24]}",
+        "name": call.name,
+        "input": call.arguments,
+    }
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -119,6 +145,9 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
             )  # fmt: skip
             pool = resolve_model(host, req.model)
             _unsupported(req)
+            plan = anthropic_plan(req.tools, req.tool_choice)
+            engine = await tool_fields(host, pool, plan, req.model, facade.api)  # ORCH-9245
+            tools = plan if plan is not None and plan.active else None
             meta = req.metadata or {}
             extras = extras_from(
                 request,
@@ -129,7 +158,7 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
             max_tokens = req.max_tokens
             fields = {
                 "workload": "chat",
-                "messages": _messages(req),
+                "messages": tools.with_instructions(_messages(req)) if tools else _messages(req),
                 "max_tokens": req.max_tokens,
                 "temperature": 1.0 if req.temperature is None else req.temperature,
                 "top_p": req.top_p,
@@ -137,14 +166,14 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
                 "seed": req.seed,
                 "stop": req.stop_sequences,
             }
-            rec = await facade.admit(request, pool, extras, who.tenant, fields)
+            rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
         except ApiError as exc:
             return facade.api_error(exc, pool)
         except OrchError as exc:
             return facade.orch_error(exc, pool, max_tokens)
         headers = facade.task_headers(rec)
         if req.stream:
-            return TaskStreamResponse(_stream(facade, rec, req.model), host, rec, headers)
+            return TaskStreamResponse(_stream(facade, rec, req.model, tools), host, rec, headers)
 
         async def produce() -> tuple[int, bytes, dict[str, str]]:
             text: list[str] = []
@@ -163,15 +192,23 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
                 status, kind = facade.event_error(code, message)
                 resp = render_error(status, message, None, kind, headers)
                 return status, bytes(resp.body), headers
+            answer = "".join(text)
+            stop = _STOP.get(end.reason, "end_turn")
+            content: list[dict[str, Any]] = [{"type": "text", "text": answer}]
+            if tools is not None and (call := tools.parse(answer)) is not None:
+                content, stop = [_tool_use(call, rec.task_id)], "tool_use"
             doc = {
                 "id": f"msg_{rec.task_id}",
                 "type": "message",
                 "role": "assistant",
                 "model": req.model,
-                "content": [{"type": "text", "text": "".join(text)}],
-                "stop_reason": _STOP.get(end.reason, "end_turn"),
+                "content": content,
+                "stop_reason": stop,
                 "stop_sequence": None,
-                "usage": {"input_tokens": end.tokens_in, "output_tokens": end.tokens_out},
+                "usage": {
+                    "input_tokens": end.tokens_in,
+                    "output_tokens": completion_tokens(rec, end),
+                },
             }
             return 200, _json.encode(doc), headers
 
@@ -180,9 +217,13 @@ def anthropic_routes(host: FrontendHost) -> list[Route]:
     return [Route("/v1/messages", messages, methods=["POST"])]
 
 
-async def _stream(facade: Facade, rec: TaskRecord, model: str) -> AsyncIterator[bytes]:
+async def _stream(
+    facade: Facade, rec: TaskRecord, model: str, tools: ToolPlan | None = None
+) -> AsyncIterator[bytes]:
     """ORCH-9131: message_start, one text block of deltas, message_delta, message_stop;
-    a failed task ends with an ``error`` event."""
+    a failed task ends with an ``error`` event. With tools (ORCH-9245) the text is
+    held while it may still be a call; a call is one ``tool_use`` block whose input
+    arrives as one ``input_json_delta``."""
     yield _sse(
         "message_start",
         {
@@ -194,7 +235,7 @@ async def _stream(facade: Facade, rec: TaskRecord, model: str) -> AsyncIterator[
             },
         },
     )  # fmt: skip
-    yield _sse(
+    text_start = _sse(
         "content_block_start",
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     )
@@ -202,20 +243,51 @@ async def _stream(facade: Facade, rec: TaskRecord, model: str) -> AsyncIterator[
         b"event: content_block_delta\n"
         b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
     )
+    held: list[str] | None = None if tools is None else []
+    if held is None:
+        yield text_start
     async for _, ev in facade.host.events(rec):
         if isinstance(ev, TokenEvent):
-            yield delta_open + _json.encode(ev.t) + b"}}\n\n"
+            if held is not None and tools is not None:
+                held.append(ev.t)
+                if tools.constrained or tools.undecided(text := "".join(held)):
+                    continue
+                held = None
+                yield text_start + delta_open + _json.encode(text) + b"}}\n\n"
+            else:
+                yield delta_open + _json.encode(ev.t) + b"}}\n\n"
         elif isinstance(ev, EndEvent) and ev.reason != "canceled":
+            stop = _STOP.get(ev.reason, "end_turn")
+            if held is not None and tools is not None:
+                text = "".join(held)
+                if (call := tools.parse(text)) is not None:
+                    block = _tool_use(call, rec.task_id)
+                    yield _sse(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": 0,
+                         "content_block": {**block, "input": {}}},
+                    )  # fmt: skip
+                    yield _sse(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": 0,
+                         "delta": {"type": "input_json_delta",
+                                   "partial_json": _json.encode(call.arguments).decode()}},
+                    )  # fmt: skip
+                    stop = "tool_use"
+                else:
+                    yield text_start + (
+                        delta_open + _json.encode(text) + b"}}\n\n" if text else b""
+                    )
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
             yield _sse(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {
-                        "stop_reason": _STOP.get(ev.reason, "end_turn"),
-                        "stop_sequence": None,
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {
+                        "input_tokens": ev.tokens_in,
+                        "output_tokens": completion_tokens(rec, ev),
                     },
-                    "usage": {"input_tokens": ev.tokens_in, "output_tokens": ev.tokens_out},
                 },
             )
             yield _sse("message_stop", {"type": "message_stop"})

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.pools import Pool
@@ -29,6 +30,7 @@ __all__ = [
     "RetrySchedule",
     "TaskResponse",
     "TaskStreamResponse",
+    "completion_tokens",
     "error_param",
     "extras_from",
     "resolve_model",
@@ -150,6 +152,12 @@ class RetrySchedule:
         turn = max(now + base_ms / 1000 + task_s / 2, self._last.get(pool.id, 0.0) + task_s)
         self._last[pool.id] = turn
         return max(1, math.ceil((turn - now) * 1000))
+
+
+def completion_tokens(rec: TaskRecord, end: EndEvent) -> int:
+    """ORCH-9250: the engine's count of the tokens it generated for the task, not the
+    token events (an engine such as vLLM may put several tokens in one chunk)."""
+    return max(end.tokens_out, rec.engine_tokens)
 
 
 def retry_headers(delay_ms: int) -> tuple[int, dict[str, str]]:

@@ -19,6 +19,7 @@ from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.pools import Pool
 
 from ._common import ApiError
+from ._tools import ToolPlan
 from ._wire import ChatRequest, CompletionRequest
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "completion_logprobs",
     "engine_fields",
     "pool_capabilities",
+    "tool_fields",
 ]
 
 # OpenAI's own bounds: top_logprobs 0..20 (chat), logprobs 0..5 (completions)
@@ -71,15 +73,32 @@ def _top(value: int | None, name: str) -> int:
     return top
 
 
-def _requested(req: ChatRequest | CompletionRequest) -> tuple[EngineFields, list[str]]:
+def _requested(
+    req: ChatRequest | CompletionRequest, tools: ToolPlan | None
+) -> tuple[EngineFields, list[str]]:
     """The engine fields of ``req`` and the request fields that asked for them."""
     schema, logprobs, asked = None, None, []
+    if tools is not None and tools.active:  # ORCH-9242
+        asked.append("tools")
+        if tools.constrained:
+            schema = tools.schema()
     if isinstance(req, ChatRequest):
         if req.response_format is not None:
-            schema = _schema(req.response_format)
-            if schema is not None:
+            text_schema = _schema(req.response_format)
+            if text_schema is not None:
+                if tools is not None and tools.active:
+                    raise ApiError(
+                        400, "`response_format` together with `tools` is not supported",
+                        param="response_format", code="unsupported_parameter",
+                    )  # fmt: skip
+                schema = text_schema
                 asked.append("response_format")
         if req.logprobs:
+            if tools is not None and tools.active:
+                raise ApiError(
+                    400, "`logprobs` together with `tools` is not supported", param="logprobs",
+                    code="unsupported_parameter",
+                )  # fmt: skip
             logprobs = _top(req.top_logprobs, "top_logprobs")
             asked.append("logprobs")
         elif req.top_logprobs:
@@ -107,25 +126,48 @@ async def pool_capabilities(host: FrontendHost, pool: Pool, api: str) -> frozens
     return caps
 
 
-_NEEDS = {"response_format": Capability.JSON_SCHEMA, "logprobs": Capability.LOGPROBS}
+_NEEDS = {
+    "response_format": Capability.JSON_SCHEMA,
+    "logprobs": Capability.LOGPROBS,
+    "tools": Capability.JSON_SCHEMA,  # a call is JSON the engine holds to a schema
+}
 
 
 async def engine_fields(
-    host: FrontendHost, pool: Pool, req: ChatRequest | CompletionRequest, api: str
+    host: FrontendHost,
+    pool: Pool,
+    req: ChatRequest | CompletionRequest,
+    api: str,
+    tools: ToolPlan | None = None,
 ) -> EngineFields:
     """ORCH-9202: the fields passed to the engine, or a 400 naming the first one the
     pool's engine adapter does not declare."""
-    fields, asked = _requested(req)
+    fields, asked = _requested(req, tools)
+    await _check(host, pool, asked, req.model, api)
+    return fields
+
+
+async def tool_fields(
+    host: FrontendHost, pool: Pool, tools: ToolPlan | None, model: str, api: str
+) -> EngineFields:
+    """ORCH-9242 for a facade whose only engine field is tools (Anthropic)."""
+    if tools is None or not tools.active:
+        return EngineFields()
+    await _check(host, pool, ["tools"], model, api)
+    return EngineFields(tools.schema() if tools.constrained else None)
+
+
+async def _check(host: FrontendHost, pool: Pool, asked: list[str], model: str, api: str) -> None:
     if not asked:
-        return fields
+        return
     caps = await pool_capabilities(host, pool, api)
     for name in asked:
         if _NEEDS[name] not in caps:
+            why = " (tool calls need output held to a JSON schema)" if name == "tools" else ""
             raise ApiError(
-                400, f"`{name}` is not supported by the engine of model `{req.model}`"
-                f" ({pool.engine})", param=name, code="unsupported_parameter",
+                400, f"`{name}` is not supported by the engine of model `{model}`"
+                f" ({pool.engine}){why}", param=name, code="unsupported_parameter",
             )  # fmt: skip
-    return fields
 
 
 def chat_logprobs(lps: list[TokenLogprob]) -> dict[str, Any]:

@@ -24,12 +24,14 @@ from ._common import (
     RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
+    completion_tokens,
     extras_from,
     resolve_model,
 )
 from ._embeddings import embeddings_route
 from ._engine import chat_logprobs, completion_logprobs, engine_fields
 from ._flow import Facade, decode_body
+from ._tools import ToolCall, ToolPlan, call_text, openai_plan
 from ._wire import (
     ChatMessage,
     ChatRequest,
@@ -73,16 +75,11 @@ def _unsupported(req: ChatRequest | CompletionRequest) -> None:
                 code="unsupported_parameter",
             )  # fmt: skip
     if isinstance(req, ChatRequest):
-        if req.tools or req.functions:
-            name = "tools" if req.tools else "functions"
+        if req.functions or req.function_call is not None:  # the deprecated form of tools
+            name = "functions" if req.functions else "function_call"
             raise ApiError(
-                400, f"`{name}`: this pool's engine adapter does not pass tools to the engine",
-                param=name, code="unsupported_parameter",
-            )  # fmt: skip
-        if req.tool_choice not in (None, "none", "auto"):
-            raise ApiError(
-                400, "`tool_choice` needs tools, which this pool does not support",
-                param="tool_choice", code="unsupported_parameter",
+                400, f"`{name}` is deprecated and not supported: use `tools`", param=name,
+                code="unsupported_parameter",
             )  # fmt: skip
         if req.modalities not in (None, ["text"]) or req.audio is not None:
             raise ApiError(
@@ -111,19 +108,47 @@ def _text(content: Any, where: str) -> str:
 
 
 def _messages(messages: list[ChatMessage]) -> list[OrchMessage]:
+    """The conversation as plain turns; tool calls and their results are rendered
+    as the facade asks the model to write and read them (ORCH-9243)."""
     out = []
+    called: dict[str, str] = {}  # tool_call_id -> function name
     for i, m in enumerate(messages):
         role = "system" if m.role == "developer" else m.role
-        if role not in ("system", "user", "assistant") or m.tool_calls:
+        text = _text(m.content, f"messages[{i}]")
+        if role == "tool":
+            name = called.get(m.tool_call_id or "", m.name or "the function")
+            out.append(OrchMessage(role="user", content=f"Result of {name}:\n{text}"))
+            continue
+        if role not in ("system", "user", "assistant"):
             raise ApiError(
-                400, f"messages with role {m.role!r} (tool use) are not supported",
+                400, f"messages with role {m.role!r} are not supported",
                 param=f"messages[{i}].role", code="unsupported_parameter",
             )  # fmt: skip
+        if m.tool_calls:
+            calls = []
+            for j, c in enumerate(m.tool_calls):
+                fn = c.get("function") if isinstance(c, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise ApiError(
+                        400, "a tool call needs `function.name`",
+                        param=f"messages[{i}].tool_calls[{j}].function", code="invalid_value",
+                    )  # fmt: skip
+                called[str(c.get("id", ""))] = fn["name"]
+                calls.append(call_text(fn["name"], fn.get("arguments", {})))
+            text = "\n".join([text, *calls] if text else calls)
         # the role is system, user or assistant (checked above); mypy does not narrow str by `in`
-        out.append(OrchMessage(role=role, content=_text(m.content, f"messages[{i}]")))  # type: ignore[arg-type]
+        out.append(OrchMessage(role=role, content=text))  # type: ignore[arg-type]
     if not out:
         raise ApiError(400, "`messages` must not be empty", param="messages", code="invalid_value")
     return out
+
+
+def _tool_calls(call: ToolCall, task_id: str) -> list[dict[str, Any]]:
+    """OpenAI's ``tool_calls`` of a choice for the call the model made (ORCH-9244)."""
+    return [
+        {"id": f"call_{task_id.replace('-', '')[:24]}", "type": "function",
+         "function": {"name": call.name, "arguments": _json.encode(call.arguments).decode()}}
+    ]  # fmt: skip
 
 
 def _stops(stop: str | list[str] | None) -> list[str] | None:
@@ -183,7 +208,8 @@ def openai_routes(host: FrontendHost) -> list[Route]:
                 req = decode_body(body, CompletionRequest, StrictCompletionRequest, strict)
             pool = resolve_model(host, req.model)
             _unsupported(req)
-            engine = await engine_fields(host, pool, req, facade.api)  # ORCH-9202
+            plan = openai_plan(req.tools, req.tool_choice) if isinstance(req, ChatRequest) else None
+            engine = await engine_fields(host, pool, req, facade.api, plan)  # ORCH-9202
             extras = extras_from(
                 request,
                 req.metadata,
@@ -202,7 +228,8 @@ def openai_routes(host: FrontendHost) -> list[Route]:
             if isinstance(req, ChatRequest):
                 fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
                 fields["workload"] = "chat"
-                fields["messages"] = _messages(req.messages)
+                messages = _messages(req.messages)
+                fields["messages"] = plan.with_instructions(messages) if plan else messages
             else:
                 fields["max_tokens"] = req.max_tokens or 16  # the API's own default
                 prompt = req.prompt
@@ -224,11 +251,14 @@ def openai_routes(host: FrontendHost) -> list[Route]:
         headers = facade.task_headers(rec)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = _chat_chunks if chat else _completion_chunks
             with_lp = engine.logprobs is not None
-            return TaskStreamResponse(
-                chunks(facade, rec, req.model, created, usage, with_lp), host, rec, headers
-            )
+            chunks: AsyncIterator[bytes]
+            if chat:
+                tools = plan if plan is not None and plan.active else None
+                chunks = _chat_chunks(facade, rec, req.model, created, usage, with_lp, tools)
+            else:
+                chunks = _completion_chunks(facade, rec, req.model, created, usage, with_lp)
+            return TaskStreamResponse(chunks, host, rec, headers)
 
         async def produce() -> tuple[int, bytes, dict[str, str]]:
             out = _Events()
@@ -242,19 +272,25 @@ def openai_routes(host: FrontendHost) -> list[Route]:
             text = "".join(out.text)
             usage = Usage(
                 prompt_tokens=end.tokens_in,
-                completion_tokens=end.tokens_out,
-                total_tokens=end.tokens_in + end.tokens_out,
+                completion_tokens=completion_tokens(rec, end),
+                total_tokens=end.tokens_in + completion_tokens(rec, end),
             )
             finish = _FINISH.get(end.reason, "stop")
             lps = out.logprobs if engine.logprobs is not None else None
+            call = plan.parse(text) if plan is not None and plan.active else None
             if chat:
+                reply: dict[str, Any] = {"role": "assistant", "content": text}
+                if call is not None:  # ORCH-9244
+                    reply = {"role": "assistant", "content": None,
+                             "tool_calls": _tool_calls(call, rec.task_id)}  # fmt: skip
+                    finish = "tool_calls"
                 doc: dict[str, Any] = {
                     "id": f"chatcmpl-{rec.task_id}",
                     "object": "chat.completion",
                     "created": created,
                     "model": req.model,
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": text},
+                        {"index": 0, "message": reply,
                          "logprobs": None if lps is None else chat_logprobs(lps),
                          "finish_reason": finish}
                     ],
@@ -315,9 +351,14 @@ async def _chat_chunks(
     created: int,
     include_usage: bool,
     with_logprobs: bool,
+    tools: ToolPlan | None = None,
 ) -> AsyncIterator[bytes]:
     """ORCH-9121: role chunk, one chunk per token, a finish chunk, optional usage, [DONE].
-    A task that fails ends the stream with an error chunk and no [DONE]."""
+    A task that fails ends the stream with an error chunk and no [DONE].
+
+    With tools (ORCH-9244) the text is held while it may still be a call (all of it
+    when the engine is constrained to one): a call goes out as two ``tool_calls``
+    chunks (id and name, then the arguments) and ``finish_reason: "tool_calls"``."""
     head = (
         b'data: {"id":"chatcmpl-' + rec.task_id.encode() + b'","object":"chat.completion.chunk",'
         b'"created":' + str(created).encode() + b',"model":' + _json.encode(model)
@@ -330,9 +371,16 @@ async def _chat_chunks(
         + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
           b'"logprobs":null,"finish_reason":null}]}\n\n'
     )  # fmt: skip
+    held: list[str] | None = None if tools is None else []
     async for _, ev in facade.host.events(rec):
         if isinstance(ev, TokenEvent):
-            if with_logprobs:  # ORCH-9201: this chunk's tokens
+            if held is not None and tools is not None:
+                held.append(ev.t)
+                if tools.constrained or tools.undecided(text := "".join(held)):
+                    continue
+                held = None  # an answer in text: what was held goes out, the rest follows
+                yield token_open + _json.encode(text) + token_close
+            elif with_logprobs:  # ORCH-9201: this chunk's tokens
                 yield (
                     token_open + _json.encode(ev.t) + b'},"logprobs":'
                     + _json.encode(chat_logprobs(ev.lp or [])) + b',"finish_reason":null}]}\n\n'
@@ -344,6 +392,22 @@ async def _chat_chunks(
                 yield _error_chunk(facade, None, "the task was canceled")
                 return
             finish = _FINISH.get(ev.reason, "stop").encode()
+            if held is not None and tools is not None:
+                text = "".join(held)
+                call = tools.parse(text)
+                if call is not None:
+                    tc = _tool_calls(call, rec.task_id)[0]
+                    opened = {"index": 0, "id": tc["id"], "type": "function",
+                              "function": {"name": call.name, "arguments": ""}}  # fmt: skip
+                    args = {"index": 0, "function": {"arguments": tc["function"]["arguments"]}}
+                    for part in (opened, args):
+                        yield (
+                            head + usage_null + b',"choices":[{"index":0,"delta":{"tool_calls":['
+                            + _json.encode(part) + b']},"logprobs":null,"finish_reason":null}]}\n\n'
+                        )  # fmt: skip
+                    finish = b"tool_calls"
+                elif text:
+                    yield token_open + _json.encode(text) + token_close
             yield (
                 head + usage_null + b',"choices":[{"index":0,"delta":{},"logprobs":null,'
                 b'"finish_reason":"' + finish + b'"}]}\n\n'
@@ -351,8 +415,8 @@ async def _chat_chunks(
             if include_usage:
                 usage = Usage(
                     prompt_tokens=ev.tokens_in,
-                    completion_tokens=ev.tokens_out,
-                    total_tokens=ev.tokens_in + ev.tokens_out,
+                    completion_tokens=completion_tokens(rec, ev),
+                    total_tokens=ev.tokens_in + completion_tokens(rec, ev),
                 )
                 yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
             yield b"data: [DONE]\n\n"
@@ -400,8 +464,8 @@ async def _completion_chunks(
             if include_usage:
                 usage = Usage(
                     prompt_tokens=ev.tokens_in,
-                    completion_tokens=ev.tokens_out,
-                    total_tokens=ev.tokens_in + ev.tokens_out,
+                    completion_tokens=completion_tokens(rec, ev),
+                    total_tokens=ev.tokens_in + completion_tokens(rec, ev),
                 )
                 yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
             yield b"data: [DONE]\n\n"

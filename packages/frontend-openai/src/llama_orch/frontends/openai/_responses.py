@@ -30,6 +30,7 @@ from ._common import (
     RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
+    completion_tokens,
     extras_from,
     resolve_model,
 )
@@ -78,10 +79,11 @@ class ResponseView:
         done = self.status in ("completed", "incomplete", "failed", "cancelled")
         usage = None
         if self.end is not None:
+            out = completion_tokens(self.rec, self.end)  # ORCH-9250
             usage = {
                 "input_tokens": self.end.tokens_in,
-                "output_tokens": self.end.tokens_out,
-                "total_tokens": self.end.tokens_in + self.end.tokens_out,
+                "output_tokens": out,
+                "total_tokens": self.end.tokens_in + out,
                 "input_tokens_details": {"cached_tokens": 0},
                 "output_tokens_details": {"reasoning_tokens": 0},
             }

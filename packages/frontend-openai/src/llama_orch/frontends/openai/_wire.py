@@ -110,6 +110,13 @@ class AnthropicPart(msgspec.Struct, kw_only=True):
     type: str
     text: str | None = None
     cache_control: dict[str, Any] | None = None
+    # tool_use (assistant) and tool_result (user) blocks (ORCH-9245)
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None
+    content: str | list[dict[str, Any]] | None = None
+    is_error: bool | None = None
 
 
 class AnthropicMessage(msgspec.Struct, kw_only=True):
