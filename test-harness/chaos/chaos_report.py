@@ -13,13 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import chaos_check
+import chaos_history
 
 
 def write(
     base: Path,
     history: dict[str, Any],
-    violations: list[chaos_check.Violation],
+    violations: list[chaos_history.Violation],
     figs: dict[str, Any],
 ) -> None:
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def _fmt(x: Any) -> str:
 def markdown(
     base: Path,
     history: dict[str, Any],
-    violations: list[chaos_check.Violation],
+    violations: list[chaos_history.Violation],
     figs: dict[str, Any],
 ) -> str:
     plan = history["plan"]
@@ -194,7 +194,7 @@ def markdown(
         L += [
             "",
             "Submits during a store fault must be answered 202, 4xx or 503 + Retry-After "
-            f"within {chaos_check.STORE_ANSWER_BOUND_S:g} s (`outage_answer`); an "
+            f"within {chaos_history.STORE_ANSWER_BOUND_S:g} s (`outage_answer`); an "
             "orchestratord kill -9 refuses connections until the restart (clients submit "
             "again); streams reconnect with `Last-Event-ID`.",
             "",
@@ -233,7 +233,7 @@ def svg(history: dict[str, Any]) -> str:
     for r in tasks:
         if r.get("task_id"):
             a = int(r["t_accepted"] - t0)
-            term = chaos_check.terminal_of(r)
+            term = chaos_history.terminal_of(r)
             last = r["events"][-1][0] if r.get("events") else r["t_accepted"]
             for s in range(max(0, a), min(nb, int(last - t0) + 1)):
                 inflight[s] += 1

@@ -1,0 +1,451 @@
+"""The figures of a chaos run's report (ORCH-6104), pure functions of its history:
+outcomes, fairness under backlog, cancel to slot free, Retry-After error, recoveries
+after each fault, the store and pool-managerd outages."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from typing import Any
+
+from chaos_history import (
+    OUTAGE_FAULTS,
+    POOL_FAULTS,
+    STORE_FAULTS,
+    TERMINAL,
+    Violation,
+    cancel_of,
+    exchanges_of,
+    outcome,
+    seq,
+)
+
+_POOL_FIGURES = (
+    "open_after_s",
+    "kills",
+    "unready_seen",
+    "unready_after_open_s",
+    "ready_after_reset_s",
+    "reset_status",
+    "engines_left_running",
+)
+
+
+def store_figures(
+    history: dict[str, Any], kinds: tuple[str, ...] = (*STORE_FAULTS, "orchestratord_kill9")
+) -> list[dict[str, Any]]:
+    """Per store or orchestratord fault (ORCH-6112): the submits sent during it and
+    their answers, outage -> first 503, the longest answer, restart -> first 202, and
+    what became of the tasks streaming when it hit."""
+    out: list[dict[str, Any]] = []
+    by_n = {r["n"]: r for r in history["tasks"]}
+    for f in history.get("faults", []):
+        if f["kind"] not in kinds:
+            continue
+        t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
+        subs = [
+            s for r in history["tasks"] for s in r.get("submits", []) if t0 <= s["t_send"] <= t1
+        ]
+        codes: dict[str, int] = {}
+        for s in subs:
+            k = str(s.get("status") or s.get("code", "")[:24])
+            codes[k] = codes.get(k, 0) + 1
+        first503 = min((s["t_recv"] for s in subs if s.get("status") == 503), default=None)
+        after = [
+            s["t_recv"]
+            for r in history["tasks"]
+            for s in r.get("submits", [])
+            if s.get("status") == 202 and s["t_send"] >= t1
+        ]
+        outcomes: dict[str, int] = {}
+        resumed = 0
+        for n in f.get("in_flight", []):
+            r = by_n.get(n)
+            if r is None:
+                continue
+            o = outcome(r)
+            outcomes[o] = outcomes.get(o, 0) + 1
+            resumed += any(e[2] == "metrics" and e[3].get("resumed") for e in r.get("events", []))
+        out.append(
+            {
+                "kind": f["kind"],
+                "n": f["n"],
+                "outage_s": round(t1 - t0, 3),
+                "submits": len(subs),
+                "answers": dict(sorted(codes.items())),
+                "first_503_s": None if first503 is None else round(first503 - t0, 3),
+                "max_answer_s": round(max((s["t_recv"] - s["t_send"] for s in subs), default=0), 3),
+                "first_202_after_s": round(min(after) - t1, 3) if after else None,
+                "in_flight": len(f.get("in_flight", [])),
+                "in_flight_outcomes": dict(sorted(outcomes.items())),
+                "resumed": resumed,
+                "ready_after_start_s": f.get("ready_after_start_s"),
+            }
+            | {k: f[k] for k in _POOL_FIGURES if k in f}
+        )
+    return out
+
+
+def fairness(history: dict[str, Any]) -> dict[str, Any]:
+    """Dispatch shares among backlogged tenants of one priority, against their weights.
+
+    Walks the ``started`` events in receive order; at each, the tenants with an
+    accepted, not yet started (nor ended) task of that priority are backlogged,
+    and each one's expected share is its weight, capped at its number of waiting
+    tasks (a round can serve no more), over the sum of theirs. The deviation is
+    the largest |observed - expected| share over tenants (0 = exactly fair).
+    """
+    weights: dict[str, int] = history.get("weights", {})
+    starts: list[tuple[float, str, str, int]] = []  # (t, priority, tenant, n)
+    ended_ts = {
+        line.get("job_id"): float(line["ts"])
+        for line in history.get("daemon_task_ends", [])
+        if line.get("ts") is not None
+    }
+    for r in history["tasks"]:
+        if not r.get("task_id"):
+            continue
+        if r.get("api") == "openai":
+            # no event names in its chunks: the start from the replayed log's
+            # queue wait, counted from the answer's headers (sent at admission)
+            st = next((d for _, ev, d in seq(r.get("replay") or []) if ev == "started"), None)
+            if st is not None:
+                t_start = r["t_accepted"] + st.get("queue_wait_ms", 0) / 1000
+                starts.append((t_start, r["priority"], r["tenant"], r["n"]))
+            continue
+        for e in r.get("events", []):
+            if e[2] == "started":
+                starts.append((e[0], r["priority"], r["tenant"], r["n"]))
+                break
+    starts.sort()
+    accepted = {r["n"]: r["t_accepted"] for r in history["tasks"] if r.get("task_id")}
+    started_at = {n: t for t, _, _, n in starts}
+    for r in history["tasks"]:  # a task that ended queued (canceled, expired) left then
+        if r.get("task_id") and r["n"] not in started_at:
+            term = next((e[0] for e in r.get("events", []) if e[2] in TERMINAL), None)
+            if term is None:
+                term = ended_ts.get(r["task_id"])
+            started_at[r["n"]] = term if term is not None else float("inf")
+    by_n = {r["n"]: r for r in history["tasks"]}
+    observed: dict[str, float] = {}
+    expected: dict[str, float] = {}
+    samples = 0
+    for t, prio, tenant, _n in starts:
+        waiting: dict[str, int] = {}
+        for m, ta in accepted.items():
+            if ta < t and started_at.get(m, float("inf")) >= t and by_n[m]["priority"] == prio:
+                waiting[by_n[m]["tenant"]] = waiting.get(by_n[m]["tenant"], 0) + 1
+        waiting[tenant] = max(1, waiting.get(tenant, 0))
+        if len(waiting) < 2:
+            continue
+        samples += 1
+        # Weighted round robin serves a tenant at most its queued tasks per round.
+        eff = {x: min(weights.get(x, 1), k) for x, k in waiting.items()}
+        total = sum(eff.values())
+        for x, w in eff.items():
+            expected[x] = expected.get(x, 0.0) + w / total
+        observed[tenant] = observed.get(tenant, 0.0) + 1
+    dev = 0.0
+    if samples:
+        dev = max(abs(observed.get(x, 0.0) - expected[x]) / samples for x in expected)
+    return {
+        "samples": samples,
+        "deviation": round(dev, 4),
+        "observed": {k: round(v / samples, 3) for k, v in sorted(observed.items())}
+        if samples
+        else {},
+        "expected": {k: round(v / samples, 3) for k, v in sorted(expected.items())}
+        if samples
+        else {},
+    }
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))
+    return round(xs[k], 4)
+
+
+def _under_fault(history: dict[str, Any], engine: int, t: float) -> bool:
+    """An engine fault (not overload) on ``engine`` was active around ``t`` (±1 s):
+    a stopped, cut or slowed engine cannot free a slot on time by construction."""
+    for f in history.get("faults", []):
+        if f["kind"] == "overload" or f.get("target") != engine:
+            continue
+        if f["t_start"] - 1.0 <= t <= (f.get("t_end") or f["t_start"]) + 1.0:
+            return True
+    return False
+
+
+def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -> list[float]:
+    """Seconds from a cancel request to its engine slot freed, for cancels of a
+    request the engine was running (its exchange open, not final, at the cancel)."""
+    samples: dict[str, list[dict[str, Any]]] = history.get("slot_samples", {})
+    out: list[float] = []
+    for r in history["tasks"]:
+        c = cancel_of(r)
+        if not c or c.get("status") != 204:
+            continue
+        xs = [
+            x
+            for x in exchanges_of(history, r["n"])
+            if x["opened"] < c["t_send"]
+            and (x.get("closed") is None or x["closed"] > c["t_send"])
+            and not x.get("final")
+            and x.get("prompt_tokens") is not None
+        ]
+        if not xs:
+            continue
+        x = xs[-1]
+        if _under_fault(history, x["engine"], c["t_send"]) != exclude_faults:
+            continue
+        series = samples.get(str(x["engine"]), [])
+        before = [s for s in series if s["t"] <= c["t_send"]]
+        if not before:
+            continue
+
+        # The engine's slot running this request (llama-server names the slot in the
+        # final chunk only): a busy slot whose prompt length is the request's (±1:
+        # /slots counts the token being sampled or not) and whose task appeared when
+        # the request was opened; skipped when that does not single out one slot.
+        def appeared(slot: dict[str, Any], series: list[dict[str, Any]] = series) -> float:
+            return next(
+                s["t"]
+                for s in series
+                if any(
+                    q["id"] == slot["id"] and q["id_task"] == slot["id_task"] for q in s["slots"]
+                )
+            )
+
+        # A slot whose task appeared before the request was opened runs another
+        # request; during prefill /slots counts only the prompt tokens evaluated so far
+        # (a CI run matched a neighbour's 56-token prompt to this 55-token request,
+        # whose own slot showed 7, and reported that neighbour's end as 594 ms).
+        match = sorted(
+            (abs(appeared(s) - x["opened"]), s["id"], s)
+            for s in before[-1]["slots"]
+            if s["is_processing"]
+            and s.get("prompt_len") is not None
+            and s["prompt_len"] <= x["prompt_tokens"] + 1
+            and (s["prompt_len"] >= x["prompt_tokens"] - 1 or s["prompt_len"] < x["prompt_tokens"])
+            and appeared(s) >= x["opened"] - 0.05
+        )
+        if not match or match[0][0] > 1.0 or (len(match) > 1 and match[1][0] - match[0][0] < 0.1):
+            continue
+        slot0 = match[0][2]
+        for s in series:
+            if s["t"] <= c["t_send"]:
+                continue
+            slot = next((q for q in s["slots"] if q["id"] == slot0["id"]), None)
+            if slot is None:
+                break
+            if not slot["is_processing"] or slot["id_task"] != slot0["id_task"]:
+                out.append(s["t"] - c["t_send"])
+                break
+    return out
+
+
+def _first_backoff(r: dict[str, Any], field: str) -> dict[str, Any] | None:
+    return next((s for s in r.get("submits", []) if s.get(field) is not None), None)
+
+
+def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> list[float]:
+    """|advertised wait - actual wait until the limit that refused admitted again| (s).
+
+    One sample per arrival that got a 429/503 with a forecast: from that answer
+    to the next 202 under the same limit: of the same tenant for a quota refusal
+    (``policy_label`` ``quota``), of any tenant for a full queue or an unready
+    pool. Every refused client probes every 0.5 s, so that admission marks when
+    there was room again; which waiting client wins it is a lottery the forecast
+    cannot know (that per-client wait is ``retry_after_client_errors``).
+    """
+    scale = 1000.0 if field == "backoff_ms" else 1.0
+    admits: dict[str, list[float]] = {}
+    for r in history["tasks"]:
+        if r.get("task_id"):
+            admits.setdefault(r["tenant"], []).append(r["t_accepted"])
+            admits.setdefault("*", []).append(r["t_accepted"])
+    for v in admits.values():
+        v.sort()
+    out: list[float] = []
+    for r in history["tasks"]:
+        first = _first_backoff(r, field)
+        if first is None:
+            continue
+        scope = r["tenant"] if first.get("policy") == "quota" else "*"
+        nxt = next((t for t in admits.get(scope, []) if t > first["t_recv"]), None)
+        if nxt is None:
+            continue
+        out.append(abs(nxt - first["t_recv"] - float(first[field]) / scale))
+    return out
+
+
+def retry_after_client_errors(history: dict[str, Any]) -> list[float]:
+    """|Retry-After - this client's own wait to its 202| of rejected-then-admitted arrivals."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        first = _first_backoff(r, "retry_after")
+        if first is None or not r.get("task_id"):
+            continue
+        out.append(abs(r["t_accepted"] - first["t_recv"] - float(first["retry_after"])))
+    return out
+
+
+def recoveries(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per fault: how fast in-flight work on the target ended (``detect_s``), with which
+    codes, and when the target engine served a new task again (``recovery_s``)."""
+    res: list[dict[str, Any]] = []
+    tasks = [r for r in history["tasks"] if r.get("task_id")]
+    for f in history.get("faults", []):
+        t0, t1 = f["t_start"], f.get("t_end") or f["t_start"]
+        rid = f.get("replica_id")
+        if f["kind"] in (*OUTAGE_FAULTS, "orchestratord_kill9"):
+            continue  # no engine target: see store_figures
+        item: dict[str, Any] = {"kind": f["kind"], "n": f["n"], "target": f.get("target")}
+        if f["kind"] == "overload":
+            until = min(
+                (g["t_start"] for g in history["faults"] if g["t_start"] > t0), default=1e18
+            )
+            rej = [
+                s["t_recv"]
+                for r in history["tasks"]
+                for s in r.get("submits", [])
+                if s["status"] == 429 and t0 <= s["t_recv"] < until and s.get("policy") != "quota"
+            ]
+            item["backpressure_s"] = round(max(rej) - t0, 3) if rej else 0.0
+            item["rejected_429"] = len(rej)
+            res.append(item)
+            continue
+        hit: list[tuple[float, str]] = []
+        for r in tasks:
+            st = next((e for e in r["events"] if e[2] == "started"), None)
+            term = next((e for e in r["events"] if e[2] in TERMINAL), None)
+            if st is None or st[3].get("replica_id") != rid or st[0] > t0:
+                continue
+            if term is None or term[0] < t0:
+                continue
+            code = term[3].get("code") if term[2] == "error" else f"end:{term[3].get('reason')}"
+            hit.append((term[0] - t0, str(code)))
+        item["in_flight"] = len(hit)
+        item["codes"] = sorted({c for _, c in hit})
+        failed = [d for d, c in hit if not c.startswith("end:")]
+        item["detect_s"] = round(max(failed), 3) if failed else None
+        later = [
+            st[0]
+            for r in tasks
+            for st in r["events"][:1]
+            if st[2] == "started" and st[3].get("replica_id") == rid and st[0] > t1
+        ]
+        item["recovery_s"] = round(min(later) - t0, 3) if later else None
+        res.append(item)
+    return res
+
+
+def cancel_upstream_closed(history: dict[str, Any]) -> list[float]:
+    """Seconds from a cancel request to orchestratord closing the engine request
+    (the proxy saw the connection end): orchestratord's own part of a cancel."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        c = cancel_of(r)
+        if not c or c.get("status") != 204:
+            continue
+        for x in exchanges_of(history, r["n"]):
+            closed = x.get("closed")
+            if x["opened"] < c["t_send"] and not x.get("final") and closed and closed > c["t_send"]:
+                if x.get("cut") == "client-eof":
+                    out.append(closed - c["t_send"])
+    return out
+
+
+def token_gaps(history: dict[str, Any]) -> list[float]:
+    """Seconds between consecutive tokens of one task as clients received them: about
+    one engine batch step, the floor under any cancel -> slot-free latency."""
+    out: list[float] = []
+    for r in history["tasks"]:
+        ts = [e[0] for e in r.get("events", []) if e[2] == "token"]
+        out += [b - a for a, b in itertools.pairwise(ts)]
+    return out
+
+
+def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, Any]:
+    tasks = history["tasks"]
+    cancels: dict[str, int] = {}
+    for r in tasks:
+        c = cancel_of(r)
+        if c:
+            key = "close" if c.get("by") == "close" else str(c.get("status"))
+            cancels[key] = cancels.get(key, 0) + 1
+    bo = retry_after_errors(history, "backoff_ms")
+    gaps = token_gaps(history)
+    cuc = cancel_upstream_closed(history)
+    rc = retry_after_client_errors(history)
+    counts: dict[str, int] = {}
+    for r in tasks:
+        o = outcome(r)
+        counts[o] = counts.get(o, 0) + 1
+    accepted = sum(1 for r in tasks if r.get("task_id"))
+    failed = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("failed:")}
+    rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
+    csf = cancel_slot_free(history)
+    csf_fault = cancel_slot_free(history, exclude_faults=True)
+    ra = retry_after_errors(history)
+    rec = recoveries(history)
+    kill_reset = [
+        r["detect_s"] for r in rec if r["kind"] == "engine_kill9" and r["detect_s"] is not None
+    ]
+    tokens = sum(1 for r in tasks for e in r.get("events", []) if e[2] == "token") + sum(
+        1 for r in tasks for c in (r.get("oa") or {}).get("chunks", []) if c[2] is None
+    )
+    by_api: dict[str, int] = {}
+    for r in tasks:
+        if r.get("task_id"):
+            api = r.get("api", "tasks")
+            by_api[api] = by_api.get(api, 0) + 1
+    return {
+        "arrivals": len(tasks),
+        "submissions": sum(len(r.get("submits", [])) for r in tasks),
+        "accepted": accepted,
+        "accepted_by_api": dict(sorted(by_api.items())),
+        "completed": counts.get("completed", 0),
+        "canceled": counts.get("canceled", 0),
+        "failed_by_code": dict(sorted(failed.items())),
+        "rejected_by_code": dict(sorted(rejected.items())),
+        "lost": counts.get("lost", 0),
+        "violations": len(violations),
+        "violations_by_check": dict(
+            sorted(
+                {
+                    v.check: sum(1 for w in violations if w.check == v.check) for v in violations
+                }.items()
+            )
+        ),
+        "tokens_streamed": tokens,
+        "cancel_slot_free_ms": {
+            "n": len(csf),
+            "p50": None if not csf else round(1000 * statistics.median(csf), 1),
+            "p99": None if not csf else round(1000 * (_pct(csf, 99) or 0), 1),
+            "max": None if not csf else round(1000 * max(csf), 1),
+            "under_fault_n": len(csf_fault),
+            "under_fault_max": None if not csf_fault else round(1000 * max(csf_fault), 1),
+        },
+        "cancel_upstream_closed_ms": {
+            "n": len(cuc),
+            "p50": None if not cuc else round(1000 * (_pct(cuc, 50) or 0), 1),
+            "p99": None if not cuc else round(1000 * (_pct(cuc, 99) or 0), 1),
+        },
+        "token_gap_ms": {
+            "p50": None if not gaps else round(1000 * (_pct(gaps, 50) or 0), 1),
+            "p99": None if not gaps else round(1000 * (_pct(gaps, 99) or 0), 1),
+        },
+        "retry_after_error_s": {"n": len(ra), "p50": _pct(ra, 50), "p90": _pct(ra, 90)},
+        "backoff_ms_error_s": {"n": len(bo), "p50": _pct(bo, 50), "p90": _pct(bo, 90)},
+        "retry_after_client_error_s": {"n": len(rc), "p50": _pct(rc, 50), "p90": _pct(rc, 90)},
+        "cancel_answers": dict(sorted(cancels.items())),
+        "recovery": rec,
+        "engine_kill_to_worker_reset_s_max": max(kill_reset) if kill_reset else None,
+        "fairness": fairness(history),
+        "store_faults": store_figures(history),
+        "pool_faults": store_figures(history, POOL_FAULTS),
+    }
