@@ -361,7 +361,7 @@ class StoreBridge:
         writer = _Writer(self, rec, epoch)
         self._writers[rec.task_id] = writer
         rec.sink = writer.put
-        self.orch.launch(pool, replica, rec)
+        self.orch.dispatcher.launch(pool, replica, rec)
         assert rec.runner is not None
         rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
 
