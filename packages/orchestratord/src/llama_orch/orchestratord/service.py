@@ -128,7 +128,20 @@ class Orchestrator:
             pool.gate = self.self_tests.gate  # ORCH-7050: checks before Ready
         self.self_tests.on_decode = lambda engine, ms: self.workload.seed(engine, overhead_ms=ms)
         # ORCH-2520: with a `state:` section the store holds queues and event logs
-        self.state = StoreBridge(self, config.state) if config.state is not None else None
+        self.state = (
+            StoreBridge(
+                config.state,
+                config=config,
+                pools=self.pools,
+                tasks=self.tasks,
+                metrics=self.metrics,
+                tracing=self.tracing,
+                ending=self.ending,
+                dispatcher=self.dispatcher,
+            )
+            if config.state is not None
+            else None
+        )
         self.admission = Admission(
             limits=config.admission,
             pools=self.pools,
