@@ -115,13 +115,7 @@ async def run_admission_policy(
     if host is None or not host.has_admission:
         return req, pool, prepared
     tcfg = admission.quotas.tenant_config(tenant)
-    running = sum(
-        1
-        for (pid, _rid), recs in admission.workload.running.items()
-        if pid == pool.id
-        for r in recs
-        if r.tenant == tenant
-    )
+    running = sum(1 for r in admission.workload.running_on(pool.id) if r.tenant == tenant)
     pool_in_flight = pool.queue.tenant_depth(tenant) + running
     session = None
     if req.session_id is not None:

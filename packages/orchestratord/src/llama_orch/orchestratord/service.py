@@ -96,7 +96,7 @@ class Orchestrator:
         self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
         self.catalog = CatalogService(config.catalog, self.metrics)  # issue #18
         policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
-        preemptor = Preemptor(sched.preemption, self.workload.running, self.metrics)
+        preemptor = Preemptor(sched.preemption, self.workload, self.metrics)
         self.dispatcher = Dispatcher(
             runner=Runner(
                 metrics=self.metrics,
