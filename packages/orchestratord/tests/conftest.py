@@ -55,10 +55,13 @@ class Running:
                         return out
         return out
 
-    async def until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    async def until(
+        self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "the condition"
+    ) -> None:
         """Wait until ``predicate()`` holds, re-checked at every task phase change
         (ORCH-2413): no polling, no timing bet."""
-        assert await self.orch.tasks.wait_for(predicate, timeout), "condition not reached"
+        ok = await self.orch.tasks.wait_for(predicate, timeout)
+        assert ok, f"timed out after {timeout} s waiting for {what}"
 
     async def until_tokens(self, task_id: str, n: int, timeout: float = 30.0) -> None:
         """Wait until the task streamed ``n`` tokens, woken by its own appends."""
