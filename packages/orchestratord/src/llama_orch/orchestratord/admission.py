@@ -215,7 +215,8 @@ def displace(
 
 class Admission:
     """Submit: the checks above, quotas, the admission policy, sessions, then the
-    queue push (or the store's submit) and the 202's forecast and budget headers."""
+    queue push (or the store's submit) and the 202's forecast and budget headers.
+    Its collaborators are its constructor's arguments (ORCH-2420)."""
 
     def __init__(
         self,

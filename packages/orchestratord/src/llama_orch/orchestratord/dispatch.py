@@ -55,6 +55,8 @@ def _pin_of(rec: TaskRecord) -> ReplicaSetKey | None:
 
 
 class Dispatcher:
+    """Dispatch and slot accounting; collaborators in the constructor (ORCH-2420)."""
+
     def __init__(
         self,
         *,
@@ -163,7 +165,8 @@ class Dispatcher:
         self.launch(pool, replica, rec)
 
     def launch(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
-        """queued → running on ``replica``: reserve the slot and start the runner."""
+        """queued → running on ``replica``: reserve the slot and start the runner; the
+        slot is given back by :meth:`release`, once, however the run ends (ORCH-2421)."""
         self.shares.observe(rec.priority, rec.tenant)
         replica.busy += 1
         try:

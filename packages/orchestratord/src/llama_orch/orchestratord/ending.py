@@ -59,6 +59,8 @@ def canceled_event(rec: TaskRecord, now: float) -> EndEvent:
 
 
 class Ending:
+    """The one end path and the one end hook; collaborators in the constructor (ORCH-2420)."""
+
     def __init__(
         self,
         pools: dict[str, Pool],

@@ -1,4 +1,4 @@
-"""One run of a dispatched task on its replica's engine (ORCH-1106, ORCH-1903).
+"""One run of a dispatched task on its replica's engine (ORCH-2421, ORCH-1903).
 
 :class:`Runner` holds what every run needs; :class:`TaskRun` is one run, a
 short-lived object whose named steps were one 120-line coroutine:

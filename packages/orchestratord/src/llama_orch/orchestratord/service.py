@@ -15,8 +15,8 @@ Who does what:
 - :class:`~.ending.Ending`: the one end path (:meth:`Orchestrator.end`) and
   the one "task ended" hook (ORCH-2411, ORCH-2412).
 
-This class builds them with their dependencies, starts and stops the loops,
-and is the facade the HTTP layer and the frontends call.
+This class builds them with their dependencies (ORCH-2420), starts and stops
+the loops, and is the facade the HTTP layer and the frontends call.
 """
 
 from __future__ import annotations
