@@ -55,6 +55,34 @@ class Running:
                         return out
         return out
 
+    async def until(
+        self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "the condition"
+    ) -> None:
+        """Wait until ``predicate()`` holds, re-checked at every task phase change
+        (ORCH-2413): no polling, no timing bet."""
+        ok = await self.orch.tasks.wait_for(predicate, timeout)
+        assert ok, f"timed out after {timeout} s waiting for {what}"
+
+    async def until_tokens(self, task_id: str, n: int, timeout: float = 30.0) -> None:
+        """Wait until the task streamed ``n`` tokens, woken by its own appends."""
+        rec = self.orch.get(task_id)
+
+        async def read() -> None:
+            async with contextlib.aclosing(rec.frames()) as frames:
+                async for _ in frames:
+                    if rec.tokens_out >= n:
+                        return
+            raise AssertionError(f"task {task_id} ended after {rec.tokens_out} tokens")
+
+        await asyncio.wait_for(read(), timeout)
+
+    async def settled(self, task_id: str, timeout: float = 30.0) -> None:
+        """Wait until the task ended and its runner released the slot."""
+        rec = self.orch.get(task_id)
+        await asyncio.wait_for(rec.ended.wait(), timeout)
+        if rec.runner is not None:  # the release is a done-callback registered first
+            await asyncio.wait({rec.runner}, timeout=timeout)
+
     async def metrics_text(self, key: str | None = None) -> str:
         async with self.http.get(self.url + "/metrics", headers=bearer(key)) as resp:
             assert resp.status == 200, await resp.text()

@@ -86,11 +86,7 @@ async def test_promote_and_rollback_reload_the_pool_serving_the_name(
     resp = await run.submit(model_ref="lm", prompt=COUNT, max_tokens=400, seed=1)
     assert resp.status == 202, await resp.text()
     a = (await resp.json())["task_id"]
-    for _ in range(1200):
-        if run.orch.get(a).state == "running":
-            break
-        await asyncio.sleep(0.05)
-    assert run.orch.get(a).state == "running"
+    await run.until(lambda: run.orch.get(a).state == "running", 60)
     resp = await run.submit(model_ref="lm", prompt="The sky is", max_tokens=4, seed=1)
     assert resp.status == 202, await resp.text()
     b = (await resp.json())["task_id"]

@@ -15,12 +15,14 @@ async def test_drain_ends_running_and_queued_tasks_typed_at_the_deadline(
     r1 = await run.submit(max_tokens=400)
     r2 = await run.submit(max_tokens=400)
     t1, t2 = (await r1.json())["task_id"], (await r2.json())["task_id"]
-    await asyncio.sleep(0.3)
-    assert run.orch.get(t1).state == "running" and run.orch.get(t2).state == "queued"
+    await run.until(lambda: run.orch.get(t1).state == "running")
+    assert run.orch.get(t2).state == "queued"  # the only slot is taken
     drain = asyncio.create_task(
         run.http.post(run.url + "/v1/pools/mock/drain", json={"deadline_ms": 600})
     )
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(30):  # the drain request reached its handler (a pool flag)
+        while not run.orch.pools["mock"].draining:
+            await asyncio.sleep(0.01)
     refused = await run.submit(max_tokens=4)
     assert refused.status == 503 and (await refused.json())["code"] == "POOL_UNAVAILABLE"
     resp = await drain
@@ -63,8 +65,8 @@ async def test_drain_and_reload_validate_input(start_orchestrator, mock_config):
 async def test_replicasets_group_ready_replicas_with_load(start_orchestrator, mock_config):
     """ORCH-1606: one set per set_key, with slots, busy, load and queued."""
     run = await start_orchestrator(mock_config(adapter_options={"slots": 2, "token_delay_ms": 20}))
-    await run.submit(max_tokens=100)
-    await asyncio.sleep(0.2)
+    tid = (await (await run.submit(max_tokens=100)).json())["task_id"]
+    await run.until(lambda: run.orch.get(tid).state == "running")
     body = await (await run.http.get(run.url + "/v1/replicasets")).json()
     (rs,) = body["replica_sets"]
     assert rs["engine"] == "mock" and rs["model_digest"] == "mock-digest"

@@ -104,6 +104,9 @@ async def test_dispatcher_survives_a_failing_step(
     async with run.http.post(f"{run.url}/v1/tasks/{d}/cancel") as resp:
         assert resp.status == 204
     assert orch.get(d).state == "canceled" and orch.get(d).ended.is_set()
+    await run.settled(d)
+    # ORCH-2421: every run gave its slot back once, however it ended
+    assert all(r.busy == 0 for r in orch.pools["mock"].replicas.values())
 
     failures = [r for r in caplog.records if r.exc_info and "dispatch" in r.getMessage()]
     assert {str(r.exc_info[1]) for r in failures if r.exc_info} == {

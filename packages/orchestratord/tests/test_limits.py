@@ -163,10 +163,7 @@ async def test_stalled_reader_is_cut_and_can_resume(
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("a stalled stream was never cut")
-        for _ in range(300):
-            if run.orch.get(tid).terminal:
-                break
-            await asyncio.sleep(0.05)
+        await run.until(lambda: run.orch.get(tid).terminal, 15)
         rec = run.orch.get(tid)
         assert rec.state == "completed" and rec.tokens_out == 150_000  # the task ran on
     finally:
@@ -184,8 +181,8 @@ async def test_replay_chunks_are_bounded():
         rec.append(TokenEvent("x" * 20, i))
     rec.fail(ErrorCode.INTERNAL, "end", retriable=False)
     sizes = [len(c) async for c in rec.frames(0, 4096)]
-    total = sum(len(f) for f in rec._frames)
+    total = sum(len(f) for f in rec.frames_so_far())
     assert sum(sizes) == total and len(sizes) > 1
-    frame = max(len(f) for f in rec._frames)
+    frame = max(len(f) for f in rec.frames_so_far())
     assert max(sizes) < 4096 + frame
-    assert [len(c) async for c in rec.frames(0, 1)] == [len(f) for f in rec._frames]
+    assert [len(c) async for c in rec.frames(0, 1)] == [len(f) for f in rec.frames_so_far()]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from llama_orch.core.config import Config
 
 from .conftest import bearer  # type: ignore[import-not-found]
@@ -12,12 +10,9 @@ SID = "6f0e8b9a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
 async def _running(run, key: str, task_id: str) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(400):
-        async with run.http.get(f"{run.url}/v1/tasks/{task_id}", headers=bearer(key)) as r:
-            if (await r.json())["state"] == "running":
-                return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"task {task_id} never started")
+    await run.until(lambda: run.orch.get(task_id).state == "running")
+    async with run.http.get(f"{run.url}/v1/tasks/{task_id}", headers=bearer(key)) as r:
+        assert (await r.json())["state"] == "running"  # the tenant's view says so too
 
 
 def _config(mock_config, tenant_keys) -> tuple[Config, dict[str, str]]:  # type: ignore[no-untyped-def]

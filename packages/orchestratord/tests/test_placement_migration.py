@@ -96,7 +96,7 @@ async def test_prefix_aware_places_on_the_warm_replica(mock_config, start_orches
     pool = run.orch.pools["mock"]
     await _until(lambda: len(pool.ready_replicas()) == 2)
     first = await _submit(run, prompt=SYSTEM + "user: first question", max_tokens=200)
-    await _until(lambda: run.orch.get(first).state == "running")
+    await run.until(lambda: run.orch.get(first).state == "running")
     warm = run.orch.get(first).replica_id
     host = _SnapshotHost()
     run.orch.policies = host  # ORCH-2315: what a placement policy would be shown

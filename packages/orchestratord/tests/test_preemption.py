@@ -3,7 +3,6 @@ HTTP with the mock adapter (issue #4)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 
@@ -23,14 +22,6 @@ async def _tid(run, **body) -> str:
     return (await resp.json())["task_id"]
 
 
-async def _until(cond, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
 def _tokens(events) -> list[tuple[int, str]]:
     return [(e[2]["i"], e[2]["t"]) for e in events if e[1] == "token"]
 
@@ -38,7 +29,7 @@ def _tokens(events) -> list[tuple[int, str]]:
 async def _batch_then_urgent(run):
     """A batch task holds the only slot; an interactive task arrives mid-decode."""
     batch = await _tid(run, priority="batch", prompt="long job", max_tokens=60, seed=7)
-    await _until(lambda: run.orch.get(batch).tokens_out >= 5)
+    await run.until_tokens(batch, 5)
     urgent = await _tid(run, priority="interactive", max_tokens=5)
     return batch, urgent
 
@@ -155,12 +146,13 @@ async def test_deadline_forecast_uses_work_running_ahead(start_orchestrator, moc
     run = await start_orchestrator(mock_config(adapter_options={"token_delay_ms": 5}))
     await run.events(await _tid(run, max_tokens=10))  # measure the rate
     long = await _tid(run, max_tokens=300)
-    await _until(lambda: run.orch.get(long).tokens_out >= 1)
+    await run.until_tokens(long, 1)
     resp = await run.submit(max_tokens=4, deadline_ms=400)
     assert resp.status == 400 and (await resp.json())["code"] == "DEADLINE_UNMET"
     async with run.http.post(f"{run.url}/v1/tasks/{long}/cancel") as r:
         assert r.status == 204
-    await _until(lambda: run.orch.pools["mock"].running() == 0)
+    await run.settled(long)
+    assert run.orch.pools["mock"].running() == 0
     assert (await run.submit(max_tokens=4, deadline_ms=400)).status == 202
 
 
@@ -193,11 +185,11 @@ async def test_placement_prefers_the_replica_with_less_work(start_orchestrator, 
     )
     first = await _tid(run, max_tokens=300)
     second = await _tid(run, max_tokens=40)
-    await _until(lambda: run.orch.get(second).state == "running")
+    await run.until(lambda: run.orch.get(second).state == "running")
     assert run.orch.get(first).replica_id == "mock-e0"
     assert run.orch.get(second).replica_id == "mock-e1"  # most free slots
     third = await _tid(run, max_tokens=5)
-    await _until(lambda: run.orch.get(third).state != "queued")
+    await run.until(lambda: run.orch.get(third).state != "queued")
     assert run.orch.get(third).replica_id == "mock-e1"  # 1 free each; e1 has less work
     for tid in (first, second):
         async with run.http.post(f"{run.url}/v1/tasks/{tid}/cancel") as r:

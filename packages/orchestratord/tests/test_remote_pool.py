@@ -289,7 +289,7 @@ async def test_drain_reload_and_reset_go_to_the_pool_managerd(
     # reload: the old replica drains its running task before it is released
     resp = await orch.submit(max_tokens=40, pool_id="rp")
     tid = (await resp.json())["task_id"]
-    await _until(lambda: orch.orch.tasks.get(tid).state == "running")  # type: ignore[union-attr]
+    await orch.until(lambda: orch.orch.get(tid).state == "running")
     req = {"new_model_ref": "mock-model-2", "drain_deadline_ms": 10_000}
     async with orch.http.post(f"{orch.url}/v1/pools/rp/reload", json=req) as r:
         body = await r.read()

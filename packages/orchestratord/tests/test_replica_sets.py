@@ -8,7 +8,6 @@ for it, rather than continue on the other version.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import msgspec
@@ -38,10 +37,7 @@ async def test_engine_versions_split_sets_and_strict_sessions_stay(start_orchest
     # Occupy the home replica; the other version stays free.
     blocker = await run.submit(max_tokens=60, pool_id="mock")
     blocker_id = (await blocker.json())["task_id"]
-    for _ in range(200):
-        if run.orch.get(blocker_id).replica_id is not None:
-            break
-        await asyncio.sleep(0.01)
+    await run.until(lambda: run.orch.get(blocker_id).replica_id is not None)
     if run.orch.get(blocker_id).replica_id != home:
         # Least-loaded placement put it elsewhere: occupy the home one explicitly.
         await run.http.post(f"{run.url}/v1/tasks/{blocker_id}/cancel")

@@ -229,8 +229,4 @@ async def test_saturation_shares_through_http(start_orchestrator, mock_config, t
 
 
 async def _wait_all_done(run, ids) -> None:
-    for _ in range(3000):
-        if all(run.orch.get(t).terminal for t in ids):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("saturation tasks did not finish")
+    await run.until(lambda: all(run.orch.get(t).terminal for t in ids), 30)

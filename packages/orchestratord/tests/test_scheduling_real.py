@@ -3,7 +3,6 @@ affinity visible in the ``started`` events' replica_id (ORCH-1303, ORCH-1404, OR
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import msgspec
@@ -89,10 +88,7 @@ async def test_hard_preemption_is_not_used_on_llamacpp(
     run = await start_orchestrator(cfg)
     resp = await run.submit(prompt="Count: 1, 2, 3,", max_tokens=48, priority="batch", seed=1)
     batch = (await resp.json())["task_id"]
-    for _ in range(1000):
-        if run.orch.get(batch).tokens_out >= 2:
-            break
-        await asyncio.sleep(0.01)
+    await run.until_tokens(batch, 2)
     resp = await run.submit(prompt="Say hi", max_tokens=4, priority="interactive")
     urgent = (await resp.json())["task_id"]
     assert run.orch.get(batch).state == "running"  # the urgent task found the slot taken

@@ -79,7 +79,7 @@ async def test_kill_9_mid_stream_worker_reset_restart_and_recovery(
     await _until(lambda: len(pool.ready_replicas()) == 2, 180, "two Ready replicas")
     a = await _submit(run, prompt="Count from one to one thousand:", max_tokens=400)
     b = await _submit(run, prompt="Write a long story about a cat.", max_tokens=60)
-    await _until(lambda: run.orch.get(a).tokens_out > 2, 60, "tokens of task a")
+    await run.until_tokens(a, 3, 60)
     victim_id = run.orch.get(a).replica_id
     assert victim_id is not None and run.orch.get(b).replica_id != victim_id
     victim = pool.states[victim_id]
@@ -87,7 +87,7 @@ async def test_kill_9_mid_stream_worker_reset_restart_and_recovery(
     queued = [await _submit(run, prompt="Say hi.", max_tokens=8) for _ in range(3)]
     t0 = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    await _until(lambda: run.orch.get(a).terminal, 5, "task a to end")
+    await run.until(lambda: run.orch.get(a).terminal, 5, "task a to end")
     reset_s = time.monotonic() - t0
     events = await run.events(a)
     terminal = [e for e in events if e[1] in ("end", "error")]
@@ -135,14 +135,14 @@ async def test_a_sigstopped_engine_is_detected_its_task_ended_and_replaced(
     pool = run.orch.pools["p"]
     await _until(lambda: len(pool.ready_replicas()) == 1, 180, "a Ready replica")
     tid = await _submit(run, prompt="Count from one to one thousand:", max_tokens=400)
-    await _until(lambda: run.orch.get(tid).tokens_out > 2, 60, "tokens")
+    await run.until_tokens(tid, 3, 60)
     (rid,) = pool.states
     hung = pool.states[rid]
     assert hung.pid is not None
     t0 = time.monotonic()
     os.kill(hung.pid, signal.SIGSTOP)
     try:
-        await _until(lambda: run.orch.get(tid).terminal, 15, "the task to end")
+        await run.until(lambda: run.orch.get(tid).terminal, 15, "the task to end")
         ended_s = time.monotonic() - t0
         events = await run.events(tid)
         assert events[-1][1] == "error" and events[-1][2]["code"] == "DECODE_TIMEOUT"
@@ -157,7 +157,7 @@ async def test_a_sigstopped_engine_is_detected_its_task_ended_and_replaced(
         else:
             os.killpg(hung.pid, signal.SIGKILL)  # the supervisor did not: test fails below
     again = await _submit(run, prompt="Say hi.", max_tokens=8)
-    await _until(lambda: run.orch.get(again).terminal, 60, "a task on the new engine")
+    await run.until(lambda: run.orch.get(again).terminal, 60, "a task on the new engine")
     assert run.orch.get(again).state == "completed"
     print(f"\nSIGSTOP → task ended {ended_s:.2f}s; → replaced Ready {replaced_s:.2f}s")
 
@@ -215,7 +215,8 @@ async def test_reload_gemma_to_qwen_under_load_and_a_bad_reload_rolls_back(
     assert result["model_digest"] == qwen_model[1] != before["model_digest"]
     for tid in tasks:
         rec = run.orch.get(tid)
-        await _until(lambda r=rec: r.terminal, 180, f"task {tid} ({rec.state} on {rec.replica_id})")
+        what = f"task {tid} ({rec.state} on {rec.replica_id})"
+        await run.until(lambda r=rec: r.terminal, 180, what)
     failed = [t for t in tasks if run.orch.get(t).state != "completed"]
     assert len(failed) <= result["drain"]["ended"], failed
     sets = await (await run.http.get(run.url + "/v1/replicasets")).json()
@@ -250,9 +251,10 @@ async def test_drain_under_load_with_a_deadline(
     pids = [s.pid or 0 for s in pool.states.values()]
     count = "Count from one to one thousand, in words, separated by commas:"
     long = [await _submit(run, prompt=count, max_tokens=1500) for _ in range(2)]
-    await _until(lambda: all(run.orch.get(t).tokens_out > 2 for t in long), 60, "long tasks")
+    for t in long:
+        await run.until_tokens(t, 3, 60)
     short = [await _submit(run, prompt="Say hello.", max_tokens=16) for _ in range(2)]
-    await _until(lambda: all(run.orch.get(t).state != "queued" for t in short), 30, "placement")
+    await run.until(lambda: all(run.orch.get(t).state != "queued" for t in short), 30, "placement")
     assert {run.orch.get(t).replica_id for t in long} == {"p-r0", "p-r1"}
 
     deadline_ms = 6000
@@ -349,16 +351,17 @@ async def _eight_tasks_kill_one_replica(run: Any) -> tuple[list[str], list[str]]
         await _submit(run, prompt=f"Count slowly from {n} to one hundred:", max_tokens=48, seed=n)
         for n in range(8)
     ]
-    await _until(lambda: all(run.orch.get(t).replica_id for t in tids), 60, "8 tasks placed")
+    await run.until(lambda: all(run.orch.get(t).replica_id for t in tids), 60, "8 tasks placed")
     victim_id = run.orch.get(tids[0]).replica_id
     on_victim = [t for t in tids if run.orch.get(t).replica_id == victim_id]
     assert len(on_victim) == 4, [run.orch.get(t).replica_id for t in tids]
-    await _until(lambda: all(run.orch.get(t).tokens_out >= 2 for t in on_victim), 120, "4 streams")
+    for t in on_victim:
+        await run.until_tokens(t, 2, 120)
     assert not any(run.orch.get(t).terminal for t in on_victim)
     pid = pool.states[victim_id].pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    await _until(lambda: all(run.orch.get(t).terminal for t in tids), 240, "every task to end")
+    await run.until(lambda: all(run.orch.get(t).terminal for t in tids), 240, "every task to end")
     return on_victim, [t for t in tids if t not in on_victim]
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from llama_orch.core.adapter_api import Capability, GenerateRequest
 from llama_orch.core.api import TaskAccepted, TaskRequest, derive_seed
-from llama_orch.core.config import AdmissionConfig, Config
+from llama_orch.core.config import AdmissionConfig
 from llama_orch.core.errors import (
     AdmissionRejected,
     InvalidParams,
@@ -43,7 +43,15 @@ if TYPE_CHECKING:
     from .catalog_api import CatalogService
     from .stored import StoreBridge
 
-__all__ = ["AdmissionMixin", "Prepared", "decode_request", "prepare", "resolve_pool"]
+__all__ = [
+    "Admission",
+    "Prepared",
+    "backpressure",
+    "decode_request",
+    "displace",
+    "prepare",
+    "resolve_pool",
+]
 
 _decoder = msgspec.json.Decoder(TaskRequest)
 
@@ -173,23 +181,70 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
     return Prepared(str(tid), gen, prompt_tokens, ctx)
 
 
-class AdmissionMixin:
-    """The admission step of :class:`~llama_orch.orchestratord.service.Orchestrator`:
-    submit, the full-queue policy's displacements and the 202's budget headers.
-    The attributes below are the orchestrator's."""
+def backpressure(metrics: Metrics, pool: Pool, policy: str | None = None) -> None:
+    """Count one refusal for a full queue, a quota or a policy (ORCH-1108)."""
+    metrics.backpressure.add(
+        1, {"engine": pool.engine, "pool_id": pool.id, "policy": policy or pool.queue.policy}
+    )
 
-    accepting: bool
-    config: Config
-    pools: dict[str, Pool]
-    tasks: TaskStore
-    quotas: Quotas
-    sessions: SessionTable
-    metrics: Metrics
-    tracing: Tracing
-    workload: Workload
-    policies: PolicyHost | None
-    state: StoreBridge | None  # with a `state:` section
-    catalog: CatalogService  # issue #18
+
+def displace(
+    metrics: Metrics, pool: Pool, displaced: list[Displaced[TaskRecord]], priority: str
+) -> None:
+    """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)
+    and counts as rejected (ORCH-1108); pushed out for a more urgent task, it counts
+    as a soft preemption (ORCH-1904)."""
+    for victim in displaced:
+        backpressure(metrics, pool)
+        metrics.tasks_rejected.add(
+            1,
+            {
+                "reason": victim.code.value,
+                "policy": pool.queue.policy,
+                "pool_id": pool.id,
+                "engine": pool.engine,
+                "api": victim.item.api,
+            },
+        )
+        if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
+            metrics.preemptions.add(1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id})
+        victim.item.fail(
+            victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
+        )
+
+
+class Admission:
+    """Submit: the checks above, quotas, the admission policy, sessions, then the
+    queue push (or the store's submit) and the 202's forecast and budget headers.
+    Its collaborators are its constructor's arguments (ORCH-2420)."""
+
+    def __init__(
+        self,
+        *,
+        limits: AdmissionConfig,
+        pools: dict[str, Pool],
+        tasks: TaskStore,
+        quotas: Quotas,
+        sessions: SessionTable,
+        workload: Workload,
+        metrics: Metrics,
+        tracing: Tracing,
+        catalog: CatalogService,
+        state: StoreBridge | None,
+        policies: PolicyHost | None,
+    ) -> None:
+        self.limits = limits
+        self.pools = pools
+        self.tasks = tasks
+        self.quotas = quotas
+        self.sessions = sessions
+        self.workload = workload
+        self.metrics = metrics
+        self.tracing = tracing
+        self.catalog = catalog  # issue #18
+        self.state = state  # with a `state:` section (ORCH-2522)
+        self.policies = policies  # swapped by a policy reload (ORCH-8570)
+        self.accepting = True  # False from the start of shutdown
 
     async def submit(
         self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
@@ -206,7 +261,7 @@ class AdmissionMixin:
             pool = resolve_pool(req, self.pools, self.catalog)
             if pool.draining:
                 raise PoolUnavailable(f"pool {pool.id} is draining", pool_id=pool.id)
-            prepared = await prepare(req, pool, self.config.admission)
+            prepared = await prepare(req, pool, self.limits)
             if self.tasks.get(prepared.task_id) is not None:
                 raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
             now = time.monotonic()
@@ -224,7 +279,7 @@ class AdmissionMixin:
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 if exc.retry_after_ms is None:
                     exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
-                self._backpressure(pool, "quota")
+                backpressure(self.metrics, pool, "quota")
                 raise
             if self.policies is not None:  # ORCH-8521: the operators' admission policy
                 req, pool, prepared = await run_admission_policy(self, req, pool, prepared, tenant)
@@ -272,9 +327,9 @@ class AdmissionMixin:
                     exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
-                self._backpressure(pool)
+                backpressure(self.metrics, pool)
                 raise
-            self._displace(pool, displaced, rec.priority)
+            displace(self.metrics, pool, displaced, rec.priority)
             if self.tasks.get(rec.task_id) is None:  # a store dispatcher may have run it already
                 self.tasks.add(rec)
             self.tracing.admitted(rec, submitted_ns)
@@ -322,32 +377,3 @@ class AdmissionMixin:
         if cost is not None:
             headers["X-Budget-Cost-Remaining"] = f"{cost:g}"  # ORCH-1906
         return headers
-
-    def _backpressure(self, pool: Pool, policy: str | None = None) -> None:
-        self.metrics.backpressure.add(
-            1, {"engine": pool.engine, "pool_id": pool.id, "policy": policy or pool.queue.policy}
-        )
-
-    def _displace(self, pool: Pool, displaced: list[Displaced[TaskRecord]], priority: str) -> None:
-        """Every task a full-queue policy pushes out gets its terminal error (ORCH-1106)
-        and counts as rejected (ORCH-1108); pushed out for a more urgent task, it counts
-        as a soft preemption (ORCH-1904)."""
-        for victim in displaced:
-            self._backpressure(pool)
-            self.metrics.tasks_rejected.add(
-                1,
-                {
-                    "reason": victim.code.value,
-                    "policy": pool.queue.policy,
-                    "pool_id": pool.id,
-                    "engine": pool.engine,
-                    "api": victim.item.api,
-                },
-            )
-            if PRIORITIES.index(victim.item.priority) > PRIORITIES.index(priority):
-                self.metrics.preemptions.add(
-                    1, {"mode": "soft", "engine": pool.engine, "pool_id": pool.id}
-                )
-            victim.item.fail(
-                victim.code, f"displaced by the {pool.queue.policy} policy", retriable=True
-            )

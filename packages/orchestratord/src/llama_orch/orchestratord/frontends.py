@@ -243,7 +243,7 @@ class FrontendHost:
 
     def events_now(self, rec: TaskRecord) -> list[StreamEvent]:
         """The task's events appended so far, without waiting."""
-        return [_decode_frame(f)[1] for f in rec._frames[: rec.event_count]]
+        return [_decode_frame(f)[1] for f in rec.frames_so_far()]
 
     def cancel(self, rec: TaskRecord) -> None:
         """End the task now (``canceled``) and free its engine slot."""

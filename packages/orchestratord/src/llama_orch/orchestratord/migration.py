@@ -49,7 +49,7 @@ def streamed_text(rec: TaskRecord) -> list[str]:
     """The text of every ``token`` event in the task's log, in order."""
     parser = SSEParser()
     out: list[str] = []
-    for frame in rec._frames:
+    for frame in rec.frames_so_far():
         for msg in parser.feed(frame):
             if msg.event == "token":
                 out.append(_token_decoder.decode(msg.data).t)

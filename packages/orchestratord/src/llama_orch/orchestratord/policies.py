@@ -28,9 +28,12 @@ from .pools import Pool, Replica
 if TYPE_CHECKING:
     from llama_orch.policy_host import PolicyHost
 
-    from .admission import AdmissionMixin, Prepared
+    from .admission import Admission, Prepared
+    from .placer import Placer
     from .service import Orchestrator
     from .tasks import TaskRecord
+    from .telemetry import EngineScraper
+    from .workload import Workload
 
 __all__ = [
     "PolicyReloadResult",
@@ -93,7 +96,7 @@ def _task_info(req: TaskRequest, rec_or_prepared: Any, tenant: str, pool_id: str
 
 
 async def run_admission_policy(
-    orch: AdmissionMixin, req: TaskRequest, pool: Pool, prepared: Prepared, tenant: str
+    admission: Admission, req: TaskRequest, pool: Pool, prepared: Prepared, tenant: str
 ) -> tuple[TaskRequest, Pool, Prepared]:
     """Ask the admission policy (ORCH-8521); raise its rejection (ORCH-8522) or
     return the request, pool and prepared task with its rewrite applied."""
@@ -106,29 +109,23 @@ async def run_admission_policy(
         TenantBudget,
     )
 
-    from .admission import prepare
+    from .admission import backpressure, prepare
 
-    host = orch.policies  # the caller checked that a policy host is configured
+    host = admission.policies  # the caller checked that a policy host is configured
     if host is None or not host.has_admission:
         return req, pool, prepared
-    tcfg = orch.quotas.tenant_config(tenant)
-    running = sum(
-        1
-        for (pid, _rid), recs in orch.workload.running.items()
-        if pid == pool.id
-        for r in recs
-        if r.tenant == tenant
-    )
+    tcfg = admission.quotas.tenant_config(tenant)
+    running = sum(1 for r in admission.workload.running_on(pool.id) if r.tenant == tenant)
     pool_in_flight = pool.queue.tenant_depth(tenant) + running
     session = None
     if req.session_id is not None:
-        s = orch.sessions.get((tenant, str(req.session_id)))
+        s = admission.sessions.get((tenant, str(req.session_id)))
         if s is not None:
-            tokens, _ms = orch.sessions.remaining(s)
+            tokens, _ms = admission.sessions.remaining(s)
             session = SessionBudget(
                 session_id=str(req.session_id),
                 turns=s.turns,
-                max_turns=orch.sessions.max_turns,
+                max_turns=admission.sessions.max_turns,
                 tokens_remaining=tokens,
             )
     snapshot = AdmissionSnapshot(
@@ -143,13 +140,13 @@ async def run_admission_policy(
         ),
         tenant=TenantBudget(
             tenant=tenant,
-            in_flight=orch.tasks.in_flight(tenant),
+            in_flight=admission.tasks.in_flight(tenant),
             pool_in_flight=pool_in_flight,
             max_concurrent=tcfg.max_concurrent,
-            bucket_tokens=orch.quotas.bucket_tokens(tenant, time.monotonic()),
+            bucket_tokens=admission.quotas.bucket_tokens(tenant, time.monotonic()),
         ),
         session=session,
-        pools=sorted(orch.pools),
+        pools=sorted(admission.pools),
     )
     result = host.admission(snapshot)
     assert result is not None
@@ -160,8 +157,8 @@ async def run_admission_policy(
             raise Forbidden(msg, policy_label=result.policy, pool_id=pool.id, engine=pool.engine)
         retry = d.retry_after_ms
         if retry is None:
-            retry = orch.workload.retry_after_ms(pool)  # ORCH-1957
-        orch._backpressure(pool, "policy")
+            retry = admission.workload.retry_after_ms(pool)  # ORCH-1957
+        backpressure(admission.metrics, pool, "policy")
         raise AdmissionRejected(
             msg,
             policy_label=result.policy,
@@ -171,11 +168,11 @@ async def run_admission_policy(
         )
     if isinstance(d, Rewrite):
         if d.pool_id is not None and d.pool_id != pool.id:
-            pool = orch.pools[d.pool_id]  # the host checked it is one of snapshot.pools
+            pool = admission.pools[d.pool_id]  # the host checked it is one of snapshot.pools
             req = msgspec.structs.replace(
                 req, pool_id=d.pool_id, task_id=uuid.UUID(prepared.task_id)
             )
-            prepared = await prepare(req, pool, orch.config.admission)
+            prepared = await prepare(req, pool, admission.limits)
         if d.priority is not None:
             req = msgspec.structs.replace(req, priority=d.priority)
         if d.max_tokens is not None and d.max_tokens < prepared.request.max_tokens:
@@ -185,30 +182,37 @@ async def run_admission_policy(
 
 
 def choose_replica(
-    orch: Orchestrator, pool: Pool, rec: TaskRecord, step: Dispatch[Any], affinity: str | None
+    host: PolicyHost,
+    pool: Pool,
+    rec: TaskRecord,
+    step: Dispatch[Any],
+    affinity: str | None,
+    *,
+    workload: Workload,
+    scraper: EngineScraper,
+    placer: Placer,
 ) -> Replica | None:
     """The replica the placement policy scores highest (ORCH-8523), the built-in
     choice when it scores none, or None when it failed closed."""
     from llama_orch.policy_sdk.abi import PlacementSnapshot, ReplicaInfo, TaskInfo
 
-    host = orch.policies  # the caller checked that a policy host is configured
-    if host is None or host.cfg.placement is None:
+    if host.cfg.placement is None:
         return pool.replicas[step.replica_id]
     eligible = [
         r
         for r in pool.replicas.values()
         if r.state.ready and r.free_slots > 0 and r.state.set_key() == step.set_key
     ]
-    loads = {v.replica_id: v.load for v in orch.workload.views(pool)}
-    kv = {a.get("replica_id"): v for v, a in orch.scraper.kv_usage() if a.get("pool_id") == pool.id}
+    loads = {v.replica_id: v.load for v in workload.views(pool)}
+    kv = {a.get("replica_id"): v for v, a in scraper.kv_usage() if a.get("pool_id") == pool.id}
     labels = host.cfg.replica_labels
-    hits = orch.placer.expected_hits(pool, rec)  # ORCH-2315
+    hits = placer.expected_hits(pool, rec)  # ORCH-2315
     infos = []
     for r in eligible:
         rid = r.state.replica_id
         # the replica's service-time model at its current load (ORCH-1950)
         busy = max(1, r.state.slots - r.free_slots)
-        model = orch.workload.model(pool, rid, r.state.slots)
+        model = workload.model(pool, rid, r.state.slots)
         mpt = model.decode_ms_per_token(busy, time.monotonic())
         infos.append(
             ReplicaInfo(

@@ -20,6 +20,7 @@ from llama_orch.core.queue import PRIORITIES
 from .metrics import Metrics
 from .pools import Pool, Replica
 from .tasks import TaskRecord
+from .workload import Workload
 
 __all__ = ["Preemptor"]
 
@@ -30,11 +31,11 @@ class Preemptor:
     def __init__(
         self,
         mode: str,
-        running: dict[tuple[str, str], set[TaskRecord]],
+        workload: Workload,
         metrics: Metrics,
     ) -> None:
         self.mode = mode
-        self._running = running  # the orchestrator's tasks per (pool, replica)
+        self._workload = workload  # asked which tasks run, never holding its table
         self._metrics = metrics
         self._interruptible: weakref.WeakKeyDictionary[WorkerAdapter, bool] = (
             weakref.WeakKeyDictionary()
@@ -66,9 +67,7 @@ class Preemptor:
         victims = sorted(
             (
                 t
-                for (pid, _rid), tasks in self._running.items()
-                if pid == pool.id
-                for t in tasks
+                for t in self._workload.running_on(pool.id)
                 if PRIORITIES.index(t.priority) > rank and (pin is None or t.set_key == pin)
             ),
             key=lambda t: t.dispatched or 0.0,

@@ -47,11 +47,14 @@ from llama_orch.core.state_store import (
     load_state_store_class,
 )
 
+from .ending import Ending, error_event
+from .metrics import Metrics
 from .pools import Pool, Replica
-from .tasks import TaskRecord
+from .tasks import TaskRecord, TaskStore
+from .tracing import Tracing
 
 if TYPE_CHECKING:
-    from .service import Orchestrator
+    from .dispatch import Dispatcher
 
 __all__ = ["StoreBridge", "store_config"]
 
@@ -181,7 +184,7 @@ class _Writer:
             except (Fenced, TaskEnded, KeyError) as exc:
                 # another instance owns it now, or it was canceled anywhere (ORCH-2525)
                 reason = "fenced" if isinstance(exc, Fenced) else "ended"
-                self.bridge.orch.metrics.store_writes_refused.add(
+                self.bridge.metrics.store_writes_refused.add(
                     1, {"pool_id": self.rec.pool_id, "reason": reason}
                 )
                 _log.info("task %s: the store refused an append (%s)", tid, type(exc).__name__)
@@ -197,12 +200,28 @@ class _Writer:
 
 
 class StoreBridge:
-    def __init__(self, orch: Orchestrator, options: StateOptions) -> None:
-        self.orch = orch
+    def __init__(
+        self,
+        options: StateOptions,
+        *,
+        config: Config,
+        pools: dict[str, Pool],
+        tasks: TaskStore,
+        metrics: Metrics,
+        tracing: Tracing,
+        ending: Ending,
+        dispatcher: Dispatcher,
+    ) -> None:
         self.options = options
+        self.config = config
+        self.pools = pools
+        self.tasks = tasks
+        self.metrics = metrics
+        self.ending = ending
+        self.dispatcher = dispatcher  # launches what the store dispatched here
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.instance = uuid.uuid4().hex[:12]
-        orch.tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
+        tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
         self.leases = LeaseKeeper(
             self.store, self.instance, options.lease_ms, on_lost=self._lease_lost
         )
@@ -221,19 +240,19 @@ class StoreBridge:
         try:
             yield
         finally:
-            self.orch.metrics.store_op_ms.record((time.perf_counter() - t0) * 1000, {"op": op})
+            self.metrics.store_op_ms.record((time.perf_counter() - t0) * 1000, {"op": op})
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         await self.store.start()
-        await self.store.configure(store_config(self.orch.config))
+        await self.store.configure(store_config(self.config))
         # ORCH-2540: the control cursor is taken before this instance owns any task
         control = await self.store.control_cursor(self.instance)
         self._loops.append(asyncio.create_task(self._control_loop(control), name="control"))
         await self._heartbeat()
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
-        for pool in self.orch.pools.values():
+        for pool in self.pools.values():
             self._loops.append(
                 asyncio.create_task(self._dispatch_loop(pool), name=f"store-dispatch-{pool.id}")
             )
@@ -267,18 +286,18 @@ class StoreBridge:
         with self.timed("submit"):
             admitted = await self.store.submit(spec_of(rec))
         for tid, code in admitted.displaced:
-            victim = self.orch.tasks.get(tid)
+            victim = self.tasks.get(tid)
             if victim is not None and not victim.terminal:
-                victim.finish(self.orch.error_event(victim, "displaced", code))
+                victim.finish(error_event(victim, "displaced", code))
         return admitted.queue_position
 
     async def hydrate(self, task_id: str) -> None:
         """Know a task another instance (or this one before a restart) admitted."""
-        if self.orch.tasks.get(task_id) is not None:
+        if self.tasks.get(task_id) is not None:
             return
         view = await self.store.task(task_id)
-        if view is not None and self.orch.tasks.get(task_id) is None:
-            self.orch.tasks.add(record_of(view.task))
+        if view is not None and self.tasks.get(task_id) is None:
+            self.tasks.add(record_of(view.task))
 
     async def cancel(self, task_id: str) -> None:
         """Cancel at the store first: the terminal is in the log in the same step,
@@ -338,17 +357,15 @@ class StoreBridge:
                 await asyncio.sleep(1.0)
 
     def _orphaned(self, task_id: str) -> None:
-        rec = self.orch.tasks.get(task_id)
+        rec = self.tasks.get(task_id)
         if rec is not None and not rec.terminal:
-            rec.finish(
-                self.orch.error_event(rec, "no Ready replica is left in the task's replica set")
-            )
+            rec.finish(error_event(rec, "no Ready replica is left in the task's replica set"))
 
     def _run(self, pool: Pool, d: Dispatched) -> None:
-        rec = self.orch.tasks.get(d.task.task_id)
+        rec = self.tasks.get(d.task.task_id)
         if rec is None:
             rec = record_of(d.task)
-            self.orch.tasks.add(rec)
+            self.tasks.add(rec)
         replica = pool.replicas.get(d.replica_id)
         if rec.terminal or replica is None:
             _log.warning("task %s dispatched to unknown replica %s", rec.task_id, d.replica_id)
@@ -361,7 +378,7 @@ class StoreBridge:
         writer = _Writer(self, rec, epoch)
         self._writers[rec.task_id] = writer
         rec.sink = writer.put
-        self.orch.launch(pool, replica, rec)
+        self.dispatcher.launch(pool, replica, rec)
         assert rec.runner is not None
         rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
 
@@ -381,9 +398,9 @@ class StoreBridge:
         self.track(asyncio.get_running_loop().create_task(self.store.requeue(task_id, epoch)))
 
     def _lease_lost(self, task_id: str) -> None:
-        rec = self.orch.tasks.get(task_id)
+        rec = self.tasks.get(task_id)
         pool_id = rec.pool_id if rec is not None else "unknown"
-        self.orch.metrics.store_leases_lost.add(1, {"pool_id": pool_id})
+        self.metrics.store_leases_lost.add(1, {"pool_id": pool_id})
         self.lose(task_id)
 
     def lose(self, task_id: str) -> None:
@@ -391,9 +408,9 @@ class StoreBridge:
         writer = self._writers.get(task_id)
         if writer is not None:
             writer.dead = True
-        rec = self.orch.tasks.get(task_id)
+        rec = self.tasks.get(task_id)
         if rec is not None and not rec.terminal:
-            self.orch.end(rec, self.orch.error_event(rec, "this instance lost the task"))
+            self.ending.end(rec, error_event(rec, "this instance lost the task"))
 
     # ---------------------------------------------------------------- control, liveness
 
@@ -416,12 +433,12 @@ class StoreBridge:
         writer = self._writers.get(task_id)
         if writer is not None:
             writer.dead = True  # the store already holds the cancel's terminal
-        rec = self.orch.tasks.get(task_id)
+        rec = self.tasks.get(task_id)
         if rec is None or rec.terminal:
             return
         now = time.monotonic()
         _log.info("task %s: canceled on another instance; aborting its run", task_id)
-        self.orch.end(
+        self.ending.end(
             rec,
             EndEvent(
                 tokens_out=rec.tokens_out,
@@ -466,7 +483,7 @@ class StoreBridge:
             if self._stop.is_set():
                 return
             if time.monotonic() - started < 30 and not all(
-                p.ready_replicas() for p in self.orch.pools.values()
+                p.ready_replicas() for p in self.pools.values()
             ):
                 continue  # just started: leave expired leases to an instance that can run them
             try:
@@ -474,7 +491,7 @@ class StoreBridge:
                     outcome = "requeued"
                     if reaped.outcome == "claimed":
                         outcome = await self._claimed(reaped)
-                    self.orch.metrics.store_takeovers.add(
+                    self.metrics.store_takeovers.add(
                         1, {"pool_id": reaped.task.pool, "outcome": outcome}
                     )
             except Exception:
@@ -486,14 +503,14 @@ class StoreBridge:
         text streamed so far, the same seed, the remaining ``max_tokens``, token
         indices going on, announced by one ``metrics {resumed: true}``. Otherwise it
         ends with exactly one typed error under the claim's epoch (ORCH-2528)."""
-        pool = self.orch.pools.get(r.task.pool)
+        pool = self.pools.get(r.task.pool)
         replica = pool.replicas.get(r.replica_id or "") if pool is not None else None
         if pool is not None and replica is not None and replica.state.ready:
             sofar = continuation(await self.store.read(r.task_id))
-            rec = self.orch.tasks.get(r.task_id)
+            rec = self.tasks.get(r.task_id)
             if rec is None or rec.state != "queued":
                 rec = record_of(r.task)
-                self.orch.tasks.add(rec)
+                self.tasks.add(rec)
             rec.takeover = sofar.started
             rec.tokens_out = rec.engine_tokens = sofar.next_index
             rec.text_out = [sofar.text]

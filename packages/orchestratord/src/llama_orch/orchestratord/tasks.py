@@ -146,6 +146,10 @@ class TaskRecord:
     def event_count(self) -> int:
         return len(self._frames)
 
+    def frames_so_far(self) -> list[bytes]:
+        """The encoded events appended so far (a copy), without waiting."""
+        return list(self._frames)
+
     def append(self, event: StreamEvent) -> bool:
         """Append a non-terminal event; returns False (dropped) after the end."""
         if self.terminal:

@@ -111,7 +111,7 @@ def _expire(
             1, {"engine": pool.engine, "pool_id": pool.id, "reason": reason}
         )
         if rec.deadline is not None:
-            orch._deadlines[pool.id, rec.priority][1] += 1  # ORCH-1112: a missed deadline
+            orch.deadlines.missed(pool.id, rec.priority)  # ORCH-1112
         _log.info(
             "task %s expired in the queue: %s", rec.task_id, message, extra={"job_id": rec.task_id}
         )

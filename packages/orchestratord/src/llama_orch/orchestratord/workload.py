@@ -71,6 +71,10 @@ class Workload:
         if running is not None:
             running.discard(rec)
 
+    def running_on(self, pool_id: str) -> list[TaskRecord]:
+        """The tasks running on any replica of the pool."""
+        return [t for (pid, _rid), tasks in self.running.items() if pid == pool_id for t in tasks]
+
     # ---------------------------------------------------------------- the model
 
     def seed(
