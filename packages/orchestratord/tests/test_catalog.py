@@ -76,6 +76,17 @@ def _config(tmp_path: Path, trust: dict[str, Any], **admission: Any) -> Config:
     return msgspec.convert(doc, Config)
 
 
+def _sample(scrape: str, name: str, **labels: str) -> float:
+    """The value of one series of a Prometheus text scrape (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(scrape):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
 def test_trust_policy_verdicts() -> None:
     """ORCH-3311..3313: listed key passes; unsigned, unlisted, bad, disallowed do not."""
     strict = TrustPolicy(msgspec.convert(_trust(allowed_sources=["https"]), TrustConfig))
@@ -225,6 +236,19 @@ async def test_canary_promote_rollback_deprecate_retire(
     text = run.orch.metrics.render().decode()
     assert f'catalog_routed_total{{lifecycle="canary",model_id="{i2}"}} {split["canary"]}' in text
     assert f'catalog_routed_total{{lifecycle="active",model_id="{i1}"}} {split["stable"]}' in text
+    # ORCH-3380: what ran, per version, from /metrics: the same split by outcome
+    async with run.http.get(run.url + "/metrics") as r:
+        scrape = await r.text()
+    ran = {
+        mid: _sample(scrape, "catalog_tasks_total", model_id=mid, lifecycle=lc, outcome="completed")
+        for mid, lc in ((i1, "active"), (i2, "canary"))
+    }
+    assert ran == {i1: split["stable"], i2: split["canary"]}, ran
+    assert 0.15 <= ran[i2] / sum(ran.values()) <= 0.25
+    tokens = _sample(scrape, "catalog_tokens_out_total", model_id=i2, lifecycle="canary")
+    assert tokens == 2 * split["canary"]  # max_tokens=2 each
+    ttft = _sample(scrape, "catalog_latency_first_token_ms_count", model_id=i2, lifecycle="canary")
+    assert ttft == split["canary"]
 
     promoted = await (await run.http.post(f"{api}/{i2}/promote")).json()
     assert {m["id"]: m["state"] for m in promoted["models"]} == {i2: "active", i1: "deprecated"}

@@ -35,11 +35,13 @@ from .metrics import Metrics
 from .trust import Signature, TrustPolicy, Verdict, log_verification
 
 if TYPE_CHECKING:
+    from llama_orch.core.replica import ReplicaState
     from llama_orch.pool_managerd.pool import PoolManager
 
     from .control import ControlPlane
     from .pools import Pool
     from .service import Orchestrator
+    from .tasks import TaskRecord
 
 __all__ = ["CATALOG_ROUTES", "CatalogService", "deprecation_headers"]
 
@@ -241,6 +243,27 @@ class CatalogService:
         if mine is not None and mine.id == entry.id:
             return True
         return any(st.model_digest == entry.digest for st in pool.states.values())
+
+    def version_of(self, pool: Pool, digest: str) -> Entry | None:
+        """The catalog version a replica of ``pool`` serves: the entry of the digest
+        it reports, else the entry its ``model:`` names (pools given by
+        ``endpoints:`` report no digest)."""
+        return (self.catalog.by_digest(digest) if digest else None) or self.catalog.resolve(
+            pool.config.model
+        )
+
+    def task_ended(self, pool: Pool, replica: ReplicaState, rec: TaskRecord) -> None:
+        """Per-version outcome, first-token latency and tokens of a task that ran on a
+        replica (ORCH-3380); tasks on models outside the catalog are not counted here."""
+        entry = self.version_of(pool, replica.model_digest or "")
+        if entry is None or rec.state not in ("completed", "failed", "canceled"):
+            return
+        attrs = {"model_id": entry.id, "lifecycle": entry.state}
+        self._metrics.catalog_tasks.add(1, {**attrs, "outcome": rec.state})
+        if rec.first_token_ms is not None:
+            self._metrics.catalog_first_token_ms.record(rec.first_token_ms, attrs)
+        if rec.tokens_out:
+            self._metrics.catalog_tokens_out.add(rec.tokens_out, attrs)
 
     def pools_for(
         self, model_ref: str, candidates: Sequence[Pool], *, override: bool = False

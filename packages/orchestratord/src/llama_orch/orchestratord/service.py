@@ -415,6 +415,7 @@ class Orchestrator(AdmissionMixin):
         }
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
+        self.catalog.task_ended(pool, replica.state, rec)  # per version (ORCH-3380)
         self.placer.finished(pool, replica, rec)  # ORCH-2302: prompt + answer
         engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
         engine_ms += rec.engine_ms_before
