@@ -285,6 +285,7 @@ async def capabilities(request: Request) -> Response:
             ctx_max=p.ctx_max(),
             slots=p.total_slots(),
             replicas_ready=len(p.ready_replicas()),
+            model_digests=sorted({r.state.model_digest for r in p.ready_replicas()} - {""}),
         )
         for p in orch.pools.values()
     ]

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from llama_orch.core.catalog_config import CatalogConfig
-from llama_orch.core.errors import InvalidParams, OrchError, PoolUnready, UntrustedArtifact
+from llama_orch.core.errors import (
+    InvalidParams,
+    OrchError,
+    PoolUnavailable,
+    PoolUnready,
+    UntrustedArtifact,
+)
 from llama_orch.core.model_source_api import MalformedModelRef, split_model_ref
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     from llama_orch.pool_managerd.pool import PoolManager
 
     from .control import ControlPlane
+    from .pool_control import PoolControls
     from .pools import Pool
     from .service import Orchestrator
     from .tasks import TaskRecord
@@ -184,6 +191,17 @@ class CatalogService:
             state=req.state,
         )
         return self.catalog.add(entry)
+
+    def judge_for_load(self, entry: Entry, engine: str) -> None:
+        """Trust before a remote pool-managerd loads ``entry`` (ORCH-3381): the
+        signature and source checks belong here, where the keys are; the bytes are
+        checked against the digest where they are loaded. Raises UntrustedArtifact."""
+        verdict = self.trust.judge(
+            source=entry.provenance.source, digest=entry.digest, signatures=entry.signatures
+        )
+        self._count(verdict, entry.name, entry.digest, engine, "load")
+        if verdict.refused:
+            raise UntrustedArtifact(f"{entry.name} ({entry.id}): {verdict.detail}")
 
     def verify(self, entry: Entry, engine: str = "none", stage: str = "verify") -> Path:
         """Trust, then bytes (ORCH-3310, ORCH-3313); raises UntrustedArtifact."""
@@ -425,21 +443,19 @@ async def state(request: Request) -> Response:
 async def promote(request: Request) -> Response:
     plane = _plane(request)
     orch = plane.orch
-    manager = plane.pools.manager
     svc = plane.orch.catalog
     mid = request.path_params["model_id"]
     req: SwitchRequest = _decode(await request.body(), SwitchRequest)
     entry = svc.catalog.get(mid)
     if entry.state != "canary":  # refused before any engine starts
         raise InvalidParams(f"{entry.id} is {entry.state}: only a canary is promoted")
-    switched = await _switch_followers(orch, manager, entry, req.drain_deadline_ms / 1000)
+    switched = await _switch_followers(orch, plane.pools, entry, req.drain_deadline_ms / 1000)
     return _ok({"models": svc.catalog.promote(mid), "reloaded": switched})
 
 
 async def rollback(request: Request) -> Response:
     plane = _plane(request)
     orch = plane.orch
-    manager = plane.pools.manager
     svc = plane.orch.catalog
     mid = request.path_params["model_id"]
     req: SwitchRequest = _decode(await request.body(), SwitchRequest)
@@ -447,7 +463,7 @@ async def rollback(request: Request) -> Response:
     back = svc.catalog.rollback_target(entry)  # raises when there is nothing to undo
     switched: list[PoolSwitch] = []
     if back is not None:
-        switched = await _switch_followers(orch, manager, back, req.drain_deadline_ms / 1000)
+        switched = await _switch_followers(orch, plane.pools, back, req.drain_deadline_ms / 1000)
     return _ok({"models": svc.catalog.rollback(mid), "reloaded": switched})
 
 
@@ -462,47 +478,62 @@ CATALOG_ROUTES = [
 ]
 
 
-def followers(orch: Orchestrator, manager: Any, name: str) -> list[Pool]:
-    """Pools that serve a model by its bare name, run by the embedded pool manager:
-    they follow its Active version (ORCH-3360). A pool pinned to a tag, id or
-    digest keeps the version it names."""
-    managed = set(manager.pool_ids()) if manager is not None else set()
-    return [p for p in orch.pools.values() if p.config.model == name and p.id in managed]
+def followers(orch: Orchestrator, controls: PoolControls, name: str) -> list[Pool]:
+    """Pools that serve a model by its bare name, run by the embedded pool manager
+    or by remote pool-managerds: they follow its Active version (ORCH-3360,
+    ORCH-3381). A pool pinned to a tag, id or digest keeps the version it names."""
+    from .pool_control import EmbeddedPools, RemotePools
+
+    return [
+        p
+        for p in orch.pools.values()
+        if p.config.model == name and isinstance(controls.for_pool(p), EmbeddedPools | RemotePools)
+    ]
 
 
 async def _switch_followers(
-    orch: Orchestrator, manager: Any, target: Entry, deadline_s: float
+    orch: Orchestrator, controls: PoolControls, target: Entry, deadline_s: float
 ) -> list[PoolSwitch]:
     """Reload every follower of ``target.name`` to ``target``'s bytes, before the
     catalog changes (ORCH-3360): the pool manager's reload starts the new replicas
     beside the old ones, switches placement once they are Ready, lets the running
-    tasks finish on the old ones and stops them; queued tasks wait for the new
-    ones. A reload that fails leaves its pool serving as before, puts back the
-    pools already switched, and the catalog is not changed."""
-    from .pool_control import EmbeddedPools  # imports the service, which imports this
+    tasks finish on the old ones and stops them; queued ones wait for the new
+    ones. A remote pool-managerd gets the entry's source reference and digest; the
+    trust policy is applied here, the digest there, both before an engine starts
+    (ORCH-3381). A reload that fails leaves its pool serving as before, puts back
+    the pools already switched, and the catalog is not changed."""
+    from .pool_control import RemotePools  # imports the service, which imports this
 
-    embedded = EmbeddedPools(manager)
-    done: list[tuple[Pool, str]] = []  # (pool, the digest it served before)
+    svc = orch.catalog
+    # (pool, the reference and digest it served before)
+    done: list[tuple[Pool, str, str]] = []
     switched: list[PoolSwitch] = []
 
-    async def reload(pool: Pool, digest: str) -> PoolSwitch:
-        r = await embedded.reload(orch, pool, f"sha256:{digest}", digest, deadline_s)
-        return PoolSwitch(pool.id, digest, r.replicas, r.drain.finished, r.drain.ended)
+    async def reload(pool: Pool, ref: str, digest: str) -> PoolSwitch:
+        control = controls.for_pool(pool)
+        if isinstance(control, RemotePools):
+            entry = svc.catalog.by_digest(digest)
+            if entry is not None:
+                svc.judge_for_load(entry, pool.engine)  # raises UntrustedArtifact
+                ref = entry.ref
+        r = await control.reload(orch, pool, ref, digest, deadline_s)
+        return PoolSwitch(pool.id, r.model_digest, r.replicas, r.drain.finished, r.drain.ended)
 
-    for pool in followers(orch, manager, target.name):
+    for pool in followers(orch, controls, target.name):
         serving = {st.model_digest for st in pool.states.values() if st.ready}
         if serving == {target.digest}:
             continue  # already there
-        before = next(iter(serving), "")
+        ready = [st for st in pool.states.values() if st.ready]
+        before = (ready[0].model_ref, ready[0].model_digest) if ready else ("", "")
         try:
-            switched.append(await reload(pool, target.digest))
-        except (UntrustedArtifact, PoolUnready):  # this pool keeps serving as before
-            for prev_pool, prev_digest in reversed(done):
+            switched.append(await reload(pool, f"sha256:{target.digest}", target.digest))
+        except (UntrustedArtifact, PoolUnready, PoolUnavailable):  # it serves as before
+            for prev_pool, prev_ref, prev_digest in reversed(done):
                 if prev_digest:
-                    with contextlib.suppress(UntrustedArtifact, PoolUnready):
-                        await reload(prev_pool, prev_digest)
+                    with contextlib.suppress(UntrustedArtifact, PoolUnready, PoolUnavailable):
+                        await reload(prev_pool, prev_ref or f"sha256:{prev_digest}", prev_digest)
             raise
-        done.append((pool, before))
+        done.append((pool, *before))
     return switched
 
 
