@@ -113,11 +113,49 @@ class CatalogService:
         self.artifacts = ArtifactStore(self.catalog.path, config.artifact_max_bytes)
         self.trust = TrustPolicy(config.trust)
         self._metrics = metrics
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         metrics.gauge(
             "catalog_model_state",
             self._states,
             "1 for a catalog model version's lifecycle state, 0 for the others (ORCH-3365).",
         )
+
+    async def share(self, store: object) -> None:
+        """Keep the catalog in the shared state store when it offers one (the
+        ``valkey`` backend), so every instance sees one catalog (ORCH-3383); a
+        watcher reloads it as soon as another instance writes."""
+        make = getattr(store, "catalog_backend", None)
+        if make is None:
+            return
+        backend = make()
+        await asyncio.to_thread(self.catalog.use, backend)
+        _log.info("model catalog in the shared store at %s", backend.location)
+        self._watcher = asyncio.create_task(self._watch(), name="catalog-watch")
+
+    async def _watch(self) -> None:
+        backend = self.catalog.backend
+        while not self._closing.is_set():
+            try:
+                await asyncio.to_thread(backend.wait_change, 0.5)
+                await asyncio.to_thread(self.catalog.refresh)
+            except Exception as exc:  # the store is down: keep serving what we hold
+                _log.warning("catalog watcher: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        """Stop the watcher (its wait in a worker thread ends within 0.5 s), then the backend."""
+        self._closing.set()
+        if self._watcher is not None:
+            await self._watcher
+            self._watcher = None
+        await asyncio.to_thread(self.catalog.backend.close)
+
+    async def sync(self) -> None:
+        """Read the backend's version before answering from memory (a write by another
+        instance is seen at once, ORCH-3383)."""
+        if self.catalog.backend.shared:
+            await asyncio.to_thread(self.catalog.refresh)
 
     def _states(self) -> list[tuple[float, dict[str, str]]]:
         """One-hot lifecycle per entry (ORCH-3365): every version shows all five states."""
@@ -388,6 +426,7 @@ def _plane(request: Request) -> ControlPlane:
 
 async def models(request: Request) -> Response:
     svc = _plane(request).orch.catalog
+    await svc.sync()
     if request.method == "GET":
         return _ok({"models": svc.catalog.list()})
     req: RegisterRequest = _decode(await request.body(), RegisterRequest)
@@ -400,14 +439,16 @@ async def models(request: Request) -> Response:
 async def model(request: Request) -> Response:
     svc = _plane(request).orch.catalog
     mid = request.path_params["model_id"]
+    await svc.sync()
     if request.method == "DELETE":
-        svc.catalog.delete(mid)
+        await asyncio.to_thread(svc.catalog.delete, mid)
         return Response(status_code=204)
     return _ok(svc.catalog.get(mid))
 
 
 async def verify(request: Request) -> Response:
     svc = _plane(request).orch.catalog
+    await svc.sync()
     entry = svc.catalog.get(request.path_params["model_id"])
     try:
         await asyncio.to_thread(svc.verify, entry)
@@ -426,7 +467,8 @@ async def state(request: Request) -> Response:
     svc = plane.orch.catalog
     mid = request.path_params["model_id"]
     req: StateRequest = _decode(await request.body(), StateRequest)
-    entry = svc.catalog.transition(
+    entry = await asyncio.to_thread(
+        svc.catalog.transition,
         mid,
         req.state,
         weight=req.weight,
@@ -446,11 +488,12 @@ async def promote(request: Request) -> Response:
     svc = plane.orch.catalog
     mid = request.path_params["model_id"]
     req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+    await svc.sync()
     entry = svc.catalog.get(mid)
     if entry.state != "canary":  # refused before any engine starts
         raise InvalidParams(f"{entry.id} is {entry.state}: only a canary is promoted")
     switched = await _switch_followers(orch, plane.pools, entry, req.drain_deadline_ms / 1000)
-    return _ok({"models": svc.catalog.promote(mid), "reloaded": switched})
+    return _ok({"models": await asyncio.to_thread(svc.catalog.promote, mid), "reloaded": switched})
 
 
 async def rollback(request: Request) -> Response:
@@ -459,12 +502,13 @@ async def rollback(request: Request) -> Response:
     svc = plane.orch.catalog
     mid = request.path_params["model_id"]
     req: SwitchRequest = _decode(await request.body(), SwitchRequest)
+    await svc.sync()
     entry = svc.catalog.get(mid)
     back = svc.catalog.rollback_target(entry)  # raises when there is nothing to undo
     switched: list[PoolSwitch] = []
     if back is not None:
         switched = await _switch_followers(orch, plane.pools, back, req.drain_deadline_ms / 1000)
-    return _ok({"models": svc.catalog.rollback(mid), "reloaded": switched})
+    return _ok({"models": await asyncio.to_thread(svc.catalog.rollback, mid), "reloaded": switched})
 
 
 # Admin only (build_app wraps each in the ``admin`` guard); they read ``app.state.control``.
