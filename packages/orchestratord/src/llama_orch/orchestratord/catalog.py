@@ -140,6 +140,10 @@ class CatalogBackend(Protocol):
         """Block until another writer may have changed the catalog, or ``timeout``."""
         ...
 
+    def wake(self) -> None:
+        """End a ``wait_change`` in another thread now."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -207,7 +211,10 @@ class SqliteCatalog:
         return acc >= 1.0
 
     def wait_change(self, timeout: float) -> None:
-        time.sleep(timeout)  # one writer: nothing to wait for (the catalog is not watched)
+        time.sleep(timeout)  # not shared: nothing to wait for (the file is not watched)
+
+    def wake(self) -> None:
+        return None
 
     def close(self) -> None:
         return None

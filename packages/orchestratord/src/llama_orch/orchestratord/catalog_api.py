@@ -144,9 +144,11 @@ class CatalogService:
                 await asyncio.sleep(1.0)
 
     async def close(self) -> None:
-        """Stop the watcher (its wait in a worker thread ends within 0.5 s), then the backend."""
+        """Stop the watcher (woken from its wait in a worker thread), then the backend."""
         self._closing.set()
         if self._watcher is not None:
+            with contextlib.suppress(Exception):  # a store already gone: the wait times out
+                await asyncio.to_thread(self.catalog.backend.wake)
             await self._watcher
             self._watcher = None
         await asyncio.to_thread(self.catalog.backend.close)

@@ -107,6 +107,10 @@ class ValkeyCatalog:
             self._pubsub.subscribe(self.channel)
         self._pubsub.get_message(timeout=timeout)
 
+    def wake(self) -> None:
+        """End a :meth:`wait_change` now (at shutdown): publish without a change."""
+        self._client.publish(self.channel, "wake")
+
     def close(self) -> None:
         if self._pubsub is not None:
             self._pubsub.close()
