@@ -231,3 +231,23 @@ def test_a_write_that_lost_the_race_is_checked_again(
     assert {e.id: e.state for e in x.list()} == {e.id: e.state for e in y.list()}
     x.backend.close()
     y.backend.close()
+
+
+def test_an_unreachable_store_is_a_503_not_a_crash() -> None:
+    """ORCH-3383 with ORCH-2516: reads, writes and the canary credit of a catalog whose
+    store cannot be reached raise StoreUnavailable (503 with Retry-After)."""
+    from llama_orch.core.state_store import StoreUnavailable
+    from llama_orch.state_valkey.catalog import ValkeyCatalog
+    from llama_orch.testing.fake_http import free_port_url
+
+    gone = ValkeyCatalog(free_port_url().replace("http://", "redis://"), socket_timeout=1.0)
+    for call in (
+        gone.version,
+        gone.load,
+        lambda: gone.commit(0, {}, []),
+        lambda: gone.take_credit("tiny", 0.2),
+    ):
+        with pytest.raises(StoreUnavailable) as caught:
+            call()
+        assert caught.value.status_code == 503 and caught.value.retry_after_ms == 1000
+    gone.close()

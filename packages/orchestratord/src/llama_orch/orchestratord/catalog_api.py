@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -135,13 +136,22 @@ class CatalogService:
 
     async def _watch(self) -> None:
         backend = self.catalog.backend
-        while not self._closing.is_set():
-            try:
-                await asyncio.to_thread(backend.wait_change, 0.5)
-                await asyncio.to_thread(self.catalog.refresh)
-            except Exception as exc:  # the store is down: keep serving what we hold
-                _log.warning("catalog watcher: %s", exc)
-                await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+        # its own thread: a wait that blocks for 0.5 s must not hold one of the
+        # default executor's few threads
+        failing = False
+        with ThreadPoolExecutor(1, thread_name_prefix="catalog-watch") as thread:
+            while not self._closing.is_set():
+                try:
+                    await loop.run_in_executor(thread, backend.wait_change, 0.5)
+                    await loop.run_in_executor(thread, self.catalog.refresh)
+                except Exception as exc:  # the store is down: keep serving what we hold
+                    if not failing:  # once per outage
+                        _log.warning("catalog watcher: %s; retrying every second", exc)
+                    failing = True
+                    await asyncio.sleep(1.0)
+                else:
+                    failing = False
 
     async def close(self) -> None:
         """Stop the watcher (woken from its wait in a worker thread), then the backend."""

@@ -16,9 +16,14 @@ the server on the admission path (one round trip).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
 import valkey
+from llama_orch.core.state_store import StoreUnavailable
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 __all__ = ["ValkeyCatalog"]
 
@@ -51,6 +56,15 @@ return 0
 _ONE = 1_000_000
 
 
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Transport failures are the store's 503 with Retry-After (ORCH-2516)."""
+    try:
+        yield
+    except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"state store unreachable (catalog): {exc}") from exc
+
+
 class ValkeyCatalog:
     """The catalog backend of :class:`llama_orch.orchestratord.catalog.Catalog` on Valkey."""
 
@@ -62,11 +76,9 @@ class ValkeyCatalog:
         # Any: valkey-py leaves pipeline(), pubsub() and close() unannotated
         self._client: Any = valkey.Valkey.from_url(url, socket_timeout=socket_timeout)
         base = f"{{{key_prefix}}}:catalog"
-        self._entries, self._version, self._credit = (
-            f"{base}:entries",
-            f"{base}:v",
-            f"{base}:credit",
-        )
+        self._entries = f"{base}:entries"  # id -> the entry as JSON
+        self._version = f"{base}:v"
+        self._credit = f"{base}:credit"  # name -> canary credit in millionths
         self.channel = f"{base}:changed"
         self._commit = self._client.register_script(_COMMIT)
         self._take = self._client.register_script(_CREDIT)
@@ -75,41 +87,47 @@ class ValkeyCatalog:
 
     def load(self) -> tuple[int, dict[str, bytes]]:
         """One consistent snapshot: the version and every entry's document."""
-        pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC
-        pipe.get(self._version)
-        pipe.hgetall(self._entries)
-        version, docs = pipe.execute()
-        return int(version or 0), {k.decode(): bytes(v) for k, v in docs.items()}
+        with _reachable():
+            pipe = self._client.pipeline(transaction=True)  # MULTI/EXEC
+            pipe.get(self._version)
+            pipe.hgetall(self._entries)
+            version, docs = pipe.execute()
+            return int(version or 0), {k.decode(): bytes(v) for k, v in docs.items()}
 
     def version(self) -> int:
-        return int(cast(bytes | None, self._client.get(self._version)) or 0)
+        with _reachable():
+            return int(cast(bytes | None, self._client.get(self._version)) or 0)
 
     def commit(self, expected: int, put: dict[str, bytes], delete: list[str]) -> int | None:
         """Apply the change if the catalog is still at ``expected``; the new version,
         or None when another writer came first."""
-        args: list[Any] = [expected, self.channel, len(put)]
-        for key, doc in put.items():
-            args += [key, doc]
-        args += delete
-        v = int(cast(int, self._commit(keys=[self._entries, self._version], args=args)))
-        return None if v < 0 else v
+        with _reachable():
+            args: list[Any] = [expected, self.channel, len(put)]
+            for key, doc in put.items():
+                args += [key, doc]
+            args += delete
+            v = int(cast(int, self._commit(keys=[self._entries, self._version], args=args)))
+            return None if v < 0 else v
 
     def take_credit(self, name: str, weight: float) -> bool:
         """Add ``weight`` to the name's canary credit; True (and one unit less) when it
         reached one (ORCH-3331 across instances)."""
-        step = max(1, round(weight * _ONE))
-        return bool(self._take(keys=[self._credit], args=[name, step]))
+        with _reachable():
+            step = max(1, round(weight * _ONE))
+            return bool(self._take(keys=[self._credit], args=[name, step]))
 
     def wait_change(self, timeout: float) -> None:
         """Block until a change is published or ``timeout`` passed (call from one thread)."""
-        if self._pubsub is None:
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(self.channel)
-        self._pubsub.get_message(timeout=timeout)
+        with _reachable():
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.channel)
+            self._pubsub.get_message(timeout=timeout)
 
     def wake(self) -> None:
         """End a :meth:`wait_change` now (at shutdown): publish without a change."""
-        self._client.publish(self.channel, "wake")
+        with _reachable():
+            self._client.publish(self.channel, "wake")
 
     def close(self) -> None:
         if self._pubsub is not None:
