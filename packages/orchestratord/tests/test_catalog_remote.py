@@ -100,13 +100,13 @@ async def pool_managerd(
     engine.chmod(0o755)
     started: list[tuple[PoolManager, Registry, web.AppRunner]] = []
 
-    async def start(model: Path) -> tuple[str, PoolManager]:
+    async def start(model: Path, pool_id: str = "rp") -> tuple[str, PoolManager, web.AppRunner]:
         cfg = msgspec.convert(
             {
                 "allow_cpu_inference": True,
                 "pools": [
                     {
-                        "id": "rp",
+                        "id": pool_id,
                         "engine": "llamacpp-http",
                         "model": str(model),
                         "engine_binary": str(engine),
@@ -132,7 +132,12 @@ async def pool_managerd(
         started.append((pm, registry, runner))
         await pm.start()
         host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}", pm
+
+        async def cut() -> None:  # the API goes away (streams end), the engines stay
+            registry.closed.set()
+            await runner.cleanup()
+
+        return f"http://{host}:{port}", pm, cut
 
     yield start
     for pm, registry, runner in started:
@@ -156,7 +161,7 @@ async def test_a_remote_pool_follows_promote_and_rollback_and_refuses_tampered_b
         paths.append(tmp_path / f"v{n}.gguf")
         paths[-1].write_bytes(data)
     d1, d2, d3 = (hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
-    url, pm = await pool_managerd(paths[0])
+    url, pm, _ = await pool_managerd(paths[0])
     config = msgspec.convert(
         {
             "server": {"port": 0, "shutdown_grace_s": 1.0},
@@ -231,3 +236,52 @@ async def test_a_remote_pool_follows_promote_and_rollback_and_refuses_tampered_b
         reason="unsigned",
     )
     assert loads == 3  # promote v2, rollback to v1, promote v3
+
+
+async def test_a_failed_remote_reload_puts_back_the_pools_already_switched(
+    start_orchestrator: Any,
+    pool_managerd: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ORCH-3361 with ORCH-3381: two pools follow ``lm`` on two pool-managerds; the
+    second cannot be reached during the promote, so the first, already switched, is
+    reloaded back, the answer is 503 and the catalog does not change."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    v1, v2 = tmp_path / "v1.gguf", tmp_path / "v2.gguf"
+    v1.write_bytes(V1)
+    v2.write_bytes(V2)
+    d1, d2 = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (v1, v2))
+    url_a, pm_a, _ = await pool_managerd(v1, "rp")
+    url_b, _, cut_b = await pool_managerd(v1, "rp2")
+    pool = {"engine": "llamacpp-http", "model": "lm"}
+    config = msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "auth": {"enabled": False},
+            "catalog": {"path": str(tmp_path / "catalog.sqlite3"), "trust": {"mode": "off"}},
+            "pools": [{"id": "rp", **pool}, {"id": "rp2", **pool}],
+            "pool_managers": [
+                {"name": "a", "url": url_a, "token": TOKEN, "pools": ["rp"]},
+                {"name": "b", "url": url_b, "token": TOKEN, "pools": ["rp2"]},
+            ],
+            "observability": {"self_test": False},
+        },
+        Config,
+    )
+    run = await start_orchestrator(config)
+    api = run.url + "/v1/catalog/models"
+    for path, state in ((v1, "active"), (v2, "draft")):
+        resp = await run.http.post(api, json={"name": "lm", "ref": str(path), "state": state})
+        assert resp.status == 201, await resp.text()
+    i1, i2 = d1[:16], d2[:16]
+    assert (await run.http.post(f"{api}/{i2}/state", json={"state": "canary", "weight": 0.5})).ok
+    await cut_b()  # b's API is gone (its engines keep running)
+
+    resp = await run.http.post(f"{api}/{i2}/promote", json={"drain_deadline_ms": 5000})
+    body = await resp.json()
+    assert resp.status == 503 and body["code"] == "POOL_UNAVAILABLE", body
+    assert pm_a.counters.reloads == 2  # to v2, then back
+    assert [s.model_digest for s in pm_a.replicas()] == [d1]
+    states = {m["id"]: m["state"] for m in (await (await run.http.get(api)).json())["models"]}
+    assert states == {i1: "active", i2: "canary"}

@@ -587,7 +587,10 @@ async def _switch_followers(
             for prev_pool, prev_ref, prev_digest in reversed(done):
                 if prev_digest:
                     with contextlib.suppress(UntrustedArtifact, PoolUnready, PoolUnavailable):
-                        await reload(prev_pool, prev_ref or f"sha256:{prev_digest}", prev_digest)
+                        # a catalog version by its digest; else what the replicas loaded
+                        known = svc.catalog.by_digest(prev_digest) is not None
+                        back = f"sha256:{prev_digest}" if known or not prev_ref else prev_ref
+                        await reload(prev_pool, back, prev_digest)
             raise
         done.append((pool, *before))
     return switched
