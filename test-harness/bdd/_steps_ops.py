@@ -239,6 +239,22 @@ def ran_split(world: World, a: str, na: int, b: str, nb: int) -> None:
     assert world.notes["ran"] == {a: na, b: nb}, world.notes["ran"]
 
 
+@step("then", 'the metrics count {n:d} completed tasks on version "{tag}" as {lifecycle}')
+def version_metrics(world: World, n: int, tag: str, lifecycle: str) -> None:
+    """ORCH-3380: what ran, per catalog version, read from the scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = http("GET", world.url + "/metrics").body.decode()
+    want = {"model_id": world.notes[tag], "lifecycle": lifecycle, "outcome": "completed"}
+    got = [
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "catalog_tasks_total" and s.labels == want
+    ]
+    assert got == [n], (want, got)
+
+
 @step("when", 'I {action} version "{tag}"')
 def catalog_action(world: World, action: str, tag: str) -> None:
     verb = {"promote": "promote", "roll back": "rollback"}[action]

@@ -76,6 +76,17 @@ def _config(tmp_path: Path, trust: dict[str, Any], **admission: Any) -> Config:
     return msgspec.convert(doc, Config)
 
 
+def _sample(scrape: str, name: str, **labels: str) -> float:
+    """The value of one series of a Prometheus text scrape (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(scrape):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
 def test_trust_policy_verdicts() -> None:
     """ORCH-3311..3313: listed key passes; unsigned, unlisted, bad, disallowed do not."""
     strict = TrustPolicy(msgspec.convert(_trust(allowed_sources=["https"]), TrustConfig))
@@ -225,6 +236,19 @@ async def test_canary_promote_rollback_deprecate_retire(
     text = run.orch.metrics.render().decode()
     assert f'catalog_routed_total{{lifecycle="canary",model_id="{i2}"}} {split["canary"]}' in text
     assert f'catalog_routed_total{{lifecycle="active",model_id="{i1}"}} {split["stable"]}' in text
+    # ORCH-3380: what ran, per version, from /metrics: the same split by outcome
+    async with run.http.get(run.url + "/metrics") as r:
+        scrape = await r.text()
+    ran = {
+        mid: _sample(scrape, "catalog_tasks_total", model_id=mid, lifecycle=lc, outcome="completed")
+        for mid, lc in ((i1, "active"), (i2, "canary"))
+    }
+    assert ran == {i1: split["stable"], i2: split["canary"]}, ran
+    assert 0.15 <= ran[i2] / sum(ran.values()) <= 0.25
+    tokens = _sample(scrape, "catalog_tokens_out_total", model_id=i2, lifecycle="canary")
+    assert tokens == 2 * split["canary"]  # max_tokens=2 each
+    ttft = _sample(scrape, "catalog_latency_first_token_ms_count", model_id=i2, lifecycle="canary")
+    assert ttft == split["canary"]
 
     promoted = await (await run.http.post(f"{api}/{i2}/promote")).json()
     assert {m["id"]: m["state"] for m in promoted["models"]} == {i2: "active", i1: "deprecated"}
@@ -293,7 +317,7 @@ def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
     """ORCH-3321: contracts/openapi/catalog.yaml is valid OpenAPI 3.1 and its schemas
     list exactly the fields of the wire structs."""
     import yaml
-    from llama_orch.orchestratord import artifacts, catalog_api
+    from llama_orch.orchestratord import artifacts, catalog_api, catalog_service
     from llama_orch.orchestratord import catalog as cat_mod
     from openapi_spec_validator import validate
 
@@ -307,11 +331,11 @@ def test_catalog_openapi_is_valid_and_matches_the_structs() -> None:
         ("Provenance", cat_mod.Provenance),
         ("Transition", cat_mod.Transition),
         ("Signature", Signature),
-        ("RegisterRequest", catalog_api.RegisterRequest),
-        ("StateRequest", catalog_api.StateRequest),
-        ("VerifyResult", catalog_api.VerifyResult),
-        ("SwitchRequest", catalog_api.SwitchRequest),
-        ("PoolSwitch", catalog_api.PoolSwitch),
+        ("RegisterRequest", catalog_service.RegisterRequest),
+        ("StateRequest", catalog_service.StateRequest),
+        ("VerifyResult", catalog_service.VerifyResult),
+        ("SwitchRequest", catalog_service.SwitchRequest),
+        ("PoolSwitch", catalog_service.PoolSwitch),
         ("RegisterProgress", catalog_api.RegisterProgress),
         ("ArtifactRequest", artifacts.ArtifactRequest),
         ("Artifact", artifacts.Artifact),
@@ -376,7 +400,7 @@ def test_a_fetch_failure_at_load_is_retriable_not_untrusted(
     import shutil
 
     from llama_orch.core.catalog_config import CatalogConfig
-    from llama_orch.orchestratord.catalog_api import CatalogService, RegisterRequest
+    from llama_orch.orchestratord.catalog_service import CatalogService, RegisterRequest
     from llama_orch.orchestratord.metrics import Metrics
     from llama_orch.pool_managerd.errors import ProvisionError, VerificationError
 

@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from llama_orch.core.config import Config
-from llama_orch.orchestratord.catalog_api import CatalogService, RegisterRequest
+from llama_orch.orchestratord.catalog_service import CatalogService, RegisterRequest
 from llama_orch.orchestratord.metrics import Metrics
 from llama_orch.orchestratord.serve import serve
 from llama_orch.orchestratord.trust import signed_message

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 from llama_orch.core.config import Config
-from llama_orch.orchestratord.catalog_api import CatalogService, RegisterRequest
+from llama_orch.orchestratord.catalog_service import CatalogService, RegisterRequest
 from llama_orch.orchestratord.metrics import Metrics
 from llama_orch.pool_managerd.provision import provision_model
 
@@ -110,6 +110,11 @@ async def test_promote_and_rollback_reload_the_pool_serving_the_name(
     text = await run.metrics_text()
     assert f'catalog_model_state{{lifecycle="active",model_id="{i2}"}} 1.0' in text
     assert f'catalog_model_state{{lifecycle="deprecated",model_id="{i1}"}} 1.0' in text
+    # ORCH-3380: the tasks that ran, per version; ORCH-3382: the digest the pool serves
+    assert f'catalog_tasks_total{{lifecycle="active",model_id="{i2}",outcome="completed"}}' in text
+    async with run.http.get(run.url + "/v1/capabilities") as r:
+        [caps] = [p for p in (await r.json())["pools"] if p["id"] == "lm"]
+    assert caps["model_digests"] == [gemma_digest]
 
     resp = await run.http.post(f"{api}/{i2}/rollback", json={"drain_deadline_ms": 60_000})
     body = await resp.json()

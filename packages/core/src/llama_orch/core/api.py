@@ -189,6 +189,9 @@ class PoolCapability(msgspec.Struct, kw_only=True):
     ctx_max: int
     slots: int
     replicas_ready: int
+    # the sha256 of what the Ready replicas serve: one, or two while a reload switches
+    # (ORCH-3382)
+    model_digests: list[str] = []
 
 
 class Limits(msgspec.Struct, kw_only=True):

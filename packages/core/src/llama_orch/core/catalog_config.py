@@ -30,7 +30,9 @@ class TrustConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class CatalogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    # SQLite file; None = $XDG_DATA_HOME/llama-orch/catalog.sqlite3 (ORCH-3320)
+    # SQLite file; None = $XDG_DATA_HOME/llama-orch/catalog.sqlite3 (ORCH-3320); with
+    # `state: {backend: valkey}` the catalog is the shared store's (ORCH-3383) and the
+    # file keeps only the artifacts
     path: str | None = None
     trust: TrustConfig = msgspec.field(default_factory=TrustConfig)
     # the largest artifact (prompt, plan, output) POST /v1/artifacts stores (ORCH-3351)

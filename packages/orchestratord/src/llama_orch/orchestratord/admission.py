@@ -40,7 +40,7 @@ from .workload import Workload
 if TYPE_CHECKING:
     from llama_orch.policy_host import PolicyHost
 
-    from .catalog_api import CatalogService
+    from .catalog_service import CatalogService
     from .stored import StoreBridge
 
 __all__ = [

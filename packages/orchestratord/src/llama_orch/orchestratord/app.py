@@ -48,7 +48,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .artifacts import ARTIFACT_ROUTES
 from .auth import Access, Authenticator, Principal, load_keys
-from .catalog_api import CATALOG_ROUTES, deprecation_headers
+from .catalog_api import CATALOG_ROUTES
+from .catalog_service import deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
 from .limits import BodyLimit, StreamCounter
@@ -285,6 +286,7 @@ async def capabilities(request: Request) -> Response:
             ctx_max=p.ctx_max(),
             slots=p.total_slots(),
             replicas_ready=len(p.ready_replicas()),
+            model_digests=sorted({r.state.model_digest for r in p.ready_replicas()} - {""}),
         )
         for p in orch.pools.values()
     ]

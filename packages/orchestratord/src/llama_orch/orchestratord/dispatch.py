@@ -41,6 +41,8 @@ from .workload import Workload
 if TYPE_CHECKING:
     from llama_orch.policy_host import PolicyHost
 
+    from .catalog_service import CatalogService
+
 __all__ = ["Dispatcher"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
@@ -71,8 +73,10 @@ class Dispatcher:
         tracing: Tracing,
         scraper: EngineScraper,
         policies: PolicyHost | None,
+        catalog: CatalogService,
     ) -> None:
         self.runner = runner
+        self.catalog = catalog  # per-version metrics at the end of a run (ORCH-3380)
         self.workload = workload
         self.placer = placer
         self.preemptor = preemptor
@@ -214,6 +218,7 @@ class Dispatcher:
         }
         if rec.tokens_out:
             self.metrics.tokens_out.add(rec.tokens_out, attrs)
+        self.catalog.task_ended(pool, replica.state, rec)  # per version (ORCH-3380)
         self.placer.finished(pool, replica, rec)  # ORCH-2302: prompt + answer
         engine_ms = _ms(time.monotonic() - rec.dispatched) if rec.dispatched else 0
         engine_ms += rec.engine_ms_before

@@ -58,6 +58,7 @@ class Metrics:
             views=[
                 View(instrument_name="latency_first_token_ms", aggregation=buckets),
                 View(instrument_name="latency_decode_ms", aggregation=buckets),
+                View(instrument_name="catalog_latency_first_token_ms", aggregation=buckets),
                 View(
                     instrument_name="state_store_op_ms",
                     aggregation=ExplicitBucketHistogramAggregation(boundaries=_STORE_BUCKETS_MS),
@@ -101,6 +102,19 @@ class Metrics:
         self.catalog_routed = meter.create_counter(
             "catalog_routed_total",
             description="Tasks routed to a catalog model version (active or canary).",
+        )
+        # per version of what ran (ORCH-3380): model_id, lifecycle (+ outcome)
+        self.catalog_tasks = meter.create_counter(
+            "catalog_tasks_total",
+            description="Tasks that ran on a catalog model version, by outcome (ORCH-3380).",
+        )
+        self.catalog_first_token_ms = meter.create_histogram(
+            "catalog_latency_first_token_ms",
+            description="Dispatch to first token per catalog model version (milliseconds).",
+        )
+        self.catalog_tokens_out = meter.create_counter(
+            "catalog_tokens_out_total",
+            description="Tokens streamed per catalog model version (tokens).",
         )
         # -- per-replica counters and histograms: engine, engine_version, pool_id, replica_id
         self.tasks_started = meter.create_counter(

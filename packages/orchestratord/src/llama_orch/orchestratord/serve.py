@@ -78,6 +78,8 @@ async def serve(
         if orch.state is not None:  # ORCH-2520: the store first, closed after shutdown
             await orch.state.start()
             stack.push_async_callback(orch.state.close)
+            await orch.catalog.share(orch.state.store)  # one catalog (ORCH-3383)
+            stack.push_async_callback(orch.catalog.close)
         orch.start()
         background: list[asyncio.Task[None]] = []
         for pool in orch.pools.values():

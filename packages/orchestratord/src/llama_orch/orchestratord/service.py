@@ -33,7 +33,7 @@ from llama_orch.core.quota import Quotas
 from llama_orch.core.replica import ReplicaState
 
 from .admission import Admission
-from .catalog_api import CatalogService
+from .catalog_service import CatalogService
 from .deadlines import DeadlineStats
 from .dispatch import Dispatcher
 from .ending import Ending, error_event
@@ -118,6 +118,7 @@ class Orchestrator:
             tracing=self.tracing,
             scraper=self.scraper,
             policies=policies,
+            catalog=self.catalog,
         )
         self.self_tests = SelfTests(
             enabled=config.observability.self_test,

@@ -123,6 +123,7 @@ class ValkeyStateStore(StateStore):
         self._appendfsync = appendfsync
         self._url = url
         self._data_dir = data_dir
+        self._key_prefix = key_prefix
         self._keys = [f"{{{key_prefix}}}:"]
         self._client = client
         self._server: EmbeddedServer | None = None
@@ -150,6 +151,15 @@ class ValkeyStateStore(StateStore):
             # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
             self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
         await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
+
+    def catalog_backend(self) -> Any:
+        """orchestratord's model catalog in this store (ORCH-3383): a
+        :class:`~llama_orch.state_valkey.catalog.ValkeyCatalog` on the same server and
+        key prefix; after :meth:`start`."""
+        from .catalog import ValkeyCatalog
+
+        assert self._url is not None, "start() first"
+        return ValkeyCatalog(self._url, self._key_prefix)
 
     async def close(self) -> None:
         if self._client is not None:
