@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import types
 from pathlib import Path
 
 from llama_orch.pool_managerd import launchers, pool, supervisor
@@ -17,8 +18,8 @@ from llama_orch.pool_managerd.launch_api import Launcher
 from llama_orch.pool_managerd.runtimes import LAUNCHABLE_ENGINES, LAUNCHERS, launcher_for
 
 
-def _tree(module: object) -> ast.Module:
-    return ast.parse(Path(inspect.getfile(module)).read_text())  # type: ignore[arg-type]
+def _tree(module: types.ModuleType) -> ast.Module:
+    return ast.parse(Path(inspect.getfile(module)).read_text())
 
 
 def test_one_launcher_per_engine_from_one_table() -> None:
