@@ -1,10 +1,11 @@
 """A third-party adapter outside the workspace works with no change to llama-orch (ORCH-4018).
 
 ``examples/third-party-adapter`` (distribution ``llama-orch-adapter-echo``,
-engine ``echo``) passes the conformance suite in its own venv, and
+engine ``echo``, an HTTP engine adapter on ``llama-orch-adapter-http`` with its
+own tiny echo engine) passes the conformance suite in its own venv, and
 orchestratord installed beside it in a clean venv discovers it by name,
 lists it in ``/v1/capabilities`` and completes a task on it through the
-HTTP API.
+HTTP API, against the echo engine running as its own process.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def test_example_passes_the_conformance_suite_in_its_own_venv(tmp_path: Path) ->
     proc, alone = standalone.run_package_tests(pkg, tmp_path)
     assert {n for n in alone if n.startswith("llama-orch-")} == {
         "llama-orch-adapter-echo",
+        "llama-orch-adapter-http",
         "llama-orch-core",
     }
     out = proc.stdout + proc.stderr
@@ -72,24 +74,31 @@ async def test_orchestratord_discovers_and_uses_the_installed_adapter(tmp_path: 
     ``echo`` is listed in /v1/capabilities and a task completes on it."""
     members = standalone.workspace_members()
     example = standalone.read_package(EXAMPLE)
-    wheels = standalone.wheels_for(["llama-orch-orchestratord"], members)
+    # orchestratord's wheels and those the example needs from the workspace (the HTTP base)
+    wheels = standalone.wheels_for(["llama-orch-orchestratord", "llama-orch-adapter-http"], members)
     wheels.append(standalone.build_wheel(example))
     python = standalone.make_venv(tmp_path / "venv")
     standalone.install(python, ["llama-orch-orchestratord", example.name], wheels)
-    port = _free_port()
+    port, engine_port = _free_port(), _free_port()
     config = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
         "auth": {"enabled": False},  # adapter discovery is under test, not keys (ORCH-8001)
         "pools": [
-            {"id": "echo", "engine": "echo", "model": "echo-model", "endpoints": ["echo://0"]}
+            {
+                "id": "echo",
+                "engine": "echo",
+                "model": "echo-model",
+                "endpoints": [f"http://127.0.0.1:{engine_port}"],
+            }
         ],
     }
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(config))
     log = tmp_path / "orchestratord.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(python.parent / "orchestratord"), "--config", str(cfg)],
+    engine_log = tmp_path / "echo-engine.log"
+    with engine_log.open("wb") as out:  # the engine: the example's own server
+        engine = subprocess.Popen(
+            [str(python), "-m", "echo_adapter.server", "--port", str(engine_port)],
             cwd=tmp_path,
             env=standalone.clean_env(),
             stdout=out,
@@ -97,8 +106,19 @@ async def test_orchestratord_discovers_and_uses_the_installed_adapter(tmp_path: 
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    proc: subprocess.Popen[bytes] | None = None
     url = f"http://127.0.0.1:{port}"
     try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(python.parent / "orchestratord"), "--config", str(cfg)],
+                cwd=tmp_path,
+                env=standalone.clean_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         async with aiohttp.ClientSession() as http:
             caps = await _wait_ready(http, url, proc, log)
             assert "echo" in caps["engines"], caps["engines"]
@@ -114,14 +134,17 @@ async def test_orchestratord_discovers_and_uses_the_installed_adapter(tmp_path: 
                 async for chunk in resp.content.iter_any():
                     events += [(m.event, msgspec.json.decode(m.data)) for m in parser.feed(chunk)]
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
+        for p in (proc, engine):  # by process group, orchestratord first
+            if p is None:
+                continue
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
     names = [e for e, _ in events]
     assert names[0] == "started" and names[-1] == "end", names
     assert events[0][1]["engine"] == "echo"

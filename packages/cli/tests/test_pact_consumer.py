@@ -3,7 +3,7 @@ of orchestratord (ORCH-6009).
 
 Each test records what the client sends and needs back; the interactions are
 merged into ``contracts/pacts/llorch-cli-orchestratord.json`` (committed),
-which ``packages/orchestratord/tests/test_pact_provider.py`` replays against
+which ``packages/orchestratord/tests/test_app_pact_provider.py`` replays against
 the real orchestratord. Response bodies use type matchers, so the contract
 pins field names and types, not the values of one run.
 """

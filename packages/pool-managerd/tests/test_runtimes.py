@@ -5,7 +5,7 @@ its "packages" for ``engine_version``, refuses connections while "loading"
 (like vLLM), records its command line and environment, and starts a child
 that leaves the engine's process group (as vLLM's EngineCore was once seen
 to outlive it). The real vLLM launch is proven by
-``packages/orchestratord/tests/test_launch_engines_real.py``.
+``packages/orchestratord/tests/test_serve_launch_engines_real.py``.
 """
 
 from __future__ import annotations

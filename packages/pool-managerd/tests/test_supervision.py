@@ -294,7 +294,7 @@ async def test_provisioning_retries_are_bounded_and_skip_verification_failures(
         calls.append(ref)
         raise (VerificationError if "bad" in ref else ProvisionError)(f"{ref} refused")
 
-    monkeypatch.setattr("llama_orch.pool_managerd.runtimes.provision_model", provision)
+    monkeypatch.setattr("llama_orch.pool_managerd.launch_engines.provision_model", provision)
     for ref, attempts in (("pypi:bad", 1), ("pypi:flaky", 3)):
         calls.clear()
         cfg = _config(fake_engine, fake_model, replicas=1, provision_retries=2, **FAST)

@@ -1,115 +1,117 @@
-"""The ``echo`` engine: repeats the prompt's words, one token per word.
+"""The ``echo`` adapter: an HTTP engine adapter built on ``llama-orch-adapter-http``.
 
-A stand-in for a real engine so the example stays self-contained: each
-generation is an async loop that "decodes" one word every ``delay_ms``.
-The words of the prompt are repeated until ``max_tokens``; a prompt that
-ends with ``.`` is echoed once and then ends with end-of-sequence.
+The engine is :mod:`echo_adapter.server` (run it with
+``python -m echo_adapter.server --port N``). Everything engine-independent
+(session and connection policy, timed calls with transport errors mapped to
+core errors, the stream loop and its idle timer, cancel by disconnect,
+``aclose``) is :class:`~llama_orch.adapter_http.HttpAdapter`'s; this module
+holds only the wire mapping: the request body, the stream decoder, the
+error table, props, tokenize and metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from collections.abc import AsyncGenerator
 from typing import ClassVar
 
+import msgspec
+from llama_orch.adapter_http import HttpAdapter, HttpTimeouts, SSEStream
 from llama_orch.core.adapter_api import (
     AdapterEvent,
-    AdapterTarget,
     Capability,
     EngineMetrics,
     EngineProps,
     Finished,
     GenerateRequest,
-    Health,
+    StopReason,
     TokenChunk,
-    WorkerAdapter,
 )
-from llama_orch.core.errors import InvalidParams
+from llama_orch.core.errors import InvalidParams, OrchError, ReplicaExhausted, WorkerReset
+from llama_orch.core.prometheus import parse_prometheus
 
 __all__ = ["EchoAdapter"]
 
-VERSION = "echo-1.0"
+
+class _Info(msgspec.Struct):
+    version: str
+    model: str
+    digest: str
+    slots: int
+    ctx: int
 
 
-class EchoAdapter(WorkerAdapter):
+class _Event(msgspec.Struct):  # one `data:` payload of the stream
+    text: str = ""
+    done: bool = False
+    reason: StopReason = "length"
+    tokens: int = 0
+    prompt_tokens: int = 0
+
+
+class _Tokens(msgspec.Struct):
+    tokens: list[int]
+
+
+class _Stream(SSEStream[_Event]):
+    final = "done event"
+
+    def __init__(self) -> None:
+        super().__init__(msgspec.json.Decoder(_Event), "echo")
+        self.tokens_generated = 0
+
+    def on_event(self, event: _Event) -> list[AdapterEvent]:
+        if event.done:
+            self.finished = Finished(
+                reason=event.reason,
+                tokens_generated=event.tokens,
+                prompt_tokens=event.prompt_tokens,
+            )
+            return [self.finished]
+        self.tokens_generated += 1
+        return [TokenChunk(event.text, 1)]
+
+
+def _error_table(status: int, body: bytes, what: str) -> OrchError:
+    detail = body[:200].decode("utf-8", "replace")
+    if status == 400:
+        return InvalidParams(detail, engine="echo")
+    if status == 429:
+        return ReplicaExhausted(detail, engine="echo")
+    return WorkerReset(f"{what}: HTTP {status}: {detail}", engine="echo")
+
+
+class EchoAdapter(HttpAdapter):
     engine: ClassVar[str] = "echo"
+    options_type = HttpTimeouts
+    error_table = staticmethod(_error_table)
 
-    def __init__(self, target: AdapterTarget) -> None:
-        super().__init__(target)
-        opts = dict(target.options)
-        self.slots = int(opts.get("slots", 4))
-        self.ctx = int(opts.get("ctx", 2048))
-        self.delay_s = float(opts.get("delay_ms", 2)) / 1000
-        self.running: dict[str, bool] = {}  # task_id -> cancelled?
-        self.prompt_tokens_total = 0
-        self.generated_tokens_total = 0
+    async def stream_request(self, req: GenerateRequest) -> tuple[str, object]:
+        return "/generate", {"prompt": req.prompt, "max_tokens": req.max_tokens, "stop": req.stop}
 
-    async def health(self) -> Health:
-        return Health(live=True, ready=True)
+    def new_decoder(self, req: GenerateRequest) -> _Stream:
+        return _Stream()
 
     async def props(self) -> EngineProps:
+        info = self.decode(msgspec.json.Decoder(_Info), await self.call("GET", "/info"), "info")
         return EngineProps(
             engine=self.engine,
-            engine_version=self.target.engine_version or VERSION,
-            model_ref=self.target.model_ref or "echo",
-            model_digest=self.target.model_digest
-            or "sha256:" + hashlib.sha256(VERSION.encode()).hexdigest(),
-            slots=self.slots,
-            ctx=self.ctx,
+            engine_version=self.target.engine_version or info.version,
+            model_ref=self.target.model_ref or info.model,
+            model_digest=self.target.model_digest or info.digest,
+            slots=info.slots,
+            ctx=info.ctx,
             capabilities=frozenset({Capability.TOKENIZE, Capability.METRICS}),
         )
 
     async def tokenize(self, text: str) -> list[int]:
-        return [len(word) for word in text.split()]
+        payload = await self.call("POST", "/tokenize", {"text": text})
+        return self.decode(msgspec.json.Decoder(_Tokens), payload, "tokenize").tokens
 
     async def metrics(self) -> EngineMetrics:
+        raw = parse_prometheus((await self.call("GET", "/metrics")).decode())
         return EngineMetrics(
-            requests_running=float(len(self.running)),
+            requests_running=raw.get("echo_requests_running"),
             requests_waiting=0.0,
-            prompt_tokens_total=float(self.prompt_tokens_total),
-            generated_tokens_total=float(self.generated_tokens_total),
-            raw={"echo_generated_tokens_total": float(self.generated_tokens_total)},
+            prompt_tokens_total=raw.get("echo_prompt_tokens_total"),
+            generated_tokens_total=raw.get("echo_generated_tokens_total"),
+            raw=raw,
         )
-
-    async def cancel(self, task_id: str) -> None:
-        if task_id in self.running:
-            self.running[task_id] = True
-
-    async def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]:
-        words = req.prompt.split()
-        if len(words) >= self.ctx:
-            raise InvalidParams(
-                f"prompt of {len(words)} tokens exceeds the context of {self.ctx}",
-                engine=self.engine,
-            )
-        if not words:
-            raise InvalidParams("empty prompt", engine=self.engine)
-        self.running[req.task_id] = False
-        self.prompt_tokens_total += len(words)
-        once = req.prompt.rstrip().endswith(".")
-        text, n, reason = "", 0, "length"
-        try:
-            while n < req.max_tokens:
-                if once and n == len(words):
-                    reason = "eos"
-                    break
-                await asyncio.sleep(self.delay_s)  # the engine's decode step
-                if self.running[req.task_id]:
-                    yield Finished(reason="canceled", tokens_generated=n, prompt_tokens=len(words))
-                    return
-                token = " " + words[n % len(words)]
-                n += 1
-                self.generated_tokens_total += 1
-                hit = [i for s in req.stop if s and (i := (text + token).find(s)) >= 0]
-                if hit:
-                    cut = (text + token)[: min(hit)]
-                    if cut[len(text) :]:
-                        yield TokenChunk(cut[len(text) :], 1)
-                    reason = "stop"
-                    break
-                text += token
-                yield TokenChunk(token, 1)
-        finally:
-            self.running.pop(req.task_id, None)
-        yield Finished(reason=reason, tokens_generated=n, prompt_tokens=len(words))

@@ -17,22 +17,31 @@ Ready replica left) or wait.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic
 
 from .queue import AdmissionQueue
 from .replica import ReplicaSetKey
 
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
+
 __all__ = ["Chooser", "Dispatch", "Orphaned", "ReplicaView", "choose_set", "next_dispatch", "place"]
 
 T = TypeVar("T", bound=Hashable)
+# The replica-set key: orchestratord's ReplicaSetKey, or a store's opaque string
+# (the memory state store); placement only hashes, compares and orders keys.
+K = TypeVar("K", bound=Hashable, default=ReplicaSetKey)
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaView:
+class ReplicaView(Generic[K]):
     replica_id: str
-    set_key: ReplicaSetKey
+    set_key: K
     ready: bool
     slots: int
     busy: int
@@ -44,10 +53,10 @@ class ReplicaView:
 
 
 @dataclass(frozen=True, slots=True)
-class Dispatch(Generic[T]):
+class Dispatch(Generic[T, K]):
     item: T
     replica_id: str
-    set_key: ReplicaSetKey
+    set_key: K
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +66,9 @@ class Orphaned(Generic[T]):
     item: T
 
 
-def _set_free(replicas: Iterable[ReplicaView]) -> dict[ReplicaSetKey, tuple[int, int]]:
+def _set_free(replicas: Iterable[ReplicaView[K]]) -> dict[K, tuple[int, int]]:
     """Free slots and negated assigned work of each Ready set."""
-    free: dict[ReplicaSetKey, tuple[int, int]] = {}
+    free: dict[K, tuple[int, int]] = {}
     for r in replicas:
         if r.ready:
             slots, neg_load = free.get(r.set_key, (0, 0))
@@ -67,9 +76,7 @@ def _set_free(replicas: Iterable[ReplicaView]) -> dict[ReplicaSetKey, tuple[int,
     return free
 
 
-def choose_set(
-    replicas: Iterable[ReplicaView], prefer: ReplicaSetKey | None = None
-) -> ReplicaSetKey | None:
+def choose_set(replicas: Iterable[ReplicaView[K]], prefer: K | None = None) -> K | None:
     """The Ready set with the most free slots (``prefer`` on ties, then the least
     assigned work, then the lowest key)."""
     free = _set_free(replicas)
@@ -78,22 +85,22 @@ def choose_set(
     return max(free, key=lambda k: (free[k][0], k == prefer, free[k][1], _neg(k)))
 
 
-def _neg(key: ReplicaSetKey) -> tuple[int, ...]:
+def _neg(key: Hashable) -> tuple[int, ...]:
     # max() with "lowest key wins" on ties: negate the ordinal of each character.
     return tuple(-ord(c) for c in repr(key))
 
 
 # Picks among the Ready replicas of the chosen set (a pool's placement policy,
 # ORCH-2310); returns None when none of them has a free slot.
-Chooser = Callable[[list[ReplicaView]], "ReplicaView | None"]
+Chooser = Callable[[list[ReplicaView[K]]], "ReplicaView[K] | None"]
 
 
 def place(
-    replicas: Iterable[ReplicaView],
-    pin: ReplicaSetKey | None = None,
+    replicas: Iterable[ReplicaView[K]],
+    pin: K | None = None,
     affinity: str | None = None,
-    choose: Chooser | None = None,
-) -> ReplicaView | None:
+    choose: Chooser[K] | None = None,
+) -> ReplicaView[K] | None:
     """The replica to start a task on now, or None (stay queued, ORCH-1304)."""
     views = [r for r in replicas if r.ready and (pin is None or r.set_key == pin)]
     if not views:
@@ -104,7 +111,7 @@ def place(
         views = [r for r in views if r.set_key == key]
     if choose is not None:
         return choose(views) if any(r.free > 0 for r in views) else None
-    best: ReplicaView | None = None
+    best: ReplicaView[K] | None = None
     best_rank: tuple[int, bool, int] = (0, False, 0)
     for r in sorted(views, key=lambda v: v.replica_id):  # ties keep the lowest id
         rank = (r.free, r.replica_id == affinity, -r.load)
@@ -115,11 +122,11 @@ def place(
 
 def next_dispatch(
     queue: AdmissionQueue[T],
-    replicas: Iterable[ReplicaView],
-    pin_of: Callable[[T], ReplicaSetKey | None],
+    replicas: Iterable[ReplicaView[K]],
+    pin_of: Callable[[T], K | None],
     affinity_of: Callable[[T], str | None],
-    chooser_of: Callable[[T], Chooser | None] | None = None,
-) -> Dispatch[T] | Orphaned[T] | None:
+    chooser_of: Callable[[T], Chooser[K] | None] | None = None,
+) -> Dispatch[T, K] | Orphaned[T] | None:
     """Pop and place the head task, pop it as orphaned, or return None to wait.
 
     The head blocks the queue while its pinned set is full: serving order is

@@ -21,7 +21,6 @@ from .placement import Orphaned as _Orphaned
 from .placement import ReplicaView, next_dispatch
 from .queue import AdmissionQueue
 from .quota import Quotas
-from .replica import ReplicaSetKey
 from .state_store import (
     TERMINAL_KINDS,
     Admitted,
@@ -133,12 +132,12 @@ class MemoryStateStore(StateStore):
         )
 
     # ------------------------------------------------------------ dispatch
-    def _views(self, pool: str) -> list[ReplicaView]:
+    def _views(self, pool: str) -> list[ReplicaView[str]]:
         busy = self._busy.get(pool, {})
         return [
             # This store keys replica sets by an opaque string (SlotView.set_key);
-            # placement only hashes and compares keys, so it is used as the key as is.
-            ReplicaView(r.replica_id, r.set_key, r.ready, r.slots, busy.get(r.replica_id, 0))  # type: ignore[arg-type]
+            # placement is generic in its key.
+            ReplicaView(r.replica_id, r.set_key, r.ready, r.slots, busy.get(r.replica_id, 0))
             for r in self._replicas.get(pool, {}).values()
         ]
 
@@ -150,12 +149,12 @@ class MemoryStateStore(StateStore):
             return None
         return got[0], got[1]
 
-    def _pin(self, task_id: str) -> ReplicaSetKey | None:
+    def _pin(self, task_id: str) -> str | None:
         spec = self._tasks[task_id].spec
         if spec.pin is not None:
-            return spec.pin  # type: ignore[return-value]  # opaque str set key, see _views
+            return spec.pin
         s = self._session(spec.session)
-        return s[0] if s else None  # type: ignore[return-value]  # opaque str set key, see _views
+        return s[0] if s else None
 
     def _affinity(self, task_id: str) -> str | None:
         s = self._session(self._tasks[task_id].spec.session)
@@ -181,7 +180,7 @@ class MemoryStateStore(StateStore):
         if rec.spec.session is not None:
             assert self._config is not None
             # the key is the string the replicas were registered with (see _views)
-            self._sessions[rec.spec.session] = (  # type: ignore[assignment]
+            self._sessions[rec.spec.session] = (
                 step.set_key,
                 step.replica_id,
                 now + self._config.session_ttl_ms / 1000,
@@ -189,7 +188,7 @@ class MemoryStateStore(StateStore):
         return Dispatched(
             task=rec.spec,
             replica_id=step.replica_id,
-            set_key=step.set_key,  # type: ignore[arg-type]  # opaque str set key, see _views
+            set_key=step.set_key,
             epoch=rec.epoch,
             requeues=rec.requeues,
         )

@@ -419,4 +419,5 @@ def build_app(
     app.state.data = AppState(orch, StreamCounter(), limits)
     app.state.artifacts = orch.catalog.artifacts
     app.state.control = ControlPlane(orch, PoolControls(manager, remotes))
+    app.state.frontends = host  # FrontendHost.of(request) (ORCH-4122)
     return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))

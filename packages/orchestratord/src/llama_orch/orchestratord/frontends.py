@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from llama_orch.core.adapter_api import Capability, Embeddings, WorkerAdapter
@@ -98,15 +98,39 @@ def _decode_frame(frame: bytes) -> tuple[int, StreamEvent]:
     return int(head[4:]), _event_decoders[name].decode(data.rstrip(b"\n"))
 
 
+_S = TypeVar("_S")
+
+
 class FrontendHost:
-    """What a frontend may do with the daemon: authenticate, submit, stream, cancel."""
+    """What a frontend may do with the daemon: authenticate, submit, stream, cancel.
+
+    One per application, at ``app.state.frontends``: a frontend's module-level
+    endpoints find it with :meth:`of` and their own typed state, attached once in
+    :meth:`Frontend.routes`, with :meth:`state` (ORCH-4122)."""
 
     def __init__(self, orch: Orchestrator, auth: Authenticator) -> None:
         self.orch = orch
         self._auth = auth
+        self._states: dict[type, object] = {}
         self._caps: weakref.WeakKeyDictionary[WorkerAdapter, frozenset[Capability]] = (
             weakref.WeakKeyDictionary()
         )
+
+    @staticmethod
+    def of(request: Request) -> FrontendHost:
+        """The host of the application serving ``request``."""
+        host = request.app.state.frontends
+        assert isinstance(host, FrontendHost)
+        return host
+
+    def attach(self, state: object) -> None:
+        """Keep a frontend's state, found again by its type with :meth:`state`."""
+        self._states[type(state)] = state
+
+    def state(self, kind: type[_S]) -> _S:
+        found = self._states[kind]
+        assert isinstance(found, kind)
+        return found
 
     @property
     def pools(self) -> dict[str, Pool]:

@@ -99,6 +99,7 @@ class SelfTests:
         self._pools_passed: set[str] = set()  # startup is over for these pools
         self._running: dict[tuple[str, str], ReplicaState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False  # no new checks once shutdown began (ORCH-4123)
         # Told (engine, ms) of every passed ``decode`` check: seeds the service-time
         # model's overhead prior of that engine (ORCH-1954).
         self.on_decode: Callable[[str, float], None] | None = None
@@ -118,7 +119,7 @@ class SelfTests:
         ident = self._identity(state)
         if not self.enabled or ident in self._passed or state.pool_id in self._pools_passed:
             return True  # tested, or the pool is past startup (restarts, reloads)
-        if ident in self._failed:
+        if ident in self._failed or self._closed:
             return False  # stays out with its reason until another identity shows up
         key = (state.pool_id, state.replica_id)
         if key in self._running:
@@ -249,6 +250,7 @@ class SelfTests:
         return bool(self._running)
 
     async def aclose(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

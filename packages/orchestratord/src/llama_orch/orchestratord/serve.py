@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -29,6 +30,9 @@ from .errors import StartupError
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
 from .tracing import INSTANCE_ID
+
+if TYPE_CHECKING:
+    from llama_orch.pool_managerd.pool import PoolManager
 
 __all__ = ["serve"]
 
@@ -72,6 +76,7 @@ async def serve(
 
     async with contextlib.AsyncExitStack() as stack:
         sock = _bind(config.server.host, config.server.port)
+        stack.callback(sock.close)  # a no-op once hypercorn adopted it (detached)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
 
@@ -80,15 +85,26 @@ async def serve(
             stack.push_async_callback(orch.state.close)
             await orch.catalog.share(orch.state.store)  # one catalog (ORCH-3383)
             stack.push_async_callback(orch.catalog.close)
-        orch.start()
         background: list[asyncio.Task[None]] = []
+        manager: PoolManager | None = None
+
+        async def shutdown_all() -> None:
+            await orch.shutdown(config.server.shutdown_grace_s)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if manager is not None:
+                await manager.stop()
+
+        # Entered before anything starts: a failed start stops what did (ORCH-4123).
+        stack.push_async_callback(shutdown_all)
+        orch.start()
         for pool in orch.pools.values():
             if pool.config.endpoints:
                 background.append(asyncio.create_task(connect_endpoints(pool)))
         for remote in remotes:
             background.append(asyncio.create_task(remote.run(), name=f"remote-{remote.name}"))
 
-        manager = None
         if embedded:
             try:
                 from llama_orch.pool_managerd.pool import PoolManager
@@ -103,16 +119,6 @@ async def serve(
             manager = PoolManager(managed, on_change=orch.on_replica_change, progress=progress)
             manager.model_provider = orch.catalog.provide  # trust before load (ORCH-3313)
             background.append(asyncio.create_task(manager.start(), name="pool-manager-start"))
-
-        async def shutdown_all() -> None:
-            await orch.shutdown(config.server.shutdown_grace_s)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if manager is not None:
-                await manager.stop()
-
-        stack.push_async_callback(shutdown_all)
 
         hc = HypercornConfig()
         # Hypercorn adopts the descriptor and closes it at shutdown.

@@ -5,13 +5,11 @@ the foreground. Every replica walks ``provisioning → starting → ready``; eac
 transition is a fresh :class:`ReplicaState` handed to ``on_change`` on the
 event-loop thread. A replica failure is recorded, never raised.
 
-Supervision (ORCH-POOL-3007, 3015, 3016): one task per replica launches the
-engine, gates it, then watches both the process (crash) and liveness probes
-(hang). A failure publishes ``failed`` with ``last_error`` and
-``backoff_ms``, waits with exponential backoff and jitter, and launches again
-on a new port; ``breaker_failures`` failures within ``breaker_window_s``
-open the circuit and the replica stays ``failed`` until a reload or a
-``reset()`` (ORCH-3026).
+Supervision of each replica (restart with backoff, breaker, probes) is a
+:class:`.supervisor.ReplicaSupervisor`; launching an engine is the
+:class:`.launchers.EngineLauncher`'s, with the engine's
+:class:`.launch_api.Launcher`. The breaker keeps a replica ``failed`` until a
+reload or a ``reset()`` (ORCH-3026).
 ``stop()`` leaves no engine process behind, also when ``start()`` is
 cancelled (ORCH-POOL-3010).
 """
@@ -20,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,18 +31,13 @@ from llama_orch.core.adapter_api import AdapterLoadError, load_adapter_class
 from llama_orch.core.config import Config, PoolConfig, PoolManagerdConfig
 from llama_orch.core.replica import ReplicaState
 
-from ._supervise import (
-    Backoff,
-    CircuitBreaker,
-    Counters,
-    probe_until_unresponsive,
-    wait_idle,
-)
+from ._supervise import Backoff, Counters, wait_idle
 from .engine import EngineProcess
 from .errors import PoolManagerError, ProvisionError, ReloadError, VerificationError
 from .launchers import LAUNCHABLE_ENGINES, EngineLauncher, Launched, Prepared
 from .provision import abort_builds
 from .runtimes import check_launch, prepare
+from .supervisor import Replica, ReplicaSupervisor
 
 __all__ = [
     "ENGINE_HOST_ENV",
@@ -69,8 +62,6 @@ log = logging.getLogger("llama_orch.pool_managerd")
 
 def launch_blocker(pool: PoolConfig, config: Config) -> str | None:
     """Why this pool's replicas may not be launched here, or None (ORCH-POOL-3005)."""
-    if pool.engine not in LAUNCHABLE_ENGINES:
-        return f"engine {pool.engine} cannot be launched by pool-managerd yet"
     if (misfit := check_launch(pool)) is not None:
         return misfit
     if pool.devices is None and not config.allow_cpu_inference:
@@ -84,16 +75,6 @@ def launch_blocker(pool: PoolConfig, config: Config) -> str | None:
 
 
 Drain = Callable[[list[str]], Awaitable[None]]
-
-
-@dataclass(eq=False)
-class _Replica:
-    state: ReplicaState
-    pool: PoolConfig
-    engine: EngineProcess | None = None
-    supervisor: asyncio.Task[None] | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # first Ready or failure
-    retired: bool = False  # drained or replaced: never restarted again
 
 
 class PoolManager:
@@ -110,7 +91,7 @@ class PoolManager:
         self._on_change = on_change
         self._progress = progress
         self._pools = {p.id: p for p in config.pools if not p.endpoints}
-        self._replicas: dict[str, _Replica] = {}
+        self._replicas: dict[str, Replica] = {}
         for pool in self._pools.values():
             for n in range(pool.replicas):
                 self._add_replica(pool, f"{pool.id}-r{n}")
@@ -127,8 +108,8 @@ class PoolManager:
         # catalog sets it to check its trust policy before a model loads (ORCH-3313)
         self.model_provider: Callable[..., tuple[Path, str]] | None = None
 
-    def _add_replica(self, pool: PoolConfig, rid: str) -> _Replica:
-        rep = _Replica(
+    def _add_replica(self, pool: PoolConfig, rid: str) -> Replica:
+        rep = Replica(
             ReplicaState(
                 pool_id=pool.id,
                 replica_id=rid,
@@ -319,7 +300,7 @@ class PoolManager:
         except Exception:
             log.exception("on_change callback failed for %s", state.replica_id)
 
-    def _set(self, rep: _Replica, **changes: Any) -> None:
+    def _set(self, rep: Replica, **changes: Any) -> None:
         # A new snapshot per transition: a consumer may keep the old one.
         rep.state = msgspec.structs.replace(rep.state, **changes)
         log.info("replica %s is %s", rep.state.replica_id, rep.state.status)
@@ -333,11 +314,8 @@ class PoolManager:
             except Exception:
                 log.exception("progress callback failed")
 
-    async def _retire(self, reps: list[_Replica]) -> None:
-        sups = [r.supervisor for r in reps if r.supervisor is not None]
-        for task in sups:
-            task.cancel()
-        await asyncio.gather(*sups, return_exceptions=True)
+    async def _retire(self, reps: list[Replica]) -> None:
+        await asyncio.gather(*(r.supervisor.stop() for r in reps if r.supervisor is not None))
         engines = [r.engine for r in reps if r.engine is not None]
         # Drained engines may still be finishing a slot whose client is gone.
         urls = [r.state.base_url for r in reps if r.engine is not None and r.state.base_url]
@@ -415,7 +393,7 @@ class PoolManager:
         for rep in reps:
             self._set(rep, status="failed", last_error=error, backoff_ms=0)
 
-    async def _launch(self, rep: _Replica, prep: Prepared) -> Launched:
+    async def _launch(self, rep: Replica, prep: Prepared) -> Launched:
         def on_spawn(engine: EngineProcess) -> None:
             rep.engine = engine  # before the gate: a retire may have to stop it
 
@@ -430,96 +408,18 @@ class PoolManager:
     # ------------------------------------------------------------------ supervision
 
     def _supervise_start(
-        self, rep: _Replica, prep: Prepared, *, launched: EngineProcess | None = None
+        self, rep: Replica, prep: Prepared, *, launched: EngineProcess | None = None
     ) -> None:
-        task = asyncio.create_task(
-            self._supervise(rep, prep, launched), name=f"supervise-{rep.state.replica_id}"
+        sup = ReplicaSupervisor(
+            rep,
+            prep,
+            launch=self._launch,
+            release=self._launcher.release,
+            publish=functools.partial(self._set, rep),
+            counters=self.counters,
+            stopping=lambda: self._stopping,
         )
-        rep.supervisor = task
+        rep.supervisor = sup
+        task = sup.start(launched=launched)
         self._supervisors.add(task)
         task.add_done_callback(self._supervisors.discard)
-
-    async def _supervise(self, rep: _Replica, prep: Prepared, engine: EngineProcess | None) -> None:
-        """Launch, watch, and restart with backoff until retired or the breaker opens."""
-        pool = rep.pool
-        backoff = Backoff(
-            pool.restart_backoff_initial_s, pool.restart_backoff_max_s, pool.restart_jitter
-        )
-        breaker = CircuitBreaker(pool.breaker_failures, pool.breaker_window_s)
-        try:
-            while True:
-                error: str | None = None
-                if engine is None:
-                    engine, error = await self._launch(rep, prep)
-                if engine is not None:
-                    rep.settled.set()
-                    backoff.reset()
-                    error = await self._watch(rep, engine)
-                    engine = None
-                if error is None or rep.retired or self._stopping:
-                    return
-                if breaker.record_failure():
-                    self.counters.breaker_opened += 1
-                    self._set(
-                        rep,
-                        status="failed",
-                        backoff_ms=0,
-                        circuit_open=True,
-                        last_error=(
-                            f"circuit open: {len(breaker.failures)} failures within "
-                            f"{pool.breaker_window_s:g}s, no more restarts until a reload "
-                            f"or a reset; last: {error}"
-                        ),
-                    )
-                    return
-                delay = backoff.next()
-                self._set(rep, status="failed", last_error=error, backoff_ms=int(delay * 1000))
-                rep.settled.set()
-                await asyncio.sleep(delay)
-                if rep.retired or self._stopping:
-                    return
-                self.counters.restarts += 1
-                rep.state = msgspec.structs.replace(rep.state, restarts=rep.state.restarts + 1)
-        finally:
-            rep.settled.set()
-
-    async def _watch(self, rep: _Replica, engine: EngineProcess) -> str | None:
-        """Wait for a crash (process exit) or a hang (liveness probes); the engine
-        is stopped on return. None when the replica was retired or we stop."""
-        pool, rid = rep.pool, rep.state.replica_id
-        exited = asyncio.create_task(engine.wait(), name=f"exit-{rid}")
-        probe = asyncio.create_task(
-            probe_until_unresponsive(
-                rep.state.base_url,
-                interval_s=pool.health_probe_interval_s,
-                timeout_s=pool.health_probe_timeout_s,
-                failures=pool.health_probe_failures,
-            ),
-            name=f"probe-{rid}",
-        )
-        try:
-            await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (exited, probe):
-                task.cancel()
-            await asyncio.gather(exited, probe, return_exceptions=True)
-        if self._stopping or rep.retired:
-            return None
-        if exited.done() and not exited.cancelled() and exited.exception() is None:
-            log.error(
-                "replica %s: engine exited with code %s:\n%s",
-                rid,
-                exited.result(),
-                engine.output_tail(),
-            )
-            await engine.stop()  # reap anything left in its process group
-            self.counters.crashes += 1
-            error = f"engine exited with code {exited.result()}"
-        else:
-            reason = probe.result() if probe.done() and not probe.cancelled() else "probe ended"
-            log.error("replica %s: engine unresponsive, killing its process group: %s", rid, reason)
-            await engine.kill()
-            self.counters.unresponsive_kills += 1
-            error = f"engine unresponsive, killed: {reason}"
-        self._launcher.release(engine, rep.state.base_url)
-        return error

@@ -1,7 +1,7 @@
 """Launch specifications of vLLM, TGI and Triton (ORCH-POOL-3020, ORCH-POOL-3030..3037).
 
 Only command and environment construction lives here, unit-tested without the
-engines; :mod:`.runtimes` fills them from a pool's config and what
+engines; :mod:`.launch_engines` fills them from a pool's config and what
 provisioning found, and :mod:`.launchers` runs them. Every spec applies the
 pool's device mask (``CUDA_VISIBLE_DEVICES``, empty for CPU: ORCH-POOL-3006),
 listens on the loopback interface by default (ORCH-POOL-3014), shards over

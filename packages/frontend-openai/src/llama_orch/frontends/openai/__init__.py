@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from llama_orch.orchestratord.frontends import Frontend, FrontendHost
 from starlette.routing import BaseRoute
 
-from ._anthropic import anthropic_routes
-from ._openai import openai_routes
-from ._responses import responses_routes
+from . import _anthropic, _openai, _responses
+from ._common import RetrySchedule
+from ._flow import Backgrounds, Facade, FrontendState
 
 __all__ = ["OpenAIFrontend"]
 
@@ -26,4 +26,15 @@ class OpenAIFrontend(Frontend):
     name = "openai"
 
     def routes(self, host: FrontendHost) -> Sequence[BaseRoute]:
-        return [*openai_routes(host), *responses_routes(host), *anthropic_routes(host)]
+        """The module-level route tables; their endpoints find this state through
+        ``FrontendHost.of(request)`` (ORCH-4122)."""
+        openai = _openai.render_error
+        host.attach(
+            FrontendState(
+                openai=Facade(host, "openai", openai, RetrySchedule()),
+                responses=Facade(host, "openai", openai, RetrySchedule()),
+                anthropic=Facade(host, "anthropic", _anthropic.render_error, RetrySchedule()),
+                backgrounds=Backgrounds(host),
+            )
+        )
+        return [*_openai.ROUTES, *_responses.ROUTES, *_anthropic.ROUTES]

@@ -23,7 +23,6 @@ from starlette.routing import Route
 
 from ._common import (
     ApiError,
-    RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
     completion_tokens,
@@ -31,11 +30,11 @@ from ._common import (
     resolve_model,
 )
 from ._engine import tool_fields
-from ._flow import Facade, decode_body
+from ._flow import Facade, FrontendState, decode_body
 from ._tools import ToolCall, ToolPlan, anthropic_plan, call_text
 from ._wire import AnthropicPart, MessagesRequest, StrictMessagesRequest
 
-__all__ = ["anthropic_routes"]
+__all__ = ["ROUTES"]
 
 _json = msgspec.json.Encoder()
 _STOP = {"eos": "end_turn", "stop": "stop_sequence", "length": "max_tokens"}
@@ -130,91 +129,91 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _json.encode(data) + b"\n\n"
 
 
-def anthropic_routes(host: FrontendHost) -> list[Route]:
-    facade = Facade(host, "anthropic", render_error, RetrySchedule())
+async def messages(request: Request) -> Response:
+    host = FrontendHost.of(request)
+    facade = host.state(FrontendState).anthropic
+    pool: Pool | None = None
+    max_tokens = 1
+    facade.received()
+    try:
+        who = host.principal(request)
+        req = decode_body(
+            await request.body(), MessagesRequest, StrictMessagesRequest,
+            facade.strict(request),
+        )  # fmt: skip
+        pool = resolve_model(host, req.model)
+        _unsupported(req)
+        plan = anthropic_plan(req.tools, req.tool_choice)
+        engine = await tool_fields(host, pool, plan, req.model, facade.api)  # ORCH-9245
+        tools = plan if plan is not None and plan.active else None
+        meta = req.metadata or {}
+        extras = extras_from(
+            request,
+            {k: str(v) for k, v in meta.items() if k.startswith("llorch_")},
+            {"priority": req.priority, "deadline_ms": req.deadline_ms,
+             "session_id": req.session_id},
+        )  # fmt: skip
+        max_tokens = req.max_tokens
+        fields = {
+            "workload": "chat",
+            "messages": tools.with_instructions(_messages(req)) if tools else _messages(req),
+            "max_tokens": req.max_tokens,
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "top_p": req.top_p,
+            "top_k": req.top_k,
+            "seed": req.seed,
+            "stop": req.stop_sequences,
+        }
+        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
+    except ApiError as exc:
+        return facade.api_error(exc, pool)
+    except OrchError as exc:
+        return facade.orch_error(exc, pool, max_tokens)
+    headers = facade.task_headers(rec)
+    if req.stream:
+        return TaskStreamResponse(_stream(facade, rec, req.model, tools), host, rec, headers)
 
-    async def messages(request: Request) -> Response:
-        pool: Pool | None = None
-        max_tokens = 1
-        facade.received()
-        try:
-            who = host.principal(request)
-            req = decode_body(
-                await request.body(), MessagesRequest, StrictMessagesRequest,
-                facade.strict(request),
-            )  # fmt: skip
-            pool = resolve_model(host, req.model)
-            _unsupported(req)
-            plan = anthropic_plan(req.tools, req.tool_choice)
-            engine = await tool_fields(host, pool, plan, req.model, facade.api)  # ORCH-9245
-            tools = plan if plan is not None and plan.active else None
-            meta = req.metadata or {}
-            extras = extras_from(
-                request,
-                {k: str(v) for k, v in meta.items() if k.startswith("llorch_")},
-                {"priority": req.priority, "deadline_ms": req.deadline_ms,
-                 "session_id": req.session_id},
-            )  # fmt: skip
-            max_tokens = req.max_tokens
-            fields = {
-                "workload": "chat",
-                "messages": tools.with_instructions(_messages(req)) if tools else _messages(req),
-                "max_tokens": req.max_tokens,
-                "temperature": 1.0 if req.temperature is None else req.temperature,
-                "top_p": req.top_p,
-                "top_k": req.top_k,
-                "seed": req.seed,
-                "stop": req.stop_sequences,
-            }
-            rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
-        except ApiError as exc:
-            return facade.api_error(exc, pool)
-        except OrchError as exc:
-            return facade.orch_error(exc, pool, max_tokens)
-        headers = facade.task_headers(rec)
-        if req.stream:
-            return TaskStreamResponse(_stream(facade, rec, req.model, tools), host, rec, headers)
+    async def produce() -> tuple[int, bytes, dict[str, str]]:
+        text: list[str] = []
+        end: EndEvent | None = None
+        err: ErrorEvent | None = None
+        async for _, ev in host.events(rec):
+            if isinstance(ev, TokenEvent):
+                text.append(ev.t)
+            elif isinstance(ev, EndEvent):
+                end = ev
+            elif isinstance(ev, ErrorEvent):
+                err = ev
+        if end is None or end.reason == "canceled":
+            code: ErrorCode | None = err.code if err else None
+            message = err.message if err else "the task was canceled"
+            status, kind = facade.event_error(code, message)
+            resp = render_error(status, message, None, kind, headers)
+            return status, bytes(resp.body), headers
+        answer = "".join(text)
+        stop = _STOP.get(end.reason, "end_turn")
+        content: list[dict[str, Any]] = [{"type": "text", "text": answer}]
+        if tools is not None and (call := tools.parse(answer)) is not None:
+            content, stop = [_tool_use(call, rec.task_id)], "tool_use"
+        doc = {
+            "id": f"msg_{rec.task_id}",
+            "type": "message",
+            "role": "assistant",
+            "model": req.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": end.tokens_in,
+                "output_tokens": completion_tokens(rec, end),
+            },
+        }
+        return 200, _json.encode(doc), headers
 
-        async def produce() -> tuple[int, bytes, dict[str, str]]:
-            text: list[str] = []
-            end: EndEvent | None = None
-            err: ErrorEvent | None = None
-            async for _, ev in host.events(rec):
-                if isinstance(ev, TokenEvent):
-                    text.append(ev.t)
-                elif isinstance(ev, EndEvent):
-                    end = ev
-                elif isinstance(ev, ErrorEvent):
-                    err = ev
-            if end is None or end.reason == "canceled":
-                code: ErrorCode | None = err.code if err else None
-                message = err.message if err else "the task was canceled"
-                status, kind = facade.event_error(code, message)
-                resp = render_error(status, message, None, kind, headers)
-                return status, bytes(resp.body), headers
-            answer = "".join(text)
-            stop = _STOP.get(end.reason, "end_turn")
-            content: list[dict[str, Any]] = [{"type": "text", "text": answer}]
-            if tools is not None and (call := tools.parse(answer)) is not None:
-                content, stop = [_tool_use(call, rec.task_id)], "tool_use"
-            doc = {
-                "id": f"msg_{rec.task_id}",
-                "type": "message",
-                "role": "assistant",
-                "model": req.model,
-                "content": content,
-                "stop_reason": stop,
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": end.tokens_in,
-                    "output_tokens": completion_tokens(rec, end),
-                },
-            }
-            return 200, _json.encode(doc), headers
+    return TaskResponse(produce, host, rec)
 
-        return TaskResponse(produce, host, rec)
 
-    return [Route("/v1/messages", messages, methods=["POST"])]
+ROUTES = [Route("/v1/messages", messages, methods=["POST"])]
 
 
 async def _stream(

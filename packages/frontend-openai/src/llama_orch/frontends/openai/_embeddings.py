@@ -16,14 +16,13 @@ from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.pools import Pool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ._common import ApiError, resolve_model
 from ._engine import pool_capabilities
-from ._flow import Facade, decode_body
+from ._flow import FrontendState, decode_body
 from ._wire import EmbeddingsRequest, StrictEmbeddingsRequest
 
-__all__ = ["embeddings_route"]
+__all__ = ["embeddings"]
 
 _json = msgspec.json.Encoder()
 MAX_INPUTS = 2048  # OpenAI's own bound on inputs per request
@@ -59,46 +58,45 @@ def _texts(req: EmbeddingsRequest) -> list[str]:
     return texts
 
 
-def embeddings_route(host: FrontendHost, facade: Facade) -> Route:
-    async def embeddings(request: Request) -> Response:
-        pool: Pool | None = None
-        facade.received()
-        try:
-            who = host.principal(request)
-            req = decode_body(
-                await request.body(), EmbeddingsRequest, StrictEmbeddingsRequest,
-                facade.strict(request),
+async def embeddings(request: Request) -> Response:
+    host = FrontendHost.of(request)
+    facade = host.state(FrontendState).openai
+    pool: Pool | None = None
+    facade.received()
+    try:
+        who = host.principal(request)
+        req = decode_body(
+            await request.body(), EmbeddingsRequest, StrictEmbeddingsRequest,
+            facade.strict(request),
+        )  # fmt: skip
+        pool = resolve_model(host, req.model)
+        if req.dimensions is not None:
+            raise ApiError(
+                400, "`dimensions` is not supported: the model's own size is returned",
+                param="dimensions", code="unsupported_parameter",
             )  # fmt: skip
-            pool = resolve_model(host, req.model)
-            if req.dimensions is not None:
-                raise ApiError(
-                    400, "`dimensions` is not supported: the model's own size is returned",
-                    param="dimensions", code="unsupported_parameter",
-                )  # fmt: skip
-            texts = _texts(req)
-            caps = await pool_capabilities(host, pool, facade.api)
-            if Capability.EMBED not in caps:  # ORCH-9211
-                raise ApiError(
-                    400, f"model `{req.model}` does not serve embeddings (its pool's engine"
-                    " was not started with embeddings on)", param="model",
-                    code="unsupported_parameter",
-                )  # fmt: skip
-            out = await host.embed(pool, texts, who.tenant, api=facade.api)
-        except ApiError as exc:
-            return facade.api_error(exc, pool)
-        except OrchError as exc:
-            return facade.orch_error(exc, pool, 1)
-        encode = _b64 if req.encoding_format == "base64" else list
-        data: list[dict[str, Any]] = [
-            {"object": "embedding", "index": i, "embedding": encode(v)}
-            for i, v in enumerate(out.vectors)
-        ]
-        body = {
-            "object": "list",
-            "data": data,
-            "model": req.model,
-            "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens},
-        }
-        return Response(_json.encode(body), media_type="application/json")
-
-    return Route("/v1/embeddings", embeddings, methods=["POST"])
+        texts = _texts(req)
+        caps = await pool_capabilities(host, pool, facade.api)
+        if Capability.EMBED not in caps:  # ORCH-9211
+            raise ApiError(
+                400, f"model `{req.model}` does not serve embeddings (its pool's engine"
+                " was not started with embeddings on)", param="model",
+                code="unsupported_parameter",
+            )  # fmt: skip
+        out = await host.embed(pool, texts, who.tenant, api=facade.api)
+    except ApiError as exc:
+        return facade.api_error(exc, pool)
+    except OrchError as exc:
+        return facade.orch_error(exc, pool, 1)
+    encode = _b64 if req.encoding_format == "base64" else list
+    data: list[dict[str, Any]] = [
+        {"object": "embedding", "index": i, "embedding": encode(v)}
+        for i, v in enumerate(out.vectors)
+    ]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": req.model,
+        "usage": {"prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens},
+    }
+    return Response(_json.encode(body), media_type="application/json")

@@ -6,6 +6,7 @@ and in how an error looks."""
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from ._common import (
 )
 from ._engine import EngineFields
 
-__all__ = ["ErrorRenderer", "Facade", "decode_body"]
+__all__ = ["Backgrounds", "ErrorRenderer", "Facade", "FrontendState", "decode_body"]
 
 _log = logging.getLogger("llama_orch.frontends.openai")
 POLICY_LABEL_HEADER = "x-llorch-policy-label"
@@ -156,3 +157,32 @@ class Facade:
         return await self.host.submit(
             req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs
         )
+
+
+class Backgrounds:
+    """Which responses were created with ``background: true`` and for which model,
+    bounded like the task store (a forgotten task is a forgotten response)."""
+
+    def __init__(self, host: FrontendHost) -> None:
+        self._meta: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        self._host = host
+
+    def add(self, task_id: str, model: str, background: bool) -> None:
+        self._meta[task_id] = (model, background)
+        while len(self._meta) > self._host.orch.config.admission.max_retained_tasks:
+            self._meta.popitem(last=False)
+
+    def get(self, task_id: str, default_model: str) -> tuple[str, bool]:
+        return self._meta.get(task_id, (default_model, False))
+
+
+@dataclass(frozen=True)
+class FrontendState:
+    """This frontend's state in one application, attached to its
+    :class:`FrontendHost` (``host.state(FrontendState)``): one facade per API, as
+    before, and the background responses (ORCH-4122)."""
+
+    openai: Facade
+    responses: Facade
+    anthropic: Facade
+    backgrounds: Backgrounds

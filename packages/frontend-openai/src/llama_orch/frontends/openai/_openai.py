@@ -21,16 +21,15 @@ from starlette.routing import Route
 
 from ._common import (
     ApiError,
-    RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
     completion_tokens,
     extras_from,
     resolve_model,
 )
-from ._embeddings import embeddings_route
+from ._embeddings import embeddings
 from ._engine import chat_logprobs, completion_logprobs, engine_fields
-from ._flow import Facade, decode_body
+from ._flow import Facade, FrontendState, decode_body
 from ._tools import ToolCall, ToolPlan, call_text, openai_plan
 from ._wire import (
     ChatMessage,
@@ -41,7 +40,7 @@ from ._wire import (
     Usage,
 )
 
-__all__ = ["openai_routes"]
+__all__ = ["ROUTES", "render_error"]
 
 _json = msgspec.json.Encoder()
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -176,158 +175,164 @@ class _Events:
                 self.error = ev
 
 
-def openai_routes(host: FrontendHost) -> list[Route]:
-    facade = Facade(host, "openai", render_error, RetrySchedule())
+def _api(request: Request) -> tuple[FrontendHost, Facade]:
+    host = FrontendHost.of(request)
+    return host, host.state(FrontendState).openai
 
-    async def models(request: Request) -> Response:
-        try:
-            host.principal(request)
-        except OrchError as exc:
-            return facade.orch_error(exc, None, 1)
-        data = [
-            {"id": p.id, "object": "model", "created": 0, "owned_by": "llama-orch",
-             "llorch_model_ref": p.config.model, "llorch_engine": p.engine}
-            for p in host.pools.values()
-        ]  # fmt: skip
-        return Response(
-            _json.encode({"object": "list", "data": data}), media_type="application/json"
+
+async def models(request: Request) -> Response:
+    host, facade = _api(request)
+    try:
+        host.principal(request)
+    except OrchError as exc:
+        return facade.orch_error(exc, None, 1)
+    data = [
+        {"id": p.id, "object": "model", "created": 0, "owned_by": "llama-orch",
+         "llorch_model_ref": p.config.model, "llorch_engine": p.engine}
+        for p in host.pools.values()
+    ]  # fmt: skip
+    return Response(_json.encode({"object": "list", "data": data}), media_type="application/json")
+
+
+async def generate(request: Request, chat: bool) -> Response:
+    host, facade = _api(request)
+    pool: Pool | None = None
+    max_tokens = 1
+    facade.received()
+    try:
+        who = host.principal(request)
+        body = await request.body()
+        strict = facade.strict(request)
+        req: ChatRequest | CompletionRequest
+        if chat:
+            req = decode_body(body, ChatRequest, StrictChatRequest, strict)
+        else:
+            req = decode_body(body, CompletionRequest, StrictCompletionRequest, strict)
+        pool = resolve_model(host, req.model)
+        _unsupported(req)
+        plan = openai_plan(req.tools, req.tool_choice) if isinstance(req, ChatRequest) else None
+        engine = await engine_fields(host, pool, req, facade.api, plan)  # ORCH-9202
+        extras = extras_from(
+            request,
+            req.metadata,
+            {"priority": req.priority, "deadline_ms": req.deadline_ms,
+             "session_id": req.session_id},
+        )  # fmt: skip
+        fields: dict[str, Any] = {
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "top_p": req.top_p,
+            "seed": req.seed,
+            "stop": _stops(req.stop),
+            "top_k": req.top_k,
+            "min_p": req.min_p,
+            "repeat_penalty": req.repeat_penalty,
+        }
+        if isinstance(req, ChatRequest):
+            fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
+            fields["workload"] = "chat"
+            messages = _messages(req.messages)
+            fields["messages"] = plan.with_instructions(messages) if plan else messages
+        else:
+            fields["max_tokens"] = req.max_tokens or 16  # the API's own default
+            prompt = req.prompt
+            if isinstance(prompt, list):
+                if len(prompt) != 1:
+                    raise ApiError(
+                        400, "exactly one prompt is supported", param="prompt",
+                        code="invalid_value",
+                    )  # fmt: skip
+                prompt = prompt[0]
+            fields["prompt"] = prompt
+        max_tokens = fields["max_tokens"] or 1
+        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
+    except ApiError as exc:
+        return facade.api_error(exc, pool)
+    except OrchError as exc:
+        return facade.orch_error(exc, pool, max_tokens)
+    created = int(time.time())
+    headers = facade.task_headers(rec)
+    if req.stream:
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        with_lp = engine.logprobs is not None
+        chunks: AsyncIterator[bytes]
+        if chat:
+            tools = plan if plan is not None and plan.active else None
+            chunks = _chat_chunks(facade, rec, req.model, created, usage, with_lp, tools)
+        else:
+            chunks = _completion_chunks(facade, rec, req.model, created, usage, with_lp)
+        return TaskStreamResponse(chunks, host, rec, headers)
+
+    async def produce() -> tuple[int, bytes, dict[str, str]]:
+        out = _Events()
+        await out.collect(host, rec)
+        if out.error is not None or out.end is None or out.end.reason == "canceled":
+            code, message = _failure(out)
+            status, kind = facade.event_error(code, message)
+            resp = render_error(status, message, None, kind, headers)
+            return status, bytes(resp.body), headers
+        end = out.end
+        text = "".join(out.text)
+        usage = Usage(
+            prompt_tokens=end.tokens_in,
+            completion_tokens=completion_tokens(rec, end),
+            total_tokens=end.tokens_in + completion_tokens(rec, end),
         )
-
-    async def generate(request: Request, chat: bool) -> Response:
-        pool: Pool | None = None
-        max_tokens = 1
-        facade.received()
-        try:
-            who = host.principal(request)
-            body = await request.body()
-            strict = facade.strict(request)
-            req: ChatRequest | CompletionRequest
-            if chat:
-                req = decode_body(body, ChatRequest, StrictChatRequest, strict)
-            else:
-                req = decode_body(body, CompletionRequest, StrictCompletionRequest, strict)
-            pool = resolve_model(host, req.model)
-            _unsupported(req)
-            plan = openai_plan(req.tools, req.tool_choice) if isinstance(req, ChatRequest) else None
-            engine = await engine_fields(host, pool, req, facade.api, plan)  # ORCH-9202
-            extras = extras_from(
-                request,
-                req.metadata,
-                {"priority": req.priority, "deadline_ms": req.deadline_ms,
-                 "session_id": req.session_id},
-            )  # fmt: skip
-            fields: dict[str, Any] = {
-                "temperature": 1.0 if req.temperature is None else req.temperature,
-                "top_p": req.top_p,
-                "seed": req.seed,
-                "stop": _stops(req.stop),
-                "top_k": req.top_k,
-                "min_p": req.min_p,
-                "repeat_penalty": req.repeat_penalty,
+        finish = _FINISH.get(end.reason, "stop")
+        lps = out.logprobs if engine.logprobs is not None else None
+        call = plan.parse(text) if plan is not None and plan.active else None
+        if chat:
+            reply: dict[str, Any] = {"role": "assistant", "content": text}
+            if call is not None:  # ORCH-9244
+                reply = {"role": "assistant", "content": None,
+                         "tool_calls": _tool_calls(call, rec.task_id)}  # fmt: skip
+                finish = "tool_calls"
+            doc: dict[str, Any] = {
+                "id": f"chatcmpl-{rec.task_id}",
+                "object": "chat.completion",
+                "created": created,
+                "model": req.model,
+                "choices": [
+                    {"index": 0, "message": reply,
+                     "logprobs": None if lps is None else chat_logprobs(lps),
+                     "finish_reason": finish}
+                ],
+                "usage": usage,
+            }  # fmt: skip
+        else:
+            doc = {
+                "id": f"cmpl-{rec.task_id}",
+                "object": "text_completion",
+                "created": created,
+                "model": req.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": text,
+                        "finish_reason": finish,
+                        "logprobs": None if lps is None else completion_logprobs(lps, 0),
+                    }
+                ],
+                "usage": usage,
             }
-            if isinstance(req, ChatRequest):
-                fields["max_tokens"] = req.max_completion_tokens or req.max_tokens
-                fields["workload"] = "chat"
-                messages = _messages(req.messages)
-                fields["messages"] = plan.with_instructions(messages) if plan else messages
-            else:
-                fields["max_tokens"] = req.max_tokens or 16  # the API's own default
-                prompt = req.prompt
-                if isinstance(prompt, list):
-                    if len(prompt) != 1:
-                        raise ApiError(
-                            400, "exactly one prompt is supported", param="prompt",
-                            code="invalid_value",
-                        )  # fmt: skip
-                    prompt = prompt[0]
-                fields["prompt"] = prompt
-            max_tokens = fields["max_tokens"] or 1
-            rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
-        except ApiError as exc:
-            return facade.api_error(exc, pool)
-        except OrchError as exc:
-            return facade.orch_error(exc, pool, max_tokens)
-        created = int(time.time())
-        headers = facade.task_headers(rec)
-        if req.stream:
-            usage = bool(req.stream_options and req.stream_options.include_usage)
-            with_lp = engine.logprobs is not None
-            chunks: AsyncIterator[bytes]
-            if chat:
-                tools = plan if plan is not None and plan.active else None
-                chunks = _chat_chunks(facade, rec, req.model, created, usage, with_lp, tools)
-            else:
-                chunks = _completion_chunks(facade, rec, req.model, created, usage, with_lp)
-            return TaskStreamResponse(chunks, host, rec, headers)
+        return 200, _json.encode(doc), headers
 
-        async def produce() -> tuple[int, bytes, dict[str, str]]:
-            out = _Events()
-            await out.collect(host, rec)
-            if out.error is not None or out.end is None or out.end.reason == "canceled":
-                code, message = _failure(out)
-                status, kind = facade.event_error(code, message)
-                resp = render_error(status, message, None, kind, headers)
-                return status, bytes(resp.body), headers
-            end = out.end
-            text = "".join(out.text)
-            usage = Usage(
-                prompt_tokens=end.tokens_in,
-                completion_tokens=completion_tokens(rec, end),
-                total_tokens=end.tokens_in + completion_tokens(rec, end),
-            )
-            finish = _FINISH.get(end.reason, "stop")
-            lps = out.logprobs if engine.logprobs is not None else None
-            call = plan.parse(text) if plan is not None and plan.active else None
-            if chat:
-                reply: dict[str, Any] = {"role": "assistant", "content": text}
-                if call is not None:  # ORCH-9244
-                    reply = {"role": "assistant", "content": None,
-                             "tool_calls": _tool_calls(call, rec.task_id)}  # fmt: skip
-                    finish = "tool_calls"
-                doc: dict[str, Any] = {
-                    "id": f"chatcmpl-{rec.task_id}",
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": req.model,
-                    "choices": [
-                        {"index": 0, "message": reply,
-                         "logprobs": None if lps is None else chat_logprobs(lps),
-                         "finish_reason": finish}
-                    ],
-                    "usage": usage,
-                }  # fmt: skip
-            else:
-                doc = {
-                    "id": f"cmpl-{rec.task_id}",
-                    "object": "text_completion",
-                    "created": created,
-                    "model": req.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": text,
-                            "finish_reason": finish,
-                            "logprobs": None if lps is None else completion_logprobs(lps, 0),
-                        }
-                    ],
-                    "usage": usage,
-                }
-            return 200, _json.encode(doc), headers
+    return TaskResponse(produce, host, rec)
 
-        return TaskResponse(produce, host, rec)
 
-    async def chat_completions(request: Request) -> Response:
-        return await generate(request, True)
+async def chat_completions(request: Request) -> Response:
+    return await generate(request, True)
 
-    async def completions(request: Request) -> Response:
-        return await generate(request, False)
 
-    return [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        embeddings_route(host, facade),
-    ]
+async def completions(request: Request) -> Response:
+    return await generate(request, False)
+
+
+ROUTES = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+]
 
 
 def _failure(out: _Events) -> tuple[ErrorCode | None, str]:

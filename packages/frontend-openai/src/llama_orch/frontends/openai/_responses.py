@@ -11,7 +11,6 @@ without it is canceled when its client goes away (ORCH-9113).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,18 +26,16 @@ from starlette.routing import Route
 
 from ._common import (
     ApiError,
-    RetrySchedule,
     TaskResponse,
     TaskStreamResponse,
     completion_tokens,
     extras_from,
     resolve_model,
 )
-from ._flow import Facade, decode_body
-from ._openai import render_error
+from ._flow import Backgrounds, FrontendState, decode_body
 from ._wire import ResponsesRequest, StrictResponsesRequest
 
-__all__ = ["responses_routes"]
+__all__ = ["ROUTES"]
 
 _json = msgspec.json.Encoder()
 _PREFIX = "resp_"
@@ -180,23 +177,6 @@ async def _sse(
             yield chunk
 
 
-class _Backgrounds:
-    """Which responses were created with ``background: true`` and for which model,
-    bounded like the task store (a forgotten task is a forgotten response)."""
-
-    def __init__(self, host: FrontendHost) -> None:
-        self._meta: OrderedDict[str, tuple[str, bool]] = OrderedDict()
-        self._host = host
-
-    def add(self, task_id: str, model: str, background: bool) -> None:
-        self._meta[task_id] = (model, background)
-        while len(self._meta) > self._host.orch.config.admission.max_retained_tasks:
-            self._meta.popitem(last=False)
-
-    def get(self, task_id: str, default_model: str) -> tuple[str, bool]:
-        return self._meta.get(task_id, (default_model, False))
-
-
 def _input(req: ResponsesRequest) -> list[Any]:
     from llama_orch.core.api import ChatMessage as OrchMessage
 
@@ -257,121 +237,129 @@ def _unsupported(req: ResponsesRequest) -> None:
         )
 
 
-def responses_routes(host: FrontendHost) -> list[Route]:
-    facade = Facade(host, "openai", render_error, RetrySchedule())
-    known = _Backgrounds(host)
+def _own(host: FrontendHost, request: Request) -> TaskRecord:
+    rid: str = request.path_params["response_id"]
+    who = host.principal(request)
+    rec = host.task(rid.removeprefix(_PREFIX), who.tenant if who.role is not None else None)
+    if rec is None or not rid.startswith(_PREFIX):
+        raise ApiError(404, f"No response found with id '{rid}'.", param=None, code="not_found")
+    return rec
 
-    def own(request: Request) -> TaskRecord:
-        rid: str = request.path_params["response_id"]
+
+async def _snapshot(host: FrontendHost, known: Backgrounds, rec: TaskRecord) -> ResponseView:
+    model, background = known.get(rec.task_id, rec.pool_id)
+    view = ResponseView(rec, model, background)
+    view.feed(None)
+    for ev in host.events_now(rec):
+        view.feed(ev)
+    return view
+
+
+async def create(request: Request) -> Response:
+    host = FrontendHost.of(request)
+    state = host.state(FrontendState)
+    facade, known = state.responses, state.backgrounds
+    facade.received()
+    pool: Pool | None = None
+    max_tokens = 1
+    try:
         who = host.principal(request)
-        rec = host.task(rid.removeprefix(_PREFIX), who.tenant if who.role is not None else None)
-        if rec is None or not rid.startswith(_PREFIX):
-            raise ApiError(404, f"No response found with id '{rid}'.", param=None, code="not_found")
-        return rec
-
-    async def snapshot(rec: TaskRecord) -> ResponseView:
-        model, background = known.get(rec.task_id, rec.pool_id)
-        view = ResponseView(rec, model, background)
-        view.feed(None)
-        for ev in host.events_now(rec):
-            view.feed(ev)
-        return view
-
-    async def create(request: Request) -> Response:
-        facade.received()
-        pool: Pool | None = None
-        max_tokens = 1
-        try:
-            who = host.principal(request)
-            req = decode_body(
-                await request.body(), ResponsesRequest, StrictResponsesRequest,
-                facade.strict(request),
-            )  # fmt: skip
-            pool = resolve_model(host, req.model)
-            _unsupported(req)
-            extras = extras_from(
-                request,
-                {k: str(v) for k, v in (req.metadata or {}).items()},
-                {"priority": req.priority, "deadline_ms": req.deadline_ms,
-                 "session_id": req.session_id},
-            )  # fmt: skip
-            fields = {
-                "workload": "chat",
-                "messages": _input(req),
-                "max_tokens": req.max_output_tokens,
-                "temperature": 1.0 if req.temperature is None else req.temperature,
-                "top_p": req.top_p,
-                "seed": req.seed,
-            }
-            max_tokens = req.max_output_tokens or 1
-            rec = await facade.admit(request, pool, extras, who.tenant, fields)
-        except ApiError as exc:
-            return facade.api_error(exc, pool)
-        except OrchError as exc:
-            return facade.orch_error(exc, pool, max_tokens)
-        known.add(rec.task_id, req.model, req.background)
-        headers = facade.task_headers(rec)
-        view = ResponseView(rec, req.model, req.background)
-        if req.stream:
-            if req.background:  # runs whether or not this client stays (ORCH-9141)
-                return StreamingResponse(
-                    _sse(host, view), media_type="text/event-stream", headers=headers
-                )
-            return TaskStreamResponse(_sse(host, view), host, rec, headers)
-        if req.background:
-            view.feed(None)
-            return Response(
-                _json.encode(view.body()), headers=headers, media_type="application/json"
-            )
-
-        async def produce() -> tuple[int, bytes, dict[str, str]]:
-            view.feed(None)
-            async for _, ev in host.events(rec):
-                view.feed(ev)
-            return 200, _json.encode(view.body()), headers
-
-        return TaskResponse(produce, host, rec)
-
-    async def retrieve(request: Request) -> Response:
-        try:
-            rec = own(request)
-            stream = request.query_params.get("stream", "false").lower() == "true"
-            after = request.query_params.get("starting_after")
-            try:
-                starting_after = int(after) if after is not None else -1
-            except ValueError:
-                raise ApiError(
-                    400, "starting_after must be an integer", param="starting_after",
-                    code="invalid_value",
-                ) from None  # fmt: skip
-        except ApiError as exc:
-            return facade.render(exc.status, exc.message, exc.param, exc.code, {})
-        except OrchError as exc:
-            return facade.orch_error(exc, None, 1)
-        model, background = known.get(rec.task_id, rec.pool_id)
-        if stream:  # a reader: leaving does not cancel the task (ORCH-9142)
-            view = ResponseView(rec, model, background)
+        req = decode_body(
+            await request.body(), ResponsesRequest, StrictResponsesRequest,
+            facade.strict(request),
+        )  # fmt: skip
+        pool = resolve_model(host, req.model)
+        _unsupported(req)
+        extras = extras_from(
+            request,
+            {k: str(v) for k, v in (req.metadata or {}).items()},
+            {"priority": req.priority, "deadline_ms": req.deadline_ms,
+             "session_id": req.session_id},
+        )  # fmt: skip
+        fields = {
+            "workload": "chat",
+            "messages": _input(req),
+            "max_tokens": req.max_output_tokens,
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "top_p": req.top_p,
+            "seed": req.seed,
+        }
+        max_tokens = req.max_output_tokens or 1
+        rec = await facade.admit(request, pool, extras, who.tenant, fields)
+    except ApiError as exc:
+        return facade.api_error(exc, pool)
+    except OrchError as exc:
+        return facade.orch_error(exc, pool, max_tokens)
+    known.add(rec.task_id, req.model, req.background)
+    headers = facade.task_headers(rec)
+    view = ResponseView(rec, req.model, req.background)
+    if req.stream:
+        if req.background:  # runs whether or not this client stays (ORCH-9141)
             return StreamingResponse(
-                _sse(host, view, starting_after),
-                media_type="text/event-stream",
-                headers=facade.task_headers(rec),
+                _sse(host, view), media_type="text/event-stream", headers=headers
             )
-        view = await snapshot(rec)
-        return Response(_json.encode(view.body()), media_type="application/json")
+        return TaskStreamResponse(_sse(host, view), host, rec, headers)
+    if req.background:
+        view.feed(None)
+        return Response(_json.encode(view.body()), headers=headers, media_type="application/json")
 
-    async def cancel(request: Request) -> Response:
+    async def produce() -> tuple[int, bytes, dict[str, str]]:
+        view.feed(None)
+        async for _, ev in host.events(rec):
+            view.feed(ev)
+        return 200, _json.encode(view.body()), headers
+
+    return TaskResponse(produce, host, rec)
+
+
+async def retrieve(request: Request) -> Response:
+    host = FrontendHost.of(request)
+    state = host.state(FrontendState)
+    facade, known = state.responses, state.backgrounds
+    try:
+        rec = _own(host, request)
+        stream = request.query_params.get("stream", "false").lower() == "true"
+        after = request.query_params.get("starting_after")
         try:
-            rec = own(request)
-        except ApiError as exc:
-            return facade.render(exc.status, exc.message, exc.param, exc.code, {})
-        except OrchError as exc:
-            return facade.orch_error(exc, None, 1)
-        host.cancel(rec)  # ORCH-9143: the task ends canceled, its slot is freed
-        view = await snapshot(rec)
-        return Response(_json.encode(view.body()), media_type="application/json")
+            starting_after = int(after) if after is not None else -1
+        except ValueError:
+            raise ApiError(
+                400, "starting_after must be an integer", param="starting_after",
+                code="invalid_value",
+            ) from None  # fmt: skip
+    except ApiError as exc:
+        return facade.render(exc.status, exc.message, exc.param, exc.code, {})
+    except OrchError as exc:
+        return facade.orch_error(exc, None, 1)
+    model, background = known.get(rec.task_id, rec.pool_id)
+    if stream:  # a reader: leaving does not cancel the task (ORCH-9142)
+        view = ResponseView(rec, model, background)
+        return StreamingResponse(
+            _sse(host, view, starting_after),
+            media_type="text/event-stream",
+            headers=facade.task_headers(rec),
+        )
+    view = await _snapshot(host, known, rec)
+    return Response(_json.encode(view.body()), media_type="application/json")
 
-    return [
-        Route("/v1/responses", create, methods=["POST"]),
-        Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
-        Route("/v1/responses/{response_id}/cancel", cancel, methods=["POST"]),
-    ]
+
+async def cancel(request: Request) -> Response:
+    host = FrontendHost.of(request)
+    state = host.state(FrontendState)
+    facade, known = state.responses, state.backgrounds
+    try:
+        rec = _own(host, request)
+    except ApiError as exc:
+        return facade.render(exc.status, exc.message, exc.param, exc.code, {})
+    except OrchError as exc:
+        return facade.orch_error(exc, None, 1)
+    host.cancel(rec)  # ORCH-9143: the task ends canceled, its slot is freed
+    view = await _snapshot(host, known, rec)
+    return Response(_json.encode(view.body()), media_type="application/json")
+
+
+ROUTES = [
+    Route("/v1/responses", create, methods=["POST"]),
+    Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
+    Route("/v1/responses/{response_id}/cancel", cancel, methods=["POST"]),
+]

@@ -4,7 +4,7 @@ Two mock replicas share one pool's options, so a ``reset_after`` fault strikes
 on both: the first reset migrates the task (when the limit allows), the
 continuation either finishes within the remaining ``max_tokens`` or is reset
 again. The real-engine proof (kill -9 of a llama-server) is in
-``test_supervision_real.py``.
+``test_pools_supervision_real.py``.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ NOT_TRIGGERED = {
     ("submitTask", "500"): "INTERNAL needs an unexpected server fault",
     ("reloadPool", "200"): "needs the embedded pool manager and a second real model",
     ("reloadPool", "403"): "UNTRUSTED_ARTIFACT needs the embedded pool manager",
-    ("resetPool", "200"): "needs a pool manager; test_remote_pool.py checks it",
-    ("drainPool", "503"): "needs a remote pool-managerd; test_remote_pool.py checks it",
+    ("resetPool", "200"): "needs a pool manager; test_remote.py checks it",
+    ("drainPool", "503"): "needs a remote pool-managerd; test_remote.py checks it",
 }
 
 

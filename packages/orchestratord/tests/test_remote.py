@@ -6,7 +6,7 @@ SIGSTOPped process: it stops writing and leaves new connections unanswered.
 The replicas are mock-engine replicas whose health never changes, so only
 the lease can take them out of placement (ORCH-3023..3026). The same
 scenario against real pool-managerd processes and llama-server engines is in
-``test_remote_pool_real.py``.
+``test_remote_real.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from llama_orch.core.config import Config
 from llama_orch.core.replica import ReplicaState
 
 from .conftest import Running
-from .test_openapi_conformance import check_response
+from .test_app_openapi_conformance import check_response
 
 TOKEN = "shared-secret"
 _json = msgspec.json.Encoder()

@@ -1,5 +1,5 @@
 """OrchQueue v1 data plane against the mock adapter (fast; the real-engine
-counterparts live in test_real_llamacpp.py)."""
+counterparts live in test_service_real_llamacpp.py)."""
 
 from __future__ import annotations
 
