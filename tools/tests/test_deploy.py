@@ -223,14 +223,16 @@ def test_ha_overlay_runs_several_instances_on_one_valkey() -> None:
 
 def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     """ORCH-6221: a DaemonSet requesting nvidia.com/gpu for the device masks of its pools,
-    engines on the pod IP (ORCH-6223), its port the config's, a token-checked readiness."""
+    engines on the pod IP (ORCH-6223), its port the config's, a token-checked readiness;
+    ORCH-6233: orchestratord finds the pods through their headless Service."""
     docs = _docs("overlays/gpu")
     cfg = _config(docs)
     ds = _one(docs, "DaemonSet", "pool-managerd")
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     gpus = int(c["resources"]["limits"]["nvidia.com/gpu"])
-    remote = {pid for m in cfg.pool_managers for pid in m.pools}
+    assert not cfg.pool_managers, "no node addresses in the config: discovery finds the pods"
+    remote = {pid for d in cfg.pool_manager_discovery for pid in d.pools}
     assert remote and remote <= {p.id for p in cfg.pools if not p.endpoints}
     for pool in cfg.pools:
         assert pool.devices is not None, f"pool {pool.id} would run on the CPU"
@@ -239,10 +241,21 @@ def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     assert not cfg.allow_cpu_inference
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     (port,) = c["ports"]
-    assert port["containerPort"] == port["hostPort"] == cfg.pool_managerd.port
+    assert port["containerPort"] == cfg.pool_managerd.port
+    assert "hostPort" not in port  # reached at the pod IP, inside the NetworkPolicy
     assert cfg.pool_managerd.host == "0.0.0.0"
-    for m in cfg.pool_managers:
-        assert m.url.endswith(f":{port['hostPort']}")
+    for overlay in ("overlays/gpu", "overlays/ha"):
+        o_docs = _docs(overlay)
+        (found,) = _config(o_docs).pool_manager_discovery
+        svc = _one(o_docs, "Service", found.dns.split(".")[0])
+        assert svc["spec"]["clusterIP"] == "None"  # headless: one A record per pod
+        assert svc["spec"]["publishNotReadyAddresses"] is True  # engines still starting
+        assert (
+            svc["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+        )
+        (svc_port,) = svc["spec"]["ports"]
+        assert found.port == svc_port["port"] == port["containerPort"]
+        assert svc_port["targetPort"] == port["name"]
     env = {e["name"]: e["valueFrom"] for e in c["env"]}
     assert env["LLAMA_ORCH_ENGINE_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["LLAMA_ORCH_POOL_TOKEN"]["secretKeyRef"]["name"] == "llama-orch-secrets"
@@ -260,8 +273,12 @@ def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     # cpu-dev: no DaemonSet, the pool runs embedded on the CPU
     dev = _docs("overlays/cpu-dev")
     assert not [d for d in dev if d["kind"] == "DaemonSet"]
+    assert not [
+        d for d in dev if d["kind"] == "Service" and d["metadata"]["name"] == "pool-managerd"
+    ]
     dev_cfg = _config(dev)
     assert dev_cfg.allow_cpu_inference and not dev_cfg.pool_managers
+    assert not dev_cfg.pool_manager_discovery
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
