@@ -267,9 +267,13 @@ def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     assert netpol["spec"]["podSelector"]["matchLabels"].items() <= (
         ds["spec"]["template"]["metadata"]["labels"].items()
     )
-    # the image tag is the release version in every overlay that names one
+    # the image tag is the release version in every overlay that names one; the GPU
+    # nodes run the Dockerfile's CUDA variant (ORCH-6236)
+    release = _load("bump_version").release_version()
     image = c["image"]
-    assert image.endswith(":" + _load("bump_version").release_version()), image
+    assert image.endswith(f":{release}-cuda"), image
+    o_image = _one(docs, "Deployment", "orchestratord")["spec"]["template"]["spec"]["containers"]
+    assert o_image[0]["image"] == image.removesuffix("-cuda")
     # cpu-dev: no DaemonSet, the pool runs embedded on the CPU
     dev = _docs("overlays/cpu-dev")
     assert not [d for d in dev if d["kind"] == "DaemonSet"]
@@ -380,13 +384,13 @@ def test_readiness_probes_against_live_daemons(daemons: dict[str, str]) -> None:
 # ---------------------------------------------------------------- ORCH-6222 Dockerfile
 
 EXPECTED_RUNS = [
-    "apt-get update && apt-get install -y --no-install-recommends cmake g++ make"
+    "apt-get update && apt-get install -y --no-install-recommends ${BUILD_PACKAGES}"
     " && rm -rf /var/lib/apt/lists/*",
     "python3 -m pip install --no-cache-dir uv",
     "python3 tools/build_all.py --out /build/dist --venv /opt/llama-orch",
     "/opt/llama-orch/bin/python -m llama_orch.pool_managerd.provision_cli llama-server"
     " --copy-to /opt/llama-orch/engine",
-    "apt-get update && apt-get install -y --no-install-recommends libgomp1 libstdc++6"
+    "apt-get update && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES}"
     " && rm -rf /var/lib/apt/lists/*",
     "useradd --system --uid 10001 --create-home --home-dir /var/lib/llama-orch llama-orch",
 ]
@@ -415,6 +419,47 @@ def test_dockerfile_steps_are_the_project_entry_points() -> None:
                 if d["kind"] in ("Deployment", "DaemonSet"):
                     sc = d["spec"]["template"]["spec"]["securityContext"]
                     assert sc["runAsUser"] == manifest_user
+
+
+def _dockerfile_args() -> dict[str, str]:
+    """Every ``ARG name=default`` of the Dockerfile, quotes removed."""
+    args: dict[str, str] = {}
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith("ARG ") and "=" in line:
+            name, _, value = line[4:].partition("=")
+            args[name] = value.strip('"')
+    return args
+
+
+def test_dockerfile_cpu_and_cuda_variants_share_their_steps() -> None:
+    """ORCH-6236: base images, system packages and the llama-server variant are build
+    arguments; by default a CPU build on python:3.11-slim; LLAMA_CUDA reaches provisioning
+    as $LLAMA_ORCH_LLAMA_CUDA (ORCH-6235), so the RUN steps are the same for both."""
+    from llama_orch.pool_managerd.provision import CUDA_ENV
+
+    args = _dockerfile_args()
+    assert args["PYTHON_IMAGE"].startswith("python:3.11")
+    assert args["BUILD_IMAGE"] == args["RUNTIME_IMAGE"] == "${PYTHON_IMAGE}"
+    assert args["LLAMA_CUDA"] == "0"
+    assert args["BUILD_PACKAGES"].split() == ["cmake", "g++", "make"]
+    assert args["RUNTIME_PACKAGES"].split() == ["libgomp1", "libstdc++6"]
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    env = [line for line in text.splitlines() if line.startswith("ENV ") and "XDG" in line]
+    assert env and f"{CUDA_ENV}=${{LLAMA_CUDA}}" in env[0].split()
+    froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms == ["${BUILD_IMAGE}", "${RUNTIME_IMAGE}"]
+    # the documented CUDA build: devel image to build, runtime image to run, Python added
+    header = text.split("\nARG ", 1)[0]
+    for needed in (
+        "BUILD_IMAGE=nvidia/cuda:",
+        "-devel-",
+        "RUNTIME_IMAGE=nvidia/cuda:",
+        "-runtime-",
+        "LLAMA_CUDA=1",
+        "python3-pip",
+        'python3"',
+    ):
+        assert needed in header, needed
 
 
 @pytest.mark.real_engine
