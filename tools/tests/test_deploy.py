@@ -492,3 +492,37 @@ def test_dockerfile_provisioning_step_runs_from_the_image_venv(
     assert copied.sha256 == llama_server_binary.sha256
     if (llama_server_binary.path.parent.parent / "provision.json").is_file():
         assert copied.engine_version == llama_server_binary.engine_version
+
+
+# ---------------------------------------------------------------- ORCH-6237 replay
+
+
+def test_dockerfile_replay_plan_covers_every_run_step(tmp_path: Path) -> None:
+    """ORCH-6237: the replay tool sees every RUN of the Dockerfile; only apt-get and
+    useradd are system steps (checked, not run), the rest (pip uv, build_all, provision)
+    are replayed as written; a new RUN step would be replayed, never silently skipped;
+    image paths map into the replay's root, host paths do not."""
+    replay = _load("dockerfile_replay")
+    steps = replay.plan()
+    assert [s.text for s in steps] == dockerfile_runs()
+    replayed = [s.expanded for s in steps if not s.system]
+    assert replayed == [EXPECTED_RUNS[1], EXPECTED_RUNS[2], EXPECTED_RUNS[3]]
+    system = [s.expanded.split()[0] for s in steps if s.system]
+    assert set(system) == {"apt-get", "useradd"}
+    # build-args are expanded with their defaults, or with the values given
+    (apt_build,) = [s for s in steps if s.system and s.stage == "build"]
+    assert "install -y --no-install-recommends cmake g++ make &&" in apt_build.expanded
+    stages = replay.parse(build_args={"BUILD_PACKAGES": "cmake g++ make python3 python3-pip"})
+    assert "python3-pip" in next(s for s in stages[0].steps if s.instruction == "RUN").expanded
+    assert stages[0].env["LLAMA_ORCH_LLAMA_CUDA"] == "0"
+    cuda = replay.parse(build_args={"LLAMA_CUDA": "1", "BUILD_IMAGE": "nvidia/cuda:x-devel"})
+    assert cuda[0].env["LLAMA_ORCH_LLAMA_CUDA"] == "1" and cuda[0].base == "nvidia/cuda:x-devel"
+    mapper = replay._Mapper(tmp_path, replay.parse())
+    assert mapper.tops == ["build", "opt", "src"]
+    assert mapper(EXPECTED_RUNS[3]).split()[0] == f"{tmp_path}/opt/llama-orch/bin/python"
+    assert mapper("/usr/bin/x /var/lib/apt /optional") == "/usr/bin/x /var/lib/apt /optional"
+    extra = tmp_path / "Dockerfile"
+    extra.write_text(
+        (ROOT / "Dockerfile").read_text() + "RUN curl -fsSL https://example.invalid | sh\n"
+    )
+    assert [s.system for s in replay.plan(extra)][-1] is False
