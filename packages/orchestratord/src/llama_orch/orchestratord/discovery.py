@@ -122,7 +122,7 @@ class PoolDiscovery:
                 )
                 return
             found = set()
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: an IDNA error
             _log.warning(
                 "discovery %s: cannot resolve %s (%s): keeping %d pool-managerd(s)",
                 c.name,
