@@ -80,7 +80,8 @@ def _config(port: int, pools: str = "rp", **extra: Any) -> Config:
                     "pools": [pools],
                     "token": TOKEN,
                     "interval_s": 0.05,
-                    "lease_ttl_s": 1.0,
+                    # the default lease (5 s): only discovery takes replicas away here,
+                    # never a lease lost to a stalled event loop on a loaded machine
                     **extra,
                 }
             ],
