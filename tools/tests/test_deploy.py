@@ -223,14 +223,16 @@ def test_ha_overlay_runs_several_instances_on_one_valkey() -> None:
 
 def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     """ORCH-6221: a DaemonSet requesting nvidia.com/gpu for the device masks of its pools,
-    engines on the pod IP (ORCH-6223), its port the config's, a token-checked readiness."""
+    engines on the pod IP (ORCH-6223), its port the config's, a token-checked readiness;
+    ORCH-6233: orchestratord finds the pods through their headless Service."""
     docs = _docs("overlays/gpu")
     cfg = _config(docs)
     ds = _one(docs, "DaemonSet", "pool-managerd")
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     gpus = int(c["resources"]["limits"]["nvidia.com/gpu"])
-    remote = {pid for m in cfg.pool_managers for pid in m.pools}
+    assert not cfg.pool_managers, "no node addresses in the config: discovery finds the pods"
+    remote = {pid for d in cfg.pool_manager_discovery for pid in d.pools}
     assert remote and remote <= {p.id for p in cfg.pools if not p.endpoints}
     for pool in cfg.pools:
         assert pool.devices is not None, f"pool {pool.id} would run on the CPU"
@@ -239,10 +241,21 @@ def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     assert not cfg.allow_cpu_inference
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     (port,) = c["ports"]
-    assert port["containerPort"] == port["hostPort"] == cfg.pool_managerd.port
+    assert port["containerPort"] == cfg.pool_managerd.port
+    assert "hostPort" not in port  # reached at the pod IP, inside the NetworkPolicy
     assert cfg.pool_managerd.host == "0.0.0.0"
-    for m in cfg.pool_managers:
-        assert m.url.endswith(f":{port['hostPort']}")
+    for overlay in ("overlays/gpu", "overlays/ha"):
+        o_docs = _docs(overlay)
+        (found,) = _config(o_docs).pool_manager_discovery
+        svc = _one(o_docs, "Service", found.dns.split(".")[0])
+        assert svc["spec"]["clusterIP"] == "None"  # headless: one A record per pod
+        assert svc["spec"]["publishNotReadyAddresses"] is True  # engines still starting
+        assert (
+            svc["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+        )
+        (svc_port,) = svc["spec"]["ports"]
+        assert found.port == svc_port["port"] == port["containerPort"]
+        assert svc_port["targetPort"] == port["name"]
     env = {e["name"]: e["valueFrom"] for e in c["env"]}
     assert env["LLAMA_ORCH_ENGINE_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["LLAMA_ORCH_POOL_TOKEN"]["secretKeyRef"]["name"] == "llama-orch-secrets"
@@ -254,14 +267,22 @@ def test_pool_managerd_daemonset_on_gpu_nodes() -> None:
     assert netpol["spec"]["podSelector"]["matchLabels"].items() <= (
         ds["spec"]["template"]["metadata"]["labels"].items()
     )
-    # the image tag is the release version in every overlay that names one
+    # the image tag is the release version in every overlay that names one; the GPU
+    # nodes run the Dockerfile's CUDA variant (ORCH-6236)
+    release = _load("bump_version").release_version()
     image = c["image"]
-    assert image.endswith(":" + _load("bump_version").release_version()), image
+    assert image.endswith(f":{release}-cuda"), image
+    o_image = _one(docs, "Deployment", "orchestratord")["spec"]["template"]["spec"]["containers"]
+    assert o_image[0]["image"] == image.removesuffix("-cuda")
     # cpu-dev: no DaemonSet, the pool runs embedded on the CPU
     dev = _docs("overlays/cpu-dev")
     assert not [d for d in dev if d["kind"] == "DaemonSet"]
+    assert not [
+        d for d in dev if d["kind"] == "Service" and d["metadata"]["name"] == "pool-managerd"
+    ]
     dev_cfg = _config(dev)
     assert dev_cfg.allow_cpu_inference and not dev_cfg.pool_managers
+    assert not dev_cfg.pool_manager_discovery
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -363,13 +384,13 @@ def test_readiness_probes_against_live_daemons(daemons: dict[str, str]) -> None:
 # ---------------------------------------------------------------- ORCH-6222 Dockerfile
 
 EXPECTED_RUNS = [
-    "apt-get update && apt-get install -y --no-install-recommends cmake g++ make"
+    "apt-get update && apt-get install -y --no-install-recommends ${BUILD_PACKAGES}"
     " && rm -rf /var/lib/apt/lists/*",
     "python3 -m pip install --no-cache-dir uv",
     "python3 tools/build_all.py --out /build/dist --venv /opt/llama-orch",
     "/opt/llama-orch/bin/python -m llama_orch.pool_managerd.provision_cli llama-server"
     " --copy-to /opt/llama-orch/engine",
-    "apt-get update && apt-get install -y --no-install-recommends libgomp1 libstdc++6"
+    "apt-get update && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES}"
     " && rm -rf /var/lib/apt/lists/*",
     "useradd --system --uid 10001 --create-home --home-dir /var/lib/llama-orch llama-orch",
 ]
@@ -398,6 +419,47 @@ def test_dockerfile_steps_are_the_project_entry_points() -> None:
                 if d["kind"] in ("Deployment", "DaemonSet"):
                     sc = d["spec"]["template"]["spec"]["securityContext"]
                     assert sc["runAsUser"] == manifest_user
+
+
+def _dockerfile_args() -> dict[str, str]:
+    """Every ``ARG name=default`` of the Dockerfile, quotes removed."""
+    args: dict[str, str] = {}
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith("ARG ") and "=" in line:
+            name, _, value = line[4:].partition("=")
+            args[name] = value.strip('"')
+    return args
+
+
+def test_dockerfile_cpu_and_cuda_variants_share_their_steps() -> None:
+    """ORCH-6236: base images, system packages and the llama-server variant are build
+    arguments; by default a CPU build on python:3.11-slim; LLAMA_CUDA reaches provisioning
+    as $LLAMA_ORCH_LLAMA_CUDA (ORCH-6235), so the RUN steps are the same for both."""
+    from llama_orch.pool_managerd.provision import CUDA_ENV
+
+    args = _dockerfile_args()
+    assert args["PYTHON_IMAGE"].startswith("python:3.11")
+    assert args["BUILD_IMAGE"] == args["RUNTIME_IMAGE"] == "${PYTHON_IMAGE}"
+    assert args["LLAMA_CUDA"] == "0"
+    assert args["BUILD_PACKAGES"].split() == ["cmake", "g++", "make"]
+    assert args["RUNTIME_PACKAGES"].split() == ["libgomp1", "libstdc++6"]
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    env = [line for line in text.splitlines() if line.startswith("ENV ") and "XDG" in line]
+    assert env and f"{CUDA_ENV}=${{LLAMA_CUDA}}" in env[0].split()
+    froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms == ["${BUILD_IMAGE}", "${RUNTIME_IMAGE}"]
+    # the documented CUDA build: devel image to build, runtime image to run, Python added
+    header = text.split("\nARG ", 1)[0]
+    for needed in (
+        "BUILD_IMAGE=nvidia/cuda:",
+        "-devel-",
+        "RUNTIME_IMAGE=nvidia/cuda:",
+        "-runtime-",
+        "LLAMA_CUDA=1",
+        "python3-pip",
+        'python3"',
+    ):
+        assert needed in header, needed
 
 
 @pytest.mark.real_engine
@@ -430,3 +492,37 @@ def test_dockerfile_provisioning_step_runs_from_the_image_venv(
     assert copied.sha256 == llama_server_binary.sha256
     if (llama_server_binary.path.parent.parent / "provision.json").is_file():
         assert copied.engine_version == llama_server_binary.engine_version
+
+
+# ---------------------------------------------------------------- ORCH-6237 replay
+
+
+def test_dockerfile_replay_plan_covers_every_run_step(tmp_path: Path) -> None:
+    """ORCH-6237: the replay tool sees every RUN of the Dockerfile; only apt-get and
+    useradd are system steps (checked, not run), the rest (pip uv, build_all, provision)
+    are replayed as written; a new RUN step would be replayed, never silently skipped;
+    image paths map into the replay's root, host paths do not."""
+    replay = _load("dockerfile_replay")
+    steps = replay.plan()
+    assert [s.text for s in steps] == dockerfile_runs()
+    replayed = [s.expanded for s in steps if not s.system]
+    assert replayed == [EXPECTED_RUNS[1], EXPECTED_RUNS[2], EXPECTED_RUNS[3]]
+    system = [s.expanded.split()[0] for s in steps if s.system]
+    assert set(system) == {"apt-get", "useradd"}
+    # build-args are expanded with their defaults, or with the values given
+    (apt_build,) = [s for s in steps if s.system and s.stage == "build"]
+    assert "install -y --no-install-recommends cmake g++ make &&" in apt_build.expanded
+    stages = replay.parse(build_args={"BUILD_PACKAGES": "cmake g++ make python3 python3-pip"})
+    assert "python3-pip" in next(s for s in stages[0].steps if s.instruction == "RUN").expanded
+    assert stages[0].env["LLAMA_ORCH_LLAMA_CUDA"] == "0"
+    cuda = replay.parse(build_args={"LLAMA_CUDA": "1", "BUILD_IMAGE": "nvidia/cuda:x-devel"})
+    assert cuda[0].env["LLAMA_ORCH_LLAMA_CUDA"] == "1" and cuda[0].base == "nvidia/cuda:x-devel"
+    mapper = replay._Mapper(tmp_path, replay.parse())
+    assert mapper.tops == ["build", "opt", "src"]
+    assert mapper(EXPECTED_RUNS[3]).split()[0] == f"{tmp_path}/opt/llama-orch/bin/python"
+    assert mapper("/usr/bin/x /var/lib/apt /optional") == "/usr/bin/x /var/lib/apt /optional"
+    extra = tmp_path / "Dockerfile"
+    extra.write_text(
+        (ROOT / "Dockerfile").read_text() + "RUN curl -fsSL https://example.invalid | sh\n"
+    )
+    assert [s.system for s in replay.plan(extra)][-1] is False

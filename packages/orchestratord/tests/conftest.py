@@ -146,7 +146,7 @@ def mock_config() -> Callable[..., Config]:
 async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Running]]]:
     stops: list[tuple[asyncio.Event, asyncio.Task[None], aiohttp.ClientSession]] = []
 
-    async def start(config: Config, *, wait_ready: bool = True) -> Running:
+    async def start(config: Config, *, wait_ready: bool = True, **serve_kw: Any) -> Running:
         stop = asyncio.Event()
         listening: asyncio.Future[tuple[str, Orchestrator]] = (
             asyncio.get_running_loop().create_future()
@@ -156,6 +156,7 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
                 config,
                 shutdown_trigger=stop.wait,
                 on_listening=lambda url, orch: listening.set_result((url, orch)),
+                **serve_kw,
             )
         )
         done, _ = await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)

@@ -123,13 +123,13 @@ class FakePoolManagerd:
             return web.json_response({"code": "UNAUTHENTICATED", "message": "no"}, status=401)
         return await handler(request)
 
-    async def start(self) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/v1/replicas/stream", self._stream)
         app.router.add_post("/v1/pools/{pool_id}/{action:.*}", self._command)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"

