@@ -118,7 +118,7 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 class TaskStream(Response):
-    """The SSE response of one task: pre-encoded frames written with the server's
+    """The SSE response of one task (ORCH-2751): pre-encoded frames written with the server's
     ``send``, one ASGI message per chunk (issue #20). Not a ``StreamingResponse``: with
     an ASGI 2.1 server that one runs an anyio task group per response to watch for the
     disconnect; here one plain task waits on ``receive`` and cancels the writer."""
