@@ -1,4 +1,4 @@
-"""A native load generator for the one-request path: Debian's ``wrk`` with a Lua script.
+"""A native load generator for the one-request path: Debian's ``wrk`` with a Lua script (ORCH-2754).
 
 On 2 cores the Python load generator (``bench/loadgen.py``) spends about as much
 CPU per request as the server it measures, so its requests/s figures say more

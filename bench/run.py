@@ -213,7 +213,7 @@ def stage_cpu_split(
             sides = [("orch", "orch", ourl, op.pid), ("stream", "orch_stream", ourl, op.pid)]
             if before is not None:
                 sides.append(("stream", "orch_stream_before", before[0], before[1].pid))
-            # with a before: both orders (ABBA), each side's two runs summed, so that
+            # ORCH-2756: with a before, both orders (ABBA), each side's two runs summed, so that
             # a change of the machine's load between runs does not favour one side
             rounds = [sides] if before is None else [sides, sides[::-1]]
             for order in rounds:

@@ -35,9 +35,11 @@ __all__ = ["serve"]
 _log = logging.getLogger("llama_orch.orchestratord")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one of --workers N on this port (ORCH-2752)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -54,6 +56,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_listening: Callable[[str, Orchestrator], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     for pool_cfg in config.pools:
         load_adapter_class(pool_cfg.engine)  # a missing adapter fails at startup (ORCH-3002)
@@ -71,7 +74,7 @@ async def serve(
     trigger = shutdown_trigger or stop.wait
 
     async with contextlib.AsyncExitStack() as stack:
-        sock = _bind(config.server.host, config.server.port)
+        sock = _bind(config.server.host, config.server.port, reuse_port=reuse_port)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
 
