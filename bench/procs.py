@@ -146,7 +146,11 @@ def start_orch(
     queue_capacity: int = 8192,
     prefix: list[str] | None = None,
     pythonpath: str | None = None,
+    state: dict[str, Any] | None = None,
+    args: list[str] | None = None,
 ) -> tuple[str, subprocess.Popen[bytes]]:
+    """One orchestratord on ``engine_url``; ``state``: its ``state:`` section (a shared
+    store), ``args``: more command-line arguments (``--workers N``)."""
     port = free_port()
     # Every limit a stage depends on is set here, not left to the defaults
     # (ORCH-2700): a default that changes must not change what the bench measures
@@ -182,13 +186,17 @@ def start_orch(
             }
         ],
     }
+    if state is not None:
+        cfg["state"] = state
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(cfg))
     env = None
     if pythonpath:  # an overlay of other sources (the "before" of a change), first on the path
         env = dict(os.environ, PYTHONPATH=pythonpath)
     p = procs.start(
-        name, [*(prefix or []), str(BIN / "orchestratord"), "--config", str(path)], env=env
+        name,
+        [*(prefix or []), str(BIN / "orchestratord"), "--config", str(path), *(args or [])],
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     procs.wait_ready(

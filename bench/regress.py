@@ -61,6 +61,10 @@ def figures(res: dict[str, Any]) -> dict[str, Figure]:
             if d.get("req_per_s"):
                 put(f"{name} req/s vs direct", o["req_per_s"] / d["req_per_s"], "higher")
             put(f"{name} errors", o["errors"] + o.get("short_streams", 0), "errors")
+    for row in res.get("native", []):  # wrk: relayed / direct requests/s (issue #20)
+        d, o = row["direct"], row["orch_stream"]
+        if d.get("req_per_s"):
+            put(f"wrk c={row['c']} req/s vs direct", o["req_per_s"] / d["req_per_s"], "higher")
     cs = res.get("cpu_split", {})
     for side in ("orch", "orch_stream"):
         a, b = cs.get(f"{side}_1"), cs.get(f"{side}_128")

@@ -316,21 +316,63 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         )
         L.append("")
         L.append(
-            "| ms/tok | c | req/s before → after | ratio | CPU ms/req before → after | "
+            "| ms/tok | c | path | req/s before → after | ratio | CPU ms/req before → after | "
             "ratio | TTFT p50 before → after | TTFT p99 before → after | errors b+a |"
         )
-        L.append("|" + "---|" * 9)
-        for r in res["fake"]:
-            if "orch_before" not in r:
+        L.append("|" + "---|" * 10)
+        pairs = [(r, "two-step", r.get("orch_before"), r.get("orch")) for r in res["fake"]]
+        pairs += [
+            (r, "one request", r.get("orch_stream_before"), r.get("orch_stream"))
+            for r in res["fake"]
+        ]
+        for r, path, b, a in pairs:
+            if b is None or a is None:
                 continue
-            b, a = r["orch_before"], r["orch"]
             cb, ca = cpu_ms_per_req(b, "orch"), cpu_ms_per_req(a, "orch")
             L.append(
-                f"| {r['delay_ms']:g} | {r['c']} | {b['req_per_s']:.0f} → {a['req_per_s']:.0f} | "
+                f"| {r['delay_ms']:g} | {r['c']} | {path} | "
+                f"{b['req_per_s']:.0f} → {a['req_per_s']:.0f} | "
                 f"{a['req_per_s'] / b['req_per_s'] if b['req_per_s'] else 0:.2f}× | "
                 f"{_f(cb, 2)} → {_f(ca, 2)} | {(cb / ca) if cb and ca else 0:.2f}× less | "
                 f"{_f(b['ttft_ms']['50'])} → {_f(a['ttft_ms']['50'])} | "
                 f"{_f(b['ttft_ms']['99'])} → {_f(a['ttft_ms']['99'])} | {errs(b, a)} |"
+            )
+        L.append("")
+    native = res.get("native")
+    if native:
+        L.append("## One request per task, driven by wrk (native load generator)")
+        L.append("")
+        L.append(
+            "`wrk` (Debian, C, one thread) POSTs the task with `Accept: text/event-stream` "
+            "(ORCH-2710) to orchestratord, or `/completion` straight to the fake engine "
+            "(0 ms/token, 32 tokens); a response without the stream's last frame counts as "
+            "bad, not served (`bench/native_load.py`). Latency = request → end of stream. "
+            "CPU = orchestratord's (process tree) over the measured run, per good request."
+        )
+        L.append("")
+        L.append(
+            "| c | req/s direct | req/s relayed (before →) now | relayed / direct | "
+            "p50/p99 ms direct | p50/p99 ms relayed | orch CPU ms/req (before →) now | bad+errors |"
+        )
+        L.append("|---|---|---|---|---|---|---|---|")
+
+        def _werr(r: dict[str, Any]) -> int:
+            return int(r["bad"] + r["connect"] + r["read"] + r["write"] + r["timeout"])
+
+        def _wcpu(r: dict[str, Any]) -> str:
+            cpu = r["cpu_s"].get("orch")
+            return _f(cpu * 1000 / r["good"], 2) if cpu is not None and r["good"] else "–"
+
+        for r in native:
+            d, o, b = r["direct"], r["orch_stream"], r.get("orch_stream_before")
+            rps = f"{b['req_per_s']:.0f} → " if b else ""
+            cpu = f"{_wcpu(b)} → " if b else ""
+            ratio = o["req_per_s"] / d["req_per_s"] * 100 if d["req_per_s"] else 0
+            L.append(
+                f"| {r['c']} | {d['req_per_s']:.0f} | {rps}{o['req_per_s']:.0f} | {ratio:.0f} % | "
+                f"{d['p50_us'] / 1000:.1f}/{d['p99_us'] / 1000:.1f} | "
+                f"{o['p50_us'] / 1000:.1f}/{o['p99_us'] / 1000:.1f} | {cpu}{_wcpu(o)} | "
+                f"{_werr(d)}+{_werr(o)}{'+' + str(_werr(b)) if b else ''} |"
             )
         L.append("")
     cs = res.get("cpu_split")
@@ -350,6 +392,7 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         for key, who, name in (
             ("orch", "orch", "llama-orch (submit, then stream)"),
             ("orch_stream", "orch", "llama-orch (one request)"),
+            ("orch_stream_before", "orch", "llama-orch before (one request, compared sources)"),
             ("litellm", "litellm", "LiteLLM"),
         ):
             if f"{key}_1" in cs and f"{key}_128" in cs:

@@ -137,6 +137,15 @@ def stage_fake(
                         cap_s=cap,
                         watch={"orch": before[1].pid, "engine": fpid},
                     )
+                    if not args.no_one_request:
+                        row["orch_stream_before"] = loadgen(
+                            "stream",
+                            before[0],
+                            c,
+                            n,
+                            cap_s=cap,
+                            watch={"orch": before[1].pid, "engine": fpid},
+                        )
                 if lite is not None:
                     lurl, lpid, key = lite
                     ln = LITELLM_REQS[c] if not args.quick else max(30, LITELLM_REQS[c] // 2)
@@ -171,6 +180,18 @@ def stage_fake(
     return rows
 
 
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two closed-loop runs of one side as one: counts and CPU summed, req/s averaged."""
+    out = dict(a)
+    for k in ("ok", "done", "errors", "tokens"):
+        if k in a and k in b:
+            out[k] = a[k] + b[k]
+    out["cpu_s"] = {k: a["cpu_s"][k] + b["cpu_s"].get(k, 0.0) for k in a["cpu_s"]}
+    out["req_per_s"] = (a["req_per_s"] + b["req_per_s"]) / 2
+    out["runs"] = a.get("runs", 1) + 1
+    return out
+
+
 def stage_cpu_split(
     procs: Procs,
     tmp: Path,
@@ -182,22 +203,34 @@ def stage_cpu_split(
     """CPU per request at 1 and 128 tokens (0 ms/token, c=16): fixed + per-token cost."""
     out: dict[str, Any] = {}
     ourl, op = start_orch(procs, "orch-cpu", furl, tmp)
+    before = None
+    if args.compare_src:  # the one-request path of the sources before, right after
+        before = start_orch(procs, "orch-cpu-before", furl, tmp, pythonpath=args.compare_src)
     try:
-        n = 300 if args.quick else 800
+        n = args.cpu_requests or (300 if args.quick else 800)
         log("cpu split: 1 vs 128 tokens, c=16")
         for toks in (1, 128):
-            for mode, key in (("orch", "orch"), ("stream", "orch_stream")):
-                if mode == "stream" and args.no_one_request:
-                    continue
-                out[f"{key}_{toks}"] = loadgen(
-                    mode,
-                    ourl,
-                    16,
-                    n,
-                    cap_s=args.cap_s,
-                    max_tokens=toks,
-                    watch={"orch": op.pid, "engine": fpid},
-                )
+            sides = [("orch", "orch", ourl, op.pid), ("stream", "orch_stream", ourl, op.pid)]
+            if before is not None:
+                sides.append(("stream", "orch_stream_before", before[0], before[1].pid))
+            # ORCH-2756: with a before, both orders (ABBA), each side's two runs summed, so that
+            # a change of the machine's load between runs does not favour one side
+            rounds = [sides] if before is None else [sides, sides[::-1]]
+            for order in rounds:
+                for mode, key, url, pid in order:
+                    if mode == "stream" and args.no_one_request:
+                        continue
+                    res = loadgen(
+                        mode,
+                        url,
+                        16,
+                        n,
+                        cap_s=args.cap_s,
+                        max_tokens=toks,
+                        watch={"orch": pid, "engine": fpid},
+                    )
+                    prev = out.get(f"{key}_{toks}")
+                    out[f"{key}_{toks}"] = res if prev is None else _merge(prev, res)
             if lite is not None:
                 lurl, lpid, key = lite
                 chat = ["--chat"] if args.litellm_route == "chat" else []
@@ -213,7 +246,55 @@ def stage_cpu_split(
                 )
     finally:
         procs.stop(op)
+        if before is not None:
+            procs.stop(before[1])
     return out
+
+
+def stage_native(
+    procs: Procs, tmp: Path, args: argparse.Namespace, furl: str, fpid: int
+) -> list[dict[str, Any]]:
+    """The one-request path driven by ``wrk`` (bench/native_load.py): relayed vs direct
+    requests/s at 0 ms/token, side by side per level (issue #20, item 5)."""
+    from native_load import run_wrk  # bench/native_load.py
+
+    rows: list[dict[str, Any]] = []
+    if not args.native_levels:
+        return rows
+    ourl, op = start_orch(procs, "orch-native", furl, tmp)
+    before = None
+    if args.compare_src:
+        before = start_orch(procs, "orch-native-before", furl, tmp, pythonpath=args.compare_src)
+    try:
+        for c in args.native_levels:
+            log(f"wrk: 0 ms/token, c={c}, {args.native_s:g} s per side")
+            row: dict[str, Any] = {"c": c}
+            row["direct"] = run_wrk(furl, "llama", c, args.native_s, watch={"engine": fpid})
+            row["orch_stream"] = run_wrk(
+                ourl, "stream", c, args.native_s, watch={"orch": op.pid, "engine": fpid}
+            )
+            if before is not None:
+                row["orch_stream_before"] = run_wrk(
+                    before[0],
+                    "stream",
+                    c,
+                    args.native_s,
+                    watch={"orch": before[1].pid, "engine": fpid},
+                )
+            for k in ("direct", "orch_stream", "orch_stream_before"):
+                if k in row:
+                    r = row[k]
+                    log(
+                        f"  {k:18s} c={c:<3d} good={r['good']} bad={r['bad']} "
+                        f"req/s={r['req_per_s']:.0f} p50={r['p50_us'] / 1000:.1f} ms "
+                        f"cpu={r['cpu_s']}"
+                    )
+            rows.append(row)
+    finally:
+        procs.stop(op)
+        if before is not None:
+            procs.stop(before[1])
+    return rows
 
 
 def stage_memory(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -383,6 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fake", action="store_true", help="skip the fake-engine levels")
     ap.add_argument("--no-extras", action="store_true", help="skip cpu split and memory stages")
     ap.add_argument("--quick", action="store_true", help="fewer requests per level")
+    ap.add_argument("--no-memory", action="store_true", help="skip the admission/memory stage")
+    ap.add_argument("--cpu-requests", type=int, default=None, help="requests per cpu-split run")
+    ap.add_argument(
+        "--native-levels",
+        default="16,64",
+        help="concurrency levels for the wrk stage (one-request path, 0 ms/token); '' skips it",
+    )
+    ap.add_argument("--native-s", type=float, default=8.0, help="seconds per wrk run")
     ap.add_argument(
         "--no-one-request",
         action="store_true",
@@ -414,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_ref:
         args.compare_src = export_ref(args.compare_ref)
     args.levels = [int(x) for x in args.levels.split(",")]
+    args.native_levels = [int(x) for x in args.native_levels.split(",") if x]
     args.delays = [float(x) for x in args.delays.split(",")]
     command = "uv run bench/run.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
 
@@ -445,9 +535,12 @@ def main(argv: list[str] | None = None) -> int:
         results["fake"] = [] if args.no_fake else stage_fake(procs, tmp, args, fakes, lite)
         if not args.no_extras:
             for key, fn in (
+                ("native", lambda: stage_native(procs, tmp, args, *fakes[0.0])),
                 ("cpu_split", lambda: stage_cpu_split(procs, tmp, args, *fakes[0.0], lite)),
                 ("memory", lambda: stage_memory(procs, tmp, args)),
             ):
+                if key == "memory" and args.no_memory:
+                    continue
                 try:
                     results[key] = fn()
                 except (RuntimeError, subprocess.SubprocessError, OSError, KeyError) as exc:

@@ -51,3 +51,20 @@ def test_figures_worse_by_more_than_a_quarter_fall_back() -> None:
     }
     table = "\n".join(markdown(compare(base, _run(0.3, 200.0, 0, 40)), "base.json"))
     assert "**FELL BACK**" in table and "base.json" in table
+
+
+def test_wrk_relayed_share_of_direct_falls_back() -> None:
+    """Issue #20: the native load generator's relayed/direct req/s is a directed figure."""
+
+    def native(relayed: float) -> dict:
+        return {
+            "machine": {},
+            "native": [
+                {"c": 64, "direct": {"req_per_s": 1000.0}, "orch_stream": {"req_per_s": relayed}}
+            ],
+        }
+
+    rows = {r["figure"]: r for r in compare(native(400.0), native(280.0))}
+    assert rows["wrk c=64 req/s vs direct"]["worse"]
+    rows = {r["figure"]: r for r in compare(native(400.0), native(380.0))}
+    assert not rows["wrk c=64 req/s vs direct"]["worse"]

@@ -136,3 +136,40 @@ async def test_no_spans_are_built_without_an_exporter(start_orchestrator, mock_c
     events = await _read_sse(resp)
     assert events[-1][1] == "end" and run.orch.tasks.get(tid) is not None
     assert run.orch.tracing._spans == {}
+
+
+async def test_sse_writer_ends_at_the_disconnect(start_orchestrator, mock_config):
+    """ORCH-2751: the lean SSE writer ends at the client's disconnect, not at the task's
+    end (the tenant's one stream is free again while the task still runs), and its start
+    still passes the middlewares (the correlation id is echoed)."""
+    cfg = mock_config(limits={"max_streams_per_tenant": 1}, adapter_options={"token_delay_ms": 20})
+    run = await start_orchestrator(cfg)
+    host, port = run.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))  # a socket we close
+    body = b'{"prompt": "x", "max_tokens": 2000}'  # 40 s of tokens
+    writer.write(
+        b"POST /v1/tasks HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n"
+        b"X-Correlation-Id: cid-2751\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    assert head.startswith("http/1.1 200") and "x-correlation-id: cid-2751" in head
+    tid = head.split("x-task-id: ")[1].split("\r\n")[0]
+    assert await reader.read(1)  # the stream is running
+    writer.close()
+    for _ in range(200):  # bounded poll (the disconnect has no event to await here)
+        async with run.http.post(
+            run.url + "/v1/tasks", json={"prompt": "x", "max_tokens": 1}, headers=_SSE
+        ) as again:
+            if again.status == 200:  # queued behind the first task (one slot)
+                second = again.headers["X-Task-Id"]
+                break
+            assert again.status == 429
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the dropped stream still counts after 10 s")
+    rec = run.orch.tasks.get(tid)
+    assert rec is not None and not rec.terminal  # ORCH-2712: the task goes on
+    for task_id in (tid, second):
+        async with run.http.post(f"{run.url}/v1/tasks/{task_id}/cancel") as r:
+            assert r.status == 204

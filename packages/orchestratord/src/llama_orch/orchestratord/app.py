@@ -51,7 +51,7 @@ from .catalog_api import CATALOG_ROUTES
 from .catalog_service import deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
-from .limits import BodyLimit, StreamCounter
+from .limits import RAW_SEND, BodyLimit, StreamCounter
 from .overview import OVERVIEW_ROUTES
 from .pool_control import PoolControls
 from .service import Orchestrator
@@ -108,6 +108,7 @@ class CorrelationId:
                 break
         cid = cid or uuid.uuid4().hex.encode()
         CORRELATION_ID.set(cid.decode("latin-1"))  # log lines and traces (ORCH-7031)
+        scope[RAW_SEND] = send  # SSE frames skip the wrappers below (limits.TaskStream)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] != 204:

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from llama_orch.core.errors import HeadersTooLarge, OrchError, RequestTooLarge
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "StreamCounter", "TaskStream"]
+__all__ = ["RAW_SEND", "BodyLimit", "StreamCounter", "TaskStream"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 _json = msgspec.json.Encoder()
@@ -106,7 +106,25 @@ class StreamCounter:
             del self._open[tenant]
 
 
-class TaskStream(StreamingResponse):
+RAW_SEND = "llama_orch.raw_send"
+"""Scope key of the server's own ``send`` (set by the outermost middleware): a stream's
+frames skip the per-message wrappers of the middlewares below it, which only act on
+``http.response.start``."""
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class TaskStream(Response):
+    """The SSE response of one task (ORCH-2751): pre-encoded frames written with the server's
+    ``send``, one ASGI message per chunk (issue #20). Not a ``StreamingResponse``: with
+    an ASGI 2.1 server that one runs an anyio task group per response to watch for the
+    disconnect; here one plain task waits on ``receive`` and cancels the writer."""
+
+    media_type = "text/event-stream"
+
     def __init__(
         self,
         frames: AsyncIterator[bytes],
@@ -117,11 +135,13 @@ class TaskStream(StreamingResponse):
         stall_timeout_s: float,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(
-            frames,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        # not Response.__init__: it would announce an empty body (content-length: 0)
+        self.status_code = 200
+        self.background = None
+        self.init_headers(
+            {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})}
         )
+        self.body_iterator = frames
         self._task_id = task_id
         self._tenant = tenant
         self._counter = counter
@@ -131,14 +151,14 @@ class TaskStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self._write(scope, receive, send)
         finally:
             self._counter.closed(self._tenant)
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    async def stream_response(self, send: Send) -> None:
+    async def _write(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One watchdog timer per stream instead of a timeout per write: a
         # per-chunk ``wait_for`` costs about 40 us on the token path, this costs
         # two attribute writes. The watchdog cancels this task when one write has
@@ -146,22 +166,32 @@ class TaskStream(StreamingResponse):
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+        raw: Send = scope.get(RAW_SEND, send)
         sending_since: float | None = None
-        cut = False
+        cut = ""
         period = self._stall_s / 4
         timer: asyncio.TimerHandle  # set below, before watch() first runs
 
         def watch() -> None:
             nonlocal cut, timer
             if sending_since is not None and loop.time() - sending_since >= self._stall_s:
-                cut = True
+                cut = "stall"
                 task.cancel()
                 return
             timer = loop.call_later(period, watch)
 
+        def gone(done: asyncio.Task[None]) -> None:
+            nonlocal cut
+            if not done.cancelled() and done.exception() is None and not cut:
+                cut = "gone"  # the client went away: stop reading the task's log
+                task.cancel()
+
         timer = loop.call_later(period, watch)
+        watcher = loop.create_task(_until_disconnect(receive))
+        watcher.add_done_callback(gone)
         try:
             sending_since = loop.time()
+            # the start through the middlewares (correlation id, response-started flags)
             await send(
                 {"type": "http.response.start", "status": self.status_code,
                  "headers": self.raw_headers}
@@ -171,19 +201,23 @@ class TaskStream(StreamingResponse):
                 # The server's send waits while the socket buffer is full: a reader
                 # that stopped reading blocks it here, with at most one chunk pending.
                 sending_since = loop.time()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await raw({"type": "http.response.body", "body": chunk, "more_body": True})
                 sending_since = None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await raw({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not cut:
                 raise
             task.uncancel()
-            _log.warning(
-                "stream of task %s cut: its client read nothing for %.0f s",
-                self._task_id,
-                self._stall_s,
-                extra={"job_id": self._task_id},
-            )
+            if cut == "stall":
+                _log.warning(
+                    "stream of task %s cut: its client read nothing for %.0f s",
+                    self._task_id,
+                    self._stall_s,
+                    extra={"job_id": self._task_id},
+                )
             # no final chunk: the connection closes and the client sees a cut
         finally:
+            cut = cut or "ended"  # a callback already scheduled must not cancel what follows
             timer.cancel()
+            watcher.remove_done_callback(gone)
+            watcher.cancel()

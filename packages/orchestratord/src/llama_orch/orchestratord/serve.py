@@ -40,9 +40,11 @@ __all__ = ["serve"]
 _log = logging.getLogger("llama_orch.orchestratord")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one of --workers N on this port (ORCH-2752)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -60,6 +62,7 @@ async def serve(
     on_listening: Callable[[str, Orchestrator], None] | None = None,
     progress: Callable[[str], None] | None = None,
     resolver: Resolver = resolve_addresses,
+    reuse_port: bool = False,
 ) -> None:
     for pool_cfg in config.pools:
         load_adapter_class(pool_cfg.engine)  # a missing adapter fails at startup (ORCH-3002)
@@ -82,7 +85,7 @@ async def serve(
     trigger = shutdown_trigger or stop.wait
 
     async with contextlib.AsyncExitStack() as stack:
-        sock = _bind(config.server.host, config.server.port)
+        sock = _bind(config.server.host, config.server.port, reuse_port=reuse_port)
         stack.callback(sock.close)  # a no-op once hypercorn adopted it (detached)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
