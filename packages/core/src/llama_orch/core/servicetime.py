@@ -77,7 +77,7 @@ class RobustLine:
     Sufficient statistics are kept with weights that halve every
     ``half_life_s``; the prior is two pseudo-points of total weight
     ``prior_weight`` that never decay. ``a`` is clamped to ``[0, y_hi]`` (the
-    largest ``y`` seen, prior included) and ``b`` to ``≥ 0``.
+    largest ``y`` measured, prior included, before clipping) and ``b`` to ``≥ 0``.
     """
 
     CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
@@ -138,6 +138,7 @@ class RobustLine:
     def observe(self, x: float, y: float, now: float) -> None:
         if not (math.isfinite(x) and math.isfinite(y)) or y < 0 or x < 0:
             return
+        measured = y
         pred = self.predict(x, now)  # decays first
         scale = (self._res + self._prior_res) / (self._w + self._prior_weight)
         limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
@@ -149,9 +150,12 @@ class RobustLine:
         self._wy += y
         self._wxx += x * x
         self._wxy += x * y
-        self.y_hi = max(self.y_hi, y)
+        # The clamps follow what was measured, not the clipped sample: clipping pulls a
+        # low outlier up toward the prediction, and a forecast must never exceed the
+        # largest measurement (prior included) for that reason (ORCH-1953).
+        self.y_hi = max(self.y_hi, measured)
         if x > 0:
-            self.slope_hi = max(self.slope_hi, y / x)
+            self.slope_hi = max(self.slope_hi, measured / x)
 
 
 class ServiceModel:
