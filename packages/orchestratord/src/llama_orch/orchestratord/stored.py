@@ -34,6 +34,7 @@ from llama_orch.core.state_store import (
     Dispatched,
     Event,
     Fenced,
+    LoggedEvent,
     Orphaned,
     PoolPolicy,
     Reaped,
@@ -48,7 +49,7 @@ from llama_orch.core.state_store import (
 )
 
 from .pools import Pool, Replica
-from .tasks import TaskRecord
+from .tasks import KEEPALIVE_FRAME, TaskRecord
 
 if TYPE_CHECKING:
     from .service import Orchestrator
@@ -287,9 +288,30 @@ class StoreBridge:
             await self.store.cancel(task_id)
 
     async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
-        """SSE frames from the store's log, from event ``start`` on (ORCH-2526)."""
-        async for ev in self.store.tail(task_id, start - 1):
-            yield encode_event(ev.kind, ev.data, ev.seq)
+        """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with a
+        keep-alive comment after ``limits.sse_keepalive_s`` without an event, as
+        in-process streams have (ORCH-2556, ORCH-1962)."""
+        keepalive = self.orch.config.limits.sse_keepalive_s
+        events = aiter(self.store.tail(task_id, start - 1))
+        pending: asyncio.Future[LoggedEvent] | None = None
+        try:
+            while True:
+                if pending is None:  # one read in flight, never cancelled by a keep-alive
+                    pending = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                if not done:
+                    yield KEEPALIVE_FRAME
+                    continue
+                try:
+                    ev = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield encode_event(ev.kind, ev.data, ev.seq)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     # ---------------------------------------------------------------- dispatch
 
