@@ -248,11 +248,12 @@ class ValkeyStateStore(StateStore):
         """ORCH-2550/2551: the admitting call and WAIT/WAITAOF on one connection (WAIT
         counts the writes of its own connection); not confirmed in time: withdrawn."""
         args = [*self._keys, *self._submit_args(task)]
-        try:
-            async with self.client.client() as conn:  # one pooled connection, held
-                r = await self._call(lambda: conn.fcall("llorch_submit", 1, *args))
-                if _s(r[0]) != "OK":
-                    return self._admitted(task, r)
+        ok, why = False, ""
+        async with self.client.client() as conn:  # one pooled connection, held
+            r = await self._call(lambda: conn.fcall("llorch_submit", 1, *args))
+            if _s(r[0]) != "OK":
+                return self._admitted(task, r)
+            try:
                 if d.wait_aof:
                     local, replicas = await self._call(
                         lambda: conn.waitaof(1, d.wait_replicas, d.timeout_ms)
@@ -261,10 +262,8 @@ class ValkeyStateStore(StateStore):
                 else:
                     acked = await self._call(lambda: conn.wait(d.wait_replicas, d.timeout_ms))
                     ok = int(acked) >= d.wait_replicas
-        except StoreUnavailable:
-            raise
-        except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"state store unreachable: {exc}") from exc
+            except (StoreUnavailable, StateStoreError) as exc:  # unreachable, or WAIT refused
+                why = f": {exc}"
         if ok:
             return self._admitted(task, r)
         # Withdrawn: removed from its queue (or stopped, if a dispatcher took it during
@@ -274,7 +273,8 @@ class ValkeyStateStore(StateStore):
         what = "AOF fsync" if d.wait_aof else "replication"
         raise StoreUnavailable(
             f"the state store did not confirm the admission's {what} "
-            f"({d.wait_replicas} replica(s)) within {d.timeout_ms} ms; the task was not accepted",
+            f"({d.wait_replicas} replica(s)) within {d.timeout_ms} ms{why}; "
+            "the task was not accepted",
             retry_after_ms=max(1000, d.timeout_ms),
         )
 
