@@ -249,26 +249,29 @@ class ValkeyStateStore(StateStore):
         counts the writes of its own connection); not confirmed in time: withdrawn."""
         args = [*self._keys, *self._submit_args(task)]
         ok, why = False, ""
-        async with self.client.client() as conn:  # one pooled connection, held
-            r = await self._call(lambda: conn.fcall("llorch_submit", 1, *args))
-            if _s(r[0]) != "OK":
-                return self._admitted(task, r)
-            try:
-                if d.wait_aof:
-                    local, replicas = await self._call(
-                        lambda: conn.waitaof(1, d.wait_replicas, d.timeout_ms)
-                    )
-                    ok = int(local) >= 1 and int(replicas) >= d.wait_replicas
-                else:
-                    acked = await self._call(lambda: conn.wait(d.wait_replicas, d.timeout_ms))
-                    ok = int(acked) >= d.wait_replicas
-            except (StoreUnavailable, StateStoreError) as exc:  # unreachable, or WAIT refused
-                why = f": {exc}"
+        try:
+            async with self.client.client() as conn:  # one pooled connection, held
+                r = await self._call(lambda: conn.fcall("llorch_submit", 1, *args))
+                if _s(r[0]) != "OK":
+                    return self._admitted(task, r)
+                try:
+                    if d.wait_aof:
+                        local, replicas = await self._call(
+                            lambda: conn.waitaof(1, d.wait_replicas, d.timeout_ms)
+                        )
+                        ok = int(local) >= 1 and int(replicas) >= d.wait_replicas
+                    else:
+                        acked = await self._call(lambda: conn.wait(d.wait_replicas, d.timeout_ms))
+                        ok = int(acked) >= d.wait_replicas
+                except (StoreUnavailable, StateStoreError) as exc:  # unreachable, or WAIT refused
+                    why = f": {exc}"
+        except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:  # connecting
+            raise StoreUnavailable(f"state store unreachable: {exc}") from exc
         if ok:
             return self._admitted(task, r)
         # Withdrawn: removed from its queue (or stopped, if a dispatcher took it during
         # the wait), quota back, record and log deleted: the task_id can be reused.
-        with contextlib.suppress(StoreUnavailable):
+        with contextlib.suppress(StoreUnavailable, StateStoreError):
             await self._fcall("llorch_withdraw", task.task_id)
         what = "AOF fsync" if d.wait_aof else "replication"
         raise StoreUnavailable(
