@@ -44,7 +44,8 @@ def test_a_wrong_example_would_fail() -> None:
     """The check above can fail: the schema and the structs refuse what the guide
     must not show (both `url` and `sentinel`; durability on `memory`)."""
     bad = [
-        "state: {backend: valkey, url: 'redis://x:1/0', sentinel: {addresses: ['s:1'], master_name: m}}",
+        "state: {backend: valkey, url: 'redis://x:1/0',"
+        " sentinel: {addresses: ['s:1'], master_name: m}}",
         "state: {backend: memory, durability: {wait_replicas: 1}}",
         "state: {backend: valkey, durability: {wait_replica: 1}}",
     ]
