@@ -146,6 +146,7 @@ def start_orch(
     queue_capacity: int = 8192,
     prefix: list[str] | None = None,
     pythonpath: str | None = None,
+    state: dict[str, Any] | None = None,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     # Every limit a stage depends on is set here, not left to the defaults
@@ -182,6 +183,8 @@ def start_orch(
             }
         ],
     }
+    if state is not None:  # a state store (issue #13, bench/ha_relay.py)
+        cfg["state"] = state
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(cfg))
     env = None
