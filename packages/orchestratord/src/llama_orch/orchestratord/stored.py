@@ -265,13 +265,31 @@ class StoreBridge:
     async def submit(self, rec: TaskRecord) -> int:
         """Admit at the store (quotas, capacity, full policy: ORCH-2522); the queue
         position. Tasks the full policy displaced already have their terminal there."""
-        with self.timed("submit"):
-            admitted = await self.store.submit(spec_of(rec))
+        try:
+            with self.timed("submit"):
+                admitted = await self.store.submit(spec_of(rec))
+        except StoreUnavailable:
+            self._withdrawn(rec.task_id)
+            raise
         for tid, code in admitted.displaced:
             victim = self.orch.tasks.get(tid)
             if victim is not None and not victim.terminal:
                 victim.finish(self.orch.error_event(victim, "displaced", code))
         return admitted.queue_position
+
+    def _withdrawn(self, task_id: str) -> None:
+        """Not admitted after all (durability not confirmed, ORCH-2551): a run this
+        instance's dispatcher started during the wait stops writing and ends, and
+        its record goes, so the client may submit the same id again."""
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            writer.dead = True
+        local = self.orch.tasks.get(task_id)
+        if local is None:
+            return
+        if not local.terminal:
+            self.orch.end(local, self.orch.error_event(local, "admission withdrawn"))
+        self.orch.tasks.forget(task_id)
 
     async def hydrate(self, task_id: str) -> None:
         """Know a task another instance (or this one before a restart) admitted."""
