@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["StoreBridge", "store_config"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
+_KEEPALIVE = object()  # the keep-alive timer's queue marker in StoreBridge.frames
 _BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
 
 
@@ -308,28 +309,43 @@ class StoreBridge:
     async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
         """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with a
         keep-alive comment after ``limits.sse_keepalive_s`` without an event, as
-        in-process streams have (ORCH-2556, ORCH-1962)."""
+        in-process streams have (ORCH-2556, ORCH-1962). One reader task per stream
+        feeds a queue; a timer is armed only while the queue is empty."""
         keepalive = self.orch.config.limits.sse_keepalive_s
-        events = aiter(self.store.tail(task_id, start - 1))
-        pending: asyncio.Future[LoggedEvent] | None = None
+        queue: asyncio.Queue[object] = asyncio.Queue()  # events, an exception, None: the end
+
+        async def read() -> None:
+            try:
+                async for ev in self.store.tail(task_id, start - 1):
+                    queue.put_nowait(ev)
+                queue.put_nowait(None)
+            except Exception as exc:  # e.g. KeyError (expired), StoreUnavailable
+                queue.put_nowait(exc)
+
+        reader = asyncio.create_task(read(), name=f"tail-{task_id}")
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                if pending is None:  # one read in flight, never cancelled by a keep-alive
-                    pending = asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({pending}, timeout=keepalive)
-                if not done:
-                    yield KEEPALIVE_FRAME
-                    continue
+                timer = None
+                if queue.empty():
+                    timer = loop.call_later(keepalive, queue.put_nowait, _KEEPALIVE)
                 try:
-                    ev = pending.result()
-                except StopAsyncIteration:
+                    item = await queue.get()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if item is _KEEPALIVE:
+                    yield KEEPALIVE_FRAME
+                elif item is None:
                     return
-                pending = None
-                yield encode_event(ev.kind, ev.data, ev.seq)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    assert isinstance(item, LoggedEvent)
+                    yield encode_event(item.kind, item.data, item.seq)
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     # ---------------------------------------------------------------- dispatch
 
