@@ -185,3 +185,33 @@ async def test_store_fed_streams_carry_keep_alive_comments(
     assert body.count(b": keep-alive\n\n") >= 2, body  # 400 ms between tokens, 100 ms pings
     events = [block for block in body.split(b"\n\n") if block.startswith(b"id:")]
     assert events[-1].split(b"\n")[1] == b"event: end", events[-1]
+
+
+async def test_a_503_from_the_store_uses_no_session_turn(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2551 (with ORCH-1402): a submission the store did not admit (unreachable,
+    or an admission withdrawn for want of durability) answers 503 and leaves the
+    session's turns and reservation as they were."""
+    import uuid
+
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 1}))
+    cfg.sessions.max_turns = 2
+    run = await start_orchestrator(cfg)
+    bridge = run.orch.state
+    assert bridge is not None
+    sid = str(uuid.uuid4())
+    real_submit = bridge.store.submit
+
+    async def withdrawn(_spec: Any) -> Any:
+        raise StoreUnavailable("not confirmed; the task was not accepted", retry_after_ms=1000)
+
+    bridge.store.submit = withdrawn  # type: ignore[method-assign]
+    for _ in range(3):  # more refusals than max_turns
+        resp = await run.submit(max_tokens=2, session_id=sid)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    bridge.store.submit = real_submit  # type: ignore[method-assign]
+    for _ in range(2):  # both turns are still free
+        resp = await run.submit(max_tokens=2, session_id=sid)
+        assert resp.status == 202, await resp.text()
+        await run.events((await resp.json())["task_id"])
