@@ -173,7 +173,7 @@ async def test_store_fed_streams_carry_keep_alive_comments(
 ) -> None:
     """ORCH-2556: an SSE stream read from the store's log gets the same keep-alive
     comment as an in-process stream while no event arrives (ORCH-1962)."""
-    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 400}), lease_ms=2000)
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 300}), lease_ms=2000)
     doc = msgspec.to_builtins(cfg)
     doc.setdefault("limits", {})["sse_keepalive_s"] = 0.1
     run = await start_orchestrator(msgspec.convert(doc, Config))
@@ -182,7 +182,7 @@ async def test_store_fed_streams_carry_keep_alive_comments(
     async with run.http.get(f"{run.url}/v1/tasks/{tid}/stream") as resp:
         assert resp.status == 200
         body = await resp.read()
-    assert body.count(b": keep-alive\n\n") >= 2, body  # 400 ms between tokens, 100 ms pings
+    assert body.count(b": keep-alive\n\n") >= 2, body  # 300 ms between tokens, 100 ms pings
     events = [block for block in body.split(b"\n\n") if block.startswith(b"id:")]
     assert events[-1].split(b"\n")[1] == b"event: end", events[-1]
 
