@@ -186,7 +186,7 @@ def start_orch(
             }
         ],
     }
-    if state is not None:
+    if state is not None:  # a state store (issue #13, bench/ha_relay.py)
         cfg["state"] = state
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(cfg))

@@ -162,7 +162,6 @@ def test_references_cover_the_sources_and_drift_fails(tmp_path: Path, capsys) ->
 # the plan or the tracker (ORCH-6212).
 PLANNED = {
     "in store mode": "features not applied with a shared state store yet",
-    "Sentinel": "a Sentinel client for the state store",
 }
 
 

@@ -159,3 +159,31 @@ async def test_run_renews_until_stopped() -> None:
     store.renew = counting  # type: ignore[method-assign]
     await asyncio.wait_for(keeper.run(stop, every_s=0.01), 30)
     assert len(calls) == 3
+
+
+async def test_memory_tail_sees_events_appended_while_it_was_suspended() -> None:
+    """ORCH-2508: ``tail`` follows the log to the terminal even when every later
+    event (the terminal included) was appended while the reader sat at a ``yield``
+    (found by bench/ha_relay.py: store-fed streams of fast engines hung)."""
+    store = MemoryStateStore()
+    await store.start()
+    await store.configure(StoreConfig(pools={"p": PoolPolicy(capacity=4)}))
+    await store.set_replicas("p", [SlotView(replica_id="r", set_key="A", ready=True, slots=1)])
+    await store.submit(TaskSpec(task_id="t", pool="p", priority="batch"))
+    d = await store.dispatch("p", "i", 60_000)
+    assert isinstance(d, Dispatched)
+    await store.append("t", d.epoch, [Event("started", b"{}")])
+    events = store.tail("t")
+    first = await anext(events)  # the reader is now suspended at its yield
+    await store.append("t", d.epoch, [Event("token", b"{}"), Event("token", b"{}")])
+    await store.append("t", d.epoch, [Event("end", b"{}")])
+    rest = [ev async for ev in _bounded(events, 5.0)]
+    assert [first.kind, *(ev.kind for ev in rest)] == ["started", "token", "token", "end"]
+
+
+async def _bounded(events, timeout_s: float):  # type: ignore[no-untyped-def]
+    while True:
+        try:
+            yield await asyncio.wait_for(anext(events), timeout_s)
+        except StopAsyncIteration:
+            return

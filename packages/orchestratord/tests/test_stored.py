@@ -166,3 +166,52 @@ async def test_cancel_elsewhere_reaches_the_owner_at_once(
     assert logged == at_cancel  # nothing after the cancel's terminal
     text = await owner.metrics_text()
     assert 'state_store_appends_refused_total{pool_id="mock"' not in text
+
+
+async def test_store_fed_streams_carry_keep_alive_comments(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2556: an SSE stream read from the store's log gets the same keep-alive
+    comment as an in-process stream while no event arrives (ORCH-1962)."""
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 300}), lease_ms=2000)
+    doc = msgspec.to_builtins(cfg)
+    doc.setdefault("limits", {})["sse_keepalive_s"] = 0.1
+    run = await start_orchestrator(msgspec.convert(doc, Config))
+    assert run.orch.state is not None
+    tid = (await (await run.submit(max_tokens=2)).json())["task_id"]
+    async with run.http.get(f"{run.url}/v1/tasks/{tid}/stream") as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    assert body.count(b": keep-alive\n\n") >= 2, body  # 300 ms between tokens, 100 ms pings
+    events = [block for block in body.split(b"\n\n") if block.startswith(b"id:")]
+    assert events[-1].split(b"\n")[1] == b"event: end", events[-1]
+
+
+async def test_a_503_from_the_store_uses_no_session_turn(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2551 (with ORCH-1402): a submission the store did not admit (unreachable,
+    or an admission withdrawn for want of durability) answers 503 and leaves the
+    session's turns and reservation as they were."""
+    import uuid
+
+    cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 1}))
+    cfg.sessions.max_turns = 2
+    run = await start_orchestrator(cfg)
+    bridge = run.orch.state
+    assert bridge is not None
+    sid = str(uuid.uuid4())
+    real_submit = bridge.store.submit
+
+    async def withdrawn(_spec: Any) -> Any:
+        raise StoreUnavailable("not confirmed; the task was not accepted", retry_after_ms=1000)
+
+    bridge.store.submit = withdrawn  # type: ignore[method-assign]
+    for _ in range(3):  # more refusals than max_turns
+        resp = await run.submit(max_tokens=2, session_id=sid)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    bridge.store.submit = real_submit  # type: ignore[method-assign]
+    for _ in range(2):  # both turns are still free
+        resp = await run.submit(max_tokens=2, session_id=sid)
+        assert resp.status == 202, await resp.text()
+        await run.events((await resp.json())["task_id"])

@@ -312,6 +312,34 @@ class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     self_test_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
 
 
+class StateDurability(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``state.durability``: what the store must confirm before a 202 (ORCH-2550).
+
+    After the atomic admission the valkey backend issues, on the same connection,
+    ``WAIT wait_replicas timeout_ms`` or, with ``wait_aof``, ``WAITAOF 1
+    wait_replicas timeout_ms`` (the primary's AOF and ``wait_replicas`` replicas'
+    AOF fsynced; Valkey >= 7.2, Redis >= 7.2). When the store does not confirm within
+    ``timeout_ms`` the admission is withdrawn and the submit answers 503 with
+    ``Retry-After`` (ORCH-2551)."""
+
+    wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
+    wait_aof: bool = False
+    timeout_ms: Annotated[int, Meta(ge=1, le=60000)] = 500
+
+
+class StateSentinel(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``state.sentinel``: find the store's primary through Valkey/Redis Sentinel
+    (ORCH-2553); connections follow a failover to the promoted replica."""
+
+    addresses: Annotated[
+        list[Annotated[str, Meta(pattern=r"^[^\s:]+:[0-9]{1,5}$")]], Meta(min_length=1)
+    ]
+    master_name: Annotated[str, Meta(min_length=1)]
+    password: str | None = None  # of the data nodes (primary and replicas)
+    sentinel_password: str | None = None  # of the Sentinels themselves
+    db: Annotated[int, Meta(ge=0)] = 0
+
+
 class StateOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``state:`` in the config: the shared state store (ORCH-2501, ORCH-2520).
 
@@ -328,6 +356,16 @@ class StateOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # kill -9 of the server loses no acknowledged write; "always" also fsyncs before
     # the reply (survives a machine crash or power loss), "everysec" may lose ~1 s then.
     appendfsync: Literal["everysec", "always"] = "everysec"
+    # ORCH-2550: WAIT/WAITAOF after the admitting call, before the 202 (valkey backend)
+    durability: StateDurability | None = None
+    # ORCH-2553: the primary found through Sentinel instead of `url` (valkey backend)
+    sentinel: StateSentinel | None = None
+
+    def __post_init__(self) -> None:
+        if self.url is not None and self.sentinel is not None:
+            raise ValueError("state: give either `url` or `sentinel`, not both")
+        if self.backend == "memory" and (self.durability or self.sentinel):
+            raise ValueError("state: `durability` and `sentinel` need a server backend (valkey)")
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

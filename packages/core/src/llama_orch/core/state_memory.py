@@ -244,11 +244,15 @@ class MemoryStateStore(StateStore):
     ) -> AsyncIterator[LoggedEvent]:
         rec = self._tasks[task_id]
         while True:
-            for ev in rec.log[after + 1 :]:
-                yield ev
-                after = ev.seq
-                if ev.kind in TERMINAL_KINDS:
-                    return
+            if len(rec.log) > after + 1:
+                for ev in rec.log[after + 1 :]:
+                    yield ev
+                    after = ev.seq
+                    if ev.kind in TERMINAL_KINDS:
+                        return
+                # events appended while this generator was suspended at a yield woke
+                # nobody (no waiter yet): look again before waiting
+                continue
             if rec.changed is None:
                 rec.changed = asyncio.Event()
             await rec.changed.wait()

@@ -28,6 +28,7 @@ from llama_orch.core.eta import Job
 from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
+from llama_orch.core.state_store import StoreUnavailable
 
 from .metrics import Metrics
 from .policies import run_admission_policy
@@ -320,6 +321,10 @@ class Admission:
                     displaced = pool.queue.push(
                         rec, req.priority, tenant=tenant, deadline=rec.deadline
                     )
+            except StoreUnavailable:  # ORCH-2551: not admitted (store down, or withdrawn)
+                if sid is not None:
+                    self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
+                raise
             except AdmissionRejected as exc:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)

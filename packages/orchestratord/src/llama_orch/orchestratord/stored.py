@@ -34,6 +34,7 @@ from llama_orch.core.state_store import (
     Dispatched,
     Event,
     Fenced,
+    LoggedEvent,
     Orphaned,
     PoolPolicy,
     Reaped,
@@ -50,7 +51,7 @@ from llama_orch.core.state_store import (
 from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
-from .tasks import TaskRecord, TaskStore
+from .tasks import KEEPALIVE_FRAME, TaskRecord, TaskStore
 from .tracing import Tracing
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["StoreBridge", "store_config"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
+_KEEPALIVE = object()  # the keep-alive timer's queue marker in StoreBridge.frames
 _BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
 
 
@@ -283,13 +285,31 @@ class StoreBridge:
     async def submit(self, rec: TaskRecord) -> int:
         """Admit at the store (quotas, capacity, full policy: ORCH-2522); the queue
         position. Tasks the full policy displaced already have their terminal there."""
-        with self.timed("submit"):
-            admitted = await self.store.submit(spec_of(rec))
+        try:
+            with self.timed("submit"):
+                admitted = await self.store.submit(spec_of(rec))
+        except StoreUnavailable:
+            self._withdrawn(rec.task_id)
+            raise
         for tid, code in admitted.displaced:
             victim = self.tasks.get(tid)
             if victim is not None and not victim.terminal:
                 victim.finish(error_event(victim, "displaced", code))
         return admitted.queue_position
+
+    def _withdrawn(self, task_id: str) -> None:
+        """Not admitted after all (durability not confirmed, ORCH-2551): a run this
+        instance's dispatcher started during the wait stops writing and ends, and
+        its record goes, so the client may submit the same id again."""
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            writer.dead = True
+        local = self.tasks.get(task_id)
+        if local is None:
+            return
+        if not local.terminal:
+            self.ending.end(local, error_event(local, "admission withdrawn"))
+        self.tasks.forget(task_id)
 
     async def hydrate(self, task_id: str) -> None:
         """Know a task another instance (or this one before a restart) admitted."""
@@ -306,9 +326,45 @@ class StoreBridge:
             await self.store.cancel(task_id)
 
     async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
-        """SSE frames from the store's log, from event ``start`` on (ORCH-2526)."""
-        async for ev in self.store.tail(task_id, start - 1):
-            yield encode_event(ev.kind, ev.data, ev.seq)
+        """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with a
+        keep-alive comment after ``limits.sse_keepalive_s`` without an event, as
+        in-process streams have (ORCH-2556, ORCH-1962). One reader task per stream
+        feeds a queue; a timer is armed only while the queue is empty."""
+        keepalive = self.config.limits.sse_keepalive_s
+        queue: asyncio.Queue[object] = asyncio.Queue()  # events, an exception, None: the end
+
+        async def read() -> None:
+            try:
+                async for ev in self.store.tail(task_id, start - 1):
+                    queue.put_nowait(ev)
+                queue.put_nowait(None)
+            except Exception as exc:  # e.g. KeyError (expired), StoreUnavailable
+                queue.put_nowait(exc)
+
+        reader = asyncio.create_task(read(), name=f"tail-{task_id}")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                timer = None
+                if queue.empty():
+                    timer = loop.call_later(keepalive, queue.put_nowait, _KEEPALIVE)
+                try:
+                    item = await queue.get()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if item is _KEEPALIVE:
+                    yield KEEPALIVE_FRAME
+                elif item is None:
+                    return
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    assert isinstance(item, LoggedEvent)
+                    yield encode_event(item.kind, item.data, item.seq)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     # ---------------------------------------------------------------- dispatch
 

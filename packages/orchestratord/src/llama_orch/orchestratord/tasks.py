@@ -312,6 +312,13 @@ class TaskStore:
                 return predicate()
         return True
 
+    def forget(self, task_id: str) -> None:
+        """Drop an ended record now, so its id may be admitted again (a withdrawn
+        admission at a state store, ORCH-2551)."""
+        rec = self._tasks.get(task_id)
+        if rec is not None and rec.terminal:
+            del self._tasks[task_id]
+
     def active(self) -> list[TaskRecord]:
         return list(self._active.values())
 

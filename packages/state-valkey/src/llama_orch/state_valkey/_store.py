@@ -11,6 +11,7 @@ number of clients (ORCH-2503, ORCH-2504). Transport failures surface as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -18,7 +19,7 @@ from importlib.resources import files
 from typing import Any, Literal, TypeVar, cast
 
 import valkey.asyncio as valkey
-from llama_orch.core.config import Priority
+from llama_orch.core.config import Priority, StateDurability, StateSentinel
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_store import (
     TERMINAL_KINDS,
@@ -47,6 +48,7 @@ from llama_orch.core.state_store import (
     displaced_terminal,
     orphaned_terminal,
 )
+from valkey.asyncio.sentinel import Sentinel
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
@@ -119,14 +121,21 @@ class ValkeyStateStore(StateStore):
         key_prefix: str = "llorch",
         client: valkey.Valkey | None = None,
         appendfsync: str = "everysec",
+        durability: StateDurability | None = None,
+        sentinel: StateSentinel | None = None,
     ) -> None:
+        if url is not None and sentinel is not None:
+            raise ValueError("give either a url or a sentinel, not both")
         self._appendfsync = appendfsync
+        self._durability = durability
+        self._sentinel = sentinel
         self._url = url
         self._data_dir = data_dir
         self._key_prefix = key_prefix
         self._keys = [f"{{{key_prefix}}}:"]
         self._client = client
         self._server: EmbeddedServer | None = None
+        self._sentinels: Sentinel | None = None
 
     @classmethod
     def from_options(cls, options: StateOptions) -> ValkeyStateStore:
@@ -135,6 +144,8 @@ class ValkeyStateStore(StateStore):
             data_dir=options.data_dir,
             key_prefix=options.key_prefix,
             appendfsync=options.appendfsync,
+            durability=options.durability,
+            sentinel=options.sentinel,
         )
 
     @property
@@ -144,13 +155,40 @@ class ValkeyStateStore(StateStore):
 
     async def start(self) -> None:
         if self._client is None:
-            if self._url is None:
-                self._server = EmbeddedServer(self._data_dir, appendfsync=self._appendfsync)
-                # Provisioning may download and the readiness wait blocks: off the loop.
-                self._url = await asyncio.to_thread(self._server.start)
-            # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
-            self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
+            if self._sentinel is not None:
+                self._client = self._sentinel_client(self._sentinel)
+            else:
+                if self._url is None:
+                    self._server = EmbeddedServer(self._data_dir, appendfsync=self._appendfsync)
+                    # Provisioning may download and the readiness wait blocks: off the loop.
+                    self._url = await asyncio.to_thread(self._server.start)
+                # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
+                self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
         await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
+        if self._durability is not None and self._durability.wait_aof:
+            # ORCH-2550: fail at startup, not at the first submit, when the server has
+            # no WAITAOF (Redis 7.0) or its append-only file is off
+            await self._call(lambda: self.client.waitaof(1, 0, 1))
+
+    def _sentinel_client(self, s: StateSentinel) -> valkey.Valkey:
+        """The primary of ``master_name`` as the Sentinels name it (ORCH-2553): every
+        new connection asks them, so after a failover reconnects reach the promoted
+        replica; a connection to a demoted primary is closed on its READONLY answer."""
+        hosts = []
+        for a in s.addresses:
+            host, _, port = a.rpartition(":")
+            hosts.append((host, int(port)))
+        # valkey's Sentinel.__init__ has no annotations
+        self._sentinels = sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            hosts,
+            socket_timeout=2,
+            sentinel_kwargs={"socket_timeout": 2, "password": s.sentinel_password},
+        )
+        # master_for is untyped; it returns a Valkey client of the default class
+        client: valkey.Valkey = sentinels.master_for(
+            s.master_name, socket_timeout=10, password=s.password, db=s.db
+        )
+        return client
 
     def catalog_backend(self) -> Any:
         """orchestratord's model catalog in this store (ORCH-3383): a
@@ -165,6 +203,10 @@ class ValkeyStateStore(StateStore):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._sentinels is not None:
+            for sentinel in self._sentinels.sentinels:
+                await sentinel.aclose()
+            self._sentinels = None
         if self._server is not None:
             server, self._server = self._server, None
             await asyncio.to_thread(server.stop)
@@ -195,8 +237,12 @@ class ValkeyStateStore(StateStore):
 
     # ------------------------------------------------------------ admission
     async def submit(self, task: TaskSpec) -> Admitted:
-        r = await self._fcall(
-            "llorch_submit",
+        if self._durability is not None:
+            return await self._submit_durably(task, self._durability)
+        return self._admitted(task, await self._fcall("llorch_submit", *self._submit_args(task)))
+
+    def _submit_args(self, task: TaskSpec) -> list[Any]:
+        return [
             task.task_id,
             task.pool,
             task.priority,
@@ -206,7 +252,46 @@ class ValkeyStateStore(StateStore):
             task.session or "",
             task.request,
             _DISPLACED,
+        ]
+
+    async def _submit_durably(self, task: TaskSpec, d: StateDurability) -> Admitted:
+        """ORCH-2550/2551: the admitting call and WAIT/WAITAOF on one connection (WAIT
+        counts the writes of its own connection); not confirmed in time: withdrawn."""
+        args = [*self._keys, *self._submit_args(task)]
+        ok, why = False, ""
+        try:
+            async with self.client.client() as conn:  # one pooled connection, held
+                r = await self._call(lambda: conn.fcall("llorch_submit", 1, *args))
+                if _s(r[0]) != "OK":
+                    return self._admitted(task, r)
+                try:
+                    if d.wait_aof:
+                        local, replicas = await self._call(
+                            lambda: conn.waitaof(1, d.wait_replicas, d.timeout_ms)
+                        )
+                        ok = int(local) >= 1 and int(replicas) >= d.wait_replicas
+                    else:
+                        acked = await self._call(lambda: conn.wait(d.wait_replicas, d.timeout_ms))
+                        ok = int(acked) >= d.wait_replicas
+                except (StoreUnavailable, StateStoreError) as exc:  # unreachable, or WAIT refused
+                    why = f": {exc}"
+        except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:  # connecting
+            raise StoreUnavailable(f"state store unreachable: {exc}") from exc
+        if ok:
+            return self._admitted(task, r)
+        # Withdrawn: removed from its queue (or stopped, if a dispatcher took it during
+        # the wait), quota back, record and log deleted: the task_id can be reused.
+        with contextlib.suppress(StoreUnavailable, StateStoreError):
+            await self._fcall("llorch_withdraw", task.task_id)
+        what = "AOF fsync" if d.wait_aof else "replication"
+        raise StoreUnavailable(
+            f"the state store did not confirm the admission's {what} "
+            f"({d.wait_replicas} replica(s)) within {d.timeout_ms} ms{why}; "
+            "the task was not accepted",
+            retry_after_ms=max(1000, d.timeout_ms),
         )
+
+    def _admitted(self, task: TaskSpec, r: Any) -> Admitted:
         tag = _s(r[0])
         if tag == "OK":
             victim = _opt(r[2])

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '2'
+local LIB_VERSION = '3'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -494,6 +494,38 @@ local function f_set_replicas(keys, args)
   return 'OK'
 end
 
+-- args: tid. An admission whose durability the store did not confirm in time
+-- (ORCH-2551): the task is taken back as if it had never been accepted. Queued:
+-- out of its queue; already dispatched during the wait: its slot and lease back and
+-- its owner told on its control channel; either way its quota is released and its
+-- record and log are deleted, so the client may submit the same task_id again.
+local function f_withdraw(keys, args)
+  local p, tid = keys[1], args[1]
+  local tk = p .. 't:' .. tid
+  local t = redis.call('HMGET', tk, 'state', 'pool', 'tenant', 'replica', 'owner')
+  if not t[1] then return { 'NOTASK' } end
+  if t[1] ~= 'ended' then
+    if t[1] == 'queued' then
+      qremove(p, tid)
+    elseif t[1] == 'running' then
+      if t[4] then
+        local b = redis.call('HINCRBY', p .. 'busy:' .. t[2], t[4], -1)
+        if b < 0 then redis.call('HSET', p .. 'busy:' .. t[2], t[4], 0) end
+        ring_bell(p, t[2], 'freed')
+      end
+      if t[5] then
+        local ck = p .. 'ctl:' .. t[5]
+        redis.call('XADD', ck, 'MAXLEN', '~', 1000, '*', 'op', 'cancel', 't', tid)
+        redis.call('PEXPIRE', ck, config(p).retention_ms)
+      end
+    end
+    if redis.call('HINCRBY', p .. 'inflight', t[3], -1) < 0 then redis.call('HSET', p .. 'inflight', t[3], 0) end
+    redis.call('ZREM', p .. 'leases', tid)
+  end
+  redis.call('DEL', tk, p .. 'log:' .. tid)
+  return { 'OK', t[1] }
+end
+
 redis.register_function('llorch_version', function() return LIB_VERSION end)
 redis.register_function('llorch_configure', f_configure)
 redis.register_function('llorch_set_replicas', f_set_replicas)
@@ -506,3 +538,4 @@ redis.register_function('llorch_renew', f_renew)
 redis.register_function('llorch_reap', f_reap)
 redis.register_function('llorch_heartbeat', f_heartbeat)
 redis.register_function('llorch_instances', f_instances)
+redis.register_function('llorch_withdraw', f_withdraw)

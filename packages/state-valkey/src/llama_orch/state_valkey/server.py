@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["EmbeddedServer", "ServerUnavailable", "debian_redis_server", "find_server_binary"]
@@ -164,7 +165,9 @@ class EmbeddedServer:
         port: int | None = None,
         binary: tuple[Path, dict[str, str]] | None = None,
         appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
     ) -> None:
+        self.extra_args = list(extra_args)  # e.g. ["--replicaof", host, port]
         if appendfsync not in ("everysec", "always"):
             raise ValueError("appendfsync must be 'everysec' or 'always'")
         self.appendfsync = appendfsync
@@ -225,6 +228,7 @@ class EmbeddedServer:
             "no",
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             args,

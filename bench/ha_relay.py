@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""orchestratord on a state store, memory vs valkey, through real processes (ORCH-2557).
+
+One run, against one fast fake engine (``bench/fake_engine.py``, 0 ms per token),
+with the closed-loop load generator ``bench/loadgen.py`` in its own process:
+
+* **admissions+dispatches/s per instance**: ``POST /v1/tasks`` + stream of a
+  1-token task (each request is one admission and one dispatch at the store),
+  c=16;
+* **orchestratord CPU per request** (1-token tasks) and **per relayed token**
+  ((CPU of 128-token tasks - CPU of 1-token tasks) / 127 tokens);
+* **relayed tokens/s** with 128-token tasks, with 1 orchestratord process and with
+  2 processes on one Valkey (two load generators, one per instance, as a load
+  balancer would spread them; the figures are summed).
+
+Backends: ``state: {backend: memory}`` (one process; a memory store is not shared)
+and ``state: {backend: valkey, url}`` on one embedded valkey-server (AOF on,
+``appendfsync everysec``). The machine's cores and load average are printed: on a
+loaded 2-core machine the processes compete for the same cores, so read the ratios
+measured side by side, not the absolute figures.
+
+    uv run python bench/ha_relay.py [--requests 400] [--out bench/results/...md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from procs import HERE, PY, Procs, log, start_fake, start_orch
+
+C = 16
+
+
+def _loadgen_cmd(url: str, n: int, max_tokens: int, watch: dict[str, int]) -> list[str]:
+    return [
+        PY,
+        str(HERE / "loadgen.py"),
+        "--mode",
+        "orch",
+        "--url",
+        url,
+        "--concurrency",
+        str(C),
+        "--requests",
+        str(n),
+        "--max-tokens",
+        str(max_tokens),
+        "--cap-s",
+        "120",
+        *(f"--watch={k}={v}" for k, v in watch.items()),
+    ]
+
+
+def _loadgens(cmds: list[list[str]]) -> list[dict[str, Any]]:
+    """Run load generators at the same time; their JSON results."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cmds]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {stderr.decode()[-2000:]}")
+        out.append(json.loads(stdout))
+    return out
+
+
+def measure(urls: list[str], pids: dict[str, int], n: int) -> dict[str, Any]:
+    """1-token and 128-token runs, one load generator per instance, side by side."""
+    row: dict[str, Any] = {"instances": len(urls)}
+    for toks in (1, 128):
+        per = n if toks == 1 else max(50, n // 2)
+        res = _loadgens([_loadgen_cmd(u, per, toks, pids) for u in urls])
+        ok = sum(r["ok"] for r in res)
+        wall = max(r["wall_s"] for r in res)
+        # every load generator watched every process over (about) the same phase:
+        # take the longest-running one's CPU figures
+        cpu = max(res, key=lambda r: r["wall_s"])["cpu_s"]
+        orch_cpu = sum(v for k, v in cpu.items() if k.startswith("orch"))
+        row[f"t{toks}"] = {
+            "ok": ok,
+            "errors": sum(r["errors"] for r in res),
+            "short": sum(r["short_streams"] for r in res),
+            "req_per_s": ok / wall if wall else 0.0,
+            "tok_per_s": sum(r["tokens"] for r in res) / wall if wall else 0.0,
+            "ttft50_ms": res[0]["ttft_ms"]["50"],
+            "orch_cpu_ms_per_req": orch_cpu * 1000 / ok if ok else None,
+            "store_cpu_ms_per_req": cpu.get("valkey", 0.0) * 1000 / ok if ok else None,
+            "engine_cpu_ms_per_req": cpu.get("engine", 0.0) * 1000 / ok if ok else None,
+        }
+    a, b = row["t1"]["orch_cpu_ms_per_req"], row["t128"]["orch_cpu_ms_per_req"]
+    row["orch_cpu_us_per_token"] = (b - a) * 1000 / 127 if a is not None and b is not None else None
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=400, help="1-token tasks per instance")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    from llama_orch.state_valkey import EmbeddedServer
+
+    load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    info = {"cores": os.cpu_count(), "loadavg_at_start": load0, "c": C}
+    log(f"cores {info['cores']}, load average {load0}")
+    rows: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ha-relay-") as tmp_s:
+        tmp = Path(tmp_s)
+        procs = Procs(tmp)
+        server = EmbeddedServer(tmp / "valkey")
+        try:
+            furl, fpid = start_fake(procs, "fake-0ms", 0.0)
+            ourl, op = start_orch(procs, "orch-memory", furl, tmp, state={"backend": "memory"})
+            log("memory, 1 instance")
+            rows["memory x1"] = measure([ourl], {"orch": op.pid, "engine": fpid}, args.requests)
+            procs.stop(op)
+            url = server.start()
+            assert server.proc is not None
+            vpid = server.proc.pid
+            state = {"backend": "valkey", "url": url}
+            a_url, a = start_orch(procs, "orch-valkey-a", furl, tmp, state=state)
+            log("valkey, 1 instance")
+            watch = {"orch_a": a.pid, "valkey": vpid, "engine": fpid}
+            rows["valkey x1"] = measure([a_url], watch, args.requests)
+            b_url, b = start_orch(procs, "orch-valkey-b", furl, tmp, state=state)
+            log("valkey, 2 instances")
+            rows["valkey x2"] = measure([a_url, b_url], {**watch, "orch_b": b.pid}, args.requests)
+        finally:
+            procs.stop_all()
+            server.stop()
+    info["loadavg_at_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    lines = [
+        f"# orchestratord on a state store: memory vs valkey ({dt.date.today()})",
+        "",
+        f"`uv run python bench/ha_relay.py --requests {args.requests}`: cores {info['cores']},"
+        f" load average {load0} at the start and {info['loadavg_at_end']} at the end;"
+        f" c={C} per instance; fake engine at 0 ms/token.",
+        "",
+        "| backend x instances | admissions+dispatches/s (1-token tasks) | orchestratord CPU"
+        " ms/request | orchestratord CPU µs/relayed token | relayed tokens/s (128-token tasks)"
+        " | valkey CPU ms/request | errors / short streams |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        t1, t128 = r["t1"], r["t128"]
+        tok = r["orch_cpu_us_per_token"]
+        lines.append(
+            f"| {name} | {t1['req_per_s']:.0f} | {t1['orch_cpu_ms_per_req']:.2f} |"
+            f" {'?' if tok is None else f'{tok:.1f}'} | {t128['tok_per_s']:.0f} |"
+            f" {t1['store_cpu_ms_per_req']:.2f} |"
+            f" {t1['errors'] + t128['errors']} / {t1['short'] + t128['short']} |"
+        )
+    lines += [
+        "",
+        "With 2 instances the CPU per request is the sum of both instances' CPU over all"
+        " requests; per instance, admissions+dispatches/s is the total divided by 2.",
+        "",
+        "```json",
+        json.dumps({"machine": info, "rows": rows}, indent=1),
+        "```",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
