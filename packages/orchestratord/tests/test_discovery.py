@@ -2,7 +2,7 @@
 
 The resolver is the seam: :class:`FedResolver` answers what the test feeds it,
 as a headless Service's A records change when pods come and go. The first
-test follows scripted pool-managerds (``test_remote_pool.FakePoolManagerd``,
+test follows scripted pool-managerds (``test_remote.FakePoolManagerd``,
 mock replicas) on 127.0.0.1 and 127.0.0.2 with one port, like pod IPs with one
 container port; the second follows two real ``pool-managerd`` processes.
 """
@@ -27,7 +27,7 @@ from llama_orch.orchestratord.discovery import client_name, resolve_addresses
 from llama_orch.pool_managerd.engine import free_port
 
 from .conftest import Running
-from .test_remote_pool import TOKEN, FakePoolManagerd, _replica, _run_task
+from .test_remote import TOKEN, FakePoolManagerd, _replica, _run_task
 
 A, B = "127.0.0.1", "127.0.0.2"
 
