@@ -42,6 +42,8 @@ _CONTRACT_NAMES = {
     "catalog_routed_total",
     # ORCH-3365: the lifecycle state of each catalog model version (issue #18)
     "catalog_model_state",
+    # ORCH-3380: what ran on each catalog model version (issue #18)
+    "catalog_tasks_total", "catalog_latency_first_token_ms", "catalog_tokens_out_total",
 }  # fmt: skip
 
 
@@ -99,6 +101,10 @@ def test_lint_file_lists_the_contract(lint_doc):
             "admission_share",
             "catalog_routed_total",
             "catalog_model_state",  # per catalog entry, not per engine (ORCH-3365)
+            # per catalog model version, not per engine (ORCH-3380)
+            "catalog_tasks_total",
+            "catalog_latency_first_token_ms",
+            "catalog_tokens_out_total",
         ) and not (name.startswith(("policy_", "state_store_")))
         if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
