@@ -309,3 +309,24 @@ def test_engines_not_installable_here_fail_provisioning_clearly(
     tgi = PoolConfig(id="g", engine="tgi-http", model="org/model", engine_binary=str(binary))
     with pytest.raises(ProvisionError, match="model_digest"):
         prepare(tgi, object, lambda _: None)
+
+
+async def test_stop_waits_until_killed_processes_have_exited() -> None:
+    """ORCH-POOL-3038: a SIGKILLed process is not yet gone; the wait ends at its exit
+    (not before, not on a poll) and names the survivors when it times out."""
+    from llama_orch.pool_managerd.engine import _until_exited
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    try:
+        assert await _until_exited({proc.pid}, timeout=0.2) == {proc.pid}
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        loop.call_later(0.3, os.kill, proc.pid, signal.SIGKILL)
+        assert await _until_exited({proc.pid}, timeout=10.0) == set()
+        assert loop.time() - t0 >= 0.3
+        assert proc.pid not in process_table()  # a zombie at most, until reaped
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert await _until_exited({proc.pid}, timeout=1.0) == set()  # reaped: nothing to wait for

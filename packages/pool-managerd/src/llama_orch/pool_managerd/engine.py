@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,8 @@ from pathlib import Path
 import aiohttp
 
 from .errors import ReplicaStartError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EngineProcess",
@@ -111,6 +114,39 @@ def descendants(root: int) -> set[tuple[int, int]]:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _until_exited(pids: set[int], timeout: float) -> set[int]:
+    """Wait until every one of ``pids`` has exited; the ones still running at
+    ``timeout`` are returned. SIGKILL is delivered asynchronously and a large
+    process (vLLM's EngineCore) takes a while to unmap its memory: killed is not
+    yet gone (ORCH-POOL-3038). A pidfd (Linux) becomes readable when its
+    process exits, so this waits on the loop's selector, not on a poll."""
+    loop = asyncio.get_running_loop()
+    waiting: dict[int, asyncio.Future[None]] = {}
+    fds: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # already gone (and reaped)
+            fds.append(fd)
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _resolve, fut)
+            waiting[pid] = fut
+        if waiting:
+            await asyncio.wait(waiting.values(), timeout=timeout)
+        return {pid for pid, fut in waiting.items() if not fut.done()}
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +272,8 @@ class EngineProcess:
         if self._proc is not None and self._proc.returncode is None:
             self._known |= descendants(self._proc.pid)
 
-    def _sweep(self) -> None:
+    def _sweep(self) -> set[int]:
+        """SIGKILL what is left of the engine; returns the pids signalled."""
         assert self._proc is not None
         table = process_table()
         sid = self._proc.pid
@@ -245,6 +282,7 @@ class EngineProcess:
         left |= {pid for pid, start in self._known if pid in table and table[pid][2] == start}
         for pid in left:
             _kill(pid)
+        return left
 
     async def stop(self, timeout: float = 10.0) -> int | None:
         """Stop the process group: the stop signal, then SIGKILL after ``timeout``;
@@ -267,7 +305,9 @@ class EngineProcess:
         # leader), and a member may have left the group: sweep both.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        self._sweep()
+        # Return only once they are gone: the caller reports the engine stopped.
+        if still := await _until_exited(self._sweep(), timeout=10.0):
+            log.warning("%s: processes %s outlived SIGKILL by 10 s", self.name, sorted(still))
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._reader, 2.0)
