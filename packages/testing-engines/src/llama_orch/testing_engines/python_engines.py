@@ -49,7 +49,7 @@ from llama_orch.pool_managerd.provision_python import (
 )
 from llama_orch.pool_managerd.specs import VllmSpec
 
-from .llamacpp import RunningLlamaServer, _launch, _progress, _unavailable
+from .llamacpp import RunningLlamaServer, _launch, _progress, unavailable
 
 __all__ = ["PYTRITON_APP", "RunningTriton", "RunningVllm", "stop_group"]
 
@@ -101,8 +101,7 @@ def _provisioned(name: str, build: Callable[[], T]) -> T | PoolManagerError:
 def _get(name: str, build: Callable[[], T]) -> T:
     result = _provisioned(name, build)
     if isinstance(result, PoolManagerError):
-        _unavailable(f"{name}: {result}")
-        raise result
+        unavailable(f"{name}: {result}")
     return result
 
 
