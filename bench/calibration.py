@@ -16,7 +16,11 @@ orchestrator predicted with what happened:
   deadline vs whether they ended in time: Brier score and reliability table.
 
 Workload (``--seed``): prompts of 10-1,500 tokens (a counting sequence, which
-the model continues, so outputs mostly run to ``max_tokens``), outputs of
+the model continues, so outputs mostly run to ``max_tokens``; each task counts
+from its own seeded start, 100-999, so that no prompt is a prefix of another:
+with ``--prompts nested`` every task counts from 1, each prompt is a prefix of
+every longer one, and llama-server's prompt cache serves most of it, which no
+service-time model can know per task without a prefix index), outputs of
 4-400 tokens (log-uniform), phases of 1, 2, 4 and 8 concurrent clients,
 10 % of tasks canceled after a few tokens, 35 % with a deadline between 0.6
 and 3 times a rough size-based guess (the client's, not the model's).
@@ -33,6 +37,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import signal
 import statistics
@@ -57,6 +62,7 @@ class Spec:
     max_tokens: int
     cancel_after: int | None
     deadline_ms: int | None
+    start: int = 1  # the first number of the counting sequence
 
 
 @dataclass
@@ -80,8 +86,10 @@ class Outcome:
     error: str | None = None
 
 
-def make_specs(n: int, seed: int) -> list[Spec]:
+def make_specs(n: int, seed: int, *, nested: bool = False) -> list[Spec]:
     rng = random.Random(seed)
+    # a separate stream: sizes, cancels and deadlines are the same in both prompt modes
+    starts = random.Random(seed + 1)
     out = []
     for _ in range(n):
         # 10..1500 prompt tokens: "1, 2, 3, ..." costs about 2-4 tokens a number
@@ -93,12 +101,13 @@ def make_specs(n: int, seed: int) -> list[Spec]:
         if cancel is None and rng.random() < 0.35:
             guess_ms = 300 + prompt_tokens * 2 + max_tokens * 60  # the client's rough guess
             deadline = int(guess_ms * rng.uniform(0.6, 3.0))
-        out.append(Spec(numbers, max_tokens, cancel, deadline))
+        start = 1 if nested else starts.randint(100, 999)
+        out.append(Spec(numbers, max_tokens, cancel, deadline, start))
     return out
 
 
 def prompt_of(spec: Spec) -> str:
-    return ", ".join(str(i) for i in range(1, spec.prompt_numbers + 1)) + ","
+    return ", ".join(str(i) for i in range(spec.start, spec.start + spec.prompt_numbers)) + ","
 
 
 async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrency: int) -> Outcome:
@@ -290,14 +299,16 @@ def _f(x: Any, pct: bool = False) -> str:
     return f"{100 * x:.0f} %" if pct else f"{x:.2f}"
 
 
-def render(summary: dict[str, Any], cmd: str, started: str, took_s: float) -> str:
+def render(
+    summary: dict[str, Any], cmd: str, started: str, took_s: float, load: tuple[float, float]
+) -> str:
     s = summary
     lines = [
         f"# Calibration of predictions — {started}",
         "",
         f"Command: `{cmd}` ({took_s / 60:.1f} min). Real `llama-server` (SmolLM2-135M Q4_1,",
-        "1 replica x 4 slots, 1 thread) behind orchestratord; 2-core machine shared with"
-        " other jobs.",
+        "1 replica x 4 slots, 1 thread) behind orchestratord; 2-core machine, load average"
+        f" {load[0]:.1f} at the start and {load[1]:.1f} at the end.",
         "",
         f"Tasks: {s['tasks']}, admitted {s['admitted']}; refused {s['refused']};"
         f" end reasons {s['end_reasons']}; stream errors {s['errors']}.",
@@ -345,12 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     # each other (0.26 tokens/s measured with 2).
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=12.0, help="stop driving after this")
+    ap.add_argument(
+        "--prompts",
+        choices=("unique", "nested"),
+        default="unique",
+        help="unique: each task counts from its own start; nested: all count from 1",
+    )
     args = ap.parse_args(argv)
 
     from llama_orch.pool_managerd.engine import LlamaServerSpec
     from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load0 = os.getloadavg()[0]
     stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
     tmp = Path(f"/tmp/llorch-calibration-{stamp}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -400,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             120,
             check=lambda b: json.loads(b).get("ready") is True,
         )
-        specs = make_specs(args.tasks, args.seed)
+        specs = make_specs(args.tasks, args.seed, nested=args.prompts == "nested")
         phases = [int(x) for x in args.phases.split(",")]
         outs: list[Outcome] = []
         try:
@@ -412,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     took = time.monotonic() - t0
     summary = analyse(outs)
     cmd = "uv run bench/calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = render(summary, cmd.strip(), started, took)
+    report = render(summary, cmd.strip(), started, took, (load0, os.getloadavg()[0]))
     out_dir = HERE / "results"
     (out_dir / f"{stamp}-calibration.md").write_text(report)
     (out_dir / f"{stamp}-calibration.json").write_text(
