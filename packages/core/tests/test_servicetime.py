@@ -142,3 +142,76 @@ def test_idle_forecast_is_bounded_by_measurements_and_admitted(history, slots, p
     assert slot.finish_ms <= bound * (1 + 1e-9) + 1e-6
     assert admits(slot.finish_ms, math.ceil(bound) + 1, margin=0.2)
     assert admits(slot.finish_ms, slot.finish_ms, margin=0.0)
+
+
+def _interfered(m: ServiceModel, *, account: bool) -> None:
+    """A replica whose runs are delayed by other tasks' prompts: the first token by
+    the ``ahead`` tokens, the decode by ``co_prefill`` tokens at the same 4 ms each."""
+    t = 0.0
+    for n in range(300):
+        tokens_in = 20 + (n * 53) % 600
+        ahead = (n * 71) % 3 * 400  # 0, 400 or 800 prompt tokens of others first
+        co = (n * 29) % 4 * 300  # 0-900 prompt tokens of others while it decodes
+        tokens = 10 + n % 40
+        ttft = 40.0 + 4.0 * (tokens_in + ahead)
+        decode = 20.0 * (tokens - 1) + 4.0 * co
+        m.observe(
+            Observation(
+                tokens_in,
+                ttft,
+                decode,
+                tokens,
+                1.0,
+                "completed",
+                ahead=ahead if account else 0,
+                co_prefill=co if account else 0,
+            ),
+            t,
+        )
+        t += 0.5
+
+
+def test_other_tasks_prefill_is_learned_apart_from_the_tasks_own_parts():
+    """ORCH-1990/1991: with the interference told, the model recovers the engine's
+    own prefill and decode costs; without it, both are biased (the calibration bench
+    under-predicted long prompts 3-5x while over-predicting short ones)."""
+    told, blind = _model(slots=4), _model(slots=4)
+    _interfered(told, account=True)
+    _interfered(blind, account=False)
+    p, q = told.params(150.0), blind.params(150.0)
+    assert math.isclose(p.prefill_ms_per_token, 4.0, rel_tol=0.1), p
+    assert math.isclose(p.decode_ms_per_token, 20.0, rel_tol=0.1), p
+    assert math.isclose(p.overhead_ms, 40.0, rel_tol=0.5), p
+    assert q.decode_ms_per_token > 1.5 * p.decode_ms_per_token, q
+    assert q.overhead_ms > 10 * p.overhead_ms, q  # the others' prefill landed here
+    # a 1,000-token prompt behind 800 tokens of others, alone on its replica
+    assert math.isclose(told.service_ms(1000, 1, 1, 150.0, ahead=800), 40 + 4 * 1800, rel_tol=0.1)
+    # runs that waited for others' prompts a little are learned net of it; runs that
+    # mostly waited (correction > half the decode) are not learned from at all
+    for i in range(100):
+        now = 150.0 + i
+        told.observe(
+            Observation(50, 240.0, 20.0 * 40 + 4.0 * 50, 41, 1.0, "completed", co_prefill=50), now
+        )
+        told.observe(
+            Observation(50, 240.0, 20.0 * 9 + 4.0 * 900, 10, 1.0, "completed", co_prefill=900), now
+        )
+    assert math.isclose(told.params(250.0).decode_ms_per_token, 20.0, rel_tol=0.05)
+
+
+def test_prefill_share_stretches_only_a_busy_replicas_decode():
+    """ORCH-1992: u = recent prompt tokens x prefill cost / 60 s (at most 0.8); one
+    busy slot (an idle replica taking the task) keeps its measured pace (ORCH-1953)."""
+    m = _model(slots=4, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0)
+    assert m.prefill_share(0.0) == 0.0
+    for i in range(6):
+        m.dispatched(1000, float(i))  # 6,000 tokens x 5 ms = 30 s of the last 60 s
+    assert math.isclose(m.prefill_share(10.0), 0.5, rel_tol=1e-6)
+    assert math.isclose(m.decode_ms_per_token(1, 10.0), 20.0)
+    assert math.isclose(m.decode_ms_per_token(2, 10.0), 40.0)
+    m.dispatched(100_000, 11.0)
+    assert m.prefill_share(11.0) == 0.8  # capped
+    assert m.prefill_share(71.5) == 0.0  # the window moved past every dispatch
+    # the dispatches between two instants, the first excluded (a run's own dispatch)
+    assert m.prompt_tokens_between(0.0, 5.0) == 5000
+    assert m.prompt_tokens_between(5.0, 11.0) == 100_000

@@ -12,6 +12,13 @@ different things, so that no kind of task can distort the others:
   ``slowdown`` x (busy - 1)), where ``busy`` is the mean number of busy slots
   of the replica while the task decoded.
 
+Other tasks' prompts get in the way (ORCH-1990..1992): an engine that batches
+new prompts with running decodes (llama-server) delays a task's first token by
+the prompts it is still prefilling for others (``ahead``) and its decode by the
+prompts dispatched while it decodes (``co_prefill``). The model keeps the
+prompt tokens dispatched to its replica with their times, learns each line net
+of that interference, and puts it back into forecasts for a busy replica.
+
 Each part is a :class:`RobustLine`: a weighted least-squares line over
 exponentially decaying samples plus a fixed-weight prior (so without fresh
 samples it decays toward the prior), with each sample's residual clipped to a
@@ -27,6 +34,7 @@ Pure code: every method takes ``now`` (monotonic seconds); nothing reads a clock
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -50,6 +58,8 @@ class Observation(NamedTuple):
     tokens_out: int  # engine tokens generated
     busy: float  # mean busy slots of the replica while it decoded (≥ 1)
     outcome: Outcome
+    ahead: int = 0  # others' prompt tokens prefilled before its first token (ORCH-1990)
+    co_prefill: int = 0  # others' prompt tokens dispatched while it decoded (ORCH-1990)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,43 @@ class ServiceModel:
         )
         # relative error of finish forecasts, for on_time_probability (ORCH-1956)
         self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
+        # (time, prompt tokens) of the dispatches to this replica (ORCH-1990)
+        self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
+        self._window: deque[tuple[float, int]] = deque()  # those of the share window
+        self._window_tokens = 0
+
+    DISPATCHES = 512
+    SHARE_WINDOW_S = 60.0
+    SHARE_MAX = 0.8
+    # A decode is learned net of others' prefill only while that is at most this share
+    # of it, and once the prefill cost rests on this many samples (ORCH-1991).
+    NET_MAX_SHARE = 0.5
+    NET_MIN_SAMPLES = 5.0
+
+    # ---------------------------------------------------------------- interference
+
+    def dispatched(self, tokens_in: int, now: float) -> None:
+        """A task with ``tokens_in`` prompt tokens was dispatched to the replica."""
+        n = max(0, tokens_in)
+        self._dispatches.append((now, n))
+        self._window.append((now, n))
+        self._window_tokens += n
+
+    def prompt_tokens_between(self, t0: float, t1: float) -> int:
+        """Prompt tokens dispatched in ``(t0, t1]`` (one run's own dispatch at ``t0``
+        is not counted)."""
+        return sum(n for t, n in self._dispatches if t0 < t <= t1)
+
+    def prefill_share(self, now: float) -> float:
+        """``u``: the share of the replica's time its recent prompts took (ORCH-1992)."""
+        since = now - self.SHARE_WINDOW_S
+        window = self._window
+        while window and window[0][0] <= since:
+            self._window_tokens -= window.popleft()[1]
+        if not self._window_tokens:
+            return 0.0
+        ms = self._window_tokens * self.params(now).prefill_ms_per_token
+        return min(self.SHARE_MAX, ms / (self.SHARE_WINDOW_S * 1000.0))
 
     # ---------------------------------------------------------------- learning
 
@@ -190,10 +237,20 @@ class ServiceModel:
             return
         self.observations += 1
         if obs.ttft_ms is not None:
-            self._ttft.observe(float(max(0, obs.tokens_in)), obs.ttft_ms, now)
+            x = float(max(0, obs.tokens_in) + max(0, obs.ahead))
+            self._ttft.observe(x, obs.ttft_ms, now)
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
-            per = obs.decode_ms / (obs.tokens_out - 1)
+            decode_ms = obs.decode_ms
+            if obs.co_prefill > 0:  # net of others' prefill (ORCH-1991)
+                others = obs.co_prefill * self.params(now).prefill_ms_per_token
+                if (
+                    self._ttft.weight(now) < self.NET_MIN_SAMPLES
+                    or others > self.NET_MAX_SHARE * decode_ms
+                ):
+                    return  # mostly others' prefill: it says little about the pace
+                decode_ms -= others
+            per = decode_ms / (obs.tokens_out - 1)
             busy = min(max(obs.busy, 1.0), float(self.slots))
             self._decode.observe(busy - 1.0, per, now)
 
@@ -216,15 +273,23 @@ class ServiceModel:
         return p.overhead_ms + p.prefill_ms_per_token * max(0, tokens_in)
 
     def decode_ms_per_token(self, busy: float, now: float) -> float:
+        """At ``busy`` busy slots; with another slot busy, stretched by the replica's
+        recent prefill share (ORCH-1992): an idle replica's pace is its measured one."""
         p = self.params(now)
         busy = min(max(busy, 1.0), float(self.slots))
-        return p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
+        per = p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
+        if busy > 1.0:
+            per /= 1.0 - self.prefill_share(now)
+        return per
 
-    def service_ms(self, tokens_in: int, tokens_out: int, busy: float, now: float) -> float:
-        """Dispatch → last token of a task of that size at ``busy`` busy slots."""
-        return self.ttft_ms(tokens_in, now) + max(0, tokens_out - 1) * self.decode_ms_per_token(
-            busy, now
-        )
+    def service_ms(
+        self, tokens_in: int, tokens_out: int, busy: float, now: float, ahead: int = 0
+    ) -> float:
+        """Dispatch → last token of a task of that size at ``busy`` busy slots, with
+        ``ahead`` prompt tokens of other tasks still to prefill before it (ORCH-1992)."""
+        return self.ttft_ms(tokens_in + max(0, ahead), now) + max(
+            0, tokens_out - 1
+        ) * self.decode_ms_per_token(busy, now)
 
     def cv(self, floor: float, now: float) -> float:
         """Spread of finish forecasts: the mean |log error| seen, as a normal's sigma

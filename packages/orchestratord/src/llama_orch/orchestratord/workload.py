@@ -64,7 +64,16 @@ class Workload:
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
-        self.running.setdefault((pool_id, replica_id), set()).add(rec)
+        """``rec`` was dispatched to the replica (``rec.dispatched`` is set)."""
+        running = self.running.setdefault((pool_id, replica_id), set())
+        # the prompts its replica is still prefilling for others (ORCH-1990)
+        rec.run_prefill_ahead = sum(
+            _tokens_in(t) for t in running if t.run_first_token is None and t is not rec
+        )
+        running.add(rec)
+        model = self._models.get((pool_id, replica_id))
+        if model is not None and rec.dispatched is not None:
+            model.dispatched(_tokens_in(rec), rec.dispatched)
 
     def ended(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         running = self.running.get((pool_id, replica_id))
@@ -122,9 +131,21 @@ class Workload:
             decode = (rec.last_token - rec.run_first_token) * 1000
         busy = rec.busy_sum / rec.run_chunks if rec.run_chunks else 1.0
         model = self.model(pool, replica.state.replica_id, replica.state.slots)
+        ahead, co_prefill = rec.run_prefill_ahead, 0
+        if rec.run_first_token is not None:  # others' prompts around its own (ORCH-1990)
+            ahead += model.prompt_tokens_between(rec.dispatched, rec.run_first_token)
+            if rec.last_token is not None:
+                co_prefill = model.prompt_tokens_between(rec.run_first_token, rec.last_token)
         model.observe(
             Observation(
-                rec.prompt_tokens if rec.prompt_counted else 0, ttft, decode, tokens, busy, outcome
+                rec.prompt_tokens if rec.prompt_counted else 0,
+                ttft,
+                decode,
+                tokens,
+                busy,
+                outcome,
+                ahead=ahead,
+                co_prefill=co_prefill,
             ),
             now,
         )
@@ -151,12 +172,13 @@ class Workload:
             running = self.running.get((pool.id, rid), ())
             busy = max(1, len(running))
             left = []
+            per = model.decode_ms_per_token(busy, now)
             for t in running:
-                per = model.decode_ms_per_token(busy, now)
                 ms = tokens_left(t) * per
                 if t.run_first_token is None and t.dispatched is not None:
                     elapsed = (now - t.dispatched) * 1000
-                    ms += max(0.0, model.ttft_ms(_tokens_in(t), now) - elapsed) - per
+                    ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now)
+                    ms += max(0.0, ttft - elapsed) - per
                 left.append(max(0.0, ms))
             out.append(ReplicaLoad(model, st.slots, left))
         return out
@@ -280,7 +302,9 @@ class Workload:
         st = replica.state
         model = self.model(pool, st.replica_id, st.slots)
         busy = max(1, len(self.running.get((pool.id, st.replica_id), ())))
-        expected = model.service_ms(_tokens_in(rec), tokens_left(rec), busy, now)
+        expected = model.service_ms(
+            _tokens_in(rec), tokens_left(rec), busy, now, rec.run_prefill_ahead
+        )
         rec.predicted_service_ms = expected
         if rec.deadline is None:
             return None
