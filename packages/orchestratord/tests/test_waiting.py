@@ -185,3 +185,25 @@ async def test_a_forecast_deep_in_the_queue_is_bounded_and_close_to_the_full_one
             assert abs(got.start_ms - want.start_ms) < 5, (got, want)  # the same simulation
         else:
             assert abs(got.start_ms - want.start_ms) <= 0.1 * want.start_ms + 5, (got, want)
+
+
+def test_uncounted_prompts_are_estimated_at_the_pools_learned_bytes_per_token():
+    """ORCH-1993: 4 bytes a token until the engine has counted a prompt of the pool;
+    then the learned ratio (a digit sequence is 1 byte a SmolLM2 token), bounded."""
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.orchestratord.workload import Workload
+
+    w = Workload()
+    prompt = ", ".join(str(i) for i in range(100, 600)) + ","  # 2,499 bytes
+    assert w.prompt_tokens_estimate("p", prompt) == 625
+    req = GenerateRequest(task_id="t", prompt=prompt, max_tokens=4, seed=1)
+    counted = TaskRecord("t", "p", "mock", "interactive", req, 2499)  # 1 byte a token
+    w.learn_bytes_per_token(counted)
+    assert w.prompt_tokens_estimate("p", prompt) == 2499
+    assert w.prompt_tokens_estimate("other", prompt) == 625  # per pool
+    for _ in range(200):  # an absurd count is bounded: at least 0.5 byte a token
+        w.learn_bytes_per_token(TaskRecord("t", "p", "mock", "interactive", req, 10**6))
+    assert w.prompt_tokens_estimate("p", prompt) == 4998
+    uncounted = TaskRecord("u", "p", "mock", "interactive", req, 0, prompt_counted=False)
+    w.learn_bytes_per_token(uncounted)  # nothing to learn from
+    assert w.prompt_tokens_estimate("p", prompt) == 4998

@@ -267,9 +267,11 @@ class Admission:
                 raise InvalidParams(f"task_id {prepared.task_id} already exists - at `$.task_id`")
             now = time.monotonic()
             max_tokens = prepared.request.max_tokens
+            estimate = 0  # an uncounted prompt's tokens (ORCH-1993)
+            if prepared.prompt_tokens is None:
+                estimate = self.workload.prompt_tokens_estimate(pool.id, prepared.request.prompt)
             job = Job(  # ORCH-1958: the same forecast as every other prediction
-                prepared.prompt_tokens or len(prepared.request.prompt.encode()) // 4,
-                req.expected_tokens or max_tokens,
+                prepared.prompt_tokens or estimate, req.expected_tokens or max_tokens
             )
             self.workload.check_deadline(pool, req.deadline_ms, job, req.priority)
             in_flight = self.tasks.in_flight(tenant)
@@ -304,6 +306,7 @@ class Admission:
                 request=prepared.request,
                 prompt_tokens=prepared.prompt_tokens or 0,
                 prompt_counted=prepared.prompt_tokens is not None,
+                prompt_estimate=estimate,
                 session_id=sid,
                 tenant=tenant,
                 deadline=None if req.deadline_ms is None else now + req.deadline_ms / 1000,

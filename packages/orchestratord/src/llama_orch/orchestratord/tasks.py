@@ -54,6 +54,7 @@ class TaskRecord:
     request: GenerateRequest
     prompt_tokens: int  # the engine's count; 0 until known when not counted at admission
     prompt_counted: bool = True  # False: skipped at admission, taken from the engine (ORCH-1118)
+    prompt_estimate: int = 0  # an uncounted prompt's tokens as admission estimated (ORCH-1993)
     session_id: str | None = None
     tenant: str = "default"
     deadline: float | None = None  # monotonic seconds (ORCH-1006, ORCH-1111)

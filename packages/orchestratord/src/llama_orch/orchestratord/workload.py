@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 
@@ -42,8 +43,17 @@ def tokens_left(rec: TaskRecord) -> int:
 
 
 def _tokens_in(rec: TaskRecord) -> int:
-    # Uncounted prompts (ORCH-1118) are estimated at 4 bytes a token.
-    return rec.prompt_tokens if rec.prompt_counted else len(rec.request.prompt.encode()) // 4
+    # Uncounted prompts (ORCH-1118): the estimate made at admission from the pool's
+    # learned bytes per token (ORCH-1993), else 4 bytes a token.
+    if rec.prompt_counted:
+        return rec.prompt_tokens
+    return rec.prompt_estimate or len(rec.request.prompt.encode()) // 4
+
+
+# Bytes per prompt token (ORCH-1993): the prior, the bounds, the weight of a new sample.
+BYTES_PER_TOKEN = 4.0
+BYTES_PER_TOKEN_BOUNDS = (0.5, 16.0)
+BYTES_PER_TOKEN_ALPHA = 0.1
 
 
 # Tasks ahead of an admitted one that its forecast simulates exactly (ORCH-1957).
@@ -62,6 +72,7 @@ class Workload:
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
+        self._log_bpt: dict[str, float] = {}  # per pool: log bytes per token (ORCH-1993)
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         """``rec`` was dispatched to the replica (``rec.dispatched`` is set)."""
@@ -111,10 +122,28 @@ class Workload:
             )
         return m
 
+    def prompt_tokens_estimate(self, pool_id: str, prompt: str) -> int:
+        """Tokens of a prompt admission did not count (ORCH-1118, ORCH-1993)."""
+        log_bpt = self._log_bpt.get(pool_id)
+        bpt = BYTES_PER_TOKEN if log_bpt is None else math.exp(log_bpt)
+        return math.ceil(len(prompt.encode()) / bpt)
+
+    def learn_bytes_per_token(self, rec: TaskRecord) -> None:
+        if not rec.prompt_counted or rec.prompt_tokens <= 0:
+            return
+        lo, hi = BYTES_PER_TOKEN_BOUNDS
+        bpt = min(max(len(rec.request.prompt.encode()) / rec.prompt_tokens, lo), hi)
+        old = self._log_bpt.get(rec.pool_id)
+        new = math.log(bpt)
+        self._log_bpt[rec.pool_id] = (
+            new if old is None else old + BYTES_PER_TOKEN_ALPHA * (new - old)
+        )
+
     def observe(self, pool: Pool, replica: Replica, rec: TaskRecord, now: float) -> None:
         """Learn from the run of ``rec`` that just ended on ``replica`` (ORCH-1952)."""
         if rec.dispatched is None:
             return
+        self.learn_bytes_per_token(rec)
         outcome: Outcome = (
             "completed"
             if rec.state == "completed"
