@@ -47,6 +47,7 @@ from llama_orch.core.state_store import (
     canceled_terminal,
     displaced_terminal,
     orphaned_terminal,
+    queued_event,
 )
 from valkey.asyncio.sentinel import Sentinel
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
@@ -66,6 +67,9 @@ _DISPLACED = json.dumps(
     }
 )
 _ORPHANED = orphaned_terminal().data
+# the `queued` event's JSON as msgspec writes it, with %d for position and ETA
+_QUEUED_FMT = queued_event(1_234_567_891, 1_987_654_321).data.decode()
+_QUEUED_FMT = _QUEUED_FMT.replace("1234567891", "%d").replace("1987654321", "%d")
 R = TypeVar("R")
 ReapOutcome = Literal["requeued", "claimed"]  # Reaped.outcome
 ViewState = Literal["queued", "running", "ended"]  # TaskView.state
@@ -480,6 +484,29 @@ class ValkeyStateStore(StateStore):
             replica_id=_opt(g.get("replica")),
             canceled=g["cancel"] == b"1",
         )
+
+    # ------------------------------------------------------------ waiting tasks
+    @staticmethod
+    def _pairs(flat: Sequence[Any]) -> dict[str, int]:
+        return {_s(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def positions(self, task_ids: Sequence[str]) -> dict[str, int]:
+        if not task_ids:
+            return {}
+        return self._pairs(await self._fcall("llorch_positions", *task_ids))
+
+    async def announce_queued(
+        self, notes: Sequence[tuple[str, int]], interval_ms: int
+    ) -> dict[str, int]:
+        if not notes:
+            return {}
+        flat: list[Any] = []
+        for tid, eta in notes:
+            flat += [tid, int(eta)]
+        return self._pairs(await self._fcall("llorch_announce", interval_ms, _QUEUED_FMT, *flat))
+
+    async def expire(self, task_id: str, terminal: Event) -> bool:
+        return bool(await self._fcall("llorch_expire", task_id, terminal.kind, terminal.data))
 
     async def bell(self, pool: str) -> str:
         last = await self._call(
