@@ -47,6 +47,7 @@ from .runner import Runner
 from .selftest import SelfTests
 from .sessions import SessionTable
 from .stored import StoreBridge
+from .stored_waiting import store_waiting_loop
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, model_state_samples
 from .tracing import Tracing
@@ -179,8 +180,14 @@ class Orchestrator:
 
     def start(self) -> None:
         for pool in self.pools.values():
-            if self.state is not None:
-                continue  # the store bridge dispatches (ORCH-2523)
+            if self.state is not None:  # the store bridge dispatches (ORCH-2523)
+                self._loops.append(  # ORCH-2561, ORCH-2562: queued events, bounded waits
+                    asyncio.create_task(
+                        store_waiting_loop(self.state, pool, self.workload, self.deadlines),
+                        name=f"store-waiting-{pool.id}",
+                    )
+                )
+                continue
             self._loops.append(
                 asyncio.create_task(self.dispatcher.loop(pool), name=f"dispatch-{pool.id}")
             )

@@ -144,6 +144,10 @@ def record_of(spec: TaskSpec) -> TaskRecord:
         expected_tokens=stored.expected_tokens,
         cost_per_token=stored.cost_per_token,
         created_wall=stored.created_wall or time.time(),
+        # the admission's time on this clock: queue_ttl counts from it (ORCH-2562)
+        created=time.monotonic() - max(0.0, time.time() - stored.created_wall)
+        if stored.created_wall
+        else time.monotonic(),
         correlation_id=stored.correlation_id,
     )
 
