@@ -1,7 +1,8 @@
 """Waiting tasks with a state store, two orchestratord instances on one real
-valkey-server (ORCH-2560..2563): exact queue positions in the 202 and in the status
-of tasks another instance admitted, ``queued`` events in the store's log (read
-from either instance), and bounded waits that end each task exactly once."""
+valkey-server (ORCH-2560, ORCH-2561, ORCH-2562, ORCH-2563): exact queue positions in
+the 202 and in the status of tasks another instance admitted, ``queued`` events in
+the store's log (read from either instance), and bounded waits that end each task
+exactly once."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ the loops, and is the facade the HTTP layer and the frontends call.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_orch.core.api import EndEvent, ErrorEvent, TaskAccepted
 from llama_orch.core.config import Config
@@ -244,10 +244,16 @@ class Orchestrator:
     # ------------------------------------------------------------------ the facade
 
     async def submit(
-        self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
+        self,
+        body: bytes,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        api: str = "orchqueue",
+        extra: dict[str, Any] | None = None,
     ) -> TaskAccepted:
-        """Admit one task of ``tenant`` or raise the OrchError that says why not."""
-        return await self.admission.submit(body, tenant, api=api)
+        """Admit one task of ``tenant`` or raise the OrchError that says why not;
+        ``extra``: engine request fields OrchQueue v1 does not carry (a facade's)."""
+        return await self.admission.submit(body, tenant, api=api, extra=extra)
 
     def budget_headers(self, task_id: str) -> dict[str, str]:
         """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""

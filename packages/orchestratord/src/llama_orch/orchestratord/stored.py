@@ -329,6 +329,10 @@ class StoreBridge:
         with contextlib.suppress(KeyError), self.timed("cancel"):
             await self.store.cancel(task_id)
 
+    def cancel_soon(self, task_id: str) -> None:
+        """:meth:`cancel` from synchronous code (a facade's client went away)."""
+        self.track(asyncio.get_running_loop().create_task(self.cancel(task_id)))
+
     async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
         """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with a
         keep-alive comment after ``limits.sse_keepalive_s`` without an event, as

@@ -1,4 +1,5 @@
-"""Queued events and bounded waits of tasks queued in a state store (ORCH-2561..2563).
+"""Queued events and bounded waits of tasks queued in a state store (ORCH-2561, ORCH-2562,
+ORCH-2563).
 
 Without a store, ``waiting.py`` forecasts the pool's local queue and appends
 ``queued`` events to the records. With a store the queue is the store's and a

@@ -503,7 +503,7 @@ class StateStoreConformance:
     async def test_queued_events_positions_and_bounded_waits(
         self, store: StateStore, sut: StoreUnderTest
     ) -> None:
-        """ORCH-2560..2562: any client learns a queued task's exact position; `queued`
+        """ORCH-2560, ORCH-2561, ORCH-2562: any client learns a queued task's exact position; `queued`
         events are appended without an epoch, at most one per interval whoever
         announces, never after the dispatch; a bounded wait ends only a queued task;
         a dispatched task with only `queued` events is still requeued by the reaper."""
