@@ -360,6 +360,15 @@ class StateStore(abc.ABC):
     ) -> Dispatched | Orphaned | None:
         """Pop and place the head task, orphan it, or None (nothing placeable now)."""
 
+    async def dispatch_or_cursor(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> tuple[Dispatched | Orphaned | None, str]:
+        """:meth:`dispatch`, and when it placed nothing (None) the doorbell's cursor taken
+        no later than the decision, to pass to :meth:`wait_bell` (ORCH-2565). A backend
+        may answer both in one round trip (valkey does); this default takes two."""
+        cursor = await self.bell(pool)
+        return await self.dispatch(pool, instance, lease_ms), cursor
+
     @abc.abstractmethod
     async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
         """Append events (one or a coalesced batch); return the next seq.

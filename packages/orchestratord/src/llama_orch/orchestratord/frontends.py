@@ -266,7 +266,7 @@ class FrontendHost:
         With a state store, the store's log: the same events whichever instance runs
         the task (ORCH-2564)."""
         if self.orch.state is not None:
-            async for frame in self.orch.state.frames(rec.task_id, start):
+            async for frame in self.orch.state.frames(rec.task_id, start, joined=False):
                 if frame != KEEPALIVE_FRAME:
                     yield _decode_frame(frame)
             return

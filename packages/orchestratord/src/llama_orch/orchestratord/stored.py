@@ -28,13 +28,11 @@ from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent
 from llama_orch.core.config import Config, StateOptions
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.sse import encode_event
 from llama_orch.core.state_lease import LeaseKeeper
 from llama_orch.core.state_store import (
     Dispatched,
     Event,
     Fenced,
-    LoggedEvent,
     Orphaned,
     PoolPolicy,
     Reaped,
@@ -51,7 +49,8 @@ from llama_orch.core.state_store import (
 from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
-from .tasks import KEEPALIVE_FRAME, TaskRecord, TaskStore
+from .stored_frames import store_frames
+from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
 if TYPE_CHECKING:
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["StoreBridge", "store_config"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
-_KEEPALIVE = object()  # the keep-alive timer's queue marker in StoreBridge.frames
 _BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
 
 
@@ -333,46 +331,13 @@ class StoreBridge:
         """:meth:`cancel` from synchronous code (a facade's client went away)."""
         self.track(asyncio.get_running_loop().create_task(self.cancel(task_id)))
 
-    async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
-        """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with a
-        keep-alive comment after ``limits.sse_keepalive_s`` without an event, as
-        in-process streams have (ORCH-2556, ORCH-1962). One reader task per stream
-        feeds a queue; a timer is armed only while the queue is empty."""
-        keepalive = self.config.limits.sse_keepalive_s
-        queue: asyncio.Queue[object] = asyncio.Queue()  # events, an exception, None: the end
-
-        async def read() -> None:
-            try:
-                async for ev in self.store.tail(task_id, start - 1):
-                    queue.put_nowait(ev)
-                queue.put_nowait(None)
-            except Exception as exc:  # e.g. KeyError (expired), StoreUnavailable
-                queue.put_nowait(exc)
-
-        reader = asyncio.create_task(read(), name=f"tail-{task_id}")
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                timer = None
-                if queue.empty():
-                    timer = loop.call_later(keepalive, queue.put_nowait, _KEEPALIVE)
-                try:
-                    item = await queue.get()
-                finally:
-                    if timer is not None:
-                        timer.cancel()
-                if item is _KEEPALIVE:
-                    yield KEEPALIVE_FRAME
-                elif item is None:
-                    return
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    assert isinstance(item, LoggedEvent)
-                    yield encode_event(item.kind, item.data, item.seq)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    def frames(self, task_id: str, start: int, *, joined: bool = True) -> AsyncIterator[bytes]:
+        """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with
+        keep-alive comments (ORCH-2556); ``joined``: the frames read together leave as
+        one chunk (ORCH-2565), else one frame per item (for a facade's decoder)."""
+        limits = self.config.limits
+        chunk = limits.stream_chunk_bytes if joined else None
+        return store_frames(self.store, task_id, start, limits.sse_keepalive_s, max_chunk=chunk)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -395,9 +360,10 @@ class StoreBridge:
                 if slots != synced:
                     await self.store.set_replicas(pool.id, slots)
                     synced = slots
-                cursor = await self.store.bell(pool.id)
-                with self.timed("dispatch"):
-                    step = await self.store.dispatch(pool.id, self.instance, self.options.lease_ms)
+                with self.timed("dispatch"):  # one round trip, the bell's cursor included
+                    step, cursor = await self.store.dispatch_or_cursor(
+                        pool.id, self.instance, self.options.lease_ms
+                    )
                 if isinstance(step, Dispatched):
                     self._run(pool, step)
                     continue

@@ -317,12 +317,21 @@ class ValkeyStateStore(StateStore):
     async def dispatch(
         self, pool: str, instance: str, lease_ms: int
     ) -> Dispatched | Orphaned | None:
+        return (await self.dispatch_or_cursor(pool, instance, lease_ms))[0]
+
+    async def dispatch_or_cursor(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> tuple[Dispatched | Orphaned | None, str]:
+        # one FCALL: a dispatch that placed nothing answers the doorbell's cursor too
         r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
         tag = _s(r[0])
         if tag == "ORPHAN":
-            return Orphaned(task_id=_s(r[1]))
+            return Orphaned(task_id=_s(r[1])), ""
         if tag != "OK":
-            return None
+            return None, _s(r[1])
+        return self._dispatched(pool, r), ""
+
+    def _dispatched(self, pool: str, r: Any) -> Dispatched:
         tid, replica, set_key, epoch = _s(r[1]), _s(r[2]), _s(r[3]), int(r[4])
         spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])
         return Dispatched(
@@ -395,14 +404,12 @@ class ValkeyStateStore(StateStore):
     async def tail(
         self, task_id: str, after: int = -1, *, poll_s: float = 1.0
     ) -> AsyncIterator[LoggedEvent]:
-        for ev in await self.read(task_id, after):
-            yield ev
-            after = ev.seq
-            if ev.kind in TERMINAL_KINDS:
-                return
         key = self._log_key(task_id)
         while True:
             # XREAD BLOCK on the caller's connection pool; socket timeout (10 s) > block.
+            # It answers at once with every event already logged, so the replay needs
+            # no XRANGE of its own: one round trip per batch of events (ORCH-2565); the
+            # task's existence is checked only when nothing came within ``poll_s``.
             streams = {key: f"0-{after + 1}"}
             got = await self._call(partial(self.client.xread, streams, block=int(poll_s * 1000)))
             for _, entries in got or []:

@@ -377,7 +377,8 @@ class StateStoreConformance:
         self, store: StateStore, sut: StoreUnderTest
     ) -> None:
         """ORCH-2518: a dispatcher on another client waits on the pool's doorbell and is
-        woken by a submit and by a freed slot; with nothing new it times out."""
+        woken by a submit and by a freed slot; with nothing new it times out. ORCH-2565:
+        the cursor a placement-less ``dispatch_or_cursor`` answers works the same."""
         await store.configure(_cfg())
         await store.set_replicas("p", _slots(1))
         other = await sut.peer(store)
@@ -390,8 +391,8 @@ class StateStoreConformance:
             cur = await asyncio.wait_for(waiter, 30)
             d = await other.dispatch("p", "i", 60_000)
             assert isinstance(d, Dispatched)
-            cur = await other.bell("p")
-            assert await other.dispatch("p", "i", 60_000) is None  # the only slot is taken
+            step, cur = await other.dispatch_or_cursor("p", "i", 60_000)
+            assert step is None  # the only slot is taken
             assert await other.wait_bell("p", cur, 0.2) == cur  # nothing rang
             waiter = asyncio.create_task(other.wait_bell("p", cur, 30))
             await _end(store, d)
@@ -503,10 +504,11 @@ class StateStoreConformance:
     async def test_queued_events_positions_and_bounded_waits(
         self, store: StateStore, sut: StoreUnderTest
     ) -> None:
-        """ORCH-2560, ORCH-2561, ORCH-2562: any client learns a queued task's exact position; `queued`
-        events are appended without an epoch, at most one per interval whoever
-        announces, never after the dispatch; a bounded wait ends only a queued task;
-        a dispatched task with only `queued` events is still requeued by the reaper."""
+        """ORCH-2560, ORCH-2561, ORCH-2562: any client learns a queued task's exact
+        position; `queued` events are appended without an epoch, at most one per
+        interval whoever announces, never after the dispatch; a bounded wait ends only
+        a queued task; a dispatched task with only `queued` events is still requeued
+        by the reaper."""
         peer = await sut.peer(store)
         try:
             await store.configure(_cfg())
