@@ -376,6 +376,21 @@ class StateStore(abc.ABC):
         Raises :class:`Fenced`, :class:`TaskEnded` / :class:`Canceled`, ``KeyError``.
         A batch holds at most one terminal event, as its last element."""
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, int, Sequence[Event]]]
+    ) -> list[int | StateStoreError | KeyError | ValueError]:
+        """:meth:`append` of several tasks' batches ``(task_id, epoch, events)``, each
+        atomic on its own; per batch the next seq or the error :meth:`append` would
+        raise (ORCH-2565). A backend may send them in one round trip (valkey does);
+        :class:`StoreUnavailable` is raised for all of them."""
+        out: list[int | StateStoreError | KeyError | ValueError] = []
+        for task_id, epoch, events in batches:
+            try:
+                out.append(await self.append(task_id, epoch, events))
+            except (StateStoreError, KeyError, ValueError) as exc:
+                out.append(exc)
+        return out
+
     @abc.abstractmethod
     async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
         """Every logged event with ``seq > after`` (resume after ``Last-Event-ID``)."""

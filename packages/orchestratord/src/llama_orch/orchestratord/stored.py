@@ -49,6 +49,7 @@ from llama_orch.core.state_store import (
 from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
+from .stored_appends import AppendBatcher
 from .stored_frames import store_frames
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
@@ -178,13 +179,13 @@ class _Writer:
             self.bridge.track(self.flushing)
 
     async def _flush(self) -> None:
-        store, tid = self.bridge.store, self.rec.task_id
+        tid = self.rec.task_id
         started = time.monotonic()
         while self.pending and not self.dead:
             batch, self.pending = self.pending, []
             try:
-                with self.bridge.timed("append"):
-                    await store.append(tid, self.epoch, batch)
+                with self.bridge.timed("append"):  # with other tasks' batches (ORCH-2565)
+                    await self.bridge.appends.append(tid, self.epoch, batch)
             except (Fenced, TaskEnded, KeyError) as exc:
                 # another instance owns it now, or it was canceled anywhere (ORCH-2525)
                 reason = "fenced" if isinstance(exc, Fenced) else "ended"
@@ -224,6 +225,7 @@ class StoreBridge:
         self.ending = ending
         self.dispatcher = dispatcher  # launches what the store dispatched here
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
+        self.appends = AppendBatcher(self.store)
         self.instance = uuid.uuid4().hex[:12]
         tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
         self.leases = LeaseKeeper(

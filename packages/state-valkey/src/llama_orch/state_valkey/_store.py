@@ -380,6 +380,24 @@ class ValkeyStateStore(StateStore):
         self._raise(_s(r[0]), task_id)
         return int(r[1])
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, int, Sequence[Event]]]
+    ) -> list[int | StateStoreError | KeyError | ValueError]:
+        flat: list[Any] = []
+        for task_id, epoch, events in batches:
+            flat += [task_id, epoch, len(events)]
+            for ev in events:
+                flat += [ev.kind, ev.data]
+        replies = await self._fcall("llorch_append_many", *flat)
+        out: list[int | StateStoreError | KeyError | ValueError] = []
+        for (task_id, _, _), r in zip(batches, replies, strict=True):
+            try:
+                self._raise(_s(r[0]), task_id)
+                out.append(int(r[1]))
+            except (StateStoreError, KeyError, ValueError) as exc:
+                out.append(exc)
+        return out
+
     def _log_key(self, task_id: str) -> str:
         return f"{self._keys[0]}log:{task_id}"
 

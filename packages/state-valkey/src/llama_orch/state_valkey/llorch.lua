@@ -402,18 +402,17 @@ local function owned(p, tid, epoch)
 end
 
 -- args: tid epoch kind1 data1 [kind2 data2 ...]; a terminal only as the last event
-local function f_append(keys, args)
-  local p = keys[1]
-  local tid = args[1]
-  local err, seq = owned(p, tid, tonumber(args[2]))
+-- one task's batch: args[i0] = tid, args[i0 + 1] = epoch, then n (kind, data) pairs
+local function append_one(p, args, i0, n)
+  local tid = args[i0]
+  local err, seq = owned(p, tid, tonumber(args[i0 + 1]))
   if err then return { err } end
-  local n = (#args - 2) / 2
   for i = 1, n - 1 do
-    local kind = args[1 + 2 * i]
+    local kind = args[i0 + 2 * i]
     if kind == 'end' or kind == 'error' then return { 'BADBATCH' } end
   end
   for i = 1, n do
-    local kind, data = args[1 + 2 * i], args[2 + 2 * i]
+    local kind, data = args[i0 + 2 * i], args[i0 + 1 + 2 * i]
     if kind == 'end' or kind == 'error' then
       redis.call('HSET', p .. 't:' .. tid, 'next_seq', seq)
       finish(p, config(p), tid, kind, data)
@@ -424,6 +423,26 @@ local function f_append(keys, args)
   end
   redis.call('HSET', p .. 't:' .. tid, 'next_seq', seq)
   return { 'OK', seq }
+end
+
+-- args: tid epoch kind1 data1 [kind2 data2 ...]; a terminal only as the last event
+local function f_append(keys, args)
+  return append_one(keys[1], args, 1, (#args - 2) / 2)
+end
+
+-- args: (tid epoch n kind1 data1 ... kindn datan) repeated: the batches of several
+-- tasks in one call (ORCH-2565); one answer per batch, as llorch_append's
+local function f_append_many(keys, args)
+  local out, i = {}, 1
+  while i <= #args do
+    local n = tonumber(args[i + 2])
+    -- shift tid and epoch over n: append_one reads them at i0 and i0 + 1, pairs after
+    args[i + 2] = args[i + 1]
+    args[i + 1] = args[i]
+    out[#out + 1] = append_one(keys[1], args, i + 1, n)
+    i = i + 3 + 2 * n
+  end
+  return out
 end
 
 -- args: tid terminal_kind terminal_data
@@ -654,6 +673,7 @@ redis.register_function('llorch_set_replicas', f_set_replicas)
 redis.register_function('llorch_submit', f_submit)
 redis.register_function('llorch_dispatch', f_dispatch)
 redis.register_function('llorch_append', f_append)
+redis.register_function('llorch_append_many', f_append_many)
 redis.register_function('llorch_cancel', f_cancel)
 redis.register_function('llorch_requeue', f_requeue)
 redis.register_function('llorch_renew', f_renew)

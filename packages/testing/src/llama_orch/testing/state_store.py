@@ -404,6 +404,34 @@ class StateStoreConformance:
                 await other.close()
 
     # ----------------------------------------------------------------- event log
+    async def test_append_many_answers_each_batch_on_its_own(self, store: StateStore) -> None:
+        """ORCH-2565: several tasks' batches in one call: each is fenced, ended or
+        logged as one ``append`` would be, and a refused one changes nothing else."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots())
+        for tid in ("a", "b", "c"):
+            await store.submit(_spec(tid))
+        da, db, dc = [await store.dispatch("p", "i1", 60_000) for _ in range(3)]
+        assert isinstance(da, Dispatched) and isinstance(db, Dispatched)
+        assert isinstance(dc, Dispatched)
+        await _end(store, dc)
+        got = await store.append_many(
+            [
+                ("a", da.epoch, [Event("started", b"{}"), _token("x", 0)]),
+                ("b", db.epoch + 99, [_token("stale", 0)]),
+                ("c", dc.epoch, [_token("late", 0)]),
+                ("zz", 1, [_token("nobody", 0)]),
+                ("b", db.epoch, [Event("started", b"{}"), Event("end", b"{}")]),
+                ("a", da.epoch, [_token("y", 1)]),
+            ]
+        )
+        assert got[0] == 2 and got[4] == 2 and got[5] == 3
+        assert isinstance(got[1], Fenced) and isinstance(got[2], TaskEnded)
+        assert isinstance(got[3], KeyError)
+        assert [e.kind for e in await store.read("a")] == ["started", "token", "token"]
+        assert [e.kind for e in await store.read("b")] == ["started", "end"]
+        assert [e.kind for e in await store.read("c")] == ["end"]
+
     async def test_exactly_one_terminal_and_resume(self, store: StateStore) -> None:
         """ORCH-2508: contiguous ids, one terminal, read after an id, tail to the end."""
         await store.configure(_cfg())
