@@ -329,6 +329,10 @@ class StoreBridge:
         with contextlib.suppress(KeyError), self.timed("cancel"):
             await self.store.cancel(task_id)
 
+    async def end_queued(self, task_id: str, terminal: ErrorEvent) -> bool:
+        """End a task at the store if it is still queued there (a drain, ORCH-2566)."""
+        return await self.store.expire(task_id, Event("error", msgspec.json.encode(terminal)))
+
     def cancel_soon(self, task_id: str) -> None:
         """:meth:`cancel` from synchronous code (a facade's client went away)."""
         self.track(asyncio.get_running_loop().create_task(self.cancel(task_id)))
