@@ -102,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400, help="1-token tasks per instance")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a checkout of the code before a change: adds a `valkey x1 (before)` row,"
+        " its orchestratord run on that checkout's sources (same run, same server)",
+    )
+    ap.add_argument("--no-x2", action="store_true", help="skip the 2-instance row")
     args = ap.parse_args(argv)
     from llama_orch.state_valkey import EmbeddedServer
 
@@ -122,14 +130,31 @@ def main(argv: list[str] | None = None) -> int:
             url = server.start()
             assert server.proc is not None
             vpid = server.proc.pid
+            if args.before is not None:
+                # the same server and engine; a key prefix of its own; its own library
+                # version is loaded when it starts and replaced when the next one starts
+                src = args.before.resolve() / "packages"
+                overlay = os.pathsep.join(
+                    str(src / pkg / "src") for pkg in ("core", "orchestratord", "state-valkey")
+                )
+                state0 = {"backend": "valkey", "url": url, "key_prefix": "before"}
+                o_url, o = start_orch(
+                    procs, "orch-before", furl, tmp, state=state0, pythonpath=overlay
+                )
+                log(f"valkey, 1 instance, before ({args.before})")
+                watch0 = {"orch": o.pid, "valkey": vpid, "engine": fpid}
+                rows["valkey x1 (before)"] = measure([o_url], watch0, args.requests)
+                procs.stop(o)
             state = {"backend": "valkey", "url": url}
             a_url, a = start_orch(procs, "orch-valkey-a", furl, tmp, state=state)
             log("valkey, 1 instance")
             watch = {"orch_a": a.pid, "valkey": vpid, "engine": fpid}
             rows["valkey x1"] = measure([a_url], watch, args.requests)
-            b_url, b = start_orch(procs, "orch-valkey-b", furl, tmp, state=state)
-            log("valkey, 2 instances")
-            rows["valkey x2"] = measure([a_url, b_url], {**watch, "orch_b": b.pid}, args.requests)
+            if not args.no_x2:
+                b_url, b = start_orch(procs, "orch-valkey-b", furl, tmp, state=state)
+                log("valkey, 2 instances")
+                watch2 = {**watch, "orch_b": b.pid}
+                rows["valkey x2"] = measure([a_url, b_url], watch2, args.requests)
         finally:
             procs.stop_all()
             server.stop()
@@ -137,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# orchestratord on a state store: memory vs valkey ({dt.date.today()})",
         "",
-        f"`uv run python bench/ha_relay.py --requests {args.requests}`: cores {info['cores']},"
+        f"`uv run python bench/ha_relay.py --requests {args.requests}"
+        f"{'' if args.before is None else ' --before ' + str(args.before)}"
+        f"{' --no-x2' if args.no_x2 else ''}`: cores {info['cores']},"
         f" load average {load0} at the start and {info['loadavg_at_end']} at the end;"
         f" c={C} per instance; fake engine at 0 ms/token.",
         "",

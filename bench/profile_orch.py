@@ -31,13 +31,25 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--mode", default="orch", choices=["orch", "stream"], help="loadgen mode")
+    ap.add_argument(
+        "--state", default=None, choices=["memory", "valkey"], help="a `state:` backend (#13)"
+    )
     args = ap.parse_args()
     tools = ensure_venv("tools-venv", TOOLS, "import matplotlib")
     tmp = Path(tempfile.mkdtemp(prefix="llorch-prof-"))
     procs = Procs(tmp)
+    server = None
     try:
         engine, _ = start_fake(procs, "fake", args.delay_ms)
-        url, orch = start_orch(procs, "orch", engine, tmp)
+        state: dict[str, str] | None = None
+        if args.state == "valkey":  # one embedded valkey-server, stopped by PID below
+            from llama_orch.state_valkey import EmbeddedServer
+
+            server = EmbeddedServer(tmp / "valkey")
+            state = {"backend": "valkey", "url": server.start()}
+        elif args.state == "memory":
+            state = {"backend": "memory"}
+        url, orch = start_orch(procs, "orch", engine, tmp, state=state)
         load = procs.start(
             "loadgen",
             [
@@ -83,6 +95,8 @@ def main() -> int:
         report(raw, args.top)
     finally:
         procs.stop_all()
+        if server is not None:
+            server.stop()
     return 0
 
 

@@ -215,3 +215,25 @@ async def test_a_503_from_the_store_uses_no_session_turn(
         resp = await run.submit(max_tokens=2, session_id=sid)
         assert resp.status == 202, await resp.text()
         await run.events((await resp.json())["task_id"])
+
+
+async def test_drain_ends_queued_tasks_at_the_store(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2566 (ORCH-1604): a drain's deadline ends a queued task in the store itself,
+    so no instance can dispatch it afterwards; exactly one terminal there."""
+    cfg = _with_state(mock_config(adapter_options={"slots": 1, "token_delay_ms": 20}))
+    run = await start_orchestrator(cfg)
+    store = run.orch.state.store
+    t1 = (await (await run.submit(max_tokens=400)).json())["task_id"]
+    t2 = (await (await run.submit(max_tokens=400)).json())["task_id"]
+    await run.until(lambda: run.orch.get(t1).state == "running")
+    assert await store.positions([t2]) == {t2: 0}
+    resp = await run.http.post(run.url + "/v1/pools/mock/drain", json={"deadline_ms": 300})
+    body = await resp.json()
+    assert resp.status == 200 and body["ended"] == 2, body
+    view = await store.task(t2)
+    assert view is not None and view.state == "ended" and view.owner is None  # never ran
+    logged = await store.read(t2)
+    assert sum(e.kind in ("end", "error") for e in logged) == 1 and logged[-1].kind == "error"
+    assert msgspec.json.decode(logged[-1].data)["code"] == "POOL_UNAVAILABLE"

@@ -45,6 +45,8 @@ from .state_store import (
     canceled_terminal,
     displaced_terminal,
     orphaned_terminal,
+    queued_event,
+    queued_note_due,
 )
 
 __all__ = ["MemoryStateStore"]
@@ -63,6 +65,8 @@ class _Task:
     ended_at: float | None = None
     log: list[LoggedEvent] = field(default_factory=list)
     changed: asyncio.Event | None = None
+    queued_note: tuple[int, int, float] | None = None  # last `queued` event (ORCH-2561)
+    dispatch_seq: int = 0  # log length at the last dispatch: earlier events are `queued`
 
 
 class MemoryStateStore(StateStore):
@@ -175,6 +179,7 @@ class MemoryStateStore(StateStore):
         now = self._clock()
         rec.state, rec.epoch, rec.owner = "running", self._epoch, instance
         rec.replica, rec.lease_until = step.replica_id, now + lease_ms / 1000
+        rec.dispatch_seq = len(rec.log)
         busy = self._busy.setdefault(pool, {})
         busy[step.replica_id] = busy.get(step.replica_id, 0) + 1
         if rec.spec.session is not None:
@@ -316,7 +321,8 @@ class MemoryStateStore(StateStore):
             if r.state == "running" and r.lease_until is not None and r.lease_until <= now
         ]
         for rec in sorted(expired, key=lambda r: (r.lease_until, r.spec.task_id)):
-            if not rec.log and rec.requeues < max_requeues:
+            # no event since the dispatch (`queued` events before it do not count)
+            if len(rec.log) == rec.dispatch_seq and rec.requeues < max_requeues:
                 self._back_to_queue(rec)
                 out.append(
                     Reaped(
@@ -413,6 +419,35 @@ class MemoryStateStore(StateStore):
             replica_id=rec.replica,
             canceled=rec.canceled,
         )
+
+    async def positions(self, task_ids: Sequence[str]) -> dict[str, int]:
+        out = {}
+        for tid in task_ids:
+            rec = self._tasks.get(tid)
+            if rec is not None and rec.state == "queued":
+                out[tid] = self._queues[rec.spec.pool].position(tid)
+        return out
+
+    async def announce_queued(
+        self, notes: Sequence[tuple[str, int]], interval_ms: int
+    ) -> dict[str, int]:
+        now, out = self._clock(), {}
+        for tid, eta in notes:
+            rec = self._tasks.get(tid)
+            if rec is None or rec.state != "queued":
+                continue
+            pos = out[tid] = self._queues[rec.spec.pool].position(tid)
+            if queued_note_due(rec.queued_note, pos, eta, now, interval_ms):
+                rec.queued_note = (pos, eta, now)
+                self._log(rec, queued_event(pos, eta))
+        return out
+
+    async def expire(self, task_id: str, terminal: Event) -> bool:
+        rec = self._tasks.get(task_id)
+        if rec is None or rec.state != "queued":
+            return False
+        self._end(rec, terminal)
+        return True
 
     async def busy(self, pool: str) -> dict[str, int]:
         return {k: v for k, v in self._busy.get(pool, {}).items() if v}

@@ -36,7 +36,7 @@ from typing import Annotated, ClassVar, Literal, NamedTuple
 import msgspec
 from msgspec import Meta
 
-from .api import EndEvent, ErrorEvent, TokenEvent
+from .api import EndEvent, ErrorEvent, QueuedEvent, TokenEvent
 from .config import FullPolicy, Priority, RateLimit, StateOptions, TenantConfig
 from .errors import ErrorCode, InvalidParams, PoolUnavailable
 
@@ -72,6 +72,8 @@ __all__ = [
     "displaced_terminal",
     "load_state_store_class",
     "orphaned_terminal",
+    "queued_event",
+    "queued_note_due",
 ]
 
 STATE_STORE_ENTRY_POINT_GROUP = "llama_orch.state_stores"
@@ -270,6 +272,29 @@ def canceled_terminal(tokens_out: int = 0) -> Event:
     )
 
 
+def queued_event(position: int, eta_ms: int) -> Event:
+    """The ``queued`` event a store appends for a waiting task (ORCH-2561)."""
+    return Event(
+        "queued",
+        msgspec.json.encode(QueuedEvent(queue_position=position, predicted_start_ms=eta_ms)),
+    )
+
+
+def queued_note_due(
+    last: tuple[int, int, float] | None, position: int, eta_ms: int, now_s: float, interval_ms: int
+) -> bool:
+    """Whether a new ``queued`` event is due (ORCH-1961, ORCH-2561): none yet, or the last
+    one (position, ETA, store time in s) is at least 0.95 interval old and the position
+    changed or the ETA moved by more than 10 % or 500 ms. Both backends apply this rule
+    on the store's clock, so several instances announcing one task write one event."""
+    if last is None:
+        return True
+    pos, eta, at = last
+    if (now_s - at) * 1000 < interval_ms * 0.95:
+        return False
+    return pos != position or abs(eta - eta_ms) > max(500, 0.1 * eta)
+
+
 _token_decoder = msgspec.json.Decoder(TokenEvent)
 
 
@@ -335,12 +360,36 @@ class StateStore(abc.ABC):
     ) -> Dispatched | Orphaned | None:
         """Pop and place the head task, orphan it, or None (nothing placeable now)."""
 
+    async def dispatch_or_cursor(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> tuple[Dispatched | Orphaned | None, str]:
+        """:meth:`dispatch`, and when it placed nothing (None) the doorbell's cursor taken
+        no later than the decision, to pass to :meth:`wait_bell` (ORCH-2565). A backend
+        may answer both in one round trip (valkey does); this default takes two."""
+        cursor = await self.bell(pool)
+        return await self.dispatch(pool, instance, lease_ms), cursor
+
     @abc.abstractmethod
     async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
         """Append events (one or a coalesced batch); return the next seq.
 
         Raises :class:`Fenced`, :class:`TaskEnded` / :class:`Canceled`, ``KeyError``.
         A batch holds at most one terminal event, as its last element."""
+
+    async def append_many(
+        self, batches: Sequence[tuple[str, int, Sequence[Event]]]
+    ) -> list[int | StateStoreError | KeyError | ValueError]:
+        """:meth:`append` of several tasks' batches ``(task_id, epoch, events)``, each
+        atomic on its own; per batch the next seq or the error :meth:`append` would
+        raise (ORCH-2565). A backend may send them in one round trip (valkey does);
+        :class:`StoreUnavailable` is raised for all of them."""
+        out: list[int | StateStoreError | KeyError | ValueError] = []
+        for task_id, epoch, events in batches:
+            try:
+                out.append(await self.append(task_id, epoch, events))
+            except (StateStoreError, KeyError, ValueError) as exc:
+                out.append(exc)
+        return out
 
     @abc.abstractmethod
     async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
@@ -371,6 +420,30 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def task(self, task_id: str) -> TaskView | None: ...
+
+    # ---------------------------------------------- waiting tasks (ORCH-2560..2562)
+
+    @abc.abstractmethod
+    async def positions(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """The exact 0-based serving-order position (WRR across priorities, DRR across
+        tenants, EDF then FIFO, as ``AdmissionQueue.position``) of each of ``task_ids``
+        that is queued now, whichever instance admitted it; others are left out."""
+
+    @abc.abstractmethod
+    async def announce_queued(
+        self, notes: Sequence[tuple[str, int]], interval_ms: int
+    ) -> dict[str, int]:
+        """For each ``(task_id, eta_ms)`` still queued, in one atomic step: its position
+        now, and a ``queued`` event (:func:`queued_event`) appended to its log when
+        :func:`queued_note_due` says so on the store's clock. No owner or epoch is
+        needed: the step appends only while the task is queued, so no ``queued`` event
+        can follow its dispatch or its end. Returns the positions of those still queued."""
+
+    @abc.abstractmethod
+    async def expire(self, task_id: str, terminal: Event) -> bool:
+        """End a task that is still queued with ``terminal`` (a bounded wait ran out,
+        ORCH-1965), releasing its quota, in one step; False if it was not queued
+        (dispatched or ended meanwhile), then nothing changed."""
 
     @abc.abstractmethod
     async def bell(self, pool: str) -> str:

@@ -248,7 +248,12 @@ class Admission:
         self.accepting = True  # False from the start of shutdown
 
     async def submit(
-        self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
+        self,
+        body: bytes,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        api: str = "orchqueue",
+        extra: dict[str, Any] | None = None,
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
         OrchError that explains why not. ``api``: the API it came through, a label
@@ -303,7 +308,9 @@ class Admission:
                 pool_id=pool.id,
                 engine=pool.engine,
                 priority=req.priority,
-                request=prepared.request,
+                request=prepared.request
+                if extra is None  # a facade's engine fields (ORCH-9104), stored with it
+                else msgspec.structs.replace(prepared.request, **extra),
                 prompt_tokens=prepared.prompt_tokens or 0,
                 prompt_counted=prepared.prompt_tokens is not None,
                 prompt_estimate=estimate,

@@ -55,6 +55,7 @@ from .limits import RAW_SEND, BodyLimit, StreamCounter
 from .overview import OVERVIEW_ROUTES
 from .pool_control import PoolControls
 from .service import Orchestrator
+from .stored_waiting import store_status
 from .streaming import check_stream_quota, open_stream, wants_event_stream
 from .tasks import TaskRecord
 from .tracing import CORRELATION_ID
@@ -207,15 +208,19 @@ async def task_status(request: Request) -> Response:
     await hydrate(orch, request)
     rec = own_task(orch, request)
     pool = orch.pools[rec.pool_id]
+    state, position = rec.state, None
+    if rec.state == "queued":
+        if orch.state is None:
+            position = pool.queue.position(rec)
+        else:  # ORCH-2563: the store's state and exact position, whoever admitted it
+            state, position = await store_status(orch.state, rec)
     return _json_response(
         TaskStatus(
             task_id=rec.task_id,
-            state=rec.state,
+            state=state,
             pool_id=rec.pool_id,
             replica_id=rec.replica_id,
-            queue_position=pool.queue.position(rec)
-            if rec.state == "queued" and orch.state is None  # the store's is not exact yet
-            else None,
+            queue_position=position,
             tokens_out=rec.tokens_out,
             created_ms=int(rec.created_wall * 1000),
         )

@@ -44,7 +44,7 @@ from starlette.routing import BaseRoute
 from .auth import Authenticator, Principal
 from .pools import Pool
 from .service import Orchestrator
-from .tasks import TaskRecord
+from .tasks import KEEPALIVE_FRAME, TaskRecord
 
 __all__ = [
     "FRONTEND_ENTRY_POINT_GROUP",
@@ -169,13 +169,14 @@ class FrontendHost:
         carry (ORCH-9104): they join the engine request right after admission,
         before the dispatcher can run (no await in between). The caller checked
         the pool's capabilities (:meth:`capabilities`)."""
-        accepted = await self.orch.submit(_encoder.encode(req), tenant, api=api)
+        extra = None
+        if json_schema is not None or logprobs is not None:
+            extra = {"json_schema": json_schema, "logprobs": logprobs}
+        # the engine fields are part of the request admission records, so a state
+        # store holds them too and any instance runs the task with them (ORCH-2564)
+        accepted = await self.orch.submit(_encoder.encode(req), tenant, api=api, extra=extra)
         rec = self.orch.tasks.get(accepted.task_id)
         assert rec is not None  # added in the same step, nothing evicts an active task
-        if json_schema is not None or logprobs is not None:
-            rec.request = msgspec.structs.replace(
-                rec.request, json_schema=json_schema, logprobs=logprobs
-            )
         return rec
 
     def rejected(self, pool: Pool | None, code: ErrorCode, api: str) -> None:
@@ -261,7 +262,14 @@ class FrontendHost:
     async def events(
         self, rec: TaskRecord, start: int = 0
     ) -> AsyncIterator[tuple[int, StreamEvent]]:
-        """The task's events from number ``start`` on, waiting for new ones, to the end."""
+        """The task's events from number ``start`` on, waiting for new ones, to the end.
+        With a state store, the store's log: the same events whichever instance runs
+        the task (ORCH-2564)."""
+        if self.orch.state is not None:
+            async for frame in self.orch.state.frames(rec.task_id, start, joined=False):
+                if frame != KEEPALIVE_FRAME:
+                    yield _decode_frame(frame)
+            return
         async for frame in rec.frames(start, 1):  # one frame per chunk
             yield _decode_frame(frame)
 
@@ -270,7 +278,11 @@ class FrontendHost:
         return [_decode_frame(f)[1] for f in rec.frames_so_far()]
 
     def cancel(self, rec: TaskRecord) -> None:
-        """End the task now (``canceled``) and free its engine slot."""
+        """End the task now (``canceled``) and free its engine slot. With a state store
+        the cancel goes to the store as well, which ends it whichever instance holds or
+        runs it (ORCH-2564, ORCH-2510)."""
+        if self.orch.state is not None:
+            self.orch.state.cancel_soon(rec.task_id)
         try:
             self.orch.cancel(rec.task_id)
         except OrchError:  # evicted meanwhile: nothing left to cancel

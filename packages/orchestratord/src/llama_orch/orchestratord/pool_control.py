@@ -92,7 +92,13 @@ async def drain_tasks(
     for rec in mine():
         if rec.runner is not None:
             runners.append(rec.runner)
-        orch.end(rec, orch.error_event(rec, f"pool {pool.id} drain deadline reached"))  # ORCH-2411
+        terminal = orch.error_event(rec, f"pool {pool.id} drain deadline reached")
+        if orch.state is not None and rec.state == "queued":
+            # ORCH-2566: queued in the store, it must end there, or another instance
+            # would still run it; one it dispatched meanwhile is not this drain's
+            if not await orch.state.end_queued(rec.task_id, terminal):
+                continue
+        orch.end(rec, terminal)  # ORCH-2411
         ended += 1
     # Let the cancelled runners close their engine connections before the
     # engines are stopped: llama-server holds off SIGTERM while a stream is

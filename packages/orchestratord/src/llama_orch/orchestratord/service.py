@@ -22,7 +22,7 @@ the loops, and is the facade the HTTP layer and the frontends call.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_orch.core.api import EndEvent, ErrorEvent, TaskAccepted
 from llama_orch.core.config import Config
@@ -47,6 +47,7 @@ from .runner import Runner
 from .selftest import SelfTests
 from .sessions import SessionTable
 from .stored import StoreBridge
+from .stored_waiting import store_waiting_loop
 from .tasks import TaskRecord, TaskStore
 from .telemetry import EngineScraper, Gpu, model_state_samples
 from .tracing import Tracing
@@ -179,8 +180,14 @@ class Orchestrator:
 
     def start(self) -> None:
         for pool in self.pools.values():
-            if self.state is not None:
-                continue  # the store bridge dispatches (ORCH-2523)
+            if self.state is not None:  # the store bridge dispatches (ORCH-2523)
+                self._loops.append(  # ORCH-2561, ORCH-2562: queued events, bounded waits
+                    asyncio.create_task(
+                        store_waiting_loop(self.state, pool, self.workload, self.deadlines),
+                        name=f"store-waiting-{pool.id}",
+                    )
+                )
+                continue
             self._loops.append(
                 asyncio.create_task(self.dispatcher.loop(pool), name=f"dispatch-{pool.id}")
             )
@@ -237,10 +244,16 @@ class Orchestrator:
     # ------------------------------------------------------------------ the facade
 
     async def submit(
-        self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
+        self,
+        body: bytes,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        api: str = "orchqueue",
+        extra: dict[str, Any] | None = None,
     ) -> TaskAccepted:
-        """Admit one task of ``tenant`` or raise the OrchError that says why not."""
-        return await self.admission.submit(body, tenant, api=api)
+        """Admit one task of ``tenant`` or raise the OrchError that says why not;
+        ``extra``: engine request fields OrchQueue v1 does not carry (a facade's)."""
+        return await self.admission.submit(body, tenant, api=api, extra=extra)
 
     def budget_headers(self, task_id: str) -> dict[str, str]:
         """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""

@@ -28,13 +28,11 @@ from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent
 from llama_orch.core.config import Config, StateOptions
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.sse import encode_event
 from llama_orch.core.state_lease import LeaseKeeper
 from llama_orch.core.state_store import (
     Dispatched,
     Event,
     Fenced,
-    LoggedEvent,
     Orphaned,
     PoolPolicy,
     Reaped,
@@ -51,7 +49,9 @@ from llama_orch.core.state_store import (
 from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
-from .tasks import KEEPALIVE_FRAME, TaskRecord, TaskStore
+from .stored_appends import AppendBatcher
+from .stored_frames import store_frames
+from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["StoreBridge", "store_config"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
-_KEEPALIVE = object()  # the keep-alive timer's queue marker in StoreBridge.frames
 _BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
 
 
@@ -144,6 +143,10 @@ def record_of(spec: TaskSpec) -> TaskRecord:
         expected_tokens=stored.expected_tokens,
         cost_per_token=stored.cost_per_token,
         created_wall=stored.created_wall or time.time(),
+        # the admission's time on this clock: queue_ttl counts from it (ORCH-2562)
+        created=time.monotonic() - max(0.0, time.time() - stored.created_wall)
+        if stored.created_wall
+        else time.monotonic(),
         correlation_id=stored.correlation_id,
     )
 
@@ -176,13 +179,13 @@ class _Writer:
             self.bridge.track(self.flushing)
 
     async def _flush(self) -> None:
-        store, tid = self.bridge.store, self.rec.task_id
+        tid = self.rec.task_id
         started = time.monotonic()
         while self.pending and not self.dead:
             batch, self.pending = self.pending, []
             try:
-                with self.bridge.timed("append"):
-                    await store.append(tid, self.epoch, batch)
+                with self.bridge.timed("append"):  # with other tasks' batches (ORCH-2565)
+                    await self.bridge.appends.append(tid, self.epoch, batch)
             except (Fenced, TaskEnded, KeyError) as exc:
                 # another instance owns it now, or it was canceled anywhere (ORCH-2525)
                 reason = "fenced" if isinstance(exc, Fenced) else "ended"
@@ -222,6 +225,7 @@ class StoreBridge:
         self.ending = ending
         self.dispatcher = dispatcher  # launches what the store dispatched here
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
+        self.appends = AppendBatcher(self.store)
         self.instance = uuid.uuid4().hex[:12]
         tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
         self.leases = LeaseKeeper(
@@ -325,46 +329,21 @@ class StoreBridge:
         with contextlib.suppress(KeyError), self.timed("cancel"):
             await self.store.cancel(task_id)
 
-    async def frames(self, task_id: str, start: int) -> AsyncIterator[bytes]:
-        """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with a
-        keep-alive comment after ``limits.sse_keepalive_s`` without an event, as
-        in-process streams have (ORCH-2556, ORCH-1962). One reader task per stream
-        feeds a queue; a timer is armed only while the queue is empty."""
-        keepalive = self.config.limits.sse_keepalive_s
-        queue: asyncio.Queue[object] = asyncio.Queue()  # events, an exception, None: the end
+    async def end_queued(self, task_id: str, terminal: ErrorEvent) -> bool:
+        """End a task at the store if it is still queued there (a drain, ORCH-2566)."""
+        return await self.store.expire(task_id, Event("error", msgspec.json.encode(terminal)))
 
-        async def read() -> None:
-            try:
-                async for ev in self.store.tail(task_id, start - 1):
-                    queue.put_nowait(ev)
-                queue.put_nowait(None)
-            except Exception as exc:  # e.g. KeyError (expired), StoreUnavailable
-                queue.put_nowait(exc)
+    def cancel_soon(self, task_id: str) -> None:
+        """:meth:`cancel` from synchronous code (a facade's client went away)."""
+        self.track(asyncio.get_running_loop().create_task(self.cancel(task_id)))
 
-        reader = asyncio.create_task(read(), name=f"tail-{task_id}")
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                timer = None
-                if queue.empty():
-                    timer = loop.call_later(keepalive, queue.put_nowait, _KEEPALIVE)
-                try:
-                    item = await queue.get()
-                finally:
-                    if timer is not None:
-                        timer.cancel()
-                if item is _KEEPALIVE:
-                    yield KEEPALIVE_FRAME
-                elif item is None:
-                    return
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    assert isinstance(item, LoggedEvent)
-                    yield encode_event(item.kind, item.data, item.seq)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    def frames(self, task_id: str, start: int, *, joined: bool = True) -> AsyncIterator[bytes]:
+        """SSE frames from the store's log, from event ``start`` on (ORCH-2526), with
+        keep-alive comments (ORCH-2556); ``joined``: the frames read together leave as
+        one chunk (ORCH-2565), else one frame per item (for a facade's decoder)."""
+        limits = self.config.limits
+        chunk = limits.stream_chunk_bytes if joined else None
+        return store_frames(self.store, task_id, start, limits.sse_keepalive_s, max_chunk=chunk)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -387,9 +366,10 @@ class StoreBridge:
                 if slots != synced:
                     await self.store.set_replicas(pool.id, slots)
                     synced = slots
-                cursor = await self.store.bell(pool.id)
-                with self.timed("dispatch"):
-                    step = await self.store.dispatch(pool.id, self.instance, self.options.lease_ms)
+                with self.timed("dispatch"):  # one round trip, the bell's cursor included
+                    step, cursor = await self.store.dispatch_or_cursor(
+                        pool.id, self.instance, self.options.lease_ms
+                    )
                 if isinstance(step, Dispatched):
                     self._run(pool, step)
                     continue

@@ -321,6 +321,20 @@ class TaskStore:
         if rec is not None and rec.terminal:
             del self._tasks[task_id]
 
+    def detach(self, task_id: str) -> None:
+        """Stop tracking a queued record whose task another instance now runs or ended
+        (state store, ORCH-2563): it goes without an end of its own; status and streams
+        read the store again."""
+        rec = self._tasks.get(task_id)
+        if rec is None or rec.state != "queued":
+            return
+        del self._tasks[task_id]
+        if self._active.pop(task_id, None) is not None:
+            self._in_flight[rec.tenant] -= 1
+            if self._in_flight[rec.tenant] <= 0:
+                del self._in_flight[rec.tenant]
+        rec.on_change = None
+
     def active(self) -> list[TaskRecord]:
         return list(self._active.values())
 

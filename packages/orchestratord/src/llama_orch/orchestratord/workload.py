@@ -278,6 +278,17 @@ class Workload:
         if position < 0:
             return None
         ahead = [job_of(t) for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))]
+        return self._forecast(pool, rec, position, ahead, now)
+
+    def predicted_at(self, pool: Pool, rec: TaskRecord, position: int, now: float) -> Slot | None:
+        """:meth:`predicted` of a task queued in a state store at ``position`` (ORCH-2561):
+        the requests ahead are in the store, so they are taken to be like this one."""
+        ahead = [job_of(rec)] * min(position, PREDICT_HORIZON)
+        return self._forecast(pool, rec, position, ahead, now)
+
+    def _forecast(
+        self, pool: Pool, rec: TaskRecord, position: int, ahead: list[Job], now: float
+    ) -> Slot | None:
         loads = self.loads(pool, now)
         slots = simulate(loads, [*ahead, job_of(rec)], now)
         if not slots:

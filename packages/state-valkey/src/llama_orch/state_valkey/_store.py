@@ -47,6 +47,7 @@ from llama_orch.core.state_store import (
     canceled_terminal,
     displaced_terminal,
     orphaned_terminal,
+    queued_event,
 )
 from valkey.asyncio.sentinel import Sentinel
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
@@ -66,6 +67,9 @@ _DISPLACED = json.dumps(
     }
 )
 _ORPHANED = orphaned_terminal().data
+# the `queued` event's JSON as msgspec writes it, with %d for position and ETA
+_QUEUED_FMT = queued_event(1_234_567_891, 1_987_654_321).data.decode()
+_QUEUED_FMT = _QUEUED_FMT.replace("1234567891", "%d").replace("1987654321", "%d")
 R = TypeVar("R")
 ReapOutcome = Literal["requeued", "claimed"]  # Reaped.outcome
 ViewState = Literal["queued", "running", "ended"]  # TaskView.state
@@ -313,12 +317,21 @@ class ValkeyStateStore(StateStore):
     async def dispatch(
         self, pool: str, instance: str, lease_ms: int
     ) -> Dispatched | Orphaned | None:
+        return (await self.dispatch_or_cursor(pool, instance, lease_ms))[0]
+
+    async def dispatch_or_cursor(
+        self, pool: str, instance: str, lease_ms: int
+    ) -> tuple[Dispatched | Orphaned | None, str]:
+        # one FCALL: a dispatch that placed nothing answers the doorbell's cursor too
         r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
         tag = _s(r[0])
         if tag == "ORPHAN":
-            return Orphaned(task_id=_s(r[1]))
+            return Orphaned(task_id=_s(r[1])), ""
         if tag != "OK":
-            return None
+            return None, _s(r[1])
+        return self._dispatched(pool, r), ""
+
+    def _dispatched(self, pool: str, r: Any) -> Dispatched:
         tid, replica, set_key, epoch = _s(r[1]), _s(r[2]), _s(r[3]), int(r[4])
         spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])
         return Dispatched(
@@ -367,6 +380,24 @@ class ValkeyStateStore(StateStore):
         self._raise(_s(r[0]), task_id)
         return int(r[1])
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, int, Sequence[Event]]]
+    ) -> list[int | StateStoreError | KeyError | ValueError]:
+        flat: list[Any] = []
+        for task_id, epoch, events in batches:
+            flat += [task_id, epoch, len(events)]
+            for ev in events:
+                flat += [ev.kind, ev.data]
+        replies = await self._fcall("llorch_append_many", *flat)
+        out: list[int | StateStoreError | KeyError | ValueError] = []
+        for (task_id, _, _), r in zip(batches, replies, strict=True):
+            try:
+                self._raise(_s(r[0]), task_id)
+                out.append(int(r[1]))
+            except (StateStoreError, KeyError, ValueError) as exc:
+                out.append(exc)
+        return out
+
     def _log_key(self, task_id: str) -> str:
         return f"{self._keys[0]}log:{task_id}"
 
@@ -391,14 +422,12 @@ class ValkeyStateStore(StateStore):
     async def tail(
         self, task_id: str, after: int = -1, *, poll_s: float = 1.0
     ) -> AsyncIterator[LoggedEvent]:
-        for ev in await self.read(task_id, after):
-            yield ev
-            after = ev.seq
-            if ev.kind in TERMINAL_KINDS:
-                return
         key = self._log_key(task_id)
         while True:
             # XREAD BLOCK on the caller's connection pool; socket timeout (10 s) > block.
+            # It answers at once with every event already logged, so the replay needs
+            # no XRANGE of its own: one round trip per batch of events (ORCH-2565); the
+            # task's existence is checked only when nothing came within ``poll_s``.
             streams = {key: f"0-{after + 1}"}
             got = await self._call(partial(self.client.xread, streams, block=int(poll_s * 1000)))
             for _, entries in got or []:
@@ -480,6 +509,29 @@ class ValkeyStateStore(StateStore):
             replica_id=_opt(g.get("replica")),
             canceled=g["cancel"] == b"1",
         )
+
+    # ------------------------------------------------------------ waiting tasks
+    @staticmethod
+    def _pairs(flat: Sequence[Any]) -> dict[str, int]:
+        return {_s(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def positions(self, task_ids: Sequence[str]) -> dict[str, int]:
+        if not task_ids:
+            return {}
+        return self._pairs(await self._fcall("llorch_positions", *task_ids))
+
+    async def announce_queued(
+        self, notes: Sequence[tuple[str, int]], interval_ms: int
+    ) -> dict[str, int]:
+        if not notes:
+            return {}
+        flat: list[Any] = []
+        for tid, eta in notes:
+            flat += [tid, int(eta)]
+        return self._pairs(await self._fcall("llorch_announce", interval_ms, _QUEUED_FMT, *flat))
+
+    async def expire(self, task_id: str, terminal: Event) -> bool:
+        return bool(await self._fcall("llorch_expire", task_id, terminal.kind, terminal.data))
 
     async def bell(self, pool: str) -> str:
         last = await self._call(

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '3'
+local LIB_VERSION = '4'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -16,10 +16,14 @@ local function now_parts()
   return s + us / 1e6, s * 1000 + math.floor(us / 1000)
 end
 
+-- the decoded rules of the last prefix read, reused while its JSON is unchanged: a
+-- cjson.decode per call was a large share of the server's CPU per task (ORCH-2565)
+local cfg_raw, cfg_doc = nil, nil
 local function config(p)
   local raw = redis.call('GET', p .. 'cfg')
   if not raw then return nil end
-  return cjson.decode(raw)
+  if raw ~= cfg_raw then cfg_raw, cfg_doc = raw, cjson.decode(raw) end
+  return cfg_doc
 end
 
 local function member_of(seq, tid) return string.format('%015d', seq + SEQ_OFFSET) .. '|' .. tid end
@@ -137,6 +141,56 @@ local function victim(p, cfg, pool, prio)
   return nil, nil
 end
 
+-- ------------------------------------------------------------------ positions
+-- core.queue._turns_before: the items served before the k-th (0-based) item of unit
+-- `target` when units ({live, first, weight}) take turns in list order, each serving
+-- up to `first` items in the first round and `weight` in every later one.
+local function turns_before(k, target, units)
+  local first_t, weight_t = units[target][2], units[target][3]
+  local rnd = 0
+  if k >= first_t then rnd = 1 + math.floor((k - first_t) / weight_t) end
+  local before = k
+  for i, u in ipairs(units) do
+    if i ~= target then
+      local rounds = rnd
+      if i < target then rounds = rnd + 1 end
+      if rounds > 0 then before = before + math.min(u[1], u[2] + (rounds - 1) * u[3]) end
+    end
+  end
+  return before
+end
+
+-- core.queue.AdmissionQueue.position (ORCH-2560): the task's place in its flow, then
+-- DRR over its band's live flows in ring order, then WRR over the bands; nil when
+-- the task is not queued. O(flows + bands) calls.
+local function position(p, cfg, tid)
+  local t = redis.call('HMGET', p .. 't:' .. tid, 'state', 'pool', 'prio', 'tenant', 'member')
+  if t[1] ~= 'queued' then return nil end
+  local pool, prio, tenant = t[2], t[3], t[4]
+  local k = redis.call('ZRANK', qkey(p, pool, prio, tenant), t[5])
+  if not k then return nil end
+  local tcred = p .. 'tcred:' .. pool .. ':' .. prio
+  local units, target = {}, nil
+  for _, ten in ipairs(redis.call('LRANGE', p .. 'ring:' .. pool .. ':' .. prio, 0, -1)) do
+    local live = redis.call('ZCARD', qkey(p, pool, prio, ten))
+    if live > 0 then
+      units[#units + 1] = { live, tonumber(redis.call('HGET', tcred, ten)) or 0, tweight(cfg, ten) }
+      if ten == tenant then target = #units end
+    end
+  end
+  if not target then return nil end
+  k = turns_before(k, target, units)
+  local bands, btarget, pcred = {}, nil, p .. 'pcred:' .. pool
+  for i, pr in ipairs(cfg.prios) do
+    local live = band_live(p, pool, pr)
+    local credit = 0
+    if live > 0 then credit = math.max(0, tonumber(redis.call('HGET', pcred, pr)) or 0) end
+    bands[i] = { live, credit, cfg.pools[pool].weights[pr] }
+    if pr == prio then btarget = i end
+  end
+  return turns_before(k, btarget, bands)
+end
+
 -- ------------------------------------------------------------------ event log / end
 local function xadd(p, tid, seq, kind, data)
   redis.call('XADD', p .. 'log:' .. tid, '0-' .. (seq + 1), 'k', kind, 'd', data)
@@ -229,7 +283,7 @@ local function f_submit(keys, args)
     'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0)
   qpush(p, cfg, pool, prio, tenant, tid, deadline, false)
   redis.call('HINCRBY', p .. 'inflight', tenant, 1)
-  return { 'OK', tonumber(redis.call('GET', p .. 'qlen:' .. pool)) - 1, displaced[1] or '', displaced[2] or '' }
+  return { 'OK', position(p, cfg, tid), displaced[1] or '', displaced[2] or '' }
 end
 
 local function free_of(r, busy)
@@ -273,16 +327,24 @@ local function place(views, pin, affinity)
   return best
 end
 
+-- the doorbell's cursor now, taken in the same step as a dispatch that found nothing
+-- to place, so the caller waits on it without another round trip (ORCH-2565)
+local function bell_cursor(p, pool)
+  local last = redis.call('XREVRANGE', p .. 'bell:' .. pool, '+', '-', 'COUNT', 1)
+  if last[1] then return last[1][1] end
+  return '0-0'
+end
+
 -- args: pool instance lease_ms orphan_terminal
 local function f_dispatch(keys, args)
   local p = keys[1]
   local cfg = config(p)
   local pool, instance, lease_ms = args[1], args[2], tonumber(args[3])
   local head = peek(p, cfg, pool)
-  if not head then return { 'EMPTY' } end
+  if not head then return { 'EMPTY', bell_cursor(p, pool) } end
   local tid = head.tid
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'pin', 'session', 'prio', 'tenant', 'deadline', 'req', 'requeues')
+  local t = redis.call('HMGET', tk, 'pin', 'session', 'prio', 'tenant', 'deadline', 'req', 'requeues', 'next_seq')
   local pin, affinity = nil, nil
   if t[1] ~= '' then pin = t[1] end
   local sk = nil
@@ -313,12 +375,12 @@ local function f_dispatch(keys, args)
     return { 'ORPHAN', tid }
   end
   local r = place(views, pin, affinity)
-  if r == nil then return { 'WAIT' } end
+  if r == nil then return { 'WAIT', bell_cursor(p, pool) } end
   pop_head(p, cfg, pool, head)
   local _, now_ms = now_parts()
   local epoch = redis.call('INCR', p .. 'epoch')
   redis.call('HSET', tk, 'state', 'running', 'epoch', epoch, 'owner', instance, 'replica', r.id, 'set', r.set,
-    'lease', now_ms + lease_ms)
+    'lease', now_ms + lease_ms, 'dseq', t[8])
   redis.call('ZADD', p .. 'leases', now_ms + lease_ms, tid)
   redis.call('HINCRBY', busy, r.id, 1)
   if sk then
@@ -340,18 +402,17 @@ local function owned(p, tid, epoch)
 end
 
 -- args: tid epoch kind1 data1 [kind2 data2 ...]; a terminal only as the last event
-local function f_append(keys, args)
-  local p = keys[1]
-  local tid = args[1]
-  local err, seq = owned(p, tid, tonumber(args[2]))
+-- one task's batch: args[i0] = tid, args[i0 + 1] = epoch, then n (kind, data) pairs
+local function append_one(p, args, i0, n)
+  local tid = args[i0]
+  local err, seq = owned(p, tid, tonumber(args[i0 + 1]))
   if err then return { err } end
-  local n = (#args - 2) / 2
   for i = 1, n - 1 do
-    local kind = args[1 + 2 * i]
+    local kind = args[i0 + 2 * i]
     if kind == 'end' or kind == 'error' then return { 'BADBATCH' } end
   end
   for i = 1, n do
-    local kind, data = args[1 + 2 * i], args[2 + 2 * i]
+    local kind, data = args[i0 + 2 * i], args[i0 + 1 + 2 * i]
     if kind == 'end' or kind == 'error' then
       redis.call('HSET', p .. 't:' .. tid, 'next_seq', seq)
       finish(p, config(p), tid, kind, data)
@@ -362,6 +423,26 @@ local function f_append(keys, args)
   end
   redis.call('HSET', p .. 't:' .. tid, 'next_seq', seq)
   return { 'OK', seq }
+end
+
+-- args: tid epoch kind1 data1 [kind2 data2 ...]; a terminal only as the last event
+local function f_append(keys, args)
+  return append_one(keys[1], args, 1, (#args - 2) / 2)
+end
+
+-- args: (tid epoch n kind1 data1 ... kindn datan) repeated: the batches of several
+-- tasks in one call (ORCH-2565); one answer per batch, as llorch_append's
+local function f_append_many(keys, args)
+  local out, i = {}, 1
+  while i <= #args do
+    local n = tonumber(args[i + 2])
+    -- shift tid and epoch over n: append_one reads them at i0 and i0 + 1, pairs after
+    args[i + 2] = args[i + 1]
+    args[i + 1] = args[i]
+    out[#out + 1] = append_one(keys[1], args, i + 1, n)
+    i = i + 3 + 2 * n
+  end
+  return out
 end
 
 -- args: tid terminal_kind terminal_data
@@ -467,9 +548,10 @@ local function f_reap(keys, args)
   local out = {}
   for _, tid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms)) do
     local tk = p .. 't:' .. tid
-    local t = redis.call('HMGET', tk, 'next_seq', 'requeues', 'replica')
+    local t = redis.call('HMGET', tk, 'next_seq', 'requeues', 'replica', 'dseq')
     local outcome, epoch
-    if tonumber(t[1]) == 0 and tonumber(t[2]) < tonumber(args[3]) then
+    -- no event since its dispatch (`queued` events before it do not count)
+    if tonumber(t[1]) == tonumber(t[4] or '0') and tonumber(t[2]) < tonumber(args[3]) then
       outcome, epoch = 'requeued', back_to_queue(p, cfg, tid)
       t[3] = false
     else
@@ -526,12 +608,72 @@ local function f_withdraw(keys, args)
   return { 'OK', t[1] }
 end
 
+-- args: tid1 tid2 ...; returns { tid, position, ... } of those queued (ORCH-2560)
+local function f_positions(keys, args)
+  local p = keys[1]
+  local cfg = config(p)
+  local out = {}
+  for _, tid in ipairs(args) do
+    local pos = position(p, cfg, tid)
+    if pos then out[#out + 1] = tid; out[#out + 1] = pos end
+  end
+  return out
+end
+
+-- args: interval_ms queued_json_format tid1 eta1 ...: for each task still queued its
+-- position, and a `queued` event when the last one is 0.95 interval old (server
+-- clock) and the position changed or the ETA moved by > max(500 ms, 10 %)
+-- (state_store.queued_note_due, ORCH-2561). No epoch: the step appends only while
+-- the task is queued, so no `queued` event can follow its dispatch or its end.
+local function f_announce(keys, args)
+  local p = keys[1]
+  local cfg = config(p)
+  local _, now_ms = now_parts()
+  local interval, fmt = tonumber(args[1]), args[2]
+  local out = {}
+  for i = 3, #args, 2 do
+    local tid, eta = args[i], tonumber(args[i + 1])
+    local pos = position(p, cfg, tid)
+    if pos then
+      out[#out + 1] = tid
+      out[#out + 1] = pos
+      local tk = p .. 't:' .. tid
+      local q = redis.call('HMGET', tk, 'qpos', 'qeta', 'qat', 'next_seq')
+      local due = true
+      if q[1] then
+        local lpos, leta, lat = tonumber(q[1]), tonumber(q[2]), tonumber(q[3])
+        if now_ms - lat < interval * 0.95 then
+          due = false
+        elseif lpos == pos and math.abs(leta - eta) <= math.max(500, 0.1 * leta) then
+          due = false
+        end
+      end
+      if due then
+        local seq = tonumber(q[4])
+        xadd(p, tid, seq, 'queued', string.format(fmt, pos, eta))
+        redis.call('HSET', tk, 'next_seq', seq + 1, 'qpos', pos, 'qeta', eta, 'qat', now_ms)
+      end
+    end
+  end
+  return out
+end
+
+-- args: tid kind data: end a task that is still queued (a bounded wait ran out,
+-- ORCH-2562); 0 when it is not queued any more (nothing changes)
+local function f_expire(keys, args)
+  local p, tid = keys[1], args[1]
+  if redis.call('HGET', p .. 't:' .. tid, 'state') ~= 'queued' then return 0 end
+  finish(p, config(p), tid, args[2], args[3])
+  return 1
+end
+
 redis.register_function('llorch_version', function() return LIB_VERSION end)
 redis.register_function('llorch_configure', f_configure)
 redis.register_function('llorch_set_replicas', f_set_replicas)
 redis.register_function('llorch_submit', f_submit)
 redis.register_function('llorch_dispatch', f_dispatch)
 redis.register_function('llorch_append', f_append)
+redis.register_function('llorch_append_many', f_append_many)
 redis.register_function('llorch_cancel', f_cancel)
 redis.register_function('llorch_requeue', f_requeue)
 redis.register_function('llorch_renew', f_renew)
@@ -539,3 +681,6 @@ redis.register_function('llorch_reap', f_reap)
 redis.register_function('llorch_heartbeat', f_heartbeat)
 redis.register_function('llorch_instances', f_instances)
 redis.register_function('llorch_withdraw', f_withdraw)
+redis.register_function('llorch_positions', f_positions)
+redis.register_function('llorch_announce', f_announce)
+redis.register_function('llorch_expire', f_expire)

@@ -65,7 +65,7 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
             try:
                 got = await store.submit(spec)
                 known.append(tid)
-                out.append(("admit", got.displaced))
+                out.append(("admit", got.queue_position, got.displaced))
             except AdmissionRejected as exc:
                 out.append(("reject", exc.policy_label))
         elif op < 0.75:
@@ -85,6 +85,8 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
         elif known:
             tid = rng.choice(known)
             out.append(("cancel", tid, await store.cancel(tid)))
+        if n % 10 == 0:  # every queued task's exact position (ORCH-2560)
+            out.append(("positions", sorted((await store.positions(known)).items())))
     for tid in known:
         log = await store.read(tid)
         kinds = [e.kind for e in log]

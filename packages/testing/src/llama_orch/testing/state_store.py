@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 import pytest_asyncio
-from llama_orch.core.api import TokenEvent
+from llama_orch.core.api import ErrorEvent, QueuedEvent, TokenEvent
 from llama_orch.core.config import FullPolicy, Priority, RateLimit, TenantConfig
 from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_memory import MemoryStateStore
@@ -157,7 +157,7 @@ class StateStoreConformance:
         finally:
             await store.close()
         assert sum(1 for x in expected if x[0] == "run") > 50, "the trace must exercise dispatch"
-        assert sum(1 for x in expected if x[0] == "admit" and x[1]) or policy == "reject"
+        assert sum(1 for x in expected if x[0] == "admit" and x[2]) or policy == "reject"
         assert any(x[0] == "dispatch" and x[1] for x in expected), "no pinned head was orphaned"
         assert ("reject", "quota") in expected, "max_concurrent never refused"
         assert got == expected
@@ -377,7 +377,8 @@ class StateStoreConformance:
         self, store: StateStore, sut: StoreUnderTest
     ) -> None:
         """ORCH-2518: a dispatcher on another client waits on the pool's doorbell and is
-        woken by a submit and by a freed slot; with nothing new it times out."""
+        woken by a submit and by a freed slot; with nothing new it times out. ORCH-2565:
+        the cursor a placement-less ``dispatch_or_cursor`` answers works the same."""
         await store.configure(_cfg())
         await store.set_replicas("p", _slots(1))
         other = await sut.peer(store)
@@ -390,8 +391,8 @@ class StateStoreConformance:
             cur = await asyncio.wait_for(waiter, 30)
             d = await other.dispatch("p", "i", 60_000)
             assert isinstance(d, Dispatched)
-            cur = await other.bell("p")
-            assert await other.dispatch("p", "i", 60_000) is None  # the only slot is taken
+            step, cur = await other.dispatch_or_cursor("p", "i", 60_000)
+            assert step is None  # the only slot is taken
             assert await other.wait_bell("p", cur, 0.2) == cur  # nothing rang
             waiter = asyncio.create_task(other.wait_bell("p", cur, 30))
             await _end(store, d)
@@ -403,6 +404,34 @@ class StateStoreConformance:
                 await other.close()
 
     # ----------------------------------------------------------------- event log
+    async def test_append_many_answers_each_batch_on_its_own(self, store: StateStore) -> None:
+        """ORCH-2565: several tasks' batches in one call: each is fenced, ended or
+        logged as one ``append`` would be, and a refused one changes nothing else."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots())
+        for tid in ("a", "b", "c"):
+            await store.submit(_spec(tid))
+        da, db, dc = [await store.dispatch("p", "i1", 60_000) for _ in range(3)]
+        assert isinstance(da, Dispatched) and isinstance(db, Dispatched)
+        assert isinstance(dc, Dispatched)
+        await _end(store, dc)
+        got = await store.append_many(
+            [
+                ("a", da.epoch, [Event("started", b"{}"), _token("x", 0)]),
+                ("b", db.epoch + 99, [_token("stale", 0)]),
+                ("c", dc.epoch, [_token("late", 0)]),
+                ("zz", 1, [_token("nobody", 0)]),
+                ("b", db.epoch, [Event("started", b"{}"), Event("end", b"{}")]),
+                ("a", da.epoch, [_token("y", 1)]),
+            ]
+        )
+        assert got[0] == 2 and got[4] == 2 and got[5] == 3
+        assert isinstance(got[1], Fenced) and isinstance(got[2], TaskEnded)
+        assert isinstance(got[3], KeyError)
+        assert [e.kind for e in await store.read("a")] == ["started", "token", "token"]
+        assert [e.kind for e in await store.read("b")] == ["started", "end"]
+        assert [e.kind for e in await store.read("c")] == ["end"]
+
     async def test_exactly_one_terminal_and_resume(self, store: StateStore) -> None:
         """ORCH-2508: contiguous ids, one terminal, read after an id, tail to the end."""
         await store.configure(_cfg())
@@ -498,6 +527,68 @@ class StateStoreConformance:
         assert [v.instance_id for v in await store.instances()] == ["i-b"]
         await store.heartbeat("i-b", 0)  # a shutdown leaves the list at once
         assert await store.instances() == []
+
+    # ----------------------------------------------------------------- waiting tasks
+    async def test_queued_events_positions_and_bounded_waits(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2560, ORCH-2561, ORCH-2562: any client learns a queued task's exact
+        position; `queued` events are appended without an epoch, at most one per
+        interval whoever announces, never after the dispatch; a bounded wait ends only
+        a queued task; a dispatched task with only `queued` events is still requeued
+        by the reaper."""
+        peer = await sut.peer(store)
+        try:
+            await store.configure(_cfg())
+            await store.set_replicas("p", _slots(1))
+            for tid, tenant in (("a", "x"), ("b", "y"), ("c", "y")):
+                await store.submit(_spec(tid, tenant=tenant))
+            assert await peer.positions(["c", "b", "zz"]) == {"b": 1, "c": 2}
+            assert await store.announce_queued([("b", 1000), ("c", 2000)], 300) == {
+                "b": 1,
+                "c": 2,
+            }
+            # another instance announcing within the interval writes nothing
+            assert await peer.announce_queued([("b", 9000)], 300) == {"b": 1}
+            qd = msgspec.json.Decoder(QueuedEvent)
+            (ev,) = await store.read("b")
+            assert ev.kind == "queued" and qd.decode(ev.data) == QueuedEvent(
+                queue_position=1, predicted_start_ms=1000
+            )
+            await sut.advance(0.35)
+            await peer.announce_queued([("b", 1100)], 300)  # unchanged: no event
+            assert len(await store.read("b")) == 1
+            assert await store.cancel("a") == "queued"
+            await peer.announce_queued([("b", 1100)], 300)  # moved up: one event
+            assert [qd.decode(e.data).queue_position for e in await store.read("b")] == [1, 0]
+            d = await store.dispatch("p", "i1", LEASE_MS)
+            assert isinstance(d, Dispatched) and d.task.task_id == "b"
+            await sut.advance(0.35)
+            assert await store.announce_queued([("b", 0), ("c", 0)], 300) == {"c": 0}
+            assert len(await store.read("b")) == 2  # nothing after the dispatch
+            # the dispatched task's instance died before its first event: requeued
+            await sut.advance(LEASE_MS / 1000 + 0.2)
+            reaped = await peer.reap("heir", LEASE_MS)
+            assert [(r.task_id, r.outcome) for r in reaped] == [("b", "requeued")]
+            assert await store.positions(["b", "c"]) == {"b": 0, "c": 1}
+            d = await store.dispatch("p", "i1", 60_000)
+            assert isinstance(d, Dispatched) and d.task.task_id == "b"
+            expired = Event(
+                "error",
+                msgspec.json.encode(
+                    ErrorEvent(code=ErrorCode.ADMISSION_REJECT, message="ttl", retriable=True)
+                ),
+            )
+            assert not await peer.expire("b", expired)  # running: untouched
+            assert await peer.expire("c", expired)
+            assert not await store.expire("c", expired)  # one terminal only
+            assert [e.kind for e in await store.read("c")][-1] == "error"
+            assert await store.positions(["c"]) == {}
+            view = await store.task("b")
+            assert view is not None and view.state == "running"
+        finally:
+            if peer is not store:
+                await peer.close()
 
     # ----------------------------------------------------------------- leases, fencing
     async def test_lease_expiry_requeues_a_task_without_events(
