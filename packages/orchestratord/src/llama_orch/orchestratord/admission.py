@@ -329,7 +329,7 @@ class Admission:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
                 if self.state is None or exc.retry_after_ms is None:  # a bucket's own wait
-                    exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job)  # ORCH-1957, 1972
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 backpressure(self.metrics, pool)
@@ -355,6 +355,7 @@ class Admission:
         )
         if self.state is None:
             rec.queue_position = pool.queue.position(rec)
+        self.workload.admitted(pool)  # ORCH-1971: a promised client is back
         forecast = self.workload.predicted(pool, rec)  # ORCH-1957
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         pool.wakeup.set()

@@ -136,10 +136,6 @@ class FrontendHost:
     def pools(self) -> dict[str, Pool]:
         return self.orch.pools
 
-    def task_turn_ms(self, pool: Pool, max_tokens: int) -> float:
-        """How often a slot of ``pool`` frees for tasks of ``max_tokens`` (ORCH-1957)."""
-        return self.orch.workload.task_turn_ms(pool, max_tokens)
-
     def principal(self, request: Request) -> Principal:
         """The tenant behind ``Authorization: Bearer`` or ``x-api-key`` (ORCH-9102)."""
         if not self._auth.enabled:

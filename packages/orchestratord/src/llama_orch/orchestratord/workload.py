@@ -13,12 +13,24 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 
+from llama_orch.core.backoff import HORIZON, PromiseBook, retry_turn
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import DeadlineUnmet
-from llama_orch.core.eta import Job, ReplicaLoad, Slot, admits, best_slot, simulate
+from llama_orch.core.eta import (
+    PACE_BOUNDS,
+    Job,
+    ReplicaLoad,
+    Slot,
+    admits,
+    best_slot,
+    live_pace,
+    replica_pace,
+    simulate,
+)
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
@@ -62,6 +74,8 @@ class Workload:
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
+        # Return times promised to refused clients, per pool (ORCH-1971).
+        self.promises: dict[str, PromiseBook] = {}
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         self.running.setdefault((pool_id, replica_id), set()).add(rec)
@@ -150,15 +164,29 @@ class Workload:
             model = self.model(pool, rid, st.slots)
             running = self.running.get((pool.id, rid), ())
             busy = max(1, len(running))
+            per = model.decode_ms_per_token(busy, now)
             left = []
+            paces = []
             for t in running:
-                per = model.decode_ms_per_token(busy, now)
                 ms = tokens_left(t) * per
                 if t.run_first_token is None and t.dispatched is not None:
+                    # ORCH-1977: a first token later than modelled slows its decode alike
                     elapsed = (now - t.dispatched) * 1000
-                    ms += max(0.0, model.ttft_ms(_tokens_in(t), now) - elapsed) - per
+                    ttft = model.ttft_ms(_tokens_in(t), now)
+                    late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
+                    ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
+                elif t.run_first_token is not None and t.last_token is not None:
+                    pace = live_pace(  # ORCH-1977: the task's own pace so far
+                        per,
+                        t.engine_tokens - t.run_tokens_before,
+                        (t.last_token - t.run_first_token) * 1000,
+                        (now - t.run_first_token) * 1000,
+                    )
+                    if pace is not None:
+                        ms = tokens_left(t) * pace.ms_per_token
+                        paces.append(pace)
                 left.append(max(0.0, ms))
-            out.append(ReplicaLoad(model, st.slots, left))
+            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces)))
         return out
 
     def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
@@ -240,29 +268,50 @@ class Workload:
             slot = Slot(slot.start_ms + shift, slot.finish_ms + shift, slot.replica)
         return slot
 
-    def task_turn_ms(self, pool: Pool, max_tokens: int) -> float:
-        """How often a slot of ``pool`` frees for tasks of ``max_tokens`` at full load:
-        one such task's forecast service time over the pool's Ready slots (ORCH-1957).
-        The OpenAI-compatible API spaces the retry turns it hands out by this."""
-        now = time.monotonic()
-        loads = self.loads(pool, now)
-        slots = sum(r.slots for r in loads)
-        if not slots:
-            return 1000.0
-        service = min(
-            r.model.service_ms(0, max(1, max_tokens), max(1, r.slots), now) for r in loads
-        )
-        return service / slots
+    def admitted(self, pool: Pool) -> None:
+        """A task was admitted: if a promise of ``pool`` is due, its client is back
+        and its promise is kept (ORCH-1971)."""
+        book = self.promises.get(pool.id)
+        if book is not None:
+            book.take_due(time.monotonic())
 
     def retry_after_ms(self, pool: Pool, job: Job | None = None) -> int:
-        """Until a refused client can expect to be admitted: when the first slot frees
-        after everything queued has started, i.e. when the queue gains room, at least
-        100 ms (ORCH-1957). The OpenAI-compatible API calls this for ``retry-after-ms``."""
+        """The delay told to a client refused by ``pool`` (ORCH-1957, ORCH-1970..1976).
+
+        Refused by a full queue: a promise (:func:`~llama_orch.core.backoff.retry_turn`)
+        of the place that opens for it after the places already promised to the
+        clients refused before it, recorded in the pool's book; ``job`` is the
+        refused task's size (the last queued task's if unknown). Refused while the
+        queue has room (a quota): when the first queued task starts, or the next
+        slot frees. At least 100 ms. Every refusal path (OrchQueue v1 and the
+        OpenAI-compatible API's ``retry-after-ms``) calls this.
+        """
         now = time.monotonic()
         loads = self.loads(pool, now)
         if not loads:
             return 1000
-        queued = [job_of(t) for t in pool.queue]
+        capacity = pool.queue.capacity
+        queued = [job_of(t) for t in itertools.islice(pool.queue, HORIZON + 2)]
+        if len(pool.queue) >= capacity:  # only a full queue refuses while it has room
+            book = self.promises.setdefault(pool.id, PromiseBook())
+            renewing = book.take_due(now)  # a client back at its turn, refused again
+            promised = book.outstanding(now)
+            if job is None:
+                job = queued[-1] if queued else Job(0, 1)
+            turn = retry_turn(
+                loads, queued, len(pool.queue), promised, job, capacity, now, renewing=renewing
+            )
+            assert turn is not None
+            book.add(turn[0])
+            _log.debug(
+                "retry turn: told %.0f ms, place opens in %.0f ms (renewal %d); queued %d,"
+                " promised %d, replicas %s",
+                turn[1], (turn[0].ready - now) * 1000, turn[0].renewals, len(pool.queue),
+                len(promised),
+                [(round(r.pace, 2), [round(x) for x in r.running_ms]) for r in loads],
+                extra={"pool_id": pool.id},
+            )  # fmt: skip
+            return max(100, math.ceil(turn[1]))
         if not queued:
             # full for another reason (quota): the next slot to free
             ms = min(
@@ -270,7 +319,7 @@ class Workload:
                 for r in loads
             )
             return max(100, int(ms))
-        slots = simulate(loads, queued, now)
+        slots = simulate(loads, queued[:1], now)
         assert slots is not None
         return max(100, int(slots[0].start_ms))
 
