@@ -209,7 +209,7 @@ async def test_tool_calls_round_trip_on_real_llama_server(smollm2_server, start_
 async def test_sdk_retries_obey_retry_after_on_real_llama_server(
     smollm2_server, start_daemon, key, caplog
 ):
-    """ORCH-9246, ORCH-1970..1977: queue capacity 1 on the 2-slot engine, made full for
+    """ORCH-9246, ORCH-9260, ORCH-1970..1977: queue capacity 1 on the 2-slot engine, made full for
     certain before the burst (two long greedy streams run, a third waits), so the
     burst's first request is refused and its calls retry (the blockers may end during
     the burst on a fast machine). With the SDK's DEFAULT retries (2) every call

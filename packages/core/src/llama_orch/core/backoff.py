@@ -14,10 +14,10 @@ than its place opens), run on the replicas' slots in serving order; with
 ``capacity`` places, the new client's place opens when the task ``capacity``
 places ahead of it starts. :class:`PromiseBook` keeps a pool's promises.
 
-The delay told is the forecast stretched by a margin plus half of the window
-its place stays open: a forecast that is early by up to the margin (a slower
-engine than modelled) still brings the client back after its place opened,
-and stretching every promise of a burst by the same factor keeps their order.
+The delay told is the forecast stretched by a margin: a forecast that is
+early by up to the margin (a slower engine than modelled) still brings the
+client back after its place opened, and stretching every promise of a burst
+by the same factor keeps their order.
 Successive promises are at least :data:`MIN_GAP_MS` apart, so that two
 clients never race for one place.
 
@@ -58,7 +58,7 @@ MAX_MARGIN = 2.0  # renewals double the margin up to this (x3)
 MIN_GAP_MS = 100.0  # between two promised returns: one place, one client
 MIN_RETRY_MS = 100.0  # never tell a client to come back sooner (ORCH-1957)
 MAX_PROMISE_S = 60.0  # the longest wait a client is told (the SDKs' bound, ORCH-9111)
-DUE_EARLY_S = 0.25  # a refusal this much before a promise's time is its client back
+DUE_EARLY_S = 0.01  # clients come back after their time, never before (timer slack)
 DUE_LATE_S = 1.0  # ... or this much after it (event-loop and network latency)
 HORIZON = 256  # jobs simulated exactly; beyond, the simulated mean pace (ORCH-1957)
 
@@ -143,28 +143,22 @@ def _place(
     queued: Sequence[Job],
     queued_total: int,
     promised: Sequence[Promise],
-    job: Job,
     k: int,
     now: float,
-) -> tuple[float, float]:
-    """When job ``k`` of queued + promised starts (ms from now), and the window after
-    it until the next job could start (the new client's own job if none follows)."""
-    seq: list[tuple[float, Job]] = [(0.0, j) for j in queued[: min(queued_total, k + 2)]]
+) -> float:
+    """When job ``k`` of the queued then the promised tasks starts, in ms from now."""
+    seq: list[tuple[float, Job]] = [(0.0, j) for j in queued[: min(queued_total, k + 1)]]
     for p in sorted(promised, key=lambda p: p.ready):
-        if len(seq) >= k + 2:
+        if len(seq) > k:
             break
         seq.append((max(0.0, (p.ready - now) * 1000), p.job))
     if k > HORIZON:  # far beyond the horizon: the simulated jobs' mean pace
         starts = _starts(replicas, seq[: HORIZON + 1], now)
         assert starts is not None
-        return starts[HORIZON] * k / HORIZON, 0.0
+        return starts[HORIZON] * k / HORIZON
     starts = _starts(replicas, seq[: k + 1], now)
     assert starts is not None
-    place = starts[k]
-    nxt = seq[k + 1] if k + 1 < len(seq) else (place, job)
-    more = _starts(replicas, [*seq[: k + 1], (max(nxt[0], place), nxt[1])], now)
-    assert more is not None
-    return place, more[-1] - place
+    return starts[k]
 
 
 def retry_turn(
@@ -196,11 +190,9 @@ def retry_turn(
         renewals = renewing.renewals + 1
         ahead = [p for p in promised if p.ready < renewing.ready]
     k = queued_total + len(ahead) - capacity  # its place opens when job k starts
-    place, window = (
-        (0.0, 0.0) if k < 0 else _place(replicas, queued, queued_total, ahead, job, k, now)
-    )
+    place = 0.0 if k < 0 else _place(replicas, queued, queued_total, ahead, k, now)
     margin = min(MAX_MARGIN, RETRY_MARGIN * 2**renewals)
-    told = max(MIN_RETRY_MS, (1.0 + margin) * place + window / 2)
+    told = max(MIN_RETRY_MS, (1.0 + margin) * place)
     at = now + told / 1000
     taken = sorted(p.at for p in promised)
     if renewing is None and taken:

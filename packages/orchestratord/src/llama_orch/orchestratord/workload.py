@@ -303,7 +303,7 @@ class Workload:
             )
             assert turn is not None
             book.add(turn[0])
-            _log.debug(
+            _log.debug(  # ORCH-1976
                 "retry turn: told %.0f ms, place opens in %.0f ms (renewal %d); queued %d,"
                 " promised %d, replicas %s",
                 turn[1], (turn[0].ready - now) * 1000, turn[0].renewals, len(pool.queue),

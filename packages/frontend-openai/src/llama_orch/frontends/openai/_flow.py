@@ -104,7 +104,7 @@ class Facade:
             # places (ORCH-1970..1976), the same for every API (ORCH-9111)
             delay = exc.retry_after_ms or 1000
             status, headers = retry_headers(delay)
-            sent = int(headers["retry-after-ms"])
+            sent = int(headers["retry-after-ms"])  # ORCH-9260: what the client was told
             _log.info(
                 "%s request refused (%s): retry after %d ms (predicted wait %d ms)",
                 self.api, exc.code.value, sent, delay,
