@@ -13,6 +13,7 @@ from llama_orch.core.backoff import (
     MAX_PROMISE_S,
     MIN_GAP_MS,
     MIN_RETRY_MS,
+    RENEWAL_GROWTH,
     RETRY_MARGIN,
     Promise,
     PromiseBook,
@@ -69,10 +70,10 @@ def test_a_free_place_is_told_the_minimum():
     assert turn is not None and turn[1] == MIN_RETRY_MS
 
 
-def test_a_client_refused_again_at_its_turn_keeps_its_place_and_doubles_its_margin():
+def test_a_client_refused_again_at_its_turn_keeps_its_place_and_widens_its_margin():
     """ORCH-1971/1973: the engine ran slower than forecast; the first client comes back
     at its time and is refused again: it is renewed ahead of the clients promised after
-    it, with twice the margin, instead of going behind all of them."""
+    it, with four times the margin, instead of going behind all of them."""
     book = PromiseBook()
     queued = [Job(7, 96)]
     first = [_refuse(book, [_load(2, (3000.0, 5000.0))], queued, 1, SHORT, 0.0) for _ in range(4)]
@@ -81,7 +82,7 @@ def test_a_client_refused_again_at_its_turn_keeps_its_place_and_doubles_its_marg
     renewed, told = _refuse(book, slower, queued, 1, SHORT, back)
     assert renewed.renewals == 1
     assert renewed.ready == pytest.approx(back + 2.0)  # the queued task starts in 2 s
-    assert told >= (1 + 2 * RETRY_MARGIN) * 2000.0
+    assert told >= (1 + RENEWAL_GROWTH * RETRY_MARGIN) * 2000.0
     # its place is the next to open (no promise counted ahead of it); a new client
     # refused now goes behind the three promised after it
     later = [p for p, _ in first[1:]]

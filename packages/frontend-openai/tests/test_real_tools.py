@@ -218,6 +218,7 @@ async def test_sdk_retries_obey_retry_after_on_real_llama_server(
     sleep the SDK took between a 429 and its retry (server timestamps) is the
     retry-after-ms it was sent, within 20 %."""
     caplog.set_level(logging.DEBUG, logger="llama_orch.frontends.openai")
+    caplog.set_level(logging.DEBUG, logger="llama_orch.orchestratord")  # retry turns
     d = await start_daemon(_config(smollm2_server, key, queue_capacity=1))
     client = openai.AsyncOpenAI(base_url=d.base, api_key=key)
     assert client.max_retries == 2  # the SDK's default, not raised
@@ -261,7 +262,13 @@ async def test_sdk_retries_obey_retry_after_on_real_llama_server(
             elif hasattr(r, "retry_after_ms"):
                 seen[cid].append(("429", r.created, r.retry_after_ms))
     trace = {c: [(k, round(at % 1000, 3), w) for k, at, w in ev] for c, ev in seen.items()}
-    assert set(results) <= {"stop", "length"}, (results, trace)
+    if not set(results) <= {"stop", "length"}:  # the whole story: every call, every turn
+        turns = [
+            f"{r.created % 1000:.3f} {r.getMessage()}"
+            for r in caplog.records
+            if r.getMessage().startswith("retry turn")
+        ]
+        pytest.fail("\n".join([repr(results), *map(repr, sorted(trace.items())), *turns]))
     assert sorted(seen) == [f"call-{i}" for i in range(8)]
     # the burst met a full pool: its first request was refused (later ones may find
     # a place a blocker just left on a fast machine)

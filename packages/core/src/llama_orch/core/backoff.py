@@ -23,8 +23,10 @@ clients never race for one place.
 
 A client refused again when it comes back at its promised time (a refusal
 while a promise is due) was promised too early: its new promise keeps its
-place in line, ahead of the clients promised after it, with the margin
-doubled (:data:`RETRY_MARGIN` x 2^renewals, at most :data:`MAX_MARGIN`).
+place in line, ahead of the clients promised after it, with a larger margin
+(:data:`RETRY_MARGIN` x :data:`RENEWAL_GROWTH`^renewals, at most
+:data:`MAX_MARGIN`): its first forecast was wrong, so the next one is trusted
+less.
 Without that it would go behind every later promise, and a whole burst told
 too early would be told to wait past the SDKs' bound.
 
@@ -47,6 +49,7 @@ __all__ = [
     "MAX_PROMISE_S",
     "MIN_GAP_MS",
     "MIN_RETRY_MS",
+    "RENEWAL_GROWTH",
     "RETRY_MARGIN",
     "Promise",
     "PromiseBook",
@@ -54,7 +57,8 @@ __all__ = [
 ]
 
 RETRY_MARGIN = 0.5  # a first forecast up to a third too short still finds the place open
-MAX_MARGIN = 2.0  # renewals double the margin up to this (x3)
+MAX_MARGIN = 4.0  # renewals quadruple the margin up to this (told 5x the place)
+RENEWAL_GROWTH = 4.0  # a client refused again was promised too early: much more margin
 MIN_GAP_MS = 100.0  # between two promised returns: one place, one client
 MIN_RETRY_MS = 100.0  # never tell a client to come back sooner (ORCH-1957)
 MAX_PROMISE_S = 60.0  # the longest wait a client is told (the SDKs' bound, ORCH-9111)
@@ -179,7 +183,7 @@ def retry_turn(
     ``HORIZON + 2``); ``queued_total``: how many are queued; ``promised``: the
     outstanding promises (:meth:`PromiseBook.outstanding`); ``renewing``: the
     due promise of this client if it is back (:meth:`PromiseBook.take_due`):
-    it keeps its place in line and its margin doubles (ORCH-1973). The
+    it keeps its place in line and its margin grows (ORCH-1973). The
     promise's ``at`` is capped at :data:`MAX_PROMISE_S`; the delay is not.
     """
     if not replicas:
@@ -191,15 +195,15 @@ def retry_turn(
         ahead = [p for p in promised if p.ready < renewing.ready]
     k = queued_total + len(ahead) - capacity  # its place opens when job k starts
     place = 0.0 if k < 0 else _place(replicas, queued, queued_total, ahead, k, now)
-    margin = min(MAX_MARGIN, RETRY_MARGIN * 2**renewals)
+    margin = min(MAX_MARGIN, RETRY_MARGIN * RENEWAL_GROWTH**renewals)
     told = max(MIN_RETRY_MS, (1.0 + margin) * place)
     at = now + told / 1000
     taken = sorted(p.at for p in promised)
     if renewing is None and taken:
         at = max(at, taken[-1] + MIN_GAP_MS / 1000)  # a burst's turns in order
-    else:  # between the others' turns, never racing one of them
-        for t in taken:
-            if abs(t - at) < MIN_GAP_MS / 1000:
+    else:
+        for t in taken:  # between the others' turns, never racing one of them
+            if abs(t - at) < MIN_GAP_MS / 1000 - 1e-6:
                 at = t + MIN_GAP_MS / 1000
     told = (at - now) * 1000
     kept = min(at, now + MAX_PROMISE_S)
