@@ -12,6 +12,7 @@ from llama_orch.core.backoff import (
     DUE_LATE_S,
     MAX_PROMISE_S,
     MIN_GAP_MS,
+    MIN_RENEWAL_MS,
     MIN_RETRY_MS,
     RENEWAL_GROWTH,
     RETRY_MARGIN,
@@ -83,6 +84,9 @@ def test_a_client_refused_again_at_its_turn_keeps_its_place_and_widens_its_margi
     assert renewed.renewals == 1
     assert renewed.ready == pytest.approx(back + 2.0)  # the queued task starts in 2 s
     assert told >= (1 + RENEWAL_GROWTH * RETRY_MARGIN) * 2000.0
+    # a renewal is never told less than a second, however close its place
+    soon = _refuse(book, [_load(2, (50.0, 60.0))], queued, 1, SHORT, renewed.at + 0.01)
+    assert soon[0].renewals == 2 and soon[1] >= MIN_RENEWAL_MS
     # its place is the next to open (no promise counted ahead of it); a new client
     # refused now goes behind the three promised after it
     later = [p for p, _ in first[1:]]

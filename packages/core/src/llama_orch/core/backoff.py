@@ -48,6 +48,7 @@ __all__ = [
     "MAX_MARGIN",
     "MAX_PROMISE_S",
     "MIN_GAP_MS",
+    "MIN_RENEWAL_MS",
     "MIN_RETRY_MS",
     "RENEWAL_GROWTH",
     "RETRY_MARGIN",
@@ -61,6 +62,7 @@ MAX_MARGIN = 4.0  # renewals quadruple the margin up to this (told 5x the place)
 RENEWAL_GROWTH = 4.0  # a client refused again was promised too early: much more margin
 MIN_GAP_MS = 100.0  # between two promised returns: one place, one client
 MIN_RETRY_MS = 100.0  # never tell a client to come back sooner (ORCH-1957)
+MIN_RENEWAL_MS = 1000.0  # a renewal: sub-second forecasts already proved too short
 MAX_PROMISE_S = 60.0  # the longest wait a client is told (the SDKs' bound, ORCH-9111)
 DUE_EARLY_S = 0.01  # clients come back after their time, never before (timer slack)
 DUE_LATE_S = 1.0  # ... or this much after it (event-loop and network latency)
@@ -196,7 +198,8 @@ def retry_turn(
     k = queued_total + len(ahead) - capacity  # its place opens when job k starts
     place = 0.0 if k < 0 else _place(replicas, queued, queued_total, ahead, k, now)
     margin = min(MAX_MARGIN, RETRY_MARGIN * RENEWAL_GROWTH**renewals)
-    told = max(MIN_RETRY_MS, (1.0 + margin) * place)
+    floor = MIN_RENEWAL_MS if renewals else MIN_RETRY_MS
+    told = max(floor, (1.0 + margin) * place)
     at = now + told / 1000
     taken = sorted(p.at for p in promised)
     if renewing is None and taken:
