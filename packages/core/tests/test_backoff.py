@@ -1,26 +1,28 @@
-"""Retry turns as promises (ORCH-1970..1975) and the live pace of running tasks (ORCH-1977)."""
+"""Retry reservations (ORCH-1970..1976, ORCH-1978..1984) and the live pace of running
+tasks (ORCH-1977)."""
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_orch.core.backoff import (
-    DUE_LATE_S,
+    DUE_EARLY_S,
+    GRACE_FRACTION,
+    GRACE_S,
     MAX_PROMISE_S,
     MIN_GAP_MS,
-    MIN_RENEWAL_MS,
     MIN_RETRY_MS,
-    RENEWAL_GROWTH,
-    RETRY_MARGIN,
-    Promise,
-    PromiseBook,
+    Reservation,
+    ReservationBook,
+    reservation,
     retry_turn,
 )
+from llama_orch.core.errors import AdmissionRejected
 from llama_orch.core.eta import Job, ReplicaLoad, live_pace, replica_pace, simulate
+from llama_orch.core.queue import AdmissionQueue
 from llama_orch.core.servicetime import Prior, ServiceModel
 
 SHORT = Job(38, 4)
@@ -33,91 +35,72 @@ def _load(slots: int = 2, running: tuple[float, ...] = (), pace: float = 1.0) ->
     return ReplicaLoad(model, slots, list(running), pace)
 
 
-def _refuse(book: PromiseBook, loads, queued, capacity, job, now) -> tuple[Promise, float]:
+def _refuse(
+    book: ReservationBook, loads, queued, capacity, job, now, key="k"
+) -> tuple[Reservation, float]:
     """What orchestratord does on a refusal by a full queue (Workload.retry_after_ms)."""
-    renewing = book.take_due(now)
-    turn = retry_turn(
-        loads, queued, len(queued), book.outstanding(now), job, capacity, now, renewing=renewing
-    )
+    turn = retry_turn(loads, queued, len(queued), book.outstanding(now), job, capacity, now)
     assert turn is not None
-    book.add(turn[0])
-    return turn
+    place, told = turn
+    r = reservation(key, now + place / 1000, now + told / 1000, now, job)
+    book.add(r)
+    return r, told
 
 
 def test_a_burst_is_spread_over_the_places_that_open():
-    """ORCH-1970/1972: capacity 1, 2 slots busy for 3 s and 5 s, one 96-token task
+    """ORCH-1970/1972/1973: capacity 1, 2 slots busy for 3 s and 5 s, one 96-token task
     queued: the first refused client's place opens when the queued task starts (3 s),
     the next one's when the first client's task starts on the other slot (5 s), and
-    each later one a short task after that, not all at the first place."""
+    each later one a short task after that; each is told its own place."""
     loads = [_load(2, (3000.0, 5000.0))]
     queued = [Job(7, 96)]
-    book = PromiseBook()
-    turns = [_refuse(book, loads, queued, 1, SHORT, 100.0) for _ in range(8)]
-    places = [round((p.ready - 100.0) * 1000) for p, _ in turns]
+    book = ReservationBook()
+    turns = [_refuse(book, loads, queued, 1, SHORT, 100.0, f"c{n}") for n in range(8)]
+    places = [round((r.ready - 100.0) * 1000) for r, _ in turns]
     short = loads[0].service_ms(SHORT, 1, 100.0)  # 200 + 3 x 50
     assert places[:2] == [3000, 5000]
     assert places[2:] == [round(5000 + n * short) for n in range(1, 7)]
-    for (p, told), place in zip(turns, places, strict=True):
-        assert told >= (1 + RETRY_MARGIN) * place - 1  # stretched, never early
-        assert math.isclose(p.at, 100.0 + told / 1000)
-    ats = [p.at for p, _ in turns]
-    assert all(b - a >= MIN_GAP_MS / 1000 - 1e-9 for a, b in itertools.pairwise(ats))
+    for (r, told), place in zip(turns, places, strict=True):
+        assert told == pytest.approx(place, abs=1)  # the forecast itself, no stretch
+        assert r.at == pytest.approx(100.0 + told / 1000)
+        assert r.expires == pytest.approx(r.at + GRACE_S + GRACE_FRACTION * told / 1000)
 
 
 def test_a_free_place_is_told_the_minimum():
-    """ORCH-1970: with the queue's places neither taken nor promised, come back at once."""
+    """ORCH-1970: with the queue's places neither taken nor reserved, come back at once."""
     loads = [_load(1, (1000.0,))]
-    turn = retry_turn(loads, [], 0, [], SHORT, 1, 0.0)
-    assert turn is not None and turn[1] == MIN_RETRY_MS
+    assert retry_turn(loads, [], 0, [], SHORT, 1, 0.0) == (0.0, MIN_RETRY_MS)
 
 
-def test_a_client_refused_again_at_its_turn_keeps_its_place_and_widens_its_margin():
-    """ORCH-1971/1973: the engine ran slower than forecast; the first client comes back
-    at its time and is refused again: it is renewed ahead of the clients promised after
-    it, with four times the margin, instead of going behind all of them."""
-    book = PromiseBook()
-    queued = [Job(7, 96)]
-    first = [_refuse(book, [_load(2, (3000.0, 5000.0))], queued, 1, SHORT, 0.0) for _ in range(4)]
-    back = first[0][0].at + 0.05
-    slower = [_load(2, (2000.0, 4000.0))]  # the blockers are still running
-    renewed, told = _refuse(book, slower, queued, 1, SHORT, back)
-    assert renewed.renewals == 1
-    assert renewed.ready == pytest.approx(back + 2.0)  # the queued task starts in 2 s
-    assert told >= (1 + RENEWAL_GROWTH * RETRY_MARGIN) * 2000.0
-    # a renewal is never told less than a second, however close its place
-    soon = _refuse(book, [_load(2, (50.0, 60.0))], queued, 1, SHORT, renewed.at + 0.01)
-    assert soon[0].renewals == 2 and soon[1] >= MIN_RENEWAL_MS
-    # its place is the next to open (no promise counted ahead of it); a new client
-    # refused now goes behind the three promised after it
-    later = [p for p, _ in first[1:]]
-    assert all(abs(renewed.at - p.at) >= MIN_GAP_MS / 1000 - 1e-9 for p in later)
-    fresh, _ = _refuse(book, slower, queued, 1, SHORT, back + 0.001)
-    assert fresh.renewals == 0 and fresh.ready > renewed.ready + 3 * 0.35 - 1e-9
-
-
-def test_a_returning_client_that_is_admitted_consumes_its_promise():
-    """ORCH-1971: an admission at a promise's time is its client back."""
-    book = PromiseBook()
-    p = Promise(1.0, 2.0, SHORT)
-    book.add(p)
-    assert book.take_due(1.5) is None  # not yet its time
-    assert book.outstanding(1.5) == [p]
-    assert book.take_due(2.2) == p
+def test_places_are_held_from_their_opening_and_given_to_their_own_client():
+    """ORCH-1980/1981: a place counts as held once it opens (as forecast) until its
+    client is back or its grace ends; its own client does not count its own place,
+    and is due from its time on (timer slack), not before."""
+    book = ReservationBook()
+    a = reservation("a", 1.0, 2.0, 0.0, SHORT)
+    b = reservation("b", 3.0, 3.5, 0.0, SHORT)
+    book.add(a)
+    book.add(b)
+    assert book.holding(None, 0.5) == (None, 0)  # nothing opened yet
+    assert book.holding(None, 1.5) == (None, 1)  # a's place is open: held for it
+    assert book.holding("a", 1.5) == (a, 0)  # ... but not against a itself
+    assert not a.due(1.5) and a.due(2.0 - DUE_EARLY_S) and a.due(a.expires - 1e-6)
+    assert book.holding("b", 3.2) == (b, 1)
+    book.remove(a)  # a was admitted
+    assert book.holding(None, 3.2) == (None, 1)
+    assert book.outstanding(b.expires) == []  # b never came back: forgotten
     assert len(book) == 0
 
 
-def test_promises_capped_at_the_sdk_bound():
-    """ORCH-1971: a promise holds at most 60 s ahead (the client is told 60 s, ORCH-9111),
-    while the delay returned is the real forecast."""
+def test_a_wait_beyond_the_sdk_bound_is_told_uncapped():
+    """ORCH-1971: the delay returned is the real forecast; the caller caps it at 60 s
+    and reserves nothing beyond (ORCH-9111)."""
     loads = [_load(1, (200_000.0,))]
     turn = retry_turn(loads, [SHORT], 1, [], SHORT, 1, 10.0)
-    assert turn is not None
-    promise, told = turn
-    assert told > MAX_PROMISE_S * 1000
-    assert promise.at == 10.0 + MAX_PROMISE_S and promise.ready <= promise.at
+    assert turn is not None and turn[1] > MAX_PROMISE_S * 1000
 
 
-def test_no_replica_no_promise():
+def test_no_replica_no_turn():
     assert retry_turn([], [SHORT], 1, [], SHORT, 1, 0.0) is None
 
 
@@ -130,7 +113,7 @@ def test_far_beyond_the_horizon_is_extrapolated():
     assert turn is not None
     exact = simulate(loads, queued, 0.0)
     assert exact is not None
-    assert turn[0].ready * 1000 == pytest.approx(exact[1].start_ms, rel=0.05)
+    assert turn[0] == pytest.approx(exact[1].start_ms, rel=0.05)
 
 
 _loads = st.lists(
@@ -146,6 +129,13 @@ _loads = st.lists(
 _jobs = st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 400)), max_size=12)
 
 
+def _replicas(loads) -> list[ReplicaLoad]:
+    return [
+        ReplicaLoad(ServiceModel(Prior(decode_ms_per_token=per), slots=slots), slots, running, pace)
+        for slots, running, pace, per in loads
+    ]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     loads=_loads,
@@ -155,69 +145,113 @@ _jobs = st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 400)), max_size=
     steps=st.lists(st.floats(0, 0.004), min_size=12, max_size=12),
     job=st.tuples(st.integers(0, 2000), st.integers(1, 400)),
 )
-def test_promises_of_a_burst_are_positive_ordered_and_expire(
-    loads, queued, extra, burst, steps, job
-):
+def test_turns_of_a_burst_are_positive_ordered_and_expire(loads, queued, extra, burst, steps, job):
     """ORCH-1975: for any replica loads, queue, capacity and burst: every delay is at
-    least 100 ms; the burst's promises (refusals a few ms apart, none due) come back in
-    order, each at least 100 ms after the one before; none is outstanding after its
-    time and none is kept 1 s after it."""
-    replicas = [
-        ReplicaLoad(ServiceModel(Prior(decode_ms_per_token=per), slots=slots), slots, running, pace)
-        for slots, running, pace, per in loads
-    ]
+    least 100 ms and never before its place opens (as forecast); the burst's turns
+    (refusals a few ms apart) come back in order, each at least 100 ms after the one
+    before; a reservation is forgotten after its grace."""
+    replicas = _replicas(loads)
     jobs = [Job(*j) for j in queued]
     capacity = max(1, len(jobs) - extra) if jobs else 1
-    book = PromiseBook()
+    book = ReservationBook()
     now = 1000.0
-    made: list[Promise] = []
+    made: list[Reservation] = []
     for n in range(burst):
         now += steps[n]
-        assert book.take_due(now) is None  # a burst: nobody is back yet
         turn = retry_turn(
             replicas, jobs, len(jobs), book.outstanding(now), Job(*job), capacity, now
         )
         assert turn is not None
-        promise, told = turn
-        assert told >= MIN_RETRY_MS and promise.at >= now + MIN_RETRY_MS / 1000 - 1e-9
-        assert promise.at <= now + MAX_PROMISE_S + 1e-9
-        if made and promise.at < now + MAX_PROMISE_S - 1e-9:  # not capped (ORCH-1971)
-            assert promise.at - made[-1].at >= MIN_GAP_MS / 1000 - 1e-9
-        book.add(promise)
-        made.append(promise)
+        place, told = turn
+        assert told >= MIN_RETRY_MS and told >= place
+        if made:
+            assert now + told / 1000 - made[-1].at >= MIN_GAP_MS / 1000 - 1e-9
+        if told <= MAX_PROMISE_S * 1000:
+            r = reservation(f"c{n}", now + place / 1000, now + told / 1000, now, Job(*job))
+            book.add(r)
+            made.append(r)
     assert len(book) == len(made)
-    for p in made:  # expiry
-        assert p not in book.outstanding(p.at)
-    last = max(p.at for p in made)
-    book.outstanding(last + DUE_LATE_S + 1e-6)
-    assert len(book) == 0
+    for r in made:
+        assert r.ready <= r.at < r.expires
+    if made:
+        assert book.outstanding(max(r.expires for r in made)) == []
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
+    capacity=st.integers(1, 4),
+    preload=st.integers(0, 4),
     events=st.lists(
-        st.tuples(st.floats(0.0, 30.0), st.booleans(), st.floats(0.1, 120.0)), max_size=40
-    )
+        st.tuples(
+            st.sampled_from(["fresh", "return", "start"]),
+            st.floats(0.0, 3.0),  # time since the previous event
+            st.integers(0, 7),  # which refused client, for "return"
+            st.floats(0.0, 0.9),  # how late within its grace, for "return"
+        ),
+        max_size=40,
+    ),
+    per=st.floats(1.0, 300.0),
 )
-def test_the_book_holds_only_recent_promises(events):
-    """ORCH-1975: refusals and admissions at arbitrary times: the book never holds a
-    promise more than 1 s past its time, nor more promises than were made in the
-    last 61 s, and what it reports outstanding is still to come."""
-    book = PromiseBook()
-    now = 0.0
-    made: list[float] = []  # when each promise was made
-    for gap, admitted, delay in events:
+def test_a_client_back_at_its_time_is_admitted_whatever_the_engines_did(
+    capacity, preload, events, per
+):
+    """ORCH-1982: the admission protocol (ReservationBook.holding, AdmissionQueue.push
+    with ``held``/``redeemed``, retry_turn) driven by arbitrary arrivals, returns and
+    queue starts at arbitrary times (engines of any speed: the forecasts may be
+    arbitrarily wrong): every refused client that comes back with its key between its
+    time and its grace is admitted at once; a first attempt never takes a place held
+    for a refused client (admitted only while queued + held < capacity); the queue
+    exceeds its capacity only by tasks of clients admitted with their reservation."""
+    replicas = [ReplicaLoad(ServiceModel(Prior(decode_ms_per_token=per), slots=1), 1, [1000.0])]
+    queue: AdmissionQueue[str] = AdmissionQueue(capacity)
+    book = ReservationBook()
+    redeemed_queued: set[str] = set()
+    for n in range(min(preload, capacity)):
+        queue.push(f"pre{n}", "interactive")
+    refused: list[Reservation] = []
+    now, seq = 0.0, itertools.count()
+    for kind, gap, who, late in events:
         now += gap
-        if admitted:
-            book.take_due(now)
+        if kind == "start":
+            item = queue.pop()
+            redeemed_queued.discard(item or "")
+            continue
+        if kind == "return":
+            live = [r for r in refused if r in book.outstanding(now)]
+            if not live:
+                continue
+            r = live[who % len(live)]
+            now = max(now, r.at + late * (r.expires - r.at))  # back within its grace
+            key: str | None = r.key
         else:
-            book.take_due(now)
-            at = now + min(delay, MAX_PROMISE_S)
-            book.add(Promise(now, at, SHORT))
-            made.append(now)
-        assert all(p.at > now for p in book.outstanding(now))
-        recent = sum(1 for t in made if t > now - MAX_PROMISE_S - DUE_LATE_S)
-        assert len(book) <= recent
+            key = None  # a first attempt
+        mine, held = book.holding(key, now)
+        name = key or f"fresh{next(seq)}"
+        before = len(queue)
+        try:
+            queue.push(name, "interactive", held=held, redeemed=mine is not None and mine.due(now))
+        except AdmissionRejected:
+            assert kind == "fresh", "a client back at its time was refused"
+            assert before + held >= capacity
+            queued = [SHORT] * len(queue)
+            turn = retry_turn(
+                replicas, queued, len(queue), book.outstanding(now), SHORT, capacity, now
+            )
+            assert turn is not None
+            place, told = turn
+            if told <= MAX_PROMISE_S * 1000:
+                r = reservation(name, now + place / 1000, now + told / 1000, now, SHORT)
+                book.add(r)
+                refused.append(r)
+            continue
+        if kind == "fresh":
+            assert before + held < capacity  # never a held place, never past capacity
+        else:
+            assert mine is not None
+            book.remove(mine)
+            if before >= capacity:
+                redeemed_queued.add(name)
+        assert len(queue) <= capacity + len(redeemed_queued)
 
 
 def test_live_pace_blends_and_counts_stalls():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -10,7 +11,6 @@ import time
 
 import msgspec
 import pytest
-from llama_orch.core.backoff import RETRY_MARGIN
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.sse import SSEParser
@@ -146,15 +146,50 @@ async def test_one_forecast_for_start_backoff_and_deadline(start_orchestrator, m
     assert full.status == 429
     backoff = int(full.headers["X-Backoff-Ms"])
     # room appears when the first queued task starts (its predicted start): that place
-    # is promised to the refused client (ORCH-1970), told stretched by the margin
-    # (ORCH-1973) so that a forecast a third too short still finds it open
-    (promise,) = run.orch.workload.promises["mock"].outstanding(time.monotonic())
-    made = promise.at - backoff / 1000
-    place = (promise.ready - made) * 1000
+    # is reserved for the refused client (ORCH-1970, ORCH-1979) and told as forecast
+    (kept,) = run.orch.workload.reservations["mock"].outstanding(time.monotonic())
+    made = kept.at - backoff / 1000
+    place = (kept.ready - made) * 1000
     assert abs(place - a["predicted_start_ms"]) <= max(150, 0.5 * a["predicted_start_ms"])
-    assert (1 + RETRY_MARGIN) * place <= backoff + 1
+    assert abs(backoff - place) <= 2
     pool = run.orch.pools["mock"]
     assert run.orch.workload.retry_after_ms(pool) >= 100
+
+
+async def test_a_refused_client_back_at_its_time_is_admitted_past_a_full_queue(
+    start_orchestrator, mock_config
+):
+    """ORCH-1979..1981 through OrchQueue v1: the engine hangs (the forecast is wrong by
+    any factor): a client refused by the full queue that resubmits the same request
+    early is told the time left and keeps its place; back at its time it is admitted
+    although the queue is still full; a different request is refused meanwhile and
+    gets a later place of its own."""
+    cfg = mock_config(
+        admission={"queue_capacity": 1},
+        adapter_options={"token_delay_ms": 5, "fail": "hang_after:3"},
+    )
+    run = await start_orchestrator(cfg)
+    pool = run.orch.pools["mock"]
+    running = await _tid(run, max_tokens=50)  # hangs on the only slot
+    queued = await _tid(run, max_tokens=20)
+    refused = await run.submit(max_tokens=10, prompt="mine")
+    assert refused.status == 429
+    told = int(refused.headers["X-Backoff-Ms"])
+    t0 = time.monotonic()
+    early = await run.submit(max_tokens=10, prompt="mine")  # the same request, too soon
+    assert early.status == 429 and int(early.headers["X-Backoff-Ms"]) <= told
+    other = await run.submit(max_tokens=10, prompt="another")  # a different one
+    assert other.status == 429 and int(other.headers["X-Backoff-Ms"]) >= told + 100
+    assert len(run.orch.workload.reservations["mock"].outstanding(time.monotonic())) == 2
+    await asyncio.sleep(max(0.0, told / 1000 - (time.monotonic() - t0)))
+    assert len(pool.queue) == 1  # still full: the engine hangs
+    back = await run.submit(max_tokens=10, prompt="mine")
+    assert back.status == 202, await back.text()
+    assert len(pool.queue) == 2  # past capacity, by the redeemed reservation only
+    again = await run.submit(max_tokens=10, prompt="mine")  # used: a new refusal
+    assert again.status == 429
+    for tid in (running, queued, (await back.json())["task_id"]):
+        run.orch.cancel(tid)
 
 
 async def test_self_test_decode_seeds_the_engine_prior(start_orchestrator, mock_config):

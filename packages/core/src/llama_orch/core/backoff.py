@@ -1,41 +1,37 @@
-"""Retry turns: when each client refused by a full queue should come back (ORCH-1970..1976).
+"""Retry turns: when each client refused by a full queue comes back, and the place
+kept for it until then (ORCH-1970..1976, ORCH-1978..1984).
 
 A full queue gains one place each time a queued task starts. If every client
 refused in a burst were told the same delay (when the *next* place opens),
 they would all come back together, one would take the place and the others
 would be refused again: with an SDK's two retries, a burst of eight fails.
 
-So each refusal is a **promise**: the client is told to come back when a place
-will be free *for it*, after the places already promised to the clients
-refused before it. :func:`retry_turn` forecasts that with the same
-service-time simulation as every other prediction (:mod:`llama_orch.core.eta`):
-the queued tasks, then the promised clients' tasks (each released no earlier
-than its place opens), run on the replicas' slots in serving order; with
-``capacity`` places, the new client's place opens when the task ``capacity``
-places ahead of it starts. :class:`PromiseBook` keeps a pool's promises.
+So each refusal is a **reservation**: the client is told to come back when a
+place will be free *for it*, after the places already reserved for the clients
+refused before it, and that place is kept for it. :func:`retry_turn` forecasts
+the place with the same service-time simulation as every other prediction
+(:mod:`llama_orch.core.eta`): the queued tasks, then the reserved clients'
+tasks (each released no earlier than its place opens), run on the replicas'
+slots in serving order; with ``capacity`` places, the new client's place opens
+when the task ``capacity`` places ahead of it starts.
 
-The delay told is the forecast stretched by a margin: a forecast that is
-early by up to the margin (a slower engine than modelled) still brings the
-client back after its place opened, and stretching every promise of a burst
-by the same factor keeps their order.
-Successive promises are at least :data:`MIN_GAP_MS` apart, so that two
-clients never race for one place.
+A forecast can be wrong (engines slow down on shared cores while a burst
+waits); a reservation does not depend on it. :class:`ReservationBook` keeps a
+pool's reservations by the key of the refused request (its idempotency key,
+else a digest of its tenant and body: a retry resends the same request). A
+request that comes back with its key from its time on is admitted even if the
+queue is still full (the queue then exceeds its capacity by the reservations
+redeemed before their place opened); one that comes back early is told the time
+left and keeps its reservation. A fresh request meets a full queue when the
+queued tasks plus the reservations whose place has opened (:meth:`held`) fill it.
 
-A client refused again when it comes back at its promised time (a refusal
-while a promise is due) was promised too early: its new promise keeps its
-place in line, ahead of the clients promised after it, with a larger margin
-(:data:`RETRY_MARGIN` x :data:`RENEWAL_GROWTH`^renewals, at most
-:data:`MAX_MARGIN`): its first forecast was wrong, so the next one is trusted
-less.
-Without that it would go behind every later promise, and a whole burst told
-too early would be told to wait past the SDKs' bound.
-
-Pure code: the caller passes ``now`` (monotonic seconds) and the forecasts' inputs.
+Successive reservations are told at least :data:`MIN_GAP_MS` apart, so their
+clients come back in order. Pure code: the caller passes ``now`` (monotonic
+seconds) and the forecasts' inputs.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -44,77 +40,95 @@ from .eta import Job, ReplicaLoad
 
 __all__ = [
     "DUE_EARLY_S",
-    "DUE_LATE_S",
-    "MAX_MARGIN",
+    "GRACE_FRACTION",
+    "GRACE_S",
+    "HORIZON",
     "MAX_PROMISE_S",
     "MIN_GAP_MS",
-    "MIN_RENEWAL_MS",
     "MIN_RETRY_MS",
-    "RENEWAL_GROWTH",
-    "RETRY_MARGIN",
-    "Promise",
-    "PromiseBook",
+    "Reservation",
+    "ReservationBook",
+    "reservation",
     "retry_turn",
 ]
 
-RETRY_MARGIN = 0.5  # a first forecast up to a third too short still finds the place open
-MAX_MARGIN = 4.0  # renewals quadruple the margin up to this (told 5x the place)
-RENEWAL_GROWTH = 4.0  # a client refused again was promised too early: much more margin
-MIN_GAP_MS = 100.0  # between two promised returns: one place, one client
+MIN_GAP_MS = 100.0  # between two told returns: one place, one client
 MIN_RETRY_MS = 100.0  # never tell a client to come back sooner (ORCH-1957)
-MIN_RENEWAL_MS = 1000.0  # a renewal: sub-second forecasts already proved too short
 MAX_PROMISE_S = 60.0  # the longest wait a client is told (the SDKs' bound, ORCH-9111)
-DUE_EARLY_S = 0.01  # clients come back after their time, never before (timer slack)
-DUE_LATE_S = 1.0  # ... or this much after it (event-loop and network latency)
+DUE_EARLY_S = 0.05  # a return this much before its time is its return (timer slack)
+GRACE_S = 2.0  # a reservation waits this long for its client after its time ...
+GRACE_FRACTION = 0.25  # ... plus this share of the delay it was told (a loaded client)
 HORIZON = 256  # jobs simulated exactly; beyond, the simulated mean pace (ORCH-1957)
 
 
-class Promise(NamedTuple):
-    """A refused client's turn, in monotonic seconds."""
+class Reservation(NamedTuple):
+    """A place kept for a refused client, in monotonic seconds."""
 
+    key: str  # the refused request's key (ORCH-1979)
     ready: float  # when its place opens, as forecast
-    at: float  # when it was told to come back (later than ``ready``)
+    at: float  # when its client was told to come back (not before ``ready``)
+    expires: float  # forgotten if its client is not back by then
     job: Job  # the task it will submit
-    renewals: int = 0  # how many times this client was refused again at its turn
+
+    def due(self, now: float) -> bool:
+        """Its client is back in time (``DUE_EARLY_S`` of timer slack)."""
+        return self.at - DUE_EARLY_S <= now < self.expires
 
 
-class PromiseBook:
-    """The promises of one pool (ORCH-1971).
+def reservation(key: str, ready: float, at: float, made: float, job: Job) -> Reservation:
+    """A reservation told at ``made`` to come back at ``at``, with its grace (ORCH-1980)."""
+    return Reservation(key, ready, at, at + GRACE_S + GRACE_FRACTION * (at - made), job)
 
-    A promise holds a place until the time its client was told (``at``, at
-    most :data:`MAX_PROMISE_S` ahead): then the client is back (queued, or
-    refused again) or gone. A refusal within ``[at - DUE_EARLY_S, at +
-    DUE_LATE_S]`` of a promise is taken as its client back (:meth:`take_due`);
-    a promise nobody came back for is forgotten ``DUE_LATE_S`` after its time.
+
+class ReservationBook:
+    """The reservations of one pool (ORCH-1979..1981).
+
+    Keyed by the refused request's key; a key may hold several (identical
+    requests are interchangeable), redeemed earliest first.
     """
 
     def __init__(self) -> None:
-        self._by_at: list[Promise] = []  # sorted by ``at``
+        self._all: list[Reservation] = []  # in the order made (non-decreasing ``at``)
 
     def _expire(self, now: float) -> None:
-        cut = bisect.bisect_left(self._by_at, now - DUE_LATE_S, key=lambda p: p.at)
-        del self._by_at[:cut]
+        if any(r.expires <= now for r in self._all):
+            self._all = [r for r in self._all if r.expires > now]
 
-    def outstanding(self, now: float) -> list[Promise]:
-        """Promises whose time has not come at ``now``, earliest first."""
+    def outstanding(self, now: float) -> list[Reservation]:
+        """Reservations not redeemed nor expired at ``now``, by the time told."""
         self._expire(now)
-        return [p for p in self._by_at if p.at > now]
+        return sorted(self._all, key=lambda r: r.at)
 
-    def take_due(self, now: float) -> Promise | None:
-        """The earliest promise due at ``now`` (its client is back), removed."""
+    def held(self, now: float) -> int:
+        """How many places are kept now: reservations whose place has opened (as
+        forecast) and whose client is not back yet (ORCH-1981)."""
         self._expire(now)
-        for i, p in enumerate(self._by_at):
-            if p.at > now + DUE_EARLY_S:
-                break
-            del self._by_at[i]
-            return p
-        return None
+        return sum(1 for r in self._all if r.ready <= now)
 
-    def add(self, promise: Promise) -> None:
-        bisect.insort(self._by_at, promise, key=lambda p: p.at)
+    def find(self, key: str, now: float) -> Reservation | None:
+        """The earliest outstanding reservation of ``key``, left in the book."""
+        self._expire(now)
+        return min((r for r in self._all if r.key == key), key=lambda r: r.at, default=None)
+
+    def holding(self, key: str | None, now: float) -> tuple[Reservation | None, int]:
+        """What admission asks before it queues a request of ``key`` (None: a first
+        attempt, ORCH-1979): its client's earliest reservation, and how many places
+        are held for the others (ORCH-1980, ORCH-1981). The request is admitted
+        past a full queue if its reservation is :meth:`Reservation.due`; otherwise
+        the queue is full when its queued tasks plus the places held fill it."""
+        mine = self.find(key, now) if key is not None else None
+        held = self.held(now) - (1 if mine is not None and mine.ready <= now else 0)
+        return mine, held
+
+    def add(self, r: Reservation) -> None:
+        self._all.append(r)
+
+    def remove(self, r: Reservation) -> None:
+        """Its client was admitted (ORCH-1980)."""
+        self._all.remove(r)
 
     def __len__(self) -> int:
-        return len(self._by_at)
+        return len(self._all)
 
 
 def _starts(
@@ -148,16 +162,16 @@ def _place(
     replicas: Sequence[ReplicaLoad],
     queued: Sequence[Job],
     queued_total: int,
-    promised: Sequence[Promise],
+    reserved: Sequence[Reservation],
     k: int,
     now: float,
 ) -> float:
-    """When job ``k`` of the queued then the promised tasks starts, in ms from now."""
+    """When job ``k`` of the queued then the reserved tasks starts, in ms from now."""
     seq: list[tuple[float, Job]] = [(0.0, j) for j in queued[: min(queued_total, k + 1)]]
-    for p in sorted(promised, key=lambda p: p.ready):
+    for r in sorted(reserved, key=lambda r: r.ready):
         if len(seq) > k:
             break
-        seq.append((max(0.0, (p.ready - now) * 1000), p.job))
+        seq.append((max(0.0, (r.ready - now) * 1000), r.job))
     if k > HORIZON:  # far beyond the horizon: the simulated jobs' mean pace
         starts = _starts(replicas, seq[: HORIZON + 1], now)
         assert starts is not None
@@ -171,43 +185,28 @@ def retry_turn(
     replicas: Sequence[ReplicaLoad],
     queued: Sequence[Job],
     queued_total: int,
-    promised: Sequence[Promise],
+    reserved: Sequence[Reservation],
     job: Job,
     capacity: int,
     now: float,
-    *,
-    renewing: Promise | None = None,
-) -> tuple[Promise, float] | None:
-    """The promise for a client refused now by a queue of ``capacity`` places, and
-    the delay to tell it in ms (ORCH-1972); None with no Ready replica.
+) -> tuple[float, float] | None:
+    """When the place of a client refused now by a queue of ``capacity`` places
+    opens and when to tell it to come back, both in ms from now (ORCH-1972,
+    ORCH-1973); None with no Ready replica.
 
     ``queued``: the queued tasks in serving order (at least the first
-    ``HORIZON + 2``); ``queued_total``: how many are queued; ``promised``: the
-    outstanding promises (:meth:`PromiseBook.outstanding`); ``renewing``: the
-    due promise of this client if it is back (:meth:`PromiseBook.take_due`):
-    it keeps its place in line and its margin grows (ORCH-1973). The
-    promise's ``at`` is capped at :data:`MAX_PROMISE_S`; the delay is not.
+    ``HORIZON + 2``); ``queued_total``: how many are queued; ``reserved``: the
+    outstanding reservations (:meth:`ReservationBook.outstanding`). The delay
+    is the forecast place, at least :data:`MIN_RETRY_MS` and :data:`MIN_GAP_MS`
+    after the last reservation told; it is not capped (the caller caps at
+    :data:`MAX_PROMISE_S` and does not reserve beyond it).
     """
     if not replicas:
         return None
-    renewals = 0
-    ahead = list(promised)
-    if renewing is not None:
-        renewals = renewing.renewals + 1
-        ahead = [p for p in promised if p.ready < renewing.ready]
-    k = queued_total + len(ahead) - capacity  # its place opens when job k starts
-    place = 0.0 if k < 0 else _place(replicas, queued, queued_total, ahead, k, now)
-    margin = min(MAX_MARGIN, RETRY_MARGIN * RENEWAL_GROWTH**renewals)
-    floor = MIN_RENEWAL_MS if renewals else MIN_RETRY_MS
-    told = max(floor, (1.0 + margin) * place)
-    at = now + told / 1000
-    taken = sorted(p.at for p in promised)
-    if renewing is None and taken:
-        at = max(at, taken[-1] + MIN_GAP_MS / 1000)  # a burst's turns in order
-    else:
-        for t in taken:  # between the others' turns, never racing one of them
-            if abs(t - at) < MIN_GAP_MS / 1000 - 1e-6:
-                at = t + MIN_GAP_MS / 1000
-    told = (at - now) * 1000
-    kept = min(at, now + MAX_PROMISE_S)
-    return Promise(min(now + place / 1000, kept), kept, job, renewals), told
+    k = queued_total + len(reserved) - capacity  # its place opens when job k starts
+    place = 0.0 if k < 0 else _place(replicas, queued, queued_total, reserved, k, now)
+    told = max(MIN_RETRY_MS, place)
+    if reserved:  # a burst's turns in order, one place per client
+        last = max(r.at for r in reserved)
+        told = max(told, (last - now) * 1000 + MIN_GAP_MS)
+    return place, told

@@ -9,6 +9,8 @@ max_tokens ≤ ctx → session turn budget → queue push (full policy).
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -248,12 +250,24 @@ class Admission:
         self.accepting = True  # False from the start of shutdown
 
     async def submit(
-        self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
+        self,
+        body: bytes,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        api: str = "orchqueue",
+        idempotency_key: str | None = None,
+        attempt: int | None = None,
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
         OrchError that explains why not. ``api``: the API it came through, a label
-        of the admission counters (ORCH-9220)."""
+        of the admission counters (ORCH-9220). The request's key for retry
+        reservations (ORCH-1979) is a digest of tenant, API and its
+        ``idempotency_key`` if the client sent one, else its body; ``attempt``: the
+        client's retry count if it sends one (0: a first attempt, which redeems no
+        reservation)."""
         pool: Pool | None = None
+        ident = body if idempotency_key is None else b"\0key\0" + idempotency_key.encode()
+        key = hashlib.blake2b(f"{tenant}\0{api}\0".encode() + ident, digest_size=16).hexdigest()
         submitted_ns = time.time_ns()
         try:
             if not self.accepting:
@@ -313,14 +327,20 @@ class Admission:
                 correlation_id=CORRELATION_ID.get(),
                 api=api,
             )
+            # ORCH-1980/1981: a client back with its reservation is admitted; places
+            # held for the others count as taken (kept by this instance: not with a store)
+            mine, held = (None, 0)
+            if self.state is None:
+                mine, held = self.workload.holding(pool, None if attempt == 0 else key, now)
             try:
                 if self.state is not None:  # ORCH-2522: admitted at the store
                     rec.queue_position = await self.state.submit(rec)
                     displaced = []
                 else:
                     displaced = pool.queue.push(
-                        rec, req.priority, tenant=tenant, deadline=rec.deadline
-                    )
+                        rec, req.priority, tenant=tenant, deadline=rec.deadline,
+                        held=held, redeemed=mine is not None and mine.due(now),
+                    )  # fmt: skip
             except StoreUnavailable:  # ORCH-2551: not admitted (store down, or withdrawn)
                 if sid is not None:
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
@@ -328,12 +348,18 @@ class Admission:
             except AdmissionRejected as exc:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
-                if self.state is None or exc.retry_after_ms is None:  # a bucket's own wait
-                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job)  # ORCH-1957, 1972
+                if mine is not None:  # back early: the time left, the place still kept
+                    exc.retry_after_ms = max(100, math.ceil((mine.at - now) * 1000))
+                elif self.state is None:  # ORCH-1957, ORCH-1972: a place of its own
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key)
+                elif exc.retry_after_ms is None:  # else a bucket's own wait
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job)
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 backpressure(self.metrics, pool)
                 raise
+            if mine is not None:
+                self.workload.release(pool, mine)  # ORCH-1980: used
             displace(self.metrics, pool, displaced, rec.priority)
             if self.tasks.get(rec.task_id) is None:  # a store dispatcher may have run it already
                 self.tasks.add(rec)
@@ -355,7 +381,6 @@ class Admission:
         )
         if self.state is None:
             rec.queue_position = pool.queue.position(rec)
-        self.workload.admitted(pool)  # ORCH-1971: a promised client is back
         forecast = self.workload.predicted(pool, rec)  # ORCH-1957
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         pool.wakeup.set()

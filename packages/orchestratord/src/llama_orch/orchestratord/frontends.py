@@ -156,6 +156,8 @@ class FrontendHost:
         api: str,
         json_schema: dict[str, Any] | None = None,
         logprobs: int | None = None,
+        idempotency_key: str | None = None,
+        attempt: int | None = None,
     ) -> TaskRecord:
         """Admit ``req`` exactly as ``POST /v1/tasks`` would, or raise its OrchError
         (counted as rejected by the daemon). ``api`` labels the admission counters
@@ -164,8 +166,15 @@ class FrontendHost:
         ``json_schema`` and ``logprobs`` are engine fields OrchQueue v1 does not
         carry (ORCH-9104): they join the engine request right after admission,
         before the dispatcher can run (no await in between). The caller checked
-        the pool's capabilities (:meth:`capabilities`)."""
-        accepted = await self.orch.submit(_encoder.encode(req), tenant, api=api)
+        the pool's capabilities (:meth:`capabilities`).
+
+        ``idempotency_key`` and ``attempt``: the client's idempotency key and retry
+        count, if it sends them, for the retry reservations (ORCH-1979); without a
+        key the request is known by a digest of its tenant, API and task."""
+        body = _encoder.encode(req)
+        accepted = await self.orch.submit(
+            body, tenant, api=api, idempotency_key=idempotency_key, attempt=attempt
+        )
         rec = self.orch.tasks.get(accepted.task_id)
         assert rec is not None  # added in the same step, nothing evicts an active task
         if json_schema is not None or logprobs is not None:

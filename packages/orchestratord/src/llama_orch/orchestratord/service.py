@@ -237,10 +237,19 @@ class Orchestrator:
     # ------------------------------------------------------------------ the facade
 
     async def submit(
-        self, body: bytes, tenant: str = DEFAULT_TENANT, *, api: str = "orchqueue"
+        self,
+        body: bytes,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        api: str = "orchqueue",
+        idempotency_key: str | None = None,
+        attempt: int | None = None,
     ) -> TaskAccepted:
-        """Admit one task of ``tenant`` or raise the OrchError that says why not."""
-        return await self.admission.submit(body, tenant, api=api)
+        """Admit one task of ``tenant`` or raise the OrchError that says why not
+        (``idempotency_key``, ``attempt``: for retry reservations, ORCH-1979)."""
+        return await self.admission.submit(
+            body, tenant, api=api, idempotency_key=idempotency_key, attempt=attempt
+        )
 
     def budget_headers(self, task_id: str) -> dict[str, str]:
         """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""

@@ -17,7 +17,14 @@ import math
 import time
 from collections.abc import Iterator
 
-from llama_orch.core.backoff import HORIZON, PromiseBook, retry_turn
+from llama_orch.core.backoff import (
+    HORIZON,
+    MAX_PROMISE_S,
+    Reservation,
+    ReservationBook,
+    reservation,
+    retry_turn,
+)
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import DeadlineUnmet
 from llama_orch.core.eta import (
@@ -74,8 +81,8 @@ class Workload:
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
-        # Return times promised to refused clients, per pool (ORCH-1971).
-        self.promises: dict[str, PromiseBook] = {}
+        # Places kept for clients refused by a full queue, per pool (ORCH-1979).
+        self.reservations: dict[str, ReservationBook] = {}
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         self.running.setdefault((pool_id, replica_id), set()).add(rec)
@@ -268,23 +275,31 @@ class Workload:
             slot = Slot(slot.start_ms + shift, slot.finish_ms + shift, slot.replica)
         return slot
 
-    def admitted(self, pool: Pool) -> None:
-        """A task was admitted: if a promise of ``pool`` is due, its client is back
-        and its promise is kept (ORCH-1971)."""
-        book = self.promises.get(pool.id)
-        if book is not None:
-            book.take_due(time.monotonic())
+    def holding(self, pool: Pool, key: str | None, now: float) -> tuple[Reservation | None, int]:
+        """The earliest reservation of ``key`` in ``pool`` (None if it holds none or
+        ``key`` is None) and how many places are held now for the other refused
+        clients (ORCH-1980, ORCH-1981)."""
+        book = self.reservations.get(pool.id)
+        return (None, 0) if book is None else book.holding(key, now)
 
-    def retry_after_ms(self, pool: Pool, job: Job | None = None) -> int:
+    def release(self, pool: Pool, kept: Reservation) -> None:
+        """Its client was admitted: the reservation is used (ORCH-1980)."""
+        book = self.reservations.get(pool.id)
+        if book is not None and kept in book.outstanding(time.monotonic()):
+            book.remove(kept)
+
+    def retry_after_ms(self, pool: Pool, job: Job | None = None, key: str | None = None) -> int:
         """The delay told to a client refused by ``pool`` (ORCH-1957, ORCH-1970..1976).
 
-        Refused by a full queue: a promise (:func:`~llama_orch.core.backoff.retry_turn`)
-        of the place that opens for it after the places already promised to the
-        clients refused before it, recorded in the pool's book; ``job`` is the
-        refused task's size (the last queued task's if unknown). Refused while the
-        queue has room (a quota): when the first queued task starts, or the next
-        slot frees. At least 100 ms. Every refusal path (OrchQueue v1 and the
-        OpenAI-compatible API's ``retry-after-ms``) calls this.
+        Refused by a full queue (its queued tasks and held places, ORCH-1981): when
+        the place that opens for it after the places reserved for the clients
+        refused before it opens (:func:`~llama_orch.core.backoff.retry_turn`); with
+        ``key`` (the refused request's, ORCH-1979) that place is reserved for it if
+        it is at most 60 s ahead. ``job`` is the refused task's size (the last
+        queued task's if unknown). Refused while the queue has room (a quota): when
+        the first queued task starts, or the next slot frees. At least 100 ms.
+        Every refusal path (OrchQueue v1 and the OpenAI-compatible API's
+        ``retry-after-ms``) calls this.
         """
         now = time.monotonic()
         loads = self.loads(pool, now)
@@ -292,26 +307,29 @@ class Workload:
             return 1000
         capacity = pool.queue.capacity
         queued = [job_of(t) for t in itertools.islice(pool.queue, HORIZON + 2)]
-        if len(pool.queue) >= capacity:  # only a full queue refuses while it has room
-            book = self.promises.setdefault(pool.id, PromiseBook())
-            renewing = book.take_due(now)  # a client back at its turn, refused again
-            promised = book.outstanding(now)
+        book = self.reservations.get(pool.id)
+        held = book.held(now) if book is not None else 0
+        if len(pool.queue) + held >= capacity:  # only a full queue refuses while it has room
+            book = self.reservations.setdefault(pool.id, ReservationBook())
+            reserved = book.outstanding(now)
             if job is None:
                 job = queued[-1] if queued else Job(0, 1)
-            turn = retry_turn(
-                loads, queued, len(pool.queue), promised, job, capacity, now, renewing=renewing
-            )
+            turn = retry_turn(loads, queued, len(pool.queue), reserved, job, capacity, now)
             assert turn is not None
-            book.add(turn[0])
+            place, told = turn
+            kept = key is not None and told <= MAX_PROMISE_S * 1000
+            if kept:
+                assert key is not None
+                book.add(reservation(key, now + place / 1000, now + told / 1000, now, job))
             _log.debug(  # ORCH-1976
-                "retry turn: told %.0f ms, place opens in %.0f ms (renewal %d); queued %d,"
-                " promised %d, replicas %s",
-                turn[1], (turn[0].ready - now) * 1000, turn[0].renewals, len(pool.queue),
-                len(promised),
+                "retry turn: told %.0f ms, place opens in %.0f ms (%s); queued %d,"
+                " reserved %d (held %d), replicas %s",
+                told, place, "reserved" if kept else "not reserved", len(pool.queue),
+                len(reserved), held,
                 [(round(r.pace, 2), [round(x) for x in r.running_ms]) for r in loads],
                 extra={"pool_id": pool.id},
             )  # fmt: skip
-            return max(100, math.ceil(turn[1]))
+            return max(100, math.ceil(told))
         if not queued:
             # full for another reason (quota): the next slot to free
             ms = min(

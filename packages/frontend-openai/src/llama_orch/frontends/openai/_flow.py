@@ -145,8 +145,17 @@ class Facade:
         )
         engine = engine or EngineFields()
         return await self.host.submit(
-            req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs
-        )
+            req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs,
+            idempotency_key=request.headers.get("idempotency-key"), attempt=retry_count(request),
+        )  # fmt: skip
+
+
+def retry_count(request: Request) -> int | None:
+    """How many times the client retried this request, if it says (the official
+    SDKs send ``x-stainless-retry-count``): 0 marks a first attempt, which redeems
+    no retry reservation (ORCH-1979)."""
+    raw = request.headers.get("x-stainless-retry-count", "")
+    return int(raw) if raw.isdigit() else None
 
 
 class Backgrounds:
