@@ -15,6 +15,7 @@ from llama_orch.core.backoff import (
     MAX_PROMISE_S,
     MIN_GAP_MS,
     MIN_RETRY_MS,
+    RESERVE_HORIZON_S,
     Reservation,
     ReservationBook,
     reservation,
@@ -92,12 +93,15 @@ def test_places_are_held_from_their_opening_and_given_to_their_own_client():
     assert len(book) == 0
 
 
-def test_a_wait_beyond_the_sdk_bound_is_told_uncapped():
-    """ORCH-1971: the delay returned is the real forecast; the caller caps it at 60 s
-    and reserves nothing beyond (ORCH-9111)."""
-    loads = [_load(1, (200_000.0,))]
+def test_a_wait_beyond_the_sdk_bound_is_told_uncapped_and_reserved_at_the_cap():
+    """ORCH-1971/1984: the delay returned is the real forecast (the caller caps what it
+    tells at 60 s, ORCH-9111); a place up to 120 s ahead is reserved with its client
+    back at 60 s, who then waits the rest in the queue."""
+    loads = [_load(1, (90_000.0,))]
     turn = retry_turn(loads, [SHORT], 1, [], SHORT, 1, 10.0)
     assert turn is not None and turn[1] > MAX_PROMISE_S * 1000
+    r = reservation("k", 10.0 + turn[0] / 1000, 10.0 + turn[1] / 1000, 10.0, SHORT)
+    assert r.at == 10.0 + MAX_PROMISE_S < r.ready
 
 
 def test_no_replica_no_turn():
@@ -164,15 +168,18 @@ def test_turns_of_a_burst_are_positive_ordered_and_expire(loads, queued, extra, 
         assert turn is not None
         place, told = turn
         assert told >= MIN_RETRY_MS and told >= place
-        if made:
+        if made and told < MAX_PROMISE_S * 1000:  # below the cap: in order, apart
             assert now + told / 1000 - made[-1].at >= MIN_GAP_MS / 1000 - 1e-9
-        if told <= MAX_PROMISE_S * 1000:
+        if place <= RESERVE_HORIZON_S * 1000:
             r = reservation(f"c{n}", now + place / 1000, now + told / 1000, now, Job(*job))
             book.add(r)
             made.append(r)
     assert len(book) == len(made)
-    for r in made:
-        assert r.ready <= r.at < r.expires
+    for r in made:  # told when the place opens, or the most a client can be told
+        assert r.ready <= r.at + 1e-9 or r.at == pytest.approx(
+            r.expires - GRACE_S - GRACE_FRACTION * MAX_PROMISE_S
+        )
+        assert r.at < r.expires
     if made:
         assert book.outstanding(max(r.expires for r in made)) == []
 
@@ -239,7 +246,7 @@ def test_a_client_back_at_its_time_is_admitted_whatever_the_engines_did(
             )
             assert turn is not None
             place, told = turn
-            if told <= MAX_PROMISE_S * 1000:
+            if place <= RESERVE_HORIZON_S * 1000:
                 r = reservation(name, now + place / 1000, now + told / 1000, now, SHORT)
                 book.add(r)
                 refused.append(r)

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_PROMISE_S",
     "MIN_GAP_MS",
     "MIN_RETRY_MS",
+    "RESERVE_HORIZON_S",
     "Reservation",
     "ReservationBook",
     "reservation",
@@ -55,6 +56,9 @@ __all__ = [
 MIN_GAP_MS = 100.0  # between two told returns: one place, one client
 MIN_RETRY_MS = 100.0  # never tell a client to come back sooner (ORCH-1957)
 MAX_PROMISE_S = 60.0  # the longest wait a client is told (the SDKs' bound, ORCH-9111)
+# Places forecast up to this far ahead are reserved; a client whose place is beyond
+# MAX_PROMISE_S is told MAX_PROMISE_S and waits the rest in the queue (ORCH-1984).
+RESERVE_HORIZON_S = 2 * MAX_PROMISE_S
 DUE_EARLY_S = 0.05  # a return this much before its time is its return (timer slack)
 GRACE_S = 2.0  # a reservation waits this long for its client after its time ...
 GRACE_FRACTION = 0.25  # ... plus this share of the delay it was told (a loaded client)
@@ -76,7 +80,9 @@ class Reservation(NamedTuple):
 
 
 def reservation(key: str, ready: float, at: float, made: float, job: Job) -> Reservation:
-    """A reservation told at ``made`` to come back at ``at``, with its grace (ORCH-1980)."""
+    """A reservation made at ``made`` for a place opening at ``ready``, its client told
+    to come back at ``at`` (capped at :data:`MAX_PROMISE_S`), with its grace (ORCH-1980)."""
+    at = min(at, made + MAX_PROMISE_S)
     return Reservation(key, ready, at, at + GRACE_S + GRACE_FRACTION * (at - made), job)
 
 
@@ -198,8 +204,8 @@ def retry_turn(
     ``HORIZON + 2``); ``queued_total``: how many are queued; ``reserved``: the
     outstanding reservations (:meth:`ReservationBook.outstanding`). The delay
     is the forecast place, at least :data:`MIN_RETRY_MS` and :data:`MIN_GAP_MS`
-    after the last reservation told; it is not capped (the caller caps at
-    :data:`MAX_PROMISE_S` and does not reserve beyond it).
+    after the last reservation told; it is not capped (the caller tells at most
+    :data:`MAX_PROMISE_S` and reserves nothing beyond :data:`RESERVE_HORIZON_S`).
     """
     if not replicas:
         return None

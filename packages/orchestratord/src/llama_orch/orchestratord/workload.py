@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from llama_orch.core.backoff import (
     HORIZON,
-    MAX_PROMISE_S,
+    RESERVE_HORIZON_S,
     Reservation,
     ReservationBook,
     reservation,
@@ -295,7 +295,8 @@ class Workload:
         the place that opens for it after the places reserved for the clients
         refused before it opens (:func:`~llama_orch.core.backoff.retry_turn`); with
         ``key`` (the refused request's, ORCH-1979) that place is reserved for it if
-        it is at most 60 s ahead. ``job`` is the refused task's size (the last
+        it is at most 120 s ahead (its client, told at most 60 s, waits the rest in
+        the queue, ORCH-1984). ``job`` is the refused task's size (the last
         queued task's if unknown). Refused while the queue has room (a quota): when
         the first queued task starts, or the next slot frees. At least 100 ms.
         Every refusal path (OrchQueue v1 and the OpenAI-compatible API's
@@ -317,7 +318,7 @@ class Workload:
             turn = retry_turn(loads, queued, len(pool.queue), reserved, job, capacity, now)
             assert turn is not None
             place, told = turn
-            kept = key is not None and told <= MAX_PROMISE_S * 1000
+            kept = key is not None and place <= RESERVE_HORIZON_S * 1000  # ORCH-1984
             if kept:
                 assert key is not None
                 book.add(reservation(key, now + place / 1000, now + told / 1000, now, job))
