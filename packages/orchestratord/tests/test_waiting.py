@@ -159,7 +159,7 @@ async def test_one_forecast_for_start_backoff_and_deadline(start_orchestrator, m
 async def test_a_refused_client_back_at_its_time_is_admitted_past_a_full_queue(
     start_orchestrator, mock_config
 ):
-    """ORCH-1979..1981 through OrchQueue v1: the engine hangs (the forecast is wrong by
+    """ORCH-1974, ORCH-1978..1981 through OrchQueue v1: the engine hangs (the forecast is wrong by
     any factor): a client refused by the full queue that resubmits the same request
     early is told the time left and keeps its place; back at its time it is admitted
     although the queue is still full; a different request is refused meanwhile and

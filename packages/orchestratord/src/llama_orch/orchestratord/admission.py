@@ -348,7 +348,7 @@ class Admission:
             except AdmissionRejected as exc:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
-                if mine is not None:  # back early: the time left, the place still kept
+                if mine is not None:  # ORCH-1974: back early: the time left, place kept
                     exc.retry_after_ms = max(100, math.ceil((mine.at - now) * 1000))
                 elif self.state is None:  # ORCH-1957, ORCH-1972: a place of its own
                     exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key)
