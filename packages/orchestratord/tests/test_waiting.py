@@ -180,7 +180,11 @@ async def test_a_refused_client_back_at_its_time_is_admitted_past_a_full_queue(
     assert early.status == 429 and int(early.headers["X-Backoff-Ms"]) <= told
     other = await run.submit(max_tokens=10, prompt="another")  # a different one
     assert other.status == 429 and int(other.headers["X-Backoff-Ms"]) >= told + 100
-    assert len(run.orch.workload.reservations["mock"].outstanding(time.monotonic())) == 2
+    book = run.orch.workload.reservations["mock"]
+    assert len(book.outstanding(time.monotonic())) == 2
+    # a quota's refusal (not a full queue) waits for the tenant: no turn, no place
+    assert run.orch.workload.retry_after_ms(pool) < told
+    assert len(book.outstanding(time.monotonic())) == 2
     await asyncio.sleep(max(0.0, told / 1000 - (time.monotonic() - t0)))
     assert len(pool.queue) == 1  # still full: the engine hangs
     back = await run.submit(max_tokens=10, prompt="mine")

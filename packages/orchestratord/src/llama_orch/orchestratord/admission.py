@@ -351,7 +351,7 @@ class Admission:
                 if mine is not None:  # ORCH-1974: back early: the time left, place kept
                     exc.retry_after_ms = max(100, math.ceil((mine.at - now) * 1000))
                 elif self.state is None:  # ORCH-1957, ORCH-1972: a place of its own
-                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key)
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key, full=True)
                 elif exc.retry_after_ms is None:  # else a bucket's own wait
                     exc.retry_after_ms = self.workload.retry_after_ms(pool, job)
                 exc.pool_id, exc.engine = pool.id, pool.engine

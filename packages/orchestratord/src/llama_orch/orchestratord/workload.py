@@ -288,10 +288,12 @@ class Workload:
         if book is not None and kept in book.outstanding(time.monotonic()):
             book.remove(kept)
 
-    def retry_after_ms(self, pool: Pool, job: Job | None = None, key: str | None = None) -> int:
+    def retry_after_ms(
+        self, pool: Pool, job: Job | None = None, key: str | None = None, *, full: bool = False
+    ) -> int:
         """The delay told to a client refused by ``pool`` (ORCH-1957, ORCH-1970..1976).
 
-        Refused by a full queue (its queued tasks and held places, ORCH-1981): when
+        Refused by a full queue (``full``: its queued tasks and held places, ORCH-1981): when
         the place that opens for it after the places reserved for the clients
         refused before it opens (:func:`~llama_orch.core.backoff.retry_turn`); with
         ``key`` (the refused request's, ORCH-1979) that place is reserved for it if
@@ -308,10 +310,9 @@ class Workload:
             return 1000
         capacity = pool.queue.capacity
         queued = [job_of(t) for t in itertools.islice(pool.queue, HORIZON + 2)]
-        book = self.reservations.get(pool.id)
-        held = book.held(now) if book is not None else 0
-        if len(pool.queue) + held >= capacity:  # only a full queue refuses while it has room
+        if full:  # not a quota's refusal: that waits for the tenant, not for a place
             book = self.reservations.setdefault(pool.id, ReservationBook())
+            held = book.held(now)
             reserved = book.outstanding(now)
             if job is None:
                 job = queued[-1] if queued else Job(0, 1)
