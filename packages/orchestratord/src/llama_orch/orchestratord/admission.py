@@ -260,14 +260,18 @@ class Admission:
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
         OrchError that explains why not. ``api``: the API it came through, a label
-        of the admission counters (ORCH-9220). The request's key for retry
-        reservations (ORCH-1979) is a digest of tenant, API and its
-        ``idempotency_key`` if the client sent one, else its body; ``attempt``: the
-        client's retry count if it sends one (0: a first attempt, which redeems no
-        reservation)."""
+        of the admission counters (ORCH-9220). A request identifies its retries
+        (ORCH-1979) with ``idempotency_key`` (the ``Idempotency-Key`` header) or
+        ``attempt`` (the client's retry count, the official SDKs'
+        ``x-stainless-retry-count``; 0: a first attempt, which redeems no
+        reservation); its key is then a digest of tenant, API and the idempotency
+        key, else its body. Only identified requests get retry reservations."""
         pool: Pool | None = None
-        ident = body if idempotency_key is None else b"\0key\0" + idempotency_key.encode()
-        key = hashlib.blake2b(f"{tenant}\0{api}\0".encode() + ident, digest_size=16).hexdigest()
+        key: str | None = None
+        if idempotency_key is not None or attempt is not None:
+            ident = body if idempotency_key is None else b"\0key\0" + idempotency_key.encode()
+            scope = f"{tenant}\0{api}\0".encode()
+            key = hashlib.blake2b(scope + ident, digest_size=16).hexdigest()
         submitted_ns = time.time_ns()
         try:
             if not self.accepting:
@@ -350,8 +354,9 @@ class Admission:
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
                 if mine is not None:  # ORCH-1974: back early: the time left, place kept
                     exc.retry_after_ms = max(100, math.ceil((mine.at - now) * 1000))
-                elif self.state is None:  # ORCH-1957, ORCH-1972: a place of its own
-                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key, full=True)
+                elif self.state is None:  # ORCH-1970, ORCH-1978: a place of its own
+                    full = key is not None  # an anonymous client: the first place to open
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key, full=full)
                 elif exc.retry_after_ms is None:  # else a bucket's own wait
                     exc.retry_after_ms = self.workload.retry_after_ms(pool, job)
                 exc.pool_id, exc.engine = pool.id, pool.engine

@@ -293,14 +293,16 @@ class Workload:
     ) -> int:
         """The delay told to a client refused by ``pool`` (ORCH-1957, ORCH-1970..1976).
 
-        Refused by a full queue (``full``: its queued tasks and held places, ORCH-1981): when
+        Refused by a full queue (``full``: its queued tasks and held places, ORCH-1981)
+        with its retries identified (ORCH-1979): when
         the place that opens for it after the places reserved for the clients
         refused before it opens (:func:`~llama_orch.core.backoff.retry_turn`); with
         ``key`` (the refused request's, ORCH-1979) that place is reserved for it if
         it is at most 120 s ahead (its client, told at most 60 s, waits the rest in
         the queue, ORCH-1984). ``job`` is the refused task's size (the last
-        queued task's if unknown). Refused while the queue has room (a quota): when
-        the first queued task starts, or the next slot frees. At least 100 ms.
+        queued task's if unknown). Otherwise (a quota, or a client that did not
+        identify its retries): when the first queued task starts, or the next slot
+        frees. At least 100 ms.
         Every refusal path (OrchQueue v1 and the OpenAI-compatible API's
         ``retry-after-ms``) calls this.
         """
