@@ -333,9 +333,9 @@ class Admission:
             )
             # ORCH-1980/1981: a client back with its reservation is admitted; places
             # held for the others count as taken (kept by this instance: not with a store)
-            mine, held = (None, 0)
+            mine, held, back = None, 0, time.monotonic()  # after any awaits above
             if self.state is None:
-                mine, held = self.workload.holding(pool, None if attempt == 0 else key, now)
+                mine, held = self.workload.holding(pool, None if attempt == 0 else key, back)
             try:
                 if self.state is not None:  # ORCH-2522: admitted at the store
                     rec.queue_position = await self.state.submit(rec)
@@ -343,7 +343,7 @@ class Admission:
                 else:
                     displaced = pool.queue.push(
                         rec, req.priority, tenant=tenant, deadline=rec.deadline,
-                        held=held, redeemed=mine is not None and mine.due(now),
+                        held=held, redeemed=mine is not None and mine.due(back),
                     )  # fmt: skip
             except StoreUnavailable:  # ORCH-2551: not admitted (store down, or withdrawn)
                 if sid is not None:
@@ -353,7 +353,7 @@ class Admission:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
                 if mine is not None:  # ORCH-1974: back early: the time left, place kept
-                    exc.retry_after_ms = max(100, math.ceil((mine.at - now) * 1000))
+                    exc.retry_after_ms = max(100, math.ceil((mine.at - back) * 1000))
                 elif self.state is None:  # ORCH-1970, ORCH-1978: a place of its own
                     full = key is not None  # an anonymous client: the first place to open
                     exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key, full=full)

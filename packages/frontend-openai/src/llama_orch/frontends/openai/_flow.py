@@ -100,8 +100,8 @@ class Facade:
         headers: dict[str, str] = {}
         status = exc.status_code
         if is_retry_later(exc):
-            # the daemon's own backoff: a full queue's refusals are promised successive
-            # places (ORCH-1970..1976), the same for every API (ORCH-9111)
+            # the daemon's own backoff: a full queue's refusals are told reserved turns
+            # (ORCH-1970..1984), the same for every API (ORCH-9111)
             delay = exc.retry_after_ms or 1000
             status, headers = retry_headers(delay)
             sent = int(headers["retry-after-ms"])  # ORCH-9260: what the client was told
