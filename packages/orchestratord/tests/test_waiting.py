@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -148,6 +149,61 @@ async def test_one_forecast_for_start_backoff_and_deadline(start_orchestrator, m
     assert abs(backoff - a["predicted_start_ms"]) <= max(150, 0.5 * a["predicted_start_ms"])
     pool = run.orch.pools["mock"]
     assert run.orch.workload.retry_after_ms(pool) >= 100
+
+
+async def test_a_refused_client_back_at_its_time_is_admitted_past_a_full_queue(
+    start_orchestrator, mock_config
+):
+    """ORCH-1974, ORCH-1978..1981 through OrchQueue v1: the engine hangs (the forecast
+    is wrong by any factor): a client refused by the full queue that resubmits with the
+    same Idempotency-Key early is told the time left and keeps its place; back at its
+    time it is admitted although the queue is still full; a different request is
+    refused meanwhile and gets a later place of its own; a client that does not
+    identify its retries gets the first place to open and no reservation."""
+    cfg = mock_config(
+        admission={"queue_capacity": 1},
+        adapter_options={"token_delay_ms": 5, "fail": "hang_after:3"},
+    )
+    run = await start_orchestrator(cfg)
+    pool = run.orch.pools["mock"]
+
+    async def submit(idem: str | None, prompt: str):
+        headers = {} if idem is None else {"Idempotency-Key": idem}
+        body = {"max_tokens": 10, "prompt": prompt}
+        resp = await run.http.post(run.url + "/v1/tasks", json=body, headers=headers)
+        await resp.read()
+        return resp
+
+    running = await _tid(run, max_tokens=50)  # hangs on the only slot
+    queued = await _tid(run, max_tokens=20)
+    t_refused = time.monotonic()
+    refused = await submit("mine", "mine")
+    assert refused.status == 429
+    told = int(refused.headers["X-Backoff-Ms"])
+    t0 = time.monotonic()
+    early = await submit("mine", "mine")  # the same request, too soon
+    assert early.status == 429 and int(early.headers["X-Backoff-Ms"]) <= told
+    other = await submit("other", "another")  # a different one
+    assert other.status == 429  # told at least 100 ms after "mine" (ORCH-1973)
+    since = (time.monotonic() - t_refused) * 1000
+    assert int(other.headers["X-Backoff-Ms"]) + since >= told + 100
+    book = run.orch.workload.reservations["mock"]
+    assert len(book.outstanding(time.monotonic())) == 2
+    anonymous = await submit(None, "anonymous")  # the first place to open, none kept
+    assert anonymous.status == 429
+    assert int(anonymous.headers["X-Backoff-Ms"]) < int(other.headers["X-Backoff-Ms"])
+    # nor does a quota's refusal (not a full queue): it waits for the tenant
+    assert run.orch.workload.retry_after_ms(pool) < int(other.headers["X-Backoff-Ms"])
+    assert len(book.outstanding(time.monotonic())) == 2
+    await asyncio.sleep(max(0.0, told / 1000 - (time.monotonic() - t0)))
+    assert len(pool.queue) == 1  # still full: the engine hangs
+    back = await submit("mine", "mine")
+    assert back.status == 202, await back.text()
+    assert len(pool.queue) == 2  # past capacity, by the redeemed reservation only
+    again = await submit("mine", "mine")  # used: a new refusal
+    assert again.status == 429
+    for tid in (running, queued, (await back.json())["task_id"]):
+        run.orch.cancel(tid)
 
 
 async def test_self_test_decode_seeds_the_engine_prior(start_orchestrator, mock_config):

@@ -20,7 +20,18 @@ from typing import NamedTuple
 
 from .servicetime import ServiceModel
 
-__all__ = ["Job", "ReplicaLoad", "Slot", "admits", "best_slot", "simulate"]
+__all__ = [
+    "PACE_BOUNDS",
+    "Job",
+    "Pace",
+    "ReplicaLoad",
+    "Slot",
+    "admits",
+    "best_slot",
+    "live_pace",
+    "replica_pace",
+    "simulate",
+]
 
 
 class Job(NamedTuple):
@@ -38,11 +49,57 @@ class Slot(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ReplicaLoad:
-    """One Ready replica: its model, its slots and the ms left of each running task."""
+    """One Ready replica: its model, its slots, the ms left of each running task and
+    ``pace``, how much slower than its model its running tasks go now (ORCH-1977)."""
 
     model: ServiceModel
     slots: int
     running_ms: Sequence[float]
+    pace: float = 1.0
+
+    def service_ms(self, job: Job, busy: float, now: float) -> float:
+        """The model's service time with its decode at the replica's current pace (the
+        first-token time is the model's: its overhead already learned the load)."""
+        m = self.model
+        decode = max(0, job.tokens_out - 1) * m.decode_ms_per_token(busy, now)
+        return m.ttft_ms(job.tokens_in, now) + self.pace * decode
+
+
+class Pace(NamedTuple):
+    """A running task's decode pace: blended with the model, and measured/modelled."""
+
+    ms_per_token: float
+    ratio: float
+    weight: float  # how much of ``ms_per_token`` is the task's own measure (0..1)
+
+
+PACE_TRUST = 3.0  # token gaps after which a task's own pace counts as much as the model
+PACE_BOUNDS = (0.2, 10.0)  # measured/modelled, clamped
+
+
+def live_pace(model_ms: float, tokens: int, decode_ms: float, since_first_ms: float) -> Pace | None:
+    """The pace of a running task from its own tokens (ORCH-1977): ``tokens`` since
+    its first, ``decode_ms`` from its first to its latest token, ``since_first_ms``
+    from its first token to now (a stall counts: the next token cannot come sooner
+    than now). None before two tokens."""
+    if tokens < 2 or model_ms <= 0:
+        return None
+    gaps = tokens - 1
+    measured = max(decode_ms / gaps, since_first_ms / tokens)
+    lo, hi = PACE_BOUNDS
+    ratio = min(max(measured / model_ms, lo), hi)
+    weight = gaps / (gaps + PACE_TRUST)
+    return Pace(model_ms * (weight * ratio + 1.0 - weight), ratio, weight)
+
+
+def replica_pace(paces: Iterable[Pace]) -> float:
+    """How much slower than modelled a replica runs now: its running tasks' measured
+    ratios, weighted by trust, with the model as one more voice of weight 1."""
+    num, den = 1.0, 1.0
+    for p in paces:
+        num += p.weight * p.ratio
+        den += p.weight
+    return num / den
 
 
 def _run(
@@ -70,7 +127,7 @@ def _run(
 
 def _service(r: ReplicaLoad, free: list[float], k: int, t: float, job: Job, now: float) -> float:
     busy = 1 + sum(1 for j, f in enumerate(free) if j != k and f > t)
-    return r.model.service_ms(job.tokens_in, job.tokens_out, busy, now)
+    return r.service_ms(job, busy, now)
 
 
 def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -> list[Slot] | None:

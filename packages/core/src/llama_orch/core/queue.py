@@ -272,6 +272,8 @@ class AdmissionQueue(Generic[T]):
         tenant: str = DEFAULT_TENANT,
         deadline: float | None = None,
         front: bool = False,
+        held: int = 0,
+        redeemed: bool = False,
     ) -> list[Displaced[T]]:
         """Enqueue ``item``; return what the policy displaced, or raise.
 
@@ -280,6 +282,11 @@ class AdmissionQueue(Generic[T]):
         never refused or displaces anything, so ``capacity`` may be exceeded
         by the tasks put back this way; a later push into a queue at or over
         capacity displaces one task or is refused, so it never grows the excess.
+
+        ``held``: places kept for refused clients whose return is due (ORCH-1981):
+        they count as taken and are never displaced. ``redeemed=True``: such a
+        client is back (ORCH-1980); like ``front`` it is never refused and may
+        exceed ``capacity``, but it queues behind its flow like any arrival.
         """
         band = self._bands.get(priority)
         if band is None:
@@ -287,7 +294,7 @@ class AdmissionQueue(Generic[T]):
         if item in self._entries:
             raise ValueError("item is already queued")
         displaced: list[Displaced[T]] = []
-        if not front and len(self._entries) >= self.capacity:
+        if not (front or redeemed) and len(self._entries) + held >= self.capacity:
             victim = self._victim(band)
             if victim is None:
                 raise AdmissionRejected(

@@ -9,6 +9,8 @@ max_tokens ≤ ctx → session turn budget → queue push (full policy).
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -254,11 +256,23 @@ class Admission:
         *,
         api: str = "orchqueue",
         extra: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        attempt: int | None = None,
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
         OrchError that explains why not. ``api``: the API it came through, a label
-        of the admission counters (ORCH-9220)."""
+        of the admission counters (ORCH-9220). A request identifies its retries
+        (ORCH-1979) with ``idempotency_key`` (the ``Idempotency-Key`` header) or
+        ``attempt`` (the client's retry count, the official SDKs'
+        ``x-stainless-retry-count``; 0: a first attempt, which redeems no
+        reservation); its key is then a digest of tenant, API and the idempotency
+        key, else its body. Only identified requests get retry reservations."""
         pool: Pool | None = None
+        key: str | None = None
+        if idempotency_key is not None or attempt is not None:
+            ident = body if idempotency_key is None else b"\0key\0" + idempotency_key.encode()
+            scope = f"{tenant}\0{api}\0".encode()
+            key = hashlib.blake2b(scope + ident, digest_size=16).hexdigest()
         submitted_ns = time.time_ns()
         try:
             if not self.accepting:
@@ -323,14 +337,20 @@ class Admission:
                 correlation_id=CORRELATION_ID.get(),
                 api=api,
             )
+            # ORCH-1980/1981: a client back with its reservation is admitted; places
+            # held for the others count as taken (kept by this instance: not with a store)
+            mine, held, back = None, 0, time.monotonic()  # after any awaits above
+            if self.state is None:
+                mine, held = self.workload.holding(pool, None if attempt == 0 else key, back)
             try:
                 if self.state is not None:  # ORCH-2522: admitted at the store
                     rec.queue_position = await self.state.submit(rec)
                     displaced = []
                 else:
                     displaced = pool.queue.push(
-                        rec, req.priority, tenant=tenant, deadline=rec.deadline
-                    )
+                        rec, req.priority, tenant=tenant, deadline=rec.deadline,
+                        held=held, redeemed=mine is not None and mine.due(back),
+                    )  # fmt: skip
             except StoreUnavailable:  # ORCH-2551: not admitted (store down, or withdrawn)
                 if sid is not None:
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
@@ -338,12 +358,19 @@ class Admission:
             except AdmissionRejected as exc:
                 if sid is not None:  # not admitted: the turn and its reservation go back
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
-                if self.state is None or exc.retry_after_ms is None:  # a bucket's own wait
-                    exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
+                if mine is not None:  # ORCH-1974: back early: the time left, place kept
+                    exc.retry_after_ms = max(100, math.ceil((mine.at - back) * 1000))
+                elif self.state is None:  # ORCH-1970, ORCH-1978: a place of its own
+                    full = key is not None  # an anonymous client: the first place to open
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job, key, full=full)
+                elif exc.retry_after_ms is None:  # else a bucket's own wait
+                    exc.retry_after_ms = self.workload.retry_after_ms(pool, job)
                 exc.pool_id, exc.engine = pool.id, pool.engine
                 exc.queue_position = len(pool.queue)  # where it would have queued (ORCH-1107)
                 backpressure(self.metrics, pool)
                 raise
+            if mine is not None:
+                self.workload.release(pool, mine)  # ORCH-1980: used
             displace(self.metrics, pool, displaced, rec.priority)
             if self.tasks.get(rec.task_id) is None:  # a store dispatcher may have run it already
                 self.tasks.add(rec)

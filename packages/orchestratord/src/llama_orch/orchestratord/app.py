@@ -185,7 +185,10 @@ async def submit(request: Request) -> Response:
     sse = wants_event_stream(request.headers.get("accept"))  # ORCH-2710
     if sse:
         check_stream_quota(streams, tenant, limits)  # ORCH-2711: before admitting
-    accepted = await orch.submit(body, tenant)
+    # ORCH-1979: a client that names its retries gets a retry reservation
+    accepted = await orch.submit(
+        body, tenant, idempotency_key=request.headers.get("idempotency-key")
+    )
     headers = {"Location": f"/v1/tasks/{accepted.task_id}"}
     headers.update(orch.budget_headers(accepted.task_id))  # ORCH-1405
     headers.update(deprecation_headers())  # ORCH-3334

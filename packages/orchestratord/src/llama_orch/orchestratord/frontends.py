@@ -136,10 +136,6 @@ class FrontendHost:
     def pools(self) -> dict[str, Pool]:
         return self.orch.pools
 
-    def task_turn_ms(self, pool: Pool, max_tokens: int) -> float:
-        """How often a slot of ``pool`` frees for tasks of ``max_tokens`` (ORCH-1957)."""
-        return self.orch.workload.task_turn_ms(pool, max_tokens)
-
     def principal(self, request: Request) -> Principal:
         """The tenant behind ``Authorization: Bearer`` or ``x-api-key`` (ORCH-9102)."""
         if not self._auth.enabled:
@@ -160,6 +156,8 @@ class FrontendHost:
         api: str,
         json_schema: dict[str, Any] | None = None,
         logprobs: int | None = None,
+        idempotency_key: str | None = None,
+        attempt: int | None = None,
     ) -> TaskRecord:
         """Admit ``req`` exactly as ``POST /v1/tasks`` would, or raise its OrchError
         (counted as rejected by the daemon). ``api`` labels the admission counters
@@ -168,13 +166,24 @@ class FrontendHost:
         ``json_schema`` and ``logprobs`` are engine fields OrchQueue v1 does not
         carry (ORCH-9104): they join the engine request right after admission,
         before the dispatcher can run (no await in between). The caller checked
-        the pool's capabilities (:meth:`capabilities`)."""
+        the pool's capabilities (:meth:`capabilities`).
+
+        ``idempotency_key`` and ``attempt``: the client's idempotency key and retry
+        count, if it sends them, for the retry reservations (ORCH-1979); without a
+        key the request is known by a digest of its tenant, API and task."""
         extra = None
         if json_schema is not None or logprobs is not None:
             extra = {"json_schema": json_schema, "logprobs": logprobs}
         # the engine fields are part of the request admission records, so a state
         # store holds them too and any instance runs the task with them (ORCH-2564)
-        accepted = await self.orch.submit(_encoder.encode(req), tenant, api=api, extra=extra)
+        accepted = await self.orch.submit(
+            _encoder.encode(req),
+            tenant,
+            api=api,
+            extra=extra,
+            idempotency_key=idempotency_key,
+            attempt=attempt,
+        )
         rec = self.orch.tasks.get(accepted.task_id)
         assert rec is not None  # added in the same step, nothing evicts an active task
         return rec

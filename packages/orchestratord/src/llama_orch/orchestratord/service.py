@@ -250,10 +250,20 @@ class Orchestrator:
         *,
         api: str = "orchqueue",
         extra: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        attempt: int | None = None,
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` or raise the OrchError that says why not;
-        ``extra``: engine request fields OrchQueue v1 does not carry (a facade's)."""
-        return await self.admission.submit(body, tenant, api=api, extra=extra)
+        ``extra``: engine request fields OrchQueue v1 does not carry (a facade's);
+        ``idempotency_key``, ``attempt``: for retry reservations (ORCH-1979)."""
+        return await self.admission.submit(
+            body,
+            tenant,
+            api=api,
+            extra=extra,
+            idempotency_key=idempotency_key,
+            attempt=attempt,
+        )
 
     def budget_headers(self, task_id: str) -> dict[str, str]:
         """``X-Budget-*`` headers for the 202 of a session task (ORCH-1405)."""

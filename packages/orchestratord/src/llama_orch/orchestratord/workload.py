@@ -17,9 +17,27 @@ import math
 import time
 from collections.abc import Iterator
 
+from llama_orch.core.backoff import (
+    HORIZON,
+    RESERVE_HORIZON_S,
+    Reservation,
+    ReservationBook,
+    reservation,
+    retry_turn,
+)
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import DeadlineUnmet
-from llama_orch.core.eta import Job, ReplicaLoad, Slot, admits, best_slot, simulate
+from llama_orch.core.eta import (
+    PACE_BOUNDS,
+    Job,
+    ReplicaLoad,
+    Slot,
+    admits,
+    best_slot,
+    live_pace,
+    replica_pace,
+    simulate,
+)
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
@@ -73,6 +91,8 @@ class Workload:
         self._models: dict[tuple[str, str], ServiceModel] = {}
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
         self._log_bpt: dict[str, float] = {}  # per pool: log bytes per token (ORCH-1993)
+        # Places kept for clients refused by a full queue, per pool (ORCH-1979).
+        self.reservations: dict[str, ReservationBook] = {}
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         """``rec`` was dispatched to the replica (``rec.dispatched`` is set)."""
@@ -200,16 +220,29 @@ class Workload:
             model = self.model(pool, rid, st.slots)
             running = self.running.get((pool.id, rid), ())
             busy = max(1, len(running))
-            left = []
             per = model.decode_ms_per_token(busy, now)
+            left = []
+            paces = []
             for t in running:
                 ms = tokens_left(t) * per
                 if t.run_first_token is None and t.dispatched is not None:
+                    # ORCH-1977: a first token later than modelled slows its decode alike
                     elapsed = (now - t.dispatched) * 1000
                     ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now)
-                    ms += max(0.0, ttft - elapsed) - per
+                    late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
+                    ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
+                elif t.run_first_token is not None and t.last_token is not None:
+                    pace = live_pace(  # ORCH-1977: the task's own pace so far
+                        per,
+                        t.engine_tokens - t.run_tokens_before,
+                        (t.last_token - t.run_first_token) * 1000,
+                        (now - t.run_first_token) * 1000,
+                    )
+                    if pace is not None:
+                        ms = tokens_left(t) * pace.ms_per_token
+                        paces.append(pace)
                 left.append(max(0.0, ms))
-            out.append(ReplicaLoad(model, st.slots, left))
+            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces)))
         return out
 
     def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
@@ -302,29 +335,65 @@ class Workload:
             slot = Slot(slot.start_ms + shift, slot.finish_ms + shift, slot.replica)
         return slot
 
-    def task_turn_ms(self, pool: Pool, max_tokens: int) -> float:
-        """How often a slot of ``pool`` frees for tasks of ``max_tokens`` at full load:
-        one such task's forecast service time over the pool's Ready slots (ORCH-1957).
-        The OpenAI-compatible API spaces the retry turns it hands out by this."""
-        now = time.monotonic()
-        loads = self.loads(pool, now)
-        slots = sum(r.slots for r in loads)
-        if not slots:
-            return 1000.0
-        service = min(
-            r.model.service_ms(0, max(1, max_tokens), max(1, r.slots), now) for r in loads
-        )
-        return service / slots
+    def holding(self, pool: Pool, key: str | None, now: float) -> tuple[Reservation | None, int]:
+        """The earliest reservation of ``key`` in ``pool`` (None if it holds none or
+        ``key`` is None) and how many places are held now for the other refused
+        clients (ORCH-1980, ORCH-1981)."""
+        book = self.reservations.get(pool.id)
+        return (None, 0) if book is None else book.holding(key, now)
 
-    def retry_after_ms(self, pool: Pool, job: Job | None = None) -> int:
-        """Until a refused client can expect to be admitted: when the first slot frees
-        after everything queued has started, i.e. when the queue gains room, at least
-        100 ms (ORCH-1957). The OpenAI-compatible API calls this for ``retry-after-ms``."""
+    def release(self, pool: Pool, kept: Reservation) -> None:
+        """Its client was admitted: the reservation is used (ORCH-1980)."""
+        book = self.reservations.get(pool.id)
+        if book is not None and kept in book.outstanding(time.monotonic()):
+            book.remove(kept)
+
+    def retry_after_ms(
+        self, pool: Pool, job: Job | None = None, key: str | None = None, *, full: bool = False
+    ) -> int:
+        """The delay told to a client refused by ``pool`` (ORCH-1957, ORCH-1970..1976).
+
+        Refused by a full queue (``full``: its queued tasks and held places, ORCH-1981)
+        with its retries identified (ORCH-1979): when
+        the place that opens for it after the places reserved for the clients
+        refused before it opens (:func:`~llama_orch.core.backoff.retry_turn`); with
+        ``key`` (the refused request's, ORCH-1979) that place is reserved for it if
+        it is at most 120 s ahead (its client, told at most 60 s, waits the rest in
+        the queue, ORCH-1984). ``job`` is the refused task's size (the last
+        queued task's if unknown). Otherwise (a quota, or a client that did not
+        identify its retries): when the first queued task starts, or the next slot
+        frees. At least 100 ms.
+        Every refusal path (OrchQueue v1 and the OpenAI-compatible API's
+        ``retry-after-ms``) calls this.
+        """
         now = time.monotonic()
         loads = self.loads(pool, now)
         if not loads:
             return 1000
-        queued = [job_of(t) for t in pool.queue]
+        capacity = pool.queue.capacity
+        queued = [job_of(t) for t in itertools.islice(pool.queue, HORIZON + 2)]
+        if full:  # not a quota's refusal: that waits for the tenant, not for a place
+            book = self.reservations.setdefault(pool.id, ReservationBook())
+            held = book.held(now)
+            reserved = book.outstanding(now)
+            if job is None:
+                job = queued[-1] if queued else Job(0, 1)
+            turn = retry_turn(loads, queued, len(pool.queue), reserved, job, capacity, now)
+            assert turn is not None
+            place, told = turn
+            kept = key is not None and place <= RESERVE_HORIZON_S * 1000  # ORCH-1984
+            if kept:
+                assert key is not None
+                book.add(reservation(key, now + place / 1000, now + told / 1000, now, job))
+            _log.debug(  # ORCH-1976
+                "retry turn: told %.0f ms, place opens in %.0f ms (%s); queued %d,"
+                " reserved %d (held %d), replicas %s",
+                told, place, "reserved" if kept else "not reserved", len(pool.queue),
+                len(reserved), held,
+                [(round(r.pace, 2), [round(x) for x in r.running_ms]) for r in loads],
+                extra={"pool_id": pool.id},
+            )  # fmt: skip
+            return max(100, math.ceil(told))
         if not queued:
             # full for another reason (quota): the next slot to free
             ms = min(
@@ -332,7 +401,7 @@ class Workload:
                 for r in loads
             )
             return max(100, int(ms))
-        slots = simulate(loads, queued, now)
+        slots = simulate(loads, queued[:1], now)
         assert slots is not None
         return max(100, int(slots[0].start_ms))
 

@@ -13,7 +13,6 @@ from llama_orch.orchestratord.frontends import Frontend, FrontendHost
 from starlette.routing import BaseRoute
 
 from . import _anthropic, _openai, _responses
-from ._common import RetrySchedule
 from ._flow import Backgrounds, Facade, FrontendState
 
 __all__ = ["OpenAIFrontend"]
@@ -31,9 +30,9 @@ class OpenAIFrontend(Frontend):
         openai = _openai.render_error
         host.attach(
             FrontendState(
-                openai=Facade(host, "openai", openai, RetrySchedule()),
-                responses=Facade(host, "openai", openai, RetrySchedule()),
-                anthropic=Facade(host, "anthropic", _anthropic.render_error, RetrySchedule()),
+                openai=Facade(host, "openai", openai),
+                responses=Facade(host, "openai", openai),
+                anthropic=Facade(host, "anthropic", _anthropic.render_error),
                 backgrounds=Backgrounds(host),
             )
         )

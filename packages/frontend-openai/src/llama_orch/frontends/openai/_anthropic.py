@@ -133,7 +133,6 @@ async def messages(request: Request) -> Response:
     host = FrontendHost.of(request)
     facade = host.state(FrontendState).anthropic
     pool: Pool | None = None
-    max_tokens = 1
     facade.received()
     try:
         who = host.principal(request)
@@ -153,7 +152,6 @@ async def messages(request: Request) -> Response:
             {"priority": req.priority, "deadline_ms": req.deadline_ms,
              "session_id": req.session_id},
         )  # fmt: skip
-        max_tokens = req.max_tokens
         fields = {
             "workload": "chat",
             "messages": tools.with_instructions(_messages(req)) if tools else _messages(req),
@@ -168,7 +166,7 @@ async def messages(request: Request) -> Response:
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
-        return facade.orch_error(exc, pool, max_tokens)
+        return facade.orch_error(exc)
     headers = facade.task_headers(rec)
     if req.stream:
         return TaskStreamResponse(_stream(facade, rec, req.model, tools), host, rec, headers)

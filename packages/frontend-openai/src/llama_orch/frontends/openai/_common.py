@@ -8,7 +8,6 @@ import asyncio
 import logging
 import math
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ __all__ = [
     "TASK_ID_HEADER",
     "ApiError",
     "Extras",
-    "RetrySchedule",
     "TaskResponse",
     "TaskStreamResponse",
     "completion_tokens",
@@ -129,29 +127,6 @@ def resolve_model(host: FrontendHost, model: str) -> Pool:
     raise ApiError(
         404, f"The model `{model}` does not exist", param="model", code="model_not_found"
     )
-
-
-class RetrySchedule:
-    """The delay each rejected request is told to wait (ORCH-9111).
-
-    Rejected requests that all came back after the same delay would meet a
-    queue with room for one of them: the others would be rejected again and
-    run out of retries. So each rejection of a pool gets its own turn: the
-    first one half a task after the next slot frees, each later one a task
-    later than the one before, computed from the pool's drain rate.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._last: dict[str, float] = {}
-
-    def delay_ms(self, pool: Pool, turn_ms: float, base_ms: int) -> int:
-        """``turn_ms``: ``Workload.task_turn_ms`` of the refused task's size."""
-        now = self._clock()
-        task_s = turn_ms / 1000
-        turn = max(now + base_ms / 1000 + task_s / 2, self._last.get(pool.id, 0.0) + task_s)
-        self._last[pool.id] = turn
-        return max(1, math.ceil((turn - now) * 1000))
 
 
 def completion_tokens(rec: TaskRecord, end: EndEvent) -> int:

@@ -87,7 +87,7 @@ async def embeddings(request: Request) -> Response:
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
-        return facade.orch_error(exc, pool, 1)
+        return facade.orch_error(exc)
     encode = _b64 if req.encoding_format == "base64" else list
     data: list[dict[str, Any]] = [
         {"object": "embedding", "index": i, "embedding": encode(v)}

@@ -25,7 +25,6 @@ from ._common import (
     TASK_ID_HEADER,
     ApiError,
     Extras,
-    RetrySchedule,
     error_param,
     is_retry_later,
     retry_headers,
@@ -72,7 +71,6 @@ class Facade:
     host: FrontendHost
     api: str  # "openai" | "anthropic": logs and counters
     render: ErrorRenderer
-    schedule: RetrySchedule
 
     def received(self) -> None:
         """A DEBUG line per request: with the refusal lines, an operator (or a test)
@@ -97,30 +95,22 @@ class Facade:
             exc.status, exc.message, exc.param, exc.code, {"x-should-retry": "false"}
         )
 
-    def orch_error(self, exc: OrchError, pool: Pool | None, max_tokens: int) -> Response:
+    def orch_error(self, exc: OrchError) -> Response:
         """An admission refusal, already counted by the daemon, in facade terms."""
         headers: dict[str, str] = {}
         status = exc.status_code
         if is_retry_later(exc):
-            target = self.host.pools.get(exc.pool_id or "") or pool
-            base = exc.retry_after_ms or 1000
-            delay = (
-                self.schedule.delay_ms(target, self.host.task_turn_ms(target, max_tokens), base)
-                if target
-                else base
-            )
+            # the daemon's own backoff: a full queue's refusals are told reserved turns
+            # (ORCH-1970..1984), the same for every API (ORCH-9111)
+            delay = exc.retry_after_ms or 1000
             status, headers = retry_headers(delay)
+            sent = int(headers["retry-after-ms"])  # ORCH-9260: what the client was told
             _log.info(
-                "%s request refused (%s): retry after %d ms",
-                self.api,
-                exc.code.value,
-                delay,
-                extra={
-                    "retry_after_ms": delay,
-                    "api": self.api,
-                    "correlation_id": CORRELATION_ID.get(),
-                },
-            )
+                "%s request refused (%s): retry after %d ms (predicted wait %d ms)",
+                self.api, exc.code.value, sent, delay,
+                extra={"retry_after_ms": sent, "predicted_wait_ms": delay, "api": self.api,
+                       "correlation_id": CORRELATION_ID.get()},
+            )  # fmt: skip
         label = getattr(exc, "policy_label", None)
         if label:  # ORCH-9116: the refusing policy (or quota) by name, as in the task API
             headers[POLICY_LABEL_HEADER] = label
@@ -155,8 +145,17 @@ class Facade:
         )
         engine = engine or EngineFields()
         return await self.host.submit(
-            req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs
-        )
+            req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs,
+            idempotency_key=request.headers.get("idempotency-key"), attempt=retry_count(request),
+        )  # fmt: skip
+
+
+def retry_count(request: Request) -> int | None:
+    """How many times the client retried this request, if it says (the official
+    SDKs send ``x-stainless-retry-count``): 0 marks a first attempt, which redeems
+    no retry reservation (ORCH-1979)."""
+    raw = request.headers.get("x-stainless-retry-count", "")
+    return int(raw) if raw.isdigit() else None
 
 
 class Backgrounds:

@@ -185,7 +185,7 @@ async def models(request: Request) -> Response:
     try:
         host.principal(request)
     except OrchError as exc:
-        return facade.orch_error(exc, None, 1)
+        return facade.orch_error(exc)
     data = [
         {"id": p.id, "object": "model", "created": 0, "owned_by": "llama-orch",
          "llorch_model_ref": p.config.model, "llorch_engine": p.engine}
@@ -197,7 +197,6 @@ async def models(request: Request) -> Response:
 async def generate(request: Request, chat: bool) -> Response:
     host, facade = _api(request)
     pool: Pool | None = None
-    max_tokens = 1
     facade.received()
     try:
         who = host.principal(request)
@@ -243,12 +242,11 @@ async def generate(request: Request, chat: bool) -> Response:
                     )  # fmt: skip
                 prompt = prompt[0]
             fields["prompt"] = prompt
-        max_tokens = fields["max_tokens"] or 1
         rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
-        return facade.orch_error(exc, pool, max_tokens)
+        return facade.orch_error(exc)
     created = int(time.time())
     headers = facade.task_headers(rec)
     if req.stream:

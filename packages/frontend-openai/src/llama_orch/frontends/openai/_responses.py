@@ -261,7 +261,6 @@ async def create(request: Request) -> Response:
     facade, known = state.responses, state.backgrounds
     facade.received()
     pool: Pool | None = None
-    max_tokens = 1
     try:
         who = host.principal(request)
         req = decode_body(
@@ -284,12 +283,11 @@ async def create(request: Request) -> Response:
             "top_p": req.top_p,
             "seed": req.seed,
         }
-        max_tokens = req.max_output_tokens or 1
         rec = await facade.admit(request, pool, extras, who.tenant, fields)
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
-        return facade.orch_error(exc, pool, max_tokens)
+        return facade.orch_error(exc)
     known.add(rec.task_id, req.model, req.background)
     headers = facade.task_headers(rec)
     view = ResponseView(rec, req.model, req.background)
@@ -330,7 +328,7 @@ async def retrieve(request: Request) -> Response:
     except ApiError as exc:
         return facade.render(exc.status, exc.message, exc.param, exc.code, {})
     except OrchError as exc:
-        return facade.orch_error(exc, None, 1)
+        return facade.orch_error(exc)
     model, background = known.get(rec.task_id, rec.pool_id)
     if stream:  # a reader: leaving does not cancel the task (ORCH-9142)
         view = ResponseView(rec, model, background)
@@ -352,7 +350,7 @@ async def cancel(request: Request) -> Response:
     except ApiError as exc:
         return facade.render(exc.status, exc.message, exc.param, exc.code, {})
     except OrchError as exc:
-        return facade.orch_error(exc, None, 1)
+        return facade.orch_error(exc)
     host.cancel(rec)  # ORCH-9143: the task ends canceled, its slot is freed
     view = await _snapshot(host, known, rec)
     return Response(_json.encode(view.body()), media_type="application/json")
