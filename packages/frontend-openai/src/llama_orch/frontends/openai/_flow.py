@@ -31,8 +31,16 @@ from ._common import (
     retry_headers,
 )
 from ._engine import EngineFields
+from ._tools import ToolPlan
 
-__all__ = ["Backgrounds", "ErrorRenderer", "Facade", "FrontendState", "decode_body"]
+__all__ = [
+    "Backgrounds",
+    "ErrorRenderer",
+    "Facade",
+    "FrontendState",
+    "ResponseMeta",
+    "decode_body",
+]
 
 _log = logging.getLogger("llama_orch.frontends.openai")
 POLICY_LABEL_HEADER = "x-llorch-policy-label"
@@ -159,21 +167,35 @@ class Facade:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """What a response was created with beyond its task: the model name it was asked
+    for, ``background``, and the tool plan and ``text.format`` its output items and
+    echo depend on (ORCH-9272, ORCH-9274)."""
+
+    model: str
+    background: bool = False
+    plan: ToolPlan | None = None
+    tools: list[Any] | None = None  # the request's tools and tool_choice, echoed
+    tool_choice: Any = None
+    text_format: dict[str, Any] | None = None
+
+
 class Backgrounds:
-    """Which responses were created with ``background: true`` and for which model,
-    bounded like the task store (a forgotten task is a forgotten response)."""
+    """How each response was created (:class:`ResponseMeta`), bounded like the task
+    store (a forgotten task is a forgotten response)."""
 
     def __init__(self, host: FrontendHost) -> None:
-        self._meta: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        self._meta: OrderedDict[str, ResponseMeta] = OrderedDict()
         self._host = host
 
-    def add(self, task_id: str, model: str, background: bool) -> None:
-        self._meta[task_id] = (model, background)
+    def add(self, task_id: str, meta: ResponseMeta) -> None:
+        self._meta[task_id] = meta
         while len(self._meta) > self._host.orch.config.admission.max_retained_tasks:
             self._meta.popitem(last=False)
 
-    def get(self, task_id: str, default_model: str) -> tuple[str, bool]:
-        return self._meta.get(task_id, (default_model, False))
+    def get(self, task_id: str, default_model: str) -> ResponseMeta:
+        return self._meta.get(task_id) or ResponseMeta(default_model)
 
 
 @dataclass(frozen=True)
