@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+from llama_orch.core.adapter_api import Capability
 from llama_orch.core.api import TaskRequest
 from llama_orch.core.errors import HTTP_STATUS, ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
@@ -161,6 +162,12 @@ class Facade:
             session_id=extras.session_id,
             **{k: v for k, v in fields.items() if v is not None},
         )
+        caps = await self.host.capabilities(pool)  # None: admission answers unready
+        if caps is not None and Capability.EMBED_ONLY in caps:  # ORCH-9280
+            raise ApiError(
+                400, f"model `{pool.id}` serves embeddings only (its engine generates"
+                " nothing): use /v1/embeddings", param="model", code="unsupported_parameter",
+            )  # fmt: skip
         engine = engine or EngineFields()
         return await self.host.submit(
             req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs
