@@ -11,7 +11,7 @@ placement, reported as
    it held takes a one-token generation again;
 
    (an engine that only embeds, ``Capability.EMBED_ONLY``, embeds one text in
-   both instead: it has no generation to decode or cancel, ORCH-9280)
+   both instead: it has no generation to decode or cancel, ORCH-9283)
 4. ``telemetry``: the engine's metrics scrape answers and the replica's
    ``model_state`` series is in the orchestrator's own ``/metrics`` page.
 
@@ -74,7 +74,7 @@ async def _decode(adapter: WorkerAdapter) -> str:
 
 
 async def _embed(adapter: WorkerAdapter) -> str:
-    """``decode`` of an engine that only embeds (ORCH-9280): one vector comes back."""
+    """``decode`` of an engine that only embeds (ORCH-9283): one vector comes back."""
     out = await adapter.embed(["Hello"])
     if len(out.vectors) != 1 or not out.vectors[0]:
         raise SelfTestFailed(f"embed answered {len(out.vectors)} vectors for 1 input")
@@ -170,7 +170,7 @@ class SelfTests:
             finally:
                 await own.aclose()
 
-        embed_only = False  # an embedding engine: decode and cancel embed (ORCH-9280)
+        embed_only = False  # an embedding engine: decode and cancel embed (ORCH-9283)
         try:
 
             async def preload() -> str:

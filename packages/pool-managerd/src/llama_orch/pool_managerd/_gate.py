@@ -2,7 +2,7 @@
 
 A replica is Ready only when its engine answers ``/health`` with 200 **and**
 a one-token decode went through the very adapter orchestratord will use (an
-engine that only embeds, ``Capability.EMBED_ONLY``: one embedding, ORCH-9280).
+engine that only embeds, ``Capability.EMBED_ONLY``: one embedding, ORCH-9283).
 ``/health`` alone is not enough: llama-server reports healthy before a
 broken model, a wrong chat template or a mismatched adapter would show up.
 """
@@ -47,7 +47,7 @@ async def _one_token(adapter: WorkerAdapter, replica_id: str) -> None:
 
 
 async def _one_vector(adapter: WorkerAdapter) -> None:
-    """The decode of an engine that only embeds (ORCH-9280): one vector comes back."""
+    """The decode of an engine that only embeds (ORCH-9283): one vector comes back."""
     out = await adapter.embed([READINESS_PROMPT])
     if len(out.vectors) != 1 or not out.vectors[0]:
         raise ReplicaStartError(f"readiness embed answered {len(out.vectors)} vectors for 1")

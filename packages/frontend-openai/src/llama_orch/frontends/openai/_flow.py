@@ -163,7 +163,7 @@ class Facade:
             **{k: v for k, v in fields.items() if v is not None},
         )
         caps = await self.host.capabilities(pool)  # None: admission answers unready
-        if caps is not None and Capability.EMBED_ONLY in caps:  # ORCH-9280
+        if caps is not None and Capability.EMBED_ONLY in caps:  # ORCH-9283
             raise ApiError(
                 400, f"model `{pool.id}` serves embeddings only (its engine generates"
                 " nothing): use /v1/embeddings", param="model", code="unsupported_parameter",
