@@ -199,6 +199,16 @@ def _responses_tools(base: str, key: str, tasks: dict[str, str]) -> None:
         assert after.output[0].type == "message" and after.output_text
         tasks["responses_follow_up"] = raw.headers["x-llorch-task-id"]
 
+        # ORCH-9276: text.format json_schema holds the answer to the schema
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                  "required": ["ok"], "additionalProperties": False}  # fmt: skip
+        held = client.responses.create(
+            model="smol", input="Is water wet?", max_output_tokens=24, temperature=0,
+            text={"format": {"type": "json_schema", "name": "a", "schema": schema}},
+        )  # fmt: skip
+        assert held.status == "completed" and held.text.format.type == "json_schema"  # type: ignore[union-attr]
+        assert isinstance(json.loads(held.output_text)["ok"], bool)
+
 
 def _anthropic_tools(url: str, key: str) -> None:
     tools: list[Any] = [{"name": "get_weather", "description": "Weather", "input_schema": WEATHER}]
@@ -237,8 +247,8 @@ def _anthropic_tools(url: str, key: str) -> None:
 async def test_tool_calls_round_trip_on_real_llama_server(smollm2_server, start_daemon, key):
     """ORCH-9240..9245: openai (required, named + stream, tool result, auto), LangChain
     bind_tools, anthropic tool_use (any, named + stream, tool_result) on llama-server;
-    ORCH-9275: the Responses API's function tools (required, named + stream, the
-    function_call_output follow-up)."""
+    ORCH-9275: the Responses API's function tools (named, streamed and retrieved, the
+    function_call_output follow-up) and a text.format schema (ORCH-9276)."""
     d = await start_daemon(_config(smollm2_server, key))
     tasks: dict[str, str] = {}
     await asyncio.to_thread(_openai_tools, d.base, key, tasks)

@@ -360,9 +360,9 @@ async def create(request: Request) -> Response:
         _unsupported(req)
         plan = responses_plan(req.tools, req.tool_choice)  # ORCH-9270
         text_format = (req.text or {}).get("format")
-        engine = await tool_fields(
-            host, pool, plan, req.model, facade.api, text_format_schema(text_format)
-        )  # ORCH-9242, ORCH-9276
+        text_schema = text_format_schema(text_format)
+        # ORCH-9242, ORCH-9276: the engine fields, or a 400 naming what the pool cannot
+        engine = await tool_fields(host, pool, plan, req.model, facade.api, text_schema)
         extras = extras_from(
             request,
             {k: str(v) for k, v in (req.metadata or {}).items()},
@@ -385,7 +385,7 @@ async def create(request: Request) -> Response:
         return facade.orch_error(exc, pool, max_tokens)
     meta = ResponseMeta(
         req.model, req.background, plan, req.tools, req.tool_choice,
-        text_format if engine.json_schema is not None and not plan else None,
+        text_format if text_schema is not None else None,  # held to it (ORCH-9276)
     )  # fmt: skip
     known.add(rec.task_id, meta)
     headers = facade.task_headers(rec)
