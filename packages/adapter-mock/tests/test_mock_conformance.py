@@ -87,7 +87,13 @@ _EUT = EngineUnderTest(
         model_ref="mock-model",
         # engine fields and embeddings are real-engine features (ORCH-9202, ORCH-9211)
         capabilities=frozenset(Capability)
-        - {Capability.JSON_SCHEMA, Capability.LOGPROBS, Capability.EMBED, Capability.GRAMMAR},
+        - {
+            Capability.JSON_SCHEMA,
+            Capability.LOGPROBS,
+            Capability.EMBED,
+            Capability.GRAMMAR,
+            Capability.EMBED_ONLY,
+        },
         eos_request=GenerateRequest(task_id="eos", prompt="hi", max_tokens=700, seed=1),
         greedy_at_zero_temperature=False,  # the mock's text is a hash of the seed
         metrics_fields=frozenset(

@@ -117,3 +117,26 @@ async def test_embeddings_hold_a_slot_and_retry_when_none_is_free(start_daemon, 
     assert _metric(text, "embeddings_total", api="openai", pool_id="mock") == 3
     assert _metric(text, "tasks_rejected_total", api="openai", reason="ADMISSION_REJECT") >= 1
     assert all(r.busy == 0 for r in d.orch.pools["mock"].replicas.values())
+
+
+async def test_an_embedding_only_engine_is_self_tested_by_embedding(start_daemon, config, key):
+    """ORCH-9283: an engine that declares embed_only (vLLM's pooling runner; here the
+    mock) passes its self-tests by embedding, serves /v1/embeddings, and every
+    generation request on it is refused with 400 naming `model`, nothing enqueued."""
+    d = await start_daemon(config(adapter_options={"embed_only": True}))
+    (report,) = d.orch.self_tests.reports.values()
+    assert report.passed and [c.detail for c in report.checks][1] == "embedded (8 dimensions)"
+    client = openai.AsyncOpenAI(base_url=d.base, api_key=key, max_retries=0)
+    assert len((await client.embeddings.create(model="mock", input=["a", "b"])).data) == 2
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(model="mock", messages=CHAT, max_tokens=2)  # type: ignore[arg-type]
+    assert err.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.responses.create(model="mock", input="hi")
+    assert err.value.body["param"] == "model"  # type: ignore[index]
+    await client.close()
+    claude = anthropic.AsyncAnthropic(base_url=d.url, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError):
+        await claude.messages.create(model="mock", max_tokens=2, messages=CHAT)  # type: ignore[arg-type]
+    await claude.close()
+    assert not d.orch.tasks._tasks

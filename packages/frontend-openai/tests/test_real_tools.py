@@ -152,6 +152,64 @@ def _openai_tools(base: str, key: str, prompts: dict[str, str]) -> None:
         llm.root_client.close()
 
 
+def _responses_tools(base: str, key: str, tasks: dict[str, str]) -> None:
+    """ORCH-9270..9275: Responses function tools with the unmodified SDK."""
+    tools: Any = [{"type": "function", **t["function"]} for t in TOOLS]
+    with openai.OpenAI(base_url=base, api_key=key, max_retries=0) as client:
+        # a named function, streamed live: the call's events, arguments in delta + done
+        events = list(
+            client.responses.create(
+                model="smol", input="What is the weather in Rome?", tools=tools,
+                tool_choice={"type": "function", "name": "get_weather"},
+                max_output_tokens=64, temperature=0, stream=True,
+            )
+        )  # fmt: skip
+        kinds = [e.type for e in events]
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert "response.output_text.delta" not in kinds, kinds
+        added = next(e for e in events if e.type == "response.output_item.added")
+        assert added.item.type == "function_call" and added.item.name == "get_weather"
+        deltas = "".join(
+            e.delta for e in events if e.type == "response.function_call_arguments.delta"
+        )
+        done = next(e for e in events if e.type == "response.function_call_arguments.done")
+        assert deltas == done.arguments and isinstance(json.loads(deltas)["city"], str)
+        assert events[-1].type == "response.completed"
+        # the whole response object, not streamed (rendered from the task's log)
+        raw = client.responses.with_raw_response.retrieve(events[-1].response.id)
+        _contract("ResponseObject", raw.http_response.json())
+        resp = raw.parse()
+        (call,) = resp.output
+        assert resp.status == "completed" and call.type == "function_call"
+        assert call.name == "get_weather" and call.arguments == done.arguments
+        assert call.call_id.startswith("call_") and call.id == added.item.id
+
+        # the follow-up: the call and its output as input items; the answer is text
+        raw = client.responses.with_raw_response.create(
+            model="smol", tools=tools, tool_choice="none", max_output_tokens=6, temperature=0,
+            input=[
+                {"role": "user", "content": "What is the weather in Paris?"},
+                {"type": "function_call", "call_id": call.call_id, "name": "get_weather",
+                 "arguments": '{"city": "Paris"}'},
+                {"type": "function_call_output", "call_id": call.call_id,
+                 "output": "18 C, sunny"},
+            ],
+        )  # fmt: skip
+        after = raw.parse()
+        assert after.output[0].type == "message" and after.output_text
+        tasks["responses_follow_up"] = raw.headers["x-llorch-task-id"]
+
+        # ORCH-9276: text.format json_schema holds the answer to the schema
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                  "required": ["ok"], "additionalProperties": False}  # fmt: skip
+        held = client.responses.create(
+            model="smol", input="Is water wet?", max_output_tokens=24, temperature=0,
+            text={"format": {"type": "json_schema", "name": "a", "schema": schema}},
+        )  # fmt: skip
+        assert held.status == "completed" and held.text.format.type == "json_schema"  # type: ignore[union-attr]
+        assert isinstance(json.loads(held.output_text)["ok"], bool)
+
+
 def _anthropic_tools(url: str, key: str) -> None:
     tools: list[Any] = [{"name": "get_weather", "description": "Weather", "input_schema": WEATHER}]
     with anthropic.Anthropic(base_url=url, api_key=key, max_retries=0) as claude:
@@ -188,11 +246,14 @@ def _anthropic_tools(url: str, key: str) -> None:
 @pytest.mark.timeout(600)
 async def test_tool_calls_round_trip_on_real_llama_server(smollm2_server, start_daemon, key):
     """ORCH-9240..9245: openai (required, named + stream, tool result, auto), LangChain
-    bind_tools, anthropic tool_use (any, named + stream, tool_result) on llama-server."""
+    bind_tools, anthropic tool_use (any, named + stream, tool_result) on llama-server;
+    ORCH-9275: the Responses API's function tools (named, streamed and retrieved, the
+    function_call_output follow-up) and a text.format schema (ORCH-9276)."""
     d = await start_daemon(_config(smollm2_server, key))
     tasks: dict[str, str] = {}
     await asyncio.to_thread(_openai_tools, d.base, key, tasks)
     await asyncio.to_thread(_anthropic_tools, d.url, key)
+    await asyncio.to_thread(_responses_tools, d.base, key, tasks)
     required = d.orch.tasks.get(tasks["required"])
     follow_up = d.orch.tasks.get(tasks["follow_up"])
     assert required is not None and follow_up is not None
@@ -203,6 +264,11 @@ async def test_tool_calls_round_trip_on_real_llama_server(smollm2_server, start_
     assert "You can call these functions" not in follow_up.request.prompt
     assert "Result of get_weather:\n18 C, sunny" in follow_up.request.prompt
     assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in follow_up.request.prompt
+    # ORCH-9271: the Responses follow-up reached the engine the same way
+    responses = d.orch.tasks.get(tasks["responses_follow_up"])
+    assert responses is not None and responses.request.json_schema is None
+    assert "Result of get_weather:\n18 C, sunny" in responses.request.prompt
+    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in responses.request.prompt
 
 
 @pytest.mark.timeout(600)

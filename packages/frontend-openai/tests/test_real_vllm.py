@@ -42,7 +42,7 @@ def _config(url: str, key: str) -> Config:
 
 async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon, key):
     """ORCH-9122, ORCH-9230, ORCH-9231, ORCH-9113 on vLLM: completions and chat, stream
-    and not, a JSON schema and logprobs;
+    and not, a JSON schema and logprobs; no embeddings from a generating vLLM (ORCH-9282);
     closing the SDK stream mid-way cancels the task and vLLM stops generating
     within 2 s."""
     d = await start_daemon(_config(vllm_server.base_url, key))
@@ -50,6 +50,10 @@ async def test_completions_and_disconnect_on_real_vllm(vllm_server, start_daemon
     client = openai.AsyncOpenAI(base_url=d.base, api_key=key, max_retries=0)
     try:  # closed on failure too: a leaked client fails a later test (unraisable warning)
         assert [m.id async for m in client.models.list()] == ["smol"]
+        # ORCH-9282: a generating vLLM serves no embeddings: the 400 names `model`
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.embeddings.create(model="smol", input="hi")
+        assert err.value.body["param"] == "model"  # type: ignore[index]
         done = await client.completions.create(
             model="smol", prompt="The capital of France is", max_tokens=8, temperature=0, seed=42
         )

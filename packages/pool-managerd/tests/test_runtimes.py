@@ -219,6 +219,14 @@ def test_vllm_plan_on_gpus_shards_over_the_mask_unless_told() -> None:
     assert got.options == {"slots": 4, "served_model": pool.model}
     one = msgspec.structs.replace(pool, launch=EngineLaunchConfig(tensor_parallel=1))
     assert "--tensor-parallel-size" not in _plan(one).command
+    assert "--runner" not in cmd
+
+
+def test_vllm_plan_with_embeddings_runs_a_pooling_runner() -> None:
+    """ORCH-9281: embeddings: true -> vLLM's pooling runner, the causal model converted."""
+    pool = PoolConfig(id="v", engine="vllm-http", embeddings=True, engine_flags=["--x"])
+    cmd = _plan(pool).command
+    assert cmd[-5:] == ["--runner", "pooling", "--convert", "embed", "--x"]
 
 
 def test_triton_plans_tritonserver_with_trtllm_ranks_and_pytriton() -> None:

@@ -90,6 +90,7 @@ class Capability(StrEnum):
     JSON_SCHEMA = "json_schema"  # GenerateRequest.json_schema constrains the output (ORCH-9200)
     LOGPROBS = "logprobs"  # GenerateRequest.logprobs fills TokenChunk.logprobs (ORCH-9201)
     EMBED = "embed"  # embed() returns embeddings (ORCH-9210)
+    EMBED_ONLY = "embed_only"  # the engine embeds and generates nothing (ORCH-9280)
 
 
 class AdapterTarget(msgspec.Struct, frozen=True, kw_only=True):

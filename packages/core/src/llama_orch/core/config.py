@@ -215,8 +215,9 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     engine_binary: str | None = None
     engine_flags: list[str] = []
     continuous_batching: bool = True
-    # Start the engines with embeddings on (llama-server: --embeddings --pooling mean)
-    # so the pool also serves /v1/embeddings (ORCH-9211).
+    # Start the engines with embeddings on so the pool serves /v1/embeddings (ORCH-9211):
+    # llama-server --embeddings --pooling mean (it still generates); vLLM --runner pooling
+    # --convert embed (it then serves embeddings only, ORCH-9281).
     embeddings: bool = False
     endpoints: list[str] = []
     # sha256 of the model behind ``endpoints`` (engines do not report it);

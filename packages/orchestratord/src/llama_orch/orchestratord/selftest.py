@@ -9,6 +9,9 @@ placement, reported as
 2. ``decode``: a one-token generation reaches its final event;
 3. ``cancel``: a generation is abandoned after its first event, and the slot
    it held takes a one-token generation again;
+
+   (an engine that only embeds, ``Capability.EMBED_ONLY``, embeds one text in
+   both instead: it has no generation to decode or cancel, ORCH-9283)
 4. ``telemetry``: the engine's metrics scrape answers and the replica's
    ``model_state`` series is in the orchestrator's own ``/metrics`` page.
 
@@ -28,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import msgspec
-from llama_orch.core.adapter_api import Finished, GenerateRequest, WorkerAdapter
+from llama_orch.core.adapter_api import Capability, Finished, GenerateRequest, WorkerAdapter
 from llama_orch.core.api import SelfTestCheck, SelfTestReport
 from llama_orch.core.replica import ReplicaState
 
@@ -68,6 +71,14 @@ async def _decode(adapter: WorkerAdapter) -> str:
     if finished is None:
         raise SelfTestFailed("the engine stream ended without a final event")
     return f"finished ({finished.reason})"
+
+
+async def _embed(adapter: WorkerAdapter) -> str:
+    """``decode`` of an engine that only embeds (ORCH-9283): one vector comes back."""
+    out = await adapter.embed(["Hello"])
+    if len(out.vectors) != 1 or not out.vectors[0]:
+        raise SelfTestFailed(f"embed answered {len(out.vectors)} vectors for 1 input")
+    return f"embedded ({len(out.vectors[0])} dimensions)"
 
 
 async def _cancel(adapter: WorkerAdapter, fresh: Callable[[], WorkerAdapter]) -> str:
@@ -159,16 +170,25 @@ class SelfTests:
             finally:
                 await own.aclose()
 
+        embed_only = False  # an embedding engine: decode and cancel embed (ORCH-9283)
         try:
 
             async def preload() -> str:
+                nonlocal embed_only
                 health = await adapter.health()
                 if not health.ready:
                     raise SelfTestFailed(f"health not ready: {health.detail}")
                 props = await adapter.props()
                 if props.slots < 1 or props.ctx < 1:
                     raise SelfTestFailed(f"props report {props.slots} slots, ctx {props.ctx}")
+                embed_only = Capability.EMBED_ONLY in props.capabilities
                 return f"ready; ctx {props.ctx}, {props.slots} slot(s)"
+
+            async def embed_twice(own: WorkerAdapter) -> str:
+                first = await _embed(own)
+                return f"no generation to cancel; {first}, again on a fresh connection: " + (
+                    await isolated(_embed)
+                )
 
             async def telemetry() -> str:
                 await adapter.metrics()
@@ -179,8 +199,10 @@ class SelfTests:
 
             steps = {
                 "preload": preload,
-                "decode": lambda: isolated(_decode),
-                "cancel": lambda: isolated(lambda a: _cancel(a, fresh)),
+                "decode": lambda: isolated(_embed if embed_only else _decode),
+                "cancel": lambda: isolated(
+                    embed_twice if embed_only else lambda a: _cancel(a, fresh)
+                ),
                 "telemetry": telemetry,
             }
             for name in CHECKS:

@@ -1,7 +1,8 @@
 """The readiness gate of one replica (ORCH-POOL-3004).
 
 A replica is Ready only when its engine answers ``/health`` with 200 **and**
-a one-token decode went through the very adapter orchestratord will use.
+a one-token decode went through the very adapter orchestratord will use (an
+engine that only embeds, ``Capability.EMBED_ONLY``: one embedding, ORCH-9283).
 ``/health`` alone is not enough: llama-server reports healthy before a
 broken model, a wrong chat template or a mismatched adapter would show up.
 """
@@ -12,6 +13,7 @@ import asyncio
 
 from llama_orch.core.adapter_api import (
     AdapterTarget,
+    Capability,
     EngineProps,
     Finished,
     GenerateRequest,
@@ -44,6 +46,13 @@ async def _one_token(adapter: WorkerAdapter, replica_id: str) -> None:
         raise ReplicaStartError(f"readiness decode produced no token ({finished.reason})")
 
 
+async def _one_vector(adapter: WorkerAdapter) -> None:
+    """The decode of an engine that only embeds (ORCH-9283): one vector comes back."""
+    out = await adapter.embed([READINESS_PROMPT])
+    if len(out.vectors) != 1 or not out.vectors[0]:
+        raise ReplicaStartError(f"readiness embed answered {len(out.vectors)} vectors for 1")
+
+
 async def readiness_gate(
     engine: EngineProcess,
     adapter_cls: type[WorkerAdapter],
@@ -67,7 +76,11 @@ async def readiness_gate(
         await wait_healthy(target.base_url, engine, timeout=timeout, path=health_path)
         adapter = adapter_cls(target)
         try:
-            await _one_token(adapter, target.replica_id)
-            return await adapter.props()
+            props = await adapter.props()
+            if Capability.EMBED_ONLY in props.capabilities:
+                await _one_vector(adapter)  # an embedding engine generates nothing
+            else:
+                await _one_token(adapter, target.replica_id)
+            return props
         finally:
             await adapter.aclose()

@@ -155,7 +155,11 @@ class VllmLauncher:
             python=str(prep.executable),
             extra_env={**extra, **launch.env},
             # CUDA graphs do not exist on the CPU; eager mode also starts faster.
-            extra_flags=(("--enforce-eager",) if cpu else ()) + tuple(pool.engine_flags),
+            # ORCH-9281: embeddings come only from a pooling runner (which then
+            # generates nothing); --convert embed serves a causal model that way.
+            extra_flags=(("--enforce-eager",) if cpu else ())
+            + (("--runner", "pooling", "--convert", "embed") if pool.embeddings else ())
+            + tuple(pool.engine_flags),
         )
         env = vspec.env()
         env.pop("VIRTUAL_ENV", None)

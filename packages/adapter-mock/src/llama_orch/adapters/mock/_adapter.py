@@ -101,7 +101,9 @@ class MockAdapter(WorkerAdapter):
             Capability.SEEDED_SAMPLING,
             Capability.CHAT_TEMPLATE,
         }
-        if self.options.embeddings:
+        if self.options.embed_only:
+            caps = {Capability.TOKENIZE, Capability.METRICS, Capability.EMBED_ONLY}
+        if self.options.embeddings or self.options.embed_only:
             caps.add(Capability.EMBED)
         return EngineProps(
             engine=self.engine,
@@ -115,6 +117,8 @@ class MockAdapter(WorkerAdapter):
 
     async def generate(self, req: GenerateRequest) -> AsyncGenerator[AdapterEvent, None]:
         """Admission errors are raised by the first ``__anext__``."""
+        if self.options.embed_only:
+            raise InvalidParams("mock: an embedding engine generates nothing", engine=self.engine)
         gen = self._admit(req)
         try:
             if self.options.fault.kind == "error_at_start":
@@ -159,7 +163,7 @@ class MockAdapter(WorkerAdapter):
     async def embed(self, texts: list[str]) -> Embeddings:
         """With option ``embeddings``: a vector per text from its SHA-256, so equal
         texts get equal vectors (ORCH-9210)."""
-        if not self.options.embeddings:
+        if not (self.options.embeddings or self.options.embed_only):
             return await super().embed(texts)
         vectors = [[b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
         return Embeddings(vectors=vectors, prompt_tokens=sum(len(tokenize_text(t)) for t in texts))

@@ -28,6 +28,9 @@ class MockOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     engine_version: str = "mock-1"
     model_digest: str = "mock-digest"
     embeddings: bool = False  # declare ``embed``: 8-dim vectors derived from the text
+    # an embedding engine (vLLM's pooling runner): ``embed`` and ``embed_only``,
+    # and every generation refused (ORCH-9280)
+    embed_only: bool = False
 
     @property
     def fault(self) -> Fault:

@@ -14,6 +14,7 @@ from llama_orch.adapter_http import HttpAdapter
 from llama_orch.core.adapter_api import (
     AdapterTarget,
     Capability,
+    Embeddings,
     EngineMetrics,
     EngineProps,
     GenerateRequest,
@@ -30,6 +31,7 @@ from ._wire import (
     ModelCard,
     StreamOptions,
     detokenize_decoder,
+    embeddings_decoder,
     models_decoder,
     tokenize_decoder,
     version_decoder,
@@ -59,6 +61,7 @@ class VllmHttpAdapter(HttpAdapter):
         self._model: ModelCard | None = None
         self._chat: bool | None = None  # the engine renders chat templates (ORCH-9230)
         self._vllm: bool | None = None  # GET /version answers: vLLM itself (ORCH-9231)
+        self._embed: bool | None = None  # a pooling engine: embeddings only (ORCH-9280)
 
     async def _served_model(self) -> ModelCard:
         if self._model is None:
@@ -111,17 +114,47 @@ class VllmHttpAdapter(HttpAdapter):
             model_digest=t.model_digest,
             slots=self.options.slots,
             ctx=ctx,
-            capabilities=frozenset(
-                {Capability.TOKENIZE, Capability.METRICS, Capability.SEEDED_SAMPLING}
-                | ({Capability.CHAT_TEMPLATE} if await self._renders_chat() else set())
-                # vLLM's own request fields (ORCH-9231), not llama-server's /v1 dialect
-                | (
-                    {Capability.JSON_SCHEMA, Capability.LOGPROBS}
-                    if await self._is_vllm()
-                    else set()
-                )
-            ),
+            capabilities=await self._capabilities(),
         )
+
+    async def _capabilities(self) -> frozenset[Capability]:
+        base = {Capability.TOKENIZE, Capability.METRICS}
+        embeds = await self._embeds()
+        if embeds and await self._is_vllm():  # a pooling runner generates nothing (ORCH-9280)
+            return frozenset(base | {Capability.EMBED, Capability.EMBED_ONLY})
+        return frozenset(
+            base
+            | {Capability.SEEDED_SAMPLING}
+            | ({Capability.EMBED} if embeds else set())  # llama-server with --embeddings
+            | ({Capability.CHAT_TEMPLATE} if await self._renders_chat() else set())
+            # vLLM's own request fields (ORCH-9231), not llama-server's /v1 dialect
+            | ({Capability.JSON_SCHEMA, Capability.LOGPROBS} if await self._is_vllm() else set())
+        )
+
+    async def _embeds(self) -> bool:
+        """ORCH-9280: vLLM serves ``/v1/embeddings`` only from a pooling runner (and
+        then no completions); a generating vLLM answers 404, llama-server without
+        ``--embeddings`` 501. An empty request is refused (400) where it is served.
+        Asked once per engine process."""
+        if self._embed is None:
+            card = await self._served_model()
+            status, _ = await self.fetch("POST", "/v1/embeddings", {"model": card.id, "input": []})
+            self._embed = status not in (404, 405, 501)
+        return self._embed
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """ORCH-9280: ``/v1/embeddings`` of a pooling engine, vectors in input order."""
+        card = await self._served_model()
+        body = {"model": card.id, "input": texts, "encoding_format": "float"}
+        payload = await self.call("POST", "/v1/embeddings", body)
+        got = self.decode(embeddings_decoder, payload, "POST /v1/embeddings")
+        vectors = [d.embedding for d in sorted(got.data, key=lambda d: d.index)]
+        if len(vectors) != len(texts):
+            raise WorkerReset(
+                f"POST /v1/embeddings: {len(vectors)} vectors for {len(texts)} inputs",
+                engine=ENGINE,
+            )
+        return Embeddings(vectors=vectors, prompt_tokens=got.usage.prompt_tokens)
 
     async def _render(self, messages: list[dict[str, str]]) -> tuple[int, bytes]:
         """vLLM's ``/tokenize`` with ``messages`` applies the model's chat template

@@ -15,6 +15,7 @@ __all__ = [
     "Choice",
     "CompletionsRequest",
     "DetokenizeResponse",
+    "EmbeddingsResponse",
     "EngineError",
     "ErrorEnvelope",
     "ModelCard",
@@ -25,6 +26,7 @@ __all__ = [
     "Usage",
     "VersionResponse",
     "detokenize_decoder",
+    "embeddings_decoder",
     "encoder",
     "error_decoder",
     "models_decoder",
@@ -132,6 +134,18 @@ class DetokenizeResponse(msgspec.Struct):
     prompt: str
 
 
+class EmbeddingData(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class EmbeddingsResponse(msgspec.Struct):
+    """``POST /v1/embeddings`` of a pooling engine (ORCH-9280)."""
+
+    data: list[EmbeddingData]
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
 encoder = msgspec.json.Encoder()
 error_decoder = msgspec.json.Decoder(ErrorEnvelope)
 stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
@@ -139,3 +153,4 @@ models_decoder = msgspec.json.Decoder(ModelsResponse)
 version_decoder = msgspec.json.Decoder(VersionResponse)
 tokenize_decoder = msgspec.json.Decoder(TokenizeResponse)
 detokenize_decoder = msgspec.json.Decoder(DetokenizeResponse)
+embeddings_decoder = msgspec.json.Decoder(EmbeddingsResponse)

@@ -28,6 +28,7 @@ __all__ = [
     "completion_logprobs",
     "engine_fields",
     "pool_capabilities",
+    "text_format_schema",
     "tool_fields",
 ]
 
@@ -130,6 +131,7 @@ _NEEDS = {
     "response_format": Capability.JSON_SCHEMA,
     "logprobs": Capability.LOGPROBS,
     "tools": Capability.JSON_SCHEMA,  # a call is JSON the engine holds to a schema
+    "text.format": Capability.JSON_SCHEMA,  # the Responses API's response_format
 }
 
 
@@ -148,13 +150,49 @@ async def engine_fields(
 
 
 async def tool_fields(
-    host: FrontendHost, pool: Pool, tools: ToolPlan | None, model: str, api: str
+    host: FrontendHost,
+    pool: Pool,
+    tools: ToolPlan | None,
+    model: str,
+    api: str,
+    text_schema: dict[str, Any] | None = None,
 ) -> EngineFields:
-    """ORCH-9242 for a facade whose only engine field is tools (Anthropic)."""
-    if tools is None or not tools.active:
+    """ORCH-9242 for a facade whose engine fields are tools (Anthropic) and, on the
+    Responses API, a ``text.format`` schema (ORCH-9276)."""
+    active = tools is not None and tools.active
+    if text_schema is not None:
+        if active:
+            raise ApiError(
+                400, "`text.format` together with `tools` is not supported",
+                param="text.format", code="unsupported_parameter",
+            )  # fmt: skip
+        await _check(host, pool, ["text.format"], model, api)
+        return EngineFields(text_schema)
+    if tools is None or not active:
         return EngineFields()
     await _check(host, pool, ["tools"], model, api)
     return EngineFields(tools.schema() if tools.constrained else None)
+
+
+def text_format_schema(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ORCH-9276: the JSON schema of a Responses ``text.format``; ``None`` for text."""
+    kind = (fmt or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        schema = (fmt or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ApiError(
+                400, "`text.format.schema` must be a JSON schema object",
+                param="text.format.schema", code="invalid_value",
+            )  # fmt: skip
+        return schema
+    raise ApiError(
+        400, f"`text.format` of type {kind!r} is not supported", param="text.format.type",
+        code="invalid_value",
+    )  # fmt: skip
 
 
 async def _check(host: FrontendHost, pool: Pool, asked: list[str], model: str, api: str) -> None:

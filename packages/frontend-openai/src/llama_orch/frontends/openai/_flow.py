@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+from llama_orch.core.adapter_api import Capability
 from llama_orch.core.api import TaskRequest
 from llama_orch.core.errors import HTTP_STATUS, ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
@@ -30,8 +31,16 @@ from ._common import (
     retry_headers,
 )
 from ._engine import EngineFields
+from ._tools import ToolPlan
 
-__all__ = ["Backgrounds", "ErrorRenderer", "Facade", "FrontendState", "decode_body"]
+__all__ = [
+    "Backgrounds",
+    "ErrorRenderer",
+    "Facade",
+    "FrontendState",
+    "ResponseMeta",
+    "decode_body",
+]
 
 _log = logging.getLogger("llama_orch.frontends.openai")
 POLICY_LABEL_HEADER = "x-llorch-policy-label"
@@ -143,6 +152,12 @@ class Facade:
             session_id=extras.session_id,
             **{k: v for k, v in fields.items() if v is not None},
         )
+        caps = await self.host.capabilities(pool)  # None: admission answers unready
+        if caps is not None and Capability.EMBED_ONLY in caps:  # ORCH-9283
+            raise ApiError(
+                400, f"model `{pool.id}` serves embeddings only (its engine generates"
+                " nothing): use /v1/embeddings", param="model", code="unsupported_parameter",
+            )  # fmt: skip
         engine = engine or EngineFields()
         return await self.host.submit(
             req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs,
@@ -158,21 +173,35 @@ def retry_count(request: Request) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """What a response was created with beyond its task: the model name it was asked
+    for, ``background``, and the tool plan and ``text.format`` its output items and
+    echo depend on (ORCH-9272, ORCH-9274)."""
+
+    model: str
+    background: bool = False
+    plan: ToolPlan | None = None
+    tools: list[Any] | None = None  # the request's tools and tool_choice, echoed
+    tool_choice: Any = None
+    text_format: dict[str, Any] | None = None
+
+
 class Backgrounds:
-    """Which responses were created with ``background: true`` and for which model,
-    bounded like the task store (a forgotten task is a forgotten response)."""
+    """How each response was created (:class:`ResponseMeta`), bounded like the task
+    store (a forgotten task is a forgotten response)."""
 
     def __init__(self, host: FrontendHost) -> None:
-        self._meta: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        self._meta: OrderedDict[str, ResponseMeta] = OrderedDict()
         self._host = host
 
-    def add(self, task_id: str, model: str, background: bool) -> None:
-        self._meta[task_id] = (model, background)
+    def add(self, task_id: str, meta: ResponseMeta) -> None:
+        self._meta[task_id] = meta
         while len(self._meta) > self._host.orch.config.admission.max_retained_tasks:
             self._meta.popitem(last=False)
 
-    def get(self, task_id: str, default_model: str) -> tuple[str, bool]:
-        return self._meta.get(task_id, (default_model, False))
+    def get(self, task_id: str, default_model: str) -> ResponseMeta:
+        return self._meta.get(task_id) or ResponseMeta(default_model)
 
 
 @dataclass(frozen=True)

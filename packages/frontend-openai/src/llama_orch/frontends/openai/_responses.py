@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from llama_orch.core.api import ChatMessage as OrchMessage
 from llama_orch.core.api import EndEvent, ErrorEvent, StartedEvent, StreamEvent, TokenEvent
 from llama_orch.core.errors import OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
@@ -32,7 +33,9 @@ from ._common import (
     extras_from,
     resolve_model,
 )
-from ._flow import Backgrounds, FrontendState, decode_body
+from ._engine import text_format_schema, tool_fields
+from ._flow import Backgrounds, FrontendState, ResponseMeta, decode_body
+from ._tools import ToolCall, call_text, responses_plan
 from ._wire import ResponsesRequest, StrictResponsesRequest
 
 __all__ = ["ROUTES"]
@@ -42,15 +45,23 @@ _PREFIX = "resp_"
 
 
 class ResponseView:
-    """The Responses-API view of one task, built by feeding it the task's events."""
+    """The Responses-API view of one task, built by feeding it the task's events.
 
-    def __init__(self, rec: TaskRecord, model: str, background: bool) -> None:
-        self.rec, self.model, self.background = rec, model, background
+    With active tools the output item is held while the answer may still be a
+    call (ORCH-9273); it becomes a ``function_call`` item or the ``message`` item,
+    decided from the text alone, so every reader numbers the same events."""
+
+    def __init__(self, rec: TaskRecord, meta: ResponseMeta) -> None:
+        self.rec, self.meta = rec, meta
+        self.model, self.background = meta.model, meta.background
+        self.plan = meta.plan if meta.plan is not None and meta.plan.active else None
         self.text: list[str] = []
         self.status = "queued"
         self.end: EndEvent | None = None
         self.error: ErrorEvent | None = None
         self.started = False
+        self.kind: str | None = None  # "message" | "call": the output item, once decided
+        self.call: ToolCall | None = None
 
     @property
     def item_id(self) -> str:
@@ -71,6 +82,25 @@ class ResponseView:
             "content": [part],
         }
 
+    def _function_call(self, done: bool) -> dict[str, Any]:
+        """ORCH-9272: the call as OpenAI's ``function_call`` output item."""
+        assert self.call is not None
+        return {
+            "type": "function_call",
+            "id": f"fc_{self.rec.task_id}",
+            "call_id": f"call_{self.rec.task_id.replace('-', '')[:24]}",
+            "name": self.call.name,
+            "arguments": _json.encode(self.call.arguments).decode() if done else "",
+            "status": "completed" if done else "in_progress",
+        }
+
+    def _output(self, done: bool) -> list[dict[str, Any]]:
+        if self.kind == "call":
+            return [self._function_call(done)]
+        if self.kind == "message":
+            return [self._message(done)]
+        return []
+
     def body(self) -> dict[str, Any]:
         """The response object as of the events fed so far."""
         done = self.status in ("completed", "incomplete", "failed", "cancelled")
@@ -81,12 +111,13 @@ class ResponseView:
                 "input_tokens": self.end.tokens_in,
                 "output_tokens": out,
                 "total_tokens": self.end.tokens_in + out,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens_details": {"reasoning_tokens": 0},
             }
         error = None
         if self.error is not None:
             error = {"code": "server_error", "message": self.error.message}
+        meta = self.meta
         return {
             "id": _PREFIX + self.rec.task_id,
             "object": "response",
@@ -94,7 +125,7 @@ class ResponseView:
             "status": self.status,
             "background": self.background,
             "model": self.model,
-            "output": [self._message(done)] if self.started else [],
+            "output": self._output(done),
             "usage": usage,
             "error": error,
             "incomplete_details": (
@@ -105,27 +136,56 @@ class ResponseView:
             "parallel_tool_calls": False,
             "temperature": self.rec.request.temperature,
             "top_p": self.rec.request.top_p,
-            "tool_choice": "none",
-            "tools": [],
-            "text": {"format": {"type": "text"}},
+            # ORCH-9272: the request's tools and tool_choice, echoed
+            "tool_choice": (meta.tool_choice or "auto") if meta.tools else "none",
+            "tools": meta.tools or [],
+            "text": {"format": meta.text_format or {"type": "text"}},
         }
+
+    def _open_message(self) -> list[tuple[str, dict[str, Any]]]:
+        self.kind = "message"
+        item = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            ("response.output_item.added", {"output_index": 0, "item": self._message(False)}),
+            ("response.content_part.added", {**item, "part": empty}),
+        ]
+
+    def _decide(self, ended: bool) -> list[tuple[str, dict[str, Any]]]:
+        """Held output (ORCH-9273): opens the item once the text says what it is;
+        at the end (``ended``) a call, or else the message with the held text."""
+        text = "".join(self.text)
+        plan = self.plan
+        if plan is not None and not ended and (plan.constrained or plan.undecided(text)):
+            return []
+        if plan is not None and ended and self.error is None:
+            self.call = plan.parse(text)
+            if self.call is not None:
+                self.kind = "call"
+                return [
+                    ("response.output_item.added",
+                     {"output_index": 0, "item": self._function_call(False)}),
+                ]  # fmt: skip
+        out = self._open_message()
+        if text:
+            delta = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+            out.append(("response.output_text.delta", {**delta, "delta": text, "logprobs": []}))
+        return out
 
     def feed(self, ev: StreamEvent | None) -> list[tuple[str, dict[str, Any]]]:
         """The Responses events one task event makes (``None``: the first call)."""
-        item = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        item: dict[str, Any] = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         if ev is None:
             kind = "response.queued" if self.background else "response.created"
             return [(kind, {"response": self.body()})]
         if isinstance(ev, StartedEvent):
             self.started, self.status = True, "in_progress"
-            empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            return [
-                ("response.in_progress", {"response": self.body()}),
-                ("response.output_item.added", {"output_index": 0, "item": self._message(False)}),
-                ("response.content_part.added", {**item, "part": empty}),
-            ]
+            began = [("response.in_progress", {"response": self.body()})]
+            return began + (self._open_message() if self.plan is None else [])
         if isinstance(ev, TokenEvent):
             self.text.append(ev.t)
+            if self.kind is None:
+                return self._decide(False)
             return [("response.output_text.delta", {**item, "delta": ev.t, "logprobs": []})]
         if isinstance(ev, EndEvent):
             self.end = ev
@@ -142,12 +202,26 @@ class ResponseView:
         }.get(self.status, "response.failed")
         out: list[tuple[str, dict[str, Any]]] = []
         if self.started:
-            text = "".join(self.text)
-            out += [
-                ("response.output_text.done", {**item, "text": text, "logprobs": []}),
-                ("response.content_part.done", {**item, "part": self._message(True)["content"][0]}),
-                ("response.output_item.done", {"output_index": 0, "item": self._message(True)}),
-            ]
+            if self.kind is None:
+                out += self._decide(True)
+            if self.kind == "call":
+                call = self._function_call(True)
+                at: dict[str, Any] = {"item_id": call["id"], "output_index": 0}
+                out += [
+                    ("response.function_call_arguments.delta",
+                     {**at, "delta": call["arguments"]}),
+                    ("response.function_call_arguments.done",
+                     {**at, "name": call["name"], "arguments": call["arguments"]}),
+                    ("response.output_item.done", {"output_index": 0, "item": call}),
+                ]  # fmt: skip
+            else:
+                text = "".join(self.text)
+                message = self._message(True)
+                out += [
+                    ("response.output_text.done", {**item, "text": text, "logprobs": []}),
+                    ("response.content_part.done", {**item, "part": message["content"][0]}),
+                    ("response.output_item.done", {"output_index": 0, "item": message}),
+                ]
         out.append((last, {"response": self.body()}))
         return out
 
@@ -177,41 +251,66 @@ async def _sse(
             yield chunk
 
 
-def _input(req: ResponsesRequest) -> list[Any]:
-    from llama_orch.core.api import ChatMessage as OrchMessage
+def _text_parts(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ApiError(400, "content must be text", param=where, code="invalid_value")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") not in (
+            "input_text",
+            "output_text",
+            "text",
+        ):
+            raise ApiError(
+                400, "only text content is supported", param=f"{where}[{j}]",
+                code="unsupported_parameter",
+            )  # fmt: skip
+        texts.append(str(part.get("text", "")))
+    return "".join(texts)
 
-    out = []
+
+def _input(req: ResponsesRequest) -> list[OrchMessage]:
+    """The conversation as plain turns: message items, and earlier calls and their
+    outputs as the facade asks the model to write and read them (ORCH-9271)."""
+    out: list[OrchMessage] = []
     if req.instructions:
         out.append(OrchMessage(role="system", content=req.instructions))
     items = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
+    called = {  # call_id -> function name, wherever the call sits in the input
+        str(it.get("call_id")): str(it.get("name"))
+        for it in items
+        if isinstance(it, dict) and it.get("type") == "function_call"
+    }
     for i, item in enumerate(items):
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "function_call":
+            name = item.get("name")
+            if not isinstance(name, str):
+                raise ApiError(
+                    400, "a function_call item needs `name`", param=f"input[{i}].name",
+                    code="invalid_value",
+                )  # fmt: skip
+            call = call_text(name, item.get("arguments", {}))
+            if out and out[-1].role == "assistant":  # the same answer's text and call
+                out[-1] = OrchMessage(role="assistant", content=out[-1].content + "\n" + call)
+            else:
+                out.append(OrchMessage(role="assistant", content=call))
+            continue
+        if kind == "function_call_output":
+            call_id = str(item.get("call_id", ""))
+            name = called.get(call_id) or item.get("name") or "the function"
+            result = _text_parts(item.get("output", ""), f"input[{i}].output")
+            out.append(OrchMessage(role="user", content=f"Result of {name}:\n{result}"))
+            continue
         role = item.get("role") if isinstance(item, dict) else None
-        if item.get("type", "message") != "message" or role not in (
-            "system", "developer", "user", "assistant",
-        ):  # fmt: skip
+        if kind != "message" or role not in ("system", "developer", "user", "assistant"):
             raise ApiError(
-                400, "only message items with a role are supported", param=f"input[{i}]",
-                code="unsupported_parameter",
+                400, "only message, function_call and function_call_output items are"
+                " supported", param=f"input[{i}]", code="unsupported_parameter",
             )  # fmt: skip
-        content = item.get("content")
-        if isinstance(content, list):
-            texts = []
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or part.get("type") not in (
-                    "input_text",
-                    "output_text",
-                    "text",
-                ):
-                    raise ApiError(
-                        400, "only text content is supported", param=f"input[{i}].content[{j}]",
-                        code="unsupported_parameter",
-                    )  # fmt: skip
-                texts.append(str(part.get("text", "")))
-            content = "".join(texts)
-        if not isinstance(content, str):
-            raise ApiError(
-                400, "content must be text", param=f"input[{i}].content", code="invalid_value"
-            )
+        content = _text_parts(item.get("content"), f"input[{i}].content")
         out.append(OrchMessage(role="system" if role == "developer" else role, content=content))
     if not out:
         raise ApiError(400, "`input` must not be empty", param="input", code="invalid_value")
@@ -219,22 +318,12 @@ def _input(req: ResponsesRequest) -> list[Any]:
 
 
 def _unsupported(req: ResponsesRequest) -> None:
-    for name in ("tools", "previous_response_id", "conversation"):
+    for name in ("previous_response_id", "conversation"):
         if getattr(req, name):
             raise ApiError(
                 400, f"`{name}` is not supported by llama-orch", param=name,
                 code="unsupported_parameter",
             )  # fmt: skip
-    fmt = (req.text or {}).get("format") or {"type": "text"}
-    if fmt.get("type") != "text":
-        raise ApiError(
-            400, "`text.format` other than text is not supported by this pool's engine",
-            param="text.format", code="unsupported_parameter",
-        )  # fmt: skip
-    if req.tool_choice not in (None, "none", "auto"):
-        raise ApiError(
-            400, "`tool_choice` needs tools", param="tool_choice", code="unsupported_parameter"
-        )
 
 
 def _own(host: FrontendHost, request: Request) -> TaskRecord:
@@ -247,8 +336,7 @@ def _own(host: FrontendHost, request: Request) -> TaskRecord:
 
 
 async def _snapshot(host: FrontendHost, known: Backgrounds, rec: TaskRecord) -> ResponseView:
-    model, background = known.get(rec.task_id, rec.pool_id)
-    view = ResponseView(rec, model, background)
+    view = ResponseView(rec, known.get(rec.task_id, rec.pool_id))
     view.feed(None)
     for ev in host.events_now(rec):
         view.feed(ev)
@@ -269,6 +357,11 @@ async def create(request: Request) -> Response:
         )  # fmt: skip
         pool = resolve_model(host, req.model)
         _unsupported(req)
+        plan = responses_plan(req.tools, req.tool_choice)  # ORCH-9270
+        text_format = (req.text or {}).get("format")
+        text_schema = text_format_schema(text_format)
+        # ORCH-9242, ORCH-9276: the engine fields, or a 400 naming what the pool cannot
+        engine = await tool_fields(host, pool, plan, req.model, facade.api, text_schema)
         extras = extras_from(
             request,
             {k: str(v) for k, v in (req.metadata or {}).items()},
@@ -277,20 +370,24 @@ async def create(request: Request) -> Response:
         )  # fmt: skip
         fields = {
             "workload": "chat",
-            "messages": _input(req),
+            "messages": plan.with_instructions(_input(req)) if plan else _input(req),
             "max_tokens": req.max_output_tokens,
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "top_p": req.top_p,
             "seed": req.seed,
         }
-        rec = await facade.admit(request, pool, extras, who.tenant, fields)
+        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
         return facade.orch_error(exc)
-    known.add(rec.task_id, req.model, req.background)
+    meta = ResponseMeta(
+        req.model, req.background, plan, req.tools, req.tool_choice,
+        text_format if text_schema is not None else None,  # held to it (ORCH-9276)
+    )  # fmt: skip
+    known.add(rec.task_id, meta)
     headers = facade.task_headers(rec)
-    view = ResponseView(rec, req.model, req.background)
+    view = ResponseView(rec, meta)
     if req.stream:
         if req.background:  # runs whether or not this client stays (ORCH-9141)
             return StreamingResponse(
@@ -329,9 +426,8 @@ async def retrieve(request: Request) -> Response:
         return facade.render(exc.status, exc.message, exc.param, exc.code, {})
     except OrchError as exc:
         return facade.orch_error(exc)
-    model, background = known.get(rec.task_id, rec.pool_id)
     if stream:  # a reader: leaving does not cancel the task (ORCH-9142)
-        view = ResponseView(rec, model, background)
+        view = ResponseView(rec, known.get(rec.task_id, rec.pool_id))
         return StreamingResponse(
             _sse(host, view, starting_after),
             media_type="text/event-stream",

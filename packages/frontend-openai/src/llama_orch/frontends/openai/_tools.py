@@ -33,7 +33,15 @@ from llama_orch.core.api import ChatMessage as OrchMessage
 
 from ._common import ApiError
 
-__all__ = ["Tool", "ToolCall", "ToolPlan", "anthropic_plan", "call_text", "openai_plan"]
+__all__ = [
+    "Tool",
+    "ToolCall",
+    "ToolPlan",
+    "anthropic_plan",
+    "call_text",
+    "openai_plan",
+    "responses_plan",
+]
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.S)
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -228,4 +236,35 @@ def anthropic_plan(tools: list[Any] | None, tool_choice: Any) -> ToolPlan | None
     raise ApiError(
         400, "tool_choice.type: must be auto, any, tool or none", param="tool_choice.type",
         code="invalid",
+    )  # fmt: skip
+
+
+def responses_plan(tools: list[Any] | None, tool_choice: Any) -> ToolPlan | None:
+    """ORCH-9270: the Responses API's flat function tools (``{"type": "function",
+    "name", "description", "parameters"}``) and ``tool_choice`` (``none``, ``auto``,
+    ``required`` or ``{"type": "function", "name"}``); ``None`` without tools."""
+    if not tools:
+        if tool_choice not in (None, "none", "auto"):
+            raise ApiError(
+                400, "`tool_choice` needs `tools`", param="tool_choice", code="invalid_value"
+            )
+        return None
+    found = []
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict) or t.get("type") != "function":
+            kind = t.get("type") if isinstance(t, dict) else None
+            raise ApiError(
+                400, f"only tools of type 'function' are supported (got {kind!r})",
+                param=f"tools[{i}].type", code="unsupported_parameter",
+            )  # fmt: skip
+        found.append(_tool(t.get("name"), t.get("description"), t.get("parameters"), f"tools[{i}]"))
+    plan_tools = tuple(found)
+    if tool_choice in (None, "auto", "none", "required"):
+        return ToolPlan(plan_tools, tool_choice or "auto")
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        name = tool_choice.get("name")
+        return ToolPlan(plan_tools, "required", _forced(name, plan_tools, "tool_choice.name"))
+    raise ApiError(
+        400, "`tool_choice` must be 'none', 'auto', 'required' or {'type': 'function', 'name'}",
+        param="tool_choice", code="invalid_value",
     )  # fmt: skip
