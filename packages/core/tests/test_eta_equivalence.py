@@ -65,7 +65,9 @@ def _ref_best(
 def _model(slots: int, seed: int) -> ServiceModel:
     m = ServiceModel(Prior(decode_ms_per_token=5.0 + seed % 7), slots=slots)
     for i in range(seed % 5):  # a few observations so that the slowdown is not the prior's
-        m.observe(Observation(10 * i, 20.0 + i, 50.0 * (i + 1), 8, 1.0 + i % slots, "completed"), NOW)
+        m.observe(
+            Observation(10 * i, 20.0 + i, 50.0 * (i + 1), 8, 1.0 + i % slots, "completed"), NOW
+        )
     return m
 
 
@@ -81,8 +83,7 @@ def test_forecasts_equal_the_per_slot_simulation(
     reps: list[tuple[int, list[float], int]], jobs: list[Job], job: Job
 ) -> None:
     replicas = [
-        ReplicaLoad(_model(max(1, slots), seed), slots, running)
-        for slots, running, seed in reps
+        ReplicaLoad(_model(max(1, slots), seed), slots, running) for slots, running, seed in reps
     ]
     ref = _ref_run(replicas, jobs, NOW)
     assert simulate(replicas, jobs, NOW) == (None if ref is None else ref[0])

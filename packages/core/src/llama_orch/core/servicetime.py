@@ -211,19 +211,22 @@ class ServiceModel:
         slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
         return ModelParams(overhead, prefill, decode, slowdown, self._decode.weight(now))
 
-    def ttft_ms(self, tokens_in: int, now: float) -> float:
-        p = self.params(now)
+    # ``p``: this model's ``params(now)`` when the caller already has them (the same
+    # values: params only decay to ``now``; issue #20, computed once per forecast step)
+    def ttft_ms(self, tokens_in: int, now: float, p: ModelParams | None = None) -> float:
+        p = self.params(now) if p is None else p
         return p.overhead_ms + p.prefill_ms_per_token * max(0, tokens_in)
 
-    def decode_ms_per_token(self, busy: float, now: float) -> float:
-        p = self.params(now)
+    def decode_ms_per_token(self, busy: float, now: float, p: ModelParams | None = None) -> float:
+        p = self.params(now) if p is None else p
         busy = min(max(busy, 1.0), float(self.slots))
         return p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
 
     def service_ms(self, tokens_in: int, tokens_out: int, busy: float, now: float) -> float:
         """Dispatch → last token of a task of that size at ``busy`` busy slots."""
-        return self.ttft_ms(tokens_in, now) + max(0, tokens_out - 1) * self.decode_ms_per_token(
-            busy, now
+        p = self.params(now)
+        return self.ttft_ms(tokens_in, now, p) + max(0, tokens_out - 1) * self.decode_ms_per_token(
+            busy, now, p
         )
 
     def cv(self, floor: float, now: float) -> float:

@@ -50,6 +50,15 @@ _FIELDS = (
 )
 
 
+def _as_str(obj: object) -> str:
+    return str(obj)
+
+
+# msgspec's encoder: ~4x cheaper than json.dumps for the per-task line (issue #20);
+# values it cannot encode are logged as their str(), as json.dumps(default=str) did
+_encode = msgspec.json.Encoder(enc_hook=_as_str).encode
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -58,12 +67,16 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        attrs = record.__dict__
         for key in _FIELDS:
-            if key in record.__dict__:
-                out[key] = record.__dict__[key]
+            if key in attrs:
+                out[key] = attrs[key]
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        try:
+            return _encode(out).decode()
+        except (TypeError, ValueError, OverflowError):  # e.g. a dict with non-str keys
+            return json.dumps(out, default=str)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -149,15 +149,17 @@ class Workload:
                 continue
             model = self.model(pool, rid, st.slots)
             running = self.running.get((pool.id, rid), ())
-            busy = max(1, len(running))
             left = []
-            for t in running:
-                per = model.decode_ms_per_token(busy, now)
-                ms = tokens_left(t) * per
-                if t.run_first_token is None and t.dispatched is not None:
-                    elapsed = (now - t.dispatched) * 1000
-                    ms += max(0.0, model.ttft_ms(_tokens_in(t), now) - elapsed) - per
-                left.append(max(0.0, ms))
+            if running:
+                # the model's parameters once per replica, not once per running task
+                p = model.params(now)
+                per = model.decode_ms_per_token(max(1, len(running)), now, p)
+                for t in running:
+                    ms = tokens_left(t) * per
+                    if t.run_first_token is None and t.dispatched is not None:
+                        elapsed = (now - t.dispatched) * 1000
+                        ms += max(0.0, model.ttft_ms(_tokens_in(t), now, p) - elapsed) - per
+                    left.append(max(0.0, ms))
             out.append(ReplicaLoad(model, st.slots, left))
         return out
 
