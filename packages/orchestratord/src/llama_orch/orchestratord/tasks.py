@@ -148,7 +148,8 @@ class TaskRecord:
     # With a state store, every appended event is also written there (ORCH-2524).
     sink: Callable[[str, bytes], None] | None = None
     _frames: list[bytes] = field(default_factory=list)
-    _waiters: list[asyncio.Future[object]] = field(default_factory=list)
+    # readers parked in frames(); None until the first one parks (a queued task has none)
+    _waiters: list[asyncio.Future[object]] | None = None
 
     def __hash__(self) -> int:
         return hash(self.task_id)
@@ -239,7 +240,7 @@ class TaskRecord:
         if self.sink is not None:
             self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, None
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
@@ -271,6 +272,8 @@ class TaskRecord:
                 return
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
+            if self._waiters is None:
+                self._waiters = []
             self._waiters.append(waiter)
             timer = None if keepalive_s is None else loop.call_later(keepalive_s, _ping, waiter)
             try:
@@ -279,10 +282,8 @@ class TaskRecord:
                 if timer is not None:
                     timer.cancel()
             if waiter.result() is _KEEPALIVE:
-                try:
+                if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
-                except ValueError:
-                    pass
                 yield KEEPALIVE_FRAME
 
 
