@@ -12,6 +12,10 @@ Modes (what one "request" is):
 * ``hold``    — orchestratord: open ``--requests`` streams, wait until every one
   has its first token, sample RSS of the watched processes, cancel them all.
 
+``--steps K`` (``admit``, ``hold``): the requests in K batches with the watched
+processes' RSS sampled after each has settled, so that memory per task is a slope
+between batches rather than one peak against a cold start (issue #20).
+
 TTFT = request sent → first token event; total = → end of the stream
 (``"stop":true`` / ``[DONE]`` / the ``end`` frame). ``--watch NAME=PID`` samples
 ``/proc/PID`` CPU time over the measured phase (warm-up excluded) and RSS.
@@ -280,28 +284,43 @@ async def run_closed_loop(
     return results, time.perf_counter() - t0
 
 
-async def hold(cl: Client, n: int, watch: dict[str, list[int]]) -> dict[str, object]:
-    """Open n streams, wait for all first tokens, sample RSS, cancel everything."""
-    before = {k: proc_rss_kb(p) for k, p in watch.items()}
-    ids = await asyncio.gather(*(cl._submit() for _ in range(n)))
-    first = [asyncio.Event() for _ in range(n)]
-    opened: list[aiohttp.ClientResponse] = []
+async def _settled_rss(watch: dict[str, list[int]]) -> dict[str, int]:
+    """RSS of the watched processes once the last batch's work has settled."""
+    await asyncio.sleep(0.5)
+    return {k: proc_rss_kb(p) for k, p in watch.items()}
 
-    async def reader(i: int, tid: str) -> None:
+
+async def hold(cl: Client, n: int, watch: dict[str, list[int]], steps: int) -> dict[str, object]:
+    """Open n streams in ``steps`` batches; after each batch has its first tokens sample
+    RSS (``rss_steps_kb``, with ``streams_steps`` open); cancel everything at the end."""
+    before = {k: proc_rss_kb(p) for k, p in watch.items()}
+    ids: list[str] = []
+    opened: list[aiohttp.ClientResponse] = []
+    readers: list[asyncio.Task[None]] = []
+    rss_steps: list[dict[str, int]] = []
+    open_steps: list[int] = []
+
+    async def reader(first: asyncio.Event, tid: str) -> None:
         resp = await cl.http.get(f"{cl.url}/v1/tasks/{tid}/stream")
         opened.append(resp)
         async for chunk in resp.content.iter_any():
             if b"event: token" in chunk:
-                first[i].set()
+                first.set()
             if b"event: end" in chunk or b"event: error" in chunk:
                 break
-        first[i].set()
+        first.set()
 
-    readers = [asyncio.create_task(reader(i, t)) for i, t in enumerate(ids)]
     try:
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first)), 60)
-        await asyncio.sleep(0.5)
-        during = {k: proc_rss_kb(p) for k, p in watch.items()}
+        for k in range(steps):
+            size = n // steps + (1 if k < n % steps else 0)
+            batch = await asyncio.gather(*(cl._submit() for _ in range(size)))
+            ids += batch
+            first = [asyncio.Event() for _ in batch]
+            pairs = zip(first, batch, strict=True)
+            readers += [asyncio.create_task(reader(e, t)) for e, t in pairs]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first)), 60)
+            rss_steps.append(await _settled_rss(watch))
+            open_steps.append(len(ids))
     finally:
         await asyncio.gather(
             *(cl.http.post(f"{cl.url}/v1/tasks/{t}/cancel") for t in ids), return_exceptions=True
@@ -311,7 +330,13 @@ async def hold(cl: Client, n: int, watch: dict[str, list[int]]) -> dict[str, obj
         await asyncio.gather(*readers, return_exceptions=True)
         for resp in opened:
             resp.close()
-    return {"streams": n, "rss_before_kb": before, "rss_during_kb": during}
+    return {
+        "streams": n,
+        "rss_before_kb": before,
+        "rss_during_kb": rss_steps[-1],
+        "rss_steps_kb": rss_steps,
+        "streams_steps": open_steps,
+    }
 
 
 async def amain(args: argparse.Namespace) -> dict[str, object]:
@@ -325,7 +350,7 @@ async def amain(args: argparse.Namespace) -> dict[str, object]:
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
         cl = Client(args, http)
         if args.mode == "hold":
-            return await hold(cl, args.requests, watch)
+            return await hold(cl, args.requests, watch, args.steps)
         if args.warmup:
             await run_closed_loop(cl, args.warmup, min(args.concurrency, args.warmup), args.cap_s)
         peak = {k: proc_rss_kb(p) for k, p in watch.items()}
@@ -344,7 +369,18 @@ async def amain(args: argparse.Namespace) -> dict[str, object]:
                     pass
 
         sampler = asyncio.create_task(sample())
-        results, wall = await run_closed_loop(cl, args.requests, args.concurrency, args.cap_s)
+        if args.steps > 1:  # admit in batches, RSS once each batch has settled
+            results, wall = [], 0.0
+            rss_steps, ok_steps = [], []
+            for _ in range(args.steps):
+                size = args.requests // args.steps
+                part, w = await run_closed_loop(cl, size, args.concurrency, args.cap_s)
+                results += part
+                wall += w
+                rss_steps.append(await _settled_rss(watch))
+                ok_steps.append(sum(1 for r in results if r.error is None))
+        else:
+            results, wall = await run_closed_loop(cl, args.requests, args.concurrency, args.cap_s)
         cpu1 = {k: proc_cpu_s(p) for k, p in watch.items()}
         self1 = time.process_time()
         stop.set()
@@ -374,6 +410,7 @@ async def amain(args: argparse.Namespace) -> dict[str, object]:
         "client_cpu_s": self1 - self0,
         "rss_start_kb": rss0,
         "rss_peak_kb": peak,
+        **({"rss_steps_kb": rss_steps, "ok_steps": ok_steps} if args.steps > 1 else {}),
     }
 
 
@@ -398,6 +435,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a new connection per request (llama-server drops idle keep-alives)",
     )
     ap.add_argument("--watch", action="append", default=[], metavar="NAME=PID")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="admit/hold: in this many batches, RSS sampled after each (memory slopes)",
+    )
     args = ap.parse_args(argv)
     if args.warmup is None:
         args.warmup = max(10, args.concurrency)

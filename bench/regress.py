@@ -41,6 +41,34 @@ def _cpu_us_tok(r: dict[str, Any], who: str) -> float | None:
     return float(r["cpu_s"][who]) * 1e6 / r["tokens"]
 
 
+def _slopes(rss: list[dict[str, int]], counts: list[int], who: str) -> list[float]:
+    return [
+        (rss[i + 1][who] - rss[i][who]) / (counts[i + 1] - counts[i])
+        for i in range(len(rss) - 1)
+        if counts[i + 1] > counts[i]
+    ]
+
+
+def memory_slope(r: dict[str, Any], who: str = "orch") -> tuple[float, list[float]] | None:
+    """KB per queued task (``admit``) or open stream (``hold``) and the per-batch slopes
+    behind it: with batches (``--steps``), the median of the RSS slopes between batches
+    (the first batch warms the process and is not a slope's start); without, one
+    peak against the start, as results before session 5 measured it."""
+    steps = r.get("rss_steps_kb")
+    counts = r.get("ok_steps") or r.get("streams_steps")
+    if steps and counts and len(steps) > 1:
+        sl = sorted(_slopes(steps, counts, who))
+        if sl:
+            mid = len(sl) // 2
+            med = sl[mid] if len(sl) % 2 else (sl[mid - 1] + sl[mid]) / 2
+            return med, sl
+    if "rss_during_kb" in r and r.get("streams"):
+        return (r["rss_during_kb"][who] - r["rss_before_kb"][who]) / r["streams"], []
+    if r.get("ok") and "rss_peak_kb" in r:
+        return (r["rss_peak_kb"][who] - r["rss_start_kb"][who]) / r["ok"], []
+    return None
+
+
 def figures(res: dict[str, Any]) -> dict[str, Figure]:
     out: dict[str, Figure] = {}
 
@@ -77,17 +105,14 @@ def figures(res: dict[str, Any]) -> dict[str, Figure]:
     mem = res.get("memory", {})
     a = mem.get("admit")
     if a and a.get("ok"):
-        put(
-            "KB per queued task",
-            (a["rss_peak_kb"]["orch"] - a["rss_start_kb"]["orch"]) / a["ok"],
-            "lower",
-        )
+        kb = memory_slope(a)
+        put("KB per queued task", kb and kb[0], "lower")
         put("admission CPU ms", _cpu_ms(a, "orch"), "lower")
         put("admission errors", a["errors"], "errors")
     h = mem.get("hold")
     if h and h.get("rss_during_kb"):
-        kb = (h["rss_during_kb"]["orch"] - h["rss_before_kb"]["orch"]) / h["streams"]
-        put("KB per open stream", kb, "lower")
+        kb = memory_slope(h)
+        put("KB per open stream", kb and kb[0], "lower")
     return out
 
 

@@ -410,28 +410,40 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
     if mem:
         L.append("## Admission rate and memory")
         L.append("")
-        a = mem.get("admit")
-        if a:
-            rss = (a["rss_peak_kb"]["orch"] - a["rss_start_kb"]["orch"]) / max(1, a["ok"])
-            L.append(
-                f"- `POST /v1/tasks` alone (one engine slot, so every task stays queued; "
-                f"c=32; short prompts, so no `/tokenize` call: ORCH-1118): **{a['req_per_s']:.0f} "
-                f"admissions/s**, latency p50/p95/p99 {ppp(a['total_ms'])} ms, {a['ok']} "
-                f"accepted, {a['errors']} errors; orchestratord CPU "
-                f"{_f(cpu_ms_per_req(a, 'orch'), 2)} ms per admission."
-            )
-            L.append(
-                f"- RSS per queued task: **{rss:.1f} KB** ({a['rss_start_kb']['orch'] / 1024:.0f}"
-                f" → {a['rss_peak_kb']['orch'] / 1024:.0f} MB for {a['ok']} queued tasks)."
-            )
-        h = mem.get("hold")
-        if h and h.get("rss_during_kb"):
-            b, dnow = h["rss_before_kb"]["orch"], h["rss_during_kb"]["orch"]
-            L.append(
-                f"- RSS per open stream (running task + connected SSE client + engine "
-                f"stream): **{(dnow - b) / h['streams']:.1f} KB** ({b / 1024:.0f} → "
-                f"{dnow / 1024:.0f} MB with {h['streams']} streams open)."
-            )
+        from regress import memory_slope  # bench/regress.py
+
+        def slope_txt(r: dict[str, Any]) -> str:
+            kb = memory_slope(r)
+            if kb is None:
+                return "?"
+            if not kb[1]:
+                return f"**{kb[0]:.1f} KB** (one peak against the start)"
+            spread = ", ".join(f"{x:.1f}" for x in kb[1])
+            return f"**{kb[0]:.1f} KB** (median of the slopes between batches: {spread})"
+
+        for suffix, who in (("", "these sources"), ("_before", "compared sources")):
+            a = mem.get(f"admit{suffix}")
+            if a:
+                L.append(
+                    f"- {who}: `POST /v1/tasks` alone (one engine slot, so every task stays "
+                    f"queued; c=32; short prompts, so no `/tokenize` call: ORCH-1118): "
+                    f"**{a['req_per_s']:.0f} admissions/s**, latency p50/p95/p99 "
+                    f"{ppp(a['total_ms'])} ms, {a['ok']} accepted, {a['errors']} errors; "
+                    f"orchestratord CPU {_f(cpu_ms_per_req(a, 'orch'), 2)} ms per admission."
+                )
+                L.append(
+                    f"- {who}: RSS per queued task: {slope_txt(a)}; "
+                    f"{a['rss_start_kb']['orch'] / 1024:.0f} → "
+                    f"{a['rss_peak_kb']['orch'] / 1024:.0f} MB for {a['ok']} queued tasks."
+                )
+            h = mem.get(f"hold{suffix}")
+            if h and h.get("rss_during_kb"):
+                b, dnow = h["rss_before_kb"]["orch"], h["rss_during_kb"]["orch"]
+                L.append(
+                    f"- {who}: RSS per open stream (running task + connected SSE client + "
+                    f"engine stream): {slope_txt(h)}; {b / 1024:.0f} → {dnow / 1024:.0f} MB "
+                    f"with {h['streams']} streams open."
+                )
         L.append("")
     real = res.get("real")
     if real:

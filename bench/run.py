@@ -297,40 +297,71 @@ def stage_native(
     return rows
 
 
-def stage_memory(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Admissions/s (POST only, one slot so everything queues), RSS per queued task,
-    RSS per open stream (slow engine, streams held open)."""
+def _memory_side(
+    procs: Procs, tmp: Path, args: argparse.Namespace, side: str, pythonpath: str | None
+) -> dict[str, Any]:
+    """One orchestratord's admissions/s and RSS slopes: per queued task (POST only, one
+    engine slot, so everything queues) and per open stream (slow engine, streams held
+    open). Each in batches after a warm-up, RSS sampled once each batch settled, the
+    figure the median slope between batches (issue #20: one peak against a cold start
+    ranged 2.2-8.2 KB per queued task between runs)."""
     out: dict[str, Any] = {}
-    n_q = 2000 if args.quick else 5000
-    qurl, qpid = start_fake(procs, "fake-1slot", 1000.0, slots=1)
-    ourl, op = start_orch(procs, "orch-queue", qurl, tmp, queue_capacity=n_q + 100)
+    steps = 4
+    n_q = (1000 if args.quick else 2000) * steps
+    warm = 500
+    qurl, qpid = start_fake(procs, f"fake-1slot{side}", 1000.0, slots=1)
+    ourl, op = start_orch(
+        procs, f"orch-queue{side}", qurl, tmp, queue_capacity=n_q + warm + 100,
+        pythonpath=pythonpath,
+    )  # fmt: skip
     try:
-        log(f"admissions/s and RSS per queued task: {n_q} POST /v1/tasks, c=32")
-        res = loadgen(
+        log(f"admissions/s and RSS per queued task{side}: {warm} + {steps} x {n_q // steps}"
+            " POST /v1/tasks, c=32")  # fmt: skip
+        out["admit"] = loadgen(
             "admit",
             ourl,
             32,
             n_q,
-            cap_s=args.cap_s,
-            warmup=0,
+            cap_s=args.cap_s * 4,
+            warmup=warm,
             watch={"orch": op.pid, "engine": qpid},
-            extra=[],
+            extra=["--steps", str(steps)],
         )
-        out["admit"] = res
     finally:
         procs.stop(op)
-    n_s = 256 if args.quick else 1000
-    surl, _spid = start_fake(procs, "fake-slow", 50.0, slots=n_s + 16)
-    ourl, op = start_orch(procs, "orch-hold", surl, tmp)
+    n_s = (96 if args.quick else 200) * steps
+    # 1 s per token: the held streams' event logs (~100 B per frame, kept for resume,
+    # ORCH-1202) barely grow while the batches open, so the slope is per stream, not
+    # per token streamed meanwhile (at 50 ms/token the slopes rose 46 -> 59 -> 70 KB
+    # from batch to batch)
+    surl, _spid = start_fake(procs, f"fake-slow{side}", 1000.0, slots=n_s + 16)
+    ourl, op = start_orch(procs, f"orch-hold{side}", surl, tmp, pythonpath=pythonpath)
     try:
         # warm the process (first requests import and allocate) before the baseline
         loadgen("orch", ourl, 16, 64, cap_s=30, max_tokens=2, watch={}, warmup=0)
-        log(f"RSS per open stream: {n_s} streams held open")
+        log(f"RSS per open stream{side}: {steps} x {n_s // steps} streams held open")
         out["hold"] = loadgen(
-            "hold", ourl, n_s, n_s, cap_s=60, max_tokens=4000, watch={"orch": op.pid}
+            "hold",
+            ourl,
+            n_s,
+            n_s,
+            cap_s=60,
+            max_tokens=4000,
+            watch={"orch": op.pid},
+            extra=["--steps", str(steps)],
         )
     finally:
         procs.stop(op)
+    return out
+
+
+def stage_memory(procs: Procs, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The memory figures of the current sources, and of the compared ones right after
+    (``admit_before``, ``hold_before``) when there are any."""
+    out = _memory_side(procs, tmp, args, "", None)
+    if args.compare_src:
+        before = _memory_side(procs, tmp, args, "-before", args.compare_src)
+        out["admit_before"], out["hold_before"] = before["admit"], before["hold"]
     return out
 
 

@@ -68,3 +68,35 @@ def test_wrk_relayed_share_of_direct_falls_back() -> None:
     assert rows["wrk c=64 req/s vs direct"]["worse"]
     rows = {r["figure"]: r for r in compare(native(400.0), native(380.0))}
     assert not rows["wrk c=64 req/s vs direct"]["worse"]
+
+
+def test_memory_figures_are_the_median_slope_between_batches() -> None:
+    """ORCH-2761: with batches, KB per queued task / open stream is the median of the
+    RSS slopes between batches (the first batch only warms); older results keep their
+    one-peak figure, so a baseline from before still compares."""
+    from regress import figures, memory_slope
+
+    admit = {
+        "ok": 4000,
+        "errors": 0,
+        "cpu_s": {"orch": 8.0},
+        "rss_start_kb": {"orch": 50_000},
+        "rss_peak_kb": {"orch": 90_000},
+        # slopes 2.0, 9.0 (a burst), 1.5 KB per task
+        "rss_steps_kb": [{"orch": 52_000}, {"orch": 54_000}, {"orch": 63_000}, {"orch": 64_500}],
+        "ok_steps": [1000, 2000, 3000, 4000],
+    }
+    hold = {
+        "streams": 300,
+        "rss_before_kb": {"orch": 40_000},
+        "rss_during_kb": {"orch": 49_000},
+        "rss_steps_kb": [{"orch": 43_000}, {"orch": 46_000}, {"orch": 49_000}],
+        "streams_steps": [100, 200, 300],
+    }
+    assert memory_slope(admit) == (2.0, [1.5, 2.0, 9.0])
+    assert memory_slope(hold) == (30.0, [30.0, 30.0])
+    figs = figures({"memory": {"admit": admit, "hold": hold}})
+    assert figs["KB per queued task"] == (2.0, "lower")
+    assert figs["KB per open stream"] == (30.0, "lower")
+    old = {k: v for k, v in admit.items() if k not in ("rss_steps_kb", "ok_steps")}
+    assert memory_slope(old) == (10.0, [])  # (90000 - 50000) / 4000

@@ -216,7 +216,7 @@ class ServiceModel:
         is not counted)."""
         return sum(n for t, n in self._dispatches if t0 < t <= t1)
 
-    def prefill_share(self, now: float) -> float:
+    def prefill_share(self, now: float, p: ModelParams | None = None) -> float:
         """``u``: the share of the replica's time its recent prompts took (ORCH-1992)."""
         since = now - self.SHARE_WINDOW_S
         window = self._window
@@ -224,7 +224,8 @@ class ServiceModel:
             self._window_tokens -= window.popleft()[1]
         if not self._window_tokens:
             return 0.0
-        ms = self._window_tokens * self.params(now).prefill_ms_per_token
+        p = self.params(now) if p is None else p
+        ms = self._window_tokens * p.prefill_ms_per_token
         return min(self.SHARE_MAX, ms / (self.SHARE_WINDOW_S * 1000.0))
 
     # ---------------------------------------------------------------- learning
@@ -268,28 +269,43 @@ class ServiceModel:
         slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
         return ModelParams(overhead, prefill, decode, slowdown, self._decode.weight(now))
 
-    def ttft_ms(self, tokens_in: int, now: float) -> float:
-        p = self.params(now)
+    # ``p``: this model's ``params(now)`` when the caller already has them (the same
+    # values: params only decay to ``now``; issue #20, computed once per forecast step)
+    def ttft_ms(self, tokens_in: int, now: float, p: ModelParams | None = None) -> float:
+        p = self.params(now) if p is None else p
         return p.overhead_ms + p.prefill_ms_per_token * max(0, tokens_in)
 
-    def decode_ms_per_token(self, busy: float, now: float) -> float:
+    def decode_ms_per_token(self, busy: float, now: float, p: ModelParams | None = None) -> float:
         """At ``busy`` busy slots; with another slot busy, stretched by the replica's
-        recent prefill share (ORCH-1992): an idle replica's pace is its measured one."""
-        p = self.params(now)
+        recent prefill share (ORCH-1992): an idle replica's pace is its measured one.
+        ``p``: this model's ``params(now)`` when the caller already has them."""
+        p = self.params(now) if p is None else p
         busy = min(max(busy, 1.0), float(self.slots))
         per = p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
         if busy > 1.0:
-            per /= 1.0 - self.prefill_share(now)
+            per /= 1.0 - self.prefill_share(now, p)
         return per
 
     def service_ms(
-        self, tokens_in: int, tokens_out: int, busy: float, now: float, ahead: int = 0
+        self,
+        tokens_in: int,
+        tokens_out: int,
+        busy: float,
+        now: float,
+        ahead: int = 0,
+        *,
+        pace: float = 1.0,
     ) -> float:
         """Dispatch → last token of a task of that size at ``busy`` busy slots, with
-        ``ahead`` prompt tokens of other tasks still to prefill before it (ORCH-1992)."""
-        return self.ttft_ms(tokens_in + max(0, ahead), now) + max(
-            0, tokens_out - 1
-        ) * self.decode_ms_per_token(busy, now)
+        ``ahead`` prompt tokens of other tasks still to prefill before it; with another
+        slot busy, the others' coming prompts share its batches, prefill included
+        (ORCH-1992). ``pace``: the replica's decode now against its model (ORCH-1977)."""
+        p = self.params(now)
+        ttft = self.ttft_ms(tokens_in + max(0, ahead), now, p)
+        if busy > 1.0:
+            ttft /= 1.0 - self.prefill_share(now, p)
+        decode = max(0, tokens_out - 1) * self.decode_ms_per_token(busy, now, p)
+        return ttft + pace * decode
 
     def cv(self, floor: float, now: float) -> float:
         """Spread of finish forecasts: the mean |log error| seen, as a normal's sigma

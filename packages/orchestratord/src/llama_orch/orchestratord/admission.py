@@ -166,8 +166,9 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
         )
     tid = req.task_id or uuid.uuid4()
     seed = req.seed if req.seed is not None else derive_seed(tid)
+    task_id = str(tid)  # one str for the record and the request (issue #20: memory per task)
     gen = GenerateRequest(
-        task_id=str(tid),
+        task_id=task_id,
         prompt=prompt,
         max_tokens=max_tokens,
         seed=seed,
@@ -181,7 +182,7 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
         cache_prompt=req.determinism != "strict" and req.kv_hint != "cold",
         grammar=req.grammar,
     )
-    return Prepared(str(tid), gen, prompt_tokens, ctx)
+    return Prepared(task_id, gen, prompt_tokens, ctx)
 
 
 def backpressure(metrics: Metrics, pool: Pool, policy: str | None = None) -> None:

@@ -45,7 +45,47 @@ def _ping(waiter: asyncio.Future[object]) -> None:
         waiter.set_result(_KEEPALIVE)
 
 
-@dataclass(eq=False)
+class Ended:
+    """Set once with a task's terminal event (ORCH-2413): ``is_set``, ``set`` and ``wait``
+    as :class:`asyncio.Event`'s. An ``asyncio.Event`` allocates its waiter deque up front
+    (~0.7 KB per record); a queued task's record carries this instead, whose waiters exist
+    only once someone waits (issue #20, RSS per queued task)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for w in waiters or ():
+            if not w.done():
+                w.set_result(None)
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+# slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20)
+@dataclass(eq=False, slots=True)
 class TaskRecord:
     task_id: str
     pool_id: str
@@ -104,13 +144,14 @@ class TaskRecord:
     runner: asyncio.Task[None] | None = None
     error_code: ErrorCode | None = None
     # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: Ended = field(default_factory=Ended)
     # Called after every phase change; the TaskStore that holds the record sets it.
     on_change: Callable[[TaskRecord], None] | None = None
     # With a state store, every appended event is also written there (ORCH-2524).
     sink: Callable[[str, bytes], None] | None = None
     _frames: list[bytes] = field(default_factory=list)
-    _waiters: list[asyncio.Future[object]] = field(default_factory=list)
+    # readers parked in frames(); None until the first one parks (a queued task has none)
+    _waiters: list[asyncio.Future[object]] | None = None
 
     def __hash__(self) -> int:
         return hash(self.task_id)
@@ -201,7 +242,7 @@ class TaskRecord:
         if self.sink is not None:
             self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, None
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
@@ -233,6 +274,8 @@ class TaskRecord:
                 return
             loop = asyncio.get_running_loop()
             waiter = loop.create_future()
+            if self._waiters is None:
+                self._waiters = []
             self._waiters.append(waiter)
             timer = None if keepalive_s is None else loop.call_later(keepalive_s, _ping, waiter)
             try:
@@ -241,10 +284,8 @@ class TaskRecord:
                 if timer is not None:
                     timer.cancel()
             if waiter.result() is _KEEPALIVE:
-                try:
+                if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
-                except ValueError:
-                    pass
                 yield KEEPALIVE_FRAME
 
 

@@ -219,29 +219,31 @@ class Workload:
                 continue
             model = self.model(pool, rid, st.slots)
             running = self.running.get((pool.id, rid), ())
-            busy = max(1, len(running))
-            per = model.decode_ms_per_token(busy, now)
             left = []
             paces = []
-            for t in running:
-                ms = tokens_left(t) * per
-                if t.run_first_token is None and t.dispatched is not None:
-                    # ORCH-1977: a first token later than modelled slows its decode alike
-                    elapsed = (now - t.dispatched) * 1000
-                    ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now)
-                    late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
-                    ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
-                elif t.run_first_token is not None and t.last_token is not None:
-                    pace = live_pace(  # ORCH-1977: the task's own pace so far
-                        per,
-                        t.engine_tokens - t.run_tokens_before,
-                        (t.last_token - t.run_first_token) * 1000,
-                        (now - t.run_first_token) * 1000,
-                    )
-                    if pace is not None:
-                        ms = tokens_left(t) * pace.ms_per_token
-                        paces.append(pace)
-                left.append(max(0.0, ms))
+            if running:
+                # the model's parameters once per replica, not once per running task
+                p = model.params(now)
+                per = model.decode_ms_per_token(max(1, len(running)), now, p)
+                for t in running:
+                    ms = tokens_left(t) * per
+                    if t.run_first_token is None and t.dispatched is not None:
+                        # ORCH-1977: a first token later than modelled slows its decode
+                        elapsed = (now - t.dispatched) * 1000
+                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now, p)
+                        late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
+                        ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
+                    elif t.run_first_token is not None and t.last_token is not None:
+                        pace = live_pace(  # ORCH-1977: the task's own pace so far
+                            per,
+                            t.engine_tokens - t.run_tokens_before,
+                            (t.last_token - t.run_first_token) * 1000,
+                            (now - t.run_first_token) * 1000,
+                        )
+                        if pace is not None:
+                            ms = tokens_left(t) * pace.ms_per_token
+                            paces.append(pace)
+                    left.append(max(0.0, ms))
             out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces)))
         return out
 

@@ -1,0 +1,50 @@
+"""ORCH-2762: a queued task's record carries nothing that only readers use before one
+exists (issue #20: RSS per queued task), and its end flag behaves as an asyncio.Event."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llama_orch.core.adapter_api import GenerateRequest
+from llama_orch.core.api import QueuedEvent
+from llama_orch.orchestratord.tasks import TaskRecord
+
+
+def _record() -> TaskRecord:
+    req = GenerateRequest(task_id="t-1", prompt="hi", max_tokens=2, seed=1)
+    return TaskRecord(
+        task_id=req.task_id,
+        pool_id="p",
+        engine="mock",
+        priority="interactive",
+        request=req,
+        prompt_tokens=1,
+    )
+
+
+async def test_a_queued_record_is_lean_and_its_end_flag_wakes_waiters() -> None:
+    rec = _record()
+    assert not hasattr(rec, "__dict__")  # slots: no per-record dict
+    assert rec._waiters is None and rec.ended._waiters is None  # nothing until a wait
+
+    # a reader parks on the log; an append wakes it and the list is dropped again
+    frames = rec.frames()
+    first = asyncio.ensure_future(anext(frames))
+    await asyncio.sleep(0)
+    assert rec._waiters is not None and len(rec._waiters) == 1
+    rec.append(QueuedEvent(queue_position=0, predicted_start_ms=0))
+    assert (await asyncio.wait_for(first, 5)).startswith(b"id: 0\n")
+    assert rec._waiters is None
+    await frames.aclose()
+
+    # the end flag: wait() before and after set(), and a cancelled waiter leaves no trace
+    assert not rec.ended.is_set()
+    cancelled = asyncio.ensure_future(rec.ended.wait())
+    waiting = asyncio.ensure_future(rec.ended.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert rec.ended._waiters is not None and len(rec.ended._waiters) == 1
+    rec.ended.set()
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert rec.ended.is_set() and await rec.ended.wait() is True
