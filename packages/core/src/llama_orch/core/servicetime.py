@@ -286,10 +286,13 @@ class ServiceModel:
         self, tokens_in: int, tokens_out: int, busy: float, now: float, ahead: int = 0
     ) -> float:
         """Dispatch → last token of a task of that size at ``busy`` busy slots, with
-        ``ahead`` prompt tokens of other tasks still to prefill before it (ORCH-1992)."""
-        return self.ttft_ms(tokens_in + max(0, ahead), now) + max(
-            0, tokens_out - 1
-        ) * self.decode_ms_per_token(busy, now)
+        ``ahead`` prompt tokens of other tasks still to prefill before it; with another
+        slot busy, the others' coming prompts share its batches, prefill included
+        (ORCH-1992)."""
+        ttft = self.ttft_ms(tokens_in + max(0, ahead), now)
+        if busy > 1.0:
+            ttft /= 1.0 - self.prefill_share(now)
+        return ttft + max(0, tokens_out - 1) * self.decode_ms_per_token(busy, now)
 
     def cv(self, floor: float, now: float) -> float:
         """Spread of finish forecasts: the mean |log error| seen, as a normal's sigma
