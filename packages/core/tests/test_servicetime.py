@@ -215,3 +215,15 @@ def test_prefill_share_stretches_only_a_busy_replicas_decode():
     # the dispatches between two instants, the first excluded (a run's own dispatch)
     assert m.prompt_tokens_between(0.0, 5.0) == 5000
     assert m.prompt_tokens_between(5.0, 11.0) == 100_000
+
+
+def test_a_busy_replicas_whole_service_is_stretched_and_an_idle_ones_is_not():
+    """ORCH-1992: with another slot busy, first token and decode share the batches
+    with the others' coming prompts; alone on the replica the forecast is the model's."""
+    m = ServiceModel(Prior(100.0, 5.0, 20.0, 0.0), half_life_s=600.0, slots=4)
+    alone = m.service_ms(200, 11, 1, 0.0)
+    assert math.isclose(alone, 100 + 5 * 200 + 10 * 20)
+    for i in range(6):
+        m.dispatched(1000, float(i))  # u = 0.5
+    assert math.isclose(m.service_ms(200, 11, 1, 10.0), alone)
+    assert math.isclose(m.service_ms(200, 11, 2, 10.0), 2 * alone)
