@@ -61,7 +61,7 @@ def test_an_idle_slot_holding_the_prefix_wins_a_busy_one_does_not():
     views = [_view("r0", busy=1), _view("r1")]
     got = choose_slot(views, CFG, t, _h(SYS_A + "q3"))
     assert got is not None
-    assert (got.replica_id, got.slot, got.decision) == ("r1", 1, "slot")
+    assert (got.replica_id, got.slot, got.decision) == ("r1", 1, "slot") and got.pin
     assert got.hit_blocks == len(_h(SYS_A))
 
 
@@ -97,6 +97,7 @@ def test_without_a_hit_the_emptiest_then_stalest_idle_slot_is_taken():
     t.unpin("a", text=_h(SYS_A))
     got = choose_slot([_view("r0", slots=3)], CFG, t, _h(SYS_B))
     assert got is not None and (got.slot, got.decision) == (1, "load")
+    assert not got.pin  # the engine chooses (and may restore from its host cache)
     t.pin("r0", 1, "b", _h(SYS_B), max_tokens=1)
     t.unpin("b", text=_h(SYS_B))
     t.pin("r0", 2, "c", _h("Z" * 400), max_tokens=1)
@@ -154,6 +155,7 @@ class SlotMachine(RuleBasedStateMachine):
         assert got is not None
         view = next(v for v in views if v.replica_id == got.replica_id)
         assert view.free > 0 and 0 <= got.slot < view.slots
+        assert got.pin == (got.hit_blocks > 0)
         state = self.table.slots(got.replica_id, 2)[got.slot]
         if got.decision == "wait":
             assert len(state.tasks) == 1
@@ -173,7 +175,7 @@ class SlotMachine(RuleBasedStateMachine):
     @rule(data=st.data(), completed=st.booleans())
     def end(self, data: st.DataObject, completed: bool) -> None:
         task = data.draw(st.sampled_from(sorted(self.running)))
-        rid, slot = self.running.pop(task)
+        self.running.pop(task)
         text = _h(PROMPTS[0] + " answer") if completed else None
         self.table.unpin(task, text=text)
 

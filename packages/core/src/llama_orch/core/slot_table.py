@@ -13,7 +13,9 @@ dispatches and corrected by the slot the engine reports (ORCH-2350, 2351).
 slot with the longest hit; a busy slot whose hit is much longer when its task
 is about to finish (the engine starts a task pinned to a busy slot when the
 slot frees); with no hit, the least-loaded replica's emptiest or stalest idle
-slot, so that slots holding other prefixes keep them. Pure: stdlib only, no
+slot, so that slots holding other prefixes keep them (not pinned: the engine's
+own choice, which mirrors that rule, may restore the prompt from its host
+cache). Pure: stdlib only, no
 clock (recency is a counter).
 """
 
@@ -58,10 +60,20 @@ class SlotState:
 
 @dataclass(frozen=True, slots=True)
 class SlotChoice:
+    """Where ``slot-aware`` places a task. ``pin``: send the slot to the engine. A
+    choice without a hit is not pinned (ORCH-2354): the engine's own choice then
+    applies, which can also restore the prompt from its host prompt cache
+    (llama-server does so only for a request it places itself); ``slot`` is then
+    the slot the engine is expected to take, corrected by its report (ORCH-2351)."""
+
     replica_id: str
     slot: int
     decision: SlotDecision
     hit_blocks: int
+
+    @property
+    def pin(self) -> bool:
+        return self.hit_blocks > 0
 
 
 class SlotTable:

@@ -45,7 +45,7 @@ class Placer:
         # slot-aware (ORCH-2350): per pool its slot table, the (replica, slot) of the
         # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353)
         self._slots: dict[str, SlotTable] = {}
-        self._pending_slot: dict[str, tuple[str, str, int]] = {}
+        self._pending_slot: dict[str, tuple[str, str, int, bool]] = {}
         self._pinned: dict[str, dict[str, TaskRecord]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
@@ -124,20 +124,22 @@ class Placer:
         if got is None:
             return None
         self._pending[pool.id] = (rec.task_id, got.decision, hashes)
-        self._pending_slot[pool.id] = (rec.task_id, got.replica_id, got.slot)
+        self._pending_slot[pool.id] = (rec.task_id, got.replica_id, got.slot, got.pin)
         return next(v for v in views if v.replica_id == got.replica_id)
 
     def _pin(self, pool: Pool, replica: Replica, rec: TaskRecord, hashes: list[bytes]) -> None:
-        """ORCH-2350, ORCH-2356: pin the run to the chosen slot (or, when the policy
-        host placed it elsewhere, to that replica's best idle slot)."""
+        """ORCH-2350, ORCH-2354, ORCH-2356: record the run on the chosen slot (or, when
+        the policy host placed it elsewhere, that replica's best idle slot) and pin
+        it there when the slot holds part of the prompt."""
         table = self.slot_table(pool)
         rid, st = replica.state.replica_id, replica.state
-        task_id, chosen_rid, slot = self._pending_slot.pop(pool.id, ("", "", -1))
+        task_id, chosen_rid, slot, pin = self._pending_slot.pop(pool.id, ("", "", -1, False))
         if task_id != rec.task_id or chosen_rid != rid or slot < 0:
-            slot = table.pick_idle(rid, max(1, st.slots), hashes)[1]
+            hit, slot = table.pick_idle(rid, max(1, st.slots), hashes)
+            pin = hit > 0
         table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens)
         self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
-        rec.engine_slot = slot
+        rec.engine_slot = slot if pin else None
 
     def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         """The task starts on ``replica``: learn its prompt there, count the decision."""
