@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 SYSTEM = "You are a careful assistant who answers briefly. " * 20
@@ -59,6 +60,11 @@ async def test_slot_aware_pins_the_warm_idle_slot_and_frees_it(mock_config, star
     await run.events(second)
     b = run.orch.get(second)
     assert b.replica_id == a.replica_id and b.engine_slot is not None  # ORCH-2352
+    # ORCH-2357: the policy host would see the best idle slot's hit per replica
+    follow = SimpleNamespace(task_id="next", request=SimpleNamespace(prompt=SYSTEM + "user: x"))
+    shown = run.orch.placer.expected_hits(pool, follow)  # type: ignore[arg-type]
+    assert shown[b.replica_id] >= len(SYSTEM) // 4 - 16
+    assert [v for k, v in shown.items() if k != b.replica_id] == [0]
     long = await _submit(run, prompt=SYSTEM + "user: long", max_tokens=400)
     await run.until(lambda: run.orch.get(long).state == "running")
     c = run.orch.get(long)

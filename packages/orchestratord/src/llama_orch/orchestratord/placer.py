@@ -81,6 +81,9 @@ class Placer:
         hashes = pending[2] if pending and pending[0] == rec.task_id else []
         hashes = hashes or self._hashes(pool, rec)
         index = self.index(pool)
+        if pool.config.placement.policy == "slot-aware":  # the best idle slot's hit
+            table = self.slot_table(pool)
+            return {rid: index.tokens(table.best_idle_hit(rid, hashes)) for rid in pool.replicas}
         return {rid: index.tokens(index.match(rid, hashes)) for rid in pool.replicas}
 
     def chooser(self, pool: Pool, rec: TaskRecord, affinity: str | None) -> Chooser:
