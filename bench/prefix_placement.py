@@ -166,6 +166,7 @@ def start_orch(
     version: str,
     imbalance_abs: int,
     tenants: int = 8,
+    host_cache: bool = True,
 ) -> tuple[str, list[str], Any]:
     from llama_orch.orchestratord.auth import hash_key
 
@@ -196,7 +197,9 @@ def start_orch(
                 "engine_version": version,
                 # one engine thread: every extra running task slows the engine's
                 # others, so the guard is tighter than for batching GPU engines
-                "placement": {"policy": policy, "imbalance_abs": imbalance_abs},
+                "placement": {"policy": policy, "imbalance_abs": imbalance_abs}
+                # slot-aware counts the engine's host prompt cache only when it has one
+                | ({"host_cache": host_cache} if policy == "slot-aware" else {}),
                 # a cold 1,000-token prompt on a loaded 2-core machine takes minutes
                 "adapter_options": {"idle_timeout_s": 900.0, "request_timeout_s": 900.0},
             }
@@ -438,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                 binary.engine_version,
                 args.imbalance_abs,
                 args.tenants,
+                args.cache_ram != 0,
             )
             before = engine_cache(engines)
             log(f"{policy}: driving")

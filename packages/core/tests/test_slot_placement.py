@@ -15,7 +15,9 @@ KEY = ReplicaSetKey("llamacpp-http", "d", 2048, "v1")
 BLOCK = 64  # characters per block; 16 tokens at 4 characters per token
 SYS_A = "You are the library's help desk. " * 40  # ~20 blocks
 SYS_B = "You are the bakery's order desk. " * 40
-CFG = PlacementConfig(policy="slot-aware", block_chars=BLOCK, slot_wait_min_tokens=128)
+CFG = PlacementConfig(
+    policy="slot-aware", block_chars=BLOCK, slot_wait_min_tokens=128, slot_wait_tokens=32
+)
 
 
 def _h(text: str) -> list[bytes]:
@@ -68,10 +70,13 @@ def test_an_idle_slot_holding_the_prefix_wins_a_busy_one_does_not():
 def test_a_busy_slot_about_to_free_is_waited_for():
     """ORCH-2353: a much longer prefix in a busy slot whose task is nearly done is
     worth a short wait; not when another task already waits there, not when the
-    task there has many tokens left, not when the gain is small."""
+    task there has many tokens left, not when the gain is small, never by default."""
     t = SlotTable()
     t.pin("r0", 0, "a", _h(SYS_A + "q1"), max_tokens=8)
     views = [_view("r0", busy=1), _view("r1")]
+    off = PlacementConfig(policy="slot-aware", block_chars=BLOCK)
+    got = choose_slot(views, off, t, _h(SYS_A + "q2"))
+    assert got is not None and got.decision == "load" and got.replica_id == "r1"
     got = choose_slot(views, CFG, t, _h(SYS_A + "q2"))
     assert got is not None and (got.replica_id, got.slot, got.decision) == ("r0", 0, "wait")
     t.pin("r0", 0, "w", _h(SYS_A + "q2"), max_tokens=8)  # someone waits behind it now
@@ -107,6 +112,24 @@ def test_without_a_hit_the_emptiest_then_stalest_idle_slot_is_taken():
     # least-loaded across replicas: r1 has more free slots
     got = choose_slot([_view("r0", slots=3, busy=1), _view("r1", slots=3)], CFG, t, _h("Q" * 400))
     assert got is not None and got.replica_id == "r1"
+
+
+def test_a_longer_hit_in_the_engines_host_cache_is_not_pinned():
+    """ORCH-2352, ORCH-2354: a replica whose host prompt cache (the replica index)
+    holds a longer prefix than any idle slot wins, unpinned (llama-server restores
+    from that cache only for requests it places itself); an idle slot holding at
+    least as much is pinned."""
+    t = SlotTable()
+    t.pin("r1", 0, "a", _h(SYS_A[:640]), max_tokens=1)
+    t.unpin("a", text=_h(SYS_A[:640]))  # r1 slot 0 holds 10 blocks of SYS_A
+    views = [_view("r0"), _view("r1")]
+    n = len(_h(SYS_A))
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q"), host_hits={"r0": n, "r1": 0})
+    assert got is not None and (got.replica_id, got.decision, got.pin) == ("r0", "prefix", False)
+    assert got.hit_blocks == n
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q"), host_hits={"r0": 0, "r1": 10})
+    assert got is not None and (got.replica_id, got.slot, got.decision) == ("r1", 0, "slot")
+    assert got.pin
 
 
 def test_the_imbalance_guard_applies():

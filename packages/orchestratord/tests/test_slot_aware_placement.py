@@ -37,7 +37,8 @@ async def test_slot_aware_pins_the_warm_idle_slot_and_frees_it(mock_config, star
     run = await start_orchestrator(
         mock_config(
             endpoints=["mock://0", "mock://1"],
-            placement={"policy": "slot-aware", "block_chars": 64},
+            # a mock engine keeps no host prompt cache (ORCH-2352)
+            placement={"policy": "slot-aware", "block_chars": 64, "host_cache": False},
             adapter_options={"token_delay_ms": 10, "slots": 2},
         )
     )

@@ -66,7 +66,8 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     (ORCH-2350..2355) also tracks which engine slot holds which prefix and pins
     the task to one (llama-server ``id_slot``); it waits behind a busy slot whose
     prefix is ``slot_wait_min_tokens`` longer when its task has at most
-    ``slot_wait_tokens`` tokens left."""
+    ``slot_wait_tokens`` tokens left (0, the default: never); with ``host_cache``
+    it also counts the replica index as the engine's host prompt cache."""
 
     policy: PlacementPolicy = "least-loaded"
     # Prefix index (ORCH-2301, ORCH-2302): characters per hashed block, the
@@ -86,8 +87,14 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # slot-aware (ORCH-2353): pin behind a busy slot whose prefix is at least
     # ``slot_wait_min_tokens`` tokens longer than the best idle slot's, when its
     # task has at most ``slot_wait_tokens`` tokens left to generate.
+    # 0 (the default) never waits: measured, waiting keeps a shared prompt in the few
+    # slots that first computed it and the sessions then queue behind those slots.
     slot_wait_min_tokens: Annotated[int, Meta(ge=1)] = 256
-    slot_wait_tokens: Annotated[int, Meta(ge=0)] = 32
+    slot_wait_tokens: Annotated[int, Meta(ge=0)] = 0
+    # slot-aware: the engine keeps prompts evicted from its slots in a host cache
+    # (llama-server ``--cache-ram``, on by default) that it restores for requests it
+    # places itself; the replica prefix index then stands for that cache.
+    host_cache: bool = True
 
 
 def _ll_rank(r: ReplicaView, affinity: str | None) -> tuple[int, bool, int]:

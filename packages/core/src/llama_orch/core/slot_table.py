@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SlotChoice", "SlotDecision", "SlotState", "SlotTable", "choose_slot", "shared_blocks"]
 
-SlotDecision = Literal["slot", "wait", "load", "guard"]
+SlotDecision = Literal["slot", "prefix", "wait", "load", "guard"]
 
 
 def shared_blocks(held: Sequence[bytes], hashes: Sequence[bytes]) -> int:
@@ -60,20 +60,18 @@ class SlotState:
 
 @dataclass(frozen=True, slots=True)
 class SlotChoice:
-    """Where ``slot-aware`` places a task. ``pin``: send the slot to the engine. A
-    choice without a hit is not pinned (ORCH-2354): the engine's own choice then
-    applies, which can also restore the prompt from its host prompt cache
-    (llama-server does so only for a request it places itself); ``slot`` is then
-    the slot the engine is expected to take, corrected by its report (ORCH-2351)."""
+    """Where ``slot-aware`` places a task. ``pin``: send the slot to the engine, when
+    an idle slot there holds the longest hit. Otherwise (no hit, ORCH-2354, or a
+    longer one in the engine's host prompt cache) the engine's own choice applies,
+    which can restore the prompt from that cache (llama-server does so only for a
+    request it places itself); ``slot`` is then the slot the engine is expected to
+    take, corrected by its report (ORCH-2351)."""
 
     replica_id: str
     slot: int
     decision: SlotDecision
     hit_blocks: int
-
-    @property
-    def pin(self) -> bool:
-        return self.hit_blocks > 0
+    pin: bool
 
 
 class SlotTable:
@@ -199,11 +197,15 @@ def choose_slot(
     *,
     affinity: str | None = None,
     tokens_per_block: float = 16.0,
+    host_hits: Mapping[str, int] | None = None,
 ) -> SlotChoice | None:
-    """The replica and slot ``slot-aware`` pins the task to, and why (ORCH-2352..2355).
+    """The replica and slot ``slot-aware`` places the task on, and why (ORCH-2352..2355).
 
     Candidates are the set's Ready replicas; those without a free slot are
-    ignored (ORCH-2313); None when none has one.
+    ignored (ORCH-2313); None when none has one. ``host_hits`` are the replicas'
+    expected hits in their engine's host prompt cache, in blocks (the replica
+    prefix index; llama-server restores from it only for a request it places
+    itself, so such a hit is not pinned).
     """
     from .placement_policy import imbalanced, least_loaded
 
@@ -211,33 +213,42 @@ def choose_slot(
     if not free:
         return None
     coolest = least_loaded(free, affinity)
-
+    host = host_hits or {}
     best = {r.replica_id: table.pick_idle(r.replica_id, r.slots, hashes) for r in free}
-    top = max(h for h, _ in best.values())
-    # ORCH-2353: a much longer prefix in a slot that is about to free up
-    wait: SlotChoice | None = None
-    min_extra = cfg.slot_wait_min_tokens / tokens_per_block
-    for r in free:
-        for i, s in enumerate(table.slots(r.replica_id, r.slots)[: r.slots]):
-            if len(s.tasks) != 1:  # idle, or someone already waits behind it
-                continue
-            hit = shared_blocks(s.held, hashes)
-            if hit - top < min_extra or hit <= 0:
-                continue
-            if table.remaining(s.tasks[0]) > cfg.slot_wait_tokens:
-                continue
-            if wait is None or hit > wait.hit_blocks:
-                wait = SlotChoice(r.replica_id, i, "wait", hit)
-    if wait is not None:
-        return wait
+
+    def score(rid: str) -> int:
+        return max(best[rid][0], host.get(rid, 0))
+
+    def on(r: ReplicaView, decision: SlotDecision) -> SlotChoice:
+        hit, slot = best[r.replica_id]
+        pin = hit > 0 and hit >= host.get(r.replica_id, 0)
+        return SlotChoice(r.replica_id, slot, decision, score(r.replica_id), pin)
+
+    top = max(score(r.replica_id) for r in free)
+    if cfg.slot_wait_tokens > 0:  # ORCH-2353: a much longer prefix about to free up
+        wait: SlotChoice | None = None
+        min_extra = cfg.slot_wait_min_tokens / tokens_per_block
+        for r in free:
+            for i, s in enumerate(table.slots(r.replica_id, r.slots)[: r.slots]):
+                if len(s.tasks) != 1:  # idle, or someone already waits behind it
+                    continue
+                hit = shared_blocks(s.held, hashes)
+                if hit - top < min_extra or hit <= 0:
+                    continue
+                if table.remaining(s.tasks[0]) > cfg.slot_wait_tokens:
+                    continue
+                if wait is None or hit > wait.hit_blocks:
+                    wait = SlotChoice(r.replica_id, i, "wait", hit, True)
+        if wait is not None:
+            return wait
     if top <= 0:  # ORCH-2354
-        return SlotChoice(coolest.replica_id, best[coolest.replica_id][1], "load", 0)
-    tied = [r for r in free if best[r.replica_id][0] == top]
+        return on(coolest, "load")
+    tied = [r for r in free if score(r.replica_id) == top]
     warm = next((r for r in tied if r.replica_id == affinity), None) or least_loaded(tied, affinity)
     if warm is not coolest and imbalanced(warm, coolest, cfg):  # ORCH-2355
-        hit, slot = best[coolest.replica_id]
-        return SlotChoice(coolest.replica_id, slot, "guard", hit)
-    return SlotChoice(warm.replica_id, best[warm.replica_id][1], "slot", top)
+        return on(coolest, "guard")
+    choice = on(warm, "slot")
+    return choice if choice.pin else on(warm, "prefix")
 
 
 def slot_hits(

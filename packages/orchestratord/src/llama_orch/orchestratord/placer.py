@@ -81,9 +81,16 @@ class Placer:
         hashes = pending[2] if pending and pending[0] == rec.task_id else []
         hashes = hashes or self._hashes(pool, rec)
         index = self.index(pool)
-        if pool.config.placement.policy == "slot-aware":  # the best idle slot's hit
+        cfg = pool.config.placement
+        if cfg.policy == "slot-aware":  # the best idle slot's hit, or the host cache's
             table = self.slot_table(pool)
-            return {rid: index.tokens(table.best_idle_hit(rid, hashes)) for rid in pool.replicas}
+            return {
+                rid: index.tokens(
+                    max(table.best_idle_hit(rid, hashes),
+                        index.match(rid, hashes) if cfg.host_cache else 0)
+                )
+                for rid in pool.replicas
+            }  # fmt: skip
         return {rid: index.tokens(index.match(rid, hashes)) for rid in pool.replicas}
 
     def chooser(self, pool: Pool, rec: TaskRecord, affinity: str | None) -> Chooser:
@@ -120,9 +127,13 @@ class Placer:
         index = self.index(pool)
         hashes = self._hashes(pool, rec)
         tokens_per_block = index.block_chars / index.chars_per_token
+        cfg = pool.config.placement
+        host = None
+        if cfg.host_cache:  # ORCH-2352: prompts the engine keeps beside its slots
+            host = {v.replica_id: index.match(v.replica_id, hashes) for v in views}
         got = choose_slot(
-            views, pool.config.placement, table, hashes,
-            affinity=affinity, tokens_per_block=tokens_per_block,
+            views, cfg, table, hashes,
+            affinity=affinity, tokens_per_block=tokens_per_block, host_hits=host,
         )  # fmt: skip
         if got is None:
             return None
@@ -173,8 +184,11 @@ class Placer:
         cfg = pool.config.placement
         if cfg.policy == "slot-aware":
             self._unpin(pool, rec)
+            if not cfg.host_cache:
+                return
+        if cfg.policy == "round-robin" or cfg.policy == "least-loaded":
             return
-        if cfg.policy != "prefix-aware" or rec.state != "completed" or not rec.tokens_out:
+        if rec.state != "completed" or not rec.tokens_out:
             return
         index = self.index(pool)
         st = replica.state
