@@ -139,6 +139,8 @@ class SlotTable:
             table[slot].tasks.remove(task_id)
         self._clock += 1
         if engine_slot is not None and engine_slot >= 0 and engine_slot != slot:
+            if not table[slot].tasks:  # our guess was wrong: that slot never got the prompt
+                table[slot].held = []
             slot = engine_slot
             table = self.slots(rid, slot + 1)
         table[slot].released = self._clock
@@ -177,14 +179,16 @@ class SlotTable:
 
 
 def _idle_victim(slots: Sequence[SlotState], n_slots: int) -> int:
-    """The idle slot that holds the least: empty first, then released longest ago."""
+    """The idle slot that holds the least: empty first, then released longest ago;
+    among equals the highest id (llama-server's LRU rule, which an unpinned request
+    follows: the guess then matches the slot the engine takes)."""
     best, best_key = 0, (2, 0)
     for i in range(n_slots):
         s = slots[i]
         if s.busy:
             continue
         key = (0 if not s.held else 1, s.released)
-        if key < best_key:
+        if key <= best_key:
             best, best_key = i, key
     return best
 
