@@ -1,9 +1,9 @@
-"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340).
+"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340, 2359).
 
 Multi-turn chat sessions of 8 tenants (one API key and one session each) share a
 system prompt of about 1,000 tokens. The same workload runs once per placement
-policy, ``round-robin``, ``least-loaded`` and ``prefix-aware``, in one run on the
-same two engines, and the table reports per policy the client-measured TTFT
+policy, ``round-robin``, ``least-loaded``, ``prefix-aware`` and ``slot-aware``,
+in one run on the same two engines, and the table reports per policy the client-measured TTFT
 (submit to first token, p50/p99), output tokens/s over the policy's wall time,
 and the engines' own prefix-cache hit ratio over that policy's requests (from
 ``llamacpp:prompt_tokens_cached_total`` / ``prompt_tokens_total``).
@@ -17,6 +17,9 @@ each sending its next turn when the previous answer ended; answers are greedy.
 
     uv run --frozen python bench/prefix_placement.py           # ~4-6 min on 2 cores
     uv run --frozen python bench/prefix_placement.py --turns 3 # shorter
+    # ORCH-2359: several shared prompts, more than a replica's slots hold, and an
+    # engine prompt cache no larger than its slots (as a GPU-sized model's would be)
+    uv run --frozen python bench/prefix_placement.py --prompts 6 --cache-ram 0
 
 Writes ``bench/results/<date>-prefix-placement.md`` and ``.json``.
 """
@@ -42,7 +45,7 @@ from procs import BIN, HERE, Procs, free_port, http_get, log
 
 MODEL = "pypi:smollm2-135m-instruct-q4_1"
 ADMIN_KEY = f"llo_bench-admin-{'k' * 40}"  # reads /metrics
-POLICIES = ("round-robin", "least-loaded", "prefix-aware")
+POLICIES = ("round-robin", "least-loaded", "prefix-aware", "slot-aware")
 TOPICS = (
     "gardening", "bicycles", "bread", "rivers", "chess", "owls", "maps", "tea",
 )  # fmt: skip
@@ -162,10 +165,12 @@ def start_orch(
     digest: str,
     version: str,
     imbalance_abs: int,
+    tenants: int = 8,
+    host_cache: bool = True,
 ) -> tuple[str, list[str], Any]:
     from llama_orch.orchestratord.auth import hash_key
 
-    keys = [f"llo_bench-tenant{i}-{'k' * 40}" for i in range(8)]
+    keys = [f"llo_bench-tenant{i}-{'k' * 40}" for i in range(tenants)]
     port = free_port()
     cfg = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
@@ -192,7 +197,9 @@ def start_orch(
                 "engine_version": version,
                 # one engine thread: every extra running task slows the engine's
                 # others, so the guard is tighter than for batching GPU engines
-                "placement": {"policy": policy, "imbalance_abs": imbalance_abs},
+                "placement": {"policy": policy, "imbalance_abs": imbalance_abs}
+                # slot-aware counts the engine's host prompt cache only when it has one
+                | ({"host_cache": host_cache} if policy == "slot-aware" else {}),
                 # a cold 1,000-token prompt on a loaded 2-core machine takes minutes
                 "adapter_options": {"idle_timeout_s": 900.0, "request_timeout_s": 900.0},
             }
@@ -213,11 +220,11 @@ def start_orch(
 
 
 async def drive(
-    url: str, keys: list[str], system: str, args: argparse.Namespace
+    url: str, keys: list[str], systems: list[str], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    started = [asyncio.Event() for _ in range(8)]
+    started = [asyncio.Event() for _ in range(args.tenants)]
     async with aiohttp.ClientSession(timeout=timeout) as http:
         await asyncio.gather(
             *(
@@ -226,14 +233,14 @@ async def drive(
                     url,
                     keys[i],
                     i,
-                    system,
+                    systems[i % len(systems)],
                     args.turns,
                     args.max_tokens,
                     started[i - 1] if i else None,
                     started[i],
                     out,
                 )
-                for i in range(8)
+                for i in range(args.tenants)
             )
         )
     return out
@@ -267,15 +274,31 @@ def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]
 
 
 def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    rr, ll, pa = (res[p] for p in POLICIES)
+    policies = [p for p in POLICIES if p in res]
+    rr, ll, pa = (res[p] for p in POLICIES[:3])
+    sa = res.get("slot-aware")
+    n_prompts = meta.get("prompts", 1)
+    workload = (
+        f"a shared system prompt of {meta['system_tokens']} tokens"
+        if n_prompts == 1
+        else f"{n_prompts} different system prompts of about {meta['system_tokens']} tokens "
+        f"(tenant *i* uses prompt *i* mod {n_prompts})"
+    )
+    cache_ram = meta.get("cache_ram")
+    cache = (
+        "llama-server's default host prompt cache (`--cache-ram` 8192 MiB)"
+        if cache_ram is None
+        else f"host prompt cache `--cache-ram {cache_ram}` MiB"
+        + (" (off: each replica caches only what its 4 slots hold)" if cache_ram == 0 else "")
+    )
     lines = [
         f"# Prefix-aware placement on two real llama-server replicas ({meta['started']})",
         "",
         f"Command: `{meta['command']}` ({meta['took_s'] / 60:.1f} min). "
         f"Two `llama-server` replicas (SmolLM2-135M Q4_1, 4 slots x 2048 ctx, "
         f"{meta['threads']} thread each, build {meta['engine_version']}) behind one "
-        "orchestratord pool; 8 tenants (one key and one session each), "
-        f"{meta['turns']} turns each, a shared system prompt of {meta['system_tokens']} tokens "
+        f"orchestratord pool, {cache}; {meta.get('tenants', 8)} tenants (one key and one "
+        f"session each), {meta['turns']} turns each, {workload} "
         f"(own nonce per policy), answers of at most {meta['max_tokens']} tokens, "
         "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
         "in an engine's cache), then all conversing at once. prefix-aware: `learn: "
@@ -286,7 +309,7 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "| engine prefix-cache hit ratio | replica switches within a session |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for p in POLICIES:
+    for p in policies:
         r = res[p]
         lines.append(
             f"| {p} | {r['tasks']} ({r['errors']} errors) | {r['ttft_p50_ms']:.0f} "
@@ -305,6 +328,20 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "- output tokens/s prefix-aware / round-robin: "
         f"{pa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
         f"{pa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
+    ]
+    if sa is not None:
+        lines += [
+            f"- TTFT p50 round-robin / slot-aware: **{rr['ttft_p50_ms'] / sa['ttft_p50_ms']:.2f}x**"
+            " (goal >= 2x)",
+            f"- TTFT p50 slot-aware vs least-loaded: **"
+            f"{(1 - sa['ttft_p50_ms'] / ll['ttft_p50_ms']) * 100:.0f} % lower** (goal >= 20 %)",
+            f"- TTFT p99 round-robin / slot-aware: {rr['ttft_p99_ms'] / sa['ttft_p99_ms']:.2f}x, "
+            f"least-loaded / slot-aware: {ll['ttft_p99_ms'] / sa['ttft_p99_ms']:.2f}x",
+            "- output tokens/s slot-aware / round-robin: "
+            f"{sa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
+            f"{sa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
+        ]
+    lines += [
         "",
         "TTFT is submit (POST /v1/tasks) to the first `token` event at the client, queue "
         "wait included. The engine hit ratio is the engines' own count of prompt tokens "
@@ -313,7 +350,7 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "orchestratord's placement decisions per policy (`placement_decisions_total`):",
         "",
     ]
-    for p in POLICIES:
+    for p in policies:
         counts = []
         for line in res[p].get("orchestrator_series", []):
             m = re.match(r'placement_decisions_total\{.*decision="(\w+)".*\} ([0-9.]+)', line)
@@ -331,6 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--imbalance-abs", type=int, default=1, help="prefix-aware's guard")
+    ap.add_argument("--tenants", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=1, help="different system prompts (ORCH-2359)")
+    ap.add_argument(
+        "--cache-ram", type=int, default=None,
+        help="llama-server --cache-ram MiB (default: the engine's 8192; 0 = off)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated subset, in this order"
+    )
     ap.add_argument("--render", type=Path, help="re-render the report of a saved .json")
     args = ap.parse_args(argv)
     if args.render:
@@ -366,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 # this build's repacking dies with SIGILL here; 64-token batches so that
                 # progress chunks flow during a long prefill (ORCH-3028)
-                extra_flags=("--no-repack", "-b", "64", "-ub", "64"),
+                extra_flags=("--no-repack", "-b", "64", "-ub", "64")
+                + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
             )
             p = procs.start(f"llama-server-{i}", spec.command(), env=spec.env())
             procs.wait_ready(p, spec.base_url + "/health", 180)
@@ -380,16 +427,26 @@ def main(argv: list[str] | None = None) -> int:
         with urllib.request.urlopen(req, timeout=30) as resp:
             system_tokens = len(json.loads(resp.read())["tokens"])
         log(f"system prompt: {system_tokens} tokens")
-        for policy in POLICIES:
+        for policy in [p for p in POLICIES if p in args.policies.split(",")]:
             nonce = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
-            system = system_prompt(nonce, args.system_tokens)
+            systems = [
+                system_prompt(f"{nonce}-{k}", args.system_tokens) for k in range(args.prompts)
+            ]
             url, keys, orch = start_orch(
-                procs, tmp, policy, engines, digest, binary.engine_version, args.imbalance_abs
+                procs,
+                tmp,
+                policy,
+                engines,
+                digest,
+                binary.engine_version,
+                args.imbalance_abs,
+                args.tenants,
+                args.cache_ram != 0,
             )
             before = engine_cache(engines)
             log(f"{policy}: driving")
             w0 = time.monotonic()
-            recs = asyncio.run(drive(url, keys, system, args))
+            recs = asyncio.run(drive(url, keys, systems, args))
             wall = time.monotonic() - w0
             after = engine_cache(engines)
             cache = {
@@ -426,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "turns": args.turns,
         "imbalance_abs": args.imbalance_abs,
+        "tenants": args.tenants,
+        "prompts": args.prompts,
+        "cache_ram": args.cache_ram,
         "learn": "completion",  # the PlacementConfig default since run 3
         "max_tokens": args.max_tokens,
         "system_tokens": system_tokens,

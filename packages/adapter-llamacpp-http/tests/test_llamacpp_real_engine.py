@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
-from llama_orch.core.adapter_api import AdapterTarget, GenerateRequest
+from llama_orch.core.adapter_api import AdapterTarget, Finished, GenerateRequest
 from llama_orch.testing_engines.llamacpp import EngineBinary, RunningLlamaServer, _launch
 
 pytestmark = pytest.mark.real_engine
@@ -155,3 +155,56 @@ async def test_pooled_connections_back_to_back_concurrent_and_after_idle(
         assert await one(20) in ("length", "eos")
     finally:
         await a.aclose()
+
+
+async def test_a_pinned_slot_serves_its_prefix_from_cache_and_a_busy_pin_waits(
+    adapter: LlamaCppHttpAdapter,
+) -> None:
+    """ORCH-2351, ORCH-2356, ORCH-2358: ``engine_slot`` reaches llama-server as
+    ``id_slot`` and the engine reports the slot back. The engine's own counters
+    (``prompt_tokens_total`` = evaluated, ``prompt_tokens_cached_total``) show that a
+    prompt pinned to the slot that computed its prefix is served from that slot's
+    cache, the same prefix pinned to the other slot is evaluated in full (llama-server
+    shares no KV between slots), and a request pinned to a busy slot waits for it
+    and is then served from its cache. A ~50-token prefix keeps the two cold prefills short."""
+    prefix = f"Session {time.time_ns()}. " + " ".join(f"rule{i} keep it short." for i in range(6))
+
+    async def run(question: str, slot: int, max_tokens: int = 2) -> tuple[Finished, float]:
+        req = GenerateRequest(
+            task_id=question, prompt=f"{prefix} Q: {question}?", max_tokens=max_tokens,
+            seed=1, engine_slot=slot,
+        )  # fmt: skip
+        finished = None
+        async for ev in adapter.generate(req):
+            if isinstance(ev, Finished):
+                finished = ev
+        assert finished is not None
+        return finished, time.monotonic()
+
+    async def counters() -> tuple[float, float]:
+        m = await adapter.metrics()
+        assert m.prefix_cache_hits_total is not None and m.prompt_tokens_total is not None
+        return m.prefix_cache_hits_total, m.prompt_tokens_total
+
+    cold, _ = await run("tea", 0)
+    assert cold.engine_slot == 0 and cold.prompt_tokens > 40
+    hits0, evaluated0 = await counters()
+    warm, _ = await run("owls", 0)
+    hits1, evaluated1 = await counters()
+    assert warm.engine_slot == 0
+    assert evaluated1 - evaluated0 <= 8  # only the differing question
+    assert hits1 - hits0 >= warm.prompt_tokens - 8
+    other, _ = await run("maps", 1)
+    hits2, evaluated2 = await counters()
+    assert other.engine_slot == 1
+    assert evaluated2 - evaluated1 >= other.prompt_tokens - 8  # cold in slot 1
+    # a pin to a busy slot: the engine defers it until the slot frees, then hits
+    long = asyncio.create_task(run("chess", 0, max_tokens=24))
+    await asyncio.sleep(0.3)  # the long one is running in slot 0 (it needs ~1 s)
+    behind, behind_done = await run("bread", 0)
+    first, first_done = await long
+    hits3, evaluated3 = await counters()
+    assert behind.engine_slot == 0 and first.engine_slot == 0
+    assert first.tokens_generated == 24 and first_done <= behind_done
+    assert evaluated3 - evaluated2 <= 16  # two questions, both prefixes from slot 0
+    assert hits3 - hits2 >= first.prompt_tokens + behind.prompt_tokens - 16

@@ -95,7 +95,10 @@ def test_stream_decodes_regardless_of_read_boundaries(split: int | None) -> None
     chunks = [e for e in events if isinstance(e, TokenChunk)]
     assert [c.text for c in chunks] == [" The", " cat", " été"]
     assert [c.n_tokens for c in chunks] == [1, 2, 2]  # held tokens go to the next text
-    assert events[-1] == Finished(reason="length", tokens_generated=5, prompt_tokens=5)
+    # ORCH-2351: the final chunk's id_slot is reported
+    assert events[-1] == Finished(
+        reason="length", tokens_generated=5, prompt_tokens=5, engine_slot=0
+    )
     assert sum(1 for e in events if isinstance(e, Finished)) == 1
 
 

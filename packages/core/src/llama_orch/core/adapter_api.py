@@ -141,6 +141,9 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     # alternatives to report per token (0: the chosen token's own logprob only).
     json_schema: dict[str, Any] | None = None
     logprobs: int | None = None
+    # ORCH-2356: the engine slot placement pinned the task to (llama-server
+    # ``id_slot``); adapters that cannot pin a slot ignore it.
+    engine_slot: int | None = None
 
 
 class TokenChunk(msgspec.Struct, frozen=True, tag="token"):
@@ -167,6 +170,8 @@ class Finished(msgspec.Struct, frozen=True, tag="finished", kw_only=True):
     reason: StopReason
     tokens_generated: int
     prompt_tokens: int = 0
+    # ORCH-2351: the engine slot that ran the task, where the engine says so
+    engine_slot: int | None = None
 
 
 AdapterEvent = TokenChunk | Finished

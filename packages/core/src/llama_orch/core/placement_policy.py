@@ -42,12 +42,13 @@ __all__ = [
     "round_robin",
 ]
 
-PlacementPolicy = Literal["least-loaded", "prefix-aware", "round-robin"]
-PLACEMENT_POLICIES: tuple[str, ...] = ("least-loaded", "prefix-aware", "round-robin")
+PlacementPolicy = Literal["least-loaded", "prefix-aware", "round-robin", "slot-aware"]
+PLACEMENT_POLICIES: tuple[str, ...] = ("least-loaded", "prefix-aware", "round-robin", "slot-aware")
 # prefix: the longest expected hit won; guard: the imbalance guard overrode it;
-# load: least-loaded (its policy, or prefix-aware without a hit); rotate: round-robin.
-Decision = Literal["prefix", "guard", "load", "rotate"]
-DECISIONS: tuple[str, ...] = ("prefix", "guard", "load", "rotate")
+# load: least-loaded (its policy, or prefix-aware without a hit); rotate: round-robin;
+# slot-aware (ORCH-2357): slot, an idle slot holding the prefix; wait, a busy one.
+Decision = Literal["prefix", "guard", "load", "rotate", "slot", "wait"]
+DECISIONS: tuple[str, ...] = ("prefix", "guard", "load", "rotate", "slot", "wait")
 
 
 class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -61,7 +62,12 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slots only once the slot that computed it is released) or from its
     ``dispatch``. Its load-imbalance guard places on the
     least-loaded replica when the warm one runs more than ``imbalance_abs`` tasks
-    more and more than ``imbalance_rel`` times as many (ORCH-2312)."""
+    more and more than ``imbalance_rel`` times as many (ORCH-2312). ``slot-aware``
+    (ORCH-2350..2355) also tracks which engine slot holds which prefix and pins
+    the task to one (llama-server ``id_slot``); it waits behind a busy slot whose
+    prefix is ``slot_wait_min_tokens`` longer when its task has at most
+    ``slot_wait_tokens`` tokens left (0, the default: never); with ``host_cache``
+    it also counts the replica index as the engine's host prompt cache."""
 
     policy: PlacementPolicy = "least-loaded"
     # Prefix index (ORCH-2301, ORCH-2302): characters per hashed block, the
@@ -78,6 +84,17 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Load-imbalance guard of prefix-aware (ORCH-2312), in running tasks.
     imbalance_abs: Annotated[int, Meta(ge=0)] = 2
     imbalance_rel: Annotated[float, Meta(ge=1)] = 1.5
+    # slot-aware (ORCH-2353): pin behind a busy slot whose prefix is at least
+    # ``slot_wait_min_tokens`` tokens longer than the best idle slot's, when its
+    # task has at most ``slot_wait_tokens`` tokens left to generate.
+    # 0 (the default) never waits: measured, waiting keeps a shared prompt in the few
+    # slots that first computed it and the sessions then queue behind those slots.
+    slot_wait_min_tokens: Annotated[int, Meta(ge=1)] = 256
+    slot_wait_tokens: Annotated[int, Meta(ge=0)] = 0
+    # slot-aware: the engine keeps prompts evicted from its slots in a host cache
+    # (llama-server ``--cache-ram``, on by default) that it restores for requests it
+    # places itself; the replica prefix index then stands for that cache.
+    host_cache: bool = True
 
 
 def _ll_rank(r: ReplicaView, affinity: str | None) -> tuple[int, bool, int]:

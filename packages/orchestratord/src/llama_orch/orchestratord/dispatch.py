@@ -199,6 +199,7 @@ class Dispatcher:
         self.workload.ended(pool.id, replica.state.replica_id, rec)
         self.preemptor.released(pool, rec)
         if rec.state == "queued":  # requeued or preempted: it will be dispatched again
+            self.placer.finished(pool, replica, rec)  # ORCH-2350: its slot is free again
             pool.wakeup.set()
             return
         if not rec.terminal:  # defensive: every dispatched task ends exactly once

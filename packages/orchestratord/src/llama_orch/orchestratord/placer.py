@@ -9,6 +9,12 @@ recorded in that replica's part of the pool's
 dispatches, ORCH-2302) and the decision is counted (ORCH-2320). The expected
 hit per replica is also what the policy host's placement hook sees
 (``ReplicaInfo.prefix_hit_tokens``, ORCH-2315).
+
+``slot-aware`` (ORCH-2350..2357) also keeps a
+:class:`~llama_orch.core.slot_table.SlotTable` per pool: the dispatch pins the
+task to the chosen engine slot (``TaskRecord.engine_slot``, sent as
+``GenerateRequest.engine_slot``), and the end of the run frees the slot and
+records what it then holds, on the slot the engine reported (ORCH-2351).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 from llama_orch.core.placement import Chooser, ReplicaView
 from llama_orch.core.placement_policy import Decision, choose_in_set
 from llama_orch.core.prefix_index import PrefixIndex
+from llama_orch.core.slot_table import SlotTable, choose_slot
 
 from .metrics import Metrics
 from .migration import streamed_text
@@ -35,6 +42,11 @@ class Placer:
         # pool -> (task, decision, its prompt's block hashes) of the last choice; the
         # dispatch loop starts the task in the same step, so one entry per pool is enough
         self._pending: dict[str, tuple[str, Decision, list[bytes]]] = {}
+        # slot-aware (ORCH-2350): per pool its slot table, the (replica, slot) of the
+        # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353)
+        self._slots: dict[str, SlotTable] = {}
+        self._pending_slot: dict[str, tuple[str, str, int, bool]] = {}
+        self._pinned: dict[str, dict[str, TaskRecord]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
         """The pool's index (made on first use: pools may be added at run time)."""
@@ -44,11 +56,21 @@ class Placer:
             index = self._index[pool.id] = PrefixIndex(cfg.block_chars, cfg.chars_per_token)
         return index
 
+    def slot_table(self, pool: Pool) -> SlotTable:
+        table = self._slots.get(pool.id)
+        if table is None:
+            table = self._slots[pool.id] = SlotTable()
+        return table
+
     def _sync_epochs(self, pool: Pool) -> None:
         index = self.index(pool)
+        table = self._slots.get(pool.id)
         for rid, state in pool.states.items():
-            # a restarted engine starts with an empty cache (ORCH-2304)
-            index.observe_epoch(rid, (state.base_url, state.pid, state.restarts))
+            # a restarted engine starts with an empty cache (ORCH-2304, ORCH-2350)
+            epoch = (state.base_url, state.pid, state.restarts)
+            index.observe_epoch(rid, epoch)
+            if table is not None:
+                table.observe_epoch(rid, epoch)
 
     def _hashes(self, pool: Pool, rec: TaskRecord) -> list[bytes]:
         return self.index(pool).hashes(rec.request.prompt)
@@ -59,12 +81,24 @@ class Placer:
         hashes = pending[2] if pending and pending[0] == rec.task_id else []
         hashes = hashes or self._hashes(pool, rec)
         index = self.index(pool)
+        cfg = pool.config.placement
+        if cfg.policy == "slot-aware":  # the best idle slot's hit, or the host cache's
+            table = self.slot_table(pool)
+            return {
+                rid: index.tokens(
+                    max(table.best_idle_hit(rid, hashes),
+                        index.match(rid, hashes) if cfg.host_cache else 0)
+                )
+                for rid in pool.replicas
+            }  # fmt: skip
         return {rid: index.tokens(index.match(rid, hashes)) for rid in pool.replicas}
 
     def chooser(self, pool: Pool, rec: TaskRecord, affinity: str | None) -> Chooser:
         cfg = pool.config.placement
 
         def choose(views: list[ReplicaView]) -> ReplicaView | None:
+            if cfg.policy == "slot-aware":
+                return self._choose_slot(pool, rec, affinity, views)
             hashes: list[bytes] = []
             hits: dict[str, int] | None = None
             if cfg.policy == "prefix-aware":
@@ -82,6 +116,45 @@ class Placer:
 
         return choose
 
+    def _choose_slot(
+        self, pool: Pool, rec: TaskRecord, affinity: str | None, views: list[ReplicaView]
+    ) -> ReplicaView | None:
+        """ORCH-2352..2355: a replica and one of its engine slots."""
+        self._sync_epochs(pool)
+        table = self.slot_table(pool)
+        for other in self._pinned.get(pool.id, {}).values():  # ORCH-2353: tokens left
+            table.progress(other.task_id, other.request.max_tokens - other.tokens_out)
+        index = self.index(pool)
+        hashes = self._hashes(pool, rec)
+        tokens_per_block = index.block_chars / index.chars_per_token
+        cfg = pool.config.placement
+        host = None
+        if cfg.host_cache:  # ORCH-2352: prompts the engine keeps beside its slots
+            host = {v.replica_id: index.match(v.replica_id, hashes) for v in views}
+        got = choose_slot(
+            views, cfg, table, hashes,
+            affinity=affinity, tokens_per_block=tokens_per_block, host_hits=host,
+        )  # fmt: skip
+        if got is None:
+            return None
+        self._pending[pool.id] = (rec.task_id, got.decision, hashes)
+        self._pending_slot[pool.id] = (rec.task_id, got.replica_id, got.slot, got.pin)
+        return next(v for v in views if v.replica_id == got.replica_id)
+
+    def _pin(self, pool: Pool, replica: Replica, rec: TaskRecord, hashes: list[bytes]) -> None:
+        """ORCH-2350, ORCH-2354, ORCH-2356: record the run on the chosen slot (or, when
+        the policy host placed it elsewhere, that replica's best idle slot) and pin
+        it there when the slot holds part of the prompt."""
+        table = self.slot_table(pool)
+        rid, st = replica.state.replica_id, replica.state
+        task_id, chosen_rid, slot, pin = self._pending_slot.pop(pool.id, ("", "", -1, False))
+        if task_id != rec.task_id or chosen_rid != rid or slot < 0:
+            hit, slot = table.pick_idle(rid, max(1, st.slots), hashes)
+            pin = hit > 0
+        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens)
+        self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
+        rec.engine_slot = slot if pin else None
+
     def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         """The task starts on ``replica``: learn its prompt there, count the decision."""
         cfg = pool.config.placement
@@ -89,6 +162,9 @@ class Placer:
         task_id, decision, hashes = self._pending.pop(pool.id, ("", "load", []))
         if task_id != rec.task_id:
             decision, hashes = "load", []
+        rec.engine_slot = rec.engine_slot_used = None
+        if cfg.policy == "slot-aware":
+            self._pin(pool, replica, rec, hashes or self._hashes(pool, rec))
         if cfg.policy == "round-robin":
             self._last[pool.id] = rid
         if cfg.policy == "prefix-aware" and cfg.learn == "dispatch":
@@ -106,10 +182,28 @@ class Placer:
         """A task completed on ``replica``: its engine now holds the prompt followed by
         the generated text, which a session's next turn starts with (ORCH-2302)."""
         cfg = pool.config.placement
-        if cfg.policy != "prefix-aware" or rec.state != "completed" or not rec.tokens_out:
+        if cfg.policy == "slot-aware":
+            self._unpin(pool, rec)
+            if not cfg.host_cache:
+                return
+        if cfg.policy == "round-robin" or cfg.policy == "least-loaded":
+            return
+        if rec.state != "completed" or not rec.tokens_out:
             return
         index = self.index(pool)
         st = replica.state
         text = rec.request.prompt + "".join(streamed_text(rec))
         cache_tokens = cfg.cache_tokens or max(1, st.ctx * max(1, st.slots))
         index.record(st.replica_id, index.hashes(text), index.capacity_blocks(cache_tokens))
+
+    def _unpin(self, pool: Pool, rec: TaskRecord) -> None:
+        """ORCH-2350, ORCH-2351: the run ended; a completed one leaves its prompt and
+        answer in the slot the engine reports."""
+        pinned = self._pinned.get(pool.id, {})
+        if pinned.pop(rec.task_id, None) is None:
+            return
+        text = None
+        if rec.state == "completed":
+            full = rec.request.prompt + "".join(streamed_text(rec))
+            text = self.index(pool).hashes(full)
+        self.slot_table(pool).unpin(rec.task_id, text=text, engine_slot=rec.engine_slot_used)

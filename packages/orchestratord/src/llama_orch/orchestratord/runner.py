@@ -128,6 +128,8 @@ class TaskRun:
                 prompt=request.prompt + "".join(self.rec.text_out),
                 max_tokens=max(1, request.max_tokens - self.rec.engine_tokens),
             )
+        if self.rec.engine_slot is not None:  # ORCH-2356: slot-aware placement's pin
+            request = msgspec.structs.replace(request, engine_slot=self.rec.engine_slot)
         return request
 
     async def _stream(self, request: GenerateRequest) -> None:
@@ -171,6 +173,7 @@ class TaskRun:
     def _on_finished(self, ev: Finished) -> None:
         rec = self.rec
         self.finished = ev
+        rec.engine_slot_used = ev.engine_slot  # ORCH-2351
         if not rec.prompt_counted and ev.prompt_tokens and not self.resuming:
             rec.prompt_tokens, rec.prompt_counted = ev.prompt_tokens, True
             self.runner.metrics.tokens_in.add(ev.prompt_tokens, self._unprioritized())

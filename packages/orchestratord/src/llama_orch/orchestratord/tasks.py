@@ -111,6 +111,10 @@ class TaskRecord:
     finished_at: float | None = None
     attempts: int = 0  # dispatches that failed before reaching the engine (ORCH-1117)
     pinned: bool = False  # set_key was fixed at admission, not by a dispatch
+    # ORCH-2356: the engine slot slot-aware placement pinned this run to, and the
+    # slot the engine reported it ran in (ORCH-2351)
+    engine_slot: int | None = None
+    engine_slot_used: int | None = None
     tokens_out: int = 0
     expected_tokens: int | None = None  # the client's estimate, for forecasts (ORCH-1905)
     cost_per_token: float = 0.0  # of its pool and priority (ORCH-1906)

@@ -133,6 +133,7 @@ class LlamaCppHttpAdapter(HttpAdapter):
             json_schema=msgspec.UNSET if req.json_schema is None else req.json_schema,
             # n_probs=0 reports nothing: the chosen token's own logprob needs 1
             n_probs=msgspec.UNSET if req.logprobs is None else max(1, req.logprobs),
+            id_slot=msgspec.UNSET if req.engine_slot is None else req.engine_slot,  # ORCH-2356
         )
 
     def new_decoder(self, req: GenerateRequest) -> CompletionStream:

@@ -93,6 +93,7 @@ class CompletionStream(SSEStream[StreamChunk]):
                 reason=STOP_REASONS.get(chunk.stop_type, "length"),
                 tokens_generated=self.tokens_generated,
                 prompt_tokens=self.prompt_tokens,
+                engine_slot=chunk.id_slot,  # ORCH-2351
             )
             out.append(self.finished)
         return out

@@ -57,6 +57,9 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     # when the whole prompt is evaluated. Progress chunks carry no text.
     return_progress: bool = True
     grammar: str | msgspec.UnsetType = msgspec.UNSET  # GBNF (ORCH-1010)
+    # ORCH-2356: the slot placement pinned the task to (the engine defers the
+    # request while that slot is busy); unset = any idle slot.
+    id_slot: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class EngineError(msgspec.Struct, kw_only=True):
@@ -96,6 +99,7 @@ class StreamChunk(msgspec.Struct, kw_only=True):
     stop_type: str = ""
     stopping_word: str = ""
     truncated: bool = False
+    id_slot: int | None = None  # ORCH-2351: the slot that runs the request
     completion_probabilities: list[CompletionProbability] | None = None
     error: EngineError | None = None
 

@@ -1,0 +1,262 @@
+"""Which engine slot holds which prefix, and slot-aware placement (ORCH-2350..2357).
+
+llama-server keeps one prompt per slot and reuses a slot's KV cache only for a
+request that lands in that same slot; a busy slot shares nothing with the
+engine's other slots. A replica-level prefix index
+(:mod:`llama_orch.core.prefix_index`) therefore counts hits that a busy slot
+cannot deliver. :class:`SlotTable` keeps, per replica and slot, the chained
+block hashes (:func:`~llama_orch.core.prefix_index.block_hashes`) of the text
+the slot is expected to hold and the tasks pinned to it, learned from our own
+dispatches and corrected by the slot the engine reports (ORCH-2350, 2351).
+
+:func:`choose_slot` picks a replica *and* a slot (ORCH-2352..2355): the idle
+slot with the longest hit; a busy slot whose hit is much longer when its task
+is about to finish (the engine starts a task pinned to a busy slot when the
+slot frees); with no hit, the least-loaded replica's emptiest or stalest idle
+slot, so that slots holding other prefixes keep them (not pinned: the engine's
+own choice, which mirrors that rule, may restore the prompt from its host
+cache). Pure: stdlib only, no
+clock (recency is a counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .placement import ReplicaView
+    from .placement_policy import PlacementConfig
+
+__all__ = ["SlotChoice", "SlotDecision", "SlotState", "SlotTable", "choose_slot", "shared_blocks"]
+
+SlotDecision = Literal["slot", "prefix", "wait", "load", "guard"]
+
+
+def shared_blocks(held: Sequence[bytes], hashes: Sequence[bytes]) -> int:
+    """Leading blocks two chained-hash lists share (equal hash at i ⇒ equal 0..i)."""
+    n = 0
+    for a, b in zip(held, hashes, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+@dataclass(slots=True)
+class SlotState:
+    """One engine slot: the blocks of the text it holds, the tasks pinned to it
+    (the first runs, the others wait in the engine), when it was last released."""
+
+    held: list[bytes] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    released: int = 0  # SlotTable's counter at the last release; 0 = never used
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.tasks)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotChoice:
+    """Where ``slot-aware`` places a task. ``pin``: send the slot to the engine, when
+    an idle slot there holds the longest hit. Otherwise (no hit, ORCH-2354, or a
+    longer one in the engine's host prompt cache) the engine's own choice applies,
+    which can restore the prompt from that cache (llama-server does so only for a
+    request it places itself); ``slot`` is then the slot the engine is expected to
+    take, corrected by its report (ORCH-2351)."""
+
+    replica_id: str
+    slot: int
+    decision: SlotDecision
+    hit_blocks: int
+    pin: bool
+
+
+class SlotTable:
+    """Per replica, per engine slot: held blocks and pinned tasks (ORCH-2350)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, list[SlotState]] = {}
+        self._epoch: dict[str, object] = {}
+        self._where: dict[str, tuple[str, int]] = {}  # task -> (replica, slot)
+        self._remaining: dict[str, int] = {}  # task -> tokens it may still generate
+        self._clock = 0
+
+    def slots(self, replica_id: str, n_slots: int) -> list[SlotState]:
+        """The replica's slots, grown to ``n_slots`` (an engine may report more later)."""
+        table = self._slots.setdefault(replica_id, [])
+        while len(table) < n_slots:
+            table.append(SlotState())
+        return table
+
+    def observe_epoch(self, replica_id: str, epoch: object) -> None:
+        """A restarted engine holds nothing (ORCH-2350, as ORCH-2304)."""
+        if self._epoch.get(replica_id, epoch) != epoch:
+            for task, (rid, _) in list(self._where.items()):
+                if rid == replica_id:
+                    del self._where[task]
+                    self._remaining.pop(task, None)
+            self._slots.pop(replica_id, None)
+        self._epoch[replica_id] = epoch
+
+    def pin(
+        self, replica_id: str, slot: int, task_id: str, hashes: Sequence[bytes], max_tokens: int
+    ) -> None:
+        """``task_id`` was sent to ``slot``: the slot computes its prompt next."""
+        self.unpin(task_id)
+        st = self.slots(replica_id, slot + 1)[slot]
+        st.tasks.append(task_id)
+        st.held = list(hashes)
+        self._where[task_id] = (replica_id, slot)
+        self._remaining[task_id] = max_tokens
+
+    def progress(self, task_id: str, remaining: int) -> None:
+        """Tokens ``task_id`` may still generate (for the wait rule, ORCH-2353)."""
+        if task_id in self._remaining:
+            self._remaining[task_id] = max(0, remaining)
+
+    def unpin(
+        self,
+        task_id: str,
+        *,
+        text: Sequence[bytes] | None = None,
+        engine_slot: int | None = None,
+    ) -> None:
+        """``task_id`` ended. With ``text`` (a completed task: prompt + answer) the
+        slot now holds it; ``engine_slot`` is where the engine says it ran
+        (ORCH-2351), which wins over where we pinned it."""
+        where = self._where.pop(task_id, None)
+        self._remaining.pop(task_id, None)
+        if where is None:
+            return
+        rid, slot = where
+        table = self._slots.get(rid)
+        if table is None:
+            return
+        if task_id in table[slot].tasks:
+            table[slot].tasks.remove(task_id)
+        self._clock += 1
+        if engine_slot is not None and engine_slot >= 0 and engine_slot != slot:
+            if not table[slot].tasks:  # our guess was wrong: that slot never got the prompt
+                table[slot].held = []
+            slot = engine_slot
+            table = self.slots(rid, slot + 1)
+        table[slot].released = self._clock
+        if text is not None and not table[slot].tasks:
+            table[slot].held = list(text)
+
+    def remaining(self, task_id: str) -> int:
+        return self._remaining.get(task_id, 0)
+
+    def where(self, task_id: str) -> tuple[str, int] | None:
+        return self._where.get(task_id)
+
+    def pick_idle(self, replica_id: str, n_slots: int, hashes: Sequence[bytes]) -> tuple[int, int]:
+        """(hit in blocks, slot): the replica's idle slot sharing the most leading
+        blocks with ``hashes`` (lowest id among equals, ORCH-2352); with no hit, the
+        idle slot whose loss costs least (ORCH-2354). When our table thinks every
+        slot busy but the caller knows one is free, the answer is still a slot."""
+        slots = self.slots(replica_id, n_slots)
+        hit, slot = 0, -1
+        for i, s in enumerate(slots[:n_slots]):
+            if s.busy:
+                continue
+            h = shared_blocks(s.held, hashes)
+            if h > hit:
+                hit, slot = h, i
+        if hit <= 0:
+            return 0, _idle_victim(slots, n_slots)
+        return hit, slot
+
+    def best_idle_hit(self, replica_id: str, hashes: Sequence[bytes]) -> int:
+        """Longest hit among the replica's idle slots, in blocks."""
+        return max(
+            (shared_blocks(s.held, hashes) for s in self._slots.get(replica_id, ()) if not s.busy),
+            default=0,
+        )
+
+
+def _idle_victim(slots: Sequence[SlotState], n_slots: int) -> int:
+    """The idle slot that holds the least: empty first, then released longest ago;
+    among equals the highest id (llama-server's LRU rule, which an unpinned request
+    follows: the guess then matches the slot the engine takes)."""
+    best, best_key = 0, (2, 0)
+    for i in range(n_slots):
+        s = slots[i]
+        if s.busy:
+            continue
+        key = (0 if not s.held else 1, s.released)
+        if key <= best_key:
+            best, best_key = i, key
+    return best
+
+
+def choose_slot(
+    candidates: Sequence[ReplicaView],
+    cfg: PlacementConfig,
+    table: SlotTable,
+    hashes: Sequence[bytes],
+    *,
+    affinity: str | None = None,
+    tokens_per_block: float = 16.0,
+    host_hits: Mapping[str, int] | None = None,
+) -> SlotChoice | None:
+    """The replica and slot ``slot-aware`` places the task on, and why (ORCH-2352..2355).
+
+    Candidates are the set's Ready replicas; those without a free slot are
+    ignored (ORCH-2313); None when none has one. ``host_hits`` are the replicas'
+    expected hits in their engine's host prompt cache, in blocks (the replica
+    prefix index; llama-server restores from it only for a request it places
+    itself, so such a hit is not pinned).
+    """
+    from .placement_policy import imbalanced, least_loaded
+
+    free = [r for r in candidates if r.free > 0]
+    if not free:
+        return None
+    coolest = least_loaded(free, affinity)
+    host = host_hits or {}
+    best = {r.replica_id: table.pick_idle(r.replica_id, r.slots, hashes) for r in free}
+
+    def score(rid: str) -> int:
+        return max(best[rid][0], host.get(rid, 0))
+
+    def on(r: ReplicaView, decision: SlotDecision) -> SlotChoice:
+        hit, slot = best[r.replica_id]
+        pin = hit > 0 and hit >= host.get(r.replica_id, 0)
+        return SlotChoice(r.replica_id, slot, decision, score(r.replica_id), pin)
+
+    top = max(score(r.replica_id) for r in free)
+    if cfg.slot_wait_tokens > 0:  # ORCH-2353: a much longer prefix about to free up
+        wait: SlotChoice | None = None
+        min_extra = cfg.slot_wait_min_tokens / tokens_per_block
+        for r in free:
+            for i, s in enumerate(table.slots(r.replica_id, r.slots)[: r.slots]):
+                if len(s.tasks) != 1:  # idle, or someone already waits behind it
+                    continue
+                hit = shared_blocks(s.held, hashes)
+                if hit - top < min_extra or hit <= 0:
+                    continue
+                if table.remaining(s.tasks[0]) > cfg.slot_wait_tokens:
+                    continue
+                if wait is None or hit > wait.hit_blocks:
+                    wait = SlotChoice(r.replica_id, i, "wait", hit, True)
+        if wait is not None:
+            return wait
+    if top <= 0:  # ORCH-2354
+        return on(coolest, "load")
+    tied = [r for r in free if score(r.replica_id) == top]
+    warm = next((r for r in tied if r.replica_id == affinity), None) or least_loaded(tied, affinity)
+    if warm is not coolest and imbalanced(warm, coolest, cfg):  # ORCH-2355
+        return on(coolest, "guard")
+    choice = on(warm, "slot")
+    return choice if choice.pin else on(warm, "prefix")
+
+
+def slot_hits(
+    table: SlotTable, views: Sequence[ReplicaView], hashes: Sequence[bytes]
+) -> Mapping[str, int]:
+    """Best idle-slot hit per replica, in blocks (for the policy host's view)."""
+    return {v.replica_id: table.best_idle_hit(v.replica_id, hashes) for v in views}

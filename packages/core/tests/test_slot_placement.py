@@ -1,0 +1,216 @@
+"""ORCH-2350..2355: the slot table and slot-aware placement (pure)."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from llama_orch.core.placement import ReplicaView
+from llama_orch.core.placement_policy import PlacementConfig
+from llama_orch.core.prefix_index import block_hashes
+from llama_orch.core.replica import ReplicaSetKey
+from llama_orch.core.slot_table import SlotTable, choose_slot, shared_blocks
+
+KEY = ReplicaSetKey("llamacpp-http", "d", 2048, "v1")
+BLOCK = 64  # characters per block; 16 tokens at 4 characters per token
+SYS_A = "You are the library's help desk. " * 40  # ~20 blocks
+SYS_B = "You are the bakery's order desk. " * 40
+CFG = PlacementConfig(
+    policy="slot-aware", block_chars=BLOCK, slot_wait_min_tokens=128, slot_wait_tokens=32
+)
+
+
+def _h(text: str) -> list[bytes]:
+    return block_hashes(text, BLOCK)
+
+
+def _view(rid: str, slots: int = 2, busy: int = 0) -> ReplicaView:
+    return ReplicaView(rid, KEY, True, slots, busy)
+
+
+def test_the_table_follows_pins_completions_and_the_engines_report():
+    """ORCH-2350, ORCH-2351: a pin makes the slot busy holding the prompt; a
+    completion leaves prompt + answer there, on the slot the engine reports."""
+    t = SlotTable()
+    t.pin("r0", 1, "a", _h(SYS_A + "q1"), max_tokens=16)
+    assert [s.busy for s in t.slots("r0", 2)] == [False, True]
+    assert t.where("a") == ("r0", 1) and t.remaining("a") == 16
+    t.progress("a", 3)
+    assert t.remaining("a") == 3
+    assert t.best_idle_hit("r0", _h(SYS_A)) == 0  # held by a busy slot only
+    answer = SYS_A + "q1 and the answer is a fairly long one " * 3
+    t.unpin("a", text=_h(answer), engine_slot=0)  # the engine ran it in slot 0
+    s0, s1 = t.slots("r0", 2)
+    assert not s0.busy and not s1.busy and s0.held == _h(answer)
+    assert s1.held == []  # the guessed slot never got the prompt
+    assert t.best_idle_hit("r0", _h(answer + "next turn")) == len(_h(answer))
+    assert t.where("a") is None and t.remaining("a") == 0
+    t.unpin("a")  # unknown task: nothing happens
+    # ORCH-2350 (as ORCH-2304): a restarted engine holds nothing
+    t.observe_epoch("r0", 1)
+    t.pin("r0", 0, "b", _h(SYS_B), max_tokens=4)
+    t.observe_epoch("r0", 2)
+    assert t.slots("r0", 2)[0].held == [] and t.where("b") is None
+
+
+def test_an_idle_slot_holding_the_prefix_wins_a_busy_one_does_not():
+    """ORCH-2352: the replica whose *idle* slot holds the prefix wins, and the task is
+    pinned to that slot; a prefix in a busy slot (a replica-level index would count
+    it) is no hit when its task has many tokens left."""
+    t = SlotTable()
+    t.pin("r0", 0, "a", _h(SYS_A + "q1"), max_tokens=200)  # busy, far from done
+    t.pin("r1", 1, "b", _h(SYS_A + "q2"), max_tokens=4)
+    t.unpin("b", text=_h(SYS_A + "q2 answer"))  # idle in r1 slot 1
+    views = [_view("r0", busy=1), _view("r1")]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q3"))
+    assert got is not None
+    assert (got.replica_id, got.slot, got.decision) == ("r1", 1, "slot") and got.pin
+    assert got.hit_blocks == len(_h(SYS_A))
+
+
+def test_a_busy_slot_about_to_free_is_waited_for():
+    """ORCH-2353: a much longer prefix in a busy slot whose task is nearly done is
+    worth a short wait; not when another task already waits there, not when the
+    task there has many tokens left, not when the gain is small, never by default."""
+    t = SlotTable()
+    t.pin("r0", 0, "a", _h(SYS_A + "q1"), max_tokens=8)
+    views = [_view("r0", busy=1), _view("r1")]
+    off = PlacementConfig(policy="slot-aware", block_chars=BLOCK)
+    got = choose_slot(views, off, t, _h(SYS_A + "q2"))
+    assert got is not None and got.decision == "load" and got.replica_id == "r1"
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q2"))
+    assert got is not None and (got.replica_id, got.slot, got.decision) == ("r0", 0, "wait")
+    t.pin("r0", 0, "w", _h(SYS_A + "q2"), max_tokens=8)  # someone waits behind it now
+    views = [_view("r0", busy=2), _view("r1")]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q3"))
+    assert got is not None and got.decision == "load" and got.replica_id == "r1"
+    t2 = SlotTable()
+    t2.pin("r0", 0, "a", _h(SYS_A + "q1"), max_tokens=CFG.slot_wait_tokens + 1)
+    got = choose_slot([_view("r0", busy=1), _view("r1")], CFG, t2, _h(SYS_A + "q2"))
+    assert got is not None and got.decision == "load"
+    short = "Hi. " * 40  # 2 blocks = 32 tokens < slot_wait_min_tokens
+    t3 = SlotTable()
+    t3.pin("r0", 0, "a", _h(short + "q1"), max_tokens=1)
+    got = choose_slot([_view("r0", busy=1), _view("r1")], CFG, t3, _h(short + "q2"))
+    assert got is not None and got.decision == "load"
+
+
+def test_without_a_hit_the_emptiest_then_stalest_idle_slot_is_taken():
+    """ORCH-2354: no hit anywhere: least-loaded replica, and there an empty slot, else
+    the slot released longest ago, so slots holding other prefixes keep them."""
+    t = SlotTable()
+    t.pin("r0", 0, "a", _h(SYS_A), max_tokens=1)
+    t.unpin("a", text=_h(SYS_A))
+    got = choose_slot([_view("r0", slots=3)], CFG, t, _h(SYS_B))
+    # empty slots 1 and 2: the highest id, as llama-server's LRU takes it
+    assert got is not None and (got.slot, got.decision) == (2, "load")
+    assert not got.pin  # the engine chooses (and may restore from its host cache)
+    t.pin("r0", 1, "b", _h(SYS_B), max_tokens=1)
+    t.unpin("b", text=_h(SYS_B))
+    t.pin("r0", 2, "c", _h("Z" * 400), max_tokens=1)
+    t.unpin("c", text=_h("Z" * 400))
+    got = choose_slot([_view("r0", slots=3)], CFG, t, _h("Q" * 400))
+    assert got is not None and got.slot == 0  # the stalest of three full slots
+    # least-loaded across replicas: r1 has more free slots
+    got = choose_slot([_view("r0", slots=3, busy=1), _view("r1", slots=3)], CFG, t, _h("Q" * 400))
+    assert got is not None and got.replica_id == "r1"
+
+
+def test_a_longer_hit_in_the_engines_host_cache_is_not_pinned():
+    """ORCH-2352, ORCH-2354: a replica whose host prompt cache (the replica index)
+    holds a longer prefix than any idle slot wins, unpinned (llama-server restores
+    from that cache only for requests it places itself); an idle slot holding at
+    least as much is pinned."""
+    t = SlotTable()
+    t.pin("r1", 0, "a", _h(SYS_A[:640]), max_tokens=1)
+    t.unpin("a", text=_h(SYS_A[:640]))  # r1 slot 0 holds 10 blocks of SYS_A
+    views = [_view("r0"), _view("r1")]
+    n = len(_h(SYS_A))
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q"), host_hits={"r0": n, "r1": 0})
+    assert got is not None and (got.replica_id, got.decision, got.pin) == ("r0", "prefix", False)
+    assert got.hit_blocks == n
+    got = choose_slot(views, CFG, t, _h(SYS_A + "q"), host_hits={"r0": 0, "r1": 10})
+    assert got is not None and (got.replica_id, got.slot, got.decision) == ("r1", 0, "slot")
+    assert got.pin
+
+
+def test_the_imbalance_guard_applies():
+    """ORCH-2355: a warm replica far busier than the coolest loses to it."""
+    cfg = PlacementConfig(policy="slot-aware", block_chars=BLOCK, imbalance_abs=1)
+    t = SlotTable()
+    for i in range(3):
+        t.pin("r0", i, f"t{i}", _h(f"other {i} " * 40), max_tokens=500)
+    t.pin("r0", 3, "a", _h(SYS_A), max_tokens=1)
+    t.unpin("a", text=_h(SYS_A))
+    views = [_view("r0", slots=6, busy=3), _view("r1", slots=6)]
+    got = choose_slot(views, cfg, t, _h(SYS_A + "q"))
+    assert got is not None and (got.replica_id, got.decision) == ("r1", "guard")
+    assert choose_slot([_view("r0", slots=1, busy=1)], cfg, t, _h(SYS_A)) is None
+
+
+PROMPTS = [SYS_A + "q1", SYS_A + "q2", SYS_B + "q1", SYS_B + "q2", "Z" * 300]
+
+
+class SlotMachine(RuleBasedStateMachine):
+    """ORCH-2350..2355, stateful: whatever the sequence of placements and endings, the
+    choice is a replica with a free slot, an idle slot unless the decision is
+    ``wait`` (then exactly one task runs there, nearly done), a ``slot`` decision has
+    the longest idle hit, and the table never has more tasks than were placed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = SlotTable()
+        self.running: dict[str, tuple[str, int]] = {}
+        self.n = 0
+
+    def _views(self) -> list[ReplicaView]:
+        return [
+            _view(rid, slots=2, busy=sum(1 for r, _ in self.running.values() if r == rid))
+            for rid in ("r0", "r1")
+        ]
+
+    @rule(p=st.sampled_from(PROMPTS), max_tokens=st.integers(1, 64))
+    def place(self, p: str, max_tokens: int) -> None:
+        hashes = _h(p)
+        views = self._views()
+        got = choose_slot(views, CFG, self.table, hashes)
+        if all(v.free == 0 for v in views):
+            assert got is None
+            return
+        assert got is not None
+        view = next(v for v in views if v.replica_id == got.replica_id)
+        assert view.free > 0 and 0 <= got.slot < view.slots
+        assert got.pin == (got.hit_blocks > 0)
+        state = self.table.slots(got.replica_id, 2)[got.slot]
+        if got.decision == "wait":
+            assert len(state.tasks) == 1
+            assert self.table.remaining(state.tasks[0]) <= CFG.slot_wait_tokens
+            assert shared_blocks(state.held, hashes) * 16 >= CFG.slot_wait_min_tokens
+        else:
+            assert not state.busy
+        if got.decision == "slot":
+            best = max(self.table.best_idle_hit(v.replica_id, hashes) for v in views if v.free)
+            assert got.hit_blocks == best == shared_blocks(state.held, hashes) > 0
+        self.n += 1
+        task = f"t{self.n}"
+        self.table.pin(got.replica_id, got.slot, task, hashes, max_tokens)
+        self.running[task] = (got.replica_id, got.slot)
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), completed=st.booleans())
+    def end(self, data: st.DataObject, completed: bool) -> None:
+        task = data.draw(st.sampled_from(sorted(self.running)))
+        self.running.pop(task)
+        text = _h(PROMPTS[0] + " answer") if completed else None
+        self.table.unpin(task, text=text)
+
+    @invariant()
+    def tasks_match(self) -> None:
+        pinned = sorted(
+            t for rid in ("r0", "r1") for s in self.table.slots(rid, 2) for t in s.tasks
+        )
+        assert pinned == sorted(self.running)
+
+
+SlotMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+test_slot_machine = SlotMachine.TestCase

@@ -1,0 +1,88 @@
+"""slot-aware placement through orchestratord with mock engines (ORCH-2350..2357).
+
+The pinning reaching a real llama-server (``id_slot``) is proven in
+``adapter-llamacpp-http/tests/test_llamacpp_real_engine.py``; the policy's rules
+in ``core/tests/test_slot_placement.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+SYSTEM = "You are a careful assistant who answers briefly. " * 20
+
+
+async def _submit(run: Any, **body: Any) -> str:
+    resp = await run.submit(**body)
+    assert resp.status == 202, await resp.text()
+    return str((await resp.json())["task_id"])
+
+
+async def _until(cond: Any, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_slot_aware_pins_the_warm_idle_slot_and_frees_it(mock_config, start_orchestrator):
+    """ORCH-2350, ORCH-2352, ORCH-2354, ORCH-2356, ORCH-2357: a next prompt sharing the
+    system prompt goes to the slot that completed it; while that slot is busy with a
+    long task, a third goes to the least-loaded replica; runs with a hit are pinned
+    (``engine_slot``), runs without are not, and the slot table frees each slot
+    when its task ends."""
+    run = await start_orchestrator(
+        mock_config(
+            endpoints=["mock://0", "mock://1"],
+            # a mock engine keeps no host prompt cache (ORCH-2352)
+            placement={"policy": "slot-aware", "block_chars": 64, "host_cache": False},
+            adapter_options={"token_delay_ms": 10, "slots": 2},
+        )
+    )
+    pool = run.orch.pools["mock"]
+    await _until(lambda: len(pool.ready_replicas()) == 2)
+    table = run.orch.placer.slot_table(pool)
+    # an unrelated task on the first replica sends the system prompt to the second
+    other = await _submit(run, prompt="unrelated " * 40, max_tokens=400)
+    await run.until(lambda: run.orch.get(other).state == "running")
+    first = await _submit(run, prompt=SYSTEM + "user: first", max_tokens=3)
+    await run.events(first)
+    a = run.orch.get(first)
+    assert a.replica_id != run.orch.get(other).replica_id
+    assert a.engine_slot is None  # ORCH-2354: no hit, the engine chooses its slot
+    run.orch.cancel(other)
+    await run.events(other)
+    await _until(lambda: table.where(other) is None)
+    # both replicas idle now: least-loaded would take the lowest id, slot-aware the hit
+    second = await _submit(run, prompt=SYSTEM + "user: second", max_tokens=3)
+    await run.events(second)
+    b = run.orch.get(second)
+    assert b.replica_id == a.replica_id and b.engine_slot is not None  # ORCH-2352
+    # ORCH-2357: the policy host would see the best idle slot's hit per replica
+    follow = SimpleNamespace(task_id="next", request=SimpleNamespace(prompt=SYSTEM + "user: x"))
+    shown = run.orch.placer.expected_hits(pool, follow)  # type: ignore[arg-type]
+    assert shown[b.replica_id] >= len(SYSTEM) // 4 - 16
+    assert [v for k, v in shown.items() if k != b.replica_id] == [0]
+    long = await _submit(run, prompt=SYSTEM + "user: long", max_tokens=400)
+    await run.until(lambda: run.orch.get(long).state == "running")
+    c = run.orch.get(long)
+    assert (c.replica_id, c.engine_slot) == (b.replica_id, b.engine_slot)
+    third = await _submit(run, prompt=SYSTEM + "user: third", max_tokens=3)
+    await run.events(third)
+    d = run.orch.get(third)
+    assert d.replica_id != a.replica_id and d.engine_slot is None  # ORCH-2354
+    assert table.where(long) == (c.replica_id, c.engine_slot)
+    run.orch.cancel(long)
+    await run.events(long)
+    await _until(lambda: table.where(long) is None)
+    assert not any(s.busy for rid in pool.replicas for s in table.slots(rid, 2))
+    text = await run.metrics_text()
+    for decision in ("slot", "load"):
+        series = (
+            f'placement_decisions_total{{decision="{decision}",engine="mock",'
+            f'placement="slot-aware",pool_id="mock"}}'
+        )
+        assert series in text, (decision, text)
