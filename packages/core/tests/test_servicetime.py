@@ -199,31 +199,14 @@ def test_other_tasks_prefill_is_learned_apart_from_the_tasks_own_parts():
     assert math.isclose(told.params(250.0).decode_ms_per_token, 20.0, rel_tol=0.05)
 
 
-def test_prefill_share_stretches_only_a_busy_replicas_decode():
-    """ORCH-1992: u = recent prompt tokens x prefill cost / 60 s (at most 0.8); one
-    busy slot (an idle replica taking the task) keeps its measured pace (ORCH-1953)."""
-    m = _model(slots=4, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0)
-    assert m.prefill_share(0.0) == 0.0
-    for i in range(6):
-        m.dispatched(1000, float(i))  # 6,000 tokens x 5 ms = 30 s of the last 60 s
-    assert math.isclose(m.prefill_share(10.0), 0.5, rel_tol=1e-6)
-    assert math.isclose(m.decode_ms_per_token(1, 10.0), 20.0)
-    assert math.isclose(m.decode_ms_per_token(2, 10.0), 40.0)
-    m.dispatched(100_000, 11.0)
-    assert m.prefill_share(11.0) == 0.8  # capped
-    assert m.prefill_share(71.5) == 0.0  # the window moved past every dispatch
-    # the dispatches between two instants, the first excluded (a run's own dispatch)
-    assert m.prompt_tokens_between(0.0, 5.0) == 5000
-    assert m.prompt_tokens_between(5.0, 11.0) == 100_000
-
-
-def test_a_busy_replicas_whole_service_is_stretched_and_an_idle_ones_is_not():
-    """ORCH-1992: with another slot busy, first token and decode share the batches
-    with the others' coming prompts; alone on the replica the forecast is the model's."""
+def test_the_dispatch_log_counts_others_prompts_between_two_instants():
+    """ORCH-1990: the prompt tokens dispatched to the replica in ``(t0, t1]``; a run's
+    own dispatch at ``t0`` is not counted; forecasts are unchanged by the log alone."""
     m = ServiceModel(Prior(100.0, 5.0, 20.0, 0.0), half_life_s=600.0, slots=4)
-    alone = m.service_ms(200, 11, 1, 0.0)
-    assert math.isclose(alone, 100 + 5 * 200 + 10 * 20)
+    before = m.service_ms(200, 11, 2, 0.0)
     for i in range(6):
-        m.dispatched(1000, float(i))  # u = 0.5
-    assert math.isclose(m.service_ms(200, 11, 1, 10.0), alone)
-    assert math.isclose(m.service_ms(200, 11, 2, 10.0), 2 * alone)
+        m.dispatched(1000, float(i))
+    assert m.prompt_tokens_between(0.0, 5.0) == 5000
+    assert m.prompt_tokens_between(-1.0, 0.0) == 1000
+    assert m.service_ms(200, 11, 2, 10.0) == before
+    assert math.isclose(m.service_ms(200, 11, 2, 10.0, ahead=800), before + 5 * 800)
