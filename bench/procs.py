@@ -267,3 +267,53 @@ def start_litellm(procs: Procs, tmp: Path, backends: dict[str, str]) -> tuple[st
     url = f"http://127.0.0.1:{port}"
     procs.wait_ready(p, url + "/health/liveliness", 180)
     return url, p.pid, key
+
+
+def loadgen(
+    mode: str,
+    url: str,
+    c: int,
+    n: int,
+    *,
+    cap_s: float,
+    watch: dict[str, int],
+    max_tokens: int = 32,
+    extra: list[str] | None = None,
+    warmup: int | None = None,
+) -> dict[str, Any]:
+    """Run ``bench/loadgen.py`` as its own process (so the measured servers' CPU is
+    theirs alone) and return its JSON result; logs a one-line summary."""
+    cmd = [
+        PY,
+        str(HERE / "loadgen.py"),
+        "--mode",
+        mode,
+        "--url",
+        url,
+        "--concurrency",
+        str(c),
+        "--requests",
+        str(n),
+        "--max-tokens",
+        str(max_tokens),
+        "--cap-s",
+        str(cap_s),
+        *(f"--watch={k}={v}" for k, v in watch.items()),
+        *(extra or []),
+    ]
+    if warmup is not None:
+        cmd += ["--warmup", str(warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s * 3 + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(out.stdout)
+    if "ttft_ms" not in res:  # hold mode
+        log(f"  {mode:6s} {res}")
+        return res
+    lat = res["ttft_ms"]["50"]
+    log(
+        f"  {mode:6s} c={c:<3d} ok={res['ok']}/{res['done']} err={res['errors']} "
+        f"req/s={res['req_per_s']:.1f} ttft50={lat if lat is None else round(lat, 2)} "
+        f"cpu={ {k: round(v, 2) for k, v in res['cpu_s'].items()} }"
+    )
+    return res

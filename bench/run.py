@@ -36,64 +36,15 @@ from procs import (
     LEVELS,
     LITELLM_REQS,
     LITELLM_VERSION,
-    PY,
     REQS,
     Procs,
     free_port,
+    loadgen,
     log,
     start_fake,
     start_litellm,
     start_orch,
 )
-
-
-def loadgen(
-    mode: str,
-    url: str,
-    c: int,
-    n: int,
-    *,
-    cap_s: float,
-    watch: dict[str, int],
-    max_tokens: int = 32,
-    extra: list[str] | None = None,
-    warmup: int | None = None,
-) -> dict[str, Any]:
-    cmd = [
-        PY,
-        str(HERE / "loadgen.py"),
-        "--mode",
-        mode,
-        "--url",
-        url,
-        "--concurrency",
-        str(c),
-        "--requests",
-        str(n),
-        "--max-tokens",
-        str(max_tokens),
-        "--cap-s",
-        str(cap_s),
-        *(f"--watch={k}={v}" for k, v in watch.items()),
-        *(extra or []),
-    ]
-    if warmup is not None:
-        cmd += ["--warmup", str(warmup)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s * 3 + 120)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
-    res: dict[str, Any] = json.loads(out.stdout)
-    if "ttft_ms" not in res:  # hold mode
-        log(f"  {mode:6s} {res}")
-        return res
-    lat = res["ttft_ms"]["50"]
-    log(
-        f"  {mode:6s} c={c:<3d} ok={res['ok']}/{res['done']} err={res['errors']} "
-        f"req/s={res['req_per_s']:.1f} ttft50={lat if lat is None else round(lat, 2)} "
-        f"cpu={ {k: round(v, 2) for k, v in res['cpu_s'].items()} }"
-    )
-    return res
-
 
 # --------------------------------------------------------------------------- stages
 
