@@ -6,7 +6,6 @@ client that goes away cancels the task at the store."""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import msgspec
 import openai
 import pytest
 from llama_orch.core.config import Config
-from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable
+from llama_orch.testing_engines.valkey import valkey_server
 
 from .conftest import mock_config
 
@@ -25,17 +24,8 @@ CHAT = [{"role": "user", "content": "hello there"}]
 
 @pytest.fixture(scope="module")
 def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        server = EmbeddedServer(tmp_path_factory.mktemp("valkey"))
-        url = server.start()
-    except ServerUnavailable as exc:
-        if os.environ.get("REQUIRE_REAL_LLAMA") == "1":
-            pytest.fail(f"REQUIRE_REAL_LLAMA=1 but no valkey-server could be started: {exc}")
-        pytest.skip(f"no valkey-server: {exc}")
-    try:
+    with valkey_server(tmp_path_factory.mktemp("valkey")) as url:
         yield url
-    finally:
-        server.stop()  # by PID
 
 
 def _stored(url: str) -> Config:

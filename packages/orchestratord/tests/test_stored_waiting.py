@@ -7,7 +7,6 @@ exactly once."""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,22 +14,13 @@ from typing import Any
 import msgspec
 import pytest
 from llama_orch.core.config import Config
-from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable
+from llama_orch.testing_engines.valkey import valkey_server
 
 
 @pytest.fixture(scope="module")
 def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        server = EmbeddedServer(tmp_path_factory.mktemp("valkey"))
-        url = server.start()
-    except ServerUnavailable as exc:
-        if os.environ.get("REQUIRE_REAL_LLAMA") == "1":
-            pytest.fail(f"REQUIRE_REAL_LLAMA=1 but no valkey-server could be started: {exc}")
-        pytest.skip(f"no valkey-server: {exc}")
-    try:
+    with valkey_server(tmp_path_factory.mktemp("valkey")) as url:
         yield url
-    finally:
-        server.stop()  # by PID
 
 
 def _config(url: str, prefix: str) -> Config:
