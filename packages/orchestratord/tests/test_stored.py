@@ -23,8 +23,10 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     """Admission, dispatch, the event log, SSE resume and cancel go through the store;
     the store's log is what clients read (ORCH-2522..2526), and an unreachable store
     answers 503 with Retry-After (ORCH-2516)."""
+    # a lease (the heartbeat's time-to-live) of 3 s: with 500 ms a loaded machine could
+    # let the heartbeat lapse before the capabilities read below (seen at load 10)
     run = await start_orchestrator(
-        _with_state(mock_config(adapter_options={"token_delay_ms": 2}), lease_ms=500)
+        _with_state(mock_config(adapter_options={"token_delay_ms": 2}), lease_ms=3000)
     )
     bridge = run.orch.state
     assert bridge is not None and isinstance(bridge.store, MemoryStateStore)
