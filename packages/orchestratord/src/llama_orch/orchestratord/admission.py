@@ -159,8 +159,13 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
             engine=pool.engine,
         )
     ctx = req.ctx or ctx_max
-    caps = await capabilities(adapter)
     embedding = req.workload == "embedding"
+    try:
+        caps = await capabilities(adapter)
+    except OrchError:
+        if embedding or req.grammar is not None:
+            raise  # the answer depends on them
+        caps = frozenset()  # an engine that cannot answer now: the dispatch will tell
     if embedding and Capability.EMBED not in caps:  # ORCH-1012
         raise InvalidParams(
             f"the engine of pool {pool.id} ({pool.engine}) serves no embeddings - at `$.workload`",
