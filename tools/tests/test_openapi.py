@@ -101,6 +101,7 @@ def test_error_envelopes_from_code_validate() -> None:
         ("SessionInfo", api.SessionInfo, "data.yaml"),
         ("StartedEvent", api.StartedEvent, "data.yaml"),
         ("TokenEvent", api.TokenEvent, "data.yaml"),
+        ("EmbeddingEvent", api.EmbeddingEvent, "data.yaml"),
         ("MetricsEvent", api.MetricsEvent, "data.yaml"),
         ("EndEvent", api.EndEvent, "data.yaml"),
         ("ErrorEvent", api.ErrorEvent, "data.yaml"),
@@ -177,6 +178,9 @@ def test_task_request_bounds_match_the_struct() -> None:
         assert got == want, name
 
 
+_HI = {"role": "user", "content": "hi"}
+
+
 @pytest.mark.parametrize(
     ("body", "ok"),
     [
@@ -189,6 +193,13 @@ def test_task_request_bounds_match_the_struct() -> None:
         ({"prompt": "hi", "surprise": 1}, False),
         ({"prompt": "hi", "top_p": 0}, False),
         ({"prompt": "hi", "stop": ["a"] * 9}, False),
+        ({"workload": "embedding", "inputs": ["a", "b"]}, True),
+        ({"workload": "embedding", "inputs": []}, False),
+        ({"workload": "embedding", "inputs": [""]}, False),
+        ({"workload": "embedding", "prompt": "hi"}, False),
+        ({"workload": "embedding", "inputs": ["a"], "max_tokens": 3}, False),
+        ({"prompt": "hi", "inputs": ["a"]}, False),
+        ({"workload": "chat", "messages": [_HI], "inputs": ["a"]}, False),
     ],
 )
 def test_task_request_examples(body: dict[str, Any], ok: bool) -> None:
@@ -211,6 +222,7 @@ def test_encoded_events_validate_against_the_contract() -> None:
             model_digest="0" * 64,
         ),
         api.TokenEvent("Hi", 0),
+        api.EmbeddingEvent(index=0, vector=[0.25, -1.0]),
         api.MetricsEvent(queue_depth=1, tokens_per_s=12.5),
         api.EndEvent(tokens_out=1, decode_ms=3, reason="length"),
         api.ErrorEvent(code="WORKER_RESET", message="lost", retriable=True),

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,8 @@ class FakeOrchestratord:
     def __init__(self) -> None:
         self.tasks: dict[str, FakeTask] = {}
         self.busy = False  # answer POST /v1/tasks with 429
+        self.busy_for = 0  # answer the next N POST /v1/tasks with 429 (retry_after_ms 300)
+        self.submits: list[tuple[float, str | None]] = []  # (arrival, Idempotency-Key)
         self.drop_at: int | None = None  # drop the connection mid-frame at this id, once
         self.ignore_last_event_id_once = False  # replay from id 0 on the next reconnect
         self.hold_at: int | None = None  # wait for a cancel before sending this id
@@ -109,6 +112,17 @@ class FakeOrchestratord:
             req = _request.decode(await request.read())
         except msgspec.ValidationError as exc:
             return self._error(ErrorCode.INVALID_PARAMS, 400, str(exc))
+        self.submits.append((time.monotonic(), request.headers.get("Idempotency-Key")))
+        if self.busy_for > 0:
+            self.busy_for -= 1
+            body = ErrorBody(
+                code=ErrorCode.ADMISSION_REJECT,
+                message="queue full for pool default (interactive)",
+                retriable=True,
+                retry_after_ms=300,
+                policy_label="reject",
+            )
+            return self._json(body, 429, **{"Retry-After": "1", "X-Backoff-Ms": "300"})
         if self.busy:
             body = ErrorBody(
                 code=ErrorCode.ADMISSION_REJECT,

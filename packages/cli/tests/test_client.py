@@ -41,7 +41,7 @@ async def test_submit_returns_task_accepted_and_stream_ends_with_end(fake) -> No
 
 async def test_submit_429_raises_api_error_with_backoff_headers(fake) -> None:
     fake.busy = True
-    async with OrchClient(fake.url) as orch:
+    async with OrchClient(fake.url, max_retries=0) as orch:
         with pytest.raises(ApiError) as info:
             await orch.submit(prompt="hello")
     err = info.value
@@ -172,7 +172,48 @@ async def test_submit_stream_is_one_request_and_resumes_on_the_stream_route(fake
 
 async def test_submit_stream_refusal_raises_api_error(fake) -> None:
     fake.busy = True
-    async with OrchClient(fake.url) as orch:
+    async with OrchClient(fake.url, max_retries=0) as orch:
         with pytest.raises(ApiError) as info:
             await orch.submit_stream(prompt="hello")
     assert info.value.status == 429 and info.value.backoff_ms == 1500
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refused_submit_is_sent_again_after_the_delay_with_one_key(fake, stream) -> None:
+    """ORCH-5010: two 429s naming 300 ms, then admitted. Each retry comes after the
+    delay the server gave (not before it, and not much later), and every attempt
+    carries the same Idempotency-Key, so the server can keep the client's place."""
+    fake.busy_for = 2
+    async with OrchClient(fake.url) as orch:
+        if stream:
+            task = await orch.submit_stream(prompt="hello")
+            events = [ev async for _, ev in task.events()]
+            assert isinstance(events[-1], EndEvent)
+        else:
+            await orch.submit(prompt="hello")
+        assert orch.retry_waits == [0.3, 0.3]
+    (t0, k0), (t1, k1), (t2, k2) = fake.submits
+    assert k0 is not None and len(k0) == 32 and k0 == k1 == k2
+    assert 0.3 <= t1 - t0 < 1.3 and 0.3 <= t2 - t1 < 1.3
+
+
+async def test_retries_are_bounded_and_keys_differ_per_submit(fake) -> None:
+    """ORCH-5010: after max_retries the refusal is raised; a new submit is a new key."""
+    fake.busy_for = 5
+    async with OrchClient(fake.url, max_retries=1) as orch:
+        with pytest.raises(ApiError) as info:
+            await orch.submit(prompt="hello")
+        assert info.value.status == 429 and len(fake.submits) == 2
+        with pytest.raises(ApiError):
+            await orch.submit(prompt="again")
+    keys = [k for _, k in fake.submits]
+    assert keys[0] == keys[1] and keys[2] == keys[3] and keys[0] != keys[2]
+
+
+async def test_a_delay_over_the_cap_is_not_waited(fake) -> None:
+    """ORCH-5010: a refusal whose delay exceeds max_retry_wait_s is raised at once."""
+    fake.busy = True  # Retry-After 2 s (body: 1.5 s)
+    async with OrchClient(fake.url, max_retry_wait_s=1.0) as orch:
+        with pytest.raises(ApiError):
+            await orch.submit(prompt="hello")
+    assert len(fake.submits) == 1

@@ -68,8 +68,9 @@ async def test_submit_chat_sends_a_user_message(fake) -> None:
 
 
 async def test_submit_429_exits_3_and_shows_retry_after(fake, capsys) -> None:
-    fake.busy = True
-    assert await run_submit(submit_args(fake.url), out=io.StringIO()) == 3
+    fake.busy = True  # always refuses (1.5 s): one retry (ORCH-5010), then the refusal
+    assert await run_submit(submit_args(fake.url, "--retries", "1"), out=io.StringIO()) == 3
+    assert len(fake.submits) == 2
     err = capsys.readouterr().err
     assert "ADMISSION_REJECT" in err and "queue full" in err
     assert "Retry-After: 2 s" in err and "X-Backoff-Ms: 1500" in err

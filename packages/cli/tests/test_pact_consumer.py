@@ -189,7 +189,9 @@ async def test_capabilities(pact: Pact) -> None:
             {
                 "api_version": match.str("1.0.0"),
                 "engines": match.each_like(match.str("llamacpp-http")),
-                "workloads": match.each_like(match.regex("chat", regex="^(completion|chat)$")),
+                "workloads": match.each_like(
+                    match.regex("chat", regex="^(completion|chat|embedding)$")
+                ),
                 "cpu_inference": match.bool(False),
                 "allow_cpu_inference": match.bool(False),
                 "pools": match.each_like(

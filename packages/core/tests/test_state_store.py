@@ -51,8 +51,18 @@ def test_continuation_rebuilds_text_and_next_index() -> None:
         LoggedEvent(n + 1, "token", msgspec.json.encode(TokenEvent(t, n)))
         for n, t in enumerate(["The", " sky", " is"])
     ]
-    assert continuation(log) == ("The sky is", 3, True)
-    assert continuation([]) == ("", 0, False)
+    assert continuation(log) == ("The sky is", 3, True, False)
+    assert continuation([]) == ("", 0, False, False)
+
+
+def test_continuation_of_an_ended_log_says_so() -> None:
+    """ORCH-2567: a log that already holds its terminal (a cancel that landed between
+    a claim and the read of the log) is not something to continue."""
+    log = [LoggedEvent(0, "started", b"{}"), LoggedEvent(1, "token", b'{"t":"Hi","i":0}')]
+    assert not continuation(log).ended
+    for kind in ("end", "error"):
+        done = continuation([*log, LoggedEvent(2, kind, b"{}")])
+        assert done.ended and done.text == "Hi" and done.next_index == 1
 
 
 def test_displaced_terminal_carries_the_policy_code() -> None:

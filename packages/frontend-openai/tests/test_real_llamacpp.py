@@ -51,6 +51,35 @@ def _config(server: Any, key: str) -> Config:
     )
 
 
+def _embedding_task(url: str, key: str, texts: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """POST /v1/tasks with workload embedding, then its whole SSE stream."""
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    body = json.dumps({"workload": "embedding", "inputs": texts, "pool_id": "smol"}).encode()
+    req = urllib.request.Request(url + "/v1/tasks", data=body, headers=auth, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 202
+        tid = json.load(resp)["task_id"]
+    stream = urllib.request.Request(url + f"/v1/tasks/{tid}/stream", headers=auth)
+    with urllib.request.urlopen(stream, timeout=120) as resp:
+        raw = resp.read().decode()
+    events = []
+    for block in raw.split("\n\n"):
+        fields = dict(ln.split(": ", 1) for ln in block.splitlines() if ": " in ln)
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    kinds = [k for k, _ in events]
+    assert kinds[:2] == ["started", "metrics"] and kinds[-1] == "end", kinds
+    vectors = [d for k, d in events if k == "embedding"]
+    assert [v["index"] for v in vectors] == list(range(len(texts)))
+    return [v["vector"] for v in vectors], events[-1][1]
+
+
+def _facade_floats(base: str, key: str, texts: list[str]) -> list[list[float]]:
+    with openai.OpenAI(base_url=base, api_key=key) as client:
+        out = client.embeddings.create(model="smol", input=texts, encoding_format="float")
+    return [d.embedding for d in out.data]
+
+
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.load(resp) if "/slots" in url else resp.read().decode()
@@ -262,3 +291,15 @@ async def test_engine_fields_and_embeddings_on_real_llama_server(
     assert _metric(text, "embeddings_total", api="openai", pool_id="smol") == 2
     assert _metric(text, "tasks_enqueued_total", api="openai", pool_id="smol") == 5
     assert _metric(text, "tasks_enqueued_total", api="orchqueue") == 0
+    # ORCH-1011..1013: the same engine through the task API, queued as a task; its
+    # vectors are the facade's for the same texts
+    vectors, end = await asyncio.to_thread(_embedding_task, d.url, key, ["red green blue", "a cat"])
+    facade = await asyncio.to_thread(_facade_floats, d.base, key, ["red green blue", "a cat"])
+    assert len(vectors) == 2 and end["reason"] == "stop" and end["tokens_out"] == 0
+    assert end["tokens_in"] > 0
+    for got, want in zip(vectors, facade, strict=True):
+        assert len(got) == len(want) > 100
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+    text = d.orch.metrics.render().decode()
+    assert _metric(text, "embeddings_total", api="orchqueue", pool_id="smol") == 1
+    assert _metric(text, "tasks_enqueued_total", api="orchqueue", pool_id="smol") == 1

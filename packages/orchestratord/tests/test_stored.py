@@ -23,8 +23,10 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     """Admission, dispatch, the event log, SSE resume and cancel go through the store;
     the store's log is what clients read (ORCH-2522..2526), and an unreachable store
     answers 503 with Retry-After (ORCH-2516)."""
+    # a lease (the heartbeat's time-to-live) of 3 s: with 500 ms a loaded machine could
+    # let the heartbeat lapse before the capabilities read below (seen at load 10)
     run = await start_orchestrator(
-        _with_state(mock_config(adapter_options={"token_delay_ms": 2}), lease_ms=500)
+        _with_state(mock_config(adapter_options={"token_delay_ms": 2}), lease_ms=3000)
     )
     bridge = run.orch.state
     assert bridge is not None and isinstance(bridge.store, MemoryStateStore)
@@ -237,3 +239,79 @@ async def test_drain_ends_queued_tasks_at_the_store(
     logged = await store.read(t2)
     assert sum(e.kind in ("end", "error") for e in logged) == 1 and logged[-1].kind == "error"
     assert msgspec.json.decode(logged[-1].data)["code"] == "POOL_UNAVAILABLE"
+
+
+async def test_a_claim_canceled_before_its_log_is_read_is_not_continued(
+    start_orchestrator: Any, mock_config: Any, monkeypatch: Any
+) -> None:
+    """ORCH-2567: the reaper claims a task whose lease ran out mid-stream, and a cancel
+    lands at the store before the reaper reads the task's log (the race seen in the
+    store chaos profile, where the store was paused past a lease and the cancel queued
+    behind the reap). The log then ends with the cancel's terminal: no engine request
+    may open for a continuation, and the takeover counts as `ended`."""
+    cfg = _with_state(
+        mock_config(adapter_options={"token_delay_ms": 5, "fail": "hang_after:1"}), lease_ms=400
+    )
+    cfg = msgspec.structs.replace(  # the startup self-test would hang on the fault
+        cfg, observability=msgspec.structs.replace(cfg.observability, self_test=False)
+    )
+    run = await start_orchestrator(cfg)
+    bridge = run.orch.state
+    assert bridge is not None
+
+    async def renew_nothing() -> list[str]:
+        return []  # the lease runs out at the store as if this instance were paused
+
+    monkeypatch.setattr(bridge.leases, "renew_once", renew_nothing)
+    store = bridge.store
+    real_read = store.read
+    canceled: list[str] = []
+
+    async def read_after_a_cancel(task_id: str, *args: Any, **kw: Any) -> Any:
+        if not canceled:  # the cancel's step comes between the claim and this read
+            canceled.append(task_id)
+            await store.cancel(task_id)
+        return await real_read(task_id, *args, **kw)
+
+    monkeypatch.setattr(store, "read", read_after_a_cancel)
+    (replica,) = run.orch.pools["mock"].replicas.values()
+    tid = (await (await run.submit(max_tokens=50)).json())["task_id"]
+    await run.orch.tasks.wait_for(lambda: run.orch.get(tid).tokens_out >= 1, 30)
+    started = replica.adapter.generations_started
+    text = ""
+    for _ in range(100):  # the reaper's period is half a lease
+        text = await run.metrics_text()
+        if "state_store_takeovers_total{" in text:
+            break
+        await asyncio.sleep(0.1)
+    assert canceled == [tid]
+    assert 'state_store_takeovers_total{outcome="ended",pool_id="mock"} 1.0' in text, text
+    assert "continued" not in text
+    logged = await real_read(tid)
+    assert sum(ev.kind in ("end", "error") for ev in logged) == 1
+    assert logged[-1].kind == "end"
+    await asyncio.sleep(0.3)  # room for a wrongly launched continuation to open
+    assert replica.adapter.generations_started == started  # no engine request after it
+    await run.orch.tasks.wait_for(lambda: replica.busy == 0, 30)
+
+
+async def test_a_dispatch_whose_cancel_came_first_never_starts(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2567: a cancel's control message can reach the owner before the reply of
+    the dispatch (or claim) that made it the owner, since the two travel on different
+    connections. The run must then not start: no engine request, no lease held."""
+    run = await start_orchestrator(_with_state(mock_config(), lease_ms=2000))
+    bridge = run.orch.state
+    assert bridge is not None
+    pool = run.orch.pools["mock"]
+    (replica,) = pool.replicas.values()
+    done = (await (await run.submit(max_tokens=1)).json())["task_id"]
+    await run.orch.tasks.wait_for(lambda: run.orch.get(done).terminal, 30)
+    rec = stored.record_of(stored.spec_of(run.orch.get(done)))  # a fresh copy of it
+    started = replica.adapter.generations_started
+    rec.task_id = "canceled-before-its-dispatch"
+    bridge._canceled_elsewhere(rec.task_id)  # the control message, first
+    assert bridge._go(pool, replica, rec, 7) is False  # then the dispatch's reply
+    assert rec.runner is None and rec.task_id not in bridge.leases.held
+    assert replica.adapter.generations_started == started

@@ -117,6 +117,23 @@ async def test_suite_servers_are_the_supported_ones(valkey_url: str) -> None:
         await store.close()
 
 
+async def test_replies_are_parsed_by_libvalkey(valkey_url: str) -> None:
+    """ORCH-2568: the distribution's own dependencies bring the C reply parser, and
+    the store's connections use it (the standalone install runs this too)."""
+    from valkey._parsers import _AsyncLibvalkeyParser
+
+    store = ValkeyStateStore(valkey_url, key_prefix="parser")
+    await store.start()
+    try:
+        conn = await store.client.connection_pool.get_connection("PING")
+        try:
+            assert isinstance(conn._parser, _AsyncLibvalkeyParser), type(conn._parser)
+        finally:
+            await store.client.connection_pool.release(conn)
+    finally:
+        await store.close()
+
+
 async def test_server_errors_do_not_leak_client_exceptions(valkey_url: str) -> None:
     """STYLE rule 5: a refused call (here: submit before configure) is a StateStoreError."""
     store = ValkeyStateStore(valkey_url, key_prefix="unconfigured")

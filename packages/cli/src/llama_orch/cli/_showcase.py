@@ -107,7 +107,10 @@ class Showcase:
         self.status: dict[str, Any] | None = None
         self.started_by: Counter[str] = Counter()
         self._admin = OrchClient(url, api_key=admin_key)
-        self._clients = {name: OrchClient(url, api_key=key) for name, key in tenant_keys.items()}
+        # no retries: the burst is there to show the refusal and its Retry-After
+        self._clients = {
+            name: OrchClient(url, api_key=key, max_retries=0) for name, key in tenant_keys.items()
+        }
         self._live: Live | None = None
         self._last_plain = 0.0
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+import itertools
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast, get_args, overload
 from urllib.parse import quote, urlencode
@@ -64,6 +66,8 @@ class OrchClient:
         timeout: float = 30.0,
         reconnect_delay: float = 0.5,
         max_reconnects: int = 10,
+        max_retries: int = 2,
+        max_retry_wait_s: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.correlation_id = correlation_id
@@ -72,6 +76,11 @@ class OrchClient:
         self._timeout = timeout
         self._reconnect_delay = reconnect_delay
         self._max_reconnects = max_reconnects
+        # ORCH-5010: a refused submit (429/503 with a delay) is sent again after the
+        # delay the server gave, with the same Idempotency-Key, at most this often
+        self._max_retries = max_retries
+        self._max_retry_wait_s = max_retry_wait_s
+        self.retry_waits: list[float] = []  # the delays slept, for callers and tests
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -99,12 +108,43 @@ class OrchClient:
     # -- data plane ---------------------------------------------------------
 
     async def submit(self, **fields: Any) -> TaskAccepted:
-        """``POST /v1/tasks`` with the given :class:`TaskRequest` fields."""
+        """``POST /v1/tasks`` with the given :class:`TaskRequest` fields; a refusal
+        that names a delay is retried after it (ORCH-5010, see :meth:`_retrying`)."""
         try:
             request = msgspec.convert(fields, TaskRequest)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(str(exc)) from exc
-        return await self._call("POST", "/v1/tasks", TaskAccepted, body=_encoder.encode(request))
+        body = _encoder.encode(request)
+
+        def attempt(key: dict[str, str]) -> Awaitable[TaskAccepted]:
+            return self._call("POST", "/v1/tasks", TaskAccepted, body=body, extra_headers=key)
+
+        return await self._retrying(attempt)
+
+    async def _retrying(self, attempt: Callable[[dict[str, str]], Awaitable[T]]) -> T:
+        """Run ``attempt`` with one ``Idempotency-Key`` for all its tries (ORCH-5010).
+
+        A 429 or 503 that gives a delay (the body's ``retry_after_ms``, else
+        ``Retry-After``) of at most ``max_retry_wait_s`` is tried again after exactly
+        that delay, up to ``max_retries`` times: the server keeps a place in its queue
+        for a client that comes back with the same key when it was told to
+        (ORCH-1978..1981). Any other refusal, or the last one, is raised."""
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        for tries in itertools.count():
+            try:
+                return await attempt(key)
+            except ApiError as exc:
+                wait = _retry_delay(exc)
+                if (
+                    tries >= self._max_retries
+                    or exc.status not in (429, 503)
+                    or wait is None
+                    or wait > self._max_retry_wait_s
+                ):
+                    raise
+                self.retry_waits.append(wait)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     async def submit_stream(self, *, resume: bool = True, **fields: Any) -> SubmittedTask:
         """``POST /v1/tasks`` with ``Accept: text/event-stream``: admit and stream in one
@@ -116,13 +156,19 @@ class OrchClient:
             request = msgspec.convert(fields, TaskRequest)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(str(exc)) from exc
+        body = _encoder.encode(request)
+
+        def attempt(key: dict[str, str]) -> Awaitable[SubmittedTask]:
+            return self._submit_stream(body, key, resume)
+
+        return await self._retrying(attempt)
+
+    async def _submit_stream(self, body: bytes, key: dict[str, str], resume: bool) -> SubmittedTask:
         url = self.base_url + "/v1/tasks"
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", **key}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
         try:
-            resp = await self._session.post(
-                url, data=_encoder.encode(request), headers=headers, timeout=timeout
-            )
+            resp = await self._session.post(url, data=body, headers=headers, timeout=timeout)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise ConnectionFailed(_describe(exc, url)) from exc
         self._note_correlation(resp.headers)
@@ -324,16 +370,34 @@ class OrchClient:
 
     @overload
     async def _call(
-        self, method: str, path: str, type_: type[T], *, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        type_: type[T],
+        *,
+        body: bytes | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> T: ...
     @overload
     async def _call(
-        self, method: str, path: str, type_: None, *, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        type_: None,
+        *,
+        body: bytes | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> None: ...
     async def _call(
-        self, method: str, path: str, type_: type[T] | None, *, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        type_: type[T] | None,
+        *,
+        body: bytes | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> T | None:
-        status, headers, raw = await self._request(method, path, body)
+        status, headers, raw = await self._request(method, path, body, extra_headers)
         if status >= 300:
             raise self._api_error(status, headers, raw)
         if type_ is None:
@@ -341,10 +405,16 @@ class OrchClient:
         return self._decode(type_, raw, f"{method} {path}")
 
     async def _request(
-        self, method: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         url = self.base_url + path
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        if extra:
+            headers.update(extra)
         try:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
                 self._note_correlation(resp.headers)
@@ -451,6 +521,13 @@ async def _frames(resp: aiohttp.ClientResponse) -> AsyncGenerator[tuple[int, Str
             except msgspec.DecodeError as exc:
                 raise ProtocolError(f"bad {msg.event!r} event: {exc}") from exc
             yield int(msg.id), event
+
+
+def _retry_delay(exc: ApiError) -> float | None:
+    """Seconds the server asked a refused client to wait, the most precise first."""
+    if exc.body is not None and exc.body.retry_after_ms is not None:
+        return exc.body.retry_after_ms / 1000
+    return exc.retry_after_s
 
 
 def _number(value: str | None, kind: Callable[[str], T]) -> T | None:

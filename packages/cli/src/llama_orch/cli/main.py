@@ -68,7 +68,7 @@ async def run_submit(args: argparse.Namespace, *, out: TextIO | None = None) -> 
     console = stderr_console()
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     try:
-        async with OrchClient(args.url, api_key=api_key()) as orch:
+        async with OrchClient(args.url, api_key=api_key(), max_retries=args.retries) as orch:
             submitted_at = time.monotonic()
             if args.no_stream:
                 accepted = await orch.submit(**task_fields(args, prompt))
@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--temperature", type=float, metavar="F")
     submit.add_argument("--priority", choices=PRIORITIES, default=PRIORITIES[0])
     submit.add_argument("--pool", metavar="ID", help="pool id (default: the server's choice)")
+    submit.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="after a 429/503 that names a delay, wait it and submit again, N times at most"
+        " (default 2; the server keeps the place of a client that comes back in time)",
+    )
     submit.add_argument(
         "--no-stream", action="store_true", help="print the task id and return at once"
     )

@@ -144,6 +144,9 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     # ORCH-2356: the engine slot placement pinned the task to (llama-server
     # ``id_slot``); adapters that cannot pin a slot ignore it.
     engine_slot: int | None = None
+    # ORCH-1013: an `embedding` task's texts; the runner embeds them (one `embed`
+    # call) instead of generating, and ``prompt`` is their text for the forecasts.
+    inputs: tuple[str, ...] = ()
 
 
 class TokenChunk(msgspec.Struct, frozen=True, tag="token"):

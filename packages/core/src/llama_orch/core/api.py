@@ -21,6 +21,7 @@ __all__ = [
     "API_VERSION",
     "Capabilities",
     "ChatMessage",
+    "EmbeddingEvent",
     "EndEvent",
     "ErrorEvent",
     "Limits",
@@ -43,7 +44,7 @@ __all__ = [
 
 API_VERSION = "0.2.0"
 
-Workload = Literal["completion", "chat"]
+Workload = Literal["completion", "chat", "embedding"]
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,6 +66,14 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sampler_profile_version: str | None = None
     prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
     messages: list[ChatMessage] | None = None
+    # ORCH-1011: the texts an `embedding` task embeds, one vector each, in order
+    inputs: (
+        Annotated[
+            list[Annotated[str, Meta(min_length=1, max_length=1_000_000)]],
+            Meta(min_length=1, max_length=2048),
+        ]
+        | None
+    ) = None
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     deadline_ms: Annotated[int, Meta(ge=1)] | None = None
     expected_tokens: Annotated[int, Meta(ge=1)] | None = None
@@ -126,6 +135,13 @@ class TokenEvent(msgspec.Struct, tag="token", omit_defaults=True):
     lp: list[TokenLogprob] | None = None
 
 
+class EmbeddingEvent(msgspec.Struct, tag="embedding", kw_only=True):
+    """One input's vector of an `embedding` task, in input order (ORCH-1013)."""
+
+    index: int
+    vector: list[float]
+
+
 class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=True):
     queue_depth: int | None = None
     tokens_out: int | None = None
@@ -158,7 +174,9 @@ class ErrorEvent(msgspec.Struct, tag="error", kw_only=True, omit_defaults=True):
     retry_after_ms: int | None = None  # when a retry can expect to be admitted (ORCH-1966)
 
 
-StreamEvent = QueuedEvent | StartedEvent | TokenEvent | MetricsEvent | EndEvent | ErrorEvent
+StreamEvent = (
+    QueuedEvent | StartedEvent | TokenEvent | EmbeddingEvent | MetricsEvent | EndEvent | ErrorEvent
+)
 
 
 class SessionInfo(msgspec.Struct, kw_only=True):

@@ -302,6 +302,7 @@ class Continuation(NamedTuple):
     text: str  # the text streamed so far
     next_index: int  # the next token index
     started: bool  # a `started` event is already in the log (never send a second one)
+    ended: bool = False  # the log already holds a terminal: nothing to continue
 
 
 def continuation(events: Sequence[LoggedEvent]) -> Continuation:
@@ -319,6 +320,8 @@ def continuation(events: Sequence[LoggedEvent]) -> Continuation:
             nxt = tok.i + 1
         elif ev.kind == "started":
             started = True
+        elif ev.kind in TERMINAL_KINDS:
+            return Continuation("".join(text), nxt, started, ended=True)
     return Continuation("".join(text), nxt, started)
 
 

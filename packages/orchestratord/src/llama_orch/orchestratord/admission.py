@@ -13,10 +13,11 @@ import hashlib
 import math
 import time
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from llama_orch.core.adapter_api import Capability, GenerateRequest
+from llama_orch.core.adapter_api import Capability, GenerateRequest, WorkerAdapter
 from llama_orch.core.api import TaskAccepted, TaskRequest, derive_seed
 from llama_orch.core.config import AdmissionConfig
 from llama_orch.core.errors import (
@@ -67,6 +68,10 @@ def decode_request(body: bytes) -> TaskRequest:
         raise InvalidParams(f"invalid task request: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise InvalidParams(f"request body is not valid JSON: {exc}") from exc
+    if req.workload == "embedding":
+        _check_embedding(req)
+    elif req.inputs is not None:
+        raise InvalidParams("`inputs` is only for workload `embedding` - at `$.inputs`")
     if req.workload == "completion" and req.prompt is None:
         raise InvalidParams("`prompt` is required for workload `completion` - at `$.prompt`")
     if req.workload == "chat" and not req.messages:
@@ -74,6 +79,28 @@ def decode_request(body: bytes) -> TaskRequest:
     if req.prompt is not None and req.messages is not None:
         raise InvalidParams("give either `prompt` or `messages`, not both - at `$.messages`")
     return req
+
+
+def _check_embedding(req: TaskRequest) -> None:
+    """ORCH-1011: an embedding task carries `inputs` and nothing meant for generation."""
+    if req.inputs is None:
+        raise InvalidParams("`inputs` is required for workload `embedding` - at `$.inputs`")
+    for name in ("prompt", "messages", "grammar", "max_tokens", "session_id"):
+        if getattr(req, name) is not None:
+            raise InvalidParams(f"`{name}` does not apply to workload `embedding` - at `$.{name}`")
+
+
+_capabilities: weakref.WeakKeyDictionary[WorkerAdapter, frozenset[Capability]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def capabilities(adapter: WorkerAdapter) -> frozenset[Capability]:
+    """What an adapter declares, asked once per adapter (a replica's engine process)."""
+    caps = _capabilities.get(adapter)
+    if caps is None:
+        caps = _capabilities[adapter] = (await adapter.props()).capabilities
+    return caps
 
 
 def resolve_pool(req: TaskRequest, pools: dict[str, Pool], catalog: Any = None) -> Pool:
@@ -132,13 +159,47 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
             engine=pool.engine,
         )
     ctx = req.ctx or ctx_max
-    max_tokens = req.max_tokens or min(limits.default_max_tokens, ctx)
+    embedding = req.workload == "embedding"
+    try:
+        caps = await capabilities(adapter)
+    except OrchError:
+        if embedding or req.grammar is not None:
+            raise  # the answer depends on them
+        caps = frozenset()  # an engine that cannot answer now: the dispatch will tell
+    if embedding and Capability.EMBED not in caps:  # ORCH-1012
+        raise InvalidParams(
+            f"the engine of pool {pool.id} ({pool.engine}) serves no embeddings - at `$.workload`",
+            pool_id=pool.id,
+            engine=pool.engine,
+        )
+    if not embedding and Capability.EMBED_ONLY in caps:
+        raise InvalidParams(
+            f"the engine of pool {pool.id} only embeds: use workload `embedding` - at `$.workload`",
+            pool_id=pool.id,
+            engine=pool.engine,
+        )
+    # an embedding is one prefill: one nominal token for the forecasts (ORCH-1011)
+    max_tokens = 1 if embedding else req.max_tokens or min(limits.default_max_tokens, ctx)
     if max_tokens > limits.max_tokens_limit:
         raise InvalidParams(
             f"max_tokens {max_tokens} exceeds the limit {limits.max_tokens_limit}"
             " - at `$.max_tokens`"
         )
-    if req.workload == "chat":
+    inputs: tuple[str, ...] = ()
+    if embedding:
+        assert req.inputs is not None
+        inputs = tuple(req.inputs)
+        for i, text in enumerate(inputs):  # each input fits the context (ORCH-1011)
+            if len(text.encode()) + SPECIAL_TOKENS_MARGIN > ctx:
+                n = len(await adapter.tokenize(text))
+                if n > ctx:
+                    raise InvalidParams(
+                        f"input {i} ({n} tokens) exceeds ctx {ctx} - at `$.inputs[{i}]`",
+                        pool_id=pool.id,
+                        engine=pool.engine,
+                    )
+        prompt = "\n".join(inputs)
+    elif req.workload == "chat":
         assert req.messages is not None
         prompt = await adapter.apply_chat_template(
             [{"role": m.role, "content": m.content} for m in req.messages]
@@ -146,7 +207,9 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
     else:
         assert req.prompt is not None
         prompt = req.prompt
-    if req.session_id is None and len(prompt.encode()) + SPECIAL_TOKENS_MARGIN + max_tokens <= ctx:
+    if embedding or (
+        req.session_id is None and len(prompt.encode()) + SPECIAL_TOKENS_MARGIN + max_tokens <= ctx
+    ):
         prompt_tokens: int | None = None  # fits whatever the count: skip the round trip
     else:
         prompt_tokens = len(await adapter.tokenize(prompt))
@@ -157,7 +220,7 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
             pool_id=pool.id,
             engine=pool.engine,
         )
-    if req.grammar is not None and Capability.GRAMMAR not in (await adapter.props()).capabilities:
+    if req.grammar is not None and Capability.GRAMMAR not in caps:
         raise InvalidParams(
             f"`grammar` is not supported by the engine of pool {pool.id} ({pool.engine})"
             " - at `$.grammar`",
@@ -181,6 +244,7 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
         # KV reuse can change logits: strict determinism turns it off.
         cache_prompt=req.determinism != "strict" and req.kv_hint != "cold",
         grammar=req.grammar,
+        inputs=inputs,
     )
     return Prepared(task_id, gen, prompt_tokens, ctx)
 

@@ -304,7 +304,7 @@ async def capabilities(request: Request) -> Response:
         Capabilities(
             api_version=API_VERSION,
             engines=sorted(available_adapters()),
-            workloads=["completion", "chat"],
+            workloads=["completion", "chat", "embedding"],
             cpu_inference=cpu,
             allow_cpu_inference=orch.config.allow_cpu_inference,
             pools=pools,

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 from llama_orch.core.adapter_api import Finished, GenerateRequest, TokenChunk
-from llama_orch.core.api import EndEvent, MetricsEvent, StartedEvent, TokenEvent
+from llama_orch.core.api import EmbeddingEvent, EndEvent, MetricsEvent, StartedEvent, TokenEvent
 from llama_orch.core.errors import AdmissionRejected, ErrorCode, OrchError, PoolUnready, WorkerReset
 
 from .admission import displace
@@ -106,6 +106,9 @@ class TaskRun:
     async def __call__(self) -> None:
         rec = self.rec
         try:
+            if rec.request.inputs:  # an `embedding` task (ORCH-1013)
+                await self._embed(rec.request.inputs)
+                return
             await self._stream(self._request())
             if self.finished is None:
                 raise OrchError("engine stream ended without a final event", engine=rec.engine)
@@ -147,6 +150,28 @@ class TaskRun:
                     self._on_finished(ev)
         finally:
             await stream.aclose()
+
+    async def _embed(self, inputs: tuple[str, ...]) -> None:
+        """One ``embed`` call for all the task's inputs on its slot, then one
+        ``embedding`` event per input and the end (ORCH-1013)."""
+        rec, runner = self.rec, self.runner
+        out = await self.replica.adapter.embed(list(inputs))
+        if len(out.vectors) != len(inputs):
+            raise OrchError(
+                f"the engine returned {len(out.vectors)} vectors for {len(inputs)} inputs",
+                engine=rec.engine,
+            )
+        self.answered = True
+        if out.prompt_tokens:
+            rec.prompt_tokens, rec.prompt_counted = out.prompt_tokens, True
+        self._announce()  # counts tokens_in_total once the engine's count is known
+        for i, vector in enumerate(out.vectors):
+            if not rec.append(EmbeddingEvent(index=i, vector=vector)):
+                return  # canceled meanwhile
+        runner.metrics.embeddings.add(
+            1, {"engine": rec.engine, "pool_id": self.pool.id, "api": rec.api}
+        )
+        self._complete(Finished(reason="stop", tokens_generated=0, prompt_tokens=out.prompt_tokens))
 
     def _on_token(self, ev: TokenChunk) -> bool:
         """Append one token; False when the task has ended meanwhile."""

@@ -232,6 +232,9 @@ class StoreBridge:
             self.store, self.instance, options.lease_ms, on_lost=self._lease_lost
         )
         self._writers: dict[str, _Writer] = {}
+        # cancels the control channel delivered, by when: a dispatch or claim whose
+        # reply comes after its cancel's message must not start the run (ORCH-2567)
+        self._canceled: dict[str, float] = {}
         self._loops: list[asyncio.Task[None]] = []
         # writes and requeues in flight: close() lets them finish (a terminal event
         # appended by shutdown must reach the store after its runner is gone)
@@ -409,7 +412,16 @@ class StoreBridge:
             return
         self._go(pool, replica, rec, d.epoch)
 
-    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int) -> None:
+    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int) -> bool:
+        """Run ``rec`` here under ``epoch``; False when a cancel already came for it."""
+        if rec.task_id in self._canceled:
+            # its cancel's control message arrived before this dispatch's or claim's
+            # reply: the store holds the terminal, no engine request may open (ORCH-2567)
+            _log.info("task %s: canceled before its run could start here", rec.task_id)
+            self.leases.release(rec.task_id)
+            if not rec.terminal:
+                self.tasks.forget(rec.task_id)
+            return False
         self.leases.hold(rec.task_id, epoch)
         writer = _Writer(self, rec, epoch)
         self._writers[rec.task_id] = writer
@@ -417,6 +429,7 @@ class StoreBridge:
         self.dispatcher.launch(pool, replica, rec)
         assert rec.runner is not None
         rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
+        return True
 
     def _released(self, rec: TaskRecord, epoch: int) -> None:
         self.leases.release(rec.task_id)
@@ -466,13 +479,14 @@ class StoreBridge:
                 await asyncio.sleep(1.0)
 
     def _canceled_elsewhere(self, task_id: str) -> None:
+        now = time.monotonic()
+        self._remember_cancel(task_id, now)
         writer = self._writers.get(task_id)
         if writer is not None:
             writer.dead = True  # the store already holds the cancel's terminal
         rec = self.tasks.get(task_id)
         if rec is None or rec.terminal:
             return
-        now = time.monotonic()
         _log.info("task %s: canceled on another instance; aborting its run", task_id)
         self.ending.end(
             rec,
@@ -483,6 +497,13 @@ class StoreBridge:
                 tokens_in=rec.prompt_tokens,
             ),
         )
+
+    def _remember_cancel(self, task_id: str, now: float) -> None:
+        """Keep a delivered cancel for a minute (far longer than any reply in flight)."""
+        self._canceled[task_id] = now
+        if len(self._canceled) > 256:
+            for tid in [t for t, at in self._canceled.items() if now - at > 60.0]:
+                del self._canceled[tid]
 
     async def _heartbeat(self) -> None:
         await self.store.heartbeat(self.instance, self.options.lease_ms)
@@ -543,6 +564,12 @@ class StoreBridge:
         replica = pool.replicas.get(r.replica_id or "") if pool is not None else None
         if pool is not None and replica is not None and replica.state.ready:
             sofar = continuation(await self.store.read(r.task_id))
+            if sofar.ended:
+                # canceled (or ended) between the claim and this read: the store holds
+                # its one terminal; nothing to continue (ORCH-2567)
+                self.leases.release(r.task_id)
+                _log.info("task %s: claimed but already ended; not continued", r.task_id)
+                return "ended"
             rec = self.tasks.get(r.task_id)
             if rec is None or rec.state != "queued":
                 rec = record_of(r.task)
@@ -551,9 +578,10 @@ class StoreBridge:
             rec.tokens_out = rec.engine_tokens = sofar.next_index
             rec.text_out = [sofar.text]
             if rec.request.max_tokens > sofar.next_index:
-                _log.warning("task %s taken over: continuing it here", r.task_id)
-                self._go(pool, replica, rec, r.epoch)
-                return "continued"
+                if self._go(pool, replica, rec, r.epoch):
+                    _log.warning("task %s taken over: continuing it here", r.task_id)
+                    return "continued"
+                return "ended"
         ev = ErrorEvent(
             code=ErrorCode.WORKER_RESET,
             message="the orchestratord instance that ran this task stopped",

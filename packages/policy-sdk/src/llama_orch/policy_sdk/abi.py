@@ -94,7 +94,7 @@ class TaskInfo(_Strict, kw_only=True):
     task_id: Name
     tenant: Name
     priority: Priority
-    workload: Literal["completion", "chat"] | None = None  # None at placement
+    workload: Literal["completion", "chat", "embedding"] | None = None  # None at placement
     pool_id: Name
     max_tokens: NonNeg
     prompt_tokens: NonNeg | None = None  # None: not counted (short prompt)

@@ -310,11 +310,11 @@ class EventLogAndLeaseCases:
         (r,) = await store.reap("heir", LEASE_MS)
         assert (r.outcome, r.next_seq, r.task.request) == ("claimed", 3, b"prompt")
         assert r.replica_id == "r1" and r.epoch > d.epoch
-        assert continuation(await store.read("t")) == ("Hello", 2, True)
+        assert continuation(await store.read("t")) == ("Hello", 2, True, False)
         with pytest.raises(Fenced):
             await store.append("t", d.epoch, [_token("zombie", 2)])
         assert await store.append("t", r.epoch, [_token("!", 2), Event("end", b"{}")]) == 5
-        assert continuation(await store.read("t")) == ("Hello!", 3, True)
+        assert continuation(await store.read("t")) == ("Hello!", 3, True, True)
         assert await store.busy("p") == {}
         view = await store.task("t")
         assert view is not None and view.state == "ended" and view.owner == "heir"
