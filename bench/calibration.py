@@ -362,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         default="unique",
         help="unique: each task counts from its own start; nested: all count from 1",
     )
+    ap.add_argument(
+        "--log-level",
+        default="INFO",
+        help="orchestratord's; DEBUG logs each admission's forecast terms (ORCH-1994)",
+    )
     args = ap.parse_args(argv)
 
     from llama_orch.pool_managerd.engine import LlamaServerSpec
@@ -410,7 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         path = tmp / "orch.json"
         path.write_text(json.dumps(cfg))
-        orch = procs.start("orchestratord", [str(BIN / "orchestratord"), "--config", str(path)])
+        orch = procs.start(
+            "orchestratord",
+            [str(BIN / "orchestratord"), "--config", str(path), "--log-level", args.log_level],
+        )
         url = f"http://127.0.0.1:{port}"
         procs.wait_ready(
             orch,

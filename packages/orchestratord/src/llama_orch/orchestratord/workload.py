@@ -30,6 +30,7 @@ from llama_orch.core.errors import DeadlineUnmet
 from llama_orch.core.eta import (
     PACE_BOUNDS,
     Job,
+    Pace,
     ReplicaLoad,
     Slot,
     admits,
@@ -210,8 +211,16 @@ class Workload:
 
     # ---------------------------------------------------------------- forecasts
 
-    def loads(self, pool: Pool, now: float, pin: ReplicaSetKey | None = None) -> list[ReplicaLoad]:
-        """Every Ready replica (of the set ``pin``) with the ms left of its running tasks."""
+    def loads(
+        self,
+        pool: Pool,
+        now: float,
+        pin: ReplicaSetKey | None = None,
+        trace: list[list[tuple[object, ...]]] | None = None,
+    ) -> list[ReplicaLoad]:
+        """Every Ready replica (of the set ``pin``) with the ms left of its running tasks.
+        ``trace``: a list that receives, per replica, each running task's forecast terms
+        (ORCH-1994: task id, tokens left, its pace ratio and weight, ms left)."""
         out = []
         for rid, r in pool.replicas.items():
             st = r.state
@@ -221,12 +230,16 @@ class Workload:
             running = self.running.get((pool.id, rid), ())
             left = []
             paces = []
+            trace_r: list[tuple[object, ...]] = []
+            if trace is not None:
+                trace.append(trace_r)
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
                 per = model.decode_ms_per_token(max(1, len(running)), now, p)
                 for t in running:
                     ms = tokens_left(t) * per
+                    pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
                         # ORCH-1977: a first token later than modelled slows its decode
                         elapsed = (now - t.dispatched) * 1000
@@ -243,7 +256,12 @@ class Workload:
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
                             paces.append(pace)
+                            pc = pace
                     left.append(max(0.0, ms))
+                    if trace is not None:
+                        ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
+                        decoding = t.run_first_token is not None
+                        trace_r.append((t.task_id[:8], tokens_left(t), decoding, ratio, round(ms)))
             out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces)))
         return out
 
@@ -324,11 +342,24 @@ class Workload:
     def _forecast(
         self, pool: Pool, rec: TaskRecord, position: int, ahead: list[Job], now: float
     ) -> Slot | None:
-        loads = self.loads(pool, now)
+        trace: list[list[tuple[object, ...]]] | None = (
+            [] if _log.isEnabledFor(logging.DEBUG) else None
+        )
+        loads = self.loads(pool, now, trace=trace)
         slots = simulate(loads, [*ahead, job_of(rec)], now)
         if not slots:
             return None
         slot = slots[-1]
+        if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
+            _log.debug(
+                "forecast: task %s position %d start %.0f finish %.0f; ahead %s; paces %s;"
+                " running (task, tokens left, decoding, ratio, weight, ms left) %s",
+                rec.task_id[:8], position, slot.start_ms, slot.finish_ms,
+                [(j.tokens_in, j.tokens_out, round(s.start_ms), round(s.finish_ms))
+                 for j, s in zip(ahead, slots, strict=False)],
+                [round(r.pace, 2) for r in loads], trace,
+                extra={"pool_id": pool.id},
+            )  # fmt: skip
         extra = position - len(ahead)
         if extra > 0:
             total = sum(max(1, r.slots) for r in loads)
