@@ -92,7 +92,6 @@ def test_simulate_assigns_queued_work_to_the_earliest_slot():
     assert idle is not None and idle.start_ms == 0 and math.isclose(idle.finish_ms, 100.0)
 
 
-
 def test_a_started_prompt_delays_the_replicas_other_work_and_the_next_prompt():
     """ORCH-1996: llama-server prefills a replica's prompts one after another while
     its decoding slots wait. A job started on an idle slot delays the running task's
@@ -115,6 +114,7 @@ def test_a_started_prompt_delays_the_replicas_other_work_and_the_next_prompt():
     assert math.isclose(one.finish_ms, 700.0 + 500.0)  # ... first token after the others'
     idle = best_slot([ReplicaLoad(m, 2, [])], [], Job(100, 1), 0.0)
     assert idle is not None and math.isclose(idle.finish_ms, 500.0)
+
 
 _obs = st.builds(
     Observation,

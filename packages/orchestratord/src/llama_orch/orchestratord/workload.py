@@ -233,10 +233,15 @@ class Workload:
             trace_r: list[tuple[object, ...]] = []
             if trace is not None:
                 trace.append(trace_r)
+            pending = 0.0  # until the prompts it is prefilling now are done (ORCH-1996)
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
                 per = model.decode_ms_per_token(max(1, len(running)), now, p)
+                for t in running:
+                    if t.run_first_token is None and t.dispatched is not None:
+                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now, p)
+                        pending = max(pending, ttft - (now - t.dispatched) * 1000)
                 for t in running:
                     ms = tokens_left(t) * per
                     pc: Pace | None = None
@@ -247,22 +252,34 @@ class Workload:
                         late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
                         ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
                     elif t.run_first_token is not None and t.last_token is not None:
+                        # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
+                        first, last = t.run_first_token, t.last_token
+                        cost = p.prefill_ms_per_token
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
-                            (t.last_token - t.run_first_token) * 1000,
-                            (now - t.run_first_token) * 1000,
+                            max(
+                                0.0,
+                                (last - first) * 1000
+                                - cost * model.prompt_tokens_between(first, last),
+                            ),
+                            max(
+                                0.0,
+                                (now - first) * 1000
+                                - cost * model.prompt_tokens_between(first, now),
+                            ),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
                             paces.append(pace)
                             pc = pace
+                        ms += max(0.0, pending)  # it waits for those prompts (ORCH-1996)
                     left.append(max(0.0, ms))
                     if trace is not None:
                         ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
                         decoding = t.run_first_token is not None
                         trace_r.append((t.task_id[:8], tokens_left(t), decoding, ratio, round(ms)))
-            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces)))
+            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces), max(0.0, pending)))
         return out
 
     def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
@@ -352,12 +369,13 @@ class Workload:
         slot = slots[-1]
         if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
             _log.debug(
-                "forecast: task %s position %d start %.0f finish %.0f; ahead %s; paces %s;"
+                "forecast: task %s position %d start %.0f finish %.0f; ahead %s;"
+                " (pace, prefill ms) %s;"
                 " running (task, tokens left, decoding, ratio, weight, ms left) %s",
                 rec.task_id[:8], position, slot.start_ms, slot.finish_ms,
                 [(j.tokens_in, j.tokens_out, round(s.start_ms), round(s.finish_ms))
                  for j, s in zip(ahead, slots, strict=False)],
-                [round(r.pace, 2) for r in loads], trace,
+                [(round(r.pace, 2), round(r.prefill_ms)) for r in loads], trace,
                 extra={"pool_id": pool.id},
             )  # fmt: skip
         extra = position - len(ahead)
