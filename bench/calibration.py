@@ -11,7 +11,9 @@ orchestrator predicted with what happened:
 - **Retry-After**: a client refused with 429 waits the advertised
   ``X-Backoff-Ms`` and retries; then it retries every 100 ms: the wait until
   admission actually succeeded vs the advertised one, and how often the first
-  retry was admitted;
+  retry was admitted. Each task sends its own ``Idempotency-Key`` with every
+  attempt, as a client that identifies its retries does (ORCH-1979, ORCH-1998);
+  before session 6 it sent none, so it measured the rule for anonymous retries;
 - **on_time_probability**: the first ``metrics`` event's value for tasks with a
   deadline vs whether they ended in time: Brier score and reliability table.
 
@@ -43,6 +45,7 @@ import signal
 import statistics
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -119,11 +122,14 @@ async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrenc
     }
     if spec.deadline_ms is not None:
         body["deadline_ms"] = spec.deadline_ms
+    # A real client identifies its retries (ORCH-1979, ORCH-1998): one key per task,
+    # resent unchanged with every retry, so a 429 reserves its turn.
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
     first_429: float | None = None
     attempt = 0
     while True:
         t0 = time.monotonic()
-        async with http.post(url + "/v1/tasks", json=body) as r:
+        async with http.post(url + "/v1/tasks", json=body, headers=headers) as r:
             payload = await r.json()
             status = r.status
             backoff = r.headers.get("X-Backoff-Ms")
@@ -300,7 +306,12 @@ def _f(x: Any, pct: bool = False) -> str:
 
 
 def render(
-    summary: dict[str, Any], cmd: str, started: str, took_s: float, load: tuple[float, float]
+    summary: dict[str, Any],
+    cmd: str,
+    started: str,
+    took_s: float,
+    load: tuple[float, float],
+    seed: int = 19,
 ) -> str:
     s = summary
     lines = [
@@ -308,7 +319,8 @@ def render(
         "",
         f"Command: `{cmd}` ({took_s / 60:.1f} min). Real `llama-server` (SmolLM2-135M Q4_1,",
         "1 replica x 4 slots, 1 thread) behind orchestratord; 2-core machine, load average"
-        f" {load[0]:.1f} at the start and {load[1]:.1f} at the end.",
+        f" {load[0]:.1f} at the start and {load[1]:.1f} at the end. Workload seed {seed};"
+        " each client sends its own `Idempotency-Key` with every attempt (ORCH-1998).",
         "",
         f"Tasks: {s['tasks']}, admitted {s['admitted']}; refused {s['refused']};"
         f" end reasons {s['end_reasons']}; stream errors {s['errors']}.",
@@ -438,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     took = time.monotonic() - t0
     summary = analyse(outs)
     cmd = "uv run bench/calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = render(summary, cmd.strip(), started, took, (load0, os.getloadavg()[0]))
+    report = render(summary, cmd.strip(), started, took, (load0, os.getloadavg()[0]), args.seed)
     out_dir = HERE / "results"
     (out_dir / f"{stamp}-calibration.md").write_text(report)
     (out_dir / f"{stamp}-calibration.json").write_text(
