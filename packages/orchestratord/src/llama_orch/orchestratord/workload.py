@@ -238,36 +238,44 @@ class Workload:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
                 per = model.decode_ms_per_token(max(1, len(running)), now, p)
+                ttfts: dict[int, float] = {}  # the prefilling tasks' first-token times
+                prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
                 for t in running:
                     if t.run_first_token is None and t.dispatched is not None:
-                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now, p)
+                        prefilling.append((t.dispatched, _tokens_in(t)))
+                        # batched with the prompts dispatched after it (ORCH-1996)
+                        later = model.prompt_tokens_between(t.dispatched, now)
+                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead + later, now, p)
+                        ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
+                cost = p.prefill_ms_per_token
                 for t in running:
                     ms = tokens_left(t) * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
                         # ORCH-1977: a first token later than modelled slows its decode
                         elapsed = (now - t.dispatched) * 1000
-                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now, p)
+                        ttft = ttfts[id(t)]
                         late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
-                        ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
+                        # its prompt is batched with the others pending: its first token
+                        # comes when the replica's prefill in progress ends (ORCH-1996)
+                        ms = max(0.0, ttft - elapsed, pending)
+                        ms += max(0, tokens_left(t) - 1) * per * late
                     elif t.run_first_token is not None and t.last_token is not None:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
+                        # (those still prefilling now are not done yet)
                         first, last = t.run_first_token, t.last_token
-                        cost = p.prefill_ms_per_token
+                        done_last = model.prompt_tokens_between(first, last) - sum(
+                            n for at, n in prefilling if first < at <= last
+                        )
+                        done_now = model.prompt_tokens_between(first, now) - sum(
+                            n for at, n in prefilling if first < at
+                        )
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
-                            max(
-                                0.0,
-                                (last - first) * 1000
-                                - cost * model.prompt_tokens_between(first, last),
-                            ),
-                            max(
-                                0.0,
-                                (now - first) * 1000
-                                - cost * model.prompt_tokens_between(first, now),
-                            ),
+                            max(0.0, (last - first) * 1000 - cost * max(0, done_last)),
+                            max(0.0, (now - first) * 1000 - cost * max(0, done_now)),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
