@@ -22,7 +22,7 @@ def _ref_run(
     """The per-slot simulation (every slot's free time, a scan for the earliest) with
     the serial prefill of ORCH-1996 applied slot by slot: a job begins after its
     replica's prefill in progress, and its prefill delays every other slot of the
-    replica that holds work (free time > 0)."""
+    replica that holds work (free time > 0). Times are compared at 1 ns (ties)."""
     free: list[list[float]] = []
     until: list[float] = []
     for r in replicas:
@@ -33,7 +33,10 @@ def _ref_run(
         return None
     out: list[Slot] = []
     for job in jobs:
-        t, idx, k = min((f, i, j) for i, times in enumerate(free) for j, f in enumerate(times))
+        _, idx, k = min(
+            (round(f, 6), i, j) for i, times in enumerate(free) for j, f in enumerate(times)
+        )
+        t = free[idx][k]
         begin = max(t, until[idx])
         end = begin + _ref_service(replicas[idx], free[idx], k, t, job, now)
         prefill = replicas[idx].model.params(now).prefill_ms_per_token * job.tokens_in
@@ -49,7 +52,7 @@ def _ref_run(
 def _ref_service(
     r: ReplicaLoad, free: list[float], k: int, t: float, job: Job, now: float
 ) -> float:
-    busy = 1 + sum(1 for j, f in enumerate(free) if j != k and f > t)
+    busy = 1 + sum(1 for j, f in enumerate(free) if j != k and round(f, 6) > round(t, 6))
     return r.model.service_ms(job.tokens_in, job.tokens_out, busy, now)
 
 
@@ -61,7 +64,7 @@ def _ref_best(
         return None
     best: Slot | None = None
     for idx, times in enumerate(ran[1]):
-        k = min(range(len(times)), key=times.__getitem__)
+        k = min(range(len(times)), key=lambda j: (round(times[j], 6), j))
         start = times[k]
         begin = max(start, ran[2][idx])
         finish = begin + _ref_service(replicas[idx], times, k, start, job, now)

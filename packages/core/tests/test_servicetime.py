@@ -232,5 +232,8 @@ def test_the_dispatch_log_counts_others_prompts_between_two_instants():
         m.dispatched(1000, float(i))
     assert m.prompt_tokens_between(0.0, 5.0) == 5000
     assert m.prompt_tokens_between(-1.0, 0.0) == 1000
+    index = m.prompt_index()  # the same counts, O(log) a query (issue #20)
+    for t0, t1 in [(0.0, 5.0), (-1.0, 0.0), (-5.0, 100.0), (2.5, 2.5), (3.0, 1.0), (0.5, 3.5)]:
+        assert index.between(t0, t1) == m.prompt_tokens_between(t0, t1), (t0, t1)
     assert m.service_ms(200, 11, 2, 10.0) == before
     assert math.isclose(m.service_ms(200, 11, 2, 10.0, ahead=800), before + 5 * 800)

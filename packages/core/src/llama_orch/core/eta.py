@@ -103,6 +103,11 @@ def replica_pace(paces: Iterable[Pace]) -> float:
     return num / den
 
 
+def _tick(ms: float) -> float:
+    """A time at the resolution forecasts compare times at (1 ns): ties are ties."""
+    return round(ms, 6)
+
+
 class _Lane:
     """One replica during a simulation (ORCH-1957, ORCH-1996, ORCH-2760): how many of
     its slots are idle now, the ascending free times of its slots that hold work
@@ -124,11 +129,20 @@ class _Lane:
         """When its first slot frees."""
         return 0.0 if self.idle else self.busy[0] + self.off
 
+    def key(self) -> float:
+        """:meth:`first` at the resolution ties are broken at (lowest replica first)."""
+        return 0.0 if self.idle else _tick(self.busy[0] + self.off)
+
     def others_busy(self) -> int:
         """Slots other than the first free one that still hold work when it frees."""
         if self.idle:
             return len(self.busy)
-        return len(self.busy) - bisect.bisect_right(self.busy, self.busy[0])
+        # ties compared on the times themselves (not on their stored remainders), at
+        # the resolution of ``_tick``: a remainder plus the offset may differ from the
+        # same time summed otherwise in the last bit
+        off = self.off
+        t = _tick(self.busy[0] + off)
+        return len(self.busy) - bisect.bisect_right(self.busy, t, key=lambda x: _tick(x + off))
 
     def service(self, r: ReplicaLoad, job: Job, now: float) -> tuple[float, float, float]:
         """``(start, finish, begin)`` of ``job`` on the first free slot: its own prefill
@@ -147,7 +161,10 @@ class _Lane:
         prefill = self.prefill_per_token * max(0, job.tokens_in)
         self.prefill_until = begin + prefill
         self.off += prefill
-        bisect.insort(self.busy, end - self.off)
+        if end > 0.0:
+            bisect.insort(self.busy, end - self.off)
+        else:  # a job of no time at all (no overhead, no tokens): its slot is idle now
+            self.idle += 1
 
 
 def _run(
@@ -161,7 +178,7 @@ def _run(
     lanes = [_Lane(r, now) for r in replicas]
     if not lanes:
         return None
-    heap = [(lane.first(), idx) for idx, lane in enumerate(lanes)]
+    heap = [(lane.key(), idx) for idx, lane in enumerate(lanes)]
     heapq.heapify(heap)
     out: list[Slot] = []
     for job in jobs:
@@ -169,7 +186,7 @@ def _run(
         lane = lanes[idx]
         start, end, begin = lane.service(replicas[idx], job, now)
         lane.take(end, begin, job)
-        heapq.heapreplace(heap, (lane.first(), idx))
+        heapq.heapreplace(heap, (lane.key(), idx))
         out.append(Slot(start, end, idx))
     return out, lanes
 

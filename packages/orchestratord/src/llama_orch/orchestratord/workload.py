@@ -43,7 +43,13 @@ from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
-from llama_orch.core.servicetime import Observation, Outcome, Prior, ServiceModel
+from llama_orch.core.servicetime import (
+    Observation,
+    Outcome,
+    Prior,
+    PromptIndex,
+    ServiceModel,
+)
 
 from .pools import Pool, Replica
 from .tasks import TaskRecord
@@ -240,15 +246,17 @@ class Workload:
                 per = model.decode_ms_per_token(max(1, len(running)), now, p)
                 ttfts: dict[int, float] = {}  # the prefilling tasks' first-token times
                 prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
+                log = model.prompt_index()  # O(log) a query below (issue #20)
                 for t in running:
                     if t.run_first_token is None and t.dispatched is not None:
                         prefilling.append((t.dispatched, _tokens_in(t)))
                         # batched with the prompts dispatched after it (ORCH-1996)
-                        later = model.prompt_tokens_between(t.dispatched, now)
+                        later = log.between(t.dispatched, now)
                         ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead + later, now, p)
                         ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
                 cost = p.prefill_ms_per_token
+                undone = PromptIndex(prefilling)
                 for t in running:
                     ms = tokens_left(t) * per
                     pc: Pace | None = None
@@ -265,12 +273,8 @@ class Workload:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
                         # (those still prefilling now are not done yet)
                         first, last = t.run_first_token, t.last_token
-                        done_last = model.prompt_tokens_between(first, last) - sum(
-                            n for at, n in prefilling if first < at <= last
-                        )
-                        done_now = model.prompt_tokens_between(first, now) - sum(
-                            n for at, n in prefilling if first < at
-                        )
+                        done_last = log.between(first, last) - undone.between(first, last)
+                        done_now = log.between(first, now) - undone.between(first, math.inf)
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
