@@ -92,6 +92,30 @@ def test_simulate_assigns_queued_work_to_the_earliest_slot():
     assert idle is not None and idle.start_ms == 0 and math.isclose(idle.finish_ms, 100.0)
 
 
+def test_a_started_prompt_delays_the_replicas_other_work_and_the_next_prompt():
+    """ORCH-1996: llama-server prefills a replica's prompts one after another while
+    its decoding slots wait. A job started on an idle slot delays the running task's
+    slot by its prefill (the next queued job starts that much later); a prefill in
+    progress (``prefill_ms``) delays a new job's first token; an idle replica with
+    nothing prefilling is forecast as before."""
+    m = _model(slots=2, overhead_ms=0.0, prefill_ms_per_token=5.0, decode_ms_per_token=10.0)
+    slow = m.params(0.0).slowdown
+    r = ReplicaLoad(m, 2, [1000.0])
+    got = simulate([r], [Job(200, 201), Job(0, 2)], 0.0)
+    assert got is not None
+    # the first job: its 1000 ms prefill, then 200 tokens at two busy slots
+    assert got[0].start_ms == 0.0
+    assert math.isclose(got[0].finish_ms, 1000.0 + 200 * 10.0 * (1 + slow))
+    # the running task's slot frees 1000 ms later than its own forecast (was 1000.0)
+    assert math.isclose(got[1].start_ms, 2000.0)
+    pending = ReplicaLoad(m, 2, [], prefill_ms=700.0)
+    one = best_slot([pending], [], Job(100, 1), 0.0)
+    assert one is not None and one.start_ms == 0.0  # dispatched now ...
+    assert math.isclose(one.finish_ms, 700.0 + 500.0)  # ... first token after the others'
+    idle = best_slot([ReplicaLoad(m, 2, [])], [], Job(100, 1), 0.0)
+    assert idle is not None and math.isclose(idle.finish_ms, 500.0)
+
+
 _obs = st.builds(
     Observation,
     tokens_in=st.integers(0, 4000),
@@ -208,5 +232,8 @@ def test_the_dispatch_log_counts_others_prompts_between_two_instants():
         m.dispatched(1000, float(i))
     assert m.prompt_tokens_between(0.0, 5.0) == 5000
     assert m.prompt_tokens_between(-1.0, 0.0) == 1000
+    index = m.prompt_index()  # the same counts, O(log) a query (issue #20)
+    for t0, t1 in [(0.0, 5.0), (-1.0, 0.0), (-5.0, 100.0), (2.5, 2.5), (3.0, 1.0), (0.5, 3.5)]:
+        assert index.between(t0, t1) == m.prompt_tokens_between(t0, t1), (t0, t1)
     assert m.service_ms(200, 11, 2, 10.0) == before
     assert math.isclose(m.service_ms(200, 11, 2, 10.0, ahead=800), before + 5 * 800)

@@ -263,3 +263,61 @@ def test_uncounted_prompts_are_estimated_at_the_pools_learned_bytes_per_token():
     uncounted = TaskRecord("u", "p", "mock", "interactive", req, 0, prompt_counted=False)
     w.learn_bytes_per_token(uncounted)  # nothing to learn from
     assert w.prompt_tokens_estimate("p", prompt) == 4998
+
+
+def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_delay():
+    """ORCH-1995/1996: a running task whose token gap was one other task's 1,000-token
+    prompt (5 s at 5 ms a token) keeps its modelled pace: before, that stall made
+    its measured pace 126x the model (clamped to 10x) and its 197 tokens left were
+    forecast at 18 s instead of 3.9 s. A prompt still prefilling (2,080 ms left) is
+    not subtracted (not done yet), delays every decoding and prefilling task and a
+    new task's first token."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.eta import Job
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=5)
+    replicas = {"p-e0": SimpleNamespace(state=state)}
+    pool = SimpleNamespace(id="p", engine=engine, replicas=replicas, queue=[])
+    w.model(pool, "p-e0", 5)  # type: ignore[arg-type]
+
+    def rec(tid: str, tokens_in: int, max_tokens: int, dispatched: float) -> TaskRecord:
+        req = GenerateRequest(task_id=tid, prompt="x", max_tokens=max_tokens, seed=1)
+        r = TaskRecord(tid, "p", engine, "interactive", req, tokens_in)
+        r.dispatched = dispatched
+        w.started("p", "p-e0", r)
+        return r
+
+    a = rec("a", 20, 200, 100.0)
+    a.run_first_token = 100.2
+    b = rec("b", 1000, 50, 100.21)  # its prefill: 5,000 ms, during a's second gap
+    b.run_first_token = b.last_token = 105.23
+    b.engine_tokens = 1
+    a.engine_tokens, a.last_token = 3, 105.24  # gaps of 20 ms, and 5,020 ms
+    now = 105.26
+    (load,) = w.loads(pool, now)  # type: ignore[arg-type]
+    assert load.prefill_ms == 0.0
+    assert sorted(load.running_ms) == pytest.approx([49 * 20.0, 197 * 20.0])
+    assert load.pace == pytest.approx(1.0)
+    e = rec("e", 0, 103, 105.19)  # decoding: gaps of 25 and 20 ms ...
+    e.run_first_token, e.last_token, e.engine_tokens = 105.2, 105.245, 3
+    rec("c", 400, 10, 105.24)  # ... c dispatched in its last gap, still prefilling:
+    # 100 + 2,000 ms, 20 ms of it done; not subtracted from e's pace (it is not done)
+    (load,) = w.loads(pool, now)  # type: ignore[arg-type]
+    assert load.prefill_ms == pytest.approx(2080.0)
+    e_pace = 20.0 * (0.4 * (45.0 / 2 / 20.0) + 0.6)  # 2 gaps: weight 0.4, 22.5 ms measured
+    assert sorted(load.running_ms) == pytest.approx(
+        [2080.0 + 9 * 20.0, 2080.0 + 49 * 20.0, 2080.0 + 100 * e_pace, 2080.0 + 197 * 20.0]
+    )
+    slot = w.forecast(pool, Job(100, 11), None, now)  # type: ignore[arg-type]
+    assert slot is not None and slot.start_ms == 0.0  # a free slot: dispatched now
+    assert slot.finish_ms == pytest.approx(2080.0 + 100.0 + 500.0 + 10 * 20.0 * load.pace)

@@ -50,13 +50,15 @@ class Slot(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ReplicaLoad:
-    """One Ready replica: its model, its slots, the ms left of each running task and
-    ``pace``, how much slower than its model its running tasks go now (ORCH-1977)."""
+    """One Ready replica: its model, its slots, the ms left of each running task,
+    ``pace``, how much slower than its model its running tasks go now (ORCH-1977), and
+    ``prefill_ms``, when the prompts it is prefilling now are done (ORCH-1996)."""
 
     model: ServiceModel
     slots: int
     running_ms: Sequence[float]
     pace: float = 1.0
+    prefill_ms: float = 0.0  # until its prefill work in progress ends (ORCH-1996)
 
     def service_ms(self, job: Job, busy: float, now: float) -> float:
         """The model's service time with its decode at the replica's current pace (the
@@ -101,43 +103,92 @@ def replica_pace(paces: Iterable[Pace]) -> float:
     return num / den
 
 
-def _free_times(r: ReplicaLoad) -> list[float]:
-    """When each of ``r``'s slots frees, ascending: its running tasks' ms left (the
-    shortest ``slots`` of them), idle slots at 0."""
-    n = max(1, r.slots)
-    busy = sorted(max(0.0, ms) for ms in r.running_ms)[:n]
-    return [0.0] * (n - len(busy)) + busy
+def _tick(ms: float) -> float:
+    """A time at the resolution forecasts compare times at (1 ns): ties are ties."""
+    return round(ms, 6)
 
 
-def _service(r: ReplicaLoad, times: list[float], job: Job, now: float) -> float:
-    """Service time of ``job`` on the slot that frees first (``times[0]``, ascending
-    ``times``), with the replica's other slots still busy at that moment."""
-    busy = 1 + len(times) - bisect.bisect_right(times, times[0])
-    return r.service_ms(job, busy, now)
+class _Lane:
+    """One replica during a simulation (ORCH-1957, ORCH-1996, ORCH-2760): how many of
+    its slots are idle now, the ascending free times of its slots that hold work
+    (stored less ``off``, the prefill delay added to all of them so far: a shift is
+    O(1)), and when its prefill work in progress ends (ms from now)."""
+
+    __slots__ = ("busy", "idle", "off", "prefill_per_token", "prefill_until")
+
+    def __init__(self, r: ReplicaLoad, now: float) -> None:
+        n = max(1, r.slots)
+        held = sorted(max(0.0, ms) for ms in r.running_ms)[:n]
+        self.busy = [ms for ms in held if ms > 0.0]
+        self.idle = n - len(self.busy)
+        self.off = 0.0
+        self.prefill_until = max(0.0, r.prefill_ms)
+        self.prefill_per_token = r.model.params(now).prefill_ms_per_token
+
+    def first(self) -> float:
+        """When its first slot frees."""
+        return 0.0 if self.idle else self.busy[0] + self.off
+
+    def key(self) -> float:
+        """:meth:`first` at the resolution ties are broken at (lowest replica first)."""
+        return 0.0 if self.idle else _tick(self.busy[0] + self.off)
+
+    def others_busy(self) -> int:
+        """Slots other than the first free one that still hold work when it frees."""
+        if self.idle:
+            return len(self.busy)
+        # ties compared on the times themselves (not on their stored remainders), at
+        # the resolution of ``_tick``: a remainder plus the offset may differ from the
+        # same time summed otherwise in the last bit
+        off = self.off
+        t = _tick(self.busy[0] + off)
+        return len(self.busy) - bisect.bisect_right(self.busy, t, key=lambda x: _tick(x + off))
+
+    def service(self, r: ReplicaLoad, job: Job, now: float) -> tuple[float, float, float]:
+        """``(start, finish, begin)`` of ``job`` on the first free slot: its own prefill
+        begins once the prefill in progress is done (ORCH-1996)."""
+        t = self.first()
+        begin = max(t, self.prefill_until)
+        return t, begin + r.service_ms(job, 1 + self.others_busy(), now), begin
+
+    def take(self, end: float, begin: float, job: Job) -> None:
+        """The first free slot runs a job from now on, to ``end``: its prefill delays
+        every other slot that holds work (ORCH-1996)."""
+        if self.idle:
+            self.idle -= 1
+        else:
+            del self.busy[0]
+        prefill = self.prefill_per_token * max(0, job.tokens_in)
+        self.prefill_until = begin + prefill
+        self.off += prefill
+        if end > 0.0:
+            bisect.insort(self.busy, end - self.off)
+        else:  # a job of no time at all (no overhead, no tokens): its slot is idle now
+            self.idle += 1
 
 
 def _run(
     replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float
-) -> tuple[list[Slot], list[list[float]]] | None:
-    # Each replica's slot free times as one sorted list, and a heap of the replicas by
-    # their first free slot (ties: lowest index). Slots of one replica are alike, so
-    # only when each frees matters: a job costs O(log slots) + a C memmove instead of
-    # a pass over every slot (the bench's fake engine has 512; issue #20).
-    free = [_free_times(r) for r in replicas]
-    if not free:
+) -> tuple[list[Slot], list[_Lane]] | None:
+    # Each replica as a lane (its idle slots counted, the others one sorted list) and a
+    # heap of the replicas by their first free slot (ties: lowest index). Slots of one
+    # replica are alike, so only when each frees matters: a job costs O(log slots) + a
+    # C memmove instead of a pass over every slot (the bench's fake engine has 512
+    # slots; issue #20).
+    lanes = [_Lane(r, now) for r in replicas]
+    if not lanes:
         return None
-    heap = [(times[0], idx) for idx, times in enumerate(free)]
+    heap = [(lane.key(), idx) for idx, lane in enumerate(lanes)]
     heapq.heapify(heap)
     out: list[Slot] = []
     for job in jobs:
-        t, idx = heap[0]
-        times = free[idx]
-        end = t + _service(replicas[idx], times, job, now)
-        del times[0]
-        bisect.insort(times, end)
-        heapq.heapreplace(heap, (times[0], idx))
-        out.append(Slot(t, end, idx))
-    return out, free
+        _, idx = heap[0]
+        lane = lanes[idx]
+        start, end, begin = lane.service(replicas[idx], job, now)
+        lane.take(end, begin, job)
+        heapq.heapreplace(heap, (lane.key(), idx))
+        out.append(Slot(start, end, idx))
+    return out, lanes
 
 
 def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -> list[Slot] | None:
@@ -145,7 +196,10 @@ def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -
 
     A job takes the slot that frees first (ties: lowest replica index); it
     decodes at the pace of its replica with as many slots busy as are busy
-    when it starts (itself included). Cost O(jobs x slots).
+    when it starts (itself included). Its replica prefills one prompt after
+    another: the job's own prefill begins once the prefill in progress is done,
+    and delays every other slot of the replica that holds work by its length
+    (ORCH-1996). Cost O(log slots) per job (ORCH-2760).
     """
     ran = _run(replicas, jobs, now)
     return None if ran is None else ran[0]
@@ -160,9 +214,8 @@ def best_slot(
     if ran is None:
         return None
     best: Slot | None = None
-    for idx, times in enumerate(ran[1]):
-        start = times[0]
-        finish = start + _service(replicas[idx], times, job, now)
+    for idx, lane in enumerate(ran[1]):
+        start, finish, _ = lane.service(replicas[idx], job, now)
         if best is None or finish < best.finish_ms:
             best = Slot(start, finish, idx)
     return best

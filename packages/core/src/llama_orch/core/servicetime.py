@@ -35,8 +35,11 @@ Pure code: every method takes ``now`` (monotonic seconds); nothing reads a clock
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -44,6 +47,7 @@ __all__ = [
     "ModelParams",
     "Observation",
     "Prior",
+    "PromptIndex",
     "RobustLine",
     "ServiceModel",
 ]
@@ -62,6 +66,26 @@ class Observation(NamedTuple):
     outcome: Outcome
     ahead: int = 0  # others' prompt tokens prefilled before its first token (ORCH-1990)
     co_prefill: int = 0  # others' prompt tokens dispatched while it decoded (ORCH-1990)
+
+
+class PromptIndex:
+    """Prompt tokens dispatched in ``(t0, t1]`` for many queries at one instant: the
+    ``(time, tokens)`` pairs sorted once with their running sums, O(log n) a query
+    (a forecast asks twice per running task: issue #20's 512-slot engine)."""
+
+    __slots__ = ("_cum", "_times")
+
+    def __init__(self, dispatches: Iterable[tuple[float, int]]) -> None:
+        pairs = sorted(dispatches)
+        self._times = [t for t, _ in pairs]
+        self._cum = [0, *itertools.accumulate(n for _, n in pairs)]
+
+    def between(self, t0: float, t1: float) -> int:
+        if t1 <= t0:
+            return 0
+        i = bisect.bisect_right(self._times, t0)
+        j = bisect.bisect_right(self._times, t1)
+        return self._cum[j] - self._cum[i]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +230,10 @@ class ServiceModel:
         """A task with ``tokens_in`` prompt tokens was dispatched to the replica."""
         n = max(0, tokens_in)
         self._dispatches.append((now, n))
+
+    def prompt_index(self) -> PromptIndex:
+        """The dispatch log as a :class:`PromptIndex` (for many queries at once)."""
+        return PromptIndex(self._dispatches)
 
     def prompt_tokens_between(self, t0: float, t1: float) -> int:
         """Prompt tokens dispatched in ``(t0, t1]`` (one run's own dispatch at ``t0``

@@ -30,6 +30,7 @@ from llama_orch.core.errors import DeadlineUnmet
 from llama_orch.core.eta import (
     PACE_BOUNDS,
     Job,
+    Pace,
     ReplicaLoad,
     Slot,
     admits,
@@ -42,7 +43,13 @@ from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
-from llama_orch.core.servicetime import Observation, Outcome, Prior, ServiceModel
+from llama_orch.core.servicetime import (
+    Observation,
+    Outcome,
+    Prior,
+    PromptIndex,
+    ServiceModel,
+)
 
 from .pools import Pool, Replica
 from .tasks import TaskRecord
@@ -210,8 +217,16 @@ class Workload:
 
     # ---------------------------------------------------------------- forecasts
 
-    def loads(self, pool: Pool, now: float, pin: ReplicaSetKey | None = None) -> list[ReplicaLoad]:
-        """Every Ready replica (of the set ``pin``) with the ms left of its running tasks."""
+    def loads(
+        self,
+        pool: Pool,
+        now: float,
+        pin: ReplicaSetKey | None = None,
+        trace: list[list[tuple[object, ...]]] | None = None,
+    ) -> list[ReplicaLoad]:
+        """Every Ready replica (of the set ``pin``) with the ms left of its running tasks.
+        ``trace``: a list that receives, per replica, each running task's forecast terms
+        (ORCH-1994: task id, tokens left, its pace ratio and weight, ms left)."""
         out = []
         for rid, r in pool.replicas.items():
             st = r.state
@@ -221,30 +236,62 @@ class Workload:
             running = self.running.get((pool.id, rid), ())
             left = []
             paces = []
+            trace_r: list[tuple[object, ...]] = []
+            if trace is not None:
+                trace.append(trace_r)
+            pending = 0.0  # until the prompts it is prefilling now are done (ORCH-1996)
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
                 per = model.decode_ms_per_token(max(1, len(running)), now, p)
+                ttfts: dict[int, float] = {}  # the prefilling tasks' first-token times
+                prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
+                log = model.prompt_index()  # O(log) a query below (issue #20)
+                for t in running:
+                    if t.run_first_token is None and t.dispatched is not None:
+                        prefilling.append((t.dispatched, _tokens_in(t)))
+                        # batched with the prompts dispatched after it (ORCH-1996)
+                        later = log.between(t.dispatched, now)
+                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead + later, now, p)
+                        ttfts[id(t)] = ttft
+                        pending = max(pending, ttft - (now - t.dispatched) * 1000)
+                cost = p.prefill_ms_per_token
+                undone = PromptIndex(prefilling)
                 for t in running:
                     ms = tokens_left(t) * per
+                    pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
                         # ORCH-1977: a first token later than modelled slows its decode
                         elapsed = (now - t.dispatched) * 1000
-                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead, now, p)
+                        ttft = ttfts[id(t)]
                         late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
-                        ms = max(0.0, ttft - elapsed) + max(0, tokens_left(t) - 1) * per * late
+                        # its prompt is batched with the others pending: its first token
+                        # comes when the replica's prefill in progress ends (ORCH-1996)
+                        ms = max(0.0, ttft - elapsed, pending)
+                        ms += max(0, tokens_left(t) - 1) * per * late
                     elif t.run_first_token is not None and t.last_token is not None:
+                        # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
+                        # (those still prefilling now are not done yet)
+                        first, last = t.run_first_token, t.last_token
+                        done_last = log.between(first, last) - undone.between(first, last)
+                        done_now = log.between(first, now) - undone.between(first, math.inf)
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
-                            (t.last_token - t.run_first_token) * 1000,
-                            (now - t.run_first_token) * 1000,
+                            max(0.0, (last - first) * 1000 - cost * max(0, done_last)),
+                            max(0.0, (now - first) * 1000 - cost * max(0, done_now)),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
                             paces.append(pace)
+                            pc = pace
+                        ms += max(0.0, pending)  # it waits for those prompts (ORCH-1996)
                     left.append(max(0.0, ms))
-            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces)))
+                    if trace is not None:
+                        ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
+                        decoding = t.run_first_token is not None
+                        trace_r.append((t.task_id[:8], tokens_left(t), decoding, ratio, round(ms)))
+            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces), max(0.0, pending)))
         return out
 
     def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
@@ -324,11 +371,25 @@ class Workload:
     def _forecast(
         self, pool: Pool, rec: TaskRecord, position: int, ahead: list[Job], now: float
     ) -> Slot | None:
-        loads = self.loads(pool, now)
+        trace: list[list[tuple[object, ...]]] | None = (
+            [] if _log.isEnabledFor(logging.DEBUG) else None
+        )
+        loads = self.loads(pool, now, trace=trace)
         slots = simulate(loads, [*ahead, job_of(rec)], now)
         if not slots:
             return None
         slot = slots[-1]
+        if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
+            _log.debug(
+                "forecast: task %s position %d start %.0f finish %.0f; ahead %s;"
+                " (pace, prefill ms) %s;"
+                " running (task, tokens left, decoding, ratio, weight, ms left) %s",
+                rec.task_id[:8], position, slot.start_ms, slot.finish_ms,
+                [(j.tokens_in, j.tokens_out, round(s.start_ms), round(s.finish_ms))
+                 for j, s in zip(ahead, slots, strict=False)],
+                [(round(r.pace, 2), round(r.prefill_ms)) for r in loads], trace,
+                extra={"pool_id": pool.id},
+            )  # fmt: skip
         extra = position - len(ahead)
         if extra > 0:
             total = sum(max(1, r.slots) for r in loads)
