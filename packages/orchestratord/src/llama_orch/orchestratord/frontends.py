@@ -282,6 +282,20 @@ class FrontendHost:
         async for frame in rec.frames(start, 1):  # one frame per chunk
             yield _decode_frame(frame)
 
+    async def event_batches(
+        self, rec: TaskRecord, start: int = 0
+    ) -> AsyncIterator[list[tuple[int, StreamEvent]]]:
+        """Like :meth:`events`, the events available together as one list, so that a
+        facade writes them as one message (ORCH-2763). Frames end with a blank line
+        and carry single-line JSON, so the joined chunk splits back into its frames."""
+        if self.orch.state is not None:
+            async for frame in self.orch.state.frames(rec.task_id, start, joined=False):
+                if frame != KEEPALIVE_FRAME:
+                    yield [_decode_frame(frame)]
+            return
+        async for chunk in rec.frames(start):
+            yield [_decode_frame(f) for f in chunk.split(b"\n\n") if f]
+
     def events_now(self, rec: TaskRecord) -> list[StreamEvent]:
         """The task's events appended so far, without waiting."""
         return [_decode_frame(f)[1] for f in rec.frames_so_far()]
