@@ -98,7 +98,7 @@ def stage_fake(
                             watch={"orch": before[1].pid, "engine": fpid},
                         )
                 # the OpenAI route straight to the engine and through llama-orch's facade
-                # (issue #15), with or without LiteLLM; the compared sources' facade too
+                # (issue #15, ORCH-2764), with or without LiteLLM; the compared sources' facade too
                 chat = ["--chat"] if args.litellm_route == "chat" else []
                 row["direct_openai"] = loadgen(
                     "openai", furl, c, n, cap_s=cap, watch={"engine": fpid}, extra=chat
