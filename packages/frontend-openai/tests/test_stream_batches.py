@@ -1,6 +1,7 @@
 """ORCH-2763: the events available together go out as one body message, with the same
-``data:`` chunks in the same order as one message per event (ORCH-9121); an event that
-arrives alone goes out at once. No engine, no server: the chunk generators themselves."""
+``data:`` chunks in the same order as one message per event (ORCH-9121), except the
+stream's first token, which goes out at once; an event that arrives alone goes out at
+once. No engine, no server: the chunk generators themselves."""
 
 from __future__ import annotations
 
@@ -45,16 +46,19 @@ async def test_chat_events_available_together_are_one_message() -> None:
     rec = _rec()
     rec.append(TokenEvent("He", 0))
     rec.append(TokenEvent("llo", 1))
-    _end(rec, 2)
+    rec.append(TokenEvent("!", 2))
+    _end(rec, 3)
     msgs = [m async for m in _chat_chunks(_facade(), rec, "m", 7, True, False)]
-    assert len(msgs) == 2  # the role chunk, then everything the log already held
-    role, rest = _data(msgs[0]), _data(msgs[1])
+    # the role chunk, the first token at once (TTFT), then the rest the log already held
+    assert len(msgs) == 3
+    role, first, rest = _data(msgs[0]), _data(msgs[1]), _data(msgs[2])
     assert role[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert [c["choices"][0]["delta"].get("content") for c in rest[:3]] == ["He", "llo", None]
+    assert [c["choices"][0]["delta"]["content"] for c in first] == ["He"]
+    assert [c["choices"][0]["delta"].get("content") for c in rest[:3]] == ["llo", "!", None]
     assert rest[2]["choices"][0]["finish_reason"] == "stop"
-    assert rest[3]["choices"] == [] and rest[3]["usage"]["completion_tokens"] == 2
+    assert rest[3]["choices"] == [] and rest[3]["usage"]["completion_tokens"] == 3
     assert rest[4] == "[DONE]" and len(rest) == 5
-    assert all(c["id"] == "chatcmpl-t1" for c in role + rest[:4])
+    assert all(c["id"] == "chatcmpl-t1" for c in role + first + rest[:4])
 
 
 async def test_an_event_that_arrives_alone_is_written_at_once() -> None:
@@ -66,8 +70,9 @@ async def test_an_event_that_arrives_alone_is_written_at_once() -> None:
     rec.append(TokenEvent("a", 0))
     assert [c["choices"][0]["text"] for c in _data(await first)] == ["a"]
     rec.append(TokenEvent("b", 1))
-    _end(rec, 2)
-    rest = _data(await anext(gen))
-    assert [c["choices"][0]["text"] for c in rest[:2]] == ["b", ""]
-    assert rest[1]["choices"][0]["finish_reason"] == "stop" and rest[2] == "[DONE]"
+    rec.append(TokenEvent("c", 2))
+    _end(rec, 3)
+    rest = _data(await anext(gen))  # after the first token, one message per batch
+    assert [c["choices"][0]["text"] for c in rest[:3]] == ["b", "c", ""]
+    assert rest[2]["choices"][0]["finish_reason"] == "stop" and rest[3] == "[DONE]"
     assert [m async for m in gen] == []

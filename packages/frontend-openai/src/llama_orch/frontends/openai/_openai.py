@@ -375,6 +375,7 @@ async def _chat_chunks(
           b'"logprobs":null,"finish_reason":null}]}\n\n'
     )  # fmt: skip
     held: list[str] | None = None if tools is None else []
+    first = True
     # ORCH-2763: the events available together go out as one message
     async for batch in facade.host.event_batches(rec):
         out: list[bytes] = []
@@ -394,6 +395,10 @@ async def _chat_chunks(
                     )  # fmt: skip
                 else:
                     out.append(token_open + _json.encode(ev.t) + token_close)
+                if first:  # the first token goes out at once, not behind its batch
+                    first = False
+                    yield b"".join(out)
+                    out = []
             elif isinstance(ev, EndEvent):
                 if ev.reason == "canceled":
                     out.append(_error_chunk(facade, None, "the task was canceled"))
@@ -454,6 +459,7 @@ async def _completion_chunks(
     token_open = head + usage_null + b',"choices":[{"index":0,"text":'
     token_close = b',"logprobs":null,"finish_reason":null}]}\n\n'
     offset = 0
+    first = True
     async for batch in facade.host.event_batches(rec):  # ORCH-2763: one message per batch
         out: list[bytes] = []
         for _, ev in batch:
@@ -467,6 +473,10 @@ async def _completion_chunks(
                     offset += len(ev.t)
                 else:
                     out.append(token_open + _json.encode(ev.t) + token_close)
+                if first:  # the first token goes out at once, not behind its batch
+                    first = False
+                    yield b"".join(out)
+                    out = []
             elif isinstance(ev, EndEvent):
                 if ev.reason == "canceled":
                     out.append(_error_chunk(facade, None, "the task was canceled"))
