@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Counter, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from prometheus_client import CollectorRegistry, generate_latest
 
-__all__ = ["Attrs", "BatchedCounter", "Metrics", "Samples"]
+__all__ = ["Attrs", "Metrics", "Samples"]
 
 Attrs = dict[str, str]
 Samples = Callable[[], Iterable[tuple[float, Attrs]]]
@@ -31,38 +31,6 @@ _LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 
 def _none() -> list[tuple[float, Attrs]]:
     return []
-
-
-class BatchedCounter:
-    """A counter whose adds are summed in the process, per attribute set, and handed to
-    the OpenTelemetry SDK when the metrics are read (:meth:`Metrics.render`), ORCH-2765.
-
-    An SDK ``Counter.add`` hashes its attributes and takes the aggregation's lock: about
-    5 % of orchestratord's CPU per request went there (issue #20). What a scrape shows is
-    unchanged: every add made before it is in it."""
-
-    __slots__ = ("_counter", "_pending")
-
-    def __init__(self, counter: Counter) -> None:
-        self._counter = counter
-        self._pending: dict[tuple[tuple[str, str], ...], float] = {}
-
-    def add(self, amount: float, attributes: Attrs | None = None) -> None:
-        if amount < 0:  # the SDK's own answer to a negative add (a warning, dropped)
-            self._counter.add(amount, attributes)
-            return
-        key = tuple(attributes.items()) if attributes else ()
-        pending = self._pending
-        try:
-            pending[key] = pending.get(key, 0) + amount
-        except TypeError:  # an unhashable attribute value: recorded as is
-            self._counter.add(amount, attributes)
-
-    def flush(self) -> None:
-        # swapped first: an add made meanwhile goes to the next flush, never lost
-        pending, self._pending = self._pending, {}
-        for key, amount in pending.items():
-            self._counter.add(amount, dict(key))
 
 
 class Metrics:
@@ -102,48 +70,41 @@ class Metrics:
             ],
         )
         meter = self._provider.get_meter("llama_orch.orchestratord")
-        self._batched: list[BatchedCounter] = []
-
-        def counter(name: str, description: str) -> BatchedCounter:
-            batched = BatchedCounter(meter.create_counter(name, description=description))
-            self._batched.append(batched)
-            return batched
-
         # -- admission counters: engine, pool_id (+ priority | reason/policy), and the
         # API the task came through for enqueued/rejected (ORCH-9220)
-        self.tasks_enqueued = counter(
+        self.tasks_enqueued = meter.create_counter(
             "tasks_enqueued_total", description="Tasks accepted into a queue (202)."
         )
-        self.tasks_canceled = counter(
+        self.tasks_canceled = meter.create_counter(
             "tasks_canceled_total", description="Tasks ended by an explicit cancel."
         )
-        self.tasks_rejected = counter(
+        self.tasks_rejected = meter.create_counter(
             "tasks_rejected_total",
             description="Submissions refused at admission or displaced from a queue, by reason.",
         )
-        self.tasks_expired = counter(
+        self.tasks_expired = meter.create_counter(
             "tasks_expired_total",
             description="Queued tasks ended by a bounded wait, by reason (ORCH-1966).",
         )
-        self.embeddings = counter(
+        self.embeddings = meter.create_counter(
             "embeddings_total",
             description="Embedding requests served by an engine (ORCH-9212).",
         )
-        self.backpressure = counter(
+        self.backpressure = meter.create_counter(
             "admission_backpressure_events_total",
             description="Full-queue and quota policy decisions (429s and displacements).",
         )
         # -- model catalog (ORCH-3314, ORCH-3331)
-        self.catalog_verifications = counter(
+        self.catalog_verifications = meter.create_counter(
             "catalog_verifications_total",
             description="Trust verifications of models at register, verify and load.",
         )
-        self.catalog_routed = counter(
+        self.catalog_routed = meter.create_counter(
             "catalog_routed_total",
             description="Tasks routed to a catalog model version (active or canary).",
         )
         # per version of what ran (ORCH-3380): model_id, lifecycle (+ outcome)
-        self.catalog_tasks = counter(
+        self.catalog_tasks = meter.create_counter(
             "catalog_tasks_total",
             description="Tasks that ran on a catalog model version, by outcome (ORCH-3380).",
         )
@@ -151,18 +112,18 @@ class Metrics:
             "catalog_latency_first_token_ms",
             description="Dispatch to first token per catalog model version (milliseconds).",
         )
-        self.catalog_tokens_out = counter(
+        self.catalog_tokens_out = meter.create_counter(
             "catalog_tokens_out_total",
             description="Tokens streamed per catalog model version (tokens).",
         )
         # -- per-replica counters and histograms: engine, engine_version, pool_id, replica_id
-        self.tasks_started = counter(
+        self.tasks_started = meter.create_counter(
             "tasks_started_total", description="Tasks dispatched to an engine replica."
         )
-        self.tokens_in = counter(
+        self.tokens_in = meter.create_counter(
             "tokens_in_total", description="Prompt tokens of dispatched tasks (tokens)."
         )
-        self.tokens_out = counter(
+        self.tokens_out = meter.create_counter(
             "tokens_out_total", description="Tokens streamed to clients (tokens)."
         )
         self.first_token_ms = meter.create_histogram(
@@ -171,23 +132,23 @@ class Metrics:
         self.decode_ms = meter.create_histogram(
             "latency_decode_ms", description="First token to end of decode (milliseconds)."
         )
-        self.preemptions = counter(
+        self.preemptions = meter.create_counter(
             "preemptions_total", description="Tasks preempted, by mode (soft | hard)."
         )
-        self.resumptions = counter(
+        self.resumptions = meter.create_counter(
             "resumptions_total", description="Preempted tasks resumed on an engine."
         )
         # -- placement and migration (ORCH-2320, ORCH-2336): engine, pool_id, ...
-        self.placement_decisions = counter(
+        self.placement_decisions = meter.create_counter(
             "placement_decisions_total",
             description="Dispatches by placement policy and the rule that decided.",
         )
-        self.migrations = counter(
+        self.migrations = meter.create_counter(
             "migrations_total",
             description="Running tasks moved to another replica after theirs failed, by outcome.",
         )
         # -- policies (ORCH-8542): policy, hook, outcome | code
-        self.policy_calls = counter(
+        self.policy_calls = meter.create_counter(
             "policy_calls_total", description="Policy calls by policy, hook and outcome."
         )
         self.policy_decision_ms = meter.create_histogram(
@@ -197,19 +158,19 @@ class Metrics:
         self.store_op_ms = meter.create_histogram(
             "state_store_op_ms", description="Time of one state-store call, by op (milliseconds)."
         )
-        self.store_writes_refused = counter(
+        self.store_writes_refused = meter.create_counter(
             "state_store_appends_refused_total",
             description="Event writes the store refused: fenced (taken over) or ended (canceled).",
         )
-        self.store_leases_lost = counter(
+        self.store_leases_lost = meter.create_counter(
             "state_store_leases_lost_total",
             description="Leases this instance lost (taken over, ended, or store unreachable).",
         )
-        self.store_takeovers = counter(
+        self.store_takeovers = meter.create_counter(
             "state_store_takeovers_total",
             description="Expired leases this instance reaped, by outcome.",
         )
-        self.policy_traps = counter(
+        self.policy_traps = meter.create_counter(
             "policy_traps_total", description="Failed policy calls by policy and failure code."
         )
 
@@ -251,15 +212,8 @@ class Metrics:
         gauge("gpu_utilization", gpu_utilization, "NVML GPU utilization per device (ratio).")
         gauge("vram_used_bytes", vram_used, "NVML memory in use per device (bytes).")
 
-    def flush(self) -> None:
-        """Hand every batched counter's adds to the SDK (ORCH-2765)."""
-        for batched in self._batched:
-            batched.flush()
-
     def render(self) -> bytes:
-        self.flush()
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
-        self.flush()
         self._provider.shutdown()
