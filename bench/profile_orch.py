@@ -30,7 +30,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--mode", default="orch", choices=["orch", "stream"], help="loadgen mode")
+    ap.add_argument(
+        "--mode",
+        default="orch",
+        choices=["orch", "stream", "openai"],
+        help="loadgen mode (openai: the facade's streaming /v1/chat/completions, issue #15)",
+    )
     ap.add_argument(
         "--state", default=None, choices=["memory", "valkey"], help="a `state:` backend (#13)"
     )
@@ -67,6 +72,7 @@ def main() -> int:
                 str(args.max_tokens),
                 "--cap-s",
                 str(args.seconds + 8),
+                *(["--chat"] if args.mode == "openai" else []),
             ],
         )
         raw = tmp / "profile.txt"

@@ -279,7 +279,8 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         )
         L.append("")
         L.append(
-            "| ms/tok | c | n | TTFT direct | ΔTTFT llama-orch | ΔTTFT LiteLLM | req/s direct | "
+            "| ms/tok | c | n | TTFT direct | ΔTTFT llama-orch (before →) | ΔTTFT LiteLLM | "
+            "req/s direct | "
             "req/s llama-orch | req/s LiteLLM | orch/LiteLLM req/s | orch CPU ms/req | "
             "LiteLLM CPU ms/req | errors d+o+l |"
         )
@@ -289,9 +290,11 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
                 continue
             d, o, lt = r["direct_openai"], r["orch_openai"], r.get("litellm")
             lt_rps = lt["req_per_s"] if lt else 0
+            ob = r.get("orch_openai_before")  # the compared sources' facade, when measured
+            ob_delta = f"{delta(d['ttft_ms'], ob['ttft_ms'])} → " if ob else ""
             L.append(
                 f"| {r['delay_ms']:g} | {r['c']} | {o['ok']} | {ppp(d['ttft_ms'])} | "
-                f"{delta(d['ttft_ms'], o['ttft_ms'])} | "
+                f"{ob_delta}{delta(d['ttft_ms'], o['ttft_ms'])} | "
                 f"{delta(d['ttft_ms'], lt['ttft_ms']) if lt else '-'} | {d['req_per_s']:.0f} | "
                 f"{o['req_per_s']:.0f} | {lt_rps:.1f} | "
                 f"{o['req_per_s'] / lt_rps if lt_rps else 0:.1f}× | "
@@ -325,6 +328,10 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
         pairs = [(r, "two-step", r.get("orch_before"), r.get("orch")) for r in res["fake"]]
         pairs += [
             (r, "one request", r.get("orch_stream_before"), r.get("orch_stream"))
+            for r in res["fake"]
+        ]
+        pairs += [
+            (r, "OpenAI facade", r.get("orch_openai_before"), r.get("orch_openai"))
             for r in res["fake"]
         ]
         for r, path, b, a in pairs:

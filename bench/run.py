@@ -97,23 +97,24 @@ def stage_fake(
                             cap_s=cap,
                             watch={"orch": before[1].pid, "engine": fpid},
                         )
+                # the OpenAI route straight to the engine and through llama-orch's facade
+                # (issue #15, ORCH-2764), with or without LiteLLM; the compared sources' facade too
+                chat = ["--chat"] if args.litellm_route == "chat" else []
+                row["direct_openai"] = loadgen(
+                    "openai", furl, c, n, cap_s=cap, watch={"engine": fpid}, extra=chat
+                )
+                row["orch_openai"] = loadgen(
+                    "openai", ourl, c, n, cap_s=cap, watch={"orch": op.pid, "engine": fpid},
+                    extra=chat,
+                )  # fmt: skip
+                if before is not None:
+                    row["orch_openai_before"] = loadgen(
+                        "openai", before[0], c, n, cap_s=cap,
+                        watch={"orch": before[1].pid, "engine": fpid}, extra=chat,
+                    )  # fmt: skip
                 if lite is not None:
                     lurl, lpid, key = lite
                     ln = LITELLM_REQS[c] if not args.quick else max(30, LITELLM_REQS[c] // 2)
-                    chat = ["--chat"] if args.litellm_route == "chat" else []
-                    row["direct_openai"] = loadgen(
-                        "openai", furl, c, n, cap_s=cap, watch={"engine": fpid}, extra=chat
-                    )
-                    # the same OpenAI route through llama-orch's facade (issue #15)
-                    row["orch_openai"] = loadgen(
-                        "openai",
-                        ourl,
-                        c,
-                        n,
-                        cap_s=cap,
-                        watch={"orch": op.pid, "engine": fpid},
-                        extra=chat,
-                    )
                     row["litellm"] = loadgen(
                         "openai",
                         lurl,

@@ -21,7 +21,7 @@ import abc
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
@@ -281,6 +281,22 @@ class FrontendHost:
             return
         async for frame in rec.frames(start, 1):  # one frame per chunk
             yield _decode_frame(frame)
+
+    async def event_batches(
+        self, rec: TaskRecord, start: int = 0
+    ) -> AsyncIterator[Iterator[tuple[int, StreamEvent]]]:
+        """Like :meth:`events`, the events available together as one batch, so that a
+        facade writes them as one message (ORCH-2763); each decoded when the batch is
+        read, so the first can go out before the rest is decoded. Frames end with a
+        blank line and carry single-line JSON, so the joined chunk splits back into its
+        frames."""
+        if self.orch.state is not None:
+            async for frame in self.orch.state.frames(rec.task_id, start, joined=False):
+                if frame != KEEPALIVE_FRAME:
+                    yield iter((_decode_frame(frame),))
+            return
+        async for chunk in rec.frames(start):
+            yield (_decode_frame(f) for f in chunk.split(b"\n\n") if f)
 
     def events_now(self, rec: TaskRecord) -> list[StreamEvent]:
         """The task's events appended so far, without waiting."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
+from llama_orch.orchestratord.limits import RAW_SEND
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
@@ -183,14 +184,18 @@ class TaskStreamResponse(Response):
         self._chunks, self._host, self._rec = chunks, host, rec
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # ORCH-2763: the start through the middlewares (correlation id, response-started
+        # flags), the body with the server's own send (limits.TaskStream, ORCH-2751)
+        raw: Send = scope.get(RAW_SEND, send)
+
         async def pump() -> None:
             await send(
                 {"type": "http.response.start", "status": self.status_code,
                  "headers": self.raw_headers}
             )  # fmt: skip
             async for chunk in self._chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await raw({"type": "http.response.body", "body": chunk, "more_body": True})
+            await raw({"type": "http.response.body", "body": b"", "more_body": False})
 
         await _race(pump(), receive, self._host, self._rec)
 

@@ -375,57 +375,72 @@ async def _chat_chunks(
           b'"logprobs":null,"finish_reason":null}]}\n\n'
     )  # fmt: skip
     held: list[str] | None = None if tools is None else []
-    async for _, ev in facade.host.events(rec):
-        if isinstance(ev, TokenEvent):
-            if held is not None and tools is not None:
-                held.append(ev.t)
-                if tools.constrained or tools.undecided(text := "".join(held)):
-                    continue
-                held = None  # an answer in text: what was held goes out, the rest follows
-                yield token_open + _json.encode(text) + token_close
-            elif with_logprobs:  # ORCH-9201: this chunk's tokens
-                yield (
-                    token_open + _json.encode(ev.t) + b'},"logprobs":'
-                    + _json.encode(chat_logprobs(ev.lp or [])) + b',"finish_reason":null}]}\n\n'
+    first = True
+    # ORCH-2763: the events available together go out as one message
+    async for batch in facade.host.event_batches(rec):
+        out: list[bytes] = []
+        for _, ev in batch:
+            if isinstance(ev, TokenEvent):
+                if held is not None and tools is not None:
+                    held.append(ev.t)
+                    if tools.constrained or tools.undecided(text := "".join(held)):
+                        continue
+                    held = None  # an answer in text: what was held goes out, the rest follows
+                    out.append(token_open + _json.encode(text) + token_close)
+                elif with_logprobs:  # ORCH-9201: this chunk's tokens
+                    out.append(
+                        token_open + _json.encode(ev.t) + b'},"logprobs":'
+                        + _json.encode(chat_logprobs(ev.lp or []))
+                        + b',"finish_reason":null}]}\n\n'
+                    )  # fmt: skip
+                else:
+                    out.append(token_open + _json.encode(ev.t) + token_close)
+                if first:  # the first token goes out at once, not behind its batch
+                    first = False
+                    yield b"".join(out)
+                    out = []
+            elif isinstance(ev, EndEvent):
+                if ev.reason == "canceled":
+                    out.append(_error_chunk(facade, None, "the task was canceled"))
+                    yield b"".join(out)
+                    return
+                finish = _FINISH.get(ev.reason, "stop").encode()
+                if held is not None and tools is not None:
+                    text = "".join(held)
+                    call = tools.parse(text)
+                    if call is not None:
+                        tc = _tool_calls(call, rec.task_id)[0]
+                        opened = {"index": 0, "id": tc["id"], "type": "function",
+                                  "function": {"name": call.name, "arguments": ""}}  # fmt: skip
+                        args = {"index": 0, "function": {"arguments": tc["function"]["arguments"]}}
+                        for part in (opened, args):
+                            out.append(
+                                head + usage_null
+                                + b',"choices":[{"index":0,"delta":{"tool_calls":['
+                                + _json.encode(part)
+                                + b']},"logprobs":null,"finish_reason":null}]}\n\n'
+                            )  # fmt: skip
+                        finish = b"tool_calls"
+                    elif text:
+                        out.append(token_open + _json.encode(text) + token_close)
+                out.append(
+                    head + usage_null + b',"choices":[{"index":0,"delta":{},"logprobs":null,'
+                    b'"finish_reason":"' + finish + b'"}]}\n\n'
                 )  # fmt: skip
-            else:
-                yield token_open + _json.encode(ev.t) + token_close
-        elif isinstance(ev, EndEvent):
-            if ev.reason == "canceled":
-                yield _error_chunk(facade, None, "the task was canceled")
+                if include_usage:
+                    usage = Usage(
+                        prompt_tokens=ev.tokens_in,
+                        completion_tokens=completion_tokens(rec, ev),
+                        total_tokens=ev.tokens_in + completion_tokens(rec, ev),
+                    )
+                    out.append(head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n")
+                out.append(b"data: [DONE]\n\n")
+            elif isinstance(ev, ErrorEvent):
+                out.append(_error_chunk(facade, ev.code, ev.message))
+                yield b"".join(out)
                 return
-            finish = _FINISH.get(ev.reason, "stop").encode()
-            if held is not None and tools is not None:
-                text = "".join(held)
-                call = tools.parse(text)
-                if call is not None:
-                    tc = _tool_calls(call, rec.task_id)[0]
-                    opened = {"index": 0, "id": tc["id"], "type": "function",
-                              "function": {"name": call.name, "arguments": ""}}  # fmt: skip
-                    args = {"index": 0, "function": {"arguments": tc["function"]["arguments"]}}
-                    for part in (opened, args):
-                        yield (
-                            head + usage_null + b',"choices":[{"index":0,"delta":{"tool_calls":['
-                            + _json.encode(part) + b']},"logprobs":null,"finish_reason":null}]}\n\n'
-                        )  # fmt: skip
-                    finish = b"tool_calls"
-                elif text:
-                    yield token_open + _json.encode(text) + token_close
-            yield (
-                head + usage_null + b',"choices":[{"index":0,"delta":{},"logprobs":null,'
-                b'"finish_reason":"' + finish + b'"}]}\n\n'
-            )  # fmt: skip
-            if include_usage:
-                usage = Usage(
-                    prompt_tokens=ev.tokens_in,
-                    completion_tokens=completion_tokens(rec, ev),
-                    total_tokens=ev.tokens_in + completion_tokens(rec, ev),
-                )
-                yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
-            yield b"data: [DONE]\n\n"
-        elif isinstance(ev, ErrorEvent):
-            yield _error_chunk(facade, ev.code, ev.message)
-            return
+        if out:
+            yield b"".join(out)
 
 
 async def _completion_chunks(
@@ -444,34 +459,45 @@ async def _completion_chunks(
     token_open = head + usage_null + b',"choices":[{"index":0,"text":'
     token_close = b',"logprobs":null,"finish_reason":null}]}\n\n'
     offset = 0
-    async for _, ev in facade.host.events(rec):
-        if isinstance(ev, TokenEvent):
-            if with_logprobs:  # ORCH-9201: this chunk's tokens
-                yield (
-                    token_open + _json.encode(ev.t) + b',"logprobs":'
-                    + _json.encode(completion_logprobs(ev.lp or [], offset))
-                    + b',"finish_reason":null}]}\n\n'
+    first = True
+    async for batch in facade.host.event_batches(rec):  # ORCH-2763: one message per batch
+        out: list[bytes] = []
+        for _, ev in batch:
+            if isinstance(ev, TokenEvent):
+                if with_logprobs:  # ORCH-9201: this chunk's tokens
+                    out.append(
+                        token_open + _json.encode(ev.t) + b',"logprobs":'
+                        + _json.encode(completion_logprobs(ev.lp or [], offset))
+                        + b',"finish_reason":null}]}\n\n'
+                    )  # fmt: skip
+                    offset += len(ev.t)
+                else:
+                    out.append(token_open + _json.encode(ev.t) + token_close)
+                if first:  # the first token goes out at once, not behind its batch
+                    first = False
+                    yield b"".join(out)
+                    out = []
+            elif isinstance(ev, EndEvent):
+                if ev.reason == "canceled":
+                    out.append(_error_chunk(facade, None, "the task was canceled"))
+                    yield b"".join(out)
+                    return
+                finish = _FINISH.get(ev.reason, "stop").encode()
+                out.append(
+                    head + usage_null + b',"choices":[{"index":0,"text":"","logprobs":null,'
+                    b'"finish_reason":"' + finish + b'"}]}\n\n'
                 )  # fmt: skip
-                offset += len(ev.t)
-            else:
-                yield token_open + _json.encode(ev.t) + token_close
-        elif isinstance(ev, EndEvent):
-            if ev.reason == "canceled":
-                yield _error_chunk(facade, None, "the task was canceled")
+                if include_usage:
+                    usage = Usage(
+                        prompt_tokens=ev.tokens_in,
+                        completion_tokens=completion_tokens(rec, ev),
+                        total_tokens=ev.tokens_in + completion_tokens(rec, ev),
+                    )
+                    out.append(head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n")
+                out.append(b"data: [DONE]\n\n")
+            elif isinstance(ev, ErrorEvent):
+                out.append(_error_chunk(facade, ev.code, ev.message))
+                yield b"".join(out)
                 return
-            finish = _FINISH.get(ev.reason, "stop").encode()
-            yield (
-                head + usage_null + b',"choices":[{"index":0,"text":"","logprobs":null,'
-                b'"finish_reason":"' + finish + b'"}]}\n\n'
-            )  # fmt: skip
-            if include_usage:
-                usage = Usage(
-                    prompt_tokens=ev.tokens_in,
-                    completion_tokens=completion_tokens(rec, ev),
-                    total_tokens=ev.tokens_in + completion_tokens(rec, ev),
-                )
-                yield head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
-            yield b"data: [DONE]\n\n"
-        elif isinstance(ev, ErrorEvent):
-            yield _error_chunk(facade, ev.code, ev.message)
-            return
+        if out:
+            yield b"".join(out)
