@@ -10,8 +10,10 @@ per token), as in llm-d's approximate scorer: no tokenizer on the dispatch path.
 
 Each replica has an LRU of the block hashes it was sent, bounded by its
 capacity in blocks (ORCH-2302): the engine's prompt cache size in tokens
-converted to blocks. A dispatch touches its blocks in order, so a shared prefix
-stays recent and the tails of one-off prompts are evicted first. The expected
+converted to blocks. A dispatch touches its blocks from the last to the first
+(ORCH-2362), so a shared prefix stays recent, the tails of one-off prompts are
+evicted first, and a prompt loses its blocks from its end: never a middle block,
+which would make every block after it unmatchable while still taking room. The expected
 hit of a prompt on a replica is the number of its leading blocks the replica
 holds (ORCH-2303). A replica whose engine restarted forgets everything
 (ORCH-2304). Pure: stdlib only, no clock.
@@ -83,7 +85,10 @@ class PrefixIndex:
         """``replica_id`` was sent a prompt with these blocks; keep at most
         ``capacity_blocks`` of its blocks, evicting the least recently sent."""
         lru = self._lru.setdefault(replica_id, OrderedDict())
-        for h in hashes:
+        # ORCH-2362: deepest block first, so block 0 ends most recent: a block is never
+        # less recent than the blocks after it in its chain, eviction takes a prompt's
+        # tail first, and what a replica holds of any prompt stays a prefix of it
+        for h in reversed(list(hashes)):
             lru[h] = None
             lru.move_to_end(h)
         while len(lru) > max(1, capacity_blocks):
