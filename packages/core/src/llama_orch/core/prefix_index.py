@@ -81,6 +81,12 @@ class PrefixIndex:
             n += 1
         return n
 
+    def held(self, replica_id: str, hashes: Iterable[bytes]) -> int:
+        """How many of ``hashes`` ``replica_id`` holds, wherever they are in the chain
+        (equal to :meth:`match` when eviction keeps prefixes, ORCH-2362)."""
+        lru = self._lru.get(replica_id)
+        return sum(1 for h in hashes if h in lru) if lru else 0
+
     def record(self, replica_id: str, hashes: Iterable[bytes], capacity_blocks: int) -> None:
         """``replica_id`` was sent a prompt with these blocks; keep at most
         ``capacity_blocks`` of its blocks, evicting the least recently sent."""
