@@ -127,6 +127,7 @@ async def conversation(
     turns: int,
     max_tokens: int,
     user_tokens: int,
+    think_ms: float,
     after: asyncio.Event | None,
     started: asyncio.Event,
     out: list[dict[str, Any]],
@@ -134,6 +135,7 @@ async def conversation(
     if after is not None:  # the previous tenant's first prompt is in an engine's cache
         await after.wait()
     topic = TOPICS[tenant % len(TOPICS)]
+    think = random.Random(7919 * tenant + 1)  # the same think times for every policy
     session = f"00000000-0000-4000-8000-{tenant:012d}"
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     headers = {"Authorization": f"Bearer {key}"}
@@ -160,9 +162,8 @@ async def conversation(
             async for chunk in r.content.iter_any():
                 for m in parser.feed(chunk):
                     data = json.loads(m.data)
-                    if m.event == "started":  # dispatched: the queue wait ends here
+                    if m.event == "started":
                         rec["replica_id"] = data["replica_id"]
-                        rec["queue_ms"] = (time.monotonic() - t0) * 1000
                     elif m.event == "token":
                         if "ttft_ms" not in rec:
                             rec["ttft_ms"] = (time.monotonic() - t0) * 1000
@@ -176,6 +177,8 @@ async def conversation(
         rec["done_ms"] = (time.monotonic() - t0) * 1000
         out.append(rec)
         messages.append({"role": "assistant", "content": "".join(text)})
+        if think_ms > 0 and turn + 1 < turns:  # the user reads the answer, then types
+            await asyncio.sleep(think.expovariate(1000.0 / think_ms))
 
 
 _LOG_TS = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
@@ -229,6 +232,19 @@ def attach_engine_runs(recs: list[dict[str, Any]], runs: dict[str, list[dict[str
             rec |= {"prompt_n": best["prompt_n"], "prompt_ms": best["prompt_ms"]}
             matched += 1
     return matched
+
+
+def attach_queue_times(recs: list[dict[str, Any]], orch_log: Path) -> None:
+    """orchestratord's own queue wait of each task (its ``task ended`` log line): the
+    `started` event reaches the client with the first token, so the client cannot tell."""
+    queue = {}
+    for line in orch_log.read_text(errors="replace").splitlines():
+        if '"task ended"' in line:
+            doc = json.loads(line)
+            queue[doc["job_id"]] = float(doc["queue_time_ms"])
+    for rec in recs:
+        if rec["task_id"] in queue:
+            rec["queue_ms"] = queue[rec["task_id"]]
 
 
 def engine_cache(urls: list[str]) -> dict[str, tuple[float, float]]:
@@ -324,6 +340,7 @@ async def drive(
                     args.turns,
                     args.max_tokens,
                     args.user_tokens,
+                    args.think_ms,
                     started[i - 1] if i else None,
                     started[i],
                     out,
@@ -410,8 +427,14 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             else "one short question (~10 tokens)"
         )
         + f", answers of at most {meta['max_tokens']} tokens (greedy), "
-        "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
-        "in an engine's cache), then all conversing at once. prefix-aware: `learn: "
+        + (
+            f"the next turn after a think time (exponential, mean {meta['think_ms'] / 1000:.1f} s, "
+            "the same per tenant for every policy), "
+            if meta.get("think_ms")
+            else "the next turn as soon as the answer ended, "
+        )
+        + "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
+        "in an engine's cache), then all conversing concurrently. prefix-aware: `learn: "
         f"{meta.get('learn', 'dispatch')}`, `imbalance_abs: {meta.get('imbalance_abs', 2)}`. "
         f"Machine: {meta['machine']}"
         + (f"; load avg {'/'.join(meta['uptime'])} at the start." if "uptime" in meta else "."),
@@ -455,12 +478,13 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     if any("queue_later_p50_ms" in res[p] for p in policies):
         lines += [
             "",
-            "Where TTFT goes, turns 2+ (p50): orchestratord's queue (submit to `started`), the "
-            "engine (`started` to first token), and the engine's own figures from its log: "
+            "Where TTFT goes, turns 2+ (p50): orchestratord's queue wait (its `queue_time_ms`), "
+            "the rest of the TTFT (dispatch to first token: mostly the engine), and the "
+            "engine's own figures from its log: "
             "prompt tokens it evaluated (the rest came from its slot or host cache) and "
             "their prompt-eval time:",
             "",
-            "| policy | prompt tokens (mean) | queue ms | engine first token ms "
+            "| policy | prompt tokens (mean) | queue ms | dispatch to first token ms "
             "| evaluated tokens p50 (mean) | prompt eval ms p50 | matched | output tokens/task |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -503,7 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--system-tokens", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=17)
-    ap.add_argument("--imbalance-abs", type=int, default=1, help="prefix-aware's guard")
+    # the guard as a deployment runs it: the config default (sessions 2-5 passed 1)
+    ap.add_argument("--imbalance-abs", type=int, default=2, help="prefix-aware's guard")
+    ap.add_argument(
+        "--think-ms", type=float, default=5000.0,
+        help="mean time a user takes before the next turn (exponential, seeded; 0: none)",
+    )  # fmt: skip
     ap.add_argument("--tenants", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=1, help="different system prompts (ORCH-2359)")
     ap.add_argument(
@@ -615,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 log(f"{policy}: /metrics not read: {exc}")
             procs.stop(orch)
+            attach_queue_times(recs, tmp / f"orch-{policy}.log")
+            results[policy] |= {
+                k: v
+                for k, v in summarise(recs, wall, cache).items()
+                if "queue" in k or "engine_f" in k
+            }
     finally:
         procs.stop_all()
     import os
@@ -634,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         "learn": "completion",  # the PlacementConfig default since run 3
         "max_tokens": args.max_tokens,
         "user_tokens": args.user_tokens,
+        "think_ms": args.think_ms,
         "uptime": uptime_start,
         "system_tokens": system_tokens,
         "engine_version": binary.engine_version,
