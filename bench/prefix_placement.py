@@ -1,4 +1,5 @@
-"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340, 2359).
+"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340, 2359,
+ORCH-2360, 2361, 2363).
 
 Multi-turn chat sessions of 8 tenants (one API key and one session each) share a
 system prompt of about 1,000 tokens. The same workload runs once per placement
@@ -13,10 +14,19 @@ empty prefix index), and each policy's system prompt starts with its own
 nonce, so no policy finds another's prompts in the engines' caches. Tenants
 start one after the other (tenant *i* when tenant *i*-1 got its first token,
 so the shared prompt is in an engine's cache), then converse concurrently,
-each sending its next turn when the previous answer ended; answers are greedy.
+each sending its next turn a think time after the previous answer ended
+(``--think-ms``, default mean 5 s); answers are greedy. The turns are realistic
+chat (ORCH-2360): user messages of ~60 tokens, answers of up to 128 tokens, so
+a replica that does not hold a session's history re-evaluates ~200-600 tokens
+of it. The report also says where TTFT goes (ORCH-2361): orchestratord's queue
+wait and the prompt tokens each engine evaluated per task (from its own log).
 
-    uv run --frozen python bench/prefix_placement.py           # ~4-6 min on 2 cores
-    uv run --frozen python bench/prefix_placement.py --turns 3 # shorter
+    uv run --frozen python bench/prefix_placement.py           # ~9 min on 2 cores
+    uv run --frozen python bench/prefix_placement.py \
+        --policies round-robin,least-loaded,prefix-aware    # the three of the issue
+    # sessions 2-5's turns: one short question, 16-token answers, no think time
+    uv run --frozen python bench/prefix_placement.py --user-tokens 0 --max-tokens 16 \
+        --think-ms 0 --imbalance-abs 1 --system-tokens 1149
     # ORCH-2359: several shared prompts, more than a replica's slots hold, and an
     # engine prompt cache no larger than its slots (as a GPU-sized model's would be)
     uv run --frozen python bench/prefix_placement.py --prompts 6 --cache-ram 0
