@@ -77,15 +77,19 @@ def main(argv: list[str]) -> int:
         answer = ask("A turn 1 (cold)", a1)
         ask(
             "B turn 1 (shares the system prompt; A's slot idle)",
-            system + "\nUser B: tea?\nAssistant:",
+            system + "\nUser B: tell me about tea.\nAssistant:",
         )
         ask("A turn 2 (after B)", a1 + answer + "\nUser A: and why?\nAssistant:")
         long_run = threading.Thread(
-            target=ask, args=("D long run", system + "\nUser D: a long story.\nAssistant:", 150)
+            target=ask,
+            args=("D long run", system + "\nUser D: write a long story.\nAssistant:", 150),
         )
         long_run.start()
         time.sleep(1.5)
-        ask("C turn 1 (the system prompt's slot busy)", system + "\nUser C: maps?\nAssistant:")
+        ask(
+            "C turn 1 (the system prompt's slot busy)",
+            system + "\nUser C: tell me about maps.\nAssistant:",
+        )
         long_run.join()
     finally:
         procs.stop_all()
