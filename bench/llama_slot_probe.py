@@ -18,8 +18,9 @@ Run it with extra engine flags to compare, e.g. ``--cache-ram 0`` or ``--kv-unif
 Measured on build 11434 (session 6), the same with the default 8 GiB host cache,
 ``--cache-ram 0`` and ``--kv-unified``: B takes A's idle slot (LCP similarity) and
 evaluates 11 tokens; A's turn 2 then evaluates 42 (everything after the system
-prompt: its first message, 20-token answer and new message; its history was lost, and the host cache did not restore it); C, arriving
-while the system prompt's slot is busy, evaluates all 733 tokens in an empty slot.
+prompt: its first message, 20-token answer and new message; its history was lost,
+and the host cache did not restore it); C, arriving while the system prompt's slot
+is busy, evaluates all 733 tokens in an empty slot.
 """
 
 from __future__ import annotations
