@@ -1,4 +1,5 @@
-"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340, 2359).
+"""Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340, 2359,
+ORCH-2360, 2361, 2363).
 
 Multi-turn chat sessions of 8 tenants (one API key and one session each) share a
 system prompt of about 1,000 tokens. The same workload runs once per placement
@@ -13,10 +14,19 @@ empty prefix index), and each policy's system prompt starts with its own
 nonce, so no policy finds another's prompts in the engines' caches. Tenants
 start one after the other (tenant *i* when tenant *i*-1 got its first token,
 so the shared prompt is in an engine's cache), then converse concurrently,
-each sending its next turn when the previous answer ended; answers are greedy.
+each sending its next turn a think time after the previous answer ended
+(``--think-ms``, default mean 5 s); answers are greedy. The turns are realistic
+chat (ORCH-2360): user messages of ~60 tokens, answers of up to 128 tokens, so
+a replica that does not hold a session's history re-evaluates ~200-600 tokens
+of it. The report also says where TTFT goes (ORCH-2361): orchestratord's queue
+wait and the prompt tokens each engine evaluated per task (from its own log).
 
-    uv run --frozen python bench/prefix_placement.py           # ~4-6 min on 2 cores
-    uv run --frozen python bench/prefix_placement.py --turns 3 # shorter
+    uv run --frozen python bench/prefix_placement.py           # ~9 min on 2 cores
+    uv run --frozen python bench/prefix_placement.py \
+        --policies round-robin,least-loaded,prefix-aware    # the three of the issue
+    # sessions 2-5's turns: one short question, 16-token answers, no think time
+    uv run --frozen python bench/prefix_placement.py --user-tokens 0 --max-tokens 16 \
+        --think-ms 0 --imbalance-abs 1 --system-tokens 1149
     # ORCH-2359: several shared prompts, more than a replica's slots hold, and an
     # engine prompt cache no larger than its slots (as a GPU-sized model's would be)
     uv run --frozen python bench/prefix_placement.py --prompts 6 --cache-ram 0
@@ -59,8 +69,40 @@ QUESTIONS = (
 )
 
 
+CONTEXT = (
+    "I tried a few things already and read two articles, but they disagreed.",
+    "My budget is small and I only have about an hour on weekends for this.",
+    "A friend told me the opposite last week, so now I am not sure what to believe.",
+    "I would like an answer I can act on today, with the reason behind it.",
+    "Last time I followed generic advice it did not work in my situation at all.",
+    "I live in a small flat in a rainy city, if that changes anything.",
+    "Please assume I am a complete beginner and explain any term you use.",
+    "I keep notes of what you say, so numbered steps would help me a lot.",
+    "My neighbour has done this for years and swears by the old-fashioned way.",
+    "I also care about doing it safely and without wasting material.",
+)
+
+
+def user_message(tenant: int, turn: int, topic: str, target_tokens: int) -> str:
+    """A user turn of about ``target_tokens`` tokens (0: the bare one-line question of
+    sessions 2-5): the question, then context sentences picked per tenant and turn,
+    so no two sessions share a user message."""
+    question = QUESTIONS[turn % len(QUESTIONS)].format(t=topic)
+    if target_tokens <= 0:
+        return question
+    rng = random.Random(tenant * 1000 + turn)
+    parts = [question]
+    size = len(question)
+    while size < target_tokens * 4.2:  # plain English: ~4.2 chars per SmolLM2 token
+        sentence = rng.choice(CONTEXT)
+        parts.append(sentence)
+        size += len(sentence) + 1
+    return " ".join(parts)
+
+
 def system_prompt(nonce: str, target_tokens: int) -> str:
-    """About ``target_tokens`` tokens of house rules (SmolLM2: ~4.5 chars per token)."""
+    """About ``target_tokens`` tokens of house rules (SmolLM2 on this text: ~3.9 chars per
+    token, measured with the engine's /tokenize; 4.5 gave 1,149 tokens for 1,000)."""
     rules = [
         f"Rule {n}: answer politely, stay on topic, keep each answer short and concrete, "
         f"avoid speculation, cite the rule number {n} when a user asks why."
@@ -70,7 +112,7 @@ def system_prompt(nonce: str, target_tokens: int) -> str:
     out = [text]
     size = len(text)
     for r in rules:
-        if size >= target_tokens * 4.5:
+        if size >= target_tokens * 3.9:
             break
         out.append(r)
         size += len(r) + 1
@@ -94,6 +136,8 @@ async def conversation(
     system: str,
     turns: int,
     max_tokens: int,
+    user_tokens: int,
+    think_ms: float,
     after: asyncio.Event | None,
     started: asyncio.Event,
     out: list[dict[str, Any]],
@@ -101,11 +145,12 @@ async def conversation(
     if after is not None:  # the previous tenant's first prompt is in an engine's cache
         await after.wait()
     topic = TOPICS[tenant % len(TOPICS)]
+    think = random.Random(7919 * tenant + 1)  # the same think times for every policy
     session = f"00000000-0000-4000-8000-{tenant:012d}"
     messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     headers = {"Authorization": f"Bearer {key}"}
     for turn in range(turns):
-        messages.append({"role": "user", "content": QUESTIONS[turn].format(t=topic)})
+        messages.append({"role": "user", "content": user_message(tenant, turn, topic, user_tokens)})
         body = {
             "workload": "chat",
             "messages": messages,
@@ -120,7 +165,7 @@ async def conversation(
             if r.status != 202:
                 raise RuntimeError(f"submit refused {r.status}: {payload}")
         tid = payload["task_id"]
-        rec: dict[str, Any] = {"tenant": tenant, "turn": turn, "task_id": tid}
+        rec: dict[str, Any] = {"tenant": tenant, "turn": turn, "task_id": tid, "t_submit": t0}
         text: list[str] = []
         parser = SSEParser()
         async with http.get(f"{url}/v1/tasks/{tid}/stream", headers=headers) as r:
@@ -142,6 +187,74 @@ async def conversation(
         rec["done_ms"] = (time.monotonic() - t0) * 1000
         out.append(rec)
         messages.append({"role": "assistant", "content": "".join(text)})
+        if think_ms > 0 and turn + 1 < turns:  # the user reads the answer, then types
+            await asyncio.sleep(think.expovariate(1000.0 / think_ms))
+
+
+_LOG_TS = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
+_LOG_TASK = re.compile(r"\| task (\d+) \| ")
+_PROMPT_EVAL = re.compile(r"prompt eval time = +([0-9.]+) ms / +(\d+) tokens")
+_STOP = re.compile(r"stop processing: n_tokens = +(\d+)")
+
+
+def engine_runs(log_path: Path, started: float) -> list[dict[str, Any]]:
+    """Each request llama-server completed, from its own log: when (our monotonic
+    clock; the log counts from the engine's start), the prompt tokens it evaluated
+    and their time (what its slot and host cache did not hold), and the tokens the
+    slot held at the end (prompt + generated - 1)."""
+    runs: dict[int, dict[str, Any]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        ts, task = _LOG_TS.match(line), _LOG_TASK.search(line)
+        if not ts or not task:
+            continue
+        mins, secs, ms, us = (int(g) for g in ts.groups())
+        at = started + mins * 60 + secs + ms / 1e3 + us / 1e6
+        run = runs.setdefault(int(task.group(1)), {"task": int(task.group(1))})
+        if m := _PROMPT_EVAL.search(line):
+            run |= {"prompt_ms": float(m.group(1)), "prompt_n": int(m.group(2))}
+        elif m := _STOP.search(line):
+            run |= {"n_tokens": int(m.group(1)), "end": at}
+    return [r for r in runs.values() if "n_tokens" in r and "prompt_n" in r]
+
+
+def attach_engine_runs(recs: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> int:
+    """Give each task the engine's own figures of its request (``prompt_n``: prompt tokens
+    the engine evaluated, the rest came from its cache): the run on the task's replica
+    that held tokens_in + tokens_out - 1 tokens and ended closest to the task's end.
+    Returns the tasks matched."""
+    matched = 0
+    used: set[tuple[str, int]] = set()
+    for rec in sorted(recs, key=lambda r: r["t_submit"] + r.get("done_ms", 0) / 1000):
+        cands = runs.get(rec.get("replica_id", ""), [])
+        if "tokens_in" not in rec:
+            continue
+        want = rec["tokens_in"] + rec["tokens_out"] - 1
+        end = rec["t_submit"] + rec["done_ms"] / 1000
+        best = None
+        for run in cands:
+            key = (rec["replica_id"], run["task"])
+            if key in used or abs(run["n_tokens"] - want) > 1 or abs(run["end"] - end) > 5:
+                continue
+            if best is None or abs(run["end"] - end) < abs(best["end"] - end):
+                best = run
+        if best is not None:
+            used.add((rec["replica_id"], best["task"]))
+            rec |= {"prompt_n": best["prompt_n"], "prompt_ms": best["prompt_ms"]}
+            matched += 1
+    return matched
+
+
+def attach_queue_times(recs: list[dict[str, Any]], orch_log: Path) -> None:
+    """orchestratord's own queue wait of each task (its ``task ended`` log line): the
+    `started` event reaches the client with the first token, so the client cannot tell."""
+    queue = {}
+    for line in orch_log.read_text(errors="replace").splitlines():
+        if '"task ended"' in line:
+            doc = json.loads(line)
+            queue[doc["job_id"]] = float(doc["queue_time_ms"])
+    for rec in recs:
+        if rec["task_id"] in queue:
+            rec["queue_ms"] = queue[rec["task_id"]]
 
 
 def engine_cache(urls: list[str]) -> dict[str, tuple[float, float]]:
@@ -236,6 +349,8 @@ async def drive(
                     systems[i % len(systems)],
                     args.turns,
                     args.max_tokens,
+                    args.user_tokens,
+                    args.think_ms,
                     started[i - 1] if i else None,
                     started[i],
                     out,
@@ -250,7 +365,23 @@ def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]
     ttft = [r["ttft_ms"] for r in recs if "ttft_ms" in r]
     later = [r["ttft_ms"] for r in recs if "ttft_ms" in r and r["turn"] > 0]
     tokens = sum(r.get("tokens_out", 0) for r in recs)
+    later_recs = [r for r in recs if r["turn"] > 0 and "ttft_ms" in r]
+    engine = [r for r in later_recs if "prompt_n" in r]
     return {
+        # where TTFT goes (turns 2+): orchestratord's queue (submit -> started), then the
+        # engine (started -> first token); the engine's own count of the prompt tokens it
+        # evaluated (not found in its slot or host cache) and its prompt eval time
+        "queue_later_p50_ms": _pct([r["queue_ms"] for r in later_recs if "queue_ms" in r], 0.5),
+        "engine_first_token_later_p50_ms": _pct(
+            [r["ttft_ms"] - r["queue_ms"] for r in later_recs if "queue_ms" in r], 0.5
+        ),
+        "engine_matched": len(engine),
+        "prompt_n_later_p50": _pct([float(r["prompt_n"]) for r in engine], 0.5),
+        "prompt_n_later_mean": sum(r["prompt_n"] for r in engine) / max(1, len(engine)),
+        "prompt_ms_later_p50": _pct([r["prompt_ms"] for r in engine], 0.5),
+        "tokens_in_later_mean": sum(r["tokens_in"] for r in later_recs if "tokens_in" in r)
+        / max(1, len(later_recs)),
+        "tokens_out_mean": tokens / max(1, len(recs)),
         "tasks": len(recs),
         "errors": sum(1 for r in recs if "error" in r),
         "ttft_p50_ms": _pct(ttft, 0.5),
@@ -299,11 +430,24 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['threads']} thread each, build {meta['engine_version']}) behind one "
         f"orchestratord pool, {cache}; {meta.get('tenants', 8)} tenants (one key and one "
         f"session each), {meta['turns']} turns each, {workload} "
-        f"(own nonce per policy), answers of at most {meta['max_tokens']} tokens, "
-        "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
-        "in an engine's cache), then all conversing at once. prefix-aware: `learn: "
+        f"(own nonce per policy), user messages of "
+        + (
+            f"about {meta['user_tokens']} tokens"
+            if meta.get("user_tokens", 0) > 0
+            else "one short question (~10 tokens)"
+        )
+        + f", answers of at most {meta['max_tokens']} tokens (greedy), "
+        + (
+            f"the next turn after a think time (exponential, mean {meta['think_ms'] / 1000:.1f} s, "
+            "the same per tenant for every policy), "
+            if meta.get("think_ms")
+            else "the next turn as soon as the answer ended, "
+        )
+        + "tenant *i* starting when tenant *i*-1 received its first token (its prompt is then "
+        "in an engine's cache), then all conversing concurrently. prefix-aware: `learn: "
         f"{meta.get('learn', 'dispatch')}`, `imbalance_abs: {meta.get('imbalance_abs', 2)}`. "
-        f"Machine: {meta['machine']}.",
+        f"Machine: {meta['machine']}"
+        + (f"; load avg {'/'.join(meta['uptime'])} at the start." if "uptime" in meta else "."),
         "",
         "| policy | tasks | TTFT p50 ms | TTFT p99 ms | TTFT p50 turns 2+ ms | output tok/s "
         "| engine prefix-cache hit ratio | replica switches within a session |",
@@ -341,6 +485,27 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{sa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
             f"{sa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
         ]
+    if any("queue_later_p50_ms" in res[p] for p in policies):
+        lines += [
+            "",
+            "Where TTFT goes, turns 2+ (p50): orchestratord's queue wait (its `queue_time_ms`), "
+            "the rest of the TTFT (dispatch to first token: mostly the engine), and the "
+            "engine's own figures from its log: "
+            "prompt tokens it evaluated (the rest came from its slot or host cache) and "
+            "their prompt-eval time:",
+            "",
+            "| policy | prompt tokens (mean) | queue ms | dispatch to first token ms "
+            "| evaluated tokens p50 (mean) | prompt eval ms p50 | matched | output tokens/task |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for p in policies:
+            r = res[p]
+            lines.append(
+                f"| {p} | {r['tokens_in_later_mean']:.0f} | {r['queue_later_p50_ms']:.0f} "
+                f"| {r['engine_first_token_later_p50_ms']:.0f} | {r['prompt_n_later_p50']:.0f} "
+                f"({r['prompt_n_later_mean']:.0f}) | {r['prompt_ms_later_p50']:.0f} "
+                f"| {r['engine_matched']} | {r['tokens_out_mean']:.0f} |"
+            )
     lines += [
         "",
         "TTFT is submit (POST /v1/tasks) to the first `token` event at the client, queue "
@@ -363,11 +528,21 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=16)
+    # Realistic chat turns (ORCH-2360): LMSYS-Chat-1M averages ~70 tokens per user
+    # message and ~215 per answer; answers are capped at 128 here (1-thread CPU engines,
+    # 2,048-token slots: 4 turns then fit). Sessions 2-5 used 16 and a bare question
+    # (--max-tokens 16 --user-tokens 0).
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--user-tokens", type=int, default=60, help="per user message (0: bare)")
     ap.add_argument("--system-tokens", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=17)
-    ap.add_argument("--imbalance-abs", type=int, default=1, help="prefix-aware's guard")
+    # the guard as a deployment runs it: the config default (sessions 2-5 passed 1)
+    ap.add_argument("--imbalance-abs", type=int, default=2, help="prefix-aware's guard")
+    ap.add_argument(
+        "--think-ms", type=float, default=5000.0,
+        help="mean time a user takes before the next turn (exponential, seeded; 0: none)",
+    )  # fmt: skip
     ap.add_argument("--tenants", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=1, help="different system prompts (ORCH-2359)")
     ap.add_argument(
@@ -388,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    uptime_start = Path("/proc/loadavg").read_text().split()[:3]
     stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
     tmp = Path(f"/tmp/llorch-prefix-{stamp}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -402,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         binary = provision_llama_server(progress=log)
         model_path, digest = provision_model(MODEL, progress=log)
         engines = []
+        engine_t0: list[float] = []
         for i in range(2):
             spec = LlamaServerSpec(
                 binary=binary.path,
@@ -415,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra_flags=("--no-repack", "-b", "64", "-ub", "64")
                 + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
             )
+            engine_t0.append(time.monotonic())
             p = procs.start(f"llama-server-{i}", spec.command(), env=spec.env())
             procs.wait_ready(p, spec.base_url + "/health", 180)
             engines.append(spec.base_url)
@@ -453,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
                 "cached": sum(after[u][0] - before[u][0] for u in engines),
                 "evaluated": sum(after[u][1] - before[u][1] for u in engines),
             }
+            # the engines' own per-request figures (replica bench-e<i> is endpoint i)
+            runs = {
+                f"bench-e{i}": engine_runs(tmp / f"llama-server-{i}.log", engine_t0[i])
+                for i in range(len(engines))
+            }
+            attach_engine_runs(recs, runs)
             results[policy] = summarise(recs, wall, cache)
             raw[policy] = recs
             log(f"{policy}: {json.dumps(results[policy])}")
@@ -470,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 log(f"{policy}: /metrics not read: {exc}")
             procs.stop(orch)
+            attach_queue_times(recs, tmp / f"orch-{policy}.log")
+            results[policy] |= {
+                k: v
+                for k, v in summarise(recs, wall, cache).items()
+                if "queue" in k or "engine_f" in k
+            }
     finally:
         procs.stop_all()
     import os
@@ -488,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         "cache_ram": args.cache_ram,
         "learn": "completion",  # the PlacementConfig default since run 3
         "max_tokens": args.max_tokens,
+        "user_tokens": args.user_tokens,
+        "think_ms": args.think_ms,
+        "uptime": uptime_start,
         "system_tokens": system_tokens,
         "engine_version": binary.engine_version,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load avg "

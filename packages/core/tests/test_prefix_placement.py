@@ -93,14 +93,23 @@ class IndexMachine(RuleBasedStateMachine):
         super().__init__()
         self.index = PrefixIndex(block_chars=16)
         self.model: dict[str, list[bytes]] = {}
-        self.cap = 12
+        self.chains: list[tuple[str, list[bytes]]] = []
+        self.cap = 6  # below one long record: eviction within a prompt is exercised
 
-    @rule(rid=st.sampled_from(["a", "b"]), prefix=st.integers(0, 3), tail=st.text(max_size=80))
-    def record(self, rid: str, prefix: int, tail: str) -> None:
-        hashes = self.index.hashes("p" * 16 * prefix + tail)
+    @rule(
+        rid=st.sampled_from(["a", "b"]),
+        prefix=st.integers(0, 3),
+        # up to 8 whole blocks of 3 kinds: tails share prefixes, and one record may
+        # alone pass the capacity
+        tail=st.lists(st.sampled_from(["a" * 16, "b" * 16, "ab" * 8]), max_size=8),
+        extra=st.text(max_size=20),
+    )
+    def record(self, rid: str, prefix: int, tail: list[str], extra: str) -> None:
+        hashes = self.index.hashes("p" * 16 * prefix + "".join(tail) + extra)
         self.index.record(rid, hashes, self.cap)
         lru = self.model.setdefault(rid, [])
-        for h in hashes:
+        self.chains.append((rid, hashes))
+        for h in reversed(hashes):  # ORCH-2362: the last block first, block 0 most recent
             if h in lru:
                 lru.remove(h)
             lru.append(h)
@@ -120,6 +129,28 @@ class IndexMachine(RuleBasedStateMachine):
     def bounded(self) -> None:
         for rid in ("a", "b"):
             assert self.index.size(rid) == len(self.model.get(rid, [])) <= self.cap
+
+    @invariant()
+    def held_blocks_of_a_prompt_are_its_prefix(self) -> None:
+        """ORCH-2362: a replica never holds block i+1 of a recorded prompt without
+        block i: every block it holds of a prompt is reachable by match."""
+        for rid, hashes in self.chains:
+            assert self.index.held(rid, hashes) == self.index.match(rid, hashes)
+
+
+def test_eviction_takes_a_prompt_from_its_tail():
+    """ORCH-2362: over capacity, an older session keeps the start of its history (the
+    system prompt and its first turns), so it still matches a prefix; the blocks it
+    loses are its last ones. Touching blocks first to last would evict its first
+    unique block and make its whole history unmatchable."""
+    index = PrefixIndex(block_chars=16)
+    system = "s" * 16 * 4
+    old = index.hashes(system + "a" * 16 * 6)
+    new = index.hashes(system + "b" * 16 * 6)
+    index.record("r0", old, capacity_blocks=100)
+    index.record("r0", new, capacity_blocks=13)  # 4 shared + 6 new + 3 of old's 6
+    assert index.match("r0", new) == 10
+    assert index.match("r0", old) == 7
 
 
 TestIndexMachine = IndexMachine.TestCase

@@ -10,8 +10,10 @@ per token), as in llm-d's approximate scorer: no tokenizer on the dispatch path.
 
 Each replica has an LRU of the block hashes it was sent, bounded by its
 capacity in blocks (ORCH-2302): the engine's prompt cache size in tokens
-converted to blocks. A dispatch touches its blocks in order, so a shared prefix
-stays recent and the tails of one-off prompts are evicted first. The expected
+converted to blocks. A dispatch touches its blocks from the last to the first
+(ORCH-2362), so a shared prefix stays recent, the tails of one-off prompts are
+evicted first, and a prompt loses its blocks from its end: never a middle block,
+which would make every block after it unmatchable while still taking room. The expected
 hit of a prompt on a replica is the number of its leading blocks the replica
 holds (ORCH-2303). A replica whose engine restarted forgets everything
 (ORCH-2304). Pure: stdlib only, no clock.
@@ -79,11 +81,20 @@ class PrefixIndex:
             n += 1
         return n
 
+    def held(self, replica_id: str, hashes: Iterable[bytes]) -> int:
+        """How many of ``hashes`` ``replica_id`` holds, wherever they are in the chain
+        (equal to :meth:`match` when eviction keeps prefixes, ORCH-2362)."""
+        lru = self._lru.get(replica_id)
+        return sum(1 for h in hashes if h in lru) if lru else 0
+
     def record(self, replica_id: str, hashes: Iterable[bytes], capacity_blocks: int) -> None:
         """``replica_id`` was sent a prompt with these blocks; keep at most
         ``capacity_blocks`` of its blocks, evicting the least recently sent."""
         lru = self._lru.setdefault(replica_id, OrderedDict())
-        for h in hashes:
+        # ORCH-2362: deepest block first, so block 0 ends most recent: a block is never
+        # less recent than the blocks after it in its chain, eviction takes a prompt's
+        # tail first, and what a replica holds of any prompt stays a prefix of it
+        for h in reversed(list(hashes)):
             lru[h] = None
             lru.move_to_end(h)
         while len(lru) > max(1, capacity_blocks):
