@@ -140,9 +140,15 @@ class _Lane:
         # ties compared on the times themselves (not on their stored remainders), at
         # the resolution of ``_tick``: a remainder plus the offset may differ from the
         # same time summed otherwise in the last bit
-        off = self.off
-        t = _tick(self.busy[0] + off)
-        return len(self.busy) - bisect.bisect_right(self.busy, t, key=lambda x: _tick(x + off))
+        busy, off = self.busy, self.off
+        t = _tick(busy[0] + off)
+        # past the exact copies of the first time, then past the times that tie with
+        # it at that resolution (rare): ``_tick(x + off)`` grows with ``x``, so this
+        # is the bisection on that key without a Python call per step (issue #20)
+        i, n = bisect.bisect_right(busy, busy[0]), len(busy)
+        while i < n and _tick(busy[i] + off) <= t:
+            i += 1
+        return n - i
 
     def service(self, r: ReplicaLoad, job: Job, now: float) -> tuple[float, float, float]:
         """``(start, finish, begin)`` of ``job`` on the first free slot: its own prefill
