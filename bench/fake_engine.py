@@ -40,6 +40,13 @@ _SSE_HEADERS = {
 }
 
 
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 class FakeEngine:
     def __init__(self, *, delay_ms: float, tokens: int, slots: int, n_ctx: int, model: str):
         self.delay = delay_ms / 1000.0
@@ -113,7 +120,11 @@ class FakeEngine:
                 "model_path": f"/fake/{self.model}.gguf",
                 "model_alias": self.model,
                 "build_info": "b0-fake",
-                "chat_template": "",
+                # as llama-server does: the template /apply-template renders, and its
+                # special tokens (the llamacpp-http adapter renders it itself, ORCH-5011)
+                "chat_template": CHATML_TEMPLATE,
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
                 "modalities": {"vision": False, "audio": False},
             }
         )

@@ -7,6 +7,7 @@ endpoint and stops a task when its client disconnects (ORCH-3006).
 
 from __future__ import annotations
 
+import asyncio
 from typing import ClassVar
 
 import msgspec
@@ -26,6 +27,7 @@ from ._errors import ENGINE, error_from_response, parse_error_body
 from ._metrics import kv_usage_from_slots, to_engine_metrics
 from ._options import LlamaCppOptions
 from ._stream import CompletionStream
+from ._template import PROBES, ChatTemplate, compile_template
 from ._wire import (
     CompletionRequest,
     apply_template_decoder,
@@ -51,6 +53,11 @@ class LlamaCppHttpAdapter(HttpAdapter):
     def __init__(self, target: AdapterTarget) -> None:
         super().__init__(target)
         self._embeddings: bool | None = None
+        # ORCH-5011: the engine's chat template, rendered here once the probes agreed
+        self._template: ChatTemplate | None = None
+        self._template_checked = False
+        self._template_lock = asyncio.Lock()
+        self.local_renders = 0  # chats rendered in process (tests, benchmarks)
 
     def not_ready_detail(self, status: int, body: bytes) -> str:
         err = parse_error_body(body)  # 503 = loading (live)
@@ -91,6 +98,43 @@ class LlamaCppHttpAdapter(HttpAdapter):
         return self.decode(tokenize_decoder, payload, "POST /tokenize").tokens
 
     async def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """ORCH-5011: rendered in process with the engine's own template once its
+        probes agreed with the engine; else, or when the template raises, by the
+        engine (whose error is then the answer)."""
+        if not self._template_checked:
+            await self._check_template()
+        template = self._template
+        if template is not None and template.renders(messages):
+            try:
+                prompt = template.render(messages)
+            except Exception:  # a template's refusal: the engine's to answer
+                pass
+            else:
+                self.local_renders += 1
+                return prompt
+        return await self._engine_template(messages)
+
+    async def _check_template(self) -> None:
+        """Once per engine process: trust the reported template only if it renders
+        every probe exactly as ``/apply-template`` does."""
+        async with self._template_lock:
+            if self._template_checked:
+                return
+            try:
+                p = self.decode(props_decoder, await self.call("GET", "/props"), "GET /props")
+                template = compile_template(p.chat_template, p.bos_token, p.eos_token)
+                if template is not None:
+                    answers = [await self._engine_template(m) for m in PROBES]
+                    local = [_renders(template, m) for m in PROBES]
+                    if local == answers:
+                        self._template = template
+            except InvalidParams:
+                pass  # the engine refused a probe: it keeps rendering (checked)
+            except OrchError:
+                return  # not reachable now: the next chat checks again
+            self._template_checked = True
+
+    async def _engine_template(self, messages: list[dict[str, str]]) -> str:
         try:
             payload = await self.call("POST", "/apply-template", {"messages": messages})
         except WorkerReset as exc:
@@ -160,3 +204,10 @@ class LlamaCppHttpAdapter(HttpAdapter):
                 engine=ENGINE,
             )
         return Embeddings(vectors=vectors, prompt_tokens=got.usage.prompt_tokens)
+
+
+def _renders(template: ChatTemplate, messages: list[dict[str, str]]) -> str | None:
+    try:
+        return template.render(messages)
+    except Exception:  # a probe the template refuses: not trusted
+        return None

@@ -113,6 +113,8 @@ class PropsResponse(msgspec.Struct, kw_only=True):
     default_generation_settings: GenerationSettings = GenerationSettings()
     build_info: str = ""
     chat_template: str = ""
+    bos_token: str = ""  # the template's special tokens (ORCH-5011)
+    eos_token: str = ""
     model_path: str = ""
     model_alias: str = ""
 
