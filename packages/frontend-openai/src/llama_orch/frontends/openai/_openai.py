@@ -5,7 +5,7 @@ events rendered as OpenAI chunks."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -375,27 +375,76 @@ async def _chat_chunks(
           b'"logprobs":null,"finish_reason":null}]}\n\n'
     )  # fmt: skip
     held: list[str] | None = None if tools is None else []
+
+    def token(ev: TokenEvent) -> bytes | None:
+        nonlocal held
+        if held is not None and tools is not None:
+            held.append(ev.t)
+            if tools.constrained or tools.undecided(text := "".join(held)):
+                return None
+            held = None  # an answer in text: what was held goes out, the rest follows
+            return token_open + _json.encode(text) + token_close
+        if with_logprobs:  # ORCH-9201: this chunk's tokens
+            return (
+                token_open + _json.encode(ev.t) + b'},"logprobs":'
+                + _json.encode(chat_logprobs(ev.lp or []))
+                + b',"finish_reason":null}]}\n\n'
+            )  # fmt: skip
+        return token_open + _json.encode(ev.t) + token_close
+
+    def end(ev: EndEvent) -> list[bytes]:
+        out: list[bytes] = []
+        finish = _FINISH.get(ev.reason, "stop").encode()
+        if held is not None and tools is not None:
+            text = "".join(held)
+            call = tools.parse(text)
+            if call is not None:
+                tc = _tool_calls(call, rec.task_id)[0]
+                opened = {"index": 0, "id": tc["id"], "type": "function",
+                          "function": {"name": call.name, "arguments": ""}}  # fmt: skip
+                args = {"index": 0, "function": {"arguments": tc["function"]["arguments"]}}
+                for part in (opened, args):
+                    out.append(
+                        head + usage_null
+                        + b',"choices":[{"index":0,"delta":{"tool_calls":['
+                        + _json.encode(part)
+                        + b']},"logprobs":null,"finish_reason":null}]}\n\n'
+                    )  # fmt: skip
+                finish = b"tool_calls"
+            elif text:
+                out.append(token_open + _json.encode(text) + token_close)
+        out.append(
+            head + usage_null + b',"choices":[{"index":0,"delta":{},"logprobs":null,'
+            b'"finish_reason":"' + finish + b'"}]}\n\n'
+        )  # fmt: skip
+        return out
+
+    async for message in _batched(facade, rec, head if include_usage else None, token, end):
+        yield message
+
+
+async def _batched(
+    facade: Facade,
+    rec: TaskRecord,
+    usage_head: bytes | None,
+    token: Callable[[TokenEvent], bytes | None],
+    end: Callable[[EndEvent], list[bytes]],
+) -> AsyncIterator[bytes]:
+    """The stream loop of both routes (ORCH-2763): the chunks of the events available
+    together go out as one message, the first token's at once (not behind its batch);
+    ``token`` renders a token event (``None``: held back), ``end`` the chunks closing a
+    finished task, followed by the usage chunk (when ``usage_head`` is given) and
+    ``[DONE]``; a canceled or failed task ends with an error chunk and no ``[DONE]``."""
     first = True
-    # ORCH-2763: the events available together go out as one message
     async for batch in facade.host.event_batches(rec):
         out: list[bytes] = []
         for _, ev in batch:
             if isinstance(ev, TokenEvent):
-                if held is not None and tools is not None:
-                    held.append(ev.t)
-                    if tools.constrained or tools.undecided(text := "".join(held)):
-                        continue
-                    held = None  # an answer in text: what was held goes out, the rest follows
-                    out.append(token_open + _json.encode(text) + token_close)
-                elif with_logprobs:  # ORCH-9201: this chunk's tokens
-                    out.append(
-                        token_open + _json.encode(ev.t) + b'},"logprobs":'
-                        + _json.encode(chat_logprobs(ev.lp or []))
-                        + b',"finish_reason":null}]}\n\n'
-                    )  # fmt: skip
-                else:
-                    out.append(token_open + _json.encode(ev.t) + token_close)
-                if first:  # the first token goes out at once, not behind its batch
+                chunk = token(ev)
+                if chunk is None:
+                    continue
+                out.append(chunk)
+                if first:
                     first = False
                     yield b"".join(out)
                     out = []
@@ -404,36 +453,16 @@ async def _chat_chunks(
                     out.append(_error_chunk(facade, None, "the task was canceled"))
                     yield b"".join(out)
                     return
-                finish = _FINISH.get(ev.reason, "stop").encode()
-                if held is not None and tools is not None:
-                    text = "".join(held)
-                    call = tools.parse(text)
-                    if call is not None:
-                        tc = _tool_calls(call, rec.task_id)[0]
-                        opened = {"index": 0, "id": tc["id"], "type": "function",
-                                  "function": {"name": call.name, "arguments": ""}}  # fmt: skip
-                        args = {"index": 0, "function": {"arguments": tc["function"]["arguments"]}}
-                        for part in (opened, args):
-                            out.append(
-                                head + usage_null
-                                + b',"choices":[{"index":0,"delta":{"tool_calls":['
-                                + _json.encode(part)
-                                + b']},"logprobs":null,"finish_reason":null}]}\n\n'
-                            )  # fmt: skip
-                        finish = b"tool_calls"
-                    elif text:
-                        out.append(token_open + _json.encode(text) + token_close)
-                out.append(
-                    head + usage_null + b',"choices":[{"index":0,"delta":{},"logprobs":null,'
-                    b'"finish_reason":"' + finish + b'"}]}\n\n'
-                )  # fmt: skip
-                if include_usage:
+                out.extend(end(ev))
+                if usage_head is not None:
                     usage = Usage(
                         prompt_tokens=ev.tokens_in,
                         completion_tokens=completion_tokens(rec, ev),
                         total_tokens=ev.tokens_in + completion_tokens(rec, ev),
                     )
-                    out.append(head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n")
+                    out.append(
+                        usage_head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n"
+                    )
                 out.append(b"data: [DONE]\n\n")
             elif isinstance(ev, ErrorEvent):
                 out.append(_error_chunk(facade, ev.code, ev.message))
@@ -459,45 +488,25 @@ async def _completion_chunks(
     token_open = head + usage_null + b',"choices":[{"index":0,"text":'
     token_close = b',"logprobs":null,"finish_reason":null}]}\n\n'
     offset = 0
-    first = True
-    async for batch in facade.host.event_batches(rec):  # ORCH-2763: one message per batch
-        out: list[bytes] = []
-        for _, ev in batch:
-            if isinstance(ev, TokenEvent):
-                if with_logprobs:  # ORCH-9201: this chunk's tokens
-                    out.append(
-                        token_open + _json.encode(ev.t) + b',"logprobs":'
-                        + _json.encode(completion_logprobs(ev.lp or [], offset))
-                        + b',"finish_reason":null}]}\n\n'
-                    )  # fmt: skip
-                    offset += len(ev.t)
-                else:
-                    out.append(token_open + _json.encode(ev.t) + token_close)
-                if first:  # the first token goes out at once, not behind its batch
-                    first = False
-                    yield b"".join(out)
-                    out = []
-            elif isinstance(ev, EndEvent):
-                if ev.reason == "canceled":
-                    out.append(_error_chunk(facade, None, "the task was canceled"))
-                    yield b"".join(out)
-                    return
-                finish = _FINISH.get(ev.reason, "stop").encode()
-                out.append(
-                    head + usage_null + b',"choices":[{"index":0,"text":"","logprobs":null,'
-                    b'"finish_reason":"' + finish + b'"}]}\n\n'
-                )  # fmt: skip
-                if include_usage:
-                    usage = Usage(
-                        prompt_tokens=ev.tokens_in,
-                        completion_tokens=completion_tokens(rec, ev),
-                        total_tokens=ev.tokens_in + completion_tokens(rec, ev),
-                    )
-                    out.append(head + b',"choices":[],"usage":' + _json.encode(usage) + b"}\n\n")
-                out.append(b"data: [DONE]\n\n")
-            elif isinstance(ev, ErrorEvent):
-                out.append(_error_chunk(facade, ev.code, ev.message))
-                yield b"".join(out)
-                return
-        if out:
-            yield b"".join(out)
+
+    def token(ev: TokenEvent) -> bytes:
+        nonlocal offset
+        if with_logprobs:  # ORCH-9201: this chunk's tokens
+            chunk = (
+                token_open + _json.encode(ev.t) + b',"logprobs":'
+                + _json.encode(completion_logprobs(ev.lp or [], offset))
+                + b',"finish_reason":null}]}\n\n'
+            )  # fmt: skip
+            offset += len(ev.t)
+            return chunk
+        return token_open + _json.encode(ev.t) + token_close
+
+    def end(ev: EndEvent) -> list[bytes]:
+        finish = _FINISH.get(ev.reason, "stop").encode()
+        return [
+            head + usage_null + b',"choices":[{"index":0,"text":"","logprobs":null,'
+            b'"finish_reason":"' + finish + b'"}]}\n\n'
+        ]  # fmt: skip
+
+    async for message in _batched(facade, rec, head if include_usage else None, token, end):
+        yield message
