@@ -31,6 +31,7 @@ from .errors import StartupError
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
 from .tracing import INSTANCE_ID
+from .writes import coalesce_hypercorn_writes
 
 if TYPE_CHECKING:
     from llama_orch.pool_managerd.pool import PoolManager
@@ -160,5 +161,6 @@ async def serve(
             await orch.shutdown(config.server.shutdown_grace_s)
 
         app = build_app(orch, manager, remotes, auth=auth)
+        coalesce_hypercorn_writes()  # ORCH-2766: one socket write per connection and turn
         # hypercorn's Framework union does not include Starlette's ASGIApp alias (same protocol)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
