@@ -38,7 +38,9 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[[App
         cfg.bind = [f"fd://{sock.detach()}"]
         cfg.accesslog = None
         cfg.graceful_timeout = 0.5
-        tasks.append(asyncio.create_task(serve(app, cfg, shutdown_trigger=stop.wait)))  # type: ignore[arg-type]
+        # hypercorn's Framework union does not name a plain ASGI callable (same protocol)
+        served = serve(app, cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        tasks.append(asyncio.create_task(served))
         for _ in range(200):  # listening once a connect succeeds
             try:
                 _, w = await asyncio.open_connection("127.0.0.1", port)

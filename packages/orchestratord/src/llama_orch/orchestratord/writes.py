@@ -66,4 +66,5 @@ class CoalescingTCPServer(TCPServer):
 def coalesce_hypercorn_writes() -> None:
     """Make hypercorn's asyncio worker serve connections with
     :class:`CoalescingTCPServer` (idempotent, process-wide)."""
-    hypercorn_run.TCPServer = CoalescingTCPServer  # type: ignore[misc]
+    # the module's own name, looked up at each accepted connection (not re-exported)
+    setattr(hypercorn_run, "TCPServer", CoalescingTCPServer)  # noqa: B010
