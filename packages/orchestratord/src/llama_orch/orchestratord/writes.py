@@ -4,10 +4,11 @@ hypercorn writes every ASGI message of a response on its own: the head, each
 body message, the chunked terminator. A ``send`` on a loopback socket runs the
 receiver's network stack in the sender's process, so those writes were ~30 % of
 orchestratord's CPU in the profile of a one-token stream (issue #15's facade,
-issue #20). :class:`CoalescingTCPServer` keeps what a connection produces during
-one turn of the event loop and writes it once at the end of that turn
-(``call_soon``): nothing waits for a later turn, and flow control is hypercorn's
-(``drain`` when the transport's buffer is full).
+issue #20). :class:`CoalescingTCPServer` gives hypercorn's connection a writer that keeps
+what the connection produces during one turn of the event loop and writes it
+once at the end of that turn (``call_soon``): nothing waits for a later turn,
+flow control is hypercorn's (``drain`` when the transport's buffer is full), and
+``write_eof``/``close`` write what is pending first.
 
 hypercorn (0.17, 0.18) has no hook for this: its asyncio worker makes each
 connection with the ``TCPServer`` name of ``hypercorn.asyncio.run``, which
@@ -17,50 +18,76 @@ connection with the ``TCPServer`` name of ``hypercorn.asyncio.run``, which
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.events import Closed, Event, RawData
 
-__all__ = ["CoalescingTCPServer", "coalesce_hypercorn_writes"]
+__all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
 
 
-class CoalescingTCPServer(TCPServer):
-    """hypercorn's connection with the writes of one loop turn sent as one."""
+class CoalescingWriter:
+    """The part of :class:`asyncio.StreamWriter` hypercorn's connection uses, with
+    the writes of one loop turn joined into one, written by ``call_soon`` at the end
+    of the turn; ``write_eof`` and ``close`` write what is pending first."""
 
-    _pending: list[bytes] | None = None
-    _flush_handle: asyncio.Handle | None = None
+    __slots__ = ("_flush_handle", "_loop", "_pending", "_writer")
 
-    async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, RawData):
-            if self._pending is None:
-                self._pending = []
-            self._pending.append(event.data)
-            if self._flush_handle is None:
-                self._flush_handle = self.loop.call_soon(self._flush)
-            try:
-                await self.writer.drain()  # paused by earlier turns' writes: wait
-            except (ConnectionError, RuntimeError):
-                await self.protocol.handle(Closed())
-            return
-        if isinstance(event, Closed):
-            self._flush()  # what was sent before the close goes out first
-        await super().protocol_send(event)
+    def __init__(self, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = writer
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
 
-    def _flush(self) -> None:
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
         self._flush_handle = None
         pending = self._pending
         if not pending:
             return
-        self._pending = None
+        self._pending = []
         try:
-            self.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self._writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
         except (ConnectionError, RuntimeError):
-            pass  # the transport is gone: the read side sees the close
+            pass  # the transport is gone: drain() and the read side report it
 
-    async def _close(self) -> None:
-        self._flush()
-        await super()._close()
+    async def drain(self) -> None:
+        await self._writer.drain()  # flow control: paused by earlier turns' writes
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._writer.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._writer.wait_closed()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._writer.get_extra_info(name, default)
+
+
+class CoalescingTCPServer(TCPServer):
+    """hypercorn's connection, writing through a :class:`CoalescingWriter`."""
+
+    def __init__(
+        self,
+        app: Any,
+        loop: asyncio.AbstractEventLoop,
+        config: Any,
+        context: Any,
+        state: Any,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        coalescing = cast(asyncio.StreamWriter, CoalescingWriter(writer, loop))
+        super().__init__(app, loop, config, context, state, reader, coalescing)
 
 
 def coalesce_hypercorn_writes() -> None:
