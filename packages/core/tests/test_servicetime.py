@@ -316,3 +316,39 @@ def test_the_squared_term_never_forecasts_beyond_the_slowest_prompt_seen():
     got = simulate([r], [Job(1500, 2000), Job(0, 1)], t)
     assert got is not None
     assert math.isclose(got[1].start_ms, 10_000.0 + p.prefill_ms(1500), rel_tol=1e-9)
+
+
+def test_decode_slows_with_the_context_and_stays_bounded():
+    """ORCH-2901: llama-server's decode slows as the cache grows (session 6's logs,
+    one stream: 19-20 ms a token at 100-200 tokens of context, 25-26 at 600-1,100,
+    34-35 at 1,700); the decode line learns that growth with its mean context (prompt
+    and half its output) beside the busy slots' slowdown, and an idle replica's pace
+    at any context stays at most the slowest pace measured at any busy count
+    (``decode_max`` of ORCH-1953)."""
+    m = _model(slots=4)
+    t = 0.0
+    slowest = 0.0
+    for n in range(160):
+        tokens_in = 10 + (n * 389) % 1900
+        tokens = 5 + (n * 53) % 300
+        busy = 1 + n % 4
+        context = tokens_in + (tokens - 1) / 2
+        pace = 19.0 + 0.0095 * context + 19.0 * 0.3 * (busy - 1)
+        slowest = max(slowest, pace)
+        ttft = 40.0 + 5.0 * tokens_in
+        m.observe(Observation(tokens_in, ttft, pace * (tokens - 1), tokens, busy, "completed"), t)
+        t += 10.0
+    p = m.params(t)
+    assert math.isclose(p.decode_ctx, 0.0095, rel_tol=0.15), p
+    assert math.isclose(p.slowdown, 0.3, rel_tol=0.15), p
+    for tokens_in, tokens in ((50, 100), (1800, 60)):
+        want = (
+            40 + 5.0 * tokens_in + (tokens - 1) * (19.0 + 0.0095 * (tokens_in + (tokens - 1) / 2))
+        )
+        assert math.isclose(m.service_ms(tokens_in, tokens, 1, t), want, rel_tol=0.06), (
+            tokens_in,
+            p,
+        )
+    decode_max = max(slowest, 25.0 * (1 + 0.25 * 3))  # measured, or the prior's
+    assert m.decode_ms_per_token(1, t, context=1e6) <= decode_max * (1 + 1e-9)
+    assert 19.0 + 0.0095 * 1e6 > 100 * decode_max  # the cap bit

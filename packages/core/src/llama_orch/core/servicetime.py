@@ -127,6 +127,10 @@ class ModelParams(NamedTuple):
     # n x (prefill_ms_per_token + prefill_quad x n), at most n x prefill_cap (ORCH-2900)
     prefill_quad: float = 0.0
     prefill_cap: float = math.inf
+    # ms per output token per token of context (prompt and output so far): attention
+    # reads the whole cache; an idle replica's pace at most decode_cap (ORCH-2901)
+    decode_ctx: float = 0.0
+    decode_cap: float = math.inf
 
     def prefill_ms(self, tokens: int, squares: int | None = None) -> float:
         """Prefill time of ``tokens`` prompt tokens in prompts whose sizes' squares sum
@@ -135,6 +139,14 @@ class ModelParams(NamedTuple):
         n = max(0, tokens)
         sq = n * n if squares is None else max(0, squares)
         return min(self.prefill_ms_per_token * n + self.prefill_quad * sq, self.prefill_cap * n)
+
+    def decode_ms(self, busy: float, context: float = 0.0) -> float:
+        """ms per output token at ``busy`` busy slots (already clamped to the slots)
+        with ``context`` tokens in its cache: the idle pace at that context, at most
+        ``decode_cap`` (ORCH-1953, ORCH-2901), plus the slowdown of the other busy
+        slots (ORCH-1950)."""
+        idle = min(self.decode_ms_per_token + self.decode_ctx * max(0.0, context), self.decode_cap)
+        return idle + self.decode_ms_per_token * self.slowdown * (busy - 1.0)
 
 
 class RobustLine:
@@ -287,13 +299,14 @@ class ServiceModel:
             half_life_s,
             z_scale=self.QUAD_REF**2,
         )
-        # decode ms/token against (busy - 1)
+        # decode ms/token against (busy - 1) and the mean context (ORCH-2901)
         self._decode = RobustLine(
             prior.decode_ms_per_token,
             prior.decode_ms_per_token * prior.slowdown,
             max(1.0, self.slots - 1.0),
             prior.weight,
             half_life_s,
+            z_scale=self.QUAD_REF,
         )
         # relative error of finish forecasts, for on_time_probability (ORCH-1956)
         self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
@@ -357,7 +370,9 @@ class ServiceModel:
                 decode_ms -= others
             per = decode_ms / (obs.tokens_out - 1)
             busy = min(max(obs.busy, 1.0), float(self.slots))
-            self._decode.observe(busy - 1.0, per, now)
+            # its mean context while it decoded: its prompt and half its output
+            context = max(0, obs.tokens_in) + (obs.tokens_out - 1) / 2
+            self._decode.observe(busy - 1.0, per, now, context)
 
     def observe_error(self, predicted_ms: float, actual_ms: float, now: float) -> None:
         """How far a finish forecast was off (relative), for the on-time odds."""
@@ -370,9 +385,19 @@ class ServiceModel:
         overhead, prefill, quad = self._ttft.params3(now)
         cap = self._ttft.slope_hi
         prefill = min(prefill, cap)
-        decode, slope = self._decode.params(now)
+        decode, slope, ctx = self._decode.params3(now)
         slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
-        return ModelParams(overhead, prefill, decode, slowdown, self._decode.weight(now), quad, cap)
+        return ModelParams(
+            overhead,
+            prefill,
+            decode,
+            slowdown,
+            self._decode.weight(now),
+            quad,
+            cap,
+            ctx,
+            self._decode.y_hi,
+        )
 
     # ``p``: this model's ``params(now)`` when the caller already has them (the same
     # values: params only decay to ``now``; issue #20, computed once per forecast step)
@@ -388,12 +413,15 @@ class ServiceModel:
         p = self.params(now) if p is None else p
         return p.overhead_ms + p.prefill_ms(tokens_in, squares)
 
-    def decode_ms_per_token(self, busy: float, now: float, p: ModelParams | None = None) -> float:
-        """At ``busy`` busy slots. ``p``: this model's ``params(now)`` when the caller
-        already has them."""
+    def decode_ms_per_token(
+        self, busy: float, now: float, p: ModelParams | None = None, context: float = 0.0
+    ) -> float:
+        """At ``busy`` busy slots with ``context`` tokens in the task's cache
+        (ORCH-2901). ``p``: this model's ``params(now)`` when the caller already has
+        them."""
         p = self.params(now) if p is None else p
         busy = min(max(busy, 1.0), float(self.slots))
-        return p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
+        return p.decode_ms(busy, context)
 
     def service_ms(
         self,
@@ -415,7 +443,8 @@ class ServiceModel:
         a = max(0, ahead)
         sq = own * own + (a * a if ahead_sq is None else max(0, ahead_sq))
         ttft = self.ttft_ms(own + a, now, p, sq)
-        decode = max(0, tokens_out - 1) * self.decode_ms_per_token(busy, now, p)
+        gaps = max(0, tokens_out - 1)
+        decode = gaps * self.decode_ms_per_token(busy, now, p, own + gaps / 2)  # ORCH-2901
         return ttft + pace * decode
 
     def cv(self, floor: float, now: float) -> float:

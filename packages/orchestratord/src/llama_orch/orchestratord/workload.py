@@ -248,7 +248,6 @@ class Workload:
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
-                per = model.decode_ms_per_token(max(1, len(running)), now, p)
                 ttfts: dict[int, float] = {}  # the prefilling tasks' first-token times
                 prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
                 log = model.prompt_index()  # O(log) a query below (issue #20)
@@ -265,8 +264,13 @@ class Workload:
                         ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
                 undone = PromptIndex(prefilling)
+                busy_now = max(1, len(running))
                 for t in running:
-                    ms = tokens_left(t) * per
+                    # its pace at its context: prompt, tokens so far, half of those left
+                    left_t = tokens_left(t)
+                    ctx = _tokens_in(t) + t.engine_tokens + left_t / 2  # ORCH-2901
+                    per = model.decode_ms_per_token(busy_now, now, p, ctx)
+                    ms = left_t * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
                         # ORCH-1977: a first token later than modelled slows its decode
