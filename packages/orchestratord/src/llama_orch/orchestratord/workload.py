@@ -44,6 +44,7 @@ from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.servicetime import (
+    ModelParams,
     Observation,
     Outcome,
     Prior,
@@ -83,6 +84,18 @@ BYTES_PER_TOKEN_ALPHA = 0.1
 
 # Tasks ahead of an admitted one that its forecast simulates exactly (ORCH-1957).
 PREDICT_HORIZON = 256
+
+
+def _terms(p: ModelParams) -> tuple[float, ...]:
+    """A model's learned terms for the DEBUG ``forecast`` line (ORCH-1994, ORCH-2900)."""
+    return (
+        round(p.overhead_ms),
+        round(p.prefill_ms_per_token, 2),
+        round(p.prefill_quad, 6),
+        round(p.decode_ms_per_token, 1),
+        round(p.slowdown, 2),
+        round(p.decode_ctx, 5),
+    )
 
 
 def job_of(rec: TaskRecord) -> Job:
@@ -396,12 +409,14 @@ class Workload:
         if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
             _log.debug(
                 "forecast: task %s position %d start %.0f finish %.0f; ahead %s;"
-                " (pace, prefill ms) %s;"
+                " (pace, prefill ms, overhead, prefill/token, prefill/token^2, decode/token,"
+                " slowdown, decode/token/context) %s;"
                 " running (task, tokens left, decoding, ratio, weight, ms left) %s",
                 rec.task_id[:8], position, slot.start_ms, slot.finish_ms,
                 [(j.tokens_in, j.tokens_out, round(s.start_ms), round(s.finish_ms))
                  for j, s in zip(ahead, slots, strict=False)],
-                [(round(r.pace, 2), round(r.prefill_ms)) for r in loads], trace,
+                [(round(r.pace, 2), round(r.prefill_ms), *_terms(r.model.params(now)))
+                 for r in loads], trace,
                 extra={"pool_id": pool.id},
             )  # fmt: skip
         extra = position - len(ahead)
