@@ -352,3 +352,18 @@ def test_decode_slows_with_the_context_and_stays_bounded():
     decode_max = max(slowest, 25.0 * (1 + 0.25 * 3))  # measured, or the prior's
     assert m.decode_ms_per_token(1, t, context=1e6) <= decode_max * (1 + 1e-9)
     assert 19.0 + 0.0095 * 1e6 > 100 * decode_max  # the cap bit
+
+
+def test_params_at_one_instant_are_computed_once_and_relearned():
+    """Issue #20's admission cost: a forecast asks a model's parameters once per
+    simulated job at one instant, so they are kept for that instant; a run learned at
+    that same instant (the ttft sample, then the decode net of its prefill) is seen."""
+    m = _model(slots=2)
+    before = m.params(5.0)
+    assert m.params(5.0) is before
+    for _ in range(6):
+        m.observe(Observation(100, 2000.0, 50.0 * 9, 10, 1.0, "completed", co_prefill=1), 5.0)
+    after = m.params(5.0)
+    assert after is not before and after.overhead_ms > 10 * before.overhead_ms
+    # the decode learned net of the prefill cost just learned (after the 5th sample)
+    assert after.samples > 0 and after.decode_ms_per_token > before.decode_ms_per_token

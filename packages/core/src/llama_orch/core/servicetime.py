@@ -312,6 +312,9 @@ class ServiceModel:
         self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
         # (time, prompt tokens) of the dispatches to this replica (ORCH-1990)
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
+        # the last ``params`` and its ``now``: a forecast asks once per simulated job at
+        # one instant (issue #20's admission cost); learning forgets it
+        self._memo: tuple[float, ModelParams] | None = None
 
     DISPATCHES = 512
     # The prompt size at which the squared prefill term's ridge holds it (ORCH-2900).
@@ -349,6 +352,13 @@ class ServiceModel:
         the pace of the tokens it got."""
         if obs.outcome == "failed":
             return
+        self._memo = None
+        try:
+            self._learn(obs, now)
+        finally:
+            self._memo = None  # the lines moved (``_learn`` may ask ``params`` midway)
+
+    def _learn(self, obs: Observation, now: float) -> None:
         self.observations += 1
         if obs.ttft_ms is not None:
             own = max(0, obs.tokens_in)
@@ -382,12 +392,15 @@ class ServiceModel:
     # ---------------------------------------------------------------- predicting
 
     def params(self, now: float) -> ModelParams:
+        memo = self._memo
+        if memo is not None and memo[0] == now:
+            return memo[1]
         overhead, prefill, quad = self._ttft.params3(now)
         cap = self._ttft.slope_hi
         prefill = min(prefill, cap)
         decode, slope, ctx = self._decode.params3(now)
         slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
-        return ModelParams(
+        p = ModelParams(
             overhead,
             prefill,
             decode,
@@ -398,6 +411,8 @@ class ServiceModel:
             ctx,
             self._decode.y_hi,
         )
+        self._memo = (now, p)
+        return p
 
     # ``p``: this model's ``params(now)`` when the caller already has them (the same
     # values: params only decay to ``now``; issue #20, computed once per forecast step)
