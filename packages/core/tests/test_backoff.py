@@ -29,9 +29,14 @@ from llama_orch.core.servicetime import Prior, ServiceModel
 SHORT = Job(38, 4)
 
 
-def _load(slots: int = 2, running: tuple[float, ...] = (), pace: float = 1.0) -> ReplicaLoad:
+def _load(
+    slots: int = 2, running: tuple[float, ...] = (), pace: float = 1.0, prefill: float = 2.0
+) -> ReplicaLoad:
     model = ServiceModel(
-        Prior(overhead_ms=200.0, decode_ms_per_token=50.0, slowdown=0.0), slots=slots
+        Prior(
+            overhead_ms=200.0, prefill_ms_per_token=prefill, decode_ms_per_token=50.0, slowdown=0.0
+        ),
+        slots=slots,
     )
     return ReplicaLoad(model, slots, list(running), pace)
 
@@ -52,19 +57,42 @@ def test_a_burst_is_spread_over_the_places_that_open():
     """ORCH-1970/1972/1973: capacity 1, 2 slots busy for 3 s and 5 s, one 96-token task
     queued: the first refused client's place opens when the queued task starts (3 s),
     the next one's when the first client's task starts on the other slot (5 s), and
-    each later one a short task after that; each is told its own place."""
-    loads = [_load(2, (3000.0, 5000.0))]
+    each later one a short task after that; each is told its own place. (Prompts
+    cost nothing here: a prompt's delay of the other slots, ORCH-1996, is
+    test_a_retry_turn_applies_the_serial_prefill's.)"""
+    loads = [_load(2, (3000.0, 5000.0), prefill=0.0)]
     queued = [Job(7, 96)]
     book = ReservationBook()
     turns = [_refuse(book, loads, queued, 1, SHORT, 100.0, f"c{n}") for n in range(8)]
     places = [round((r.ready - 100.0) * 1000) for r, _ in turns]
-    short = loads[0].service_ms(SHORT, 1, 100.0)  # 200 + 3 x 50
+    short = loads[0].service_ms(SHORT, 1, 100.0)  # 200 + 3 x 50 (no prefill cost)
     assert places[:2] == [3000, 5000]
     assert places[2:] == [round(5000 + n * short) for n in range(1, 7)]
     for (r, told), place in zip(turns, places, strict=True):
         assert told == pytest.approx(place, abs=1)  # the forecast itself, no stretch
         assert r.at == pytest.approx(100.0 + told / 1000)
         assert r.expires == pytest.approx(r.at + GRACE_S + GRACE_FRACTION * told / 1000)
+
+
+def test_a_retry_turn_applies_the_serial_prefill():
+    """ORCH-2904: a retry turn is forecast by the forecast's own simulation, so a
+    queued task's prompt delays the replica's other busy slot (ORCH-1996), as in
+    ``predicted_start_ms``. Capacity 1, slots busy for 3 s and 5 s, a queued task of
+    200 prompt tokens at 5 ms each and 100 output tokens: the first refused client's
+    place opens when it starts (3 s), the second's when the first client's task starts on the other
+    slot, which its prompt kept busy 1,000 ms longer (6 s). Before, the turn's own
+    copy of the simulation had no serial prefill and told the second client 5 s."""
+    loads = [_load(2, (3000.0, 5000.0), prefill=5.0)]
+    queued = [Job(200, 100)]  # busy from 3 s to 3 + 0.2 + 1 + 99 x 0.05 s
+    book = ReservationBook()
+    first, _ = _refuse(book, loads, queued, 1, SHORT, 100.0, "c0")
+    second, told = _refuse(book, loads, queued, 1, SHORT, 100.0, "c1")
+    assert (first.ready - 100.0) * 1000 == pytest.approx(3000.0)
+    assert (second.ready - 100.0) * 1000 == pytest.approx(6000.0)
+    assert told == pytest.approx(6000.0)
+    # the same start as every other forecast of the same work
+    slots = simulate(loads, [*queued, SHORT, SHORT], 100.0)
+    assert slots is not None and slots[1].start_ms == pytest.approx(6000.0)
 
 
 def test_a_free_place_is_told_the_minimum():

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llama_orch.core.eta import Job, ReplicaLoad, Slot, best_slot, simulate
+from llama_orch.core.eta import Job, ReplicaLoad, Slot, best_slot, simulate, simulate_released
 from llama_orch.core.servicetime import Observation, Prior, ServiceModel
 
 NOW = 1000.0
@@ -39,7 +39,7 @@ def _ref_run(
         t = free[idx][k]
         begin = max(t, until[idx])
         end = begin + _ref_service(replicas[idx], free[idx], k, t, job, now)
-        prefill = replicas[idx].model.params(now).prefill_ms_per_token * job.tokens_in
+        prefill = replicas[idx].model.params(now).prefill_ms(job.tokens_in)  # ORCH-2900
         until[idx] = begin + prefill
         for j, f in enumerate(free[idx]):
             if j != k and f > 0:
@@ -88,9 +88,12 @@ def _same(a: Slot | None, b: Slot | None) -> bool:
 def _model(slots: int, seed: int) -> ServiceModel:
     m = ServiceModel(Prior(decode_ms_per_token=5.0 + seed % 7), slots=slots)
     for i in range(seed % 5):  # a few observations so that the slowdown is not the prior's
+        # (and the first-token curve bends: ORCH-2900)
         m.observe(
-            Observation(10 * i, 20.0 + i, 50.0 * (i + 1), 8, 1.0 + i % slots, "completed"), NOW
-        )
+            Observation(60 * i, 20.0 + i + 0.02 * (60 * i) ** 2, 50.0 * (i + 1), 8, 1.0 + i % slots,
+                        "completed"),
+            NOW,
+        )  # fmt: skip
     return m
 
 
@@ -119,3 +122,8 @@ def test_forecasts_equal_the_per_slot_simulation(
     else:
         assert len(got) == len(ref[0]) and all(map(_same, got, ref[0])), (got, ref[0])
     assert _same(best_slot(replicas, jobs, job, NOW), _ref_best(replicas, jobs, job, NOW))
+    # the retry turns' simulation (ORCH-2904) is this one when every job is released now
+    released = simulate_released(replicas, [(0.0, j) for j in jobs], NOW)
+    assert (released is None) == (got is None)
+    if released is not None and got is not None:
+        assert len(released) == len(got) and all(map(_same, released, got)), (released, got)

@@ -124,6 +124,9 @@ _obs = st.builds(
     tokens_out=st.integers(0, 2000),
     busy=st.floats(0, 16, allow_nan=False),
     outcome=st.sampled_from(["completed", "canceled", "failed"]),
+    # others' prompts before its first token, in prompts of arbitrary sizes (ORCH-2900)
+    ahead=st.integers(0, 4000),
+    ahead_sq=st.none() | st.integers(0, 16_000_000),
 )
 
 
@@ -237,3 +240,130 @@ def test_the_dispatch_log_counts_others_prompts_between_two_instants():
         assert index.between(t0, t1) == m.prompt_tokens_between(t0, t1), (t0, t1)
     assert m.service_ms(200, 11, 2, 10.0) == before
     assert math.isclose(m.service_ms(200, 11, 2, 10.0, ahead=800), before + 5 * 800)
+    # the sums of the prompts' squared sizes too (ORCH-2900)
+    assert m.prompt_squares_between(0.0, 5.0) == 5 * 1000**2
+    for t0, t1 in [(0.0, 5.0), (-1.0, 0.0), (-5.0, 100.0), (2.5, 2.5), (3.0, 1.0), (0.5, 3.5)]:
+        assert index.squares(t0, t1) == m.prompt_squares_between(t0, t1), (t0, t1)
+
+
+def _superlinear(m: ServiceModel, *, batched: bool) -> float:
+    """A replica whose prefill grows faster than linearly, as llama-server's does
+    (session 6: 5.1-6.1 ms a token under 300 tokens, 6.2-7.1 at 1,000-1,900): a
+    prompt of n tokens takes 5 n + 0.0007 n^2 ms; ``batched``: each first token also
+    waited for two others' prompts of 300 tokens. Returns the clock after."""
+    t = 0.0
+    for n in range(120):
+        tokens_in = 10 + (n * 389) % 1900
+        ahead = 600 if batched and n % 2 else 0
+        squares = tokens_in**2 + (2 * 300**2 if ahead else 0)
+        ttft = 40.0 + 5.0 * (tokens_in + ahead) + 0.0007 * squares
+        m.observe(
+            Observation(
+                tokens_in, ttft, 20.0 * 9, 10, 1.0, "completed",
+                ahead=ahead, ahead_sq=2 * 300**2 if ahead else None,
+            ),
+            t,
+        )  # fmt: skip
+        t += 10.0  # the first samples, clipped against the prior's line, fade
+    return t
+
+
+def test_prefill_learns_its_growth_with_the_prompts_square():
+    """ORCH-2900: the first-token curve has a squared prompt-size term learned like
+    the linear one, each prompt of a batch counted by its own square: long prompts
+    are no longer forecast at 0.56-0.69x (session 6's linear fit), and a linear
+    engine keeps a straight line."""
+    for batched in (False, True):
+        m = _model(slots=4)
+        t = _superlinear(m, batched=batched)
+        p = m.params(t)
+        assert math.isclose(p.prefill_quad, 0.0007, rel_tol=0.2), (batched, p)
+        for n in (50, 300, 1000, 1900):
+            want = 40.0 + 5.0 * n + 0.0007 * n * n
+            assert math.isclose(m.ttft_ms(n, t), want, rel_tol=0.05, abs_tol=30), (batched, n, p)
+        # two prompts of 900 batched are not one of 1,800
+        two = m.service_ms(900, 1, 1, t, ahead=900, ahead_sq=900**2)
+        assert math.isclose(two, 40.0 + 5.0 * 1800 + 0.0007 * 2 * 900**2, rel_tol=0.05)
+    straight = _model(slots=4)
+    for n in range(120):
+        tokens_in = 10 + (n * 389) % 1900
+        straight.observe(
+            Observation(tokens_in, 40.0 + 5.0 * tokens_in, 180.0, 10, 1.0, "completed"), 10.0 * n
+        )
+    q = straight.params(1200.0)
+    # (the first samples, clipped against the prior's line, leave a trace of a curve:
+    # an order of magnitude below the curved engine's)
+    assert q.prefill_quad < 0.0001, q
+    for n in (50, 1900):
+        assert math.isclose(straight.ttft_ms(n, 1200.0), 40 + 5.0 * n, rel_tol=0.03, abs_tol=30)
+
+
+def test_the_squared_term_never_forecasts_beyond_the_slowest_prompt_seen():
+    """ORCH-2900 within ORCH-1953: beyond the prompts measured, the curve is capped at
+    the largest first-token time per prompt token seen, so an idle replica's forecast
+    keeps its bound; the serial prefill of a job (ORCH-1996) is the same capped cost."""
+    m = _model(slots=4)
+    t = _superlinear(m, batched=False)
+    p = m.params(t)
+    slowest = max(
+        (40.0 + 5.0 * n + 0.0007 * n * n) / n for n in (10 + (k * 389) % 1900 for k in range(120))
+    )
+    assert p.prefill_cap >= slowest * 0.999
+    huge = 100_000
+    assert m.ttft_ms(huge, t) <= p.overhead_ms + huge * p.prefill_cap * (1 + 1e-9)
+    assert 40.0 + 5.0 * huge + 0.0007 * huge**2 > 2 * m.ttft_ms(huge, t)  # the cap bit
+    r = ReplicaLoad(m, 2, [10_000.0])
+    got = simulate([r], [Job(1500, 2000), Job(0, 1)], t)
+    assert got is not None
+    assert math.isclose(got[1].start_ms, 10_000.0 + p.prefill_ms(1500), rel_tol=1e-9)
+
+
+def test_decode_slows_with_the_context_and_stays_bounded():
+    """ORCH-2901: llama-server's decode slows as the cache grows (session 6's logs,
+    one stream: 19-20 ms a token at 100-200 tokens of context, 25-26 at 600-1,100,
+    34-35 at 1,700); the decode line learns that growth with its mean context (prompt
+    and half its output) beside the busy slots' slowdown, and an idle replica's pace
+    at any context stays at most the slowest pace measured at any busy count
+    (``decode_max`` of ORCH-1953)."""
+    m = _model(slots=4)
+    t = 0.0
+    slowest = 0.0
+    for n in range(160):
+        tokens_in = 10 + (n * 389) % 1900
+        tokens = 5 + (n * 53) % 300
+        busy = 1 + n % 4
+        context = tokens_in + (tokens - 1) / 2
+        pace = 19.0 + 0.0095 * context + 19.0 * 0.3 * (busy - 1)
+        slowest = max(slowest, pace)
+        ttft = 40.0 + 5.0 * tokens_in
+        m.observe(Observation(tokens_in, ttft, pace * (tokens - 1), tokens, busy, "completed"), t)
+        t += 10.0
+    p = m.params(t)
+    assert math.isclose(p.decode_ctx, 0.0095, rel_tol=0.15), p
+    assert math.isclose(p.slowdown, 0.3, rel_tol=0.15), p
+    for tokens_in, tokens in ((50, 100), (1800, 60)):
+        want = (
+            40 + 5.0 * tokens_in + (tokens - 1) * (19.0 + 0.0095 * (tokens_in + (tokens - 1) / 2))
+        )
+        assert math.isclose(m.service_ms(tokens_in, tokens, 1, t), want, rel_tol=0.06), (
+            tokens_in,
+            p,
+        )
+    decode_max = max(slowest, 25.0 * (1 + 0.25 * 3))  # measured, or the prior's
+    assert m.decode_ms_per_token(1, t, context=1e6) <= decode_max * (1 + 1e-9)
+    assert 19.0 + 0.0095 * 1e6 > 100 * decode_max  # the cap bit
+
+
+def test_params_at_one_instant_are_computed_once_and_relearned():
+    """Issue #20's admission cost: a forecast asks a model's parameters once per
+    simulated job at one instant, so they are kept for that instant; a run learned at
+    that same instant (the ttft sample, then the decode net of its prefill) is seen."""
+    m = _model(slots=2)
+    before = m.params(5.0)
+    assert m.params(5.0) is before
+    for _ in range(6):
+        m.observe(Observation(100, 2000.0, 50.0 * 9, 10, 1.0, "completed", co_prefill=1), 5.0)
+    after = m.params(5.0)
+    assert after is not before and after.overhead_ms > 10 * before.overhead_ms
+    # the decode learned net of the prefill cost just learned (after the 5th sample)
+    assert after.samples > 0 and after.decode_ms_per_token > before.decode_ms_per_token

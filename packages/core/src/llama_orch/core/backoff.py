@@ -32,11 +32,10 @@ seconds) and the forecasts' inputs.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from .eta import Job, ReplicaLoad
+from .eta import Job, ReplicaLoad, simulate_released
 
 __all__ = [
     "DUE_EARLY_S",
@@ -140,28 +139,11 @@ class ReservationBook:
 def _starts(
     replicas: Sequence[ReplicaLoad], jobs: Sequence[tuple[float, Job]], now: float
 ) -> list[float] | None:
-    """Start of each ``(release_ms, job)`` in order: the earliest free slot, not before
-    its release; service times from the slot's replica model at its busy count."""
-    free: list[list[float]] = []
-    heap: list[tuple[float, int, int]] = []
-    for idx, r in enumerate(replicas):
-        busy = sorted(max(0.0, ms) for ms in r.running_ms)
-        times = [busy[k] if k < len(busy) else 0.0 for k in range(max(1, r.slots))]
-        free.append(times)
-        heap.extend((t, idx, k) for k, t in enumerate(times))
-    if not heap:
-        return None
-    heapq.heapify(heap)
-    out: list[float] = []
-    for release, job in jobs:
-        t, idx, k = heap[0]
-        start = max(t, release)
-        busy_now = 1 + sum(1 for j, f in enumerate(free[idx]) if j != k and f > start)
-        end = start + replicas[idx].service_ms(job, busy_now, now)
-        free[idx][k] = end
-        heapq.heapreplace(heap, (end, idx, k))
-        out.append(start)
-    return out
+    """Start of each ``(release_ms, job)`` in order: the forecast's own simulation
+    (:func:`~llama_orch.core.eta.simulate_released`, ORCH-2904), so a retry turn
+    applies the same serial prefill (ORCH-1996) as every other forecast."""
+    slots = simulate_released(replicas, jobs, now)
+    return None if slots is None else [s.start_ms for s in slots]
 
 
 def _place(

@@ -32,6 +32,7 @@ __all__ = [
     "live_pace",
     "replica_pace",
     "simulate",
+    "simulate_released",
 ]
 
 
@@ -114,7 +115,7 @@ class _Lane:
     (stored less ``off``, the prefill delay added to all of them so far: a shift is
     O(1)), and when its prefill work in progress ends (ms from now)."""
 
-    __slots__ = ("busy", "idle", "off", "prefill_per_token", "prefill_until")
+    __slots__ = ("busy", "idle", "off", "params", "prefill_until")
 
     def __init__(self, r: ReplicaLoad, now: float) -> None:
         n = max(1, r.slots)
@@ -123,7 +124,7 @@ class _Lane:
         self.idle = n - len(self.busy)
         self.off = 0.0
         self.prefill_until = max(0.0, r.prefill_ms)
-        self.prefill_per_token = r.model.params(now).prefill_ms_per_token
+        self.params = r.model.params(now)  # its prefill cost (ORCH-1996, ORCH-2900)
 
     def first(self) -> float:
         """When its first slot frees."""
@@ -133,8 +134,11 @@ class _Lane:
         """:meth:`first` at the resolution ties are broken at (lowest replica first)."""
         return 0.0 if self.idle else _tick(self.busy[0] + self.off)
 
-    def others_busy(self) -> int:
-        """Slots other than the first free one that still hold work when it frees."""
+    def others_busy(self, at: float | None = None) -> int:
+        """Slots other than the first free one that still hold work when it frees, or
+        at ``at`` if that is later (a job released then, ORCH-2904)."""
+        if at is not None and at > self.first():
+            return self._busy_after(at)
         if self.idle:
             return len(self.busy)
         # ties compared on the times themselves (not on their stored remainders), at
@@ -150,21 +154,45 @@ class _Lane:
             i += 1
         return n - i
 
-    def service(self, r: ReplicaLoad, job: Job, now: float) -> tuple[float, float, float]:
-        """``(start, finish, begin)`` of ``job`` on the first free slot: its own prefill
-        begins once the prefill in progress is done (ORCH-1996)."""
-        t = self.first()
-        begin = max(t, self.prefill_until)
-        return t, begin + r.service_ms(job, 1 + self.others_busy(), now), begin
+    def _busy_after(self, t: float) -> int:
+        """Slots holding work beyond ``t`` (compared at the resolution of ``_tick``)."""
+        busy, off, n = self.busy, self.off, len(self.busy)
+        i = bisect.bisect_right(busy, t - off)
+        tt = _tick(t)
+        while i > 0 and _tick(busy[i - 1] + off) > tt:  # rounding below the tie
+            i -= 1
+        while i < n and _tick(busy[i] + off) <= tt:
+            i += 1
+        return n - i
 
-    def take(self, end: float, begin: float, job: Job) -> None:
-        """The first free slot runs a job from now on, to ``end``: its prefill delays
-        every other slot that holds work (ORCH-1996)."""
+    def service(
+        self, r: ReplicaLoad, job: Job, now: float, release: float = 0.0
+    ) -> tuple[float, float, float]:
+        """``(start, finish, begin)`` of ``job`` on the first free slot, not before
+        ``release`` (ORCH-1972): its own prefill begins once the prefill in progress
+        is done (ORCH-1996)."""
+        t = max(self.first(), release)
+        begin = max(t, self.prefill_until)
+        return t, begin + r.service_ms(job, 1 + self.others_busy(t), now), begin
+
+    def take(self, end: float, begin: float, job: Job, start: float = 0.0) -> None:
+        """The first free slot runs a job from ``start`` on, to ``end``: its prefill
+        delays every other slot that holds work then (ORCH-1996). A ``start`` later
+        than the first free slot (a release, ORCH-1972; releases come in ascending
+        order) finds the slots that freed by then idle."""
+        if start > self.first():
+            busy, off, t = self.busy, self.off, _tick(start)
+            k = 0
+            while k < len(busy) and _tick(busy[k] + off) <= t:
+                k += 1
+            if k:
+                del busy[:k]
+                self.idle += k
         if self.idle:
             self.idle -= 1
         else:
             del self.busy[0]
-        prefill = self.prefill_per_token * max(0, job.tokens_in)
+        prefill = self.params.prefill_ms(job.tokens_in)  # ORCH-2900
         self.prefill_until = begin + prefill
         self.off += prefill
         if end > 0.0:
@@ -195,6 +223,28 @@ def _run(
         heapq.heapreplace(heap, (lane.key(), idx))
         out.append(Slot(start, end, idx))
     return out, lanes
+
+
+def simulate_released(
+    replicas: Sequence[ReplicaLoad], jobs: Iterable[tuple[float, Job]], now: float
+) -> list[Slot] | None:
+    """:func:`simulate` of ``(release_ms, job)`` pairs, releases in ascending order:
+    a job takes the slot that frees first, not before its release (ORCH-1972); the
+    same lanes, service times and serial prefill as every forecast (ORCH-2904)."""
+    lanes = [_Lane(r, now) for r in replicas]
+    if not lanes:
+        return None
+    heap = [(lane.key(), idx) for idx, lane in enumerate(lanes)]
+    heapq.heapify(heap)
+    out: list[Slot] = []
+    for release, job in jobs:
+        _, idx = heap[0]
+        lane = lanes[idx]
+        start, end, begin = lane.service(replicas[idx], job, now, release)
+        lane.take(end, begin, job, start)
+        heapq.heapreplace(heap, (lane.key(), idx))
+        out.append(Slot(start, end, idx))
+    return out
 
 
 def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -> list[Slot] | None:

@@ -66,26 +66,44 @@ class Observation(NamedTuple):
     outcome: Outcome
     ahead: int = 0  # others' prompt tokens prefilled before its first token (ORCH-1990)
     co_prefill: int = 0  # others' prompt tokens dispatched while it decoded (ORCH-1990)
+    # the sum of the squares of the ``ahead`` prompts' sizes (ORCH-2900: each prompt's
+    # quadratic prefill cost is its own); None: as if ``ahead`` were one prompt
+    ahead_sq: int | None = None
+    co_prefill_sq: int | None = None  # the squares of the ``co_prefill`` prompts' sizes
 
 
 class PromptIndex:
     """Prompt tokens dispatched in ``(t0, t1]`` for many queries at one instant: the
-    ``(time, tokens)`` pairs sorted once with their running sums, O(log n) a query
-    (a forecast asks twice per running task: issue #20's 512-slot engine)."""
+    ``(time, tokens)`` pairs sorted once with their running sums (and sums of squares,
+    ORCH-2900), O(log n) a query (a forecast asks twice per running task: issue #20's
+    512-slot engine)."""
 
-    __slots__ = ("_cum", "_times")
+    __slots__ = ("_cum", "_pairs", "_sq", "_times")
 
     def __init__(self, dispatches: Iterable[tuple[float, int]]) -> None:
         pairs = sorted(dispatches)
         self._times = [t for t, _ in pairs]
         self._cum = [0, *itertools.accumulate(n for _, n in pairs)]
+        self._sq: list[int] | None = None  # built on the first ``squares`` query
+        self._pairs = pairs
+
+    def _range(self, t0: float, t1: float) -> tuple[int, int]:
+        return bisect.bisect_right(self._times, t0), bisect.bisect_right(self._times, t1)
 
     def between(self, t0: float, t1: float) -> int:
         if t1 <= t0:
             return 0
-        i = bisect.bisect_right(self._times, t0)
-        j = bisect.bisect_right(self._times, t1)
+        i, j = self._range(t0, t1)
         return self._cum[j] - self._cum[i]
+
+    def squares(self, t0: float, t1: float) -> int:
+        """The sum of the squares of the prompt sizes dispatched in ``(t0, t1]``."""
+        if t1 <= t0:
+            return 0
+        if self._sq is None:
+            self._sq = [0, *itertools.accumulate(n * n for _, n in self._pairs)]
+        i, j = self._range(t0, t1)
+        return self._sq[j] - self._sq[i]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,25 +123,64 @@ class ModelParams(NamedTuple):
     decode_ms_per_token: float  # with one busy slot (idle replica)
     slowdown: float
     samples: float  # decayed weight of real samples behind the decode rate
+    # ms per prompt token per prompt token: a prompt of n tokens costs
+    # n x (prefill_ms_per_token + prefill_quad x n), at most n x prefill_cap (ORCH-2900)
+    prefill_quad: float = 0.0
+    prefill_cap: float = math.inf
+    # ms per output token per token of context (prompt and output so far): attention
+    # reads the whole cache; an idle replica's pace at most decode_cap (ORCH-2901)
+    decode_ctx: float = 0.0
+    decode_cap: float = math.inf
+
+    def prefill_ms(self, tokens: int, squares: int | None = None) -> float:
+        """Prefill time of ``tokens`` prompt tokens in prompts whose sizes' squares sum
+        to ``squares`` (one prompt when None), capped at ``prefill_cap`` a token so
+        that ORCH-1953's bound holds (ORCH-2900)."""
+        n = max(0, tokens)
+        sq = n * n if squares is None else max(0, squares)
+        return min(self.prefill_ms_per_token * n + self.prefill_quad * sq, self.prefill_cap * n)
+
+    def decode_ms(self, busy: float, context: float = 0.0) -> float:
+        """ms per output token at ``busy`` busy slots (already clamped to the slots)
+        with ``context`` tokens in its cache: the idle pace at that context, at most
+        ``decode_cap`` (ORCH-1953, ORCH-2901), plus the slowdown of the other busy
+        slots (ORCH-1950)."""
+        idle = min(self.decode_ms_per_token + self.decode_ctx * max(0.0, context), self.decode_cap)
+        return idle + self.decode_ms_per_token * self.slowdown * (busy - 1.0)
 
 
 class RobustLine:
-    """``y ≈ a + b·x`` from decaying, clipped samples and a fixed prior (ORCH-1951).
+    """``y ≈ a + b·x`` (+ ``c·z``) from decaying, clipped samples and a fixed prior
+    (ORCH-1951, ORCH-2900).
 
     Sufficient statistics are kept with weights that halve every
     ``half_life_s``; the prior is two pseudo-points of total weight
     ``prior_weight`` that never decay. ``a`` is clamped to ``[0, y_hi]`` (the
     largest ``y`` measured, prior included, before clipping) and ``b`` to ``≥ 0``.
+
+    With ``z_scale``, each sample has a second feature ``z`` (a prompt's squared
+    size: ORCH-2900), fitted as ``c·z``: its coefficient is held toward 0 by a ridge
+    of ``prior_weight`` samples at ``z = z_scale`` (no sample spanning ``z``: no
+    curve), and kept only when both it and ``b`` come out ≥ 0; otherwise the line
+    without it.
     """
 
     CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
 
     def __init__(
-        self, a0: float, b0: float, x_ref: float, prior_weight: float, half_life_s: float
+        self,
+        a0: float,
+        b0: float,
+        x_ref: float,
+        prior_weight: float,
+        half_life_s: float,
+        z_scale: float | None = None,
     ) -> None:
         self._half_life = half_life_s
         self._t: float | None = None
         self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
+        self._z = z_scale  # None: no second feature
+        self._wz = self._wzz = self._wxz = self._wzy = 0.0
         self._res = 0.0  # decayed weighted sum of |residual|
         y_ref = a0 + b0 * x_ref
         self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
@@ -140,6 +197,10 @@ class RobustLine:
             self._wy *= k
             self._wxx *= k
             self._wxy *= k
+            self._wz *= k
+            self._wzz *= k
+            self._wxz *= k
+            self._wzy *= k
             self._res *= k
         if self._t is None or now > self._t:
             self._t = now
@@ -150,6 +211,11 @@ class RobustLine:
 
     def params(self, now: float) -> tuple[float, float]:
         """``(a, b)``, clamped (ORCH-1953)."""
+        a, b, _ = self.params3(now)
+        return a, b
+
+    def params3(self, now: float) -> tuple[float, float, float]:
+        """``(a, b, c)``, clamped (ORCH-1953); ``c`` is 0 without ``z_scale``."""
         self._decay(now)
         w, wx, wy, wxx, wxy = self._w, self._wx, self._wy, self._wxx, self._wxy
         for x, y, pw in self._prior:
@@ -159,23 +225,40 @@ class RobustLine:
             wxx += pw * x * x
             wxy += pw * x * y
         mx, my = wx / w, wy / w
-        var = wxx / w - mx * mx
-        b = (wxy / w - mx * my) / var if var > 1e-12 else 0.0
+        sxx = wxx / w - mx * mx
+        sxy = wxy / w - mx * my
+        c = 0.0
+        b = sxy / sxx if sxx > 1e-12 else 0.0
+        if self._z is not None and self._wz > 0:
+            # the prior's pseudo-points have z = 0 (a fixed line); the ridge holds c
+            # toward 0 with the prior's weight at z = z_scale (ORCH-2900)
+            mz = self._wz / w
+            szz = self._wzz / w - mz * mz + self._prior_weight * self._z**2 / w
+            sxz = self._wxz / w - mx * mz
+            szy = self._wzy / w - mz * my
+            det = sxx * szz - sxz * sxz
+            if det > 1e-12 * max(1.0, sxx * szz):
+                b3 = (sxy * szz - szy * sxz) / det
+                c3 = (szy * sxx - sxy * sxz) / det
+                if b3 >= 0 and c3 > 0:
+                    b, c = b3, c3
+                    my -= c * mz  # the intercept below: mean y less the curve's mean
         if b < 0:
             b = 0.0
         a = my - b * mx
         a = min(max(a, 0.0), self.y_hi)
-        return a, b
+        return a, b, c
 
-    def predict(self, x: float, now: float) -> float:
-        a, b = self.params(now)
-        return a + b * x
+    def predict(self, x: float, now: float, z: float = 0.0) -> float:
+        a, b, c = self.params3(now)
+        return a + b * x + c * z
 
-    def observe(self, x: float, y: float, now: float) -> None:
+    def observe(self, x: float, y: float, now: float, z: float | None = None) -> None:
         if not (math.isfinite(x) and math.isfinite(y)) or y < 0 or x < 0:
             return
+        zz = 0.0 if z is None or self._z is None or not math.isfinite(z) else max(0.0, z)
         measured = y
-        pred = self.predict(x, now)  # decays first
+        pred = self.predict(x, now, zz)  # decays first
         scale = (self._res + self._prior_res) / (self._w + self._prior_weight)
         limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
         r = min(max(y - pred, -limit), limit)
@@ -186,6 +269,11 @@ class RobustLine:
         self._wy += y
         self._wxx += x * x
         self._wxy += x * y
+        if self._z is not None:
+            self._wz += zz
+            self._wzz += zz * zz
+            self._wxz += x * zz
+            self._wzy += zz * y
         # The clamps follow what was measured, not the clipped sample: clipping pulls a
         # low outlier up toward the prediction, and a forecast must never exceed the
         # largest measurement (prior included) for that reason (ORCH-1953).
@@ -202,23 +290,35 @@ class ServiceModel:
         self.slots = max(1, slots)
         self.observations = 0
         x_ref = 256.0
+        # first-token time against prompt tokens and their squares (ORCH-2900)
         self._ttft = RobustLine(
-            prior.overhead_ms, prior.prefill_ms_per_token, x_ref, prior.weight, half_life_s
+            prior.overhead_ms,
+            prior.prefill_ms_per_token,
+            x_ref,
+            prior.weight,
+            half_life_s,
+            z_scale=self.QUAD_REF**2,
         )
-        # decode ms/token against (busy - 1)
+        # decode ms/token against (busy - 1) and the mean context (ORCH-2901)
         self._decode = RobustLine(
             prior.decode_ms_per_token,
             prior.decode_ms_per_token * prior.slowdown,
             max(1.0, self.slots - 1.0),
             prior.weight,
             half_life_s,
+            z_scale=self.QUAD_REF,
         )
         # relative error of finish forecasts, for on_time_probability (ORCH-1956)
         self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
         # (time, prompt tokens) of the dispatches to this replica (ORCH-1990)
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
+        # the last ``params`` and its ``now``: a forecast asks once per simulated job at
+        # one instant (issue #20's admission cost); learning forgets it
+        self._memo: tuple[float, ModelParams] | None = None
 
     DISPATCHES = 512
+    # The prompt size at which the squared prefill term's ridge holds it (ORCH-2900).
+    QUAD_REF = 1000.0
     # A decode is learned net of others' prefill only while that is at most this share
     # of it, and once the prefill cost rests on this many samples (ORCH-1991).
     NET_MAX_SHARE = 0.5
@@ -240,6 +340,10 @@ class ServiceModel:
         is not counted)."""
         return sum(n for t, n in self._dispatches if t0 < t <= t1)
 
+    def prompt_squares_between(self, t0: float, t1: float) -> int:
+        """The sum of the squares of the prompt sizes dispatched in ``(t0, t1]``."""
+        return sum(n * n for t, n in self._dispatches if t0 < t <= t1)
+
     # ---------------------------------------------------------------- learning
 
     def observe(self, obs: Observation, now: float) -> None:
@@ -248,15 +352,26 @@ class ServiceModel:
         the pace of the tokens it got."""
         if obs.outcome == "failed":
             return
+        self._memo = None
+        try:
+            self._learn(obs, now)
+        finally:
+            self._memo = None  # the lines moved (``_learn`` may ask ``params`` midway)
+
+    def _learn(self, obs: Observation, now: float) -> None:
         self.observations += 1
         if obs.ttft_ms is not None:
-            x = float(max(0, obs.tokens_in) + max(0, obs.ahead))
-            self._ttft.observe(x, obs.ttft_ms, now)
+            own = max(0, obs.tokens_in)
+            ahead = max(0, obs.ahead)
+            x = float(own + ahead)
+            # each prompt's squared size (ORCH-2900): the others' as told, else as one
+            ahead_sq = ahead * ahead if obs.ahead_sq is None else max(0, obs.ahead_sq)
+            self._ttft.observe(x, obs.ttft_ms, now, float(own * own + ahead_sq))
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
             decode_ms = obs.decode_ms
             if obs.co_prefill > 0:  # net of others' prefill (ORCH-1991)
-                others = obs.co_prefill * self.params(now).prefill_ms_per_token
+                others = self.params(now).prefill_ms(obs.co_prefill, obs.co_prefill_sq)
                 if (
                     self._ttft.weight(now) < self.NET_MIN_SAMPLES
                     or others > self.NET_MAX_SHARE * decode_ms
@@ -265,7 +380,9 @@ class ServiceModel:
                 decode_ms -= others
             per = decode_ms / (obs.tokens_out - 1)
             busy = min(max(obs.busy, 1.0), float(self.slots))
-            self._decode.observe(busy - 1.0, per, now)
+            # its mean context while it decoded: its prompt and half its output
+            context = max(0, obs.tokens_in) + (obs.tokens_out - 1) / 2
+            self._decode.observe(busy - 1.0, per, now, context)
 
     def observe_error(self, predicted_ms: float, actual_ms: float, now: float) -> None:
         """How far a finish forecast was off (relative), for the on-time odds."""
@@ -275,24 +392,51 @@ class ServiceModel:
     # ---------------------------------------------------------------- predicting
 
     def params(self, now: float) -> ModelParams:
-        overhead, prefill = self._ttft.params(now)
-        prefill = min(prefill, self._ttft.slope_hi)
-        decode, slope = self._decode.params(now)
+        memo = self._memo
+        if memo is not None and memo[0] == now:
+            return memo[1]
+        overhead, prefill, quad = self._ttft.params3(now)
+        cap = self._ttft.slope_hi
+        prefill = min(prefill, cap)
+        decode, slope, ctx = self._decode.params3(now)
         slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
-        return ModelParams(overhead, prefill, decode, slowdown, self._decode.weight(now))
+        p = ModelParams(
+            overhead,
+            prefill,
+            decode,
+            slowdown,
+            self._decode.weight(now),
+            quad,
+            cap,
+            ctx,
+            self._decode.y_hi,
+        )
+        self._memo = (now, p)
+        return p
 
     # ``p``: this model's ``params(now)`` when the caller already has them (the same
     # values: params only decay to ``now``; issue #20, computed once per forecast step)
-    def ttft_ms(self, tokens_in: int, now: float, p: ModelParams | None = None) -> float:
+    def ttft_ms(
+        self,
+        tokens_in: int,
+        now: float,
+        p: ModelParams | None = None,
+        squares: int | None = None,
+    ) -> float:
+        """Dispatch -> first token of prompts of ``tokens_in`` tokens in all whose
+        sizes' squares sum to ``squares`` (one prompt when None, ORCH-2900)."""
         p = self.params(now) if p is None else p
-        return p.overhead_ms + p.prefill_ms_per_token * max(0, tokens_in)
+        return p.overhead_ms + p.prefill_ms(tokens_in, squares)
 
-    def decode_ms_per_token(self, busy: float, now: float, p: ModelParams | None = None) -> float:
-        """At ``busy`` busy slots. ``p``: this model's ``params(now)`` when the caller
-        already has them."""
+    def decode_ms_per_token(
+        self, busy: float, now: float, p: ModelParams | None = None, context: float = 0.0
+    ) -> float:
+        """At ``busy`` busy slots with ``context`` tokens in the task's cache
+        (ORCH-2901). ``p``: this model's ``params(now)`` when the caller already has
+        them."""
         p = self.params(now) if p is None else p
         busy = min(max(busy, 1.0), float(self.slots))
-        return p.decode_ms_per_token * (1.0 + p.slowdown * (busy - 1.0))
+        return p.decode_ms(busy, context)
 
     def service_ms(
         self,
@@ -303,13 +447,19 @@ class ServiceModel:
         ahead: int = 0,
         *,
         pace: float = 1.0,
+        ahead_sq: int | None = None,
     ) -> float:
         """Dispatch → last token of a task of that size at ``busy`` busy slots, with
-        ``ahead`` prompt tokens of other tasks still to prefill before it (ORCH-1992).
+        ``ahead`` prompt tokens of other tasks still to prefill before it (ORCH-1992;
+        ``ahead_sq`` the sum of their sizes' squares, ORCH-2900: one prompt if None).
         ``pace``: the replica's decode now against its model (ORCH-1977)."""
         p = self.params(now)
-        ttft = self.ttft_ms(tokens_in + max(0, ahead), now, p)
-        decode = max(0, tokens_out - 1) * self.decode_ms_per_token(busy, now, p)
+        own = max(0, tokens_in)
+        a = max(0, ahead)
+        sq = own * own + (a * a if ahead_sq is None else max(0, ahead_sq))
+        ttft = self.ttft_ms(own + a, now, p, sq)
+        gaps = max(0, tokens_out - 1)
+        decode = gaps * self.decode_ms_per_token(busy, now, p, own + gaps / 2)  # ORCH-2901
         return ttft + pace * decode
 
     def cv(self, floor: float, now: float) -> float:

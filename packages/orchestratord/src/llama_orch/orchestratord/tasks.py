@@ -138,6 +138,7 @@ class TaskRecord:
     busy_sum: int = 0
     run_chunks: int = 0
     run_prefill_ahead: int = 0  # others' prompt tokens still to prefill at dispatch (ORCH-1990)
+    run_prefill_ahead_sq: int = 0  # the sum of those prompts' squared sizes (ORCH-2900)
     predicted_service_ms: float = 0.0
     # What the last ``queued`` event said (ORCH-1961) and when it was sent.
     queued_sent: tuple[int, int] | None = None

@@ -44,6 +44,7 @@ from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.servicetime import (
+    ModelParams,
     Observation,
     Outcome,
     Prior,
@@ -85,6 +86,18 @@ BYTES_PER_TOKEN_ALPHA = 0.1
 PREDICT_HORIZON = 256
 
 
+def _terms(p: ModelParams) -> tuple[float, ...]:
+    """A model's learned terms for the DEBUG ``forecast`` line (ORCH-1994, ORCH-2900)."""
+    return (
+        round(p.overhead_ms),
+        round(p.prefill_ms_per_token, 2),
+        round(p.prefill_quad, 6),
+        round(p.decode_ms_per_token, 1),
+        round(p.slowdown, 2),
+        round(p.decode_ctx, 5),
+    )
+
+
 def job_of(rec: TaskRecord) -> Job:
     return Job(_tokens_in(rec), tokens_left(rec))
 
@@ -105,9 +118,9 @@ class Workload:
         """``rec`` was dispatched to the replica (``rec.dispatched`` is set)."""
         running = self.running.setdefault((pool_id, replica_id), set())
         # the prompts its replica is still prefilling for others (ORCH-1990)
-        rec.run_prefill_ahead = sum(
-            _tokens_in(t) for t in running if t.run_first_token is None and t is not rec
-        )
+        pending = [_tokens_in(t) for t in running if t.run_first_token is None and t is not rec]
+        rec.run_prefill_ahead = sum(pending)
+        rec.run_prefill_ahead_sq = sum(n * n for n in pending)  # ORCH-2900
         running.add(rec)
         model = self._models.get((pool_id, replica_id))
         if model is not None and rec.dispatched is not None:
@@ -188,10 +201,13 @@ class Workload:
         busy = rec.busy_sum / rec.run_chunks if rec.run_chunks else 1.0
         model = self.model(pool, replica.state.replica_id, replica.state.slots)
         ahead, co_prefill = rec.run_prefill_ahead, 0
+        ahead_sq, co_prefill_sq = rec.run_prefill_ahead_sq, 0  # per prompt (ORCH-2900)
         if rec.run_first_token is not None:  # others' prompts around its own (ORCH-1990)
             ahead += model.prompt_tokens_between(rec.dispatched, rec.run_first_token)
+            ahead_sq += model.prompt_squares_between(rec.dispatched, rec.run_first_token)
             if rec.last_token is not None:
                 co_prefill = model.prompt_tokens_between(rec.run_first_token, rec.last_token)
+                co_prefill_sq = model.prompt_squares_between(rec.run_first_token, rec.last_token)
         model.observe(
             Observation(
                 rec.prompt_tokens if rec.prompt_counted else 0,
@@ -202,6 +218,8 @@ class Workload:
                 outcome,
                 ahead=ahead,
                 co_prefill=co_prefill,
+                ahead_sq=ahead_sq,
+                co_prefill_sq=co_prefill_sq,
             ),
             now,
         )
@@ -243,7 +261,6 @@ class Workload:
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
-                per = model.decode_ms_per_token(max(1, len(running)), now, p)
                 ttfts: dict[int, float] = {}  # the prefilling tasks' first-token times
                 prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
                 log = model.prompt_index()  # O(log) a query below (issue #20)
@@ -252,13 +269,21 @@ class Workload:
                         prefilling.append((t.dispatched, _tokens_in(t)))
                         # batched with the prompts dispatched after it (ORCH-1996)
                         later = log.between(t.dispatched, now)
-                        ttft = model.ttft_ms(_tokens_in(t) + t.run_prefill_ahead + later, now, p)
+                        own = _tokens_in(t)
+                        squares = (  # each prompt's own square (ORCH-2900)
+                            own * own + t.run_prefill_ahead_sq + log.squares(t.dispatched, now)
+                        )
+                        ttft = model.ttft_ms(own + t.run_prefill_ahead + later, now, p, squares)
                         ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
-                cost = p.prefill_ms_per_token
                 undone = PromptIndex(prefilling)
+                busy_now = max(1, len(running))
                 for t in running:
-                    ms = tokens_left(t) * per
+                    # its pace at its context: prompt, tokens so far, half of those left
+                    left_t = tokens_left(t)
+                    ctx = _tokens_in(t) + t.engine_tokens + left_t / 2  # ORCH-2901
+                    per = model.decode_ms_per_token(busy_now, now, p, ctx)
+                    ms = left_t * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
                         # ORCH-1977: a first token later than modelled slows its decode
@@ -275,11 +300,13 @@ class Workload:
                         first, last = t.run_first_token, t.last_token
                         done_last = log.between(first, last) - undone.between(first, last)
                         done_now = log.between(first, now) - undone.between(first, math.inf)
+                        sq_last = log.squares(first, last) - undone.squares(first, last)
+                        sq_now = log.squares(first, now) - undone.squares(first, math.inf)
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
-                            max(0.0, (last - first) * 1000 - cost * max(0, done_last)),
-                            max(0.0, (now - first) * 1000 - cost * max(0, done_now)),
+                            max(0.0, (last - first) * 1000 - p.prefill_ms(done_last, sq_last)),
+                            max(0.0, (now - first) * 1000 - p.prefill_ms(done_now, sq_now)),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
@@ -382,12 +409,14 @@ class Workload:
         if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
             _log.debug(
                 "forecast: task %s position %d start %.0f finish %.0f; ahead %s;"
-                " (pace, prefill ms) %s;"
+                " (pace, prefill ms, overhead, prefill/token, prefill/token^2, decode/token,"
+                " slowdown, decode/token/context) %s;"
                 " running (task, tokens left, decoding, ratio, weight, ms left) %s",
                 rec.task_id[:8], position, slot.start_ms, slot.finish_ms,
                 [(j.tokens_in, j.tokens_out, round(s.start_ms), round(s.finish_ms))
                  for j, s in zip(ahead, slots, strict=False)],
-                [(round(r.pace, 2), round(r.prefill_ms)) for r in loads], trace,
+                [(round(r.pace, 2), round(r.prefill_ms), *_terms(r.model.params(now)))
+                 for r in loads], trace,
                 extra={"pool_id": pool.id},
             )  # fmt: skip
         extra = position - len(ahead)
@@ -475,7 +504,12 @@ class Workload:
         model = self.model(pool, st.replica_id, st.slots)
         busy = max(1, len(self.running.get((pool.id, st.replica_id), ())))
         expected = model.service_ms(
-            _tokens_in(rec), tokens_left(rec), busy, now, rec.run_prefill_ahead
+            _tokens_in(rec),
+            tokens_left(rec),
+            busy,
+            now,
+            rec.run_prefill_ahead,
+            ahead_sq=rec.run_prefill_ahead_sq,
         )
         rec.predicted_service_ms = expected
         if rec.deadline is None:

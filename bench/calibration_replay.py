@@ -1,0 +1,124 @@
+"""Offline replay of two expected-arrival terms on past calibration runs (ORCH-2902).
+
+Reads a run of ``bench/calibration.py`` (its report JSON under ``bench/results``
+and orchestratord's log, kept in ``/tmp/llorch-calibration-<stamp>``) and
+recomputes each admission-time finish forecast with a term for the prompts of
+tasks admitted later, then reports the finish figures of ORCH-1955 before/after:
+
+- ``share``: the share ``u`` of the replica's run time that the runs ended before
+  the admission spent on prompts dispatched after they started (decayed, half-life
+  600 s, at ``--cost`` ms a prompt token), as a stretch ``1 / (1 - u)`` of the new
+  task's service when another task is running (at most ``u = 0.8``);
+- ``slots``: the replica's free slots (4 less the running tasks less itself) filled
+  during the task's run at the recent admission rate (EWMA, ``--tau`` s), each
+  adding the recent mean prompt's prefill.
+
+An approximation of the forecast, not the forecast: dispatch times come from the
+``task ended`` lines (end less decode time), a prompt costs a fixed ``--cost`` ms a
+token, tasks are matched by (prompt tokens, output tokens). For a decision, not a
+figure to publish.
+
+    uv run bench/calibration_replay.py 2026-12-03-1217 2026-12-03-1221
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _runs(stamp: str) -> list[dict[str, float]]:
+    out = []
+    for line in Path(f"/tmp/llorch-calibration-{stamp}/orchestratord.log").read_text().splitlines():
+        j = json.loads(line)
+        if j["msg"] != "task ended" or j.get("decode_time_ms") is None:
+            continue
+        if j.get("tokens_in") is None:
+            continue
+        end = j["ts"]
+        disp = end - j["decode_time_ms"] / 1000
+        out.append(
+            {
+                "end": end,
+                "disp": disp,
+                "adm": disp - j["queue_time_ms"] / 1000,
+                "tin": j["tokens_in"],
+                "tout": j["tokens_out"],
+            }
+        )
+    for e in out:
+        e["later"] = sum(o["tin"] for o in out if o is not e and e["disp"] < o["disp"] <= e["end"])
+    return out
+
+
+def _stats(ratios: list[float]) -> str:
+    rel = sorted(abs(r - 1) for r in ratios)
+    fac = sorted(max(r, 1 / r) for r in ratios)
+    n = len(ratios)
+    within = sum(1 for r in ratios if 0.5 <= r <= 2) / n
+    p90 = fac[min(n - 1, int(0.9 * (n - 1) + 0.5))]
+    return f"median {100 * rel[n // 2]:.0f} %, within 2x {100 * within:.0f} %, p90 factor {p90:.2f}"
+
+
+def replay(stamp: str, cost: float, taus: list[float]) -> None:
+    runs = _runs(stamp)
+    report = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
+    rows: list[tuple[float, float, list[float]]] = []
+    for o in report["outcomes"]:
+        if not (o["predicted_finish_ms"] and o["finish_ms"] and o["end_reason"] == "length"):
+            continue
+        match = [e for e in runs if e["tin"] == o["tokens_in"] and e["tout"] == o["tokens_out"]]
+        if len(match) != 1:
+            continue
+        e = match[0]
+        t = e["adm"]
+        ps, pf, actual = o["predicted_start_ms"], o["predicted_finish_ms"], o["finish_ms"]
+        running = sum(1 for x in runs if x is not e and x["disp"] <= t < x["end"])
+        # share: runs ended before t, decayed
+        num = den = 0.0
+        for x in runs:
+            if x["end"] < t:
+                k = 0.5 ** ((t - x["end"]) / 600.0)
+                num += k * x["later"] * cost
+                den += k * (x["end"] - x["disp"]) * 1000
+        u = min(0.8, num / (den + 1000.0)) if den else 0.0
+        share = ps + (pf - ps) / (1 - u) if running else pf
+        slots = []
+        for tau in taus:
+            prev = [x for x in runs if x["adm"] < t - 0.0005]
+            weights = [math.exp(-(t - x["adm"]) / tau) for x in prev]
+            rate = sum(weights) / tau
+            mean = sum(w * x["tin"] for w, x in zip(weights, prev, strict=True)) / max(
+                1e-9, sum(weights)
+            )
+            free = max(0, 4 - 1 - running)
+            d = pf - ps
+            for _ in range(5):  # the run's length and its arrivals, to a fixed point
+                d = (pf - ps) + min(free, rate * d / 1000) * mean * cost
+            slots.append((ps + d) / actual)
+        rows.append((pf / actual, share / actual, slots))
+    print(f"{stamp} ({len(rows)} tasks)")
+    print(f"  as told:       {_stats([r[0] for r in rows])}")
+    print(f"  share:         {_stats([r[1] for r in rows])}")
+    for k, tau in enumerate(taus):
+        print(f"  slots tau {tau:>3g}: {_stats([r[2][k] for r in rows])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("stamps", nargs="+", help="e.g. 2026-12-03-1217")
+    ap.add_argument("--cost", type=float, default=6.3, help="prefill ms per prompt token")
+    ap.add_argument("--tau", default="10,30,120", help="EWMA time constants, s")
+    args: Any = ap.parse_args(argv)
+    for stamp in args.stamps:
+        replay(stamp, args.cost, [float(x) for x in args.tau.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
