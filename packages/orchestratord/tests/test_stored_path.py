@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from llama_orch.core.state_store import Event, LoggedEvent
 from llama_orch.orchestratord.stored_local import StoredLog
 
 _SSE = {"Accept": "text/event-stream"}
+Event3 = tuple[int, str, bytes]  # an SSE event as read: id, event, data
 
 
 def _with_state(config: Config, **state: Any) -> Config:
@@ -44,10 +46,12 @@ def _count_calls(store: Any, calls: Counter[str], *names: str) -> None:
         setattr(store, name, call)
 
 
-async def _stream(run: Any, **body: Any) -> tuple[str, list[tuple[int, str, bytes]]]:
+async def _stream(
+    run: Any, on_event: Callable[[list[Event3]], Awaitable[None]] | None = None, **body: Any
+) -> tuple[str, list[Event3]]:
     """``POST /v1/tasks`` with the stream in the answer (ORCH-2710): its task id and
-    events as (id, event, data)."""
-    out: list[tuple[int, str, bytes]] = []
+    events as (id, event, data); ``on_event(events so far)`` after each chunk."""
+    out: list[Event3] = []
     parser = SSEParser()
     body.setdefault("prompt", "hello world")
     async with run.http.post(run.url + "/v1/tasks", json=body, headers=_SSE) as resp:
@@ -57,10 +61,12 @@ async def _stream(run: Any, **body: Any) -> tuple[str, list[tuple[int, str, byte
             for msg in parser.feed(chunk):
                 assert msg.id is not None
                 out.append((int(msg.id), msg.event, msg.data.encode()))
+            if on_event is not None:
+                await on_event(out)
     return tid, out
 
 
-def _as_logged(events: list[LoggedEvent]) -> list[tuple[int, str, bytes]]:
+def _as_logged(events: list[LoggedEvent]) -> list[Event3]:
     return [(ev.seq, ev.kind, ev.data) for ev in events]
 
 
@@ -106,20 +112,18 @@ async def test_a_stream_read_here_follows_the_store_once_the_task_is_canceled(
     assert bridge is not None
     calls: Counter[str] = Counter()
     _count_calls(bridge.store, calls, "tail")
-    events: list[tuple[int, str, bytes]] = []
-    parser = SSEParser()
-    body = {"prompt": "hello world", "max_tokens": 1500}
-    async with run.http.post(run.url + "/v1/tasks", json=body, headers=_SSE) as resp:
-        assert resp.status == 200, await resp.text()
-        tid = resp.headers["X-Task-Id"]
-        async for chunk in resp.content.iter_any():
-            for msg in parser.feed(chunk):
-                assert msg.id is not None
-                events.append((int(msg.id), msg.event, msg.data.encode()))
-            if len(events) == 4 and events[-1][1] == "token":  # mid-stream, read here
-                assert calls["tail"] == 0
-                # a cancel accepted at the store, as on another instance
-                assert await bridge.store.cancel(tid) == "running"
+
+    canceled: list[int] = []  # the id the stream had reached at the cancel
+
+    async def cancel_mid_stream(events: list[Event3]) -> None:
+        if len(events) >= 4 and not canceled:  # mid-stream, read here
+            canceled.append(events[-1][0])
+            assert calls["tail"] == 0 and events[-1][1] == "token"
+            # a cancel accepted at the store, as on another instance
+            (running,) = run.orch.tasks.active()
+            assert await bridge.store.cancel(running.task_id) == "running"
+
+    tid, events = await _stream(run, cancel_mid_stream, max_tokens=1500)
     assert events == _as_logged(await bridge.store.read(tid))
     assert [i for i, _, _ in events] == list(range(len(events)))
     assert [k for _, k, _ in events].count("end") + [k for _, k, _ in events].count("error") == 1
