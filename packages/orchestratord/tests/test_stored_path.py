@@ -149,3 +149,25 @@ def test_a_stored_log_numbers_frames_as_the_store_and_detaches_on_a_gap() -> Non
     done.detach()
     done.stored([Event("token", b"{}")], 2)
     assert not done.detached and len(done.frames) == 1
+
+
+async def test_a_task_dispatched_by_its_admission_keeps_its_trace_order(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2569 with ORCH-7040: the run admission dispatched in the same store call
+    starts once admission is done with the record, so the trace holds every span in
+    order (admission, queue, dispatch, engine.request, stream.end) as without a store."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    run = await start_orchestrator(_with_state(mock_config(adapter_options={"eos_after": 3})))
+    exporter = InMemorySpanExporter()
+    run.orch.tracing.add_processor(SimpleSpanProcessor(exporter))
+    tid, events = await _stream(run, max_tokens=4)
+    assert events[-1][1] == "end"
+    await run.orch.tasks.wait_for(lambda: run.orch.get(tid).terminal, 30)
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    order = ["admission", "queue", "dispatch", "engine.request", "stream.end"]
+    assert sorted(by_name) == sorted(["task", *order])
+    starts = [by_name[n].start_time for n in order]
+    assert starts == sorted(starts)

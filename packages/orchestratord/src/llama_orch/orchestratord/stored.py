@@ -263,14 +263,18 @@ class StoreBridge:
             victim = self.tasks.get(tid)
             if victim is not None and not victim.terminal:
                 victim.finish(error_event(victim, "displaced", code))
-        if step is not None:
-            placed = step.task_id if isinstance(step, Orphaned) else step.task.task_id
-            if placed == rec.task_id and self.tasks.get(rec.task_id) is None:
+        if isinstance(step, Orphaned):
+            if step.task_id == rec.task_id and self.tasks.get(rec.task_id) is None:
+                self.tasks.add(rec)  # so that its local record ends too
+            self._orphaned(step.task_id)
+        elif step is not None:
+            tid = step.task.task_id
+            if tid == rec.task_id and self.tasks.get(tid) is None:
                 self.tasks.add(rec)  # the record admission built is the one that runs
-            if isinstance(step, Orphaned):
-                self._orphaned(step.task_id)
-            else:
-                self._run(pool, step)
+            # its stored log now, for a stream opened with this answer (ORCH-2571); the run
+            # once admission is done with the record (its admission span before dispatch)
+            self.logs[tid] = StoredLog(step.next_seq)
+            asyncio.get_running_loop().call_soon(self._run, pool, step)
         return admitted.queue_position
 
     def _withdrawn(self, task_id: str) -> None:
@@ -395,6 +399,7 @@ class StoreBridge:
         replica = pool.replicas.get(d.replica_id)
         if rec.terminal or replica is None:
             _log.warning("task %s dispatched to unknown replica %s", rec.task_id, d.replica_id)
+            self._drop_log(rec.task_id)
             self._requeue(rec.task_id, d.epoch)
             return
         self._go(pool, replica, rec, d.epoch, d.next_seq)
@@ -406,13 +411,15 @@ class StoreBridge:
             # its cancel's control message arrived before this dispatch's or claim's
             # reply: the store holds the terminal, no engine request may open (ORCH-2567)
             _log.info("task %s: canceled before its run could start here", rec.task_id)
+            self._drop_log(rec.task_id)
             self.leases.release(rec.task_id)
             if not rec.terminal:
                 self.tasks.forget(rec.task_id)
             return False
         self.leases.hold(rec.task_id, epoch)
-        log = StoredLog(next_seq)
-        self.logs[rec.task_id] = log
+        log = self.logs.get(rec.task_id)
+        if log is None or log.base != next_seq or log.frames or log.detached:
+            log = self.logs[rec.task_id] = StoredLog(next_seq)
         writer = TaskWriter(self, rec, epoch, log)
         self._writers[rec.task_id] = writer
         rec.sink = writer.put
@@ -420,6 +427,12 @@ class StoreBridge:
         assert rec.runner is not None
         rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
         return True
+
+    def _drop_log(self, task_id: str) -> None:
+        """A log made for a run that does not start here: its streams read the store."""
+        log = self.logs.pop(task_id, None)
+        if log is not None:
+            log.detach()
 
     def _released(self, rec: TaskRecord, epoch: int) -> None:
         self.leases.release(rec.task_id)
