@@ -171,3 +171,25 @@ async def test_a_task_dispatched_by_its_admission_keeps_its_trace_order(
     assert sorted(by_name) == sorted(["task", *order])
     starts = [by_name[n].start_time for n in order]
     assert starts == sorted(starts)
+
+
+async def test_a_stream_read_after_the_end_is_served_from_the_kept_log(
+    start_orchestrator: Any, mock_config: Any
+) -> None:
+    """ORCH-2571: a client that reads the stream after the ``202`` of a task that ran
+    and ended here (the two-request flow) is served from the ended log this instance
+    kept, without reading the store, with the store's ids; a resume too."""
+    run = await start_orchestrator(_with_state(mock_config(adapter_options={"eos_after": 3})))
+    bridge = run.orch.state
+    assert bridge is not None
+    calls: Counter[str] = Counter()
+    _count_calls(bridge.store, calls, "tail", "read")
+    resp = await run.submit(max_tokens=4)
+    tid = (await resp.json())["task_id"]
+    await run.orch.tasks.wait_for(lambda: run.orch.get(tid).terminal, 30)
+    events = await run.events(tid)
+    resumed = await run.events(tid, last_event_id=1)
+    assert calls["tail"] == 0 and calls["read"] == 0, calls
+    logged = await bridge.store.read(tid)
+    assert [(i, e) for i, e, _ in events] == [(ev.seq, ev.kind) for ev in logged]
+    assert resumed == events[2:] and events[-1][1] == "end"

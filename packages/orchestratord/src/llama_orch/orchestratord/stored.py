@@ -50,7 +50,7 @@ from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
 from .stored_appends import AppendBatcher, TaskWriter
-from .stored_local import StoredLog, stream_frames
+from .stored_local import StoredLog, StoredLogs, stream_frames
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -189,7 +189,7 @@ class StoreBridge:
         )
         self._writers: dict[str, TaskWriter] = {}
         # the stored events of the runs of this instance, for its streams (ORCH-2571)
-        self.logs: dict[str, StoredLog] = {}
+        self.logs = StoredLogs(keep_s=min(60.0, config.admission.event_log_retention_s / 2))
         # cancels the control channel delivered, by when: a dispatch or claim whose
         # reply comes after its cancel's message must not start the run (ORCH-2567)
         self._canceled: dict[str, float] = {}
@@ -273,7 +273,7 @@ class StoreBridge:
                 self.tasks.add(rec)  # the record admission built is the one that runs
             # its stored log now, for a stream opened with this answer (ORCH-2571); the run
             # once admission is done with the record (its admission span before dispatch)
-            self.logs[tid] = StoredLog(step.next_seq)
+            self.logs.live[tid] = StoredLog(step.next_seq)
             asyncio.get_running_loop().call_soon(self._run, pool, step)
         return admitted.queue_position
 
@@ -417,9 +417,9 @@ class StoreBridge:
                 self.tasks.forget(rec.task_id)
             return False
         self.leases.hold(rec.task_id, epoch)
-        log = self.logs.get(rec.task_id)
+        log = self.logs.live.get(rec.task_id)
         if log is None or log.base != next_seq or log.frames or log.detached:
-            log = self.logs[rec.task_id] = StoredLog(next_seq)
+            log = self.logs.live[rec.task_id] = StoredLog(next_seq)
         writer = TaskWriter(self, rec, epoch, log)
         self._writers[rec.task_id] = writer
         rec.sink = writer.put
@@ -430,7 +430,7 @@ class StoreBridge:
 
     def _drop_log(self, task_id: str) -> None:
         """A log made for a run that does not start here: its streams read the store."""
-        log = self.logs.pop(task_id, None)
+        log = self.logs.live.pop(task_id, None)
         if log is not None:
             log.detach()
 

@@ -91,9 +91,7 @@ class TaskWriter:
             self._close_log()
 
     def _close_log(self) -> None:
-        self.log.detach()  # a no-op once the terminal is in it
-        if self.bridge.logs.get(self.rec.task_id) is self.log:
-            del self.bridge.logs[self.rec.task_id]
+        self.bridge.logs.close(self.rec.task_id, self.log)
 
     def put(self, kind: str, data: bytes) -> None:
         if self.dead:

@@ -19,6 +19,8 @@ where the cancel's terminal or another instance's continuation is.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 from llama_orch.core.sse import encode_event
@@ -27,7 +29,7 @@ from llama_orch.core.state_store import TERMINAL_KINDS, Event, StateStore
 from .stored_frames import store_frames
 from .tasks import KEEPALIVE_FRAME
 
-__all__ = ["StoredLog", "stream_frames"]
+__all__ = ["StoredLog", "StoredLogs", "stream_frames"]
 
 _KEEPALIVE = object()
 
@@ -116,6 +118,49 @@ class StoredLog:
                 if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
                 yield KEEPALIVE_FRAME, self.base + idx
+
+
+class StoredLogs:
+    """The stored logs of the runs on this instance (``live``), and of the last ended
+    ones: a client that reads the stream after its ``202`` (often after a short task
+    ended) is served from them too, within ``keep_frames`` frames in all and for
+    ``keep_s`` seconds (less than the store's retention, so that a task id can never be
+    used again while its ended log is kept here)."""
+
+    def __init__(self, keep_s: float, keep_frames: int = 65_536) -> None:
+        self.live: dict[str, StoredLog] = {}
+        self._ended: OrderedDict[str, tuple[float, StoredLog]] = OrderedDict()
+        self._kept, self._budget, self._keep_s = 0, keep_frames, keep_s
+
+    def get(self, task_id: str) -> StoredLog | None:
+        log = self.live.get(task_id)
+        if log is not None:
+            return log
+        self._expire(time.monotonic())
+        kept = self._ended.get(task_id)
+        return kept[1] if kept is not None else None
+
+    def close(self, task_id: str, log: StoredLog) -> None:
+        """The run of ``log`` writes no more: kept if it holds the terminal, else
+        detached (its streams go on from the store's log)."""
+        log.detach()  # a no-op once the terminal is in it
+        if self.live.get(task_id) is log:
+            del self.live[task_id]
+        if not log.ended or task_id in self._ended:
+            return
+        now = time.monotonic()
+        self._ended[task_id] = (now, log)
+        self._kept += len(log.frames)
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        ended = self._ended
+        while ended:
+            at, oldest = next(iter(ended.values()))
+            if self._kept <= self._budget and now - at <= self._keep_s:
+                return
+            ended.popitem(last=False)
+            self._kept -= len(oldest.frames)
 
 
 async def stream_frames(
