@@ -13,13 +13,18 @@ with the closed-loop load generator ``bench/loadgen.py`` in its own process:
   2 processes on one Valkey (two load generators, one per instance, as a load
   balancer would spread them; the figures are summed).
 
-Backends: ``state: {backend: memory}`` (one process; a memory store is not shared)
+Rows: no ``state:`` section at all (``none x1``: what the store's CPU is added to;
+the report prints each row's CPU per request and per token minus this row's),
+``state: {backend: memory}`` (one process; a memory store is not shared)
 and ``state: {backend: valkey, url}`` on one embedded valkey-server (AOF on,
 ``appendfsync everysec``). The machine's cores and load average are printed: on a
 loaded 2-core machine the processes compete for the same cores, so read the ratios
 measured side by side, not the absolute figures.
 
-    uv run python bench/ha_relay.py [--requests 400] [--out bench/results/...md]
+    uv run python bench/ha_relay.py [--requests 400] [--before CHECKOUT] [--out ...md]
+
+``--before`` adds ``memory x1 (before)`` and ``valkey x1 (before)`` rows run on another
+checkout's sources, side by side in the same run.
 """
 
 from __future__ import annotations
@@ -123,6 +128,25 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedServer(tmp / "valkey")
         try:
             furl, fpid = start_fake(procs, "fake-0ms", 0.0)
+            # without a `state:` section: what the store's CPU is added to (#13's goals)
+            nurl, n_p = start_orch(procs, "orch-none", furl, tmp)
+            log("no store, 1 instance")
+            rows["none x1"] = measure([nurl], {"orch": n_p.pid, "engine": fpid}, args.requests)
+            procs.stop(n_p)
+            overlay = ""
+            if args.before is not None:
+                src = args.before.resolve() / "packages"
+                overlay = os.pathsep.join(
+                    str(src / pkg / "src") for pkg in ("core", "orchestratord", "state-valkey")
+                )
+                m_url, m = start_orch(
+                    procs, "orch-memory-before", furl, tmp, state={"backend": "memory"},
+                    pythonpath=overlay,
+                )  # fmt: skip
+                log(f"memory, 1 instance, before ({args.before})")
+                watch_m = {"orch": m.pid, "engine": fpid}
+                rows["memory x1 (before)"] = measure([m_url], watch_m, args.requests)
+                procs.stop(m)
             ourl, op = start_orch(procs, "orch-memory", furl, tmp, state={"backend": "memory"})
             log("memory, 1 instance")
             rows["memory x1"] = measure([ourl], {"orch": op.pid, "engine": fpid}, args.requests)
@@ -133,10 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.before is not None:
                 # the same server and engine; a key prefix of its own; its own library
                 # version is loaded when it starts and replaced when the next one starts
-                src = args.before.resolve() / "packages"
-                overlay = os.pathsep.join(
-                    str(src / pkg / "src") for pkg in ("core", "orchestratord", "state-valkey")
-                )
                 state0 = {"backend": "valkey", "url": url, "key_prefix": "before"}
                 o_url, o = start_orch(
                     procs, "orch-before", furl, tmp, state=state0, pythonpath=overlay
@@ -182,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
             f" {t1['store_cpu_ms_per_req']:.2f} |"
             f" {t1['errors'] + t128['errors']} / {t1['short'] + t128['short']} |"
         )
+    base = rows["none x1"]
+    lines += ["", "CPU the store adds to orchestratord (the row minus `none x1`, same run):", ""]
+    for name, r in rows.items():
+        if name == "none x1":
+            continue
+        dreq = r["t1"]["orch_cpu_ms_per_req"] - base["t1"]["orch_cpu_ms_per_req"]
+        tok, tok0 = r["orch_cpu_us_per_token"], base["orch_cpu_us_per_token"]
+        dtok = "?" if tok is None or tok0 is None else f"{tok - tok0:+.1f}"
+        lines.append(f"- {name}: {dreq:+.2f} ms per request, {dtok} µs per relayed token")
     lines += [
         "",
         "With 2 instances the CPU per request is the sum of both instances' CPU over all"

@@ -3,7 +3,8 @@
 
 One run prints, for each backend:
 
-* **admission+dispatch pairs/s**: one ``submit`` plus one ``dispatch`` with a
+* **admission+dispatch pairs/s**: one ``submit`` plus one ``dispatch`` (and, in one
+  row, both as one ``submit_dispatch`` call, ORCH-2569) with a
   standing backlog of 1000 (2 priorities x 8 tenants, 1 in 8 with a deadline, a
   tenant token bucket): one client sequentially, one client with ``--concurrency``
   requests in flight (an instance serving many requests), ``--clients`` clients
@@ -69,12 +70,18 @@ async def _prepare(store: StateStore, backlog: int) -> None:
         await store.submit(_spec(n))
 
 
-async def _pairs(store: StateStore, n: int, instance: str, end: bool) -> float:
-    """Seconds for n x (submit + dispatch [+ terminal append])."""
+async def _pairs(
+    store: StateStore, n: int, instance: str, end: bool, *, one_call: bool = False
+) -> float:
+    """Seconds for n x (submit + dispatch [+ terminal append]); ``one_call``: the pair
+    as one ``submit_dispatch`` (ORCH-2569)."""
     t0 = time.perf_counter()
     for i in range(n):
-        await store.submit(_spec(i))
-        d = await store.dispatch("p", instance, 60_000)
+        if one_call:
+            _, d = await store.submit_dispatch(_spec(i), instance, 60_000)
+        else:
+            await store.submit(_spec(i))
+            d = await store.dispatch("p", instance, 60_000)
         assert isinstance(d, Dispatched), d
         if end:
             await store.append(d.task.task_id, d.epoch, [Event("end", b"{}")])
@@ -118,6 +125,10 @@ async def _measure(
         out["pairs per client CPU-second"] = args.pairs / client_cpu
         if server_cpu > 0:
             out["pairs per server CPU-second"] = args.pairs / server_cpu
+        cpu0 = time.process_time()
+        took = await _pairs(store, args.pairs, "i0", False, one_call=True)
+        out["pairs/s, 1 client, sequential, one submit_dispatch call"] = args.pairs / took
+        out["pairs per client CPU-second, one call"] = args.pairs / (time.process_time() - cpu0)
         out["tasks/s (pair + end), 1 client"] = args.pairs / await _pairs(
             store, args.pairs, "i0", True
         )
@@ -189,13 +200,13 @@ async def main() -> None:
         f"server {version}, AOF everysec)"
     )
     print(f"# pairs = submit + dispatch (+ terminal append), backlog 1000; {vars(args)}")
-    print(f"{'figure':40} {'memory':>12} {'valkey':>12} {'memory/valkey':>14}")
+    print(f"{'figure':56} {'memory':>12} {'valkey':>12} {'memory/valkey':>14}")
     for key in results["valkey"]:
         m, v = results["memory"].get(key), results["valkey"][key]
         if m is None:
-            print(f"{key:40} {'-':>12} {v:12,.0f} {'-':>14}")
+            print(f"{key:56} {'-':>12} {v:12,.0f} {'-':>14}")
         else:
-            print(f"{key:40} {m:12,.0f} {v:12,.0f} {m / v:14.1f}")
+            print(f"{key:56} {m:12,.0f} {v:12,.0f} {m / v:14.1f}")
     print(
         f"bounds on this machine: PING round trips/s (same client) {ping:,.0f}; "
         f"server time per FCALL {fcall['usec_per_call']:.1f} us over {fcall['calls']:,} calls "

@@ -67,10 +67,11 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in text
 
     # the store cannot be reached: admission fails closed with 503 + Retry-After
-    async def unreachable(_spec: Any) -> Any:
+    async def unreachable(_spec: Any, *_: Any) -> Any:
         raise StoreUnavailable("store down", retry_after_ms=2000)
 
-    bridge.store.submit = unreachable  # type: ignore[method-assign]
+    # admission submits and dispatches in one call (ORCH-2569)
+    bridge.store.submit_dispatch = unreachable  # type: ignore[method-assign]
     resp = await run.submit(max_tokens=5)
     assert resp.status == 503 and resp.headers["Retry-After"] == "2"
 
@@ -203,16 +204,16 @@ async def test_a_503_from_the_store_uses_no_session_turn(
     bridge = run.orch.state
     assert bridge is not None
     sid = str(uuid.uuid4())
-    real_submit = bridge.store.submit
+    real_submit = bridge.store.submit_dispatch
 
-    async def withdrawn(_spec: Any) -> Any:
+    async def withdrawn(_spec: Any, *_: Any) -> Any:
         raise StoreUnavailable("not confirmed; the task was not accepted", retry_after_ms=1000)
 
-    bridge.store.submit = withdrawn  # type: ignore[method-assign]
+    bridge.store.submit_dispatch = withdrawn  # type: ignore[method-assign]
     for _ in range(3):  # more refusals than max_turns
         resp = await run.submit(max_tokens=2, session_id=sid)
         assert resp.status == 503 and resp.headers["Retry-After"] == "1"
-    bridge.store.submit = real_submit  # type: ignore[method-assign]
+    bridge.store.submit_dispatch = real_submit  # type: ignore[method-assign]
     for _ in range(2):  # both turns are still free
         resp = await run.submit(max_tokens=2, session_id=sid)
         assert resp.status == 202, await resp.text()
@@ -312,6 +313,6 @@ async def test_a_dispatch_whose_cancel_came_first_never_starts(
     started = replica.adapter.generations_started
     rec.task_id = "canceled-before-its-dispatch"
     bridge._canceled_elsewhere(rec.task_id)  # the control message, first
-    assert bridge._go(pool, replica, rec, 7) is False  # then the dispatch's reply
+    assert bridge._go(pool, replica, rec, 7, 0) is False  # then the dispatch's reply
     assert rec.runner is None and rec.task_id not in bridge.leases.held
     assert replica.adapter.generations_started == started

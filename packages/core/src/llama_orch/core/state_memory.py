@@ -115,6 +115,21 @@ class MemoryStateStore(StateStore):
 
     # ------------------------------------------------------------ admission
     async def submit(self, task: TaskSpec) -> Admitted:
+        return self._submit(task, ring=True)
+
+    async def submit_dispatch(
+        self, task: TaskSpec, instance: str, lease_ms: int
+    ) -> tuple[Admitted, Dispatched | Orphaned | None]:
+        admitted = self._submit(task, ring=False)  # one step, as valkey's (ORCH-2569)
+        step = await self.dispatch(task.pool, instance, lease_ms)
+        placed = step.task.task_id if isinstance(step, Dispatched) else None
+        if isinstance(step, Orphaned):
+            placed = step.task_id
+        if placed != task.task_id:  # the task just admitted still waits: tell the others
+            self._ring(task.pool)
+        return admitted, step
+
+    def _submit(self, task: TaskSpec, *, ring: bool) -> Admitted:
         assert self._quotas is not None, "configure() first"
         self._purge()
         if task.task_id in self._tasks:
@@ -129,7 +144,8 @@ class MemoryStateStore(StateStore):
             self._end(self._tasks[d.item], displaced_terminal(d.code))
         self._tasks[task.task_id] = _Task(task)
         self._inflight[task.tenant] = self._inflight.get(task.tenant, 0) + 1
-        self._ring(task.pool)
+        if ring:
+            self._ring(task.pool)
         return Admitted(
             queue_position=queue.position(task.task_id),
             displaced=[(d.item, d.code) for d in displaced],
@@ -196,6 +212,7 @@ class MemoryStateStore(StateStore):
             set_key=step.set_key,
             epoch=rec.epoch,
             requeues=rec.requeues,
+            next_seq=rec.dispatch_seq,
         )
 
     # ------------------------------------------------------------ event log
@@ -233,7 +250,8 @@ class MemoryStateStore(StateStore):
         elif rec.state == "running" and rec.replica is not None:
             busy = self._busy[spec.pool]
             busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
-            self._ring(spec.pool)
+            if len(self._queues[spec.pool]):  # only a queued task can use it (ORCH-2570)
+                self._ring(spec.pool)
         rec.state, rec.lease_until, rec.ended_at = "ended", None, self._clock()
         self._ended.append((rec.ended_at, spec.task_id))
         left = self._inflight.get(spec.tenant, 1) - 1

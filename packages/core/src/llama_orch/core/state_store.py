@@ -180,6 +180,9 @@ class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
     set_key: str
     epoch: int
     requeues: int = 0
+    # the seq the owner's first append gets: events before it (``queued`` ones, or
+    # an earlier run's) are the store's; the owner's own start here (ORCH-2571)
+    next_seq: int = 0
 
 
 class Orphaned(msgspec.Struct, frozen=True, kw_only=True):
@@ -362,6 +365,16 @@ class StateStore(abc.ABC):
         self, pool: str, instance: str, lease_ms: int
     ) -> Dispatched | Orphaned | None:
         """Pop and place the head task, orphan it, or None (nothing placeable now)."""
+
+    async def submit_dispatch(
+        self, task: TaskSpec, instance: str, lease_ms: int
+    ) -> tuple[Admitted, Dispatched | Orphaned | None]:
+        """:meth:`submit`, then :meth:`dispatch` of the pool's head (whichever task that
+        is) to ``instance``: the same answers as the two calls in a row (ORCH-2569). A
+        backend may take both in one atomic step (valkey does) and then not ring the
+        doorbell when the task it admitted is the one it dispatched."""
+        admitted = await self.submit(task)
+        return admitted, await self.dispatch(task.pool, instance, lease_ms)
 
     async def dispatch_or_cursor(
         self, pool: str, instance: str, lease_ms: int

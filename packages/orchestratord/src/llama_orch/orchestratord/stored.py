@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
@@ -49,8 +49,8 @@ from llama_orch.core.state_store import (
 from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
-from .stored_appends import AppendBatcher
-from .stored_frames import store_frames
+from .stored_appends import AppendBatcher, TaskWriter
+from .stored_local import StoredLog, StoredLogs, stream_frames
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -160,50 +160,6 @@ def _set_key(pool: Pool, replica_id: str) -> str:
     return f"{k.engine}|{k.model_digest}|{k.ctx}|{k.engine_version}"
 
 
-class _Writer:
-    """Writes one running task's events to the store under its epoch, coalescing
-    the events that arrive while a write is in flight (ORCH-2524)."""
-
-    def __init__(self, bridge: StoreBridge, rec: TaskRecord, epoch: int) -> None:
-        self.bridge, self.rec, self.epoch = bridge, rec, epoch
-        self.pending: list[Event] = []
-        self.flushing: asyncio.Task[None] | None = None
-        self.dead = False  # fenced, ended at the store, or lease lost: write no more
-
-    def put(self, kind: str, data: bytes) -> None:
-        if self.dead:
-            return
-        self.pending.append(Event(kind, data))
-        if self.flushing is None or self.flushing.done():
-            self.flushing = asyncio.create_task(self._flush(), name=f"append-{self.rec.task_id}")
-            self.bridge.track(self.flushing)
-
-    async def _flush(self) -> None:
-        tid = self.rec.task_id
-        started = time.monotonic()
-        while self.pending and not self.dead:
-            batch, self.pending = self.pending, []
-            try:
-                with self.bridge.timed("append"):  # with other tasks' batches (ORCH-2565)
-                    await self.bridge.appends.append(tid, self.epoch, batch)
-            except (Fenced, TaskEnded, KeyError) as exc:
-                # another instance owns it now, or it was canceled anywhere (ORCH-2525)
-                reason = "fenced" if isinstance(exc, Fenced) else "ended"
-                self.bridge.metrics.store_writes_refused.add(
-                    1, {"pool_id": self.rec.pool_id, "reason": reason}
-                )
-                _log.info("task %s: the store refused an append (%s)", tid, type(exc).__name__)
-                self.bridge.lose(tid)
-                return
-            except StoreUnavailable:
-                if (time.monotonic() - started) * 1000 > self.bridge.options.lease_ms:
-                    _log.warning("task %s: store unreachable for a lease; stopping it", tid)
-                    self.bridge.lose(tid)
-                    return
-                self.pending = batch + self.pending
-                await asyncio.sleep(0.1)  # a retry back-off, not a poll of state
-
-
 class StoreBridge:
     def __init__(
         self,
@@ -231,7 +187,9 @@ class StoreBridge:
         self.leases = LeaseKeeper(
             self.store, self.instance, options.lease_ms, on_lost=self._lease_lost
         )
-        self._writers: dict[str, _Writer] = {}
+        self._writers: dict[str, TaskWriter] = {}
+        # the stored events of the runs of this instance, for its streams (ORCH-2571)
+        self.logs = StoredLogs(keep_s=min(60.0, config.admission.event_log_retention_s / 2))
         # cancels the control channel delivered, by when: a dispatch or claim whose
         # reply comes after its cancel's message must not start the run (ORCH-2567)
         self._canceled: dict[str, float] = {}
@@ -292,9 +250,12 @@ class StoreBridge:
     async def submit(self, rec: TaskRecord) -> int:
         """Admit at the store (quotas, capacity, full policy: ORCH-2522); the queue
         position. Tasks the full policy displaced already have their terminal there."""
+        pool = self.pools[rec.pool_id]
         try:
-            with self.timed("submit"):
-                admitted = await self.store.submit(spec_of(rec))
+            with self.timed("submit"):  # and the dispatch, in one step (ORCH-2569)
+                admitted, step = await self.store.submit_dispatch(
+                    spec_of(rec), self.instance, self.options.lease_ms
+                )
         except StoreUnavailable:
             self._withdrawn(rec.task_id)
             raise
@@ -302,6 +263,18 @@ class StoreBridge:
             victim = self.tasks.get(tid)
             if victim is not None and not victim.terminal:
                 victim.finish(error_event(victim, "displaced", code))
+        if isinstance(step, Orphaned):
+            if step.task_id == rec.task_id and self.tasks.get(rec.task_id) is None:
+                self.tasks.add(rec)  # so that its local record ends too
+            self._orphaned(step.task_id)
+        elif step is not None:
+            tid = step.task.task_id
+            if tid == rec.task_id and self.tasks.get(tid) is None:
+                self.tasks.add(rec)  # the record admission built is the one that runs
+            # its stored log now, for a stream opened with this answer (ORCH-2571); the run
+            # once admission is done with the record (its admission span before dispatch)
+            self.logs.live[tid] = StoredLog(step.next_seq)
+            asyncio.get_running_loop().call_soon(self._run, pool, step)
         return admitted.queue_position
 
     def _withdrawn(self, task_id: str) -> None:
@@ -310,7 +283,7 @@ class StoreBridge:
         its record goes, so the client may submit the same id again."""
         writer = self._writers.get(task_id)
         if writer is not None:
-            writer.dead = True
+            writer.kill()
         local = self.tasks.get(task_id)
         if local is None:
             return
@@ -346,7 +319,12 @@ class StoreBridge:
         one chunk (ORCH-2565), else one frame per item (for a facade's decoder)."""
         limits = self.config.limits
         chunk = limits.stream_chunk_bytes if joined else None
-        return store_frames(self.store, task_id, start, limits.sse_keepalive_s, max_chunk=chunk)
+        # a task running here: its stored events from this instance (ORCH-2571); the
+        # log is taken now, so a run that ends before the stream starts still serves it
+        log = self.logs.get(task_id)
+        return stream_frames(
+            self.store, task_id, start, limits.sse_keepalive_s, log=log, max_chunk=chunk
+        )
 
     # ---------------------------------------------------------------- dispatch
 
@@ -379,21 +357,34 @@ class StoreBridge:
                 if isinstance(step, Orphaned):
                     self._orphaned(step.task_id)
                     continue
-                pool.wakeup.clear()
-                bell = asyncio.ensure_future(self.store.wait_bell(pool.id, cursor, _BELL_WAIT_S))
-                local = asyncio.ensure_future(pool.wakeup.wait())
-                try:
-                    await asyncio.wait({bell, local}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for t in (bell, local):
-                        t.cancel()
-                    await asyncio.gather(bell, local, return_exceptions=True)
+                await self._wait_for_work(pool, cursor, synced)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # ORCH-2414: log and go on; a store outage retries after a pause
                 _log.exception("store dispatcher of pool %s: a step failed", pool.id)
                 await asyncio.sleep(1.0)
+
+    async def _wait_for_work(self, pool: Pool, cursor: str, synced: list[SlotView] | None) -> None:
+        """Until the pool's doorbell rings (a submit, a requeue, a slot freed while tasks
+        wait: ORCH-2518) or a replica here changes. A slot freed here or a submit here
+        wakes the local event too, but the store's bell already says whether that left
+        work to place: only a replica change ends the wait early, so the blocking read
+        is not cut off (a cancelled read costs its connection) for nothing (ORCH-2570)."""
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self.store.wait_bell(pool.id, cursor, _BELL_WAIT_S))
+        ]
+        try:
+            while True:
+                pool.wakeup.clear()
+                waits[1:] = [asyncio.ensure_future(pool.wakeup.wait())]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if waits[0].done() or self._slots(pool) != synced:
+                    return
+        finally:
+            for t in waits:
+                t.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def _orphaned(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)
@@ -408,22 +399,28 @@ class StoreBridge:
         replica = pool.replicas.get(d.replica_id)
         if rec.terminal or replica is None:
             _log.warning("task %s dispatched to unknown replica %s", rec.task_id, d.replica_id)
+            self._drop_log(rec.task_id)
             self._requeue(rec.task_id, d.epoch)
             return
-        self._go(pool, replica, rec, d.epoch)
+        self._go(pool, replica, rec, d.epoch, d.next_seq)
 
-    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int) -> bool:
-        """Run ``rec`` here under ``epoch``; False when a cancel already came for it."""
+    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int, next_seq: int) -> bool:
+        """Run ``rec`` here under ``epoch``, its first event at seq ``next_seq``; False
+        when a cancel already came for it."""
         if rec.task_id in self._canceled:
             # its cancel's control message arrived before this dispatch's or claim's
             # reply: the store holds the terminal, no engine request may open (ORCH-2567)
             _log.info("task %s: canceled before its run could start here", rec.task_id)
+            self._drop_log(rec.task_id)
             self.leases.release(rec.task_id)
             if not rec.terminal:
                 self.tasks.forget(rec.task_id)
             return False
         self.leases.hold(rec.task_id, epoch)
-        writer = _Writer(self, rec, epoch)
+        log = self.logs.live.get(rec.task_id)
+        if log is None or log.base != next_seq or log.frames or log.detached:
+            log = self.logs.live[rec.task_id] = StoredLog(next_seq)
+        writer = TaskWriter(self, rec, epoch, log)
         self._writers[rec.task_id] = writer
         rec.sink = writer.put
         self.dispatcher.launch(pool, replica, rec)
@@ -431,10 +428,18 @@ class StoreBridge:
         rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
         return True
 
+    def _drop_log(self, task_id: str) -> None:
+        """A log made for a run that does not start here: its streams read the store."""
+        log = self.logs.live.pop(task_id, None)
+        if log is not None:
+            log.detach()
+
     def _released(self, rec: TaskRecord, epoch: int) -> None:
         self.leases.release(rec.task_id)
         writer = self._writers.pop(rec.task_id, None)
         rec.sink = None
+        if writer is not None:
+            writer.release()
         if rec.state == "queued" and writer is not None and not writer.dead:
             # unreachable replica before any event (ORCH-1117): back to the store's front
             self._requeue(rec.task_id, epoch)
@@ -456,7 +461,7 @@ class StoreBridge:
         """This instance may no longer write for ``task_id``: stop its run (ORCH-2525)."""
         writer = self._writers.get(task_id)
         if writer is not None:
-            writer.dead = True
+            writer.kill()
         rec = self.tasks.get(task_id)
         if rec is not None and not rec.terminal:
             self.ending.end(rec, error_event(rec, "this instance lost the task"))
@@ -483,7 +488,7 @@ class StoreBridge:
         self._remember_cancel(task_id, now)
         writer = self._writers.get(task_id)
         if writer is not None:
-            writer.dead = True  # the store already holds the cancel's terminal
+            writer.kill()  # the store already holds the cancel's terminal
         rec = self.tasks.get(task_id)
         if rec is None or rec.terminal:
             return
@@ -578,7 +583,7 @@ class StoreBridge:
             rec.tokens_out = rec.engine_tokens = sofar.next_index
             rec.text_out = [sofar.text]
             if rec.request.max_tokens > sofar.next_index:
-                if self._go(pool, replica, rec, r.epoch):
+                if self._go(pool, replica, rec, r.epoch, r.next_seq):
                     _log.warning("task %s taken over: continuing it here", r.task_id)
                     return "continued"
                 return "ended"

@@ -314,6 +314,17 @@ class ValkeyStateStore(StateStore):
             raise AdmissionRejected(_opt(r[2]) or "queue full", policy_label=_opt(r[1]))
         raise KeyError(f"unknown pool {task.pool!r}")
 
+    async def submit_dispatch(
+        self, task: TaskSpec, instance: str, lease_ms: int
+    ) -> tuple[Admitted, Dispatched | Orphaned | None]:
+        if self._durability is not None:  # the WAIT before the 202 is submit's alone
+            return await super().submit_dispatch(task, instance, lease_ms)
+        r = await self._fcall(
+            "llorch_submit_dispatch", *self._submit_args(task), instance, lease_ms, _ORPHANED
+        )
+        admitted = self._admitted(task, r[0])  # raises a refusal as submit does
+        return admitted, self._step(task.pool, r[1])[0]
+
     async def dispatch(
         self, pool: str, instance: str, lease_ms: int
     ) -> Dispatched | Orphaned | None:
@@ -324,6 +335,9 @@ class ValkeyStateStore(StateStore):
     ) -> tuple[Dispatched | Orphaned | None, str]:
         # one FCALL: a dispatch that placed nothing answers the doorbell's cursor too
         r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
+        return self._step(pool, r)
+
+    def _step(self, pool: str, r: Any) -> tuple[Dispatched | Orphaned | None, str]:
         tag = _s(r[0])
         if tag == "ORPHAN":
             return Orphaned(task_id=_s(r[1])), ""
@@ -340,6 +354,7 @@ class ValkeyStateStore(StateStore):
             set_key=set_key,
             epoch=epoch,
             requeues=int(r[11]),
+            next_seq=int(r[12]),
         )
 
     @staticmethod

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '4'
+local LIB_VERSION = '5'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -44,7 +44,8 @@ end
 -- ------------------------------------------------------------------ queue
 local function band_live(p, pool, prio) return redis.call('ZCARD', p .. 'arr:' .. pool .. ':' .. prio) end
 
-local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front)
+-- quiet: the caller rings the bell itself, if at all (llorch_submit_dispatch, ORCH-2569)
+local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front, quiet)
   local seq
   if front then seq = redis.call('DECR', p .. 'fseq') else seq = redis.call('INCR', p .. 'aseq') end
   local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
@@ -59,7 +60,7 @@ local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front)
   redis.call('ZADD', p .. 'arr:' .. pool .. ':' .. prio, seq, tid)
   redis.call('INCR', p .. 'qlen:' .. pool)
   redis.call('HSET', p .. 't:' .. tid, 'state', 'queued', 'member', m)
-  ring_bell(p, pool, 'queued')
+  if not quiet then ring_bell(p, pool, 'queued') end
 end
 
 -- remove a queued task from its flow and band (flows retire lazily, as in core)
@@ -206,7 +207,9 @@ local function finish(p, cfg, tid, kind, data)
   elseif t[1] == 'running' and t[4] then
     local b = redis.call('HINCRBY', p .. 'busy:' .. t[2], t[4], -1)
     if b < 0 then redis.call('HSET', p .. 'busy:' .. t[2], t[4], 0) end
-    ring_bell(p, t[2], 'freed')
+    -- a freed slot matters only to a queued task: with none, no dispatcher wakes
+    -- for nothing (the next submit rings; ORCH-2570)
+    if tonumber(redis.call('GET', p .. 'qlen:' .. t[2]) or '0') > 0 then ring_bell(p, t[2], 'freed') end
   end
   if redis.call('HINCRBY', p .. 'inflight', t[3], -1) < 0 then redis.call('HSET', p .. 'inflight', t[3], 0) end
   redis.call('ZREM', p .. 'leases', tid)
@@ -237,9 +240,7 @@ local function bucket(p, key, rps, burst, now)
 end
 
 -- args: tid pool prio tenant deadline|'' pin|'' session|'' request displaced_terminal
-local function f_submit(keys, args)
-  local p = keys[1]
-  local cfg = config(p)
+local function submit_step(p, cfg, args, quiet)
   local tid, pool, prio, tenant = args[1], args[2], args[3], args[4]
   local deadline = tonumber(args[5])
   local tk = p .. 't:' .. tid
@@ -281,9 +282,13 @@ local function f_submit(keys, args)
   end
   redis.call('HSET', tk, 'pool', pool, 'prio', prio, 'tenant', tenant, 'deadline', args[5], 'pin', args[6],
     'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0)
-  qpush(p, cfg, pool, prio, tenant, tid, deadline, false)
+  qpush(p, cfg, pool, prio, tenant, tid, deadline, false, quiet)
   redis.call('HINCRBY', p .. 'inflight', tenant, 1)
   return { 'OK', position(p, cfg, tid), displaced[1] or '', displaced[2] or '' }
+end
+
+local function f_submit(keys, args)
+  return submit_step(keys[1], config(keys[1]), args, false)
 end
 
 local function free_of(r, busy)
@@ -336,10 +341,7 @@ local function bell_cursor(p, pool)
 end
 
 -- args: pool instance lease_ms orphan_terminal
-local function f_dispatch(keys, args)
-  local p = keys[1]
-  local cfg = config(p)
-  local pool, instance, lease_ms = args[1], args[2], tonumber(args[3])
+local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
   local head = peek(p, cfg, pool)
   if not head then return { 'EMPTY', bell_cursor(p, pool) } end
   local tid = head.tid
@@ -371,7 +373,7 @@ local function f_dispatch(keys, args)
   if pin ~= nil and not any_ready_pinned then
     pop_head(p, cfg, pool, head)
     redis.call('HSET', tk, 'state', 'orphaned')
-    finish(p, cfg, tid, 'error', args[4])
+    finish(p, cfg, tid, 'error', orphan)
     return { 'ORPHAN', tid }
   end
   local r = place(views, pin, affinity)
@@ -387,7 +389,26 @@ local function f_dispatch(keys, args)
     redis.call('HSET', sk, 'set', r.set, 'replica', r.id)
     redis.call('PEXPIRE', sk, cfg.session_ttl_ms)
   end
-  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]) }
+  -- the log's next seq: the first event the new owner appends gets it (ORCH-2571)
+  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]), tonumber(t[8]) }
+end
+
+local function f_dispatch(keys, args)
+  return dispatch_step(keys[1], config(keys[1]), args[1], args[2], tonumber(args[3]), args[4])
+end
+
+-- args: the 9 of llorch_submit, then instance lease_ms orphan_terminal (ORCH-2569).
+-- Admit, then dispatch the pool's head to this instance, in one step: the same answers
+-- as llorch_submit followed by llorch_dispatch. The doorbell rings unless the task
+-- just admitted was the one dispatched (nothing new is then left queued for others).
+local function f_submit_dispatch(keys, args)
+  local p = keys[1]
+  local cfg = config(p)
+  local admitted = submit_step(p, cfg, args, true)
+  if admitted[1] ~= 'OK' then return { admitted } end
+  local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12])
+  if d[2] ~= args[1] or (d[1] ~= 'OK' and d[1] ~= 'ORPHAN') then ring_bell(p, args[2], 'queued') end
+  return { admitted, d }
 end
 
 local function owned(p, tid, epoch)
@@ -672,6 +693,7 @@ redis.register_function('llorch_configure', f_configure)
 redis.register_function('llorch_set_replicas', f_set_replicas)
 redis.register_function('llorch_submit', f_submit)
 redis.register_function('llorch_dispatch', f_dispatch)
+redis.register_function('llorch_submit_dispatch', f_submit_dispatch)
 redis.register_function('llorch_append', f_append)
 redis.register_function('llorch_append_many', f_append_many)
 redis.register_function('llorch_cancel', f_cancel)

@@ -64,6 +64,24 @@ def _slots(n: int = 1000, **sets: int) -> list[SlotView]:
     return [SlotView(replica_id="r1", set_key="A", ready=True, slots=n)]
 
 
+async def _running(
+    store: StateStore,
+    *tasks: str | TaskSpec,
+    slots: int = 1000,
+    instance: str = "i1",
+    lease_ms: int = 60_000,
+) -> Dispatched:
+    """The setup most cases share: the default rules, one replica of ``slots`` slots,
+    ``tasks`` submitted in order, and the first dispatched to ``instance``."""
+    await store.configure(_cfg())
+    await store.set_replicas("p", _slots(slots))
+    for t in tasks:
+        await store.submit(_spec(t) if isinstance(t, str) else t)
+    d = await store.dispatch("p", instance, lease_ms)
+    assert isinstance(d, Dispatched)
+    return d
+
+
 async def _end(store: StateStore, d: Dispatched) -> None:
     await store.append(d.task.task_id, d.epoch, [Event("end", b"{}")])
 
@@ -110,11 +128,7 @@ class EventLogAndLeaseCases:
 
     async def test_exactly_one_terminal_and_resume(self, store: StateStore) -> None:
         """ORCH-2508: contiguous ids, one terminal, read after an id, tail to the end."""
-        await store.configure(_cfg())
-        await store.set_replicas("p", _slots())
-        await store.submit(_spec("t"))
-        d = await store.dispatch("p", "i1", 60_000)
-        assert isinstance(d, Dispatched)
+        d = await _running(store, "t")
         nxt = await store.append("t", d.epoch, [Event("started", b"{}"), Event("token", b"a")])
         assert nxt == 2
         tail = asyncio.create_task(_collect(store.tail("t", 0)))
@@ -134,12 +148,7 @@ class EventLogAndLeaseCases:
     async def test_no_token_after_cancel(self, store: StateStore, sut: StoreUnderTest) -> None:
         """ORCH-2510: cancel on another client ends the task atomically; the owner's
         next token is refused and the slot is free."""
-        await store.configure(_cfg())
-        await store.set_replicas("p", _slots(1))
-        await store.submit(_spec("t"))
-        await store.submit(_spec("q"))
-        d = await store.dispatch("p", "owner", 60_000)
-        assert isinstance(d, Dispatched)
+        d = await _running(store, "t", "q", slots=1, instance="owner")
         await store.append("t", d.epoch, [Event("started", b"{}"), Event("token", b"a")])
         other = await sut.peer(store)
         try:
@@ -166,14 +175,9 @@ class EventLogAndLeaseCases:
         """ORCH-2540: a cancel on another client of a running task puts one
         ``Control("cancel", id)`` on the owner's channel in the same step, waking a
         waiting owner; a queued task's cancel and other instances' channels get none."""
-        await store.configure(_cfg())
-        await store.set_replicas("p", _slots(1))
-        await store.submit(_spec("t"))
-        await store.submit(_spec("q"))
         cur = await store.control_cursor("owner")
         quiet = await store.control_cursor("bystander")
-        d = await store.dispatch("p", "owner", 60_000)
-        assert isinstance(d, Dispatched)
+        await _running(store, "t", "q", slots=1, instance="owner")
         waiter = asyncio.create_task(store.wait_control("owner", cur, 30))
         await asyncio.sleep(0)  # let it block
         other = await sut.peer(store)
@@ -272,12 +276,7 @@ class EventLogAndLeaseCases:
     ) -> None:
         """ORCH-2511: dispatched, no event, lease expired → front of its queue, slot freed;
         the old owner is fenced."""
-        await store.configure(_cfg())
-        await store.set_replicas("p", _slots(1))
-        await store.submit(_spec("t1"))
-        await store.submit(_spec("t2"))
-        long = await store.dispatch("p", "slow", 60_000)
-        assert isinstance(long, Dispatched)
+        long = await _running(store, "t1", "t2", slots=1, instance="slow")
         assert await store.reap("alive", LEASE_MS) == []  # a live lease is never reaped
         await store.requeue("t1", long.epoch)
         d = await store.dispatch("p", "dead", LEASE_MS)
@@ -298,11 +297,9 @@ class EventLogAndLeaseCases:
     ) -> None:
         """ORCH-2511, ORCH-2509: a streaming task is handed to the reaper under a new
         epoch with its log so far; the stale owner can never append again."""
-        await store.configure(_cfg())
-        await store.set_replicas("p", _slots(1))
-        await store.submit(_spec("t", request=b"prompt"))
-        d = await store.dispatch("p", "zombie", LEASE_MS)
-        assert isinstance(d, Dispatched)
+        d = await _running(
+            store, _spec("t", request=b"prompt"), slots=1, instance="zombie", lease_ms=LEASE_MS
+        )
         started = [Event("started", b"{}"), _token("Hel", 0), _token("lo", 1)]
         await store.append("t", d.epoch, started)
         assert await store.renew("zombie", {"t": d.epoch}, LEASE_MS) == []
@@ -321,12 +318,7 @@ class EventLogAndLeaseCases:
 
     async def test_requeue_gives_the_task_back_in_front(self, store: StateStore) -> None:
         """ORCH-2511 (ORCH-1908): the owner puts a task back ahead of its flow; fenced after."""
-        await store.configure(_cfg())
-        await store.set_replicas("p", _slots(1))
-        await store.submit(_spec("t1"))
-        await store.submit(_spec("t2"))
-        d = await store.dispatch("p", "i1", 60_000)
-        assert isinstance(d, Dispatched)
+        d = await _running(store, "t1", "t2", slots=1)
         await store.requeue("t1", d.epoch)
         with pytest.raises(Fenced):
             await store.requeue("t1", d.epoch)

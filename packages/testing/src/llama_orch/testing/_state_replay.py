@@ -12,21 +12,15 @@ from llama_orch.core.state_store import (
     Dispatched,
     Event,
     PoolPolicy,
-    SlotView,
     StateStore,
     StoreConfig,
     TaskEnded,
     TaskSpec,
 )
 
+from ._state_log_cases import _slots
+
 __all__ = ["replay"]
-
-
-def _slots(**sets: int) -> list[SlotView]:
-    return [
-        SlotView(replica_id=r, set_key=r.split("-")[0], ready=True, slots=n)
-        for r, n in sets.items()
-    ]
 
 
 async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:

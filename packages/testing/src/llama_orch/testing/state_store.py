@@ -25,6 +25,8 @@ from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_memory import MemoryStateStore
 from llama_orch.core.state_store import (
     Dispatched,
+    DuplicateTask,
+    Event,
     Orphaned,
     StateStore,
     TaskSpec,
@@ -363,3 +365,61 @@ class StateStoreConformance(EventLogAndLeaseCases):
         finally:
             if other is not store:
                 await other.close()
+
+    # ------------------------------------------- fewer round trips (ORCH-2569..2571)
+    async def test_submit_dispatch_is_submit_then_dispatch(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2569: ``submit_dispatch`` admits and dispatches the pool's head (whichever
+        task that is) in one step, with the answers of ``submit`` then ``dispatch``; the
+        doorbell rings only when the task it admitted is left queued. ORCH-2571: the
+        dispatch names the seq the owner's first event gets. ORCH-2570: a slot freed
+        while nothing is queued rings nothing."""
+        await store.configure(_cfg())
+        other = await sut.peer(store)
+        try:
+            await store.set_replicas("p", _slots(1))
+            cur = await other.bell("p")
+            admitted, step = await store.submit_dispatch(_spec("a"), "i1", 60_000)
+            assert admitted.queue_position == 0
+            assert isinstance(step, Dispatched) and step.task.task_id == "a"
+            assert step.next_seq == 0 and step.replica_id == "r1"
+            first = step
+            assert await other.wait_bell("p", cur, 0.2) == cur  # nothing left queued
+            # the only slot is taken: b is admitted and waits; the others are told
+            admitted, step = await store.submit_dispatch(_spec("b"), "i1", 60_000)
+            assert admitted.queue_position == 0 and step is None
+            cur = await other.wait_bell("p", cur, 30)
+            await _end(store, first)
+            cur = await other.wait_bell("p", cur, 30)  # freed while b waits: it rings
+            # the head, not the task just admitted: b before c; c waits, the bell rings
+            admitted, step = await store.submit_dispatch(_spec("c"), "i1", 60_000)
+            assert admitted.queue_position == 1
+            assert isinstance(step, Dispatched) and step.task.task_id == "b"
+            cur = await other.wait_bell("p", cur, 30)
+            await _end(store, step)  # c still waits: the freed slot rings
+            cur = await other.wait_bell("p", cur, 30)
+            d = await other.dispatch("p", "i2", 60_000)
+            assert isinstance(d, Dispatched) and d.task.task_id == "c"
+            await _end(other, d)  # nothing queued any more: nothing rings
+            assert await other.wait_bell("p", cur, 0.2) == cur
+            with pytest.raises(DuplicateTask):
+                await store.submit_dispatch(_spec("c"), "i1", 60_000)
+        finally:
+            if other is not store:
+                await other.close()
+
+    async def test_a_dispatch_names_the_seq_after_the_stores_own_events(
+        self, store: StateStore
+    ) -> None:
+        """ORCH-2571: events the store appended while the task was queued come before the
+        owner's: ``Dispatched.next_seq`` is the seq of the owner's first append."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(0))
+        await store.submit(_spec("q"))
+        await store.announce_queued([("q", 1000)], 1000)  # one `queued` event at seq 0
+        await store.set_replicas("p", _slots(1))
+        d = await store.dispatch("p", "i1", 60_000)
+        assert isinstance(d, Dispatched) and d.next_seq == 1
+        nxt = await store.append("q", d.epoch, [Event("started", b"{}")])
+        assert nxt == d.next_seq + 1
