@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_log import attach_engine_runs, attach_queue_times, engine_cache, engine_runs
 from placement_report import POLICIES, render, summarise
 from placement_workload import drive, system_prompt
-from procs import BIN, HERE, Procs, free_port, http_get, log
+from procs import BIN, HERE, LlamaServer, Procs, free_port, http_get, log, start_llama_server
 
 MODEL = "pypi:smollm2-135m-instruct-q4_1"
 ADMIN_KEY = f"llo_bench-admin-{'k' * 40}"  # reads /metrics
@@ -152,9 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         print(render(doc["results"], doc["meta"]))
         return 0
 
-    from llama_orch.pool_managerd.engine import LlamaServerSpec
-    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
-
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     uptime_start = Path("/proc/loadavg").read_text().split()[:3]
     stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
@@ -167,28 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     raw: dict[str, list[dict[str, Any]]] = {}
     system_tokens = 0
+    servers: list[LlamaServer] = []
     try:
-        binary = provision_llama_server(progress=log)
-        model_path, digest = provision_model(MODEL, progress=log)
-        engines = []
-        engine_t0: list[float] = []
-        for i in range(2):
-            spec = LlamaServerSpec(
-                binary=binary.path,
-                model_path=model_path,
-                port=free_port(),
-                slots=4,
-                ctx_per_slot=2048,
+        servers = [
+            start_llama_server(
+                procs,
+                f"llama-server-{i}",
+                model=MODEL,
                 threads=args.threads,
                 # this build's repacking dies with SIGILL here; 64-token batches so that
                 # progress chunks flow during a long prefill (ORCH-3028)
                 extra_flags=("--no-repack", "-b", "64", "-ub", "64")
                 + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
             )
-            engine_t0.append(time.monotonic())
-            p = procs.start(f"llama-server-{i}", spec.command(), env=spec.env())
-            procs.wait_ready(p, spec.base_url + "/health", 180)
-            engines.append(spec.base_url)
+            for i in range(2)
+        ]
+        engines = [s.url for s in servers]
         import urllib.request
 
         probe = system_prompt("probe", args.system_tokens)
@@ -208,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 tmp,
                 policy,
                 engines,
-                digest,
-                binary.engine_version,
+                servers[0].model_digest,
+                servers[0].engine_version,
                 args.imbalance_abs,
                 args.tenants,
                 args.cache_ram != 0,
@@ -226,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             # the engines' own per-request figures (replica bench-e<i> is endpoint i)
             runs = {
-                f"bench-e{i}": engine_runs(tmp / f"llama-server-{i}.log", engine_t0[i])
-                for i in range(len(engines))
+                f"bench-e{i}": engine_runs(server.log, server.started)
+                for i, server in enumerate(servers)
             }
             attach_engine_runs(recs, runs)
             results[policy] = summarise(recs, wall, cache)
@@ -275,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "think_ms": args.think_ms,
         "uptime": uptime_start,
         "system_tokens": system_tokens,
-        "engine_version": binary.engine_version,
+        "engine_version": servers[0].engine_version if servers else "",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load avg "
         f"{os.getloadavg()[0]:.1f} at the end (shared with other jobs)",
     }
