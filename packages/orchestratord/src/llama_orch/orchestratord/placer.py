@@ -32,6 +32,12 @@ from .tasks import TaskRecord
 __all__ = ["Placer"]
 
 
+def _owner(rec: TaskRecord) -> str | None:
+    """The session a slot then belongs to (ORCH-2364): sessions are per tenant."""
+    key = rec.session_key
+    return None if key is None else f"{key[0]}\x00{key[1]}"
+
+
 class Placer:
     def __init__(self, pools: dict[str, Pool], metrics: Metrics) -> None:
         self._metrics = metrics
@@ -134,6 +140,7 @@ class Placer:
         got = choose_slot(
             views, cfg, table, hashes,
             affinity=affinity, tokens_per_block=tokens_per_block, host_hits=host,
+            session=_owner(rec),
         )  # fmt: skip
         if got is None:
             return None
@@ -148,10 +155,16 @@ class Placer:
         table = self.slot_table(pool)
         rid, st = replica.state.replica_id, replica.state
         task_id, chosen_rid, slot, pin = self._pending_slot.pop(pool.id, ("", "", -1, False))
+        owner = _owner(rec)
         if task_id != rec.task_id or chosen_rid != rid or slot < 0:
-            hit, slot = table.pick_idle(rid, max(1, st.slots), hashes)
-            pin = hit > 0
-        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens)
+            n = max(1, st.slots)
+            keep = table.has_empty_idle(rid, n)  # ORCH-2364
+            hit, slot = table.pick_idle(rid, n, hashes, session=owner, keep_others=keep)
+            pin = hit > 0 or (keep and table.best_idle_hit(rid, hashes) > 0)
+            if slot < 0:  # only other sessions' slots are idle here
+                hit, slot = table.pick_idle(rid, n, hashes, session=owner)
+                pin = hit > 0
+        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens, owner=owner)
         self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
         rec.engine_slot = slot if pin else None
 
