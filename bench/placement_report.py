@@ -43,6 +43,16 @@ def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]
         / max(1, len(later_recs)),
         "tokens_out_mean": tokens / max(1, len(recs)),
         "tasks": len(recs),
+        # the engine's own count: a turn that evaluated at least half its prompt had
+        # no slot holding its system prompt; a later turn that evaluated 150 tokens or
+        # more, but less than half, lost its session's history (a new message and
+        # the template are ~80)
+        "cold_prefills": sum(
+            1 for r in recs if "prompt_n" in r and r["prompt_n"] >= 0.5 * r["tokens_in"]
+        ),
+        "history_reevaluated": sum(
+            1 for r in engine if 150 <= r["prompt_n"] < 0.5 * r["tokens_in"]
+        ),
         "errors": sum(1 for r in recs if "error" in r),
         "ttft_p50_ms": _pct(ttft, 0.5),
         "ttft_p99_ms": _pct(ttft, 0.99),
@@ -58,10 +68,21 @@ def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]
             for r in recs
             for p in recs
             if p["tenant"] == r["tenant"]
+            and p.get("session", 0) == r.get("session", 0)
             and p["turn"] == r["turn"] - 1
             and p.get("replica_id") != r.get("replica_id")
         ),
     }
+
+
+def goals_met(x: dict[str, Any], rr: dict[str, Any], ll: dict[str, Any]) -> bool:
+    """The issue's goals for a policy ``x``: TTFT p50 at least 2x lower than round-robin's
+    and at least 20 % lower than least-loaded's, at equal or better output tokens/s."""
+    return (
+        rr["ttft_p50_ms"] >= 2 * x["ttft_p50_ms"]
+        and x["ttft_p50_ms"] <= 0.8 * ll["ttft_p50_ms"]
+        and x["tokens_per_s"] >= max(rr["tokens_per_s"], ll["tokens_per_s"])
+    )
 
 
 def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -88,9 +109,20 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Command: `{meta['command']}` ({meta['took_s'] / 60:.1f} min). "
         f"Two `llama-server` replicas (SmolLM2-135M Q4_1, 4 slots x 2048 ctx, "
         f"{meta['threads']} thread each, build {meta['engine_version']}) behind one "
-        f"orchestratord pool, {cache}; {meta.get('tenants', 8)} tenants (one key and one "
-        f"session each), {meta['turns']} turns each, {workload} "
-        f"(own nonce per policy), user messages of "
+        f"orchestratord pool, {cache}; {meta.get('tenants', 8)} tenants (one key each; "
+        + (
+            f"{meta['sessions']} sessions each, one after the other, a think time apart"
+            if meta.get("sessions", 1) > 1
+            else "one session each"
+        )
+        + f"), {meta['turns']} turns per session, {workload} "
+        + (
+            "(the same for every policy; both engines restarted before each policy, so "
+            "every policy starts with empty slots and pays its own cold prefills), "
+            if meta.get("engines_restarted")
+            else "(own nonce per policy, engines shared by the policies), "
+        )
+        + "user messages of "
         + (
             f"about {meta['user_tokens']} tokens"
             if meta.get("user_tokens", 0) > 0
@@ -110,8 +142,9 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         + (f"; load avg {'/'.join(meta['uptime'])} at the start." if "uptime" in meta else "."),
         "",
         "| policy | tasks | TTFT p50 ms | TTFT p99 ms | TTFT p50 turns 2+ ms | output tok/s "
-        "| engine prefix-cache hit ratio | replica switches within a session |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine prefix-cache hit ratio | replica switches within a session "
+        "| cold prefills | histories re-evaluated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in policies:
         r = res[p]
@@ -119,7 +152,8 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {p} | {r['tasks']} ({r['errors']} errors) | {r['ttft_p50_ms']:.0f} "
             f"| {r['ttft_p99_ms']:.0f} | {r['ttft_later_turns_p50_ms']:.0f} "
             f"| {r['tokens_per_s']:.2f} | {r['engine_cache_hit_ratio']:.3f} "
-            f"| {r['replica_switches']} |"
+            f"| {r['replica_switches']} | {r.get('cold_prefills', '-')} "
+            f"| {r.get('history_reevaluated', '-')} |"
         )
     lines += [
         "",
@@ -133,6 +167,9 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{pa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
         f"{pa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
     ]
+    for name, x in (("prefix-aware", pa), ("slot-aware", sa)):
+        if x is not None:
+            lines.append(f"- **{name}: goals {'met' if goals_met(x, rr, ll) else 'not met'}**")
     if sa is not None:
         lines += [
             f"- TTFT p50 round-robin / slot-aware: **{rr['ttft_p50_ms'] / sa['ttft_p50_ms']:.2f}x**"

@@ -92,54 +92,74 @@ async def conversation(
     after: asyncio.Event | None,
     started: asyncio.Event,
     out: list[dict[str, Any]],
+    sessions: int = 1,
 ) -> None:
     if after is not None:  # the previous tenant's first prompt is in an engine's cache
         await after.wait()
-    topic = TOPICS[tenant % len(TOPICS)]
     think = random.Random(7919 * tenant + 1)  # the same think times for every policy
-    session = f"00000000-0000-4000-8000-{tenant:012d}"
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     headers = {"Authorization": f"Bearer {key}"}
-    for turn in range(turns):
-        messages.append({"role": "user", "content": user_message(tenant, turn, topic, user_tokens)})
-        body = {
-            "workload": "chat",
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "session_id": session,
-            "temperature": 0.0,
-            "seed": tenant,
-        }
-        t0 = time.monotonic()
-        async with http.post(url + "/v1/tasks", json=body, headers=headers) as r:
-            payload = await r.json()
-            if r.status != 202:
-                raise RuntimeError(f"submit refused {r.status}: {payload}")
-        tid = payload["task_id"]
-        rec: dict[str, Any] = {"tenant": tenant, "turn": turn, "task_id": tid, "t_submit": t0}
-        text: list[str] = []
-        parser = SSEParser()
-        async with http.get(f"{url}/v1/tasks/{tid}/stream", headers=headers) as r:
-            async for chunk in r.content.iter_any():
-                for m in parser.feed(chunk):
-                    data = json.loads(m.data)
-                    if m.event == "started":
-                        rec["replica_id"] = data["replica_id"]
-                    elif m.event == "token":
-                        if "ttft_ms" not in rec:
-                            rec["ttft_ms"] = (time.monotonic() - t0) * 1000
-                            started.set()
-                        text.append(data["t"])
-                    elif m.event == "end":
-                        rec |= {"tokens_out": data["tokens_out"], "tokens_in": data["tokens_in"]}
-                    elif m.event == "error":
-                        rec["error"] = data["code"]
+    for k in range(sessions):  # ORCH-2368: the tenant's next session after its last turn
+        if k:
+            await asyncio.sleep(think.expovariate(1000.0 / think_ms) if think_ms > 0 else 0)
+        topic = TOPICS[(tenant + 3 * k) % len(TOPICS)]
+        session = f"00000000-0000-4000-8000-{k:04d}{tenant:08d}"
+        messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+        for turn in range(turns):
+            msg = user_message(tenant, k * turns + turn, topic, user_tokens)
+            messages.append({"role": "user", "content": msg})
+            rec = await _turn(http, url, headers, messages, max_tokens, session, tenant, started)
+            out.append(rec | {"turn": turn, "session": k})
+            if think_ms > 0 and turn + 1 < turns:  # the user reads the answer, then types
+                await asyncio.sleep(think.expovariate(1000.0 / think_ms))
+
+
+async def _turn(
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    session: str,
+    tenant: int,
+    started: asyncio.Event,
+) -> dict[str, Any]:
+    """One turn: submit, stream, record; the answer is appended to ``messages``."""
+    body = {
+        "workload": "chat",
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "session_id": session,
+        "temperature": 0.0,
+        "seed": tenant,
+    }
+    t0 = time.monotonic()
+    async with http.post(url + "/v1/tasks", json=body, headers=headers) as r:
+        payload = await r.json()
+        if r.status != 202:
+            raise RuntimeError(f"submit refused {r.status}: {payload}")
+    tid = payload["task_id"]
+    rec: dict[str, Any] = {"tenant": tenant, "task_id": tid, "t_submit": t0}
+    text: list[str] = []
+    parser = SSEParser()
+    async with http.get(f"{url}/v1/tasks/{tid}/stream", headers=headers) as r:
+        async for chunk in r.content.iter_any():
+            for m in parser.feed(chunk):
+                data = json.loads(m.data)
+                if m.event == "started":
+                    rec["replica_id"] = data["replica_id"]
+                elif m.event == "token":
+                    if "ttft_ms" not in rec:
+                        rec["ttft_ms"] = (time.monotonic() - t0) * 1000
                         started.set()
-        rec["done_ms"] = (time.monotonic() - t0) * 1000
-        out.append(rec)
-        messages.append({"role": "assistant", "content": "".join(text)})
-        if think_ms > 0 and turn + 1 < turns:  # the user reads the answer, then types
-            await asyncio.sleep(think.expovariate(1000.0 / think_ms))
+                    text.append(data["t"])
+                elif m.event == "end":
+                    rec |= {"tokens_out": data["tokens_out"], "tokens_in": data["tokens_in"]}
+                elif m.event == "error":
+                    rec["error"] = data["code"]
+                    started.set()
+    rec["done_ms"] = (time.monotonic() - t0) * 1000
+    messages.append({"role": "assistant", "content": "".join(text)})
+    return rec
 
 
 async def drive(
@@ -164,6 +184,7 @@ async def drive(
                     started[i - 1] if i else None,
                     started[i],
                     out,
+                    args.sessions,
                 )
                 for i in range(args.tenants)
             )

@@ -1,17 +1,19 @@
 """Cache-aware placement on two real llama-server replicas (issue #17 part 2, ORCH-2340, 2359,
-ORCH-2360, 2361, 2363).
+ORCH-2360, 2361, 2363, 2367, 2368).
 
-Multi-turn chat sessions of 8 tenants (one API key and one session each) share a
-system prompt of about 1,000 tokens. The same workload runs once per placement
-policy, ``round-robin``, ``least-loaded``, ``prefix-aware`` and ``slot-aware``,
-in one run on the same two engines, and the table reports per policy the client-measured TTFT
-(submit to first token, p50/p99), output tokens/s over the policy's wall time,
+Multi-turn chat sessions of 8 tenants (one API key each; ``--sessions`` sessions
+per tenant one after the other, default 2) share a system prompt of about 1,000
+tokens. The same workload runs once per placement policy, ``round-robin``,
+``least-loaded``, ``prefix-aware`` and ``slot-aware``, in one run, and the
+table reports per policy the client-measured TTFT (submit to first token,
+p50/p99), output tokens/s over the policy's wall time,
 and the engines' own prefix-cache hit ratio over that policy's requests (from
 ``llamacpp:prompt_tokens_cached_total`` / ``prompt_tokens_total``).
 
-Fairness between the policies: orchestratord is restarted for each policy (an
-empty prefix index), and each policy's system prompt starts with its own
-nonce, so no policy finds another's prompts in the engines' caches. Tenants
+Fairness between the policies (ORCH-2367): orchestratord and both engines are
+restarted for each policy (an empty prefix index, every slot empty, no host
+cache), and every policy gets the same system prompt, messages and think times,
+so each pays its own cold prefills and none inherits another's cache. Tenants
 start one after the other (tenant *i* when tenant *i*-1 got its first token,
 so the shared prompt is in an engine's cache), then converse concurrently,
 each sending its next turn a think time after the previous answer ended
@@ -21,9 +23,9 @@ a replica that does not hold a session's history re-evaluates ~200-600 tokens
 of it. The report also says where TTFT goes (ORCH-2361): orchestratord's queue
 wait and the prompt tokens each engine evaluated per task (from its own log).
 
-    uv run --frozen python bench/prefix_placement.py           # ~9 min on 2 cores
     uv run --frozen python bench/prefix_placement.py \
         --policies round-robin,least-loaded,prefix-aware    # the three of the issue
+    # ~3-4 min per policy on 2 cores; --sessions 1: sessions 2-6's 32 turns a policy
     # sessions 2-5's turns: one short question, 16-token answers, no think time
     uv run --frozen python bench/prefix_placement.py --user-tokens 0 --max-tokens 16 \
         --think-ms 0 --imbalance-abs 1 --system-tokens 1149
@@ -118,6 +120,15 @@ def start_orch(
     return url, keys, p
 
 
+def count_tokens(engine: str, text: str) -> int:
+    """The engine's own token count of ``text``."""
+    import urllib.request
+
+    req = urllib.request.Request(engine + "/tokenize", data=json.dumps({"content": text}).encode())
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return len(json.loads(resp.read())["tokens"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--turns", type=int, default=4)
@@ -137,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         help="mean time a user takes before the next turn (exponential, seeded; 0: none)",
     )  # fmt: skip
     ap.add_argument("--tenants", type=int, default=8)
+    ap.add_argument(
+        "--sessions", type=int, default=2,
+        help="sessions per tenant, one after the other (ORCH-2368; sessions 2-6 ran 1)",
+    )  # fmt: skip
     ap.add_argument("--prompts", type=int, default=1, help="different system prompts (ORCH-2359)")
     ap.add_argument(
         "--cache-ram", type=int, default=None,
@@ -166,34 +181,32 @@ def main(argv: list[str] | None = None) -> int:
     system_tokens = 0
     servers: list[LlamaServer] = []
     try:
-        servers = [
-            start_llama_server(
-                procs,
-                f"llama-server-{i}",
-                model=MODEL,
-                threads=args.threads,
-                # this build's repacking dies with SIGILL here; 64-token batches so that
-                # progress chunks flow during a long prefill (ORCH-3028)
-                extra_flags=("--no-repack", "-b", "64", "-ub", "64")
-                + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
-            )
-            for i in range(2)
-        ]
-        engines = [s.url for s in servers]
-        import urllib.request
 
-        probe = system_prompt("probe", args.system_tokens)
-        req = urllib.request.Request(
-            engines[0] + "/tokenize", data=json.dumps({"content": probe}).encode()
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            system_tokens = len(json.loads(resp.read())["tokens"])
-        log(f"system prompt: {system_tokens} tokens")
-        for policy in [p for p in POLICIES if p in args.policies.split(",")]:
-            nonce = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
-            systems = [
-                system_prompt(f"{nonce}-{k}", args.system_tokens) for k in range(args.prompts)
+        def start_engines(tag: str) -> list[LlamaServer]:
+            return [
+                start_llama_server(
+                    procs,
+                    f"llama-server-{i}-{tag}",
+                    model=MODEL,
+                    threads=args.threads,
+                    # this build's repacking dies with SIGILL here; 64-token batches so
+                    # that progress chunks flow during a long prefill (ORCH-3028)
+                    extra_flags=("--no-repack", "-b", "64", "-ub", "64")
+                    + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
+                )
+                for i in range(2)
             ]
+
+        # ORCH-2367: one workload for every policy (the same system prompt, messages
+        # and think times), and fresh engines for each (every slot empty, no host cache)
+        nonce = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
+        systems = [system_prompt(f"{nonce}-{k}", args.system_tokens) for k in range(args.prompts)]
+        for policy in [p for p in POLICIES if p in args.policies.split(",")]:
+            servers = start_engines(policy)
+            engines = [s.url for s in servers]
+            if not system_tokens:
+                system_tokens = count_tokens(engines[0], systems[0])
+                log(f"system prompt: {system_tokens} tokens")
             url, keys, orch = start_orch(
                 procs,
                 tmp,
@@ -238,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 log(f"{policy}: /metrics not read: {exc}")
             procs.stop(orch)
+            for server in servers:
+                procs.stop(server.proc)
             attach_queue_times(recs, tmp / f"orch-{policy}.log")
             results[policy] |= {
                 k: v
@@ -258,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "turns": args.turns,
         "imbalance_abs": args.imbalance_abs,
         "tenants": args.tenants,
+        "sessions": args.sessions,
+        "engines_restarted": True,  # ORCH-2367
         "prompts": args.prompts,
         "cache_ram": args.cache_ram,
         "learn": "completion",  # the PlacementConfig default since run 3

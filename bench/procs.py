@@ -335,6 +335,7 @@ class LlamaServer:
     log: Path
     engine_version: str
     model_digest: str
+    proc: subprocess.Popen[bytes]
 
 
 def start_llama_server(
@@ -367,5 +368,5 @@ def start_llama_server(
     p = procs.start(name, spec.command(), env=spec.env())
     procs.wait_ready(p, spec.base_url + "/health", timeout)
     return LlamaServer(
-        spec.base_url, started, procs.logdir / f"{name}.log", binary.engine_version, digest
+        spec.base_url, started, procs.logdir / f"{name}.log", binary.engine_version, digest, p
     )
