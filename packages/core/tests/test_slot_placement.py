@@ -181,6 +181,7 @@ class SlotMachine(RuleBasedStateMachine):
         view = next(v for v in views if v.replica_id == got.replica_id)
         assert view.free > 0 and 0 <= got.slot < view.slots
         assert got.pin == (got.hit_blocks > 0 or got.fill)
+        assert (got.source is not None) == got.fill  # ORCH-2369
         state = self.table.slots(got.replica_id, 2)[got.slot]
         if got.decision == "wait":
             assert len(state.tasks) == 1
@@ -235,6 +236,7 @@ def test_a_new_session_fills_an_empty_slot_before_taking_another_sessions_histor
     got = choose_slot(views, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")
     assert got is not None and (got.replica_id, got.slot, got.decision) == ("r0", 1, "load")
     assert got.pin and got.hit_blocks == 0  # pinned to the empty slot
+    assert got.source == 0  # ORCH-2369: copy the slot holding the system prompt first
     got = choose_slot(views, CFG, t, _h(s1 + "u2: and why?"), session="s1")
     assert got is not None and (got.slot, got.decision, got.pin) == (0, "slot", True)
     assert got.hit_blocks == len(_h(s1))
@@ -242,6 +244,7 @@ def test_a_new_session_fills_an_empty_slot_before_taking_another_sessions_histor
     views2 = [_view("r0", slots=1), _view("r1", slots=1)]
     got = choose_slot(views2, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")
     assert got is not None and (got.replica_id, got.slot, got.pin) == ("r1", 0, False)
+    assert got.source is None  # nothing on r1 to copy
     # no empty slot anywhere: the idle session's slot is taken, pinned, for its hit
     _done(t, "r0", 1, "b", SYS_B + "u1: bread?", "s3")
     got = choose_slot(views, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")

@@ -93,9 +93,9 @@ async def test_slot_aware_pins_the_warm_idle_slot_and_frees_it(mock_config, star
 async def test_a_new_session_is_pinned_to_an_empty_slot_not_to_an_idle_sessions(
     mock_config, start_orchestrator
 ):
-    """ORCH-2364: a second session sharing the system prompt is pinned to the empty
-    slot, not to the first session's idle slot, whose next turn then finds its
-    history there; the slot belongs to the session of its last task."""
+    """ORCH-2364, ORCH-2369: a second session sharing the system prompt is pinned to
+    the empty slot, not to the first session's idle slot (whose cache is copied
+    into it first), and the first session's next turn then finds its history there."""
     run = await start_orchestrator(
         mock_config(
             endpoints=["mock://0"],
@@ -106,7 +106,8 @@ async def test_a_new_session_is_pinned_to_an_empty_slot_not_to_an_idle_sessions(
     pool = run.orch.pools["mock"]
     await _until(lambda: len(pool.ready_replicas()) == 1)
     s1, s2 = (f"00000000-0000-4000-8000-00000000000{i}" for i in (1, 2))
-    first = await _submit(run, prompt=SYSTEM + "user: tell me about owls. " * 4, max_tokens=3, session_id=s1)
+    owls = SYSTEM + "user: tell me about owls. " * 4
+    first = await _submit(run, prompt=owls, max_tokens=3, session_id=s1)
     await run.events(first)
     a = run.orch.get(first)
     table = run.orch.placer.slot_table(pool)
@@ -116,6 +117,7 @@ async def test_a_new_session_is_pinned_to_an_empty_slot_not_to_an_idle_sessions(
     await run.events(other)
     b = run.orch.get(other)
     assert b.engine_slot is not None and b.engine_slot != slot_a  # pinned, the empty slot
+    assert b.engine_slot_source == slot_a  # ORCH-2369: the system prompt copied from there
     assert (
         table.slots(a.replica_id, 2)[b.engine_slot].owner
         != table.slots(a.replica_id, 2)[slot_a].owner

@@ -78,6 +78,7 @@ class SlotChoice:
     hit_blocks: int
     pin: bool
     fill: bool = False  # pinned to an empty slot to keep another session's (ORCH-2364)
+    source: int | None = None  # with ``fill``: the idle slot to copy first (ORCH-2369)
 
 
 class SlotTable:
@@ -217,6 +218,15 @@ class SlotTable:
             (shared_blocks(s.held, hashes) for s in self._slots.get(replica_id, ())), default=0
         )
 
+    def best_idle_slot(self, replica_id: str, hashes: Sequence[bytes]) -> int | None:
+        """The idle slot holding the longest hit (the lowest id among equals), or None."""
+        best, slot = 0, None
+        for i, s in enumerate(self._slots.get(replica_id, ())):
+            h = 0 if s.busy else shared_blocks(s.held, hashes)
+            if h > best:
+                best, slot = h, i
+        return slot
+
     def best_idle_hit(self, replica_id: str, hashes: Sequence[bytes]) -> int:
         """Longest hit among the replica's idle slots, in blocks."""
         return max(
@@ -306,7 +316,10 @@ def choose_slot(
         pin = hit > 0 and hit >= host.get(r.replica_id, 0)
         # ORCH-2364: left to itself the engine would give the task the similar slot
         fill = keep and hit <= 0 and table.best_idle_hit(r.replica_id, hashes) > 0
-        return SlotChoice(r.replica_id, slot, decision, score(r.replica_id), pin or fill, fill)
+        source = table.best_idle_slot(r.replica_id, hashes) if fill else None  # ORCH-2369
+        return SlotChoice(
+            r.replica_id, slot, decision, score(r.replica_id), pin or fill, fill, source
+        )
 
     top = max(score(r.replica_id) for r in free)
     if cfg.slot_wait_tokens > 0:  # ORCH-2353: a much longer prefix about to free up

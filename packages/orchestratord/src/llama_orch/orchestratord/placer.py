@@ -51,7 +51,7 @@ class Placer:
         # slot-aware (ORCH-2350): per pool its slot table, the (replica, slot) of the
         # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353)
         self._slots: dict[str, SlotTable] = {}
-        self._pending_slot: dict[str, tuple[str, str, int, bool]] = {}
+        self._pending_slot: dict[str, tuple[str, str, int, bool, int | None]] = {}
         self._pinned: dict[str, dict[str, TaskRecord]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
@@ -145,7 +145,9 @@ class Placer:
         if got is None:
             return None
         self._pending[pool.id] = (rec.task_id, got.decision, hashes)
-        self._pending_slot[pool.id] = (rec.task_id, got.replica_id, got.slot, got.pin)
+        self._pending_slot[pool.id] = (
+            rec.task_id, got.replica_id, got.slot, got.pin, got.source
+        )  # fmt: skip
         return next(v for v in views if v.replica_id == got.replica_id)
 
     def _pin(self, pool: Pool, replica: Replica, rec: TaskRecord, hashes: list[bytes]) -> None:
@@ -154,7 +156,8 @@ class Placer:
         it there when the slot holds part of the prompt."""
         table = self.slot_table(pool)
         rid, st = replica.state.replica_id, replica.state
-        task_id, chosen_rid, slot, pin = self._pending_slot.pop(pool.id, ("", "", -1, False))
+        pending = self._pending_slot.pop(pool.id, ("", "", -1, False, None))
+        task_id, chosen_rid, slot, pin, source = pending
         owner = _owner(rec)
         if task_id != rec.task_id or chosen_rid != rid or slot < 0:
             n = max(1, st.slots)
@@ -164,9 +167,11 @@ class Placer:
             if slot < 0:  # only other sessions' slots are idle here
                 hit, slot = table.pick_idle(rid, n, hashes, session=owner)
                 pin = hit > 0
+            source = table.best_idle_slot(rid, hashes) if pin and hit <= 0 else None
         table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens, owner=owner)
         self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
         rec.engine_slot = slot if pin else None
+        rec.engine_slot_source = source if pin and source != slot else None  # ORCH-2369
 
     def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         """The task starts on ``replica``: learn its prompt there, count the decision."""
@@ -175,7 +180,7 @@ class Placer:
         task_id, decision, hashes = self._pending.pop(pool.id, ("", "load", []))
         if task_id != rec.task_id:
             decision, hashes = "load", []
-        rec.engine_slot = rec.engine_slot_used = None
+        rec.engine_slot = rec.engine_slot_used = rec.engine_slot_source = None
         if cfg.policy == "slot-aware":
             self._pin(pool, replica, rec, hashes or self._hashes(pool, rec))
         if cfg.policy == "round-robin":
