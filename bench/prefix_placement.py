@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
 
         def start_engines(tag: str) -> list[LlamaServer]:
+            for i in range(2):
+                (tmp / f"slots-{i}-{tag}").mkdir(exist_ok=True)
             return [
                 start_llama_server(
                     procs,
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                     # that progress chunks flow during a long prefill (ORCH-3028)
                     extra_flags=("--no-repack", "-b", "64", "-ub", "64")
                     + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
+                    # every policy's engines alike: only slot-aware copies slots (ORCH-2369)
+                    slot_save_path=tmp / f"slots-{i}-{tag}",
                 )
                 for i in range(2)
             ]

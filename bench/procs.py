@@ -346,6 +346,7 @@ def start_llama_server(
     threads: int = 1,
     extra_flags: tuple[str, ...] = ("--no-repack",),
     timeout: float = 180.0,
+    slot_save_path: Path | None = None,
 ) -> LlamaServer:
     """Provision (cached) and start one llama-server with 4 slots of 2,048 tokens,
     stopped with the other processes of ``procs``. The default flag: this build's
@@ -362,6 +363,7 @@ def start_llama_server(
         slots=4,
         ctx_per_slot=2048,
         threads=threads,
+        slot_save_path=slot_save_path,  # as pool-managerd starts it (ORCH-2370)
         extra_flags=extra_flags,
     )
     started = time.monotonic()

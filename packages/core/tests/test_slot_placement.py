@@ -191,7 +191,9 @@ class SlotMachine(RuleBasedStateMachine):
             assert not state.busy
         if got.decision == "slot":
             best = max(self.table.best_idle_hit(v.replica_id, hashes) for v in views if v.free)
-            assert got.hit_blocks == best == shared_blocks(state.held, hashes) > 0
+            # ORCH-2369: an empty slot gets the source slot's cache copied first
+            held = self.table.slots(got.replica_id, 2)[got.source].held if got.fill else state.held
+            assert got.hit_blocks == best == shared_blocks(held, hashes) > 0
         self.n += 1
         task = f"t{self.n}"
         self.table.pin(got.replica_id, got.slot, task, hashes, max_tokens)
@@ -234,9 +236,10 @@ def test_a_new_session_fills_an_empty_slot_before_taking_another_sessions_histor
     _done(t, "r0", 0, "a", s1, "s1")
     views = [_view("r0", slots=2)]  # slot 1 is empty
     got = choose_slot(views, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")
-    assert got is not None and (got.replica_id, got.slot, got.decision) == ("r0", 1, "load")
-    assert got.pin and got.hit_blocks == 0  # pinned to the empty slot
-    assert got.source == 0  # ORCH-2369: copy the slot holding the system prompt first
+    assert got is not None and (got.replica_id, got.slot, got.decision) == ("r0", 1, "slot")
+    assert got.pin and got.fill  # pinned to the empty slot
+    assert got.source == 0  # ORCH-2369: slot 0's cache copied there first: a hit
+    assert got.hit_blocks == len(_h(SYS_A))
     got = choose_slot(views, CFG, t, _h(s1 + "u2: and why?"), session="s1")
     assert got is not None and (got.slot, got.decision, got.pin) == (0, "slot", True)
     assert got.hit_blocks == len(_h(s1))

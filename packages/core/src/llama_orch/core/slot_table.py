@@ -209,8 +209,13 @@ class SlotTable:
 
     def has_empty_idle(self, replica_id: str, n_slots: int) -> bool:
         """An idle slot that holds nothing (ORCH-2364)."""
+        return self.empty_idle(replica_id, n_slots) is not None
+
+    def empty_idle(self, replica_id: str, n_slots: int) -> int | None:
+        """The highest-numbered idle slot that holds nothing, or None."""
         slots = self.slots(replica_id, n_slots)
-        return any(not s.busy and not s.held for s in slots[:n_slots])
+        empty = [i for i, s in enumerate(slots[:n_slots]) if not s.busy and not s.held]
+        return empty[-1] if empty else None
 
     def best_any_hit(self, replica_id: str, hashes: Sequence[bytes]) -> int:
         """Longest hit among all the replica's slots, busy or idle, in blocks."""
@@ -298,8 +303,18 @@ def choose_slot(
         )
         for r in free
     }
+    # ORCH-2369: a replica with an empty idle slot can have the longest prefix its
+    # idle slots hold copied there, another session's too: (hit, empty slot, source)
+    copy: dict[str, tuple[int, int, int]] = {}
+    for r in free:
+        rid = r.replica_id
+        empty = table.empty_idle(rid, r.slots)
+        source = table.best_idle_slot(rid, hashes)
+        held = table.best_idle_hit(rid, hashes)
+        if empty is not None and source is not None and held > best[rid][0]:
+            copy[rid] = (held, empty, source)
     if keep:
-        free = [r for r in free if best[r.replica_id][1] >= 0]
+        free = [r for r in free if best[r.replica_id][1] >= 0 or r.replica_id in copy]
     coolest = least_loaded(free, affinity)
     # ORCH-2366: the host cache holds a prompt only once no slot does
     host = {
@@ -309,17 +324,16 @@ def choose_slot(
     }
 
     def score(rid: str) -> int:
-        return max(best[rid][0], host.get(rid, 0))
+        return max(best[rid][0], copy.get(rid, (0, 0, 0))[0], host.get(rid, 0))
 
     def on(r: ReplicaView, decision: SlotDecision) -> SlotChoice:
-        hit, slot = best[r.replica_id]
-        pin = hit > 0 and hit >= host.get(r.replica_id, 0)
-        # ORCH-2364: left to itself the engine would give the task the similar slot
-        fill = keep and hit <= 0 and table.best_idle_hit(r.replica_id, hashes) > 0
-        source = table.best_idle_slot(r.replica_id, hashes) if fill else None  # ORCH-2369
-        return SlotChoice(
-            r.replica_id, slot, decision, score(r.replica_id), pin or fill, fill, source
-        )
+        rid = r.replica_id
+        if rid in copy and copy[rid][0] >= host.get(rid, 0):  # ORCH-2369
+            hit, slot, source = copy[rid]
+            return SlotChoice(rid, slot, decision, score(rid), True, True, source)
+        hit, slot = best[rid]
+        pin = hit > 0 and hit >= host.get(rid, 0)
+        return SlotChoice(rid, slot, decision, score(rid), pin)
 
     top = max(score(r.replica_id) for r in free)
     if cfg.slot_wait_tokens > 0:  # ORCH-2353: a much longer prefix about to free up
