@@ -54,7 +54,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_orch.core.sse import SSEParser
-from procs import BIN, HERE, Procs, free_port, log
+from procs import BIN, HERE, Procs, free_port, log, start_llama_server
 
 MODEL = "pypi:smollm2-135m-instruct-q4_1"
 
@@ -418,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from llama_orch.pool_managerd.engine import LlamaServerSpec
-    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
-
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load0 = os.getloadavg()[0]
     stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
@@ -430,19 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the children in `finally`
     try:
-        binary = provision_llama_server(progress=log)
-        model_path, digest = provision_model(MODEL, progress=log)
-        spec = LlamaServerSpec(
-            binary=binary.path,
-            model_path=model_path,
-            port=free_port(),
-            slots=4,
-            ctx_per_slot=2048,
-            threads=args.threads,
-            extra_flags=("--no-repack",),  # this build's repacking dies with SIGILL here
+        # 1 thread (--threads): 2 OpenMP threads per engine spin against each other here
+        engine = start_llama_server(
+            procs, "llama-server", model=MODEL, threads=args.threads, timeout=120
         )
-        engine = procs.start("llama-server", spec.command(), env=spec.env())
-        procs.wait_ready(engine, spec.base_url + "/health", 120)
         port = free_port()
         cfg = {
             "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
@@ -454,11 +442,11 @@ def main(argv: list[str] | None = None) -> int:
                     "id": "bench",
                     "engine": "llamacpp-http",
                     "model": MODEL,
-                    "endpoints": [spec.base_url],
+                    "endpoints": [engine.url],
                     "ctx": 2048,
                     "slots": 4,
-                    "model_digest": digest,
-                    "engine_version": binary.engine_version,
+                    "model_digest": engine.model_digest,
+                    "engine_version": engine.engine_version,
                 }
             ],
         }

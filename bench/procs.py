@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,57 @@ def loadgen(
         f"cpu={ {k: round(v, 2) for k, v in res['cpu_s'].items()} }"
     )
     return res
+
+
+# --------------------------------------------------------------------------- llama-server
+
+SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    """One real llama-server the bench started: its URL, when it started (our monotonic
+    clock; its log counts from there), its log file, and what it runs."""
+
+    url: str
+    started: float
+    log: Path
+    engine_version: str
+    model_digest: str
+    proc: subprocess.Popen[bytes]
+
+
+def start_llama_server(
+    procs: Procs,
+    name: str,
+    *,
+    model: str = SMOLLM2,
+    threads: int = 1,
+    extra_flags: tuple[str, ...] = ("--no-repack",),
+    timeout: float = 180.0,
+    slot_save_path: Path | None = None,
+) -> LlamaServer:
+    """Provision (cached) and start one llama-server with 4 slots of 2,048 tokens,
+    stopped with the other processes of ``procs``. The default flag: this build's
+    repacking dies with SIGILL on these CPUs."""
+    from llama_orch.pool_managerd.engine import LlamaServerSpec
+    from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
+
+    binary = provision_llama_server(progress=log)
+    model_path, digest = provision_model(model, progress=log)
+    spec = LlamaServerSpec(
+        binary=binary.path,
+        model_path=model_path,
+        port=free_port(),
+        slots=4,
+        ctx_per_slot=2048,
+        threads=threads,
+        slot_save_path=slot_save_path,  # as pool-managerd starts it (ORCH-2370)
+        extra_flags=extra_flags,
+    )
+    started = time.monotonic()
+    p = procs.start(name, spec.command(), env=spec.env())
+    procs.wait_ready(p, spec.base_url + "/health", timeout)
+    return LlamaServer(
+        spec.base_url, started, procs.logdir / f"{name}.log", binary.engine_version, digest, p
+    )

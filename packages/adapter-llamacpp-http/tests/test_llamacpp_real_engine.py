@@ -166,13 +166,17 @@ async def test_a_pinned_slot_serves_its_prefix_from_cache_and_a_busy_pin_waits(
     prompt pinned to the slot that computed its prefix is served from that slot's
     cache, the same prefix pinned to the other slot is evaluated in full (llama-server
     shares no KV between slots), and a request pinned to a busy slot waits for it
-    and is then served from its cache. A ~50-token prefix keeps the two cold prefills short."""
+    and is then served from its cache. A prompt pinned to a slot after the cache of
+    the slot holding its prefix was copied there (``engine_slot_source``, ORCH-2369)
+    evaluates only its own end. A ~50-token prefix keeps the two cold prefills short."""
     prefix = f"Session {time.time_ns()}. " + " ".join(f"rule{i} keep it short." for i in range(6))
 
-    async def run(question: str, slot: int, max_tokens: int = 2) -> tuple[Finished, float]:
+    async def run(
+        question: str, slot: int, max_tokens: int = 2, source: int | None = None
+    ) -> tuple[Finished, float]:
         req = GenerateRequest(
             task_id=question, prompt=f"{prefix} Q: {question}?", max_tokens=max_tokens,
-            seed=1, engine_slot=slot,
+            seed=1, engine_slot=slot, engine_slot_source=source,
         )  # fmt: skip
         finished = None
         async for ev in adapter.generate(req):
@@ -208,3 +212,14 @@ async def test_a_pinned_slot_serves_its_prefix_from_cache_and_a_busy_pin_waits(
     assert first.tokens_generated == 24 and first_done <= behind_done
     assert evaluated3 - evaluated2 <= 16  # two questions, both prefixes from slot 0
     assert hits3 - hits2 >= first.prompt_tokens + behind.prompt_tokens - 16
+    # ORCH-2369: a new prefix computed in slot 0 only (so the engine's host cache,
+    # which keeps prompts evicted from a slot, does not have it); the same prefix
+    # pinned to slot 1 after slot 0's cache was copied there evaluates only its end
+    prefix = f"Other {time.time_ns()}. " + " ".join(f"law{i} be kind." for i in range(8))
+    await run("plums", 0)
+    hits4, evaluated4 = await counters()
+    copied, _ = await run("pears", 1, source=0)
+    hits5, evaluated5 = await counters()
+    assert copied.engine_slot == 1
+    assert evaluated5 - evaluated4 <= 8, evaluated5 - evaluated4  # without the copy: ~50
+    assert hits5 - hits4 >= copied.prompt_tokens - 8

@@ -180,7 +180,8 @@ class SlotMachine(RuleBasedStateMachine):
         assert got is not None
         view = next(v for v in views if v.replica_id == got.replica_id)
         assert view.free > 0 and 0 <= got.slot < view.slots
-        assert got.pin == (got.hit_blocks > 0)
+        assert got.pin == (got.hit_blocks > 0 or got.fill)
+        assert (got.source is not None) == got.fill  # ORCH-2369
         state = self.table.slots(got.replica_id, 2)[got.slot]
         if got.decision == "wait":
             assert len(state.tasks) == 1
@@ -190,7 +191,9 @@ class SlotMachine(RuleBasedStateMachine):
             assert not state.busy
         if got.decision == "slot":
             best = max(self.table.best_idle_hit(v.replica_id, hashes) for v in views if v.free)
-            assert got.hit_blocks == best == shared_blocks(state.held, hashes) > 0
+            # ORCH-2369: an empty slot gets the source slot's cache copied first
+            held = self.table.slots(got.replica_id, 2)[got.source].held if got.fill else state.held
+            assert got.hit_blocks == best == shared_blocks(held, hashes) > 0
         self.n += 1
         task = f"t{self.n}"
         self.table.pin(got.replica_id, got.slot, task, hashes, max_tokens)
@@ -214,3 +217,65 @@ class SlotMachine(RuleBasedStateMachine):
 
 SlotMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 test_slot_machine = SlotMachine.TestCase
+
+
+def _done(t: SlotTable, rid: str, slot: int, task: str, text: str, owner: str | None) -> None:
+    """``task`` of session ``owner`` ran on ``rid``'s ``slot`` and completed with ``text``."""
+    t.pin(rid, slot, task, _h(text), max_tokens=1, owner=owner)
+    t.unpin(task, text=_h(text))
+
+
+def test_a_new_session_fills_an_empty_slot_before_taking_another_sessions_history():
+    """ORCH-2364: while an idle slot is empty, a new session does not take the idle slot
+    where another session's history follows the shared system prompt; it is pinned to
+    the empty slot (llama-server would give it the similar slot); the session that
+    owns the history still gets its own slot, and with no empty slot left the new
+    session does take an idle session's slot."""
+    t = SlotTable()
+    s1 = SYS_A + "u1: tell me about owls. a1: owls hunt at night. "
+    _done(t, "r0", 0, "a", s1, "s1")
+    views = [_view("r0", slots=2)]  # slot 1 is empty
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")
+    assert got is not None and (got.replica_id, got.slot, got.decision) == ("r0", 1, "slot")
+    assert got.pin and got.fill  # pinned to the empty slot
+    assert got.source == 0  # ORCH-2369: slot 0's cache copied there first: a hit
+    assert got.hit_blocks == len(_h(SYS_A))
+    got = choose_slot(views, CFG, t, _h(s1 + "u2: and why?"), session="s1")
+    assert got is not None and (got.slot, got.decision, got.pin) == (0, "slot", True)
+    assert got.hit_blocks == len(_h(s1))
+    # another replica with an empty slot counts too: r1 is chosen, nothing to pin there
+    views2 = [_view("r0", slots=1), _view("r1", slots=1)]
+    got = choose_slot(views2, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")
+    assert got is not None and (got.replica_id, got.slot, got.pin) == ("r1", 0, False)
+    assert got.source is None  # nothing on r1 to copy
+    # no empty slot anywhere: the idle session's slot is taken, pinned, for its hit
+    _done(t, "r0", 1, "b", SYS_B + "u1: bread?", "s3")
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u9: tell me about tea."), session="s2")
+    assert got is not None and (got.slot, got.decision, got.pin) == (0, "slot", True)
+    # a slot of no session (a task without one) is no one's history: taken as before
+    t2 = SlotTable()
+    _done(t2, "r0", 0, "c", s1, None)
+    got = choose_slot(views, CFG, t2, _h(SYS_A + "u9: tell me about tea."), session="s2")
+    assert got is not None and (got.slot, got.decision) == (0, "slot")
+
+
+def test_among_equal_hits_the_slot_released_longest_ago_is_taken():
+    """ORCH-2365: two idle slots hold the same system prompt and different sessions'
+    histories; the one released longest ago goes, not the lowest id."""
+    t = SlotTable()
+    _done(t, "r0", 1, "a", SYS_A + "u1: owls? a1: they hunt.", "s1")
+    _done(t, "r0", 0, "b", SYS_A + "u1: tea? a1: it is a leaf.", "s2")
+    got = choose_slot([_view("r0")], CFG, t, _h(SYS_A + "u1: maps?"), session="s3")
+    assert got is not None and (got.slot, got.decision, got.pin) == (1, "slot", True)
+
+
+def test_the_host_cache_counts_only_beyond_what_a_slot_holds():
+    """ORCH-2366: the replica index says r0's engine saw the system prompt, but a busy
+    slot of r0 still holds it, so the host cache has nothing of it: no hit on r0, and
+    the task goes to the less loaded replica."""
+    t = SlotTable()
+    t.pin("r0", 0, "a", _h(SYS_A + "u1: owls?"), max_tokens=100, owner="s1")
+    n = len(_h(SYS_A))
+    views = [_view("r0", busy=1), _view("r1")]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), host_hits={"r0": n}, session="s2")
+    assert got is not None and (got.replica_id, got.decision) == ("r1", "load")

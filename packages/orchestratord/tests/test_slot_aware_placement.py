@@ -12,6 +12,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from llama_orch.orchestratord.migration import streamed_text
+
 SYSTEM = "You are a careful assistant who answers briefly. " * 20
 
 
@@ -86,3 +88,41 @@ async def test_slot_aware_pins_the_warm_idle_slot_and_frees_it(mock_config, star
             f'placement="slot-aware",pool_id="mock"}}'
         )
         assert series in text, (decision, text)
+
+
+async def test_a_new_session_is_pinned_to_an_empty_slot_not_to_an_idle_sessions(
+    mock_config, start_orchestrator
+):
+    """ORCH-2364, ORCH-2369: a second session sharing the system prompt is pinned to
+    the empty slot, not to the first session's idle slot (whose cache is copied
+    into it first), and the first session's next turn then finds its history there."""
+    run = await start_orchestrator(
+        mock_config(
+            endpoints=["mock://0"],
+            placement={"policy": "slot-aware", "block_chars": 64, "host_cache": False},
+            adapter_options={"token_delay_ms": 1, "slots": 2},
+        )
+    )
+    pool = run.orch.pools["mock"]
+    await _until(lambda: len(pool.ready_replicas()) == 1)
+    s1, s2 = (f"00000000-0000-4000-8000-00000000000{i}" for i in (1, 2))
+    owls = SYSTEM + "user: tell me about owls. " * 4
+    first = await _submit(run, prompt=owls, max_tokens=3, session_id=s1)
+    await run.events(first)
+    a = run.orch.get(first)
+    table = run.orch.placer.slot_table(pool)
+    await _until(lambda: table.where(first) is None)
+    slot_a = next(i for i, s in enumerate(table.slots(a.replica_id, 2)) if s.held)
+    other = await _submit(run, prompt=SYSTEM + "user: tea?", max_tokens=3, session_id=s2)
+    await run.events(other)
+    b = run.orch.get(other)
+    assert b.engine_slot is not None and b.engine_slot != slot_a  # pinned, the empty slot
+    assert b.engine_slot_source == slot_a  # ORCH-2369: the system prompt copied from there
+    assert (
+        table.slots(a.replica_id, 2)[b.engine_slot].owner
+        != table.slots(a.replica_id, 2)[slot_a].owner
+    )
+    turn2 = a.request.prompt + "".join(streamed_text(a)) + " user: why?"
+    again = await _submit(run, prompt=turn2, max_tokens=3, session_id=s1)
+    await run.events(again)
+    assert run.orch.get(again).engine_slot == slot_a  # its own history, pinned

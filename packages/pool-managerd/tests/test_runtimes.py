@@ -338,3 +338,13 @@ async def test_stop_waits_until_killed_processes_have_exited() -> None:
             proc.kill()
         await proc.wait()
     assert await _until_exited({proc.pid}, timeout=1.0) == set()  # reaped: nothing to wait for
+
+
+def test_llama_server_plan_saves_slots_in_the_replica_scratch() -> None:
+    """ORCH-2370: llama-server may save and restore slot caches (ORCH-2369) in the
+    replica's scratch directory, which is removed when the engine stops; the pool's
+    own engine_flags still come last."""
+    pool = PoolConfig(id="l", engine="llamacpp-http", engine_flags=["--x"])
+    cmd = _plan(pool).command
+    assert cmd[cmd.index("--slot-save-path") + 1] == "/s"
+    assert cmd[-1] == "--x"

@@ -144,6 +144,10 @@ class GenerateRequest(msgspec.Struct, frozen=True, kw_only=True):
     # ORCH-2356: the engine slot placement pinned the task to (llama-server
     # ``id_slot``); adapters that cannot pin a slot ignore it.
     engine_slot: int | None = None
+    # ORCH-2369: an idle engine slot whose cache the adapter copies into
+    # ``engine_slot`` first (a shared prefix is then not prefilled again); adapters
+    # that cannot copy a slot ignore it.
+    engine_slot_source: int | None = None
     # ORCH-1013: an `embedding` task's texts; the runner embeds them (one `embed`
     # call) instead of generating, and ``prompt`` is their text for the forecasts.
     inputs: tuple[str, ...] = ()

@@ -1,4 +1,5 @@
-"""Which engine slot holds which prefix, and slot-aware placement (ORCH-2350..2357).
+"""Which engine slot holds which prefix, and slot-aware placement (ORCH-2350..2357,
+ORCH-2364..2366).
 
 llama-server keeps one prompt per slot and reuses a slot's KV cache only for a
 request that lands in that same slot; a busy slot shares nothing with the
@@ -15,8 +16,11 @@ is about to finish (the engine starts a task pinned to a busy slot when the
 slot frees); with no hit, the least-loaded replica's emptiest or stalest idle
 slot, so that slots holding other prefixes keep them (not pinned: the engine's
 own choice, which mirrors that rule, may restore the prompt from its host
-cache). Pure: stdlib only, no
-clock (recency is a counter).
+cache). A slot belongs to the session that ran there last: while an idle slot
+is empty, another session's history is not overwritten (the cold prefill would
+only move to that session's next turn, with its history on top); among equal
+hits the slot released longest ago goes; the host cache counts only for what no
+slot holds (ORCH-2364..2366). Pure: stdlib only, no clock (recency is a counter).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class SlotState:
     held: list[bytes] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     released: int = 0  # SlotTable's counter at the last release; 0 = never used
+    owner: str | None = None  # the session of the task that ran there last (ORCH-2364)
 
     @property
     def busy(self) -> bool:
@@ -72,6 +77,8 @@ class SlotChoice:
     decision: SlotDecision
     hit_blocks: int
     pin: bool
+    fill: bool = False  # pinned to an empty slot to keep another session's (ORCH-2364)
+    source: int | None = None  # with ``fill``: the idle slot to copy first (ORCH-2369)
 
 
 class SlotTable:
@@ -82,6 +89,7 @@ class SlotTable:
         self._epoch: dict[str, object] = {}
         self._where: dict[str, tuple[str, int]] = {}  # task -> (replica, slot)
         self._remaining: dict[str, int] = {}  # task -> tokens it may still generate
+        self._owner: dict[str, str | None] = {}  # task -> its session (ORCH-2364)
         self._clock = 0
 
     def slots(self, replica_id: str, n_slots: int) -> list[SlotState]:
@@ -98,17 +106,28 @@ class SlotTable:
                 if rid == replica_id:
                     del self._where[task]
                     self._remaining.pop(task, None)
+                    self._owner.pop(task, None)
             self._slots.pop(replica_id, None)
         self._epoch[replica_id] = epoch
 
     def pin(
-        self, replica_id: str, slot: int, task_id: str, hashes: Sequence[bytes], max_tokens: int
+        self,
+        replica_id: str,
+        slot: int,
+        task_id: str,
+        hashes: Sequence[bytes],
+        max_tokens: int,
+        *,
+        owner: str | None = None,
     ) -> None:
-        """``task_id`` was sent to ``slot``: the slot computes its prompt next."""
+        """``task_id`` (of session ``owner``) was sent to ``slot``: the slot computes its
+        prompt next, and belongs to that session (ORCH-2364)."""
         self.unpin(task_id)
         st = self.slots(replica_id, slot + 1)[slot]
         st.tasks.append(task_id)
         st.held = list(hashes)
+        st.owner = owner
+        self._owner[task_id] = owner
         self._where[task_id] = (replica_id, slot)
         self._remaining[task_id] = max_tokens
 
@@ -129,6 +148,7 @@ class SlotTable:
         (ORCH-2351), which wins over where we pinned it."""
         where = self._where.pop(task_id, None)
         self._remaining.pop(task_id, None)
+        owner = self._owner.pop(task_id, None)
         if where is None:
             return
         rid, slot = where
@@ -141,11 +161,13 @@ class SlotTable:
         if engine_slot is not None and engine_slot >= 0 and engine_slot != slot:
             if not table[slot].tasks:  # our guess was wrong: that slot never got the prompt
                 table[slot].held = []
+                table[slot].owner = None
             slot = engine_slot
             table = self.slots(rid, slot + 1)
         table[slot].released = self._clock
         if text is not None and not table[slot].tasks:
             table[slot].held = list(text)
+            table[slot].owner = owner
 
     def remaining(self, task_id: str) -> int:
         return self._remaining.get(task_id, 0)
@@ -153,22 +175,62 @@ class SlotTable:
     def where(self, task_id: str) -> tuple[str, int] | None:
         return self._where.get(task_id)
 
-    def pick_idle(self, replica_id: str, n_slots: int, hashes: Sequence[bytes]) -> tuple[int, int]:
+    def pick_idle(
+        self,
+        replica_id: str,
+        n_slots: int,
+        hashes: Sequence[bytes],
+        *,
+        session: str | None = None,
+        keep_others: bool = False,
+    ) -> tuple[int, int]:
         """(hit in blocks, slot): the replica's idle slot sharing the most leading
-        blocks with ``hashes`` (lowest id among equals, ORCH-2352); with no hit, the
-        idle slot whose loss costs least (ORCH-2354). When our table thinks every
-        slot busy but the caller knows one is free, the answer is still a slot."""
+        blocks with ``hashes``, among equals the one released longest ago, then the
+        lowest id (ORCH-2352, ORCH-2365); with no hit, the idle slot whose loss costs
+        least (ORCH-2354). ``keep_others`` (ORCH-2364): slots holding another
+        session's history beyond the hit are not taken; (0, -1) when only such
+        slots are idle. When our table thinks every slot busy but the caller knows
+        one is free, the answer is still a slot."""
         slots = self.slots(replica_id, n_slots)
-        hit, slot = 0, -1
+        hit, slot, released = 0, -1, 0
+        kept = 0
         for i, s in enumerate(slots[:n_slots]):
             if s.busy:
                 continue
             h = shared_blocks(s.held, hashes)
-            if h > hit:
-                hit, slot = h, i
+            if keep_others and _others(s, h, session):
+                kept += 1
+                continue
+            if h > hit or (h == hit > 0 and s.released < released):
+                hit, slot, released = h, i, s.released
         if hit <= 0:
-            return 0, _idle_victim(slots, n_slots)
+            return 0, _idle_victim(slots, n_slots, keep_others=keep_others, session=session)
         return hit, slot
+
+    def has_empty_idle(self, replica_id: str, n_slots: int) -> bool:
+        """An idle slot that holds nothing (ORCH-2364)."""
+        return self.empty_idle(replica_id, n_slots) is not None
+
+    def empty_idle(self, replica_id: str, n_slots: int) -> int | None:
+        """The highest-numbered idle slot that holds nothing, or None."""
+        slots = self.slots(replica_id, n_slots)
+        empty = [i for i, s in enumerate(slots[:n_slots]) if not s.busy and not s.held]
+        return empty[-1] if empty else None
+
+    def best_any_hit(self, replica_id: str, hashes: Sequence[bytes]) -> int:
+        """Longest hit among all the replica's slots, busy or idle, in blocks."""
+        return max(
+            (shared_blocks(s.held, hashes) for s in self._slots.get(replica_id, ())), default=0
+        )
+
+    def best_idle_slot(self, replica_id: str, hashes: Sequence[bytes]) -> int | None:
+        """The idle slot holding the longest hit (the lowest id among equals), or None."""
+        best, slot = 0, None
+        for i, s in enumerate(self._slots.get(replica_id, ())):
+            h = 0 if s.busy else shared_blocks(s.held, hashes)
+            if h > best:
+                best, slot = h, i
+        return slot
 
     def best_idle_hit(self, replica_id: str, hashes: Sequence[bytes]) -> int:
         """Longest hit among the replica's idle slots, in blocks."""
@@ -178,14 +240,29 @@ class SlotTable:
         )
 
 
-def _idle_victim(slots: Sequence[SlotState], n_slots: int) -> int:
+def _others(s: SlotState, hit: int, session: str | None) -> bool:
+    """The slot holds another session's history beyond the hit (ORCH-2364)."""
+    return s.owner is not None and s.owner != session and len(s.held) > hit
+
+
+def _idle_victim(
+    slots: Sequence[SlotState],
+    n_slots: int,
+    *,
+    keep_others: bool = False,
+    session: str | None = None,
+) -> int:
     """The idle slot that holds the least: empty first, then released longest ago;
     among equals the highest id (llama-server's LRU rule, which an unpinned request
-    follows: the guess then matches the slot the engine takes)."""
-    best, best_key = 0, (2, 0)
+    follows: the guess then matches the slot the engine takes). With
+    ``keep_others`` (ORCH-2364), slots holding another session's history than
+    ``session``'s are skipped; -1 when none is left."""
+    best, best_key = -1 if keep_others else 0, (2, 0)
     for i in range(n_slots):
         s = slots[i]
         if s.busy:
+            continue
+        if keep_others and _others(s, 0, session):
             continue
         key = (0 if not s.held else 1, s.released)
         if key <= best_key:
@@ -202,6 +279,7 @@ def choose_slot(
     affinity: str | None = None,
     tokens_per_block: float = 16.0,
     host_hits: Mapping[str, int] | None = None,
+    session: str | None = None,
 ) -> SlotChoice | None:
     """The replica and slot ``slot-aware`` places the task on, and why (ORCH-2352..2355).
 
@@ -216,17 +294,46 @@ def choose_slot(
     free = [r for r in candidates if r.free > 0]
     if not free:
         return None
+    # ORCH-2364: while an idle slot is empty somewhere, no other session's history
+    # is overwritten; replicas whose idle slots all hold such history drop out
+    keep = any(table.has_empty_idle(r.replica_id, r.slots) for r in free)
+    best = {
+        r.replica_id: table.pick_idle(
+            r.replica_id, r.slots, hashes, session=session, keep_others=keep
+        )
+        for r in free
+    }
+    # ORCH-2369: a replica with an empty idle slot can have the longest prefix its
+    # idle slots hold copied there, another session's too: (hit, empty slot, source)
+    copy: dict[str, tuple[int, int, int]] = {}
+    for r in free:
+        rid = r.replica_id
+        empty = table.empty_idle(rid, r.slots)
+        source = table.best_idle_slot(rid, hashes)
+        held = table.best_idle_hit(rid, hashes)
+        if empty is not None and source is not None and held > best[rid][0]:
+            copy[rid] = (held, empty, source)
+    if keep:
+        free = [r for r in free if best[r.replica_id][1] >= 0 or r.replica_id in copy]
     coolest = least_loaded(free, affinity)
-    host = host_hits or {}
-    best = {r.replica_id: table.pick_idle(r.replica_id, r.slots, hashes) for r in free}
+    # ORCH-2366: the host cache holds a prompt only once no slot does
+    host = {
+        rid: n
+        for rid, n in (host_hits or {}).items()
+        if rid in best and n > table.best_any_hit(rid, hashes)
+    }
 
     def score(rid: str) -> int:
-        return max(best[rid][0], host.get(rid, 0))
+        return max(best[rid][0], copy.get(rid, (0, 0, 0))[0], host.get(rid, 0))
 
     def on(r: ReplicaView, decision: SlotDecision) -> SlotChoice:
-        hit, slot = best[r.replica_id]
-        pin = hit > 0 and hit >= host.get(r.replica_id, 0)
-        return SlotChoice(r.replica_id, slot, decision, score(r.replica_id), pin)
+        rid = r.replica_id
+        if rid in copy and copy[rid][0] >= host.get(rid, 0):  # ORCH-2369
+            hit, slot, source = copy[rid]
+            return SlotChoice(rid, slot, decision, score(rid), True, True, source)
+        hit, slot = best[rid]
+        pin = hit > 0 and hit >= host.get(rid, 0)
+        return SlotChoice(rid, slot, decision, score(rid), pin)
 
     top = max(score(r.replica_id) for r in free)
     if cfg.slot_wait_tokens > 0:  # ORCH-2353: a much longer prefix about to free up

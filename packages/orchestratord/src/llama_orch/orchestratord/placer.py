@@ -32,6 +32,12 @@ from .tasks import TaskRecord
 __all__ = ["Placer"]
 
 
+def _owner(rec: TaskRecord) -> str | None:
+    """The session a slot then belongs to (ORCH-2364): sessions are per tenant."""
+    key = rec.session_key
+    return None if key is None else f"{key[0]}\x00{key[1]}"
+
+
 class Placer:
     def __init__(self, pools: dict[str, Pool], metrics: Metrics) -> None:
         self._metrics = metrics
@@ -45,7 +51,7 @@ class Placer:
         # slot-aware (ORCH-2350): per pool its slot table, the (replica, slot) of the
         # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353)
         self._slots: dict[str, SlotTable] = {}
-        self._pending_slot: dict[str, tuple[str, str, int, bool]] = {}
+        self._pending_slot: dict[str, tuple[str, str, int, bool, int | None]] = {}
         self._pinned: dict[str, dict[str, TaskRecord]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
@@ -134,11 +140,14 @@ class Placer:
         got = choose_slot(
             views, cfg, table, hashes,
             affinity=affinity, tokens_per_block=tokens_per_block, host_hits=host,
+            session=_owner(rec),
         )  # fmt: skip
         if got is None:
             return None
         self._pending[pool.id] = (rec.task_id, got.decision, hashes)
-        self._pending_slot[pool.id] = (rec.task_id, got.replica_id, got.slot, got.pin)
+        self._pending_slot[pool.id] = (
+            rec.task_id, got.replica_id, got.slot, got.pin, got.source
+        )  # fmt: skip
         return next(v for v in views if v.replica_id == got.replica_id)
 
     def _pin(self, pool: Pool, replica: Replica, rec: TaskRecord, hashes: list[bytes]) -> None:
@@ -147,13 +156,22 @@ class Placer:
         it there when the slot holds part of the prompt."""
         table = self.slot_table(pool)
         rid, st = replica.state.replica_id, replica.state
-        task_id, chosen_rid, slot, pin = self._pending_slot.pop(pool.id, ("", "", -1, False))
+        pending = self._pending_slot.pop(pool.id, ("", "", -1, False, None))
+        task_id, chosen_rid, slot, pin, source = pending
+        owner = _owner(rec)
         if task_id != rec.task_id or chosen_rid != rid or slot < 0:
-            hit, slot = table.pick_idle(rid, max(1, st.slots), hashes)
-            pin = hit > 0
-        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens)
+            n = max(1, st.slots)
+            keep = table.has_empty_idle(rid, n)  # ORCH-2364
+            hit, slot = table.pick_idle(rid, n, hashes, session=owner, keep_others=keep)
+            pin = hit > 0 or (keep and table.best_idle_hit(rid, hashes) > 0)
+            if slot < 0:  # only other sessions' slots are idle here
+                hit, slot = table.pick_idle(rid, n, hashes, session=owner)
+                pin = hit > 0
+            source = table.best_idle_slot(rid, hashes) if pin and hit <= 0 else None
+        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens, owner=owner)
         self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
         rec.engine_slot = slot if pin else None
+        rec.engine_slot_source = source if pin and source != slot else None  # ORCH-2369
 
     def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         """The task starts on ``replica``: learn its prompt there, count the decision."""
@@ -162,7 +180,7 @@ class Placer:
         task_id, decision, hashes = self._pending.pop(pool.id, ("", "load", []))
         if task_id != rec.task_id:
             decision, hashes = "load", []
-        rec.engine_slot = rec.engine_slot_used = None
+        rec.engine_slot = rec.engine_slot_used = rec.engine_slot_source = None
         if cfg.policy == "slot-aware":
             self._pin(pool, replica, rec, hashes or self._hashes(pool, rec))
         if cfg.policy == "round-robin":

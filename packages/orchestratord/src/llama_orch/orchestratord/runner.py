@@ -132,7 +132,11 @@ class TaskRun:
                 max_tokens=max(1, request.max_tokens - self.rec.engine_tokens),
             )
         if self.rec.engine_slot is not None:  # ORCH-2356: slot-aware placement's pin
-            request = msgspec.structs.replace(request, engine_slot=self.rec.engine_slot)
+            request = msgspec.structs.replace(
+                request,
+                engine_slot=self.rec.engine_slot,
+                engine_slot_source=self.rec.engine_slot_source,  # ORCH-2369
+            )
         return request
 
     async def _stream(self, request: GenerateRequest) -> None:

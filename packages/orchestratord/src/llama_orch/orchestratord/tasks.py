@@ -114,6 +114,7 @@ class TaskRecord:
     # ORCH-2356: the engine slot slot-aware placement pinned this run to, and the
     # slot the engine reported it ran in (ORCH-2351)
     engine_slot: int | None = None
+    engine_slot_source: int | None = None  # ORCH-2369: copy this slot into engine_slot
     engine_slot_used: int | None = None
     tokens_out: int = 0
     expected_tokens: int | None = None  # the client's estimate, for forecasts (ORCH-1905)

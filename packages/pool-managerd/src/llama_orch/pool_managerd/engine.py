@@ -165,6 +165,8 @@ class LlamaServerSpec:
     alias: str | None = None
     # ORCH-9211: serve /v1/embeddings too (mean pooling: one vector per input)
     embeddings: bool = False
+    # ORCH-2370: where llama-server saves and restores slot caches (ORCH-2369)
+    slot_save_path: Path | None = None
     extra_flags: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
@@ -192,6 +194,8 @@ class LlamaServerSpec:
             cmd += ["--alias", self.alias]
         if self.embeddings:
             cmd += ["--embeddings", "--pooling", "mean"]
+        if self.slot_save_path is not None:
+            cmd += ["--slot-save-path", str(self.slot_save_path)]
         cmd += list(self.extra_flags)
         return cmd
 

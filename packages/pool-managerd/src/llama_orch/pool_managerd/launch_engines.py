@@ -87,6 +87,7 @@ class LlamaServerLauncher:
             devices=pool.devices,
             alias=pool.model,
             embeddings=pool.embeddings,
+            slot_save_path=scratch,  # ORCH-2370: slot copies (ORCH-2369), removed with it
             extra_flags=tuple(pool.engine_flags),
         )
         env = {**spec.env(), **pool.launch.env}

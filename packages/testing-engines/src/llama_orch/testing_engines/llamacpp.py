@@ -227,13 +227,15 @@ def smollm2_server(
     smollm2_model: tuple[Path, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningLlamaServer]:
+    scratch = tmp_path_factory.mktemp("smollm2")
     server = _launch(
         llama_server_binary,
         smollm2_model,
-        tmp_path_factory.mktemp("smollm2"),
+        scratch,
         slots=2,
         ctx_per_slot=1024,
         threads=2,
+        slot_save_path=scratch,  # ORCH-2369: slot copies, as pool-managerd starts it
     )
     try:
         yield server

@@ -8,6 +8,7 @@ endpoint and stops a task when its client disconnects (ORCH-3006).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import ClassVar
 
 import msgspec
@@ -35,6 +36,8 @@ from ._wire import (
     props_decoder,
     tokenize_decoder,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["LlamaCppHttpAdapter"]
 
@@ -161,7 +164,27 @@ class LlamaCppHttpAdapter(HttpAdapter):
                 m = msgspec.structs.replace(m, kv_cache_usage_ratio=ratio)
         return m
 
+    async def copy_slot(self, source: int, target: int) -> bool:
+        """ORCH-2369: copy engine slot ``source``'s cache into ``target`` with
+        llama-server's slot save and restore (one file per source slot in its
+        ``--slot-save-path``). False when the engine refused (no save path): the
+        request is then prefilled as without the copy."""
+        body = {"filename": f"llorch-slot-{source}.bin"}
+        for slot, action in ((source, "save"), (target, "restore")):
+            try:
+                status, payload = await self.fetch("POST", f"/slots/{slot}?action={action}", body)
+            except OrchError as exc:
+                _log.debug("slot %s %s failed: %s", action, slot, exc)
+                return False
+            if status != 200:
+                _log.debug("slot %s %s: %s %s", action, slot, status, payload[:200])
+                return False
+        return True
+
     async def stream_request(self, req: GenerateRequest) -> tuple[str, object]:
+        source, target = req.engine_slot_source, req.engine_slot
+        if source is not None and target is not None and source != target:
+            await self.copy_slot(source, target)
         return "/completion", CompletionRequest(
             prompt=req.prompt,
             n_predict=req.max_tokens,
