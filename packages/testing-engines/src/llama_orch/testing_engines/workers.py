@@ -1,6 +1,8 @@
 """The suite on several worker processes (pytest-xdist, ORCH-6240).
 
-Groups: tests that share a session engine which takes tens of seconds to start (vLLM,
+Groups: tests marked ``alone`` (timing-bound gates) run last, on one worker, once the
+other worker has ended, so no other test competes with them for the cores. Tests that
+share a session engine which takes tens of seconds to start (vLLM,
 Triton), or a module fixture that runs a whole batch for all its tests (the standalone
 installs, the image build), run on one worker, so that engine or batch runs once. Under
 ``--dist loadgroup`` the controller schedules by these groups; each worker names them from
@@ -55,7 +57,12 @@ def fail_run(session: pytest.Session, message: str) -> None:
         _failures.append(message)
 
 
+ALONE = "alone"  # the group of tests marked ``alone``
+
+
 def _group_of(item: pytest.Item) -> str | None:
+    if item.get_closest_marker(ALONE) is not None:
+        return ALONE
     mark = item.get_closest_marker("xdist_group")
     if mark is not None:
         return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
@@ -88,7 +95,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """On the controller, with ``--dist loadgroup``: one work unit per group, every other
-    test its own unit (xdist's ``load``), the largest units first."""
+    test its own unit (xdist's ``load``), the largest units first; the tests marked
+    ``alone`` last, on one worker, once every other worker has ended."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import (  # type: ignore[import-untyped]  # reason: xdist ships no types
@@ -96,13 +104,69 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     )
 
     class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # reason: untyped base
-        _groups: dict[str, str] | None = None
+        def __init__(self, config: pytest.Config, log: Any) -> None:
+            super().__init__(config, log)
+            self._groups: dict[str, str] | None = None
+            self._alone: dict[str, dict[str, bool]] = {}  # held back until the others end
+            self._held = False
+            self._alone_node: Any = None
 
         def _split_scope(self, nodeid: str) -> str:
             if self._groups is None:  # read once all workers have collected
                 text = Path(_group_file[0]).read_text() if _group_file else ""
                 self._groups = json.loads(text) if text else {}
             return self._groups.get(nodeid, nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self._held:
+                self._held = True
+                # held back only when the first assignments cannot exhaust the rest of the
+                # work (a short run just runs them with the others)
+                if ALONE in self.workqueue and len(self.workqueue) > 2 * len(self.nodes) + 1:
+                    self._alone[ALONE] = self.workqueue.pop(ALONE)
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if self.workqueue or not self._alone:
+                super()._reschedule(node)
+                return
+            if self._alone_node is None:  # the first worker out of work runs them
+                self._alone_node = node
+                for other in self.nodes:
+                    if other is not node and not other.shutting_down:
+                        other.shutdown()  # it runs what it holds, then ends
+            self._release_alone()
+
+        def remove_node(self, node: Any) -> Any:
+            crashed = super().remove_node(node)
+            if node is self._alone_node:  # ended before it got them: another takes them
+                self._alone_node = None
+                live = [n for n in self.nodes if not n.shutting_down]
+                if self._alone and live:
+                    self._reschedule(live[0])
+            else:
+                self._release_alone()
+            return crashed
+
+        def _release_alone(self) -> None:
+            node = self._alone_node
+            if node is None or not self._alone or self.workqueue:
+                return
+            if any(n is not node for n in self.nodes):
+                return  # another worker still runs its last tests
+            self.workqueue.update(self._alone)
+            self._alone.clear()
+            super()._assign_work_unit(node)
+
+        @property
+        def tests_finished(self) -> bool:
+            return not self._alone and bool(super().tests_finished)
+
+        @property
+        def has_pending(self) -> bool:
+            return bool(self._alone) or bool(super().has_pending)
 
     return GroupScheduling(config, log)
 
