@@ -1,5 +1,6 @@
-"""Workspace-wide pytest setup: real-engine fixtures come from llama-orch-testing-engines, and
-every log record of the run is scanned for API keys (ORCH-8008)."""
+"""Workspace-wide pytest setup: real-engine fixtures come from llama-orch-testing-engines,
+every log record of the run is scanned for API keys (ORCH-8008), and the suite runs on worker
+processes (``llama_orch.testing_engines.workers``, ORCH-6240)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import pytest
 
 pytest_plugins = [
+    "llama_orch.testing_engines.workers",
     "llama_orch.testing_engines.llamacpp",
     "llama_orch.testing_engines.python_engines",
 ]
@@ -49,12 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _scan.hits:
-        session.exitstatus = 1
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"ORCH-8008: {len(_scan.hits)} log record(s) hold an API key:", red=True
-            )
-            for hit in _scan.hits[:20]:
-                reporter.write_line("  " + hit, red=True)
+    # imported here: the module is a plugin of this file, rewritten by pytest when it loads it
+    from llama_orch.testing_engines.workers import fail_run
+
+    for hit in _scan.hits[:20]:
+        fail_run(session, f"ORCH-8008: a log record holds an API key: {hit}")
+    if len(_scan.hits) > 20:
+        fail_run(session, f"ORCH-8008: and {len(_scan.hits) - 20} more log records with a key")

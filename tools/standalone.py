@@ -203,10 +203,15 @@ def installed(python: Path) -> dict[str, str]:
 STANDALONE_MARKEXPR = "not real_engine and not workspace_only"
 
 
+_XDIST_OPTIONS = ("--numprocesses", "--dist")
+
+
 def pytest_ini(path: Path) -> None:
     """The workspace's pytest settings, for a run outside the workspace."""
     opts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     lines = ["[pytest]"]
+    # a standalone venv has no pytest-xdist: its runs are one process (ORCH-6240)
+    opts["addopts"] = [o for o in opts["addopts"] if o.split("=")[0] not in _XDIST_OPTIONS]
     for key in ("addopts", "filterwarnings", "markers"):
         lines.append(f"{key} =")
         lines += [f"    {v}" for v in opts[key]]

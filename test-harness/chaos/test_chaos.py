@@ -160,6 +160,7 @@ async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
 
 
 @pytest.mark.real_engine
+@pytest.mark.alone  # its p99 cancel-to-free-slot bound is 250 ms (ORCH-6240)
 @pytest.mark.timeout(420)
 def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
     """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106: two real llama-server replicas,

@@ -107,6 +107,19 @@ class FakeOrchestratord:
     def _error(self, code: ErrorCode, status: int, message: str, **extra: Any) -> web.Response:
         return self._json(ErrorBody(code=code, message=message, **extra), status)
 
+    def _queue_full(self, retry_after_ms: int) -> web.Response:
+        """A 429 as orchestratord answers a full queue, naming the delay in its three forms."""
+        body = ErrorBody(
+            code=ErrorCode.ADMISSION_REJECT,
+            message="queue full for pool default (interactive)",
+            retriable=True,
+            retry_after_ms=retry_after_ms,
+            policy_label="reject",
+        )
+        seconds = -(-retry_after_ms // 1000)  # Retry-After rounds up to whole seconds
+        headers = {"Retry-After": str(seconds), "X-Backoff-Ms": str(retry_after_ms)}
+        return self._json(body, 429, **headers)
+
     async def submit(self, request: web.Request) -> web.StreamResponse:
         try:
             req = _request.decode(await request.read())
@@ -115,23 +128,9 @@ class FakeOrchestratord:
         self.submits.append((time.monotonic(), request.headers.get("Idempotency-Key")))
         if self.busy_for > 0:
             self.busy_for -= 1
-            body = ErrorBody(
-                code=ErrorCode.ADMISSION_REJECT,
-                message="queue full for pool default (interactive)",
-                retriable=True,
-                retry_after_ms=300,
-                policy_label="reject",
-            )
-            return self._json(body, 429, **{"Retry-After": "1", "X-Backoff-Ms": "300"})
+            return self._queue_full(retry_after_ms=300)
         if self.busy:
-            body = ErrorBody(
-                code=ErrorCode.ADMISSION_REJECT,
-                message="queue full for pool default (interactive)",
-                retriable=True,
-                retry_after_ms=1500,
-                policy_label="reject",
-            )
-            return self._json(body, 429, **{"Retry-After": "2", "X-Backoff-Ms": "1500"})
+            return self._queue_full(retry_after_ms=1500)
         if req.max_tokens is not None and req.max_tokens > 4096:
             return self._error(ErrorCode.INVALID_PARAMS, 400, "max_tokens exceeds ctx")
         task_id = str(req.task_id or uuid.uuid4())

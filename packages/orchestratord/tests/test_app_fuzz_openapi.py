@@ -46,6 +46,9 @@ ADMIN_OPS = {
     "reloadPolicies",
     "getPolicies",
 }
+# the count test reads what the fuzz tests of this module ran: one worker for all (ORCH-6240)
+pytestmark = pytest.mark.xdist_group("fuzz-openapi")
+
 CASES: Counter[str] = Counter()
 _error = msgspec.json.Decoder(ErrorBody)
 

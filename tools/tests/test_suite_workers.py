@@ -1,0 +1,112 @@
+"""The suite on two worker processes keeps its end-of-run checks and its fixture sharing
+(ORCH-6240, ORCH-6008, ORCH-8008).
+
+Each case runs a small pytest session in a subprocess with the workspace's root
+``conftest.py``: once on two xdist workers, as the suite runs, and once without.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+_PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+
+_TESTS = """
+import logging, os, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+OUT = Path(os.environ["SUITE_WORKERS_OUT"])
+
+@pytest.fixture(autouse=True)
+def times(request):
+    start = time.time()
+    yield
+    (OUT / f"times-{request.node.name}").write_text(f"{start} {time.time()}")
+
+@pytest.mark.alone
+def test_alone():
+    pass
+
+def test_logs_a_key():
+    logging.getLogger("leaky").info("auth with %s", "Bearer llo_" + "A" * 24)
+
+@pytest.mark.xdist_group("slow")
+def test_waits_on_its_own_process():
+    # still running when the other worker ends and looks for leftovers
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10)"])
+    assert proc.wait(timeout=60) == 0  # -9 if the other worker took it for a leftover
+
+@pytest.mark.xdist_group("fast")
+def test_leaves_a_process_behind():
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                     start_new_session=True)
+
+@pytest.fixture(scope="module")
+def standalone_runs():
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+@pytest.mark.parametrize("i", range(4))
+def test_batch(standalone_runs, i):
+    (OUT / f"batch-{i}").write_text(standalone_runs)
+
+@pytest.mark.parametrize("i", range(6))
+def test_free(i):
+    pass
+"""
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
+    (tmp_path / "conftest.py").write_text((ROOT / "conftest.py").read_text())
+    (tmp_path / "test_cases.py").write_text(_TESTS)
+    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers = alone\n"
+    (tmp_path / "pytest.ini").write_text(ini)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLAMA_ORCH_"))}
+    env["SUITE_WORKERS_OUT"] = str(tmp_path)
+    proc = subprocess.run(
+        [*_PYTEST, "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _end_of_run_failures(out: str, code: str) -> list[str]:
+    return re.findall(re.escape(code) + ".*", out)
+
+
+def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: Path) -> None:
+    """ORCH-6240 with ORCH-8008 and ORCH-6008. The tests all pass and the run fails at its
+    end: the key logged on one worker fails it; the process one test left fails it, exactly
+    once, while the process the other worker's test still waits on is left alone (that test
+    passes); the tests of the batch fixture ``standalone_runs`` share one worker; the test
+    marked ``alone`` starts after every other test has ended."""
+    rc, out = _run(tmp_path, "-n", "2", "--dist", "loadgroup")
+    assert "14 passed" in out, out[-3000:]
+    assert rc == 1, out[-3000:]
+    keys = _end_of_run_failures(out, "ORCH-8008: a log record holds an API key: leaky:")
+    left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")
+    assert len(keys) == 1, out[-3000:]
+    assert len(left) == 1 and "time.sleep(60)" in left[0], out[-3000:]
+    workers = {(tmp_path / f"batch-{i}").read_text() for i in range(4)}
+    assert len(workers) == 1 and workers <= {"gw0", "gw1"}, workers
+    times = {f.name[6:]: [float(t) for t in f.read_text().split()] for f in tmp_path.glob("time*")}
+    alone_start = times.pop("test_alone")[0]
+    assert len(times) == 13 and max(end for _, end in times.values()) <= alone_start, times
+
+
+def test_one_process_keeps_the_end_of_run_checks(tmp_path: Path) -> None:
+    rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on")
+    assert "13 passed" in out, out[-3000:]
+    assert rc == 1, out[-3000:]
+    assert len(_end_of_run_failures(out, "ORCH-8008: a log record holds")) == 1, out[-3000:]
+    left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")
+    assert len(left) == 1 and "time.sleep(60)" in left[0], out[-3000:]
