@@ -61,8 +61,35 @@ def test_free(i):
 """
 
 
+# items that share one node id, as schemathesis makes one per API operation
+_TWINS = """
+
+class _Twin(pytest.Item):
+    def runtest(self):
+        (Path(os.environ["SUITE_WORKERS_OUT"]) / f"twin-{self.k}").write_text("ran")
+
+    def reportinfo(self):
+        return self.path, 0, self.name
+
+
+class _Twins(pytest.File):
+    def collect(self):
+        for k in range(3):
+            item = _Twin.from_parent(self, name="twin")
+            item.k = k
+            yield item
+
+
+def pytest_collect_file(parent, file_path):
+    if file_path.name == "twins.txt":
+        return _Twins.from_parent(parent, path=file_path)
+"""
+
+
 def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
-    (tmp_path / "conftest.py").write_text((ROOT / "conftest.py").read_text())
+    conftest = (ROOT / "conftest.py").read_text() + "\nimport os\nfrom pathlib import Path\n"
+    (tmp_path / "conftest.py").write_text(conftest + _TWINS)
+    (tmp_path / "twins.txt").write_text("")
     (tmp_path / "test_cases.py").write_text(_TESTS)
     ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers = alone\n"
     (tmp_path / "pytest.ini").write_text(ini)
@@ -88,9 +115,11 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     end: the key logged on one worker fails it; the process one test left fails it, exactly
     once, while the process the other worker's test still waits on is left alone (that test
     passes); the tests of the batch fixture ``standalone_runs`` share one worker; the test
-    marked ``alone`` starts after every other test has ended."""
+    marked ``alone`` starts after every other test has ended; three items that share one
+    node id all run."""
     rc, out = _run(tmp_path, "-n", "2", "--dist", "loadgroup")
-    assert "14 passed" in out, out[-3000:]
+    assert "17 passed" in out, out[-3000:]
+    assert {f.name for f in tmp_path.glob("twin-*")} == {"twin-0", "twin-1", "twin-2"}, out
     assert rc == 1, out[-3000:]
     keys = _end_of_run_failures(out, "ORCH-8008: a log record holds an API key: leaky:")
     left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")
@@ -105,7 +134,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
 
 def test_one_process_keeps_the_end_of_run_checks(tmp_path: Path) -> None:
     rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on")
-    assert "13 passed" in out, out[-3000:]
+    assert "16 passed" in out, out[-3000:]
     assert rc == 1, out[-3000:]
     assert len(_end_of_run_failures(out, "ORCH-8008: a log record holds")) == 1, out[-3000:]
     left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")

@@ -37,6 +37,7 @@ GROUPS = {
     "image_install": "image",
 }
 _GROUP_FILE = "llama_orch_group_file"
+_REPEAT = "\x00"  # the scheduler's mark of a repeated node id
 _group_file: list[str] = []  # the controller's, made for the first worker
 
 _KEY = "llama_orch_end_of_run_failures"
@@ -111,11 +112,24 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             self._held = False
             self._alone_node: Any = None
 
+        def add_node_collection(self, node: Any, collection: list[str]) -> None:
+            # Some plugins' items share a node id (schemathesis: one per API operation).
+            # The scope scheduler keys its work by node id and would run one of each, so
+            # the k-th repeat is told apart by a suffix the scheduler alone sees.
+            seen: dict[str, int] = {}
+            unique = []
+            for nodeid in collection:
+                k = seen[nodeid] = seen.get(nodeid, -1) + 1
+                unique.append(f"{nodeid}{_REPEAT}{k}" if k else nodeid)
+            super().add_node_collection(node, unique)
+
         def _split_scope(self, nodeid: str) -> str:
             if self._groups is None:  # read once all workers have collected
                 text = Path(_group_file[0]).read_text() if _group_file else ""
                 self._groups = json.loads(text) if text else {}
-            return self._groups.get(nodeid, nodeid)
+            base = nodeid.split(_REPEAT, 1)[0]
+            group = self._groups.get(base)
+            return group if group is not None else nodeid
 
         def _assign_work_unit(self, node: Any) -> None:
             if not self._held:
