@@ -54,12 +54,12 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
+from ._wire import _config_json, _opt, _s
 from .server import EmbeddedServer
 
 __all__ = ["LIBRARY", "ValkeyStateStore"]
 
 LIBRARY = files(__package__).joinpath("llorch.lua").read_text(encoding="utf-8")
-_PRIORITIES = ("interactive", "batch")  # highest first, as core.queue.PRIORITIES
 _DISPLACED = json.dumps(
     {
         c.value: displaced_terminal(c).data.decode()
@@ -73,45 +73,6 @@ _QUEUED_FMT = _QUEUED_FMT.replace("1234567891", "%d").replace("1987654321", "%d"
 R = TypeVar("R")
 ReapOutcome = Literal["requeued", "claimed"]  # Reaped.outcome
 ViewState = Literal["queued", "running", "ended"]  # TaskView.state
-
-
-# Replies of the llorch library are untyped arrays (Lua tables); their fields are
-# read through _s (present: bulk string) and _opt (may be nil).
-def _s(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
-def _opt(x: bytes | str | None) -> str | None:
-    if x is None:
-        return None
-    return x.decode() if isinstance(x, bytes) else x
-
-
-def _config_json(config: StoreConfig) -> str:
-    def limit(x: Any) -> dict[str, Any]:
-        out = {"rps": x.rps, "burst": x.burst}
-        for k in ("weight", "max_concurrent"):
-            if hasattr(x, k):
-                out[k] = getattr(x, k)
-        return {k: v for k, v in out.items() if v is not None}
-
-    doc = {
-        "prios": list(_PRIORITIES),
-        "pools": {
-            name: {
-                "capacity": p.capacity,
-                "policy": p.full_policy,
-                "weights": {pr: max(1, int(p.priority_weights.get(pr, 1))) for pr in _PRIORITIES},
-            }
-            for name, p in config.pools.items()
-        },
-        "tenants": {t: limit(c) for t, c in config.tenants.items()},
-        "default_tenant": limit(config.default_tenant),
-        "priorities": {p: limit(r) for p, r in config.priorities.items()},
-        "retention_ms": config.event_log_retention_ms,
-        "session_ttl_ms": config.session_ttl_ms,
-    }
-    return json.dumps(doc)
 
 
 class ValkeyStateStore(StateStore):
