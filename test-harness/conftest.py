@@ -9,7 +9,6 @@ started is stopped at teardown, even when the test fails (ORCH-4002).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +19,7 @@ import aiohttp
 import pytest
 from llama_orch.core.config import Config
 from llama_orch.orchestratord.serve import serve
+from llama_orch.testing_engines.inprocess import stop_served
 
 
 def _load_harness() -> ModuleType:
@@ -63,8 +63,6 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Har
     try:
         yield start
     finally:
-        for stop, task, http in reversed(running):
+        for _, _, http in running:
             await http.close()
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 60)
+        await stop_served([(stop, task) for stop, task, _ in running], 60)  # ORCH-6241

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from llama_orch.core.config import Config
 from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.serve import serve
 from llama_orch.orchestratord.service import Orchestrator
+from llama_orch.testing_engines.inprocess import stop_served
 
 TENANT_KEY = "llo_test-tenant-" + "k" * 40
 ADMIN_KEY = "llo_test-admin-" + "k" * 40
@@ -82,10 +82,7 @@ async def start_daemon() -> AsyncIterator[Callable[[Config], Awaitable[Daemon]]]
     try:
         yield start
     finally:
-        for stop, task in stops:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+        await stop_served(stops, 30)  # ORCH-6241
 
 
 @pytest.fixture

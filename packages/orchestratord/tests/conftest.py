@@ -16,6 +16,7 @@ from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.serve import serve
 from llama_orch.orchestratord.service import Orchestrator
+from llama_orch.testing_engines.inprocess import stop_served
 
 
 @dataclass
@@ -176,8 +177,6 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
     try:
         yield start
     finally:
-        for stop, task, http in stops:
+        for _, _, http in stops:
             await http.close()
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+        await stop_served([(stop, task) for stop, task, _ in stops], 30)  # ORCH-6241
