@@ -64,5 +64,6 @@ async def stop_served(
             f"the loop's tasks when it expired:\n{stacks}"
         )
     for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
