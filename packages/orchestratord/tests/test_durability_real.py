@@ -25,10 +25,21 @@ from llama_orch.core.config import Config
 
 pytestmark = pytest.mark.asyncio
 
+# WAIT's bound: long enough that a replica on a loaded CI machine acknowledges in time,
+# short enough that the paused-replica 503 comes quickly.
+TIMEOUT_MS = 1000
+
 
 def _replica_up(port: int) -> bool:
     with valkey.Valkey(host="127.0.0.1", port=port, socket_timeout=2) as c:
         return c.info("replication").get("master_link_status") == "up"
+
+
+def _acked(port: int) -> bool:
+    """A write on the primary is acknowledged by its replica within 1 s (WAIT)."""
+    with valkey.Valkey(host="127.0.0.1", port=port, socket_timeout=3) as c:
+        c.set("warm-up", "1")
+        return int(c.wait(1, 1000)) >= 1
 
 
 def _exists(port: int, key: str) -> bool:
@@ -61,12 +72,16 @@ async def test_202_waits_for_the_replica_and_503_without_it(
         while not _replica_up(replica.port):  # a child process: poll its state, bounded
             assert time.monotonic() < deadline, "replica link not up in 30 s"
             await asyncio.sleep(0.05)
+        # The link is up before the replica acknowledges writes: a CI run's first submit
+        # (WAIT bounded at 300 ms then) answered 503 right after the link came up.
+        while not _acked(primary.port):
+            assert time.monotonic() < deadline, "replica acknowledges no write in 30 s"
         doc = msgspec.to_builtins(mock_config(adapter_options={"token_delay_ms": 1}))
         doc["state"] = {
             "backend": "valkey",
             "url": primary.url,
             "key_prefix": "durable",
-            "durability": {"wait_replicas": 1, "timeout_ms": 300},
+            "durability": {"wait_replicas": 1, "timeout_ms": TIMEOUT_MS},
         }
         run = await start_orchestrator(msgspec.convert(doc, Config))
         resp = await run.submit(max_tokens=2)
@@ -84,7 +99,7 @@ async def test_202_waits_for_the_replica_and_503_without_it(
             assert resp.status == 503, body
             assert int(resp.headers["Retry-After"]) >= 1
             assert body["code"] == "POOL_UNAVAILABLE" and body["retriable"] is True
-            assert took < 5, took  # timeout_ms 300; generous for a loaded machine
+            assert took < TIMEOUT_MS / 1000 + 4, took  # generous for a loaded machine
             assert not _exists(primary.port, f"{{durable}}:t:{again}")  # withdrawn
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
