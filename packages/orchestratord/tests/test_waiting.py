@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.main import JsonFormatter
 from llama_orch.orchestratord.tasks import TaskRecord
 from llama_orch.orchestratord.waiting import expiry
+from llama_orch.orchestratord.workload import job_of
 
 
 async def _tid(run, **body) -> str:
@@ -47,6 +49,9 @@ async def test_queued_events_count_down_to_started(start_orchestrator, mock_conf
     assert positions == sorted(positions, reverse=True), positions
     etas = [e[2]["predicted_start_ms"] for e in events if e[1] == "queued"]
     assert etas[0] > 0 and all(x >= 0 for x in etas)
+    # ORCH-2907: each also says when it will finish, after it starts
+    ends = [e[2]["predicted_finish_ms"] for e in events if e[1] == "queued"]
+    assert all(f > s for f, s in zip(ends, etas, strict=True)), (ends, etas)
     assert "queued" not in [e[1] for e in await run.events(first)]
 
 
@@ -321,3 +326,73 @@ def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_d
     slot = w.forecast(pool, Job(100, 11), None, now)  # type: ignore[arg-type]
     assert slot is not None and slot.start_ms == 0.0  # a free slot: dispatched now
     assert slot.finish_ms == pytest.approx(2080.0 + 100.0 + 500.0 + 10 * 20.0 * load.pace)
+
+
+async def _timed(run, task_id: str) -> list[tuple[float, str, dict]]:
+    """The stream's events (tokens left out) with the monotonic time each arrived."""
+    parser = SSEParser()
+    out: list[tuple[float, str, dict]] = []
+    async with run.http.get(f"{run.url}/v1/tasks/{task_id}/stream") as resp:
+        async for chunk in resp.content.iter_any():
+            for m in parser.feed(chunk):
+                if m.event != "token":
+                    out.append((time.monotonic(), m.event, json.loads(m.data)))
+    return out
+
+
+async def test_a_running_tasks_finish_follows_the_work_ahead_of_it(start_orchestrator, mock_config):
+    """ORCH-2907 (ORCH-2906): once started, a task is told its forecast finish when it
+    moves by more than 10 % of the time left, at most once per interval: when a task
+    with a long prompt is queued to start beside it, later by that prompt's prefill
+    (the model's; the mock engine does not stall, so the forecast comes back)."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 30, "slots": 2})
+    cfg.scheduling.waiting.queued_event_interval_s = 0.2
+    run = await start_orchestrator(cfg)
+    pool = run.orch.pools["mock"]
+    a = await _tid(run, max_tokens=100)  # ~3 s
+    reading = asyncio.create_task(_timed(run, a))
+    await _tid(run, max_tokens=20)  # ~0.6 s on the other slot
+    b = await _tid(run, prompt="x " * 2000, max_tokens=2)  # ~1,000 tokens as estimated
+    rec_b = run.orch.tasks.get(b)
+    assert rec_b is not None and rec_b.state == "queued"  # starts when the short one ends
+    model = run.orch.workload.model(pool, next(iter(pool.replicas)), 2)
+    prefill = model.params(time.monotonic()).prefill_ms(job_of(rec_b).tokens_in) / 1000
+    assert prefill >= 0.3
+    events = await reading
+    end_at = next(t for t, kind, _ in events if kind == "end")
+    told = _told(events)
+    started = next(t for t, kind, _ in events if kind == "started")
+    assert told and all(t >= started for t, _ in told), events
+    assert all(t2 - t1 >= 0.19 for (t1, _), (t2, _) in itertools.pairwise(told)), told
+    # while the long prompt was ahead, its prefill moved the finish later
+    assert max(f for _, f in told) >= end_at + 0.5 * prefill, (told, end_at, prefill)
+
+
+def _told(events: list[tuple[float, str, dict]]) -> list[tuple[float, float]]:
+    """(when, finish told) of the ``metrics`` events that carry a finish (ORCH-2907)."""
+    return [
+        (t, t + d["predicted_finish_ms"] / 1000)
+        for t, kind, d in events
+        if kind == "metrics" and "predicted_finish_ms" in d
+    ]
+
+
+async def test_a_running_task_is_told_its_finish_at_its_own_pace(start_orchestrator, mock_config):
+    """ORCH-2907: the 202's finish came from the engine's prior (25 ms a token); the
+    mock engine runs at 30 ms a token, so the finish moves by more than 10 % and the
+    client is told; the last finish told is close to the time actually left then, and
+    nothing is told before ``started``."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 30})
+    cfg.scheduling.waiting.queued_event_interval_s = 0.2
+    run = await start_orchestrator(cfg)
+    t0 = time.monotonic()
+    resp = await run.submit(max_tokens=80)  # ~2.4 s
+    accepted = await resp.json()
+    events = await _timed(run, accepted["task_id"])
+    end_at = next(t for t, kind, _ in events if kind == "end")
+    told = _told(events)
+    kinds = [kind for _, kind, _ in events]
+    assert told and kinds.index("started") < kinds.index("metrics"), kinds
+    assert abs(t0 + accepted["predicted_finish_ms"] / 1000 - end_at) > 0.1  # the prior's
+    sent, finish = told[-1]
+    assert abs(finish - end_at) <= 0.25 * (end_at - sent) + 0.05, (told, end_at)

@@ -38,6 +38,7 @@ from llama_orch.core.eta import (
     live_pace,
     replica_pace,
     simulate,
+    simulate_running,
 )
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
@@ -372,6 +373,30 @@ class Workload:
         if slots is None:
             return []
         return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
+
+    def forecasts(
+        self, pool: Pool, now: float
+    ) -> tuple[list[tuple[TaskRecord, int, Slot]], list[tuple[TaskRecord, float]]]:
+        """:meth:`queue_forecast` and, from the same simulation, the forecast finish (ms
+        from now) of every task running on a Ready replica (ORCH-2906, ORCH-2907)."""
+        queued = list(pool.queue)
+        loads = self.loads(pool, now)
+        ran = simulate_running(loads, [job_of(t) for t in queued], now)
+        if ran is None:
+            return [], []
+        slots, finishes = ran
+        # the running tasks in the order ``loads`` read them (same sets, no await between)
+        names = [
+            list(self.running.get((pool.id, rid), ()))
+            for rid, r in pool.replicas.items()
+            if r.state.ready
+        ]
+        running = [
+            (t, ms)
+            for recs, row in zip(names, finishes, strict=True)
+            for t, ms in zip(recs, row, strict=True)
+        ]
+        return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))], running
 
     def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
         """Start and finish of an admitted task: the forecast of its place in serving order.
