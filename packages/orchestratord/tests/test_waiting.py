@@ -396,3 +396,29 @@ async def test_a_running_task_is_told_its_finish_at_its_own_pace(start_orchestra
     assert abs(t0 + accepted["predicted_finish_ms"] / 1000 - end_at) > 0.1  # the prior's
     sent, finish = told[-1]
     assert abs(finish - end_at) <= 0.25 * (end_at - sent) + 0.05, (told, end_at)
+
+
+def test_the_finish_rule_before_and_after_started():
+    """ORCH-2907: a moved finish is told at most once per interval and only when it
+    moved by more than 10 % of the time left (and 100 ms); before ``started`` (the
+    engine has not answered, e.g. a batch of prompts ahead) only in a ``queued`` event
+    at position 0 and not sooner than an interval after dispatch; after, in ``metrics``."""
+    from llama_orch.orchestratord.waiting import announce_finish
+
+    cfg = WaitingConfig(queued_event_interval_s=1.0)
+    rec = _rec(None)
+    rec.lifecycle.dispatch()
+    rec.dispatched, rec.finish_held = 100.0, 102.0  # the 202 said 2 s
+    assert not announce_finish(rec, cfg, 9000.0, 100.5)  # too soon after dispatch
+    assert announce_finish(rec, cfg, 9000.0, 101.0)
+    assert rec.finish_held == 110.0
+    assert not announce_finish(rec, cfg, 20000.0, 101.5)  # within the interval
+    assert not announce_finish(rec, cfg, 8500.0, 102.0)  # moved 500 ms < 10 % of 8.5 s
+    rec.first_token = 103.0  # `started` was sent
+    assert announce_finish(rec, cfg, 2000.0, 104.0)  # moved 4 s
+    frames = [json.loads(f.split(b"data: ", 1)[1]) for f in rec.frames_so_far()]
+    assert frames == [
+        {"type": "queued", "queue_position": 0, "predicted_start_ms": 0,
+         "predicted_finish_ms": 9000},
+        {"type": "metrics", "predicted_finish_ms": 2000},
+    ], frames  # fmt: skip

@@ -76,17 +76,28 @@ FINISH_MOVE_MIN_MS = 100
 
 
 def announce_finish(rec: TaskRecord, cfg: WaitingConfig, finish_ms: float, now: float) -> bool:
-    """Append a ``metrics`` event with a running task's forecast finish when it moved
-    from the one its client holds by more than 10 % of the time left (and 100 ms), at
-    most once per ``queued_event_interval_s`` (ORCH-2907)."""
-    if rec.request.inputs or now - rec.finish_sent_at < cfg.queued_event_interval_s * 0.95:
+    """Tell a running task's client its forecast finish when it moved from the one it
+    holds by more than 10 % of the time left (and 100 ms), at most once per
+    ``queued_event_interval_s`` (ORCH-2907): in a ``metrics`` event once it has started,
+    and before (its engine has not answered: a batch of prompts ahead of its own), in
+    a ``queued`` event at position 0 once it has waited that interval since dispatch."""
+    interval = cfg.queued_event_interval_s * 0.95
+    if rec.request.inputs or now - rec.finish_sent_at < interval:
+        return False
+    started = rec.first_token is not None  # `started` came with the engine's first answer
+    if not started and (rec.dispatched is None or now - rec.dispatched < interval):
         return False
     held = rec.finish_held
     moved = abs(now + finish_ms / 1000 - held) * 1000 if held is not None else math.inf
     if moved <= max(FINISH_MOVE_MIN_MS, FINISH_MOVE * finish_ms):
         return False
     told = int(finish_ms)
-    if not rec.append(MetricsEvent(predicted_finish_ms=told)):
+    event: MetricsEvent | QueuedEvent = (
+        MetricsEvent(predicted_finish_ms=told)
+        if started  # no event but `queued` before `started` (ORCH-1117)
+        else QueuedEvent(queue_position=0, predicted_start_ms=0, predicted_finish_ms=told)
+    )
+    if not rec.append(event):
         return False
     rec.finish_held, rec.finish_sent_at = now + told / 1000, now
     return True
@@ -148,7 +159,7 @@ def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None
     cfg = orch.workload.cfg
     forecasts, running = orch.workload.forecasts(pool, now) if unready_since is None else ([], [])
     for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
-        if rec.state == "running" and rec.run_first_token is not None:  # after `started`
+        if rec.state == "running":
             announce_finish(rec, cfg, finish_ms, now)
     if forecasts:
         for rec, pos, slot in forecasts:
