@@ -422,3 +422,43 @@ def test_the_finish_rule_before_and_after_started():
          "predicted_finish_ms": 9000},
         {"type": "metrics", "predicted_finish_ms": 2000},
     ], frames  # fmt: skip
+
+
+def test_a_stall_in_progress_is_not_extrapolated_either():
+    """ORCH-2909: while another task's 2,000-token prompt is still prefilling (10 s at
+    5 ms a token, 6 s done), a decoding task that has had no token since it began keeps
+    its own pace (20 ms a token) and waits for the rest of that prefill once; before,
+    its first token → now (6.07 s over 4 tokens) made its pace 10x the model (the
+    bound) and its 196 tokens left were forecast at 25.7 s instead of 8.0 s."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)  # type: ignore[arg-type]
+
+    def rec(tid: str, tokens_in: int, max_tokens: int, dispatched: float) -> TaskRecord:
+        req = GenerateRequest(task_id=tid, prompt="x", max_tokens=max_tokens, seed=1)
+        r = TaskRecord(tid, "p", engine, "interactive", req, tokens_in)
+        r.dispatched = dispatched
+        w.started("p", "p-e0", r)
+        return r
+
+    a = rec("a", 20, 200, 100.0)
+    a.run_first_token, a.last_token, a.engine_tokens = 100.2, 100.26, 4  # 3 gaps of 20 ms
+    rec("c", 2000, 10, 100.27)  # prefilling since: 100 + 10,000 ms
+    (load,) = w.loads(pool, 106.27)  # type: ignore[arg-type]
+    assert load.prefill_ms == pytest.approx(4100.0)
+    assert load.pace == pytest.approx(1.0)
+    assert sorted(load.running_ms) == pytest.approx([4100.0 + 9 * 20.0, 4100.0 + 196 * 20.0])

@@ -278,6 +278,8 @@ class Workload:
                         ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
                 undone = PromptIndex(prefilling)
+                # ORCH-2909: the stall in progress began with the earliest of them
+                stall_from = min((d for d, _ in prefilling), default=None)
                 busy_now = max(1, len(running))
                 for t in running:
                     # its pace at its context: prompt, tokens so far, half of those left
@@ -303,11 +305,16 @@ class Workload:
                         done_now = log.between(first, now) - undone.between(first, math.inf)
                         sq_last = log.squares(first, last) - undone.squares(first, last)
                         sq_now = log.squares(first, now) - undone.squares(first, math.inf)
+                        # ORCH-2909: and not the stall in progress (``pending`` below)
+                        stalled = (now - max(first, stall_from)) * 1000 if stall_from else 0.0
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
                             max(0.0, (last - first) * 1000 - p.prefill_ms(done_last, sq_last)),
-                            max(0.0, (now - first) * 1000 - p.prefill_ms(done_now, sq_now)),
+                            max(
+                                0.0,
+                                (now - first) * 1000 - p.prefill_ms(done_now, sq_now) - stalled,
+                            ),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
