@@ -462,3 +462,34 @@ def test_a_stall_in_progress_is_not_extrapolated_either():
     assert load.prefill_ms == pytest.approx(4100.0)
     assert load.pace == pytest.approx(1.0)
     assert sorted(load.running_ms) == pytest.approx([4100.0 + 9 * 20.0, 4100.0 + 196 * 20.0])
+
+
+def test_a_late_first_token_does_not_slow_the_forecast_decode():
+    """ORCH-2910: a task 3 s into a prefill modelled at 1.1 s is forecast to decode its
+    99 tokens left at the model's 20 ms a token once its first token comes (now: its
+    prefill is overdue and nothing else is prefilling), not 2.7x slower."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)  # type: ignore[arg-type]
+    req = GenerateRequest(task_id="a", prompt="x", max_tokens=100, seed=1)
+    a = TaskRecord("a", "p", engine, "interactive", req, 200)  # 100 + 1,000 ms modelled
+    a.dispatched = 100.0
+    w.started("p", "p-e0", a)
+    (load,) = w.loads(pool, 100.5)  # type: ignore[arg-type]
+    assert load.running_ms == pytest.approx([600.0 + 99 * 20.0])
+    (load,) = w.loads(pool, 103.0)  # type: ignore[arg-type]
+    assert load.running_ms == pytest.approx([99 * 20.0])

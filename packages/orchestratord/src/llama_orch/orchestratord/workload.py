@@ -28,7 +28,6 @@ from llama_orch.core.backoff import (
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import DeadlineUnmet
 from llama_orch.core.eta import (
-    PACE_BOUNDS,
     Job,
     Pace,
     ReplicaLoad,
@@ -289,14 +288,12 @@ class Workload:
                     ms = left_t * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
-                        # ORCH-1977: a first token later than modelled slows its decode
                         elapsed = (now - t.dispatched) * 1000
-                        ttft = ttfts[id(t)]
-                        late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
                         # its prompt is batched with the others pending: its first token
-                        # comes when the replica's prefill in progress ends (ORCH-1996)
-                        ms = max(0.0, ttft - elapsed, pending)
-                        ms += max(0, tokens_left(t) - 1) * per * late
+                        # comes when the replica's prefill in progress ends (ORCH-1996);
+                        # a late first token does not slow its decode (ORCH-2910)
+                        ms = max(0.0, ttfts[id(t)] - elapsed, pending)
+                        ms += max(0, tokens_left(t) - 1) * per
                     elif t.run_first_token is not None and t.last_token is not None:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
                         # (those still prefilling now are not done yet)
