@@ -123,3 +123,28 @@ def test_running_finishes_equal_the_per_slot_simulation(
         assert all(
             math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in zip(got, want, strict=True)
         ), (got, want)
+
+
+def test_spans_cover_their_union_within_a_window() -> None:
+    """ORCH-2911: overlapping spans count once; a window cuts the spans at its edges."""
+    from llama_orch.core.servicetime import Spans
+
+    s = Spans([(1.0, 3.0), (2.0, 4.0), (6.0, 7.0), (5.0, 5.0)])
+    assert s.covered(0.0, 10.0) == 4.0
+    assert s.covered(2.5, 6.5) == 2.0
+    assert s.covered(4.0, 6.0) == 0.0
+    assert s.covered(3.0, 3.0) == 0.0
+    assert Spans([]).covered(0.0, 1.0) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=12),
+    st.integers(0, 40),
+    st.integers(0, 40),
+)
+def test_spans_equal_counting_unit_steps(spans: list[tuple[int, int]], t0: int, t1: int) -> None:
+    from llama_orch.core.servicetime import Spans
+
+    want = sum(1 for k in range(t0, t1) if any(a <= k and k + 1 <= b for a, b in spans))
+    assert Spans([(float(a), float(b)) for a, b in spans]).covered(t0, t1) == want

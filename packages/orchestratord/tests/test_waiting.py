@@ -305,7 +305,9 @@ def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_d
     a = rec("a", 20, 200, 100.0)
     a.run_first_token = 100.2
     b = rec("b", 1000, 50, 100.21)  # its prefill: 5,000 ms, during a's second gap
-    b.run_first_token = b.last_token = 105.23
+    # (its first token 5,000 ms after dispatch: its measured prefill is the modelled
+    # one, which ORCH-2911 subtracts for a task still running)
+    b.run_first_token = b.last_token = 105.21
     b.engine_tokens = 1
     a.engine_tokens, a.last_token = 3, 105.24  # gaps of 20 ms, and 5,020 ms
     now = 105.26
@@ -313,8 +315,8 @@ def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_d
     assert load.prefill_ms == 0.0
     assert sorted(load.running_ms) == pytest.approx([49 * 20.0, 197 * 20.0])
     assert load.pace == pytest.approx(1.0)
-    e = rec("e", 0, 103, 105.19)  # decoding: gaps of 25 and 20 ms ...
-    e.run_first_token, e.last_token, e.engine_tokens = 105.2, 105.245, 3
+    e = rec("e", 0, 103, 105.2)  # decoding: gaps of 25 and 20 ms ...
+    e.run_first_token, e.last_token, e.engine_tokens = 105.21, 105.255, 3
     rec("c", 400, 10, 105.24)  # ... c dispatched in its last gap, still prefilling:
     # 100 + 2,000 ms, 20 ms of it done; not subtracted from e's pace (it is not done)
     (load,) = w.loads(pool, now)  # type: ignore[arg-type]
@@ -493,3 +495,43 @@ def test_a_late_first_token_does_not_slow_the_forecast_decode():
     assert load.running_ms == pytest.approx([600.0 + 99 * 20.0])
     (load,) = w.loads(pool, 103.0)  # type: ignore[arg-type]
     assert load.running_ms == pytest.approx([99 * 20.0])
+
+
+def test_a_prompt_beside_a_running_task_stalls_it_as_long_as_it_measured():
+    """ORCH-2911: another running task's 1,000-token prompt took 10 s to its first token
+    (5.1 s modelled: a loaded machine, prompts batched); the decoding task whose second
+    gap it was keeps its own 20 ms a token. Before, only the modelled 5 s was left out
+    and its 197 tokens left were forecast at 18.1 s (pace at the 10x bound) not 3.9 s."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)  # type: ignore[arg-type]
+
+    def rec(tid: str, tokens_in: int, max_tokens: int, dispatched: float) -> TaskRecord:
+        req = GenerateRequest(task_id=tid, prompt="x", max_tokens=max_tokens, seed=1)
+        r = TaskRecord(tid, "p", engine, "interactive", req, tokens_in)
+        r.dispatched = dispatched
+        w.started("p", "p-e0", r)
+        return r
+
+    a = rec("a", 20, 200, 100.0)
+    b = rec("b", 1000, 50, 100.21)
+    b.run_first_token = b.last_token = 110.21
+    b.engine_tokens = 1
+    a.run_first_token, a.last_token, a.engine_tokens = 100.2, 110.24, 3  # 20 and 10,020 ms
+    (load,) = w.loads(pool, 110.26)  # type: ignore[arg-type]
+    assert load.pace == pytest.approx(1.0)
+    assert sorted(load.running_ms) == pytest.approx([49 * 20.0, 197 * 20.0])

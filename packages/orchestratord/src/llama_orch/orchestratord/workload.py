@@ -50,6 +50,7 @@ from llama_orch.core.servicetime import (
     Prior,
     PromptIndex,
     ServiceModel,
+    Spans,
 )
 
 from .pools import Pool, Replica
@@ -277,8 +278,19 @@ class Workload:
                         ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
                 undone = PromptIndex(prefilling)
-                # ORCH-2909: the stall in progress began with the earliest of them
+                # ORCH-2911: the prompts of running tasks that have their first token
+                # stalled the others from their dispatch to that token, as measured
+                answered = [
+                    (t.dispatched, t.run_first_token, _tokens_in(t))
+                    for t in running
+                    if t.run_first_token is not None and t.dispatched is not None
+                ]
+                measured = PromptIndex((d, n) for d, _, n in answered)
+                spans = [(d, f) for d, f, _ in answered]
+                # ORCH-2909: the stall in progress began with the earliest prompt undone
                 stall_from = min((d for d, _ in prefilling), default=None)
+                stalls = Spans(spans)
+                stalls_now = Spans([*spans, (stall_from, now)]) if stall_from else stalls
                 busy_now = max(1, len(running))
                 for t in running:
                     # its pace at its context: prompt, tokens so far, half of those left
@@ -297,21 +309,37 @@ class Workload:
                     elif t.run_first_token is not None and t.last_token is not None:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
                         # (those still prefilling now are not done yet)
+                        # at their modelled cost those of tasks ended since, at their measured
+                        # prefill those of tasks running (ORCH-2911), and not the stall in
+                        # progress (ORCH-2909: ``pending`` below adds what is left of it)
                         first, last = t.run_first_token, t.last_token
-                        done_last = log.between(first, last) - undone.between(first, last)
-                        done_now = log.between(first, now) - undone.between(first, math.inf)
-                        sq_last = log.squares(first, last) - undone.squares(first, last)
-                        sq_now = log.squares(first, now) - undone.squares(first, math.inf)
-                        # ORCH-2909: and not the stall in progress (``pending`` below)
-                        stalled = (now - max(first, stall_from)) * 1000 if stall_from else 0.0
+                        done_last = (
+                            log.between(first, last)
+                            - undone.between(first, last)
+                            - measured.between(first, last)
+                        )
+                        done_now = (
+                            log.between(first, now)
+                            - undone.between(first, math.inf)
+                            - measured.between(first, now)
+                        )
+                        sq_last = (
+                            log.squares(first, last)
+                            - undone.squares(first, last)
+                            - measured.squares(first, last)
+                        )
+                        sq_now = (
+                            log.squares(first, now)
+                            - undone.squares(first, math.inf)
+                            - measured.squares(first, now)
+                        )
+                        net_last = (last - first - stalls.covered(first, last)) * 1000
+                        net_now = (now - first - stalls_now.covered(first, now)) * 1000
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
-                            max(0.0, (last - first) * 1000 - p.prefill_ms(done_last, sq_last)),
-                            max(
-                                0.0,
-                                (now - first) * 1000 - p.prefill_ms(done_now, sq_now) - stalled,
-                            ),
+                            max(0.0, net_last - p.prefill_ms(done_last, sq_last)),
+                            max(0.0, net_now - p.prefill_ms(done_now, sq_now)),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
