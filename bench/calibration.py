@@ -7,7 +7,9 @@ orchestrator predicted with what happened:
 - **start**: the 202's ``predicted_start_ms`` vs the ``started`` event's
   ``queue_wait_ms`` (tasks that waited at least 100 ms);
 - **finish**: the 202's ``predicted_finish_ms`` vs submit → ``end`` measured
-  by the client (tasks that ran to their end);
+  by the client (tasks that ran to their end); and the finish the client holds
+  (the 202's, then each ``queued``/``metrics`` ``predicted_finish_ms``, ORCH-2907)
+  at 10 instants of each task's run against the time then left (ORCH-2908);
 - **Retry-After**: a client refused with 429 waits the advertised
   ``X-Backoff-Ms`` and retries; then it retries every 100 ms: the wait until
   admission actually succeeded vs the advertised one, and how often the first
@@ -90,6 +92,9 @@ class Outcome:
     # when it was admitted and when its stream ended, s since the bench's start (ORCH-2902)
     admitted_s: float | None = None
     ended_s: float | None = None
+    # each finish the client was told, (ms since submit when told, finish in ms since
+    # submit): the 202's, then those of ``queued`` and ``metrics`` events (ORCH-2907)
+    finish_told: list[tuple[float, float]] | None = None
 
 
 def make_specs(n: int, seed: int, *, nested: bool = False) -> list[Spec]:
@@ -163,6 +168,8 @@ async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrenc
     o.admitted_s = t0 - T0
     o.predicted_start_ms = payload["predicted_start_ms"]
     o.predicted_finish_ms = payload.get("predicted_finish_ms")
+    if o.predicted_finish_ms is not None:
+        o.finish_told = [(0.0, float(o.predicted_finish_ms))]
     tid = payload["task_id"]
     parser = SSEParser()
     tokens = 0
@@ -170,6 +177,10 @@ async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrenc
         async for chunk in r.content.iter_any():
             for m in parser.feed(chunk):
                 data = json.loads(m.data)
+                told = data.get("predicted_finish_ms") if m.event in ("queued", "metrics") else None
+                if told is not None and o.finish_told is not None:  # ORCH-2907
+                    at = (time.monotonic() - submitted) * 1000
+                    o.finish_told.append((at, at + told))
                 if m.event == "started":
                     o.queue_wait_ms = data["queue_wait_ms"]
                 elif m.event == "metrics" and o.on_time_probability is None:
@@ -221,6 +232,22 @@ def _pct(xs: list[float], p: float) -> float | None:
     return xs[min(len(xs) - 1, int(p * (len(xs) - 1) + 0.5))]
 
 
+HELD_INSTANTS = 10  # per task: admission + 0, 10, ..., 90 % of its run (ORCH-2908)
+
+
+def held_pairs(o: Outcome) -> list[tuple[float, float]]:
+    """(time left as told, time actually left) at each of the task's instants: the
+    finish the client held then (a finish already passed counts as 1 ms left)."""
+    if not o.finish_told or not o.finish_ms:
+        return []
+    out = []
+    for k in range(HELD_INSTANTS):
+        at = o.finish_ms * k / HELD_INSTANTS
+        held = [f for t, f in o.finish_told if t <= at][-1]
+        out.append((max(1.0, held - at), o.finish_ms - at))
+    return out
+
+
 def analyse(outs: list[Outcome]) -> dict[str, Any]:
     ran = [o for o in outs if o.end_reason in ("length", "eos", "stop") and o.finish_ms]
     finish = [
@@ -245,6 +272,9 @@ def analyse(outs: list[Outcome]) -> dict[str, Any]:
         )
 
     fin_ran = [o for o in ran if o.predicted_finish_ms is not None]
+    held = [pair for o in fin_ran for pair in held_pairs(o)]  # ORCH-2908
+    held_alone = [pair for o in fin_ran if later(o) == 0 for pair in held_pairs(o)]
+    held_later = [pair for o in fin_ran if later(o) > 0 for pair in held_pairs(o)]
     finish_alone = [(o.predicted_finish_ms, o.finish_ms) for o in fin_ran if later(o) == 0]
     finish_later = [(o.predicted_finish_ms, o.finish_ms) for o in fin_ran if later(o) > 0]
     start = [
@@ -305,6 +335,9 @@ def analyse(outs: list[Outcome]) -> dict[str, Any]:
         "finish_length_only": errs(finish_len),
         "finish_no_later_prompts": errs(finish_alone),
         "finish_later_prompts": errs(finish_later),
+        "finish_held": errs(held),
+        "finish_held_no_later_prompts": errs(held_alone),
+        "finish_held_later_prompts": errs(held_later),
         "start": errs(start),
         "retry": {
             "n": len(retry),
@@ -363,6 +396,9 @@ def render(
         ("finish (ran to max_tokens)", "finish_length_only", ""),
         ("finish: no other prompt admitted during its run", "finish_no_later_prompts", ""),
         ("finish: others' prompts admitted during its run", "finish_later_prompts", ""),
+        (f"finish ETA held, {HELD_INSTANTS} instants a task (ORCH-2908)", "finish_held", ""),
+        ("finish ETA held: no other prompt admitted", "finish_held_no_later_prompts", ""),
+        ("finish ETA held: others' prompts admitted", "finish_held_later_prompts", ""),
         ("start (waited >= 100 ms)", "start", "median <= 25 %, p90 factor <= 2"),
     ):
         e = s[key]
@@ -374,10 +410,15 @@ def render(
     r, t = s["retry"], s["on_time"]
     lines += [
         "",
-        "Every row is the forecast told in the 202 at admission. The two split rows"
-        " (ORCH-2902) separate the tasks during whose run (admission to end) other"
+        "The first five rows are the forecast told in the 202 at admission. The two split"
+        " rows (ORCH-2902) separate the tasks during whose run (admission to end) other"
         " clients' prompts were admitted, which no forecast made at its admission can"
-        " know, from the others; the targets apply to the first row.",
+        " know, from the others; the targets apply to the first row. The `ETA held` rows"
+        " (ORCH-2908) take, at admission + 0, 10, ..., 90 % of each task's actual"
+        " duration, the finish its client then held (the 202's, or the latest"
+        " `predicted_finish_ms` of a `queued` or `metrics` event, ORCH-2907) and compare"
+        " the time it left with the time actually left (n = samples; a finish already"
+        " passed counts as 1 ms left).",
         "",
         f"Retry-After (X-Backoff-Ms): {r['n']} refused clients; first retry admitted"
         f" {_f(r['first_retry_admitted'], True)}; median actual wait / advertised"

@@ -19,6 +19,13 @@ token, tasks are matched by (prompt tokens, output tokens). For a decision, not 
 figure to publish.
 
     uv run bench/calibration_replay.py 2026-12-03-1217 2026-12-03-1221
+
+``--oracle`` (ORCH-2905) needs only the report JSON (runs with ``admitted_s``, from
+session 7 on): each admission-time finish forecast with the prefill of the prompts
+admitted during the task's run added at ``--cost`` ms a token (which no forecast
+made at admission can know), and the misses (outside 2x) by cause:
+
+    uv run bench/calibration_replay.py --oracle --cost 6.3,10 2026-12-03-1535 2026-12-03-1540
 """
 
 from __future__ import annotations
@@ -109,14 +116,63 @@ def replay(stamp: str, cost: float, taus: list[float]) -> None:
         print(f"  slots tau {tau:>3g}: {_stats([r[2][k] for r in rows])}")
 
 
+BURST_S = 0.5  # others admitted this soon after a task: its phase's clients together
+
+
+def oracle(stamp: str, costs: list[float]) -> None:
+    """ORCH-2905: what the admission-time forecast could not know, from the report."""
+    outs = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())["outcomes"]
+    told: list[float] = []
+    added: list[list[float]] = [[] for _ in costs]
+    causes = {"over": 0, "burst": 0, "later": 0, "alone": 0}
+    for o in outs:
+        if o["end_reason"] != "length" or not (o["predicted_finish_ms"] and o["finish_ms"]):
+            continue
+        if o.get("admitted_s") is None or o.get("ended_s") is None:
+            continue
+        later = [
+            x
+            for x in outs
+            if x is not o
+            and x.get("admitted_s") is not None
+            and o["admitted_s"] < x["admitted_s"] < o["ended_s"]
+        ]
+        tokens = sum(x["tokens_in"] or 0 for x in later)
+        r = o["predicted_finish_ms"] / o["finish_ms"]
+        told.append(r)
+        for k, cost in enumerate(costs):
+            added[k].append((o["predicted_finish_ms"] + cost * tokens) / o["finish_ms"])
+        if 0.5 <= r <= 2:
+            continue
+        if r > 2:
+            causes["over"] += 1
+        elif any(x["admitted_s"] - o["admitted_s"] < BURST_S for x in later):
+            causes["burst"] += 1
+        else:
+            causes["later" if later else "alone"] += 1
+    print(f"{stamp} ({len(told)} tasks)")
+    print(f"  as told:                        {_stats(told)}")
+    for k, cost in enumerate(costs):
+        print(f"  + later prompts at {cost:>4g} ms/token: {_stats(added[k])}")
+    print(
+        f"  misses: {sum(causes.values())}: over-predicted {causes['over']}; others admitted"
+        f" < {BURST_S:g} s after it {causes['burst']}; prompts admitted later"
+        f" {causes['later']}; none {causes['alone']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stamps", nargs="+", help="e.g. 2026-12-03-1217")
-    ap.add_argument("--cost", type=float, default=6.3, help="prefill ms per prompt token")
+    ap.add_argument("--cost", default="6.3", help="prefill ms per prompt token (--oracle: a list)")
+    ap.add_argument("--oracle", action="store_true", help="ORCH-2905: the report alone")
     ap.add_argument("--tau", default="10,30,120", help="EWMA time constants, s")
     args: Any = ap.parse_args(argv)
     for stamp in args.stamps:
-        replay(stamp, args.cost, [float(x) for x in args.tau.split(",")])
+        if args.oracle:
+            oracle(stamp, [float(x) for x in args.cost.split(",")])
+        else:
+            replay(stamp, float(args.cost), [float(x) for x in args.tau.split(",")])
     return 0
 
 

@@ -151,7 +151,12 @@ class FakeOrchestratord:
         ]
         if req.prompt == "wait":  # a task that waited: its position falls to 0 (ORCH-1961)
             events[:0] = [
-                QueuedEvent(queue_position=n, predicted_start_ms=n * 1500) for n in (2, 1, 0)
+                QueuedEvent(
+                    queue_position=n,
+                    predicted_start_ms=n * 1500,
+                    predicted_finish_ms=n * 1500 + 700,  # ORCH-2907
+                )
+                for n in (2, 1, 0)
             ]
         if req.prompt == "fail":
             died = ErrorEvent(code="WORKER_RESET", message="engine died", engine="llamacpp-http")

@@ -50,7 +50,7 @@ async def test_submit_shows_the_live_queue_position(fake, capsys) -> None:
     assert await run_submit(submit_args(fake.url, "--max-tokens", "2", prompt="wait"), out=out) == 0
     assert out.getvalue() == "The quick\n"
     err = capsys.readouterr().err
-    assert "queued position 2, starts in ~3.0 s" in err
+    assert "queued position 2, starts in ~3.0 s, ends in ~3.7 s" in err  # ORCH-2907
     assert (
         err.index("position 2")
         < err.index("position 1")

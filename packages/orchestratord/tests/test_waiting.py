@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.main import JsonFormatter
 from llama_orch.orchestratord.tasks import TaskRecord
 from llama_orch.orchestratord.waiting import expiry
+from llama_orch.orchestratord.workload import job_of
 
 
 async def _tid(run, **body) -> str:
@@ -47,6 +49,9 @@ async def test_queued_events_count_down_to_started(start_orchestrator, mock_conf
     assert positions == sorted(positions, reverse=True), positions
     etas = [e[2]["predicted_start_ms"] for e in events if e[1] == "queued"]
     assert etas[0] > 0 and all(x >= 0 for x in etas)
+    # ORCH-2907: each also says when it will finish, after it starts
+    ends = [e[2]["predicted_finish_ms"] for e in events if e[1] == "queued"]
+    assert all(f > s for f, s in zip(ends, etas, strict=True)), (ends, etas)
     assert "queued" not in [e[1] for e in await run.events(first)]
 
 
@@ -300,7 +305,9 @@ def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_d
     a = rec("a", 20, 200, 100.0)
     a.run_first_token = 100.2
     b = rec("b", 1000, 50, 100.21)  # its prefill: 5,000 ms, during a's second gap
-    b.run_first_token = b.last_token = 105.23
+    # (its first token 5,000 ms after dispatch: its measured prefill is the modelled
+    # one, which ORCH-2911 subtracts for a task still running)
+    b.run_first_token = b.last_token = 105.21
     b.engine_tokens = 1
     a.engine_tokens, a.last_token = 3, 105.24  # gaps of 20 ms, and 5,020 ms
     now = 105.26
@@ -308,8 +315,8 @@ def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_d
     assert load.prefill_ms == 0.0
     assert sorted(load.running_ms) == pytest.approx([49 * 20.0, 197 * 20.0])
     assert load.pace == pytest.approx(1.0)
-    e = rec("e", 0, 103, 105.19)  # decoding: gaps of 25 and 20 ms ...
-    e.run_first_token, e.last_token, e.engine_tokens = 105.2, 105.245, 3
+    e = rec("e", 0, 103, 105.2)  # decoding: gaps of 25 and 20 ms ...
+    e.run_first_token, e.last_token, e.engine_tokens = 105.21, 105.255, 3
     rec("c", 400, 10, 105.24)  # ... c dispatched in its last gap, still prefilling:
     # 100 + 2,000 ms, 20 ms of it done; not subtracted from e's pace (it is not done)
     (load,) = w.loads(pool, now)  # type: ignore[arg-type]
@@ -321,3 +328,210 @@ def test_a_stall_behind_another_prompt_is_not_extrapolated_and_pending_prompts_d
     slot = w.forecast(pool, Job(100, 11), None, now)  # type: ignore[arg-type]
     assert slot is not None and slot.start_ms == 0.0  # a free slot: dispatched now
     assert slot.finish_ms == pytest.approx(2080.0 + 100.0 + 500.0 + 10 * 20.0 * load.pace)
+
+
+async def _timed(run, task_id: str) -> list[tuple[float, str, dict]]:
+    """The stream's events (tokens left out) with the monotonic time each arrived."""
+    parser = SSEParser()
+    out: list[tuple[float, str, dict]] = []
+    async with run.http.get(f"{run.url}/v1/tasks/{task_id}/stream") as resp:
+        async for chunk in resp.content.iter_any():
+            for m in parser.feed(chunk):
+                if m.event != "token":
+                    out.append((time.monotonic(), m.event, json.loads(m.data)))
+    return out
+
+
+async def test_a_running_tasks_finish_follows_the_work_ahead_of_it(start_orchestrator, mock_config):
+    """ORCH-2907 (ORCH-2906): once started, a task is told its forecast finish when it
+    moves by more than 10 % of the time left, at most once per interval: when a task
+    with a long prompt is queued to start beside it, later by that prompt's prefill
+    (the model's; the mock engine does not stall, so the forecast comes back)."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 30, "slots": 2})
+    cfg.scheduling.waiting.queued_event_interval_s = 0.2
+    run = await start_orchestrator(cfg)
+    pool = run.orch.pools["mock"]
+    a = await _tid(run, max_tokens=100)  # ~3 s
+    reading = asyncio.create_task(_timed(run, a))
+    await _tid(run, max_tokens=20)  # ~0.6 s on the other slot
+    b = await _tid(run, prompt="x " * 2000, max_tokens=2)  # ~1,000 tokens as estimated
+    rec_b = run.orch.tasks.get(b)
+    assert rec_b is not None and rec_b.state == "queued"  # starts when the short one ends
+    model = run.orch.workload.model(pool, next(iter(pool.replicas)), 2)
+    prefill = model.params(time.monotonic()).prefill_ms(job_of(rec_b).tokens_in) / 1000
+    assert prefill >= 0.3
+    events = await reading
+    end_at = next(t for t, kind, _ in events if kind == "end")
+    told = _told(events)
+    started = next(t for t, kind, _ in events if kind == "started")
+    assert told and all(t >= started for t, _ in told), events
+    assert all(t2 - t1 >= 0.19 for (t1, _), (t2, _) in itertools.pairwise(told)), told
+    # while the long prompt was ahead, its prefill moved the finish later
+    assert max(f for _, f in told) >= end_at + 0.5 * prefill, (told, end_at, prefill)
+
+
+def _told(events: list[tuple[float, str, dict]]) -> list[tuple[float, float]]:
+    """(when, finish told) of the ``metrics`` events that carry a finish (ORCH-2907)."""
+    return [
+        (t, t + d["predicted_finish_ms"] / 1000)
+        for t, kind, d in events
+        if kind == "metrics" and "predicted_finish_ms" in d
+    ]
+
+
+async def test_a_running_task_is_told_its_finish_at_its_own_pace(start_orchestrator, mock_config):
+    """ORCH-2907: the 202's finish came from the engine's prior (25 ms a token); the
+    mock engine runs at 30 ms a token, so the finish moves by more than 10 % and the
+    client is told; the last finish told is close to the time actually left then, and
+    nothing is told before ``started``."""
+    cfg = mock_config(adapter_options={"token_delay_ms": 30})
+    cfg.scheduling.waiting.queued_event_interval_s = 0.2
+    run = await start_orchestrator(cfg)
+    t0 = time.monotonic()
+    resp = await run.submit(max_tokens=80)  # ~2.4 s
+    accepted = await resp.json()
+    events = await _timed(run, accepted["task_id"])
+    end_at = next(t for t, kind, _ in events if kind == "end")
+    told = _told(events)
+    kinds = [kind for _, kind, _ in events]
+    assert told and kinds.index("started") < kinds.index("metrics"), kinds
+    assert abs(t0 + accepted["predicted_finish_ms"] / 1000 - end_at) > 0.1  # the prior's
+    sent, finish = told[-1]
+    assert abs(finish - end_at) <= 0.25 * (end_at - sent) + 0.05, (told, end_at)
+
+
+def test_the_finish_rule_before_and_after_started():
+    """ORCH-2907: a moved finish is told at most once per interval and only when it
+    moved by more than 10 % of the time left (and 100 ms); before ``started`` (the
+    engine has not answered, e.g. a batch of prompts ahead) only in a ``queued`` event
+    at position 0 and not sooner than an interval after dispatch; after, in ``metrics``."""
+    from llama_orch.orchestratord.waiting import announce_finish
+
+    cfg = WaitingConfig(queued_event_interval_s=1.0)
+    rec = _rec(None)
+    rec.lifecycle.dispatch()
+    rec.dispatched, rec.finish_held = 100.0, 102.0  # the 202 said 2 s
+    assert not announce_finish(rec, cfg, 9000.0, 100.5)  # too soon after dispatch
+    assert announce_finish(rec, cfg, 9000.0, 101.0)
+    assert rec.finish_held == 110.0
+    assert not announce_finish(rec, cfg, 20000.0, 101.5)  # within the interval
+    assert not announce_finish(rec, cfg, 8500.0, 102.0)  # moved 500 ms < 10 % of 8.5 s
+    rec.first_token = 103.0  # `started` was sent
+    assert announce_finish(rec, cfg, 2000.0, 104.0)  # moved 4 s
+    frames = [json.loads(f.split(b"data: ", 1)[1]) for f in rec.frames_so_far()]
+    assert frames == [
+        {"type": "queued", "queue_position": 0, "predicted_start_ms": 0,
+         "predicted_finish_ms": 9000},
+        {"type": "metrics", "predicted_finish_ms": 2000},
+    ], frames  # fmt: skip
+
+
+def test_a_stall_in_progress_is_not_extrapolated_either():
+    """ORCH-2909: while another task's 2,000-token prompt is still prefilling (10 s at
+    5 ms a token, 6 s done), a decoding task that has had no token since it began keeps
+    its own pace (20 ms a token) and waits for the rest of that prefill once; before,
+    its first token → now (6.07 s over 4 tokens) made its pace 10x the model (the
+    bound) and its 196 tokens left were forecast at 25.7 s instead of 8.0 s."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)  # type: ignore[arg-type]
+
+    def rec(tid: str, tokens_in: int, max_tokens: int, dispatched: float) -> TaskRecord:
+        req = GenerateRequest(task_id=tid, prompt="x", max_tokens=max_tokens, seed=1)
+        r = TaskRecord(tid, "p", engine, "interactive", req, tokens_in)
+        r.dispatched = dispatched
+        w.started("p", "p-e0", r)
+        return r
+
+    a = rec("a", 20, 200, 100.0)
+    a.run_first_token, a.last_token, a.engine_tokens = 100.2, 100.26, 4  # 3 gaps of 20 ms
+    rec("c", 2000, 10, 100.27)  # prefilling since: 100 + 10,000 ms
+    (load,) = w.loads(pool, 106.27)  # type: ignore[arg-type]
+    assert load.prefill_ms == pytest.approx(4100.0)
+    assert load.pace == pytest.approx(1.0)
+    assert sorted(load.running_ms) == pytest.approx([4100.0 + 9 * 20.0, 4100.0 + 196 * 20.0])
+
+
+def test_a_late_first_token_does_not_slow_the_forecast_decode():
+    """ORCH-2910: a task 3 s into a prefill modelled at 1.1 s is forecast to decode its
+    99 tokens left at the model's 20 ms a token once its first token comes (now: its
+    prefill is overdue and nothing else is prefilling), not 2.7x slower."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)  # type: ignore[arg-type]
+    req = GenerateRequest(task_id="a", prompt="x", max_tokens=100, seed=1)
+    a = TaskRecord("a", "p", engine, "interactive", req, 200)  # 100 + 1,000 ms modelled
+    a.dispatched = 100.0
+    w.started("p", "p-e0", a)
+    (load,) = w.loads(pool, 100.5)  # type: ignore[arg-type]
+    assert load.running_ms == pytest.approx([600.0 + 99 * 20.0])
+    (load,) = w.loads(pool, 103.0)  # type: ignore[arg-type]
+    assert load.running_ms == pytest.approx([99 * 20.0])
+
+
+def test_a_prompt_beside_a_running_task_stalls_it_as_long_as_it_measured():
+    """ORCH-2911: another running task's 1,000-token prompt took 10 s to its first token
+    (5.1 s modelled: a loaded machine, prompts batched); the decoding task whose second
+    gap it was keeps its own 20 ms a token. Before, only the modelled 5 s was left out
+    and its 197 tokens left were forecast at 18.1 s (pace at the 10x bound) not 3.9 s."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0, prefill_ms_per_token=5.0, decode_ms_per_token=20.0, slowdown=0.0
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)  # type: ignore[arg-type]
+
+    def rec(tid: str, tokens_in: int, max_tokens: int, dispatched: float) -> TaskRecord:
+        req = GenerateRequest(task_id=tid, prompt="x", max_tokens=max_tokens, seed=1)
+        r = TaskRecord(tid, "p", engine, "interactive", req, tokens_in)
+        r.dispatched = dispatched
+        w.started("p", "p-e0", r)
+        return r
+
+    a = rec("a", 20, 200, 100.0)
+    b = rec("b", 1000, 50, 100.21)
+    b.run_first_token = b.last_token = 110.21
+    b.engine_tokens = 1
+    a.run_first_token, a.last_token, a.engine_tokens = 100.2, 110.24, 3  # 20 and 10,020 ms
+    (load,) = w.loads(pool, 110.26)  # type: ignore[arg-type]
+    assert load.pace == pytest.approx(1.0)
+    assert sorted(load.running_ms) == pytest.approx([49 * 20.0, 197 * 20.0])

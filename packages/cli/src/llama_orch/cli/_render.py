@@ -154,9 +154,11 @@ def print_summary(
 
 def print_queued(console: Console, event: QueuedEvent) -> None:
     """The live place of a waiting task, on stderr (ORCH-1963)."""
+    ends = event.predicted_finish_ms  # ORCH-2907
     console.print(
         f"[yellow]queued[/yellow] position {event.queue_position},"
         f" starts in ~{event.predicted_start_ms / 1000:.1f} s"
+        + (f", ends in ~{ends / 1000:.1f} s" if ends is not None else "")
     )
 
 

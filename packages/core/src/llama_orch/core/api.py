@@ -99,11 +99,13 @@ class TaskAccepted(msgspec.Struct, omit_defaults=True):
     predicted_finish_ms: int | None = None  # ORCH-1957
 
 
-class QueuedEvent(msgspec.Struct, tag="queued", kw_only=True):
-    """A queued task's place in serving order and forecast start (ORCH-1961)."""
+class QueuedEvent(msgspec.Struct, tag="queued", kw_only=True, omit_defaults=True):
+    """A queued task's place in serving order and forecast start (ORCH-1961) and
+    finish (ORCH-2907)."""
 
     queue_position: int
     predicted_start_ms: int  # from now
+    predicted_finish_ms: int | None = None  # from now (ORCH-2907)
 
 
 class StartedEvent(msgspec.Struct, tag="started", kw_only=True):
@@ -154,6 +156,8 @@ class MetricsEvent(msgspec.Struct, tag="metrics", kw_only=True, omit_defaults=Tr
     budget_tokens_remaining: int | None = None
     budget_time_ms_remaining: int | None = None
     budget_cost_remaining: float | None = None
+    # a running task's forecast finish, ms from now, when it moved (ORCH-2907)
+    predicted_finish_ms: int | None = None
 
 
 class EndEvent(msgspec.Struct, tag="end", kw_only=True):

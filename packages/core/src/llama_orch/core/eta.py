@@ -33,6 +33,7 @@ __all__ = [
     "replica_pace",
     "simulate",
     "simulate_released",
+    "simulate_running",
 ]
 
 
@@ -202,7 +203,10 @@ class _Lane:
 
 
 def _run(
-    replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float
+    replicas: Sequence[ReplicaLoad],
+    jobs: Iterable[Job],
+    now: float,
+    prefills: list[list[float]] | None = None,
 ) -> tuple[list[Slot], list[_Lane]] | None:
     # Each replica as a lane (its idle slots counted, the others one sorted list) and a
     # heap of the replicas by their first free slot (ties: lowest index). Slots of one
@@ -219,6 +223,8 @@ def _run(
         _, idx = heap[0]
         lane = lanes[idx]
         start, end, begin = lane.service(replicas[idx], job, now)
+        if prefills is not None:  # ORCH-2906: the prefill each job adds to its lane
+            prefills[idx].append(lane.params.prefill_ms(job.tokens_in))
         lane.take(end, begin, job)
         heapq.heapreplace(heap, (lane.key(), idx))
         out.append(Slot(start, end, idx))
@@ -259,6 +265,56 @@ def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -
     """
     ran = _run(replicas, jobs, now)
     return None if ran is None else ran[0]
+
+
+def simulate_running(
+    replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float
+) -> tuple[list[Slot], list[list[float]]] | None:
+    """:func:`simulate`, and per replica the forecast finish (ms from now) of each of
+    its running tasks, in the order of ``running_ms`` (ORCH-2906): its ms left, later
+    by the prefill of every job started on its replica while it still holds its slot
+    (ORCH-1996); what a running task's client is told (ORCH-2907)."""
+    prefills: list[list[float]] = [[] for _ in replicas]
+    ran = _run(replicas, jobs, now, prefills)
+    if ran is None:
+        return None
+    slots = ran[0]
+    ends: list[list[float]] = [[] for _ in replicas]
+    for slot in slots:
+        ends[slot.replica].append(slot.finish_ms)
+    finishes = [
+        _held_until(r, lane_prefills, lane_ends)
+        for r, lane_prefills, lane_ends in zip(replicas, prefills, ends, strict=True)
+    ]
+    return slots, finishes
+
+
+def _held_until(r: ReplicaLoad, prefills: list[float], ends: list[float]) -> list[float]:
+    """The lane of ``r`` (``_Lane``) replayed with its running tasks named: each job
+    takes an idle slot, else the slot that frees first (ties: the one held longest, as
+    the lane's sorted list), then its prefill moves every slot still held (ORCH-1996);
+    a running task's finish is its slot's time when a job takes it, or at the end."""
+    out = [max(0.0, ms) for ms in r.running_ms]
+    n = max(1, r.slots)
+    kept = sorted(range(len(out)), key=lambda k: out[k])[:n]  # as the lane keeps them
+    # [free time, arrival order, index into running_ms or -1 for a simulated job]
+    held = [[out[k], float(seq), float(k)] for seq, k in enumerate(kept) if out[k] > 0.0]
+    idle, seq = n - len(held), float(len(kept))
+    for prefill, end in zip(prefills, ends, strict=True):
+        if idle:
+            idle -= 1
+        elif held:
+            held.remove(min(held))  # its time is its task's finish, already in ``out``
+        for h in held:
+            h[0] += prefill
+            if h[2] >= 0:
+                out[int(h[2])] = h[0]
+        if end > 0.0:
+            held.append([end, seq, -1.0])
+            seq += 1.0
+        else:
+            idle += 1
+    return out
 
 
 def best_slot(

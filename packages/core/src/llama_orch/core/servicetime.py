@@ -50,6 +50,7 @@ __all__ = [
     "PromptIndex",
     "RobustLine",
     "ServiceModel",
+    "Spans",
 ]
 
 Outcome = Literal["completed", "canceled", "failed"]
@@ -104,6 +105,38 @@ class PromptIndex:
             self._sq = [0, *itertools.accumulate(n * n for _, n in self._pairs)]
         i, j = self._range(t0, t1)
         return self._sq[j] - self._sq[i]
+
+
+class Spans:
+    """The union of time intervals, for many ``covered`` queries at one instant: the
+    spans merged once, O(log n) a query (ORCH-2911: the measured prefills of the
+    prompts beside a running task)."""
+
+    __slots__ = ("_cum", "_ends", "_starts")
+
+    def __init__(self, spans: Iterable[tuple[float, float]]) -> None:
+        merged: list[list[float]] = []
+        for a, b in sorted((a, b) for a, b in spans if b > a):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self._starts = [a for a, _ in merged]
+        self._ends = [b for _, b in merged]
+        self._cum = [0.0, *itertools.accumulate(b - a for a, b in merged)]
+
+    def covered(self, t0: float, t1: float) -> float:
+        """How much of ``[t0, t1]`` the spans cover."""
+        if t1 <= t0:
+            return 0.0
+        i = bisect.bisect_right(self._ends, t0)  # the first span ending after t0
+        j = bisect.bisect_left(self._starts, t1)  # past the last span starting before t1
+        if j <= i:
+            return 0.0
+        total = self._cum[j] - self._cum[i]
+        total -= max(0.0, t0 - self._starts[i])
+        total -= max(0.0, self._ends[j - 1] - t1)
+        return max(0.0, total)
 
 
 @dataclass(frozen=True, slots=True)

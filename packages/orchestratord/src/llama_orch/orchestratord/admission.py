@@ -457,8 +457,11 @@ class Admission:
         )
         if self.state is None:
             rec.queue_position = pool.queue.position(rec)
-        forecast = self.workload.predicted(pool, rec)  # ORCH-1957
+        now = time.monotonic()
+        forecast = self.workload.predicted(pool, rec, now)  # ORCH-1957
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
+        if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
+            rec.finish_held = now + int(forecast.finish_ms) / 1000
         pool.wakeup.set()
         return TaskAccepted(
             rec.task_id,

@@ -144,6 +144,10 @@ class TaskRecord:
     # What the last ``queued`` event said (ORCH-1961) and when it was sent.
     queued_sent: tuple[int, int] | None = None
     queued_sent_at: float = 0.0
+    # The finish the client holds (monotonic s: the 202's, then the last ``queued`` or
+    # ``metrics`` event's) and when the last ``metrics`` finish was sent (ORCH-2907).
+    finish_held: float | None = None
+    finish_sent_at: float = 0.0
     kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)

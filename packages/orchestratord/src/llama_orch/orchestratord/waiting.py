@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
-from llama_orch.core.api import QueuedEvent
+from llama_orch.core.api import MetricsEvent, QueuedEvent
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.eta import admits
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .pools import Pool
     from .service import Orchestrator
 
-__all__ = ["TICK_S", "announce_queued", "expiry", "waiting_loop"]
+__all__ = ["TICK_S", "announce_finish", "announce_queued", "expiry", "waiting_loop"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 
@@ -46,9 +47,11 @@ def announce_queued(
     position: int | None = None,
     eta_ms: int | None = None,
     now: float | None = None,
+    finish_ms: int | None = None,
 ) -> bool:
     """Append a ``queued`` event if the position or ETA changed (the ETA by more than
-    10 % or 500 ms) and the last one is ``queued_event_interval_s`` old (ORCH-1961)."""
+    10 % or 500 ms) and the last one is ``queued_event_interval_s`` old (ORCH-1961);
+    it carries the forecast finish too (ORCH-2907)."""
     now = time.monotonic() if now is None else now
     pos = rec.queue_position if position is None else position
     eta = rec.predicted_start_ms if eta_ms is None else eta_ms
@@ -58,10 +61,45 @@ def announce_queued(
             return False
         if last[0] == pos and abs(last[1] - eta) <= max(500, 0.1 * last[1]):
             return False
-    if not rec.append(QueuedEvent(queue_position=pos, predicted_start_ms=eta)):
+    event = QueuedEvent(queue_position=pos, predicted_start_ms=eta, predicted_finish_ms=finish_ms)
+    if not rec.append(event):
         return False
     rec.queued_sent, rec.queued_sent_at = (pos, eta), now
     rec.queue_position = pos
+    if finish_ms is not None:
+        rec.finish_held = now + finish_ms / 1000
+    return True
+
+
+FINISH_MOVE = 0.1  # of the time left: a finish that moved less is not sent (ORCH-2907)
+FINISH_MOVE_MIN_MS = 100
+
+
+def announce_finish(rec: TaskRecord, cfg: WaitingConfig, finish_ms: float, now: float) -> bool:
+    """Tell a running task's client its forecast finish when it moved from the one it
+    holds by more than 10 % of the time left (and 100 ms), at most once per
+    ``queued_event_interval_s`` (ORCH-2907): in a ``metrics`` event once it has started,
+    and before (its engine has not answered: a batch of prompts ahead of its own), in
+    a ``queued`` event at position 0 once it has waited that interval since dispatch."""
+    interval = cfg.queued_event_interval_s * 0.95
+    if rec.request.inputs or now - rec.finish_sent_at < interval:
+        return False
+    started = rec.first_token is not None  # `started` came with the engine's first answer
+    if not started and (rec.dispatched is None or now - rec.dispatched < interval):
+        return False
+    held = rec.finish_held
+    moved = abs(now + finish_ms / 1000 - held) * 1000 if held is not None else math.inf
+    if moved <= max(FINISH_MOVE_MIN_MS, FINISH_MOVE * finish_ms):
+        return False
+    told = int(finish_ms)
+    event: MetricsEvent | QueuedEvent = (
+        MetricsEvent(predicted_finish_ms=told)
+        if started  # no event but `queued` before `started` (ORCH-1117)
+        else QueuedEvent(queue_position=0, predicted_start_ms=0, predicted_finish_ms=told)
+    )
+    if not rec.append(event):
+        return False
+    rec.finish_held, rec.finish_sent_at = now + told / 1000, now
     return True
 
 
@@ -119,14 +157,17 @@ def _expire(
 
 def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None) -> None:
     cfg = orch.workload.cfg
-    forecasts = orch.workload.queue_forecast(pool, now) if unready_since is None else []
+    forecasts, running = orch.workload.forecasts(pool, now) if unready_since is None else ([], [])
+    for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
+        if rec.state == "running":
+            announce_finish(rec, cfg, finish_ms, now)
     if forecasts:
         for rec, pos, slot in forecasts:
             why = expiry(rec, now, cfg, slot.finish_ms, None)
             if why is not None:
                 _expire(orch, pool, rec, why)
             else:
-                announce_queued(rec, cfg, pos, int(slot.start_ms), now)
+                announce_queued(rec, cfg, pos, int(slot.start_ms), now, int(slot.finish_ms))
         return
     for pos, rec in enumerate(list(pool.queue)):
         why = expiry(rec, now, cfg, None, unready_since)
@@ -146,7 +187,7 @@ async def waiting_loop(orch: Orchestrator, pool: Pool) -> None:
         # noted by the pool at each readiness change: a Ready spell shorter than a tick
         # still restarts the clock (found by the remote kill test)
         unready_since = None if pool.ready_replicas() else pool.unready_since
-        if len(pool.queue):
+        if len(pool.queue) or orch.workload.running_on(pool.id):  # ORCH-2907: running too
             try:
                 tick(orch, pool, now, unready_since)
             except Exception:  # never let the loop die: queued tasks depend on it

@@ -28,7 +28,6 @@ from llama_orch.core.backoff import (
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import DeadlineUnmet
 from llama_orch.core.eta import (
-    PACE_BOUNDS,
     Job,
     Pace,
     ReplicaLoad,
@@ -38,6 +37,7 @@ from llama_orch.core.eta import (
     live_pace,
     replica_pace,
     simulate,
+    simulate_running,
 )
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
@@ -50,6 +50,7 @@ from llama_orch.core.servicetime import (
     Prior,
     PromptIndex,
     ServiceModel,
+    Spans,
 )
 
 from .pools import Pool, Replica
@@ -277,6 +278,19 @@ class Workload:
                         ttfts[id(t)] = ttft
                         pending = max(pending, ttft - (now - t.dispatched) * 1000)
                 undone = PromptIndex(prefilling)
+                # ORCH-2911: the prompts of running tasks that have their first token
+                # stalled the others from their dispatch to that token, as measured
+                answered = [
+                    (t.dispatched, t.run_first_token, _tokens_in(t))
+                    for t in running
+                    if t.run_first_token is not None and t.dispatched is not None
+                ]
+                measured = PromptIndex((d, n) for d, _, n in answered)
+                spans = [(d, f) for d, f, _ in answered]
+                # ORCH-2909: the stall in progress began with the earliest prompt undone
+                stall_from = min((d for d, _ in prefilling), default=None)
+                stalls = Spans(spans)
+                stalls_now = Spans([*spans, (stall_from, now)]) if stall_from else stalls
                 busy_now = max(1, len(running))
                 for t in running:
                     # its pace at its context: prompt, tokens so far, half of those left
@@ -286,27 +300,46 @@ class Workload:
                     ms = left_t * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
-                        # ORCH-1977: a first token later than modelled slows its decode
                         elapsed = (now - t.dispatched) * 1000
-                        ttft = ttfts[id(t)]
-                        late = min(max(1.0, elapsed / ttft), PACE_BOUNDS[1]) if ttft > 0 else 1.0
                         # its prompt is batched with the others pending: its first token
-                        # comes when the replica's prefill in progress ends (ORCH-1996)
-                        ms = max(0.0, ttft - elapsed, pending)
-                        ms += max(0, tokens_left(t) - 1) * per * late
+                        # comes when the replica's prefill in progress ends (ORCH-1996);
+                        # a late first token does not slow its decode (ORCH-2910)
+                        ms = max(0.0, ttfts[id(t)] - elapsed, pending)
+                        ms += max(0, tokens_left(t) - 1) * per
                     elif t.run_first_token is not None and t.last_token is not None:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
                         # (those still prefilling now are not done yet)
+                        # at their modelled cost those of tasks ended since, at their measured
+                        # prefill those of tasks running (ORCH-2911), and not the stall in
+                        # progress (ORCH-2909: ``pending`` below adds what is left of it)
                         first, last = t.run_first_token, t.last_token
-                        done_last = log.between(first, last) - undone.between(first, last)
-                        done_now = log.between(first, now) - undone.between(first, math.inf)
-                        sq_last = log.squares(first, last) - undone.squares(first, last)
-                        sq_now = log.squares(first, now) - undone.squares(first, math.inf)
+                        done_last = (
+                            log.between(first, last)
+                            - undone.between(first, last)
+                            - measured.between(first, last)
+                        )
+                        done_now = (
+                            log.between(first, now)
+                            - undone.between(first, math.inf)
+                            - measured.between(first, now)
+                        )
+                        sq_last = (
+                            log.squares(first, last)
+                            - undone.squares(first, last)
+                            - measured.squares(first, last)
+                        )
+                        sq_now = (
+                            log.squares(first, now)
+                            - undone.squares(first, math.inf)
+                            - measured.squares(first, now)
+                        )
+                        net_last = (last - first - stalls.covered(first, last)) * 1000
+                        net_now = (now - first - stalls_now.covered(first, now)) * 1000
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
                             per,
                             t.engine_tokens - t.run_tokens_before,
-                            max(0.0, (last - first) * 1000 - p.prefill_ms(done_last, sq_last)),
-                            max(0.0, (now - first) * 1000 - p.prefill_ms(done_now, sq_now)),
+                            max(0.0, net_last - p.prefill_ms(done_last, sq_last)),
+                            max(0.0, net_now - p.prefill_ms(done_now, sq_now)),
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
@@ -372,6 +405,30 @@ class Workload:
         if slots is None:
             return []
         return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
+
+    def forecasts(
+        self, pool: Pool, now: float
+    ) -> tuple[list[tuple[TaskRecord, int, Slot]], list[tuple[TaskRecord, float]]]:
+        """:meth:`queue_forecast` and, from the same simulation, the forecast finish (ms
+        from now) of every task running on a Ready replica (ORCH-2906, ORCH-2907)."""
+        queued = list(pool.queue)
+        loads = self.loads(pool, now)
+        ran = simulate_running(loads, [job_of(t) for t in queued], now)
+        if ran is None:
+            return [], []
+        slots, finishes = ran
+        # the running tasks in the order ``loads`` read them (same sets, no await between)
+        names = [
+            list(self.running.get((pool.id, rid), ()))
+            for rid, r in pool.replicas.items()
+            if r.state.ready
+        ]
+        running = [
+            (t, ms)
+            for recs, row in zip(names, finishes, strict=True)
+            for t, ms in zip(recs, row, strict=True)
+        ]
+        return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))], running
 
     def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
         """Start and finish of an admitted task: the forecast of its place in serving order.
