@@ -47,6 +47,12 @@ def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]
         ),
         "others_prefill_later_mean": sum(r.get("others_prefill") or 0 for r in engine)
         / max(1, len(engine)),
+        # the floor placement cannot go under: later turns that no other slot's prefill
+        # delayed (their own new message and template, with the others' decoding)
+        "ttft_later_alone_p50_ms": _pct(
+            [r["ttft_ms"] for r in engine if (r.get("others_prefill") or 0) < 1], 0.5
+        ),
+        "later_alone": sum(1 for r in engine if (r.get("others_prefill") or 0) < 1),
         "tokens_in_later_mean": sum(r["tokens_in"] for r in later_recs if "tokens_in" in r)
         / max(1, len(later_recs)),
         "tokens_out_mean": tokens / max(1, len(recs)),
@@ -199,8 +205,9 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             "",
             "| policy | prompt tokens (mean) | queue ms | dispatch to first token ms "
             "| evaluated tokens p50 (mean) | others' prefill in its window p50 (mean) "
-            "| prompt eval ms p50 | matched | output tokens/task |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| prompt eval ms p50 | matched | output tokens/task "
+            "| TTFT p50 of turns no other prefill delayed (n) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in policies:
             r = res[p]
@@ -211,7 +218,9 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {r.get('others_prefill_later_p50', float('nan')):.0f} "
                 f"({r.get('others_prefill_later_mean', float('nan')):.0f}) "
                 f"| {r['prompt_ms_later_p50']:.0f} "
-                f"| {r['engine_matched']} | {r['tokens_out_mean']:.0f} |"
+                f"| {r['engine_matched']} | {r['tokens_out_mean']:.0f} "
+                f"| {r.get('ttft_later_alone_p50_ms', float('nan')):.0f} "
+                f"({r.get('later_alone', '-')}) |"
             )
     lines += [
         "",
