@@ -18,6 +18,7 @@ _LOG_TS = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
 _LOG_TASK = re.compile(r"\| task (\d+) \| ")
 _PROMPT_EVAL = re.compile(r"prompt eval time = +([0-9.]+) ms / +(\d+) tokens")
 _STOP = re.compile(r"stop processing: n_tokens = +(\d+)")
+_LAUNCH = re.compile(r"launch_slot_: .*processing task")
 
 
 def engine_runs(log_path: Path, started: float) -> list[dict[str, Any]]:
@@ -33,7 +34,9 @@ def engine_runs(log_path: Path, started: float) -> list[dict[str, Any]]:
         mins, secs, ms, us = (int(g) for g in ts.groups())
         at = started + mins * 60 + secs + ms / 1e3 + us / 1e6
         run = runs.setdefault(int(task.group(1)), {"task": int(task.group(1))})
-        if m := _PROMPT_EVAL.search(line):
+        if _LAUNCH.search(line):
+            run["launch"] = at
+        elif m := _PROMPT_EVAL.search(line):
             run |= {"prompt_ms": float(m.group(1)), "prompt_n": int(m.group(2))}
         elif m := _STOP.search(line):
             run |= {"n_tokens": int(m.group(1)), "end": at}
@@ -63,8 +66,28 @@ def attach_engine_runs(recs: list[dict[str, Any]], runs: dict[str, list[dict[str
         if best is not None:
             used.add((rec["replica_id"], best["task"]))
             rec |= {"prompt_n": best["prompt_n"], "prompt_ms": best["prompt_ms"]}
+            rec["others_prefill"] = others_prefill(best, cands)
             matched += 1
     return matched
+
+
+def others_prefill(run: dict[str, Any], runs: list[dict[str, Any]]) -> float | None:
+    """ORCH-2374: prompt tokens the engine's other slots evaluated while ``run``'s prompt
+    was evaluated (its window: launch to launch + prompt eval time), each other run's
+    evaluated tokens spread evenly over its own window. On one engine thread the
+    run's prompt eval time is its own tokens plus these (and the others' decoding)."""
+    if "launch" not in run:
+        return None
+    lo, hi = run["launch"], run["launch"] + run["prompt_ms"] / 1000
+    total = 0.0
+    for other in runs:
+        if other is run or "launch" not in other or not other["prompt_n"]:
+            continue
+        a, b = other["launch"], other["launch"] + other["prompt_ms"] / 1000
+        overlap = min(hi, b) - max(lo, a)
+        if overlap > 0:
+            total += other["prompt_n"] * (overlap / (b - a) if b > a else 1.0)
+    return total
 
 
 def attach_queue_times(recs: list[dict[str, Any]], orch_log: Path) -> None:

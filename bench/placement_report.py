@@ -1,5 +1,5 @@
 """The placement bench's summary per policy and its Markdown report (ORCH-2340,
-ORCH-2361).
+ORCH-2361, ORCH-2374).
 
 Used by ``bench/prefix_placement.py``; split out of it (behaviour unchanged).
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-POLICIES = ("round-robin", "least-loaded", "prefix-aware", "slot-aware")
+# prefix-aware-replica: prefix-aware with `engine_slots: false`, the replica-level rule
+# (ORCH-2359): what prefix-aware did on llama-server before ORCH-2371
+POLICIES = ("round-robin", "least-loaded", "prefix-aware", "prefix-aware-replica")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -39,6 +41,18 @@ def summarise(recs: list[dict[str, Any]], wall_s: float, cache: dict[str, float]
         "prompt_n_later_p50": _pct([float(r["prompt_n"]) for r in engine], 0.5),
         "prompt_n_later_mean": sum(r["prompt_n"] for r in engine) / max(1, len(engine)),
         "prompt_ms_later_p50": _pct([r["prompt_ms"] for r in engine], 0.5),
+        # ORCH-2374: other slots' prompt tokens evaluated during the task's prompt window
+        "others_prefill_later_p50": _pct(
+            [r["others_prefill"] for r in engine if r.get("others_prefill") is not None], 0.5
+        ),
+        "others_prefill_later_mean": sum(r.get("others_prefill") or 0 for r in engine)
+        / max(1, len(engine)),
+        # the floor placement cannot go under: later turns that no other slot's prefill
+        # delayed (their own new message and template, with the others' decoding)
+        "ttft_later_alone_p50_ms": _pct(
+            [r["ttft_ms"] for r in engine if (r.get("others_prefill") or 0) < 1], 0.5
+        ),
+        "later_alone": sum(1 for r in engine if (r.get("others_prefill") or 0) < 1),
         "tokens_in_later_mean": sum(r["tokens_in"] for r in later_recs if "tokens_in" in r)
         / max(1, len(later_recs)),
         "tokens_out_mean": tokens / max(1, len(recs)),
@@ -88,7 +102,7 @@ def goals_met(x: dict[str, Any], rr: dict[str, Any], ll: dict[str, Any]) -> bool
 def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     policies = [p for p in POLICIES if p in res]
     rr, ll, pa = (res[p] for p in POLICIES[:3])
-    sa = res.get("slot-aware")
+    sa = res.get("prefix-aware-replica")
     n_prompts = meta.get("prompts", 1)
     workload = (
         f"a shared system prompt of {meta['system_tokens']} tokens"
@@ -167,20 +181,17 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{pa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
         f"{pa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
     ]
-    for name, x in (("prefix-aware", pa), ("slot-aware", sa)):
+    for name, x in (("prefix-aware", pa), ("prefix-aware-replica", sa)):
         if x is not None:
             lines.append(f"- **{name}: goals {'met' if goals_met(x, rr, ll) else 'not met'}**")
     if sa is not None:
         lines += [
-            f"- TTFT p50 round-robin / slot-aware: **{rr['ttft_p50_ms'] / sa['ttft_p50_ms']:.2f}x**"
-            " (goal >= 2x)",
-            f"- TTFT p50 slot-aware vs least-loaded: **"
-            f"{(1 - sa['ttft_p50_ms'] / ll['ttft_p50_ms']) * 100:.0f} % lower** (goal >= 20 %)",
-            f"- TTFT p99 round-robin / slot-aware: {rr['ttft_p99_ms'] / sa['ttft_p99_ms']:.2f}x, "
-            f"least-loaded / slot-aware: {ll['ttft_p99_ms'] / sa['ttft_p99_ms']:.2f}x",
-            "- output tokens/s slot-aware / round-robin: "
-            f"{sa['tokens_per_s'] / rr['tokens_per_s']:.2f}, / least-loaded: "
-            f"{sa['tokens_per_s'] / ll['tokens_per_s']:.2f} (goal >= 1.0)",
+            "- before/after, the replica-level rule (prefix-aware-replica) vs the slot "
+            f"rules (prefix-aware): TTFT p50 {sa['ttft_p50_ms']:.0f} -> {pa['ttft_p50_ms']:.0f} "
+            f"ms, p99 {sa['ttft_p99_ms']:.0f} -> {pa['ttft_p99_ms']:.0f} ms, output tok/s "
+            f"{sa['tokens_per_s']:.2f} -> {pa['tokens_per_s']:.2f}",
+            f"- TTFT p50 round-robin / prefix-aware-replica: "
+            f"{rr['ttft_p50_ms'] / sa['ttft_p50_ms']:.2f}x",
         ]
     if any("queue_later_p50_ms" in res[p] for p in policies):
         lines += [
@@ -188,20 +199,28 @@ def render(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             "Where TTFT goes, turns 2+ (p50): orchestratord's queue wait (its `queue_time_ms`), "
             "the rest of the TTFT (dispatch to first token: mostly the engine), and the "
             "engine's own figures from its log: "
-            "prompt tokens it evaluated (the rest came from its slot or host cache) and "
-            "their prompt-eval time:",
+            "prompt tokens it evaluated (the rest came from its slot or host cache), the "
+            "prompt tokens its other slots evaluated while the task's prompt was in flight "
+            "(ORCH-2374: on one thread the task waits for them) and the prompt-eval time:",
             "",
             "| policy | prompt tokens (mean) | queue ms | dispatch to first token ms "
-            "| evaluated tokens p50 (mean) | prompt eval ms p50 | matched | output tokens/task |",
-            "|---|---|---|---|---|---|---|---|",
+            "| evaluated tokens p50 (mean) | others' prefill in its window p50 (mean) "
+            "| prompt eval ms p50 | matched | output tokens/task "
+            "| TTFT p50 of turns no other prefill delayed (n) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in policies:
             r = res[p]
             lines.append(
                 f"| {p} | {r['tokens_in_later_mean']:.0f} | {r['queue_later_p50_ms']:.0f} "
                 f"| {r['engine_first_token_later_p50_ms']:.0f} | {r['prompt_n_later_p50']:.0f} "
-                f"({r['prompt_n_later_mean']:.0f}) | {r['prompt_ms_later_p50']:.0f} "
-                f"| {r['engine_matched']} | {r['tokens_out_mean']:.0f} |"
+                f"({r['prompt_n_later_mean']:.0f}) "
+                f"| {r.get('others_prefill_later_p50', float('nan')):.0f} "
+                f"({r.get('others_prefill_later_mean', float('nan')):.0f}) "
+                f"| {r['prompt_ms_later_p50']:.0f} "
+                f"| {r['engine_matched']} | {r['tokens_out_mean']:.0f} "
+                f"| {r.get('ttft_later_alone_p50_ms', float('nan')):.0f} "
+                f"({r.get('later_alone', '-')}) |"
             )
     lines += [
         "",

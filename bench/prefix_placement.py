@@ -4,7 +4,8 @@ ORCH-2360, 2361, 2363, 2367, 2368).
 Multi-turn chat sessions of 8 tenants (one API key each; ``--sessions`` sessions
 per tenant one after the other, default 2) share a system prompt of about 1,000
 tokens. The same workload runs once per placement policy, ``round-robin``,
-``least-loaded``, ``prefix-aware`` and ``slot-aware``, in one run, and the
+``least-loaded``, ``prefix-aware`` (on llama-server: the slot rules, ORCH-2371) and
+``prefix-aware-replica`` (the replica-level rule, ``engine_slots: false``), in one run, and the
 table reports per policy the client-measured TTFT (submit to first token,
 p50/p99), output tokens/s over the policy's wall time,
 and the engines' own prefix-cache hit ratio over that policy's requests (from
@@ -99,8 +100,14 @@ def start_orch(
                 # one engine thread: every extra running task slows the engine's
                 # others, so the guard is tighter than for batching GPU engines
                 "placement": {"policy": policy, "imbalance_abs": imbalance_abs}
-                # slot-aware counts the engine's host prompt cache only when it has one
-                | ({"host_cache": host_cache} if policy == "slot-aware" else {}),
+                # the slot rules count the engine's host prompt cache only when it has one
+                | ({"host_cache": host_cache} if policy == "prefix-aware" else {})
+                # ORCH-2359: prefix-aware by the replica-level rule, as before ORCH-2371
+                | (
+                    {"policy": "prefix-aware", "engine_slots": False}
+                    if policy == "prefix-aware-replica"
+                    else {}
+                ),
                 # a cold 1,000-token prompt on a loaded 2-core machine takes minutes
                 "adapter_options": {"idle_timeout_s": 900.0, "request_timeout_s": 900.0},
             }
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     # that progress chunks flow during a long prefill (ORCH-3028)
                     extra_flags=("--no-repack", "-b", "64", "-ub", "64")
                     + (() if args.cache_ram is None else ("--cache-ram", str(args.cache_ram))),
-                    # every policy's engines alike: only slot-aware copies slots (ORCH-2369)
+                    # every policy's engines alike: only the slot rules copy (ORCH-2369)
                     slot_save_path=tmp / f"slots-{i}-{tag}",
                 )
                 for i in range(2)

@@ -124,6 +124,7 @@ def real_engine(server: RunningLlamaServer) -> EngineUnderTest:
                     Capability.JSON_SCHEMA,  # ORCH-9202
                     Capability.LOGPROBS,
                     Capability.GRAMMAR,  # ORCH-1010
+                    Capability.ENGINE_SLOTS,  # ORCH-2371
                 }
             ),
             eos_request=GenerateRequest(

@@ -168,11 +168,17 @@ async def test_a_pinned_slot_serves_its_prefix_from_cache_and_a_busy_pin_waits(
     shares no KV between slots), and a request pinned to a busy slot waits for it
     and is then served from its cache. A prompt pinned to a slot after the cache of
     the slot holding its prefix was copied there (``engine_slot_source``, ORCH-2369)
-    evaluates only its own end. A ~50-token prefix keeps the two cold prefills short."""
+    evaluates only its own end, also when the source slot is busy generating (the
+    engine saves it once its task ends, ORCH-2372). A ~50-token prefix keeps the
+    cold prefills short."""
     prefix = f"Session {time.time_ns()}. " + " ".join(f"rule{i} keep it short." for i in range(6))
 
     async def run(
-        question: str, slot: int, max_tokens: int = 2, source: int | None = None
+        question: str,
+        slot: int,
+        max_tokens: int = 2,
+        source: int | None = None,
+        generating: asyncio.Event | None = None,
     ) -> tuple[Finished, float]:
         req = GenerateRequest(
             task_id=question, prompt=f"{prefix} Q: {question}?", max_tokens=max_tokens,
@@ -182,6 +188,8 @@ async def test_a_pinned_slot_serves_its_prefix_from_cache_and_a_busy_pin_waits(
         async for ev in adapter.generate(req):
             if isinstance(ev, Finished):
                 finished = ev
+            elif generating is not None:
+                generating.set()  # a token: the slot is past its prompt
         assert finished is not None
         return finished, time.monotonic()
 
@@ -223,3 +231,16 @@ async def test_a_pinned_slot_serves_its_prefix_from_cache_and_a_busy_pin_waits(
     assert copied.engine_slot == 1
     assert evaluated5 - evaluated4 <= 8, evaluated5 - evaluated4  # without the copy: ~50
     assert hits5 - hits4 >= copied.prompt_tokens - 8
+    # ORCH-2372: the same with slot 0 busy generating: the engine defers the save until
+    # slot 0's task ends, then the copy serves the new prefix (without it: ~50 again)
+    prefix = f"Third {time.time_ns()}. " + " ".join(f"note{i} stay calm." for i in range(8))
+    generating = asyncio.Event()
+    long = asyncio.create_task(run("figs", 0, max_tokens=24, generating=generating))
+    await generating.wait()
+    copied, copied_done = await run("kiwis", 1, source=0)
+    first, first_done = await long
+    hits6, evaluated6 = await counters()
+    assert copied.engine_slot == 1 and first.tokens_generated == 24
+    assert first_done <= copied_done  # the copy waited for the busy source
+    assert evaluated6 - evaluated5 <= first.prompt_tokens + 8, evaluated6 - evaluated5
+    assert hits6 - hits5 >= copied.prompt_tokens - 8

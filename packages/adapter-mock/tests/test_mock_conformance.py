@@ -93,6 +93,7 @@ _EUT = EngineUnderTest(
             Capability.EMBED,
             Capability.GRAMMAR,
             Capability.EMBED_ONLY,
+            Capability.ENGINE_SLOTS,  # only with the engine_slots option (ORCH-2371)
         },
         eos_request=GenerateRequest(task_id="eos", prompt="hi", max_tokens=700, seed=1),
         greedy_at_zero_temperature=False,  # the mock's text is a hash of the seed

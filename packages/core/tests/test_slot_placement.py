@@ -1,4 +1,4 @@
-"""ORCH-2350..2355: the slot table and slot-aware placement (pure)."""
+"""ORCH-2350..2373: the slot table and prefix-aware placement's slot rules (pure)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ BLOCK = 64  # characters per block; 16 tokens at 4 characters per token
 SYS_A = "You are the library's help desk. " * 40  # ~20 blocks
 SYS_B = "You are the bakery's order desk. " * 40
 CFG = PlacementConfig(
-    policy="slot-aware", block_chars=BLOCK, slot_wait_min_tokens=128, slot_wait_tokens=32
+    policy="prefix-aware", block_chars=BLOCK, slot_wait_min_tokens=128, slot_wait_tokens=32
 )
 
 
@@ -68,14 +68,24 @@ def test_an_idle_slot_holding_the_prefix_wins_a_busy_one_does_not():
     assert got.hit_blocks == len(_h(SYS_A))
 
 
+def _other_slot_taken() -> SlotTable:
+    """A table where r0's slot 1 idles holding unrelated text of no session."""
+    t = SlotTable()
+    t.pin("r0", 1, "z", _h("Z" * 300), max_tokens=1)
+    t.unpin("z", text=_h("Z" * 300))
+    return t
+
+
 def test_a_busy_slot_about_to_free_is_waited_for():
     """ORCH-2353: a much longer prefix in a busy slot whose task is nearly done is
     worth a short wait; not when another task already waits there, not when the
-    task there has many tokens left, not when the gain is small, never by default."""
-    t = SlotTable()
+    task there has many tokens left, not when the gain is small, never by default.
+    r0's other slot holds unrelated text, so no empty slot there could take a copy
+    of the busy slot's prefix instead (ORCH-2372)."""
+    t = _other_slot_taken()
     t.pin("r0", 0, "a", _h(SYS_A + "q1"), max_tokens=8)
     views = [_view("r0", busy=1), _view("r1")]
-    off = PlacementConfig(policy="slot-aware", block_chars=BLOCK)
+    off = PlacementConfig(policy="prefix-aware", block_chars=BLOCK)
     got = choose_slot(views, off, t, _h(SYS_A + "q2"))
     assert got is not None and got.decision == "load" and got.replica_id == "r1"
     got = choose_slot(views, CFG, t, _h(SYS_A + "q2"))
@@ -84,12 +94,12 @@ def test_a_busy_slot_about_to_free_is_waited_for():
     views = [_view("r0", busy=2), _view("r1")]
     got = choose_slot(views, CFG, t, _h(SYS_A + "q3"))
     assert got is not None and got.decision == "load" and got.replica_id == "r1"
-    t2 = SlotTable()
+    t2 = _other_slot_taken()
     t2.pin("r0", 0, "a", _h(SYS_A + "q1"), max_tokens=CFG.slot_wait_tokens + 1)
     got = choose_slot([_view("r0", busy=1), _view("r1")], CFG, t2, _h(SYS_A + "q2"))
     assert got is not None and got.decision == "load"
     short = "Hi. " * 40  # 2 blocks = 32 tokens < slot_wait_min_tokens
-    t3 = SlotTable()
+    t3 = _other_slot_taken()
     t3.pin("r0", 0, "a", _h(short + "q1"), max_tokens=1)
     got = choose_slot([_view("r0", busy=1), _view("r1")], CFG, t3, _h(short + "q2"))
     assert got is not None and got.decision == "load"
@@ -136,7 +146,7 @@ def test_a_longer_hit_in_the_engines_host_cache_is_not_pinned():
 
 def test_the_imbalance_guard_applies():
     """ORCH-2355: a warm replica far busier than the coolest loses to it."""
-    cfg = PlacementConfig(policy="slot-aware", block_chars=BLOCK, imbalance_abs=1)
+    cfg = PlacementConfig(policy="prefix-aware", block_chars=BLOCK, imbalance_abs=1)
     t = SlotTable()
     for i in range(3):
         t.pin("r0", i, f"t{i}", _h(f"other {i} " * 40), max_tokens=500)
@@ -152,10 +162,12 @@ PROMPTS = [SYS_A + "q1", SYS_A + "q2", SYS_B + "q1", SYS_B + "q2", "Z" * 300]
 
 
 class SlotMachine(RuleBasedStateMachine):
-    """ORCH-2350..2355, stateful: whatever the sequence of placements and endings, the
+    """ORCH-2350..2373, stateful: whatever the sequence of placements and endings, the
     choice is a replica with a free slot, an idle slot unless the decision is
-    ``wait`` (then exactly one task runs there, nearly done), a ``slot`` decision has
-    the longest idle hit, and the table never has more tasks than were placed."""
+    ``wait`` (then exactly one task runs there, nearly done), a ``slot`` decision's
+    hit is what its slot (or the copy's source) holds and no longer than the best
+    offer, a busy source only where no idle slot holds as much, and the table never
+    has more tasks than were placed."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -168,6 +180,14 @@ class SlotMachine(RuleBasedStateMachine):
             _view(rid, slots=2, busy=sum(1 for r, _ in self.running.values() if r == rid))
             for rid in ("r0", "r1")
         ]
+
+    def _offer(self, v: ReplicaView, hashes: list[bytes]) -> int:
+        """What a replica can serve from a slot: its idle slots' hit, or with an empty
+        idle slot any slot's, copied there (ORCH-2369, ORCH-2372)."""
+        idle = self.table.best_idle_hit(v.replica_id, hashes)
+        if self.table.has_empty_idle(v.replica_id, v.slots):
+            return max(idle, self.table.best_any_hit(v.replica_id, hashes))
+        return idle
 
     @rule(p=st.sampled_from(PROMPTS), max_tokens=st.integers(1, 64))
     def place(self, p: str, max_tokens: int) -> None:
@@ -190,10 +210,16 @@ class SlotMachine(RuleBasedStateMachine):
         else:
             assert not state.busy
         if got.decision == "slot":
-            best = max(self.table.best_idle_hit(v.replica_id, hashes) for v in views if v.free)
+            best = max(self._offer(v, hashes) for v in views if v.free)
             # ORCH-2369: an empty slot gets the source slot's cache copied first
             held = self.table.slots(got.replica_id, 2)[got.source].held if got.fill else state.held
-            assert got.hit_blocks == best == shared_blocks(held, hashes) > 0
+            # ORCH-2373: prefill in flight elsewhere can make a shorter hit the cheaper one
+            assert best >= got.hit_blocks == shared_blocks(held, hashes) > 0
+            if got.fill:  # ORCH-2372: a busy source only when no idle slot holds as much
+                source = self.table.slots(got.replica_id, 2)[got.source]
+                assert got.source_busy == source.busy
+                if source.busy:
+                    assert self.table.best_idle_hit(got.replica_id, hashes) < got.hit_blocks
         self.n += 1
         task = f"t{self.n}"
         self.table.pin(got.replica_id, got.slot, task, hashes, max_tokens)
@@ -272,10 +298,84 @@ def test_among_equal_hits_the_slot_released_longest_ago_is_taken():
 def test_the_host_cache_counts_only_beyond_what_a_slot_holds():
     """ORCH-2366: the replica index says r0's engine saw the system prompt, but a busy
     slot of r0 still holds it, so the host cache has nothing of it: no hit on r0, and
-    the task goes to the less loaded replica."""
-    t = SlotTable()
+    the task goes to the less loaded replica (r0 has no empty slot to copy into)."""
+    t = _other_slot_taken()
     t.pin("r0", 0, "a", _h(SYS_A + "u1: owls?"), max_tokens=100, owner="s1")
     n = len(_h(SYS_A))
     views = [_view("r0", busy=1), _view("r1")]
     got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), host_hits={"r0": n}, session="s2")
     assert got is not None and (got.replica_id, got.decision) == ("r1", "load")
+
+
+def test_a_busy_slot_is_copied_when_no_idle_slot_holds_the_prefix():
+    """ORCH-2372: r0's only slot holding the system prompt is busy with a task nearly
+    done, its other slot is empty: the task is pinned there with the busy slot as the
+    copy source (the engine saves it when its task ends) instead of a cold prefill on
+    r1; among busy sources the one with the fewest tokens left; an idle source on r1
+    needs no wait and wins; a source with many tokens left costs more than the cold
+    prefill (ORCH-2373)."""
+    t = SlotTable()
+    t.pin("r0", 0, "a", _h(SYS_A + "u1: owls?"), max_tokens=20, owner="s1")
+    t.progress("a", 20, started=True)  # generating: its prompt is no prefill in flight
+    views = [_view("r0", busy=1), _view("r1")]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), session="s2")
+    assert got is not None
+    assert (got.replica_id, got.slot, got.decision, got.source) == ("r0", 1, "slot", 0)
+    assert got.pin and got.fill and got.source_busy and got.hit_blocks == len(_h(SYS_A))
+    t.progress("a", 200)  # far from done: 200 decode steps cost more than 320 tokens
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), session="s2")
+    assert got is not None and (got.replica_id, got.decision, got.pin) == ("r1", "load", False)
+    t.progress("a", 20)
+    t.pin("r0", 1, "b", _h(SYS_A + "u1: maps?"), max_tokens=100, owner="s3")
+    t.progress("b", 5, started=True)  # nearly done
+    views = [_view("r0", slots=3, busy=2), _view("r1")]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), session="s2")
+    assert got is not None and (got.replica_id, got.slot, got.source) == ("r0", 2, 1)
+    # r1: an idle slot to copy from
+    _done(t, "r1", 0, "c", SYS_A + "u1: bread? a long answer. " * 4, "s4")
+    views = [_view("r0", slots=3, busy=2), _view("r1", slots=3)]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), session="s2")
+    assert got is not None and (got.replica_id, got.source, got.source_busy) == ("r1", 0, False)
+
+
+def test_the_replica_with_less_prefill_in_flight_before_the_slot_is_taken():
+    """ORCH-2373: both replicas can copy the system prompt into their empty slot 1 for
+    a new session and run one task each in slot 0; r0's is a cold prefill still in
+    flight (the engine fills batches in slot order: slot 1 waits for it), r1's has
+    streamed: r1, though least-loaded alone would take r0 (the lower id)."""
+    t = SlotTable()
+    for rid, task in (("r0", "a"), ("r1", "b")):
+        _done(t, rid, 2, f"{task}0", SYS_A + f"u1: {task}? a long answer. " * 4, f"s-{task}")
+        t.pin(rid, 0, task, _h(SYS_B + "u1: long?"), max_tokens=64, owner=f"s-{task}2", hit=0)
+    assert t.pending_prefill("r0") == t.pending_prefill("r1") == len(_h(SYS_B + "u1: long?"))
+    assert t.pending_prefill("r0", below=0) == 0  # nothing before slot 0
+    t.progress("b", 60, started=True)
+    assert t.pending_prefill("r1") == 0
+    views = [_view("r0", slots=3, busy=1), _view("r1", slots=3, busy=1)]
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), session="s-new")
+    assert got is not None and got.decision == "slot" and got.fill and got.slot == 1
+    assert got.replica_id == "r1"
+    t.progress("a", 60, started=True)
+    got = choose_slot(views, CFG, t, _h(SYS_A + "u1: tea?"), session="s-new")
+    assert got is not None and got.replica_id == "r0"  # equal again: least-loaded's order
+
+
+def test_a_turn_leaves_its_slot_only_when_the_prefill_ahead_costs_more_than_its_history():
+    """ORCH-2373: a session's history is in r0's slot 1; a cold prefill runs in r0's
+    slot 0. While it is short, the next turn stays (a few new blocks to evaluate);
+    when it is longer than re-evaluating the history on r1 (its system prompt copied
+    into r1's empty slot), the turn goes to r1."""
+    history = SYS_A + "u1: owls? " + "an answer about owls. " * 40
+    for long_blocks, expected in ((8, "r0"), (60, "r1")):
+        t = SlotTable()
+        _done(t, "r0", 1, "h", history, "s1")
+        _done(t, "r1", 0, "o", SYS_A + "u1: tea? a long answer. " * 4, "s2")
+        t.pin("r0", 0, "cold", _h("X" * BLOCK * long_blocks), max_tokens=64, owner="s3", hit=0)
+        views = [_view("r0", busy=1), _view("r1")]
+        turn = _h(history + "u2: and why?")
+        got = choose_slot(views, CFG, t, turn, affinity="r0", session="s1")
+        assert got is not None and got.replica_id == expected, long_blocks
+        if expected == "r0":
+            assert (got.slot, got.pin, got.fill) == (1, True, False)
+        else:
+            assert got.fill and got.source == 0

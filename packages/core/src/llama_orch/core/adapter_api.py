@@ -91,6 +91,9 @@ class Capability(StrEnum):
     LOGPROBS = "logprobs"  # GenerateRequest.logprobs fills TokenChunk.logprobs (ORCH-9201)
     EMBED = "embed"  # embed() returns embeddings (ORCH-9210)
     EMBED_ONLY = "embed_only"  # the engine embeds and generates nothing (ORCH-9280)
+    # one prompt cache per engine slot, reused only by a request pinned there: honours
+    # GenerateRequest.engine_slot and engine_slot_source (ORCH-2371, llama-server)
+    ENGINE_SLOTS = "engine_slots"
 
 
 class AdapterTarget(msgspec.Struct, frozen=True, kw_only=True):

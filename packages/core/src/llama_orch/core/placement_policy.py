@@ -42,11 +42,12 @@ __all__ = [
     "round_robin",
 ]
 
-PlacementPolicy = Literal["least-loaded", "prefix-aware", "round-robin", "slot-aware"]
-PLACEMENT_POLICIES: tuple[str, ...] = ("least-loaded", "prefix-aware", "round-robin", "slot-aware")
+PlacementPolicy = Literal["least-loaded", "prefix-aware", "round-robin"]
+PLACEMENT_POLICIES: tuple[str, ...] = ("least-loaded", "prefix-aware", "round-robin")
 # prefix: the longest expected hit won; guard: the imbalance guard overrode it;
 # load: least-loaded (its policy, or prefix-aware without a hit); rotate: round-robin;
-# slot-aware (ORCH-2357): slot, an idle slot holding the prefix; wait, a busy one.
+# prefix-aware on engines with per-slot caches (ORCH-2357, ORCH-2371): slot, a slot
+# holding the prefix (or copied from one); wait, behind a busy one.
 Decision = Literal["prefix", "guard", "load", "rotate", "slot", "wait"]
 DECISIONS: tuple[str, ...] = ("prefix", "guard", "load", "rotate", "slot", "wait")
 
@@ -62,12 +63,15 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slots only once the slot that computed it is released) or from its
     ``dispatch``. Its load-imbalance guard places on the
     least-loaded replica when the warm one runs more than ``imbalance_abs`` tasks
-    more and more than ``imbalance_rel`` times as many (ORCH-2312). ``slot-aware``
-    (ORCH-2350..2355) also tracks which engine slot holds which prefix and pins
-    the task to one (llama-server ``id_slot``); it waits behind a busy slot whose
-    prefix is ``slot_wait_min_tokens`` longer when its task has at most
-    ``slot_wait_tokens`` tokens left (0, the default: never); with ``host_cache``
-    it also counts the replica index as the engine's host prompt cache."""
+    more and more than ``imbalance_rel`` times as many (ORCH-2312). On a pool whose
+    engine declares ``engine_slots`` (llama-server) and with ``engine_slots`` true
+    (the default), ``prefix-aware`` follows the slot rules (ORCH-2350..2373): it
+    tracks which engine slot holds which prefix and pins the task to one
+    (``id_slot``), copying a slot's cache into an empty one instead of a cold
+    prefill; it waits behind a busy slot whose prefix is ``slot_wait_min_tokens``
+    longer when its task has at most ``slot_wait_tokens`` tokens left (0, the
+    default: never); with ``host_cache`` it also counts the replica index as the
+    engine's host prompt cache."""
 
     policy: PlacementPolicy = "least-loaded"
     # Prefix index (ORCH-2301, ORCH-2302): characters per hashed block, the
@@ -84,14 +88,17 @@ class PlacementConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Load-imbalance guard of prefix-aware (ORCH-2312), in running tasks.
     imbalance_abs: Annotated[int, Meta(ge=0)] = 2
     imbalance_rel: Annotated[float, Meta(ge=1)] = 1.5
-    # slot-aware (ORCH-2353): pin behind a busy slot whose prefix is at least
+    # Slot rules (ORCH-2371): false keeps the replica-level rule of ORCH-2312 even on
+    # engines with per-slot caches.
+    engine_slots: bool = True
+    # Slot rules (ORCH-2353): pin behind a busy slot whose prefix is at least
     # ``slot_wait_min_tokens`` tokens longer than the best idle slot's, when its
     # task has at most ``slot_wait_tokens`` tokens left to generate.
     # 0 (the default) never waits: measured, waiting keeps a shared prompt in the few
     # slots that first computed it and the sessions then queue behind those slots.
     slot_wait_min_tokens: Annotated[int, Meta(ge=1)] = 256
     slot_wait_tokens: Annotated[int, Meta(ge=0)] = 0
-    # slot-aware: the engine keeps prompts evicted from its slots in a host cache
+    # Slot rules: the engine keeps prompts evicted from its slots in a host cache
     # (llama-server ``--cache-ram``, on by default) that it restores for requests it
     # places itself; the replica prefix index then stands for that cache.
     host_cache: bool = True

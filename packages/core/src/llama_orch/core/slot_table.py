@@ -1,5 +1,5 @@
-"""Which engine slot holds which prefix, and slot-aware placement (ORCH-2350..2357,
-ORCH-2364..2366).
+"""Which engine slot holds which prefix, and prefix-aware placement on engines with
+per-slot caches (the slot rules: ORCH-2350..2357, ORCH-2364..2366, ORCH-2369..2373).
 
 llama-server keeps one prompt per slot and reuses a slot's KV cache only for a
 request that lands in that same slot; a busy slot shares nothing with the
@@ -20,7 +20,11 @@ cache). A slot belongs to the session that ran there last: while an idle slot
 is empty, another session's history is not overwritten (the cold prefill would
 only move to that session's next turn, with its history on top); among equal
 hits the slot released longest ago goes; the host cache counts only for what no
-slot holds (ORCH-2364..2366). Pure: stdlib only, no clock (recency is a counter).
+slot holds (ORCH-2364..2366). An empty slot gets the longest prefix copied from
+another slot, a busy one too when no idle slot holds as much (the engine saves a
+busy slot once its task ends: a wait instead of a cold prefill); among equal
+scores the replica with the least prefill still in flight goes (ORCH-2369..2373).
+Pure: stdlib only, no clock (recency is a counter).
 """
 
 from __future__ import annotations
@@ -33,9 +37,22 @@ if TYPE_CHECKING:
     from .placement import ReplicaView
     from .placement_policy import PlacementConfig
 
-__all__ = ["SlotChoice", "SlotDecision", "SlotState", "SlotTable", "choose_slot", "shared_blocks"]
+__all__ = [
+    "DECODE_STEP_TOKENS",
+    "SlotChoice",
+    "SlotDecision",
+    "SlotState",
+    "SlotTable",
+    "choose_slot",
+    "shared_blocks",
+]
 
 SlotDecision = Literal["slot", "prefix", "wait", "load", "guard"]
+
+# ORCH-2372, ORCH-2373: one decode step of a slot costs about as much engine time as
+# this many prompt tokens (measured on build 11434, SmolLM2-135M, one thread: 25.6 ms
+# per generated token, 6.7 ms per prompt token): a busy source's wait in prefill terms.
+DECODE_STEP_TOKENS = 4
 
 
 def shared_blocks(held: Sequence[bytes], hashes: Sequence[bytes]) -> int:
@@ -65,7 +82,7 @@ class SlotState:
 
 @dataclass(frozen=True, slots=True)
 class SlotChoice:
-    """Where ``slot-aware`` places a task. ``pin``: send the slot to the engine, when
+    """Where the slot rules place a task. ``pin``: send the slot to the engine, when
     an idle slot there holds the longest hit. Otherwise (no hit, ORCH-2354, or a
     longer one in the engine's host prompt cache) the engine's own choice applies,
     which can restore the prompt from that cache (llama-server does so only for a
@@ -78,7 +95,8 @@ class SlotChoice:
     hit_blocks: int
     pin: bool
     fill: bool = False  # pinned to an empty slot to keep another session's (ORCH-2364)
-    source: int | None = None  # with ``fill``: the idle slot to copy first (ORCH-2369)
+    source: int | None = None  # with ``fill``: the slot to copy first (ORCH-2369)
+    source_busy: bool = False  # that slot runs a task: the copy waits for it (ORCH-2372)
 
 
 class SlotTable:
@@ -90,6 +108,8 @@ class SlotTable:
         self._where: dict[str, tuple[str, int]] = {}  # task -> (replica, slot)
         self._remaining: dict[str, int] = {}  # task -> tokens it may still generate
         self._owner: dict[str, str | None] = {}  # task -> its session (ORCH-2364)
+        # task -> prompt blocks beyond its expected hit, until its first token (ORCH-2373)
+        self._prefill: dict[str, int] = {}
         self._clock = 0
 
     def slots(self, replica_id: str, n_slots: int) -> list[SlotState]:
@@ -107,6 +127,7 @@ class SlotTable:
                     del self._where[task]
                     self._remaining.pop(task, None)
                     self._owner.pop(task, None)
+                    self._prefill.pop(task, None)
             self._slots.pop(replica_id, None)
         self._epoch[replica_id] = epoch
 
@@ -119,9 +140,11 @@ class SlotTable:
         max_tokens: int,
         *,
         owner: str | None = None,
+        hit: int = 0,
     ) -> None:
         """``task_id`` (of session ``owner``) was sent to ``slot``: the slot computes its
-        prompt next, and belongs to that session (ORCH-2364)."""
+        prompt next, and belongs to that session (ORCH-2364); its blocks beyond ``hit``
+        are prefill in flight until its first token (ORCH-2373)."""
         self.unpin(task_id)
         st = self.slots(replica_id, slot + 1)[slot]
         st.tasks.append(task_id)
@@ -130,11 +153,33 @@ class SlotTable:
         self._owner[task_id] = owner
         self._where[task_id] = (replica_id, slot)
         self._remaining[task_id] = max_tokens
+        self._prefill[task_id] = max(0, len(hashes) - hit)
 
-    def progress(self, task_id: str, remaining: int) -> None:
-        """Tokens ``task_id`` may still generate (for the wait rule, ORCH-2353)."""
+    def progress(self, task_id: str, remaining: int, *, started: bool = False) -> None:
+        """Tokens ``task_id`` may still generate (ORCH-2353, ORCH-2372); ``started``: it
+        streamed a token, so its prompt is no longer prefill in flight (ORCH-2373)."""
         if task_id in self._remaining:
             self._remaining[task_id] = max(0, remaining)
+        if started:
+            self._prefill.pop(task_id, None)
+
+    def pending_prefill(self, replica_id: str, *, below: int | None = None) -> int:
+        """Prompt blocks still to prefill on the replica: those beyond the expected hit
+        of the tasks pinned there that have not streamed a token yet, in slots numbered
+        below ``below`` when given (ORCH-2373)."""
+        total = 0
+        for task, n in self._prefill.items():
+            rid, slot = self._where.get(task, ("", 0))
+            if rid == replica_id and (below is None or slot < below):
+                total += n
+        return total
+
+    def remaining_in(self, replica_id: str, slot: int) -> int:
+        """Tokens the task running in ``slot`` may still generate (0 when idle)."""
+        table = self._slots.get(replica_id, [])
+        if slot < 0 or slot >= len(table) or not table[slot].tasks:
+            return 0
+        return self._remaining.get(table[slot].tasks[0], 0)
 
     def unpin(
         self,
@@ -148,6 +193,7 @@ class SlotTable:
         (ORCH-2351), which wins over where we pinned it."""
         where = self._where.pop(task_id, None)
         self._remaining.pop(task_id, None)
+        self._prefill.pop(task_id, None)
         owner = self._owner.pop(task_id, None)
         if where is None:
             return
@@ -232,6 +278,20 @@ class SlotTable:
                 best, slot = h, i
         return slot
 
+    def best_busy_slot(self, replica_id: str, hashes: Sequence[bytes]) -> tuple[int, int]:
+        """(hit in blocks, slot) of the busy slot holding the longest hit, among equals
+        the one whose running task has the fewest tokens left (its save waits for that
+        task, ORCH-2372); (0, -1) when no busy slot holds a hit."""
+        best, slot, left = 0, -1, 0
+        for i, s in enumerate(self._slots.get(replica_id, ())):
+            if not s.busy:
+                continue
+            h = shared_blocks(s.held, hashes)
+            r = self._remaining.get(s.tasks[0], 0)
+            if h > best or (h == best > 0 and r < left):
+                best, slot, left = h, i, r
+        return best, slot
+
     def best_idle_hit(self, replica_id: str, hashes: Sequence[bytes]) -> int:
         """Longest hit among the replica's idle slots, in blocks."""
         return max(
@@ -281,7 +341,7 @@ def choose_slot(
     host_hits: Mapping[str, int] | None = None,
     session: str | None = None,
 ) -> SlotChoice | None:
-    """The replica and slot ``slot-aware`` places the task on, and why (ORCH-2352..2355).
+    """The replica and slot the slot rules place the task on, and why (ORCH-2352..2373).
 
     Candidates are the set's Ready replicas; those without a free slot are
     ignored (ORCH-2313); None when none has one. ``host_hits`` are the replicas'
@@ -304,15 +364,25 @@ def choose_slot(
         for r in free
     }
     # ORCH-2369: a replica with an empty idle slot can have the longest prefix its
-    # idle slots hold copied there, another session's too: (hit, empty slot, source)
+    # idle slots hold copied there, another session's too: (hit, empty slot, source);
+    # ORCH-2372: a busy slot's when it holds more than every idle one (the copy waits)
     copy: dict[str, tuple[int, int, int]] = {}
+    waits: set[str] = set()
     for r in free:
         rid = r.replica_id
         empty = table.empty_idle(rid, r.slots)
+        if empty is None:
+            continue
         source = table.best_idle_slot(rid, hashes)
         held = table.best_idle_hit(rid, hashes)
-        if empty is not None and source is not None and held > best[rid][0]:
+        busy_hit, busy_slot = table.best_busy_slot(rid, hashes)
+        if busy_hit > held:
+            held, source = busy_hit, busy_slot
+            waits.add(rid)
+        if source is not None and held > best[rid][0]:
             copy[rid] = (held, empty, source)
+        else:
+            waits.discard(rid)
     if keep:
         free = [r for r in free if best[r.replica_id][1] >= 0 or r.replica_id in copy]
     coolest = least_loaded(free, affinity)
@@ -328,9 +398,9 @@ def choose_slot(
 
     def on(r: ReplicaView, decision: SlotDecision) -> SlotChoice:
         rid = r.replica_id
-        if rid in copy and copy[rid][0] >= host.get(rid, 0):  # ORCH-2369
+        if rid in copy and copy[rid][0] >= host.get(rid, 0):  # ORCH-2369, ORCH-2372
             hit, slot, source = copy[rid]
-            return SlotChoice(rid, slot, decision, score(rid), True, True, source)
+            return SlotChoice(rid, slot, decision, score(rid), True, True, source, rid in waits)
         hit, slot = best[rid]
         pin = hit > 0 and hit >= host.get(rid, 0)
         return SlotChoice(rid, slot, decision, score(rid), pin)
@@ -354,10 +424,29 @@ def choose_slot(
             return wait
     if top <= 0:  # ORCH-2354
         return on(coolest, "load")
-    tied = [r for r in free if score(r.replica_id) == top]
-    warm = next((r for r in tied if r.replica_id == affinity), None) or least_loaded(tied, affinity)
+
+    def cost(r: ReplicaView) -> float:
+        """ORCH-2373: blocks prefilled on ``r`` before the task's first token: its own
+        beyond the hit, the prefill in flight in lower-numbered slots (the engine fills
+        its batches in slot order), and a busy source's wait (ORCH-2372)."""
+        rid = r.replica_id
+        own = len(hashes) - score(rid)
+        ahead = table.pending_prefill(rid, below=on(r, "slot").slot)
+        wait = 0.0
+        if rid in waits and copy[rid][0] >= host.get(rid, 0):
+            left = table.remaining_in(rid, copy[rid][2])
+            wait = left * DECODE_STEP_TOKENS / tokens_per_block
+        return own + ahead + wait
+
+    costs = {r.replica_id: cost(r) for r in free}
+    low = min(costs.values())
+    tied = [r for r in free if costs[r.replica_id] == low]
+    warm = next((r for r in tied if r.replica_id == affinity), None)
+    warm = warm or least_loaded(tied, affinity)
     if warm is not coolest and imbalanced(warm, coolest, cfg):  # ORCH-2355
         return on(coolest, "guard")
+    if score(warm.replica_id) <= 0:  # the others' prefill in flight costs more than a miss
+        return on(warm, "load")
     choice = on(warm, "slot")
     return choice if choice.pin else on(warm, "prefix")
 

@@ -95,6 +95,11 @@ _capabilities: weakref.WeakKeyDictionary[WorkerAdapter, frozenset[Capability]] =
 )
 
 
+def known_capabilities(adapter: WorkerAdapter) -> frozenset[Capability] | None:
+    """What an adapter declared when it was last asked; None when never asked."""
+    return _capabilities.get(adapter)
+
+
 async def capabilities(adapter: WorkerAdapter) -> frozenset[Capability]:
     """What an adapter declares, asked once per adapter (a replica's engine process)."""
     caps = _capabilities.get(adapter)

@@ -10,20 +10,25 @@ dispatches, ORCH-2302) and the decision is counted (ORCH-2320). The expected
 hit per replica is also what the policy host's placement hook sees
 (``ReplicaInfo.prefix_hit_tokens``, ORCH-2315).
 
-``slot-aware`` (ORCH-2350..2357) also keeps a
+On a pool whose engine keeps a prompt cache per slot (its adapter declares
+``engine_slots``: llama-server), ``prefix-aware`` follows the slot rules
+(ORCH-2350..2373, :mod:`llama_orch.core.slot_table`) and keeps a
 :class:`~llama_orch.core.slot_table.SlotTable` per pool: the dispatch pins the
 task to the chosen engine slot (``TaskRecord.engine_slot``, sent as
-``GenerateRequest.engine_slot``), and the end of the run frees the slot and
-records what it then holds, on the slot the engine reported (ORCH-2351).
+``GenerateRequest.engine_slot``, with the slot to copy first), and the end of
+the run frees the slot and records what it then holds, on the slot the engine
+reported (ORCH-2351). Other pools (vLLM) keep the replica-level rule.
 """
 
 from __future__ import annotations
 
+from llama_orch.core.adapter_api import Capability
 from llama_orch.core.placement import Chooser, ReplicaView
 from llama_orch.core.placement_policy import Decision, choose_in_set
 from llama_orch.core.prefix_index import PrefixIndex
 from llama_orch.core.slot_table import SlotTable, choose_slot
 
+from .admission import known_capabilities
 from .metrics import Metrics
 from .migration import streamed_text
 from .pools import Pool, Replica
@@ -48,10 +53,11 @@ class Placer:
         # pool -> (task, decision, its prompt's block hashes) of the last choice; the
         # dispatch loop starts the task in the same step, so one entry per pool is enough
         self._pending: dict[str, tuple[str, Decision, list[bytes]]] = {}
-        # slot-aware (ORCH-2350): per pool its slot table, the (replica, slot) of the
-        # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353)
+        # slot rules (ORCH-2350): per pool its slot table, the (replica, slot) of the
+        # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353,
+        # ORCH-2372, ORCH-2373)
         self._slots: dict[str, SlotTable] = {}
-        self._pending_slot: dict[str, tuple[str, str, int, bool, int | None]] = {}
+        self._pending_slot: dict[str, tuple[str, str, int, bool, int | None, int]] = {}
         self._pinned: dict[str, dict[str, TaskRecord]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
@@ -61,6 +67,17 @@ class Placer:
             cfg = pool.config.placement
             index = self._index[pool.id] = PrefixIndex(cfg.block_chars, cfg.chars_per_token)
         return index
+
+    def slot_rules(self, pool: Pool) -> bool:
+        """ORCH-2371: ``prefix-aware`` places by engine slots on a pool whose engine
+        declares ``engine_slots`` (asked at admission, before any dispatch)."""
+        cfg = pool.config.placement
+        if cfg.policy != "prefix-aware" or not cfg.engine_slots:
+            return False
+        return any(
+            Capability.ENGINE_SLOTS in (known_capabilities(r.adapter) or ())
+            for r in pool.replicas.values()
+        )
 
     def slot_table(self, pool: Pool) -> SlotTable:
         table = self._slots.get(pool.id)
@@ -88,7 +105,7 @@ class Placer:
         hashes = hashes or self._hashes(pool, rec)
         index = self.index(pool)
         cfg = pool.config.placement
-        if cfg.policy == "slot-aware":  # the best idle slot's hit, or the host cache's
+        if self.slot_rules(pool):  # the best idle slot's hit, or the host cache's
             table = self.slot_table(pool)
             return {
                 rid: index.tokens(
@@ -103,7 +120,7 @@ class Placer:
         cfg = pool.config.placement
 
         def choose(views: list[ReplicaView]) -> ReplicaView | None:
-            if cfg.policy == "slot-aware":
+            if self.slot_rules(pool):
                 return self._choose_slot(pool, rec, affinity, views)
             hashes: list[bytes] = []
             hits: dict[str, int] | None = None
@@ -128,8 +145,9 @@ class Placer:
         """ORCH-2352..2355: a replica and one of its engine slots."""
         self._sync_epochs(pool)
         table = self.slot_table(pool)
-        for other in self._pinned.get(pool.id, {}).values():  # ORCH-2353: tokens left
-            table.progress(other.task_id, other.request.max_tokens - other.tokens_out)
+        for other in self._pinned.get(pool.id, {}).values():  # tokens left, prefill done
+            left = other.request.max_tokens - other.tokens_out
+            table.progress(other.task_id, left, started=other.tokens_out > 0)
         index = self.index(pool)
         hashes = self._hashes(pool, rec)
         tokens_per_block = index.block_chars / index.chars_per_token
@@ -146,7 +164,7 @@ class Placer:
             return None
         self._pending[pool.id] = (rec.task_id, got.decision, hashes)
         self._pending_slot[pool.id] = (
-            rec.task_id, got.replica_id, got.slot, got.pin, got.source
+            rec.task_id, got.replica_id, got.slot, got.pin, got.source, got.hit_blocks
         )  # fmt: skip
         return next(v for v in views if v.replica_id == got.replica_id)
 
@@ -156,8 +174,8 @@ class Placer:
         it there when the slot holds part of the prompt."""
         table = self.slot_table(pool)
         rid, st = replica.state.replica_id, replica.state
-        pending = self._pending_slot.pop(pool.id, ("", "", -1, False, None))
-        task_id, chosen_rid, slot, pin, source = pending
+        pending = self._pending_slot.pop(pool.id, ("", "", -1, False, None, 0))
+        task_id, chosen_rid, slot, pin, source, hit = pending
         owner = _owner(rec)
         if task_id != rec.task_id or chosen_rid != rid or slot < 0:
             n = max(1, st.slots)
@@ -168,7 +186,9 @@ class Placer:
                 hit, slot = table.pick_idle(rid, n, hashes, session=owner)
                 pin = hit > 0
             source = table.best_idle_slot(rid, hashes) if pin and hit <= 0 else None
-        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens, owner=owner)
+            if source is not None:
+                hit = table.best_idle_hit(rid, hashes)
+        table.pin(rid, slot, rec.task_id, hashes, rec.request.max_tokens, owner=owner, hit=hit)
         self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
         rec.engine_slot = slot if pin else None
         rec.engine_slot_source = source if pin and source != slot else None  # ORCH-2369
@@ -181,11 +201,12 @@ class Placer:
         if task_id != rec.task_id:
             decision, hashes = "load", []
         rec.engine_slot = rec.engine_slot_used = rec.engine_slot_source = None
-        if cfg.policy == "slot-aware":
+        slots = self.slot_rules(pool)
+        if slots:
             self._pin(pool, replica, rec, hashes or self._hashes(pool, rec))
         if cfg.policy == "round-robin":
             self._last[pool.id] = rid
-        if cfg.policy == "prefix-aware" and cfg.learn == "dispatch":
+        elif cfg.policy == "prefix-aware" and cfg.learn == "dispatch" and not slots:
             index = self.index(pool)
             if not hashes:
                 hashes = self._hashes(pool, rec)
@@ -200,10 +221,8 @@ class Placer:
         """A task completed on ``replica``: its engine now holds the prompt followed by
         the generated text, which a session's next turn starts with (ORCH-2302)."""
         cfg = pool.config.placement
-        if cfg.policy == "slot-aware":
-            self._unpin(pool, rec)
-            if not cfg.host_cache:
-                return
+        if self._unpin(pool, rec) and not cfg.host_cache:  # slot rules (ORCH-2350)
+            return
         if cfg.policy == "round-robin" or cfg.policy == "least-loaded":
             return
         if rec.state != "completed" or not rec.tokens_out:
@@ -214,14 +233,15 @@ class Placer:
         cache_tokens = cfg.cache_tokens or max(1, st.ctx * max(1, st.slots))
         index.record(st.replica_id, index.hashes(text), index.capacity_blocks(cache_tokens))
 
-    def _unpin(self, pool: Pool, rec: TaskRecord) -> None:
+    def _unpin(self, pool: Pool, rec: TaskRecord) -> bool:
         """ORCH-2350, ORCH-2351: the run ended; a completed one leaves its prompt and
-        answer in the slot the engine reports."""
+        answer in the slot the engine reports. False: it was placed without a slot."""
         pinned = self._pinned.get(pool.id, {})
         if pinned.pop(rec.task_id, None) is None:
-            return
+            return False
         text = None
         if rec.state == "completed":
             full = rec.request.prompt + "".join(streamed_text(rec))
             text = self.index(pool).hashes(full)
         self.slot_table(pool).unpin(rec.task_id, text=text, engine_slot=rec.engine_slot_used)
+        return True

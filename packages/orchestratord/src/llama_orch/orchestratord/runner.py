@@ -131,7 +131,7 @@ class TaskRun:
                 prompt=request.prompt + "".join(self.rec.text_out),
                 max_tokens=max(1, request.max_tokens - self.rec.engine_tokens),
             )
-        if self.rec.engine_slot is not None:  # ORCH-2356: slot-aware placement's pin
+        if self.rec.engine_slot is not None:  # ORCH-2356: the slot rules' pin
             request = msgspec.structs.replace(
                 request,
                 engine_slot=self.rec.engine_slot,

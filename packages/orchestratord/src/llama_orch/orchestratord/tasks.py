@@ -111,7 +111,7 @@ class TaskRecord:
     finished_at: float | None = None
     attempts: int = 0  # dispatches that failed before reaching the engine (ORCH-1117)
     pinned: bool = False  # set_key was fixed at admission, not by a dispatch
-    # ORCH-2356: the engine slot slot-aware placement pinned this run to, and the
+    # ORCH-2356: the engine slot the slot rules (ORCH-2371) pinned this run to, and the
     # slot the engine reported it ran in (ORCH-2351)
     engine_slot: int | None = None
     engine_slot_source: int | None = None  # ORCH-2369: copy this slot into engine_slot

@@ -78,6 +78,8 @@ class LlamaCppHttpAdapter(HttpAdapter):
             Capability.GRAMMAR,
             Capability.JSON_SCHEMA,
             Capability.LOGPROBS,
+            # one prompt cache per slot, id_slot pins, slot save/restore copies (ORCH-2371)
+            Capability.ENGINE_SLOTS,
         }
         if p.chat_template:
             caps.add(Capability.CHAT_TEMPLATE)

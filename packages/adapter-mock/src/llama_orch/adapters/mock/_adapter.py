@@ -105,6 +105,8 @@ class MockAdapter(WorkerAdapter):
             caps = {Capability.TOKENIZE, Capability.METRICS, Capability.EMBED_ONLY}
         if self.options.embeddings or self.options.embed_only:
             caps.add(Capability.EMBED)
+        if self.options.engine_slots:
+            caps.add(Capability.ENGINE_SLOTS)
         return EngineProps(
             engine=self.engine,
             engine_version=self.options.engine_version,

@@ -31,6 +31,9 @@ class MockOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # an embedding engine (vLLM's pooling runner): ``embed`` and ``embed_only``,
     # and every generation refused (ORCH-9280)
     embed_only: bool = False
+    # declare ``engine_slots`` (ORCH-2371), as llama-server's adapter does: placement
+    # then pins slots; the mock itself ignores the pins (it keeps no cache)
+    engine_slots: bool = False
 
     @property
     def fault(self) -> Fault:
