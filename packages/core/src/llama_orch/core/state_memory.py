@@ -67,6 +67,7 @@ class _Task:
     changed: asyncio.Event | None = None
     queued_note: tuple[int, int, float] | None = None  # last `queued` event (ORCH-2561)
     dispatch_seq: int = 0  # log length at the last dispatch: earlier events are `queued`
+    set_key: str | None = None  # the replica set of the last dispatch (ORCH-2574)
 
 
 class MemoryStateStore(StateStore):
@@ -184,18 +185,25 @@ class MemoryStateStore(StateStore):
         self, pool: str, instance: str, lease_ms: int
     ) -> Dispatched | Orphaned | None:
         queue = self._queues[pool]
-        step = next_dispatch(queue, self._views(pool), self._pin, self._affinity)
+        views = self._views(pool)
+        step = next_dispatch(queue, views, self._pin, self._affinity)
         if step is None:
             return None
         rec = self._tasks[step.item]
         if isinstance(step, _Orphaned):
             self._end(rec, orphaned_terminal())
             return Orphaned(task_id=step.item)
+        # what the instance's placement policy chooses among (ORCH-2573): the chosen
+        # set's Ready replicas, free slots before this reservation, by id
+        candidates = sorted(
+            (v.replica_id, v.free) for v in views if v.ready and v.set_key == step.set_key
+        )
+        affinity = self._affinity(step.item)
         self._epoch += 1
         now = self._clock()
         rec.state, rec.epoch, rec.owner = "running", self._epoch, instance
         rec.replica, rec.lease_until = step.replica_id, now + lease_ms / 1000
-        rec.dispatch_seq = len(rec.log)
+        rec.dispatch_seq, rec.set_key = len(rec.log), step.set_key
         busy = self._busy.setdefault(pool, {})
         busy[step.replica_id] = busy.get(step.replica_id, 0) + 1
         if rec.spec.session is not None:
@@ -213,6 +221,8 @@ class MemoryStateStore(StateStore):
             epoch=rec.epoch,
             requeues=rec.requeues,
             next_seq=rec.dispatch_seq,
+            candidates=candidates,
+            affinity=affinity,
         )
 
     # ------------------------------------------------------------ event log
@@ -472,6 +482,34 @@ class MemoryStateStore(StateStore):
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         return self._session(session)
+
+    # ------------------------------------------------------------ placement (ORCH-2574)
+    async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
+        rec = self._owned(task_id, epoch)
+        spec = rec.spec
+        target = self._replicas.get(spec.pool, {}).get(replica_id)
+        busy = self._busy.setdefault(spec.pool, {})
+        if (
+            rec.replica is None
+            or len(rec.log) != rec.dispatch_seq  # the run has begun: too late
+            or target is None
+            or not target.ready
+            or target.set_key != rec.set_key
+        ):
+            return False
+        if replica_id == rec.replica:
+            return True
+        if busy.get(replica_id, 0) >= target.slots:
+            return False
+        busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
+        busy[replica_id] = busy.get(replica_id, 0) + 1
+        rec.replica = replica_id
+        if spec.session is not None and spec.session in self._sessions:
+            set_key, _, until = self._sessions[spec.session]
+            self._sessions[spec.session] = (set_key, replica_id, until)
+        if len(self._queues[spec.pool]):  # the freed slot may serve a queued task
+            self._ring(spec.pool)
+        return True
 
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""

@@ -183,6 +183,11 @@ class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
     # the seq the owner's first append gets: events before it (``queued`` ones, or
     # an earlier run's) are the store's; the owner's own start here (ORCH-2571)
     next_seq: int = 0
+    # every Ready replica of the chosen set with its free slots before this dispatch's
+    # reservation, by id, and the session's last replica: what the instance's placement
+    # policy and hook choose among (ORCH-2572, ORCH-2573)
+    candidates: list[tuple[str, int]] = msgspec.field(default_factory=list)
+    affinity: str | None = None
 
 
 class Orphaned(msgspec.Struct, frozen=True, kw_only=True):
@@ -501,6 +506,16 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         """``(set_key, replica_id)`` a session is pinned to, if any."""
+
+    # ---------------------------------------------- placement on a store (ORCH-2572..2577)
+
+    @abc.abstractmethod
+    async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
+        """Move a running task's slot reservation to ``replica_id`` (ORCH-2574), in one
+        step: only under the task's current ``epoch``, before its first event since the
+        dispatch, to a Ready replica of its set with a free slot; its session's last
+        replica follows. False (nothing changed) otherwise. Raises :class:`Fenced`,
+        :class:`TaskEnded` / :class:`Canceled`, ``KeyError`` as :meth:`append` does."""
 
 
 def load_state_store_class(backend: str) -> type[StateStore]:

@@ -54,7 +54,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from ._wire import _config_json, _opt, _s
+from ._wire import _config_json, _opt, _pairs, _s
 from .server import EmbeddedServer
 
 __all__ = ["LIBRARY", "ValkeyStateStore"]
@@ -316,6 +316,8 @@ class ValkeyStateStore(StateStore):
             epoch=epoch,
             requeues=int(r[11]),
             next_seq=int(r[12]),
+            candidates=_pairs(r[13]),
+            affinity=_opt(r[14]) or None,
         )
 
     @staticmethod
@@ -565,6 +567,12 @@ class ValkeyStateStore(StateStore):
     async def busy(self, pool: str) -> dict[str, int]:
         h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}busy:{pool}"))
         return {_s(k): int(v) for k, v in h.items() if int(v)}
+
+    async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
+        """One ``llorch_move`` (ORCH-2574)."""
+        r = await self._fcall("llorch_move", task_id, epoch, replica_id)
+        self._raise(_s(r[0]), task_id)
+        return int(r[1]) == 1
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         s = await self._call(

@@ -23,6 +23,11 @@ def _opt(x: bytes | str | None) -> str | None:
     return x.decode() if isinstance(x, bytes) else x
 
 
+def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
+    """A flat ``{id, n, id, n, ...}`` reply (``llorch_dispatch``'s candidates) as pairs."""
+    return [(_s(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
 def _config_json(config: StoreConfig) -> str:
     def limit(x: Any) -> dict[str, Any]:
         out = {"rps": x.rps, "burst": x.burst}

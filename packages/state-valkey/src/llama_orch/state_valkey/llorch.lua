@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '5'
+local LIB_VERSION = '6'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -340,6 +340,24 @@ local function bell_cursor(p, pool)
   return '0-0'
 end
 
+-- ------------------------------------------------------------------ placement (ORCH-2572..2577)
+-- The Ready replicas of the chosen set with their free slots before the reservation,
+-- flat { id, free, ... } by id: the instance's placement policy and hook choose among
+-- them and move the reservation with llorch_move when they prefer another (ORCH-2573).
+local function candidates_of(views, set)
+  local kept = {}
+  for _, v in ipairs(views) do
+    if v.ready and v.set == set then kept[#kept + 1] = v end
+  end
+  table.sort(kept, function(a, b) return a.id < b.id end)
+  local flat = {}
+  for _, v in ipairs(kept) do
+    flat[#flat + 1] = v.id
+    flat[#flat + 1] = v.free
+  end
+  return flat
+end
+
 -- args: pool instance lease_ms orphan_terminal
 local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
   local head = peek(p, cfg, pool)
@@ -389,8 +407,10 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
     redis.call('HSET', sk, 'set', r.set, 'replica', r.id)
     redis.call('PEXPIRE', sk, cfg.session_ttl_ms)
   end
-  -- the log's next seq: the first event the new owner appends gets it (ORCH-2571)
-  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]), tonumber(t[8]) }
+  -- the log's next seq: the first event the new owner appends gets it (ORCH-2571);
+  -- then what the instance's placement policy chooses among (ORCH-2573)
+  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]), tonumber(t[8]),
+    candidates_of(views, r.set), affinity or '' }
 end
 
 local function f_dispatch(keys, args)
@@ -597,6 +617,36 @@ local function f_set_replicas(keys, args)
   return 'OK'
 end
 
+-- args: tid epoch replica (ORCH-2574): move a running task's reservation to another
+-- Ready replica of its set with a free slot, before its first event since the
+-- dispatch; { 'OK', 1 } moved (or already there), { 'OK', 0 } nothing changed, or
+-- the refusal of owned() (FENCED, ENDED, CANCELED, NOTASK). Epoch, lease, owner stay.
+local function f_move(keys, args)
+  local p, tid, to = keys[1], args[1], args[3]
+  local err, seq = owned(p, tid, tonumber(args[2]))
+  if err then return { err } end
+  local tk = p .. 't:' .. tid
+  local t = redis.call('HMGET', tk, 'pool', 'replica', 'set', 'dseq', 'session')
+  if not t[2] or tonumber(t[4] or '-1') ~= seq then return { 'OK', 0 } end
+  local raw = redis.call('HGET', p .. 'rep:' .. t[1], to)
+  if not raw then return { 'OK', 0 } end
+  local v = cjson.decode(raw)
+  if not v[2] or v[1] ~= t[3] then return { 'OK', 0 } end
+  if to == t[2] then return { 'OK', 1 } end
+  local busy = p .. 'busy:' .. t[1]
+  if tonumber(redis.call('HGET', busy, to) or '0') >= v[3] then return { 'OK', 0 } end
+  if redis.call('HINCRBY', busy, t[2], -1) < 0 then redis.call('HSET', busy, t[2], 0) end
+  redis.call('HINCRBY', busy, to, 1)
+  redis.call('HSET', tk, 'replica', to)
+  if t[5] and t[5] ~= '' then
+    local sk = p .. 'sess:' .. t[5]
+    if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'replica', to) end
+  end
+  -- the freed slot may serve a queued task (ORCH-2570)
+  if tonumber(redis.call('GET', p .. 'qlen:' .. t[1]) or '0') > 0 then ring_bell(p, t[1], 'freed') end
+  return { 'OK', 1 }
+end
+
 -- args: tid. An admission whose durability the store did not confirm in time
 -- (ORCH-2551): the task is taken back as if it had never been accepted. Queued:
 -- out of its queue; already dispatched during the wait: its slot and lease back and
@@ -706,3 +756,4 @@ redis.register_function('llorch_withdraw', f_withdraw)
 redis.register_function('llorch_positions', f_positions)
 redis.register_function('llorch_announce', f_announce)
 redis.register_function('llorch_expire', f_expire)
+redis.register_function('llorch_move', f_move)

@@ -26,6 +26,7 @@ __all__ = ["replay"]
 async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     """Replay a seeded operation sequence; return every answer in a comparable form."""
     rng = random.Random(seed)
+    moves = random.Random(seed + 1)  # its own stream: the trace of the rest is unchanged
     tenants = {
         "a": TenantConfig(weight=3),
         "b": TenantConfig(weight=1),
@@ -66,7 +67,10 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
             d = await store.dispatch("p", "i", 60_000)
             if isinstance(d, Dispatched):
                 running.append(d)
-                out.append(("run", d.task.task_id, d.replica_id))
+                out.append(("run", d.task.task_id, d.replica_id, d.candidates, d.affinity))
+                if moves.random() < 0.3:  # the instance's policy prefers the last candidate
+                    to = d.candidates[-1][0]
+                    out.append(("move", to, await store.move(d.task.task_id, d.epoch, to)))
             else:
                 out.append(("dispatch", None if d is None else d.task_id))
         elif op < 0.9 and running:
