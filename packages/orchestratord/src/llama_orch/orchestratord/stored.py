@@ -51,6 +51,7 @@ from .metrics import Metrics
 from .pools import Pool, Replica
 from .stored_appends import AppendBatcher, TaskWriter
 from .stored_local import StoredLog, StoredLogs, stream_frames
+from .stored_placement import StorePlacement
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -180,6 +181,7 @@ class StoreBridge:
         self.metrics = metrics
         self.ending = ending
         self.dispatcher = dispatcher  # launches what the store dispatched here
+        self.placement = StorePlacement(dispatcher)  # the pool's policy and hook (ORCH-2572)
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.appends = AppendBatcher(self.store)
         self.instance = uuid.uuid4().hex[:12]
@@ -402,7 +404,7 @@ class StoreBridge:
             self._drop_log(rec.task_id)
             self._requeue(rec.task_id, d.epoch)
             return
-        self._go(pool, replica, rec, d.epoch, d.next_seq)
+        self.placement.run(self, pool, rec, d)
 
     def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int, next_seq: int) -> bool:
         """Run ``rec`` here under ``epoch``, its first event at seq ``next_seq``; False
