@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .placement import Chooser, ReplicaView, next_dispatch
 from .placement import Orphaned as _Orphaned
-from .placement import ReplicaView, next_dispatch
 from .queue import AdmissionQueue
 from .quota import Quotas
 from .state_store import (
@@ -34,6 +34,7 @@ from .state_store import (
     InstanceView,
     LoggedEvent,
     Orphaned,
+    PlacementHint,
     Reaped,
     SlotView,
     StateOptions,
@@ -119,10 +120,10 @@ class MemoryStateStore(StateStore):
         return self._submit(task, ring=True)
 
     async def submit_dispatch(
-        self, task: TaskSpec, instance: str, lease_ms: int
+        self, task: TaskSpec, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Admitted, Dispatched | Orphaned | None]:
         admitted = self._submit(task, ring=False)  # one step, as valkey's (ORCH-2569)
-        step = await self.dispatch(task.pool, instance, lease_ms)
+        step = await self.dispatch(task.pool, instance, lease_ms, hint)
         placed = step.task.task_id if isinstance(step, Dispatched) else None
         if isinstance(step, Orphaned):
             placed = step.task_id
@@ -153,12 +154,19 @@ class MemoryStateStore(StateStore):
         )
 
     # ------------------------------------------------------------ dispatch
-    def _views(self, pool: str) -> list[ReplicaView[str]]:
-        busy = self._busy.get(pool, {})
+    def _views(self, pool: str, loads: Mapping[str, int] | None = None) -> list[ReplicaView[str]]:
+        busy, loads = self._busy.get(pool, {}), loads or {}
         return [
             # This store keys replica sets by an opaque string (SlotView.set_key);
-            # placement is generic in its key.
-            ReplicaView(r.replica_id, r.set_key, r.ready, r.slots, busy.get(r.replica_id, 0))
+            # placement is generic in its key. Load: the dispatcher's hint (ORCH-2578).
+            ReplicaView(
+                r.replica_id,
+                r.set_key,
+                r.ready,
+                r.slots,
+                busy.get(r.replica_id, 0),
+                loads.get(r.replica_id, 0),
+            )
             for r in self._replicas.get(pool, {}).values()
         ]
 
@@ -182,11 +190,25 @@ class MemoryStateStore(StateStore):
         return s[1] if s else None
 
     async def dispatch(
-        self, pool: str, instance: str, lease_ms: int
+        self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> Dispatched | Orphaned | None:
         queue = self._queues[pool]
-        views = self._views(pool)
-        step = next_dispatch(queue, views, self._pin, self._affinity)
+        views = self._views(pool, hint.loads if hint is not None else None)
+        chooser_of: Callable[[str], Chooser[str]] | None = None
+        if hint is not None and hint.round_robin:  # ORCH-2578: the instance's rotation
+            after = hint.rotate_after
+
+            def rotate(vs: list[ReplicaView[str]]) -> ReplicaView[str] | None:
+                # core.placement_policy.round_robin over those with a free slot
+                free = sorted((v for v in vs if v.free > 0), key=lambda v: v.replica_id)
+                if not free:
+                    return None
+                return next(
+                    (v for v in free if after is not None and v.replica_id > after), free[0]
+                )
+
+            chooser_of = lambda _t: rotate  # noqa: E731
+        step = next_dispatch(queue, views, self._pin, self._affinity, chooser_of)
         if step is None:
             return None
         rec = self._tasks[step.item]

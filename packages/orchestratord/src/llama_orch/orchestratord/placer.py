@@ -179,6 +179,10 @@ class Placer:
         rec.engine_slot = slot if pin else None
         rec.engine_slot_source = source if pin and source != slot else None  # ORCH-2369
 
+    def last_pick(self, pool: Pool) -> str | None:
+        """The replica round-robin picked last in ``pool`` (ORCH-2311)."""
+        return self._last.get(pool.id)
+
     def hold(self, pool: Pool) -> Held:
         """Take the pool's last choice away while a state store moves its reservation
         (ORCH-2575): other dispatches may choose meanwhile; :meth:`resume` puts it back."""

@@ -256,7 +256,7 @@ class StoreBridge:
         try:
             with self.timed("submit"):  # and the dispatch, in one step (ORCH-2569)
                 admitted, step = await self.store.submit_dispatch(
-                    spec_of(rec), self.instance, self.options.lease_ms
+                    spec_of(rec), self.instance, self.options.lease_ms, self.placement.hint(pool)
                 )
         except StoreUnavailable:
             self._withdrawn(rec.task_id)
@@ -351,7 +351,7 @@ class StoreBridge:
                     synced = slots
                 with self.timed("dispatch"):  # one round trip, the bell's cursor included
                     step, cursor = await self.store.dispatch_or_cursor(
-                        pool.id, self.instance, self.options.lease_ms
+                        pool.id, self.instance, self.options.lease_ms, self.placement.hint(pool)
                     )
                 if isinstance(step, Dispatched):
                     self._run(pool, step)

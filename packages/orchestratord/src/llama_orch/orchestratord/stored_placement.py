@@ -30,6 +30,7 @@ from llama_orch.core.placement import Dispatch, ReplicaView
 from llama_orch.core.state_store import (
     Dispatched,
     Event,
+    PlacementHint,
     StateStoreError,
     StoreUnavailable,
 )
@@ -58,6 +59,18 @@ class StorePlacement:
     def _hook(self) -> bool:
         host = self.dispatcher.policies  # swapped by a policy reload (ORCH-8570)
         return host is not None and host.cfg.placement is not None
+
+    def hint(self, pool: Pool) -> PlacementHint | None:
+        """What the store needs to pick as this instance's policy would without a task
+        in hand (ORCH-2578): the work assigned per replica, and round-robin's last
+        pick; None with one replica (nothing to choose)."""
+        if len(pool.replicas) <= 1:
+            return None
+        loads = {v.replica_id: v.load for v in self.dispatcher.workload.views(pool) if v.load}
+        if pool.config.placement.policy == "round-robin":
+            last = self.dispatcher.placer.last_pick(pool)
+            return PlacementHint(loads=loads, round_robin=True, rotate_after=last)
+        return PlacementHint(loads=loads)
 
     def choose(self, pool: Pool, rec: TaskRecord, d: Dispatched) -> Replica | None:
         """The replica the pool's policy and the placement hook pick among the dispatch's

@@ -296,26 +296,32 @@ local function free_of(r, busy)
   return math.max(0, r.slots - busy)
 end
 
--- core.placement.place (assigned work is not tracked by the store: load = 0)
-local function place(views, pin, affinity)
+-- core.placement.place; r.load is the work the dispatching instance assigned to the
+-- replica (its hint, else 0), and `rr` with `last`: round-robin after the replica that
+-- instance picked last (core.placement_policy.round_robin; ORCH-2578)
+local function place(views, pin, affinity, rr, last)
   local eligible = {}
   for _, r in ipairs(views) do
     if r.ready and (pin == nil or r.set == pin) then eligible[#eligible + 1] = r end
   end
   if #eligible == 0 then return nil end
   if pin == nil then
-    local warm, sets, order = nil, {}, {}
+    local warm, sets, work, order = nil, {}, {}, {}
     for _, r in ipairs(eligible) do
       if r.id == affinity then warm = r.set end
-      if sets[r.set] == nil then sets[r.set] = 0; order[#order + 1] = r.set end
+      if sets[r.set] == nil then sets[r.set] = 0; work[r.set] = 0; order[#order + 1] = r.set end
       sets[r.set] = sets[r.set] + r.free
+      work[r.set] = work[r.set] + r.load
     end
+    -- core.placement.choose_set: most free slots, the warm set, least work, lowest key
     local key = nil
     for _, k in ipairs(order) do
       if key == nil then key = k
       else
         local a, b = sets[k], sets[key]
-        if a > b or (a == b and ((k == warm) and not (key == warm) or ((k == warm) == (key == warm) and k < key))) then key = k end
+        local wk, wkey = (k == warm), (key == warm)
+        if a > b or (a == b and ((wk and not wkey) or (wk == wkey and (work[k] < work[key]
+          or (work[k] == work[key] and k < key))))) then key = k end
       end
     end
     local kept = {}
@@ -323,13 +329,36 @@ local function place(views, pin, affinity)
     eligible = kept
   end
   table.sort(eligible, function(a, b) return a.id < b.id end)
+  if rr then
+    local first = nil
+    for _, r in ipairs(eligible) do
+      if r.free > 0 then
+        if first == nil then first = r end
+        if last ~= nil and r.id > last then return r end
+      end
+    end
+    return first
+  end
   local best = nil
   for _, r in ipairs(eligible) do
     if r.free > 0 then
-      if best == nil or r.free > best.free or (r.free == best.free and r.id == affinity and best.id ~= affinity) then best = r end
+      local wr, wb = false, false
+      if best ~= nil then wr, wb = (r.id == affinity), (best.id == affinity) end
+      if best == nil or r.free > best.free or (r.free == best.free and ((wr and not wb)
+        or (wr == wb and r.load < best.load))) then best = r end
     end
   end
   return best
+end
+
+-- the placement hint of llorch_dispatch / llorch_submit_dispatch from args[i]: mode
+-- ('' none, 'll' least-loaded, 'rr' round-robin), the replica picked last, then
+-- (replica, load) pairs (ORCH-2578)
+local function hint_of(args, i)
+  local h = { rr = args[i] == 'rr', last = nil, loads = {} }
+  if args[i + 1] and args[i + 1] ~= '' then h.last = args[i + 1] end
+  for j = i + 2, #args, 2 do h.loads[args[j]] = tonumber(args[j + 1]) end
+  return h
 end
 
 -- the doorbell's cursor now, taken in the same step as a dispatch that found nothing
@@ -358,8 +387,8 @@ local function candidates_of(views, set)
   return flat
 end
 
--- args: pool instance lease_ms orphan_terminal
-local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
+-- args: pool instance lease_ms orphan_terminal [hint: mode last (replica load)...]
+local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan, hint)
   local head = peek(p, cfg, pool)
   if not head then return { 'EMPTY', bell_cursor(p, pool) } end
   local tid = head.tid
@@ -383,7 +412,7 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
   local views, any_ready_pinned = {}, false
   for i = 1, #raw, 2 do
     local v = cjson.decode(raw[i + 1])
-    local r = { id = raw[i], set = v[1], ready = v[2], slots = v[3] }
+    local r = { id = raw[i], set = v[1], ready = v[2], slots = v[3], load = hint.loads[raw[i]] or 0 }
     r.free = free_of(r, used[r.id] or 0)
     views[#views + 1] = r
     if r.ready and r.set == pin then any_ready_pinned = true end
@@ -394,7 +423,7 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
     finish(p, cfg, tid, 'error', orphan)
     return { 'ORPHAN', tid }
   end
-  local r = place(views, pin, affinity)
+  local r = place(views, pin, affinity, hint.rr, hint.last)
   if r == nil then return { 'WAIT', bell_cursor(p, pool) } end
   pop_head(p, cfg, pool, head)
   local _, now_ms = now_parts()
@@ -414,10 +443,11 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
 end
 
 local function f_dispatch(keys, args)
-  return dispatch_step(keys[1], config(keys[1]), args[1], args[2], tonumber(args[3]), args[4])
+  return dispatch_step(keys[1], config(keys[1]), args[1], args[2], tonumber(args[3]), args[4], hint_of(args, 5))
 end
 
--- args: the 9 of llorch_submit, then instance lease_ms orphan_terminal (ORCH-2569).
+-- args: the 9 of llorch_submit, then instance lease_ms orphan_terminal (ORCH-2569),
+-- then the placement hint as llorch_dispatch's (ORCH-2578).
 -- Admit, then dispatch the pool's head to this instance, in one step: the same answers
 -- as llorch_submit followed by llorch_dispatch. The doorbell rings unless the task
 -- just admitted was the one dispatched (nothing new is then left queued for others).
@@ -426,7 +456,7 @@ local function f_submit_dispatch(keys, args)
   local cfg = config(p)
   local admitted = submit_step(p, cfg, args, true)
   if admitted[1] ~= 'OK' then return { admitted } end
-  local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12])
+  local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12], hint_of(args, 13))
   if d[2] ~= args[1] or (d[1] ~= 'OK' and d[1] ~= 'ORPHAN') then ring_bell(p, args[2], 'queued') end
   return { admitted, d }
 end

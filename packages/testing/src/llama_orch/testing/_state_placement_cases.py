@@ -5,15 +5,24 @@ dispatch answers for the instance's placement policy, and ``move``.
 from __future__ import annotations
 
 import pytest
-from llama_orch.core.state_store import Canceled, Dispatched, Fenced, SlotView, StateStore
+from llama_orch.core.state_store import (
+    Canceled,
+    Dispatched,
+    Fenced,
+    PlacementHint,
+    SlotView,
+    StateStore,
+)
 
 from ._state_log_cases import _cfg, _end, _slots, _spec, _token
 
 __all__ = ["PlacementCases"]
 
 
-async def _dispatched(store: StateStore, instance: str = "i1") -> Dispatched:
-    d = await store.dispatch("p", instance, 60_000)
+async def _dispatched(
+    store: StateStore, instance: str = "i1", hint: PlacementHint | None = None
+) -> Dispatched:
+    d = await store.dispatch("p", instance, 60_000, hint)
     assert isinstance(d, Dispatched), d
     return d
 
@@ -91,3 +100,24 @@ class PlacementCases:
         with pytest.raises(KeyError):
             await store.move("nope", 1, "A-1")
         assert await store.busy("p") == {}
+
+    async def test_a_hint_places_as_the_instances_policy(self, store: StateStore) -> None:
+        """ORCH-2578: with the instance's hint the store's pick is its policy's: least
+        work on a tie of free slots (replica and set), round-robin after its last pick."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(**{"A-1": 2, "A-2": 2}))
+        for tid in ("t1", "t2", "t3", "t4"):
+            await store.submit(_spec(tid))
+        rr = PlacementHint(round_robin=True, rotate_after="A-1")
+        assert (await _dispatched(store, hint=rr)).replica_id == "A-2"  # alone: A-1
+        ll = PlacementHint(loads={"A-1": 5})
+        assert (await _dispatched(store, hint=ll)).replica_id == "A-1"  # more free slots
+        ll = PlacementHint(loads={"A-1": 100, "A-2": 5})
+        assert (await _dispatched(store, hint=ll)).replica_id == "A-2"  # a tie: less work
+        rr = PlacementHint(round_robin=True, rotate_after="A-2")
+        assert (await _dispatched(store, hint=rr)).replica_id == "A-1"  # wraps around
+        # the set: a tie of free slots goes to the set with less work (core.choose_set)
+        await store.set_replicas("p", _slots(**{"A-1": 3, "A-2": 2, "B-1": 1}))
+        ll = PlacementHint(loads={"A-1": 40, "B-1": 0})
+        _, d = await store.submit_dispatch(_spec("t5"), "i1", 60_000, ll)
+        assert isinstance(d, Dispatched) and d.replica_id == "B-1"  # alone: A-1
