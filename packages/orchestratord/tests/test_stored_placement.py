@@ -6,8 +6,10 @@ so that the two differ; the store's pick is named in each."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -147,3 +149,40 @@ async def test_the_placement_hook_is_obeyed(
         tid, replica = await _start(run, max_tokens=2)
         assert replica == E1
         await _done(run, tid)
+
+
+async def test_a_placement_hook_that_fails_closed_ends_the_task_at_the_store(
+    mock_config: Any, start_orchestrator: Any, valkey_url: str, tenant_keys: Any, tmp_path: Any
+) -> None:
+    """ORCH-2572 (ORCH-8550): the hook spins for tenant "Zed" and fails closed: the task
+    the store dispatched ends with one ``POOL_UNAVAILABLE`` error under its epoch, its
+    slot is free at the store and the record ended there."""
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    spin = tmp_path / "spin.wat"  # spins when the snapshot holds 'Z' (90): tenant "Zed"
+    spin.write_text(
+        (fixtures / "spin.wat").read_text().replace("(i32.const 126)", "(i32.const 90)")
+    )
+    digest = hashlib.sha256(spin.read_bytes()).hexdigest()
+    auth, keys = tenant_keys("Zed")
+    cfg = _stored(mock_config, valkey_url, adapter_options={"token_delay_ms": 1}, auth=auth)
+    cfg = with_policies(
+        cfg,
+        {
+            "modules": [{"name": "spin", "path": str(spin), "sha256": digest}],
+            "placement": {"policy": "spin", "on_error": "closed"},
+        },
+    )
+    run = await start_orchestrator(cfg)
+    resp = await run.submit(max_tokens=2, key=keys["Zed"])
+    assert resp.status == 202, await resp.text()
+    tid = (await resp.json())["task_id"]
+    events = await run.events(tid, key=keys["Zed"])
+    assert [e[1] for e in events] == ["error"], events
+    assert events[0][2]["code"] == "POOL_UNAVAILABLE"
+    store = run.orch.state.store
+    assert [e.kind for e in await store.read(tid)] == ["error"]
+    assert await store.busy("mock") == {}
+    view = await store.task(tid)
+    assert view is not None and view.state == "ended"
+    text = await run.metrics_text(key=keys["admin"])
+    assert 'policy_calls_total{hook="placement",outcome="error_closed",policy="spin"} 1.0' in text
