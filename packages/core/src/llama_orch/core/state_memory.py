@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
+from .config import Priority
 from .placement import Chooser, ReplicaView, next_dispatch
 from .placement import Orphaned as _Orphaned
 from .queue import AdmissionQueue
@@ -532,6 +533,13 @@ class MemoryStateStore(StateStore):
         if len(self._queues[spec.pool]):  # the freed slot may serve a queued task
             self._ring(spec.pool)
         return True
+
+    async def head(self, pool: str) -> tuple[Priority, str | None] | None:
+        queue = self._queues[pool]
+        tid, meta = queue.peek(), queue.peek_meta()
+        if tid is None or meta is None:
+            return None
+        return cast(Priority, meta[0]), self._pin(tid)
 
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""

@@ -531,6 +531,13 @@ class StateStore(abc.ABC):
         replica follows. False (nothing changed) otherwise. Raises :class:`Fenced`,
         :class:`TaskEnded` / :class:`Canceled`, ``KeyError`` as :meth:`append` does."""
 
+    # ---------------------------------------------- hard preemption on a store (ORCH-2579)
+
+    @abc.abstractmethod
+    async def head(self, pool: str) -> tuple[Priority, str | None] | None:
+        """The priority and the pinned replica set (its pin, else its session's set) of
+        the task :meth:`dispatch` would take next in ``pool``; None when none is queued."""
+
 
 def load_state_store_class(backend: str) -> type[StateStore]:
     """The plugin class registered under ``backend`` (ORCH-2501)."""

@@ -582,6 +582,13 @@ class ValkeyStateStore(StateStore):
         self._raise(_s(r[0]), task_id)
         return int(r[1]) == 1
 
+    async def head(self, pool: str) -> tuple[Priority, str | None] | None:
+        """One ``llorch_head`` (ORCH-2579)."""
+        r = await self._fcall("llorch_head", pool)
+        if not r:
+            return None
+        return cast(Priority, _s(r[0])), _opt(r[1]) or None
+
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         s = await self._call(
             lambda: self.client.hmget(f"{self._keys[0]}sess:{session}", ["set", "replica"])

@@ -677,6 +677,22 @@ local function f_move(keys, args)
   return { 'OK', 1 }
 end
 
+-- ------------------------------------------------------------------ hard preemption (ORCH-2579)
+-- args: pool. The priority and pinned set (its pin, else its session's set) of the task
+-- a dispatch would take next; {} when none is queued. Peeking may reset the band
+-- credits and drop empty flows from a ring, as the next dispatch would anyway.
+local function f_head(keys, args)
+  local p = keys[1]
+  local h = peek(p, config(p), args[1])
+  if not h then return {} end
+  local t = redis.call('HMGET', p .. 't:' .. h.tid, 'pin', 'session')
+  local pin = t[1] or ''
+  if pin == '' and t[2] and t[2] ~= '' then
+    pin = redis.call('HGET', p .. 'sess:' .. t[2], 'set') or ''
+  end
+  return { h.prio, pin }
+end
+
 -- args: tid. An admission whose durability the store did not confirm in time
 -- (ORCH-2551): the task is taken back as if it had never been accepted. Queued:
 -- out of its queue; already dispatched during the wait: its slot and lease back and
@@ -787,3 +803,4 @@ redis.register_function('llorch_positions', f_positions)
 redis.register_function('llorch_announce', f_announce)
 redis.register_function('llorch_expire', f_expire)
 redis.register_function('llorch_move', f_move)
+redis.register_function('llorch_head', f_head)

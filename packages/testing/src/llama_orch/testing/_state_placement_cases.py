@@ -101,6 +101,25 @@ class PlacementCases:
             await store.move("nope", 1, "A-1")
         assert await store.busy("p") == {}
 
+    async def test_head_names_what_dispatch_takes_next(self, store: StateStore) -> None:
+        """ORCH-2579: the head's priority and pinned set (its pin, else its session's),
+        as the next dispatch would take it; None when nothing is queued."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(**{"A-1": 1, "B-1": 1}))
+        assert await store.head("p") is None
+        await store.submit(_spec("s1", session="chat"))
+        d = await _dispatched(store)
+        await _end(store, d)
+        await store.set_replicas("p", _slots(**{"A-1": 0, "B-1": 0}))
+        await store.submit(_spec("b1"))
+        assert await store.head("p") == ("batch", None)
+        await store.submit(_spec("i1", prio="interactive", pin="A"))
+        assert await store.head("p") == ("interactive", "A")
+        await store.cancel("i1")
+        await store.cancel("b1")
+        await store.submit(_spec("s2", session="chat"))
+        assert await store.head("p") == ("batch", d.set_key)
+
     async def test_a_hint_places_as_the_instances_policy(self, store: StateStore) -> None:
         """ORCH-2578: with the instance's hint the store's pick is its policy's: least
         work on a tie of free slots (replica and set), round-robin after its last pick."""
