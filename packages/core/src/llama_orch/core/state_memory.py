@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+import msgspec
+
 from .config import Priority
 from .placement import Chooser, ReplicaView, next_dispatch
 from .placement import Orphaned as _Orphaned
@@ -333,6 +335,10 @@ class MemoryStateStore(StateStore):
 
     async def requeue(self, task_id: str, epoch: int) -> None:
         rec = self._owned(task_id, epoch)
+        if len(rec.log) > rec.dispatch_seq and rec.spec.pin is None:
+            # it streamed since its dispatch (a preemption): its continuation must come
+            # from the same replica set (ORCH-1902, ORCH-2580)
+            rec.spec = msgspec.structs.replace(rec.spec, pin=rec.set_key)
         self._back_to_queue(rec)
 
     def _back_to_queue(self, rec: _Task) -> None:

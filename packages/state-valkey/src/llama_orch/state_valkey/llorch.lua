@@ -587,8 +587,13 @@ end
 
 local function f_requeue(keys, args)
   local p = keys[1]
-  local err = owned(p, args[1], tonumber(args[2]))
+  local err, seq = owned(p, args[1], tonumber(args[2]))
   if err then return { err } end
+  -- it streamed since its dispatch (a preemption): its continuation must come from
+  -- the same replica set, so it is pinned there (ORCH-1902, ORCH-2580)
+  local tk = p .. 't:' .. args[1]
+  local t = redis.call('HMGET', tk, 'dseq', 'pin', 'set')
+  if seq > tonumber(t[1] or '0') and (t[2] or '') == '' and t[3] then redis.call('HSET', tk, 'pin', t[3]) end
   back_to_queue(p, config(p), args[1])
   return { 'OK' }
 end

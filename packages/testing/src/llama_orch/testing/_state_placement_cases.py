@@ -120,6 +120,24 @@ class PlacementCases:
         await store.submit(_spec("s2", session="chat"))
         assert await store.head("p") == ("batch", d.set_key)
 
+    async def test_a_requeue_after_events_pins_the_task_to_its_set(self, store: StateStore) -> None:
+        """ORCH-2580 (ORCH-1902): a task given back after it streamed is pinned to the
+        replica set it ran on (its continuation needs the same model); one given back
+        before any event is not."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(**{"A-1": 1, "B-1": 1}))
+        await store.submit(_spec("t"))
+        await store.submit(_spec("u"))
+        d, du = await _dispatched(store), await _dispatched(store)
+        await store.append("t", d.epoch, [_token("x", 0)])
+        await store.requeue("u", du.epoch)
+        await store.requeue("t", d.epoch)  # the front of the queue: t, then u
+        view, uview = await store.task("t"), await store.task("u")
+        assert view is not None and view.task.pin == d.set_key
+        assert uview is not None and uview.task.pin is None
+        again = await _dispatched(store)
+        assert again.task.task_id == "t" and again.set_key == d.set_key
+
     async def test_a_hint_places_as_the_instances_policy(self, store: StateStore) -> None:
         """ORCH-2578: with the instance's hint the store's pick is its policy's: least
         work on a tie of free slots (replica and set), round-robin after its last pick."""
