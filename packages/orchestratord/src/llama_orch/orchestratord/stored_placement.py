@@ -80,8 +80,11 @@ class StorePlacement:
         policy = pool.config.placement.policy
         free = {rid: n for rid, n in d.candidates if rid in pool.replicas}
         hook = self._hook()
-        if len(free) <= 1 and policy == "least-loaded" and not hook:
-            return store_pick  # one candidate: nothing to choose (ORCH-2575)
+        if policy == "least-loaded" and not hook:
+            # one candidate, or the store chose with this instance's hint (ORCH-2578):
+            # its pick is least-loaded's at the time of the call; loads that moved by a
+            # few tokens since would only buy a move for nothing (ORCH-2575)
+            return store_pick
         placer, workload = self.dispatcher.placer, self.dispatcher.workload
         loads = {v.replica_id: v.load for v in workload.views(pool)}
         views: list[ReplicaView] = []
