@@ -24,7 +24,10 @@ measured side by side, not the absolute figures.
     uv run python bench/ha_relay.py [--requests 400] [--before CHECKOUT] [--out ...md]
 
 ``--before`` adds ``memory x1 (before)`` and ``valkey x1 (before)`` rows run on another
-checkout's sources, side by side in the same run.
+checkout's sources, side by side in the same run. ``--replicas 2`` gives the pool two
+replicas (two fake engines), so that each dispatch has a placement choice to make
+(ORCH-2572..2578); the extra store calls a placement policy made (``move``) are
+counted from each instance's ``state_store_op_ms`` after its row.
 """
 
 from __future__ import annotations
@@ -103,6 +106,23 @@ def measure(urls: list[str], pids: dict[str, int], n: int) -> dict[str, Any]:
     return row
 
 
+def _calls(calls: dict[str, int] | None) -> str:
+    if calls is None:
+        return "-"
+    return f"{sum(calls.values())} ({calls.get('move', 0)})"
+
+
+def store_calls(url: str) -> dict[str, int]:
+    """The instance's store calls by op so far (``state_store_op_ms_count``)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    calls = re.findall(r'^state_store_op_ms_count\{op="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    return {op: int(float(n)) for op, n in calls}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400, help="1-token tasks per instance")
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         " its orchestratord run on that checkout's sources (same run, same server)",
     )
     ap.add_argument("--no-x2", action="store_true", help="skip the 2-instance row")
+    ap.add_argument("--replicas", type=int, default=1, help="fake engines (replicas) in the pool")
     args = ap.parse_args(argv)
     from llama_orch.state_valkey import EmbeddedServer
 
@@ -128,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedServer(tmp / "valkey")
         try:
             furl, fpid = start_fake(procs, "fake-0ms", 0.0)
+            furls: str | list[str] = furl
+            if args.replicas > 1:
+                more = [start_fake(procs, f"fake-0ms-{n}", 0.0)[0] for n in range(1, args.replicas)]
+                furls = [furl, *more]
             # without a `state:` section: what the store's CPU is added to (#13's goals)
-            nurl, n_p = start_orch(procs, "orch-none", furl, tmp)
+            nurl, n_p = start_orch(procs, "orch-none", furls, tmp)
             log("no store, 1 instance")
             rows["none x1"] = measure([nurl], {"orch": n_p.pid, "engine": fpid}, args.requests)
             procs.stop(n_p)
@@ -140,14 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                     str(src / pkg / "src") for pkg in ("core", "orchestratord", "state-valkey")
                 )
                 m_url, m = start_orch(
-                    procs, "orch-memory-before", furl, tmp, state={"backend": "memory"},
+                    procs, "orch-memory-before", furls, tmp, state={"backend": "memory"},
                     pythonpath=overlay,
                 )  # fmt: skip
                 log(f"memory, 1 instance, before ({args.before})")
                 watch_m = {"orch": m.pid, "engine": fpid}
                 rows["memory x1 (before)"] = measure([m_url], watch_m, args.requests)
                 procs.stop(m)
-            ourl, op = start_orch(procs, "orch-memory", furl, tmp, state={"backend": "memory"})
+            ourl, op = start_orch(procs, "orch-memory", furls, tmp, state={"backend": "memory"})
             log("memory, 1 instance")
             rows["memory x1"] = measure([ourl], {"orch": op.pid, "engine": fpid}, args.requests)
             procs.stop(op)
@@ -159,22 +184,30 @@ def main(argv: list[str] | None = None) -> int:
                 # version is loaded when it starts and replaced when the next one starts
                 state0 = {"backend": "valkey", "url": url, "key_prefix": "before"}
                 o_url, o = start_orch(
-                    procs, "orch-before", furl, tmp, state=state0, pythonpath=overlay
+                    procs, "orch-before", furls, tmp, state=state0, pythonpath=overlay
                 )
                 log(f"valkey, 1 instance, before ({args.before})")
                 watch0 = {"orch": o.pid, "valkey": vpid, "engine": fpid}
                 rows["valkey x1 (before)"] = measure([o_url], watch0, args.requests)
+                rows["valkey x1 (before)"]["store_calls"] = store_calls(o_url)
                 procs.stop(o)
             state = {"backend": "valkey", "url": url}
-            a_url, a = start_orch(procs, "orch-valkey-a", furl, tmp, state=state)
+            a_url, a = start_orch(procs, "orch-valkey-a", furls, tmp, state=state)
             log("valkey, 1 instance")
             watch = {"orch_a": a.pid, "valkey": vpid, "engine": fpid}
             rows["valkey x1"] = measure([a_url], watch, args.requests)
+            rows["valkey x1"]["store_calls"] = store_calls(a_url)
             if not args.no_x2:
-                b_url, b = start_orch(procs, "orch-valkey-b", furl, tmp, state=state)
+                b_url, b = start_orch(procs, "orch-valkey-b", furls, tmp, state=state)
                 log("valkey, 2 instances")
                 watch2 = {**watch, "orch_b": b.pid}
+                calls0 = store_calls(a_url)
                 rows["valkey x2"] = measure([a_url, b_url], watch2, args.requests)
+                calls = [store_calls(a_url), store_calls(b_url)]
+                rows["valkey x2"]["store_calls"] = {
+                    op: calls[0].get(op, 0) - calls0.get(op, 0) + calls[1].get(op, 0)
+                    for op in {*calls[0], *calls[1]}
+                }
         finally:
             procs.stop_all()
             server.stop()
@@ -184,14 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`uv run python bench/ha_relay.py --requests {args.requests}"
         f"{'' if args.before is None else ' --before ' + str(args.before)}"
-        f"{' --no-x2' if args.no_x2 else ''}`: cores {info['cores']},"
+        f"{' --no-x2' if args.no_x2 else ''}"
+        f"{f' --replicas {args.replicas}' if args.replicas > 1 else ''}`: cores {info['cores']},"
         f" load average {load0} at the start and {info['loadavg_at_end']} at the end;"
         f" c={C} per instance; fake engine at 0 ms/token.",
         "",
         "| backend x instances | admissions+dispatches/s (1-token tasks) | orchestratord CPU"
         " ms/request | orchestratord CPU µs/relayed token | relayed tokens/s (128-token tasks)"
-        " | valkey CPU ms/request | errors / short streams |",
-        "|---|---|---|---|---|---|---|",
+        " | valkey CPU ms/request | errors / short streams | store calls (move) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         t1, t128 = r["t1"], r["t128"]
@@ -201,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {'?' if tok is None else f'{tok:.1f}'} | {t128['tok_per_s']:.0f} |"
             f" {t1['store_cpu_ms_per_req']:.2f} |"
             f" {t1['errors'] + t128['errors']} / {t1['short'] + t128['short']} |"
+            f" {_calls(r.get('store_calls'))} |"
         )
     base = rows["none x1"]
     lines += ["", "CPU the store adds to orchestratord (the row minus `none x1`, same run):", ""]

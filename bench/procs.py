@@ -141,7 +141,7 @@ def start_fake(procs: Procs, name: str, delay_ms: float, slots: int = 512) -> tu
 def start_orch(
     procs: Procs,
     name: str,
-    engine_url: str,
+    engine_url: str | list[str],
     tmp: Path,
     *,
     queue_capacity: int = 8192,
@@ -183,7 +183,8 @@ def start_orch(
                 "id": "bench",
                 "engine": "llamacpp-http",
                 "model": "fake-model",
-                "endpoints": [engine_url],
+                # one replica per URL (bench/ha_relay.py --replicas)
+                "endpoints": [engine_url] if isinstance(engine_url, str) else engine_url,
             }
         ],
     }

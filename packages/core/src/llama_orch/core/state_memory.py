@@ -15,10 +15,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
+import msgspec
+
+from .config import Priority
+from .placement import Chooser, ReplicaView, next_dispatch
 from .placement import Orphaned as _Orphaned
-from .placement import ReplicaView, next_dispatch
 from .queue import AdmissionQueue
 from .quota import Quotas
 from .state_store import (
@@ -34,6 +37,7 @@ from .state_store import (
     InstanceView,
     LoggedEvent,
     Orphaned,
+    PlacementHint,
     Reaped,
     SlotView,
     StateOptions,
@@ -67,6 +71,7 @@ class _Task:
     changed: asyncio.Event | None = None
     queued_note: tuple[int, int, float] | None = None  # last `queued` event (ORCH-2561)
     dispatch_seq: int = 0  # log length at the last dispatch: earlier events are `queued`
+    set_key: str | None = None  # the replica set of the last dispatch (ORCH-2574)
 
 
 class MemoryStateStore(StateStore):
@@ -118,10 +123,10 @@ class MemoryStateStore(StateStore):
         return self._submit(task, ring=True)
 
     async def submit_dispatch(
-        self, task: TaskSpec, instance: str, lease_ms: int
+        self, task: TaskSpec, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Admitted, Dispatched | Orphaned | None]:
         admitted = self._submit(task, ring=False)  # one step, as valkey's (ORCH-2569)
-        step = await self.dispatch(task.pool, instance, lease_ms)
+        step = await self.dispatch(task.pool, instance, lease_ms, hint)
         placed = step.task.task_id if isinstance(step, Dispatched) else None
         if isinstance(step, Orphaned):
             placed = step.task_id
@@ -152,12 +157,19 @@ class MemoryStateStore(StateStore):
         )
 
     # ------------------------------------------------------------ dispatch
-    def _views(self, pool: str) -> list[ReplicaView[str]]:
-        busy = self._busy.get(pool, {})
+    def _views(self, pool: str, loads: Mapping[str, int] | None = None) -> list[ReplicaView[str]]:
+        busy, loads = self._busy.get(pool, {}), loads or {}
         return [
             # This store keys replica sets by an opaque string (SlotView.set_key);
-            # placement is generic in its key.
-            ReplicaView(r.replica_id, r.set_key, r.ready, r.slots, busy.get(r.replica_id, 0))
+            # placement is generic in its key. Load: the dispatcher's hint (ORCH-2578).
+            ReplicaView(
+                r.replica_id,
+                r.set_key,
+                r.ready,
+                r.slots,
+                busy.get(r.replica_id, 0),
+                loads.get(r.replica_id, 0),
+            )
             for r in self._replicas.get(pool, {}).values()
         ]
 
@@ -181,21 +193,42 @@ class MemoryStateStore(StateStore):
         return s[1] if s else None
 
     async def dispatch(
-        self, pool: str, instance: str, lease_ms: int
+        self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> Dispatched | Orphaned | None:
         queue = self._queues[pool]
-        step = next_dispatch(queue, self._views(pool), self._pin, self._affinity)
+        views = self._views(pool, hint.loads if hint is not None else None)
+        chooser_of: Callable[[str], Chooser[str]] | None = None
+        if hint is not None and hint.round_robin:  # ORCH-2578: the instance's rotation
+            after = hint.rotate_after
+
+            def rotate(vs: list[ReplicaView[str]]) -> ReplicaView[str] | None:
+                # core.placement_policy.round_robin over those with a free slot
+                free = sorted((v for v in vs if v.free > 0), key=lambda v: v.replica_id)
+                if not free:
+                    return None
+                return next(
+                    (v for v in free if after is not None and v.replica_id > after), free[0]
+                )
+
+            chooser_of = lambda _t: rotate  # noqa: E731
+        step = next_dispatch(queue, views, self._pin, self._affinity, chooser_of)
         if step is None:
             return None
         rec = self._tasks[step.item]
         if isinstance(step, _Orphaned):
             self._end(rec, orphaned_terminal())
             return Orphaned(task_id=step.item)
+        # what the instance's placement policy chooses among (ORCH-2573): the chosen
+        # set's Ready replicas, free slots before this reservation, by id
+        candidates = sorted(
+            (v.replica_id, v.free) for v in views if v.ready and v.set_key == step.set_key
+        )
+        affinity = self._affinity(step.item)
         self._epoch += 1
         now = self._clock()
         rec.state, rec.epoch, rec.owner = "running", self._epoch, instance
         rec.replica, rec.lease_until = step.replica_id, now + lease_ms / 1000
-        rec.dispatch_seq = len(rec.log)
+        rec.dispatch_seq, rec.set_key = len(rec.log), step.set_key
         busy = self._busy.setdefault(pool, {})
         busy[step.replica_id] = busy.get(step.replica_id, 0) + 1
         if rec.spec.session is not None:
@@ -213,6 +246,8 @@ class MemoryStateStore(StateStore):
             epoch=rec.epoch,
             requeues=rec.requeues,
             next_seq=rec.dispatch_seq,
+            candidates=candidates,
+            affinity=affinity,
         )
 
     # ------------------------------------------------------------ event log
@@ -300,6 +335,10 @@ class MemoryStateStore(StateStore):
 
     async def requeue(self, task_id: str, epoch: int) -> None:
         rec = self._owned(task_id, epoch)
+        if len(rec.log) > rec.dispatch_seq and rec.spec.pin is None:
+            # it streamed since its dispatch (a preemption): its continuation must come
+            # from the same replica set (ORCH-1902, ORCH-2580)
+            rec.spec = msgspec.structs.replace(rec.spec, pin=rec.set_key)
         self._back_to_queue(rec)
 
     def _back_to_queue(self, rec: _Task) -> None:
@@ -472,6 +511,41 @@ class MemoryStateStore(StateStore):
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         return self._session(session)
+
+    # ------------------------------------------------------------ placement (ORCH-2574)
+    async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
+        rec = self._owned(task_id, epoch)
+        spec = rec.spec
+        target = self._replicas.get(spec.pool, {}).get(replica_id)
+        busy = self._busy.setdefault(spec.pool, {})
+        if (
+            rec.replica is None
+            or len(rec.log) != rec.dispatch_seq  # the run has begun: too late
+            or target is None
+            or not target.ready
+            or target.set_key != rec.set_key
+        ):
+            return False
+        if replica_id == rec.replica:
+            return True
+        if busy.get(replica_id, 0) >= target.slots:
+            return False
+        busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
+        busy[replica_id] = busy.get(replica_id, 0) + 1
+        rec.replica = replica_id
+        if spec.session is not None and spec.session in self._sessions:
+            set_key, _, until = self._sessions[spec.session]
+            self._sessions[spec.session] = (set_key, replica_id, until)
+        if len(self._queues[spec.pool]):  # the freed slot may serve a queued task
+            self._ring(spec.pool)
+        return True
+
+    async def head(self, pool: str) -> tuple[Priority, str | None] | None:
+        queue = self._queues[pool]
+        tid, meta = queue.peek(), queue.peek_meta()
+        if tid is None or meta is None:
+            return None
+        return cast(Priority, meta[0]), self._pin(tid)
 
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""

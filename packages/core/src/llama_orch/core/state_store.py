@@ -55,6 +55,7 @@ __all__ = [
     "InstanceView",
     "LoggedEvent",
     "Orphaned",
+    "PlacementHint",
     "PoolPolicy",
     "Reaped",
     "SlotView",
@@ -183,6 +184,23 @@ class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
     # the seq the owner's first append gets: events before it (``queued`` ones, or
     # an earlier run's) are the store's; the owner's own start here (ORCH-2571)
     next_seq: int = 0
+    # every Ready replica of the chosen set with its free slots before this dispatch's
+    # reservation, by id, and the session's last replica: what the instance's placement
+    # policy and hook choose among (ORCH-2572, ORCH-2573)
+    candidates: list[tuple[str, int]] = msgspec.field(default_factory=list)
+    affinity: str | None = None
+
+
+class PlacementHint(msgspec.Struct, frozen=True, kw_only=True):
+    """What the dispatching instance's placement policy needs to pick inside the store's
+    dispatch step (ORCH-2578), so that the store's choice already is the policy's:
+    ``loads``, the work this instance has assigned to each replica (the tie-break of
+    ORCH-1907 and the set choice's); ``rotate_after`` with ``round_robin``, the replica
+    this instance picked last (ORCH-2311)."""
+
+    loads: dict[str, int] = msgspec.field(default_factory=dict)
+    round_robin: bool = False
+    rotate_after: str | None = None
 
 
 class Orphaned(msgspec.Struct, frozen=True, kw_only=True):
@@ -362,28 +380,29 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def dispatch(
-        self, pool: str, instance: str, lease_ms: int
+        self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> Dispatched | Orphaned | None:
-        """Pop and place the head task, orphan it, or None (nothing placeable now)."""
+        """Pop and place the head task, orphan it, or None (nothing placeable now);
+        ``hint``: the caller's placement policy picks inside the set (ORCH-2578)."""
 
     async def submit_dispatch(
-        self, task: TaskSpec, instance: str, lease_ms: int
+        self, task: TaskSpec, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Admitted, Dispatched | Orphaned | None]:
         """:meth:`submit`, then :meth:`dispatch` of the pool's head (whichever task that
         is) to ``instance``: the same answers as the two calls in a row (ORCH-2569). A
         backend may take both in one atomic step (valkey does) and then not ring the
         doorbell when the task it admitted is the one it dispatched."""
         admitted = await self.submit(task)
-        return admitted, await self.dispatch(task.pool, instance, lease_ms)
+        return admitted, await self.dispatch(task.pool, instance, lease_ms, hint)
 
     async def dispatch_or_cursor(
-        self, pool: str, instance: str, lease_ms: int
+        self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Dispatched | Orphaned | None, str]:
         """:meth:`dispatch`, and when it placed nothing (None) the doorbell's cursor taken
         no later than the decision, to pass to :meth:`wait_bell` (ORCH-2565). A backend
         may answer both in one round trip (valkey does); this default takes two."""
         cursor = await self.bell(pool)
-        return await self.dispatch(pool, instance, lease_ms), cursor
+        return await self.dispatch(pool, instance, lease_ms, hint), cursor
 
     @abc.abstractmethod
     async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
@@ -501,6 +520,23 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         """``(set_key, replica_id)`` a session is pinned to, if any."""
+
+    # ---------------------------------------------- placement on a store (ORCH-2572..2577)
+
+    @abc.abstractmethod
+    async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
+        """Move a running task's slot reservation to ``replica_id`` (ORCH-2574), in one
+        step: only under the task's current ``epoch``, before its first event since the
+        dispatch, to a Ready replica of its set with a free slot; its session's last
+        replica follows. False (nothing changed) otherwise. Raises :class:`Fenced`,
+        :class:`TaskEnded` / :class:`Canceled`, ``KeyError`` as :meth:`append` does."""
+
+    # ---------------------------------------------- hard preemption on a store (ORCH-2579)
+
+    @abc.abstractmethod
+    async def head(self, pool: str) -> tuple[Priority, str | None] | None:
+        """The priority and the pinned replica set (its pin, else its session's set) of
+        the task :meth:`dispatch` would take next in ``pool``; None when none is queued."""
 
 
 def load_state_store_class(backend: str) -> type[StateStore]:

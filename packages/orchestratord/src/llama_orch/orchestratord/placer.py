@@ -34,7 +34,13 @@ from .migration import streamed_text
 from .pools import Pool, Replica
 from .tasks import TaskRecord
 
-__all__ = ["Placer"]
+__all__ = ["Held", "Placer"]
+
+# a pool's last choice: (task, decision, its prompt's block hashes), and with
+# slot rules (task, replica, slot, pin, source slot); see Placer.hold
+_Choice = tuple[str, Decision, list[bytes]]
+_SlotChoice = tuple[str, str, int, bool, int | None, int]
+Held = tuple[_Choice | None, _SlotChoice | None]
 
 
 def _owner(rec: TaskRecord) -> str | None:
@@ -52,12 +58,12 @@ class Placer:
         self._last: dict[str, str] = {}  # pool -> replica round-robin picked last
         # pool -> (task, decision, its prompt's block hashes) of the last choice; the
         # dispatch loop starts the task in the same step, so one entry per pool is enough
-        self._pending: dict[str, tuple[str, Decision, list[bytes]]] = {}
+        self._pending: dict[str, _Choice] = {}
         # slot rules (ORCH-2350): per pool its slot table, the (replica, slot) of the
         # last choice, and the tasks pinned to a slot (their progress feeds ORCH-2353,
         # ORCH-2372, ORCH-2373)
         self._slots: dict[str, SlotTable] = {}
-        self._pending_slot: dict[str, tuple[str, str, int, bool, int | None, int]] = {}
+        self._pending_slot: dict[str, _SlotChoice] = {}
         self._pinned: dict[str, dict[str, TaskRecord]] = {}
 
     def index(self, pool: Pool) -> PrefixIndex:
@@ -192,6 +198,22 @@ class Placer:
         self._pinned.setdefault(pool.id, {})[rec.task_id] = rec
         rec.engine_slot = slot if pin else None
         rec.engine_slot_source = source if pin and source != slot else None  # ORCH-2369
+
+    def last_pick(self, pool: Pool) -> str | None:
+        """The replica round-robin picked last in ``pool`` (ORCH-2311)."""
+        return self._last.get(pool.id)
+
+    def hold(self, pool: Pool) -> Held:
+        """Take the pool's last choice away while a state store moves its reservation
+        (ORCH-2575): other dispatches may choose meanwhile; :meth:`resume` puts it back."""
+        return self._pending.pop(pool.id, None), self._pending_slot.pop(pool.id, None)
+
+    def resume(self, pool: Pool, held: Held) -> None:
+        choice, slot = held
+        if choice is not None:
+            self._pending[pool.id] = choice
+        if slot is not None:
+            self._pending_slot[pool.id] = slot
 
     def dispatched(self, pool: Pool, replica: Replica, rec: TaskRecord) -> None:
         """The task starts on ``replica``: learn its prompt there, count the decision."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,17 +192,26 @@ def choose_replica(
     workload: Workload,
     scraper: EngineScraper,
     placer: Placer,
+    free: Mapping[str, int] | None = None,
 ) -> Replica | None:
     """The replica the placement policy scores highest (ORCH-8523), the built-in
-    choice when it scores none, or None when it failed closed."""
+    choice when it scores none, or None when it failed closed. ``free``: the free
+    slots per replica of the chosen set as a state store counts them (ORCH-2572),
+    instead of this instance's own count."""
     from llama_orch.policy_sdk.abi import PlacementSnapshot, ReplicaInfo, TaskInfo
 
     if host.cfg.placement is None:
         return pool.replicas[step.replica_id]
+    if free is None:
+        free = {
+            r.state.replica_id: r.free_slots
+            for r in pool.replicas.values()
+            if r.state.set_key() == step.set_key
+        }
     eligible = [
         r
-        for r in pool.replicas.values()
-        if r.state.ready and r.free_slots > 0 and r.state.set_key() == step.set_key
+        for rid, n in free.items()
+        if n > 0 and (r := pool.replicas.get(rid)) is not None and r.state.ready
     ]
     loads = {v.replica_id: v.load for v in workload.views(pool)}
     kv = {a.get("replica_id"): v for v, a in scraper.kv_usage() if a.get("pool_id") == pool.id}
@@ -211,13 +221,13 @@ def choose_replica(
     for r in eligible:
         rid = r.state.replica_id
         # the replica's service-time model at its current load (ORCH-1950)
-        busy = max(1, r.state.slots - r.free_slots)
+        busy = max(1, r.state.slots - free[rid])
         model = workload.model(pool, rid, r.state.slots)
         mpt = model.decode_ms_per_token(busy, time.monotonic())
         infos.append(
             ReplicaInfo(
                 replica_id=rid,
-                free_slots=r.free_slots,
+                free_slots=free[rid],
                 slots=r.state.slots,
                 queued_tokens=max(0, loads.get(rid, 0)),
                 ms_per_token=float(mpt) if mpt else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
 
 from llama_orch.core.adapter_api import Capability, WorkerAdapter
 from llama_orch.core.api import MetricsEvent
@@ -41,6 +42,9 @@ class Preemptor:
             weakref.WeakKeyDictionary()
         )
         self._in_flight: set[str] = set()  # pools with a hard preemption in flight
+        # with a state store the queue is the store's: an interrupted task goes back
+        # there through the store's requeue, not into pool.queue (ORCH-2579)
+        self.local_queue = True
 
     async def _is_interruptible(self, replica: Replica) -> bool:
         """Whether the replica's adapter declares ``interruptible_decode`` (cached)."""
@@ -63,12 +67,33 @@ class Preemptor:
         head, meta = pool.queue.peek(), pool.queue.peek_meta()
         if head is None or meta is None:
             return
-        rank, pin = PRIORITIES.index(meta[0]), head.set_key
+        pin = head.set_key
+        await self.interrupt_below(
+            pool,
+            meta[0],
+            lambda t: pin is None or t.set_key == pin,
+            lambda: pool.queue.peek() is head,
+        )
+
+    async def interrupt_below(
+        self,
+        pool: Pool,
+        priority: str,
+        eligible: Callable[[TaskRecord], bool],
+        still_blocked: Callable[[], bool],
+    ) -> None:
+        """Interrupt the most recently dispatched running task of ``pool`` with a
+        priority strictly below ``priority`` that ``eligible`` accepts, on a Ready
+        replica whose adapter declares ``interruptible_decode`` (ORCH-1902); nothing
+        when ``still_blocked`` turns false while the adapter is asked."""
+        if self.mode != "hard" or pool.id in self._in_flight:
+            return
+        rank = PRIORITIES.index(priority)
         victims = sorted(
             (
                 t
                 for t in self._workload.running_on(pool.id)
-                if PRIORITIES.index(t.priority) > rank and (pin is None or t.set_key == pin)
+                if PRIORITIES.index(t.priority) > rank and eligible(t)
             ),
             key=lambda t: t.dispatched or 0.0,
             reverse=True,
@@ -80,7 +105,7 @@ class Preemptor:
             if not await self._is_interruptible(replica):
                 continue
             # props() may have yielded: act only if nothing changed meanwhile
-            if pool.queue.peek() is not head or victim.state != "running":
+            if not still_blocked() or victim.state != "running":
                 return
             if victim.runner is None or pool.id in self._in_flight:
                 return
@@ -111,5 +136,6 @@ class Preemptor:
         rec.preemptions += 1
         rec.requeue()
         rec.append(MetricsEvent(preempted=True, queue_depth=len(pool.queue)))
-        pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
+        if self.local_queue:  # else the store's requeue puts it back (ORCH-2579)
+            pool.queue.push(rec, rec.priority, tenant=rec.tenant, deadline=rec.deadline, front=True)
         _log.info("task %s preempted after %d tokens", rec.task_id, rec.tokens_out)

@@ -51,6 +51,8 @@ from .metrics import Metrics
 from .pools import Pool, Replica
 from .stored_appends import AppendBatcher, TaskWriter
 from .stored_local import StoredLog, StoredLogs, stream_frames
+from .stored_placement import StorePlacement
+from .stored_preemption import needs_log, preempt_for_head, resume
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -180,6 +182,8 @@ class StoreBridge:
         self.metrics = metrics
         self.ending = ending
         self.dispatcher = dispatcher  # launches what the store dispatched here
+        self.placement = StorePlacement(dispatcher)  # the pool's policy and hook (ORCH-2572)
+        dispatcher.preemptor.local_queue = False  # the store's queue (ORCH-2579)
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.appends = AppendBatcher(self.store)
         self.instance = uuid.uuid4().hex[:12]
@@ -254,7 +258,7 @@ class StoreBridge:
         try:
             with self.timed("submit"):  # and the dispatch, in one step (ORCH-2569)
                 admitted, step = await self.store.submit_dispatch(
-                    spec_of(rec), self.instance, self.options.lease_ms
+                    spec_of(rec), self.instance, self.options.lease_ms, self.placement.hint(pool)
                 )
         except StoreUnavailable:
             self._withdrawn(rec.task_id)
@@ -349,7 +353,7 @@ class StoreBridge:
                     synced = slots
                 with self.timed("dispatch"):  # one round trip, the bell's cursor included
                     step, cursor = await self.store.dispatch_or_cursor(
-                        pool.id, self.instance, self.options.lease_ms
+                        pool.id, self.instance, self.options.lease_ms, self.placement.hint(pool)
                     )
                 if isinstance(step, Dispatched):
                     self._run(pool, step)
@@ -357,6 +361,7 @@ class StoreBridge:
                 if isinstance(step, Orphaned):
                     self._orphaned(step.task_id)
                     continue
+                await preempt_for_head(self, pool)  # ORCH-2579: with `preemption: hard`
                 await self._wait_for_work(pool, cursor, synced)
             except asyncio.CancelledError:
                 raise
@@ -402,7 +407,10 @@ class StoreBridge:
             self._drop_log(rec.task_id)
             self._requeue(rec.task_id, d.epoch)
             return
-        self._go(pool, replica, rec, d.epoch, d.next_seq)
+        if needs_log(rec, d):  # streamed elsewhere before: continue from the log (ORCH-2580)
+            self.track(asyncio.get_running_loop().create_task(resume(self, pool, rec, d)))
+            return
+        self.placement.run(self, pool, rec, d)
 
     def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int, next_seq: int) -> bool:
         """Run ``rec`` here under ``epoch``, its first event at seq ``next_seq``; False
@@ -441,15 +449,21 @@ class StoreBridge:
         if writer is not None:
             writer.release()
         if rec.state == "queued" and writer is not None and not writer.dead:
-            # unreachable replica before any event (ORCH-1117): back to the store's front
-            self._requeue(rec.task_id, epoch)
+            # unreachable replica before any event (ORCH-1117), or preempted (ORCH-2579):
+            # back to the store's front once its last events are stored
+            self._requeue(rec.task_id, epoch, writer.flushing)
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
-    def _requeue(self, task_id: str, epoch: int) -> None:
-        self.track(asyncio.get_running_loop().create_task(self.store.requeue(task_id, epoch)))
+    def _requeue(self, task_id: str, epoch: int, after: asyncio.Task[None] | None = None) -> None:
+        async def requeue() -> None:
+            if after is not None:
+                await asyncio.wait({after})
+            await self.store.requeue(task_id, epoch)
+
+        self.track(asyncio.get_running_loop().create_task(requeue()))
 
     def _lease_lost(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)

@@ -34,6 +34,7 @@ from llama_orch.core.state_store import (
     InstanceView,
     LoggedEvent,
     Orphaned,
+    PlacementHint,
     Reaped,
     SlotView,
     StateOptions,
@@ -54,7 +55,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from ._wire import _config_json, _opt, _s
+from ._wire import _config_json, _hint_args, _opt, _pairs, _s
 from .server import EmbeddedServer
 
 __all__ = ["LIBRARY", "ValkeyStateStore"]
@@ -276,26 +277,33 @@ class ValkeyStateStore(StateStore):
         raise KeyError(f"unknown pool {task.pool!r}")
 
     async def submit_dispatch(
-        self, task: TaskSpec, instance: str, lease_ms: int
+        self, task: TaskSpec, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Admitted, Dispatched | Orphaned | None]:
         if self._durability is not None:  # the WAIT before the 202 is submit's alone
-            return await super().submit_dispatch(task, instance, lease_ms)
+            return await super().submit_dispatch(task, instance, lease_ms, hint)
         r = await self._fcall(
-            "llorch_submit_dispatch", *self._submit_args(task), instance, lease_ms, _ORPHANED
+            "llorch_submit_dispatch",
+            *self._submit_args(task),
+            instance,
+            lease_ms,
+            _ORPHANED,
+            *_hint_args(hint),
         )
         admitted = self._admitted(task, r[0])  # raises a refusal as submit does
         return admitted, self._step(task.pool, r[1])[0]
 
     async def dispatch(
-        self, pool: str, instance: str, lease_ms: int
+        self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> Dispatched | Orphaned | None:
-        return (await self.dispatch_or_cursor(pool, instance, lease_ms))[0]
+        return (await self.dispatch_or_cursor(pool, instance, lease_ms, hint))[0]
 
     async def dispatch_or_cursor(
-        self, pool: str, instance: str, lease_ms: int
+        self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Dispatched | Orphaned | None, str]:
         # one FCALL: a dispatch that placed nothing answers the doorbell's cursor too
-        r = await self._fcall("llorch_dispatch", pool, instance, lease_ms, _ORPHANED)
+        r = await self._fcall(
+            "llorch_dispatch", pool, instance, lease_ms, _ORPHANED, *_hint_args(hint)
+        )
         return self._step(pool, r)
 
     def _step(self, pool: str, r: Any) -> tuple[Dispatched | Orphaned | None, str]:
@@ -316,6 +324,8 @@ class ValkeyStateStore(StateStore):
             epoch=epoch,
             requeues=int(r[11]),
             next_seq=int(r[12]),
+            candidates=_pairs(r[13]),
+            affinity=_opt(r[14]) or None,
         )
 
     @staticmethod
@@ -565,6 +575,19 @@ class ValkeyStateStore(StateStore):
     async def busy(self, pool: str) -> dict[str, int]:
         h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}busy:{pool}"))
         return {_s(k): int(v) for k, v in h.items() if int(v)}
+
+    async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
+        """One ``llorch_move`` (ORCH-2574)."""
+        r = await self._fcall("llorch_move", task_id, epoch, replica_id)
+        self._raise(_s(r[0]), task_id)
+        return int(r[1]) == 1
+
+    async def head(self, pool: str) -> tuple[Priority, str | None] | None:
+        """One ``llorch_head`` (ORCH-2579)."""
+        r = await self._fcall("llorch_head", pool)
+        if not r:
+            return None
+        return cast(Priority, _s(r[0])), _opt(r[1]) or None
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         s = await self._call(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_orch.core.state_store import StoreConfig
+from llama_orch.core.state_store import PlacementHint, StoreConfig
 
 _PRIORITIES = ("interactive", "batch")  # highest first, as core.queue.PRIORITIES
 
@@ -21,6 +21,22 @@ def _opt(x: bytes | str | None) -> str | None:
     if x is None:
         return None
     return x.decode() if isinstance(x, bytes) else x
+
+
+def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
+    """A flat ``{id, n, id, n, ...}`` reply (``llorch_dispatch``'s candidates) as pairs."""
+    return [(_s(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _hint_args(hint: PlacementHint | None) -> list[Any]:
+    """The placement hint's arguments of ``llorch_dispatch`` (ORCH-2578): none, or
+    mode, the replica picked last, then (replica, load) pairs."""
+    if hint is None:
+        return []
+    out: list[Any] = ["rr" if hint.round_robin else "ll", hint.rotate_after or ""]
+    for rid, load in hint.loads.items():
+        out += [rid, load]
+    return out
 
 
 def _config_json(config: StoreConfig) -> str:

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '5'
+local LIB_VERSION = '6'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -296,26 +296,32 @@ local function free_of(r, busy)
   return math.max(0, r.slots - busy)
 end
 
--- core.placement.place (assigned work is not tracked by the store: load = 0)
-local function place(views, pin, affinity)
+-- core.placement.place; r.load is the work the dispatching instance assigned to the
+-- replica (its hint, else 0), and `rr` with `last`: round-robin after the replica that
+-- instance picked last (core.placement_policy.round_robin; ORCH-2578)
+local function place(views, pin, affinity, rr, last)
   local eligible = {}
   for _, r in ipairs(views) do
     if r.ready and (pin == nil or r.set == pin) then eligible[#eligible + 1] = r end
   end
   if #eligible == 0 then return nil end
   if pin == nil then
-    local warm, sets, order = nil, {}, {}
+    local warm, sets, work, order = nil, {}, {}, {}
     for _, r in ipairs(eligible) do
       if r.id == affinity then warm = r.set end
-      if sets[r.set] == nil then sets[r.set] = 0; order[#order + 1] = r.set end
+      if sets[r.set] == nil then sets[r.set] = 0; work[r.set] = 0; order[#order + 1] = r.set end
       sets[r.set] = sets[r.set] + r.free
+      work[r.set] = work[r.set] + r.load
     end
+    -- core.placement.choose_set: most free slots, the warm set, least work, lowest key
     local key = nil
     for _, k in ipairs(order) do
       if key == nil then key = k
       else
         local a, b = sets[k], sets[key]
-        if a > b or (a == b and ((k == warm) and not (key == warm) or ((k == warm) == (key == warm) and k < key))) then key = k end
+        local wk, wkey = (k == warm), (key == warm)
+        if a > b or (a == b and ((wk and not wkey) or (wk == wkey and (work[k] < work[key]
+          or (work[k] == work[key] and k < key))))) then key = k end
       end
     end
     local kept = {}
@@ -323,13 +329,36 @@ local function place(views, pin, affinity)
     eligible = kept
   end
   table.sort(eligible, function(a, b) return a.id < b.id end)
+  if rr then
+    local first = nil
+    for _, r in ipairs(eligible) do
+      if r.free > 0 then
+        if first == nil then first = r end
+        if last ~= nil and r.id > last then return r end
+      end
+    end
+    return first
+  end
   local best = nil
   for _, r in ipairs(eligible) do
     if r.free > 0 then
-      if best == nil or r.free > best.free or (r.free == best.free and r.id == affinity and best.id ~= affinity) then best = r end
+      local wr, wb = false, false
+      if best ~= nil then wr, wb = (r.id == affinity), (best.id == affinity) end
+      if best == nil or r.free > best.free or (r.free == best.free and ((wr and not wb)
+        or (wr == wb and r.load < best.load))) then best = r end
     end
   end
   return best
+end
+
+-- the placement hint of llorch_dispatch / llorch_submit_dispatch from args[i]: mode
+-- ('' none, 'll' least-loaded, 'rr' round-robin), the replica picked last, then
+-- (replica, load) pairs (ORCH-2578)
+local function hint_of(args, i)
+  local h = { rr = args[i] == 'rr', last = nil, loads = {} }
+  if args[i + 1] and args[i + 1] ~= '' then h.last = args[i + 1] end
+  for j = i + 2, #args, 2 do h.loads[args[j]] = tonumber(args[j + 1]) end
+  return h
 end
 
 -- the doorbell's cursor now, taken in the same step as a dispatch that found nothing
@@ -340,8 +369,26 @@ local function bell_cursor(p, pool)
   return '0-0'
 end
 
--- args: pool instance lease_ms orphan_terminal
-local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
+-- ------------------------------------------------------------------ placement (ORCH-2572..2577)
+-- The Ready replicas of the chosen set with their free slots before the reservation,
+-- flat { id, free, ... } by id: the instance's placement policy and hook choose among
+-- them and move the reservation with llorch_move when they prefer another (ORCH-2573).
+local function candidates_of(views, set)
+  local kept = {}
+  for _, v in ipairs(views) do
+    if v.ready and v.set == set then kept[#kept + 1] = v end
+  end
+  table.sort(kept, function(a, b) return a.id < b.id end)
+  local flat = {}
+  for _, v in ipairs(kept) do
+    flat[#flat + 1] = v.id
+    flat[#flat + 1] = v.free
+  end
+  return flat
+end
+
+-- args: pool instance lease_ms orphan_terminal [hint: mode last (replica load)...]
+local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan, hint)
   local head = peek(p, cfg, pool)
   if not head then return { 'EMPTY', bell_cursor(p, pool) } end
   local tid = head.tid
@@ -365,7 +412,7 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
   local views, any_ready_pinned = {}, false
   for i = 1, #raw, 2 do
     local v = cjson.decode(raw[i + 1])
-    local r = { id = raw[i], set = v[1], ready = v[2], slots = v[3] }
+    local r = { id = raw[i], set = v[1], ready = v[2], slots = v[3], load = hint.loads[raw[i]] or 0 }
     r.free = free_of(r, used[r.id] or 0)
     views[#views + 1] = r
     if r.ready and r.set == pin then any_ready_pinned = true end
@@ -376,7 +423,7 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
     finish(p, cfg, tid, 'error', orphan)
     return { 'ORPHAN', tid }
   end
-  local r = place(views, pin, affinity)
+  local r = place(views, pin, affinity, hint.rr, hint.last)
   if r == nil then return { 'WAIT', bell_cursor(p, pool) } end
   pop_head(p, cfg, pool, head)
   local _, now_ms = now_parts()
@@ -389,15 +436,18 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan)
     redis.call('HSET', sk, 'set', r.set, 'replica', r.id)
     redis.call('PEXPIRE', sk, cfg.session_ttl_ms)
   end
-  -- the log's next seq: the first event the new owner appends gets it (ORCH-2571)
-  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]), tonumber(t[8]) }
+  -- the log's next seq: the first event the new owner appends gets it (ORCH-2571);
+  -- then what the instance's placement policy chooses among (ORCH-2573)
+  return { 'OK', tid, r.id, r.set, epoch, t[3], t[4], t[5], t[1], t[2], t[6], tonumber(t[7]), tonumber(t[8]),
+    candidates_of(views, r.set), affinity or '' }
 end
 
 local function f_dispatch(keys, args)
-  return dispatch_step(keys[1], config(keys[1]), args[1], args[2], tonumber(args[3]), args[4])
+  return dispatch_step(keys[1], config(keys[1]), args[1], args[2], tonumber(args[3]), args[4], hint_of(args, 5))
 end
 
--- args: the 9 of llorch_submit, then instance lease_ms orphan_terminal (ORCH-2569).
+-- args: the 9 of llorch_submit, then instance lease_ms orphan_terminal (ORCH-2569),
+-- then the placement hint as llorch_dispatch's (ORCH-2578).
 -- Admit, then dispatch the pool's head to this instance, in one step: the same answers
 -- as llorch_submit followed by llorch_dispatch. The doorbell rings unless the task
 -- just admitted was the one dispatched (nothing new is then left queued for others).
@@ -406,7 +456,7 @@ local function f_submit_dispatch(keys, args)
   local cfg = config(p)
   local admitted = submit_step(p, cfg, args, true)
   if admitted[1] ~= 'OK' then return { admitted } end
-  local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12])
+  local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12], hint_of(args, 13))
   if d[2] ~= args[1] or (d[1] ~= 'OK' and d[1] ~= 'ORPHAN') then ring_bell(p, args[2], 'queued') end
   return { admitted, d }
 end
@@ -537,8 +587,13 @@ end
 
 local function f_requeue(keys, args)
   local p = keys[1]
-  local err = owned(p, args[1], tonumber(args[2]))
+  local err, seq = owned(p, args[1], tonumber(args[2]))
   if err then return { err } end
+  -- it streamed since its dispatch (a preemption): its continuation must come from
+  -- the same replica set, so it is pinned there (ORCH-1902, ORCH-2580)
+  local tk = p .. 't:' .. args[1]
+  local t = redis.call('HMGET', tk, 'dseq', 'pin', 'set')
+  if seq > tonumber(t[1] or '0') and (t[2] or '') == '' and t[3] then redis.call('HSET', tk, 'pin', t[3]) end
   back_to_queue(p, config(p), args[1])
   return { 'OK' }
 end
@@ -595,6 +650,52 @@ local function f_set_replicas(keys, args)
   end
   ring_bell(p, args[1], 'replicas')
   return 'OK'
+end
+
+-- args: tid epoch replica (ORCH-2574): move a running task's reservation to another
+-- Ready replica of its set with a free slot, before its first event since the
+-- dispatch; { 'OK', 1 } moved (or already there), { 'OK', 0 } nothing changed, or
+-- the refusal of owned() (FENCED, ENDED, CANCELED, NOTASK). Epoch, lease, owner stay.
+local function f_move(keys, args)
+  local p, tid, to = keys[1], args[1], args[3]
+  local err, seq = owned(p, tid, tonumber(args[2]))
+  if err then return { err } end
+  local tk = p .. 't:' .. tid
+  local t = redis.call('HMGET', tk, 'pool', 'replica', 'set', 'dseq', 'session')
+  if not t[2] or tonumber(t[4] or '-1') ~= seq then return { 'OK', 0 } end
+  local raw = redis.call('HGET', p .. 'rep:' .. t[1], to)
+  if not raw then return { 'OK', 0 } end
+  local v = cjson.decode(raw)
+  if not v[2] or v[1] ~= t[3] then return { 'OK', 0 } end
+  if to == t[2] then return { 'OK', 1 } end
+  local busy = p .. 'busy:' .. t[1]
+  if tonumber(redis.call('HGET', busy, to) or '0') >= v[3] then return { 'OK', 0 } end
+  if redis.call('HINCRBY', busy, t[2], -1) < 0 then redis.call('HSET', busy, t[2], 0) end
+  redis.call('HINCRBY', busy, to, 1)
+  redis.call('HSET', tk, 'replica', to)
+  if t[5] and t[5] ~= '' then
+    local sk = p .. 'sess:' .. t[5]
+    if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'replica', to) end
+  end
+  -- the freed slot may serve a queued task (ORCH-2570)
+  if tonumber(redis.call('GET', p .. 'qlen:' .. t[1]) or '0') > 0 then ring_bell(p, t[1], 'freed') end
+  return { 'OK', 1 }
+end
+
+-- ------------------------------------------------------------------ hard preemption (ORCH-2579)
+-- args: pool. The priority and pinned set (its pin, else its session's set) of the task
+-- a dispatch would take next; {} when none is queued. Peeking may reset the band
+-- credits and drop empty flows from a ring, as the next dispatch would anyway.
+local function f_head(keys, args)
+  local p = keys[1]
+  local h = peek(p, config(p), args[1])
+  if not h then return {} end
+  local t = redis.call('HMGET', p .. 't:' .. h.tid, 'pin', 'session')
+  local pin = t[1] or ''
+  if pin == '' and t[2] and t[2] ~= '' then
+    pin = redis.call('HGET', p .. 'sess:' .. t[2], 'set') or ''
+  end
+  return { h.prio, pin }
 end
 
 -- args: tid. An admission whose durability the store did not confirm in time
@@ -706,3 +807,5 @@ redis.register_function('llorch_withdraw', f_withdraw)
 redis.register_function('llorch_positions', f_positions)
 redis.register_function('llorch_announce', f_announce)
 redis.register_function('llorch_expire', f_expire)
+redis.register_function('llorch_move', f_move)
+redis.register_function('llorch_head', f_head)

@@ -11,6 +11,7 @@ from llama_orch.core.state_store import (
     TERMINAL_KINDS,
     Dispatched,
     Event,
+    PlacementHint,
     PoolPolicy,
     StateStore,
     StoreConfig,
@@ -23,9 +24,23 @@ from ._state_log_cases import _slots
 __all__ = ["replay"]
 
 
+def _hint(rng: random.Random) -> PlacementHint | None:
+    """No hint, least-loaded's work per replica, or a round-robin position (ORCH-2578)."""
+    x = rng.random()
+    if x < 0.4:
+        return None
+    loads = {r: rng.randrange(3) * 100 for r in ("A-1", "A-2", "B-1")}
+    if x < 0.7:
+        return PlacementHint(loads=loads)
+    after = rng.choice([None, "A-1", "A-2", "B-1"])
+    return PlacementHint(loads=loads, round_robin=True, rotate_after=after)
+
+
 async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     """Replay a seeded operation sequence; return every answer in a comparable form."""
     rng = random.Random(seed)
+    moves = random.Random(seed + 1)  # its own stream: the trace of the rest is unchanged
+    hints = random.Random(seed + 3)  # a stream whose trace still covers every rule
     tenants = {
         "a": TenantConfig(weight=3),
         "b": TenantConfig(weight=1),
@@ -63,10 +78,13 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
             except AdmissionRejected as exc:
                 out.append(("reject", exc.policy_label))
         elif op < 0.75:
-            d = await store.dispatch("p", "i", 60_000)
+            d = await store.dispatch("p", "i", 60_000, _hint(hints))
             if isinstance(d, Dispatched):
                 running.append(d)
-                out.append(("run", d.task.task_id, d.replica_id))
+                out.append(("run", d.task.task_id, d.replica_id, d.candidates, d.affinity))
+                if moves.random() < 0.3:  # the instance's policy prefers the last candidate
+                    to = d.candidates[-1][0]
+                    out.append(("move", to, await store.move(d.task.task_id, d.epoch, to)))
             else:
                 out.append(("dispatch", None if d is None else d.task_id))
         elif op < 0.9 and running:

@@ -41,12 +41,13 @@ from ._state_log_cases import (
     _slots,
     _spec,
 )
+from ._state_placement_cases import PlacementCases
 from ._state_replay import replay
 
 __all__ = ["StateStoreConformance", "StoreUnderTest"]
 
 
-class StateStoreConformance(EventLogAndLeaseCases):
+class StateStoreConformance(EventLogAndLeaseCases, PlacementCases):
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
     @pytest_asyncio.fixture
