@@ -31,7 +31,6 @@ from llama_orch.core.eta import Job
 from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
-from llama_orch.core.state_store import StoreUnavailable
 
 from .metrics import Metrics
 from .policies import run_admission_policy
@@ -416,7 +415,7 @@ class Admission:
                         rec, req.priority, tenant=tenant, deadline=rec.deadline,
                         held=held, redeemed=mine is not None and mine.due(back),
                     )  # fmt: skip
-            except StoreUnavailable:  # ORCH-2551: not admitted (store down, or withdrawn)
+            except PoolUnavailable:  # ORCH-2551: store down, or withdrawn; ORCH-2586: drained
                 if sid is not None:
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
                 raise
