@@ -58,6 +58,10 @@ async def _refusal(run: Any) -> tuple[int, str, str]:
     return resp.status, body.get("code"), body.get("message")
 
 
+async def _to_the_end(log: Any) -> list[Any]:
+    return [ev async for ev in log]
+
+
 async def test_a_drain_on_one_instance_applies_on_every_instance(
     start_orchestrator: Any, valkey_url: str
 ) -> None:
@@ -94,7 +98,11 @@ async def test_a_drain_on_one_instance_applies_on_every_instance(
     # A ran nothing of the pool: its count is the queued task it ended at the store
     assert body["ended"] == 1 and body["finished"] == 0, body
     assert body["waited_ms"] >= 1000, body  # it answered at the deadline, not before
-    # ORCH-2588: B ended the task it ran with one POOL_UNAVAILABLE, at the deadline
+    # ORCH-2588: B ends the task it runs at the deadline (on its own clock: its terminal
+    # may reach the store just after A's answer) with one POOL_UNAVAILABLE
+    async with contextlib.aclosing(store.tail(running)) as log:
+        tail = await asyncio.wait_for(_to_the_end(log), 10)
+    assert tail[-1].kind == "error"
     for tid in (running, waiting):
         logged = await store.read(tid)
         assert sum(e.kind in ("end", "error") for e in logged) == 1, tid

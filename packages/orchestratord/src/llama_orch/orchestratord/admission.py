@@ -322,6 +322,7 @@ class Admission:
         extra: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         attempt: int | None = None,
+        note: bytes | None = None,  # a facade's own fields (ORCH-2592)
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
         OrchError that explains why not. ``api``: the API it came through, a label
@@ -400,6 +401,7 @@ class Admission:
                 cost_per_token=rate,
                 correlation_id=CORRELATION_ID.get(),
                 api=api,
+                note=note,
             )
             # ORCH-1980/1981: a client back with its reservation is admitted; places
             # held for the others count as taken (kept by this instance: not with a store)

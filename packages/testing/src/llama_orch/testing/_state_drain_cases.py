@@ -56,8 +56,8 @@ class PoolDrainCases:
             await _end(store, d)  # a slot frees while the pool is drained
             assert await other.dispatch("p", "i2", 60_000) is None
             assert await other.positions(["wait"]) == {"wait": 0}  # still queued
-            assert await other.drains() == await store.drains()
-            assert [x.pool for x in await other.drains()] == ["p"]
+            (seen,) = await other.drains()  # the same drain, its time left going down
+            assert seen.pool == "p" and seen.deadline_in_ms <= first.deadline_in_ms
             assert await other.undrain_pool("p") is True
             assert await other.undrain_pool("p") is False
             assert await store.drains() == []
