@@ -52,7 +52,7 @@ class PoolDrainCases:
                 await other.submit(_spec("late"))
             with pytest.raises(PoolUnavailable, match="pool p is draining"):
                 await other.submit_dispatch(_spec("late2"), "i2", 60_000)
-            assert await other.task("late") is None  # nothing recorded, nothing charged
+            assert await other.task("late") is None  # nothing recorded
             await _end(store, d)  # a slot frees while the pool is drained
             assert await other.dispatch("p", "i2", 60_000) is None
             assert await other.positions(["wait"]) == {"wait": 0}  # still queued
