@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 import pytest
 from llama_orch.core.api import ErrorEvent
+from llama_orch.core.config import TenantConfig
 from llama_orch.core.errors import ErrorCode, PoolUnavailable
 from llama_orch.core.state_store import (
     Control,
@@ -42,6 +43,8 @@ class PoolDrainCases:
         ``undrain_pool`` opens both again. A second drain keeps the first deadline."""
         d = await _running(store, "run", "wait", slots=1)
         assert d.task.task_id == "run"
+        # tenant b may admit one task in the whole test: a refusal must not spend it
+        await store.configure(_cfg(tenants={"b": TenantConfig(rps=0.0001, burst=1)}))
         first = await store.drain_pool("p", 5_000)
         assert first.pool == "p" and 4_000 < first.deadline_in_ms <= 5_000
         again = await store.drain_pool("p", 60_000)  # keeps the first deadline
@@ -49,7 +52,7 @@ class PoolDrainCases:
         other = await sut.peer(store)
         try:
             with pytest.raises(PoolUnavailable, match="pool p is draining"):
-                await other.submit(_spec("late"))
+                await other.submit(_spec("late", "batch", "b"))
             with pytest.raises(PoolUnavailable, match="pool p is draining"):
                 await other.submit_dispatch(_spec("late2"), "i2", 60_000)
             assert await other.task("late") is None  # nothing recorded
@@ -63,7 +66,7 @@ class PoolDrainCases:
             assert await store.drains() == []
             step = await store.dispatch("p", "i1", 60_000)
             assert isinstance(step, Dispatched) and step.task.task_id == "wait"
-            assert (await other.submit(_spec("after"))).queue_position == 0
+            assert (await other.submit(_spec("after", "batch", "b"))).queue_position == 0
         finally:
             if other is not store:
                 await other.close()
