@@ -38,6 +38,7 @@ from .state_store import (
     LoggedEvent,
     Orphaned,
     PlacementHint,
+    PoolDrain,
     Reaped,
     SlotView,
     StateOptions,
@@ -48,6 +49,7 @@ from .state_store import (
     TaskView,
     canceled_terminal,
     displaced_terminal,
+    draining_refusal,
     orphaned_terminal,
     queued_event,
     queued_note_due,
@@ -95,6 +97,7 @@ class MemoryStateStore(StateStore):
         self._control_base: dict[str, int] = {}  # cursor of each list's first message
         self._control_events: dict[str, asyncio.Event] = {}
         self._alive: dict[str, float] = {}  # instance -> heartbeat expiry (ORCH-2543)
+        self._drains: dict[str, float] = {}  # pool -> drain deadline (ORCH-2585)
 
     @classmethod
     def from_options(cls, options: StateOptions) -> MemoryStateStore:
@@ -140,6 +143,8 @@ class MemoryStateStore(StateStore):
         if task.task_id in self._tasks:
             raise DuplicateTask(f"task {task.task_id!r} already exists")
         queue = self._queues[task.pool]
+        if task.pool in self._drains:  # before quotas and capacity (ORCH-2586)
+            raise draining_refusal(task.pool)
         now = self._clock()
         self._quotas.admit(task.tenant, task.priority, self._inflight.get(task.tenant, 0), now)
         displaced = queue.push(
@@ -195,6 +200,8 @@ class MemoryStateStore(StateStore):
     async def dispatch(
         self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> Dispatched | Orphaned | None:
+        if pool in self._drains:  # a drained pool starts nothing (ORCH-2586)
+            return None
         queue = self._queues[pool]
         views = self._views(pool, hint.loads if hint is not None else None)
         chooser_of: Callable[[str], Chooser[str]] | None = None
@@ -327,10 +334,7 @@ class MemoryStateStore(StateStore):
         rec.canceled = True
         self._end(rec, terminal or canceled_terminal())
         if was == "running" and owner is not None:  # tell the owner now (ORCH-2540)
-            self._control.setdefault(owner, []).append(Control("cancel", task_id))
-            ev = self._control_events.pop(owner, None)
-            if ev is not None:
-                ev.set()
+            self._send(owner, Control("cancel", task_id))
         return "queued" if was == "queued" else "running"
 
     async def requeue(self, task_id: str, epoch: int) -> None:
@@ -425,6 +429,12 @@ class MemoryStateStore(StateStore):
         return str(self._bells.get(pool, 0))
 
     # ------------------------------------------------------------ control, liveness
+    def _send(self, instance: str, msg: Control) -> None:
+        self._control.setdefault(instance, []).append(msg)
+        ev = self._control_events.pop(instance, None)
+        if ev is not None:
+            ev.set()
+
     def _control_end(self, instance: str) -> int:
         return self._control_base.get(instance, 0) + len(self._control.get(instance, ()))
 
@@ -555,3 +565,39 @@ class MemoryStateStore(StateStore):
         ended = self._ended
         while ended and ended[0][0] <= horizon:
             self._tasks.pop(ended.popleft()[1], None)
+
+    # ------------------------------------------------------------ pool drains
+    def _broadcast(self, msg: Control) -> None:
+        """``msg`` on the channel of every live instance (ORCH-2585)."""
+        now = self._clock()
+        for instance, until in sorted(self._alive.items()):
+            if until > now:
+                self._send(instance, msg)
+
+    def _drain_view(self, pool: str) -> PoolDrain:
+        left = round((self._drains[pool] - self._clock()) * 1000)
+        return PoolDrain(pool=pool, deadline_in_ms=max(0, left))
+
+    async def drain_pool(self, pool: str, deadline_ms: int) -> PoolDrain:
+        if pool not in self._drains:  # a second drain keeps the first deadline
+            self._drains[pool] = self._clock() + deadline_ms / 1000
+            self._broadcast(Control("drain", "", pool))
+        return self._drain_view(pool)
+
+    async def undrain_pool(self, pool: str) -> bool:
+        if self._drains.pop(pool, None) is None:
+            return False
+        self._broadcast(Control("undrain", "", pool))
+        self._ring(pool)
+        return True
+
+    async def drains(self) -> list[PoolDrain]:
+        return [self._drain_view(pool) for pool in sorted(self._drains)]
+
+    async def end_queued(self, pool: str, terminal: Event) -> list[str]:
+        queued = sorted(
+            tid for tid, r in self._tasks.items() if r.spec.pool == pool and r.state == "queued"
+        )
+        for tid in queued:
+            self._end(self._tasks[tid], terminal)
+        return queued

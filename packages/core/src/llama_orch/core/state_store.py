@@ -56,6 +56,7 @@ __all__ = [
     "LoggedEvent",
     "Orphaned",
     "PlacementHint",
+    "PoolDrain",
     "PoolPolicy",
     "Reaped",
     "SlotView",
@@ -71,6 +72,7 @@ __all__ = [
     "canceled_terminal",
     "continuation",
     "displaced_terminal",
+    "draining_refusal",
     "load_state_store_class",
     "orphaned_terminal",
     "queued_event",
@@ -237,10 +239,26 @@ CancelOutcome = Literal["queued", "running", "ended"]
 
 class Control(msgspec.Struct, frozen=True, array_like=True):
     """A message on an instance's control channel (ORCH-2540): ``cancel`` tells the
-    owner of ``task_id`` that the task was canceled elsewhere, so it aborts the run."""
+    owner of ``task_id`` that the task was canceled elsewhere, so it aborts the run;
+    ``drain`` / ``undrain`` tell every live instance that ``pool_id`` was drained or
+    brought back at the store (ORCH-2585), ``task_id`` then empty."""
 
-    op: Literal["cancel"]
+    op: Literal["cancel", "drain", "undrain"]
     task_id: str
+    pool_id: str = ""
+
+
+class PoolDrain(msgspec.Struct, frozen=True, kw_only=True):
+    """A pool drained at the store (ORCH-2585): its deadline as the time left on the
+    store's clock (0 once it passed)."""
+
+    pool: str
+    deadline_in_ms: NonNegInt
+
+
+def draining_refusal(pool: str) -> PoolUnavailable:
+    """The refusal of a task for a drained pool: ORCH-1604's, from the store (ORCH-2586)."""
+    return PoolUnavailable(f"pool {pool} is draining", pool_id=pool)
 
 
 class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
@@ -537,6 +555,30 @@ class StateStore(abc.ABC):
     async def head(self, pool: str) -> tuple[Priority, str | None] | None:
         """The priority and the pinned replica set (its pin, else its session's set) of
         the task :meth:`dispatch` would take next in ``pool``; None when none is queued."""
+    # ---------------------------------------------- pool drains (ORCH-2585..2590)
+
+    @abc.abstractmethod
+    async def drain_pool(self, pool: str, deadline_ms: int) -> PoolDrain:
+        """Drain ``pool`` from now on with the deadline ``now + deadline_ms`` (store
+        clock), and tell every live instance (``Control("drain", "", pool)``) in the same
+        step; a pool already drained keeps its first deadline and nothing is sent. From
+        then on ``submit`` refuses the pool (:func:`draining_refusal`) and ``dispatch``
+        places none of its tasks."""
+
+    @abc.abstractmethod
+    async def undrain_pool(self, pool: str) -> bool:
+        """Bring ``pool`` back (a reload): clear its drain, tell every live instance
+        (``Control("undrain", "", pool)``) and ring its doorbell; False (and nothing
+        sent) when it was not drained."""
+
+    @abc.abstractmethod
+    async def drains(self) -> list[PoolDrain]:
+        """Every drained pool, by id, with the time left to its deadline."""
+
+    @abc.abstractmethod
+    async def end_queued(self, pool: str, terminal: Event) -> list[str]:
+        """End every task still queued in ``pool`` with ``terminal`` in one step (quota
+        released, one terminal each); their ids. Running and ended tasks stay as they are."""
 
 
 def load_state_store_class(backend: str) -> type[StateStore]:

@@ -31,7 +31,6 @@ from llama_orch.core.eta import Job
 from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
-from llama_orch.core.state_store import StoreUnavailable
 
 from .metrics import Metrics
 from .policies import run_admission_policy
@@ -328,6 +327,7 @@ class Admission:
         extra: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         attempt: int | None = None,
+        note: bytes | None = None,  # a facade's own fields (ORCH-2592)
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` (from its API key, ORCH-8004) or raise the
         OrchError that explains why not. ``api``: the API it came through, a label
@@ -406,6 +406,7 @@ class Admission:
                 cost_per_token=rate,
                 correlation_id=CORRELATION_ID.get(),
                 api=api,
+                note=note,
             )
             # ORCH-1980/1981: a client back with its reservation is admitted; places
             # held for the others count as taken (kept by this instance: not with a store)
@@ -421,7 +422,7 @@ class Admission:
                         rec, req.priority, tenant=tenant, deadline=rec.deadline,
                         held=held, redeemed=mine is not None and mine.due(back),
                     )  # fmt: skip
-            except StoreUnavailable:  # ORCH-2551: not admitted (store down, or withdrawn)
+            except PoolUnavailable:  # ORCH-2551: store down, or withdrawn; ORCH-2586: drained
                 if sid is not None:
                     self.sessions.undo_turn((tenant, sid), reserve, reserve * rate)
                 raise

@@ -53,7 +53,7 @@ from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
 from .limits import RAW_SEND, BodyLimit, StreamCounter
 from .overview import OVERVIEW_ROUTES
-from .pool_control import PoolControls
+from .pool_control import PoolControls, follow_drains
 from .service import Orchestrator
 from .stored_waiting import store_status
 from .streaming import check_stream_quota, open_stream, wants_event_stream
@@ -429,5 +429,6 @@ def build_app(
     discovered = {pid for d in orch.config.pool_manager_discovery for pid in d.pools}
     controls = PoolControls(manager, remotes if remotes is not None else [], discovered)
     app.state.control = ControlPlane(orch, controls)
+    follow_drains(orch, controls)  # a drain at the store runs here too (ORCH-2588)
     app.state.frontends = host  # FrontendHost.of(request) (ORCH-4122)
     return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))

@@ -158,6 +158,7 @@ class FrontendHost:
         logprobs: int | None = None,
         idempotency_key: str | None = None,
         attempt: int | None = None,
+        note: bytes | None = None,
     ) -> TaskRecord:
         """Admit ``req`` exactly as ``POST /v1/tasks`` would, or raise its OrchError
         (counted as rejected by the daemon). ``api`` labels the admission counters
@@ -170,7 +171,11 @@ class FrontendHost:
 
         ``idempotency_key`` and ``attempt``: the client's idempotency key and retry
         count, if it sends them, for the retry reservations (ORCH-1979); without a
-        key the request is known by a digest of its tenant, API and task."""
+        key the request is known by a digest of its tenant, API and task.
+
+        ``note``: the frontend's own fields of the request (opaque bytes), kept with
+        the task's record and, with a state store, stored with its admission, so that
+        another instance finds them (ORCH-2592)."""
         extra = None
         if json_schema is not None or logprobs is not None:
             extra = {"json_schema": json_schema, "logprobs": logprobs}
@@ -183,6 +188,7 @@ class FrontendHost:
             extra=extra,
             idempotency_key=idempotency_key,
             attempt=attempt,
+            note=note,
         )
         rec = self.orch.tasks.get(accepted.task_id)
         assert rec is not None  # added in the same step, nothing evicts an active task
@@ -268,6 +274,13 @@ class FrontendHost:
             return None
         return rec
 
+    async def find(self, task_id: str, tenant: str | None) -> TaskRecord | None:
+        """:meth:`task`, and with a state store also a task another instance (or this
+        one before a restart) admitted, as the task API finds it (ORCH-2526, ORCH-2593)."""
+        if self.orch.state is not None:
+            await self.orch.state.hydrate(task_id)
+        return self.task(task_id, tenant)
+
     async def events(
         self, rec: TaskRecord, start: int = 0
     ) -> AsyncIterator[tuple[int, StreamEvent]]:
@@ -302,12 +315,33 @@ class FrontendHost:
         """The task's events appended so far, without waiting."""
         return [_decode_frame(f)[1] for f in rec.frames_so_far()]
 
+    async def events_so_far(self, rec: TaskRecord) -> list[StreamEvent]:
+        """:meth:`events_now`; with a state store, the store's log: the same events
+        whichever instance runs or ran the task (ORCH-2593)."""
+        if self.orch.state is None:
+            return self.events_now(rec)
+        try:
+            logged = await self.orch.state.store.read(rec.task_id)
+        except KeyError:  # past the store's retention: what this instance holds
+            return self.events_now(rec)
+        return [_event_decoders[ev.kind.encode()].decode(ev.data) for ev in logged]
+
     def cancel(self, rec: TaskRecord) -> None:
         """End the task now (``canceled``) and free its engine slot. With a state store
         the cancel goes to the store as well, which ends it whichever instance holds or
         runs it (ORCH-2564, ORCH-2510)."""
         if self.orch.state is not None:
             self.orch.state.cancel_soon(rec.task_id)
+        try:
+            self.orch.cancel(rec.task_id)
+        except OrchError:  # evicted meanwhile: nothing left to cancel
+            pass
+
+    async def cancel_now(self, rec: TaskRecord) -> None:
+        """:meth:`cancel`, returning once a state store holds the cancel's terminal
+        (ORCH-2593), as ``POST /v1/tasks/{id}/cancel`` does."""
+        if self.orch.state is not None:
+            await self.orch.state.cancel(rec.task_id)
         try:
             self.orch.cancel(rec.task_id)
         except OrchError:  # evicted meanwhile: nothing left to cancel

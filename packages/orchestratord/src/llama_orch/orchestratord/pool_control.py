@@ -35,6 +35,7 @@ __all__ = [
     "Reloaded",
     "RemotePools",
     "drain_tasks",
+    "follow_drains",
 ]
 
 
@@ -63,8 +64,13 @@ async def drain_tasks(
 ) -> DrainResult:
     """Let running tasks (on ``replica_ids``, or the whole pool) finish until the
     deadline, then end what remains with ``POOL_UNAVAILABLE``. A whole-pool
-    drain also ends the queued tasks at the deadline (ORCH-1604)."""
+    drain also ends the queued tasks at the deadline (ORCH-1604); with a state
+    store it is recorded there first, on the store's clock, and applies to every
+    instance (ORCH-2588, ORCH-2589)."""
     started = time.monotonic()
+    bridge = orch.state if replica_ids is None else None
+    if bridge is not None:
+        deadline_s = await bridge.drains.record(pool, deadline_s)
     deadline = started + deadline_s
 
     def mine() -> list[Any]:
@@ -89,26 +95,58 @@ async def drain_tasks(
     await orch.tasks.wait_for(settled, deadline - time.monotonic())  # ORCH-2413: no polling
     ended = 0
     runners = []
+    message = f"pool {pool.id} drain deadline reached"
+    # ORCH-2566, ORCH-2589: queued in the store, the pool's tasks end there, whichever
+    # instance admitted them, or another instance would still run them
+    at_store = await bridge.drains.end_queued(pool, message) if bridge is not None else set()
     for rec in mine():
         if rec.runner is not None:
             runners.append(rec.runner)
-        terminal = orch.error_event(rec, f"pool {pool.id} drain deadline reached")
         if orch.state is not None and rec.state == "queued":
-            # ORCH-2566: queued in the store, it must end there, or another instance
-            # would still run it; one it dispatched meanwhile is not this drain's
-            if not await orch.state.end_queued(rec.task_id, terminal):
-                continue
-        orch.end(rec, terminal)  # ORCH-2411
+            if rec.task_id not in at_store:
+                continue  # dispatched by another instance meanwhile: not this drain's
+            at_store.discard(rec.task_id)
+        orch.end(rec, orch.error_event(rec, message))  # ORCH-2411
         ended += 1
+    ended += len(at_store)  # queued tasks this instance did not know
     # Let the cancelled runners close their engine connections before the
     # engines are stopped: llama-server holds off SIGTERM while a stream is
     # open (measured: 10 s until SIGKILL), but exits at once without one.
     if runners:
         await asyncio.wait(runners, timeout=5.0)
+    if bridge is not None and await bridge.store.busy(pool.id):
+        # another instance still runs tasks of the pool: they end at the deadline there
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
     finished = sum(
         1 for tid in initial if (t := orch.tasks.get(tid)) is not None and t.state == "completed"
     )
     return DrainResult(pool.id, finished, ended, int((time.monotonic() - started) * 1000))
+
+
+async def _reopened(orch: Orchestrator, pool: Pool) -> None:
+    pool.draining = False
+    if orch.state is not None:  # on every instance (ORCH-2590)
+        await orch.state.drains.reopened(pool)
+
+
+def follow_drains(orch: Orchestrator, controls: PoolControls) -> None:
+    """ORCH-2588, ORCH-2590: with a store, a drain another instance recorded runs here
+    as a drain request here would; brought back, the replicas this instance held as
+    draining for it (``endpoints:``) serve again."""
+    if orch.state is None:
+        return
+
+    async def run(pool: Pool, left_s: float) -> None:
+        await controls.for_pool(pool).drain(orch, pool, left_s)
+
+    def reopen(pool: Pool) -> None:
+        if type(controls.for_pool(pool)) is not EndpointPools:
+            return  # engines stopped here come back with a reload here
+        for state in list(pool.states.values()):
+            if state.status == "draining":
+                orch.on_replica_change(msgspec.structs.replace(state, status="ready"))
+
+    orch.state.drains.attach(run, reopen)
 
 
 def _add(a: DrainResult, b: DrainResult) -> DrainResult:
@@ -181,7 +219,7 @@ class EmbeddedPools:
             if exc.verification:
                 raise UntrustedArtifact(str(exc), pool_id=pool.id) from exc
             raise PoolUnready(str(exc), pool_id=pool.id) from exc
-        pool.draining = False  # a reload brings a drained pool back into service
+        await _reopened(orch, pool)  # a reload brings a drained pool back into service
         return Reloaded(
             states[0].model_digest if states else "",
             [s.replica_id for s in states],
@@ -280,7 +318,7 @@ class RemotePools(EndpointPools):
             doc = await job  # a refusal or rollback raises its typed error
             new += doc["replicas"]
             served = doc["model_digest"]
-        pool.draining = False  # a reload brings a drained pool back into service
+        await _reopened(orch, pool)  # a reload brings a drained pool back into service
         for client in self.clients:
             client.republish(pool.id)  # replicas held as draining while the pool was
         return Reloaded(served, new, drained)

@@ -252,10 +252,12 @@ class Orchestrator:
         extra: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         attempt: int | None = None,
+        note: bytes | None = None,
     ) -> TaskAccepted:
         """Admit one task of ``tenant`` or raise the OrchError that says why not;
         ``extra``: engine request fields OrchQueue v1 does not carry (a facade's);
-        ``idempotency_key``, ``attempt``: for retry reservations (ORCH-1979)."""
+        ``idempotency_key``, ``attempt``: for retry reservations (ORCH-1979);
+        ``note``: a facade's own fields, stored with the task (ORCH-2592)."""
         return await self.admission.submit(
             body,
             tenant,
@@ -263,6 +265,7 @@ class Orchestrator:
             extra=extra,
             idempotency_key=idempotency_key,
             attempt=attempt,
+            note=note,
         )
 
     def budget_headers(self, task_id: str) -> dict[str, str]:

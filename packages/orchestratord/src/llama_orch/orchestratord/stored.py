@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent
 from llama_orch.core.config import Config, StateOptions
 from llama_orch.core.errors import ErrorCode
@@ -34,14 +33,11 @@ from llama_orch.core.state_store import (
     Event,
     Fenced,
     Orphaned,
-    PoolPolicy,
     Reaped,
     SlotView,
     StateStore,
-    StoreConfig,
     StoreUnavailable,
     TaskEnded,
-    TaskSpec,
     continuation,
     load_state_store_class,
 )
@@ -50,111 +46,21 @@ from .ending import Ending, error_event
 from .metrics import Metrics
 from .pools import Pool, Replica
 from .stored_appends import AppendBatcher, TaskWriter
+from .stored_drain import StoredDrains
 from .stored_local import StoredLog, StoredLogs, stream_frames
 from .stored_placement import StorePlacement
 from .stored_preemption import needs_log, preempt_for_head, resume
+from .stored_task import StoredTask, record_of, spec_of, store_config
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
-__all__ = ["StoreBridge", "store_config"]
+__all__ = ["StoreBridge", "StoredTask", "record_of", "spec_of", "store_config"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 _BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
-
-
-class StoredTask(msgspec.Struct, frozen=True, kw_only=True):
-    """What the store keeps of a task beyond its TaskSpec, to run it anywhere."""
-
-    request: GenerateRequest
-    engine: str
-    prompt_tokens: int
-    prompt_counted: bool
-    expected_tokens: int | None = None
-    cost_per_token: float = 0.0
-    created_wall: float = 0.0
-    session_id: str | None = None
-    correlation_id: str | None = None
-
-
-_stored_decoder = msgspec.json.Decoder(StoredTask)
-
-
-def store_config(config: Config) -> StoreConfig:
-    """The admission rules this instance pushes to the store (ORCH-2521)."""
-    sched, adm = config.scheduling, config.admission
-    return StoreConfig(
-        pools={
-            p.id: PoolPolicy(
-                capacity=adm.queue_capacity,
-                full_policy=adm.full_policy,
-                priority_weights=dict(sched.priority_weights),
-            )
-            for p in config.pools
-        },
-        tenants=dict(sched.tenants),
-        default_tenant=sched.default_tenant,
-        priorities=dict(sched.priority_limits),
-        event_log_retention_ms=int(adm.event_log_retention_s * 1000),
-        session_ttl_ms=config.sessions.ttl_ms,
-    )
-
-
-def spec_of(rec: TaskRecord) -> TaskSpec:
-    stored = StoredTask(
-        request=rec.request,
-        engine=rec.engine,
-        prompt_tokens=rec.prompt_tokens,
-        prompt_counted=rec.prompt_counted,
-        expected_tokens=rec.expected_tokens,
-        cost_per_token=rec.cost_per_token,
-        created_wall=rec.created_wall,
-        session_id=rec.session_id,
-        correlation_id=rec.correlation_id,
-    )
-    return TaskSpec(
-        task_id=rec.task_id,
-        pool=rec.pool_id,
-        priority=rec.priority,
-        tenant=rec.tenant,
-        deadline_ms=None if rec.deadline is None else _epoch_ms(rec.deadline),
-        session=f"{rec.tenant}/{rec.session_id}" if rec.session_id else None,
-        request=msgspec.json.encode(stored),
-    )
-
-
-def record_of(spec: TaskSpec) -> TaskRecord:
-    """A local record of a task admitted by any instance (after a restart, or elsewhere)."""
-    stored = _stored_decoder.decode(spec.request)
-    deadline = None
-    if spec.deadline_ms is not None:
-        deadline = time.monotonic() + (spec.deadline_ms - time.time() * 1000) / 1000
-    return TaskRecord(
-        task_id=spec.task_id,
-        pool_id=spec.pool,
-        engine=stored.engine,
-        priority=spec.priority,
-        request=stored.request,
-        prompt_tokens=stored.prompt_tokens,
-        prompt_counted=stored.prompt_counted,
-        session_id=stored.session_id,
-        tenant=spec.tenant,
-        deadline=deadline,
-        expected_tokens=stored.expected_tokens,
-        cost_per_token=stored.cost_per_token,
-        created_wall=stored.created_wall or time.time(),
-        # the admission's time on this clock: queue_ttl counts from it (ORCH-2562)
-        created=time.monotonic() - max(0.0, time.time() - stored.created_wall)
-        if stored.created_wall
-        else time.monotonic(),
-        correlation_id=stored.correlation_id,
-    )
-
-
-def _epoch_ms(monotonic_deadline: float) -> int:
-    return int((time.time() + monotonic_deadline - time.monotonic()) * 1000)
 
 
 def _set_key(pool: Pool, replica_id: str) -> str:
@@ -186,6 +92,7 @@ class StoreBridge:
         dispatcher.preemptor.local_queue = False  # the store's queue (ORCH-2579)
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.appends = AppendBatcher(self.store)
+        self.drains = StoredDrains(self.store, pools)  # ORCH-2588: on every instance
         self.instance = uuid.uuid4().hex[:12]
         tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
         self.leases = LeaseKeeper(
@@ -243,6 +150,7 @@ class StoreBridge:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.drains.close()
         if self._chores:  # e.g. the terminal events of the tasks shutdown ended
             await asyncio.wait(set(self._chores), timeout=5.0)
         with contextlib.suppress(StoreUnavailable):  # leave the live list now (ORCH-2543)
@@ -491,6 +399,8 @@ class StoreBridge:
                 for msg in messages:
                     if msg.op == "cancel":
                         self._canceled_elsewhere(msg.task_id)
+                    else:  # a pool drained or brought back at the store (ORCH-2588)
+                        self.track(self.drains.heard(msg))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -527,6 +437,7 @@ class StoreBridge:
     async def _heartbeat(self) -> None:
         await self.store.heartbeat(self.instance, self.options.lease_ms)
         self.live = [v.instance_id for v in await self.store.instances()]
+        await self.drains.sync()  # a drain message missed (ORCH-2588)
 
     async def live_instances(self) -> list[str]:
         """The instances with a running heartbeat, as the store says now; the last

@@ -151,6 +151,7 @@ class TaskRecord:
     kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
+    note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)
     runner: asyncio.Task[None] | None = None
     error_code: ErrorCode | None = None
     # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.

@@ -35,6 +35,7 @@ from llama_orch.core.state_store import (
     LoggedEvent,
     Orphaned,
     PlacementHint,
+    PoolDrain,
     Reaped,
     SlotView,
     StateOptions,
@@ -47,6 +48,7 @@ from llama_orch.core.state_store import (
     TaskView,
     canceled_terminal,
     displaced_terminal,
+    draining_refusal,
     orphaned_terminal,
     queued_event,
 )
@@ -274,6 +276,8 @@ class ValkeyStateStore(StateStore):
             )
         if tag == "FULL":
             raise AdmissionRejected(_opt(r[2]) or "queue full", policy_label=_opt(r[1]))
+        if tag == "DRAINING":  # ORCH-2586
+            raise draining_refusal(task.pool)
         raise KeyError(f"unknown pool {task.pool!r}")
 
     async def submit_dispatch(
@@ -555,8 +559,12 @@ class ValkeyStateStore(StateStore):
         for _, entries in got or []:
             for eid, fields in entries:
                 cursor = _s(eid)
-                if _s(fields[b"op"]) == "cancel":  # the only control message there is
+                op = _s(fields[b"op"])
+                if op == "cancel":
                     out.append(Control("cancel", _s(fields[b"t"])))
+                elif op in ("drain", "undrain"):  # ORCH-2585
+                    kind: Literal["drain", "undrain"] = "drain" if op == "drain" else "undrain"
+                    out.append(Control(kind, "", _s(fields[b"p"])))
         return cursor, out
 
     async def heartbeat(self, instance: str, ttl_ms: int) -> None:
@@ -596,3 +604,25 @@ class ValkeyStateStore(StateStore):
         if s[0] is None:
             return None
         return _s(s[0]), _s(s[1])
+
+    # ------------------------------------------------------------ pool drains
+    async def drain_pool(self, pool: str, deadline_ms: int) -> PoolDrain:
+        left = await self._fcall("llorch_drain_pool", pool, int(deadline_ms))
+        return PoolDrain(pool=pool, deadline_in_ms=int(left))
+
+    async def undrain_pool(self, pool: str) -> bool:
+        return bool(await self._fcall("llorch_undrain_pool", pool))
+
+    async def drains(self) -> list[PoolDrain]:
+        flat = await self._fcall("llorch_drains")
+        return sorted(
+            (
+                PoolDrain(pool=_s(flat[i]), deadline_in_ms=int(flat[i + 1]))
+                for i in range(0, len(flat), 2)
+            ),
+            key=lambda d: d.pool,
+        )
+
+    async def end_queued(self, pool: str, terminal: Event) -> list[str]:
+        ended = await self._fcall("llorch_end_queued", pool, terminal.kind, terminal.data)
+        return [_s(t) for t in ended]

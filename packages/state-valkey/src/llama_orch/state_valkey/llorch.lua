@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '6'
+local LIB_VERSION = '7'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -247,6 +247,8 @@ local function submit_step(p, cfg, args, quiet)
   if redis.call('EXISTS', tk) == 1 then return { 'DUP' } end
   local pc = cfg.pools[pool]
   if not pc then return { 'NOPOOL' } end
+  -- a drained pool refuses before quotas and capacity are touched (ORCH-2586)
+  if redis.call('HEXISTS', p .. 'drains', pool) == 1 then return { 'DRAINING' } end
   local now = now_parts()
   -- quotas (core.quota.Quotas.admit)
   local tc = cfg.tenants[tenant] or cfg.default_tenant
@@ -389,6 +391,8 @@ end
 
 -- args: pool instance lease_ms orphan_terminal [hint: mode last (replica load)...]
 local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan, hint)
+  -- a drained pool starts nothing (ORCH-2586)
+  if redis.call('HEXISTS', p .. 'drains', pool) == 1 then return { 'WAIT', bell_cursor(p, pool) } end
   local head = peek(p, cfg, pool)
   if not head then return { 'EMPTY', bell_cursor(p, pool) } end
   local tid = head.tid
@@ -789,6 +793,68 @@ local function f_expire(keys, args)
   return 1
 end
 
+-- ------------------------------------------------------------------ pool drains
+-- (ORCH-2585..2587) `drains` HASH: pool -> the drain's deadline (server epoch ms)
+
+-- op on the control channel of every live instance (ORCH-2543's `inst`)
+local function broadcast(p, cfg, op, pool, now_ms)
+  for _, inst in ipairs(redis.call('ZRANGEBYSCORE', p .. 'inst', '(' .. now_ms, '+inf')) do
+    local ck = p .. 'ctl:' .. inst
+    redis.call('XADD', ck, 'MAXLEN', '~', 1000, '*', 'op', op, 't', '', 'p', pool)
+    redis.call('PEXPIRE', ck, cfg.retention_ms)
+  end
+end
+
+-- args: pool deadline_ms; returns the ms left to the drain's deadline (the first one's)
+local function f_drain_pool(keys, args)
+  local p, pool = keys[1], args[1]
+  local _, now_ms = now_parts()
+  local at = tonumber(redis.call('HGET', p .. 'drains', pool))
+  if not at then
+    at = now_ms + tonumber(args[2])
+    redis.call('HSET', p .. 'drains', pool, at)
+    broadcast(p, config(p), 'drain', pool, now_ms)
+  end
+  return math.max(0, at - now_ms)
+end
+
+-- args: pool; 1 when it was drained (then every live instance is told), else 0
+local function f_undrain_pool(keys, args)
+  local p, pool = keys[1], args[1]
+  if redis.call('HDEL', p .. 'drains', pool) == 0 then return 0 end
+  local _, now_ms = now_parts()
+  broadcast(p, config(p), 'undrain', pool, now_ms)
+  ring_bell(p, pool, 'undrained')
+  return 1
+end
+
+-- returns { pool, ms_left, ... } of every drained pool
+local function f_drains(keys, args)
+  local p = keys[1]
+  local _, now_ms = now_parts()
+  local raw, out = redis.call('HGETALL', p .. 'drains'), {}
+  for i = 1, #raw, 2 do
+    out[#out + 1] = raw[i]
+    out[#out + 1] = math.max(0, tonumber(raw[i + 1]) - now_ms)
+  end
+  return out
+end
+
+-- args: pool kind data: end every task still queued in the pool (ORCH-2587); their ids
+local function f_end_queued(keys, args)
+  local p, pool = keys[1], args[1]
+  local cfg = config(p)
+  local ended = {}
+  for _, prio in ipairs(cfg.prios) do
+    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+      finish(p, cfg, tid, args[2], args[3])
+      ended[#ended + 1] = tid
+    end
+  end
+  table.sort(ended)
+  return ended
+end
+
 redis.register_function('llorch_version', function() return LIB_VERSION end)
 redis.register_function('llorch_configure', f_configure)
 redis.register_function('llorch_set_replicas', f_set_replicas)
@@ -809,3 +875,7 @@ redis.register_function('llorch_announce', f_announce)
 redis.register_function('llorch_expire', f_expire)
 redis.register_function('llorch_move', f_move)
 redis.register_function('llorch_head', f_head)
+redis.register_function('llorch_drain_pool', f_drain_pool)
+redis.register_function('llorch_undrain_pool', f_undrain_pool)
+redis.register_function('llorch_drains', f_drains)
+redis.register_function('llorch_end_queued', f_end_queued)

@@ -33,6 +33,7 @@ from llama_orch.core.state_store import (
     load_state_store_class,
 )
 
+from ._state_drain_cases import PoolDrainCases
 from ._state_log_cases import (
     EventLogAndLeaseCases,
     StoreUnderTest,
@@ -47,7 +48,7 @@ from ._state_replay import replay
 __all__ = ["StateStoreConformance", "StoreUnderTest"]
 
 
-class StateStoreConformance(EventLogAndLeaseCases, PlacementCases):
+class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCases):
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
     @pytest_asyncio.fixture

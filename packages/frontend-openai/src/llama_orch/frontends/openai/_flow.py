@@ -31,7 +31,7 @@ from ._common import (
     retry_headers,
 )
 from ._engine import EngineFields
-from ._tools import ToolPlan
+from ._tools import ToolPlan, responses_plan
 
 __all__ = [
     "Backgrounds",
@@ -143,6 +143,7 @@ class Facade:
         tenant: str,
         fields: dict[str, Any],
         engine: EngineFields | None = None,
+        note: bytes | None = None,
     ) -> TaskRecord:
         req = TaskRequest(
             pool_id=pool.id,
@@ -162,6 +163,7 @@ class Facade:
         return await self.host.submit(
             req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs,
             idempotency_key=request.headers.get("idempotency-key"), attempt=retry_count(request),
+            note=note,
         )  # fmt: skip
 
 
@@ -187,21 +189,57 @@ class ResponseMeta:
     text_format: dict[str, Any] | None = None
 
 
+class StoredResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A response's own fields as a state store keeps them with its task (ORCH-2592):
+    :class:`ResponseMeta` without the tool plan, which is made again from them."""
+
+    model: str
+    background: bool = False
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    text_format: dict[str, Any] | None = None
+
+
+_note_decoder = msgspec.json.Decoder(StoredResponse)
+_note_encoder = msgspec.json.Encoder()
+
+
 class Backgrounds:
     """How each response was created (:class:`ResponseMeta`), bounded like the task
-    store (a forgotten task is a forgotten response)."""
+    store (a forgotten task is a forgotten response). With a state store the same
+    fields travel with the task (:meth:`note`), so any instance finds them."""
 
     def __init__(self, host: FrontendHost) -> None:
         self._meta: OrderedDict[str, ResponseMeta] = OrderedDict()
         self._host = host
+
+    def note(self, meta: ResponseMeta) -> bytes | None:
+        """The task's ``note`` for ``meta``: only with a state store (ORCH-2592)."""
+        if self._host.orch.state is None:
+            return None
+        return _note_encoder.encode(
+            StoredResponse(
+                model=meta.model, background=meta.background, tools=meta.tools,
+                tool_choice=meta.tool_choice, text_format=meta.text_format,
+            )
+        )  # fmt: skip
 
     def add(self, task_id: str, meta: ResponseMeta) -> None:
         self._meta[task_id] = meta
         while len(self._meta) > self._host.orch.config.admission.max_retained_tasks:
             self._meta.popitem(last=False)
 
-    def get(self, task_id: str, default_model: str) -> ResponseMeta:
-        return self._meta.get(task_id) or ResponseMeta(default_model)
+    def get(self, rec: TaskRecord) -> ResponseMeta:
+        """How the response of ``rec`` was created: as this instance recorded it, else
+        as its task's stored note says (another instance created it, ORCH-2593)."""
+        meta = self._meta.get(rec.task_id)
+        if meta is not None:
+            return meta
+        if rec.note is None:
+            return ResponseMeta(rec.pool_id)
+        s = _note_decoder.decode(rec.note)
+        plan = responses_plan(s.tools, s.tool_choice)  # valid: it was checked at create
+        return ResponseMeta(s.model, s.background, plan, s.tools, s.tool_choice, s.text_format)
 
 
 @dataclass(frozen=True)

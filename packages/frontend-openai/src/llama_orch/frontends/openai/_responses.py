@@ -326,19 +326,21 @@ def _unsupported(req: ResponsesRequest) -> None:
             )  # fmt: skip
 
 
-def _own(host: FrontendHost, request: Request) -> TaskRecord:
+async def _own(host: FrontendHost, request: Request) -> TaskRecord:
+    """The response's task, whichever instance created it (ORCH-2593)."""
     rid: str = request.path_params["response_id"]
     who = host.principal(request)
-    rec = host.task(rid.removeprefix(_PREFIX), who.tenant if who.role is not None else None)
-    if rec is None or not rid.startswith(_PREFIX):
+    tenant = who.tenant if who.role is not None else None
+    rec = await host.find(rid.removeprefix(_PREFIX), tenant) if rid.startswith(_PREFIX) else None
+    if rec is None:
         raise ApiError(404, f"No response found with id '{rid}'.", param=None, code="not_found")
     return rec
 
 
 async def _snapshot(host: FrontendHost, known: Backgrounds, rec: TaskRecord) -> ResponseView:
-    view = ResponseView(rec, known.get(rec.task_id, rec.pool_id))
+    view = ResponseView(rec, known.get(rec))
     view.feed(None)
-    for ev in host.events_now(rec):
+    for ev in await host.events_so_far(rec):  # with a store, its log (ORCH-2593)
         view.feed(ev)
     return view
 
@@ -376,15 +378,17 @@ async def create(request: Request) -> Response:
             "top_p": req.top_p,
             "seed": req.seed,
         }
-        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
+        meta = ResponseMeta(
+            req.model, req.background, plan, req.tools, req.tool_choice,
+            text_format if text_schema is not None else None,  # held to it (ORCH-9276)
+        )  # fmt: skip
+        # with a store, the response's own fields are stored with the task (ORCH-2592)
+        note = known.note(meta)
+        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine, note)
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
         return facade.orch_error(exc)
-    meta = ResponseMeta(
-        req.model, req.background, plan, req.tools, req.tool_choice,
-        text_format if text_schema is not None else None,  # held to it (ORCH-9276)
-    )  # fmt: skip
     known.add(rec.task_id, meta)
     headers = facade.task_headers(rec)
     view = ResponseView(rec, meta)
@@ -412,7 +416,7 @@ async def retrieve(request: Request) -> Response:
     state = host.state(FrontendState)
     facade, known = state.responses, state.backgrounds
     try:
-        rec = _own(host, request)
+        rec = await _own(host, request)
         stream = request.query_params.get("stream", "false").lower() == "true"
         after = request.query_params.get("starting_after")
         try:
@@ -427,7 +431,7 @@ async def retrieve(request: Request) -> Response:
     except OrchError as exc:
         return facade.orch_error(exc)
     if stream:  # a reader: leaving does not cancel the task (ORCH-9142)
-        view = ResponseView(rec, known.get(rec.task_id, rec.pool_id))
+        view = ResponseView(rec, known.get(rec))
         return StreamingResponse(
             _sse(host, view, starting_after),
             media_type="text/event-stream",
@@ -442,12 +446,14 @@ async def cancel(request: Request) -> Response:
     state = host.state(FrontendState)
     facade, known = state.responses, state.backgrounds
     try:
-        rec = _own(host, request)
+        rec = await _own(host, request)
     except ApiError as exc:
         return facade.render(exc.status, exc.message, exc.param, exc.code, {})
     except OrchError as exc:
         return facade.orch_error(exc)
-    host.cancel(rec)  # ORCH-9143: the task ends canceled, its slot is freed
+    # ORCH-9143: the task ends canceled, its slot is freed; with a store, on whichever
+    # instance runs it, and the answer waits for the store's terminal (ORCH-2593)
+    await host.cancel_now(rec)
     view = await _snapshot(host, known, rec)
     return Response(_json.encode(view.body()), media_type="application/json")
 

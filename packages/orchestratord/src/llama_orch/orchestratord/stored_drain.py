@@ -1,0 +1,204 @@
+"""A pool drain applied by every instance that shares a state store (ORCH-2585..2590).
+
+Without a store a drain (ORCH-1604) is this process's business. With one, the
+instance that takes ``POST /v1/pools/{id}/drain`` (or retires a catalog entry)
+records the drain at the store first (``StateStore.drain_pool``): from that
+step on the store refuses the pool's submits and dispatches none of its tasks,
+whatever any instance knows, and puts a ``drain`` message on the control channel
+of every live instance. Each instance that hears of it (that message; at startup
+and every heartbeat round through ``drains()``, for one it missed) marks the pool
+draining, so its admission refuses it and its health shows it, and runs the same
+drain a request to it would (``PoolControls``), with the time left to the store's
+deadline: its replicas stop, and at the deadline the tasks it runs end with one
+``POOL_UNAVAILABLE`` and the pool's queued tasks end at the store. A reload that
+brings the pool back clears the drain at the store, and every instance reopens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from llama_orch.core.api import ErrorEvent
+from llama_orch.core.errors import ErrorCode
+from llama_orch.core.state_store import Control, Event, PoolDrain, StateStore
+
+from .pools import Pool
+
+__all__ = ["DrainRunner", "StoredDrains"]
+
+_log = logging.getLogger("llama_orch.orchestratord")
+
+# what a drain request to this instance runs: (pool, seconds left to the deadline)
+DrainRunner = Callable[[Pool, float], Awaitable[object]]
+
+
+class StoredDrains:
+    """The drains of this instance's pools as the store records them."""
+
+    def __init__(self, store: StateStore, pools: dict[str, Pool]) -> None:
+        self.store = store
+        self.pools = pools
+        self._run: DrainRunner | None = None
+        self._reopen: Callable[[Pool], None] | None = None
+        self._here: set[str] = set()  # pools this instance drains (or drained)
+        self._learned: dict[str, float] = {}  # heard before attach(): local deadline
+        self._following: dict[str, asyncio.Task[None]] = {}
+        # a heartbeat round's read must not reopen a pool whose drain this instance was
+        # recording meanwhile (its read may predate the drain's step at the store)
+        self._recording: set[str] = set()
+        self._generation = 0
+        self._changed = asyncio.Event()  # pulsed when a pool's draining flag changes here
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked whenever a drain or an undrain
+        reaches this instance (no polling); False on timeout."""
+        end = time.monotonic() + timeout_s
+        while not predicate():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+    def attach(self, run: DrainRunner, reopen: Callable[[Pool], None]) -> None:
+        """The app's drain (``PoolControls``) and the undo of what it held; drains
+        heard before (at startup) start now."""
+        self._run, self._reopen = run, reopen
+        learned, self._learned = self._learned, {}
+        for pool_id, at in learned.items():
+            pool = self.pools.get(pool_id)
+            if pool is not None and pool_id in self._here:
+                self._start(pool, max(0.0, at - time.monotonic()))
+
+    async def record(self, pool: Pool, deadline_s: float) -> float:
+        """ORCH-2588: this instance drains ``pool``: at the store first; the seconds left
+        to the store's deadline (the first drain's, if the pool was already drained)."""
+        pool.draining = True
+        self._here.add(pool.id)
+        self._recording.add(pool.id)
+        self._generation += 1
+        try:
+            drain = await self.store.drain_pool(pool.id, round(deadline_s * 1000))
+        finally:
+            self._recording.discard(pool.id)
+            self._generation += 1
+        return drain.deadline_in_ms / 1000
+
+    async def end_queued(self, pool: Pool, message: str) -> set[str]:
+        """ORCH-2589: every task still queued in the pool ends at the store, whichever
+        instance admitted it; their ids."""
+        terminal = ErrorEvent(
+            code=ErrorCode.POOL_UNAVAILABLE,
+            message=message,
+            engine=pool.engine,
+            pool_id=pool.id,
+            retriable=True,
+        )
+        return set(await self.store.end_queued(pool.id, Event("error", _encode(terminal))))
+
+    async def reopened(self, pool: Pool) -> None:
+        """ORCH-2590: a reload here brought ``pool`` back: so does every instance."""
+        pool.draining = False
+        self._here.discard(pool.id)
+        await self.store.undrain_pool(pool.id)
+
+    # ------------------------------------------------------------ hearing of drains
+
+    def heard(self, msg: Control) -> asyncio.Task[None]:
+        """A ``drain`` / ``undrain`` on this instance's control channel (ORCH-2585)."""
+        return asyncio.get_running_loop().create_task(self._heard(msg))
+
+    async def _heard(self, msg: Control) -> None:
+        try:
+            if msg.op == "undrain":
+                self._reopened_elsewhere(msg.pool_id)
+                return
+            for drain in await self.store.drains():  # the time left to its deadline
+                if drain.pool == msg.pool_id:
+                    self._follow(drain)
+        except Exception:
+            _log.exception("pool %s: a drain message could not be applied", msg.pool_id)
+
+    async def sync(self) -> None:
+        """The store's drains now: startup, and each heartbeat round (a message missed
+        while this instance was not listed as live)."""
+        generation = self._generation
+        drained = await self.store.drains()
+        for drain in drained:
+            self._follow(drain)
+        if generation != self._generation or self._recording:
+            return  # a drain recorded meanwhile may postdate this read
+        names = {d.pool for d in drained}
+        for pool_id in sorted(self._here - names):
+            self._reopened_elsewhere(pool_id)
+
+    def _follow(self, drain: PoolDrain) -> None:
+        pool = self.pools.get(drain.pool)
+        if pool is None:
+            return
+        pool.draining = True  # admission refuses it at once (ORCH-2588)
+        self._pulse()
+        if drain.pool in self._here:
+            return  # this instance's own drain, or one it already follows
+        self._here.add(drain.pool)
+        left = drain.deadline_in_ms / 1000
+        _log.warning("pool %s drained at the store: draining here too", pool.id)
+        if self._run is None:
+            self._learned[pool.id] = time.monotonic() + left
+            return
+        self._start(pool, left)
+
+    def _start(self, pool: Pool, left_s: float) -> None:
+        run = self._run
+        assert run is not None
+
+        async def follow() -> None:
+            try:
+                await run(pool, left_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("pool %s: the drain the store recorded failed here", pool.id)
+
+        task = asyncio.get_running_loop().create_task(follow(), name=f"drain-{pool.id}")
+        self._following[pool.id] = task
+        task.add_done_callback(lambda t: self._done(pool.id, t))
+
+    def _done(self, pool_id: str, task: asyncio.Task[None]) -> None:
+        if self._following.get(pool_id) is task:
+            del self._following[pool_id]
+
+    def _reopened_elsewhere(self, pool_id: str) -> None:
+        pool = self.pools.get(pool_id)
+        if pool_id not in self._here:
+            return  # never drained here, or this instance's own reload
+        self._here.discard(pool_id)
+        self._learned.pop(pool_id, None)
+        task = self._following.pop(pool_id, None)
+        if task is not None:
+            task.cancel()  # its deadline no longer applies
+        if pool is not None:
+            _log.warning("pool %s brought back at the store: serving again", pool_id)
+            pool.draining = False
+            if self._reopen is not None:
+                self._reopen(pool)
+            self._pulse()
+
+    async def close(self) -> None:
+        tasks = list(self._following.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_encode = msgspec.json.Encoder().encode

@@ -1,0 +1,133 @@
+"""A pool drain applied by every instance sharing a state store (ORCH-2585..2591):
+orchestratord instances on one real valkey-server and one engine slot. A drain taken
+by one instance refuses new tasks on all of them with ORCH-1604's 503, shows on each
+one's health, ends the task another instance runs at the deadline with one
+``POOL_UNAVAILABLE`` and the queued one at the store; an instance started after the
+drain refuses too; brought back at the store, every instance serves again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from llama_orch.core.config import Config
+from llama_orch.core.errors import PoolUnavailable
+from llama_orch.core.state_store import TaskSpec
+from llama_orch.testing_engines.valkey import valkey_server
+
+
+@pytest.fixture(scope="module")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with valkey_server(tmp_path_factory.mktemp("valkey")) as url:
+        yield url
+
+
+def _config(url: str, prefix: str) -> Config:
+    doc = {
+        "server": {"port": 0, "shutdown_grace_s": 0.25},
+        "auth": {"enabled": False},
+        "state": {"backend": "valkey", "url": url, "key_prefix": prefix, "lease_ms": 1000},
+        "pools": [
+            {
+                "id": "mock",
+                "engine": "mock",
+                "model": "mock-model",
+                "endpoints": ["mock://0"],
+                "adapter_options": {"slots": 1, "token_delay_ms": 20},
+            }
+        ],
+    }
+    return msgspec.convert(doc, Config)
+
+
+async def _health(run: Any) -> dict[str, Any]:
+    async with run.http.get(f"{run.url}/v1/pools/mock/health") as r:
+        assert r.status == 200, await r.text()
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def _refusal(run: Any) -> tuple[int, str, str]:
+    resp = await run.submit(max_tokens=5)
+    body = await resp.json()
+    return resp.status, body.get("code"), body.get("message")
+
+
+async def _to_the_end(log: Any) -> list[Any]:
+    return [ev async for ev in log]
+
+
+async def test_a_drain_on_one_instance_applies_on_every_instance(
+    start_orchestrator: Any, valkey_url: str
+) -> None:
+    cfg = _config(valkey_url, f"d{uuid.uuid4().hex[:8]}")
+    a, b = await start_orchestrator(cfg), await start_orchestrator(cfg)
+    store = a.orch.state.store
+    # the one slot runs a long task on B; a second task waits, admitted by A
+    running = (await (await b.submit(max_tokens=1500)).json())["task_id"]
+    async with contextlib.aclosing(store.tail(running)) as log:
+        assert (await anext(log)).kind == "started"
+    view = await store.task(running)
+    assert view is not None and view.owner == b.orch.state.instance
+    waiting = (await (await a.submit(max_tokens=5)).json())["task_id"]
+    assert await store.positions([waiting]) == {waiting: 0}
+
+    drain = asyncio.create_task(
+        a.http.post(a.url + "/v1/pools/mock/drain", json={"deadline_ms": 1500})
+    )
+    pool_b = b.orch.pools["mock"]
+    assert await b.orch.state.drains.until(lambda: pool_b.draining, 10), "B never heard"
+    # ORCH-2586, ORCH-2588: the same refusal on both instances, and at the store itself
+    refused_a, refused_b = await _refusal(a), await _refusal(b)
+    assert refused_a == refused_b == (503, "POOL_UNAVAILABLE", "pool mock is draining")
+    spec = TaskSpec(task_id=uuid.uuid4().hex, pool="mock", priority="interactive")
+    with pytest.raises(PoolUnavailable, match="draining"):
+        await b.orch.state.store.submit(spec)
+    assert (await _health(a))["draining"] and (await _health(b))["draining"]
+    # B still runs its task until the deadline
+    assert (await store.task(running)).state == "running"  # type: ignore[union-attr]
+
+    resp = await drain
+    body = await resp.json()
+    assert resp.status == 200, body
+    # A ran nothing of the pool: its count is the queued task it ended at the store
+    assert body["ended"] == 1 and body["finished"] == 0, body
+    assert body["waited_ms"] >= 1000, body  # it answered at the deadline, not before
+    # ORCH-2588: B ends the task it runs at the deadline (on its own clock: its terminal
+    # may reach the store just after A's answer) with one POOL_UNAVAILABLE
+    async with contextlib.aclosing(store.tail(running)) as log:
+        tail = await asyncio.wait_for(_to_the_end(log), 10)
+    assert tail[-1].kind == "error"
+    for tid in (running, waiting):
+        logged = await store.read(tid)
+        assert sum(e.kind in ("end", "error") for e in logged) == 1, tid
+        assert logged[-1].kind == "error"
+        assert msgspec.json.decode(logged[-1].data)["code"] == "POOL_UNAVAILABLE"
+    assert [e.kind for e in await store.read(waiting)] == ["error"]  # it never ran
+    tokens = [e for e in await store.read(running) if e.kind == "token"]
+    assert 10 < len(tokens) < 1500  # it ran until the deadline, not to its end
+    assert await store.busy("mock") == {}
+    events = await b.events(running)  # the stream from B shows the same terminal
+    assert events[-1][1] == "error" and events[-1][2]["code"] == "POOL_UNAVAILABLE"
+
+    # an instance that starts while the pool is drained refuses it too
+    c = await start_orchestrator(cfg)
+    assert c.orch.pools["mock"].draining and (await _health(c))["draining"]
+    assert await _refusal(c) == refused_a
+
+    # ORCH-2590: brought back at the store, every instance serves the pool again
+    assert await store.undrain_pool("mock")
+    for run in (a, b, c):
+        pool = run.orch.pools["mock"]
+        assert await run.orch.state.drains.until(lambda p=pool: not p.draining, 10)
+        assert not (await _health(run))["draining"]
+    again = await b.submit(max_tokens=3)
+    assert again.status == 202, await again.text()
+    tid = (await again.json())["task_id"]
+    events = await a.events(tid)
+    assert events[-1][1] == "end" and events[-1][2]["reason"] == "length", events[-1]

@@ -1,0 +1,126 @@
+"""Conformance cases of pool drains at the store (ORCH-2585..2587, ORCH-2591)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+from llama_orch.core.api import ErrorEvent
+from llama_orch.core.config import TenantConfig
+from llama_orch.core.errors import ErrorCode, PoolUnavailable
+from llama_orch.core.state_store import (
+    Control,
+    Dispatched,
+    Event,
+    PoolDrain,
+    StateStore,
+    TaskEnded,
+)
+
+from ._state_log_cases import StoreUnderTest, _cfg, _end, _running, _spec
+
+__all__ = ["PoolDrainCases"]
+
+
+def _drained() -> Event:
+    return Event(
+        "error",
+        msgspec.json.encode(
+            ErrorEvent(code=ErrorCode.POOL_UNAVAILABLE, message="drained", retriable=True)
+        ),
+    )
+
+
+class PoolDrainCases:
+    """Cases of a drain recorded at the store and seen by every instance."""
+
+    async def test_a_drained_pool_refuses_and_places_nothing(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2586: after ``drain_pool`` no client admits a task of the pool (the
+        refusal of ORCH-1604, before any quota is charged) and no dispatch starts one;
+        ``undrain_pool`` opens both again. A second drain keeps the first deadline."""
+        d = await _running(store, "run", "wait", slots=1)
+        assert d.task.task_id == "run"
+        # tenant b may admit one task in the whole test: a refusal must not spend it
+        await store.configure(_cfg(tenants={"b": TenantConfig(rps=0.0001, burst=1)}))
+        first = await store.drain_pool("p", 5_000)
+        assert first.pool == "p" and 4_000 < first.deadline_in_ms <= 5_000
+        again = await store.drain_pool("p", 60_000)  # keeps the first deadline
+        assert again.deadline_in_ms <= first.deadline_in_ms
+        other = await sut.peer(store)
+        try:
+            with pytest.raises(PoolUnavailable, match="pool p is draining"):
+                await other.submit(_spec("late", "batch", "b"))
+            with pytest.raises(PoolUnavailable, match="pool p is draining"):
+                await other.submit_dispatch(_spec("late2"), "i2", 60_000)
+            assert await other.task("late") is None  # nothing recorded
+            await _end(store, d)  # a slot frees while the pool is drained
+            assert await other.dispatch("p", "i2", 60_000) is None
+            assert await other.positions(["wait"]) == {"wait": 0}  # still queued
+            (seen,) = await other.drains()  # the same drain, its time left going down
+            assert seen.pool == "p" and seen.deadline_in_ms <= first.deadline_in_ms
+            assert await other.undrain_pool("p") is True
+            assert await other.undrain_pool("p") is False
+            assert await store.drains() == []
+            step = await store.dispatch("p", "i1", 60_000)
+            assert isinstance(step, Dispatched) and step.task.task_id == "wait"
+            assert (await other.submit(_spec("after", "batch", "b"))).queue_position == 0
+        finally:
+            if other is not store:
+                await other.close()
+
+    async def test_a_drain_reaches_every_live_instance(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2585: the drain's step puts ``Control("drain")`` on the channel of every
+        live instance (heartbeat not expired), once; the undrain ``Control("undrain")``;
+        an instance whose heartbeat expired gets nothing (it reads ``drains()``)."""
+        await store.configure(_cfg())
+        await store.heartbeat("i-a", 60_000)
+        await store.heartbeat("i-b", 60_000)
+        await store.heartbeat("i-gone", 0)
+        cursors = {i: await store.control_cursor(i) for i in ("i-a", "i-b", "i-gone")}
+        waiter = asyncio.create_task(store.wait_control("i-a", cursors["i-a"], 30))
+        await asyncio.sleep(0)  # let it block
+        other = await sut.peer(store)
+        try:
+            await other.drain_pool("p", 1_000)
+            await other.drain_pool("p", 1_000)  # already drained: nothing sent
+        finally:
+            if other is not store:
+                await other.close()
+        cur_a, got = await asyncio.wait_for(waiter, 30)
+        assert got == [Control("drain", "", "p")]
+        cur_b, got_b = await store.wait_control("i-b", cursors["i-b"], 1)
+        assert got_b == [Control("drain", "", "p")]
+        assert await store.wait_control("i-gone", cursors["i-gone"], 0.2) == (
+            cursors["i-gone"],
+            [],
+        )
+        await sut.advance(1.5)
+        assert await store.drains() == [PoolDrain(pool="p", deadline_in_ms=0)]
+        assert await store.undrain_pool("p")
+        assert (await store.wait_control("i-a", cur_a, 1))[1] == [Control("undrain", "", "p")]
+        assert (await store.wait_control("i-b", cur_b, 1))[1] == [Control("undrain", "", "p")]
+
+    async def test_end_queued_ends_only_the_pools_queued_tasks(self, store: StateStore) -> None:
+        """ORCH-2587: one step ends every queued task of the pool with the terminal
+        (quota released, one terminal), leaves the running one to its owner."""
+        d = await _running(store, "run", "q1", _spec("q2", "batch", "t2"), slots=1)
+        assert await store.end_queued("p", _drained()) == ["q1", "q2"]
+        assert await store.end_queued("p", _drained()) == []
+        for tid in ("q1", "q2"):
+            view = await store.task(tid)
+            assert view is not None and view.state == "ended" and view.owner is None
+            logged = await store.read(tid)
+            assert [e.kind for e in logged] == ["error"]
+            assert msgspec.json.decode(logged[0].data)["code"] == "POOL_UNAVAILABLE"
+        assert await store.positions(["q1", "q2"]) == {}
+        view = await store.task("run")
+        assert view is not None and view.state == "running"
+        await store.append("run", d.epoch, [Event("token", b'{"t":"x","i":0}')])  # still its
+        await _end(store, d)
+        with pytest.raises(TaskEnded):
+            await _end(store, d)
