@@ -555,6 +555,7 @@ class StateStore(abc.ABC):
     async def head(self, pool: str) -> tuple[Priority, str | None] | None:
         """The priority and the pinned replica set (its pin, else its session's set) of
         the task :meth:`dispatch` would take next in ``pool``; None when none is queued."""
+
     # ---------------------------------------------- pool drains (ORCH-2585..2590)
 
     @abc.abstractmethod
