@@ -22,15 +22,17 @@ SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
 POOL = "chaos"
 STREAM_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 90.0
-# `-b 16 -ub 16`: llama-server handles a cancel (a closed connection) between two
+# `-b 8 -ub 8`: llama-server handles a cancel (a closed connection) between two
 # batches of its loop, and (with the adapter's `return_progress`, ORCH-3028) its HTTP
 # thread sees the close after the batch in progress. Prefill runs at ~110 tokens/s
 # per engine thread here, so a batch of n tokens holds a canceled slot up to n/110 s:
 # measured 2026-12-02 on an idle machine, cancel during a ~280-token prefill ->
 # slot free max 706 ms with 64-token batches, 389 ms with 32, 183 ms with 16
 # (prefill of the same prompt 11 % slower with 16 than with 64). A CI run with
-# 64-token batches and no progress chunks had p99 438.6 ms (2026-12-02 19:32).
-ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack -b 16 -ub 16").split())
+# 64-token batches and no progress chunks had p99 438.6 ms (2026-12-02 19:32); one
+# with 16-token batches 250.1 ms (2026-12-03 21:25, a CI machine slower than ours),
+# so 8-token batches halve the term that a slower machine stretches.
+ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack -b 8 -ub 8").split())
 
 
 def log(msg: str) -> None:
