@@ -313,6 +313,6 @@ async def test_a_dispatch_whose_cancel_came_first_never_starts(
     started = replica.adapter.generations_started
     rec.task_id = "canceled-before-its-dispatch"
     bridge._canceled_elsewhere(rec.task_id)  # the control message, first
-    assert bridge._go(pool, replica, rec, 7, 0) is False  # then the dispatch's reply
+    assert bridge.go(pool, replica, rec, 7, 0) is False  # then the dispatch's reply
     assert rec.runner is None and rec.task_id not in bridge.leases.held
     assert replica.adapter.generations_started == started

@@ -312,22 +312,22 @@ class StoreBridge:
         replica = pool.replicas.get(d.replica_id)
         if rec.terminal or replica is None:
             _log.warning("task %s dispatched to unknown replica %s", rec.task_id, d.replica_id)
-            self._drop_log(rec.task_id)
-            self._requeue(rec.task_id, d.epoch)
+            self.drop_log(rec.task_id)
+            self.requeue(rec.task_id, d.epoch)
             return
         if needs_log(rec, d):  # streamed elsewhere before: continue from the log (ORCH-2580)
             self.track(asyncio.get_running_loop().create_task(resume(self, pool, rec, d)))
             return
         self.placement.run(self, pool, rec, d)
 
-    def _go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int, next_seq: int) -> bool:
+    def go(self, pool: Pool, replica: Replica, rec: TaskRecord, epoch: int, next_seq: int) -> bool:
         """Run ``rec`` here under ``epoch``, its first event at seq ``next_seq``; False
         when a cancel already came for it."""
         if rec.task_id in self._canceled:
             # its cancel's control message arrived before this dispatch's or claim's
             # reply: the store holds the terminal, no engine request may open (ORCH-2567)
             _log.info("task %s: canceled before its run could start here", rec.task_id)
-            self._drop_log(rec.task_id)
+            self.drop_log(rec.task_id)
             self.leases.release(rec.task_id)
             if not rec.terminal:
                 self.tasks.forget(rec.task_id)
@@ -344,7 +344,11 @@ class StoreBridge:
         rec.runner.add_done_callback(lambda _t: self._released(rec, epoch))
         return True
 
-    def _drop_log(self, task_id: str) -> None:
+    def runs_here(self, task_id: str) -> bool:
+        """This instance writes ``task_id``'s events (its run is this instance's to stop)."""
+        return task_id in self._writers
+
+    def drop_log(self, task_id: str) -> None:
         """A log made for a run that does not start here: its streams read the store."""
         log = self.logs.live.pop(task_id, None)
         if log is not None:
@@ -359,19 +363,21 @@ class StoreBridge:
         if rec.state == "queued" and writer is not None and not writer.dead:
             # unreachable replica before any event (ORCH-1117), or preempted (ORCH-2579):
             # back to the store's front once its last events are stored
-            self._requeue(rec.task_id, epoch, writer.flushing)
+            self.requeue(rec.task_id, epoch, writer.flushing)
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
-    def _requeue(self, task_id: str, epoch: int, after: asyncio.Task[None] | None = None) -> None:
-        async def requeue() -> None:
+    def requeue(self, task_id: str, epoch: int, after: asyncio.Task[None] | None = None) -> None:
+        """Put ``task_id`` back in its queue at the store under ``epoch`` (after ``after``)."""
+
+        async def again() -> None:
             if after is not None:
                 await asyncio.wait({after})
             await self.store.requeue(task_id, epoch)
 
-        self.track(asyncio.get_running_loop().create_task(requeue()))
+        self.track(asyncio.get_running_loop().create_task(again()))
 
     def _lease_lost(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)
@@ -508,7 +514,7 @@ class StoreBridge:
             rec.tokens_out = rec.engine_tokens = sofar.next_index
             rec.text_out = [sofar.text]
             if rec.request.max_tokens > sofar.next_index:
-                if self._go(pool, replica, rec, r.epoch, r.next_seq):
+                if self.go(pool, replica, rec, r.epoch, r.next_seq):
                     _log.warning("task %s taken over: continuing it here", r.task_id)
                     return "continued"
                 return "ended"

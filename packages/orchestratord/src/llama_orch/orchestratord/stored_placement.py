@@ -134,12 +134,12 @@ class StorePlacement:
             _log.exception("placement of task %s on a store failed", rec.task_id)
             chosen = replica
         if chosen is None:  # the hook failed closed (ORCH-8550), under the task's epoch
-            bridge._drop_log(rec.task_id)
+            bridge.drop_log(rec.task_id)
             bridge.track(asyncio.get_running_loop().create_task(self._refuse(bridge, rec, d)))
             return
         if chosen.state.replica_id == d.replica_id:
             self.dispatched(pool, replica, rec)
-            bridge._go(pool, replica, rec, d.epoch, d.next_seq)
+            bridge.go(pool, replica, rec, d.epoch, d.next_seq)
             return
         held = self.dispatcher.placer.hold(pool)
         move = self._move(bridge, pool, rec, d, chosen.state.replica_id, held)
@@ -157,18 +157,18 @@ class StorePlacement:
             pass  # the store's reservation stands: run there
         except (StateStoreError, KeyError):
             # canceled, ended or taken over meanwhile: the store's log says what follows
-            bridge._drop_log(rec.task_id)
+            bridge.drop_log(rec.task_id)
             if not rec.terminal:
                 bridge.tasks.forget(rec.task_id)
             return
         replica = pool.replicas.get(target)
         if replica is None:  # gone from this instance while the move was in flight
-            bridge._drop_log(rec.task_id)
-            bridge._requeue(rec.task_id, d.epoch)
+            bridge.drop_log(rec.task_id)
+            bridge.requeue(rec.task_id, d.epoch)
             return
         self.dispatcher.placer.resume(pool, held)
         self.dispatched(pool, replica, rec)
-        bridge._go(pool, replica, rec, d.epoch, d.next_seq)
+        bridge.go(pool, replica, rec, d.epoch, d.next_seq)
 
     async def _refuse(self, bridge: StoreBridge, rec: TaskRecord, d: Dispatched) -> None:
         ev = error_event(rec, "the placement policy failed (on_error: closed)")

@@ -56,7 +56,7 @@ async def preempt_for_head(bridge: StoreBridge, pool: Pool) -> None:
 
     def eligible(t: TaskRecord) -> bool:
         rid = t.replica_id or ""
-        if rid not in pool.replicas or t.task_id not in bridge._writers:  # ours to stop
+        if rid not in pool.replicas or not bridge.runs_here(t.task_id):  # ours to stop
             return False
         return pin is None or _set_key(pool, rid) == pin
 
@@ -77,12 +77,12 @@ async def resume(bridge: StoreBridge, pool: Pool, rec: TaskRecord, d: Dispatched
     except (KeyError, StoreUnavailable, StateStoreError):
         # gone, or unknown for now: give it back rather than start it blind (a second
         # `started` would break ORCH-1903)
-        bridge._drop_log(rec.task_id)
+        bridge.drop_log(rec.task_id)
         with contextlib.suppress(KeyError, StoreUnavailable, StateStoreError):
             await bridge.store.requeue(rec.task_id, d.epoch)
         return
     if sofar.ended:  # canceled meanwhile: the store holds its one terminal
-        bridge._drop_log(rec.task_id)
+        bridge.drop_log(rec.task_id)
         if not rec.terminal:
             bridge.tasks.forget(rec.task_id)
         return
