@@ -106,14 +106,14 @@ def replica_pace(paces: Iterable[Pace]) -> float:
     return num / den
 
 
-OVERRUN_SHARE = 0.25  # of the time a prompt past its forecast has run: still to come
+OVERRUN_SHARE = 0.1  # of the time a prompt past its forecast has run: still to come
 
 
 def prefill_left(forecast_ms: float, elapsed_ms: float) -> float:
     """ms until the first token of a prompt forecast at ``forecast_ms`` after its
     dispatch, ``elapsed_ms`` ago (ORCH-2914): what is left of the forecast, and once
-    the prompt is near or past it a quarter of the time it has run, so the first token
-    told moves 1.25 s later for each second of overrun instead of sliding with the
+    the prompt is near or past it a tenth of the time it has run, so the first token
+    told moves 1.1 s later for each second of overrun instead of sliding with the
     clock (a prompt that has overrun is slower than forecast by an unknown factor)."""
     return max(forecast_ms - elapsed_ms, OVERRUN_SHARE * max(0.0, elapsed_ms), 0.0)
 

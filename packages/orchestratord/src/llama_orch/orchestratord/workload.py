@@ -276,7 +276,7 @@ class Workload:
                             own * own + t.run_prefill_ahead_sq + log.squares(t.dispatched, now)
                         )
                         ttft = model.ttft_ms(own + t.run_prefill_ahead + later, now, p, squares)
-                        # ORCH-2914: past its forecast, a quarter of its time so far is left
+                        # ORCH-2914: past its forecast, a tenth of its time so far is left
                         left_ms = prefill_left(ttft, (now - t.dispatched) * 1000)
                         ttfts[id(t)] = left_ms
                         pending = max(pending, left_ms)
