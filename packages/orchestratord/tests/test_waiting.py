@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+from typing import Any
 
 import msgspec
 import pytest
@@ -414,7 +415,8 @@ def test_the_finish_rule_before_and_after_started():
     assert not announce_finish(rec, cfg, 9000.0, 100.5)  # too soon after dispatch
     assert announce_finish(rec, cfg, 9000.0, 101.0)
     assert rec.finish_held == 110.0
-    assert not announce_finish(rec, cfg, 20000.0, 101.5)  # within the interval
+    # within the interval (ORCH-2915: 8.5 s held, 11 s forecast is not far off)
+    assert not announce_finish(rec, cfg, 11000.0, 101.5)
     assert not announce_finish(rec, cfg, 8500.0, 102.0)  # moved 500 ms < 10 % of 8.5 s
     rec.first_token = 103.0  # `started` was sent
     assert announce_finish(rec, cfg, 2000.0, 104.0)  # moved 4 s
@@ -468,8 +470,9 @@ def test_a_stall_in_progress_is_not_extrapolated_either():
 
 def test_a_late_first_token_does_not_slow_the_forecast_decode():
     """ORCH-2910: a task 3 s into a prefill modelled at 1.1 s is forecast to decode its
-    99 tokens left at the model's 20 ms a token once its first token comes (now: its
-    prefill is overdue and nothing else is prefilling), not 2.7x slower."""
+    99 tokens left at the model's 20 ms a token once its first token comes, not 2.7x
+    slower; that first token comes 0.3 s from now (ORCH-2914: a tenth of the 3 s
+    its overdue prompt has run; before session 9, now)."""
     from types import SimpleNamespace
 
     from llama_orch.core.adapter_api import GenerateRequest
@@ -494,7 +497,7 @@ def test_a_late_first_token_does_not_slow_the_forecast_decode():
     (load,) = w.loads(pool, 100.5)  # type: ignore[arg-type]
     assert load.running_ms == pytest.approx([600.0 + 99 * 20.0])
     (load,) = w.loads(pool, 103.0)  # type: ignore[arg-type]
-    assert load.running_ms == pytest.approx([99 * 20.0])
+    assert load.running_ms == pytest.approx([300.0 + 99 * 20.0])
 
 
 def test_a_prompt_beside_a_running_task_stalls_it_as_long_as_it_measured():
@@ -535,3 +538,110 @@ def test_a_prompt_beside_a_running_task_stalls_it_as_long_as_it_measured():
     (load,) = w.loads(pool, 110.26)  # type: ignore[arg-type]
     assert load.pace == pytest.approx(1.0)
     assert sorted(load.running_ms) == pytest.approx([49 * 20.0, 197 * 20.0])
+
+
+def _one_replica(prefill_ms_per_token: float = 5.0) -> tuple[Any, Any]:
+    """A Workload and a pool of one Ready 4-slot replica whose model is its prior:
+    100 ms overhead, ``prefill_ms_per_token``, 20 ms a token, no slowdown."""
+    from types import SimpleNamespace
+
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.core.servicetime import Prior
+    from llama_orch.orchestratord.workload import Workload
+
+    engine = "llamacpp-http"
+    w = Workload()
+    w._priors[engine] = Prior(
+        overhead_ms=100.0,
+        prefill_ms_per_token=prefill_ms_per_token,
+        decode_ms_per_token=20.0,
+        slowdown=0.0,
+    )
+    state = ReplicaState(pool_id="p", replica_id="p-e0", engine=engine, status="ready", slots=4)
+    pool = SimpleNamespace(
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=[]
+    )
+    w.model(pool, "p-e0", 4)
+    return w, pool
+
+
+def _running(w: Any, tid: str, tokens_in: int, max_tokens: int, dispatched: float) -> TaskRecord:
+    from llama_orch.core.adapter_api import GenerateRequest
+
+    req = GenerateRequest(task_id=tid, prompt="x", max_tokens=max_tokens, seed=1)
+    r = TaskRecord(tid, "p", "llamacpp-http", "interactive", req, tokens_in)
+    r.dispatched = dispatched
+    w.started("p", "p-e0", r)
+    return r
+
+
+def test_a_prompt_past_its_forecast_moves_the_finishes_told_instead_of_sliding():
+    """ORCH-2914 (ORCH-2912's largest cause): a 1,900-token prompt forecast at 9.6 s
+    (100 ms + 5 ms a token) is still prefilling at 12 s and at 14 s. The finish told to
+    it and to a task decoding beside it (which waits for that prefill, ORCH-1996) moves
+    2.2 s later over those 2 s (1.1 s a second); before, both were now + their decode,
+    so they slid with the clock (2 s) and the prompt's own first token was told as now."""
+    w, pool = _one_replica()
+    long = _running(w, "long", 1900, 8, 100.0)
+    beside = _running(w, "beside", 20, 200, 99.0)
+    beside.run_first_token, beside.last_token, beside.engine_tokens = 99.2, 99.98, 40
+    told = {}
+    for now in (112.0, 114.0):
+        forecasts, running = w.forecasts(pool, now)
+        assert forecasts == []
+        told[now] = {t.task_id: now + ms / 1000 for t, ms in running}
+    for tid in ("long", "beside"):
+        assert told[114.0][tid] - told[112.0][tid] == pytest.approx(2.2, abs=0.01), (tid, told)
+    # the prompt's first token: a tenth of the 12 s it has run, then its 7 tokens
+    assert told[112.0]["long"] == pytest.approx(112.0 + 1.2 + 7 * 0.02, abs=0.01)
+    assert long.run_first_token is None
+
+
+def test_the_measured_prefill_pace_reaches_the_running_forecast():
+    """ORCH-2913 in orchestratord: after 10 minutes of runs at the model's prefill, 4
+    minutes of runs whose first token takes 1.5x as long; the clipped line has barely
+    moved, and the forecast of a prompt still prefilling is the line's x the measured
+    pace (about 1.35x)."""
+    from llama_orch.core.servicetime import Observation
+
+    w, pool = _one_replica()
+    model = w.model(pool, "p-e0", 4)
+    t = 0.0
+    for n in range(84):
+        tokens_in = 200 + (n * 389) % 1500
+        ttft = (1.0 if n < 60 else 1.5) * (100.0 + 5.0 * tokens_in)
+        model.observe(Observation(tokens_in, ttft, 20.0 * 9, 10, 1.0, "completed"), t)
+        t += 10.0
+    _running(w, "a", 1000, 1, t)
+    (load,) = w.loads(pool, t)
+    p = model.params(t)
+    line = p.overhead_ms + p._replace(prefill_pace=1.0).prefill_ms(1000)
+    assert p.prefill_pace > 1.3, p
+    assert load.running_ms == pytest.approx([p.overhead_ms + p.prefill_ms(1000)])
+    assert load.running_ms[0] > 1.25 * line, (load.running_ms, line, p)
+
+
+def test_a_held_finish_far_off_is_told_at_the_next_tick():
+    """ORCH-2915: a running task whose held finish has passed, or is more than 1.5x off
+    the forecast time left, is told at the next tick, without the 100 ms floor and the
+    1 s spacing of ORCH-2907; a held finish within 1.5x still waits for both."""
+    from llama_orch.orchestratord.waiting import TICK_S, announce_finish, finish_far
+
+    assert finish_far(-5.0, 40.0) and finish_far(96.0, 43.0) and finish_far(43.0, 96.0)
+    assert not finish_far(96.0, 70.0) and not finish_far(-5.0, 0.0)
+    cfg = WaitingConfig(queued_event_interval_s=1.0)
+    rec = _rec(None)
+    rec.lifecycle.dispatch()
+    rec.dispatched, rec.first_token = 100.0, 100.1
+    rec.finish_held = 100.48  # the 202 said 480 ms; the task runs short
+    # 230 ms held, 190 forecast: within 1.5x, a 40 ms move (ORCH-2907's floor)
+    assert not announce_finish(rec, cfg, 190.0, 100.25)
+    assert announce_finish(rec, cfg, 90.0, 100.30)  # 180 ms held, 90 forecast: far
+    assert rec.finish_held == pytest.approx(100.39)
+    # passed, 60 ms forecast: far, but not within a tick of the last
+    assert not announce_finish(rec, cfg, 60.0, 100.30 + TICK_S * 0.5)
+    assert announce_finish(rec, cfg, 40.0, 100.30 + TICK_S)  # at the next tick
+    # passed, forecast to end now: not far (both 1 ms); ORCH-2907's interval holds
+    assert not announce_finish(rec, cfg, 0.0, 100.30 + 2 * TICK_S)
+    frames = [json.loads(f.split(b"data: ", 1)[1]) for f in rec.frames_so_far()]
+    assert [f["predicted_finish_ms"] for f in frames] == [90, 40], frames

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,6 +30,7 @@ __all__ = [
     "admits",
     "best_slot",
     "live_pace",
+    "prefill_left",
     "replica_pace",
     "simulate",
     "simulate_released",
@@ -103,6 +104,18 @@ def replica_pace(paces: Iterable[Pace]) -> float:
         num += p.weight * p.ratio
         den += p.weight
     return num / den
+
+
+OVERRUN_SHARE = 0.1  # of the time a prompt past its forecast has run: still to come
+
+
+def prefill_left(forecast_ms: float, elapsed_ms: float) -> float:
+    """ms until the first token of a prompt forecast at ``forecast_ms`` after its
+    dispatch, ``elapsed_ms`` ago (ORCH-2914): what is left of the forecast, and once
+    the prompt is near or past it a tenth of the time it has run, so the first token
+    told moves 1.1 s later for each second of overrun instead of sliding with the
+    clock (a prompt that has overrun is slower than forecast by an unknown factor)."""
+    return max(forecast_ms - elapsed_ms, OVERRUN_SHARE * max(0.0, elapsed_ms), 0.0)
 
 
 def _tick(ms: float) -> float:
@@ -204,10 +217,13 @@ class _Lane:
 
 def _run(
     replicas: Sequence[ReplicaLoad],
-    jobs: Iterable[Job],
+    jobs: Iterable[tuple[float, Job]],
     now: float,
     prefills: list[list[float]] | None = None,
 ) -> tuple[list[Slot], list[_Lane]] | None:
+    """The one simulation loop of every forecast: ``(release_ms, job)`` pairs in
+    serving order (releases ascending; 0 for the queued work), each on the slot that
+    frees first, not before its release (ORCH-1957, ORCH-1972, ORCH-2904)."""
     # Each replica as a lane (its idle slots counted, the others one sorted list) and a
     # heap of the replicas by their first free slot (ties: lowest index). Slots of one
     # replica are alike, so only when each frees matters: a job costs O(log slots) + a
@@ -219,16 +235,21 @@ def _run(
     heap = [(lane.key(), idx) for idx, lane in enumerate(lanes)]
     heapq.heapify(heap)
     out: list[Slot] = []
-    for job in jobs:
+    for release, job in jobs:
         _, idx = heap[0]
         lane = lanes[idx]
-        start, end, begin = lane.service(replicas[idx], job, now)
+        start, end, begin = lane.service(replicas[idx], job, now, release)
         if prefills is not None:  # ORCH-2906: the prefill each job adds to its lane
             prefills[idx].append(lane.params.prefill_ms(job.tokens_in))
-        lane.take(end, begin, job)
+        lane.take(end, begin, job, start)
         heapq.heapreplace(heap, (lane.key(), idx))
         out.append(Slot(start, end, idx))
     return out, lanes
+
+
+def _queued(jobs: Iterable[Job]) -> Iterator[tuple[float, Job]]:
+    """Queued work: every job released now."""
+    return ((0.0, job) for job in jobs)
 
 
 def simulate_released(
@@ -237,20 +258,8 @@ def simulate_released(
     """:func:`simulate` of ``(release_ms, job)`` pairs, releases in ascending order:
     a job takes the slot that frees first, not before its release (ORCH-1972); the
     same lanes, service times and serial prefill as every forecast (ORCH-2904)."""
-    lanes = [_Lane(r, now) for r in replicas]
-    if not lanes:
-        return None
-    heap = [(lane.key(), idx) for idx, lane in enumerate(lanes)]
-    heapq.heapify(heap)
-    out: list[Slot] = []
-    for release, job in jobs:
-        _, idx = heap[0]
-        lane = lanes[idx]
-        start, end, begin = lane.service(replicas[idx], job, now, release)
-        lane.take(end, begin, job, start)
-        heapq.heapreplace(heap, (lane.key(), idx))
-        out.append(Slot(start, end, idx))
-    return out
+    ran = _run(replicas, jobs, now)
+    return None if ran is None else ran[0]
 
 
 def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -> list[Slot] | None:
@@ -263,7 +272,7 @@ def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -
     and delays every other slot of the replica that holds work by its length
     (ORCH-1996). Cost O(log slots) per job (ORCH-2760).
     """
-    ran = _run(replicas, jobs, now)
+    ran = _run(replicas, _queued(jobs), now)
     return None if ran is None else ran[0]
 
 
@@ -275,7 +284,7 @@ def simulate_running(
     by the prefill of every job started on its replica while it still holds its slot
     (ORCH-1996); what a running task's client is told (ORCH-2907)."""
     prefills: list[list[float]] = [[] for _ in replicas]
-    ran = _run(replicas, jobs, now, prefills)
+    ran = _run(replicas, _queued(jobs), now, prefills)
     if ran is None:
         return None
     slots = ran[0]
@@ -322,7 +331,7 @@ def best_slot(
 ) -> Slot | None:
     """Forecast of ``job`` after the jobs ``ahead``: the earliest free slot of each
     replica, and of those the one where it would finish first (ORCH-1957)."""
-    ran = _run(replicas, ahead, now)
+    ran = _run(replicas, _queued(ahead), now)
     if ran is None:
         return None
     best: Slot | None = None

@@ -164,14 +164,18 @@ class ModelParams(NamedTuple):
     # reads the whole cache; an idle replica's pace at most decode_cap (ORCH-2901)
     decode_ctx: float = 0.0
     decode_cap: float = math.inf
+    # measured / modelled prefill of the replica's recent runs (ORCH-2913)
+    prefill_pace: float = 1.0
 
     def prefill_ms(self, tokens: int, squares: int | None = None) -> float:
         """Prefill time of ``tokens`` prompt tokens in prompts whose sizes' squares sum
-        to ``squares`` (one prompt when None), capped at ``prefill_cap`` a token so
-        that ORCH-1953's bound holds (ORCH-2900)."""
+        to ``squares`` (one prompt when None) at the replica's measured prefill pace
+        (ORCH-2913), capped at ``prefill_cap`` a token so that ORCH-1953's bound holds
+        (ORCH-2900)."""
         n = max(0, tokens)
         sq = n * n if squares is None else max(0, squares)
-        return min(self.prefill_ms_per_token * n + self.prefill_quad * sq, self.prefill_cap * n)
+        modelled = self.prefill_ms_per_token * n + self.prefill_quad * sq
+        return min(self.prefill_pace * modelled, self.prefill_cap * n)
 
     def decode_ms(self, busy: float, context: float = 0.0) -> float:
         """ms per output token at ``busy`` busy slots (already clamped to the slots)
@@ -345,11 +349,18 @@ class ServiceModel:
         self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
         # (time, prompt tokens) of the dispatches to this replica (ORCH-1990)
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
+        # decaying sums of measured and modelled prefill ms, and when (ORCH-2913)
+        self._paced: tuple[float, float, float] | None = None
         # the last ``params`` and its ``now``: a forecast asks once per simulated job at
         # one instant (issue #20's admission cost); learning forgets it
         self._memo: tuple[float, ModelParams] | None = None
 
     DISPATCHES = 512
+    # The measured prefill pace (ORCH-2913): its half-life, its prior of agreement in
+    # ms of prefill, its bounds.
+    PACE_HALF_LIFE_S = 120.0
+    PACE_PRIOR_MS = 1000.0
+    PACE_BOUNDS = (0.5, 3.0)
     # The prompt size at which the squared prefill term's ridge holds it (ORCH-2900).
     QUAD_REF = 1000.0
     # A decode is learned net of others' prefill only while that is at most this share
@@ -399,7 +410,12 @@ class ServiceModel:
             x = float(own + ahead)
             # each prompt's squared size (ORCH-2900): the others' as told, else as one
             ahead_sq = ahead * ahead if obs.ahead_sq is None else max(0, obs.ahead_sq)
+            # ORCH-2913: its prefill against the line's before it is learned, unpaced
+            p = self.params(now)._replace(prefill_pace=1.0)
+            modelled = p.prefill_ms(own + ahead, own * own + ahead_sq)
+            self._learn_pace(max(0.0, obs.ttft_ms - p.overhead_ms), modelled, now)
             self._ttft.observe(x, obs.ttft_ms, now, float(own * own + ahead_sq))
+            self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
             decode_ms = obs.decode_ms
@@ -416,6 +432,24 @@ class ServiceModel:
             # its mean context while it decoded: its prompt and half its output
             context = max(0, obs.tokens_in) + (obs.tokens_out - 1) / 2
             self._decode.observe(busy - 1.0, per, now, context)
+
+    def _learn_pace(self, measured_ms: float, modelled_ms: float, now: float) -> None:
+        if not (math.isfinite(measured_ms) and math.isfinite(modelled_ms)):
+            return
+        m, p, t = self._paced or (0.0, 0.0, now)
+        k = math.pow(0.5, max(0.0, now - t) / self.PACE_HALF_LIFE_S)
+        self._paced = (m * k + measured_ms, p * k + max(0.0, modelled_ms), max(t, now))
+
+    def prefill_pace(self, now: float) -> float:
+        """Measured / modelled prefill of the replica's recent runs (ORCH-2913): the
+        decaying sums with a prior of ``PACE_PRIOR_MS`` of agreement, bounded."""
+        if self._paced is None:
+            return 1.0
+        m, p, t = self._paced
+        k = math.pow(0.5, max(0.0, now - t) / self.PACE_HALF_LIFE_S)
+        lo, hi = self.PACE_BOUNDS
+        prior = self.PACE_PRIOR_MS
+        return min(max((m * k + prior) / (p * k + prior), lo), hi)
 
     def observe_error(self, predicted_ms: float, actual_ms: float, now: float) -> None:
         """How far a finish forecast was off (relative), for the on-time odds."""
@@ -443,6 +477,7 @@ class ServiceModel:
             cap,
             ctx,
             self._decode.y_hi,
+            self.prefill_pace(now),
         )
         self._memo = (now, p)
         return p

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from .pools import Pool
     from .service import Orchestrator
 
-__all__ = ["TICK_S", "announce_finish", "announce_queued", "expiry", "waiting_loop"]
+__all__ = [
+    "TICK_S",
+    "announce_finish",
+    "announce_queued",
+    "expiry",
+    "finish_far",
+    "waiting_loop",
+]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 
@@ -73,6 +80,14 @@ def announce_queued(
 
 FINISH_MOVE = 0.1  # of the time left: a finish that moved less is not sent (ORCH-2907)
 FINISH_MOVE_MIN_MS = 100
+FINISH_FAR = 1.5  # held / forecast time left beyond which it is told at once (ORCH-2915)
+
+
+def finish_far(held_left_ms: float, finish_ms: float) -> bool:
+    """Whether a held time left (passed: ≤ 0) is more than 1.5x off the forecast one,
+    either way, both counted at least 1 ms (ORCH-2915)."""
+    held, told = max(1.0, held_left_ms), max(1.0, finish_ms)
+    return max(held / told, told / held) > FINISH_FAR
 
 
 def announce_finish(rec: TaskRecord, cfg: WaitingConfig, finish_ms: float, now: float) -> bool:
@@ -80,16 +95,20 @@ def announce_finish(rec: TaskRecord, cfg: WaitingConfig, finish_ms: float, now: 
     holds by more than 10 % of the time left (and 100 ms), at most once per
     ``queued_event_interval_s`` (ORCH-2907): in a ``metrics`` event once it has started,
     and before (its engine has not answered: a batch of prompts ahead of its own), in
-    a ``queued`` event at position 0 once it has waited that interval since dispatch."""
+    a ``queued`` event at position 0 once it has waited that interval since dispatch.
+    A held finish far off (passed, or its time left over 1.5x off) is told at the next
+    tick, whatever the move and the interval (ORCH-2915)."""
     interval = cfg.queued_event_interval_s * 0.95
-    if rec.request.inputs or now - rec.finish_sent_at < interval:
+    held = rec.finish_held
+    far = held is not None and finish_far((held - now) * 1000, finish_ms)
+    spacing = TICK_S * 0.95 if far else interval
+    if rec.request.inputs or now - rec.finish_sent_at < spacing:
         return False
     started = rec.first_token is not None  # `started` came with the engine's first answer
     if not started and (rec.dispatched is None or now - rec.dispatched < interval):
         return False
-    held = rec.finish_held
     moved = abs(now + finish_ms / 1000 - held) * 1000 if held is not None else math.inf
-    if moved <= max(FINISH_MOVE_MIN_MS, FINISH_MOVE * finish_ms):
+    if not far and moved <= max(FINISH_MOVE_MIN_MS, FINISH_MOVE * finish_ms):
         return False
     told = int(finish_ms)
     event: MetricsEvent | QueuedEvent = (

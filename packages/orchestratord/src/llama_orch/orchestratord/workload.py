@@ -35,6 +35,7 @@ from llama_orch.core.eta import (
     admits,
     best_slot,
     live_pace,
+    prefill_left,
     replica_pace,
     simulate,
     simulate_running,
@@ -262,7 +263,7 @@ class Workload:
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
-                ttfts: dict[int, float] = {}  # the prefilling tasks' first-token times
+                ttfts: dict[int, float] = {}  # the prefilling tasks' ms to their first token
                 prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
                 log = model.prompt_index()  # O(log) a query below (issue #20)
                 for t in running:
@@ -275,8 +276,10 @@ class Workload:
                             own * own + t.run_prefill_ahead_sq + log.squares(t.dispatched, now)
                         )
                         ttft = model.ttft_ms(own + t.run_prefill_ahead + later, now, p, squares)
-                        ttfts[id(t)] = ttft
-                        pending = max(pending, ttft - (now - t.dispatched) * 1000)
+                        # ORCH-2914: past its forecast, a tenth of its time so far is left
+                        left_ms = prefill_left(ttft, (now - t.dispatched) * 1000)
+                        ttfts[id(t)] = left_ms
+                        pending = max(pending, left_ms)
                 undone = PromptIndex(prefilling)
                 # ORCH-2911: the prompts of running tasks that have their first token
                 # stalled the others from their dispatch to that token, as measured
@@ -300,11 +303,10 @@ class Workload:
                     ms = left_t * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
-                        elapsed = (now - t.dispatched) * 1000
                         # its prompt is batched with the others pending: its first token
                         # comes when the replica's prefill in progress ends (ORCH-1996);
                         # a late first token does not slow its decode (ORCH-2910)
-                        ms = max(0.0, ttfts[id(t)] - elapsed, pending)
+                        ms = max(0.0, ttfts[id(t)], pending)
                         ms += max(0, tokens_left(t) - 1) * per
                     elif t.run_first_token is not None and t.last_token is not None:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
