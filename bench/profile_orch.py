@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def main() -> int:
     ap.add_argument(
         "--state", default=None, choices=["memory", "valkey"], help="a `state:` backend (#13)"
     )
+    ap.add_argument("--raw-out", default=None, help="keep py-spy's raw stacks in this file")
     args = ap.parse_args()
     tools = ensure_venv("tools-venv", TOOLS, "import matplotlib")
     tmp = Path(tempfile.mkdtemp(prefix="llorch-prof-"))
@@ -99,11 +101,18 @@ def main() -> int:
         )
         procs.stop(load)
         report(raw, args.top)
+        if args.raw_out:
+            Path(args.raw_out).write_text(raw.read_text())
     finally:
         procs.stop_all()
         if server is not None:
             server.stop()
     return 0
+
+
+def _function(frame: str) -> str:
+    """``name (file:line)`` without its line: a function's samples counted once."""
+    return re.sub(r":\d+\)$", ")", frame)
 
 
 def report(raw: Path, top: int) -> None:
@@ -113,7 +122,7 @@ def report(raw: Path, top: int) -> None:
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         count = int(n)
-        frames = stack.split(";")
+        frames = [_function(f) for f in stack.split(";")]
         total += count
         self_c[frames[-1]] += count
         for f in set(frames):
@@ -122,7 +131,7 @@ def report(raw: Path, top: int) -> None:
     print("## self")
     for f, n in self_c.most_common(top):
         print(f"{100 * n / total:5.1f} %  {f}")
-    print("## inclusive")
+    print("## inclusive (by function)")
     for f, n in incl.most_common(top * 2):
         print(f"{100 * n / total:5.1f} %  {f}")
 

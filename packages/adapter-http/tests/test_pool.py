@@ -119,7 +119,8 @@ def _gone(request: web.Request) -> bool:
 
 async def test_back_to_back_and_concurrent_generations_reuse_connections() -> None:
     """ORCH-2720: one connection serves back-to-back streams; concurrent streams open
-    at most one connection each and return them to the pool."""
+    at most one connection each and return them to the pool; ORCH-2769: each request
+    that went out on a pooled connection is counted as such."""
     engine = Engine()
     async with engine.fake as fake:
         adapter = Toy(fake.base_url)
@@ -137,6 +138,8 @@ async def test_back_to_back_and_concurrent_generations_reuse_connections() -> No
             assert again[-1] == Finished(reason="eos", tokens_generated=2)
             assert len(engine.per_conn) <= 8  # served by a pooled connection
             assert adapter.stale_retries == 0
+            # ORCH-2769: the connector tells every request but a connection's first
+            assert adapter.pooled_requests == 14 - len(engine.per_conn)
         finally:
             await adapter.aclose()
 

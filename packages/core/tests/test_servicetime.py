@@ -367,3 +367,42 @@ def test_params_at_one_instant_are_computed_once_and_relearned():
     assert after is not before and after.overhead_ms > 10 * before.overhead_ms
     # the decode learned net of the prefill cost just learned (after the 5th sample)
     assert after.samples > 0 and after.decode_ms_per_token > before.decode_ms_per_token
+
+
+class _SmallLog(ServiceModel):
+    DISPATCHES = 5  # a short log, so that evictions and compactions happen often
+
+
+_times = st.integers(0, 40).map(lambda i: i / 4)  # ties on purpose
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("dispatch"), _times, st.integers(-3, 700)),
+        st.tuples(st.just("query"), _times, _times),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_ops, ordered=st.booleans())
+def test_the_dispatch_log_index_equals_a_sum_over_its_last_entries(ops, ordered):
+    """ORCH-2767: the index that dispatches update in place answers as a sum over the
+    log's last ``DISPATCHES`` entries in dispatch order, with dispatches and queries
+    interleaved, in time order (the incremental path) or not (the rebuilt one)."""
+    m = _SmallLog(Prior(100.0, 5.0, 20.0, 0.0), half_life_s=600.0, slots=2)
+    log: list[tuple[float, int]] = []
+    clock = 0.0
+    for kind, a, b in ops:
+        if kind == "dispatch":
+            t = clock + a if ordered else a
+            clock = t
+            m.dispatched(int(b), t)
+            log.append((t, max(0, int(b))))
+            continue
+        t0, t1 = (a, b) if not ordered else (a * 4, b * 4)
+        last = log[-_SmallLog.DISPATCHES :]
+        want = sum(n for t, n in last if t0 < t <= t1)
+        want_sq = sum(n * n for t, n in last if t0 < t <= t1)
+        index = m.prompt_index()
+        assert m.prompt_tokens_between(t0, t1) == index.between(t0, t1) == want
+        assert m.prompt_squares_between(t0, t1) == index.squares(t0, t1) == want_sq

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
+import weakref
 from collections.abc import AsyncGenerator
-from types import SimpleNamespace
 from typing import ClassVar, Protocol, TypeVar
 
 import aiohttp
 import msgspec
+from aiohttp.tracing import Trace
 from llama_orch.core.adapter_api import (
     CANCELED,
     AdapterEvent,
@@ -65,12 +67,38 @@ class _Attempt:
         self.reused = False
 
 
-async def _mark_reused(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
-) -> None:
-    attempt = ctx.trace_request_ctx
-    if isinstance(attempt, _Attempt):
-        attempt.reused = True
+# the try of the request being sent in this task (``_send``), for the connector
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "llama_orch_http_attempt", default=None
+)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Marks the current try as ``reused`` when the connection it gets carried an
+    earlier request (a pooled one, ORCH-2721): each connection has its own protocol
+    object, which the pool hands out again. No aiohttp trace (ORCH-2769)."""
+
+    def __init__(self, *, keepalive_s: float) -> None:
+        # No connection cap (limit=0): see ``HttpAdapter._http``; 0 s: no pooling
+        if keepalive_s > 0:
+            super().__init__(limit=0, keepalive_timeout=keepalive_s)
+        else:
+            super().__init__(limit=0, force_close=True)
+        self._handed_out: weakref.WeakSet[object] = weakref.WeakSet()
+
+    async def connect(
+        self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        protocol = conn.protocol
+        if protocol is not None:
+            if protocol in self._handed_out:
+                attempt = _ATTEMPT.get()
+                if attempt is not None:
+                    attempt.reused = True
+            else:
+                self._handed_out.add(protocol)
+        return conn
 
 
 class StreamDecoder(Protocol):
@@ -133,22 +161,14 @@ class HttpAdapter(WorkerAdapter):
             # aiohttp's default (100) silently queued every stream beyond 100
             # inside the adapter, with the slot already counted as busy.
             keepalive = self.options.keepalive_s
-            connector = (
-                aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive)
-                if keepalive > 0
-                else aiohttp.TCPConnector(limit=0, force_close=True)
-            )
             # Engines close idle keep-alive connections on their own clock; a
             # request written to one that is closing fails with "Cannot write to
             # closing transport" or a disconnect before any answer (found by the
             # conformance suite's back-to-back generations when pooling was first
-            # tried). The trace marks which requests went out on a pooled
+            # tried). The connector marks which requests went out on a pooled
             # connection, so exactly those failures are retried (_send).
-            trace = aiohttp.TraceConfig()
-            trace.on_connection_reuseconn.append(_mark_reused)
-            self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, trace_configs=[trace]
-            )
+            connector = _Connector(keepalive_s=keepalive)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
     async def _send(
@@ -158,10 +178,9 @@ class HttpAdapter(WorkerAdapter):
         pooled connection before any byte of an answer arrived (ORCH-2721)."""
         for _ in range(_MAX_STALE):
             attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
             try:
-                resp = await self._http().request(
-                    method, url, data=data, headers=headers, trace_request_ctx=attempt
-                )
+                resp = await self._http().request(method, url, data=data, headers=headers)
                 self.pooled_requests += attempt.reused
                 return resp
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
@@ -170,10 +189,10 @@ class HttpAdapter(WorkerAdapter):
                 if not attempt.reused:
                     raise
                 self.stale_retries += 1
+            finally:
+                _ATTEMPT.reset(token)
         # every try so far met a pooled connection the engine had closed: the last one
-        return await self._http().request(
-            method, url, data=data, headers=headers, trace_request_ctx=_Attempt()
-        )
+        return await self._http().request(method, url, data=data, headers=headers)
 
     async def aclose(self) -> None:
         """Close every open stream (their readers get WorkerReset) and the session."""

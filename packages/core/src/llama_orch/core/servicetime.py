@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 __all__ = [
+    "DispatchLog",
     "ModelParams",
     "Observation",
     "Prior",
@@ -105,6 +106,45 @@ class PromptIndex:
             self._sq = [0, *itertools.accumulate(n * n for _, n in self._pairs)]
         i, j = self._range(t0, t1)
         return self._sq[j] - self._sq[i]
+
+
+class DispatchLog(PromptIndex):
+    """A :class:`PromptIndex` of the last ``maxlen`` dispatches, in the order they were
+    dispatched (their times ascending), updated in place by :meth:`append`: amortized
+    O(1) a dispatch instead of a sorted copy per forecast (ORCH-2767). Entries before
+    ``_lo`` have left the log; they stay until a compaction rebases the sums."""
+
+    __slots__ = ("_lo", "_maxlen")
+
+    def __init__(self, dispatches: Iterable[tuple[float, int]], maxlen: int) -> None:
+        pairs = list(dispatches)  # ascending times: the caller checked
+        self._times = [t for t, _ in pairs]
+        self._cum = [0, *itertools.accumulate(n for _, n in pairs)]
+        self._sq = [0, *itertools.accumulate(n * n for _, n in pairs)]
+        self._pairs = []  # the squares are kept up to date, never rebuilt from pairs
+        self._lo = max(0, len(pairs) - maxlen)
+        self._maxlen = maxlen
+
+    def _range(self, t0: float, t1: float) -> tuple[int, int]:
+        lo = self._lo
+        return bisect.bisect_right(self._times, t0, lo), bisect.bisect_right(self._times, t1, lo)
+
+    def append(self, t: float, n: int) -> None:
+        """A dispatch at ``t`` no earlier than the last one; the oldest leaves a full log."""
+        self._times.append(t)
+        self._cum.append(self._cum[-1] + n)
+        sq = self._sq
+        assert sq is not None  # always built (no lazy squares here)
+        sq.append(sq[-1] + n * n)
+        if len(self._times) - self._lo > self._maxlen:
+            self._lo += 1
+        if self._lo >= self._maxlen:  # compact: drop what left, rebase the sums
+            lo = self._lo
+            del self._times[:lo]
+            base, base_sq = self._cum[lo], sq[lo]
+            self._cum = [c - base for c in self._cum[lo:]]
+            self._sq = [c - base_sq for c in sq[lo:]]
+            self._lo = 0
 
 
 class Spans:
@@ -349,6 +389,8 @@ class ServiceModel:
         self._err = RobustLine(0.25, 0.0, 1.0, prior.weight, half_life_s)
         # (time, prompt tokens) of the dispatches to this replica (ORCH-1990)
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
+        # their index, kept up to date while dispatches come in time order (ORCH-2767)
+        self._index: PromptIndex | None = None
         # decaying sums of measured and modelled prefill ms, and when (ORCH-2913)
         self._paced: tuple[float, float, float] | None = None
         # the last ``params`` and its ``now``: a forecast asks once per simulated job at
@@ -373,20 +415,33 @@ class ServiceModel:
     def dispatched(self, tokens_in: int, now: float) -> None:
         """A task with ``tokens_in`` prompt tokens was dispatched to the replica."""
         n = max(0, tokens_in)
-        self._dispatches.append((now, n))
+        log = self._dispatches
+        in_order = not log or now >= log[-1][0]
+        log.append((now, n))
+        if in_order and isinstance(self._index, DispatchLog):
+            self._index.append(now, n)
+        else:  # out of time order (a clock passed in): rebuilt at the next query
+            self._index = None
 
     def prompt_index(self) -> PromptIndex:
-        """The dispatch log as a :class:`PromptIndex` (for many queries at once)."""
-        return PromptIndex(self._dispatches)
+        """The dispatch log as a :class:`PromptIndex` (for many queries at once); a
+        live view that later dispatches update (ORCH-2767)."""
+        if self._index is None:
+            log = self._dispatches
+            if all(a[0] <= b[0] for a, b in itertools.pairwise(log)):
+                self._index = DispatchLog(log, self.DISPATCHES)
+            else:
+                self._index = PromptIndex(log)
+        return self._index
 
     def prompt_tokens_between(self, t0: float, t1: float) -> int:
         """Prompt tokens dispatched in ``(t0, t1]`` (one run's own dispatch at ``t0``
         is not counted)."""
-        return sum(n for t, n in self._dispatches if t0 < t <= t1)
+        return self.prompt_index().between(t0, t1)
 
     def prompt_squares_between(self, t0: float, t1: float) -> int:
         """The sum of the squares of the prompt sizes dispatched in ``(t0, t1]``."""
-        return sum(n * n for t, n in self._dispatches if t0 < t <= t1)
+        return self.prompt_index().squares(t0, t1)
 
     # ---------------------------------------------------------------- learning
 
