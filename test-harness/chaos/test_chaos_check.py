@@ -606,6 +606,29 @@ def test_each_engine_incarnation_has_its_own_log_clock() -> None:
     ]
 
 
+def test_an_engine_keeps_each_incarnations_log_for_the_history(tmp_path: Path) -> None:
+    """ORCH-6242: what ``chaos_run`` records of each engine incarnation: its spawn and
+    ready times and the slot lines of its own log; the engines log with timestamps."""
+    from chaos_procs import LOG_FLAGS, Engine
+
+    assert {"--log-timestamps", "--log-prefix"} <= set(LOG_FLAGS)
+    e = Engine(0, tmp_path / "llama-server", tmp_path / "m.gguf", 2, tmp_path)
+    for k, text in ((1, _ENGINE_LOG), (2, _ENGINE_LOG.splitlines()[3] + "\n")):
+        (tmp_path / f"engine0-{k}.log").write_text(text)
+        e.runs.append(
+            {"incarnation": k, "log": str(tmp_path / f"engine0-{k}.log"), "t_spawn": 9.0 * k}
+        )
+    got = e.slot_logs()
+    assert [(r["incarnation"], r["t_spawn"], sorted(r["tasks"])) for r in got] == [
+        (1, 9.0, ["11", "4", "5"]),
+        (2, 18.0, ["5"]),
+    ]
+    assert "log" not in got[0] and got[1]["tasks"]["5"] == {
+        "slot": 0,
+        "launch": pytest.approx(10.06),
+    }
+
+
 def test_planted_session_turn_consumed_by_a_rejection_is_caught() -> None:
     """The bug this harness found (#21): 429'd session turns counted as turns."""
     h = _history()
