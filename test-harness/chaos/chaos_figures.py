@@ -8,6 +8,7 @@ import itertools
 import statistics
 from typing import Any
 
+from chaos_cancel import cancel_slot_free, cancel_slot_free_engine
 from chaos_history import (
     OUTAGE_FAULTS,
     POOL_FAULTS,
@@ -168,83 +169,14 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(xs[k], 4)
 
 
-def _under_fault(history: dict[str, Any], engine: int, t: float) -> bool:
-    """An engine fault (not overload) on ``engine`` was active around ``t`` (±1 s):
-    a stopped, cut or slowed engine cannot free a slot on time by construction."""
-    for f in history.get("faults", []):
-        if f["kind"] == "overload" or f.get("target") != engine:
-            continue
-        if f["t_start"] - 1.0 <= t <= (f.get("t_end") or f["t_start"]) + 1.0:
-            return True
-    return False
-
-
-def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -> list[float]:
-    """Seconds from a cancel request to its engine slot freed, for cancels of a
-    request the engine was running (its exchange open, not final, at the cancel)."""
-    samples: dict[str, list[dict[str, Any]]] = history.get("slot_samples", {})
-    out: list[float] = []
-    for r in history["tasks"]:
-        c = cancel_of(r)
-        if not c or c.get("status") != 204:
-            continue
-        xs = [
-            x
-            for x in exchanges_of(history, r["n"])
-            if x["opened"] < c["t_send"]
-            and (x.get("closed") is None or x["closed"] > c["t_send"])
-            and not x.get("final")
-            and x.get("prompt_tokens") is not None
-        ]
-        if not xs:
-            continue
-        x = xs[-1]
-        if _under_fault(history, x["engine"], c["t_send"]) != exclude_faults:
-            continue
-        series = samples.get(str(x["engine"]), [])
-        before = [s for s in series if s["t"] <= c["t_send"]]
-        if not before:
-            continue
-
-        # The engine's slot running this request (llama-server names the slot in the
-        # final chunk only): a busy slot whose prompt length is the request's (±1:
-        # /slots counts the token being sampled or not) and whose task appeared when
-        # the request was opened; skipped when that does not single out one slot.
-        def appeared(slot: dict[str, Any], series: list[dict[str, Any]] = series) -> float:
-            return next(
-                s["t"]
-                for s in series
-                if any(
-                    q["id"] == slot["id"] and q["id_task"] == slot["id_task"] for q in s["slots"]
-                )
-            )
-
-        # A slot whose task appeared before the request was opened runs another
-        # request; during prefill /slots counts only the prompt tokens evaluated so far
-        # (a CI run matched a neighbour's 56-token prompt to this 55-token request,
-        # whose own slot showed 7, and reported that neighbour's end as 594 ms).
-        match = sorted(
-            (abs(appeared(s) - x["opened"]), s["id"], s)
-            for s in before[-1]["slots"]
-            if s["is_processing"]
-            and s.get("prompt_len") is not None
-            and s["prompt_len"] <= x["prompt_tokens"] + 1
-            and (s["prompt_len"] >= x["prompt_tokens"] - 1 or s["prompt_len"] < x["prompt_tokens"])
-            and appeared(s) >= x["opened"] - 0.05
-        )
-        if not match or match[0][0] > 1.0 or (len(match) > 1 and match[1][0] - match[0][0] < 0.1):
-            continue
-        slot0 = match[0][2]
-        for s in series:
-            if s["t"] <= c["t_send"]:
-                continue
-            slot = next((q for q in s["slots"] if q["id"] == slot0["id"]), None)
-            if slot is None:
-                break
-            if not slot["is_processing"] or slot["id_task"] != slot0["id_task"]:
-                out.append(s["t"] - c["t_send"])
-                break
-    return out
+def _ms(xs: list[float]) -> dict[str, Any]:
+    """n, p50, p99, max of seconds, in milliseconds."""
+    return {
+        "n": len(xs),
+        "p50": None if not xs else round(1000 * statistics.median(xs), 1),
+        "p99": None if not xs else round(1000 * (_pct(xs, 99) or 0), 1),
+        "max": None if not xs else round(1000 * max(xs), 1),
+    }
 
 
 def _first_backoff(r: dict[str, Any], field: str) -> dict[str, Any] | None:
@@ -388,8 +320,9 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
     accepted = sum(1 for r in tasks if r.get("task_id"))
     failed = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("failed:")}
     rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
-    csf = cancel_slot_free(history)
-    csf_fault = cancel_slot_free(history, exclude_faults=True)
+    csf_poll = cancel_slot_free(history)
+    csf = cancel_slot_free_engine(history)
+    csf_fault = cancel_slot_free_engine(history, exclude_faults=True)
     ra = retry_after_errors(history)
     rec = recoveries(history)
     kill_reset = [
@@ -422,14 +355,17 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             )
         ),
         "tokens_streamed": tokens,
-        "cancel_slot_free_ms": {
-            "n": len(csf),
-            "p50": None if not csf else round(1000 * statistics.median(csf), 1),
-            "p99": None if not csf else round(1000 * (_pct(csf, 99) or 0), 1),
-            "max": None if not csf else round(1000 * max(csf), 1),
-            "under_fault_n": len(csf_fault),
-            "under_fault_max": None if not csf_fault else round(1000 * max(csf_fault), 1),
+        # ORCH-6242: gated, from the engine's log (chaos_cancel.py says how)
+        "cancel_slot_free_ms": _ms(csf.samples)
+        | {
+            "fallbacks": csf.fallbacks,
+            "clock_slack_max": None if not csf.slack_s else round(1000 * max(csf.slack_s), 1),
+            "engine_saw_cancel": _ms(csf.cancel_seen),
+            "under_fault_n": len(csf_fault.samples),
+            "under_fault_max": _ms(csf_fault.samples)["max"],
         },
+        # reported, not gated: the first /slots answer showing the slot free
+        "cancel_slot_free_poll_ms": _ms(csf_poll),
         "cancel_upstream_closed_ms": {
             "n": len(cuc),
             "p50": None if not cuc else round(1000 * (_pct(cuc, 50) or 0), 1),

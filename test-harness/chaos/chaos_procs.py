@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from chaos_cancel import parse_engine_log
 from llama_orch.pool_managerd.engine import LlamaServerSpec, die_with_parent, free_port
 
 SMOLLM2 = "pypi:smollm2-135m-instruct-q4_1"
@@ -33,6 +34,10 @@ DRAIN_TIMEOUT_S = 90.0
 # with 16-token batches 250.1 ms (2026-12-03 21:25, a CI machine slower than ours),
 # so 8-token batches halve the term that a slower machine stretches.
 ENGINE_FLAGS = tuple(os.environ.get("CHAOS_ENGINE_FLAGS", "--no-repack -b 8 -ub 8").split())
+# ORCH-6242: the cancel -> slot-free figure is read from the engine's log, its slot lines
+# ("launch_slot_ ... processing task", "release ... stop processing") with the time
+# since the engine's start; said explicitly, not left to the build's defaults.
+LOG_FLAGS = ("--log-timestamps", "--log-prefix", "--log-colors", "off")
 
 
 def log(msg: str) -> None:
@@ -91,6 +96,8 @@ class Engine:
         self.port = 0
         self.incarnation = 0
         self.counters: list[dict[str, float]] = []  # token counters of past incarnations
+        # per incarnation: its log, when it was spawned and answered /health (our clock)
+        self.runs: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:
@@ -109,10 +116,14 @@ class Engine:
             # advertises AMX but the kernel traps its tile instructions (SIGILL/GPF in
             # libggml-cpu during warmup). Weight repacking is what selects the AMX
             # kernels; chaos does not measure it, so it is off.
-            extra_flags=ENGINE_FLAGS,
+            extra_flags=(*ENGINE_FLAGS, *LOG_FLAGS),
         )
         self.incarnation += 1
-        with (self.logdir / f"engine{self.index}-{self.incarnation}.log").open("wb") as logf:
+        log_path = self.logdir / f"engine{self.index}-{self.incarnation}.log"
+        run: dict[str, Any] = {"incarnation": self.incarnation, "log": str(log_path)}
+        self.runs.append(run)
+        with log_path.open("wb") as logf:
+            run["t_spawn"] = now()  # the log's clock starts after this
             self.proc = subprocess.Popen(
                 spec.command(),
                 stdout=logf,
@@ -129,9 +140,21 @@ class Engine:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with http.get(self.url + "/health", timeout=aiohttp.ClientTimeout(2)) as r:
                     if r.status == 200:
+                        run["t_ready"] = now()  # the log's clock started before this
                         return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"engine {self.index} not healthy in 120 s")
+
+    def slot_logs(self) -> list[dict[str, Any]]:
+        """Each incarnation's spawn and ready times and the slot lines of its log
+        (``chaos_cancel.parse_engine_log``): read once the engine has stopped."""
+        out = []
+        for run in self.runs:
+            text = Path(run["log"]).read_text(errors="replace")
+            out.append(
+                {k: v for k, v in run.items() if k != "log"} | {"tasks": parse_engine_log(text)}
+            )
+        return out
 
     async def token_counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
         out: dict[str, float] = {}

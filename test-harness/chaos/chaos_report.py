@@ -56,6 +56,7 @@ def markdown(
 ) -> str:
     plan = history["plan"]
     csf = figs["cancel_slot_free_ms"]
+    csp = figs.get("cancel_slot_free_poll_ms") or {}
     rce = figs["retry_after_client_error_s"]
     cuc = figs["cancel_upstream_closed_ms"]
     w0, w1 = history["load_window"]
@@ -106,10 +107,19 @@ def markdown(
         "",
         "| figure | value |",
         "|---|---|",
-        f"| cancel → engine slot free (ms) p50 / p99 / max (n) | "
-        f"{_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} ({csf['n']}) |",
+        f"| cancel → engine slot free, from the engine's log (ms) p50 / p99 / max (n; of "
+        f"which poll figures) | {_fmt(csf['p50'])} / {_fmt(csf['p99'])} / {_fmt(csf['max'])} "
+        f"({csf['n']}; {_fmt(csf.get('fallbacks'))}) |",
         f"| same, cancels on an engine under a fault (±1 s), not counted above: max (n) | "
         f"{_fmt(csf.get('under_fault_max'))} ({csf.get('under_fault_n')}) |",
+        f"| part of it: cancel → the engine logged the cancel (`stop: cancel task`; its HTTP "
+        f"thread saw the closed connection) (ms) p50 / max (n) | "
+        f"{_fmt(csf.get('engine_saw_cancel', {}).get('p50'))} / "
+        f"{_fmt(csf.get('engine_saw_cancel', {}).get('max'))} "
+        f"({_fmt(csf.get('engine_saw_cancel', {}).get('n'))}) |",
+        f"| cancel → first `/slots` answer showing the slot free (ms) p50 / p99 / max (n), "
+        f"reported, not gated | {_fmt(csp.get('p50'))} / {_fmt(csp.get('p99'))} / "
+        f"{_fmt(csp.get('max'))} ({_fmt(csp.get('n'))}) |",
         f"| cancel → orchestratord closed the engine request (ms) p50 / p99 (n) | "
         f"{_fmt(cuc['p50'])} / {_fmt(cuc['p99'])} ({cuc['n']}) |",
         f"| gap between two tokens of a task at the client (ms) p50 / p99: about one engine "
@@ -128,6 +138,21 @@ def markdown(
         f"| fairness deviation (dispatch share vs weight, backlogged tenants) | "
         f"{figs['fairness']['deviation']} over {figs['fairness']['samples']} dispatches; "
         f"observed {figs['fairness']['observed']}, expected {figs['fairness']['expected']} |",
+        "",
+        "How cancel → slot free is measured (ORCH-6242): the canceled request's engine task "
+        "is found on `/slots` (the busy slot with its prompt length whose task appeared when "
+        "the request reached the fault proxy). The gated figure is the time llama-server "
+        "logged releasing that task's slot (`release: … stop processing`) minus the time the "
+        "cancel was sent. The log counts from the engine's start; its offset to the runner's "
+        "clock is, per engine incarnation, the largest consistent with every observation: "
+        "no launch or release logged after the `/slots` answer that first showed it, nor "
+        "before the send of the last poll that did not, no launch before the proxy saw its "
+        "request, no line before the spawn. So a sample is never earlier than what was seen "
+        f"(the offset interval is at most {_fmt(csf.get('clock_slack_max'))} ms wide here). "
+        "Where the interval is empty or the log lacks the task's release, the sample is the "
+        "poll figure (counted above). The poll figure, the first `/slots` answer (polled "
+        "every 20 ms) showing the slot free, also carries the poll period and the runner's "
+        "own delays when its event loop is busy.",
         "",
         "## Faults injected and recovery",
         "",

@@ -188,6 +188,9 @@ class Runner:
             else [vars(x) for p in self.topo.proxies for x in p.exchanges],
             "pool_managerd_samples": None if self.topo.pm is None else self.topo.pm.samples,
             "slot_samples": self.slot_samples,
+            # ORCH-6242: the engines' own slot lines, per incarnation (none from
+            # pool-managerd's engines: their logs are its own)
+            "engine_logs": {str(e.index): e.slot_logs() for e in self.topo.engines},
             "slots_after_run": {
                 k: [
                     {
