@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -55,6 +55,8 @@ from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Histogram
+
     from .dispatch import Dispatcher
 
 __all__ = ["StoreBridge", "StoredTask", "record_of", "spec_of", "store_config"]
@@ -66,6 +68,23 @@ _BELL_WAIT_S = 2.0  # also the period of the replica re-sync when nothing rings
 def _set_key(pool: Pool, replica_id: str) -> str:
     k = pool.replicas[replica_id].state.set_key()
     return f"{k.engine}|{k.model_digest}|{k.ctx}|{k.engine_version}"
+
+
+class _Timed:
+    """A store call's duration into ``state_store_op_ms`` (ORCH-2531): a plain context
+    manager with the op's attributes made once (a generator-based one and a new dict
+    per call were ~1.5 % of the event loop's time under load, ``profile_orch.py``)."""
+
+    __slots__ = ("_attrs", "_hist", "_t0")
+
+    def __init__(self, hist: Histogram, attrs: dict[str, str]) -> None:
+        self._hist, self._attrs, self._t0 = hist, attrs, 0.0
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._hist.record((time.perf_counter() - self._t0) * 1000, self._attrs)
 
 
 class StoreBridge:
@@ -110,15 +129,14 @@ class StoreBridge:
         self._chores: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self.live: list[str] = [self.instance]  # last heartbeat round's view (ORCH-2543)
+        self._op_attrs: dict[str, dict[str, str]] = {}  # timed()'s, one per op
 
-    @contextlib.contextmanager
-    def timed(self, op: str) -> Iterator[None]:
+    def timed(self, op: str) -> _Timed:
         """Record one store call's duration (ORCH-2531)."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.metrics.store_op_ms.record((time.perf_counter() - t0) * 1000, {"op": op})
+        attrs = self._op_attrs.get(op)
+        if attrs is None:
+            attrs = self._op_attrs[op] = {"op": op}
+        return _Timed(self.metrics.store_op_ms, attrs)
 
     # ---------------------------------------------------------------- lifecycle
 
