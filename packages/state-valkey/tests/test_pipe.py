@@ -192,6 +192,23 @@ async def test_a_dropped_connection_fails_calls_in_flight(
         pipe.close()
 
 
+async def test_a_call_cancelled_before_it_left_is_not_sent(
+    fake: Callable[..., FakeServer],
+) -> None:
+    s = await _start(fake(lambda cmd: b"+OK\r\n"))
+    pipe = Pipe(_fixed(s.address), timeout_s=10)
+    try:
+        assert await pipe.call("PING") == b"OK"
+        gone = asyncio.ensure_future(pipe.call("SET", "gone", "1"))
+        await asyncio.sleep(0)  # its command is queued for this turn's write
+        gone.cancel()
+        assert await pipe.call("SET", "kept", "1") == b"OK"
+        assert [c[1] for c in s.commands if c[0] == b"SET"] == [b"kept"]
+        assert gone.cancelled()
+    finally:
+        pipe.close()
+
+
 async def test_auth_and_select_go_first(fake: Callable[..., FakeServer]) -> None:
     s = await _start(fake(lambda cmd: b"+OK\r\n"))
     pipe = Pipe(_fixed(s.address), timeout_s=10, password="pw", username="u", db=3)

@@ -75,7 +75,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, timeout_s: float, on_lost: Callable[[_Conn], None]) -> None:
         self.reader = libvalkey.Reader()
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
-        self.out: list[bytes] = []
+        self.out: list[tuple[asyncio.Future[Any], bytes]] = []  # this turn's, not sent yet
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._timeout_s = timeout_s
@@ -108,18 +108,30 @@ class _Conn(asyncio.Protocol):
     # -------------------------------------------------------------- calls
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         fut = self._loop.create_future()
-        if not self.waiting and self._timer is None:
-            self._timer = self._loop.call_later(self._timeout_s, self._check)
-        self.waiting.append((fut, time.monotonic()))
+        if self.closed:  # lost between the connect and its AUTH/SELECT
+            fut.set_exception(StoreUnavailable("state store unreachable: connection closed"))
+            return fut
         if not self.out:  # the first command of this turn: one write at its end
             self._loop.call_soon(self._flush)
-        self.out.append(packed)
+        self.out.append((fut, packed))
         return fut
 
     def _flush(self) -> None:
+        """Send this turn's commands in one write; a call cancelled before it left is
+        not sent (as valkey-py sends nothing for a call cancelled before its send)."""
         out, self.out = self.out, []
-        if self.transport is not None and not self.closed and out:
-            self.transport.write(b"".join(out))
+        if self.closed or self.transport is None:
+            return  # fail() already failed them
+        now = time.monotonic()
+        if not self.waiting and self._timer is None:
+            self._timer = self._loop.call_later(self._timeout_s, self._check)
+        data = []
+        for fut, packed in out:
+            if not fut.done():
+                self.waiting.append((fut, now))
+                data.append(packed)
+        if data:
+            self.transport.write(b"".join(data))
 
     def _check(self) -> None:
         """The socket timeout: the oldest call waited that long without a reply."""
@@ -141,7 +153,8 @@ class _Conn(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         waiting, self.waiting = self.waiting, collections.deque()
-        for fut, _ in waiting:
+        out, self.out = self.out, []
+        for fut, _ in [*waiting, *out]:
             if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # a cancelled caller's future: no "never retrieved" warning
