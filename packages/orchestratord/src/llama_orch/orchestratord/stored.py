@@ -298,17 +298,18 @@ class StoreBridge:
 
     async def _wait_for_work(self, pool: Pool, cursor: str, synced: list[SlotView] | None) -> None:
         """Until the pool's doorbell rings (a submit, a requeue, a slot freed while tasks
-        wait: ORCH-2518) or a replica here changes. A slot freed here or a submit here
-        wakes the local event too, but the store's bell already says whether that left
-        work to place: only a replica change ends the wait early, so the blocking read
-        is not cut off (a cancelled read costs its connection) for nothing (ORCH-2570)."""
+        wait: ORCH-2518) or a replica here changes. The store's bell already says whether
+        a submit or a freed slot left work to place: only a replica change ends the wait
+        early, so the blocking read is not cut off (a cancelled read costs its
+        connection) for nothing (ORCH-2570); and this wait is not even woken by them
+        (``pool.changed``, not ``pool.wakeup``: ORCH-2596)."""
         waits: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self.store.wait_bell(pool.id, cursor, _BELL_WAIT_S))
         ]
         try:
             while True:
-                pool.wakeup.clear()
-                waits[1:] = [asyncio.ensure_future(pool.wakeup.wait())]
+                pool.changed.clear()
+                waits[1:] = [asyncio.ensure_future(pool.changed.wait())]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if waits[0].done() or self._slots(pool) != synced:
                     return
