@@ -85,8 +85,9 @@ def test_pack_encodes_as_valkey_py_does() -> None:
 
 
 async def test_one_write_per_turn_and_replies_in_order(valkey_url: str) -> None:
-    """The commands of one turn of the loop leave in one write; each caller gets its
-    own reply, in the order the commands were sent."""
+    """A command with nothing in flight leaves at once; the ones that follow in the
+    same turn of the loop leave in one write; each caller gets its own reply, in the
+    order the commands were sent."""
     pipe = Pipe(_fixed(_addr(valkey_url)), timeout_s=10)
     try:
         assert await pipe.call("PING") == b"PONG"
@@ -102,10 +103,11 @@ async def test_one_write_per_turn_and_replies_in_order(valkey_url: str) -> None:
         conn.transport.write = counting  # type: ignore[method-assign]
         replies = await asyncio.gather(*(pipe.call("ECHO", f"m{i}") for i in range(200)))
         assert replies == [f"m{i}".encode() for i in range(200)]
-        assert len(writes) == 1
+        # the first at once (nothing was in flight), the 199 others in one write
+        assert len(writes) == 2, writes
         await pipe.call("ECHO", "a")
         await pipe.call("ECHO", "b")
-        assert len(writes) == 3  # one per turn when calls are awaited one by one
+        assert len(writes) == 4  # one each when calls are awaited one by one
     finally:
         pipe.close()
 
@@ -199,11 +201,13 @@ async def test_a_call_cancelled_before_it_left_is_not_sent(
     pipe = Pipe(_fixed(s.address), timeout_s=10)
     try:
         assert await pipe.call("PING") == b"OK"
+        first = asyncio.ensure_future(pipe.call("SET", "first", "1"))
         gone = asyncio.ensure_future(pipe.call("SET", "gone", "1"))
-        await asyncio.sleep(0)  # its command is queued for this turn's write
+        await asyncio.sleep(0)  # the first left at once; gone waits for the turn's write
         gone.cancel()
+        assert await first == b"OK"
         assert await pipe.call("SET", "kept", "1") == b"OK"
-        assert [c[1] for c in s.commands if c[0] == b"SET"] == [b"kept"]
+        assert [c[1] for c in s.commands if c[0] == b"SET"] == [b"first", b"kept"]
         assert gone.cancelled()
     finally:
         pipe.close()

@@ -111,6 +111,14 @@ class _Conn(asyncio.Protocol):
         if self.closed:  # lost between the connect and its AUTH/SELECT
             fut.set_exception(StoreUnavailable("state store unreachable: connection closed"))
             return fut
+        if not self.waiting and not self.out and self.transport is not None:
+            # nothing in flight: it leaves at once, so the server works on it while this
+            # turn goes on; the commands that follow in the turn leave together at its end
+            self.waiting.append((fut, time.monotonic()))
+            if self._timer is None:
+                self._timer = self._loop.call_later(self._timeout_s, self._check)
+            self.transport.write(packed)
+            return fut
         if not self.out:  # the first command of this turn: one write at its end
             self._loop.call_soon(self._flush)
         self.out.append((fut, packed))
