@@ -6,8 +6,9 @@ of its own (measured: 85-150 µs of client CPU per round trip on loopback,
 ``bench/store_client_cpu.py``). The store's calls that never block at the server
 (every ``FCALL`` of the llorch library) go instead on one connection of their own:
 
-* the commands issued in the same turn of the event loop leave in one write
-  (one system call for all the requests and appends of that turn);
+* a command issued while none is in flight leaves at once (the server works on it
+  while the turn goes on); the commands issued after it in the same turn of the
+  event loop leave together in one write (one system call for them all);
 * the replies are parsed by libvalkey's C reader as they arrive and handed to the
   callers in the order the commands were sent (the server answers in that order);
 * a broken or silent connection fails every call in flight with
