@@ -137,6 +137,17 @@ async def _measure(
         await asyncio.gather(*(_pairs(store, per, "i0", False) for _ in range(args.concurrency)))
         took = time.perf_counter() - t0
         out[f"pairs/s, 1 client, {args.concurrency} in flight"] = per * args.concurrency / took
+        # as orchestratord admits (ORCH-2569): one submit_dispatch per pair, many in flight
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(
+            *(_pairs(store, per, "i0", False, one_call=True) for _ in range(args.concurrency))
+        )
+        took = time.perf_counter() - t0
+        key = f"pairs/s, 1 client, {args.concurrency} in flight, one call"
+        out[key] = per * args.concurrency / took
+        out[f"pairs per client CPU-second, {args.concurrency} in flight, one call"] = (
+            per * args.concurrency / (time.process_time() - cpu0)
+        )
         peers = [store] + [await open_store() for _ in range(args.clients - 1)]
         per = args.pairs // args.clients
         t0 = time.perf_counter()
@@ -179,8 +190,15 @@ async def main() -> None:
             await s.start()
             return s
 
+        async def open_valkey_pool() -> StateStore:
+            s = ValkeyStateStore(url, key_prefix="bench-pool")
+            await s.start()
+            s._pipe = None  # every llorch call through valkey-py's pool (before ORCH-2595)
+            return s
+
         results = {
             "memory": await _measure("memory", open_memory, args),
+            "valkey-py pool": await _measure("valkey-py pool", open_valkey_pool, args),
             "valkey": await _measure("valkey", open_valkey, args),
         }
         probe = await open_valkey()
@@ -200,13 +218,19 @@ async def main() -> None:
         f"server {version}, AOF everysec)"
     )
     print(f"# pairs = submit + dispatch (+ terminal append), backlog 1000; {vars(args)}")
-    print(f"{'figure':56} {'memory':>12} {'valkey':>12} {'memory/valkey':>14}")
+    print("# valkey-py pool: the llorch calls through valkey-py (before ORCH-2595); valkey: pipe")
+    head = f"{'figure':64} {'memory':>10} {'valkey-py pool':>15} {'valkey':>10}"
+    print(f"{head} {'memory/valkey':>14}")
     for key in results["valkey"]:
-        m, v = results["memory"].get(key), results["valkey"][key]
-        if m is None:
-            print(f"{key:56} {'-':>12} {v:12,.0f} {'-':>14}")
-        else:
-            print(f"{key:56} {m:12,.0f} {v:12,.0f} {m / v:14.1f}")
+        m, p, v = (
+            results["memory"].get(key),
+            results["valkey-py pool"].get(key),
+            results["valkey"][key],
+        )
+        ms = "-" if m is None else f"{m:,.0f}"
+        ps = "-" if p is None else f"{p:,.0f}"
+        ratio = "-" if m is None else f"{m / v:.1f}"
+        print(f"{key:64} {ms:>10} {ps:>15} {v:10,.0f} {ratio:>14}")
     print(
         f"bounds on this machine: PING round trips/s (same client) {ping:,.0f}; "
         f"server time per FCALL {fcall['usec_per_call']:.1f} us over {fcall['calls']:,} calls "

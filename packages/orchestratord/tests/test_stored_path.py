@@ -75,9 +75,9 @@ async def test_a_task_running_here_streams_from_what_it_stored(
 ) -> None:
     """ORCH-2569: each admission is one ``submit_dispatch`` and the pool's dispatcher
     is not woken to dispatch per task (ORCH-2570: a slot freed here with nothing queued
-    wakes no dispatch). ORCH-2571: a task running here streams from the events this
-    instance stored, without reading the store's log, with the same ids and data as
-    the store's log."""
+    wakes no dispatch; ORCH-2596: its wait is not woken either). ORCH-2571: a task
+    running here streams from the events this instance stored, without reading the
+    store's log, with the same ids and data as the store's log."""
     cfg = _with_state(mock_config(adapter_options={"token_delay_ms": 1}), lease_ms=3000)
     run = await start_orchestrator(cfg)
     bridge = run.orch.state
@@ -85,6 +85,13 @@ async def test_a_task_running_here_streams_from_what_it_stored(
     calls: Counter[str] = Counter()
     names = ("submit", "submit_dispatch", "dispatch_or_cursor", "tail", "read")
     _count_calls(bridge.store, calls, *names)
+    slot_views = bridge._slots
+
+    def counted_slots(pool: Any) -> Any:
+        calls["slot views"] += 1  # once per dispatcher step, and per wake of its wait
+        return slot_views(pool)
+
+    bridge._slots = counted_slots  # type: ignore[method-assign]
     n, t0 = 6, time.monotonic()
     streams = [await _stream(run, max_tokens=4) for _ in range(n)]
     elapsed = time.monotonic() - t0
@@ -97,6 +104,8 @@ async def test_a_task_running_here_streams_from_what_it_stored(
     assert seen["submit_dispatch"] == n and seen.get("submit", 0) == 0, seen
     # the dispatcher re-syncs every 2 s when nothing rings; it is not woken per task
     assert seen.get("dispatch_or_cursor", 0) <= 2 + int(elapsed / 2.0), (seen, elapsed)
+    # ORCH-2596: nor is its wait woken by a submit or a freed slot here (2 per task before)
+    assert seen.get("slot views", 0) <= 2 * (2 + int(elapsed / 2.0)), (seen, elapsed)
 
 
 async def test_a_stream_read_here_follows_the_store_once_the_task_is_canceled(

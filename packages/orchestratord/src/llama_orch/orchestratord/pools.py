@@ -55,6 +55,9 @@ class Pool:
     replicas: dict[str, Replica] = field(default_factory=dict)
     states: dict[str, ReplicaState] = field(default_factory=dict)  # every replica, any status
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # set at every replica change (readiness, a snapshot), not per submit or freed slot:
+    # what a store's dispatcher waits on beside the store's doorbell (ORCH-2596)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
     _probes: set[asyncio.Task[None]] = field(default_factory=set)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
@@ -170,6 +173,7 @@ class Pool:
         self._note_readiness()
 
     def _note_readiness(self) -> None:
+        self.changed.set()
         if self.ready_replicas():
             self.unready_since = None
         elif self.unready_since is None:

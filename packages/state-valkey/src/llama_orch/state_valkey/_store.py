@@ -57,6 +57,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
+from ._pipe import Address, Pipe
 from ._wire import _config_json, _hint_args, _opt, _pairs, _s
 from .server import EmbeddedServer
 
@@ -104,6 +105,7 @@ class ValkeyStateStore(StateStore):
         self._client = client
         self._server: EmbeddedServer | None = None
         self._sentinels: Sentinel | None = None
+        self._pipe: Pipe | None = None  # the llorch calls' connection (ORCH-2595)
 
     @classmethod
     def from_options(cls, options: StateOptions) -> ValkeyStateStore:
@@ -132,6 +134,7 @@ class ValkeyStateStore(StateStore):
                     self._url = await asyncio.to_thread(self._server.start)
                 # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
                 self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
+        self._pipe = _pipe_for(self._client, sentinel=self._sentinel is not None)
         await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
         if self._durability is not None and self._durability.wait_aof:
             # ORCH-2550: fail at startup, not at the first submit, when the server has
@@ -168,6 +171,9 @@ class ValkeyStateStore(StateStore):
         return ValkeyCatalog(self._url, self._key_prefix)
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -190,6 +196,8 @@ class ValkeyStateStore(StateStore):
             raise StateStoreError(f"state store refused the call: {exc}") from exc
 
     async def _fcall(self, name: str, *args: Any) -> Any:
+        if self._pipe is not None:  # ORCH-2595: errors already mapped as _call maps them
+            return await self._pipe.call("FCALL", name, 1, self._keys[0], *args)
         # valkey annotates fcall's *keys_and_args as lists: they are the keys and arguments
         return await self._call(lambda: self.client.fcall(name, 1, *self._keys, *args))  # type: ignore[arg-type]
 
@@ -626,3 +634,40 @@ class ValkeyStateStore(StateStore):
     async def end_queued(self, pool: str, terminal: Event) -> list[str]:
         ended = await self._fcall("llorch_end_queued", pool, terminal.kind, terminal.data)
         return [_s(t) for t in ended]
+
+
+def _pipe_for(client: valkey.Valkey, *, sentinel: bool) -> Pipe | None:
+    """The pipelined connection of ORCH-2595 to where ``client`` connects, with its
+    credentials and database; None (every call on valkey-py) for what it does not
+    speak: TLS, RESP3, a credential provider, another connection class."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    if kw.get("protocol") not in (None, 2, "2") or kw.get("credential_provider") is not None:
+        return None
+    cls = pool.connection_class
+    address: Callable[[], Awaitable[Address]]
+    if sentinel:
+        if cls is not valkey.SentinelManagedConnection:  # e.g. TLS
+            return None
+        # a SentinelConnectionPool: the primary the Sentinels name now, at each connect
+        address = cast(Callable[[], Awaitable[Address]], pool.get_master_address)  # type: ignore[attr-defined]
+    elif cls is valkey.UnixDomainSocketConnection:
+        path = str(kw["path"])
+
+        async def address() -> Address:
+            return path
+    elif cls is valkey.Connection:
+        host, port = str(kw.get("host", "localhost")), int(kw.get("port", 6379))
+
+        async def address() -> Address:
+            return (host, port)
+    else:
+        return None
+    return Pipe(
+        address,
+        timeout_s=float(kw.get("socket_timeout") or 10.0),
+        password=kw.get("password"),
+        username=kw.get("username"),
+        db=int(kw.get("db") or 0),
+        sentinel=sentinel,
+    )
