@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram
 
     from .dispatch import Dispatcher
+    from .metrics import BatchedHistogram
 
 __all__ = ["StoreBridge", "StoredTask", "record_of", "spec_of", "store_config"]
 
@@ -77,7 +78,7 @@ class _Timed:
 
     __slots__ = ("_attrs", "_hist", "_t0")
 
-    def __init__(self, hist: Histogram, attrs: dict[str, str]) -> None:
+    def __init__(self, hist: Histogram | BatchedHistogram, attrs: dict[str, str]) -> None:
         self._hist, self._attrs, self._t0 = hist, attrs, 0.0
 
     def __enter__(self) -> None:
