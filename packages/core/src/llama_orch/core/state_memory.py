@@ -23,7 +23,7 @@ from ._memory_task import TaskRecord, rotation
 from .config import Priority
 from .placement import Chooser, ReplicaView, next_dispatch
 from .placement import Orphaned as _Orphaned
-from .queue import AdmissionQueue
+from .queue import PRIORITIES, AdmissionQueue
 from .quota import Quotas
 from .state_store import (
     TERMINAL_KINDS,
@@ -40,6 +40,7 @@ from .state_store import (
     Orphaned,
     PlacementHint,
     PoolDrain,
+    Preemption,
     Reaped,
     SlotView,
     StateOptions,
@@ -78,6 +79,7 @@ class MemoryStateStore(StateStore):
         self._bell_events: dict[str, asyncio.Event] = {}
         self._channels = ControlChannels(clock)  # ORCH-2540, ORCH-2543
         self._drains: dict[str, float] = {}  # pool -> drain deadline (ORCH-2585)
+        self._preempted: dict[str, tuple[str, float]] = {}  # pool -> (head, until) (ORCH-2597)
 
     @classmethod
     def from_options(cls, options: StateOptions) -> MemoryStateStore:
@@ -499,6 +501,36 @@ class MemoryStateStore(StateStore):
         if tid is None or meta is None:
             return None
         return cast(Priority, meta[0]), self._pin(tid)
+
+    async def preempt(
+        self, pool: str, instance: str, replicas: Sequence[str], ttl_ms: int
+    ) -> Preemption | None:
+        queue, now = self._queues[pool], self._clock()
+        head, meta = queue.peek(), queue.peek_meta()
+        if head is None or meta is None:
+            return None
+        chosen = self._preempted.get(pool)
+        if chosen is not None and chosen[0] == head and chosen[1] > now:
+            return None  # one victim per head (ORCH-2597)
+        rank, pin, live = PRIORITIES.index(meta[0]), self._pin(head), self._channels.live()
+        runs = [
+            r
+            for r in self._tasks.values()
+            if r.state == "running"
+            and r.spec.pool == pool
+            and PRIORITIES.index(r.spec.priority) > rank
+            and r.replica in replicas
+            and (pin is None or r.set_key == pin)
+            and (r.owner == instance or r.owner in live)
+        ]
+        if not runs:
+            return None
+        victim = max(runs, key=lambda r: (r.owner == instance, r.epoch))
+        assert victim.owner is not None
+        self._preempted[pool] = (head, now + ttl_ms / 1000)
+        if victim.owner != instance:
+            self._channels.send(victim.owner, Control("preempt", victim.spec.task_id, pool))
+        return Preemption(task_id=victim.spec.task_id, owner=victim.owner)
 
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""

@@ -58,6 +58,7 @@ __all__ = [
     "PlacementHint",
     "PoolDrain",
     "PoolPolicy",
+    "Preemption",
     "Reaped",
     "SlotView",
     "StateOptions",
@@ -241,11 +242,19 @@ class Control(msgspec.Struct, frozen=True, array_like=True):
     """A message on an instance's control channel (ORCH-2540): ``cancel`` tells the
     owner of ``task_id`` that the task was canceled elsewhere, so it aborts the run;
     ``drain`` / ``undrain`` tell every live instance that ``pool_id`` was drained or
-    brought back at the store (ORCH-2585), ``task_id`` then empty."""
+    brought back at the store (ORCH-2585), ``task_id`` then empty; ``preempt`` tells
+    the owner of ``task_id`` in ``pool_id`` to interrupt that run (ORCH-2597)."""
 
-    op: Literal["cancel", "drain", "undrain"]
+    op: Literal["cancel", "drain", "undrain", "preempt"]
     task_id: str
     pool_id: str = ""
+
+
+class Preemption(msgspec.Struct, frozen=True, kw_only=True):
+    """The run :meth:`StateStore.preempt` chose to interrupt and its owner (ORCH-2597)."""
+
+    task_id: str
+    owner: str
 
 
 class PoolDrain(msgspec.Struct, frozen=True, kw_only=True):
@@ -555,6 +564,16 @@ class StateStore(abc.ABC):
     async def head(self, pool: str) -> tuple[Priority, str | None] | None:
         """The priority and the pinned replica set (its pin, else its session's set) of
         the task :meth:`dispatch` would take next in ``pool``; None when none is queued."""
+
+    @abc.abstractmethod
+    async def preempt(
+        self, pool: str, instance: str, replicas: Sequence[str], ttl_ms: int
+    ) -> Preemption | None:
+        """Choose, in one step, the run to interrupt for ``pool``'s head (ORCH-2597):
+        of a strictly lower priority, on one of ``replicas`` and the head's pinned set,
+        owned by ``instance`` (preferred) or a live instance, the highest epoch; the
+        owner, when not ``instance``, gets ``Control("preempt", task, pool)``. None when
+        nothing is queued, nothing is eligible, or the head got a victim < ``ttl_ms`` ago."""
 
     # ---------------------------------------------- pool drains (ORCH-2585..2590)
 

@@ -181,6 +181,8 @@ def controls(got: Any, cursor: str) -> tuple[str, list[Control]]:
             op = _s(fields[b"op"])
             if op == "cancel":
                 out.append(Control("cancel", _s(fields[b"t"])))
+            elif op == "preempt":  # ORCH-2597
+                out.append(Control("preempt", _s(fields[b"t"]), _s(fields[b"p"])))
             elif op in ("drain", "undrain"):  # ORCH-2585
                 kind: Literal["drain", "undrain"] = "drain" if op == "drain" else "undrain"
                 out.append(Control(kind, "", _s(fields[b"p"])))

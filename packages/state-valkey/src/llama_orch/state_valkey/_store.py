@@ -31,6 +31,7 @@ from llama_orch.core.state_store import (
     Orphaned,
     PlacementHint,
     PoolDrain,
+    Preemption,
     Reaped,
     SlotView,
     StateOptions,
@@ -480,6 +481,13 @@ class ValkeyStateStore(StateStore):
         if not r:
             return None
         return cast(Priority, _s(r[0])), _opt(r[1]) or None
+
+    async def preempt(
+        self, pool: str, instance: str, replicas: Sequence[str], ttl_ms: int
+    ) -> Preemption | None:
+        """One ``llorch_preempt`` (ORCH-2597)."""
+        r = await self._fcall("llorch_preempt", pool, instance, int(ttl_ms), *replicas)
+        return Preemption(task_id=_s(r[0]), owner=_s(r[1])) if r else None
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         s = await self._call(
