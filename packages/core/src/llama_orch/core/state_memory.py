@@ -532,6 +532,9 @@ class MemoryStateStore(StateStore):
             self._channels.send(victim.owner, Control("preempt", victim.spec.task_id, pool))
         return Preemption(task_id=victim.spec.task_id, owner=victim.owner)
 
+    async def queued(self, pool: str) -> list[str]:
+        return sorted(self._queues[pool].queued())
+
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""
         if self._config is None:

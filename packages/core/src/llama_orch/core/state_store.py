@@ -575,6 +575,11 @@ class StateStore(abc.ABC):
         owner, when not ``instance``, gets ``Control("preempt", task, pool)``. None when
         nothing is queued, nothing is eligible, or the head got a victim < ``ttl_ms`` ago."""
 
+    @abc.abstractmethod
+    async def queued(self, pool: str) -> list[str]:
+        """The ids of every task queued in ``pool``, whoever admitted it, sorted
+        (ORCH-2600)."""
+
     # ---------------------------------------------- pool drains (ORCH-2585..2590)
 
     @abc.abstractmethod

@@ -51,6 +51,7 @@ from .stored_local import StoredLog, StoredLogs, stream_frames
 from .stored_placement import StorePlacement
 from .stored_preemption import needs_log, preempt_for_head, preempt_here, resume
 from .stored_task import StoredTask, record_of, spec_of, store_config
+from .stored_waiting import adopt_queued
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -469,7 +470,10 @@ class StoreBridge:
 
     async def _heartbeat(self) -> None:
         await self.store.heartbeat(self.instance, self.options.lease_ms)
+        before = set(self.live)
         self.live = [v.instance_id for v in await self.store.instances()]
+        if before - set(self.live) - {self.instance}:  # an instance is gone (ORCH-2601)
+            self.track(asyncio.get_running_loop().create_task(adopt_queued(self)))
         await self.drains.sync()  # a drain message missed (ORCH-2588)
 
     async def live_instances(self) -> list[str]:

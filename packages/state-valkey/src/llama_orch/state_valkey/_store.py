@@ -515,6 +515,10 @@ class ValkeyStateStore(StateStore):
             key=lambda d: d.pool,
         )
 
+    async def queued(self, pool: str) -> list[str]:
+        """One ``llorch_queued`` (ORCH-2600)."""
+        return [_s(t) for t in await self._fcall("llorch_queued", pool)]
+
     async def end_queued(self, pool: str, terminal: Event) -> list[str]:
         ended = await self._fcall("llorch_end_queued", pool, terminal.kind, terminal.data)
         return [_s(t) for t in ended]

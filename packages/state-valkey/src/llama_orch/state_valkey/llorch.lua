@@ -892,6 +892,19 @@ local function f_drains(keys, args)
   return out
 end
 
+-- args: pool: the ids of every task queued in the pool, sorted (ORCH-2600)
+local function f_queued(keys, args)
+  local p, pool = keys[1], args[1]
+  local ids = {}
+  for _, prio in ipairs(config(p).prios) do
+    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+      ids[#ids + 1] = tid
+    end
+  end
+  table.sort(ids)
+  return ids
+end
+
 -- args: pool kind data: end every task still queued in the pool (ORCH-2587); their ids
 local function f_end_queued(keys, args)
   local p, pool = keys[1], args[1]
@@ -932,3 +945,4 @@ redis.register_function('llorch_drain_pool', f_drain_pool)
 redis.register_function('llorch_undrain_pool', f_undrain_pool)
 redis.register_function('llorch_drains', f_drains)
 redis.register_function('llorch_end_queued', f_end_queued)
+redis.register_function('llorch_queued', f_queued)
