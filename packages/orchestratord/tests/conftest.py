@@ -24,6 +24,7 @@ class Running:
     url: str
     orch: Orchestrator
     http: aiohttp.ClientSession
+    stop: asyncio.Event | None = None  # set: the instance shuts down gracefully
 
     async def submit(self, *, key: str | None = None, **body: Any) -> aiohttp.ClientResponse:
         body.setdefault("prompt", "hello world")
@@ -172,7 +173,7 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
                 if not orch.self_tests.running:  # other replicas' checks done (ORCH-7050)
                     break
             await asyncio.sleep(0.05)
-        return Running(url, orch, http)
+        return Running(url, orch, http, stop)
 
     try:
         yield start

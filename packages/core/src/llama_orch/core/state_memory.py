@@ -14,15 +14,16 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import cast
 
 import msgspec
 
+from ._memory_control import ControlChannels
+from ._memory_task import TaskRecord, rotation
 from .config import Priority
 from .placement import Chooser, ReplicaView, next_dispatch
 from .placement import Orphaned as _Orphaned
-from .queue import AdmissionQueue
+from .queue import PRIORITIES, AdmissionQueue
 from .quota import Quotas
 from .state_store import (
     TERMINAL_KINDS,
@@ -39,6 +40,7 @@ from .state_store import (
     Orphaned,
     PlacementHint,
     PoolDrain,
+    Preemption,
     Reaped,
     SlotView,
     StateOptions,
@@ -58,24 +60,6 @@ from .state_store import (
 __all__ = ["MemoryStateStore"]
 
 
-@dataclass(slots=True)
-class _Task:
-    spec: TaskSpec
-    state: Literal["queued", "running", "ended"] = "queued"
-    epoch: int = 0
-    owner: str | None = None
-    replica: str | None = None
-    requeues: int = 0
-    canceled: bool = False
-    lease_until: float | None = None
-    ended_at: float | None = None
-    log: list[LoggedEvent] = field(default_factory=list)
-    changed: asyncio.Event | None = None
-    queued_note: tuple[int, int, float] | None = None  # last `queued` event (ORCH-2561)
-    dispatch_seq: int = 0  # log length at the last dispatch: earlier events are `queued`
-    set_key: str | None = None  # the replica set of the last dispatch (ORCH-2574)
-
-
 class MemoryStateStore(StateStore):
     backend = "memory"
 
@@ -86,18 +70,16 @@ class MemoryStateStore(StateStore):
         self._quotas: Quotas | None = None
         self._replicas: dict[str, dict[str, SlotView]] = {}
         self._busy: dict[str, dict[str, int]] = {}
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, TaskRecord] = {}
         self._inflight: dict[str, int] = {}
         self._sessions: dict[str, tuple[str, str, float]] = {}
         self._epoch = 0
         self._ended: deque[tuple[float, str]] = deque()  # (ended_at, task_id), for retention
         self._bells: dict[str, int] = {}
         self._bell_events: dict[str, asyncio.Event] = {}
-        self._control: dict[str, list[Control]] = {}  # per instance (ORCH-2540)
-        self._control_base: dict[str, int] = {}  # cursor of each list's first message
-        self._control_events: dict[str, asyncio.Event] = {}
-        self._alive: dict[str, float] = {}  # instance -> heartbeat expiry (ORCH-2543)
+        self._channels = ControlChannels(clock)  # ORCH-2540, ORCH-2543
         self._drains: dict[str, float] = {}  # pool -> drain deadline (ORCH-2585)
+        self._preempted: dict[str, tuple[str, float]] = {}  # pool -> (head, until) (ORCH-2597)
 
     @classmethod
     def from_options(cls, options: StateOptions) -> MemoryStateStore:
@@ -152,7 +134,7 @@ class MemoryStateStore(StateStore):
         )
         for d in displaced:
             self._end(self._tasks[d.item], displaced_terminal(d.code))
-        self._tasks[task.task_id] = _Task(task)
+        self._tasks[task.task_id] = TaskRecord(task)
         self._inflight[task.tenant] = self._inflight.get(task.tenant, 0) + 1
         if ring:
             self._ring(task.pool)
@@ -206,17 +188,7 @@ class MemoryStateStore(StateStore):
         views = self._views(pool, hint.loads if hint is not None else None)
         chooser_of: Callable[[str], Chooser[str]] | None = None
         if hint is not None and hint.round_robin:  # ORCH-2578: the instance's rotation
-            after = hint.rotate_after
-
-            def rotate(vs: list[ReplicaView[str]]) -> ReplicaView[str] | None:
-                # core.placement_policy.round_robin over those with a free slot
-                free = sorted((v for v in vs if v.free > 0), key=lambda v: v.replica_id)
-                if not free:
-                    return None
-                return next(
-                    (v for v in free if after is not None and v.replica_id > after), free[0]
-                )
-
+            rotate = rotation(hint.rotate_after)
             chooser_of = lambda _t: rotate  # noqa: E731
         step = next_dispatch(queue, views, self._pin, self._affinity, chooser_of)
         if step is None:
@@ -258,7 +230,7 @@ class MemoryStateStore(StateStore):
         )
 
     # ------------------------------------------------------------ event log
-    def _owned(self, task_id: str, epoch: int) -> _Task:
+    def _owned(self, task_id: str, epoch: int) -> TaskRecord:
         rec = self._tasks[task_id]
         if rec.state == "ended":
             raise Canceled(task_id) if rec.canceled else TaskEnded(task_id)
@@ -278,13 +250,13 @@ class MemoryStateStore(StateStore):
                 self._log(rec, ev)
         return len(rec.log)
 
-    def _log(self, rec: _Task, ev: Event) -> None:
+    def _log(self, rec: TaskRecord, ev: Event) -> None:
         rec.log.append(LoggedEvent(len(rec.log), ev.kind, ev.data))
         if rec.changed is not None:
             rec.changed.set()
             rec.changed = None
 
-    def _end(self, rec: _Task, terminal: Event) -> None:
+    def _end(self, rec: TaskRecord, terminal: Event) -> None:
         """The one path to a terminal: log it, free the slot and quota, drop the lease."""
         spec = rec.spec
         if rec.state == "queued":
@@ -334,7 +306,7 @@ class MemoryStateStore(StateStore):
         rec.canceled = True
         self._end(rec, terminal or canceled_terminal())
         if was == "running" and owner is not None:  # tell the owner now (ORCH-2540)
-            self._send(owner, Control("cancel", task_id))
+            self._channels.send(owner, Control("cancel", task_id))
         return "queued" if was == "queued" else "running"
 
     async def requeue(self, task_id: str, epoch: int) -> None:
@@ -345,7 +317,7 @@ class MemoryStateStore(StateStore):
             rec.spec = msgspec.structs.replace(rec.spec, pin=rec.set_key)
         self._back_to_queue(rec)
 
-    def _back_to_queue(self, rec: _Task) -> None:
+    def _back_to_queue(self, rec: TaskRecord) -> None:
         spec = rec.spec
         if rec.replica is not None:
             busy = self._busy[spec.pool]
@@ -429,46 +401,19 @@ class MemoryStateStore(StateStore):
         return str(self._bells.get(pool, 0))
 
     # ------------------------------------------------------------ control, liveness
-    def _send(self, instance: str, msg: Control) -> None:
-        self._control.setdefault(instance, []).append(msg)
-        ev = self._control_events.pop(instance, None)
-        if ev is not None:
-            ev.set()
-
-    def _control_end(self, instance: str) -> int:
-        return self._control_base.get(instance, 0) + len(self._control.get(instance, ()))
-
     async def control_cursor(self, instance: str) -> str:
-        return str(self._control_end(instance))
+        return self._channels.cursor(instance)
 
     async def wait_control(
         self, instance: str, cursor: str, timeout_s: float
     ) -> tuple[str, list[Control]]:
-        if self._control_end(instance) == int(cursor):
-            ev = self._control_events.setdefault(instance, asyncio.Event())
-            try:
-                await asyncio.wait_for(ev.wait(), timeout_s)
-            except TimeoutError:
-                pass
-        got = self._control.get(instance, [])
-        base = self._control_base.get(instance, 0)
-        out = got[max(0, int(cursor) - base) :]
-        # one reader per instance: what it has read is dropped (bounded memory)
-        self._control_base[instance] = base + len(got)
-        self._control[instance] = []
-        return str(base + len(got)), out
+        return await self._channels.wait(instance, cursor, timeout_s)
 
     async def heartbeat(self, instance: str, ttl_ms: int) -> None:
-        self._alive[instance] = self._clock() + ttl_ms / 1000
+        self._channels.heartbeat(instance, ttl_ms)
 
     async def instances(self) -> list[InstanceView]:
-        now = self._clock()
-        for gone in [i for i, until in self._alive.items() if until <= now]:
-            del self._alive[gone]
-        return [
-            InstanceView(instance_id=i, expires_in_ms=int((until - now) * 1000))
-            for i, until in sorted(self._alive.items())
-        ]
+        return self._channels.instances()
 
     # ------------------------------------------------------------ views
     async def task(self, task_id: str) -> TaskView | None:
@@ -557,6 +502,39 @@ class MemoryStateStore(StateStore):
             return None
         return cast(Priority, meta[0]), self._pin(tid)
 
+    async def preempt(
+        self, pool: str, instance: str, replicas: Sequence[str], ttl_ms: int
+    ) -> Preemption | None:
+        queue, now = self._queues[pool], self._clock()
+        head, meta = queue.peek(), queue.peek_meta()
+        if head is None or meta is None:
+            return None
+        chosen = self._preempted.get(pool)
+        if chosen is not None and chosen[0] == head and chosen[1] > now:
+            return None  # one victim per head (ORCH-2597)
+        rank, pin, live = PRIORITIES.index(meta[0]), self._pin(head), self._channels.live()
+        runs = [
+            r
+            for r in self._tasks.values()
+            if r.state == "running"
+            and r.spec.pool == pool
+            and PRIORITIES.index(r.spec.priority) > rank
+            and r.replica in replicas
+            and (pin is None or r.set_key == pin)
+            and (r.owner == instance or r.owner in live)
+        ]
+        if not runs:
+            return None
+        victim = max(runs, key=lambda r: (r.owner == instance, r.epoch))
+        assert victim.owner is not None
+        self._preempted[pool] = (head, now + ttl_ms / 1000)
+        if victim.owner != instance:
+            self._channels.send(victim.owner, Control("preempt", victim.spec.task_id, pool))
+        return Preemption(task_id=victim.spec.task_id, owner=victim.owner)
+
+    async def queued(self, pool: str) -> list[str]:
+        return sorted(self._queues[pool].queued())
+
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""
         if self._config is None:
@@ -567,13 +545,6 @@ class MemoryStateStore(StateStore):
             self._tasks.pop(ended.popleft()[1], None)
 
     # ------------------------------------------------------------ pool drains
-    def _broadcast(self, msg: Control) -> None:
-        """``msg`` on the channel of every live instance (ORCH-2585)."""
-        now = self._clock()
-        for instance, until in sorted(self._alive.items()):
-            if until > now:
-                self._send(instance, msg)
-
     def _drain_view(self, pool: str) -> PoolDrain:
         left = round((self._drains[pool] - self._clock()) * 1000)
         return PoolDrain(pool=pool, deadline_in_ms=max(0, left))
@@ -581,13 +552,13 @@ class MemoryStateStore(StateStore):
     async def drain_pool(self, pool: str, deadline_ms: int) -> PoolDrain:
         if pool not in self._drains:  # a second drain keeps the first deadline
             self._drains[pool] = self._clock() + deadline_ms / 1000
-            self._broadcast(Control("drain", "", pool))
+            self._channels.broadcast(Control("drain", "", pool))
         return self._drain_view(pool)
 
     async def undrain_pool(self, pool: str) -> bool:
         if self._drains.pop(pool, None) is None:
             return False
-        self._broadcast(Control("undrain", "", pool))
+        self._channels.broadcast(Control("undrain", "", pool))
         self._ring(pool)
         return True
 

@@ -31,12 +31,23 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Annotated, ClassVar, Literal, NamedTuple
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
-from .api import EndEvent, ErrorEvent, QueuedEvent, TokenEvent
+from ._state_events import (
+    TERMINAL_KINDS,
+    Continuation,
+    Event,
+    LoggedEvent,
+    canceled_terminal,
+    continuation,
+    displaced_terminal,
+    orphaned_terminal,
+    queued_event,
+    queued_note_due,
+)
 from .config import FullPolicy, Priority, RateLimit, StateOptions, TenantConfig
 from .errors import ErrorCode, InvalidParams, PoolUnavailable
 
@@ -58,6 +69,7 @@ __all__ = [
     "PlacementHint",
     "PoolDrain",
     "PoolPolicy",
+    "Preemption",
     "Reaped",
     "SlotView",
     "StateOptions",
@@ -80,7 +92,6 @@ __all__ = [
 ]
 
 STATE_STORE_ENTRY_POINT_GROUP = "llama_orch.state_stores"
-TERMINAL_KINDS = frozenset({"end", "error"})
 
 # --------------------------------------------------------------------- errors
 #
@@ -211,17 +222,6 @@ class Orphaned(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
 
 
-class Event(msgspec.Struct, frozen=True, array_like=True):
-    kind: str  # started | token | metrics | end | error
-    data: bytes
-
-
-class LoggedEvent(msgspec.Struct, frozen=True, array_like=True):
-    seq: int  # the SSE ``id:`` (ORCH-1201)
-    kind: str
-    data: bytes
-
-
 class Reaped(msgspec.Struct, frozen=True, kw_only=True):
     """An expired lease: ``requeued`` (no event yet) or ``claimed`` by the reaper under
     a new ``epoch`` for continuation or a typed end (ORCH-2511)."""
@@ -241,11 +241,19 @@ class Control(msgspec.Struct, frozen=True, array_like=True):
     """A message on an instance's control channel (ORCH-2540): ``cancel`` tells the
     owner of ``task_id`` that the task was canceled elsewhere, so it aborts the run;
     ``drain`` / ``undrain`` tell every live instance that ``pool_id`` was drained or
-    brought back at the store (ORCH-2585), ``task_id`` then empty."""
+    brought back at the store (ORCH-2585), ``task_id`` then empty; ``preempt`` tells
+    the owner of ``task_id`` in ``pool_id`` to interrupt that run (ORCH-2597)."""
 
-    op: Literal["cancel", "drain", "undrain"]
+    op: Literal["cancel", "drain", "undrain", "preempt"]
     task_id: str
     pool_id: str = ""
+
+
+class Preemption(msgspec.Struct, frozen=True, kw_only=True):
+    """The run :meth:`StateStore.preempt` chose to interrupt and its owner (ORCH-2597)."""
+
+    task_id: str
+    owner: str
 
 
 class PoolDrain(msgspec.Struct, frozen=True, kw_only=True):
@@ -280,91 +288,6 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # ------------------------------------------------- store-generated terminals
-
-
-def displaced_terminal(code: ErrorCode) -> Event:
-    """The terminal a full policy appends to the task it displaces (ORCH-2506)."""
-    return Event(
-        "error",
-        msgspec.json.encode(
-            ErrorEvent(code=code, message="displaced by the pool's full policy", retriable=True)
-        ),
-    )
-
-
-def orphaned_terminal() -> Event:
-    return Event(
-        "error",
-        msgspec.json.encode(
-            ErrorEvent(
-                code=ErrorCode.POOL_UNAVAILABLE,
-                message="no Ready replica is left in the task's replica set",
-                retriable=True,
-            )
-        ),
-    )
-
-
-def canceled_terminal(tokens_out: int = 0) -> Event:
-    return Event(
-        "end", msgspec.json.encode(EndEvent(tokens_out=tokens_out, decode_ms=0, reason="canceled"))
-    )
-
-
-def queued_event(position: int, eta_ms: int) -> Event:
-    """The ``queued`` event a store appends for a waiting task (ORCH-2561)."""
-    return Event(
-        "queued",
-        msgspec.json.encode(QueuedEvent(queue_position=position, predicted_start_ms=eta_ms)),
-    )
-
-
-def queued_note_due(
-    last: tuple[int, int, float] | None, position: int, eta_ms: int, now_s: float, interval_ms: int
-) -> bool:
-    """Whether a new ``queued`` event is due (ORCH-1961, ORCH-2561): none yet, or the last
-    one (position, ETA, store time in s) is at least 0.95 interval old and the position
-    changed or the ETA moved by more than 10 % or 500 ms. Both backends apply this rule
-    on the store's clock, so several instances announcing one task write one event."""
-    if last is None:
-        return True
-    pos, eta, at = last
-    if (now_s - at) * 1000 < interval_ms * 0.95:
-        return False
-    return pos != position or abs(eta - eta_ms) > max(500, 0.1 * eta)
-
-
-_token_decoder = msgspec.json.Decoder(TokenEvent)
-
-
-class Continuation(NamedTuple):
-    text: str  # the text streamed so far
-    next_index: int  # the next token index
-    started: bool  # a `started` event is already in the log (never send a second one)
-    ended: bool = False  # the log already holds a terminal: nothing to continue
-
-
-def continuation(events: Sequence[LoggedEvent]) -> Continuation:
-    """What a claimed task streamed so far (ORCH-2511).
-
-    With the task's ``request`` (in :class:`Reaped`), this is what a continuation
-    needs: original prompt + text so far, token indices going on from here."""
-    text: list[str] = []
-    nxt = 0
-    started = False
-    for ev in events:
-        if ev.kind == "token":
-            tok = _token_decoder.decode(ev.data)
-            text.append(tok.t)
-            nxt = tok.i + 1
-        elif ev.kind == "started":
-            started = True
-        elif ev.kind in TERMINAL_KINDS:
-            return Continuation("".join(text), nxt, started, ended=True)
-    return Continuation("".join(text), nxt, started)
-
-
-# ------------------------------------------------------------------ protocol
 
 
 class StateStore(abc.ABC):
@@ -555,6 +478,21 @@ class StateStore(abc.ABC):
     async def head(self, pool: str) -> tuple[Priority, str | None] | None:
         """The priority and the pinned replica set (its pin, else its session's set) of
         the task :meth:`dispatch` would take next in ``pool``; None when none is queued."""
+
+    @abc.abstractmethod
+    async def preempt(
+        self, pool: str, instance: str, replicas: Sequence[str], ttl_ms: int
+    ) -> Preemption | None:
+        """Choose, in one step, the run to interrupt for ``pool``'s head (ORCH-2597):
+        of a strictly lower priority, on one of ``replicas`` and the head's pinned set,
+        owned by ``instance`` (preferred) or a live instance, the highest epoch; the
+        owner, when not ``instance``, gets ``Control("preempt", task, pool)``. None when
+        nothing is queued, nothing is eligible, or the head got a victim < ``ttl_ms`` ago."""
+
+    @abc.abstractmethod
+    async def queued(self, pool: str) -> list[str]:
+        """The ids of every task queued in ``pool``, whoever admitted it, sorted
+        (ORCH-2600)."""
 
     # ---------------------------------------------- pool drains (ORCH-2585..2590)
 

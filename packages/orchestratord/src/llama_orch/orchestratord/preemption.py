@@ -105,22 +105,50 @@ class Preemptor:
             if not await self._is_interruptible(replica):
                 continue
             # props() may have yielded: act only if nothing changed meanwhile
-            if not still_blocked() or victim.state != "running":
-                return
-            if victim.runner is None or pool.id in self._in_flight:
-                return
-            victim.preempt_requested = True
-            self._in_flight.add(pool.id)
-            victim.runner.cancel()
-            self._metrics.preemptions.add(
-                1,
-                {
-                    "mode": "hard",
-                    "engine": pool.engine,
-                    "pool_id": pool.id,  # one label set for both modes (ORCH-7002)
-                },
-            )
+            if still_blocked():
+                self._stop(pool, victim)
             return
+
+    def in_flight(self, pool: Pool) -> bool:
+        """An interruption of a run of ``pool`` is in flight here."""
+        return pool.id in self._in_flight
+
+    async def interruptible(self, pool: Pool) -> list[str]:
+        """The Ready replicas of ``pool`` whose adapters declare ``interruptible_decode``
+        (ORCH-2598: the replicas a store may choose a victim on)."""
+        return [
+            rid
+            for rid, r in pool.replicas.items()
+            if r.state.ready and await self._is_interruptible(r)
+        ]
+
+    async def interrupt(self, pool: Pool, victim: TaskRecord) -> bool:
+        """Interrupt ``victim``, a run a store chose (ORCH-2598), when it runs on a Ready,
+        interruptible replica of ``pool`` and no interruption is in flight here."""
+        if self.mode != "hard":
+            return False
+        replica = pool.replicas.get(victim.replica_id or "")
+        if replica is None or not replica.state.ready:
+            return False
+        if not await self._is_interruptible(replica):
+            return False
+        return self._stop(pool, victim)
+
+    def _stop(self, pool: Pool, victim: TaskRecord) -> bool:
+        if victim.state != "running" or victim.runner is None or pool.id in self._in_flight:
+            return False
+        victim.preempt_requested = True
+        self._in_flight.add(pool.id)
+        victim.runner.cancel()
+        self._metrics.preemptions.add(
+            1,
+            {
+                "mode": "hard",
+                "engine": pool.engine,
+                "pool_id": pool.id,  # one label set for both modes (ORCH-7002)
+            },
+        )
+        return True
 
     def released(self, pool: Pool, rec: TaskRecord) -> None:
         """The task's runner ended: a preemption of it is no longer in flight."""

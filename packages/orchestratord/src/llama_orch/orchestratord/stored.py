@@ -49,8 +49,9 @@ from .stored_appends import AppendBatcher, TaskWriter
 from .stored_drain import StoredDrains
 from .stored_local import StoredLog, StoredLogs, stream_frames
 from .stored_placement import StorePlacement
-from .stored_preemption import needs_log, preempt_for_head, resume
+from .stored_preemption import needs_log, preempt_for_head, preempt_here, resume
 from .stored_task import StoredTask, record_of, spec_of, store_config
+from .stored_waiting import adopt_queued
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -425,6 +426,8 @@ class StoreBridge:
                 for msg in messages:
                     if msg.op == "cancel":
                         self._canceled_elsewhere(msg.task_id)
+                    elif msg.op == "preempt":  # the store chose our run (ORCH-2598)
+                        self._preempt_asked(msg.pool_id, msg.task_id)
                     else:  # a pool drained or brought back at the store (ORCH-2588)
                         self.track(self.drains.heard(msg))
             except asyncio.CancelledError:
@@ -432,6 +435,11 @@ class StoreBridge:
             except Exception:
                 _log.exception("control channel of instance %s failed", self.instance)
                 await asyncio.sleep(1.0)
+
+    def _preempt_asked(self, pool_id: str, task_id: str) -> None:
+        pool = self.pools.get(pool_id)
+        if pool is not None:
+            self.track(asyncio.get_running_loop().create_task(preempt_here(self, pool, task_id)))
 
     def _canceled_elsewhere(self, task_id: str) -> None:
         now = time.monotonic()
@@ -462,7 +470,10 @@ class StoreBridge:
 
     async def _heartbeat(self) -> None:
         await self.store.heartbeat(self.instance, self.options.lease_ms)
+        before = set(self.live)
         self.live = [v.instance_id for v in await self.store.instances()]
+        if before - set(self.live) - {self.instance}:  # an instance is gone (ORCH-2601)
+            self.track(asyncio.get_running_loop().create_task(adopt_queued(self)))
         await self.drains.sync()  # a drain message missed (ORCH-2588)
 
     async def live_instances(self) -> list[str]:

@@ -4,20 +4,22 @@ Without a store, a pool's dispatcher that cannot place the head of its queue
 interrupts a running task of a strictly lower priority (ORCH-1902), which goes
 back to the front of its flow and resumes by continuation (ORCH-1903). With a
 store the queue is the store's: a dispatch that placed nothing asks the store
-for the head's priority and pinned set (``head``, one call, only with
-``preemption: hard``), and the instance interrupts the most recently dispatched
-lower-priority task *it runs* there. The interrupted run appends its
-``metrics {preempted: true}`` and then gives the task back with the store's
+to choose a lower-priority run for the head (``preempt``, one call, only with
+``preemption: hard``), and the owner of that run interrupts it. The interrupted
+run appends its ``metrics {preempted: true}`` and then gives the task back with the store's
 ``requeue`` under its epoch, so the store's WRR order hands the slot to the head.
 Whichever instance dispatches the task next continues it: from its own record
 when it ran it, else from the store's log (the text streamed so far and the next
 token index, as a takeover does, ORCH-2530), announced by ``metrics
 {preempted: false}``.
 
-Per instance: an instance interrupts only the runs it owns; a head blocked by
-another instance's lower-priority run is served when that instance's
-dispatcher sees the head blocked too (every dispatcher is woken by the doorbell
-that the head's submit rang).
+Across instances (ORCH-2597, ORCH-2598): the victim is chosen by the store,
+which knows every instance's runs, in the same call that asks for the head
+(``preempt``; one call, as ``head`` was): the caller's own newest lower-priority
+run if it has one, else the newest of another live instance, whose owner gets
+``Control("preempt")`` on its control channel and interrupts it here
+(:func:`preempt_here`). The store records the choice for the head, so several
+instances that see the same blocked head interrupt one run, not one each.
 """
 
 from __future__ import annotations
@@ -34,33 +36,38 @@ from .tasks import TaskRecord
 if TYPE_CHECKING:
     from .stored import StoreBridge
 
-__all__ = ["needs_log", "preempt_for_head", "resume"]
+__all__ = ["needs_log", "preempt_for_head", "preempt_here", "resume"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 
 
-def _set_key(pool: Pool, replica_id: str) -> str:
-    k = pool.replicas[replica_id].state.set_key()
-    return f"{k.engine}|{k.model_digest}|{k.ctx}|{k.engine_version}"
-
-
 async def preempt_for_head(bridge: StoreBridge, pool: Pool) -> None:
-    """A dispatch placed nothing: interrupt a run of ours below the head (ORCH-2579)."""
+    """A dispatch placed nothing: the store chooses the run to interrupt for the head
+    among every live instance's runs (ORCH-2597, ORCH-2598); one of ours is
+    interrupted here, another instance's owner was told on its control channel."""
     preemptor = bridge.dispatcher.preemptor
-    if preemptor.mode != "hard":
+    if preemptor.mode != "hard" or preemptor.in_flight(pool):
         return
-    head = await bridge.store.head(pool.id)
-    if head is None:
+    replicas = await preemptor.interruptible(pool)
+    if not replicas:
         return
-    priority, pin = head
+    got = await bridge.store.preempt(pool.id, bridge.instance, replicas, bridge.options.lease_ms)
+    if got is None:
+        return
+    if got.owner == bridge.instance:
+        await preempt_here(bridge, pool, got.task_id)
+    else:
+        _log.info("task %s on instance %s: preemption asked", got.task_id, got.owner)
 
-    def eligible(t: TaskRecord) -> bool:
-        rid = t.replica_id or ""
-        if rid not in pool.replicas or not bridge.runs_here(t.task_id):  # ours to stop
-            return False
-        return pin is None or _set_key(pool, rid) == pin
 
-    await preemptor.interrupt_below(pool, priority, eligible, lambda: True)
+async def preempt_here(bridge: StoreBridge, pool: Pool, task_id: str) -> None:
+    """Interrupt our run of ``task_id`` that the store chose (ORCH-2598); nothing when
+    it no longer runs here."""
+    rec = bridge.tasks.get(task_id)
+    if rec is None or not bridge.runs_here(task_id) or rec.pool_id != pool.id:
+        return
+    if await bridge.dispatcher.preemptor.interrupt(pool, rec):
+        _log.info("task %s: preempted for the head of pool %s", task_id, pool.id)
 
 
 def needs_log(rec: TaskRecord, d: Dispatched) -> bool:

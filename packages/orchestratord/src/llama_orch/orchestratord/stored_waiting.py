@@ -10,8 +10,9 @@ own clock and appends only while the task is still queued, so no ``queued``
 event can follow the dispatch, and several instances announcing the same task
 write one event per interval.
 
-Each instance announces the queued tasks it knows (those it admitted, or read
-the status or stream of), every ``TICK_S``, with an ETA from its service-time
+Each instance announces the queued tasks it knows (those it admitted, read
+the status or stream of, or adopted when an instance left the live list:
+:func:`adopt_queued`, ORCH-2601), every ``TICK_S``, with an ETA from its service-time
 model, and ends those whose bounded wait ran out (queue TTL, deadline, pool
 unready) through ``StateStore.expire``, which ends only a task still queued.
 A task the store no longer has queued (another instance runs it or ended it)
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from .tasks import TaskRecord, TaskState
     from .workload import Workload
 
-__all__ = ["store_status", "store_tick", "store_waiting_loop"]
+__all__ = ["adopt_queued", "store_status", "store_tick", "store_waiting_loop"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
 
@@ -125,6 +126,20 @@ async def store_waiting_loop(
             _log.debug("waiting loop of pool %s: store unreachable", pool.id)
         except Exception:  # never let the loop die: queued tasks depend on it
             _log.exception("store waiting loop of pool %s", pool.id)
+
+
+async def adopt_queued(bridge: StoreBridge) -> None:
+    """An instance left the live list: know, for waiting, every task queued at the store
+    in this instance's pools that it does not know yet (ORCH-2601), so that their
+    ``queued`` events and bounded waits go on without the instance that admitted them."""
+    try:
+        for pool in bridge.pools.values():
+            for tid in await bridge.store.queued(pool.id):
+                await bridge.hydrate(tid)  # a no-op for a task already known here
+    except StoreUnavailable:
+        _log.debug("adoption of queued tasks: store unreachable")
+    except Exception:
+        _log.exception("adoption of queued tasks failed")
 
 
 _end_decoder = msgspec.json.Decoder(EndEvent)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from importlib.resources import files
@@ -20,22 +19,19 @@ from typing import Any, Literal, TypeVar, cast
 
 import valkey.asyncio as valkey
 from llama_orch.core.config import Priority, StateDurability, StateSentinel
-from llama_orch.core.errors import AdmissionRejected, ErrorCode
 from llama_orch.core.state_store import (
     TERMINAL_KINDS,
     Admitted,
-    Canceled,
     CancelOutcome,
     Control,
     Dispatched,
-    DuplicateTask,
     Event,
-    Fenced,
     InstanceView,
     LoggedEvent,
     Orphaned,
     PlacementHint,
     PoolDrain,
+    Preemption,
     Reaped,
     SlotView,
     StateOptions,
@@ -43,40 +39,37 @@ from llama_orch.core.state_store import (
     StateStoreError,
     StoreConfig,
     StoreUnavailable,
-    TaskEnded,
     TaskSpec,
     TaskView,
     canceled_terminal,
-    displaced_terminal,
-    draining_refusal,
-    orphaned_terminal,
-    queued_event,
 )
 from valkey.asyncio.sentinel import Sentinel
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from ._pipe import Address, Pipe
-from ._wire import _config_json, _hint_args, _opt, _pairs, _s
+from ._connect import pipe_for
+from ._pipe import Pipe
+from ._replies import (
+    DISPLACED,
+    ORPHANED,
+    QUEUED_FMT,
+    admitted,
+    controls,
+    counts,
+    decode,
+    raise_for,
+    step,
+    task_view,
+)
+from ._wire import _config_json, _hint_args, _opt, _s
 from .server import EmbeddedServer
 
 __all__ = ["LIBRARY", "ValkeyStateStore"]
 
 LIBRARY = files(__package__).joinpath("llorch.lua").read_text(encoding="utf-8")
-_DISPLACED = json.dumps(
-    {
-        c.value: displaced_terminal(c).data.decode()
-        for c in (ErrorCode.QUEUE_FULL_DROP_LRU, ErrorCode.ADMISSION_REJECT)
-    }
-)
-_ORPHANED = orphaned_terminal().data
-# the `queued` event's JSON as msgspec writes it, with %d for position and ETA
-_QUEUED_FMT = queued_event(1_234_567_891, 1_987_654_321).data.decode()
-_QUEUED_FMT = _QUEUED_FMT.replace("1234567891", "%d").replace("1987654321", "%d")
 R = TypeVar("R")
 ReapOutcome = Literal["requeued", "claimed"]  # Reaped.outcome
-ViewState = Literal["queued", "running", "ended"]  # TaskView.state
 
 
 class ValkeyStateStore(StateStore):
@@ -134,7 +127,7 @@ class ValkeyStateStore(StateStore):
                     self._url = await asyncio.to_thread(self._server.start)
                 # Blocking reads (tail, wait_bell) block <= poll/timeout; keep them under 10 s.
                 self._client = valkey.Valkey.from_url(self._url, socket_timeout=10)
-        self._pipe = _pipe_for(self._client, sentinel=self._sentinel is not None)
+        self._pipe = pipe_for(self._client, sentinel=self._sentinel is not None)
         await self._call(lambda: self.client.function_load(LIBRARY, replace=True))
         if self._durability is not None and self._durability.wait_aof:
             # ORCH-2550: fail at startup, not at the first submit, when the server has
@@ -215,7 +208,7 @@ class ValkeyStateStore(StateStore):
     async def submit(self, task: TaskSpec) -> Admitted:
         if self._durability is not None:
             return await self._submit_durably(task, self._durability)
-        return self._admitted(task, await self._fcall("llorch_submit", *self._submit_args(task)))
+        return admitted(task, await self._fcall("llorch_submit", *self._submit_args(task)))
 
     def _submit_args(self, task: TaskSpec) -> list[Any]:
         return [
@@ -227,7 +220,7 @@ class ValkeyStateStore(StateStore):
             task.pin or "",
             task.session or "",
             task.request,
-            _DISPLACED,
+            DISPLACED,
         ]
 
     async def _submit_durably(self, task: TaskSpec, d: StateDurability) -> Admitted:
@@ -239,7 +232,7 @@ class ValkeyStateStore(StateStore):
             async with self.client.client() as conn:  # one pooled connection, held
                 r = await self._call(lambda: conn.fcall("llorch_submit", 1, *args))
                 if _s(r[0]) != "OK":
-                    return self._admitted(task, r)
+                    return admitted(task, r)
                 try:
                     if d.wait_aof:
                         local, replicas = await self._call(
@@ -254,7 +247,7 @@ class ValkeyStateStore(StateStore):
         except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as exc:  # connecting
             raise StoreUnavailable(f"state store unreachable: {exc}") from exc
         if ok:
-            return self._admitted(task, r)
+            return admitted(task, r)
         # Withdrawn: removed from its queue (or stopped, if a dispatcher took it during
         # the wait), quota back, record and log deleted: the task_id can be reused.
         with contextlib.suppress(StoreUnavailable, StateStoreError):
@@ -267,27 +260,6 @@ class ValkeyStateStore(StateStore):
             retry_after_ms=max(1000, d.timeout_ms),
         )
 
-    def _admitted(self, task: TaskSpec, r: Any) -> Admitted:
-        tag = _s(r[0])
-        if tag == "OK":
-            victim = _opt(r[2])
-            displaced = [(victim, ErrorCode(_s(r[3])))] if victim else []
-            return Admitted(queue_position=int(r[1]), displaced=displaced)
-        if tag == "DUP":
-            raise DuplicateTask(f"task {task.task_id!r} already exists")
-        if tag == "QUOTA":
-            wait = _opt(r[1])
-            raise AdmissionRejected(
-                _opt(r[2]) or "quota",
-                policy_label="quota",
-                retry_after_ms=int(wait) if wait else None,
-            )
-        if tag == "FULL":
-            raise AdmissionRejected(_opt(r[2]) or "queue full", policy_label=_opt(r[1]))
-        if tag == "DRAINING":  # ORCH-2586
-            raise draining_refusal(task.pool)
-        raise KeyError(f"unknown pool {task.pool!r}")
-
     async def submit_dispatch(
         self, task: TaskSpec, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Admitted, Dispatched | Orphaned | None]:
@@ -298,11 +270,11 @@ class ValkeyStateStore(StateStore):
             *self._submit_args(task),
             instance,
             lease_ms,
-            _ORPHANED,
+            ORPHANED,
             *_hint_args(hint),
         )
-        admitted = self._admitted(task, r[0])  # raises a refusal as submit does
-        return admitted, self._step(task.pool, r[1])[0]
+        ok = admitted(task, r[0])  # raises a refusal as submit does
+        return ok, step(task.pool, r[1])[0]
 
     async def dispatch(
         self, pool: str, instance: str, lease_ms: int, hint: PlacementHint | None = None
@@ -314,68 +286,17 @@ class ValkeyStateStore(StateStore):
     ) -> tuple[Dispatched | Orphaned | None, str]:
         # one FCALL: a dispatch that placed nothing answers the doorbell's cursor too
         r = await self._fcall(
-            "llorch_dispatch", pool, instance, lease_ms, _ORPHANED, *_hint_args(hint)
+            "llorch_dispatch", pool, instance, lease_ms, ORPHANED, *_hint_args(hint)
         )
-        return self._step(pool, r)
-
-    def _step(self, pool: str, r: Any) -> tuple[Dispatched | Orphaned | None, str]:
-        tag = _s(r[0])
-        if tag == "ORPHAN":
-            return Orphaned(task_id=_s(r[1])), ""
-        if tag != "OK":
-            return None, _s(r[1])
-        return self._dispatched(pool, r), ""
-
-    def _dispatched(self, pool: str, r: Any) -> Dispatched:
-        tid, replica, set_key, epoch = _s(r[1]), _s(r[2]), _s(r[3]), int(r[4])
-        spec = self._spec(tid, pool, r[5], r[6], r[7], r[8], r[9], r[10])
-        return Dispatched(
-            task=spec,
-            replica_id=replica,
-            set_key=set_key,
-            epoch=epoch,
-            requeues=int(r[11]),
-            next_seq=int(r[12]),
-            candidates=_pairs(r[13]),
-            affinity=_opt(r[14]) or None,
-        )
-
-    @staticmethod
-    def _spec(
-        tid: str, pool: str, prio: Any, tenant: Any, deadline: Any, pin: Any, session: Any, req: Any
-    ) -> TaskSpec:
-        return TaskSpec(
-            task_id=tid,
-            pool=pool,
-            # the library stores the priority it was given (a TaskSpec's)
-            priority=cast(Priority, _s(prio)),
-            tenant=_opt(tenant) or "default",
-            deadline_ms=int(deadline) if deadline else None,
-            pin=_opt(pin) or None,
-            session=_opt(session) or None,
-            request=bytes(req or b""),
-        )
+        return step(pool, r)
 
     # ------------------------------------------------------------ event log
-    @staticmethod
-    def _raise(tag: str | None, task_id: str) -> None:
-        if tag == "FENCED":
-            raise Fenced(f"task {task_id!r}: stale epoch")
-        if tag == "CANCELED":
-            raise Canceled(task_id)
-        if tag == "ENDED":
-            raise TaskEnded(task_id)
-        if tag == "NOTASK":
-            raise KeyError(task_id)
-        if tag == "BADBATCH":
-            raise ValueError("a terminal event must be the last of its batch")
-
     async def append(self, task_id: str, epoch: int, events: Sequence[Event]) -> int:
         flat: list[Any] = []
         for ev in events:
             flat += [ev.kind, ev.data]
         r = await self._fcall("llorch_append", task_id, epoch, *flat)
-        self._raise(_s(r[0]), task_id)
+        raise_for(_s(r[0]), task_id)
         return int(r[1])
 
     async def append_many(
@@ -390,7 +311,7 @@ class ValkeyStateStore(StateStore):
         out: list[int | StateStoreError | KeyError | ValueError] = []
         for (task_id, _, _), r in zip(batches, replies, strict=True):
             try:
-                self._raise(_s(r[0]), task_id)
+                raise_for(_s(r[0]), task_id)
                 out.append(int(r[1]))
             except (StateStoreError, KeyError, ValueError) as exc:
                 out.append(exc)
@@ -398,14 +319,6 @@ class ValkeyStateStore(StateStore):
 
     def _log_key(self, task_id: str) -> str:
         return f"{self._keys[0]}log:{task_id}"
-
-    @staticmethod
-    def _decode(entries: Sequence[Any]) -> list[LoggedEvent]:
-        out = []
-        for eid, fields in entries:
-            seq = int(_s(eid).split("-")[1]) - 1
-            out.append(LoggedEvent(seq, _s(fields[b"k"]), bytes(fields[b"d"])))
-        return out
 
     async def read(self, task_id: str, after: int = -1) -> list[LoggedEvent]:
         entries = await self._call(
@@ -415,7 +328,7 @@ class ValkeyStateStore(StateStore):
             lambda: self.client.exists(f"{self._keys[0]}t:{task_id}")
         ):
             raise KeyError(task_id)
-        return self._decode(entries)
+        return decode(entries)
 
     async def tail(
         self, task_id: str, after: int = -1, *, poll_s: float = 1.0
@@ -429,7 +342,7 @@ class ValkeyStateStore(StateStore):
             streams = {key: f"0-{after + 1}"}
             got = await self._call(partial(self.client.xread, streams, block=int(poll_s * 1000)))
             for _, entries in got or []:
-                for ev in self._decode(entries):
+                for ev in decode(entries):
                     yield ev
                     after = ev.seq
                     if ev.kind in TERMINAL_KINDS:
@@ -445,13 +358,13 @@ class ValkeyStateStore(StateStore):
         # the default terminal's tokens_out is counted at the server, in the same step
         count = "" if terminal is not None else "count"
         r = await self._fcall("llorch_cancel", task_id, ev.kind, ev.data, count)
-        self._raise(_s(r[0]), task_id)
+        raise_for(_s(r[0]), task_id)
         # the library answers one of CancelOutcome's values
         return cast(CancelOutcome, _s(r[1]))
 
     async def requeue(self, task_id: str, epoch: int) -> None:
         r = await self._fcall("llorch_requeue", task_id, epoch)
-        self._raise(_s(r[0]), task_id)
+        raise_for(_s(r[0]), task_id)
 
     async def renew(self, instance: str, leases: Mapping[str, int], lease_ms: int) -> list[str]:
         flat: list[Any] = []
@@ -484,39 +397,13 @@ class ValkeyStateStore(StateStore):
         h = await self._call(lambda: self.client.hgetall(f"{self._keys[0]}t:{task_id}"))
         if not h:
             return None
-        g = {_s(k): v for k, v in h.items()}
-        spec = self._spec(
-            task_id,
-            _s(g["pool"]),
-            g["prio"],
-            g["tenant"],
-            _s(g["deadline"]),
-            g["pin"],
-            g["session"],
-            g["req"],
-        )
-        state = _s(g["state"])
-        return TaskView(
-            task=spec,
-            # the library's states are TaskView's plus "orphaned" (ended, ORCH-1302)
-            state="ended" if state == "orphaned" else cast(ViewState, state),
-            epoch=int(g["epoch"]),
-            owner=_opt(g.get("owner")),
-            next_seq=int(g["next_seq"]),
-            requeues=int(g["requeues"]),
-            replica_id=_opt(g.get("replica")),
-            canceled=g["cancel"] == b"1",
-        )
+        return task_view(task_id, h)
 
     # ------------------------------------------------------------ waiting tasks
-    @staticmethod
-    def _pairs(flat: Sequence[Any]) -> dict[str, int]:
-        return {_s(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-
     async def positions(self, task_ids: Sequence[str]) -> dict[str, int]:
         if not task_ids:
             return {}
-        return self._pairs(await self._fcall("llorch_positions", *task_ids))
+        return counts(await self._fcall("llorch_positions", *task_ids))
 
     async def announce_queued(
         self, notes: Sequence[tuple[str, int]], interval_ms: int
@@ -526,7 +413,7 @@ class ValkeyStateStore(StateStore):
         flat: list[Any] = []
         for tid, eta in notes:
             flat += [tid, int(eta)]
-        return self._pairs(await self._fcall("llorch_announce", interval_ms, _QUEUED_FMT, *flat))
+        return counts(await self._fcall("llorch_announce", interval_ms, QUEUED_FMT, *flat))
 
     async def expire(self, task_id: str, terminal: Event) -> bool:
         return bool(await self._fcall("llorch_expire", task_id, terminal.kind, terminal.data))
@@ -563,17 +450,7 @@ class ValkeyStateStore(StateStore):
         block = min(5000, max(1, int(timeout_s * 1000)))
         key = self._ctl_key(instance)
         got = await self._call(partial(self.client.xread, {key: cursor}, count=1000, block=block))
-        out: list[Control] = []
-        for _, entries in got or []:
-            for eid, fields in entries:
-                cursor = _s(eid)
-                op = _s(fields[b"op"])
-                if op == "cancel":
-                    out.append(Control("cancel", _s(fields[b"t"])))
-                elif op in ("drain", "undrain"):  # ORCH-2585
-                    kind: Literal["drain", "undrain"] = "drain" if op == "drain" else "undrain"
-                    out.append(Control(kind, "", _s(fields[b"p"])))
-        return cursor, out
+        return controls(got, cursor)
 
     async def heartbeat(self, instance: str, ttl_ms: int) -> None:
         await self._fcall("llorch_heartbeat", instance, ttl_ms)
@@ -595,7 +472,7 @@ class ValkeyStateStore(StateStore):
     async def move(self, task_id: str, epoch: int, replica_id: str) -> bool:
         """One ``llorch_move`` (ORCH-2574)."""
         r = await self._fcall("llorch_move", task_id, epoch, replica_id)
-        self._raise(_s(r[0]), task_id)
+        raise_for(_s(r[0]), task_id)
         return int(r[1]) == 1
 
     async def head(self, pool: str) -> tuple[Priority, str | None] | None:
@@ -604,6 +481,13 @@ class ValkeyStateStore(StateStore):
         if not r:
             return None
         return cast(Priority, _s(r[0])), _opt(r[1]) or None
+
+    async def preempt(
+        self, pool: str, instance: str, replicas: Sequence[str], ttl_ms: int
+    ) -> Preemption | None:
+        """One ``llorch_preempt`` (ORCH-2597)."""
+        r = await self._fcall("llorch_preempt", pool, instance, int(ttl_ms), *replicas)
+        return Preemption(task_id=_s(r[0]), owner=_s(r[1])) if r else None
 
     async def session_pin(self, session: str) -> tuple[str, str] | None:
         s = await self._call(
@@ -631,43 +515,10 @@ class ValkeyStateStore(StateStore):
             key=lambda d: d.pool,
         )
 
+    async def queued(self, pool: str) -> list[str]:
+        """One ``llorch_queued`` (ORCH-2600)."""
+        return [_s(t) for t in await self._fcall("llorch_queued", pool)]
+
     async def end_queued(self, pool: str, terminal: Event) -> list[str]:
         ended = await self._fcall("llorch_end_queued", pool, terminal.kind, terminal.data)
         return [_s(t) for t in ended]
-
-
-def _pipe_for(client: valkey.Valkey, *, sentinel: bool) -> Pipe | None:
-    """The pipelined connection of ORCH-2595 to where ``client`` connects, with its
-    credentials and database; None (every call on valkey-py) for what it does not
-    speak: TLS, RESP3, a credential provider, another connection class."""
-    pool = client.connection_pool
-    kw = pool.connection_kwargs
-    if kw.get("protocol") not in (None, 2, "2") or kw.get("credential_provider") is not None:
-        return None
-    cls = pool.connection_class
-    address: Callable[[], Awaitable[Address]]
-    if sentinel:
-        if cls is not valkey.SentinelManagedConnection:  # e.g. TLS
-            return None
-        # a SentinelConnectionPool: the primary the Sentinels name now, at each connect
-        address = cast(Callable[[], Awaitable[Address]], pool.get_master_address)  # type: ignore[attr-defined]
-    elif cls is valkey.UnixDomainSocketConnection:
-        path = str(kw["path"])
-
-        async def address() -> Address:
-            return path
-    elif cls is valkey.Connection:
-        host, port = str(kw.get("host", "localhost")), int(kw.get("port", 6379))
-
-        async def address() -> Address:
-            return (host, port)
-    else:
-        return None
-    return Pipe(
-        address,
-        timeout_s=float(kw.get("socket_timeout") or 10.0),
-        password=kw.get("password"),
-        username=kw.get("username"),
-        db=int(kw.get("db") or 0),
-        sentinel=sentinel,
-    )

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '7'
+local LIB_VERSION = '8'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -702,6 +702,58 @@ local function f_head(keys, args)
   return { h.prio, pin }
 end
 
+-- args: pool instance ttl_ms replica... (ORCH-2597). The run to interrupt for the
+-- head: a running task of the pool with a strictly lower priority, on one of the
+-- named replicas (Ready and interruptible, as the caller knows them) and on the
+-- head's pinned set when it has one, owned by the caller or by a live instance
+-- (`inst`); the caller's own with the highest epoch, else anyone's. The choice is
+-- recorded for the head in `pre:<pool>` (PX ttl_ms): while it lasts the same head
+-- gets no second victim. The owner, when not the caller, is told on its channel.
+-- Returns { task, owner } or {}.
+local function f_preempt(keys, args)
+  local p, pool, instance = keys[1], args[1], args[2]
+  local cfg = config(p)
+  local h = peek(p, cfg, pool)
+  if not h then return {} end
+  local mk = p .. 'pre:' .. pool
+  if redis.call('GET', mk) == h.tid then return {} end
+  local rank = {}
+  for i, prio in ipairs(cfg.prios) do rank[prio] = i end
+  local t = redis.call('HMGET', p .. 't:' .. h.tid, 'pin', 'session')
+  local pin = t[1] or ''
+  if pin == '' and t[2] and t[2] ~= '' then
+    pin = redis.call('HGET', p .. 'sess:' .. t[2], 'set') or ''
+  end
+  local named = {}
+  for i = 4, #args do named[args[i]] = true end
+  local _, now_ms = now_parts()
+  local live = {}
+  local best, best_mine, best_epoch, best_owner = nil, false, -1, nil
+  for _, tid in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+    local r = redis.call('HMGET', p .. 't:' .. tid, 'state', 'pool', 'prio', 'replica', 'set', 'owner', 'epoch')
+    local owner = r[6]
+    if r[1] == 'running' and r[2] == pool and owner and r[4] and named[r[4]]
+      and (rank[r[3]] or 0) > rank[h.prio] and (pin == '' or r[5] == pin) then
+      local mine = owner == instance
+      if not mine and live[owner] == nil then
+        live[owner] = tonumber(redis.call('ZSCORE', p .. 'inst', owner) or '0') > now_ms
+      end
+      local epoch = tonumber(r[7])
+      if (mine or live[owner]) and ((mine and not best_mine) or (mine == best_mine and epoch > best_epoch)) then
+        best, best_mine, best_epoch, best_owner = tid, mine, epoch, owner
+      end
+    end
+  end
+  if not best then return {} end
+  redis.call('SET', mk, h.tid, 'PX', math.max(1, tonumber(args[3])))
+  if not best_mine then
+    local ck = p .. 'ctl:' .. best_owner
+    redis.call('XADD', ck, 'MAXLEN', '~', 1000, '*', 'op', 'preempt', 't', best, 'p', pool)
+    redis.call('PEXPIRE', ck, cfg.retention_ms)
+  end
+  return { best, best_owner }
+end
+
 -- args: tid. An admission whose durability the store did not confirm in time
 -- (ORCH-2551): the task is taken back as if it had never been accepted. Queued:
 -- out of its queue; already dispatched during the wait: its slot and lease back and
@@ -840,6 +892,19 @@ local function f_drains(keys, args)
   return out
 end
 
+-- args: pool: the ids of every task queued in the pool, sorted (ORCH-2600)
+local function f_queued(keys, args)
+  local p, pool = keys[1], args[1]
+  local ids = {}
+  for _, prio in ipairs(config(p).prios) do
+    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+      ids[#ids + 1] = tid
+    end
+  end
+  table.sort(ids)
+  return ids
+end
+
 -- args: pool kind data: end every task still queued in the pool (ORCH-2587); their ids
 local function f_end_queued(keys, args)
   local p, pool = keys[1], args[1]
@@ -875,7 +940,9 @@ redis.register_function('llorch_announce', f_announce)
 redis.register_function('llorch_expire', f_expire)
 redis.register_function('llorch_move', f_move)
 redis.register_function('llorch_head', f_head)
+redis.register_function('llorch_preempt', f_preempt)
 redis.register_function('llorch_drain_pool', f_drain_pool)
 redis.register_function('llorch_undrain_pool', f_undrain_pool)
 redis.register_function('llorch_drains', f_drains)
 redis.register_function('llorch_end_queued', f_end_queued)
+redis.register_function('llorch_queued', f_queued)

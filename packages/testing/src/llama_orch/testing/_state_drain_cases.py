@@ -18,7 +18,7 @@ from llama_orch.core.state_store import (
     TaskEnded,
 )
 
-from ._state_log_cases import StoreUnderTest, _cfg, _end, _running, _spec
+from ._state_log_cases import StoreUnderTest, _cfg, _end, _running, _slots, _spec
 
 __all__ = ["PoolDrainCases"]
 
@@ -104,6 +104,23 @@ class PoolDrainCases:
         assert await store.undrain_pool("p")
         assert (await store.wait_control("i-a", cur_a, 1))[1] == [Control("undrain", "", "p")]
         assert (await store.wait_control("i-b", cur_b, 1))[1] == [Control("undrain", "", "p")]
+
+    async def test_queued_lists_the_pools_queued_tasks(self, store: StateStore) -> None:
+        """ORCH-2600 (proof of ORCH-2602): the ids of every task queued in the pool,
+        sorted, whoever admitted it; not the running, ended or requeued-then-run ones."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        assert await store.queued("p") == []
+        await store.submit(_spec("t3"))
+        await store.submit(_spec("t1", "interactive"))
+        for t in ("t2", "t0"):
+            await store.submit(_spec(t))
+        d = await store.dispatch("p", "i1", 60_000)  # t1: the interactive head
+        assert isinstance(d, Dispatched) and d.task.task_id == "t1"
+        await store.cancel("t0")
+        assert await store.queued("p") == ["t2", "t3"]
+        await store.requeue("t1", d.epoch)
+        assert await store.queued("p") == ["t1", "t2", "t3"]
 
     async def test_end_queued_ends_only_the_pools_queued_tasks(self, store: StateStore) -> None:
         """ORCH-2587: one step ends every queued task of the pool with the terminal

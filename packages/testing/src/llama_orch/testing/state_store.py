@@ -43,12 +43,13 @@ from ._state_log_cases import (
     _spec,
 )
 from ._state_placement_cases import PlacementCases
+from ._state_preempt_cases import PreemptionCases
 from ._state_replay import replay
 
 __all__ = ["StateStoreConformance", "StoreUnderTest"]
 
 
-class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCases):
+class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCases, PreemptionCases):
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
     @pytest_asyncio.fixture
