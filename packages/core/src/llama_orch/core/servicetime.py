@@ -243,6 +243,7 @@ class RobustLine:
     """
 
     CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
+    REL_FLOOR = 1.0  # relative clipping: predictions under this count as this
 
     def __init__(
         self,
@@ -252,8 +253,11 @@ class RobustLine:
         prior_weight: float,
         half_life_s: float,
         z_scale: float | None = None,
+        *,
+        relative: bool = False,
     ) -> None:
         self._half_life = half_life_s
+        self._relative = relative
         self._t: float | None = None
         self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
         self._z = z_scale  # None: no second feature
@@ -261,7 +265,8 @@ class RobustLine:
         self._res = 0.0  # decayed weighted sum of |residual|
         y_ref = a0 + b0 * x_ref
         self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
-        self._prior_res = 0.5 * max(abs(a0), abs(y_ref)) * prior_weight  # wide at first
+        # wide at first: half the prior's larger value (relative: half of each prediction)
+        self._prior_res = (0.5 if relative else 0.5 * max(abs(a0), abs(y_ref))) * prior_weight
         self._prior_weight = prior_weight
         self.y_hi = max(a0, y_ref)
         self.slope_hi = max(b0, 0.0)  # largest y/x seen (for lines through a 0 overhead)
@@ -337,10 +342,15 @@ class RobustLine:
         measured = y
         pred = self.predict(x, now, zz)  # decays first
         scale = (self._res + self._prior_res) / (self._w + self._prior_weight)
-        limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
+        if self._relative:  # ORCH-2917: |residual| / prediction, a share of the size
+            size = max(abs(pred), self.REL_FLOOR)
+            limit = self.CLIP * max(scale * size, 0.02 * abs(pred), 1e-6)
+        else:
+            size = 1.0
+            limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
         r = min(max(y - pred, -limit), limit)
         y = pred + r
-        self._res += abs(r)
+        self._res += abs(r) / size
         self._w += 1.0
         self._wx += x
         self._wy += y
@@ -375,6 +385,7 @@ class ServiceModel:
             prior.weight,
             half_life_s,
             z_scale=self.QUAD_REF**2,
+            relative=self.RELATIVE_TTFT,
         )
         # decode ms/token against (busy - 1) and the mean context (ORCH-2901)
         self._decode = RobustLine(
@@ -391,18 +402,24 @@ class ServiceModel:
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
         # their index, kept up to date while dispatches come in time order (ORCH-2767)
         self._index: PromptIndex | None = None
-        # decaying sums of measured and modelled prefill ms, and when (ORCH-2913)
+        # the recent runs' (when, first-token ms, prompt tokens, their squares) and
+        # the pace's decayed sums against the line as it is now, at their time
+        # (measured ms, modelled ms, when) (ORCH-2913, ORCH-2916)
+        self._pace_runs: deque[tuple[float, float, float, float]] = deque(maxlen=self.PACE_RUNS)
         self._paced: tuple[float, float, float] | None = None
         # the last ``params`` and its ``now``: a forecast asks once per simulated job at
         # one instant (issue #20's admission cost); learning forgets it
         self._memo: tuple[float, ModelParams] | None = None
 
     DISPATCHES = 512
+    # The first-token line clips its residuals relative to its prediction (ORCH-2917).
+    RELATIVE_TTFT = True
     # The measured prefill pace (ORCH-2913): its half-life, its prior of agreement in
     # ms of prefill, its bounds.
     PACE_HALF_LIFE_S = 120.0
     PACE_PRIOR_MS = 1000.0
     PACE_BOUNDS = (0.5, 3.0)
+    PACE_RUNS = 128  # the runs it is measured on (older ones weigh < 1 % at a run a second)
     # The prompt size at which the squared prefill term's ridge holds it (ORCH-2900).
     QUAD_REF = 1000.0
     # A decode is learned net of others' prefill only while that is at most this share
@@ -465,11 +482,9 @@ class ServiceModel:
             x = float(own + ahead)
             # each prompt's squared size (ORCH-2900): the others' as told, else as one
             ahead_sq = ahead * ahead if obs.ahead_sq is None else max(0, obs.ahead_sq)
-            # ORCH-2913: its prefill against the line's before it is learned, unpaced
-            p = self.params(now)._replace(prefill_pace=1.0)
-            modelled = p.prefill_ms(own + ahead, own * own + ahead_sq)
-            self._learn_pace(max(0.0, obs.ttft_ms - p.overhead_ms), modelled, now)
             self._ttft.observe(x, obs.ttft_ms, now, float(own * own + ahead_sq))
+            # ORCH-2913/2916: the pace against the line that has learned this run
+            self._learn_pace(obs.ttft_ms, x, float(own * own + ahead_sq), now)
             self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
@@ -488,16 +503,31 @@ class ServiceModel:
             context = max(0, obs.tokens_in) + (obs.tokens_out - 1) / 2
             self._decode.observe(busy - 1.0, per, now, context)
 
-    def _learn_pace(self, measured_ms: float, modelled_ms: float, now: float) -> None:
-        if not (math.isfinite(measured_ms) and math.isfinite(modelled_ms)):
+    def _learn_pace(self, ttft_ms: float, x: float, z: float, now: float) -> None:
+        """Add a run and measure the recent runs again against the first-token line as
+        it is now (ORCH-2916): a pace measured against the line before each run learned
+        it counted the line's lag twice, once in the line that caught up and again in
+        the pace (issue #19, session 10: a steady engine's pace stayed at 1.4-1.9 for
+        minutes after one long prompt on a cold prior)."""
+        if not (math.isfinite(ttft_ms) and math.isfinite(x) and math.isfinite(z)):
             return
-        m, p, t = self._paced or (0.0, 0.0, now)
-        k = math.pow(0.5, max(0.0, now - t) / self.PACE_HALF_LIFE_S)
-        self._paced = (m * k + measured_ms, p * k + max(0.0, modelled_ms), max(t, now))
+        runs = self._pace_runs
+        runs.append((now, max(0.0, ttft_ms), x, z))
+        self._memo = None
+        p = self.params(now)._replace(prefill_pace=1.0)
+        latest = max(t for t, _, _, _ in runs)
+        measured = modelled = 0.0
+        for t, y, xx, zz in runs:
+            k = math.pow(0.5, (latest - t) / self.PACE_HALF_LIFE_S)
+            measured += k * (y - p.overhead_ms)  # a run under the overhead counts too
+            modelled += k * p.prefill_ms(int(xx), int(zz))
+        self._paced = (max(0.0, measured), modelled, latest)
 
     def prefill_pace(self, now: float) -> float:
-        """Measured / modelled prefill of the replica's recent runs (ORCH-2913): the
-        decaying sums with a prior of ``PACE_PRIOR_MS`` of agreement, bounded."""
+        """Measured / modelled prefill of the replica's recent runs (ORCH-2913), each
+        modelled by the first-token line as it was after the latest run was learned
+        (ORCH-2916): the decaying sums with a prior of ``PACE_PRIOR_MS`` of agreement,
+        bounded."""
         if self._paced is None:
             return 1.0
         m, p, t = self._paced
