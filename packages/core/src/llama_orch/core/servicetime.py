@@ -43,6 +43,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from ._prefill_pace import PrefillPace
+
 __all__ = [
     "DispatchLog",
     "ModelParams",
@@ -342,12 +344,9 @@ class RobustLine:
         measured = y
         pred = self.predict(x, now, zz)  # decays first
         scale = (self._res + self._prior_res) / (self._w + self._prior_weight)
-        if self._relative:  # ORCH-2917: |residual| / prediction, a share of the size
-            size = max(abs(pred), self.REL_FLOOR)
-            limit = self.CLIP * max(scale * size, 0.02 * abs(pred), 1e-6)
-        else:
-            size = 1.0
-            limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
+        # ORCH-2917: relative, ``scale`` is a mean |residual| / prediction
+        size = max(abs(pred), self.REL_FLOOR) if self._relative else 1.0
+        limit = self.CLIP * max(scale * size, 0.02 * abs(pred), 1e-6)
         r = min(max(y - pred, -limit), limit)
         y = pred + r
         self._res += abs(r) / size
@@ -402,11 +401,7 @@ class ServiceModel:
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
         # their index, kept up to date while dispatches come in time order (ORCH-2767)
         self._index: PromptIndex | None = None
-        # the recent runs' (when, first-token ms, prompt tokens, their squares) and
-        # the pace's decayed sums against the line as it is now, at their time
-        # (measured ms, modelled ms, when) (ORCH-2913, ORCH-2916)
-        self._pace_runs: deque[tuple[float, float, float, float]] = deque(maxlen=self.PACE_RUNS)
-        self._paced: tuple[float, float, float] | None = None
+        self._pace = PrefillPace()  # ORCH-2913, ORCH-2916
         # the last ``params`` and its ``now``: a forecast asks once per simulated job at
         # one instant (issue #20's admission cost); learning forgets it
         self._memo: tuple[float, ModelParams] | None = None
@@ -414,12 +409,6 @@ class ServiceModel:
     DISPATCHES = 512
     # The first-token line clips its residuals relative to its prediction (ORCH-2917).
     RELATIVE_TTFT = True
-    # The measured prefill pace (ORCH-2913): its half-life, its prior of agreement in
-    # ms of prefill, its bounds.
-    PACE_HALF_LIFE_S = 120.0
-    PACE_PRIOR_MS = 1000.0
-    PACE_BOUNDS = (0.5, 3.0)
-    PACE_RUNS = 128  # the runs it is measured on (older ones weigh < 1 % at a run a second)
     # The prompt size at which the squared prefill term's ridge holds it (ORCH-2900).
     QUAD_REF = 1000.0
     # A decode is learned net of others' prefill only while that is at most this share
@@ -483,8 +472,11 @@ class ServiceModel:
             # each prompt's squared size (ORCH-2900): the others' as told, else as one
             ahead_sq = ahead * ahead if obs.ahead_sq is None else max(0, obs.ahead_sq)
             self._ttft.observe(x, obs.ttft_ms, now, float(own * own + ahead_sq))
-            # ORCH-2913/2916: the pace against the line that has learned this run
-            self._learn_pace(obs.ttft_ms, x, float(own * own + ahead_sq), now)
+            # ORCH-2913/2916: the recent runs against the line that has learned this one
+            if self._pace.add(now, obs.ttft_ms, own + ahead, own * own + ahead_sq):
+                self._memo = None
+                p = self.params(now)._replace(prefill_pace=1.0)
+                self._pace.measure(p.overhead_ms, p.prefill_ms)
             self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
@@ -503,38 +495,10 @@ class ServiceModel:
             context = max(0, obs.tokens_in) + (obs.tokens_out - 1) / 2
             self._decode.observe(busy - 1.0, per, now, context)
 
-    def _learn_pace(self, ttft_ms: float, x: float, z: float, now: float) -> None:
-        """Add a run and measure the recent runs again against the first-token line as
-        it is now (ORCH-2916): a pace measured against the line before each run learned
-        it counted the line's lag twice, once in the line that caught up and again in
-        the pace (issue #19, session 10: a steady engine's pace stayed at 1.4-1.9 for
-        minutes after one long prompt on a cold prior)."""
-        if not (math.isfinite(ttft_ms) and math.isfinite(x) and math.isfinite(z)):
-            return
-        runs = self._pace_runs
-        runs.append((now, max(0.0, ttft_ms), x, z))
-        self._memo = None
-        p = self.params(now)._replace(prefill_pace=1.0)
-        latest = max(t for t, _, _, _ in runs)
-        measured = modelled = 0.0
-        for t, y, xx, zz in runs:
-            k = math.pow(0.5, (latest - t) / self.PACE_HALF_LIFE_S)
-            measured += k * (y - p.overhead_ms)  # a run under the overhead counts too
-            modelled += k * p.prefill_ms(int(xx), int(zz))
-        self._paced = (max(0.0, measured), modelled, latest)
-
     def prefill_pace(self, now: float) -> float:
-        """Measured / modelled prefill of the replica's recent runs (ORCH-2913), each
-        modelled by the first-token line as it was after the latest run was learned
-        (ORCH-2916): the decaying sums with a prior of ``PACE_PRIOR_MS`` of agreement,
-        bounded."""
-        if self._paced is None:
-            return 1.0
-        m, p, t = self._paced
-        k = math.pow(0.5, max(0.0, now - t) / self.PACE_HALF_LIFE_S)
-        lo, hi = self.PACE_BOUNDS
-        prior = self.PACE_PRIOR_MS
-        return min(max((m * k + prior) / (p * k + prior), lo), hi)
+        """Measured / modelled prefill of the replica's recent runs (ORCH-2913), against
+        the first-token line as it was after the latest was learned (ORCH-2916)."""
+        return self._pace.pace(now)
 
     def observe_error(self, predicted_ms: float, actual_ms: float, now: float) -> None:
         """How far a finish forecast was off (relative), for the on-time odds."""
