@@ -81,11 +81,20 @@ PACE_TRUST = 3.0  # token gaps after which a task's own pace counts as much as t
 PACE_BOUNDS = (0.2, 10.0)  # measured/modelled, clamped
 
 
-def live_pace(model_ms: float, tokens: int, decode_ms: float, since_first_ms: float) -> Pace | None:
+def live_pace(
+    model_ms: float,
+    tokens: int,
+    decode_ms: float,
+    since_first_ms: float,
+    forecast_ms: float | None = None,
+) -> Pace | None:
     """The pace of a running task from its own tokens (ORCH-1977): ``tokens`` since
     its first, ``decode_ms`` from its first to its latest token, ``since_first_ms``
     from its first token to now (a stall counts: the next token cannot come sooner
-    than now). None before two tokens."""
+    than now), against ``model_ms``, the model's pace over those tokens (ORCH-2918:
+    at the busy slots it had then). ``forecast_ms``: the model's pace for its tokens
+    left (at the busy slots now), which the ratio scales; ``model_ms`` if None.
+    None before two tokens."""
     if tokens < 2 or model_ms <= 0:
         return None
     gaps = tokens - 1
@@ -93,7 +102,8 @@ def live_pace(model_ms: float, tokens: int, decode_ms: float, since_first_ms: fl
     lo, hi = PACE_BOUNDS
     ratio = min(max(measured / model_ms, lo), hi)
     weight = gaps / (gaps + PACE_TRUST)
-    return Pace(model_ms * (weight * ratio + 1.0 - weight), ratio, weight)
+    ahead = model_ms if forecast_ms is None else forecast_ms
+    return Pace(ahead * (weight * ratio + 1.0 - weight), ratio, weight)
 
 
 def replica_pace(paces: Iterable[Pace]) -> float:

@@ -43,6 +43,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from ._prefill_pace import PrefillPace
+
 __all__ = [
     "DispatchLog",
     "ModelParams",
@@ -243,6 +245,7 @@ class RobustLine:
     """
 
     CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
+    REL_FLOOR = 1.0  # relative clipping: predictions under this count as this
 
     def __init__(
         self,
@@ -252,8 +255,11 @@ class RobustLine:
         prior_weight: float,
         half_life_s: float,
         z_scale: float | None = None,
+        *,
+        relative: bool = False,
     ) -> None:
         self._half_life = half_life_s
+        self._relative = relative
         self._t: float | None = None
         self._w = self._wx = self._wy = self._wxx = self._wxy = 0.0
         self._z = z_scale  # None: no second feature
@@ -261,7 +267,8 @@ class RobustLine:
         self._res = 0.0  # decayed weighted sum of |residual|
         y_ref = a0 + b0 * x_ref
         self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
-        self._prior_res = 0.5 * max(abs(a0), abs(y_ref)) * prior_weight  # wide at first
+        # wide at first: half the prior's larger value (relative: half of each prediction)
+        self._prior_res = (0.5 if relative else 0.5 * max(abs(a0), abs(y_ref))) * prior_weight
         self._prior_weight = prior_weight
         self.y_hi = max(a0, y_ref)
         self.slope_hi = max(b0, 0.0)  # largest y/x seen (for lines through a 0 overhead)
@@ -337,10 +344,12 @@ class RobustLine:
         measured = y
         pred = self.predict(x, now, zz)  # decays first
         scale = (self._res + self._prior_res) / (self._w + self._prior_weight)
-        limit = self.CLIP * max(scale, 0.02 * abs(pred), 1e-6)
+        # ORCH-2917: relative, ``scale`` is a mean |residual| / prediction
+        size = max(abs(pred), self.REL_FLOOR) if self._relative else 1.0
+        limit = self.CLIP * max(scale * size, 0.02 * abs(pred), 1e-6)
         r = min(max(y - pred, -limit), limit)
         y = pred + r
-        self._res += abs(r)
+        self._res += abs(r) / size
         self._w += 1.0
         self._wx += x
         self._wy += y
@@ -375,6 +384,7 @@ class ServiceModel:
             prior.weight,
             half_life_s,
             z_scale=self.QUAD_REF**2,
+            relative=self.RELATIVE_TTFT,
         )
         # decode ms/token against (busy - 1) and the mean context (ORCH-2901)
         self._decode = RobustLine(
@@ -391,18 +401,14 @@ class ServiceModel:
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
         # their index, kept up to date while dispatches come in time order (ORCH-2767)
         self._index: PromptIndex | None = None
-        # decaying sums of measured and modelled prefill ms, and when (ORCH-2913)
-        self._paced: tuple[float, float, float] | None = None
+        self._pace = PrefillPace()  # ORCH-2913, ORCH-2916
         # the last ``params`` and its ``now``: a forecast asks once per simulated job at
         # one instant (issue #20's admission cost); learning forgets it
         self._memo: tuple[float, ModelParams] | None = None
 
     DISPATCHES = 512
-    # The measured prefill pace (ORCH-2913): its half-life, its prior of agreement in
-    # ms of prefill, its bounds.
-    PACE_HALF_LIFE_S = 120.0
-    PACE_PRIOR_MS = 1000.0
-    PACE_BOUNDS = (0.5, 3.0)
+    # The first-token line clips its residuals relative to its prediction (ORCH-2917).
+    RELATIVE_TTFT = True
     # The prompt size at which the squared prefill term's ridge holds it (ORCH-2900).
     QUAD_REF = 1000.0
     # A decode is learned net of others' prefill only while that is at most this share
@@ -465,11 +471,12 @@ class ServiceModel:
             x = float(own + ahead)
             # each prompt's squared size (ORCH-2900): the others' as told, else as one
             ahead_sq = ahead * ahead if obs.ahead_sq is None else max(0, obs.ahead_sq)
-            # ORCH-2913: its prefill against the line's before it is learned, unpaced
-            p = self.params(now)._replace(prefill_pace=1.0)
-            modelled = p.prefill_ms(own + ahead, own * own + ahead_sq)
-            self._learn_pace(max(0.0, obs.ttft_ms - p.overhead_ms), modelled, now)
             self._ttft.observe(x, obs.ttft_ms, now, float(own * own + ahead_sq))
+            # ORCH-2913/2916: the recent runs against the line that has learned this one
+            if self._pace.add(now, obs.ttft_ms, own + ahead, own * own + ahead_sq):
+                self._memo = None
+                p = self.params(now)._replace(prefill_pace=1.0)
+                self._pace.measure(p.overhead_ms, p.prefill_ms)
             self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
@@ -488,23 +495,10 @@ class ServiceModel:
             context = max(0, obs.tokens_in) + (obs.tokens_out - 1) / 2
             self._decode.observe(busy - 1.0, per, now, context)
 
-    def _learn_pace(self, measured_ms: float, modelled_ms: float, now: float) -> None:
-        if not (math.isfinite(measured_ms) and math.isfinite(modelled_ms)):
-            return
-        m, p, t = self._paced or (0.0, 0.0, now)
-        k = math.pow(0.5, max(0.0, now - t) / self.PACE_HALF_LIFE_S)
-        self._paced = (m * k + measured_ms, p * k + max(0.0, modelled_ms), max(t, now))
-
     def prefill_pace(self, now: float) -> float:
-        """Measured / modelled prefill of the replica's recent runs (ORCH-2913): the
-        decaying sums with a prior of ``PACE_PRIOR_MS`` of agreement, bounded."""
-        if self._paced is None:
-            return 1.0
-        m, p, t = self._paced
-        k = math.pow(0.5, max(0.0, now - t) / self.PACE_HALF_LIFE_S)
-        lo, hi = self.PACE_BOUNDS
-        prior = self.PACE_PRIOR_MS
-        return min(max((m * k + prior) / (p * k + prior), lo), hi)
+        """Measured / modelled prefill of the replica's recent runs (ORCH-2913), against
+        the first-token line as it was after the latest was learned (ORCH-2916)."""
+        return self._pace.pace(now)
 
     def observe_error(self, predicted_ms: float, actual_ms: float, now: float) -> None:
         """How far a finish forecast was off (relative), for the on-time odds."""

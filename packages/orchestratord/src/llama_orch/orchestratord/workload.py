@@ -337,11 +337,23 @@ class Workload:
                         )
                         net_last = (last - first - stalls.covered(first, last)) * 1000
                         net_now = (now - first - stalls_now.covered(first, now)) * 1000
+                        # ORCH-2918: measured against the model at the busy slots it
+                        # decoded beside (their mean over its chunks) and its context so
+                        # far, not at the busy slots now: a task that decoded beside
+                        # another that has ended is not slow, it was busier
+                        so_far = t.engine_tokens - t.run_tokens_before
+                        then = model.decode_ms_per_token(
+                            t.busy_sum / t.run_chunks if t.run_chunks else busy_now,
+                            now,
+                            p,
+                            _tokens_in(t) + t.run_tokens_before + so_far / 2,
+                        )
                         pace = live_pace(  # ORCH-1977: the task's own pace so far
-                            per,
-                            t.engine_tokens - t.run_tokens_before,
+                            then,
+                            so_far,
                             max(0.0, net_last - p.prefill_ms(done_last, sq_last)),
                             max(0.0, net_now - p.prefill_ms(done_now, sq_now)),
+                            per,
                         )
                         if pace is not None:
                             ms = tokens_left(t) * pace.ms_per_token
