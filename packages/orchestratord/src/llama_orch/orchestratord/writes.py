@@ -22,6 +22,9 @@ from typing import Any, cast
 
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import AsyncioSingleTask
+
+from .idle import IdleTimer
 
 __all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
 
@@ -88,6 +91,8 @@ class CoalescingTCPServer(TCPServer):
     ) -> None:
         coalescing = cast(asyncio.StreamWriter, CoalescingWriter(writer, loop))
         super().__init__(app, loop, config, context, state, reader, coalescing)
+        # ORCH-2782: the keep-alive timeout as a timer, not two tasks per request
+        self.idle_task = cast(AsyncioSingleTask, IdleTimer(self))
 
 
 def coalesce_hypercorn_writes() -> None:
