@@ -8,7 +8,7 @@ them, behind an ``asyncio.Lock``. On a kept-alive connection that is two tasks
 created and cancelled per request (~2 % of orchestratord's CPU per request in
 session 10's profile). :class:`IdleTimer` has the same two coroutine methods and does
 the same thing with ``loop.call_later``: the connection closes (hypercorn's own
-``_initiate_server_close``, in the connection's task group) when it stays idle for
+server-side close, ``close_idle``) when it stays idle for
 ``keep_alive_timeout`` or when the server shuts down while it is idle (one watcher
 per worker for all idle connections, instead of one wait per connection).
 """
@@ -16,11 +16,19 @@ per worker for all idle connections, instead of one wait per connection).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
-from hypercorn.asyncio.tcp_server import TCPServer
+__all__ = ["IdleConnection", "IdleTimer"]
 
-__all__ = ["IdleTimer"]
+
+class IdleConnection(Protocol):
+    """What the timer needs of hypercorn's connection (``writes.CoalescingTCPServer``)."""
+
+    loop: asyncio.AbstractEventLoop
+    config: Any
+    context: Any
+
+    async def close_idle(self) -> None: ...
 
 
 class _Idle:
@@ -46,12 +54,12 @@ class IdleTimer:
     """``TCPServer.idle_task`` for one connection (the interface of hypercorn's
     ``AsyncioSingleTask``: ``restart(task_group, action)`` and ``stop()``)."""
 
-    __slots__ = ("_group", "_idle", "_server", "_timer")
+    __slots__ = ("_closing", "_idle", "_server", "_timer")
 
-    def __init__(self, server: TCPServer) -> None:
+    def __init__(self, server: IdleConnection) -> None:
         self._server = server
         self._timer: asyncio.TimerHandle | None = None
-        self._group: Any = None
+        self._closing: asyncio.Task[None] | None = None
         context = server.context
         idle = _WORKERS.get(id(context))
         if idle is None or idle.watcher.done():
@@ -62,7 +70,6 @@ class IdleTimer:
     async def restart(self, task_group: Any, action: Any) -> None:
         # ``action`` is hypercorn's ``_idle_timeout``; what it does is done here
         self._cancel()
-        self._group = task_group
         server = self._server
         if server.context.terminated.is_set():
             self.expire()
@@ -82,11 +89,5 @@ class IdleTimer:
     def expire(self) -> None:
         """Close the idle connection (what ``_idle_timeout`` does once its wait ends)."""
         self._cancel()
-        group = self._group
-        if group is None:
-            return
-        self._group = None
-        try:
-            group._task_group.create_task(self._server._initiate_server_close())
-        except RuntimeError:  # the connection's task group already ended: it is closed
-            pass
+        if self._closing is None:  # once; the task is kept until it ends
+            self._closing = self._server.loop.create_task(self._server.close_idle())

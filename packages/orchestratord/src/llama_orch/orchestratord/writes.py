@@ -94,6 +94,10 @@ class CoalescingTCPServer(TCPServer):
         # ORCH-2782: the keep-alive timeout as a timer, not two tasks per request
         self.idle_task = cast(AsyncioSingleTask, IdleTimer(self))
 
+    async def close_idle(self) -> None:
+        """hypercorn's server-side close of an idle connection (ORCH-2782)."""
+        await self._initiate_server_close()
+
 
 def coalesce_hypercorn_writes() -> None:
     """Make hypercorn's asyncio worker serve connections with
