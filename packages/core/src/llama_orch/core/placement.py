@@ -83,7 +83,7 @@ def choose_set(replicas: Iterable[ReplicaView[K]], prefer: K | None = None) -> K
     if len(free) <= 1:
         return next(iter(free), None)
     # The lowest key breaks the remaining ties (``_neg``); it is computed only for the
-    # sets still tied, since a key's repr holds a model digest (ORCH-2780: it took 2 %
+    # sets still tied, since a key's repr holds a model digest (ORCH-2780: it took 2.4 %
     # of orchestratord's CPU per request when computed for every set at every dispatch).
     # Same choice as max() over (free, prefer, load, _neg(key)) in ``free``'s order.
     top = max((slots, k == prefer, neg_load) for k, (slots, neg_load) in free.items())
