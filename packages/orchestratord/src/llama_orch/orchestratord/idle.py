@@ -5,7 +5,7 @@ idle (after every answer) and stops it when a request arrives: each restart crea
 an asyncio task that runs ``asyncio.wait_for(context.terminated.wait(),
 keep_alive_timeout)``, which creates a second task, and each stop cancels and awaits
 them, behind an ``asyncio.Lock``. On a kept-alive connection that is two tasks
-created and cancelled per request (1.5–1.7 % of orchestratord's CPU inclusive in
+created and cancelled per request (1.5 to 1.7 % of orchestratord's CPU inclusive in
 session 10's profiles). :class:`IdleTimer` has the same two coroutine methods and does
 the same thing with ``loop.call_later``: the connection closes (hypercorn's own
 server-side close, ``close_idle``) when it stays idle for
