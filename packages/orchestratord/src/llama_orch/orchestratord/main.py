@@ -73,6 +73,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
+    # ORCH-2781: the daemon's records skip what JsonFormatter never prints: the
+    # thread, process and multiprocessing names (the switches of the logging HOWTO's
+    # "Optimization" section). The lines are the same. (The caller's frame walk costs
+    # 0.4 us a record and its switch is private: kept.)
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(CorrelationFilter())

@@ -594,5 +594,7 @@ class Workload:
         for n, v in enumerate(views):
             tasks = self.running.get((pool.id, v.replica_id))
             if tasks:
-                views[n] = dataclasses.replace(v, load=sum(tokens_left(t) for t in tasks))
+                # the constructor, not dataclasses.replace (about 4x its cost), at every dispatch
+                load = sum(tokens_left(t) for t in tasks)
+                views[n] = ReplicaView(v.replica_id, v.set_key, v.ready, v.slots, v.busy, load)
         return views

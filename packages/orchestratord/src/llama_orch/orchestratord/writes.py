@@ -22,6 +22,9 @@ from typing import Any, cast
 
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import AsyncioSingleTask
+
+from .idle import IdleTimer
 
 __all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
 
@@ -88,6 +91,12 @@ class CoalescingTCPServer(TCPServer):
     ) -> None:
         coalescing = cast(asyncio.StreamWriter, CoalescingWriter(writer, loop))
         super().__init__(app, loop, config, context, state, reader, coalescing)
+        # ORCH-2782: the keep-alive timeout as a timer, not two tasks per request
+        self.idle_task = cast(AsyncioSingleTask, IdleTimer(self))
+
+    async def close_idle(self) -> None:
+        """hypercorn's server-side close of an idle connection (ORCH-2782)."""
+        await self._initiate_server_close()
 
 
 def coalesce_hypercorn_writes() -> None:

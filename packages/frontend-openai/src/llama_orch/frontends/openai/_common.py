@@ -87,7 +87,13 @@ def extras_from(
     ``session_id``, what SDKs send as ``extra_body``), then ``metadata``
     entries ``llorch_priority``, ``llorch_deadline_ms``, ``llorch_session_id``."""
     meta = metadata or {}
-    h = request.headers
+    # ORCH-9284: one pass over the raw headers keeps the first value of each
+    # ``x-llorch-*`` (what ``Headers.get`` returns); three ``Headers.get`` misses, the
+    # usual case, cost three list scans and three KeyErrors per request.
+    h: dict[str, str] = {}
+    for key, value in request.headers.raw:
+        if key.startswith(b"x-llorch-"):
+            h.setdefault(key.decode("latin-1"), value.decode("latin-1"))
 
     def pick(header: str, name: str) -> tuple[str | None, str]:
         if (v := h.get(header)) is not None:
