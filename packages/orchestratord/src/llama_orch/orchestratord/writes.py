@@ -23,6 +23,8 @@ from typing import Any, cast
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 
+from .leanconn import lean_hypercorn_objects
+
 __all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
 
 
@@ -87,6 +89,7 @@ class CoalescingTCPServer(TCPServer):
         writer: asyncio.StreamWriter,
     ) -> None:
         coalescing = cast(asyncio.StreamWriter, CoalescingWriter(writer, loop))
+        lean_hypercorn_objects(context)  # ORCH-2770: its events without empty deques
         super().__init__(app, loop, config, context, state, reader, coalescing)
 
 
@@ -95,3 +98,4 @@ def coalesce_hypercorn_writes() -> None:
     :class:`CoalescingTCPServer` (idempotent, process-wide)."""
     # the module's own name, looked up at each accepted connection (not re-exported)
     setattr(hypercorn_run, "TCPServer", CoalescingTCPServer)  # noqa: B010
+    lean_hypercorn_objects()  # ORCH-2770: each request's receive queue without deques
