@@ -43,14 +43,16 @@ def _serve():
         gc.collect()
         counts = collections.Counter(repr(type(o)) for o in gc.get_objects())
         snap = tracemalloc.take_snapshot()
-        who = os.environ.get("MEMPROF_WHO")  # file:line: what the objects made there are
+        who = tuple(w for w in os.environ.get("MEMPROF_WHO", "").split(",") if w)
         found = collections.Counter()
         if who:
             for o in gc.get_objects():
                 for r in gc.get_referents(o):
                     tb = tracemalloc.get_object_traceback(r)
-                    if tb is not None and f"{tb[0].filename}:{tb[0].lineno}".endswith(who):
-                        found[f"{type(r).__name__} {repr(r)[:60]} <- {type(o).__name__}"] += 1
+                    site = "" if tb is None else f"{tb[0].filename}:{tb[0].lineno}"
+                    if site.endswith(who):
+                        found[f"{site.rsplit('/', 1)[-1]} {type(r).__name__}"
+                              f" <- {type(o).__name__}"] += 1
         with open(req + ".tmp", "wb") as f:
             pickle.dump((snap, dict(counts), found.most_common(25)), f)
         os.rename(req + ".tmp", req + ".pkl")
@@ -126,7 +128,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=2000, help="tasks (streams) per step")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--frames", type=int, default=1, help="tracemalloc frames per trace")
-    ap.add_argument("--who", default="", help="file:line: name the objects allocated there")
+    ap.add_argument("--who", default="", help="file:line[,file:line...]: name the objects allocated there")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llorch-mem-"))
     procs = Procs(tmp)
