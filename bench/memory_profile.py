@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import pickle
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from procs import BIN, PY, Procs, log, loadgen, start_fake, start_orch
+from procs import PY, Procs, loadgen, log, start_fake, start_orch
 
 # Runs inside orchestratord's process: tracemalloc from the start, a thread that
 # answers "dump-K" request files with a snapshot and gc type counts.
@@ -104,8 +105,14 @@ def _report(
     pkgs: collections.Counter[str] = collections.Counter()
     for st in sb.compare_to(sa, "filename"):
         parts = Path(st.traceback[0].filename).parts
-        key = next((p for p in parts[::-1][1:] if p not in ("protocol", "asyncio", "middleware")),
-                   parts[-1]) if "site-packages" in parts or "llama_orch" in parts else parts[-1]
+        key = (
+            next(
+                (p for p in parts[::-1][1:] if p not in ("protocol", "asyncio", "middleware")),
+                parts[-1],
+            )
+            if "site-packages" in parts or "llama_orch" in parts
+            else parts[-1]
+        )
         pkgs[key] += st.size_diff
     for k, v in pkgs.most_common(12):
         print(f"{v / n:9.1f} B  {k}")
@@ -128,19 +135,16 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=2000, help="tasks (streams) per step")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--frames", type=int, default=1, help="tracemalloc frames per trace")
-    ap.add_argument("--who", default="", help="file:line[,file:line...]: name the objects allocated there")
+    ap.add_argument("--who", default="", help="file:line,...: name the objects made there")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llorch-mem-"))
     procs = Procs(tmp)
     dumps = tmp / "dumps"
     dumps.mkdir()
-    import os
-
     os.environ["MEMPROF_DIR"] = str(dumps)
     os.environ["MEMPROF_FRAMES"] = str(args.frames)
     os.environ["MEMPROF_WHO"] = args.who
     prefix = [PY, "-c", _WRAPPER]
-    assert BIN  # orchestratord's script path follows the prefix (its argv[0])
     try:
         if args.mode == "admit":
             eng, _ = start_fake(procs, "fake-1slot", 1000.0, slots=1)
