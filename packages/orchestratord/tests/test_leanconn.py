@@ -148,3 +148,58 @@ async def test_a_request_under_orchestratords_server_gets_an_app_queue_and_no_de
             writer.close()
         stop.set()
         await asyncio.wait_for(asyncio.gather(served, return_exceptions=True), 10)
+
+
+def _disconnect_watchers() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if "_until_disconnect" in repr(t.get_coro())]
+
+
+async def test_an_open_stream_under_orchestratords_server_has_no_watcher_task(
+    start_orchestrator, mock_config
+):
+    """ORCH-2772: the writer learns the disconnect from the request's queue (a callback),
+    so an open stream holds no task of its own for it; the disconnect still ends it
+    (test_streaming.py::test_sse_writer_ends_at_the_disconnect proves that end)."""
+    run = await start_orchestrator(mock_config(adapter_options={"token_delay_ms": 20}))
+    resp = await run.http.post(
+        run.url + "/v1/tasks",
+        json={"prompt": "x", "max_tokens": 400},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert resp.status == 200
+    assert await resp.content.readany()  # the stream is open and writing
+    assert _disconnect_watchers() == []
+    tid = resp.headers["X-Task-Id"]
+    resp.close()
+    async with run.http.post(f"{run.url}/v1/tasks/{tid}/cancel") as r:
+        assert r.status == 204
+
+
+async def test_the_writer_under_another_server_ends_at_the_disconnect() -> None:
+    """ORCH-2772: without orchestratord's queue in the scope (another ASGI server) a task
+    waits on ``receive`` and the disconnect ends the writer, the task's log unread."""
+    from llama_orch.orchestratord.limits import StreamCounter, TaskStream
+
+    never = asyncio.Event()
+
+    async def frames() -> Any:
+        yield b"id: 0\nevent: x\ndata: {}\n\n"
+        await never.wait()  # the task runs on; only the disconnect can end the writer
+        yield b""
+
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body"):
+            await inbox.put({"type": "http.disconnect"})  # the client goes after one frame
+
+    counter = StreamCounter()
+    stream = TaskStream(frames(), task_id="t", tenant="a", counter=counter, stall_timeout_s=60)
+    assert counter["a"] == 1
+    await asyncio.wait_for(stream({"type": "http"}, inbox.get, send), 5)
+    assert counter["a"] == 0
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert _disconnect_watchers() == []  # ended with the writer

@@ -28,7 +28,11 @@ from typing import Any
 import hypercorn.asyncio.tcp_server as hypercorn_tcp
 from hypercorn.asyncio.task_group import TaskGroup, _handle
 
-__all__ = ["AppQueue", "LeanEvent", "LeanTaskGroup", "lean_hypercorn_objects"]
+__all__ = ["APP_QUEUE", "AppQueue", "LeanEvent", "LeanTaskGroup", "lean_hypercorn_objects"]
+
+APP_QUEUE = "llama_orch.app_queue"
+"""Scope key of the request's :class:`AppQueue`: an SSE writer watches it for the
+client's ``http.disconnect`` with a callback instead of a task of its own (ORCH-2772)."""
 
 
 def _wake_first(waiters: list[asyncio.Future[None]] | None) -> None:
@@ -44,13 +48,22 @@ class AppQueue:
     """A bounded FIFO with ``get``/``put`` as :class:`asyncio.Queue`'s (``maxsize`` <= 0:
     unbounded); its waiters are lists made when the first one waits."""
 
-    __slots__ = ("_getters", "_items", "_max", "_putters")
+    __slots__ = ("_getters", "_items", "_max", "_putters", "_watcher")
 
     def __init__(self, maxsize: int = 0) -> None:
         self._items: list[Any] = []
         self._max = maxsize
         self._getters: list[asyncio.Future[None]] | None = None
         self._putters: list[asyncio.Future[None]] | None = None
+        self._watcher: Callable[[Any], None] | None = None
+
+    def watch(self, callback: Callable[[Any], None] | None) -> None:
+        """Call ``callback`` with every message put from now on, and with those queued
+        and not yet read (``None``: stop). It sees them; ``get`` still returns them."""
+        self._watcher = callback
+        if callback is not None:
+            for item in list(self._items):
+                callback(item)
 
     def qsize(self) -> int:
         return len(self._items)
@@ -92,6 +105,8 @@ class AppQueue:
             await self._wait(False)
         self._items.append(item)
         _wake_first(self._getters)
+        if self._watcher is not None:
+            self._watcher(item)
 
 
 class LeanEvent:
@@ -143,6 +158,7 @@ class LeanTaskGroup(TaskGroup):
         send: Callable[[Any], Awaitable[None]],
     ) -> Callable[[Any], Awaitable[None]]:
         queue = AppQueue(config.max_app_queue_size)
+        scope[APP_QUEUE] = queue
         loop = self._loop
 
         def call_soon(func: Callable[..., Any], *args: Any) -> Any:
