@@ -118,6 +118,7 @@ async def test_a_request_under_orchestratords_server_gets_an_app_queue_and_no_de
     cfg.accesslog = None
     cfg.graceful_timeout = 0.5
     stop = asyncio.Event()
+    # hypercorn's Framework union does not name a plain ASGI callable (same protocol)
     served = asyncio.create_task(serve(app, cfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     writer = None
     try:
