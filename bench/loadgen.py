@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -290,9 +291,13 @@ async def _settled_rss(watch: dict[str, list[int]]) -> dict[str, int]:
     return {k: proc_rss_kb(p) for k, p in watch.items()}
 
 
-async def hold(cl: Client, n: int, watch: dict[str, list[int]], steps: int) -> dict[str, object]:
+async def hold(
+    cl: Client, n: int, watch: dict[str, list[int]], steps: int, snapshot_dir: str | None = None
+) -> dict[str, object]:
     """Open n streams in ``steps`` batches; after each batch has its first tokens sample
-    RSS (``rss_steps_kb``, with ``streams_steps`` open); cancel everything at the end."""
+    RSS (``rss_steps_kb``, with ``streams_steps`` open); cancel everything at the end.
+    ``snapshot_dir`` (``bench/memory_profile.py``): after batch k, ask the traced
+    orchestratord for snapshot k (file ``dump-k``) and wait for it (``dump-k.pkl``)."""
     before = {k: proc_rss_kb(p) for k, p in watch.items()}
     ids: list[str] = []
     opened: list[aiohttp.ClientResponse] = []
@@ -321,6 +326,10 @@ async def hold(cl: Client, n: int, watch: dict[str, list[int]], steps: int) -> d
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first)), 60)
             rss_steps.append(await _settled_rss(watch))
             open_steps.append(len(ids))
+            if snapshot_dir is not None:
+                (Path(snapshot_dir) / f"dump-{k}").touch()
+                while not (Path(snapshot_dir) / f"dump-{k}.pkl").exists():
+                    await asyncio.sleep(0.1)
     finally:
         await asyncio.gather(
             *(cl.http.post(f"{cl.url}/v1/tasks/{t}/cancel") for t in ids), return_exceptions=True
@@ -350,7 +359,7 @@ async def amain(args: argparse.Namespace) -> dict[str, object]:
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
         cl = Client(args, http)
         if args.mode == "hold":
-            return await hold(cl, args.requests, watch, args.steps)
+            return await hold(cl, args.requests, watch, args.steps, args.snapshot_dir)
         if args.warmup:
             await run_closed_loop(cl, args.warmup, min(args.concurrency, args.warmup), args.cap_s)
         peak = {k: proc_rss_kb(p) for k, p in watch.items()}
@@ -440,6 +449,11 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=1,
         help="admit/hold: in this many batches, RSS sampled after each (memory slopes)",
+    )
+    ap.add_argument(
+        "--snapshot-dir",
+        default=None,
+        help="hold: ask a traced orchestratord for a snapshot after each batch (memory_profile)",
     )
     args = ap.parse_args(argv)
     if args.warmup is None:

@@ -1,4 +1,4 @@
-"""ORCH-2762: a queued task's record carries nothing that only readers use before one
+"""ORCH-2762, ORCH-2771: a queued task's record carries nothing that only readers use before one
 exists (issue #20: RSS per queued task), and its end flag behaves as an asyncio.Event."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ async def test_a_queued_record_is_lean_and_its_end_flag_wakes_waiters() -> None:
     rec = _record()
     assert not hasattr(rec, "__dict__")  # slots: no per-record dict
     assert rec._waiters is None and rec.ended._waiters is None  # nothing until a wait
+    assert rec.text_out is None  # ORCH-2771: no resumption text list until one needs it
 
     # a reader parks on the log; an append wakes it and the list is dropped again
     frames = rec.frames()

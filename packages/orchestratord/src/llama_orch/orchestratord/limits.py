@@ -23,6 +23,8 @@ from llama_orch.core.errors import HeadersTooLarge, OrchError, RequestTooLarge
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .leanconn import APP_QUEUE, AppQueue
+
 __all__ = ["RAW_SEND", "BodyLimit", "StreamCounter", "TaskStream"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
@@ -121,7 +123,9 @@ class TaskStream(Response):
     """The SSE response of one task (ORCH-2751): pre-encoded frames written with the server's
     ``send``, one ASGI message per chunk (issue #20). Not a ``StreamingResponse``: with
     an ASGI 2.1 server that one runs an anyio task group per response to watch for the
-    disconnect; here one plain task waits on ``receive`` and cancels the writer."""
+    disconnect; here the request's queue of orchestratord's server calls back at the
+    disconnect (ORCH-2772; under another server one plain task waits on ``receive``)
+    and the writer is cancelled."""
 
     media_type = "text/event-stream"
 
@@ -186,9 +190,22 @@ class TaskStream(Response):
                 cut = "gone"  # the client went away: stop reading the task's log
                 task.cancel()
 
+        def on_message(message: Message) -> None:
+            nonlocal cut
+            if message["type"] == "http.disconnect" and not cut:
+                cut = "gone"
+                task.cancel()
+
         timer = loop.call_later(period, watch)
-        watcher = loop.create_task(_until_disconnect(receive))
-        watcher.add_done_callback(gone)
+        # ORCH-2772: under orchestratord's server the request's queue tells the
+        # disconnect (a callback, no task per stream); under another, a task waits on it
+        queue = scope.get(APP_QUEUE)
+        watcher: asyncio.Task[None] | None = None
+        if isinstance(queue, AppQueue):
+            queue.watch(on_message)
+        else:
+            watcher = loop.create_task(_until_disconnect(receive))
+            watcher.add_done_callback(gone)
         try:
             sending_since = loop.time()
             # the start through the middlewares (correlation id, response-started flags)
@@ -219,5 +236,8 @@ class TaskStream(Response):
         finally:
             cut = cut or "ended"  # a callback already scheduled must not cancel what follows
             timer.cancel()
-            watcher.remove_done_callback(gone)
-            watcher.cancel()
+            if isinstance(queue, AppQueue):
+                queue.watch(None)
+            if watcher is not None:
+                watcher.remove_done_callback(gone)
+                watcher.cancel()

@@ -128,7 +128,7 @@ class TaskRun:
         if self.resuming:  # ORCH-1903: continue from the text the client already has
             request = msgspec.structs.replace(
                 request,
-                prompt=request.prompt + "".join(self.rec.text_out),
+                prompt=request.prompt + "".join(self.rec.text_out or ()),
                 max_tokens=max(1, request.max_tokens - self.rec.engine_tokens),
             )
         if self.rec.engine_slot is not None:  # ORCH-2356: the slot rules' pin
@@ -196,6 +196,8 @@ class TaskRun:
         rec.tokens_out += 1
         rec.engine_tokens += ev.n_tokens
         if runner.hard_preemption:  # only a resumption reads it (ORCH-8016)
+            if rec.text_out is None:  # ORCH-2771: made by the first token that needs it
+                rec.text_out = []
             rec.text_out.append(ev.text)
         return True
 

@@ -120,8 +120,9 @@ class TaskRecord:
     expected_tokens: int | None = None  # the client's estimate, for forecasts (ORCH-1905)
     cost_per_token: float = 0.0  # of its pool and priority (ORCH-1906)
     # Hard preemption (ORCH-1902, ORCH-1903): text streamed so far (the resumption
-    # continues from it), engine tokens generated, engine time of earlier runs.
-    text_out: list[str] = field(default_factory=list)
+    # continues from it; None until a resumption needs it, ORCH-2771), engine tokens
+    # generated, engine time of earlier runs.
+    text_out: list[str] | None = None
     engine_tokens: int = 0
     engine_ms_before: int = 0
     queue_wait_ms: int = 0

@@ -26,6 +26,8 @@ from hypercorn.asyncio.worker_context import AsyncioSingleTask
 
 from .idle import IdleTimer
 
+from .leanconn import lean_hypercorn_objects
+
 __all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
 
 
@@ -90,6 +92,7 @@ class CoalescingTCPServer(TCPServer):
         writer: asyncio.StreamWriter,
     ) -> None:
         coalescing = cast(asyncio.StreamWriter, CoalescingWriter(writer, loop))
+        lean_hypercorn_objects(context)  # ORCH-2770: its events without empty deques
         super().__init__(app, loop, config, context, state, reader, coalescing)
         # ORCH-2782: the keep-alive timeout as a timer, not two tasks per request
         self.idle_task = cast(AsyncioSingleTask, IdleTimer(self))
@@ -104,3 +107,4 @@ def coalesce_hypercorn_writes() -> None:
     :class:`CoalescingTCPServer` (idempotent, process-wide)."""
     # the module's own name, looked up at each accepted connection (not re-exported)
     setattr(hypercorn_run, "TCPServer", CoalescingTCPServer)  # noqa: B010
+    lean_hypercorn_objects()  # ORCH-2770: each request's receive queue without deques
