@@ -25,7 +25,6 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import AsyncioSingleTask
 
 from .idle import IdleTimer
-
 from .leanconn import lean_hypercorn_objects
 
 __all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
