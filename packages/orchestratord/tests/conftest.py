@@ -181,3 +181,10 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
         for _, _, http in stops:
             await http.close()
         await stop_served([(stop, task) for stop, task, _ in stops], 30)  # ORCH-6241
+
+
+def finish_eta(data: dict) -> bool:
+    """A running task's finish-ETA update (ORCH-2907): a `metrics` frame that carries
+    `predicted_finish_ms` only; it may come at any time under load, so the tests
+    that read the announce frame (ORCH-1117) skip it."""
+    return set(data) == {"predicted_finish_ms"}
