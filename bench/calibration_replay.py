@@ -26,6 +26,11 @@ admitted during the task's run added at ``--cost`` ms a token (which no forecast
 made at admission can know), and the misses (outside 2x) by cause:
 
     uv run bench/calibration_replay.py --oracle --cost 6.3,10 2026-12-03-1535 2026-12-03-1540
+
+``--start`` (ORCH-2919), the report alone: the start figures split by whether a task
+admitted later started first (a deadline task, served first: EDF), and the misses:
+
+    uv run bench/calibration_replay.py --start 2026-12-04-1022 2026-12-04-1033
 """
 
 from __future__ import annotations
@@ -161,15 +166,48 @@ def oracle(stamp: str, costs: list[float]) -> None:
     )
 
 
+def starts(stamp: str) -> None:
+    """ORCH-2919: the start figures of a past report split by whether a task admitted
+    later started first (EDF), and its start misses (outside 2x) by cause."""
+    from calibration import Outcome, analyse, overtaken
+
+    raw = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())["outcomes"]
+    outs = [Outcome(**o) for o in raw]
+    s = analyse(outs)
+    causes = {"overtaken": 0, "over": 0, "under": 0}
+    for o in outs:
+        if o.queue_wait_ms is None or o.queue_wait_ms < 100 or o.predicted_start_ms is None:
+            continue
+        r = o.predicted_start_ms / o.queue_wait_ms
+        if 0.5 <= r <= 2:
+            continue
+        causes["overtaken" if overtaken(o, outs) else "over" if r > 2 else "under"] += 1
+    print(stamp)
+    for key in ("start", "start_in_order", "start_overtaken"):
+        e = s[key]
+        med, p90 = e["median_rel_err"], e["p90_factor"]
+        print(
+            f"  {key:16} n {e['n']:>2}  median {'n/a' if med is None else f'{100 * med:.0f} %':>5}"
+            f"  p90 factor {'n/a' if p90 is None else f'{p90:.2f}'}"
+        )
+    print(
+        f"  misses: {sum(causes.values())}: overtaken {causes['overtaken']}; in order:"
+        f" over-predicted {causes['over']}, under-predicted {causes['under']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stamps", nargs="+", help="e.g. 2026-12-03-1217")
     ap.add_argument("--cost", default="6.3", help="prefill ms per prompt token (--oracle: a list)")
     ap.add_argument("--oracle", action="store_true", help="ORCH-2905: the report alone")
+    ap.add_argument("--start", action="store_true", help="ORCH-2919: starts, the report alone")
     ap.add_argument("--tau", default="10,30,120", help="EWMA time constants, s")
     args: Any = ap.parse_args(argv)
     for stamp in args.stamps:
-        if args.oracle:
+        if args.start:
+            starts(stamp)
+        elif args.oracle:
             oracle(stamp, [float(x) for x in args.cost.split(",")])
         else:
             replay(stamp, float(args.cost), [float(x) for x in args.tau.split(",")])
