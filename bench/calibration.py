@@ -330,7 +330,9 @@ def analyse(outs: list[Outcome]) -> dict[str, Any]:
     ]
     start = [(o.predicted_start_ms, o.queue_wait_ms) for o in waited]
     passed = {id(o) for o in waited if overtaken(o, outs)}  # ORCH-2919
-    start_in_order = [(o.predicted_start_ms, o.queue_wait_ms) for o in waited if id(o) not in passed]
+    start_in_order = [
+        (o.predicted_start_ms, o.queue_wait_ms) for o in waited if id(o) not in passed
+    ]
     start_passed = [(o.predicted_start_ms, o.queue_wait_ms) for o in waited if id(o) in passed]
     start_held = [pair for o in waited for pair in held_start_pairs(o)]  # ORCH-2920
     start_held_passed = [pair for o in waited if id(o) in passed for pair in held_start_pairs(o)]
