@@ -31,6 +31,9 @@ made at admission can know), and the misses (outside 2x) by cause:
 admitted later started first (a deadline task, served first: EDF), and the misses:
 
     uv run bench/calibration_replay.py --start 2026-12-04-1022 2026-12-04-1033
+
+``--left`` (DEBUG log): each decoding running task's ms left as forecast at each
+admission against the time it actually ran on, by its live pace ratio.
 """
 
 from __future__ import annotations
@@ -196,16 +199,60 @@ def starts(stamp: str) -> None:
     )
 
 
+RATIO_BINS = ((0.0, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0), (1.0, 1.3), (1.3, math.inf))
+
+
+def running_left(stamp: str) -> None:
+    """ORCH-2919: the ms left forecast for each decoding running task at each admission
+    (orchestratord's DEBUG ``forecast:`` lines, ORCH-1994) against the time it then
+    actually ran to its end, by its live pace ratio (ORCH-1977, ORCH-2918). The ms
+    left do not hold the prefill of prompts admitted later, so every bin is below 1;
+    the bins compare the ratios."""
+    import ast
+    import statistics
+
+    ends: dict[str, tuple[float, str]] = {}
+    told: list[tuple[float, list[list[tuple[Any, ...]]]]] = []
+    log = Path(f"/tmp/llorch-calibration-{stamp}/orchestratord.log")
+    for line in log.read_text().splitlines():
+        j = json.loads(line)
+        if j["msg"] == "task ended":
+            ends[j["job_id"][:8]] = (j["ts"], j["state"])
+        elif j["msg"].startswith("forecast:"):
+            tail = j["msg"].split("(task, tokens left, decoding, ratio, weight, ms left) ")[1]
+            told.append((j["ts"], ast.literal_eval(tail)))
+    rows = []
+    for ts, replicas in told:
+        for tid, _, decoding, ratio, ms in (t for rep in replicas for t in rep):
+            end = ends.get(tid)
+            if not decoding or ratio is None or end is None or end[1] != "completed":
+                continue
+            if (end[0] - ts) * 1000 >= 100:
+                rows.append((ratio[0], ms / ((end[0] - ts) * 1000)))
+    print(f"{stamp} ({len(rows)} forecasts of a decoding task's ms left)")
+    for lo, hi in RATIO_BINS:
+        r = sorted(x for a, x in rows if lo <= a < hi)
+        if r:
+            print(
+                f"  ratio {lo:g}-{hi:g}: n {len(r):>2}  told/actual median"
+                f" {statistics.median(r):.2f}  p10 {r[len(r) // 10]:.2f}"
+                f"  p90 {r[int(len(r) * 0.9)]:.2f}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stamps", nargs="+", help="e.g. 2026-12-03-1217")
     ap.add_argument("--cost", default="6.3", help="prefill ms per prompt token (--oracle: a list)")
     ap.add_argument("--oracle", action="store_true", help="ORCH-2905: the report alone")
     ap.add_argument("--start", action="store_true", help="ORCH-2919: starts, the report alone")
+    ap.add_argument("--left", action="store_true", help="running tasks' ms left by pace ratio")
     ap.add_argument("--tau", default="10,30,120", help="EWMA time constants, s")
     args: Any = ap.parse_args(argv)
     for stamp in args.stamps:
-        if args.start:
+        if args.left:
+            running_left(stamp)
+        elif args.start:
             starts(stamp)
         elif args.oracle:
             oracle(stamp, [float(x) for x in args.cost.split(",")])
