@@ -177,14 +177,30 @@ def starts(stamp: str) -> None:
     raw = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())["outcomes"]
     outs = [Outcome(**o) for o in raw]
     s = analyse(outs)
-    causes = {"overtaken": 0, "over": 0, "under": 0}
+
+    def canceled_ahead(o: Outcome) -> bool:
+        """A task admitted before ``o`` and not ended at its admission was canceled
+        (the forecast counts its ``max_tokens``) before ``o`` started."""
+        start = (o.admitted_s or 0) + (o.queue_wait_ms or 0) / 1000
+        return any(
+            x.end_reason == "canceled"
+            and x.admitted_s is not None
+            and x.ended_s is not None
+            and x.admitted_s <= (o.admitted_s or 0) < x.ended_s <= start
+            for x in outs
+        )
+
+    causes = {"overtaken": 0, "over, canceled ahead": 0, "over": 0, "under": 0}
     for o in outs:
         if o.queue_wait_ms is None or o.queue_wait_ms < 100 or o.predicted_start_ms is None:
             continue
         r = o.predicted_start_ms / o.queue_wait_ms
         if 0.5 <= r <= 2:
             continue
-        causes["overtaken" if overtaken(o, outs) else "over" if r > 2 else "under"] += 1
+        if r > 2:  # overtaking makes a start later, not earlier
+            causes["over, canceled ahead" if canceled_ahead(o) else "over"] += 1
+        else:
+            causes["overtaken" if overtaken(o, outs) else "under"] += 1
     print(stamp)
     for key in ("start", "start_in_order", "start_overtaken"):
         e = s[key]
@@ -194,8 +210,9 @@ def starts(stamp: str) -> None:
             f"  p90 factor {'n/a' if p90 is None else f'{p90:.2f}'}"
         )
     print(
-        f"  misses: {sum(causes.values())}: overtaken {causes['overtaken']}; in order:"
-        f" over-predicted {causes['over']}, under-predicted {causes['under']}"
+        f"  misses: {sum(causes.values())}: under-predicted and overtaken"
+        f" {causes['overtaken']}, otherwise {causes['under']}; over-predicted with a task"
+        f" ahead canceled {causes['over, canceled ahead']}, otherwise {causes['over']}"
     )
 
 
