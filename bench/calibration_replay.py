@@ -186,7 +186,8 @@ def starts(stamp: str) -> None:
             x.end_reason == "canceled"
             and x.admitted_s is not None
             and x.ended_s is not None
-            and x.admitted_s <= (o.admitted_s or 0) < x.ended_s <= start
+            # its end as the client saw it, a little after its slot freed
+            and x.admitted_s <= (o.admitted_s or 0) < x.ended_s <= start + BURST_S
             for x in outs
         )
 
