@@ -172,7 +172,7 @@ def oracle(stamp: str, costs: list[float]) -> None:
 def starts(stamp: str) -> None:
     """ORCH-2919: the start figures of a past report split by whether a task admitted
     later started first (EDF), and its start misses (outside 2x) by cause."""
-    from calibration import Outcome, analyse, overtaken
+    from calibration import HELD_INSTANTS, Outcome, analyse, held_start_pairs, overtaken
 
     raw = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())["outcomes"]
     outs = [Outcome(**o) for o in raw]
@@ -210,6 +210,20 @@ def starts(stamp: str) -> None:
             f"  {key:16} n {e['n']:>2}  median {'n/a' if med is None else f'{100 * med:.0f} %':>5}"
             f"  p90 factor {'n/a' if p90 is None else f'{p90:.2f}'}"
         )
+    waited = [
+        o
+        for o in outs
+        if o.queue_wait_ms is not None
+        and o.queue_wait_ms >= 100
+        and o.predicted_start_ms is not None
+    ]
+    by_instant = []  # ORCH-2920: the held start's p90 factor at each instant of the wait
+    for k in range(HELD_INSTANTS):
+        f = sorted(max(p / a, a / p) for o in waited for p, a in held_start_pairs(o)[k : k + 1])
+        by_instant.append(
+            f"{f[min(len(f) - 1, int(0.9 * (len(f) - 1) + 0.5))]:.2f}" if f else "n/a"
+        )
+    print(f"  start ETA held, p90 factor by instant (0, 10, ... 90 %): {' '.join(by_instant)}")
     print(
         f"  misses: {sum(causes.values())}: under-predicted and overtaken"
         f" {causes['overtaken']}, otherwise {causes['under']}; over-predicted with a task"
