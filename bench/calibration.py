@@ -95,6 +95,9 @@ class Outcome:
     # each finish the client was told, (ms since submit when told, finish in ms since
     # submit): the 202's, then those of ``queued`` and ``metrics`` events (ORCH-2907)
     finish_told: list[tuple[float, float]] | None = None
+    # ORCH-2920: (ms after submit, start told as ms after submit): the 202's, then each
+    # ``queued`` event's ``predicted_start_ms`` (ORCH-1961)
+    start_told: list[tuple[float, float]] | None = None
 
 
 def make_specs(n: int, seed: int, *, nested: bool = False) -> list[Spec]:
@@ -170,6 +173,7 @@ async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrenc
     o.predicted_finish_ms = payload.get("predicted_finish_ms")
     if o.predicted_finish_ms is not None:
         o.finish_told = [(0.0, float(o.predicted_finish_ms))]
+    o.start_told = [(0.0, float(o.predicted_start_ms or 0))]
     tid = payload["task_id"]
     parser = SSEParser()
     tokens = 0
@@ -181,6 +185,9 @@ async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrenc
                 if told is not None and o.finish_told is not None:  # ORCH-2907
                     at = (time.monotonic() - submitted) * 1000
                     o.finish_told.append((at, at + told))
+                if m.event == "queued" and o.start_told is not None:  # ORCH-2920
+                    at = (time.monotonic() - submitted) * 1000
+                    o.start_told.append((at, at + data["predicted_start_ms"]))
                 if m.event == "started":
                     o.queue_wait_ms = data["queue_wait_ms"]
                 elif m.event == "metrics" and o.on_time_probability is None:
@@ -248,6 +255,43 @@ def held_pairs(o: Outcome) -> list[tuple[float, float]]:
     return out
 
 
+def held_start_pairs(o: Outcome) -> list[tuple[float, float]]:
+    """ORCH-2920: (time to its start as told, time to its start actually) at admission
+    + 0, 10, ..., 90 % of the task's wait: the start its client held then (a start
+    already passed counts as 1 ms left)."""
+    if not o.start_told or o.queue_wait_ms is None:
+        return []
+    out = []
+    for k in range(HELD_INSTANTS):
+        at = o.queue_wait_ms * k / HELD_INSTANTS
+        held = [f for t, f in o.start_told if t <= at][-1]
+        out.append((max(1.0, held - at), o.queue_wait_ms - at))
+    return out
+
+
+def _started_s(o: Outcome) -> float | None:
+    if o.admitted_s is None or o.queue_wait_ms is None:
+        return None
+    return o.admitted_s + o.queue_wait_ms / 1000
+
+
+def overtaken(o: Outcome, outs: list[Outcome]) -> bool:
+    """ORCH-2919: whether a task admitted after ``o`` started before it (a task with a
+    deadline is served before the queued tasks without one, EDF, ORCH-1111): work no
+    start forecast made at ``o``'s admission could know."""
+    mine = _started_s(o)
+    if mine is None or o.admitted_s is None:
+        return False
+    return any(
+        x is not o
+        and x.admitted_s is not None
+        and x.admitted_s > o.admitted_s
+        and (s := _started_s(x)) is not None
+        and s < mine
+        for x in outs
+    )
+
+
 def analyse(outs: list[Outcome]) -> dict[str, Any]:
     ran = [o for o in outs if o.end_reason in ("length", "eos", "stop") and o.finish_ms]
     finish = [
@@ -277,13 +321,21 @@ def analyse(outs: list[Outcome]) -> dict[str, Any]:
     held_later = [pair for o in fin_ran if later(o) > 0 for pair in held_pairs(o)]
     finish_alone = [(o.predicted_finish_ms, o.finish_ms) for o in fin_ran if later(o) == 0]
     finish_later = [(o.predicted_finish_ms, o.finish_ms) for o in fin_ran if later(o) > 0]
-    start = [
-        (o.predicted_start_ms, o.queue_wait_ms)
+    waited = [
+        o
         for o in outs
         if o.queue_wait_ms is not None
         and o.queue_wait_ms >= 100
         and o.predicted_start_ms is not None
     ]
+    start = [(o.predicted_start_ms, o.queue_wait_ms) for o in waited]
+    passed = {id(o) for o in waited if overtaken(o, outs)}  # ORCH-2919
+    start_in_order = [
+        (o.predicted_start_ms, o.queue_wait_ms) for o in waited if id(o) not in passed
+    ]
+    start_passed = [(o.predicted_start_ms, o.queue_wait_ms) for o in waited if id(o) in passed]
+    start_held = [pair for o in waited for pair in held_start_pairs(o)]  # ORCH-2920
+    start_held_passed = [pair for o in waited if id(o) in passed for pair in held_start_pairs(o)]
     retry = [o for o in outs if o.retry_advertised_ms is not None and o.retry_actual_ms is not None]
     probs = [
         (o.on_time_probability, o.on_time)
@@ -339,6 +391,10 @@ def analyse(outs: list[Outcome]) -> dict[str, Any]:
         "finish_held_no_later_prompts": errs(held_alone),
         "finish_held_later_prompts": errs(held_later),
         "start": errs(start),
+        "start_in_order": errs(start_in_order),
+        "start_overtaken": errs(start_passed),
+        "start_held": errs(start_held),
+        "start_held_overtaken": errs(start_held_passed),
         "retry": {
             "n": len(retry),
             "first_retry_admitted": (sum(1 for o in retry if o.retry_first_ok) / len(retry))
@@ -400,8 +456,14 @@ def render(
         ("finish ETA held: no other prompt admitted", "finish_held_no_later_prompts", ""),
         ("finish ETA held: others' prompts admitted", "finish_held_later_prompts", ""),
         ("start (waited >= 100 ms)", "start", "median <= 25 %, p90 factor <= 2"),
+        ("start: no task admitted later started first", "start_in_order", ""),
+        ("start: overtaken by a task admitted later (EDF)", "start_overtaken", ""),
+        (f"start ETA held, {HELD_INSTANTS} instants a wait (ORCH-2920)", "start_held", ""),
+        ("start ETA held: overtaken", "start_held_overtaken", ""),
     ):
-        e = s[key]
+        e = s.get(key)
+        if e is None:  # a report from before ORCH-2919
+            continue
         lines.append(
             f"| {name} | {e['n']} | {_f(e['median_rel_err'], True)} | {_f(e['p90_rel_err'], True)}"
             f" | {_f(e['within_2x'], True)} | {_f(e.get('p90_factor'))}"
@@ -418,7 +480,12 @@ def render(
         " duration, the finish its client then held (the 202's, or the latest"
         " `predicted_finish_ms` of a `queued` or `metrics` event, ORCH-2907) and compare"
         " the time it left with the time actually left (n = samples; a finish already"
-        " passed counts as 1 ms left).",
+        " passed counts as 1 ms left). The two start splits (ORCH-2919) separate the"
+        " tasks that a task admitted after them overtook in the queue (a deadline is"
+        " served first, ORCH-1111), which no start forecast made at admission can know;"
+        " the `start ETA held` rows (ORCH-2920) take, at admission + 0, 10, ..., 90 % of"
+        " its wait, the start the client then held (the 202's or the latest `queued`"
+        " event's, ORCH-1961) against the time then left to its start.",
         "",
         f"Retry-After (X-Backoff-Ms): {r['n']} refused clients; first retry admitted"
         f" {_f(r['first_retry_admitted'], True)}; median actual wait / advertised"

@@ -26,6 +26,14 @@ admitted during the task's run added at ``--cost`` ms a token (which no forecast
 made at admission can know), and the misses (outside 2x) by cause:
 
     uv run bench/calibration_replay.py --oracle --cost 6.3,10 2026-12-03-1535 2026-12-03-1540
+
+``--start`` (ORCH-2919), the report alone: the start figures split by whether a task
+admitted later started first (a deadline task, served first: EDF), and the misses:
+
+    uv run bench/calibration_replay.py --start 2026-12-04-1022 2026-12-04-1033
+
+``--left`` (DEBUG log): each decoding running task's ms left as forecast at each
+admission against the time it actually ran on, by its live pace ratio.
 """
 
 from __future__ import annotations
@@ -161,15 +169,124 @@ def oracle(stamp: str, costs: list[float]) -> None:
     )
 
 
+def starts(stamp: str) -> None:
+    """ORCH-2919: the start figures of a past report split by whether a task admitted
+    later started first (EDF), and its start misses (outside 2x) by cause."""
+    from calibration import HELD_INSTANTS, Outcome, analyse, held_start_pairs, overtaken
+
+    raw = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())["outcomes"]
+    outs = [Outcome(**o) for o in raw]
+    s = analyse(outs)
+
+    def canceled_ahead(o: Outcome) -> bool:
+        """A task admitted before ``o`` and not ended at its admission was canceled
+        (the forecast counts its ``max_tokens``) before ``o`` started."""
+        start = (o.admitted_s or 0) + (o.queue_wait_ms or 0) / 1000
+        return any(
+            x.end_reason == "canceled"
+            and x.admitted_s is not None
+            and x.ended_s is not None
+            # its end as the client saw it, a little after its slot freed
+            and x.admitted_s <= (o.admitted_s or 0) < x.ended_s <= start + BURST_S
+            for x in outs
+        )
+
+    causes = {"overtaken": 0, "over, canceled ahead": 0, "over": 0, "under": 0}
+    for o in outs:
+        if o.queue_wait_ms is None or o.queue_wait_ms < 100 or o.predicted_start_ms is None:
+            continue
+        r = o.predicted_start_ms / o.queue_wait_ms
+        if 0.5 <= r <= 2:
+            continue
+        if r > 2:  # overtaking makes a start later, not earlier
+            causes["over, canceled ahead" if canceled_ahead(o) else "over"] += 1
+        else:
+            causes["overtaken" if overtaken(o, outs) else "under"] += 1
+    print(stamp)
+    for key in ("start", "start_in_order", "start_overtaken"):
+        e = s[key]
+        med, p90 = e["median_rel_err"], e["p90_factor"]
+        print(
+            f"  {key:16} n {e['n']:>2}  median {'n/a' if med is None else f'{100 * med:.0f} %':>5}"
+            f"  p90 factor {'n/a' if p90 is None else f'{p90:.2f}'}"
+        )
+    waited = [
+        o
+        for o in outs
+        if o.queue_wait_ms is not None
+        and o.queue_wait_ms >= 100
+        and o.predicted_start_ms is not None
+    ]
+    by_instant = []  # ORCH-2920: the held start's p90 factor at each instant of the wait
+    for k in range(HELD_INSTANTS):
+        f = sorted(max(p / a, a / p) for o in waited for p, a in held_start_pairs(o)[k : k + 1])
+        by_instant.append(
+            f"{f[min(len(f) - 1, int(0.9 * (len(f) - 1) + 0.5))]:.2f}" if f else "n/a"
+        )
+    print(f"  start ETA held, p90 factor by instant (0, 10, ... 90 %): {' '.join(by_instant)}")
+    print(
+        f"  misses: {sum(causes.values())}: under-predicted and overtaken"
+        f" {causes['overtaken']}, otherwise {causes['under']}; over-predicted with a task"
+        f" ahead canceled {causes['over, canceled ahead']}, otherwise {causes['over']}"
+    )
+
+
+RATIO_BINS = ((0.0, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0), (1.0, 1.3), (1.3, math.inf))
+
+
+def running_left(stamp: str) -> None:
+    """ORCH-2919: the ms left forecast for each decoding running task at each admission
+    (orchestratord's DEBUG ``forecast:`` lines, ORCH-1994) against the time it then
+    actually ran to its end, by its live pace ratio (ORCH-1977, ORCH-2918). The ms
+    left do not hold the prefill of prompts admitted later, so every bin is below 1;
+    the bins compare the ratios."""
+    import ast
+    import statistics
+
+    ends: dict[str, tuple[float, str]] = {}
+    told: list[tuple[float, list[list[tuple[Any, ...]]]]] = []
+    log = Path(f"/tmp/llorch-calibration-{stamp}/orchestratord.log")
+    for line in log.read_text().splitlines():
+        j = json.loads(line)
+        if j["msg"] == "task ended":
+            ends[j["job_id"][:8]] = (j["ts"], j["state"])
+        elif j["msg"].startswith("forecast:"):
+            tail = j["msg"].split("(task, tokens left, decoding, ratio, weight, ms left) ")[1]
+            told.append((j["ts"], ast.literal_eval(tail)))
+    rows = []
+    for ts, replicas in told:
+        for tid, _, decoding, ratio, ms in (t for rep in replicas for t in rep):
+            end = ends.get(tid)
+            if not decoding or ratio is None or end is None or end[1] != "completed":
+                continue
+            if (end[0] - ts) * 1000 >= 100:
+                rows.append((ratio[0], ms / ((end[0] - ts) * 1000)))
+    print(f"{stamp} ({len(rows)} forecasts of a decoding task's ms left)")
+    for lo, hi in RATIO_BINS:
+        r = sorted(x for a, x in rows if lo <= a < hi)
+        if r:
+            print(
+                f"  ratio {lo:g}-{hi:g}: n {len(r):>2}  told/actual median"
+                f" {statistics.median(r):.2f}  p10 {r[len(r) // 10]:.2f}"
+                f"  p90 {r[int(len(r) * 0.9)]:.2f}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stamps", nargs="+", help="e.g. 2026-12-03-1217")
     ap.add_argument("--cost", default="6.3", help="prefill ms per prompt token (--oracle: a list)")
     ap.add_argument("--oracle", action="store_true", help="ORCH-2905: the report alone")
+    ap.add_argument("--start", action="store_true", help="ORCH-2919: starts, the report alone")
+    ap.add_argument("--left", action="store_true", help="running tasks' ms left by pace ratio")
     ap.add_argument("--tau", default="10,30,120", help="EWMA time constants, s")
     args: Any = ap.parse_args(argv)
     for stamp in args.stamps:
-        if args.oracle:
+        if args.left:
+            running_left(stamp)
+        elif args.start:
+            starts(stamp)
+        elif args.oracle:
             oracle(stamp, [float(x) for x in args.cost.split(",")])
         else:
             replay(stamp, float(args.cost), [float(x) for x in args.tau.split(",")])
