@@ -11,93 +11,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import pytest
 from llama_orch.orchestratord.app import build_app
 from llama_orch.orchestratord.leanroutes import LeanRoutes
+from llama_orch.testing_engines.asgi import Answer, AsgiCall
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.types import ASGIApp, Message
+from starlette.types import ASGIApp
 
 
-@dataclass
-class Answer:
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
-
-    def same_as(self, other: Answer, ids: tuple[str, str] | None = None) -> None:
-        """Equal status, headers (in order) and body, with ``ids``' first task id
-        read as the second (the two applications admitted different tasks)."""
-        mine = (self.status, self.headers, self.body)
-        if ids is not None:
-            old, new = ids[0].encode(), ids[1].encode()
-            mine = (
-                self.status,
-                [(k, v.replace(old, new)) for k, v in self.headers],
-                self.body.replace(old, new),
-            )
-        assert mine == (other.status, other.headers, other.body)
-
-    def header(self, name: bytes) -> str:
-        return dict(self.headers)[name].decode()
-
-
-class Call:
-    """One request to an ASGI app in process; ``disconnect()`` ends a held stream."""
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        body: list[bytes],
-    ) -> None:
-        self.scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 8080),
-        }
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
-        for i, part in enumerate(body):
-            self.inbox.put_nowait(
-                {"type": "http.request", "body": part, "more_body": i < len(body) - 1}
-            )
-        self.answer = Answer()
-        self.started = asyncio.Event()
-
-    async def receive(self) -> Message:
-        return await self.inbox.get()
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.answer.status = message["status"]
-            self.answer.headers = list(message.get("headers", []))
-            self.started.set()
-        elif message["type"] == "http.response.body":
-            self.answer.body += message.get("body", b"")
-
-    def disconnect(self) -> None:
-        self.inbox.put_nowait({"type": "http.disconnect"})
-
-    async def run(self, app: ASGIApp) -> Answer:
-        try:
-            await app(self.scope, self.receive, self.send)
-        except Exception:
-            if not self.started.is_set():
-                raise
-        return self.answer
+def same(one: Answer, other: Answer, ids: tuple[str, str] | None = None) -> None:
+    """Equal status, head (in order) and body, ``ids[0]`` read as ``ids[1]``."""
+    if ids is not None:
+        one = one.replaced(*ids)
+    assert (one.status, one.headers, one.body) == (other.status, other.headers, other.body)
 
 
 def _headers(key: str | None, **more: str) -> dict[str, str]:
@@ -119,8 +48,8 @@ async def _both(
     headers: dict[str, str],
     body: Sequence[bytes] = (b"",),
 ) -> tuple[Answer, Answer]:
-    lean = await Call(method, path, headers, list(body)).run(apps[0])
-    starlette = await Call(method, path, headers, list(body)).run(apps[1])
+    lean = await AsgiCall(method, path, headers, list(body)).run(apps[0])
+    starlette = await AsgiCall(method, path, headers, list(body)).run(apps[1])
     return lean, starlette
 
 
@@ -159,7 +88,7 @@ async def test_lean_routes_answer_as_starlette_does(
     # a 202 submit each, the task read to its end (frames are then fixed bytes)
     accepted: list[tuple[str, Answer]] = []
     for app in apps:
-        ans = await Call("POST", "/v1/tasks", _headers(a), _body(max_tokens=3)).run(app)
+        ans = await AsgiCall("POST", "/v1/tasks", _headers(a), _body(max_tokens=3)).run(app)
         assert ans.status == 202, ans.body
         doc = msgspec.json.decode(ans.body)
         await run.settled(doc["task_id"])
@@ -171,19 +100,19 @@ async def test_lean_routes_answer_as_starlette_does(
         accepted.append((doc["task_id"], ans))
     (lean_id, lean_202), (plain_id, plain_202) = accepted
     assert lean_202.header(b"x-correlation-id") == "cid-lean"
-    lean_202.same_as(plain_202, (lean_id, plain_id))
+    same(lean_202, plain_202, (lean_id, plain_id))
 
     # the stream of an ended task, whole and resumed: the same frames
     for last in (None, "1"):
         more = {} if last is None else {"Last-Event-ID": last}
-        lean = await Call("GET", f"/v1/tasks/{lean_id}/stream", _headers(a, **more), [b""]).run(
+        lean = await AsgiCall("GET", f"/v1/tasks/{lean_id}/stream", _headers(a, **more), [b""]).run(
             lean_app
         )
-        plain = await Call("GET", f"/v1/tasks/{lean_id}/stream", _headers(a, **more), [b""]).run(
-            plain_app
-        )
+        plain = await AsgiCall(
+            "GET", f"/v1/tasks/{lean_id}/stream", _headers(a, **more), [b""]
+        ).run(plain_app)
         assert lean.status == 200 and b"event: end" in lean.body
-        lean.same_as(plain)
+        same(lean, plain)
 
     # refusals: 401, 403, 400, 404 (unknown and another tenant's), 413
     cases: list[tuple[str, str, dict[str, str], list[bytes]]] = [
@@ -204,8 +133,8 @@ async def test_lean_routes_answer_as_starlette_does(
         lean, plain = await _both(apps, method, path, headers, body)
         assert lean.status >= 400, (path, lean.status, lean.body)
         assert lean.header(b"x-correlation-id") == "cid-lean"
-        lean.same_as(plain)
-    statuses = [(await Call(m, p, h, list(bd)).run(lean_app)).status for m, p, h, bd in cases]
+        same(lean, plain)
+    statuses = [(await AsgiCall(m, p, h, list(bd)).run(lean_app)).status for m, p, h, bd in cases]
     assert statuses == [401, 401, 403, 400, 400, 400, 413, 413, 401, 404, 404, 400]
 
     # an unexpected exception: the 500 envelope, logged, raised on to the server
@@ -215,14 +144,14 @@ async def test_lean_routes_answer_as_starlette_does(
     run.orch.submit = broken  # type: ignore[method-assign]
     lean, plain = await _both(apps, "POST", "/v1/tasks", _headers(a), _body())
     assert lean.status == 500 and b"fault" not in lean.body
-    lean.same_as(plain)
+    same(lean, plain)
     del run.orch.submit
 
     # a streaming submit, then the tenant's one stream held open: 429 on both routes
-    opened: list[tuple[Call, asyncio.Task[Answer]]] = []
+    opened: list[tuple[AsgiCall, asyncio.Task[Answer]]] = []
     answers: list[tuple[Answer, Answer]] = []
     for app in apps:
-        call = Call(
+        call = AsgiCall(
             "POST",
             "/v1/tasks",
             _headers(a, Accept="text/event-stream"),
@@ -231,19 +160,21 @@ async def test_lean_routes_answer_as_starlette_does(
         held = asyncio.create_task(call.run(app))
         await asyncio.wait_for(call.started.wait(), 10)
         opened.append((call, held))
-        over_submit = await Call(
+        over_submit = await AsgiCall(
             "POST", "/v1/tasks", _headers(a, Accept="text/event-stream"), _body()
         ).run(app)
-        over_stream = await Call("GET", f"/v1/tasks/{lean_id}/stream", _headers(a), [b""]).run(app)
+        over_stream = await AsgiCall("GET", f"/v1/tasks/{lean_id}/stream", _headers(a), [b""]).run(
+            app
+        )
         answers.append((over_submit, over_stream))
     for lean, plain in zip(*answers, strict=True):
         assert lean.status == 429
-        lean.same_as(plain)
+        same(lean, plain)
     held_ids = [c.answer.header(b"x-task-id") for c, _ in opened]
     lean_sse, plain_sse = (c.answer for c, _ in opened)
     assert lean_sse.status == 200
     lean_sse.body = plain_sse.body = b""  # the frames' times differ; the heads must not
-    lean_sse.same_as(plain_sse, (held_ids[0], held_ids[1]))
+    same(lean_sse, plain_sse, (held_ids[0], held_ids[1]))
     for call, held in opened:
         call.disconnect()  # ORCH-2712: the writer ends, the task keeps running
         await asyncio.wait_for(held, 10)
@@ -260,14 +191,14 @@ async def test_lean_routes_skip_starlettes_stack(
     run = await start_orchestrator(mock_config())
     app = build_app(run.orch)
     assert isinstance(app.app.app, LeanRoutes)  # type: ignore[attr-defined]
-    ans = await Call("POST", "/v1/tasks", _headers(None), _body(max_tokens=2)).run(app)
+    ans = await AsgiCall("POST", "/v1/tasks", _headers(None), _body(max_tokens=2)).run(app)
     assert ans.status == 202
     task_id = msgspec.json.decode(ans.body)["task_id"]
     sse = _headers(None, Accept="text/event-stream")
-    ans = await Call("POST", "/v1/tasks", sse, _body(max_tokens=2)).run(app)
+    ans = await AsgiCall("POST", "/v1/tasks", sse, _body(max_tokens=2)).run(app)
     assert ans.status == 200 and b"event: end" in ans.body
     await run.settled(task_id)
-    ans = await Call("GET", f"/v1/tasks/{task_id}/stream", _headers(None), [b""]).run(app)
+    ans = await AsgiCall("GET", f"/v1/tasks/{task_id}/stream", _headers(None), [b""]).run(app)
     assert ans.status == 200 and b"event: end" in ans.body
     assert entered_starlette == []
     others = [
@@ -280,5 +211,5 @@ async def test_lean_routes_skip_starlettes_stack(
         ("GET", "/v1/tasks"),
     ]
     for method, path in others:
-        await Call(method, path, _headers(None), [b""]).run(app)
+        await AsgiCall(method, path, _headers(None), [b""]).run(app)
     assert entered_starlette == [f"{m} {p}" for m, p in others]

@@ -51,7 +51,7 @@ from .catalog_api import CATALOG_ROUTES
 from .catalog_service import deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
-from .leanroutes import ExceptionHandler, LeanRoutes
+from .leanroutes import Endpoint, ExceptionHandler, LeanRoutes, lean_endpoints
 from .limits import RAW_SEND, BodyLimit, StreamCounter
 from .overview import OVERVIEW_ROUTES
 from .pool_control import PoolControls, follow_drains
@@ -425,8 +425,11 @@ def build_app(
         routes.append(Route(r.path, auth.guard(r.endpoint, "tenant"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)
+    lean: dict[tuple[str, str], Endpoint] = {}
     for frontend in load_frontends():
-        routes.extend(frontend.routes(host))
+        mounted = frontend.routes(host)
+        routes.extend(mounted)
+        lean.update(lean_endpoints(mounted, frontend.lean_routes))
     app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
     app.state.data = AppState(orch, StreamCounter(), limits)
     app.state.artifacts = orch.catalog.artifacts
@@ -442,5 +445,6 @@ def build_app(
             submit=guarded["/v1/tasks"],
             stream=guarded["/v1/tasks/{task_id}/stream"],
             handlers=EXCEPTION_HANDLERS,
+            exact=lean,
         )
     return CorrelationId(BodyLimit(served, limits.max_body_bytes, limits.max_header_bytes))

@@ -1,4 +1,4 @@
-"""The task API's submit and stream routes below Starlette's routing (ORCH-2783..2785).
+"""The task API's submit and stream routes below Starlette's routing (ORCH-2783..2786).
 
 ``POST /v1/tasks`` (the 202 and the streaming submit, ORCH-2710) and
 ``GET /v1/tasks/{task_id}/stream`` are the routes every task passes and the
@@ -13,18 +13,22 @@ keeps all of them suspended until it ends (~6.6 KB per stream, issue #20).
 bounds of ORCH-8010..8012 are the ones every route gets) and in front of the
 Starlette application. It recognises exactly these methods and paths and calls
 the same guarded endpoints and the same exception handlers the application
-uses; everything else goes to the application unchanged.
+uses; everything else goes to the application unchanged. A frontend may name
+routes of its own without path parameters to be served the same way
+(``Frontend.lean_routes``, ORCH-2786: the OpenAI facade's streamed completions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["Endpoint", "ExceptionHandler", "LeanRoutes", "handler_for"]
+__all__ = ["Endpoint", "ExceptionHandler", "LeanRoutes", "handler_for", "lean_endpoints"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -45,6 +49,29 @@ def handler_for(
     return None
 
 
+def lean_endpoints(
+    routes: Sequence[BaseRoute], wanted: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], Endpoint]:
+    """(method, path) -> endpoint of the ``wanted`` routes among ``routes``, each a
+    ``Route`` without path parameters whose endpoint is an async function (what
+    Starlette's ``request_response`` calls as is); a wanted route that is not such a
+    one is a frontend's programming error (ORCH-2786)."""
+    found: dict[tuple[str, str], Endpoint] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        for method in route.methods or ():
+            if (method, route.path) not in wanted:
+                continue
+            if route.param_convertors or not inspect.iscoroutinefunction(route.endpoint):
+                raise TypeError(f"{method} {route.path} cannot be served below the router")
+            found[method, route.path] = route.endpoint
+    missing = set(wanted) - set(found)
+    if missing:
+        raise TypeError(f"lean routes not among the frontend's routes: {sorted(missing)}")
+    return found
+
+
 class LeanRoutes:
     """``POST /v1/tasks`` and ``GET /v1/tasks/{task_id}/stream`` served without
     Starlette's middleware and route chain (ORCH-2783); ``app`` is the Starlette
@@ -63,21 +90,25 @@ class LeanRoutes:
         submit: Endpoint,
         stream: Endpoint,
         handlers: Mapping[type[Exception], ExceptionHandler],
+        exact: Mapping[tuple[str, str], Endpoint] | None = None,
     ) -> None:
         self.app = app
-        self._submit = submit
+        # (method, path) -> endpoint of the routes without path parameters
+        self._exact: dict[tuple[str, str], Endpoint] = {("POST", _TASKS): submit}
+        self._exact.update(exact or {})
         self._stream = stream
         self._handlers = {cls: h for cls, h in handlers.items() if cls is not Exception}
         self._unexpected = handlers[Exception]
 
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
         """The endpoint and path parameters of a request this serves, else ``None``:
-        the same matches as the Starlette routes ``/v1/tasks`` (POST) and
-        ``/v1/tasks/{task_id}/stream`` (GET; ``task_id`` one non-empty segment)."""
-        if method == "POST":
-            if path == _TASKS:
-                return self._submit, {}
-        elif method == "GET" and path.startswith(_TASK_PREFIX) and path.endswith(_STREAM_SUFFIX):
+        the same matches as the Starlette routes ``/v1/tasks`` (POST),
+        ``/v1/tasks/{task_id}/stream`` (GET; ``task_id`` one non-empty segment) and
+        the ``exact`` ones (ORCH-2786)."""
+        endpoint = self._exact.get((method, path))
+        if endpoint is not None:
+            return endpoint, {}
+        if method == "GET" and path.startswith(_TASK_PREFIX) and path.endswith(_STREAM_SUFFIX):
             task_id = path[len(_TASK_PREFIX) : -len(_STREAM_SUFFIX)]
             if task_id and "/" not in task_id:
                 return self._stream, {"task_id": task_id}
