@@ -16,9 +16,12 @@ from typing import Any
 import msgspec
 import pytest
 from llama_orch.orchestratord.app import build_app
-from llama_orch.orchestratord.leanroutes import LeanRoutes
+from llama_orch.orchestratord.leanroutes import LeanRoutes, lean_endpoints
 from llama_orch.testing_engines.asgi import Answer, AsgiCall
 from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 
@@ -213,3 +216,25 @@ async def test_lean_routes_skip_starlettes_stack(
     for method, path in others:
         await AsgiCall(method, path, _headers(None), [b""]).run(app)
     assert entered_starlette == [f"{m} {p}" for m, p in others]
+
+
+def test_a_frontend_names_only_plain_async_routes():
+    """ORCH-2786: a named route that is not mounted, has path parameters or a sync
+    endpoint fails the construction; a plain async one is served by its endpoint."""
+
+    async def endpoint(request: Request) -> Response:
+        return Response()
+
+    def sync_endpoint(request: Request) -> Response:
+        return Response()
+
+    routes = [
+        Route("/v1/x", endpoint, methods=["POST"]),
+        Route("/v1/x/{item}", endpoint, methods=["POST"]),
+        Route("/v1/y", sync_endpoint, methods=["POST"]),
+    ]
+    assert lean_endpoints(routes, {("POST", "/v1/x")}) == {("POST", "/v1/x"): endpoint}
+    assert lean_endpoints(routes, set()) == {}
+    for wanted in [("POST", "/v1/x/{item}"), ("POST", "/v1/y"), ("GET", "/v1/x"), ("POST", "/z")]:
+        with pytest.raises(TypeError):
+            lean_endpoints(routes, {wanted})
