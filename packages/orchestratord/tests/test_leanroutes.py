@@ -238,3 +238,43 @@ def test_a_frontend_names_only_plain_async_routes():
     for wanted in [("POST", "/v1/x/{item}"), ("POST", "/v1/y"), ("GET", "/v1/x"), ("POST", "/z")]:
         with pytest.raises(TypeError):
             lean_endpoints(routes, {wanted})
+
+
+def _held_frames(task: asyncio.Task[Any]) -> list[str]:
+    """``file:function`` of each coroutine a suspended task holds, outermost first."""
+    out: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and hasattr(coro, "cr_code"):
+        code = coro.cr_code
+        out.append(f"{code.co_filename}:{code.co_qualname}")
+        coro = coro.cr_await
+    return out
+
+
+async def test_an_open_stream_holds_no_starlette_frame(start_orchestrator, mock_config):
+    """ORCH-2783, ORCH-2787: while a stream is open, its request holds the coroutines of
+    the correlation-id middleware, the dispatcher and one of the SSE writer: none of
+    Starlette's (through Starlette's routing they are held: the check sees them) nor
+    of the body-limit middleware."""
+    run = await start_orchestrator(mock_config(adapter_options={"token_delay_ms": 50}))
+    held: dict[bool, list[str]] = {}
+    for lean in (True, False):
+        app = build_app(run.orch, lean_routes=lean)
+        sse = _headers(None, Accept="text/event-stream")
+        call = AsgiCall("POST", "/v1/tasks", sse, _body(max_tokens=50))
+        request = asyncio.create_task(call.run(app))
+        await asyncio.wait_for(call.started.wait(), 10)
+        await asyncio.sleep(0.1)  # some frames written: the writer waits for the next
+        held[lean] = _held_frames(request)
+        call.disconnect()
+        await asyncio.wait_for(request, 10)
+        run.orch.cancel(call.answer.header(b"x-task-id"))
+    writer = [f for f in held[True] if ":TaskStream." in f]
+    assert len(writer) == 1, held[True]  # ORCH-2787: one coroutine of the SSE writer
+    assert not [f for f in held[True] if ":BodyLimit." in f], held[True]  # ORCH-2787
+    assert [f.rsplit(":", 1)[1] for f in held[True]][1:3] == [
+        "CorrelationId.__call__",
+        "LeanRoutes.__call__",
+    ]
+    assert not [f for f in held[True] if "/starlette/" in f], held[True]
+    assert len([f for f in held[False] if "/starlette/" in f]) >= 4, held[False]
