@@ -51,6 +51,7 @@ from .catalog_api import CATALOG_ROUTES
 from .catalog_service import deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
+from .leanroutes import Endpoint, ExceptionHandler, LeanRoutes, lean_endpoints
 from .limits import RAW_SEND, BodyLimit, StreamCounter
 from .overview import OVERVIEW_ROUTES
 from .pool_control import PoolControls, follow_drains
@@ -373,6 +374,13 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(InternalError("internal error; see the server log"))
 
 
+# Starlette's exception handlers, also those of the lean routes (ORCH-2783)
+EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
+    OrchError: on_orch_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected,
+}
+
 # The data plane, declared once: path, endpoint, methods, who may call it (ORCH-8003).
 DATA_ROUTES: list[tuple[str, Any, list[str], Access]] = [
     ("/v1/tasks", submit, ["POST"], "tenant"),
@@ -393,14 +401,17 @@ def build_app(
     remotes: list[RemotePoolManagerClient] | None = None,
     *,
     auth: Authenticator | None = None,
+    lean_routes: bool = True,
 ) -> ASGIApp:
+    """The whole HTTP surface. ``lean_routes=False``: every route through Starlette's
+    routing, also submit and stream (for the test that both paths answer alike)."""
     limits = orch.config.limits
     if auth is None:
         auth = Authenticator(orch.config.auth, load_keys(orch.config.auth))
 
+    guarded = {path: auth.guard(endpoint, access) for path, endpoint, _, access in DATA_ROUTES}
     routes: list[BaseRoute] = [
-        Route(path, auth.guard(endpoint, access), methods=methods)
-        for path, endpoint, methods, access in DATA_ROUTES
+        Route(path, guarded[path], methods=methods) for path, _, methods, _ in DATA_ROUTES
     ]
     # drain, reload, reset, replica sets: admin only
     for r in [
@@ -414,16 +425,12 @@ def build_app(
         routes.append(Route(r.path, auth.guard(r.endpoint, "tenant"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
     host = FrontendHost(orch, auth)
+    lean: dict[tuple[str, str], Endpoint] = {}
     for frontend in load_frontends():
-        routes.extend(frontend.routes(host))
-    app = Starlette(
-        routes=routes,
-        exception_handlers={
-            OrchError: on_orch_error,
-            HTTPException: on_http_error,
-            Exception: on_unexpected,
-        },
-    )
+        mounted = frontend.routes(host)
+        routes.extend(mounted)
+        lean.update(lean_endpoints(mounted, frontend.lean_routes))
+    app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
     app.state.data = AppState(orch, StreamCounter(), limits)
     app.state.artifacts = orch.catalog.artifacts
     discovered = {pid for d in orch.config.pool_manager_discovery for pid in d.pools}
@@ -431,4 +438,13 @@ def build_app(
     app.state.control = ControlPlane(orch, controls)
     follow_drains(orch, controls)  # a drain at the store runs here too (ORCH-2588)
     app.state.frontends = host  # FrontendHost.of(request) (ORCH-4122)
-    return CorrelationId(BodyLimit(app, limits.max_body_bytes, limits.max_header_bytes))
+    served: ASGIApp = app
+    if lean_routes:  # ORCH-2783: submit and stream below Starlette's routing
+        served = LeanRoutes(
+            app,
+            submit=guarded["/v1/tasks"],
+            stream=guarded["/v1/tasks/{task_id}/stream"],
+            handlers=EXCEPTION_HANDLERS,
+            exact=lean,
+        )
+    return CorrelationId(BodyLimit(served, limits.max_body_bytes, limits.max_header_bytes))

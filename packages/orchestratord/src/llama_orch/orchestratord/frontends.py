@@ -71,6 +71,10 @@ class Frontend(abc.ABC):
     """Base class of a frontend: an HTTP API served by orchestratord."""
 
     name: ClassVar[str]
+    lean_routes: ClassVar[frozenset[tuple[str, str]]] = frozenset()
+    """(method, path) of routes among :meth:`routes` (a ``Route`` without path
+    parameters and with an async function endpoint) that orchestratord serves below
+    Starlette's routing, as the task API's submit and stream (ORCH-2786)."""
 
     @abc.abstractmethod
     def routes(self, host: FrontendHost) -> Sequence[BaseRoute]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import msgspec
 from llama_orch.core.errors import HeadersTooLarge, OrchError, RequestTooLarge
@@ -40,26 +40,29 @@ class BodyLimit:
     def _too_large(self, size: str) -> RequestTooLarge:
         return RequestTooLarge(f"request body of {size} bytes exceeds {self.max_bytes}")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Not a coroutine (ORCH-2787): the bounds are checked at the call, which returns
+        the inner application's awaitable (or the refusal's), so a request, an open
+        stream for its whole life, holds no frame of this middleware."""
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
         if head > self.max_header_bytes:  # ORCH-8012: a head that arrived complete
-            await _send_error(
+            return _send_error(
                 send,
                 HeadersTooLarge(
                     f"request line and headers of {head} bytes exceed {self.max_header_bytes}"
                 ),
             )
-            return
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    err = self._too_large(value.decode("latin-1")[:20])
-                    await _send_error(send, err)
-                    return
+                    return _send_error(send, self._too_large(value.decode("latin-1")[:20]))
+        return self.app(scope, self._bounded(receive), send)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """``receive`` that stops a body beyond the bound (one without a length, ORCH-8010)."""
         seen = 0
 
         async def bounded() -> Message:
@@ -71,7 +74,7 @@ class BodyLimit:
                     raise self._too_large(f"at least {seen}")  # rendered by the app's handler
             return message
 
-        await self.app(scope, bounded, send)
+        return bounded
 
 
 async def _send_error(send: Send, err: OrchError) -> None:
@@ -154,90 +157,88 @@ class TaskStream(Response):
         counter.opened(tenant)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One coroutine for the whole stream (the writer's frame is held for its life)
         try:
-            await self._write(scope, receive, send)
+            # One watchdog timer per stream instead of a timeout per write: a
+            # per-chunk ``wait_for`` costs about 40 us on the token path, this costs
+            # two attribute writes. The watchdog cancels this task when one write has
+            # been blocked for ``stall_timeout_s``, i.e. within 1.25 times that.
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            assert task is not None
+            raw: Send = scope.get(RAW_SEND, send)
+            sending_since: float | None = None
+            cut = ""
+            period = self._stall_s / 4
+            timer: asyncio.TimerHandle  # set below, before watch() first runs
+
+            def watch() -> None:
+                nonlocal cut, timer
+                if sending_since is not None and loop.time() - sending_since >= self._stall_s:
+                    cut = "stall"
+                    task.cancel()
+                    return
+                timer = loop.call_later(period, watch)
+
+            def gone(done: asyncio.Task[None]) -> None:
+                nonlocal cut
+                if not done.cancelled() and done.exception() is None and not cut:
+                    cut = "gone"  # the client went away: stop reading the task's log
+                    task.cancel()
+
+            def on_message(message: Message) -> None:
+                nonlocal cut
+                if message["type"] == "http.disconnect" and not cut:
+                    cut = "gone"
+                    task.cancel()
+
+            timer = loop.call_later(period, watch)
+            # ORCH-2772: under orchestratord's server the request's queue tells the
+            # disconnect (a callback, no task per stream); under another, a task waits on it
+            queue = scope.get(APP_QUEUE)
+            watcher: asyncio.Task[None] | None = None
+            if isinstance(queue, AppQueue):
+                queue.watch(on_message)
+            else:
+                watcher = loop.create_task(_until_disconnect(receive))
+                watcher.add_done_callback(gone)
+            try:
+                sending_since = loop.time()
+                # the start through the middlewares (correlation id, response-started flags)
+                await send(
+                    {"type": "http.response.start", "status": self.status_code,
+                     "headers": self.raw_headers}
+                )  # fmt: skip
+                sending_since = None
+                async for chunk in self.body_iterator:
+                    # The server's send waits while the socket buffer is full: a reader
+                    # that stopped reading blocks it here, with at most one chunk pending.
+                    sending_since = loop.time()
+                    await raw({"type": "http.response.body", "body": chunk, "more_body": True})
+                    sending_since = None
+                await raw({"type": "http.response.body", "body": b"", "more_body": False})
+            except asyncio.CancelledError:
+                if not cut:
+                    raise
+                task.uncancel()
+                if cut == "stall":
+                    _log.warning(
+                        "stream of task %s cut: its client read nothing for %.0f s",
+                        self._task_id,
+                        self._stall_s,
+                        extra={"job_id": self._task_id},
+                    )
+                # no final chunk: the connection closes and the client sees a cut
+            finally:
+                cut = cut or "ended"  # a callback already scheduled must not cancel what follows
+                timer.cancel()
+                if isinstance(queue, AppQueue):
+                    queue.watch(None)
+                if watcher is not None:
+                    watcher.remove_done_callback(gone)
+                    watcher.cancel()
         finally:
             self._counter.closed(self._tenant)
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
-
-    async def _write(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # One watchdog timer per stream instead of a timeout per write: a
-        # per-chunk ``wait_for`` costs about 40 us on the token path, this costs
-        # two attribute writes. The watchdog cancels this task when one write has
-        # been blocked for ``stall_timeout_s``, i.e. within 1.25 times that.
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        raw: Send = scope.get(RAW_SEND, send)
-        sending_since: float | None = None
-        cut = ""
-        period = self._stall_s / 4
-        timer: asyncio.TimerHandle  # set below, before watch() first runs
-
-        def watch() -> None:
-            nonlocal cut, timer
-            if sending_since is not None and loop.time() - sending_since >= self._stall_s:
-                cut = "stall"
-                task.cancel()
-                return
-            timer = loop.call_later(period, watch)
-
-        def gone(done: asyncio.Task[None]) -> None:
-            nonlocal cut
-            if not done.cancelled() and done.exception() is None and not cut:
-                cut = "gone"  # the client went away: stop reading the task's log
-                task.cancel()
-
-        def on_message(message: Message) -> None:
-            nonlocal cut
-            if message["type"] == "http.disconnect" and not cut:
-                cut = "gone"
-                task.cancel()
-
-        timer = loop.call_later(period, watch)
-        # ORCH-2772: under orchestratord's server the request's queue tells the
-        # disconnect (a callback, no task per stream); under another, a task waits on it
-        queue = scope.get(APP_QUEUE)
-        watcher: asyncio.Task[None] | None = None
-        if isinstance(queue, AppQueue):
-            queue.watch(on_message)
-        else:
-            watcher = loop.create_task(_until_disconnect(receive))
-            watcher.add_done_callback(gone)
-        try:
-            sending_since = loop.time()
-            # the start through the middlewares (correlation id, response-started flags)
-            await send(
-                {"type": "http.response.start", "status": self.status_code,
-                 "headers": self.raw_headers}
-            )  # fmt: skip
-            sending_since = None
-            async for chunk in self.body_iterator:
-                # The server's send waits while the socket buffer is full: a reader
-                # that stopped reading blocks it here, with at most one chunk pending.
-                sending_since = loop.time()
-                await raw({"type": "http.response.body", "body": chunk, "more_body": True})
-                sending_since = None
-            await raw({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not cut:
-                raise
-            task.uncancel()
-            if cut == "stall":
-                _log.warning(
-                    "stream of task %s cut: its client read nothing for %.0f s",
-                    self._task_id,
-                    self._stall_s,
-                    extra={"job_id": self._task_id},
-                )
-            # no final chunk: the connection closes and the client sees a cut
-        finally:
-            cut = cut or "ended"  # a callback already scheduled must not cancel what follows
-            timer.cancel()
-            if isinstance(queue, AppQueue):
-                queue.watch(None)
-            if watcher is not None:
-                watcher.remove_done_callback(gone)
-                watcher.cancel()

@@ -23,6 +23,8 @@ class OpenAIFrontend(Frontend):
     ``/v1/responses`` and the Anthropic ``/v1/messages``."""
 
     name = "openai"
+    # ORCH-2786: the streamed completions, served below Starlette's routing
+    lean_routes = frozenset({("POST", "/v1/chat/completions"), ("POST", "/v1/completions")})
 
     def routes(self, host: FrontendHost) -> Sequence[BaseRoute]:
         """The module-level route tables; their endpoints find this state through
