@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from itertools import dropwhile
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,9 @@ async def run_protocol(
         pool_id=pool_id,
     )
     assert status == 202, body
-    events = await harness.events(body["task_id"])
+    # a task that waited for the slot has `queued` events first, the only events
+    # allowed before `started` (ORCH-1961, ORCH-1117)
+    events = list(dropwhile(lambda e: e[1] == "queued", await harness.events(body["task_id"])))
     assert events[0][1] == "started" and events[-1][1] == "end", events
     run.started, run.end = events[0][2], events[-1][2]
     run.text = "".join(e[2]["t"] for e in events if e[1] == "token")
