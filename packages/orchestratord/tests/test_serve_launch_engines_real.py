@@ -32,6 +32,7 @@ import msgspec
 import pytest
 from llama_orch.core.sse import SSEParser
 from llama_orch.pool_managerd.engine import free_port, process_table
+from llama_orch.testing_engines.python_engines import VLLM_ONE_WORKER_ENV, VLLM_ONE_WORKER_FLAGS
 
 pytestmark = pytest.mark.real_engine
 
@@ -60,6 +61,10 @@ def _config(port: int, llama_binary: Path) -> dict[str, Any]:
                 "slots": 2,
                 "threads": 2,
                 "startup_timeout_s": 300,
+                # ORCH-6243: the model worker inside the engine core, through the
+                # pool's own launch keys (three vLLM starts here: ~18 s each saved)
+                "engine_flags": list(VLLM_ONE_WORKER_FLAGS),
+                "launch": {"env": VLLM_ONE_WORKER_ENV},
                 **FAST_SUPERVISION,
             },
             {

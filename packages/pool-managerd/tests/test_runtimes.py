@@ -90,6 +90,7 @@ async def test_a_vllm_pool_launches_gates_through_loading_and_leaves_nothing_beh
     record = tmp_path / "record.json"
     monkeypatch.setenv("FAKE_RECORD", str(record))
     monkeypatch.setenv("FAKE_LOAD_S", "1.5")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     cfg = Config(
         allow_cpu_inference=True,
         pools=[
@@ -112,6 +113,11 @@ async def test_a_vllm_pool_launches_gates_through_loading_and_leaves_nothing_beh
         doc = json.loads(record.read_text())
         child = int(doc["child"])
         assert _alive(child) and os.getpgid(child) != state.pid
+        # ORCH-6244: vLLM's model-info cache links to one shared per engine_version
+        shared = tmp_path / "user-cache" / "llama-orch" / "vllm-modelinfos" / state.engine_version
+        link = Path(doc["env"]["VLLM_CACHE_ROOT"]) / "modelinfos"
+        assert link.is_symlink() and link.resolve() == shared.resolve()
+        (link / "entry.json").write_text("{}")  # what vLLM writes there
     argv, env = doc["argv"], doc["env"]
 
     def flag(name: str) -> str:
@@ -138,6 +144,7 @@ async def test_a_vllm_pool_launches_gates_through_loading_and_leaves_nothing_beh
         time.sleep(0.05)
     assert not _alive(child), "a child that left the engine's group outlived it"
     assert not scratch.exists()
+    assert (shared / "entry.json").is_file()  # removing the scratch unlinked the link only
 
 
 async def test_kill_9_of_the_leader_is_a_crash_even_while_its_child_holds_the_output(

@@ -45,3 +45,21 @@ def test_real_engine_required_follows_the_env(monkeypatch: pytest.MonkeyPatch) -
     assert real_engine_required()
     monkeypatch.setenv("REQUIRE_REAL_LLAMA", "0")
     assert not real_engine_required()
+
+
+def test_session_vllm_runs_its_model_worker_in_the_engine_core(tmp_path, monkeypatch) -> None:
+    """ORCH-6243: the session vLLM starts with the uni executor, V1 multiprocessing off
+    (without it vLLM on the CPU turns `uni` back into a spawned worker process) and one
+    OpenMP thread; its scratch files stay private (ORCH-4053) but for the shared
+    model-info cache (ORCH-6244)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    scratch = tmp_path / "scratch"
+    spec, env = python_engines.vllm_session_launch(tmp_path / "m", 8123, "/py", scratch, "vllm-x")
+    cmd = spec.command()
+    i = cmd.index("--distributed-executor-backend")
+    assert cmd[i + 1] == "uni" and "--enforce-eager" in cmd
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "1"
+    assert env["TMPDIR"] == str(scratch) and "VIRTUAL_ENV" not in env
+    assert env["VLLM_CACHE_ROOT"] == str(scratch / "vllm-cache")
+    shared = tmp_path / "user-cache" / "llama-orch" / "vllm-modelinfos" / "vllm-x"
+    assert (scratch / "vllm-cache" / "modelinfos").resolve() == shared.resolve()

@@ -60,6 +60,8 @@ class LaunchPlan:
     stop_signal: int = signal.SIGTERM
     cwd: Path | None = None
     ports: tuple[int, ...] = field(default=())
+    # (link in the scratch directory, shared directory): made before the spawn (ORCH-6244)
+    links: tuple[tuple[Path, Path], ...] = field(default=())
 
 
 class Launcher(Protocol):

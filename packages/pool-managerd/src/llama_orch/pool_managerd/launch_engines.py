@@ -39,6 +39,7 @@ from .provision_python import (
     provision_vllm,
     python_lib_dir,
     venv_engine_version,
+    vllm_modelinfos,
 )
 from .specs import PyTritonSpec, TgiSpec, TritonSpec, VllmSpec
 
@@ -172,6 +173,8 @@ class VllmLauncher:
             "/health",
             merge_options(options, pool),
             cwd=scratch,
+            # ORCH-6244: vLLM's model-info cache is shared, the rest of its cache is not
+            links=((scratch / "vllm-cache" / "modelinfos", vllm_modelinfos(prep.engine_version)),),
         )
 
 

