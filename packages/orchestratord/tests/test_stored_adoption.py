@@ -1,7 +1,9 @@
-"""Queued tasks of an instance that is gone (ORCH-2600, ORCH-2601; proof of ORCH-2602),
-two orchestratord instances on one real valkey-server and one engine slot: a task
-admitted on A and still queued when A shuts down is adopted by B, whose waiting loop
-ends it at its queue TTL while B's own long run still streams."""
+"""Queued tasks of an instance that is gone (ORCH-2600, ORCH-2601, ORCH-2603,
+ORCH-2604; proof of ORCH-2602, ORCH-2605), orchestratord instances on one real
+valkey-server and one engine slot: a task admitted on A and still queued when A shuts
+down is adopted by B, whose waiting loop ends it at its queue TTL while B's own long
+run still streams; and an instance started only after the admitting one was gone
+adopts it too."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 from llama_orch.core.config import Config
+from llama_orch.core.state_store import Dispatched, TaskSpec, load_state_store_class
 from llama_orch.testing_engines.valkey import valkey_server
 
 
@@ -85,3 +88,49 @@ async def test_a_gone_instances_queued_task_expires_on_a_survivor(
     view = await store.task(waiting)
     assert view is not None and view.state == "ended"
     await store.cancel(blocker)
+
+
+async def test_an_instance_started_after_the_admitter_was_gone_adopts(
+    start_orchestrator: Any, valkey_url: str
+) -> None:
+    """ORCH-2604: no instance was live to see A leave; C, started afterwards, adopts A's
+    queued task (no live instance admitted it) at its start, announces it and ends it at
+    its queue TTL. The one slot is held at the store by a run of an instance that is not
+    an orchestratord (a 60 s lease), so nothing dispatches the task meanwhile."""
+    cfg = _config(valkey_url, f"ad{uuid.uuid4().hex[:8]}")
+    store = load_state_store_class("valkey").from_options(cfg.state)
+    await store.start()
+    try:
+        a = await start_orchestrator(cfg)  # configures the store and its replicas
+        _, held = await store.submit_dispatch(
+            TaskSpec(task_id="held", pool="mock", priority="batch"), "elsewhere", 60_000
+        )
+        assert isinstance(held, Dispatched)  # the only slot, for a minute
+        waiting = await _tid(a, max_tokens=5)
+        assert await store.unattended("mock") == []  # A is live
+        assert a.stop is not None
+        a.stop.set()
+        for _ in range(200):
+            if await store.unattended("mock") == [waiting]:
+                break  # A left the live list
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("A's task is not unattended")
+        view = await store.task(waiting)
+        assert view is not None and view.state == "queued"
+        before = len(await store.read(waiting))
+        c = await start_orchestrator(cfg)
+        events = []
+        async with contextlib.aclosing(store.tail(waiting)) as log:
+            async with asyncio.timeout(10):
+                async for ev in log:
+                    events.append(ev)
+        assert c.orch.tasks.get(waiting) is not None  # C knows it: it adopted it
+        assert [e.kind for e in events if e.kind in ("end", "error")] == ["error"]
+        assert events[-1].kind == "error" and b'"ADMISSION_REJECT"' in events[-1].data
+        assert b"queued longer than" in events[-1].data
+        # C announced it too: a `queued` event written after A was gone
+        assert any(e.kind == "queued" for e in events[before:])
+        await store.cancel("held")
+    finally:
+        await store.close()

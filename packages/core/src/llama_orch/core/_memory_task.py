@@ -30,6 +30,7 @@ class TaskRecord:
     queued_note: tuple[int, int, float] | None = None  # last `queued` event (ORCH-2561)
     dispatch_seq: int = 0  # log length at the last dispatch: earlier events are `queued`
     set_key: str | None = None  # the replica set of the last dispatch (ORCH-2574)
+    admitter: str | None = None  # the admitting instance (ORCH-2603)
 
 
 def rotation(after: str | None) -> Callable[[list[ReplicaView[str]]], ReplicaView[str] | None]:

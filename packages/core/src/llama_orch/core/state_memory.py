@@ -104,13 +104,14 @@ class MemoryStateStore(StateStore):
         self._ring(pool)
 
     # ------------------------------------------------------------ admission
-    async def submit(self, task: TaskSpec) -> Admitted:
-        return self._submit(task, ring=True)
+    async def submit(self, task: TaskSpec, admitter: str | None = None) -> Admitted:
+        return self._submit(task, ring=True, admitter=admitter)
 
     async def submit_dispatch(
         self, task: TaskSpec, instance: str, lease_ms: int, hint: PlacementHint | None = None
     ) -> tuple[Admitted, Dispatched | Orphaned | None]:
-        admitted = self._submit(task, ring=False)  # one step, as valkey's (ORCH-2569)
+        # one step, as valkey's (ORCH-2569); the instance is the admitter (ORCH-2603)
+        admitted = self._submit(task, ring=False, admitter=instance)
         step = await self.dispatch(task.pool, instance, lease_ms, hint)
         placed = step.task.task_id if isinstance(step, Dispatched) else None
         if isinstance(step, Orphaned):
@@ -119,7 +120,7 @@ class MemoryStateStore(StateStore):
             self._ring(task.pool)
         return admitted, step
 
-    def _submit(self, task: TaskSpec, *, ring: bool) -> Admitted:
+    def _submit(self, task: TaskSpec, *, ring: bool, admitter: str | None) -> Admitted:
         assert self._quotas is not None, "configure() first"
         self._purge()
         if task.task_id in self._tasks:
@@ -134,7 +135,7 @@ class MemoryStateStore(StateStore):
         )
         for d in displaced:
             self._end(self._tasks[d.item], displaced_terminal(d.code))
-        self._tasks[task.task_id] = TaskRecord(task)
+        self._tasks[task.task_id] = TaskRecord(task, admitter=admitter)
         self._inflight[task.tenant] = self._inflight.get(task.tenant, 0) + 1
         if ring:
             self._ring(task.pool)
@@ -534,6 +535,10 @@ class MemoryStateStore(StateStore):
 
     async def queued(self, pool: str) -> list[str]:
         return sorted(self._queues[pool].queued())
+
+    async def unattended(self, pool: str) -> list[str]:
+        live = set(self._channels.live())
+        return sorted(t for t in self._queues[pool].queued() if self._tasks[t].admitter not in live)
 
     def _purge(self) -> None:
         """Forget ended tasks past their retention (ORCH-2517)."""

@@ -315,9 +315,10 @@ class StateStore(abc.ABC):
         """Replace the pool's replicas; busy counts of kept replicas are preserved."""
 
     @abc.abstractmethod
-    async def submit(self, task: TaskSpec) -> Admitted:
+    async def submit(self, task: TaskSpec, admitter: str | None = None) -> Admitted:
         """Admit or raise ``AdmissionRejected`` / ``QueueFullDropLru`` semantics via
-        ``AdmissionRejected`` (``policy_label``) or :class:`DuplicateTask`."""
+        ``AdmissionRejected`` (``policy_label``) or :class:`DuplicateTask`. ``admitter``,
+        the admitting instance, is recorded with the task (ORCH-2603)."""
 
     @abc.abstractmethod
     async def dispatch(
@@ -333,7 +334,7 @@ class StateStore(abc.ABC):
         is) to ``instance``: the same answers as the two calls in a row (ORCH-2569). A
         backend may take both in one atomic step (valkey does) and then not ring the
         doorbell when the task it admitted is the one it dispatched."""
-        admitted = await self.submit(task)
+        admitted = await self.submit(task, instance)  # the admitter (ORCH-2603)
         return admitted, await self.dispatch(task.pool, instance, lease_ms, hint)
 
     async def dispatch_or_cursor(
@@ -493,6 +494,11 @@ class StateStore(abc.ABC):
     async def queued(self, pool: str) -> list[str]:
         """The ids of every task queued in ``pool``, whoever admitted it, sorted
         (ORCH-2600)."""
+
+    @abc.abstractmethod
+    async def unattended(self, pool: str) -> list[str]:
+        """The ids of the tasks queued in ``pool`` that no live instance admitted (no
+        admitter recorded, or its heartbeat expired), sorted (ORCH-2603)."""
 
     # ---------------------------------------------- pool drains (ORCH-2585..2590)
 

@@ -51,7 +51,7 @@ from .stored_local import StoredLog, StoredLogs, stream_frames
 from .stored_placement import StorePlacement
 from .stored_preemption import needs_log, preempt_for_head, preempt_here, resume
 from .stored_task import StoredTask, record_of, spec_of, store_config
-from .stored_waiting import adopt_queued
+from .stored_waiting import SWEEP_ROUNDS, adopt_queued
 from .tasks import TaskRecord, TaskStore
 from .tracing import Tracing
 
@@ -131,6 +131,7 @@ class StoreBridge:
         self._chores: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self.live: list[str] = [self.instance]  # last heartbeat round's view (ORCH-2543)
+        self._rounds = 0  # heartbeat rounds, for the sweep of unattended tasks (ORCH-2604)
         self._op_attrs: dict[str, dict[str, str]] = {}  # timed()'s, one per op
 
     def timed(self, op: str) -> _Timed:
@@ -472,7 +473,9 @@ class StoreBridge:
         await self.store.heartbeat(self.instance, self.options.lease_ms)
         before = set(self.live)
         self.live = [v.instance_id for v in await self.store.instances()]
-        if before - set(self.live) - {self.instance}:  # an instance is gone (ORCH-2601)
+        # ORCH-2604: at start, every SWEEP_ROUNDS-th round, and when an instance is gone
+        sweep, self._rounds = self._rounds % SWEEP_ROUNDS == 0, self._rounds + 1
+        if sweep or before - set(self.live) - {self.instance}:
             self.track(asyncio.get_running_loop().create_task(adopt_queued(self)))
         await self.drains.sync()  # a drain message missed (ORCH-2588)
 

@@ -11,8 +11,8 @@ event can follow the dispatch, and several instances announcing the same task
 write one event per interval.
 
 Each instance announces the queued tasks it knows (those it admitted, read
-the status or stream of, or adopted when an instance left the live list:
-:func:`adopt_queued`, ORCH-2601), every ``TICK_S``, with an ETA from its service-time
+the status or stream of, or adopted because no live instance admitted them:
+:func:`adopt_queued`, ORCH-2601, ORCH-2604), every ``TICK_S``, with an ETA from its service-time
 model, and ends those whose bounded wait ran out (queue TTL, deadline, pool
 unready) through ``StateStore.expire``, which ends only a task still queued.
 A task the store no longer has queued (another instance runs it or ended it)
@@ -42,7 +42,11 @@ if TYPE_CHECKING:
     from .tasks import TaskRecord, TaskState
     from .workload import Workload
 
-__all__ = ["adopt_queued", "store_status", "store_tick", "store_waiting_loop"]
+__all__ = ["SWEEP_ROUNDS", "adopt_queued", "store_status", "store_tick", "store_waiting_loop"]
+
+# heartbeat rounds (a third of a lease each) between two sweeps of unattended tasks:
+# one ``unattended`` call per pool and lease (ORCH-2604)
+SWEEP_ROUNDS = 3
 
 _log = logging.getLogger("llama_orch.orchestratord")
 
@@ -129,12 +133,13 @@ async def store_waiting_loop(
 
 
 async def adopt_queued(bridge: StoreBridge) -> None:
-    """An instance left the live list: know, for waiting, every task queued at the store
-    in this instance's pools that it does not know yet (ORCH-2601), so that their
-    ``queued`` events and bounded waits go on without the instance that admitted them."""
+    """Know, for waiting, every task queued at the store in this instance's pools that
+    no live instance admitted and this one does not know yet (ORCH-2601, ORCH-2604), so
+    that their ``queued`` events and bounded waits go on without their admitter: run at
+    start, when an instance leaves the live list, and every ``SWEEP_ROUNDS`` rounds."""
     try:
         for pool in bridge.pools.values():
-            for tid in await bridge.store.queued(pool.id):
+            for tid in await bridge.store.unattended(pool.id):
                 await bridge.hydrate(tid)  # a no-op for a task already known here
     except StoreUnavailable:
         _log.debug("adoption of queued tasks: store unreachable")

@@ -205,10 +205,13 @@ class ValkeyStateStore(StateStore):
         await self._fcall("llorch_set_replicas", pool, *flat)
 
     # ------------------------------------------------------------ admission
-    async def submit(self, task: TaskSpec) -> Admitted:
+    async def submit(self, task: TaskSpec, admitter: str | None = None) -> Admitted:
         if self._durability is not None:
-            return await self._submit_durably(task, self._durability)
-        return admitted(task, await self._fcall("llorch_submit", *self._submit_args(task)))
+            return await self._submit_durably(task, self._durability, admitter)
+        args = self._submit_args(task)
+        if admitter:  # recorded with the task (ORCH-2603)
+            args.append(admitter)
+        return admitted(task, await self._fcall("llorch_submit", *args))
 
     def _submit_args(self, task: TaskSpec) -> list[Any]:
         return [
@@ -223,10 +226,12 @@ class ValkeyStateStore(StateStore):
             DISPLACED,
         ]
 
-    async def _submit_durably(self, task: TaskSpec, d: StateDurability) -> Admitted:
+    async def _submit_durably(
+        self, task: TaskSpec, d: StateDurability, admitter: str | None
+    ) -> Admitted:
         """ORCH-2550/2551: the admitting call and WAIT/WAITAOF on one connection (WAIT
         counts the writes of its own connection); not confirmed in time: withdrawn."""
-        args = [*self._keys, *self._submit_args(task)]
+        args = [*self._keys, *self._submit_args(task), *([admitter] if admitter else [])]
         ok, why = False, ""
         try:
             async with self.client.client() as conn:  # one pooled connection, held
@@ -518,6 +523,10 @@ class ValkeyStateStore(StateStore):
     async def queued(self, pool: str) -> list[str]:
         """One ``llorch_queued`` (ORCH-2600)."""
         return [_s(t) for t in await self._fcall("llorch_queued", pool)]
+
+    async def unattended(self, pool: str) -> list[str]:
+        """One ``llorch_unattended`` (ORCH-2603)."""
+        return [_s(t) for t in await self._fcall("llorch_unattended", pool)]
 
     async def end_queued(self, pool: str, terminal: Event) -> list[str]:
         ended = await self._fcall("llorch_end_queued", pool, terminal.kind, terminal.data)

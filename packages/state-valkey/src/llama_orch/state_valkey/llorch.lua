@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '8'
+local LIB_VERSION = '9'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -240,7 +240,7 @@ local function bucket(p, key, rps, burst, now)
 end
 
 -- args: tid pool prio tenant deadline|'' pin|'' session|'' request displaced_terminal
-local function submit_step(p, cfg, args, quiet)
+local function submit_step(p, cfg, args, quiet, admitter)
   local tid, pool, prio, tenant = args[1], args[2], args[3], args[4]
   local deadline = tonumber(args[5])
   local tk = p .. 't:' .. tid
@@ -283,14 +283,16 @@ local function submit_step(p, cfg, args, quiet)
     displaced = { v, code }
   end
   redis.call('HSET', tk, 'pool', pool, 'prio', prio, 'tenant', tenant, 'deadline', args[5], 'pin', args[6],
-    'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0)
+    'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0,
+    'adm', admitter or '') -- the admitting instance (ORCH-2603)
   qpush(p, cfg, pool, prio, tenant, tid, deadline, false, quiet)
   redis.call('HINCRBY', p .. 'inflight', tenant, 1)
   return { 'OK', position(p, cfg, tid), displaced[1] or '', displaced[2] or '' }
 end
 
+-- args: tid pool prio tenant deadline pin session req displaced [admitter]
 local function f_submit(keys, args)
-  return submit_step(keys[1], config(keys[1]), args, false)
+  return submit_step(keys[1], config(keys[1]), args, false, args[10])
 end
 
 local function free_of(r, busy)
@@ -458,7 +460,7 @@ end
 local function f_submit_dispatch(keys, args)
   local p = keys[1]
   local cfg = config(p)
-  local admitted = submit_step(p, cfg, args, true)
+  local admitted = submit_step(p, cfg, args, true, args[10]) -- the instance admits
   if admitted[1] ~= 'OK' then return { admitted } end
   local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12], hint_of(args, 13))
   if d[2] ~= args[1] or (d[1] ~= 'OK' and d[1] ~= 'ORPHAN') then ring_bell(p, args[2], 'queued') end
@@ -905,6 +907,25 @@ local function f_queued(keys, args)
   return ids
 end
 
+-- args: pool. The ids of the tasks queued in the pool whose admitting instance is not
+-- live (none recorded, or its heartbeat in `inst` expired), sorted (ORCH-2603).
+local function f_unattended(keys, args)
+  local p, pool = keys[1], args[1]
+  local _, now_ms = now_parts()
+  local live, ids = {}, {}
+  for _, prio in ipairs(config(p).prios) do
+    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+      local adm = redis.call('HGET', p .. 't:' .. tid, 'adm') or ''
+      if adm ~= '' and live[adm] == nil then
+        live[adm] = tonumber(redis.call('ZSCORE', p .. 'inst', adm) or '0') > now_ms
+      end
+      if adm == '' or not live[adm] then ids[#ids + 1] = tid end
+    end
+  end
+  table.sort(ids)
+  return ids
+end
+
 -- args: pool kind data: end every task still queued in the pool (ORCH-2587); their ids
 local function f_end_queued(keys, args)
   local p, pool = keys[1], args[1]
@@ -946,3 +967,4 @@ redis.register_function('llorch_undrain_pool', f_undrain_pool)
 redis.register_function('llorch_drains', f_drains)
 redis.register_function('llorch_end_queued', f_end_queued)
 redis.register_function('llorch_queued', f_queued)
+redis.register_function('llorch_unattended', f_unattended)

@@ -122,6 +122,31 @@ class PoolDrainCases:
         await store.requeue("t1", d.epoch)
         assert await store.queued("p") == ["t1", "t2", "t3"]
 
+    async def test_unattended_lists_what_no_live_instance_admitted(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2603 (proof of ORCH-2605): the admitting instance is recorded by
+        ``submit(task, admitter)`` and by ``submit_dispatch`` (its ``instance``);
+        ``unattended`` lists the queued tasks of the pool whose admitter is not live
+        (none recorded, never a heartbeat, or expired), sorted; not a running one."""
+        await store.configure(_cfg())
+        await store.set_replicas("p", _slots(1))
+        await store.heartbeat("i-a", 60_000)
+        await store.heartbeat("i-b", 1_000)
+        _, d = await store.submit_dispatch(_spec("run"), "i-gone", 60_000)
+        assert isinstance(d, Dispatched) and d.task.task_id == "run"
+        await store.submit(_spec("a1"), "i-a")
+        await store.submit_dispatch(_spec("b1"), "i-b", 60_000)  # queued behind run
+        await store.submit(_spec("n1"))
+        await store.submit(_spec("g1", "interactive"), "i-gone")
+        assert await store.unattended("p") == ["g1", "n1"]
+        assert await store.queued("p") == ["a1", "b1", "g1", "n1"]
+        await sut.advance(1.5)  # i-b's heartbeat expires
+        assert await store.unattended("p") == ["b1", "g1", "n1"]
+        await store.heartbeat("i-b", 60_000)  # back
+        await store.heartbeat("i-a", 0)  # left
+        assert await store.unattended("p") == ["a1", "g1", "n1"]
+
     async def test_end_queued_ends_only_the_pools_queued_tasks(self, store: StateStore) -> None:
         """ORCH-2587: one step ends every queued task of the pool with the terminal
         (quota released, one terminal), leaves the running one to its owner."""
