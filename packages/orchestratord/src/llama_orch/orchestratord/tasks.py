@@ -25,7 +25,7 @@ from typing import Literal
 
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
-from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
+from llama_orch.core.api import EndEvent, ErrorEvent, QueuedEvent, StreamEvent
 from llama_orch.core.config import Priority
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.replica import ReplicaSetKey
@@ -38,6 +38,36 @@ TaskState = Literal["queued", "running", "completed", "failed", "canceled"]
 _encoder = msgspec.json.Encoder()
 KEEPALIVE_FRAME = b": keep-alive\n\n"  # an SSE comment: clients ignore it (ORCH-1962)
 _KEEPALIVE = object()
+
+
+# ORCH-2790: a ``queued`` event is kept in the log as one int (~48 B) holding its three
+# numbers, not as its encoded frame (~150 B: a bytes object of ~110 B); a queued task gets
+# one per position change (ORCH-1961), ~5 in the bench's memory stage. Fields, low bits
+# first: queue_position (32 bits), predicted_start_ms (48), predicted_finish_ms + 1 (48; 0
+# for none). An event whose numbers do not fit is kept encoded, as every other event.
+_POS_BITS, _MS_BITS = 32, 48
+_MS_MASK = (1 << _MS_BITS) - 1
+
+
+def _pack_queued(event: QueuedEvent) -> int | None:
+    pos, start, finish = event.queue_position, event.predicted_start_ms, event.predicted_finish_ms
+    fin = 0 if finish is None else finish + 1
+    if not (type(pos) is int and type(start) is int and type(fin) is int):
+        return None
+    if not (0 <= pos < 1 << _POS_BITS and 0 <= start <= _MS_MASK and 0 <= fin <= _MS_MASK):
+        return None
+    return pos | start << _POS_BITS | fin << (_POS_BITS + _MS_BITS)
+
+
+def _queued_frame(packed: int, index: int) -> bytes:
+    """The frame of a packed ``queued`` event: the bytes its encoding at append gave."""
+    fin = packed >> (_POS_BITS + _MS_BITS)
+    event = QueuedEvent(
+        queue_position=packed & ((1 << _POS_BITS) - 1),
+        predicted_start_ms=(packed >> _POS_BITS) & _MS_MASK,
+        predicted_finish_ms=None if fin == 0 else fin - 1,
+    )
+    return encode_event("queued", _encoder.encode(event), index)
 
 
 def _ping(waiter: asyncio.Future[object]) -> None:
@@ -161,7 +191,8 @@ class TaskRecord:
     on_change: Callable[[TaskRecord], None] | None = None
     # With a state store, every appended event is also written there (ORCH-2524).
     sink: Callable[[str, bytes], None] | None = None
-    _frames: list[bytes] = field(default_factory=list)
+    # encoded frames; a ``queued`` event's as an int until read (ORCH-2790)
+    _frames: list[bytes | int] = field(default_factory=list)
     # readers parked in frames(); None until the first one parks (a queued task has none)
     _waiters: list[asyncio.Future[object]] | None = None
 
@@ -203,7 +234,11 @@ class TaskRecord:
 
     def frames_so_far(self) -> list[bytes]:
         """The encoded events appended so far (a copy), without waiting."""
-        return list(self._frames)
+        return [self._frame(i) for i in range(len(self._frames))]
+
+    def _frame(self, index: int) -> bytes:
+        frame = self._frames[index]
+        return _queued_frame(frame, index) if isinstance(frame, int) else frame
 
     def append(self, event: StreamEvent) -> bool:
         """Append a non-terminal event; returns False (dropped) after the end."""
@@ -249,10 +284,16 @@ class TaskRecord:
     def _push(self, event: StreamEvent) -> None:
         tag = type(event).__struct_config__.tag
         assert isinstance(tag, str)
-        data = _encoder.encode(event)
-        self._frames.append(encode_event(tag, data, len(self._frames)))
-        if self.sink is not None:
-            self.sink(tag, data)
+        packed = _pack_queued(event) if type(event) is QueuedEvent else None
+        if packed is not None:  # ORCH-2790: encoded when read
+            self._frames.append(packed)
+            if self.sink is not None:
+                self.sink(tag, _encoder.encode(event))
+        else:
+            data = _encoder.encode(event)
+            self._frames.append(encode_event(tag, data, len(self._frames)))
+            if self.sink is not None:
+                self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
             waiters, self._waiters = self._waiters, None
             for w in waiters:
@@ -272,15 +313,19 @@ class TaskRecord:
         ``call_later`` per wait, nothing on the token path.
         """
         idx = max(0, start)
+        frames = self._frames
         while True:
-            if idx < len(self._frames):
-                end, size = idx, 0
-                while end < len(self._frames) and (end == idx or size < max_chunk):
-                    size += len(self._frames[end])
+            if idx < len(frames):
+                end, size, parts = idx, 0, []
+                while end < len(frames) and (end == idx or size < max_chunk):
+                    frame = frames[end]
+                    if isinstance(frame, int):  # a packed ``queued`` event (ORCH-2790)
+                        frame = _queued_frame(frame, end)
+                    parts.append(frame)
+                    size += len(frame)
                     end += 1
-                chunk = b"".join(self._frames[idx:end])
                 idx = end
-                yield chunk
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
                 continue
             if self.terminal:
                 return
