@@ -186,5 +186,6 @@ async def start_orchestrator() -> AsyncIterator[Callable[[Config], Awaitable[Run
 def finish_eta(data: dict) -> bool:
     """A running task's finish-ETA update (ORCH-2907): a `metrics` frame that carries
     `predicted_finish_ms` only; it may come at any time under load, so the tests
-    that read the announce frame (ORCH-1117) skip it."""
-    return set(data) == {"predicted_finish_ms"}
+    that read the announce frame (ORCH-1117) skip it. The decoded data carries the
+    union's tag (`type`) too."""
+    return set(data) - {"type"} == {"predicted_finish_ms"}

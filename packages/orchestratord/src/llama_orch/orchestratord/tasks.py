@@ -32,6 +32,8 @@ from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.sse import encode_event
 from llama_orch.core.task import Lifecycle, Phase
 
+from ._task_run import RunFields, RunState
+
 __all__ = ["TaskRecord", "TaskState", "TaskStore"]
 
 TaskState = Literal["queued", "running", "completed", "failed", "canceled"]
@@ -114,9 +116,10 @@ class Ended:
                 self._waiters.remove(waiter)
 
 
-# slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20)
+# slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20);
+# the run part's fields are properties of RunFields (ORCH-2791)
 @dataclass(eq=False, slots=True)
-class TaskRecord:
+class TaskRecord(RunFields):
     task_id: str
     pool_id: str
     engine: str
@@ -131,7 +134,6 @@ class TaskRecord:
     set_key: ReplicaSetKey | None = None  # pinned replica set (ORCH-1302), else free
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     replica_id: str | None = None
-    engine_version: str = ""
     queue_position: int = 0
     predicted_start_ms: int = 0
     created: float = field(default_factory=time.monotonic)
@@ -141,50 +143,31 @@ class TaskRecord:
     finished_at: float | None = None
     attempts: int = 0  # dispatches that failed before reaching the engine (ORCH-1117)
     pinned: bool = False  # set_key was fixed at admission, not by a dispatch
-    # ORCH-2356: the engine slot the slot rules (ORCH-2371) pinned this run to, and the
-    # slot the engine reported it ran in (ORCH-2351)
-    engine_slot: int | None = None
-    engine_slot_source: int | None = None  # ORCH-2369: copy this slot into engine_slot
-    engine_slot_used: int | None = None
     tokens_out: int = 0
     expected_tokens: int | None = None  # the client's estimate, for forecasts (ORCH-1905)
     cost_per_token: float = 0.0  # of its pool and priority (ORCH-1906)
     # Hard preemption (ORCH-1902, ORCH-1903): text streamed so far (the resumption
     # continues from it; None until a resumption needs it, ORCH-2771), engine tokens
-    # generated, engine time of earlier runs.
+    # generated (engine time of earlier runs: the run part, ``_task_run``).
     text_out: list[str] | None = None
     engine_tokens: int = 0
-    engine_ms_before: int = 0
-    queue_wait_ms: int = 0
-    first_token_ms: int | None = None  # dispatch to first token of the first run
-    preempt_requested: bool = False
-    takeover: bool = False  # continued after its instance stopped (ORCH-2530)
-    preemptions: int = 0
-    migrations: int = 0  # moves to another replica after a mid-stream reset (ORCH-2330)
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     # The current run, for the service-time model (ORCH-1952): its first and last
-    # token, engine tokens before it, busy slots summed over its token chunks.
+    # token, busy slots summed over its token chunks (set per token: kept here, not in
+    # the run part, ORCH-2791).
     run_first_token: float | None = None
     last_token: float | None = None
-    run_tokens_before: int = 0
     busy_sum: int = 0
     run_chunks: int = 0
-    run_prefill_ahead: int = 0  # others' prompt tokens still to prefill at dispatch (ORCH-1990)
-    run_prefill_ahead_sq: int = 0  # the sum of those prompts' squared sizes (ORCH-2900)
-    predicted_service_ms: float = 0.0
     # What the last ``queued`` event said (ORCH-1961) and when it was sent.
     queued_sent: tuple[int, int] | None = None
     queued_sent_at: float = 0.0
     # The finish the client holds (monotonic s: the 202's, then the last ``queued`` or
-    # ``metrics`` event's) and when the last ``metrics`` finish was sent (ORCH-2907).
+    # ``metrics`` event's, ORCH-2907).
     finish_held: float | None = None
-    finish_sent_at: float = 0.0
-    kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)
-    runner: asyncio.Task[None] | None = None
-    error_code: ErrorCode | None = None
     # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
     ended: Ended = field(default_factory=Ended)
     # Called after every phase change; the TaskStore that holds the record sets it.
@@ -195,9 +178,18 @@ class TaskRecord:
     _frames: list[bytes | int] = field(default_factory=list)
     # readers parked in frames(); None until the first one parks (a queued task has none)
     _waiters: list[asyncio.Future[object]] | None = None
+    # run and preemption state (``RunFields``' attributes); None until the dispatch
+    # (ORCH-2791)
+    _run: RunState | None = None
 
     def __hash__(self) -> int:
         return hash(self.task_id)
+
+    def _run_state(self) -> RunState:
+        run = self._run
+        if run is None:
+            run = self._run = RunState()
+        return run
 
     @property
     def session_key(self) -> tuple[str, str] | None:
