@@ -49,3 +49,26 @@ async def test_a_queued_record_is_lean_and_its_end_flag_wakes_waiters() -> None:
     rec.ended.set()
     assert await asyncio.wait_for(waiting, 5) is True
     assert rec.ended.is_set() and await rec.ended.wait() is True
+
+
+def test_a_queued_record_has_no_run_part_until_its_dispatch() -> None:
+    """ORCH-2791: the run and preemption state is a part made at dispatch."""
+    from llama_orch.orchestratord._task_run import RunFields, RunState
+
+    rec = _record()
+    assert rec._run is None
+    run_fields = RunState.__slots__
+    assert len(run_fields) >= 19
+    for name in run_fields:  # none is a slot of the record itself
+        assert name not in TaskRecord.__slots__, name
+        assert isinstance(getattr(RunFields, name), property), name
+    # reads give the defaults, setting a default makes nothing (placement clears slots)
+    assert (rec.preemptions, rec.runner, rec.engine_version, rec.takeover) == (0, None, "", False)
+    rec.engine_slot = rec.engine_slot_used = rec.engine_slot_source = None
+    rec.preempt_requested = False
+    assert rec._run is None
+    # the dispatch's first value makes it, and it stays (a requeued task keeps its counts)
+    rec.engine_version = "b1"
+    assert isinstance(rec._run, RunState) and rec.engine_version == "b1"
+    rec.preemptions += 1
+    assert rec._run.preemptions == 1 and rec.preemptions == 1

@@ -25,12 +25,14 @@ from typing import Literal
 
 import msgspec
 from llama_orch.core.adapter_api import GenerateRequest
-from llama_orch.core.api import EndEvent, ErrorEvent, StreamEvent
+from llama_orch.core.api import EndEvent, ErrorEvent, QueuedEvent, StreamEvent
 from llama_orch.core.config import Priority
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.sse import encode_event
 from llama_orch.core.task import Lifecycle, Phase
+
+from ._task_run import RunFields, RunState
 
 __all__ = ["TaskRecord", "TaskState", "TaskStore"]
 
@@ -38,6 +40,36 @@ TaskState = Literal["queued", "running", "completed", "failed", "canceled"]
 _encoder = msgspec.json.Encoder()
 KEEPALIVE_FRAME = b": keep-alive\n\n"  # an SSE comment: clients ignore it (ORCH-1962)
 _KEEPALIVE = object()
+
+
+# ORCH-2790: a ``queued`` event is kept in the log as one int (~48 B) holding its three
+# numbers, not as its encoded frame (~150 B: a bytes object of ~110 B); a queued task gets
+# one per position change (ORCH-1961), ~5 in the bench's memory stage. Fields, low bits
+# first: queue_position (32 bits), predicted_start_ms (48), predicted_finish_ms + 1 (48; 0
+# for none). An event whose numbers do not fit is kept encoded, as every other event.
+_POS_BITS, _MS_BITS = 32, 48
+_MS_MASK = (1 << _MS_BITS) - 1
+
+
+def _pack_queued(event: QueuedEvent) -> int | None:
+    pos, start, finish = event.queue_position, event.predicted_start_ms, event.predicted_finish_ms
+    fin = 0 if finish is None else finish + 1
+    if not (type(pos) is int and type(start) is int and type(fin) is int):
+        return None
+    if not (0 <= pos < 1 << _POS_BITS and 0 <= start <= _MS_MASK and 0 <= fin <= _MS_MASK):
+        return None
+    return pos | start << _POS_BITS | fin << (_POS_BITS + _MS_BITS)
+
+
+def _queued_frame(packed: int, index: int) -> bytes:
+    """The frame of a packed ``queued`` event: the bytes its encoding at append gave."""
+    fin = packed >> (_POS_BITS + _MS_BITS)
+    event = QueuedEvent(
+        queue_position=packed & ((1 << _POS_BITS) - 1),
+        predicted_start_ms=(packed >> _POS_BITS) & _MS_MASK,
+        predicted_finish_ms=None if fin == 0 else fin - 1,
+    )
+    return encode_event("queued", _encoder.encode(event), index)
 
 
 def _ping(waiter: asyncio.Future[object]) -> None:
@@ -84,9 +116,10 @@ class Ended:
                 self._waiters.remove(waiter)
 
 
-# slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20)
+# slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20);
+# the run part's fields are properties of RunFields (ORCH-2791)
 @dataclass(eq=False, slots=True)
-class TaskRecord:
+class TaskRecord(RunFields):
     task_id: str
     pool_id: str
     engine: str
@@ -101,7 +134,6 @@ class TaskRecord:
     set_key: ReplicaSetKey | None = None  # pinned replica set (ORCH-1302), else free
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     replica_id: str | None = None
-    engine_version: str = ""
     queue_position: int = 0
     predicted_start_ms: int = 0
     created: float = field(default_factory=time.monotonic)
@@ -111,62 +143,53 @@ class TaskRecord:
     finished_at: float | None = None
     attempts: int = 0  # dispatches that failed before reaching the engine (ORCH-1117)
     pinned: bool = False  # set_key was fixed at admission, not by a dispatch
-    # ORCH-2356: the engine slot the slot rules (ORCH-2371) pinned this run to, and the
-    # slot the engine reported it ran in (ORCH-2351)
-    engine_slot: int | None = None
-    engine_slot_source: int | None = None  # ORCH-2369: copy this slot into engine_slot
-    engine_slot_used: int | None = None
     tokens_out: int = 0
     expected_tokens: int | None = None  # the client's estimate, for forecasts (ORCH-1905)
     cost_per_token: float = 0.0  # of its pool and priority (ORCH-1906)
     # Hard preemption (ORCH-1902, ORCH-1903): text streamed so far (the resumption
     # continues from it; None until a resumption needs it, ORCH-2771), engine tokens
-    # generated, engine time of earlier runs.
+    # generated (engine time of earlier runs: the run part, ``_task_run``).
     text_out: list[str] | None = None
     engine_tokens: int = 0
-    engine_ms_before: int = 0
-    queue_wait_ms: int = 0
-    first_token_ms: int | None = None  # dispatch to first token of the first run
-    preempt_requested: bool = False
-    takeover: bool = False  # continued after its instance stopped (ORCH-2530)
-    preemptions: int = 0
-    migrations: int = 0  # moves to another replica after a mid-stream reset (ORCH-2330)
     last_progress: float | None = None  # last engine event, for the watchdog (ORCH-1115)
     # The current run, for the service-time model (ORCH-1952): its first and last
-    # token, engine tokens before it, busy slots summed over its token chunks.
+    # token, busy slots summed over its token chunks (set per token: kept here, not in
+    # the run part, ORCH-2791).
     run_first_token: float | None = None
     last_token: float | None = None
-    run_tokens_before: int = 0
     busy_sum: int = 0
     run_chunks: int = 0
-    run_prefill_ahead: int = 0  # others' prompt tokens still to prefill at dispatch (ORCH-1990)
-    run_prefill_ahead_sq: int = 0  # the sum of those prompts' squared sizes (ORCH-2900)
-    predicted_service_ms: float = 0.0
     # What the last ``queued`` event said (ORCH-1961) and when it was sent.
     queued_sent: tuple[int, int] | None = None
     queued_sent_at: float = 0.0
     # The finish the client holds (monotonic s: the 202's, then the last ``queued`` or
-    # ``metrics`` event's) and when the last ``metrics`` finish was sent (ORCH-2907).
+    # ``metrics`` event's, ORCH-2907).
     finish_held: float | None = None
-    finish_sent_at: float = 0.0
-    kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)
-    runner: asyncio.Task[None] | None = None
-    error_code: ErrorCode | None = None
     # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
     ended: Ended = field(default_factory=Ended)
     # Called after every phase change; the TaskStore that holds the record sets it.
     on_change: Callable[[TaskRecord], None] | None = None
     # With a state store, every appended event is also written there (ORCH-2524).
     sink: Callable[[str, bytes], None] | None = None
-    _frames: list[bytes] = field(default_factory=list)
+    # encoded frames; a ``queued`` event's as an int until read (ORCH-2790)
+    _frames: list[bytes | int] = field(default_factory=list)
     # readers parked in frames(); None until the first one parks (a queued task has none)
     _waiters: list[asyncio.Future[object]] | None = None
+    # run and preemption state (``RunFields``' attributes); None until the dispatch
+    # (ORCH-2791)
+    _run: RunState | None = None
 
     def __hash__(self) -> int:
         return hash(self.task_id)
+
+    def _run_state(self) -> RunState:
+        run = self._run
+        if run is None:
+            run = self._run = RunState()
+        return run
 
     @property
     def session_key(self) -> tuple[str, str] | None:
@@ -203,7 +226,11 @@ class TaskRecord:
 
     def frames_so_far(self) -> list[bytes]:
         """The encoded events appended so far (a copy), without waiting."""
-        return list(self._frames)
+        return [self._frame(i) for i in range(len(self._frames))]
+
+    def _frame(self, index: int) -> bytes:
+        frame = self._frames[index]
+        return _queued_frame(frame, index) if isinstance(frame, int) else frame
 
     def append(self, event: StreamEvent) -> bool:
         """Append a non-terminal event; returns False (dropped) after the end."""
@@ -249,10 +276,16 @@ class TaskRecord:
     def _push(self, event: StreamEvent) -> None:
         tag = type(event).__struct_config__.tag
         assert isinstance(tag, str)
-        data = _encoder.encode(event)
-        self._frames.append(encode_event(tag, data, len(self._frames)))
-        if self.sink is not None:
-            self.sink(tag, data)
+        packed = _pack_queued(event) if type(event) is QueuedEvent else None
+        if packed is not None:  # ORCH-2790: encoded when read
+            self._frames.append(packed)
+            if self.sink is not None:
+                self.sink(tag, _encoder.encode(event))
+        else:
+            data = _encoder.encode(event)
+            self._frames.append(encode_event(tag, data, len(self._frames)))
+            if self.sink is not None:
+                self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
             waiters, self._waiters = self._waiters, None
             for w in waiters:
@@ -272,15 +305,19 @@ class TaskRecord:
         ``call_later`` per wait, nothing on the token path.
         """
         idx = max(0, start)
+        frames = self._frames
         while True:
-            if idx < len(self._frames):
-                end, size = idx, 0
-                while end < len(self._frames) and (end == idx or size < max_chunk):
-                    size += len(self._frames[end])
+            if idx < len(frames):
+                end, size, parts = idx, 0, []
+                while end < len(frames) and (end == idx or size < max_chunk):
+                    frame = frames[end]
+                    if isinstance(frame, int):  # a packed ``queued`` event (ORCH-2790)
+                        frame = _queued_frame(frame, end)
+                    parts.append(frame)
+                    size += len(frame)
                     end += 1
-                chunk = b"".join(self._frames[idx:end])
                 idx = end
-                yield chunk
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
                 continue
             if self.terminal:
                 return
