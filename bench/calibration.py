@@ -247,12 +247,7 @@ def held_pairs(o: Outcome) -> list[tuple[float, float]]:
     finish the client held then (a finish already passed counts as 1 ms left)."""
     if not o.finish_told or not o.finish_ms:
         return []
-    out = []
-    for k in range(HELD_INSTANTS):
-        at = o.finish_ms * k / HELD_INSTANTS
-        held = [f for t, f in o.finish_told if t <= at][-1]
-        out.append((max(1.0, held - at), o.finish_ms - at))
-    return out
+    return _held(o.finish_told, o.finish_ms)
 
 
 def held_start_pairs(o: Outcome) -> list[tuple[float, float]]:
@@ -261,11 +256,17 @@ def held_start_pairs(o: Outcome) -> list[tuple[float, float]]:
     already passed counts as 1 ms left)."""
     if not o.start_told or o.queue_wait_ms is None:
         return []
+    return _held(o.start_told, o.queue_wait_ms)
+
+
+def _held(told: list[tuple[float, float]], actual_ms: float) -> list[tuple[float, float]]:
+    """(ms left as held, ms actually left) at 0, 10, ..., 90 % of ``actual_ms``: the last
+    value told (instant, ms) by then; one already passed counts as 1 ms left."""
     out = []
     for k in range(HELD_INSTANTS):
-        at = o.queue_wait_ms * k / HELD_INSTANTS
-        held = [f for t, f in o.start_told if t <= at][-1]
-        out.append((max(1.0, held - at), o.queue_wait_ms - at))
+        at = actual_ms * k / HELD_INSTANTS
+        held = [f for t, f in told if t <= at][-1]
+        out.append((max(1.0, held - at), actual_ms - at))
     return out
 
 

@@ -11,11 +11,13 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.config import Config
 from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.serve import serve
 from llama_orch.orchestratord.service import Orchestrator
+from llama_orch.orchestratord.tasks import TaskRecord
 from llama_orch.testing_engines.inprocess import stop_served
 
 
@@ -189,3 +191,16 @@ def finish_eta(data: dict) -> bool:
     that read the announce frame (ORCH-1117) skip it. The decoded data carries the
     union's tag (`type`) too."""
     return set(data) - {"type"} == {"predicted_finish_ms"}
+
+
+def bare_record() -> TaskRecord:
+    """A queued task's record with nothing around it (ORCH-2771, ORCH-2790, ORCH-2791)."""
+    req = GenerateRequest(task_id="t-1", prompt="hi", max_tokens=2, seed=1)
+    return TaskRecord(
+        task_id=req.task_id,
+        pool_id="p",
+        engine="mock",
+        priority="interactive",
+        request=req,
+        prompt_tokens=1,
+    )

@@ -9,24 +9,12 @@ import asyncio
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, QueuedEvent, StartedEvent, StreamEvent, TokenEvent
 from llama_orch.core.sse import encode_event
-from llama_orch.orchestratord.tasks import TaskRecord
+
+from .conftest import bare_record as _record
 
 _enc = msgspec.json.Encoder()
-
-
-def _record() -> TaskRecord:
-    req = GenerateRequest(task_id="t-1", prompt="hi", max_tokens=2, seed=1)
-    return TaskRecord(
-        task_id=req.task_id,
-        pool_id="p",
-        engine="mock",
-        priority="interactive",
-        request=req,
-        prompt_tokens=1,
-    )
 
 
 def _expected(events: list[StreamEvent]) -> list[bytes]:

@@ -5,21 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import QueuedEvent
 from llama_orch.orchestratord.tasks import TaskRecord
 
-
-def _record() -> TaskRecord:
-    req = GenerateRequest(task_id="t-1", prompt="hi", max_tokens=2, seed=1)
-    return TaskRecord(
-        task_id=req.task_id,
-        pool_id="p",
-        engine="mock",
-        priority="interactive",
-        request=req,
-        prompt_tokens=1,
-    )
+from .conftest import bare_record as _record
 
 
 async def test_a_queued_record_is_lean_and_its_end_flag_wakes_waiters() -> None:
