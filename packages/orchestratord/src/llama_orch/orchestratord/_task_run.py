@@ -14,10 +14,13 @@ cost the token path CPU (ORCH-2730).
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Generic, TypeVar, overload
 
 from llama_orch.core.errors import ErrorCode
 
 __all__ = ["RunFields", "RunState"]
+
+_T = TypeVar("_T")
 
 
 class RunState:
@@ -70,6 +73,35 @@ class RunState:
         self.takeover: bool = False  # continued after its instance stopped (ORCH-2530)
 
 
+class _RunField(Generic[_T]):
+    """One :class:`RunState` field as an attribute of the record: its default while
+    the record has no run part; setting another value makes the run part."""
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, rec: None, owner: type) -> _RunField[_T]: ...
+    @overload
+    def __get__(self, rec: RunFields, owner: type | None = None) -> _T: ...
+    def __get__(self, rec: RunFields | None, owner: type | None = None) -> Any:
+        if rec is None:
+            return self
+        run = rec.run_part()
+        return self.default if run is None else getattr(run, self.name)
+
+    def __set__(self, rec: RunFields, value: _T) -> None:
+        run = rec.run_part(make=value != self.default)
+        if run is not None:
+            setattr(run, self.name, value)
+
+
 class RunFields:
     """The :class:`RunState` fields as attributes of the record: the default while the
     record has no run part, a run part made by the first set of another value."""
@@ -77,196 +109,27 @@ class RunFields:
     __slots__ = ()
     _run: RunState | None
 
-    def _run_state(self) -> RunState:
-        """The run part, made if there is none (the record's class holds the slot)."""
+    def run_part(self, make: bool = False) -> RunState | None:
+        """The run part (made if there is none and ``make``); the record's class holds
+        the slot."""
         raise NotImplementedError
 
-    @property
-    def engine_version(self) -> str:
-        run = self._run
-        return "" if run is None else run.engine_version
-
-    @engine_version.setter
-    def engine_version(self, value: str) -> None:
-        if self._run is not None or value != "":
-            self._run_state().engine_version = value
-
-    @property
-    def engine_slot(self) -> int | None:
-        run = self._run
-        return None if run is None else run.engine_slot
-
-    @engine_slot.setter
-    def engine_slot(self, value: int | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().engine_slot = value
-
-    @property
-    def engine_slot_source(self) -> int | None:
-        run = self._run
-        return None if run is None else run.engine_slot_source
-
-    @engine_slot_source.setter
-    def engine_slot_source(self, value: int | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().engine_slot_source = value
-
-    @property
-    def engine_slot_used(self) -> int | None:
-        run = self._run
-        return None if run is None else run.engine_slot_used
-
-    @engine_slot_used.setter
-    def engine_slot_used(self, value: int | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().engine_slot_used = value
-
-    @property
-    def engine_ms_before(self) -> int:
-        run = self._run
-        return 0 if run is None else run.engine_ms_before
-
-    @engine_ms_before.setter
-    def engine_ms_before(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().engine_ms_before = value
-
-    @property
-    def queue_wait_ms(self) -> int:
-        run = self._run
-        return 0 if run is None else run.queue_wait_ms
-
-    @queue_wait_ms.setter
-    def queue_wait_ms(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().queue_wait_ms = value
-
-    @property
-    def first_token_ms(self) -> int | None:
-        run = self._run
-        return None if run is None else run.first_token_ms
-
-    @first_token_ms.setter
-    def first_token_ms(self, value: int | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().first_token_ms = value
-
-    @property
-    def preempt_requested(self) -> bool:
-        run = self._run
-        return False if run is None else run.preempt_requested
-
-    @preempt_requested.setter
-    def preempt_requested(self, value: bool) -> None:
-        if self._run is not None or value:
-            self._run_state().preempt_requested = value
-
-    @property
-    def preemptions(self) -> int:
-        run = self._run
-        return 0 if run is None else run.preemptions
-
-    @preemptions.setter
-    def preemptions(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().preemptions = value
-
-    @property
-    def migrations(self) -> int:
-        run = self._run
-        return 0 if run is None else run.migrations
-
-    @migrations.setter
-    def migrations(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().migrations = value
-
-    @property
-    def run_tokens_before(self) -> int:
-        run = self._run
-        return 0 if run is None else run.run_tokens_before
-
-    @run_tokens_before.setter
-    def run_tokens_before(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().run_tokens_before = value
-
-    @property
-    def run_prefill_ahead(self) -> int:
-        run = self._run
-        return 0 if run is None else run.run_prefill_ahead
-
-    @run_prefill_ahead.setter
-    def run_prefill_ahead(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().run_prefill_ahead = value
-
-    @property
-    def run_prefill_ahead_sq(self) -> int:
-        run = self._run
-        return 0 if run is None else run.run_prefill_ahead_sq
-
-    @run_prefill_ahead_sq.setter
-    def run_prefill_ahead_sq(self, value: int) -> None:
-        if self._run is not None or value != 0:
-            self._run_state().run_prefill_ahead_sq = value
-
-    @property
-    def predicted_service_ms(self) -> float:
-        run = self._run
-        return 0.0 if run is None else run.predicted_service_ms
-
-    @predicted_service_ms.setter
-    def predicted_service_ms(self, value: float) -> None:
-        if self._run is not None or value != 0.0:
-            self._run_state().predicted_service_ms = value
-
-    @property
-    def finish_sent_at(self) -> float:
-        run = self._run
-        return 0.0 if run is None else run.finish_sent_at
-
-    @finish_sent_at.setter
-    def finish_sent_at(self, value: float) -> None:
-        if self._run is not None or value != 0.0:
-            self._run_state().finish_sent_at = value
-
-    @property
-    def kv_warmth(self) -> bool | None:
-        run = self._run
-        return None if run is None else run.kv_warmth
-
-    @kv_warmth.setter
-    def kv_warmth(self, value: bool | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().kv_warmth = value
-
-    @property
-    def runner(self) -> asyncio.Task[None] | None:
-        run = self._run
-        return None if run is None else run.runner
-
-    @runner.setter
-    def runner(self, value: asyncio.Task[None] | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().runner = value
-
-    @property
-    def error_code(self) -> ErrorCode | None:
-        run = self._run
-        return None if run is None else run.error_code
-
-    @error_code.setter
-    def error_code(self, value: ErrorCode | None) -> None:
-        if self._run is not None or value is not None:
-            self._run_state().error_code = value
-
-    @property
-    def takeover(self) -> bool:
-        run = self._run
-        return False if run is None else run.takeover
-
-    @takeover.setter
-    def takeover(self, value: bool) -> None:
-        if self._run is not None or value:
-            self._run_state().takeover = value
+    engine_version = _RunField[str]("")
+    engine_slot = _RunField[int | None](None)
+    engine_slot_source = _RunField[int | None](None)
+    engine_slot_used = _RunField[int | None](None)
+    engine_ms_before = _RunField[int](0)
+    queue_wait_ms = _RunField[int](0)
+    first_token_ms = _RunField[int | None](None)
+    preempt_requested = _RunField[bool](False)
+    preemptions = _RunField[int](0)
+    migrations = _RunField[int](0)
+    run_tokens_before = _RunField[int](0)
+    run_prefill_ahead = _RunField[int](0)
+    run_prefill_ahead_sq = _RunField[int](0)
+    predicted_service_ms = _RunField[float](0.0)
+    finish_sent_at = _RunField[float](0.0)
+    kv_warmth = _RunField[bool | None](None)
+    runner = _RunField[asyncio.Task[None] | None](None)
+    error_code = _RunField[ErrorCode | None](None)
+    takeover = _RunField[bool](False)

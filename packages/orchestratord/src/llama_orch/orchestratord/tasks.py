@@ -185,9 +185,9 @@ class TaskRecord(RunFields):
     def __hash__(self) -> int:
         return hash(self.task_id)
 
-    def _run_state(self) -> RunState:
+    def run_part(self, make: bool = False) -> RunState | None:
         run = self._run
-        if run is None:
+        if run is None and make:
             run = self._run = RunState()
         return run
 
