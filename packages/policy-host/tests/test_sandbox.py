@@ -40,15 +40,20 @@ def test_admit_fixture_decides_and_reuses_its_instance(cache_dir: Path) -> None:
 
 
 def test_infinite_loop_is_stopped_by_fuel_within_5ms(cache_dir: Path) -> None:
-    """ORCH-8512: fuel stops a spinning policy in under 5 ms; the next call succeeds."""
+    """ORCH-8512: fuel stops a spinning policy within 5 ms of its CPU; the next call succeeds.
+
+    Fuel bounds the policy's work, so the call's CPU time on this thread is measured (wall
+    time under other processes' load is the epoch deadline's bound, the next test); the
+    default fuel is used, so a default that burns longer on a slower CPU fails here.
+    """
     p = wasm("spin", cache_dir)
     try:
         elapsed = []
-        for _ in range(5):  # the best of five: a loaded machine can stall any one run
-            t0 = time.perf_counter()
+        for _ in range(5):  # the best of five
+            t0 = time.thread_time()
             with pytest.raises(PolicyCallError) as info:
                 p.decide("admission", admission(marked=True), 1000.0)
-            elapsed.append((time.perf_counter() - t0) * 1000)
+            elapsed.append((time.thread_time() - t0) * 1000)
             assert info.value.code == "out_of_fuel"
             assert p.decide("admission", admission(), 5.0) == Admit()
         assert min(elapsed) < 5.0, elapsed

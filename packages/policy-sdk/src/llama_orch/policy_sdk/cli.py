@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("policy")
         p.add_argument("snapshot" if name == "run" else "vectors")
-        p.add_argument("--fuel", type=int, default=2_000_000)
+        p.add_argument("--fuel", type=int, default=1_000_000)
         p.add_argument("--memory-mib", type=int, default=16)
         p.add_argument("--budget-ms", type=float, default=50.0)
         p.add_argument("--wasi", action="store_true")
