@@ -34,9 +34,15 @@ class Harness:
             return resp.status, await resp.json(), dict(resp.headers)
 
     async def events(
-        self, task_id: str, *, last_event_id: int | None = None, limit: int | None = None
+        self,
+        task_id: str,
+        *,
+        last_event_id: int | None = None,
+        limit: int | None = None,
+        until: str | None = None,
     ) -> list[Event]:
-        """The task's SSE stream as (id, event, data), to its end or ``limit`` events."""
+        """The task's SSE stream as (id, event, data), to its end, ``limit`` events or the
+        first event named ``until``."""
         headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
         out: list[Event] = []
         parser = SSEParser()
@@ -47,6 +53,8 @@ class Harness:
                     assert msg.id is not None, msg
                     out.append((int(msg.id), msg.event, msgspec.json.decode(msg.data)))
                     if limit is not None and len(out) >= limit:
+                        return out
+                    if until is not None and msg.event == until:
                         return out
         return out
 
