@@ -55,6 +55,11 @@ class OutputShare:
             return 1.0
         return math.pow(0.5, (now - self._t) / self._half_life_s)
 
+    def cancels(self, now: float) -> bool:
+        """Whether canceled runs still weigh (the two expectations can differ)."""
+        w = self._all.sw[0] - self._done.sw[0]
+        return self._scale(now) * w >= self.FORGET * self.PRIOR
+
     def expected_left(self, budget: int, so_far: int, now: float, *, completed: bool) -> int:
         """Expected tokens still to come of a task with ``budget`` that has generated
         ``so_far`` (ORCH-2921): over the runs that used more than that share (all runs
