@@ -529,12 +529,12 @@ class Workload:
         ``retry-after-ms``) calls this.
         """
         now = time.monotonic()
-        held = self._expect(pool, now, completed=False)  # a start: others' slots (ORCH-2922)
-        loads = self.loads(pool, now, expect=held)
+        ahead = self._expect(pool, now, completed=False)  # a start: others' slots (ORCH-2922)
+        loads = self.loads(pool, now, expect=ahead)
         if not loads:
             return 1000
         capacity = pool.queue.capacity
-        queued = [job_of(t, held) for t in itertools.islice(pool.queue, HORIZON + 2)]
+        queued = [job_of(t, ahead) for t in itertools.islice(pool.queue, HORIZON + 2)]
         if full:  # not a quota's refusal: that waits for the tenant, not for a place
             book = self.reservations.setdefault(pool.id, ReservationBook())
             held = book.held(now)
