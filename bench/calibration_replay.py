@@ -32,6 +32,12 @@ admitted later started first (a deadline task, served first: EDF), and the misse
 
     uv run bench/calibration_replay.py --start 2026-12-04-1022 2026-12-04-1033
 
+``--canceled-ahead`` (ORCH-2922), the reports alone, pooled: the starts served in
+admission order split by whether a task admitted before them was canceled between
+their admission and their start (its slot forecast held to its ``max_tokens``):
+
+    uv run bench/calibration_replay.py --canceled-ahead 2026-12-04-1304 2026-12-04-1315
+
 ``--left`` (DEBUG log): each decoding running task's ms left as forecast at each
 admission against the time it actually ran on, by its live pace ratio.
 """
@@ -178,19 +184,6 @@ def starts(stamp: str) -> None:
     outs = [Outcome(**o) for o in raw]
     s = analyse(outs)
 
-    def canceled_ahead(o: Outcome) -> bool:
-        """A task admitted before ``o`` and not ended at its admission was canceled
-        (the forecast counts its ``max_tokens``) before ``o`` started."""
-        start = (o.admitted_s or 0) + (o.queue_wait_ms or 0) / 1000
-        return any(
-            x.end_reason == "canceled"
-            and x.admitted_s is not None
-            and x.ended_s is not None
-            # its end as the client saw it, a little after its slot freed
-            and x.admitted_s <= (o.admitted_s or 0) < x.ended_s <= start + BURST_S
-            for x in outs
-        )
-
     causes = {"overtaken": 0, "over, canceled ahead": 0, "over": 0, "under": 0}
     for o in outs:
         if o.queue_wait_ms is None or o.queue_wait_ms < 100 or o.predicted_start_ms is None:
@@ -199,7 +192,7 @@ def starts(stamp: str) -> None:
         if 0.5 <= r <= 2:
             continue
         if r > 2:  # overtaking makes a start later, not earlier
-            causes["over, canceled ahead" if canceled_ahead(o) else "over"] += 1
+            causes["over, canceled ahead" if _canceled_ahead(o, outs) else "over"] += 1
         else:
             causes["overtaken" if overtaken(o, outs) else "under"] += 1
     print(stamp)
@@ -229,6 +222,45 @@ def starts(stamp: str) -> None:
         f" {causes['overtaken']}, otherwise {causes['under']}; over-predicted with a task"
         f" ahead canceled {causes['over, canceled ahead']}, otherwise {causes['over']}"
     )
+
+
+def _canceled_ahead(o: Any, outs: list[Any]) -> bool:
+    """A task admitted before ``o`` and not ended at its admission was canceled (the
+    forecast counts its ``max_tokens``) before ``o`` started (its end as the client saw
+    it, a little after its slot freed: ``BURST_S`` of slack)."""
+    start = (o.admitted_s or 0) + (o.queue_wait_ms or 0) / 1000
+    return any(
+        x.end_reason == "canceled"
+        and x.admitted_s is not None
+        and x.ended_s is not None
+        and x.admitted_s <= (o.admitted_s or 0) < x.ended_s <= start + BURST_S
+        for x in outs
+    )
+
+
+def canceled_ahead(stamps: list[str]) -> None:
+    """ORCH-2922: the starts served in order (ORCH-2919), pooled over ``stamps``, split
+    by whether a task ahead was canceled before they started."""
+    import statistics
+
+    from calibration import Outcome, overtaken
+
+    split: dict[bool, list[float]] = {True: [], False: []}
+    for stamp in stamps:
+        raw = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
+        outs = [Outcome(**o) for o in raw["outcomes"]]
+        for o in outs:
+            if o.queue_wait_ms is None or o.queue_wait_ms < 100 or o.predicted_start_ms is None:
+                continue
+            if not overtaken(o, outs):
+                split[_canceled_ahead(o, outs)].append(o.predicted_start_ms / o.queue_wait_ms)
+    for key, label in ((True, "a task ahead canceled"), (False, "none canceled ahead")):
+        r = split[key]
+        if r:
+            print(
+                f"  starts in order, {label:22}: n {len(r):>3}  told/actual median"
+                f" {statistics.median(r):.2f}  {_stats(r)}"
+            )
 
 
 RATIO_BINS = ((0.0, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0), (1.0, 1.3), (1.3, math.inf))
@@ -278,9 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost", default="6.3", help="prefill ms per prompt token (--oracle: a list)")
     ap.add_argument("--oracle", action="store_true", help="ORCH-2905: the report alone")
     ap.add_argument("--start", action="store_true", help="ORCH-2919: starts, the report alone")
+    ap.add_argument("--canceled-ahead", action="store_true", help="ORCH-2922, pooled")
     ap.add_argument("--left", action="store_true", help="running tasks' ms left by pace ratio")
     ap.add_argument("--tau", default="10,30,120", help="EWMA time constants, s")
     args: Any = ap.parse_args(argv)
+    if args.canceled_ahead:
+        canceled_ahead(args.stamps)
+        return 0
     for stamp in args.stamps:
         if args.left:
             running_left(stamp)

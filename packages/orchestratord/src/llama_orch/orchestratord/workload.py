@@ -40,12 +40,12 @@ from llama_orch.core.eta import (
     simulate,
     simulate_running,
 )
+from llama_orch.core.output_share import OutputShare
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
 from llama_orch.core.servicetime import (
-    ModelParams,
     Observation,
     Outcome,
     Prior,
@@ -54,28 +54,14 @@ from llama_orch.core.servicetime import (
     Spans,
 )
 
+from ._forecast_inputs import Expect, budget, expected_left, job_of, model_terms, tokens_left
+from ._forecast_inputs import tokens_in as _tokens_in
 from .pools import Pool, Replica
 from .tasks import TaskRecord
 
 __all__ = ["Workload", "job_of", "tokens_left"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
-
-
-def tokens_left(rec: TaskRecord) -> int:
-    """Tokens a task is still expected to generate (ORCH-1905, ORCH-1907)."""
-    budget = rec.request.max_tokens
-    if rec.expected_tokens is not None:
-        budget = min(budget, rec.expected_tokens)
-    return max(0, budget - rec.engine_tokens)
-
-
-def _tokens_in(rec: TaskRecord) -> int:
-    # Uncounted prompts (ORCH-1118): the estimate made at admission from the pool's
-    # learned bytes per token (ORCH-1993), else 4 bytes a token.
-    if rec.prompt_counted:
-        return rec.prompt_tokens
-    return rec.prompt_estimate or len(rec.request.prompt.encode()) // 4
 
 
 # Bytes per prompt token (ORCH-1993): the prior, the bounds, the weight of a new sample.
@@ -88,22 +74,6 @@ BYTES_PER_TOKEN_ALPHA = 0.1
 PREDICT_HORIZON = 256
 
 
-def _terms(p: ModelParams) -> tuple[float, ...]:
-    """A model's learned terms for the DEBUG ``forecast`` line (ORCH-1994, ORCH-2900)."""
-    return (
-        round(p.overhead_ms),
-        round(p.prefill_ms_per_token, 2),
-        round(p.prefill_quad, 6),
-        round(p.decode_ms_per_token, 1),
-        round(p.slowdown, 2),
-        round(p.decode_ctx, 5),
-    )
-
-
-def job_of(rec: TaskRecord) -> Job:
-    return Job(_tokens_in(rec), tokens_left(rec))
-
-
 class Workload:
     def __init__(self, waiting: WaitingConfig | None = None, *, deadline_cv: float = 0.25) -> None:
         self.cfg = waiting or WaitingConfig()
@@ -113,6 +83,7 @@ class Workload:
         self._models: dict[tuple[str, str], ServiceModel] = {}
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
         self._log_bpt: dict[str, float] = {}  # per pool: log bytes per token (ORCH-1993)
+        self._shares: dict[str, OutputShare] = {}  # per pool: output / budget (ORCH-2921)
         # Places kept for clients refused by a full queue, per pool (ORCH-1979).
         self.reservations: dict[str, ReservationBook] = {}
 
@@ -193,6 +164,11 @@ class Workload:
             if rec.state == "canceled"
             else "failed"
         )
+        if outcome != "failed":  # ORCH-2921: the share of its budget the task used
+            share = self._shares.get(pool.id)
+            if share is None:
+                share = self._shares[pool.id] = OutputShare(self.cfg.model_half_life_s)
+            share.observe(rec.engine_tokens, budget(rec), canceled=outcome == "canceled", now=now)
         tokens = rec.engine_tokens - rec.run_tokens_before
         ttft = None
         if rec.run_first_token is not None:
@@ -243,10 +219,12 @@ class Workload:
         now: float,
         pin: ReplicaSetKey | None = None,
         trace: list[list[tuple[object, ...]]] | None = None,
+        expect: Expect = None,
     ) -> list[ReplicaLoad]:
         """Every Ready replica (of the set ``pin``) with the ms left of its running tasks.
         ``trace``: a list that receives, per replica, each running task's forecast terms
-        (ORCH-1994: task id, tokens left, its pace ratio and weight, ms left)."""
+        (ORCH-1994: task id, tokens left, its pace ratio and weight, ms left).
+        ``expect``: their tokens left by the pool's shares (ORCH-2922), else budgets."""
         out = []
         for rid, r in pool.replicas.items():
             st = r.state
@@ -298,16 +276,17 @@ class Workload:
                 for t in running:
                     # its pace at its context: prompt, tokens so far, half of those left
                     left_t = tokens_left(t)
+                    n = left_t if expect is None else expected_left(t, expect)  # ORCH-2922
                     ctx = _tokens_in(t) + t.engine_tokens + left_t / 2  # ORCH-2901
                     per = model.decode_ms_per_token(busy_now, now, p, ctx)
-                    ms = left_t * per
+                    ms = n * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
                         # its prompt is batched with the others pending: its first token
                         # comes when the replica's prefill in progress ends (ORCH-1996);
                         # a late first token does not slow its decode (ORCH-2910)
                         ms = max(0.0, ttfts[id(t)], pending)
-                        ms += max(0, tokens_left(t) - 1) * per
+                        ms += max(0, n - 1) * per
                     elif t.run_first_token is not None and t.last_token is not None:
                         # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
                         # (those still prefilling now are not done yet)
@@ -356,7 +335,7 @@ class Workload:
                             per,
                         )
                         if pace is not None:
-                            ms = tokens_left(t) * pace.ms_per_token
+                            ms = n * pace.ms_per_token
                             paces.append(pace)
                             pc = pace
                         ms += max(0.0, pending)  # it waits for those prompts (ORCH-1996)
@@ -364,7 +343,7 @@ class Workload:
                     if trace is not None:
                         ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
                         decoding = t.run_first_token is not None
-                        trace_r.append((t.task_id[:8], tokens_left(t), decoding, ratio, round(ms)))
+                        trace_r.append((t.task_id[:8], n, decoding, ratio, round(ms)))
             out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces), max(0.0, pending)))
         return out
 
@@ -414,11 +393,13 @@ class Workload:
 
     def queue_forecast(self, pool: Pool, now: float) -> list[tuple[TaskRecord, int, Slot]]:
         """``(task, position, forecast)`` of every queued task, in serving order."""
-        queued = list(pool.queue)
-        slots = simulate(self.loads(pool, now), (job_of(t) for t in queued), now)
-        if slots is None:
-            return []
-        return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
+        return self.forecasts(pool, now)[0]
+
+    def _expect(self, pool: Pool, now: float, *, completed: bool) -> Expect:
+        """ORCH-2922: the pool's shares for the slots others hold (``completed`` False:
+        a start) or for a task's own tokens (True: a finish); None before any run."""
+        share = self._shares.get(pool.id)
+        return None if share is None else (share, now, completed)
 
     def forecasts(
         self, pool: Pool, now: float
@@ -426,11 +407,23 @@ class Workload:
         """:meth:`queue_forecast` and, from the same simulation, the forecast finish (ms
         from now) of every task running on a Ready replica (ORCH-2906, ORCH-2907)."""
         queued = list(pool.queue)
-        loads = self.loads(pool, now)
-        ran = simulate_running(loads, [job_of(t) for t in queued], now)
+        told = self._expect(pool, now, completed=True)  # finishes (ORCH-2922)
+        ran = simulate_running(
+            self.loads(pool, now, expect=told), [job_of(t, told) for t in queued], now
+        )
         if ran is None:
             return [], []
         slots, finishes = ran
+        held = self._expect(pool, now, completed=False)  # starts: others' slots held
+        if held is not None and queued and held[0].cancels(now):
+            starts = simulate(
+                self.loads(pool, now, expect=held), [job_of(t, held) for t in queued], now
+            )
+            assert starts is not None
+            slots = [  # each its start, then its own service as told
+                Slot(a.start_ms, a.start_ms + s.finish_ms - s.start_ms, a.replica)
+                for a, s in zip(starts, slots, strict=True)
+            ]
         # the running tasks in the order ``loads`` read them (same sets, no await between)
         names = [
             list(self.running.get((pool.id, rid), ()))
@@ -457,13 +450,18 @@ class Workload:
         position = pool.queue.position(rec)
         if position < 0:
             return None
-        ahead = [job_of(t) for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))]
+        held = self._expect(pool, now, completed=False)  # ORCH-2922
+        ahead = [
+            job_of(t, held) for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))
+        ]
         return self._forecast(pool, rec, position, ahead, now)
 
     def predicted_at(self, pool: Pool, rec: TaskRecord, position: int, now: float) -> Slot | None:
         """:meth:`predicted` of a task queued in a state store at ``position`` (ORCH-2561):
         the requests ahead are in the store, so they are taken to be like this one."""
-        ahead = [job_of(rec)] * min(position, PREDICT_HORIZON)
+        ahead = [job_of(rec, self._expect(pool, now, completed=False))] * min(
+            position, PREDICT_HORIZON
+        )
         return self._forecast(pool, rec, position, ahead, now)
 
     def _forecast(
@@ -472,8 +470,9 @@ class Workload:
         trace: list[list[tuple[object, ...]]] | None = (
             [] if _log.isEnabledFor(logging.DEBUG) else None
         )
-        loads = self.loads(pool, now, trace=trace)
-        slots = simulate(loads, [*ahead, job_of(rec)], now)
+        # ORCH-2922: others' slots held for their expected tokens, its own finish told
+        loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
+        slots = simulate(loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True))], now)
         if not slots:
             return None
         slot = slots[-1]
@@ -486,7 +485,7 @@ class Workload:
                 rec.task_id[:8], position, slot.start_ms, slot.finish_ms,
                 [(j.tokens_in, j.tokens_out, round(s.start_ms), round(s.finish_ms))
                  for j, s in zip(ahead, slots, strict=False)],
-                [(round(r.pace, 2), round(r.prefill_ms), *_terms(r.model.params(now)))
+                [(round(r.pace, 2), round(r.prefill_ms), *model_terms(r.model.params(now)))
                  for r in loads], trace,
                 extra={"pool_id": pool.id},
             )  # fmt: skip
@@ -530,11 +529,12 @@ class Workload:
         ``retry-after-ms``) calls this.
         """
         now = time.monotonic()
-        loads = self.loads(pool, now)
+        ahead = self._expect(pool, now, completed=False)  # a start: others' slots (ORCH-2922)
+        loads = self.loads(pool, now, expect=ahead)
         if not loads:
             return 1000
         capacity = pool.queue.capacity
-        queued = [job_of(t) for t in itertools.islice(pool.queue, HORIZON + 2)]
+        queued = [job_of(t, ahead) for t in itertools.islice(pool.queue, HORIZON + 2)]
         if full:  # not a quota's refusal: that waits for the tenant, not for a place
             book = self.reservations.setdefault(pool.id, ReservationBook())
             held = book.held(now)
