@@ -154,7 +154,8 @@ def stage_cpu_split(
 ) -> dict[str, Any]:
     """CPU per request at 1 and 128 tokens (0 ms/token, c=16): fixed + per-token cost.
 
-    Each side and path (two-step, one request, the compared sources' one request) runs in
+    Each side and path (two-step, one request, the OpenAI facade's streamed chat, and the
+    compared sources' one request and facade) runs in
     an orchestratord of its own, started for this stage, and every one serves the same
     runs in the same order (ORCH-2792), so that no side is measured with a history the
     other has not (session 11: the current sources' process served the two-step runs too,
@@ -166,6 +167,10 @@ def stage_cpu_split(
         sides.append(("stream", "orch_stream", None))
         if args.compare_src:  # the one-request path of the sources before, right after
             sides.append(("stream", "orch_stream_before", args.compare_src))
+    if not args.no_cpu_facade:  # the OpenAI facade's streamed chat (issue #15, ORCH-2794)
+        sides.append(("openai", "orch_openai", None))
+        if args.compare_src:
+            sides.append(("openai", "orch_openai_before", args.compare_src))
     servers: dict[str, tuple[str, Any]] = {}
     try:
         for _mode, key, pythonpath in sides:
@@ -187,6 +192,7 @@ def stage_cpu_split(
                         cap_s=args.cap_s,
                         max_tokens=toks,
                         watch={"orch": proc.pid, "engine": fpid},
+                        extra=["--chat"] if mode == "openai" else None,
                     )
                     prev = out.get(f"{key}_{toks}")
                     out[f"{key}_{toks}"] = res if prev is None else _merge(prev, res)
@@ -455,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests per level")
     ap.add_argument("--no-memory", action="store_true", help="skip the admission/memory stage")
     ap.add_argument("--cpu-requests", type=int, default=None, help="requests per cpu-split run")
+    ap.add_argument(
+        "--no-cpu-facade",
+        action="store_true",
+        help="leave the OpenAI facade (streamed /v1/chat/completions) out of the cpu split",
+    )
     ap.add_argument(
         "--native-levels",
         default="16,64",

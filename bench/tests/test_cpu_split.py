@@ -52,7 +52,8 @@ def _split(
     monkeypatch.setattr(run, "start_orch", start_orch)
     monkeypatch.setattr(run, "loadgen", loadgen)
     args = argparse.Namespace(
-        compare_src=compare_src, no_one_request=False, cpu_requests=1500, quick=False,
+        compare_src=compare_src, no_one_request=False, no_cpu_facade=False, cpu_requests=1500,
+        quick=False,
         cap_s=15.0, litellm_route="chat", litellm_cap_s=40.0,
     )  # fmt: skip
     procs = _Procs()
@@ -64,8 +65,9 @@ def test_each_side_has_its_own_process_with_the_same_history(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started, served, procs, out = _split(monkeypatch, "/before/src")
-    # three processes: two-step, one request, the compared sources' one request
-    assert sorted(started.values(), key=str) == ["/before/src", None, None]
+    # five processes: two-step, one request, facade, the compared sources' one request
+    # and facade
+    assert sorted(started.values(), key=str) == ["/before/src", "/before/src", None, None, None]
     assert set(served) == set(started)
     # every process served only one path ...
     for pid, runs in served.items():
@@ -75,13 +77,19 @@ def test_each_side_has_its_own_process_with_the_same_history(
     assert histories == {((1, 1500), (1, 1500), (128, 1500), (128, 1500))}
     assert sorted(procs.stopped) == sorted(started)
     assert {k: v["runs"] for k, v in out.items()} == {
-        f"{k}_{t}": 2 for k in ("orch", "orch_stream", "orch_stream_before") for t in (1, 128)
+        f"{k}_{t}": 2
+        for k in ("orch", "orch_stream", "orch_stream_before", "orch_openai", "orch_openai_before")
+        for t in (1, 128)
     }
 
 
-def test_without_a_comparison_two_processes_one_run_each(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_comparison_one_process_and_run_per_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     started, served, _procs, out = _split(monkeypatch, None)
-    assert len(started) == 2
-    assert sorted(runs[0][0] for runs in served.values()) == ["orch", "stream"]
+    assert len(started) == 3
+    assert sorted(runs[0][0] for runs in served.values()) == ["openai", "orch", "stream"]
     assert {tuple((t, n) for _m, t, n in r) for r in served.values()} == {((1, 1500), (128, 1500))}
-    assert sorted(out) == ["orch_1", "orch_128", "orch_stream_1", "orch_stream_128"]
+    assert sorted(out) == [
+        f"{k}_{t}" for k in ("orch", "orch_openai", "orch_stream") for t in (1, 128)
+    ]
