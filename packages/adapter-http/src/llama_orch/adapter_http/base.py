@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import contextvars
 import weakref
 from collections.abc import AsyncGenerator
@@ -31,6 +32,7 @@ from typing import ClassVar, Protocol, TypeVar
 
 import aiohttp
 import msgspec
+import yarl
 from aiohttp.tracing import Trace
 from llama_orch.core.adapter_api import (
     CANCELED,
@@ -135,6 +137,10 @@ class HttpAdapter(WorkerAdapter):
         self._inflight: dict[str, InFlight] = {}
         self.pooled_requests = 0  # answered on a connection taken from the pool
         self.stale_retries = 0  # requests sent again after a stale pooled connection
+        # ORCH-2795: the connection opened ahead for the next stream, while it opens
+        self._spare: asyncio.Task[None] | None = None
+        self._spare_req: aiohttp.ClientRequest | None = None  # never sent: a pool key
+        self.spares_opened = 0
 
     # -- what an adapter writes -------------------------------------------
     @abc.abstractmethod
@@ -194,8 +200,44 @@ class HttpAdapter(WorkerAdapter):
         # every try so far met a pooled connection the engine had closed: the last one
         return await self._http().request(method, url, data=data, headers=headers)
 
+    def _open_spare(self) -> None:
+        """ORCH-2795: for an engine that closes a connection after every streamed answer
+        (``pool_streams = False``), open one connection ahead and leave it idle in the
+        pool, where the next stream takes it (a pooled connection: if the engine closed
+        it meanwhile, ORCH-2721 sends that stream again), so that the connect is not on
+        the next stream's time to first token. One at a time; none without pooling."""
+        if self._spare is not None or self.options.keepalive_s <= 0:
+            return
+        self._spare = asyncio.get_running_loop().create_task(self._spare_connection())
+
+    @property
+    def opening_spare(self) -> bool:
+        """A connection is being opened ahead (ORCH-2795)."""
+        return self._spare is not None
+
+    async def _spare_connection(self) -> None:
+        try:
+            session = self._http()
+            if self._spare_req is None:
+                self._spare_req = aiohttp.ClientRequest(
+                    "GET", yarl.URL(self.base_url), loop=asyncio.get_running_loop()
+                )
+            conn = await session.connector.connect(  # type: ignore[union-attr]
+                self._spare_req, [], session.timeout
+            )
+            conn.release()  # idle in the pool, keepalive_s as any other
+            self.spares_opened += 1
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # the next stream connects on its own, as without a spare
+        finally:
+            self._spare = None
+
     async def aclose(self) -> None:
         """Close every open stream (their readers get WorkerReset) and the session."""
+        if self._spare is not None:
+            self._spare.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._spare
         for inflight in list(self._inflight.values()):
             inflight.cancel(aiohttp.ClientConnectionError("adapter closed"))
         if self._session is not None:
@@ -322,6 +364,9 @@ class HttpAdapter(WorkerAdapter):
         with map_transport_errors(what, self.engine, idle, on_timeout=DecodeTimeout):
             async with asyncio.timeout(idle):
                 headers = _JSON if self.pool_streams else _JSON_CLOSE
+                if not self.pool_streams:
+                    # starts once this stream's request is out (on the spare, if any)
+                    self._open_spare()
                 resp = await self._send("POST", self.url(path), body, headers)
         if resp.status == 200:
             return resp
