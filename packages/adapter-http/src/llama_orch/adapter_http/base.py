@@ -134,6 +134,7 @@ class HttpAdapter(WorkerAdapter):
         self.options = parse_options(dict(target.options), self.options_type, self.engine)
         self.base_url = target.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self._connector: _Connector  # the session's, made with it (``_http``)
         self._inflight: dict[str, InFlight] = {}
         self.pooled_requests = 0  # answered on a connection taken from the pool
         self.stale_retries = 0  # requests sent again after a stale pooled connection
@@ -173,8 +174,8 @@ class HttpAdapter(WorkerAdapter):
             # conformance suite's back-to-back generations when pooling was first
             # tried). The connector marks which requests went out on a pooled
             # connection, so exactly those failures are retried (_send).
-            connector = _Connector(keepalive_s=keepalive)
-            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+            self._connector = _Connector(keepalive_s=keepalive)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=self._connector)
         return self._session
 
     async def _send(
@@ -222,9 +223,7 @@ class HttpAdapter(WorkerAdapter):
                 self._spare_req = aiohttp.ClientRequest(
                     "GET", yarl.URL(self.base_url), loop=asyncio.get_running_loop()
                 )
-            conn = await session.connector.connect(  # type: ignore[union-attr]
-                self._spare_req, [], session.timeout
-            )
+            conn = await self._connector.connect(self._spare_req, [], session.timeout)
             conn.release()  # idle in the pool, keepalive_s as any other
             self.spares_opened += 1
         except (aiohttp.ClientError, OSError, TimeoutError):
