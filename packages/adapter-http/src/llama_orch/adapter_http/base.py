@@ -33,6 +33,7 @@ from typing import ClassVar, Protocol, TypeVar
 import aiohttp
 import msgspec
 import yarl
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.tracing import Trace
 from llama_orch.core.adapter_api import (
     CANCELED,
@@ -87,6 +88,8 @@ class _Connector(aiohttp.TCPConnector):
         else:
             super().__init__(limit=0, force_close=True)
         self._handed_out: weakref.WeakSet[object] = weakref.WeakSet()
+        # connections opened ahead and not handed out yet (ORCH-2795)
+        self.spares: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
 
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
@@ -94,6 +97,7 @@ class _Connector(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         protocol = conn.protocol
         if protocol is not None:
+            self.spares.discard(protocol)
             if protocol in self._handed_out:
                 attempt = _ATTEMPT.get()
                 if attempt is not None:
@@ -203,11 +207,14 @@ class HttpAdapter(WorkerAdapter):
 
     def _open_spare(self) -> None:
         """ORCH-2795: for an engine that closes a connection after every streamed answer
-        (``pool_streams = False``), open one connection ahead and leave it idle in the
-        pool, where the next stream takes it (a pooled connection: if the engine closed
-        it meanwhile, ORCH-2721 sends that stream again), so that the connect is not on
-        the next stream's time to first token. One at a time; none without pooling."""
-        if self._spare is not None or self.options.keepalive_s <= 0:
+        (``pool_streams = False``), open one connection ahead when a stream ends and leave
+        it idle in the pool, where the next stream takes it (a pooled connection: if the
+        engine closed it meanwhile, ORCH-2721 sends that stream again), so that the
+        connect is not on the next stream's time to first token. At most one opening and
+        one idle; none without pooling."""
+        if self._spare is not None or self.options.keepalive_s <= 0 or self._session is None:
+            return
+        if any(p.is_connected() for p in self._connector.spares):
             return
         self._spare = asyncio.get_running_loop().create_task(self._spare_connection())
 
@@ -224,6 +231,8 @@ class HttpAdapter(WorkerAdapter):
                     "GET", yarl.URL(self.base_url), loop=asyncio.get_running_loop()
                 )
             conn = await self._connector.connect(self._spare_req, [], session.timeout)
+            if conn.protocol is not None:
+                self._connector.spares.add(conn.protocol)
             conn.release()  # idle in the pool, keepalive_s as any other
             self.spares_opened += 1
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -363,9 +372,6 @@ class HttpAdapter(WorkerAdapter):
         with map_transport_errors(what, self.engine, idle, on_timeout=DecodeTimeout):
             async with asyncio.timeout(idle):
                 headers = _JSON if self.pool_streams else _JSON_CLOSE
-                if not self.pool_streams:
-                    # starts once this stream's request is out (on the spare, if any)
-                    self._open_spare()
                 resp = await self._send("POST", self.url(path), body, headers)
         if resp.status == 200:
             return resp
@@ -399,6 +405,8 @@ class HttpAdapter(WorkerAdapter):
             ) from exc
 
     def _done(self, task_id: str, inflight: InFlight, *, force_close: bool = False) -> None:
+        if not self.pool_streams:  # its connection closes: one ahead for the next stream
+            self._open_spare()
         inflight.disarm()
         if self._inflight.get(task_id) is inflight:
             del self._inflight[task_id]
