@@ -47,7 +47,7 @@ class PrefillPace:
         runs = self._runs
         if not runs:
             return
-        latest = max(t for t, _, _, _ in runs)
+        latest = max(runs)[0]  # the largest time (tuples compare by time first)
         measured = modelled = 0.0
         half_life, pow_ = self.HALF_LIFE_S, math.pow
         for t, y, n, sq in runs:
