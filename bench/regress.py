@@ -94,7 +94,7 @@ def figures(res: dict[str, Any]) -> dict[str, Figure]:
         if d.get("req_per_s"):
             put(f"wrk c={row['c']} req/s vs direct", o["req_per_s"] / d["req_per_s"], "higher")
     cs = res.get("cpu_split", {})
-    for side in ("orch", "orch_stream"):
+    for side in ("orch", "orch_stream", "orch_openai"):
         a, b = cs.get(f"{side}_1"), cs.get(f"{side}_128")
         if a and b:
             ca, cb = _cpu_ms(a, "orch"), _cpu_ms(b, "orch")

@@ -402,6 +402,8 @@ def write_report(res: dict[str, Any], base: Path) -> Path:
             ("orch", "orch", "llama-orch (submit, then stream)"),
             ("orch_stream", "orch", "llama-orch (one request)"),
             ("orch_stream_before", "orch", "llama-orch before (one request, compared sources)"),
+            ("orch_openai", "orch", "llama-orch OpenAI facade (streamed chat)"),
+            ("orch_openai_before", "orch", "llama-orch before OpenAI facade (compared sources)"),
             ("litellm", "litellm", "LiteLLM"),
         ):
             if f"{key}_1" in cs and f"{key}_128" in cs:

@@ -152,26 +152,38 @@ def stage_cpu_split(
     fpid: int,
     lite: tuple[str, int, str] | None,
 ) -> dict[str, Any]:
-    """CPU per request at 1 and 128 tokens (0 ms/token, c=16): fixed + per-token cost."""
+    """CPU per request at 1 and 128 tokens (0 ms/token, c=16): fixed + per-token cost.
+
+    Each side and path (two-step, one request, the OpenAI facade's streamed chat, and the
+    compared sources' one request and facade) runs in
+    an orchestratord of its own, started for this stage, and every one serves the same
+    runs in the same order (ORCH-2792), so that no side is measured with a history the
+    other has not (session 11: the current sources' process served the two-step runs too,
+    so it held twice the finished tasks of the compared one when the one-request runs
+    were measured)."""
     out: dict[str, Any] = {}
-    ourl, op = start_orch(procs, "orch-cpu", furl, tmp)
-    before = None
-    if args.compare_src:  # the one-request path of the sources before, right after
-        before = start_orch(procs, "orch-cpu-before", furl, tmp, pythonpath=args.compare_src)
+    sides = [("orch", "orch", None)]
+    if not args.no_one_request:
+        sides.append(("stream", "orch_stream", None))
+        if args.compare_src:  # the one-request path of the sources before, right after
+            sides.append(("stream", "orch_stream_before", args.compare_src))
+    if not args.no_cpu_facade:  # the OpenAI facade's streamed chat (issue #15, ORCH-2794)
+        sides.append(("openai", "orch_openai", None))
+        if args.compare_src:
+            sides.append(("openai", "orch_openai_before", args.compare_src))
+    servers: dict[str, tuple[str, Any]] = {}
     try:
+        for _mode, key, pythonpath in sides:
+            servers[key] = start_orch(procs, f"orch-cpu-{key}", furl, tmp, pythonpath=pythonpath)
         n = args.cpu_requests or (300 if args.quick else 800)
         log("cpu split: 1 vs 128 tokens, c=16")
         for toks in (1, 128):
-            sides = [("orch", "orch", ourl, op.pid), ("stream", "orch_stream", ourl, op.pid)]
-            if before is not None:
-                sides.append(("stream", "orch_stream_before", before[0], before[1].pid))
             # ORCH-2756: with a before, both orders (ABBA), each side's two runs summed, so that
             # a change of the machine's load between runs does not favour one side
-            rounds = [sides] if before is None else [sides, sides[::-1]]
+            rounds = [sides] if not args.compare_src else [sides, sides[::-1]]
             for order in rounds:
-                for mode, key, url, pid in order:
-                    if mode == "stream" and args.no_one_request:
-                        continue
+                for mode, key, _pythonpath in order:
+                    url, proc = servers[key]
                     res = loadgen(
                         mode,
                         url,
@@ -179,7 +191,8 @@ def stage_cpu_split(
                         n,
                         cap_s=args.cap_s,
                         max_tokens=toks,
-                        watch={"orch": pid, "engine": fpid},
+                        watch={"orch": proc.pid, "engine": fpid},
+                        extra=["--chat"] if mode == "openai" else None,
                     )
                     prev = out.get(f"{key}_{toks}")
                     out[f"{key}_{toks}"] = res if prev is None else _merge(prev, res)
@@ -197,9 +210,8 @@ def stage_cpu_split(
                     extra=[*chat, "--api-key", key, "--model", "fake-0ms"],
                 )
     finally:
-        procs.stop(op)
-        if before is not None:
-            procs.stop(before[1])
+        for _url, proc in servers.values():
+            procs.stop(proc)
     return out
 
 
@@ -449,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer requests per level")
     ap.add_argument("--no-memory", action="store_true", help="skip the admission/memory stage")
     ap.add_argument("--cpu-requests", type=int, default=None, help="requests per cpu-split run")
+    ap.add_argument(
+        "--no-cpu-facade",
+        action="store_true",
+        help="leave the OpenAI facade (streamed /v1/chat/completions) out of the cpu split",
+    )
     ap.add_argument(
         "--native-levels",
         default="16,64",

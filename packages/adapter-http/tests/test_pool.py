@@ -208,3 +208,92 @@ async def test_keepalive_zero_opens_a_connection_per_request() -> None:
             assert list(engine.per_conn.values()) == [1, 1, 1]
         finally:
             await adapter.aclose()
+
+
+class ClosingToy(Toy):
+    """An engine that closes the connection after every streamed answer (llama-server,
+    ORCH-2723)."""
+
+    pool_streams = False
+
+
+class ClosingEngine(Engine):
+    """:class:`Engine` whose streamed answers close their connection (``Connection:
+    close``); ``drop_nth``: the n-th request overall (1 = the first) is answered by
+    closing its connection without a byte."""
+
+    def __init__(self, *, drop_nth: int | None = None) -> None:
+        super().__init__()
+        self.drop_nth = drop_nth
+        self.seen = 0
+
+    async def gen(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        self.seen += 1
+        self.per_conn[request.transport.get_extra_info("peername")[1]] += 1
+        if self.seen == self.drop_nth:
+            request.transport.close()
+            raise ConnectionResetError
+        n = (await request.json())["n"]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.force_close()
+        await resp.prepare(request)
+        for i in range(n):
+            await resp.write(b'data: {"t": " t%d"}\n\n' % i)
+        await resp.write(b'data: {"end": true}\n\n')
+        return resp
+
+
+async def _spare_settled(adapter: HttpAdapter) -> None:
+    for _ in range(100):
+        if not adapter.opening_spare:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stream_takes_the_connection_its_predecessor_opened_ahead() -> None:
+    """ORCH-2795: every stream after the first goes out on a connection opened ahead
+    (a pooled one), each connection carries one stream (the engine closes it after)."""
+    engine = ClosingEngine()
+    async with engine.fake as fake:
+        adapter = ClosingToy(fake.base_url)
+        try:
+            for i in range(4):
+                events = await _collect(adapter.generate(_req(f"s{i}", n=2)))
+                assert events[-1] == Finished(reason="eos", tokens_generated=2)
+                await _spare_settled(adapter)
+            assert adapter.pooled_requests == 3 and adapter.stale_retries == 0
+            assert adapter.spares_opened == 4  # the last one waits for a next stream
+            assert list(engine.per_conn.values()) == [1, 1, 1, 1]
+        finally:
+            await adapter.aclose()
+        assert not adapter.opening_spare
+
+
+async def test_a_spare_the_engine_closed_is_sent_again() -> None:
+    """ORCH-2795 with ORCH-2721: the engine closed the connection opened ahead: the
+    stream on it goes out again on a new connection and completes."""
+    engine = ClosingEngine(drop_nth=2)
+    async with engine.fake as fake:
+        adapter = ClosingToy(fake.base_url)
+        try:
+            await _collect(adapter.generate(_req("first", n=1)))
+            await _spare_settled(adapter)
+            events = await _collect(adapter.generate(_req("second", n=2)))
+            assert events[-1] == Finished(reason="eos", tokens_generated=2)
+            assert adapter.stale_retries == 1 and engine.seen == 3
+        finally:
+            await adapter.aclose()
+
+
+async def test_no_spare_without_pooling() -> None:
+    """ORCH-2795: ``keepalive_s: 0`` opens nothing ahead."""
+    engine = ClosingEngine()
+    async with engine.fake as fake:
+        adapter = ClosingToy(fake.base_url, keepalive_s=0)
+        try:
+            for i in range(3):
+                await _collect(adapter.generate(_req(f"k{i}", n=1)))
+            assert adapter.spares_opened == 0 and adapter.pooled_requests == 0
+        finally:
+            await adapter.aclose()

@@ -7,8 +7,9 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from llama_orch.core._prefill_pace import PrefillPace
 from llama_orch.core.eta import Job, ReplicaLoad, prefill_left, simulate
-from llama_orch.core.servicetime import Observation, Prior, ServiceModel
+from llama_orch.core.servicetime import ModelParams, Observation, Prior, ServiceModel
 
 
 def _engine(m: ServiceModel, t: float, runs: int, ms_per_token: float) -> float:
@@ -97,3 +98,57 @@ def test_a_prompt_past_its_forecast_moves_its_first_token_later(forecast, e1, de
         assert math.isclose(e1 + left1, 1.1 * e1, rel_tol=1e-12)
         assert math.isclose((e2 + left2) - (e1 + left1), 1.1 * de, rel_tol=1e-9, abs_tol=1e-6)
     assert e2 + left2 >= e1 + left1 - 1e-6  # the instant told never moves earlier
+
+
+def _measured_by_calls(
+    pace: PrefillPace, overhead_ms: float, p: ModelParams
+) -> tuple[float, float, float] | None:
+    """ORCH-2796's reference: the sums with ``ModelParams.prefill_ms`` called per run
+    (unpaced), as ``PrefillPace.measure`` computed them before."""
+    runs = list(pace._runs)
+    if not runs:
+        return None
+    unpaced = p._replace(prefill_pace=1.0)
+    latest = max(t for t, _, _, _ in runs)
+    measured = modelled = 0.0
+    for t, y, n, sq in runs:
+        k = math.pow(0.5, (latest - t) / PrefillPace.HALF_LIFE_S)
+        measured += k * (y - overhead_ms)
+        modelled += k * unpaced.prefill_ms(n, sq)
+    return (max(0.0, measured), modelled, latest)
+
+
+_ms = st.floats(0.0, 1e4, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.floats(0.0, 1e5), _ms, st.integers(0, 50_000), st.integers(0, 10**9)),
+        max_size=PrefillPace.RUNS + 20,
+    ),
+    overhead=_ms,
+    per_token=st.floats(0.0, 50.0),
+    quad=st.floats(0.0, 1e-2),
+    cap=st.one_of(st.just(math.inf), st.floats(0.0, 100.0)),
+    pace=st.floats(0.5, 3.0),
+)
+def test_the_inline_measure_equals_prefill_ms_per_run_to_the_bit(
+    runs: list[tuple[float, float, int, int]],
+    overhead: float,
+    per_token: float,
+    quad: float,
+    cap: float,
+    pace: float,
+) -> None:
+    """ORCH-2796: the sums are exactly those of ``ModelParams.prefill_ms`` per run
+    (any pace in the params: the line is measured unpaced), infinite cap included."""
+    pp = PrefillPace()
+    for now, ttft, n, sq in runs:
+        pp.add(now, ttft, n, sq)
+    params = ModelParams(
+        overhead, per_token, 1.0, 0.5, 1.0, prefill_quad=quad, prefill_cap=cap,
+        prefill_pace=pace,
+    )  # fmt: skip
+    pp.measure(overhead, per_token, quad, cap)
+    assert pp._sums == _measured_by_calls(pp, overhead, params)

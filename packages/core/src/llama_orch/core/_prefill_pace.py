@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 
 __all__ = ["PrefillPace"]
 
@@ -40,18 +39,24 @@ class PrefillPace:
         self._runs.append((now, max(0.0, ttft_ms), tokens, squares))
         return True
 
-    def measure(self, overhead_ms: float, prefill_ms: Callable[[int, int], float]) -> None:
-        """Measure the runs kept against the line ``overhead_ms + prefill_ms(tokens,
-        squares)`` (unpaced, at most ``prefill_cap`` a token: ORCH-2900)."""
+    def measure(self, overhead_ms: float, per_token: float, quad: float, cap: float) -> None:
+        """Measure the runs kept against the line ``overhead_ms + min(per_token·n +
+        quad·sq, cap·n)``: ``ModelParams.prefill_ms`` unpaced (ORCH-2900), computed here
+        with that method's operations in its order, so the sums are the same to the last
+        bit without a call per run (ORCH-2796: up to 128 runs at every observation)."""
         runs = self._runs
         if not runs:
             return
-        latest = max(t for t, _, _, _ in runs)
+        latest = max(runs)[0]  # the largest time (tuples compare by time first)
         measured = modelled = 0.0
+        half_life, pow_ = self.HALF_LIFE_S, math.pow
         for t, y, n, sq in runs:
-            k = math.pow(0.5, (latest - t) / self.HALF_LIFE_S)
+            k = pow_(0.5, (latest - t) / half_life)
             measured += k * (y - overhead_ms)  # a run under the overhead counts too
-            modelled += k * prefill_ms(n, sq)
+            n = n if n > 0 else 0
+            line = per_token * n + quad * (sq if sq > 0 else 0)
+            capped = cap * n
+            modelled += k * (capped if capped < line else line)  # min(line, capped)
         self._sums = (max(0.0, measured), modelled, latest)
 
     def pace(self, now: float) -> float:

@@ -475,8 +475,10 @@ class ServiceModel:
             # ORCH-2913/2916: the recent runs against the line that has learned this one
             if self._pace.add(now, obs.ttft_ms, own + ahead, own * own + ahead_sq):
                 self._memo = None
-                p = self.params(now)._replace(prefill_pace=1.0)
-                self._pace.measure(p.overhead_ms, p.prefill_ms)
+                p = self.params(now)  # unpaced: measure() leaves prefill_pace out
+                self._pace.measure(
+                    p.overhead_ms, p.prefill_ms_per_token, p.prefill_quad, p.prefill_cap
+                )
             self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
