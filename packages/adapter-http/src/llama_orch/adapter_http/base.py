@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import contextvars
 import weakref
 from collections.abc import AsyncGenerator
@@ -32,8 +31,6 @@ from typing import ClassVar, Protocol, TypeVar
 
 import aiohttp
 import msgspec
-import yarl
-from aiohttp.client_proto import ResponseHandler
 from aiohttp.tracing import Trace
 from llama_orch.core.adapter_api import (
     CANCELED,
@@ -88,8 +85,6 @@ class _Connector(aiohttp.TCPConnector):
         else:
             super().__init__(limit=0, force_close=True)
         self._handed_out: weakref.WeakSet[object] = weakref.WeakSet()
-        # connections opened ahead and not handed out yet (ORCH-2795)
-        self.spares: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
 
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
@@ -97,7 +92,6 @@ class _Connector(aiohttp.TCPConnector):
         conn = await super().connect(req, traces, timeout)
         protocol = conn.protocol
         if protocol is not None:
-            self.spares.discard(protocol)
             if protocol in self._handed_out:
                 attempt = _ATTEMPT.get()
                 if attempt is not None:
@@ -138,14 +132,9 @@ class HttpAdapter(WorkerAdapter):
         self.options = parse_options(dict(target.options), self.options_type, self.engine)
         self.base_url = target.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._connector: _Connector  # the session's, made with it (``_http``)
         self._inflight: dict[str, InFlight] = {}
         self.pooled_requests = 0  # answered on a connection taken from the pool
         self.stale_retries = 0  # requests sent again after a stale pooled connection
-        # ORCH-2795: the connection opened ahead for the next stream, while it opens
-        self._spare: asyncio.Task[None] | None = None
-        self._spare_req: aiohttp.ClientRequest | None = None  # never sent: a pool key
-        self.spares_opened = 0
 
     # -- what an adapter writes -------------------------------------------
     @abc.abstractmethod
@@ -178,8 +167,8 @@ class HttpAdapter(WorkerAdapter):
             # conformance suite's back-to-back generations when pooling was first
             # tried). The connector marks which requests went out on a pooled
             # connection, so exactly those failures are retried (_send).
-            self._connector = _Connector(keepalive_s=keepalive)
-            self._session = aiohttp.ClientSession(timeout=timeout, connector=self._connector)
+            connector = _Connector(keepalive_s=keepalive)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
     async def _send(
@@ -205,47 +194,8 @@ class HttpAdapter(WorkerAdapter):
         # every try so far met a pooled connection the engine had closed: the last one
         return await self._http().request(method, url, data=data, headers=headers)
 
-    def _open_spare(self) -> None:
-        """ORCH-2795: for an engine that closes a connection after every streamed answer
-        (``pool_streams = False``), open one connection ahead when a stream ends and leave
-        it idle in the pool, where the next stream takes it (a pooled connection: if the
-        engine closed it meanwhile, ORCH-2721 sends that stream again), so that the
-        connect is not on the next stream's time to first token. At most one opening and
-        one idle; none without pooling."""
-        if self._spare is not None or self.options.keepalive_s <= 0 or self._session is None:
-            return
-        if any(p.is_connected() for p in self._connector.spares):
-            return
-        self._spare = asyncio.get_running_loop().create_task(self._spare_connection())
-
-    @property
-    def opening_spare(self) -> bool:
-        """A connection is being opened ahead (ORCH-2795)."""
-        return self._spare is not None
-
-    async def _spare_connection(self) -> None:
-        try:
-            session = self._http()
-            if self._spare_req is None:
-                self._spare_req = aiohttp.ClientRequest(
-                    "GET", yarl.URL(self.base_url), loop=asyncio.get_running_loop()
-                )
-            conn = await self._connector.connect(self._spare_req, [], session.timeout)
-            if conn.protocol is not None:
-                self._connector.spares.add(conn.protocol)
-            conn.release()  # idle in the pool, keepalive_s as any other
-            self.spares_opened += 1
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            pass  # the next stream connects on its own, as without a spare
-        finally:
-            self._spare = None
-
     async def aclose(self) -> None:
         """Close every open stream (their readers get WorkerReset) and the session."""
-        if self._spare is not None:
-            self._spare.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._spare
         for inflight in list(self._inflight.values()):
             inflight.cancel(aiohttp.ClientConnectionError("adapter closed"))
         if self._session is not None:
@@ -405,8 +355,6 @@ class HttpAdapter(WorkerAdapter):
             ) from exc
 
     def _done(self, task_id: str, inflight: InFlight, *, force_close: bool = False) -> None:
-        if not self.pool_streams:  # its connection closes: one ahead for the next stream
-            self._open_spare()
         inflight.disarm()
         if self._inflight.get(task_id) is inflight:
             del self._inflight[task_id]
