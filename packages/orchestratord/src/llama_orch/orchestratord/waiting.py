@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from llama_orch.core.api import MetricsEvent, QueuedEvent
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.eta import admits
+from llama_orch.core.eta import Slot, admits
 
 from .tasks import TaskRecord
 
@@ -176,17 +176,20 @@ def _expire(
 
 def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None) -> None:
     cfg = orch.workload.cfg
-    forecasts, running = orch.workload.forecasts(pool, now) if unready_since is None else ([], [])
-    for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
-        if rec.state == "running":
-            announce_finish(rec, cfg, finish_ms, now)
-    if forecasts:
-        for rec, pos, slot in forecasts:
-            why = expiry(rec, now, cfg, slot.finish_ms, None)
-            if why is not None:
-                _expire(orch, pool, rec, why)
-            else:
-                announce_queued(rec, cfg, pos, int(slot.start_ms), now, int(slot.finish_ms))
+
+    def queued(rec: TaskRecord, pos: int, slot: Slot) -> None:
+        why = expiry(rec, now, cfg, slot.finish_ms, None)
+        if why is not None:
+            _expire(orch, pool, rec, why)
+        else:
+            announce_queued(rec, cfg, pos, int(slot.start_ms), now, int(slot.finish_ms))
+
+    # the queued tasks one at a time as the simulation reaches them (ORCH-2742)
+    running = None if unready_since is not None else orch.workload.forecasts(pool, now, queued)
+    if running is not None:
+        for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
+            if rec.state == "running":
+                announce_finish(rec, cfg, finish_ms, now)
         return
     for pos, rec in enumerate(list(pool.queue)):
         why = expiry(rec, now, cfg, None, unready_since)

@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from llama_orch.core.backoff import (
     HORIZON,
@@ -31,6 +31,7 @@ from llama_orch.core.eta import (
     Job,
     Pace,
     ReplicaLoad,
+    RunningForecast,
     Slot,
     admits,
     best_slot,
@@ -38,7 +39,6 @@ from llama_orch.core.eta import (
     prefill_left,
     replica_pace,
     simulate,
-    simulate_running,
 )
 from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
@@ -421,28 +421,33 @@ class Workload:
         return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))]
 
     def forecasts(
-        self, pool: Pool, now: float
-    ) -> tuple[list[tuple[TaskRecord, int, Slot]], list[tuple[TaskRecord, float]]]:
-        """:meth:`queue_forecast` and, from the same simulation, the forecast finish (ms
-        from now) of every task running on a Ready replica (ORCH-2906, ORCH-2907)."""
+        self, pool: Pool, now: float, each: Callable[[TaskRecord, int, Slot], None]
+    ) -> list[tuple[TaskRecord, float]] | None:
+        """Calls ``each(task, position, forecast)`` for every queued task in serving order
+        (:meth:`queue_forecast`'s), one task at a time while the simulation runs, then
+        returns from the same simulation the forecast finish (ms from now) of every task
+        running on a Ready replica (ORCH-2906, ORCH-2907); None with no Ready replica.
+        The pass holds no per-task object beyond the one ``each`` is given: a list of
+        every queued task's job and forecast was the peak that RSS per queued task kept
+        (issue #20, ORCH-2742)."""
         queued = list(pool.queue)
         loads = self.loads(pool, now)
-        ran = simulate_running(loads, [job_of(t) for t in queued], now)
-        if ran is None:
-            return [], []
-        slots, finishes = ran
+        if not loads:
+            return None
         # the running tasks in the order ``loads`` read them (same sets, no await between)
         names = [
             list(self.running.get((pool.id, rid), ()))
             for rid, r in pool.replicas.items()
             if r.state.ready
         ]
-        running = [
+        run = RunningForecast(loads, now)
+        for i, t in enumerate(queued):
+            each(t, i, run.step(job_of(t)))
+        return [
             (t, ms)
-            for recs, row in zip(names, finishes, strict=True)
+            for recs, row in zip(names, run.finishes(), strict=True)
             for t, ms in zip(recs, row, strict=True)
         ]
-        return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))], running
 
     def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
         """Start and finish of an admitted task: the forecast of its place in serving order.
