@@ -116,6 +116,11 @@ class Ended:
                 self._waiters.remove(waiter)
 
 
+# the end flag of every record that ended before anyone asked for its own (ORCH-2743)
+_ENDED = Ended()
+_ENDED.set()
+
+
 # slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20);
 # the run part's fields are properties of RunFields (ORCH-2791)
 @dataclass(eq=False, slots=True)
@@ -159,8 +164,9 @@ class TaskRecord(RunFields):
     last_token: float | None = None
     busy_sum: int = 0
     run_chunks: int = 0
-    # What the last ``queued`` event said (ORCH-1961) and when it was sent.
-    queued_sent: tuple[int, int] | None = None
+    # The ETA the last ``queued`` event said (ORCH-1961; its position is
+    # ``queue_position``), None before the first, and when it was sent (ORCH-2743).
+    queued_sent_eta: int | None = None
     queued_sent_at: float = 0.0
     # The finish the client holds (monotonic s: the 202's, then the last ``queued`` or
     # ``metrics`` event's, ORCH-2907).
@@ -168,8 +174,8 @@ class TaskRecord(RunFields):
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)
-    # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
-    ended: Ended = field(default_factory=Ended)
+    # ``ended``: made when first asked for, else the shared set one at the end (ORCH-2743)
+    _ended: Ended | None = None
     # Called after every phase change; the TaskStore that holds the record sets it.
     on_change: Callable[[TaskRecord], None] | None = None
     # With a state store, every appended event is also written there (ORCH-2524).
@@ -190,6 +196,15 @@ class TaskRecord(RunFields):
         if run is None and make:
             run = self._run = RunState()
         return run
+
+    @property
+    def ended(self) -> Ended:
+        """Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
+        A record holds one only once someone asked for it before the end (ORCH-2743)."""
+        ended = self._ended
+        if ended is None:
+            ended = self._ended = Ended()
+        return ended
 
     @property
     def session_key(self) -> tuple[str, str] | None:
@@ -254,7 +269,10 @@ class TaskRecord(RunFields):
             self.error_code = event.code  # for the end log line and trace (ORCH-1967)
         self.finished_at = now
         self._push(event)
-        self.ended.set()
+        if self._ended is None:
+            self._ended = _ENDED
+        else:
+            self._ended.set()
         self._changed()
         return True
 
@@ -355,6 +373,8 @@ class TaskStore:
     ) -> None:
         self._on_finish = on_finish
         self._changed = asyncio.Event()  # replaced on every phase change (wait_for)
+        # one bound method for every record's ``on_change``, not one per record (ORCH-2743)
+        self._on_change = self._phase_changed
         self._tasks: dict[str, TaskRecord] = {}
         self._active: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
@@ -376,7 +396,7 @@ class TaskStore:
             return
         self._active[record.task_id] = record
         self._in_flight[record.tenant] += 1
-        record.on_change = self._phase_changed
+        record.on_change = self._on_change
 
     def _phase_changed(self, record: TaskRecord) -> None:
         if record.terminal and self._active.pop(record.task_id, None) is not None:

@@ -62,16 +62,16 @@ def announce_queued(
     now = time.monotonic() if now is None else now
     pos = rec.queue_position if position is None else position
     eta = rec.predicted_start_ms if eta_ms is None else eta_ms
-    last = rec.queued_sent
+    last = rec.queued_sent_eta  # the position it was sent with is ``queue_position``
     if last is not None:
         if now - rec.queued_sent_at < cfg.queued_event_interval_s * 0.95:
             return False
-        if last[0] == pos and abs(last[1] - eta) <= max(500, 0.1 * last[1]):
+        if rec.queue_position == pos and abs(last - eta) <= max(500, 0.1 * last):
             return False
     event = QueuedEvent(queue_position=pos, predicted_start_ms=eta, predicted_finish_ms=finish_ms)
     if not rec.append(event):
         return False
-    rec.queued_sent, rec.queued_sent_at = (pos, eta), now
+    rec.queued_sent_eta, rec.queued_sent_at = eta, now
     rec.queue_position = pos
     if finish_ms is not None:
         rec.finish_held = now + finish_ms / 1000
