@@ -423,23 +423,17 @@ class Workload:
     def forecasts(
         self, pool: Pool, now: float, each: Callable[[TaskRecord, int, Slot], None]
     ) -> list[tuple[TaskRecord, float]] | None:
-        """Calls ``each(task, position, forecast)`` for every queued task in serving order
-        (:meth:`queue_forecast`'s), one task at a time while the simulation runs, then
-        returns from the same simulation the forecast finish (ms from now) of every task
-        running on a Ready replica (ORCH-2906, ORCH-2907); None with no Ready replica.
-        The pass holds no per-task object beyond the one ``each`` is given: a list of
-        every queued task's job and forecast was the peak that RSS per queued task kept
-        (issue #20, ORCH-2742)."""
+        """``each(task, position, forecast)`` of every queued task in serving order as the
+        simulation reaches it (ORCH-2742: no per-task list), then from the same simulation
+        the forecast finish (ms from now) of every task running on a Ready replica
+        (ORCH-2906, ORCH-2907); None with no Ready replica."""
         queued = list(pool.queue)
         loads = self.loads(pool, now)
         if not loads:
             return None
         # the running tasks in the order ``loads`` read them (same sets, no await between)
-        names = [
-            list(self.running.get((pool.id, rid), ()))
-            for rid, r in pool.replicas.items()
-            if r.state.ready
-        ]
+        ready = (rid for rid, r in pool.replicas.items() if r.state.ready)
+        names = [list(self.running.get((pool.id, rid), ())) for rid in ready]
         run = RunningForecast(loads, now)
         for i, t in enumerate(queued):
             each(t, i, run.step(job_of(t)))
