@@ -285,9 +285,10 @@ def test_a_prompt_past_its_forecast_moves_the_finishes_told_instead_of_sliding()
     beside = _running(w, "beside", 20, 200, 99.0)
     beside.run_first_token, beside.last_token, beside.engine_tokens = 99.2, 99.98, 40
     told = {}
+    queued: list[object] = []
     for now in (112.0, 114.0):
-        forecasts, running = w.forecasts(pool, now)
-        assert forecasts == []
+        running = w.forecasts(pool, now, lambda *a: queued.append(a))
+        assert queued == [] and running is not None
         told[now] = {t.task_id: now + ms / 1000 for t, ms in running}
     for tid in ("long", "beside"):
         assert told[114.0][tid] - told[112.0][tid] == pytest.approx(2.2, abs=0.01), (tid, told)

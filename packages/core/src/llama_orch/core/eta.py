@@ -26,6 +26,7 @@ __all__ = [
     "Job",
     "Pace",
     "ReplicaLoad",
+    "RunningForecast",
     "Slot",
     "admits",
     "best_slot",
@@ -225,36 +226,45 @@ class _Lane:
             self.idle += 1
 
 
-def _run(
-    replicas: Sequence[ReplicaLoad],
-    jobs: Iterable[tuple[float, Job]],
-    now: float,
-    prefills: list[list[float]] | None = None,
-) -> tuple[list[Slot], list[_Lane]] | None:
-    """The one simulation loop of every forecast: ``(release_ms, job)`` pairs in
-    serving order (releases ascending; 0 for the queued work), each on the slot that
-    frees first, not before its release (ORCH-1957, ORCH-1972, ORCH-2904)."""
-    # Each replica as a lane (its idle slots counted, the others one sorted list) and a
-    # heap of the replicas by their first free slot (ties: lowest index). Slots of one
-    # replica are alike, so only when each frees matters: a job costs O(log slots) + a
-    # C memmove instead of a pass over every slot (the bench's fake engine has 512
-    # slots; issue #20).
-    lanes = [_Lane(r, now) for r in replicas]
-    if not lanes:
-        return None
-    heap = [(lane.key(), idx) for idx, lane in enumerate(lanes)]
-    heapq.heapify(heap)
-    out: list[Slot] = []
-    for release, job in jobs:
-        _, idx = heap[0]
-        lane = lanes[idx]
-        start, end, begin = lane.service(replicas[idx], job, now, release)
-        if prefills is not None:  # ORCH-2906: the prefill each job adds to its lane
-            prefills[idx].append(lane.params.prefill_ms(job.tokens_in))
+class _Sim:
+    """The one simulation loop of every forecast, one job per :meth:`step`: ``(release_ms,
+    job)`` pairs in serving order (releases ascending; 0 for the queued work), each on the
+    slot that frees first, not before its release (ORCH-1957, ORCH-1972, ORCH-2904).
+    Each replica is a lane (its idle slots counted, the others one sorted list) in a heap
+    of the replicas by their first free slot (ties: lowest index). Slots of one replica
+    are alike, so only when each frees matters: a job costs O(log slots) + a C memmove
+    instead of a pass over every slot (the bench's fake engine has 512 slots; issue #20).
+    It holds O(replicas + slots), not a list of the jobs' forecasts (issue #20)."""
+
+    __slots__ = ("heap", "held", "lanes", "now", "replicas")
+
+    def __init__(
+        self, replicas: Sequence[ReplicaLoad], now: float, held: list[_Held] | None = None
+    ) -> None:
+        self.replicas, self.now, self.held = replicas, now, held
+        self.lanes = [_Lane(r, now) for r in replicas]
+        self.heap = [(lane.key(), idx) for idx, lane in enumerate(self.lanes)]
+        heapq.heapify(self.heap)
+
+    def step(self, release: float, job: Job) -> Slot:
+        _, idx = self.heap[0]
+        lane = self.lanes[idx]
+        start, end, begin = lane.service(self.replicas[idx], job, self.now, release)
+        if self.held is not None:  # ORCH-2906: the prefill each job adds to its lane
+            self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end)
         lane.take(end, begin, job, start)
-        heapq.heapreplace(heap, (lane.key(), idx))
-        out.append(Slot(start, end, idx))
-    return out, lanes
+        heapq.heapreplace(self.heap, (lane.key(), idx))
+        return Slot(start, end, idx)
+
+
+def _run(
+    replicas: Sequence[ReplicaLoad], jobs: Iterable[tuple[float, Job]], now: float
+) -> tuple[list[Slot], list[_Lane]] | None:
+    """Every job of ``jobs`` through one :class:`_Sim`; its lanes after the last."""
+    if not replicas:
+        return None
+    sim = _Sim(replicas, now)
+    return [sim.step(release, job) for release, job in jobs], sim.lanes
 
 
 def _queued(jobs: Iterable[Job]) -> Iterator[tuple[float, Job]]:
@@ -286,42 +296,60 @@ def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -
     return None if ran is None else ran[0]
 
 
+class RunningForecast:
+    """:func:`simulate` one job at a time (:meth:`step`: the job's forecast) and, after
+    the last job, per replica the forecast finish (ms from now) of each of its running
+    tasks, in the order of ``running_ms`` (:meth:`finishes`, ORCH-2906): its ms left,
+    later by the prefill of every job started on its replica while it still holds its
+    slot (ORCH-1996); what a running task's client is told (ORCH-2907). It holds
+    O(replicas + slots) whatever the number of jobs: the waiting loop's pass over a
+    whole queue keeps no per-task object (issue #20, ORCH-2742)."""
+
+    __slots__ = ("_held", "_sim")
+
+    def __init__(self, replicas: Sequence[ReplicaLoad], now: float) -> None:
+        self._held = [_Held(r) for r in replicas]
+        self._sim = _Sim(replicas, now, self._held)
+
+    def step(self, job: Job) -> Slot:
+        return self._sim.step(0.0, job)
+
+    def finishes(self) -> list[list[float]]:
+        return [h.out for h in self._held]
+
+
 def simulate_running(
     replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float
 ) -> tuple[list[Slot], list[list[float]]] | None:
-    """:func:`simulate`, and per replica the forecast finish (ms from now) of each of
-    its running tasks, in the order of ``running_ms`` (ORCH-2906): its ms left, later
-    by the prefill of every job started on its replica while it still holds its slot
-    (ORCH-1996); what a running task's client is told (ORCH-2907)."""
-    prefills: list[list[float]] = [[] for _ in replicas]
-    ran = _run(replicas, _queued(jobs), now, prefills)
-    if ran is None:
+    """:class:`RunningForecast` over ``jobs``: their forecasts as a list, and the
+    running tasks' finishes."""
+    if not replicas:
         return None
-    slots = ran[0]
-    ends: list[list[float]] = [[] for _ in replicas]
-    for slot in slots:
-        ends[slot.replica].append(slot.finish_ms)
-    finishes = [
-        _held_until(r, lane_prefills, lane_ends)
-        for r, lane_prefills, lane_ends in zip(replicas, prefills, ends, strict=True)
-    ]
-    return slots, finishes
+    run = RunningForecast(replicas, now)
+    return [run.step(job) for job in jobs], run.finishes()
 
 
-def _held_until(r: ReplicaLoad, prefills: list[float], ends: list[float]) -> list[float]:
-    """The lane of ``r`` (``_Lane``) replayed with its running tasks named: each job
-    takes an idle slot, else the slot that frees first (ties: the one held longest, as
-    the lane's sorted list), then its prefill moves every slot still held (ORCH-1996);
-    a running task's finish is its slot's time when a job takes it, or at the end."""
-    out = [max(0.0, ms) for ms in r.running_ms]
-    n = max(1, r.slots)
-    kept = sorted(range(len(out)), key=lambda k: out[k])[:n]  # as the lane keeps them
-    # [free time, arrival order, index into running_ms or -1 for a simulated job]
-    held = [[out[k], float(seq), float(k)] for seq, k in enumerate(kept) if out[k] > 0.0]
-    idle, seq = n - len(held), float(len(kept))
-    for prefill, end in zip(prefills, ends, strict=True):
-        if idle:
-            idle -= 1
+class _Held:
+    """The lane of a replica (``_Lane``) replayed with its running tasks named, one job
+    at a time (:meth:`feed`): each job takes an idle slot, else the slot that frees
+    first (ties: the one held longest, as the lane's sorted list), then its prefill
+    moves every slot still held (ORCH-1996); a running task's finish (``out``) is its
+    slot's time when a job takes it, or at the end."""
+
+    __slots__ = ("held", "idle", "out", "seq")
+
+    def __init__(self, r: ReplicaLoad) -> None:
+        out = self.out = [max(0.0, ms) for ms in r.running_ms]
+        n = max(1, r.slots)
+        kept = sorted(range(len(out)), key=lambda k: out[k])[:n]  # as the lane keeps them
+        # [free time, arrival order, index into running_ms or -1 for a simulated job]
+        self.held = [[out[k], float(seq), float(k)] for seq, k in enumerate(kept) if out[k] > 0.0]
+        self.idle, self.seq = n - len(self.held), float(len(kept))
+
+    def feed(self, prefill: float, end: float) -> None:
+        held, out = self.held, self.out
+        if self.idle:
+            self.idle -= 1
         elif held:
             held.remove(min(held))  # its time is its task's finish, already in ``out``
         for h in held:
@@ -329,11 +357,10 @@ def _held_until(r: ReplicaLoad, prefills: list[float], ends: list[float]) -> lis
             if h[2] >= 0:
                 out[int(h[2])] = h[0]
         if end > 0.0:
-            held.append([end, seq, -1.0])
-            seq += 1.0
+            held.append([end, self.seq, -1.0])
+            self.seq += 1.0
         else:
-            idle += 1
-    return out
+            self.idle += 1
 
 
 def best_slot(

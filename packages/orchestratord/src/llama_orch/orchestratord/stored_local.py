@@ -27,16 +27,9 @@ from llama_orch.core.sse import encode_event
 from llama_orch.core.state_store import TERMINAL_KINDS, Event, StateStore
 
 from .stored_frames import store_frames
-from .tasks import KEEPALIVE_FRAME
+from .tasks import KEEPALIVE_FRAME, KeepAlive
 
 __all__ = ["StoredLog", "StoredLogs", "stream_frames"]
-
-_KEEPALIVE = object()
-
-
-def _ping(waiter: asyncio.Future[object]) -> None:
-    if not waiter.done():
-        waiter.set_result(_KEEPALIVE)
 
 
 class StoredLog:
@@ -87,37 +80,37 @@ class StoredLog:
         terminal or the detach; the frames available together are joined up to
         ``max_chunk`` bytes (None: one frame each); keep-alive comments while idle."""
         idx = start - self.base
-        loop = asyncio.get_running_loop()
-        while True:
-            frames = self.frames
-            if idx < len(frames):
-                if max_chunk is None:
-                    idx += 1
-                    yield frames[idx - 1], self.base + idx
+        keepalive = KeepAlive(keepalive_s)  # one timer per reader (ORCH-2744)
+        try:
+            while True:
+                frames = self.frames
+                if idx < len(frames):
+                    if max_chunk is None:
+                        idx += 1
+                        yield frames[idx - 1], self.base + idx
+                        continue
+                    end, size = idx, 0
+                    while end < len(frames) and (end == idx or size < max_chunk):
+                        size += len(frames[end])
+                        end += 1
+                    chunk = b"".join(frames[idx:end])
+                    idx = end
+                    yield chunk, self.base + idx
                     continue
-                end, size = idx, 0
-                while end < len(frames) and (end == idx or size < max_chunk):
-                    size += len(frames[end])
-                    end += 1
-                chunk = b"".join(frames[idx:end])
-                idx = end
-                yield chunk, self.base + idx
-                continue
-            if self.ended or self.detached:
-                return
-            waiter = loop.create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            timer = loop.call_later(keepalive_s, _ping, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-            if waiter.result() is _KEEPALIVE:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                yield KEEPALIVE_FRAME, self.base + idx
+                if self.ended or self.detached:
+                    return
+                waiter = asyncio.get_running_loop().create_future()
+                if self._waiters is None:
+                    self._waiters = []
+                self._waiters.append(waiter)
+                keepalive.park(waiter)
+                await waiter  # a cancel ends the reader: ``close`` below
+                if keepalive.woke(waiter):
+                    if self._waiters is not None and waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    yield KEEPALIVE_FRAME, self.base + idx
+        finally:
+            keepalive.close()
 
 
 class StoredLogs:

@@ -34,7 +34,7 @@ from llama_orch.core.task import Lifecycle, Phase
 
 from ._task_run import RunFields, RunState
 
-__all__ = ["TaskRecord", "TaskState", "TaskStore"]
+__all__ = ["KeepAlive", "TaskRecord", "TaskState", "TaskStore"]
 
 TaskState = Literal["queued", "running", "completed", "failed", "canceled"]
 _encoder = msgspec.json.Encoder()
@@ -72,8 +72,50 @@ def _queued_frame(packed: int, index: int) -> bytes:
     return encode_event("queued", _encoder.encode(event), index)
 
 
-def _ping(waiter: asyncio.Future[object]) -> None:
-    if not waiter.done():
+class KeepAlive:
+    """One keep-alive timer per reader of an event log (ORCH-1962, ORCH-2744). A wait
+    parks its future here (:meth:`park`), which only notes when the wait began; the
+    timer, armed at the first wait, fires ``every`` seconds after the wait in progress
+    began and wakes it (:meth:`woke` then says True), or moves itself to that time, or,
+    with no wait in progress, stays off until the next. One ``call_later`` and a cancel
+    per wait left each cancelled timer, its arguments and its done future in the loop's
+    heap for ``every`` seconds: ~7 per open stream at a token a second (issue #20)."""
+
+    __slots__ = ("_every", "_loop", "_since", "_timer", "_waiter")
+
+    def __init__(self, every: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._every = every
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[object] | None = None
+
+    def park(self, waiter: asyncio.Future[object]) -> None:
+        self._waiter, self._since = waiter, self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._since + self._every, self._fire)
+
+    def woke(self, waiter: asyncio.Future[object]) -> bool:
+        """The parked wait ended: True when the keep-alive woke it."""
+        self._waiter = None
+        return waiter.result() is _KEEPALIVE
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiter = None
+
+    def _fire(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # no wait in progress: armed by the next
+            self._timer = None
+            return
+        due = self._since + self._every
+        if self._loop.time() < due:  # the wait in progress began after the timer's
+            self._timer = self._loop.call_at(due, self._fire)
+            return
+        self._timer = None
         waiter.set_result(_KEEPALIVE)
 
 
@@ -114,6 +156,11 @@ class Ended:
         finally:
             if self._waiters is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+
+# the end flag of every record that ended before anyone asked for its own (ORCH-2743)
+_ENDED = Ended()
+_ENDED.set()
 
 
 # slots: no per-record __dict__ (~1.5 KB of the ~3 KB a queued task's record held; issue #20);
@@ -159,8 +206,9 @@ class TaskRecord(RunFields):
     last_token: float | None = None
     busy_sum: int = 0
     run_chunks: int = 0
-    # What the last ``queued`` event said (ORCH-1961) and when it was sent.
-    queued_sent: tuple[int, int] | None = None
+    # The ETA the last ``queued`` event said (ORCH-1961; its position is
+    # ``queue_position``), None before the first, and when it was sent (ORCH-2743).
+    queued_sent_eta: int | None = None
     queued_sent_at: float = 0.0
     # The finish the client holds (monotonic s: the 202's, then the last ``queued`` or
     # ``metrics`` event's, ORCH-2907).
@@ -168,8 +216,8 @@ class TaskRecord(RunFields):
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)
-    # Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
-    ended: Ended = field(default_factory=Ended)
+    # ``ended``: made when first asked for, else the shared set one at the end (ORCH-2743)
+    _ended: Ended | None = None
     # Called after every phase change; the TaskStore that holds the record sets it.
     on_change: Callable[[TaskRecord], None] | None = None
     # With a state store, every appended event is also written there (ORCH-2524).
@@ -190,6 +238,15 @@ class TaskRecord(RunFields):
         if run is None and make:
             run = self._run = RunState()
         return run
+
+    @property
+    def ended(self) -> Ended:
+        """Set with the terminal event (ORCH-2413): drain, shutdown and tests await it.
+        A record holds one only once someone asked for it before the end (ORCH-2743)."""
+        ended = self._ended
+        if ended is None:
+            ended = self._ended = Ended()
+        return ended
 
     @property
     def session_key(self) -> tuple[str, str] | None:
@@ -254,7 +311,10 @@ class TaskRecord(RunFields):
             self.error_code = event.code  # for the end log line and trace (ORCH-1967)
         self.finished_at = now
         self._push(event)
-        self.ended.set()
+        if self._ended is None:
+            self._ended = _ENDED
+        else:
+            self._ended.set()
         self._changed()
         return True
 
@@ -301,41 +361,46 @@ class TaskRecord(RunFields):
         bytes (at least one frame), so a late reader gets its replay in few
         writes and a stalled one pins at most one chunk (ORCH-8014). After
         ``keepalive_s`` without a frame it yields an SSE comment, so that
-        proxies keep an idle stream open (ORCH-1962); the timer is one
-        ``call_later`` per wait, nothing on the token path.
+        proxies keep an idle stream open (ORCH-1962); one timer per reader
+        (:class:`KeepAlive`, ORCH-2744), nothing on the token path.
         """
         idx = max(0, start)
         frames = self._frames
-        while True:
-            if idx < len(frames):
-                end, size, parts = idx, 0, []
-                while end < len(frames) and (end == idx or size < max_chunk):
-                    frame = frames[end]
-                    if isinstance(frame, int):  # a packed ``queued`` event (ORCH-2790)
-                        frame = _queued_frame(frame, end)
-                    parts.append(frame)
-                    size += len(frame)
-                    end += 1
-                idx = end
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
-                continue
-            if self.terminal:
-                return
-            loop = asyncio.get_running_loop()
-            waiter = loop.create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            timer = None if keepalive_s is None else loop.call_later(keepalive_s, _ping, waiter)
-            try:
-                await waiter
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if waiter.result() is _KEEPALIVE:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                yield KEEPALIVE_FRAME
+        keepalive = None
+        try:
+            while True:
+                if idx < len(frames):
+                    end, size, parts = idx, 0, []
+                    while end < len(frames) and (end == idx or size < max_chunk):
+                        frame = frames[end]
+                        if isinstance(frame, int):  # a packed ``queued`` event (ORCH-2790)
+                            frame = _queued_frame(frame, end)
+                        parts.append(frame)
+                        size += len(frame)
+                        end += 1
+                    idx = end
+                    yield parts[0] if len(parts) == 1 else b"".join(parts)
+                    continue
+                if self.terminal:
+                    return
+                waiter = asyncio.get_running_loop().create_future()
+                if self._waiters is None:
+                    self._waiters = []
+                self._waiters.append(waiter)
+                if keepalive_s is None:
+                    await waiter
+                    continue
+                if keepalive is None:
+                    keepalive = KeepAlive(keepalive_s)
+                keepalive.park(waiter)
+                await waiter  # a cancel ends the reader: ``close`` below
+                if keepalive.woke(waiter):
+                    if self._waiters is not None and waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    yield KEEPALIVE_FRAME
+        finally:
+            if keepalive is not None:
+                keepalive.close()
 
 
 class TaskStore:
@@ -355,6 +420,8 @@ class TaskStore:
     ) -> None:
         self._on_finish = on_finish
         self._changed = asyncio.Event()  # replaced on every phase change (wait_for)
+        # one bound method for every record's ``on_change``, not one per record (ORCH-2743)
+        self._on_change = self._phase_changed
         self._tasks: dict[str, TaskRecord] = {}
         self._active: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
@@ -376,7 +443,7 @@ class TaskStore:
             return
         self._active[record.task_id] = record
         self._in_flight[record.tenant] += 1
-        record.on_change = self._phase_changed
+        record.on_change = self._on_change
 
     def _phase_changed(self, record: TaskRecord) -> None:
         if record.terminal and self._active.pop(record.task_id, None) is not None:

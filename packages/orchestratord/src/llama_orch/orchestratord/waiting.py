@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from llama_orch.core.api import MetricsEvent, QueuedEvent
 from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.eta import admits
+from llama_orch.core.eta import Slot, admits
 
 from .tasks import TaskRecord
 
@@ -62,16 +62,16 @@ def announce_queued(
     now = time.monotonic() if now is None else now
     pos = rec.queue_position if position is None else position
     eta = rec.predicted_start_ms if eta_ms is None else eta_ms
-    last = rec.queued_sent
+    last = rec.queued_sent_eta  # the position it was sent with is ``queue_position``
     if last is not None:
         if now - rec.queued_sent_at < cfg.queued_event_interval_s * 0.95:
             return False
-        if last[0] == pos and abs(last[1] - eta) <= max(500, 0.1 * last[1]):
+        if rec.queue_position == pos and abs(last - eta) <= max(500, 0.1 * last):
             return False
     event = QueuedEvent(queue_position=pos, predicted_start_ms=eta, predicted_finish_ms=finish_ms)
     if not rec.append(event):
         return False
-    rec.queued_sent, rec.queued_sent_at = (pos, eta), now
+    rec.queued_sent_eta, rec.queued_sent_at = eta, now
     rec.queue_position = pos
     if finish_ms is not None:
         rec.finish_held = now + finish_ms / 1000
@@ -176,17 +176,20 @@ def _expire(
 
 def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None) -> None:
     cfg = orch.workload.cfg
-    forecasts, running = orch.workload.forecasts(pool, now) if unready_since is None else ([], [])
-    for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
-        if rec.state == "running":
-            announce_finish(rec, cfg, finish_ms, now)
-    if forecasts:
-        for rec, pos, slot in forecasts:
-            why = expiry(rec, now, cfg, slot.finish_ms, None)
-            if why is not None:
-                _expire(orch, pool, rec, why)
-            else:
-                announce_queued(rec, cfg, pos, int(slot.start_ms), now, int(slot.finish_ms))
+
+    def queued(rec: TaskRecord, pos: int, slot: Slot) -> None:
+        why = expiry(rec, now, cfg, slot.finish_ms, None)
+        if why is not None:
+            _expire(orch, pool, rec, why)
+        else:
+            announce_queued(rec, cfg, pos, int(slot.start_ms), now, int(slot.finish_ms))
+
+    # the queued tasks one at a time as the simulation reaches them (ORCH-2742)
+    running = None if unready_since is not None else orch.workload.forecasts(pool, now, queued)
+    if running is not None:
+        for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
+            if rec.state == "running":
+                announce_finish(rec, cfg, finish_ms, now)
         return
     for pos, rec in enumerate(list(pool.queue)):
         why = expiry(rec, now, cfg, None, unready_since)

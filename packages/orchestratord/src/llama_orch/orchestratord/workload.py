@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from llama_orch.core.backoff import (
     HORIZON,
@@ -31,6 +31,7 @@ from llama_orch.core.eta import (
     Job,
     Pace,
     ReplicaLoad,
+    RunningForecast,
     Slot,
     admits,
     best_slot,
@@ -38,7 +39,6 @@ from llama_orch.core.eta import (
     prefill_left,
     replica_pace,
     simulate,
-    simulate_running,
 )
 from llama_orch.core.output_share import OutputShare
 from llama_orch.core.placement import ReplicaView
@@ -393,7 +393,9 @@ class Workload:
 
     def queue_forecast(self, pool: Pool, now: float) -> list[tuple[TaskRecord, int, Slot]]:
         """``(task, position, forecast)`` of every queued task, in serving order."""
-        return self.forecasts(pool, now)[0]
+        out: list[tuple[TaskRecord, int, Slot]] = []
+        self.forecasts(pool, now, lambda t, i, s: out.append((t, i, s)))
+        return out
 
     def _expect(self, pool: Pool, now: float, *, completed: bool) -> Expect:
         """ORCH-2922: the pool's shares for the slots others hold (``completed`` False:
@@ -402,40 +404,36 @@ class Workload:
         return None if share is None else (share, now, completed)
 
     def forecasts(
-        self, pool: Pool, now: float
-    ) -> tuple[list[tuple[TaskRecord, int, Slot]], list[tuple[TaskRecord, float]]]:
-        """:meth:`queue_forecast` and, from the same simulation, the forecast finish (ms
-        from now) of every task running on a Ready replica (ORCH-2906, ORCH-2907)."""
+        self, pool: Pool, now: float, each: Callable[[TaskRecord, int, Slot], None]
+    ) -> list[tuple[TaskRecord, float]] | None:
+        """``each(task, position, forecast)`` of every queued task in serving order as the
+        simulation reaches it (ORCH-2742: no per-task list), then from the same simulation
+        the forecast finish (ms from now) of every task running on a Ready replica
+        (ORCH-2906, ORCH-2907); None with no Ready replica."""
         queued = list(pool.queue)
         told = self._expect(pool, now, completed=True)  # finishes (ORCH-2922)
-        ran = simulate_running(
-            self.loads(pool, now, expect=told), [job_of(t, told) for t in queued], now
-        )
-        if ran is None:
-            return [], []
-        slots, finishes = ran
+        loads = self.loads(pool, now, expect=told)
+        if not loads:
+            return None
         held = self._expect(pool, now, completed=False)  # starts: others' slots held
+        starts = None
         if held is not None and queued and held[0].cancels(now):
-            starts = simulate(
-                self.loads(pool, now, expect=held), [job_of(t, held) for t in queued], now
-            )
-            assert starts is not None
-            slots = [  # each its start, then its own service as told
-                Slot(a.start_ms, a.start_ms + s.finish_ms - s.start_ms, a.replica)
-                for a, s in zip(starts, slots, strict=True)
-            ]
+            starts = RunningForecast(self.loads(pool, now, expect=held), now)
         # the running tasks in the order ``loads`` read them (same sets, no await between)
-        names = [
-            list(self.running.get((pool.id, rid), ()))
-            for rid, r in pool.replicas.items()
-            if r.state.ready
-        ]
-        running = [
+        ready = (rid for rid, r in pool.replicas.items() if r.state.ready)
+        names = [list(self.running.get((pool.id, rid), ())) for rid in ready]
+        run = RunningForecast(loads, now)
+        for i, t in enumerate(queued):
+            s = run.step(job_of(t, told))
+            if starts is not None:  # its start with others' slots held, then as told
+                a = starts.step(job_of(t, held))
+                s = Slot(a.start_ms, a.start_ms + s.finish_ms - s.start_ms, a.replica)
+            each(t, i, s)
+        return [
             (t, ms)
-            for recs, row in zip(names, finishes, strict=True)
+            for recs, row in zip(names, run.finishes(), strict=True)
             for t, ms in zip(recs, row, strict=True)
         ]
-        return [(t, i, s) for i, (t, s) in enumerate(zip(queued, slots, strict=True))], running
 
     def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
         """Start and finish of an admitted task: the forecast of its place in serving order.
