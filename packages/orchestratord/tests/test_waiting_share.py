@@ -10,7 +10,7 @@ import pytest
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import EndEvent, ErrorEvent
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.eta import Job
+from llama_orch.core.eta import Job, Slot
 from llama_orch.core.replica import ReplicaState
 from llama_orch.core.servicetime import Prior
 from llama_orch.orchestratord.tasks import TaskRecord
@@ -105,7 +105,10 @@ def test_the_slot_ahead_is_held_for_the_expected_output_the_finish_for_the_budge
     assert slot.start_ms == pytest.approx(expected * 20.0, rel=1e-3)
     assert slot.finish_ms - slot.start_ms == pytest.approx(100.0 + 49 * 20.0, rel=1e-3)
     # the queued events (ORCH-1961, ORCH-2907): the same start, the finish told
-    ((rec, pos, told),), running = w.forecasts(pool, t)  # type: ignore[arg-type]
+    told_each: list[tuple[object, int, Slot]] = []
+    running = w.forecasts(pool, t, lambda *a: told_each.append(a))  # type: ignore[arg-type]
+    assert running is not None
+    ((rec, pos, told),) = told_each
     assert rec is q and pos == 0
     assert told.start_ms == pytest.approx(slot.start_ms) and told.finish_ms == pytest.approx(
         slot.finish_ms
