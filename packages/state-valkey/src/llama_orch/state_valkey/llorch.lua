@@ -893,17 +893,30 @@ local function broadcast(p, cfg, op, pool, now_ms)
   end
 end
 
--- args: pool deadline_ms; returns the ms left to the drain's deadline (the first one's)
+-- args: pool deadline_ms; returns { the ms left to the drain's deadline (the first
+-- one's), then the ids of the pool's tasks queued or running now, sorted (ORCH-2609) }
 local function f_drain_pool(keys, args)
   local p, pool = keys[1], args[1]
+  local cfg = config(p)
   local _, now_ms = now_parts()
   local at = tonumber(redis.call('HGET', p .. 'drains', pool))
   if not at then
     at = now_ms + tonumber(args[2])
     redis.call('HSET', p .. 'drains', pool, at)
-    broadcast(p, config(p), 'drain', pool, now_ms)
+    broadcast(p, cfg, 'drain', pool, now_ms)
   end
-  return math.max(0, at - now_ms)
+  local ids = {}
+  for _, prio in ipairs(cfg.prios) do
+    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+      ids[#ids + 1] = tid
+    end
+  end
+  for _, tid in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+    if redis.call('HGET', p .. 't:' .. tid, 'pool') == pool then ids[#ids + 1] = tid end
+  end
+  table.sort(ids)
+  table.insert(ids, 1, math.max(0, at - now_ms))
+  return ids
 end
 
 -- args: pool; 1 when it was drained (then every live instance is told), else 0
