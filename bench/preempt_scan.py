@@ -69,7 +69,7 @@ async def _server_us(raw: valkey.Valkey) -> tuple[float, int]:
     return float(f.get("usec_per_call", 0.0)), int(f.get("calls", 0))
 
 
-async def _measure(
+async def measure(
     raw: valkey.Valkey, call: Callable[[], Awaitable[Any]], n: int, gap_s: float
 ) -> dict[str, float]:
     await raw.config_resetstat()
@@ -92,16 +92,16 @@ async def _measure(
 
 async def _rows(store: StateStore, raw: valkey.Valkey, calls: int) -> dict[str, Row]:
     return {
-        "dispatch (baseline)": await _measure(
+        "dispatch (baseline)": await measure(
             raw, lambda: store.dispatch("p", "i2", LEASE_MS), calls, 0
         ),
-        "preempt, no victim": await _measure(
+        "preempt, no victim": await measure(
             raw, lambda: store.preempt("p", "i2", ["elsewhere"], LEASE_MS), calls, 0
         ),
-        "preempt, victim": await _measure(
+        "preempt, victim": await measure(
             raw, lambda: store.preempt("p", "i1", ["r1"], 1), calls, 0.002
         ),
-        "preempt, other's victim": await _measure(
+        "preempt, other's victim": await measure(
             raw, lambda: store.preempt("p", "i2", ["r1"], 1), calls, 0.002
         ),
     }
