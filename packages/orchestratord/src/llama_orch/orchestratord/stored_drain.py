@@ -145,12 +145,10 @@ class StoredDrains:
         if view is None:
             return None  # forgotten after its retention
         # from the last event on: an ended task's terminal at once, else the next ones
-        after = max(-1, view.next_seq - 2)
-        async with contextlib.aclosing(self.store.tail(task_id, after)) as log:
-            async for ev in log:
-                if ev.kind in TERMINAL_KINDS:
-                    return ev
-        return None
+        last = None
+        async for ev in self.store.tail(task_id, max(-1, view.next_seq - 2)):
+            last = ev  # the tail ends with the terminal
+        return last if last is not None and last.kind in TERMINAL_KINDS else None
 
     async def end_queued(self, pool: Pool, message: str) -> set[str]:
         """ORCH-2589: every task still queued in the pool ends at the store, whichever
