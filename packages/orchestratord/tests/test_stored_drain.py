@@ -27,7 +27,7 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def _config(url: str, prefix: str) -> Config:
+def _config(url: str, prefix: str, slots: int = 1) -> Config:
     doc = {
         "server": {"port": 0, "shutdown_grace_s": 0.25},
         "auth": {"enabled": False},
@@ -38,7 +38,7 @@ def _config(url: str, prefix: str) -> Config:
                 "engine": "mock",
                 "model": "mock-model",
                 "endpoints": ["mock://0"],
-                "adapter_options": {"slots": 1, "token_delay_ms": 20},
+                "adapter_options": {"slots": slots, "token_delay_ms": 20},
             }
         ],
     }
@@ -95,11 +95,11 @@ async def test_a_drain_on_one_instance_applies_on_every_instance(
     resp = await drain
     body = await resp.json()
     assert resp.status == 200, body
-    # A ran nothing of the pool: its count is the queued task it ended at the store
-    assert body["ended"] == 1 and body["finished"] == 0, body
+    # ORCH-2610: A ran nothing of the pool; it counts B's task ended at the deadline
+    # and the queued one ended at the store
+    assert body["ended"] == 2 and body["finished"] == 0, body
     assert body["waited_ms"] >= 1000, body  # it answered at the deadline, not before
-    # ORCH-2588: B ends the task it runs at the deadline (on its own clock: its terminal
-    # may reach the store just after A's answer) with one POOL_UNAVAILABLE
+    # ORCH-2588: B ends the task it runs at the deadline with one POOL_UNAVAILABLE
     async with contextlib.aclosing(store.tail(running)) as log:
         tail = await asyncio.wait_for(_to_the_end(log), 10)
     assert tail[-1].kind == "error"
@@ -131,3 +131,36 @@ async def test_a_drain_on_one_instance_applies_on_every_instance(
     tid = (await again.json())["task_id"]
     events = await a.events(tid)
     assert events[-1][1] == "end" and events[-1][2]["reason"] == "length", events[-1]
+
+
+async def test_the_answer_counts_every_instances_tasks(
+    start_orchestrator: Any, valkey_url: str
+) -> None:
+    """ORCH-2610 (proof of ORCH-2611): the drain taken on A, which runs nothing of the
+    pool, counts B's task that finished before the deadline, B's task ended at it and
+    the queued task, and answers only once all three hold their terminal at the store."""
+    cfg = _config(valkey_url, f"d{uuid.uuid4().hex[:8]}", slots=2)
+    a, b = await start_orchestrator(cfg), await start_orchestrator(cfg)
+    store = a.orch.state.store
+    short = (await (await b.submit(max_tokens=30)).json())["task_id"]  # ~0.6 s
+    long = (await (await b.submit(max_tokens=1500)).json())["task_id"]  # ~30 s
+    for tid in (short, long):
+        async with contextlib.aclosing(store.tail(tid)) as log:
+            assert (await anext(log)).kind == "started"
+        view = await store.task(tid)
+        assert view is not None and view.owner == b.orch.state.instance
+    waiting = (await (await a.submit(max_tokens=5)).json())["task_id"]
+    assert await store.positions([waiting]) == {waiting: 0}
+
+    resp = await a.http.post(a.url + "/v1/pools/mock/drain", json={"deadline_ms": 1500})
+    body = await resp.json()
+    # at the answer, every task of the pool holds its terminal at the store
+    views = {tid: await store.task(tid) for tid in (short, long, waiting)}
+    assert resp.status == 200, body
+    assert {tid: v.state for tid, v in views.items() if v is not None} == dict.fromkeys(
+        (short, long, waiting), "ended"
+    )
+    assert (body["finished"], body["ended"]) == (1, 2), body
+    assert body["waited_ms"] >= 1000, body
+    kinds = {tid: (await store.read(tid))[-1].kind for tid in (short, long, waiting)}
+    assert kinds == {short: "end", long: "error", waiting: "error"}

@@ -558,7 +558,12 @@ class MemoryStateStore(StateStore):
         if pool not in self._drains:  # a second drain keeps the first deadline
             self._drains[pool] = self._clock() + deadline_ms / 1000
             self._channels.broadcast(Control("drain", "", pool))
-        return self._drain_view(pool)
+        live = (
+            tid
+            for tid, r in self._tasks.items()
+            if r.spec.pool == pool and r.state in ("queued", "running")
+        )
+        return msgspec.structs.replace(self._drain_view(pool), tasks=tuple(sorted(live)))
 
     async def undrain_pool(self, pool: str) -> bool:
         if self._drains.pop(pool, None) is None:

@@ -258,10 +258,12 @@ class Preemption(msgspec.Struct, frozen=True, kw_only=True):
 
 class PoolDrain(msgspec.Struct, frozen=True, kw_only=True):
     """A pool drained at the store (ORCH-2585): its deadline as the time left on the
-    store's clock (0 once it passed)."""
+    store's clock (0 once it passed); from ``drain_pool``, the pool's tasks queued or
+    running at its step, sorted (ORCH-2609)."""
 
     pool: str
     deadline_in_ms: NonNegInt
+    tasks: tuple[str, ...] = ()
 
 
 def draining_refusal(pool: str) -> PoolUnavailable:
@@ -508,7 +510,8 @@ class StateStore(abc.ABC):
         clock), and tell every live instance (``Control("drain", "", pool)``) in the same
         step; a pool already drained keeps its first deadline and nothing is sent. From
         then on ``submit`` refuses the pool (:func:`draining_refusal`) and ``dispatch``
-        places none of its tasks."""
+        places none of its tasks. The answer lists the pool's tasks queued or running at
+        this step (ORCH-2609)."""
 
     @abc.abstractmethod
     async def undrain_pool(self, pool: str) -> bool:

@@ -66,11 +66,14 @@ async def drain_tasks(
     deadline, then end what remains with ``POOL_UNAVAILABLE``. A whole-pool
     drain also ends the queued tasks at the deadline (ORCH-1604); with a state
     store it is recorded there first, on the store's clock, and applies to every
-    instance (ORCH-2588, ORCH-2589)."""
+    instance (ORCH-2588, ORCH-2589); a request to this instance answers the counts of
+    every instance's tasks once their terminals are at the store (ORCH-2610)."""
     started = time.monotonic()
     bridge = orch.state if replica_ids is None else None
+    listed: tuple[str, ...] = ()
     if bridge is not None:
-        deadline_s = await bridge.drains.record(pool, deadline_s)
+        drain = await bridge.drains.record(pool, deadline_s)
+        deadline_s, listed = drain.deadline_in_ms / 1000, drain.tasks
     deadline = started + deadline_s
 
     def mine() -> list[Any]:
@@ -114,6 +117,11 @@ async def drain_tasks(
     # open (measured: 10 s until SIGKILL), but exits at once without one.
     if runners:
         await asyncio.wait(runners, timeout=5.0)
+    if bridge is not None and bridge.drains.answering():
+        # every instance's tasks, counted from their terminals at the store (ORCH-2610)
+        bound = deadline + 2 * bridge.drains.lease_ms / 1000
+        finished, ended = await bridge.drains.settle(pool, listed, bound)
+        return DrainResult(pool.id, finished, ended, int((time.monotonic() - started) * 1000))
     if bridge is not None and await bridge.store.busy(pool.id):
         # another instance still runs tasks of the pool: they end at the deadline there
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))

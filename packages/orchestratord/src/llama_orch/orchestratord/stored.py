@@ -113,7 +113,7 @@ class StoreBridge:
         dispatcher.preemptor.local_queue = False  # the store's queue (ORCH-2579)
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
         self.appends = AppendBatcher(self.store)
-        self.drains = StoredDrains(self.store, pools)  # ORCH-2588: on every instance
+        self.drains = StoredDrains(self.store, pools, options.lease_ms)  # ORCH-2588
         self.instance = uuid.uuid4().hex[:12]
         tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
         self.leases = LeaseKeeper(

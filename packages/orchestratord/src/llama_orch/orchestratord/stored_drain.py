@@ -12,6 +12,10 @@ drain a request to it would (``PoolControls``), with the time left to the store'
 deadline: its replicas stop, and at the deadline the tasks it runs end with one
 ``POOL_UNAVAILABLE`` and the pool's queued tasks end at the store. A reload that
 brings the pool back clears the drain at the store, and every instance reopens it.
+
+The instance that took the request answers once every task of the pool at the drain's
+step has its terminal at the store, and counts them all, whichever instance ran them
+(ORCH-2609, ORCH-2610: :meth:`StoredDrains.settle`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 
 import msgspec
 from llama_orch.core.api import ErrorEvent
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.state_store import Control, Event, PoolDrain, StateStore
+from llama_orch.core.state_store import (
+    TERMINAL_KINDS,
+    Control,
+    Event,
+    LoggedEvent,
+    PoolDrain,
+    StateStore,
+)
 
 from .pools import Pool
 
@@ -35,14 +47,17 @@ _log = logging.getLogger("llama_orch.orchestratord")
 
 # what a drain request to this instance runs: (pool, seconds left to the deadline)
 DrainRunner = Callable[[Pool, float], Awaitable[object]]
+# set inside the drain this instance runs because another one recorded it
+_following: ContextVar[bool] = ContextVar("llama_orch_following_drain", default=False)
 
 
 class StoredDrains:
     """The drains of this instance's pools as the store records them."""
 
-    def __init__(self, store: StateStore, pools: dict[str, Pool]) -> None:
+    def __init__(self, store: StateStore, pools: dict[str, Pool], lease_ms: int) -> None:
         self.store = store
         self.pools = pools
+        self.lease_ms = lease_ms
         self._run: DrainRunner | None = None
         self._reopen: Callable[[Pool], None] | None = None
         self._here: set[str] = set()  # pools this instance drains (or drained)
@@ -80,19 +95,60 @@ class StoredDrains:
             if pool is not None and pool_id in self._here:
                 self._start(pool, max(0.0, at - time.monotonic()))
 
-    async def record(self, pool: Pool, deadline_s: float) -> float:
-        """ORCH-2588: this instance drains ``pool``: at the store first; the seconds left
-        to the store's deadline (the first drain's, if the pool was already drained)."""
+    async def record(self, pool: Pool, deadline_s: float) -> PoolDrain:
+        """ORCH-2588: this instance drains ``pool``: at the store first; the drain as
+        the store answers it: the time left to its deadline (the first drain's, if the
+        pool was already drained) and the pool's tasks at its step (ORCH-2609)."""
         pool.draining = True
         self._here.add(pool.id)
         self._recording.add(pool.id)
         self._generation += 1
         try:
-            drain = await self.store.drain_pool(pool.id, round(deadline_s * 1000))
+            return await self.store.drain_pool(pool.id, round(deadline_s * 1000))
         finally:
             self._recording.discard(pool.id)
             self._generation += 1
-        return drain.deadline_in_ms / 1000
+
+    @staticmethod
+    def answering() -> bool:
+        """Whether the drain running here is a request to this instance (not one it
+        follows because another instance recorded it)."""
+        return not _following.get()
+
+    async def settle(self, pool: Pool, tasks: Sequence[str], until: float) -> tuple[int, int]:
+        """ORCH-2610: wait until each of ``tasks`` has its terminal in the store's log
+        (the logs of those still without one read as they are appended), at the latest
+        until ``until`` (``time.monotonic()``); ``(finished, ended)``: the tasks whose
+        terminal is an ``end`` that is not a cancel's, and those ended ``POOL_UNAVAILABLE``."""
+        waits = [asyncio.ensure_future(self._terminal(tid)) for tid in tasks]
+        if not waits:
+            return 0, 0
+        done, pending = await asyncio.wait(waits, timeout=max(0.0, until - time.monotonic()))
+        for w in pending:
+            w.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        finished = ended = 0
+        for tid, w in zip(tasks, waits, strict=True):
+            ev = w.result() if w in done and w.exception() is None else None
+            if ev is None:
+                _log.warning("pool %s drain: task %s has no terminal at the store", pool.id, tid)
+                continue
+            data = msgspec.json.decode(ev.data)
+            if ev.kind == "end" and data.get("reason") != "canceled":
+                finished += 1
+            elif ev.kind == "error" and data.get("code") == ErrorCode.POOL_UNAVAILABLE:
+                ended += 1
+        return finished, ended
+
+    async def _terminal(self, task_id: str) -> LoggedEvent | None:
+        view = await self.store.task(task_id)
+        if view is None:
+            return None  # forgotten after its retention
+        # from the last event on: an ended task's terminal at once, else the next ones
+        last = None
+        async for ev in self.store.tail(task_id, max(-1, view.next_seq - 2)):
+            last = ev  # the tail ends with the terminal
+        return last if last is not None and last.kind in TERMINAL_KINDS else None
 
     async def end_queued(self, pool: Pool, message: str) -> set[str]:
         """ORCH-2589: every task still queued in the pool ends at the store, whichever
@@ -163,6 +219,7 @@ class StoredDrains:
         assert run is not None
 
         async def follow() -> None:
+            _following.set(True)  # this task's own context: its drain answers no one
             try:
                 await run(pool, left_s)
             except asyncio.CancelledError:

@@ -504,8 +504,8 @@ class ValkeyStateStore(StateStore):
 
     # ------------------------------------------------------------ pool drains
     async def drain_pool(self, pool: str, deadline_ms: int) -> PoolDrain:
-        left = await self._fcall("llorch_drain_pool", pool, int(deadline_ms))
-        return PoolDrain(pool=pool, deadline_in_ms=int(left))
+        left, *tasks = await self._fcall("llorch_drain_pool", pool, int(deadline_ms))
+        return PoolDrain(pool=pool, deadline_in_ms=int(left), tasks=tuple(_s(t) for t in tasks))
 
     async def undrain_pool(self, pool: str) -> bool:
         return bool(await self._fcall("llorch_undrain_pool", pool))

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '9'
+local LIB_VERSION = '10'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -37,6 +37,13 @@ local function tweight(cfg, tenant)
 end
 
 -- the pool's doorbell (ORCH-2518): dispatchers XREAD BLOCK on it instead of polling
+-- the index of running tasks hard preemption walks (ORCH-2606): one ZSET per pool,
+-- priority, replica and owner of its running tasks, scored by fencing epoch; kept by
+-- every step that starts, stops, moves or claims a run
+local function runkey(p, pool, prio, replica, owner)
+  return p .. 'run:' .. pool .. ':' .. prio .. ':' .. replica .. ':' .. owner
+end
+
 local function ring_bell(p, pool, why)
   redis.call('XADD', p .. 'bell:' .. pool, 'MAXLEN', '~', 100, '*', 'w', why)
 end
@@ -201,10 +208,11 @@ end
 -- log the terminal and start the retention clock (ORCH-2508, ORCH-2517).
 local function finish(p, cfg, tid, kind, data)
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'state', 'pool', 'tenant', 'replica', 'next_seq')
+  local t = redis.call('HMGET', tk, 'state', 'pool', 'tenant', 'replica', 'next_seq', 'prio', 'owner')
   if t[1] == 'queued' then
     qremove(p, tid)
   elseif t[1] == 'running' and t[4] then
+    redis.call('ZREM', runkey(p, t[2], t[6], t[4], t[7]), tid)
     local b = redis.call('HINCRBY', p .. 'busy:' .. t[2], t[4], -1)
     if b < 0 then redis.call('HSET', p .. 'busy:' .. t[2], t[4], 0) end
     -- a freed slot matters only to a queued task: with none, no dispatcher wakes
@@ -437,6 +445,7 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan, hint)
   redis.call('HSET', tk, 'state', 'running', 'epoch', epoch, 'owner', instance, 'replica', r.id, 'set', r.set,
     'lease', now_ms + lease_ms, 'dseq', t[8])
   redis.call('ZADD', p .. 'leases', now_ms + lease_ms, tid)
+  redis.call('ZADD', runkey(p, pool, t[3], r.id, instance), epoch, tid)
   redis.call('HINCRBY', busy, r.id, 1)
   if sk then
     redis.call('HSET', sk, 'set', r.set, 'replica', r.id)
@@ -577,8 +586,9 @@ end
 
 local function back_to_queue(p, cfg, tid)
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'pool', 'prio', 'tenant', 'deadline', 'replica')
+  local t = redis.call('HMGET', tk, 'pool', 'prio', 'tenant', 'deadline', 'replica', 'owner')
   if t[5] then
+    redis.call('ZREM', runkey(p, t[1], t[2], t[5], t[6]), tid)
     local b = redis.call('HINCRBY', p .. 'busy:' .. t[1], t[5], -1)
     if b < 0 then redis.call('HSET', p .. 'busy:' .. t[1], t[5], 0) end
   end
@@ -630,7 +640,7 @@ local function f_reap(keys, args)
   local out = {}
   for _, tid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms)) do
     local tk = p .. 't:' .. tid
-    local t = redis.call('HMGET', tk, 'next_seq', 'requeues', 'replica', 'dseq')
+    local t = redis.call('HMGET', tk, 'next_seq', 'requeues', 'replica', 'dseq', 'pool', 'prio', 'owner')
     local outcome, epoch
     -- no event since its dispatch (`queued` events before it do not count)
     if tonumber(t[1]) == tonumber(t[4] or '0') and tonumber(t[2]) < tonumber(args[3]) then
@@ -640,6 +650,8 @@ local function f_reap(keys, args)
       outcome, epoch = 'claimed', redis.call('INCR', p .. 'epoch')
       redis.call('HSET', tk, 'epoch', epoch, 'owner', args[1], 'lease', now_ms + tonumber(args[2]))
       redis.call('ZADD', p .. 'leases', now_ms + tonumber(args[2]), tid)
+      redis.call('ZREM', runkey(p, t[5], t[6], t[3], t[7]), tid)
+      redis.call('ZADD', runkey(p, t[5], t[6], t[3], args[1]), epoch, tid)
     end
     out[#out + 1] = { tid, outcome, epoch, tonumber(t[1]), t[3] or '' }
   end
@@ -667,7 +679,7 @@ local function f_move(keys, args)
   local err, seq = owned(p, tid, tonumber(args[2]))
   if err then return { err } end
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'pool', 'replica', 'set', 'dseq', 'session')
+  local t = redis.call('HMGET', tk, 'pool', 'replica', 'set', 'dseq', 'session', 'prio', 'owner')
   if not t[2] or tonumber(t[4] or '-1') ~= seq then return { 'OK', 0 } end
   local raw = redis.call('HGET', p .. 'rep:' .. t[1], to)
   if not raw then return { 'OK', 0 } end
@@ -679,6 +691,8 @@ local function f_move(keys, args)
   if redis.call('HINCRBY', busy, t[2], -1) < 0 then redis.call('HSET', busy, t[2], 0) end
   redis.call('HINCRBY', busy, to, 1)
   redis.call('HSET', tk, 'replica', to)
+  redis.call('ZREM', runkey(p, t[1], t[6], t[2], t[7]), tid)
+  redis.call('ZADD', runkey(p, t[1], t[6], to, t[7]), tonumber(args[2]), tid)
   if t[5] and t[5] ~= '' then
     local sk = p .. 'sess:' .. t[5]
     if redis.call('EXISTS', sk) == 1 then redis.call('HSET', sk, 'replica', to) end
@@ -704,6 +718,23 @@ local function f_head(keys, args)
   return { h.prio, pin }
 end
 
+-- the newest run (highest epoch) of one index key on the pinned set ('' = any), or nil;
+-- a run's set is the one its replica had at its dispatch, so only a re-keyed replica's
+-- older runs are walked past
+local function newest_run(p, key, pin)
+  local i = 0
+  while true do
+    local got = redis.call('ZREVRANGE', key, i, i + 7, 'WITHSCORES')
+    if #got == 0 then return nil end
+    for j = 1, #got, 2 do
+      if pin == '' or redis.call('HGET', p .. 't:' .. got[j], 'set') == pin then
+        return got[j], tonumber(got[j + 1])
+      end
+    end
+    i = i + 8
+  end
+end
+
 -- args: pool instance ttl_ms replica... (ORCH-2597). The run to interrupt for the
 -- head: a running task of the pool with a strictly lower priority, on one of the
 -- named replicas (Ready and interruptible, as the caller knows them) and on the
@@ -711,7 +742,10 @@ end
 -- (`inst`); the caller's own with the highest epoch, else anyone's. The choice is
 -- recorded for the head in `pre:<pool>` (PX ttl_ms): while it lasts the same head
 -- gets no second victim. The owner, when not the caller, is told on its channel.
--- Returns { task, owner } or {}.
+-- Returns { task, owner } or {}. Only the index keys of the lower priorities, the
+-- named replicas and the caller and live instances are read, each from its newest
+-- run (ORCH-2606): no running task of another pool, priority, replica or a gone
+-- owner is visited.
 local function f_preempt(keys, args)
   local p, pool, instance = keys[1], args[1], args[2]
   local cfg = config(p)
@@ -719,36 +753,35 @@ local function f_preempt(keys, args)
   if not h then return {} end
   local mk = p .. 'pre:' .. pool
   if redis.call('GET', mk) == h.tid then return {} end
-  local rank = {}
-  for i, prio in ipairs(cfg.prios) do rank[prio] = i end
+  local lower, below = {}, false
+  for _, prio in ipairs(cfg.prios) do
+    if below then lower[#lower + 1] = prio end
+    if prio == h.prio then below = true end
+  end
+  if #lower == 0 then return {} end
   local t = redis.call('HMGET', p .. 't:' .. h.tid, 'pin', 'session')
   local pin = t[1] or ''
   if pin == '' and t[2] and t[2] ~= '' then
     pin = redis.call('HGET', p .. 'sess:' .. t[2], 'set') or ''
   end
-  local named = {}
-  for i = 4, #args do named[args[i]] = true end
   local _, now_ms = now_parts()
-  local live = {}
-  local best, best_mine, best_epoch, best_owner = nil, false, -1, nil
-  for _, tid in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
-    local r = redis.call('HMGET', p .. 't:' .. tid, 'state', 'pool', 'prio', 'replica', 'set', 'owner', 'epoch')
-    local owner = r[6]
-    if r[1] == 'running' and r[2] == pool and owner and r[4] and named[r[4]]
-      and (rank[r[3]] or 0) > rank[h.prio] and (pin == '' or r[5] == pin) then
-      local mine = owner == instance
-      if not mine and live[owner] == nil then
-        live[owner] = tonumber(redis.call('ZSCORE', p .. 'inst', owner) or '0') > now_ms
-      end
-      local epoch = tonumber(r[7])
-      if (mine or live[owner]) and ((mine and not best_mine) or (mine == best_mine and epoch > best_epoch)) then
-        best, best_mine, best_epoch, best_owner = tid, mine, epoch, owner
+  local owners = { instance } -- the caller first, whether live or not; then the live
+  for _, o in ipairs(redis.call('ZRANGEBYSCORE', p .. 'inst', '(' .. now_ms, '+inf')) do
+    if o ~= instance then owners[#owners + 1] = o end
+  end
+  local best, best_epoch, best_owner = nil, -1, nil
+  for _, owner in ipairs(owners) do
+    for _, prio in ipairs(lower) do
+      for i = 4, #args do
+        local tid, epoch = newest_run(p, runkey(p, pool, prio, args[i], owner), pin)
+        if tid and epoch > best_epoch then best, best_epoch, best_owner = tid, epoch, owner end
       end
     end
+    if best and owner == instance then break end -- the caller's own run before any other's
   end
   if not best then return {} end
   redis.call('SET', mk, h.tid, 'PX', math.max(1, tonumber(args[3])))
-  if not best_mine then
+  if best_owner ~= instance then
     local ck = p .. 'ctl:' .. best_owner
     redis.call('XADD', ck, 'MAXLEN', '~', 1000, '*', 'op', 'preempt', 't', best, 'p', pool)
     redis.call('PEXPIRE', ck, cfg.retention_ms)
@@ -764,13 +797,14 @@ end
 local function f_withdraw(keys, args)
   local p, tid = keys[1], args[1]
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'state', 'pool', 'tenant', 'replica', 'owner')
+  local t = redis.call('HMGET', tk, 'state', 'pool', 'tenant', 'replica', 'owner', 'prio')
   if not t[1] then return { 'NOTASK' } end
   if t[1] ~= 'ended' then
     if t[1] == 'queued' then
       qremove(p, tid)
     elseif t[1] == 'running' then
       if t[4] then
+        redis.call('ZREM', runkey(p, t[2], t[6], t[4], t[5]), tid)
         local b = redis.call('HINCRBY', p .. 'busy:' .. t[2], t[4], -1)
         if b < 0 then redis.call('HSET', p .. 'busy:' .. t[2], t[4], 0) end
         ring_bell(p, t[2], 'freed')
@@ -859,17 +893,30 @@ local function broadcast(p, cfg, op, pool, now_ms)
   end
 end
 
--- args: pool deadline_ms; returns the ms left to the drain's deadline (the first one's)
+-- args: pool deadline_ms; returns { the ms left to the drain's deadline (the first
+-- one's), then the ids of the pool's tasks queued or running now, sorted (ORCH-2609) }
 local function f_drain_pool(keys, args)
   local p, pool = keys[1], args[1]
+  local cfg = config(p)
   local _, now_ms = now_parts()
   local at = tonumber(redis.call('HGET', p .. 'drains', pool))
   if not at then
     at = now_ms + tonumber(args[2])
     redis.call('HSET', p .. 'drains', pool, at)
-    broadcast(p, config(p), 'drain', pool, now_ms)
+    broadcast(p, cfg, 'drain', pool, now_ms)
   end
-  return math.max(0, at - now_ms)
+  local ids = {}
+  for _, prio in ipairs(cfg.prios) do
+    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+      ids[#ids + 1] = tid
+    end
+  end
+  for _, tid in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+    if redis.call('HGET', p .. 't:' .. tid, 'pool') == pool then ids[#ids + 1] = tid end
+  end
+  table.sort(ids)
+  table.insert(ids, 1, math.max(0, at - now_ms))
+  return ids
 end
 
 -- args: pool; 1 when it was drained (then every live instance is told), else 0

@@ -1,4 +1,4 @@
-"""Conformance cases of pool drains at the store (ORCH-2585..2587, ORCH-2591)."""
+"""Conformance cases of pool drains at the store (ORCH-2585..2587, ORCH-2591, ORCH-2609)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from llama_orch.core.state_store import (
     Dispatched,
     Event,
     PoolDrain,
+    PoolPolicy,
     StateStore,
+    StoreConfig,
     TaskEnded,
+    TaskSpec,
 )
 
 from ._state_log_cases import StoreUnderTest, _cfg, _end, _running, _slots, _spec
@@ -166,3 +169,29 @@ class PoolDrainCases:
         await _end(store, d)
         with pytest.raises(TaskEnded):
             await _end(store, d)
+
+    async def test_a_drain_answers_the_pools_tasks(self, store: StateStore) -> None:
+        """ORCH-2609 (proof of ORCH-2611): the drain's step answers the pool's tasks
+        queued or running at that step, sorted: not an ended one nor another pool's; a
+        second drain answers those still queued or running; ``drains()`` lists none."""
+        pools = {"p": PoolPolicy(capacity=100), "o": PoolPolicy(capacity=100)}
+        await store.configure(StoreConfig(pools=pools))
+        await store.set_replicas("p", _slots(2))
+        await store.set_replicas("o", _slots(1))
+        ended = await _running(store, "e1", slots=2)
+        await store.configure(StoreConfig(pools=pools))
+        await _end(store, ended)
+        for tid in ("r2", "r1", "q1"):
+            await store.submit(_spec(tid))
+        runs = [await store.dispatch("p", "i1", 60_000) for _ in range(2)]
+        assert [d.task.task_id for d in runs if isinstance(d, Dispatched)] == ["r2", "r1"]
+        await store.submit(TaskSpec(task_id="x1", pool="o", priority="batch"))
+        await store.submit(TaskSpec(task_id="x2", pool="o", priority="batch"))
+        assert isinstance(await store.dispatch("o", "i1", 60_000), Dispatched)
+        first = await store.drain_pool("p", 5_000)
+        assert first.tasks == ("q1", "r1", "r2")
+        assert isinstance(runs[1], Dispatched)
+        await _end(store, runs[1])
+        again = await store.drain_pool("p", 5_000)
+        assert again.tasks == ("q1", "r2")
+        assert [d.tasks for d in await store.drains()] == [()]

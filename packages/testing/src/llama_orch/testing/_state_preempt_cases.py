@@ -9,6 +9,7 @@ from llama_orch.core.config import Priority
 from llama_orch.core.state_store import (
     Control,
     Dispatched,
+    Event,
     Preemption,
     SlotView,
     StateStore,
@@ -81,3 +82,60 @@ class PreemptionCases:
         await store.cancel("h")
         await store.submit(_spec("h2", "batch", pin="A"))
         assert await store.preempt("p", "i-c", ["A-1", "B-1"], 1_000) is None
+
+    async def test_preempt_follows_every_step_of_a_run(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2606, ORCH-2607: the victim ``preempt`` chooses stays the one the scan
+        of every running task chose through each step that starts, moves, gives back,
+        ends or claims a run: a moved run is found on its new replica only, a requeued,
+        ended or canceled run is never chosen, a run of a gone owner is not chosen until
+        a live instance claims it, and then as that instance's run with its new epoch."""
+
+        async def choose(instance: str, replicas: list[str]) -> Preemption | None:
+            await sut.advance(0.01)  # the last choice for the head (ttl 1 ms) has expired
+            return await store.preempt("p", instance, replicas, 1)
+
+        await store.configure(_cfg())
+        await store.set_replicas(
+            "p", [SlotView(replica_id="A-1", set_key="A", ready=True, slots=8)]
+        )
+        for i in ("i-a", "i-b", "i-c"):
+            await store.heartbeat(i, 60_000)
+        d1 = await _run_on(store, "b1", "i-a", "A")
+        d2 = await _run_on(store, "b2", "i-b", "A")
+        d3 = await _run_on(store, "b3", "i-a", "A")
+        d4 = await _run_on(store, "b4", "i-b", "A")
+        await store.submit(_spec("b5", pin="A"))
+        d5 = await store.dispatch("p", "i-old", 200)  # an owner with no heartbeat
+        assert isinstance(d5, Dispatched) and d5.task.task_id == "b5"
+        await store.append("b5", d5.epoch, [Event("started", b"{}")])  # mid-stream
+        assert all(d.replica_id == "A-1" for d in (d1, d2, d3, d4, d5))
+        await store.set_replicas(
+            "p",
+            [
+                SlotView(replica_id="A-1", set_key="A", ready=True, slots=8),
+                SlotView(replica_id="A-2", set_key="A", ready=True, slots=8),
+            ],
+        )
+        assert await store.move("b3", d3.epoch, "A-2")
+        await store.submit(_spec("h", "interactive"))
+        # moved: found on its new replica only
+        assert await choose("i-c", ["A-2"]) == Preemption(task_id="b3", owner="i-a")
+        assert await choose("i-c", ["A-1"]) == Preemption(task_id="b4", owner="i-b")
+        # given back: the owner's next newest
+        await store.requeue("b4", d4.epoch)
+        assert await choose("i-b", ["A-1"]) == Preemption(task_id="b2", owner="i-b")
+        # ended: another live instance's newest
+        await store.append("b2", d2.epoch, [Event("end", b"{}")])
+        assert await choose("i-b", ["A-1"]) == Preemption(task_id="b1", owner="i-a")
+        # canceled: what is left on A-1 is the gone owner's run
+        await store.cancel("b1")
+        assert await choose("i-b", ["A-1"]) is None
+        # claimed by a live instance: its own run, the newest epoch of all
+        await sut.advance(0.4)
+        reaped = await store.reap("i-c", 60_000)
+        assert [(r.task_id, r.outcome) for r in reaped] == [("b5", "claimed")]
+        assert await choose("i-c", ["A-1"]) == Preemption(task_id="b5", owner="i-c")
+        assert await choose("i-b", ["A-1", "A-2"]) == Preemption(task_id="b5", owner="i-c")
+        assert await choose("i-a", ["A-1", "A-2"]) == Preemption(task_id="b3", owner="i-a")

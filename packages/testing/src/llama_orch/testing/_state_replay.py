@@ -41,6 +41,9 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     rng = random.Random(seed)
     moves = random.Random(seed + 1)  # its own stream: the trace of the rest is unchanged
     hints = random.Random(seed + 3)  # a stream whose trace still covers every rule
+    # who dispatches, what is given back and when preempt is asked (ORCH-2607): their
+    # own streams; "k" never sends a heartbeat, "x" owns no run
+    owners, backs, asks = random.Random(seed + 5), random.Random(seed + 6), random.Random(seed + 7)
     tenants = {
         "a": TenantConfig(weight=3),
         "b": TenantConfig(weight=1),
@@ -53,6 +56,8 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     }
     await store.configure(StoreConfig(pools=pools, tenants=tenants))
     await store.set_replicas("p", _slots(**{"A-1": 2, "A-2": 1, "B-1": 2}))
+    for instance in ("i", "j"):
+        await store.heartbeat(instance, 600_000)
     out: list[Any] = []
     running: list[Dispatched] = []
     known: list[str] = []
@@ -78,7 +83,7 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
             except AdmissionRejected as exc:
                 out.append(("reject", exc.policy_label))
         elif op < 0.75:
-            d = await store.dispatch("p", "i", 60_000, _hint(hints))
+            d = await store.dispatch("p", owners.choice("ijk"), 60_000, _hint(hints))
             if isinstance(d, Dispatched):
                 running.append(d)
                 out.append(("run", d.task.task_id, d.replica_id, d.candidates, d.affinity))
@@ -89,14 +94,22 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
                 out.append(("dispatch", None if d is None else d.task_id))
         elif op < 0.9 and running:
             d = running.pop(rng.randrange(len(running)))
+            back = backs.random() < 0.2  # given back to the front of its queue
             try:
-                await store.append(d.task.task_id, d.epoch, [Event("end", b"{}")])
-                out.append(("end", d.task.task_id))
+                if back:
+                    await store.requeue(d.task.task_id, d.epoch)
+                else:
+                    await store.append(d.task.task_id, d.epoch, [Event("end", b"{}")])
+                out.append(("requeue" if back else "end", d.task.task_id))
             except TaskEnded:
-                out.append(("end", "already"))
+                out.append(("requeue" if back else "end", "already"))
         elif known:
             tid = rng.choice(known)
             out.append(("cancel", tid, await store.cancel(tid)))
+        if asks.random() < 0.3:  # the victim for the head, as the scan of every run chose
+            named = [r for r in ("A-1", "A-2", "B-1") if asks.random() < 0.7]
+            asker = asks.choice("ijkx")
+            out.append(("preempt", asker, await store.preempt("p", asker, named, 600_000)))
         if n % 10 == 0:  # every queued task's exact position (ORCH-2560)
             out.append(("positions", sorted((await store.positions(known)).items())))
     for tid in known:

@@ -115,7 +115,9 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
     ) -> None:
         """ORCH-2504: one seeded sequence of submits (priorities, tenants, deadlines, pins,
         a full queue), dispatches, ends and cancels gives the same answers on this
-        backend as on the memory store built on core.queue/quota/placement."""
+        backend as on the memory store built on core.queue/quota/placement; with runs of
+        three instances (one never live), requeues and moves, ``preempt`` chooses the
+        victim the memory store's scan of every task chooses (ORCH-2607)."""
         expected = await replay(MemoryStateStore(clock=lambda: 0.0), policy, seed)
         store = await sut.open()
         try:
@@ -126,6 +128,9 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
         assert sum(1 for x in expected if x[0] == "admit" and x[2]) or policy == "reject"
         assert any(x[0] == "dispatch" and x[1] for x in expected), "no pinned head was orphaned"
         assert ("reject", "quota") in expected, "max_concurrent never refused"
+        chosen = [x for x in expected if x[0] == "preempt" and x[2] is not None]
+        assert {x[1] == x[2].owner for x in chosen} == {True, False}, "preempt chose no own run"
+        assert any(x[0] == "requeue" and x[1] != "already" for x in expected)
         assert got == expected
 
     async def test_concurrent_clients_keep_the_global_order(
