@@ -245,6 +245,16 @@ class SchedulerMachine(RuleBasedStateMachine):
     def _end(self, item: int, outcome: str) -> None:
         self.outcomes.setdefault(item, []).append(outcome)
 
+    def _wait_ends_if_empty(self, item: int) -> None:
+        """``item`` left the queue unserved (canceled, displaced): if it was its flow's
+        last queued task, the flow's wait ends. ORCH-1110 bounds the wait of a tenant
+        *with queued work*; the flow's next task starts a new wait, counted from its
+        arrival (the queue may have retired the empty flow from its round meanwhile,
+        and then the next task joins the round at its end)."""
+        f = self.meta[item][:2]
+        if not any(self.meta[i][:2] == f for i in self.q):
+            self.waited_t.pop(f, None)
+
     @rule(
         prio=st.sampled_from(["interactive", "batch"]),
         tenant=st.sampled_from(["a", "b"]),
@@ -267,10 +277,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             )
         except AdmissionRejected:
             return
+        self.meta[item] = (prio, tenant, deadline is not None)
         for d in displaced:
             self._end(d.item, "displaced")
             self.preempted.discard(d.item)
-        self.meta[item] = (prio, tenant, deadline is not None)
+            self._wait_ends_if_empty(d.item)
         self.deadlines[item] = None if deadline is None else self.now + deadline
         self.pin[item] = choose_set(self.replicas.values()) if strict else None
 
@@ -292,10 +303,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             for p in PRIO_W:  # band starvation bound (WRR)
                 self.waited[p] = 0 if p == prio or not before[p] else self.waited[p] + 1
                 assert self.waited[p] <= sum(w for q, w in PRIO_W.items() if q != p)
-            for f in list(self.waited_t):  # a flow that ran empty starts over
-                if f not in flows:
-                    self.waited_t[f] = 0
-            for f in flows:  # tenant starvation bound (DRR), counted in band pops
+            # tenant starvation bound (DRR), counted in band pops; a flow emptied by a
+            # pop was served (0 here), one emptied otherwise by _wait_ends_if_empty
+            for f in flows:
                 if f[0] != prio:
                     continue
                 self.waited_t[f] = 0 if f == (prio, tenant) else self.waited_t.get(f, 0) + 1
@@ -348,6 +358,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if self.q.remove(item):
             self.preempted.discard(item)
             self._end(item, "canceled")
+            self._wait_ends_if_empty(item)
         elif item in self.running:
             rid = self.running.pop(item)
             self._set(rid, busy=self.replicas[rid].busy - 1)
@@ -393,3 +404,46 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40)
 TestSchedulerMachine = SchedulerMachine.TestCase
+
+
+class _Drawn:
+    """Stands for ``st.data()`` in an explicit run of the machine: draws ``value``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def draw(self, _strategy: object) -> int:
+        return self.value
+
+
+def test_machine_a_tenant_emptied_by_cancel_waits_again_from_its_next_task():
+    """ORCH-1110: the machine's minimal counterexample of session 12 (standalone run).
+
+    Tenant a waits one pop (b1), its only task is canceled, a dispatch with no free
+    slot retires a's empty flow (peek), and a's next task joins the round behind b:
+    one more pop of b. The wait bound is for a tenant *with queued work*, so a's new
+    wait is that one pop, not two; the model counted the two (weight of b: 1).
+    """
+    m = SchedulerMachine()
+    for tenant in "bab":  # items 1, 2, 3
+        m.enqueue("interactive", tenant, False, None, "reject")
+    m.dispatch()  # 1 on r0 (the one Ready slot); a waited one pop
+    m.cancel(_Drawn(2))  # a's only queued task
+    m.dispatch()  # no free slot: peek retires a's empty flow
+    m.cancel(_Drawn(1))  # the running one: r0 is free again
+    m.enqueue("interactive", "a", False, None, "reject")  # item 4
+    m.dispatch()  # 3 (b) on r0; the old model failed here: a waited 2 > 1
+    assert m.served[("interactive", "b")] == [1, 3] and list(m.q) == [4]
+    assert m.waited_t[("interactive", "a")] == 1
+
+
+def test_tenant_emptied_by_cancel_is_served_within_the_bound_of_its_next_task():
+    """ORCH-1110: a tenant whose queued work was canceled and whose flow left the round
+    waits again at most the other tenants' weights from its next task's arrival."""
+    q: AdmissionQueue[int] = AdmissionQueue(10, tenant_weights={"a": 2, "b": 1})
+    for item, tenant in [(1, "b"), (2, "a"), (3, "b"), (5, "b")]:
+        q.push(item, "interactive", tenant=tenant)
+    assert q.pop() == 1
+    assert q.remove(2) and q.peek() == 3  # a's flow is empty and leaves the round
+    q.push(4, "interactive", tenant="a")
+    assert [q.pop(), q.pop(), q.pop()] == [3, 4, 5]  # a waited 1 pop: b's weight
