@@ -245,15 +245,18 @@ class SchedulerMachine(RuleBasedStateMachine):
     def _end(self, item: int, outcome: str) -> None:
         self.outcomes.setdefault(item, []).append(outcome)
 
-    def _wait_ends_if_empty(self, item: int) -> None:
+    def _waits_end_if_empty(self, item: int) -> None:
         """``item`` left the queue unserved (canceled, displaced): if it was its flow's
-        last queued task, the flow's wait ends. ORCH-1110 bounds the wait of a tenant
-        *with queued work*; the flow's next task starts a new wait, counted from its
-        arrival (the queue may have retired the empty flow from its round meanwhile,
-        and then the next task joins the round at its end)."""
-        f = self.meta[item][:2]
-        if not any(self.meta[i][:2] == f for i in self.q):
-            self.waited_t.pop(f, None)
+        (its band's) last queued task, the flow's (band's) wait ends. ORCH-1110 bounds
+        the wait of a priority or tenant *with queued work*; its next task starts a new
+        wait, counted from its arrival. Meanwhile the queue may have retired the empty
+        flow from its band's round (its next task joins the round at its end) or reset
+        the band credits (the other band served alone and ran out of credit)."""
+        prio, tenant, _ = self.meta[item]
+        if not any(self.meta[i][:2] == (prio, tenant) for i in self.q):
+            self.waited_t.pop((prio, tenant), None)
+        if not self.q.depth(prio):
+            self.waited[prio] = 0
 
     @rule(
         prio=st.sampled_from(["interactive", "batch"]),
@@ -281,7 +284,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for d in displaced:
             self._end(d.item, "displaced")
             self.preempted.discard(d.item)
-            self._wait_ends_if_empty(d.item)
+            self._waits_end_if_empty(d.item)
         self.deadlines[item] = None if deadline is None else self.now + deadline
         self.pin[item] = choose_set(self.replicas.values()) if strict else None
 
@@ -304,7 +307,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.waited[p] = 0 if p == prio or not before[p] else self.waited[p] + 1
                 assert self.waited[p] <= sum(w for q, w in PRIO_W.items() if q != p)
             # tenant starvation bound (DRR), counted in band pops; a flow emptied by a
-            # pop was served (0 here), one emptied otherwise by _wait_ends_if_empty
+            # pop was served (0 here), one emptied otherwise by _waits_end_if_empty
             for f in flows:
                 if f[0] != prio:
                     continue
@@ -358,7 +361,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if self.q.remove(item):
             self.preempted.discard(item)
             self._end(item, "canceled")
-            self._wait_ends_if_empty(item)
+            self._waits_end_if_empty(item)
         elif item in self.running:
             rid = self.running.pop(item)
             self._set(rid, busy=self.replicas[rid].busy - 1)
@@ -447,3 +450,41 @@ def test_tenant_emptied_by_cancel_is_served_within_the_bound_of_its_next_task():
     assert q.remove(2) and q.peek() == 3  # a's flow is empty and leaves the round
     q.push(4, "interactive", tenant="a")
     assert [q.pop(), q.pop(), q.pop()] == [3, 4, 5]  # a waited 1 pop: b's weight
+
+
+def test_machine_a_band_emptied_by_cancel_waits_again_from_its_next_task():
+    """ORCH-1101/1110: the same for a priority (found by a 15,000-example run of the
+    machine once the tenant case was modelled). batch waits 3 pops of interactive
+    (its bound), its only task is canceled, a dispatch with no free slot resets the
+    band credits (interactive alone, out of credit), and batch's next task waits one
+    more pop: its new wait is 1, not 4.
+    """
+    m = SchedulerMachine()
+    m.enqueue("batch", "a", False, None, "reject")  # 1
+    for _ in range(3):  # 2, 3, 4
+        m.enqueue("interactive", "a", False, None, "reject")
+    m.replica_ready("r1")  # 3 slots in all
+    m.dispatch()  # 2, 3, 4 run; batch waited 3, interactive's credit is spent
+    m.enqueue("interactive", "a", False, None, "reject")  # 5
+    m.cancel(_Drawn(1))  # batch's only queued task
+    m.dispatch()  # no free slot: interactive alone and out of credit, credits reset
+    m.enqueue("batch", "a", False, None, "reject")  # 6
+    m.cancel(_Drawn(2))  # a running one: a slot is free again
+    m.dispatch()  # 5 runs; the old model failed here: batch waited 4 > 3
+    assert list(m.q) == [6] and m.waited["batch"] == 1
+
+
+def test_band_emptied_by_cancel_is_served_within_the_bound_of_its_next_task():
+    """ORCH-1101/1110: a priority whose queued work was canceled waits again at most
+    the other priorities' weights from its next task's arrival."""
+    q: AdmissionQueue[int] = AdmissionQueue(20, "reject", {"interactive": 3, "batch": 1})
+    q.push(1, "batch")
+    for item in (2, 3, 4):
+        q.push(item, "interactive")
+    assert [q.pop(), q.pop(), q.pop()] == [2, 3, 4]
+    q.push(5, "interactive")
+    assert q.remove(1) and q.peek() == 5  # interactive alone: the credits start over
+    q.push(6, "batch")
+    for item in (7, 8, 9):
+        q.push(item, "interactive")
+    assert [q.pop() for _ in range(5)] == [5, 7, 8, 6, 9]  # batch waited 3: the bound
