@@ -245,6 +245,19 @@ class SchedulerMachine(RuleBasedStateMachine):
     def _end(self, item: int, outcome: str) -> None:
         self.outcomes.setdefault(item, []).append(outcome)
 
+    def _waits_end_if_empty(self, item: int) -> None:
+        """``item`` left the queue unserved (canceled, displaced): if it was its flow's
+        (its band's) last queued task, the flow's (band's) wait ends. ORCH-1110 bounds
+        the wait of a priority or tenant *with queued work*; its next task starts a new
+        wait, counted from its arrival. Meanwhile the queue may have retired the empty
+        flow from its band's round (its next task joins the round at its end) or reset
+        the band credits (the other band served alone and ran out of credit)."""
+        prio, tenant, _ = self.meta[item]
+        if not any(self.meta[i][:2] == (prio, tenant) for i in self.q):
+            self.waited_t.pop((prio, tenant), None)
+        if not self.q.depth(prio):
+            self.waited[prio] = 0
+
     @rule(
         prio=st.sampled_from(["interactive", "batch"]),
         tenant=st.sampled_from(["a", "b"]),
@@ -267,10 +280,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             )
         except AdmissionRejected:
             return
+        self.meta[item] = (prio, tenant, deadline is not None)
         for d in displaced:
             self._end(d.item, "displaced")
             self.preempted.discard(d.item)
-        self.meta[item] = (prio, tenant, deadline is not None)
+            self._waits_end_if_empty(d.item)
         self.deadlines[item] = None if deadline is None else self.now + deadline
         self.pin[item] = choose_set(self.replicas.values()) if strict else None
 
@@ -292,10 +306,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             for p in PRIO_W:  # band starvation bound (WRR)
                 self.waited[p] = 0 if p == prio or not before[p] else self.waited[p] + 1
                 assert self.waited[p] <= sum(w for q, w in PRIO_W.items() if q != p)
-            for f in list(self.waited_t):  # a flow that ran empty starts over
-                if f not in flows:
-                    self.waited_t[f] = 0
-            for f in flows:  # tenant starvation bound (DRR), counted in band pops
+            # tenant starvation bound (DRR), counted in band pops; a flow emptied by a
+            # pop was served (0 here), one emptied otherwise by _waits_end_if_empty
+            for f in flows:
                 if f[0] != prio:
                     continue
                 self.waited_t[f] = 0 if f == (prio, tenant) else self.waited_t.get(f, 0) + 1
@@ -348,6 +361,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if self.q.remove(item):
             self.preempted.discard(item)
             self._end(item, "canceled")
+            self._waits_end_if_empty(item)
         elif item in self.running:
             rid = self.running.pop(item)
             self._set(rid, busy=self.replicas[rid].busy - 1)
@@ -393,3 +407,84 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 SchedulerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40)
 TestSchedulerMachine = SchedulerMachine.TestCase
+
+
+class _Drawn:
+    """Stands for ``st.data()`` in an explicit run of the machine: draws ``value``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def draw(self, _strategy: object) -> int:
+        return self.value
+
+
+def test_machine_a_tenant_emptied_by_cancel_waits_again_from_its_next_task():
+    """ORCH-1110: the machine's minimal counterexample of session 12 (standalone run).
+
+    Tenant a waits one pop (b1), its only task is canceled, a dispatch with no free
+    slot retires a's empty flow (peek), and a's next task joins the round behind b:
+    one more pop of b. The wait bound is for a tenant *with queued work*, so a's new
+    wait is that one pop, not two; the model counted the two (weight of b: 1).
+    """
+    m = SchedulerMachine()
+    for tenant in "bab":  # items 1, 2, 3
+        m.enqueue("interactive", tenant, False, None, "reject")
+    m.dispatch()  # 1 on r0 (the one Ready slot); a waited one pop
+    m.cancel(_Drawn(2))  # a's only queued task
+    m.dispatch()  # no free slot: peek retires a's empty flow
+    m.cancel(_Drawn(1))  # the running one: r0 is free again
+    m.enqueue("interactive", "a", False, None, "reject")  # item 4
+    m.dispatch()  # 3 (b) on r0; the old model failed here: a waited 2 > 1
+    assert m.served[("interactive", "b")] == [1, 3] and list(m.q) == [4]
+    assert m.waited_t[("interactive", "a")] == 1
+
+
+def test_tenant_emptied_by_cancel_is_served_within_the_bound_of_its_next_task():
+    """ORCH-1110: a tenant whose queued work was canceled and whose flow left the round
+    waits again at most the other tenants' weights from its next task's arrival."""
+    q: AdmissionQueue[int] = AdmissionQueue(10, tenant_weights={"a": 2, "b": 1})
+    for item, tenant in [(1, "b"), (2, "a"), (3, "b"), (5, "b")]:
+        q.push(item, "interactive", tenant=tenant)
+    assert q.pop() == 1
+    assert q.remove(2) and q.peek() == 3  # a's flow is empty and leaves the round
+    q.push(4, "interactive", tenant="a")
+    assert [q.pop(), q.pop(), q.pop()] == [3, 4, 5]  # a waited 1 pop: b's weight
+
+
+def test_machine_a_band_emptied_by_cancel_waits_again_from_its_next_task():
+    """ORCH-1101/1110: the same for a priority (found by a 15,000-example run of the
+    machine once the tenant case was modelled). batch waits 3 pops of interactive
+    (its bound), its only task is canceled, a dispatch with no free slot resets the
+    band credits (interactive alone, out of credit), and batch's next task waits one
+    more pop: its new wait is 1, not 4.
+    """
+    m = SchedulerMachine()
+    m.enqueue("batch", "a", False, None, "reject")  # 1
+    for _ in range(3):  # 2, 3, 4
+        m.enqueue("interactive", "a", False, None, "reject")
+    m.replica_ready("r1")  # 3 slots in all
+    m.dispatch()  # 2, 3, 4 run; batch waited 3, interactive's credit is spent
+    m.enqueue("interactive", "a", False, None, "reject")  # 5
+    m.cancel(_Drawn(1))  # batch's only queued task
+    m.dispatch()  # no free slot: interactive alone and out of credit, credits reset
+    m.enqueue("batch", "a", False, None, "reject")  # 6
+    m.cancel(_Drawn(2))  # a running one: a slot is free again
+    m.dispatch()  # 5 runs; the old model failed here: batch waited 4 > 3
+    assert list(m.q) == [6] and m.waited["batch"] == 1
+
+
+def test_band_emptied_by_cancel_is_served_within_the_bound_of_its_next_task():
+    """ORCH-1101/1110: a priority whose queued work was canceled waits again at most
+    the other priorities' weights from its next task's arrival."""
+    q: AdmissionQueue[int] = AdmissionQueue(20, "reject", {"interactive": 3, "batch": 1})
+    q.push(1, "batch")
+    for item in (2, 3, 4):
+        q.push(item, "interactive")
+    assert [q.pop(), q.pop(), q.pop()] == [2, 3, 4]
+    q.push(5, "interactive")
+    assert q.remove(1) and q.peek() == 5  # interactive alone: the credits start over
+    q.push(6, "batch")
+    for item in (7, 8, 9):
+        q.push(item, "interactive")
+    assert [q.pop() for _ in range(5)] == [5, 7, 8, 6, 9]  # batch waited 3: the bound
