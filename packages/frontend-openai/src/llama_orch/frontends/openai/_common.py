@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
-from llama_orch.orchestratord.leanconn import APP_QUEUE, AppQueue
 from llama_orch.orchestratord.limits import RAW_SEND
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 __all__ = [
     "MAX_RETRY_AFTER_MS",
@@ -204,7 +203,7 @@ class TaskStreamResponse(Response):
                 await raw({"type": "http.response.body", "body": chunk, "more_body": True})
             await raw({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await _race(pump(), scope, receive, self._host, self._rec)
+        await _race(pump(), receive, self._host, self._rec)
 
 
 class TaskResponse(Response):
@@ -226,20 +225,12 @@ class TaskResponse(Response):
             resp = Response(body, status, headers, media_type="application/json")
             await resp(scope, receive, send)
 
-        await _race(answer(), scope, receive, self._host, self._rec)
+        await _race(answer(), receive, self._host, self._rec)
 
 
 async def _race(
-    work: Awaitable[None], scope: Scope, receive: Receive, host: FrontendHost, rec: TaskRecord
+    work: Awaitable[None], receive: Receive, host: FrontendHost, rec: TaskRecord
 ) -> None:
-    """Run ``work`` (the answer) until it ends or the client goes away; then cancel the
-    task unless it ended (ORCH-9113). Under orchestratord's server the request's queue
-    tells the disconnect with a callback and ``work`` runs in the request's own task
-    (ORCH-2793); under another server, a task for each and the first to end wins."""
-    queue = scope.get(APP_QUEUE)
-    if isinstance(queue, AppQueue):
-        await _watched(work, queue, host, rec)
-        return
     worker = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(receive))
     try:
@@ -256,38 +247,3 @@ async def _race(
     if isinstance(err, BaseException) and not isinstance(err, asyncio.CancelledError):
         if not isinstance(err, OSError):
             raise err
-
-
-async def _watched(
-    work: Awaitable[None], queue: AppQueue, host: FrontendHost, rec: TaskRecord
-) -> None:
-    """:func:`_race` in the request's own task: the queue's callback cancels ``work`` at
-    the client's ``http.disconnect`` (as the task API's stream does, ORCH-2772)."""
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    def on_message(message: Message) -> None:
-        nonlocal gone
-        if message["type"] == "http.disconnect" and not gone:
-            gone = True
-            task.cancel()
-
-    err: Exception | None = None
-    queue.watch(on_message)
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-    except Exception as exc:  # e.g. the socket closed under send: the task ends too
-        err = exc
-    finally:
-        gone = True  # a disconnect from now on cancels nothing
-        queue.watch(None)
-        if not rec.terminal:
-            _log.info("client of task %s went away: canceling it", rec.task_id)
-            host.cancel(rec)
-    if err is not None and not isinstance(err, OSError):
-        raise err
