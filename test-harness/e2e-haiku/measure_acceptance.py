@@ -24,6 +24,7 @@ import urllib.request
 from llama_orch.cli.haiku import (
     HAIKU_GRAMMAR,
     HAIKU_SYSTEM,
+    THREE_LINES_GRAMMAR,
     check_haiku,
     haiku_prompt,
     make_nonce,
@@ -37,7 +38,8 @@ SEED = 20240607  # the E2E test's seed
 # name -> (system turn, grammar or None)
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "no-grammar": (HAIKU_SYSTEM, None),
-    "grammar": (HAIKU_SYSTEM, HAIKU_GRAMMAR),
+    "three-lines": (HAIKU_SYSTEM, THREE_LINES_GRAMMAR),
+    "lowercase-three-lines": (HAIKU_SYSTEM, HAIKU_GRAMMAR),
 }
 
 
@@ -53,7 +55,24 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nonces", type=int, default=2, help="fresh nonces per minute")
     ap.add_argument("--minutes", type=int, default=60, help="minutes 0..N-1 (at most 60)")
+    ap.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="MINUTE:NONCE",
+        help="ask only these (minute, nonce) pairs, e.g. a failed CI run's (repeatable)",
+    )
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
     args = ap.parse_args()
+    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
+    if args.pair:
+        pairs = [(int(m), n) for m, n in (p.split(":", 1) for p in args.pair)]
+    else:
+        pairs = [
+            (minute, make_nonce(8))
+            for minute in range(min(60, args.minutes))
+            for _ in range(args.nonces)
+        ]
     binary = provision_llama_server()
     model = provision_model(QWEN)
     spec = LlamaServerSpec(
@@ -73,38 +92,36 @@ def main() -> int:
                     break
             except OSError:
                 time.sleep(0.2)
-        accepted = dict.fromkeys(VARIANTS, 0)
-        failures: dict[str, list[tuple[int, str, str]]] = {k: [] for k in VARIANTS}
+        accepted = dict.fromkeys(variants, 0)
+        failures: dict[str, list[tuple[int, str, str]]] = {k: [] for k in variants}
         total = 0
-        for minute in range(min(60, args.minutes)):
+        for minute, nonce in pairs:
             words = minute_words(minute)
-            for _ in range(args.nonces):
-                nonce = make_nonce(8)
-                total += 1
-                for name, (system, grammar) in VARIANTS.items():
-                    messages = [
-                        {"role": "system", "content": system},
-                        {"role": "user", "content": haiku_prompt(words, nonce)},
-                    ]
-                    prompt = _post(spec.base_url + "/apply-template", {"messages": messages})
-                    out = _post(
-                        spec.base_url + "/completion",
-                        {
-                            "prompt": prompt["prompt"],
-                            "n_predict": 64,
-                            "temperature": 0.0,
-                            "seed": SEED,
-                            "cache_prompt": False,
-                            **({"grammar": grammar} if grammar else {}),
-                        },
-                    )
-                    text = str(out["content"])
-                    c = check_haiku(text, words, nonce)
-                    if c.has_minute_words and c.has_nonce and c.non_empty_lines >= 3:
-                        accepted[name] += 1
-                    else:
-                        failures[name].append((minute, nonce, text[:120]))
-            print(minute, accepted, flush=True)
+            total += 1
+            for name, (system, grammar) in variants.items():
+                messages = [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": haiku_prompt(words, nonce)},
+                ]
+                prompt = _post(spec.base_url + "/apply-template", {"messages": messages})
+                out = _post(
+                    spec.base_url + "/completion",
+                    {
+                        "prompt": prompt["prompt"],
+                        "n_predict": 64,
+                        "temperature": 0.0,
+                        "seed": SEED,
+                        "cache_prompt": False,
+                        **({"grammar": grammar} if grammar else {}),
+                    },
+                )
+                text = str(out["content"])
+                c = check_haiku(text, words, nonce)
+                if c.has_minute_words and c.has_nonce and c.non_empty_lines >= 3:
+                    accepted[name] += 1
+                else:
+                    failures[name].append((minute, nonce, text[:120]))
+            print(minute, nonce, accepted, flush=True)
         print(f"accepted of {total}:", accepted)
         for name, failed in failures.items():
             print(name, len(failed), "failed")

@@ -219,6 +219,8 @@ async def test_haiku_e2e_on_real_qwen(
     assert run.started["engine"] == "llamacpp-http"
     assert run.started["engine_version"] == llama_server_binary.engine_version
     assert not problems, f"{problems}\n--- output ---\n{run.text}"
+    # ORCH-4019: the engine enforced the gate's form-only grammar (no A-Z anywhere)
+    assert not any("A" <= c <= "Z" for c in run.text), run.text
 
 
 async def test_haiku_protocol_fails_on_the_mock_engine(start_orchestrator):

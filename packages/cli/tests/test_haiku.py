@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import string
 from datetime import UTC, datetime
 
 import pytest
 from llama_orch.cli.haiku import (
+    HAIKU_GRAMMAR,
+    THREE_LINES_GRAMMAR,
     check_haiku,
     haiku_prompt,
     make_nonce,
@@ -69,3 +72,16 @@ def test_check_haiku_rules() -> None:
     assert not wrong_case_nonce.has_nonce and not wrong_case_nonce.accepted
     two_lines = check_haiku(f"{words}\n\n{nonce}\n", words, nonce)
     assert two_lines.non_empty_lines == 2 and not two_lines.accepted
+
+
+def test_gate_grammar_gives_form_only() -> None:
+    """ORCH-1010, ORCH-4019: the gate's grammar spells nothing of the answer: its only
+    literal is the line break and every class that admits a letter is a negated class,
+    which excludes the uppercase letters A-Z (the lowercase nonce and case-insensitive
+    minute words stay writable)."""
+    literals = re.findall(r'"((?:[^"\\]|\\.)*)"', HAIKU_GRAMMAR)
+    assert literals and set(literals) == {"\\n"}
+    classes = re.findall(r"\[((?:[^\]\\]|\\.)*)\]", HAIKU_GRAMMAR)
+    letter_classes = [c for c in classes if c not in {" \\t"}]
+    assert letter_classes and all(c.startswith("^") and "A-Z" in c for c in letter_classes)
+    assert "A-Z" not in THREE_LINES_GRAMMAR  # the form before ORCH-4019, kept for the tool

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 __all__ = [
     "HAIKU_GRAMMAR",
     "HAIKU_SYSTEM",
+    "THREE_LINES_GRAMMAR",
     "HaikuCheck",
     "check_haiku",
     "haiku_messages",
@@ -70,8 +71,17 @@ HAIKU_SYSTEM = (
 # with a visible character. It never supplies the minute words or the nonce (the
 # model must still copy both); it removes the miss where the model answered on one
 # line (3 of the 4 misses in 120 pairs, TODO.md issue #3).
-HAIKU_GRAMMAR = r"""root ::= line "\n" line "\n" line
+THREE_LINES_GRAMMAR = r"""root ::= line "\n" line "\n" line
 line ::= [ \t]* [^ \t\n] [^\n]*
+"""
+
+# ORCH-4019: the gate's grammar is the three lines above written in lowercase (no
+# letter A-Z anywhere). Still form only: it spells no word, and the nonce is
+# lowercase by the protocol while the minute words are matched case-insensitively,
+# so a correct answer stays correct. It removes the miss where the model wrote the
+# nonce capitalised at the start of a line (CI run of stop 29: "Jazakucx").
+HAIKU_GRAMMAR = r"""root ::= line "\n" line "\n" line
+line ::= [ \t]* [^ \t\nA-Z] [^\nA-Z]*
 """
 
 
