@@ -17,6 +17,7 @@ prompt eval and eval time), so the variants can be A/B'd on what a real engine d
     uv run bench/calibration_steady.py 2026-12-03-2317 2026-12-03-2320
     uv run bench/calibration_steady.py --absolute 2026-12-03-2317   # ORCH-2917 undone
     uv run bench/calibration_steady.py --measured 2026-12-04-1011 2026-12-04-1015
+    uv run bench/calibration_steady.py --measured --clip-first 2026-12-04-1705  # ORCH-2924 undone
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llama_orch.core.servicetime import Observation, Prior, ServiceModel
+from llama_orch.core.servicetime import Observation, Prior, RobustLine, ServiceModel
 
 HERE = Path(__file__).resolve().parent
 _TIMING = re.compile(r"task (\d+) \| +(prompt eval|eval) time = +([\d.]+) ms / +(\d+) tokens")
@@ -61,6 +62,7 @@ def steady(stamp: str, args: Any) -> None:
         key=lambda o: o["admitted_s"],
     )
     ServiceModel.RELATIVE_TTFT = not args.absolute
+    RobustLine.CLIP_FIRST = args.clip_first
     m = ServiceModel(Prior(), slots=4)
     t = 0.0
     service, first = [], []
@@ -90,7 +92,8 @@ def steady(stamp: str, args: Any) -> None:
     rest = slice(2, None)  # from the third task: the prior's first two runs left out
     print(
         f"{stamp} c{args.concurrency}, {'measured' if args.measured else 'steady'} engine,"
-        f" {'absolute' if args.absolute else 'relative'} clipping, {len(service)} tasks:"
+        f" {'absolute' if args.absolute else 'relative'} clipping"
+        f"{', first sample clipped' if args.clip_first else ''}, {len(service)} tasks:"
         f" from the third task service {min(service[rest]):.2f}-{max(service[rest]):.2f},"
         f" first token {min(first[rest]):.2f}-{max(first[rest]):.2f};"
         f" median |service / actual - 1| {_median_err(service[rest]):.0%},"
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-ctx", type=float, default=0.009)
     ap.add_argument("--absolute", action="store_true", help="clip the first-token line in ms")
     ap.add_argument("--measured", action="store_true", help="llama-server's logged times")
+    ap.add_argument("--clip-first", action="store_true", help="clip a line's first sample")
     args = ap.parse_args(argv)
     for stamp in args.stamps:
         steady(stamp, args)

@@ -236,6 +236,7 @@ class RobustLine:
     ``half_life_s``; the prior is two pseudo-points of total weight
     ``prior_weight`` that never decay. ``a`` is clamped to ``[0, y_hi]`` (the
     largest ``y`` measured, prior included, before clipping) and ``b`` to ``≥ 0``.
+    The first sample is not clipped: the prior's residual is a guess (ORCH-2924).
 
     With ``z_scale``, each sample has a second feature ``z`` (a prompt's squared
     size: ORCH-2900), fitted as ``c·z``: its coefficient is held toward 0 by a ridge
@@ -245,6 +246,9 @@ class RobustLine:
     """
 
     CLIP = 3.0  # residuals beyond CLIP x mean |residual| are clipped
+    # ORCH-2924: the first sample is learned unclipped (before it the mean |residual|
+    # is the prior's guess, not a measurement); True restores the old clipping
+    CLIP_FIRST = False
     REL_FLOOR = 1.0  # relative clipping: predictions under this count as this
 
     def __init__(
@@ -265,6 +269,7 @@ class RobustLine:
         self._z = z_scale  # None: no second feature
         self._wz = self._wzz = self._wxz = self._wzy = 0.0
         self._res = 0.0  # decayed weighted sum of |residual|
+        self._seen = 0  # samples learned (ORCH-2924: the first is not clipped)
         y_ref = a0 + b0 * x_ref
         self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
         # wide at first: half the prior's larger value (relative: half of each prediction)
@@ -347,6 +352,9 @@ class RobustLine:
         # ORCH-2917: relative, ``scale`` is a mean |residual| / prediction
         size = max(abs(pred), self.REL_FLOOR) if self._relative else 1.0
         limit = self.CLIP * max(scale * size, 0.02 * abs(pred), 1e-6)
+        if self._seen == 0 and not self.CLIP_FIRST:
+            limit = math.inf  # ORCH-2924
+        self._seen += 1
         r = min(max(y - pred, -limit), limit)
         y = pred + r
         self._res += abs(r) / size
