@@ -50,7 +50,7 @@ async def _size(url: str, n: int, calls: int, library: str | None, tag: str) -> 
     raw = valkey.Valkey.from_url(url)
     try:
         if library is not None:
-            await raw.function_load(library, replace=True)  # type: ignore[misc]
+            await raw.function_load(library, replace=True)
         pools = {"p": PoolPolicy(capacity=n + 10), "g": PoolPolicy(capacity=n + 10)}
         await store.configure(StoreConfig(pools=pools))
         await store.heartbeat("live", LEASE_MS)
