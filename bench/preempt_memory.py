@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The cost of the memory store's ``preempt`` with N running tasks (issue #13, ORCH-2616).
+"""The cost of the memory store's ``preempt`` with N running tasks (issue #13, ORCH-2597).
 
 ``MemoryStateStore.preempt`` (ORCH-2597, ``state: {backend: memory}`` under
 ``placement: hard``) reads every task record it holds (running, queued, and ended ones
