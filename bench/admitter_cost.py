@@ -6,7 +6,10 @@ checkout's ``llorch.lua``) against this tree's, on one embedded valkey-server, l
 in turn (``FUNCTION LOAD REPLACE``) and measured ``--rounds`` times with ``--calls``
 tasks each: every task admitted and dispatched by one ``llorch_submit_dispatch`` (on a
 fresh key prefix with free slots), then ended by one terminal ``llorch_append`` (the
-dispatch path and the terminal path, measured apart). The sides run in turn, before
+dispatch path and the terminal path, measured apart); then, for the index of queued
+tasks (ORCH-2614), ``--calls`` tasks admitted with no free slot (``llorch_submit``),
+dispatched one by one once slots appear (``llorch_dispatch``), and ``--calls`` more
+admitted and canceled while queued (``llorch_cancel``). The sides run in turn, before
 first in even rounds and after first in odd ones (an order effect of ~10 % was seen
 with one order only). Server time per call is Valkey's own (``INFO commandstats``,
 ``cmdstat_fcall`` ``usec_per_call``, reset before each path).
@@ -39,6 +42,13 @@ from llama_orch.state_valkey._store import LIBRARY
 from llama_orch.testing_engines.valkey import valkey_server
 
 LUA = "packages/state-valkey/src/llama_orch/state_valkey/llorch.lua"
+PATHS = (
+    ("dispatch", "llorch_submit_dispatch"),
+    ("terminal", "llorch_append"),
+    ("queued submit", "llorch_submit"),
+    ("queued dispatch", "llorch_dispatch"),
+    ("queued cancel", "llorch_cancel"),
+)
 
 
 async def _fcall_us(raw: valkey.Valkey) -> float:
@@ -48,13 +58,14 @@ async def _fcall_us(raw: valkey.Valkey) -> float:
 
 async def _phase(
     url: str, raw: valkey.Valkey, library: str, tag: str, calls: int
-) -> tuple[float, float]:
+) -> dict[str, float]:
     opts = StateOptions(backend="valkey", url=url, key_prefix=f"ac{tag}-{os.getpid()}")
     store = load_state_store_class("valkey").from_options(opts)
     await store.start()  # loads this tree's library: replaced below
     try:
         await raw.function_load(library, replace=True)  # type: ignore[misc]
-        await store.configure(StoreConfig(pools={"p": PoolPolicy(capacity=calls + 10)}))
+        pools = {x: PoolPolicy(capacity=calls + 10) for x in ("p", "q", "c")}
+        await store.configure(StoreConfig(pools=pools))
         slots = [SlotView(replica_id="r1", set_key="A", ready=True, slots=calls + 10)]
         await store.set_replicas("p", slots)
         await raw.config_resetstat()
@@ -67,11 +78,31 @@ async def _phase(
             )
             assert isinstance(d, Dispatched)
             runs.append(d)
-        dispatch_us = await _fcall_us(raw)
+        got = {"dispatch": await _fcall_us(raw)}
         await raw.config_resetstat()
         for d in runs:
             await store.append(d.task.task_id, d.epoch, [Event("end", b"{}")])
-        return dispatch_us, await _fcall_us(raw)
+        got["terminal"] = await _fcall_us(raw)
+        # a task that waits (ORCH-2614): admitted with no free slot, then dispatched
+        # alone; another admitted and canceled while queued
+        for pool, path in (("q", "queued submit"), ("c", None)):
+            await raw.config_resetstat()
+            for i in range(calls):
+                spec = TaskSpec(task_id=f"{pool}{i:06d}", pool=pool, priority="batch")
+                await store.submit(spec, "instance-0123456789abcdef0123456789abcdef")
+            if path:
+                got[path] = await _fcall_us(raw)
+        await store.set_replicas("q", slots)
+        await raw.config_resetstat()
+        for _ in range(calls):
+            d = await store.dispatch("q", "instance-0123456789abcdef0123456789abcdef", 60_000)
+            assert isinstance(d, Dispatched)
+        got["queued dispatch"] = await _fcall_us(raw)
+        await raw.config_resetstat()
+        for i in range(calls):
+            await store.cancel(f"c{i:06d}")
+        got["queued cancel"] = await _fcall_us(raw)
+        return got
     finally:
         await store.close()
 
@@ -92,9 +123,8 @@ async def main() -> None:
         try:
             for r in range(args.rounds):
                 for side, lib in sides if r % 2 == 0 else sides[::-1]:
-                    d_us, t_us = await _phase(url, raw, lib, f"{side}{r}", args.calls)
-                    got.setdefault((side, "dispatch"), []).append(d_us)
-                    got.setdefault((side, "terminal"), []).append(t_us)
+                    for path, us in (await _phase(url, raw, lib, f"{side}{r}", args.calls)).items():
+                        got.setdefault((side, path), []).append(us)
         finally:
             await raw.aclose()
     load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -108,14 +138,14 @@ async def main() -> None:
         "| path | side | server µs per call, each round | median |",
         "|---|---|---|---|",
     ]
-    for path, call in (("dispatch", "llorch_submit_dispatch"), ("terminal", "llorch_append")):
+    for path, call in PATHS:
         for side in ("before", "after"):
             xs = got[(side, path)]
             lines.append(
                 f"| {path} (`{call}`) | {side} | {', '.join(f'{x:.2f}' for x in xs)} "
                 f"| {statistics.median(xs):.2f} |"
             )
-    for path in ("dispatch", "terminal"):
+    for path, _ in PATHS:
         b = statistics.median(got[("before", path)])
         a = statistics.median(got[("after", path)])
         lines.append(f"\n{path}: after / before {a / b:.3f} ({a - b:+.2f} µs)")

@@ -15,7 +15,12 @@ Server time per call is Valkey's own (``cmdstat_fcall`` ``usec_per_call``); the 
 time is the round trip through the store's pipelined connection (the answer's size
 included). Measured as ``bench/preempt_scan.py`` does.
 
-    uv run python bench/unattended_scan.py [--sizes 100,1000,10000] [--calls 100] [--out ...md]
+With ``--before <checkout>`` the library of that checkout and this tree's are loaded in
+turn (``FUNCTION LOAD REPLACE``), in the order before, after, after, before, each side
+on its own key prefix filled under its own library (ORCH-2614).
+
+    uv run python bench/unattended_scan.py [--sizes 100,1000,10000] [--calls 100]
+        [--before <checkout>] [--out ...md]
 """
 
 from __future__ import annotations
@@ -30,18 +35,22 @@ from pathlib import Path
 import valkey.asyncio as valkey
 from llama_orch.core.config import StateOptions
 from llama_orch.core.state_store import PoolPolicy, StoreConfig, TaskSpec, load_state_store_class
+from llama_orch.state_valkey._store import LIBRARY
 from llama_orch.testing_engines.valkey import valkey_server
 from preempt_scan import Row, measure
 
 LEASE_MS = 3_600_000
+LUA = "packages/state-valkey/src/llama_orch/state_valkey/llorch.lua"
 
 
-async def _size(url: str, n: int, calls: int) -> dict[str, Row]:
-    opts = StateOptions(backend="valkey", url=url, key_prefix=f"us{n}-{os.getpid()}")
+async def _size(url: str, n: int, calls: int, library: str | None, tag: str) -> dict[str, Row]:
+    opts = StateOptions(backend="valkey", url=url, key_prefix=f"us{n}{tag}-{os.getpid()}")
     store = load_state_store_class("valkey").from_options(opts)
-    await store.start()
+    await store.start()  # loads this tree's library
     raw = valkey.Valkey.from_url(url)
     try:
+        if library is not None:
+            await raw.function_load(library, replace=True)
         pools = {"p": PoolPolicy(capacity=n + 10), "g": PoolPolicy(capacity=n + 10)}
         await store.configure(StoreConfig(pools=pools))
         await store.heartbeat("live", LEASE_MS)
@@ -72,29 +81,43 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    rows: dict[int, dict[str, Row]] = {}
+    sides: list[tuple[str, str | None]] = [("", None)]
+    if args.before is not None:
+        before = (args.before / LUA).read_text(encoding="utf-8")
+        sides = [("before", before), ("after", LIBRARY), ("after", LIBRARY), ("before", before)]
+    rows: dict[tuple[int, str], dict[str, list[Row]]] = {}
     with tempfile.TemporaryDirectory() as tmp, valkey_server(Path(tmp)) as url:
         for n in (int(s) for s in args.sizes.split(",")):
-            rows[n] = await _size(url, n, args.calls)
+            for i, (side, lib) in enumerate(sides):
+                for call, m in (await _size(url, n, args.calls, lib, f"{side}{i}")).items():
+                    rows.setdefault((n, side), {}).setdefault(call, []).append(m)
     load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         f"# `llorch_unattended` with N queued tasks ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
-        f"`uv run python bench/unattended_scan.py --sizes {args.sizes} --calls {args.calls}`: "
-        f"cores {os.cpu_count()}, load average {load0} at the start and {load1} at the end.",
+        f"`uv run python bench/unattended_scan.py --sizes {args.sizes} --calls {args.calls}"
+        f"{'' if args.before is None else f' --before {args.before}'}`: "
+        f"cores {os.cpu_count()}, load average {load0} at the start and {load1} at the end."
+        + ("" if args.before is None else " Sides in the order before, after, after, before."),
         "",
-        "| N queued | call | server µs/call | client p50 ms | client p99 ms |",
-        "|---|---|---|---|---|",
+        "| N queued | side | call | server µs/call | client p50 ms | client p99 ms |",
+        "|---|---|---|---|---|---|",
     ]
-    for n, row in rows.items():
-        for name, m in row.items():
-            lines.append(
-                f"| {n} | {name} | {m['server_us']:.1f} | {m['client_p50_ms']:.3f} "
-                f"| {m['client_p99_ms']:.3f} |"
-            )
+    for (n, side), row in rows.items():
+        for name, ms in row.items():
+            cells = [
+                " / ".join(f"{m[key]:{fmt}}" for m in ms)
+                for key, fmt in (
+                    ("server_us", ".1f"),
+                    ("client_p50_ms", ".3f"),
+                    ("client_p99_ms", ".3f"),
+                )
+            ]
+            lines.append(f"| {n} | {side or '-'} | {name} | {' | '.join(cells)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:

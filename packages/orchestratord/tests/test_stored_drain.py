@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import msgspec
 import pytest
 from llama_orch.core.config import Config
 from llama_orch.core.errors import PoolUnavailable
-from llama_orch.core.state_store import TaskSpec
+from llama_orch.core.state_store import Dispatched, Event, TaskSpec
 from llama_orch.testing_engines.valkey import valkey_server
 
 
@@ -164,3 +165,38 @@ async def test_the_answer_counts_every_instances_tasks(
     assert body["waited_ms"] >= 1000, body
     kinds = {tid: (await store.read(tid))[-1].kind for tid in (short, long, waiting)}
     assert kinds == {short: "end", long: "error", waiting: "error"}
+
+
+async def test_the_answer_waits_for_a_terminal_after_the_deadline(
+    start_orchestrator: Any, valkey_url: str
+) -> None:
+    """ORCH-2610 (proof of ORCH-2615): a run of the pool held by another instance whose
+    terminal reaches the store after the drain's deadline (here the test plays that
+    instance, ``x``, at the store: it ends its run 0.6 s past the deadline, well within
+    ``2 x lease_ms``) is counted, and the answer comes only after that terminal. It
+    fails with an answer at the deadline (the run then counted in neither)."""
+    cfg = _config(valkey_url, f"d{uuid.uuid4().hex[:8]}", slots=2)
+    a = await start_orchestrator(cfg)
+    store = a.orch.state.store
+    await store.heartbeat("x", 60_000)
+    spec = TaskSpec(task_id=uuid.uuid4().hex, pool="mock", priority="interactive")
+    _, run = await store.submit_dispatch(spec, "x", 60_000)
+    assert isinstance(run, Dispatched), run
+    await store.append(spec.task_id, run.epoch, [Event("started", b"{}")])
+
+    drain = asyncio.create_task(
+        a.http.post(a.url + "/v1/pools/mock/drain", json={"deadline_ms": 1000})
+    )
+    await asyncio.sleep(1.6)  # x ends its run past the deadline, as a slow instance may
+    assert not drain.done(), "the answer came before x's terminal"
+    await store.append(
+        spec.task_id, run.epoch, [Event("token", b'{"t":"x","i":0}'), Event("end", b"{}")]
+    )
+    ended_at = time.monotonic()
+    resp = await asyncio.wait_for(drain, 10)
+    answered_at = time.monotonic()
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert (body["finished"], body["ended"]) == (1, 0), body
+    assert body["waited_ms"] >= 1500, body
+    assert answered_at >= ended_at

@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '10'
+local LIB_VERSION = '11'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -44,6 +44,12 @@ local function runkey(p, pool, prio, replica, owner)
   return p .. 'run:' .. pool .. ':' .. prio .. ':' .. replica .. ':' .. owner
 end
 
+-- the index of queued tasks by admitting instance llorch_unattended reads (ORCH-2612):
+-- per pool, a SET of its queued tasks per admitter ('' = none recorded) and a SET of
+-- the admitters that may have some (pruned by llorch_unattended when empty); kept by
+-- qpush, qremove and pop_head, the only steps that add or remove a queued task
+local function admkey(p, pool, adm) return p .. 'qa:' .. pool .. ':' .. adm end
+
 local function ring_bell(p, pool, why)
   redis.call('XADD', p .. 'bell:' .. pool, 'MAXLEN', '~', 100, '*', 'w', why)
 end
@@ -52,7 +58,7 @@ end
 local function band_live(p, pool, prio) return redis.call('ZCARD', p .. 'arr:' .. pool .. ':' .. prio) end
 
 -- quiet: the caller rings the bell itself, if at all (llorch_submit_dispatch, ORCH-2569)
-local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front, quiet)
+local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front, quiet, adm)
   local seq
   if front then seq = redis.call('DECR', p .. 'fseq') else seq = redis.call('INCR', p .. 'aseq') end
   local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
@@ -67,13 +73,16 @@ local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front, quiet)
   redis.call('ZADD', p .. 'arr:' .. pool .. ':' .. prio, seq, tid)
   redis.call('INCR', p .. 'qlen:' .. pool)
   redis.call('HSET', p .. 't:' .. tid, 'state', 'queued', 'member', m)
+  redis.call('SADD', admkey(p, pool, adm), tid)
+  redis.call('SADD', p .. 'qadm:' .. pool, adm)
   if not quiet then ring_bell(p, pool, 'queued') end
 end
 
 -- remove a queued task from its flow and band (flows retire lazily, as in core)
 local function qremove(p, tid)
-  local t = redis.call('HMGET', p .. 't:' .. tid, 'pool', 'prio', 'tenant', 'member')
+  local t = redis.call('HMGET', p .. 't:' .. tid, 'pool', 'prio', 'tenant', 'member', 'adm')
   redis.call('ZREM', qkey(p, t[1], t[2], t[3]), t[4])
+  redis.call('SREM', admkey(p, t[1], t[5] or ''), tid)
   redis.call('ZREM', p .. 'arr:' .. t[1] .. ':' .. t[2], tid)
   redis.call('DECR', p .. 'qlen:' .. t[1])
 end
@@ -111,12 +120,14 @@ local function peek(p, cfg, pool)
   return { tid = tid_of(m), member = m, prio = prio, tenant = tenant, nready = nready }
 end
 
--- pop the head that peek() just returned (core.queue.AdmissionQueue.pop)
-local function pop_head(p, cfg, pool, h)
+-- pop the head that peek() just returned (core.queue.AdmissionQueue.pop); adm: its
+-- admitting instance as its record holds it
+local function pop_head(p, cfg, pool, h, adm)
   local prio, tenant = h.prio, h.tenant
   if h.nready > 1 then redis.call('HINCRBY', p .. 'pcred:' .. pool, prio, -1) end
   local q = qkey(p, pool, prio, tenant)
   redis.call('ZREM', q, h.member)
+  redis.call('SREM', admkey(p, pool, adm), h.tid)
   redis.call('ZREM', p .. 'arr:' .. pool .. ':' .. prio, h.tid)
   redis.call('DECR', p .. 'qlen:' .. pool)
   local ring, tcred = p .. 'ring:' .. pool .. ':' .. prio, p .. 'tcred:' .. pool .. ':' .. prio
@@ -235,6 +246,18 @@ local function f_configure(keys, args)
   redis.call('SET', p .. 'cfg', args[1])
   for pool, pc in pairs(cfg.pools) do
     for _, prio in ipairs(cfg.prios) do redis.call('HSETNX', p .. 'pcred:' .. pool, prio, pc.weights[prio]) end
+    -- the queued tasks' index by admitter, rebuilt from the queue (ORCH-2612): tasks
+    -- queued under a library before it are then indexed too
+    local ak = p .. 'qadm:' .. pool
+    for _, adm in ipairs(redis.call('SMEMBERS', ak)) do redis.call('DEL', admkey(p, pool, adm)) end
+    redis.call('DEL', ak)
+    for _, prio in ipairs(cfg.prios) do
+      for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
+        local adm = redis.call('HGET', p .. 't:' .. tid, 'adm') or ''
+        redis.call('SADD', admkey(p, pool, adm), tid)
+        redis.call('SADD', ak, adm)
+      end
+    end
   end
   return LIB_VERSION
 end
@@ -293,7 +316,7 @@ local function submit_step(p, cfg, args, quiet, admitter)
   redis.call('HSET', tk, 'pool', pool, 'prio', prio, 'tenant', tenant, 'deadline', args[5], 'pin', args[6],
     'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0,
     'adm', admitter or '') -- the admitting instance (ORCH-2603)
-  qpush(p, cfg, pool, prio, tenant, tid, deadline, false, quiet)
+  qpush(p, cfg, pool, prio, tenant, tid, deadline, false, quiet, admitter or '')
   redis.call('HINCRBY', p .. 'inflight', tenant, 1)
   return { 'OK', position(p, cfg, tid), displaced[1] or '', displaced[2] or '' }
 end
@@ -407,7 +430,8 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan, hint)
   if not head then return { 'EMPTY', bell_cursor(p, pool) } end
   local tid = head.tid
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'pin', 'session', 'prio', 'tenant', 'deadline', 'req', 'requeues', 'next_seq')
+  local t = redis.call('HMGET', tk, 'pin', 'session', 'prio', 'tenant', 'deadline', 'req', 'requeues', 'next_seq',
+    'adm')
   local pin, affinity = nil, nil
   if t[1] ~= '' then pin = t[1] end
   local sk = nil
@@ -432,14 +456,14 @@ local function dispatch_step(p, cfg, pool, instance, lease_ms, orphan, hint)
     if r.ready and r.set == pin then any_ready_pinned = true end
   end
   if pin ~= nil and not any_ready_pinned then
-    pop_head(p, cfg, pool, head)
+    pop_head(p, cfg, pool, head, t[9] or '')
     redis.call('HSET', tk, 'state', 'orphaned')
     finish(p, cfg, tid, 'error', orphan)
     return { 'ORPHAN', tid }
   end
   local r = place(views, pin, affinity, hint.rr, hint.last)
   if r == nil then return { 'WAIT', bell_cursor(p, pool) } end
-  pop_head(p, cfg, pool, head)
+  pop_head(p, cfg, pool, head, t[9] or '')
   local _, now_ms = now_parts()
   local epoch = redis.call('INCR', p .. 'epoch')
   redis.call('HSET', tk, 'state', 'running', 'epoch', epoch, 'owner', instance, 'replica', r.id, 'set', r.set,
@@ -586,7 +610,7 @@ end
 
 local function back_to_queue(p, cfg, tid)
   local tk = p .. 't:' .. tid
-  local t = redis.call('HMGET', tk, 'pool', 'prio', 'tenant', 'deadline', 'replica', 'owner')
+  local t = redis.call('HMGET', tk, 'pool', 'prio', 'tenant', 'deadline', 'replica', 'owner', 'adm')
   if t[5] then
     redis.call('ZREM', runkey(p, t[1], t[2], t[5], t[6]), tid)
     local b = redis.call('HINCRBY', p .. 'busy:' .. t[1], t[5], -1)
@@ -597,7 +621,7 @@ local function back_to_queue(p, cfg, tid)
   redis.call('HSET', tk, 'epoch', epoch)
   redis.call('HINCRBY', tk, 'requeues', 1)
   redis.call('ZREM', p .. 'leases', tid)
-  qpush(p, cfg, t[1], t[2], t[3], tid, tonumber(t[4]), true)
+  qpush(p, cfg, t[1], t[2], t[3], tid, tonumber(t[4]), true, false, t[7] or '')
   return epoch
 end
 
@@ -955,18 +979,18 @@ local function f_queued(keys, args)
 end
 
 -- args: pool. The ids of the tasks queued in the pool whose admitting instance is not
--- live (none recorded, or its heartbeat in `inst` expired), sorted (ORCH-2603).
+-- live (none recorded, or its heartbeat in `inst` expired), sorted (ORCH-2603). Reads
+-- the index by admitter (ORCH-2612): one ZSCORE per admitter with queued tasks, then
+-- the tasks of those not live; an admitter not live with none left is pruned.
 local function f_unattended(keys, args)
   local p, pool = keys[1], args[1]
   local _, now_ms = now_parts()
-  local live, ids = {}, {}
-  for _, prio in ipairs(config(p).prios) do
-    for _, tid in ipairs(redis.call('ZRANGE', p .. 'arr:' .. pool .. ':' .. prio, 0, -1)) do
-      local adm = redis.call('HGET', p .. 't:' .. tid, 'adm') or ''
-      if adm ~= '' and live[adm] == nil then
-        live[adm] = tonumber(redis.call('ZSCORE', p .. 'inst', adm) or '0') > now_ms
-      end
-      if adm == '' or not live[adm] then ids[#ids + 1] = tid end
+  local ak, ids = p .. 'qadm:' .. pool, {}
+  for _, adm in ipairs(redis.call('SMEMBERS', ak)) do
+    if adm == '' or tonumber(redis.call('ZSCORE', p .. 'inst', adm) or '0') <= now_ms then
+      local got = redis.call('SMEMBERS', admkey(p, pool, adm))
+      if #got == 0 then redis.call('SREM', ak, adm) end
+      for _, tid in ipairs(got) do ids[#ids + 1] = tid end
     end
   end
   table.sort(ids)

@@ -13,6 +13,7 @@ from llama_orch.core.state_store import (
     Control,
     Dispatched,
     Event,
+    Orphaned,
     PoolDrain,
     PoolPolicy,
     StateStore,
@@ -149,6 +150,59 @@ class PoolDrainCases:
         await store.heartbeat("i-b", 60_000)  # back
         await store.heartbeat("i-a", 0)  # left
         assert await store.unattended("p") == ["a1", "g1", "n1"]
+
+    async def test_unattended_follows_every_step_of_a_queued_task(
+        self, store: StateStore, sut: StoreUnderTest
+    ) -> None:
+        """ORCH-2612 (proof of ORCH-2613): a task whose admitter is not live is listed
+        exactly while it is queued, through every step that queues it or takes it out of
+        its queue: admitted, dispatched, requeued (its admitter kept), its lease reaped
+        back to the queue, dispatched again, its bounded wait expired, canceled,
+        displaced by a full queue, orphaned, ended by ``end_queued``."""
+        await store.configure(_cfg(capacity=4, policy="drop-lru"))
+        await store.set_replicas("p", _slots(1))
+        await store.heartbeat("live", 60_000)
+        await store.submit(_spec("g1"), "gone")
+        await store.submit(_spec("g2"), "gone")
+        await store.submit(_spec("n1"))
+        await store.submit(_spec("l1"), "live")
+        assert await store.unattended("p") == ["g1", "g2", "n1"]
+        d = await store.dispatch("p", "live", 60_000)
+        assert isinstance(d, Dispatched) and d.task.task_id == "g1"
+        assert await store.unattended("p") == ["g2", "n1"]
+        await store.requeue("g1", d.epoch)
+        assert await store.unattended("p") == ["g1", "g2", "n1"]
+        d = await store.dispatch("p", "live", 500)
+        assert isinstance(d, Dispatched) and d.task.task_id == "g1"
+        assert await store.unattended("p") == ["g2", "n1"]
+        await sut.advance(0.7)
+        await store.heartbeat("live", 60_000)
+        reaped = await store.reap("live", 60_000)
+        assert [(r.task_id, r.outcome) for r in reaped] == [("g1", "requeued")]
+        assert await store.unattended("p") == ["g1", "g2", "n1"]
+        d = await store.dispatch("p", "live", 60_000)
+        assert isinstance(d, Dispatched) and d.task.task_id == "g1"
+        assert await store.expire("g2", _drained())
+        assert await store.unattended("p") == ["n1"]
+        await store.cancel("n1")
+        assert await store.unattended("p") == []
+        for t in ("g3", "l2", "l3"):  # with l1: the queue is full
+            await store.submit(_spec(t), "gone" if t[0] == "g" else "live")
+        assert await store.unattended("p") == ["g3"]
+        await store.cancel("l1")  # g3 is now the oldest: displaced by the next
+        await store.submit(_spec("l4"), "live")
+        got = await store.submit(_spec("l5"), "live")
+        assert [t for t, _ in got.displaced] == ["g3"]
+        assert await store.unattended("p") == []
+        await store.cancel("l2")  # room for g4, pinned to a set with no replica
+        await store.submit(_spec("g4", "interactive", pin="B"), "gone")
+        assert await store.unattended("p") == ["g4"]
+        assert await store.dispatch("p", "live", 60_000) == Orphaned(task_id="g4")
+        assert await store.unattended("p") == []
+        await store.heartbeat("live", 0)  # left: its queued tasks are listed
+        assert await store.unattended("p") == ["l3", "l4", "l5"]
+        await store.end_queued("p", _drained())
+        assert await store.unattended("p") == []
 
     async def test_end_queued_ends_only_the_pools_queued_tasks(self, store: StateStore) -> None:
         """ORCH-2587: one step ends every queued task of the pool with the terminal

@@ -44,6 +44,9 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     # who dispatches, what is given back and when preempt is asked (ORCH-2607): their
     # own streams; "k" never sends a heartbeat, "x" owns no run
     owners, backs, asks = random.Random(seed + 5), random.Random(seed + 6), random.Random(seed + 7)
+    # who admits (ORCH-2613): "k" never live, None none recorded; "j" leaves at step 250
+    # and comes back at 350, so its queued tasks are unattended in between
+    admitters = random.Random(seed + 8)
     tenants = {
         "a": TenantConfig(weight=3),
         "b": TenantConfig(weight=1),
@@ -62,6 +65,8 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
     running: list[Dispatched] = []
     known: list[str] = []
     for n in range(400):
+        if n in (250, 350):
+            await store.heartbeat("j", 0 if n == 250 else 600_000)
         if n in (200, 300):  # set B disappears, then comes back: pinned heads are orphaned
             sets = {"A-1": 2, "A-2": 1} if n == 200 else {"A-1": 2, "A-2": 1, "B-1": 2}
             await store.set_replicas("p", _slots(**sets))
@@ -77,7 +82,7 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
                 pin="B" if rng.random() < 0.25 else None,
             )
             try:
-                got = await store.submit(spec)
+                got = await store.submit(spec, admitters.choice(["i", "j", "k", None]))
                 known.append(tid)
                 out.append(("admit", got.queue_position, got.displaced))
             except AdmissionRejected as exc:
@@ -112,6 +117,8 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
             out.append(("preempt", asker, await store.preempt("p", asker, named, 600_000)))
         if n % 10 == 0:  # every queued task's exact position (ORCH-2560)
             out.append(("positions", sorted((await store.positions(known)).items())))
+        if n % 5 == 0:  # the queued tasks no live instance admitted (ORCH-2603, ORCH-2612)
+            out.append(("unattended", await store.unattended("p")))
     for tid in known:
         log = await store.read(tid)
         kinds = [e.kind for e in log]

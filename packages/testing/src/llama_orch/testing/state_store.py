@@ -117,7 +117,9 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
         a full queue), dispatches, ends and cancels gives the same answers on this
         backend as on the memory store built on core.queue/quota/placement; with runs of
         three instances (one never live), requeues and moves, ``preempt`` chooses the
-        victim the memory store's scan of every task chooses (ORCH-2607)."""
+        victim the memory store's scan of every task chooses (ORCH-2607); with four
+        admitters (one leaving and coming back) ``unattended`` lists what the memory
+        store's scan of every queued task lists (ORCH-2613)."""
         expected = await replay(MemoryStateStore(clock=lambda: 0.0), policy, seed)
         store = await sut.open()
         try:
@@ -131,6 +133,8 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
         chosen = [x for x in expected if x[0] == "preempt" and x[2] is not None]
         assert {x[1] == x[2].owner for x in chosen} == {True, False}, "preempt chose no own run"
         assert any(x[0] == "requeue" and x[1] != "already" for x in expected)
+        listed = {tuple(x[1]) for x in expected if x[0] == "unattended"}
+        assert len(listed) > 20, "unattended must change along the replay"
         assert got == expected
 
     async def test_concurrent_clients_keep_the_global_order(
