@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from llama_orch.core.eta import Job, ReplicaLoad, admits, best_slot, simulate
 from llama_orch.core.predict import DrainRate
@@ -137,6 +137,18 @@ _obs = st.builds(
     st.integers(0, 3000),
     st.integers(1, 1000),
     st.floats(0, 1e5, allow_nan=False),
+)
+# ORCH-2925: found on the merged tree of session 13 (ORCH-2924 learns a first sample
+# unclipped): a first run with no known prompt of its own (tokens_in 0) but 132 tokens
+# of others' prompts ahead raised the per-token cap past ORCH-1953's prefill_max
+@example(
+    [
+        (Observation(0, 39218.0, 0.0, 0, 0.0, "completed", ahead=132), 0.0),
+    ],
+    1,
+    202,
+    1,
+    0.0,
 )
 def test_idle_forecast_is_bounded_by_measurements_and_admitted(history, slots, p, t, later):
     """ORCH-1953 (no lockout by construction): whatever was observed, the forecast

@@ -410,6 +410,9 @@ class ServiceModel:
         # their index, kept up to date while dispatches come in time order (ORCH-2767)
         self._index: PromptIndex | None = None
         self._pace = PrefillPace()  # ORCH-2913, ORCH-2916
+        # ORCH-2925: ORCH-1953's prefill_max, the largest ttft / tokens_in of a run with
+        # a prompt of its own (prior included); the per-token cap never exceeds it
+        self._prefill_hi = prior.prefill_ms_per_token
         # the last ``params`` and its ``now``: a forecast asks once per simulated job at
         # one instant (issue #20's admission cost); learning forgets it
         self._memo: tuple[float, ModelParams] | None = None
@@ -480,6 +483,8 @@ class ServiceModel:
             # each prompt's squared size (ORCH-2900): the others' as told, else as one
             ahead_sq = ahead * ahead if obs.ahead_sq is None else max(0, obs.ahead_sq)
             self._ttft.observe(x, obs.ttft_ms, now, float(own * own + ahead_sq))
+            if own > 0 and math.isfinite(obs.ttft_ms) and obs.ttft_ms >= 0:
+                self._prefill_hi = max(self._prefill_hi, obs.ttft_ms / own)  # ORCH-2925
             # ORCH-2913/2916: the recent runs against the line that has learned this one
             if self._pace.add(now, obs.ttft_ms, own + ahead, own * own + ahead_sq):
                 self._memo = None
@@ -522,7 +527,7 @@ class ServiceModel:
         if memo is not None and memo[0] == now:
             return memo[1]
         overhead, prefill, quad = self._ttft.params3(now)
-        cap = self._ttft.slope_hi
+        cap = min(self._ttft.slope_hi, self._prefill_hi)  # ORCH-2900, ORCH-2925
         prefill = min(prefill, cap)
         decode, slope, ctx = self._decode.params3(now)
         slowdown = min(slope / decode, 2.0) if decode > 0 else 0.0
