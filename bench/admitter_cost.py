@@ -40,6 +40,7 @@ from llama_orch.core.state_store import (
 )
 from llama_orch.state_valkey._store import LIBRARY
 from llama_orch.testing_engines.valkey import valkey_server
+from small_report import emit
 
 LUA = "packages/state-valkey/src/llama_orch/state_valkey/llorch.lua"
 PATHS = (
@@ -149,10 +150,7 @@ async def main() -> None:
         b = statistics.median(got[("before", path)])
         a = statistics.median(got[("after", path)])
         lines.append(f"\n{path}: after / before {a / b:.3f} ({a - b:+.2f} µs)")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from procs import HERE, PY, Procs, log, start_fake, start_orch
+from small_report import emit
 
 C = 16
 
@@ -255,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"machine": info, "rows": rows}, indent=1),
         "```",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    emit(lines, args.out)
     return 0
 
 

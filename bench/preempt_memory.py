@@ -32,6 +32,7 @@ from llama_orch.core.state_store import (
     StoreConfig,
     TaskSpec,
 )
+from small_report import emit
 
 LEASE_MS = 3_600_000
 
@@ -102,10 +103,7 @@ async def main() -> None:
     for n, row in rows.items():
         for name, m in row.items():
             lines.append(f"| {n} | {name} | {m['p50_us']:.1f} | {m['p99_us']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from llama_orch.core.state_store import (
 )
 from llama_orch.state_valkey._store import LIBRARY
 from llama_orch.testing_engines.valkey import valkey_server
+from small_report import emit
 
 LEASE_MS = 3_600_000  # the runs hold their slots for the whole bench
 LUA = "packages/state-valkey/src/llama_orch/state_valkey/llorch.lua"
@@ -182,10 +183,7 @@ async def main() -> None:
                     f"| {n} | {side} | {name} | {m['server_us']:.1f} "
                     f"| {m['client_p50_ms']:.3f} | {m['client_p99_ms']:.3f} |"
                 )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from llama_orch.core.state_store import PoolPolicy, StoreConfig, TaskSpec, load_
 from llama_orch.state_valkey._store import LIBRARY
 from llama_orch.testing_engines.valkey import valkey_server
 from preempt_scan import Row, measure
+from small_report import emit
 
 LEASE_MS = 3_600_000
 LUA = "packages/state-valkey/src/llama_orch/state_valkey/llorch.lua"
@@ -118,10 +119,7 @@ async def main() -> None:
                 )
             ]
             lines.append(f"| {n} | {side or '-'} | {name} | {' | '.join(cells)} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
