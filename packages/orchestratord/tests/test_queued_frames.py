@@ -1,4 +1,4 @@
-"""ORCH-2790: a task's ``queued`` events are kept in its log as their numbers and encoded
+"""ORCH-2790, ORCH-2747: a task's ``queued`` events are kept in its log as their numbers and encoded
 when read; every reader gets the bytes an encoding at append gives (issue #20: RSS per
 queued task)."""
 
@@ -30,8 +30,9 @@ def test_a_queued_event_is_held_as_its_numbers_not_its_frame() -> None:
     rec = _record()
     rec.append(QueuedEvent(queue_position=3999, predicted_start_ms=7_200_000))
     rec.append(QueuedEvent(queue_position=12, predicted_start_ms=5, predicted_finish_ms=90))
-    # the structural point of ORCH-2790: no bytes object per queued event
-    assert [type(f) for f in rec._frames] == [int, int]
+    # the structural point of ORCH-2790/2747: no bytes object per queued event, and
+    # the log's leading ones 16 bytes each in one bytes object, no list slot or int
+    assert rec._frames == [] and len(rec._head) == 2 * 16
     assert rec.frames_so_far() == [
         b'id: 0\nevent: queued\ndata: {"type":"queued","queue_position":3999,'
         b'"predicted_start_ms":7200000}\n\n',
@@ -90,3 +91,67 @@ def test_every_reader_gets_the_bytes_an_encoding_at_append_gives(
         got = asyncio.run(read(start))
         assert b"".join(got) == b"".join(want[start:])
         assert all(g for g in got)
+
+
+def test_queued_events_after_another_event_stay_packed_ints_in_the_list() -> None:
+    """ORCH-2747: only the leading queued events go into the head; a requeued task's
+    later ones are packed ints in the list (ORCH-2790), numbered after the head's."""
+    rec = _record()
+    first = [QueuedEvent(queue_position=p, predicted_start_ms=10 * p) for p in (3, 2, 1)]
+    started = TokenEvent(t="a", i=0)
+    later = QueuedEvent(queue_position=7, predicted_start_ms=70, predicted_finish_ms=90)
+    for ev in (*first, started, later):
+        assert rec.append(ev)
+    assert len(rec._head) == 3 * 16 and [type(f) for f in rec._frames] == [bytes, int]
+    assert rec.event_count == 5
+    assert rec.frames_so_far() == _expected([*first, started, later])
+
+
+def test_a_reader_waiting_while_the_head_grows_gets_every_frame() -> None:
+    """ORCH-2747: a reader parked before the first queued event, woken as the head
+    grows and then as the list takes over, reads each event once, in order."""
+    events: list[StreamEvent] = [
+        QueuedEvent(queue_position=2, predicted_start_ms=200),
+        QueuedEvent(queue_position=1, predicted_start_ms=100, predicted_finish_ms=300),
+        TokenEvent(t="a", i=0),
+        QueuedEvent(queue_position=1, predicted_start_ms=1 << 50),  # does not fit: bytes
+    ]
+    end = EndEvent(reason="stop", tokens_out=1, decode_ms=0)
+
+    async def run() -> list[bytes]:
+        rec = _record()
+        got: list[bytes] = []
+
+        async def read() -> None:
+            async for chunk in rec.frames(0, 1):
+                got.append(chunk)
+
+        reader = asyncio.create_task(read())
+        for ev in events:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert rec.append(ev)
+        await asyncio.sleep(0)
+        rec.finish(end)
+        await reader
+        return got
+
+    assert asyncio.run(run()) == _expected([*events, end])
+
+
+def test_ten_queued_events_cost_a_third_of_ints_in_a_list() -> None:
+    """ORCH-2747: traced bytes of a record's 10 leading queued events (fails with them
+    as ints in the list: ~48 B each plus the list's slots)."""
+    import tracemalloc
+
+    recs = [_record() for _ in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for rec in recs:
+            for p in range(10):
+                rec.append(QueuedEvent(queue_position=4000 - p, predicted_start_ms=9_000_000 + p))
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / len(recs)
+    finally:
+        tracemalloc.stop()
+    assert per_record < 260, per_record

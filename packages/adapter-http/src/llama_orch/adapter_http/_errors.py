@@ -7,9 +7,11 @@
                                                                    (WorkerReset, or
                                                                    DecodeTimeout for
                                                                    opening a stream)
+    any other OSError (the stream connection's, ``_lean``)      -> WorkerReset
 
 ``aiohttp.ServerTimeoutError`` is both a ClientError and a TimeoutError; it
-is a transport failure (WorkerReset). Every raise chains ``from exc``.
+is a transport failure (WorkerReset). ``TimeoutError`` is an ``OSError``: it is
+matched first. Every raise chains ``from exc``.
 """
 
 from __future__ import annotations
@@ -33,3 +35,5 @@ def map_transport_errors(
         raise WorkerReset(f"{what}: {type(exc).__name__}: {exc}", engine=engine) from exc
     except TimeoutError as exc:
         raise on_timeout(f"{what}: no answer in {timeout_s}s", engine=engine) from exc
+    except OSError as exc:
+        raise WorkerReset(f"{what}: {type(exc).__name__}: {exc}", engine=engine) from exc

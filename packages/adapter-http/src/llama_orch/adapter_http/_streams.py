@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import aiohttp
+from ._lean import StreamConn
 
 __all__ = ["CancelledByCaller", "IdleTimeout", "InFlight"]
 
@@ -25,9 +25,9 @@ class IdleTimeout(Exception):
     """Wakes a stream reader when the engine sent nothing for ``idle_timeout_s``."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class InFlight:
-    resp: aiohttp.ClientResponse
+    conn: StreamConn
     idle_s: float
     last_data: float = 0.0
     cancelled: bool = False
@@ -44,7 +44,7 @@ class InFlight:
             self.timer = loop.call_at(due, self._check, loop)
             return
         self.timer = None
-        self.resp.content.set_exception(IdleTimeout())
+        self.conn.fail(IdleTimeout())
 
     def disarm(self) -> None:
         if self.timer is not None:
@@ -52,7 +52,6 @@ class InFlight:
             self.timer = None
 
     def cancel(self, reason: BaseException) -> None:
-        """Wake the reader first: closing alone detaches the payload and would
-        leave a pending read waiting forever; then drop the socket."""
-        self.resp.content.set_exception(reason)
-        self.resp.close()
+        """Wake the reader with ``reason``, then drop the socket."""
+        self.conn.fail(reason)
+        self.conn.close()

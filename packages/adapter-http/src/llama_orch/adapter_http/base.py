@@ -6,18 +6,20 @@ the decoder of that stream (:meth:`~HttpAdapter.new_decoder`), its options
 struct and error table (``options_type``, ``error_table``), and ``props``,
 ``tokenize`` and ``metrics`` written with :meth:`~HttpAdapter.call`.
 
-Connection policy: one :class:`aiohttp.ClientSession` per adapter (so one
-keep-alive pool per replica), created lazily inside the running loop, closed by
-:meth:`~HttpAdapter.aclose` (ORCH-2720). A connection goes back to the pool only
-when the engine's answer was read to its end; pooled connections idle for
-``keepalive_s`` are dropped. A request on a pooled connection that the engine
-had already closed fails before any byte of an answer; that one, and only that
-one, is sent again (ORCH-2721): the engine never saw it.
+Connection policy: per adapter (so per replica) one :class:`aiohttp.ClientSession`
+for calls and one :class:`~._lean.StreamPool` of lean connections for streams
+(ORCH-2745: aiohttp kept ~9 KB per open response), each created lazily inside the
+running loop, closed by :meth:`~HttpAdapter.aclose` (ORCH-2720). A connection
+goes back to its pool only when the engine's answer was read to its end; pooled
+connections idle for ``keepalive_s`` are dropped. A request on a pooled
+connection that the engine had already closed fails before any byte of an
+answer; that one, and only that one, is sent again (ORCH-2721): the engine
+never saw it.
 
 Cancellation (ORCH-3006): the engines here stop a request when its client
 disconnects. Closing the ``generate`` iterator, cancelling the task
-consuming it, or ``cancel(task_id)`` closes the HTTP response
-(``resp.close()``): the socket is dropped, never returned half-read.
+consuming it, or ``cancel(task_id)`` closes the stream's connection: the
+socket is dropped, never returned half-read.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from llama_orch.core.adapter_api import (
 from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, WorkerReset
 
 from ._errors import map_transport_errors
+from ._lean import StaleConnection, StreamConn, StreamPool
 from ._streams import CancelledByCaller, IdleTimeout, InFlight
 from .options import HttpTimeouts, parse_options
 
@@ -51,7 +54,7 @@ __all__ = ["HttpAdapter", "StreamDecoder"]
 
 T = TypeVar("T")
 _JSON = {"Content-Type": "application/json"}
-_JSON_CLOSE = {**_JSON, "Connection": "close"}
+_CLOSE = b"Connection: close\r\n"
 _encoder = msgspec.json.Encoder()
 _MAX_STALE = 2  # stale pooled connections skipped before the last try of a request
 _DRAIN_S = 0.05  # bound on reading the end of a finished stream to pool its connection
@@ -131,7 +134,8 @@ class HttpAdapter(WorkerAdapter):
         super().__init__(target)
         self.options = parse_options(dict(target.options), self.options_type, self.engine)
         self.base_url = target.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # calls (fetch, probe)
+        self._pool: StreamPool | None = None  # streams (generate, ORCH-2745)
         self._inflight: dict[str, InFlight] = {}
         self.pooled_requests = 0  # answered on a connection taken from the pool
         self.stale_retries = 0  # requests sent again after a stale pooled connection
@@ -197,7 +201,10 @@ class HttpAdapter(WorkerAdapter):
     async def aclose(self) -> None:
         """Close every open stream (their readers get WorkerReset) and the session."""
         for inflight in list(self._inflight.values()):
-            inflight.cancel(aiohttp.ClientConnectionError("adapter closed"))
+            inflight.cancel(ConnectionResetError("adapter closed"))
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -273,9 +280,9 @@ class HttpAdapter(WorkerAdapter):
         if req.task_id in self._inflight:
             raise InvalidParams(f"task {req.task_id!r} is already streaming", engine=self.engine)
         path, body = await self.stream_request(req)
-        resp = await self._open_stream(path, _encoder.encode(body))
+        conn = await self._open_stream(path, _encoder.encode(body))
         loop = asyncio.get_running_loop()
-        inflight = InFlight(resp, self.options.idle_timeout_s)
+        inflight = InFlight(conn, self.options.idle_timeout_s)
         inflight.arm(loop)
         self._inflight[req.task_id] = inflight
         try:
@@ -305,7 +312,7 @@ class HttpAdapter(WorkerAdapter):
                         # event) is read within a bound so that the connection can go
                         # back to the pool (ORCH-2720); else it is closed.
                         if self.pool_streams:
-                            await _read_to_end(resp)
+                            await _read_to_end(conn)
                         self._done(req.task_id, inflight)
                         return
                     yield event
@@ -314,32 +321,58 @@ class HttpAdapter(WorkerAdapter):
         finally:
             self._done(req.task_id, inflight, force_close=True)
 
-    async def _open_stream(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+    def _streams(self) -> StreamPool:
+        if self._pool is None:
+            self._pool = StreamPool(
+                self.base_url,
+                keepalive_s=self.options.keepalive_s,
+                connect_timeout_s=self.options.connect_timeout_s,
+            )
+        return self._pool
+
+    async def _open_stream(self, path: str, body: bytes) -> StreamConn:
+        """The stream's connection with a 200 head read (ORCH-2745); a try on a pooled
+        connection the engine had closed is sent again (ORCH-2721)."""
         what = f"POST {path}"
         idle = self.options.idle_timeout_s
+        pool = self._streams()
+        request = pool.request(path, body, b"" if self.pool_streams else _CLOSE)
         # Engines may send the headers only with the first result (so an early
         # error is a plain HTTP error); idle_timeout_s bounds that wait too.
         with map_transport_errors(what, self.engine, idle, on_timeout=DecodeTimeout):
             async with asyncio.timeout(idle):
-                headers = _JSON if self.pool_streams else _JSON_CLOSE
-                resp = await self._send("POST", self.url(path), body, headers)
-        if resp.status == 200:
-            return resp
+                for tries in range(_MAX_STALE + 1):
+                    conn = await pool.acquire()
+                    try:
+                        conn.start(request)
+                        status = await conn.head()
+                    except StaleConnection:
+                        if tries == _MAX_STALE:
+                            raise
+                        self.stale_retries += 1
+                        continue
+                    except BaseException:
+                        conn.close()
+                        raise
+                    self.pooled_requests += conn.reused
+                    break
+        if status == 200:
+            return conn
         try:
             async with asyncio.timeout(self.options.request_timeout_s):
-                payload = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            resp.close()
+                payload = await conn.read_all()
+        except (OSError, TimeoutError) as exc:
+            conn.close()
             raise WorkerReset(
-                f"{what}: HTTP {resp.status}, body unreadable", engine=self.engine
+                f"{what}: HTTP {status}, body unreadable", engine=self.engine
             ) from exc
-        resp.release()
-        raise self.error_from_response(resp.status, payload, what)
+        pool.release(conn)
+        raise self.error_from_response(status, payload, what)
 
     async def _read(self, inflight: InFlight) -> bytes | None:
         """The next bytes of the stream; ``b""`` at EOF; ``None`` if cancelled."""
         try:
-            return await inflight.resp.content.readany()
+            return await inflight.conn.read()
         except CancelledByCaller:
             return None
         except IdleTimeout as exc:
@@ -347,7 +380,7 @@ class HttpAdapter(WorkerAdapter):
                 f"no bytes from engine for {inflight.idle_s}s during generation",
                 engine=self.engine,
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             if inflight.cancelled:
                 return None
             raise WorkerReset(
@@ -361,27 +394,22 @@ class HttpAdapter(WorkerAdapter):
         if inflight.released:  # already released or draining after its final event
             return
         inflight.released = True
-        resp = inflight.resp
-        if resp.closed:
-            return
         if force_close:
-            resp.close()  # drop the socket: the engine sees the disconnect and aborts
-        elif resp.content.at_eof():
-            resp.release()  # read to its end: the connection goes back to the pool
+            inflight.conn.close()  # drop the socket: the engine sees the disconnect and aborts
         else:
-            resp.close()
+            self._streams().release(inflight.conn)  # pooled only if read to its end
 
 
-async def _read_to_end(resp: aiohttp.ClientResponse) -> None:
+async def _read_to_end(conn: StreamConn) -> None:
     """Read what is left of a finished stream, within ``_DRAIN_S`` and ``_DRAIN_BYTES``;
     the caller pools the connection only if this reached the end."""
     seen = 0
     try:
         async with asyncio.timeout(_DRAIN_S):
-            while not resp.content.at_eof() and seen <= _DRAIN_BYTES:
-                data = await resp.content.readany()
+            while not conn.at_end and seen <= _DRAIN_BYTES:
+                data = await conn.read()
                 if not data:
                     return
                 seen += len(data)
-    except (aiohttp.ClientError, OSError, TimeoutError):
+    except (OSError, TimeoutError):
         return  # not at its end: the caller closes the connection

@@ -61,6 +61,19 @@ def _pack_queued(event: QueuedEvent) -> int | None:
     return pos | start << _POS_BITS | fin << (_POS_BITS + _MS_BITS)
 
 
+# ORCH-2747: the packed ``queued`` events a log begins with (a queued task's whole log)
+# are kept as one bytes object, 16 bytes each (little-endian), not as an int object and
+# a list slot each (~56 B): a queued task gets one per position or ETA move (ORCH-1961),
+# every queued task one at each dispatch ahead of it and at each move of the service
+# model's estimate, so their number grows with the time it waits.
+_QUEUED_SIZE = 16
+
+
+def _head_event(head: bytes, index: int) -> int:
+    at = index * _QUEUED_SIZE
+    return int.from_bytes(head[at : at + _QUEUED_SIZE], "little")
+
+
 def _queued_frame(packed: int, index: int) -> bytes:
     """The frame of a packed ``queued`` event: the bytes its encoding at append gave."""
     fin = packed >> (_POS_BITS + _MS_BITS)
@@ -224,6 +237,9 @@ class TaskRecord(RunFields):
     sink: Callable[[str, bytes], None] | None = None
     # encoded frames; a ``queued`` event's as an int until read (ORCH-2790)
     _frames: list[bytes | int] = field(default_factory=list)
+    # the packed ``queued`` events before the first other event, 16 bytes each; events
+    # ``0 .. len(_head) // 16 - 1``, ``_frames`` holds the ones after (ORCH-2747)
+    _head: bytes = b""
     # readers parked in frames(); None until the first one parks (a queued task has none)
     _waiters: list[asyncio.Future[object]] | None = None
     # run and preemption state (``RunFields``' attributes); None until the dispatch
@@ -279,14 +295,17 @@ class TaskRecord(RunFields):
 
     @property
     def event_count(self) -> int:
-        return len(self._frames)
+        return len(self._head) // _QUEUED_SIZE + len(self._frames)
 
     def frames_so_far(self) -> list[bytes]:
         """The encoded events appended so far (a copy), without waiting."""
-        return [self._frame(i) for i in range(len(self._frames))]
+        return [self._frame(i) for i in range(self.event_count)]
 
     def _frame(self, index: int) -> bytes:
-        frame = self._frames[index]
+        head = len(self._head) // _QUEUED_SIZE
+        if index < head:
+            return _queued_frame(_head_event(self._head, index), index)
+        frame = self._frames[index - head]
         return _queued_frame(frame, index) if isinstance(frame, int) else frame
 
     def append(self, event: StreamEvent) -> bool:
@@ -338,12 +357,15 @@ class TaskRecord(RunFields):
         assert isinstance(tag, str)
         packed = _pack_queued(event) if type(event) is QueuedEvent else None
         if packed is not None:  # ORCH-2790: encoded when read
-            self._frames.append(packed)
+            if self._frames:
+                self._frames.append(packed)
+            else:  # ORCH-2747: the log's leading queued events, 16 bytes each
+                self._head += packed.to_bytes(_QUEUED_SIZE, "little")
             if self.sink is not None:
                 self.sink(tag, _encoder.encode(event))
         else:
             data = _encoder.encode(event)
-            self._frames.append(encode_event(tag, data, len(self._frames)))
+            self._frames.append(encode_event(tag, data, self.event_count))
             if self.sink is not None:
                 self.sink(tag, data)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
@@ -369,12 +391,19 @@ class TaskRecord(RunFields):
         keepalive = None
         try:
             while True:
-                if idx < len(frames):
+                # the leading queued events (ORCH-2747): they grow only while
+                # ``frames`` is empty, so ``n_head`` is fixed once a frame is there
+                head = self._head
+                n_head = len(head) // _QUEUED_SIZE
+                if idx < n_head + len(frames):
                     end, size, parts = idx, 0, []
-                    while end < len(frames) and (end == idx or size < max_chunk):
-                        frame = frames[end]
-                        if isinstance(frame, int):  # a packed ``queued`` event (ORCH-2790)
-                            frame = _queued_frame(frame, end)
+                    while end < n_head + len(frames) and (end == idx or size < max_chunk):
+                        if end < n_head:
+                            frame = _queued_frame(_head_event(head, end), end)
+                        else:
+                            kept = frames[end - n_head]
+                            # a packed ``queued`` event (ORCH-2790) is encoded when read
+                            frame = _queued_frame(kept, end) if isinstance(kept, int) else kept
                         parts.append(frame)
                         size += len(frame)
                         end += 1
