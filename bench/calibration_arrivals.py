@@ -11,7 +11,8 @@ finish (a p90 miss), its measured time split along the engine's clock: queued (a
 it), the time the engine spent prefilling prompts admitted **after** it (the union of
 their launch → first-token spans within its run), prompts admitted before it, and the
 rest (its own decode at the busy slots). Then the told finish with that later prefill
-added (an oracle on the engine's spans: what no forecast at admission can know).
+added (an oracle on the engine's spans: what no forecast at admission can know), and
+what the ``stretch`` term below (the last ``--tau``) would have added at its admission.
 
 ``terms``: the admission-time finish figures of ORCH-1955 (median |told / actual - 1|,
 p90 factor, within 2x) as told and with an expected-arrival term added, computed
@@ -121,11 +122,26 @@ def _told(o: dict[str, Any]) -> bool:
     return bool(o["end_reason"] == "length" and o["finish_ms"] and o["predicted_finish_ms"])
 
 
-def breakdown(stamp: str) -> None:
+def _arrivals(adm: list[dict[str, Any]]) -> list[tuple[float, int]]:
+    """The prompts admitted while another task was running: (time s, tokens)."""
+    return [
+        (x["admitted_s"], x["tokens_in"] or 0)
+        for x in adm
+        if any(y is not x and y["admitted_s"] < x["admitted_s"] < y["ended_s"] for y in adm)
+    ]
+
+
+def breakdown(stamp: str, args: Any) -> None:
     adm, cost, engine = _load(stamp)
+    arrivals = _arrivals(adm)
+    tau = args.tau[-1]
     print(f"{stamp}: misses told < {MISS:g}x (prefill cost {cost:.1f} ms/t), seconds")
-    print("    adm s  c  in/out   told actual | queue own-pf later-pf earlier-pf  rest | +later")
+    print(
+        "    adm s  c  in/out   told actual | queue own-pf later-pf earlier-pf  rest | +later"
+        f" | rate term (tau {tau:g} s)"
+    )
     sums = [0.0] * 6
+    terms_s = 0.0
     oracle: list[float] = []
     for o in adm:
         d = o.get("engine")
@@ -150,10 +166,14 @@ def breakdown(stamp: str) -> None:
             continue
         for k, v in enumerate((told, actual, queue, own, late, early)):
             sums[k] += v
+        rho = prefill_load(arrivals, o["admitted_s"] - 0.0005, tau, cost)
+        ps = (o["predicted_start_ms"] or 0) / 1000
+        term = stretch(told, ps, rho, args.bound) - told
+        terms_s += term
         print(
             f"  {o['admitted_s']:7.1f} c{o['concurrency']} {o['tokens_in']:5d}/{o['tokens_out']:3d}"
             f" {told:6.1f} {actual:6.1f} | {queue:5.1f} {own:6.1f} {late:8.1f} {early:10.1f}"
-            f" {rest:5.1f} | {(told + late) / actual:.2f}"
+            f" {rest:5.1f} | {(told + late) / actual:.2f} | +{term:5.1f}"
         )
     if sums[1]:
         told, actual, queue, own, late, early = sums
@@ -161,18 +181,15 @@ def breakdown(stamp: str) -> None:
             f"  sum of misses: told {told:.1f} s of {actual:.1f} s; queued {queue / actual:.0%},"
             f" own prompt {own / actual:.0%}, prompts launched later {late / actual:.0%},"
             f" other prompts {early / actual:.0%},"
-            f" rest (own decode) {(actual - queue - own - late - early) / actual:.0%}"
+            f" rest (own decode) {(actual - queue - own - late - early) / actual:.0%};"
+            f" later prompts {late:.1f} s, the rate term {terms_s:.1f} s"
         )
     print(f"  matched tasks, told + later prefill (engine spans): {_fmt(oracle)}")
 
 
 def terms(stamp: str, args: Any) -> None:
     adm, cost, _ = _load(stamp)
-    arrivals = [
-        (x["admitted_s"], x["tokens_in"] or 0)
-        for x in adm
-        if any(y is not x and y["admitted_s"] < x["admitted_s"] < y["ended_s"] for y in adm)
-    ]
+    arrivals = _arrivals(adm)
     told: list[float] = []
     starts: list[float] = []
     stretched: dict[float, list[float]] = {tau: [] for tau in args.tau}
@@ -227,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args: Any = ap.parse_args(argv)
     args.tau = [float(x) for x in args.tau.split(",")]
     for stamp in args.stamps:
-        breakdown(stamp)
+        breakdown(stamp, args)
         terms(stamp, args)
     return 0
 
