@@ -8,11 +8,12 @@ server is a skip on a developer machine and a failure under
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable
+from llama_orch.state_valkey import EmbeddedServer, ServerUnavailable, ValkeyStateStore
 from llama_orch.state_valkey.server import debian_redis_server
 
 
@@ -38,3 +39,19 @@ def valkey_url(
         yield url
     finally:
         server.stop()
+
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture
+async def prefixed_store(valkey_url: str) -> AsyncIterator[tuple[ValkeyStateStore, str]]:
+    """A started store on the session's server under a key prefix of its own, and that
+    prefix as its keys spell it (``{name}:``); closed after the test."""
+    name = f"ks{next(_namespaces)}"
+    store = ValkeyStateStore(valkey_url, key_prefix=name)
+    await store.start()
+    try:
+        yield store, f"{{{name}}}:"
+    finally:
+        await store.close()

@@ -112,7 +112,7 @@ async def test_suite_servers_are_the_supported_ones(valkey_url: str) -> None:
         version = info.get("valkey_version") or info["redis_version"]
         major, minor = (int(x) for x in str(version).split(".")[:2])
         assert (major, minor) >= (7, 0), version
-        assert await store.client.fcall("llorch_version", 1, "{version}:") == b"11"
+        assert await store.client.fcall("llorch_version", 1, "{version}:") == b"12"
     finally:
         await store.close()
 

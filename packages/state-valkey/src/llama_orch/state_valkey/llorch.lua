@@ -6,7 +6,7 @@
 -- (ORCH-2504): the conformance suite replays the same operations on both
 -- backends and compares the serving order.
 
-local LIB_VERSION = '11'
+local LIB_VERSION = '12'
 local FIFO_SCORE = 1e15 -- above every deadline (epoch ms): EDF first, then FIFO
 local SEQ_OFFSET = 1e14 -- keeps queue members' seq prefix positive and fixed-width
 
@@ -57,7 +57,13 @@ end
 -- ------------------------------------------------------------------ queue
 local function band_live(p, pool, prio) return redis.call('ZCARD', p .. 'arr:' .. pool .. ':' .. prio) end
 
--- quiet: the caller rings the bell itself, if at all (llorch_submit_dispatch, ORCH-2569)
+local function index_queued(p, pool, adm, tid)
+  redis.call('SADD', admkey(p, pool, adm), tid)
+  redis.call('SADD', p .. 'qadm:' .. pool, adm)
+end
+
+-- quiet: the caller rings the bell itself, if at all (llorch_submit_dispatch, ORCH-2569);
+-- adm nil: the caller indexes the task itself if it stays queued (ORCH-2616)
 local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front, quiet, adm)
   local seq
   if front then seq = redis.call('DECR', p .. 'fseq') else seq = redis.call('INCR', p .. 'aseq') end
@@ -73,8 +79,7 @@ local function qpush(p, cfg, pool, prio, tenant, tid, deadline, front, quiet, ad
   redis.call('ZADD', p .. 'arr:' .. pool .. ':' .. prio, seq, tid)
   redis.call('INCR', p .. 'qlen:' .. pool)
   redis.call('HSET', p .. 't:' .. tid, 'state', 'queued', 'member', m)
-  redis.call('SADD', admkey(p, pool, adm), tid)
-  redis.call('SADD', p .. 'qadm:' .. pool, adm)
+  if adm then index_queued(p, pool, adm, tid) end
   if not quiet then ring_bell(p, pool, 'queued') end
 end
 
@@ -271,7 +276,7 @@ local function bucket(p, key, rps, burst, now)
 end
 
 -- args: tid pool prio tenant deadline|'' pin|'' session|'' request displaced_terminal
-local function submit_step(p, cfg, args, quiet, admitter)
+local function submit_step(p, cfg, args, quiet, admitter, defer_index)
   local tid, pool, prio, tenant = args[1], args[2], args[3], args[4]
   local deadline = tonumber(args[5])
   local tk = p .. 't:' .. tid
@@ -316,7 +321,9 @@ local function submit_step(p, cfg, args, quiet, admitter)
   redis.call('HSET', tk, 'pool', pool, 'prio', prio, 'tenant', tenant, 'deadline', args[5], 'pin', args[6],
     'session', args[7], 'req', args[8], 'epoch', 0, 'next_seq', 0, 'requeues', 0, 'cancel', 0,
     'adm', admitter or '') -- the admitting instance (ORCH-2603)
-  qpush(p, cfg, pool, prio, tenant, tid, deadline, false, quiet, admitter or '')
+  local adm = admitter or ''
+  if defer_index then adm = nil end
+  qpush(p, cfg, pool, prio, tenant, tid, deadline, false, quiet, adm)
   redis.call('HINCRBY', p .. 'inflight', tenant, 1)
   return { 'OK', position(p, cfg, tid), displaced[1] or '', displaced[2] or '' }
 end
@@ -493,10 +500,15 @@ end
 local function f_submit_dispatch(keys, args)
   local p = keys[1]
   local cfg = config(p)
-  local admitted = submit_step(p, cfg, args, true, args[10]) -- the instance admits
+  local admitted = submit_step(p, cfg, args, true, args[10], true) -- the instance admits
   if admitted[1] ~= 'OK' then return { admitted } end
   local d = dispatch_step(p, cfg, args[2], args[10], tonumber(args[11]), args[12], hint_of(args, 13))
-  if d[2] ~= args[1] or (d[1] ~= 'OK' and d[1] ~= 'ORPHAN') then ring_bell(p, args[2], 'queued') end
+  if d[2] ~= args[1] or (d[1] ~= 'OK' and d[1] ~= 'ORPHAN') then
+    -- the task stays queued: indexed now (ORCH-2616); one dispatched or ended at once
+    -- never was, and pop_head's SREM of it is a no-op
+    index_queued(p, args[2], args[10] or '', args[1])
+    ring_bell(p, args[2], 'queued')
+  end
   return { admitted, d }
 end
 
