@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # --import-mode=importlib: load the harness by its folder
     sys.path.insert(0, str(HERE))
 
+import chaos_cancel  # noqa: E402
 import chaos_plan  # noqa: E402
 from chaos_proxy import FaultProxy  # noqa: E402
 
@@ -160,10 +161,10 @@ async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
 
 
 @pytest.mark.real_engine
-@pytest.mark.alone  # its p99 cancel-to-free-slot bound is 250 ms (ORCH-6240)
+@pytest.mark.alone  # its cancel bounds are timing-bound (ORCH-6240, ORCH-6250)
 @pytest.mark.timeout(420)
 def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
-    """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106: two real llama-server replicas,
+    """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106, ORCH-6250: two real llama-server replicas,
     engine kill -9, SIGSTOP, a network black hole and an overload burst under the
     seeded load; nothing lost, no invariant violated, and the acceptance figures."""
     import chaos_run
@@ -186,8 +187,10 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
         "the overload burst must have met backpressure",
         overload,
     )
+    # ORCH-6250..6253: our part (cancel -> engine connection closed) and the engine's
+    # (-> slot released, in engine steps measured in this run), and a ceiling on all
     assert figs["cancel_slot_free_ms"]["n"] >= 3
-    assert figs["cancel_slot_free_ms"]["p99"] <= 250
+    assert chaos_cancel.cancel_gate(figs) == [], figs["cancel_parts_ms"]
     assert figs["engine_kill_to_worker_reset_s_max"] is not None
     assert figs["engine_kill_to_worker_reset_s_max"] <= 2.0
     assert figs["retry_after_error_s"]["n"] >= 3
