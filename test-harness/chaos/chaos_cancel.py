@@ -319,6 +319,9 @@ class CancelParts:
     # matched tasks whose cancel the engine never logged though we closed first: either
     # the engine missed the close or the match is wrong (the 6.8 s sample was the latter)
     engine_missed_cancel: int = 0
+    # ``ours`` samples whose span (cancel -> close seen) overlaps a stall of the runner's
+    # loop (ORCH-6255): the proxy, in that loop, saw the close late by up to the stall
+    across_stall: int = 0
 
 
 def _open_at_cancel(history: dict[str, Any], r: dict[str, Any], t: float) -> dict[str, Any] | None:
@@ -352,6 +355,9 @@ def cancel_parts(history: dict[str, Any]) -> CancelParts:
         if closed is None or x.get("cut") != "client-eof":
             out.not_closed += 1
         out.ours.append(math.inf if closed is None else closed - c["t_send"])
+        end = math.inf if closed is None else closed
+        if any(t < end and t + d > c["t_send"] for t, d in history.get("runner_stalls") or []):
+            out.across_stall += 1
         if r.get("task_id") in ends:
             out.ended.append(max(0.0, ends[r["task_id"]] - c["t_send"]))
     matches = cancel_matches(history)

@@ -324,6 +324,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
     csf = cancel_slot_free_engine(history)
     csf_fault = cancel_slot_free_engine(history, exclude_faults=True)
     parts = cancel_parts(history)
+    stalls = history.get("runner_stalls") or []
     ra = retry_after_errors(history)
     rec = recoveries(history)
     kill_reset = [
@@ -372,6 +373,12 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "engine": _ms(parts.engine) | {"fallbacks": parts.fallbacks},
             "not_closed_by_us": parts.not_closed,
             "engine_missed_cancel": parts.engine_missed_cancel,
+            "ours_across_runner_stall": parts.across_stall,
+        },
+        "runner_stalls": {
+            "n": len(stalls),
+            "max_ms": None if not stalls else round(1000 * max(d for _, d in stalls), 1),
+            "total_ms": round(1000 * sum(d for _, d in stalls), 1),
         },
         # reported, not gated: the first /slots answer showing the slot free
         "cancel_slot_free_poll_ms": _ms(csf_poll),

@@ -53,6 +53,7 @@ def _cancel_parts_rows(figs: dict[str, Any]) -> list[str]:
     """ORCH-6250..6253: the cancel figure in its two parts, and the gate's verdict."""
     cp = figs["cancel_parts_ms"]
     ours, ended, engine = cp["ours"], cp["ours_until_task_ended"], cp["engine"]
+    st = figs["runner_stalls"]
 
     def three(d: dict[str, Any]) -> str:
         return f"{_fmt(d['p50'])} / {_fmt(d['p99'])} / {_fmt(d['max'])} ({d['n']})"
@@ -65,6 +66,9 @@ def _cancel_parts_rows(figs: dict[str, Any]) -> list[str]:
         f"ended otherwise or never: {cp['not_closed_by_us']} | {three(ours)} |",
         f"| of it: cancel → orchestratord's `task ended` line (ms resolution) (ms) p50 / "
         f"p99 / max (n) | {three(ended)} |",
+        f"| the runner's loop stalls (> 50 ms; the clients, monitors and proxies stamp late "
+        f"in one): n, max, total (ms); samples of ours across one | {st['n']}, "
+        f"{_fmt(st['max_ms'])}, {st['total_ms']}; {cp['ours_across_runner_stall']} |",
         f"| **engine's** (gated, ORCH-6252: p99 ≤ {chaos_cancel.ENGINE_STEPS:g} × step p99 "
         f"+ {chaos_cancel.ENGINE_MARGIN_MS:g}): our close → the engine logged the slot's "
         f"release (ms) p50 / p99 / max (n; poll figures {engine['fallbacks']}; without the "

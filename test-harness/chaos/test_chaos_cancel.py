@@ -254,6 +254,13 @@ def test_the_cancel_parts_split_at_our_close_of_the_engine_connection() -> None:
     assert figs["token_gap_ms"]["p99"] == pytest.approx(10.0)
     assert chaos_cancel.cancel_gate(figs, min_n=1) == []
     assert chaos_cancel.cancel_gate(figs) == ["too few cancels measured: ours 1, engine 1"]
+    # ORCH-6255: a stall of the runner's loop inside the span is counted, one outside not
+    h["runner_stalls"] = [[100.25, 0.04], [100.33, 0.3]]
+    assert chaos_cancel.cancel_parts(h).across_stall == 0
+    h["runner_stalls"].append([100.31, 0.06])
+    assert chaos_cancel.cancel_parts(h).across_stall == 1
+    figs = chaos_figures.figures(h, [])
+    assert figs["runner_stalls"] == {"n": 3, "max_ms": 300.0, "total_ms": 400.0}
 
 
 def test_the_cancel_gate_fails_on_the_6_8_s_sample() -> None:
