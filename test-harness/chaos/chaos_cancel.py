@@ -116,7 +116,7 @@ def cancel_matches(history: dict[str, Any]) -> list[dict[str, Any]]:
         # request; during prefill /slots counts only the prompt tokens evaluated so far
         # (a CI run matched a neighbour's 56-token prompt to this 55-token request,
         # whose own slot showed 7, and reported that neighbour's end as 594 ms).
-        # A slot the engine named (in its final chunk) for another request open at that
+        # ORCH-6254: a slot the engine named (in its final chunk) for another request open at that
         # poll, whose task appeared after that request was opened, runs that request: a
         # CI run matched a 62-token request to a neighbour's 183-token prompt in prefill
         # (19 tokens so far) opened 4 ms before it, on the slot the neighbour's final

@@ -160,7 +160,7 @@ async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
 
 
 async def test_a_proxy_on_its_own_thread_stamps_our_close_while_the_runners_loop_stalls() -> None:
-    """ORCH-6255: the runner's loop stalled (here: 0.3 s of blocking calls) must not
+    """ORCH-6255, ORCH-6256: the runner's loop stalled (here: 0.3 s of blocking calls) must not
     delay the proxy's stamp of the client's close of an engine request, which is where
     our part of a cancel ends; a proxy on the runner's loop stamps it after the stall."""
     import socket

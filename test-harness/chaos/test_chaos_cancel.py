@@ -264,7 +264,7 @@ def test_the_cancel_parts_split_at_our_close_of_the_engine_connection() -> None:
 
 
 def test_the_cancel_gate_fails_on_the_6_8_s_sample() -> None:
-    """ORCH-6252, ORCH-6253: the shape of session 13's failed run: we closed the engine
+    """ORCH-6252, ORCH-6253, ORCH-6256: the shape of session 13's failed run: we closed the engine
     connection at once, the engine never logged the cancel and released the slot
     6.785 s after it. The engine's part is far over 2 steps and the ceiling is
     crossed; the missing `cancel task` line is counted."""
@@ -290,7 +290,7 @@ def test_the_cancel_gate_fails_on_the_6_8_s_sample() -> None:
 
 
 def test_the_cancel_gate_fails_when_our_side_is_slow_or_never_closes() -> None:
-    """ORCH-6251, ORCH-6253: the proxy saw our close 300 ms after the cancel (the engine
+    """ORCH-6251, ORCH-6253, ORCH-6256: the proxy saw our close 300 ms after the cancel (the engine
     then freed the slot in 25 ms: its part is fine, ours is not); a connection we never
     closed is an infinite part of ours, and one the engine ended first is counted."""
     h = _canceled_on_engine_log()
@@ -312,7 +312,7 @@ def test_the_cancel_gate_fails_when_our_side_is_slow_or_never_closes() -> None:
 
 
 def test_a_slot_the_engine_named_for_another_request_is_not_the_canceled_ones() -> None:
-    """ORCH-6254, session 13's 6.8 s: two requests reached engine 0 4 ms apart, a
+    """ORCH-6254, ORCH-6256, session 13's 6.8 s: two requests reached engine 0 4 ms apart, a
     neighbour's 183-token prompt and ours of 62 tokens. The neighbour's task appeared
     first (13 ms after ours was opened, its prefill at 16 of 183 tokens, less than our 62:
     a prefill in progress), ours 147 ms after. Matching by the nearest appearance took
