@@ -178,7 +178,7 @@ def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -
     ]
 
 
-def _incarnation(runs: list[dict[str, Any]], t: float) -> int | None:
+def incarnation(runs: list[dict[str, Any]], t: float) -> int | None:
     """Index of the engine incarnation running at ``t`` (the last spawned before it)."""
     k = None
     for i, run in enumerate(runs):
@@ -241,7 +241,7 @@ def clock_offsets(
             anchors = [
                 (m["id_task"], m["opened"])
                 for m in matches
-                if str(m["engine"]) == engine and _incarnation(runs, m["t_cancel"]) == k
+                if str(m["engine"]) == engine and incarnation(runs, m["t_cancel"]) == k
             ]
             out[engine].append(_offset_bounds(runs, k, samples.get(engine, []), anchors))
     return out
@@ -271,7 +271,7 @@ def cancel_slot_free_engine(
         if m["under_fault"] != exclude_faults:
             continue
         runs = logs.get(str(m["engine"]), [])
-        k = _incarnation(runs, m["t_cancel"])
+        k = incarnation(runs, m["t_cancel"])
         release = None if k is None else runs[k]["tasks"].get(str(m["id_task"]), {}).get("release")
         if k is not None and release is not None:
             lo, hi = offsets[str(m["engine"])][k]
@@ -372,7 +372,7 @@ def cancel_parts(history: dict[str, Any]) -> CancelParts:
             continue  # not closed by us: counted in ``not_closed``
         closed = float(x["closed"])
         runs = logs.get(str(m["engine"]), [])
-        k = _incarnation(runs, m["t_cancel"])
+        k = incarnation(runs, m["t_cancel"])
         task: dict[str, float] = {}
         lo, hi = math.inf, math.inf  # no offset known
         if k is not None:

@@ -353,3 +353,28 @@ def test_a_slot_the_engine_named_for_another_request_is_not_the_canceled_ones() 
     # more: it would be slot 1, so the rule is what singles out ours
     h["exchanges"][0]["id_slot"] = None
     assert chaos_cancel.cancel_matches(h)[0]["id_task"] == 2851
+
+
+def test_session_13s_failed_whole_suite_run_measured_again() -> None:
+    """ORCH-6254 on the kept history of session 13's failed run (`reports/ci-seed7-
+    20261204T211944Z`, p99 6,785 ms then): arrival 92 is tied to its own task (2853),
+    every matched task has the engine's `cancel task` line, the whole reads 340.7 ms at
+    most, and the gate passes it (the engine's part 339.6 ms, within 2 x the run's step
+    p99 of 206.8 ms + 50 ms; ours 12.4 ms)."""
+    import gzip
+    import json
+
+    path = HERE / "reports" / "ci-seed7-20261204T211944Z.history.json.gz"
+    with gzip.open(path, "rt") as f:
+        h = json.load(f)
+    ms = {m["n"]: m for m in chaos_cancel.cancel_matches(h)}
+    assert ms[92]["id_task"] == 2853
+    for m in ms.values():
+        runs = h["engine_logs"][str(m["engine"])]
+        k = chaos_cancel.incarnation(runs, m["t_cancel"])
+        assert k is not None and "cancel" in runs[k]["tasks"][str(m["id_task"])], m
+    figs = chaos_figures.figures(h, [])
+    assert figs["cancel_slot_free_ms"]["max"] == pytest.approx(340.7)
+    assert figs["cancel_parts_ms"]["engine"]["max"] == pytest.approx(339.6)
+    assert figs["cancel_parts_ms"]["ours"]["max"] == pytest.approx(12.4)
+    assert chaos_cancel.cancel_gate(figs) == []
