@@ -325,11 +325,19 @@ class CancelParts:
 
 
 def _open_at_cancel(history: dict[str, Any], r: dict[str, Any], t: float) -> dict[str, Any] | None:
-    """The engine exchange of ``r`` running (opened, not ended, no final chunk) at ``t``."""
+    """The engine exchange of ``r`` running at ``t``: opened, not ended and no final chunk
+    by then (a history without the final chunk's time: none at all). A request we kept
+    open after the cancel runs to its final chunk, and its time open is ours."""
+
+    def running(x: dict[str, Any]) -> bool:
+        if x.get("t_final") is not None:
+            return bool(x["t_final"] > t)
+        return not x.get("final")
+
     xs = [
         x
         for x in exchanges_of(history, r["n"])
-        if x["opened"] < t and (x.get("closed") is None or x["closed"] > t) and not x.get("final")
+        if x["opened"] < t and (x.get("closed") is None or x["closed"] > t) and running(x)
     ]
     return xs[-1] if xs else None
 

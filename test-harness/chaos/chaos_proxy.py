@@ -43,6 +43,7 @@ class Exchange:
     id_slot: int | None = None  # llama-server says it in the final chunk only
     prompt_tokens: int | None = None  # "tokens_evaluated": ties the request to a /slots entry
     final: bool = False  # the engine sent its last chunk
+    t_final: float | None = None  # when the proxy saw it (ORCH-6250: after a cancel?)
     bytes_down: int = 0
     cut: str = ""  # why the proxy ended it: "upstream-eof", "reset", "blackhole", ...
 
@@ -97,6 +98,8 @@ class _Conn:
                 cur.prompt_tokens = int(m.group(1))
         if _STOP.search(buf):
             cur.final = True
+            if cur.t_final is None:
+                cur.t_final = time.time()
         self.down_tail = buf[-64:]
 
     def _close_exchange(self, why: str) -> None:

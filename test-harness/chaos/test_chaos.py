@@ -146,6 +146,7 @@ async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
             got += await asyncio.wait_for(r.read(4096), 5)
         (x,) = proxy.exchanges
         assert (x.arrival, x.id_slot, x.final, x.path) == (42, 2, True, "/completion")
+        assert x.t_final is not None and x.opened <= x.t_final  # ORCH-6250
         proxy.blackhole(True)
         w.write(b'POST /completion HTTP/1.1\r\n\r\n{"prompt":"[chaos-000043] hi"}')
         await w.drain()

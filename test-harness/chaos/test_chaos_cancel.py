@@ -309,6 +309,15 @@ def test_the_cancel_gate_fails_when_our_side_is_slow_or_never_closes() -> None:
     h["exchanges"][0] |= {"cut": "upstream-eof", "closed": 100.9}  # the engine's end
     parts = chaos_cancel.cancel_parts(h)
     assert parts.ours == [pytest.approx(0.6)] and parts.not_closed == 1
+    # kept open after the cancel, the request ran to its final chunk 3 s later: the leak
+    # a pooled or forgotten connection would be; its time open is ours
+    h["exchanges"][0] |= {"final": True, "t_final": 103.2, "closed": 103.21}
+    figs = chaos_figures.figures(h, [])
+    assert figs["cancel_parts_ms"]["ours"]["max"] == pytest.approx(2910.0)
+    fails = chaos_cancel.cancel_gate(figs, min_n=0)
+    assert [f.split(":")[0] for f in fails] == ["ours", "ceiling"], fails
+    h["exchanges"][0]["t_final"] = 100.29  # its final chunk came before the cancel
+    assert chaos_cancel.cancel_parts(h).ours == []
 
 
 def test_a_slot_the_engine_named_for_another_request_is_not_the_canceled_ones() -> None:
