@@ -116,10 +116,26 @@ def cancel_matches(history: dict[str, Any]) -> list[dict[str, Any]]:
         # request; during prefill /slots counts only the prompt tokens evaluated so far
         # (a CI run matched a neighbour's 56-token prompt to this 55-token request,
         # whose own slot showed 7, and reported that neighbour's end as 594 ms).
+        # ORCH-6254: a slot the engine named (in its final chunk) for another request open at that
+        # poll, whose task appeared after that request was opened, runs that request: a
+        # CI run matched a 62-token request to a neighbour's 183-token prompt in prefill
+        # (19 tokens so far) opened 4 ms before it, on the slot the neighbour's final
+        # chunk named, and reported the neighbour's end as a cancel's 6.8 s.
+        t_poll = before[-1]["t"]
+        taken = [
+            (y["id_slot"], y["opened"])
+            for y in history.get("exchanges") or []
+            if y is not x
+            and y.get("engine") == x["engine"]
+            and y.get("id_slot") is not None
+            and y["opened"] <= t_poll
+            and (y.get("closed") is None or y["closed"] >= t_poll)
+        ]
         match = sorted(
             (abs(appeared(s) - x["opened"]), s["id"], s)
             for s in before[-1]["slots"]
             if s["is_processing"]
+            and not any(s["id"] == k and appeared(s) >= t - 0.05 for k, t in taken)
             and s.get("prompt_len") is not None
             and s["prompt_len"] <= x["prompt_tokens"] + 1
             and (s["prompt_len"] >= x["prompt_tokens"] - 1 or s["prompt_len"] < x["prompt_tokens"])
@@ -162,7 +178,7 @@ def cancel_slot_free(history: dict[str, Any], *, exclude_faults: bool = False) -
     ]
 
 
-def _incarnation(runs: list[dict[str, Any]], t: float) -> int | None:
+def incarnation(runs: list[dict[str, Any]], t: float) -> int | None:
     """Index of the engine incarnation running at ``t`` (the last spawned before it)."""
     k = None
     for i, run in enumerate(runs):
@@ -225,7 +241,7 @@ def clock_offsets(
             anchors = [
                 (m["id_task"], m["opened"])
                 for m in matches
-                if str(m["engine"]) == engine and _incarnation(runs, m["t_cancel"]) == k
+                if str(m["engine"]) == engine and incarnation(runs, m["t_cancel"]) == k
             ]
             out[engine].append(_offset_bounds(runs, k, samples.get(engine, []), anchors))
     return out
@@ -255,7 +271,7 @@ def cancel_slot_free_engine(
         if m["under_fault"] != exclude_faults:
             continue
         runs = logs.get(str(m["engine"]), [])
-        k = _incarnation(runs, m["t_cancel"])
+        k = incarnation(runs, m["t_cancel"])
         release = None if k is None else runs[k]["tasks"].get(str(m["id_task"]), {}).get("release")
         if k is not None and release is not None:
             lo, hi = offsets[str(m["engine"])][k]
@@ -272,3 +288,132 @@ def cancel_slot_free_engine(
             fig.samples.append(m["t_seen_free"] - m["t_cancel"])
             fig.fallbacks += 1
     return fig
+
+
+# ORCH-6250..6253: the gate on a cancel, in two parts measured in the same run, and a
+# ceiling on the whole. Our part ends when the fault proxy sees orchestratord end the
+# engine connection; the engine's part is from there to its slot's release, which
+# llama-server cannot make shorter than it is built to: its HTTP thread notices the
+# closed connection when it next writes a token of that request (up to one step) and
+# posts a cancel that its loop takes after the step in progress (up to one more).
+OURS_P99_MS = 50.0  # ORCH-6251
+ENGINE_STEPS = 2.0  # ORCH-6252: the engine's part, in measured engine steps ...
+ENGINE_MARGIN_MS = 50.0  # ... plus this (the log offset's slack, the 2 cores' scheduling)
+CEILING_MS = 2000.0  # ORCH-6253: any cancel, cancel -> slot released
+
+
+@dataclass
+class CancelParts:
+    """ORCH-6250: one cancel's time cut where orchestratord hands it to the engine."""
+
+    ours: list[float] = field(default_factory=list)  # cancel -> engine connection ended
+    # the first piece of ``ours``, reported: cancel -> orchestratord logged the task's
+    # end (its "task ended" line, ms resolution); the rest is the adapter's close
+    ended: list[float] = field(default_factory=list)
+    # our close -> slot released (engine log, or the poll figure where it falls back)
+    engine: list[float] = field(default_factory=list)
+    fallbacks: int = 0  # engine samples that are poll figures
+    # exchanges that ended after the cancel other than by our close (the engine's end,
+    # a proxy cut) or never: their ``ours`` sample is how long they stayed open (inf)
+    not_closed: int = 0
+    # matched tasks whose cancel the engine never logged though we closed first: either
+    # the engine missed the close or the match is wrong (the 6.8 s sample was the latter)
+    engine_missed_cancel: int = 0
+    # ``ours`` samples whose span (cancel -> close seen) overlaps a stall of the runner's
+    # loop (ORCH-6255): the proxy, in that loop, saw the close late by up to the stall
+    across_stall: int = 0
+
+
+def _open_at_cancel(history: dict[str, Any], r: dict[str, Any], t: float) -> dict[str, Any] | None:
+    """The engine exchange of ``r`` running at ``t``: opened, not ended and no final chunk
+    by then (a history without the final chunk's time: none at all). A request we kept
+    open after the cancel runs to its final chunk, and its time open is ours."""
+
+    def running(x: dict[str, Any]) -> bool:
+        if x.get("t_final") is not None:
+            return bool(x["t_final"] > t)
+        return not x.get("final")
+
+    xs = [
+        x
+        for x in exchanges_of(history, r["n"])
+        if x["opened"] < t and (x.get("closed") is None or x["closed"] > t) and running(x)
+    ]
+    return xs[-1] if xs else None
+
+
+def cancel_parts(history: dict[str, Any]) -> CancelParts:
+    """ORCH-6250: our part of every answered cancel whose engine request was running,
+    and the engine's part of those the /slots match ties to an engine task, both off
+    engine faults (±1 s)."""
+    out = CancelParts()
+    ends = {
+        d.get("job_id"): float(d["ts"])
+        for d in history.get("daemon_task_ends") or []
+        if d.get("state") == "canceled" and "ts" in d
+    }
+    for r in history["tasks"]:
+        c = cancel_of(r)
+        if not c or c.get("status") != 204:
+            continue
+        x = _open_at_cancel(history, r, c["t_send"])
+        if x is None or _under_fault(history, x["engine"], c["t_send"]):
+            continue
+        closed = x.get("closed")
+        if closed is None or x.get("cut") != "client-eof":
+            out.not_closed += 1
+        out.ours.append(math.inf if closed is None else closed - c["t_send"])
+        end = math.inf if closed is None else closed
+        if any(t < end and t + d > c["t_send"] for t, d in history.get("runner_stalls") or []):
+            out.across_stall += 1
+        if r.get("task_id") in ends:
+            out.ended.append(max(0.0, ends[r["task_id"]] - c["t_send"]))
+    matches = cancel_matches(history)
+    offsets = clock_offsets(history, matches)
+    logs: dict[str, list[dict[str, Any]]] = history.get("engine_logs") or {}
+    by_n = {r["n"]: r for r in history["tasks"]}
+    for m in matches:
+        if m["under_fault"]:
+            continue
+        x = _open_at_cancel(history, by_n[m["n"]], m["t_cancel"])
+        if x is None or x.get("closed") is None or x.get("cut") != "client-eof":
+            continue  # not closed by us: counted in ``not_closed``
+        closed = float(x["closed"])
+        runs = logs.get(str(m["engine"]), [])
+        k = incarnation(runs, m["t_cancel"])
+        task: dict[str, float] = {}
+        lo, hi = math.inf, math.inf  # no offset known
+        if k is not None:
+            task = runs[k]["tasks"].get(str(m["id_task"]), {})
+            lo, hi = offsets[str(m["engine"])][k]
+        if "release" in task and lo <= hi < math.inf:
+            released = task["release"] + hi
+            out.engine.append(max(0.0, released - closed))
+            if "cancel" not in task and released > closed:
+                out.engine_missed_cancel += 1
+        elif m["t_seen_free"] is not None:
+            out.engine.append(max(0.0, m["t_seen_free"] - closed))
+            out.fallbacks += 1
+    return out
+
+
+def cancel_gate(figs: dict[str, Any], *, min_n: int = 3) -> list[str]:
+    """ORCH-6250..6253 on a run's figures: what fails (empty when the gate passes)."""
+    fails: list[str] = []
+    ours, engine = figs["cancel_parts_ms"]["ours"], figs["cancel_parts_ms"]["engine"]
+    step = figs["token_gap_ms"]["p99"]
+    if ours["n"] < min_n or engine["n"] < min_n:
+        fails.append(f"too few cancels measured: ours {ours['n']}, engine {engine['n']}")
+    if ours["n"] and ours["p99"] > OURS_P99_MS:
+        fails.append(f"ours: cancel -> engine connection ended p99 {ours['p99']} > {OURS_P99_MS}")
+    if step is None:
+        fails.append("no engine step measured (no two tokens of one task)")
+    elif engine["n"] and engine["p99"] > ENGINE_STEPS * step + ENGINE_MARGIN_MS:
+        fails.append(
+            f"engine: our close -> slot released p99 {engine['p99']} ms > {ENGINE_STEPS:g} x "
+            f"step p99 {step} + {ENGINE_MARGIN_MS:g} ms"
+        )
+    worst = [v for v in (figs["cancel_slot_free_ms"]["max"], ours["max"]) if v is not None]
+    if worst and max(worst) > CEILING_MS:
+        fails.append(f"ceiling: a cancel took {max(worst)} ms > {CEILING_MS:g} ms")
+    return fails

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from typing import Any
@@ -18,6 +19,23 @@ from chaos_procs import POOL, STREAM_TIMEOUT_S, now
 from chaos_state import RunState
 from chaos_topology import Topology
 from llama_orch.core.sse import SSEParser
+
+
+def _close_now(r: aiohttp.ClientResponse) -> float:
+    """Close an OpenAI client's stream, the API's cancel, and return when its FIN left:
+    the socket is shut down here, not at the transport's close, which asyncio defers to
+    the loop's next turn (ORCH-6250: our part of a cancel starts then; a busy runner loop
+    must not count as orchestratord's)."""
+    conn = r.connection
+    sock = (
+        None if conn is None or conn.transport is None else conn.transport.get_extra_info("socket")
+    )
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    t = now()
+    r.close()
+    return t
 
 
 class LoadClients:
@@ -270,13 +288,11 @@ class LoadClients:
                             oa["chunks"].append([t, c.get("text", ""), c.get("finish_reason")])
                         n_text = sum(1 for c in oa["chunks"] if c[2] is None)
                         if limit is not None and n_text >= limit and oa["done"] is None:
-                            r.close()  # the disconnect: the frontend cancels the task
-                            oa["closed"] = now()
+                            oa["closed"] = _close_now(r)  # the frontend cancels the task
                             return
         except TimeoutError:
             if oa["done"] is None and oa["error"] is None:
-                r.close()
-                oa["closed"] = now()
+                oa["closed"] = _close_now(r)
 
     async def _cancel(
         self,

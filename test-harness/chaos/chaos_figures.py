@@ -8,7 +8,7 @@ import itertools
 import statistics
 from typing import Any
 
-from chaos_cancel import cancel_slot_free, cancel_slot_free_engine
+from chaos_cancel import cancel_parts, cancel_slot_free, cancel_slot_free_engine
 from chaos_history import (
     OUTAGE_FAULTS,
     POOL_FAULTS,
@@ -323,6 +323,8 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
     csf_poll = cancel_slot_free(history)
     csf = cancel_slot_free_engine(history)
     csf_fault = cancel_slot_free_engine(history, exclude_faults=True)
+    parts = cancel_parts(history)
+    stalls = history.get("runner_stalls") or []
     ra = retry_after_errors(history)
     rec = recoveries(history)
     kill_reset = [
@@ -363,6 +365,20 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "engine_saw_cancel": _ms(csf.cancel_seen),
             "under_fault_n": len(csf_fault.samples),
             "under_fault_max": _ms(csf_fault.samples)["max"],
+        },
+        # ORCH-6250..6253: gated in two parts and a ceiling (chaos_cancel.cancel_gate)
+        "cancel_parts_ms": {
+            "ours": _ms(parts.ours),
+            "ours_until_task_ended": _ms(parts.ended),
+            "engine": _ms(parts.engine) | {"fallbacks": parts.fallbacks},
+            "not_closed_by_us": parts.not_closed,
+            "engine_missed_cancel": parts.engine_missed_cancel,
+            "ours_across_runner_stall": parts.across_stall,
+        },
+        "runner_stalls": {
+            "n": len(stalls),
+            "max_ms": None if not stalls else round(1000 * max(d for _, d in stalls), 1),
+            "total_ms": round(1000 * sum(d for _, d in stalls), 1),
         },
         # reported, not gated: the first /slots answer showing the slot free
         "cancel_slot_free_poll_ms": _ms(csf_poll),

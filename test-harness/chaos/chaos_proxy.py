@@ -22,6 +22,7 @@ import contextlib
 import re
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class Exchange:
     id_slot: int | None = None  # llama-server says it in the final chunk only
     prompt_tokens: int | None = None  # "tokens_evaluated": ties the request to a /slots entry
     final: bool = False  # the engine sent its last chunk
+    t_final: float | None = None  # when the proxy saw it (ORCH-6250: after a cancel?)
     bytes_down: int = 0
     cut: str = ""  # why the proxy ended it: "upstream-eof", "reset", "blackhole", ...
 
@@ -96,6 +98,8 @@ class _Conn:
                 cur.prompt_tokens = int(m.group(1))
         if _STOP.search(buf):
             cur.final = True
+            if cur.t_final is None:
+                cur.t_final = time.time()
         self.down_tail = buf[-64:]
 
     def _close_exchange(self, why: str) -> None:
@@ -211,3 +215,64 @@ class FaultProxy:
                     conn.current.closed = time.time()
                     conn.current.cut = "upstream-eof"
                 conn.abort("upstream-eof" if not up else "client-eof")
+
+
+class ProxyThread:
+    """A :class:`FaultProxy` on an event loop of its own, in a thread (ORCH-6255): its
+    stamps (a request opened, orchestratord's close of the engine connection) and its
+    forwarding do not wait for the runner's loop, whose clients, monitors and report
+    work stall it for tens of milliseconds, once 1.5 s, under a CI run's load. The
+    runner's calls (the faults) are posted to the proxy's loop; ``exchanges`` is the
+    proxy's list, appended there and read after ``close``."""
+
+    def __init__(self, index: int, upstream_port: int) -> None:
+        self.proxy = FaultProxy(index, upstream_port)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name=f"fault-proxy-{index}", daemon=True
+        )
+
+    @property
+    def index(self) -> int:
+        return self.proxy.index
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        return self.proxy.exchanges
+
+    @property
+    def upstream_port(self) -> int:
+        return self.proxy.upstream_port
+
+    @upstream_port.setter
+    def upstream_port(self, port: int) -> None:
+        self.loop.call_soon_threadsafe(setattr, self.proxy, "upstream_port", port)
+
+    async def start(self) -> int:
+        self.thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop)
+        return await asyncio.wrap_future(fut)
+
+    async def close(self) -> None:
+        if not self.thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.proxy.close(), self.loop)
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(fut)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self.thread.join, 5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+    def blackhole(self, on: bool) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.blackhole, on)
+
+    def latency(self, ms: int) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.latency, ms)
+
+    def reset(self) -> None:
+        self.loop.call_soon_threadsafe(self.proxy.reset)

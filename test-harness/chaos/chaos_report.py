@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import chaos_cancel
 import chaos_history
 
 
@@ -46,6 +47,35 @@ def write(
 
 def _fmt(x: Any) -> str:
     return "–" if x is None else str(x)
+
+
+def _cancel_parts_rows(figs: dict[str, Any]) -> list[str]:
+    """ORCH-6250..6253: the cancel figure in its two parts, and the gate's verdict."""
+    cp = figs["cancel_parts_ms"]
+    ours, ended, engine = cp["ours"], cp["ours_until_task_ended"], cp["engine"]
+    st = figs["runner_stalls"]
+
+    def three(d: dict[str, Any]) -> str:
+        return f"{_fmt(d['p50'])} / {_fmt(d['p99'])} / {_fmt(d['max'])} ({d['n']})"
+
+    fails = chaos_cancel.cancel_gate(figs)
+    verdict = "pass" if not fails else "FAIL: " + "; ".join(fails)
+    return [
+        f"| **ours** (gated, ORCH-6251: p99 ≤ {chaos_cancel.OURS_P99_MS:g}): cancel → the "
+        f"proxy saw orchestratord end the engine connection (ms) p50 / p99 / max (n); "
+        f"ended otherwise or never: {cp['not_closed_by_us']} | {three(ours)} |",
+        f"| of it: cancel → orchestratord's `task ended` line (ms resolution) (ms) p50 / "
+        f"p99 / max (n) | {three(ended)} |",
+        f"| the runner's loop stalls (> 50 ms; the clients, monitors and proxies stamp late "
+        f"in one): n, max, total (ms); samples of ours across one | {st['n']}, "
+        f"{_fmt(st['max_ms'])}, {st['total_ms']}; {cp['ours_across_runner_stall']} |",
+        f"| **engine's** (gated, ORCH-6252: p99 ≤ {chaos_cancel.ENGINE_STEPS:g} × step p99 "
+        f"+ {chaos_cancel.ENGINE_MARGIN_MS:g}): our close → the engine logged the slot's "
+        f"release (ms) p50 / p99 / max (n; poll figures {engine['fallbacks']}; without the "
+        f"engine's `cancel task` line {cp['engine_missed_cancel']}) | {three(engine)} |",
+        f"| cancel gate (ORCH-6250..6253, the `ci` profile's; ceiling "
+        f"{chaos_cancel.CEILING_MS:g} ms on any cancel) | {verdict} |",
+    ]
 
 
 def markdown(
@@ -122,6 +152,7 @@ def markdown(
         f"{_fmt(csp.get('max'))} ({_fmt(csp.get('n'))}) |",
         f"| cancel → orchestratord closed the engine request (ms) p50 / p99 (n) | "
         f"{_fmt(cuc['p50'])} / {_fmt(cuc['p99'])} ({cuc['n']}) |",
+        *_cancel_parts_rows(figs),
         f"| gap between two tokens of a task at the client (ms) p50 / p99: about one engine "
         f"step, the floor under cancel → slot free | {_fmt(figs['token_gap_ms']['p50'])} / "
         f"{_fmt(figs['token_gap_ms']['p99'])} |",

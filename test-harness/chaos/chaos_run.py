@@ -52,6 +52,7 @@ class Runner:
         self.faults = FaultInjector(self.topo, self.state)
         self.clients = LoadClients(self.topo, self.state, seed)
         self.slot_samples: dict[str, list[dict[str, Any]]] = {}
+        self.stalls: list[list[float]] = []  # [start, seconds] of the runner's loop stalls
 
     async def monitor_slots(self, http: aiohttp.ClientSession, e: Engine) -> None:
         series = self.slot_samples.setdefault(str(e.index), [])
@@ -83,6 +84,16 @@ class Runner:
             # figure from above, so the period adds to every cancel sample.
             await asyncio.sleep(0.02)
 
+    async def watch_loop(self) -> None:
+        """ORCH-6255: the runner's own stalls (a 10 ms tick late by more than 50 ms):
+        what the clients and monitors stamp inside one is stamped late."""
+        while not self.state.stopping.is_set():
+            t = now()
+            await asyncio.sleep(0.01)
+            late = now() - t - 0.01
+            if late > 0.05:
+                self.stalls.append([t + 0.01, late])
+
     # ----------------------------------------------------------------- faults
 
     async def run(self) -> dict[str, Any]:
@@ -99,6 +110,7 @@ class Runner:
                 monitors = [
                     asyncio.create_task(self.monitor_slots(http, e)) for e in self.topo.engines
                 ]
+                monitors.append(asyncio.create_task(self.watch_loop()))
                 if self.topo.pm is not None:
                     monitors.append(
                         asyncio.create_task(self.topo.pm.monitor(http, self.state.stopping))
@@ -188,6 +200,7 @@ class Runner:
             else [vars(x) for p in self.topo.proxies for x in p.exchanges],
             "pool_managerd_samples": None if self.topo.pm is None else self.topo.pm.samples,
             "slot_samples": self.slot_samples,
+            "runner_stalls": self.stalls,
             # ORCH-6242: the engines' own slot lines, per incarnation (none from
             # pool-managerd's engines: their logs are its own)
             "engine_logs": {str(e.index): e.slot_logs() for e in self.topo.engines},

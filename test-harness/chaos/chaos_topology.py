@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import chaos_plan
 from chaos_procs import POOL, SMOLLM2, Engine, PoolManagerd, killpg, log
-from chaos_proxy import FaultProxy
+from chaos_proxy import ProxyThread
 from llama_orch.pool_managerd.engine import die_with_parent, free_port
 from llama_orch.pool_managerd.provision import provision_llama_server, provision_model
 
@@ -28,7 +28,7 @@ class Topology:
     def __init__(self, prof: chaos_plan.Profile, workdir: Path) -> None:
         self.prof, self.workdir = prof, workdir
         self.engines: list[Engine] = []
-        self.proxies: list[FaultProxy] = []
+        self.proxies: list[ProxyThread] = []
         self.orch: subprocess.Popen[bytes] | None = None
         self.orch_url = ""
         self.orch_config = workdir / "orchestratord.json"
@@ -52,7 +52,7 @@ class Topology:
                 self.engines.append(e)
             await asyncio.gather(*(e.start(http) for e in self.engines))
             for e in self.engines:
-                p = FaultProxy(e.index, e.port)
+                p = ProxyThread(e.index, e.port)
                 await p.start()
                 self.proxies.append(p)
         from llama_orch.orchestratord.auth import hash_key  # the workspace venv

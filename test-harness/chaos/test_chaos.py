@@ -8,9 +8,11 @@ ORCH-6100..6107 (`.specs/60-testing-and-ci.md` §7).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # --import-mode=importlib: load the harness by its folder
     sys.path.insert(0, str(HERE))
 
+import chaos_cancel  # noqa: E402
 import chaos_plan  # noqa: E402
 from chaos_proxy import FaultProxy  # noqa: E402
 
@@ -143,6 +146,7 @@ async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
             got += await asyncio.wait_for(r.read(4096), 5)
         (x,) = proxy.exchanges
         assert (x.arrival, x.id_slot, x.final, x.path) == (42, 2, True, "/completion")
+        assert x.t_final is not None and x.opened <= x.t_final  # ORCH-6250
         proxy.blackhole(True)
         w.write(b'POST /completion HTTP/1.1\r\n\r\n{"prompt":"[chaos-000043] hi"}')
         await w.drain()
@@ -156,14 +160,62 @@ async def test_fault_proxy_sniffs_exchanges_and_black_holes() -> None:
         await srv.wait_closed()
 
 
+async def test_a_proxy_on_its_own_thread_stamps_our_close_while_the_runners_loop_stalls() -> None:
+    """ORCH-6255, ORCH-6256: the runner's loop stalled (here: 0.3 s of blocking calls) must not
+    delay the proxy's stamp of the client's close of an engine request, which is where
+    our part of a cancel ends; a proxy on the runner's loop stamps it after the stall."""
+    import socket
+    import threading
+
+    from chaos_proxy import ProxyThread
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+
+    def engine() -> None:  # blocking, on a thread: answers one chunk, waits for the end
+        conn, _ = lsock.accept()
+        with conn, contextlib.suppress(ConnectionResetError):  # the proxy's RST
+            conn.recv(4096)
+            conn.sendall(b'HTTP/1.1 200 OK\r\n\r\ndata: {"id_slot":0,"stop":false}\n\n')
+            while conn.recv(4096):
+                pass
+
+    async def one_request(port: int) -> float:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b'POST /completion HTTP/1.1\r\n\r\n{"prompt":"[chaos-000042] hi"}')
+        got = b""
+        while b"id_slot" not in got:
+            got += await asyncio.wait_for(r.read(4096), 5)
+        w.get_extra_info("socket").shutdown(socket.SHUT_RDWR)  # the FIN leaves now
+        t_close = time.time()
+        time.sleep(0.3)  # the runner's loop stalls
+        w.close()
+        return t_close
+
+    for cls, late in ((ProxyThread, False), (FaultProxy, True)):
+        th = threading.Thread(target=engine, daemon=True)
+        th.start()
+        proxy = cls(0, lsock.getsockname()[1])
+        port = await proxy.start()
+        try:
+            t_close = await asyncio.wait_for(one_request(port), 10)
+            await asyncio.sleep(0.05)
+        finally:
+            await proxy.close()
+        (x,) = proxy.exchanges
+        assert x.arrival == 42 and x.cut == "client-eof"
+        assert x.closed is not None and (x.closed - t_close > 0.25) is late, (cls, x)
+        th.join(5)
+    lsock.close()
+
+
 # --------------------------------------------------------------------------- the CI profile
 
 
 @pytest.mark.real_engine
-@pytest.mark.alone  # its p99 cancel-to-free-slot bound is 250 ms (ORCH-6240)
+@pytest.mark.alone  # its cancel bounds are timing-bound (ORCH-6240, ORCH-6250)
 @pytest.mark.timeout(420)
 def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
-    """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106: two real llama-server replicas,
+    """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106, ORCH-6250: two real llama-server replicas,
     engine kill -9, SIGSTOP, a network black hole and an overload burst under the
     seeded load; nothing lost, no invariant violated, and the acceptance figures."""
     import chaos_run
@@ -186,8 +238,10 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
         "the overload burst must have met backpressure",
         overload,
     )
+    # ORCH-6250..6253: our part (cancel -> engine connection closed) and the engine's
+    # (-> slot released, in engine steps measured in this run), and a ceiling on all
     assert figs["cancel_slot_free_ms"]["n"] >= 3
-    assert figs["cancel_slot_free_ms"]["p99"] <= 250
+    assert chaos_cancel.cancel_gate(figs) == [], figs["cancel_parts_ms"]
     assert figs["engine_kill_to_worker_reset_s_max"] is not None
     assert figs["engine_kill_to_worker_reset_s_max"] <= 2.0
     assert figs["retry_after_error_s"]["n"] >= 3
