@@ -539,10 +539,10 @@ class MemoryStateStore(StateStore):
             self._channels.send(owner, Control("preempt", victim_id, pool))
         return Preemption(task_id=victim_id, owner=owner)
 
-    def run_index(self) -> dict[str, RunEntry]:
-        """The running tasks as the index holds them: id -> (pool, priority, replica,
-        owner, epoch) (ORCH-2617; what tests and benches read)."""
-        return dict(self._runs.entries())
+    def run_index(self) -> list[tuple[str, RunEntry]]:
+        """The running tasks as the index holds them, sorted: (id, (pool, priority,
+        replica, owner, epoch)) (ORCH-2617; what tests read)."""
+        return sorted(self._runs.entries())
 
     async def queued(self, pool: str) -> list[str]:
         return sorted(self._queues[pool].queued())
