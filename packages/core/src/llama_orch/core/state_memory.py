@@ -19,6 +19,7 @@ from typing import cast
 import msgspec
 
 from ._memory_control import ControlChannels
+from ._memory_runs import RunEntry, RunIndex, run_entry
 from ._memory_task import TaskRecord, rotation
 from .config import Priority
 from .placement import Chooser, ReplicaView, next_dispatch
@@ -80,6 +81,7 @@ class MemoryStateStore(StateStore):
         self._channels = ControlChannels(clock)  # ORCH-2540, ORCH-2543
         self._drains: dict[str, float] = {}  # pool -> drain deadline (ORCH-2585)
         self._preempted: dict[str, tuple[str, float]] = {}  # pool -> (head, until) (ORCH-2597)
+        self._runs = RunIndex()  # the running tasks for preempt (ORCH-2617)
 
     @classmethod
     def from_options(cls, options: StateOptions) -> MemoryStateStore:
@@ -209,6 +211,7 @@ class MemoryStateStore(StateStore):
         rec.state, rec.epoch, rec.owner = "running", self._epoch, instance
         rec.replica, rec.lease_until = step.replica_id, now + lease_ms / 1000
         rec.dispatch_seq, rec.set_key = len(rec.log), step.set_key
+        self._runs.add(step.item, run_entry(rec))
         busy = self._busy.setdefault(pool, {})
         busy[step.replica_id] = busy.get(step.replica_id, 0) + 1
         if rec.spec.session is not None:
@@ -263,6 +266,7 @@ class MemoryStateStore(StateStore):
         if rec.state == "queued":
             self._queues[spec.pool].remove(spec.task_id)
         elif rec.state == "running" and rec.replica is not None:
+            self._runs.remove(spec.task_id, run_entry(rec))
             busy = self._busy[spec.pool]
             busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
             if len(self._queues[spec.pool]):  # only a queued task can use it (ORCH-2570)
@@ -321,6 +325,7 @@ class MemoryStateStore(StateStore):
     def _back_to_queue(self, rec: TaskRecord) -> None:
         spec = rec.spec
         if rec.replica is not None:
+            self._runs.remove(spec.task_id, run_entry(rec))
             busy = self._busy[spec.pool]
             busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
         self._epoch += 1
@@ -368,8 +373,10 @@ class MemoryStateStore(StateStore):
                     )
                 )
                 continue
+            self._runs.remove(rec.spec.task_id, run_entry(rec))
             self._epoch += 1
             rec.epoch, rec.owner, rec.lease_until = self._epoch, instance, now + lease_ms / 1000
+            self._runs.add(rec.spec.task_id, run_entry(rec))
             out.append(
                 Reaped(
                     task_id=rec.spec.task_id,
@@ -488,7 +495,9 @@ class MemoryStateStore(StateStore):
             return False
         busy[rec.replica] = max(0, busy.get(rec.replica, 0) - 1)
         busy[replica_id] = busy.get(replica_id, 0) + 1
+        self._runs.remove(spec.task_id, run_entry(rec))
         rec.replica = replica_id
+        self._runs.add(spec.task_id, run_entry(rec))
         if spec.session is not None and spec.session in self._sessions:
             set_key, _, until = self._sessions[spec.session]
             self._sessions[spec.session] = (set_key, replica_id, until)
@@ -513,25 +522,27 @@ class MemoryStateStore(StateStore):
         chosen = self._preempted.get(pool)
         if chosen is not None and chosen[0] == head and chosen[1] > now:
             return None  # one victim per head (ORCH-2597)
-        rank, pin, live = PRIORITIES.index(meta[0]), self._pin(head), self._channels.live()
-        runs = [
-            r
-            for r in self._tasks.values()
-            if r.state == "running"
-            and r.spec.pool == pool
-            and PRIORITIES.index(r.spec.priority) > rank
-            and r.replica in replicas
-            and (pin is None or r.set_key == pin)
-            and (r.owner == instance or r.owner in live)
-        ]
-        if not runs:
+        pin, below = self._pin(head), PRIORITIES[PRIORITIES.index(meta[0]) + 1 :]
+        victim = self._runs.victim(
+            pool,
+            below,
+            replicas,
+            instance,
+            set(self._channels.live()),
+            lambda tid: pin is None or self._tasks[tid].set_key == pin,
+        )
+        if victim is None:
             return None
-        victim = max(runs, key=lambda r: (r.owner == instance, r.epoch))
-        assert victim.owner is not None
+        victim_id, owner = victim
         self._preempted[pool] = (head, now + ttl_ms / 1000)
-        if victim.owner != instance:
-            self._channels.send(victim.owner, Control("preempt", victim.spec.task_id, pool))
-        return Preemption(task_id=victim.spec.task_id, owner=victim.owner)
+        if owner != instance:
+            self._channels.send(owner, Control("preempt", victim_id, pool))
+        return Preemption(task_id=victim_id, owner=owner)
+
+    def run_index(self) -> list[tuple[str, RunEntry]]:
+        """The running tasks as the index holds them, sorted: (id, (pool, priority,
+        replica, owner, epoch)) (ORCH-2617; what tests read)."""
+        return sorted(self._runs.entries())
 
     async def queued(self, pool: str) -> list[str]:
         return sorted(self._queues[pool].queued())

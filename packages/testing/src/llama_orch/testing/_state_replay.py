@@ -111,7 +111,7 @@ async def replay(store: StateStore, policy: FullPolicy, seed: int) -> list[Any]:
         elif known:
             tid = rng.choice(known)
             out.append(("cancel", tid, await store.cancel(tid)))
-        if asks.random() < 0.3:  # the victim for the head, as the scan of every run chose
+        if asks.random() < 0.3:  # the head's victim, as ORCH-2597 defines it
             named = [r for r in ("A-1", "A-2", "B-1") if asks.random() < 0.7]
             asker = asks.choice("ijkx")
             out.append(("preempt", asker, await store.preempt("p", asker, named, 600_000)))

@@ -117,9 +117,10 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
         a full queue), dispatches, ends and cancels gives the same answers on this
         backend as on the memory store built on core.queue/quota/placement; with runs of
         three instances (one never live), requeues and moves, ``preempt`` chooses the
-        victim the memory store's scan of every task chooses (ORCH-2607); with four
-        admitters (one leaving and coming back) ``unattended`` lists what the memory
-        store's scan of every queued task lists (ORCH-2613)."""
+        victim the memory store chooses (ORCH-2607; its run index answers what the scan
+        of every task answers: ORCH-2618); with four admitters (one leaving and coming
+        back) ``unattended`` lists what the memory store's scan of every queued task
+        lists (ORCH-2613)."""
         expected = await replay(MemoryStateStore(clock=lambda: 0.0), policy, seed)
         store = await sut.open()
         try:
