@@ -327,6 +327,7 @@ class HttpAdapter(WorkerAdapter):
                 self.base_url,
                 keepalive_s=self.options.keepalive_s,
                 connect_timeout_s=self.options.connect_timeout_s,
+                spare=not self.pool_streams,  # ORCH-2800
             )
         return self._pool
 
