@@ -46,11 +46,16 @@ STAGES = (
     "engine_fetch",
     "engine_fetch_done",
     "eng_acquire",
+    "spare_taken",
+    "no_spare",
     "eng_connected",
     "eng_written",
     "eng_bytes",
     "token",
+    "writing",
     "written",
+    "writing_token",
+    "written_token",
 )
 
 
@@ -127,10 +132,9 @@ def stages(sends: list[tuple[int, int]], events: list[tuple[str, int]]) -> dict[
         i = j
         while i < len(events) and events[i][1] < end:
             stage, t = events[i]
-            if stage == "written":  # the first write after the first token
-                if "token" in seen and "written" not in seen:
-                    seen[stage] = t
-            elif stage not in seen:
+            if stage in ("written", "writing") and "token" in seen:
+                stage += "_token"  # the first write after the first token
+            if stage not in seen:
                 seen[stage] = t
             i += 1
         for stage, t in seen.items():
@@ -202,6 +206,12 @@ def main() -> int:
     ap.add_argument("--paths", default="stream,openai")
     ap.add_argument("--out", default=None, help="also write the tables to this file")
     ap.add_argument(
+        "--compare-ref",
+        default=None,
+        metavar="GIT_REF",
+        help="first measure an orchestratord with the packages of GIT_REF, on the same engine",
+    )
+    ap.add_argument(
         "--idle-s",
         type=float,
         default=0.0,
@@ -211,14 +221,57 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llorch-stages-"))
     procs = Procs(tmp)
-    events_file = tmp / "events.json"
     load = Path("/proc/loadavg").read_text().split()[:3]
     try:
         engine, _ = start_fake(procs, "fake", args.delay_ms)
         eport = int(engine.rsplit(":", 1)[1])
-        url, orch = start_orch(
-            procs, "orch", engine, tmp, prefix=[PY, str(HERE / "stage_probe.py"), str(events_file)]
-        )
+        sides = [("this tree", None)]
+        if args.compare_ref:
+            from run import export_ref
+
+            sides.insert(0, (args.compare_ref, export_ref(args.compare_ref)))
+        out_parts: list[str] = []
+        for side, pythonpath in sides:
+            out_parts += measure(args, procs, tmp, engine, eport, side, pythonpath)
+    finally:
+        procs.stop_all()
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
+    head = [
+        f"## ttft_stages: {args.delay_ms:g} ms/token, c=1, {args.max_tokens}-token answers"
+        f" (load {' '.join(load)} -> {' '.join(load_end)})",
+        "",
+    ]
+    text = "\n".join(head + out_parts)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+_DIRECT: list[float] = []
+
+
+def measure(
+    args: argparse.Namespace,
+    procs: Procs,
+    tmp: Path,
+    engine: str,
+    eport: int,
+    side: str,
+    pythonpath: str | None,
+) -> list[str]:
+    """One orchestratord (``pythonpath``: other sources) under the probe: its tables."""
+    events_file = tmp / f"events-{len(_DIRECT)}-{side.replace(' ', '_')}.json"
+    name = f"orch-{side.replace(' ', '_')}"
+    url, orch = start_orch(
+        procs,
+        name,
+        engine,
+        tmp,
+        prefix=[PY, str(HERE / "stage_probe.py"), str(events_file)],
+        pythonpath=pythonpath,
+    )
+    try:
         port = int(url.rsplit(":", 1)[1])
         idle = idle_cpu(orch.pid, port, args.idle_s, args.delay_ms) if args.idle_s else ""
         direct_body = {"prompt": PROMPT, "n_predict": args.max_tokens, "stream": True}
@@ -230,7 +283,8 @@ def main() -> int:
             args.warmup,
             None,
         )
-        direct_ttft = pct([(f - s) / 1e6 for s, f in direct], 50) or 0.0
+        _DIRECT.append(pct([(f - s) / 1e6 for s, f in direct], 50) or 0.0)
+        direct_ttft = _DIRECT[-1]
         results: dict[str, tuple[list[tuple[int, int]], float]] = {}
         for path in args.paths.split(","):
             if path == "stream":
@@ -247,25 +301,13 @@ def main() -> int:
                 req = _request("/v1/chat/completions", body, port, "text/event-stream")
                 client = RawClient(port, _CONTENT)
             results[path] = run_path(path, client, req, args.n, args.warmup, orch.pid)
-        procs.stop(orch)
-        events = [(s, t) for s, t in json.loads(events_file.read_text())]
     finally:
-        procs.stop_all()
-    load_end = Path("/proc/loadavg").read_text().split()[:3]
-    out = [
-        f"## ttft_stages: {args.delay_ms:g} ms/token, c=1, {args.max_tokens}-token answers"
-        f" (load {' '.join(load)} -> {' '.join(load_end)})",
-        "",
-        idle,
-        "",
-    ]
+        procs.stop(orch)
+    events = [(s, t) for s, t in json.loads(events_file.read_text())]
+    out = [f"## {side}", ""] + ([idle, ""] if idle else [])
     for path, (sends, cpu) in results.items():
-        out += [table(path, stages(sends, events), direct_ttft, cpu), ""]
-    text = "\n".join(out)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+        out += [table(f"{side}: {path}", stages(sends, events), direct_ttft, cpu), ""]
+    return out
 
 
 if __name__ == "__main__":

@@ -427,7 +427,6 @@ class StreamPool:
             return conn
         if self._spare_on:
             spare = self._take_spare()
-            self._prepare(loop)  # the next stream's, opened while this one runs
             if spare is not None:
                 return spare
         return await self._connect(loop)
@@ -460,11 +459,15 @@ class StreamPool:
         conn.reused = True
         return conn
 
-    def _prepare(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Open the spare connection in the background (one at a time)."""
-        if self._closed or self._spare is not None or self._opening is not None:
+    def prepare(self) -> None:
+        """Open the spare connection in the background (one at a time), if this pool
+        keeps one: called once a stream's answer began, so that the engine accepts
+        it while it generates, not while it reads the stream's request."""
+        if not self._spare_on or self._closed or self._spare is not None:
             return
-        self._opening = loop.create_task(self._open_spare(loop))
+        if self._opening is None:
+            loop = asyncio.get_running_loop()
+            self._opening = loop.create_task(self._open_spare(loop))
 
     async def _open_spare(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

@@ -358,6 +358,7 @@ class HttpAdapter(WorkerAdapter):
                     self.pooled_requests += conn.reused
                     break
         if status == 200:
+            pool.prepare()  # ORCH-2800: the next stream's connection, while this one runs
             return conn
         try:
             async with asyncio.timeout(self.options.request_timeout_s):
