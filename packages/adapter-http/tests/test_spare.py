@@ -178,6 +178,21 @@ async def test_the_next_stream_goes_out_on_a_connection_opened_before_it() -> No
     assert all(c.ended is not None for c in engine.conns)
 
 
+async def test_a_stream_right_after_another_waits_for_the_spare_being_opened() -> None:
+    engine = RawEngine()
+    url = await engine.start()
+    adapter = Closing(url)
+    try:
+        await _one(adapter, "t1")  # its end starts the spare's connect
+        await _one(adapter, "t2")  # at once: takes that connection, opens no other
+        await _settle()
+        assert len(engine.conns) == 3
+        assert [c.requested is not None for c in engine.conns] == [True, True, False]
+    finally:
+        await adapter.aclose()
+        engine.close()
+
+
 async def test_an_unused_spare_is_closed_after_keepalive_s() -> None:
     engine = RawEngine()
     url = await engine.start()

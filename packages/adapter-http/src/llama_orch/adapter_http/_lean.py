@@ -427,6 +427,11 @@ class StreamPool:
             return conn
         if self._spare_on:
             spare = self._take_spare()
+            if spare is None and self._opening is not None:
+                # its connect began before ours would: wait for it (its failure is
+                # not ours; a cancel of this acquire leaves it running)
+                await asyncio.wait((self._opening,))
+                spare = self._take_spare()
             if spare is not None:
                 return spare
         return await self._connect(loop)
@@ -461,8 +466,8 @@ class StreamPool:
 
     def prepare(self) -> None:
         """Open the spare connection in the background (one at a time), if this pool
-        keeps one: called once a stream's answer began, so that the engine accepts
-        it while it generates, not while it reads the stream's request."""
+        keeps one: called when a stream ended, so that neither the connect nor the
+        engine's accept lands between a stream's request and its tokens."""
         if not self._spare_on or self._closed or self._spare is not None:
             return
         if self._opening is None:

@@ -358,7 +358,6 @@ class HttpAdapter(WorkerAdapter):
                     self.pooled_requests += conn.reused
                     break
         if status == 200:
-            pool.prepare()  # ORCH-2800: the next stream's connection, while this one runs
             return conn
         try:
             async with asyncio.timeout(self.options.request_timeout_s):
@@ -400,6 +399,8 @@ class HttpAdapter(WorkerAdapter):
             inflight.conn.close()  # drop the socket: the engine sees the disconnect and aborts
         else:
             self._streams().release(inflight.conn)  # pooled only if read to its end
+        if self._pool is not None:  # not after aclose
+            self._pool.prepare()  # ORCH-2800: the next stream's connection, off this one's path
 
 
 async def _read_to_end(conn: StreamConn) -> None:
