@@ -472,10 +472,15 @@ class StreamPool:
             return
         if self._opening is None:
             loop = asyncio.get_running_loop()
+            # the task starts two loop turns from now: after the turn in which the
+            # stream's readers write its last frames and the one that sends them
+            # (a short answer ends in the read that brought its first token)
             self._opening = loop.create_task(self._open_spare(loop))
 
     async def _open_spare(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
+            await asyncio.sleep(0)  # see prepare(): the frames go out first
+            await asyncio.sleep(0)
             conn = await self._connect(loop)
         except OSError:
             return  # the next stream connects on its own and reports the failure
