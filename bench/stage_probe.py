@@ -71,15 +71,6 @@ def install() -> None:
     conn = _lean.StreamConn
     _wrap_sync(_lean.StreamPool, "acquire", "eng_acquire")
     _wrap_sync(conn, "connection_made", "eng_connected")
-    take = getattr(_lean.StreamPool, "_take_spare", None)
-    if take is not None:  # ORCH-2800 (not in older sources)
-
-        def take_marked(self: Any) -> Any:
-            got = take(self)
-            _mark("spare_taken" if got is not None else "no_spare")
-            return got
-
-        _lean.StreamPool._take_spare = take_marked
     _wrap_sync(conn, "start", "eng_written", after=True)
     _wrap_sync(conn, "data_received", "eng_bytes")
     _wrap_sync(runner.TaskRun, "_on_token", "token")

@@ -46,8 +46,6 @@ STAGES = (
     "engine_fetch",
     "engine_fetch_done",
     "eng_acquire",
-    "spare_taken",
-    "no_spare",
     "eng_connected",
     "eng_written",
     "eng_bytes",

@@ -12,10 +12,7 @@ waits: no header is kept, nothing per read is allocated beyond the bytes read.
 goes back only when its answer was read to its end and the engine did not say
 ``Connection: close``; a pooled connection idle for ``keepalive_s`` is dropped.
 A try on a pooled connection that ends before any byte of an answer is marked
-``stale`` so that the caller sends the request again (ORCH-2721). For an engine
-that closes after every stream (nothing to pool, ORCH-2723) the pool keeps one
-*spare* connection opened ahead of the next stream instead, so that the connect
-is not on a stream's path (ORCH-2800); it too is dropped after ``keepalive_s``.
+``stale`` so that the caller sends the request again (ORCH-2721).
 
 Failures are ``OSError`` subclasses (``ConnectionError`` for a cut or a bad
 answer, never ``TimeoutError``): :func:`~._errors.map_transport_errors` maps them.
@@ -355,23 +352,12 @@ class StreamPool:
         "_hostport",
         "_idle",
         "_keepalive_s",
-        "_opening",
         "_port",
         "_prefix",
-        "_spare",
-        "_spare_on",
-        "_spare_timer",
         "_ssl",
     )
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        keepalive_s: float,
-        connect_timeout_s: float,
-        spare: bool = False,
-    ) -> None:
+    def __init__(self, base_url: str, *, keepalive_s: float, connect_timeout_s: float) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -387,13 +373,6 @@ class StreamPool:
         self._connect_s = connect_timeout_s
         self._idle: list[StreamConn] = []
         self._closed = False
-        # ORCH-2800: one connection opened ahead of the next stream, for an engine
-        # that closes after every stream (nothing to pool): the next stream skips
-        # the connect; dropped after keepalive_s unused, like a pooled one
-        self._spare_on = spare and keepalive_s > 0
-        self._spare: StreamConn | None = None
-        self._spare_timer: asyncio.TimerHandle | None = None
-        self._opening: asyncio.Task[None] | None = None
 
     def request(self, path: str, body: bytes, headers: bytes) -> bytes:
         """The bytes of ``POST path`` with a JSON ``body``; ``headers`` are extra
@@ -425,18 +404,6 @@ class StreamPool:
                 continue
             conn.reused = True
             return conn
-        if self._spare_on:
-            spare = self._take_spare()
-            if spare is None and self._opening is not None:
-                # its connect began before ours would: wait for it (its failure is
-                # not ours; a cancel of this acquire leaves it running)
-                await asyncio.wait((self._opening,))
-                spare = self._take_spare()
-            if spare is not None:
-                return spare
-        return await self._connect(loop)
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> StreamConn:
         try:
             async with asyncio.timeout(self._connect_s):
                 _, conn = await loop.create_connection(
@@ -447,58 +414,6 @@ class StreamPool:
                 f"no connection to {self._host}:{self._port} in {self._connect_s}s"
             ) from None
         return conn
-
-    def _take_spare(self) -> StreamConn | None:
-        """The spare connection if the engine has not closed it nor sent anything on
-        it; marked ``reused``: a close that meets the request before any byte of an
-        answer is retried (ORCH-2721), the engine never saw the request."""
-        conn, self._spare = self._spare, None
-        if self._spare_timer is not None:
-            self._spare_timer.cancel()
-            self._spare_timer = None
-        if conn is None:
-            return None
-        if conn.closed or conn.got_bytes:
-            conn.close()
-            return None
-        conn.reused = True
-        return conn
-
-    def prepare(self) -> None:
-        """Open the spare connection in the background (one at a time), if this pool
-        keeps one: called when a stream ended, so that neither the connect nor the
-        engine's accept lands between a stream's request and its tokens."""
-        if not self._spare_on or self._closed or self._spare is not None:
-            return
-        if self._opening is None:
-            loop = asyncio.get_running_loop()
-            # the task starts two loop turns from now: after the turn in which the
-            # stream's readers write its last frames and the one that sends them
-            # (a short answer ends in the read that brought its first token)
-            self._opening = loop.create_task(self._open_spare(loop))
-
-    async def _open_spare(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            await asyncio.sleep(0)  # see prepare(): the frames go out first
-            await asyncio.sleep(0)
-            conn = await self._connect(loop)
-        except OSError:
-            return  # the next stream connects on its own and reports the failure
-        finally:
-            self._opening = None
-        if self._closed or self._spare is not None:
-            conn.close()
-            return
-        self._spare = conn
-        self._spare_timer = loop.call_later(self._keepalive_s, self._drop_spare)
-
-    def _drop_spare(self) -> None:
-        """The spare stayed unused for ``keepalive_s``: closed before the engine's own
-        keep-alive timeout closes it."""
-        self._spare_timer = None
-        conn, self._spare = self._spare, None
-        if conn is not None:
-            conn.close()
 
     def release(self, conn: StreamConn) -> None:
         """Pool ``conn`` if its answer was read to the end and it may carry another."""
@@ -517,9 +432,3 @@ class StreamPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
-        if self._opening is not None:
-            self._opening.cancel()
-            self._opening = None
-        spare = self._take_spare()
-        if spare is not None:
-            spare.close()

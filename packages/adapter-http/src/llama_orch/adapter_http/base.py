@@ -327,7 +327,6 @@ class HttpAdapter(WorkerAdapter):
                 self.base_url,
                 keepalive_s=self.options.keepalive_s,
                 connect_timeout_s=self.options.connect_timeout_s,
-                spare=not self.pool_streams,  # ORCH-2800
             )
         return self._pool
 
@@ -399,8 +398,6 @@ class HttpAdapter(WorkerAdapter):
             inflight.conn.close()  # drop the socket: the engine sees the disconnect and aborts
         else:
             self._streams().release(inflight.conn)  # pooled only if read to its end
-        if self._pool is not None:  # not after aclose
-            self._pool.prepare()  # ORCH-2800: the next stream's connection, off this one's path
 
 
 async def _read_to_end(conn: StreamConn) -> None:
