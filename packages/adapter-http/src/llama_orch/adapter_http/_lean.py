@@ -104,11 +104,13 @@ class StreamConn(asyncio.Protocol):
         if self._done:  # bytes beyond the answer's end: never pooled
             self.keep_alive = False
             return
+        if self._left == _SIZE and self._mode == _CHUNKED and self.status and not self._buf:
+            data = self._whole_chunks(data)  # ORCH-2801
         self._buf += data
         try:
             if not self.status:
                 self._parse_head()
-            if self.status:
+            if self.status and self._buf:
                 self._parse_body()
         except BadAnswer as exc:
             self._exc = exc
@@ -183,6 +185,29 @@ class StreamConn(asyncio.Protocol):
             if mode == _LENGTH and length == 0:
                 self._done = True
             return
+
+    def _whole_chunks(self, data: bytes) -> bytes:
+        """The chunks at the start of ``data`` that it holds whole (size line without
+        extensions, data, CRLF), decoded straight into the body; returns the rest
+        for :meth:`_parse_body`, which also decides on anything unusual (ORCH-2801:
+        an engine's read is usually whole chunks, one token each)."""
+        body = self._body
+        pos, end = 0, len(data)
+        while pos < end:
+            i = data.find(b"\r\n", pos, pos + _LINE_MAX)
+            if i < 0:
+                break
+            try:
+                size = int(data[pos:i], 16)
+            except ValueError:
+                break  # an extension or a bad size: the parser's
+            start = i + 2
+            stop = start + size
+            if size <= 0 or stop + 2 > end or data[stop : stop + 2] != b"\r\n":
+                break  # the last chunk, a part of one, or a bad one: the parser's
+            body += memoryview(data)[start:stop]
+            pos = stop + 2
+        return data[pos:] if pos else data
 
     def _parse_body(self) -> None:
         buf = self._buf
