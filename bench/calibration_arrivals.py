@@ -47,23 +47,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from calibration_held import engine_tasks, match
+from calibration_held import covered, engine_tasks, match, percentile, union
 
 HERE = Path(__file__).resolve().parent
 MISS = 0.5  # told / actual below this: a p90 miss under-predicted
-
-
-def _at(xs: Sequence[float], p: float) -> float:
-    """The percentile as ``bench/calibration.py``'s report takes it."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))]
 
 
 def figures(ratios: Sequence[float]) -> tuple[float, float, float]:
     """ORCH-1955's figures of told / actual ratios: median |error|, p90 factor, within 2x."""
     fac = [max(r, 1 / r) for r in ratios]
     within = sum(f <= 2 for f in fac) / len(fac)
-    return _at([abs(r - 1) for r in ratios], 0.5), _at(fac, 0.9), within
+    return percentile([abs(r - 1) for r in ratios], 0.5), percentile(fac, 0.9), within
 
 
 def _fmt(ratios: Sequence[float]) -> str:
@@ -94,17 +88,6 @@ def prefill_load(
 def stretch(told_ms: float, start_ms: float, rho: float, bound: float) -> float:
     """A told finish with its own service stretched by ``1 / (1 - min(rho, bound))``."""
     return start_ms + (told_ms - start_ms) / (1.0 - min(max(rho, 0.0), bound))
-
-
-def covered(spans: list[tuple[float, float]], a: float, b: float) -> float:
-    """Seconds of ``[a, b]`` covered by the union of ``spans``."""
-    total, end = 0.0, a
-    for s, e in sorted(spans):
-        s, e = max(s, end), min(e, b)
-        if e > s:
-            total += e - s
-            end = e
-    return total
 
 
 def _load(stamp: str) -> tuple[list[dict[str, Any]], float, list[dict[str, float]]]:
@@ -155,9 +138,9 @@ def breakdown(stamp: str, args: Any) -> None:
         # its own prompt at the run's cost a token; the rest of its prompt span, and its
         # decode span, to the prompts launched after it, then to the others
         own = min(o["tokens_in"] * cost / 1000, max(0.0, first - launch))
-        late = covered(later, launch, end)
+        late = covered(union(later), launch, end)
         late = min(late, max(0.0, end - launch - own))
-        early = max(0.0, covered(every, launch, end) - late - own)
+        early = max(0.0, covered(union(every), launch, end) - late - own)
         actual = o["finish_ms"] / 1000
         rest = max(0.0, actual - queue - own - late - early)
         told = o["predicted_finish_ms"] / 1000

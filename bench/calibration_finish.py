@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from calibration_held import engine_tasks, match
+from calibration_held import engine_tasks, match, percentile
 
 HERE = Path(__file__).resolve().parent
 _PROMPT = re.compile(r"task (\d+) \| prompt eval time = +([\d.]+) ms / +(\d+) tokens")
@@ -61,22 +61,16 @@ def _model(stamp: str) -> dict[int, tuple[float, ...]]:
     return out
 
 
-def _at(xs: list[float], p: float) -> float:
-    """The percentile as ``bench/calibration.py``'s report takes it."""
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p * (len(xs) - 1) + 0.5))]
-
-
 def _stats(name: str, ratios: list[float]) -> None:
     if not ratios:
         print(f"  {name:28} n  0")
         return
     fac = [max(r, 1 / r) for r in ratios]
-    err = _at([abs(r - 1) for r in ratios], 0.5)
+    err = percentile([abs(r - 1) for r in ratios], 0.5)
     print(
         f"  {name:28} n {len(ratios):>2}  median |err| {err:4.0%}"
         f"  told/actual median {statistics.median(ratios):.2f}"
-        f"  p90 factor {_at(fac, 0.9):.2f}"
+        f"  p90 factor {percentile(fac, 0.9):.2f}"
         f"  within 2x {sum(f <= 2 for f in fac) / len(fac):4.0%}"
     )
 

@@ -32,6 +32,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,14 @@ def match(outs: list[dict[str, Any]], tasks: list[dict[str, float]]) -> None:
             o["engine"] = tasks[min(near)[1]]
 
 
-def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def percentile(xs: Sequence[float], p: float) -> float:
+    """The percentile as ``bench/calibration.py``'s report takes it."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))]
+
+
+def union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``spans`` merged where they overlap, in order."""
     out: list[list[float]] = []
     for a, b in sorted(spans):
         if out and a <= out[-1][1]:
@@ -99,7 +107,8 @@ def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(a, b) for a, b in out]
 
 
-def _covered(spans: list[tuple[float, float]], a: float, b: float) -> float:
+def covered(spans: list[tuple[float, float]], a: float, b: float) -> float:
+    """Seconds of ``[a, b]`` the disjoint ``spans`` (a :func:`union`) cover."""
     return sum(max(0.0, min(b, y) - max(a, x)) for x, y in spans)
 
 
@@ -119,9 +128,9 @@ def cause(o: dict[str, Any], tasks: list[dict[str, float]], k: int) -> tuple[flo
         return factor, "unmatched" + passed
     now = o["ended_s"] - o["finish_ms"] / 1000 + at / 1000 + o["offset"]
     others = [x for x in tasks if x is not d]
-    known = _union([(x["launch"], x["first"]) for x in others if x["launch"] <= now])
-    every = _union([(x["launch"], x["first"]) for x in others])
-    later = (_covered(every, now, d["release"]) - _covered(known, now, d["release"])) * 1000
+    known = union([(x["launch"], x["first"]) for x in others if x["launch"] <= now])
+    every = union([(x["launch"], x["first"]) for x in others])
+    later = (covered(every, now, d["release"]) - covered(known, now, d["release"])) * 1000
     rest = left - later
     if rest > 0 and max(rest / told, told / rest) <= 2:
         return factor, "later prompts" + passed
@@ -129,7 +138,7 @@ def cause(o: dict[str, Any], tasks: list[dict[str, float]], k: int) -> tuple[flo
         return factor, "queued" + passed
     if now < d["first"]:
         return factor, "own prefill late" + passed
-    if _covered(known, now, d["release"]) * 1000 >= 0.5 * (rest - told):
+    if covered(known, now, d["release"]) * 1000 >= 0.5 * (rest - told):
         return factor, "stalled by known prompts" + passed
     return factor, "decode slower" + passed
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from calibration_arrivals import band, covered, figures, prefill_load, stretch
+from calibration_arrivals import band, figures, prefill_load, stretch
+from calibration_held import covered, union
 
 
 def test_the_prefill_load_decays_without_arrivals() -> None:
@@ -46,5 +47,5 @@ def test_the_band_says_when_no_uniform_scaling_meets_the_p90() -> None:
 
 def test_covered_counts_overlaps_once() -> None:
     spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]
-    assert covered(spans, 0.5, 5.5) == 3.0  # 0.5-3.0 and 5.0-5.5
-    assert covered(spans, 3.0, 5.0) == 0.0
+    assert covered(union(spans), 0.5, 5.5) == 3.0  # 0.5-3.0 and 5.0-5.5
+    assert covered(union(spans), 3.0, 5.0) == 0.0
