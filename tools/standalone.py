@@ -295,6 +295,9 @@ def run_package_tests(
         "-q",
         "-p",
         "no:cacheprovider",
+        # its own temp root: the shared pytest-of-<user> one races other runs' clean-up (ORCH-6257)
+        "--basetemp",
+        str(scratch / "pytest-tmp"),
     ]
     for p in plugins:
         cmd += ["-p", p]

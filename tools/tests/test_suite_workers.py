@@ -96,7 +96,16 @@ def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLAMA_ORCH_"))}
     env["SUITE_WORKERS_OUT"] = str(tmp_path)
     proc = subprocess.run(
-        [*_PYTEST, "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), *args],
+        [
+            *_PYTEST,
+            "-c",
+            str(tmp_path / "pytest.ini"),
+            "--rootdir",
+            str(tmp_path),
+            "--basetemp",  # ORCH-6257
+            str(tmp_path / "pytest-tmp"),
+            *args,
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

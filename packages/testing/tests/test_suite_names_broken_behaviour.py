@@ -71,6 +71,8 @@ def test_broken_mapping_fails_with_the_behaviour_named(
             str(tmp_path / "pytest.ini"),
             "--rootdir",
             str(tmp_path),
+            "--basetemp",  # ORCH-6257
+            str(tmp_path / "pytest-tmp"),
             "-k",
             test,
             str(tmp_path / "test_broken.py"),
