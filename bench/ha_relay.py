@@ -24,7 +24,11 @@ measured side by side, not the absolute figures.
     uv run python bench/ha_relay.py [--requests 400] [--before CHECKOUT] [--out ...md]
 
 ``--before`` adds ``memory x1 (before)`` and ``valkey x1 (before)`` rows run on another
-checkout's sources, side by side in the same run. ``--replicas 2`` gives the pool two
+checkout's sources, side by side in the same run. ``--repeats R`` (ORCH-2620,
+``ha_relay_paired.py``): every row's process runs the whole run and the rows are
+measured interleaved, R rounds; per row the median and spread of the rounds, and what
+a row adds as the median of paired differences (with ``--before``, each valkey side
+on a valkey-server of its own). ``--replicas 2`` gives the pool two
 replicas (two fake engines), so that each dispatch has a placement choice to make
 (ORCH-2572..2578); the extra store calls a placement policy made (``move``) are
 counted from each instance's ``state_store_op_ms`` after its row.
@@ -41,6 +45,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ha_relay_paired import order, round_figures, table
 from procs import HERE, PY, Procs, log, start_fake, start_orch
 from small_report import emit
 
@@ -137,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-x2", action="store_true", help="skip the 2-instance row")
     ap.add_argument("--replicas", type=int, default=1, help="fake engines (replicas) in the pool")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="R > 0: the rows interleaved, R rounds (median, spread, paired differences)",
+    )
     args = ap.parse_args(argv)
+    if args.repeats > 0:
+        return interleaved(args)
     from llama_orch.state_valkey import EmbeddedServer
 
     load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -256,6 +269,108 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"machine": info, "rows": rows}, indent=1),
         "```",
     ]
+    emit(lines, args.out)
+    return 0
+
+
+def _overlay(before: Path) -> str:
+    src = before.resolve() / "packages"
+    return os.pathsep.join(str(src / p / "src") for p in ("core", "orchestratord", "state-valkey"))
+
+
+def interleaved(args: argparse.Namespace) -> int:
+    """``--repeats R``: every row's orchestratord up for the whole run, measured in
+    rotating order R times (ORCH-2620)."""
+    from llama_orch.state_valkey import EmbeddedServer
+
+    load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    info: dict[str, Any] = {"cores": os.cpu_count(), "loadavg_at_start": load0, "c": C}
+    log(f"cores {info['cores']}, load average {load0}")
+    rounds: dict[str, list[dict[str, float]]] = {}
+    raw: dict[str, list[dict[str, Any]]] = {}
+    x2: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ha-relay-") as tmp_s:
+        tmp = Path(tmp_s)
+        procs = Procs(tmp)
+        servers = [EmbeddedServer(tmp / "valkey")]
+        if args.before is not None:  # its library version on a server of its own
+            servers.append(EmbeddedServer(tmp / "valkey-before"))
+        try:
+            furl, fpid = start_fake(procs, "fake-0ms", 0.0)
+            furls: str | list[str] = furl
+            if args.replicas > 1:
+                more = [start_fake(procs, f"fake-0ms-{n}", 0.0)[0] for n in range(1, args.replicas)]
+                furls = [furl, *more]
+            vurls = [srv.start() for srv in servers]
+            vpids = [srv.proc.pid for srv in servers if srv.proc is not None]
+            rows: dict[str, tuple[str, dict[str, int]]] = {}
+
+            def up(name: str, state: dict[str, Any] | None, pp: str | None, v: int | None) -> str:
+                url, p = start_orch(
+                    procs, "orch-" + name.replace(" ", "-").strip("()"), furls, tmp,
+                    state=state, pythonpath=pp,
+                )  # fmt: skip
+                watch = {"orch": p.pid, "engine": fpid}
+                if v is not None:
+                    watch["valkey"] = vpids[v]
+                rows[name] = (url, watch)
+                return url
+
+            up("none x1", None, None, None)
+            up("memory x1", {"backend": "memory"}, None, None)
+            a_url = up("valkey x1", {"backend": "valkey", "url": vurls[0]}, None, 0)
+            if args.before is not None:
+                pp = _overlay(args.before)
+                up("memory x1 (before)", {"backend": "memory"}, pp, None)
+                b_state = {"backend": "valkey", "url": vurls[1]}
+                up("valkey x1 (before)", b_state, pp, 1)
+            names = list(rows)
+            for r in range(args.repeats):
+                for name in order(names, r):
+                    url, watch = rows[name]
+                    m = measure([url], watch, args.requests)
+                    fig = round_figures(m["t1"], m["t128"])
+                    fig["req_per_s"] = m["t1"]["req_per_s"]
+                    fig["tok_per_s"] = m["t128"]["tok_per_s"]
+                    rounds.setdefault(name, []).append(fig)
+                    raw.setdefault(name, []).append(m)
+                load = Path("/proc/loadavg").read_text()[:14]
+                log(f"round {r + 1}/{args.repeats} done; load {load}")
+            if not args.no_x2:  # relayed tokens/s with 2 processes on one server
+                b_url, b = start_orch(
+                    procs, "orch-valkey-b", furls, tmp, state={"backend": "valkey", "url": vurls[0]}
+                )
+                watch2 = {**rows["valkey x1"][1], "orch_b": b.pid}
+                x2 = measure([a_url, b_url], watch2, args.requests)
+        finally:
+            procs.stop_all()
+            for srv in servers:
+                srv.stop()
+    info["loadavg_at_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    pairs = [(n, "none x1") for n in rounds if n != "none x1"]
+    pairs += [(n, f"{n} (before)") for n in ("memory x1", "valkey x1")]
+    lines = [
+        f"# orchestratord on a state store, rows interleaved ({dt.date.today()})",
+        "",
+        f"`uv run python bench/ha_relay.py --repeats {args.repeats} --requests {args.requests}"
+        f"{'' if args.before is None else ' --before ' + str(args.before)}`: cores"
+        f" {info['cores']}, load average {load0} at the start and {info['loadavg_at_end']} at"
+        f" the end; c={C}; fake engine at 0 ms/token; each round: {args.requests} 1-token and"
+        f" {max(50, args.requests // 2)} 128-token tasks per row, rows in rotating order.",
+        "",
+        *table(rounds, pairs),
+    ]
+    if x2:
+        one = sorted(r["tok_per_s"] for r in rounds["valkey x1"])
+        lines += [
+            "",
+            f"valkey x2 (2 processes, one server, after the rounds): relayed tokens/s"
+            f" {x2['t128']['tok_per_s']:.0f} (valkey x1 median {one[len(one) // 2]:.0f});"
+            f" 1-token tasks/s {x2['t1']['req_per_s']:.0f} in all"
+            f" ({x2['t1']['req_per_s'] / 2:.0f} per instance).",
+        ]
+    doc = {"machine": info, "rounds": rounds, "x2": x2, "raw": raw}
+    lines += ["", "```json", json.dumps(doc, indent=1), "```"]
     emit(lines, args.out)
     return 0
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import libvalkey
 import pytest
-from llama_orch.core.state_store import StateStoreError, StoreUnavailable
+from llama_orch.core.state_store import Event, StateStoreError, StoreUnavailable
 from llama_orch.state_valkey import ValkeyStateStore
-from llama_orch.state_valkey._pipe import Address, Pipe, pack
+from llama_orch.state_valkey._pipe import Address, Pipe, bulk, event_bulks, pack
 
 
 def _fixed(addr: Address) -> Callable[[], Awaitable[Address]]:
@@ -82,6 +83,70 @@ def test_pack_encodes_as_valkey_py_does() -> None:
     )
     with pytest.raises(TypeError):
         pack(("SET", None))
+
+
+def _flat(batches: list[tuple[str, int, list[Event]]]) -> list[object]:
+    flat: list[object] = []
+    for task_id, epoch, events in batches:
+        flat += [task_id, epoch, len(events)]
+        for ev in events:
+            flat += [ev.kind, ev.data]
+    return flat
+
+
+def _batches(rng: random.Random) -> list[tuple[str, int, list[Event]]]:
+    kinds = ["token", "started", "metrics", "end", "error", "ünïcode"]
+    datas = [b"", b"\r\n", b"$3\r\n", bytes(range(256)), b'{"t":"token","i":7}']
+    return [
+        (
+            f"t-{rng.randrange(10**6)}-ä",
+            rng.choice([0, 1, 7, 2**40]),
+            [
+                Event(rng.choice(kinds), rng.choice(datas) + rng.randbytes(rng.randrange(40)))
+                for _ in range(rng.randrange(0, 12))
+            ],
+        )
+        for _ in range(rng.randrange(1, 6))
+    ]
+
+
+def test_event_bulks_pack_as_the_flat_arguments() -> None:
+    """ORCH-2621: the events packed straight into the command are the bytes the generic
+    packing makes of the same arguments (seeded random batches, odd kinds and data)."""
+    rng = random.Random(2621)
+    head = ("FCALL", "llorch_append_many", 1, "llorch:")
+    for _ in range(300):
+        batches = _batches(rng)
+        tail: list[bytes] = []
+        for task_id, epoch, events in batches:
+            tail += (bulk(task_id.encode()), bulk(b"%d" % epoch), bulk(b"%d" % len(events)))
+            event_bulks(events, tail)
+        assert pack(head, tail) == pack((*head, *_flat(batches)))
+
+
+async def test_append_many_sends_the_flat_arguments_bytes(valkey_url: str) -> None:
+    """ORCH-2621 on the store's own path: ``append_many`` sends exactly the command the
+    generic packing of its flat arguments makes, and the store answers it."""
+    store = ValkeyStateStore(valkey_url, key_prefix="pipe-append")
+    await store.start()
+    try:
+        assert store._pipe is not None
+        sent: list[bytes] = []
+        real = store._pipe.call_packed
+
+        async def spy(packed: bytes) -> object:
+            sent.append(packed)
+            return await real(packed)
+
+        store._pipe.call_packed = spy  # type: ignore[method-assign]
+        batches = _batches(random.Random(7))
+        results = await store.append_many(batches)
+        assert len(results) == len(batches)  # unknown tasks: each batch its own refusal
+        assert all(isinstance(r, KeyError) for r in results)
+        key = "{pipe-append}:"
+        assert sent == [pack(("FCALL", "llorch_append_many", 1, key, *_flat(batches)))]
+    finally:
+        await store.close()
 
 
 async def test_one_write_per_turn_and_replies_in_order(valkey_url: str) -> None:

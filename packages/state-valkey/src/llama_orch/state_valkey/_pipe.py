@@ -24,22 +24,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import libvalkey
-from llama_orch.core.state_store import StateStoreError, StoreUnavailable
+from llama_orch.core.state_store import Event, StateStoreError, StoreUnavailable
 
-__all__ = ["Address", "Pipe", "pack"]
+__all__ = ["Address", "Pipe", "bulk", "event_bulks", "pack"]
 
 # (host, port) for TCP, or the path of a unix socket
 Address = tuple[str, int] | str
 
 
-def pack(args: tuple[Any, ...]) -> bytes:
+def pack(args: tuple[Any, ...], tail: Sequence[bytes] = ()) -> bytes:
     """One command in RESP, encoded as valkey-py encodes arguments (bytes as they
-    are, str as UTF-8, int and float by ``repr``)."""
-    parts = [b"*%d\r\n" % len(args)]
+    are, str as UTF-8, int and float by ``repr``); ``tail``: more arguments already
+    encoded, one bulk string each (:func:`bulk`, :func:`event_bulks`)."""
+    parts = [b"*%d\r\n" % (len(args) + len(tail))]
     for a in args:
         t = type(a)
         if t is bytes:
@@ -55,7 +56,31 @@ def pack(args: tuple[Any, ...]) -> bytes:
         parts.append(b"$%d\r\n" % len(b))
         parts.append(b)
         parts.append(b"\r\n")
+    parts += tail
     return b"".join(parts)
+
+
+def bulk(b: bytes) -> bytes:
+    """One argument as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(b), b)
+
+
+_KINDS: dict[str, bytes] = {}  # an event kind's bulk string, made once per kind
+
+
+def event_bulks(events: Iterable[Event], out: list[bytes]) -> None:
+    """Each event's kind and data as two bulk strings, appended to ``out`` (ORCH-2621):
+    what :func:`pack` makes of the same arguments, without a flat argument list and
+    three parts per argument."""
+    add = out.append
+    kinds = _KINDS
+    for ev in events:
+        k = kinds.get(ev.kind)
+        if k is None:
+            k = kinds[ev.kind] = bulk(ev.kind.encode())
+        add(k)
+        data = ev.data
+        add(b"$%d\r\n%b\r\n" % (len(data), data))
 
 
 def _refusal(err: libvalkey.ReplyError, *, sentinel: bool) -> Exception:
@@ -197,10 +222,14 @@ class Pipe:
         self._connecting: asyncio.Lock | None = None
 
     async def call(self, *args: Any) -> Any:
+        return await self.call_packed(pack(args))
+
+    async def call_packed(self, packed: bytes) -> Any:
+        """:meth:`call` of a command already in RESP (:func:`pack`)."""
         conn = self._conn
         if conn is None:
             conn = await self._connect()
-        reply = await conn.send(pack(args))
+        reply = await conn.send(packed)
         if isinstance(reply, libvalkey.ReplyError):
             exc = _refusal(reply, sentinel=self._sentinel)
             if isinstance(exc, StoreUnavailable):

@@ -49,7 +49,7 @@ from valkey.exceptions import ResponseError as ValkeyResponseError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from ._connect import pipe_for
-from ._pipe import Pipe
+from ._pipe import Pipe, bulk, event_bulks, pack
 from ._replies import (
     DISPLACED,
     ORPHANED,
@@ -307,12 +307,20 @@ class ValkeyStateStore(StateStore):
     async def append_many(
         self, batches: Sequence[tuple[str, int, Sequence[Event]]]
     ) -> list[int | StateStoreError | KeyError | ValueError]:
-        flat: list[Any] = []
-        for task_id, epoch, events in batches:
-            flat += [task_id, epoch, len(events)]
-            for ev in events:
-                flat += [ev.kind, ev.data]
-        replies = await self._fcall("llorch_append_many", *flat)
+        if self._pipe is not None:  # ORCH-2621: the events packed straight into the command
+            tail: list[bytes] = []
+            for task_id, epoch, events in batches:
+                tail += (bulk(task_id.encode()), bulk(b"%d" % epoch), bulk(b"%d" % len(events)))
+                event_bulks(events, tail)
+            head = ("FCALL", "llorch_append_many", 1, self._keys[0])
+            replies = await self._pipe.call_packed(pack(head, tail))
+        else:
+            flat: list[Any] = []
+            for task_id, epoch, events in batches:
+                flat += [task_id, epoch, len(events)]
+                for ev in events:
+                    flat += [ev.kind, ev.data]
+            replies = await self._fcall("llorch_append_many", *flat)
         out: list[int | StateStoreError | KeyError | ValueError] = []
         for (task_id, _, _), r in zip(batches, replies, strict=True):
             try:
