@@ -251,13 +251,8 @@ def run_package_tests(
     *,
     plugins: tuple[str, ...] = (),
     markexpr: str = "",
-    shards: int = 1,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
-    """Steps 1-3 of the module docstring; returns pytest's result and the venv's dists.
-
-    ``shards`` > 1 runs the tests in that many pytest processes at once, in the same
-    venv, over disjoint sets of test files that together are all of them (ORCH-6261);
-    the result is theirs combined (the first failing return code, both outputs)."""
+    """Steps 1-3 of the module docstring; returns pytest's result and the venv's dists."""
     members = workspace_members()
     python = make_venv(scratch / "venv")
     own = wheels_for([pkg.name], {**members, pkg.name: pkg})
@@ -289,64 +284,30 @@ def run_package_tests(
             ROOT / "examples", run / "examples", ignore=shutil.ignore_patterns("__pycache__")
         )
     pytest_ini(run / "pytest.ini")
-    procs = []
-    for i, files in enumerate(shard_files(tests, shards)):
-        cmd = [
-            str(python),
-            "-m",
-            "pytest",
-            "-c",
-            str(run / "pytest.ini"),
-            "--rootdir",
-            str(run),
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            # its own temp root: the shared pytest-of-<user> one races other runs' clean-up
-            # (ORCH-6257), one per shard
-            "--basetemp",
-            str(scratch / f"pytest-tmp-{i}"),
-        ]
-        for p in plugins:
-            cmd += ["-p", p]
-        if markexpr:
-            cmd += ["-m", markexpr]
-        cmd += [str(f) for f in files]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                cwd=run,
-                env=clean_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    try:
-        outs = [proc.communicate(timeout=600) for proc in procs]
-    finally:  # as subprocess.run on its timeout: no shard outlives the run
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    code = next((proc.returncode for proc in procs if proc.returncode), 0)
-    out, err = ("\n".join(o[k] for o in outs) for k in (0, 1))
-    return subprocess.CompletedProcess(procs[0].args, code, out, err), alone
-
-
-def shard_files(tests: Path, shards: int) -> list[list[Path]]:
-    """``tests`` itself for one shard; else its test files dealt, largest first, to the
-    shard with the fewest bytes so far (a file's size stands in for its run time)."""
-    if shards <= 1:
-        return [[tests]]
-    files = sorted(tests.rglob("test_*.py"), key=lambda f: (-f.stat().st_size, f))
-    out: list[list[Path]] = [[] for _ in range(shards)]
-    size = [0] * shards
-    for f in files:
-        i = size.index(min(size))
-        out[i].append(f)
-        size[i] += f.stat().st_size
-    return [s for s in out if s]
+    cmd = [
+        str(python),
+        "-m",
+        "pytest",
+        "-c",
+        str(run / "pytest.ini"),
+        "--rootdir",
+        str(run),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        # its own temp root: the shared pytest-of-<user> one races other runs' clean-up (ORCH-6257)
+        "--basetemp",
+        str(scratch / "pytest-tmp"),
+    ]
+    for p in plugins:
+        cmd += ["-p", p]
+    if markexpr:
+        cmd += ["-m", markexpr]
+    cmd.append(str(tests))
+    proc = subprocess.run(
+        cmd, cwd=run, env=clean_env(), capture_output=True, text=True, timeout=600
+    )
+    return proc, alone
 
 
 if __name__ == "__main__":

@@ -48,17 +48,15 @@ _TEST = "test_distribution_installs_alone_and_passes_its_tests"
 def standalone_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[[str], tuple[Any, dict[str, str], Path]]]:
-    """Runs the selected packages' standalone installs three at a time, the largest
-    package's tests in two pytest processes (ORCH-6261): each is a separate venv, and
-    this test only waits on them. Their tests wait on timers and sockets as much as they
-    compute (two at a time kept 1.2-1.3 of the 2 cores busy), and the largest package
-    alone was the batch's wall time. Each case still checks its own run."""
+    """Runs the selected packages' standalone installs two at a time (one per core):
+    each is a separate venv and pytest process, and this test only waits on them, so
+    the wall time halves. Each case still checks its own run."""
     selected = [
         item.callspec.params["package_dir"]
         for item in request.session.items
         if getattr(item, "originalname", None) == _TEST
     ]
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="standalone")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="standalone")
     runs: dict[str, tuple[Future[Any], Path]] = {}
 
     def start(name: str) -> None:
@@ -66,11 +64,7 @@ def standalone_runs(
             d = tmp_path_factory.mktemp(f"alone-{name}")
             pkg = standalone.read_package(ROOT / "packages" / name)
             fut = pool.submit(
-                standalone.run_package_tests,
-                pkg,
-                d,
-                markexpr=standalone.STANDALONE_MARKEXPR,
-                shards=2 if name == selected[0] else 1,
+                standalone.run_package_tests, pkg, d, markexpr=standalone.STANDALONE_MARKEXPR
             )
             runs[name] = (fut, d)
 
