@@ -1,4 +1,5 @@
-"""ORCH-6257: every pytest a test starts in a subprocess gets its own --basetemp.
+"""ORCH-6257: every pytest a test starts in a subprocess gets its own --basetemp
+(and, ORCH-6260, runs with plugin autoload off).
 
 Stop 30's CI failed when one standalone run's end-of-session clean-up of the
 shared ``pytest-of-<user>`` root met another run writing into it. This test
@@ -89,3 +90,24 @@ def test_the_check_sees_both_shapes_and_the_fix() -> None:
     assert unguarded_pytest_commands(direct.replace('"-q"', '"--basetemp", "b"')) == []
     assert unguarded_pytest_commands(spread.replace('"-c"', '"--basetemp", "b", "-c"')) == []
     assert unguarded_pytest_commands('cmd = ["python", "-m", "pip", "install"]\n') == []
+
+
+def starts_a_pytest(source: str) -> bool:
+    """Whether the source holds a subprocess pytest command list (``"-m", "pytest"``)."""
+    return any(isinstance(n, ast.List) and _starts_pytest(n) for n in ast.walk(ast.parse(source)))
+
+
+def test_every_self_test_pytest_turns_plugin_autoload_off() -> None:
+    """ORCH-6260: a test file that starts a pytest in a subprocess turns plugin autoload
+    off for it (and names the plugins it uses); the standalone installs (tools/standalone.py,
+    not a test file) keep it on."""
+    tests = [p for p in _python_files() if "tests" in p.relative_to(ROOT).parts]
+    starting = [p for p in tests if starts_a_pytest(p.read_text(encoding="utf-8"))]
+    assert len(starting) >= 2, starting  # the suite-worker and broken-mock self-tests
+    autoloading = [
+        str(p.relative_to(ROOT))
+        for p in starting
+        if "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in p.read_text(encoding="utf-8")
+    ]
+    assert not autoloading, f"subprocess pytest with plugin autoload on (ORCH-6260): {autoloading}"
+    assert not starts_a_pytest('cmd = ["python", "-m", "pip", "install"]\n')

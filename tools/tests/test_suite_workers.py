@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-_PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+# Plugin autoload off, the plugins these runs use named (ORCH-6260): the workspace venv's
+# autoloaded plugins (schemathesis, langsmith, hypothesis, ...) cost ~9 s of imports per
+# process here, paid by the controller and by each worker, and none takes part in what
+# these runs prove (scheduling on workers, the end-of-run checks of the root conftest).
+_PYTEST = [
+    sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+    "-p", "xdist.plugin", "-p", "pytest_asyncio.plugin",
+]  # fmt: skip
 
 _TESTS = """
 import logging, os, subprocess, sys, time
@@ -95,6 +102,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
     (tmp_path / "pytest.ini").write_text(ini)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLAMA_ORCH_"))}
     env["SUITE_WORKERS_OUT"] = str(tmp_path)
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # inherited by the workers too
     proc = subprocess.run(
         [
             *_PYTEST,
