@@ -131,7 +131,13 @@ class Dispatcher:
         must come (its wakeup is for the caller to set)."""
         if pool.id not in self._looping or pool.wakeup.is_set() or len(pool.queue) != 1:
             return False
-        step = self._next(pool)
+        try:
+            step = self._next(pool)
+        except Exception:
+            # ORCH-2414: as a turn of the loop that failed: logged, and the next
+            # wakeup (a submit, a freed slot) tries again
+            _log.exception("dispatcher of pool %s: a dispatch step failed", pool.id)
+            return True
         if step is None:  # no free slot: the loop's turn (preemption, ORCH-1902)
             return False
         self._step(pool, step)
