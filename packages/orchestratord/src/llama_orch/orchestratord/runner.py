@@ -113,10 +113,6 @@ class TaskRun:
             if self.finished is None:
                 raise OrchError("engine stream ended without a final event", engine=rec.engine)
             self._complete(self.finished)
-            # ORCH-2803: one turn before the run ends, so that the writers woken by the
-            # frames above write them (their flush is queued in their turn) before the
-            # dispatcher's release, a done-callback of this run, settles the task
-            await asyncio.sleep(0)
         except asyncio.CancelledError:
             self._on_cancelled()
         except OrchError as exc:
