@@ -14,7 +14,6 @@ import math
 import time
 import uuid
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -305,7 +304,6 @@ class Admission:
         catalog: CatalogService,
         state: StoreBridge | None,
         policies: PolicyHost | None,
-        dispatch_admitted: Callable[[Pool], bool] | None = None,
     ) -> None:
         self.limits = limits
         self.pools = pools
@@ -319,8 +317,6 @@ class Admission:
         self.state = state  # with a `state:` section (ORCH-2522)
         self.policies = policies  # swapped by a policy reload (ORCH-8570)
         self.accepting = True  # False from the start of shutdown
-        # ORCH-2802: the dispatcher's step taken in the submit's own turn when it can
-        self.dispatch_admitted = dispatch_admitted
 
     async def submit(
         self,
@@ -472,8 +468,7 @@ class Admission:
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
             rec.finish_held = now + int(forecast.finish_ms) / 1000
-        if self.dispatch_admitted is None or not self.dispatch_admitted(pool):
-            pool.wakeup.set()
+        pool.wakeup.set()
         return TaskAccepted(
             rec.task_id,
             rec.queue_position,

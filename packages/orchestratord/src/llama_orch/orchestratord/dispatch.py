@@ -87,76 +87,46 @@ class Dispatcher:
         self.tracing = tracing
         self.scraper = scraper
         self.policies = policies  # swapped by a policy reload (ORCH-8570)
-        self._looping: set[str] = set()  # pools whose loop runs (ORCH-2802)
 
     async def loop(self, pool: Pool) -> None:
         """The pool's dispatcher: runs until cancelled."""
-        self._looping.add(pool.id)
-        try:
-            while True:
-                await pool.wakeup.wait()
-                pool.wakeup.clear()
-                try:
-                    await self.dispatch_ready(pool)
-                except Exception:
-                    # ORCH-2414: a bug in one step must not stop the pool's dispatching
-                    # for good; the next wakeup (a submit, a freed slot) tries again.
-                    _log.exception("dispatcher of pool %s: a dispatch step failed", pool.id)
-        finally:
-            self._looping.discard(pool.id)
-
-    def _next(self, pool: Pool) -> Dispatch[TaskRecord] | Orphaned[TaskRecord] | None:
-        return next_dispatch(
-            pool.queue,
-            self.workload.views(pool),
-            _pin_of,
-            self.affinity,
-            # ORCH-2310: the pool's placement policy picks inside the set
-            lambda t: self.placer.chooser(pool, t, self.affinity(t)),
-        )
+        while True:
+            await pool.wakeup.wait()
+            pool.wakeup.clear()
+            try:
+                await self.dispatch_ready(pool)
+            except Exception:
+                # ORCH-2414: a bug in one step must not stop the pool's dispatching
+                # for good; the next wakeup (a submit, a freed slot) tries again.
+                _log.exception("dispatcher of pool %s: a dispatch step failed", pool.id)
 
     async def dispatch_ready(self, pool: Pool) -> None:
         """Dispatch queued tasks of ``pool`` until none can be placed now."""
         while True:
-            step = self._next(pool)
+            step = next_dispatch(
+                pool.queue,
+                self.workload.views(pool),
+                _pin_of,
+                self.affinity,
+                # ORCH-2310: the pool's placement policy picks inside the set
+                lambda t: self.placer.chooser(pool, t, self.affinity(t)),
+            )
             if step is None:
                 await self.preemptor.maybe_preempt(pool)
                 return
-            self._step(pool, step)
-
-    def dispatch_admitted(self, pool: Pool) -> bool:
-        """The admission's turn dispatches the task it just queued (ORCH-2802) when the
-        pool's loop runs with no turn pending and the task is the whole queue: the same
-        step the loop's next turn would take, without waking it. False: the loop's turn
-        must come (its wakeup is for the caller to set)."""
-        if pool.id not in self._looping or pool.wakeup.is_set() or len(pool.queue) != 1:
-            return False
-        try:
-            step = self._next(pool)
-        except Exception:
-            # ORCH-2414: as a turn of the loop that failed: logged, and the next
-            # wakeup (a submit, a freed slot) tries again
-            _log.exception("dispatcher of pool %s: a dispatch step failed", pool.id)
-            return True
-        if step is None:  # no free slot: the loop's turn (preemption, ORCH-1902)
-            return False
-        self._step(pool, step)
-        return True
-
-    def _step(self, pool: Pool, step: Dispatch[TaskRecord] | Orphaned[TaskRecord]) -> None:
-        rec = step.item
-        try:
-            self._start(pool, step)
-        except Exception as exc:
-            # ORCH-2414: the task was taken off the queue; it gets its terminal
-            # event instead of being lost, and the next tasks go on.
-            _log.exception("dispatcher of pool %s: task %s failed", pool.id, rec.task_id)
-            if rec.runner is None:
-                rec.finish(
-                    error_event(
-                        rec, f"internal error: {exc!r}", ErrorCode.INTERNAL, retriable=False
+            rec = step.item
+            try:
+                self._start(pool, step)
+            except Exception as exc:
+                # ORCH-2414: the task was taken off the queue; it gets its terminal
+                # event instead of being lost, and the next tasks go on.
+                _log.exception("dispatcher of pool %s: task %s failed", pool.id, rec.task_id)
+                if rec.runner is None:
+                    rec.finish(
+                        error_event(
+                            rec, f"internal error: {exc!r}", ErrorCode.INTERNAL, retriable=False
+                        )
                     )
-                )
 
     def _start(self, pool: Pool, step: Dispatch[TaskRecord] | Orphaned[TaskRecord]) -> None:
         """Start one dispatch step: end an orphaned or expired task, or start its runner."""

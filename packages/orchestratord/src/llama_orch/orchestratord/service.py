@@ -156,8 +156,6 @@ class Orchestrator:
             catalog=self.catalog,
             state=self.state,
             policies=policies,
-            # ORCH-2802: without a store this process's dispatcher places the task
-            dispatch_admitted=self.dispatcher.dispatch_admitted if self.state is None else None,
         )
         self._stopped = False
         self._loops: list[asyncio.Task[None]] = []
