@@ -52,6 +52,16 @@ from small_report import emit
 C = 16
 
 
+def _start_fakes(procs: Procs, replicas: int) -> tuple[str | list[str], int]:
+    """The pool's fake engines at 0 ms/token: one URL, or a list with ``--replicas``;
+    the first engine's pid (the CPU it is charged with)."""
+    furl, fpid = start_fake(procs, "fake-0ms", 0.0)
+    if replicas <= 1:
+        return furl, fpid
+    more = [start_fake(procs, f"fake-0ms-{n}", 0.0)[0] for n in range(1, replicas)]
+    return [furl, *more], fpid
+
+
 def _loadgen_cmd(url: str, n: int, max_tokens: int, watch: dict[str, int]) -> list[str]:
     return [
         PY,
@@ -162,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         procs = Procs(tmp)
         server = EmbeddedServer(tmp / "valkey")
         try:
-            furl, fpid = start_fake(procs, "fake-0ms", 0.0)
-            furls: str | list[str] = furl
-            if args.replicas > 1:
-                more = [start_fake(procs, f"fake-0ms-{n}", 0.0)[0] for n in range(1, args.replicas)]
-                furls = [furl, *more]
+            furls, fpid = _start_fakes(procs, args.replicas)
             # without a `state:` section: what the store's CPU is added to (#13's goals)
             nurl, n_p = start_orch(procs, "orch-none", furls, tmp)
             log("no store, 1 instance")
@@ -296,11 +302,7 @@ def interleaved(args: argparse.Namespace) -> int:
         if args.before is not None:  # its library version on a server of its own
             servers.append(EmbeddedServer(tmp / "valkey-before"))
         try:
-            furl, fpid = start_fake(procs, "fake-0ms", 0.0)
-            furls: str | list[str] = furl
-            if args.replicas > 1:
-                more = [start_fake(procs, f"fake-0ms-{n}", 0.0)[0] for n in range(1, args.replicas)]
-                furls = [furl, *more]
+            furls, fpid = _start_fakes(procs, args.replicas)
             vurls = [srv.start() for srv in servers]
             vpids = [srv.proc.pid for srv in servers if srv.proc is not None]
             rows: dict[str, tuple[str, dict[str, int]]] = {}
