@@ -74,7 +74,7 @@ def test_every_reader_gets_the_bytes_an_encoding_at_append_gives(
 ) -> None:
     rec = _record()
     sunk: list[tuple[str, bytes]] = []
-    rec.sink = lambda tag, data: sunk.append((tag, data))
+    rec.sink = lambda tag, data, _frame, _index: sunk.append((tag, data))
     for ev in events:
         assert rec.append(ev)
     rec.finish(EndEvent(reason="stop", tokens_out=0, decode_ms=0))

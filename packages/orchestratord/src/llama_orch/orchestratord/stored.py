@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -112,7 +112,7 @@ class StoreBridge:
         self.placement = StorePlacement(dispatcher)  # the pool's policy and hook (ORCH-2572)
         dispatcher.preemptor.local_queue = False  # the store's queue (ORCH-2579)
         self.store: StateStore = load_state_store_class(options.backend).from_options(options)
-        self.appends = AppendBatcher(self.store)
+        self.appends = AppendBatcher(self.store, timed=self.timed, track=self.track)
         self.drains = StoredDrains(self.store, pools, options.lease_ms)  # ORCH-2588
         self.instance = uuid.uuid4().hex[:12]
         tracing.instance_id = self.instance  # a span attribute (ORCH-2544)
@@ -385,18 +385,21 @@ class StoreBridge:
         if rec.state == "queued" and writer is not None and not writer.dead:
             # unreachable replica before any event (ORCH-1117), or preempted (ORCH-2579):
             # back to the store's front once its last events are stored
-            self.requeue(rec.task_id, epoch, writer.flushing)
+            self.requeue(rec.task_id, epoch, writer.settled())
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
-    def requeue(self, task_id: str, epoch: int, after: asyncio.Task[None] | None = None) -> None:
-        """Put ``task_id`` back in its queue at the store under ``epoch`` (after ``after``)."""
+    def requeue(
+        self, task_id: str, epoch: int, after: Coroutine[Any, Any, None] | None = None
+    ) -> None:
+        """Put ``task_id`` back in its queue at the store under ``epoch`` (after ``after``:
+        its writer's last answer, ORCH-2624)."""
 
         async def again() -> None:
             if after is not None:
-                await asyncio.wait({after})
+                await after
             await self.store.requeue(task_id, epoch)
 
         self.track(asyncio.get_running_loop().create_task(again()))

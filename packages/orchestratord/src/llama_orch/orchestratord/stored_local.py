@@ -48,16 +48,27 @@ class StoredLog:
     def next_seq(self) -> int:
         return self.base + len(self.frames)
 
-    def stored(self, events: Sequence[Event], next_seq: int) -> None:
-        """The store took ``events`` as one batch and answered ``next_seq``."""
+    def stored(
+        self,
+        events: Sequence[Event],
+        next_seq: int,
+        frames: list[bytes] | None = None,
+        at: int = -1,
+    ) -> None:
+        """The store took ``events`` as one batch and answered ``next_seq``. ``frames``:
+        the frames the task record encoded for them, the first at index ``at`` of its
+        log; taken as they are when that index is the store's seq (ORCH-2623)."""
         if self.ended or self.detached:
             return
         first = next_seq - len(events)
         if first != self.next_seq:  # not ours alone any more: never guess an id
             self.detach()
             return
-        for i, ev in enumerate(events):
-            self.frames.append(encode_event(ev.kind, ev.data, first + i))
+        if frames is not None and at == first and len(frames) == len(events):
+            self.frames += frames  # encode_event(kind, data, seq) already: the same bytes
+        else:
+            for i, ev in enumerate(events):
+                self.frames.append(encode_event(ev.kind, ev.data, first + i))
         self.ended = events[-1].kind in TERMINAL_KINDS
         self._wake()
 

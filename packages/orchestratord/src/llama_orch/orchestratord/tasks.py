@@ -233,8 +233,10 @@ class TaskRecord(RunFields):
     _ended: Ended | None = None
     # Called after every phase change; the TaskStore that holds the record sets it.
     on_change: Callable[[TaskRecord], None] | None = None
-    # With a state store, every appended event is also written there (ORCH-2524).
-    sink: Callable[[str, bytes], None] | None = None
+    # With a state store, every appended event is also written there (ORCH-2524): its
+    # kind, data, the frame encoded here (None for a packed ``queued`` event) and its
+    # index in this log, so the run's stored log need not encode it again (ORCH-2623).
+    sink: Callable[[str, bytes, bytes | None, int], None] | None = None
     # encoded frames; a ``queued`` event's as an int until read (ORCH-2790)
     _frames: list[bytes | int] = field(default_factory=list)
     # the packed ``queued`` events before the first other event, 16 bytes each; events
@@ -362,12 +364,14 @@ class TaskRecord(RunFields):
             else:  # ORCH-2747: the log's leading queued events, 16 bytes each
                 self._head += packed.to_bytes(_QUEUED_SIZE, "little")
             if self.sink is not None:
-                self.sink(tag, _encoder.encode(event))
+                self.sink(tag, _encoder.encode(event), None, self.event_count - 1)
         else:
             data = _encoder.encode(event)
-            self._frames.append(encode_event(tag, data, self.event_count))
+            index = self.event_count
+            frame = encode_event(tag, data, index)
+            self._frames.append(frame)
             if self.sink is not None:
-                self.sink(tag, data)
+                self.sink(tag, data, frame, index)
         if self._waiters:  # wake the readers parked in frames(); none most of the time
             waiters, self._waiters = self._waiters, None
             for w in waiters:
