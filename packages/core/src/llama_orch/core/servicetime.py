@@ -487,11 +487,13 @@ class ServiceModel:
                 self._prefill_hi = max(self._prefill_hi, obs.ttft_ms / own)  # ORCH-2925
             # ORCH-2913/2916: the recent runs against the line that has learned this one
             if self._pace.add(now, obs.ttft_ms, own + ahead, own * own + ahead_sq):
-                self._memo = None
-                p = self.params(now)  # unpaced: measure() leaves prefill_pace out
-                self._pace.measure(
-                    p.overhead_ms, p.prefill_ms_per_token, p.prefill_quad, p.prefill_cap
-                )
+                # unpaced: measure() leaves prefill_pace out. ORCH-2942: the first-token
+                # line's terms as ``params`` derives them, not the decode line's (only
+                # decayed to ``now`` as ``params`` did: a decay's floats depend on its steps)
+                overhead, prefill, quad = self._ttft.params3(now)
+                cap = min(self._ttft.slope_hi, self._prefill_hi)  # ORCH-2900, ORCH-2925
+                self._decode.weight(now)
+                self._pace.measure(overhead, min(prefill, cap), quad, cap)
             self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:
