@@ -257,10 +257,8 @@ class Workload:
                         own = _tokens_in(t)
                         prefilling.append((t.dispatched, own))
                         # batched with the prompts dispatched after it (ORCH-1996)
-                        later = log.between(t.dispatched, now)
-                        squares = (  # each prompt's own square (ORCH-2900)
-                            own * own + t.run_prefill_ahead_sq + log.squares(t.dispatched, now)
-                        )
+                        later, sq = log.between_squares(t.dispatched, now)  # ORCH-2941
+                        squares = own * own + t.run_prefill_ahead_sq + sq  # ORCH-2900
                         # ``model.ttft_ms`` inline (ORCH-2941)
                         ttft = overhead + p.prefill_ms(own + t.run_prefill_ahead + later, squares)
                         # ORCH-2914: past its forecast, a tenth of its time so far is left
@@ -276,15 +274,21 @@ class Workload:
                 dpt, dctx, dcap = p.decode_ms_per_token, p.decode_ctx, p.decode_cap
                 slowed = dpt * p.slowdown * (busy_c - 1.0)
                 share, told, completed = (None, now, False) if expect is None else expect
+                lefts: dict[tuple[int, int], tuple[int, int]] = {}  # (budget, tokens): left
                 for t in running:
                     # its pace at its context: prompt, tokens so far, half of those left
                     bud, so_far_all, tin = budget(t), t.engine_tokens, _tokens_in(t)
-                    left_t = max(0, bud - so_far_all)  # ``tokens_left``
-                    n = (  # ORCH-2922: ``expected_left``
-                        left_t
-                        if share is None
-                        else share.expected_left(bud, so_far_all, told, completed=completed)
-                    )
+                    got = lefts.get((bud, so_far_all))  # tasks alike: asked once (ORCH-2941)
+                    if got is None:
+                        left_t = max(0, bud - so_far_all)  # ``tokens_left``
+                        n = (  # ORCH-2922: ``expected_left``
+                            left_t
+                            if share is None
+                            else share.expected_left(bud, so_far_all, told, completed=completed)
+                        )
+                        lefts[bud, so_far_all] = (left_t, n)
+                    else:
+                        left_t, n = got
                     ctx = tin + so_far_all + left_t / 2  # ORCH-2901
                     per = min(dpt + dctx * max(0.0, ctx), dcap) + slowed
                     ms = n * per
