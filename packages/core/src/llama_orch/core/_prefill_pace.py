@@ -25,18 +25,25 @@ class PrefillPace:
     BOUNDS = (0.5, 3.0)
     RUNS = 128  # older runs weigh < 1 % at a run a second
 
-    __slots__ = ("_runs", "_sums")
+    __slots__ = ("_in_order", "_runs", "_sums")
 
     def __init__(self) -> None:
-        # (when, first-token ms, prompt tokens, the sum of their sizes' squares)
+        # (when, first-token ms, prompt tokens, the sum of their sizes' squares), the
+        # sizes at least 0 (ORCH-2942: clamped once here, not at every ``measure``)
         self._runs: deque[tuple[float, float, int, int]] = deque(maxlen=self.RUNS)
         self._sums: tuple[float, float, float] | None = None  # measured, modelled, when
+        self._in_order = True  # every run added no earlier than the one before it
 
     def add(self, now: float, ttft_ms: float, tokens: int, squares: int) -> bool:
         """A run's first token; False (and nothing kept) if it is not finite."""
         if not math.isfinite(ttft_ms):
             return False
-        self._runs.append((now, max(0.0, ttft_ms), tokens, squares))
+        runs = self._runs
+        if runs and now < runs[-1][0]:
+            self._in_order = False  # a clock passed in went back: ``max`` from now on
+        runs.append(
+            (now, max(0.0, ttft_ms), tokens if tokens > 0 else 0, squares if squares > 0 else 0)
+        )
         return True
 
     def measure(self, overhead_ms: float, per_token: float, quad: float, cap: float) -> None:
@@ -47,14 +54,14 @@ class PrefillPace:
         runs = self._runs
         if not runs:
             return
-        latest = max(runs)[0]  # the largest time (tuples compare by time first)
+        # the largest time: the last run's while they came in time order (ORCH-2942)
+        latest = runs[-1][0] if self._in_order else max(runs)[0]
         measured = modelled = 0.0
         half_life, pow_ = self.HALF_LIFE_S, math.pow
-        for t, y, n, sq in runs:
+        for t, y, n, sq in runs:  # n, sq: at least 0 (``add``)
             k = pow_(0.5, (latest - t) / half_life)
             measured += k * (y - overhead_ms)  # a run under the overhead counts too
-            n = n if n > 0 else 0
-            line = per_token * n + quad * (sq if sq > 0 else 0)
+            line = per_token * n + quad * sq
             capped = cap * n
             modelled += k * (capped if capped < line else line)  # min(line, capped)
         self._sums = (max(0.0, measured), modelled, latest)

@@ -12,7 +12,9 @@ Pure code: ``now`` is passed in. O(1) a query, O(bins) a run learned.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 
 __all__ = ["OutputShare"]
 
@@ -25,7 +27,7 @@ class OutputShare:
     PRIOR = 4.0  # pseudo-runs at the whole budget; never decays
     FORGET = 0.01  # samples weighing less than this share of the prior are forgotten
 
-    __slots__ = ("_all", "_done", "_half_life_s", "_t")
+    __slots__ = ("_all", "_done", "_half_life_s", "_memo", "_t")
 
     def __init__(self, half_life_s: float = 600.0) -> None:
         self._half_life_s = half_life_s
@@ -34,6 +36,9 @@ class OutputShare:
         # bin, then their suffix sums (bin k onwards), recomputed when a run is learned
         self._all = _Hist(self.BINS)
         self._done = _Hist(self.BINS)
+        # the last ``_scale``: its ``now``, ``_t`` and value (ORCH-2941: a forecast asks
+        # once per running task at one instant)
+        self._memo: tuple[float, float, float] | None = None
 
     def observe(self, tokens_out: int, budget: int, *, canceled: bool, now: float) -> None:
         """A run ended after ``tokens_out`` of its ``budget`` tokens (completed or
@@ -51,9 +56,15 @@ class OutputShare:
             self._done.add(k, share)
 
     def _scale(self, now: float) -> float:
-        if self._t is None or now <= self._t:
+        t = self._t
+        if t is None or now <= t:
             return 1.0
-        return math.pow(0.5, (now - self._t) / self._half_life_s)
+        memo = self._memo
+        if memo is not None and memo[0] == now and memo[1] == t:
+            return memo[2]
+        scale = math.pow(0.5, (now - t) / self._half_life_s)
+        self._memo = (now, t, scale)
+        return scale
 
     def cancels(self, now: float) -> bool:
         """Whether canceled runs still weigh (the two expectations can differ)."""
@@ -92,18 +103,21 @@ class _Hist:
         self.swf = [0.0] * (bins + 2)
 
     def decay(self, scale: float) -> None:
-        if scale != 1.0:
-            self.w = [x * scale for x in self.w]
-            self.wf = [x * scale for x in self.wf]
+        if scale != 1.0:  # ORCH-2943: ``x * scale`` per bin, in C
+            mul = scale.__mul__
+            self.w = list(map(mul, self.w))
+            self.wf = list(map(mul, self.wf))
 
     def add(self, k: int, share: float) -> None:
         self.w[k] += 1.0
         self.wf[k] += share
-        sw = swf = 0.0
-        for i in range(self.bins, -1, -1):
-            sw += self.w[i]
-            swf += self.wf[i]
-            self.sw[i], self.swf[i] = sw, swf
+        # ORCH-2943: the suffix sums from 0.0, bin ``bins`` down to 0, added in that
+        # order (as a loop would), then the one past the end (0.0) kept
+        sw = list(itertools.accumulate(reversed(self.w), operator.add, initial=0.0))
+        swf = list(itertools.accumulate(reversed(self.wf), operator.add, initial=0.0))
+        sw.reverse()
+        swf.reverse()
+        self.sw, self.swf = sw, swf
 
     def above(self, u: float) -> tuple[float, float]:
         """Weight and weighted share of the runs with a share above ``u``: the bins

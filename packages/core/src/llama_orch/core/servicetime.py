@@ -102,12 +102,16 @@ class PromptIndex:
 
     def squares(self, t0: float, t1: float) -> int:
         """The sum of the squares of the prompt sizes dispatched in ``(t0, t1]``."""
+        return self.between_squares(t0, t1)[1]
+
+    def between_squares(self, t0: float, t1: float) -> tuple[int, int]:
+        """``(between(t0, t1), squares(t0, t1))`` with one search (ORCH-2941)."""
         if t1 <= t0:
-            return 0
+            return 0, 0
         if self._sq is None:
             self._sq = [0, *itertools.accumulate(n * n for _, n in self._pairs)]
         i, j = self._range(t0, t1)
-        return self._sq[j] - self._sq[i]
+        return self._cum[j] - self._cum[i], self._sq[j] - self._sq[i]
 
 
 class DispatchLog(PromptIndex):
@@ -487,11 +491,12 @@ class ServiceModel:
                 self._prefill_hi = max(self._prefill_hi, obs.ttft_ms / own)  # ORCH-2925
             # ORCH-2913/2916: the recent runs against the line that has learned this one
             if self._pace.add(now, obs.ttft_ms, own + ahead, own * own + ahead_sq):
-                self._memo = None
-                p = self.params(now)  # unpaced: measure() leaves prefill_pace out
-                self._pace.measure(
-                    p.overhead_ms, p.prefill_ms_per_token, p.prefill_quad, p.prefill_cap
-                )
+                # unpaced; ORCH-2942: the first-token line's terms as ``params`` derives them,
+                # the decode line only decayed to ``now`` as ``params`` did (steps matter)
+                overhead, prefill, quad = self._ttft.params3(now)
+                cap = min(self._ttft.slope_hi, self._prefill_hi)  # ORCH-2900, ORCH-2925
+                self._decode.weight(now)
+                self._pace.measure(overhead, min(prefill, cap), quad, cap)
             self._memo = None  # the line and the pace moved
         need = 2 if obs.outcome == "completed" else 3
         if obs.tokens_out >= need and obs.decode_ms > 0:

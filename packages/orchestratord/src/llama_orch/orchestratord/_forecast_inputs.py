@@ -1,21 +1,26 @@
 """What a forecast takes of a task (ORCH-1957): its prompt tokens and its tokens
 left, by its budget or by its pool's learned output shares (ORCH-1997,
-ORCH-2921, ORCH-2922); and a model's terms for the DEBUG ``forecast`` line."""
+ORCH-2921, ORCH-2922); a model's terms for the DEBUG ``forecast`` line; the
+prompts of a replica's running tasks as indexes (ORCH-2911, ORCH-2941)."""
 
 from __future__ import annotations
 
-from llama_orch.core.eta import Job
+import math
+
+from llama_orch.core.eta import Job, Pace, live_pace
 from llama_orch.core.output_share import OutputShare
-from llama_orch.core.servicetime import ModelParams
+from llama_orch.core.servicetime import ModelParams, PromptIndex, ServiceModel, Spans
 
 from .tasks import TaskRecord
 
 __all__ = [
     "Expect",
     "budget",
+    "decoded_pace",
     "expected_left",
     "job_of",
     "model_terms",
+    "prompt_indexes",
     "tokens_in",
     "tokens_left",
 ]
@@ -67,4 +72,79 @@ def model_terms(p: ModelParams) -> tuple[float, ...]:
         round(p.decode_ms_per_token, 1),
         round(p.slowdown, 2),
         round(p.decode_ctx, 5),
+    )
+
+
+def prompt_indexes(
+    running: set[TaskRecord], prefilling: list[tuple[float, int]], now: float
+) -> tuple[PromptIndex, PromptIndex, Spans, Spans]:
+    """The prompts of a replica's running tasks for :meth:`Workload.loads`: those still
+    prefilling, those answered (ORCH-2911: they stalled the others from their dispatch
+    to their first token, as measured), the union of those stalls, and of those with
+    the stall in progress (ORCH-2909: from the earliest prompt undone to now)."""
+    undone = PromptIndex(prefilling)
+    answered = [
+        (t.dispatched, t.run_first_token, tokens_in(t))
+        for t in running
+        if t.run_first_token is not None and t.dispatched is not None
+    ]
+    measured = PromptIndex((d, n) for d, _, n in answered)
+    spans = [(d, f) for d, f, _ in answered]
+    stall_from = min((d for d, _ in prefilling), default=None)
+    stalls = Spans(spans)
+    stalls_now = Spans([*spans, (stall_from, now)]) if stall_from else stalls
+    return undone, measured, stalls, stalls_now
+
+
+def decoded_pace(
+    t: TaskRecord,
+    so_far: int,
+    model: ServiceModel,
+    p: ModelParams,
+    log: PromptIndex,
+    indexes: tuple[PromptIndex, PromptIndex, Spans, Spans],
+    now: float,
+    busy_now: int,
+    per: float,
+) -> Pace | None:
+    """The live pace of a running task that has decoded ``so_far`` tokens of its run
+    (ORCH-1977) on a replica whose model is ``model`` (its ``params(now)``: ``p``;
+    its dispatch log: ``log``; :func:`prompt_indexes`: ``indexes``), against ``per``,
+    its forecast ms a token left at ``busy_now`` busy slots (``Workload.loads``)."""
+    # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
+    # (those still prefilling now are not done yet)
+    # at their modelled cost those of tasks ended since, at their measured
+    # prefill those of tasks running (ORCH-2911), and not the stall in
+    # progress (ORCH-2909: ``pending`` below adds what is left of it)
+    undone, measured, stalls, stalls_now = indexes
+    first, last = t.run_first_token, t.last_token
+    assert first is not None and last is not None
+    done_last = (
+        log.between(first, last) - undone.between(first, last) - measured.between(first, last)
+    )
+    done_now = (
+        log.between(first, now) - undone.between(first, math.inf) - measured.between(first, now)
+    )
+    sq_last = log.squares(first, last) - undone.squares(first, last) - measured.squares(first, last)
+    sq_now = (
+        log.squares(first, now) - undone.squares(first, math.inf) - measured.squares(first, now)
+    )
+    net_last = (last - first - stalls.covered(first, last)) * 1000
+    net_now = (now - first - stalls_now.covered(first, now)) * 1000
+    # ORCH-2918: measured against the model at the busy slots it
+    # decoded beside (their mean over its chunks) and its context so
+    # far, not at the busy slots now: a task that decoded beside
+    # another that has ended is not slow, it was busier
+    then = model.decode_ms_per_token(
+        t.busy_sum / t.run_chunks if t.run_chunks else busy_now,
+        now,
+        p,
+        tokens_in(t) + t.run_tokens_before + so_far / 2,
+    )
+    return live_pace(  # ORCH-1977: the task's own pace so far
+        then,
+        so_far,
+        max(0.0, net_last - p.prefill_ms(done_last, sq_last)),
+        max(0.0, net_now - p.prefill_ms(done_now, sq_now)),
+        per,
     )

@@ -35,7 +35,6 @@ from llama_orch.core.eta import (
     Slot,
     admits,
     best_slot,
-    live_pace,
     prefill_left,
     replica_pace,
     simulate,
@@ -54,7 +53,15 @@ from llama_orch.core.servicetime import (
     Spans,
 )
 
-from ._forecast_inputs import Expect, budget, expected_left, job_of, model_terms, tokens_left
+from ._forecast_inputs import (
+    Expect,
+    budget,
+    decoded_pace,
+    job_of,
+    model_terms,
+    prompt_indexes,
+    tokens_left,
+)
 from ._forecast_inputs import tokens_in as _tokens_in
 from .pools import Pool, Replica
 from .tasks import TaskRecord
@@ -244,41 +251,46 @@ class Workload:
                 ttfts: dict[int, float] = {}  # the prefilling tasks' ms to their first token
                 prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
                 log = model.prompt_index()  # O(log) a query below (issue #20)
+                overhead = p.overhead_ms
                 for t in running:
                     if t.run_first_token is None and t.dispatched is not None:
-                        prefilling.append((t.dispatched, _tokens_in(t)))
-                        # batched with the prompts dispatched after it (ORCH-1996)
-                        later = log.between(t.dispatched, now)
                         own = _tokens_in(t)
-                        squares = (  # each prompt's own square (ORCH-2900)
-                            own * own + t.run_prefill_ahead_sq + log.squares(t.dispatched, now)
-                        )
-                        ttft = model.ttft_ms(own + t.run_prefill_ahead + later, now, p, squares)
+                        prefilling.append((t.dispatched, own))
+                        # batched with the prompts dispatched after it (ORCH-1996)
+                        later, sq = log.between_squares(t.dispatched, now)  # ORCH-2941
+                        squares = own * own + t.run_prefill_ahead_sq + sq  # ORCH-2900
+                        # ``model.ttft_ms`` inline (ORCH-2941)
+                        ttft = overhead + p.prefill_ms(own + t.run_prefill_ahead + later, squares)
                         # ORCH-2914: past its forecast, a tenth of its time so far is left
                         left_ms = prefill_left(ttft, (now - t.dispatched) * 1000)
                         ttfts[id(t)] = left_ms
                         pending = max(pending, left_ms)
-                undone = PromptIndex(prefilling)
-                # ORCH-2911: the prompts of running tasks that have their first token
-                # stalled the others from their dispatch to that token, as measured
-                answered = [
-                    (t.dispatched, t.run_first_token, _tokens_in(t))
-                    for t in running
-                    if t.run_first_token is not None and t.dispatched is not None
-                ]
-                measured = PromptIndex((d, n) for d, _, n in answered)
-                spans = [(d, f) for d, f, _ in answered]
-                # ORCH-2909: the stall in progress began with the earliest prompt undone
-                stall_from = min((d for d, _ in prefilling), default=None)
-                stalls = Spans(spans)
-                stalls_now = Spans([*spans, (stall_from, now)]) if stall_from else stalls
+                # built at the first running task that has decoded (ORCH-2941)
+                indexes: tuple[PromptIndex, PromptIndex, Spans, Spans] | None = None
                 busy_now = max(1, len(running))
+                # ORCH-2941: ``model.decode_ms_per_token(busy_now, now, p, ctx)`` with its
+                # busy slots' term, the same for every task, computed once
+                busy_c = min(max(busy_now, 1.0), float(model.slots))
+                dpt, dctx, dcap = p.decode_ms_per_token, p.decode_ctx, p.decode_cap
+                slowed = dpt * p.slowdown * (busy_c - 1.0)
+                share, told, completed = (None, now, False) if expect is None else expect
+                lefts: dict[tuple[int, int], tuple[int, int]] = {}  # (budget, tokens): left
                 for t in running:
                     # its pace at its context: prompt, tokens so far, half of those left
-                    left_t = tokens_left(t)
-                    n = left_t if expect is None else expected_left(t, expect)  # ORCH-2922
-                    ctx = _tokens_in(t) + t.engine_tokens + left_t / 2  # ORCH-2901
-                    per = model.decode_ms_per_token(busy_now, now, p, ctx)
+                    bud, so_far_all, tin = budget(t), t.engine_tokens, _tokens_in(t)
+                    got = lefts.get((bud, so_far_all))  # tasks alike: asked once (ORCH-2941)
+                    if got is None:
+                        left_t = max(0, bud - so_far_all)  # ``tokens_left``
+                        n = (  # ORCH-2922: ``expected_left``
+                            left_t
+                            if share is None
+                            else share.expected_left(bud, so_far_all, told, completed=completed)
+                        )
+                        lefts[bud, so_far_all] = (left_t, n)
+                    else:
+                        left_t, n = got
+                    ctx = tin + so_far_all + left_t / 2  # ORCH-2901
+                    per = min(dpt + dctx * max(0.0, ctx), dcap) + slowed
                     ms = n * per
                     pc: Pace | None = None
                     if t.run_first_token is None and t.dispatched is not None:
@@ -288,56 +300,17 @@ class Workload:
                         ms = max(0.0, ttfts[id(t)], pending)
                         ms += max(0, n - 1) * per
                     elif t.run_first_token is not None and t.last_token is not None:
-                        # ORCH-1995: its pace net of the others' prompts prefilled meanwhile
-                        # (those still prefilling now are not done yet)
-                        # at their modelled cost those of tasks ended since, at their measured
-                        # prefill those of tasks running (ORCH-2911), and not the stall in
-                        # progress (ORCH-2909: ``pending`` below adds what is left of it)
-                        first, last = t.run_first_token, t.last_token
-                        done_last = (
-                            log.between(first, last)
-                            - undone.between(first, last)
-                            - measured.between(first, last)
-                        )
-                        done_now = (
-                            log.between(first, now)
-                            - undone.between(first, math.inf)
-                            - measured.between(first, now)
-                        )
-                        sq_last = (
-                            log.squares(first, last)
-                            - undone.squares(first, last)
-                            - measured.squares(first, last)
-                        )
-                        sq_now = (
-                            log.squares(first, now)
-                            - undone.squares(first, math.inf)
-                            - measured.squares(first, now)
-                        )
-                        net_last = (last - first - stalls.covered(first, last)) * 1000
-                        net_now = (now - first - stalls_now.covered(first, now)) * 1000
-                        # ORCH-2918: measured against the model at the busy slots it
-                        # decoded beside (their mean over its chunks) and its context so
-                        # far, not at the busy slots now: a task that decoded beside
-                        # another that has ended is not slow, it was busier
-                        so_far = t.engine_tokens - t.run_tokens_before
-                        then = model.decode_ms_per_token(
-                            t.busy_sum / t.run_chunks if t.run_chunks else busy_now,
-                            now,
-                            p,
-                            _tokens_in(t) + t.run_tokens_before + so_far / 2,
-                        )
-                        pace = live_pace(  # ORCH-1977: the task's own pace so far
-                            then,
-                            so_far,
-                            max(0.0, net_last - p.prefill_ms(done_last, sq_last)),
-                            max(0.0, net_now - p.prefill_ms(done_now, sq_now)),
-                            per,
-                        )
-                        if pace is not None:
-                            ms = n * pace.ms_per_token
-                            paces.append(pace)
-                            pc = pace
+                        so_far = so_far_all - t.run_tokens_before
+                        if so_far >= 2:  # no pace before two tokens (``live_pace``, ORCH-2941)
+                            if indexes is None:
+                                indexes = prompt_indexes(running, prefilling, now)
+                            pace = decoded_pace(
+                                t, so_far, model, p, log, indexes, now, busy_now, per
+                            )
+                            if pace is not None:
+                                ms = n * pace.ms_per_token
+                                paces.append(pace)
+                                pc = pace
                         ms += max(0.0, pending)  # it waits for those prompts (ORCH-1996)
                     left.append(max(0.0, ms))
                     if trace is not None:
