@@ -44,7 +44,9 @@ _log = logging.getLogger("llama_orch.orchestratord")
 
 
 def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
+    # TCP (uvicorn serves this object; hypercorn re-creates it from the descriptor)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:  # one of --workers N on this port (ORCH-2752)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
