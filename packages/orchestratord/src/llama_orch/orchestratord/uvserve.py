@@ -10,10 +10,11 @@ gives and uvicorn does not on its own is added here:
   since its current request began and answers 431 and closes once they exceed
   ``limits.max_header_bytes`` before the head is complete (a complete head is the
   application's, as under hypercorn);
-* no ``Server`` header (a ``Date`` header, as hypercorn's), no access log, no proxy-header rewriting, no
-  lifespan, no logging configuration of its own, no signal handlers (the caller's
-  shutdown trigger decides): :func:`serve_uvicorn` drives ``uvicorn.Server``'s
-  ``startup`` and ``shutdown`` itself instead of ``serve``.
+* no ``Server`` header (a ``Date`` header, as hypercorn's), no access log, no
+  proxy-header rewriting, no lifespan, no logging configuration of its own, no
+  signal handlers (the caller's shutdown trigger decides): :func:`serve_uvicorn`
+  drives ``uvicorn.Server``'s ``startup``, ``main_loop`` and ``shutdown`` itself
+  instead of ``serve``.
 
 What differs: uvicorn speaks HTTP/1.1 only (hypercorn also negotiates HTTP/2 over
 TLS and h2c); the keep-alive timeout is uvicorn's own timer per idle connection.
@@ -26,13 +27,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import StartupError
+from .leanconn import APP_QUEUE, AppQueue
 
 __all__ = ["BoundedHeadProtocol", "serve_uvicorn"]
 
@@ -53,11 +55,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     each read is parsed: a read that completes the head is not refused here."""
 
     max_head_bytes = 16384  # set per server by serve_uvicorn (a subclass)
+    coalesce = True  # ORCH-2814: writes of one loop turn in one send
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_head = True
+        self._app_queue: AppQueue | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.coalesce:
+            transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
@@ -70,6 +79,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
                 self.transport.write(_TOO_LARGE)
                 self.transport.close()
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # ORCH-2815: the SSE writer watches this for the disconnect (a callback, as under
+        # hypercorn's AppQueue, ORCH-2772) instead of a task per stream waiting on receive
+        self._app_queue = queue = AppQueue()
+        cast(dict[str, Any], self.scope)[APP_QUEUE] = queue
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete and self._app_queue is not None:
+            self._app_queue.put_nowait({"type": "http.disconnect"})
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
@@ -78,6 +100,56 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True  # the next request's head begins
         self._head_bytes = 0
+
+
+class CoalescingTransport:
+    """The part of :class:`asyncio.Transport` uvicorn's connection uses, with the writes
+    of one loop turn joined into one, written by ``call_soon`` at the end of the turn
+    (ORCH-2814, as ``writes.CoalescingWriter`` does for hypercorn, ORCH-2766): the head,
+    the body and the chunked terminator of a response go out in one ``send``. Flow
+    control stays the transport's (it pauses the protocol when its buffer fills);
+    ``close`` writes what is pending first."""
+
+    __slots__ = ("_flush_handle", "_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
 
 
 def _ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
