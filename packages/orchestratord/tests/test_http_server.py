@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from typing import Any
 
@@ -18,7 +19,7 @@ import trustme
 from llama_orch.core.config import Config
 from llama_orch.core.sse import SSEParser
 from llama_orch.orchestratord.errors import StartupError
-from llama_orch.orchestratord.serve import serve
+from llama_orch.orchestratord.serve import _bind, serve
 
 SERVERS = ["hypercorn", "uvicorn"]
 _SSE = {"Accept": "text/event-stream"}
@@ -164,3 +165,91 @@ async def test_a_stream_ends_at_its_clients_disconnect(
     for task_id in (tid, second):
         async with run.http.post(f"{run.url}/v1/tasks/{task_id}/cancel") as r:
             assert r.status == 204
+
+
+async def test_accepted_connections_get_tcp_nodelay():
+    """ORCH-2816: the listener's proto is TCP, so asyncio sets TCP_NODELAY on what it
+    accepts (with ``proto`` 0 it does not: Nagle + delayed ACK, ~40 ms a response)."""
+    sock = _bind("127.0.0.1", 0)
+    seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            raw = transport.get_extra_info("socket")
+            seen.set_result(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+    assert await asyncio.wait_for(seen, 5) != 0
+    writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_uvicorn_writes_of_one_turn_go_out_as_one():
+    """ORCH-2814: head, body and terminator written in one turn are one write at the
+    turn's end; ``close`` writes what is pending first."""
+    from llama_orch.orchestratord.uvserve import CoalescingTransport
+
+    raw = _Recorder()
+    t = CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    t.write(b"5\r\nhello\r\n")
+    t.write(b"0\r\n\r\n")
+    assert raw.writes == []
+    await asyncio.sleep(0)
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]
+    t.write(b"late")
+    t.close()
+    assert raw.writes[-1] == b"late" and raw.closed
+
+
+async def test_uvicorn_tells_the_disconnect_through_the_requests_app_queue():
+    """ORCH-2815: under uvicorn a request's scope carries an AppQueue that gets
+    ``http.disconnect`` when its client goes away mid-response (no task waits on it)."""
+    from llama_orch.orchestratord.leanconn import APP_QUEUE, AppQueue
+    from llama_orch.orchestratord.uvserve import serve_uvicorn
+
+    seen: list[str] = []
+    gone = asyncio.Event()
+    started = asyncio.Event()
+
+    async def app(scope, receive, send):
+        queue = scope[APP_QUEUE]
+        assert isinstance(queue, AppQueue)
+        queue.watch(lambda m: (seen.append(m["type"]), gone.set()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        started.set()
+        await gone.wait()
+
+    sock = _bind("127.0.0.1", 0)
+    stop = asyncio.Event()
+    served = asyncio.create_task(
+        serve_uvicorn(app, sock, max_head_bytes=8192, ssl_context=None, shutdown_trigger=stop.wait)
+    )
+    reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(started.wait(), 5)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    writer.close()
+    await asyncio.wait_for(gone.wait(), 5)
+    assert "http.disconnect" in seen
+    stop.set()
+    await asyncio.wait_for(served, 10)
