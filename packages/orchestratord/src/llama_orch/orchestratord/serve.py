@@ -44,7 +44,7 @@ _log = logging.getLogger("llama_orch.orchestratord")
 
 
 def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    # proto named: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
+    # ORCH-2816: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
     # TCP (uvicorn serves this object; hypercorn re-creates it from the descriptor)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
