@@ -63,6 +63,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._in_head = True
         self._app_queue: AppQueue | None = None
 
+    # uvicorn narrows asyncio.Protocol's BaseTransport parameter to Transport
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if self.coalesce:
             transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
