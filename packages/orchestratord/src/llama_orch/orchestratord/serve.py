@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -24,7 +25,6 @@ from hypercorn.config import Config as HypercornConfig
 from llama_orch.core.adapter_api import load_adapter_class
 from llama_orch.core.config import Config
 
-from . import uvserve
 from .app import build_app
 from .auth import Authenticator, load_keys
 from .discovery import PoolDiscovery, Resolver, resolve_addresses
@@ -140,7 +140,7 @@ async def serve(
         hc: HypercornConfig | None = None
         ssl_context: ssl.SSLContext | None = None
         if config.server.http_server == "uvicorn":  # ORCH-2810
-            ssl_context = uvserve.tls_context(config.server.certfile, config.server.keyfile)
+            ssl_context = _uvserve().tls_context(config.server.certfile, config.server.keyfile)
         else:
             hc = _hypercorn_config(config, sock)
         if config.server.certfile is not None:
@@ -157,7 +157,7 @@ async def serve(
 
         app = build_app(orch, manager, remotes, auth=auth)
         if hc is None:
-            await uvserve.serve_uvicorn(
+            await _uvserve().serve_uvicorn(
                 app,
                 sock,
                 max_head_bytes=config.limits.max_header_bytes,  # ORCH-8012
@@ -168,6 +168,18 @@ async def serve(
         coalesce_hypercorn_writes()  # ORCH-2766: one socket write per connection and turn
         # hypercorn's Framework union does not include Starlette's ASGIApp alias (same protocol)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
+
+
+def _uvserve() -> ModuleType:
+    """The uvicorn listener's module; it imports uvicorn (the [uvicorn] extra)."""
+    try:
+        from . import uvserve
+    except ImportError as exc:
+        raise StartupError(
+            "server.http_server: uvicorn needs the [uvicorn] extra: "
+            "pip install 'llama-orch-orchestratord[uvicorn]'"
+        ) from exc
+    return uvserve
 
 
 def _hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
