@@ -62,7 +62,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keyfile: str | None = None
     # The ASGI server that runs the HTTP listener (ORCH-2810); uvicorn needs the
     # orchestratord extra [uvicorn].
-    http_server: Literal["hypercorn", "uvicorn"] = "uvicorn"
+    http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
 
 
 class ApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
