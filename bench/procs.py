@@ -156,8 +156,12 @@ def start_orch(
     # Every limit a stage depends on is set here, not left to the defaults
     # (ORCH-2700): a default that changes must not change what the bench measures
     # (issue #20: the default max_streams_per_tenant answered 429 to most requests).
+    server: dict[str, Any] = {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0}
+    http_server = os.environ.get("LLORCH_BENCH_HTTP_SERVER")
+    if http_server and not pythonpath:  # ORCH-2810; the compared sources keep their own
+        server["http_server"] = http_server
     cfg = {
-        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 1.0},
+        "server": server,
         "auth": {"enabled": False},  # loopback benchmark; auth cost is not measured here
         "admission": {
             "queue_capacity": queue_capacity,

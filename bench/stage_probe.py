@@ -61,7 +61,8 @@ def install() -> None:
     from llama_orch.adapter_http import _lean
     from llama_orch.orchestratord import app, dispatch, leanroutes, limits, runner, service, writes
 
-    # the request's bytes arrive on hypercorn's connection (its StreamReaderProtocol)
+    # the request's bytes arrive on hypercorn's connection (its StreamReaderProtocol);
+    # under uvicorn on its httptools protocol (below)
     _wrap_sync(asyncio.streams.StreamReaderProtocol, "data_received", "req_in")
     _wrap_async(leanroutes.LeanRoutes, "__call__", "asgi")
     _wrap_async(service.Orchestrator, "submit", "admit", "admitted")
@@ -92,6 +93,22 @@ def install() -> None:
 
     writes.CoalescingWriter.flush = flush_marked  # type: ignore[method-assign]
     _ = app  # imported so the endpoints are built after the wrappers
+    try:  # under uvicorn (ORCH-2810): its protocol reads, its coalescing transport writes
+        from llama_orch.orchestratord import uvserve
+    except ImportError:  # sources before ORCH-2810, or without the [uvicorn] extra
+        return
+    _wrap_sync(uvserve.BoundedHeadProtocol, "data_received", "req_in")
+    uv_flush: Callable[..., None] = uvserve.CoalescingTransport.flush
+
+    def uv_flush_marked(self: Any) -> None:
+        busy = bool(self._pending)
+        if busy:
+            _mark("writing")
+        uv_flush(self)
+        if busy:
+            _mark("written")
+
+    uvserve.CoalescingTransport.flush = uv_flush_marked  # type: ignore[method-assign]
 
 
 def _dump(path: str) -> None:

@@ -57,9 +57,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080  # 0 = pick a free port
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 10.0
-    # TLS (ORCH-8030): PEM files handed to Hypercorn; both or neither.
+    # TLS (ORCH-8030): PEM files handed to the HTTP server; both or neither.
     certfile: str | None = None
     keyfile: str | None = None
+    # The ASGI server that runs the HTTP listener (ORCH-2810); uvicorn needs the
+    # orchestratord extra [uvicorn].
+    http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
 
 
 class ApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -103,6 +103,10 @@ class AppQueue:
     async def put(self, item: Any) -> None:
         while self.full():
             await self._wait(False)
+        self.put_nowait(item)
+
+    def put_nowait(self, item: Any) -> None:
+        """Put ``item`` now (the caller checked ``full``, or the queue is unbounded)."""
         self._items.append(item)
         _wake_first(self._getters)
         if self._watcher is not None:

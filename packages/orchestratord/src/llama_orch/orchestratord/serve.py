@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -42,7 +44,9 @@ _log = logging.getLogger("llama_orch.orchestratord")
 
 
 def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # ORCH-2816: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
+    # TCP (uvicorn serves this object; hypercorn re-creates it from the descriptor)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:  # one of --workers N on this port (ORCH-2752)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -87,7 +91,7 @@ async def serve(
 
     async with contextlib.AsyncExitStack() as stack:
         sock = _bind(config.server.host, config.server.port, reuse_port=reuse_port)
-        stack.callback(sock.close)  # a no-op once hypercorn adopted it (detached)
+        stack.callback(sock.close)  # a no-op once the server closed or adopted it
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
 
@@ -133,22 +137,13 @@ async def serve(
             manager.model_provider = orch.catalog.provide  # trust before load (ORCH-3313)
             background.append(asyncio.create_task(manager.start(), name="pool-manager-start"))
 
-        hc = HypercornConfig()
-        # Hypercorn adopts the descriptor and closes it at shutdown.
-        hc.bind = [f"fd://{sock.detach()}"]
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("hypercorn.error")
-        hc.graceful_timeout = 1.0
-        hc.keep_alive_timeout = 30.0
-        hc.h11_max_incomplete_size = config.limits.max_header_bytes  # ORCH-8012
-        hc.h2_max_header_list_size = config.limits.max_header_bytes
-        hc.include_server_header = False
-        if config.server.certfile is not None:  # ORCH-8030
-            hc.certfile, hc.keyfile = config.server.certfile, config.server.keyfile
-            try:
-                hc.create_ssl_context()
-            except (OSError, ValueError) as exc:
-                raise StartupError(f"TLS certfile/keyfile unusable: {exc}") from exc
+        hc: HypercornConfig | None = None
+        ssl_context: ssl.SSLContext | None = None
+        if config.server.http_server == "uvicorn":  # ORCH-2810
+            ssl_context = _uvserve().tls_context(config.server.certfile, config.server.keyfile)
+        else:
+            hc = _hypercorn_config(config, sock)
+        if config.server.certfile is not None:
             url = f"https://{host}:{port}"
         _log.info("orchestratord listening on %s", url)
         if on_listening is not None:
@@ -161,6 +156,47 @@ async def serve(
             await orch.shutdown(config.server.shutdown_grace_s)
 
         app = build_app(orch, manager, remotes, auth=auth)
+        if hc is None:
+            await _uvserve().serve_uvicorn(
+                app,
+                sock,
+                max_head_bytes=config.limits.max_header_bytes,  # ORCH-8012
+                ssl_context=ssl_context,
+                shutdown_trigger=drain_then_close,
+            )
+            return
         coalesce_hypercorn_writes()  # ORCH-2766: one socket write per connection and turn
         # hypercorn's Framework union does not include Starlette's ASGIApp alias (same protocol)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
+
+
+def _uvserve() -> ModuleType:
+    """The uvicorn listener's module; it imports uvicorn (the [uvicorn] extra)."""
+    try:
+        from . import uvserve
+    except ImportError as exc:
+        raise StartupError(
+            "server.http_server: uvicorn needs the [uvicorn] extra: "
+            "pip install 'llama-orch-orchestratord[uvicorn]'"
+        ) from exc
+    return uvserve
+
+
+def _hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
+    hc = HypercornConfig()
+    # Hypercorn adopts the descriptor and closes it at shutdown.
+    hc.bind = [f"fd://{sock.detach()}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 1.0
+    hc.keep_alive_timeout = 30.0
+    hc.h11_max_incomplete_size = config.limits.max_header_bytes  # ORCH-8012
+    hc.h2_max_header_list_size = config.limits.max_header_bytes
+    hc.include_server_header = False
+    if config.server.certfile is not None:  # ORCH-8030
+        hc.certfile, hc.keyfile = config.server.certfile, config.server.keyfile
+        try:
+            hc.create_ssl_context()
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"TLS certfile/keyfile unusable: {exc}") from exc
+    return hc
