@@ -127,7 +127,7 @@ def test_running_finishes_equal_the_per_slot_simulation(
 
 def test_spans_cover_their_union_within_a_window() -> None:
     """ORCH-2911: overlapping spans count once; a window cuts the spans at its edges."""
-    from llama_orch.core.servicetime import Spans
+    from llama_orch.core.time_index import Spans
 
     s = Spans([(1.0, 3.0), (2.0, 4.0), (6.0, 7.0), (5.0, 5.0)])
     assert s.covered(0.0, 10.0) == 4.0
@@ -144,7 +144,7 @@ def test_spans_cover_their_union_within_a_window() -> None:
     st.integers(0, 40),
 )
 def test_spans_equal_counting_unit_steps(spans: list[tuple[int, int]], t0: int, t1: int) -> None:
-    from llama_orch.core.servicetime import Spans
+    from llama_orch.core.time_index import Spans
 
     want = sum(1 for k in range(t0, t1) if any(a <= k and k + 1 <= b for a, b in spans))
     assert Spans([(float(a), float(b)) for a, b in spans]).covered(t0, t1) == want

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.eta import Pace, ReplicaLoad, live_pace, prefill_left, replica_pace
 from llama_orch.core.replica import ReplicaSetKey, ReplicaState
-from llama_orch.core.servicetime import Prior, PromptIndex, Spans
+from llama_orch.core.servicetime import Prior
 from llama_orch.core.task import Phase
+from llama_orch.core.time_index import PromptIndex, Spans
 from llama_orch.orchestratord._forecast_inputs import Expect, expected_left, tokens_left
 from llama_orch.orchestratord._forecast_inputs import tokens_in as _tokens_in
 from llama_orch.orchestratord.pools import Pool

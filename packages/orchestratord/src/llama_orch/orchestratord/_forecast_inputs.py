@@ -9,7 +9,8 @@ import math
 
 from llama_orch.core.eta import Job, Pace, live_pace
 from llama_orch.core.output_share import OutputShare
-from llama_orch.core.servicetime import ModelParams, PromptIndex, ServiceModel, Spans
+from llama_orch.core.servicetime import ModelParams, ServiceModel
+from llama_orch.core.time_index import PromptIndex, Spans
 
 from .tasks import TaskRecord
 

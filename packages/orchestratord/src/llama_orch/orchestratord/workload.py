@@ -44,14 +44,8 @@ from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
-from llama_orch.core.servicetime import (
-    Observation,
-    Outcome,
-    Prior,
-    PromptIndex,
-    ServiceModel,
-    Spans,
-)
+from llama_orch.core.servicetime import Observation, Outcome, Prior, ServiceModel
+from llama_orch.core.time_index import PromptIndex, Spans
 
 from ._forecast_inputs import (
     Expect,
