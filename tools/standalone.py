@@ -68,7 +68,10 @@ def clean_env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True)
+    # each step's hang guard (the standalone test's own timeout covers a queue of runs)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         raise RuntimeError(
             f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n"

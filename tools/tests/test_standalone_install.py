@@ -84,6 +84,11 @@ def standalone_runs(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+# The cases share a two-thread pool (above): a case whose run is queued behind the
+# others waits for them too, up to about half of all the standalone runs (228 s on
+# an idle machine in session 16, more than 300 s on CI's machine in stop 31). The
+# hang guard for each run is the subprocess timeout in tools/standalone.py.
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("package_dir", PACKAGES)
 def test_distribution_installs_alone_and_passes_its_tests(
     package_dir: str, standalone_runs: Callable[[str], tuple[Any, dict[str, str], Path]]
