@@ -21,6 +21,8 @@ answer, never ``TimeoutError``): :func:`~._errors.map_transport_errors` maps the
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl as _ssl
 from urllib.parse import urlsplit
 
@@ -348,6 +350,7 @@ class StreamPool:
     __slots__ = (
         "_closed",
         "_connect_s",
+        "_family",
         "_host",
         "_hostport",
         "_idle",
@@ -373,6 +376,9 @@ class StreamPool:
         self._connect_s = connect_timeout_s
         self._idle: list[StreamConn] = []
         self._closed = False
+        # ORCH-2805: plain HTTP to an IP address connects its own socket (no name to
+        # resolve); TLS and host names keep asyncio's ``create_connection``.
+        self._family = None if tls else _ip_family(self._host)
 
     def request(self, path: str, body: bytes, headers: bytes) -> bytes:
         """The bytes of ``POST path`` with a JSON ``body``; ``headers`` are extra
@@ -404,16 +410,56 @@ class StreamPool:
                 continue
             conn.reused = True
             return conn
+        if self._family is not None:
+            return await self._connect(loop, self._family)
         try:
             async with asyncio.timeout(self._connect_s):
                 _, conn = await loop.create_connection(
                     lambda: StreamConn(loop), self._host, self._port, ssl=self._ssl
                 )
         except TimeoutError:
-            raise ConnectTimeout(
-                f"no connection to {self._host}:{self._port} in {self._connect_s}s"
-            ) from None
+            raise self._timed_out() from None
         return conn
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, family: int) -> StreamConn:
+        """ORCH-2805: a new connection to an IP address: a non-blocking ``connect``,
+        its completion awaited with one writer callback and one timer (what
+        ``create_connection`` does for an address, less its resolution step, its
+        candidates loop and an ``asyncio.timeout`` per connection); the socket is
+        closed on any failure or cancellation."""
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
+        try:
+            sock.setblocking(False)
+            try:
+                sock.connect((self._host, self._port))
+            except BlockingIOError:
+                await self._connected(loop, sock)
+            _, conn = await loop.create_connection(lambda: StreamConn(loop), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return conn
+
+    async def _connected(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        """Wait until ``sock``'s connect completes; its error, or ``ConnectTimeout``."""
+        done = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _settle, done, None)
+        timer = loop.call_later(self._connect_s, self._expire, done)
+        try:
+            await done
+        finally:
+            loop.remove_writer(fd)
+            timer.cancel()
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"connect to {self._host}:{self._port}: {os.strerror(err)}")
+
+    def _expire(self, done: asyncio.Future[None]) -> None:
+        _settle(done, self._timed_out())
+
+    def _timed_out(self) -> ConnectTimeout:
+        return ConnectTimeout(f"no connection to {self._host}:{self._port} in {self._connect_s}s")
 
     def release(self, conn: StreamConn) -> None:
         """Pool ``conn`` if its answer was read to the end and it may carry another."""
@@ -432,3 +478,22 @@ class StreamPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+def _ip_family(host: str) -> int | None:
+    """``AF_INET``/``AF_INET6`` if ``host`` is an IP address (no scope), else None."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if not done.done():
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)

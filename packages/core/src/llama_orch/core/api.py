@@ -272,6 +272,7 @@ class PoolHealth(msgspec.Struct, kw_only=True):
     replicas: list[ReplicaState]
 
 
-def derive_seed(task_id: uuid.UUID) -> int:
-    """Default seed when the client gives none: stable per ``task_id`` (ORCH-1003)."""
-    return task_id.int % (2**31 - 1)
+def derive_seed(task_id: int) -> int:
+    """Default seed when the client gives none: stable per task, from its ID's 128-bit
+    number (``UUID.int``) (ORCH-1003)."""
+    return task_id % (2**31 - 1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas
 
+from .ids import new_task_id
 from .metrics import Metrics
 from .policies import run_admission_policy
 from .pools import Pool
@@ -231,9 +231,12 @@ async def prepare(req: TaskRequest, pool: Pool, limits: AdmissionConfig) -> Prep
             pool_id=pool.id,
             engine=pool.engine,
         )
-    tid = req.task_id or uuid.uuid4()
-    seed = req.seed if req.seed is not None else derive_seed(tid)
-    task_id = str(tid)  # one str for the record and the request (issue #20: memory per task)
+    # one str for the record and the request (issue #20: memory per task)
+    if req.task_id is not None:
+        task_id, number = str(req.task_id), req.task_id.int
+    else:
+        task_id, number = new_task_id()  # ORCH-2806: uuid4's text without a UUID object
+    seed = req.seed if req.seed is not None else derive_seed(number)
     gen = GenerateRequest(
         task_id=task_id,
         prompt=prompt,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +50,7 @@ from .catalog_api import CATALOG_ROUTES
 from .catalog_service import deprecation_headers
 from .control import CONTROL_ROUTES, ControlPlane
 from .frontends import FrontendHost, load_frontends
+from .ids import new_correlation_id
 from .leanroutes import Endpoint, ExceptionHandler, LeanRoutes, lean_endpoints
 from .limits import RAW_SEND, BodyLimit, StreamCounter
 from .overview import OVERVIEW_ROUTES
@@ -108,7 +108,7 @@ class CorrelationId:
             if name == b"x-correlation-id":
                 cid = value[:128]
                 break
-        cid = cid or uuid.uuid4().hex.encode()
+        cid = cid or new_correlation_id()  # ORCH-2806
         CORRELATION_ID.set(cid.decode("latin-1"))  # log lines and traces (ORCH-7031)
         scope[RAW_SEND] = send  # SSE frames skip the wrappers below (limits.TaskStream)
 

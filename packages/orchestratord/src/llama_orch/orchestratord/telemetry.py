@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Protocol, cast
 
@@ -73,6 +74,8 @@ def _ms(seconds: float) -> int:
 def log_task_end(rec: TaskRecord, pool: Pool) -> None:
     """One JSON log line per terminal task with the fields of ORCH-7030; never the
     prompt, never a header (ORCH-1504)."""
+    if not _log.isEnabledFor(logging.INFO):
+        return
     st = pool.states.get(rec.replica_id) if rec.replica_id else None
     end = rec.finished_at or rec.created
     fields: dict[str, object] = {
@@ -98,7 +101,62 @@ def log_task_end(rec: TaskRecord, pool: Pool) -> None:
         "predicted_start_ms": rec.predicted_start_ms,
         "error_code": rec.error_code.value if rec.error_code else None,  # ORCH-1967
     }
-    _log.info("task ended", extra=fields)
+    _log.handle(task_end_record(fields))
+
+
+# ORCH-2804: where the task-end record says it was logged (no frame walk per record).
+_CODE = log_task_end.__code__
+
+
+class _Template:
+    """The attributes of one ``task ended`` record made by the stdlib under the daemon's
+    set-up, and the process start time its ``relativeCreated`` counts from."""
+
+    attrs: dict[str, object] | None = None
+    start = 0.0
+
+
+def _daemon_records() -> bool:
+    """Whether a record made now has nothing that depends on the thread, the process or
+    the asyncio task (the daemon's set-up, ORCH-2781) and comes from the stdlib's factory."""
+    return (
+        not (
+            logging.logThreads
+            or logging.logProcesses
+            or logging.logMultiprocessing
+            or getattr(logging, "logAsyncioTasks", False)  # Python 3.12+
+        )
+        and logging.getLogRecordFactory() is logging.LogRecord
+    )
+
+
+def task_end_record(fields: dict[str, object]) -> logging.LogRecord:
+    """The ``task ended`` record with ``fields`` as ``_log.info("task ended", extra=fields)``
+    makes it, but for the caller's place (``log_task_end``'s file, name and first line;
+    ORCH-2804). Under the daemon's set-up it is a copy of one template record's
+    attributes with the time and the fields set: ``LogRecord.__init__`` less its work."""
+    if not _daemon_records():
+        return _log.makeRecord(
+            _log.name, logging.INFO, _CODE.co_filename, _CODE.co_firstlineno,
+            "task ended", (), None, _CODE.co_name, fields,
+        )  # fmt: skip
+    template = _Template.attrs
+    if template is None:
+        made = _log.makeRecord(
+            _log.name, logging.INFO, _CODE.co_filename, _CODE.co_firstlineno,
+            "task ended", (), None, _CODE.co_name,
+        )  # fmt: skip
+        template = _Template.attrs = dict(made.__dict__)
+        _Template.start = made.created - made.relativeCreated / 1000
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attrs = record.__dict__
+    attrs.update(template)
+    now = time.time()
+    attrs["created"] = now
+    attrs["msecs"] = int((now - int(now)) * 1000) + 0.0  # as LogRecord (gh-89047)
+    attrs["relativeCreated"] = (now - _Template.start) * 1000
+    attrs.update(fields)
+    return record
 
 
 def safe_url(url: str) -> str:

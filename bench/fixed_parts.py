@@ -1,0 +1,196 @@
+"""Three parts of orchestratord's fixed CPU per request, in process, this tree against a
+git ref (issue #20, session 17: ORCH-2804..2806).
+
+    flock /work/bench.lock uv run --frozen python bench/fixed_parts.py --compare-ref dbd6fc9
+
+Parts, each in µs of process CPU time per call, the median of ``--blocks`` blocks:
+
+- ``log``: ``telemetry.log_task_end`` under the daemon's ``configure_logging("INFO")``,
+  stderr on ``/dev/null`` (the task-end line, ORCH-2804);
+- ``connect``: ``adapter_http._lean.StreamPool.acquire`` of a new connection to a
+  listener on 127.0.0.1, then its close (ORCH-2805; the listener's accepts are not timed);
+- ``ids``: one task ID and one correlation ID as admission and the correlation
+  middleware make them (ORCH-2806; the ref's ``uuid.uuid4()`` forms where it has no
+  ``orchestratord.ids``).
+
+Each side runs in its own child process (the ref's ``packages/*/src`` first on
+``PYTHONPATH``, from ``git archive``), the sides alternating for ``--rounds`` rounds;
+printed: per part and side, the median over rounds of the blocks' medians, and the
+load average before and after. Timing-sensitive: under ``flock /work/bench.lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _blocks(call: Callable[[], object], n: int, blocks: int) -> float:
+    call()
+    out = []
+    for _ in range(blocks):
+        t0 = time.process_time()
+        for _ in range(n):
+            call()
+        out.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(out)
+
+
+def _log_part(blocks: int) -> float:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(2)
+    os.dup2(devnull, 2)
+    try:
+        from llama_orch.orchestratord import main, telemetry
+
+        main.configure_logging("INFO")
+        rec = SimpleNamespace(
+            task_id=str(uuid.uuid4()), session_id=None, tenant="default",
+            correlation_id=uuid.uuid4().hex, api="native", engine="llamacpp",
+            engine_version="b1234", pool_id="p0", replica_id="r0", kv_warmth="cold",
+            priority="interactive", state="completed", created=100.0, dispatched=100.0012,
+            finished_at=100.004, first_token=100.003, prompt_tokens=12, tokens_out=1,
+            queue_position=0, predicted_start_ms=1.5, error_code=None,
+        )  # fmt: skip
+        pool = SimpleNamespace(
+            states={"r0": SimpleNamespace(model_ref="m", ctx=4096)},
+            config=SimpleNamespace(model="m", ctx=4096),
+        )
+        return _blocks(lambda: telemetry.log_task_end(rec, pool), 5000, blocks)  # type: ignore[arg-type]
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+async def _connect_part(blocks: int) -> float:
+    from llama_orch.adapter_http._lean import StreamPool
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4096)
+    srv.setblocking(False)
+    pool = StreamPool(
+        f"http://127.0.0.1:{srv.getsockname()[1]}", keepalive_s=30.0, connect_timeout_s=10.0
+    )
+    n = 200
+    times = []
+    for i in range(blocks + 1):
+        t0 = time.process_time()
+        for _ in range(n):
+            conn = await pool.acquire()
+            conn.close()
+        took = (time.process_time() - t0) / n * 1e6
+        await asyncio.sleep(0)
+        while True:  # the accept queue emptied outside the timed part
+            try:
+                srv.accept()[0].close()
+            except BlockingIOError:
+                break
+        if i:
+            times.append(took)
+    srv.close()
+    return statistics.median(times)
+
+
+def _ids_part(blocks: int) -> float:
+    try:
+        from llama_orch.orchestratord import ids  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return _blocks(lambda: (str(uuid.uuid4()), uuid.uuid4().hex.encode()), 20_000, blocks)
+    return _blocks(lambda: (ids.new_task_id(), ids.new_correlation_id()), 20_000, blocks)
+
+
+def _child(blocks: int) -> None:
+    out = {
+        "log": _log_part(blocks),
+        "connect": asyncio.run(_connect_part(blocks)),
+        "ids": _ids_part(blocks),
+    }
+    print(json.dumps(out))
+
+
+def _ref_tree(ref: str) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="llorch-fixed-parts-"))
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref, "packages"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    tar = tmp / "ref.tar"
+    tar.write_bytes(archive)
+    with tarfile.open(tar) as t:
+        t.extractall(tmp, filter="data")
+    return tmp
+
+
+def _run_side(pythonpath: str | None, blocks: int) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", "--blocks", str(blocks)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compare-ref", default=None, metavar="GIT_REF")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--blocks", type=int, default=7)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.blocks)
+        return 0
+    sides: dict[str, str | None] = {}
+    if args.compare_ref:
+        tree = _ref_tree(args.compare_ref)
+        srcs = sorted(str(p) for p in (tree / "packages").glob("*/src"))
+        sides[args.compare_ref] = os.pathsep.join(srcs)
+    sides["this tree"] = None
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    got: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        order = list(sides.items())
+        if r % 2:
+            order.reverse()
+        for name, path in order:
+            got[name].append(_run_side(path, args.blocks))
+    end = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"fixed_parts: load {' '.join(load)} -> {' '.join(end)}; {args.rounds} rounds")
+    parts: list[str] = ["log", "connect", "ids"]
+    for part in parts:
+        row: list[Any] = []
+        for name, runs in got.items():
+            vals = [run[part] for run in runs]
+            row.append(
+                f"{name} {statistics.median(vals):.1f} us [{min(vals):.1f}..{max(vals):.1f}]"
+            )
+        print(f"  {part}: " + "; ".join(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
