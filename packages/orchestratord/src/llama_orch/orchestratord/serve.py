@@ -104,7 +104,7 @@ async def serve(
         manager: PoolManager | None = None
 
         async def shutdown_all() -> None:
-            await orch.shutdown(config.server.shutdown_grace_s)
+            await orch.shutdown(config.server.shutdown_grace_s, beside=background)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -153,7 +153,8 @@ async def serve(
             # Streams end with their final event before the listener closes.
             await trigger()
             _log.info("shutting down: admission stopped, draining")
-            await orch.shutdown(config.server.shutdown_grace_s)
+            # the probes and pool-manager clients stop before the adapters close (ORCH-2817)
+            await orch.shutdown(config.server.shutdown_grace_s, beside=background)
 
         app = build_app(orch, manager, remotes, auth=auth)
         if hc is None:
