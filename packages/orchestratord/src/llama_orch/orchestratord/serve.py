@@ -16,7 +16,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -33,6 +32,7 @@ from .errors import StartupError
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
 from .tracing import INSTANCE_ID
+from .uvserve import serve_uvicorn, tls_context
 from .writes import coalesce_hypercorn_writes
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ async def serve(
         hc: HypercornConfig | None = None
         ssl_context: ssl.SSLContext | None = None
         if config.server.http_server == "uvicorn":  # ORCH-2810
-            ssl_context = _uvserve().tls_context(config.server.certfile, config.server.keyfile)
+            ssl_context = tls_context(config.server.certfile, config.server.keyfile)
         else:
             hc = _hypercorn_config(config, sock)
         if config.server.certfile is not None:
@@ -158,7 +158,7 @@ async def serve(
 
         app = build_app(orch, manager, remotes, auth=auth)
         if hc is None:
-            await _uvserve().serve_uvicorn(
+            await serve_uvicorn(
                 app,
                 sock,
                 max_head_bytes=config.limits.max_header_bytes,  # ORCH-8012
@@ -169,18 +169,6 @@ async def serve(
         coalesce_hypercorn_writes()  # ORCH-2766: one socket write per connection and turn
         # hypercorn's Framework union does not include Starlette's ASGIApp alias (same protocol)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
-
-
-def _uvserve() -> ModuleType:
-    """The uvicorn listener's module; it imports uvicorn (the [uvicorn] extra)."""
-    try:
-        from . import uvserve
-    except ImportError as exc:
-        raise StartupError(
-            "server.http_server: uvicorn needs the [uvicorn] extra: "
-            "pip install 'llama-orch-orchestratord[uvicorn]'"
-        ) from exc
-    return uvserve
 
 
 def _hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:
