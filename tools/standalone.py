@@ -224,10 +224,8 @@ def pytest_ini(path: Path) -> None:
 
 
 # Modules a wheel ships that are not imported in its own venv: the PyTriton app
-# runs inside the PyTriton venv (numpy, pytriton); orchestratord's uvicorn listener
-# needs its optional [uvicorn] extra (ORCH-2810: `serve` imports it only when
-# configured), which the package's test group names, so its tests import it there.
-NOT_IMPORTED = ("_pytriton_app", "uvserve")
+# runs inside the PyTriton venv (numpy, pytriton).
+NOT_IMPORTED = ("_pytriton_app",)
 
 _IMPORT_ALL = """
 import importlib, importlib.metadata as md, sys

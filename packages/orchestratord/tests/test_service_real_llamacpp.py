@@ -180,7 +180,12 @@ async def test_queued_cancel_and_backpressure(
         terminal = [e for e in events if e[1] in ("end", "error")]
         assert len(terminal) == 1, events
     q_events = await run.events(queued)
-    assert [e[1] for e in q_events] == ["end"]
+    # ORCH-1961: a task still queued ~0.25 s after admission has a `queued` ETA frame;
+    # under load the cancel comes later than that (sessions 16 and 17 saw
+    # ['queued', 'end']). Never started, never a token: ends canceled.
+    names = [e[1] for e in q_events]
+    assert names[-1] == "end" and set(names[:-1]) <= {"queued"}, names
+    assert q_events[-1][2]["reason"] == "canceled", q_events[-1]
     assert run.orch.get(queued).replica_id is None
     metrics = await asyncio.to_thread(_engine_metrics, server)
     assert metrics["llamacpp:requests_processing"] == 0

@@ -60,9 +60,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # TLS (ORCH-8030): PEM files handed to the HTTP server; both or neither.
     certfile: str | None = None
     keyfile: str | None = None
-    # The ASGI server that runs the HTTP listener (ORCH-2810); uvicorn needs the
-    # orchestratord extra [uvicorn].
-    http_server: Literal["hypercorn", "uvicorn"] = "hypercorn"
+    # The ASGI server that runs the HTTP listener (ORCH-2810): uvicorn (httptools,
+    # HTTP/1.1) or hypercorn (h11, also HTTP/2).
+    http_server: Literal["hypercorn", "uvicorn"] = "uvicorn"
 
 
 class ApiKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -58,6 +58,7 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
     pool.update(base)
     deadline = time.monotonic() + cfg.startup_timeout_s
     detail = ""
+    handed = False  # from pool.update on, the pool's (Orchestrator.shutdown closes it)
     try:
         while time.monotonic() < deadline:
             health = await adapter.health()
@@ -73,6 +74,7 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
                     ready_at=time.time(),
                 )
                 pool.update(state, adapter=adapter)
+                handed = True
                 _log.info("endpoint replica %s ready at %s", replica_id, safe_url(url))
                 await _watch(pool, replica_id, adapter)
                 return
@@ -80,7 +82,9 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
             await asyncio.sleep(poll_s)
     except OrchError as exc:
         detail = exc.message
-    await adapter.aclose()
+    finally:
+        if not handed:  # failed, timed out or cancelled while probing (ORCH-2817)
+            await adapter.aclose()
     pool.update(
         msgspec.structs.replace(base, status="failed", last_error=detail or "not ready in time")
     )
@@ -88,8 +92,9 @@ async def _connect(pool: Pool, replica_id: str, url: str, poll_s: float) -> None
 
 async def _watch(pool: Pool, replica_id: str, adapter: object) -> None:
     """ORCH-1119: liveness of a Ready endpoint, for as long as it is this pool's replica
-    with this adapter (cancelled at shutdown). A probe that does not answer ready in
-    time is a miss; ``health_probe_failures`` misses in a row suspend placement."""
+    with this adapter (cancelled at shutdown before the adapter closes, ORCH-2817). A
+    probe that does not answer ready in time is a miss; ``health_probe_failures``
+    misses in a row suspend placement."""
     cfg = pool.config
     misses = 0
     while True:
@@ -103,7 +108,10 @@ async def _watch(pool: Pool, replica_id: str, adapter: object) -> None:
             misses = 0
             continue
         try:
-            health = await asyncio.wait_for(replica.adapter.health(), cfg.health_probe_timeout_s)
+            # not wait_for: on 3.11 it drops a cancel that meets the probe's own end,
+            # and this loop then outlives the shutdown that cancelled it (ORCH-2817)
+            async with asyncio.timeout(cfg.health_probe_timeout_s):
+                health = await replica.adapter.health()
             reason = "" if health.ready else f"health not ready: {health.detail}"
         except TimeoutError:
             reason = f"health probe unanswered in {cfg.health_probe_timeout_s:g}s"

@@ -16,7 +16,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -33,6 +32,7 @@ from .errors import StartupError
 from .remote import RemotePoolManagerClient
 from .service import Orchestrator
 from .tracing import INSTANCE_ID
+from .uvserve import serve_uvicorn, tls_context
 from .writes import coalesce_hypercorn_writes
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ async def serve(
         manager: PoolManager | None = None
 
         async def shutdown_all() -> None:
-            await orch.shutdown(config.server.shutdown_grace_s)
+            await orch.shutdown(config.server.shutdown_grace_s, beside=background)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -140,7 +140,7 @@ async def serve(
         hc: HypercornConfig | None = None
         ssl_context: ssl.SSLContext | None = None
         if config.server.http_server == "uvicorn":  # ORCH-2810
-            ssl_context = _uvserve().tls_context(config.server.certfile, config.server.keyfile)
+            ssl_context = tls_context(config.server.certfile, config.server.keyfile)
         else:
             hc = _hypercorn_config(config, sock)
         if config.server.certfile is not None:
@@ -153,11 +153,12 @@ async def serve(
             # Streams end with their final event before the listener closes.
             await trigger()
             _log.info("shutting down: admission stopped, draining")
-            await orch.shutdown(config.server.shutdown_grace_s)
+            # the probes and pool-manager clients stop before the adapters close (ORCH-2817)
+            await orch.shutdown(config.server.shutdown_grace_s, beside=background)
 
         app = build_app(orch, manager, remotes, auth=auth)
         if hc is None:
-            await _uvserve().serve_uvicorn(
+            await serve_uvicorn(
                 app,
                 sock,
                 max_head_bytes=config.limits.max_header_bytes,  # ORCH-8012
@@ -168,18 +169,6 @@ async def serve(
         coalesce_hypercorn_writes()  # ORCH-2766: one socket write per connection and turn
         # hypercorn's Framework union does not include Starlette's ASGIApp alias (same protocol)
         await hypercorn_serve(app, hc, shutdown_trigger=drain_then_close)  # type: ignore[arg-type]
-
-
-def _uvserve() -> ModuleType:
-    """The uvicorn listener's module; it imports uvicorn (the [uvicorn] extra)."""
-    try:
-        from . import uvserve
-    except ImportError as exc:
-        raise StartupError(
-            "server.http_server: uvicorn needs the [uvicorn] extra: "
-            "pip install 'llama-orch-orchestratord[uvicorn]'"
-        ) from exc
-    return uvserve
 
 
 def _hypercorn_config(config: Config, sock: socket.socket) -> HypercornConfig:

@@ -56,6 +56,8 @@ from .watchdog import watchdog_loop
 from .workload import Workload
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from llama_orch.policy_host import PolicyHost
 
 __all__ = ["Orchestrator"]
@@ -204,8 +206,12 @@ class Orchestrator:
         if pool is not None:
             pool.update(state)
 
-    async def shutdown(self, grace_s: float) -> None:
-        """Stop admission, let running tasks finish within ``grace_s``, end the rest."""
+    async def shutdown(self, grace_s: float, *, beside: Sequence[asyncio.Task[None]] = ()) -> None:
+        """Stop admission, let running tasks finish within ``grace_s``, end the rest.
+        ``beside``: the caller's tasks that use the pools' adapters (endpoint probes,
+        pool-manager clients); cancelled and awaited with this instance's loops, before
+        the adapters close (ORCH-2817: an adapter called after its close would open a
+        new HTTP session that nothing closes)."""
         if self._stopped:
             return
         self._stopped = True
@@ -222,9 +228,9 @@ class Orchestrator:
                 continue  # still queued in the store: another instance, or the restart, runs it
             self.end(rec, self.error_event(rec, "orchestratord is shutting down"))
         await self.self_tests.aclose()
-        for loop in self._loops:
+        for loop in (*self._loops, *beside):
             loop.cancel()
-        await asyncio.gather(*self._loops, *runners, return_exceptions=True)
+        await asyncio.gather(*self._loops, *beside, *runners, return_exceptions=True)
         for pool in self.pools.values():
             for replica in pool.replicas.values():
                 await replica.adapter.aclose()

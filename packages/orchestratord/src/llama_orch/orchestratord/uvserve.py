@@ -206,6 +206,10 @@ async def serve_uvicorn(
         server.should_exit = True
         await ticker
         await server.shutdown(sockets=[sock])
+        # ORCH-2818: uvicorn cancels the requests still running after its grace and
+        # returns without awaiting them; they end here, before the caller's exit
+        # stack closes what they may still use (adapters, the store)
+        await asyncio.gather(*server.server_state.tasks, return_exceptions=True)
 
 
 def tls_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
