@@ -36,6 +36,7 @@ from llama_orch.core.eta import (
     admits,
     best_slot,
     prefill_left,
+    replica_holds,
     replica_pace,
     simulate,
 )
@@ -76,9 +77,17 @@ PREDICT_HORIZON = 256
 
 
 class Workload:
-    def __init__(self, waiting: WaitingConfig | None = None, *, deadline_cv: float = 0.25) -> None:
+    def __init__(
+        self,
+        waiting: WaitingConfig | None = None,
+        *,
+        deadline_cv: float = 0.25,
+        guards: bool = True,
+    ) -> None:
         self.cfg = waiting or WaitingConfig()
         self.deadline_cv = deadline_cv
+        # False with a state store: its dispatch cannot hold a task (ORCH-2934)
+        self.guards = guards
         # Tasks running on each (pool, replica) and each replica's own model (ORCH-1950).
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
@@ -99,6 +108,22 @@ class Workload:
         model = self._models.get((pool_id, replica_id))
         if model is not None and rec.dispatched is not None:
             model.dispatched(_tokens_in(rec), rec.dispatched)
+
+    def guard(self, pool: Pool) -> float | None:
+        """The pool's dispatch guard factor (ORCH-2931); None: off, or a store (ORCH-2934)."""
+        return pool.config.dispatch.guard_told_finish if self.guards else None
+
+    def guard_holds(
+        self, pool: Pool, rec: TaskRecord, now: float
+    ) -> dict[str, tuple[float, float]]:
+        """ORCH-2931: the Ready replicas closed to ``rec`` now, each with the ms until the
+        tasks that close it end and ``rec``'s service there (:func:`replica_holds`)."""
+        if self.guard(pool) is None:
+            return {}
+        ready = [rid for rid, r in pool.replicas.items() if r.state.ready]
+        loads = self.loads(pool, now, expect=self._expect(pool, now, completed=True))
+        got = replica_holds(loads, job_of(rec), now)
+        return {rid: h for rid, h in zip(ready, got, strict=True) if h is not None}
 
     def ended(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         running = self.running.get((pool_id, replica_id))
@@ -227,6 +252,7 @@ class Workload:
         (ORCH-1994: task id, tokens left, its pace ratio and weight, ms left).
         ``expect``: their tokens left by the pool's shares (ORCH-2922), else budgets."""
         out = []
+        guard = self.guard(pool)  # ORCH-2933: the running tasks' limits, with the guard
         for rid, r in pool.replicas.items():
             st = r.state
             if not st.ready or (pin is not None and st.set_key() != pin):
@@ -311,7 +337,14 @@ class Workload:
                         ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
                         decoding = t.run_first_token is not None
                         trace_r.append((t.task_id[:8], n, decoding, ratio, round(ms)))
-            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces), max(0.0, pending)))
+            limits: list[float] | None = None
+            if guard is not None:  # in the order of ``left`` (the same set, read again)
+                limits = [
+                    math.inf if t.finish_guard is None else (t.finish_guard - now) * 1000
+                    for t in running
+                ]
+            pace, prefill = replica_pace(paces), max(0.0, pending)
+            out.append(ReplicaLoad(model, st.slots, left, pace, prefill, limits, guard))
         return out
 
     def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:

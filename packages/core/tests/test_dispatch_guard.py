@@ -1,0 +1,143 @@
+"""The dispatch guard in the forecasts (ORCH-2931, ORCH-2933, ORCH-2936): when a job may
+start under the guard, that a held job's forecast starts when the tasks it protects end,
+that no protected running task is forecast past its limit by the jobs started beside
+it, and that without the guard every forecast is the one without limits, bit for bit."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llama_orch.core.eta import (
+    Job,
+    ReplicaLoad,
+    best_slot,
+    guard_hold,
+    replica_holds,
+    simulate,
+    simulate_running,
+)
+from llama_orch.core.servicetime import Observation, Prior, ServiceModel
+
+NOW = 1000.0
+INF = math.inf
+
+
+def _model(slots: int, seed: int = 0) -> ServiceModel:
+    m = ServiceModel(Prior(decode_ms_per_token=5.0 + seed % 7), slots=slots)
+    for i in range(seed % 5):  # a bent first-token curve (ORCH-2900), a learned slowdown
+        m.observe(
+            Observation(60 * i, 20.0 + i + 0.02 * (60 * i) ** 2, 50.0 * (i + 1), 8, 1.0 + i % slots,
+                        "completed"),
+            NOW,
+        )  # fmt: skip
+    return m
+
+
+_t = st.floats(0.0, 5000.0, allow_nan=False)
+_lim = st.one_of(st.just(INF), _t)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_t, _lim), max_size=8), st.floats(0.0, 3000.0), _t)
+def test_a_guarded_start_pushes_no_protected_slot_past_its_limit(
+    slots: list[tuple[float, float]], prefill: float, t: float
+) -> None:
+    """ORCH-2931, ORCH-2932: at the start the guard gives, no slot still holding work is
+    pushed from within its limit to past it; the start is ``t`` or the end of a slot
+    that would have been, so it comes at the latest when those slots end."""
+    h = guard_hold(slots, prefill, t)
+    assert h >= t
+    for end, limit in slots:
+        if end > h:
+            assert not (end <= limit < end + prefill), (end, limit, h)
+    if h > t:
+        assert any(end == h and end <= limit < end + prefill for end, limit in slots)
+    assert h <= max([t, *(end for end, _ in slots)])
+
+
+def test_a_held_job_starts_when_the_task_it_protects_ends() -> None:
+    """ORCH-2933: a free slot, but the job's prefill would push the running task (1 s
+    left, limit 1.1 s) past its limit: it starts at 1 s, and the running task's
+    forecast finish does not carry its prefill (ORCH-2906)."""
+    m = _model(2)
+    job = Job(800, 10)
+    prefill = m.params(NOW).prefill_ms(800)
+    assert prefill > 100
+    load = ReplicaLoad(m, 2, [1000.0], limits_ms=[1100.0], guard=2.0)
+    ran = simulate_running([load], [job], NOW)
+    assert ran is not None
+    (slot,), finishes = ran
+    assert slot.start_ms == 1000.0
+    assert finishes == [[1000.0]]
+    assert replica_holds([load], job, NOW)[0] is not None
+    best = best_slot([load], [], job, NOW)
+    assert best is not None and best.start_ms == 1000.0  # deadline feasibility too
+    # the same task already forecast past its limit is not protected: it goes now
+    past = ReplicaLoad(m, 2, [1000.0], limits_ms=[900.0], guard=2.0)
+    assert simulate([past], [job], NOW) == simulate([ReplicaLoad(m, 2, [1000.0])], [job], NOW)
+    assert replica_holds([past], job, NOW) == [None]
+    # a limit the prefill keeps: no hold
+    roomy = ReplicaLoad(m, 2, [1000.0], limits_ms=[1000.0 + prefill], guard=2.0)
+    assert simulate([roomy], [job], NOW)[0].start_ms == 0.0  # type: ignore[index]  # one replica
+
+
+def test_a_job_goes_to_the_replica_where_it_is_not_held() -> None:
+    """ORCH-2933: held on the first replica, free on the second: it starts there now."""
+    m = _model(2)
+    guarded = ReplicaLoad(m, 2, [1000.0], limits_ms=[1100.0], guard=2.0)
+    busy = ReplicaLoad(m, 2, [3000.0], limits_ms=[INF], guard=2.0)
+    out = simulate([guarded, busy], [Job(800, 10)], NOW)
+    assert out is not None and out[0].replica == 1 and out[0].start_ms == 0.0
+
+
+_ms = st.sampled_from([-3.0, 0.0, 5.0, 12.5, 40.0, 100.0, 250.0, 777.0, 2000.0])
+_replica = st.tuples(
+    st.integers(0, 6),
+    st.lists(_ms, max_size=8, unique=True),
+    st.integers(0, 20),
+    st.sampled_from([0.0, 30.0, 400.0]),
+    st.lists(st.sampled_from([INF, 50.0, 300.0, 800.0, 2500.0]), min_size=8, max_size=8),
+)
+_job = st.builds(Job, st.integers(0, 300), st.integers(0, 64))
+
+
+def _loads(reps, guard: float | None, *, limits: bool = True) -> list[ReplicaLoad]:
+    return [
+        ReplicaLoad(
+            _model(max(1, slots), seed), slots, running, prefill_ms=pending,
+            limits_ms=lims[: len(running)] if limits else None, guard=guard,
+        )
+        for slots, running, seed, pending, lims in reps
+    ]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_replica, max_size=3), st.lists(_job, max_size=20), _job)
+def test_without_the_guard_every_forecast_is_the_one_without_limits(reps, jobs, job) -> None:
+    """ORCH-2933: guard None (limits given or not): equal to the last bit; and a guard
+    that protects nothing (no limit, a factor no finish reaches) changes nothing."""
+    plain = _loads(reps, None, limits=False)
+    for other in (_loads(reps, None), _loads(reps, 1e300, limits=False)):
+        assert simulate(other, jobs, NOW) == simulate(plain, jobs, NOW)
+        assert simulate_running(other, jobs, NOW) == simulate_running(plain, jobs, NOW)
+        assert best_slot(other, jobs, job, NOW) == best_slot(plain, jobs, job, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_replica, min_size=1, max_size=3), st.lists(_job, max_size=20))
+def test_no_protected_running_task_is_forecast_past_its_limit(reps, jobs) -> None:
+    """ORCH-2933: with the guard, a running task forecast within its limit stays within
+    it whatever jobs the simulation starts beside it (the jobs wait instead)."""
+    loads = _loads(reps, 1.5)
+    ran = simulate_running(loads, jobs, NOW)
+    assert ran is not None
+    _slots, finishes = ran
+    for load, row in zip(loads, finishes, strict=True):
+        kept = sorted(range(len(load.running_ms)), key=lambda k: load.running_ms[k])
+        kept = kept[: max(1, load.slots)]
+        for k in kept:
+            ms, limit = max(0.0, load.running_ms[k]), load.limits_ms[k]  # type: ignore[index]
+            if 0.0 < ms <= limit:
+                assert row[k] <= limit + 1e-6, (k, row, load.running_ms, load.limits_ms)
