@@ -48,6 +48,9 @@ __all__ = ["Dispatcher"]
 _log = logging.getLogger("llama_orch.orchestratord")
 
 
+RECHECK_S = 0.05  # the least time between two checks of a held head (ORCH-2932)
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
@@ -182,7 +185,10 @@ class Dispatcher:
         if timer is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        self._recheck[pool.id] = loop.call_later(wait_ms / 1000 + 0.001, pool.wakeup.set)
+        # at least RECHECK_S apart: a task overrunning its forecast is forecast to end
+        # in a few ms again and again (ORCH-2914); its end wakes the loop anyway
+        delay = max(wait_ms / 1000, RECHECK_S)
+        self._recheck[pool.id] = loop.call_later(delay, pool.wakeup.set)
 
     def _dispatched_after_hold(self, pool: Pool, rec: TaskRecord, now: float) -> None:
         held = self._held.pop(pool.id, None)
