@@ -83,6 +83,30 @@ def test_a_held_job_starts_when_the_task_it_protects_ends() -> None:
     assert simulate([roomy], [job], NOW)[0].start_ms == 0.0  # type: ignore[index]  # one replica
 
 
+def test_nothing_passes_a_held_job() -> None:
+    """ORCH-2932, ORCH-2933: a short prompt behind the held one, which alone would start
+    now on the idle slot, starts when the held one does (the dispatcher's head-of-line);
+    so does a new task's forecast after it (``best_slot``, deadline feasibility)."""
+    m = _model(4)
+    load = ReplicaLoad(m, 4, [1000.0], limits_ms=[1100.0], guard=2.0)
+    small = Job(1, 10)
+    assert simulate([load], [small], NOW)[0].start_ms == 0.0  # type: ignore[index]
+    out = simulate([load], [Job(800, 10), small], NOW)
+    assert out is not None and [s.start_ms for s in out] == [1000.0, 1000.0]
+    best = best_slot([load], [Job(800, 10)], small, NOW)
+    assert best is not None and best.start_ms == 1000.0
+
+
+def test_a_queued_task_keeps_the_limit_it_was_told() -> None:
+    """ORCH-2933: a job ahead with its own guard limit (a queued task's, from its 202) is
+    protected by that limit; without one, by the factor x its forecast finish."""
+    load = ReplicaLoad(_model(2), 2, [], limits_ms=[], guard=1.5)
+    told = simulate([load], [Job(10, 100), Job(800, 10)], NOW)
+    assert told is not None and told[1].start_ms == told[0].finish_ms  # held behind it
+    roomy = simulate([load], [Job(10, 100, INF), Job(800, 10)], NOW)
+    assert roomy is not None and roomy[1].start_ms == 0.0
+
+
 def test_a_job_goes_to_the_replica_where_it_is_not_held() -> None:
     """ORCH-2933: held on the first replica, free on the second: it starts there now."""
     m = _model(2)
@@ -133,7 +157,9 @@ def test_no_protected_running_task_is_forecast_past_its_limit(reps, jobs) -> Non
     loads = _loads(reps, 1.5)
     ran = simulate_running(loads, jobs, NOW)
     assert ran is not None
-    _slots, finishes = ran
+    slots, finishes = ran
+    starts = [s.start_ms for s in slots]
+    assert starts == sorted(starts)  # in serving order: none passes a held job
     for load, row in zip(loads, finishes, strict=True):
         kept = sorted(range(len(load.running_ms)), key=lambda k: load.running_ms[k])
         kept = kept[: max(1, load.slots)]

@@ -45,6 +45,9 @@ __all__ = [
 class Job(NamedTuple):
     tokens_in: int
     tokens_out: int
+    # a queued task's guard limit, ms from now (ORCH-2933); None: the guard's factor x
+    # its forecast finish, as if told now (the task being admitted)
+    limit_ms: float | None = None
 
 
 class Slot(NamedTuple):
@@ -287,8 +290,9 @@ class _Lane:
         self.off += prefill
         if end > 0.0:
             bisect.insort(self.busy, end - self.off)
-            if self.limits is not None and self.guard is not None:  # told as if now
-                bisect.insort(self.limits, (end - self.off, self.guard * end))
+            if self.limits is not None and self.guard is not None:
+                limit = self.guard * end if job.limit_ms is None else job.limit_ms
+                bisect.insort(self.limits, (end - self.off, limit))
         else:  # a job of no time at all (no overhead, no tokens): its slot is idle now
             self.idle += 1
 
@@ -303,7 +307,7 @@ class _Sim:
     instead of a pass over every slot (the bench's fake engine has 512 slots; issue #20).
     It holds O(replicas + slots), not a list of the jobs' forecasts (issue #20)."""
 
-    __slots__ = ("guarded", "heap", "held", "lanes", "now", "replicas")
+    __slots__ = ("floor", "guarded", "heap", "held", "lanes", "now", "replicas")
 
     def __init__(
         self, replicas: Sequence[ReplicaLoad], now: float, held: list[_Held] | None = None
@@ -315,9 +319,11 @@ class _Sim:
         # ORCH-2933: with the guard a job goes where it starts first, held or not: a
         # pass over the lanes instead of the heap (the guard is opt-in, ORCH-2935)
         self.guarded = any(lane.limits is not None for lane in self.lanes)
+        self.floor = 0.0  # with the guard, the start of the job ahead: none passes it
 
     def step(self, release: float, job: Job) -> Slot:
         if self.guarded:
+            release = max(release, self.floor)  # a held job blocks those behind it
             lanes = self.lanes
             idx = min(range(len(lanes)), key=lambda i: (_tick(lanes[i].start(job, release)), i))
         else:
@@ -328,7 +334,9 @@ class _Sim:
             at = start if self.guarded else None  # a held job finds slots freed (ORCH-2933)
             self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end, at)
         lane.take(end, begin, job, start)
-        if not self.guarded:
+        if self.guarded:
+            self.floor = start
+        else:
             heapq.heapreplace(self.heap, (lane.key(), idx))
         return Slot(start, end, idx)
 
@@ -458,8 +466,11 @@ def best_slot(
     if ran is None:
         return None
     best: Slot | None = None
+    floor = 0.0  # with the guard, not before the job ahead of it starts (ORCH-2933)
+    if ran[0] and any(lane.limits is not None for lane in ran[1]):
+        floor = ran[0][-1].start_ms
     for idx, lane in enumerate(ran[1]):
-        start, finish, _ = lane.service(replicas[idx], job, now)
+        start, finish, _ = lane.service(replicas[idx], job, now, floor)
         if best is None or finish < best.finish_ms:
             best = Slot(start, finish, idx)
     return best

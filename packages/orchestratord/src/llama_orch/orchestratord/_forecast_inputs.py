@@ -60,8 +60,12 @@ def tokens_in(rec: TaskRecord) -> int:
     return rec.prompt_estimate or len(rec.request.prompt.encode()) // 4
 
 
-def job_of(rec: TaskRecord, expect: Expect = None) -> Job:
-    return Job(tokens_in(rec), expected_left(rec, expect))
+def job_of(rec: TaskRecord, expect: Expect = None, now: float | None = None) -> Job:
+    """Its forecast inputs; at ``now`` with its guard limit if it has one (ORCH-2933)."""
+    if now is None or rec.finish_guard is None:
+        return Job(tokens_in(rec), expected_left(rec, expect))
+    limit = (rec.finish_guard - now) * 1000
+    return Job(tokens_in(rec), expected_left(rec, expect), limit)
 
 
 def model_terms(p: ModelParams) -> tuple[float, ...]:

@@ -347,11 +347,11 @@ class Workload:
             out.append(ReplicaLoad(model, st.slots, left, pace, prefill, limits, guard))
         return out
 
-    def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
+    def _ahead(self, pool: Pool, priority: str | None, now: float) -> Iterator[Job]:
         rank = PRIORITIES.index(priority) if priority is not None else len(PRIORITIES)
         for t in pool.queue:
             if PRIORITIES.index(t.priority) <= rank:
-                yield job_of(t)
+                yield job_of(t, None, now)
 
     def forecast(
         self,
@@ -364,7 +364,7 @@ class Workload:
         """Start and finish of a new task after the queued work of its priority and
         above, on the replica where it finishes first (ORCH-1957)."""
         now = time.monotonic() if now is None else now
-        return best_slot(self.loads(pool, now, pin), self._ahead(pool, priority), job, now)
+        return best_slot(self.loads(pool, now, pin), self._ahead(pool, priority, now), job, now)
 
     def check_deadline(self, pool: Pool, deadline_ms: int | None, job: Job, priority: str) -> None:
         """ORCH-1006, ORCH-1958: refuse when even a forecast ``deadline_margin`` too
@@ -380,7 +380,7 @@ class Workload:
             "deadline refused: predicted finish %.0f ms (start %.0f ms) > deadline %d ms"
             " / (1 - margin %.2f); job %s; queued ahead %d; replicas %s",
             slot.finish_ms, slot.start_ms, deadline_ms, self.cfg.deadline_margin,
-            job, sum(1 for _ in self._ahead(pool, priority)),
+            job, sum(1 for _ in self._ahead(pool, priority, now)),
             [(r.model.params(now), r.slots, [round(x) for x in r.running_ms]) for r in loads],
             extra={"pool_id": pool.id},
         )  # fmt: skip
@@ -424,9 +424,9 @@ class Workload:
         names = [list(self.running.get((pool.id, rid), ())) for rid in ready]
         run = RunningForecast(loads, now)
         for i, t in enumerate(queued):
-            s = run.step(job_of(t, told))
+            s = run.step(job_of(t, told, now))
             if starts is not None:  # its start with others' slots held, then as told
-                a = starts.step(job_of(t, held))
+                a = starts.step(job_of(t, held, now))
                 s = Slot(a.start_ms, a.start_ms + s.finish_ms - s.start_ms, a.replica)
             each(t, i, s)
         return [
@@ -450,7 +450,8 @@ class Workload:
             return None
         held = self._expect(pool, now, completed=False)  # ORCH-2922
         ahead = [
-            job_of(t, held) for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))
+            job_of(t, held, now)
+            for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))
         ]
         return self._forecast(pool, rec, position, ahead, now)
 
@@ -470,7 +471,8 @@ class Workload:
         )
         # ORCH-2922: others' slots held for their expected tokens, its own finish told
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        slots = simulate(loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True))], now)
+        own = job_of(rec, self._expect(pool, now, completed=True), now)
+        slots = simulate(loads, [*ahead, own], now)
         if not slots:
             return None
         slot = slots[-1]
@@ -532,7 +534,7 @@ class Workload:
         if not loads:
             return 1000
         capacity = pool.queue.capacity
-        queued = [job_of(t, ahead) for t in itertools.islice(pool.queue, HORIZON + 2)]
+        queued = [job_of(t, ahead, now) for t in itertools.islice(pool.queue, HORIZON + 2)]
         if full:  # not a quota's refusal: that waits for the tenant, not for a place
             book = self.reservations.setdefault(pool.id, ReservationBook())
             held = book.held(now)
