@@ -52,6 +52,7 @@ from ._forecast_inputs import (
     Expect,
     budget,
     decoded_pace,
+    guard_limits,
     job_of,
     model_terms,
     prompt_indexes,
@@ -121,7 +122,8 @@ class Workload:
         if self.guard(pool) is None:
             return {}
         ready = [rid for rid, r in pool.replicas.items() if r.state.ready]
-        loads = self.loads(pool, now, expect=self._expect(pool, now, completed=True))
+        held = self._expect(pool, now, completed=False)  # as starts are told (ORCH-2933)
+        loads = self.loads(pool, now, expect=held)
         got = replica_holds(loads, job_of(rec), now)
         return {rid: h for rid, h in zip(ready, got, strict=True) if h is not None}
 
@@ -337,12 +339,7 @@ class Workload:
                         ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
                         decoding = t.run_first_token is not None
                         trace_r.append((t.task_id[:8], n, decoding, ratio, round(ms)))
-            limits: list[float] | None = None
-            if guard is not None:  # in the order of ``left`` (the same set, read again)
-                limits = [
-                    math.inf if t.finish_guard is None else (t.finish_guard - now) * 1000
-                    for t in running
-                ]
+            limits = None if guard is None else guard_limits(running, now)  # as ``left``
             pace, prefill = replica_pace(paces), max(0.0, pending)
             out.append(ReplicaLoad(model, st.slots, left, pace, prefill, limits, guard))
         return out
@@ -471,8 +468,9 @@ class Workload:
         )
         # ORCH-2922: others' slots held for their expected tokens, its own finish told
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        own = job_of(rec, self._expect(pool, now, completed=True), now)
-        slots = simulate(loads, [*ahead, own], now)
+        slots = simulate(
+            loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True), now)], now
+        )
         if not slots:
             return None
         slot = slots[-1]
