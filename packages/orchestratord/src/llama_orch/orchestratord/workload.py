@@ -340,8 +340,8 @@ class Workload:
                         decoding = t.run_first_token is not None
                         trace_r.append((t.task_id[:8], n, decoding, ratio, round(ms)))
             limits = None if guard is None else guard_limits(running, now)  # as ``left``
-            pace, prefill = replica_pace(paces), max(0.0, pending)
-            out.append(ReplicaLoad(model, st.slots, left, pace, prefill, limits, guard))
+            rpace, prefill = replica_pace(paces), max(0.0, pending)
+            out.append(ReplicaLoad(model, st.slots, left, rpace, prefill, limits, guard))
         return out
 
     def _ahead(self, pool: Pool, priority: str | None, now: float) -> Iterator[Job]:
