@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from llama_orch.core.adapter_api import GenerateRequest
-from llama_orch.core.config import PoolConfig
 from llama_orch.core.eta import Slot, simulate
 from llama_orch.core.replica import ReplicaState
 from llama_orch.core.servicetime import Prior
@@ -34,9 +33,8 @@ def _pool(n: int) -> tuple[Workload, Any]:
         req = GenerateRequest(task_id=tid, prompt="p", max_tokens=8 + i % 50, seed=1)
         queue.append(TaskRecord(tid, "p", engine, "interactive", req, 10 + i % 300))
     pool = SimpleNamespace(
-        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=queue,
-        config=PoolConfig(id="p"),  # its dispatch guard (off, ORCH-2931)
-    )  # fmt: skip
+        id="p", engine=engine, replicas={"p-e0": SimpleNamespace(state=state)}, queue=queue
+    )
     w.model(pool, "p-e0", 2)
     return w, pool
 

@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from llama_orch.core.backoff import (
     HORIZON,
@@ -83,12 +83,12 @@ class Workload:
         waiting: WaitingConfig | None = None,
         *,
         deadline_cv: float = 0.25,
-        guards: bool = True,
+        guards: Mapping[str, float] | None = None,
     ) -> None:
         self.cfg = waiting or WaitingConfig()
         self.deadline_cv = deadline_cv
-        # False with a state store: its dispatch cannot hold a task (ORCH-2934)
-        self.guards = guards
+        # per pool its dispatch guard's factor (ORCH-2931); none with a store (ORCH-2934)
+        self.guards = dict(guards or {})
         # Tasks running on each (pool, replica) and each replica's own model (ORCH-1950).
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
@@ -112,7 +112,7 @@ class Workload:
 
     def guard(self, pool: Pool) -> float | None:
         """The pool's dispatch guard factor (ORCH-2931); None: off, or a store (ORCH-2934)."""
-        return pool.config.dispatch.guard_told_finish if self.guards else None
+        return self.guards.get(pool.id)
 
     def guard_holds(
         self, pool: Pool, rec: TaskRecord, now: float
