@@ -167,3 +167,88 @@ def test_no_protected_running_task_is_forecast_past_its_limit(reps, jobs) -> Non
             ms, limit = max(0.0, load.running_ms[k]), load.limits_ms[k]  # type: ignore[index]
             if 0.0 < ms <= limit:
                 assert row[k] <= limit + 1e-6, (k, row, load.running_ms, load.limits_ms)
+
+
+def _dispatcher_starts(load: ReplicaLoad, jobs: list[Job]) -> list[float]:
+    """The starts the dispatcher gives ``jobs`` (queued in this order, nothing else
+    arriving, every forecast exact): at each instant it reads the replica as
+    :func:`replica_holds` does, the slots still holding work with their ms left and
+    limits then, and dispatches the head when a slot is free and it is not held."""
+    n = max(1, load.slots)
+    params = load.model.params(NOW)
+    lims = load.limits_ms or ()
+    live = sorted(
+        (max(0.0, ms), lims[i] if i < len(lims) else INF) for i, ms in enumerate(load.running_ms)
+    )[:n]
+    slots = [[e, lim] for e, lim in live if e > 0.0]  # absolute ms from NOW
+    idle, prefill_until, floor = n - len(slots), max(0.0, load.prefill_ms), 0.0
+    out = []
+    for job in jobs:
+        t = max(floor, 0.0 if idle else min(e for e, _ in slots))
+        while True:  # re-read at every instant a guarding task ends (ORCH-2932)
+            at = [s for s in slots if round(s[0], 6) > round(t, 6)]
+            view = ReplicaLoad(load.model, n, [e - t for e, _ in at], pace=load.pace,
+                               limits_ms=[lim - t for _, lim in at], guard=load.guard)  # fmt: skip
+            held = replica_holds([view], job, NOW)[0]
+            if held is None:
+                break
+            t += held[0]
+        first = 0.0 if idle else min(e for e, _ in slots)
+        if round(t, 6) > round(first, 6):  # a later start finds the slots freed by then idle
+            freed = [s for s in slots if round(s[0], 6) <= round(t, 6)]
+        else:  # else it takes an idle slot, or the one that frees first (the lane's ties)
+            freed = [] if idle else [min(slots)]
+        slots = [s for s in slots if all(s is not f for f in freed)]
+        idle += len(freed) - 1
+        begin = max(t, prefill_until)
+        end = begin + load.service_ms(job, 1 + len(slots), NOW)
+        prefill = params.prefill_ms(job.tokens_in)
+        prefill_until = begin + prefill
+        for s in slots:
+            s[0] += prefill
+        if end > 0.0:
+            limit = (load.guard or INF) * end if job.limit_ms is None else job.limit_ms
+            slots.append([end, limit])
+        else:
+            idle += 1
+        out.append(t)
+        floor = t
+    return out
+
+
+_told = st.one_of(st.none(), st.just(INF), st.sampled_from([300.0, 1200.0, 3000.0, 8000.0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _replica,
+    st.lists(st.builds(Job, st.integers(0, 900), st.integers(0, 64), _told), max_size=10),
+    st.sampled_from([1.0, 1.2, 1.5, 2.0]),
+)
+def test_a_simulated_hold_is_the_dispatchers_hold(rep, jobs, guard) -> None:
+    """ORCH-2933 (guard17b): the forecast start of every queued job is the start the
+    dispatcher gives it reading the replica at each instant by ORCH-2931's rule with the
+    same inputs: no simulated hold outlasts the dispatcher's (nor ends before it), and a
+    slot a job took is gone from the lane's limits (``_Lane.take``'s two ``del``). Run
+    0835's queue held 27.9 s in the forecast and 6.3 s in fact differed in the inputs
+    (its head dispatched 0.57 s before its forecast start), not in the rule."""
+    (load,) = _loads([rep], guard)
+    out = simulate([load], jobs, NOW)
+    assert out is not None
+    want = _dispatcher_starts(load, jobs)
+    for got, exp in zip([s.start_ms for s in out], want, strict=True):
+        assert math.isclose(got, exp, rel_tol=1e-9, abs_tol=1e-6), ([s.start_ms for s in out], want)
+
+
+def test_a_freed_slot_protects_nothing() -> None:
+    """ORCH-2933 (guard17b): three slots full (500 ms left, limit 3 s; 1 s, 3 s; 1 s,
+    1.2 s): the first job takes the slot freed at 500 ms, the second is held to 1.2 s
+    (its prefill would push the 1.2 s-limit task past it), and the third starts beside
+    it at 1.2 s; were the slot taken at 500 ms kept in the lane's limits, a task already
+    ended would hold the third until 2.8 s (``del self.limits[0]`` in ``_Lane.take``)."""
+    load = ReplicaLoad(_model(3), 3, [500.0, 1000.0, 1000.0], limits_ms=[3000.0, 3000.0, 1200.0],
+                       guard=1.5)  # fmt: skip
+    jobs = [Job(100, 10, INF), Job(800, 10, INF), Job(800, 10, INF)]
+    out = simulate([load], jobs, NOW)
+    assert out is not None and [s.start_ms for s in out] == [500.0, 1200.0, 1200.0]
+    assert [s.start_ms for s in out] == _dispatcher_starts(load, jobs)
