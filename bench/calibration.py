@@ -98,6 +98,7 @@ class Outcome:
     # ORCH-2920: (ms after submit, start told as ms after submit): the 202's, then each
     # ``queued`` event's ``predicted_start_ms`` (ORCH-1961)
     start_told: list[tuple[float, float]] | None = None
+    task_id: str | None = None  # to find it in orchestratord's log (ORCH-2931's holds)
 
 
 def make_specs(n: int, seed: int, *, nested: bool = False) -> list[Spec]:
@@ -174,7 +175,7 @@ async def run_task(http: aiohttp.ClientSession, url: str, spec: Spec, concurrenc
     if o.predicted_finish_ms is not None:
         o.finish_told = [(0.0, float(o.predicted_finish_ms))]
     o.start_told = [(0.0, float(o.predicted_start_ms or 0))]
-    tid = payload["task_id"]
+    tid = o.task_id = payload["task_id"]
     parser = SSEParser()
     tokens = 0
     async with http.get(f"{url}/v1/tasks/{tid}/stream") as r:
@@ -521,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         help="unique: each task counts from its own start; nested: all count from 1",
     )
     ap.add_argument(
+        "--guard",
+        type=float,
+        default=None,
+        help="the pool's dispatch.guard_told_finish (ORCH-2931, ORCH-2935); off if not given",
+    )
+    ap.add_argument(
         "--log-level",
         default="INFO",
         help="orchestratord's; DEBUG logs each admission's forecast terms (ORCH-1994)",
@@ -556,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                     "slots": 4,
                     "model_digest": engine.model_digest,
                     "engine_version": engine.engine_version,
+                    # the dispatch guard for told finishes (ORCH-2935), off unless --guard
+                    "dispatch": {"guard_told_finish": args.guard},
                 }
             ],
         }

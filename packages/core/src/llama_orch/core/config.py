@@ -23,6 +23,7 @@ __all__ = [
     "ApiKey",
     "AuthConfig",
     "Config",
+    "DispatchConfig",
     "EngineLaunchConfig",
     "FullPolicy",
     "LimitsConfig",
@@ -199,6 +200,16 @@ class EngineLaunchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     quantize: str | None = None
 
 
+class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``pools[].dispatch``: the dispatch guard for told finishes (ORCH-2931..2935).
+    ``guard_told_finish``: a factor ``f`` ≥ 1, or null (off, the default): a queued task
+    whose prefill would push a task running on a replica past its admission + ``f`` x
+    its told finish waits (at the head of the queue) until that task ends, unless the
+    wait would miss its own deadline. Memory backend only (ignored with ``state:``)."""
+
+    guard_told_finish: Annotated[float, Meta(ge=1)] | None = None
+
+
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One pool of identical engine replicas.
 
@@ -253,6 +264,8 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     launch: EngineLaunchConfig = msgspec.field(default_factory=EngineLaunchConfig)
     # Placement policy inside a replica set (ORCH-2310, issue #17).
     placement: PlacementConfig = msgspec.field(default_factory=PlacementConfig)
+    # The dispatch guard for told finishes (ORCH-2931); off unless set.
+    dispatch: DispatchConfig = msgspec.field(default_factory=DispatchConfig)
     # Moves of one running task to another replica of its set when its replica dies
     # or resets mid-stream (ORCH-2330); 0 turns migration off.
     migration_limit: Annotated[int, Meta(ge=0)] = 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -30,8 +31,10 @@ __all__ = [
     "Slot",
     "admits",
     "best_slot",
+    "guard_hold",
     "live_pace",
     "prefill_left",
+    "replica_holds",
     "replica_pace",
     "simulate",
     "simulate_released",
@@ -42,6 +45,9 @@ __all__ = [
 class Job(NamedTuple):
     tokens_in: int
     tokens_out: int
+    # a queued task's guard limit, ms from now (ORCH-2933); None: the guard's factor x
+    # its forecast finish, as if told now (the task being admitted)
+    limit_ms: float | None = None
 
 
 class Slot(NamedTuple):
@@ -63,6 +69,11 @@ class ReplicaLoad:
     running_ms: Sequence[float]
     pace: float = 1.0
     prefill_ms: float = 0.0  # until its prefill work in progress ends (ORCH-1996)
+    # The dispatch guard (ORCH-2931, ORCH-2933): each running task's guard limit in ms
+    # from now, in the order of ``running_ms`` (inf: none), and the factor ``f`` the
+    # jobs the simulation starts get theirs by; None: no guard, no limits kept.
+    limits_ms: Sequence[float] | None = None
+    guard: float | None = None
 
     def service_ms(self, job: Job, busy: float, now: float) -> float:
         """The model's service time with its decode at the replica's current pace (the
@@ -129,6 +140,37 @@ def prefill_left(forecast_ms: float, elapsed_ms: float) -> float:
     return max(forecast_ms - elapsed_ms, OVERRUN_SHARE * max(0.0, elapsed_ms), 0.0)
 
 
+def guard_hold(slots: Iterable[tuple[float, float]], prefill_ms: float, t: float) -> float:
+    """When a job whose prefill takes ``prefill_ms`` may start, at ``t`` at the
+    earliest, under the dispatch guard (ORCH-2931, ORCH-2933): after every slot
+    ``(end, limit)`` that still holds work at ``t`` and that its prefill would push
+    past a limit it now keeps (``end <= limit < end + prefill_ms``); ``t`` if none.
+    A slot already past its limit is not waited for: holding cannot keep it."""
+    hold = t
+    for end, limit in slots:
+        if end > hold and end <= limit < end + prefill_ms:
+            hold = end
+    return hold
+
+
+def replica_holds(
+    replicas: Sequence[ReplicaLoad], job: Job, now: float
+) -> list[tuple[float, float] | None]:
+    """At a dispatch (ORCH-2931), per replica: None when the guard leaves it open to
+    ``job``, else the ms until the running tasks its prefill would push past their
+    limits end, and the job's service there at the busy slots it would join (for
+    ORCH-2932's deadline). Open everywhere without the guard."""
+    out: list[tuple[float, float] | None] = []
+    for r in replicas:
+        hold = 0.0
+        if r.limits_ms is not None:
+            prefill = r.model.params(now).prefill_ms(job.tokens_in)
+            hold = guard_hold(zip(r.running_ms, r.limits_ms, strict=True), prefill, 0.0)
+        busy = min(max(1, r.slots), 1 + len(r.running_ms))
+        out.append((hold, r.service_ms(job, busy, now)) if hold > 0.0 else None)
+    return out
+
+
 def _tick(ms: float) -> float:
     """A time at the resolution forecasts compare times at (1 ns): ties are ties."""
     return round(ms, 6)
@@ -140,7 +182,7 @@ class _Lane:
     (stored less ``off``, the prefill delay added to all of them so far: a shift is
     O(1)), and when its prefill work in progress ends (ms from now)."""
 
-    __slots__ = ("busy", "idle", "off", "params", "prefill_until")
+    __slots__ = ("busy", "guard", "idle", "limits", "off", "params", "prefill_until")
 
     def __init__(self, r: ReplicaLoad, now: float) -> None:
         n = max(1, r.slots)
@@ -150,6 +192,17 @@ class _Lane:
         self.off = 0.0
         self.prefill_until = max(0.0, r.prefill_ms)
         self.params = r.model.params(now)  # its prefill cost (ORCH-1996, ORCH-2900)
+        # ORCH-2933: with the guard, ``busy`` again as (stored end, limit) pairs, kept
+        # sorted alike (the same stored ends, so every removal below matches ``busy``'s)
+        self.guard = r.guard
+        self.limits: list[tuple[float, float]] | None = None
+        if r.guard is not None:
+            lims = r.limits_ms or ()
+            pairs = sorted(
+                (max(0.0, ms), lims[i] if i < len(lims) else math.inf)
+                for i, ms in enumerate(r.running_ms)
+            )[:n]
+            self.limits = [p for p in pairs if p[0] > 0.0]
 
     def first(self) -> float:
         """When its first slot frees."""
@@ -190,13 +243,24 @@ class _Lane:
             i += 1
         return n - i
 
+    def start(self, job: Job, release: float = 0.0) -> float:
+        """When ``job`` starts here: its first free slot, not before ``release``, and
+        with the guard not before the slots it would push past their limits end
+        (ORCH-2933)."""
+        t = max(self.first(), release)
+        if self.limits:
+            off = self.off
+            slots = ((s + off, lim) for s, lim in self.limits)
+            t = guard_hold(slots, self.params.prefill_ms(job.tokens_in), t)
+        return t
+
     def service(
         self, r: ReplicaLoad, job: Job, now: float, release: float = 0.0
     ) -> tuple[float, float, float]:
         """``(start, finish, begin)`` of ``job`` on the first free slot, not before
         ``release`` (ORCH-1972): its own prefill begins once the prefill in progress
         is done (ORCH-1996)."""
-        t = max(self.first(), release)
+        t = self.start(job, release)
         begin = max(t, self.prefill_until)
         return t, begin + r.service_ms(job, 1 + self.others_busy(t), now), begin
 
@@ -212,16 +276,23 @@ class _Lane:
                 k += 1
             if k:
                 del busy[:k]
+                if self.limits is not None:
+                    del self.limits[:k]
                 self.idle += k
         if self.idle:
             self.idle -= 1
         else:
             del self.busy[0]
+            if self.limits is not None:
+                del self.limits[0]
         prefill = self.params.prefill_ms(job.tokens_in)  # ORCH-2900
         self.prefill_until = begin + prefill
         self.off += prefill
         if end > 0.0:
             bisect.insort(self.busy, end - self.off)
+            if self.limits is not None and self.guard is not None:
+                limit = self.guard * end if job.limit_ms is None else job.limit_ms
+                bisect.insort(self.limits, (end - self.off, limit))
         else:  # a job of no time at all (no overhead, no tokens): its slot is idle now
             self.idle += 1
 
@@ -236,7 +307,7 @@ class _Sim:
     instead of a pass over every slot (the bench's fake engine has 512 slots; issue #20).
     It holds O(replicas + slots), not a list of the jobs' forecasts (issue #20)."""
 
-    __slots__ = ("heap", "held", "lanes", "now", "replicas")
+    __slots__ = ("floor", "guarded", "heap", "held", "lanes", "now", "replicas")
 
     def __init__(
         self, replicas: Sequence[ReplicaLoad], now: float, held: list[_Held] | None = None
@@ -245,15 +316,28 @@ class _Sim:
         self.lanes = [_Lane(r, now) for r in replicas]
         self.heap = [(lane.key(), idx) for idx, lane in enumerate(self.lanes)]
         heapq.heapify(self.heap)
+        # ORCH-2933: with the guard a job goes where it starts first, held or not: a
+        # pass over the lanes instead of the heap (the guard is opt-in, ORCH-2935)
+        self.guarded = any(lane.limits is not None for lane in self.lanes)
+        self.floor = 0.0  # with the guard, the start of the job ahead: none passes it
 
     def step(self, release: float, job: Job) -> Slot:
-        _, idx = self.heap[0]
+        if self.guarded:
+            release = max(release, self.floor)  # a held job blocks those behind it
+            lanes = self.lanes
+            idx = min(range(len(lanes)), key=lambda i: (_tick(lanes[i].start(job, release)), i))
+        else:
+            _, idx = self.heap[0]
         lane = self.lanes[idx]
         start, end, begin = lane.service(self.replicas[idx], job, self.now, release)
         if self.held is not None:  # ORCH-2906: the prefill each job adds to its lane
-            self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end)
+            at = start if self.guarded else None  # a held job finds slots freed (ORCH-2933)
+            self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end, at)
         lane.take(end, begin, job, start)
-        heapq.heapreplace(self.heap, (lane.key(), idx))
+        if self.guarded:
+            self.floor = start
+        else:
+            heapq.heapreplace(self.heap, (lane.key(), idx))
         return Slot(start, end, idx)
 
 
@@ -346,8 +430,18 @@ class _Held:
         self.held = [[out[k], float(seq), float(k)] for seq, k in enumerate(kept) if out[k] > 0.0]
         self.idle, self.seq = n - len(self.held), float(len(kept))
 
-    def feed(self, prefill: float, end: float) -> None:
+    def feed(self, prefill: float, end: float, start: float | None = None) -> None:
         held, out = self.held, self.out
+        # a job started after the first slot frees (held by the guard, ORCH-2933) finds
+        # every slot that freed by then idle, as ``_Lane.take`` does
+        if start is not None and _tick(start) > (
+            0.0 if self.idle or not held else _tick(min(held)[0])
+        ):
+            t = _tick(start)
+            freed = [h for h in held if _tick(h[0]) <= t]
+            for h in freed:
+                held.remove(h)
+            self.idle += len(freed)
         if self.idle:
             self.idle -= 1
         elif held:
@@ -372,8 +466,11 @@ def best_slot(
     if ran is None:
         return None
     best: Slot | None = None
+    floor = 0.0  # with the guard, not before the job ahead of it starts (ORCH-2933)
+    if ran[0] and any(lane.limits is not None for lane in ran[1]):
+        floor = ran[0][-1].start_ms
     for idx, lane in enumerate(ran[1]):
-        start, finish, _ = lane.service(replicas[idx], job, now)
+        start, finish, _ = lane.service(replicas[idx], job, now, floor)
         if best is None or finish < best.finish_ms:
             best = Slot(start, finish, idx)
     return best

@@ -6,6 +6,7 @@ prompts of a replica's running tasks as indexes (ORCH-2911, ORCH-2941)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from llama_orch.core.eta import Job, Pace, live_pace
 from llama_orch.core.output_share import OutputShare
@@ -19,6 +20,7 @@ __all__ = [
     "budget",
     "decoded_pace",
     "expected_left",
+    "guard_limits",
     "job_of",
     "model_terms",
     "prompt_indexes",
@@ -60,8 +62,17 @@ def tokens_in(rec: TaskRecord) -> int:
     return rec.prompt_estimate or len(rec.request.prompt.encode()) // 4
 
 
-def job_of(rec: TaskRecord, expect: Expect = None) -> Job:
-    return Job(tokens_in(rec), expected_left(rec, expect))
+def job_of(rec: TaskRecord, expect: Expect = None, now: float | None = None) -> Job:
+    """Its forecast inputs; at ``now`` with its guard limit if it has one (ORCH-2933)."""
+    if now is None or rec.finish_guard is None:
+        return Job(tokens_in(rec), expected_left(rec, expect))
+    limit = (rec.finish_guard - now) * 1000
+    return Job(tokens_in(rec), expected_left(rec, expect), limit)
+
+
+def guard_limits(running: Iterable[TaskRecord], now: float) -> list[float]:
+    """The running tasks' guard limits in ms from now, in their order (ORCH-2933)."""
+    return [math.inf if t.finish_guard is None else (t.finish_guard - now) * 1000 for t in running]
 
 
 def model_terms(p: ModelParams) -> tuple[float, ...]:

@@ -471,6 +471,9 @@ class Admission:
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
             rec.finish_held = now + int(forecast.finish_ms) / 1000
+            guard = self.workload.guard(pool)  # ORCH-2931: its limit under the guard
+            if guard is not None:
+                rec.finish_guard = now + guard * int(forecast.finish_ms) / 1000
         pool.wakeup.set()
         return TaskAccepted(
             rec.task_id,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from llama_orch.core.api import ErrorEvent
 from llama_orch.core.errors import ErrorCode
-from llama_orch.core.placement import Dispatch, Orphaned, next_dispatch
+from llama_orch.core.placement import Chooser, Dispatch, Orphaned, ReplicaView, next_dispatch
 from llama_orch.core.predict import ShareTracker
 from llama_orch.core.replica import ReplicaSetKey
 
@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["Dispatcher"]
 
 _log = logging.getLogger("llama_orch.orchestratord")
+
+
+RECHECK_S = 0.05  # the least time between two checks of a held head (ORCH-2932)
 
 
 def _ms(seconds: float) -> int:
@@ -87,6 +90,10 @@ class Dispatcher:
         self.tracing = tracing
         self.scraper = scraper
         self.policies = policies  # swapped by a policy reload (ORCH-8570)
+        # ORCH-2931/2932: per pool the head the dispatch guard holds and since when, and
+        # the wakeup that re-checks it
+        self._held: dict[str, tuple[str, float]] = {}
+        self._recheck: dict[str, asyncio.TimerHandle] = {}
 
     async def loop(self, pool: Pool) -> None:
         """The pool's dispatcher: runs until cancelled."""
@@ -108,8 +115,9 @@ class Dispatcher:
                 self.workload.views(pool),
                 _pin_of,
                 self.affinity,
-                # ORCH-2310: the pool's placement policy picks inside the set
-                lambda t: self.placer.chooser(pool, t, self.affinity(t)),
+                # ORCH-2310: the pool's placement policy picks inside the set, among
+                # the replicas the dispatch guard leaves open (ORCH-2931)
+                lambda t: self._chooser(pool, t),
             )
             if step is None:
                 await self.preemptor.maybe_preempt(pool)
@@ -127,6 +135,72 @@ class Dispatcher:
                             rec, f"internal error: {exc!r}", ErrorCode.INTERNAL, retriable=False
                         )
                     )
+
+    def _chooser(self, pool: Pool, rec: TaskRecord) -> Chooser:
+        """The placement policy's chooser, behind the dispatch guard when the pool has
+        one (ORCH-2931, ORCH-2932): the replicas where the head's prefill would push a
+        running task past its guard limit are closed to it; with all closed it is held
+        (None: nothing passes it), unless waiting would miss its own deadline."""
+        choose = self.placer.chooser(pool, rec, self.affinity(rec))
+        now = time.monotonic()
+        holds = self.workload.guard_holds(pool, rec, now)
+        if not holds:
+            self._dispatched_after_hold(pool, rec, now)
+            return choose
+        soonest = min(hold + service for hold, service in holds.values())
+        if rec.deadline is not None and soonest > (rec.deadline - now) * 1000:
+            return choose  # ORCH-2932: the hold would miss its deadline: it goes now
+
+        def guarded(views: list[ReplicaView]) -> ReplicaView | None:
+            open_ = [v for v in views if v.replica_id not in holds]
+            picked = choose(open_) if any(v.free > 0 for v in open_) else None
+            if picked is not None:
+                self._dispatched_after_hold(pool, rec, now)
+            elif any(v.free > 0 for v in views):
+                self._hold(pool, rec, now, holds)
+            return picked
+
+        return guarded
+
+    def _hold(
+        self, pool: Pool, rec: TaskRecord, now: float, holds: dict[str, tuple[float, float]]
+    ) -> None:
+        """ORCH-2932: the head waits; re-checked at the guarding tasks' forecast end (and
+        before its deadline's slack is gone), besides every freed slot and submit."""
+        held = self._held.get(pool.id)
+        if held is None or held[0] != rec.task_id:
+            self._held[pool.id] = (rec.task_id, now)
+            _log.info(
+                "dispatch guard: task %s held (%s)",
+                rec.task_id,
+                ", ".join(f"{rid}: {h:.0f} ms to the guarding tasks' end" for rid, (h, _s) in
+                          sorted(holds.items())),
+                extra={"pool_id": pool.id, "task_id": rec.task_id},
+            )  # fmt: skip
+        wait_ms = min(hold for hold, _service in holds.values())
+        if rec.deadline is not None:
+            slack = (rec.deadline - now) * 1000 - min(h + svc for h, svc in holds.values())
+            wait_ms = min(wait_ms, max(0.0, slack))
+        timer = self._recheck.pop(pool.id, None)
+        if timer is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        # at least RECHECK_S apart: a task overrunning its forecast is forecast to end
+        # in a few ms again and again (ORCH-2914); its end wakes the loop anyway
+        delay = max(wait_ms / 1000, RECHECK_S)
+        self._recheck[pool.id] = loop.call_later(delay, pool.wakeup.set)
+
+    def _dispatched_after_hold(self, pool: Pool, rec: TaskRecord, now: float) -> None:
+        held = self._held.pop(pool.id, None)
+        if held is None:
+            return
+        if held[0] == rec.task_id:
+            _log.info(
+                "dispatch guard: task %s dispatched after a hold of %.0f ms",
+                rec.task_id,
+                (now - held[1]) * 1000,
+                extra={"pool_id": pool.id, "task_id": rec.task_id},
+            )
 
     def _start(self, pool: Pool, step: Dispatch[TaskRecord] | Orphaned[TaskRecord]) -> None:
         """Start one dispatch step: end an orphaned or expired task, or start its runner."""

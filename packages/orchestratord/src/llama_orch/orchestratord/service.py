@@ -96,7 +96,12 @@ class Orchestrator:
             on_finish=self.ending.on_task_ended,  # ORCH-2412
         )
         self.placer = Placer(self.pools, self.metrics)  # ORCH-2310 (issue #17)
-        self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv)
+        guards = {  # the pools' dispatch guards (ORCH-2931), none with a store (ORCH-2934)
+            p.id: p.dispatch.guard_told_finish
+            for p in config.pools
+            if p.dispatch.guard_told_finish is not None and config.state is None
+        }
+        self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv, guards=guards)
         self.catalog = CatalogService(config.catalog, self.metrics)  # issue #18
         policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         preemptor = Preemptor(sched.preemption, self.workload, self.metrics)

@@ -226,6 +226,8 @@ class TaskRecord(RunFields):
     # The finish the client holds (monotonic s: the 202's, then the last ``queued`` or
     # ``metrics`` event's, ORCH-2907).
     finish_held: float | None = None
+    # Its guard limit (monotonic s): admission + f x the 202's finish (ORCH-2931).
+    finish_guard: float | None = None
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)

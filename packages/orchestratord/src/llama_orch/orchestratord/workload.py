@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from llama_orch.core.backoff import (
     HORIZON,
@@ -36,6 +36,7 @@ from llama_orch.core.eta import (
     admits,
     best_slot,
     prefill_left,
+    replica_holds,
     replica_pace,
     simulate,
 )
@@ -51,6 +52,7 @@ from ._forecast_inputs import (
     Expect,
     budget,
     decoded_pace,
+    guard_limits,
     job_of,
     model_terms,
     prompt_indexes,
@@ -76,9 +78,17 @@ PREDICT_HORIZON = 256
 
 
 class Workload:
-    def __init__(self, waiting: WaitingConfig | None = None, *, deadline_cv: float = 0.25) -> None:
+    def __init__(
+        self,
+        waiting: WaitingConfig | None = None,
+        *,
+        deadline_cv: float = 0.25,
+        guards: Mapping[str, float] | None = None,
+    ) -> None:
         self.cfg = waiting or WaitingConfig()
         self.deadline_cv = deadline_cv
+        # per pool its dispatch guard's factor (ORCH-2931); none with a store (ORCH-2934)
+        self.guards = dict(guards or {})
         # Tasks running on each (pool, replica) and each replica's own model (ORCH-1950).
         self.running: dict[tuple[str, str], set[TaskRecord]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
@@ -99,6 +109,23 @@ class Workload:
         model = self._models.get((pool_id, replica_id))
         if model is not None and rec.dispatched is not None:
             model.dispatched(_tokens_in(rec), rec.dispatched)
+
+    def guard(self, pool: Pool) -> float | None:
+        """The pool's dispatch guard factor (ORCH-2931); None: off, or a store (ORCH-2934)."""
+        return self.guards.get(pool.id)
+
+    def guard_holds(
+        self, pool: Pool, rec: TaskRecord, now: float
+    ) -> dict[str, tuple[float, float]]:
+        """ORCH-2931: the Ready replicas closed to ``rec`` now, each with the ms until the
+        tasks that close it end and ``rec``'s service there (:func:`replica_holds`)."""
+        if self.guard(pool) is None:
+            return {}
+        ready = [rid for rid, r in pool.replicas.items() if r.state.ready]
+        held = self._expect(pool, now, completed=False)  # as starts are told (ORCH-2933)
+        loads = self.loads(pool, now, expect=held)
+        got = replica_holds(loads, job_of(rec), now)
+        return {rid: h for rid, h in zip(ready, got, strict=True) if h is not None}
 
     def ended(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         running = self.running.get((pool_id, replica_id))
@@ -227,6 +254,7 @@ class Workload:
         (ORCH-1994: task id, tokens left, its pace ratio and weight, ms left).
         ``expect``: their tokens left by the pool's shares (ORCH-2922), else budgets."""
         out = []
+        guard = self.guard(pool)  # ORCH-2933: the running tasks' limits, with the guard
         for rid, r in pool.replicas.items():
             st = r.state
             if not st.ready or (pin is not None and st.set_key() != pin):
@@ -311,14 +339,16 @@ class Workload:
                         ratio = (round(pc.ratio, 2), round(pc.weight, 2)) if pc else None
                         decoding = t.run_first_token is not None
                         trace_r.append((t.task_id[:8], n, decoding, ratio, round(ms)))
-            out.append(ReplicaLoad(model, st.slots, left, replica_pace(paces), max(0.0, pending)))
+            limits = None if guard is None else guard_limits(running, now)  # as ``left``
+            rpace, prefill = replica_pace(paces), max(0.0, pending)
+            out.append(ReplicaLoad(model, st.slots, left, rpace, prefill, limits, guard))
         return out
 
-    def _ahead(self, pool: Pool, priority: str | None) -> Iterator[Job]:
+    def _ahead(self, pool: Pool, priority: str | None, now: float) -> Iterator[Job]:
         rank = PRIORITIES.index(priority) if priority is not None else len(PRIORITIES)
         for t in pool.queue:
             if PRIORITIES.index(t.priority) <= rank:
-                yield job_of(t)
+                yield job_of(t, None, now)
 
     def forecast(
         self,
@@ -331,7 +361,7 @@ class Workload:
         """Start and finish of a new task after the queued work of its priority and
         above, on the replica where it finishes first (ORCH-1957)."""
         now = time.monotonic() if now is None else now
-        return best_slot(self.loads(pool, now, pin), self._ahead(pool, priority), job, now)
+        return best_slot(self.loads(pool, now, pin), self._ahead(pool, priority, now), job, now)
 
     def check_deadline(self, pool: Pool, deadline_ms: int | None, job: Job, priority: str) -> None:
         """ORCH-1006, ORCH-1958: refuse when even a forecast ``deadline_margin`` too
@@ -347,7 +377,7 @@ class Workload:
             "deadline refused: predicted finish %.0f ms (start %.0f ms) > deadline %d ms"
             " / (1 - margin %.2f); job %s; queued ahead %d; replicas %s",
             slot.finish_ms, slot.start_ms, deadline_ms, self.cfg.deadline_margin,
-            job, sum(1 for _ in self._ahead(pool, priority)),
+            job, sum(1 for _ in self._ahead(pool, priority, now)),
             [(r.model.params(now), r.slots, [round(x) for x in r.running_ms]) for r in loads],
             extra={"pool_id": pool.id},
         )  # fmt: skip
@@ -391,9 +421,9 @@ class Workload:
         names = [list(self.running.get((pool.id, rid), ())) for rid in ready]
         run = RunningForecast(loads, now)
         for i, t in enumerate(queued):
-            s = run.step(job_of(t, told))
+            s = run.step(job_of(t, told, now))
             if starts is not None:  # its start with others' slots held, then as told
-                a = starts.step(job_of(t, held))
+                a = starts.step(job_of(t, held, now))
                 s = Slot(a.start_ms, a.start_ms + s.finish_ms - s.start_ms, a.replica)
             each(t, i, s)
         return [
@@ -417,7 +447,8 @@ class Workload:
             return None
         held = self._expect(pool, now, completed=False)  # ORCH-2922
         ahead = [
-            job_of(t, held) for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))
+            job_of(t, held, now)
+            for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))
         ]
         return self._forecast(pool, rec, position, ahead, now)
 
@@ -437,7 +468,9 @@ class Workload:
         )
         # ORCH-2922: others' slots held for their expected tokens, its own finish told
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        slots = simulate(loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True))], now)
+        slots = simulate(
+            loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True), now)], now
+        )
         if not slots:
             return None
         slot = slots[-1]
@@ -499,7 +532,7 @@ class Workload:
         if not loads:
             return 1000
         capacity = pool.queue.capacity
-        queued = [job_of(t, ahead) for t in itertools.islice(pool.queue, HORIZON + 2)]
+        queued = [job_of(t, ahead, now) for t in itertools.islice(pool.queue, HORIZON + 2)]
         if full:  # not a quota's refusal: that waits for the tenant, not for a place
             book = self.reservations.setdefault(pool.id, ReservationBook())
             held = book.held(now)

@@ -1,0 +1,108 @@
+"""What the dispatch guard's held tasks paid (issue #19, session 17, ORCH-2931..2936).
+
+Reads a run of ``bench/calibration.py --guard F`` (its report JSON under ``bench/results``,
+whose outcomes carry their ``task_id``) and orchestratord's log kept in
+``/tmp/llorch-calibration-<stamp>`` (the INFO lines ``dispatch guard: task … held`` and
+``… dispatched after a hold of … ms``). For the tasks held and the others: how many,
+the hold, and the ORCH-1955 figures of their start (waited >= 100 ms) and finish told in
+the 202 against what they measured (median |told / actual - 1|, p90 factor, within 2x).
+
+    uv run bench/calibration_guard.py 2026-12-05-0803
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from calibration_held import percentile
+
+HERE = Path(__file__).resolve().parent
+_HELD = re.compile(r"dispatch guard: task (\S+) held")
+_AFTER = re.compile(r"dispatch guard: task (\S+) dispatched after a hold of (\d+) ms")
+
+
+def holds(log: Path) -> tuple[set[str], dict[str, float]]:
+    """The tasks the guard held, and the hold of those dispatched after one (ms)."""
+    held: set[str] = set()
+    after: dict[str, float] = {}
+    if not log.exists():
+        return held, after
+    for line in log.read_text().splitlines():
+        try:
+            msg = json.loads(line).get("msg", "")
+        except json.JSONDecodeError:
+            continue
+        if m := _HELD.search(msg):
+            held.add(m.group(1))
+        elif m := _AFTER.search(msg):
+            after[m.group(1)] = float(m.group(2))
+    return held, after
+
+
+def figures(pairs: list[tuple[float, float]]) -> str:
+    """``told / actual`` pairs as ORCH-1955's figures: median |error|, p90 factor, within 2x."""
+    ratios = [max(t, 1.0) / max(a, 1.0) for t, a in pairs]
+    if not ratios:
+        return "n 0"
+    fac = [max(r, 1 / r) for r in ratios]
+    med = percentile([abs(r - 1) for r in ratios], 0.5)
+    within = sum(f <= 2 for f in fac) / len(fac)
+    return (
+        f"n {len(ratios)}: median {100 * med:.0f} %, p90 factor {percentile(fac, 0.9):.2f},"
+        f" within 2x {100 * within:.0f} %, told/actual median {statistics.median(ratios):.2f}"
+    )
+
+
+def report(stamp: str) -> list[str]:
+    data: dict[str, Any] = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
+    outs = data["outcomes"]
+    held, after = holds(Path(f"/tmp/llorch-calibration-{stamp}") / "orchestratord.log")
+    lines = [f"## {stamp}", "", f"held {len(held)} task(s); dispatched after a hold {len(after)}"]
+    if after:
+        hs = sorted(after.values())
+        lines.append(
+            f"hold ms: median {statistics.median(hs):.0f}, max {hs[-1]:.0f}, sum {sum(hs):.0f}"
+        )
+    ran = [o for o in outs if o.get("status") == 202]
+    for name, group in (
+        ("held", [o for o in ran if o.get("task_id") in held]),
+        ("not held", [o for o in ran if o.get("task_id") not in held]),
+    ):
+        fin = [
+            (o["predicted_finish_ms"], o["finish_ms"])
+            for o in group
+            if o.get("predicted_finish_ms") is not None and o.get("end_reason") == "length"
+        ]
+        start = [
+            (o["predicted_start_ms"], o["queue_wait_ms"])
+            for o in group
+            if o.get("queue_wait_ms") is not None and o["queue_wait_ms"] >= 100
+        ]
+        lines.append(f"- {name}: finish {figures(fin)}; start (>= 100 ms) {figures(start)}")
+        for o in group if name == "held" else []:
+            lines.append(
+                f"  - {o['task_id'][:8]} in {o.get('tokens_in')} out {o.get('tokens_out')}"
+                f" hold {after.get(o['task_id'], float('nan')):.0f} ms;"
+                f" start told {o['predicted_start_ms']} / waited {o.get('queue_wait_ms')} ms;"
+                f" finish told {o.get('predicted_finish_ms')} / took"
+                f" {o.get('finish_ms') or 0:.0f} ms ({o.get('end_reason')})"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("stamps", nargs="+")
+    args = ap.parse_args(argv)
+    for stamp in args.stamps:
+        print("\n".join(report(stamp)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
