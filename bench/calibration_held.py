@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-INSTANTS = 10  # as bench/calibration.py's HELD_INSTANTS (ORCH-2908)
+INSTANTS = 10  # as bench/calibration_report.py's HELD_INSTANTS (ORCH-2908)
 _LINE = re.compile(r"(\d+)\.(\d+)\.(\d+)\.(\d+) . slot\s+(\w+): id\s+\d+ \| task (\d+) \| (.*)")
 _SIZE = re.compile(r"=\s+([\d.]+) ms /\s+(\d+) tokens")
 
