@@ -51,3 +51,26 @@ def test_retention_evicts_finished_in_finish_order_never_active():
     assert store.get("1") is None and len(store) == 3
     store.add(_rec(6))  # nothing finished left: active tasks are never evicted
     assert len(store) == 4 and store.get("3") is not None
+
+
+async def test_a_cancel_that_meets_a_phase_change_is_not_dropped():
+    """ORCH-2817 (amended): ``TaskStore.wait_for`` cancelled in the turn a phase change
+    woke it ends cancelled; 3.11's ``asyncio.wait_for`` returned there, and the waiter
+    waited on for its whole timeout."""
+    import asyncio
+
+    store = TaskStore(retention_s=600, max_tasks=100)
+    recs = [_rec(n) for n in range(2)]
+    for r in recs:
+        store.add(r)
+    waiter = asyncio.ensure_future(store.wait_for(lambda: False, 30.0))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    _end(recs[0])  # a phase change: wakes the waiter, yields nothing
+    waiter.cancel()  # in the same turn
+    done, _ = await asyncio.wait({waiter}, timeout=2.0)
+    if not done:  # it lost the cancel and waits on: stop it before failing
+        waiter.cancel()
+        await asyncio.wait({waiter}, timeout=2.0)
+    assert done and waiter.cancelled()

@@ -164,7 +164,8 @@ class Orchestratord:
             self._console.print("[llorch] stopping orchestratord ...", markup=False)
             self._signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), grace_s)
+                async with asyncio.timeout(grace_s):  # ORCH-2817: never drops a cancel
+                    await proc.wait()
             except TimeoutError:
                 self._console.print(
                     f"[llorch] orchestratord did not stop within {grace_s:g} s; killing it",
@@ -176,7 +177,8 @@ class Orchestratord:
             self._signal(signal.SIGKILL)  # the leader is gone; reap anything it left behind
         for pump in self._pumps:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(pump, 2.0)
+                async with asyncio.timeout(2.0):  # ORCH-2817
+                    await pump
         atexit.unregister(self.kill_now)
         return proc.returncode
 

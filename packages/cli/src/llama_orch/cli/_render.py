@@ -206,6 +206,7 @@ async def follow_task(
     except asyncio.CancelledError:
         stderr_console().print(f"\n[yellow]interrupted[/yellow]: canceling task {task_id}")
         with contextlib.suppress(ClientError, TimeoutError):
-            await asyncio.wait_for(orch.cancel(task_id), CANCEL_TIMEOUT_S)
+            async with asyncio.timeout(CANCEL_TIMEOUT_S):  # ORCH-2817
+                await orch.cancel(task_id)
         raise
     return outcome

@@ -41,7 +41,8 @@ class ControlChannels:
         if self._end(instance) == int(cursor):
             ev = self._events.setdefault(instance, asyncio.Event())
             try:
-                await asyncio.wait_for(ev.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # ORCH-2817: never drops a cancel
+                    await ev.wait()
             except TimeoutError:
                 pass
         got = self._lists.get(instance, [])

@@ -85,6 +85,7 @@ class LeaseKeeper:
         while not stop.is_set():
             await self.renew_once()
             try:
-                await asyncio.wait_for(stop.wait(), period)
+                async with asyncio.timeout(period):  # ORCH-2817: never drops a cancel
+                    await stop.wait()
             except TimeoutError:
                 pass

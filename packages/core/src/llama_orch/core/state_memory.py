@@ -403,7 +403,8 @@ class MemoryStateStore(StateStore):
         if str(self._bells.get(pool, 0)) == cursor:
             ev = self._bell_events.setdefault(pool, asyncio.Event())
             try:
-                await asyncio.wait_for(ev.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # ORCH-2817: never drops a cancel
+                    await ev.wait()
             except TimeoutError:
                 pass
         return str(self._bells.get(pool, 0))

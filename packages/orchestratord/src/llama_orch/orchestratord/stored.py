@@ -494,7 +494,8 @@ class StoreBridge:
         (ORCH-2543); the same round refreshes the list of live instances."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.options.lease_ms / 3000)
+                async with asyncio.timeout(self.options.lease_ms / 3000):  # ORCH-2817
+                    await self._stop.wait()
             if self._stop.is_set():
                 return
             try:
@@ -509,7 +510,8 @@ class StoreBridge:
         started = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), period)  # the reaper's period
+                async with asyncio.timeout(period):  # the reaper's period (ORCH-2817)
+                    await self._stop.wait()
             if self._stop.is_set():
                 return
             if time.monotonic() - started < 30 and not all(

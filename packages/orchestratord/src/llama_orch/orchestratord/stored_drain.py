@@ -82,7 +82,8 @@ class StoredDrains:
             if left <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+                async with asyncio.timeout(left):  # ORCH-2817: never drops a cancel
+                    await self._changed.wait()
         return True
 
     def attach(self, run: DrainRunner, reopen: Callable[[Pool], None]) -> None:

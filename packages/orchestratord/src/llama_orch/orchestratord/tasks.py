@@ -501,7 +501,8 @@ class TaskStore:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):  # ORCH-2817: never drops a cancel
+                    await self._changed.wait()
             except TimeoutError:
                 return predicate()
         return True

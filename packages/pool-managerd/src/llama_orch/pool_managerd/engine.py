@@ -300,7 +300,8 @@ class EngineProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, self.stop_signal)
             try:
-                await asyncio.wait_for(self.wait(), timeout)
+                async with asyncio.timeout(timeout):  # ORCH-2817: never drops a cancel
+                    await self.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -314,7 +315,8 @@ class EngineProcess:
             log.warning("%s: processes %s outlived SIGKILL by 10 s", self.name, sorted(still))
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 2.0)
+                async with asyncio.timeout(2.0):  # ORCH-2817
+                    await self._reader
         self._remove_scratch()
         return proc.returncode
 

@@ -95,7 +95,8 @@ class PoolDrainCases:
         finally:
             if other is not store:
                 await other.close()
-        cur_a, got = await asyncio.wait_for(waiter, 30)
+        async with asyncio.timeout(30):  # ORCH-2817
+            cur_a, got = await waiter
         assert got == [Control("drain", "", "p")]
         cur_b, got_b = await store.wait_control("i-b", cursors["i-b"], 1)
         assert got_b == [Control("drain", "", "p")]

@@ -141,7 +141,8 @@ class EventLogAndLeaseCases:
         assert [e.seq for e in log] == [0, 1, 2, 3, 4]
         assert [e.kind for e in log].count("end") == 1 and log[-1].kind == "end"
         assert [e.seq for e in await store.read("t", after=2)] == [3, 4]
-        got = await asyncio.wait_for(tail, 30)
+        async with asyncio.timeout(30):  # ORCH-2817
+            got = await tail
         assert [e.seq for e in got] == [1, 2, 3, 4]
         assert await store.busy("p") == {}
 
@@ -188,7 +189,8 @@ class EventLogAndLeaseCases:
         finally:
             if other is not store:
                 await other.close()
-        cur2, got = await asyncio.wait_for(waiter, 30)
+        async with asyncio.timeout(30):  # ORCH-2817
+            cur2, got = await waiter
         assert got == [Control("cancel", "t")] and cur2 != cur
         assert await store.wait_control("owner", cur2, 0.2) == (cur2, [])
         assert await store.wait_control("bystander", quiet, 0.2) == (quiet, [])

@@ -364,7 +364,8 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
             waiter = asyncio.create_task(other.wait_bell("p", cur, 30))
             await store.submit(_spec("t1"))
             await store.submit(_spec("t2"))
-            cur = await asyncio.wait_for(waiter, 30)
+            async with asyncio.timeout(30):  # ORCH-2817
+                cur = await waiter
             d = await other.dispatch("p", "i", 60_000)
             assert isinstance(d, Dispatched)
             step, cur = await other.dispatch_or_cursor("p", "i", 60_000)
@@ -372,7 +373,8 @@ class StateStoreConformance(EventLogAndLeaseCases, PlacementCases, PoolDrainCase
             assert await other.wait_bell("p", cur, 0.2) == cur  # nothing rang
             waiter = asyncio.create_task(other.wait_bell("p", cur, 30))
             await _end(store, d)
-            assert await asyncio.wait_for(waiter, 30) != cur
+            async with asyncio.timeout(30):  # ORCH-2817
+                assert await waiter != cur
             d2 = await other.dispatch("p", "i", 60_000)
             assert isinstance(d2, Dispatched) and d2.task.task_id == "t2"
         finally:
