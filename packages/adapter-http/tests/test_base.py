@@ -192,3 +192,30 @@ async def test_second_stream_with_the_same_task_id_is_refused() -> None:
             await first.aclose()
         finally:
             await adapter.aclose()
+
+
+async def test_a_closed_adapter_opens_nothing() -> None:
+    """ORCH-4106: after ``aclose()`` every call fails with WorkerReset and opens no
+    session or stream pool (before, the lazy session was opened again and never
+    closed); health answers not live; cancel stays a no-op; a stream that was open at
+    the close ends with WorkerReset and its connection is closed, not pooled."""
+    async with _engine(3, stall=True) as fake:
+        adapter = Toy(fake.base_url)
+        assert (
+            await adapter.health()
+        ).live  # a session exists (the fake has no /health), then the close
+        stream = adapter.generate(_req("open"))
+        first = await stream.__anext__()
+        assert first is not None
+        await adapter.aclose()
+        with pytest.raises(WorkerReset):
+            await _collect(stream)
+        with pytest.raises(WorkerReset, match="adapter closed"):
+            await _collect(adapter.generate(_req("late")))
+        with pytest.raises(WorkerReset, match="adapter closed"):
+            await adapter.probe("/health")
+        health = await adapter.health()
+        assert not health.live and not health.ready and "adapter closed" in health.detail
+        await adapter.cancel("late")
+        assert adapter._session is None and adapter._pool is None
+        fake.release.set()

@@ -137,6 +137,7 @@ class HttpAdapter(WorkerAdapter):
         self._session: aiohttp.ClientSession | None = None  # calls (fetch, probe)
         self._pool: StreamPool | None = None  # streams (generate, ORCH-2745)
         self._inflight: dict[str, InFlight] = {}
+        self._closed = False  # ORCH-4106: nothing opens after aclose()
         self.pooled_requests = 0  # answered on a connection taken from the pool
         self.stale_retries = 0  # requests sent again after a stale pooled connection
 
@@ -159,6 +160,8 @@ class HttpAdapter(WorkerAdapter):
 
     # -- connection policy --------------------------------------------------
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise WorkerReset("adapter closed", engine=self.engine)  # ORCH-4106
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout_s)
             # No connection cap: the pool's slot accounting bounds concurrency.
@@ -199,7 +202,9 @@ class HttpAdapter(WorkerAdapter):
         return await self._http().request(method, url, data=data, headers=headers)
 
     async def aclose(self) -> None:
-        """Close every open stream (their readers get WorkerReset) and the session."""
+        """Close every open stream (their readers get WorkerReset) and the session;
+        the adapter opens nothing afterwards (ORCH-4106)."""
+        self._closed = True
         for inflight in list(self._inflight.values()):
             inflight.cancel(ConnectionResetError("adapter closed"))
         if self._pool is not None:
@@ -322,6 +327,8 @@ class HttpAdapter(WorkerAdapter):
             self._done(req.task_id, inflight, force_close=True)
 
     def _streams(self) -> StreamPool:
+        if self._closed:
+            raise WorkerReset("adapter closed", engine=self.engine)  # ORCH-4106
         if self._pool is None:
             self._pool = StreamPool(
                 self.base_url,
@@ -394,10 +401,10 @@ class HttpAdapter(WorkerAdapter):
         if inflight.released:  # already released or draining after its final event
             return
         inflight.released = True
-        if force_close:
+        if force_close or self._pool is None:  # closed meanwhile (ORCH-4106): no pool
             inflight.conn.close()  # drop the socket: the engine sees the disconnect and aborts
         else:
-            self._streams().release(inflight.conn)  # pooled only if read to its end
+            self._pool.release(inflight.conn)  # pooled only if read to its end
 
 
 async def _read_to_end(conn: StreamConn) -> None:
