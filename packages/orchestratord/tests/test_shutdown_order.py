@@ -119,3 +119,34 @@ async def test_uvicorn_awaits_the_requests_it_cancels():
         assert ended == ["cleaned up"]
     finally:
         writer.close()
+
+
+async def test_suspect_probes_and_replaced_adapters_end_before_the_close(calls):
+    """ORCH-2817 (amended): a suspect replica's re-admission probe (ORCH-1117) is
+    cancelled and awaited by ``Pool.stop_tasks``, and the close of a replaced replica's
+    adapter is a task the pool keeps and awaits (before, neither was kept: the probe
+    called ``health`` for up to 120 s after shutdown, the close could be collected)."""
+    from llama_orch.core.replica import ReplicaState
+    from llama_orch.orchestratord.pools import Pool
+
+    config = _config("uvicorn")
+    pool = Pool(config.pools[0], config.admission)
+    ready = ReplicaState(
+        pool_id="mock", replica_id="r0", engine="mock", status="ready", base_url="m://0", slots=1
+    )
+    pool.update(ready)
+    first = pool.replicas["r0"].adapter
+    pool.suspect("r0", "no answer", probe_s=30.0)  # its first health check is 30 s away
+    assert not pool.replicas["r0"].state.ready
+    pool.update(msgspec.structs.replace(ready, base_url="m://1"))  # a restarted engine
+    second = pool.replicas["r0"].adapter
+    assert second is not first
+    probes = set(pool._probes)
+    assert len(probes) == 1 and not any(t.done() for t in probes)
+    await pool.stop_tasks()
+    assert all(t.done() for t in probes)  # cancelled and awaited
+    assert ("aclose", id(first)) in calls  # the replaced adapter's close was awaited
+    assert not any(call == "health" for call, _ in calls)  # the probe never ran again
+    await asyncio.sleep(0)
+    assert not any(call == "health" for call, _ in calls)
+    await second.aclose()

@@ -59,7 +59,8 @@ class Pool:
     # what a store's dispatcher waits on beside the store's doorbell (ORCH-2596)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
-    _probes: set[asyncio.Task[None]] = field(default_factory=set)
+    _probes: set[asyncio.Task[None]] = field(default_factory=set)  # suspect re-admission
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)  # replaced adapters
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     # Holds a Ready snapshot back until it returns True (startup self-tests, ORCH-7050).
     gate: Callable[[Pool, ReplicaState, WorkerAdapter | None], bool] | None = None
@@ -132,6 +133,13 @@ class Pool:
         self._probes.add(task := asyncio.get_running_loop().create_task(probe()))
         task.add_done_callback(self._probes.discard)
 
+    async def stop_tasks(self) -> None:
+        """At shutdown, before the replicas' adapters close (ORCH-2817): the suspect
+        probes are cancelled and awaited, the closes of replaced adapters awaited."""
+        for probe in self._probes:
+            probe.cancel()
+        await asyncio.gather(*self._probes, *self._closing, return_exceptions=True)
+
     def new_adapter(self, state: ReplicaState) -> WorkerAdapter:
         return load_adapter_class(self.engine)(
             AdapterTarget(
@@ -156,8 +164,10 @@ class Pool:
             # it becomes ready again (ORCH-POOL-3015).
             if current is None or current.adapter.target.base_url != state.base_url:
                 adapter = adapter or self.new_adapter(state)
-                if current is not None:
-                    asyncio.get_running_loop().create_task(current.adapter.aclose())
+                if current is not None:  # tracked: awaited at shutdown (ORCH-2817)
+                    closing = asyncio.get_running_loop().create_task(current.adapter.aclose())
+                    self._closing.add(closing)
+                    closing.add_done_callback(self._closing.discard)
                 self.replicas[state.replica_id] = Replica(
                     state, adapter, current.busy if current else 0
                 )

@@ -237,6 +237,7 @@ class Orchestrator:
             loop.cancel()
         await asyncio.gather(*self._loops, *beside, *runners, return_exceptions=True)
         for pool in self.pools.values():
+            await pool.stop_tasks()  # ORCH-2817: nothing calls an adapter after its close
             for replica in pool.replicas.values():
                 await replica.adapter.aclose()
         self.metrics.shutdown()
