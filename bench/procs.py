@@ -48,7 +48,8 @@ def free_port() -> int:
 def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
+        body: bytes = resp.read()  # urlopen's answer is typed Any
+        return body
 
 
 class Procs:
