@@ -19,7 +19,9 @@ def _with_state(config: Config, **state: Any) -> Config:
     return msgspec.convert(doc, Config)
 
 
-async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config: Any) -> None:
+async def test_tasks_run_through_the_store(
+    start_orchestrator: Any, mock_config: Any, monkeypatch: Any
+) -> None:
     """Admission, dispatch, the event log, SSE resume and cancel go through the store;
     the store's log is what clients read (ORCH-2522..2526), and an unreachable store
     answers 503 with Retry-After (ORCH-2516)."""
@@ -51,20 +53,42 @@ async def test_tasks_run_through_the_store(start_orchestrator: Any, mock_config:
     assert resumed == events[3:]
     assert not any((await bridge.store.busy("mock")).values())  # the slot is free again
 
-    # cancel: the store holds exactly one terminal, and it is the cancel
+    # cancel: the store holds exactly one terminal, and it is the cancel. Each append
+    # takes 50 ms from here on, as a round trip to a remote store may, and the cancel
+    # comes once the run has streamed tokens: a batch of the run is then in flight when
+    # the cancel's terminal lands, and the store refuses it (`ended`). (With instant
+    # appends the control loop stops the writer before its next send: ORCH-2817's wake.)
+    store_append = bridge.store.append_many
+
+    async def remote_append(*args: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await store_append(*args)
+
+    monkeypatch.setattr(bridge.store, "append_many", remote_append)
     long = (await (await run.submit(max_tokens=1500)).json())["task_id"]
     await run.orch.tasks.wait_for(lambda: run.orch.get(long).state == "running", 30)
+    for _ in range(500):  # tokens are not phase changes: polled, 5 s at most
+        if run.orch.get(long).tokens_out >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert run.orch.get(long).tokens_out >= 3
     async with run.http.post(f"{run.url}/v1/tasks/{long}/cancel") as resp:
         assert resp.status == 204
     tail = await run.events(long)
     assert [e for _, e, _ in tail].count("end") == 1 and tail[-1][2]["reason"] == "canceled"
     assert sum(ev.kind in ("end", "error") for ev in await bridge.store.read(long)) == 1
 
-    # ORCH-2531: store latency per op, and the runner's write the cancel refused
-    text = await run.metrics_text()
+    # ORCH-2531: store latency per op, and the runner's write the cancel refused (its
+    # answer comes up to 50 ms after the stream's end: read until it is counted, 5 s at most)
+    refused = 'state_store_appends_refused_total{pool_id="mock",reason="ended"}'
+    for _ in range(100):
+        text = await run.metrics_text()
+        if refused in text:
+            break
+        await asyncio.sleep(0.05)
     for op in ("submit", "dispatch", "append", "cancel"):
         assert f'state_store_op_ms_count{{op="{op}"}}' in text, op
-    assert 'state_store_appends_refused_total{pool_id="mock",reason="ended"}' in text
+    assert refused in text
 
     # the store cannot be reached: admission fails closed with 503 + Retry-After
     async def unreachable(_spec: Any, *_: Any) -> Any:
