@@ -67,11 +67,7 @@ async def test_tasks_run_through_the_store(
     monkeypatch.setattr(bridge.store, "append_many", remote_append)
     long = (await (await run.submit(max_tokens=1500)).json())["task_id"]
     await run.orch.tasks.wait_for(lambda: run.orch.get(long).state == "running", 30)
-    for _ in range(500):  # tokens are not phase changes: polled, 5 s at most
-        if run.orch.get(long).tokens_out >= 3:
-            break
-        await asyncio.sleep(0.01)
-    assert run.orch.get(long).tokens_out >= 3
+    await run.until_tokens(long, 3)
     async with run.http.post(f"{run.url}/v1/tasks/{long}/cancel") as resp:
         assert resp.status == 204
     tail = await run.events(long)
