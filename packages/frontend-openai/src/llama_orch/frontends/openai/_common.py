@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
-from llama_orch.orchestratord.leanconn import APP_QUEUE, AppQueue
 from llama_orch.orchestratord.limits import RAW_SEND
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 __all__ = [
     "MAX_RETRY_AFTER_MS",
@@ -204,7 +203,7 @@ class TaskStreamResponse(Response):
                 await raw({"type": "http.response.body", "body": chunk, "more_body": True})
             await raw({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await _watched(pump, scope, receive, self._host, self._rec)
+        await _race(pump(), receive, self._host, self._rec)
 
 
 class TaskResponse(Response):
@@ -226,51 +225,7 @@ class TaskResponse(Response):
             resp = Response(body, status, headers, media_type="application/json")
             await resp(scope, receive, send)
 
-        await _watched(answer, scope, receive, self._host, self._rec)
-
-
-async def _watched(
-    work: Callable[[], Awaitable[None]],
-    scope: Scope,
-    receive: Receive,
-    host: FrontendHost,
-    rec: TaskRecord,
-) -> None:
-    """Run ``work`` until it ends or the client goes away; then the task is canceled
-    unless it ended (ORCH-9113). ORCH-2807: under orchestratord's servers (the request's
-    queue in the scope, ORCH-2772) ``work`` runs in the request's own task and the
-    queue's callback cancels it at the disconnect: no task to start (a turn of the event
-    loop before the answer's head) and none to watch ``receive``; under another ASGI
-    server a worker and a watcher task race as before."""
-    queue = scope.get(APP_QUEUE)
-    if not isinstance(queue, AppQueue):
-        await _race(work(), receive, host, rec)
-        return
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    def on_message(message: Message) -> None:
-        nonlocal gone
-        if message["type"] == "http.disconnect" and not gone:
-            gone = True
-            task.cancel()
-
-    queue.watch(on_message)
-    try:
-        await work()
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()  # the client went away: the answer ends here
-    except OSError:
-        pass  # the socket closed under send: the task is canceled below
-    finally:
-        gone = True  # a callback already scheduled must not cancel what follows
-        queue.watch(None)
-        if not rec.terminal:
-            _log.info("client of task %s went away: canceling it", rec.task_id)
-            host.cancel(rec)
+        await _race(answer(), receive, self._host, self._rec)
 
 
 async def _race(
