@@ -197,6 +197,11 @@ def start_orch(
         cfg["state"] = state
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(cfg))
+    # ORCH-2750: the event loop of the bench's own orchestratord (the compared
+    # sources keep their default), so that asyncio and uvloop are measured alike
+    event_loop = os.environ.get("LLORCH_BENCH_EVENT_LOOP")
+    if event_loop and not pythonpath:
+        args = [*(args or []), "--event-loop", event_loop]
     env = None
     if pythonpath:  # an overlay of other sources (the "before" of a change), first on the path
         env = dict(os.environ, PYTHONPATH=pythonpath)

@@ -24,6 +24,7 @@ import asyncio
 import os
 import socket
 import ssl as _ssl
+from typing import cast
 from urllib.parse import urlsplit
 
 __all__ = ["BadAnswer", "StreamConn", "StreamPool"]
@@ -98,8 +99,9 @@ class StreamConn(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # not an isinstance check: uvloop's transports are not asyncio.Transport
+        # subclasses (ORCH-2808)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True

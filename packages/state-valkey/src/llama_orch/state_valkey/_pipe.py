@@ -25,7 +25,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import libvalkey
 from llama_orch.core.state_store import Event, StateStoreError, StoreUnavailable
@@ -111,8 +111,9 @@ class _Conn(asyncio.Protocol):
 
     # -------------------------------------------------------------- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # not an isinstance check: uvloop's transports are not asyncio.Transport
+        # subclasses (ORCH-2808)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
