@@ -87,9 +87,7 @@ def _pool(w: Workload, slots: tuple[int, ...]) -> SimpleNamespace:
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(_STEP, st.floats(0.0, 2.0)), min_size=20, max_size=150),
-    st.one_of(
-        st.tuples(st.integers(1, 8)), st.tuples(st.integers(1, 8), st.integers(1, 8))
-    ),
+    st.one_of(st.tuples(st.integers(1, 8)), st.tuples(st.integers(1, 8), st.integers(1, 8))),
     st.one_of(st.none(), st.floats(1.0, 3.0)),  # the pool's guard factor (ORCH-2931)
     st.floats(1.0, 80.0),
     st.floats(0.05, 20.0),
@@ -186,3 +184,25 @@ def test_a_task_with_all_its_tokens_and_no_prefill_frees_its_slot():
     assert got == ref_predicted(w, pool, b, 100.1)  # type: ignore[arg-type]
     a.engine_tokens = 0  # one token left: its slot held, as the shortcut counts it
     assert w.predicted(pool, b, 100.1) != got  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(-5, 3000)), max_size=80),
+    st.lists(st.tuples(st.floats(-1.0, 170.0), st.floats(-1.0, 170.0)), min_size=1, max_size=20),
+)
+def test_one_search_a_span_is_both_queries(dispatches, spans):
+    """ORCH-2944: ``Workload.observe`` takes a run's others' prompts and their squares
+    (ORCH-1990, ORCH-2900) from one ``between_squares`` a span: the same integers as
+    ``prompt_tokens_between`` and ``prompt_squares_between``, in or out of time order."""
+    w = Workload()
+    pool = _pool(w, (2,))
+    model = w.model(pool, "p-e0", 2)  # type: ignore[arg-type]
+    now = 100.0
+    for dt, n in dispatches:
+        now += dt - 0.5  # sometimes back in time: the log is rebuilt sorted
+        model.dispatched(n, now)
+    for a, b in spans:
+        t0, t1 = 100.0 + a, 100.0 + b
+        both = model.prompt_index().between_squares(t0, t1)
+        assert both == (model.prompt_tokens_between(t0, t1), model.prompt_squares_between(t0, t1))

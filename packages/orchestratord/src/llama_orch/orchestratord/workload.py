@@ -210,12 +210,14 @@ class Workload:
         model = self.model(pool, replica.state.replica_id, replica.state.slots)
         ahead, co_prefill = rec.run_prefill_ahead, 0
         ahead_sq, co_prefill_sq = rec.run_prefill_ahead_sq, 0  # per prompt (ORCH-2900)
-        if rec.run_first_token is not None:  # others' prompts around its own (ORCH-1990)
-            ahead += model.prompt_tokens_between(rec.dispatched, rec.run_first_token)
-            ahead_sq += model.prompt_squares_between(rec.dispatched, rec.run_first_token)
+        first = rec.run_first_token
+        if first is not None:  # others' prompts around its own (ORCH-1990)
+            log = model.prompt_index()  # one search a span (ORCH-2944)
+            between, squares = log.between_squares(rec.dispatched, first)
+            ahead += between
+            ahead_sq += squares
             if rec.last_token is not None:
-                co_prefill = model.prompt_tokens_between(rec.run_first_token, rec.last_token)
-                co_prefill_sq = model.prompt_squares_between(rec.run_first_token, rec.last_token)
+                co_prefill, co_prefill_sq = log.between_squares(first, rec.last_token)
         model.observe(
             Observation(
                 rec.prompt_tokens if rec.prompt_counted else 0,
