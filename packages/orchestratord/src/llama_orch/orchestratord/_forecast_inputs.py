@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from llama_orch.core.eta import Job, Pace, live_pace
+from llama_orch.core.eta import Job, Pace, live_pace, prefill_left
 from llama_orch.core.output_share import OutputShare
 from llama_orch.core.servicetime import ModelParams, ServiceModel
 from llama_orch.core.time_index import PromptIndex, Spans
@@ -22,7 +22,9 @@ __all__ = [
     "expected_left",
     "guard_limits",
     "job_of",
+    "jobs_of",
     "model_terms",
+    "prefill_terms",
     "prompt_indexes",
     "tokens_in",
     "tokens_left",
@@ -68,6 +70,54 @@ def job_of(rec: TaskRecord, expect: Expect = None, now: float | None = None) -> 
         return Job(tokens_in(rec), expected_left(rec, expect))
     limit = (rec.finish_guard - now) * 1000
     return Job(tokens_in(rec), expected_left(rec, expect), limit)
+
+
+def jobs_of(tasks: Iterable[TaskRecord], expect: Expect, now: float) -> list[Job]:
+    """``[job_of(t, expect, now) for t in tasks]`` with the tokens left asked once per
+    ``(budget, tokens so far)`` (ORCH-2944: the queued tasks are mostly alike)."""
+    out: list[Job] = []
+    lefts: dict[tuple[int, int], int] = {}
+    for t in tasks:
+        bud, so_far = budget(t), t.engine_tokens
+        n = lefts.get((bud, so_far))
+        if n is None:
+            n = lefts[bud, so_far] = (
+                max(0, bud - so_far)  # ``tokens_left``
+                if expect is None
+                else expect[0].expected_left(bud, so_far, expect[1], completed=expect[2])
+            )
+        guard = t.finish_guard
+        out.append(
+            Job(tokens_in(t), n) if guard is None else Job(tokens_in(t), n, (guard - now) * 1000)
+        )
+    return out
+
+
+def prefill_terms(
+    running: Iterable[TaskRecord], p: ModelParams, log: PromptIndex, now: float
+) -> tuple[dict[int, float], list[tuple[float, int]], float]:
+    """Of a replica's running tasks still prefilling (``Workload.loads``): each one's ms
+    to its first token by ``id`` (ORCH-1996: batched with the prompts dispatched after
+    it; ORCH-2914: past its forecast, a tenth of its time so far), their ``(dispatch,
+    prompt tokens)``, and the largest of those ms (0.0 without one): when the replica's
+    prefill in progress ends. ``p``: the replica model's ``params(now)``, ``log`` its
+    dispatch log."""
+    ttfts: dict[int, float] = {}
+    prefilling: list[tuple[float, int]] = []
+    pending = 0.0
+    overhead = p.overhead_ms
+    for t in running:
+        if t.run_first_token is None and t.dispatched is not None:
+            own = tokens_in(t)
+            prefilling.append((t.dispatched, own))
+            later, sq = log.between_squares(t.dispatched, now)  # ORCH-2941
+            squares = own * own + t.run_prefill_ahead_sq + sq  # ORCH-2900
+            # ``model.ttft_ms`` inline (ORCH-2941)
+            ttft = overhead + p.prefill_ms(own + t.run_prefill_ahead + later, squares)
+            left_ms = prefill_left(ttft, (now - t.dispatched) * 1000)
+            ttfts[id(t)] = left_ms
+            pending = max(pending, left_ms)
+    return ttfts, prefilling, pending
 
 
 def guard_limits(running: Iterable[TaskRecord], now: float) -> list[float]:

@@ -464,10 +464,12 @@ class Admission:
         self.metrics.tasks_enqueued.add(
             1, {"engine": pool.engine, "pool_id": pool.id, "priority": rec.priority, "api": api}
         )
+        position = None
         if self.state is None:
-            rec.queue_position = pool.queue.position(rec)
+            rec.queue_position = position = pool.queue.position(rec)
         now = time.monotonic()
-        forecast = self.workload.predicted(pool, rec, now)  # ORCH-1957
+        # ORCH-1957; the position just computed, not a second time (ORCH-2944)
+        forecast = self.workload.predicted(pool, rec, now, position)
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
             rec.finish_held = now + int(forecast.finish_ms) / 1000

@@ -35,7 +35,6 @@ from llama_orch.core.eta import (
     Slot,
     admits,
     best_slot,
-    prefill_left,
     replica_holds,
     replica_pace,
     simulate,
@@ -54,11 +53,14 @@ from ._forecast_inputs import (
     decoded_pace,
     guard_limits,
     job_of,
+    jobs_of,
     model_terms,
+    prefill_terms,
     prompt_indexes,
     tokens_left,
 )
 from ._forecast_inputs import tokens_in as _tokens_in
+from ._quick_forecast import quick_slot
 from .pools import Pool, Replica
 from .tasks import TaskRecord
 
@@ -208,12 +210,14 @@ class Workload:
         model = self.model(pool, replica.state.replica_id, replica.state.slots)
         ahead, co_prefill = rec.run_prefill_ahead, 0
         ahead_sq, co_prefill_sq = rec.run_prefill_ahead_sq, 0  # per prompt (ORCH-2900)
-        if rec.run_first_token is not None:  # others' prompts around its own (ORCH-1990)
-            ahead += model.prompt_tokens_between(rec.dispatched, rec.run_first_token)
-            ahead_sq += model.prompt_squares_between(rec.dispatched, rec.run_first_token)
+        first = rec.run_first_token
+        if first is not None:  # others' prompts around its own (ORCH-1990)
+            log = model.prompt_index()  # one search a span (ORCH-2944)
+            between, squares = log.between_squares(rec.dispatched, first)
+            ahead += between
+            ahead_sq += squares
             if rec.last_token is not None:
-                co_prefill = model.prompt_tokens_between(rec.run_first_token, rec.last_token)
-                co_prefill_sq = model.prompt_squares_between(rec.run_first_token, rec.last_token)
+                co_prefill, co_prefill_sq = log.between_squares(first, rec.last_token)
         model.observe(
             Observation(
                 rec.prompt_tokens if rec.prompt_counted else 0,
@@ -270,23 +274,9 @@ class Workload:
             if running:
                 # the model's parameters once per replica, not once per running task
                 p = model.params(now)
-                ttfts: dict[int, float] = {}  # the prefilling tasks' ms to their first token
-                prefilling: list[tuple[float, int]] = []  # and (dispatch, prompt tokens)
                 log = model.prompt_index()  # O(log) a query below (issue #20)
-                overhead = p.overhead_ms
-                for t in running:
-                    if t.run_first_token is None and t.dispatched is not None:
-                        own = _tokens_in(t)
-                        prefilling.append((t.dispatched, own))
-                        # batched with the prompts dispatched after it (ORCH-1996)
-                        later, sq = log.between_squares(t.dispatched, now)  # ORCH-2941
-                        squares = own * own + t.run_prefill_ahead_sq + sq  # ORCH-2900
-                        # ``model.ttft_ms`` inline (ORCH-2941)
-                        ttft = overhead + p.prefill_ms(own + t.run_prefill_ahead + later, squares)
-                        # ORCH-2914: past its forecast, a tenth of its time so far is left
-                        left_ms = prefill_left(ttft, (now - t.dispatched) * 1000)
-                        ttfts[id(t)] = left_ms
-                        pending = max(pending, left_ms)
+                # the prefilling tasks' ms to their first token, (dispatch, prompt tokens)
+                ttfts, prefilling, pending = prefill_terms(running, p, log, now)
                 # built at the first running task that has decoded (ORCH-2941)
                 indexes: tuple[PromptIndex, PromptIndex, Spans, Spans] | None = None
                 busy_now = max(1, len(running))
@@ -432,24 +422,25 @@ class Workload:
             for t, ms in zip(recs, row, strict=True)
         ]
 
-    def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
+    def predicted(
+        self, pool: Pool, rec: TaskRecord, now: float | None = None, position: int | None = None
+    ) -> Slot | None:
         """Start and finish of an admitted task: the forecast of its place in serving order.
 
         The tasks ahead are simulated exactly up to ``PREDICT_HORIZON`` of them; beyond
         that the rest are taken to pass at the simulated tasks' mean service time over
         the pool's slots, so one admission costs O(horizon) simulated tasks instead of
         the whole queue (ORCH-1957; with the whole queue, admission fell from 39 to 7
-        tasks/s between 1,000 and 6,000 queued tasks).
+        tasks/s between 1,000 and 6,000 queued tasks). ``position``: its place in the
+        queue if the caller has it (ORCH-2944: admission computed it just before).
         """
         now = time.monotonic() if now is None else now
-        position = pool.queue.position(rec)
+        if position is None:
+            position = pool.queue.position(rec)
         if position < 0:
             return None
         held = self._expect(pool, now, completed=False)  # ORCH-2922
-        ahead = [
-            job_of(t, held, now)
-            for t in itertools.islice(pool.queue, min(position, PREDICT_HORIZON))
-        ]
+        ahead = jobs_of(itertools.islice(pool.queue, min(position, PREDICT_HORIZON)), held, now)
         return self._forecast(pool, rec, position, ahead, now)
 
     def predicted_at(self, pool: Pool, rec: TaskRecord, position: int, now: float) -> Slot | None:
@@ -467,10 +458,17 @@ class Workload:
             [] if _log.isEnabledFor(logging.DEBUG) else None
         )
         # ORCH-2922: others' slots held for their expected tokens, its own finish told
+        jobs = [*ahead, job_of(rec, self._expect(pool, now, completed=True), now)]
+        if trace is None and position == len(ahead) and self.guard(pool) is None:
+            ready = [(rid, r) for rid, r in pool.replicas.items() if r.state.ready]
+            if len(ready) == 1:  # ORCH-2944: idle slots for every job, no simulation
+                rid, st = ready[0][0], ready[0][1].state
+                running = self.running.get((pool.id, rid), ())
+                quick = quick_slot(self.model(pool, rid, st.slots), st.slots, running, jobs, now)
+                if quick is not None:
+                    return quick
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        slots = simulate(
-            loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True), now)], now
-        )
+        slots = simulate(loads, jobs, now)
         if not slots:
             return None
         slot = slots[-1]
