@@ -63,11 +63,12 @@ def tokens_in(rec: TaskRecord) -> int:
 
 
 def job_of(rec: TaskRecord, expect: Expect = None, now: float | None = None) -> Job:
-    """Its forecast inputs; at ``now`` with its guard limit if it has one (ORCH-2933)."""
+    """Its forecast inputs; at ``now`` with its guard limit if it has one (ORCH-2933), and
+    the guard's decision its 202 told it (ORCH-2937)."""
     if now is None or rec.finish_guard is None:
-        return Job(tokens_in(rec), expected_left(rec, expect))
+        return Job(tokens_in(rec), expected_left(rec, expect), None, rec.told_hold)
     limit = (rec.finish_guard - now) * 1000
-    return Job(tokens_in(rec), expected_left(rec, expect), limit)
+    return Job(tokens_in(rec), expected_left(rec, expect), limit, rec.told_hold)
 
 
 def guard_limits(running: Iterable[TaskRecord], now: float) -> list[float]:

@@ -39,6 +39,7 @@ from llama_orch.core.eta import (
     replica_holds,
     replica_pace,
     simulate,
+    simulate_held,
 )
 from llama_orch.core.output_share import OutputShare
 from llama_orch.core.placement import ReplicaView
@@ -433,7 +434,13 @@ class Workload:
         ]
 
     def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
-        """Start and finish of an admitted task: the forecast of its place in serving order.
+        return self.predicted_hold(pool, rec, now)[0]
+
+    def predicted_hold(
+        self, pool: Pool, rec: TaskRecord, now: float | None = None
+    ) -> tuple[Slot | None, bool | None]:
+        """Start and finish of an admitted task: the forecast of its place in serving order,
+        and with the guard whether it held the task (its 202's decision, ORCH-2937).
 
         The tasks ahead are simulated exactly up to ``PREDICT_HORIZON`` of them; beyond
         that the rest are taken to pass at the simulated tasks' mean service time over
@@ -444,7 +451,7 @@ class Workload:
         now = time.monotonic() if now is None else now
         position = pool.queue.position(rec)
         if position < 0:
-            return None
+            return None, None
         held = self._expect(pool, now, completed=False)  # ORCH-2922
         ahead = [
             job_of(t, held, now)
@@ -458,21 +465,22 @@ class Workload:
         ahead = [job_of(rec, self._expect(pool, now, completed=False))] * min(
             position, PREDICT_HORIZON
         )
-        return self._forecast(pool, rec, position, ahead, now)
+        return self._forecast(pool, rec, position, ahead, now)[0]
 
     def _forecast(
         self, pool: Pool, rec: TaskRecord, position: int, ahead: list[Job], now: float
-    ) -> Slot | None:
+    ) -> tuple[Slot | None, bool | None]:
         trace: list[list[tuple[object, ...]]] | None = (
             [] if _log.isEnabledFor(logging.DEBUG) else None
         )
         # ORCH-2922: others' slots held for their expected tokens, its own finish told
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        slots = simulate(
+        ran = simulate_held(
             loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True), now)], now
         )
-        if not slots:
-            return None
+        if not ran or not ran[0]:
+            return None, None
+        slots, raised = ran
         slot = slots[-1]
         if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
             _log.debug(
@@ -493,7 +501,7 @@ class Workload:
             mean = sum(s.finish_ms - s.start_ms for s in slots[:-1]) / max(1, len(ahead))
             shift = extra * mean / max(1, total)
             slot = Slot(slot.start_ms + shift, slot.finish_ms + shift, slot.replica)
-        return slot
+        return slot, (raised if self.guard(pool) is not None else None)  # ORCH-2937
 
     def holding(self, pool: Pool, key: str | None, now: float) -> tuple[Reservation | None, int]:
         """The earliest reservation of ``key`` in ``pool`` (None if it holds none or
