@@ -59,14 +59,19 @@ def figures(pairs: list[tuple[float, float]]) -> str:
     )
 
 
-FOLLOW_S = 1.0  # a task admitted this soon after a held one was told to follow it
 OVER, NOT_KEPT, UNDER, OTHER = "hold over-told", "hold not kept", "hold under-told", "other"
+
+
+def start_after(o: dict[str, Any], at_s: float) -> float:
+    """The start told in ``o``'s 202, in ms after ``at_s`` (run seconds)."""
+    return o["admitted_s"] * 1000 + o["predicted_start_ms"] - at_s * 1000
 
 
 def misses(outs: list[dict[str, Any]], held: set[str]) -> list[tuple[dict[str, Any], str]]:
     """ORCH-2939: each start told outside 2x of its wait (waited >= 100 ms) and its class:
-    *hold over-told*, it was held or told to follow a held task admitted up to 1 s before
-    it (told at most 1.5x that task's start), and waited under half its start told;
+    *hold over-told*, it was held, or queued behind a held task still queued at its
+    admission and told at most 1.5x the start that task's 202 told, and waited under
+    half its start told;
     *hold not kept*, told at least 2x its wait otherwise (the forecast held it or the
     queue, the dispatcher did not); *hold under-told*, held and waited over 2x; *other*."""
     ran = sorted(
@@ -82,8 +87,8 @@ def misses(outs: list[dict[str, Any]], held: set[str]) -> list[tuple[dict[str, A
         follows = any(
             h.get("task_id") in held
             and h is not o
-            and 0.0 <= o["admitted_s"] - h["admitted_s"] <= FOLLOW_S
-            and told <= 1.5 * max(h["predicted_start_ms"], 1.0)
+            and h["admitted_s"] <= o["admitted_s"] < h["admitted_s"] + h["queue_wait_ms"] / 1000
+            and told <= 1.5 * max(start_after(h, o["admitted_s"]), 1.0)
             for h in ran
         )
         if told > 2.0 * waited:

@@ -49,9 +49,10 @@ def test_the_start_misses_are_classed_as_orch_2939_says() -> None:
         _out("slow", 40.0, 1000.0, 2500.0),  # not held, waited 2.5x: other
         _out("ok", 50.0, 1000.0, 1500.0),  # within 2x: no miss
         _out("short", 60.0, 0.0, 90.0),  # waited under 100 ms: not counted
-        _out("alone", 11.6, 4000.0, 1000.0),  # 1.2 s after the held head: not following it
+        _out("later", 11.0, 4000.0, 1000.0),  # the head still queued, told to follow it
+        _out("alone", 11.5, 30000.0, 1000.0),  # told far past the head's start: its own
         {"status": 400, "task_id": None, "queue_wait_ms": None},
     ]
     got = {o["task_id"]: kind for o, kind in misses(outs, {"head", "late"})}
     assert got == {"head": OVER, "behind": OVER, "flip": NOT_KEPT, "late": UNDER,
-                   "slow": OTHER, "alone": NOT_KEPT}  # fmt: skip
+                   "slow": OTHER, "later": OVER, "alone": NOT_KEPT}  # fmt: skip
