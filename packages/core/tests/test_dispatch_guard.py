@@ -109,7 +109,7 @@ def test_the_forecast_says_whether_it_held_the_job() -> None:
     plain = ReplicaLoad(m, 2, [1000.0])  # no guard: never held
     assert simulate_held([plain], [Job(800, 10)], NOW) == (
         simulate([plain], [Job(800, 10)], NOW), False)  # fmt: skip
-    assert simulate_held([], [Job(1, 1)], NOW) is None
+    assert simulate_held([], [Job(1, 1)], NOW) == ([], False)
 
 
 def test_a_held_job_starts_when_the_task_it_protects_ends() -> None:

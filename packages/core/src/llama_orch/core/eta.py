@@ -386,11 +386,12 @@ def simulate_released(
 
 def simulate_held(
     replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float
-) -> tuple[list[Slot], bool] | None:
+) -> tuple[list[Slot], bool]:
     """:func:`simulate`, and whether the dispatch guard held its last job past its free
-    slot and the job ahead of it (ORCH-2937: the decision its 202 tells it)."""
+    slot and the job ahead of it (ORCH-2937: the decision its 202 tells it); no slots
+    and False with no replica."""
     if not replicas:
-        return None
+        return [], False
     sim = _Sim(replicas, now)
     return [sim.step(release, job) for release, job in _queued(jobs)], sim.raised
 

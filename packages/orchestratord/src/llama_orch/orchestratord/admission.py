@@ -467,7 +467,7 @@ class Admission:
         if self.state is None:
             rec.queue_position = pool.queue.position(rec)
         now = time.monotonic()
-        forecast, told_hold = self.workload.predicted_hold(pool, rec, now)  # ORCH-1957
+        forecast, told_hold = self.workload.predicted(pool, rec, now)  # ORCH-1957
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
             rec.finish_held = now + int(forecast.finish_ms) / 1000

@@ -433,14 +433,10 @@ class Workload:
             for t, ms in zip(recs, row, strict=True)
         ]
 
-    def predicted(self, pool: Pool, rec: TaskRecord, now: float | None = None) -> Slot | None:
-        return self.predicted_hold(pool, rec, now)[0]
-
-    def predicted_hold(
+    def predicted(
         self, pool: Pool, rec: TaskRecord, now: float | None = None
     ) -> tuple[Slot | None, bool | None]:
-        """Start and finish of an admitted task: the forecast of its place in serving order,
-        and with the guard whether it held the task (its 202's decision, ORCH-2937).
+        """Start, finish and told hold (ORCH-2937) of an admitted task in serving order.
 
         The tasks ahead are simulated exactly up to ``PREDICT_HORIZON`` of them; beyond
         that the rest are taken to pass at the simulated tasks' mean service time over
@@ -475,12 +471,10 @@ class Workload:
         )
         # ORCH-2922: others' slots held for their expected tokens, its own finish told
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        ran = simulate_held(
-            loads, [*ahead, job_of(rec, self._expect(pool, now, completed=True), now)], now
-        )
-        if not ran or not ran[0]:
+        own = job_of(rec, self._expect(pool, now, completed=True), now)
+        slots, raised = simulate_held(loads, [*ahead, own], now)
+        if not slots:
             return None, None
-        slots, raised = ran
         slot = slots[-1]
         if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
             _log.debug(
