@@ -8,6 +8,7 @@ the hold, and the ORCH-1955 figures of their start (waited >= 100 ms) and finish
 the 202 against what they measured (median |told / actual - 1|, p90 factor, within 2x).
 
     uv run bench/calibration_guard.py 2026-12-05-0803
+    uv run bench/calibration_guard.py --misses 2026-12-05-0835   # ORCH-2939's classes
 """
 
 from __future__ import annotations
@@ -58,6 +59,60 @@ def figures(pairs: list[tuple[float, float]]) -> str:
     )
 
 
+OVER, NOT_KEPT, UNDER, OTHER = "hold over-told", "hold not kept", "hold under-told", "other"
+
+
+def start_after(o: dict[str, Any], at_s: float) -> float:
+    """The start told in ``o``'s 202, in ms after ``at_s`` (run seconds)."""
+    return o["admitted_s"] * 1000 + o["predicted_start_ms"] - at_s * 1000
+
+
+def misses(outs: list[dict[str, Any]], held: set[str]) -> list[tuple[dict[str, Any], str]]:
+    """ORCH-2939: each start told outside 2x of its wait (waited >= 100 ms) and its class:
+    *hold over-told*, it was held, or queued behind a held task still queued at its
+    admission and told at most 1.5x the start that task's 202 told, and waited under
+    half its start told;
+    *hold not kept*, told at least 2x its wait otherwise (the forecast held it or the
+    queue, the dispatcher did not); *hold under-told*, held and waited over 2x; *other*."""
+    ran = sorted(
+        (o for o in outs if o.get("status") == 202 and o.get("queue_wait_ms") is not None),
+        key=lambda o: o["admitted_s"],
+    )
+    out: list[tuple[dict[str, Any], str]] = []
+    for o in ran:
+        told, waited = max(o["predicted_start_ms"], 1.0), max(o["queue_wait_ms"], 1.0)
+        if o["queue_wait_ms"] < 100 or max(told / waited, waited / told) <= 2.0:
+            continue
+        own = o.get("task_id") in held
+        follows = any(
+            h.get("task_id") in held
+            and h is not o
+            and h["admitted_s"] <= o["admitted_s"] < h["admitted_s"] + h["queue_wait_ms"] / 1000
+            and told <= 1.5 * max(start_after(h, o["admitted_s"]), 1.0)
+            for h in ran
+        )
+        if told > 2.0 * waited:
+            out.append((o, OVER if own or follows else NOT_KEPT))
+        else:
+            out.append((o, UNDER if own else OTHER))
+    return out
+
+
+def miss_report(stamp: str) -> list[str]:
+    data: dict[str, Any] = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
+    held, _after = holds(Path(f"/tmp/llorch-calibration-{stamp}") / "orchestratord.log")
+    found = misses(data["outcomes"], held)
+    counts = {c: sum(k == c for _o, k in found) for c in (OVER, NOT_KEPT, UNDER, OTHER)}
+    lines = [f"## {stamp}: {len(found)} start miss(es); " + ", ".join(
+        f"{c} {n}" for c, n in counts.items())]  # fmt: skip
+    for o, kind in found:
+        lines.append(
+            f"- {o['task_id'][:8]} in {o.get('tokens_in')} admitted {o['admitted_s']:.1f} s:"
+            f" start told {o['predicted_start_ms']} / waited {o['queue_wait_ms']:.0f} ms: {kind}"
+        )
+    return lines
+
+
 def report(stamp: str) -> list[str]:
     data: dict[str, Any] = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
     outs = data["outcomes"]
@@ -98,9 +153,10 @@ def report(stamp: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("stamps", nargs="+")
+    ap.add_argument("--misses", action="store_true", help="classify the start misses (ORCH-2939)")
     args = ap.parse_args(argv)
     for stamp in args.stamps:
-        print("\n".join(report(stamp)) + "\n")
+        print("\n".join((miss_report if args.misses else report)(stamp)) + "\n")
     return 0
 
 

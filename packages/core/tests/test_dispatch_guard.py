@@ -10,12 +10,14 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_orch.core.eta import (
+    EDGE_SHARE,
     Job,
     ReplicaLoad,
     best_slot,
     guard_hold,
     replica_holds,
     simulate,
+    simulate_held,
     simulate_running,
 )
 from llama_orch.core.servicetime import Observation, Prior, ServiceModel
@@ -39,22 +41,75 @@ _t = st.floats(0.0, 5000.0, allow_nan=False)
 _lim = st.one_of(st.just(INF), _t)
 
 
+_told_hold = st.sampled_from([None, True, False])
+
+
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.tuples(_t, _lim), max_size=8), st.floats(0.0, 3000.0), _t)
+@given(st.lists(st.tuples(_t, _lim), max_size=8), st.floats(0.0, 3000.0), _t, _told_hold)
 def test_a_guarded_start_pushes_no_protected_slot_past_its_limit(
-    slots: list[tuple[float, float]], prefill: float, t: float
+    slots: list[tuple[float, float]], prefill: float, t: float, told: bool | None
 ) -> None:
-    """ORCH-2931, ORCH-2932: at the start the guard gives, no slot still holding work is
-    pushed from within its limit to past it; the start is ``t`` or the end of a slot
-    that would have been, so it comes at the latest when those slots end."""
-    h = guard_hold(slots, prefill, t)
+    """ORCH-2931, ORCH-2932, ORCH-2938: at the start the guard gives, no slot still
+    holding work is inside the band of the job's told decision (the plain rule, pushed
+    from within its limit to past it, for none); the start is ``t`` or the end of a slot
+    inside it, so it comes at the latest when those slots end."""
+    m = 0.0 if told is None else (EDGE_SHARE if told else -EDGE_SHARE) * prefill
+
+    def inside(end: float, limit: float) -> bool:
+        return end - m <= limit < end + prefill + m
+
+    h = guard_hold(slots, prefill, t, told)
     assert h >= t
     for end, limit in slots:
         if end > h:
-            assert not (end <= limit < end + prefill), (end, limit, h)
+            assert not inside(end, limit), (end, limit, h)
     if h > t:
-        assert any(end == h and end <= limit < end + prefill for end, limit in slots)
+        assert any(end == h and inside(end, limit) for end, limit in slots)
     assert h <= max([t, *(end for end, _ in slots)])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_t, _lim), max_size=8), st.floats(0.0, 3000.0), _t)
+def test_a_told_hold_is_kept_and_a_told_go_is_not_contradicted(
+    slots: list[tuple[float, float]], prefill: float, t: float
+) -> None:
+    """ORCH-2937, ORCH-2938: a job told held waits at least as long as the plain rule
+    says, one told not held at most as long (its band is inside the plain one)."""
+    plain = guard_hold(slots, prefill, t)
+    assert guard_hold(slots, prefill, t, False) <= plain <= guard_hold(slots, prefill, t, True)
+
+
+def test_the_told_decision_moves_the_edge() -> None:
+    """ORCH-2937 on run 0835's case: a task queued behind a held head, its 202's forecast
+    giving 15.55 s of slack to the head's limit against its ~15.9 s prefill (held, told
+    27.9 s) and the dispatcher then ~16.3 s (not held by the plain rule): told held, it
+    is held at dispatch too; a job told not held is not held a hair inside the edge."""
+    head = [(6300.0, 6300.0 + 16300.0)]  # the head's end and limit at dispatch, ms
+    assert guard_hold(head, 15900.0, 0.0) == 0.0  # the plain rule: not held
+    assert guard_hold(head, 15900.0, 0.0, True) == 6300.0  # told held: kept
+    near = [(6300.0, 6300.0 + 15500.0)]  # slack 15.5 s: the plain rule holds it
+    assert guard_hold(near, 15900.0, 0.0) == 6300.0
+    assert guard_hold(near, 15900.0, 0.0, False) == 0.0  # told not held: goes
+    far = [(6300.0, 6300.0 + 5000.0)]  # a third of the prefill's slack: held either way
+    assert guard_hold(far, 15900.0, 0.0, False) == 6300.0
+
+
+def test_the_forecast_says_whether_it_held_the_job() -> None:
+    """ORCH-2937: ``simulate_held`` gives ``simulate``'s slots and whether the guard held
+    the last job past its free slot and the job ahead (what its 202 tells it)."""
+    m = _model(2)
+    load = ReplicaLoad(m, 2, [1000.0], limits_ms=[1100.0], guard=2.0)
+    held = simulate_held([load], [Job(800, 10)], NOW)
+    assert held == (simulate([load], [Job(800, 10)], NOW), True)
+    free = simulate_held([load], [Job(0, 10)], NOW)  # no prefill to push: not held
+    assert free is not None and free[1] is False and free[0][0].start_ms == 0.0
+    # behind a held head but not held itself: the floor is not its own hold
+    behind = simulate_held([load], [Job(800, 10), Job(0, 10)], NOW)
+    assert behind is not None and behind[0][1].start_ms == 1000.0 and behind[1] is False
+    plain = ReplicaLoad(m, 2, [1000.0])  # no guard: never held
+    assert simulate_held([plain], [Job(800, 10)], NOW) == (
+        simulate([plain], [Job(800, 10)], NOW), False)  # fmt: skip
+    assert simulate_held([], [Job(1, 1)], NOW) == ([], False)
 
 
 def test_a_held_job_starts_when_the_task_it_protects_ends() -> None:
@@ -124,7 +179,8 @@ _replica = st.tuples(
     st.sampled_from([0.0, 30.0, 400.0]),
     st.lists(st.sampled_from([INF, 50.0, 300.0, 800.0, 2500.0]), min_size=8, max_size=8),
 )
-_job = st.builds(Job, st.integers(0, 300), st.integers(0, 64))
+# a job decided now (no limit, no told decision: ``builds`` would draw the defaults)
+_job = st.builds(Job, st.integers(0, 300), st.integers(0, 64), st.none(), st.none())
 
 
 def _loads(reps, guard: float | None, *, limits: bool = True) -> list[ReplicaLoad]:
@@ -138,11 +194,14 @@ def _loads(reps, guard: float | None, *, limits: bool = True) -> list[ReplicaLoa
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_replica, max_size=3), st.lists(_job, max_size=20), _job)
-def test_without_the_guard_every_forecast_is_the_one_without_limits(reps, jobs, job) -> None:
+@given(st.lists(_replica, max_size=3), st.lists(_job, max_size=20), _job, _told_hold)
+def test_without_the_guard_every_forecast_is_the_one_without_limits(reps, jobs, job, told) -> None:
     """ORCH-2933: guard None (limits given or not): equal to the last bit; and a guard
-    that protects nothing (no limit, a factor no finish reaches) changes nothing."""
+    that protects nothing (no limit, a factor no finish reaches) changes nothing; nor,
+    without the guard, does a told decision (ORCH-2937)."""
     plain = _loads(reps, None, limits=False)
+    assert simulate(_loads(reps, None), [j._replace(told_hold=told) for j in jobs], NOW) == (
+        simulate(plain, jobs, NOW))  # fmt: skip
     for other in (_loads(reps, None), _loads(reps, 1e300, limits=False)):
         assert simulate(other, jobs, NOW) == simulate(plain, jobs, NOW)
         assert simulate_running(other, jobs, NOW) == simulate_running(plain, jobs, NOW)
@@ -222,13 +281,16 @@ _told = st.one_of(st.none(), st.just(INF), st.sampled_from([300.0, 1200.0, 3000.
 @settings(max_examples=400, deadline=None)
 @given(
     _replica,
-    st.lists(st.builds(Job, st.integers(0, 900), st.integers(0, 64), _told), max_size=10),
+    st.lists(
+        st.builds(Job, st.integers(0, 900), st.integers(0, 64), _told, _told_hold), max_size=10
+    ),
     st.sampled_from([1.0, 1.2, 1.5, 2.0]),
 )
 def test_a_simulated_hold_is_the_dispatchers_hold(rep, jobs, guard) -> None:
-    """ORCH-2933 (guard17b): the forecast start of every queued job is the start the
-    dispatcher gives it reading the replica at each instant by ORCH-2931's rule with the
-    same inputs: no simulated hold outlasts the dispatcher's (nor ends before it), and a
+    """ORCH-2933 (guard17b), ORCH-2938: the forecast start of every queued job (with the
+    decision its 202 told it, ORCH-2937) is the start the dispatcher gives it reading the
+    replica at each instant by ORCH-2931's rule with the same inputs: no simulated hold
+    outlasts the dispatcher's (nor ends before it), and a
     slot a job took is gone from the lane's limits (``_Lane.take``'s two ``del``). Run
     0835's queue held 27.9 s in the forecast and 6.3 s in fact differed in the inputs
     (its head dispatched 0.57 s before its forecast start), not in the rule."""

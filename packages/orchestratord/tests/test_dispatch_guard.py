@@ -1,4 +1,4 @@
-"""The dispatch guard for told finishes (ORCH-2931..2936), in process with the mock
+"""The dispatch guard for told finishes (ORCH-2931..2937), in process with the mock
 engine: a long prompt is held while it would push a running task past its guard limit,
 dispatched once that task ends, its 202 tells the hold; a deadline it could not meet
 after the hold lets it go at once; without the guard nothing is held."""
@@ -39,6 +39,8 @@ async def test_a_long_prompt_waits_for_the_task_it_would_push_past_its_limit(
     b, told_b = await _submit(run, prompt=LONG, max_tokens=2)
     rec_a, rec_b = run.orch.get(a), run.orch.get(b)
     assert rec_a.finish_guard is not None and rec_b.finish_guard is not None
+    # ORCH-2937: the decision each 202 told is kept for the dispatcher and the forecasts
+    assert rec_a.told_hold is False and rec_b.told_hold is True
     assert rec_b.state == "queued"  # a slot is free: only the guard holds it
     assert told_b["predicted_start_ms"] >= 1000, told_b  # the hold is in its forecast
     await run.settled(b)
@@ -55,6 +57,7 @@ async def test_without_the_guard_the_long_prompt_starts_at_once(start_orchestrat
     b, told_b = await _submit(run, prompt=LONG, max_tokens=2)
     rec_a, rec_b = run.orch.get(a), run.orch.get(b)
     assert rec_a.finish_guard is None
+    assert rec_a.told_hold is None and rec_b.told_hold is None  # ORCH-2937: no guard
     assert told_b["predicted_start_ms"] < 500, told_b
     await run.settled(b)
     assert rec_b.dispatched is not None and rec_a.finished_at is None

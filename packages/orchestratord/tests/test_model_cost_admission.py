@@ -115,8 +115,8 @@ def test_predicted_equals_466ee71_to_the_bit(steps, slots, guard, decode_ms, pre
             pool.queue.push(r, "interactive")
             queued.append(r)
             ref = ref_predicted(w, pool, r, now)
-            assert w.predicted(pool, r, now, pool.queue.position(r)) == ref  # type: ignore[arg-type]
-            assert w.predicted(pool, r, now) == ref  # type: ignore[arg-type]
+            assert w.predicted(pool, r, now, pool.queue.position(r))[0] == ref  # type: ignore[arg-type]
+            assert w.predicted(pool, r, now)[0] == ref  # type: ignore[arg-type]
         elif kind == "dispatch":
             rid = f"p-e{step[1] % len(slots)}"
             r = pool.queue.pop()
@@ -149,7 +149,7 @@ def test_predicted_equals_466ee71_to_the_bit(steps, slots, guard, decode_ms, pre
                 w.observe(pool, pool.replicas[rid], r, now)  # type: ignore[arg-type]
                 w.ended("p", rid, r)
         for r in queued:  # every queued task's forecast now, new before the reference
-            got = w.predicted(pool, r, now)  # type: ignore[arg-type]
+            got = w.predicted(pool, r, now)[0]  # type: ignore[arg-type]
             assert got == ref_predicted(w, pool, r, now)
 
 
@@ -171,7 +171,7 @@ def test_a_task_with_all_its_tokens_and_no_prefill_frees_its_slot():
     pool = _pool(w, (4,))
     a = _task(1, 1)
     pool.queue.push(a, "interactive")
-    assert w.predicted(pool, a, 100.0) == ref_predicted(w, pool, a, 100.0)  # type: ignore[arg-type]
+    assert w.predicted(pool, a, 100.0)[0] == ref_predicted(w, pool, a, 100.0)  # type: ignore[arg-type]
     pool.queue.pop()
     a.dispatched = 100.0
     a.lifecycle.dispatch()
@@ -180,10 +180,10 @@ def test_a_task_with_all_its_tokens_and_no_prefill_frees_its_slot():
     a.engine_tokens = 1
     b = _task(2, 50)
     pool.queue.push(b, "interactive")
-    got = w.predicted(pool, b, 100.1)  # type: ignore[arg-type]
+    got = w.predicted(pool, b, 100.1)[0]  # type: ignore[arg-type]
     assert got == ref_predicted(w, pool, b, 100.1)  # type: ignore[arg-type]
     a.engine_tokens = 0  # one token left: its slot held, as the shortcut counts it
-    assert w.predicted(pool, b, 100.1) != got  # type: ignore[arg-type]
+    assert w.predicted(pool, b, 100.1)[0] != got  # type: ignore[arg-type]
 
 
 @settings(max_examples=200, deadline=None)

@@ -238,7 +238,7 @@ async def test_a_forecast_deep_in_the_queue_is_bounded_and_close_to_the_full_one
     now = time.monotonic()  # one clock for both, or the running task's remaining time drifts
     full = {id(t): s for t, _, s in run.orch.workload.queue_forecast(pool, now)}
     for rec in recs[1:]:  # the first one runs
-        got = run.orch.workload.predicted(pool, rec, now)
+        got, _told = run.orch.workload.predicted(pool, rec, now)
         want = full[id(rec)]
         if pool.queue.position(rec) <= 16:
             assert abs(got.start_ms - want.start_ms) < 5, (got, want)  # the same simulation

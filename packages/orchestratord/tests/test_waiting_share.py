@@ -100,7 +100,7 @@ def test_the_slot_ahead_is_held_for_the_expected_output_the_finish_for_the_budge
     pool.queue.append(q)
     expected = round(400 * (40 * (1 - 11 / 400) + 4 * (0.2 - 11 / 400)) / 44)
     assert expected == 360
-    slot = w.predicted(pool, q, t)  # type: ignore[arg-type]
+    slot, _told = w.predicted(pool, q, t)  # type: ignore[arg-type]
     assert slot is not None
     assert slot.start_ms == pytest.approx(expected * 20.0, rel=1e-3)
     assert slot.finish_ms - slot.start_ms == pytest.approx(100.0 + 49 * 20.0, rel=1e-3)
@@ -134,5 +134,5 @@ def test_without_cancels_the_forecasts_keep_the_budget():
     _running(w, 11, t)
     q = _rec("q", 50)
     pool.queue.append(q)
-    slot = w.predicted(pool, q, t)  # type: ignore[arg-type]
+    slot, _told = w.predicted(pool, q, t)  # type: ignore[arg-type]
     assert slot is not None and slot.start_ms == pytest.approx(389 * 20.0, rel=1e-3)

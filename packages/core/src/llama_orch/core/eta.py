@@ -23,6 +23,7 @@ from typing import NamedTuple
 from .servicetime import ServiceModel
 
 __all__ = [
+    "EDGE_SHARE",
     "PACE_BOUNDS",
     "Job",
     "Pace",
@@ -37,6 +38,7 @@ __all__ = [
     "replica_holds",
     "replica_pace",
     "simulate",
+    "simulate_held",
     "simulate_released",
     "simulate_running",
 ]
@@ -48,6 +50,9 @@ class Job(NamedTuple):
     # a queued task's guard limit, ms from now (ORCH-2933); None: the guard's factor x
     # its forecast finish, as if told now (the task being admitted)
     limit_ms: float | None = None
+    # the guard's decision its 202 told it (ORCH-2937): True held, False not held; None:
+    # decided now by the plain edge (the task being admitted, or the guard off)
+    told_hold: bool | None = None
 
 
 class Slot(NamedTuple):
@@ -140,15 +145,24 @@ def prefill_left(forecast_ms: float, elapsed_ms: float) -> float:
     return max(forecast_ms - elapsed_ms, OVERRUN_SHARE * max(0.0, elapsed_ms), 0.0)
 
 
-def guard_hold(slots: Iterable[tuple[float, float]], prefill_ms: float, t: float) -> float:
+EDGE_SHARE = 0.25  # of the job's prefill: the edge moved toward what it was told (ORCH-2937)
+
+
+def guard_hold(
+    slots: Iterable[tuple[float, float]], prefill_ms: float, t: float, told: bool | None = None
+) -> float:
     """When a job whose prefill takes ``prefill_ms`` may start, at ``t`` at the
     earliest, under the dispatch guard (ORCH-2931, ORCH-2933): after every slot
     ``(end, limit)`` that still holds work at ``t`` and that its prefill would push
     past a limit it now keeps (``end <= limit < end + prefill_ms``); ``t`` if none.
-    A slot already past its limit is not waited for: holding cannot keep it."""
+    A slot already past its limit is not waited for: holding cannot keep it.
+    ``told`` (ORCH-2937): the decision the job's 202 told it moves that edge by
+    ``m = EDGE_SHARE x prefill_ms`` toward it, ``end - m <= limit < end + prefill_ms + m``
+    for a job told held, ``end + m <= limit < end + prefill_ms - m`` for one told not."""
+    m = 0.0 if told is None else (EDGE_SHARE if told else -EDGE_SHARE) * prefill_ms
     hold = t
     for end, limit in slots:
-        if end > hold and end <= limit < end + prefill_ms:
+        if end > hold and end - m <= limit < end + prefill_ms + m:
             hold = end
     return hold
 
@@ -165,7 +179,8 @@ def replica_holds(
         hold = 0.0
         if r.limits_ms is not None:
             prefill = r.model.params(now).prefill_ms(job.tokens_in)
-            hold = guard_hold(zip(r.running_ms, r.limits_ms, strict=True), prefill, 0.0)
+            slots = zip(r.running_ms, r.limits_ms, strict=True)
+            hold = guard_hold(slots, prefill, 0.0, job.told_hold)
         busy = min(max(1, r.slots), 1 + len(r.running_ms))
         out.append((hold, r.service_ms(job, busy, now)) if hold > 0.0 else None)
     return out
@@ -251,7 +266,7 @@ class _Lane:
         if self.limits:
             off = self.off
             slots = ((s + off, lim) for s, lim in self.limits)
-            t = guard_hold(slots, self.params.prefill_ms(job.tokens_in), t)
+            t = guard_hold(slots, self.params.prefill_ms(job.tokens_in), t, job.told_hold)
         return t
 
     def service(
@@ -307,7 +322,7 @@ class _Sim:
     instead of a pass over every slot (the bench's fake engine has 512 slots; issue #20).
     It holds O(replicas + slots), not a list of the jobs' forecasts (issue #20)."""
 
-    __slots__ = ("floor", "guarded", "heap", "held", "lanes", "now", "replicas")
+    __slots__ = ("floor", "guarded", "heap", "held", "lanes", "now", "raised", "replicas")
 
     def __init__(
         self, replicas: Sequence[ReplicaLoad], now: float, held: list[_Held] | None = None
@@ -320,6 +335,7 @@ class _Sim:
         # pass over the lanes instead of the heap (the guard is opt-in, ORCH-2935)
         self.guarded = any(lane.limits is not None for lane in self.lanes)
         self.floor = 0.0  # with the guard, the start of the job ahead: none passes it
+        self.raised = False  # the guard held the last job past its free slot (ORCH-2937)
 
     def step(self, release: float, job: Job) -> Slot:
         if self.guarded:
@@ -330,6 +346,8 @@ class _Sim:
             _, idx = self.heap[0]
         lane = self.lanes[idx]
         start, end, begin = lane.service(self.replicas[idx], job, self.now, release)
+        if self.guarded:
+            self.raised = _tick(start) > _tick(max(lane.first(), release))
         if self.held is not None:  # ORCH-2906: the prefill each job adds to its lane
             at = start if self.guarded else None  # a held job finds slots freed (ORCH-2933)
             self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end, at)
@@ -364,6 +382,18 @@ def simulate_released(
     same lanes, service times and serial prefill as every forecast (ORCH-2904)."""
     ran = _run(replicas, jobs, now)
     return None if ran is None else ran[0]
+
+
+def simulate_held(
+    replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float
+) -> tuple[list[Slot], bool]:
+    """:func:`simulate`, and whether the dispatch guard held its last job past its free
+    slot and the job ahead of it (ORCH-2937: the decision its 202 tells it); no slots
+    and False with no replica."""
+    if not replicas:
+        return [], False
+    sim = _Sim(replicas, now)
+    return [sim.step(release, job) for release, job in _queued(jobs)], sim.raised
 
 
 def simulate(replicas: Sequence[ReplicaLoad], jobs: Iterable[Job], now: float) -> list[Slot] | None:

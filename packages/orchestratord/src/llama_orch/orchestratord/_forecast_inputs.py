@@ -65,11 +65,12 @@ def tokens_in(rec: TaskRecord) -> int:
 
 
 def job_of(rec: TaskRecord, expect: Expect = None, now: float | None = None) -> Job:
-    """Its forecast inputs; at ``now`` with its guard limit if it has one (ORCH-2933)."""
+    """Its forecast inputs; at ``now`` with its guard limit if it has one (ORCH-2933), and
+    the guard's decision its 202 told it (ORCH-2937)."""
     if now is None or rec.finish_guard is None:
-        return Job(tokens_in(rec), expected_left(rec, expect))
+        return Job(tokens_in(rec), expected_left(rec, expect), None, rec.told_hold)
     limit = (rec.finish_guard - now) * 1000
-    return Job(tokens_in(rec), expected_left(rec, expect), limit)
+    return Job(tokens_in(rec), expected_left(rec, expect), limit, rec.told_hold)
 
 
 def jobs_of(tasks: Iterable[TaskRecord], expect: Expect, now: float) -> list[Job]:
@@ -87,9 +88,8 @@ def jobs_of(tasks: Iterable[TaskRecord], expect: Expect, now: float) -> list[Job
                 else expect[0].expected_left(bud, so_far, expect[1], completed=expect[2])
             )
         guard = t.finish_guard
-        out.append(
-            Job(tokens_in(t), n) if guard is None else Job(tokens_in(t), n, (guard - now) * 1000)
-        )
+        limit = None if guard is None else (guard - now) * 1000
+        out.append(Job(tokens_in(t), n, limit, t.told_hold))  # ORCH-2933, ORCH-2937
     return out
 
 

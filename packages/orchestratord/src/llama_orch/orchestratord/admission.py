@@ -469,13 +469,14 @@ class Admission:
             rec.queue_position = position = pool.queue.position(rec)
         now = time.monotonic()
         # ORCH-1957; the position just computed, not a second time (ORCH-2944)
-        forecast = self.workload.predicted(pool, rec, now, position)
+        forecast, told_hold = self.workload.predicted(pool, rec, now, position)
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
             rec.finish_held = now + int(forecast.finish_ms) / 1000
             guard = self.workload.guard(pool)  # ORCH-2931: its limit under the guard
             if guard is not None:
                 rec.finish_guard = now + guard * int(forecast.finish_ms) / 1000
+                rec.told_hold = told_hold  # ORCH-2937: the decision its 202 tells it
         pool.wakeup.set()
         return TaskAccepted(
             rec.task_id,

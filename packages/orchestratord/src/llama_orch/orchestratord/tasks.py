@@ -228,6 +228,8 @@ class TaskRecord(RunFields):
     finish_held: float | None = None
     # Its guard limit (monotonic s): admission + f x the 202's finish (ORCH-2931).
     finish_guard: float | None = None
+    # The guard's decision its 202 told it: held or not (ORCH-2937); None without one.
+    told_hold: bool | None = None
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)

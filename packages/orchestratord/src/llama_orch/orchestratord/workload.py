@@ -38,6 +38,7 @@ from llama_orch.core.eta import (
     replica_holds,
     replica_pace,
     simulate,
+    simulate_held,
 )
 from llama_orch.core.output_share import OutputShare
 from llama_orch.core.placement import ReplicaView
@@ -424,8 +425,8 @@ class Workload:
 
     def predicted(
         self, pool: Pool, rec: TaskRecord, now: float | None = None, position: int | None = None
-    ) -> Slot | None:
-        """Start and finish of an admitted task: the forecast of its place in serving order.
+    ) -> tuple[Slot | None, bool | None]:
+        """Start, finish and told hold (ORCH-2937) of an admitted task in serving order.
 
         The tasks ahead are simulated exactly up to ``PREDICT_HORIZON`` of them; beyond
         that the rest are taken to pass at the simulated tasks' mean service time over
@@ -438,7 +439,7 @@ class Workload:
         if position is None:
             position = pool.queue.position(rec)
         if position < 0:
-            return None
+            return None, None
         held = self._expect(pool, now, completed=False)  # ORCH-2922
         ahead = jobs_of(itertools.islice(pool.queue, min(position, PREDICT_HORIZON)), held, now)
         return self._forecast(pool, rec, position, ahead, now)
@@ -449,11 +450,11 @@ class Workload:
         ahead = [job_of(rec, self._expect(pool, now, completed=False))] * min(
             position, PREDICT_HORIZON
         )
-        return self._forecast(pool, rec, position, ahead, now)
+        return self._forecast(pool, rec, position, ahead, now)[0]
 
     def _forecast(
         self, pool: Pool, rec: TaskRecord, position: int, ahead: list[Job], now: float
-    ) -> Slot | None:
+    ) -> tuple[Slot | None, bool | None]:
         trace: list[list[tuple[object, ...]]] | None = (
             [] if _log.isEnabledFor(logging.DEBUG) else None
         )
@@ -466,11 +467,11 @@ class Workload:
                 running = self.running.get((pool.id, rid), ())
                 quick = quick_slot(self.model(pool, rid, st.slots), st.slots, running, jobs, now)
                 if quick is not None:
-                    return quick
+                    return quick, None  # no guard: no hold told
         loads = self.loads(pool, now, trace=trace, expect=self._expect(pool, now, completed=False))
-        slots = simulate(loads, jobs, now)
+        slots, raised = simulate_held(loads, jobs, now)
         if not slots:
-            return None
+            return None, None
         slot = slots[-1]
         if trace is not None:  # ORCH-1994: the terms of a queued task's forecast start
             _log.debug(
@@ -491,7 +492,7 @@ class Workload:
             mean = sum(s.finish_ms - s.start_ms for s in slots[:-1]) / max(1, len(ahead))
             shift = extra * mean / max(1, total)
             slot = Slot(slot.start_ms + shift, slot.finish_ms + shift, slot.replica)
-        return slot
+        return slot, (raised if self.guard(pool) is not None else None)  # ORCH-2937
 
     def holding(self, pool: Pool, key: str | None, now: float) -> tuple[Reservation | None, int]:
         """The earliest reservation of ``key`` in ``pool`` (None if it holds none or
