@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from llama_orch.core.api import EndEvent, QueuedEvent, StartedEvent, StreamEvent, TokenEvent
 from llama_orch.core.sse import encode_event
@@ -69,6 +69,10 @@ _other = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(events=st.lists(st.one_of(_queued, _other), max_size=12), chunk=st.integers(1, 400))
+@example(  # a finish of -1 packed as 0 ("none") and left the field out (found in session 18)
+    events=[QueuedEvent(queue_position=0, predicted_start_ms=0, predicted_finish_ms=-1)],
+    chunk=400,
+)
 def test_every_reader_gets_the_bytes_an_encoding_at_append_gives(
     events: list[StreamEvent], chunk: int
 ) -> None:

@@ -56,7 +56,10 @@ def _pack_queued(event: QueuedEvent) -> int | None:
     fin = 0 if finish is None else finish + 1
     if not (type(pos) is int and type(start) is int and type(fin) is int):
         return None
+    # a finish of -1 would pack as 0, which reads back as "none": kept encoded instead
     if not (0 <= pos < 1 << _POS_BITS and 0 <= start <= _MS_MASK and 0 <= fin <= _MS_MASK):
+        return None
+    if finish is not None and fin == 0:
         return None
     return pos | start << _POS_BITS | fin << (_POS_BITS + _MS_BITS)
 
