@@ -36,6 +36,9 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     assert main_mod.main(["init", "--path", str(path)]) == 0
     _Runner.factories = []
     monkeypatch.setattr(main_mod.asyncio, "Runner", _Runner)
+    # main() would set the daemon's logging up in this process (the root handler, the
+    # stdlib's three record switches off), and later tests in it would see that
+    monkeypatch.setattr(main_mod, "configure_logging", lambda level: None)
     return str(path)
 
 
