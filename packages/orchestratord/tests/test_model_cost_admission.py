@@ -21,6 +21,8 @@ from llama_orch.orchestratord._forecast_inputs import job_of
 from llama_orch.orchestratord.tasks import TaskRecord
 from llama_orch.orchestratord.workload import PREDICT_HORIZON, Workload
 
+from .test_model_cost_loads import running_step
+
 ENGINE = "llamacpp-http"
 
 
@@ -132,22 +134,7 @@ def test_predicted_equals_466ee71_to_the_bit(steps, slots, guard, decode_ms, pre
             st_ = pool.replicas[f"p-e{step[1] % len(slots)}"].state
             st_.status = "draining" if st_.ready else "ready"
         elif live:
-            rid, r = live[step[1] % len(live)]
-            if kind == "first" and r.run_first_token is None:
-                r.run_first_token = r.last_token = now
-                r.engine_tokens += 1
-            elif kind == "tokens" and r.run_first_token is not None:
-                r.engine_tokens += step[2]
-                r.last_token = now
-                r.busy_sum += step[3] * step[2]
-                r.run_chunks += step[2]
-            elif kind == "before":
-                r.run_tokens_before = min(r.engine_tokens, step[2])
-            elif kind == "end":
-                live.remove((rid, r))
-                r.lifecycle.end(step[2], now)
-                w.observe(pool, pool.replicas[rid], r, now)  # type: ignore[arg-type]
-                w.ended("p", rid, r)
+            running_step(w, pool, live, step, now)
         for r in queued:  # every queued task's forecast now, new before the reference
             got = w.predicted(pool, r, now)[0]  # type: ignore[arg-type]
             assert got == ref_predicted(w, pool, r, now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -196,6 +197,34 @@ def _pool(w: Workload, slots: tuple[int, int]) -> SimpleNamespace:
     return pool
 
 
+def running_step(
+    w: Workload,
+    pool: SimpleNamespace,
+    live: list[tuple[str, TaskRecord]],
+    step: tuple[Any, ...],
+    now: float,
+) -> None:
+    """One step of a running task (``first``, ``tokens``, ``before``, ``end``) of the
+    drives here and in ``test_model_cost_admission.py``; other steps do nothing."""
+    kind = step[0]
+    rid, r = live[step[1] % len(live)]
+    if kind == "first" and r.run_first_token is None:
+        r.run_first_token = r.last_token = now
+        r.engine_tokens += 1
+    elif kind == "tokens" and r.run_first_token is not None:
+        r.engine_tokens += step[2]
+        r.last_token = now
+        r.busy_sum += step[3] * step[2]
+        r.run_chunks += step[2]
+    elif kind == "before":
+        r.run_tokens_before = min(r.engine_tokens, step[2])
+    elif kind == "end":
+        live.remove((rid, r))
+        r.lifecycle.end(step[2], now)
+        w.observe(pool, pool.replicas[rid], r, now)  # type: ignore[arg-type]
+        w.ended("p", rid, r)
+
+
 def _same(w: Workload, pool: SimpleNamespace, now: float) -> int:
     """Compares every query; returns the running tasks seen."""
     share = w._expect(pool, now, completed=False)  # type: ignore[arg-type]
@@ -245,22 +274,7 @@ def test_loads_equal_9d35416_to_the_bit(steps, slots, decode_ms, prefill_ms):
             w.dispatched(pool, pool.replicas[rid], r, now)  # type: ignore[arg-type]
             live.append((rid, r))
         elif live:
-            rid, r = live[step[1] % len(live)]
-            if kind == "first" and r.run_first_token is None:
-                r.run_first_token = r.last_token = now
-                r.engine_tokens += 1
-            elif kind == "tokens" and r.run_first_token is not None:
-                r.engine_tokens += step[2]
-                r.last_token = now
-                r.busy_sum += step[3] * step[2]
-                r.run_chunks += step[2]
-            elif kind == "before":
-                r.run_tokens_before = min(r.engine_tokens, step[2])
-            elif kind == "end":
-                live.remove((rid, r))
-                r.lifecycle.end(step[2], now)
-                w.observe(pool, pool.replicas[rid], r, now)  # type: ignore[arg-type]
-                w.ended("p", rid, r)
+            running_step(w, pool, live, step, now)
         if query_between:
             assert _same(w, pool, now) == len(live)
         assert _same(w, pool, now + dt / 3) == len(live)
