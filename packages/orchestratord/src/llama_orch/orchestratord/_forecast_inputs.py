@@ -138,7 +138,7 @@ def model_terms(p: ModelParams) -> tuple[float, ...]:
 
 
 def prompt_indexes(
-    running: set[TaskRecord], prefilling: list[tuple[float, int]], now: float
+    running: Iterable[TaskRecord], prefilling: list[tuple[float, int]], now: float
 ) -> tuple[PromptIndex, PromptIndex, Spans, Spans]:
     """The prompts of a replica's running tasks for :meth:`Workload.loads`: those still
     prefilling, those answered (ORCH-2911: they stalled the others from their dispatch

@@ -92,8 +92,9 @@ class Workload:
         self.deadline_cv = deadline_cv
         # per pool its dispatch guard's factor (ORCH-2931); none with a store (ORCH-2934)
         self.guards = dict(guards or {})
-        # Tasks running on each (pool, replica) and each replica's own model (ORCH-1950).
-        self.running: dict[tuple[str, str], set[TaskRecord]] = {}
+        # Tasks running on each (pool, replica), in dispatch order (ORCH-2950: a dict, not
+        # a set ordered by hash), and each replica's own model (ORCH-1950).
+        self.running: dict[tuple[str, str], dict[TaskRecord, None]] = {}
         self._models: dict[tuple[str, str], ServiceModel] = {}
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
         self._log_bpt: dict[str, float] = {}  # per pool: log bytes per token (ORCH-1993)
@@ -103,12 +104,12 @@ class Workload:
 
     def started(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         """``rec`` was dispatched to the replica (``rec.dispatched`` is set)."""
-        running = self.running.setdefault((pool_id, replica_id), set())
+        running = self.running.setdefault((pool_id, replica_id), {})
         # the prompts its replica is still prefilling for others (ORCH-1990)
         pending = [_tokens_in(t) for t in running if t.run_first_token is None and t is not rec]
         rec.run_prefill_ahead = sum(pending)
         rec.run_prefill_ahead_sq = sum(n * n for n in pending)  # ORCH-2900
-        running.add(rec)
+        running[rec] = None
         model = self._models.get((pool_id, replica_id))
         if model is not None and rec.dispatched is not None:
             model.dispatched(_tokens_in(rec), rec.dispatched)
@@ -133,7 +134,7 @@ class Workload:
     def ended(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         running = self.running.get((pool_id, replica_id))
         if running is not None:
-            running.discard(rec)
+            running.pop(rec, None)
 
     def running_on(self, pool_id: str) -> list[TaskRecord]:
         """The tasks running on any replica of the pool."""
