@@ -212,7 +212,7 @@ async def test_a_proxy_on_its_own_thread_stamps_our_close_while_the_runners_loop
 
 
 @pytest.mark.real_engine
-@pytest.mark.alone  # its cancel bounds are timing-bound (ORCH-6240, ORCH-6250)
+@pytest.mark.alone  # its cancel bounds are timing-bound (ORCH-6240, ORCH-6250, ORCH-6258)
 @pytest.mark.timeout(420)
 def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
     """ORCH-6100, ORCH-6101, ORCH-6104, ORCH-6106, ORCH-6250: two real llama-server replicas,
@@ -249,6 +249,7 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
     assert rc == 0
 
 
+@pytest.mark.alone  # its checker takes a request closed within 250 ms for an abort (ORCH-6258)
 @pytest.mark.real_engine
 @pytest.mark.timeout(180)
 def test_pool_managerd_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:
@@ -278,6 +279,7 @@ def test_pool_managerd_chaos_profile_on_real_engines(llama_server_binary, smollm
     assert rc == 0
 
 
+@pytest.mark.alone  # its checker takes a request closed within 250 ms for an abort (ORCH-6258)
 @pytest.mark.real_engine
 @pytest.mark.timeout(180)
 def test_store_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) -> None:

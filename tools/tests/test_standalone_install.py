@@ -88,6 +88,7 @@ def standalone_runs(
 # others waits for them too, up to about half of all the standalone runs (228 s on
 # an idle machine in session 16, more than 300 s on CI's machine in stop 31). The
 # hang guard for each run is the subprocess timeout in tools/standalone.py.
+@pytest.mark.alone  # every package's non-real tests and their timing gates (ORCH-6258)
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("package_dir", PACKAGES)
 def test_distribution_installs_alone_and_passes_its_tests(

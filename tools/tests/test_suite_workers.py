@@ -38,7 +38,16 @@ def times(request):
 
 @pytest.mark.alone
 def test_alone():
-    pass
+    (OUT / "alone-worker").write_text(os.environ.get("PYTEST_XDIST_WORKER", "main"))
+
+@pytest.fixture(scope="module")
+def image_install():
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+@pytest.mark.alone  # a group fixture's batch marked alone: in the alone unit (ORCH-6258)
+@pytest.mark.parametrize("i", range(2))
+def test_alone_batch(image_install, i):
+    (OUT / f"alone-batch-{i}").write_text(image_install)
 
 def test_logs_a_key():
     logging.getLogger("leaky").info("auth with %s", "Bearer llo_" + "A" * 24)
@@ -135,7 +144,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     marked ``alone`` starts after every other test has ended; three items that share one
     node id all run."""
     rc, out = _run(tmp_path, "-n", "2", "--dist", "loadgroup")
-    assert "17 passed" in out, out[-3000:]
+    assert "19 passed" in out, out[-3000:]
     assert {f.name for f in tmp_path.glob("twin-*")} == {"twin-0", "twin-1", "twin-2"}, out
     assert rc == 1, out[-3000:]
     keys = _end_of_run_failures(out, "ORCH-8008: a log record holds an API key: leaky:")
@@ -145,13 +154,17 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     workers = {(tmp_path / f"batch-{i}").read_text() for i in range(4)}
     assert len(workers) == 1 and workers <= {"gw0", "gw1"}, workers
     times = {f.name[6:]: [float(t) for t in f.read_text().split()] for f in tmp_path.glob("time*")}
-    alone_start = times.pop("test_alone")[0]
+    alone = ["test_alone", "test_alone_batch[0]", "test_alone_batch[1]"]
+    alone_start = min(times.pop(name)[0] for name in alone)
     assert len(times) == 13 and max(end for _, end in times.values()) <= alone_start, times
+    # ORCH-6258: the alone tests, the batch fixture's among them, on the one alone worker
+    ran = {(tmp_path / n).read_text() for n in ("alone-worker", "alone-batch-0", "alone-batch-1")}
+    assert len(ran) == 1 and ran <= {"gw0", "gw1"}, ran
 
 
 def test_one_process_keeps_the_end_of_run_checks(tmp_path: Path) -> None:
     rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on")
-    assert "16 passed" in out, out[-3000:]
+    assert "18 passed" in out, out[-3000:]
     assert rc == 1, out[-3000:]
     assert len(_end_of_run_failures(out, "ORCH-8008: a log record holds")) == 1, out[-3000:]
     left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")

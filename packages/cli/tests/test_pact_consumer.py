@@ -22,6 +22,8 @@ from llama_orch.core.api import TaskRequest
 from pact import Pact, match
 
 PACT_DIR = Path(__file__).resolve().parents[3] / "contracts" / "pacts"
+# the provider verifies the file these tests merge into: one worker, these first (ORCH-6240)
+pytestmark = pytest.mark.xdist_group("pact")
 TASK_ID = "6f1c1a9e-3b5d-4c2a-9e8f-0a1b2c3d4e5f"
 UNKNOWN_TASK_ID = "00000000-0000-4000-8000-000000000000"
 SESSION_ID = "9d3f2b7c-1e4a-4b6d-8c9e-2f3a4b5c6d7e"

@@ -163,7 +163,7 @@ async def test_official_clients_on_real_llama_server(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.alone  # the slot is idle within 2 s, our part within 0.5 s (ORCH-6240)
+@pytest.mark.alone  # the slot is idle within 2 s, our part within 0.5 s (ORCH-6240, ORCH-6258)
 async def test_disconnect_mid_stream_frees_the_slot(
     start_llama_server, smollm2_model, start_daemon, key
 ):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from llama_orch.orchestratord import app as app_module
@@ -26,6 +27,9 @@ from pact import Verifier
 
 PACT_DIR = Path(__file__).resolve().parents[3] / "contracts" / "pacts"
 PACT_FILE = PACT_DIR / "llorch-cli-orchestratord.json"
+# verifies what the consumer tests merged into the file in this run, after them, on their
+# worker: another worker's merge could be read half written (ORCH-6240, ORCH-6009)
+pytestmark = pytest.mark.xdist_group("pact")
 
 
 async def _set_state(run: Any, state: str, params: dict[str, Any]) -> None:

@@ -204,6 +204,7 @@ async def test_two_pool_managerds_leases_expire_on_sigstop_and_return_on_sigcont
     )
 
 
+@pytest.mark.alone  # the queued tasks end within 1 s of the bound (ORCH-6258)
 async def test_queued_tasks_end_when_the_pool_has_no_ready_replica(
     pool_managerds: Callable[[str], Any],
     start_orchestrator: Any,

@@ -104,7 +104,7 @@ async def _state(http: aiohttp.ClientSession, url: str, tid: str) -> str:
 
 
 @pytest.mark.workspace_only
-@pytest.mark.alone  # other tasks must finish within its 30 s window (ORCH-6240)
+@pytest.mark.alone  # other tasks must finish within its 30 s window (ORCH-6240, ORCH-6258)
 async def test_stalled_readers_keep_memory_bounded(daemon):
     """ORCH-8016: RSS plateaus under 4 stalled readers while a fast engine keeps working."""
     proc, url = daemon

