@@ -42,7 +42,6 @@ from llama_orch.core.adapter_api import (
     GenerateRequest,
     Health,
     WorkerAdapter,
-    request_sent,
 )
 from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, WorkerReset
 
@@ -128,7 +127,6 @@ class HttpAdapter(WorkerAdapter):
     # False: the engine closes a connection after each streamed answer, so streams
     # send `Connection: close` and are never pooled (ORCH-2720); other calls are.
     pool_streams: ClassVar[bool] = True
-    reports_request_sent: ClassVar[bool] = True  # ORCH-2820: _open_stream tells it
     options_type: ClassVar[type[HttpTimeouts]] = HttpTimeouts
     error_table: ClassVar[staticmethod[[int, bytes, str], OrchError]]
 
@@ -354,7 +352,6 @@ class HttpAdapter(WorkerAdapter):
                     conn = await pool.acquire()
                     try:
                         conn.start(request)
-                        request_sent()  # ORCH-2820: the caller's held head may go now
                         status = await conn.head()
                     except StaleConnection:
                         if tries == _MAX_STALE:

@@ -36,19 +36,13 @@ Contract (ORCH-3003..ORCH-3009), each checked by the adapter's own tests:
   request fields ``json_schema`` and ``logprobs`` are honoured only by an
   adapter that declares ``json_schema`` / ``logprobs`` (ORCH-9200..9202).
 * ``metrics()`` returns a normalised scrape of the engine's counters.
-* An adapter whose class sets ``reports_request_sent`` calls
-  :func:`request_sent` once the engine request of a ``generate`` was handed to
-  the operating system (ORCH-2820): the caller may hold its own client's
-  response head until then, so that the engine request leaves first.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from contextvars import ContextVar
 from enum import StrEnum
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Final, Literal
@@ -60,7 +54,6 @@ from .api import TokenLogprob
 __all__ = [
     "ADAPTER_ENTRY_POINT_GROUP",
     "CANCELED",
-    "REQUEST_SENT",
     "AdapterEvent",
     "AdapterLoadError",
     "AdapterTarget",
@@ -77,7 +70,6 @@ __all__ = [
     "WorkerAdapter",
     "available_adapters",
     "load_adapter_class",
-    "request_sent",
 ]
 
 ADAPTER_ENTRY_POINT_GROUP = "llama_orch.adapters"
@@ -85,10 +77,6 @@ ADAPTER_ENTRY_POINT_GROUP = "llama_orch.adapters"
 CANCELED: Final = "canceled"
 # Why a generation ended (Finished.reason; the task's `end` event carries it on).
 StopReason = Literal["eos", "stop", "length", "canceled"]
-# ORCH-2820: the future a run sets in its own task's context; request_sent() settles it
-REQUEST_SENT: ContextVar[asyncio.Future[None] | None] = ContextVar(
-    "llama_orch_request_sent", default=None
-)
 _log = logging.getLogger(__name__)
 
 
@@ -218,8 +206,6 @@ class WorkerAdapter(abc.ABC):
     """Base class of every engine adapter. See the module docstring."""
 
     engine: ClassVar[str]
-    # ORCH-2820: generate() calls request_sent() once its engine request was written
-    reports_request_sent: ClassVar[bool] = False
 
     def __init__(self, target: AdapterTarget) -> None:
         self.target = target
@@ -260,15 +246,6 @@ class WorkerAdapter(abc.ABC):
 
 class AdapterLoadError(Exception):
     """A configured adapter is missing or is not a :class:`WorkerAdapter`."""
-
-
-def request_sent() -> None:
-    """ORCH-2820: the engine request of the current task's ``generate`` was handed to
-    the OS (an adapter with ``reports_request_sent`` calls this, idempotent): what the
-    caller held for it (its client's response head) may go now."""
-    sent = REQUEST_SENT.get()
-    if sent is not None and not sent.done():
-        sent.set_result(None)
 
 
 def load_adapter_class(engine: str) -> type[WorkerAdapter]:

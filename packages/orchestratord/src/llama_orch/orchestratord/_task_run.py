@@ -37,7 +37,6 @@ class RunState:
         "first_token_ms",
         "kv_warmth",
         "migrations",
-        "opening",
         "predicted_service_ms",
         "preempt_requested",
         "preemptions",
@@ -72,8 +71,6 @@ class RunState:
         self.runner: asyncio.Task[None] | None = None  # the run's asyncio task
         self.error_code: ErrorCode | None = None  # of the terminal ``error`` event (ORCH-1967)
         self.takeover: bool = False  # continued after its instance stopped (ORCH-2530)
-        # ORCH-2820: settled once the run's engine request was written (or the run ended)
-        self.opening: asyncio.Future[None] | None = None
 
 
 class _RunField(Generic[_T]):
@@ -136,4 +133,3 @@ class RunFields:
     runner = _RunField[asyncio.Task[None] | None](None)
     error_code = _RunField[ErrorCode | None](None)
     takeover = _RunField[bool](False)
-    opening = _RunField[asyncio.Future[None] | None](None)

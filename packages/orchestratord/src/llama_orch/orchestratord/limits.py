@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .leanconn import APP_QUEUE, AppQueue
-from .opening import engine_request_first
+from .opening import dispatch_first
 
 if TYPE_CHECKING:
     from .tasks import TaskRecord
@@ -159,7 +159,7 @@ class TaskStream(Response):
         self._tenant = tenant
         self._counter = counter
         self._stall_s = stall_timeout_s
-        self._record = record  # ORCH-2820: its head waits for its engine request
+        self._record = record  # ORCH-2821: its head after the dispatcher's step
         # Counted from here: the endpoint checked the limit with no await since.
         counter.opened(tenant)
 
@@ -211,7 +211,7 @@ class TaskStream(Response):
                 watcher.add_done_callback(gone)
             try:
                 if self._record is not None:
-                    await engine_request_first(self._record)  # ORCH-2820
+                    await dispatch_first(self._record)  # ORCH-2821
                 sending_since = loop.time()
                 # the start through the middlewares (correlation id, response-started flags)
                 await send(

@@ -29,7 +29,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
-from llama_orch.core.adapter_api import REQUEST_SENT, Finished, GenerateRequest, TokenChunk
+from llama_orch.core.adapter_api import Finished, GenerateRequest, TokenChunk
 from llama_orch.core.api import EmbeddingEvent, EndEvent, MetricsEvent, StartedEvent, TokenEvent
 from llama_orch.core.errors import AdmissionRejected, ErrorCode, OrchError, PoolUnready, WorkerReset
 
@@ -102,17 +102,9 @@ class TaskRun:
         self.queue_wait_ms = rec.queue_wait_ms
         self.answered = False  # the engine sent its first event
         self.finished: Finished | None = None
-        # ORCH-2820: made here, in the dispatcher's turn, so that a response head held
-        # for it (streaming.engine_request_first) finds it; settled by the adapter's
-        # request_sent() or at the run's end
-        if replica.adapter.reports_request_sent and not rec.request.inputs:
-            rec.opening = asyncio.get_running_loop().create_future()
 
     async def __call__(self) -> None:
         rec = self.rec
-        opening = rec.opening
-        if opening is not None:
-            REQUEST_SENT.set(opening)  # this task's own context
         try:
             if rec.request.inputs:  # an `embedding` task (ORCH-1013)
                 await self._embed(rec.request.inputs)
@@ -128,11 +120,6 @@ class TaskRun:
         except Exception as exc:
             _log.exception("task %s failed", rec.task_id)
             rec.fail(ErrorCode.INTERNAL, f"internal error: {exc!r}", retriable=False)
-        finally:
-            if opening is not None:  # a run that ended before its request was written
-                if not opening.done():
-                    opening.set_result(None)
-                rec.opening = None
 
     # ------------------------------------------------------------------ the stream
 
