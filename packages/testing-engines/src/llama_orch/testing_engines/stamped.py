@@ -1,4 +1,4 @@
-"""Which bytes left orchestratord first: kernel receive stamps on loopback (ORCH-2820).
+"""Which bytes left orchestratord first: kernel receive stamps on loopback (ORCH-2821).
 
 :class:`StampedLlamaServer` is a small fake ``llama-server`` (``/health``,
 ``/props``, ``/metrics``, ``/slots``, ``/tokenize``, ``/apply-template`` and a
