@@ -17,7 +17,6 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING
 
 import msgspec
 from llama_orch.core.errors import HeadersTooLarge, OrchError, RequestTooLarge
@@ -25,10 +24,6 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .leanconn import APP_QUEUE, AppQueue
-from .opening import dispatch_first
-
-if TYPE_CHECKING:
-    from .tasks import TaskRecord
 
 __all__ = ["RAW_SEND", "BodyLimit", "StreamCounter", "TaskStream"]
 
@@ -146,7 +141,6 @@ class TaskStream(Response):
         counter: StreamCounter,
         stall_timeout_s: float,
         headers: dict[str, str] | None = None,
-        record: TaskRecord | None = None,
     ) -> None:
         # not Response.__init__: it would announce an empty body (content-length: 0)
         self.status_code = 200
@@ -159,7 +153,6 @@ class TaskStream(Response):
         self._tenant = tenant
         self._counter = counter
         self._stall_s = stall_timeout_s
-        self._record = record  # ORCH-2821: its head after the dispatcher's step
         # Counted from here: the endpoint checked the limit with no await since.
         counter.opened(tenant)
 
@@ -210,8 +203,6 @@ class TaskStream(Response):
                 watcher = loop.create_task(_until_disconnect(receive))
                 watcher.add_done_callback(gone)
             try:
-                if self._record is not None:
-                    await dispatch_first(self._record)  # ORCH-2821
                 sending_since = loop.time()
                 # the start through the middlewares (correlation id, response-started flags)
                 await send(

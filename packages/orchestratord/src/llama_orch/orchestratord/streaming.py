@@ -82,5 +82,4 @@ def open_stream(
         counter=streams,
         stall_timeout_s=limits.stream_stall_timeout_s,
         headers=headers,
-        record=rec,  # ORCH-2821
     )

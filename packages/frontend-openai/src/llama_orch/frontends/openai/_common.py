@@ -16,7 +16,6 @@ from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.limits import RAW_SEND
-from llama_orch.orchestratord.opening import dispatch_first
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
@@ -196,7 +195,6 @@ class TaskStreamResponse(Response):
         raw: Send = scope.get(RAW_SEND, send)
 
         async def pump() -> None:
-            await dispatch_first(self._rec)  # ORCH-2821: the run's first step first
             await send(
                 {"type": "http.response.start", "status": self.status_code,
                  "headers": self.raw_headers}
