@@ -55,6 +55,7 @@ from ._forecast_inputs import (
     guard_limits,
     job_of,
     jobs_of,
+    keep_answered,
     model_terms,
     prefill_terms,
     prompt_indexes,
@@ -109,9 +110,10 @@ class Workload:
         rec.run_prefill_ahead = sum(pending)
         rec.run_prefill_ahead_sq = sum(n * n for n in pending)  # ORCH-2900
         running.add(rec)
+        rec.run_prompt_tokens = n = _tokens_in(rec)  # as its dispatch is logged (ORCH-2926)
         model = self._models.get((pool_id, replica_id))
         if model is not None and rec.dispatched is not None:
-            model.dispatched(_tokens_in(rec), rec.dispatched)
+            model.dispatched(n, rec.dispatched)
 
     def guard(self, pool: Pool) -> float | None:
         """The pool's dispatch guard factor (ORCH-2931); None: off, or a store (ORCH-2934)."""
@@ -132,8 +134,9 @@ class Workload:
 
     def ended(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         running = self.running.get((pool_id, replica_id))
-        if running is not None:
-            running.discard(rec)
+        if running is not None and rec in running:
+            running.discard(rec)  # its measured prefill span stays (ORCH-2926)
+            keep_answered(self._models.get((pool_id, replica_id)), rec, running)
 
     def running_on(self, pool_id: str) -> list[TaskRecord]:
         """The tasks running on any replica of the pool."""
@@ -316,7 +319,7 @@ class Workload:
                         so_far = so_far_all - t.run_tokens_before
                         if so_far >= 2:  # no pace before two tokens (``live_pace``, ORCH-2941)
                             if indexes is None:
-                                indexes = prompt_indexes(running, prefilling, now)
+                                indexes = prompt_indexes(running, prefilling, now, model)
                             pace = decoded_pace(
                                 t, so_far, model, p, log, indexes, now, busy_now, per
                             )
