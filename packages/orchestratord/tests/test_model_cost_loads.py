@@ -1,6 +1,7 @@
-"""``Workload.loads`` cut (ORCH-2941) against 9d35416's (kept below as ``ref_loads``),
-to the bit: arbitrary dispatches, tokens, first tokens and task ends on one or two replicas,
-queried with and without the pool's output shares (ORCH-2922) and a trace (ORCH-1994)."""
+"""``Workload.loads`` cut (ORCH-2941) against 9d35416's (kept below as ``ref_loads``, with
+ORCH-2926's ended spans added), to the bit: arbitrary dispatches, tokens, first tokens and
+task ends on one or two replicas, queried with and without the pool's output shares
+(ORCH-2922) and a trace (ORCH-1994)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ def ref_loads(
                 for t in running
                 if t.run_first_token is not None and t.dispatched is not None
             ]
+            # ORCH-2926 (session 19), added to the reference on purpose: a rule change,
+            # not a cut; the spans of the runs ended since, as the replica's model keeps them
+            answered.extend(model.answered_runs())
             measured = PromptIndex((d, n) for d, _, n in answered)
             spans = [(d, f) for d, f, _ in answered]
             # ORCH-2909: the stall in progress began with the earliest prompt undone

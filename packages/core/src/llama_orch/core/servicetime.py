@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -294,6 +295,9 @@ class ServiceModel:
         self._dispatches: deque[tuple[float, int]] = deque(maxlen=self.DISPATCHES)
         # their index, kept up to date while dispatches come in time order (ORCH-2767)
         self._index: PromptIndex | None = None
+        # the measured prefill spans of its ended runs (ORCH-2926): (dispatch, first
+        # token, prompt tokens as logged), while a running task's decode may read them
+        self._answered: deque[tuple[float, float, int]] = deque(maxlen=self.DISPATCHES)
         self._pace = PrefillPace()  # ORCH-2913, ORCH-2916
         # ORCH-2925: ORCH-1953's prefill_max, the largest ttft / tokens_in of a run with
         # a prompt of its own (prior included); the per-token cap never exceeds it
@@ -324,6 +328,21 @@ class ServiceModel:
             self._index.append(now, n)
         else:  # out of time order (a clock passed in): rebuilt at the next query
             self._index = None
+
+    def answered(self, dispatched: float, first: float, tokens_in: int, keep_after: float) -> None:
+        """A run that got its first token at ``first`` has ended on the replica: its
+        measured prefill span from ``dispatched`` and its ``tokens_in`` as its dispatch
+        logged them are kept (ORCH-2926); every kept span whose first token is at most
+        ``keep_after`` (the earliest first token of the runs still on the replica, or
+        now if none has one) is dropped: it covers no running task's decode."""
+        kept = self._answered
+        kept.append((dispatched, first, max(0, tokens_in)))
+        if any(f <= keep_after for _, f, _ in kept):
+            self._answered = deque((s for s in kept if s[1] > keep_after), maxlen=self.DISPATCHES)
+
+    def answered_runs(self) -> Sequence[tuple[float, float, int]]:
+        """The kept spans of ended runs (ORCH-2926), in the order they ended."""
+        return self._answered
 
     def prompt_index(self) -> PromptIndex:
         """The dispatch log as a :class:`PromptIndex` (for many queries at once); a

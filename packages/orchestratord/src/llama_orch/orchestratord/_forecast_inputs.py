@@ -23,6 +23,7 @@ __all__ = [
     "guard_limits",
     "job_of",
     "jobs_of",
+    "keep_answered",
     "model_terms",
     "prefill_terms",
     "prompt_indexes",
@@ -120,6 +121,19 @@ def prefill_terms(
     return ttfts, prefilling, pending
 
 
+def keep_answered(
+    model: ServiceModel | None, rec: TaskRecord, running: Iterable[TaskRecord]
+) -> None:
+    """``rec``'s run has ended on the replica of ``model`` (None: no model yet): its
+    measured prefill span is kept for the runs still there (ORCH-2926)."""
+    first = rec.run_first_token
+    if model is None or first is None or rec.dispatched is None:
+        return
+    firsts = [t.run_first_token for t in running if t.run_first_token is not None]
+    # none has a first token: every span is dropped (each first token to come is later)
+    model.answered(rec.dispatched, first, rec.run_prompt_tokens, min(firsts, default=math.inf))
+
+
 def guard_limits(running: Iterable[TaskRecord], now: float) -> list[float]:
     """The running tasks' guard limits in ms from now, in their order (ORCH-2933)."""
     return [math.inf if t.finish_guard is None else (t.finish_guard - now) * 1000 for t in running]
@@ -138,18 +152,25 @@ def model_terms(p: ModelParams) -> tuple[float, ...]:
 
 
 def prompt_indexes(
-    running: Iterable[TaskRecord], prefilling: list[tuple[float, int]], now: float
+    running: Iterable[TaskRecord],
+    prefilling: list[tuple[float, int]],
+    now: float,
+    model: ServiceModel | None = None,
 ) -> tuple[PromptIndex, PromptIndex, Spans, Spans]:
     """The prompts of a replica's running tasks for :meth:`Workload.loads`: those still
     prefilling, those answered (ORCH-2911: they stalled the others from their dispatch
-    to their first token, as measured), the union of those stalls, and of those with
-    the stall in progress (ORCH-2909: from the earliest prompt undone to now)."""
+    to their first token, as measured; ORCH-2926: with the replica's ``model``, those
+    of the runs ended since too, its ``answered_runs``), the union of those stalls, and
+    of those with the stall in progress (ORCH-2909: from the earliest prompt undone to
+    now)."""
     undone = PromptIndex(prefilling)
     answered = [
         (t.dispatched, t.run_first_token, tokens_in(t))
         for t in running
         if t.run_first_token is not None and t.dispatched is not None
     ]
+    if model is not None:
+        answered.extend(model.answered_runs())  # ORCH-2926
     measured = PromptIndex((d, n) for d, _, n in answered)
     spans = [(d, f) for d, f, _ in answered]
     stall_from = min((d for d, _ in prefilling), default=None)

@@ -5,7 +5,7 @@ A queued task's :class:`~llama_orch.orchestratord.tasks.TaskRecord` holds no
 dispatch, ``Dispatcher.launch``) makes one, and it stays for the record's life (a
 requeued or preempted task keeps its counts). Reading a field of a record without one
 gives the field's default, so callers read and write ``rec.<field>`` as before. Reason:
-these 19 slots were ~150 B of every queued task's record, which a queue of thousands of
+these slots (19 then) were ~150 B of every queued task's record, which a queue of thousands of
 tasks pays for nothing (issue #20, RSS per queued task). The per-token fields (tokens,
 first and last token, busy sums) stay slots of the record: a property per token would
 cost the token path CPU (ORCH-2730).
@@ -43,6 +43,7 @@ class RunState:
         "queue_wait_ms",
         "run_prefill_ahead",
         "run_prefill_ahead_sq",
+        "run_prompt_tokens",
         "run_tokens_before",
         "runner",
         "takeover",
@@ -65,6 +66,7 @@ class RunState:
         # others' prompt tokens still to prefill at dispatch (ORCH-1990)
         self.run_prefill_ahead: int = 0
         self.run_prefill_ahead_sq: int = 0  # the sum of those prompts' squared sizes (ORCH-2900)
+        self.run_prompt_tokens: int = 0  # its prompt tokens as its dispatch logged them (ORCH-2926)
         self.predicted_service_ms: float = 0.0  # the service-time model's forecast at dispatch
         self.finish_sent_at: float = 0.0  # when the last ``metrics`` finish was sent (ORCH-2907)
         self.kv_warmth: bool | None = None  # from the first ``metrics`` event, for the end log
@@ -127,6 +129,7 @@ class RunFields:
     run_tokens_before = _RunField[int](0)
     run_prefill_ahead = _RunField[int](0)
     run_prefill_ahead_sq = _RunField[int](0)
+    run_prompt_tokens = _RunField[int](0)
     predicted_service_ms = _RunField[float](0.0)
     finish_sent_at = _RunField[float](0.0)
     kv_warmth = _RunField[bool | None](None)

@@ -55,6 +55,7 @@ from ._forecast_inputs import (
     guard_limits,
     job_of,
     jobs_of,
+    keep_answered,
     model_terms,
     prefill_terms,
     prompt_indexes,
@@ -92,10 +93,9 @@ class Workload:
         self.deadline_cv = deadline_cv
         # per pool its dispatch guard's factor (ORCH-2931); none with a store (ORCH-2934)
         self.guards = dict(guards or {})
-        # Tasks running on each (pool, replica), in dispatch order (ORCH-2950: a dict, not
-        # a set ordered by hash), and each replica's own model (ORCH-1950).
+        # per (pool, replica): its running tasks in dispatch order (ORCH-2950), its model
         self.running: dict[tuple[str, str], dict[TaskRecord, None]] = {}
-        self._models: dict[tuple[str, str], ServiceModel] = {}
+        self._models: dict[tuple[str, str], ServiceModel] = {}  # ORCH-1950
         self._priors: dict[str, Prior] = {}  # per engine (ORCH-1954)
         self._log_bpt: dict[str, float] = {}  # per pool: log bytes per token (ORCH-1993)
         self._shares: dict[str, OutputShare] = {}  # per pool: output / budget (ORCH-2921)
@@ -110,9 +110,10 @@ class Workload:
         rec.run_prefill_ahead = sum(pending)
         rec.run_prefill_ahead_sq = sum(n * n for n in pending)  # ORCH-2900
         running[rec] = None
+        rec.run_prompt_tokens = n = _tokens_in(rec)  # as its dispatch is logged (ORCH-2926)
         model = self._models.get((pool_id, replica_id))
         if model is not None and rec.dispatched is not None:
-            model.dispatched(_tokens_in(rec), rec.dispatched)
+            model.dispatched(n, rec.dispatched)
 
     def guard(self, pool: Pool) -> float | None:
         """The pool's dispatch guard factor (ORCH-2931); None: off, or a store (ORCH-2934)."""
@@ -133,8 +134,9 @@ class Workload:
 
     def ended(self, pool_id: str, replica_id: str, rec: TaskRecord) -> None:
         running = self.running.get((pool_id, replica_id))
-        if running is not None:
-            running.pop(rec, None)
+        if running is not None and rec in running:
+            del running[rec]  # its measured prefill span stays (ORCH-2926)
+            keep_answered(self._models.get((pool_id, replica_id)), rec, running)
 
     def running_on(self, pool_id: str) -> list[TaskRecord]:
         """The tasks running on any replica of the pool."""
@@ -317,7 +319,7 @@ class Workload:
                         so_far = so_far_all - t.run_tokens_before
                         if so_far >= 2:  # no pace before two tokens (``live_pace``, ORCH-2941)
                             if indexes is None:
-                                indexes = prompt_indexes(running, prefilling, now)
+                                indexes = prompt_indexes(running, prefilling, now, model)
                             pace = decoded_pace(
                                 t, so_far, model, p, log, indexes, now, busy_now, per
                             )
