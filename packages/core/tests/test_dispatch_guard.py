@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from llama_orch.core.eta import (
     EDGE_SHARE,
@@ -260,7 +260,10 @@ def _dispatcher_starts(load: ReplicaLoad, jobs: list[Job]) -> list[float]:
         slots = [s for s in slots if all(s is not f for f in freed)]
         idle += len(freed) - 1
         begin = max(t, prefill_until)
-        end = begin + load.service_ms(job, 1 + len(slots), NOW)
+        # it decodes beside the slots that hold work past its start; one that frees at
+        # that very instant (a tie with the slot it took) holds none (``others_busy``)
+        beside = sum(1 for s in slots if round(s[0], 6) > round(t, 6))
+        end = begin + load.service_ms(job, 1 + beside, NOW)
         prefill = params.prefill_ms(job.tokens_in)
         prefill_until = begin + prefill
         for s in slots:
@@ -285,6 +288,22 @@ _told = st.one_of(st.none(), st.just(INF), st.sampled_from([300.0, 1200.0, 3000.
         st.builds(Job, st.integers(0, 900), st.integers(0, 64), _told, _told_hold), max_size=10
     ),
     st.sampled_from([1.0, 1.2, 1.5, 2.0]),
+)
+# session 19: two slots free at one instant, the job takes one and decodes beside the
+# two that hold work past it, not three (the reference counted the other tie as busy)
+@example(
+    (4, [-3.0, 0.0], 5, 0.0, [INF] * 6 + [50.0, INF]),
+    [Job(150, 64, INF, False), Job(188, 14, INF, None), Job(836, 1, INF, False),
+     Job(2, 1, INF, False), Job(1, 4, INF, True), Job(2, 1, INF, False), Job(1, 1, INF, None),
+     Job(0, 0, None, None)],
+    1.5,
+)  # fmt: skip
+# session 19: at a factor of 1 a job's limit is its own forecast end; kept, whichever
+# way that end rounds in the lane's stored form (``guard_hold`` compares at 1 ns)
+@example(
+    (6, [-3.0, 5.0, 12.5, 40.0, 100.0, 250.0], 8, 400.0, [INF] * 8),
+    [Job(583, 53, None, None), Job(1, 0, None, None)],
+    1.0,
 )
 def test_a_simulated_hold_is_the_dispatchers_hold(rep, jobs, guard) -> None:
     """ORCH-2933 (guard17b), ORCH-2938: the forecast start of every queued job (with the

@@ -162,7 +162,10 @@ def guard_hold(
     m = 0.0 if told is None else (EDGE_SHARE if told else -EDGE_SHARE) * prefill_ms
     hold = t
     for end, limit in slots:
-        if end > hold and end - m <= limit < end + prefill_ms + m:
+        # compared at ``_tick``'s resolution: a limit at a job's own forecast end (a
+        # factor of 1) is kept whichever way the end's stored form rounds (ORCH-2938)
+        lim = _tick(limit)
+        if _tick(end) > _tick(hold) and _tick(end - m) <= lim < _tick(end + prefill_ms + m):
             hold = end
     return hold
 
