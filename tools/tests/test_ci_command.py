@@ -1,4 +1,4 @@
-"""The command CI runs is the README's, on two workers (ORCH-6002, ORCH-6259), and the
+"""The command CI runs is the README's, in one process for now (ORCH-6002, ORCH-6259), and the
 timing-bound gates keep their ``alone`` mark (ORCH-6258)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMAND = "python3 -m pip install -q uv && uv run --frozen pytest -n 2 --dist loadgroup"
+COMMAND = "python3 -m pip install -q uv && uv run --frozen pytest"
 
 # ORCH-6258's list: file -> the tests in it that must carry ``@pytest.mark.alone``
 ALONE = {

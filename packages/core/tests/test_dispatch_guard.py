@@ -13,6 +13,7 @@ from llama_orch.core.eta import (
     EDGE_SHARE,
     Job,
     ReplicaLoad,
+    _tick,
     best_slot,
     guard_hold,
     replica_holds,
@@ -46,6 +47,7 @@ _told_hold = st.sampled_from([None, True, False])
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(_t, _lim), max_size=8), st.floats(0.0, 3000.0), _t, _told_hold)
+@example([(9.648265922539745e-260, 0.5)], 1.0, 0.0, None)  # ends at 0 at 1 ns: holds nothing
 def test_a_guarded_start_pushes_no_protected_slot_past_its_limit(
     slots: list[tuple[float, float]], prefill: float, t: float, told: bool | None
 ) -> None:
@@ -55,13 +57,13 @@ def test_a_guarded_start_pushes_no_protected_slot_past_its_limit(
     inside it, so it comes at the latest when those slots end."""
     m = 0.0 if told is None else (EDGE_SHARE if told else -EDGE_SHARE) * prefill
 
-    def inside(end: float, limit: float) -> bool:
-        return end - m <= limit < end + prefill + m
+    def inside(end: float, limit: float) -> bool:  # at 1 ns, as the guard compares (2938)
+        return _tick(end - m) <= _tick(limit) < _tick(end + prefill + m)
 
     h = guard_hold(slots, prefill, t, told)
     assert h >= t
     for end, limit in slots:
-        if end > h:
+        if _tick(end) > _tick(h):
             assert not inside(end, limit), (end, limit, h)
     if h > t:
         assert any(end == h and inside(end, limit) for end, limit in slots)
