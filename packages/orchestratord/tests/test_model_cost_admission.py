@@ -21,7 +21,7 @@ from llama_orch.orchestratord._forecast_inputs import job_of
 from llama_orch.orchestratord.tasks import TaskRecord
 from llama_orch.orchestratord.workload import PREDICT_HORIZON, Workload
 
-from .test_model_cost_loads import running_step
+from .test_model_cost_loads import new_task, running_step
 
 ENGINE = "llamacpp-http"
 
@@ -110,9 +110,7 @@ def test_predicted_equals_466ee71_to_the_bit(steps, slots, guard, decode_ms, pre
         if kind == "admit":
             _, tin, max_tokens, expected, counted, limit = step
             k += 1
-            req = GenerateRequest(task_id=f"t{k}", prompt="x" * 9, max_tokens=max_tokens, seed=1)
-            r = TaskRecord(f"t{k}", "p", ENGINE, "interactive", req, tin)
-            r.prompt_counted, r.expected_tokens = counted, expected
+            r = new_task(k, tin, max_tokens, expected, counted)
             r.finish_guard = None if limit is None else now + limit
             pool.queue.push(r, "interactive")
             queued.append(r)

@@ -201,6 +201,15 @@ def _pool(w: Workload, slots: tuple[int, int]) -> SimpleNamespace:
     return pool
 
 
+def new_task(k: int, tin: int, max_tokens: int, expected: int | None, counted: bool) -> TaskRecord:
+    """Task ``t{k}`` of the drives here and in ``test_model_cost_admission.py``: a prompt
+    of ``tin`` tokens (counted at admission or not), its budget and expected tokens."""
+    req = GenerateRequest(task_id=f"t{k}", prompt="x" * 9, max_tokens=max_tokens, seed=1)
+    r = TaskRecord(f"t{k}", "p", ENGINE, "interactive", req, tin)
+    r.prompt_counted, r.expected_tokens = counted, expected
+    return r
+
+
 def running_step(
     w: Workload,
     pool: SimpleNamespace,
@@ -268,9 +277,7 @@ def test_loads_equal_9d35416_to_the_bit(steps, slots, decode_ms, prefill_ms):
         if kind == "dispatch":
             _, i, tin, max_tokens, expected, counted = step
             k += 1
-            req = GenerateRequest(task_id=f"t{k}", prompt="x" * 9, max_tokens=max_tokens, seed=1)
-            r = TaskRecord(f"t{k}", "p", ENGINE, "interactive", req, tin)
-            r.prompt_counted, r.expected_tokens = counted, expected
+            r = new_task(k, tin, max_tokens, expected, counted)
             r.dispatched = now
             r.lifecycle.dispatch()
             rid = f"p-e{i}"
