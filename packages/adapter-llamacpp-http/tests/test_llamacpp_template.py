@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+import jinja2
 import pytest
 from aiohttp import web
 from llama_orch.adapters.llamacpp_http import LlamaCppHttpAdapter
@@ -181,3 +182,31 @@ async def test_rendering_equals_the_engines_on_real_templates(
                 assert await adapter.apply_chat_template(prefill) == expected
             finally:
                 await adapter.aclose()
+
+
+GLOBALS_TEMPLATE = (
+    "{% set ns = namespace(n=0) %}{{ bos_token }}"
+    "{% for message in messages %}{% set ns.n = ns.n + 1 %}"
+    "{% if message['role'] == 'tool' %}{{ raise_exception('no tool role') }}{% endif %}"
+    "{{ ns.n }}:{{ message['role'] }}={{ message['content'] | tojson }}"
+    "{% for i in range(2) %}.{% endfor %}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}>{% endif %}{{ strftime_now('%Y') | length }}"
+)
+
+
+@pytest.mark.parametrize("source", [CHATML, GLOBALS_TEMPLATE])
+def test_render_is_jinjas_render(source: str) -> None:
+    """ORCH-2819: the prompt from the merged globals is, to the character, what Jinja's
+    own ``Template.render`` gives with the same variables; a template's refusal is
+    raised as before."""
+    from llama_orch.adapters.llamacpp_http._template import PROBES, compile_template
+
+    ct = compile_template(source, "<s>", "</s>")
+    assert ct is not None
+    for messages in [*SHAPES, *PROBES]:
+        want = ct._template.render(
+            messages=messages, add_generation_prompt=True, bos_token="<s>", eos_token="</s>"
+        )
+        assert ct.render(messages) == want
+    with pytest.raises(jinja2.TemplateError, match="no tool role"):
+        ct.render([{"role": "tool", "content": "x"}])

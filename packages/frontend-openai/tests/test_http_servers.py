@@ -62,3 +62,52 @@ async def test_a_timed_out_whole_answer_cancels_its_task(start_daemon, config, k
             break
         await asyncio.sleep(0.01)
     assert [r.state for r in recs if r is not None] == ["canceled"]
+
+
+def _race_tasks_now() -> list[str]:
+    """The tasks of this loop that run a facade answer's worker or disconnect watcher."""
+    names = []
+    for t in asyncio.all_tasks():
+        name = getattr(t.get_coro(), "__qualname__", "")
+        if name.endswith(("pump", "answer", "_disconnected")):
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("http_server", SERVERS)
+async def test_a_streamed_answer_runs_in_its_request_task(
+    start_daemon, config, key, http_server
+):
+    """ORCH-2809: under orchestratord's servers a streamed answer and a whole answer hold
+    no worker task and no watcher task of their own (the request's queue tells the
+    disconnect), and a closed stream still cancels its task (ORCH-9113)."""
+    d = await start_daemon(_on(config(adapter_options={"token_delay_ms": 20}), http_server))
+    client = openai.AsyncOpenAI(base_url=d.base, api_key=key)
+    stream = await client.chat.completions.create(
+        model="mock", messages=CHAT, max_tokens=500, stream=True
+    )
+    async with stream:
+        tid = stream.response.headers["x-llorch-task-id"]
+        n = 0
+        async for _ in stream:
+            n += 1
+            if n == 3:
+                assert _race_tasks_now() == []
+                break
+    whole = asyncio.create_task(
+        client.chat.completions.create(model="mock", messages=CHAT, max_tokens=5)
+    )
+    seen: list[list[str]] = []
+    while not whole.done():
+        seen.append(_race_tasks_now())
+        await asyncio.sleep(0.005)
+    assert (await whole).choices[0].message.content
+    assert len(seen) > 3 and not any(seen)
+    rec = d.orch.tasks.get(tid)
+    assert rec is not None
+    for _ in range(200):
+        if rec.terminal:
+            break
+        await asyncio.sleep(0.01)
+    assert rec.state == "canceled"
+    await client.close()

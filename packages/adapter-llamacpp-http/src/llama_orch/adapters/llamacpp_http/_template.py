@@ -83,12 +83,20 @@ _env = _environment()
 class ChatTemplate:
     """One engine's template with its special tokens."""
 
-    __slots__ = ("_template", "bos_token", "eos_token")
+    __slots__ = ("_globals", "_template", "bos_token", "eos_token")
 
     def __init__(self, template: jinja2.Template, bos_token: str, eos_token: str) -> None:
         self._template = template
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # ORCH-2819: the globals merged once, with the special tokens; Jinja's
+        # ``render`` merges its globals (a ChainMap) into a new dict twice per call
+        self._globals: dict[str, Any] = {
+            **template.globals,
+            "add_generation_prompt": True,
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+        }
 
     @staticmethod
     def renders(messages: Messages) -> bool:
@@ -98,13 +106,15 @@ class ChatTemplate:
 
     def render(self, messages: Messages) -> str:
         """The prompt; raises :class:`jinja2.TemplateError` (or a template's own
-        error) when the template refuses the messages."""
-        return self._template.render(
-            messages=messages,
-            add_generation_prompt=True,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-        )
+        error) when the template refuses the messages. What ``Template.render`` does,
+        with a context built from the merged globals (ORCH-2819)."""
+        t = self._template
+        env = t.environment
+        ctx = env.context_class(env, {**self._globals, "messages": messages}, t.name, t.blocks)
+        try:
+            return env.concat(t.root_render_func(ctx))
+        except Exception:
+            env.handle_exception()
 
 
 @functools.lru_cache(maxsize=32)

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
+from llama_orch.orchestratord.leanconn import APP_QUEUE, AppQueue
 from llama_orch.orchestratord.limits import RAW_SEND
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 __all__ = [
     "MAX_RETRY_AFTER_MS",
@@ -203,7 +204,7 @@ class TaskStreamResponse(Response):
                 await raw({"type": "http.response.body", "body": chunk, "more_body": True})
             await raw({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await _race(pump(), receive, self._host, self._rec)
+        await _race(pump(), scope, receive, self._host, self._rec)
 
 
 class TaskResponse(Response):
@@ -225,10 +226,47 @@ class TaskResponse(Response):
             resp = Response(body, status, headers, media_type="application/json")
             await resp(scope, receive, send)
 
-        await _race(answer(), receive, self._host, self._rec)
+        await _race(answer(), scope, receive, self._host, self._rec)
 
 
 async def _race(
+    work: Awaitable[None], scope: Scope, receive: Receive, host: FrontendHost, rec: TaskRecord
+) -> None:
+    """Run ``work`` until it ends or the client goes away; then a task not ended is
+    canceled (ORCH-9113). Under orchestratord's servers the request's queue tells the
+    disconnect by a callback and ``work`` runs in the request's own task (ORCH-2809);
+    under another server a worker task and a watcher task on ``receive`` race."""
+    queue = scope.get(APP_QUEUE)
+    if not isinstance(queue, AppQueue):
+        return await _race_tasks(work, receive, host, rec)
+    task = asyncio.current_task()
+    assert task is not None
+    state = ""
+
+    def on_message(message: Message) -> None:
+        nonlocal state
+        if message["type"] == "http.disconnect" and not state:
+            state = "gone"
+            task.cancel()
+
+    queue.watch(on_message)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if state != "gone":
+            raise
+        task.uncancel()
+    except OSError:  # the socket closed under a send: the client is gone too
+        pass
+    finally:
+        state = state or "ended"  # a callback from now on must not cancel what follows
+        queue.watch(None)
+        if not rec.terminal:
+            _log.info("client of task %s went away: canceling it", rec.task_id)
+            host.cancel(rec)
+
+
+async def _race_tasks(
     work: Awaitable[None], receive: Receive, host: FrontendHost, rec: TaskRecord
 ) -> None:
     worker = asyncio.ensure_future(work)
