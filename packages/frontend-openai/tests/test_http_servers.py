@@ -75,9 +75,7 @@ def _race_tasks_now() -> list[str]:
 
 
 @pytest.mark.parametrize("http_server", SERVERS)
-async def test_a_streamed_answer_runs_in_its_request_task(
-    start_daemon, config, key, http_server
-):
+async def test_a_streamed_answer_runs_in_its_request_task(start_daemon, config, key, http_server):
     """ORCH-2809: under orchestratord's servers a streamed answer and a whole answer hold
     no worker task and no watcher task of their own (the request's queue tells the
     disconnect), and a closed stream still cancels its task (ORCH-9113)."""
