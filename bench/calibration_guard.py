@@ -62,15 +62,13 @@ def figures(pairs: list[tuple[float, float]]) -> str:
     )
 
 
-def released(log: Path) -> set[str]:
-    """ORCH-2928: the held tasks (full ids) whose hold the dispatcher ended while the
-    running task their 202's start was told from still ran: the task whose ms left in
-    the 202's DEBUG ``forecast`` line is the start told (within 1 ms), ended 100 ms or
-    more after the held task's ``dispatched after a hold`` line. Empty without those
-    lines (an INFO run): the classes are then ORCH-2939's."""
-    told: dict[str, list[str]] = {}  # a task's 8-char id: the running tasks told to guard it
+def released(log: Path, outs: list[dict[str, Any]]) -> set[str]:
+    """ORCH-2928: the tasks (full ids) whose told guard still ran 100 ms or more after
+    their dispatch: the running task whose ms left in the task's 202 DEBUG ``forecast``
+    line is the start told (within 1 ms), its dispatch that line's instant plus its
+    queue wait. Empty without those lines (an INFO run): the classes stay ORCH-2939's."""
+    told: dict[str, tuple[float, list[str]]] = {}  # 8-char id: its 202's instant, guards
     ended: dict[str, float] = {}  # 8-char id: when its first run ended (log clock, s)
-    dispatched: dict[str, float] = {}  # full id: its first dispatch after a hold
     if not log.exists():
         return set()
     for line in log.read_text().splitlines():
@@ -79,21 +77,25 @@ def released(log: Path) -> set[str]:
         except json.JSONDecodeError:
             continue
         msg, ts = rec.get("msg", ""), rec.get("ts")
+        if ts is None:
+            continue
         if (m := _FORECAST.match(msg)) and m.group(1) not in told:
             start = int(m.group(2))
-            told[m.group(1)] = [
+            told[m.group(1)] = (float(ts), [
                 tid for tid, ms in _RUNNING.findall(msg.split("; running ", 1)[-1])
                 if abs(int(ms) - start) <= 1
-            ]  # fmt: skip
-        elif msg == "task ended" and ts is not None:
+            ])  # fmt: skip
+        elif msg == "task ended":
             ended.setdefault(str(rec.get("job_id", ""))[:8], float(ts))
-        elif (m := _AFTER.search(msg)) and ts is not None:
-            dispatched.setdefault(m.group(1), float(ts))
-    return {
-        tid
-        for tid, at in dispatched.items()
-        if any(ended.get(g, math.inf) >= at + 0.1 for g in told.get(tid[:8], []))
-    }
+    out: set[str] = set()
+    for o in outs:
+        tid, wait = o.get("task_id"), o.get("queue_wait_ms")
+        if tid is None or wait is None or tid[:8] not in told:
+            continue
+        at, guards = told[tid[:8]]
+        if any(ended.get(g, math.inf) >= at + wait / 1000 + 0.1 for g in guards):
+            out.add(tid)
+    return out
 
 
 OVER, NOT_KEPT, UNDER, OTHER = "hold over-told", "hold not kept", "hold under-told", "other"
@@ -112,9 +114,9 @@ def misses(
     *hold over-told*, it was held, or queued behind a held task still queued at its
     admission and told at most 1.5x the start that task's 202 told, and waited under
     half its start told;
-    *hold released* (ORCH-2928), the same but that hold, its own or the one it follows,
-    is in ``released_`` (:func:`released`): the dispatcher ended it while its told guard
-    still ran;
+    *hold released* (ORCH-2928), told at least 2x its wait, held or queued behind a held
+    task still queued at its admission, and in ``released_`` (:func:`released`): the
+    running task its 202's start was told from still ran after its dispatch;
     *hold not kept*, told at least 2x its wait otherwise (the forecast held it or the
     queue, the dispatcher did not); *hold under-told*, held and waited over 2x; *other*."""
     gone = released_ or set()
@@ -128,22 +130,19 @@ def misses(
         if o["queue_wait_ms"] < 100 or max(told / waited, waited / told) <= 2.0:
             continue
         own = o.get("task_id") in held
-        leaders = [
+        behind = [
             h
             for h in ran
             if h.get("task_id") in held
             and h is not o
             and h["admitted_s"] <= o["admitted_s"] < h["admitted_s"] + h["queue_wait_ms"] / 1000
-            and told <= 1.5 * max(start_after(h, o["admitted_s"]), 1.0)
         ]
+        follows = any(told <= 1.5 * max(start_after(h, o["admitted_s"]), 1.0) for h in behind)
         if told > 2.0 * waited:
-            if own:
-                kind = RELEASED if o.get("task_id") in gone else OVER
-            elif leaders:
-                kind = RELEASED if any(h.get("task_id") in gone for h in leaders) else OVER
+            if (own or behind) and o.get("task_id") in gone:
+                out.append((o, RELEASED))
             else:
-                kind = NOT_KEPT
-            out.append((o, kind))
+                out.append((o, OVER if own or follows else NOT_KEPT))
         else:
             out.append((o, UNDER if own else OTHER))
     return out
@@ -153,7 +152,7 @@ def miss_report(stamp: str) -> list[str]:
     data: dict[str, Any] = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
     log = Path(f"/tmp/llorch-calibration-{stamp}") / "orchestratord.log"
     held, _after = holds(log)
-    found = misses(data["outcomes"], held, released(log))
+    found = misses(data["outcomes"], held, released(log, data["outcomes"]))
     kinds = (OVER, RELEASED, NOT_KEPT, UNDER, OTHER)
     counts = {c: sum(k == c for _o, k in found) for c in kinds}
     lines = [f"## {stamp}: {len(found)} start miss(es); " + ", ".join(

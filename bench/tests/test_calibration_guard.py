@@ -72,30 +72,42 @@ def test_the_start_misses_are_classed_as_orch_2939_says() -> None:
                    "slow": OTHER, "later": OVER, "alone": NOT_KEPT}  # fmt: skip
 
 
-def _run_1516() -> tuple[list[dict[str, object]], set[str]]:
-    data = json.loads((BENCH / "results" / "2026-12-05-1516-calibration.json").read_text())
-    held, _after = holds(RUN_1516)
-    return data["outcomes"], held
+def _run(stamp: str) -> tuple[list[dict[str, object]], set[str], set[str]]:
+    """A run's committed report and its log lines kept in ``data/<stamp>-guard.jsonl``
+    (the 202s' forecast lines, the guard's INFO lines, the task ends that decide)."""
+    data = json.loads((BENCH / "results" / f"{stamp}-calibration.json").read_text())
+    log = BENCH / "tests" / "data" / f"{stamp}-guard.jsonl"
+    held, _after = holds(log)
+    return data["outcomes"], held, released(log, data["outcomes"])
 
 
 def test_run_1516s_two_over_told_holds_were_released() -> None:
-    """ORCH-2929: run 1516's own log lines (its 202s' forecast lines, the guard's INFO
-    lines, the task ends: ``data/2026-12-05-1516-guard.jsonl``). fcb51686 was told held
-    18,492 ms by 3739de25 and dispatched after a hold of 77 ms; 4a7bd776 told 13,635 ms by
-    the same task, dispatched after 3,951 ms; 3739de25 ended 17.6 s / 11.2 s after those
-    dispatches. ORCH-2939's classifier (no ``released``) calls both over-told."""
-    outs, held = _run_1516()
-    gone = released(RUN_1516)
-    assert gone == {
-        "fcb51686-6274-4cb9-bc9c-7be445ea85cf",
-        "4a7bd776-1e50-42da-9c8e-23ab94819136",
-    }
+    """ORCH-2929: fcb51686 was told held 18,492 ms by 3739de25 and dispatched after a
+    hold of 77 ms; 4a7bd776 told 13,635 ms by the same task, dispatched after 3,951 ms;
+    3739de25 ended 17.6 s / 11.2 s after those dispatches. ORCH-2939's classifier (no
+    ``released``) calls both over-told."""
+    outs, held, gone = _run("2026-12-05-1516")
+    assert {"fcb51686-6274-4cb9-bc9c-7be445ea85cf", "4a7bd776-1e50-42da-9c8e-23ab94819136"} <= gone
     got = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held, gone)}
     assert got["fcb51686"] == RELEASED
     assert got["4a7bd776"] == RELEASED
     assert OVER not in got.values()
     before = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held)}
     assert before["fcb51686"] == before["4a7bd776"] == OVER  # without the DEBUG lines
+
+
+def test_run_1725s_queue_behind_a_released_hold_was_released() -> None:
+    """ORCH-2929: 6825adea, told in its 202 to start at 1,423 ms, was held 2 ms later by
+    942c4098 and dispatched after 1,036 ms; 15a9559c and 2e71d841, queued behind it while
+    it was held, were told 4,091 / 3,991 ms, 942c4098's forecast end, and started after
+    933 / 834 ms, 1.9 s before 942c4098 ended. ORCH-2939 calls them not kept (the held
+    task's own 202 told no hold); f1ee3fce, admitted after the hold ended, stays so."""
+    outs, held, gone = _run("2026-12-05-1725")
+    got = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held, gone)}
+    assert got["15a9559c"] == got["2e71d841"] == RELEASED
+    assert got["f1ee3fce"] == NOT_KEPT
+    before = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held)}
+    assert before["15a9559c"] == before["2e71d841"] == NOT_KEPT
 
 
 def _line(ts: float, msg: str, **kw: str) -> str:
@@ -113,29 +125,29 @@ def _forecast(tid: str, start: int, running: list[tuple[str, int]]) -> str:
 
 def test_a_hold_ended_by_its_told_guards_end_stays_over_told(tmp_path: Path) -> None:
     """ORCH-2928: the guard the start was told from (ms left = the start told, within
-    1 ms) ended at the dispatch: over-told; still running 100 ms after it: released."""
+    1 ms) ended by the dispatch (the 202's instant + the queue wait): over-told; still
+    running 100 ms after it: released, and so is a task queued behind it told from it."""
     log = tmp_path / "orchestratord.log"
     lines = [
         _line(100.0, _forecast("aaaaaaaa", 6001, [("dddddddd", 6000), ("ffffffff", 900)])),
         _line(100.5, _forecast("bbbbbbbb", 4000, [("eeeeeeee", 3999), ("dddddddd", 5500)])),
+        _line(100.6, _forecast("cccccccc", 3500, [("eeeeeeee", 3501), ("bbbbbbbb", 0)])),
         _line(101.0, "dispatch guard: task aaaaaaaa-1 held (bench-e0: 2000 ms to the end)"),
-        _line(103.0, "task ended", job_id="dddddddd-1"),
-        _line(103.05, "dispatch guard: task aaaaaaaa-1 dispatched after a hold of 2050 ms"),
-        _line(103.1, "dispatch guard: task bbbbbbbb-1 held (bench-e0: 900 ms to the end)"),
-        _line(103.2, "dispatch guard: task bbbbbbbb-1 dispatched after a hold of 100 ms"),
-        _line(103.29, "task ended", job_id="eeeeeeee-1"),
+        _line(102.05, "task ended", job_id="dddddddd-1"),
+        _line(102.1, "dispatch guard: task bbbbbbbb-1 held (bench-e0: 900 ms to the end)"),
+        _line(102.9, "task ended", job_id="eeeeeeee-1"),
     ]
-    log.write_text("\n".join(lines) + "\n")
-    assert released(log) == set()  # aaaa's guard ended before; eeee 90 ms after bbbb's
-    lines[-1] = _line(103.31, "task ended", job_id="eeeeeeee-1")
-    log.write_text("\n".join(lines) + "\n")
-    assert released(log) == {"bbbbbbbb-1"}
     outs = [
-        _out("aaaaaaaa-1", 100.0, 6001.0, 2050.0),
-        _out("bbbbbbbb-1", 100.5, 4000.0, 2100.0),  # within 2x: no miss
-        _out("cccccccc-1", 100.6, 3500.0, 1200.0),  # follows bbbb: released with it
+        _out("aaaaaaaa-1", 100.0, 6001.0, 2050.0),  # dddd ended at its dispatch
+        _out("bbbbbbbb-1", 100.5, 4000.0, 2100.0),  # within 2x: no miss, released or not
+        _out("cccccccc-1", 100.6, 3500.0, 1200.0),  # behind bbbb, eeee ran 1.1 s after
     ]
-    got = {o["task_id"]: kind for o, kind in misses(outs, {"aaaaaaaa-1", "bbbbbbbb-1"},
-                                                    released(log))}  # fmt: skip
+    log.write_text("\n".join(lines) + "\n")
+    gone = released(log, outs)
+    assert gone == {"bbbbbbbb-1", "cccccccc-1"}  # eeee ran 300 ms / 1.1 s past them
+    got = {o["task_id"]: kind for o, kind in misses(outs, {"aaaaaaaa-1", "bbbbbbbb-1"}, gone)}
     assert got == {"aaaaaaaa-1": OVER, "cccccccc-1": RELEASED}
-    assert released(tmp_path / "missing.log") == set()
+    lines[-1] = _line(101.85, "task ended", job_id="eeeeeeee-1")  # 50 ms after cccc's
+    log.write_text("\n".join(lines) + "\n")
+    assert released(log, outs) == set()
+    assert released(tmp_path / "missing.log", outs) == set()
