@@ -62,15 +62,16 @@ def figures(pairs: list[tuple[float, float]]) -> str:
     )
 
 
-def released(log: Path, outs: list[dict[str, Any]]) -> set[str]:
-    """ORCH-2928: the tasks (full ids) whose told guard still ran 100 ms or more after
-    their dispatch: the running task whose ms left in the task's 202 DEBUG ``forecast``
-    line is the start told (within 1 ms), its dispatch that line's instant plus its
-    queue wait. Empty without those lines (an INFO run): the classes stay ORCH-2939's."""
+def told_guards(log: Path, outs: list[dict[str, Any]]) -> dict[str, bool]:
+    """ORCH-2928: per task (full id) whose start told is a running task's forecast end
+    (its told guard: the running task whose ms left in its 202's DEBUG ``forecast`` line
+    is the start told, within 1 ms), whether that task still ran 100 ms or more after its
+    dispatch (that line's instant plus its queue wait). Empty without those lines (an
+    INFO run): the classes stay ORCH-2939's."""
     told: dict[str, tuple[float, list[str]]] = {}  # 8-char id: its 202's instant, guards
     ended: dict[str, float] = {}  # 8-char id: when its first run ended (log clock, s)
     if not log.exists():
-        return set()
+        return {}
     for line in log.read_text().splitlines():
         try:
             rec = json.loads(line)
@@ -87,15 +88,19 @@ def released(log: Path, outs: list[dict[str, Any]]) -> set[str]:
             ])  # fmt: skip
         elif msg == "task ended":
             ended.setdefault(str(rec.get("job_id", ""))[:8], float(ts))
-    out: set[str] = set()
+    out: dict[str, bool] = {}
     for o in outs:
         tid, wait = o.get("task_id"), o.get("queue_wait_ms")
-        if tid is None or wait is None or tid[:8] not in told:
+        if tid is None or wait is None or not told.get(tid[:8], (0.0, []))[1]:
             continue
         at, guards = told[tid[:8]]
-        if any(ended.get(g, math.inf) >= at + wait / 1000 + 0.1 for g in guards):
-            out.add(tid)
+        out[tid] = any(ended.get(g, math.inf) >= at + wait / 1000 + 0.1 for g in guards)
     return out
+
+
+def released(log: Path, outs: list[dict[str, Any]]) -> set[str]:
+    """The tasks whose told guard still ran after their dispatch (:func:`told_guards`)."""
+    return {tid for tid, ran in told_guards(log, outs).items() if ran}
 
 
 OVER, NOT_KEPT, UNDER, OTHER = "hold over-told", "hold not kept", "hold under-told", "other"
@@ -108,18 +113,18 @@ def start_after(o: dict[str, Any], at_s: float) -> float:
 
 
 def misses(
-    outs: list[dict[str, Any]], held: set[str], released_: set[str] | None = None
+    outs: list[dict[str, Any]], held: set[str], guards: dict[str, bool] | None = None
 ) -> list[tuple[dict[str, Any], str]]:
     """ORCH-2939: each start told outside 2x of its wait (waited >= 100 ms) and its class:
     *hold over-told*, it was held, or queued behind a held task still queued at its
     admission and told at most 1.5x the start that task's 202 told, and waited under
     half its start told;
-    *hold released* (ORCH-2928), told at least 2x its wait, held or queued behind a held
-    task still queued at its admission, and in ``released_`` (:func:`released`): the
-    running task its 202's start was told from still ran after its dispatch;
     *hold not kept*, told at least 2x its wait otherwise (the forecast held it or the
-    queue, the dispatcher did not); *hold under-told*, held and waited over 2x; *other*."""
-    gone = released_ or set()
+    queue, the dispatcher did not); *hold under-told*, held and waited over 2x; *other*.
+    ORCH-2928, before those: told at least 2x its wait, held or queued behind a held task
+    still queued at its admission, with a told guard in ``guards`` (:func:`told_guards`):
+    *hold released* when that task still ran after its dispatch, else *hold over-told*."""
+    known = guards or {}
     ran = sorted(
         (o for o in outs if o.get("status") == 202 and o.get("queue_wait_ms") is not None),
         key=lambda o: o["admitted_s"],
@@ -139,8 +144,8 @@ def misses(
         ]
         follows = any(told <= 1.5 * max(start_after(h, o["admitted_s"]), 1.0) for h in behind)
         if told > 2.0 * waited:
-            if (own or behind) and o.get("task_id") in gone:
-                out.append((o, RELEASED))
+            if (own or behind) and o.get("task_id") in known:
+                out.append((o, RELEASED if known[o["task_id"]] else OVER))
             else:
                 out.append((o, OVER if own or follows else NOT_KEPT))
         else:
@@ -152,7 +157,7 @@ def miss_report(stamp: str) -> list[str]:
     data: dict[str, Any] = json.loads((HERE / "results" / f"{stamp}-calibration.json").read_text())
     log = Path(f"/tmp/llorch-calibration-{stamp}") / "orchestratord.log"
     held, _after = holds(log)
-    found = misses(data["outcomes"], held, released(log, data["outcomes"]))
+    found = misses(data["outcomes"], held, told_guards(log, data["outcomes"]))
     kinds = (OVER, RELEASED, NOT_KEPT, UNDER, OTHER)
     counts = {c: sum(k == c for _o, k in found) for c in kinds}
     lines = [f"## {stamp}: {len(found)} start miss(es); " + ", ".join(

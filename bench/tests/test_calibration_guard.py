@@ -21,6 +21,7 @@ from calibration_guard import (
     holds,
     misses,
     released,
+    told_guards,
 )
 
 BENCH = Path(__file__).resolve().parents[1]
@@ -72,13 +73,13 @@ def test_the_start_misses_are_classed_as_orch_2939_says() -> None:
                    "slow": OTHER, "later": OVER, "alone": NOT_KEPT}  # fmt: skip
 
 
-def _run(stamp: str) -> tuple[list[dict[str, object]], set[str], set[str]]:
+def _run(stamp: str) -> tuple[list[dict[str, object]], set[str], dict[str, bool]]:
     """A run's committed report and its log lines kept in ``data/<stamp>-guard.jsonl``
     (the 202s' forecast lines, the guard's INFO lines, the task ends that decide)."""
     data = json.loads((BENCH / "results" / f"{stamp}-calibration.json").read_text())
     log = BENCH / "tests" / "data" / f"{stamp}-guard.jsonl"
     held, _after = holds(log)
-    return data["outcomes"], held, released(log, data["outcomes"])
+    return data["outcomes"], held, told_guards(log, data["outcomes"])
 
 
 def test_run_1516s_two_over_told_holds_were_released() -> None:
@@ -87,7 +88,8 @@ def test_run_1516s_two_over_told_holds_were_released() -> None:
     3739de25 ended 17.6 s / 11.2 s after those dispatches. ORCH-2939's classifier (no
     ``released``) calls both over-told."""
     outs, held, gone = _run("2026-12-05-1516")
-    assert {"fcb51686-6274-4cb9-bc9c-7be445ea85cf", "4a7bd776-1e50-42da-9c8e-23ab94819136"} <= gone
+    assert gone["fcb51686-6274-4cb9-bc9c-7be445ea85cf"] is True  # 3739de25 ran on
+    assert gone["4a7bd776-1e50-42da-9c8e-23ab94819136"] is True
     got = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held, gone)}
     assert got["fcb51686"] == RELEASED
     assert got["4a7bd776"] == RELEASED
@@ -108,6 +110,19 @@ def test_run_1725s_queue_behind_a_released_hold_was_released() -> None:
     assert got["f1ee3fce"] == NOT_KEPT
     before = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held)}
     assert before["15a9559c"] == before["2e71d841"] == NOT_KEPT
+
+
+def test_run_1742s_queue_behind_a_hold_whose_guard_was_canceled_is_over_told() -> None:
+    """ORCH-2928: the same phase of seed 19 in run 1742: 017abdbd told 1,034 ms (no hold),
+    held 2 ms later by a686e164 (a prefill, 99 tokens left) and dispatched after 1,085 ms
+    when a686e164 was canceled; 09e0b64a and dfe027be behind it were told 3,298 / 3,198 ms,
+    a686e164's forecast end, and started at its end: over-told (their told guard ended
+    sooner than forecast), not "not kept" as ORCH-2939 alone says."""
+    outs, held, guards = _run("2026-12-05-1742")
+    got = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held, guards)}
+    assert got["09e0b64a"] == got["dfe027be"] == OVER
+    before = {str(o["task_id"])[:8]: kind for o, kind in misses(outs, held)}
+    assert before["09e0b64a"] == before["dfe027be"] == NOT_KEPT
 
 
 def _line(ts: float, msg: str, **kw: str) -> str:
@@ -143,9 +158,10 @@ def test_a_hold_ended_by_its_told_guards_end_stays_over_told(tmp_path: Path) -> 
         _out("cccccccc-1", 100.6, 3500.0, 1200.0),  # behind bbbb, eeee ran 1.1 s after
     ]
     log.write_text("\n".join(lines) + "\n")
-    gone = released(log, outs)
-    assert gone == {"bbbbbbbb-1", "cccccccc-1"}  # eeee ran 300 ms / 1.1 s past them
-    got = {o["task_id"]: kind for o, kind in misses(outs, {"aaaaaaaa-1", "bbbbbbbb-1"}, gone)}
+    assert released(log, outs) == {"bbbbbbbb-1", "cccccccc-1"}  # eeee ran 0.3 / 1.1 s past
+    guards = told_guards(log, outs)
+    assert guards == {"aaaaaaaa-1": False, "bbbbbbbb-1": True, "cccccccc-1": True}
+    got = {o["task_id"]: kind for o, kind in misses(outs, {"aaaaaaaa-1", "bbbbbbbb-1"}, guards)}
     assert got == {"aaaaaaaa-1": OVER, "cccccccc-1": RELEASED}
     lines[-1] = _line(101.85, "task ended", job_id="eeeeeeee-1")  # 50 ms after cccc's
     log.write_text("\n".join(lines) + "\n")
