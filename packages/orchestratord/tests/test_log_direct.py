@@ -20,7 +20,7 @@ from llama_orch.orchestratord import logline, main, telemetry
 from llama_orch.orchestratord.telemetry import TASK_LOG_FIELDS, log_task_end, task_end_record
 from llama_orch.orchestratord.tracing import CORRELATION_ID, INSTANCE_ID, CorrelationFilter
 
-from .test_log_line import _record_fields, _rec_pool
+from .test_log_line import _rec_pool, _record_fields
 
 LOG = logging.getLogger("llama_orch.orchestratord")
 

@@ -7,9 +7,9 @@ generic encoder); the line must be equal to it, byte for byte, for any values.
 from __future__ import annotations
 
 import contextlib
-import json
 import enum
 import io
+import json
 import logging
 import os
 import subprocess
@@ -64,7 +64,9 @@ _values = st.one_of(
     st.lists(st.one_of(st.integers(), st.text(max_size=4), st.none()), max_size=3),
     st.dictionaries(st.text(max_size=4), st.one_of(st.floats(), st.text(max_size=4)), max_size=3),
 )
-_record_fields = st.dictionaries(st.sampled_from(logline.FIELDS), _values, max_size=len(logline.FIELDS))
+_record_fields = st.dictionaries(
+    st.sampled_from(logline.FIELDS), _values, max_size=len(logline.FIELDS)
+)
 
 
 @settings(max_examples=400, deadline=None)
