@@ -1,5 +1,5 @@
-"""Three parts of orchestratord's fixed CPU per request, in process, this tree against a
-git ref (issue #20, session 17: ORCH-2804..2806).
+"""Parts of orchestratord's CPU per request and per token, in process, this tree against
+a git ref (issue #20, session 17: ORCH-2804..2806; session 20: ORCH-2822..2824).
 
     flock /work/bench.lock uv run --frozen python bench/fixed_parts.py --compare-ref dbd6fc9
 
@@ -11,7 +11,10 @@ Parts, each in µs of process CPU time per call, the median of ``--blocks`` bloc
   listener on 127.0.0.1, then its close (ORCH-2805; the listener's accepts are not timed);
 - ``ids``: one task ID and one correlation ID as admission and the correlation
   middleware make them (ORCH-2806; the ref's ``uuid.uuid4()`` forms where it has no
-  ``orchestratord.ids``).
+  ``orchestratord.ids``);
+- ``parse`` (per token): the llama.cpp adapter's ``CompletionStream`` fed the fake
+  engine's 128-token ``/completion`` stream one event per read, as ``HttpAdapter.generate``
+  feeds it (the engine stream's SSE parse and decode, ORCH-2824).
 
 Each side runs in its own child process (the ref's ``packages/*/src`` first on
 ``PYTHONPATH``, from ``git archive``), the sides alternating for ``--rounds`` rounds;
@@ -118,11 +121,38 @@ def _ids_part(blocks: int) -> float:
     return _blocks(lambda: (ids.new_task_id(), ids.new_correlation_id()), 20_000, blocks)
 
 
+_TOKENS = 128
+
+
+def _parse_part(blocks: int) -> float:
+    from llama_orch.adapters.llamacpp_http._stream import CompletionStream
+
+    events = [
+        b'data: {"index":0,"content":" t%d","tokens":[%d],"stop":false,"id_slot":0,'
+        b'"tokens_predicted":%d,"tokens_evaluated":%d}\n\n' % (i, 1000 + i, i + 1, 12)
+        for i in range(_TOKENS)
+    ]
+    events.append(
+        b'data: {"index":0,"content":"","tokens":[],"id_slot":0,"stop":true,'
+        b'"model":"m","tokens_predicted":%d,"tokens_evaluated":12,'
+        b'"has_new_line":false,"truncated":false,"stop_type":"limit",'
+        b'"stopping_word":"","tokens_cached":%d,"timings":{}}\n\n' % (_TOKENS, 12 + _TOKENS)
+    )
+
+    def stream() -> None:
+        decoder = CompletionStream()
+        for data in events:
+            decoder.feed(data)
+
+    return _blocks(stream, 200, blocks) / _TOKENS
+
+
 def _child(blocks: int) -> None:
     out = {
         "log": _log_part(blocks),
         "connect": asyncio.run(_connect_part(blocks)),
         "ids": _ids_part(blocks),
+        "parse": _parse_part(blocks),
     }
     print(json.dumps(out))
 
@@ -180,13 +210,13 @@ def main() -> int:
             got[name].append(_run_side(path, args.blocks))
     end = Path("/proc/loadavg").read_text().split()[:3]
     print(f"fixed_parts: load {' '.join(load)} -> {' '.join(end)}; {args.rounds} rounds")
-    parts: list[str] = ["log", "connect", "ids"]
+    parts: list[str] = ["log", "connect", "ids", "parse"]
     for part in parts:
         row: list[Any] = []
         for name, runs in got.items():
             vals = [run[part] for run in runs]
             row.append(
-                f"{name} {statistics.median(vals):.1f} us [{min(vals):.1f}..{max(vals):.1f}]"
+                f"{name} {statistics.median(vals):.2f} us [{min(vals):.2f}..{max(vals):.2f}]"
             )
         print(f"  {part}: " + "; ".join(row))
     return 0

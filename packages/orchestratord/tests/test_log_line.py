@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import io
+import json
 import logging
 import os
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_orch.core.errors import ErrorCode
-from llama_orch.orchestratord import main, telemetry
+from llama_orch.orchestratord import logline, main, telemetry
 from llama_orch.orchestratord.telemetry import TASK_LOG_FIELDS, log_task_end, task_end_record
 
 
@@ -36,12 +37,12 @@ def ref_format(record: logging.LogRecord) -> str:
         "msg": record.getMessage(),
     }
     attrs = record.__dict__
-    for key in main._FIELDS:
+    for key in logline.FIELDS:
         if key in attrs:
             out[key] = attrs[key]
     if record.exc_info:
         out["exc"] = logging.Formatter().formatException(record.exc_info)
-    return main._encode(out)
+    return json.dumps(out, default=str)
 
 
 class Prio(enum.IntEnum):
@@ -63,7 +64,9 @@ _values = st.one_of(
     st.lists(st.one_of(st.integers(), st.text(max_size=4), st.none()), max_size=3),
     st.dictionaries(st.text(max_size=4), st.one_of(st.floats(), st.text(max_size=4)), max_size=3),
 )
-_record_fields = st.dictionaries(st.sampled_from(main._FIELDS), _values, max_size=len(main._FIELDS))
+_record_fields = st.dictionaries(
+    st.sampled_from(logline.FIELDS), _values, max_size=len(logline.FIELDS)
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import json
-import json.encoder
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
 
 import msgspec
 from llama_orch.core.adapter_api import AdapterLoadError
@@ -29,105 +25,14 @@ from llama_orch.core.errors import OrchError
 from .auth import MIN_KEY_LENGTH, hash_key, new_key
 from .errors import StartupError
 from .init import init_command
+from .logline import JsonFormatter, LineHandler, flushes_at_line_end
 from .policies import reload_policies
 from .serve import serve
 from .service import Orchestrator
-from .telemetry import TASK_LOG_FIELDS
 from .tracing import CorrelationFilter
 from .workers import refusal, run_workers
 
-__all__ = ["main"]
-
-# check/ok/detail: self-tests; model..reason: catalog verifications (ORCH-3314)
-_FIELDS = (
-    *TASK_LOG_FIELDS,
-    "check",
-    "ok",
-    "detail",
-    "model",
-    "digest",
-    "stage",
-    "result",
-    "reason",
-    "instance_id",  # with a state store (ORCH-2544)
-)
-
-
-# One encoder for every line: json.dumps(out, default=str) builds a new JSONEncoder per
-# call, a third of the per-task log line's cost (issue #20). Same output.
-_encode = json.JSONEncoder(default=str).encode
-_quote = json.encoder.encode_basestring_ascii  # the encoder's own string text (ensure_ascii)
-# ORCH-2804: each field's key text, as the encoder writes it after the previous value.
-_HEADS = tuple((key, f", {_quote(key)}: ") for key in _FIELDS)
-
-
-def _value(value: object) -> str:
-    """``value``'s text in the line: exactly what ``_encode`` writes for it inside an
-    object (a string, None, an int and a finite float directly, as the encoder does;
-    anything else by ``_encode`` itself)."""
-    if isinstance(value, str):
-        return _quote(value)
-    if value is None:
-        return "null"
-    if type(value) is int:  # not bool, not an enum: those are the encoder's
-        return int.__repr__(value)
-    if type(value) is float and value - value == 0.0:  # finite; NaN/inf are the encoder's
-        return float.__repr__(value)
-    return _encode(value)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg``, the fields of
-    ``_FIELDS`` the record carries (in that order), ``exc``. ORCH-2804: the text is the
-    one ``_encode`` gives for that dictionary, written without the dictionary."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        attrs = record.__dict__
-        parts = [
-            f'{{"ts": {_value(round(record.created, 3))}, '
-            f'"level": {_value(record.levelname.lower())}, '
-            f'"logger": {_value(record.name)}, "msg": {_value(record.getMessage())}'
-        ]
-        for key, head in _HEADS:
-            if key in attrs:
-                parts.append(head + _value(attrs[key]))
-        if record.exc_info:
-            parts.append(', "exc": ' + _value(self.formatException(record.exc_info)))
-        parts.append("}")
-        return "".join(parts)
-
-
-def flushes_at_line_end(stream: object) -> bool:
-    """Whether ``stream`` hands a written line to the OS within the ``write``: a text
-    stream with line buffering (``sys.stderr`` since Python 3.9), or writing through to
-    an unbuffered raw file (``sys.stderr`` under ``-u``/``PYTHONUNBUFFERED``)."""
-    if getattr(stream, "line_buffering", False):
-        return True
-    return bool(getattr(stream, "write_through", False)) and isinstance(
-        getattr(stream, "buffer", None), io.RawIOBase
-    )
-
-
-class LineHandler(logging.StreamHandler[TextIO]):
-    """ORCH-2804: one ``write`` of the whole line and its newline per record (as
-    ``StreamHandler``), and no second flush of a stream that flushed in that write."""
-
-    _checked: tuple[object, bool] = (None, False)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = self.stream
-            stream.write(self.format(record) + "\n")
-            checked, flushed = self._checked
-            if checked is not stream:
-                flushed = flushes_at_line_end(stream)
-                self._checked = (stream, flushed)
-            if not flushed:
-                stream.flush()
-        except RecursionError:  # as StreamHandler.emit
-            raise
-        except Exception:
-            self.handleError(record)
+__all__ = ["JsonFormatter", "LineHandler", "configure_logging", "flushes_at_line_end", "main"]
 
 
 def configure_logging(level: str = "INFO") -> None:

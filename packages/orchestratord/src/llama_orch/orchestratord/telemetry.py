@@ -21,6 +21,7 @@ from typing import Protocol, cast
 from llama_orch.core.errors import OrchError
 from llama_orch.core.replica import ReplicaState
 
+from .logline import TASK_LOG_FIELDS, direct_handler
 from .metrics import Attrs
 from .pools import Pool
 from .tasks import TaskRecord
@@ -41,39 +42,14 @@ _log = logging.getLogger("llama_orch.orchestratord")
 REPLICA_STATES = ("provisioning", "starting", "ready", "draining", "stopped", "failed")
 
 
-# The fields of the one ``task ended`` log line (ORCH-7030); main.JsonFormatter emits them.
-TASK_LOG_FIELDS = (
-    "job_id",
-    "session_id",
-    "tenant",
-    "correlation_id",
-    "api",
-    "engine",
-    "engine_version",
-    "pool_id",
-    "replica_id",
-    "model_id",
-    "ctx",
-    "kv_warmth",
-    "priority",
-    "state",
-    "queue_time_ms",
-    "decode_time_ms",
-    "tokens_in",
-    "tokens_out",
-    "queue_position",
-    "predicted_start_ms",
-    "error_code",
-)
-
-
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
 def log_task_end(rec: TaskRecord, pool: Pool) -> None:
     """One JSON log line per terminal task with the fields of ORCH-7030; never the
-    prompt, never a header (ORCH-1504)."""
+    prompt, never a header (ORCH-1504). ORCH-2822: written by the daemon's handler from
+    the fields when it is the only one to see it, else through ``Logger.handle``."""
     if not _log.isEnabledFor(logging.INFO):
         return
     st = pool.states.get(rec.replica_id) if rec.replica_id else None
@@ -101,7 +77,11 @@ def log_task_end(rec: TaskRecord, pool: Pool) -> None:
         "predicted_start_ms": rec.predicted_start_ms,
         "error_code": rec.error_code.value if rec.error_code else None,  # ORCH-1967
     }
-    _log.handle(task_end_record(fields))
+    handler = direct_handler(_log)
+    if handler is not None:  # ORCH-2822: the daemon's handler alone: no record
+        handler.write_fields(time.time(), _log.name, "task ended", fields)
+    else:
+        _log.handle(task_end_record(fields))
 
 
 # ORCH-2804: where the task-end record says it was logged (no frame walk per record).
