@@ -5,9 +5,12 @@ that is not 1 (the case the shortcut's inline terms all enter, ORCH-2940)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from llama_orch.core.servicetime import Observation, Prior
+from llama_orch.core.servicetime import DEFAULT_PRIOR, Observation, Prior
 from llama_orch.orchestratord import _quick_forecast
 from llama_orch.orchestratord import workload as workload_mod
 from llama_orch.orchestratord.workload import Workload
@@ -77,3 +80,20 @@ def test_a_learned_pace_is_not_one():
     for k, (n, ttft) in enumerate(((500, 9000.0), (20, 300.0), (2000, 900.0))):
         model.observe(Observation(n, ttft, 0.0, 1, 1.0, "completed"), 101.0 + k)
     assert model.params(103.0).prefill_pace != 1.0
+
+
+def test_the_default_prior_is_shared_and_frozen():
+    """ORCH-2955: a model without a prior of its engine's starts from one ``Prior()``
+    built once; sharing it is safe because it cannot change, and a seeded engine's
+    model is rebuilt from its own (ORCH-1954)."""
+    w = Workload()
+    pool = _pool(w, (2,))
+    model = w.model(pool, "p-e0", 2)  # type: ignore[arg-type]
+    assert model.prior is DEFAULT_PRIOR and DEFAULT_PRIOR == Prior()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_PRIOR.weight = 1.0  # type: ignore[misc]
+    assert w.prior(ENGINE) is DEFAULT_PRIOR
+    w.seed(ENGINE, decode_ms=9.0)
+    seeded = w.model(pool, "p-e0", 2)  # type: ignore[arg-type]
+    assert seeded is not model and seeded.prior == Prior(decode_ms_per_token=9.0)
+    assert DEFAULT_PRIOR == Prior()
