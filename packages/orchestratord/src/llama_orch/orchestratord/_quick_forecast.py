@@ -42,7 +42,7 @@ def quick_slot(
     if not jobs or busy + len(jobs) > n:  # the lane's idle slots: n - busy
         return None
     p = model.params(now)
-    # ORCH-2953: one walk of the running tasks: the conditions above and the prefill in
+    # ORCH-2953: one walk of the running tasks: the conditions below and the prefill in
     # progress (``prefill_terms``' ``pending``, its operations in its order, without its
     # per-task map and list); ``ModelParams.prefill_ms`` inline with its terms read once
     pending = 0.0
