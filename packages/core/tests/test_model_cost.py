@@ -125,7 +125,7 @@ def test_learning_equals_9d35416_to_the_bit(obs, slots, decode_ms, prefill_ms):
         ref.observe(o, t)
         new.observe_error(dec + 1.0, dec + tout + 1.0, t)
         ref.observe_error(dec + 1.0, dec + tout + 1.0, t)
-        assert new._pace._sums == ref._pace._sums
+        assert new._pace.sums() == ref._pace._sums  # ORCH-2951: read, so computed
         assert new.prefill_pace(t) == ref.prefill_pace(t)
         assert new.params(t) == ref.params(t)
         later = t + abs(dt) / 2
@@ -161,7 +161,13 @@ class _RefHist:
             swf += self.wf[i]
             self.sw[i], self.swf[i] = sw, swf
 
-    above = share_mod._Hist.above
+    def above(self, u: float) -> tuple[float, float]:
+        k = min(self.bins, int(u * self.bins))
+        w, wf = self.sw[k + 1], self.swf[k + 1]
+        if self.w[k] > 0.0 and self.wf[k] > u * self.w[k]:
+            w += self.w[k]
+            wf += self.wf[k]
+        return w, wf
 
 
 class _RefShare(OutputShare):

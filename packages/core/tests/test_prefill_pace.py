@@ -151,4 +151,4 @@ def test_the_inline_measure_equals_prefill_ms_per_run_to_the_bit(
         prefill_pace=pace,
     )  # fmt: skip
     pp.measure(overhead, per_token, quad, cap)
-    assert pp._sums == _measured_by_calls(pp, overhead, params)
+    assert pp.sums() == _measured_by_calls(pp, overhead, params)  # ORCH-2951: read

@@ -158,7 +158,7 @@ def test_position_order_equals_pop_order_after_solo_service():
 def test_position_of_every_task_is_its_place_in_serving_order(
     ops, one_flow: bool, band_weights, tenant_weights
 ):
-    """ORCH-1101, ORCH-1110: ``position`` (computed per flow and band, not simulated)
+    """ORCH-1101, ORCH-1110, ORCH-2954: ``position`` (computed per flow and band, not simulated)
     equals the place in the order ``pop`` serves, with band and tenant weights,
     deadlines, tasks put back in front and removals anywhere in the queue."""
     q: AdmissionQueue[int] = AdmissionQueue(

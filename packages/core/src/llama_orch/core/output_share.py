@@ -93,14 +93,17 @@ class OutputShare:
 class _Hist:
     """Weights and weighted shares per bin, with their suffix sums."""
 
-    __slots__ = ("bins", "sw", "swf", "w", "wf")
+    __slots__ = ("_at", "_sw", "_swf", "bins", "w", "wf")
 
     def __init__(self, bins: int) -> None:
         self.bins = bins
         self.w = [0.0] * (bins + 1)
         self.wf = [0.0] * (bins + 1)
-        self.sw = [0.0] * (bins + 2)
-        self.swf = [0.0] * (bins + 2)
+        self._sw = [0.0] * (bins + 2)
+        self._swf = [0.0] * (bins + 2)
+        # ORCH-2952: the bins as the last run added left them, while their suffix sums are
+        # not summed yet (None: summed). ``decay`` makes new lists, never changes these.
+        self._at: tuple[list[float], list[float]] | None = None
 
     def decay(self, scale: float) -> None:
         if scale != 1.0:  # ORCH-2943: ``x * scale`` per bin, in C
@@ -111,19 +114,41 @@ class _Hist:
     def add(self, k: int, share: float) -> None:
         self.w[k] += 1.0
         self.wf[k] += share
+        self._at = (self.w, self.wf)  # ORCH-2952: summed at the next read, not here
+
+    def _sum(self) -> None:
         # ORCH-2943: the suffix sums from 0.0, bin ``bins`` down to 0, added in that
-        # order (as a loop would), then the one past the end (0.0) kept
-        sw = list(itertools.accumulate(reversed(self.w), operator.add, initial=0.0))
-        swf = list(itertools.accumulate(reversed(self.wf), operator.add, initial=0.0))
+        # order (as a loop would), then the one past the end (0.0) kept; ORCH-2952: of
+        # the bins as the last run added left them (a decay since does not enter them)
+        assert self._at is not None
+        w, wf = self._at
+        sw = list(itertools.accumulate(reversed(w), operator.add, initial=0.0))
+        swf = list(itertools.accumulate(reversed(wf), operator.add, initial=0.0))
         sw.reverse()
         swf.reverse()
-        self.sw, self.swf = sw, swf
+        self._sw, self._swf, self._at = sw, swf, None
+
+    @property
+    def sw(self) -> list[float]:
+        """Weight of the bins from ``k`` on, at ``k``."""
+        if self._at is not None:
+            self._sum()
+        return self._sw
+
+    @property
+    def swf(self) -> list[float]:
+        """Weighted share of the bins from ``k`` on, at ``k``."""
+        if self._at is not None:
+            self._sum()
+        return self._swf
 
     def above(self, u: float) -> tuple[float, float]:
         """Weight and weighted share of the runs with a share above ``u``: the bins
         above ``u``'s, and ``u``'s own bin at its mean if that is above ``u``."""
         k = min(self.bins, int(u * self.bins))
-        w, wf = self.sw[k + 1], self.swf[k + 1]
+        if self._at is not None:
+            self._sum()
+        w, wf = self._sw[k + 1], self._swf[k + 1]
         if self.w[k] > 0.0 and self.wf[k] > u * self.w[k]:
             w += self.w[k]
             wf += self.wf[k]

@@ -232,14 +232,16 @@ class AdmissionQueue(Generic[T]):
         bands = [_BandCursor(b, [_FlowCursor(f) for f in b.active if f.live]) for b in self._order]
         while True:
             ready = [x for x in bands if x.flows]
-            if not ready:
+            if len(ready) == 1:  # ORCH-2954: uncontested (no band gains flows while
+                band = ready[0]  # iterating): the band credits below choose nothing
+            elif not ready:
                 return
-            if all(x.credit <= 0 for x in ready):
-                for x in bands:
-                    x.credit = x.band.weight
-            band = next((x for x in ready if x.credit > 0), ready[0])
-            if len(ready) > 1:  # same rule as pop(): credit is spent only when contested
-                band.credit -= 1
+            else:
+                if all(x.credit <= 0 for x in ready):
+                    for x in bands:
+                        x.credit = x.band.weight
+                band = next((x for x in ready if x.credit > 0), ready[0])
+                band.credit -= 1  # same rule as pop(): credit is spent only when contested
             flow = band.flows[0]
             yield next(flow.entries).item
             flow.credit -= 1

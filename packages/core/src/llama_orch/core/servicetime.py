@@ -45,7 +45,7 @@ from typing import Literal, NamedTuple
 from ._prefill_pace import PrefillPace
 from .time_index import DispatchLog, PromptIndex
 
-__all__ = ["ModelParams", "Observation", "Prior", "RobustLine", "ServiceModel"]
+__all__ = ["DEFAULT_PRIOR", "ModelParams", "Observation", "Prior", "RobustLine", "ServiceModel"]
 
 Outcome = Literal["completed", "canceled", "failed"]
 
@@ -76,6 +76,11 @@ class Prior:
     decode_ms_per_token: float = 25.0
     slowdown: float = 0.25  # relative decode slowdown per extra busy slot
     weight: float = 0.1  # how many samples the prior is worth
+
+
+# ORCH-2955: the prior of an engine with none of its own, built once (frozen), not at
+# every model lookup (``Workload.model``: three a request)
+DEFAULT_PRIOR = Prior()
 
 
 class ModelParams(NamedTuple):

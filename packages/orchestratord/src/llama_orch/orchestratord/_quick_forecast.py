@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-from llama_orch.core.eta import Job, Slot, replica_pace
+from llama_orch.core.eta import Job, Slot, prefill_left, replica_pace
 from llama_orch.core.servicetime import ServiceModel
 
-from ._forecast_inputs import prefill_terms
+from ._forecast_inputs import tokens_in
 from .tasks import TaskRecord
 
 __all__ = ["quick_slot"]
@@ -42,11 +42,30 @@ def quick_slot(
     if not jobs or busy + len(jobs) > n:  # the lane's idle slots: n - busy
         return None
     p = model.params(now)
+    # ORCH-2953: one walk of the running tasks: the conditions below and the prefill in
+    # progress (``prefill_terms``' ``pending``, its operations in its order, without its
+    # per-task map and list); ``ModelParams.prefill_ms`` inline with its terms read once
+    pending = 0.0
     if running:
+        log = model.prompt_index()
+        overhead, per_token, quad = p.overhead_ms, p.prefill_ms_per_token, p.prefill_quad
+        paced, cap = p.prefill_pace, p.prefill_cap
         for t in running:
             if t.run_first_token is None:
-                if t.dispatched is None:  # its ms left may be 0
+                sent = t.dispatched
+                if sent is None:  # its ms left may be 0
                     return None
+                own = tokens_in(t)
+                later, sq = log.between_squares(sent, now)  # ORCH-2941
+                squares = own * own + t.run_prefill_ahead_sq + sq  # ORCH-2900
+                size = own + t.run_prefill_ahead + later
+                size = size if size > 0 else 0  # ``prefill_ms``: max(0, tokens), max(0, squares)
+                line = paced * (per_token * size + quad * (squares if squares > 0 else 0))
+                capped = cap * size
+                ttft = overhead + (capped if capped < line else line)  # min(line, capped)
+                left_ms = prefill_left(ttft, (now - sent) * 1000)
+                if left_ms > pending:  # max(pending, left_ms)
+                    pending = left_ms
             elif t.last_token is None or t.engine_tokens - t.run_tokens_before >= 2:
                 return None  # ms left may be 0 / a live pace (ORCH-1977)
         # every running task's ms left is at least ``pending`` plus a term >= 0, so > 0:
@@ -54,11 +73,8 @@ def quick_slot(
         terms = (p.decode_ms_per_token, p.decode_ctx, p.decode_cap, p.slowdown)
         if not all(math.isfinite(x) and x >= 0.0 for x in terms):
             return None
-        _, _, pending = prefill_terms(running, p, model.prompt_index(), now)
         if not pending > 0.0:
             return None
-    else:
-        pending = 0.0
     pace = replica_pace(())  # no running task has a pace of its own
     until = max(0.0, max(0.0, pending))  # ``ReplicaLoad.prefill_ms``, ``_Lane.prefill_until``
     slot = None

@@ -45,7 +45,7 @@ from llama_orch.core.placement import ReplicaView
 from llama_orch.core.predict import on_time_probability
 from llama_orch.core.queue import PRIORITIES
 from llama_orch.core.replica import ReplicaSetKey
-from llama_orch.core.servicetime import Observation, Outcome, Prior, ServiceModel
+from llama_orch.core.servicetime import DEFAULT_PRIOR, Observation, Outcome, Prior, ServiceModel
 from llama_orch.core.time_index import PromptIndex, Spans
 
 from ._forecast_inputs import (
@@ -149,7 +149,7 @@ class Workload:
     ) -> None:
         """Set an engine's prior from its startup self-test (ORCH-1954); replicas
         with no sample of their own restart from it."""
-        prior = self._priors.get(engine, Prior())
+        prior = self._priors.get(engine, DEFAULT_PRIOR)
         if overhead_ms is not None:
             prior = dataclasses.replace(prior, overhead_ms=overhead_ms)
         if decode_ms is not None:
@@ -157,12 +157,12 @@ class Workload:
         self._priors[engine] = prior
 
     def prior(self, engine: str) -> Prior:
-        return self._priors.get(engine, Prior())
+        return self._priors.get(engine, DEFAULT_PRIOR)
 
     def model(self, pool: Pool, replica_id: str, slots: int) -> ServiceModel:
         key = (pool.id, replica_id)
         m = self._models.get(key)
-        prior = self._priors.get(pool.engine, Prior())
+        prior = self._priors.get(pool.engine, DEFAULT_PRIOR)
         if m is None or m.slots != max(1, slots) or (m.observations == 0 and m.prior != prior):
             m = self._models[key] = ServiceModel(
                 prior, half_life_s=self.cfg.model_half_life_s, slots=slots
