@@ -1,4 +1,4 @@
-"""What a shutdown leaves behind, under either HTTP server (ORCH-2817, ORCH-2818).
+"""What a shutdown leaves behind, under either HTTP server (ORCH-2817, ORCH-2818, ORCH-6262).
 
 An HTTP adapter opens its client session lazily, so an adapter called after its
 ``aclose`` opens a new session that nothing closes (aiohttp reports it when it is
@@ -119,6 +119,76 @@ async def test_uvicorn_awaits_the_requests_it_cancels():
         assert ended == ["cleaned up"]
     finally:
         writer.close()
+
+
+class _Sleeps:
+    """``uvicorn.server``'s view of :mod:`asyncio`, recording each ``sleep``: when it
+    began and, if it ran to its end, when it ended (loop time)."""
+
+    def __init__(self) -> None:
+        self.slept: list[list[float | None]] = []  # [began, ended or None]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        loop = asyncio.get_running_loop()
+        entry: list[float | None] = [loop.time(), None]
+        self.slept.append(entry)
+        out = await asyncio.sleep(delay, result)
+        entry[1] = loop.time()
+        return out
+
+
+async def test_uvicorn_stops_on_events_not_on_its_timers(monkeypatch):
+    """ORCH-6262: after the trigger, ``serve_uvicorn`` neither starts nor waits out one
+    of uvicorn's timers (its ``Server.shutdown`` slept 0.1 s and polled every 0.1 s, and
+    the Date ticker's next tick was up to 0.1 s away), and still closes an idle
+    keep-alive connection at once and lets a busy one finish its response (ORCH-2818's
+    grace)."""
+    import uvicorn.server
+    from llama_orch.orchestratord.uvserve import serve_uvicorn
+
+    sleeps = _Sleeps()
+    monkeypatch.setattr(uvicorn.server, "asyncio", sleeps)
+    streaming, release = asyncio.Event(), asyncio.Event()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.body", "body": b"a", "more_body": True})
+            streaming.set()
+            await release.wait()
+        await send({"type": "http.response.body", "body": b"z"})
+
+    sock = _bind("127.0.0.1", 0)
+    host, port = sock.getsockname()[:2]
+    stop = asyncio.Event()
+    served = asyncio.create_task(
+        serve_uvicorn(app, sock, max_head_bytes=8192, ssl_context=None, shutdown_trigger=stop.wait)
+    )
+    idle_r, idle_w = await asyncio.open_connection(host, port)
+    busy_r, busy_w = await asyncio.open_connection(host, port)
+    try:
+        idle_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(idle_r.readuntil(b"z\r\n0\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 200"), answer  # and kept alive
+        busy_w.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(streaming.wait(), 5)
+        assert sleeps.slept, "the Date ticker runs on uvicorn's sleep while serving"
+        triggered = asyncio.get_running_loop().time()
+        stop.set()
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""  # closed at once
+        assert not served.done()  # the busy connection keeps the server open
+        release.set()
+        rest = await asyncio.wait_for(busy_r.read(), 5)  # its response, then the close
+        await asyncio.wait_for(served, 5)
+        assert rest.endswith(b"z\r\n0\r\n\r\n"), rest
+        after = [entry for entry in sleeps.slept if max(t or 0.0 for t in entry) > triggered]
+        assert not after, f"uvicorn timers after the trigger (began, ended): {after}"
+    finally:
+        idle_w.close()
+        busy_w.close()
 
 
 async def test_suspect_probes_and_replaced_adapters_end_before_the_close(calls):

@@ -13,8 +13,8 @@ gives and uvicorn does not on its own is added here:
 * no ``Server`` header (a ``Date`` header, as hypercorn's), no access log, no
   proxy-header rewriting, no lifespan, no logging configuration of its own, no
   signal handlers (the caller's shutdown trigger decides): :func:`serve_uvicorn`
-  drives ``uvicorn.Server``'s ``startup``, ``main_loop`` and ``shutdown`` itself
-  instead of ``serve``.
+  drives ``uvicorn.Server``'s ``startup`` and ``main_loop`` itself instead of
+  ``serve``, and shuts down on events, not on uvicorn's 0.1 s timers (ORCH-6262).
 
 What differs: uvicorn speaks HTTP/1.1 only (hypercorn also negotiates HTTP/2 over
 TLS and h2c); the keep-alive timeout is uvicorn's own timer per idle connection.
@@ -56,6 +56,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     max_head_bytes = 16384  # set per server by serve_uvicorn (a subclass)
     coalesce = True  # ORCH-2814: writes of one loop turn in one send
+    # set per server by serve_uvicorn: set when the server's last connection is lost
+    all_closed: asyncio.Event | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +94,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete and self._app_queue is not None:
             self._app_queue.put_nowait({"type": "http.disconnect"})
+        if self.all_closed is not None and not self.connections:
+            self.all_closed.set()  # what a shutdown waits on (ORCH-6262)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -176,8 +180,11 @@ async def serve_uvicorn(
     """Serve ``app`` on the listening ``sock`` until ``shutdown_trigger`` returns (the
     caller drains its streams in it), then close the listener and the connections,
     giving open requests :data:`GRACEFUL_S` before they are cancelled."""
+    all_closed = asyncio.Event()
     protocol = type(
-        "OrchHttpToolsProtocol", (BoundedHeadProtocol,), {"max_head_bytes": max_head_bytes}
+        "OrchHttpToolsProtocol",
+        (BoundedHeadProtocol,),
+        {"max_head_bytes": max_head_bytes, "all_closed": all_closed},
     )
     config = uvicorn.Config(
         app,
@@ -204,12 +211,43 @@ async def serve_uvicorn(
         await shutdown_trigger()
     finally:
         server.should_exit = True
-        await ticker
-        await server.shutdown(sockets=[sock])
-        # ORCH-2818: uvicorn cancels the requests still running after its grace and
-        # returns without awaiting them; they end here, before the caller's exit
-        # stack closes what they may still use (adapters, the store)
+        ticker.cancel()  # its next tick is up to 0.1 s away and only refreshes the Date
+        await asyncio.gather(ticker, return_exceptions=True)
+        await _shutdown(server, sock, all_closed)
+        # ORCH-2818: the requests still running after the grace were cancelled; they
+        # end here, before the caller's exit stack closes what they may still use
+        # (adapters, the store)
         await asyncio.gather(*server.server_state.tasks, return_exceptions=True)
+
+
+async def _shutdown(server: uvicorn.Server, sock: socket.socket, all_closed: asyncio.Event) -> None:
+    """What ``uvicorn.Server.shutdown`` does with lifespan off, on events instead of its
+    timers (ORCH-6262): it sleeps 0.1 s after asking the connections to close and then
+    polls every 0.1 s for them and for the request tasks, so every stop took 0.1-0.2 s
+    with nothing open. Here: stop accepting, close idle connections and let busy ones
+    finish their response (uvicorn's ``shutdown`` of each), wait for the last connection
+    and request task to end, and cancel the requests still running after
+    :data:`GRACEFUL_S`."""
+    state = server.server_state
+    for listener in server.servers:
+        listener.close()
+    sock.close()
+    for connection in list(state.connections):
+        connection.shutdown()
+    try:
+        async with asyncio.timeout(GRACEFUL_S):
+            while state.connections:
+                all_closed.clear()
+                if state.connections:
+                    await all_closed.wait()
+            while state.tasks:
+                await asyncio.wait(set(state.tasks))
+            for listener in server.servers:
+                await listener.wait_closed()
+    except TimeoutError:
+        _log.error("cancelling %d request(s) still running after the grace", len(state.tasks))
+        for task in state.tasks:
+            task.cancel(msg="still running after the shutdown's grace")
 
 
 def tls_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
