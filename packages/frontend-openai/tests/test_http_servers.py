@@ -21,6 +21,17 @@ def _on(cfg: Config, http_server: str) -> Config:
     )
 
 
+async def _ended(d, tid: str):
+    """The task's record once it has ended (or after 2 s)."""
+    rec = d.orch.tasks.get(tid)
+    assert rec is not None
+    for _ in range(200):
+        if rec.terminal:
+            break
+        await asyncio.sleep(0.01)
+    return rec
+
+
 @pytest.mark.parametrize("http_server", SERVERS)
 async def test_a_closed_stream_cancels_its_task(start_daemon, config, key, http_server):
     d = await start_daemon(_on(config(adapter_options={"token_delay_ms": 20}), http_server))
@@ -35,12 +46,7 @@ async def test_a_closed_stream_cancels_its_task(start_daemon, config, key, http_
             n += 1
             if n == 3:
                 break
-    rec = d.orch.tasks.get(tid)
-    assert rec is not None
-    for _ in range(200):
-        if rec.terminal:
-            break
-        await asyncio.sleep(0.01)
+    rec = await _ended(d, tid)
     assert rec.state == "canceled"
     out = rec.tokens_out
     await asyncio.sleep(0.2)
@@ -101,11 +107,6 @@ async def test_a_streamed_answer_runs_in_its_request_task(start_daemon, config, 
         await asyncio.sleep(0.005)
     assert (await whole).choices[0].message.content
     assert len(seen) > 3 and not any(seen)
-    rec = d.orch.tasks.get(tid)
-    assert rec is not None
-    for _ in range(200):
-        if rec.terminal:
-            break
-        await asyncio.sleep(0.01)
+    rec = await _ended(d, tid)
     assert rec.state == "canceled"
     await client.close()
