@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.config import Config
 from llama_orch.core.sse import SSEParser
+from llama_orch.orchestratord import main
 from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.serve import serve
 from llama_orch.orchestratord.service import Orchestrator
@@ -204,3 +207,23 @@ def bare_record() -> TaskRecord:
         request=req,
         prompt_tokens=1,
     )
+
+
+@pytest.fixture
+def daemon_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """``configure_logging`` as the daemon runs it, writing to a buffer; every global
+    it changes is put back afterwards."""
+    out = io.StringIO()
+    monkeypatch.setattr(main.sys, "stderr", out)
+    for name in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    hypercorn_level = logging.getLogger("hypercorn.error").level
+    try:
+        main.configure_logging("INFO")
+        yield out
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger("hypercorn.error").setLevel(hypercorn_level)

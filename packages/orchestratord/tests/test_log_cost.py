@@ -5,31 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
-import pytest
-from llama_orch.orchestratord import main
 from llama_orch.orchestratord.telemetry import TASK_LOG_FIELDS
-
-
-@pytest.fixture
-def daemon_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """``configure_logging`` as the daemon runs it, writing to a buffer; every global
-    it changes is put back afterwards."""
-    out = io.StringIO()
-    monkeypatch.setattr(main.sys, "stderr", out)
-    for name in ("logThreads", "logProcesses", "logMultiprocessing"):
-        monkeypatch.setattr(logging, name, getattr(logging, name))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    hypercorn_level = logging.getLogger("hypercorn.error").level
-    try:
-        main.configure_logging("INFO")
-        yield out
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        logging.getLogger("hypercorn.error").setLevel(hypercorn_level)
 
 
 def test_records_carry_no_caller_thread_or_process(daemon_logging: io.StringIO) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -26,22 +25,11 @@ LOG = logging.getLogger("llama_orch.orchestratord")
 
 
 @pytest.fixture
-def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """``configure_logging`` as the daemon runs it, writing to a buffer; every global
-    it changes is put back afterwards. pytest adds its own handlers to the root for a
-    test's call: each test takes them off first (:func:`_alone`), as the daemon has none."""
-    out = io.StringIO()
-    monkeypatch.setattr(main.sys, "stderr", out)
-    for name in ("logThreads", "logProcesses", "logMultiprocessing"):
-        monkeypatch.setattr(logging, name, getattr(logging, name))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        main.configure_logging("INFO")
-        yield out
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+def daemon(daemon_logging: io.StringIO) -> io.StringIO:
+    """The daemon's logging, writing to a buffer (``conftest.daemon_logging``). pytest adds
+    its own handlers to the root for a test's call: each test takes them off first
+    (:func:`_alone`), as the daemon has none."""
+    return daemon_logging
 
 
 def _handler() -> logline.LineHandler:
