@@ -90,11 +90,19 @@ def store_figures(
 def fairness(history: dict[str, Any]) -> dict[str, Any]:
     """Dispatch shares among backlogged tenants of one priority, against their weights.
 
-    Walks the ``started`` events in receive order; at each, the tenants with an
-    accepted, not yet started (nor ended) task of that priority are backlogged,
-    and each one's expected share is its weight, capped at its number of waiting
-    tasks (a round can serve no more), over the sum of theirs. The deviation is
-    the largest |observed - expected| share over tenants (0 = exactly fair).
+    Walks the tasks in dispatch order: a task's dispatch is its acceptance plus
+    the ``queue_wait_ms`` of its ``started`` event (acceptance to dispatch,
+    measured by the daemon), the same instant for both APIs (ORCH-6263). The
+    receive time of ``started`` is not it: the daemon sends that event when the
+    engine first answers, after the prompt's prefill (0.1 s to seconds
+    here), which reordered fairly dispatched tasks (a CI run failed at 0.154; over
+    the 31 CI-profile histories kept here, receive times gave 0.084 on average and
+    12 above 0.1, dispatch instants 0.049 and one). At each dispatch, the tenants
+    with an accepted, not yet dispatched (nor ended) task of that priority are
+    backlogged, and each one's expected share is its weight, capped at its number
+    of waiting tasks (a round can serve no more), over the sum of theirs. The
+    deviation is the largest |observed - expected| share over tenants (0 = exactly
+    fair).
     """
     weights: dict[str, int] = history.get("weights", {})
     starts: list[tuple[float, str, str, int]] = []  # (t, priority, tenant, n)
@@ -106,18 +114,21 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
     for r in history["tasks"]:
         if not r.get("task_id"):
             continue
-        if r.get("api") == "openai":
-            # no event names in its chunks: the start from the replayed log's
-            # queue wait, counted from the answer's headers (sent at admission)
+        if r.get("api") == "openai":  # no event names in its chunks: the replayed log's
             st = next((d for _, ev, d in seq(r.get("replay") or []) if ev == "started"), None)
-            if st is not None:
-                t_start = r["t_accepted"] + st.get("queue_wait_ms", 0) / 1000
-                starts.append((t_start, r["priority"], r["tenant"], r["n"]))
+            t_recv = None
+        else:
+            e = next((e for e in r.get("events", []) if e[2] == "started"), None)
+            st, t_recv = (e[3], e[0]) if e is not None else (None, None)
+        if st is None:
             continue
-        for e in r.get("events", []):
-            if e[2] == "started":
-                starts.append((e[0], r["priority"], r["tenant"], r["n"]))
-                break
+        if "queue_wait_ms" in st:
+            t_start = r["t_accepted"] + st["queue_wait_ms"] / 1000
+        elif t_recv is not None:  # a log without the figure: the receive time
+            t_start = t_recv
+        else:
+            continue
+        starts.append((t_start, r["priority"], r["tenant"], r["n"]))
     starts.sort()
     accepted = {r["n"]: r["t_accepted"] for r in history["tasks"] if r.get("task_id")}
     started_at = {n: t for t, _, _, n in starts}

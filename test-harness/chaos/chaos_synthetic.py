@@ -9,7 +9,8 @@ from typing import Any
 def task_record(
     n: int, tokens: int = 3, *, tenant: str = "alpha", t: float = 100.0
 ) -> dict[str, Any]:
-    ev: list[list[Any]] = [[t + 0.1, 0, "started", {"replica_id": "chaos-e0"}]]
+    started = {"replica_id": "chaos-e0", "queue_wait_ms": 90}  # accepted at t + 0.01
+    ev: list[list[Any]] = [[t + 0.1, 0, "started", started]]
     for i in range(tokens):
         ev.append([t + 0.2 + i * 0.01, i + 1, "token", {"t": "x", "i": i}])
     ev.append([t + 0.5, tokens + 1, "end", {"tokens_out": tokens, "reason": "eos"}])

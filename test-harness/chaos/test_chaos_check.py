@@ -427,6 +427,7 @@ def test_planted_unfair_dispatch_order_is_caught() -> None:
         for k, tenant in enumerate(order):
             r = _task(k, 1, tenant=tenant, t=10.0)  # all accepted at once
             r["events"][0][0] = 20.0 + k  # started one after the other
+            r["events"][0][3]["queue_wait_ms"] = round((20.0 + k - r["t_accepted"]) * 1000)
             for e in r["events"][1:]:
                 e[0] = 20.5 + k
             h["tasks"].append(r)
@@ -438,6 +439,40 @@ def test_planted_unfair_dispatch_order_is_caught() -> None:
     assert chaos_check.check(fair) == []
     unfair = run(["beta"] * 24 + ["alpha"] * 24 + ["beta"])
     assert _checks(unfair) == {"fairness"}
+
+
+def test_fairness_orders_tasks_by_dispatch_not_by_the_started_events_arrival() -> None:
+    """ORCH-6263. The daemon sends ``started`` when the engine first answers, after the prompt's
+    prefill. A backlog served 3:1, then one task at a time, each dispatched at once:
+    beta's long prompt reaches its client's ``started`` 3 s after dispatch, so by
+    receive times beta looks backlogged when alpha's next task starts, and alpha
+    looks served out of turn 12 times. The figure takes acceptance + ``queue_wait_ms``
+    (the daemon's acceptance to dispatch): fair; without it, the receive order is
+    flagged (the CI failure of 0.154 had this shape)."""
+    h = _history()
+    h["tasks"], h["exchanges"], h["quotas"] = [], [], {}
+    h.pop("daemon_task_ends")
+    rows = [
+        (tenant, 10.0, 20.0 + k, 0.3) for k, tenant in enumerate((["alpha"] * 3 + ["beta"]) * 6)
+    ]
+    for j in range(12):
+        t = 50.0 + 4 * j
+        rows += [("beta", t, t, 3.0), ("alpha", t + 1, t + 1, 0.05)]
+    for k, (tenant, accepted, dispatched, prefill) in enumerate(rows):
+        r = _task(k, 1, tenant=tenant, t=accepted - 0.01)
+        r["events"][0][0] = dispatched + prefill
+        r["events"][0][3]["queue_wait_ms"] = round((dispatched - r["t_accepted"]) * 1000)
+        for e in r["events"][1:]:
+            e[0] = dispatched + prefill + 0.5
+        h["tasks"].append(r)
+        h["exchanges"].append({"arrival": k, "engine": 0, "opened": dispatched, "final": True})
+    fair = chaos_figures.fairness(h)
+    assert fair["samples"] >= 20 and fair["deviation"] < 0.1, fair
+    assert chaos_check.check(h) == []
+    for r in h["tasks"]:  # without the daemon's figure: the receive order
+        del r["events"][0][3]["queue_wait_ms"]
+    assert chaos_figures.fairness(h)["deviation"] > 0.15
+    assert _checks(h) == {"fairness"}
 
 
 def test_planted_metrics_disagreement_is_caught() -> None:
