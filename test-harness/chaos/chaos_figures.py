@@ -90,19 +90,21 @@ def store_figures(
 def fairness(history: dict[str, Any]) -> dict[str, Any]:
     """Dispatch shares among backlogged tenants of one priority, against their weights.
 
-    Walks the tasks in dispatch order: a task's dispatch is its acceptance plus
-    the ``queue_wait_ms`` of its ``started`` event (acceptance to dispatch,
-    measured by the daemon), the same instant for both APIs (ORCH-6263). The
-    receive time of ``started`` is not it: the daemon sends that event when the
-    engine first answers, after the prompt's prefill (0.1 s to seconds
-    here), which reordered fairly dispatched tasks (a CI run failed at 0.154; over
-    the 31 CI-profile histories kept here, receive times gave 0.084 on average and
-    12 above 0.1, dispatch instants 0.049 and one). At each dispatch, the tenants
-    with an accepted, not yet dispatched (nor ended) task of that priority are
-    backlogged, and each one's expected share is its weight, capped at its number
-    of waiting tasks (a round can serve no more), over the sum of theirs. The
-    deviation is the largest |observed - expected| share over tenants (0 = exactly
-    fair).
+    Walks the tasks in dispatch order (ORCH-6263): a task's dispatch is its
+    acceptance plus the ``queue_wait_ms`` of its ``started`` event (acceptance to
+    dispatch, measured by the daemon), the same instant for both APIs; a task
+    placed on a replica but ended before its engine answered (a cancel during the
+    prefill: no ``started``) is dispatched at its acceptance plus the queue time of
+    the daemon's task-end line, which names its replica. The receive time of
+    ``started`` is not a dispatch: the daemon sends that event when the engine
+    first answers, after the prompt's prefill (0.1 s to seconds here). Over the 32
+    CI-profile histories kept here, receive times gave a mean deviation of 0.085
+    (13 above 0.10, a CI run failed at 0.154), dispatch instants 0.045 (at most
+    0.088). At each dispatch, the tenants with an accepted, not yet dispatched (nor
+    ended) task of that priority are backlogged, and each one's expected share is
+    its weight, capped at its number of waiting tasks (a round can serve no more),
+    over the sum of theirs. The deviation is the largest |observed - expected|
+    share over tenants (0 = exactly fair).
     """
     weights: dict[str, int] = history.get("weights", {})
     starts: list[tuple[float, str, str, int]] = []  # (t, priority, tenant, n)
@@ -110,6 +112,11 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
         line.get("job_id"): float(line["ts"])
         for line in history.get("daemon_task_ends", [])
         if line.get("ts") is not None
+    }
+    dispatched_ms = {  # tasks placed on a replica, from the daemon's own task-end line
+        line.get("job_id"): line["queue_time_ms"]
+        for line in history.get("daemon_task_ends", [])
+        if line.get("replica_id") and line.get("queue_time_ms") is not None
     }
     for r in history["tasks"]:
         if not r.get("task_id"):
@@ -120,7 +127,10 @@ def fairness(history: dict[str, Any]) -> dict[str, Any]:
         else:
             e = next((e for e in r.get("events", []) if e[2] == "started"), None)
             st, t_recv = (e[3], e[0]) if e is not None else (None, None)
-        if st is None:
+        if st is None:  # dispatched, then ended before its engine answered (a cancel)
+            if r["task_id"] in dispatched_ms:
+                t = r["t_accepted"] + dispatched_ms[r["task_id"]] / 1000
+                starts.append((t, r["priority"], r["tenant"], r["n"]))
             continue
         if "queue_wait_ms" in st:
             t_start = r["t_accepted"] + st["queue_wait_ms"] / 1000

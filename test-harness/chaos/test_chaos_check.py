@@ -475,6 +475,39 @@ def test_fairness_orders_tasks_by_dispatch_not_by_the_started_events_arrival() -
     assert _checks(h) == {"fairness"}
 
 
+def test_fairness_counts_a_dispatch_that_ended_before_its_engine_answered() -> None:
+    """ORCH-6263. Beta and gamma (weight 1 each) served in turn; each gamma task is
+    canceled during its prompt's prefill, so its client never sees ``started``. The
+    daemon's task-end line names its replica and its queue time: it was dispatched in
+    its turn. Without that line gamma looks backlogged the whole time, beta served
+    out of turn."""
+    h = _history()
+    h["tasks"], h["exchanges"], h["quotas"], h["daemon_task_ends"] = [], [], {}, []
+    for k in range(40):
+        tenant = ("beta", "gamma")[k % 2]
+        r = _task(k, 1, tenant=tenant, t=10.0)
+        dispatched = 20.0 + k
+        line = {"job_id": r["task_id"], "ts": dispatched + 0.5, "tenant": tenant}
+        line |= {
+            "replica_id": "chaos-e0",
+            "queue_time_ms": round((dispatched - r["t_accepted"]) * 1000),
+        }
+        if tenant == "gamma":
+            r["events"], r["replay"] = [], []
+            line["state"] = "canceled"
+        else:
+            r["events"][0][0] = dispatched + 0.05
+            r["events"][0][3]["queue_wait_ms"] = line["queue_time_ms"]
+            line["state"] = "completed"
+        h["tasks"].append(r)
+        h["daemon_task_ends"].append(line)
+    fair = chaos_figures.fairness(h)
+    assert fair["samples"] >= 20 and fair["deviation"] < 0.05, fair
+    for line in h["daemon_task_ends"]:
+        line["replica_id"] = None  # as if never placed: canceled while queued
+    assert chaos_figures.fairness(h)["deviation"] > 0.15
+
+
 def test_planted_metrics_disagreement_is_caught() -> None:
     h = _history()
     h["orch_metrics_tasks"] = [
