@@ -159,7 +159,9 @@ def test_the_own_log_is_not_parsed_by_frame_lines(monkeypatch: pytest.MonkeyPatc
         raise AssertionError("a frame of the own log parsed by its id and event lines")
 
     monkeypatch.setattr(frontends, "_decode_frame", parsed)
-    rec = _record([TokenEvent("a", 0), TokenEvent("b", 1)], EndEvent(tokens_out=2, decode_ms=1, reason="stop"))
+    rec = _record(
+        [TokenEvent("a", 0), TokenEvent("b", 1)], EndEvent(tokens_out=2, decode_ms=1, reason="stop")
+    )
     host = _host()
     assert [n for n, _ in asyncio.run(_events(host, rec, 0))] == [0, 1, 2]
     assert [n for b in asyncio.run(_batches(host, rec, 1)) for n, _ in b] == [1, 2]
