@@ -104,9 +104,10 @@ def _decode_frame(frame: bytes) -> tuple[int, StreamEvent]:
 
 # ORCH-2956: the events of a task's own log (this instance's record) by their place in it
 # and their data alone: the data's JSON carries the event's tag (the frame's ``event:``)
-_log_event = msgspec.json.Decoder(
+_log_decoder: msgspec.json.Decoder[StreamEvent] = msgspec.json.Decoder(
     QueuedEvent | StartedEvent | TokenEvent | MetricsEvent | EndEvent | ErrorEvent
-).decode
+)
+_log_event = _log_decoder.decode
 
 
 def _frame_event(frame: bytes) -> StreamEvent:
