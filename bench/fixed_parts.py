@@ -1,5 +1,6 @@
 """Parts of orchestratord's CPU per request and per token, in process, this tree against
-a git ref (issue #20, session 17: ORCH-2804..2806; session 20: ORCH-2822..2824).
+a git ref (issue #20, session 17: ORCH-2804..2806; session 20: ORCH-2822..2824; session 21:
+ORCH-2956, ORCH-2957).
 
     flock /work/bench.lock uv run --frozen python bench/fixed_parts.py --compare-ref dbd6fc9
 
@@ -14,7 +15,12 @@ Parts, each in µs of process CPU time per call, the median of ``--blocks`` bloc
   ``orchestratord.ids``);
 - ``parse`` (per token): the llama.cpp adapter's ``CompletionStream`` fed the fake
   engine's 128-token ``/completion`` stream one event per read, as ``HttpAdapter.generate``
-  feeds it (the engine stream's SSE parse and decode, ORCH-2824).
+  feeds it (the engine stream's SSE parse and decode, ORCH-2824);
+- ``frames`` (per event): ``FrontendHost.event_batches`` of a finished task's log (a
+  ``started``, a ``metrics``, 32 tokens, the end) read from the start in batches of 4
+  events, as a facade's stream loop reads them (ORCH-2956; no state store);
+- ``line``: ``RobustLine.params3`` of a first-token line with its second feature after
+  50 samples, at one instant (ORCH-2957).
 
 Each side runs in its own child process (the ref's ``packages/*/src`` first on
 ``PYTHONPATH``, from ``git archive``), the sides alternating for ``--rounds`` rounds;
@@ -147,12 +153,71 @@ def _parse_part(blocks: int) -> float:
     return _blocks(stream, 200, blocks) / _TOKENS
 
 
+def _frames_part(blocks: int) -> float:
+    from llama_orch.core.adapter_api import GenerateRequest
+    from llama_orch.core.api import EndEvent, MetricsEvent, StartedEvent, TokenEvent
+    from llama_orch.orchestratord.frontends import FrontendHost
+    from llama_orch.orchestratord.tasks import TaskRecord
+
+    class Batched(TaskRecord):
+        """Its log's frames in batches of 4, as a live reader wakes to them."""
+
+        async def frames(self, start: int = 0, max_chunk: int = 0, keepalive_s: Any = None) -> Any:
+            frames = self.frames_so_far()
+            for i in range(start, len(frames), 4):
+                yield b"".join(frames[i : i + 4])
+
+    req = GenerateRequest(task_id="t", prompt="p", max_tokens=32, seed=1)
+    rec = Batched("t", "pool", "mock", "interactive", req, 12)
+    events: list[Any] = [
+        StartedEvent(
+            queue_position=0, predicted_start_ms=0, queue_wait_ms=1, pool_id="pool",
+            replica_id="r0", engine="llamacpp", engine_version="b1", model_digest="sha",
+        ),
+        MetricsEvent(queue_depth=0, kv_warmth=False),
+    ]  # fmt: skip
+    events += [TokenEvent(f" t{i}", i) for i in range(32)]
+    for ev in events:
+        rec.append(ev)
+    rec.finish(EndEvent(tokens_out=32, decode_ms=20, reason="length", tokens_in=12))
+    host = FrontendHost(SimpleNamespace(state=None), SimpleNamespace())  # type: ignore[arg-type]
+    n_frames = len(rec.frames_so_far())
+
+    async def read() -> None:
+        async for batch in host.event_batches(rec):
+            for _ in batch:
+                pass
+
+    def one() -> None:
+        coro = read()
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+
+    return _blocks(one, 2_000, blocks) / n_frames
+
+
+def _line_part(blocks: int) -> float:
+    import random
+
+    from llama_orch.core.servicetime import RobustLine
+
+    rng = random.Random(1)
+    line = RobustLine(20.0, 0.1, 512.0, 4.0, 600.0, 512.0**2)
+    for i in range(50):
+        line.observe(rng.randint(1, 500), rng.uniform(10, 80), i * 0.01, rng.randint(1, 250_000))
+    return _blocks(lambda: line.params3(1.0), 50_000, blocks)
+
+
 def _child(blocks: int) -> None:
     out = {
         "log": _log_part(blocks),
         "connect": asyncio.run(_connect_part(blocks)),
         "ids": _ids_part(blocks),
         "parse": _parse_part(blocks),
+        "frames": _frames_part(blocks),
+        "line": _line_part(blocks),
     }
     print(json.dumps(out))
 
@@ -210,7 +275,7 @@ def main() -> int:
             got[name].append(_run_side(path, args.blocks))
     end = Path("/proc/loadavg").read_text().split()[:3]
     print(f"fixed_parts: load {' '.join(load)} -> {' '.join(end)}; {args.rounds} rounds")
-    parts: list[str] = ["log", "connect", "ids", "parse"]
+    parts: list[str] = ["log", "connect", "ids", "parse", "frames", "line"]
     for part in parts:
         row: list[Any] = []
         for name, runs in got.items():

@@ -163,6 +163,11 @@ class RobustLine:
         self._seen = 0  # samples learned (ORCH-2924: the first is not clipped)
         y_ref = a0 + b0 * x_ref
         self._prior = ((0.0, a0, prior_weight / 2), (x_ref, y_ref, prior_weight / 2))
+        # ORCH-2957: each pseudo-point's terms of the five sums, as ``params3`` added them
+        # (``pw``, ``pw·x``, ``pw·y``, ``pw·x·x``, ``pw·x·y``), computed once
+        self._prior_terms = tuple(
+            (pw, pw * x, pw * y, pw * x * x, pw * x * y) for x, y, pw in self._prior
+        )
         # wide at first: half the prior's larger value (relative: half of each prediction)
         self._prior_res = (0.5 if relative else 0.5 * max(abs(a0), abs(y_ref))) * prior_weight
         self._prior_weight = prior_weight
@@ -197,13 +202,13 @@ class RobustLine:
     def params3(self, now: float) -> tuple[float, float, float]:
         """``(a, b, c)``, clamped (ORCH-1953); ``c`` is 0 without ``z_scale``."""
         self._decay(now)
-        w, wx, wy, wxx, wxy = self._w, self._wx, self._wy, self._wxx, self._wxy
-        for x, y, pw in self._prior:
-            w += pw
-            wx += pw * x
-            wy += pw * y
-            wxx += pw * x * x
-            wxy += pw * x * y
+        # the prior's two pseudo-points added in their order, their terms precomputed
+        (w0, x0, y0, xx0, xy0), (w1, x1, y1, xx1, xy1) = self._prior_terms  # ORCH-2957
+        w = self._w + w0 + w1
+        wx = self._wx + x0 + x1
+        wy = self._wy + y0 + y1
+        wxx = self._wxx + xx0 + xx1
+        wxy = self._wxy + xy0 + xy1
         mx, my = wx / w, wy / w
         sxx = wxx / w - mx * mx
         sxy = wxy / w - mx * my

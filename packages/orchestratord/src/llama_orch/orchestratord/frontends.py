@@ -102,6 +102,26 @@ def _decode_frame(frame: bytes) -> tuple[int, StreamEvent]:
     return int(head[4:]), _event_decoders[name].decode(data.rstrip(b"\n"))
 
 
+# ORCH-2956: the events of a task's own log (this instance's record) by their place in it
+# and their data alone: the data's JSON carries the event's tag (the frame's ``event:``)
+_log_decoder: msgspec.json.Decoder[StreamEvent] = msgspec.json.Decoder(
+    QueuedEvent | StartedEvent | TokenEvent | MetricsEvent | EndEvent | ErrorEvent
+)
+_log_event = _log_decoder.decode
+
+
+def _frame_event(frame: bytes) -> StreamEvent:
+    """A frame's event, from its ``data:`` line (JSON ignores the blank line after it)."""
+    return _log_event(frame[frame.index(b"\ndata: ") + 7 :])
+
+
+def _numbered(frames: list[bytes], seq: int) -> Iterator[tuple[int, StreamEvent]]:
+    """The events of consecutive frames numbered from ``seq``, each decoded when read."""
+    for frame in frames:
+        yield seq, _log_event(frame[frame.index(b"\ndata: ") + 7 :])
+        seq += 1
+
+
 _S = TypeVar("_S")
 
 
@@ -296,8 +316,10 @@ class FrontendHost:
                 if frame != KEEPALIVE_FRAME:
                     yield _decode_frame(frame)
             return
-        async for frame in rec.frames(start, 1):  # one frame per chunk
-            yield _decode_frame(frame)
+        seq = max(0, start)  # ORCH-2956: the frames come in order from there, one a chunk
+        async for frame in rec.frames(start, 1):
+            yield seq, _frame_event(frame)
+            seq += 1
 
     async def event_batches(
         self, rec: TaskRecord, start: int = 0
@@ -312,12 +334,16 @@ class FrontendHost:
                 if frame != KEEPALIVE_FRAME:
                     yield iter((_decode_frame(frame),))
             return
+        seq = max(0, start)  # ORCH-2956: a chunk holds the frames from ``seq`` on, in order
         async for chunk in rec.frames(start):
-            yield (_decode_frame(f) for f in chunk.split(b"\n\n") if f)
+            frames = chunk.split(b"\n\n")
+            frames.pop()  # the chunk ends with a frame's blank line: nothing after it
+            yield _numbered(frames, seq)
+            seq += len(frames)
 
     def events_now(self, rec: TaskRecord) -> list[StreamEvent]:
         """The task's events appended so far, without waiting."""
-        return [_decode_frame(f)[1] for f in rec.frames_so_far()]
+        return [_frame_event(f) for f in rec.frames_so_far()]
 
     async def events_so_far(self, rec: TaskRecord) -> list[StreamEvent]:
         """:meth:`events_now`; with a state store, the store's log: the same events
