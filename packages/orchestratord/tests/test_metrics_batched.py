@@ -71,3 +71,22 @@ def test_a_histogram_hands_its_values_on_at_the_bound():
         assert 'latency_first_token_ms_sum{engine="llamacpp",pool_id="a"} 321.0' in after
     finally:
         m.shutdown()
+
+
+def test_one_attribute_set_in_two_orders_sums_as_recorded():
+    """ORCH-2768: the same attribute set given in two key orders is one set: its values
+    reach the SDK in record order, so the histogram's sum equals the direct records'
+    to the bit (Hypothesis found 1.749…, 16383.0, 1.749… summing differently when
+    the middle value's attributes came as ``pool_id, engine``)."""
+    batched, direct = _metrics(fold_every=3), _metrics()
+    ab = {"engine": "llamacpp", "pool_id": "a"}
+    ba = {"pool_id": "a", "engine": "llamacpp"}
+    try:
+        for value, attrs in ((1.7491665071846683, ab), (16383.0, ba), (1.7491665071846683, ab)):
+            for m in (batched, direct):
+                m.first_token_ms.record(value, attrs)
+            direct.fold()
+        assert _page(batched) == _page(direct)
+    finally:
+        batched.shutdown()
+        direct.shutdown()

@@ -65,11 +65,15 @@ class BatchedHistogram:
     recorded into the OpenTelemetry histogram when the metrics are rendered, or once
     ``fold_every`` of them are held (ORCH-2768)."""
 
-    __slots__ = ("_fold_every", "_held", "_histogram", "_pending")
+    __slots__ = ("_fold_every", "_held", "_histogram", "_pending", "_sets")
 
     def __init__(self, histogram: Histogram, fold_every: int = FOLD_EVERY) -> None:
         self._histogram = histogram
+        # the attributes as given (their order) -> the one list of their set's values,
+        # so that one attribute set written in two orders keeps its values in record
+        # order: the SDK's sum is then the direct records' to the bit (ORCH-2768)
         self._pending: dict[_Key, list[int | float]] = {}
+        self._sets: dict[_Key, list[int | float]] = {}  # sorted attributes -> values
         self._held = 0
         self._fold_every = fold_every
 
@@ -77,16 +81,16 @@ class BatchedHistogram:
         key = tuple(attributes.items()) if attributes else ()
         values = self._pending.get(key)
         if values is None:
-            self._pending[key] = [amount]
-        else:
-            values.append(amount)
+            values = self._sets.setdefault(tuple(sorted(key)), [])
+            self._pending[key] = values
+        values.append(amount)
         self._held += 1
         if self._held >= self._fold_every:
             self.fold()
 
     def fold(self) -> None:
-        pending, self._pending, self._held = self._pending, {}, 0
-        for key, values in pending.items():
+        sets, self._sets, self._pending, self._held = self._sets, {}, {}, 0
+        for key, values in sets.items():
             attrs = dict(key)
             for v in values:
                 self._histogram.record(v, attrs)
