@@ -29,7 +29,7 @@ def _load(name: str) -> ModuleType:
 
 
 STANDALONE_TEST = "test_distribution_installs_alone_and_passes_its_tests"
-STANDALONE_BATCH = pytest.StashKey[object]()  # a tools/standalone.py Batch (loaded by path)
+STANDALONE_BATCH = pytest.StashKey[object]()  # a tools/standalone.py BatchProcess (loaded by path)
 
 
 def standalone_selected(session: pytest.Session) -> list[str]:
@@ -55,7 +55,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if names:
         standalone = _load("standalone")
         scratch = Path(tempfile.mkdtemp(prefix="llama-orch-standalone-"))
-        batch = standalone.Batch(names, scratch, remove=True)
+        batch = standalone.BatchProcess(names, scratch, remove=True)
         config.stash[STANDALONE_BATCH] = batch
         run_beside(config, batch)
 

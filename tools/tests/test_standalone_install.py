@@ -47,14 +47,15 @@ Runs = Callable[[str], tuple[Any, dict[str, str], Path, Any]]
 def standalone_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Runs]:
-    """Every selected package's standalone run, two at a time (``standalone.Batch``). In one
-    process the batch started with the run's first test and ran beside the others
-    (ORCH-6264); on a worker it starts here, in the ``alone`` unit. A case takes its package's
-    run, then runs the package's ``alone`` gates in that venv, alone."""
+    """Every selected package's standalone run, two at a time, in a process of its own
+    (``standalone.BatchProcess``). In one process the batch started with the run's first test
+    and ran beside the tests without a real engine (ORCH-6264); on a worker it starts here, in
+    the ``alone`` unit. A case takes its package's run, then runs the package's ``alone`` gates
+    in that venv, alone."""
     batch: Any = request.config.stash.get(STANDALONE_BATCH, None)
     own = batch is None
     if own:
-        batch = standalone.Batch(
+        batch = standalone.BatchProcess(
             standalone_selected(request.session), tmp_path_factory.mktemp("standalone")
         )
 

@@ -36,6 +36,10 @@ def times(request):
     yield
     (OUT / f"times-{request.node.name}").write_text(f"{start} {time.time()}")
 
+@pytest.mark.real_engine  # first in the file, run after the tests without one (ORCH-6264)
+def test_real():
+    pass
+
 @pytest.mark.alone
 def test_alone():
     (OUT / "alone-worker").write_text(os.environ.get("PYTEST_XDIST_WORKER", "main"))
@@ -149,7 +153,9 @@ def _run(
     (tmp_path / "conftest.py").write_text(conftest + _TWINS + (_BESIDE if beside else ""))
     (tmp_path / "twins.txt").write_text("")
     (tmp_path / "test_cases.py").write_text(_TESTS)
-    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers = alone\n"
+    ini = (
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers =\n alone\n real_engine\n"
+    )
     (tmp_path / "pytest.ini").write_text(ini)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLAMA_ORCH_"))}
     env["SUITE_WORKERS_OUT"] = str(tmp_path)
@@ -189,7 +195,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     marked ``alone`` starts after every other test has ended; three items that share one
     node id all run."""
     rc, out = _run(tmp_path, "-n", "2", "--dist", "loadgroup")
-    assert "19 passed" in out, out[-3000:]
+    assert "20 passed" in out, out[-3000:]
     assert {f.name for f in tmp_path.glob("twin-*")} == {"twin-0", "twin-1", "twin-2"}, out
     assert rc == 1, out[-3000:]
     keys = _end_of_run_failures(out, "ORCH-8008: a log record holds an API key: leaky:")
@@ -201,7 +207,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     times = {f.name[6:]: [float(t) for t in f.read_text().split()] for f in tmp_path.glob("time*")}
     alone = ["test_alone", "test_alone_batch[0]", "test_alone_batch[1]"]
     alone_start = min(times.pop(name)[0] for name in alone)
-    assert len(times) == 13 and max(end for _, end in times.values()) <= alone_start, times
+    assert len(times) == 14 and max(end for _, end in times.values()) <= alone_start, times
     # ORCH-6258: the alone tests, the batch fixture's among them, on the one alone worker
     ran = {(tmp_path / n).read_text() for n in ("alone-worker", "alone-batch-0", "alone-batch-1")}
     assert len(ran) == 1 and ran <= {"gw0", "gw1"}, ran
@@ -209,7 +215,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
 
 def test_one_process_keeps_the_end_of_run_checks(tmp_path: Path) -> None:
     rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on")
-    assert "18 passed" in out, out[-3000:]
+    assert "19 passed" in out, out[-3000:]
     assert rc == 1, out[-3000:]
     assert len(_end_of_run_failures(out, "ORCH-8008: a log record holds")) == 1, out[-3000:]
     left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")
@@ -228,23 +234,25 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def test_one_process_runs_the_work_beside_the_tests_and_the_alone_tests_after_both(
+def test_one_process_runs_the_work_beside_the_tests_then_the_real_and_alone_tests(
     tmp_path: Path,
 ) -> None:
     """ORCH-6264. In one process the work registered beside the run (the standalone batch's
-    way) starts before the tests and runs while they do; the tests marked ``alone``, first in
-    the file, run after every other test and start only once that work has ended."""
+    way) starts before the tests and runs while the tests without a real engine do; the
+    real-engine test, then the tests marked ``alone``, each first in the file, run after every
+    test without one and start only once that work has ended."""
     rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on", beside=3.0)
-    assert "18 passed" in out and rc == 1, out[-3000:]  # rc: the end-of-run checks, as above
+    assert "19 passed" in out and rc == 1, out[-3000:]  # rc: the end-of-run checks, as above
     times = _times(tmp_path)
-    assert len(times) == 15, sorted(times)
-    alone = ["test_alone", "test_alone_batch[0]", "test_alone_batch[1]"]
-    alone_times = [times.pop(name) for name in alone]
+    assert len(times) == 16, sorted(times)
+    alone = [times.pop(n) for n in ("test_alone", "test_alone_batch[0]", "test_alone_batch[1]")]
+    real_start, real_end = times.pop("test_real")
     beside_start, beside_end = (float(t) for t in (tmp_path / "beside-times").read_text().split())
     first_end = min(end for _, end in times.values())
     last_end = max(end for _, end in times.values())
     assert beside_start < first_end < beside_end, (beside_start, first_end, beside_end)
-    assert max(last_end, beside_end) <= min(start for start, _ in alone_times), out[-3000:]
+    assert max(last_end, beside_end) <= real_start, out[-3000:]
+    assert real_end <= min(start for start, _ in alone), out[-3000:]
 
 
 def test_one_process_stops_the_work_beside_a_run_that_stops_early(tmp_path: Path) -> None:

@@ -16,10 +16,11 @@ its own session and the exit status of the run is the controller's, so a failure
 finds at its end travels to the controller in the worker's output and fails the run there.
 Without workers the same call fails the run directly.
 
-In one process (ORCH-6264): the tests marked ``alone`` run last, in their collected order, and
-work registered with ``run_beside`` (the standalone installs' batch) runs in the background
-beside the other tests: the first ``alone`` test starts only once that work has ended, and the
-session's end stops whatever of it is still running (a failed or interrupted run).
+In one process (ORCH-6264): the tests that need no real engine run first, then the real-engine
+ones, then the tests marked ``alone``, each part in its collected order. Work registered with
+``run_beside`` (the standalone installs' batch) runs in the background beside the first part:
+the first real-engine or ``alone`` test starts only once it has ended, and the end of the
+tests' loop stops whatever of it still runs (a failed or interrupted run, ORCH-6265).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def fail_run(session: pytest.Session, message: str) -> None:
 
 
 ALONE = "alone"  # the group of tests marked ``alone``
+REAL_ENGINE = "real_engine"
 
 
 class Beside(Protocol):
@@ -91,20 +93,26 @@ def run_beside(config: pytest.Config, work: Beside) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
-    """An ``alone`` test starts once the work beside the run has ended (outside its timeout)."""
+    """A real-engine or ``alone`` test starts once the work beside the run has ended (the wait
+    outside its timeout)."""
     config = item.config
-    if item.get_closest_marker(ALONE) is not None and not config.stash.get(_ENDED, True):
-        start = time.monotonic()
-        for work in config.stash[_BESIDE]:
-            work.wait()
-        config.stash[_ENDED] = True
+    if not config.stash.get(_ENDED, True) and _part(item) > 0:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            waited = time.monotonic() - start
-            reporter.write_line(
-                f"[alone] the work beside the run has ended (waited {waited:.1f} s)"
-            )
+        for work in config.stash[_BESIDE]:
+            start = time.monotonic()
+            work.wait()
+            if reporter is not None:
+                waited = time.monotonic() - start
+                reporter.write_line(f"[beside] {work} has ended (waited {waited:.1f} s)")
+        config.stash[_ENDED] = True
     return (yield)
+
+
+def _part(item: pytest.Item) -> int:
+    """Its part of a one-process run: 0 no real engine, 1 a real engine, 2 ``alone``."""
+    if item.get_closest_marker(ALONE) is not None:
+        return 2
+    return 1 if item.get_closest_marker(REAL_ENGINE) is not None else 0
 
 
 @pytest.hookimpl(wrapper=True)
@@ -140,11 +148,12 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In one process: the ``alone`` tests last, each part in its collected order (ORCH-6264).
-    On a worker: every collected test's group, for the controller's scheduler, which holds
-    the ``alone`` tests back itself (``pytest_xdist_make_scheduler``)."""
+    """In one process: the tests without a real engine, then the real-engine ones, then the
+    ``alone`` ones, each part in its collected order (ORCH-6264). On a worker: every collected
+    test's group, for the controller's scheduler, which holds the ``alone`` tests back itself
+    (``pytest_xdist_make_scheduler``)."""
     if not is_worker(config):
-        items.sort(key=lambda item: item.get_closest_marker(ALONE) is not None)
+        items.sort(key=_part)
         return
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
     path = workerinput.get(_GROUP_FILE)
