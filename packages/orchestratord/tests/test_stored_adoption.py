@@ -102,6 +102,10 @@ async def test_an_instance_started_after_the_admitter_was_gone_adopts(
     await store.start()
     try:
         a = await start_orchestrator(cfg)  # configures the store and its replicas
+        # the instance sends its replicas to the store from its dispatch loop once it is
+        # ready, maybe after this line under load: the same views sent first, so that the
+        # run below finds the slot (a merged tree's whole run failed here without it)
+        await store.set_replicas("mock", a.orch.state._slots(a.orch.pools["mock"]))
         _, held = await store.submit_dispatch(
             TaskSpec(task_id="held", pool="mock", priority="batch"), "elsewhere", 60_000
         )
