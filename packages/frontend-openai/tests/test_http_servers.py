@@ -25,10 +25,7 @@ async def _ended(d, tid: str):
     """The task's record once it has ended (or after 2 s)."""
     rec = d.orch.tasks.get(tid)
     assert rec is not None
-    for _ in range(200):
-        if rec.terminal:
-            break
-        await asyncio.sleep(0.01)
+    await d.orch.tasks.wait_for(lambda: rec.terminal, 2)  # woken by its phase changes
     return rec
 
 

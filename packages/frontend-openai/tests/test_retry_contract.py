@@ -103,10 +103,7 @@ async def test_disconnect_mid_stream_cancels_the_task(start_daemon, config, key)
                 break
     rec = d.orch.tasks.get(tid)
     assert rec is not None
-    for _ in range(200):
-        if rec.terminal:
-            break
-        await asyncio.sleep(0.01)
+    await d.orch.tasks.wait_for(lambda: rec.terminal, 2)  # woken by its phase changes
     assert rec.state == "canceled"
     out = rec.tokens_out
     await asyncio.sleep(0.2)
