@@ -22,20 +22,33 @@ Steps for one package directory:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import tomllib
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ROOT",
+    "Batch",
     "Package",
+    "Runs",
+    "Stopped",
     "build_wheel",
     "clean_env",
     "install",
@@ -67,11 +80,99 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+class Stopped(RuntimeError):
+    """The runs were stopped before this step began."""
+
+
+_TAG = "LLAMA_ORCH_STANDALONE_RUNS"
+
+
+class Runs:
+    """The processes of one batch of runs (ORCH-6265). Each starts in a process group of its
+    own (a terminal's Ctrl-C reaches the outer run only) with this batch's tag in its
+    environment, inherited by all it starts; ``stop`` ends the groups and then every process
+    still carrying the tag, by PID, never by name, and refuses any later step. In the batch's
+    own process (``BatchProcess``) the tag is the one it was started with."""
+
+    def __init__(self) -> None:
+        self.tag = os.environ.get(_TAG) or f"{os.getpid()}-{time.time_ns()}"
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[str]] = set()
+        self.stopped = False
+
+    def start(self, cmd: list[str], cwd: Path, out: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+        """Starts one process of the runs; without pipes when ``out`` is a file."""
+        env = clean_env()
+        env[_TAG] = self.tag
+        err = subprocess.PIPE if out == subprocess.PIPE else subprocess.STDOUT
+        with self._lock:
+            if self.stopped:
+                raise Stopped(f"not started, the runs were stopped: {' '.join(cmd)}")
+            proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=out, stderr=err, text=True, start_new_session=True
+            )
+            self._procs.add(proc)
+        return proc
+
+    def run(self, cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+        proc = self.start(cmd, cwd)
+        try:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._end(proc)
+                out, err = proc.communicate()
+                raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            procs = list(self._procs)
+        for proc in procs:
+            self._end(proc)
+        self._sweep()
+
+    def _end(self, proc: subprocess.Popen[str]) -> None:
+        if proc.poll() is not None:  # ended and reaped: its group id may be another's now
+            return self._sweep()
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)  # its group: the pid is the group's id (new session)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+                break
+        self._sweep()  # what it started in sessions of their own
+
+    def _sweep(self) -> None:
+        needle = f"{_TAG}={self.tag}".encode()
+        for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+
+
+# the runs of the current thread's batch; outside a batch each step is a run of its own
+_RUNS: contextvars.ContextVar[Runs | None] = contextvars.ContextVar("standalone_runs", default=None)
+
+
+def _spawn(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    runs = _RUNS.get()
+    if runs is not None:
+        return runs.run(cmd, cwd, timeout)
+    return subprocess.run(
+        cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def _run(cmd: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
     # each step's hang guard (the standalone test's own timeout covers a queue of runs)
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600
-    )
+    proc = _spawn(cmd, cwd, 600)
     if proc.returncode != 0:
         raise RuntimeError(
             f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n"
@@ -204,6 +305,10 @@ def installed(python: Path) -> dict[str, str]:
 # Real-engine tests run in the workspace against real engines; workspace_only tests are
 # long behaviour tests that prove nothing about packaging beyond the package's others.
 STANDALONE_MARKEXPR = "not real_engine and not workspace_only"
+# A batch's runs leave out the timing-bound gates (ORCH-6258): they run in the background
+# beside other tests (ORCH-6264); each package's gates run afterwards in its venv, alone.
+BATCH_MARKEXPR = f"{STANDALONE_MARKEXPR} and not alone"
+GATES_MARKEXPR = f"({STANDALONE_MARKEXPR}) and alone"
 
 
 _XDIST_OPTIONS = ("--numprocesses", "--dist")
@@ -287,6 +392,16 @@ def run_package_tests(
             ROOT / "examples", run / "examples", ignore=shutil.ignore_patterns("__pycache__")
         )
     pytest_ini(run / "pytest.ini")
+    return run_tests(pkg, scratch, plugins=plugins, markexpr=markexpr), alone
+
+
+def run_tests(
+    pkg: Package, scratch: Path, *, plugins: tuple[str, ...] = (), markexpr: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """pytest on the package's tests in the venv ``run_package_tests`` made in ``scratch``."""
+    run = scratch / "run"
+    python = scratch / "venv" / "bin" / "python"
+    tests = run / "packages" / pkg.path.name / "tests"
     cmd = [
         str(python),
         "-m",
@@ -307,13 +422,125 @@ def run_package_tests(
     if markexpr:
         cmd += ["-m", markexpr]
     cmd.append(str(tests))
-    proc = subprocess.run(
-        cmd, cwd=run, env=clean_env(), capture_output=True, text=True, timeout=600
-    )
-    return proc, alone
+    return _spawn(cmd, run, 600)
 
 
-if __name__ == "__main__":
+Result = tuple[subprocess.CompletedProcess[str], dict[str, str], Path]
+
+
+class Batch:
+    """The standalone runs of the named packages (ORCH-4016), two at a time (one per core: each
+    is a venv and a pytest process this process only waits on), the longest first, all their
+    processes in one ``Runs``. Each run leaves out the package's ``alone`` gates (ORCH-6264)
+    and writes its record, ``result.json``, in its scratch directory. Run by ``BatchProcess``."""
+
+    def __init__(self, names: list[str], scratch: Path) -> None:
+        self.runs = Runs()
+        self._t0 = time.monotonic()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="standalone")
+        self._runs: dict[str, Future[Result]] = {}
+        # the longest runs first (by the size of their tests), so none is left alone at the end
+        size = {n: sum(1 for _ in (ROOT / "packages" / n / "tests").rglob("*.py")) for n in names}
+        for name in sorted(names, key=lambda n: -size[n]):
+            pkg = read_package(ROOT / "packages" / name)
+            d = scratch / f"alone-{name}"
+            d.mkdir(parents=True)
+            self._runs[name] = self._pool.submit(self._first, pkg, d)
+
+    def _first(self, pkg: Package, d: Path) -> Result:
+        _RUNS.set(self.runs)  # this thread's context: the pool's threads run one run at a time
+        start = time.monotonic()
+        record: dict[str, Any] = {"start": start - self._t0}
+        try:
+            proc, dists = run_package_tests(pkg, d, markexpr=BATCH_MARKEXPR)
+            record.update(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+            record.update(dists=dists)
+            return proc, dists, d
+        except BaseException:
+            record["error"] = traceback.format_exc()
+            raise
+        finally:
+            record["end"] = time.monotonic() - self._t0
+            (d / "result.json").write_text(json.dumps(record))
+
+    def wait(self) -> None:
+        wait_all(self._runs.values())
+
+
+class BatchProcess:
+    """A ``Batch`` in a process of its own (``tools/standalone.py --batch``), so that while it
+    runs beside the tests (ORCH-6264) the pytest process holds none of its threads, pipes or
+    output: in-process tests count their file descriptors and memory. Its processes are one
+    ``Runs`` (ORCH-6265); ``result`` reads a package's record, ``gates`` runs its ``alone``
+    tests here, in the venv the batch made."""
+
+    def __init__(self, names: list[str], scratch: Path, *, remove: bool = False) -> None:
+        self.runs = Runs()
+        self._scratch, self._remove = scratch, remove
+        self._pkgs = {n: read_package(ROOT / "packages" / n) for n in names}
+        self._log = scratch / "batch.log"
+        with self._log.open("w") as log:  # the child's: this process keeps no descriptor
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--batch", str(scratch), *names]
+            self._proc = self.runs.start(cmd, ROOT, log)
+
+    def __str__(self) -> str:
+        lines = self._log.read_text().splitlines() if self._log.is_file() else []
+        return f"the standalone batch ({lines[-1] if lines else 'no output'})"
+
+    def wait(self) -> None:
+        self._proc.wait()
+
+    def result(self, name: str) -> Result:
+        self.wait()
+        d = self._scratch / f"alone-{name}"
+        path = d / "result.json"
+        if not path.is_file():
+            raise RuntimeError(f"no result for {name}; the batch's output:\n{self._tail()}")
+        record = json.loads(path.read_text())
+        if "error" in record:
+            raise RuntimeError(f"{name}'s standalone run failed:\n{record['error']}")
+        proc = subprocess.CompletedProcess[str](
+            [], record["returncode"], record["stdout"], record["stderr"]
+        )
+        return proc, record["dists"], d
+
+    def _tail(self) -> str:
+        return self._log.read_text()[-6000:] if self._log.is_file() else "(none)"
+
+    def gates(self, name: str) -> subprocess.CompletedProcess[str] | None:
+        """The package's non-real ``alone`` tests in its venv (pytest's 5, none selected,
+        when all its gates are real-engine ones); None when its tests name no such mark."""
+        pkg = self._pkgs[name]
+        if not any("mark.alone" in f.read_text() for f in (pkg.path / "tests").rglob("*.py")):
+            return None
+        d = self.result(name)[2]
+        token = _RUNS.set(self.runs)
+        try:
+            return run_tests(pkg, d, markexpr=GATES_MARKEXPR)
+        finally:
+            _RUNS.reset(token)
+
+    def stop(self) -> None:
+        self.runs.stop()
+        if self._remove:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _batch_main(scratch: Path, names: list[str]) -> int:
+    start = time.monotonic()
+    batch = Batch(names, scratch)
+    batch.wait()
+    records = [json.loads((scratch / f"alone-{n}" / "result.json").read_text()) for n in names]
+    for name, r in sorted(zip(names, records, strict=True), key=lambda x: x[1]["start"]):
+        rc = r.get("returncode", "error")
+        print(f"{name}: {r['start']:.1f}-{r['end']:.1f} s, exit {rc}", flush=True)
+    print(f"{len(names)} runs, {time.monotonic() - start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--batch"]:
+    sys.exit(_batch_main(Path(sys.argv[2]), sys.argv[3:]))
+elif __name__ == "__main__":
     target = read_package(Path(sys.argv[1]).resolve())
     with tempfile.TemporaryDirectory() as d:
         result, dists = run_package_tests(target, Path(d), markexpr=STANDALONE_MARKEXPR)

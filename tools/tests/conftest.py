@@ -6,10 +6,12 @@ import contextlib
 import importlib.util
 import io
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from llama_orch.testing_engines.workers import is_worker, run_beside
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +26,38 @@ def _load(name: str) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses need the module registered
     spec.loader.exec_module(module)
     return module
+
+
+STANDALONE_TEST = "test_distribution_installs_alone_and_passes_its_tests"
+STANDALONE_BATCH = pytest.StashKey[object]()  # a tools/standalone.py BatchProcess (loaded by path)
+
+
+def standalone_selected(session: pytest.Session) -> list[str]:
+    """The packages whose standalone-install case (``test_standalone_install.py``) will run."""
+    return [
+        item.callspec.params["package_dir"]  # type: ignore[attr-defined]
+        for item in session.items
+        if getattr(item, "originalname", None) == STANDALONE_TEST
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """In one process the standalone installs' runs start with the first test and run beside
+    the others (ORCH-6264): the ``alone`` tests, their cases among them, wait for their end.
+    On workers the cases start them, in the ``alone`` unit (ORCH-6240)."""
+    config = session.config
+    if config.option.collectonly or session.testsfailed or is_worker(config):
+        return
+    if config.pluginmanager.hasplugin("dsession"):  # the xdist controller runs no test
+        return
+    names = standalone_selected(session)
+    if names:
+        standalone = _load("standalone")
+        scratch = Path(tempfile.mkdtemp(prefix="llama-orch-standalone-"))
+        batch = standalone.BatchProcess(names, scratch, remove=True)
+        config.stash[STANDALONE_BATCH] = batch
+        run_beside(config, batch)
 
 
 @pytest.fixture(scope="session")

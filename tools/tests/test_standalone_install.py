@@ -15,13 +15,12 @@ from __future__ import annotations
 import re
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import ROOT, _load
+from .conftest import ROOT, STANDALONE_BATCH, _load, standalone_selected
 
 standalone = _load("standalone")
 PACKAGES = sorted(p.name for p in (ROOT / "packages").glob("*") if (p / "pyproject.toml").is_file())
@@ -41,58 +40,45 @@ def workspace_closure(name: str, members: dict) -> set[str]:
     return out
 
 
-_TEST = "test_distribution_installs_alone_and_passes_its_tests"
+Runs = Callable[[str], tuple[Any, dict[str, str], Path, Any]]
 
 
 @pytest.fixture(scope="module")
 def standalone_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[str], tuple[Any, dict[str, str], Path]]]:
-    """Runs the selected packages' standalone installs two at a time (one per core):
-    each is a separate venv and pytest process, and this test only waits on them, so
-    the wall time halves. Each case still checks its own run."""
-    selected = [
-        item.callspec.params["package_dir"]
-        for item in request.session.items
-        if getattr(item, "originalname", None) == _TEST
-    ]
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="standalone")
-    runs: dict[str, tuple[Future[Any], Path]] = {}
+) -> Iterator[Runs]:
+    """Every selected package's standalone run, two at a time, in a process of its own
+    (``standalone.BatchProcess``). In one process the batch started with the run's first test
+    and ran beside the tests without a real engine (ORCH-6264); on a worker it starts here, in
+    the ``alone`` unit. A case takes its package's run, then runs the package's ``alone`` gates
+    in that venv, alone."""
+    batch: Any = request.config.stash.get(STANDALONE_BATCH, None)
+    own = batch is None
+    if own:
+        batch = standalone.BatchProcess(
+            standalone_selected(request.session), tmp_path_factory.mktemp("standalone")
+        )
 
-    def start(name: str) -> None:
-        if name not in runs:
-            d = tmp_path_factory.mktemp(f"alone-{name}")
-            pkg = standalone.read_package(ROOT / "packages" / name)
-            fut = pool.submit(
-                standalone.run_package_tests, pkg, d, markexpr=standalone.STANDALONE_MARKEXPR
-            )
-            runs[name] = (fut, d)
-
-    # the longest runs first (by the size of their tests), so none is left alone at the end
-    selected.sort(key=lambda n: -sum(1 for _ in (ROOT / "packages" / n / "tests").rglob("*.py")))
-
-    def result(name: str) -> tuple[Any, dict[str, str], Path]:
-        for n in [name, *selected]:
-            start(n)
-        fut, d = runs[name]
-        proc, alone = fut.result()
-        return proc, alone, d
+    def result(name: str) -> tuple[Any, dict[str, str], Path, Any]:
+        proc, alone, d = batch.result(name)
+        return proc, alone, d, batch.gates(name)
 
     try:
         yield result
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own:
+            batch.stop()
 
 
 # The cases share a two-thread pool (above): a case whose run is queued behind the
 # others waits for them too, up to about half of all the standalone runs (228 s on
 # an idle machine in session 16, more than 300 s on CI's machine in stop 31). The
 # hang guard for each run is the subprocess timeout in tools/standalone.py.
-@pytest.mark.alone  # every package's non-real tests and their timing gates (ORCH-6258)
+@pytest.mark.alone  # every package's non-real timing gates run in its case (ORCH-6258, ORCH-6264)
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("package_dir", PACKAGES)
 def test_distribution_installs_alone_and_passes_its_tests(
-    package_dir: str, standalone_runs: Callable[[str], tuple[Any, dict[str, str], Path]]
+    package_dir: str, standalone_runs: Runs
 ) -> None:
     """ORCH-4016, ORCH-4111, ORCH-3001: wheel + declared dependencies only;
     every module imports; entry points load; its own tests pass in that venv."""
@@ -104,7 +90,7 @@ def test_distribution_installs_alone_and_passes_its_tests(
         assert "llama-orch-testing" in {standalone.req_name(r) for r in pkg.test_group}, (
             f"{pkg.name} must run the conformance suite (llama-orch-testing in its test group)"
         )
-    proc, alone, tmp_path = standalone_runs(package_dir)
+    proc, alone, tmp_path, gates = standalone_runs(package_dir)
     ours = {n for n in alone if n.startswith("llama-orch-")}
     assert ours == workspace_closure(pkg.name, members), (
         f"installing {pkg.name} alone pulled {sorted(ours)}"
@@ -118,6 +104,10 @@ def test_distribution_installs_alone_and_passes_its_tests(
     assert proc.returncode == 0, f"{pkg.name} tests failed in a standalone venv:\n{out[-6000:]}"
     passed = re.search(r"(\d+) passed", out)
     assert passed and int(passed.group(1)) > 0, out[-3000:]
+    if gates is not None:  # 5: none selected (the package's gates all need a real engine)
+        out = gates.stdout + gates.stderr
+        assert gates.returncode in (0, 5), f"{pkg.name}'s alone gates failed alone:\n{out[-6000:]}"
+        assert gates.returncode == 5 or re.search(r"[1-9]\d* passed", out), out[-3000:]
 
 
 @pytest.mark.parametrize("package_dir", [p for p in PACKAGES if not p.startswith("testing")])

@@ -36,6 +36,10 @@ def times(request):
     yield
     (OUT / f"times-{request.node.name}").write_text(f"{start} {time.time()}")
 
+@pytest.mark.real_engine  # first in the file, run after the tests without one (ORCH-6264)
+def test_real():
+    pass
+
 @pytest.mark.alone
 def test_alone():
     (OUT / "alone-worker").write_text(os.environ.get("PYTEST_XDIST_WORKER", "main"))
@@ -71,9 +75,13 @@ def standalone_runs():
 def test_batch(standalone_runs, i):
     (OUT / f"batch-{i}").write_text(standalone_runs)
 
+@pytest.mark.skipif(not os.environ.get("SUITE_WORKERS_FAIL"), reason="the early-stop case's")
+def test_fails():
+    assert False, "stops a -x run"
+
 @pytest.mark.parametrize("i", range(6))
 def test_free(i):
-    pass
+    time.sleep(0.2)
 """
 
 
@@ -102,16 +110,59 @@ def pytest_collect_file(parent, file_path):
 """
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
+# work beside a one-process run (ORCH-6264), as the standalone batch: a thread that starts a
+# process in a session of its own and records when it ran; stop() ends that process by PID
+_BESIDE = """
+
+import signal, subprocess, sys, threading, time
+
+class _Work:
+    def __init__(self, seconds):
+        out = Path(os.environ["SUITE_WORKERS_OUT"])
+        self.proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"],
+                                     start_new_session=True)
+        (out / "beside-pid").write_text(str(self.proc.pid))
+        self.thread = threading.Thread(target=self._watch, args=(out, time.time()))
+        self.thread.start()
+
+    def _watch(self, out, start):
+        self.proc.wait()
+        (out / "beside-times").write_text(f"{start} {time.time()}")
+
+    def wait(self):
+        self.thread.join()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.thread.join()
+
+
+def pytest_runtestloop(session):
+    from llama_orch.testing_engines.workers import run_beside  # a plugin of the lines above
+
+    if not session.config.option.collectonly:
+        run_beside(session.config, _Work(float(os.environ["SUITE_WORKERS_BESIDE_S"])))
+"""
+
+
+def _run(
+    tmp_path: Path, *args: str, beside: float | None = None, fail: bool = False
+) -> tuple[int, str]:
     conftest = (ROOT / "conftest.py").read_text() + "\nimport os\nfrom pathlib import Path\n"
-    (tmp_path / "conftest.py").write_text(conftest + _TWINS)
+    (tmp_path / "conftest.py").write_text(conftest + _TWINS + (_BESIDE if beside else ""))
     (tmp_path / "twins.txt").write_text("")
     (tmp_path / "test_cases.py").write_text(_TESTS)
-    ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers = alone\n"
+    ini = (
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers =\n alone\n real_engine\n"
+    )
     (tmp_path / "pytest.ini").write_text(ini)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLAMA_ORCH_"))}
     env["SUITE_WORKERS_OUT"] = str(tmp_path)
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # inherited by the workers too
+    env["SUITE_WORKERS_BESIDE_S"] = str(beside)
+    if fail:
+        env["SUITE_WORKERS_FAIL"] = "1"
     proc = subprocess.run(
         [
             *_PYTEST,
@@ -144,7 +195,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     marked ``alone`` starts after every other test has ended; three items that share one
     node id all run."""
     rc, out = _run(tmp_path, "-n", "2", "--dist", "loadgroup")
-    assert "19 passed" in out, out[-3000:]
+    assert "20 passed" in out, out[-3000:]
     assert {f.name for f in tmp_path.glob("twin-*")} == {"twin-0", "twin-1", "twin-2"}, out
     assert rc == 1, out[-3000:]
     keys = _end_of_run_failures(out, "ORCH-8008: a log record holds an API key: leaky:")
@@ -156,7 +207,7 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
     times = {f.name[6:]: [float(t) for t in f.read_text().split()] for f in tmp_path.glob("time*")}
     alone = ["test_alone", "test_alone_batch[0]", "test_alone_batch[1]"]
     alone_start = min(times.pop(name)[0] for name in alone)
-    assert len(times) == 13 and max(end for _, end in times.values()) <= alone_start, times
+    assert len(times) == 14 and max(end for _, end in times.values()) <= alone_start, times
     # ORCH-6258: the alone tests, the batch fixture's among them, on the one alone worker
     ran = {(tmp_path / n).read_text() for n in ("alone-worker", "alone-batch-0", "alone-batch-1")}
     assert len(ran) == 1 and ran <= {"gw0", "gw1"}, ran
@@ -164,8 +215,51 @@ def test_two_workers_keep_the_end_of_run_checks_and_the_batch_fixture(tmp_path: 
 
 def test_one_process_keeps_the_end_of_run_checks(tmp_path: Path) -> None:
     rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on")
-    assert "18 passed" in out, out[-3000:]
+    assert "19 passed" in out, out[-3000:]
     assert rc == 1, out[-3000:]
     assert len(_end_of_run_failures(out, "ORCH-8008: a log record holds")) == 1, out[-3000:]
     left = _end_of_run_failures(out, "ORCH-6008: process left running by the tests")
     assert len(left) == 1 and "time.sleep(60)" in left[0], out[-3000:]
+
+
+def _times(tmp_path: Path) -> dict[str, list[float]]:
+    return {f.name[6:]: [float(t) for t in f.read_text().split()] for f in tmp_path.glob("times-*")}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_one_process_runs_the_work_beside_the_tests_then_the_real_and_alone_tests(
+    tmp_path: Path,
+) -> None:
+    """ORCH-6264. In one process the work registered beside the run (the standalone batch's
+    way) starts before the tests and runs while the tests without a real engine do; the
+    real-engine test, then the tests marked ``alone``, each first in the file, run after every
+    test without one and start only once that work has ended."""
+    rc, out = _run(tmp_path, "-n", "0", "-k", "not waits_on", beside=3.0)
+    assert "19 passed" in out and rc == 1, out[-3000:]  # rc: the end-of-run checks, as above
+    times = _times(tmp_path)
+    assert len(times) == 16, sorted(times)
+    alone = [times.pop(n) for n in ("test_alone", "test_alone_batch[0]", "test_alone_batch[1]")]
+    real_start, real_end = times.pop("test_real")
+    beside_start, beside_end = (float(t) for t in (tmp_path / "beside-times").read_text().split())
+    first_end = min(end for _, end in times.values())
+    last_end = max(end for _, end in times.values())
+    assert beside_start < first_end < beside_end, (beside_start, first_end, beside_end)
+    assert max(last_end, beside_end) <= real_start, out[-3000:]
+    assert real_end <= min(start for start, _ in alone), out[-3000:]
+
+
+def test_one_process_stops_the_work_beside_a_run_that_stops_early(tmp_path: Path) -> None:
+    """ORCH-6264. A run that ends early (here ``-x`` on a failure) stops the work beside it
+    before its end-of-run checks: its process is gone and is not reported as left behind."""
+    rc, out = _run(tmp_path, "-n", "0", "-x", "-k", "fails or free", beside=60.0, fail=True)
+    assert rc == 1 and "1 failed" in out and "passed" not in out, out[-3000:]
+    pid = int((tmp_path / "beside-pid").read_text())
+    assert _gone(pid), f"the work's process {pid} still runs"
+    assert not _end_of_run_failures(out, "ORCH-6008: process left running"), out[-3000:]

@@ -15,6 +15,12 @@ End-of-run checks: some look at the whole run once it is over: no process left b
 its own session and the exit status of the run is the controller's, so a failure a worker
 finds at its end travels to the controller in the worker's output and fails the run there.
 Without workers the same call fails the run directly.
+
+In one process (ORCH-6264): the tests that need no real engine run first, then the real-engine
+ones, then the tests marked ``alone``, each part in its collected order. Work registered with
+``run_beside`` (the standalone installs' batch) runs in the background beside the first part:
+the first real-engine or ``alone`` test starts only once it has ended, and the end of the
+tests' loop stops whatever of it still runs (a failed or interrupted run, ORCH-6265).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import json
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
-__all__ = ["GROUPS", "fail_run", "is_worker"]
+__all__ = ["GROUPS", "Beside", "fail_run", "is_worker", "run_beside"]
 
 # fixture -> group: tests using the fixture share one worker
 GROUPS = {
@@ -60,6 +68,62 @@ def fail_run(session: pytest.Session, message: str) -> None:
 
 
 ALONE = "alone"  # the group of tests marked ``alone``
+REAL_ENGINE = "real_engine"
+
+
+class Beside(Protocol):
+    """Work that runs in the background of a one-process run (ORCH-6264)."""
+
+    def wait(self) -> None:
+        """Returns once the work has ended, whatever its outcome."""
+
+    def stop(self) -> None:
+        """Ends the work and every process it started; returns once they are gone."""
+
+
+_BESIDE = pytest.StashKey[list[Beside]]()
+_ENDED = pytest.StashKey[bool]()  # False while registered work may still run
+
+
+def run_beside(config: pytest.Config, work: Beside) -> None:
+    """Registers started work: the ``alone`` tests wait for its end, the session's end stops it."""
+    config.stash.setdefault(_BESIDE, []).append(work)
+    config.stash[_ENDED] = False
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """A real-engine or ``alone`` test starts once the work beside the run has ended (the wait
+    outside its timeout)."""
+    config = item.config
+    if not config.stash.get(_ENDED, True) and _part(item) > 0:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for work in config.stash[_BESIDE]:
+            start = time.monotonic()
+            work.wait()
+            if reporter is not None:
+                waited = time.monotonic() - start
+                reporter.write_line(f"[beside] {work} has ended (waited {waited:.1f} s)")
+        config.stash[_ENDED] = True
+    return (yield)
+
+
+def _part(item: pytest.Item) -> int:
+    """Its part of a one-process run: 0 no real engine, 1 a real engine, 2 ``alone``."""
+    if item.get_closest_marker(ALONE) is not None:
+        return 2
+    return 1 if item.get_closest_marker(REAL_ENGINE) is not None else 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    """Once the tests have run, or the run failed or was interrupted, stops the work beside
+    it, before the end-of-run checks look for processes left behind (ORCH-6008, ORCH-6265)."""
+    try:
+        return (yield)
+    finally:
+        for work in session.config.stash.get(_BESIDE, []):
+            work.stop()
 
 
 def _group_of(item: pytest.Item) -> str | None:
@@ -82,8 +146,15 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput[_GROUP_FILE] = _group_file[0]
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a worker: every collected test's group, for the controller's scheduler."""
+    """In one process: the tests without a real engine, then the real-engine ones, then the
+    ``alone`` ones, each part in its collected order (ORCH-6264). On a worker: every collected
+    test's group, for the controller's scheduler, which holds the ``alone`` tests back itself
+    (``pytest_xdist_make_scheduler``)."""
+    if not is_worker(config):
+        items.sort(key=_part)
+        return
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
     path = workerinput.get(_GROUP_FILE)
     if not path:
