@@ -50,6 +50,7 @@ SKIP_DIRS = frozenset(
         "node_modules",
         "build",
         "dist",
+        "reports",  # run outputs, not tests or code (.specs/00 §1.1)
     }
 )
 MAX_CITING_FILE_BYTES = 2_000_000

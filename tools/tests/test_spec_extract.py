@@ -193,6 +193,23 @@ def test_citations_ranges_and_unknown_ids(spec_extract: ModuleType) -> None:
     assert missing == {_id(15)}
 
 
+def test_run_reports_cite_nothing(spec_extract: ModuleType, tmp_path: Path) -> None:
+    """.specs/00 §1.1: a run's report under a ``reports/`` directory is an output, not a
+    test or code: it cites nothing, so a local run cannot change COMPLIANCE.md."""
+    root = _repo(
+        tmp_path,
+        {"a.md": f"- [{_id(21)}] MUST.\n- [{_id(22)}] MUST.\n"},
+        {
+            "test-harness/chaos/reports/ci-seed7-x.md": f"{_id(21)} {_id(22)}\n",
+            "test-harness/chaos/reports/work/y.json": f"{_id(21)}\n",
+            "test-harness/chaos/test_x.py": f"# {_id(22)}\n",
+        },
+    )
+    cites = spec_extract.extract(root).citations
+    assert cites[_id(21)] == set()
+    assert cites[_id(22)] == {"test-harness/chaos/test_x.py"}
+
+
 def test_committed_requirements_are_current(repo_root: Path) -> None:
     """ORCH-6004: requirements/*.yaml matches the specs and the citations in the tree."""
     proc = subprocess.run(
