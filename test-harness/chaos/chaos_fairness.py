@@ -1,6 +1,6 @@
 """The chaos report's fairness figure (ORCH-6103, ORCH-6263, ORCH-6266): the tenants
-the daemon dispatched, against a reference deficit round robin replayed over the
-same arrivals, departures and dispatch instants.
+the daemon dispatched, against a reference deficit round robin run in lockstep over
+the same arrivals, departures and dispatch instants.
 
 The reference is written here from the spec's words (ORCH-1110), not imported
 from the scheduler it judges: a checker that ran the product's queue would agree
