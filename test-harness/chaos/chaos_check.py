@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaos_figures import fairness
+from chaos_fairness import fairness
 from chaos_history import (
     CLEAN_REASONS,
     FAIRNESS_BOUND,

@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 from chaos_cancel import cancel_parts, cancel_slot_free, cancel_slot_free_engine
+from chaos_fairness import fairness
 from chaos_history import (
     OUTAGE_FAULTS,
     POOL_FAULTS,
@@ -18,7 +19,6 @@ from chaos_history import (
     cancel_of,
     exchanges_of,
     outcome,
-    seq,
 )
 
 _POOL_FIGURES = (
@@ -87,101 +87,6 @@ def store_figures(
     return out
 
 
-def fairness(history: dict[str, Any]) -> dict[str, Any]:
-    """Dispatch shares among backlogged tenants of one priority, against their weights.
-
-    Walks the tasks in dispatch order (ORCH-6263): a task's dispatch is its
-    acceptance plus the ``queue_wait_ms`` of its ``started`` event (acceptance to
-    dispatch, measured by the daemon), the same instant for both APIs; a task
-    placed on a replica but ended before its engine answered (a cancel during the
-    prefill: no ``started``) is dispatched at its acceptance plus the queue time of
-    the daemon's task-end line, which names its replica. The receive time of
-    ``started`` is not a dispatch: the daemon sends that event when the engine
-    first answers, after the prompt's prefill (0.1 s to seconds here). Over the 32
-    CI-profile histories kept here, receive times gave a mean deviation of 0.085
-    (13 above 0.10, a CI run failed at 0.154), dispatch instants 0.045 (at most
-    0.088). At each dispatch, the tenants with an accepted, not yet dispatched (nor
-    ended) task of that priority are backlogged, and each one's expected share is
-    its weight, capped at its number of waiting tasks (a round can serve no more),
-    over the sum of theirs. The deviation is the largest |observed - expected|
-    share over tenants (0 = exactly fair).
-    """
-    weights: dict[str, int] = history.get("weights", {})
-    starts: list[tuple[float, str, str, int]] = []  # (t, priority, tenant, n)
-    ended_ts = {
-        line.get("job_id"): float(line["ts"])
-        for line in history.get("daemon_task_ends", [])
-        if line.get("ts") is not None
-    }
-    dispatched_ms = {  # tasks placed on a replica, from the daemon's own task-end line
-        line.get("job_id"): line["queue_time_ms"]
-        for line in history.get("daemon_task_ends", [])
-        if line.get("replica_id") and line.get("queue_time_ms") is not None
-    }
-    for r in history["tasks"]:
-        if not r.get("task_id"):
-            continue
-        if r.get("api") == "openai":  # no event names in its chunks: the replayed log's
-            st = next((d for _, ev, d in seq(r.get("replay") or []) if ev == "started"), None)
-            t_recv = None
-        else:
-            e = next((e for e in r.get("events", []) if e[2] == "started"), None)
-            st, t_recv = (e[3], e[0]) if e is not None else (None, None)
-        if st is None:  # dispatched, then ended before its engine answered (a cancel)
-            if r["task_id"] in dispatched_ms:
-                t = r["t_accepted"] + dispatched_ms[r["task_id"]] / 1000
-                starts.append((t, r["priority"], r["tenant"], r["n"]))
-            continue
-        if "queue_wait_ms" in st:
-            t_start = r["t_accepted"] + st["queue_wait_ms"] / 1000
-        elif t_recv is not None:  # a log without the figure: the receive time
-            t_start = t_recv
-        else:
-            continue
-        starts.append((t_start, r["priority"], r["tenant"], r["n"]))
-    starts.sort()
-    accepted = {r["n"]: r["t_accepted"] for r in history["tasks"] if r.get("task_id")}
-    started_at = {n: t for t, _, _, n in starts}
-    for r in history["tasks"]:  # a task that ended queued (canceled, expired) left then
-        if r.get("task_id") and r["n"] not in started_at:
-            term = next((e[0] for e in r.get("events", []) if e[2] in TERMINAL), None)
-            if term is None:
-                term = ended_ts.get(r["task_id"])
-            started_at[r["n"]] = term if term is not None else float("inf")
-    by_n = {r["n"]: r for r in history["tasks"]}
-    observed: dict[str, float] = {}
-    expected: dict[str, float] = {}
-    samples = 0
-    for t, prio, tenant, _n in starts:
-        waiting: dict[str, int] = {}
-        for m, ta in accepted.items():
-            if ta < t and started_at.get(m, float("inf")) >= t and by_n[m]["priority"] == prio:
-                waiting[by_n[m]["tenant"]] = waiting.get(by_n[m]["tenant"], 0) + 1
-        waiting[tenant] = max(1, waiting.get(tenant, 0))
-        if len(waiting) < 2:
-            continue
-        samples += 1
-        # Weighted round robin serves a tenant at most its queued tasks per round.
-        eff = {x: min(weights.get(x, 1), k) for x, k in waiting.items()}
-        total = sum(eff.values())
-        for x, w in eff.items():
-            expected[x] = expected.get(x, 0.0) + w / total
-        observed[tenant] = observed.get(tenant, 0.0) + 1
-    dev = 0.0
-    if samples:
-        dev = max(abs(observed.get(x, 0.0) - expected[x]) / samples for x in expected)
-    return {
-        "samples": samples,
-        "deviation": round(dev, 4),
-        "observed": {k: round(v / samples, 3) for k, v in sorted(observed.items())}
-        if samples
-        else {},
-        "expected": {k: round(v / samples, 3) for k, v in sorted(expected.items())}
-        if samples
-        else {},
-    }
-
-
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -204,7 +109,7 @@ def _first_backoff(r: dict[str, Any], field: str) -> dict[str, Any] | None:
     return next((s for s in r.get("submits", []) if s.get(field) is not None), None)
 
 
-def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> list[float]:
+def retry_after_errors(history: dict[str, Any], told: str = "forecast") -> list[float]:
     """|advertised wait - actual wait until the limit that refused admitted again| (s).
 
     One sample per arrival that got a 429/503 with a forecast: from that answer
@@ -213,8 +118,12 @@ def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> l
     pool. Every refused client probes every 0.5 s, so that admission marks when
     there was room again; which waiting client wins it is a lottery the forecast
     cannot know (that per-client wait is ``retry_after_client_errors``).
+
+    ``told="forecast"`` (ORCH-6268, the gated figure): the forecast in ms the
+    refusal carried (``X-Backoff-Ms``, ``retry-after-ms``), else its Retry-After;
+    ``told="header"``: the Retry-After header, that forecast rounded up to whole
+    seconds and at least 1 s (ORCH-1107), which alone reads 0-1 s of error.
     """
-    scale = 1000.0 if field == "backoff_ms" else 1.0
     admits: dict[str, list[float]] = {}
     for r in history["tasks"]:
         if r.get("task_id"):
@@ -224,14 +133,17 @@ def retry_after_errors(history: dict[str, Any], field: str = "retry_after") -> l
         v.sort()
     out: list[float] = []
     for r in history["tasks"]:
-        first = _first_backoff(r, field)
+        first = _first_backoff(r, "retry_after")
         if first is None:
             continue
         scope = r["tenant"] if first.get("policy") == "quota" else "*"
         nxt = next((t for t in admits.get(scope, []) if t > first["t_recv"]), None)
         if nxt is None:
             continue
-        out.append(abs(nxt - first["t_recv"] - float(first[field]) / scale))
+        wait = float(first["retry_after"])
+        if told == "forecast" and first.get("backoff_ms") is not None:
+            wait = float(first["backoff_ms"]) / 1000
+        out.append(abs(nxt - first["t_recv"] - wait))
     return out
 
 
@@ -330,7 +242,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
         if c:
             key = "close" if c.get("by") == "close" else str(c.get("status"))
             cancels[key] = cancels.get(key, 0) + 1
-    bo = retry_after_errors(history, "backoff_ms")
+    ra_header = retry_after_errors(history, "header")
     gaps = token_gaps(history)
     cuc = cancel_upstream_closed(history)
     rc = retry_after_client_errors(history)
@@ -412,8 +324,13 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "p50": None if not gaps else round(1000 * (_pct(gaps, 50) or 0), 1),
             "p99": None if not gaps else round(1000 * (_pct(gaps, 99) or 0), 1),
         },
+        # ORCH-6106, ORCH-6268: gated, on the forecast in ms; the header's, reported
         "retry_after_error_s": {"n": len(ra), "p50": _pct(ra, 50), "p90": _pct(ra, 90)},
-        "backoff_ms_error_s": {"n": len(bo), "p50": _pct(bo, 50), "p90": _pct(bo, 90)},
+        "retry_after_header_error_s": {
+            "n": len(ra_header),
+            "p50": _pct(ra_header, 50),
+            "p90": _pct(ra_header, 90),
+        },
         "retry_after_client_error_s": {"n": len(rc), "p50": _pct(rc, 50), "p90": _pct(rc, 90)},
         "cancel_answers": dict(sorted(cancels.items())),
         "recovery": rec,

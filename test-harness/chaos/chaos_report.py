@@ -158,15 +158,18 @@ def markdown(
         f"{_fmt(figs['token_gap_ms']['p99'])} |",
         f"| engine kill -9 → WORKER_RESET of its in-flight tasks, worst (s) | "
         f"{_fmt(figs['engine_kill_to_worker_reset_s_max'])} |",
-        f"| Retry-After error: advertised vs wait until the refusing limit admitted again "
-        f"(s) p50 / p90 (n) | {_fmt(figs['retry_after_error_s']['p50'])} / "
+        f"| Retry-After error: the forecast told in ms (`X-Backoff-Ms`, `retry-after-ms`) "
+        f"vs the wait until the refusing limit admitted again (s) p50 / p90 (n) | "
+        f"{_fmt(figs['retry_after_error_s']['p50'])} / "
         f"{_fmt(figs['retry_after_error_s']['p90'])} ({figs['retry_after_error_s']['n']}) |",
-        f"| same, against the `X-Backoff-Ms` forecast (s) p50 / p90 | "
-        f"{_fmt(figs['backoff_ms_error_s']['p50'])} / {_fmt(figs['backoff_ms_error_s']['p90'])} |",
+        f"| same, against the `Retry-After` header (whole seconds, rounded up) (s) p50 / p90 | "
+        f"{_fmt(figs['retry_after_header_error_s']['p50'])} / "
+        f"{_fmt(figs['retry_after_header_error_s']['p90'])} |",
         f"| Retry-After vs that client's own wait to its 202 (s) p50 / p90 (n) | "
         f"{_fmt(rce['p50'])} / {_fmt(rce['p90'])} ({rce['n']}) |",
         f"| cancel answers (HTTP status: count) | {figs['cancel_answers']} |",
-        f"| fairness deviation (dispatch share vs weight, backlogged tenants) | "
+        f"| fairness deviation (dispatch share vs a reference deficit round robin, "
+        f"backlogged tenants) | "
         f"{figs['fairness']['deviation']} over {figs['fairness']['samples']} dispatches; "
         f"observed {figs['fairness']['observed']}, expected {figs['fairness']['expected']} |",
         "",

@@ -245,7 +245,7 @@ def test_ci_chaos_profile_on_real_engines(llama_server_binary, smollm2_model) ->
     assert figs["engine_kill_to_worker_reset_s_max"] is not None
     assert figs["engine_kill_to_worker_reset_s_max"] <= 2.0
     assert figs["retry_after_error_s"]["n"] >= 3
-    assert figs["retry_after_error_s"]["p50"] <= 1.0
+    assert figs["retry_after_error_s"]["p50"] <= 0.75  # on the ms forecast (ORCH-6268)
     assert rc == 0
 
 

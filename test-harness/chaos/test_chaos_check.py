@@ -212,6 +212,22 @@ def test_figures_count_outcomes_and_retry_after_error() -> None:
     assert figs["retry_after_client_error_s"]["p50"] == pytest.approx(0.01, abs=1e-6)
 
 
+def test_retry_after_error_is_measured_on_the_forecast_in_ms() -> None:
+    """ORCH-6268: a refusal told 200 ms (``X-Backoff-Ms``), hence ``Retry-After: 1``, and
+    room again 0.25 s later: the forecast was 0.05 s off; the header's rounding up to a
+    whole second reads 0.75 s, reported beside it, not gated."""
+    h = _history()
+    r = h["tasks"][2]
+    r["submits"] = [
+        {"t_send": 99.7, "t_recv": 99.76, "status": 429, "retry_after": 1.0, "backoff_ms": 200},
+        {"t_send": 100.5, "t_recv": 100.51, "status": 202, "retry_after": None},
+    ]
+    r["t_accepted"] = 100.51
+    figs = chaos_figures.figures(h, [])
+    assert figs["retry_after_error_s"] == {"n": 1, "p50": 0.05, "p90": 0.05}
+    assert figs["retry_after_header_error_s"] == {"n": 1, "p50": 0.75, "p90": 0.75}
+
+
 # --------------------------------------------------------------------------- store faults
 
 
