@@ -1,6 +1,6 @@
 """Parts of orchestratord's CPU per request and per token, in process, this tree against
 a git ref (issue #20, session 17: ORCH-2804..2806; session 20: ORCH-2822..2824; session 21:
-ORCH-2956, ORCH-2957).
+ORCH-2956, ORCH-2957; session 22: ORCH-2964).
 
     flock /work/bench.lock uv run --frozen python bench/fixed_parts.py --compare-ref dbd6fc9
 
@@ -20,7 +20,10 @@ Parts, each in µs of process CPU time per call, the median of ``--blocks`` bloc
   ``started``, a ``metrics``, 32 tokens, the end) read from the start in batches of 4
   events, as a facade's stream loop reads them (ORCH-2956; no state store);
 - ``line``: ``RobustLine.params3`` of a first-token line with its second feature after
-  50 samples, at one instant (ORCH-2957).
+  50 samples, at one instant (ORCH-2957);
+- ``open``: ``HttpAdapter._open_stream`` over a stub pool whose connection answers 200
+  at once (the error mapping, the deadline over the connect and the head, the retry
+  loop; no socket: ORCH-2964).
 
 Each side runs in its own child process (the ref's ``packages/*/src`` first on
 ``PYTHONPATH``, from ``git archive``), the sides alternating for ``--rounds`` rounds;
@@ -210,6 +213,58 @@ def _line_part(blocks: int) -> float:
     return _blocks(lambda: line.params3(1.0), 50_000, blocks)
 
 
+async def _open_part(blocks: int) -> float:
+    from llama_orch.adapter_http import HttpAdapter
+    from llama_orch.core.adapter_api import AdapterTarget
+
+    class Conn:
+        reused = False
+
+        def start(self, request: bytes) -> None:
+            pass
+
+        async def head(self) -> int:
+            return 200
+
+    conn = Conn()
+
+    class Pool:
+        def request(self, path: str, body: bytes, headers: bytes) -> bytes:
+            return body
+
+        async def acquire(self) -> Conn:
+            return conn
+
+    pool = Pool()
+
+    class Adapter(HttpAdapter):  # type: ignore[misc]
+        engine = "bench"
+
+        def _streams(self) -> Any:
+            return pool
+
+    target = AdapterTarget(replica_id="r", base_url="http://127.0.0.1:9", options={})
+    Adapter.__abstractmethods__ = frozenset()  # only ``_open_stream`` is called
+    adapter = Adapter(target)
+    n = 20_000
+    times = []
+    for i in range(blocks + 1):
+        t0 = time.process_time()
+        for _ in range(n):
+            await adapter._open_stream("/completion", b"{}")
+        if i:
+            times.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(times)
+
+
+def _under_uvloop(coro: Any) -> float:
+    import uvloop  # the daemon's loop (ORCH-2819): the timers are uvloop's
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result: float = runner.run(coro)
+    return result
+
+
 def _child(blocks: int) -> None:
     out = {
         "log": _log_part(blocks),
@@ -218,6 +273,7 @@ def _child(blocks: int) -> None:
         "parse": _parse_part(blocks),
         "frames": _frames_part(blocks),
         "line": _line_part(blocks),
+        "open": _under_uvloop(_open_part(blocks)),
     }
     print(json.dumps(out))
 
@@ -275,7 +331,7 @@ def main() -> int:
             got[name].append(_run_side(path, args.blocks))
     end = Path("/proc/loadavg").read_text().split()[:3]
     print(f"fixed_parts: load {' '.join(load)} -> {' '.join(end)}; {args.rounds} rounds")
-    parts: list[str] = ["log", "connect", "ids", "parse", "frames", "line"]
+    parts: list[str] = ["log", "connect", "ids", "parse", "frames", "line", "open"]
     for part in parts:
         row: list[Any] = []
         for name, runs in got.items():

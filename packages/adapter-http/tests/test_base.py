@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from llama_orch.adapter_http import HttpAdapter, SSEStream
+from llama_orch.adapter_http._deadline import Deadline
 from llama_orch.adapter_http._streams import InFlight
 from llama_orch.core.adapter_api import (
     CANCELED,
@@ -114,6 +115,14 @@ async def test_one_idle_timer_per_stream_not_one_per_read(monkeypatch: pytest.Mo
         original(self, when)
 
     monkeypatch.setattr(asyncio.timeouts.Timeout, "reschedule", counting)
+    entered = Deadline.__enter__
+
+    def counting_deadline(self: Deadline) -> None:  # ORCH-2964's deadline counts too
+        nonlocal armed
+        armed += 1
+        entered(self)
+
+    monkeypatch.setattr(Deadline, "__enter__", counting_deadline)
     seen: dict[int, tuple[int, int]] = {}
     for n in (5, 40):
         async with _engine(n) as fake:
@@ -129,6 +138,7 @@ async def test_one_idle_timer_per_stream_not_one_per_read(monkeypatch: pytest.Mo
         assert events[-1] == Finished(reason="eos", tokens_generated=n)
     assert seen[40][0] >= seen[5][0] + 10, f"the fake should spread streams over reads: {seen}"
     assert seen[40][1] == seen[5][1], f"timeouts armed grew with the reads: {seen}"
+    assert seen[5][1] >= 1, f"the engine request's deadline was not counted: {seen}"
 
 
 async def test_silence_mid_stream_is_decode_timeout() -> None:
