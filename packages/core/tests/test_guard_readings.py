@@ -9,7 +9,16 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llama_orch.core.eta import EDGE_SHARE, Job, ReplicaLoad, _tick, guard_hold, read_hold, simulate
+from llama_orch.core.eta import (
+    EDGE_SHARE,
+    Job,
+    ReplicaLoad,
+    _tick,
+    guard_hold,
+    read_hold,
+    simulate,
+    simulate_running,
+)
 from llama_orch.core.servicetime import Prior, ServiceModel
 
 NOW = 1000.0
@@ -40,6 +49,16 @@ def test_run_1725s_queue_behind_the_held_head_starts_when_the_task_beside_it_end
     out = simulate([load], [head, Job(89, 9)], NOW)
     assert out is not None
     assert [s.start_ms for s in out] == [1221.0, 1221.0]
+    # A's finish (ORCH-2906) goes on from the readings: at B's end at one busy slot, then
+    # pushed by the head's prefill, read at the head's two busy slots at the job's start,
+    # then pushed by the job's prefill (c3b55ed: 4,091 ms, nothing starting before it)
+    ran = simulate_running([load], [head, Job(89, 9)], NOW)
+    assert ran is not None
+    p = model.params(NOW)
+    g2 = 1.0 + p.slowdown
+    a = 1221.0 + (4091.0 - 1221.0) / g2 + p.prefill_ms(134)
+    a = 1221.0 + (a - 1221.0) * g2 + p.prefill_ms(89)
+    assert math.isclose(ran[1][0][0], a, rel_tol=1e-12)
 
 
 def test_run_1742s_queue_behind_the_held_head_starts_when_the_task_beside_it_ends() -> None:

@@ -179,8 +179,9 @@ def _read(e: float, b0: int, chain: Sequence[tuple[float, int]], slowdown: float
     for c, b in chain:
         if _tick(e) <= _tick(c):  # it freed by then: read no further
             break
-        if b != b0:
-            e = c + (e - c) * (1.0 + slowdown * (b - 1)) / (1.0 + slowdown * (b0 - 1))
+        k = (1.0 + slowdown * (b - 1)) / (1.0 + slowdown * (b0 - 1))
+        if k != 1.0:  # a reading at the same busy slots (or no slowdown) is the end itself
+            e = c + (e - c) * k
         b0 = b
     return e
 
