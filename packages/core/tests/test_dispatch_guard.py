@@ -21,7 +21,7 @@ from llama_orch.core.eta import (
     simulate_held,
     simulate_running,
 )
-from llama_orch.core.servicetime import Observation, Prior, ServiceModel
+from llama_orch.core.servicetime import ModelParams, Observation, Prior, ServiceModel
 
 NOW = 1000.0
 INF = math.inf
@@ -35,6 +35,20 @@ def _model(slots: int, seed: int = 0) -> ServiceModel:
                         "completed"),
             NOW,
         )  # fmt: skip
+    return m
+
+
+class _Flat(ServiceModel):
+    """A model without decode slowdown (``s = 0``): the guard's readings of a lane at the
+    busy slots of an instant are its forecasts themselves (ORCH-2970)."""
+
+    def params(self, now: float) -> ModelParams:
+        return super().params(now)._replace(slowdown=0.0)
+
+
+def _flat(slots: int, seed: int = 0) -> ServiceModel:
+    m = _Flat(Prior(decode_ms_per_token=5.0 + seed % 7), slots=slots)
+    m.__dict__.update(_model(slots, seed).__dict__)  # the same learned terms
     return m
 
 
@@ -185,10 +199,13 @@ _replica = st.tuples(
 _job = st.builds(Job, st.integers(0, 300), st.integers(0, 64), st.none(), st.none())
 
 
-def _loads(reps, guard: float | None, *, limits: bool = True) -> list[ReplicaLoad]:
+def _loads(
+    reps, guard: float | None, *, limits: bool = True, flat: bool = False
+) -> list[ReplicaLoad]:
+    make = _flat if flat else _model
     return [
         ReplicaLoad(
-            _model(max(1, slots), seed), slots, running, prefill_ms=pending,
+            make(max(1, slots), seed), slots, running, prefill_ms=pending,
             limits_ms=lims[: len(running)] if limits else None, guard=guard,
         )
         for slots, running, seed, pending, lims in reps
@@ -214,8 +231,12 @@ def test_without_the_guard_every_forecast_is_the_one_without_limits(reps, jobs, 
 @given(st.lists(_replica, min_size=1, max_size=3), st.lists(_job, max_size=20))
 def test_no_protected_running_task_is_forecast_past_its_limit(reps, jobs) -> None:
     """ORCH-2933: with the guard, a running task forecast within its limit stays within
-    it whatever jobs the simulation starts beside it (the jobs wait instead)."""
-    loads = _loads(reps, 1.5)
+    it whatever jobs the simulation starts beside it (the jobs wait instead). ORCH-2970,
+    ORCH-2971: on a model without decode slowdown, where the lane's readings at the busy
+    slots of an instant are its forecasts; with one, a task's end read at more busy slots
+    may pass its limit by the slowdown of the jobs beside it, which the guard does not
+    judge (ORCH-2931 judges their prefill), at the dispatcher as in the forecast."""
+    loads = _loads(reps, 1.5, flat=True)
     ran = simulate_running(loads, jobs, NOW)
     assert ran is not None
     slots, finishes = ran
@@ -237,24 +258,46 @@ def _dispatcher_starts(load: ReplicaLoad, jobs: list[Job]) -> list[float]:
     limits then, and dispatches the head when a slot is free and it is not held."""
     n = max(1, load.slots)
     params = load.model.params(NOW)
+    slow = params.slowdown
     lims = load.limits_ms or ()
     live = sorted(
         (max(0.0, ms), lims[i] if i < len(lims) else INF) for i, ms in enumerate(load.running_ms)
     )[:n]
-    slots = [[e, lim] for e, lim in live if e > 0.0]  # absolute ms from NOW
+    b0 = max(1, len(load.running_ms))  # the busy slots its ms left were forecast at
+    slots = [[e, lim, b0] for e, lim in live if e > 0.0]  # absolute ms from NOW
     idle, prefill_until, floor = n - len(slots), max(0.0, load.prefill_ms), 0.0
     out = []
+
+    def g(b: float) -> float:
+        return 1.0 + slow * (b - 1)
+
+    def holds(at_: float, ends: list[float], job: Job) -> tuple[float, float] | None:
+        """``replica_holds`` at ``at_`` on the slots holding work then, ending at ``ends``."""
+        at = [(e, s[1]) for e, s in zip(ends, slots, strict=True) if round(e, 6) > round(at_, 6)]
+        view = ReplicaLoad(load.model, n, [e - at_ for e, _ in at], pace=load.pace,
+                           limits_ms=[lim - at_ for _, lim in at], guard=load.guard)  # fmt: skip
+        return replica_holds([view], job, NOW)[0]
+
     for job in jobs:
-        t = max(floor, 0.0 if idle else min(e for e, _ in slots))
-        while True:  # re-read at every instant a guarding task ends (ORCH-2932)
-            at = [s for s in slots if round(s[0], 6) > round(t, 6)]
-            view = ReplicaLoad(load.model, n, [e - t for e, _ in at], pace=load.pace,
-                               limits_ms=[lim - t for _, lim in at], guard=load.guard)  # fmt: skip
-            held = replica_holds([view], job, NOW)[0]
-            if held is None:
-                break
-            t += held[0]
-        first = 0.0 if idle else min(e for e, _ in slots)
+        t = max(floor, 0.0 if idle else min(e for e, _, _ in slots))
+        ends = [e for e, _, _ in slots]
+        if holds(t, ends, job) is not None:
+            t0 = t
+            # ORCH-2970: the dispatcher's readings, at ``t`` and at every slot's end while
+            # it holds the head: each slot holding work, its ms left at the busy slots then
+            b_t = sum(1 for e in ends if round(e, 6) > round(t, 6))
+            ends = [t + (e - t) * g(b_t) / g(s[2]) if round(e, 6) > round(t, 6) else e
+                    for e, s in zip(ends, slots, strict=True)]  # fmt: skip
+            while holds(t, ends, job) is not None:
+                c = min(e for e in ends if round(e, 6) > round(t, 6))
+                b_c = sum(1 for e in ends if round(e, 6) > round(c, 6))
+                ends = [c + (e - c) * g(b_c) / g(b_t) if round(e, 6) > round(c, 6) else e
+                        for e in ends]  # fmt: skip
+                t, b_t = c, b_c
+            for e, s in zip(ends, slots, strict=True):  # the lane goes on from that reading
+                if round(s[0], 6) > round(t0, 6):
+                    s[0], s[2] = e, (b_t if round(e, 6) > round(t, 6) else s[2])
+        first = 0.0 if idle else min(e for e, *_ in slots)
         if round(t, 6) > round(first, 6):  # a later start finds the slots freed by then idle
             freed = [s for s in slots if round(s[0], 6) <= round(t, 6)]
         else:  # else it takes an idle slot, or the one that frees first (the lane's ties)
@@ -272,7 +315,7 @@ def _dispatcher_starts(load: ReplicaLoad, jobs: list[Job]) -> list[float]:
             s[0] += prefill
         if end > 0.0:
             limit = (load.guard or INF) * end if job.limit_ms is None else job.limit_ms
-            slots.append([end, limit])
+            slots.append([end, limit, 1 + beside])
         else:
             idle += 1
         out.append(t)
@@ -329,7 +372,8 @@ def test_a_freed_slot_protects_nothing() -> None:
     (its prefill would push the 1.2 s-limit task past it), and the third starts beside
     it at 1.2 s; were the slot taken at 500 ms kept in the lane's limits, a task already
     ended would hold the third until 2.8 s (``del self.limits[0]`` in ``_Lane.take``)."""
-    load = ReplicaLoad(_model(3), 3, [500.0, 1000.0, 1000.0], limits_ms=[3000.0, 3000.0, 1200.0],
+    # a model without decode slowdown (ORCH-2970's readings are then the forecasts)
+    load = ReplicaLoad(_flat(3), 3, [500.0, 1000.0, 1000.0], limits_ms=[3000.0, 3000.0, 1200.0],
                        guard=1.5)  # fmt: skip
     jobs = [Job(100, 10, INF), Job(800, 10, INF), Job(800, 10, INF)]
     out = simulate([load], jobs, NOW)

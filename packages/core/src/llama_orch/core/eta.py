@@ -35,6 +35,7 @@ __all__ = [
     "guard_hold",
     "live_pace",
     "prefill_left",
+    "read_hold",
     "replica_holds",
     "replica_pace",
     "simulate",
@@ -170,6 +171,49 @@ def guard_hold(
     return hold
 
 
+def _read(e: float, b0: int, chain: Sequence[tuple[float, int]], slowdown: float) -> float:
+    """ORCH-2970: an end ``e`` forecast at ``b0`` busy slots, as read at each ``(c, b)`` of
+    ``chain`` in turn (ascending ``c``, all before ``e``): its time left after ``c`` at
+    ``b`` busy slots, ``c + (e - c) x (1 + s x (b - 1)) / (1 + s x (b' - 1))``, ``b'`` the
+    busy slots of the reading before (``b0`` first)."""
+    for c, b in chain:
+        if _tick(e) <= _tick(c):  # it freed by then: read no further
+            break
+        k = (1.0 + slowdown * (b - 1)) / (1.0 + slowdown * (b0 - 1))
+        if k != 1.0:  # a reading at the same busy slots (or no slowdown) is the end itself
+            e = c + (e - c) * k
+        b0 = b
+    return e
+
+
+def read_hold(
+    slots: Sequence[tuple[float, float, int]],
+    prefill_ms: float,
+    t: float,
+    told: bool | None,
+    slowdown: float,
+) -> tuple[float, list[tuple[float, int]]]:
+    """ORCH-2970: when a job may start under the guard, at ``t`` at the earliest, reading
+    the slots ``(end, limit, busy)`` (each end forecast at ``busy`` slots) as the
+    dispatcher does at each wakeup: at ``t`` and at every slot's end while the job is
+    held, each slot still holding work read at the busy slots then (:func:`_read`), and
+    judged by :func:`guard_hold` on that reading. ``(start, chain)``: the start and the
+    ``(instant, busy slots)`` readings up to it, which give every later end (``_read``)."""
+    if _tick(guard_hold([(e, lim) for e, lim, _ in slots], prefill_ms, t, told)) <= _tick(t):
+        return t, []  # not held as forecast: no reading (a guard that holds nothing, none)
+    tt = _tick(t)
+    live = [(e, lim, b) for e, lim, b in slots if _tick(e) > tt]
+    chain = [(t, len(live))]
+    while True:
+        read = [(_read(e, b, chain, slowdown), lim) for e, lim, b in live]
+        if _tick(guard_hold(read, prefill_ms, t, told)) <= _tick(t):
+            return t, chain
+        t = min(e for e, _ in read)  # the next wakeup: the first slot that frees
+        tt = _tick(t)
+        live = [s for s, (e, _) in zip(live, read, strict=True) if _tick(e) > tt]
+        chain.append((t, len(live)))
+
+
 def replica_holds(
     replicas: Sequence[ReplicaLoad], job: Job, now: float
 ) -> list[tuple[float, float] | None]:
@@ -200,7 +244,9 @@ class _Lane:
     (stored less ``off``, the prefill delay added to all of them so far: a shift is
     O(1)), and when its prefill work in progress ends (ms from now)."""
 
-    __slots__ = ("busy", "guard", "idle", "limits", "off", "params", "prefill_until")
+    __slots__ = (
+        "busy", "guard", "idle", "jobs_busy", "limits", "off", "params", "plan", "prefill_until"
+    )  # fmt: skip
 
     def __init__(self, r: ReplicaLoad, now: float) -> None:
         n = max(1, r.slots)
@@ -213,11 +259,15 @@ class _Lane:
         # ORCH-2933: with the guard, ``busy`` again as (stored end, limit) pairs, kept
         # sorted alike (the same stored ends, so every removal below matches ``busy``'s)
         self.guard = r.guard
-        self.limits: list[tuple[float, float]] | None = None
+        # ORCH-2970: the last :meth:`service`'s readings of the lane and its job's busy slots
+        self.plan: list[tuple[float, int]] | None = None
+        self.jobs_busy = 1
+        self.limits: list[tuple[float, float, int]] | None = None
         if r.guard is not None:
             lims = r.limits_ms or ()
+            b0 = max(1, len(r.running_ms))  # the busy slots ``Workload.loads`` read them at
             pairs = sorted(
-                (max(0.0, ms), lims[i] if i < len(lims) else math.inf)
+                (max(0.0, ms), lims[i] if i < len(lims) else math.inf, b0)
                 for i, ms in enumerate(r.running_ms)
             )[:n]
             self.limits = [p for p in pairs if p[0] > 0.0]
@@ -265,12 +315,17 @@ class _Lane:
         """When ``job`` starts here: its first free slot, not before ``release``, and
         with the guard not before the slots it would push past their limits end
         (ORCH-2933)."""
+        return self.read(job, release)[0]
+
+    def read(self, job: Job, release: float = 0.0) -> tuple[float, list[tuple[float, int]] | None]:
+        """:meth:`start`, and with the guard the lane's readings up to it (ORCH-2970)."""
         t = max(self.first(), release)
         if self.limits:
             off = self.off
-            slots = ((s + off, lim) for s, lim in self.limits)
-            t = guard_hold(slots, self.params.prefill_ms(job.tokens_in), t, job.told_hold)
-        return t
+            slots = [(s + off, lim, b) for s, lim, b in self.limits]
+            prefill = self.params.prefill_ms(job.tokens_in)
+            return read_hold(slots, prefill, t, job.told_hold, self.params.slowdown)
+        return t, None
 
     def service(
         self, r: ReplicaLoad, job: Job, now: float, release: float = 0.0
@@ -278,15 +333,36 @@ class _Lane:
         """``(start, finish, begin)`` of ``job`` on the first free slot, not before
         ``release`` (ORCH-1972): its own prefill begins once the prefill in progress
         is done (ORCH-1996)."""
-        t = self.start(job, release)
+        if self.limits:
+            t, self.plan = self.read(job, release)
+        else:
+            t, self.plan = max(self.first(), release), None
         begin = max(t, self.prefill_until)
-        return t, begin + r.service_ms(job, 1 + self.others_busy(t), now), begin
+        # read at its start (ORCH-2970), the slots holding work past it are the reading's
+        busy = 1 + (self.plan[-1][1] if self.plan else self.others_busy(t))
+        self.jobs_busy = busy
+        return t, begin + r.service_ms(job, busy, now), begin
 
     def take(self, end: float, begin: float, job: Job, start: float = 0.0) -> None:
         """The first free slot runs a job from ``start`` on, to ``end``: its prefill
         delays every other slot that holds work then (ORCH-1996). A ``start`` later
         than the first free slot (a release, ORCH-1972; releases come in ascending
-        order) finds the slots that freed by then idle."""
+        order) finds the slots that freed by then idle. With the guard the lane goes on
+        from the readings that gave the start (ORCH-2970): every later end as read then."""
+        if self.plan and self.limits is not None:
+            chain, off, slow, ts = self.plan, self.off, self.params.slowdown, _tick(start)
+            self.plan = None
+            t0 = _tick(chain[0][0])
+            read = [
+                (_read(s + off, b, chain, slow) - off, lim, b)
+                if _tick(s + off) > t0
+                else (s, lim, b)
+                for s, lim, b in self.limits
+            ]  # the slots read past the start hold work at its busy slots (a freed one, none)
+            self.limits = sorted(
+                (s, lim, chain[-1][1] if _tick(s + off) > ts else b) for s, lim, b in read
+            )
+            self.busy = [s for s, _, _ in self.limits]
         if start > self.first():
             busy, off, t = self.busy, self.off, _tick(start)
             k = 0
@@ -310,7 +386,7 @@ class _Lane:
             bisect.insort(self.busy, end - self.off)
             if self.limits is not None and self.guard is not None:
                 limit = self.guard * end if job.limit_ms is None else job.limit_ms
-                bisect.insort(self.limits, (end - self.off, limit))
+                bisect.insort(self.limits, (end - self.off, limit, self.jobs_busy))
         else:  # a job of no time at all (no overhead, no tokens): its slot is idle now
             self.idle += 1
 
@@ -353,7 +429,8 @@ class _Sim:
             self.raised = _tick(start) > _tick(max(lane.first(), release))
         if self.held is not None:  # ORCH-2906: the prefill each job adds to its lane
             at = start if self.guarded else None  # a held job finds slots freed (ORCH-2933)
-            self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end, at)
+            read = (lane.plan or [], lane.params.slowdown, lane.jobs_busy)
+            self.held[idx].feed(lane.params.prefill_ms(job.tokens_in), end, at, read)
         lane.take(end, begin, job, start)
         if self.guarded:
             self.floor = start
@@ -459,12 +536,35 @@ class _Held:
         out = self.out = [max(0.0, ms) for ms in r.running_ms]
         n = max(1, r.slots)
         kept = sorted(range(len(out)), key=lambda k: out[k])[:n]  # as the lane keeps them
-        # [free time, arrival order, index into running_ms or -1 for a simulated job]
-        self.held = [[out[k], float(seq), float(k)] for seq, k in enumerate(kept) if out[k] > 0.0]
+        # [free time, arrival order, index into running_ms or -1 for a simulated job, the
+        # busy slots its time was forecast at (ORCH-2970)]
+        b0 = float(max(1, len(out)))
+        self.held = [
+            [out[k], float(seq), float(k), b0] for seq, k in enumerate(kept) if out[k] > 0.0
+        ]
         self.idle, self.seq = n - len(self.held), float(len(kept))
 
-    def feed(self, prefill: float, end: float, start: float | None = None) -> None:
+    def feed(
+        self,
+        prefill: float,
+        end: float,
+        start: float | None = None,
+        read: tuple[list[tuple[float, int]], float, int] | None = None,
+    ) -> None:
         held, out = self.held, self.out
+        busy = 1
+        chain: list[tuple[float, int]] = []
+        if read is not None:  # the lane's readings (ORCH-2970) and the job's busy slots
+            chain, slow, busy = read
+        if start is not None and chain:
+            ts, t0 = _tick(start), _tick(chain[0][0])
+            for h in held:
+                if _tick(h[0]) > t0:
+                    h[0] = _read(h[0], int(h[3]), chain, slow)
+                    if _tick(h[0]) > ts:
+                        h[3] = float(chain[-1][1])
+                    if h[2] >= 0:
+                        out[int(h[2])] = h[0]
         # a job started after the first slot frees (held by the guard, ORCH-2933) finds
         # every slot that freed by then idle, as ``_Lane.take`` does
         if start is not None and _tick(start) > (
@@ -484,7 +584,7 @@ class _Held:
             if h[2] >= 0:
                 out[int(h[2])] = h[0]
         if end > 0.0:
-            held.append([end, self.seq, -1.0])
+            held.append([end, self.seq, -1.0, float(busy)])
             self.seq += 1.0
         else:
             self.idle += 1
