@@ -10,17 +10,15 @@ import math
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from llama_orch.core.eta import (
-    EDGE_SHARE,
     Job,
     ReplicaLoad,
-    _tick,
     best_slot,
-    guard_hold,
     replica_holds,
     simulate,
     simulate_held,
     simulate_running,
 )
+from llama_orch.core.guard import EDGE_SHARE, _tick, guard_hold
 from llama_orch.core.servicetime import ModelParams, Observation, Prior, ServiceModel
 
 NOW = 1000.0

@@ -10,15 +10,12 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_orch.core.eta import (
-    EDGE_SHARE,
     Job,
     ReplicaLoad,
-    _tick,
-    guard_hold,
-    read_hold,
     simulate,
     simulate_running,
 )
+from llama_orch.core.guard import EDGE_SHARE, _tick, guard_hold, read_hold
 from llama_orch.core.servicetime import Prior, ServiceModel
 
 NOW = 1000.0

@@ -20,10 +20,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .guard import _tick, guard_hold, read_end, read_hold
 from .servicetime import ServiceModel
 
 __all__ = [
-    "EDGE_SHARE",
     "PACE_BOUNDS",
     "Job",
     "Pace",
@@ -32,10 +32,8 @@ __all__ = [
     "Slot",
     "admits",
     "best_slot",
-    "guard_hold",
     "live_pace",
     "prefill_left",
-    "read_hold",
     "replica_holds",
     "replica_pace",
     "simulate",
@@ -146,74 +144,6 @@ def prefill_left(forecast_ms: float, elapsed_ms: float) -> float:
     return max(forecast_ms - elapsed_ms, OVERRUN_SHARE * max(0.0, elapsed_ms), 0.0)
 
 
-EDGE_SHARE = 0.25  # of the job's prefill: the edge moved toward what it was told (ORCH-2937)
-
-
-def guard_hold(
-    slots: Iterable[tuple[float, float]], prefill_ms: float, t: float, told: bool | None = None
-) -> float:
-    """When a job whose prefill takes ``prefill_ms`` may start, at ``t`` at the
-    earliest, under the dispatch guard (ORCH-2931, ORCH-2933): after every slot
-    ``(end, limit)`` that still holds work at ``t`` and that its prefill would push
-    past a limit it now keeps (``end <= limit < end + prefill_ms``); ``t`` if none.
-    A slot already past its limit is not waited for: holding cannot keep it.
-    ``told`` (ORCH-2937): the decision the job's 202 told it moves that edge by
-    ``m = EDGE_SHARE x prefill_ms`` toward it, ``end - m <= limit < end + prefill_ms + m``
-    for a job told held, ``end + m <= limit < end + prefill_ms - m`` for one told not."""
-    m = 0.0 if told is None else (EDGE_SHARE if told else -EDGE_SHARE) * prefill_ms
-    hold = t
-    for end, limit in slots:
-        # compared at ``_tick``'s resolution: a limit at a job's own forecast end (a
-        # factor of 1) is kept whichever way the end's stored form rounds (ORCH-2938)
-        lim = _tick(limit)
-        if _tick(end) > _tick(hold) and _tick(end - m) <= lim < _tick(end + prefill_ms + m):
-            hold = end
-    return hold
-
-
-def _read(e: float, b0: int, chain: Sequence[tuple[float, int]], slowdown: float) -> float:
-    """ORCH-2970: an end ``e`` forecast at ``b0`` busy slots, as read at each ``(c, b)`` of
-    ``chain`` in turn (ascending ``c``, all before ``e``): its time left after ``c`` at
-    ``b`` busy slots, ``c + (e - c) x (1 + s x (b - 1)) / (1 + s x (b' - 1))``, ``b'`` the
-    busy slots of the reading before (``b0`` first)."""
-    for c, b in chain:
-        if _tick(e) <= _tick(c):  # it freed by then: read no further
-            break
-        k = (1.0 + slowdown * (b - 1)) / (1.0 + slowdown * (b0 - 1))
-        if k != 1.0:  # a reading at the same busy slots (or no slowdown) is the end itself
-            e = c + (e - c) * k
-        b0 = b
-    return e
-
-
-def read_hold(
-    slots: Sequence[tuple[float, float, int]],
-    prefill_ms: float,
-    t: float,
-    told: bool | None,
-    slowdown: float,
-) -> tuple[float, list[tuple[float, int]]]:
-    """ORCH-2970: when a job may start under the guard, at ``t`` at the earliest, reading
-    the slots ``(end, limit, busy)`` (each end forecast at ``busy`` slots) as the
-    dispatcher does at each wakeup: at ``t`` and at every slot's end while the job is
-    held, each slot still holding work read at the busy slots then (:func:`_read`), and
-    judged by :func:`guard_hold` on that reading. ``(start, chain)``: the start and the
-    ``(instant, busy slots)`` readings up to it, which give every later end (``_read``)."""
-    if _tick(guard_hold([(e, lim) for e, lim, _ in slots], prefill_ms, t, told)) <= _tick(t):
-        return t, []  # not held as forecast: no reading (a guard that holds nothing, none)
-    tt = _tick(t)
-    live = [(e, lim, b) for e, lim, b in slots if _tick(e) > tt]
-    chain = [(t, len(live))]
-    while True:
-        read = [(_read(e, b, chain, slowdown), lim) for e, lim, b in live]
-        if _tick(guard_hold(read, prefill_ms, t, told)) <= _tick(t):
-            return t, chain
-        t = min(e for e, _ in read)  # the next wakeup: the first slot that frees
-        tt = _tick(t)
-        live = [s for s, (e, _) in zip(live, read, strict=True) if _tick(e) > tt]
-        chain.append((t, len(live)))
-
-
 def replica_holds(
     replicas: Sequence[ReplicaLoad], job: Job, now: float
 ) -> list[tuple[float, float] | None]:
@@ -231,11 +161,6 @@ def replica_holds(
         busy = min(max(1, r.slots), 1 + len(r.running_ms))
         out.append((hold, r.service_ms(job, busy, now)) if hold > 0.0 else None)
     return out
-
-
-def _tick(ms: float) -> float:
-    """A time at the resolution forecasts compare times at (1 ns): ties are ties."""
-    return round(ms, 6)
 
 
 class _Lane:
@@ -354,7 +279,7 @@ class _Lane:
             self.plan = None
             t0 = _tick(chain[0][0])
             read = [
-                (_read(s + off, b, chain, slow) - off, lim, b)
+                (read_end(s + off, b, chain, slow) - off, lim, b)
                 if _tick(s + off) > t0
                 else (s, lim, b)
                 for s, lim, b in self.limits
@@ -560,7 +485,7 @@ class _Held:
             ts, t0 = _tick(start), _tick(chain[0][0])
             for h in held:
                 if _tick(h[0]) > t0:
-                    h[0] = _read(h[0], int(h[3]), chain, slow)
+                    h[0] = read_end(h[0], int(h[3]), chain, slow)
                     if _tick(h[0]) > ts:
                         h[3] = float(chain[-1][1])
                     if h[2] >= 0:
