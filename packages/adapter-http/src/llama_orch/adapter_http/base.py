@@ -46,7 +46,7 @@ from llama_orch.core.adapter_api import (
 from llama_orch.core.errors import DecodeTimeout, InvalidParams, OrchError, WorkerReset
 
 from ._deadline import Deadline
-from ._errors import TransportErrors, map_transport_errors
+from ._errors import map_transport_errors
 from ._lean import StaleConnection, StreamConn, StreamPool
 from ._streams import CancelledByCaller, IdleTimeout, InFlight
 from .options import HttpTimeouts, parse_options
@@ -348,7 +348,7 @@ class HttpAdapter(WorkerAdapter):
         # Engines may send the headers only with the first result (so an early
         # error is a plain HTTP error); idle_timeout_s bounds that wait too.
         # one deadline over the connect, the retries and the head (ORCH-2964)
-        with TransportErrors(what, self.engine, idle, DecodeTimeout):
+        with map_transport_errors(what, self.engine, idle, on_timeout=DecodeTimeout):
             with Deadline(idle):
                 for tries in range(_MAX_STALE + 1):
                     conn = await pool.acquire()

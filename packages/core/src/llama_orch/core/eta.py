@@ -258,10 +258,7 @@ class _Lane:
         """``(start, finish, begin)`` of ``job`` on the first free slot, not before
         ``release`` (ORCH-1972): its own prefill begins once the prefill in progress
         is done (ORCH-1996)."""
-        if self.limits:
-            t, self.plan = self.read(job, release)
-        else:
-            t, self.plan = max(self.first(), release), None
+        t, self.plan = self.read(job, release)
         begin = max(t, self.prefill_until)
         # read at its start (ORCH-2970), the slots holding work past it are the reading's
         busy = 1 + (self.plan[-1][1] if self.plan else self.others_busy(t))
