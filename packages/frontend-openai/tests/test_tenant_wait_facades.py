@@ -112,7 +112,7 @@ async def test_every_api_tells_the_end_of_the_tenants_own_task(start_daemon, con
         assert _near(told, finish, took), (api, told, finish, took)
 
 
-async def test_past_60_s_the_facades_answer_503_with_the_real_wait(start_daemon, config, key):
+async def test_past_60_s_the_facades_answer_503_with_the_whole_wait(start_daemon, config, key):
     """ORCH-9111 unchanged: the tenant's task ends in ~80 s; the facades cap the headers
     at 60 s and send the wait in ``x-llorch-predicted-wait-ms``; OrchQueue v1 sends it."""
     d, tid = await _start(start_daemon, config, key, 4000)
