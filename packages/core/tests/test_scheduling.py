@@ -29,7 +29,7 @@ from llama_orch.core.predict import (
     on_time_probability,
 )
 from llama_orch.core.queue import AdmissionQueue
-from llama_orch.core.quota import Quotas
+from llama_orch.core.quota import Quotas, TenantBusy
 from llama_orch.core.replica import ReplicaSetKey
 
 V1 = ReplicaSetKey("mock", "d", 2048, "v1")
@@ -116,6 +116,14 @@ def test_quota_token_bucket_and_max_concurrent():
     with pytest.raises(AdmissionRejected) as info:
         quotas.admit("a", "interactive", 5, now=10.0)
     assert "max_concurrent" in info.value.message
+    # ORCH-1125: the cap's refusal is typed apart and carries no wait: only the workload
+    # forecast knows when one of the tenant's tasks ends; a bucket's is not a TenantBusy
+    assert isinstance(info.value, TenantBusy) and info.value.retry_after_ms is None
+    with pytest.raises(AdmissionRejected) as info:
+        quotas.admit("a", "interactive", 2, now=10.0)
+        quotas.admit("a", "interactive", 2, now=10.0)
+        quotas.admit("a", "interactive", 2, now=10.0)
+    assert not isinstance(info.value, TenantBusy) and info.value.retry_after_ms == 500
     quotas.admit("z", "batch", 0, now=0.0)
     with pytest.raises(AdmissionRejected):
         quotas.admit("y", "batch", 0, now=0.1)  # priority bucket is shared by tenants

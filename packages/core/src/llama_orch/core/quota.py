@@ -2,8 +2,10 @@
 
 Pure code: the caller passes ``now`` (seconds, monotonic). A refusal raises
 :class:`~llama_orch.core.errors.AdmissionRejected` with ``policy_label``
-``"quota"`` and ``retry_after_ms`` set to the time until a token is back,
-so every quota refusal is a typed, counted 429.
+``"quota"``, so every quota refusal is a typed, counted 429: a bucket's with
+``retry_after_ms`` set to the time until a token is back; ``max_concurrent``'s as
+:class:`TenantBusy` without it, for the caller to tell when one of the tenant's
+tasks in flight ends, which only the workload forecast knows (ORCH-1125).
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from collections.abc import Mapping
 from .config import RateLimit, TenantConfig
 from .errors import AdmissionRejected
 
-__all__ = ["QUOTA_LABEL", "Quotas", "TokenBucket"]
+__all__ = ["QUOTA_LABEL", "Quotas", "TenantBusy", "TokenBucket"]
 
 QUOTA_LABEL = "quota"
+
+
+class TenantBusy(AdmissionRejected):
+    """A refusal by the tenant's ``max_concurrent`` (ORCH-1114): admitted again only
+    when one of its own tasks in flight ends, so ``retry_after_ms`` is None here and
+    the caller fills in the earliest forecast end of those tasks (ORCH-1125)."""
 
 
 class TokenBucket:
@@ -85,7 +93,7 @@ class Quotas:
         """Charge one request or raise ``AdmissionRejected`` (nothing is charged then)."""
         cfg = self.tenant_config(tenant)
         if cfg.max_concurrent is not None and in_flight >= cfg.max_concurrent:
-            raise AdmissionRejected(
+            raise TenantBusy(
                 f"tenant {tenant!r} has {in_flight} tasks in flight"
                 f" (max_concurrent={cfg.max_concurrent})",
                 policy_label=QUOTA_LABEL,

@@ -29,8 +29,9 @@ from llama_orch.core.errors import (
 from llama_orch.core.eta import Job
 from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
-from llama_orch.core.quota import Quotas
+from llama_orch.core.quota import Quotas, TenantBusy
 
+from .forecast_pass import tenant_wait_ms
 from .ids import new_task_id
 from .metrics import Metrics
 from .policies import run_admission_policy
@@ -372,8 +373,11 @@ class Admission:
                     self.quotas.admit(tenant, req.priority, in_flight, now)  # ORCH-1114
             except AdmissionRejected as exc:
                 exc.pool_id, exc.engine = pool.id, pool.engine
-                if exc.retry_after_ms is None:
-                    exc.retry_after_ms = self.workload.retry_after_ms(pool)  # ORCH-1957
+                if isinstance(exc, TenantBusy):  # ORCH-1125: when one of its own tasks ends
+                    own = self.tasks.in_flight_of(tenant)
+                    exc.retry_after_ms = tenant_wait_ms(
+                        self.workload, self.pools, own, tenant, pool
+                    )
                 backpressure(self.metrics, pool, "quota")
                 raise
             if self.policies is not None:  # ORCH-8521: the operators' admission policy

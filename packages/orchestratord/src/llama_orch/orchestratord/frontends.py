@@ -38,10 +38,12 @@ from llama_orch.core.api import (
     TokenEvent,
 )
 from llama_orch.core.errors import AdmissionRejected, ErrorCode, Forbidden, OrchError
+from llama_orch.core.quota import TenantBusy
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from .auth import Authenticator, Principal
+from .forecast_pass import tenant_wait_ms
 from .pools import Pool
 from .service import Orchestrator
 from .tasks import KEEPALIVE_FRAME, TaskRecord
@@ -269,8 +271,9 @@ class FrontendHost:
             )
         except AdmissionRejected as exc:
             exc.pool_id, exc.engine = pool.id, pool.engine
-            if exc.retry_after_ms is None:
-                exc.retry_after_ms = self.orch.workload.retry_after_ms(pool)
+            if isinstance(exc, TenantBusy):  # ORCH-1125: when one of its own tasks ends
+                orch, mine = self.orch, self.orch.tasks.in_flight_of(tenant)
+                exc.retry_after_ms = tenant_wait_ms(orch.workload, orch.pools, mine, tenant, pool)
             self.orch.metrics.tasks_rejected.add(
                 1,
                 {"reason": exc.code.value, "policy": exc.policy_label or "none",

@@ -545,6 +545,10 @@ class TaskStore:
         """Queued plus running tasks of ``tenant``."""
         return self._in_flight.get(tenant, 0)
 
+    def in_flight_of(self, tenant: str) -> list[TaskRecord]:
+        """The queued and running tasks of ``tenant`` (ORCH-1125)."""
+        return [r for r in self._active.values() if r.tenant == tenant]
+
     def _evict(self) -> None:
         now = time.monotonic()
         finished = self._finished

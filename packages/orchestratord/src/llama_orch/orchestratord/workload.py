@@ -63,6 +63,7 @@ from ._forecast_inputs import (
 )
 from ._forecast_inputs import tokens_in as _tokens_in
 from ._quick_forecast import quick_slot
+from .forecast_pass import ForecastPass
 from .pools import Pool, Replica
 from .tasks import TaskRecord
 
@@ -401,6 +402,16 @@ class Workload:
         simulation reaches it (ORCH-2742: no per-task list), then from the same simulation
         the forecast finish (ms from now) of every task running on a Ready replica
         (ORCH-2906, ORCH-2907); None with no Ready replica."""
+        run = self.forecast_pass(pool, now)
+        if run is None:
+            return None
+        for i, t in enumerate(run.queued):
+            each(t, i, run.step(t))
+        return run.finishes()
+
+    def forecast_pass(self, pool: Pool, now: float) -> ForecastPass | None:
+        """The pass of :meth:`forecasts` over a snapshot of the queue, to step by hand
+        (ORCH-1125, ORCH-2742); None with no Ready replica."""
         queued = list(pool.queue)
         told = self._expect(pool, now, completed=True)  # finishes (ORCH-2922)
         loads = self.loads(pool, now, expect=told)
@@ -414,17 +425,7 @@ class Workload:
         ready = (rid for rid, r in pool.replicas.items() if r.state.ready)
         names = [list(self.running.get((pool.id, rid), ())) for rid in ready]
         run = RunningForecast(loads, now)
-        for i, t in enumerate(queued):
-            s = run.step(job_of(t, told, now))
-            if starts is not None:  # its start with others' slots held, then as told
-                a = starts.step(job_of(t, held, now))
-                s = Slot(a.start_ms, a.start_ms + s.finish_ms - s.start_ms, a.replica)
-            each(t, i, s)
-        return [
-            (t, ms)
-            for recs, row in zip(names, run.finishes(), strict=True)
-            for t, ms in zip(recs, row, strict=True)
-        ]
+        return ForecastPass(run, starts, (told, held), names, queued, now, self.guard(pool))
 
     def predicted(
         self, pool: Pool, rec: TaskRecord, now: float | None = None, position: int | None = None
@@ -557,8 +558,7 @@ class Workload:
                 extra={"pool_id": pool.id},
             )  # fmt: skip
             return max(100, math.ceil(told))
-        if not queued:
-            # full for another reason (quota): the next slot to free
+        if not queued:  # refused for another reason: the next slot to free
             ms = min(
                 min(r.running_ms, default=0.0) if len(r.running_ms) >= r.slots else 0.0
                 for r in loads
