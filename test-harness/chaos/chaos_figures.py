@@ -109,7 +109,24 @@ def _first_backoff(r: dict[str, Any], field: str) -> dict[str, Any] | None:
     return next((s for s in r.get("submits", []) if s.get(field) is not None), None)
 
 
-def retry_after_errors(history: dict[str, Any], told: str = "forecast") -> list[float]:
+def _cap_reopens(history: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """Per tenant with a ``max_concurrent`` (``history["quotas"]``): ``(accepted, ended)``
+    of each of its tasks whose end the daemon logged (its ``task ended`` line)."""
+    caps = history.get("quotas") or {}
+    ends = {
+        d.get("job_id"): float(d["ts"]) for d in history.get("daemon_task_ends") or [] if "ts" in d
+    }
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in history["tasks"]:
+        tid = r.get("task_id")
+        if tid and r["tenant"] in caps and tid in ends:
+            out.setdefault(r["tenant"], []).append((r["t_accepted"], ends[tid]))
+    return out
+
+
+def retry_after_errors(
+    history: dict[str, Any], told: str = "forecast", reopen: bool = True
+) -> list[float]:
     """|advertised wait - actual wait until the limit that refused admitted again| (s).
 
     One sample per arrival that got a 429/503 with a forecast: from that answer
@@ -118,6 +135,15 @@ def retry_after_errors(history: dict[str, Any], told: str = "forecast") -> list[
     pool. Every refused client probes every 0.5 s, so that admission marks when
     there was room again; which waiting client wins it is a lottery the forecast
     cannot know (that per-client wait is ``retry_after_client_errors``).
+
+    ORCH-6269 (``reopen``, the gated figure): a refusal by a tenant's
+    ``max_concurrent`` (a quota refusal of a tenant the history lists in ``quotas``
+    whose message names ``max_concurrent``) is admitted again once one of the
+    tenant's tasks in flight at the refusal ends, not when its next 202 comes: at that
+    moment the pool's queue may be full, another limit with its own refusals and
+    forecasts. Its wait ends at the earliest daemon ``task ended`` line, after the
+    refusal, of the tenant's tasks accepted before it; with none logged, at the next
+    202 as above. ``reopen=False`` measures every refusal to the next 202 (reported).
 
     ``told="forecast"`` (ORCH-6268, the gated figure): the forecast in ms the
     refusal carried (``X-Backoff-Ms``, ``retry-after-ms``), else its Retry-After;
@@ -131,19 +157,25 @@ def retry_after_errors(history: dict[str, Any], told: str = "forecast") -> list[
             admits.setdefault("*", []).append(r["t_accepted"])
     for v in admits.values():
         v.sort()
+    caps = _cap_reopens(history) if reopen else {}
     out: list[float] = []
     for r in history["tasks"]:
         first = _first_backoff(r, "retry_after")
         if first is None:
             continue
+        t = first["t_recv"]
         scope = r["tenant"] if first.get("policy") == "quota" else "*"
-        nxt = next((t for t in admits.get(scope, []) if t > first["t_recv"]), None)
+        nxt = next((a for a in admits.get(scope, []) if a > t), None)
+        if scope in caps and "max_concurrent" in str(first.get("message") or ""):
+            ends = [e for a, e in caps[scope] if a <= t < e]
+            if ends:
+                nxt = min(ends)
         if nxt is None:
             continue
         wait = float(first["retry_after"])
         if told == "forecast" and first.get("backoff_ms") is not None:
             wait = float(first["backoff_ms"]) / 1000
-        out.append(abs(nxt - first["t_recv"] - wait))
+        out.append(abs(nxt - t - wait))
     return out
 
 
@@ -243,6 +275,7 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             key = "close" if c.get("by") == "close" else str(c.get("status"))
             cancels[key] = cancels.get(key, 0) + 1
     ra_header = retry_after_errors(history, "header")
+    ra_next = retry_after_errors(history, reopen=False)
     gaps = token_gaps(history)
     cuc = cancel_upstream_closed(history)
     rc = retry_after_client_errors(history)
@@ -330,6 +363,12 @@ def figures(history: dict[str, Any], violations: list[Violation]) -> dict[str, A
             "n": len(ra_header),
             "p50": _pct(ra_header, 50),
             "p90": _pct(ra_header, 90),
+        },
+        # ORCH-6269: reported, not gated: every refusal to its scope's next 202
+        "retry_after_next_admit_error_s": {
+            "n": len(ra_next),
+            "p50": _pct(ra_next, 50),
+            "p90": _pct(ra_next, 90),
         },
         "retry_after_client_error_s": {"n": len(rc), "p50": _pct(rc, 50), "p90": _pct(rc, 90)},
         "cancel_answers": dict(sorted(cancels.items())),

@@ -159,12 +159,16 @@ def markdown(
         f"| engine kill -9 → WORKER_RESET of its in-flight tasks, worst (s) | "
         f"{_fmt(figs['engine_kill_to_worker_reset_s_max'])} |",
         f"| Retry-After error: the forecast told in ms (`X-Backoff-Ms`, `retry-after-ms`) "
-        f"vs the wait until the refusing limit admitted again (s) p50 / p90 (n) | "
+        f"vs the wait until the refusing limit admitted again (a `max_concurrent`: the "
+        f"tenant's first task end, ORCH-6269) (s) p50 / p90 (n) | "
         f"{_fmt(figs['retry_after_error_s']['p50'])} / "
         f"{_fmt(figs['retry_after_error_s']['p90'])} ({figs['retry_after_error_s']['n']}) |",
         f"| same, against the `Retry-After` header (whole seconds, rounded up) (s) p50 / p90 | "
         f"{_fmt(figs['retry_after_header_error_s']['p50'])} / "
         f"{_fmt(figs['retry_after_header_error_s']['p90'])} |",
+        f"| same, every refusal to its tenant's (quota) or anyone's next 202 (s) p50 / p90 | "
+        f"{_fmt(figs.get('retry_after_next_admit_error_s', {}).get('p50'))} / "
+        f"{_fmt(figs.get('retry_after_next_admit_error_s', {}).get('p90'))} |",
         f"| Retry-After vs that client's own wait to its 202 (s) p50 / p90 (n) | "
         f"{_fmt(rce['p50'])} / {_fmt(rce['p90'])} ({rce['n']}) |",
         f"| cancel answers (HTTP status: count) | {figs['cancel_answers']} |",

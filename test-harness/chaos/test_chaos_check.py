@@ -228,6 +228,37 @@ def test_retry_after_error_is_measured_on_the_forecast_in_ms() -> None:
     assert figs["retry_after_header_error_s"] == {"n": 1, "p50": 0.75, "p90": 0.75}
 
 
+def test_a_max_concurrent_refusal_is_measured_to_its_tenants_first_task_end() -> None:
+    """ORCH-6269: gamma (``max_concurrent`` 1) is refused at 100.2 s while its task 1
+    runs, told 300 ms; the daemon logs task 1's end at 100.55 s, when the cap admits
+    again: the forecast was 0.05 s off. Gamma's next 202 comes at 101.51 s (a full queue
+    meanwhile, another limit): 1.01 s, reported beside, not gated. A bucket's refusal,
+    and a cap's without the daemon's end line, are still measured to the next 202."""
+    h = _history()
+    r = _task(5, tenant="gamma", t=101.5)
+    refusal = {
+        "t_send": 100.19,
+        "t_recv": 100.2,
+        "status": 429,
+        "policy": "quota",
+        "message": "tenant 'gamma' has 1 tasks in flight (max_concurrent=1)",
+        "retry_after": 1.0,
+        "backoff_ms": 300,
+    }
+    r["submits"] = [refusal, *r["submits"]]
+    h["tasks"].append(r)
+    figs = chaos_figures.figures(h, [])
+    assert figs["retry_after_error_s"] == {"n": 1, "p50": 0.05, "p90": 0.05}
+    assert figs["retry_after_next_admit_error_s"] == {"n": 1, "p50": 1.01, "p90": 1.01}
+    refusal["backoff_ms"] = 100  # the pool's next place: 0.25 s short of the cap's reopening
+    assert chaos_figures.figures(h, [])["retry_after_error_s"]["p50"] == 0.25
+    refusal["message"] = "tenant 'gamma' exceeded its rate (1/s, burst 2)"  # a bucket
+    assert chaos_figures.figures(h, [])["retry_after_error_s"]["p50"] == 1.21
+    refusal["message"] = "tenant 'gamma' has 1 tasks in flight (max_concurrent=1)"
+    h["daemon_task_ends"] = [d for d in h["daemon_task_ends"] if d["job_id"] != "task-1"]
+    assert chaos_figures.figures(h, [])["retry_after_error_s"]["p50"] == 1.21
+
+
 # --------------------------------------------------------------------------- store faults
 
 
