@@ -93,9 +93,13 @@ class _Refusals:
 
 
 def _near(told: int, finish: float, took_ms: float) -> bool:
-    """``told`` at most ``took_ms`` before ``finish`` was read, the mock's pace moving
-    the forecast by up to 150 ms either way."""
-    return finish - 150 <= told <= finish + took_ms + 150
+    """``told`` at most ``took_ms`` before ``finish`` was read, the mock's measured pace
+    moving the forecast by up to 150 ms plus 10 % of it either way: every token re-reads
+    the pace, and with both cores busy (two spinning processes beside the test) a 15 s
+    forecast moved 717 ms (4.7 %) in the 22 ms between a refusal and the read. The exact
+    values are `test_tenant_wait.py`'s; here the pool rule's 100 ms stays far outside."""
+    slack = 150 + 0.10 * finish
+    return finish - slack <= told <= finish + took_ms + slack
 
 
 async def test_every_api_tells_the_end_of_the_tenants_own_task(start_daemon, config, key):

@@ -56,7 +56,9 @@ async def test_a_tenant_at_its_cap_is_told_when_its_running_task_ends(
         assert told == pool_rule == 100
         return
     # ORCH-1125: its own task's told finish, not the idle slot's 100 ms; read up to
-    # (t1 - t0) later here, and the mock's pace moves it by a few ms
+    # (t1 - t0) later here, and every token re-reads the mock's pace: 150 ms plus 10 %
+    # either way (the facades' test says what a loaded machine moved it by)
     assert pool_rule == 100
     slack = (time.monotonic() - t0) * 1000
-    assert finish - 150 <= told <= finish + slack + 150, (told, finish, slack, t1 - t0)
+    drift = 150 + 0.10 * finish
+    assert finish - drift <= told <= finish + slack + drift, (told, finish, slack, t1 - t0)
