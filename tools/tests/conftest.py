@@ -32,6 +32,15 @@ STANDALONE_TEST = "test_distribution_installs_alone_and_passes_its_tests"
 STANDALONE_BATCH = pytest.StashKey[object]()  # a tools/standalone.py BatchProcess (loaded by path)
 
 
+def gone(pid: int) -> bool:
+    """``pid`` has exited (no such process, or a zombie not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
 def standalone_selected(session: pytest.Session) -> list[str]:
     """The packages whose standalone-install case (``test_standalone_install.py``) will run."""
     return [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _load
+from .conftest import _load, gone
 
 standalone = _load("standalone")
 
@@ -22,14 +22,6 @@ child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
 Path(sys.argv[1]).write_text(f"{child.pid}")
 time.sleep(120)
 """
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
 
 
 def test_stop_ends_every_process_of_the_runs_and_refuses_later_steps(tmp_path: Path) -> None:
@@ -56,6 +48,6 @@ def test_stop_ends_every_process_of_the_runs_and_refuses_later_steps(tmp_path: P
     runs.stop()
     thread.join(timeout=30)
     assert not thread.is_alive() and len(done) == 1
-    assert _gone(parent) and _gone(child), (parent, child)
+    assert gone(parent) and gone(child), (parent, child)
     with pytest.raises(standalone.Stopped):
         runs.run([sys.executable, "-c", "pass"], tmp_path, 10)

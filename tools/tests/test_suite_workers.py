@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .conftest import gone
+
 ROOT = Path(__file__).resolve().parents[2]
 # Plugin autoload off, the plugins these runs use named (ORCH-6260): the workspace venv's
 # autoloaded plugins (schemathesis, langsmith, hypothesis, ...) cost ~9 s of imports per
@@ -226,14 +228,6 @@ def _times(tmp_path: Path) -> dict[str, list[float]]:
     return {f.name[6:]: [float(t) for t in f.read_text().split()] for f in tmp_path.glob("times-*")}
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
 def test_one_process_runs_the_work_beside_the_tests_then_the_real_and_alone_tests(
     tmp_path: Path,
 ) -> None:
@@ -261,5 +255,5 @@ def test_one_process_stops_the_work_beside_a_run_that_stops_early(tmp_path: Path
     rc, out = _run(tmp_path, "-n", "0", "-x", "-k", "fails or free", beside=60.0, fail=True)
     assert rc == 1 and "1 failed" in out and "passed" not in out, out[-3000:]
     pid = int((tmp_path / "beside-pid").read_text())
-    assert _gone(pid), f"the work's process {pid} still runs"
+    assert gone(pid), f"the work's process {pid} still runs"
     assert not _end_of_run_failures(out, "ORCH-6008: process left running"), out[-3000:]

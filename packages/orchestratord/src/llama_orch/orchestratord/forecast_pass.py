@@ -109,13 +109,17 @@ def tenant_end_ms(run: ForecastPass, tenant: str) -> float:
         if t.tenant == tenant
     ]
     queued = math.inf
+
+    def earliest() -> float:  # the running finishes as the pass has moved them so far
+        return min([queued, *(row[k] for row, k in mine)])
+
     for t in run.queued:
         s = run.step(t)
         if t.tenant == tenant:
             queued = min(queued, s.finish_ms)
-        if run.monotone and run.floor > min([queued, *(row[k] for row, k in mine)]):
+        if run.monotone and run.floor > earliest():
             break
-    return min([queued, *(row[k] for row, k in mine)])
+    return earliest()
 
 
 def tenant_wait_ms(
