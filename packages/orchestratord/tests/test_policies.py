@@ -194,7 +194,7 @@ async def test_reload_through_the_control_plane_and_sighup(
 ):
     """ORCH-8570, ORCH-8571: a module failing to verify never replaces the running one; a good
     set swaps in; SIGHUP's handler reloads the config file's `policies`."""
-    from llama_orch.orchestratord.main import _reload_policies
+    from llama_orch.orchestratord.main import _reload
 
     shed = example_module("shed_batch")
     cfg = mock_config(adapter_options={"token_delay_ms": 1})
@@ -226,10 +226,10 @@ async def test_reload_through_the_control_plane_and_sighup(
     doc = msgspec.to_builtins(run.orch.config)
     doc["policies"] = {"modules": [shed], "admission": {"policy": "shed-batch"}}
     path.write_bytes(msgspec.json.encode(doc))
-    _reload_policies([run.orch], str(path))
+    _reload([run.orch], str(path))
     assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]
     path.write_text("{not json")
-    _reload_policies([run.orch], str(path))  # logged, running set kept
+    _reload([run.orch], str(path))  # logged, running set kept
     assert [n for n, _k, _s in run.orch.policies.loaded()] == ["shed-batch"]
     async with run.http.post(url, json={}) as resp:  # no hook: policies off
         assert resp.status == 200

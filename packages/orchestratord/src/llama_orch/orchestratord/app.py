@@ -408,6 +408,7 @@ def build_app(
     limits = orch.config.limits
     if auth is None:
         auth = Authenticator(orch.config.auth, load_keys(orch.config.auth))
+    orch.auth = auth  # ORCH-8009: what a SIGHUP reload reaches
 
     guarded = {path: auth.guard(endpoint, access) for path, endpoint, _, access in DATA_ROUTES}
     routes: list[BaseRoute] = [

@@ -112,6 +112,22 @@ class Authenticator:
             self._public.add("health")
         self._keys = [(bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in keys]
 
+    def reload(self, auth: AuthConfig) -> list[str]:
+        """Replace the keys with ``auth``'s (ORCH-8009), checked as at startup: raises
+        :class:`StartupError` and keeps the running keys when they are unusable. The
+        on/off and public switches stay; returns the settings that differ and were
+        kept (they need a restart)."""
+        # checked against the running on/off switch: a file that turns auth off and drops
+        # every key must not leave authentication on with no key
+        keys = load_keys(msgspec.structs.replace(auth, enabled=self.enabled))
+        self._keys = [(bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in keys]
+        kept = {
+            "auth.enabled": auth.enabled != self.enabled,
+            "auth.public_metrics": auth.public_metrics != ("metrics" in self._public),
+            "auth.public_health": auth.public_health != ("health" in self._public),
+        }
+        return [name for name, differs in kept.items() if differs]
+
     def identify(self, authorization: str | None) -> Principal:
         """The key's principal, or :class:`Unauthenticated` (ORCH-8003)."""
         if authorization is None:

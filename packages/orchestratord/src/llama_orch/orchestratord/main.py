@@ -58,8 +58,8 @@ async def _run(config: Config, path: str | None = None, *, reuse_port: bool = Fa
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     running: list[Orchestrator] = []
-    if path is not None:  # SIGHUP: reload the config file's `policies` (ORCH-8570)
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_policies(running, path))
+    if path is not None:  # SIGHUP: the config file's `policies` (ORCH-8570) and keys (ORCH-8009)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(running, path))
     await serve(
         config,
         shutdown_trigger=stop.wait,
@@ -68,14 +68,30 @@ async def _run(config: Config, path: str | None = None, *, reuse_port: bool = Fa
     )
 
 
-def _reload_policies(running: list[Orchestrator], path: str) -> None:
+def _reload(running: list[Orchestrator], path: str) -> None:
+    """SIGHUP: the config file read again; its `policies` (ORCH-8570) and its API keys
+    (ORCH-8009) each replace the running ones, or are logged and the running ones stay."""
     log = logging.getLogger("llama_orch.orchestratord")
     try:
         cfg = load_config(path)
-        for orch in running:
-            reload_policies(orch, cfg.policies)
     except (OSError, msgspec.ValidationError, msgspec.DecodeError, OrchError) as exc:
-        log.error("SIGHUP: policies not reloaded, the running set stays: %s", exc)
+        log.error("SIGHUP: config %s not read, policies and keys stay: %s", path, exc)
+        return
+    for orch in running:
+        try:
+            reload_policies(orch, cfg.policies)
+        except OrchError as exc:
+            log.error("SIGHUP: policies not reloaded, the running set stays: %s", exc)
+        if orch.auth is None:
+            continue
+        try:
+            kept = orch.auth.reload(cfg.auth)
+        except StartupError as exc:  # its message names the file or the check, never a key
+            log.error("SIGHUP: API keys not reloaded, the running keys stay: %s", exc)
+            continue
+        log.info("SIGHUP: API keys reloaded")
+        if kept:
+            log.warning("SIGHUP: %s changed in the file: kept until a restart", ", ".join(kept))
 
 
 def keygen(argv: list[str]) -> int:

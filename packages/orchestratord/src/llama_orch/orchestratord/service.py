@@ -60,12 +60,16 @@ if TYPE_CHECKING:
 
     from llama_orch.policy_host import PolicyHost
 
+    from .auth import Authenticator
+
 __all__ = ["Orchestrator"]
 
 
 class Orchestrator:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # the app's key check, set by ``build_app``; SIGHUP replaces its keys (ORCH-8009)
+        self.auth: Authenticator | None = None
         sched = config.scheduling
         self.pools: dict[str, Pool] = {
             p.id: Pool(p, config.admission, scheduling=sched) for p in config.pools
