@@ -43,7 +43,7 @@ def _pool(w: Workload, slots: int = 2, replicas: int = 1, pid: str = "p") -> Any
             pool_id=pid, replica_id=rid, engine=ENGINE, status="ready", slots=slots
         )
         reps[rid] = SimpleNamespace(state=state)
-    pool = SimpleNamespace(id=pid, engine=ENGINE, replicas=reps, queue=_Queue())
+    pool = SimpleNamespace(id=pid, engine=ENGINE, replicas=reps, queue=_Queue(), told_ends=None)
     for rid in reps:
         w.model(pool, rid, slots)
     return pool

@@ -23,10 +23,41 @@ from .tasks import TaskRecord
 if TYPE_CHECKING:  # workload.py builds the passes
     from .workload import Workload
 
-__all__ = ["TENANT_WAIT_FLOOR_MS", "ForecastPass", "tenant_end_ms", "tenant_wait_ms"]
+__all__ = [
+    "TENANT_WAIT_FLOOR_MS",
+    "TOLD_ENDS_MAX_AGE_S",
+    "TOLD_ENDS_MIN_PASS_S",
+    "ForecastPass",
+    "ToldEnds",
+    "tenant_end_ms",
+    "tenant_wait_ms",
+]
 
 # ORCH-1125: the floor of every delay ORCH-1957 tells ("at least 100 ms")
 TENANT_WAIT_FLOOR_MS = 100
+# ORCH-1129: how old the waiting loop's last pass may be for a refusal to read it (two
+# ticks of ``waiting.TICK_S``)
+TOLD_ENDS_MAX_AGE_S = 0.5
+# ORCH-1129: a pass cheaper than this is run by the refusal itself (fresher forecasts)
+TOLD_ENDS_MIN_PASS_S = 0.001
+
+
+class ToldEnds:
+    """ORCH-1129: the earliest finish of each tenant's tasks in one waiting-loop pass
+    (``at``, monotonic s), as monotonic instants: what their events were told; and
+    what that pass took (``cost_s``, wall seconds)."""
+
+    __slots__ = ("at", "cost_s", "ends")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.cost_s = 0.0
+        self.ends: dict[str, float] = {}
+
+    def add(self, tenant: str, finish_ms: float) -> None:
+        end = self.at + finish_ms / 1000.0
+        if end < self.ends.get(tenant, math.inf):
+            self.ends[tenant] = end
 
 
 class ForecastPass:
@@ -133,12 +164,28 @@ def tenant_wait_ms(
     ``max_concurrent``: the earliest forecast end over its tasks ``in_flight`` in every
     pool it has them in, in whole ms rounded up, at least 100 ms; when none of them has
     a forecast (no Ready replica, or between the queue and a replica), the ORCH-1957
-    delay of the ``refusing`` pool."""
+    delay of the ``refusing`` pool. A pool whose waiting loop passed over every one of
+    them at most two ticks ago in a pass that took over 1 ms is read from that pass
+    (ORCH-1129), the others run it."""
     now = time.monotonic()
     best = math.inf
-    for pid in dict.fromkeys(t.pool_id for t in in_flight):
+    admitted: dict[str, float] = {}  # per pool, the latest admission of the tenant's tasks
+    for t in in_flight:
+        admitted[t.pool_id] = max(admitted.get(t.pool_id, -math.inf), t.created)
+    for pid, latest in admitted.items():
         pool = pools.get(pid)
-        run = None if pool is None else workload.forecast_pass(pool, now)
+        if pool is None:
+            continue
+        told = pool.told_ends  # ORCH-1129: the loop's last pass, if costly and covering
+        if (
+            told is not None
+            and told.cost_s > TOLD_ENDS_MIN_PASS_S
+            and now - told.at <= TOLD_ENDS_MAX_AGE_S
+            and latest <= told.at
+        ):
+            best = min(best, (told.ends.get(tenant, math.inf) - now) * 1000.0)
+            continue
+        run = workload.forecast_pass(pool, now)
         if run is not None:
             best = min(best, tenant_end_ms(run, tenant))
     if math.isinf(best):

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 from llama_orch.core.adapter_api import AdapterTarget, WorkerAdapter, load_adapter_class
@@ -21,6 +22,9 @@ from llama_orch.core.queue import AdmissionQueue
 from llama_orch.core.replica import ReplicaState
 
 from .tasks import TaskRecord
+
+if TYPE_CHECKING:  # forecast_pass.py imports this module
+    from .forecast_pass import ToldEnds
 
 __all__ = ["Pool", "Replica"]
 
@@ -67,6 +71,8 @@ class Pool:
     # Since when the pool has had no Ready replica (None while it has one), noted at
     # every readiness change rather than sampled, for bounded waits (ORCH-1965).
     unready_since: float | None = field(default_factory=time.monotonic)
+    # The waiting loop's last pass: each tenant's earliest told finish (ORCH-1129)
+    told_ends: ToldEnds | None = None
 
     def __post_init__(self) -> None:
         sched = self.scheduling

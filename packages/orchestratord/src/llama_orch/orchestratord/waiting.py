@@ -28,6 +28,7 @@ from llama_orch.core.config import WaitingConfig
 from llama_orch.core.errors import ErrorCode
 from llama_orch.core.eta import Slot, admits
 
+from .forecast_pass import ToldEnds
 from .tasks import TaskRecord
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def _expire(
 
 def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None) -> None:
     cfg = orch.workload.cfg
+    told = ToldEnds(now)  # each tenant's earliest finish, for its cap's refusals (ORCH-1129)
 
     def queued(rec: TaskRecord, pos: int, slot: Slot) -> None:
         why = expiry(rec, now, cfg, slot.finish_ms, None)
@@ -183,11 +185,16 @@ def tick(orch: Orchestrator, pool: Pool, now: float, unready_since: float | None
             _expire(orch, pool, rec, why)
         else:
             announce_queued(rec, cfg, pos, int(slot.start_ms), now, int(slot.finish_ms))
+            told.add(rec.tenant, slot.finish_ms)
 
     # the queued tasks one at a time as the simulation reaches them (ORCH-2742)
+    t0 = time.perf_counter()
     running = None if unready_since is not None else orch.workload.forecasts(pool, now, queued)
+    told.cost_s = time.perf_counter() - t0
+    pool.told_ends = None if running is None else told
     if running is not None:
         for rec, finish_ms in running:  # ORCH-2907: the finish follows the work
+            told.add(rec.tenant, finish_ms)
             if rec.state == "running":
                 announce_finish(rec, cfg, finish_ms, now)
         return
