@@ -35,6 +35,7 @@ TASK_LOG_FIELDS = (
     "session_id",
     "tenant",
     "correlation_id",
+    "trace_id",  # ORCH-7045: only when the task had a recording trace
     "api",
     "engine",
     "engine_version",
