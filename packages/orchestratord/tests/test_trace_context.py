@@ -174,6 +174,13 @@ class FakeLlamaServer:
     async def not_here(self, request: web.Request) -> web.Response:
         return web.Response(status=404, text='{"error": {"code": 404, "message": "no"}}')
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        inputs = (await request.json()).get("input", [])
+        if not inputs:  # the adapter's probe: served (ORCH-9211)
+            return web.Response(status=400, text='{"error": {"code": 400, "message": "empty"}}')
+        data = [{"index": i, "embedding": [1.0, 0.0]} for i in range(len(inputs))]
+        return await self._json(request, {"data": data, "usage": {"prompt_tokens": 2}})
+
     async def completion(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.path, dict(request.headers)))
         n = (await request.json()).get("n_predict", 2)
@@ -187,8 +194,8 @@ class FakeLlamaServer:
         await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         return resp
 
-    def completions(self) -> list[dict[str, str]]:
-        return [h for path, h in self.seen if path == "/completion"]
+    def completions(self, path: str = "/completion") -> list[dict[str, str]]:
+        return [h for p, h in self.seen if p == path]
 
 
 @pytest.fixture
@@ -200,8 +207,7 @@ async def llama() -> AsyncIterator[tuple[FakeLlamaServer, str]]:
         "POST /tokenize": fake.tokenize,
         "GET /metrics": fake.metrics,
         "GET /slots": fake.not_here,
-        "POST /embeddings": fake.not_here,
-        "POST /v1/embeddings": fake.not_here,
+        "POST /v1/embeddings": fake.embeddings,
         "POST /completion": fake.completion,
     }
     async with FakeHTTPEngine(routes) as server:
@@ -295,3 +301,28 @@ async def test_the_task_ended_line_names_the_trace(start_orchestrator, mock_conf
     line = json.loads(JsonFormatter().format(ended[traced]))
     assert line["trace_id"] == TRACE_ID
     assert "trace_id" not in json.loads(JsonFormatter().format(ended[untraced]))
+
+
+async def test_facade_embeddings_pass_the_clients_trace_context_on(start_orchestrator, llama):
+    """ORCH-7047: no task, no span: the engine continues the client's trace; an
+    invalid header is not passed on; tracing off, nothing is."""
+    fake, url = llama
+    run = await start_orchestrator(_llama_config(url))
+
+    async def embed(headers: dict[str, str]) -> dict[str, str]:
+        fake.seen.clear()
+        async with run.http.post(
+            run.url + "/v1/embeddings", json={"model": "fake", "input": ["a b"]}, headers=headers
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        [sent] = fake.completions("/v1/embeddings")
+        return sent
+
+    traced = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    sent = await embed(traced)  # tracing off
+    assert "traceparent" not in sent and "tracestate" not in sent
+    _traced(run)
+    sent = await embed(traced)
+    assert (sent["traceparent"], sent["tracestate"]) == (TRACEPARENT, TRACESTATE)
+    sent = await embed({"traceparent": f"ff-{TRACE_ID}-{PARENT_ID}-01", "tracestate": TRACESTATE})
+    assert "traceparent" not in sent and "tracestate" not in sent

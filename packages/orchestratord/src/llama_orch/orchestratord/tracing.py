@@ -173,6 +173,16 @@ class Tracing:
         _W3C.inject(carrier, context=trace.set_span_in_context(spans.engine))
         return carrier or None
 
+    def forwarded(self) -> dict[str, str] | None:
+        """ORCH-7047: the request's valid trace context as it came (re-encoded by the
+        propagator, so that an invalid header is not passed on); None without one."""
+        carrier = TRACE_CARRIER.get()
+        if not carrier:
+            return None
+        out: dict[str, str] = {}
+        _W3C.inject(out, context=_W3C.extract(carrier))
+        return out or None
+
     def requeued(self, rec: TaskRecord, reason: str) -> None:
         spans = self._spans.get(rec.task_id)
         if spans is None:
