@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from llama_orch.core.config import Config
+from llama_orch.core.errors import ErrorCode
 from llama_orch.testing.fake_http import FakeHTTPEngine, sse_response
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -326,3 +327,58 @@ async def test_facade_embeddings_pass_the_clients_trace_context_on(start_orchest
     assert (sent["traceparent"], sent["tracestate"]) == (TRACEPARENT, TRACESTATE)
     sent = await embed({"traceparent": f"ff-{TRACE_ID}-{PARENT_ID}-01", "tracestate": TRACESTATE})
     assert "traceparent" not in sent and "tracestate" not in sent
+
+
+# -- with a state store (ORCH-7046) ------------------------------------------------
+
+
+async def test_the_clients_trace_context_is_stored_with_the_task(start_orchestrator, mock_config):
+    """ORCH-7046: what the store keeps of a task carries the submission's context."""
+    from llama_orch.orchestratord.stored_task import StoredTask
+
+    doc = msgspec.to_builtins(mock_config(adapter_options={"eos_after": 2}))
+    doc["state"] = {"backend": "memory"}
+    run = await start_orchestrator(msgspec.convert(doc, Config))
+    _traced(run)
+    task_id = await _submit(run, {"traceparent": TRACEPARENT, "tracestate": TRACESTATE})
+    view = await run.orch.state.store.task(task_id)
+    stored = msgspec.json.decode(view.task.request, type=StoredTask)
+    assert stored.trace == {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+
+
+def test_a_task_admitted_elsewhere_continues_the_clients_trace_where_it_runs():
+    """ORCH-7046: the instance that runs a task another admitted (its record made from
+    the store's spec) opens the task's spans in the client's trace, and the engine
+    request names its ``engine.request`` span; without a stored context, no spans."""
+    from llama_orch.orchestratord.stored_task import record_of, spec_of
+    from llama_orch.orchestratord.tracing import Tracing
+
+    from .conftest import bare_record
+
+    tracing = Tracing()
+    exporter = InMemorySpanExporter()
+    tracing.add_processor(SimpleSpanProcessor(exporter))
+    admitted = bare_record()
+    admitted.trace_carrier = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    here = record_of(spec_of(admitted))  # as the other instance reads it
+    assert here.trace_carrier == admitted.trace_carrier
+    tracing.dispatched(here, "r0", "v1")
+    headers = tracing.engine_headers(here)
+    here.fail(ErrorCode.INTERNAL, "test", retriable=False)
+    tracing.ended(here)
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    assert sorted(by_name) == ["dispatch", "engine.request", "stream.end", "task"]
+    root = by_name["task"]
+    assert format_span_id(root.parent.span_id) == PARENT_ID
+    assert {format_trace_id(s.context.trace_id) for s in by_name.values()} == {TRACE_ID}
+    engine = by_name["engine.request"].context
+    assert headers is not None
+    assert headers["traceparent"] == f"00-{TRACE_ID}-{format_span_id(engine.span_id)}-01"
+    assert headers["tracestate"] == TRACESTATE
+    assert here.trace_id == TRACE_ID
+
+    exporter.clear()
+    plain = record_of(spec_of(bare_record()))  # admitted without a trace context
+    tracing.dispatched(plain, "r0", "v1")
+    assert tracing.engine_headers(plain) is None
+    assert not exporter.get_finished_spans()

@@ -35,7 +35,6 @@ TASK_LOG_FIELDS = (
     "session_id",
     "tenant",
     "correlation_id",
-    "trace_id",  # ORCH-7045: only when the task had a recording trace
     "api",
     "engine",
     "engine_version",
@@ -58,6 +57,7 @@ TASK_LOG_FIELDS = (
 # check/ok/detail: self-tests; model..reason: catalog verifications (ORCH-3314)
 FIELDS = (
     *TASK_LOG_FIELDS,
+    "trace_id",  # ORCH-7045: on the ``task ended`` line when the task had a recording trace
     "check",
     "ok",
     "detail",

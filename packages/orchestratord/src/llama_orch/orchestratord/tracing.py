@@ -131,26 +131,34 @@ class Tracing:
         if not self.enabled:
             return  # later calls find no spans for the task and return
         attrs = self._attrs(rec)
-        carrier = TRACE_CARRIER.get()
-        # ORCH-7043: an invalid or absent traceparent extracts to an empty context: a
-        # new trace (never the ambient context of the request)
-        parent = _W3C.extract(carrier) if carrier else None
-        root = self._tracer.start_span(
-            "task", context=parent, start_time=submitted_ns, attributes=attrs
-        )
-        if root.is_recording():  # ORCH-7045: the log line names the trace
-            rec.trace_id = format_trace_id(root.get_span_context().trace_id)
-        spans = _TaskSpans(root)
+        spans = self._open(rec, attrs, submitted_ns)
         self._tracer.start_span(
             "admission", context=spans.ctx, start_time=submitted_ns, attributes=attrs
         ).end()
         spans.queue = self._tracer.start_span("queue", context=spans.ctx, attributes=attrs)
         self._spans[rec.task_id] = spans
 
+    def _open(self, rec: TaskRecord, attrs: dict[str, str], start_ns: int | None) -> _TaskSpans:
+        """The root span ``task``: a child of the client's span when the submission
+        carried a valid ``traceparent`` (ORCH-7043), else a new trace (an invalid one
+        extracts to an empty context, never the ambient context of the request)."""
+        carrier = rec.trace_carrier
+        parent = _W3C.extract(carrier) if carrier else None
+        root = self._tracer.start_span(
+            "task", context=parent, start_time=start_ns, attributes=attrs
+        )
+        if root.is_recording():  # ORCH-7045: the log line names the trace
+            rec.trace_id = format_trace_id(root.get_span_context().trace_id)
+        return _TaskSpans(root)
+
     def dispatched(self, rec: TaskRecord, replica_id: str, engine_version: str) -> None:
         spans = self._spans.get(rec.task_id)
         if spans is None:
-            return
+            if not (self.enabled and rec.trace_carrier):
+                return
+            # ORCH-7046: admitted by another instance with the client's trace context:
+            # its run here continues the client's trace
+            spans = self._spans[rec.task_id] = self._open(rec, self._attrs(rec), None)
         if spans.queue is not None:
             spans.queue.end()
             spans.queue = None
