@@ -1,4 +1,4 @@
-"""The shared streaming loop over a fake engine (ORCH-4100, ORCH-4103, ORCH-4105).
+"""The shared streaming loop over a fake engine (ORCH-4100, ORCH-4103, ORCH-4105, ORCH-7044).
 
 A toy wire: ``data: {"t": "text"}`` per token, ``data: {"end": true}`` last.
 The four real adapters run the full conformance suite on top of this base.
@@ -18,6 +18,7 @@ from llama_orch.adapter_http._deadline import Deadline
 from llama_orch.adapter_http._streams import InFlight
 from llama_orch.core.adapter_api import (
     CANCELED,
+    ENGINE_TRACE_HEADERS,
     AdapterEvent,
     AdapterTarget,
     EngineMetrics,
@@ -229,3 +230,73 @@ async def test_a_closed_adapter_opens_nothing() -> None:
         await adapter.cancel("late")
         assert adapter._session is None and adapter._pool is None
         fake.release.set()
+
+
+# -- ORCH-7044: a run's trace-context headers on every engine request -----------
+
+TRACE = {
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+}
+
+
+def _recording_engine(seen: list[tuple[str, dict[str, str]]]) -> FakeHTTPEngine:
+    async def gen(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, dict(request.headers)))
+        resp = await sse_response(request)
+        await resp.write(b'data: {"t": " a"}\n\ndata: {"end": true}\n\n')
+        return resp
+
+    async def call(request: web.Request) -> web.Response:
+        seen.append((request.path, dict(request.headers)))
+        return web.json_response({"ok": True})
+
+    return FakeHTTPEngine({"POST /gen": gen, "POST /call": call})
+
+
+async def _run(adapter: Toy, traced: dict[str, str] | None) -> list[object]:
+    """A stream and a call, as a run does: in a task of its own (so in a context of
+    its own, as the orchestrator's runner)."""
+
+    async def run() -> list[object]:
+        if traced is not None:
+            ENGINE_TRACE_HEADERS.set(traced)
+        events: list[object] = list(await _collect(adapter.generate(_req())))
+        events.append(await adapter.call("POST", "/call", {"x": 1}))
+        return events
+
+    return await asyncio.create_task(run())
+
+
+async def test_a_traced_run_sends_its_trace_context_on_the_stream_and_calls() -> None:
+    """ORCH-7044: both request paths (the lean stream, the aiohttp calls) carry it."""
+    seen: list[tuple[str, dict[str, str]]] = []
+    async with _recording_engine(seen) as fake:
+        adapter = Toy(fake.base_url)
+        try:
+            for _ in range(2):  # the second stream runs on the pooled connection
+                events = await _run(adapter, TRACE)
+                assert isinstance(events[0], TokenChunk) and isinstance(events[1], Finished)
+        finally:
+            await adapter.aclose()
+    assert [path for path, _ in seen] == ["/gen", "/call", "/gen", "/call"]
+    for _, headers in seen:
+        assert headers["traceparent"] == TRACE["traceparent"]
+        assert headers["tracestate"] == TRACE["tracestate"]
+        assert headers["Content-Type"] == "application/json"
+
+
+async def test_an_untraced_run_sends_no_trace_context() -> None:
+    """ORCH-7044: tracing off, no header is added (and a traced run's headers do not
+    stay with the adapter or its pooled connection)."""
+    seen: list[tuple[str, dict[str, str]]] = []
+    async with _recording_engine(seen) as fake:
+        adapter = Toy(fake.base_url)
+        try:
+            await _run(adapter, TRACE)
+            await _run(adapter, None)
+        finally:
+            await adapter.aclose()
+    assert [path for path, _ in seen] == ["/gen", "/call", "/gen", "/call"]
+    for _, headers in seen[2:]:
+        assert "traceparent" not in headers and "tracestate" not in headers

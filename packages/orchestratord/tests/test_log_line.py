@@ -157,6 +157,7 @@ def _rec_pool() -> tuple[SimpleNamespace, SimpleNamespace]:
         dispatched=100.25, finished_at=101.5, first_token=100.5, prompt_tokens=12,
         tokens_out=3, queue_position=2, predicted_start_ms=1.5,
         error_code=ErrorCode.ADMISSION_REJECT,
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",  # a traced task (ORCH-7045)
     )  # fmt: skip
     pool = SimpleNamespace(
         states={"r0": SimpleNamespace(model_ref="m", ctx=4096)},

@@ -36,6 +36,7 @@ import msgspec
 from aiohttp.tracing import Trace
 from llama_orch.core.adapter_api import (
     CANCELED,
+    ENGINE_TRACE_HEADERS,
     AdapterEvent,
     AdapterTarget,
     Finished,
@@ -232,6 +233,9 @@ class HttpAdapter(WorkerAdapter):
         data = _encoder.encode(body) if body is not None else None
         if data is not None:
             headers = {**(headers or {}), **_JSON}
+        trace = ENGINE_TRACE_HEADERS.get()
+        if trace:  # ORCH-7044: a traced run's call continues its trace
+            headers = {**(headers or {}), **trace}
         timeout = self.options.request_timeout_s
         with map_transport_errors(f"{method} {path}", self.engine, timeout):
             async with asyncio.timeout(timeout):
@@ -344,7 +348,11 @@ class HttpAdapter(WorkerAdapter):
         what = f"POST {path}"
         idle = self.options.idle_timeout_s
         pool = self._streams()
-        request = pool.request(path, body, b"" if self.pool_streams else _CLOSE)
+        extra = b"" if self.pool_streams else _CLOSE
+        trace = ENGINE_TRACE_HEADERS.get()
+        if trace:  # ORCH-7044: the task's engine.request span is the engine's parent
+            extra += "".join(f"{k}: {v}\r\n" for k, v in trace.items()).encode("latin-1")
+        request = pool.request(path, body, extra)
         # Engines may send the headers only with the first result (so an early
         # error is a plain HTTP error); idle_timeout_s bounds that wait too.
         # one deadline over the connect, the retries and the head (ORCH-2964)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import AsyncGenerator
+from contextvars import ContextVar
 from enum import StrEnum
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Final, Literal
@@ -54,6 +55,7 @@ from .api import TokenLogprob
 __all__ = [
     "ADAPTER_ENTRY_POINT_GROUP",
     "CANCELED",
+    "ENGINE_TRACE_HEADERS",
     "AdapterEvent",
     "AdapterLoadError",
     "AdapterTarget",
@@ -77,6 +79,12 @@ ADAPTER_ENTRY_POINT_GROUP = "llama_orch.adapters"
 CANCELED: Final = "canceled"
 # Why a generation ended (Finished.reason; the task's `end` event carries it on).
 StopReason = Literal["eos", "stop", "length", "canceled"]
+# ORCH-7044: the W3C trace-context headers (``traceparent``, ``tracestate``) that a
+# run's engine requests carry, set by the run (its own asyncio task) when tracing is
+# on; an adapter that speaks HTTP adds them to every request it sends meanwhile.
+ENGINE_TRACE_HEADERS: ContextVar[dict[str, str] | None] = ContextVar(
+    "llama_orch_engine_trace_headers", default=None
+)
 _log = logging.getLogger(__name__)
 
 

@@ -38,7 +38,7 @@ from .policies import run_admission_policy
 from .pools import Pool
 from .sessions import SessionTable
 from .tasks import TaskRecord, TaskStore
-from .tracing import CORRELATION_ID, Tracing
+from .tracing import CORRELATION_ID, TRACE_CARRIER, Tracing
 from .workload import Workload
 
 if TYPE_CHECKING:
@@ -412,6 +412,7 @@ class Admission:
                 expected_tokens=req.expected_tokens,
                 cost_per_token=rate,
                 correlation_id=CORRELATION_ID.get(),
+                trace_carrier=TRACE_CARRIER.get(),  # None with tracing off (ORCH-7043)
                 api=api,
                 note=note,
             )

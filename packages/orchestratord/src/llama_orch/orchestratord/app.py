@@ -59,7 +59,7 @@ from .service import Orchestrator
 from .stored_waiting import store_status
 from .streaming import check_stream_quota, open_stream, wants_event_stream
 from .tasks import TaskRecord
-from .tracing import CORRELATION_ID
+from .tracing import CORRELATION_ID, TRACE_CARRIER, Tracing, trace_carrier
 
 if TYPE_CHECKING:
     from llama_orch.pool_managerd.pool import PoolManager
@@ -94,10 +94,12 @@ def _error_response(exc: OrchError) -> Response:
 
 
 class CorrelationId:
-    """Echo ``X-Correlation-Id`` or create one, on every response but 204."""
+    """Echo ``X-Correlation-Id`` or create one, on every response but 204; with tracing
+    on, keep the request's W3C trace context for its task (ORCH-7043)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app = app
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +112,8 @@ class CorrelationId:
                 break
         cid = cid or new_correlation_id()  # ORCH-2806
         CORRELATION_ID.set(cid.decode("latin-1"))  # log lines and traces (ORCH-7031)
+        if self.tracing.enabled:  # ORCH-7043: off, no header is even looked at
+            TRACE_CARRIER.set(trace_carrier(scope["headers"]))
         scope[RAW_SEND] = send  # SSE frames skip the wrappers below (limits.TaskStream)
 
         async def send_with_id(message: Message) -> None:
@@ -448,4 +452,6 @@ def build_app(
             handlers=EXCEPTION_HANDLERS,
             exact=lean,
         )
-    return CorrelationId(BodyLimit(served, limits.max_body_bytes, limits.max_header_bytes))
+    return CorrelationId(
+        BodyLimit(served, limits.max_body_bytes, limits.max_header_bytes), orch.tracing
+    )

@@ -26,7 +26,12 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
-from llama_orch.core.adapter_api import Capability, Embeddings, WorkerAdapter
+from llama_orch.core.adapter_api import (
+    ENGINE_TRACE_HEADERS,
+    Capability,
+    Embeddings,
+    WorkerAdapter,
+)
 from llama_orch.core.api import (
     EndEvent,
     ErrorEvent,
@@ -281,9 +286,14 @@ class FrontendHost:
             )  # fmt: skip
             raise
         replica.busy += 1
+        # ORCH-7047: no task, no span of ours: the engine continues the client's trace
+        forwarded = self.orch.tracing.forwarded() if self.orch.tracing.enabled else None
+        token = ENGINE_TRACE_HEADERS.set(forwarded) if forwarded else None
         try:
             out = await replica.adapter.embed(texts)
         finally:
+            if token is not None:
+                ENGINE_TRACE_HEADERS.reset(token)
             replica.busy -= 1
             pool.wakeup.set()  # the slot is free again for queued tasks
         st = replica.state

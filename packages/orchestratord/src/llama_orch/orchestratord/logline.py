@@ -57,6 +57,7 @@ TASK_LOG_FIELDS = (
 # check/ok/detail: self-tests; model..reason: catalog verifications (ORCH-3314)
 FIELDS = (
     *TASK_LOG_FIELDS,
+    "trace_id",  # ORCH-7045: on the ``task ended`` line when the task had a recording trace
     "check",
     "ok",
     "detail",

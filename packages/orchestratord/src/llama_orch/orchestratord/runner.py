@@ -29,7 +29,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
-from llama_orch.core.adapter_api import Finished, GenerateRequest, TokenChunk
+from llama_orch.core.adapter_api import (
+    ENGINE_TRACE_HEADERS,
+    Finished,
+    GenerateRequest,
+    TokenChunk,
+)
 from llama_orch.core.api import EmbeddingEvent, EndEvent, MetricsEvent, StartedEvent, TokenEvent
 from llama_orch.core.errors import AdmissionRejected, ErrorCode, OrchError, PoolUnready, WorkerReset
 
@@ -105,6 +110,8 @@ class TaskRun:
 
     async def __call__(self) -> None:
         rec = self.rec
+        if self.runner.tracing.enabled:  # ORCH-7044: this run's engine requests join its trace
+            ENGINE_TRACE_HEADERS.set(self.runner.tracing.engine_headers(rec))
         try:
             if rec.request.inputs:  # an `embedding` task (ORCH-1013)
                 await self._embed(rec.request.inputs)

@@ -33,6 +33,7 @@ class StoredTask(msgspec.Struct, frozen=True, kw_only=True):
     created_wall: float = 0.0
     session_id: str | None = None
     correlation_id: str | None = None
+    trace: dict[str, str] | None = None  # the client's trace context (ORCH-7046)
     note: bytes | None = None  # what a facade keeps with the task (ORCH-2592)
 
 
@@ -70,6 +71,7 @@ def spec_of(rec: TaskRecord) -> TaskSpec:
         created_wall=rec.created_wall,
         session_id=rec.session_id,
         correlation_id=rec.correlation_id,
+        trace=rec.trace_carrier,
         note=rec.note,
     )
     return TaskSpec(
@@ -108,6 +110,7 @@ def record_of(spec: TaskSpec) -> TaskRecord:
         if stored.created_wall
         else time.monotonic(),
         correlation_id=stored.correlation_id,
+        trace_carrier=stored.trace,
         note=stored.note,
     )
 

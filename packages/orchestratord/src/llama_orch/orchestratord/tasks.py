@@ -234,6 +234,9 @@ class TaskRecord(RunFields):
     # The guard's decision its 202 told it: held or not (ORCH-2937); None without one.
     told_hold: bool | None = None
     correlation_id: str | None = None  # X-Correlation-Id of the submission (ORCH-7031)
+    trace_id: str | None = None  # its recording trace, 32 hex (ORCH-7045)
+    # the submission's traceparent/tracestate, only with tracing on (ORCH-7043, ORCH-7046)
+    trace_carrier: dict[str, str] | None = None
     api: str = "orchqueue"  # the API it came through: orchqueue | openai | anthropic (ORCH-9103)
     note: bytes | None = None  # a facade's own fields, stored with the task (ORCH-2592)
     # ``ended``: made when first asked for, else the shared set one at the end (ORCH-2743)

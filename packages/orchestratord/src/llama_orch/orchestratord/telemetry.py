@@ -77,6 +77,8 @@ def log_task_end(rec: TaskRecord, pool: Pool) -> None:
         "predicted_start_ms": rec.predicted_start_ms,
         "error_code": rec.error_code.value if rec.error_code else None,  # ORCH-1967
     }
+    if rec.trace_id is not None:  # ORCH-7045
+        fields["trace_id"] = rec.trace_id
     handler = direct_handler(_log)
     if handler is not None:  # ORCH-2822: the daemon's handler alone: no record
         handler.write_fields(time.time(), _log.name, "task ended", fields)
