@@ -44,6 +44,8 @@ _CONTRACT_NAMES = {
     "catalog_model_state",
     # ORCH-3380: what ran on each catalog model version (issue #18)
     "catalog_tasks_total", "catalog_latency_first_token_ms", "catalog_tokens_out_total",
+    # ORCH-8017..8019: refused requests and cut or refused streams (TODO #9)
+    "auth_refused_total", "streams_cut_total", "streams_refused_total",
 }  # fmt: skip
 
 
@@ -105,6 +107,10 @@ def test_lint_file_lists_the_contract(lint_doc):
             "catalog_tasks_total",
             "catalog_latency_first_token_ms",
             "catalog_tokens_out_total",
+            # refused before any pool is chosen, per tenant (ORCH-8017..8019)
+            "auth_refused_total",
+            "streams_cut_total",
+            "streams_refused_total",
         ) and not (name.startswith(("policy_", "state_store_")))
         if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
