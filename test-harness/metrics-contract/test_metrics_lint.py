@@ -44,6 +44,8 @@ _CONTRACT_NAMES = {
     "catalog_model_state",
     # ORCH-3380: what ran on each catalog model version (issue #18)
     "catalog_tasks_total", "catalog_latency_first_token_ms", "catalog_tokens_out_total",
+    # ORCH-8017..8019: refused requests and cut or refused streams (TODO #9)
+    "auth_refused_total", "streams_cut_total", "streams_refused_total",
 }  # fmt: skip
 
 
@@ -105,6 +107,10 @@ def test_lint_file_lists_the_contract(lint_doc):
             "catalog_tasks_total",
             "catalog_latency_first_token_ms",
             "catalog_tokens_out_total",
+            # refused before any pool is chosen, per tenant (ORCH-8017..8019)
+            "auth_refused_total",
+            "streams_cut_total",
+            "streams_refused_total",
         ) and not (name.startswith(("policy_", "state_store_")))
         if spec["presence"] not in ("reserved",) and per_engine:
             assert "engine" in spec["labels"], name  # per-engine series carry engine
@@ -218,3 +224,79 @@ async def test_soft_preemption_series_pass_the_lint(start_orchestrator, metrics_
     status, text = await orch.get("/metrics")
     assert 'preemptions_total{engine="mock",mode="soft",pool_id="main"} 1.0' in text
     assert metrics_lint.lint(text, lint_doc, set()) == []  # labels, types, budgets
+
+
+async def test_security_refusal_series_pass_the_lint(start_orchestrator, metrics_lint, lint_doc):
+    """ORCH-8017..8019, ORCH-7011: 401s, a 403 and a stream refused at the tenant's limit
+    on a live run, and a stalled reader's cut, are exported with the lint's label sets."""
+    from llama_orch.orchestratord.auth import hash_key
+    from llama_orch.orchestratord.limits import StreamCounter, TaskStream
+    from llama_orch.orchestratord.metrics import Metrics
+
+    key = "llo_lint-tenant-" + "k" * 40
+    cfg = msgspec.convert(
+        {
+            "server": {"port": 0, "shutdown_grace_s": 1.0},
+            "auth": {
+                "enabled": True,
+                "public_metrics": True,
+                "public_health": True,
+                "keys": [{"id": "t", "role": "tenant", "tenant": "acme", "hash": hash_key(key)}],
+            },
+            "limits": {"max_streams_per_tenant": 1},
+            "pools": [
+                {
+                    "id": "main",
+                    "engine": "mock",
+                    "model": "mock-model",
+                    "endpoints": ["mock://0"],
+                    "adapter_options": {"token_delay_ms": 20},
+                }
+            ],
+        },
+        Config,
+    )
+    orch = await start_orchestrator(cfg)
+    await orch.wait_ready("main")
+    sse = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    body = {"prompt": "x", "max_tokens": 200}
+    held = await orch.http.post(orch.url + "/v1/tasks", json=body, headers=sse)
+    try:
+        assert held.status == 200
+        async with orch.http.post(orch.url + "/v1/tasks", json=body, headers=sse) as r:
+            assert r.status == 429  # ORCH-8013
+        status, _, _ = await orch.submit(prompt="x")  # no key: 401
+        assert status == 401
+        async with orch.http.post(
+            orch.url + "/v1/pools/main/drain", headers={"Authorization": f"Bearer {key}"}
+        ) as r:
+            assert r.status == 403  # a tenant key on the control plane
+    finally:
+        held.close()
+    status, text = await orch.get("/metrics")
+    assert status == 200
+    assert 'auth_refused_total{api="orchqueue",reason="forbidden",tenant="acme"} 1.0' in text
+    assert 'streams_refused_total{tenant="acme"} 1.0' in text
+    assert metrics_lint.lint(text, lint_doc, set()) == []
+    # a stalled reader's cut (ORCH-8018), rendered as /metrics renders it
+    metrics = Metrics(queue_depths=list)
+
+    async def frames():
+        yield b"data: 0\n\n"
+
+    async def receive():
+        await asyncio.Event().wait()
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the client accepts nothing
+
+    stream = TaskStream(
+        frames(), task_id="t", tenant="acme", counter=StreamCounter(metrics.streams_cut),
+        stall_timeout_s=0.1,
+    )  # fmt: skip
+    await asyncio.wait_for(stream({"type": "http"}, receive, send), 5)
+    cut = metrics.render().decode()
+    metrics.shutdown()
+    assert 'streams_cut_total{tenant="acme"} 1.0' in cut
+    assert metrics_lint.lint(cut, lint_doc, set()) == []

@@ -1,4 +1,4 @@
-"""Limits on what one client can make the server hold (ORCH-8010..8015)."""
+"""Limits on what one client can make the server hold (ORCH-8010..8015, ORCH-8018)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from llama_orch.core.adapter_api import GenerateRequest
 from llama_orch.core.api import TokenEvent
 from llama_orch.core.errors import ErrorCode
 from llama_orch.orchestratord.tasks import TaskRecord
+
+from .test_security_metrics import counts
 
 
 def _h(key: str) -> dict[str, str]:
@@ -134,8 +136,9 @@ async def test_open_streams_per_tenant_are_limited(start_orchestrator, mock_conf
 async def test_stalled_reader_is_cut_and_can_resume(
     start_orchestrator, mock_config, tenant_keys, caplog
 ):
-    """ORCH-8015/1203: a reader that stops reading is cut after stream_stall_timeout_s;
-    the task completes anyway and a reconnect with Last-Event-ID gets the rest."""
+    """ORCH-8015/1203: a reader that stops reading is cut after stream_stall_timeout_s
+    (and counted, ORCH-8018); the task completes anyway and a reconnect with
+    Last-Event-ID gets the rest."""
     auth, keys = tenant_keys("a")
     cfg = mock_config(
         auth=auth,
@@ -165,6 +168,8 @@ async def test_stalled_reader_is_cut_and_can_resume(
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("a stalled stream was never cut")
+        # ORCH-8018: counted under the task's tenant, through the app's own stream counter
+        assert counts(run.orch.metrics, "streams_cut_total") == {(("tenant", "a"),): 1}
         await run.until(lambda: run.orch.get(tid).terminal, 15)
         rec = run.orch.get(tid)
         assert rec.state == "completed" and rec.tokens_out == 150_000  # the task ran on

@@ -413,6 +413,7 @@ def build_app(
     if auth is None:
         auth = Authenticator(orch.config.auth, load_keys(orch.config.auth))
     orch.auth = auth  # ORCH-8009: what a SIGHUP reload reaches
+    auth.refusals = orch.metrics.auth_refused  # ORCH-8017
 
     guarded = {path: auth.guard(endpoint, access) for path, endpoint, _, access in DATA_ROUTES}
     routes: list[BaseRoute] = [
@@ -436,11 +437,13 @@ def build_app(
         routes.extend(mounted)
         lean.update(lean_endpoints(mounted, frontend.lean_routes))
     app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
-    app.state.data = AppState(orch, StreamCounter(), limits)
+    metrics = orch.metrics
+    streams = StreamCounter(metrics.streams_cut, metrics.streams_refused)  # ORCH-8018/8019
+    app.state.data = AppState(orch, streams, limits)
     app.state.artifacts = orch.catalog.artifacts
     discovered = {pid for d in orch.config.pool_manager_discovery for pid in d.pools}
     controls = PoolControls(manager, remotes if remotes is not None else [], discovered)
-    app.state.control = ControlPlane(orch, controls)
+    app.state.control = ControlPlane(orch, controls, StreamCounter(metrics.streams_cut))
     follow_drains(orch, controls)  # a drain at the store runs here too (ORCH-2588)
     app.state.frontends = host  # FrontendHost.of(request) (ORCH-4122)
     served: ASGIApp = app

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import StartupError
+from .metrics import BatchedCounter
 
 __all__ = [
     "ANONYMOUS",
@@ -111,6 +112,9 @@ class Authenticator:
         if auth.public_health:
             self._public.add("health")
         self._keys = [(bytes.fromhex(k.hash.removeprefix("sha256:")), k) for k in keys]
+        # auth_refused_total (ORCH-8017), set by build_app; counted where a request is
+        # refused, never on an accepted one
+        self.refusals: BatchedCounter | None = None
 
     def reload(self, auth: AuthConfig) -> list[str]:
         """Replace the keys with ``auth``'s (ORCH-8009), checked as at startup: raises
@@ -128,22 +132,38 @@ class Authenticator:
         }
         return [name for name, differs in kept.items() if differs]
 
-    def identify(self, authorization: str | None) -> Principal:
-        """The key's principal, or :class:`Unauthenticated` (ORCH-8003)."""
+    def identify(self, authorization: str | None, api: str = "orchqueue") -> Principal:
+        """The key's principal, or :class:`Unauthenticated` (ORCH-8003), counted for
+        ``api`` (ORCH-8017)."""
         if authorization is None:
-            raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
+            raise self._unauthenticated(
+                api, "an API key is required: send `Authorization: Bearer <key>`"
+            )
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("the Authorization header must be `Bearer <key>`")
+            raise self._unauthenticated(api, "the Authorization header must be `Bearer <key>`")
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found: ApiKey | None = None
         for stored, key in self._keys:  # every key, no early exit (ORCH-8002)
             if hmac.compare_digest(digest, stored):
                 found = key
         if found is None:
-            raise Unauthenticated("the API key is not valid")
+            raise self._unauthenticated(api, "the API key is not valid")
         return Principal(found.id, found.role, found.tenant or DEFAULT_TENANT)
+
+    def _unauthenticated(self, api: str, message: str) -> Unauthenticated:
+        if self.refusals is not None:  # ORCH-8017: nothing of the presented key
+            self.refusals.add(1, {"reason": "unauthenticated", "api": api, "tenant": "none"})
+        return Unauthenticated(message)
+
+    def forbidden(self, who: Principal, need: str, api: str) -> Forbidden:
+        """The 403 for a valid key of the wrong role (ORCH-8003), counted with the
+        key's configured tenant (ORCH-8017; ``none`` for an admin key)."""
+        if self.refusals is not None:
+            tenant = who.tenant if who.role == "tenant" else "none"
+            self.refusals.add(1, {"reason": "forbidden", "api": api, "tenant": tenant})
+        return Forbidden(f"this endpoint needs a key with role {need!r}, not {who.role!r}")
 
     def check(self, request: Request, access: Access) -> Principal:
         if not self.enabled or access in self._public:
@@ -164,8 +184,7 @@ class Authenticator:
                 request.method,
                 request.url.path,
             )
-            need = "tenant" if access == "tenant" else "admin"
-            raise Forbidden(f"this endpoint needs a key with role {need!r}, not {who.role!r}")
+            raise self.forbidden(who, "tenant" if access == "tenant" else "admin", "orchqueue")
         return who
 
     def guard(self, endpoint: Endpoint, access: Access) -> Endpoint:

@@ -42,7 +42,7 @@ from llama_orch.core.api import (
     TaskRequest,
     TokenEvent,
 )
-from llama_orch.core.errors import AdmissionRejected, ErrorCode, Forbidden, OrchError
+from llama_orch.core.errors import AdmissionRejected, ErrorCode, OrchError
 from llama_orch.core.quota import TenantBusy
 from starlette.requests import Request
 from starlette.routing import BaseRoute
@@ -167,16 +167,17 @@ class FrontendHost:
     def pools(self) -> dict[str, Pool]:
         return self.orch.pools
 
-    def principal(self, request: Request) -> Principal:
-        """The tenant behind ``Authorization: Bearer`` or ``x-api-key`` (ORCH-9102)."""
+    def principal(self, request: Request, api: str) -> Principal:
+        """The tenant behind ``Authorization: Bearer`` or ``x-api-key`` (ORCH-9102); a
+        refusal is counted for ``api`` (ORCH-8017)."""
         if not self._auth.enabled:
             return self._auth.check(request, "tenant")
         header = request.headers.get("authorization")
         if header is None and (key := request.headers.get("x-api-key")):
             header = f"Bearer {key}"
-        who = self._auth.identify(header)
+        who = self._auth.identify(header, api)
         if who.role != "tenant":
-            raise Forbidden(f"this endpoint needs a key with role 'tenant', not {who.role!r}")
+            raise self._auth.forbidden(who, "tenant", api)
         return who
 
     async def submit(

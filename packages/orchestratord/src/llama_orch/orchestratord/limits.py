@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .leanconn import APP_QUEUE, AppQueue
+from .metrics import BatchedCounter
 
 __all__ = ["RAW_SEND", "BodyLimit", "StreamCounter", "TaskStream"]
 
@@ -94,10 +95,15 @@ async def _send_error(send: Send, err: OrchError) -> None:
 
 
 class StreamCounter:
-    """Open SSE streams per tenant."""
+    """Open SSE streams per tenant, and the counters of streams cut for a stalled reader
+    (ORCH-8018) and refused at the tenant's limit (ORCH-8019), bumped only then."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, cuts: BatchedCounter | None = None, refusals: BatchedCounter | None = None
+    ) -> None:
         self._open: Counter[str] = Counter()
+        self._cuts = cuts
+        self._refusals = refusals
 
     def __getitem__(self, tenant: str) -> int:
         return self._open.get(tenant, 0)
@@ -109,6 +115,16 @@ class StreamCounter:
         self._open[tenant] -= 1
         if self._open[tenant] <= 0:
             del self._open[tenant]
+
+    def cut(self, tenant: str) -> None:
+        """A stream of ``tenant`` cut for a stalled reader (ORCH-8018)."""
+        if self._cuts is not None:
+            self._cuts.add(1, {"tenant": tenant})
+
+    def refused(self, tenant: str) -> None:
+        """A stream of ``tenant`` refused at ``limits.max_streams_per_tenant`` (ORCH-8019)."""
+        if self._refusals is not None:
+            self._refusals.add(1, {"tenant": tenant})
 
 
 RAW_SEND = "llama_orch.raw_send"
@@ -222,6 +238,7 @@ class TaskStream(Response):
                     raise
                 task.uncancel()
                 if cut == "stall":
+                    self._counter.cut(self._tenant)
                     _log.warning(
                         "stream of task %s cut: its client read nothing for %.0f s",
                         self._task_id,

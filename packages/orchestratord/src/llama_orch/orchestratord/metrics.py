@@ -250,6 +250,19 @@ class Metrics:
         self.policy_traps = counter(
             "policy_traps_total", description="Failed policy calls by policy and failure code."
         )
+        # -- refusals of the security layer (ORCH-8017..8019): counted on refusal paths only
+        self.auth_refused = counter(
+            "auth_refused_total",
+            description="Requests refused by authentication (401) or by role (403) (ORCH-8017).",
+        )
+        self.streams_cut = counter(
+            "streams_cut_total",
+            description="Task streams cut because their client read nothing (ORCH-8018).",
+        )
+        self.streams_refused = counter(
+            "streams_refused_total",
+            description="Task streams refused at the per-tenant stream limit (ORCH-8019).",
+        )
 
         def gauge(name: str, samples: Samples, description: str) -> None:
             def observe(_: CallbackOptions) -> Iterable[Observation]:

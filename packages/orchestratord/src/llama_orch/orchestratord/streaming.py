@@ -53,6 +53,7 @@ def _q(params: str) -> float:
 def check_stream_quota(streams: StreamCounter, tenant: str, limits: LimitsConfig) -> None:
     """ORCH-8013: one stream beyond ``limits.max_streams_per_tenant`` → 429 quota."""
     if streams[tenant] >= limits.max_streams_per_tenant:
+        streams.refused(tenant)  # ORCH-8019: not in tasks_rejected_total (no admission ran)
         raise AdmissionRejected(
             f"tenant {tenant!r} has {streams[tenant]} streams open"
             f" (limits.max_streams_per_tenant={limits.max_streams_per_tenant})",

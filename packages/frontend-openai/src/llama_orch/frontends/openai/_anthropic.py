@@ -135,7 +135,7 @@ async def messages(request: Request) -> Response:
     pool: Pool | None = None
     facade.received()
     try:
-        who = host.principal(request)
+        who = host.principal(request, facade.api)
         req = decode_body(
             await request.body(), MessagesRequest, StrictMessagesRequest,
             facade.strict(request),

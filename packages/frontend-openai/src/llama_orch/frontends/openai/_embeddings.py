@@ -64,7 +64,7 @@ async def embeddings(request: Request) -> Response:
     pool: Pool | None = None
     facade.received()
     try:
-        who = host.principal(request)
+        who = host.principal(request, facade.api)
         req = decode_body(
             await request.body(), EmbeddingsRequest, StrictEmbeddingsRequest,
             facade.strict(request),

@@ -183,7 +183,7 @@ def _api(request: Request) -> tuple[FrontendHost, Facade]:
 async def models(request: Request) -> Response:
     host, facade = _api(request)
     try:
-        host.principal(request)
+        host.principal(request, facade.api)
     except OrchError as exc:
         return facade.orch_error(exc)
     data = [
@@ -199,7 +199,7 @@ async def generate(request: Request, chat: bool) -> Response:
     pool: Pool | None = None
     facade.received()
     try:
-        who = host.principal(request)
+        who = host.principal(request, facade.api)
         body = await request.body()
         strict = facade.strict(request)
         req: ChatRequest | CompletionRequest

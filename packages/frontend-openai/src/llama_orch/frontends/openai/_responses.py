@@ -329,7 +329,7 @@ def _unsupported(req: ResponsesRequest) -> None:
 async def _own(host: FrontendHost, request: Request) -> TaskRecord:
     """The response's task, whichever instance created it (ORCH-2593)."""
     rid: str = request.path_params["response_id"]
-    who = host.principal(request)
+    who = host.principal(request, "openai")  # the Responses API is OpenAI's (ORCH-8017)
     tenant = who.tenant if who.role is not None else None
     rec = await host.find(rid.removeprefix(_PREFIX), tenant) if rid.startswith(_PREFIX) else None
     if rec is None:
@@ -352,7 +352,7 @@ async def create(request: Request) -> Response:
     facade.received()
     pool: Pool | None = None
     try:
-        who = host.principal(request)
+        who = host.principal(request, facade.api)
         req = decode_body(
             await request.body(), ResponsesRequest, StrictResponsesRequest,
             facade.strict(request),
