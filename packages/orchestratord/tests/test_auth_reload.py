@@ -16,6 +16,7 @@ import msgspec
 import yaml
 from llama_orch.orchestratord.auth import hash_key
 from llama_orch.orchestratord.main import _reload
+from llama_orch.testing_engines.python_engines import stop_group
 
 KEYS = {name: f"llo_test-rotate-{name}-{'r' * 36}" for name in ("a", "b", "c", "admin")}
 
@@ -148,13 +149,7 @@ async def test_sighup_reloads_the_keys_of_a_running_daemon(tmp_path: Path):
                 await asyncio.sleep(0.05)
             assert [await _status(http, url, n) for n in ("a", "c")] == [401, 202]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)  # its process group, by PID, even when the test failed
         out.close()
     log = (tmp_path / "daemon.log").read_text()
     assert "keys reloaded" in log, log[-2000:]
