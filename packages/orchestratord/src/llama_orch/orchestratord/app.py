@@ -430,15 +430,15 @@ def build_app(
     for r in ARTIFACT_ROUTES:
         routes.append(Route(r.path, auth.guard(r.endpoint, "tenant"), methods=r.methods))
     # other APIs on the same queue, from installed frontends (ORCH-9100)
-    host = FrontendHost(orch, auth)
+    metrics = orch.metrics
+    streams = StreamCounter(metrics.streams_cut, metrics.streams_refused)  # ORCH-8018/8019
+    host = FrontendHost(orch, auth, streams)  # the facades' streams count too (ORCH-9117)
     lean: dict[tuple[str, str], Endpoint] = {}
     for frontend in load_frontends():
         mounted = frontend.routes(host)
         routes.extend(mounted)
         lean.update(lean_endpoints(mounted, frontend.lean_routes))
     app = Starlette(routes=routes, exception_handlers=dict(EXCEPTION_HANDLERS))
-    metrics = orch.metrics
-    streams = StreamCounter(metrics.streams_cut, metrics.streams_refused)  # ORCH-8018/8019
     app.state.data = AppState(orch, streams, limits)
     app.state.artifacts = orch.catalog.artifacts
     discovered = {pid for d in orch.config.pool_manager_discovery for pid in d.pools}

@@ -49,8 +49,10 @@ from starlette.routing import BaseRoute
 
 from .auth import Authenticator, Principal
 from .forecast_pass import tenant_wait_ms
+from .limits import StreamCounter
 from .pools import Pool
 from .service import Orchestrator
+from .streaming import check_stream_quota
 from .tasks import KEEPALIVE_FRAME, TaskRecord
 
 __all__ = [
@@ -139,9 +141,13 @@ class FrontendHost:
     endpoints find it with :meth:`of` and their own typed state, attached once in
     :meth:`Frontend.routes`, with :meth:`state` (ORCH-4122)."""
 
-    def __init__(self, orch: Orchestrator, auth: Authenticator) -> None:
+    def __init__(
+        self, orch: Orchestrator, auth: Authenticator, streams: StreamCounter | None = None
+    ) -> None:
         self.orch = orch
         self._auth = auth
+        # the tenants' open streams, shared with the task API's (ORCH-8013, ORCH-9117)
+        self.streams = streams if streams is not None else StreamCounter()
         self._states: dict[type, object] = {}
         self._caps: weakref.WeakKeyDictionary[WorkerAdapter, frozenset[Capability]] = (
             weakref.WeakKeyDictionary()
@@ -157,6 +163,11 @@ class FrontendHost:
     def attach(self, state: object) -> None:
         """Keep a frontend's state, found again by its type with :meth:`state`."""
         self._states[type(state)] = state
+
+    def check_stream(self, tenant: str) -> None:
+        """ORCH-9117: a streamed answer beyond ``tenant``'s open streams is refused
+        before admission (ORCH-8013's 429, ``quota``; counted, ORCH-8019)."""
+        check_stream_quota(self.streams, tenant, self.orch.config.limits)
 
     def state(self, kind: type[_S]) -> _S:
         found = self._states[kind]

@@ -162,7 +162,9 @@ async def messages(request: Request) -> Response:
             "seed": req.seed,
             "stop": req.stop_sequences,
         }
-        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
+        rec = await facade.admit(
+            request, pool, extras, who.tenant, fields, engine, stream=bool(req.stream)
+        )
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:

@@ -16,7 +16,7 @@ from llama_orch.core.api import EndEvent
 from llama_orch.core.errors import ErrorCode, OrchError
 from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.leanconn import APP_QUEUE, AppQueue
-from llama_orch.orchestratord.limits import RAW_SEND
+from llama_orch.orchestratord.limits import TaskStream
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
@@ -170,12 +170,12 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-class TaskStreamResponse(Response):
-    """An event stream of one task that cancels the task when its client goes
-    away before the end (ORCH-9113): the engine slot is freed, not left to
+class TaskStreamResponse(TaskStream):
+    """An event stream of one task: one of its tenant's open streams and cut when its
+    reader stalls, as a task stream (ORCH-9117: ORCH-8013, ORCH-8015, the server's own
+    ``send`` per chunk, ORCH-2763); the task is canceled when its client goes away or
+    stops reading before the end (ORCH-9113): the engine slot is freed, not left to
     generate for nobody."""
-
-    media_type = "text/event-stream"
 
     def __init__(
         self,
@@ -184,27 +184,25 @@ class TaskStreamResponse(Response):
         rec: TaskRecord,
         headers: dict[str, str],
     ) -> None:
-        # not Response.__init__: it would announce an empty body (content-length: 0)
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
-        self._chunks, self._host, self._rec = chunks, host, rec
+        super().__init__(
+            chunks,
+            task_id=rec.task_id,
+            tenant=rec.tenant,
+            counter=host.streams,
+            stall_timeout_s=host.orch.config.limits.stream_stall_timeout_s,
+            headers=headers,
+        )
+        self._host, self._rec = host, rec
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # ORCH-2763: the start through the middlewares (correlation id, response-started
-        # flags), the body with the server's own send (limits.TaskStream, ORCH-2751)
-        raw: Send = scope.get(RAW_SEND, send)
-
-        async def pump() -> None:
-            await send(
-                {"type": "http.response.start", "status": self.status_code,
-                 "headers": self.raw_headers}
-            )  # fmt: skip
-            async for chunk in self._chunks:
-                await raw({"type": "http.response.body", "body": chunk, "more_body": True})
-            await raw({"type": "http.response.body", "body": b"", "more_body": False})
-
-        await _race(pump(), scope, receive, self._host, self._rec)
+        try:
+            await super().__call__(scope, receive, send)
+        except OSError:  # the socket closed under a send: the client is gone too
+            pass
+        finally:
+            if not self._rec.terminal:
+                _log.info("client of task %s went away: canceling it", self._rec.task_id)
+                self._host.cancel(self._rec)
 
 
 class TaskResponse(Response):

@@ -144,6 +144,8 @@ class Facade:
         fields: dict[str, Any],
         engine: EngineFields | None = None,
         note: bytes | None = None,
+        *,
+        stream: bool = False,
     ) -> TaskRecord:
         req = TaskRequest(
             pool_id=pool.id,
@@ -159,6 +161,8 @@ class Facade:
                 400, f"model `{pool.id}` serves embeddings only (its engine generates"
                 " nothing): use /v1/embeddings", param="model", code="unsupported_parameter",
             )  # fmt: skip
+        if stream:  # one of the tenant's open streams, checked before admission (ORCH-9117)
+            self.host.check_stream(tenant)
         engine = engine or EngineFields()
         return await self.host.submit(
             req, tenant, api=self.api, json_schema=engine.json_schema, logprobs=engine.logprobs,

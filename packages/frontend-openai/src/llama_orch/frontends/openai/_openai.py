@@ -242,7 +242,9 @@ async def generate(request: Request, chat: bool) -> Response:
                     )  # fmt: skip
                 prompt = prompt[0]
             fields["prompt"] = prompt
-        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine)
+        rec = await facade.admit(
+            request, pool, extras, who.tenant, fields, engine, stream=bool(req.stream)
+        )
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:

@@ -384,7 +384,10 @@ async def create(request: Request) -> Response:
         )  # fmt: skip
         # with a store, the response's own fields are stored with the task (ORCH-2592)
         note = known.note(meta)
-        rec = await facade.admit(request, pool, extras, who.tenant, fields, engine, note)
+        rec = await facade.admit(
+            request, pool, extras, who.tenant, fields, engine, note,
+            stream=bool(req.stream) and not req.background,
+        )  # fmt: skip
     except ApiError as exc:
         return facade.api_error(exc, pool)
     except OrchError as exc:
