@@ -133,7 +133,7 @@ async def test_prometheus_scrapes_tasks_enqueued_total(
             async with http.get(f"{prom}/api/v1/rules") as r:
                 groups = (await r.json())["data"]["groups"]
             rules = [rule for g in groups for rule in g["rules"]]
-            assert len(rules) == 5 and all(rule["health"] != "err" for rule in rules), rules
+            assert len(rules) == 6 and all(rule["health"] != "err" for rule in rules), rules
             # every dashboard expression is valid PromQL for this server
             dashboards = sorted((ROOT / "ci" / "dashboards").glob("*.json"))
             for path in dashboards:
