@@ -49,29 +49,33 @@ _CONTRACT_NAMES = {
 }  # fmt: skip
 
 
-def _config() -> Config:
-    return msgspec.convert(
-        {
-            "server": {"port": 0, "shutdown_grace_s": 1.0},
-            "auth": {"enabled": False},
-            "observability": {"engine_scrape_interval_s": 0.1},
-            "pools": [
-                {
-                    "id": "main",
-                    "engine": "mock",
-                    "model": "mock-model",
-                    "endpoints": ["mock://0"],
-                    "adapter_options": {"token_delay_ms": 2, "eos_after": 6},
-                }
-            ],
-        },
-        Config,
-    )
+def _config(adapter_options: dict[str, object] | None = None, **sections: object) -> Config:
+    """One mock pool `main` (`adapter_options` its options); `sections` replace or add
+    top-level config sections."""
+    doc: dict[str, object] = {
+        "server": {"port": 0, "shutdown_grace_s": 1.0},
+        "auth": {"enabled": False},  # ORCH-8001: explicit, tests only
+        "pools": [
+            {
+                "id": "main",
+                "engine": "mock",
+                "model": "mock-model",
+                "endpoints": ["mock://0"],
+                "adapter_options": adapter_options or {"token_delay_ms": 20},
+            }
+        ],
+    }
+    doc.update(sections)
+    return msgspec.convert(doc, Config)
 
 
 @pytest.fixture
 async def scrape(start_orchestrator) -> str:
-    orch = await start_orchestrator(_config())
+    orch = await start_orchestrator(
+        _config(
+            {"token_delay_ms": 2, "eos_after": 6}, observability={"engine_scrape_interval_s": 0.1}
+        )
+    )
     await orch.wait_ready("main")
     status, body, _ = await orch.submit(
         prompt="hello", max_tokens=6, deadline_ms=60_000, priority="interactive"
@@ -197,23 +201,7 @@ def test_spec_table_matches_the_lint_file(lint_doc):
 async def test_soft_preemption_series_pass_the_lint(start_orchestrator, metrics_lint, lint_doc):
     """ORCH-7002, ORCH-7011: a displacement by a more urgent task (soft preemption) is
     exported with the lint's label set."""
-    cfg = msgspec.convert(
-        {
-            "server": {"port": 0, "shutdown_grace_s": 1.0},
-            "auth": {"enabled": False},  # ORCH-8001: explicit, tests only
-            "admission": {"queue_capacity": 1, "full_policy": "shed-low-priority"},
-            "pools": [
-                {
-                    "id": "main",
-                    "engine": "mock",
-                    "model": "mock-model",
-                    "endpoints": ["mock://0"],
-                    "adapter_options": {"token_delay_ms": 20},
-                }
-            ],
-        },
-        Config,
-    )
+    cfg = _config(admission={"queue_capacity": 1, "full_policy": "shed-low-priority"})
     orch = await start_orchestrator(cfg)
     await orch.wait_ready("main")
     codes = []
@@ -234,27 +222,14 @@ async def test_security_refusal_series_pass_the_lint(start_orchestrator, metrics
     from llama_orch.orchestratord.metrics import Metrics
 
     key = "llo_lint-tenant-" + "k" * 40
-    cfg = msgspec.convert(
-        {
-            "server": {"port": 0, "shutdown_grace_s": 1.0},
-            "auth": {
-                "enabled": True,
-                "public_metrics": True,
-                "public_health": True,
-                "keys": [{"id": "t", "role": "tenant", "tenant": "acme", "hash": hash_key(key)}],
-            },
-            "limits": {"max_streams_per_tenant": 1},
-            "pools": [
-                {
-                    "id": "main",
-                    "engine": "mock",
-                    "model": "mock-model",
-                    "endpoints": ["mock://0"],
-                    "adapter_options": {"token_delay_ms": 20},
-                }
-            ],
+    cfg = _config(
+        auth={
+            "enabled": True,
+            "public_metrics": True,
+            "public_health": True,
+            "keys": [{"id": "t", "role": "tenant", "tenant": "acme", "hash": hash_key(key)}],
         },
-        Config,
+        limits={"max_streams_per_tenant": 1},
     )
     orch = await start_orchestrator(cfg)
     await orch.wait_ready("main")
