@@ -77,7 +77,9 @@ async def _refused_then_resumed(d: Any, client: openai.AsyncOpenAI) -> None:
                     assert r.status == 429, err
                     assert r.headers["x-llorch-policy-label"] == "quota"
                     assert r.headers["content-type"].startswith("application/json")
+                    assert set(err["error"]) == {"message", "type", "param", "code"}, err
                     assert err["error"]["code"] == "rate_limit_exceeded", err
+                    assert r.headers["retry-after-ms"] == "1000"  # the task API's (ORCH-8013)
             assert (await _series(http, d.url, "streams_refused_total")) == {"acme": 3.0}
         assert (await client.responses.retrieve(rid)).status == "in_progress"  # not a stream
         whole = await client.responses.create(**create, background=True)  # nor is this
