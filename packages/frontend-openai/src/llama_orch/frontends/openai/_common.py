@@ -27,6 +27,7 @@ __all__ = [
     "MAX_RETRY_AFTER_MS",
     "TASK_ID_HEADER",
     "ApiError",
+    "BoundedStream",
     "Extras",
     "TaskResponse",
     "TaskStreamResponse",
@@ -170,12 +171,11 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-class TaskStreamResponse(TaskStream):
+class BoundedStream(TaskStream):
     """An event stream of one task: one of its tenant's open streams and cut when its
-    reader stalls, as a task stream (ORCH-9117: ORCH-8013, ORCH-8015, the server's own
-    ``send`` per chunk, ORCH-2763); the task is canceled when its client goes away or
-    stops reading before the end (ORCH-9113): the engine slot is freed, not left to
-    generate for nobody."""
+    reader stalls, as a task stream (ORCH-8013, ORCH-8015, the server's own ``send``
+    per chunk, ORCH-2763). Its end, by the task's end, a cut or the client's leaving,
+    leaves the task as it is: a background response's stream (ORCH-9118, ORCH-9119)."""
 
     def __init__(
         self,
@@ -199,6 +199,16 @@ class TaskStreamResponse(TaskStream):
             await super().__call__(scope, receive, send)
         except OSError:  # the socket closed under a send: the client is gone too
             pass
+
+
+class TaskStreamResponse(BoundedStream):
+    """A :class:`BoundedStream` whose task is canceled when its client goes away or
+    stops reading before the end (ORCH-9117, ORCH-9113): the engine slot is freed, not
+    left to generate for nobody."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
         finally:
             if not self._rec.terminal:
                 _log.info("client of task %s went away: canceling it", self._rec.task_id)

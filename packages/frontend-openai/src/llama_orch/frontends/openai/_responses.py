@@ -22,11 +22,12 @@ from llama_orch.orchestratord.frontends import FrontendHost
 from llama_orch.orchestratord.pools import Pool
 from llama_orch.orchestratord.tasks import TaskRecord
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ._common import (
     ApiError,
+    BoundedStream,
     TaskResponse,
     TaskStreamResponse,
     completion_tokens,
@@ -386,7 +387,7 @@ async def create(request: Request) -> Response:
         note = known.note(meta)
         rec = await facade.admit(
             request, pool, extras, who.tenant, fields, engine, note,
-            stream=bool(req.stream) and not req.background,
+            stream=bool(req.stream),  # ORCH-9117, ORCH-9118: checked before admission
         )  # fmt: skip
     except ApiError as exc:
         return facade.api_error(exc, pool)
@@ -396,10 +397,8 @@ async def create(request: Request) -> Response:
     headers = facade.task_headers(rec)
     view = ResponseView(rec, meta)
     if req.stream:
-        if req.background:  # runs whether or not this client stays (ORCH-9141)
-            return StreamingResponse(
-                _sse(host, view), media_type="text/event-stream", headers=headers
-            )
+        if req.background:  # counted and cut, never canceled by its reader (ORCH-9118, 9119)
+            return BoundedStream(_sse(host, view), host, rec, headers)  # runs on (ORCH-9141)
         return TaskStreamResponse(_sse(host, view), host, rec, headers)
     if req.background:
         view.feed(None)
@@ -433,13 +432,13 @@ async def retrieve(request: Request) -> Response:
         return facade.render(exc.status, exc.message, exc.param, exc.code, {})
     except OrchError as exc:
         return facade.orch_error(exc)
-    if stream:  # a reader: leaving does not cancel the task (ORCH-9142)
+    if stream:  # a reader: leaving or being cut does not cancel the task (ORCH-9119)
+        try:  # ORCH-9118: one of the tenant's open streams, checked before any event is read
+            host.check_stream(rec.tenant)
+        except OrchError as exc:
+            return facade.orch_error(exc)
         view = ResponseView(rec, known.get(rec))
-        return StreamingResponse(
-            _sse(host, view, starting_after),
-            media_type="text/event-stream",
-            headers=facade.task_headers(rec),
-        )
+        return BoundedStream(_sse(host, view, starting_after), host, rec, facade.task_headers(rec))
     view = await _snapshot(host, known, rec)
     return Response(_json.encode(view.body()), media_type="application/json")
 
