@@ -35,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import StartupError
 from .leanconn import APP_QUEUE, AppQueue
+from .writes import WRITE_THROUGH
 
 __all__ = ["BoundedHeadProtocol", "serve_uvicorn"]
 
@@ -115,17 +116,23 @@ class CoalescingTransport:
     control stays the transport's (it pauses the protocol when its buffer fills);
     ``close`` writes what is pending first."""
 
-    __slots__ = ("_flush_handle", "_loop", "_pending", "_transport")
+    __slots__ = ("_flush_handle", "_loop", "_pending", "_size", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._size = 0  # the pending bytes (ORCH-8022)
         self._flush_handle: asyncio.Handle | None = None
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
-        if self._flush_handle is None:
+        self._size += len(data)
+        if self._size >= WRITE_THROUGH:  # ORCH-8022: flow control sees a long replay
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self.flush()
+        elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
@@ -134,6 +141,7 @@ class CoalescingTransport:
         if not pending:
             return
         self._pending = []
+        self._size = 0
         if not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 

@@ -27,7 +27,11 @@ from hypercorn.asyncio.worker_context import AsyncioSingleTask
 from .idle import IdleTimer
 from .leanconn import lean_hypercorn_objects
 
-__all__ = ["CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
+__all__ = ["WRITE_THROUGH", "CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
+
+# ORCH-8022: a turn's pending bytes at which the joining writers write at once, so that
+# the transport's flow control pauses a replay whose reader accepts nothing
+WRITE_THROUGH = 65_536
 
 
 class CoalescingWriter:
@@ -35,17 +39,23 @@ class CoalescingWriter:
     the writes of one loop turn joined into one, written by ``call_soon`` at the end
     of the turn; ``write_eof`` and ``close`` write what is pending first."""
 
-    __slots__ = ("_flush_handle", "_loop", "_pending", "_writer")
+    __slots__ = ("_flush_handle", "_loop", "_pending", "_size", "_writer")
 
     def __init__(self, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop) -> None:
         self._writer = writer
         self._loop = loop
         self._pending: list[bytes] = []
+        self._size = 0  # the pending bytes (ORCH-8022)
         self._flush_handle: asyncio.Handle | None = None
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
-        if self._flush_handle is None:
+        self._size += len(data)
+        if self._size >= WRITE_THROUGH:  # ORCH-8022: flow control sees a long replay
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self.flush()
+        elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
@@ -54,6 +64,7 @@ class CoalescingWriter:
         if not pending:
             return
         self._pending = []
+        self._size = 0
         try:
             self._writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
         except (ConnectionError, RuntimeError):
