@@ -21,18 +21,48 @@ kind of hook).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import socket
+import struct
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import hypercorn.asyncio.tcp_server as hypercorn_tcp
 from hypercorn.asyncio.task_group import TaskGroup, _handle
 
-__all__ = ["APP_QUEUE", "AppQueue", "LeanEvent", "LeanTaskGroup", "lean_hypercorn_objects"]
+__all__ = [
+    "APP_QUEUE",
+    "CONNECTION_RESET",
+    "AppQueue",
+    "LeanEvent",
+    "LeanTaskGroup",
+    "lean_hypercorn_objects",
+    "reset_transport",
+]
 
 APP_QUEUE = "llama_orch.app_queue"
 """Scope key of the request's :class:`AppQueue`: an SSE writer watches it for the
 client's ``http.disconnect`` with a callback instead of a task of its own (ORCH-2772)."""
+
+CONNECTION_RESET: ContextVar[Callable[[], None] | None] = ContextVar(
+    "llama_orch_connection_reset", default=None
+)
+"""The reset of the connection being served (ORCH-8024), set by hypercorn's connection
+(``writes.CoalescingTCPServer``) for :meth:`LeanTaskGroup.spawn_app` to hand on."""
+
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+
+def reset_transport(transport: Any) -> None:
+    """ORCH-8024: close ``transport`` now with a reset (``SO_LINGER`` 0): what it and
+    the kernel's send buffer held is dropped, nothing waits for a reader."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+    transport.abort()
 
 
 def _wake_first(waiters: list[asyncio.Future[None]] | None) -> None:
@@ -48,9 +78,11 @@ class AppQueue:
     """A bounded FIFO with ``get``/``put`` as :class:`asyncio.Queue`'s (``maxsize`` <= 0:
     unbounded); its waiters are lists made when the first one waits."""
 
-    __slots__ = ("_getters", "_items", "_max", "_putters", "_watcher")
+    __slots__ = ("_getters", "_items", "_max", "_putters", "_watcher", "abort")
 
     def __init__(self, maxsize: int = 0) -> None:
+        # ORCH-8024: resets the request's connection (set by the server's protocol)
+        self.abort: Callable[[], None] | None = None
         self._items: list[Any] = []
         self._max = maxsize
         self._getters: list[asyncio.Future[None]] | None = None
@@ -162,6 +194,7 @@ class LeanTaskGroup(TaskGroup):
         send: Callable[[Any], Awaitable[None]],
     ) -> Callable[[Any], Awaitable[None]]:
         queue = AppQueue(config.max_app_queue_size)
+        queue.abort = CONNECTION_RESET.get()  # ORCH-8024
         scope[APP_QUEUE] = queue
         loop = self._loop
 

@@ -245,6 +245,8 @@ class TaskStream(Response):
                         self._stall_s,
                         extra={"job_id": self._task_id},
                     )
+                    if isinstance(queue, AppQueue) and queue.abort is not None:
+                        queue.abort()  # ORCH-8024: the connection reset, its buffers dropped
                 # no final chunk: the connection closes and the client sees a cut
             finally:
                 cut = cut or "ended"  # a callback already scheduled must not cancel what follows

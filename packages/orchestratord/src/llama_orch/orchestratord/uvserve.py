@@ -23,6 +23,7 @@ TLS and h2c); the keep-alive timeout is uvicorn's own timer per idle connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -34,7 +35,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import StartupError
-from .leanconn import APP_QUEUE, AppQueue
+from .leanconn import APP_QUEUE, AppQueue, reset_transport
 from .writes import WRITE_THROUGH
 
 __all__ = ["BoundedHeadProtocol", "serve_uvicorn"]
@@ -88,6 +89,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         # ORCH-2815: the SSE writer watches this for the disconnect (a callback, as under
         # hypercorn's AppQueue, ORCH-2772) instead of a task per stream waiting on receive
         self._app_queue = queue = AppQueue()
+        queue.abort = functools.partial(reset_transport, self.transport)  # ORCH-8024
         cast(dict[str, Any], self.scope)[APP_QUEUE] = queue
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -148,6 +150,14 @@ class CoalescingTransport:
     def close(self) -> None:
         self.flush()
         self._transport.close()
+
+    def abort(self) -> None:
+        """What is pending dropped, the transport aborted (ORCH-8024)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending, self._size = [], 0
+        self._transport.abort()
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()

@@ -25,7 +25,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import AsyncioSingleTask
 
 from .idle import IdleTimer
-from .leanconn import lean_hypercorn_objects
+from .leanconn import CONNECTION_RESET, lean_hypercorn_objects, reset_transport
 
 __all__ = ["WRITE_THROUGH", "CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
 
@@ -73,6 +73,14 @@ class CoalescingWriter:
     async def drain(self) -> None:
         await self._writer.drain()  # flow control: paused by earlier turns' writes
 
+    def abort(self) -> None:
+        """ORCH-8024: the connection reset now, what is pending dropped."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending, self._size = [], 0
+        reset_transport(self._writer.transport)
+
     def write_eof(self) -> None:
         self.flush()
         self._writer.write_eof()
@@ -101,11 +109,18 @@ class CoalescingTCPServer(TCPServer):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        coalescing = cast(asyncio.StreamWriter, CoalescingWriter(writer, loop))
+        self._coalescing = CoalescingWriter(writer, loop)
+        coalescing = cast(asyncio.StreamWriter, self._coalescing)
         lean_hypercorn_objects(context)  # ORCH-2770: its events without empty deques
         super().__init__(app, loop, config, context, state, reader, coalescing)
         # ORCH-2782: the keep-alive timeout as a timer, not two tasks per request
         self.idle_task = cast(AsyncioSingleTask, IdleTimer(self))
+
+    async def run(self) -> None:
+        # ORCH-8024: each request's AppQueue gets this connection's reset (its spawn
+        # runs in this task, so it sees the variable)
+        CONNECTION_RESET.set(self._coalescing.abort)
+        await super().run()
 
     async def close_idle(self) -> None:
         """hypercorn's server-side close of an idle connection (ORCH-2782)."""
