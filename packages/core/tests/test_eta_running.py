@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from llama_orch.core.eta import Job, ReplicaLoad, simulate, simulate_running
 from llama_orch.core.servicetime import Observation, Prior, ServiceModel
@@ -48,9 +48,12 @@ def test_without_jobs_the_running_tasks_finish_as_left() -> None:
 def _ref(replicas: Sequence[ReplicaLoad], jobs: list[Job]) -> list[list[float]]:
     """Per slot, with the running tasks named (the per-slot simulation of ORCH-2760's
     property): a job takes the earliest free slot (ties at 1 ns: the lowest replica,
-    then slot); its prefill moves every other slot of its replica that holds work."""
+    then the slot held longest, so a running task's slot before a simulated job's: a
+    job that starts when a running task ends does not move it, ORCH-2906); its
+    prefill moves every other slot of its replica that holds work."""
     free: list[list[float]] = []
     owner: list[list[int]] = []
+    held: list[list[int]] = []  # when each slot's current holder took it (ties)
     until: list[float] = []
     out = [[max(0.0, ms) for ms in r.running_ms] for r in replicas]
     for i, r in enumerate(replicas):
@@ -58,10 +61,14 @@ def _ref(replicas: Sequence[ReplicaLoad], jobs: list[Job]) -> list[list[float]]:
         kept = sorted(range(len(out[i])), key=lambda k: out[i][k])[:n]
         free.append([out[i][k] for k in kept] + [0.0] * (n - len(kept)))
         owner.append([k if out[i][k] > 0 else -1 for k in kept] + [-1] * (n - len(kept)))
+        held.append(list(range(n)))
         until.append(max(0.0, r.prefill_ms))
+    taken = max((len(h) for h in held), default=0)
     for job in jobs:
-        _, idx, k = min(
-            (round(f, 6), i, j) for i, times in enumerate(free) for j, f in enumerate(times)
+        _, idx, _, k = min(
+            (round(f, 6), i, held[i][j], j)
+            for i, times in enumerate(free)
+            for j, f in enumerate(times)
         )
         r, t = replicas[idx], free[idx][k]
         begin = max(t, until[idx])
@@ -74,7 +81,8 @@ def _ref(replicas: Sequence[ReplicaLoad], jobs: list[Job]) -> list[list[float]]:
                 free[idx][j] = f + prefill
                 if owner[idx][j] >= 0:
                     out[idx][owner[idx][j]] = free[idx][j]
-        free[idx][k], owner[idx][k] = end, -1
+        free[idx][k], owner[idx][k], held[idx][k] = end, -1, taken
+        taken += 1
     return out
 
 
@@ -103,6 +111,10 @@ _job = st.builds(Job, st.integers(0, 300), st.integers(0, 64))
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_replica, max_size=3), st.lists(_job, max_size=20))
+@example(  # session 25 (suite25): a job starts at 100 ms where a running task ends
+    [(2, [], 0, 0.0), (5, [-3.0, 0.0, 100.0, 250.0, 5.0], 0, 30.0)],
+    [Job(0, 0), Job(26, 0), Job(0, 0), Job(0, 3), Job(0, 3), Job(0, 0), Job(1, 0)],
+)
 def test_running_finishes_equal_the_per_slot_simulation(
     reps: list[tuple[int, list[float], int, float]], jobs: list[Job]
 ) -> None:
