@@ -10,6 +10,7 @@ import re
 import pytest
 
 pytest_plugins = [
+    "llama_orch.testing_engines.share",  # before workers, which imports it
     "llama_orch.testing_engines.workers",
     "llama_orch.testing_engines.llamacpp",
     "llama_orch.testing_engines.python_engines",

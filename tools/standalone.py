@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llama_orch.testing_engines import share
+
 __all__ = [
     "ROOT",
     "Batch",
@@ -100,9 +102,15 @@ class Runs:
         self._procs: set[subprocess.Popen[str]] = set()
         self.stopped = False
 
-    def start(self, cmd: list[str], cwd: Path, out: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    def start(
+        self,
+        cmd: list[str],
+        cwd: Path,
+        out: Any = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[str]:
         """Starts one process of the runs; without pipes when ``out`` is a file."""
-        env = clean_env()
+        env = dict(clean_env() if env is None else env)
         env[_TAG] = self.tag
         err = subprocess.PIPE if out == subprocess.PIPE else subprocess.STDOUT
         with self._lock:
@@ -479,6 +487,7 @@ class BatchProcess:
         self._scratch, self._remove = scratch, remove
         self._pkgs = {n: read_package(ROOT / "packages" / n) for n in names}
         self._log = scratch / "batch.log"
+        self._share: tuple[int | None, str] | None = None  # the share's run (ORCH-6270)
         with self._log.open("w") as log:  # the child's: this process keeps no descriptor
             cmd = [sys.executable, str(Path(__file__).resolve()), "--batch", str(scratch), *names]
             self._proc = self.runs.start(cmd, ROOT, log)
@@ -489,6 +498,15 @@ class BatchProcess:
 
     def wait(self) -> None:
         self._proc.wait()
+        if self._share is None:  # kept: ``stop`` removes the scratch directory
+            self._share = share.read_result(self._scratch)
+
+    def ended(self) -> bool:
+        return self._proc.poll() is not None
+
+    def share_result(self) -> tuple[int | None, str]:
+        """The exit of the share it ran after the batch (ORCH-6270) and its output's end."""
+        return self._share or share.read_result(self._scratch)
 
     def result(self, name: str) -> Result:
         self.wait()
@@ -535,6 +553,10 @@ def _batch_main(scratch: Path, names: list[str]) -> int:
         rc = r.get("returncode", "error")
         print(f"{name}: {r['start']:.1f}-{r['end']:.1f} s, exit {rc}", flush=True)
     print(f"{len(names)} runs, {time.monotonic() - start:.1f} s", flush=True)
+    if (scratch / share.ARGS).is_file():  # then a share of the first part's tests (ORCH-6270)
+        begin = time.monotonic()
+        code = share.run(batch.runs.start, ROOT, scratch, clean_env())
+        print(f"the share: exit {code}, {time.monotonic() - begin:.1f} s", flush=True)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from llama_orch.testing_engines import share
 from llama_orch.testing_engines.workers import is_worker, run_beside
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +65,13 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if names:
         standalone = _load("standalone")
         scratch = Path(tempfile.mkdtemp(prefix="llama-orch-standalone-"))
+        shared = share.prepare(scratch, session.items)  # the batch's process runs them after it
         batch = standalone.BatchProcess(names, scratch, remove=True)
         config.stash[STANDALONE_BATCH] = batch
         run_beside(config, batch)
+        if shared:  # ORCH-6270
+            replay = share.Replay(config, shared, scratch, batch.ended, batch.share_result)
+            share.start_replay(config, replay)
 
 
 @pytest.fixture(scope="session")

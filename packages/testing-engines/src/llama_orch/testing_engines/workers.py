@@ -20,7 +20,9 @@ In one process (ORCH-6264): the tests that need no real engine run first, then t
 ones, then the tests marked ``alone``, each part in its collected order. Work registered with
 ``run_beside`` (the standalone installs' batch) runs in the background beside the first part:
 the first real-engine or ``alone`` test starts only once it has ended, and the end of the
-tests' loop stops whatever of it still runs (a failed or interrupted run, ORCH-6265).
+tests' loop stops whatever of it still runs (a failed or interrupted run, ORCH-6265). The
+batch's process then runs a share of the first part (``share``, ORCH-6270), whose tests come
+last in that part here, where their reports are told.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from llama_orch.testing_engines.share import is_shared
 
 __all__ = ["GROUPS", "Beside", "fail_run", "is_worker", "run_beside"]
 
@@ -153,7 +156,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     test's group, for the controller's scheduler, which holds the ``alone`` tests back itself
     (``pytest_xdist_make_scheduler``)."""
     if not is_worker(config):
-        items.sort(key=_part)
+        items.sort(key=lambda item: (_part(item), is_shared(item)))  # the share last (ORCH-6270)
         return
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
     path = workerinput.get(_GROUP_FILE)
