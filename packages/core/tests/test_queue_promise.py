@@ -68,6 +68,27 @@ def test_a_tie_goes_to_the_deadline_task() -> None:
     assert q.peek() == "d"
 
 
+def test_a_start_by_is_raised_by_the_queued_tasks_ahead_only() -> None:
+    """ORCH-2972: a task already served, or put back in front with no start-by, does not
+    raise a later task's start-by."""
+    q: AdmissionQueue[str] = AdmissionQueue(10)
+    q.push("f1", "batch", tenant="t")
+    q.push("f0", "batch", tenant="t")
+    q.promise("f1", 10.0)
+    assert q.pop() == "f1"  # f0 stays: the flow stays
+    q.promise("f0", 2.0)  # f1 served: not raised
+    q.push("p", "batch", tenant="t", front=True)
+    q.push("f2", "batch", tenant="t")
+    q.promise("f2", 1.0)  # raised by f0 (queued ahead), not by p (no start-by)
+    q.push("d", "batch", tenant="t", deadline=50.0)
+    q.promise("d", 2.5)
+    assert list(q) == ["d", "p", "f0", "f2"]  # p unpromised at the head: ORCH-1111's place
+    q.remove("p")
+    assert list(q) == ["f0", "f2", "d"]  # f2 raised to 2.0 (not 10.0), before d's 2.5
+    q.promise("d", 1.5)
+    assert list(q) == ["d", "f0", "f2"]
+
+
 def test_start_bys_without_a_deadline_keep_arrival_order() -> None:
     """ORCH-2972: a later task without a deadline told an earlier start-by gets the one
     before it, so a deadline task never passes it and not the one ahead."""
@@ -112,7 +133,6 @@ def test_one_flows_order_is_the_merge_of_its_start_bys(ops, promise_on_push: boo
     and ``pop`` serves it."""
     q: AdmissionQueue[int] = AdmissionQueue(1000)
     pushed: dict[int, tuple[float | None, float]] = {}
-    last = -math.inf
     for op, deadline, by, pick in ops:
         if op == "push":
             n = len(pushed)
@@ -124,8 +144,13 @@ def test_one_flows_order_is_the_merge_of_its_start_bys(ops, promise_on_push: boo
             item = pick if pick in q else sorted(q.queued())[pick % len(q)]
             d = pushed[item][0]
             q.promise(item, by)
-            if d is None:
-                by = last = max(by, last)
+            if d is None:  # the nearest promised task without a deadline queued ahead
+                ahead = [
+                    pushed[n][1]
+                    for n in range(item)
+                    if n in q and pushed[n][0] is None and pushed[n][1] != math.inf
+                ]
+                by = max(by, ahead[-1]) if ahead else by
             pushed[item] = (d, by)
         elif op == "pop" and len(q):
             q.pop()

@@ -81,8 +81,7 @@ class _Flow(Generic[T]):
     """One tenant inside one band."""
 
     __slots__ = (
-        "active", "credit", "edf", "edf_live", "fifo", "last_by", "live", "promised", "tenant",
-        "weight",
+        "active", "credit", "edf", "edf_live", "fifo", "live", "promised", "tenant", "weight",
     )  # fmt: skip
 
     def __init__(self, tenant: str, weight: int) -> None:
@@ -95,7 +94,6 @@ class _Flow(Generic[T]):
         self.edf_live = 0  # live entries with a deadline (served before the FIFO ones)
         self.active = False
         self.promised = False  # ORCH-2972: some entry got a start-by; else ORCH-1111's order
-        self.last_by = -math.inf  # the latest start-by of a FIFO entry (arrival order kept)
 
     def head(self) -> _Entry[T]:
         edf, fifo = self.edf, self.fifo
@@ -376,11 +374,18 @@ class AdmissionQueue(Generic[T]):
 
     def promise(self, item: T, by: float) -> None:
         """Set a queued item's start-by instant (ORCH-2972); a task without a deadline
-        gets at least the start-by of the one admitted before it in its flow."""
+        gets at least the start-by of the nearest one queued ahead of it in its flow that
+        has one (arrival order kept). O(1) for the newest task of a flow."""
         entry = self._entries[item]
         flow = entry.flow
         if entry.deadline is None:
-            by = flow.last_by = max(by, flow.last_by)
+            behind = True  # walking from the tail: first past ``entry`` itself
+            for e in reversed(flow.fifo):
+                if behind:
+                    behind = e is not entry
+                elif e.alive and e.by != math.inf:
+                    by = max(by, e.by)
+                    break
         entry.by = by
         flow.promised = True
 
