@@ -439,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the pool's dispatch.guard_told_finish (ORCH-2931, ORCH-2935); off if not given",
     )
     ap.add_argument(
+        "--keep-told-start",
+        type=float,
+        default=None,
+        help="the pool's dispatch.keep_told_start margin (ORCH-2972, ORCH-2975); off if not given",
+    )
+    ap.add_argument(
         "--log-level",
         default="INFO",
         help="orchestratord's; DEBUG logs each admission's forecast terms (ORCH-1994)",
@@ -475,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
                     "model_digest": engine.model_digest,
                     "engine_version": engine.engine_version,
                     # the dispatch guard for told finishes (ORCH-2935), off unless --guard
-                    "dispatch": {"guard_told_finish": args.guard},
+                    # and the start-bys of ORCH-2972, off unless --keep-told-start
+                    "dispatch": {
+                        "guard_told_finish": args.guard,
+                        "keep_told_start": args.keep_told_start,
+                    },
                 }
             ],
         }

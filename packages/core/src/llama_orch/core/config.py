@@ -205,9 +205,14 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``guard_told_finish``: a factor ``f`` ≥ 1, or null (off, the default): a queued task
     whose prefill would push a task running on a replica past its admission + ``f`` x
     its told finish waits (at the head of the queue) until that task ends, unless the
-    wait would miss its own deadline. Memory backend only (ignored with ``state:``)."""
+    wait would miss its own deadline. Memory backend only (ignored with ``state:``).
+    ``keep_told_start``: a margin ``m`` ≥ 1, or null (off, the default): within a
+    priority and tenant, a task with a deadline passes a queued task without one only
+    when its start-by (deadline - ``m`` x its told service) is earlier than that task's
+    (admission + ``m`` x its told start), ORCH-2972. Memory backend only."""
 
     guard_told_finish: Annotated[float, Meta(ge=1)] | None = None
+    keep_told_start: Annotated[float, Meta(ge=1)] | None = None
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -10,7 +10,9 @@ Semantics (normative text in ``.specs/10-orchestratord.md``):
   configured weights (ORCH-1110), so no band or tenant is starved: a flow
   with queued work is served at least once in every round of its band.
 * Within a flow, tasks with a deadline are served first, earliest deadline
-  first (EDF, ORCH-1111); tasks without one keep arrival order (FIFO).
+  first (EDF, ORCH-1111); tasks without one keep arrival order (FIFO). With
+  start-by instants (``promise``, ORCH-2972) the two orders are merged instead:
+  the EDF head goes first only when its start-by is not later than the FIFO head's.
 * ``capacity`` bounds the number of queued (not running) tasks of the pool.
 * When a push finds the pool full, the policy decides:
 
@@ -33,6 +35,7 @@ O(tasks of its flow).
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -59,7 +62,7 @@ class Displaced(Generic[T]):
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("alive", "band", "deadline", "flow", "item", "seq")
+    __slots__ = ("alive", "band", "by", "deadline", "flow", "item", "seq")
 
     def __init__(
         self, item: T, band: _Band[T], flow: _Flow[T], seq: int, deadline: float | None
@@ -69,13 +72,17 @@ class _Entry(Generic[T]):
         self.flow = flow
         self.seq = seq
         self.deadline = deadline
+        # ORCH-2972: start-by; until promised, ORCH-1111's order (deadlines first)
+        self.by = -math.inf if deadline is not None else math.inf
         self.alive = True
 
 
 class _Flow(Generic[T]):
     """One tenant inside one band."""
 
-    __slots__ = ("active", "credit", "edf", "edf_live", "fifo", "live", "tenant", "weight")
+    __slots__ = (
+        "active", "credit", "edf", "edf_live", "fifo", "live", "promised", "tenant", "weight",
+    )  # fmt: skip
 
     def __init__(self, tenant: str, weight: int) -> None:
         self.tenant = tenant
@@ -86,38 +93,69 @@ class _Flow(Generic[T]):
         self.live = 0
         self.edf_live = 0  # live entries with a deadline (served before the FIFO ones)
         self.active = False
+        self.promised = False  # ORCH-2972: some entry got a start-by; else ORCH-1111's order
 
     def head(self) -> _Entry[T]:
         edf, fifo = self.edf, self.fifo
         while edf and not edf[0][2].alive:
             heapq.heappop(edf)
-        if edf:
-            return edf[0][2]
-        while not fifo[0].alive:
+        while fifo and not fifo[0].alive:
             fifo.popleft()
+        if edf and (not fifo or self._edf_by() <= fifo[0].by):  # ORCH-1111, ORCH-2972
+            return edf[0][2]
         return fifo[0]
 
+    def _edf_by(self) -> float:
+        """The earliest start-by of the live deadline entries (ORCH-2972); unpromised,
+        -inf without a look."""
+        if not self.promised:
+            return -math.inf
+        return min(e.by for _, _, e in self.edf if e.alive)
+
     def lazy(self) -> Iterator[_Entry[T]]:
-        """This flow's live entries in serving order, on demand: deadlines first (from a
-        copy of the heap), then the FIFO deque as it is."""
+        """This flow's live entries in serving order, on demand: the EDF order (from a
+        copy of the heap) merged with the FIFO deque as it is, the EDF head first while
+        the earliest start-by of the deadline entries left is not later than the FIFO
+        head's (ORCH-2972; unpromised, all deadlines first)."""
+        fifo = (e for e in self.fifo if e.alive)
         if self.edf_live:
-            heap = self.edf.copy()
-            while heap:
-                entry = heapq.heappop(heap)[2]
-                if entry.alive:
-                    yield entry
-        for entry in self.fifo:
-            if entry.alive:
-                yield entry
+            if not self.promised:
+                heap = self.edf.copy()
+                while heap:
+                    entry = heapq.heappop(heap)[2]
+                    if entry.alive:
+                        yield entry
+            else:
+                edf = [e for _, _, e in sorted(self.edf, key=lambda x: x[:2]) if e.alive]
+                least = [e.by for e in edf]  # the earliest start-by from each one on
+                for i in range(len(least) - 2, -1, -1):
+                    least[i] = min(least[i], least[i + 1])
+                f = next(fifo, None)
+                i = 0
+                while i < len(edf):
+                    if f is None or least[i] <= f.by:
+                        yield edf[i]
+                        i += 1
+                    else:
+                        yield f
+                        f = next(fifo, None)
+                if f is not None:
+                    yield f
+        yield from fifo
 
     def index(self, entry: _Entry[T]) -> int:
         """``entry``'s place in this flow's serving order (``lazy()``): O(1) for
         the newest FIFO entry, else O(tasks of this flow)."""
+        if self.fifo and self.fifo[-1] is entry and entry.by == math.inf:
+            return self.live - 1  # the newest, unpromised: after every other entry
+        if self.promised:  # ORCH-2972: the merge decides; count it
+            for n, e in enumerate(self.lazy()):
+                if e is entry:
+                    return n
+            raise AssertionError("entry not in its flow")  # pragma: no cover
         if entry.deadline is not None:
             key = (entry.deadline, entry.seq)
             return sum(1 for d, s, e in self.edf if e.alive and (d, s) < key)
-        if self.fifo[-1] is entry:
-            return self.live - 1
         n = self.edf_live
         for e in self.fifo:
             if e is entry:
@@ -215,6 +253,8 @@ class AdmissionQueue(Generic[T]):
         self._next_seq = 0
         self._front_seq = 0  # decreasing: tasks put back in front (ORCH-1908)
         self._dead = 0  # stale references left in deques by pop/remove
+        # ORCH-2972: the pool's ``dispatch.keep_told_start`` margin, set by its owner
+        self.keep_told_start: float | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -331,6 +371,23 @@ class AdmissionQueue(Generic[T]):
         flow.live += 1
         self._entries[item] = entry
         return displaced
+
+    def promise(self, item: T, by: float) -> None:
+        """Set a queued item's start-by instant (ORCH-2972); a task without a deadline
+        gets at least the start-by of the nearest one queued ahead of it in its flow that
+        has one (arrival order kept). O(1) for the newest task of a flow."""
+        entry = self._entries[item]
+        flow = entry.flow
+        if entry.deadline is None:
+            behind = True  # walking from the tail: first past ``entry`` itself
+            for e in reversed(flow.fifo):
+                if behind:
+                    behind = e is not entry
+                elif e.alive and e.by != math.inf:
+                    by = max(by, e.by)
+                    break
+        entry.by = by
+        flow.promised = True
 
     def _victim(self, band: _Band[T]) -> Displaced[T] | None:
         if self.policy == "drop-lru":

@@ -31,6 +31,7 @@ from llama_orch.core.placement import choose_set
 from llama_orch.core.queue import DEFAULT_TENANT, PRIORITIES, Displaced
 from llama_orch.core.quota import Quotas, TenantBusy
 
+from ._promise import keep_told_start
 from .forecast_pass import tenant_wait_ms
 from .ids import new_task_id
 from .metrics import Metrics
@@ -475,6 +476,9 @@ class Admission:
         now = time.monotonic()
         # ORCH-1957; the position just computed, not a second time (ORCH-2944)
         forecast, told_hold = self.workload.predicted(pool, rec, now, position)
+        if position is not None:  # ORCH-2972: its start-by, and its 202 at its place
+            told = keep_told_start(self.workload, pool, rec, (forecast, told_hold), position, now)
+            forecast, told_hold = told
         rec.predicted_start_ms = int(forecast.start_ms) if forecast else 0
         if forecast is not None:  # the finish its client holds from now on (ORCH-2907)
             rec.finish_held = now + int(forecast.finish_ms) / 1000

@@ -106,6 +106,9 @@ class Orchestrator:
             if p.dispatch.guard_told_finish is not None and config.state is None
         }
         self.workload = Workload(sched.waiting, deadline_cv=sched.deadline_cv, guards=guards)
+        for p in config.pools:  # ORCH-2972: start-bys, none with a store (as the guard)
+            if config.state is None:
+                self.pools[p.id].queue.keep_told_start = p.dispatch.keep_told_start
         self.catalog = CatalogService(config.catalog, self.metrics)  # issue #18
         policies = make_policy_host(config, self.metrics)  # ORCH-8540 (issue #16)
         preemptor = Preemptor(sched.preemption, self.workload, self.metrics)
