@@ -14,27 +14,9 @@ import aiohttp
 import msgspec
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import ADMIN_KEY, TENANT_KEY, mock_config
-
-
-def _config(**kw: Any) -> Any:
-    limits = kw.pop("limits")
-    cfg = msgspec.to_builtins(mock_config(**kw))
-    cfg["limits"] = limits
-    return msgspec.convert(cfg, type(mock_config()))
-
-
-async def _series(http: aiohttp.ClientSession, url: str, name: str) -> dict[str, float]:
-    async with http.get(url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
-        text = await r.text()
-    return {
-        s.labels["tenant"]: s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name
-    }
+from .conftest import TENANT_KEY
+from .test_stream_bounds import _config, _series
 
 
 async def test_background_streams_beyond_the_tenants_limit_are_refused(start_daemon):

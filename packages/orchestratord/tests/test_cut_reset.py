@@ -7,9 +7,9 @@ import asyncio
 import socket
 from urllib.parse import urlsplit
 
-import msgspec
 import pytest
 
+from .test_replay_bounds import stall_config
 from .test_security_metrics import counts
 
 _ESTABLISHED, _CLOSE = 1, 7  # tcpi_state values (Linux include/net/tcp_states.h)
@@ -42,16 +42,7 @@ async def test_a_cut_stream_resets_its_connection(
     """ORCH-8024: the client of a cut stream has read nothing; its socket is reset right
     after the cut (before: it stayed established, the server's close waiting for the
     bytes it held to be read). A normally ended stream's connection stays open."""
-    auth, keys = tenant_keys("a")
-    cfg = mock_config(
-        auth=auth,
-        limits={"stream_stall_timeout_s": 1.0},
-        admission={"max_tokens_limit": 200_000},
-        adapter_options={"token_delay_ms": 0, "ctx": 210_000},
-    )
-    cfg = msgspec.structs.replace(
-        cfg, server=msgspec.structs.replace(cfg.server, http_server=http_server)
-    )
+    cfg, keys = stall_config(mock_config, tenant_keys, http_server)
     run = await start_orchestrator(cfg)
     loop = asyncio.get_running_loop()
     # a normal end first: a short task read to its end keeps its (keep-alive) connection

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -52,6 +53,20 @@ async def test_a_turns_writes_go_through_at_64_kib_not_before(joining):
     assert raw.writes == [64 * KIB, 100, 70 * KIB]
 
 
+def stall_config(mock_config, tenant_keys, http_server: str) -> tuple[Any, dict[str, str]]:
+    """Tenant ``a``'s key, a 1 s stall cut, a fast mock engine that can run 150,000
+    tokens, under ``http_server``."""
+    auth, keys = tenant_keys("a")
+    cfg = mock_config(
+        auth=auth,
+        limits={"stream_stall_timeout_s": 1.0},
+        admission={"max_tokens_limit": 200_000},
+        adapter_options={"token_delay_ms": 0, "ctx": 210_000},
+    )
+    server = msgspec.structs.replace(cfg.server, http_server=http_server)
+    return msgspec.structs.replace(cfg, server=server), keys
+
+
 @pytest.mark.alone  # 150,000 tokens, then a reader that stalls (as ORCH-8015's own test)
 @pytest.mark.parametrize("http_server", ["hypercorn", "uvicorn"])
 async def test_a_finished_tasks_replay_to_a_reader_that_reads_nothing_is_cut(
@@ -62,16 +77,7 @@ async def test_a_finished_tasks_replay_to_a_reader_that_reads_nothing_is_cut(
     ORCH-8015's time and counted (ORCH-8018), under either server. With the writes
     joined to the end of the turn the whole log went into the connection's buffer in
     one turn and the stream ended as if read: never cut, never counted."""
-    auth, keys = tenant_keys("a")
-    cfg = mock_config(
-        auth=auth,
-        limits={"stream_stall_timeout_s": 1.0},
-        admission={"max_tokens_limit": 200_000},
-        adapter_options={"token_delay_ms": 0, "ctx": 210_000},
-    )
-    cfg = msgspec.structs.replace(
-        cfg, server=msgspec.structs.replace(cfg.server, http_server=http_server)
-    )
+    cfg, keys = stall_config(mock_config, tenant_keys, http_server)
     run = await start_orchestrator(cfg)
     resp = await run.submit(key=keys["a"], max_tokens=150_000)
     tid = (await resp.json())["task_id"]

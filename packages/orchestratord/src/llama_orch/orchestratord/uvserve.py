@@ -36,7 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import StartupError
 from .leanconn import APP_QUEUE, AppQueue, reset_transport
-from .writes import WRITE_THROUGH
+from .writes import TurnJoiner
 
 __all__ = ["BoundedHeadProtocol", "serve_uvicorn"]
 
@@ -110,7 +110,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
 
-class CoalescingTransport:
+class CoalescingTransport(TurnJoiner):
     """The part of :class:`asyncio.Transport` uvicorn's connection uses, with the writes
     of one loop turn joined into one, written by ``call_soon`` at the end of the turn
     (ORCH-2814, as ``writes.CoalescingWriter`` does for hypercorn, ORCH-2766): the head,
@@ -118,34 +118,16 @@ class CoalescingTransport:
     control stays the transport's (it pauses the protocol when its buffer fills);
     ``close`` writes what is pending first."""
 
-    __slots__ = ("_flush_handle", "_loop", "_pending", "_size", "_transport")
+    __slots__ = ("_transport",)
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-        self._size = 0  # the pending bytes (ORCH-8022)
-        self._flush_handle: asyncio.Handle | None = None
-
-    def write(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._size += len(data)
-        if self._size >= WRITE_THROUGH:  # ORCH-8022: flow control sees a long replay
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._flush_handle = None
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        self._size = 0
-        if not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        data = self._take()
+        if data is not None and not self._transport.is_closing():
+            self._transport.write(data)
 
     def close(self) -> None:
         self.flush()
@@ -153,10 +135,7 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         """What is pending dropped, the transport aborted (ORCH-8024)."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._pending, self._size = [], 0
+        self._drop()
         self._transport.abort()
 
     def is_closing(self) -> bool:

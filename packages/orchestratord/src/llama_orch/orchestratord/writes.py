@@ -27,22 +27,28 @@ from hypercorn.asyncio.worker_context import AsyncioSingleTask
 from .idle import IdleTimer
 from .leanconn import CONNECTION_RESET, lean_hypercorn_objects, reset_transport
 
-__all__ = ["WRITE_THROUGH", "CoalescingTCPServer", "CoalescingWriter", "coalesce_hypercorn_writes"]
+__all__ = [
+    "WRITE_THROUGH",
+    "CoalescingTCPServer",
+    "CoalescingWriter",
+    "TurnJoiner",
+    "coalesce_hypercorn_writes",
+]
 
 # ORCH-8022: a turn's pending bytes at which the joining writers write at once, so that
 # the transport's flow control pauses a replay whose reader accepts nothing
 WRITE_THROUGH = 65_536
 
 
-class CoalescingWriter:
-    """The part of :class:`asyncio.StreamWriter` hypercorn's connection uses, with
-    the writes of one loop turn joined into one, written by ``call_soon`` at the end
-    of the turn; ``write_eof`` and ``close`` write what is pending first."""
+class TurnJoiner:
+    """What the joining writers share (ORCH-2766 under hypercorn, ORCH-2814 under
+    uvicorn): the writes of one loop turn kept and written as one by ``flush``, called
+    by ``call_soon`` at the end of the turn, or at once when the turn's pending bytes
+    reach :data:`WRITE_THROUGH` (ORCH-8022)."""
 
-    __slots__ = ("_flush_handle", "_loop", "_pending", "_size", "_writer")
+    __slots__ = ("_flush_handle", "_loop", "_pending", "_size")
 
-    def __init__(self, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop) -> None:
-        self._writer = writer
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[bytes] = []
         self._size = 0  # the pending bytes (ORCH-8022)
@@ -59,14 +65,43 @@ class CoalescingWriter:
             self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        raise NotImplementedError
+
+    def _take(self) -> bytes | None:
+        """What is pending, as one write (None: nothing); nothing pending after."""
         self._flush_handle = None
         pending = self._pending
         if not pending:
-            return
+            return None
         self._pending = []
         self._size = 0
+        return pending[0] if len(pending) == 1 else b"".join(pending)
+
+    def _drop(self) -> None:
+        """Nothing pending, nothing scheduled (ORCH-8024's reset)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending, self._size = [], 0
+
+
+class CoalescingWriter(TurnJoiner):
+    """The part of :class:`asyncio.StreamWriter` hypercorn's connection uses, with
+    the writes of one loop turn joined into one (:class:`TurnJoiner`); ``write_eof``
+    and ``close`` write what is pending first."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._writer = writer
+
+    def flush(self) -> None:
+        data = self._take()
+        if data is None:
+            return
         try:
-            self._writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self._writer.write(data)
         except (ConnectionError, RuntimeError):
             pass  # the transport is gone: drain() and the read side report it
 
@@ -75,10 +110,7 @@ class CoalescingWriter:
 
     def abort(self) -> None:
         """ORCH-8024: the connection reset now, what is pending dropped."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._pending, self._size = [], 0
+        self._drop()
         reset_transport(self._writer.transport)
 
     def write_eof(self) -> None:
