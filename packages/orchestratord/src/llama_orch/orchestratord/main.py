@@ -24,7 +24,6 @@ from llama_orch.core.errors import OrchError
 
 from .auth import MIN_KEY_LENGTH, hash_key, new_key
 from .errors import StartupError
-from .gcpolicy import settle
 from .init import init_command
 from .logline import JsonFormatter, LineHandler, flushes_at_line_end
 from .policies import reload_policies
@@ -61,12 +60,12 @@ async def _run(config: Config, path: str | None = None, *, reuse_port: bool = Fa
     running: list[Orchestrator] = []
     if path is not None:  # SIGHUP: the config file's `policies` (ORCH-8570) and keys (ORCH-8009)
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(running, path))
-
-    def listening(_url: str, orch: Orchestrator) -> None:
-        running.append(orch)
-        settle()  # ORCH-2825: this process's collector, once startup is done
-
-    await serve(config, shutdown_trigger=stop.wait, on_listening=listening, reuse_port=reuse_port)
+    await serve(
+        config,
+        shutdown_trigger=stop.wait,
+        on_listening=lambda _url, o: running.append(o),
+        reuse_port=reuse_port,
+    )
 
 
 def _reload(running: list[Orchestrator], path: str) -> None:
